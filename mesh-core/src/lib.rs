@@ -1,0 +1,13 @@
+//! `mesh-core`: Istio's resource model, the loader and validator, the compiled snapshot, and
+//! the shared vocabulary (typed extensions, response flags, policies) of the mesh SDK.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod body;
+pub mod ext;
+pub mod flags;
+pub mod policy;
+pub mod selector;
+
+pub use body::MeshBody;
+pub use flags::ResponseFlags;

@@ -1,0 +1,194 @@
+//! Compiled route policies handed from the router to the resilience layers.
+//!
+//! These are the normalised forms of `HTTPRoute.retries` and `HTTPRoute.fault`: durations
+//! parsed, `retryOn` split into flags and status codes, percentages as fractions. The router
+//! puts them in [`RoutePolicy`](crate::ext::RoutePolicy); the retry and fault layers read them.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+bitflags::bitflags! {
+    /// Envoy `retry_on` conditions (`x-envoy-retry-on` and `x-envoy-retry-grpc-on`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct RetryOn: u32 {
+        /// `5xx`: any 5xx answer, reset, or connect failure.
+        const FIVE_XX = 1 << 0;
+        /// `gateway-error`: 502, 503 or 504.
+        const GATEWAY_ERROR = 1 << 1;
+        /// `reset`: the upstream did not answer (disconnect, reset, read timeout).
+        const RESET = 1 << 2;
+        /// `connect-failure`: connection to the upstream failed.
+        const CONNECT_FAILURE = 1 << 3;
+        /// `envoy-ratelimited`: the upstream answered with `x-envoy-ratelimited`.
+        const ENVOY_RATELIMITED = 1 << 4;
+        /// `retriable-4xx`: 409.
+        const RETRIABLE_4XX = 1 << 5;
+        /// `refused-stream`: REFUSED_STREAM on HTTP/2.
+        const REFUSED_STREAM = 1 << 6;
+        /// `retriable-status-codes`: statuses listed in the policy.
+        const RETRIABLE_STATUS_CODES = 1 << 7;
+        /// `retriable-headers`: by response headers.
+        const RETRIABLE_HEADERS = 1 << 8;
+        /// `reset-before-request`: reset before any byte of the request was sent.
+        const RESET_BEFORE_REQUEST = 1 << 9;
+        /// `http3-post-connect-failure`.
+        const HTTP3_POST_CONNECT_FAILURE = 1 << 10;
+        /// gRPC `cancelled`.
+        const GRPC_CANCELLED = 1 << 16;
+        /// gRPC `deadline-exceeded`.
+        const GRPC_DEADLINE_EXCEEDED = 1 << 17;
+        /// gRPC `internal`.
+        const GRPC_INTERNAL = 1 << 18;
+        /// gRPC `resource-exhausted`.
+        const GRPC_RESOURCE_EXHAUSTED = 1 << 19;
+        /// gRPC `unavailable`.
+        const GRPC_UNAVAILABLE = 1 << 20;
+    }
+}
+
+/// The names Envoy accepts in `retry_on`, with their flags (Istio passes `retryOn` through).
+pub const RETRY_ON_NAMES: &[(&str, RetryOn)] = &[
+    ("5xx", RetryOn::FIVE_XX),
+    ("gateway-error", RetryOn::GATEWAY_ERROR),
+    ("reset", RetryOn::RESET),
+    ("connect-failure", RetryOn::CONNECT_FAILURE),
+    ("envoy-ratelimited", RetryOn::ENVOY_RATELIMITED),
+    ("retriable-4xx", RetryOn::RETRIABLE_4XX),
+    ("refused-stream", RetryOn::REFUSED_STREAM),
+    ("retriable-status-codes", RetryOn::RETRIABLE_STATUS_CODES),
+    ("retriable-headers", RetryOn::RETRIABLE_HEADERS),
+    ("reset-before-request", RetryOn::RESET_BEFORE_REQUEST),
+    (
+        "http3-post-connect-failure",
+        RetryOn::HTTP3_POST_CONNECT_FAILURE,
+    ),
+    ("cancelled", RetryOn::GRPC_CANCELLED),
+    ("deadline-exceeded", RetryOn::GRPC_DEADLINE_EXCEEDED),
+    ("internal", RetryOn::GRPC_INTERNAL),
+    ("resource-exhausted", RetryOn::GRPC_RESOURCE_EXHAUSTED),
+    ("unavailable", RetryOn::GRPC_UNAVAILABLE),
+];
+
+/// A compiled `HTTPRetry`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Number of retries (not counting the first attempt). Istio's default when `retries`
+    /// is omitted: 2.
+    pub attempts: u32,
+    /// Timeout of each attempt. `None`: the route timeout bounds all attempts together.
+    pub per_try_timeout: Option<Duration>,
+    /// Conditions that trigger a retry.
+    pub retry_on: RetryOn,
+    /// Status codes retried under `retriable-status-codes` (numbers in `retryOn`).
+    pub retriable_status_codes: Vec<StatusCode>,
+    /// `retryRemoteLocalities`. Default: false.
+    pub retry_remote_localities: bool,
+    /// `retryIgnorePreviousHosts`: avoid the hosts already tried. Istio's default: true.
+    pub retry_ignore_previous_hosts: bool,
+    /// Base back-off interval between retries. Default: Envoy's 25ms.
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Istio's default retry policy for HTTP routes without `retries`:
+    /// 2 attempts on `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes`
+    /// with status 503, avoiding previous hosts.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 2,
+            per_try_timeout: None,
+            retry_on: RetryOn::CONNECT_FAILURE
+                | RetryOn::REFUSED_STREAM
+                | RetryOn::GRPC_UNAVAILABLE
+                | RetryOn::GRPC_CANCELLED
+                | RetryOn::RETRIABLE_STATUS_CODES,
+            retriable_status_codes: vec![StatusCode::SERVICE_UNAVAILABLE],
+            retry_remote_localities: false,
+            retry_ignore_previous_hosts: true,
+            backoff: Duration::from_millis(25),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Parses Istio's `retryOn` string (comma-separated Envoy conditions and HTTP status
+    /// codes) into flags and status codes. Returns the first unknown token as the error.
+    pub fn parse_retry_on(s: &str) -> Result<(RetryOn, Vec<StatusCode>), String> {
+        let mut flags = RetryOn::empty();
+        let mut codes = Vec::new();
+        for tok in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if let Some((_, f)) = RETRY_ON_NAMES.iter().find(|(n, _)| *n == tok) {
+                flags |= *f;
+            } else if let Some(code) = tok
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+            {
+                codes.push(code);
+                flags |= RetryOn::RETRIABLE_STATUS_CODES;
+            } else {
+                return Err(tok.to_string());
+            }
+        }
+        Ok((flags, codes))
+    }
+}
+
+/// A compiled `HTTPFaultInjection`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FaultPolicy {
+    /// Injected delay, if any.
+    pub delay: Option<DelayFault>,
+    /// Injected abort, if any.
+    pub abort: Option<AbortFault>,
+}
+
+/// A compiled `HTTPFaultInjection.Delay`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DelayFault {
+    /// `fixedDelay`.
+    pub fixed_delay: Duration,
+    /// Fraction of requests delayed, 0.0 ..= 1.0 (`percentage.value / 100`; Istio's default
+    /// when neither `percentage` nor `percent` is set: 100%).
+    pub fraction: f64,
+}
+
+/// A compiled `HTTPFaultInjection.Abort`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbortFault {
+    /// What the aborted request gets.
+    pub error: AbortError,
+    /// Fraction of requests aborted, 0.0 ..= 1.0 (default 100%).
+    pub fraction: f64,
+}
+
+/// The error an aborted request gets.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum AbortError {
+    /// `httpStatus`.
+    Http(StatusCode),
+    /// `grpcStatus`, as the numeric gRPC status code.
+    Grpc(u32),
+    /// `http2Error` (e.g. `REFUSED_STREAM`).
+    Http2(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_on_parses_names_and_codes() {
+        let (f, c) = RetryPolicy::parse_retry_on("gateway-error,connect-failure,503").unwrap();
+        assert!(f.contains(
+            RetryOn::GATEWAY_ERROR | RetryOn::CONNECT_FAILURE | RetryOn::RETRIABLE_STATUS_CODES
+        ));
+        assert_eq!(c, vec![StatusCode::SERVICE_UNAVAILABLE]);
+        assert_eq!(
+            RetryPolicy::parse_retry_on("5xx,bogus"),
+            Err("bogus".to_string())
+        );
+    }
+}

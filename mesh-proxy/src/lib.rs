@@ -1,0 +1,4 @@
+//! `mesh-proxy`: the reference sidecar. All assembly lives in this library so tests can start
+//! a proxy in-process; the binary only parses the command line.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]

@@ -1,0 +1,3 @@
+//! `mesh-routing`: VirtualService routing: compiled route tables and tower layers.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
