@@ -11,3 +11,14 @@ pub mod selector;
 
 pub use body::MeshBody;
 pub use flags::ResponseFlags;
+pub mod duration;
+pub mod error;
+pub mod identity;
+pub mod load;
+pub mod locality;
+pub mod model;
+pub mod percent;
+
+pub use duration::GoDuration;
+pub use error::{ConfigError, Diagnostic, FieldPath, Severity};
+pub use percent::Percent;
