@@ -37,7 +37,7 @@ pub enum Segment {
 pub struct FieldPath(pub Vec<Segment>);
 
 /// The identity of a resource: `kind/namespace/name`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct ResourceRef {
     /// Kind.
     pub kind: Kind,

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod body;
+pub mod compile;
 pub mod ext;
 pub mod flags;
 pub mod policy;

@@ -175,6 +175,86 @@ pub enum AbortError {
     Http2(String),
 }
 
+// === conversions from the Istio model ===
+
+impl RetryPolicy {
+    /// Compiles `HTTPRetry` as istiod does (`pilot/pkg/networking/core/route/retry`):
+    /// unset fields take Istio's defaults; `attempts: 0` disables retries; an unknown
+    /// `retryOn` token is ignored here (validation rejects it first).
+    pub fn from_istio(r: &crate::model::networking::HttpRetry) -> Self {
+        let mut p = RetryPolicy { attempts: u32::try_from(r.attempts).unwrap_or(0), ..RetryPolicy::default() };
+        p.per_try_timeout = r.per_try_timeout.map(|d| d.0);
+        if let Some(on) = r.retry_on.as_deref().filter(|s| !s.trim().is_empty()) {
+            let (flags, codes) = RetryPolicy::parse_retry_on(on).unwrap_or_default();
+            p.retry_on = flags;
+            p.retriable_status_codes = codes;
+        }
+        if let Some(b) = r.retry_remote_localities {
+            p.retry_remote_localities = b;
+        }
+        if let Some(b) = r.retry_ignore_previous_hosts {
+            p.retry_ignore_previous_hosts = b;
+        }
+        if let Some(b) = r.backoff {
+            p.backoff = b.0;
+        }
+        p
+    }
+}
+
+/// gRPC status names (as `grpcStatus` writes them) and their codes.
+pub const GRPC_STATUS_CODES: &[(&str, u32)] = &[
+    ("OK", 0),
+    ("CANCELLED", 1),
+    ("UNKNOWN", 2),
+    ("INVALID_ARGUMENT", 3),
+    ("DEADLINE_EXCEEDED", 4),
+    ("NOT_FOUND", 5),
+    ("ALREADY_EXISTS", 6),
+    ("PERMISSION_DENIED", 7),
+    ("RESOURCE_EXHAUSTED", 8),
+    ("FAILED_PRECONDITION", 9),
+    ("ABORTED", 10),
+    ("OUT_OF_RANGE", 11),
+    ("UNIMPLEMENTED", 12),
+    ("INTERNAL", 13),
+    ("UNAVAILABLE", 14),
+    ("DATA_LOSS", 15),
+    ("UNAUTHENTICATED", 16),
+];
+
+fn fraction(p: Option<crate::percent::Percent>, legacy: Option<i32>) -> f64 {
+    match (p, legacy) {
+        (Some(p), _) => p.fraction(),
+        (None, Some(l)) => (f64::from(l) / 100.0).clamp(0.0, 1.0),
+        (None, None) => 1.0,
+    }
+}
+
+impl FaultPolicy {
+    /// Compiles `HTTPFaultInjection` (percentages default to 100%, as Istio).
+    pub fn from_istio(f: &crate::model::networking::HttpFaultInjection) -> Self {
+        let delay = f.delay.as_ref().and_then(|d| {
+            Some(DelayFault { fixed_delay: d.fixed_delay?.0, fraction: fraction(d.percentage, d.percent) })
+        });
+        let abort = f.abort.as_ref().and_then(|a| {
+            let error = if let Some(s) = a.http_status {
+                AbortError::Http(StatusCode::from_u16(u16::try_from(s).ok()?).ok()?)
+            } else if let Some(g) = &a.grpc_status {
+                let code = g
+                    .parse::<u32>()
+                    .ok()
+                    .or_else(|| GRPC_STATUS_CODES.iter().find(|(n, _)| n == g).map(|(_, c)| *c))?;
+                AbortError::Grpc(code)
+            } else {
+                AbortError::Http2(a.http2_error.clone()?)
+            };
+            Some(AbortFault { error, fraction: fraction(a.percentage, None) })
+        });
+        FaultPolicy { delay, abort }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
