@@ -9,6 +9,7 @@ pub mod ext;
 pub mod flags;
 pub mod policy;
 pub mod selector;
+pub mod sticky;
 
 pub use body::MeshBody;
 pub use flags::ResponseFlags;
