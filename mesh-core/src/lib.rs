@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod compile;
+pub mod config;
 pub mod ext;
 pub mod flags;
 pub mod policy;

@@ -2,3 +2,12 @@
 //! a proxy in-process; the binary only parses the command line.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod engine;
+pub mod ca;
+pub mod cli;
+pub mod demo;
+pub mod run;
+pub mod admin;
+pub mod proxy;
+pub mod stack;

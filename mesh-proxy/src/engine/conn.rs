@@ -1,0 +1,462 @@
+//! One downstream connection: protocol detection, hyper's HTTP/1.1 or HTTP/2 server, the
+//! listener's request checks, the idle watchdog and drain.
+//!
+//! Detection peeks at the first bytes: the HTTP/2 client preface (`PRI * HTTP/2.0…`, h2c
+//! with prior knowledge) selects HTTP/2, anything else HTTP/1.x. In the rare case where the
+//! client sends a proper prefix of the preface and waits, the bytes are read and replayed
+//! to the chosen server.
+
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::{Pin, pin};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use mesh_core::MeshBody;
+use mesh_core::ResponseFlags;
+use mesh_core::ext::local_reply;
+use pin_project::pin_project;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tower_service::Service;
+
+use super::headers::{Reject, check_request};
+use super::limits::Limits;
+use super::stack::{StackFactory, WorkerContext};
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The state one worker shares with its connections (all on the worker's thread).
+pub(crate) struct Worker<F: StackFactory> {
+    factory: Arc<F>,
+    ctx: WorkerContext,
+    stack: RefCell<Slot<F::Service>>,
+    h1: http1::Builder,
+    h2: http2::Builder<LocalExec>,
+    limits: Arc<Limits>,
+    max_headers: usize,
+    /// Set once drain starts; `drain` wakes the connections.
+    draining: Cell<bool>,
+    drain: Notify,
+    /// Open downstream connections; `all_closed` is notified when it drops to 0.
+    active: Cell<usize>,
+    all_closed: Notify,
+}
+
+struct Slot<S> {
+    generation: u64,
+    service: S,
+}
+
+/// Spawns hyper's HTTP/2 stream tasks on the worker's `LocalSet`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LocalExec;
+
+/// The hyper service of one connection: checks, then the worker's stack.
+struct ConnService<F: StackFactory> {
+    worker: Rc<Worker<F>>,
+}
+
+/// The response future of one request: the stack's own future (the common case), a clone of
+/// the stack still waiting to be ready, or a reply the engine made itself.
+#[pin_project(project = EngineFutureProj)]
+pub(crate) enum EngineFuture<S: Service<Request<Incoming>>> {
+    Stack(#[pin] S::Future),
+    Waiting(S, Option<Request<Incoming>>),
+    Local(Option<Response<MeshBody<Incoming>>>),
+}
+
+/// The downstream socket: replays the bytes read during detection (if any) and counts
+/// reads and writes for the idle watchdog.
+struct DownIo {
+    stream: TcpStream,
+    prefix: [u8; 24],
+    prefix_pos: u8,
+    prefix_len: u8,
+    activity: Rc<Cell<u32>>,
+}
+
+enum Proto {
+    H1,
+    H2,
+}
+
+/// Decrements the worker's connection count when a connection task ends, however it ends.
+struct ConnGuard<F: StackFactory>(Rc<Worker<F>>);
+
+// === impl Worker ===
+
+impl<F: StackFactory> Worker<F> {
+    pub(crate) fn new(factory: Arc<F>, ctx: WorkerContext, limits: Arc<Limits>) -> Self {
+        let head = limits.max_request_head_bytes();
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(limits.request_headers_timeout)
+            .max_header_size(head)
+            .keep_alive(true);
+        let max_headers = limits.max_request_headers_count as usize;
+        if max_headers != 100 {
+            // hyper's default is 100 on the stack; another value is a heap buffer per request
+            h1.max_headers(max_headers);
+        }
+        let mut h2 = http2::Builder::new(LocalExec);
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX));
+        let service = factory.make(&ctx);
+        let generation = factory.generation();
+        Worker {
+            factory,
+            ctx,
+            stack: RefCell::new(Slot {
+                generation,
+                service,
+            }),
+            h1,
+            h2,
+            limits,
+            max_headers,
+            draining: Cell::new(false),
+            drain: Notify::new(),
+            active: Cell::new(0),
+            all_closed: Notify::new(),
+        }
+    }
+
+    /// Starts draining: every connection finishes what it has in flight and closes
+    /// (HTTP/1.1 with `Connection: close`, HTTP/2 with GOAWAY).
+    pub(crate) fn start_drain(&self) {
+        self.draining.set(true);
+        self.drain.notify_waiters();
+    }
+
+    /// Resolves when no downstream connection is open.
+    pub(crate) async fn all_closed(&self) {
+        loop {
+            let mut n = pin!(self.all_closed.notified());
+            n.as_mut().enable();
+            if self.active.get() == 0 {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// Calls the stack (rebuilding it first when the factory's generation changed).
+    fn call(&self, req: Request<Incoming>) -> EngineFuture<F::Service> {
+        let Ok(mut slot) = self.stack.try_borrow_mut() else {
+            // unreachable: `call` does not re-enter; answer rather than panic
+            return EngineFuture::Local(Some(local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::LOCAL_RESET,
+                "stack busy",
+            )));
+        };
+        let generation = self.factory.generation();
+        if generation != slot.generation {
+            slot.service = self.factory.make(&self.ctx);
+            slot.generation = generation;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match slot.service.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => EngineFuture::Stack(slot.service.call(req)),
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => {
+                // The service that said Pending may hold a place in a queue (a semaphore
+                // permit being acquired): hand it to this request, whose task polls it with
+                // a real waker, and keep a fresh clone for the next requests.
+                let fresh = slot.service.clone();
+                let waiting = std::mem::replace(&mut slot.service, fresh);
+                EngineFuture::Waiting(waiting, Some(req))
+            }
+        }
+    }
+}
+
+/// Serves one accepted downstream connection to its end.
+pub(crate) async fn serve<F: StackFactory>(stream: TcpStream, worker: Rc<Worker<F>>) {
+    worker.active.set(worker.active.get() + 1);
+    let _guard = ConnGuard(worker.clone());
+    let _ = stream.set_nodelay(true);
+    let detected = tokio::time::timeout(worker.limits.request_headers_timeout, detect(stream)).await;
+    let Ok(Ok((proto, io))) = detected else {
+        return;
+    };
+    let activity = io.activity.clone();
+    let io = TokioIo::new(io);
+    let svc = ConnService {
+        worker: worker.clone(),
+    };
+    match proto {
+        Proto::H1 => {
+            let conn = worker.h1.serve_connection(io, svc);
+            drive(conn, |c| c.graceful_shutdown(), &worker, &activity).await
+        }
+        Proto::H2 => {
+            let conn = worker.h2.serve_connection(io, svc);
+            drive(conn, |c| c.graceful_shutdown(), &worker, &activity).await
+        }
+    }
+}
+
+/// Tells HTTP/2 (client preface) from HTTP/1.x by the first bytes.
+async fn detect(mut stream: TcpStream) -> io::Result<(Proto, DownIo)> {
+    let mut buf = [0u8; 24];
+    let n = stream.peek(&mut buf).await?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    if buf[..n] != H2_PREFACE[..n] {
+        return Ok((Proto::H1, DownIo::new(stream, buf, 0)));
+    }
+    if n == 24 {
+        return Ok((Proto::H2, DownIo::new(stream, buf, 0)));
+    }
+    // A proper prefix of the preface so far: read (and later replay) until it is decided.
+    let mut len = 0;
+    loop {
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        len += n;
+        if buf[..len] != H2_PREFACE[..len] {
+            return Ok((Proto::H1, DownIo::new(stream, buf, len)));
+        }
+        if len == 24 {
+            return Ok((Proto::H2, DownIo::new(stream, buf, len)));
+        }
+    }
+}
+
+/// Polls a hyper connection to its end, starting its graceful shutdown on drain and closing
+/// it when no byte moved for `streamIdleTimeout`.
+async fn drive<F, C, G>(conn: C, graceful: G, worker: &Worker<F>, activity: &Cell<u32>)
+where
+    F: StackFactory,
+    C: Future,
+    G: Fn(Pin<&mut C>),
+{
+    let mut conn = pin!(conn);
+    let mut drain = pin!(worker.drain.notified());
+    drain.as_mut().enable();
+    let mut draining = worker.draining.get();
+    if draining {
+        graceful(conn.as_mut());
+    }
+    let period = (worker.limits.stream_idle_timeout / 4).max(Duration::from_millis(1));
+    let mut tick = pin!(tokio::time::sleep(period));
+    let (mut seen, mut quiet) = (activity.get(), 0u8);
+    loop {
+        tokio::select! {
+            biased;
+            _ = conn.as_mut() => return,
+            () = drain.as_mut(), if !draining => {
+                draining = true;
+                graceful(conn.as_mut());
+            }
+            () = tick.as_mut() => {
+                let now = activity.get();
+                if now == seen {
+                    quiet += 1;
+                    if quiet >= 4 {
+                        return; // idle for the whole timeout: drop (close) the connection
+                    }
+                } else {
+                    (seen, quiet) = (now, 0);
+                }
+                tick.as_mut().reset(tokio::time::Instant::now() + period);
+            }
+        }
+    }
+}
+
+fn reject_reply(r: Reject) -> Response<MeshBody<Incoming>> {
+    let (status, text) = match r {
+        Reject::MissingHost => (StatusCode::BAD_REQUEST, "missing Host header"),
+        Reject::ContentLengthWithTransferEncoding => (
+            StatusCode::BAD_REQUEST,
+            "Content-Length with Transfer-Encoding",
+        ),
+        Reject::DuplicateContentLength => (StatusCode::BAD_REQUEST, "duplicate Content-Length"),
+        Reject::TooManyHeaders => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many request headers",
+        ),
+    };
+    let mut res = local_reply(status, ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, text);
+    // the rest of the connection can no longer be trusted (HTTP/1.1; ignored on HTTP/2)
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
+// === impl ConnService ===
+
+impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService<F> {
+    type Response = Response<MeshBody<Incoming>>;
+    type Error = Infallible;
+    type Future = EngineFuture<F::Service>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        if let Err(r) = check_request(&req, self.worker.max_headers) {
+            return EngineFuture::Local(Some(reject_reply(r)));
+        }
+        self.worker.call(req)
+    }
+}
+
+// === impl EngineFuture ===
+
+impl<S> Future for EngineFuture<S>
+where
+    S: Service<Request<Incoming>, Response = Response<MeshBody<Incoming>>, Error = Infallible>,
+{
+    type Output = Result<Response<MeshBody<Incoming>>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project() {
+                EngineFutureProj::Stack(f) => return f.poll(cx),
+                EngineFutureProj::Local(res) => {
+                    return match res.take() {
+                        Some(res) => Poll::Ready(Ok(res)),
+                        None => Poll::Pending,
+                    };
+                }
+                EngineFutureProj::Waiting(svc, req) => {
+                    match svc.poll_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(never)) => match never {},
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    match req.take() {
+                        Some(req) => EngineFuture::Stack(svc.call(req)),
+                        None => return Poll::Pending,
+                    }
+                }
+            };
+            self.set(next);
+        }
+    }
+}
+
+// === impl LocalExec ===
+
+impl<Fut> hyper::rt::Executor<Fut> for LocalExec
+where
+    Fut: Future + 'static,
+    Fut::Output: 'static,
+{
+    fn execute(&self, fut: Fut) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+// === impl ConnGuard ===
+
+impl<F: StackFactory> Drop for ConnGuard<F> {
+    fn drop(&mut self) {
+        let n = self.0.active.get().saturating_sub(1);
+        self.0.active.set(n);
+        if n == 0 {
+            self.0.all_closed.notify_waiters();
+        }
+    }
+}
+
+// === impl DownIo ===
+
+impl DownIo {
+    fn new(stream: TcpStream, prefix: [u8; 24], len: usize) -> Self {
+        DownIo {
+            stream,
+            prefix,
+            prefix_pos: 0,
+            // `len` ≤ 24 by construction
+            prefix_len: u8::try_from(len).unwrap_or(0),
+            activity: Rc::new(Cell::new(0)),
+        }
+    }
+
+    #[inline]
+    fn bump(&self) {
+        self.activity.set(self.activity.get().wrapping_add(1));
+    }
+}
+
+impl AsyncRead for DownIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix_pos < this.prefix_len {
+            let (pos, len) = (this.prefix_pos as usize, this.prefix_len as usize);
+            let n = buf.remaining().min(len - pos);
+            buf.put_slice(&this.prefix[pos..pos + n]);
+            this.prefix_pos += n as u8;
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() != before {
+            this.bump();
+        }
+        res
+    }
+}
+
+impl AsyncWrite for DownIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                this.bump();
+            }
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                this.bump();
+            }
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}

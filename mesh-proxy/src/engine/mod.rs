@@ -1,0 +1,309 @@
+//! The data-plane engine: listener, workers, limits, connector and pool, drain.
+//!
+//! The engine is how `mesh-proxy` (or your own proxy) serves HTTP: it listens on one address,
+//! speaks HTTP/1.1 and h2c (prior knowledge) on it, enforces the [`Limits`], hands each
+//! request to a per-worker service stack made by a [`StackFactory`], and drains gracefully.
+//!
+//! # Workers, as Envoy and HAProxy run them
+//!
+//! `concurrency` threads (0 = one per core), each with its own tokio current-thread runtime,
+//! its own listening socket on the same address (`SO_REUSEPORT`: the kernel spreads
+//! connections), its own accept loop, its own stack and its own upstream connection pool.
+//! Nothing on the request path crosses threads; workers share only immutable snapshots that
+//! the factory hands them.
+//!
+//! ```text
+//!             ┌ worker 0: accept ─► conn task ─► checks ─► stack₀ ─► … ─► Connector ─► pool₀ ─► upstream
+//!  :15001 ────┤ worker 1: accept ─► conn task ─► checks ─► stack₁ ─► … ─► Connector ─► pool₁ ─► upstream
+//!             └ …
+//! ```
+//!
+//! # Example
+//!
+//! A proxy sending everything to one upstream (`mesh-routing` and `mesh-lb` replace the
+//! closure in the real stack):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use mesh_core::ext::SelectedEndpoint;
+//! use mesh_proxy::engine::{Engine, EngineConfig, WorkerContext};
+//! use tower::ServiceExt as _;
+//!
+//! let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+//! let factory = Arc::new(move |ctx: &WorkerContext| {
+//!     let connector = ctx.connector();
+//!     tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+//!         req.extensions_mut().insert(SelectedEndpoint {
+//!             addr: upstream,
+//!             http2: false,
+//!             service_account: None,
+//!             istio_tls: false,
+//!         });
+//!         connector.oneshot(req)
+//!     })
+//! });
+//! let config = EngineConfig { concurrency: 2, ..EngineConfig::new("127.0.0.1:0".parse().unwrap()) };
+//! let engine = Engine::start(config, factory).unwrap();
+//! assert_ne!(engine.local_addr().port(), 0);
+//! assert!(engine.is_ready());
+//! engine.drain_blocking(); // stop accepting, finish in-flight requests, join the workers
+//! ```
+//!
+//! # What the engine does to requests
+//!
+//! Before the stack sees a request, the listener refuses (and closes the connection):
+//!
+//! | request | answer |
+//! |---|---|
+//! | head larger than `maxRequestHeadersKb`, more than `maxRequestHeadersCount` headers | 431 (hyper, HTTP/1.1; the engine, HTTP/2) |
+//! | HTTP/1.1 without `Host` | 400, flag `DPE` |
+//! | `Content-Length` with `Transfer-Encoding`; repeated or list-valued `Content-Length` | 400, flag `DPE` |
+//! | conflicting `Content-Length`, malformed request line or header | 400 (hyper) |
+//! | an HTTP version other than 1.0/1.1 on a non-h2c connection (`GET / HTTP/3.0`) | 400 (hyper; not 505) |
+//! | head not complete within `requestHeadersTimeout` | connection closed |
+//!
+//! It adds nothing to requests: hop-by-hop stripping and target rewriting are the
+//! [`Connector`]'s job (see [`upstream`]). A malformed request only ever affects its own
+//! connection.
+//!
+//! # Drain and readiness
+//!
+//! [`Engine::drain`] stops accepting, sends HTTP/1.1 responses in flight with
+//! `Connection: close` (idle keep-alive connections close at once) and GOAWAY on HTTP/2,
+//! waits up to `drainTimeout` for in-flight requests, then closes what is left and returns when
+//! every worker thread has exited. [`Readiness`] (for the admin's `/ready`) is true while every
+//! worker accepts and the engine is not draining.
+//!
+//! # Differences from Envoy
+//!
+//! - `streamIdleTimeout` is enforced per downstream connection (no byte either way for that
+//!   long closes it), not per stream, and closes rather than answering 408/504.
+//! - `requestHeadersTimeout` also bounds an idle HTTP/1.1 keep-alive connection (hyper's
+//!   header timer starts when it waits for the next request).
+//! - An unsupported HTTP version gets hyper's 400, not 505.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use tokio::sync::{oneshot, watch};
+
+mod conn;
+pub mod headers;
+mod limits;
+mod listener;
+mod stack;
+pub mod upstream;
+mod worker;
+
+pub use limits::Limits;
+pub use stack::{Reloadable, StackFactory, WorkerContext};
+pub use upstream::{Connector, ConnectorFuture, EngineResponse};
+
+/// Where and how the engine listens.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The address to listen on; port 0 picks a free port (see [`Engine::local_addr`]).
+    pub listen: SocketAddr,
+    /// Worker threads; 0 means one per available core (as Envoy's `--concurrency`).
+    /// Default: 1.
+    pub concurrency: usize,
+    /// Connection and request limits. Default: [`Limits::default`].
+    pub limits: Limits,
+}
+
+/// A running engine: its workers, its address, its drain.
+///
+/// Dropping it without [`drain`](Engine::drain) stops the workers at once (open connections
+/// are closed) without waiting for them.
+#[derive(Debug)]
+pub struct Engine {
+    local_addr: SocketAddr,
+    control: watch::Sender<Phase>,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    done: Vec<oneshot::Receiver<()>>,
+}
+
+/// The engine's readiness, for an admin `/ready` endpoint: cheap to clone, `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct Readiness(Arc<Shared>);
+
+/// What the engine handle and the workers share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    workers: usize,
+    listening: AtomicUsize,
+    draining: AtomicBool,
+}
+
+/// The engine's phase, watched by every worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Running,
+    Draining,
+    Stopping,
+}
+
+// === impl EngineConfig ===
+
+impl EngineConfig {
+    /// One worker listening on `listen`, with the default limits.
+    pub fn new(listen: SocketAddr) -> Self {
+        EngineConfig {
+            listen,
+            concurrency: 1,
+            limits: Limits::default(),
+        }
+    }
+}
+
+// === impl Engine ===
+
+impl Engine {
+    /// Binds the listening sockets, starts the workers and returns once every worker has built
+    /// its stack and accepts connections.
+    ///
+    /// Fails if an address cannot be bound or a worker cannot start (then the workers already
+    /// started are stopped).
+    pub fn start<F: StackFactory>(config: EngineConfig, factory: Arc<F>) -> io::Result<Engine> {
+        let workers = match config.concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let (local_addr, listeners) = listener::bind_all(config.listen, workers)?;
+        let limits = Arc::new(config.limits);
+        let shared = Arc::new(Shared {
+            workers,
+            listening: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+        });
+        let (control, control_rx) = watch::channel(Phase::Running);
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let mut engine = Engine {
+            local_addr,
+            control,
+            shared: shared.clone(),
+            threads: Vec::with_capacity(workers),
+            done: Vec::with_capacity(workers),
+        };
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let (done_tx, done_rx) = oneshot::channel();
+            let handle = worker::spawn(worker::Spawn {
+                index,
+                listener,
+                factory: factory.clone(),
+                limits: limits.clone(),
+                control: control_rx.clone(),
+                shared: shared.clone(),
+                started: started_tx.clone(),
+                done: done_tx,
+            })?;
+            engine.threads.push(handle);
+            engine.done.push(done_rx);
+        }
+        drop(started_tx);
+        for _ in 0..workers {
+            match started_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e), // `engine` dropped: the others stop
+                Err(_) => return Err(io::Error::other("a worker exited during start-up")),
+            }
+        }
+        Ok(engine)
+    }
+
+    /// The bound address (with the actual port when the configured one was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// How many worker threads run.
+    pub fn workers(&self) -> usize {
+        self.shared.workers
+    }
+
+    /// A handle telling whether the engine is ready to serve.
+    pub fn readiness(&self) -> Readiness {
+        Readiness(self.shared.clone())
+    }
+
+    /// Whether every worker accepts and the engine is not draining.
+    pub fn is_ready(&self) -> bool {
+        self.shared.is_ready()
+    }
+
+    /// Drains gracefully and returns when every worker has exited: stops accepting,
+    /// closes idle connections, lets in-flight requests finish (HTTP/1.1 responses carry
+    /// `Connection: close`, HTTP/2 connections get GOAWAY) for up to `drainTimeout`, then
+    /// closes the rest.
+    ///
+    /// Runs on any tokio runtime (or none: see [`drain_blocking`](Self::drain_blocking)).
+    pub async fn drain(mut self) {
+        self.begin(Phase::Draining);
+        for done in self.done.drain(..) {
+            let _ = done.await; // Err: the worker is gone, which is what we wait for
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join(); // already finished: it signalled `done` as its last act
+        }
+    }
+
+    /// [`drain`](Self::drain), blocking the calling thread (not for use inside an async task).
+    pub fn drain_blocking(mut self) {
+        self.begin(Phase::Draining);
+        self.done.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops at once: closes every connection without waiting; returns when the workers have
+    /// exited (blocking the calling thread).
+    pub fn shutdown_now(mut self) {
+        self.begin(Phase::Stopping);
+        self.done.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    fn begin(&self, phase: Phase) {
+        self.shared.draining.store(true, Ordering::Release);
+        self.control.send_if_modified(|p| {
+            // Stopping overrides Draining; nothing goes back to Running
+            let next = if *p == Phase::Stopping { Phase::Stopping } else { phase };
+            let changed = *p != next;
+            *p = next;
+            changed
+        });
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.begin(Phase::Stopping);
+        }
+    }
+}
+
+// === impl Readiness ===
+
+impl Readiness {
+    /// Whether every worker accepts and the engine is not draining.
+    pub fn is_ready(&self) -> bool {
+        self.0.is_ready()
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire)
+            && self.listening.load(Ordering::Acquire) == self.workers
+    }
+}

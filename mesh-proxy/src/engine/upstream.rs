@@ -1,0 +1,552 @@
+//! The connector: the innermost service of every stack, which sends a request to the endpoint
+//! the balancer chose, over a per-thread pool of upstream connections.
+//!
+//! **When to use**: as the innermost service of a stack built by a
+//! [`StackFactory`](super::StackFactory) (take it from
+//! [`WorkerContext::connector`](super::WorkerContext::connector)), or alone as a pooled
+//! HTTP/1.1 and HTTP/2 (prior knowledge) client in any tokio program.
+//!
+//! **Reads**: [`SelectedEndpoint`] from the request extensions (`addr`, `http2`).
+//! **Writes**: on failures it makes, a local reply with [`ResponseFlags`] in the extensions
+//! and the `x-mesh-response-flags` header:
+//!
+//! | failure | status | flag |
+//! |---|---|---|
+//! | no `SelectedEndpoint` extension | 503 | `UH` |
+//! | connection refused, connect timeout (`connectTimeout`) | 503 | `UF` |
+//! | upstream closed or reset the connection before the response head | 503 | `UC` |
+//! | HTTP/2 stream reset by the upstream before the response head | 503 | `UR` |
+//! | malformed response head | 502 | `UPE` |
+//! | no `Host` / `:authority` for an HTTP/2 upstream | 400 | `DPE` |
+//!
+//! A failure after the response head (the upstream resets mid-body) cannot change the status
+//! any more: the body ends with an error and the engine resets the downstream stream (HTTP/2)
+//! or closes the connection (HTTP/1.1), as Envoy does.
+//!
+//! **Rewrites**: hop-by-hop headers are removed both ways ([`strip_hop_by_hop`]); other
+//! headers pass untouched. To an HTTP/1.1 upstream the request goes in origin-form
+//! (`GET /path?q HTTP/1.1`) with the client's `Host` (from `:authority` when the client spoke
+//! HTTP/2); to an HTTP/2 upstream the client's `Host` becomes `:authority`. Bodies stream both
+//! ways, never buffered.
+//!
+//! **Pooling**: each thread has its own pool (a thread-local), so an engine worker's
+//! requests never touch another thread's state and nothing is locked: per endpoint a LIFO
+//! stack of idle HTTP/1.1 connections and one multiplexed HTTP/2 connection. A connection goes
+//! back to the stack as soon as hyper says it can take the next request (usually when the
+//! response head arrives, for small bodies); a request that finds a pooled connection closed
+//! under it is retried once on another. Unlike hyper-util's legacy pool there is no
+//! cross-task hand-off per request and no SipHash-keyed map.
+//!
+//! **Differences from Envoy**: no per-endpoint connection limit (circuit breaking lives in
+//! `mesh-resilience`), no upstream idle timeout (connections live until the upstream closes
+//! them), and HTTP/2 uses one connection per endpoint and thread.
+//!
+//! ```
+//! use mesh_proxy::engine::Connector;
+//! use std::time::Duration;
+//!
+//! let connector = Connector::new(Duration::from_secs(1));
+//! assert_eq!(connector.connect_timeout(), Duration::from_secs(1));
+//! ```
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_core::MeshBody;
+use mesh_core::ResponseFlags;
+use mesh_core::ext::{SelectedEndpoint, local_reply};
+use tokio::net::TcpStream;
+
+use super::headers::strip_hop_by_hop;
+
+/// The response type of every stack: the upstream's body or a local one.
+pub type EngineResponse = Response<MeshBody<Incoming>>;
+
+/// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed when released.
+const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 1024;
+
+/// The innermost service: forwards a request to its [`SelectedEndpoint`] over pooled
+/// connections. Cheap to clone (two words); every clone on a thread shares that thread's pool.
+#[derive(Debug, Clone, Copy)]
+pub struct Connector {
+    connect_timeout: Duration,
+    max_idle_per_endpoint: usize,
+}
+
+/// The future of [`Connector::call`](tower_service::Service::call).
+///
+/// One allocation per forwarded request (hyper's send future is not nameable); none for
+/// the local replies.
+pub struct ConnectorFuture(Inner);
+
+enum Inner {
+    Ready(Option<EngineResponse>),
+    Forward(Pin<Box<dyn Future<Output = EngineResponse> + Send>>),
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// A thread's pool: per endpoint address, its idle connections.
+#[derive(Default)]
+struct Pool {
+    endpoints: HashMap<SocketAddr, Endpoint, BuildHasherDefault<AddrHasher>>,
+}
+
+#[derive(Default)]
+struct Endpoint {
+    /// Idle HTTP/1.1 connections, most recently used last.
+    h1_idle: Vec<http1::SendRequest<Incoming>>,
+    /// The shared HTTP/2 connection.
+    h2: Option<http2::SendRequest<Incoming>>,
+}
+
+/// FxHash's multiply-rotate over the few words of a `SocketAddr`: the keys are endpoint
+/// addresses from configuration, not client input, so a DoS-resistant hash buys nothing.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+/// Why sending failed, for the local reply.
+enum SendFailure {
+    Connect,
+    Closed,
+    Reset,
+    Protocol,
+    BadRequest,
+}
+
+// === impl Connector ===
+
+impl Connector {
+    /// A connector giving up on a TCP connect (and, for HTTP/2, the handshake) after
+    /// `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Self {
+        Connector {
+            connect_timeout,
+            max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
+        }
+    }
+
+    /// Sets how many idle HTTP/1.1 connections per endpoint the pool keeps (default 1024).
+    pub fn with_max_idle_per_endpoint(mut self, max: usize) -> Self {
+        self.max_idle_per_endpoint = max;
+        self
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// Idle HTTP/1.1 connections this thread's pool holds for `addr` (for tests and stats).
+    pub fn idle_connections(addr: SocketAddr) -> usize {
+        POOL.with(|p| {
+            p.borrow()
+                .endpoints
+                .get(&addr)
+                .map_or(0, |e| e.h1_idle.iter().filter(|s| s.is_ready()).count())
+        })
+    }
+}
+
+impl tower_service::Service<Request<Incoming>> for Connector {
+    type Response = EngineResponse;
+    type Error = Infallible;
+    type Future = ConnectorFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> ConnectorFuture {
+        let Some(ep) = req.extensions().get::<SelectedEndpoint>() else {
+            return ConnectorFuture(Inner::Ready(Some(local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::NO_HEALTHY_UPSTREAM,
+                "no healthy upstream",
+            ))));
+        };
+        let (addr, h2) = (ep.addr, ep.http2);
+        let this = *self;
+        ConnectorFuture(Inner::Forward(Box::pin(async move {
+            let res = if h2 {
+                this.forward_h2(addr, req).await
+            } else {
+                this.forward_h1(addr, req).await
+            };
+            match res {
+                Ok(res) => {
+                    let (mut parts, body) = res.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    Response::from_parts(parts, MeshBody::inner(body))
+                }
+                Err(f) => f.reply(),
+            }
+        })))
+    }
+}
+
+impl Connector {
+    async fn forward_h1(
+        self,
+        addr: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendFailure> {
+        prepare_h1(&mut req);
+        loop {
+            let pooled = POOL.with(|p| p.borrow_mut().pop_h1(addr));
+            let reused = pooled.is_some();
+            let mut sender = match pooled {
+                Some(s) => s,
+                None => self.connect_h1(addr).await?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(res) => {
+                    self.release_h1(addr, sender);
+                    return Ok(res);
+                }
+                Err(mut e) => match e.take_message() {
+                    // the pooled connection closed before the request was written: retry
+                    Some(r) if reused => req = r,
+                    _ => return Err(SendFailure::from_h1(e.error())),
+                },
+            }
+        }
+    }
+
+    async fn connect_h1(&self, addr: SocketAddr) -> Result<http1::SendRequest<Incoming>, SendFailure> {
+        let connect = async {
+            let stream = TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)
+        };
+        let (sender, conn) = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| SendFailure::Connect)?
+            .map_err(|_| SendFailure::Connect)?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// Puts a connection back in the pool once it can take the next request.
+    fn release_h1(self, addr: SocketAddr, mut sender: http1::SendRequest<Incoming>) {
+        let max = self.max_idle_per_endpoint;
+        if sender.is_ready() {
+            POOL.with(|p| p.borrow_mut().push_h1(addr, sender, max));
+        } else if !sender.is_closed() {
+            // The response body is still coming: return it when hyper is done with it.
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    POOL.with(|p| p.borrow_mut().push_h1(addr, sender, max));
+                }
+            });
+        }
+    }
+
+    async fn forward_h2(
+        self,
+        addr: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendFailure> {
+        prepare_h2(&mut req).map_err(|()| SendFailure::BadRequest)?;
+        let pooled = POOL.with(|p| p.borrow_mut().get_h2(addr));
+        let mut sender = match pooled {
+            Some(s) => s,
+            None => {
+                let s = self.connect_h2(addr).await?;
+                POOL.with(|p| p.borrow_mut().endpoints.entry(addr).or_default().h2 = Some(s.clone()));
+                s
+            }
+        };
+        match sender.try_send_request(req).await {
+            Ok(res) => Ok(res),
+            Err(e) if sender.is_closed() => Err(SendFailure::from_h1(e.error())),
+            Err(e) if e.error().is_parse() => Err(SendFailure::Protocol),
+            Err(_) => Err(SendFailure::Reset),
+        }
+    }
+
+    async fn connect_h2(&self, addr: SocketAddr) -> Result<http2::SendRequest<Incoming>, SendFailure> {
+        let connect = async {
+            let stream = TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)
+        };
+        let (sender, conn) = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| SendFailure::Connect)?
+            .map_err(|_| SendFailure::Connect)?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+}
+
+/// Rewrites a request for an HTTP/1.1 upstream: `Host` from `:authority` when missing,
+/// hop-by-hop headers removed, origin-form target.
+fn prepare_h1<B>(req: &mut Request<B>) {
+    let uri = req.uri();
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        if !req.headers().contains_key(header::HOST) {
+            if let Some(v) = uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+    }
+    strip_hop_by_hop(req.headers_mut());
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// Rewrites a request for an HTTP/2 upstream: absolute target whose authority is the client's
+/// `Host` (or `:authority`), `Host` removed, hop-by-hop headers removed.
+fn prepare_h2<B>(req: &mut Request<B>) -> Result<(), ()> {
+    strip_hop_by_hop(req.headers_mut());
+    let authority = match req.headers_mut().remove(header::HOST) {
+        Some(h) => Authority::try_from(h.as_bytes()).map_err(|_| ())?,
+        None => req.uri().authority().cloned().ok_or(())?,
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP));
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ())?;
+    *req.version_mut() = Version::HTTP_2;
+    Ok(())
+}
+
+// === impl ConnectorFuture ===
+
+impl Future for ConnectorFuture {
+    type Output = Result<EngineResponse, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Inner::Ready(res) => match res.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => Poll::Pending,
+            },
+            Inner::Forward(fut) => fut.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnectorFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectorFuture")
+    }
+}
+
+// === impl Pool ===
+
+impl Pool {
+    fn pop_h1(&mut self, addr: SocketAddr) -> Option<http1::SendRequest<Incoming>> {
+        let ep = self.endpoints.get_mut(&addr)?;
+        while let Some(s) = ep.h1_idle.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn push_h1(&mut self, addr: SocketAddr, sender: http1::SendRequest<Incoming>, max: usize) {
+        let ep = self.endpoints.entry(addr).or_default();
+        if ep.h1_idle.len() < max {
+            ep.h1_idle.push(sender);
+        }
+    }
+
+    fn get_h2(&mut self, addr: SocketAddr) -> Option<http2::SendRequest<Incoming>> {
+        let ep = self.endpoints.get_mut(&addr)?;
+        match &ep.h2 {
+            Some(s) if s.is_ready() => Some(s.clone()),
+            Some(_) => {
+                ep.h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+// === impl AddrHasher ===
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl AddrHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+// === impl SendFailure ===
+
+impl SendFailure {
+    fn from_h1(e: &hyper::Error) -> Self {
+        if e.is_parse() {
+            SendFailure::Protocol
+        } else {
+            SendFailure::Closed
+        }
+    }
+
+    fn reply(self) -> EngineResponse {
+        match self {
+            SendFailure::Connect => local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                "upstream connect error",
+            ),
+            SendFailure::Closed => local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                "upstream connection terminated before response",
+            ),
+            SendFailure::Reset => local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::UPSTREAM_REMOTE_RESET,
+                "upstream reset before response",
+            ),
+            SendFailure::Protocol => local_reply(
+                StatusCode::BAD_GATEWAY,
+                ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+                "upstream protocol error",
+            ),
+            SendFailure::BadRequest => local_reply(
+                StatusCode::BAD_REQUEST,
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                "request has no authority",
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h1_target_is_origin_form_with_host_from_authority() {
+        let mut req = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("http://reviews:9080/a/b?c=d")
+            .header("connection", "x-drop")
+            .header("x-drop", "1")
+            .header("x-keep", "2")
+            .body(())
+            .unwrap();
+        prepare_h1(&mut req);
+        assert_eq!(req.uri(), "/a/b?c=d");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()["host"], "reviews:9080");
+        assert_eq!(req.headers()["x-keep"], "2");
+        assert!(req.headers().get("x-drop").is_none());
+    }
+
+    #[test]
+    fn h1_origin_form_request_is_left_alone() {
+        let mut req = Request::builder()
+            .uri("/x")
+            .header("host", "a.example")
+            .body(())
+            .unwrap();
+        prepare_h1(&mut req);
+        assert_eq!(req.uri(), "/x");
+        assert_eq!(req.headers()["host"], "a.example");
+    }
+
+    #[test]
+    fn h2_target_takes_authority_from_host() {
+        let mut req = Request::builder()
+            .uri("/x?y")
+            .header("host", "reviews:9080")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        prepare_h2(&mut req).unwrap();
+        assert_eq!(req.uri(), "http://reviews:9080/x?y");
+        assert!(req.headers().get("host").is_none());
+        assert_eq!(req.headers()["te"], "trailers");
+        assert_eq!(req.version(), Version::HTTP_2);
+    }
+
+    #[test]
+    fn h2_target_without_any_authority_is_refused() {
+        let mut req = Request::builder().uri("/x").body(()).unwrap();
+        assert!(prepare_h2(&mut req).is_err());
+    }
+
+    #[test]
+    fn addr_hasher_spreads_ports() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let b = BuildHasherDefault::<AddrHasher>::default();
+        let a: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:81".parse().unwrap();
+        assert_ne!(b.hash_one(a), b.hash_one(c));
+    }
+}

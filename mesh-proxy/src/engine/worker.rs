@@ -1,0 +1,141 @@
+//! One worker: a thread with its own current-thread runtime and `LocalSet`, its own listening
+//! socket and accept loop, its own stack and (through the thread-local pool) its own upstream
+//! connections. Nothing it does per request touches another thread.
+
+use std::io;
+use std::net::TcpListener as StdListener;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::LocalSet;
+
+use super::conn::{Worker, serve};
+use super::limits::Limits;
+use super::stack::{StackFactory, WorkerContext};
+use super::{Phase, Shared};
+
+/// What a worker thread needs to start.
+pub(crate) struct Spawn<F> {
+    pub(crate) index: usize,
+    pub(crate) listener: StdListener,
+    pub(crate) factory: Arc<F>,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) control: watch::Receiver<Phase>,
+    pub(crate) shared: Arc<Shared>,
+    /// Told once the worker accepts (or why it could not start).
+    pub(crate) started: std::sync::mpsc::Sender<io::Result<()>>,
+    /// Dropped when the thread is done (after its runtime is gone).
+    pub(crate) done: oneshot::Sender<()>,
+}
+
+/// Starts worker thread `spawn.index`.
+pub(crate) fn spawn<F: StackFactory>(spawn: Spawn<F>) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("mesh-worker-{}", spawn.index))
+        .spawn(move || run(spawn))
+}
+
+fn run<F: StackFactory>(spawn: Spawn<F>) {
+    let Spawn {
+        index,
+        listener,
+        factory,
+        limits,
+        mut control,
+        shared,
+        started,
+        done,
+    } = spawn;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = started.send(Err(e));
+            return;
+        }
+    };
+    let local = LocalSet::new();
+    local.block_on(&rt, async {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = started.send(Err(e));
+                return;
+            }
+        };
+        let ctx = WorkerContext::new(index, shared.workers, limits.clone());
+        let worker = Rc::new(Worker::new(factory, ctx, limits.clone()));
+        shared.listening.fetch_add(1, Ordering::AcqRel);
+        let _ = started.send(Ok(()));
+        let phase = accept_loop(&listener, &worker, &mut control).await;
+        drop(listener); // stop accepting: new connections go elsewhere or are refused
+        shared.listening.fetch_sub(1, Ordering::AcqRel);
+        if phase == Phase::Draining {
+            worker.start_drain();
+            let stop = async {
+                // `Stopping` during the drain cuts it short
+                while control.changed().await.is_ok() {
+                    if *control.borrow() == Phase::Stopping {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = worker.all_closed() => {}
+                _ = tokio::time::timeout(limits.drain_timeout, stop) => {}
+            }
+        }
+    });
+    // dropping the LocalSet and the runtime closes whatever is still open
+    drop(local);
+    drop(rt);
+    drop(done);
+}
+
+/// Accepts until the engine leaves [`Phase::Running`]; returns the phase it moved to.
+async fn accept_loop<F: StackFactory>(
+    listener: &TcpListener,
+    worker: &Rc<Worker<F>>,
+    control: &mut watch::Receiver<Phase>,
+) -> Phase {
+    loop {
+        let phase = *control.borrow_and_update();
+        if phase != Phase::Running {
+            return phase;
+        }
+        tokio::select! {
+            biased;
+            r = control.changed() => {
+                if r.is_err() {
+                    return Phase::Stopping; // the engine handle is gone
+                }
+            }
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    tokio::task::spawn_local(serve(stream, worker.clone()));
+                }
+                Err(e) if is_per_connection(&e) => {}
+                // out of descriptors or memory: back off instead of spinning
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+        }
+    }
+}
+
+/// Accept errors that concern one connection only (the next accept may succeed).
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
