@@ -44,7 +44,7 @@ pub struct Compiled {
 /// Validates loaded resources: on success the resources and the warnings.
 pub fn check(loaded: Loaded) -> Result<(Vec<Resource>, Vec<Diagnostic>), ConfigError> {
     let Loaded { resources, mut diagnostics } = loaded;
-    let findings = run_validation(&resources);
+    let findings = crate::validate::validate(&resources);
     diagnostics.extend(resolve(&resources, findings));
     diagnostics.sort_by(|a, b| {
         (a.severity, &a.file, a.line, a.column).cmp(&(b.severity, &b.file, b.line, b.column))
@@ -78,7 +78,3 @@ pub fn load_str(name: &str, text: &str) -> Result<Compiled, ConfigError> {
     build(loader)
 }
 
-// Validation lands in `crate::validate`; until it is wired in, nothing is reported.
-fn run_validation(_resources: &[Resource]) -> Vec<crate::load::Finding> {
-    Vec::new()
-}

@@ -28,6 +28,17 @@ pub struct RouteDestination {
     pub port: Option<u16>,
 }
 
+/// Marks a [`RouteDestination`] whose host is not in the service registry: the request is
+/// passed through to the host it named (Istio's `PassthroughCluster`, under
+/// `outboundTrafficPolicy: ALLOW_ANY`).
+///
+/// Written by the router (`mesh-routing`) beside the `RouteDestination` (whose `host` is the
+/// request's host, without the port, and `port` the request's port); read by the balancer
+/// (`mesh-lb`), which then resolves and connects to that host instead of a service's
+/// endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Passthrough;
+
 /// The policy of the route the router chose: what the resilience layers apply.
 ///
 /// Written by the router; read by the timeout, retry and fault layers (`mesh-resilience`),
@@ -59,6 +70,29 @@ pub struct SelectedEndpoint {
     pub service_account: Option<Arc<str>>,
     /// Whether the endpoint carries `security.istio.io/tlsMode: istio` (has a sidecar).
     pub istio_tls: bool,
+}
+
+/// The downstream peer's address (the client of this hop), for `consistentHash.useSourceIp`
+/// and access logs.
+///
+/// Written by the proxy's listener for every request of a connection, or by an in-process
+/// user; read by the balancer (`mesh-lb`). Absent: source-IP hashing has no key (a random
+/// endpoint is picked, as Envoy does when a hash policy yields nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The cluster the balancer picked the [`SelectedEndpoint`] from: its Istio name
+/// (`outbound|9080|v1|reviews.default.svc.cluster.local`) and the endpoint's health cell.
+///
+/// Written by the balancer (`mesh-lb`) beside [`SelectedEndpoint`]; read by outlier
+/// detection (which ejects the endpoint through the cell; see [`crate::health`]) and
+/// telemetry (Envoy's `upstream_cluster`).
+#[derive(Debug, Clone)]
+pub struct UpstreamCluster {
+    /// The Istio cluster name ([`crate::health::cluster_name`]).
+    pub name: Arc<str>,
+    /// The selected endpoint's health cell in this cluster.
+    pub health: Arc<crate::health::HealthCell>,
 }
 
 /// The workload that sent a request, for `sourceLabels` / `sourceNamespace` matching.

@@ -8,6 +8,7 @@ pub mod compile;
 pub mod config;
 pub mod ext;
 pub mod flags;
+pub mod health;
 pub mod policy;
 pub mod selector;
 pub mod sticky;
@@ -21,6 +22,7 @@ pub mod load;
 pub mod locality;
 pub mod model;
 pub mod percent;
+pub mod validate;
 
 pub use duration::GoDuration;
 pub use error::{ConfigError, Diagnostic, FieldPath, Severity};

@@ -44,17 +44,26 @@ async fn drain_finishes_in_flight_requests_and_closes_idle_connections() {
 
     // an idle keep-alive connection
     let mut idle = TcpStream::connect(addr).await.unwrap();
-    idle.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
     assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
     // a request in flight
     let mut busy = TcpStream::connect(addr).await.unwrap();
-    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
     bounded(arrived.recv()).await.unwrap();
     // an h2 request in flight
     let (mut h2, h2_conn) = h2_client(addr).await;
-    let h2_res = tokio::spawn(h2.send_request(
-        Request::builder().uri("http://a/slow").body(full("")).unwrap(),
-    ));
+    let h2_res = tokio::spawn(
+        h2.send_request(
+            Request::builder()
+                .uri("http://a/slow")
+                .body(full(""))
+                .unwrap(),
+        ),
+    );
     bounded(arrived.recv()).await.unwrap();
 
     let drain = tokio::spawn(engine.drain());
@@ -72,7 +81,10 @@ async fn drain_finishes_in_flight_requests_and_closes_idle_connections() {
     assert_eq!(text(h2_res).await, "done");
     bounded(h2_conn).await.unwrap(); // GOAWAY, then closed
     bounded(drain).await.unwrap();
-    assert!(TcpStream::connect(addr).await.is_err(), "still accepting after drain");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "still accepting after drain"
+    );
 }
 
 #[tokio::test]
@@ -84,7 +96,9 @@ async fn drain_gives_up_after_the_drain_timeout() {
     };
     let engine = start(up.addr, false, limits, 1);
     let mut busy = TcpStream::connect(engine.local_addr()).await.unwrap();
-    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
     bounded(arrived.recv()).await.unwrap();
     let started = std::time::Instant::now();
     bounded(engine.drain()).await;
@@ -109,7 +123,10 @@ fn drain_blocking_and_readiness_without_a_runtime() {
 fn binding_a_used_address_fails() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap(); // no SO_REUSEPORT
     let config = EngineConfig::new(l.local_addr().unwrap());
-    let res = Engine::start(config, Arc::new(forward_to("127.0.0.1:9".parse().unwrap(), false)));
+    let res = Engine::start(
+        config,
+        Arc::new(forward_to("127.0.0.1:9".parse().unwrap(), false)),
+    );
     assert!(res.is_err());
 }
 
@@ -124,25 +141,31 @@ struct Marker {
 impl tower::Service<Request<hyper::body::Incoming>> for Marker {
     type Response = Response<MeshBody<hyper::body::Incoming>>;
     type Error = Infallible;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>>>>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>>>>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
         std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<hyper::body::Incoming>) -> Self::Future {
         use tower::ServiceExt as _;
-        req.extensions_mut().insert(mesh_core::ext::SelectedEndpoint {
-            addr: self.upstream,
-            http2: false,
-            service_account: None,
-            istio_tls: false,
-        });
+        req.extensions_mut()
+            .insert(mesh_core::ext::SelectedEndpoint {
+                addr: self.upstream,
+                http2: false,
+                service_account: None,
+                istio_tls: false,
+            });
         let marker = self.marker;
         let fut = self.connector.oneshot(req);
         Box::pin(async move {
             let mut res = fut.await?;
-            res.headers_mut().insert("x-config", marker.parse().unwrap());
+            res.headers_mut()
+                .insert("x-config", http::HeaderValue::from_static(marker));
             Ok(res)
         })
     }
@@ -154,14 +177,17 @@ async fn reload_switches_new_requests_while_in_flight_ones_finish_on_the_old_sta
     let builds = Arc::new(AtomicUsize::new(0));
     let b = builds.clone();
     let upstream = up.addr;
-    let factory = Arc::new(Reloadable::new("v1", move |ctx: &WorkerContext, cfg: &Arc<&'static str>| {
-        b.fetch_add(1, Ordering::SeqCst);
-        Marker {
-            marker: cfg.as_ref(),
-            upstream,
-            connector: ctx.connector(),
-        }
-    }));
+    let factory = Arc::new(Reloadable::new(
+        "v1",
+        move |ctx: &WorkerContext, cfg: &Arc<&'static str>| {
+            b.fetch_add(1, Ordering::SeqCst);
+            Marker {
+                marker: cfg.as_ref(),
+                upstream,
+                connector: ctx.connector(),
+            }
+        },
+    ));
     let engine = Engine::start(
         EngineConfig::new("127.0.0.1:0".parse().unwrap()),
         factory.clone(),

@@ -20,7 +20,9 @@ async fn h1_request_reaches_upstream_with_host_and_origin_form() {
     let up = upstream(echo()).await;
     let engine = start(up.addr, false, Limits::default(), 1);
     let mut c = h1_client(engine.local_addr()).await;
-    let res = bounded(c.send_request(get("/a/b?c=d", "reviews:9080"))).await.unwrap();
+    let res = bounded(c.send_request(get("/a/b?c=d", "reviews:9080")))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["x-upstream"], "yes");
     let body = text(res).await;
@@ -70,12 +72,17 @@ async fn http2_endpoint_is_reached_over_http2_with_authority() {
     let engine = start(up.addr, true, Limits::default(), 1);
     let mut c = h1_client(engine.local_addr()).await;
     for _ in 0..3 {
-        let res = bounded(c.send_request(get("/h2", "reviews:9080"))).await.unwrap();
+        let res = bounded(c.send_request(get("/h2", "reviews:9080")))
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
         let body = text(res).await;
         assert!(body.contains("version=HTTP/2.0\n"), "{body}");
         assert!(body.contains("uri=http://reviews:9080/h2\n"), "{body}");
-        assert!(!body.contains("host:"), "Host must become :authority: {body}");
+        assert!(
+            !body.contains("host:"),
+            "Host must become :authority: {body}"
+        );
     }
     // one multiplexed connection for all three
     assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
@@ -203,8 +210,19 @@ async fn hop_by_hop_headers_are_removed_both_ways_and_unknown_ones_kept() {
     let (head, body) = res.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{res}");
     let upstream_saw: HashSet<&str> = body.lines().collect();
-    for gone in ["x-private", "keep-alive", "proxy-connection", "upgrade", "connection"] {
-        assert!(!upstream_saw.iter().any(|l| l.starts_with(&format!("{gone}:"))), "{gone}: {body}");
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "connection",
+    ] {
+        assert!(
+            !upstream_saw
+                .iter()
+                .any(|l| l.starts_with(&format!("{gone}:"))),
+            "{gone}: {body}"
+        );
     }
     assert!(upstream_saw.contains("x-unknown-thing: Keep Me"), "{body}");
     assert!(upstream_saw.contains("te: trailers"), "{body}");
@@ -236,7 +254,8 @@ async fn no_selected_endpoint_is_503_uh() {
     let engine = start(up.addr, false, Limits::default(), 1);
     let mut c = h1_client(engine.local_addr()).await;
     let mut req = get("/", "a");
-    req.headers_mut().insert("x-test-no-endpoint", "1".parse().unwrap());
+    req.headers_mut()
+        .insert("x-test-no-endpoint", "1".parse().unwrap());
     let res = bounded(c.send_request(req)).await.unwrap();
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["x-mesh-response-flags"], "UH");

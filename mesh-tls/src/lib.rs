@@ -4,3 +4,5 @@
 //! `DESIGN.md` for where it sits on the request path.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod ca;

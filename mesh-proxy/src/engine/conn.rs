@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tower_service::Service;
 
-use super::headers::{Reject, check_request};
+use super::headers::{HeadScanner, Reject, check_request};
 use super::limits::Limits;
 use super::stack::{StackFactory, WorkerContext};
 
@@ -64,6 +64,17 @@ pub(crate) struct LocalExec;
 /// The hyper service of one connection: checks, then the worker's stack.
 struct ConnService<F: StackFactory> {
     worker: Rc<Worker<F>>,
+    conn: Rc<ConnState>,
+}
+
+/// What a connection's socket wrapper and its service share.
+#[derive(Default)]
+struct ConnState {
+    /// Reads and writes so far (for the idle watchdog).
+    activity: Cell<u32>,
+    /// HTTP/1.x only: the raw framing scan, and how many requests hyper has handed over.
+    scan: Option<RefCell<HeadScanner>>,
+    dispatched: Cell<u32>,
 }
 
 /// The response future of one request: the stack's own future (the common case), a clone of
@@ -82,7 +93,7 @@ struct DownIo {
     prefix: [u8; 24],
     prefix_pos: u8,
     prefix_len: u8,
-    activity: Rc<Cell<u32>>,
+    state: Rc<ConnState>,
 }
 
 enum Proto {
@@ -99,8 +110,9 @@ impl<F: StackFactory> Worker<F> {
     pub(crate) fn new(factory: Arc<F>, ctx: WorkerContext, limits: Arc<Limits>) -> Self {
         let head = limits.max_request_head_bytes();
         let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(limits.request_headers_timeout)
+        // `requestHeadersTimeout` is the connection watchdog's (see `drive`): hyper's own
+        // header timer costs an allocation and a timer-wheel entry per request.
+        h1.header_read_timeout(None)
             .max_header_size(head)
             .keep_alive(true);
         let max_headers = limits.max_request_headers_count as usize;
@@ -187,23 +199,25 @@ pub(crate) async fn serve<F: StackFactory>(stream: TcpStream, worker: Rc<Worker<
     worker.active.set(worker.active.get() + 1);
     let _guard = ConnGuard(worker.clone());
     let _ = stream.set_nodelay(true);
-    let detected = tokio::time::timeout(worker.limits.request_headers_timeout, detect(stream)).await;
+    let detected =
+        tokio::time::timeout(worker.limits.request_headers_timeout, detect(stream)).await;
     let Ok(Ok((proto, io))) = detected else {
         return;
     };
-    let activity = io.activity.clone();
+    let state = io.state.clone();
     let io = TokioIo::new(io);
     let svc = ConnService {
         worker: worker.clone(),
+        conn: state.clone(),
     };
     match proto {
         Proto::H1 => {
             let conn = worker.h1.serve_connection(io, svc);
-            drive(conn, |c| c.graceful_shutdown(), &worker, &activity).await
+            drive(conn, |c| c.graceful_shutdown(), &worker, &state).await
         }
         Proto::H2 => {
             let conn = worker.h2.serve_connection(io, svc);
-            drive(conn, |c| c.graceful_shutdown(), &worker, &activity).await
+            drive(conn, |c| c.graceful_shutdown(), &worker, &state).await
         }
     }
 }
@@ -216,10 +230,10 @@ async fn detect(mut stream: TcpStream) -> io::Result<(Proto, DownIo)> {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     if buf[..n] != H2_PREFACE[..n] {
-        return Ok((Proto::H1, DownIo::new(stream, buf, 0)));
+        return Ok((Proto::H1, DownIo::new(stream, buf, 0, true)));
     }
     if n == 24 {
-        return Ok((Proto::H2, DownIo::new(stream, buf, 0)));
+        return Ok((Proto::H2, DownIo::new(stream, buf, 0, false)));
     }
     // A proper prefix of the preface so far: read (and later replay) until it is decided.
     let mut len = 0;
@@ -230,17 +244,21 @@ async fn detect(mut stream: TcpStream) -> io::Result<(Proto, DownIo)> {
         }
         len += n;
         if buf[..len] != H2_PREFACE[..len] {
-            return Ok((Proto::H1, DownIo::new(stream, buf, len)));
+            return Ok((Proto::H1, DownIo::new(stream, buf, len, true)));
         }
         if len == 24 {
-            return Ok((Proto::H2, DownIo::new(stream, buf, len)));
+            return Ok((Proto::H2, DownIo::new(stream, buf, len, false)));
         }
     }
 }
 
-/// Polls a hyper connection to its end, starting its graceful shutdown on drain and closing
-/// it when no byte moved for `streamIdleTimeout`.
-async fn drive<F, C, G>(conn: C, graceful: G, worker: &Worker<F>, activity: &Cell<u32>)
+/// Polls a hyper connection to its end, starting its graceful shutdown on drain, and closing
+/// it when no byte moved for `streamIdleTimeout` or a request head took longer than
+/// `requestHeadersTimeout` from its first byte.
+///
+/// One timer per connection, re-armed every quarter of the shorter timeout (not per request):
+/// a timeout fires between 1× and 1.25× its value.
+async fn drive<F, C, G>(conn: C, graceful: G, worker: &Worker<F>, state: &ConnState)
 where
     F: StackFactory,
     C: Future,
@@ -253,9 +271,21 @@ where
     if draining {
         graceful(conn.as_mut());
     }
-    let period = (worker.limits.stream_idle_timeout / 4).max(Duration::from_millis(1));
+    let limits = &worker.limits;
+    let period = (limits
+        .stream_idle_timeout
+        .min(limits.request_headers_timeout)
+        / 4)
+    .max(Duration::from_millis(1));
+    let ticks_for = |t: Duration| (t.as_nanos().div_ceil(period.as_nanos())).max(1);
+    let (idle_ticks, head_ticks) = (
+        ticks_for(limits.stream_idle_timeout),
+        ticks_for(limits.request_headers_timeout),
+    );
     let mut tick = pin!(tokio::time::sleep(period));
-    let (mut seen, mut quiet) = (activity.get(), 0u8);
+    let (mut seen, mut quiet) = (state.activity.get(), 0u128);
+    // consecutive ticks that saw the same head still incomplete, and which head
+    let (mut slow_head, mut head_no) = (0u128, 0u32);
     loop {
         tokio::select! {
             biased;
@@ -265,14 +295,27 @@ where
                 graceful(conn.as_mut());
             }
             () = tick.as_mut() => {
-                let now = activity.get();
+                let now = state.activity.get();
                 if now == seen {
                     quiet += 1;
-                    if quiet >= 4 {
+                    if quiet >= idle_ticks {
                         return; // idle for the whole timeout: drop (close) the connection
                     }
                 } else {
                     (seen, quiet) = (now, 0);
+                }
+                if let Some(scan) = &state.scan {
+                    let scan = scan.borrow();
+                    if scan.reading_head() && (slow_head == 0 || scan.heads() == head_no) {
+                        head_no = scan.heads();
+                        slow_head += 1;
+                        // first seen up to one period after it began: one more tick
+                        if slow_head > head_ticks {
+                            return;
+                        }
+                    } else {
+                        slow_head = 0;
+                    }
                 }
                 tick.as_mut().reset(tokio::time::Instant::now() + period);
             }
@@ -308,6 +351,13 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
     type Future = EngineFuture<F::Service>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        if let Some(scan) = &self.conn.scan {
+            let n = self.conn.dispatched.get().wrapping_add(1);
+            self.conn.dispatched.set(n);
+            if let Some(r) = scan.borrow().verdict(n) {
+                return EngineFuture::Local(Some(reject_reply(r)));
+            }
+        }
         if let Err(r) = check_request(&req, self.worker.max_headers) {
             return EngineFuture::Local(Some(reject_reply(r)));
         }
@@ -377,20 +427,33 @@ impl<F: StackFactory> Drop for ConnGuard<F> {
 // === impl DownIo ===
 
 impl DownIo {
-    fn new(stream: TcpStream, prefix: [u8; 24], len: usize) -> Self {
+    fn new(stream: TcpStream, prefix: [u8; 24], len: usize, http1: bool) -> Self {
         DownIo {
             stream,
             prefix,
             prefix_pos: 0,
             // `len` ≤ 24 by construction
             prefix_len: u8::try_from(len).unwrap_or(0),
-            activity: Rc::new(Cell::new(0)),
+            state: Rc::new(ConnState {
+                scan: http1.then(RefCell::default),
+                ..ConnState::default()
+            }),
         }
     }
 
     #[inline]
     fn bump(&self) {
-        self.activity.set(self.activity.get().wrapping_add(1));
+        let a = &self.state.activity;
+        a.set(a.get().wrapping_add(1));
+    }
+
+    /// Bytes the client sent, on their way to hyper.
+    #[inline]
+    fn received(&self, bytes: &[u8]) {
+        self.bump();
+        if let Some(scan) = &self.state.scan {
+            scan.borrow_mut().feed(bytes);
+        }
     }
 }
 
@@ -404,14 +467,16 @@ impl AsyncRead for DownIo {
         if this.prefix_pos < this.prefix_len {
             let (pos, len) = (this.prefix_pos as usize, this.prefix_len as usize);
             let n = buf.remaining().min(len - pos);
-            buf.put_slice(&this.prefix[pos..pos + n]);
+            let replay = &this.prefix[pos..pos + n];
+            buf.put_slice(replay);
+            this.received(replay);
             this.prefix_pos += n as u8;
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.stream).poll_read(cx, buf);
         if buf.filled().len() != before {
-            this.bump();
+            this.received(&buf.filled()[before..]);
         }
         res
     }
@@ -425,10 +490,10 @@ impl AsyncWrite for DownIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let res = Pin::new(&mut this.stream).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = res {
-            if n > 0 {
-                this.bump();
-            }
+        if let Poll::Ready(Ok(n)) = res
+            && n > 0
+        {
+            this.bump();
         }
         res
     }
@@ -440,10 +505,10 @@ impl AsyncWrite for DownIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let res = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = res {
-            if n > 0 {
-                this.bump();
-            }
+        if let Poll::Ready(Ok(n)) = res
+            && n > 0
+        {
+            this.bump();
         }
         res
     }

@@ -80,16 +80,28 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         return;
     }
     if present & CONNECTION != 0 {
-        // Tokens other than the usual options: rare, so a Vec (no allocation when empty).
+        // One look-up removes every `Connection` field; tokens other than the usual
+        // options are rare, so a Vec (no allocation when empty).
         let mut named: Vec<HeaderName> = Vec::new();
-        for v in h.get_all(header::CONNECTION) {
-            let Ok(v) = v.to_str() else { continue };
-            for t in v.split(',').map(str::trim) {
-                if t.is_empty() || t.eq_ignore_ascii_case("close") || t.eq_ignore_ascii_case("keep-alive") {
-                    continue;
+        if let header::Entry::Occupied(e) = h.entry(header::CONNECTION) {
+            for v in e.remove_entry_mult().1 {
+                let v = v.as_bytes();
+                if v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") {
+                    continue; // the usual single option
                 }
-                if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
-                    if n != header::HOST {
+                let Ok(v) = std::str::from_utf8(v) else {
+                    continue;
+                };
+                for t in v.split(',').map(str::trim) {
+                    if t.is_empty()
+                        || t.eq_ignore_ascii_case("close")
+                        || t.eq_ignore_ascii_case("keep-alive")
+                    {
+                        continue;
+                    }
+                    if let Ok(n) = HeaderName::from_bytes(t.as_bytes())
+                        && n != header::HOST
+                    {
                         named.push(n);
                     }
                 }
@@ -98,7 +110,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         for n in named {
             h.remove(n);
         }
-        h.remove(header::CONNECTION);
     }
     if present & KEEP_ALIVE != 0 {
         h.remove("keep-alive");
@@ -109,8 +120,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     if present & TE != 0 {
         let trailers = h.get_all(header::TE).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")))
+                s.split(',').any(|t| {
+                    t.split(';')
+                        .next()
+                        .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                })
             })
         });
         h.remove(header::TE);
@@ -166,6 +180,242 @@ pub fn check_request<B>(req: &Request<B>, max_headers: usize) -> Result<(), Reje
     Ok(())
 }
 
+/// Watches the raw HTTP/1.x byte stream of one connection for the framing hyper normalises
+/// before the engine can see it: hyper drops `Content-Length` when `Transfer-Encoding` is
+/// present, and merges repeated equal `Content-Length` fields. Both are refused by the engine
+/// (request smuggling defence), so it counts those fields itself, in the bytes hyper reads.
+///
+/// It follows heads and `Content-Length` bodies; after a chunked body or anything it does not
+/// fully understand it stops (hyper's own rules still apply to the rest of the connection), so
+/// it can only ever flag a head it parsed completely. One head per connection at most can be
+/// flagged: the scan stops after it.
+#[derive(Debug, Default)]
+pub(crate) struct HeadScanner {
+    state: ScanState,
+    /// Complete heads seen.
+    heads: u32,
+    /// 1-based index of the flagged head and why, if any.
+    flagged: Option<(u32, Reject)>,
+    /// Some bytes of the next head have arrived (for `requestHeadersTimeout`).
+    partial: bool,
+    // --- the head being scanned ---
+    seen_request_line: bool,
+    line: Line,
+    /// `\r` just seen at the start of a line.
+    cr_at_start: bool,
+    name_pos: u8,
+    cl_count: u8,
+    te: bool,
+    cl_value: u64,
+    /// Value state of the current `Content-Length` line: 0 leading space, 1 digits,
+    /// 2 trailing space.
+    cl_phase: u8,
+    cl_digits: u8,
+    cl_bad: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ScanState {
+    #[default]
+    Head,
+    Body(u64),
+    Off,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    #[default]
+    Start,
+    /// Matching a name against both candidates.
+    Name,
+    /// Matching `content-length` only / `transfer-encoding` only.
+    NameCl,
+    NameTe,
+    ClValue,
+    /// Nothing more to learn on this line.
+    Skip,
+}
+
+const CL_NAME: &[u8] = b"content-length";
+const TE_NAME: &[u8] = b"transfer-encoding";
+
+// === impl HeadScanner ===
+
+impl HeadScanner {
+    /// Feeds bytes as they are read from the client.
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match self.state {
+                ScanState::Off => return,
+                ScanState::Body(n) => {
+                    let take = n.min(bytes.len() as u64);
+                    self.state = if take == n {
+                        ScanState::Head
+                    } else {
+                        ScanState::Body(n - take)
+                    };
+                    bytes = &bytes[take as usize..];
+                }
+                ScanState::Head => {
+                    let used = self.head(bytes);
+                    bytes = &bytes[used..];
+                }
+            }
+        }
+    }
+
+    /// Complete heads seen so far.
+    pub(crate) fn heads(&self) -> u32 {
+        self.heads
+    }
+
+    /// Whether part of a head has arrived and its end not yet (false once the scan stopped).
+    pub(crate) fn reading_head(&self) -> bool {
+        self.partial && self.state == ScanState::Head
+    }
+
+    /// Whether the `n`th head (1-based) of the connection is to be refused, and why.
+    pub(crate) fn verdict(&self, n: u32) -> Option<Reject> {
+        match self.flagged {
+            Some((i, r)) if i == n => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Scans head bytes; returns how many were used (all, or up to the end of the head).
+    fn head(&mut self, bytes: &[u8]) -> usize {
+        self.partial = true;
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.line == Line::Skip {
+                match bytes[i..].iter().position(|&b| b == b'\n') {
+                    Some(p) => {
+                        i += p + 1;
+                        self.line = Line::Start;
+                        continue;
+                    }
+                    None => return bytes.len(),
+                }
+            }
+            let b = bytes[i];
+            i += 1;
+            match self.line {
+                Line::Start => {
+                    if b == b'\n' {
+                        self.cr_at_start = false;
+                        if self.seen_request_line {
+                            self.end_of_head();
+                            return i;
+                        }
+                        continue; // empty lines before the request line are ignored
+                    }
+                    if self.cr_at_start {
+                        self.state = ScanState::Off; // bare CR: let hyper judge
+                        return bytes.len();
+                    }
+                    if b == b'\r' {
+                        self.cr_at_start = true;
+                        continue;
+                    }
+                    if !self.seen_request_line {
+                        self.seen_request_line = true;
+                        self.line = Line::Skip;
+                        continue;
+                    }
+                    self.name_pos = 0;
+                    self.line = Line::Name;
+                    self.name_byte(b);
+                }
+                Line::Name | Line::NameCl | Line::NameTe => self.name_byte(b),
+                Line::ClValue => self.cl_byte(b),
+                Line::Skip => {} // handled before a byte is taken
+            }
+        }
+        bytes.len()
+    }
+
+    fn name_byte(&mut self, b: u8) {
+        let pos = self.name_pos as usize;
+        let lower = b.to_ascii_lowercase();
+        if b == b':' {
+            match self.line {
+                Line::Name | Line::NameCl if pos == CL_NAME.len() => {
+                    self.cl_count = self.cl_count.saturating_add(1);
+                    (self.cl_value, self.cl_phase, self.cl_digits) = (0, 0, 0);
+                    self.line = Line::ClValue;
+                }
+                Line::Name | Line::NameTe if pos == TE_NAME.len() => {
+                    self.te = true;
+                    self.line = Line::Skip;
+                }
+                _ => self.line = Line::Skip,
+            }
+            return;
+        }
+        let cl = matches!(self.line, Line::Name | Line::NameCl) && CL_NAME.get(pos) == Some(&lower);
+        let te = matches!(self.line, Line::Name | Line::NameTe) && TE_NAME.get(pos) == Some(&lower);
+        self.line = match (cl, te) {
+            (true, true) => Line::Name,
+            (true, false) => Line::NameCl,
+            (false, true) => Line::NameTe,
+            (false, false) => {
+                if b == b'\n' {
+                    Line::Start
+                } else {
+                    Line::Skip
+                }
+            }
+        };
+        self.name_pos = self.name_pos.saturating_add(1);
+    }
+
+    fn cl_byte(&mut self, b: u8) {
+        match (b, self.cl_phase) {
+            (b' ' | b'\t', 0 | 2) => {}
+            (b' ' | b'\t', 1) => self.cl_phase = 2,
+            (b'0'..=b'9', 0 | 1) if self.cl_digits < 18 => {
+                self.cl_phase = 1;
+                self.cl_digits += 1;
+                self.cl_value = self.cl_value * 10 + u64::from(b - b'0');
+            }
+            (b'\r', _) => {}
+            (b'\n', _) => {
+                if self.cl_phase == 0 {
+                    self.cl_bad = true;
+                }
+                self.line = Line::Start;
+            }
+            _ => {
+                self.cl_bad = true; // a list (`5, 5`), a sign, too long: not ours to follow
+                self.line = Line::Skip;
+            }
+        }
+    }
+
+    fn end_of_head(&mut self) {
+        self.heads += 1;
+        let (cl_count, te, cl_bad, cl_value) = (self.cl_count, self.te, self.cl_bad, self.cl_value);
+        self.state = if cl_count > 1 {
+            self.flagged = Some((self.heads, Reject::DuplicateContentLength));
+            ScanState::Off
+        } else if cl_count == 1 && te {
+            self.flagged = Some((self.heads, Reject::ContentLengthWithTransferEncoding));
+            ScanState::Off
+        } else if te || cl_bad {
+            ScanState::Off
+        } else if cl_count == 1 && cl_value > 0 {
+            ScanState::Body(cl_value)
+        } else {
+            ScanState::Head
+        };
+        self.seen_request_line = false;
+        self.partial = false;
+        self.line = Line::Start;
+        self.cr_at_start = false;
+        (self.cl_count, self.te, self.cl_bad, self.cl_value) = (0, false, false, 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +429,65 @@ mod tests {
             );
         }
         h
+    }
+
+    fn scan_all(stream: &[u8]) -> Vec<Option<Reject>> {
+        // every split point must give the same answer
+        let mut whole = HeadScanner::default();
+        whole.feed(stream);
+        let answer: Vec<_> = (1..=whole.heads).map(|n| whole.verdict(n)).collect();
+        for cut in 0..stream.len() {
+            let mut s = HeadScanner::default();
+            s.feed(&stream[..cut]);
+            s.feed(&stream[cut..]);
+            let got: Vec<_> = (1..=s.heads).map(|n| s.verdict(n)).collect();
+            assert_eq!(got, answer, "split at {cut}");
+        }
+        let mut bytewise = HeadScanner::default();
+        for b in stream {
+            bytewise.feed(std::slice::from_ref(b));
+        }
+        assert_eq!(bytewise.heads, whole.heads);
+        answer
+    }
+
+    #[test]
+    fn scanner_follows_heads_and_bodies() {
+        let stream = b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n\
+            POST /x HTTP/1.1\r\nhost: a\r\nContent-Length: 26\r\n\r\n\
+            content-length: 1\r\nxxxxx\r\n\
+            GET /y HTTP/1.1\nhost: a\n\n\
+            POST /z HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\nx-content-length: 5\r\n\r\n";
+        assert_eq!(scan_all(stream), vec![None, None, None, None]);
+    }
+
+    #[test]
+    fn scanner_flags_cl_with_te_and_duplicate_cl() {
+        let s = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n\
+            POST / HTTP/1.1\r\nhost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(
+            scan_all(s),
+            vec![None, Some(Reject::ContentLengthWithTransferEncoding)]
+        );
+        let s = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length:4\r\n\r\n";
+        assert_eq!(
+            scan_all(s),
+            vec![Some(Reject::ContentLengthWithTransferEncoding)]
+        );
+        let s = b"POST / HTTP/1.1\r\ncontent-length: 2\r\nhost: a\r\ncontent-length: 2\r\n\r\nok";
+        assert_eq!(scan_all(s), vec![Some(Reject::DuplicateContentLength)]);
+    }
+
+    #[test]
+    fn scanner_stops_after_a_chunked_body() {
+        // the second head hides in a chunk: never flagged
+        let s = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n\
+            30\r\nGET / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\n\r\n0\r\n\r\n";
+        let mut sc = HeadScanner::default();
+        sc.feed(s);
+        assert_eq!(sc.heads, 1);
+        assert_eq!(sc.verdict(1), None);
+        assert_eq!(sc.verdict(2), None);
     }
 
     #[test]
@@ -197,8 +506,9 @@ mod tests {
             ("host", "a.example"),
         ]);
         strip_hop_by_hop(&mut h);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["x-unknown", "host"]);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-unknown"]);
     }
 
     #[test]
@@ -227,21 +537,44 @@ mod tests {
     fn framing_checks() {
         let ok = req(Version::HTTP_11, &[("host", "a"), ("content-length", "5")]);
         assert_eq!(check_request(&ok, 100), Ok(()));
-        assert_eq!(check_request(&req(Version::HTTP_11, &[]), 100), Err(Reject::MissingHost));
+        assert_eq!(
+            check_request(&req(Version::HTTP_11, &[]), 100),
+            Err(Reject::MissingHost)
+        );
         assert_eq!(check_request(&req(Version::HTTP_10, &[]), 100), Ok(()));
         assert_eq!(check_request(&req(Version::HTTP_2, &[]), 100), Ok(()));
         let both = req(
             Version::HTTP_11,
-            &[("host", "a"), ("content-length", "5"), ("transfer-encoding", "chunked")],
+            &[
+                ("host", "a"),
+                ("content-length", "5"),
+                ("transfer-encoding", "chunked"),
+            ],
         );
-        assert_eq!(check_request(&both, 100), Err(Reject::ContentLengthWithTransferEncoding));
+        assert_eq!(
+            check_request(&both, 100),
+            Err(Reject::ContentLengthWithTransferEncoding)
+        );
         let dup = req(
             Version::HTTP_11,
-            &[("host", "a"), ("content-length", "5"), ("content-length", "5")],
+            &[
+                ("host", "a"),
+                ("content-length", "5"),
+                ("content-length", "5"),
+            ],
         );
-        assert_eq!(check_request(&dup, 100), Err(Reject::DuplicateContentLength));
-        let list = req(Version::HTTP_11, &[("host", "a"), ("content-length", "5, 5")]);
-        assert_eq!(check_request(&list, 100), Err(Reject::DuplicateContentLength));
+        assert_eq!(
+            check_request(&dup, 100),
+            Err(Reject::DuplicateContentLength)
+        );
+        let list = req(
+            Version::HTTP_11,
+            &[("host", "a"), ("content-length", "5, 5")],
+        );
+        assert_eq!(
+            check_request(&list, 100),
+            Err(Reject::DuplicateContentLength)
+        );
         let many = req(Version::HTTP_2, &[("a", "1"), ("b", "2"), ("c", "3")]);
         assert_eq!(check_request(&many, 2), Err(Reject::TooManyHeaders));
     }

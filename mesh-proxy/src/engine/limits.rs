@@ -24,11 +24,12 @@ pub struct Limits {
     /// `maxRequestHeadersCount`: the most request headers accepted; more gets `431`.
     /// Default: 100.
     pub max_request_headers_count: u32,
-    /// `requestHeadersTimeout`: how long a client may take to send a complete HTTP/1.1
-    /// request head (counted from when the engine starts waiting for it, so an idle
-    /// keep-alive connection is closed after this long too), and to send its first bytes on
-    /// a new connection (HTTP/1.1 or the HTTP/2 preface). On expiry the connection is
-    /// closed. Default: 10s.
+    /// `requestHeadersTimeout`: how long an HTTP/1.1 request head may take from its first
+    /// byte to its last (Envoy's `request_headers_timeout`), and how long a new connection
+    /// may stay silent before its first byte (HTTP/1.1 or the HTTP/2 preface). On expiry the
+    /// connection is closed. Checked at a quarter of the period (fires between 1× and
+    /// 1.25×). An idle keep-alive connection is governed by `streamIdleTimeout`. Not applied
+    /// to the heads that follow a chunked request body on the same connection. Default: 10s.
     pub request_headers_timeout: Duration,
     /// `streamIdleTimeout`: a downstream connection on which no byte moved in either
     /// direction for this long is closed (with its streams). Checked at a quarter of the

@@ -11,7 +11,10 @@ pub(crate) const BACKLOG: i32 = 1024;
 
 /// Binds `count` (at least one) listening sockets to `addr`. With port 0 the first socket
 /// picks the port and the others bind to that same port.
-pub(crate) fn bind_all(addr: SocketAddr, count: usize) -> io::Result<(SocketAddr, Vec<TcpListener>)> {
+pub(crate) fn bind_all(
+    addr: SocketAddr,
+    count: usize,
+) -> io::Result<(SocketAddr, Vec<TcpListener>)> {
     let first = bind_one(addr)?;
     let bound = first.local_addr()?;
     let mut all = Vec::with_capacity(count.max(1));

@@ -78,8 +78,9 @@
 //!
 //! - `streamIdleTimeout` is enforced per downstream connection (no byte either way for that
 //!   long closes it), not per stream, and closes rather than answering 408/504.
-//! - `requestHeadersTimeout` also bounds an idle HTTP/1.1 keep-alive connection (hyper's
-//!   header timer starts when it waits for the next request).
+//! - `requestHeadersTimeout` runs from the first byte of an HTTP/1.1 head, as Envoy's; it
+//!   is checked by a per-connection watchdog (no timer per request), so it fires between 1×
+//!   and 1.25× its value. On HTTP/2 it bounds only the wait for the preface.
 //! - An unsupported HTTP version gets hyper's 400, not 505.
 
 use std::io;
@@ -274,7 +275,11 @@ impl Engine {
         self.shared.draining.store(true, Ordering::Release);
         self.control.send_if_modified(|p| {
             // Stopping overrides Draining; nothing goes back to Running
-            let next = if *p == Phase::Stopping { Phase::Stopping } else { phase };
+            let next = if *p == Phase::Stopping {
+                Phase::Stopping
+            } else {
+                phase
+            };
             let changed = *p != next;
             *p = next;
             changed

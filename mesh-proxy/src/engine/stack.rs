@@ -92,11 +92,8 @@ use super::upstream::Connector;
 /// changes) and by [`Reloadable`] (a stack rebuilt when its snapshot is replaced).
 pub trait StackFactory: Send + Sync + 'static {
     /// The stack a worker runs.
-    type Service: Service<
-            Request<Incoming>,
-            Response = Response<MeshBody<Incoming>>,
-            Error = Infallible,
-        > + Clone
+    type Service: Service<Request<Incoming>, Response = Response<MeshBody<Incoming>>, Error = Infallible>
+        + Clone
         + 'static;
 
     /// Builds the stack of one worker; called on that worker's thread, at start-up and after

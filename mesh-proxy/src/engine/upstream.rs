@@ -181,53 +181,55 @@ impl tower_service::Service<Request<Incoming>> for Connector {
         };
         let (addr, h2) = (ep.addr, ep.http2);
         let this = *self;
-        ConnectorFuture(Inner::Forward(Box::pin(async move {
-            let res = if h2 {
-                this.forward_h2(addr, req).await
-            } else {
-                this.forward_h1(addr, req).await
-            };
-            match res {
-                Ok(res) => {
-                    let (mut parts, body) = res.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    Response::from_parts(parts, MeshBody::inner(body))
-                }
-                Err(f) => f.reply(),
-            }
-        })))
+        // Two separate futures (each boxed at its own, smaller size) rather than one holding
+        // both paths: the box is written once per request.
+        ConnectorFuture(Inner::Forward(if h2 {
+            Box::pin(this.forward_h2(addr, req))
+        } else {
+            Box::pin(this.forward_h1(addr, req))
+        }))
     }
 }
 
+/// The upstream's response as the stack's: hop-by-hop headers removed, body wrapped.
+fn into_engine_response(res: Response<Incoming>) -> EngineResponse {
+    let (mut parts, body) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, MeshBody::inner(body))
+}
+
 impl Connector {
-    async fn forward_h1(
-        self,
-        addr: SocketAddr,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, SendFailure> {
+    async fn forward_h1(self, addr: SocketAddr, mut req: Request<Incoming>) -> EngineResponse {
         prepare_h1(&mut req);
         loop {
             let pooled = POOL.with(|p| p.borrow_mut().pop_h1(addr));
             let reused = pooled.is_some();
             let mut sender = match pooled {
                 Some(s) => s,
-                None => self.connect_h1(addr).await?,
+                // boxed: keeps the connect state out of every request's future
+                None => match Box::pin(self.connect_h1(addr)).await {
+                    Ok(s) => s,
+                    Err(f) => return f.reply(),
+                },
             };
             match sender.try_send_request(req).await {
                 Ok(res) => {
                     self.release_h1(addr, sender);
-                    return Ok(res);
+                    return into_engine_response(res);
                 }
                 Err(mut e) => match e.take_message() {
                     // the pooled connection closed before the request was written: retry
                     Some(r) if reused => req = r,
-                    _ => return Err(SendFailure::from_h1(e.error())),
+                    _ => return SendFailure::from_h1(e.error()).reply(),
                 },
             }
         }
     }
 
-    async fn connect_h1(&self, addr: SocketAddr) -> Result<http1::SendRequest<Incoming>, SendFailure> {
+    async fn connect_h1(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http1::SendRequest<Incoming>, SendFailure> {
         let connect = async {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
@@ -258,30 +260,36 @@ impl Connector {
         }
     }
 
-    async fn forward_h2(
-        self,
-        addr: SocketAddr,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, SendFailure> {
-        prepare_h2(&mut req).map_err(|()| SendFailure::BadRequest)?;
+    async fn forward_h2(self, addr: SocketAddr, mut req: Request<Incoming>) -> EngineResponse {
+        if prepare_h2(&mut req).is_err() {
+            return SendFailure::BadRequest.reply();
+        }
         let pooled = POOL.with(|p| p.borrow_mut().get_h2(addr));
         let mut sender = match pooled {
             Some(s) => s,
-            None => {
-                let s = self.connect_h2(addr).await?;
-                POOL.with(|p| p.borrow_mut().endpoints.entry(addr).or_default().h2 = Some(s.clone()));
-                s
-            }
+            None => match Box::pin(self.connect_h2(addr)).await {
+                Ok(s) => {
+                    let shared = s.clone();
+                    POOL.with(|p| {
+                        p.borrow_mut().endpoints.entry(addr).or_default().h2 = Some(shared)
+                    });
+                    s
+                }
+                Err(f) => return f.reply(),
+            },
         };
         match sender.try_send_request(req).await {
-            Ok(res) => Ok(res),
-            Err(e) if sender.is_closed() => Err(SendFailure::from_h1(e.error())),
-            Err(e) if e.error().is_parse() => Err(SendFailure::Protocol),
-            Err(_) => Err(SendFailure::Reset),
+            Ok(res) => into_engine_response(res),
+            Err(e) if sender.is_closed() => SendFailure::from_h1(e.error()).reply(),
+            Err(e) if e.error().is_parse() => SendFailure::Protocol.reply(),
+            Err(_) => SendFailure::Reset.reply(),
         }
     }
 
-    async fn connect_h2(&self, addr: SocketAddr) -> Result<http2::SendRequest<Incoming>, SendFailure> {
+    async fn connect_h2(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http2::SendRequest<Incoming>, SendFailure> {
         let connect = async {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
@@ -305,13 +313,12 @@ impl Connector {
 fn prepare_h1<B>(req: &mut Request<B>) {
     let uri = req.uri();
     if uri.scheme().is_some() || uri.authority().is_some() {
-        if !req.headers().contains_key(header::HOST) {
-            if let Some(v) = uri
+        if !req.headers().contains_key(header::HOST)
+            && let Some(v) = uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                req.headers_mut().insert(header::HOST, v);
-            }
+        {
+            req.headers_mut().insert(header::HOST, v);
         }
         let pq = req
             .uri()

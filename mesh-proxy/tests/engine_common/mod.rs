@@ -1,6 +1,6 @@
 //! Shared helpers of the engine's end-to-end tests: a real upstream (hyper, HTTP/1.1 and h2c
 //! on one port, counting its accepted connections), engines on port 0, simple clients.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,14 +25,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
 
 pub type UpBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
-pub type Handler =
-    Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<UpBody>> + Send>> + Send + Sync>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<UpBody>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Every await in a test is bounded by this, so a broken engine fails instead of hanging.
 pub const LIMIT: Duration = Duration::from_secs(10);
 
 pub async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f).await.expect("test step timed out")
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("test step timed out")
 }
 
 /// A real upstream server on 127.0.0.1:0 (HTTP/1.1 and h2c), on the test's runtime.
@@ -49,7 +54,9 @@ impl Drop for Upstream {
 }
 
 pub fn full(b: impl Into<Bytes>) -> UpBody {
-    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed()
+    Full::new(b.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
 }
 
 /// The default handler: 200, the request's target, version and headers in the body
@@ -61,7 +68,12 @@ pub fn echo() -> Handler {
             for (k, v) in req.headers() {
                 text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
             }
-            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             text.push_str(&format!("body-len={}\n", body.len()));
             Response::builder()
                 .header("x-upstream", "yes")
@@ -78,7 +90,9 @@ pub async fn upstream(handler: Handler) -> Upstream {
     let count = accepted.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             count.fetch_add(1, Ordering::SeqCst);
             let h = handler.clone();
             tokio::spawn(async move {
@@ -107,7 +121,10 @@ pub async fn dead_addr() -> SocketAddr {
 
 /// Requests carrying `x-test-no-endpoint` get no `SelectedEndpoint`; every response carries
 /// `x-worker: <worker index>`.
-pub fn forward_to(addr: SocketAddr, http2: bool) -> impl Fn(&WorkerContext) -> ForwardSvc + Send + Sync + 'static {
+pub fn forward_to(
+    addr: SocketAddr,
+    http2: bool,
+) -> impl Fn(&WorkerContext) -> ForwardSvc + Send + Sync + 'static {
     move |ctx: &WorkerContext| ForwardSvc {
         addr,
         http2,
@@ -163,16 +180,24 @@ pub fn start(up: SocketAddr, http2: bool, limits: Limits, concurrency: usize) ->
 
 pub async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<UpBody> {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     tx
 }
 
-pub async fn h2_client(addr: SocketAddr) -> (hyper::client::conn::http2::SendRequest<UpBody>, tokio::task::JoinHandle<()>) {
+pub async fn h2_client(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<UpBody>,
+    tokio::task::JoinHandle<()>,
+) {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     let task = tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -218,7 +243,11 @@ pub async fn read_response(s: &mut TcpStream) -> String {
             }
         }
         let n = bounded(s.read(&mut chunk)).await.unwrap();
-        assert!(n > 0, "connection closed mid-response: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed mid-response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     }
 }
@@ -234,7 +263,10 @@ impl Body for ChanBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }

@@ -1,0 +1,235 @@
+//! Endpoint health, shared between whoever judges it and the balancers that act on it.
+//!
+//! Outlier detection (`mesh-resilience`) and active health checks decide that an endpoint
+//! should not receive traffic; the balancers (`mesh-lb`) skip such endpoints (unless the
+//! cluster is in panic mode, as Envoy does). Neither side depends on the other: both talk to
+//! a [`HealthSource`], by default a [`HealthTable`], through one [`HealthCell`] per
+//! endpoint of a cluster.
+//!
+//! * Reading is lock-free: a balancer resolves the cells of a cluster's endpoints once, when
+//!   it builds the cluster, and afterwards only loads atomics. It learns that *some* cell
+//!   changed from [`HealthSource::generation`] (one atomic load per request) and then
+//!   rebuilds its healthy-host lists.
+//! * Writing is a flag on the cell ([`HealthCell::set`] / [`HealthCell::clear`]); several
+//!   judges can share a cell, each with its own [`HealthFlags`] bit, and the endpoint is
+//!   healthy only when no bit is set.
+//! * Cells are keyed by [`HealthKey`]: the Istio cluster name (see [`cluster_name`]) and the
+//!   endpoint address, so the same address in two subsets has two cells, as in Envoy, where
+//!   every subset is its own cluster.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use mesh_core::health::{HealthFlags, HealthKey, HealthSource, HealthTable, cluster_name};
+//!
+//! let table = Arc::new(HealthTable::new());
+//! let key = HealthKey {
+//!     cluster: cluster_name(9080, Some("v1"), "reviews.default.svc.cluster.local").into(),
+//!     addr: "10.0.0.1:9080".parse().unwrap(),
+//! };
+//! // the balancer holds the cell...
+//! let seen_by_lb = table.cell(&key);
+//! let before = table.generation();
+//! // ...outlier detection ejects the endpoint through the same cell
+//! table.cell(&key).set(HealthFlags::EJECTED);
+//! assert!(!seen_by_lb.is_healthy());
+//! assert!(table.generation() > before);
+//! seen_by_lb.clear(HealthFlags::EJECTED);
+//! assert!(seen_by_lb.is_healthy());
+//! assert_eq!(&*key.cluster, "outbound|9080|v1|reviews.default.svc.cluster.local");
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+bitflags::bitflags! {
+    /// Why an endpoint is not healthy; empty means healthy.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct HealthFlags: u32 {
+        /// Ejected by outlier detection (passive health checking).
+        const EJECTED = 1 << 0;
+        /// Failed an active health check.
+        const FAILED_ACTIVE_CHECK = 1 << 1;
+        /// Removed by an operator or a control plane (draining).
+        const EXCLUDED = 1 << 2;
+    }
+}
+
+/// Identifies one endpoint of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthKey {
+    /// The Istio cluster name, as [`cluster_name`] builds it.
+    pub cluster: Arc<str>,
+    /// The endpoint's address (IP and port).
+    pub addr: SocketAddr,
+}
+
+/// The health of one endpoint of one cluster: atomic flags, readable without a lock.
+pub struct HealthCell {
+    flags: AtomicU32,
+    generation: Arc<AtomicU64>,
+}
+
+/// Where health cells come from. Implemented by [`HealthTable`]; a custom implementation
+/// (backed by an external health service, say) must return the same cell for the same key
+/// while anyone holds it, and bump its generation whenever a cell changes.
+pub trait HealthSource: Send + Sync + fmt::Debug + 'static {
+    /// The cell of `key`, created healthy on first use. Called when a balancer builds a
+    /// cluster, or when a judge first reports on an endpoint; not per request.
+    fn cell(&self, key: &HealthKey) -> Arc<HealthCell>;
+
+    /// A number that increases whenever any cell of this source changes. Read per request.
+    fn generation(&self) -> u64;
+}
+
+/// The default [`HealthSource`]: a table of cells shared by everyone holding an `Arc` of it.
+///
+/// The table keeps weak references: a cell lives as long as a balancer or a judge holds it.
+/// The map itself is behind a mutex, taken only by [`HealthSource::cell`] (cluster builds and
+/// a judge's first report on an endpoint), never on the request path.
+#[derive(Default)]
+pub struct HealthTable {
+    generation: Arc<AtomicU64>,
+    cells: Mutex<HashMap<HealthKey, Weak<HealthCell>>>,
+}
+
+/// The Istio name of an outbound cluster: `outbound|<port>|<subset>|<host>` (the subset
+/// empty when there is none), as Istio's `BuildSubsetKey` and Envoy's stats write it.
+pub fn cluster_name(port: u16, subset: Option<&str>, host: &str) -> String {
+    format!("outbound|{port}|{}|{host}", subset.unwrap_or(""))
+}
+
+// === impl HealthCell ===
+
+impl HealthCell {
+    /// A healthy cell not attached to any table (its changes bump only its own generation).
+    pub fn detached() -> Self {
+        HealthCell { flags: AtomicU32::new(0), generation: Arc::new(AtomicU64::new(0)) }
+    }
+
+    fn with_generation(generation: Arc<AtomicU64>) -> Self {
+        HealthCell { flags: AtomicU32::new(0), generation }
+    }
+
+    /// Whether no flag is set.
+    #[inline]
+    pub fn is_healthy(&self) -> bool {
+        self.flags.load(Ordering::Acquire) == 0
+    }
+
+    /// The flags currently set.
+    pub fn flags(&self) -> HealthFlags {
+        HealthFlags::from_bits_truncate(self.flags.load(Ordering::Acquire))
+    }
+
+    /// Sets `flags`; returns whether anything changed.
+    pub fn set(&self, flags: HealthFlags) -> bool {
+        let old = self.flags.fetch_or(flags.bits(), Ordering::AcqRel);
+        let changed = old | flags.bits() != old;
+        if changed {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        changed
+    }
+
+    /// Clears `flags`; returns whether anything changed.
+    pub fn clear(&self, flags: HealthFlags) -> bool {
+        let old = self.flags.fetch_and(!flags.bits(), Ordering::AcqRel);
+        let changed = old & flags.bits() != 0;
+        if changed {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        changed
+    }
+}
+
+impl fmt::Debug for HealthCell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthCell").field("flags", &self.flags()).finish()
+    }
+}
+
+// === impl HealthTable ===
+
+impl HealthTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        HealthTable::default()
+    }
+
+    /// The live cells of `cluster` (for admin pages and for judges that sweep a cluster).
+    pub fn cells_of(&self, cluster: &str) -> Vec<(SocketAddr, Arc<HealthCell>)> {
+        let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        cells
+            .iter()
+            .filter(|(k, _)| &*k.cluster == cluster)
+            .filter_map(|(k, w)| Some((k.addr, w.upgrade()?)))
+            .collect()
+    }
+}
+
+impl HealthSource for HealthTable {
+    fn cell(&self, key: &HealthKey) -> Arc<HealthCell> {
+        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cell) = cells.get(key).and_then(Weak::upgrade) {
+            return cell;
+        }
+        // Forget dead entries now and then so the map tracks the live endpoints.
+        if cells.len() >= 64 && cells.len().is_power_of_two() {
+            cells.retain(|_, w| w.strong_count() > 0);
+        }
+        let cell = Arc::new(HealthCell::with_generation(self.generation.clone()));
+        cells.insert(key.clone(), Arc::downgrade(&cell));
+        cell
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for HealthTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.cells.lock().map(|c| c.len()).unwrap_or(0);
+        f.debug_struct("HealthTable").field("generation", &self.generation()).field("cells", &n).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(cluster: &str, addr: &str) -> HealthKey {
+        HealthKey { cluster: cluster.into(), addr: addr.parse().unwrap() }
+    }
+
+    #[test]
+    fn cells_are_shared_per_key_and_flags_combine() {
+        let t = HealthTable::new();
+        let a = t.cell(&key("c", "10.0.0.1:80"));
+        let b = t.cell(&key("c", "10.0.0.1:80"));
+        let other = t.cell(&key("d", "10.0.0.1:80"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &other));
+        let g = t.generation();
+        assert!(a.set(HealthFlags::EJECTED));
+        assert!(!a.set(HealthFlags::EJECTED), "setting twice changes nothing");
+        assert!(b.set(HealthFlags::FAILED_ACTIVE_CHECK));
+        assert_eq!(t.generation(), g + 2);
+        assert!(b.clear(HealthFlags::EJECTED));
+        assert!(!a.is_healthy(), "the active check still fails it");
+        assert!(a.clear(HealthFlags::FAILED_ACTIVE_CHECK));
+        assert!(a.is_healthy() && other.is_healthy());
+        assert_eq!(t.cells_of("c").len(), 1);
+    }
+
+    #[test]
+    fn dead_cells_are_recreated_healthy() {
+        let t = HealthTable::new();
+        let k = key("c", "10.0.0.1:80");
+        t.cell(&k).set(HealthFlags::EJECTED);
+        assert!(t.cell(&k).is_healthy(), "nobody held the ejected cell");
+    }
+}

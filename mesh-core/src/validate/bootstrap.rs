@@ -1,0 +1,200 @@
+//! `ProxyBootstrap`, this project's own kind. Istio has no rules for it; these follow the
+//! style of Istio's MeshConfig/ProxyConfig checks (`agent.ValidateMeshConfig`): listener
+//! ports and addresses, identity files, limits, durations.
+
+use std::collections::BTreeMap;
+
+use crate::error::FieldPath;
+use crate::model::bootstrap::ProxyBootstrap;
+
+use super::common::{
+    self, is_dns1123_label, validate_duration, validate_fqdn, validate_ip, validate_labels,
+    validate_port, validate_trust_domain,
+};
+use super::destination_rule::validate_localities;
+use super::{PathExt, Report};
+
+/// `ProxyBootstrap` checks.
+pub(crate) fn validate(pb: &ProxyBootstrap, at: &FieldPath, rep: &mut Report<'_>) {
+    let w = &pb.workload;
+    let wp = at.k("workload");
+    if !is_dns1123_label(&w.namespace) {
+        rep.error(
+            &wp.k("namespace"),
+            format!(
+                "invalid namespace {:?}: must be a DNS-1123 label",
+                w.namespace
+            ),
+        );
+    }
+    if w.name.is_empty() {
+        rep.error(&wp.k("name"), "workload name must be set");
+    }
+    if w.service_account.is_empty() {
+        rep.error(&wp.k("serviceAccount"), "service account must be set");
+    }
+    validate_labels(&w.labels, &wp.k("labels"), rep);
+    if let Some(l) = w.locality.as_deref().filter(|l| !l.is_empty()) {
+        if l.contains('*') {
+            rep.error(
+                &wp.k("locality"),
+                format!("locality {l} must not contain '*'"),
+            );
+        } else {
+            rep.check(&wp.k("locality"), validate_localities(&[l]));
+        }
+    }
+
+    let mp = at.k("mesh");
+    if let Err(e) = validate_trust_domain(&pb.mesh.trust_domain) {
+        rep.error(&mp.k("trustDomain"), format!("trustDomain: {e}"));
+    }
+    if !is_dns1123_label(&pb.mesh.root_namespace) {
+        rep.error(
+            &mp.k("rootNamespace"),
+            format!(
+                "invalid namespace {:?}: must be a DNS-1123 label",
+                pb.mesh.root_namespace
+            ),
+        );
+    }
+    rep.check(
+        &mp.k("clusterDomain"),
+        validate_fqdn(&pb.mesh.cluster_domain),
+    );
+
+    // local ports in use, to find clashes: port -> where
+    let mut local: BTreeMap<u16, FieldPath> = BTreeMap::new();
+    let mut claim = |port: u16, p: FieldPath, rep: &mut Report<'_>| {
+        if port == 0 {
+            return; // a free port is picked
+        }
+        if let Some(prev) = local.get(&port) {
+            rep.error(&p, format!("local port {port} is already used by {prev}"));
+        } else {
+            local.insert(port, p);
+        }
+    };
+    if let Some(o) = &pb.outbound {
+        let p = at.k("outbound");
+        rep.check(&p.k("address"), validate_ip(&o.address));
+        claim(o.port, p.k("port"), rep);
+    }
+    if let Some(i) = &pb.inbound {
+        let p = at.k("inbound");
+        rep.check(&p.k("address"), validate_ip(&i.address));
+        claim(i.port, p.k("port"), rep);
+        if i.local_app.is_empty() {
+            rep.error(&p.k("localApp"), "inbound.localApp is required (host:port)");
+        } else {
+            rep.check(&p.k("localApp"), validate_host_port(&i.local_app));
+        }
+    }
+    rep.check(&at.k("admin").k("address"), validate_ip(&pb.admin.address));
+    claim(pb.admin.port, at.k("admin").k("port"), rep);
+
+    for (k, v) in &pb.gateway_ports {
+        let p = at.k("gatewayPorts").k(k);
+        rep.check(&p, parse_port_key(k));
+        claim(*v, p, rep);
+    }
+    for (k, v) in &pb.outbound_ports {
+        let p = at.k("outboundPorts").k(k);
+        rep.check(&p, validate_host_port(k));
+        claim(*v, p, rep);
+    }
+    for (k, v) in &pb.inbound_ports {
+        let p = at.k("inboundPorts").k(k);
+        rep.check(&p, parse_port_key(k));
+        claim(*v, p, rep);
+    }
+
+    if let Some(id) = &pb.identity {
+        let p = at.k("identity");
+        for (field, v) in [
+            ("certificateChain", &id.certificate_chain),
+            ("privateKey", &id.private_key),
+            ("trustBundle", &id.trust_bundle),
+        ] {
+            if v.is_empty() {
+                rep.error(&p.k(field), format!("identity.{field} must be set"));
+            }
+        }
+        let td = id.spiffe_id.trust_domain();
+        if td != pb.mesh.trust_domain {
+            rep.warn(
+                &p.k("spiffeId"),
+                format!(
+                    "spiffeId trust domain {td:?} differs from mesh.trustDomain {:?}; peers will not match it in principals",
+                    pb.mesh.trust_domain
+                ),
+            );
+        }
+        if id.spiffe_id.namespace() != w.namespace
+            || id.spiffe_id.service_account() != w.service_account
+        {
+            rep.warn(
+                &p.k("spiffeId"),
+                format!(
+                    "spiffeId {} does not match workload {}/{} (namespace/serviceAccount)",
+                    id.spiffe_id, w.namespace, w.service_account
+                ),
+            );
+        }
+    }
+
+    let lp = at.k("limits");
+    let l = &pb.limits;
+    for (field, v) in [
+        ("maxRequestHeadersKb", l.max_request_headers_kb),
+        ("maxRequestHeadersCount", l.max_request_headers_count),
+        ("http2MaxConcurrentStreams", l.http2_max_concurrent_streams),
+    ] {
+        if v == 0 {
+            rep.error(&lp.k(field), format!("{field} must be greater than 0"));
+        }
+    }
+    // Envoy's bound for max_request_headers_kb
+    if l.max_request_headers_kb > 8192 {
+        rep.error(
+            &lp.k("maxRequestHeadersKb"),
+            "maxRequestHeadersKb must be at most 8192",
+        );
+    }
+    for (field, d) in [
+        ("requestHeadersTimeout", l.request_headers_timeout),
+        ("streamIdleTimeout", l.stream_idle_timeout),
+        ("connectTimeout", l.connect_timeout),
+        ("tlsHandshakeTimeout", l.tls_handshake_timeout),
+        ("drainTimeout", l.drain_timeout),
+    ] {
+        rep.check(&lp.k(field), validate_duration(d));
+    }
+}
+
+/// A port number written as a map key (`"9080"`).
+fn parse_port_key(k: &str) -> Result<(), String> {
+    match k.parse::<i64>() {
+        Ok(n) => validate_port(n),
+        Err(_) => Err(format!("port {k:?} is not a number")),
+    }
+}
+
+/// `host:port` with a DNS name or IP host (`agent.ValidateProxyAddress`).
+fn validate_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        rest.split_once("]:")
+            .ok_or_else(|| format!("unable to split {s:?}: missing port in address"))?
+    } else {
+        s.rsplit_once(':')
+            .ok_or_else(|| format!("unable to split {s:?}: missing port in address"))?
+    };
+    let n: i64 = port
+        .parse()
+        .map_err(|_| format!("port ({port}) is not a number"))?;
+    validate_port(n)?;
+    if validate_fqdn(host).is_err() && !common::is_ip(host) {
+        return Err(format!("{host:?} is not a valid hostname or an IP address"));
+    }
+    Ok(())
+}
