@@ -1,3 +1,164 @@
-//! `mesh-lb`: Discovery, subsets and load balancers (round robin, least request, ring hash, maglev, EWMA) for the mesh SDK.
+//! `mesh-lb`: discovery, subsets and load balancing for the mesh SDK, with Istio's
+//! DestinationRule semantics.
+//!
+//! [`LbLayer`] is a tower layer placed after the router: it reads the [`RouteDestination`]
+//! the router chose (a host, a subset, a port), finds the service and the subset's
+//! endpoints, picks one with the algorithm the DestinationRule asks for, and writes it as
+//! [`SelectedEndpoint`] for the connector.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::Arc;
+//! use http::{Request, Response};
+//! use mesh_core::MeshBody;
+//! use mesh_core::compile::compile;
+//! use mesh_core::ext::{RouteDestination, SelectedEndpoint};
+//! use mesh_core::load::Loader;
+//! use mesh_lb::LbLayer;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! let mut l = Loader::new();
+//! l.add_str("mesh.yaml", r#"
+//! apiVersion: networking.istio.io/v1
+//! kind: ServiceEntry
+//! metadata: {name: reviews}
+//! spec:
+//!   hosts: [reviews.default.svc.cluster.local]
+//!   location: MESH_INTERNAL
+//!   resolution: STATIC
+//!   ports: [{number: 9080, name: http, protocol: HTTP}]
+//!   endpoints:
+//!   - {address: 10.0.0.1, labels: {version: v1}}
+//!   - {address: 10.0.0.2, labels: {version: v2}}
+//! ---
+//! apiVersion: networking.istio.io/v1
+//! kind: DestinationRule
+//! metadata: {name: reviews}
+//! spec:
+//!   host: reviews
+//!   trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+//!   subsets:
+//!   - {name: v2, labels: {version: v2}}
+//! "#);
+//! let layer = LbLayer::new(Arc::new(compile(l.finish().resources)));
+//!
+//! // the connector: here it just reports where it would connect
+//! let connector = service_fn(|req: Request<()>| async move {
+//!     let ep = req.extensions().get::<SelectedEndpoint>().unwrap();
+//!     Ok::<_, Infallible>(Response::new(MeshBody::<String>::inner(ep.addr.to_string())))
+//! });
+//! let svc = ServiceBuilder::new().layer(layer.clone()).service(connector);
+//!
+//! let mut req = Request::new(());
+//! req.extensions_mut().insert(RouteDestination {
+//!     host: "reviews.default.svc.cluster.local".into(),
+//!     subset: Some("v2".into()),
+//!     port: None,
+//! });
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let res = svc.oneshot(req).await.unwrap();
+//! let MeshBody::Inner(addr) = res.into_body() else { unreachable!() };
+//! assert_eq!(addr, "10.0.0.2:9080");
+//! # });
+//! ```
+//!
+//! # What it does
+//!
+//! * **Discovery** ([`discover`]): endpoints of STATIC ServiceEntries and their
+//!   WorkloadEntries, DNS and DNS_ROUND_ROBIN resolution refreshed periodically, and sets
+//!   pushed by a control plane, behind the small [`Discover`](discover::Discover) trait.
+//! * **Subsets**: the endpoints whose labels contain all of the subset's labels, with the
+//!   subset's merged traffic policy (`Snapshot::traffic_policy`, port-level settings
+//!   included) choosing the balancer.
+//! * **Balancers**: `ROUND_ROBIN` (weighted by endpoint weight, EDF-style schedule),
+//!   `RANDOM`, `LEAST_REQUEST` (the default; `LEAST_CONN` is an alias; power of two
+//!   choices, Envoy's `weight / (active + 1)` when weights differ), `PASSTHROUGH`, and
+//!   `consistentHash` with ring hash or Maglev tables built exactly as Envoy's ([`hash`]).
+//!   Hash keys: a header, a cookie (generated with a `Set-Cookie` when absent and a `ttl`
+//!   is set), the source IP ([`ClientAddr`]) or a query parameter.
+//! * **Peak-EWMA** (extension beyond Istio, Linkerd's default): power of two choices on
+//!   `latency × (active + 1)`, for the hosts listed in [`LbConfig::peak_ewma_hosts`].
+//! * **Sticky sessions across weighted routes**: the generated cookie is
+//!   [`mesh_core::sticky::encode`]`(subset, key)`, so the router can keep the client on its
+//!   subset and the balancer hashes on `key` to keep it on its endpoint.
+//! * **Locality**: `distribute`, `failover` and
+//!   `failoverPriority` with Envoy's priority load (overprovisioning 1.4) and panic
+//!   threshold; warm-up (`warmupDurationSecs` / `warmup`) as Envoy's slow start.
+//! * **Health**: endpoints whose [`HealthCell`](mesh_core::health::HealthCell) is not
+//!   healthy (ejected by outlier detection, failing active checks) are skipped unless their
+//!   priority is in panic.
+//!
+//! # Ordering
+//!
+//! ```text
+//! router ─► retry/timeout ─► LbLayer ─► outlier detection / circuit breaker ─► connector
+//! ```
+//!
+//! Place it below retries, so each attempt picks again (Envoy's behaviour), and above the
+//! per-endpoint layers, which read [`SelectedEndpoint`] and [`UpstreamCluster`].
+//!
+//! # Reads and writes
+//!
+//! * Reads [`RouteDestination`] (absent: the request's authority is the destination, short
+//!   names resolved in the client's namespace; an unknown host then passes through under
+//!   `ALLOW_ANY`), [`Passthrough`](mesh_core::ext::Passthrough) (connect to the
+//!   destination's host and port), [`ClientAddr`] (`useSourceIp`).
+//! * Writes [`SelectedEndpoint`] and [`UpstreamCluster`]; on a generated sticky cookie, a
+//!   `Set-Cookie` response header.
+//! * Answers itself, with Envoy's flags: `503 NR` when the destination's port or subset does
+//!   not exist (the Envoy cluster would not exist), or its host is unknown and not passed
+//!   through; `503 UH` when the cluster has no endpoint or none that can take traffic;
+//!   `503 DF` when a passthrough host does not resolve.
+//!
+//! # Workers and hot path
+//!
+//! Each [`tower_layer::Layer::layer`] call makes an independent balancer (cursors and a
+//! cache of clusters keyed by destination): the proxy builds one per worker thread.
+//! Endpoint counters (requests in flight, latency) are shared by all workers, as Envoy's
+//! host stats. A pick is a few atomic loads, a hash-map lookup with `foldhash`, and the
+//! algorithm: no lock, no allocation. Clusters are built lazily on first use and rebuilt
+//! when the snapshot ([`LbLayer::store`]), the discovered endpoints or any endpoint's health
+//! change; endpoints that persist keep their counters.
+//!
+//! # Differences from Istio/Envoy
+//!
+//! * Requests in flight are counted until the response **headers** arrive (or the request
+//!   fails or is dropped), not until the body ends: responses are `MeshBody<B>` and a
+//!   counting body would change the type every other layer sees. Peak-EWMA measures time to
+//!   headers too (as Linkerd does), and only from successful, non-5xx answers.
+//! * Weighted round robin walks a precomputed earliest-deadline-first schedule (the same
+//!   proportions and spreading as Envoy's EDF scheduler, not the same sequence); weighted
+//!   least request draws from Envoy's target distribution `weight / (active + 1)` by
+//!   rejection sampling (falling back to the best of four proposals) rather than from an
+//!   EDF queue; `RANDOM` ignores weights, as Envoy's does.
+//! * A health change anywhere rebuilds clusters (lazily, each on its next use) rather than
+//!   one host set.
+//! * Locality: a `distribute` destination weight of 0 removes the locality (Istio keeps the
+//!   locality's original weight); `to` patterns are applied in sorted order (Istio iterates
+//!   a Go map). `failoverPriority` values of the form `key=value` are not supported.
+//! * Passthrough resolves the host with the resolver and connects to the first address,
+//!   where Envoy's `ORIGINAL_DST` uses the address the connection was captured for.
+//! * Without a `RouteDestination`, the client namespace for DestinationRule lookup is the
+//!   bootstrap workload's.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod cluster;
+mod config;
+pub mod discover;
+mod endpoint;
+pub mod hash;
+mod locality;
+mod policy;
+mod service;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{LbConfig, PeakEwmaConfig};
+pub use endpoint::EndpointState;
+pub use policy::{Algorithm, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MIN_RING_SIZE, MAX_RING_SIZE};
+pub use service::{Lb, LbBuilder, LbLayer, Picked, ResponseFuture};
+
+#[doc(hidden)]
+pub use mesh_core::ext::{ClientAddr, RouteDestination, SelectedEndpoint, UpstreamCluster};

@@ -29,20 +29,23 @@ use mesh_core::ext::SelectedEndpoint;
 use mesh_core::model::bootstrap::ProxyBootstrap;
 use mesh_core::ConfigError;
 
+use arc_swap::ArcSwap;
+
 use crate::admin::AdminServer;
-use crate::engine::{Engine, EngineConfig, Limits, Readiness, Reloadable, WorkerContext};
-use crate::stack::{self, MeshStack};
+use crate::engine::{Engine, EngineConfig, Limits, Readiness, WorkerContext};
+use crate::stack::Layers;
 
-/// The factory every outbound worker builds its stack from.
-pub type OutboundFactory = Reloadable<Snapshot, fn(&WorkerContext, &Arc<Snapshot>) -> MeshStack>;
-
-/// Why the proxy could not start.
+/// Why the proxy could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
     /// The configuration is invalid.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// The configuration is valid but its routes cannot be compiled (e.g. a regex over the
+    /// size limit).
+    #[error("{0}")]
+    Routes(#[from] mesh_routing::BuildError),
     /// A listener could not be bound or a thread started.
     #[error("{what}: {source}")]
     Io {
@@ -57,7 +60,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct ProxyState {
     files: Vec<PathBuf>,
-    factory: Arc<OutboundFactory>,
+    snapshot: ArcSwap<Snapshot>,
+    layers: Layers,
     readiness: Mutex<Vec<Readiness>>,
     draining: AtomicBool,
     reloads_ok: AtomicU64,
@@ -119,11 +123,11 @@ impl Proxy {
         let snapshot = compiled.snapshot;
         let boot = snapshot.bootstrap.clone();
         let limits = engine_limits(&boot);
-        let build: fn(&WorkerContext, &Arc<Snapshot>) -> MeshStack = stack::build;
-        let factory = Arc::new(Reloadable::new((*snapshot).clone(), build));
+        let layers = Layers::new(&snapshot)?;
         let state = Arc::new(ProxyState {
             files,
-            factory: factory.clone(),
+            snapshot: ArcSwap::new(snapshot.clone()),
+            layers: layers.clone(),
             readiness: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
             reloads_ok: AtomicU64::new(0),
@@ -136,6 +140,7 @@ impl Proxy {
         if let Some(out) = &boot.outbound {
             let addr = socket_addr(&out.address, out.port).map_err(io_err("outbound address"))?;
             let cfg = EngineConfig { concurrency, limits: limits.clone(), ..EngineConfig::new(addr) };
+            let factory = Arc::new(move |ctx: &WorkerContext| layers.stack(ctx));
             let engine = Engine::start(cfg, factory).map_err(io_err(format!("outbound listener {addr}")))?;
             tracing::info!(addr = %engine.local_addr(), workers = engine.workers(), "outbound listener up");
             proxy.state.push_readiness(engine.readiness());
@@ -187,7 +192,7 @@ impl Proxy {
     }
 
     /// Re-reads the configuration files; see [`ProxyState::reload`].
-    pub fn reload(&self) -> Result<u64, ConfigError> {
+    pub fn reload(&self) -> Result<u64, StartError> {
         self.state.reload()
     }
 
@@ -279,7 +284,12 @@ impl ProxyState {
 
     /// The running configuration.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.factory.load()
+        self.snapshot.load_full()
+    }
+
+    /// The outbound layers (route table, balancer).
+    pub fn layers(&self) -> &Layers {
+        &self.layers
     }
 
     /// The configuration files reload reads.
@@ -290,28 +300,31 @@ impl ProxyState {
     /// Re-reads the files: on success the new configuration replaces the running one (in-flight
     /// requests finish on the old) and its generation is returned; on error the running one
     /// stays and the error is returned (and kept for `/stats/prometheus` and logs).
-    pub fn reload(&self) -> Result<u64, ConfigError> {
+    pub fn reload(&self) -> Result<u64, StartError> {
         match config::load_files(&self.files) {
             Ok(compiled) => {
                 for w in &compiled.warnings {
                     tracing::warn!("{w}");
                 }
-                Ok(self.apply(compiled))
+                self.apply(compiled).map_err(|e| self.reject(StartError::Routes(e)))
             }
-            Err(e) => {
-                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("reload rejected, keeping the running configuration:\n{e}");
-                if let Ok(mut l) = self.last_error.lock() {
-                    *l = Some(e.to_string());
-                }
-                Err(e)
-            }
+            Err(e) => Err(self.reject(StartError::Config(e))),
         }
     }
 
-    /// Replaces the running configuration with a compiled one; returns its generation.
-    pub fn apply(&self, compiled: Compiled) -> u64 {
-        let old = self.factory.load();
+    fn reject<E: std::fmt::Display>(&self, e: E) -> E {
+        self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::error!("reload rejected, keeping the running configuration:\n{e}");
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = Some(e.to_string());
+        }
+        e
+    }
+
+    /// Replaces the running configuration with a compiled one; returns its generation. A
+    /// configuration whose routes cannot be compiled is refused (the running one stays).
+    pub fn apply(&self, compiled: Compiled) -> Result<u64, mesh_routing::BuildError> {
+        let old = self.snapshot();
         if old.bootstrap.outbound != compiled.snapshot.bootstrap.outbound
             || old.bootstrap.inbound != compiled.snapshot.bootstrap.inbound
             || old.bootstrap.admin != compiled.snapshot.bootstrap.admin
@@ -320,13 +333,14 @@ impl ProxyState {
             tracing::warn!("listener, admin or concurrency changes take effect at the next restart");
         }
         let generation = compiled.snapshot.generation;
-        self.factory.store_arc(compiled.snapshot);
+        self.layers.store(&compiled.snapshot)?;
+        self.snapshot.store(compiled.snapshot);
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut l) = self.last_error.lock() {
             *l = None;
         }
         tracing::info!(generation, resources = compiled.resources, "configuration applied");
-        generation
+        Ok(generation)
     }
 
     /// `/config_dump`: the effective configuration.

@@ -1,0 +1,651 @@
+//! The tower layer: [`LbLayer`], [`Lb`] and [`ResponseFuture`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::SET_COOKIE;
+use http::{HeaderValue, Request, Response, StatusCode};
+use mesh_core::MeshBody;
+use mesh_core::compile::{Snapshot, resolve_host};
+use mesh_core::ext::{ClientAddr, Passthrough, RouteDestination, SelectedEndpoint, UpstreamCluster, local_reply};
+use mesh_core::flags::ResponseFlags;
+use mesh_core::health::{HealthSource, HealthTable, cluster_name};
+use mesh_core::locality::Locality;
+use mesh_core::model::networking::{OutboundTrafficMode, Resolution};
+use mesh_core::sticky;
+use pin_project::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+use xxhash_rust::xxh64::xxh64;
+
+use crate::cluster::{BuildInput, Cluster};
+use crate::config::LbConfig;
+use crate::discover::{Discover, EndpointSet, ResolveFuture, Resolver, StaticDiscover, SystemResolver};
+use crate::endpoint::{EndpointState, Registry};
+use crate::hash::{header_hash, ip_hash, query_hash};
+use crate::policy::{Algorithm, HashKey, Policy};
+
+/// Builds [`Lb`] services; holds what every worker shares (the snapshot, discovery, health,
+/// endpoint counters). Cheap to clone.
+#[derive(Clone)]
+pub struct LbLayer {
+    shared: Arc<Shared>,
+}
+
+/// Builds an [`LbLayer`] with non-default parts.
+pub struct LbBuilder {
+    snapshot: Arc<Snapshot>,
+    config: LbConfig,
+    discover: Option<Arc<dyn Discover>>,
+    health: Option<Arc<dyn HealthSource>>,
+    resolver: Option<Arc<dyn Resolver>>,
+}
+
+/// The balancer service: picks an endpoint for the request's [`RouteDestination`], records
+/// it as [`SelectedEndpoint`], and calls the inner service (the connector).
+///
+/// Each [`Layer::layer`] call makes an independent balancer state (cursors, caches): build
+/// one per worker thread. Clones share it.
+pub struct Lb<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    worker: Arc<Worker>,
+}
+
+/// The future of [`Lb`]: the inner service's, or a local reply, or a DNS lookup then the
+/// inner service's (passthrough).
+#[pin_project]
+pub struct ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    #[pin]
+    state: State<S, B>,
+    guard: Option<Guard>,
+    set_cookie: Option<HeaderValue>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<S, B>
+where
+    S: Service<Request<B>>,
+{
+    Called {
+        #[pin]
+        fut: S::Future,
+    },
+    /// Boxed: passthrough by name is rare, and keeps every other future small.
+    Resolving {
+        resolving: Box<Resolving<S, B>>,
+    },
+    Local {
+        res: Option<S::Response>,
+    },
+}
+
+struct Resolving<S, B> {
+    resolve: ResolveFuture,
+    svc: Option<S>,
+    req: Option<Request<B>>,
+    port: u16,
+}
+
+struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    snapshot_gen: AtomicU64,
+    config: LbConfig,
+    discover: Arc<dyn Discover>,
+    health: Arc<dyn HealthSource>,
+    resolver: Arc<dyn Resolver>,
+    registry: Registry,
+    workers: AtomicU64,
+}
+
+struct Worker {
+    cache: ArcSwap<Cache>,
+    seed: u64,
+}
+
+type Map = HashMap<RouteDestination, Arc<Entry>, foldhash::fast::FixedState>;
+
+struct Cache {
+    snapshot_gen: u64,
+    map: Map,
+}
+
+/// What a destination resolves to.
+enum Entry {
+    Cluster(Cluster),
+    /// Host, port or subset unknown: the cluster does not exist (`503 NR`).
+    NoCluster,
+    /// The host is not in the registry.
+    UnknownHost,
+    /// `PASSTHROUGH` or `resolution: NONE`: connect to the host the request named.
+    Passthrough { default_port: u16 },
+}
+
+/// An endpoint picked by [`Lb::pick`]; counted as in flight until dropped.
+pub struct Picked {
+    /// The endpoint.
+    pub endpoint: SelectedEndpoint,
+    _guard: Guard,
+}
+
+impl fmt::Debug for Picked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Picked").field("endpoint", &self.endpoint).finish()
+    }
+}
+
+/// Counts a request in flight on an endpoint until the response (headers) arrives or the
+/// future is dropped; measures latency for peak-EWMA.
+struct Guard {
+    state: Arc<EndpointState>,
+    started: Option<(Instant, Duration)>,
+}
+
+// === impl LbLayer ===
+
+impl LbLayer {
+    /// A layer over `snapshot` with static discovery, a fresh [`HealthTable`], the system
+    /// resolver for passthrough, and the default [`LbConfig`].
+    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+        LbLayer::builder(snapshot).build()
+    }
+
+    /// A builder starting from `snapshot`.
+    pub fn builder(snapshot: Arc<Snapshot>) -> LbBuilder {
+        LbBuilder { snapshot, config: LbConfig::default(), discover: None, health: None, resolver: None }
+    }
+
+    /// Replaces the snapshot. Every [`Lb`] built by this layer (or its clones) uses it from
+    /// its next request; requests in flight are not affected. Endpoint counters survive for
+    /// endpoints that remain.
+    pub fn store(&self, snapshot: Arc<Snapshot>) {
+        self.shared.snapshot.store(snapshot);
+        self.shared.snapshot_gen.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// The health source the balancers read (hand it to outlier detection).
+    pub fn health(&self) -> Arc<dyn HealthSource> {
+        self.shared.health.clone()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LbConfig {
+        &self.shared.config
+    }
+}
+
+impl<S> Layer<S> for LbLayer {
+    type Service = Lb<S>;
+
+    fn layer(&self, inner: S) -> Lb<S> {
+        let n = self.shared.workers.fetch_add(1, Ordering::Relaxed);
+        let seed = match self.shared.config.seed {
+            Some(s) => s ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            None => fastrand::u64(..),
+        };
+        let worker = Worker {
+            cache: ArcSwap::from_pointee(Cache { snapshot_gen: u64::MAX, map: Map::default() }),
+            seed,
+        };
+        Lb { inner, shared: self.shared.clone(), worker: Arc::new(worker) }
+    }
+}
+
+impl fmt::Debug for LbLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LbLayer")
+            .field("generation", &self.shared.snapshot.load().generation)
+            .field("config", &self.shared.config)
+            .field("discover", &self.shared.discover)
+            .field("health", &self.shared.health)
+            .finish()
+    }
+}
+
+// === impl LbBuilder ===
+
+impl LbBuilder {
+    /// Sets the configuration. Default: [`LbConfig::default`].
+    pub fn config(mut self, config: LbConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets where endpoints come from. Default: [`StaticDiscover`]. Combine sources with
+    /// [`Chain`](crate::discover::Chain) (e.g. a feed, DNS, then static).
+    pub fn discover(mut self, discover: Arc<dyn Discover>) -> Self {
+        self.discover = Some(discover);
+        self
+    }
+
+    /// Sets the health source shared with outlier detection and health checks. Default: a
+    /// new [`HealthTable`].
+    pub fn health(mut self, health: Arc<dyn HealthSource>) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// Sets the resolver used for passthrough destinations. Default: [`SystemResolver`].
+    pub fn resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// Builds the layer.
+    pub fn build(self) -> LbLayer {
+        let shared = Shared {
+            snapshot: ArcSwap::new(self.snapshot),
+            snapshot_gen: AtomicU64::new(0),
+            config: self.config,
+            discover: self.discover.unwrap_or_else(|| Arc::new(StaticDiscover)),
+            health: self.health.unwrap_or_else(|| Arc::new(HealthTable::new())),
+            resolver: self.resolver.unwrap_or_else(|| Arc::new(SystemResolver)),
+            registry: Registry::new(),
+            workers: AtomicU64::new(0),
+        };
+        LbLayer { shared: Arc::new(shared) }
+    }
+}
+
+impl fmt::Debug for LbBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LbBuilder").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    #[inline]
+    fn version(&self, snapshot_gen: u64) -> u64 {
+        snapshot_gen.wrapping_add(self.discover.version()).wrapping_add(self.health.generation())
+    }
+
+    fn build(&self, dest: &RouteDestination, version: u64, seed: u64) -> Entry {
+        let snap = self.snapshot.load();
+        let ns = snap.bootstrap.workload.namespace.as_str();
+        let host = &*dest.host;
+        let Some(service) = snap.service(host, ns) else { return Entry::UnknownHost };
+        let port = match dest.port {
+            Some(p) => service.port(p),
+            None => service.default_port(),
+        };
+        let Some(port) = port else { return Entry::NoCluster };
+        let port_number = u16::try_from(port.number).unwrap_or(0);
+        let subset = match dest.subset.as_deref() {
+            Some(name) => match snap.subset(host, name, ns) {
+                Some(s) => Some(s),
+                None => return Entry::NoCluster,
+            },
+            None => None,
+        };
+        let client_locality = snap.bootstrap.workload.locality.as_deref().map(Locality::parse).unwrap_or_default();
+        let tp = snap.traffic_policy(host, dest.subset.as_deref(), Some(port_number), ns);
+        let policy = Policy::from_traffic_policy(&tp, host, &self.config, !client_locality.region.is_empty());
+        if service.resolution == Resolution::None || policy.algorithm == Algorithm::Passthrough {
+            return Entry::Passthrough { default_port: port_number };
+        }
+        let endpoints = self.discover.endpoints(service).unwrap_or_else(|| Arc::new(EndpointSet::default()));
+        let name: Arc<str> = cluster_name(port_number, dest.subset.as_deref(), host).into();
+        let seed = seed ^ xxh64(name.as_bytes(), 0);
+        Entry::Cluster(Cluster::build(BuildInput {
+            name,
+            subset: dest.subset.clone(),
+            subset_labels: subset.map(|s| &s.labels),
+            service,
+            port,
+            endpoints: &endpoints,
+            policy,
+            client_locality: &client_locality,
+            client_labels: &snap.bootstrap.workload.labels,
+            registry: &self.registry,
+            health: &*self.health,
+            version,
+            seed,
+            overprovisioning: self.config.overprovisioning_factor,
+            ewma_default_rtt: self.config.peak_ewma.default_rtt.0,
+            now: Instant::now(),
+        }))
+    }
+
+    fn allow_any(&self) -> bool {
+        self.snapshot.load().bootstrap.mesh.outbound_traffic_policy == OutboundTrafficMode::AllowAny
+    }
+}
+
+// === impl Lb ===
+
+impl<S> Lb<S> {
+    /// Wraps `inner` with a balancer over `snapshot` (static discovery, default config).
+    /// Prefer building an [`LbLayer`] once and calling `layer` per worker.
+    pub fn new(inner: S, snapshot: Arc<Snapshot>) -> Self {
+        LbLayer::new(snapshot).layer(inner)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The entry for `dest`, from this worker's cache or freshly built.
+    fn entry(&self, dest: &RouteDestination) -> Arc<Entry> {
+        let shared = &*self.shared;
+        let snapshot_gen = shared.snapshot_gen.load(Ordering::Acquire);
+        let version = shared.version(snapshot_gen);
+        {
+            let cache = self.worker.cache.load();
+            if let Some(e) = cache.map.get(dest).filter(|_| cache.snapshot_gen == snapshot_gen) {
+                let fresh = match &**e {
+                    Entry::Cluster(c) => c.version == version && c.refresh_at.is_none_or(|t| Instant::now() < t),
+                    _ => true,
+                };
+                if fresh {
+                    return e.clone();
+                }
+            }
+        }
+        let entry = Arc::new(shared.build(dest, version, self.worker.seed));
+        self.worker.cache.rcu(|c| {
+            let mut map = if c.snapshot_gen == snapshot_gen { c.map.clone() } else { Map::default() };
+            map.insert(dest.clone(), entry.clone());
+            Cache { snapshot_gen, map }
+        });
+        entry
+    }
+}
+
+impl<S> Lb<S> {
+    /// Picks an endpoint of `dest` without a request: for opaque TCP connections, or to look
+    /// at what the balancer would do. `hash` is the consistent-hash key when the caller has
+    /// one (a random one is used otherwise). The pick counts as a request in flight on the
+    /// endpoint until the returned [`Picked`] is dropped (least request then balances
+    /// connections, as Envoy's `LEAST_CONN` does for TCP).
+    ///
+    /// Errors are the flags a request would get: `NR` when the cluster does not exist (and
+    /// for passthrough destinations, which have no endpoints to pick), `UH` when no endpoint
+    /// can take traffic.
+    pub fn pick(&self, dest: &RouteDestination, hash: Option<u64>) -> Result<Picked, ResponseFlags> {
+        let entry = self.entry(dest);
+        let Entry::Cluster(cluster) = &*entry else { return Err(ResponseFlags::NO_ROUTE) };
+        let host = cluster.pick(hash).ok_or(ResponseFlags::NO_HEALTHY_UPSTREAM)?;
+        host.state.begin();
+        Ok(Picked {
+            endpoint: host.selected.clone(),
+            _guard: Guard { state: host.state.clone(), started: None },
+        })
+    }
+}
+
+impl<S: Clone> Clone for Lb<S> {
+    fn clone(&self) -> Self {
+        Lb { inner: self.inner.clone(), shared: self.shared.clone(), worker: self.worker.clone() }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Lb<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lb").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for Lb<S>
+where
+    S: Service<Request<B>, Response = Response<MeshBody<ResB>>> + Clone,
+{
+    type Response = Response<MeshBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let (entry, derived) = match req.extensions().get::<RouteDestination>() {
+            Some(dest) if req.extensions().get::<Passthrough>().is_some() => {
+                let (host, port) = (dest.host.clone(), dest.port.unwrap_or(80));
+                return self.passthrough(req, &host, port);
+            }
+            Some(dest) => (self.entry(dest), None),
+            None => match destination_from_authority(&req, &self.shared.snapshot.load()) {
+                Some(dest) => (self.entry(&dest), Some(dest)),
+                None => return ResponseFuture::local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_ROUTE, ""),
+            },
+        };
+        let cluster = match &*entry {
+            Entry::Cluster(c) => c,
+            Entry::NoCluster => return ResponseFuture::local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_ROUTE, ""),
+            Entry::UnknownHost => match derived {
+                Some(dest) if self.shared.allow_any() => return self.passthrough(req, &dest.host, dest.port.unwrap_or(80)),
+                _ => return ResponseFuture::local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_ROUTE, ""),
+            },
+            Entry::Passthrough { default_port } => {
+                let (host, port) = match request_authority(&req) {
+                    Some((h, p)) => (Arc::<str>::from(h), p.unwrap_or(*default_port)),
+                    None => return ResponseFuture::local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_ROUTE, ""),
+                };
+                return self.passthrough(req, &host, port);
+            }
+        };
+
+        let mut set_cookie = None;
+        let hash = match &cluster.hash {
+            None => None,
+            Some(HashKey::Header(name)) => header_hash(req.headers(), name),
+            Some(HashKey::SourceIp) => req.extensions().get::<ClientAddr>().map(|c| ip_hash(c.0.ip())),
+            Some(HashKey::Query(name)) => query_hash(req.uri(), name),
+            Some(HashKey::Cookie(c)) => match sticky::find_cookie(req.headers(), &c.name) {
+                Some(v) => Some(match sticky::decode(v) {
+                    Some((_, key)) => key,
+                    None => xxh64(v.as_bytes(), 0),
+                }),
+                None if c.ttl.is_some() => {
+                    let key = cluster.rng.next_u64();
+                    let value = sticky::encode(cluster.subset.as_deref(), key);
+                    set_cookie = HeaderValue::try_from(format!("{}={value}{}", c.name, c.attributes)).ok();
+                    Some(key)
+                }
+                None => None,
+            },
+        };
+        let Some(host) = cluster.pick(hash) else {
+            return ResponseFuture::local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_HEALTHY_UPSTREAM, "no healthy upstream");
+        };
+        host.state.begin();
+        let started = (cluster.algorithm == Algorithm::PeakEwma).then(|| (Instant::now(), self.shared.config.peak_ewma.decay.0));
+        let guard = Guard { state: host.state.clone(), started };
+        let ext = req.extensions_mut();
+        ext.insert(host.selected.clone());
+        ext.insert(UpstreamCluster { name: cluster.name.clone(), health: host.health.clone() });
+        let fut = self.inner.call(req);
+        ResponseFuture { state: State::Called { fut }, guard: Some(guard), set_cookie }
+    }
+}
+
+impl<S> Lb<S> {
+    /// Connects to `host:port` as the request named it: an IP at once, a name through the
+    /// resolver (first address).
+    fn passthrough<B, ResB>(&mut self, mut req: Request<B>, host: &str, port: u16) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<B>, Response = Response<MeshBody<ResB>>> + Clone,
+    {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            req.extensions_mut().insert(passthrough_endpoint(SocketAddr::new(ip, port)));
+            let fut = self.inner.call(req);
+            return ResponseFuture { state: State::Called { fut }, guard: None, set_cookie: None };
+        }
+        // The inner service was made ready for this request: take it, leave a clone.
+        let clone = self.inner.clone();
+        let svc = std::mem::replace(&mut self.inner, clone);
+        let resolve = self.shared.resolver.resolve(host);
+        ResponseFuture {
+            state: State::Resolving { resolving: Box::new(Resolving { resolve, svc: Some(svc), req: Some(req), port }) },
+            guard: None,
+            set_cookie: None,
+        }
+    }
+}
+
+fn passthrough_endpoint(addr: SocketAddr) -> SelectedEndpoint {
+    SelectedEndpoint { addr, http2: false, service_account: None, istio_tls: false }
+}
+
+/// The request's host and port, from the URI or the `Host` header.
+fn request_authority<B>(req: &Request<B>) -> Option<(&str, Option<u16>)> {
+    let auth = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+    };
+    let auth = auth.rsplit_once('@').map_or(auth, |(_, a)| a);
+    // `[v6]:port`, `host:port`, `host`
+    if let Some(rest) = auth.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+        return Some((ip, port));
+    }
+    match auth.rsplit_once(':') {
+        Some((h, p)) => Some((h, p.parse().ok())),
+        None => Some((auth, None)),
+    }
+}
+
+/// Without a router: the destination is the request's authority, short names resolved in
+/// the client's namespace.
+fn destination_from_authority<B>(req: &Request<B>, snap: &Snapshot) -> Option<RouteDestination> {
+    let (host, port) = request_authority(req)?;
+    let ns = &snap.bootstrap.workload.namespace;
+    let host = resolve_host(&host.to_ascii_lowercase(), ns, &snap.bootstrap.mesh.cluster_domain);
+    Some(RouteDestination { host: host.into(), subset: None, port })
+}
+
+// === impl ResponseFuture ===
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn local<ResB>(status: StatusCode, flags: ResponseFlags, body: &'static str) -> Self
+    where
+        S: Service<Request<B>, Response = Response<MeshBody<ResB>>>,
+    {
+        ResponseFuture { state: State::Local { res: Some(local_reply(status, flags, body)) }, guard: None, set_cookie: None }
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<MeshBody<ResB>>>,
+{
+    type Output = Result<Response<MeshBody<ResB>>, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let this = self.as_mut().project();
+            match this.state.project() {
+                StateProj::Called { fut } => {
+                    let mut res = ready!(fut.poll(cx));
+                    if let (Ok(r), Some(c)) = (&mut res, this.set_cookie.take()) {
+                        r.headers_mut().append(SET_COOKIE, c);
+                    }
+                    if let Some(g) = this.guard.take() {
+                        g.finish(res.as_ref().is_ok_and(|r| !r.status().is_server_error()));
+                    }
+                    return Poll::Ready(res);
+                }
+                StateProj::Resolving { resolving } => {
+                    let Resolving { resolve, svc, req, port } = &mut **resolving;
+                    let addrs = ready!(resolve.as_mut().poll(cx));
+                    let (Some(mut svc), Some(mut req)) = (svc.take(), req.take()) else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    let next = match addrs.ok().and_then(|a| a.first().copied()) {
+                        Some(ip) => {
+                            req.extensions_mut().insert(passthrough_endpoint(SocketAddr::new(ip, *port)));
+                            State::Called { fut: svc.call(req) }
+                        }
+                        None => State::Local {
+                            res: Some(local_reply(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                ResponseFlags::DNS_RESOLUTION_FAILURE,
+                                "DNS resolution failed",
+                            )),
+                        },
+                    };
+                    self.as_mut().project().state.set(next);
+                }
+                StateProj::Local { res } => {
+                    return Poll::Ready(Ok(res.take().expect("ResponseFuture polled after completion")));
+                }
+            }
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Called { .. } => "called",
+            State::Resolving { .. } => "resolving",
+            State::Local { .. } => "local",
+        };
+        f.debug_struct("ResponseFuture").field("state", &state).finish()
+    }
+}
+
+// === impl Guard ===
+
+impl Guard {
+    fn finish(self, success: bool) {
+        if let (true, Some((start, decay))) = (success, self.started) {
+            let now = Instant::now();
+            self.state.observe_rtt(now.saturating_duration_since(start), now, decay);
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.state.end();
+    }
+}
+
+#[cfg(test)]
+impl<S> Lb<S> {
+    /// Runs `f` on the current cluster of `dest` (built if needed).
+    pub(crate) fn with_cluster<R>(&self, dest: &RouteDestination, f: impl FnOnce(&Cluster) -> R) -> Option<R> {
+        match &*self.entry(dest) {
+            Entry::Cluster(c) => Some(f(c)),
+            _ => None,
+        }
+    }
+}

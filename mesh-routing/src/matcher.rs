@@ -1,0 +1,464 @@
+//! Compiled `HTTPMatchRequest`s: the conditions of one match block, checked against a
+//! request without allocating.
+//!
+//! Each block becomes what Istio makes of it in Envoy (`TranslateRouteMatch` in
+//! `pilot/pkg/networking/core/route/route.go`): a path matcher (`prefix`, `path` or
+//! `safe_regex`), header matchers (`:method`, `:authority`, `:scheme` and `headers`
+//! included), inverted header matchers for `withoutHeaders`, and query parameter matchers;
+//! `port`, `sourceLabels`, `sourceNamespace` and `gateways` decide whether Istio generates the
+//! route at all (`TranslateRoute` / `sourceMatchHTTP`), which here is checked per request.
+
+use http::{HeaderMap, HeaderName};
+use mesh_core::model::networking::{HttpMatchRequest, StringMatch};
+use mesh_core::selector::{Labels, labels_match};
+use regex::bytes::{Regex as BytesRegex, RegexBuilder as BytesRegexBuilder};
+
+use crate::error::BuildError;
+
+/// A compiled `StringMatch`.
+#[derive(Debug, Clone)]
+pub(crate) enum StrMatch {
+    /// `exact`, compared byte for byte (or ASCII case-insensitively).
+    Exact(Box<[u8]>, bool),
+    /// `prefix`, compared byte for byte (or ASCII case-insensitively).
+    Prefix(Box<[u8]>, bool),
+    /// `regex`, anchored at both ends (Envoy's `safe_regex` is a full match).
+    Regex(BytesRegex),
+    /// `{}` (or `regex: "*"`): presence only.
+    Present,
+}
+
+/// Which part of the request a header matcher reads.
+#[derive(Debug, Clone)]
+pub(crate) enum HeaderSel {
+    /// A regular header.
+    Name(HeaderName),
+    /// `:method`.
+    Method,
+    /// `:authority` (Host).
+    Authority,
+    /// `:scheme`.
+    Scheme,
+    /// `:path` (path and query).
+    Path,
+}
+
+/// An Envoy `HeaderMatcher`.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderMatch {
+    sel: HeaderSel,
+    m: StrMatch,
+    invert: bool,
+    treat_missing_as_empty: bool,
+}
+
+/// An Envoy `QueryParameterMatcher`.
+#[derive(Debug, Clone)]
+pub(crate) struct QueryMatch {
+    name: Box<str>,
+    m: StrMatch,
+}
+
+/// How the block matches the path; also what a `rewrite.uri` replaces.
+#[derive(Debug, Clone)]
+pub(crate) enum UriMatch {
+    /// Envoy `prefix`: the start of `:path` (query included).
+    Prefix(Box<[u8]>, bool),
+    /// Envoy `path`: the whole path, query removed.
+    Exact(Box<[u8]>, bool),
+    /// Envoy `safe_regex`: the whole path, query removed.
+    Regex(BytesRegex),
+}
+
+/// One compiled `HTTPMatchRequest`.
+#[derive(Debug, Clone)]
+pub(crate) struct MatchBlock {
+    /// The Envoy route name for this block (`<route>.<match>`), when the block is named.
+    pub(crate) route_name: Option<std::sync::Arc<str>>,
+    /// `None`: Istio's default `prefix: /`.
+    pub(crate) uri: Option<UriMatch>,
+    headers: Box<[HeaderMatch]>,
+    query: Box<[QueryMatch]>,
+    port: Option<u16>,
+    /// `Some` when the source must be checked (no match-level `gateways`).
+    source: Option<SourceMatch>,
+    /// A condition this router cannot evaluate (JWT claims): never matches.
+    never: bool,
+}
+
+#[derive(Debug, Clone)]
+struct SourceMatch {
+    labels: Labels,
+    namespace: Option<Box<str>>,
+}
+
+/// What the matchers read from a request, extracted once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestView<'a> {
+    /// `:path`: path and query.
+    pub(crate) path_and_query: &'a str,
+    /// The path without the query.
+    pub(crate) path: &'a str,
+    /// The query, without `?`.
+    pub(crate) query: Option<&'a str>,
+    pub(crate) method: &'a str,
+    pub(crate) scheme: &'a str,
+    /// `:authority`, as sent (port included).
+    pub(crate) authority: &'a str,
+    pub(crate) headers: &'a HeaderMap,
+    /// The destination port (from the authority, or the virtual host's default).
+    pub(crate) port: Option<u16>,
+    pub(crate) source_labels: &'a Labels,
+    pub(crate) source_namespace: &'a str,
+}
+
+/// Limits applied when compiling regexes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RegexLimits {
+    pub(crate) size_limit: usize,
+}
+
+// === impl StrMatch ===
+
+impl StrMatch {
+    /// Compiles a `StringMatch`; an empty one (or `regex: "*"`, Istio's
+    /// `canBeConvertedToPresentMatch`) is a presence match.
+    pub(crate) fn compile(
+        m: &StringMatch,
+        ignore_case: bool,
+        limits: RegexLimits,
+    ) -> Result<Self, String> {
+        if let Some(e) = &m.exact {
+            return Ok(StrMatch::Exact(e.as_bytes().into(), ignore_case));
+        }
+        if let Some(p) = &m.prefix {
+            return Ok(StrMatch::Prefix(p.as_bytes().into(), ignore_case));
+        }
+        if let Some(r) = &m.regex {
+            if r == "*" {
+                return Ok(StrMatch::Present);
+            }
+            return Ok(StrMatch::Regex(compile_regex(r, limits)?));
+        }
+        Ok(StrMatch::Present)
+    }
+
+    /// Whether `v` matches (a presence match always does).
+    pub(crate) fn matches(&self, v: &[u8]) -> bool {
+        match self {
+            StrMatch::Exact(e, false) => v == &e[..],
+            StrMatch::Exact(e, true) => v.eq_ignore_ascii_case(e),
+            StrMatch::Prefix(p, false) => v.starts_with(p),
+            StrMatch::Prefix(p, true) => v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p),
+            StrMatch::Regex(r) => r.is_match(v),
+            StrMatch::Present => true,
+        }
+    }
+}
+
+/// Compiles an RE2-style regex anchored at both ends, with a program size limit.
+pub(crate) fn compile_regex(r: &str, limits: RegexLimits) -> Result<BytesRegex, String> {
+    BytesRegexBuilder::new(&format!("^(?:{r})$"))
+        .size_limit(limits.size_limit)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+// === impl HeaderMatch ===
+
+impl HeaderMatch {
+    fn matches(&self, req: &RequestView<'_>) -> bool {
+        let matched = match &self.sel {
+            HeaderSel::Method => self.m.matches(req.method.as_bytes()),
+            HeaderSel::Authority => self.m.matches(req.authority.as_bytes()),
+            HeaderSel::Scheme => self.m.matches(req.scheme.as_bytes()),
+            HeaderSel::Path => self.m.matches(req.path_and_query.as_bytes()),
+            HeaderSel::Name(name) => {
+                let mut values = req.headers.get_all(name).iter();
+                match (values.next(), values.next()) {
+                    (None, _) => {
+                        // Envoy HeaderUtility::matchHeaders: a missing header fails every
+                        // matcher but an inverted presence match, unless
+                        // treat_missing_header_as_empty makes it the empty string.
+                        if self.treat_missing_as_empty {
+                            self.m.matches(b"")
+                        } else {
+                            return self.invert && matches!(self.m, StrMatch::Present);
+                        }
+                    }
+                    (Some(v), None) => self.m.matches(v.as_bytes()),
+                    (Some(first), Some(_)) => {
+                        // Envoy matches a repeated header as its values joined with ','.
+                        let mut joined = first.as_bytes().to_vec();
+                        for v in req.headers.get_all(name).iter().skip(1) {
+                            joined.push(b',');
+                            joined.extend_from_slice(v.as_bytes());
+                        }
+                        self.m.matches(&joined)
+                    }
+                }
+            }
+        };
+        matched != self.invert
+    }
+}
+
+// === impl QueryMatch ===
+
+impl QueryMatch {
+    /// Envoy `QueryParameterMatcher`: the first parameter with this name (not decoded); a
+    /// bare key (`?debug`) has the value "".
+    fn matches(&self, query: Option<&str>) -> bool {
+        let Some(q) = query else { return false };
+        for kv in q.split('&') {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            if k == &*self.name {
+                return self.m.matches(v.as_bytes());
+            }
+        }
+        false
+    }
+}
+
+// === impl UriMatch ===
+
+impl UriMatch {
+    fn matches(&self, req: &RequestView<'_>) -> bool {
+        match self {
+            UriMatch::Prefix(p, ci) => {
+                StrMatch::prefix_matches(p, *ci, req.path_and_query.as_bytes())
+            }
+            UriMatch::Exact(e, false) => req.path.as_bytes() == &e[..],
+            UriMatch::Exact(e, true) => req.path.as_bytes().eq_ignore_ascii_case(e),
+            UriMatch::Regex(r) => r.is_match(req.path.as_bytes()),
+        }
+    }
+}
+
+impl StrMatch {
+    fn prefix_matches(p: &[u8], ci: bool, v: &[u8]) -> bool {
+        if ci {
+            v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p)
+        } else {
+            v.starts_with(p)
+        }
+    }
+}
+
+// === impl MatchBlock ===
+
+impl MatchBlock {
+    /// Compiles one match block. `field` names it in errors (`spec.http[1].match[0]`).
+    pub(crate) fn compile(
+        m: &HttpMatchRequest,
+        route_name: Option<&str>,
+        limits: RegexLimits,
+        field: &str,
+    ) -> Result<Self, BuildError> {
+        let err = |sub: &str, e: String| BuildError::new(format!("{field}.{sub}"), e);
+        let uri = match &m.uri {
+            None => None,
+            Some(u) => {
+                let ci = m.ignore_uri_case;
+                if let Some(e) = &u.exact {
+                    Some(UriMatch::Exact(e.as_bytes().into(), ci))
+                } else if let Some(p) = &u.prefix {
+                    Some(UriMatch::Prefix(p.as_bytes().into(), ci))
+                } else if let Some(r) = &u.regex {
+                    Some(UriMatch::Regex(
+                        compile_regex(r, limits).map_err(|e| err("uri.regex", e))?,
+                    ))
+                } else {
+                    None
+                }
+            }
+        };
+        let mut never = false;
+        let mut headers = Vec::new();
+        for (name, sm) in &m.headers {
+            if name.starts_with("@request.auth.claims") {
+                never = true; // JWT claim routing needs authentication metadata
+                continue;
+            }
+            let sel = header_sel(name).map_err(|e| err(&format!("headers.{name}"), e))?;
+            let sm = StrMatch::compile(sm, false, limits)
+                .map_err(|e| err(&format!("headers.{name}"), e))?;
+            headers.push(HeaderMatch {
+                sel,
+                m: sm,
+                invert: false,
+                treat_missing_as_empty: false,
+            });
+        }
+        for (name, sm) in &m.without_headers {
+            if name.starts_with("@request.auth.claims") {
+                continue; // an inverted claim match on a request without claims holds
+            }
+            let sel = header_sel(name).map_err(|e| err(&format!("withoutHeaders.{name}"), e))?;
+            let compiled = StrMatch::compile(sm, false, limits)
+                .map_err(|e| err(&format!("withoutHeaders.{name}"), e))?;
+            // route.go TranslateRouteMatch: invert_match, and treat_missing_header_as_empty
+            // unless it is a presence match.
+            let present = matches!(compiled, StrMatch::Present);
+            headers.push(HeaderMatch {
+                sel,
+                m: compiled,
+                invert: true,
+                treat_missing_as_empty: !present,
+            });
+        }
+        for (sub, sel, sm) in [
+            ("method", HeaderSel::Method, &m.method),
+            ("authority", HeaderSel::Authority, &m.authority),
+            ("scheme", HeaderSel::Scheme, &m.scheme),
+        ] {
+            if let Some(sm) = sm {
+                let compiled = StrMatch::compile(sm, false, limits).map_err(|e| err(sub, e))?;
+                headers.push(HeaderMatch {
+                    sel,
+                    m: compiled,
+                    invert: false,
+                    treat_missing_as_empty: false,
+                });
+            }
+        }
+        let mut query = Vec::new();
+        for (name, sm) in &m.query_params {
+            let compiled = StrMatch::compile(sm, false, limits)
+                .map_err(|e| err(&format!("queryParams.{name}"), e))?;
+            query.push(QueryMatch {
+                name: name.as_str().into(),
+                m: compiled,
+            });
+        }
+        let port = match m.port {
+            None | Some(0) => None,
+            Some(p) => {
+                Some(u16::try_from(p).map_err(|_| err("port", format!("port {p} out of range")))?)
+            }
+        };
+        let source = m.gateways.is_empty().then(|| SourceMatch {
+            labels: m.source_labels.clone(),
+            namespace: m
+                .source_namespace
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(Into::into),
+        });
+        Ok(MatchBlock {
+            // TranslateRoute: routeName + "." + match.Name
+            route_name: m
+                .name
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("{}.{n}", route_name.unwrap_or("")).into()),
+            uri,
+            headers: headers.into(),
+            query: query.into(),
+            port,
+            source,
+            never,
+        })
+    }
+
+    /// Whether every condition of the block holds.
+    pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
+        if self.never {
+            return false;
+        }
+        if let Some(p) = self.port
+            && req.port != Some(p)
+        {
+            return false;
+        }
+        if let Some(src) = &self.source {
+            // route.go sourceMatchHTTP: sourceLabels ⊆ proxy labels, sourceNamespace equal.
+            if !labels_match(&src.labels, req.source_labels) {
+                return false;
+            }
+            if src
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| ns != req.source_namespace)
+            {
+                return false;
+            }
+        }
+        if let Some(u) = &self.uri
+            && !u.matches(req)
+        {
+            return false;
+        }
+        self.headers.iter().all(|h| h.matches(req))
+            && self.query.iter().all(|q| q.matches(req.query))
+    }
+}
+
+fn header_sel(name: &str) -> Result<HeaderSel, String> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        ":method" => HeaderSel::Method,
+        ":authority" | "host" => HeaderSel::Authority,
+        ":scheme" => HeaderSel::Scheme,
+        ":path" => HeaderSel::Path,
+        other => HeaderSel::Name(
+            HeaderName::from_bytes(other.as_bytes())
+                .map_err(|e| format!("invalid header name {name:?}: {e}"))?,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RegexLimits = RegexLimits {
+        size_limit: 1 << 20,
+    };
+
+    fn sm(exact: Option<&str>, prefix: Option<&str>, regex: Option<&str>) -> StringMatch {
+        StringMatch {
+            exact: exact.map(Into::into),
+            prefix: prefix.map(Into::into),
+            regex: regex.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn regex_is_a_full_match() {
+        // Envoy safe_regex: "The entire path (without the query string) must match the regex".
+        let m = StrMatch::compile(&sm(None, None, Some("/a+")), false, LIMITS).unwrap();
+        assert!(m.matches(b"/aaa"));
+        assert!(!m.matches(b"/aaab"));
+        assert!(!m.matches(b"x/aaa"));
+    }
+
+    #[test]
+    fn star_regex_is_a_presence_match() {
+        // route.go canBeConvertedToPresentMatch: `regex: "*"` becomes present_match.
+        assert!(matches!(
+            StrMatch::compile(&sm(None, None, Some("*")), false, LIMITS),
+            Ok(StrMatch::Present)
+        ));
+        assert!(matches!(
+            StrMatch::compile(&StringMatch::default(), false, LIMITS),
+            Ok(StrMatch::Present)
+        ));
+    }
+
+    #[test]
+    fn regex_size_limit_is_enforced() {
+        let tiny = RegexLimits { size_limit: 64 };
+        assert!(
+            StrMatch::compile(&sm(None, None, Some("[a-z]{1,100}x{50}")), false, tiny).is_err()
+        );
+    }
+
+    #[test]
+    fn case_insensitive_exact_and_prefix() {
+        let e = StrMatch::compile(&sm(Some("/Foo"), None, None), true, LIMITS).unwrap();
+        assert!(e.matches(b"/fOO"));
+        let p = StrMatch::compile(&sm(None, Some("/Foo"), None), true, LIMITS).unwrap();
+        assert!(p.matches(b"/FOObar"));
+        assert!(!p.matches(b"/Fo"));
+    }
+}

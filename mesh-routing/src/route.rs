@@ -1,0 +1,521 @@
+//! The routing layer: matches each request against the current [`RouteTable`] and applies the
+//! chosen `HTTPRoute`.
+//!
+//! # When to use
+//!
+//! First in the per-request stack, after authentication: it decides where a request goes,
+//! and the layers below (fault, timeout, retry, mirror, balancer) act on what it decided.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use mesh_core::compile::compile;
+//! use mesh_core::ext::RouteDestination;
+//! use mesh_core::load::Loader;
+//! use mesh_core::MeshBody;
+//! use mesh_routing::{RouteLayer, RouteTable, RouteTableHandle};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let mut l = Loader::new();
+//! l.add_str("mesh.yaml", r#"
+//! apiVersion: networking.istio.io/v1
+//! kind: ServiceEntry
+//! metadata: {name: reviews}
+//! spec:
+//!   hosts: [reviews.default.svc.cluster.local]
+//!   location: MESH_INTERNAL
+//!   resolution: STATIC
+//!   ports: [{number: 9080, name: http, protocol: HTTP}]
+//!   endpoints: [{address: 10.0.0.1}]
+//! ---
+//! apiVersion: networking.istio.io/v1
+//! kind: VirtualService
+//! metadata: {name: reviews}
+//! spec:
+//!   hosts: [reviews]
+//!   http:
+//!   - match: [{headers: {end-user: {exact: jason}}}]
+//!     route: [{destination: {host: reviews, subset: v2}}]
+//!   - route: [{destination: {host: reviews, subset: v1}}]
+//! "#);
+//! let snapshot = compile(l.finish().resources);
+//! let handle = RouteTableHandle::new(RouteTable::sidecar(&snapshot).unwrap());
+//!
+//! // The inner service sees the chosen destination as a request extension.
+//! let svc = ServiceBuilder::new()
+//!     .layer(RouteLayer::new(handle.clone()).with_seed(7))
+//!     .service_fn(|req: http::Request<String>| async move {
+//!         let dest = req.extensions().get::<RouteDestination>().cloned().unwrap();
+//!         let body = MeshBody::<String>::inner(dest.subset.as_deref().unwrap_or("-").to_string());
+//!         Ok::<_, Infallible>(http::Response::new(body))
+//!     });
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let req = http::Request::builder()
+//!     .uri("/reviews/1")
+//!     .header("host", "reviews:9080")
+//!     .header("end-user", "jason")
+//!     .body(String::new())
+//!     .unwrap();
+//! let res = svc.clone().oneshot(req).await.unwrap();
+//! assert!(matches!(res.body(), MeshBody::Inner(b) if b == "v2"));
+//!
+//! let req = http::Request::builder().uri("/").header("host", "nowhere.default.svc.cluster.local:80")
+//!     .body(String::new()).unwrap();
+//! // Unknown hosts pass through under the default ALLOW_ANY policy.
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! # });
+//! ```
+//!
+//! # Ordering
+//!
+//! ```text
+//! request ─► RouteLayer ─► fault ─► timeout ─► retry ─► MirrorLayer ─► balancer ─► connector
+//! ```
+//!
+//! The router answers by itself for redirects, direct responses, CORS preflights and
+//! requests it cannot route; everything else goes down the stack.
+//!
+//! # Reads and writes
+//!
+//! - Reads the request's [`SourceWorkload`] extension (else the [`RouterContext`]'s
+//!   workload) for `sourceLabels` / `sourceNamespace`.
+//! - Writes [`RouteDestination`] (host, subset, port), [`RoutePolicy`] (timeout, retries,
+//!   fault of the route, compiled once), [`Passthrough`] on passthrough requests, and
+//!   [`Mirrors`](crate::mirror::Mirrors) when the route mirrors the request.
+//! - Local answers carry [`ResponseFlags`] (`NR` for no route: 404, or 502 under
+//!   `REGISTRY_ONLY`) in the extension and the `x-mesh-response-flags` header.
+//! - Applies the route's (and the chosen destination's) header operations to the request and
+//!   the response, `rewrite`, and CORS response headers.
+//!
+//! # Differences from Istio/Envoy
+//!
+//! - One table serves every port: the port comes from the Host header (or the service's only
+//!   port, else 80), where Istio builds one route configuration per listener port.
+//! - `headers` values are literal: Envoy's `%VARIABLE%` substitutions are not expanded.
+//! - With several weighted destinations, destination-level header `set`s win over the
+//!   route-level ones (as Istio arranges it for a single destination); Envoy applies the
+//!   route's last for weighted clusters.
+//! - Header matches on JWT claims (`@request.auth.claims.*`) never match (`withoutHeaders`
+//!   on claims always does): authentication metadata is not available to the router.
+//! - Gateways: the routes of every VirtualService naming the same host are concatenated in
+//!   source order; `Gateway.servers.hosts` does not filter the VirtualService hosts; the
+//!   Host's port is ignored (as Istio's `host:*` domains do).
+//! - On a sidecar, when several VirtualServices name the same host, the first in source order
+//!   wins (Istio picks the oldest by creation time).
+//!
+//! [`RouterContext`]: crate::RouterContext
+//! [`SourceWorkload`]: mesh_core::ext::SourceWorkload
+//! [`RouteDestination`]: mesh_core::ext::RouteDestination
+//! [`RoutePolicy`]: mesh_core::ext::RoutePolicy
+//! [`Passthrough`]: mesh_core::ext::Passthrough
+//! [`ResponseFlags`]: mesh_core::ResponseFlags
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::task::{Context, Poll};
+
+use http::header::{HOST, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
+use http::{Request, Response, StatusCode, Uri};
+use mesh_core::MeshBody;
+use mesh_core::ResponseFlags;
+use mesh_core::ext::{Passthrough, RouteDestination, RoutePolicy, SourceWorkload, local_reply};
+use pin_project::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::action::{CorsDecision, split_port};
+use crate::mirror::Mirrors;
+use crate::table::{
+    Action, CompiledRoute, RouteTable, RouteTableHandle, Selected, next_seed, view_of,
+};
+
+/// Applies [`Route`]: routes requests on the table behind a [`RouteTableHandle`].
+///
+/// Cheap to clone (two `Arc`s); each service it makes has its own random number generator
+/// for weighted choices and mirror sampling.
+#[derive(Clone, Debug)]
+pub struct RouteLayer {
+    handle: RouteTableHandle,
+    seed: Option<u64>,
+    counter: Arc<AtomicU64>,
+}
+
+/// Routes requests by the current [`RouteTable`]; see the [module docs](self).
+#[derive(Debug)]
+pub struct Route<S> {
+    inner: S,
+    handle: RouteTableHandle,
+    rng: fastrand::Rng,
+    seed: Option<u64>,
+    counter: Arc<AtomicU64>,
+}
+
+/// Response future of [`Route`].
+#[pin_project]
+#[derive(Debug)]
+pub struct ResponseFuture<F, B> {
+    #[pin]
+    state: State<F, B>,
+}
+
+#[pin_project(project = StateProj)]
+#[derive(Debug)]
+enum State<F, B> {
+    Inner {
+        #[pin]
+        fut: F,
+        post: Option<PostOps>,
+    },
+    Ready {
+        res: Option<Response<MeshBody<B>>>,
+    },
+}
+
+/// What to do to the response of a forwarded request.
+#[derive(Debug)]
+struct PostOps {
+    route: Arc<CompiledRoute>,
+    dest: usize,
+    cors_origin: Option<HeaderValue>,
+}
+
+/// What the router decided, computed while the request is borrowed.
+enum Plan<B> {
+    Local(Response<MeshBody<B>>),
+    Forward {
+        route: Arc<CompiledRoute>,
+        dest: usize,
+        port: Option<u16>,
+        new_path: Option<String>,
+        cors_origin: Option<HeaderValue>,
+        mirrors: Option<Mirrors>,
+        block_name: Option<Arc<str>>,
+    },
+    Passthrough {
+        host: Arc<str>,
+        port: Option<u16>,
+    },
+}
+
+// === impl RouteLayer ===
+
+impl RouteLayer {
+    /// A layer routing on `handle`'s table, with a random seed.
+    pub fn new(handle: RouteTableHandle) -> Self {
+        RouteLayer {
+            handle,
+            seed: None,
+            counter: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A layer over a fixed table (no reloads).
+    pub fn from_table(table: RouteTable) -> Self {
+        RouteLayer::new(RouteTableHandle::new(table))
+    }
+
+    /// Seeds the random choices (weights, mirror percentages) for reproducible runs: the
+    /// n-th service made from this layer (or cloned from one) draws from a generator seeded
+    /// by `seed` and n.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The handle whose table this layer routes on.
+    pub fn handle(&self) -> &RouteTableHandle {
+        &self.handle
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Route<S>;
+
+    fn layer(&self, inner: S) -> Route<S> {
+        Route {
+            inner,
+            handle: self.handle.clone(),
+            rng: next_seed(self.seed, &self.counter),
+            seed: self.seed,
+            counter: self.counter.clone(),
+        }
+    }
+}
+
+// === impl Route ===
+
+impl<S> Route<S> {
+    /// Routes requests to `inner` by `handle`'s table.
+    pub fn new(inner: S, handle: RouteTableHandle) -> Self {
+        RouteLayer::new(handle).layer(inner)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the router, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for Route<S> {
+    fn clone(&self) -> Self {
+        Route {
+            inner: self.inner.clone(),
+            handle: self.handle.clone(),
+            rng: next_seed(self.seed, &self.counter),
+            seed: self.seed,
+            counter: self.counter.clone(),
+        }
+    }
+}
+
+fn plan<B, R>(table: &RouteTable, req: &Request<B>, rng: &mut fastrand::Rng) -> Plan<R> {
+    let source = table.source(req.extensions().get::<SourceWorkload>());
+    let mut view = view_of(req, source);
+    let (route, block, port) = match table.select(&mut view) {
+        Selected::Route { route, block, port } => (route, block, port),
+        Selected::NoRoute => {
+            return Plan::Local(local_reply(
+                StatusCode::NOT_FOUND,
+                ResponseFlags::NO_ROUTE,
+                "",
+            ));
+        }
+        Selected::BlackHole => {
+            return Plan::Local(local_reply(
+                StatusCode::BAD_GATEWAY,
+                ResponseFlags::NO_ROUTE,
+                "",
+            ));
+        }
+        Selected::Passthrough { port } => {
+            let host = split_port(view.authority).0;
+            return Plan::Passthrough {
+                host: host.into(),
+                port,
+            };
+        }
+    };
+    let matched_uri = block
+        .and_then(|i| route.blocks.get(i))
+        .and_then(|b| b.uri.as_ref());
+    let cors_origin = match route.cors.as_ref().map(|c| c.decide(&view)) {
+        None | Some(CorsDecision::None) => None,
+        Some(CorsDecision::Simple(origin)) => Some(origin),
+        Some(CorsDecision::Answer(res)) => {
+            let (parts, ()) = res.into_parts();
+            return Plan::Local(Response::from_parts(parts, MeshBody::empty()));
+        }
+    };
+    let mut local = match &route.action {
+        Action::Redirect(r) => r.respond(&view, matched_uri),
+        Action::Direct(d) => d.respond(),
+        Action::Forward(fwd) => {
+            let dest = fwd.choose(req.headers(), rng);
+            let new_path = fwd.rewrite.as_ref().map(|rw| rw.apply(&view, matched_uri));
+            let mirrors = (!route.mirrors.is_empty())
+                .then(|| {
+                    let targets: Vec<RouteDestination> = route
+                        .mirrors
+                        .iter()
+                        .filter(|m| m.fraction >= 1.0 || rng.f64() < m.fraction)
+                        .map(|m| fill_port(&m.dest, port))
+                        .collect();
+                    (!targets.is_empty()).then(|| Mirrors {
+                        targets: targets.into(),
+                        policy: route.policy.clone(),
+                        fired: Arc::new(AtomicBool::new(false)),
+                    })
+                })
+                .flatten();
+            let block_name = block
+                .and_then(|i| route.blocks.get(i))
+                .and_then(|b| b.route_name.clone());
+            return Plan::Forward {
+                route: route.clone(),
+                dest,
+                port,
+                new_path,
+                cors_origin,
+                mirrors,
+                block_name,
+            };
+        }
+    };
+    route.headers.response.apply(local.headers_mut());
+    if let (Some(c), Some(o)) = (&route.cors, &cors_origin) {
+        c.on_response(o, local.headers_mut());
+    }
+    Plan::Local(local)
+}
+
+fn fill_port(d: &RouteDestination, port: Option<u16>) -> RouteDestination {
+    RouteDestination {
+        host: d.host.clone(),
+        subset: d.subset.clone(),
+        port: d.port.or(port),
+    }
+}
+
+/// Sets the request's authority (Host header, and the URI's authority when it has one).
+fn set_authority<B>(req: &mut Request<B>, value: &HeaderValue) {
+    req.headers_mut().insert(HOST, value.clone());
+    if req.uri().authority().is_some()
+        && let Ok(a) = Authority::try_from(value.as_bytes())
+    {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = Some(a);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+fn set_path<B>(req: &mut Request<B>, path: &str) {
+    let Ok(pq) = PathAndQuery::try_from(path) else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(pq);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for Route<S>
+where
+    S: Service<Request<B>, Response = Response<MeshBody<ResB>>>,
+{
+    type Response = Response<MeshBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let plan = {
+            let table = self.handle.load();
+            plan::<B, ResB>(&table, &req, &mut self.rng)
+        };
+        match plan {
+            Plan::Local(res) => ResponseFuture {
+                state: State::Ready { res: Some(res) },
+            },
+            Plan::Passthrough { host, port } => {
+                req.extensions_mut().insert(RouteDestination {
+                    host,
+                    subset: None,
+                    port,
+                });
+                req.extensions_mut().insert(Passthrough);
+                ResponseFuture {
+                    state: State::Inner {
+                        fut: self.inner.call(req),
+                        post: None,
+                    },
+                }
+            }
+            Plan::Forward {
+                route,
+                dest,
+                port,
+                new_path,
+                cors_origin,
+                mirrors,
+                block_name,
+            } => {
+                let Action::Forward(fwd) = &route.action else {
+                    unreachable!("a forward plan is made from a forward action")
+                };
+                let chosen = &fwd.dests[dest];
+                if let Some(p) = &new_path {
+                    set_path(&mut req, p);
+                }
+                route.headers.request.apply(req.headers_mut());
+                chosen.headers.request.apply(req.headers_mut());
+                if let Some(a) = fwd.authority.as_ref().or(chosen.headers.authority.as_ref()) {
+                    set_authority(&mut req, a);
+                }
+                let ext = req.extensions_mut();
+                ext.insert(fill_port(&chosen.dest, port));
+                let mut policy = route.policy.clone();
+                if let Some(name) = block_name {
+                    policy.route_name = Some(name);
+                }
+                ext.insert::<RoutePolicy>(policy);
+                if let Some(m) = mirrors {
+                    ext.insert(m);
+                }
+                let needs_post = cors_origin.is_some()
+                    || !route.headers.response.is_empty()
+                    || !chosen.headers.response.is_empty();
+                let post = needs_post.then(|| PostOps {
+                    route: route.clone(),
+                    dest,
+                    cors_origin,
+                });
+                ResponseFuture {
+                    state: State::Inner {
+                        fut: self.inner.call(req),
+                        post,
+                    },
+                }
+            }
+        }
+    }
+}
+
+// === impl ResponseFuture ===
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<MeshBody<B>>, E>>,
+{
+    type Output = Result<Response<MeshBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Ready { res } => match res.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => panic!("ResponseFuture polled after completion"),
+            },
+            StateProj::Inner { fut, post } => {
+                let mut res = match fut.poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(res)) => res,
+                };
+                if let Some(p) = post.take() {
+                    let headers = res.headers_mut();
+                    p.route.headers.response.apply(headers);
+                    if let Action::Forward(fwd) = &p.route.action
+                        && let Some(d) = fwd.dests.get(p.dest)
+                    {
+                        d.headers.response.apply(headers);
+                    }
+                    if let (Some(c), Some(o)) = (&p.route.cors, &p.cors_origin) {
+                        c.on_response(o, headers);
+                    }
+                }
+                Poll::Ready(Ok(res))
+            }
+        }
+    }
+}
