@@ -30,8 +30,18 @@ fn config(n: usize, lb: &str, weighted: bool) -> Arc<Snapshot> {
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: svc}\nspec:\n  hosts: [svc.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  endpoints:\n",
     );
     for i in 0..n {
-        let w = if weighted { format!(", weight: {}", i % 4 + 1) } else { String::new() };
-        let _ = writeln!(y, "  - {{address: 10.{}.{}.{}{w}}}", i / 65536, (i / 256) % 256, i % 256);
+        let w = if weighted {
+            format!(", weight: {}", i % 4 + 1)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            y,
+            "  - {{address: 10.{}.{}.{}{w}}}",
+            i / 65536,
+            (i / 256) % 256,
+            i % 256
+        );
     }
     let _ = write!(
         y,
@@ -72,16 +82,34 @@ fn picks(c: &mut Criterion) {
         ("least_request", "{simple: LEAST_REQUEST}", false),
         ("least_request_weighted", "{simple: LEAST_REQUEST}", true),
         ("peak_ewma", "{}", false),
-        ("ring_hash", "{consistentHash: {httpHeaderName: x-user}}", false),
-        ("maglev", "{consistentHash: {httpHeaderName: x-user, maglev: {}}}", false),
+        (
+            "ring_hash",
+            "{consistentHash: {httpHeaderName: x-user}}",
+            false,
+        ),
+        (
+            "maglev",
+            "{consistentHash: {httpHeaderName: x-user, maglev: {}}}",
+            false,
+        ),
     ];
-    let dest = RouteDestination { host: HOST.into(), subset: None, port: None };
+    let dest = RouteDestination {
+        host: HOST.into(),
+        subset: None,
+        port: None,
+    };
     let mut g = c.benchmark_group("lb_pick");
     for &(name, lb, weighted) in balancers {
         for n in [10usize, 100, 10_000] {
-            let cfg = LbConfig { seed: Some(1), peak_ewma_hosts: vec![HOST.into()], ..LbConfig::default() };
-            let layer = LbLayer::builder(config(n, lb, weighted)).config(cfg).build();
-            let svc = layer.layer(echo());
+            let cfg = LbConfig {
+                seed: Some(1),
+                peak_ewma_hosts: vec![HOST.into()],
+                ..LbConfig::default()
+            };
+            let layer = LbLayer::builder(config(n, lb, weighted))
+                .config(cfg)
+                .build();
+            let mut svc = layer.layer(echo());
             let hashed = lb.contains("consistentHash");
             let mut key = 0u64;
             assert!(svc.pick(&dest, None).is_ok(), "{name}: no endpoint");
@@ -98,9 +126,13 @@ fn picks(c: &mut Criterion) {
 
     // the whole service call: pick, in-flight guard, two extensions inserted, inner call
     let mut g = c.benchmark_group("lb_call");
-    for n in [100usize] {
+    {
+        let n = 100usize;
         let layer = LbLayer::builder(config(n, "{simple: ROUND_ROBIN}", false))
-            .config(LbConfig { seed: Some(1), ..LbConfig::default() })
+            .config(LbConfig {
+                seed: Some(1),
+                ..LbConfig::default()
+            })
             .build();
         let mut svc = layer.layer(echo());
         g.bench_with_input(BenchmarkId::new("round_robin", n), &n, |b, _| {
@@ -108,7 +140,9 @@ fn picks(c: &mut Criterion) {
                 let mut req = Request::new(());
                 req.extensions_mut().insert(dest.clone());
                 let fut = pin!(svc.call(req));
-                let Poll::Ready(res) = fut.poll(&mut Context::from_waker(Waker::noop())) else { unreachable!() };
+                let Poll::Ready(res) = fut.poll(&mut Context::from_waker(Waker::noop())) else {
+                    unreachable!()
+                };
                 black_box(res.map(|r| r.status()).ok())
             })
         });
@@ -120,8 +154,19 @@ fn tables(c: &mut Criterion) {
     let mut g = c.benchmark_group("lb_table_build");
     g.sample_size(10);
     for n in [10usize, 100, 10_000] {
-        let addrs: Vec<SocketAddr> =
-            (0..n).map(|i| SocketAddr::from(([10, (i / 65536) as u8, (i / 256 % 256) as u8, (i % 256) as u8], 80))).collect();
+        let addrs: Vec<SocketAddr> = (0..n)
+            .map(|i| {
+                SocketAddr::from((
+                    [
+                        10,
+                        (i / 65536) as u8,
+                        (i / 256 % 256) as u8,
+                        (i % 256) as u8,
+                    ],
+                    80,
+                ))
+            })
+            .collect();
         let weights = vec![1.0; n];
         g.bench_with_input(BenchmarkId::new("ring_hash_1024", n), &n, |b, _| {
             b.iter(|| black_box(HashTable::ring(&addrs, &weights, 1024).map(|t| t.len())))

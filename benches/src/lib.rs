@@ -51,7 +51,12 @@ mod tests {
     fn generated_config_is_valid_and_has_the_routes() {
         let text = super::routes_config(250);
         let c = mesh_core::config::load_str("gen.yaml", &text).expect("valid");
-        let n: usize = c.snapshot.virtual_services.iter().map(|v| v.spec.http.len()).sum();
+        let n: usize = c
+            .snapshot
+            .virtual_services
+            .iter()
+            .map(|v| v.spec.http.len())
+            .sum();
         assert_eq!(n, 250);
         assert_eq!(c.snapshot.services.len(), 3);
     }

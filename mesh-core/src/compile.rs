@@ -54,8 +54,8 @@ use crate::error::ResourceRef;
 use crate::locality::Locality;
 use crate::model::bootstrap::ProxyBootstrap;
 use crate::model::networking::{
-    Destination, DestinationRule, Gateway, Location, Resolution, ServiceEntry, ServicePort, Sidecar, Subset,
-    TrafficPolicy, VirtualService, WorkloadEntry,
+    Destination, DestinationRule, Gateway, Location, Resolution, ServiceEntry, ServicePort,
+    Sidecar, Subset, TrafficPolicy, VirtualService, WorkloadEntry,
 };
 use crate::model::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use crate::model::{Kind, Resource, Spec};
@@ -224,7 +224,13 @@ impl ExportTo {
         ExportTo::Namespaces(
             list.iter()
                 .filter(|n| n.as_str() != "~")
-                .map(|n| if n == "." { own_ns.to_string() } else { n.clone() })
+                .map(|n| {
+                    if n == "." {
+                        own_ns.to_string()
+                    } else {
+                        n.clone()
+                    }
+                })
                 .collect(),
         )
     }
@@ -295,13 +301,23 @@ impl Service {
     /// The port on `ep` for service port `port`: the endpoint's `ports[name]`, else the
     /// port's `targetPort`, else its number.
     pub fn endpoint_port(&self, ep: &Endpoint, port: &ServicePort) -> u16 {
-        let p = ep.ports.get(&port.name).copied().or(port.target_port).unwrap_or(port.number);
+        let p = ep
+            .ports
+            .get(&port.name)
+            .copied()
+            .or(port.target_port)
+            .unwrap_or(port.number);
         u16::try_from(p).unwrap_or(0)
     }
 
     /// Endpoints whose labels contain all of `labels` (a subset's selector).
-    pub fn subset_endpoints<'a>(&'a self, labels: &'a Labels) -> impl Iterator<Item = &'a Arc<Endpoint>> + 'a {
-        self.endpoints.iter().filter(move |e| labels_match(labels, &e.labels))
+    pub fn subset_endpoints<'a>(
+        &'a self,
+        labels: &'a Labels,
+    ) -> impl Iterator<Item = &'a Arc<Endpoint>> + 'a {
+        self.endpoints
+            .iter()
+            .filter(move |e| labels_match(labels, &e.labels))
     }
 
     /// Whether `host` (an FQDN) is this service's host (exactly, or under its wildcard).
@@ -367,7 +383,12 @@ pub fn compile(resources: Vec<Resource>) -> Snapshot {
     let mut workload_entries: Vec<(String, WorkloadEntry, ResourceRef, Labels)> = Vec::new();
     for r in &resources {
         if let Spec::WorkloadEntry(we) = &r.spec {
-            workload_entries.push((r.namespace().to_string(), we.clone(), r.reference(), we.labels.clone()));
+            workload_entries.push((
+                r.namespace().to_string(),
+                we.clone(),
+                r.reference(),
+                we.labels.clone(),
+            ));
         }
     }
 
@@ -376,7 +397,9 @@ pub fn compile(resources: Vec<Resource>) -> Snapshot {
         let name = r.name().to_string();
         let rref = r.reference();
         match r.spec {
-            Spec::VirtualService(vs) => snap.virtual_services.push(Arc::new(compile_vs(name, ns, vs, &domain))),
+            Spec::VirtualService(vs) => snap
+                .virtual_services
+                .push(Arc::new(compile_vs(name, ns, vs, &domain))),
             Spec::DestinationRule(dr) => {
                 let host: Arc<str> = resolve_host(&dr.host, &ns, &domain).into();
                 let export_to = ExportTo::from_list(&dr.export_to, &ns);
@@ -394,57 +417,102 @@ pub fn compile(resources: Vec<Resource>) -> Snapshot {
                 }
             }
             Spec::WorkloadEntry(we) => {
-                snap.workload_entries.push(Arc::new(Named { name, namespace: ns, spec: we }));
+                snap.workload_entries.push(Arc::new(Named {
+                    name,
+                    namespace: ns,
+                    spec: we,
+                }));
             }
-            Spec::Gateway(g) => snap.gateways.push(Arc::new(Named { name, namespace: ns, spec: g })),
-            Spec::Sidecar(s) => snap.sidecars.push(Arc::new(Named { name, namespace: ns, spec: s })),
-            Spec::PeerAuthentication(p) => {
-                snap.peer_authentications.push(Arc::new(Named { name, namespace: ns, spec: p }))
-            }
-            Spec::AuthorizationPolicy(p) => {
-                snap.authorization_policies.push(Arc::new(Named { name, namespace: ns, spec: p }))
-            }
-            Spec::RequestAuthentication(p) => {
-                snap.request_authentications.push(Arc::new(Named { name, namespace: ns, spec: p }))
-            }
+            Spec::Gateway(g) => snap.gateways.push(Arc::new(Named {
+                name,
+                namespace: ns,
+                spec: g,
+            })),
+            Spec::Sidecar(s) => snap.sidecars.push(Arc::new(Named {
+                name,
+                namespace: ns,
+                spec: s,
+            })),
+            Spec::PeerAuthentication(p) => snap.peer_authentications.push(Arc::new(Named {
+                name,
+                namespace: ns,
+                spec: p,
+            })),
+            Spec::AuthorizationPolicy(p) => snap.authorization_policies.push(Arc::new(Named {
+                name,
+                namespace: ns,
+                spec: p,
+            })),
+            Spec::RequestAuthentication(p) => snap.request_authentications.push(Arc::new(Named {
+                name,
+                namespace: ns,
+                spec: p,
+            })),
             Spec::ProxyBootstrap(_) => {}
         }
     }
     for (i, s) in snap.services.iter().enumerate() {
-        snap.service_index.entry(s.hostname.clone()).or_default().push(i);
+        snap.service_index
+            .entry(s.hostname.clone())
+            .or_default()
+            .push(i);
     }
     snap
 }
 
-fn compile_vs(name: String, ns: String, mut vs: VirtualService, domain: &str) -> VirtualServiceEntry {
-    let hosts: Vec<Arc<str>> = vs.hosts.iter().map(|h| resolve_host(h, &ns, domain).into()).collect();
+fn compile_vs(
+    name: String,
+    ns: String,
+    mut vs: VirtualService,
+    domain: &str,
+) -> VirtualServiceEntry {
+    let hosts: Vec<Arc<str>> = vs
+        .hosts
+        .iter()
+        .map(|h| resolve_host(h, &ns, domain).into())
+        .collect();
     let gateways: Vec<String> = if vs.gateways.is_empty() {
         vec!["mesh".to_string()]
     } else {
-        vs.gateways.iter().map(|g| qualify_gateway(g, &ns)).collect()
+        vs.gateways
+            .iter()
+            .map(|g| qualify_gateway(g, &ns))
+            .collect()
     };
     let fix = |d: &mut Destination| d.host = resolve_host(&d.host, &ns, domain);
     for route in &mut vs.http {
-        for d in route.route.iter_mut().filter_map(|r| r.destination.as_mut()) {
+        for d in route
+            .route
+            .iter_mut()
+            .filter_map(|r| r.destination.as_mut())
+        {
             fix(d);
         }
         if let Some(m) = route.mirror.as_mut() {
             fix(m);
         }
-        for d in route.mirrors.iter_mut().filter_map(|m| m.destination.as_mut()) {
+        for d in route
+            .mirrors
+            .iter_mut()
+            .filter_map(|m| m.destination.as_mut())
+        {
             fix(d);
         }
         for m in &mut route.matches {
             m.gateways = m.gateways.iter().map(|g| qualify_gateway(g, &ns)).collect();
         }
-        if let Some(del) = route.delegate.as_mut() {
-            if del.namespace.as_deref().is_none_or(str::is_empty) {
-                del.namespace = Some(ns.clone());
-            }
+        if let Some(del) = route.delegate.as_mut()
+            && del.namespace.as_deref().is_none_or(str::is_empty)
+        {
+            del.namespace = Some(ns.clone());
         }
     }
     for route in &mut vs.tcp {
-        for d in route.route.iter_mut().filter_map(|r| r.destination.as_mut()) {
+        for d in route
+            .route
+            .iter_mut()
+            .filter_map(|r| r.destination.as_mut())
+        {
             fix(d);
         }
         for m in &mut route.matches {
@@ -452,7 +520,11 @@ fn compile_vs(name: String, ns: String, mut vs: VirtualService, domain: &str) ->
         }
     }
     for route in &mut vs.tls {
-        for d in route.route.iter_mut().filter_map(|r| r.destination.as_mut()) {
+        for d in route
+            .route
+            .iter_mut()
+            .filter_map(|r| r.destination.as_mut())
+        {
             fix(d);
         }
         for m in &mut route.matches {
@@ -460,7 +532,14 @@ fn compile_vs(name: String, ns: String, mut vs: VirtualService, domain: &str) ->
         }
     }
     let export_to = ExportTo::from_list(&vs.export_to, &ns);
-    VirtualServiceEntry { name, namespace: ns, hosts, gateways, spec: vs, export_to }
+    VirtualServiceEntry {
+        name,
+        namespace: ns,
+        hosts,
+        gateways,
+        spec: vs,
+        export_to,
+    }
 }
 
 fn endpoint_from(we: &WorkloadEntry, source: Option<ResourceRef>) -> Endpoint {
@@ -468,7 +547,11 @@ fn endpoint_from(we: &WorkloadEntry, source: Option<ResourceRef>) -> Endpoint {
         address: we.address.clone(),
         ports: we.ports.clone(),
         labels: we.labels.clone(),
-        locality: we.locality.as_deref().map(Locality::parse).unwrap_or_default(),
+        locality: we
+            .locality
+            .as_deref()
+            .map(Locality::parse)
+            .unwrap_or_default(),
         weight: we.weight.filter(|w| *w > 0).unwrap_or(1),
         service_account: we.service_account.clone(),
         network: we.network.clone(),
@@ -483,7 +566,11 @@ fn compile_se(
     workload_entries: &[(String, WorkloadEntry, ResourceRef, Labels)],
     domain: &str,
 ) -> Vec<Service> {
-    let mut endpoints: Vec<Arc<Endpoint>> = se.endpoints.iter().map(|e| Arc::new(endpoint_from(e, None))).collect();
+    let mut endpoints: Vec<Arc<Endpoint>> = se
+        .endpoints
+        .iter()
+        .map(|e| Arc::new(endpoint_from(e, None)))
+        .collect();
     if let Some(sel) = &se.workload_selector {
         for (we_ns, we, rref, labels) in workload_entries {
             if we_ns == ns && labels_match(&sel.labels, labels) {
@@ -514,14 +601,20 @@ fn compile_se(
 impl Snapshot {
     /// An empty snapshot with a default bootstrap.
     pub fn empty() -> Self {
-        Snapshot { generation: GENERATION.fetch_add(1, Ordering::Relaxed), ..Snapshot::default() }
+        Snapshot {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            ..Snapshot::default()
+        }
     }
 
     /// The service for an FQDN host as seen from namespace `from_ns`: an exact host first
     /// (the client's namespace's own entry preferred), then the most specific wildcard.
     pub fn service(&self, host: &str, from_ns: &str) -> Option<&Arc<Service>> {
         if let Some(idxs) = self.service_index.get(host) {
-            let visible = idxs.iter().map(|&i| &self.services[i]).filter(|s| s.export_to.visible_to(from_ns));
+            let visible = idxs
+                .iter()
+                .map(|&i| &self.services[i])
+                .filter(|s| s.export_to.visible_to(from_ns));
             let mut first = None;
             for s in visible {
                 if s.namespace == from_ns {
@@ -535,7 +628,11 @@ impl Snapshot {
         }
         self.services
             .iter()
-            .filter(|s| s.hostname.starts_with('*') && s.matches_host(host) && s.export_to.visible_to(from_ns))
+            .filter(|s| {
+                s.hostname.starts_with('*')
+                    && s.matches_host(host)
+                    && s.export_to.visible_to(from_ns)
+            })
             .max_by_key(|s| s.hostname.len())
     }
 
@@ -543,23 +640,38 @@ impl Snapshot {
     /// visible rules whose host matches (exactly or by wildcard), the client's namespace
     /// first, then the service's namespace, then the root namespace, then any; within a
     /// tier the most specific host wins.
-    pub fn destination_rule(&self, host: &str, from_ns: &str) -> Option<&Arc<DestinationRuleEntry>> {
+    pub fn destination_rule(
+        &self,
+        host: &str,
+        from_ns: &str,
+    ) -> Option<&Arc<DestinationRuleEntry>> {
         let service_ns = self.service(host, from_ns).map(|s| s.namespace.as_str());
         let root = self.bootstrap.mesh.root_namespace.as_str();
         let candidates = || {
             self.destination_rules
                 .iter()
-                .filter(|d| host_matches(&d.host, host) && (d.namespace == from_ns || d.export_to.visible_to(from_ns)))
+                .filter(|d| {
+                    host_matches(&d.host, host)
+                        && (d.namespace == from_ns || d.export_to.visible_to(from_ns))
+                })
                 .filter(|d| match &d.spec.workload_selector {
                     // a selector applies only to the workloads of the rule's namespace
-                    Some(sel) => d.namespace == from_ns && sel.matches(&self.bootstrap.workload.labels),
+                    Some(sel) => {
+                        d.namespace == from_ns && sel.matches(&self.bootstrap.workload.labels)
+                    }
                     None => true,
                 })
         };
         let most_specific = |ns: Option<&str>| {
             candidates()
                 .filter(|d| ns.is_none_or(|n| d.namespace == n))
-                .max_by_key(|d| (!d.host.starts_with('*'), d.host.len(), d.spec.workload_selector.is_some()))
+                .max_by_key(|d| {
+                    (
+                        !d.host.starts_with('*'),
+                        d.host.len(),
+                        d.spec.workload_selector.is_some(),
+                    )
+                })
         };
         most_specific(Some(from_ns))
             .or_else(|| service_ns.and_then(|n| most_specific(Some(n))))
@@ -569,40 +681,62 @@ impl Snapshot {
 
     /// A subset of `host`'s DestinationRule, by name.
     pub fn subset(&self, host: &str, subset: &str, from_ns: &str) -> Option<&Subset> {
-        self.destination_rule(host, from_ns)?.spec.subsets.iter().find(|s| s.name == subset)
+        self.destination_rule(host, from_ns)?
+            .spec
+            .subsets
+            .iter()
+            .find(|s| s.name == subset)
     }
 
     /// The effective traffic policy for `host`, `subset` and `port`, merged as Istio's
     /// `MergeTrafficPolicy`: the top-level policy (with its port-level settings for
     /// `port` applied), overridden field by field by the subset's (and then by the
     /// subset's port-level settings, which do not inherit).
-    pub fn traffic_policy(&self, host: &str, subset: Option<&str>, port: Option<u16>, from_ns: &str) -> TrafficPolicy {
+    pub fn traffic_policy(
+        &self,
+        host: &str,
+        subset: Option<&str>,
+        port: Option<u16>,
+        from_ns: &str,
+    ) -> TrafficPolicy {
         let Some(dr) = self.destination_rule(host, from_ns) else {
             return TrafficPolicy::default();
         };
         let top = dr.spec.traffic_policy.as_ref();
-        let sub = subset.and_then(|n| dr.spec.subsets.iter().find(|s| s.name == n)).and_then(|s| s.traffic_policy.as_ref());
+        let sub = subset
+            .and_then(|n| dr.spec.subsets.iter().find(|s| s.name == n))
+            .and_then(|s| s.traffic_policy.as_ref());
         merge_traffic_policy(top, sub, port)
     }
 }
 
 /// Applies the port-level settings of `p` for `port` (they replace, not inherit).
 fn apply_port_level(mut p: TrafficPolicy, port: Option<u16>) -> TrafficPolicy {
-    if let Some(port) = port {
-        if let Some(pl) = p.port_level_settings.iter().find(|s| s.port.is_some_and(|x| x.number == u32::from(port))) {
-            p.connection_pool = pl.connection_pool.clone();
-            p.load_balancer = pl.load_balancer.clone();
-            p.outlier_detection = pl.outlier_detection.clone();
-            p.tls = pl.tls.clone();
-        }
+    if let Some(port) = port
+        && let Some(pl) = p
+            .port_level_settings
+            .iter()
+            .find(|s| s.port.is_some_and(|x| x.number == u32::from(port)))
+    {
+        p.connection_pool = pl.connection_pool.clone();
+        p.load_balancer = pl.load_balancer.clone();
+        p.outlier_detection = pl.outlier_detection.clone();
+        p.tls = pl.tls.clone();
     }
     p.port_level_settings.clear();
     p
 }
 
 /// Istio's `MergeTrafficPolicy(original, subsetPolicy, port)`.
-pub fn merge_traffic_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: Option<u16>) -> TrafficPolicy {
-    let base = top.cloned().map(|t| apply_port_level(t, port)).unwrap_or_default();
+pub fn merge_traffic_policy(
+    top: Option<&TrafficPolicy>,
+    subset: Option<&TrafficPolicy>,
+    port: Option<u16>,
+) -> TrafficPolicy {
+    let base = top
+        .cloned()
+        .map(|t| apply_port_level(t, port))
+        .unwrap_or_default();
     let Some(sub) = subset else { return base };
     let mut merged = base;
     if sub.connection_pool.is_some() {
@@ -626,13 +760,16 @@ pub fn merge_traffic_policy(top: Option<&TrafficPolicy>, subset: Option<&Traffic
     if sub.retry_budget.is_some() {
         merged.retry_budget = sub.retry_budget.clone();
     }
-    if let Some(port) = port {
-        if let Some(pl) = sub.port_level_settings.iter().find(|s| s.port.is_some_and(|x| x.number == u32::from(port))) {
-            merged.connection_pool = pl.connection_pool.clone();
-            merged.load_balancer = pl.load_balancer.clone();
-            merged.outlier_detection = pl.outlier_detection.clone();
-            merged.tls = pl.tls.clone();
-        }
+    if let Some(port) = port
+        && let Some(pl) = sub
+            .port_level_settings
+            .iter()
+            .find(|s| s.port.is_some_and(|x| x.number == u32::from(port)))
+    {
+        merged.connection_pool = pl.connection_pool.clone();
+        merged.load_balancer = pl.load_balancer.clone();
+        merged.outlier_detection = pl.outlier_detection.clone();
+        merged.tls = pl.tls.clone();
     }
     merged
 }
@@ -657,13 +794,25 @@ mod tests {
     #[test]
     fn short_hosts_resolve_like_istio() {
         // pkg/config/model.go ResolveShortnameToFQDN
-        assert_eq!(resolve_host("reviews", "prod", "cluster.local"), "reviews.prod.svc.cluster.local");
-        assert_eq!(resolve_host("reviews.prod", "x", "cluster.local"), "reviews.prod");
+        assert_eq!(
+            resolve_host("reviews", "prod", "cluster.local"),
+            "reviews.prod.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("reviews.prod", "x", "cluster.local"),
+            "reviews.prod"
+        );
         assert_eq!(resolve_host("*", "x", "cluster.local"), "*");
-        assert_eq!(resolve_host("*.example.com", "x", "cluster.local"), "*.example.com");
+        assert_eq!(
+            resolve_host("*.example.com", "x", "cluster.local"),
+            "*.example.com"
+        );
         assert_eq!(resolve_host("10.0.0.1", "x", "cluster.local"), "10.0.0.1");
         assert_eq!(qualify_gateway("gw", "prod"), "prod/gw");
-        assert_eq!(qualify_gateway("istio-system/gw", "prod"), "istio-system/gw");
+        assert_eq!(
+            qualify_gateway("istio-system/gw", "prod"),
+            "istio-system/gw"
+        );
         assert_eq!(qualify_gateway("mesh", "prod"), "mesh");
     }
 
@@ -677,7 +826,10 @@ mod tests {
         assert_eq!(vs.gateways, vec!["shop/gw".to_string(), "mesh".to_string()]);
         let d = vs.spec.http[0].route[0].destination.as_ref().unwrap();
         assert_eq!(d.host, "reviews.shop.svc.cluster.local");
-        assert_eq!(vs.spec.http[0].mirror.as_ref().unwrap().host, "shadow.shop.svc.cluster.local");
+        assert_eq!(
+            vs.spec.http[0].mirror.as_ref().unwrap().host,
+            "shadow.shop.svc.cluster.local"
+        );
     }
 
     const DR: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer: {simple: RANDOM}\n    connectionPool: {tcp: {maxConnections: 10}}\n    portLevelSettings:\n    - port: {number: 9090}\n      loadBalancer: {simple: ROUND_ROBIN}\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy:\n      loadBalancer: {simple: LEAST_REQUEST}\n  - name: v2\n    labels: {version: v2}\n";
@@ -691,19 +843,32 @@ mod tests {
         let v1 = s.traffic_policy(host, Some("v1"), Some(9080), "default");
         assert_eq!(lb(v1.clone()), Some(SimpleLb::LeastRequest));
         // connectionPool is inherited from the top level
-        assert_eq!(v1.connection_pool.and_then(|c| c.tcp).and_then(|t| t.max_connections), Some(10));
-        assert_eq!(lb(s.traffic_policy(host, Some("v2"), Some(9080), "default")), Some(SimpleLb::Random));
+        assert_eq!(
+            v1.connection_pool
+                .and_then(|c| c.tcp)
+                .and_then(|t| t.max_connections),
+            Some(10)
+        );
+        assert_eq!(
+            lb(s.traffic_policy(host, Some("v2"), Some(9080), "default")),
+            Some(SimpleLb::Random)
+        );
         // top-level port-level settings replace the top-level fields for that port
         let p = s.traffic_policy(host, Some("v2"), Some(9090), "default");
         assert_eq!(lb(p.clone()), Some(SimpleLb::RoundRobin));
-        assert!(p.connection_pool.is_none(), "port-level settings do not inherit");
+        assert!(
+            p.connection_pool.is_none(),
+            "port-level settings do not inherit"
+        );
         assert!(s.subset(host, "v3", "default").is_none());
     }
 
     #[test]
     fn destination_rule_lookup_prefers_client_namespace_then_service_then_root() {
         let dr = |name: &str, ns: &str, host: &str| {
-            format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  host: '{host}'\n---\n")
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  host: '{host}'\n---\n"
+            )
         };
         let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se, namespace: svc}\nspec:\n  hosts: [api.svc.svc.cluster.local]\n  ports: [{number: 80, name: http}]\n---\n";
         let text = format!(
@@ -716,7 +881,12 @@ mod tests {
         let host = "api.svc.svc.cluster.local";
         assert_eq!(s.destination_rule(host, "client").unwrap().name, "client");
         assert_eq!(s.destination_rule(host, "other").unwrap().name, "owner");
-        assert_eq!(s.destination_rule("x.y.svc.cluster.local", "other").unwrap().name, "client");
+        assert_eq!(
+            s.destination_rule("x.y.svc.cluster.local", "other")
+                .unwrap()
+                .name,
+            "client"
+        );
     }
 
     #[test]
@@ -724,7 +894,9 @@ mod tests {
         let s = snap(
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: vm}\nspec:\n  hosts: [vm.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 8080, name: http, targetPort: 9000}]\n  workloadSelector: {labels: {app: vm}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm1}\nspec:\n  address: 10.1.1.1\n  labels: {app: vm}\n  locality: r1/z1\n  weight: 3\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: other}\nspec:\n  address: 10.1.1.2\n  labels: {app: other}\n",
         );
-        let svc = s.service("vm.default.svc.cluster.local", "default").unwrap();
+        let svc = s
+            .service("vm.default.svc.cluster.local", "default")
+            .unwrap();
         assert_eq!(svc.endpoints.len(), 1);
         let ep = &svc.endpoints[0];
         assert_eq!((ep.weight, ep.locality.zone.as_str()), (3, "z1"));
@@ -734,7 +906,9 @@ mod tests {
 
     #[test]
     fn wildcard_service_entries_match_hosts() {
-        let s = snap("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: w}\nspec:\n  hosts: ['*.example.com']\n  ports: [{number: 443, name: tls, protocol: TLS}]\n");
+        let s = snap(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: w}\nspec:\n  hosts: ['*.example.com']\n  ports: [{number: 443, name: tls, protocol: TLS}]\n",
+        );
         assert!(s.service("api.example.com", "default").is_some());
         assert!(s.service("example.com", "default").is_none());
     }

@@ -43,7 +43,10 @@ pub struct Compiled {
 
 /// Validates loaded resources: on success the resources and the warnings.
 pub fn check(loaded: Loaded) -> Result<(Vec<Resource>, Vec<Diagnostic>), ConfigError> {
-    let Loaded { resources, mut diagnostics } = loaded;
+    let Loaded {
+        resources,
+        mut diagnostics,
+    } = loaded;
     let findings = crate::validate::validate(&resources);
     diagnostics.extend(resolve(&resources, findings));
     diagnostics.sort_by(|a, b| {
@@ -59,7 +62,11 @@ pub fn check(loaded: Loaded) -> Result<(Vec<Resource>, Vec<Diagnostic>), ConfigE
 pub fn build(loader: Loader) -> Result<Compiled, ConfigError> {
     let (resources, warnings) = check(loader.finish())?;
     let n = resources.len();
-    Ok(Compiled { snapshot: Arc::new(compile(resources)), warnings, resources: n })
+    Ok(Compiled {
+        snapshot: Arc::new(compile(resources)),
+        warnings,
+        resources: n,
+    })
 }
 
 /// Loads, validates and compiles files (documents from all files merged).
@@ -77,4 +84,3 @@ pub fn load_str(name: &str, text: &str) -> Result<Compiled, ConfigError> {
     loader.add_str(name, text);
     build(loader)
 }
-

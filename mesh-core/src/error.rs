@@ -194,10 +194,10 @@ impl fmt::Display for Diagnostic {
         if let Some(r) = &self.resource {
             write!(f, "{r}: ")?;
         }
-        if let Some(p) = &self.field {
-            if !p.0.is_empty() {
-                write!(f, "{p}: ")?;
-            }
+        if let Some(p) = &self.field
+            && !p.0.is_empty()
+        {
+            write!(f, "{p}: ")?;
         }
         f.write_str(&self.message)
     }

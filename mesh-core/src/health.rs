@@ -106,11 +106,17 @@ pub fn cluster_name(port: u16, subset: Option<&str>, host: &str) -> String {
 impl HealthCell {
     /// A healthy cell not attached to any table (its changes bump only its own generation).
     pub fn detached() -> Self {
-        HealthCell { flags: AtomicU32::new(0), generation: Arc::new(AtomicU64::new(0)) }
+        HealthCell {
+            flags: AtomicU32::new(0),
+            generation: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     fn with_generation(generation: Arc<AtomicU64>) -> Self {
-        HealthCell { flags: AtomicU32::new(0), generation }
+        HealthCell {
+            flags: AtomicU32::new(0),
+            generation,
+        }
     }
 
     /// Whether no flag is set.
@@ -147,7 +153,9 @@ impl HealthCell {
 
 impl fmt::Debug for HealthCell {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HealthCell").field("flags", &self.flags()).finish()
+        f.debug_struct("HealthCell")
+            .field("flags", &self.flags())
+            .finish()
     }
 }
 
@@ -193,7 +201,10 @@ impl HealthSource for HealthTable {
 impl fmt::Debug for HealthTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.cells.lock().map(|c| c.len()).unwrap_or(0);
-        f.debug_struct("HealthTable").field("generation", &self.generation()).field("cells", &n).finish()
+        f.debug_struct("HealthTable")
+            .field("generation", &self.generation())
+            .field("cells", &n)
+            .finish()
     }
 }
 
@@ -202,7 +213,10 @@ mod tests {
     use super::*;
 
     fn key(cluster: &str, addr: &str) -> HealthKey {
-        HealthKey { cluster: cluster.into(), addr: addr.parse().unwrap() }
+        HealthKey {
+            cluster: cluster.into(),
+            addr: addr.parse().unwrap(),
+        }
     }
 
     #[test]
@@ -215,7 +229,10 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &other));
         let g = t.generation();
         assert!(a.set(HealthFlags::EJECTED));
-        assert!(!a.set(HealthFlags::EJECTED), "setting twice changes nothing");
+        assert!(
+            !a.set(HealthFlags::EJECTED),
+            "setting twice changes nothing"
+        );
         assert!(b.set(HealthFlags::FAILED_ACTIVE_CHECK));
         assert_eq!(t.generation(), g + 2);
         assert!(b.clear(HealthFlags::EJECTED));

@@ -23,6 +23,7 @@ pub mod locality;
 pub mod model;
 pub mod percent;
 pub mod validate;
+mod yamlde;
 
 pub use duration::GoDuration;
 pub use error::{ConfigError, Diagnostic, FieldPath, Severity};

@@ -1,7 +1,8 @@
 //! The loader: multi-document YAML → typed [`Resource`]s, with source positions.
 //!
 //! Parsing uses [`saphyr`] (YAML 1.2, keeps a span on every node); each document becomes a
-//! `serde_json::Value` and then the typed spec through `serde_path_to_error`, so every error
+//! typed spec (read from the nodes in place, see `yamlde`), through `serde_path_to_error` on
+//! error, so every error
 //! carries the field path (`spec.http[0].route[0].weight`), which is mapped back to the line
 //! and column of that field in the source. Unknown fields, unknown kinds and wrong types are
 //! errors. The source text is kept (shared, not copied) so later stages (validation) can
@@ -31,7 +32,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
-use serde_json::{Map, Value};
 
 use crate::error::{Diagnostic, FieldPath, ResourceRef, Segment, Severity};
 use crate::model::{Kind, ObjectMeta, Origin, Resource, Spec};
@@ -91,138 +91,46 @@ impl Loader {
     }
 
     fn add_source(&mut self, file: Arc<str>, text: Arc<str>) {
-        let docs = match MarkedYaml::load_from_str(&text) {
-            Ok(d) => d,
-            Err(e) => {
-                self.diagnostics.push(Diagnostic {
-                    severity: Severity::Error,
-                    file,
-                    line: Some(e.marker().line() as u32),
-                    column: Some(e.marker().col() as u32 + 1),
-                    resource: None,
-                    field: None,
-                    message: format!("invalid YAML: {}", e.info()),
-                });
-                return;
-            }
-        };
-        for (idx, doc) in docs.iter().enumerate() {
-            self.add_document(&file, &text, idx, doc);
-        }
-    }
-
-    fn add_document(&mut self, file: &Arc<str>, text: &Arc<str>, idx: usize, doc: &MarkedYaml<'_>) {
-        let line = doc.span.start.line() as u32;
-        let origin = Origin {
-            file: file.clone(),
-            text: text.clone(),
-            document: idx,
-            line,
-        };
-        let diag = |path: Option<FieldPath>, resource: Option<ResourceRef>, message: String| {
-            let (l, c) = match &path {
-                Some(p) => locate_in(doc, p),
-                None => (line, doc.span.start.col() as u32 + 1),
-            };
-            Diagnostic {
-                severity: Severity::Error,
-                file: file.clone(),
-                line: Some(l),
-                column: Some(c),
-                resource,
-                field: path,
-                message,
-            }
-        };
-        if matches!(doc.data, YamlData::Value(Scalar::Null)) {
-            return; // empty document (`---` at the end, comments only)
-        }
-        let value = match to_json(doc) {
-            Ok(v) => v,
-            Err((path, msg)) => {
-                self.diagnostics.push(diag(Some(path), None, msg));
-                return;
-            }
-        };
-        let Value::Object(mut obj) = value else {
-            self.diagnostics.push(diag(
-                None,
-                None,
-                "a document must be a mapping with apiVersion and kind".into(),
-            ));
-            return;
-        };
-        let api_version = obj.remove("apiVersion");
-        let kind_v = obj.remove("kind");
-        let (Some(Value::String(api_version)), Some(Value::String(kind_s))) = (api_version, kind_v)
-        else {
-            self.diagnostics.push(diag(
-                None,
-                None,
-                "apiVersion and kind are required strings".into(),
-            ));
-            return;
-        };
-        let kind = match Kind::from_type(&api_version, &kind_s) {
-            Ok(k) => k,
-            Err(msg) => {
-                let p = FieldPath::root().key("kind");
-                self.diagnostics.push(diag(Some(p), None, msg));
-                return;
-            }
-        };
-        let metadata_v = obj.remove("metadata").unwrap_or(Value::Object(Map::new()));
-        let metadata: ObjectMeta = match serde_path_to_error::deserialize(metadata_v) {
-            Ok(m) => m,
-            Err(e) => {
-                let p = FieldPath::root().key("metadata");
-                let p = append_serde_path(p, e.path());
-                let msg = serde_message(&e.inner().to_string());
-                self.diagnostics.push(diag(Some(p), None, msg));
-                return;
-            }
-        };
-        let partial_ref = ResourceRef {
-            kind,
-            namespace: metadata.namespace.clone().unwrap_or_default(),
-            name: metadata.name.clone(),
-        };
-        if metadata.name.is_empty() {
-            let p = FieldPath::root().key("metadata").key("name");
-            self.diagnostics.push(diag(
-                Some(p),
-                Some(partial_ref),
-                "metadata.name is required".into(),
-            ));
-            return;
-        }
-        obj.remove("status"); // as `kubectl get -o yaml` prints it; not configuration
-        if let Some(k) = obj.keys().find(|k| *k != "spec") {
-            let p = FieldPath::root().key(k.clone());
-            let msg =
-                format!("unknown field {k:?} (a document has apiVersion, kind, metadata and spec)");
-            self.diagnostics.push(diag(Some(p), Some(partial_ref), msg));
-            return;
-        }
-        let spec_v = obj.remove("spec").unwrap_or(Value::Object(Map::new()));
-        let spec_v = if spec_v.is_null() {
-            Value::Object(Map::new())
+        // Split at `---` lines and parse the chunks in parallel: YAML parsing dominates
+        // loading, and documents are independent. Should a chunk fail to parse (a `---`
+        // that was not a document marker), the whole text is parsed as one instead, so an
+        // error points where a serial parse would.
+        let chunks = split_documents(&text);
+        let outcomes = if chunks.len() > 1 && text.len() >= PARALLEL_MIN_BYTES {
+            parse_chunks_parallel(&file, &text, &chunks)
         } else {
-            spec_v
+            chunks
+                .iter()
+                .map(|c| parse_chunk(&file, &text, c.clone()))
+                .collect()
         };
-        match parse_spec(kind, spec_v) {
-            Ok(spec) => {
-                self.resources.push(Resource {
-                    api_version,
-                    kind,
-                    metadata,
-                    spec,
-                    origin,
-                });
-            }
-            Err((p, msg)) => {
-                let p = append_serde_path(FieldPath::root().key("spec"), &p);
-                self.diagnostics.push(diag(Some(p), Some(partial_ref), msg));
+        let outcomes = if chunks.len() > 1
+            && outcomes
+                .iter()
+                .any(|o| matches!(o, ChunkOutcome::Syntax(_)))
+        {
+            vec![parse_chunk(
+                &file,
+                &text,
+                Chunk {
+                    range: 0..text.len(),
+                    line_offset: 0,
+                },
+            )]
+        } else {
+            outcomes
+        };
+        for o in outcomes {
+            match o {
+                ChunkOutcome::Syntax(d) => self.diagnostics.push(d),
+                ChunkOutcome::Docs(docs) => {
+                    for d in docs {
+                        match d {
+                            Ok(r) => self.resources.push(r),
+                            Err(d) => self.diagnostics.push(*d),
+                        }
+                    }
+                }
             }
         }
     }
@@ -285,12 +193,259 @@ impl Loader {
     }
 }
 
-fn parse_spec(kind: Kind, v: Value) -> Result<Spec, (serde_path_to_error::Path, String)> {
+/// Below this size a source is parsed on the calling thread.
+const PARALLEL_MIN_BYTES: usize = 64 * 1024;
+
+/// A slice of a source holding whole documents.
+#[derive(Debug, Clone)]
+struct Chunk {
+    range: std::ops::Range<usize>,
+    line_offset: u32,
+}
+
+enum ChunkOutcome {
+    Syntax(Diagnostic),
+    Docs(Vec<Result<Resource, Box<Diagnostic>>>),
+}
+
+/// Splits a source before every line that starts a document (`---` alone, or followed by a
+/// space or a comment). Each chunk is valid YAML on its own whenever the whole is.
+fn split_documents(text: &str) -> Vec<Chunk> {
+    let mut chunks = Vec::new();
+    let (mut start, mut start_line, mut line, mut pos) = (0usize, 0u32, 0u32, 0usize);
+    for l in text.split_inclusive('\n') {
+        let t = l.trim_end_matches(['\n', '\r']);
+        let marker =
+            t == "---" || t.starts_with("--- ") || t.starts_with("---\t") || t.starts_with("---#");
+        if marker && pos > start {
+            chunks.push(Chunk {
+                range: start..pos,
+                line_offset: start_line,
+            });
+            start = pos;
+            start_line = line;
+        }
+        pos += l.len();
+        line += 1;
+    }
+    chunks.push(Chunk {
+        range: start..text.len(),
+        line_offset: start_line,
+    });
+    chunks
+}
+
+fn parse_chunks_parallel(file: &Arc<str>, text: &Arc<str>, chunks: &[Chunk]) -> Vec<ChunkOutcome> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let per = chunks.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .chunks(per)
+            .map(|group| {
+                scope.spawn(move || {
+                    group
+                        .iter()
+                        .map(|c| parse_chunk(file, text, c.clone()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(chunks.len());
+        for (h, group) in handles.into_iter().zip(chunks.chunks(per)) {
+            match h.join() {
+                Ok(v) => out.extend(v),
+                // a panic in a parser thread: redo that group here, so it surfaces normally
+                Err(_) => out.extend(group.iter().map(|c| parse_chunk(file, text, c.clone()))),
+            }
+        }
+        out
+    })
+}
+
+fn parse_chunk(file: &Arc<str>, text: &Arc<str>, chunk: Chunk) -> ChunkOutcome {
+    let src = &text[chunk.range.clone()];
+    let docs = match MarkedYaml::load_from_str(src) {
+        Ok(d) => d,
+        Err(e) => {
+            return ChunkOutcome::Syntax(Diagnostic {
+                severity: Severity::Error,
+                file: file.clone(),
+                line: Some(e.marker().line() as u32 + chunk.line_offset),
+                column: Some(e.marker().col() as u32 + 1),
+                resource: None,
+                field: None,
+                message: format!("invalid YAML: {}", e.info()),
+            });
+        }
+    };
+    let mut out = Vec::with_capacity(docs.len());
+    for (idx, doc) in docs.iter().enumerate() {
+        if let Some(r) = parse_document(file, text, &chunk, idx, doc) {
+            out.push(r);
+        }
+    }
+    ChunkOutcome::Docs(out)
+}
+
+fn parse_document(
+    file: &Arc<str>,
+    text: &Arc<str>,
+    chunk: &Chunk,
+    idx: usize,
+    doc: &MarkedYaml<'_>,
+) -> Option<Result<Resource, Box<Diagnostic>>> {
+    let off = chunk.line_offset;
+    let line = doc.span.start.line() as u32 + off;
+    let diag = |path: Option<FieldPath>, resource: Option<ResourceRef>, message: String| {
+        let (l, c) = match &path {
+            Some(p) => {
+                let (l, c) = locate_in(doc, p);
+                (l + off, c)
+            }
+            None => (line, doc.span.start.col() as u32 + 1),
+        };
+        Err(Box::new(Diagnostic {
+            severity: Severity::Error,
+            file: file.clone(),
+            line: Some(l),
+            column: Some(c),
+            resource,
+            field: path,
+            message,
+        }))
+    };
+    if matches!(doc.data, YamlData::Value(Scalar::Null)) {
+        return None; // empty document (`---` at the end, comments only)
+    }
+    let doc_node = match &doc.data {
+        YamlData::Tagged(_, inner) => inner.as_ref(),
+        _ => doc,
+    };
+    let YamlData::Mapping(top) = &doc_node.data else {
+        return Some(diag(
+            None,
+            None,
+            "a document must be a mapping with apiVersion and kind".into(),
+        ));
+    };
+    let (mut api_version, mut kind_s, mut metadata_n, mut spec_n) = (None, None, None, None);
+    for (k, v) in top.iter() {
+        match crate::yamlde::key_text(k).as_deref() {
+            Some("apiVersion") => api_version = scalar_str(v),
+            Some("kind") => kind_s = scalar_str(v),
+            Some("metadata") => metadata_n = Some(v),
+            Some("spec") => spec_n = Some(v),
+            Some("status") => {} // as `kubectl get -o yaml` prints it; not configuration
+            Some(other) => {
+                let msg = format!(
+                    "unknown field {other:?} (a document has apiVersion, kind, metadata and spec)"
+                );
+                return Some(diag(Some(FieldPath::root().key(other)), None, msg));
+            }
+            None => return Some(diag(None, None, "mapping keys must be scalars".into())),
+        }
+    }
+    let (Some(api_version), Some(kind_s)) = (api_version, kind_s) else {
+        return Some(diag(
+            None,
+            None,
+            "apiVersion and kind are required strings".into(),
+        ));
+    };
+    let kind = match Kind::from_type(&api_version, &kind_s) {
+        Ok(k) => k,
+        Err(msg) => return Some(diag(Some(FieldPath::root().key("kind")), None, msg)),
+    };
+    let metadata: ObjectMeta = match metadata_n
+        .map(deserialize_tracked)
+        .unwrap_or_else(|| Ok(ObjectMeta::default()))
+    {
+        Ok(m) => m,
+        Err((p, msg)) => {
+            return Some(diag(
+                Some(append_serde_path(FieldPath::root().key("metadata"), &p)),
+                None,
+                msg,
+            ));
+        }
+    };
+    let partial_ref = ResourceRef {
+        kind,
+        namespace: metadata.namespace.clone().unwrap_or_default(),
+        name: metadata.name.clone(),
+    };
+    if metadata.name.is_empty() {
+        let p = FieldPath::root().key("metadata").key("name");
+        return Some(diag(
+            Some(p),
+            Some(partial_ref),
+            "metadata.name is required".into(),
+        ));
+    }
+    let origin = Origin {
+        file: file.clone(),
+        text: text.clone(),
+        chunk: chunk.range.clone(),
+        line_offset: off,
+        document: idx,
+        line,
+    };
+    Some(match parse_spec(kind, spec_n) {
+        Ok(spec) => Ok(Resource {
+            api_version,
+            kind,
+            metadata,
+            spec,
+            origin,
+        }),
+        Err((p, msg)) => diag(
+            Some(append_serde_path(FieldPath::root().key("spec"), &p)),
+            Some(partial_ref),
+            msg,
+        ),
+    })
+}
+
+/// The string value of a scalar node.
+fn scalar_str(n: &MarkedYaml<'_>) -> Option<String> {
+    match &n.data {
+        YamlData::Value(Scalar::String(s)) => Some(s.to_string()),
+        YamlData::Tagged(_, inner) => scalar_str(inner),
+        _ => None,
+    }
+}
+
+/// Deserialises a node without path tracking (the common, valid case, about twice as
+/// fast); on error, again with `serde_path_to_error` to learn where.
+fn deserialize_tracked<T: serde::de::DeserializeOwned>(
+    n: &MarkedYaml<'_>,
+) -> Result<T, (serde_path_to_error::Path, String)> {
+    use crate::yamlde::Node;
+    match T::deserialize(Node(n)) {
+        Ok(t) => Ok(t),
+        Err(_) => serde_path_to_error::deserialize(Node(n))
+            .map_err(|e| (e.path().clone(), serde_message(&e.inner().to_string()))),
+    }
+}
+
+fn parse_spec(
+    kind: Kind,
+    node: Option<&MarkedYaml<'_>>,
+) -> Result<Spec, (serde_path_to_error::Path, String)> {
+    let empty = MarkedYaml {
+        span: Default::default(),
+        data: YamlData::Mapping(Default::default()),
+    };
+    let v = match node {
+        Some(n) if !matches!(n.data, YamlData::Value(Scalar::Null)) => n,
+        _ => &empty,
+    };
     fn de<T: serde::de::DeserializeOwned>(
-        v: Value,
+        v: &MarkedYaml<'_>,
     ) -> Result<T, (serde_path_to_error::Path, String)> {
-        serde_path_to_error::deserialize(v)
-            .map_err(|e| (e.path().clone(), serde_message(&e.inner().to_string())))
+        deserialize_tracked(v)
     }
     Ok(match kind {
         Kind::VirtualService => Spec::VirtualService(de(v)?),
@@ -309,17 +464,17 @@ fn parse_spec(kind: Kind, v: Value) -> Result<Spec, (serde_path_to_error::Path, 
 /// Rewrites serde's messages into the shape users know from `kubectl`/`istioctl`:
 /// `unknown field "foo"` (with the accepted names), type errors as they are.
 fn serde_message(m: &str) -> String {
-    if let Some(rest) = m.strip_prefix("unknown field `") {
-        if let Some((name, tail)) = rest.split_once('`') {
-            let expected = tail.trim_start_matches(", ").replace('`', "");
-            return format!("unknown field {name:?}, {expected}");
-        }
+    if let Some(rest) = m.strip_prefix("unknown field `")
+        && let Some((name, tail)) = rest.split_once('`')
+    {
+        let expected = tail.trim_start_matches(", ").replace('`', "");
+        return format!("unknown field {name:?}, {expected}");
     }
-    if let Some(rest) = m.strip_prefix("unknown variant `") {
-        if let Some((name, tail)) = rest.split_once('`') {
-            let expected = tail.trim_start_matches(", ").replace('`', "");
-            return format!("unknown value {name:?}, {expected}");
-        }
+    if let Some(rest) = m.strip_prefix("unknown variant `")
+        && let Some((name, tail)) = rest.split_once('`')
+    {
+        let expected = tail.trim_start_matches(", ").replace('`', "");
+        return format!("unknown value {name:?}, {expected}");
     }
     m.to_string()
 }
@@ -335,62 +490,6 @@ fn append_serde_path(mut base: FieldPath, p: &serde_path_to_error::Path) -> Fiel
         }
     }
     base
-}
-
-/// Converts a YAML node to JSON, as Kubernetes does before protobuf unmarshalling.
-fn to_json(node: &MarkedYaml<'_>) -> Result<Value, (FieldPath, String)> {
-    fn go(node: &MarkedYaml<'_>, path: &mut Vec<Segment>) -> Result<Value, (FieldPath, String)> {
-        let err = |path: &Vec<Segment>, m: &str| (FieldPath(path.clone()), m.to_string());
-        Ok(match &node.data {
-            YamlData::Value(s) => {
-                scalar_to_json(s).ok_or_else(|| err(path, "numbers must be finite"))?
-            }
-            YamlData::Sequence(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for (i, it) in items.iter().enumerate() {
-                    path.push(Segment::Index(i));
-                    out.push(go(it, path)?);
-                    path.pop();
-                }
-                Value::Array(out)
-            }
-            YamlData::Mapping(m) => {
-                let mut out = Map::new();
-                for (k, v) in m.iter() {
-                    let key = match &k.data {
-                        YamlData::Value(Scalar::String(s)) => s.to_string(),
-                        YamlData::Value(Scalar::Integer(i)) => i.to_string(),
-                        YamlData::Value(Scalar::Boolean(b)) => b.to_string(),
-                        YamlData::Value(Scalar::FloatingPoint(f)) => f.to_string(),
-                        YamlData::Value(Scalar::Null) => "null".to_string(),
-                        _ => return Err(err(path, "mapping keys must be scalars")),
-                    };
-                    path.push(Segment::Key(key.clone()));
-                    let val = go(v, path)?;
-                    if out.insert(key, val).is_some() {
-                        return Err(err(path, "duplicate key"));
-                    }
-                    path.pop();
-                }
-                Value::Object(out)
-            }
-            YamlData::Tagged(_, inner) => go(inner, path)?,
-            YamlData::Alias(_) => return Err(err(path, "YAML aliases are not supported")),
-            YamlData::Representation(s, _, _) => Value::String(s.to_string()),
-            YamlData::BadValue => return Err(err(path, "invalid YAML value")),
-        })
-    }
-    go(node, &mut Vec::new())
-}
-
-fn scalar_to_json(s: &Scalar<'_>) -> Option<Value> {
-    Some(match s {
-        Scalar::Null => Value::Null,
-        Scalar::Boolean(b) => Value::Bool(*b),
-        Scalar::Integer(i) => Value::from(*i),
-        Scalar::FloatingPoint(f) => Value::Number(serde_json::Number::from_f64(f.into_inner())?),
-        Scalar::String(s) => Value::String(s.to_string()),
-    })
 }
 
 /// The 1-based line and column of `path` in a document (the deepest existing node on the
@@ -438,24 +537,30 @@ pub struct Finding {
 /// Turns findings into diagnostics with file, line and column, parsing each source text
 /// at most once (findings are rare; positions are not kept for every node up front).
 pub fn resolve(resources: &[Resource], findings: Vec<Finding>) -> Vec<Diagnostic> {
-    let mut by_text: HashMap<usize, Vec<usize>> = HashMap::new();
+    // group findings by the chunk of source their resource came from; parse each chunk once
+    let mut by_chunk: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
     for (i, f) in findings.iter().enumerate() {
         if let Some(r) = resources.get(f.resource) {
-            by_text
-                .entry(Arc::as_ptr(&r.origin.text) as *const u8 as usize)
-                .or_default()
-                .push(i);
+            let key = (
+                Arc::as_ptr(&r.origin.text) as *const u8 as usize,
+                r.origin.chunk.start,
+            );
+            by_chunk.entry(key).or_default().push(i);
         }
     }
     let mut pos: Vec<(u32, u32)> = vec![(0, 0); findings.len()];
-    for idxs in by_text.values() {
+    for idxs in by_chunk.values() {
         let Some(first) = idxs.first() else { continue };
         let origin = &resources[findings[*first].resource].origin;
-        let docs = MarkedYaml::load_from_str(&origin.text).unwrap_or_default();
+        let src = origin.text.get(origin.chunk.clone()).unwrap_or("");
+        let docs = MarkedYaml::load_from_str(src).unwrap_or_default();
         for &i in idxs {
             let o = &resources[findings[i].resource].origin;
             pos[i] = match docs.get(o.document) {
-                Some(doc) => locate_in(doc, &findings[i].field),
+                Some(doc) => {
+                    let (l, c) = locate_in(doc, &findings[i].field);
+                    (l + o.line_offset, c)
+                }
                 None => (o.line, 1),
             };
         }

@@ -182,7 +182,10 @@ impl RetryPolicy {
     /// unset fields take Istio's defaults; `attempts: 0` disables retries; an unknown
     /// `retryOn` token is ignored here (validation rejects it first).
     pub fn from_istio(r: &crate::model::networking::HttpRetry) -> Self {
-        let mut p = RetryPolicy { attempts: u32::try_from(r.attempts).unwrap_or(0), ..RetryPolicy::default() };
+        let mut p = RetryPolicy {
+            attempts: u32::try_from(r.attempts).unwrap_or(0),
+            ..RetryPolicy::default()
+        };
         p.per_try_timeout = r.per_try_timeout.map(|d| d.0);
         if let Some(on) = r.retry_on.as_deref().filter(|s| !s.trim().is_empty()) {
             let (flags, codes) = RetryPolicy::parse_retry_on(on).unwrap_or_default();
@@ -235,21 +238,29 @@ impl FaultPolicy {
     /// Compiles `HTTPFaultInjection` (percentages default to 100%, as Istio).
     pub fn from_istio(f: &crate::model::networking::HttpFaultInjection) -> Self {
         let delay = f.delay.as_ref().and_then(|d| {
-            Some(DelayFault { fixed_delay: d.fixed_delay?.0, fraction: fraction(d.percentage, d.percent) })
+            Some(DelayFault {
+                fixed_delay: d.fixed_delay?.0,
+                fraction: fraction(d.percentage, d.percent),
+            })
         });
         let abort = f.abort.as_ref().and_then(|a| {
             let error = if let Some(s) = a.http_status {
                 AbortError::Http(StatusCode::from_u16(u16::try_from(s).ok()?).ok()?)
             } else if let Some(g) = &a.grpc_status {
-                let code = g
-                    .parse::<u32>()
-                    .ok()
-                    .or_else(|| GRPC_STATUS_CODES.iter().find(|(n, _)| n == g).map(|(_, c)| *c))?;
+                let code = g.parse::<u32>().ok().or_else(|| {
+                    GRPC_STATUS_CODES
+                        .iter()
+                        .find(|(n, _)| n == g)
+                        .map(|(_, c)| *c)
+                })?;
                 AbortError::Grpc(code)
             } else {
                 AbortError::Http2(a.http2_error.clone()?)
             };
-            Some(AbortFault { error, fraction: fraction(a.percentage, None) })
+            Some(AbortFault {
+                error,
+                fraction: fraction(a.percentage, None),
+            })
         });
         FaultPolicy { delay, abort }
     }

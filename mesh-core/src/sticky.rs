@@ -52,7 +52,10 @@ mod tests {
     #[test]
     fn cookie_lookup() {
         let mut h = http::HeaderMap::new();
-        h.append(http::header::COOKIE, "a=1; user=v2.00000000000000ff".parse().unwrap());
+        h.append(
+            http::header::COOKIE,
+            "a=1; user=v2.00000000000000ff".parse().unwrap(),
+        );
         let v = find_cookie(&h, "user").unwrap();
         assert_eq!(decode(v), Some((Some("v2"), 255)));
         assert_eq!(find_cookie(&h, "b"), None);

@@ -109,11 +109,22 @@ pub(crate) struct BuildInput<'a> {
 
 impl Cluster {
     pub(crate) fn build(input: BuildInput<'_>) -> Cluster {
-        let BuildInput { name, subset, subset_labels, service, port, endpoints, policy, now, .. } = input;
+        let BuildInput {
+            name,
+            subset,
+            subset_labels,
+            service,
+            port,
+            endpoints,
+            policy,
+            now,
+            ..
+        } = input;
         let http2 = Protocol::of(port).is_http2() || policy.h2_upgrade;
 
         // the subset's endpoints with their addresses, first occurrence of an address wins
-        let mut chosen: Vec<(SocketAddr, &Arc<Endpoint>)> = Vec::with_capacity(endpoints.endpoints.len());
+        let mut chosen: Vec<(SocketAddr, &Arc<Endpoint>)> =
+            Vec::with_capacity(endpoints.endpoints.len());
         for e in &endpoints.endpoints {
             if subset_labels.is_some_and(|l| !labels_match(l, &e.endpoint.labels)) {
                 continue;
@@ -136,7 +147,10 @@ impl Cluster {
                 addr: *addr,
                 weight: ep.weight.max(1),
                 state,
-                health: input.health.cell(&HealthKey { cluster: name.clone(), addr: *addr }),
+                health: input.health.cell(&HealthKey {
+                    cluster: name.clone(),
+                    addr: *addr,
+                }),
                 selected: SelectedEndpoint {
                     addr: *addr,
                     http2,
@@ -148,9 +162,17 @@ impl Cluster {
 
         let places: Vec<Place<'_>> = chosen
             .iter()
-            .map(|(_, ep)| Place { locality: &ep.locality, labels: &ep.labels, network: ep.network.as_deref(), weight: ep.weight.max(1) })
+            .map(|(_, ep)| Place {
+                locality: &ep.locality,
+                labels: &ep.labels,
+                network: ep.network.as_deref(),
+                weight: ep.weight.max(1),
+            })
             .collect();
-        let client = Client { locality: input.client_locality, labels: input.client_labels };
+        let client = Client {
+            locality: input.client_locality,
+            labels: input.client_labels,
+        };
         let lay = layout(&places, &client, &policy.locality);
 
         let counts: Vec<(usize, usize)> = lay
@@ -208,22 +230,38 @@ impl Cluster {
                     let avail = if panic {
                         1.0
                     } else {
-                        (f64::from(input.overprovisioning) / 100.0 * use_hosts.len() as f64 / g.hosts.len() as f64).min(1.0)
+                        (f64::from(input.overprovisioning) / 100.0 * use_hosts.len() as f64
+                            / g.hosts.len() as f64)
+                            .min(1.0)
                     };
                     let gw = f64::from(g.weight) * avail;
                     if gw <= 0.0 {
                         continue;
                     }
-                    let weights: Vec<f64> = use_hosts.iter().map(|&i| host_weight(i as usize)).collect();
-                    let equal = weights.windows(2).all(|w| (w[0] - w[1]).abs() < f64::EPSILON);
+                    let weights: Vec<f64> =
+                        use_hosts.iter().map(|&i| host_weight(i as usize)).collect();
+                    let equal = weights
+                        .windows(2)
+                        .all(|w| (w[0] - w[1]).abs() < f64::EPSILON);
                     let weights = match policy.algorithm {
                         _ if equal => Weights::Equal,
-                        Algorithm::RoundRobin => Weights::Schedule(edf_schedule(&use_hosts, &weights)),
-                        Algorithm::LeastRequest => Weights::Sampled(Alias::new(&weights), weights.into()),
+                        Algorithm::RoundRobin => {
+                            Weights::Schedule(edf_schedule(&use_hosts, &weights))
+                        }
+                        Algorithm::LeastRequest => {
+                            Weights::Sampled(Alias::new(&weights), weights.into())
+                        }
                         _ => Weights::Equal,
                     };
                     let start = rng.below(use_hosts.len().max(1));
-                    built.push((Group { hosts: use_hosts.into(), cursor: AtomicUsize::new(start), weights }, gw));
+                    built.push((
+                        Group {
+                            hosts: use_hosts.into(),
+                            cursor: AtomicUsize::new(start),
+                            weights,
+                        },
+                        gw,
+                    ));
                 }
                 let table = match policy.algorithm {
                     Algorithm::RingHash { .. } | Algorithm::Maglev { .. } => {
@@ -237,20 +275,33 @@ impl Cluster {
                                 let w = host_weight(i as usize);
                                 t_hosts.push(i);
                                 t_addrs.push(hosts[i as usize].addr);
-                                t_weights.push(if lay.weighted { w / sum * gw / total_gw } else { w });
+                                t_weights.push(if lay.weighted {
+                                    w / sum * gw / total_gw
+                                } else {
+                                    w
+                                });
                             }
                         }
                         let t = match policy.algorithm {
-                            Algorithm::Maglev { table_size } => HashTable::maglev(&t_addrs, &t_weights, table_size),
-                            Algorithm::RingHash { min_ring_size } => HashTable::ring(&t_addrs, &t_weights, min_ring_size),
+                            Algorithm::Maglev { table_size } => {
+                                HashTable::maglev(&t_addrs, &t_weights, table_size)
+                            }
+                            Algorithm::RingHash { min_ring_size } => {
+                                HashTable::ring(&t_addrs, &t_weights, min_ring_size)
+                            }
                             _ => None,
                         };
                         t.map(|t| (t, t_hosts.into_boxed_slice()))
                     }
                     _ => None,
                 };
-                let group_alias = (built.len() > 1).then(|| Alias::new(&built.iter().map(|b| b.1).collect::<Vec<_>>()));
-                levels.push(Level { groups: built.into_iter().map(|b| b.0).collect(), group_alias, table });
+                let group_alias = (built.len() > 1)
+                    .then(|| Alias::new(&built.iter().map(|b| b.1).collect::<Vec<_>>()));
+                levels.push(Level {
+                    groups: built.into_iter().map(|b| b.0).collect(),
+                    group_alias,
+                    table,
+                });
             }
         }
         Cluster {
@@ -280,7 +331,11 @@ impl Cluster {
                     Some(h) => (h % 100) as u32,
                     None => self.rng.below(100) as u32,
                 };
-                let i = self.cumulative.iter().position(|c| r < *c).unwrap_or(levels.len() - 1);
+                let i = self
+                    .cumulative
+                    .iter()
+                    .position(|c| r < *c)
+                    .unwrap_or(levels.len() - 1);
                 &levels[i]
             }
         };
@@ -304,19 +359,33 @@ impl Cluster {
         }
         let hosts = &g.hosts;
         Some(match (self.algorithm, &g.weights) {
-            (Algorithm::RoundRobin, Weights::Schedule(s)) => s[g.cursor.fetch_add(1, Ordering::Relaxed) % s.len()],
+            (Algorithm::RoundRobin, Weights::Schedule(s)) => {
+                s[g.cursor.fetch_add(1, Ordering::Relaxed) % s.len()]
+            }
             (Algorithm::RoundRobin, _) => hosts[g.cursor.fetch_add(1, Ordering::Relaxed) % n],
-            (Algorithm::LeastRequest, Weights::Sampled(alias, weights)) => self.weighted_least_request(hosts, alias, weights),
+            (Algorithm::LeastRequest, Weights::Sampled(alias, weights)) => {
+                self.weighted_least_request(hosts, alias, weights)
+            }
             (Algorithm::LeastRequest, _) => {
                 let a = hosts[self.rng.below(n)];
                 let b = hosts[self.rng.below(n)];
-                if self.hosts[b as usize].state.active() < self.hosts[a as usize].state.active() { b } else { a }
+                if self.hosts[b as usize].state.active() < self.hosts[a as usize].state.active() {
+                    b
+                } else {
+                    a
+                }
             }
             (Algorithm::PeakEwma, _) => {
                 let a = hosts[self.rng.below(n)];
                 let b = hosts[self.rng.below(n)];
                 let rtt = self.ewma_default_rtt_ns;
-                if self.hosts[b as usize].state.ewma_cost(rtt) < self.hosts[a as usize].state.ewma_cost(rtt) { b } else { a }
+                if self.hosts[b as usize].state.ewma_cost(rtt)
+                    < self.hosts[a as usize].state.ewma_cost(rtt)
+                {
+                    b
+                } else {
+                    a
+                }
             }
             _ => hosts[self.rng.below(n)],
         })
@@ -353,12 +422,21 @@ impl Alias {
     pub(crate) fn new(weights: &[f64]) -> Alias {
         let n = weights.len().max(1);
         let total: f64 = weights.iter().sum();
-        let mut scaled: Vec<f64> =
-            weights.iter().map(|w| if total > 0.0 { w * n as f64 / total } else { 1.0 }).collect();
+        let mut scaled: Vec<f64> = weights
+            .iter()
+            .map(|w| {
+                if total > 0.0 {
+                    w * n as f64 / total
+                } else {
+                    1.0
+                }
+            })
+            .collect();
         scaled.resize(n, 1.0);
         let mut prob = vec![u32::MAX; n];
         let mut alias: Vec<u32> = (0..n as u32).collect();
-        let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| scaled[i] < 1.0);
+        let (mut small, mut large): (Vec<usize>, Vec<usize>) =
+            (0..n).partition(|&i| scaled[i] < 1.0);
         while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
             prob[s] = (scaled[s] * f64::from(u32::MAX)) as u32;
             alias[s] = l as u32;
@@ -368,7 +446,10 @@ impl Alias {
                 small.push(l);
             }
         }
-        Alias { prob: prob.into(), alias: alias.into() }
+        Alias {
+            prob: prob.into(),
+            alias: alias.into(),
+        }
     }
 
     #[inline]
@@ -377,7 +458,11 @@ impl Alias {
         let n = self.prob.len() as u64;
         let i = (((r & 0xffff_ffff) * n) >> 32) as usize;
         let coin = (r >> 32) as u32;
-        if coin < self.prob[i] || self.prob[i] == u32::MAX { i } else { self.alias[i] as usize }
+        if coin < self.prob[i] || self.prob[i] == u32::MAX {
+            i
+        } else {
+            self.alias[i] as usize
+        }
     }
 }
 
@@ -403,19 +488,29 @@ fn edf_schedule(hosts: &[u32], weights: &[f64]) -> Box<[u32]> {
     fn gcd(a: u64, b: u64) -> u64 {
         if b == 0 { a } else { gcd(b, a % b) }
     }
-    let mut w: Vec<u64> = weights.iter().map(|w| ((w * 100.0).round() as u64).max(1)).collect();
+    let mut w: Vec<u64> = weights
+        .iter()
+        .map(|w| ((w * 100.0).round() as u64).max(1))
+        .collect();
     let g = w.iter().copied().fold(0, gcd).max(1);
     w.iter_mut().for_each(|x| *x /= g);
     let mut period: u64 = w.iter().sum();
     const CAP: u64 = 65536;
     if period > CAP {
-        w.iter_mut().for_each(|x| *x = ((*x as f64) * CAP as f64 / period as f64).round().max(1.0) as u64);
+        w.iter_mut()
+            .for_each(|x| *x = ((*x as f64) * CAP as f64 / period as f64).round().max(1.0) as u64);
         period = w.iter().sum();
     }
-    let mut heap: BinaryHeap<Entry> = w.iter().enumerate().map(|(i, x)| Entry(1.0 / *x as f64, i)).collect();
+    let mut heap: BinaryHeap<Entry> = w
+        .iter()
+        .enumerate()
+        .map(|(i, x)| Entry(1.0 / *x as f64, i))
+        .collect();
     let mut out = Vec::with_capacity(period as usize);
     for _ in 0..period {
-        let Some(Entry(deadline, i)) = heap.pop() else { break };
+        let Some(Entry(deadline, i)) = heap.pop() else {
+            break;
+        };
         out.push(hosts[i]);
         heap.push(Entry(deadline + 1.0 / w[i] as f64, i));
     }

@@ -53,7 +53,12 @@ pub struct PeakEwmaConfig {
 
 impl Default for LbConfig {
     fn default() -> Self {
-        LbConfig { peak_ewma_hosts: Vec::new(), peak_ewma: PeakEwmaConfig::default(), seed: None, overprovisioning_factor: 140 }
+        LbConfig {
+            peak_ewma_hosts: Vec::new(),
+            peak_ewma: PeakEwmaConfig::default(),
+            seed: None,
+            overprovisioning_factor: 140,
+        }
     }
 }
 

@@ -76,6 +76,13 @@ pub trait Discover: Send + Sync + fmt::Debug + 'static {
     /// A number that increases whenever an answer of [`Discover::endpoints`] may have
     /// changed. Read on every request: keep it one atomic load.
     fn version(&self) -> u64;
+
+    /// Told of every snapshot the balancer starts using (at build and on
+    /// [`LbLayer::store`](crate::LbLayer::store)), for sources that derive their work from
+    /// it (DNS hostnames to resolve). Default: nothing.
+    fn snapshot_changed(&self, snapshot: &Snapshot) {
+        let _ = snapshot;
+    }
 }
 
 /// Endpoints of `STATIC` services, from the snapshot itself.
@@ -98,8 +105,9 @@ pub struct SystemResolver;
 
 /// Endpoints of `DNS` and `DNS_ROUND_ROBIN` services, resolved periodically.
 ///
-/// Give it the snapshot ([`DnsDiscover::set_snapshot`], again after each reload), then run
-/// [`DnsDiscover::run`] on a runtime (or call [`DnsDiscover::refresh`] yourself). Until a
+/// Hand it to [`LbBuilder::discover`](crate::LbBuilder::discover) (the layer tells it each
+/// snapshot; or call [`DnsDiscover::set_snapshot`] yourself), then run [`DnsDiscover::run`]
+/// on a runtime (or call [`DnsDiscover::refresh`] yourself). Until a
 /// hostname's first successful resolution, its service has no endpoints (requests get
 /// `503 UH`), as an Envoy cluster that is still warming.
 pub struct DnsDiscover {
@@ -177,7 +185,12 @@ impl Discover for StaticDiscover {
         let endpoints = service
             .endpoints
             .iter()
-            .filter_map(|e| Some(DiscoveredEndpoint { ip: e.address.parse().ok()?, endpoint: e.clone() }))
+            .filter_map(|e| {
+                Some(DiscoveredEndpoint {
+                    ip: e.address.parse().ok()?,
+                    endpoint: e.clone(),
+                })
+            })
             .collect();
         Some(Arc::new(EndpointSet { endpoints }))
     }
@@ -223,7 +236,11 @@ impl DnsDiscover {
     /// Sets how often every hostname is re-resolved. Default: 30s (Envoy's
     /// `dns_refresh_rate`). A zero interval is taken as 1s.
     pub fn with_refresh_interval(mut self, every: Duration) -> Self {
-        self.refresh_interval = if every.is_zero() { Duration::from_secs(1) } else { every };
+        self.refresh_interval = if every.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            every
+        };
         self
     }
 
@@ -254,7 +271,10 @@ impl DnsDiscover {
                     };
                     vec![(s.hostname.clone(), Arc::new(ep))]
                 } else {
-                    s.endpoints.iter().map(|e| (Arc::<str>::from(e.address.as_str()), e.clone())).collect()
+                    s.endpoints
+                        .iter()
+                        .map(|e| (Arc::<str>::from(e.address.as_str()), e.clone()))
+                        .collect()
                 };
                 Target {
                     key: (s.hostname.clone(), s.namespace.as_str().into()),
@@ -271,7 +291,10 @@ impl DnsDiscover {
     /// that fails, and publishes the sets that changed.
     pub async fn refresh(&self) {
         let targets = self.targets.load_full();
-        let mut names: Vec<Arc<str>> = targets.iter().flat_map(|t| t.names.iter().map(|n| n.0.clone())).collect();
+        let mut names: Vec<Arc<str>> = targets
+            .iter()
+            .flat_map(|t| t.names.iter().map(|n| n.0.clone()))
+            .collect();
         names.sort_unstable();
         names.dedup();
         let lookups = names.into_iter().map(|name| {
@@ -279,7 +302,8 @@ impl DnsDiscover {
                 Ok(ip) => Box::pin(async move { Ok(vec![ip]) }) as ResolveFuture,
                 Err(_) => self.resolver.resolve(&name),
             };
-            Box::pin(async move { (name, fut.await) }) as Pin<Box<dyn Future<Output = (Arc<str>, io::Result<Vec<IpAddr>>)> + Send>>
+            Box::pin(async move { (name, fut.await) })
+                as Pin<Box<dyn Future<Output = (Arc<str>, io::Result<Vec<IpAddr>>)> + Send>>
         });
         let results = join_all(lookups.collect()).await;
         let mut resolved = (**self.resolved.load()).clone();
@@ -288,8 +312,12 @@ impl DnsDiscover {
                 Ok(ips) if !ips.is_empty() => {
                     resolved.insert(name, Arc::new(ips));
                 }
-                Ok(_) => tracing::debug!(host = %name, "DNS answered no address; keeping the last good set"),
-                Err(e) => tracing::debug!(host = %name, error = %e, "DNS resolution failed; keeping the last good set"),
+                Ok(_) => {
+                    tracing::debug!(host = %name, "DNS answered no address; keeping the last good set")
+                }
+                Err(e) => {
+                    tracing::debug!(host = %name, error = %e, "DNS resolution failed; keeping the last good set")
+                }
             }
         }
         self.resolved.store(Arc::new(resolved));
@@ -313,9 +341,18 @@ impl DnsDiscover {
         for t in self.targets.load().iter() {
             let mut endpoints = Vec::new();
             for (name, ep) in &t.names {
-                let Some(ips) = resolved.get(name) else { continue };
-                let ips = if t.round_robin { &ips[..1.min(ips.len())] } else { &ips[..] };
-                endpoints.extend(ips.iter().map(|ip| DiscoveredEndpoint { ip: *ip, endpoint: ep.clone() }));
+                let Some(ips) = resolved.get(name) else {
+                    continue;
+                };
+                let ips = if t.round_robin {
+                    &ips[..1.min(ips.len())]
+                } else {
+                    &ips[..]
+                };
+                endpoints.extend(ips.iter().map(|ip| DiscoveredEndpoint {
+                    ip: *ip,
+                    endpoint: ep.clone(),
+                }));
             }
             let set = EndpointSet { endpoints };
             let set = match old.get(&t.key) {
@@ -337,15 +374,25 @@ impl DnsDiscover {
 
 impl Discover for DnsDiscover {
     fn endpoints(&self, service: &Service) -> Option<Arc<EndpointSet>> {
-        if !matches!(service.resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
+        if !matches!(
+            service.resolution,
+            Resolution::Dns | Resolution::DnsRoundRobin
+        ) {
             return None;
         }
-        let key = (service.hostname.clone(), Arc::<str>::from(service.namespace.as_str()));
+        let key = (
+            service.hostname.clone(),
+            Arc::<str>::from(service.namespace.as_str()),
+        );
         Some(self.sets.load().get(&key).cloned().unwrap_or_default())
     }
 
     fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
+    }
+
+    fn snapshot_changed(&self, snapshot: &Snapshot) {
+        self.set_snapshot(snapshot);
     }
 }
 
@@ -362,7 +409,8 @@ impl fmt::Debug for DnsDiscover {
 /// Polls futures concurrently until all are done (a tiny `join_all`, to stay off
 /// `futures-util`).
 async fn join_all<T>(futs: Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> Vec<T> {
-    let mut futs: Vec<Option<Pin<Box<dyn Future<Output = T> + Send + '_>>>> = futs.into_iter().map(Some).collect();
+    let mut futs: Vec<Option<Pin<Box<dyn Future<Output = T> + Send + '_>>>> =
+        futs.into_iter().map(Some).collect();
     let mut out: Vec<Option<T>> = (0..futs.len()).map(|_| None).collect();
     std::future::poll_fn(|cx| {
         let mut pending = false;
@@ -377,7 +425,11 @@ async fn join_all<T>(futs: Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>) ->
                 }
             }
         }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
     })
     .await;
     out.into_iter().flatten().collect()
@@ -389,7 +441,12 @@ impl FeedDiscover {
     /// A source and the feed that publishes into it.
     pub fn new() -> (FeedDiscover, EndpointFeed) {
         let inner = Arc::new(FeedInner::default());
-        (FeedDiscover { inner: inner.clone() }, EndpointFeed { inner })
+        (
+            FeedDiscover {
+                inner: inner.clone(),
+            },
+            EndpointFeed { inner },
+        )
     }
 }
 
@@ -443,7 +500,16 @@ impl Discover for Chain {
     }
 
     fn version(&self) -> u64 {
-        self.sources.iter().map(|s| s.version()).fold(0u64, u64::wrapping_add)
+        self.sources
+            .iter()
+            .map(|s| s.version())
+            .fold(0u64, u64::wrapping_add)
+    }
+
+    fn snapshot_changed(&self, snapshot: &Snapshot) {
+        self.sources
+            .iter()
+            .for_each(|s| s.snapshot_changed(snapshot));
     }
 }
 
@@ -485,14 +551,27 @@ mod tests {
     async fn dns_refreshes_periodically_and_keeps_the_last_good_set() {
         let s = snap(DNS);
         let fake = Arc::new(FakeResolver::default());
-        fake.answers.lock().unwrap().insert("api.example.com".into(), vec!["1.1.1.1".parse().unwrap(), "1.1.1.2".parse().unwrap()]);
-        fake.answers.lock().unwrap().insert("a.example.com".into(), vec!["2.2.2.1".parse().unwrap(), "2.2.2.9".parse().unwrap()]);
-        fake.answers.lock().unwrap().insert("b.example.com".into(), vec!["3.3.3.1".parse().unwrap()]);
-        let dns = Arc::new(DnsDiscover::new(fake.clone()).with_refresh_interval(Duration::from_secs(5)));
+        fake.answers.lock().unwrap().insert(
+            "api.example.com".into(),
+            vec!["1.1.1.1".parse().unwrap(), "1.1.1.2".parse().unwrap()],
+        );
+        fake.answers.lock().unwrap().insert(
+            "a.example.com".into(),
+            vec!["2.2.2.1".parse().unwrap(), "2.2.2.9".parse().unwrap()],
+        );
+        fake.answers
+            .lock()
+            .unwrap()
+            .insert("b.example.com".into(), vec!["3.3.3.1".parse().unwrap()]);
+        let dns =
+            Arc::new(DnsDiscover::new(fake.clone()).with_refresh_interval(Duration::from_secs(5)));
         dns.set_snapshot(&s);
         let api = s.service("api.example.com", "default").unwrap();
         let rr = s.service("rr.example.com", "default").unwrap();
-        assert!(dns.endpoints(api).unwrap().endpoints.is_empty(), "nothing before the first resolution");
+        assert!(
+            dns.endpoints(api).unwrap().endpoints.is_empty(),
+            "nothing before the first resolution"
+        );
         let task = tokio::spawn(dns.clone().run());
         tokio::task::yield_now().await;
         // DNS: every address of the host; DNS_ROUND_ROBIN: the first address per hostname
@@ -509,7 +588,10 @@ mod tests {
         assert_eq!(dns.version(), v, "nothing changed");
 
         // recovery with new addresses: published at the next refresh
-        fake.answers.lock().unwrap().insert("api.example.com".into(), vec!["1.1.1.3".parse().unwrap()]);
+        fake.answers
+            .lock()
+            .unwrap()
+            .insert("api.example.com".into(), vec!["1.1.1.3".parse().unwrap()]);
         tokio::time::sleep(Duration::from_secs(5)).await;
         tokio::task::yield_now().await;
         assert_eq!(ips(&dns.endpoints(api).unwrap()), ["1.1.1.3"]);
@@ -519,7 +601,9 @@ mod tests {
 
     #[test]
     fn static_and_chain() {
-        let s = snap("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec:\n  hosts: [s.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{number: 80, name: http}]\n  endpoints: [{address: 10.0.0.1}, {address: 'unix:///sock'}]\n");
+        let s = snap(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec:\n  hosts: [s.default.svc.cluster.local]\n  resolution: STATIC\n  ports: [{number: 80, name: http}]\n  endpoints: [{address: 10.0.0.1}, {address: 'unix:///sock'}]\n",
+        );
         let svc = s.service("s.default.svc.cluster.local", "default").unwrap();
         assert_eq!(ips(&StaticDiscover.endpoints(svc).unwrap()), ["10.0.0.1"]);
         let (feed_src, feed) = FeedDiscover::new();
@@ -527,7 +611,10 @@ mod tests {
         let v = chain.version();
         feed.publish(
             "s.default.svc.cluster.local",
-            EndpointSet::new(vec![DiscoveredEndpoint::new("10.9.9.9".parse().unwrap(), svc.endpoints[0].clone())]),
+            EndpointSet::new(vec![DiscoveredEndpoint::new(
+                "10.9.9.9".parse().unwrap(),
+                svc.endpoints[0].clone(),
+            )]),
         );
         assert!(chain.version() > v);
         assert_eq!(ips(&chain.endpoints(svc).unwrap()), ["10.9.9.9"]);

@@ -74,8 +74,7 @@ impl EndpointState {
 
     #[inline]
     pub(crate) fn end(&self) {
-        // Saturating: a state shared by a test that set counts by hand must not wrap.
-        let _ = self.active.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| Some(a.saturating_sub(1)));
+        self.active.fetch_sub(1, Ordering::Relaxed);
     }
 
     #[cfg(test)]
@@ -112,14 +111,17 @@ impl EndpointState {
             let w = (-elapsed / decay).exp();
             prev * w + sample * (1.0 - w)
         };
-        self.ewma_bits.store(next.max(1.0).to_bits(), Ordering::Relaxed);
+        self.ewma_bits
+            .store(next.max(1.0).to_bits(), Ordering::Relaxed);
         self.ewma_stamp.store(now_ns, Ordering::Relaxed);
     }
 
     /// Envoy's slow-start factor at `now`: `max(min, (t/duration)^(1/aggression))`, or 1
     /// when the endpoint is not (or no longer) warming up.
     pub(crate) fn warmup_factor(&self, now: Instant, w: &crate::policy::Warmup) -> f64 {
-        let Some(created) = self.created else { return 1.0 };
+        let Some(created) = self.created else {
+            return 1.0;
+        };
         let t = now.saturating_duration_since(created);
         if t >= w.duration {
             return 1.0;
@@ -163,12 +165,20 @@ impl Rng {
 
 impl Registry {
     pub(crate) fn new() -> Self {
-        Registry { epoch: Instant::now(), inner: Mutex::new(RegistryInner::default()) }
+        Registry {
+            epoch: Instant::now(),
+            inner: Mutex::new(RegistryInner::default()),
+        }
     }
 
     /// The states of `addrs` in `cluster`, created when new. Endpoints of a cluster's first
     /// build are not considered new (no warm-up at start, as all would ramp equally).
-    pub(crate) fn states(&self, cluster: &Arc<str>, addrs: &[SocketAddr], now: Instant) -> Vec<Arc<EndpointState>> {
+    pub(crate) fn states(
+        &self,
+        cluster: &Arc<str>,
+        addrs: &[SocketAddr],
+        now: Instant,
+    ) -> Vec<Arc<EndpointState>> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let first_build = inner.known_clusters.insert(cluster.clone());
         let epoch = self.epoch;
@@ -178,16 +188,24 @@ impl Registry {
                 let entry = inner
                     .states
                     .entry((cluster.clone(), *addr))
-                    .or_insert_with(|| (Arc::new(EndpointState::new((!first_build).then_some(now), epoch)), now));
+                    .or_insert_with(|| {
+                        (
+                            Arc::new(EndpointState::new((!first_build).then_some(now), epoch)),
+                            now,
+                        )
+                    });
                 entry.1 = now;
                 entry.0.clone()
             })
             .collect();
-        if inner.last_prune.is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(10)) {
+        if inner
+            .last_prune
+            .is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(10))
+        {
             inner.last_prune = Some(now);
-            inner
-                .states
-                .retain(|_, (s, seen)| Arc::strong_count(s) > 1 || now.saturating_duration_since(*seen) < KEEP_UNUSED);
+            inner.states.retain(|_, (s, seen)| {
+                Arc::strong_count(s) > 1 || now.saturating_duration_since(*seen) < KEEP_UNUSED
+            });
         }
         out
     }
@@ -206,7 +224,11 @@ mod tests {
         assert_eq!(s.rtt_estimate(), Some(Duration::from_millis(10)));
         s.observe_rtt(Duration::from_millis(50), t0, decay);
         assert_eq!(s.rtt_estimate(), Some(Duration::from_millis(50)), "peak");
-        s.observe_rtt(Duration::from_millis(10), t0 + Duration::from_secs(10), decay);
+        s.observe_rtt(
+            Duration::from_millis(10),
+            t0 + Duration::from_secs(10),
+            decay,
+        );
         let est = s.rtt_estimate().unwrap().as_secs_f64() * 1000.0;
         // 50·e^-1 + 10·(1 - e^-1) = 24.7
         assert!((est - 24.7).abs() < 0.1, "{est}");

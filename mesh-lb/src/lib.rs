@@ -82,8 +82,15 @@
 //!   [`mesh_core::sticky::encode`]`(subset, key)`, so the router can keep the client on its
 //!   subset and the balancer hashes on `key` to keep it on its endpoint.
 //! * **Locality**: `distribute`, `failover` and
-//!   `failoverPriority` with Envoy's priority load (overprovisioning 1.4) and panic
-//!   threshold; warm-up (`warmupDurationSecs` / `warmup`) as Envoy's slow start.
+//!   `failoverPriority` relative to `ProxyBootstrap.workload.locality`, with Envoy's priority
+//!   load (overprovisioning 1.4) and panic threshold (`outlierDetection.minHealthPercent`, or
+//!   Envoy's 50% without outlier detection). As in Istio, failover priorities (explicit or
+//!   the default region/zone/subzone ones) only apply when the destination has
+//!   `outlierDetection`: without it nothing marks endpoints unhealthy, so Istio does not
+//!   program them. `distribute` applies regardless. Warm-up (`warmupDurationSecs` /
+//!   `warmup`, `ROUND_ROBIN` and `LEAST_REQUEST` only) follows Envoy's slow start:
+//!   `max(minimumPercent, (t / duration)^(1 / aggression))` of the weight for endpoints
+//!   that joined after the cluster's first build.
 //! * **Health**: endpoints whose [`HealthCell`](mesh_core::health::HealthCell) is not
 //!   healthy (ejected by outlier detection, failing active checks) are skipped unless their
 //!   priority is in panic.

@@ -100,7 +100,12 @@ fn locality_priority(client: &Locality, ep: &Locality, failover: &[LocalityFailo
     }
 }
 
-fn topology_value<'a>(key: &str, labels: &'a Labels, locality: &'a Locality, network: Option<&'a str>) -> Option<&'a str> {
+fn topology_value<'a>(
+    key: &str,
+    labels: &'a Labels,
+    locality: &'a Locality,
+    network: Option<&'a str>,
+) -> Option<&'a str> {
     if let Some(v) = labels.get(key) {
         return Some(v.as_str());
     }
@@ -131,8 +136,17 @@ fn label_priority(client: &Client<'_>, ep: &Place<'_>, keys: &[String]) -> u32 {
 /// Arranges `places` into priority levels and locality groups for `client`.
 pub(crate) fn layout(places: &[Place<'_>], client: &Client<'_>, mode: &LocalityMode) -> Layout {
     match mode {
-        LocalityMode::Off => Layout { levels: vec![vec![GroupLayout { hosts: (0..places.len()).collect(), weight: 1 }]], weighted: false },
-        LocalityMode::Failover { failover, failover_priority } => {
+        LocalityMode::Off => Layout {
+            levels: vec![vec![GroupLayout {
+                hosts: (0..places.len()).collect(),
+                weight: 1,
+            }]],
+            weighted: false,
+        },
+        LocalityMode::Failover {
+            failover,
+            failover_priority,
+        } => {
             let prio: Vec<u32> = places
                 .iter()
                 .map(|p| {
@@ -149,15 +163,27 @@ pub(crate) fn layout(places: &[Place<'_>], client: &Client<'_>, mode: &LocalityM
             let mut distinct: Vec<u32> = prio.clone();
             distinct.sort_unstable();
             distinct.dedup();
-            let mut levels = vec![vec![GroupLayout { hosts: Vec::new(), weight: 1 }]; distinct.len()];
+            let mut levels = vec![
+                vec![GroupLayout {
+                    hosts: Vec::new(),
+                    weight: 1
+                }];
+                distinct.len()
+            ];
             for (i, p) in prio.iter().enumerate() {
                 if let Ok(level) = distinct.binary_search(p) {
                     levels[level][0].hosts.push(i);
                 }
             }
-            Layout { levels, weighted: false }
+            Layout {
+                levels,
+                weighted: false,
+            }
         }
-        LocalityMode::Distribute(entries) => match entries.iter().find(|d| locality_match(client.locality, &d.from)) {
+        LocalityMode::Distribute(entries) => match entries
+            .iter()
+            .find(|d| locality_match(client.locality, &d.from))
+        {
             Some(d) => distribute(places, d),
             None => layout(places, client, &LocalityMode::Off),
         },
@@ -179,8 +205,9 @@ fn distribute(places: &[Place<'_>], d: &LocalityDistribute) -> Layout {
     let mut weights: Vec<Option<u32>> = vec![None; groups.len()];
     let mut unmatched: Vec<bool> = vec![true; groups.len()];
     for (pattern, w) in &d.to {
-        let matching: Vec<usize> =
-            (0..groups.len()).filter(|&g| unmatched[g] && locality_match(groups[g].0, pattern)).collect();
+        let matching: Vec<usize> = (0..groups.len())
+            .filter(|&g| unmatched[g] && locality_match(groups[g].0, pattern))
+            .collect();
         let total: u64 = matching.iter().map(|&g| groups[g].2).sum();
         for g in matching {
             unmatched[g] = false;
@@ -195,20 +222,33 @@ fn distribute(places: &[Place<'_>], d: &LocalityDistribute) -> Layout {
         .zip(weights)
         .filter_map(|((_, hosts, _), w)| Some(GroupLayout { hosts, weight: w? }))
         .collect();
-    Layout { levels: vec![level], weighted: true }
+    Layout {
+        levels: vec![level],
+        weighted: true,
+    }
 }
 
 /// Envoy's priority load from per-priority `(healthy, total)` endpoint counts.
 /// `None` when no endpoint can take traffic (no endpoint at all, or none healthy with panic
 /// disabled).
-pub(crate) fn priority_load(counts: &[(usize, usize)], overprovisioning: u32, panic_threshold: u32) -> Option<PriorityLoad> {
+pub(crate) fn priority_load(
+    counts: &[(usize, usize)],
+    overprovisioning: u32,
+    panic_threshold: u32,
+) -> Option<PriorityLoad> {
     let total_hosts: usize = counts.iter().map(|c| c.1).sum();
     if counts.is_empty() || total_hosts == 0 {
         return None;
     }
     let health: Vec<u32> = counts
         .iter()
-        .map(|&(h, t)| if t == 0 { 0 } else { (u64::from(overprovisioning) * h as u64 / t as u64).min(100) as u32 })
+        .map(|&(h, t)| {
+            if t == 0 {
+                0
+            } else {
+                (u64::from(overprovisioning) * h as u64 / t as u64).min(100) as u32
+            }
+        })
         .collect();
     let normalized: u32 = health.iter().sum::<u32>().min(100);
     let panic: Vec<bool> = counts
@@ -217,13 +257,20 @@ pub(crate) fn priority_load(counts: &[(usize, usize)], overprovisioning: u32, pa
             if normalized == 100 {
                 return false;
             }
-            let pct = if t == 0 { 0.0 } else { 100.0 * h as f64 / t as f64 };
+            let pct = if t == 0 {
+                0.0
+            } else {
+                100.0 * h as f64 / t as f64
+            };
             pct < f64::from(panic_threshold.min(100))
         })
         .collect();
     if panic.iter().all(|p| *p) {
         // total panic: load by endpoint count, the remainder to the first non-empty level
-        let mut load: Vec<u32> = counts.iter().map(|c| (100 * c.1 / total_hosts) as u32).collect();
+        let mut load: Vec<u32> = counts
+            .iter()
+            .map(|c| (100 * c.1 / total_hosts) as u32)
+            .collect();
         let rest = 100 - load.iter().sum::<u32>();
         if let Some(first) = counts.iter().position(|c| c.1 > 0) {
             load[first] += rest;
@@ -265,7 +312,9 @@ mod tests {
         assert_eq!(l(25, 100), vec![35, 65]);
         assert_eq!(l(0, 100), vec![0, 100]);
         // three levels: 20%, 20%, 100% → 28, 28, 44
-        let three = priority_load(&[(20, 100), (20, 100), (100, 100)], 140, 0).unwrap().load;
+        let three = priority_load(&[(20, 100), (20, 100), (100, 100)], 140, 0)
+            .unwrap()
+            .load;
         assert_eq!(three, vec![28, 28, 44]);
     }
 
@@ -276,7 +325,11 @@ mod tests {
         assert_eq!(p.panic, vec![true, true]);
         assert_eq!(p.load, vec![50, 50], "total panic: load by host count");
         let p = priority_load(&[(40, 100), (100, 100)], 140, 50).unwrap();
-        assert_eq!(p.panic, vec![false, false], "normalized health is 100: nobody panics");
+        assert_eq!(
+            p.panic,
+            vec![false, false],
+            "normalized health is 100: nobody panics"
+        );
         // panic disabled (Istio's minHealthPercent 0 with outlier detection): nothing left
         assert_eq!(priority_load(&[(0, 3)], 140, 0), None);
         assert_eq!(priority_load(&[(0, 3)], 140, 50).unwrap().panic, vec![true]);
@@ -287,31 +340,74 @@ mod tests {
     fn locality_priorities_follow_istio() {
         let client = loc("region1/zone1/sub1");
         let none: Vec<LocalityFailover> = vec![];
-        assert_eq!(locality_priority(&client, &loc("region1/zone1/sub1"), &none), 0);
-        assert_eq!(locality_priority(&client, &loc("region1/zone1/sub2"), &none), 1);
+        assert_eq!(
+            locality_priority(&client, &loc("region1/zone1/sub1"), &none),
+            0
+        );
+        assert_eq!(
+            locality_priority(&client, &loc("region1/zone1/sub2"), &none),
+            1
+        );
         assert_eq!(locality_priority(&client, &loc("region1/zone2"), &none), 2);
         assert_eq!(locality_priority(&client, &loc("region2/zone1"), &none), 3);
-        let fo = vec![LocalityFailover { from: "region1".into(), to: "region3".into() }];
+        let fo = vec![LocalityFailover {
+            from: "region1".into(),
+            to: "region3".into(),
+        }];
         assert_eq!(locality_priority(&client, &loc("region3/zone9"), &fo), 3);
         assert_eq!(locality_priority(&client, &loc("region2/zone1"), &fo), 4);
     }
 
     #[test]
     fn failover_priority_labels() {
-        let labels = |kv: &[(&str, &str)]| -> Labels { kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        let labels = |kv: &[(&str, &str)]| -> Labels {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         let me = labels(&[("topology.istio.io/network", "n1")]);
         let client_loc = loc("r1/z1");
-        let client = Client { locality: &client_loc, labels: &me };
-        let keys = vec![NETWORK_LABEL.to_string(), REGION_LABEL.to_string(), ZONE_LABEL.to_string()];
+        let client = Client {
+            locality: &client_loc,
+            labels: &me,
+        };
+        let keys = vec![
+            NETWORK_LABEL.to_string(),
+            REGION_LABEL.to_string(),
+            ZONE_LABEL.to_string(),
+        ];
         let none = Labels::new();
         let (l1, l2, l3) = (loc("r1/z1"), loc("r1/z2"), loc("r2/z1"));
         let places = [
-            Place { locality: &l1, labels: &none, network: Some("n1"), weight: 1 }, // all 3 match → 0
-            Place { locality: &l2, labels: &none, network: Some("n1"), weight: 1 }, // 2 → 1
-            Place { locality: &l3, labels: &none, network: Some("n1"), weight: 1 }, // 1 → 2
-            Place { locality: &l1, labels: &none, network: Some("n2"), weight: 1 }, // 0 → 3
+            Place {
+                locality: &l1,
+                labels: &none,
+                network: Some("n1"),
+                weight: 1,
+            }, // all 3 match → 0
+            Place {
+                locality: &l2,
+                labels: &none,
+                network: Some("n1"),
+                weight: 1,
+            }, // 2 → 1
+            Place {
+                locality: &l3,
+                labels: &none,
+                network: Some("n1"),
+                weight: 1,
+            }, // 1 → 2
+            Place {
+                locality: &l1,
+                labels: &none,
+                network: Some("n2"),
+                weight: 1,
+            }, // 0 → 3
         ];
-        let mode = LocalityMode::Failover { failover: vec![], failover_priority: keys };
+        let mode = LocalityMode::Failover {
+            failover: vec![],
+            failover_priority: keys,
+        };
         let lay = layout(&places, &client, &mode);
         let hosts: Vec<Vec<usize>> = lay.levels.iter().map(|l| l[0].hosts.clone()).collect();
         assert_eq!(hosts, vec![vec![0], vec![1], vec![2], vec![3]]);
@@ -334,23 +430,61 @@ mod tests {
         let (a, b, c) = (loc("r1/z1"), loc("r1/z2"), loc("r2/z1"));
         let none = Labels::new();
         let places = [
-            Place { locality: &a, labels: &none, network: None, weight: 1 },
-            Place { locality: &b, labels: &none, network: None, weight: 1 },
-            Place { locality: &b, labels: &none, network: None, weight: 1 },
-            Place { locality: &c, labels: &none, network: None, weight: 1 },
+            Place {
+                locality: &a,
+                labels: &none,
+                network: None,
+                weight: 1,
+            },
+            Place {
+                locality: &b,
+                labels: &none,
+                network: None,
+                weight: 1,
+            },
+            Place {
+                locality: &b,
+                labels: &none,
+                network: None,
+                weight: 1,
+            },
+            Place {
+                locality: &c,
+                labels: &none,
+                network: None,
+                weight: 1,
+            },
         ];
         let d = LocalityDistribute {
             from: "r1/z1/*".into(),
-            to: [("r1/*".to_string(), 90u32), ("r3/*".to_string(), 10u32)].into_iter().collect(),
+            to: [("r1/*".to_string(), 90u32), ("r3/*".to_string(), 10u32)]
+                .into_iter()
+                .collect(),
         };
         let me = loc("r1/z1/s1");
-        let lay = layout(&places, &Client { locality: &me, labels: &none }, &LocalityMode::Distribute(vec![d]));
+        let lay = layout(
+            &places,
+            &Client {
+                locality: &me,
+                labels: &none,
+            },
+            &LocalityMode::Distribute(vec![d]),
+        );
         assert!(lay.weighted);
         // r1/z1 has 1 of 3 endpoints of r1/*: ceil(90/3) = 30; r1/z2: ceil(180/3) = 60;
         // r2/z1 matches nothing: no traffic
         assert_eq!(
             lay.levels,
-            vec![vec![GroupLayout { hosts: vec![0], weight: 30 }, GroupLayout { hosts: vec![1, 2], weight: 60 }]]
+            vec![vec![
+                GroupLayout {
+                    hosts: vec![0],
+                    weight: 30
+                },
+                GroupLayout {
+                    hosts: vec![1, 2],
+                    weight: 60
+                }
+            ]]
         );
     }
 }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use http::HeaderName;
 use mesh_core::model::networking::{
-    ConsistentHashLb, H2UpgradePolicy, LoadBalancerSettings, LocalityDistribute, LocalityFailover, SimpleLb,
-    TrafficPolicy,
+    ConsistentHashLb, H2UpgradePolicy, LoadBalancerSettings, LocalityDistribute, LocalityFailover,
+    SimpleLb, TrafficPolicy,
 };
 
 use crate::config::LbConfig;
@@ -22,6 +22,7 @@ pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
 
 /// The balancing algorithm of a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Algorithm {
     /// `ROUND_ROBIN` (weighted when endpoint weights differ).
     RoundRobin,
@@ -108,7 +109,12 @@ pub(crate) struct Policy {
 impl Policy {
     /// The policy of `host` under the merged traffic policy `tp`, for a client at
     /// `client_locality` (empty: none known).
-    pub(crate) fn from_traffic_policy(tp: &TrafficPolicy, host: &str, cfg: &LbConfig, client_locality_known: bool) -> Self {
+    pub(crate) fn from_traffic_policy(
+        tp: &TrafficPolicy,
+        host: &str,
+        cfg: &LbConfig,
+        client_locality_known: bool,
+    ) -> Self {
         let lb = tp.load_balancer.clone().unwrap_or_default();
         let (algorithm, hash) = algorithm(&lb, host, cfg);
         let warmup = match algorithm {
@@ -130,15 +136,30 @@ impl Policy {
             .and_then(|c| c.http.as_ref())
             .and_then(|h| h.h2_upgrade_policy)
             .is_some_and(|p| p == H2UpgradePolicy::Upgrade);
-        Policy { algorithm, hash, warmup, locality, panic_threshold, h2_upgrade }
+        Policy {
+            algorithm,
+            hash,
+            warmup,
+            locality,
+            panic_threshold,
+            h2_upgrade,
+        }
     }
 }
 
-fn algorithm(lb: &LoadBalancerSettings, host: &str, cfg: &LbConfig) -> (Algorithm, Option<HashKey>) {
+fn algorithm(
+    lb: &LoadBalancerSettings,
+    host: &str,
+    cfg: &LbConfig,
+) -> (Algorithm, Option<HashKey>) {
     if let Some(ch) = &lb.consistent_hash {
         let algo = match (&ch.maglev, &ch.ring_hash) {
             (Some(m), _) => Algorithm::Maglev {
-                table_size: if m.table_size > 1 { m.table_size } else { DEFAULT_MAGLEV_TABLE_SIZE },
+                table_size: if m.table_size > 1 {
+                    m.table_size
+                } else {
+                    DEFAULT_MAGLEV_TABLE_SIZE
+                },
             },
             (None, ring) => {
                 let min = ring
@@ -146,7 +167,9 @@ fn algorithm(lb: &LoadBalancerSettings, host: &str, cfg: &LbConfig) -> (Algorith
                     .filter(|n| *n > 0)
                     .or(ch.minimum_ring_size.filter(|n| *n > 0))
                     .unwrap_or(DEFAULT_MIN_RING_SIZE);
-                Algorithm::RingHash { min_ring_size: min.min(MAX_RING_SIZE) }
+                Algorithm::RingHash {
+                    min_ring_size: min.min(MAX_RING_SIZE),
+                }
             }
         };
         return (algo, hash_key(ch));
@@ -164,7 +187,9 @@ fn algorithm(lb: &LoadBalancerSettings, host: &str, cfg: &LbConfig) -> (Algorith
 
 fn hash_key(ch: &ConsistentHashLb) -> Option<HashKey> {
     if let Some(name) = &ch.http_header_name {
-        return HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok().map(HashKey::Header);
+        return HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .ok()
+            .map(HashKey::Header);
     }
     if let Some(c) = &ch.http_cookie {
         let ttl = c.ttl.map(|d| d.0);
@@ -186,12 +211,18 @@ fn hash_key(ch: &ConsistentHashLb) -> Option<HashKey> {
             }
         }
         attributes.push_str("; HttpOnly");
-        return Some(HashKey::Cookie(CookieKey { name: c.name.clone().into(), ttl, attributes: attributes.into() }));
+        return Some(HashKey::Cookie(CookieKey {
+            name: c.name.clone().into(),
+            ttl,
+            attributes: attributes.into(),
+        }));
     }
     if ch.use_source_ip == Some(true) {
         return Some(HashKey::SourceIp);
     }
-    ch.http_query_parameter_name.as_deref().map(|q| HashKey::Query(q.into()))
+    ch.http_query_parameter_name
+        .as_deref()
+        .map(|q| HashKey::Query(q.into()))
 }
 
 fn warmup(lb: &LoadBalancerSettings) -> Option<Warmup> {
@@ -202,16 +233,28 @@ fn warmup(lb: &LoadBalancerSettings) -> Option<Warmup> {
         }
         let min = w.minimum_percent.unwrap_or(10.0).clamp(0.0, 100.0) / 100.0;
         let aggression = w.aggression.filter(|a| *a > 0.0).unwrap_or(1.0);
-        return Some(Warmup { duration, min_fraction: min, aggression });
+        return Some(Warmup {
+            duration,
+            min_fraction: min,
+            aggression,
+        });
     }
     let d = lb.warmup_duration_secs?.0;
-    (!d.is_zero()).then_some(Warmup { duration: d, min_fraction: 0.1, aggression: 1.0 })
+    (!d.is_zero()).then_some(Warmup {
+        duration: d,
+        min_fraction: 0.1,
+        aggression: 1.0,
+    })
 }
 
 /// Istio's `ApplyLocalityLoadBalancer`: `distribute` applies whenever set; failover
 /// (explicit or the default by region/zone/subzone) only with outlier detection, since
 /// without it Envoy never sees an endpoint as unhealthy and would never fail over.
-fn locality_mode(lb: &LoadBalancerSettings, outlier_detection: bool, client_known: bool) -> LocalityMode {
+fn locality_mode(
+    lb: &LoadBalancerSettings,
+    outlier_detection: bool,
+    client_known: bool,
+) -> LocalityMode {
     if !client_known {
         return LocalityMode::Off;
     }
@@ -223,7 +266,10 @@ fn locality_mode(lb: &LoadBalancerSettings, outlier_detection: bool, client_know
         return LocalityMode::Distribute(setting.distribute);
     }
     if outlier_detection {
-        return LocalityMode::Failover { failover: setting.failover, failover_priority: setting.failover_priority };
+        return LocalityMode::Failover {
+            failover: setting.failover,
+            failover_priority: setting.failover_priority,
+        };
     }
     LocalityMode::Off
 }

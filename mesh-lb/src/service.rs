@@ -15,7 +15,9 @@ use http::header::SET_COOKIE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_core::MeshBody;
 use mesh_core::compile::{Snapshot, resolve_host};
-use mesh_core::ext::{ClientAddr, Passthrough, RouteDestination, SelectedEndpoint, UpstreamCluster, local_reply};
+use mesh_core::ext::{
+    ClientAddr, Passthrough, RouteDestination, SelectedEndpoint, UpstreamCluster, local_reply,
+};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::health::{HealthSource, HealthTable, cluster_name};
 use mesh_core::locality::Locality;
@@ -28,7 +30,9 @@ use xxhash_rust::xxh64::xxh64;
 
 use crate::cluster::{BuildInput, Cluster};
 use crate::config::LbConfig;
-use crate::discover::{Discover, EndpointSet, ResolveFuture, Resolver, StaticDiscover, SystemResolver};
+use crate::discover::{
+    Discover, EndpointSet, ResolveFuture, Resolver, StaticDiscover, SystemResolver,
+};
 use crate::endpoint::{EndpointState, Registry};
 use crate::hash::{header_hash, ip_hash, query_hash};
 use crate::policy::{Algorithm, HashKey, Policy};
@@ -58,7 +62,15 @@ pub struct Lb<S> {
     inner: S,
     shared: Arc<Shared>,
     worker: Arc<Worker>,
+    /// This clone's view of the worker's cache: read without any atomic read-modify-write.
+    local: Arc<Cache>,
+    /// Recent destinations by the address of their host's `Arc` (the router hands out the
+    /// same `Arc`s request after request), so a repeat needs no string hashing. Holding the
+    /// `Arc`s keeps their addresses from being reused by other strings.
+    memo: [Option<(RouteDestination, usize)>; MEMO],
 }
+
+const MEMO: usize = 8;
 
 /// The future of [`Lb`]: the inner service's, or a local reply, or a DNS lookup then the
 /// inner service's (passthrough).
@@ -114,11 +126,13 @@ struct Worker {
     seed: u64,
 }
 
-type Map = HashMap<RouteDestination, Arc<Entry>, foldhash::fast::FixedState>;
-
+/// Built entries by destination: an index into `entries`, so a lookup leaves no borrow
+/// behind when the entry must be replaced.
+#[derive(Clone)]
 struct Cache {
     snapshot_gen: u64,
-    map: Map,
+    index: HashMap<RouteDestination, usize, foldhash::fast::FixedState>,
+    entries: Vec<Arc<Entry>>,
 }
 
 /// What a destination resolves to.
@@ -129,7 +143,9 @@ enum Entry {
     /// The host is not in the registry.
     UnknownHost,
     /// `PASSTHROUGH` or `resolution: NONE`: connect to the host the request named.
-    Passthrough { default_port: u16 },
+    Passthrough {
+        default_port: u16,
+    },
 }
 
 /// An endpoint picked by [`Lb::pick`]; counted as in flight until dropped.
@@ -141,7 +157,9 @@ pub struct Picked {
 
 impl fmt::Debug for Picked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Picked").field("endpoint", &self.endpoint).finish()
+        f.debug_struct("Picked")
+            .field("endpoint", &self.endpoint)
+            .finish()
     }
 }
 
@@ -163,13 +181,20 @@ impl LbLayer {
 
     /// A builder starting from `snapshot`.
     pub fn builder(snapshot: Arc<Snapshot>) -> LbBuilder {
-        LbBuilder { snapshot, config: LbConfig::default(), discover: None, health: None, resolver: None }
+        LbBuilder {
+            snapshot,
+            config: LbConfig::default(),
+            discover: None,
+            health: None,
+            resolver: None,
+        }
     }
 
     /// Replaces the snapshot. Every [`Lb`] built by this layer (or its clones) uses it from
     /// its next request; requests in flight are not affected. Endpoint counters survive for
     /// endpoints that remain.
     pub fn store(&self, snapshot: Arc<Snapshot>) {
+        self.shared.discover.snapshot_changed(&snapshot);
         self.shared.snapshot.store(snapshot);
         self.shared.snapshot_gen.fetch_add(1, Ordering::AcqRel);
     }
@@ -199,11 +224,18 @@ impl<S> Layer<S> for LbLayer {
             Some(s) => s ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             None => fastrand::u64(..),
         };
+        let empty = Arc::new(Cache::empty(u64::MAX));
         let worker = Worker {
-            cache: ArcSwap::from_pointee(Cache { snapshot_gen: u64::MAX, map: Map::default() }),
+            cache: ArcSwap::new(empty.clone()),
             seed,
         };
-        Lb { inner, shared: self.shared.clone(), worker: Arc::new(worker) }
+        Lb {
+            inner,
+            shared: self.shared.clone(),
+            worker: Arc::new(worker),
+            local: empty,
+            memo: Default::default(),
+        }
     }
 }
 
@@ -249,23 +281,55 @@ impl LbBuilder {
 
     /// Builds the layer.
     pub fn build(self) -> LbLayer {
+        let discover = self.discover.unwrap_or_else(|| Arc::new(StaticDiscover));
+        discover.snapshot_changed(&self.snapshot);
         let shared = Shared {
             snapshot: ArcSwap::new(self.snapshot),
             snapshot_gen: AtomicU64::new(0),
             config: self.config,
-            discover: self.discover.unwrap_or_else(|| Arc::new(StaticDiscover)),
+            discover,
             health: self.health.unwrap_or_else(|| Arc::new(HealthTable::new())),
             resolver: self.resolver.unwrap_or_else(|| Arc::new(SystemResolver)),
             registry: Registry::new(),
             workers: AtomicU64::new(0),
         };
-        LbLayer { shared: Arc::new(shared) }
+        LbLayer {
+            shared: Arc::new(shared),
+        }
     }
 }
 
 impl fmt::Debug for LbBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LbBuilder").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("LbBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Cache ===
+
+impl Cache {
+    fn empty(snapshot_gen: u64) -> Self {
+        Cache {
+            snapshot_gen,
+            index: HashMap::default(),
+            entries: Vec::new(),
+        }
+    }
+}
+
+// === impl Entry ===
+
+impl Entry {
+    #[inline]
+    fn fresh(&self, version: u64) -> bool {
+        match self {
+            Entry::Cluster(c) => {
+                c.version == version && c.refresh_at.is_none_or(|t| Instant::now() < t)
+            }
+            _ => true,
+        }
     }
 }
 
@@ -274,19 +338,25 @@ impl fmt::Debug for LbBuilder {
 impl Shared {
     #[inline]
     fn version(&self, snapshot_gen: u64) -> u64 {
-        snapshot_gen.wrapping_add(self.discover.version()).wrapping_add(self.health.generation())
+        snapshot_gen
+            .wrapping_add(self.discover.version())
+            .wrapping_add(self.health.generation())
     }
 
     fn build(&self, dest: &RouteDestination, version: u64, seed: u64) -> Entry {
         let snap = self.snapshot.load();
         let ns = snap.bootstrap.workload.namespace.as_str();
         let host = &*dest.host;
-        let Some(service) = snap.service(host, ns) else { return Entry::UnknownHost };
+        let Some(service) = snap.service(host, ns) else {
+            return Entry::UnknownHost;
+        };
         let port = match dest.port {
             Some(p) => service.port(p),
             None => service.default_port(),
         };
-        let Some(port) = port else { return Entry::NoCluster };
+        let Some(port) = port else {
+            return Entry::NoCluster;
+        };
         let port_number = u16::try_from(port.number).unwrap_or(0);
         let subset = match dest.subset.as_deref() {
             Some(name) => match snap.subset(host, name, ns) {
@@ -295,13 +365,29 @@ impl Shared {
             },
             None => None,
         };
-        let client_locality = snap.bootstrap.workload.locality.as_deref().map(Locality::parse).unwrap_or_default();
+        let client_locality = snap
+            .bootstrap
+            .workload
+            .locality
+            .as_deref()
+            .map(Locality::parse)
+            .unwrap_or_default();
         let tp = snap.traffic_policy(host, dest.subset.as_deref(), Some(port_number), ns);
-        let policy = Policy::from_traffic_policy(&tp, host, &self.config, !client_locality.region.is_empty());
+        let policy = Policy::from_traffic_policy(
+            &tp,
+            host,
+            &self.config,
+            !client_locality.region.is_empty(),
+        );
         if service.resolution == Resolution::None || policy.algorithm == Algorithm::Passthrough {
-            return Entry::Passthrough { default_port: port_number };
+            return Entry::Passthrough {
+                default_port: port_number,
+            };
         }
-        let endpoints = self.discover.endpoints(service).unwrap_or_else(|| Arc::new(EndpointSet::default()));
+        let endpoints = self
+            .discover
+            .endpoints(service)
+            .unwrap_or_else(|| Arc::new(EndpointSet::default()));
         let name: Arc<str> = cluster_name(port_number, dest.subset.as_deref(), host).into();
         let seed = seed ^ xxh64(name.as_bytes(), 0);
         Entry::Cluster(Cluster::build(BuildInput {
@@ -353,30 +439,68 @@ impl<S> Lb<S> {
         self.inner
     }
 
-    /// The entry for `dest`, from this worker's cache or freshly built.
-    fn entry(&self, dest: &RouteDestination) -> Arc<Entry> {
+    /// Makes sure this clone's cache has a fresh entry for `dest`; returns its index.
+    #[inline]
+    fn slot(&mut self, dest: &RouteDestination) -> usize {
         let shared = &*self.shared;
         let snapshot_gen = shared.snapshot_gen.load(Ordering::Acquire);
         let version = shared.version(snapshot_gen);
-        {
-            let cache = self.worker.cache.load();
-            if let Some(e) = cache.map.get(dest).filter(|_| cache.snapshot_gen == snapshot_gen) {
-                let fresh = match &**e {
-                    Entry::Cluster(c) => c.version == version && c.refresh_at.is_none_or(|t| Instant::now() < t),
-                    _ => true,
-                };
-                if fresh {
-                    return e.clone();
-                }
+        if self.local.snapshot_gen == snapshot_gen {
+            let m = memo_index(dest);
+            if let Some((key, i)) = &self.memo[m]
+                && Arc::ptr_eq(&key.host, &dest.host)
+                && key.port == dest.port
+                && key.subset == dest.subset
+                && self.local.entries[*i].fresh(version)
+            {
+                return *i;
+            }
+            if let Some(&i) = self.local.index.get(dest)
+                && self.local.entries[i].fresh(version)
+            {
+                self.memo[m] = Some((dest.clone(), i));
+                return i;
             }
         }
-        let entry = Arc::new(shared.build(dest, version, self.worker.seed));
-        self.worker.cache.rcu(|c| {
-            let mut map = if c.snapshot_gen == snapshot_gen { c.map.clone() } else { Map::default() };
-            map.insert(dest.clone(), entry.clone());
-            Cache { snapshot_gen, map }
-        });
-        entry
+        self.memo = Default::default();
+        let i = self.refresh(dest, snapshot_gen, version);
+        self.memo[memo_index(dest)] = Some((dest.clone(), i));
+        i
+    }
+
+    /// The slow path: adopt the worker's cache if another clone built the entry, else build
+    /// it and publish the new cache to the worker.
+    #[cold]
+    fn refresh(&mut self, dest: &RouteDestination, snapshot_gen: u64, version: u64) -> usize {
+        let base = self.worker.cache.load_full();
+        if base.snapshot_gen == snapshot_gen
+            && let Some(&i) = base.index.get(dest)
+            && base.entries[i].fresh(version)
+        {
+            self.local = base;
+            return i;
+        }
+        let entry = Arc::new(self.shared.build(dest, version, self.worker.seed));
+        let mut cache = if base.snapshot_gen == snapshot_gen {
+            (*base).clone()
+        } else {
+            Cache::empty(snapshot_gen)
+        };
+        let i = match cache.index.get(dest) {
+            Some(&i) => {
+                cache.entries[i] = entry;
+                i
+            }
+            None => {
+                cache.entries.push(entry);
+                cache.index.insert(dest.clone(), cache.entries.len() - 1);
+                cache.entries.len() - 1
+            }
+        };
+        let cache = Arc::new(cache);
+        self.worker.cache.store(cache.clone());
+        self.local = cache;
+        i
     }
 }
 
@@ -390,27 +514,46 @@ impl<S> Lb<S> {
     /// Errors are the flags a request would get: `NR` when the cluster does not exist (and
     /// for passthrough destinations, which have no endpoints to pick), `UH` when no endpoint
     /// can take traffic.
-    pub fn pick(&self, dest: &RouteDestination, hash: Option<u64>) -> Result<Picked, ResponseFlags> {
-        let entry = self.entry(dest);
-        let Entry::Cluster(cluster) = &*entry else { return Err(ResponseFlags::NO_ROUTE) };
-        let host = cluster.pick(hash).ok_or(ResponseFlags::NO_HEALTHY_UPSTREAM)?;
+    pub fn pick(
+        &mut self,
+        dest: &RouteDestination,
+        hash: Option<u64>,
+    ) -> Result<Picked, ResponseFlags> {
+        let i = self.slot(dest);
+        let Entry::Cluster(cluster) = &*self.local.entries[i] else {
+            return Err(ResponseFlags::NO_ROUTE);
+        };
+        let host = cluster
+            .pick(hash)
+            .ok_or(ResponseFlags::NO_HEALTHY_UPSTREAM)?;
         host.state.begin();
         Ok(Picked {
             endpoint: host.selected.clone(),
-            _guard: Guard { state: host.state.clone(), started: None },
+            _guard: Guard {
+                state: host.state.clone(),
+                started: None,
+            },
         })
     }
 }
 
 impl<S: Clone> Clone for Lb<S> {
     fn clone(&self) -> Self {
-        Lb { inner: self.inner.clone(), shared: self.shared.clone(), worker: self.worker.clone() }
+        Lb {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            worker: self.worker.clone(),
+            local: self.local.clone(),
+            memo: self.memo.clone(),
+        }
     }
 }
 
 impl<S: fmt::Debug> fmt::Debug for Lb<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lb").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("Lb")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -427,28 +570,54 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let (entry, derived) = match req.extensions().get::<RouteDestination>() {
+        let (slot, derived) = match req.extensions().get::<RouteDestination>() {
             Some(dest) if req.extensions().get::<Passthrough>().is_some() => {
                 let (host, port) = (dest.host.clone(), dest.port.unwrap_or(80));
                 return self.passthrough(req, &host, port);
             }
-            Some(dest) => (self.entry(dest), None),
+            Some(dest) => (self.slot(dest), None),
             None => match destination_from_authority(&req, &self.shared.snapshot.load()) {
-                Some(dest) => (self.entry(&dest), Some(dest)),
-                None => return ResponseFuture::local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_ROUTE, ""),
+                Some(dest) => (self.slot(&dest), Some(dest)),
+                None => {
+                    return ResponseFuture::local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ResponseFlags::NO_ROUTE,
+                        "",
+                    );
+                }
             },
         };
-        let cluster = match &*entry {
+        let cluster = match &*self.local.entries[slot] {
             Entry::Cluster(c) => c,
-            Entry::NoCluster => return ResponseFuture::local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_ROUTE, ""),
+            Entry::NoCluster => {
+                return ResponseFuture::local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ResponseFlags::NO_ROUTE,
+                    "",
+                );
+            }
             Entry::UnknownHost => match derived {
-                Some(dest) if self.shared.allow_any() => return self.passthrough(req, &dest.host, dest.port.unwrap_or(80)),
-                _ => return ResponseFuture::local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_ROUTE, ""),
+                Some(dest) if self.shared.allow_any() => {
+                    return self.passthrough(req, &dest.host, dest.port.unwrap_or(80));
+                }
+                _ => {
+                    return ResponseFuture::local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ResponseFlags::NO_ROUTE,
+                        "",
+                    );
+                }
             },
-            Entry::Passthrough { default_port } => {
+            &Entry::Passthrough { default_port } => {
                 let (host, port) = match request_authority(&req) {
-                    Some((h, p)) => (Arc::<str>::from(h), p.unwrap_or(*default_port)),
-                    None => return ResponseFuture::local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_ROUTE, ""),
+                    Some((h, p)) => (Arc::<str>::from(h), p.unwrap_or(default_port)),
+                    None => {
+                        return ResponseFuture::local(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            ResponseFlags::NO_ROUTE,
+                            "",
+                        );
+                    }
                 };
                 return self.passthrough(req, &host, port);
             }
@@ -458,7 +627,10 @@ where
         let hash = match &cluster.hash {
             None => None,
             Some(HashKey::Header(name)) => header_hash(req.headers(), name),
-            Some(HashKey::SourceIp) => req.extensions().get::<ClientAddr>().map(|c| ip_hash(c.0.ip())),
+            Some(HashKey::SourceIp) => req
+                .extensions()
+                .get::<ClientAddr>()
+                .map(|c| ip_hash(c.0.ip())),
             Some(HashKey::Query(name)) => query_hash(req.uri(), name),
             Some(HashKey::Cookie(c)) => match sticky::find_cookie(req.headers(), &c.name) {
                 Some(v) => Some(match sticky::decode(v) {
@@ -468,53 +640,97 @@ where
                 None if c.ttl.is_some() => {
                     let key = cluster.rng.next_u64();
                     let value = sticky::encode(cluster.subset.as_deref(), key);
-                    set_cookie = HeaderValue::try_from(format!("{}={value}{}", c.name, c.attributes)).ok();
+                    set_cookie =
+                        HeaderValue::try_from(format!("{}={value}{}", c.name, c.attributes)).ok();
                     Some(key)
                 }
                 None => None,
             },
         };
         let Some(host) = cluster.pick(hash) else {
-            return ResponseFuture::local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_HEALTHY_UPSTREAM, "no healthy upstream");
+            return ResponseFuture::local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::NO_HEALTHY_UPSTREAM,
+                "no healthy upstream",
+            );
         };
         host.state.begin();
-        let started = (cluster.algorithm == Algorithm::PeakEwma).then(|| (Instant::now(), self.shared.config.peak_ewma.decay.0));
-        let guard = Guard { state: host.state.clone(), started };
+        let started = (cluster.algorithm == Algorithm::PeakEwma)
+            .then(|| (Instant::now(), self.shared.config.peak_ewma.decay.0));
+        let guard = Guard {
+            state: host.state.clone(),
+            started,
+        };
         let ext = req.extensions_mut();
         ext.insert(host.selected.clone());
-        ext.insert(UpstreamCluster { name: cluster.name.clone(), health: host.health.clone() });
+        ext.insert(UpstreamCluster {
+            name: cluster.name.clone(),
+            health: host.health.clone(),
+        });
         let fut = self.inner.call(req);
-        ResponseFuture { state: State::Called { fut }, guard: Some(guard), set_cookie }
+        ResponseFuture {
+            state: State::Called { fut },
+            guard: Some(guard),
+            set_cookie,
+        }
     }
 }
 
 impl<S> Lb<S> {
     /// Connects to `host:port` as the request named it: an IP at once, a name through the
     /// resolver (first address).
-    fn passthrough<B, ResB>(&mut self, mut req: Request<B>, host: &str, port: u16) -> ResponseFuture<S, B>
+    fn passthrough<B, ResB>(
+        &mut self,
+        mut req: Request<B>,
+        host: &str,
+        port: u16,
+    ) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>, Response = Response<MeshBody<ResB>>> + Clone,
     {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
-            req.extensions_mut().insert(passthrough_endpoint(SocketAddr::new(ip, port)));
+            req.extensions_mut()
+                .insert(passthrough_endpoint(SocketAddr::new(ip, port)));
             let fut = self.inner.call(req);
-            return ResponseFuture { state: State::Called { fut }, guard: None, set_cookie: None };
+            return ResponseFuture {
+                state: State::Called { fut },
+                guard: None,
+                set_cookie: None,
+            };
         }
         // The inner service was made ready for this request: take it, leave a clone.
         let clone = self.inner.clone();
         let svc = std::mem::replace(&mut self.inner, clone);
         let resolve = self.shared.resolver.resolve(host);
         ResponseFuture {
-            state: State::Resolving { resolving: Box::new(Resolving { resolve, svc: Some(svc), req: Some(req), port }) },
+            state: State::Resolving {
+                resolving: Box::new(Resolving {
+                    resolve,
+                    svc: Some(svc),
+                    req: Some(req),
+                    port,
+                }),
+            },
             guard: None,
             set_cookie: None,
         }
     }
 }
 
+/// The memo slot of a destination: from the address of its host string.
+#[inline]
+fn memo_index(dest: &RouteDestination) -> usize {
+    (Arc::as_ptr(&dest.host) as *const u8 as usize >> 4) % MEMO
+}
+
 fn passthrough_endpoint(addr: SocketAddr) -> SelectedEndpoint {
-    SelectedEndpoint { addr, http2: false, service_account: None, istio_tls: false }
+    SelectedEndpoint {
+        addr,
+        http2: false,
+        service_account: None,
+        istio_tls: false,
+    }
 }
 
 /// The request's host and port, from the URI or the `Host` header.
@@ -541,8 +757,16 @@ fn request_authority<B>(req: &Request<B>) -> Option<(&str, Option<u16>)> {
 fn destination_from_authority<B>(req: &Request<B>, snap: &Snapshot) -> Option<RouteDestination> {
     let (host, port) = request_authority(req)?;
     let ns = &snap.bootstrap.workload.namespace;
-    let host = resolve_host(&host.to_ascii_lowercase(), ns, &snap.bootstrap.mesh.cluster_domain);
-    Some(RouteDestination { host: host.into(), subset: None, port })
+    let host = resolve_host(
+        &host.to_ascii_lowercase(),
+        ns,
+        &snap.bootstrap.mesh.cluster_domain,
+    );
+    Some(RouteDestination {
+        host: host.into(),
+        subset: None,
+        port,
+    })
 }
 
 // === impl ResponseFuture ===
@@ -555,7 +779,13 @@ where
     where
         S: Service<Request<B>, Response = Response<MeshBody<ResB>>>,
     {
-        ResponseFuture { state: State::Local { res: Some(local_reply(status, flags, body)) }, guard: None, set_cookie: None }
+        ResponseFuture {
+            state: State::Local {
+                res: Some(local_reply(status, flags, body)),
+            },
+            guard: None,
+            set_cookie: None,
+        }
     }
 }
 
@@ -580,14 +810,20 @@ where
                     return Poll::Ready(res);
                 }
                 StateProj::Resolving { resolving } => {
-                    let Resolving { resolve, svc, req, port } = &mut **resolving;
+                    let Resolving {
+                        resolve,
+                        svc,
+                        req,
+                        port,
+                    } = &mut **resolving;
                     let addrs = ready!(resolve.as_mut().poll(cx));
                     let (Some(mut svc), Some(mut req)) = (svc.take(), req.take()) else {
                         panic!("ResponseFuture polled after completion");
                     };
                     let next = match addrs.ok().and_then(|a| a.first().copied()) {
                         Some(ip) => {
-                            req.extensions_mut().insert(passthrough_endpoint(SocketAddr::new(ip, *port)));
+                            req.extensions_mut()
+                                .insert(passthrough_endpoint(SocketAddr::new(ip, *port)));
                             State::Called { fut: svc.call(req) }
                         }
                         None => State::Local {
@@ -601,7 +837,9 @@ where
                     self.as_mut().project().state.set(next);
                 }
                 StateProj::Local { res } => {
-                    return Poll::Ready(Ok(res.take().expect("ResponseFuture polled after completion")));
+                    return Poll::Ready(Ok(res
+                        .take()
+                        .expect("ResponseFuture polled after completion")));
                 }
             }
         }
@@ -618,7 +856,9 @@ where
             State::Resolving { .. } => "resolving",
             State::Local { .. } => "local",
         };
-        f.debug_struct("ResponseFuture").field("state", &state).finish()
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
     }
 }
 
@@ -628,7 +868,8 @@ impl Guard {
     fn finish(self, success: bool) {
         if let (true, Some((start, decay))) = (success, self.started) {
             let now = Instant::now();
-            self.state.observe_rtt(now.saturating_duration_since(start), now, decay);
+            self.state
+                .observe_rtt(now.saturating_duration_since(start), now, decay);
         }
     }
 }
@@ -642,8 +883,13 @@ impl Drop for Guard {
 #[cfg(test)]
 impl<S> Lb<S> {
     /// Runs `f` on the current cluster of `dest` (built if needed).
-    pub(crate) fn with_cluster<R>(&self, dest: &RouteDestination, f: impl FnOnce(&Cluster) -> R) -> Option<R> {
-        match &*self.entry(dest) {
+    pub(crate) fn with_cluster<R>(
+        &mut self,
+        dest: &RouteDestination,
+        f: impl FnOnce(&Cluster) -> R,
+    ) -> Option<R> {
+        let i = self.slot(dest);
+        match &*self.local.entries[i] {
             Entry::Cluster(c) => Some(f(c)),
             _ => None,
         }

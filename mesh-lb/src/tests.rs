@@ -15,18 +15,24 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use mesh_core::MeshBody;
 use mesh_core::compile::{Snapshot, compile};
-use mesh_core::ext::{ClientAddr, Passthrough, RouteDestination, SelectedEndpoint, UpstreamCluster, flags_of};
+use mesh_core::ext::{
+    ClientAddr, Passthrough, RouteDestination, SelectedEndpoint, UpstreamCluster, flags_of,
+};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::health::{HealthCell, HealthFlags, HealthKey, cluster_name};
 use mesh_core::load::Loader;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::discover::{Chain, DiscoveredEndpoint, EndpointSet, FeedDiscover, ResolveFuture, Resolver, StaticDiscover};
+use crate::discover::{
+    Chain, DiscoveredEndpoint, EndpointSet, FeedDiscover, ResolveFuture, Resolver, StaticDiscover,
+};
 use crate::{LbConfig, LbLayer};
 
 type Body = MeshBody<String>;
-type Echo = tower::util::ServiceFn<fn(Request<()>) -> std::future::Ready<Result<Response<Body>, Infallible>>>;
+type Echo = tower::util::ServiceFn<
+    fn(Request<()>) -> std::future::Ready<Result<Response<Body>, Infallible>>,
+>;
 
 fn echo() -> Echo {
     fn f(req: Request<()>) -> std::future::Ready<Result<Response<Body>, Infallible>> {
@@ -51,7 +57,11 @@ fn snap(yaml: &str) -> Arc<Snapshot> {
 }
 
 fn dest(host: &str, subset: Option<&str>, port: Option<u16>) -> RouteDestination {
-    RouteDestination { host: host.into(), subset: subset.map(Into::into), port }
+    RouteDestination {
+        host: host.into(),
+        subset: subset.map(Into::into),
+        port,
+    }
 }
 
 fn request(d: &RouteDestination) -> Request<()> {
@@ -80,11 +90,19 @@ where
 }
 
 fn picked(res: &Response<Body>) -> SocketAddr {
-    res.extensions().get::<SelectedEndpoint>().expect("an endpoint was selected").addr
+    res.extensions()
+        .get::<SelectedEndpoint>()
+        .expect("an endpoint was selected")
+        .addr
 }
 
 fn seeded(s: Arc<Snapshot>) -> LbLayer {
-    LbLayer::builder(s).config(LbConfig { seed: Some(42), ..LbConfig::default() }).build()
+    LbLayer::builder(s)
+        .config(LbConfig {
+            seed: Some(42),
+            ..LbConfig::default()
+        })
+        .build()
 }
 
 /// Counts picks per address over `n` requests.
@@ -132,7 +150,10 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn ordered(c: &HashMap<SocketAddr, usize>, addrs: &[&str]) -> Vec<usize> {
-    addrs.iter().map(|a| c.get(&addr(a)).copied().unwrap_or(0)).collect()
+    addrs
+        .iter()
+        .map(|a| c.get(&addr(a)).copied().unwrap_or(0))
+        .collect()
 }
 
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
@@ -178,7 +199,18 @@ fn subsets_select_by_labels_and_round_robin_is_exact() {
     // endpoint ports come from the endpoint's `ports` map
     assert_eq!(ordered(&c, &["10.0.0.3:8080", "10.0.0.4:8080"]), [50, 50]);
     let c = counts(&mut lb, &dest(REVIEWS, None, Some(9080)), 400);
-    assert_eq!(ordered(&c, &["10.0.0.1:9080", "10.0.0.2:9080", "10.0.0.3:8080", "10.0.0.4:8080"]), [100; 4]);
+    assert_eq!(
+        ordered(
+            &c,
+            &[
+                "10.0.0.1:9080",
+                "10.0.0.2:9080",
+                "10.0.0.3:8080",
+                "10.0.0.4:8080"
+            ]
+        ),
+        [100; 4]
+    );
 }
 
 #[test]
@@ -191,7 +223,10 @@ fn selected_endpoint_carries_protocol_identity_and_cluster() {
         let res = send(&mut lb, request(&d));
         seen.push(res.extensions().get::<SelectedEndpoint>().unwrap().clone());
         let c = res.extensions().get::<UpstreamCluster>().unwrap();
-        assert_eq!(&*c.name, "outbound|9090|v1|reviews.default.svc.cluster.local");
+        assert_eq!(
+            &*c.name,
+            "outbound|9090|v1|reviews.default.svc.cluster.local"
+        );
     }
     seen.sort_by_key(|e| e.addr);
     assert!(seen.iter().all(|e| e.http2), "GRPC port");
@@ -208,12 +243,37 @@ fn selected_endpoint_carries_protocol_identity_and_cluster() {
 }
 
 #[test]
+fn subset_and_port_level_policies_choose_the_balancer() {
+    let y = BASE.replace(
+        "  subsets:\n  - {name: v1, labels: {version: v1}}",
+        "    portLevelSettings:\n    - port: {number: 9090}\n      loadBalancer: {simple: RANDOM}\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 1009}}}}",
+    );
+    let mut lb = seeded(snap(&y)).layer(echo());
+    let algo = |lb: &mut crate::Lb<Echo>, subset, port| {
+        lb.with_cluster(&dest(REVIEWS, subset, Some(port)), |c| c.algorithm)
+            .unwrap()
+    };
+    assert_eq!(algo(&mut lb, None, 9080), crate::Algorithm::RoundRobin);
+    assert_eq!(
+        algo(&mut lb, None, 9090),
+        crate::Algorithm::Random,
+        "portLevelSettings"
+    );
+    assert_eq!(
+        algo(&mut lb, Some("v1"), 9080),
+        crate::Algorithm::Maglev { table_size: 1009 },
+        "the subset's policy"
+    );
+    assert_eq!(algo(&mut lb, Some("v2"), 9090), crate::Algorithm::Random);
+}
+
+#[test]
 fn undeclared_subset_unknown_port_or_host_is_503_nr() {
     let mut lb = seeded(snap(BASE)).layer(echo());
     for d in [
-        dest(REVIEWS, Some("v9"), Some(9080)),               // subset not in the DestinationRule
-        dest(REVIEWS, None, Some(1234)),                     // no such port
-        dest(REVIEWS, None, None),                           // two ports, none is 80
+        dest(REVIEWS, Some("v9"), Some(9080)), // subset not in the DestinationRule
+        dest(REVIEWS, None, Some(1234)),       // no such port
+        dest(REVIEWS, None, None),             // two ports, none is 80
         dest("ghost.default.svc.cluster.local", None, None), // not in the registry
     ] {
         let res = send(&mut lb, request(&d));
@@ -232,7 +292,10 @@ fn subset_without_endpoints_is_503_uh() {
 }
 
 fn eject(layer: &LbLayer, cluster: &str, a: &str) -> Arc<HealthCell> {
-    let cell = layer.health().cell(&HealthKey { cluster: cluster.into(), addr: addr(a) });
+    let cell = layer.health().cell(&HealthKey {
+        cluster: cluster.into(),
+        addr: addr(a),
+    });
     cell.set(HealthFlags::EJECTED);
     cell
 }
@@ -251,7 +314,11 @@ fn ejected_endpoints_are_skipped_and_panic_follows_min_health_percent() {
     assert_eq!(ordered(&c, &["10.0.0.1:9080", "10.0.0.2:9080"]), [0, 50]);
     let c2 = eject(&layer, &v1, "10.0.0.2:9080");
     let c = counts(&mut lb, &d, 50);
-    assert_eq!(ordered(&c, &["10.0.0.1:9080", "10.0.0.2:9080"]), [25, 25], "panic: all endpoints");
+    assert_eq!(
+        ordered(&c, &["10.0.0.1:9080", "10.0.0.2:9080"]),
+        [25, 25],
+        "panic: all endpoints"
+    );
     c1.clear(HealthFlags::EJECTED);
     let c = counts(&mut lb, &d, 10);
     assert_eq!(ordered(&c, &["10.0.0.1:9080", "10.0.0.2:9080"]), [10, 0]);
@@ -264,19 +331,31 @@ fn ejected_endpoints_are_skipped_and_panic_follows_min_health_percent() {
     );
     let layer = seeded(snap(&od));
     let mut lb = layer.layer(echo());
-    let _cells = [eject(&layer, &v1, "10.0.0.1:9080"), eject(&layer, &v1, "10.0.0.2:9080")];
+    let _cells = [
+        eject(&layer, &v1, "10.0.0.1:9080"),
+        eject(&layer, &v1, "10.0.0.2:9080"),
+    ];
     let res = send(&mut lb, request(&d));
-    assert_eq!((res.status().as_u16(), flags_of(&res)), (503, ResponseFlags::NO_HEALTHY_UPSTREAM));
+    assert_eq!(
+        (res.status().as_u16(), flags_of(&res)),
+        (503, ResponseFlags::NO_HEALTHY_UPSTREAM)
+    );
 }
 
 #[test]
 fn without_route_destination_the_authority_is_the_destination() {
     let s = BASE.replace("  - {number: 9090, name: grpc, protocol: GRPC}\n", "");
     let mut lb = seeded(snap(&s)).layer(echo());
-    let req = Request::builder().uri("http://reviews:9080/").body(()).unwrap();
+    let req = Request::builder()
+        .uri("http://reviews:9080/")
+        .body(())
+        .unwrap();
     let res = send(&mut lb, req);
     assert_eq!(res.status(), 200);
-    let req = Request::builder().header("host", "reviews.default.svc.cluster.local").body(()).unwrap();
+    let req = Request::builder()
+        .header("host", "reviews.default.svc.cluster.local")
+        .body(())
+        .unwrap();
     assert_eq!(send(&mut lb, req).status(), 200, "the only port");
 }
 
@@ -290,7 +369,9 @@ fn fleet(n: usize, weights: Option<&[u32]>, lb: &str) -> String {
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: svc}\nspec:\n  hosts: [svc.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  endpoints:\n",
     );
     for i in 0..n {
-        let w = weights.map(|w| format!(", weight: {}", w[i])).unwrap_or_default();
+        let w = weights
+            .map(|w| format!(", weight: {}", w[i]))
+            .unwrap_or_default();
         y.push_str(&format!("  - {{address: 10.0.0.{}{w}}}\n", i + 1));
     }
     y.push_str(&format!(
@@ -335,9 +416,13 @@ fn least_request_idle_is_uniform_and_the_default() {
 fn least_request_avoids_busy_endpoints() {
     let mut lb = seeded(snap(&fleet(4, None, "{simple: LEAST_REQUEST}"))).layer(echo());
     let d = dest(SVC, None, None);
-    lb.with_cluster(&d, |c| c.hosts[0].state.set_active(10)).unwrap();
+    lb.with_cluster(&d, |c| c.hosts[0].state.set_active(10))
+        .unwrap();
     let c = counts(&mut lb, &d, 16_000);
-    let c = ordered(&c, &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]);
+    let c = ordered(
+        &c,
+        &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"],
+    );
     // P2C: the busy endpoint wins only when both draws hit it: 1/16 of its fair share... of
     // all picks: (1/4)² = 1/16; the others share the rest evenly.
     let x = chi2(&c, &[1.0, 5.0, 5.0, 5.0]);
@@ -362,7 +447,8 @@ fn weighted_least_request_follows_weight_over_active_plus_one() {
     let mut lb = seeded(snap(&fleet(2, Some(&[1, 4]), "{simple: LEAST_REQUEST}"))).layer(echo());
     let d = dest(SVC, None, None);
     // weight / (active + 1): 1/1 vs 4/4 → even
-    lb.with_cluster(&d, |c| c.hosts[1].state.set_active(3)).unwrap();
+    lb.with_cluster(&d, |c| c.hosts[1].state.set_active(3))
+        .unwrap();
     let c = counts(&mut lb, &d, 10_000);
     let c = ordered(&c, &["10.0.0.1:80", "10.0.0.2:80"]);
     assert!(chi2(&c, &[1.0, 1.0]) < chi2_bound(1), "{c:?}");
@@ -370,14 +456,25 @@ fn weighted_least_request_follows_weight_over_active_plus_one() {
 
 #[test]
 fn peak_ewma_prefers_the_faster_endpoint() {
-    let cfg = LbConfig { seed: Some(3), peak_ewma_hosts: vec!["*.default.svc.cluster.local".into()], ..LbConfig::default() };
-    let mut lb = LbLayer::builder(snap(&fleet(2, None, "{}"))).config(cfg).build().layer(echo());
+    let cfg = LbConfig {
+        seed: Some(3),
+        peak_ewma_hosts: vec!["*.default.svc.cluster.local".into()],
+        ..LbConfig::default()
+    };
+    let mut lb = LbLayer::builder(snap(&fleet(2, None, "{}")))
+        .config(cfg)
+        .build()
+        .layer(echo());
     let d = dest(SVC, None, None);
     let t = std::time::Instant::now();
     lb.with_cluster(&d, |c| {
         assert_eq!(c.algorithm, crate::Algorithm::PeakEwma);
-        c.hosts[0].state.observe_rtt(Duration::from_millis(100), t, Duration::from_secs(10));
-        c.hosts[1].state.observe_rtt(Duration::from_millis(10), t, Duration::from_secs(10));
+        c.hosts[0]
+            .state
+            .observe_rtt(Duration::from_millis(100), t, Duration::from_secs(10));
+        c.hosts[1]
+            .state
+            .observe_rtt(Duration::from_millis(10), t, Duration::from_secs(10));
     })
     .unwrap();
     let c = counts(&mut lb, &d, 8_000);
@@ -385,9 +482,18 @@ fn peak_ewma_prefers_the_faster_endpoint() {
     // P2C: the slow one only when both draws hit it (1/4)
     assert!(chi2(&c, &[1.0, 3.0]) < chi2_bound(1), "{c:?}");
     // an explicit simple policy wins over the extension
-    let cfg = LbConfig { peak_ewma_hosts: vec!["*".into()], ..LbConfig::default() };
-    let lb = LbLayer::builder(snap(&fleet(2, None, "{simple: LEAST_REQUEST}"))).config(cfg).build().layer(echo());
-    assert_eq!(lb.with_cluster(&d, |c| c.algorithm), Some(crate::Algorithm::LeastRequest));
+    let cfg = LbConfig {
+        peak_ewma_hosts: vec!["*".into()],
+        ..LbConfig::default()
+    };
+    let mut lb = LbLayer::builder(snap(&fleet(2, None, "{simple: LEAST_REQUEST}")))
+        .config(cfg)
+        .build()
+        .layer(echo());
+    assert_eq!(
+        lb.with_cluster(&d, |c| c.algorithm),
+        Some(crate::Algorithm::LeastRequest)
+    );
 }
 
 #[test]
@@ -420,7 +526,8 @@ fn header_hash_is_consistent_and_spreads_keys() {
         for round in 0..3 {
             for u in 0..2_000 {
                 let mut r = request(&d);
-                r.headers_mut().insert("x-user", format!("user-{u}").parse().unwrap());
+                r.headers_mut()
+                    .insert("x-user", format!("user-{u}").parse().unwrap());
                 let a = picked(&send(&mut lb, r));
                 if round == 0 {
                     per_user.insert(u, a);
@@ -433,26 +540,43 @@ fn header_hash_is_consistent_and_spreads_keys() {
         let counts: Vec<usize> = spread.values().copied().collect();
         assert_eq!(counts.len(), 5);
         // consistent hashing is not perfectly even: allow ±25% per endpoint
-        assert!(counts.iter().all(|c| (300..=500).contains(c)), "{lb_yaml}: {counts:?}");
+        assert!(
+            counts.iter().all(|c| (300..=500).contains(c)),
+            "{lb_yaml}: {counts:?}"
+        );
     }
 }
 
 #[test]
 fn source_ip_and_query_parameter_hashing() {
-    let mut lb = seeded(snap(&fleet(5, None, "{consistentHash: {useSourceIp: true}}"))).layer(echo());
+    let mut lb = seeded(snap(&fleet(
+        5,
+        None,
+        "{consistentHash: {useSourceIp: true}}",
+    )))
+    .layer(echo());
     let d = dest(SVC, None, None);
     let with_ip = |ip: &str| {
         let mut r = request(&d);
-        r.extensions_mut().insert(ClientAddr(SocketAddr::new(ip.parse().unwrap(), 5555)));
+        r.extensions_mut()
+            .insert(ClientAddr(SocketAddr::new(ip.parse().unwrap(), 5555)));
         r
     };
     let a = picked(&send(&mut lb, with_ip("192.168.1.7")));
     for _ in 0..20 {
         assert_eq!(picked(&send(&mut lb, with_ip("192.168.1.7"))), a);
     }
-    let mut lb = seeded(snap(&fleet(5, None, "{consistentHash: {httpQueryParameterName: user}}"))).layer(echo());
+    let mut lb = seeded(snap(&fleet(
+        5,
+        None,
+        "{consistentHash: {httpQueryParameterName: user}}",
+    )))
+    .layer(echo());
     let q = |v: &str| {
-        let mut r = Request::builder().uri(format!("/p?x=1&user={v}")).body(()).unwrap();
+        let mut r = Request::builder()
+            .uri(format!("/p?x=1&user={v}"))
+            .body(())
+            .unwrap();
         r.extensions_mut().insert(d.clone());
         r
     };
@@ -465,16 +589,27 @@ fn source_ip_and_query_parameter_hashing() {
 #[test]
 fn removing_an_endpoint_remaps_about_one_nth_of_keys() {
     let (src, feed) = FeedDiscover::new();
-    let s = snap(&fleet(10, None, "{consistentHash: {httpHeaderName: x-user, maglev: {}}}"));
+    let s = snap(&fleet(
+        10,
+        None,
+        "{consistentHash: {httpHeaderName: x-user, maglev: {}}}",
+    ));
     let layer = LbLayer::builder(s.clone())
-        .discover(Arc::new(Chain::new(vec![Arc::new(src), Arc::new(StaticDiscover)])))
-        .config(LbConfig { seed: Some(1), ..LbConfig::default() })
+        .discover(Arc::new(Chain::new(vec![
+            Arc::new(src),
+            Arc::new(StaticDiscover),
+        ])))
+        .config(LbConfig {
+            seed: Some(1),
+            ..LbConfig::default()
+        })
         .build();
     let mut lb = layer.layer(echo());
     let d = dest(SVC, None, None);
     let pick = |lb: &mut crate::Lb<Echo>, u: usize| {
         let mut r = request(&d);
-        r.headers_mut().insert("x-user", format!("u{u}").parse().unwrap());
+        r.headers_mut()
+            .insert("x-user", format!("u{u}").parse().unwrap());
         picked(&send(lb, r))
     };
     let before: Vec<SocketAddr> = (0..5_000).map(|u| pick(&mut lb, u)).collect();
@@ -484,7 +619,9 @@ fn removing_an_endpoint_remaps_about_one_nth_of_keys() {
         .map(|e| DiscoveredEndpoint::new(e.address.parse().unwrap(), e.clone()))
         .collect();
     feed.publish(SVC, EndpointSet::new(kept));
-    let moved = (0..5_000).filter(|&u| pick(&mut lb, u) != before[u]).count();
+    let moved = (0..5_000)
+        .filter(|&u| pick(&mut lb, u) != before[u])
+        .count();
     let share = moved as f64 / 5_000.0;
     assert!((0.06..0.2).contains(&share), "moved {share}");
 }
@@ -499,25 +636,41 @@ fn cookie_is_generated_once_and_keeps_the_client_on_its_endpoint() {
     let d = dest(REVIEWS, Some("v2"), Some(9080));
     let res = send(&mut lb, request(&d));
     let set = res.headers()["set-cookie"].to_str().unwrap().to_string();
-    assert!(set.starts_with("user=v2.") && set.ends_with("; Max-Age=3600; Path=/; HttpOnly"), "{set}");
+    assert!(
+        set.starts_with("user=v2.") && set.ends_with("; Max-Age=3600; Path=/; HttpOnly"),
+        "{set}"
+    );
     let cookie = set.split(';').next().unwrap().to_string();
     let first = picked(&res);
     for _ in 0..20 {
         let mut r = request(&d);
-        r.headers_mut().insert("cookie", format!("a=b; {cookie}").parse().unwrap());
+        r.headers_mut()
+            .insert("cookie", format!("a=b; {cookie}").parse().unwrap());
         let res = send(&mut lb, r);
-        assert!(res.headers().get("set-cookie").is_none(), "no new cookie when present");
+        assert!(
+            res.headers().get("set-cookie").is_none(),
+            "no new cookie when present"
+        );
         assert_eq!(picked(&res), first);
     }
     // without ttl, no cookie is generated (and a random endpoint is used)
     let y = y.replace(", ttl: 3600s", "");
     let mut lb = seeded(snap(&y)).layer(echo());
-    assert!(send(&mut lb, request(&d)).headers().get("set-cookie").is_none());
+    assert!(
+        send(&mut lb, request(&d))
+            .headers()
+            .get("set-cookie")
+            .is_none()
+    );
 }
 
 /// The router's half of sticky sessions (mesh-routing does it for real): keep a client that
 /// has a cookie on the cookie's subset; choose by weight otherwise.
-fn route_by_cookie(req: &Request<()>, weights: &[(&str, u32)], rng: &mut fastrand::Rng) -> RouteDestination {
+fn route_by_cookie(
+    req: &Request<()>,
+    weights: &[(&str, u32)],
+    rng: &mut fastrand::Rng,
+) -> RouteDestination {
     let cookie_subset = mesh_core::sticky::find_cookie(req.headers(), "user")
         .and_then(mesh_core::sticky::decode)
         .and_then(|(s, _)| s)
@@ -585,7 +738,11 @@ fn sticky_sessions_compose_with_weighted_subsets() {
 const HELLO: &str = "helloworld.default.svc.cluster.local";
 
 fn helloworld(lb: &str, outlier: bool) -> String {
-    let od = if outlier { "\n    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 1m}" } else { "" };
+    let od = if outlier {
+        "\n    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 1m}"
+    } else {
+        ""
+    };
     format!(
         r#"
 apiVersion: mesh.proxy/v1alpha1
@@ -620,12 +777,20 @@ spec:
     )
 }
 
-const HELLO_ADDRS: [&str; 4] = ["10.1.0.1:5000", "10.1.0.2:5000", "10.2.0.3:5000", "10.3.0.4:5000"];
+const HELLO_ADDRS: [&str; 4] = [
+    "10.1.0.1:5000",
+    "10.1.0.2:5000",
+    "10.2.0.3:5000",
+    "10.3.0.4:5000",
+];
 
 #[test]
 fn istio_task_locality_failover() {
     // https://istio.io/latest/docs/tasks/traffic-management/locality-load-balancing/failover/
-    let y = helloworld("\n      simple: ROUND_ROBIN\n      localityLbSetting:\n        enabled: true\n        failover: [{from: region1, to: region3}]", true);
+    let y = helloworld(
+        "\n      simple: ROUND_ROBIN\n      localityLbSetting:\n        enabled: true\n        failover: [{from: region1, to: region3}]",
+        true,
+    );
     let layer = seeded(snap(&y));
     let mut lb = layer.layer(echo());
     let d = dest(HELLO, None, None);
@@ -634,21 +799,37 @@ fn istio_task_locality_failover() {
     assert_eq!(ordered(&c, &HELLO_ADDRS), [20, 0, 0, 0], "same zone first");
     // "Failover to region1.zone2"
     let _z1 = eject(&layer, &cluster, HELLO_ADDRS[0]);
-    assert_eq!(ordered(&counts(&mut lb, &d, 20), &HELLO_ADDRS), [0, 20, 0, 0]);
+    assert_eq!(
+        ordered(&counts(&mut lb, &d, 20), &HELLO_ADDRS),
+        [0, 20, 0, 0]
+    );
     // "Failover to region3" (the failover target, before region2)
     let _z2 = eject(&layer, &cluster, HELLO_ADDRS[1]);
-    assert_eq!(ordered(&counts(&mut lb, &d, 20), &HELLO_ADDRS), [0, 0, 0, 20]);
+    assert_eq!(
+        ordered(&counts(&mut lb, &d, 20), &HELLO_ADDRS),
+        [0, 0, 0, 20]
+    );
     // "Failover to region2"
     let _r3 = eject(&layer, &cluster, HELLO_ADDRS[3]);
-    assert_eq!(ordered(&counts(&mut lb, &d, 20), &HELLO_ADDRS), [0, 0, 20, 0]);
+    assert_eq!(
+        ordered(&counts(&mut lb, &d, 20), &HELLO_ADDRS),
+        [0, 0, 20, 0]
+    );
 }
 
 #[test]
 fn locality_failover_needs_outlier_detection() {
-    let y = helloworld("\n      simple: ROUND_ROBIN\n      localityLbSetting: {enabled: true, failover: [{from: region1, to: region3}]}", false);
+    let y = helloworld(
+        "\n      simple: ROUND_ROBIN\n      localityLbSetting: {enabled: true, failover: [{from: region1, to: region3}]}",
+        false,
+    );
     let mut lb = seeded(snap(&y)).layer(echo());
     let c = counts(&mut lb, &dest(HELLO, None, None), 40);
-    assert_eq!(ordered(&c, &HELLO_ADDRS), [10; 4], "as in Istio: no outlier detection, no locality priorities");
+    assert_eq!(
+        ordered(&c, &HELLO_ADDRS),
+        [10; 4],
+        "as in Istio: no outlier detection, no locality priorities"
+    );
 }
 
 #[test]
@@ -698,7 +879,10 @@ fn warmup_ramps_a_new_endpoint() {
     // the new endpoint starts at the minimum, 10%: weight 0.1 against 1
     assert_eq!(ordered(&c, &["10.0.0.1:80", "10.0.0.2:80"]), [1_000, 100]);
     let refresh = lb.with_cluster(&d, |c| c.refresh_at).unwrap();
-    assert!(refresh.is_some(), "the cluster is rebuilt as the endpoint warms");
+    assert!(
+        refresh.is_some(),
+        "the cluster is rebuilt as the endpoint warms"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -710,12 +894,16 @@ async fn endpoint_changes_do_not_drop_requests_in_flight() {
     let (src, feed) = FeedDiscover::new();
     let s = snap(&fleet(2, None, "{simple: ROUND_ROBIN}"));
     let layer = LbLayer::builder(s.clone())
-        .discover(Arc::new(Chain::new(vec![Arc::new(src), Arc::new(StaticDiscover)])))
+        .discover(Arc::new(Chain::new(vec![
+            Arc::new(src),
+            Arc::new(StaticDiscover),
+        ])))
         .build();
     let slow = tower::service_fn(|req: Request<()>| async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut res = Response::new(MeshBody::<String>::inner(String::new()));
-        res.extensions_mut().insert(req.extensions().get::<SelectedEndpoint>().cloned());
+        res.extensions_mut()
+            .insert(req.extensions().get::<SelectedEndpoint>().cloned());
         Ok::<_, Infallible>(res)
     });
     let mut lb = layer.layer(slow);
@@ -723,9 +911,20 @@ async fn endpoint_changes_do_not_drop_requests_in_flight() {
     let in_flight = tokio::spawn(lb.call(request(&d)));
     tokio::task::yield_now().await;
     let svc = s.service(SVC, "default").unwrap();
-    feed.publish(SVC, EndpointSet::new(vec![DiscoveredEndpoint::new("10.9.9.9".parse().unwrap(), svc.endpoints[0].clone())]));
+    feed.publish(
+        SVC,
+        EndpointSet::new(vec![DiscoveredEndpoint::new(
+            "10.9.9.9".parse().unwrap(),
+            svc.endpoints[0].clone(),
+        )]),
+    );
     let res = lb.call(request(&d)).await.unwrap();
-    let ep = res.extensions().get::<Option<SelectedEndpoint>>().unwrap().clone().unwrap();
+    let ep = res
+        .extensions()
+        .get::<Option<SelectedEndpoint>>()
+        .unwrap()
+        .clone()
+        .unwrap();
     assert_eq!(ep.addr, addr("10.9.9.9:80"));
     let old = in_flight.await.unwrap().unwrap();
     assert_eq!(old.status(), 200, "the request in flight completed");
@@ -737,13 +936,55 @@ fn snapshot_swaps_keep_counters_of_surviving_endpoints() {
     let mut lb = layer.layer(echo());
     let d = dest(SVC, None, None);
     let fut = lb.call(request(&d)); // one request in flight
-    let busy = lb.with_cluster(&d, |c| c.hosts.iter().position(|h| h.state.active() == 1)).unwrap().unwrap();
+    let busy = lb
+        .with_cluster(&d, |c| c.hosts.iter().position(|h| h.state.active() == 1))
+        .unwrap()
+        .unwrap();
     layer.store(snap(&fleet(3, None, "{simple: ROUND_ROBIN}")));
-    let active: Vec<u32> = lb.with_cluster(&d, |c| c.hosts.iter().map(|h| h.state.active()).collect()).unwrap();
+    let active: Vec<u32> = lb
+        .with_cluster(&d, |c| c.hosts.iter().map(|h| h.state.active()).collect())
+        .unwrap();
     assert_eq!(active.len(), 3);
     assert_eq!(active[busy], 1);
     drop(fut);
-    assert_eq!(lb.with_cluster(&d, |c| c.hosts[busy].state.active()), Some(0));
+    assert_eq!(
+        lb.with_cluster(&d, |c| c.hosts[busy].state.active()),
+        Some(0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dns_services_balance_over_resolved_addresses() {
+    let fake = Arc::new(FakeResolver::default());
+    fake.0.lock().unwrap().insert(
+        "api.example.com".into(),
+        vec!["1.1.1.1".parse().unwrap(), "1.1.1.2".parse().unwrap()],
+    );
+    let dns = Arc::new(crate::discover::DnsDiscover::new(fake.clone()));
+    let y = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [api.example.com]\n  resolution: DNS\n  ports: [{number: 443, name: https, protocol: HTTP}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ext}\nspec:\n  host: api.example.com\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n";
+    let layer = LbLayer::builder(snap(y))
+        .discover(Arc::new(Chain::new(vec![
+            dns.clone(),
+            Arc::new(StaticDiscover),
+        ])))
+        .build();
+    let mut lb = layer.layer(echo());
+    let d = dest("api.example.com", None, None);
+    let res = send(&mut lb, request(&d));
+    assert_eq!(
+        flags_of(&res),
+        ResponseFlags::NO_HEALTHY_UPSTREAM,
+        "not resolved yet"
+    );
+    let task = tokio::spawn(dns.clone().run());
+    tokio::task::yield_now().await;
+    let c = counts(&mut lb, &d, 10);
+    assert_eq!(ordered(&c, &["1.1.1.1:443", "1.1.1.2:443"]), [5, 5]);
+    // DNS fails: the last good set stays
+    fake.0.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(counts(&mut lb, &d, 10).len(), 2);
+    task.abort();
 }
 
 #[derive(Debug, Default)]
@@ -759,7 +1000,10 @@ impl Resolver for FakeResolver {
 #[tokio::test]
 async fn passthrough_connects_to_the_named_host() {
     let fake = Arc::new(FakeResolver::default());
-    fake.0.lock().unwrap().insert("example.org".into(), vec!["93.184.216.34".parse().unwrap()]);
+    fake.0
+        .lock()
+        .unwrap()
+        .insert("example.org".into(), vec!["93.184.216.34".parse().unwrap()]);
     let layer = LbLayer::builder(snap(BASE)).resolver(fake).build();
     let mut lb = layer.layer(echo());
     let pass = |host: &str, port| {
@@ -772,11 +1016,17 @@ async fn passthrough_connects_to_the_named_host() {
     let res = lb.call(pass("10.20.30.40", None)).await.unwrap();
     assert_eq!(picked(&res), addr("10.20.30.40:80"));
     let res = lb.call(pass("nowhere.invalid", None)).await.unwrap();
-    assert_eq!((res.status().as_u16(), flags_of(&res)), (503, ResponseFlags::DNS_RESOLUTION_FAILURE));
+    assert_eq!(
+        (res.status().as_u16(), flags_of(&res)),
+        (503, ResponseFlags::DNS_RESOLUTION_FAILURE)
+    );
     // simple: PASSTHROUGH on a registered service: the request's authority
     let y = BASE.replace("{simple: ROUND_ROBIN}", "{simple: PASSTHROUGH}");
     let mut lb = LbLayer::new(snap(&y)).layer(echo());
-    let mut r = Request::builder().uri("http://10.0.0.77:9080/").body(()).unwrap();
+    let mut r = Request::builder()
+        .uri("http://10.0.0.77:9080/")
+        .body(())
+        .unwrap();
     r.extensions_mut().insert(dest(REVIEWS, None, Some(9080)));
     assert_eq!(picked(&lb.call(r).await.unwrap()), addr("10.0.0.77:9080"));
 }
@@ -784,14 +1034,32 @@ async fn passthrough_connects_to_the_named_host() {
 #[tokio::test]
 async fn unknown_hosts_without_router_pass_through_under_allow_any() {
     let fake = Arc::new(FakeResolver::default());
-    fake.0.lock().unwrap().insert("api.other.com".into(), vec!["1.2.3.4".parse().unwrap()]);
-    let mut lb = LbLayer::builder(snap(BASE)).resolver(fake.clone()).build().layer(echo());
-    let r = Request::builder().uri("http://api.other.com/").body(()).unwrap();
+    fake.0
+        .lock()
+        .unwrap()
+        .insert("api.other.com".into(), vec!["1.2.3.4".parse().unwrap()]);
+    let mut lb = LbLayer::builder(snap(BASE))
+        .resolver(fake.clone())
+        .build()
+        .layer(echo());
+    let r = Request::builder()
+        .uri("http://api.other.com/")
+        .body(())
+        .unwrap();
     assert_eq!(picked(&lb.call(r).await.unwrap()), addr("1.2.3.4:80"));
     let strict = format!(
         "apiVersion: mesh.proxy/v1alpha1\nkind: ProxyBootstrap\nmetadata: {{name: p}}\nspec:\n  mesh: {{outboundTrafficPolicy: REGISTRY_ONLY}}\n---\n{BASE}"
     );
-    let mut lb = LbLayer::builder(snap(&strict)).resolver(fake).build().layer(echo());
-    let r = Request::builder().uri("http://api.other.com/").body(()).unwrap();
-    assert_eq!(flags_of(&lb.call(r).await.unwrap()), ResponseFlags::NO_ROUTE);
+    let mut lb = LbLayer::builder(snap(&strict))
+        .resolver(fake)
+        .build()
+        .layer(echo());
+    let r = Request::builder()
+        .uri("http://api.other.com/")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        flags_of(&lb.call(r).await.unwrap()),
+        ResponseFlags::NO_ROUTE
+    );
 }

@@ -44,31 +44,41 @@ impl AdminServer {
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let (stop, mut stop_rx) = watch::channel(false);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let thread = std::thread::Builder::new().name("mesh-admin".into()).spawn(move || {
-            rt.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else { return };
-                loop {
-                    tokio::select! {
-                        _ = stop_rx.changed() => break,
-                        accepted = listener.accept() => {
-                            let Ok((stream, _)) = accepted else { continue };
-                            let state = state.clone();
-                            tokio::spawn(async move {
-                                let svc = hyper::service::service_fn(move |req| {
-                                    let state = state.clone();
-                                    async move { Ok::<_, Infallible>(handle(&state, &req)) }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("mesh-admin".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+                        return;
+                    };
+                    loop {
+                        tokio::select! {
+                            _ = stop_rx.changed() => break,
+                            accepted = listener.accept() => {
+                                let Ok((stream, _)) = accepted else { continue };
+                                let state = state.clone();
+                                tokio::spawn(async move {
+                                    let svc = hyper::service::service_fn(move |req| {
+                                        let state = state.clone();
+                                        async move { Ok::<_, Infallible>(handle(&state, &req)) }
+                                    });
+                                    let _ = hyper::server::conn::http1::Builder::new()
+                                        .serve_connection(TokioIo::new(stream), svc)
+                                        .await;
                                 });
-                                let _ = hyper::server::conn::http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), svc)
-                                    .await;
-                            });
+                            }
                         }
                     }
-                }
-            });
-        })?;
-        Ok(AdminServer { addr, stop, thread: Some(thread) })
+                });
+            })?;
+        Ok(AdminServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// The bound address.
@@ -98,14 +108,20 @@ impl Drop for AdminServer {
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 

@@ -79,22 +79,40 @@ pub fn run_cli(cmd: CaCommand) -> ExitCode {
 pub fn run(cmd: CaCommand) -> Result<String, String> {
     match cmd {
         CaCommand::Init { out, trust_domain } => {
-            std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+            std::fs::create_dir_all(&out)
+                .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
             let ca = MeshCa::generate(&trust_domain).map_err(|e| e.to_string())?;
             write(&out.join("ca.pem"), ca.cert_pem())?;
             write(&out.join("ca.key"), &ca.key_pem())?;
-            Ok(format!("created a mesh CA for {trust_domain}: {0}/ca.pem, {0}/ca.key", out.display()))
+            Ok(format!(
+                "created a mesh CA for {trust_domain}: {0}/ca.pem, {0}/ca.key",
+                out.display()
+            ))
         }
-        CaCommand::Issue { ca, namespace, service_account, trust_domain, hours, out } => {
+        CaCommand::Issue {
+            ca,
+            namespace,
+            service_account,
+            trust_domain,
+            hours,
+            out,
+        } => {
             let mesh_ca = MeshCa::from_pem(&read(&ca.join("ca.pem"))?, &read(&ca.join("ca.key"))?)
                 .map_err(|e| e.to_string())?;
-            let id: SpiffeId = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
-                .parse()
-                .map_err(|e: mesh_core::identity::SpiffeIdError| e.to_string())?;
-            let cert = mesh_ca.issue(&id, Duration::from_secs(hours * 3600)).map_err(|e| e.to_string())?;
+            let id: SpiffeId =
+                format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+                    .parse()
+                    .map_err(|e: mesh_core::identity::SpiffeIdError| e.to_string())?;
+            let cert = mesh_ca
+                .issue(&id, Duration::from_secs(hours * 3600))
+                .map_err(|e| e.to_string())?;
             let out = out.unwrap_or(ca);
-            std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-            let (c, k) = (out.join(format!("{service_account}.pem")), out.join(format!("{service_account}.key")));
+            std::fs::create_dir_all(&out)
+                .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+            let (c, k) = (
+                out.join(format!("{service_account}.pem")),
+                out.join(format!("{service_account}.key")),
+            );
             write(&c, &cert.chain_pem)?;
             write(&k, &cert.key_pem)?;
             Ok(format!("issued {id}: {}, {}", c.display(), k.display()))

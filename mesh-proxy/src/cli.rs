@@ -17,7 +17,11 @@ use clap::{Parser, Subcommand};
 
 /// The `mesh-proxy` command line.
 #[derive(Debug, Parser)]
-#[command(name = "mesh-proxy", version, about = "The mesh reference sidecar: Istio's YAML, Envoy's semantics")]
+#[command(
+    name = "mesh-proxy",
+    version,
+    about = "The mesh reference sidecar: Istio's YAML, Envoy's semantics"
+)]
 pub struct Cli {
     /// The subcommand.
     #[command(subcommand)]
@@ -64,7 +68,9 @@ pub fn main() -> ExitCode {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Validate { files } => validate(&files, &mut std::io::stdout(), &mut std::io::stderr()),
+        Command::Validate { files } => {
+            validate(&files, &mut std::io::stdout(), &mut std::io::stderr())
+        }
         Command::Run { config } => crate::run::run_cli(&config),
         Command::Demo(args) => crate::demo::run_cli(args),
         Command::Ca(cmd) => crate::ca::run_cli(cmd),

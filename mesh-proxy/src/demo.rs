@@ -149,18 +149,26 @@ spec:
 
 async fn backend(listener: tokio::net::TcpListener, version: &'static str, count: Arc<AtomicU64>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let count = count.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-                count.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    let mut res = http::Response::new(Full::new(Bytes::from(format!("reviews {version}\n"))));
-                    res.headers_mut().insert("x-version", http::HeaderValue::from_static(version));
-                    Ok::<_, Infallible>(res)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let svc =
+                hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    async move {
+                        let mut res = http::Response::new(Full::new(Bytes::from(format!(
+                            "reviews {version}\n"
+                        ))));
+                        res.headers_mut()
+                            .insert("x-version", http::HeaderValue::from_static(version));
+                        Ok::<_, Infallible>(res)
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -176,12 +184,13 @@ impl DemoMesh {
             .build()
             .map_err(|e| e.to_string())?;
         let (v1, v2) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (l1, l2) = rt.block_on(async {
-            let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            Ok::<_, std::io::Error>((l1, l2))
-        })
-        .map_err(|e| format!("cannot start the demo services: {e}"))?;
+        let (l1, l2) = rt
+            .block_on(async {
+                let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                Ok::<_, std::io::Error>((l1, l2))
+            })
+            .map_err(|e| format!("cannot start the demo services: {e}"))?;
         let (v1_addr, v2_addr) = (
             l1.local_addr().map_err(|e| e.to_string())?,
             l2.local_addr().map_err(|e| e.to_string())?,
@@ -189,14 +198,25 @@ impl DemoMesh {
         rt.spawn(backend(l1, "v1", v1.clone()));
         rt.spawn(backend(l2, "v2", v2.clone()));
         let text = config(port, admin_port, v1_addr.port(), v2_addr.port());
-        let compiled = mesh_core::config::load_str("demo.yaml", &text).map_err(|e| e.to_string())?;
+        let compiled =
+            mesh_core::config::load_str("demo.yaml", &text).map_err(|e| e.to_string())?;
         let proxy = Proxy::start_compiled(compiled, Vec::new()).map_err(|e| e.to_string())?;
-        Ok(DemoMesh { proxy, v1, v2, v1_addr, v2_addr, _backends: rt })
+        Ok(DemoMesh {
+            proxy,
+            v1,
+            v2,
+            v1_addr,
+            v2_addr,
+            _backends: rt,
+        })
     }
 
     /// The proxy's outbound address.
     pub fn url(&self) -> String {
-        self.proxy.outbound_addr().map(|a| format!("http://{a}/")).unwrap_or_default()
+        self.proxy
+            .outbound_addr()
+            .map(|a| format!("http://{a}/"))
+            .unwrap_or_default()
     }
 }
 
@@ -206,11 +226,17 @@ pub fn get(addr: SocketAddr, user: Option<&str>) -> std::io::Result<(u16, String
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let extra = user.map(|u| format!("x-user: {u}\r\n")).unwrap_or_default();
-    write!(s, "GET / HTTP/1.1\r\nHost: reviews\r\n{extra}Connection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: reviews\r\n{extra}Connection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -228,12 +254,23 @@ pub fn run_cli(args: DemoArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let Some(out) = demo.proxy.outbound_addr() else { return ExitCode::from(1) };
-    let admin = demo.proxy.admin_addr().map(|a| a.to_string()).unwrap_or_default();
-    println!("mesh-proxy demo: reviews v1 on {} and v2 on {}, behind the proxy on {out}", demo.v1_addr, demo.v2_addr);
+    let Some(out) = demo.proxy.outbound_addr() else {
+        return ExitCode::from(1);
+    };
+    let admin = demo
+        .proxy
+        .admin_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    println!(
+        "mesh-proxy demo: reviews v1 on {} and v2 on {}, behind the proxy on {out}",
+        demo.v1_addr, demo.v2_addr
+    );
     println!("  90/10 canary:      curl -H 'Host: reviews' http://{out}/");
     println!("  pinned to v2:      curl -H 'Host: reviews' -H 'x-user: tester' http://{out}/");
-    println!("  admin:             http://{admin}/ready  /clusters  /config_dump  /stats/prometheus");
+    println!(
+        "  admin:             http://{admin}/ready  /clusters  /config_dump  /stats/prometheus"
+    );
     println!("  the configuration: mesh-proxy demo --print-config");
     if let Some(n) = args.drive {
         let mut failures = 0;
@@ -242,13 +279,23 @@ pub fn run_cli(args: DemoArgs) -> ExitCode {
                 failures += 1;
             }
         }
-        let (v1, v2) = (demo.v1.load(Ordering::Relaxed), demo.v2.load(Ordering::Relaxed));
+        let (v1, v2) = (
+            demo.v1.load(Ordering::Relaxed),
+            demo.v2.load(Ordering::Relaxed),
+        );
         println!("drove {n} requests: v1 served {v1}, v2 served {v2}, {failures} failed");
         demo.proxy.drain_blocking();
-        return if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) };
+        return if failures == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
     }
     println!("  (Ctrl-C to stop)");
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mesh-proxy demo: {e}");
@@ -256,7 +303,13 @@ pub fn run_cli(args: DemoArgs) -> ExitCode {
         }
     };
     let every = Duration::from_secs(args.every.max(1));
-    let DemoMesh { proxy, v1, v2, _backends, .. } = demo;
+    let DemoMesh {
+        proxy,
+        v1,
+        v2,
+        _backends,
+        ..
+    } = demo;
     rt.block_on(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;

@@ -3,11 +3,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod engine;
+pub mod admin;
 pub mod ca;
 pub mod cli;
 pub mod demo;
-pub mod run;
-pub mod admin;
+pub mod engine;
 pub mod proxy;
+pub mod run;
 pub mod stack;

@@ -23,11 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh_core::ConfigError;
 use mesh_core::compile::Snapshot;
 use mesh_core::config::{self, Compiled};
 use mesh_core::ext::SelectedEndpoint;
 use mesh_core::model::bootstrap::ProxyBootstrap;
-use mesh_core::ConfigError;
 
 use arc_swap::ArcSwap;
 
@@ -94,10 +94,12 @@ pub fn engine_limits(b: &ProxyBootstrap) -> Limits {
 }
 
 fn socket_addr(address: &str, port: u16) -> io::Result<SocketAddr> {
-    (address, port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("cannot resolve {address}")))
+    (address, port).to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cannot resolve {address}"),
+        )
+    })
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
@@ -134,14 +136,24 @@ impl Proxy {
             reloads_failed: AtomicU64::new(0),
             last_error: Mutex::new(None),
         });
-        let mut proxy = Proxy { state: state.clone(), outbound: None, inbound: None, admin: None };
+        let mut proxy = Proxy {
+            state: state.clone(),
+            outbound: None,
+            inbound: None,
+            admin: None,
+        };
         let concurrency = boot.concurrency as usize;
 
         if let Some(out) = &boot.outbound {
             let addr = socket_addr(&out.address, out.port).map_err(io_err("outbound address"))?;
-            let cfg = EngineConfig { concurrency, limits: limits.clone(), ..EngineConfig::new(addr) };
+            let cfg = EngineConfig {
+                concurrency,
+                limits: limits.clone(),
+                ..EngineConfig::new(addr)
+            };
             let factory = Arc::new(move |ctx: &WorkerContext| layers.stack(ctx));
-            let engine = Engine::start(cfg, factory).map_err(io_err(format!("outbound listener {addr}")))?;
+            let engine =
+                Engine::start(cfg, factory).map_err(io_err(format!("outbound listener {addr}")))?;
             tracing::info!(addr = %engine.local_addr(), workers = engine.workers(), "outbound listener up");
             proxy.state.push_readiness(engine.readiness());
             proxy.outbound = Some(engine);
@@ -157,15 +169,24 @@ impl Proxy {
                     what: format!("inbound localApp {:?}", inb.local_app),
                     source: io::Error::new(io::ErrorKind::InvalidInput, "not a host:port"),
                 })?;
-            let cfg = EngineConfig { concurrency, limits: limits.clone(), ..EngineConfig::new(addr) };
-            let engine = Engine::start(cfg, Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app)))
-                .map_err(io_err(format!("inbound listener {addr}")))?;
+            let cfg = EngineConfig {
+                concurrency,
+                limits: limits.clone(),
+                ..EngineConfig::new(addr)
+            };
+            let engine = Engine::start(
+                cfg,
+                Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app)),
+            )
+            .map_err(io_err(format!("inbound listener {addr}")))?;
             tracing::info!(addr = %engine.local_addr(), app = %app, "inbound listener up");
             proxy.state.push_readiness(engine.readiness());
             proxy.inbound = Some(engine);
         }
-        let admin_addr = socket_addr(&boot.admin.address, boot.admin.port).map_err(io_err("admin address"))?;
-        let admin = AdminServer::start(admin_addr, state).map_err(io_err(format!("admin listener {admin_addr}")))?;
+        let admin_addr =
+            socket_addr(&boot.admin.address, boot.admin.port).map_err(io_err("admin address"))?;
+        let admin = AdminServer::start(admin_addr, state)
+            .map_err(io_err(format!("admin listener {admin_addr}")))?;
         tracing::info!(addr = %admin.local_addr(), "admin listener up");
         proxy.admin = Some(admin);
         Ok(proxy)
@@ -230,7 +251,10 @@ impl Proxy {
 
 /// The inbound stack: every request goes to the local application.
 fn inbound_stack(ctx: &WorkerContext, app: SocketAddr) -> InboundStack {
-    InboundStack { connector: ctx.connector(), app }
+    InboundStack {
+        connector: ctx.connector(),
+        app,
+    }
 }
 
 /// The inbound listener's stack: forwards to the local application.
@@ -245,7 +269,10 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundSta
     type Error = std::convert::Infallible;
     type Future = crate::engine::ConnectorFuture;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         tower_service::Service::poll_ready(&mut self.connector, cx)
     }
 
@@ -274,7 +301,10 @@ impl ProxyState {
         if self.is_draining() {
             return false;
         }
-        self.readiness.lock().map(|v| v.iter().all(Readiness::is_ready)).unwrap_or(false)
+        self.readiness
+            .lock()
+            .map(|v| v.iter().all(Readiness::is_ready))
+            .unwrap_or(false)
     }
 
     /// Whether the proxy is draining (SIGTERM received).
@@ -306,7 +336,8 @@ impl ProxyState {
                 for w in &compiled.warnings {
                     tracing::warn!("{w}");
                 }
-                self.apply(compiled).map_err(|e| self.reject(StartError::Routes(e)))
+                self.apply(compiled)
+                    .map_err(|e| self.reject(StartError::Routes(e)))
             }
             Err(e) => Err(self.reject(StartError::Config(e))),
         }
@@ -330,7 +361,9 @@ impl ProxyState {
             || old.bootstrap.admin != compiled.snapshot.bootstrap.admin
             || old.bootstrap.concurrency != compiled.snapshot.bootstrap.concurrency
         {
-            tracing::warn!("listener, admin or concurrency changes take effect at the next restart");
+            tracing::warn!(
+                "listener, admin or concurrency changes take effect at the next restart"
+            );
         }
         let generation = compiled.snapshot.generation;
         self.layers.store(&compiled.snapshot)?;
@@ -339,7 +372,11 @@ impl ProxyState {
         if let Ok(mut l) = self.last_error.lock() {
             *l = None;
         }
-        tracing::info!(generation, resources = compiled.resources, "configuration applied");
+        tracing::info!(
+            generation,
+            resources = compiled.resources,
+            "configuration applied"
+        );
         Ok(generation)
     }
 
@@ -368,8 +405,16 @@ impl ProxyState {
                             .subsets
                             .iter()
                             .map(|s| {
-                                let eps: Vec<String> =
-                                    svc.subset_endpoints(&s.labels).map(|e| e.address.clone()).collect();
+                                // `address:port` on the service's default (or first) port, as
+                                // Envoy lists hosts: endpoints may share an address
+                                let port = svc.default_port().or(svc.ports.first());
+                                let eps: Vec<String> = svc
+                                    .subset_endpoints(&s.labels)
+                                    .map(|e| match port {
+                                        Some(p) => format!("{}:{}", e.address, svc.endpoint_port(e, p)),
+                                        None => e.address.clone(),
+                                    })
+                                    .collect();
                                 serde_json::json!({"name": s.name, "labels": s.labels, "endpoints": eps})
                             })
                             .collect()
@@ -413,15 +458,27 @@ impl ProxyState {
     pub fn prometheus(&self) -> String {
         let snap = self.snapshot();
         let mut s = String::new();
-        let _ = writeln!(s, "# TYPE mesh_proxy_ready gauge\nmesh_proxy_ready {}", u8::from(self.is_ready()));
-        let _ = writeln!(s, "# TYPE mesh_proxy_config_generation gauge\nmesh_proxy_config_generation {}", snap.generation);
+        let _ = writeln!(
+            s,
+            "# TYPE mesh_proxy_ready gauge\nmesh_proxy_ready {}",
+            u8::from(self.is_ready())
+        );
+        let _ = writeln!(
+            s,
+            "# TYPE mesh_proxy_config_generation gauge\nmesh_proxy_config_generation {}",
+            snap.generation
+        );
         let _ = writeln!(
             s,
             "# TYPE mesh_proxy_config_reloads_total counter\nmesh_proxy_config_reloads_total{{result=\"success\"}} {}\nmesh_proxy_config_reloads_total{{result=\"failure\"}} {}",
             self.reloads_ok.load(Ordering::Relaxed),
             self.reloads_failed.load(Ordering::Relaxed)
         );
-        let _ = writeln!(s, "# TYPE mesh_proxy_services gauge\nmesh_proxy_services {}", snap.services.len());
+        let _ = writeln!(
+            s,
+            "# TYPE mesh_proxy_services gauge\nmesh_proxy_services {}",
+            snap.services.len()
+        );
         s
     }
 

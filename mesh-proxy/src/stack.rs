@@ -12,16 +12,29 @@
 //! route table atomically; in-flight requests finish on what they loaded.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use http::{Extensions, Request};
 use mesh_core::compile::Snapshot;
 use mesh_lb::{Lb, LbLayer};
 use mesh_routing::{BuildError, Route, RouteLayer, RouteTable, RouteTableHandle};
 use tower_layer::Layer;
+use tower_service::Service;
 
 use crate::engine::{Connector, WorkerContext};
 
 /// The type of a worker's stack.
-pub type MeshStack = Route<Lb<Connector>>;
+pub type MeshStack = Presized<Route<Lb<Connector>>>;
+
+/// Gives every request that arrives without extensions an empty extension map with room for
+/// seven entries, then calls the inner service (see the [module docs](self)). Changes nothing
+/// else: the inner service sees an empty map, as before.
+#[derive(Debug, Clone)]
+pub struct Presized<S> {
+    inner: S,
+    /// Empty, with a table of eight buckets (room for seven entries).
+    template: Extensions,
+}
 
 /// The shared layers of the outbound stack.
 #[derive(Debug, Clone)]
@@ -38,7 +51,11 @@ impl Layers {
     pub fn new(snapshot: &Arc<Snapshot>) -> Result<Layers, BuildError> {
         let table = RouteTable::sidecar(snapshot)?;
         let routes = RouteTableHandle::new(table);
-        Ok(Layers { route_layer: RouteLayer::new(routes.clone()), routes, lb: LbLayer::new(snapshot.clone()) })
+        Ok(Layers {
+            route_layer: RouteLayer::new(routes.clone()),
+            routes,
+            lb: LbLayer::new(snapshot.clone()),
+        })
     }
 
     /// Applies a new snapshot: compiles its route table (an error changes nothing), then
@@ -53,11 +70,61 @@ impl Layers {
 
     /// One worker's stack around its connector.
     pub fn stack(&self, ctx: &WorkerContext) -> MeshStack {
-        self.route_layer.layer(self.lb.layer(ctx.connector()))
+        Presized::new(self.route_layer.layer(self.lb.layer(ctx.connector())))
     }
 
     /// The balancer layer (health, snapshot).
     pub fn lb(&self) -> &LbLayer {
         &self.lb
+    }
+}
+
+// === impl Presized ===
+
+impl<S> Presized<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        // Four zero-sized entries (their boxes do not allocate) grow the table from four
+        // buckets to eight; removing them leaves it empty at that size, and a clone of a map
+        // keeps its table's size.
+        #[derive(Clone, Copy)]
+        struct Slot<const N: u8>;
+        let mut template = Extensions::new();
+        template.insert(Slot::<0>);
+        template.insert(Slot::<1>);
+        template.insert(Slot::<2>);
+        template.insert(Slot::<3>);
+        template.remove::<Slot<0>>();
+        template.remove::<Slot<1>>();
+        template.remove::<Slot<2>>();
+        template.remove::<Slot<3>>();
+        Presized { inner, template }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for Presized<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        if req.extensions().is_empty() {
+            *req.extensions_mut() = self.template.clone();
+        }
+        self.inner.call(req)
     }
 }

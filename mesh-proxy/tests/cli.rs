@@ -8,7 +8,9 @@ fn bin() -> Command {
 }
 
 fn corpus(kind: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-core/tests/corpus").join(kind);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mesh-core/tests/corpus")
+        .join(kind);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -19,7 +21,11 @@ fn corpus(kind: &str) -> Vec<PathBuf> {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -28,7 +34,13 @@ fn validate_accepts_every_valid_corpus_file() {
     assert!(files.len() >= 40, "corpus has {} valid files", files.len());
     for f in files {
         let out = bin().arg("validate").arg(&f).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}: {}", f.display(), text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            f.display(),
+            text(&out)
+        );
         assert!(text(&out).contains("validation succeeded"));
     }
 }
@@ -36,21 +48,42 @@ fn validate_accepts_every_valid_corpus_file() {
 #[test]
 fn validate_rejects_every_invalid_corpus_file_with_its_message() {
     let files = corpus("invalid");
-    assert!(files.len() >= 40, "corpus has {} invalid files", files.len());
+    assert!(
+        files.len() >= 40,
+        "corpus has {} invalid files",
+        files.len()
+    );
     for f in files {
         let src = std::fs::read_to_string(&f).unwrap();
-        let expected: Vec<&str> =
-            src.lines().filter_map(|l| l.strip_prefix("# expect-error:")).map(str::trim).collect();
-        assert!(!expected.is_empty(), "{} declares no expected error", f.display());
+        let expected: Vec<&str> = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect-error:"))
+            .map(str::trim)
+            .collect();
+        assert!(
+            !expected.is_empty(),
+            "{} declares no expected error",
+            f.display()
+        );
         let out = bin().arg("validate").arg(&f).output().unwrap();
         let t = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{}: exit {:?}\n{t}", f.display(), out.status.code());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}: exit {:?}\n{t}",
+            f.display(),
+            out.status.code()
+        );
         for e in expected {
             assert!(t.contains(e), "{}: expected {e:?} in\n{t}", f.display());
         }
         // every error names the file and a line
         let name = f.display().to_string();
-        assert!(t.lines().any(|l| l.starts_with("error: ") && l.contains(&format!("{name}:"))), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("error: ") && l.contains(&format!("{name}:"))),
+            "{t}"
+        );
     }
 }
 
@@ -61,19 +94,31 @@ fn validate_points_at_file_line_resource_and_field() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("bad-weight.yaml:15:"), "{t}");
-    assert!(t.contains("VirtualService/default/reviews: spec.http[0].route[0].weight: weight -10 < 0"), "{t}");
+    assert!(
+        t.contains("VirtualService/default/reviews: spec.http[0].route[0].weight: weight -10 < 0"),
+        "{t}"
+    );
 }
 
 #[test]
 fn usage_errors_exit_2() {
-    assert_eq!(bin().arg("validate").output().unwrap().status.code(), Some(2));
-    assert_eq!(bin().arg("frobnicate").output().unwrap().status.code(), Some(2));
+    assert_eq!(
+        bin().arg("validate").output().unwrap().status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        bin().arg("frobnicate").output().unwrap().status.code(),
+        Some(2)
+    );
     assert_eq!(bin().arg("run").output().unwrap().status.code(), Some(2));
 }
 
 #[test]
 fn missing_file_is_invalid_not_a_crash() {
-    let out = bin().args(["validate", "/nonexistent/mesh.yaml"]).output().unwrap();
+    let out = bin()
+        .args(["validate", "/nonexistent/mesh.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("cannot read file"));
 }
@@ -83,7 +128,11 @@ fn run_refuses_to_start_on_an_invalid_config() {
     let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config/bad-weight.yaml");
     let out = bin().arg("run").arg("--config").arg(&f).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("spec.http[0].route[0].weight"), "{}", text(&out));
+    assert!(
+        text(&out).contains("spec.http[0].route[0].weight"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -92,13 +141,39 @@ fn ca_init_then_issue_writes_a_chain_and_key() {
     let d = dir.path().to_str().unwrap();
     let out = bin().args(["ca", "init", "--out", d]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let out = bin().args(["ca", "issue", "--ca", d, "--namespace", "shop", "--service-account", "cart"]).output().unwrap();
+    let out = bin()
+        .args([
+            "ca",
+            "issue",
+            "--ca",
+            d,
+            "--namespace",
+            "shop",
+            "--service-account",
+            "cart",
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("spiffe://cluster.local/ns/shop/sa/cart"));
     let chain = std::fs::read_to_string(dir.path().join("cart.pem")).unwrap();
     assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
-    assert!(std::fs::read_to_string(dir.path().join("cart.key")).unwrap().contains("PRIVATE KEY"));
+    assert!(
+        std::fs::read_to_string(dir.path().join("cart.key"))
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
     // a missing CA is an error, not a panic
-    let out = bin().args(["ca", "issue", "--ca", "/nonexistent", "--service-account", "x"]).output().unwrap();
+    let out = bin()
+        .args([
+            "ca",
+            "issue",
+            "--ca",
+            "/nonexistent",
+            "--service-account",
+            "x",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }

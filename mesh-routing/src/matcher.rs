@@ -23,7 +23,7 @@ pub(crate) enum StrMatch {
     /// `prefix`, compared byte for byte (or ASCII case-insensitively).
     Prefix(Box<[u8]>, bool),
     /// `regex`, anchored at both ends (Envoy's `safe_regex` is a full match).
-    Regex(BytesRegex),
+    Regex(FullRegex),
     /// `{}` (or `regex: "*"`): presence only.
     Present,
 }
@@ -67,7 +67,7 @@ pub(crate) enum UriMatch {
     /// Envoy `path`: the whole path, query removed.
     Exact(Box<[u8]>, bool),
     /// Envoy `safe_regex`: the whole path, query removed.
-    Regex(BytesRegex),
+    Regex(FullRegex),
 }
 
 /// One compiled `HTTPMatchRequest`.
@@ -156,12 +156,68 @@ impl StrMatch {
     }
 }
 
+/// A regex that must match the whole input (Envoy `safe_regex`), with the literal prefix
+/// every match starts with checked first: most candidates fail on it without running the
+/// regex engine.
+#[derive(Debug, Clone)]
+pub(crate) struct FullRegex {
+    re: BytesRegex,
+    prefix: Box<[u8]>,
+}
+
+impl FullRegex {
+    pub(crate) fn is_match(&self, v: &[u8]) -> bool {
+        v.starts_with(&self.prefix) && self.re.is_match(v)
+    }
+}
+
+/// The literal text every match of `pattern` starts with (conservatively: empty when the
+/// pattern has an alternation or starts with anything but plain or escaped characters).
+pub(crate) fn literal_prefix(pattern: &str) -> Vec<u8> {
+    if pattern.contains('|') {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let bytes = pattern.strip_prefix('^').unwrap_or(pattern).as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'\\' => match bytes.get(i + 1) {
+                // An escaped punctuation character is itself; letters and digits are classes.
+                Some(&e) if e.is_ascii_punctuation() => {
+                    out.push(e);
+                    i += 2;
+                    continue;
+                }
+                _ => break,
+            },
+            b'.' | b'[' | b']' | b'(' | b')' | b'*' | b'+' | b'?' | b'{' | b'}' | b'^' | b'$' => {
+                break;
+            }
+            b if b.is_ascii() && !b.is_ascii_control() => {
+                out.push(b);
+                i += 1;
+            }
+            _ => break, // non-ASCII: leave it to the regex
+        }
+    }
+    // A quantifier that can repeat zero times makes the last literal optional.
+    if matches!(bytes.get(i), Some(b'*' | b'?' | b'{')) {
+        out.pop();
+    }
+    out
+}
+
 /// Compiles an RE2-style regex anchored at both ends, with a program size limit.
-pub(crate) fn compile_regex(r: &str, limits: RegexLimits) -> Result<BytesRegex, String> {
-    BytesRegexBuilder::new(&format!("^(?:{r})$"))
+pub(crate) fn compile_regex(r: &str, limits: RegexLimits) -> Result<FullRegex, String> {
+    let re = BytesRegexBuilder::new(&format!("^(?:{r})$"))
         .size_limit(limits.size_limit)
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(FullRegex {
+        re,
+        prefix: literal_prefix(r).into(),
+    })
 }
 
 // === impl HeaderMatch ===
@@ -337,13 +393,17 @@ impl MatchBlock {
                 Some(u16::try_from(p).map_err(|_| err("port", format!("port {p} out of range")))?)
             }
         };
-        let source = m.gateways.is_empty().then(|| SourceMatch {
+        let namespace: Option<Box<str>> = m
+            .source_namespace
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(Into::into);
+        // sourceMatchHTTP ignores the source when the block names gateways.
+        let source = (m.gateways.is_empty()
+            && (!m.source_labels.is_empty() || namespace.is_some()))
+        .then(|| SourceMatch {
             labels: m.source_labels.clone(),
-            namespace: m
-                .source_namespace
-                .as_deref()
-                .filter(|s| !s.is_empty())
-                .map(Into::into),
+            namespace,
         });
         Ok(MatchBlock {
             // TranslateRoute: routeName + "." + match.Name
@@ -430,6 +490,20 @@ mod tests {
         assert!(m.matches(b"/aaa"));
         assert!(!m.matches(b"/aaab"));
         assert!(!m.matches(b"x/aaa"));
+    }
+
+    #[test]
+    fn literal_prefixes_are_conservative() {
+        assert_eq!(literal_prefix("/items/[0-9]+"), b"/items/");
+        assert_eq!(literal_prefix(r"^/a\.b/c"), b"/a.b/c");
+        assert_eq!(literal_prefix("/ab*"), b"/a");
+        assert_eq!(literal_prefix("/ab?c"), b"/a");
+        assert_eq!(literal_prefix("/ab{0,2}"), b"/a");
+        assert_eq!(literal_prefix("/a|/b"), b"");
+        assert_eq!(literal_prefix("(?i)/a"), b"");
+        assert_eq!(literal_prefix(r"\d+"), b"");
+        let m = StrMatch::compile(&sm(None, None, Some("/ab*c")), false, LIMITS).unwrap();
+        assert!(m.matches(b"/ac"));
     }
 
     #[test]

@@ -84,7 +84,7 @@
 //!   workload) for `sourceLabels` / `sourceNamespace`.
 //! - Writes [`RouteDestination`] (host, subset, port), [`RoutePolicy`] (timeout, retries,
 //!   fault of the route, compiled once), [`Passthrough`] on passthrough requests, and
-//!   [`Mirrors`](crate::mirror::Mirrors) when the route mirrors the request.
+//!   [`Mirrors`] when the route mirrors the request.
 //! - Local answers carry [`ResponseFlags`] (`NR` for no route: 404, or 502 under
 //!   `REGISTRY_ONLY`) in the extension and the `x-mesh-response-flags` header.
 //! - Applies the route's (and the chosen destination's) header operations to the request and

@@ -77,9 +77,9 @@ pub struct RouterContext {
 /// A compiled route table. Immutable, `Send + Sync`, shared as `Arc<RouteTable>`.
 pub struct RouteTable {
     generation: u64,
-    exact: HashMap<Box<str>, DomainTarget>,
+    exact: HashMap<Box<str>, DomainTarget, FxBuild>,
     /// Wildcard domains by suffix, the leading `*` removed (`.example.com`, `.example.com:80`).
-    wildcard: HashMap<Box<str>, DomainTarget>,
+    wildcard: HashMap<Box<str>, DomainTarget, FxBuild>,
     catch_all: Option<DomainTarget>,
     strip_port: bool,
     vhosts: Vec<VirtualHost>,
@@ -180,6 +180,32 @@ pub(crate) enum Selected<'t> {
 }
 
 static SEED_COUNTER: AtomicU64 = AtomicU64::new(0x5eed);
+
+/// A fast, unkeyed hash for the domain maps. Their keys come from configuration; requests
+/// only look up, so they cannot fill a bucket chain.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 // === impl RouterContext ===
 
@@ -714,8 +740,8 @@ impl RouteTable {
     pub fn new(snapshot: &Snapshot, ctx: &RouterContext) -> Result<Self, BuildError> {
         let table = RouteTable {
             generation: snapshot.generation,
-            exact: HashMap::new(),
-            wildcard: HashMap::new(),
+            exact: HashMap::default(),
+            wildcard: HashMap::default(),
             catch_all: None,
             strip_port: false,
             vhosts: Vec::new(),

@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime};
 
 use mesh_core::identity::SpiffeId;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// Why a CA operation failed.
@@ -71,18 +71,31 @@ impl MeshCa {
         dn.push(DnType::CommonName, format!("mesh root CA ({trust_domain})"));
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        params.not_before = SystemTime::now().checked_sub(Duration::from_secs(3600)).unwrap_or(SystemTime::now()).into();
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = SystemTime::now()
+            .checked_sub(Duration::from_secs(3600))
+            .unwrap_or(SystemTime::now())
+            .into();
         params.not_after = (SystemTime::now() + Duration::from_secs(10 * 365 * 24 * 3600)).into();
         let cert = params.self_signed(&key)?;
-        Ok(MeshCa { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
+        Ok(MeshCa {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// Loads a CA from its PEM certificate and PEM private key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        Ok(MeshCa { cert_pem: cert_pem.to_string(), issuer })
+        Ok(MeshCa {
+            cert_pem: cert_pem.to_string(),
+            issuer,
+        })
     }
 
     /// The root certificate (PEM): the trust bundle.
@@ -99,17 +112,32 @@ impl MeshCa {
     pub fn issue(&self, id: &SpiffeId, validity: Duration) -> Result<WorkloadCert, CaError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        let uri = id.to_string().try_into().map_err(|_| CaError::Identity(id.to_string()))?;
+        let uri = id
+            .to_string()
+            .try_into()
+            .map_err(|_| CaError::Identity(id.to_string()))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         params.distinguished_name = DistinguishedName::new();
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let now = SystemTime::now();
-        params.not_before = now.checked_sub(Duration::from_secs(300)).unwrap_or(now).into();
+        params.not_before = now
+            .checked_sub(Duration::from_secs(300))
+            .unwrap_or(now)
+            .into();
         params.not_after = (now + validity).into();
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(WorkloadCert { chain_pem: format!("{}{}", cert.pem(), self.cert_pem), key_pem: key.serialize_pem() })
+        Ok(WorkloadCert {
+            chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -128,7 +156,10 @@ mod tests {
         let leaf = &cert.chain_pem[..cert.chain_pem.find("-----END CERTIFICATE-----").unwrap()];
         let der = pem_body(leaf);
         let uri = b"spiffe://cluster.local/ns/shop/sa/cart";
-        assert!(der.windows(uri.len()).any(|w| w == uri), "URI SAN missing from the leaf");
+        assert!(
+            der.windows(uri.len()).any(|w| w == uri),
+            "URI SAN missing from the leaf"
+        );
         assert!(cert.key_pem.contains("PRIVATE KEY"));
     }
 

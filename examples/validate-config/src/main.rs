@@ -26,7 +26,10 @@ fn main() -> ExitCode {
                 snap.destination_rules.len()
             );
             for vs in &snap.virtual_services {
-                println!("  VirtualService {}/{} hosts {:?}", vs.namespace, vs.name, vs.hosts);
+                println!(
+                    "  VirtualService {}/{} hosts {:?}",
+                    vs.namespace, vs.name, vs.hosts
+                );
             }
             ExitCode::SUCCESS
         }

@@ -204,9 +204,14 @@ pub struct Origin {
     pub file: Arc<str>,
     /// The whole source text (shared by its documents).
     pub text: Arc<str>,
-    /// Index of the document within the source (0-based, counting every `---` document).
+    /// Byte range of the chunk of `text` the document was parsed from (the loader splits a
+    /// source at `---` lines and parses the chunks in parallel).
+    pub chunk: std::ops::Range<usize>,
+    /// Lines of `text` before the chunk.
+    pub line_offset: u32,
+    /// Index of the document within its chunk (0-based).
     pub document: usize,
-    /// 1-based line where the document starts.
+    /// 1-based line of `text` where the document starts.
     pub line: u32,
 }
 

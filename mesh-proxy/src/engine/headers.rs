@@ -236,6 +236,34 @@ enum Line {
     Skip,
 }
 
+/// The position of the first `\n` in `hay`: eight bytes per step (SWAR), since most of a
+/// head is lines the scanner skips (the request line, and every header but two).
+#[inline]
+fn find_newline(hay: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const NL: u64 = LO * b'\n' as u64;
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0;
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w) ^ NL;
+        // the lowest flagged byte is the first zero byte of `x` (a borrow can only flag
+        // bytes above a real zero)
+        let z = x.wrapping_sub(LO) & !x & HI;
+        if z != 0 {
+            return Some(base + (z.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|p| base + p)
+}
+
 const CL_NAME: &[u8] = b"content-length";
 const TE_NAME: &[u8] = b"transfer-encoding";
 
@@ -288,7 +316,7 @@ impl HeadScanner {
         let mut i = 0;
         while i < bytes.len() {
             if self.line == Line::Skip {
-                match bytes[i..].iter().position(|&b| b == b'\n') {
+                match find_newline(&bytes[i..]) {
                     Some(p) => {
                         i += p + 1;
                         self.line = Line::Start;
@@ -449,6 +477,24 @@ mod tests {
         }
         assert_eq!(bytewise.heads, whole.heads);
         answer
+    }
+
+    #[test]
+    fn find_newline_matches_position() {
+        let mut buf = [b'a'; 40];
+        assert_eq!(find_newline(&buf), None);
+        for at in 0..buf.len() {
+            buf[at] = b'\n';
+            for start in 0..=at {
+                assert_eq!(find_newline(&buf[start..]), Some(at - start), "at {at} from {start}");
+            }
+            buf[at] = 0x8a; // high bit set, not a newline
+            assert_eq!(find_newline(&buf), None);
+            buf[at] = b'a';
+        }
+        let bytes: Vec<u8> = (0u8..=255).collect();
+        assert_eq!(find_newline(&bytes), Some(10));
+        assert_eq!(find_newline(&bytes[11..]), None);
     }
 
     #[test]

@@ -1,0 +1,307 @@
+//! The reference proxy's command line as DESIGN.md specifies it ("The reference proxy's
+//! interface"): `mesh-proxy demo` (in-process through `DemoMesh`, and as a process with
+//! `--drive`), and `mesh-proxy run` as a real process: it logs where it listens, serves,
+//! reloads on SIGHUP and when a file changes, and on SIGTERM drains and exits 0.
+//!
+//! The process tests run this crate's `mesh-proxy-e2e` binary, which is `mesh-proxy`'s own
+//! `main` (`mesh_proxy::cli::main`), because Cargo exposes only the tested package's binaries
+//! to its integration tests.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::BufRead as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mesh_proxy::demo::{DemoMesh, get};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mesh-proxy-e2e");
+
+/// The demo's contract (`mesh-proxy demo`): two versions behind a 90/10 canary, `x-user:
+/// tester` pinned to v2. Over 300 unpinned requests v2's count is Binomial(300, 0.1): mean
+/// 30, σ ≈ 5.2, so it is checked within [1, 61] (±6σ; zero has probability 0.9³⁰⁰ ≈ 2e-14).
+#[test]
+fn demo_mesh_serves_both_versions_and_pins_tester_to_v2() {
+    let demo = DemoMesh::start(0, 0).unwrap();
+    let out = demo.proxy.outbound_addr().unwrap();
+    assert_ne!(out.port(), 0);
+    assert!(demo.proxy.state().is_ready());
+    let (mut n1, mut n2) = (0, 0);
+    for _ in 0..300 {
+        let (status, body) = get(out, None).unwrap();
+        assert_eq!(status, 200, "{body}");
+        match body.as_str() {
+            "reviews v1\n" => n1 += 1,
+            "reviews v2\n" => n2 += 1,
+            other => panic!("unexpected body {other:?}"),
+        }
+    }
+    assert!(
+        (1..=61).contains(&n2),
+        "v2 served {n2} of 300 (v1 {n1}); expected 30 ± 31 (6σ)"
+    );
+    for _ in 0..50 {
+        assert_eq!(
+            get(out, Some("tester")).unwrap(),
+            (200, "reviews v2\n".to_string())
+        );
+    }
+    assert_eq!(demo.v1.load(Ordering::Relaxed), n1);
+    assert_eq!(demo.v2.load(Ordering::Relaxed), n2 + 50);
+    demo.proxy.drain_blocking();
+}
+
+/// `mesh-proxy demo --drive 300 --port 0 --admin-port 0` as a process: it prints the split
+/// and exits 0 when no request failed. Same bounds as above.
+#[test]
+fn demo_drive_as_a_process() {
+    let out = Command::new(BIN)
+        .args(["demo", "--drive", "300", "--port", "0", "--admin-port", "0"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("drove 300 requests"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    // "drove 300 requests: v1 served A, v2 served B, F failed" (the 1 and 2 of v1/v2 included)
+    let [300, 1, a, 2, b, failed] = nums[..] else {
+        panic!("{line}")
+    };
+    assert_eq!((a + b, failed), (300, 0), "{line}");
+    assert!((1..=61).contains(&b), "{line}");
+}
+
+// === mesh-proxy run ===
+
+/// A child process, killed if the test ends before it exits; its stderr lines collected.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Proc {
+    fn run(config: &Path) -> Proc {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (stderr, sink) = (child.stderr.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// The `addr=` of the first log line containing `what`, once it is logged.
+    async fn logged_addr(&self, what: &str) -> SocketAddr {
+        let lines = self.lines.clone();
+        eventually(&format!("stderr says {what:?}"), || {
+            let lines = lines.clone();
+            async move { lines.lock().unwrap().iter().any(|l| l.contains(what)) }
+        })
+        .await;
+        let lines = self.lines.lock().unwrap();
+        let line = lines.iter().find(|l| l.contains(what)).unwrap();
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next());
+        addr.and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+    }
+
+    fn count_logged(&self, what: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(what))
+            .count()
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} failed");
+    }
+}
+
+fn run_config(v1: &Backend, v2: &Backend, to: &str) -> String {
+    format!(
+        "{}{}{}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{{destination: {{host: reviews, subset: {to}}}}}]
+",
+        bootstrap(1, ""),
+        service_entry("reviews", 9080, "HTTP", &[v1, v2]),
+        destination_rule("reviews", &["v1", "v2"], ""),
+    )
+}
+
+/// Replaces `path` atomically with `text` (the watcher never reads a half-written file).
+fn replace_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Replaces `path` atomically with `text`, keeping its modification time: a change only
+/// SIGHUP can notice (the file watcher compares modification time and length).
+fn replace_unnoticed(path: &Path, text: &str) {
+    let old = std::fs::metadata(path).unwrap();
+    assert_eq!(
+        old.len(),
+        text.len() as u64,
+        "same length, so the watcher cannot see the change"
+    );
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(old.modified().unwrap())
+        .unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn wait_for_backend(out: SocketAddr, name: &str) {
+    eventually(&format!("traffic reaches {name}"), || async move {
+        get_once(out, "reviews", &[]).await.backend() == name
+    })
+    .await;
+}
+
+/// `mesh-proxy run` as Istio's sidecar lifecycle expects of Envoy: it serves on the ports it
+/// logs, SIGHUP reloads the configuration (Envoy's hot restart / xDS push), a changed file is
+/// picked up by the watcher, and SIGTERM drains and exits 0 within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_reloads_on_sighup_and_file_change_and_exits_0_on_sigterm() {
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh.yaml");
+    std::fs::write(&file, run_config(&v1, &v2, "v1")).unwrap();
+    let proc = Proc::run(&file);
+    let out = proc.logged_addr("outbound listener up").await;
+    let admin = proc.logged_addr("admin listener up").await;
+    eventually("/ready answers 200", || async move {
+        matches!(admin_get_opt(admin, "/ready").await, Some((200, _)))
+    })
+    .await;
+    for _ in 0..5 {
+        let r = get_once(out, "reviews", &[]).await;
+        assert_eq!(
+            (r.status.as_u16(), r.backend()),
+            (200, "v1"),
+            "{r:?}\n{}",
+            proc.log()
+        );
+    }
+
+    // SIGHUP: a change the file watcher cannot see
+    replace_unnoticed(&file, &run_config(&v1, &v2, "v2"));
+    proc.signal("-HUP");
+    wait_for_backend(out, "v2").await;
+    assert_eq!(proc.count_logged("SIGHUP: reloading"), 1, "{}", proc.log());
+    assert_eq!(
+        proc.count_logged("configuration files changed"),
+        0,
+        "{}",
+        proc.log()
+    );
+    for _ in 0..5 {
+        assert_eq!(get_once(out, "reviews", &[]).await.backend(), "v2");
+    }
+
+    // the watcher: a visible edit, no signal
+    replace_atomically(&file, &format!("# edited\n{}", run_config(&v1, &v2, "v1")));
+    wait_for_backend(out, "v1").await;
+    assert_eq!(
+        proc.count_logged("configuration files changed"),
+        1,
+        "{}",
+        proc.log()
+    );
+
+    // SIGTERM: drain, exit 0
+    let mut proc = proc;
+    proc.signal("-TERM");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = proc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM\n{}",
+            proc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling the exit status
+    };
+    assert_eq!(status.code(), Some(0), "{}", proc.log());
+    assert!(
+        tokio::net::TcpStream::connect(out).await.is_err(),
+        "the listener is closed"
+    );
+    let lines = proc.lines.clone();
+    eventually("the last log line is read", || {
+        let lines = lines.clone();
+        async move {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("drained; exiting"))
+        }
+    })
+    .await;
+    assert_eq!(proc.count_logged("SIGTERM: draining"), 1, "{}", proc.log());
+}
