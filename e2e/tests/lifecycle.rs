@@ -560,8 +560,16 @@ spec:
     };
     let (s1, s2) = (subset("v1").unwrap(), subset("v2").unwrap());
     // endpoints are listed as `address:port`, as Envoy lists hosts
-    assert_eq!(s1["endpoints"], serde_json::json!([format!("127.0.0.2:{}", v1.port())]), "{svc:#}");
-    assert_eq!(s2["endpoints"], serde_json::json!([format!("127.0.0.3:{}", v2.port())]), "{svc:#}");
+    assert_eq!(
+        s1["endpoints"],
+        serde_json::json!([format!("127.0.0.2:{}", v1.port())]),
+        "{svc:#}"
+    );
+    assert_eq!(
+        s2["endpoints"],
+        serde_json::json!([format!("127.0.0.3:{}", v2.port())]),
+        "{svc:#}"
+    );
     let eps = svc["endpoints"].as_array().unwrap();
     assert_eq!(eps.len(), 2);
     assert_eq!(eps[0]["ports"]["9080"], v1.port(), "{svc:#}");

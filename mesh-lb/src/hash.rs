@@ -14,8 +14,22 @@
 //!   claims the next free slot of its permutation `(offset + skip × j) % M` in turns
 //!   weighted by `weight / max_weight`; a key maps to `table[hash % M]`.
 //!
-//! Removing one of N endpoints remaps about 1/N of the keys with either table (tested as
-//! properties below).
+//! Removing one of N endpoints remaps about 1/N of the keys with Maglev. With ring hash, the
+//! removed endpoint's 1/N moves, plus up to another 1/N: Envoy keeps the ring at
+//! `minimumRingSize` points, so the survivors each gain points (keys never move between
+//! survivors when the points per endpoint stay the same). Both are tested as properties.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use mesh_lb::hash::HashTable;
+//!
+//! let addrs: Vec<SocketAddr> = vec!["10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap()];
+//! let ring = HashTable::ring(&addrs, &[1.0, 1.0], 1024).unwrap();
+//! let maglev = HashTable::maglev(&addrs, &[1.0, 1.0], 65537).unwrap();
+//! let key = xxhash_rust::xxh64::xxh64(b"user-42", 0); // as Envoy hashes a header value
+//! assert!(ring.get(key) < 2 && maglev.get(key) < 2);
+//! assert_eq!((ring.len(), maglev.len()), (1024, 65537));
+//! ```
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -185,7 +199,12 @@ impl HashTable {
 pub const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
 
 fn next_prime(mut n: u64) -> u64 {
-    let is_prime = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    let is_prime = |n: u64| {
+        n >= 2
+            && (2..)
+                .take_while(|d| d * d <= n)
+                .all(|d| !n.is_multiple_of(d))
+    };
     while !is_prime(n) {
         n += 1;
     }

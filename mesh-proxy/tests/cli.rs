@@ -1,5 +1,7 @@
 //! The `mesh-proxy` binary's contract: `validate` exit codes and messages (run on the whole
 //! acceptance corpus), usage errors, and `ca`.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
