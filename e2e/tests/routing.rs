@@ -331,3 +331,44 @@ spec:
         assert_eq!((r.status.as_u16(), r.backend()), (200, "alive"), "{r:?}");
     }
 }
+
+/// ServiceEntry `resolution: DNS` (Istio: "DNS resolution ... all addresses are endpoints";
+/// Envoy STRICT_DNS cluster): the proxy resolves the endpoint hostname `localhost` and sends
+/// traffic to its addresses. Every address `localhost` resolves to here gets a backend on
+/// the same port, so whichever the balancer picks answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_service_entry_resolves_endpoint_hostnames() {
+    let first = backend("dns").await;
+    let port = first.port();
+    let mut extra = Vec::new();
+    for a in std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port)).unwrap() {
+        if a.ip() != first.addr.ip() {
+            match backend_on(a, "dns").await {
+                Some(b) => extra.push(b),
+                None => panic!("localhost resolves to {a}, which cannot be bound here"),
+            }
+        }
+    }
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external-api}}
+spec:
+  hosts: [api.external.test]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: localhost, ports: {{http: {port}}}}}]
+",
+        bootstrap(1, "  mesh:\n    outboundTrafficPolicy: REGISTRY_ONLY\n"),
+    );
+    let p = start(&yaml).await;
+    let mut c = H1::connect(p.out).await;
+    for _ in 0..4 {
+        let r = c.get("api.external.test", &[]).await;
+        assert_eq!((r.status.as_u16(), r.backend()), (200, "dns"), "{r:?}");
+    }
+    let served = first.hits() + extra.iter().map(Backend::hits).sum::<usize>();
+    assert_eq!(served, 4);
+}

@@ -16,7 +16,9 @@ use std::task::{Context, Poll};
 
 use http::{Extensions, Request};
 use mesh_core::compile::Snapshot;
+use mesh_lb::discover::{Chain, Discover, DnsDiscover, StaticDiscover, SystemResolver};
 use mesh_lb::{Lb, LbLayer};
+use tokio::sync::Notify;
 use mesh_routing::{BuildError, Route, RouteLayer, RouteTable, RouteTableHandle};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -42,6 +44,47 @@ pub struct Layers {
     routes: RouteTableHandle,
     route_layer: RouteLayer,
     lb: LbLayer,
+    dns: Arc<DnsRefresher>,
+}
+
+/// Resolves the hostnames of `resolution: DNS` ServiceEntries on a thread of its own:
+/// every 30s (Envoy's `dns_refresh_rate`), and at once after a reload.
+#[derive(Debug)]
+struct DnsRefresher {
+    dns: Arc<DnsDiscover>,
+    now: Arc<Notify>,
+}
+
+/// How long start-up waits for the first DNS answers (then DNS services answer `503 UH`
+/// until their names resolve, as a warming Envoy cluster).
+const FIRST_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl DnsRefresher {
+    fn start(snapshot: &Snapshot) -> Arc<DnsRefresher> {
+        let dns = Arc::new(DnsDiscover::new(Arc::new(SystemResolver)));
+        dns.set_snapshot(snapshot);
+        let now = Arc::new(Notify::new());
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let (d, n) = (dns.clone(), now.clone());
+        let spawned = std::thread::Builder::new().name("mesh-dns".into()).spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                d.refresh().await;
+                let _ = first_tx.send(());
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d.refresh_interval()) => {}
+                        _ = n.notified() => {}
+                    }
+                    d.refresh().await;
+                }
+            });
+        });
+        if spawned.is_ok() {
+            let _ = first_rx.recv_timeout(FIRST_RESOLUTION);
+        }
+        Arc::new(DnsRefresher { dns, now })
+    }
 }
 
 // === impl Layers ===
@@ -51,10 +94,14 @@ impl Layers {
     pub fn new(snapshot: &Arc<Snapshot>) -> Result<Layers, BuildError> {
         let table = RouteTable::sidecar(snapshot)?;
         let routes = RouteTableHandle::new(table);
+        let dns = DnsRefresher::start(snapshot);
+        let discover: Arc<dyn Discover> = Arc::new(Chain::new(vec![dns.dns.clone(), Arc::new(StaticDiscover)]));
+        let lb = LbLayer::builder(snapshot.clone()).discover(discover).build();
         Ok(Layers {
             route_layer: RouteLayer::new(routes.clone()),
             routes,
-            lb: LbLayer::new(snapshot.clone()),
+            lb,
+            dns,
         })
     }
 
@@ -65,6 +112,8 @@ impl Layers {
         // the balancer first: new routes may name services only the new snapshot has
         self.lb.store(snapshot.clone());
         self.routes.store(table);
+        // new DNS names resolve now rather than at the next period
+        self.dns.now.notify_one();
         Ok(())
     }
 

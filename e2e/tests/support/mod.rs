@@ -117,6 +117,16 @@ pub async fn backend_with(name: &'static str, handler: Handler) -> Backend {
 /// A backend on another loopback address (`127.0.0.2`…), to tell endpoints apart by address.
 pub async fn backend_at(ip: &str, name: &'static str, handler: Handler) -> Backend {
     let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    serve_backend(listener, name, handler)
+}
+
+/// A backend on exactly `addr`, if it can be bound (another family's loopback may be absent).
+pub async fn backend_on(addr: SocketAddr, name: &'static str) -> Option<Backend> {
+    let listener = TcpListener::bind(addr).await.ok()?;
+    Some(serve_backend(listener, name, named(name)))
+}
+
+fn serve_backend(listener: TcpListener, name: &'static str, handler: Handler) -> Backend {
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let count = hits.clone();
