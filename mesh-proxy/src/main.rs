@@ -1,4 +1,12 @@
 //! The `mesh-proxy` binary: parses the command line and calls the library.
+//!
+//! The binary (not the library) picks the global allocator: mimalloc. glibc's malloc cost
+//! about 10% of the instructions of a proxied request (hyper's 8 KiB read buffers miss its
+//! thread cache); mimalloc saves about 2k instructions per request (callgrind) for +0.7 MiB
+//! of idle RSS. See docs/performance.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     mesh_proxy::cli::main()
 }

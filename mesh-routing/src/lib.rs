@@ -11,7 +11,10 @@
 //! - [`RouteLayer`] / [`Route`]: match the request (host, then `HTTPMatchRequest`s in order,
 //!   first match wins) and apply the route: weighted destination (sticky cookie first),
 //!   redirect, direct response, rewrite, header operations, CORS; requests that match nothing
-//!   get 404 `NR`.
+//!   get 404 `NR`. A virtual host with more than 8 routes is matched through a candidate
+//!   index on the literal path prefixes of its routes (a radix trie), which tries only the
+//!   routes that can match the path, still in order: a host of hundreds of path prefixes
+//!   costs about what a host of ten does.
 //! - [`MirrorLayer`] / [`Mirror`]: send the mirrored copies the router chose.
 //!
 //! ```
@@ -58,6 +61,7 @@
 mod action;
 mod delegate;
 mod error;
+mod index;
 mod matcher;
 pub mod mirror;
 pub mod route;

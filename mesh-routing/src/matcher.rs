@@ -112,6 +112,19 @@ pub(crate) struct RequestView<'a> {
     pub(crate) source_namespace: &'a str,
 }
 
+/// What a match block requires of the request's `:path` (path and query), for the candidate
+/// index: a necessary condition, never a sufficient one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PathCond {
+    /// The block never matches (a condition this router cannot evaluate).
+    Never,
+    /// Any path may match (no `uri`, or a regex without a literal prefix).
+    Any,
+    /// Only paths starting with this literal may match (ASCII case-insensitively when the
+    /// block ignores case; the index compares case-insensitively in every case).
+    Prefix(Box<[u8]>),
+}
+
 /// Limits applied when compiling regexes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RegexLimits {
@@ -183,8 +196,9 @@ pub(crate) fn literal_prefix(pattern: &str) -> Vec<u8> {
     while let Some(&b) = bytes.get(i) {
         match b {
             b'\\' => match bytes.get(i + 1) {
-                // An escaped punctuation character is itself; letters and digits are classes.
-                Some(&e) if e.is_ascii_punctuation() => {
+                // An escaped punctuation character is itself; letters and digits are classes,
+                // `\<` and `\>` word boundaries.
+                Some(&e) if e.is_ascii_punctuation() && e != b'<' && e != b'>' => {
                     out.push(e);
                     i += 2;
                     continue;
@@ -421,6 +435,27 @@ impl MatchBlock {
         })
     }
 
+    /// A necessary condition on the request's `:path` for the block to match.
+    ///
+    /// `exact` (matched against the path without the query) and `prefix` (against path and
+    /// query) both require the path and query to start with their literal; a regex requires
+    /// its literal prefix ([`FullRegex::is_match`] checks it first).
+    pub(crate) fn path_cond(&self) -> PathCond {
+        if self.never {
+            return PathCond::Never;
+        }
+        let lit: &[u8] = match &self.uri {
+            None => return PathCond::Any,
+            Some(UriMatch::Prefix(p, _) | UriMatch::Exact(p, _)) => p,
+            Some(UriMatch::Regex(r)) => &r.prefix,
+        };
+        if lit.is_empty() {
+            PathCond::Any
+        } else {
+            PathCond::Prefix(lit.into())
+        }
+    }
+
     /// Whether every condition of the block holds.
     pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
         if self.never {
@@ -502,6 +537,11 @@ mod tests {
         assert_eq!(literal_prefix("/a|/b"), b"");
         assert_eq!(literal_prefix("(?i)/a"), b"");
         assert_eq!(literal_prefix(r"\d+"), b"");
+        // Word boundaries, not literals (regex 1.10+).
+        assert_eq!(literal_prefix(r"/a\<b"), b"/a");
+        assert_eq!(literal_prefix(r"\>"), b"");
+        let m = StrMatch::compile(&sm(None, None, Some(r"/\<a")), false, LIMITS).unwrap();
+        assert!(m.matches(b"/a"));
         let m = StrMatch::compile(&sm(None, None, Some("/ab*c")), false, LIMITS).unwrap();
         assert!(m.matches(b"/ac"));
     }

@@ -92,6 +92,10 @@
 //!
 //! # Differences from Istio/Envoy
 //!
+//! - None in route precedence: a virtual host with more than 8 routes is matched through a
+//!   candidate index on its routes' literal path prefixes (`uri.exact`, `uri.prefix`, the
+//!   literal start of `uri.regex`), which only skips routes that cannot match the path; the
+//!   first matching route in configuration order still wins, as in Envoy.
 //! - One table serves every port: the port comes from the Host header (or the service's only
 //!   port, else 80), where Istio builds one route configuration per listener port.
 //! - `headers` values are literal: Envoy's `%VARIABLE%` substitutions are not expanded.

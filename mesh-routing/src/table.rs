@@ -25,6 +25,22 @@
 //! - A host no virtual host serves goes, on a sidecar, to the passthrough destination under
 //!   `outboundTrafficPolicy: ALLOW_ANY`, or gets 502 `NR` under `REGISTRY_ONLY` (Istio's
 //!   `BlackHoleCluster`); on a gateway it gets 404 `NR`.
+//!
+//! # Route matching and performance
+//!
+//! Within a virtual host the routes are tried in order and the first whose match block holds
+//! wins, exactly as Envoy's route list. A host with more than 8 routes gets a candidate index
+//! (`index.rs`): every match block's `uri` gives a literal the `:path` must start with (the
+//! `exact` or `prefix` value, ASCII-lowercased for `ignoreUriCase`; the literal prefix of a
+//! `regex`), and the literals go into a case-folded radix trie whose nodes hold the ordered
+//! routes each path under them may match. A request walks the trie along its path (at most
+//! the longest literal), then tries that node's routes merged in route order with the routes
+//! that may match any path (no `uri`, a regex without a literal prefix, no match block): no
+//! allocation, and the result is the one the full scan gives. Hosts whose literals nest so
+//! deeply that the lists would grow past ~64 entries per route keep the scan. A
+//! VirtualService claiming several services shares one index. The cost of a request thus
+//! depends on how many routes share its path prefix (and how many have no `uri` condition),
+//! not on the host's route count.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +57,7 @@ use mesh_core::selector::Labels;
 use crate::action::{Cors, Direct, HeaderRules, Redirect, UriRewrite, split_port};
 use crate::delegate;
 use crate::error::BuildError;
+use crate::index::PathIndex;
 use crate::matcher::{MatchBlock, RegexLimits, RequestView};
 
 /// The gateway context a router serves: which VirtualServices (by their `gateways`) apply.
@@ -108,6 +125,8 @@ struct DomainTarget {
 struct VirtualHost {
     name: Arc<str>,
     routes: Box<[Arc<CompiledRoute>]>,
+    /// The candidate index of `routes` (hosts with more than a few routes).
+    index: Option<Arc<PathIndex>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,6 +315,9 @@ fn service_domain_forms(host: &str, ns: &str, cluster_domain: &str) -> Vec<Strin
 
 struct Builder<'a> {
     warnings: std::cell::RefCell<Vec<String>>,
+    /// Indexes already built, by the identity of the routes they index: a VirtualService
+    /// claiming several services shares one.
+    indexes: HashMap<Vec<usize>, Option<Arc<PathIndex>>>,
     snap: &'a Snapshot,
     ctx: &'a RouterContext,
     limits: RegexLimits,
@@ -305,9 +327,26 @@ struct Builder<'a> {
 impl Builder<'_> {
     fn add_vhost(&mut self, name: &str, routes: Vec<Arc<CompiledRoute>>) -> u32 {
         self.table.route_count += routes.len();
+        let index = if routes.len() < crate::index::INDEX_MIN_ROUTES {
+            None
+        } else {
+            let key: Vec<usize> = routes.iter().map(|r| Arc::as_ptr(r) as usize).collect();
+            self.indexes
+                .entry(key)
+                .or_insert_with(|| {
+                    PathIndex::build(
+                        routes
+                            .iter()
+                            .map(|r| r.blocks.iter().map(MatchBlock::path_cond)),
+                    )
+                    .map(Arc::new)
+                })
+                .clone()
+        };
         self.table.vhosts.push(VirtualHost {
             name: name.into(),
             routes: routes.into(),
+            index,
         });
         u32::try_from(self.table.vhosts.len() - 1).unwrap_or(u32::MAX)
     }
@@ -756,6 +795,7 @@ impl RouteTable {
         };
         Builder {
             warnings: Default::default(),
+            indexes: HashMap::new(),
             snap: snapshot,
             ctx,
             limits,
@@ -842,23 +882,16 @@ impl RouteTable {
         let Some(vhost) = self.vhosts.get(target.vhost as usize) else {
             return Selected::NoRoute;
         };
-        for route in vhost.routes.iter() {
-            if route.blocks.is_empty() {
-                return Selected::Route {
-                    route,
-                    block: None,
-                    port: view.port,
-                };
-            }
-            if let Some(i) = route.blocks.iter().position(|b| b.matches(view)) {
-                return Selected::Route {
-                    route,
-                    block: Some(i),
-                    port: view.port,
-                };
-            }
+        match &vhost.index {
+            // Only the routes that can match this path, in route order.
+            Some(index) => first_match(
+                index
+                    .candidates(view.path_and_query.as_bytes())
+                    .filter_map(|i| vhost.routes.get(i as usize)),
+                view,
+            ),
+            None => first_match(vhost.routes.iter(), view),
         }
-        Selected::NoRoute
     }
 
     /// The source labels and namespace for a request: its [`SourceWorkload`] extension, else
@@ -869,6 +902,32 @@ impl RouteTable {
             None => (&self.source_labels, &self.source_namespace),
         }
     }
+}
+
+/// The first route (of `routes`, in order) with a block that matches; a route without blocks
+/// matches every request.
+#[inline]
+fn first_match<'t>(
+    routes: impl Iterator<Item = &'t Arc<CompiledRoute>>,
+    view: &RequestView<'_>,
+) -> Selected<'t> {
+    for route in routes {
+        if route.blocks.is_empty() {
+            return Selected::Route {
+                route,
+                block: None,
+                port: view.port,
+            };
+        }
+        if let Some(i) = route.blocks.iter().position(|b| b.matches(view)) {
+            return Selected::Route {
+                route,
+                block: Some(i),
+                port: view.port,
+            };
+        }
+    }
+    Selected::NoRoute
 }
 
 impl std::fmt::Debug for RouteTable {
@@ -1036,6 +1095,199 @@ mod tests {
                 "api.example.com.".to_string()
             ]
         );
+    }
+
+    mod indexed_matches_linear {
+        //! The candidate index against the plain scan: the same route and block for every
+        //! request, over random route lists and paths.
+
+        use super::*;
+        use mesh_core::compile::compile;
+        use mesh_core::load::Loader;
+        use proptest::prelude::*;
+
+        const SEGMENTS: &[&str] = &[
+            "", "a", "A", "ab", "aB", "api", "API", "v1", "v2", "x.y", "é",
+        ];
+        const REGEXES: &[&str] = &[
+            "/a.*",
+            "/api/[a-z0-9]+",
+            "/ab+",
+            "/A/.*",
+            ".*",
+            "/(a|b)/.*",
+            r"/a\.b",
+            "/api/v1",
+            "/api/v[12]/.*",
+            "(?i)/api/.*",
+            r"/a\<b.*",
+            "/ab*",
+            "/x.y/?",
+            "[/]api.*",
+        ];
+
+        /// A path-like literal: segments, cut anywhere (mid-segment too), maybe a query.
+        fn literal() -> impl Strategy<Value = String> {
+            (
+                proptest::collection::vec(proptest::sample::select(SEGMENTS), 0..4),
+                any::<prop::sample::Index>(),
+                any::<bool>(),
+                proptest::option::of(proptest::sample::select(&["?", "?q=1", "?Q"][..])),
+            )
+                .prop_map(|(segs, cut, cut_it, query)| {
+                    let mut s = String::new();
+                    for seg in segs {
+                        s.push('/');
+                        s.push_str(seg);
+                    }
+                    if cut_it && !s.is_empty() {
+                        let mut at = cut.index(s.len() + 1);
+                        while !s.is_char_boundary(at) {
+                            at -= 1;
+                        }
+                        s.truncate(at);
+                    }
+                    if let Some(q) = query {
+                        s.push_str(q);
+                    }
+                    s
+                })
+        }
+
+        #[derive(Debug, Clone)]
+        enum Uri {
+            None,
+            Exact(String),
+            Prefix(String),
+            Regex(&'static str),
+        }
+
+        #[derive(Debug, Clone)]
+        struct Block {
+            uri: Uri,
+            ignore_case: bool,
+            header: bool,
+            query: bool,
+            claim: bool,
+        }
+
+        fn block() -> impl Strategy<Value = Block> {
+            let uri = prop_oneof![
+                1 => Just(Uri::None),
+                3 => literal().prop_map(Uri::Exact),
+                4 => literal().prop_map(Uri::Prefix),
+                2 => proptest::sample::select(REGEXES).prop_map(Uri::Regex),
+            ];
+            (
+                uri,
+                any::<bool>(),
+                prop::bool::weighted(0.25),
+                prop::bool::weighted(0.15),
+                prop::bool::weighted(0.05),
+            )
+                .prop_map(|(uri, ignore_case, header, query, claim)| Block {
+                    uri,
+                    ignore_case,
+                    header,
+                    query,
+                    claim,
+                })
+        }
+
+        fn yaml(routes: &[Vec<Block>]) -> String {
+            let mut y = String::from(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: p, namespace: default}\nspec:\n  hosts: [p.example.com]\n  http:\n",
+            );
+            for (i, blocks) in routes.iter().enumerate() {
+                y.push_str(&format!("  - name: r{i}\n"));
+                if !blocks.is_empty() {
+                    y.push_str("    match:\n");
+                }
+                for b in blocks {
+                    let mut c = Vec::new();
+                    match &b.uri {
+                        Uri::None => {}
+                        Uri::Exact(l) => c.push(format!("uri: {{exact: '{l}'}}")),
+                        Uri::Prefix(l) => c.push(format!("uri: {{prefix: '{l}'}}")),
+                        Uri::Regex(r) => c.push(format!("uri: {{regex: '{r}'}}")),
+                    }
+                    if b.ignore_case {
+                        c.push("ignoreUriCase: true".into());
+                    }
+                    let mut headers = Vec::new();
+                    if b.header {
+                        headers.push("x-h: {exact: '1'}");
+                    }
+                    if b.claim {
+                        headers.push("'@request.auth.claims.sub': {exact: a}");
+                    }
+                    if !headers.is_empty() {
+                        c.push(format!("headers: {{{}}}", headers.join(", ")));
+                    }
+                    if b.query {
+                        c.push("queryParams: {q: {exact: '1'}}".into());
+                    }
+                    y.push_str(&format!("    - {{{}}}\n", c.join(", ")));
+                }
+                y.push_str(&format!(
+                    "    route: [{{destination: {{host: r{i}.dest}}}}]\n"
+                ));
+            }
+            y
+        }
+
+        fn request_path() -> impl Strategy<Value = String> {
+            (literal(), proptest::collection::vec(any::<bool>(), 8)).prop_map(|(l, flips)| {
+                // Random case changes, so that ignoreUriCase and case-folded keys are exercised.
+                let mut p: String = l
+                    .chars()
+                    .zip(flips.iter().cycle())
+                    .map(|(c, f)| if *f { c.to_ascii_uppercase() } else { c })
+                    .collect();
+                if !p.starts_with('/') {
+                    p.insert(0, '/');
+                }
+                p.replace('é', "%C3%A9")
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn same_route_as_linear_scan(
+                routes in proptest::collection::vec(proptest::collection::vec(block(), 0..3), crate::index::INDEX_MIN_ROUTES..40),
+                reqs in proptest::collection::vec((request_path(), any::<bool>()), 24),
+            ) {
+                let mut l = Loader::new();
+                l.add_str("p.yaml", &yaml(&routes));
+                let table = RouteTable::sidecar(&compile(l.finish().resources)).unwrap();
+                let target = table.lookup("p.example.com").unwrap();
+                let vhost = &table.vhosts[target.vhost as usize];
+                // Every route survives validation and compilation, and the host is indexed.
+                prop_assert_eq!(vhost.routes.len(), routes.len());
+                prop_assert!(vhost.index.is_some());
+                for (path, header) in &reqs {
+                    let mut b = Request::builder().uri(path.as_str()).header("host", "p.example.com");
+                    if *header {
+                        b = b.header("x-h", "1");
+                    }
+                    let req = b.body(()).unwrap();
+                    let mut view = view_of(&req, table.source(None));
+                    let got = table.select(&mut view);
+                    let want = first_match(vhost.routes.iter(), &view);
+                    let id = |s: &Selected<'_>| match s {
+                        Selected::Route { route, block, .. } => Some((Arc::as_ptr(route), *block)),
+                        _ => None,
+                    };
+                    let name = |s: &Selected<'_>| match s {
+                        Selected::Route { route, .. } => route.policy.route_name.clone(),
+                        _ => None,
+                    };
+                    prop_assert_eq!(id(&got), id(&want), "path {} header {}: got {:?}, want {:?}", path, header, name(&got), name(&want));
+                }
+            }
+        }
     }
 
     #[test]

@@ -81,6 +81,44 @@ proptest! {
     }
 }
 
+const MANY_PREFIXES: &[&str] = &[
+    "/", "/a", "/ab", "/b", "/abc", "/abc/", "/abc/d", "/api/v1/", "/api/v2/", "/api", "/a?x",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The same on hosts with enough routes to be served through the candidate index: the
+    /// index never changes which rule wins.
+    #[test]
+    fn first_match_wins_on_indexed_hosts(
+        rules in proptest::collection::vec(
+            (proptest::option::of(proptest::sample::select(MANY_PREFIXES)),
+             proptest::option::of(proptest::sample::select(VALUES)))
+                .prop_map(|(prefix, header)| Rule { prefix, header }),
+            9..40),
+        reqs in proptest::collection::vec(
+            (proptest::sample::select(&["/", "/a", "/abc/d/e", "/abc/", "/b", "/c", "/ab", "/api/v1/x", "/api/v2", "/a?x=1", "/apix"][..]),
+             proptest::option::of(proptest::sample::select(VALUES))),
+            1..16),
+    ) {
+        let h = Harness::sidecar(&snap(&yaml(&rules)));
+        block_on(async {
+            for (path, header) in &reqs {
+                let mut b = req("p.example.com", path);
+                if let Some(v) = header {
+                    b = b.header("x-v", *v);
+                }
+                let (res, seen) = h.send(b.body(String::new()).unwrap()).await;
+                let got = seen.map(|s| s.host().trim_start_matches('r').split('.').next().unwrap().parse::<usize>().unwrap());
+                let want = model(&rules, path, *header);
+                assert_eq!(got, want, "{rules:?} {path} {header:?}");
+                assert_eq!(res.status() == 404, want.is_none());
+            }
+        });
+    }
+}
+
 fn weights_yaml(weights: &[u32]) -> String {
     let mut dests = String::new();
     for (i, w) in weights.iter().enumerate() {
