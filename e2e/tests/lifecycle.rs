@@ -425,9 +425,6 @@ async fn drain_fails_readiness_finishes_in_flight_requests_and_refuses_new_conne
 /// engine's docs promise "idle keep-alive connections close at once". It must neither stay
 /// open nor hold the drain until `drainTimeout` (or `requestHeadersTimeout`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reason: bug in mesh-proxy/src/engine/conn.rs `serve`: a connection still in `detect` \
-            (no byte received) does not watch the drain signal, so drain waits for it until \
-            drainTimeout/requestHeadersTimeout instead of closing it at once"]
 async fn drain_closes_a_connection_that_never_sent_a_request_at_once() {
     let fast = backend("fast").await;
     let p = start(&format!(

@@ -3,12 +3,18 @@
 //! Layers never call each other; the router writes what it chose into the request's
 //! extensions and the layers below read it when present (falling back to their own
 //! configuration otherwise). Each type here says who writes it and who reads it.
+//!
+//! Each layer writes one extension per request: the router a [`RouteDecision`], the
+//! balancer a [`SelectedUpstream`]. Read their parts with [`route_destination`],
+//! [`route_policy`], [`selected_endpoint`] and [`upstream_cluster`], which also accept the
+//! parts inserted on their own (by in-process users, tests, or the paths that have only one
+//! part: passthrough).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Response, StatusCode};
+use http::{Extensions, HeaderValue, Response, StatusCode};
 
 use crate::body::MeshBody;
 use crate::flags::{RESPONSE_FLAGS_HEADER, ResponseFlags};
@@ -17,7 +23,10 @@ use crate::policy::{FaultPolicy, RetryPolicy};
 /// The destination the router chose for a request: a service host, an optional subset, and
 /// the service port.
 ///
-/// Written by the router (`mesh-routing`); read by the balancer (`mesh-lb`).
+/// Written by the router (`mesh-routing`) inside its [`RouteDecision`] for forwarded and
+/// mirrored requests, and on its own for passthrough requests (beside [`Passthrough`]); an
+/// in-process user without a router may also insert it directly. Read by the balancer (`mesh-lb`) through
+/// [`route_destination`], which looks in a [`RouteDecision`] first.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RouteDestination {
     /// The fully qualified service host, e.g. `reviews.default.svc.cluster.local`.
@@ -41,8 +50,11 @@ pub struct Passthrough;
 
 /// The policy of the route the router chose: what the resilience layers apply.
 ///
-/// Written by the router; read by the timeout, retry and fault layers (`mesh-resilience`),
-/// which fall back to their own configuration when it is absent.
+/// Written by the router inside its [`RouteDecision`] (shared, built once per route and
+/// match block; mirrored copies get their own); an in-process user may also insert it
+/// directly. Read by the timeout,
+/// retry and fault layers (`mesh-resilience`) through [`route_policy`], which looks in a
+/// [`RouteDecision`] first; they fall back to their own configuration when it is absent.
 #[derive(Debug, Clone, Default)]
 pub struct RoutePolicy {
     /// The route's name (`HTTPRoute.name`), for telemetry.
@@ -57,8 +69,11 @@ pub struct RoutePolicy {
 
 /// The endpoint the balancer picked: the address to connect to and how.
 ///
-/// Written by the balancer (`mesh-lb`); read by the connector (`mesh-proxy`, `mesh-tls`),
-/// outlier detection and telemetry.
+/// Written by the balancer (`mesh-lb`) inside a [`SelectedUpstream`] for endpoints of a
+/// cluster, and on its own for passthrough requests (which have no cluster); the proxy's
+/// inbound listener and in-process users may also insert it directly. Read by the connector
+/// (`mesh-proxy`, `mesh-tls`), outlier detection and telemetry through [`selected_endpoint`],
+/// which looks in a [`SelectedUpstream`] first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SelectedEndpoint {
     /// Address and port to connect to.
@@ -84,15 +99,99 @@ pub struct ClientAddr(pub SocketAddr);
 /// The cluster the balancer picked the [`SelectedEndpoint`] from: its Istio name
 /// (`outbound|9080|v1|reviews.default.svc.cluster.local`) and the endpoint's health cell.
 ///
-/// Written by the balancer (`mesh-lb`) beside [`SelectedEndpoint`]; read by outlier
-/// detection (which ejects the endpoint through the cell; see [`crate::health`]) and
-/// telemetry (Envoy's `upstream_cluster`).
+/// Written by the balancer (`mesh-lb`) inside a [`SelectedUpstream`], beside the
+/// [`SelectedEndpoint`]; read by outlier detection (which ejects the endpoint through the
+/// cell; see [`crate::health`]) and telemetry (Envoy's `upstream_cluster`) through
+/// [`upstream_cluster`].
 #[derive(Debug, Clone)]
 pub struct UpstreamCluster {
     /// The Istio cluster name ([`crate::health::cluster_name`]).
     pub name: Arc<str>,
     /// The selected endpoint's health cell in this cluster.
     pub health: Arc<crate::health::HealthCell>,
+}
+
+/// What the router decided for a forwarded request: the destination and the route's policy,
+/// in one extension (one insert per request; the policy is shared, built once per route and
+/// match block).
+///
+/// Written by the router (`mesh-routing`) for every request it forwards to a route's
+/// destination, and by its mirror layer on each mirrored copy. Readers (the balancer, the
+/// resilience layers) use [`route_destination`] and [`route_policy`], which also accept a
+/// standalone [`RouteDestination`] / [`RoutePolicy`] (passthrough requests, requests from
+/// in-process users without a router).
+#[derive(Debug, Clone)]
+pub struct RouteDecision {
+    /// The chosen destination, port filled in from the request when the route names none.
+    pub dest: RouteDestination,
+    /// The chosen route's policy (`route_name` is the match block's when it has one).
+    pub policy: Arc<RoutePolicy>,
+}
+
+/// What the balancer picked for a request: the [`SelectedEndpoint`] and its
+/// [`UpstreamCluster`], in one shared value (built once per endpoint when the cluster is
+/// built; a request's insert is one reference-count increment).
+///
+/// Written by the balancer (`mesh-lb`) for every request sent to an endpoint of a cluster.
+/// Readers use [`selected_endpoint`] and [`upstream_cluster`], which also accept a standalone
+/// [`SelectedEndpoint`] / [`UpstreamCluster`].
+#[derive(Debug, Clone)]
+pub struct SelectedUpstream(Arc<(SelectedEndpoint, UpstreamCluster)>);
+
+impl SelectedUpstream {
+    /// The endpoint and the cluster it belongs to.
+    pub fn new(endpoint: SelectedEndpoint, cluster: UpstreamCluster) -> Self {
+        SelectedUpstream(Arc::new((endpoint, cluster)))
+    }
+
+    /// The endpoint to connect to.
+    pub fn endpoint(&self) -> &SelectedEndpoint {
+        &self.0.0
+    }
+
+    /// The cluster the endpoint was picked from.
+    pub fn cluster(&self) -> &UpstreamCluster {
+        &self.0.1
+    }
+}
+
+/// The request's destination: its [`RouteDecision`]'s, else a standalone
+/// [`RouteDestination`].
+#[inline]
+pub fn route_destination(ext: &Extensions) -> Option<&RouteDestination> {
+    match ext.get::<RouteDecision>() {
+        Some(d) => Some(&d.dest),
+        None => ext.get::<RouteDestination>(),
+    }
+}
+
+/// The request's route policy: its [`RouteDecision`]'s, else a standalone [`RoutePolicy`].
+#[inline]
+pub fn route_policy(ext: &Extensions) -> Option<&RoutePolicy> {
+    match ext.get::<RouteDecision>() {
+        Some(d) => Some(&d.policy),
+        None => ext.get::<RoutePolicy>(),
+    }
+}
+
+/// The endpoint to connect to: the [`SelectedUpstream`]'s, else a standalone
+/// [`SelectedEndpoint`].
+#[inline]
+pub fn selected_endpoint(ext: &Extensions) -> Option<&SelectedEndpoint> {
+    match ext.get::<SelectedUpstream>() {
+        Some(u) => Some(u.endpoint()),
+        None => ext.get::<SelectedEndpoint>(),
+    }
+}
+
+/// The cluster of the selected endpoint: the [`SelectedUpstream`]'s, else a standalone
+/// [`UpstreamCluster`].
+#[inline]
+pub fn upstream_cluster(ext: &Extensions) -> Option<&UpstreamCluster> {
+    match ext.get::<SelectedUpstream>() {
+        Some(u) => Some(u.cluster()),
+        None => ext.get::<UpstreamCluster>(),
+    }
 }
 
 /// The workload that sent a request, for `sourceLabels` / `sourceNamespace` matching.
@@ -164,6 +263,56 @@ mod tests {
         assert_eq!(flags_of(&res), ResponseFlags::NO_ROUTE);
         assert_eq!(res.headers()[RESPONSE_FLAGS_HEADER], "NR");
         assert_eq!(res.body().size_hint().exact(), Some(8));
+    }
+
+    #[test]
+    fn accessors_read_merged_and_standalone_extensions() {
+        let dest = RouteDestination {
+            host: "a".into(),
+            subset: None,
+            port: Some(80),
+        };
+        let mut ext = Extensions::new();
+        assert!(route_destination(&ext).is_none() && route_policy(&ext).is_none());
+        ext.insert(dest.clone());
+        ext.insert(RoutePolicy::default());
+        assert_eq!(route_destination(&ext), Some(&dest));
+        assert!(route_policy(&ext).is_some_and(|p| p.route_name.is_none()));
+        let merged = RouteDestination {
+            host: "b".into(),
+            ..dest
+        };
+        ext.insert(RouteDecision {
+            dest: merged.clone(),
+            policy: Arc::new(RoutePolicy {
+                route_name: Some("r".into()),
+                ..RoutePolicy::default()
+            }),
+        });
+        assert_eq!(route_destination(&ext), Some(&merged));
+        assert_eq!(route_policy(&ext).unwrap().route_name.as_deref(), Some("r"));
+
+        let ep = SelectedEndpoint {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            http2: false,
+            service_account: None,
+            istio_tls: false,
+        };
+        let mut ext = Extensions::new();
+        assert!(selected_endpoint(&ext).is_none() && upstream_cluster(&ext).is_none());
+        ext.insert(ep.clone());
+        assert_eq!(selected_endpoint(&ext), Some(&ep));
+        assert!(upstream_cluster(&ext).is_none());
+        let other = SelectedEndpoint { http2: true, ..ep };
+        ext.insert(SelectedUpstream::new(
+            other.clone(),
+            UpstreamCluster {
+                name: "c".into(),
+                health: Arc::new(crate::health::HealthCell::detached()),
+            },
+        ));
+        assert_eq!(selected_endpoint(&ext), Some(&other));
+        assert_eq!(&*upstream_cluster(&ext).unwrap().name, "c");
     }
 
     #[test]

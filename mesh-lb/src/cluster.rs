@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mesh_core::compile::{Endpoint, Protocol, Service, TLS_MODE_LABEL};
-use mesh_core::ext::SelectedEndpoint;
+use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamCluster};
 use mesh_core::health::{HealthCell, HealthKey, HealthSource};
 use mesh_core::locality::Locality;
 use mesh_core::model::networking::ServicePort;
@@ -31,13 +31,13 @@ pub(crate) struct Host {
     pub(crate) weight: u32,
     pub(crate) state: Arc<EndpointState>,
     pub(crate) health: Arc<HealthCell>,
-    pub(crate) selected: SelectedEndpoint,
+    /// What a request to this endpoint carries: the endpoint and this cluster (shared).
+    pub(crate) upstream: SelectedUpstream,
 }
 
 /// A built cluster.
 #[derive(Debug)]
 pub(crate) struct Cluster {
-    pub(crate) name: Arc<str>,
     pub(crate) subset: Option<Arc<str>>,
     /// The layer version it was built at.
     pub(crate) version: u64,
@@ -143,20 +143,28 @@ impl Cluster {
         let hosts: Box<[Host]> = chosen
             .iter()
             .zip(states)
-            .map(|((addr, ep), state)| Host {
-                addr: *addr,
-                weight: ep.weight.max(1),
-                state,
-                health: input.health.cell(&HealthKey {
+            .map(|((addr, ep), state)| {
+                let health = input.health.cell(&HealthKey {
                     cluster: name.clone(),
                     addr: *addr,
-                }),
-                selected: SelectedEndpoint {
+                });
+                let selected = SelectedEndpoint {
                     addr: *addr,
                     http2,
                     service_account: ep.service_account.as_deref().map(Arc::from),
                     istio_tls: ep.labels.get(TLS_MODE_LABEL).is_some_and(|v| v == "istio"),
-                },
+                };
+                let cluster = UpstreamCluster {
+                    name: name.clone(),
+                    health: health.clone(),
+                };
+                Host {
+                    addr: *addr,
+                    weight: ep.weight.max(1),
+                    state,
+                    health,
+                    upstream: SelectedUpstream::new(selected, cluster),
+                }
             })
             .collect();
 
@@ -305,7 +313,6 @@ impl Cluster {
             }
         }
         Cluster {
-            name,
             subset,
             version: input.version,
             refresh_at,

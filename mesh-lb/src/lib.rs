@@ -4,7 +4,8 @@
 //! [`LbLayer`] is a tower layer placed after the router: it reads the [`RouteDestination`]
 //! the router chose (a host, a subset, a port), finds the service and the subset's
 //! endpoints, picks one with the algorithm the DestinationRule asks for, and writes it as
-//! [`SelectedEndpoint`] for the connector.
+//! a [`SelectedUpstream`] (the [`SelectedEndpoint`] and its [`UpstreamCluster`]) for the
+//! connector, which reads it with [`selected_endpoint`].
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -12,7 +13,7 @@
 //! use http::{Request, Response};
 //! use mesh_core::MeshBody;
 //! use mesh_core::compile::compile;
-//! use mesh_core::ext::{RouteDestination, SelectedEndpoint};
+//! use mesh_core::ext::{RouteDestination, selected_endpoint};
 //! use mesh_core::load::Loader;
 //! use mesh_lb::LbLayer;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
@@ -44,7 +45,7 @@
 //!
 //! // the connector: here it just reports where it would connect
 //! let connector = service_fn(|req: Request<()>| async move {
-//!     let ep = req.extensions().get::<SelectedEndpoint>().unwrap();
+//!     let ep = selected_endpoint(req.extensions()).unwrap();
 //!     Ok::<_, Infallible>(Response::new(MeshBody::<String>::inner(ep.addr.to_string())))
 //! });
 //! let svc = ServiceBuilder::new().layer(layer.clone()).service(connector);
@@ -102,15 +103,19 @@
 //! ```
 //!
 //! Place it below retries, so each attempt picks again (Envoy's behaviour), and above the
-//! per-endpoint layers, which read [`SelectedEndpoint`] and [`UpstreamCluster`].
+//! per-endpoint layers, which read [`SelectedEndpoint`] and [`UpstreamCluster`] (with
+//! [`selected_endpoint`] and [`upstream_cluster`]).
 //!
 //! # Reads and writes
 //!
-//! * Reads [`RouteDestination`] (absent: the request's authority is the destination, short
+//! * Reads [`RouteDestination`] (with [`route_destination`]: the router's
+//!   [`RouteDecision`](mesh_core::ext::RouteDecision), else a standalone one; absent: the request's authority is the destination, short
 //!   names resolved in the client's namespace; an unknown host then passes through under
 //!   `ALLOW_ANY`), [`Passthrough`](mesh_core::ext::Passthrough) (connect to the
 //!   destination's host and port), [`ClientAddr`] (`useSourceIp`).
-//! * Writes [`SelectedEndpoint`] and [`UpstreamCluster`]; on a generated sticky cookie, a
+//! * Writes one [`SelectedUpstream`] ([`SelectedEndpoint`] and [`UpstreamCluster`], built
+//!   once per endpoint and shared); on passthrough, a standalone [`SelectedEndpoint`] (there
+//!   is no cluster). On a generated sticky cookie, a
 //!   `Set-Cookie` response header.
 //! * Answers itself, with Envoy's flags: `503 NR` when the destination's port or subset does
 //!   not exist (the Envoy cluster would not exist), or its host is unknown and not passed
@@ -132,7 +137,10 @@
 //! * Requests in flight are counted until the response **headers** arrive (or the request
 //!   fails or is dropped), not until the body ends: responses are `MeshBody<B>` and a
 //!   counting body would change the type every other layer sees. Peak-EWMA measures time to
-//!   headers too (as Linkerd does), and only from successful, non-5xx answers.
+//!   headers too (as Linkerd does), and only from successful, non-5xx answers. Only the
+//!   algorithms that read the count (least request, peak-EWMA) count requests; round robin,
+//!   random and consistent hashing leave the shared counters alone ([`Lb::pick`] always
+//!   counts).
 //! * Weighted round robin walks a precomputed earliest-deadline-first schedule (the same
 //!   proportions and spreading as Envoy's EDF scheduler, not the same sequence); weighted
 //!   least request draws from Envoy's target distribution `weight / (active + 1)` by
@@ -145,6 +153,18 @@
 //!   a Go map). `failoverPriority` values of the form `key=value` are not supported.
 //! * Passthrough resolves the host with the resolver and connects to the first address,
 //!   where Envoy's `ORIGINAL_DST` uses the address the connection was captured for.
+//! * DNS services ([`DnsDiscover`](discover::DnsDiscover)): Istio sets `respect_dns_ttl` and
+//!   `dns_refresh_rate` (`meshConfig.dnsRefreshRate`, 60s by default), so Envoy re-resolves
+//!   a name at the smallest TTL of its records, however long, and at the refresh rate for a
+//!   TTL of 0. Here each hostname is re-resolved at its TTL clamped between 1s and the
+//!   refresh interval (30s by default), so a long TTL still sees changes within the
+//!   interval and a TTL of 0 means once a second. Answers without a TTL (`/etc/hosts`, the
+//!   system resolver) and failures wait the refresh interval (Envoy's
+//!   `dns_failure_refresh_rate`, which Istio leaves unset: the refresh rate, without its
+//!   optional backoff and jitter). Each hostname has its own schedule, as each target of an
+//!   Envoy `STRICT_DNS` cluster has its own timer. The proxy's resolver is hickory's stub
+//!   resolver ([`HickoryResolver`](discover::HickoryResolver), plain UDP/TCP), not c-ares;
+//!   a reload resolves the new hostnames at once and leaves the others on their schedule.
 //! * Without a `RouteDestination`, the client namespace for DestinationRule lookup is the
 //!   bootstrap workload's.
 #![forbid(unsafe_code)]
@@ -168,4 +188,7 @@ pub use policy::{Algorithm, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MIN_RING_SIZE, MA
 pub use service::{Lb, LbBuilder, LbLayer, Picked, ResponseFuture};
 
 #[doc(hidden)]
-pub use mesh_core::ext::{ClientAddr, RouteDestination, SelectedEndpoint, UpstreamCluster};
+pub use mesh_core::ext::{
+    ClientAddr, RouteDestination, SelectedEndpoint, SelectedUpstream, UpstreamCluster,
+    route_destination, selected_endpoint, upstream_cluster,
+};

@@ -46,6 +46,15 @@ pub enum Algorithm {
     Passthrough,
 }
 
+impl Algorithm {
+    /// Whether picks read the endpoints' in-flight counts (least request, peak-EWMA): only
+    /// then do requests need counting while in flight.
+    #[inline]
+    pub(crate) fn reads_active(self) -> bool {
+        matches!(self, Algorithm::LeastRequest | Algorithm::PeakEwma)
+    }
+}
+
 /// Where a consistent hash comes from.
 #[derive(Debug, Clone)]
 pub(crate) enum HashKey {

@@ -16,7 +16,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_core::MeshBody;
 use mesh_core::compile::{Snapshot, resolve_host};
 use mesh_core::ext::{
-    ClientAddr, Passthrough, RouteDestination, SelectedEndpoint, UpstreamCluster, local_reply,
+    ClientAddr, Passthrough, RouteDestination, SelectedEndpoint, local_reply, route_destination,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::health::{HealthSource, HealthTable, cluster_name};
@@ -54,7 +54,8 @@ pub struct LbBuilder {
 }
 
 /// The balancer service: picks an endpoint for the request's [`RouteDestination`], records
-/// it as [`SelectedEndpoint`], and calls the inner service (the connector).
+/// it as a [`SelectedUpstream`](mesh_core::ext::SelectedUpstream) (the [`SelectedEndpoint`]
+/// and its cluster), and calls the inner service (the connector).
 ///
 /// Each [`Layer::layer`] call makes an independent balancer state (cursors, caches): build
 /// one per worker thread. Clones share it.
@@ -528,7 +529,7 @@ impl<S> Lb<S> {
             .ok_or(ResponseFlags::NO_HEALTHY_UPSTREAM)?;
         host.state.begin();
         Ok(Picked {
-            endpoint: host.selected.clone(),
+            endpoint: host.upstream.endpoint().clone(),
             _guard: Guard {
                 state: host.state.clone(),
                 started: None,
@@ -570,7 +571,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let (slot, derived) = match req.extensions().get::<RouteDestination>() {
+        let (slot, derived) = match route_destination(req.extensions()) {
             Some(dest) if req.extensions().get::<Passthrough>().is_some() => {
                 let (host, port) = (dest.host.clone(), dest.port.unwrap_or(80));
                 return self.passthrough(req, &host, port);
@@ -654,23 +655,22 @@ where
                 "no healthy upstream",
             );
         };
-        host.state.begin();
-        let started = (cluster.algorithm == Algorithm::PeakEwma)
-            .then(|| (Instant::now(), self.shared.config.peak_ewma.decay.0));
-        let guard = Guard {
-            state: host.state.clone(),
-            started,
-        };
-        let ext = req.extensions_mut();
-        ext.insert(host.selected.clone());
-        ext.insert(UpstreamCluster {
-            name: cluster.name.clone(),
-            health: host.health.clone(),
+        // Only least request and peak-EWMA read the in-flight count (and latency): the other
+        // algorithms skip the shared counter's two atomic updates and the guard.
+        let guard = cluster.algorithm.reads_active().then(|| {
+            host.state.begin();
+            let started = (cluster.algorithm == Algorithm::PeakEwma)
+                .then(|| (Instant::now(), self.shared.config.peak_ewma.decay.0));
+            Guard {
+                state: host.state.clone(),
+                started,
+            }
         });
+        req.extensions_mut().insert(host.upstream.clone());
         let fut = self.inner.call(req);
         ResponseFuture {
             state: State::Called { fut },
-            guard: Some(guard),
+            guard,
             set_cookie,
         }
     }

@@ -17,6 +17,7 @@ use mesh_core::MeshBody;
 use mesh_core::compile::{Snapshot, compile};
 use mesh_core::ext::{
     ClientAddr, Passthrough, RouteDestination, SelectedEndpoint, UpstreamCluster, flags_of,
+    selected_endpoint, upstream_cluster,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::health::{HealthCell, HealthFlags, HealthKey, cluster_name};
@@ -37,10 +38,10 @@ type Echo = tower::util::ServiceFn<
 fn echo() -> Echo {
     fn f(req: Request<()>) -> std::future::Ready<Result<Response<Body>, Infallible>> {
         let mut res = Response::new(MeshBody::inner(String::new()));
-        if let Some(ep) = req.extensions().get::<SelectedEndpoint>() {
+        if let Some(ep) = selected_endpoint(req.extensions()) {
             res.extensions_mut().insert(ep.clone());
         }
-        if let Some(c) = req.extensions().get::<UpstreamCluster>() {
+        if let Some(c) = upstream_cluster(req.extensions()) {
             res.extensions_mut().insert(c.clone());
         }
         std::future::ready(Ok(res))
@@ -497,6 +498,18 @@ fn peak_ewma_prefers_the_faster_endpoint() {
 }
 
 #[test]
+fn algorithms_that_ignore_in_flight_counts_do_not_keep_them() {
+    for lb_yaml in ["{simple: ROUND_ROBIN}", "{simple: RANDOM}"] {
+        let mut lb = seeded(snap(&fleet(1, None, lb_yaml))).layer(echo());
+        let d = dest(SVC, None, None);
+        let fut = lb.call(request(&d));
+        assert_eq!(lb.with_cluster(&d, |c| c.hosts[0].state.active()), Some(0));
+        drop(fut);
+        assert_eq!(lb.with_cluster(&d, |c| c.hosts[0].state.active()), Some(0));
+    }
+}
+
+#[test]
 fn requests_in_flight_are_counted_until_the_response() {
     let mut lb = seeded(snap(&fleet(1, None, "{}"))).layer(echo());
     let d = dest(SVC, None, None);
@@ -903,7 +916,7 @@ async fn endpoint_changes_do_not_drop_requests_in_flight() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut res = Response::new(MeshBody::<String>::inner(String::new()));
         res.extensions_mut()
-            .insert(req.extensions().get::<SelectedEndpoint>().cloned());
+            .insert(selected_endpoint(req.extensions()).cloned());
         Ok::<_, Infallible>(res)
     });
     let mut lb = layer.layer(slow);

@@ -12,31 +12,22 @@
 //! route table atomically; in-flight requests finish on what they loaded.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{Extensions, Request};
 use mesh_core::compile::Snapshot;
-use mesh_lb::discover::{Chain, Discover, DnsDiscover, StaticDiscover, SystemResolver};
+use mesh_lb::discover::{
+    Chain, Discover, DnsDiscover, HickoryResolver, Resolver, StaticDiscover, SystemResolver,
+};
 use mesh_lb::{Lb, LbLayer};
 use tokio::sync::Notify;
 use mesh_routing::{BuildError, Route, RouteLayer, RouteTable, RouteTableHandle};
 use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::engine::{Connector, WorkerContext};
 
-/// The type of a worker's stack.
-pub type MeshStack = Presized<Route<Lb<Connector>>>;
-
-/// Gives every request that arrives without extensions an empty extension map with room for
-/// seven entries, then calls the inner service (see the [module docs](self)). Changes nothing
-/// else: the inner service sees an empty map, as before.
-#[derive(Debug, Clone)]
-pub struct Presized<S> {
-    inner: S,
-    /// Empty, with a table of eight buckets (room for seven entries).
-    template: Extensions,
-}
+/// The type of a worker's stack. The router and the balancer insert one request extension
+/// each (two, three with mirrors): the extension map's first table (room for three) never
+/// grows.
+pub type MeshStack = Route<Lb<Connector>>;
 
 /// The shared layers of the outbound stack.
 #[derive(Debug, Clone)]
@@ -47,12 +38,43 @@ pub struct Layers {
     dns: Arc<DnsRefresher>,
 }
 
-/// Resolves the hostnames of `resolution: DNS` ServiceEntries on a thread of its own:
-/// every 30s (Envoy's `dns_refresh_rate`), and at once after a reload.
+/// Resolves the hostnames of `resolution: DNS` ServiceEntries on a thread of its own, with
+/// [`HickoryResolver`] (`/etc/resolv.conf`, `/etc/hosts`; [`SystemResolver`] when the
+/// configuration cannot be read): each name when the TTL of its records runs out (at most
+/// every 30s, Envoy's `dns_refresh_rate`; see [`DnsDiscover`]), and new names at once after
+/// a reload.
 #[derive(Debug)]
 struct DnsRefresher {
     dns: Arc<DnsDiscover>,
     now: Arc<Notify>,
+}
+
+/// The DNS resolver, built on first use: a proxy whose configuration has no DNS service
+/// never reads the resolver configuration nor pages in the resolver's code (idle RSS is
+/// mostly the binary's touched text).
+#[derive(Debug, Default)]
+struct LazyResolver(std::sync::OnceLock<Arc<dyn Resolver>>);
+
+impl LazyResolver {
+    fn get(&self) -> &Arc<dyn Resolver> {
+        self.0.get_or_init(|| match HickoryResolver::from_system_conf() {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the DNS configuration; using the system resolver");
+                Arc::new(SystemResolver)
+            }
+        })
+    }
+}
+
+impl Resolver for LazyResolver {
+    fn resolve(&self, host: &str) -> mesh_lb::discover::ResolveFuture {
+        self.get().resolve(host)
+    }
+
+    fn resolve_with_ttl(&self, host: &str) -> mesh_lb::discover::ResolvedFuture {
+        self.get().resolve_with_ttl(host)
+    }
 }
 
 /// How long start-up waits for the first DNS answers (then DNS services answer `503 UH`
@@ -61,7 +83,8 @@ const FIRST_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl DnsRefresher {
     fn start(snapshot: &Snapshot) -> Arc<DnsRefresher> {
-        let dns = Arc::new(DnsDiscover::new(Arc::new(SystemResolver)));
+        let resolver: Arc<dyn Resolver> = Arc::new(LazyResolver::default());
+        let dns = Arc::new(DnsDiscover::new(resolver));
         dns.set_snapshot(snapshot);
         let now = Arc::new(Notify::new());
         let (first_tx, first_rx) = std::sync::mpsc::channel();
@@ -72,11 +95,14 @@ impl DnsRefresher {
                 d.refresh().await;
                 let _ = first_tx.send(());
                 loop {
+                    // until the earliest deadline of the names (with no name, until a reload)
+                    let next = d.next_refresh();
+                    let sleep = tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now));
                     tokio::select! {
-                        _ = tokio::time::sleep(d.refresh_interval()) => {}
+                        _ = sleep, if next.is_some() => {}
                         _ = n.notified() => {}
                     }
-                    d.refresh().await;
+                    d.refresh_due().await;
                 }
             });
         });
@@ -119,61 +145,11 @@ impl Layers {
 
     /// One worker's stack around its connector.
     pub fn stack(&self, ctx: &WorkerContext) -> MeshStack {
-        Presized::new(self.route_layer.layer(self.lb.layer(ctx.connector())))
+        self.route_layer.layer(self.lb.layer(ctx.connector()))
     }
 
     /// The balancer layer (health, snapshot).
     pub fn lb(&self) -> &LbLayer {
         &self.lb
-    }
-}
-
-// === impl Presized ===
-
-impl<S> Presized<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
-        // Four zero-sized entries (their boxes do not allocate) grow the table from four
-        // buckets to eight; removing them leaves it empty at that size, and a clone of a map
-        // keeps its table's size.
-        #[derive(Clone, Copy)]
-        struct Slot<const N: u8>;
-        let mut template = Extensions::new();
-        template.insert(Slot::<0>);
-        template.insert(Slot::<1>);
-        template.insert(Slot::<2>);
-        template.insert(Slot::<3>);
-        template.remove::<Slot<0>>();
-        template.remove::<Slot<1>>();
-        template.remove::<Slot<2>>();
-        template.remove::<Slot<3>>();
-        Presized { inner, template }
-    }
-
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-}
-
-impl<S, B> Service<Request<B>> for Presized<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, mut req: Request<B>) -> S::Future {
-        if req.extensions().is_empty() {
-            *req.extensions_mut() = self.template.clone();
-        }
-        self.inner.call(req)
     }
 }

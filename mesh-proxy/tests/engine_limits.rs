@@ -154,21 +154,34 @@ async fn duplicate_or_conflicting_content_length_is_400() {
     engine.drain().await;
 }
 
+/// RFC 9110 §15.6.6: a well-formed version the proxy does not speak is 505 (and never
+/// reaches the upstream); a malformed version token stays a 400 (a bad request line).
 #[tokio::test]
-async fn unknown_http_version_is_400_as_hyper_answers() {
+async fn unknown_http_version_is_505_and_a_malformed_one_400() {
     let up = upstream(echo()).await;
     let engine = start(up.addr, false, Limits::default(), 1);
-    for line in ["GET / HTTP/3.0", "GET / HTTP/1.2", "GET / FOO/1.1"] {
+    for (line, status) in [
+        ("GET / HTTP/3.0", "505"),
+        ("GET / HTTP/1.2", "505"),
+        ("GET / HTTP/2.0", "505"),
+        ("GET / FOO/1.1", "400"),
+        ("GET / HTTP/11", "400"),
+    ] {
         let res = raw(
             engine.local_addr(),
             format!("{line}\r\nhost: a\r\n\r\n").as_bytes(),
         )
         .await;
         assert!(
-            status_line(&res).starts_with("HTTP/1.1 400"),
+            status_line(&res).starts_with(&format!("HTTP/1.1 {status}")),
             "{line}: {res}"
         );
     }
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // the connection after a 505 is closed, and the next connection works
+    let mut good = h1_client(engine.local_addr()).await;
+    let res = bounded(good.send_request(get("/", "a"))).await.unwrap();
+    assert_eq!(res.status(), 200);
     engine.drain().await;
 }
 

@@ -15,11 +15,24 @@ use crate::error::BuildError;
 use crate::matcher::{RegexLimits, RequestView, StrMatch, UriMatch};
 
 /// Compiled `HeaderOperations` for one direction.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct HeaderOps {
     remove: Box<[HeaderName]>,
     set: Box<[(HeaderName, HeaderValue)]>,
     add: Box<[(HeaderName, HeaderValue)]>,
+    /// No operation at all (computed once): `apply` returns at once.
+    empty: bool,
+}
+
+impl Default for HeaderOps {
+    fn default() -> Self {
+        HeaderOps {
+            remove: Box::default(),
+            set: Box::default(),
+            add: Box::default(),
+            empty: true,
+        }
+    }
 }
 
 /// Compiled `Headers`: request and response operations, and the authority rewrite that
@@ -149,6 +162,7 @@ impl HeaderOps {
         }
         Ok((
             HeaderOps {
+                empty: remove.is_empty() && set.is_empty() && add.is_empty(),
                 remove: remove.into(),
                 set,
                 add,
@@ -159,7 +173,14 @@ impl HeaderOps {
 
     /// Applies the operations as Envoy's `HeaderParser::evaluateHeaders`: removals first,
     /// then `set` (OVERWRITE_IF_EXISTS_OR_ADD), then `add` (APPEND_IF_EXISTS_OR_ADD).
+    #[inline]
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        if !self.empty {
+            self.apply_ops(headers);
+        }
+    }
+
+    fn apply_ops(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
             headers.remove(name);
         }
@@ -171,8 +192,9 @@ impl HeaderOps {
         }
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+        self.empty
     }
 }
 

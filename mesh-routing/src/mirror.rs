@@ -6,7 +6,7 @@
 //! [`Mirrors`] request extension. [`MirrorLayer`] does the sending: for each target it
 //! clones the request (headers, and the body through [`ShadowBody`]), appends `-shadow` to
 //! its host as Envoy does (`reviews:9080` → `reviews-shadow:9080`), sets the target's
-//! [`RouteDestination`], and hands a clone of the inner service to a [`Spawn`]er. The main
+//! [`RouteDecision`], and hands a clone of the inner service to a [`Spawn`]er. The main
 //! request is never delayed and never fails because of a mirror; mirror responses are
 //! dropped.
 //!
@@ -16,7 +16,7 @@
 //! use std::convert::Infallible;
 //! use std::sync::{Arc, Mutex};
 //! use mesh_core::compile::compile;
-//! use mesh_core::ext::RouteDestination;
+//! use mesh_core::ext::route_destination;
 //! use mesh_core::load::Loader;
 //! use mesh_core::MeshBody;
 //! use mesh_routing::{MirrorLayer, RouteLayer, RouteTable};
@@ -44,7 +44,7 @@
 //!     .service_fn(move |req: http::Request<String>| {
 //!         let log = log.clone();
 //!         async move {
-//!             let dest = req.extensions().get::<RouteDestination>().unwrap().host.to_string();
+//!             let dest = route_destination(req.extensions()).unwrap().host.to_string();
 //!             log.lock().unwrap().push((dest, req.headers()["host"].to_str().unwrap().to_string()));
 //!             Ok::<_, Infallible>(http::Response::new(MeshBody::<String>::empty()))
 //!         }
@@ -68,9 +68,10 @@
 //!
 //! # Reads and writes
 //!
-//! Reads (and fires once) [`Mirrors`]. On each mirrored copy: replaces
-//! [`RouteDestination`], sets [`RoutePolicy`] to the route's timeout with retries disabled
-//! (Envoy does not retry shadows) and no fault, and adds `-shadow` to the Host.
+//! Reads (and fires once) [`Mirrors`]. On each mirrored copy (a new request, with no other
+//! extension): writes a [`RouteDecision`] whose destination is the target and whose
+//! [`RoutePolicy`] is the route's timeout with retries disabled (Envoy does not retry
+//! shadows) and no fault, and adds `-shadow` to the Host.
 //!
 //! # Differences from Istio/Envoy
 //!
@@ -88,7 +89,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::{Request, Uri};
-use mesh_core::ext::{RouteDestination, RoutePolicy};
+use mesh_core::ext::{RouteDecision, RouteDestination, RoutePolicy};
 use mesh_core::policy::RetryPolicy;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -285,16 +286,17 @@ fn shadow_request<B: ShadowBody>(
     {
         copy.headers_mut().insert(HOST, v);
     }
-    let ext = copy.extensions_mut();
-    ext.insert(target.clone());
-    ext.insert(RoutePolicy {
-        route_name: policy.route_name.clone(),
-        timeout: policy.timeout,
-        retries: Some(Arc::new(RetryPolicy {
-            attempts: 0,
-            ..RetryPolicy::default()
-        })),
-        fault: None,
+    copy.extensions_mut().insert(RouteDecision {
+        dest: target.clone(),
+        policy: Arc::new(RoutePolicy {
+            route_name: policy.route_name.clone(),
+            timeout: policy.timeout,
+            retries: Some(Arc::new(RetryPolicy {
+                attempts: 0,
+                ..RetryPolicy::default()
+            })),
+            fault: None,
+        }),
     });
     Some(copy)
 }

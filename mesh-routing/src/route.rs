@@ -11,7 +11,7 @@
 //! ```
 //! use std::convert::Infallible;
 //! use mesh_core::compile::compile;
-//! use mesh_core::ext::RouteDestination;
+//! use mesh_core::ext::route_destination;
 //! use mesh_core::load::Loader;
 //! use mesh_core::MeshBody;
 //! use mesh_routing::{RouteLayer, RouteTable, RouteTableHandle};
@@ -46,7 +46,7 @@
 //! let svc = ServiceBuilder::new()
 //!     .layer(RouteLayer::new(handle.clone()).with_seed(7))
 //!     .service_fn(|req: http::Request<String>| async move {
-//!         let dest = req.extensions().get::<RouteDestination>().cloned().unwrap();
+//!         let dest = route_destination(req.extensions()).cloned().unwrap();
 //!         let body = MeshBody::<String>::inner(dest.subset.as_deref().unwrap_or("-").to_string());
 //!         Ok::<_, Infallible>(http::Response::new(body))
 //!     });
@@ -82,9 +82,11 @@
 //!
 //! - Reads the request's [`SourceWorkload`] extension (else the [`RouterContext`]'s
 //!   workload) for `sourceLabels` / `sourceNamespace`.
-//! - Writes [`RouteDestination`] (host, subset, port), [`RoutePolicy`] (timeout, retries,
-//!   fault of the route, compiled once), [`Passthrough`] on passthrough requests, and
-//!   [`Mirrors`] when the route mirrors the request.
+//! - Writes one [`RouteDecision`] on forwarded requests: the [`RouteDestination`] (host,
+//!   subset, port) and the route's [`RoutePolicy`] (timeout, retries, fault; compiled once
+//!   per route and match block, shared). Read them with [`route_destination`] and
+//!   [`route_policy`]. On passthrough requests, a standalone [`RouteDestination`] and
+//!   [`Passthrough`]. [`Mirrors`] when the route mirrors the request.
 //! - Local answers carry [`ResponseFlags`] (`NR` for no route: 404, or 502 under
 //!   `REGISTRY_ONLY`) in the extension and the `x-mesh-response-flags` header.
 //! - Applies the route's (and the chosen destination's) header operations to the request and
@@ -114,6 +116,9 @@
 //! [`SourceWorkload`]: mesh_core::ext::SourceWorkload
 //! [`RouteDestination`]: mesh_core::ext::RouteDestination
 //! [`RoutePolicy`]: mesh_core::ext::RoutePolicy
+//! [`RouteDecision`]: mesh_core::ext::RouteDecision
+//! [`route_destination`]: mesh_core::ext::route_destination
+//! [`route_policy`]: mesh_core::ext::route_policy
 //! [`Passthrough`]: mesh_core::ext::Passthrough
 //! [`ResponseFlags`]: mesh_core::ResponseFlags
 
@@ -128,7 +133,9 @@ use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
 use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
-use mesh_core::ext::{Passthrough, RouteDestination, RoutePolicy, SourceWorkload, local_reply};
+use mesh_core::ext::{
+    Passthrough, RouteDecision, RouteDestination, RoutePolicy, SourceWorkload, local_reply,
+};
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -136,7 +143,7 @@ use tower_service::Service;
 use crate::action::{CorsDecision, split_port};
 use crate::mirror::Mirrors;
 use crate::table::{
-    Action, CompiledRoute, RouteTable, RouteTableHandle, Selected, next_seed, view_of,
+    Action, CompiledRoute, Forward, RouteTable, RouteTableHandle, Selected, next_seed, view_of,
 };
 
 /// Applies [`Route`]: routes requests on the table behind a [`RouteTableHandle`].
@@ -189,17 +196,18 @@ struct PostOps {
     cors_origin: Option<HeaderValue>,
 }
 
-/// What the router decided, computed while the request is borrowed.
-enum Plan<B> {
+/// What the router decided, computed while the request is borrowed; borrows the table.
+enum Plan<'t, B> {
     Local(Response<MeshBody<B>>),
     Forward {
-        route: Arc<CompiledRoute>,
+        route: &'t Arc<CompiledRoute>,
+        fwd: &'t Forward,
         dest: usize,
         port: Option<u16>,
         new_path: Option<String>,
         cors_origin: Option<HeaderValue>,
         mirrors: Option<Mirrors>,
-        block_name: Option<Arc<str>>,
+        policy: &'t Arc<RoutePolicy>,
     },
     Passthrough {
         host: Arc<str>,
@@ -288,7 +296,7 @@ impl<S: Clone> Clone for Route<S> {
     }
 }
 
-fn plan<B, R>(table: &RouteTable, req: &Request<B>, rng: &mut fastrand::Rng) -> Plan<R> {
+fn plan<'t, B, R>(table: &'t RouteTable, req: &Request<B>, rng: &mut fastrand::Rng) -> Plan<'t, R> {
     let source = table.source(req.extensions().get::<SourceWorkload>());
     let mut view = view_of(req, source);
     let (route, block, port) = match table.select(&mut view) {
@@ -342,22 +350,23 @@ fn plan<B, R>(table: &RouteTable, req: &Request<B>, rng: &mut fastrand::Rng) -> 
                         .collect();
                     (!targets.is_empty()).then(|| Mirrors {
                         targets: targets.into(),
-                        policy: route.policy.clone(),
+                        policy: (*route.policy).clone(),
                         fired: Arc::new(AtomicBool::new(false)),
                     })
                 })
                 .flatten();
-            let block_name = block
-                .and_then(|i| route.blocks.get(i))
-                .and_then(|b| b.route_name.clone());
+            let policy = block
+                .and_then(|i| route.block_policies.get(i))
+                .unwrap_or(&route.policy);
             return Plan::Forward {
-                route: route.clone(),
+                route,
+                fwd,
                 dest,
                 port,
                 new_path,
                 cors_origin,
                 mirrors,
-                block_name,
+                policy,
             };
         }
     };
@@ -414,40 +423,33 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let plan = {
-            let table = self.handle.load();
-            plan::<B, ResB>(&table, &req, &mut self.rng)
-        };
-        match plan {
-            Plan::Local(res) => ResponseFuture {
-                state: State::Ready { res: Some(res) },
-            },
+        let table = self.handle.load();
+        let post = match plan::<B, ResB>(&table, &req, &mut self.rng) {
+            Plan::Local(res) => {
+                return ResponseFuture {
+                    state: State::Ready { res: Some(res) },
+                };
+            }
             Plan::Passthrough { host, port } => {
-                req.extensions_mut().insert(RouteDestination {
+                let ext = req.extensions_mut();
+                ext.insert(RouteDestination {
                     host,
                     subset: None,
                     port,
                 });
-                req.extensions_mut().insert(Passthrough);
-                ResponseFuture {
-                    state: State::Inner {
-                        fut: self.inner.call(req),
-                        post: None,
-                    },
-                }
+                ext.insert(Passthrough);
+                None
             }
             Plan::Forward {
                 route,
+                fwd,
                 dest,
                 port,
                 new_path,
                 cors_origin,
                 mirrors,
-                block_name,
+                policy,
             } => {
-                let Action::Forward(fwd) = &route.action else {
-                    unreachable!("a forward plan is made from a forward action")
-                };
                 let chosen = &fwd.dests[dest];
                 if let Some(p) = &new_path {
                     set_path(&mut req, p);
@@ -458,30 +460,29 @@ where
                     set_authority(&mut req, a);
                 }
                 let ext = req.extensions_mut();
-                ext.insert(fill_port(&chosen.dest, port));
-                let mut policy = route.policy.clone();
-                if let Some(name) = block_name {
-                    policy.route_name = Some(name);
-                }
-                ext.insert::<RoutePolicy>(policy);
+                ext.insert(RouteDecision {
+                    dest: fill_port(&chosen.dest, port),
+                    policy: policy.clone(),
+                });
                 if let Some(m) = mirrors {
                     ext.insert(m);
                 }
                 let needs_post = cors_origin.is_some()
                     || !route.headers.response.is_empty()
                     || !chosen.headers.response.is_empty();
-                let post = needs_post.then(|| PostOps {
+                needs_post.then(|| PostOps {
                     route: route.clone(),
                     dest,
                     cors_origin,
-                });
-                ResponseFuture {
-                    state: State::Inner {
-                        fut: self.inner.call(req),
-                        post,
-                    },
-                }
+                })
             }
+        };
+        drop(table);
+        ResponseFuture {
+            state: State::Inner {
+                fut: self.inner.call(req),
+                post,
+            },
         }
     }
 }

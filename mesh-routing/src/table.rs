@@ -144,7 +144,11 @@ pub(crate) struct CompiledRoute {
     pub(crate) action: Action,
     pub(crate) headers: HeaderRules,
     pub(crate) cors: Option<Cors>,
-    pub(crate) policy: RoutePolicy,
+    /// The route's policy, shared by every request it forwards.
+    pub(crate) policy: Arc<RoutePolicy>,
+    /// Per match block (same order as `blocks`): the route's policy with the block's
+    /// `route_name` when the block is named, else the route's `policy`.
+    pub(crate) block_policies: Box<[Arc<RoutePolicy>]>,
     pub(crate) mirrors: Box<[MirrorSpec]>,
 }
 
@@ -197,6 +201,9 @@ pub(crate) enum Selected<'t> {
     /// Unknown host, `REGISTRY_ONLY`: 502 `NR`.
     BlackHole,
 }
+
+/// Hosts longer than this match no domain (not even `*`): they are treated as unknown.
+const MAX_HOST_LEN: usize = 320;
 
 static SEED_COUNTER: AtomicU64 = AtomicU64::new(0x5eed);
 
@@ -569,12 +576,24 @@ impl Builder<'_> {
                 .as_ref()
                 .map(|f| Arc::new(FaultPolicy::from_istio(f))),
         };
+        let policy = Arc::new(policy);
+        let block_policies = blocks
+            .iter()
+            .map(|b| match &b.route_name {
+                Some(name) => Arc::new(RoutePolicy {
+                    route_name: Some(name.clone()),
+                    ..(*policy).clone()
+                }),
+                None => policy.clone(),
+            })
+            .collect();
         Ok(Some(CompiledRoute {
             blocks: blocks.into(),
             action,
             headers,
             cors,
             policy,
+            block_policies,
             mirrors: mirrors.into(),
         }))
     }
@@ -629,10 +648,11 @@ impl Builder<'_> {
             }),
             headers: HeaderRules::default(),
             cors: None,
-            policy: RoutePolicy {
+            policy: Arc::new(RoutePolicy {
                 route_name: Some("default".into()),
                 ..RoutePolicy::default()
-            },
+            }),
+            block_policies: Box::new([]),
             mirrors: Box::new([]),
         })
     }
@@ -840,17 +860,38 @@ impl RouteTable {
     /// Envoy's virtual host selection: exact domain, then the longest wildcard suffix, then
     /// `*`. ASCII case-insensitive without allocating.
     fn lookup(&self, authority: &str) -> Option<DomainTarget> {
-        let host = if self.strip_port {
-            split_port(authority).0
-        } else {
-            authority
-        };
-        let mut buf = [0u8; 320];
+        self.lookup_split(authority, split_port(authority).0)
+    }
+
+    /// [`lookup`](Self::lookup) with the authority's port already split off (`bare`).
+    #[inline]
+    fn lookup_split(&self, authority: &str, bare: &str) -> Option<DomainTarget> {
+        let host = if self.strip_port { bare } else { authority };
+        if host.len() > MAX_HOST_LEN {
+            return None;
+        }
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.lookup_mixed_case(host);
+        }
+        self.lookup_lower(host)
+    }
+
+    /// The rare path: a host with upper-case letters, lower-cased into a buffer first.
+    #[cold]
+    #[inline(never)]
+    fn lookup_mixed_case(&self, host: &str) -> Option<DomainTarget> {
+        let mut buf = [0u8; MAX_HOST_LEN];
         let bytes = host.as_bytes();
         let lowered = buf.get_mut(..bytes.len())?;
         lowered.copy_from_slice(bytes);
         lowered.make_ascii_lowercase();
         let host = std::str::from_utf8(lowered).ok()?;
+        self.lookup_lower(host)
+    }
+
+    /// The lookup proper, on an ASCII-lower-case host.
+    #[inline]
+    fn lookup_lower(&self, host: &str) -> Option<DomainTarget> {
         if let Some(t) = self.exact.get(host) {
             return Some(*t);
         }
@@ -870,15 +911,15 @@ impl RouteTable {
 
     /// Selects the route for a request (the match path: no allocation).
     pub(crate) fn select<'t>(&'t self, view: &mut RequestView<'_>) -> Selected<'t> {
-        let Some(target) = self.lookup(view.authority) else {
-            let port = split_port(view.authority).1;
+        let (bare, port) = split_port(view.authority);
+        let Some(target) = self.lookup_split(view.authority, bare) else {
             return match self.unknown {
                 UnknownHost::Passthrough => Selected::Passthrough { port },
                 UnknownHost::BlackHole => Selected::BlackHole,
                 UnknownHost::NotFound => Selected::NoRoute,
             };
         };
-        view.port = split_port(view.authority).1.or(target.port);
+        view.port = port.or(target.port);
         let Some(vhost) = self.vhosts.get(target.vhost as usize) else {
             return Selected::NoRoute;
         };

@@ -75,6 +75,10 @@ struct ConnState {
     /// HTTP/1.x only: the raw framing scan, and how many requests hyper has handed over.
     scan: Option<RefCell<HeadScanner>>,
     dispatched: Cell<u32>,
+    /// HTTP/1.x: the first request line has been checked for its version.
+    version_checked: Cell<bool>,
+    /// HTTP/1.x: the first request named an unsupported version (answered 505).
+    bad_version: Cell<bool>,
 }
 
 /// The response future of one request: the stack's own future (the common case), a clone of
@@ -199,8 +203,17 @@ pub(crate) async fn serve<F: StackFactory>(stream: TcpStream, worker: Rc<Worker<
     worker.active.set(worker.active.get() + 1);
     let _guard = ConnGuard(worker.clone());
     let _ = stream.set_nodelay(true);
-    let detected =
-        tokio::time::timeout(worker.limits.request_headers_timeout, detect(stream)).await;
+    // A connection that has not sent a byte yet has nothing in flight: on drain it closes at
+    // once rather than holding the drain until its first bytes or `requestHeadersTimeout`.
+    let mut drain = pin!(worker.drain.notified());
+    drain.as_mut().enable();
+    if worker.draining.get() {
+        return;
+    }
+    let detected = tokio::select! {
+        d = tokio::time::timeout(worker.limits.request_headers_timeout, detect(stream)) => d,
+        () = drain.as_mut() => return,
+    };
     let Ok(Ok((proto, io))) = detected else {
         return;
     };
@@ -335,6 +348,10 @@ fn reject_reply(r: Reject) -> Response<MeshBody<Incoming>> {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too many request headers",
         ),
+        Reject::UnsupportedVersion => (
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "HTTP version not supported",
+        ),
     };
     let mut res = local_reply(status, ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, text);
     // the rest of the connection can no longer be trusted (HTTP/1.1; ignored on HTTP/2)
@@ -354,6 +371,9 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
         if let Some(scan) = &self.conn.scan {
             let n = self.conn.dispatched.get().wrapping_add(1);
             self.conn.dispatched.set(n);
+            if n == 1 && self.conn.bad_version.get() {
+                return EngineFuture::Local(Some(reject_reply(Reject::UnsupportedVersion)));
+            }
             if let Some(r) = scan.borrow().verdict(n) {
                 return EngineFuture::Local(Some(reject_reply(r)));
             }
@@ -447,6 +467,19 @@ impl DownIo {
         a.set(a.get().wrapping_add(1));
     }
 
+    /// The first request line of an HTTP/1.x connection: an unsupported version is
+    /// rewritten for hyper and remembered, so the request is answered 505, not 400.
+    #[inline]
+    fn check_version(&self, bytes: &mut [u8]) {
+        if self.state.scan.is_none() || self.state.version_checked.get() {
+            return;
+        }
+        if let Some(bad) = super::headers::unsupported_version(bytes) {
+            self.state.version_checked.set(true);
+            self.state.bad_version.set(bad);
+        }
+    }
+
     /// Bytes the client sent, on their way to hyper.
     #[inline]
     fn received(&self, bytes: &[u8]) {
@@ -467,15 +500,17 @@ impl AsyncRead for DownIo {
         if this.prefix_pos < this.prefix_len {
             let (pos, len) = (this.prefix_pos as usize, this.prefix_len as usize);
             let n = buf.remaining().min(len - pos);
-            let replay = &this.prefix[pos..pos + n];
-            buf.put_slice(replay);
-            this.received(replay);
+            let start = buf.filled().len();
+            buf.put_slice(&this.prefix[pos..pos + n]);
+            this.check_version(&mut buf.filled_mut()[start..]);
+            this.received(&buf.filled()[start..]);
             this.prefix_pos += n as u8;
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.stream).poll_read(cx, buf);
         if buf.filled().len() != before {
+            this.check_version(&mut buf.filled_mut()[before..]);
             this.received(&buf.filled()[before..]);
         }
         res

@@ -42,6 +42,34 @@ pub enum Reject {
     /// More header fields than `maxRequestHeadersCount` (HTTP/2; hyper counts them on
     /// HTTP/1.1).
     TooManyHeaders,
+    /// A request line naming an HTTP version other than 1.0 and 1.1 (`GET / HTTP/3.0`):
+    /// `505 HTTP Version Not Supported` (RFC 9110 §15.6.6).
+    UnsupportedVersion,
+}
+
+/// Checks the first request line in `bytes` (when it ends in this read) for a well-formed
+/// but unsupported version (`HTTP/d.d`, not 1.0 or 1.1). If so, rewrites it to `HTTP/1.1`
+/// in place, so hyper parses the head and the engine can answer 505 instead of hyper's 400,
+/// and returns true. Returns `None` when no line ends in `bytes` (look at the next read).
+pub(crate) fn unsupported_version(bytes: &mut [u8]) -> Option<bool> {
+    let nl = bytes.iter().position(|b| *b == b'\n')?;
+    let end = if nl > 0 && bytes[nl - 1] == b'\r' { nl - 1 } else { nl };
+    let line = &bytes[..end];
+    if line.len() < 9 {
+        return Some(false);
+    }
+    let v = &line[line.len() - 9..];
+    let well_formed = v[0] == b' '
+        && &v[1..6] == b"HTTP/"
+        && v[6].is_ascii_digit()
+        && v[7] == b'.'
+        && v[8].is_ascii_digit();
+    if !well_formed || &v[6..] == b"1.1" || &v[6..] == b"1.0" {
+        return Some(false);
+    }
+    let at = end - 3;
+    bytes[at..end].copy_from_slice(b"1.1");
+    Some(true)
 }
 
 /// Which hop-by-hop headers a map holds, as a bit set; `0` (the common case) means none.
@@ -448,6 +476,19 @@ impl HeadScanner {
 mod tests {
     use super::*;
 
+    #[test]
+    fn unsupported_versions_are_spotted_and_rewritten() {
+        let mut b = *b"GET / HTTP/3.0\r\nHost: a\r\n\r\n";
+        assert_eq!(unsupported_version(&mut b), Some(true));
+        assert!(b.starts_with(b"GET / HTTP/1.1\r\n"));
+        for ok in [&b"GET / HTTP/1.1\r\n"[..], b"GET / HTTP/1.0\n", b"GET / HTTP/x\r\n", b"GARBAGE\r\n"] {
+            let mut v = ok.to_vec();
+            assert_eq!(unsupported_version(&mut v), Some(false), "{:?}", String::from_utf8_lossy(ok));
+            assert_eq!(v, ok);
+        }
+        assert_eq!(unsupported_version(&mut b"GET / HTTP/2.0".to_vec()), None, "line not complete yet");
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -486,7 +527,11 @@ mod tests {
         for at in 0..buf.len() {
             buf[at] = b'\n';
             for start in 0..=at {
-                assert_eq!(find_newline(&buf[start..]), Some(at - start), "at {at} from {start}");
+                assert_eq!(
+                    find_newline(&buf[start..]),
+                    Some(at - start),
+                    "at {at} from {start}"
+                );
             }
             buf[at] = 0x8a; // high bit set, not a newline
             assert_eq!(find_newline(&buf), None);

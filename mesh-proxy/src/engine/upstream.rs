@@ -6,13 +6,15 @@
 //! [`WorkerContext::connector`](super::WorkerContext::connector)), or alone as a pooled
 //! HTTP/1.1 and HTTP/2 (prior knowledge) client in any tokio program.
 //!
-//! **Reads**: [`SelectedEndpoint`] from the request extensions (`addr`, `http2`).
+//! **Reads**: [`SelectedEndpoint`](mesh_core::ext::SelectedEndpoint) from the request
+//! extensions (`addr`, `http2`), through [`selected_endpoint`]: the balancer's
+//! `SelectedUpstream`, else a standalone one.
 //! **Writes**: on failures it makes, a local reply with [`ResponseFlags`] in the extensions
 //! and the `x-mesh-response-flags` header:
 //!
 //! | failure | status | flag |
 //! |---|---|---|
-//! | no `SelectedEndpoint` extension | 503 | `UH` |
+//! | no `SelectedEndpoint` (nor `SelectedUpstream`) extension | 503 | `UH` |
 //! | connection refused, connect timeout (`connectTimeout`) | 503 | `UF` |
 //! | upstream closed or reset the connection before the response head | 503 | `UC` |
 //! | HTTP/2 stream reset by the upstream before the response head | 503 | `UR` |
@@ -66,7 +68,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
-use mesh_core::ext::{SelectedEndpoint, local_reply};
+use mesh_core::ext::{local_reply, selected_endpoint};
 use tokio::net::TcpStream;
 
 use super::headers::strip_hop_by_hop;
@@ -77,8 +79,9 @@ pub type EngineResponse = Response<MeshBody<Incoming>>;
 /// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed when released.
 const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
-/// The innermost service: forwards a request to its [`SelectedEndpoint`] over pooled
-/// connections. Cheap to clone (two words); every clone on a thread shares that thread's pool.
+/// The innermost service: forwards a request to its
+/// [`SelectedEndpoint`](mesh_core::ext::SelectedEndpoint) over pooled connections. Cheap to
+/// clone (two words); every clone on a thread shares that thread's pool.
 #[derive(Debug, Clone, Copy)]
 pub struct Connector {
     connect_timeout: Duration,
@@ -172,7 +175,7 @@ impl tower_service::Service<Request<Incoming>> for Connector {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> ConnectorFuture {
-        let Some(ep) = req.extensions().get::<SelectedEndpoint>() else {
+        let Some(ep) = selected_endpoint(req.extensions()) else {
             return ConnectorFuture(Inner::Ready(Some(local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::NO_HEALTHY_UPSTREAM,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use mesh_core::MeshBody;
-use mesh_core::ext::RouteDestination;
+use mesh_core::ext::{RouteDestination, route_destination};
 use mesh_core::policy::AbortError;
 use mesh_routing::{MirrorLayer, RouteLayer, RouteTable};
 use tower::{Layer, ServiceExt};
@@ -537,7 +537,7 @@ async fn mirror_and_mirrors_are_sent_with_a_shadow_host() {
     let inner = tower::service_fn(move |req: Request<String>| {
         let log = log.clone();
         async move {
-            let d = req.extensions().get::<RouteDestination>().unwrap().clone();
+            let d = route_destination(req.extensions()).unwrap().clone();
             let host = req.headers()["host"].to_str().unwrap().to_string();
             log.lock().unwrap().push((d, host, req.into_body()));
             Ok::<_, Infallible>(Response::new(MeshBody::<String>::empty()))

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use http::{Request, Response};
 use mesh_core::MeshBody;
 use mesh_core::compile::{Snapshot, compile};
-use mesh_core::ext::{Passthrough, RouteDestination, RoutePolicy};
+use mesh_core::ext::{Passthrough, RouteDestination, RoutePolicy, route_destination, route_policy};
 use mesh_core::load::Loader;
 use mesh_routing::{RouteLayer, RouteTable, RouterContext};
 use tower::util::BoxCloneService;
@@ -53,7 +53,7 @@ pub struct Seen {
 
 impl Seen {
     pub fn dest(&self) -> Option<&RouteDestination> {
-        self.parts.extensions.get::<RouteDestination>()
+        route_destination(&self.parts.extensions)
     }
     pub fn host(&self) -> &str {
         self.dest().map(|d| &*d.host).unwrap_or("")
@@ -65,7 +65,7 @@ impl Seen {
         self.dest().and_then(|d| d.port)
     }
     pub fn policy(&self) -> Option<&RoutePolicy> {
-        self.parts.extensions.get::<RoutePolicy>()
+        route_policy(&self.parts.extensions)
     }
     pub fn passthrough(&self) -> bool {
         self.parts.extensions.get::<Passthrough>().is_some()

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::{Request, Response};
 use mesh_core::MeshBody;
-use mesh_core::ext::RouteDestination;
+use mesh_core::ext::route_destination;
 use mesh_routing::{RouteLayer, RouteTable, RouteTableHandle};
 use tower::{Layer, ServiceExt};
 
@@ -28,12 +28,7 @@ async fn swapping_tables_under_load_loses_no_request() {
         let counter = counter.clone();
         async move {
             tokio::task::yield_now().await; // in flight while tables swap
-            let host = req
-                .extensions()
-                .get::<RouteDestination>()
-                .unwrap()
-                .host
-                .clone();
+            let host = route_destination(req.extensions()).unwrap().host.clone();
             assert!(&*host == "a.dest" || &*host == "b.dest", "{host}");
             counter.fetch_add(1, Ordering::Relaxed);
             Ok::<_, Infallible>(Response::new(MeshBody::<String>::empty()))
