@@ -18,8 +18,8 @@ use mesh_lb::discover::{
     Chain, Discover, DnsDiscover, HickoryResolver, Resolver, StaticDiscover, SystemResolver,
 };
 use mesh_lb::{Lb, LbLayer};
-use tokio::sync::Notify;
 use mesh_routing::{BuildError, Route, RouteLayer, RouteTable, RouteTableHandle};
+use tokio::sync::Notify;
 use tower_layer::Layer;
 
 use crate::engine::{Connector, WorkerContext};
@@ -89,23 +89,32 @@ impl DnsRefresher {
         let now = Arc::new(Notify::new());
         let (first_tx, first_rx) = std::sync::mpsc::channel();
         let (d, n) = (dns.clone(), now.clone());
-        let spawned = std::thread::Builder::new().name("mesh-dns".into()).spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async move {
-                d.refresh().await;
-                let _ = first_tx.send(());
-                loop {
-                    // until the earliest deadline of the names (with no name, until a reload)
-                    let next = d.next_refresh();
-                    let sleep = tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now));
-                    tokio::select! {
-                        _ = sleep, if next.is_some() => {}
-                        _ = n.notified() => {}
+        let spawned = std::thread::Builder::new()
+            .name("mesh-dns".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    d.refresh().await;
+                    let _ = first_tx.send(());
+                    loop {
+                        // until the earliest deadline of the names (with no name, until a reload)
+                        let next = d.next_refresh();
+                        let sleep = tokio::time::sleep_until(
+                            next.unwrap_or_else(tokio::time::Instant::now),
+                        );
+                        tokio::select! {
+                            _ = sleep, if next.is_some() => {}
+                            _ = n.notified() => {}
+                        }
+                        d.refresh_due().await;
                     }
-                    d.refresh_due().await;
-                }
+                });
             });
-        });
         if spawned.is_ok() {
             let _ = first_rx.recv_timeout(FIRST_RESOLUTION);
         }
@@ -121,8 +130,11 @@ impl Layers {
         let table = RouteTable::sidecar(snapshot)?;
         let routes = RouteTableHandle::new(table);
         let dns = DnsRefresher::start(snapshot);
-        let discover: Arc<dyn Discover> = Arc::new(Chain::new(vec![dns.dns.clone(), Arc::new(StaticDiscover)]));
-        let lb = LbLayer::builder(snapshot.clone()).discover(discover).build();
+        let discover: Arc<dyn Discover> =
+            Arc::new(Chain::new(vec![dns.dns.clone(), Arc::new(StaticDiscover)]));
+        let lb = LbLayer::builder(snapshot.clone())
+            .discover(discover)
+            .build();
         Ok(Layers {
             route_layer: RouteLayer::new(routes.clone()),
             routes,

@@ -53,7 +53,11 @@ pub enum Reject {
 /// and returns true. Returns `None` when no line ends in `bytes` (look at the next read).
 pub(crate) fn unsupported_version(bytes: &mut [u8]) -> Option<bool> {
     let nl = bytes.iter().position(|b| *b == b'\n')?;
-    let end = if nl > 0 && bytes[nl - 1] == b'\r' { nl - 1 } else { nl };
+    let end = if nl > 0 && bytes[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
     let line = &bytes[..end];
     if line.len() < 9 {
         return Some(false);
@@ -481,12 +485,26 @@ mod tests {
         let mut b = *b"GET / HTTP/3.0\r\nHost: a\r\n\r\n";
         assert_eq!(unsupported_version(&mut b), Some(true));
         assert!(b.starts_with(b"GET / HTTP/1.1\r\n"));
-        for ok in [&b"GET / HTTP/1.1\r\n"[..], b"GET / HTTP/1.0\n", b"GET / HTTP/x\r\n", b"GARBAGE\r\n"] {
+        for ok in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"GET / HTTP/1.0\n",
+            b"GET / HTTP/x\r\n",
+            b"GARBAGE\r\n",
+        ] {
             let mut v = ok.to_vec();
-            assert_eq!(unsupported_version(&mut v), Some(false), "{:?}", String::from_utf8_lossy(ok));
+            assert_eq!(
+                unsupported_version(&mut v),
+                Some(false),
+                "{:?}",
+                String::from_utf8_lossy(ok)
+            );
             assert_eq!(v, ok);
         }
-        assert_eq!(unsupported_version(&mut b"GET / HTTP/2.0".to_vec()), None, "line not complete yet");
+        assert_eq!(
+            unsupported_version(&mut b"GET / HTTP/2.0".to_vec()),
+            None,
+            "line not complete yet"
+        );
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
