@@ -364,6 +364,14 @@ pub fn qualify_gateway(gw: &str, namespace: &str) -> String {
     }
 }
 
+fn named<T>(name: String, namespace: String, spec: T) -> Arc<Named<T>> {
+    Arc::new(Named {
+        name,
+        namespace,
+        spec,
+    })
+}
+
 /// Compiles resources (already validated) into a snapshot.
 pub fn compile(resources: Vec<Resource>) -> Snapshot {
     let bootstrap = resources
@@ -417,37 +425,13 @@ pub fn compile(resources: Vec<Resource>) -> Snapshot {
                 }
             }
             Spec::WorkloadEntry(we) => {
-                snap.workload_entries.push(Arc::new(Named {
-                    name,
-                    namespace: ns,
-                    spec: we,
-                }));
+                snap.workload_entries.push(named(name, ns, we));
             }
-            Spec::Gateway(g) => snap.gateways.push(Arc::new(Named {
-                name,
-                namespace: ns,
-                spec: g,
-            })),
-            Spec::Sidecar(s) => snap.sidecars.push(Arc::new(Named {
-                name,
-                namespace: ns,
-                spec: s,
-            })),
-            Spec::PeerAuthentication(p) => snap.peer_authentications.push(Arc::new(Named {
-                name,
-                namespace: ns,
-                spec: p,
-            })),
-            Spec::AuthorizationPolicy(p) => snap.authorization_policies.push(Arc::new(Named {
-                name,
-                namespace: ns,
-                spec: p,
-            })),
-            Spec::RequestAuthentication(p) => snap.request_authentications.push(Arc::new(Named {
-                name,
-                namespace: ns,
-                spec: p,
-            })),
+            Spec::Gateway(g) => snap.gateways.push(named(name, ns, g)),
+            Spec::Sidecar(s) => snap.sidecars.push(named(name, ns, s)),
+            Spec::PeerAuthentication(p) => snap.peer_authentications.push(named(name, ns, p)),
+            Spec::AuthorizationPolicy(p) => snap.authorization_policies.push(named(name, ns, p)),
+            Spec::RequestAuthentication(p) => snap.request_authentications.push(named(name, ns, p)),
             Spec::ProxyBootstrap(_) => {}
         }
     }
