@@ -54,8 +54,8 @@ use crate::error::ResourceRef;
 use crate::locality::Locality;
 use crate::model::bootstrap::ProxyBootstrap;
 use crate::model::networking::{
-    Destination, DestinationRule, Gateway, Location, Resolution, ServiceEntry, ServicePort,
-    Sidecar, Subset, TrafficPolicy, VirtualService, WorkloadEntry,
+    Destination, DestinationRule, Gateway, Location, PortTrafficPolicy, Resolution, ServiceEntry,
+    ServicePort, Sidecar, Subset, TrafficPolicy, VirtualService, WorkloadEntry,
 };
 use crate::model::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use crate::model::{Kind, Resource, Spec};
@@ -260,13 +260,18 @@ impl Protocol {
 
     /// Parses a protocol name (case-insensitive); unknown names are TCP.
     pub fn parse(p: &str) -> Self {
-        match p.to_ascii_uppercase().as_str() {
-            "HTTP" | "HTTP_PROXY" => Protocol::Http,
-            "HTTP2" => Protocol::Http2,
-            "GRPC" | "GRPC-WEB" => Protocol::Grpc,
-            "HTTPS" => Protocol::Https,
-            "TLS" => Protocol::Tls,
-            "TCP" | "" => Protocol::Tcp,
+        // one table of Istio's protocol names: validation's `protocol.Parse`
+        use crate::validate::common::Protocol as Istio;
+        if p.is_empty() {
+            return Protocol::Tcp;
+        }
+        match Istio::parse(p) {
+            Istio::Http | Istio::HttpProxy => Protocol::Http,
+            Istio::Http2 => Protocol::Http2,
+            Istio::Grpc | Istio::GrpcWeb => Protocol::Grpc,
+            Istio::Https => Protocol::Https,
+            Istio::Tls => Protocol::Tls,
+            Istio::Tcp => Protocol::Tcp,
             _ => Protocol::Other,
         }
     }
@@ -694,21 +699,19 @@ impl Snapshot {
     }
 }
 
-/// Applies the port-level settings of `p` for `port` (they replace, not inherit).
-fn apply_port_level(mut p: TrafficPolicy, port: Option<u16>) -> TrafficPolicy {
-    if let Some(port) = port
-        && let Some(pl) = p
-            .port_level_settings
-            .iter()
-            .find(|s| s.port.is_some_and(|x| x.number == u32::from(port)))
+/// Replaces the four port-level fields of `p` with those of the entry of `settings` for
+/// `port`, if there is one (port-level settings do not inherit: absent fields become unset).
+fn apply_port_level(p: &mut TrafficPolicy, settings: &[PortTrafficPolicy], port: Option<u16>) {
+    let Some(port) = port else { return };
+    if let Some(pl) = settings
+        .iter()
+        .find(|s| s.port.is_some_and(|x| x.number == u32::from(port)))
     {
         p.connection_pool = pl.connection_pool.clone();
         p.load_balancer = pl.load_balancer.clone();
         p.outlier_detection = pl.outlier_detection.clone();
         p.tls = pl.tls.clone();
     }
-    p.port_level_settings.clear();
-    p
 }
 
 /// Istio's `MergeTrafficPolicy(original, subsetPolicy, port)`.
@@ -717,44 +720,24 @@ pub fn merge_traffic_policy(
     subset: Option<&TrafficPolicy>,
     port: Option<u16>,
 ) -> TrafficPolicy {
-    let base = top
-        .cloned()
-        .map(|t| apply_port_level(t, port))
-        .unwrap_or_default();
-    let Some(sub) = subset else { return base };
-    let mut merged = base;
-    if sub.connection_pool.is_some() {
-        merged.connection_pool = sub.connection_pool.clone();
+    let mut merged = top.cloned().unwrap_or_default();
+    let top_levels = std::mem::take(&mut merged.port_level_settings);
+    apply_port_level(&mut merged, &top_levels, port);
+    let Some(sub) = subset else { return merged };
+    // field by field: a field the subset sets replaces the top level's
+    fn over<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
+        if src.is_some() {
+            dst.clone_from(src);
+        }
     }
-    if sub.load_balancer.is_some() {
-        merged.load_balancer = sub.load_balancer.clone();
-    }
-    if sub.outlier_detection.is_some() {
-        merged.outlier_detection = sub.outlier_detection.clone();
-    }
-    if sub.tls.is_some() {
-        merged.tls = sub.tls.clone();
-    }
-    if sub.tunnel.is_some() {
-        merged.tunnel = sub.tunnel.clone();
-    }
-    if sub.proxy_protocol.is_some() {
-        merged.proxy_protocol = sub.proxy_protocol.clone();
-    }
-    if sub.retry_budget.is_some() {
-        merged.retry_budget = sub.retry_budget.clone();
-    }
-    if let Some(port) = port
-        && let Some(pl) = sub
-            .port_level_settings
-            .iter()
-            .find(|s| s.port.is_some_and(|x| x.number == u32::from(port)))
-    {
-        merged.connection_pool = pl.connection_pool.clone();
-        merged.load_balancer = pl.load_balancer.clone();
-        merged.outlier_detection = pl.outlier_detection.clone();
-        merged.tls = pl.tls.clone();
-    }
+    over(&mut merged.connection_pool, &sub.connection_pool);
+    over(&mut merged.load_balancer, &sub.load_balancer);
+    over(&mut merged.outlier_detection, &sub.outlier_detection);
+    over(&mut merged.tls, &sub.tls);
+    over(&mut merged.tunnel, &sub.tunnel);
+    over(&mut merged.proxy_protocol, &sub.proxy_protocol);
+    over(&mut merged.retry_budget, &sub.retry_budget);
+    apply_port_level(&mut merged, &sub.port_level_settings, port);
     merged
 }
 
