@@ -139,7 +139,7 @@ struct Marker {
 }
 
 impl tower::Service<Request<hyper::body::Incoming>> for Marker {
-    type Response = Response<MeshBody<hyper::body::Incoming>>;
+    type Response = Response<MeshBody<mesh_proxy::engine::UpstreamBody>>;
     type Error = Infallible;
     type Future =
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>>>>;

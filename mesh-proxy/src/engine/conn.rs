@@ -32,6 +32,7 @@ use tower_service::Service;
 use super::headers::{HeadScanner, Reject, check_request};
 use super::limits::Limits;
 use super::stack::{StackFactory, WorkerContext};
+use super::upstream::UpstreamBody;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -87,7 +88,7 @@ struct ConnState {
 pub(crate) enum EngineFuture<S: Service<Request<Incoming>>> {
     Stack(#[pin] S::Future),
     Waiting(S, Option<Request<Incoming>>),
-    Local(Option<Response<MeshBody<Incoming>>>),
+    Local(Option<Response<MeshBody<UpstreamBody>>>),
 }
 
 /// The downstream socket: replays the bytes read during detection (if any) and counts
@@ -336,7 +337,7 @@ where
     }
 }
 
-fn reject_reply(r: Reject) -> Response<MeshBody<Incoming>> {
+fn reject_reply(r: Reject) -> Response<MeshBody<UpstreamBody>> {
     let (status, text) = match r {
         Reject::MissingHost => (StatusCode::BAD_REQUEST, "missing Host header"),
         Reject::ContentLengthWithTransferEncoding => (
@@ -363,7 +364,7 @@ fn reject_reply(r: Reject) -> Response<MeshBody<Incoming>> {
 // === impl ConnService ===
 
 impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService<F> {
-    type Response = Response<MeshBody<Incoming>>;
+    type Response = Response<MeshBody<UpstreamBody>>;
     type Error = Infallible;
     type Future = EngineFuture<F::Service>;
 
@@ -389,9 +390,9 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
 
 impl<S> Future for EngineFuture<S>
 where
-    S: Service<Request<Incoming>, Response = Response<MeshBody<Incoming>>, Error = Infallible>,
+    S: Service<Request<Incoming>, Response = Response<MeshBody<UpstreamBody>>, Error = Infallible>,
 {
-    type Output = Result<Response<MeshBody<Incoming>>, Infallible>;
+    type Output = Result<Response<MeshBody<UpstreamBody>>, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {

@@ -92,6 +92,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch};
 
 mod conn;
+mod h1client;
 pub mod headers;
 mod limits;
 mod listener;
@@ -101,7 +102,7 @@ mod worker;
 
 pub use limits::Limits;
 pub use stack::{Reloadable, StackFactory, WorkerContext};
-pub use upstream::{Connector, ConnectorFuture, EngineResponse};
+pub use upstream::{Connector, ConnectorFuture, EngineResponse, UpstreamBody, UpstreamBodyError};
 
 /// Where and how the engine listens.
 #[derive(Debug, Clone)]

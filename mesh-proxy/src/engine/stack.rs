@@ -14,7 +14,7 @@
 //! # What a stack must be
 //!
 //! `S: tower::Service<http::Request<hyper::body::Incoming>,
-//! Response = http::Response<mesh_core::MeshBody<hyper::body::Incoming>>,
+//! Response = http::Response<mesh_core::MeshBody<mesh_proxy::engine::UpstreamBody>>,
 //! Error = std::convert::Infallible> + Clone + 'static`.
 //!
 //! - **No `Send` needed.** A worker's stack lives and runs on that worker's thread only, so it
@@ -84,7 +84,7 @@ use mesh_core::MeshBody;
 use tower_service::Service;
 
 use super::limits::Limits;
-use super::upstream::Connector;
+use super::upstream::{Connector, UpstreamBody};
 
 /// Builds one worker's service stack; see the [module docs](self) for the contract.
 ///
@@ -92,7 +92,7 @@ use super::upstream::Connector;
 /// changes) and by [`Reloadable`] (a stack rebuilt when its snapshot is replaced).
 pub trait StackFactory: Send + Sync + 'static {
     /// The stack a worker runs.
-    type Service: Service<Request<Incoming>, Response = Response<MeshBody<Incoming>>, Error = Infallible>
+    type Service: Service<Request<Incoming>, Response = Response<MeshBody<UpstreamBody>>, Error = Infallible>
         + Clone
         + 'static;
 
@@ -168,7 +168,7 @@ impl WorkerContext {
 impl<F, S> StackFactory for F
 where
     F: Fn(&WorkerContext) -> S + Send + Sync + 'static,
-    S: Service<Request<Incoming>, Response = Response<MeshBody<Incoming>>, Error = Infallible>
+    S: Service<Request<Incoming>, Response = Response<MeshBody<UpstreamBody>>, Error = Infallible>
         + Clone
         + 'static,
 {
@@ -213,7 +213,7 @@ impl<T, B, S> StackFactory for Reloadable<T, B>
 where
     T: Send + Sync + 'static,
     B: Fn(&WorkerContext, &Arc<T>) -> S + Send + Sync + 'static,
-    S: Service<Request<Incoming>, Response = Response<MeshBody<Incoming>>, Error = Infallible>
+    S: Service<Request<Incoming>, Response = Response<MeshBody<UpstreamBody>>, Error = Infallible>
         + Clone
         + 'static,
 {

@@ -20,6 +20,7 @@
 //! | HTTP/2 stream reset by the upstream before the response head | 503 | `UR` |
 //! | malformed response head | 502 | `UPE` |
 //! | no `Host` / `:authority` for an HTTP/2 upstream | 400 | `DPE` |
+//! | the client's request body broke (or did not match its `Content-Length`) before the response head | 400 | `DPE` |
 //!
 //! A failure after the response head (the upstream resets mid-body) cannot change the status
 //! any more: the body ends with an error and the engine resets the downstream stream (HTTP/2)
@@ -31,13 +32,19 @@
 //! HTTP/2); to an HTTP/2 upstream the client's `Host` becomes `:authority`. Bodies stream both
 //! ways, never buffered.
 //!
+//! **HTTP/1.1** is the engine's own client ([`h1client`](super::h1client)): the request's
+//! task writes the request and reads the response on the pooled connection itself, with no
+//! connection task, channel or hand-off in between. **HTTP/2** is hyper's client.
+//!
 //! **Pooling**: each thread has its own pool (a thread-local), so an engine worker's
 //! requests never touch another thread's state and nothing is locked: per endpoint a LIFO
-//! stack of idle HTTP/1.1 connections and one multiplexed HTTP/2 connection. A connection goes
-//! back to the stack as soon as hyper says it can take the next request (usually when the
-//! response head arrives, for small bodies); a request that finds a pooled connection closed
-//! under it is retried once on another. Unlike hyper-util's legacy pool there is no
-//! cross-task hand-off per request and no SipHash-keyed map.
+//! stack of idle HTTP/1.1 connections and one multiplexed HTTP/2 connection. An HTTP/1.1
+//! connection goes back to the stack as soon as its response has been read (for a small
+//! response, before the response is even returned). An idle connection the upstream closed
+//! is noticed when it is next taken (no system call unless its socket became readable) and
+//! by a sweep every few seconds on current-thread runtimes (the engine's workers); a request
+//! without a body that meets a pooled connection closed under it (no response byte
+//! received) is sent again on another connection, then on a new one.
 //!
 //! **Differences from Envoy**: no per-endpoint connection limit (circuit breaking lives in
 //! `mesh-resilience`), no upstream idle timeout (connections live until the upstream closes
@@ -61,20 +68,38 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
 use mesh_core::ext::{local_reply, selected_endpoint};
 use tokio::net::TcpStream;
 
+use super::h1client::{self, FailKind, H1Body, H1Conn};
 use super::headers::strip_hop_by_hop;
 
 /// The response type of every stack: the upstream's body or a local one.
-pub type EngineResponse = Response<MeshBody<Incoming>>;
+pub type EngineResponse = Response<MeshBody<UpstreamBody>>;
+
+/// The body of an upstream's response: an HTTP/1.1 body read by the engine's own client
+/// (whole, or streaming from the connection), or hyper's HTTP/2 body.
+pub struct UpstreamBody(BodyKind);
+
+enum BodyKind {
+    Full(Option<Bytes>),
+    H1(Box<H1Body>),
+    H2(Incoming),
+}
+
+/// The error of an [`UpstreamBody`]: the upstream reset, closed or broke framing mid-body.
+pub type UpstreamBodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How often idle HTTP/1.1 connections are checked for an upstream close.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 /// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed when released.
 const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 1024;
@@ -107,12 +132,14 @@ thread_local! {
 #[derive(Default)]
 struct Pool {
     endpoints: HashMap<SocketAddr, Endpoint, BuildHasherDefault<AddrHasher>>,
+    /// A sweep task is scheduled on this thread.
+    sweeping: bool,
 }
 
 #[derive(Default)]
 struct Endpoint {
     /// Idle HTTP/1.1 connections, most recently used last.
-    h1_idle: Vec<http1::SendRequest<Incoming>>,
+    h1_idle: Vec<H1Conn>,
     /// The shared HTTP/2 connection.
     h2: Option<http2::SendRequest<Incoming>>,
 }
@@ -129,6 +156,7 @@ enum SendFailure {
     Reset,
     Protocol,
     BadRequest,
+    BadBody,
 }
 
 // === impl Connector ===
@@ -157,10 +185,10 @@ impl Connector {
     /// Idle HTTP/1.1 connections this thread's pool holds for `addr` (for tests and stats).
     pub fn idle_connections(addr: SocketAddr) -> usize {
         POOL.with(|p| {
-            p.borrow()
-                .endpoints
-                .get(&addr)
-                .map_or(0, |e| e.h1_idle.iter().filter(|s| s.is_ready()).count())
+            p.borrow_mut().endpoints.get_mut(&addr).map_or(0, |e| {
+                e.h1_idle.retain_mut(H1Conn::idle_ok);
+                e.h1_idle.len()
+            })
         })
     }
 }
@@ -198,69 +226,91 @@ impl tower_service::Service<Request<Incoming>> for Connector {
 fn into_engine_response(res: Response<Incoming>) -> EngineResponse {
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, MeshBody::inner(body))
+    Response::from_parts(parts, MeshBody::inner(UpstreamBody::from_incoming(body)))
+}
+
+/// Returns an HTTP/1.1 connection whose exchange is over to this thread's pool.
+pub(crate) fn release_h1_conn(addr: SocketAddr, conn: H1Conn, max: usize) {
+    let start_sweep = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.push_h1(addr, conn, max);
+        !std::mem::replace(&mut p.sweeping, true)
+    });
+    if start_sweep {
+        let current_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if current_thread {
+            // A current-thread runtime polls its tasks on this thread: the task sees this
+            // thread's pool.
+            tokio::spawn(sweep_idle());
+        } else {
+            POOL.with(|p| p.borrow_mut().sweeping = false);
+        }
+    }
+}
+
+/// Every [`SWEEP_EVERY`], drops the idle connections the upstream closed; ends (and is
+/// started again by the next release) when the pool holds none.
+async fn sweep_idle() {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let left = POOL.with(|p| p.borrow_mut().sweep());
+        if left == 0 {
+            POOL.with(|p| p.borrow_mut().sweeping = false);
+            return;
+        }
+    }
 }
 
 impl Connector {
     async fn forward_h1(self, addr: SocketAddr, mut req: Request<Incoming>) -> EngineResponse {
         prepare_h1(&mut req);
+        let (parts, body) = req.into_parts();
+        // An empty body is not sent at all, and lets the request be sent again.
+        let mut body = (!http_body::Body::is_end_stream(&body)).then_some(body);
         loop {
             let pooled = POOL.with(|p| p.borrow_mut().pop_h1(addr));
             let reused = pooled.is_some();
-            let mut sender = match pooled {
-                Some(s) => s,
+            let conn = match pooled {
+                Some(c) => c,
                 // boxed: keeps the connect state out of every request's future
                 None => match Box::pin(self.connect_h1(addr)).await {
-                    Ok(s) => s,
+                    Ok(c) => c,
                     Err(f) => return f.reply(),
                 },
             };
-            match sender.try_send_request(req).await {
-                Ok(res) => {
-                    self.release_h1(addr, sender);
-                    return into_engine_response(res);
+            let retry_possible = reused && body.is_none();
+            match h1client::exchange(
+                conn,
+                &parts,
+                body.take(),
+                addr,
+                self.max_idle_per_endpoint,
+                release_h1_conn,
+            )
+            .await
+            {
+                Ok(res) => return res,
+                // the pooled connection was closed under us before any answer: again
+                Err(f) if retry_possible && f.retryable => {}
+                Err(f) => {
+                    return match f.kind {
+                        FailKind::Closed => SendFailure::Closed.reply(),
+                        FailKind::Protocol => SendFailure::Protocol.reply(),
+                        FailKind::Downstream => SendFailure::BadBody.reply(),
+                    };
                 }
-                Err(mut e) => match e.take_message() {
-                    // the pooled connection closed before the request was written: retry
-                    Some(r) if reused => req = r,
-                    _ => return SendFailure::from_h1(e.error()).reply(),
-                },
             }
         }
     }
 
-    async fn connect_h1(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<http1::SendRequest<Incoming>, SendFailure> {
-        let connect = async {
-            let stream = TcpStream::connect(addr).await?;
-            let _ = stream.set_nodelay(true);
-            http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(std::io::Error::other)
-        };
-        let (sender, conn) = tokio::time::timeout(self.connect_timeout, connect)
+    async fn connect_h1(&self, addr: SocketAddr) -> Result<H1Conn, SendFailure> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| SendFailure::Connect)?
             .map_err(|_| SendFailure::Connect)?;
-        tokio::spawn(conn);
-        Ok(sender)
-    }
-
-    /// Puts a connection back in the pool once it can take the next request.
-    fn release_h1(self, addr: SocketAddr, mut sender: http1::SendRequest<Incoming>) {
-        let max = self.max_idle_per_endpoint;
-        if sender.is_ready() {
-            POOL.with(|p| p.borrow_mut().push_h1(addr, sender, max));
-        } else if !sender.is_closed() {
-            // The response body is still coming: return it when hyper is done with it.
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    POOL.with(|p| p.borrow_mut().push_h1(addr, sender, max));
-                }
-            });
-        }
+        let _ = stream.set_nodelay(true);
+        Ok(H1Conn::new(stream))
     }
 
     async fn forward_h2(self, addr: SocketAddr, mut req: Request<Incoming>) -> EngineResponse {
@@ -283,7 +333,7 @@ impl Connector {
         };
         match sender.try_send_request(req).await {
             Ok(res) => into_engine_response(res),
-            Err(e) if sender.is_closed() => SendFailure::from_h1(e.error()).reply(),
+            Err(e) if sender.is_closed() => SendFailure::from_h2(e.error()).reply(),
             Err(e) if e.error().is_parse() => SendFailure::Protocol.reply(),
             Err(_) => SendFailure::Reset.reply(),
         }
@@ -329,6 +379,11 @@ fn prepare_h1<B>(req: &mut Request<B>) {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(pq);
+    } else if req.version() == Version::HTTP_10 && !req.headers().contains_key(header::HOST) {
+        // RFC 9112 §3.2: an HTTP/1.1 request always has Host, empty when there is no
+        // authority (HTTP/1.1 clients without Host are refused by the listener).
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static(""));
     }
     strip_hop_by_hop(req.headers_mut());
     *req.version_mut() = Version::HTTP_11;
@@ -378,24 +433,102 @@ impl std::fmt::Debug for ConnectorFuture {
     }
 }
 
+// === impl UpstreamBody ===
+
+impl UpstreamBody {
+    /// Wraps a hyper body (an HTTP/2 upstream's, or any `Incoming`).
+    pub fn from_incoming(body: Incoming) -> Self {
+        UpstreamBody(BodyKind::H2(body))
+    }
+
+    /// A complete body (`None`: empty).
+    pub(crate) fn full(bytes: Option<Bytes>) -> Self {
+        UpstreamBody(BodyKind::Full(bytes))
+    }
+
+    /// An HTTP/1.1 body still streaming from its connection.
+    pub(crate) fn h1(body: H1Body) -> Self {
+        UpstreamBody(BodyKind::H1(Box::new(body)))
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, UpstreamBodyError>>> {
+        match &mut self.0 {
+            BodyKind::Full(bytes) => {
+                Poll::Ready(bytes.take().map(|b| Ok(http_body::Frame::data(b))))
+            }
+            BodyKind::H1(body) => Pin::new(&mut **body).poll_frame(cx).map_err(Into::into),
+            BodyKind::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            BodyKind::Full(bytes) => bytes.is_none(),
+            BodyKind::H1(body) => body.is_end_stream(),
+            BodyKind::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.0 {
+            BodyKind::Full(bytes) => {
+                http_body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            BodyKind::H1(body) => body.size_hint(),
+            BodyKind::H2(body) => body.size_hint(),
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            BodyKind::Full(b) => f
+                .debug_tuple("Full")
+                .field(&b.as_ref().map(Bytes::len))
+                .finish(),
+            BodyKind::H1(b) => b.fmt(f),
+            BodyKind::H2(b) => b.fmt(f),
+        }
+    }
+}
+
 // === impl Pool ===
 
 impl Pool {
-    fn pop_h1(&mut self, addr: SocketAddr) -> Option<http1::SendRequest<Incoming>> {
+    fn pop_h1(&mut self, addr: SocketAddr) -> Option<H1Conn> {
         let ep = self.endpoints.get_mut(&addr)?;
-        while let Some(s) = ep.h1_idle.pop() {
-            if s.is_ready() {
-                return Some(s);
+        while let Some(mut c) = ep.h1_idle.pop() {
+            if c.idle_ok() {
+                return Some(c);
             }
         }
         None
     }
 
-    fn push_h1(&mut self, addr: SocketAddr, sender: http1::SendRequest<Incoming>, max: usize) {
+    fn push_h1(&mut self, addr: SocketAddr, conn: H1Conn, max: usize) {
         let ep = self.endpoints.entry(addr).or_default();
         if ep.h1_idle.len() < max {
-            ep.h1_idle.push(sender);
+            ep.h1_idle.push(conn);
         }
+    }
+
+    /// Drops idle connections that are no longer usable; returns how many are left.
+    fn sweep(&mut self) -> usize {
+        let mut left = 0;
+        for ep in self.endpoints.values_mut() {
+            ep.h1_idle.retain_mut(H1Conn::idle_ok);
+            left += ep.h1_idle.len();
+        }
+        left
     }
 
     fn get_h2(&mut self, addr: SocketAddr) -> Option<http2::SendRequest<Incoming>> {
@@ -457,7 +590,7 @@ impl AddrHasher {
 // === impl SendFailure ===
 
 impl SendFailure {
-    fn from_h1(e: &hyper::Error) -> Self {
+    fn from_h2(e: &hyper::Error) -> Self {
         if e.is_parse() {
             SendFailure::Protocol
         } else {
@@ -486,6 +619,11 @@ impl SendFailure {
                 StatusCode::BAD_GATEWAY,
                 ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
                 "upstream protocol error",
+            ),
+            SendFailure::BadBody => local_reply(
+                StatusCode::BAD_REQUEST,
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                "request body error",
             ),
             SendFailure::BadRequest => local_reply(
                 StatusCode::BAD_REQUEST,

@@ -1,0 +1,1077 @@
+//! The connector's HTTP/1.1 client: one request at a time over one pooled upstream
+//! connection, written and read by the request's own task.
+//!
+//! hyper's client connection runs as a task of its own and is fed through a channel: every
+//! request crosses two task hand-offs (request in, response out), an `mpsc` and a
+//! `oneshot`, and moves its head through both. A proxy worker that owns its upstream
+//! connections does not need that: here the request task encodes the head, writes it, reads
+//! and parses the response head, and (for the common small response) has the whole body in
+//! the same read, so the connection goes back to the worker's pool before the response is
+//! returned. Measured (callgrind, routing and balancing on): see `docs/performance.md`.
+//!
+//! Message framing follows RFC 9112:
+//!
+//! - **Request**: origin-form request line and the headers as the stack left them (the
+//!   connector has removed hop-by-hop fields). An empty body is sent as is; a body with a
+//!   `Content-Length` (or an exact size) is sent raw and counted; any other body is sent
+//!   `Transfer-Encoding: chunked`, with its trailers.
+//! - **Response** (§6.3): no body for `HEAD`, 1xx, 204 and 304; `Transfer-Encoding` ending in
+//!   `chunked` is decoded (a `Content-Length` beside it is dropped and the connection is not
+//!   reused); otherwise `Content-Length` (conflicting values are a protocol error); otherwise
+//!   the body runs to the end of the connection. Interim 1xx responses (`100 Continue`,
+//!   `103 Early Hints`) are skipped; `101` is a protocol error (upgrades are not forwarded).
+//! - **Reuse**: HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with
+//!   `Connection: keep-alive`; never after a close-delimited body, a framing conflict, a
+//!   request body the upstream did not wait for, or bytes beyond the response.
+//!
+//! The request body streams while the response is read (an upstream may answer early, or
+//! stream its answer while the upload goes on); the response body streams to the caller.
+
+use std::fmt::Write as _;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use mesh_core::MeshBody;
+use tokio::io::{AsyncWrite, Interest};
+use tokio::net::TcpStream;
+
+use super::upstream::{EngineResponse, UpstreamBody};
+
+/// The largest response head (status line and header fields) accepted from an upstream;
+/// Envoy's `max_response_headers_kb` defaults to 60.
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The largest trailer section, and the longest chunk-size line, accepted.
+const MAX_TRAILERS: usize = 64 * 1024;
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Header fields parsed without a heap buffer; more (up to [`MAX_HEADERS`]) take one.
+const STACK_HEADERS: usize = 64;
+const MAX_HEADERS: usize = 1024;
+/// Free space made before each read; grows (to [`MAX_READ`]) while reads fill it.
+const MIN_READ: usize = 16 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// Request body frames up to this size are copied next to the head (one write); larger
+/// ones are written from their own buffer.
+const COALESCE: usize = 16 * 1024;
+
+/// One upstream HTTP/1.1 connection and its buffers. Idle in the pool, it holds no bytes.
+pub(crate) struct H1Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// Output not yet written: `wbuf[wpos..]`, then `data`, then `tail`.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    data: Bytes,
+    tail: &'static [u8],
+    read_size: usize,
+}
+
+/// What is left of the request body to send.
+struct ReqBody {
+    body: Incoming,
+    chunked: bool,
+    /// With `Content-Length` framing: bytes still expected.
+    remaining: u64,
+    /// The end of the body has been framed (it may still sit in the output).
+    done: bool,
+}
+
+/// Why an exchange failed, and whether nothing of it reached the upstream's answer (so
+/// that a request without a body may be sent again on another connection).
+pub(crate) struct Failed {
+    pub(crate) kind: FailKind,
+    /// No byte of a response was received and the failure was the connection's (closed,
+    /// reset): the usual fate of a pooled connection the upstream closed while idle.
+    pub(crate) retryable: bool,
+}
+
+/// The local reply an exchange failure maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailKind {
+    /// The connection closed or reset before a complete response head (`503 UC`).
+    Closed,
+    /// The client's request body failed before the response head (`400 DPE`).
+    Downstream,
+    /// The response head is malformed or too large (`502 UPE`).
+    Protocol,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    Eof,
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// The body of an upstream HTTP/1.1 response that did not arrive whole with its head. It
+/// owns the connection until the body ends, then returns it to the pool.
+pub(crate) struct H1Body {
+    conn: Option<H1Conn>,
+    req: Option<ReqBody>,
+    state: BodyState,
+    reusable: bool,
+    addr: SocketAddr,
+    max_idle: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    Length(u64),
+    /// In a chunked body: before a chunk-size line, inside a chunk's data, before the CRLF
+    /// that ends a chunk's data, in the trailer section.
+    ChunkSize,
+    ChunkData(u64),
+    ChunkEnd,
+    Trailers,
+    Eof,
+    /// Failed; the error is reported at the next poll (see [`H1Body::fail`]).
+    Failing(&'static str),
+    Done,
+}
+
+/// An error of the response body, after its head was sent on.
+#[derive(Debug)]
+pub(crate) struct BodyError(&'static str);
+
+// === impl H1Conn ===
+
+impl H1Conn {
+    /// Wraps a connected socket.
+    pub(crate) fn new(io: TcpStream) -> Self {
+        H1Conn {
+            io,
+            buf: BytesMut::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            data: Bytes::new(),
+            tail: b"",
+            read_size: MIN_READ,
+        }
+    }
+
+    /// Whether an idle connection can take a request: nothing (end of stream, reset, stray
+    /// bytes) has arrived on it while it waited. Costs no system call unless the socket
+    /// became readable.
+    pub(crate) fn idle_ok(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                // Readable: end of stream, stray bytes, or readiness left over from the last
+                // read. Only the last one leaves the connection usable.
+                self.buf.reserve(64);
+                matches!(self.io.try_read_buf(&mut self.buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    fn output_empty(&self) -> bool {
+        self.wpos == self.wbuf.len() && self.data.is_empty() && self.tail.is_empty()
+    }
+
+    /// Writes the pending output; Ready(Ok) once all of it is written.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.output_empty() {
+            let head = &self.wbuf[self.wpos..];
+            let n = if self.data.is_empty() && self.tail.is_empty() {
+                ready!(Pin::new(&mut self.io).poll_write(cx, head))?
+            } else {
+                let slices = [
+                    IoSlice::new(head),
+                    IoSlice::new(&self.data),
+                    IoSlice::new(self.tail),
+                ];
+                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.consume_output(n);
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn consume_output(&mut self, mut n: usize) {
+        let head = (self.wbuf.len() - self.wpos).min(n);
+        self.wpos += head;
+        n -= head;
+        let data = self.data.len().min(n);
+        self.data.advance(data);
+        n -= data;
+        self.tail = &self.tail[n.min(self.tail.len())..];
+    }
+
+    /// Reads what the socket has into `buf`. `Ready(Ok(0))` is the end of the stream.
+    ///
+    /// A read that does not fill the free space clears the socket's readiness, as tokio's
+    /// own `poll_read` does: the next read waits for the reactor instead of costing a
+    /// system call that would only say `EAGAIN`.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.read_size {
+            self.buf.reserve(self.read_size);
+        }
+        let spare = self.buf.capacity() - self.buf.len();
+        loop {
+            let mut got = 0;
+            let (io, buf) = (&self.io, &mut self.buf);
+            let res = io.try_io(Interest::READABLE, || {
+                let n = io.try_read_buf(buf)?;
+                got = n;
+                if n > 0 && n < spare {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(n)
+                }
+            });
+            match res {
+                Ok(n) => {
+                    if n == spare {
+                        self.read_size = (self.read_size * 2).min(MAX_READ);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if got > 0 {
+                        return Poll::Ready(Ok(got));
+                    }
+                    ready!(self.io.poll_read_ready(cx))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Sends the output and the request body; Ready(Ok) when all of it is written.
+    fn poll_send(
+        &mut self,
+        req: &mut Option<ReqBody>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError>> {
+        loop {
+            let mut body_pending = false;
+            while let Some(rb) = req.as_mut().filter(|rb| !rb.done) {
+                if !self.data.is_empty() || self.wbuf.len() - self.wpos >= COALESCE {
+                    break;
+                }
+                match Pin::new(&mut rb.body).poll_frame(cx) {
+                    Poll::Pending => {
+                        body_pending = true;
+                        break;
+                    }
+                    Poll::Ready(frame) => rb.frame(frame, self).map_err(|_| SendError::Body)?,
+                }
+            }
+            if self.output_empty() {
+                if body_pending {
+                    return Poll::Pending;
+                }
+                *req = None;
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.poll_flush(cx)).map_err(|_| SendError::Write)?;
+        }
+    }
+}
+
+/// Why sending stopped.
+enum SendError {
+    /// Writing to the upstream failed: it may have answered and closed; read on.
+    Write,
+    /// The request body failed (the client's stream broke, or it did not match its
+    /// `Content-Length`): the exchange is abandoned.
+    Body,
+}
+
+// === impl ReqBody ===
+
+impl ReqBody {
+    /// Frames one frame of the body into the connection's output.
+    fn frame(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, hyper::Error>>,
+        out: &mut H1Conn,
+    ) -> io::Result<()> {
+        match frame {
+            None => {
+                self.done = true;
+                if self.chunked {
+                    out.wbuf.extend_from_slice(b"0\r\n\r\n");
+                } else if self.remaining != 0 {
+                    return Err(io::Error::other(
+                        "request body shorter than its content-length",
+                    ));
+                }
+            }
+            Some(Err(e)) => return Err(io::Error::other(e)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) => {
+                    if self.chunked {
+                        let _ = write!(HexOut(&mut out.wbuf), "{:x}\r\n", data.len());
+                    } else {
+                        let len = data.len() as u64;
+                        if len > self.remaining {
+                            return Err(io::Error::other(
+                                "request body longer than its content-length",
+                            ));
+                        }
+                        self.remaining -= len;
+                    }
+                    if data.len() <= COALESCE {
+                        out.wbuf.extend_from_slice(&data);
+                        if self.chunked {
+                            out.wbuf.extend_from_slice(b"\r\n");
+                        }
+                    } else {
+                        out.data = data;
+                        out.tail = if self.chunked { b"\r\n" } else { b"" };
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        // Trailers end the body. Only chunked framing can carry them.
+                        self.done = true;
+                        if self.chunked {
+                            out.wbuf.extend_from_slice(b"0\r\n");
+                            for (name, value) in &trailers {
+                                put_field(&mut out.wbuf, name, value);
+                            }
+                            out.wbuf.extend_from_slice(b"\r\n");
+                        } else if self.remaining != 0 {
+                            return Err(io::Error::other(
+                                "request body shorter than its content-length",
+                            ));
+                        }
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+}
+
+/// `fmt::Write` into a byte vector (for the chunk-size line).
+struct HexOut<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for HexOut<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+// === the exchange ===
+
+/// Sends one request (head from `parts`, body `body`) over `conn` and reads the response
+/// head. A response that arrived whole returns the connection to the pool (through
+/// `release`) before this returns; otherwise the connection travels in the response body.
+pub(crate) async fn exchange(
+    mut conn: H1Conn,
+    parts: &Parts,
+    body: Option<Incoming>,
+    addr: SocketAddr,
+    max_idle: usize,
+    release: fn(SocketAddr, H1Conn, usize),
+) -> Result<EngineResponse, Failed> {
+    let mut req = encode_head(&mut conn.wbuf, parts, body);
+    let is_head = parts.method == Method::HEAD;
+    let mut received = false;
+    let mut send_failed = false;
+    let head = std::future::poll_fn(|cx| {
+        if !send_failed && (req.is_some() || !conn.output_empty()) {
+            match conn.poll_send(&mut req, cx) {
+                Poll::Ready(Err(SendError::Write)) => {
+                    // The upstream may have answered and closed; read what it sent.
+                    send_failed = true;
+                    req = None;
+                }
+                Poll::Ready(Err(SendError::Body)) => {
+                    return Poll::Ready(Err(FailKind::Downstream));
+                }
+                _ => {}
+            }
+        }
+        poll_head(&mut conn, is_head, &mut received, cx)
+    })
+    .await;
+    let head = match head {
+        Ok(head) => head,
+        Err(kind) => {
+            return Err(Failed {
+                kind,
+                retryable: kind == FailKind::Closed && !received,
+            });
+        }
+    };
+    let mut reusable = head.keep_alive && !send_failed;
+    let body = match head.framing {
+        Framing::Empty => Some(None),
+        Framing::Length(n) if (conn.buf.len() as u64) >= n => {
+            // usize: n <= buf.len()
+            let n = n as usize;
+            Some((n > 0).then(|| conn.buf.split_to(n).freeze()))
+        }
+        _ => None,
+    };
+    let body = match body {
+        Some(bytes) => {
+            // Complete. The connection is reusable if the request was all sent, nothing
+            // follows the response, and both sides keep it alive.
+            reusable &= req.is_none() && conn.buf.is_empty();
+            if reusable {
+                conn.read_size = MIN_READ;
+                release(addr, conn, max_idle);
+            }
+            UpstreamBody::full(bytes)
+        }
+        None => {
+            let state = match head.framing {
+                Framing::Length(n) => BodyState::Length(n),
+                Framing::Chunked => BodyState::ChunkSize,
+                Framing::Eof | Framing::Empty => BodyState::Eof,
+            };
+            if head.framing == Framing::Eof {
+                reusable = false;
+            }
+            UpstreamBody::h1(H1Body {
+                conn: Some(conn),
+                req,
+                state,
+                reusable,
+                addr,
+                max_idle,
+            })
+        }
+    };
+    let mut res = Response::new(MeshBody::inner(body));
+    *res.status_mut() = head.status;
+    // RFC 9110 §6.2: a proxy sends its own version; the upstream's only decides reuse.
+    *res.version_mut() = Version::HTTP_11;
+    *res.headers_mut() = head.headers;
+    Ok(res)
+}
+
+/// Encodes the request line and header fields into `out`; returns how the body goes.
+fn encode_head(out: &mut Vec<u8>, parts: &Parts, body: Option<Incoming>) -> Option<ReqBody> {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        put_field(out, name, value);
+    }
+    let rb = body.map(|body| {
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        match declared.or_else(|| body.size_hint().exact()) {
+            Some(n) => {
+                if declared.is_none() {
+                    let _ = write!(HexOut(out), "content-length: {n}\r\n");
+                }
+                ReqBody {
+                    body,
+                    chunked: false,
+                    remaining: n,
+                    done: false,
+                }
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                ReqBody {
+                    body,
+                    chunked: true,
+                    remaining: 0,
+                    done: false,
+                }
+            }
+        }
+    });
+    out.extend_from_slice(b"\r\n");
+    rb
+}
+
+/// Reads until a final response head is complete, skipping interim (1xx) responses.
+fn poll_head(
+    conn: &mut H1Conn,
+    is_head: bool,
+    received: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Head, FailKind>> {
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_head(&mut conn.buf, is_head) {
+                Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                Ok(None) => {
+                    if conn.buf.len() > MAX_RESPONSE_HEAD {
+                        return Poll::Ready(Err(FailKind::Protocol));
+                    }
+                }
+                Err(()) => return Poll::Ready(Err(FailKind::Protocol)),
+            }
+        }
+        match ready!(conn.poll_fill(cx)) {
+            Ok(0) | Err(_) => return Poll::Ready(Err(FailKind::Closed)),
+            Ok(_) => *received = true,
+        }
+    }
+}
+
+/// Where a parsed field lies in the head: name offset and length, value offset and length.
+type Field = [u32; 4];
+
+/// Parses a response head at the start of `buf`. `Ok(None)`: more bytes are needed.
+/// Interim responses are consumed and skipped; the final head is consumed (split off and
+/// frozen: header values share its bytes).
+fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, ()> {
+    loop {
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+        let mut offsets: [Field; STACK_HEADERS] = [[0; 4]; STACK_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, buf, &mut stack);
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) if len <= MAX_RESPONSE_HEAD => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return parse_head_heap(buf, is_head),
+            Ok(httparse::Status::Complete(_)) | Err(_) => return Err(()),
+        };
+        let code = res.code.ok_or(())?;
+        let http10 = res.version == Some(0);
+        let n = record_offsets(buf.as_ptr(), res.headers, &mut offsets);
+        if interim(code)? {
+            buf.advance(len);
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            continue;
+        }
+        let head = buf.split_to(len).freeze();
+        return build_head(&head, &offsets[..n], code, http10, is_head).map(Some);
+    }
+}
+
+#[cold]
+fn parse_head_heap(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, ()> {
+    let mut heap = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut heap);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_RESPONSE_HEAD => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(_)) | Err(_) => return Err(()),
+    };
+    let code = res.code.ok_or(())?;
+    let http10 = res.version == Some(0);
+    let mut offsets = vec![[0; 4]; res.headers.len()];
+    let n = record_offsets(buf.as_ptr(), res.headers, &mut offsets);
+    if interim(code)? {
+        buf.advance(len);
+        return parse_head(buf, is_head);
+    }
+    let head = buf.split_to(len).freeze();
+    build_head(&head, &offsets[..n], code, http10, is_head).map(Some)
+}
+
+/// Whether `code` is an interim response to skip; `101` (an upgrade) is refused.
+fn interim(code: u16) -> Result<bool, ()> {
+    match code {
+        101 => Err(()),
+        100..=199 => Ok(true),
+        _ => Ok(false),
+    }
+}
+
+/// Records where each field's name and value lie relative to `base` (the parsed buffer).
+fn record_offsets(base: *const u8, fields: &[httparse::Header<'_>], out: &mut [Field]) -> usize {
+    let base = base as usize;
+    let mut n = 0;
+    for (f, o) in fields.iter().zip(out.iter_mut()) {
+        // offsets within a head of at most MAX_HEADERS fields and a few hundred KiB
+        *o = [
+            (f.name.as_ptr() as usize - base) as u32,
+            f.name.len() as u32,
+            (f.value.as_ptr() as usize - base) as u32,
+            f.value.len() as u32,
+        ];
+        n += 1;
+    }
+    n
+}
+
+/// Builds the header map (hop-by-hop fields left out) and decides framing and reuse.
+fn build_head(
+    head: &Bytes,
+    fields: &[Field],
+    code: u16,
+    http10: bool,
+    is_head: bool,
+) -> Result<Head, ()> {
+    let status = StatusCode::from_u16(code).map_err(|_| ())?;
+    let version = if http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut close = false;
+    let mut keep_alive = false;
+    // Field names listed in `Connection` other than close / keep-alive (rare).
+    let mut named: Vec<HeaderName> = Vec::new();
+    for &[no, nl, vo, vl] in fields {
+        let name = head.get(no as usize..(no + nl) as usize).ok_or(())?;
+        let value_range = vo as usize..(vo + vl) as usize;
+        let raw_value = head.get(value_range.clone()).ok_or(())?;
+        match hop_kind(name) {
+            Hop::No => {
+                let name = HeaderName::from_bytes(name).map_err(|_| ())?;
+                let value =
+                    HeaderValue::from_maybe_shared(head.slice(value_range)).map_err(|_| ())?;
+                if name == header::CONTENT_LENGTH {
+                    let n = parse_content_length(raw_value)?;
+                    match content_length {
+                        Some(prev) if prev != n => return Err(()),
+                        Some(_) => continue, // an identical repeat: keep one
+                        None => content_length = Some(n),
+                    }
+                }
+                headers.append(name, value);
+            }
+            Hop::Connection => {
+                for token in raw_value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    } else if !token.is_empty()
+                        && let Ok(n) = HeaderName::from_bytes(token)
+                    {
+                        named.push(n);
+                    }
+                }
+            }
+            Hop::TransferEncoding => {
+                transfer_encoding = true;
+                // chunked must be the final coding (RFC 9112 §6.3 rule 4)
+                chunked = raw_value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            Hop::Other => {}
+        }
+    }
+    for n in named {
+        headers.remove(n);
+    }
+    let no_body = is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut keep = if version == Version::HTTP_10 {
+        keep_alive && !close
+    } else {
+        !close
+    };
+    let framing = if no_body {
+        Framing::Empty
+    } else if transfer_encoding {
+        if content_length.is_some() {
+            // RFC 9112 §6.3 rule 3: Transfer-Encoding wins; the length is dropped and the
+            // connection is not trusted further.
+            headers.remove(header::CONTENT_LENGTH);
+            keep = false;
+        }
+        if chunked {
+            Framing::Chunked
+        } else {
+            keep = false;
+            Framing::Eof
+        }
+    } else if let Some(n) = content_length {
+        if n == 0 {
+            Framing::Empty
+        } else {
+            Framing::Length(n)
+        }
+    } else {
+        keep = false;
+        Framing::Eof
+    };
+    Ok(Head {
+        status,
+        headers,
+        framing,
+        keep_alive: keep,
+    })
+}
+
+enum Hop {
+    No,
+    Connection,
+    TransferEncoding,
+    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade`, `Trailer`-less hop-by-hop fields:
+    /// dropped.
+    Other,
+}
+
+/// Classifies a field name (any case) as end-to-end or hop-by-hop (RFC 9110 §7.6.1).
+#[inline]
+fn hop_kind(name: &[u8]) -> Hop {
+    match name.len() {
+        2 if name.eq_ignore_ascii_case(b"te") => Hop::Other,
+        7 if name.eq_ignore_ascii_case(b"upgrade") => Hop::Other,
+        10 if name.eq_ignore_ascii_case(b"connection") => Hop::Connection,
+        10 if name.eq_ignore_ascii_case(b"keep-alive") => Hop::Other,
+        16 if name.eq_ignore_ascii_case(b"proxy-connection") => Hop::Other,
+        17 if name.eq_ignore_ascii_case(b"transfer-encoding") => Hop::TransferEncoding,
+        _ => Hop::No,
+    }
+}
+
+fn parse_content_length(v: &[u8]) -> Result<u64, ()> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(());
+    }
+    Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+// === impl H1Body ===
+
+impl H1Body {
+    /// Ends the body: the connection goes back to the pool when it can be reused.
+    fn finish(&mut self) {
+        self.state = BodyState::Done;
+        if let Some(mut conn) = self.conn.take()
+            && self.reusable
+            && self.req.is_none()
+            && conn.buf.is_empty()
+            && conn.output_empty()
+        {
+            conn.read_size = MIN_READ;
+            super::upstream::release_h1_conn(self.addr, conn, self.max_idle);
+        }
+        self.req = None;
+    }
+
+    fn conn(&mut self) -> Result<&mut H1Conn, BodyError> {
+        self.conn.as_mut().ok_or(BodyError("connection gone"))
+    }
+
+    /// Reads more bytes; end of stream before the body's end is an error.
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
+        let conn = self.conn()?;
+        match ready!(conn.poll_fill(cx)) {
+            Ok(0) => Poll::Ready(Err(BodyError("upstream closed the connection mid-body"))),
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(_) => Poll::Ready(Err(BodyError("upstream connection failed mid-body"))),
+        }
+    }
+
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        // Keep sending the request body while the response streams.
+        if self.req.is_some()
+            && let Some(conn) = self.conn.as_mut()
+        {
+            match conn.poll_send(&mut self.req, cx) {
+                Poll::Ready(Err(SendError::Write)) => {
+                    self.req = None;
+                    self.reusable = false;
+                }
+                Poll::Ready(Err(SendError::Body)) => {
+                    return self.fail(cx, BodyError("request body failed"));
+                }
+                _ => {}
+            }
+        }
+        loop {
+            let buffered = self.conn.as_ref().map_or(0, |c| c.buf.len());
+            match self.state {
+                BodyState::Done => return Poll::Ready(None),
+                BodyState::Failing(e) => {
+                    self.state = BodyState::Done;
+                    return Poll::Ready(Some(Err(BodyError(e))));
+                }
+                BodyState::Length(rem) => {
+                    if buffered == 0 {
+                        if let Err(e) = ready!(self.poll_more(cx)) {
+                            return self.fail(cx, e);
+                        }
+                        continue;
+                    }
+                    let n = (rem.min(buffered as u64)) as usize;
+                    let data = self.conn()?.buf.split_to(n).freeze();
+                    let rem = rem - n as u64;
+                    if rem == 0 {
+                        self.finish();
+                    } else {
+                        self.state = BodyState::Length(rem);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::Eof => {
+                    if buffered > 0 {
+                        let data = self.conn()?.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    let conn = self.conn()?;
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(0) => {
+                            self.reusable = false;
+                            self.finish();
+                            return Poll::Ready(None);
+                        }
+                        Ok(_) => continue,
+                        Err(_) => {
+                            return self.fail(cx, BodyError("upstream connection failed mid-body"));
+                        }
+                    }
+                }
+                BodyState::ChunkSize => {
+                    let conn = self.conn()?;
+                    match chunk_size_line(&conn.buf) {
+                        Ok(Some((line, size))) => {
+                            conn.buf.advance(line);
+                            self.state = if size == 0 {
+                                BodyState::Trailers
+                            } else {
+                                BodyState::ChunkData(size)
+                            };
+                        }
+                        Ok(None) => {
+                            if let Err(e) = ready!(self.poll_more(cx)) {
+                                return self.fail(cx, e);
+                            }
+                        }
+                        Err(e) => return self.fail(cx, e),
+                    }
+                }
+                BodyState::ChunkData(rem) => {
+                    if buffered == 0 {
+                        if let Err(e) = ready!(self.poll_more(cx)) {
+                            return self.fail(cx, e);
+                        }
+                        continue;
+                    }
+                    let n = (rem.min(buffered as u64)) as usize;
+                    let data = self.conn()?.buf.split_to(n).freeze();
+                    let rem = rem - n as u64;
+                    self.state = if rem == 0 {
+                        BodyState::ChunkEnd
+                    } else {
+                        BodyState::ChunkData(rem)
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::ChunkEnd => {
+                    let conn = self.conn()?;
+                    match conn.buf.first() {
+                        Some(b'\n') => {
+                            conn.buf.advance(1);
+                            self.state = BodyState::ChunkSize;
+                        }
+                        Some(b'\r') if conn.buf.len() >= 2 => {
+                            if conn.buf[1] != b'\n' {
+                                return self.fail(cx, BodyError("malformed chunk end"));
+                            }
+                            conn.buf.advance(2);
+                            self.state = BodyState::ChunkSize;
+                        }
+                        Some(b'\r') | None => {
+                            if let Err(e) = ready!(self.poll_more(cx)) {
+                                return self.fail(cx, e);
+                            }
+                        }
+                        Some(_) => return self.fail(cx, BodyError("malformed chunk end")),
+                    }
+                }
+                BodyState::Trailers => {
+                    let conn = self.conn()?;
+                    let mut fields = [httparse::EMPTY_HEADER; STACK_HEADERS];
+                    let mut offsets: [Field; STACK_HEADERS] = [[0; 4]; STACK_HEADERS];
+                    let parsed = match httparse::parse_headers(&conn.buf, &mut fields) {
+                        Ok(httparse::Status::Complete((len, fs))) => {
+                            Some((len, record_offsets(conn.buf.as_ptr(), fs, &mut offsets)))
+                        }
+                        Ok(httparse::Status::Partial) => None,
+                        Err(_) => return self.fail(cx, BodyError("malformed trailer section")),
+                    };
+                    let Some((len, n)) = parsed else {
+                        if conn.buf.len() > MAX_TRAILERS {
+                            return self.fail(cx, BodyError("trailer section too large"));
+                        }
+                        if let Err(e) = ready!(self.poll_more(cx)) {
+                            return self.fail(cx, e);
+                        }
+                        continue;
+                    };
+                    let bytes = conn.buf.split_to(len).freeze();
+                    let trailers = match trailer_map(&bytes, &offsets[..n]) {
+                        Ok(t) => t,
+                        Err(e) => return self.fail(cx, e),
+                    };
+                    self.finish();
+                    return Poll::Ready(
+                        (!trailers.is_empty()).then(|| Ok(Frame::trailers(trailers))),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Drops the connection and fails the body, one poll later: hyper's server writes the
+    /// response head (and the data so far) when a body poll is pending, and would drop them
+    /// if the error came in the same turn. The client then sees the status and a truncated
+    /// body, as with Envoy, rather than a connection closed before any response.
+    fn fail(
+        &mut self,
+        cx: &mut Context<'_>,
+        e: BodyError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.reusable = false;
+        self.conn = None;
+        self.req = None;
+        self.state = BodyState::Failing(e.0);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Length(rem) => SizeHint::with_exact(rem),
+            BodyState::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == BodyState::Done
+    }
+}
+
+/// Parses a chunk-size line (`1a;ext=v CRLF`, RFC 9112 §7.1) at the start of `buf`:
+/// `Ok(Some((line length, size)))`, or `Ok(None)` when the line is not complete yet.
+fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
+    let Some(lf) = buf.iter().take(MAX_CHUNK_LINE).position(|&b| b == b'\n') else {
+        return if buf.len() >= MAX_CHUNK_LINE {
+            Err(BodyError("chunk-size line too long"))
+        } else {
+            Ok(None)
+        };
+    };
+    let line = &buf[..lf];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    if digits == 0 || digits > 16 {
+        return Err(BodyError("malformed chunk size"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(BodyError("malformed chunk size"));
+    }
+    let mut size = 0u64;
+    for &d in &line[..digits] {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => d - b'A' + 10,
+        };
+        size = (size << 4) | u64::from(v);
+    }
+    Ok(Some((lf + 1, size)))
+}
+
+fn trailer_map(bytes: &Bytes, fields: &[Field]) -> Result<HeaderMap, BodyError> {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for &[no, nl, vo, vl] in fields {
+        let name = bytes
+            .get(no as usize..(no + nl) as usize)
+            .ok_or(BodyError("malformed trailer name"))?;
+        if !matches!(hop_kind(name), Hop::No) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| BodyError("malformed trailer name"))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(vo as usize..(vo + vl) as usize))
+            .map_err(|_| BodyError("malformed trailer value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.get_mut().poll_body(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        H1Body::is_end_stream(self)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        H1Body::size_hint(self)
+    }
+}
+
+impl std::fmt::Debug for H1Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Body")
+            .field("state", &self.state)
+            .field("reusable", &self.reusable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for BodyError {}
