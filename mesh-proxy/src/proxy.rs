@@ -273,7 +273,10 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundSta
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        tower_service::Service::poll_ready(&mut self.connector, cx)
+        tower_service::Service::<http::Request<hyper::body::Incoming>>::poll_ready(
+            &mut self.connector,
+            cx,
+        )
     }
 
     fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {

@@ -1,9 +1,13 @@
 //! The service stack each worker runs: the mesh's layers around the engine's connector.
 //!
 //! ```text
-//! request ─► Route (VirtualService: match, rewrite, redirect, …) ─► Lb (DestinationRule,
-//!            subsets, endpoints, balancer) ─► Connector (per-worker pool) ─► upstream
+//! request ─► Route (VirtualService: match, rewrite, redirect, …) ─► Mirror (mirror,
+//!            mirrors) ─► Lb (DestinationRule, subsets, endpoints, balancer)
+//!            ─► Connector (per-worker pool) ─► upstream
 //! ```
+//!
+//! The request body becomes a [`RequestBody`] on the way in ([`IntoRequestBody`]), so that
+//! the mirror layer can hand mirrored copies the client's body as it streams.
 //!
 //! The layers are built once ([`Layers::new`]) and shared by every worker; each worker wraps
 //! its own connector with them ([`Layers::stack`]), so per-worker state (balancer cursors,
@@ -22,18 +26,53 @@ use mesh_routing::{BuildError, Route, RouteLayer, RouteTable, RouteTableHandle};
 use tokio::sync::Notify;
 use tower_layer::Layer;
 
-use crate::engine::{Connector, WorkerContext};
+use crate::engine::{Connector, RequestBody, WorkerContext};
+use hyper::body::Incoming;
+use mesh_routing::{Mirror, MirrorLayer};
 
 /// The type of a worker's stack. The router and the balancer insert one request extension
 /// each (two, three with mirrors): the extension map's first table (room for three) never
 /// grows.
-pub type MeshStack = Route<Lb<Connector>>;
+pub type MeshStack = IntoRequestBody<Route<Mirror<Lb<Connector>>>>;
+
+/// Turns the engine's `Request<Incoming>` into a `Request<RequestBody>` for the layers
+/// inside (a move; nothing is allocated).
+#[derive(Debug, Clone)]
+pub struct IntoRequestBody<S>(S);
+
+impl<S> IntoRequestBody<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        IntoRequestBody(inner)
+    }
+}
+
+impl<S> tower_service::Service<http::Request<Incoming>> for IntoRequestBody<S>
+where
+    S: tower_service::Service<http::Request<RequestBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Incoming>) -> S::Future {
+        self.0.call(req.map(RequestBody::from))
+    }
+}
 
 /// The shared layers of the outbound stack.
 #[derive(Debug, Clone)]
 pub struct Layers {
     routes: RouteTableHandle,
     route_layer: RouteLayer,
+    mirror: MirrorLayer,
     lb: LbLayer,
     dns: Arc<DnsRefresher>,
 }
@@ -137,6 +176,11 @@ impl Layers {
             .build();
         Ok(Layers {
             route_layer: RouteLayer::new(routes.clone()),
+            // Mirrored requests run as tasks of the worker that received the original (the
+            // engine's workers are current-thread runtimes), on that worker's pool.
+            mirror: MirrorLayer::new(|task| {
+                tokio::spawn(task);
+            }),
             routes,
             lb,
             dns,
@@ -157,7 +201,10 @@ impl Layers {
 
     /// One worker's stack around its connector.
     pub fn stack(&self, ctx: &WorkerContext) -> MeshStack {
-        self.route_layer.layer(self.lb.layer(ctx.connector()))
+        IntoRequestBody(
+            self.route_layer
+                .layer(self.mirror.layer(self.lb.layer(ctx.connector()))),
+        )
     }
 
     /// The balancer layer (health, snapshot).

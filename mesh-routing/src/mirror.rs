@@ -117,6 +117,13 @@ pub trait Spawn: Send + Sync + 'static {
 pub trait ShadowBody: Sized {
     /// A copy of the body for a mirrored request, or `None` to skip mirroring.
     fn shadow(&self) -> Option<Self>;
+
+    /// A copy of the body for a mirrored request, given the original mutably: a streaming
+    /// body can turn itself into a tee that hands each frame to the copy as the original
+    /// is read. Defaults to [`shadow`](Self::shadow).
+    fn tee(&mut self) -> Option<Self> {
+        self.shadow()
+    }
 }
 
 /// Applies [`Mirror`].
@@ -262,12 +269,12 @@ pub(crate) fn shadow_host(host: &str) -> String {
     format!("{host}-shadow")
 }
 
-fn shadow_request<B: ShadowBody>(
+fn shadow_request<B>(
     req: &Request<B>,
+    body: B,
     target: &RouteDestination,
     policy: &RoutePolicy,
-) -> Option<Request<B>> {
-    let body = req.body().shadow()?;
+) -> Request<B> {
     let mut copy = Request::new(body);
     *copy.method_mut() = req.method().clone();
     *copy.version_mut() = req.version();
@@ -298,7 +305,7 @@ fn shadow_request<B: ShadowBody>(
             fault: None,
         }),
     });
-    Some(copy)
+    copy
 }
 
 impl<S, B> Service<Request<B>> for Mirror<S>
@@ -317,14 +324,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        if let Some(m) = req.extensions().get::<Mirrors>()
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(m) = req.extensions().get::<Mirrors>().cloned()
             && !m.fired.swap(true, Ordering::AcqRel)
         {
             for target in m.targets.iter() {
-                let Some(copy) = shadow_request(&req, target, &m.policy) else {
+                let Some(body) = req.body_mut().tee() else {
                     continue;
                 };
+                let copy = shadow_request(&req, body, target, &m.policy);
                 let mut svc = self.inner.clone();
                 self.spawn.spawn(Box::pin(async move {
                     if std::future::poll_fn(|cx| svc.poll_ready(cx)).await.is_ok() {

@@ -34,12 +34,12 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
+use super::reqbody::{RequestBody, RequestBodyError};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use mesh_core::MeshBody;
 use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
@@ -77,7 +77,7 @@ pub(crate) struct H1Conn {
 
 /// What is left of the request body to send.
 struct ReqBody {
-    body: Incoming,
+    body: RequestBody,
     chunked: bool,
     /// With `Content-Length` framing: bytes still expected.
     remaining: u64,
@@ -311,7 +311,7 @@ impl ReqBody {
     /// Frames one frame of the body into the connection's output.
     fn frame(
         &mut self,
-        frame: Option<Result<Frame<Bytes>, hyper::Error>>,
+        frame: Option<Result<Frame<Bytes>, RequestBodyError>>,
         out: &mut H1Conn,
     ) -> io::Result<()> {
         match frame {
@@ -398,7 +398,7 @@ fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 pub(crate) async fn exchange(
     mut conn: H1Conn,
     parts: &Parts,
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
     addr: SocketAddr,
     max_idle: usize,
     release: fn(SocketAddr, H1Conn, usize),
@@ -482,7 +482,7 @@ pub(crate) async fn exchange(
 }
 
 /// Encodes the request line and header fields into `out`; returns how the body goes.
-fn encode_head(out: &mut Vec<u8>, parts: &Parts, body: Option<Incoming>) -> Option<ReqBody> {
+fn encode_head(out: &mut Vec<u8>, parts: &Parts, body: Option<RequestBody>) -> Option<ReqBody> {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');

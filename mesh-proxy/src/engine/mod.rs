@@ -96,11 +96,13 @@ mod h1client;
 pub mod headers;
 mod limits;
 mod listener;
+mod reqbody;
 mod stack;
 pub mod upstream;
 mod worker;
 
 pub use limits::Limits;
+pub use reqbody::{RequestBody, RequestBodyError, SHADOW_FRAMES};
 pub use stack::{Reloadable, StackFactory, WorkerContext};
 pub use upstream::{Connector, ConnectorFuture, EngineResponse, UpstreamBody, UpstreamBodyError};
 

@@ -81,6 +81,7 @@ use tokio::net::TcpStream;
 
 use super::h1client::{self, FailKind, H1Body, H1Conn};
 use super::headers::strip_hop_by_hop;
+use super::reqbody::RequestBody;
 
 /// The response type of every stack: the upstream's body or a local one.
 pub type EngineResponse = Response<MeshBody<UpstreamBody>>;
@@ -141,7 +142,7 @@ struct Endpoint {
     /// Idle HTTP/1.1 connections, most recently used last.
     h1_idle: Vec<H1Conn>,
     /// The shared HTTP/2 connection.
-    h2: Option<http2::SendRequest<Incoming>>,
+    h2: Option<http2::SendRequest<RequestBody>>,
 }
 
 /// FxHash's multiply-rotate over the few words of a `SocketAddr`: the keys are endpoint
@@ -193,7 +194,7 @@ impl Connector {
     }
 }
 
-impl tower_service::Service<Request<Incoming>> for Connector {
+impl<B: Into<RequestBody>> tower_service::Service<Request<B>> for Connector {
     type Response = EngineResponse;
     type Error = Infallible;
     type Future = ConnectorFuture;
@@ -202,7 +203,7 @@ impl tower_service::Service<Request<Incoming>> for Connector {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> ConnectorFuture {
+    fn call(&mut self, req: Request<B>) -> ConnectorFuture {
         let Some(ep) = selected_endpoint(req.extensions()) else {
             return ConnectorFuture(Inner::Ready(Some(local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -212,6 +213,7 @@ impl tower_service::Service<Request<Incoming>> for Connector {
         };
         let (addr, h2) = (ep.addr, ep.http2);
         let this = *self;
+        let req = req.map(Into::into);
         // Two separate futures (each boxed at its own, smaller size) rather than one holding
         // both paths: the box is written once per request.
         ConnectorFuture(Inner::Forward(if h2 {
@@ -263,7 +265,7 @@ async fn sweep_idle() {
 }
 
 impl Connector {
-    async fn forward_h1(self, addr: SocketAddr, mut req: Request<Incoming>) -> EngineResponse {
+    async fn forward_h1(self, addr: SocketAddr, mut req: Request<RequestBody>) -> EngineResponse {
         prepare_h1(&mut req);
         let (parts, body) = req.into_parts();
         // An empty body is not sent at all, and lets the request be sent again.
@@ -313,7 +315,7 @@ impl Connector {
         Ok(H1Conn::new(stream))
     }
 
-    async fn forward_h2(self, addr: SocketAddr, mut req: Request<Incoming>) -> EngineResponse {
+    async fn forward_h2(self, addr: SocketAddr, mut req: Request<RequestBody>) -> EngineResponse {
         if prepare_h2(&mut req).is_err() {
             return SendFailure::BadRequest.reply();
         }
@@ -342,7 +344,7 @@ impl Connector {
     async fn connect_h2(
         &self,
         addr: SocketAddr,
-    ) -> Result<http2::SendRequest<Incoming>, SendFailure> {
+    ) -> Result<http2::SendRequest<RequestBody>, SendFailure> {
         let connect = async {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
@@ -531,7 +533,7 @@ impl Pool {
         left
     }
 
-    fn get_h2(&mut self, addr: SocketAddr) -> Option<http2::SendRequest<Incoming>> {
+    fn get_h2(&mut self, addr: SocketAddr) -> Option<http2::SendRequest<RequestBody>> {
         let ep = self.endpoints.get_mut(&addr)?;
         match &ep.h2 {
             Some(s) if s.is_ready() => Some(s.clone()),
