@@ -141,7 +141,7 @@ impl Body for RequestBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Incoming(b) => b.size_hint(),
             Kind::Tee(t) => t.inner.size_hint(),
-            Kind::Shadow(s) => s.hint.clone(),
+            Kind::Shadow(s) => s.hint,
         }
     }
 }
