@@ -792,20 +792,6 @@ impl H1Body {
         self.req = None;
     }
 
-    fn conn(&mut self) -> Result<&mut H1Conn, BodyError> {
-        self.conn.as_mut().ok_or(BodyError("connection gone"))
-    }
-
-    /// Reads more bytes; end of stream before the body's end is an error.
-    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
-        let conn = self.conn()?;
-        match ready!(conn.poll_fill(cx)) {
-            Ok(0) => Poll::Ready(Err(BodyError("upstream closed the connection mid-body"))),
-            Ok(_) => Poll::Ready(Ok(())),
-            Err(_) => Poll::Ready(Err(BodyError("upstream connection failed mid-body"))),
-        }
-    }
-
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         // Keep sending the request body while the response streams.
         if self.req.is_some()
@@ -823,136 +809,48 @@ impl H1Body {
             }
         }
         loop {
-            let buffered = self.conn.as_ref().map_or(0, |c| c.buf.len());
             match self.state {
                 BodyState::Done => return Poll::Ready(None),
                 BodyState::Failing(e) => {
                     self.state = BodyState::Done;
                     return Poll::Ready(Some(Err(BodyError(e))));
                 }
-                BodyState::Length(rem) => {
-                    if buffered == 0 {
-                        if let Err(e) = ready!(self.poll_more(cx)) {
-                            return self.fail(cx, e);
-                        }
-                        continue;
-                    }
-                    let n = (rem.min(buffered as u64)) as usize;
-                    let data = self.conn()?.buf.split_to(n).freeze();
-                    let rem = rem - n as u64;
-                    if rem == 0 {
+                _ => {}
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return self.fail(cx, BodyError("connection gone"));
+            };
+            match decode(&mut self.state, &mut conn.buf) {
+                Err(e) => return self.fail(cx, e),
+                Ok(Step::Data(data)) => {
+                    if self.state == BodyState::Done {
+                        // the last bytes: the connection can serve the next request now
                         self.finish();
-                    } else {
-                        self.state = BodyState::Length(rem);
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                BodyState::Eof => {
-                    if buffered > 0 {
-                        let data = self.conn()?.buf.split().freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    let conn = self.conn()?;
-                    match ready!(conn.poll_fill(cx)) {
-                        Ok(0) => {
-                            self.reusable = false;
-                            self.finish();
-                            return Poll::Ready(None);
-                        }
-                        Ok(_) => continue,
-                        Err(_) => {
-                            return self.fail(cx, BodyError("upstream connection failed mid-body"));
-                        }
-                    }
-                }
-                BodyState::ChunkSize => {
-                    let conn = self.conn()?;
-                    match chunk_size_line(&conn.buf) {
-                        Ok(Some((line, size))) => {
-                            conn.buf.advance(line);
-                            self.state = if size == 0 {
-                                BodyState::Trailers
-                            } else {
-                                BodyState::ChunkData(size)
-                            };
-                        }
-                        Ok(None) => {
-                            if let Err(e) = ready!(self.poll_more(cx)) {
-                                return self.fail(cx, e);
-                            }
-                        }
-                        Err(e) => return self.fail(cx, e),
-                    }
-                }
-                BodyState::ChunkData(rem) => {
-                    if buffered == 0 {
-                        if let Err(e) = ready!(self.poll_more(cx)) {
-                            return self.fail(cx, e);
-                        }
-                        continue;
-                    }
-                    let n = (rem.min(buffered as u64)) as usize;
-                    let data = self.conn()?.buf.split_to(n).freeze();
-                    let rem = rem - n as u64;
-                    self.state = if rem == 0 {
-                        BodyState::ChunkEnd
-                    } else {
-                        BodyState::ChunkData(rem)
-                    };
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                BodyState::ChunkEnd => {
-                    let conn = self.conn()?;
-                    match conn.buf.first() {
-                        Some(b'\n') => {
-                            conn.buf.advance(1);
-                            self.state = BodyState::ChunkSize;
-                        }
-                        Some(b'\r') if conn.buf.len() >= 2 => {
-                            if conn.buf[1] != b'\n' {
-                                return self.fail(cx, BodyError("malformed chunk end"));
-                            }
-                            conn.buf.advance(2);
-                            self.state = BodyState::ChunkSize;
-                        }
-                        Some(b'\r') | None => {
-                            if let Err(e) = ready!(self.poll_more(cx)) {
-                                return self.fail(cx, e);
-                            }
-                        }
-                        Some(_) => return self.fail(cx, BodyError("malformed chunk end")),
-                    }
-                }
-                BodyState::Trailers => {
-                    let conn = self.conn()?;
-                    let mut fields = [httparse::EMPTY_HEADER; STACK_HEADERS];
-                    let mut offsets: [Field; STACK_HEADERS] = [[0; 4]; STACK_HEADERS];
-                    let parsed = match httparse::parse_headers(&conn.buf, &mut fields) {
-                        Ok(httparse::Status::Complete((len, fs))) => {
-                            Some((len, record_offsets(conn.buf.as_ptr(), fs, &mut offsets)))
-                        }
-                        Ok(httparse::Status::Partial) => None,
-                        Err(_) => return self.fail(cx, BodyError("malformed trailer section")),
-                    };
-                    let Some((len, n)) = parsed else {
-                        if conn.buf.len() > MAX_TRAILERS {
-                            return self.fail(cx, BodyError("trailer section too large"));
-                        }
-                        if let Err(e) = ready!(self.poll_more(cx)) {
-                            return self.fail(cx, e);
-                        }
-                        continue;
-                    };
-                    let bytes = conn.buf.split_to(len).freeze();
-                    let trailers = match trailer_map(&bytes, &offsets[..n]) {
-                        Ok(t) => t,
-                        Err(e) => return self.fail(cx, e),
-                    };
+                Ok(Step::Trailers(trailers)) => {
                     self.finish();
-                    return Poll::Ready(
-                        (!trailers.is_empty()).then(|| Ok(Frame::trailers(trailers))),
-                    );
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
+                Ok(Step::End) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => match ready!(conn.poll_fill(cx)) {
+                    Ok(0) if self.state == BodyState::Eof => {
+                        self.reusable = false;
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(0) => {
+                        return self.fail(cx, BodyError("upstream closed the connection mid-body"));
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        return self.fail(cx, BodyError("upstream connection failed mid-body"));
+                    }
+                },
             }
         }
     }
@@ -984,6 +882,101 @@ impl H1Body {
 
     fn is_end_stream(&self) -> bool {
         self.state == BodyState::Done
+    }
+}
+
+/// What [`decode`] found in the buffer.
+#[derive(Debug)]
+enum Step {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body is complete (nothing more to yield).
+    End,
+    /// More bytes are needed.
+    More,
+}
+
+/// Takes the next piece of a response body from `buf` (RFC 9112 §6.3, §7.1), advancing
+/// `state`. Data is split off the buffer, not copied. Pure: no I/O, so that the framing is
+/// tested (and property-tested) on byte strings.
+fn decode(state: &mut BodyState, buf: &mut BytesMut) -> Result<Step, BodyError> {
+    loop {
+        match *state {
+            BodyState::Done | BodyState::Failing(_) => return Ok(Step::End),
+            BodyState::Length(rem) | BodyState::ChunkData(rem) => {
+                if buf.is_empty() {
+                    return Ok(Step::More);
+                }
+                // usize: at most buf.len()
+                let n = rem.min(buf.len() as u64) as usize;
+                let data = buf.split_to(n).freeze();
+                let rem = rem - n as u64;
+                *state = match *state {
+                    BodyState::Length(_) if rem == 0 => BodyState::Done,
+                    BodyState::Length(_) => BodyState::Length(rem),
+                    _ if rem == 0 => BodyState::ChunkEnd,
+                    _ => BodyState::ChunkData(rem),
+                };
+                return Ok(Step::Data(data));
+            }
+            BodyState::Eof => {
+                if buf.is_empty() {
+                    return Ok(Step::More);
+                }
+                return Ok(Step::Data(buf.split().freeze()));
+            }
+            BodyState::ChunkSize => match chunk_size_line(buf)? {
+                Some((line, size)) => {
+                    buf.advance(line);
+                    *state = if size == 0 {
+                        BodyState::Trailers
+                    } else {
+                        BodyState::ChunkData(size)
+                    };
+                }
+                None => return Ok(Step::More),
+            },
+            BodyState::ChunkEnd => match buf.first() {
+                Some(b'\n') => {
+                    buf.advance(1);
+                    *state = BodyState::ChunkSize;
+                }
+                Some(b'\r') if buf.len() >= 2 => {
+                    if buf[1] != b'\n' {
+                        return Err(BodyError("malformed chunk end"));
+                    }
+                    buf.advance(2);
+                    *state = BodyState::ChunkSize;
+                }
+                Some(b'\r') | None => return Ok(Step::More),
+                Some(_) => return Err(BodyError("malformed chunk end")),
+            },
+            BodyState::Trailers => {
+                let mut fields = [httparse::EMPTY_HEADER; STACK_HEADERS];
+                let mut offsets: [Field; STACK_HEADERS] = [[0; 4]; STACK_HEADERS];
+                let parsed = match httparse::parse_headers(buf, &mut fields) {
+                    Ok(httparse::Status::Complete((len, fs))) => {
+                        Some((len, record_offsets(buf.as_ptr(), fs, &mut offsets)))
+                    }
+                    Ok(httparse::Status::Partial) => None,
+                    Err(_) => return Err(BodyError("malformed trailer section")),
+                };
+                let Some((len, n)) = parsed else {
+                    if buf.len() > MAX_TRAILERS {
+                        return Err(BodyError("trailer section too large"));
+                    }
+                    return Ok(Step::More);
+                };
+                let bytes = buf.split_to(len).freeze();
+                let trailers = trailer_map(&bytes, &offsets[..n])?;
+                *state = BodyState::Done;
+                return Ok(if trailers.is_empty() {
+                    Step::End
+                } else {
+                    Step::Trailers(trailers)
+                });
+            }
+        }
     }
 }
 
@@ -1075,3 +1068,317 @@ impl std::fmt::Display for BodyError {
 }
 
 impl std::error::Error for BodyError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn head(raw: &str, is_head: bool) -> Result<Option<Head>, ()> {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        parse_head(&mut buf, is_head)
+    }
+
+    fn framing(raw: &str) -> (Framing, bool) {
+        let h = head(raw, false).unwrap().unwrap();
+        (h.framing, h.keep_alive)
+    }
+
+    #[test]
+    fn framing_follows_rfc9112_section_6_3() {
+        // rule 1: no body for 1xx (skipped), 204, 304, and responses to HEAD
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n"),
+            (Framing::Empty, true)
+        );
+        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        assert_eq!(h.headers["content-length"], "5");
+        // rule 3: Transfer-Encoding and Content-Length: chunked wins, length dropped, no reuse
+        let h = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
+        assert!(h.headers.get("content-length").is_none());
+        assert!(h.headers.get("transfer-encoding").is_none());
+        // rule 4: a final coding other than chunked runs to the close
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n"),
+            (Framing::Eof, false)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            (Framing::Chunked, true)
+        );
+        // rule 5: conflicting lengths are an error; identical repeats are one length
+        assert!(
+            head(
+                "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
+        let h = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Length(3));
+        assert_eq!(h.headers.get_all("content-length").iter().count(), 1);
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n", false).is_err());
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n", false).is_err());
+        // rule 6 and 8
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+            (Framing::Empty, true)
+        );
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), (Framing::Eof, false));
+    }
+
+    #[test]
+    fn persistence_follows_rfc9112_section_9_3() {
+        let cl = "content-length: 1\r\n";
+        assert!(framing(&format!("HTTP/1.1 200 OK\r\n{cl}\r\n")).1);
+        assert!(!framing(&format!("HTTP/1.1 200 OK\r\n{cl}connection: close\r\n\r\n")).1);
+        assert!(
+            !framing(&format!(
+                "HTTP/1.1 200 OK\r\n{cl}connection: x, Close\r\n\r\n"
+            ))
+            .1
+        );
+        assert!(!framing(&format!("HTTP/1.0 200 OK\r\n{cl}\r\n")).1);
+        assert!(
+            framing(&format!(
+                "HTTP/1.0 200 OK\r\n{cl}connection: keep-alive\r\n\r\n"
+            ))
+            .1
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_the_ones_connection_names_are_dropped() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nconnection: x-a, keep-alive\r\nx-a: 1\r\nx-b: 2\r\nkeep-alive: timeout=5\r\nupgrade: h2c\r\nproxy-connection: x\r\nte: trailers\r\nset-cookie: a\r\nset-cookie: b\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let mut names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "set-cookie", "x-b"]);
+        let cookies: Vec<_> = h.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a", "b"]);
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_101_refused() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"[..],
+        );
+        let h = parse_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::CREATED);
+        assert!(h.headers.get("link").is_none());
+        assert_eq!(&buf[..], b"ok");
+        // an interim response alone: consumed, more needed
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
+        assert!(parse_head(&mut buf, false).unwrap().is_none());
+        assert!(buf.is_empty());
+        assert!(
+            head(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: ws\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn malformed_partial_and_oversized_heads() {
+        assert!(
+            head("HTTP/1.1 200 OK\r\ncontent-le", false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(head("HTTP/1.1 abc\r\n\r\n", false).is_err());
+        assert!(head("garbage\r\n\r\n", false).is_err());
+        assert!(head("HTTP/1.1 200 OK\r\nbad header\r\n\r\n", false).is_err());
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nx: {}\r\n\r\n",
+            "a".repeat(MAX_RESPONSE_HEAD)
+        );
+        assert!(head(&big, false).is_err());
+        // more fields than the stack array: parsed from the heap
+        let many: String = (0..STACK_HEADERS + 10)
+            .map(|i| format!("x-{i}: {i}\r\n"))
+            .collect();
+        let h = head(
+            &format!("HTTP/1.1 200 OK\r\n{many}content-length: 0\r\n\r\n"),
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.headers.len(), STACK_HEADERS + 11);
+    }
+
+    #[test]
+    fn chunk_size_lines() {
+        assert_eq!(chunk_size_line(b"1a\r\n").unwrap(), Some((4, 26)));
+        assert_eq!(
+            chunk_size_line(b"A;ext=1;q=\"x\"\r\nrest").unwrap(),
+            Some((15, 10))
+        );
+        assert_eq!(chunk_size_line(b"5 ;e\r\n").unwrap(), Some((6, 5)));
+        assert_eq!(chunk_size_line(b"0\n").unwrap(), Some((2, 0)));
+        assert_eq!(chunk_size_line(b"1a").unwrap(), None);
+        assert!(chunk_size_line(b"zz\r\n").is_err());
+        assert!(chunk_size_line(b"\r\n").is_err());
+        assert!(chunk_size_line(b"-1\r\n").is_err());
+        assert!(chunk_size_line(b"1 2\r\n").is_err());
+        // 17 hex digits would overflow 64 bits
+        assert!(chunk_size_line(b"10000000000000000\r\n").is_err());
+        assert!(chunk_size_line(&[b'1'; MAX_CHUNK_LINE + 1]).is_err());
+    }
+
+    /// Feeds `wire` to the decoder in the given pieces; returns the data and trailers, or
+    /// the error.
+    fn run(
+        mut state: BodyState,
+        wire: &[u8],
+        cuts: &[usize],
+    ) -> Result<(Vec<u8>, Option<HeaderMap>, bool), BodyError> {
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        let mut cuts = cuts
+            .iter()
+            .copied()
+            .filter(|&c| c > 0 && c < wire.len())
+            .collect::<Vec<_>>();
+        cuts.sort_unstable();
+        cuts.push(wire.len());
+        let mut cuts = cuts.into_iter();
+        let (mut data, mut trailers) = (Vec::new(), None);
+        loop {
+            match decode(&mut state, &mut buf)? {
+                Step::Data(d) => data.extend_from_slice(&d),
+                Step::Trailers(t) => {
+                    trailers = Some(t);
+                    return Ok((data, trailers, buf.is_empty()));
+                }
+                Step::End => return Ok((data, trailers, buf.is_empty())),
+                Step::More => match cuts.next() {
+                    Some(c) if c > fed => {
+                        buf.extend_from_slice(&wire[fed..c]);
+                        fed = c;
+                    }
+                    Some(_) => {}
+                    None => return Err(BodyError("incomplete")),
+                },
+            }
+        }
+    }
+
+    fn chunked(body: &[u8], sizes: &[usize], ext: bool, trailer: bool) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let mut rest = body;
+        let mut sizes = sizes.iter().cycle();
+        while !rest.is_empty() {
+            let n = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
+            wire.extend_from_slice(format!("{n:X}").as_bytes());
+            if ext {
+                wire.extend_from_slice(b" ;name=\"v\"");
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(&rest[..n]);
+            wire.extend_from_slice(b"\r\n");
+            rest = &rest[n..];
+        }
+        wire.extend_from_slice(b"0\r\n");
+        if trailer {
+            wire.extend_from_slice(b"x-checksum: abc\r\n");
+        }
+        wire.extend_from_slice(b"\r\n");
+        wire
+    }
+
+    proptest! {
+        /// Any body, chunked any way, with or without extensions and trailers, and delivered
+        /// in any pieces, decodes to itself and consumes exactly its bytes.
+        #[test]
+        fn chunked_bodies_decode_whatever_the_split(
+            body in proptest::collection::vec(any::<u8>(), 0..3000),
+            sizes in proptest::collection::vec(1usize..700, 1..8),
+            cuts in proptest::collection::vec(0usize..4000, 0..12),
+            ext in any::<bool>(),
+            trailer in any::<bool>(),
+        ) {
+            let wire = chunked(&body, &sizes, ext, trailer);
+            let (data, trailers, all_consumed) = run(BodyState::ChunkSize, &wire, &cuts).unwrap();
+            prop_assert_eq!(data, body);
+            prop_assert!(all_consumed);
+            prop_assert_eq!(trailers.map(|t| t["x-checksum"].clone()), trailer.then(|| HeaderValue::from_static("abc")));
+        }
+
+        /// A Content-Length body yields exactly its length and leaves what follows.
+        #[test]
+        fn length_bodies_stop_at_their_length(
+            body in proptest::collection::vec(any::<u8>(), 1..3000),
+            extra in proptest::collection::vec(any::<u8>(), 0..10),
+            cuts in proptest::collection::vec(0usize..4000, 0..12),
+        ) {
+            let mut wire = body.clone();
+            wire.extend_from_slice(&extra);
+            let mut state = BodyState::Length(body.len() as u64);
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c > 0 && c < wire.len()).collect();
+            cuts.sort_unstable();
+            cuts.push(wire.len());
+            let mut fed = 0;
+            for c in cuts {
+                buf.extend_from_slice(&wire[fed..c]);
+                fed = c;
+                while let Step::Data(d) = decode(&mut state, &mut buf).unwrap() {
+                    got.extend_from_slice(&d);
+                }
+            }
+            prop_assert_eq!(got, body);
+            prop_assert_eq!(state, BodyState::Done);
+            prop_assert_eq!(&buf[..], &extra[..]);
+        }
+
+        /// Arbitrary bytes in a chunked body end in data, an error or a request for more:
+        /// never a panic, and never more data than bytes given.
+        #[test]
+        fn garbage_in_a_chunked_body_never_panics(
+            wire in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let mut state = BodyState::ChunkSize;
+            let mut buf = BytesMut::from(&wire[..]);
+            let mut total = 0;
+            for _ in 0..1000 {
+                match decode(&mut state, &mut buf) {
+                    Ok(Step::Data(d)) => total += d.len(),
+                    _ => break,
+                }
+            }
+            prop_assert!(total <= wire.len());
+        }
+
+        /// Arbitrary response heads parse or fail; never a panic.
+        #[test]
+        fn garbage_heads_never_panic(wire in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut buf = BytesMut::from(&wire[..]);
+            let _ = parse_head(&mut buf, false);
+        }
+    }
+}
