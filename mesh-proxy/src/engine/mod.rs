@@ -102,7 +102,7 @@ pub mod upstream;
 mod worker;
 
 pub use limits::Limits;
-pub use reqbody::{RequestBody, RequestBodyError, SHADOW_FRAMES};
+pub use reqbody::{RequestBody, RequestBodyError, SHADOW_BUFFER_BYTES};
 pub use stack::{Reloadable, StackFactory, WorkerContext};
 pub use upstream::{Connector, ConnectorFuture, EngineResponse, UpstreamBody, UpstreamBodyError};
 

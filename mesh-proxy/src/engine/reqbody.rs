@@ -3,15 +3,15 @@
 //! A mirrored request (VirtualService `mirror` / `mirrors`) needs the body too, but the
 //! client's body streams and can be read once. [`RequestBody::tee`] turns the original into
 //! a tee: each frame the main request's upstream reads is also handed (a reference-counted
-//! `Bytes`, no copy) to every copy. A copy never slows the main request down: each has a
-//! queue of [`SHADOW_FRAMES`] frames, and a copy that falls further behind is abandoned (its
-//! body ends in an error, so its upstream sees an aborted request, never a truncated one
-//! passed off as complete). If the main request stops reading its body before the end (its
+//! `Bytes`, no copy) to every copy. A copy never slows the main request down: it may fall
+//! up to [`SHADOW_BUFFER_BYTES`] behind (Envoy's default per-connection buffer limit), and a
+//! copy that falls further behind is abandoned (its body ends in an error, so its upstream
+//! sees an aborted request, never a truncated one passed off as complete). If the main request stops reading its body before the end (its
 //! upstream answered early), the copies are abandoned too.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -19,8 +19,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
-/// Frames a mirrored copy may lag behind the main request before it is abandoned.
-pub const SHADOW_FRAMES: usize = 64;
+/// Bytes a mirrored copy may lag behind the main request before it is abandoned (1 MiB,
+/// Envoy's default `per_connection_buffer_limit_bytes`).
+pub const SHADOW_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// The error type of [`RequestBody`].
 pub type RequestBodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,14 +45,22 @@ struct Tee {
 }
 
 struct Copy {
-    tx: mpsc::Sender<Result<Frame<Bytes>, ()>>,
-    abandoned: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<Result<Frame<Bytes>, ()>>,
+    state: Arc<CopyState>,
+}
+
+/// What the original and one copy share.
+#[derive(Default)]
+struct CopyState {
+    abandoned: AtomicBool,
+    /// Data bytes handed over and not yet read by the copy.
+    queued: AtomicUsize,
 }
 
 /// A mirrored copy's body.
 struct Shadow {
-    rx: mpsc::Receiver<Result<Frame<Bytes>, ()>>,
-    abandoned: Arc<AtomicBool>,
+    rx: mpsc::UnboundedReceiver<Result<Frame<Bytes>, ()>>,
+    state: Arc<CopyState>,
     hint: SizeHint,
     done: bool,
 }
@@ -75,11 +84,11 @@ impl RequestBody {
         if self.is_end_stream() {
             return Some(RequestBody::empty());
         }
-        let (tx, rx) = mpsc::channel(SHADOW_FRAMES);
-        let abandoned = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(CopyState::default());
         let copy = Copy {
             tx,
-            abandoned: abandoned.clone(),
+            state: state.clone(),
         };
         let hint = self.size_hint();
         match &mut self.0 {
@@ -98,7 +107,7 @@ impl RequestBody {
         }
         Some(RequestBody(Kind::Shadow(Shadow {
             rx,
-            abandoned,
+            state,
             hint,
             done: false,
         })))
@@ -216,16 +225,22 @@ impl Copy {
     /// Hands a frame to the copy; `false` (and the copy abandoned) when it lags too far
     /// behind or is gone.
     fn offer(&self, frame: Result<Frame<Bytes>, ()>) -> bool {
-        if self.tx.try_send(frame).is_ok() {
+        let len = frame
+            .as_ref()
+            .ok()
+            .and_then(|f| f.data_ref())
+            .map_or(0, Bytes::len);
+        let queued = self.state.queued.fetch_add(len, Ordering::AcqRel) + len;
+        if queued <= SHADOW_BUFFER_BYTES && self.tx.send(frame).is_ok() {
             return true;
         }
-        self.abandoned.store(true, Ordering::Release);
+        self.state.abandoned.store(true, Ordering::Release);
         false
     }
 
     fn abandon(self) {
-        self.abandoned.store(true, Ordering::Release);
-        let _ = self.tx.try_send(Err(()));
+        self.state.abandoned.store(true, Ordering::Release);
+        let _ = self.tx.send(Err(()));
     }
 }
 
@@ -240,9 +255,13 @@ impl Shadow {
             return Poll::Ready(None);
         }
         match std::task::ready!(self.rx.poll_recv(cx)) {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Ok(frame)) => {
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                self.state.queued.fetch_sub(len, Ordering::AcqRel);
+                Poll::Ready(Some(Ok(frame)))
+            }
             Some(Err(())) => self.fail(),
-            None if self.abandoned.load(Ordering::Acquire) => self.fail(),
+            None if self.state.abandoned.load(Ordering::Acquire) => self.fail(),
             None => {
                 self.done = true;
                 Poll::Ready(None)
