@@ -1,8 +1,8 @@
 //! The loader: multi-document YAML → typed [`Resource`]s, with source positions.
 //!
 //! Parsing uses [`saphyr`] (YAML 1.2, keeps a span on every node); each document becomes a
-//! typed spec (read from the nodes in place, see `yamlde`), through `serde_path_to_error` on
-//! error, so every error
+//! typed spec (read from the nodes in place, see `yamlde`, whose errors collect the path
+//! they travel up through), so every error
 //! carries the field path (`spec.http[0].route[0].weight`), which is mapped back to the line
 //! and column of that field in the source. Unknown fields, unknown kinds and wrong types are
 //! errors. The source text is kept (shared, not copied) so later stages (validation) can
@@ -417,23 +417,15 @@ fn scalar_str(n: &MarkedYaml<'_>) -> Option<String> {
     }
 }
 
-/// Deserialises a node without path tracking (the common, valid case, about twice as
-/// fast); on error, again with `serde_path_to_error` to learn where.
+/// Deserialises a node; an error comes with its path below the node.
 fn deserialize_tracked<T: serde::de::DeserializeOwned>(
     n: &MarkedYaml<'_>,
-) -> Result<T, (serde_path_to_error::Path, String)> {
+) -> Result<T, (Vec<Segment>, String)> {
     use crate::yamlde::Node;
-    match T::deserialize(Node(n)) {
-        Ok(t) => Ok(t),
-        Err(_) => serde_path_to_error::deserialize(Node(n))
-            .map_err(|e| (e.path().clone(), serde_message(&e.inner().to_string()))),
-    }
+    T::deserialize(Node(n)).map_err(|e| (e.path().cloned().collect(), serde_message(&e.msg)))
 }
 
-fn parse_spec(
-    kind: Kind,
-    node: Option<&MarkedYaml<'_>>,
-) -> Result<Spec, (serde_path_to_error::Path, String)> {
+fn parse_spec(kind: Kind, node: Option<&MarkedYaml<'_>>) -> Result<Spec, (Vec<Segment>, String)> {
     let empty = MarkedYaml {
         span: Default::default(),
         data: YamlData::Mapping(Default::default()),
@@ -442,9 +434,7 @@ fn parse_spec(
         Some(n) if !matches!(n.data, YamlData::Value(Scalar::Null)) => n,
         _ => &empty,
     };
-    fn de<T: serde::de::DeserializeOwned>(
-        v: &MarkedYaml<'_>,
-    ) -> Result<T, (serde_path_to_error::Path, String)> {
+    fn de<T: serde::de::DeserializeOwned>(v: &MarkedYaml<'_>) -> Result<T, (Vec<Segment>, String)> {
         deserialize_tracked(v)
     }
     Ok(match kind {
@@ -479,16 +469,8 @@ fn serde_message(m: &str) -> String {
     m.to_string()
 }
 
-fn append_serde_path(mut base: FieldPath, p: &serde_path_to_error::Path) -> FieldPath {
-    use serde_path_to_error::Segment as S;
-    for seg in p.iter() {
-        match seg {
-            S::Seq { index } => base.0.push(Segment::Index(*index)),
-            S::Map { key } => base.0.push(Segment::Key(key.clone())),
-            S::Enum { variant } => base.0.push(Segment::Key(variant.clone())),
-            S::Unknown => {}
-        }
-    }
+fn append_serde_path(mut base: FieldPath, p: &[Segment]) -> FieldPath {
+    base.0.extend(p.iter().cloned());
     base
 }
 

@@ -9,15 +9,48 @@
 use std::fmt;
 
 use saphyr::{MarkedYaml, Scalar, YamlData};
+
+use crate::error::Segment;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 
-/// A deserialisation error (message only; the path comes from `serde_path_to_error`).
+/// A deserialisation error: the message, and where it happened.
+///
+/// The path is collected as the error travels up (each sequence adds its index, each
+/// mapping the key whose value failed), so it costs nothing unless there is an error, and
+/// every `Deserialize` impl is compiled once (a path-tracking wrapper such as
+/// `serde_path_to_error` compiles them all a second time: 0.65 MB of text, most of the
+/// proxy's idle memory being its touched text). As with `serde_path_to_error`, an unknown
+/// field's path ends with its own name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Error(pub(crate) String);
+pub(crate) struct Error {
+    pub(crate) msg: String,
+    /// Innermost segment first.
+    rev_path: Vec<Segment>,
+}
+
+impl Error {
+    fn new(msg: impl Into<String>) -> Self {
+        Error {
+            msg: msg.into(),
+            rev_path: Vec::new(),
+        }
+    }
+
+    #[cold]
+    fn at(mut self, seg: Segment) -> Self {
+        self.rev_path.push(seg);
+        self
+    }
+
+    /// The path from the node deserialised to where the error happened, outermost first.
+    pub(crate) fn path(&self) -> impl Iterator<Item = &Segment> {
+        self.rev_path.iter().rev()
+    }
+}
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.msg)
     }
 }
 
@@ -25,7 +58,7 @@ impl std::error::Error for Error {}
 
 impl de::Error for Error {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        Error(msg.to_string())
+        Error::new(msg.to_string())
     }
 }
 
@@ -67,13 +100,14 @@ impl<'de> de::Deserializer<'de> for Node<'_, '_> {
             YamlData::Representation(s, _, _) => v.visit_str(s),
             YamlData::Sequence(items) => v.visit_seq(Seq {
                 items: items.iter(),
+                index: 0,
             }),
             YamlData::Mapping(m) => v.visit_map(Map {
                 entries: m.iter(),
-                value: None,
+                entry: None,
             }),
-            YamlData::Alias(_) => Err(Error("YAML aliases are not supported".into())),
-            YamlData::Tagged(..) | YamlData::BadValue => Err(Error("invalid YAML value".into())),
+            YamlData::Alias(_) => Err(Error::new("YAML aliases are not supported")),
+            YamlData::Tagged(..) | YamlData::BadValue => Err(Error::new("invalid YAML value")),
         }
     }
 
@@ -112,6 +146,7 @@ impl<'de> de::Deserializer<'de> for Node<'_, '_> {
 
 struct Seq<'a, 'input> {
     items: std::slice::Iter<'a, MarkedYaml<'input>>,
+    index: usize,
 }
 
 impl<'de> SeqAccess<'de> for Seq<'_, '_> {
@@ -122,7 +157,13 @@ impl<'de> SeqAccess<'de> for Seq<'_, '_> {
         seed: T,
     ) -> Result<Option<T::Value>, Error> {
         match self.items.next() {
-            Some(n) => seed.deserialize(Node(n)).map(Some),
+            Some(n) => {
+                let i = self.index;
+                self.index += 1;
+                seed.deserialize(Node(n))
+                    .map(Some)
+                    .map_err(|e| e.at(Segment::Index(i)))
+            }
             None => Ok(None),
         }
     }
@@ -134,7 +175,8 @@ impl<'de> SeqAccess<'de> for Seq<'_, '_> {
 
 struct Map<'a, 'input, I> {
     entries: I,
-    value: Option<&'a MarkedYaml<'input>>,
+    /// The key and value of the entry whose key was just read.
+    entry: Option<(&'a MarkedYaml<'input>, &'a MarkedYaml<'input>)>,
 }
 
 impl<'de, 'a, 'input: 'a, I> MapAccess<'de> for Map<'a, 'input, I>
@@ -149,19 +191,22 @@ where
     ) -> Result<Option<K::Value>, Error> {
         match self.entries.next() {
             Some((k, v)) => {
-                self.value = Some(v);
-                let text =
-                    key_text(k).ok_or_else(|| Error("mapping keys must be scalars".into()))?;
-                seed.deserialize(Key(text)).map(Some)
+                self.entry = Some((k, v));
+                let text = key_text(k).ok_or_else(|| Error::new("mapping keys must be scalars"))?;
+                seed.deserialize(Key(text))
+                    .map(Some)
+                    .map_err(|e| e.at(Segment::Key(key_text(k).unwrap_or_default())))
             }
             None => Ok(None),
         }
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
-        match self.value.take() {
-            Some(v) => seed.deserialize(Node(v)),
-            None => Err(Error("value without a key".into())),
+        match self.entry.take() {
+            Some((k, v)) => seed
+                .deserialize(Node(v))
+                .map_err(|e| e.at(Segment::Key(key_text(k).unwrap_or_default()))),
+            None => Err(Error::new("value without a key")),
         }
     }
 }
