@@ -23,6 +23,20 @@ use tokio::sync::mpsc;
 /// Envoy's default `per_connection_buffer_limit_bytes`).
 pub const SHADOW_BUFFER_BYTES: usize = 1024 * 1024;
 
+/// What each queued frame counts against a copy's budget beyond its data, so that a stream
+/// of empty frames cannot queue without bound either.
+const FRAME_COST: usize = 64;
+
+/// What a frame handed to a copy counts against its budget.
+fn queued_cost(frame: &Result<Frame<Bytes>, ()>) -> usize {
+    FRAME_COST
+        + frame
+            .as_ref()
+            .ok()
+            .and_then(|f| f.data_ref())
+            .map_or(0, Bytes::len)
+}
+
 /// The error type of [`RequestBody`].
 pub type RequestBodyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -225,11 +239,7 @@ impl Copy {
     /// Hands a frame to the copy; `false` (and the copy abandoned) when it lags too far
     /// behind or is gone.
     fn offer(&self, frame: Result<Frame<Bytes>, ()>) -> bool {
-        let len = frame
-            .as_ref()
-            .ok()
-            .and_then(|f| f.data_ref())
-            .map_or(0, Bytes::len);
+        let len = queued_cost(&frame);
         let queued = self.state.queued.fetch_add(len, Ordering::AcqRel) + len;
         if queued <= SHADOW_BUFFER_BYTES && self.tx.send(frame).is_ok() {
             return true;
@@ -256,7 +266,7 @@ impl Shadow {
         }
         match std::task::ready!(self.rx.poll_recv(cx)) {
             Some(Ok(frame)) => {
-                let len = frame.data_ref().map_or(0, Bytes::len);
+                let len = FRAME_COST + frame.data_ref().map_or(0, Bytes::len);
                 self.state.queued.fetch_sub(len, Ordering::AcqRel);
                 Poll::Ready(Some(Ok(frame)))
             }
