@@ -50,6 +50,12 @@ const KEEP_UNUSED: Duration = Duration::from_secs(300);
 
 // === impl EndpointState ===
 
+impl mesh_core::body::OnBodyEnd for EndpointState {
+    fn body_ended(&self) {
+        self.end();
+    }
+}
+
 impl EndpointState {
     fn new(created: Option<Instant>, epoch: Instant) -> Self {
         EndpointState {

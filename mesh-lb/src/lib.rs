@@ -134,10 +134,11 @@
 //!
 //! # Differences from Istio/Envoy
 //!
-//! * Requests in flight are counted until the response **headers** arrive (or the request
-//!   fails or is dropped), not until the body ends: responses are `MeshBody<B>` and a
-//!   counting body would change the type every other layer sees. Peak-EWMA measures time to
-//!   headers too (as Linkerd does), and only from successful, non-5xx answers. Only the
+//! * Requests in flight are counted, as Envoy's `rq_active`, until the response body ends
+//!   (its last frame read, an error, or a drop: the count moves into the body through
+//!   [`MeshBody::on_end`](mesh_core::MeshBody::on_end)), or until the request fails or is
+//!   dropped. Peak-EWMA measures time to the response headers (as Linkerd does), and only
+//!   from successful, non-5xx answers. Only the
 //!   algorithms that read the count (least request, peak-EWMA) count requests; round robin,
 //!   random and consistent hashing leave the shared counters alone ([`Lb::pick`] always
 //!   counts).

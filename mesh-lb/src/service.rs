@@ -164,10 +164,11 @@ impl fmt::Debug for Picked {
     }
 }
 
-/// Counts a request in flight on an endpoint until the response (headers) arrives or the
-/// future is dropped; measures latency for peak-EWMA.
+/// Counts a request in flight on an endpoint until its response body ends (the guard
+/// moves into the body when the response head arrives) or the future is dropped; measures
+/// latency (to the response head) for peak-EWMA.
 struct Guard {
-    state: Arc<EndpointState>,
+    state: Option<Arc<EndpointState>>,
     started: Option<(Instant, Duration)>,
 }
 
@@ -531,7 +532,7 @@ impl<S> Lb<S> {
         Ok(Picked {
             endpoint: host.upstream.endpoint().clone(),
             _guard: Guard {
-                state: host.state.clone(),
+                state: Some(host.state.clone()),
                 started: None,
             },
         })
@@ -662,7 +663,7 @@ where
             let started = (cluster.algorithm == Algorithm::PeakEwma)
                 .then(|| (Instant::now(), self.shared.config.peak_ewma.decay.0));
             Guard {
-                state: host.state.clone(),
+                state: Some(host.state.clone()),
                 started,
             }
         });
@@ -805,7 +806,11 @@ where
                         r.headers_mut().append(SET_COOKIE, c);
                     }
                     if let Some(g) = this.guard.take() {
-                        g.finish(res.as_ref().is_ok_and(|r| !r.status().is_server_error()));
+                        let ok = res.as_ref().is_ok_and(|r| !r.status().is_server_error());
+                        if let (Some(state), Ok(r)) = (g.finish(ok), &mut res) {
+                            // in flight until the body ends, as Envoy's `rq_active`
+                            r.body_mut().on_end(state);
+                        }
                     }
                     return Poll::Ready(res);
                 }
@@ -865,18 +870,22 @@ where
 // === impl Guard ===
 
 impl Guard {
-    fn finish(self, success: bool) {
+    /// Records the latency (on success) and hands back the in-flight count, still held.
+    fn finish(mut self, success: bool) -> Option<Arc<EndpointState>> {
+        let state = self.state.take()?;
         if let (true, Some((start, decay))) = (success, self.started) {
             let now = Instant::now();
-            self.state
-                .observe_rtt(now.saturating_duration_since(start), now, decay);
+            state.observe_rtt(now.saturating_duration_since(start), now, decay);
         }
+        Some(state)
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.state.end();
+        if let Some(state) = self.state.take() {
+            state.end();
+        }
     }
 }
 

@@ -521,6 +521,25 @@ fn requests_in_flight_are_counted_until_the_response() {
     assert_eq!(lb.with_cluster(&d, |c| c.hosts[0].state.active()), Some(0));
 }
 
+/// Envoy's `rq_active` counts a request until its stream completes: a long download or a
+/// stream keeps its endpoint busy for least request after the response head.
+#[test]
+fn requests_stay_in_flight_until_the_response_body_ends() {
+    use http_body_util::BodyExt as _;
+    let mut lb = seeded(snap(&fleet(1, None, "{}"))).layer(echo());
+    let d = dest(SVC, None, None);
+    let active = |lb: &mut crate::Lb<Echo>| lb.with_cluster(&d, |c| c.hosts[0].state.active());
+    let res = send(&mut lb, request(&d));
+    assert_eq!(active(&mut lb), Some(1), "head arrived, body not read");
+    let mut body = res.into_body();
+    assert!(now(body.frame()).is_none());
+    assert_eq!(active(&mut lb), Some(0), "body read to its end");
+    let res = send(&mut lb, request(&d));
+    assert_eq!(active(&mut lb), Some(1));
+    drop(res);
+    assert_eq!(active(&mut lb), Some(0), "body dropped unread");
+}
+
 // ------------------------------------------------------------------------------------------
 // consistent hashing and sticky sessions
 // ------------------------------------------------------------------------------------------
