@@ -939,6 +939,46 @@ async fn chunked_request_body_reaches_upstream_whole() {
     engine.drain().await;
 }
 
+/// RFC 9110 §10.1.1: a client sending `Expect: 100-continue` waits for `100 Continue` before
+/// its body (curl does for large uploads). The engine answers it as soon as the request is
+/// on its way upstream (hyper's server sends it when the body is first read), the body then
+/// reaches the upstream, and an interim `100` from the upstream is not passed on twice.
+#[tokio::test]
+async fn expect_100_continue_gets_its_interim_answer_and_the_body_goes_through() {
+    let (mut up, engine) = setup().await;
+    let mut down = TcpStream::connect(engine.local_addr()).await.unwrap();
+    down.write_all(
+        b"PUT /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // the client waits for the interim answer before sending anything more
+    let mut interim = Vec::new();
+    while find(&interim, b"\r\n\r\n").is_none() {
+        let mut b = [0u8; 256];
+        let n = bounded(down.read(&mut b)).await.unwrap();
+        assert!(n > 0, "closed before 100 Continue");
+        interim.extend_from_slice(&b[..n]);
+    }
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue\r\n"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
+    down.write_all(b"hello world").await.unwrap();
+    let mut conn = up.accept().await;
+    let req = conn.read_request().await;
+    assert_eq!(req.line, "PUT /upload HTTP/1.1");
+    assert_eq!(req.framing, Framing::Length(11));
+    assert_eq!(req.body, b"hello world");
+    conn.send(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+        .await;
+    let res = read_response(&mut down).await;
+    assert!(res.starts_with("HTTP/1.1 201"), "{res}");
+    assert!(res.ends_with("ok"), "{res}");
+    engine.drain().await;
+}
+
 /// RFC 9113 §8.1 and RFC 9112 §6: an HTTP/2 request body without content-length goes to an
 /// HTTP/1.1 upstream chunked (or with a length), whole.
 #[tokio::test]
