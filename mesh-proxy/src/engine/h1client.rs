@@ -37,8 +37,7 @@ use std::task::{Context, Poll, Waker, ready};
 use super::reqbody::{RequestBody, RequestBodyError};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::request::Parts;
-use http::{Method, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::MeshBody;
 use tokio::io::{AsyncWrite, Interest};
@@ -63,6 +62,8 @@ const MAX_READ: usize = 256 * 1024;
 const COALESCE: usize = 16 * 1024;
 
 /// One upstream HTTP/1.1 connection and its buffers. Idle in the pool, it holds no bytes.
+/// Boxed wherever it travels (pool, exchange, response body): a pointer moves instead of
+/// the whole state on every request.
 pub(crate) struct H1Conn {
     io: TcpStream,
     /// Bytes read and not yet consumed.
@@ -125,7 +126,7 @@ struct Head {
 /// The body of an upstream HTTP/1.1 response that did not arrive whole with its head. It
 /// owns the connection until the body ends, then returns it to the pool.
 pub(crate) struct H1Body {
-    conn: Option<H1Conn>,
+    conn: Option<Box<H1Conn>>,
     req: Option<ReqBody>,
     state: BodyState,
     reusable: bool,
@@ -156,8 +157,8 @@ pub(crate) struct BodyError(&'static str);
 
 impl H1Conn {
     /// Wraps a connected socket.
-    pub(crate) fn new(io: TcpStream) -> Self {
-        H1Conn {
+    pub(crate) fn new(io: TcpStream) -> Box<Self> {
+        Box::new(H1Conn {
             io,
             buf: BytesMut::new(),
             wbuf: Vec::new(),
@@ -165,7 +166,7 @@ impl H1Conn {
             data: Bytes::new(),
             tail: b"",
             read_size: MIN_READ,
-        }
+        })
     }
 
     /// Whether an idle connection can take a request: nothing (end of stream, reset, stray
@@ -392,19 +393,19 @@ fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 
 // === the exchange ===
 
-/// Sends one request (head from `parts`, body `body`) over `conn` and reads the response
+/// Sends one request (head from `req`, body `body`) over `conn` and reads the response
 /// head. A response that arrived whole returns the connection to the pool (through
 /// `release`) before this returns; otherwise the connection travels in the response body.
 pub(crate) async fn exchange(
-    mut conn: H1Conn,
-    parts: &Parts,
+    mut conn: Box<H1Conn>,
+    req: &Request<RequestBody>,
     body: Option<RequestBody>,
     addr: SocketAddr,
     max_idle: usize,
-    release: fn(SocketAddr, H1Conn, usize),
+    release: fn(SocketAddr, Box<H1Conn>, usize),
 ) -> Result<EngineResponse, Failed> {
-    let mut req = encode_head(&mut conn.wbuf, parts, body);
-    let is_head = parts.method == Method::HEAD;
+    let is_head = req.method() == Method::HEAD;
+    let mut req = encode_head(&mut conn.wbuf, req, body);
     let mut received = false;
     let mut send_failed = false;
     let head = std::future::poll_fn(|cx| {
@@ -482,19 +483,23 @@ pub(crate) async fn exchange(
 }
 
 /// Encodes the request line and header fields into `out`; returns how the body goes.
-fn encode_head(out: &mut Vec<u8>, parts: &Parts, body: Option<RequestBody>) -> Option<ReqBody> {
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &Request<RequestBody>,
+    body: Option<RequestBody>,
+) -> Option<ReqBody> {
     out.clear();
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(parts.method().as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = parts.uri().path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in parts.headers() {
         put_field(out, name, value);
     }
     let rb = body.map(|body| {
         let declared = parts
-            .headers
+            .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
             .and_then(|v| v.trim().parse::<u64>().ok());

@@ -140,7 +140,7 @@ struct Pool {
 #[derive(Default)]
 struct Endpoint {
     /// Idle HTTP/1.1 connections, most recently used last.
-    h1_idle: Vec<H1Conn>,
+    h1_idle: Vec<Box<H1Conn>>,
     /// The shared HTTP/2 connection.
     h2: Option<http2::SendRequest<RequestBody>>,
 }
@@ -187,7 +187,7 @@ impl Connector {
     pub fn idle_connections(addr: SocketAddr) -> usize {
         POOL.with(|p| {
             p.borrow_mut().endpoints.get_mut(&addr).map_or(0, |e| {
-                e.h1_idle.retain_mut(H1Conn::idle_ok);
+                e.h1_idle.retain_mut(|c| c.idle_ok());
                 e.h1_idle.len()
             })
         })
@@ -232,7 +232,7 @@ fn into_engine_response(res: Response<Incoming>) -> EngineResponse {
 }
 
 /// Returns an HTTP/1.1 connection whose exchange is over to this thread's pool.
-pub(crate) fn release_h1_conn(addr: SocketAddr, conn: H1Conn, max: usize) {
+pub(crate) fn release_h1_conn(addr: SocketAddr, conn: Box<H1Conn>, max: usize) {
     let start_sweep = POOL.with(|p| {
         let mut p = p.borrow_mut();
         p.push_h1(addr, conn, max);
@@ -267,9 +267,10 @@ async fn sweep_idle() {
 impl Connector {
     async fn forward_h1(self, addr: SocketAddr, mut req: Request<RequestBody>) -> EngineResponse {
         prepare_h1(&mut req);
-        let (parts, body) = req.into_parts();
-        // An empty body is not sent at all, and lets the request be sent again.
-        let mut body = (!http_body::Body::is_end_stream(&body)).then_some(body);
+        // An empty body is not sent at all, and lets the request be sent again. (The head
+        // stays in `req`, borrowed by each attempt: no move of the request's parts.)
+        let mut body = (!http_body::Body::is_end_stream(req.body()))
+            .then(|| std::mem::replace(req.body_mut(), RequestBody::empty()));
         loop {
             let pooled = POOL.with(|p| p.borrow_mut().pop_h1(addr));
             let reused = pooled.is_some();
@@ -284,7 +285,7 @@ impl Connector {
             let retry_possible = reused && body.is_none();
             match h1client::exchange(
                 conn,
-                &parts,
+                &req,
                 body.take(),
                 addr,
                 self.max_idle_per_endpoint,
@@ -306,7 +307,7 @@ impl Connector {
         }
     }
 
-    async fn connect_h1(&self, addr: SocketAddr) -> Result<H1Conn, SendFailure> {
+    async fn connect_h1(&self, addr: SocketAddr) -> Result<Box<H1Conn>, SendFailure> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| SendFailure::Connect)?
@@ -506,7 +507,7 @@ impl std::fmt::Debug for UpstreamBody {
 // === impl Pool ===
 
 impl Pool {
-    fn pop_h1(&mut self, addr: SocketAddr) -> Option<H1Conn> {
+    fn pop_h1(&mut self, addr: SocketAddr) -> Option<Box<H1Conn>> {
         let ep = self.endpoints.get_mut(&addr)?;
         while let Some(mut c) = ep.h1_idle.pop() {
             if c.idle_ok() {
@@ -516,7 +517,7 @@ impl Pool {
         None
     }
 
-    fn push_h1(&mut self, addr: SocketAddr, conn: H1Conn, max: usize) {
+    fn push_h1(&mut self, addr: SocketAddr, conn: Box<H1Conn>, max: usize) {
         let ep = self.endpoints.entry(addr).or_default();
         if ep.h1_idle.len() < max {
             ep.h1_idle.push(conn);
@@ -527,7 +528,7 @@ impl Pool {
     fn sweep(&mut self) -> usize {
         let mut left = 0;
         for ep in self.endpoints.values_mut() {
-            ep.h1_idle.retain_mut(H1Conn::idle_ok);
+            ep.h1_idle.retain_mut(|c| c.idle_ok());
             left += ep.h1_idle.len();
         }
         left
