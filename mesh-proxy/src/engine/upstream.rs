@@ -140,6 +140,8 @@ struct Pool {
 #[derive(Default)]
 struct Endpoint {
     /// Idle HTTP/1.1 connections, most recently used last.
+    // Boxed on purpose: a connection moves pool → request → pool on every request.
+    #[allow(clippy::vec_box)]
     h1_idle: Vec<Box<H1Conn>>,
     /// The shared HTTP/2 connection.
     h2: Option<http2::SendRequest<RequestBody>>,
