@@ -172,3 +172,45 @@ async fn generated_cookie_keeps_the_client_on_its_side_of_a_weighted_split() {
         "40 new clients of a 50/50 split all went to {sides:?}"
     );
 }
+
+/// Sends one `GET /` for `reviews` on a new connection from `source` (any 127.0.0.0/8
+/// address on Linux loopback); returns the body (the backend's name).
+async fn get_from(source: std::net::IpAddr, proxy: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(std::net::SocketAddr::new(source, 0)).unwrap();
+    let mut s = bounded(sock.connect(proxy)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    bounded(s.read_to_end(&mut out)).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+}
+
+/// Envoy's `hash_policy.connection_properties.source_ip` (Istio `consistentHash.useSourceIp`):
+/// every connection from one client IP reaches the same endpoint, whatever its source port
+/// and whichever worker accepts it; the proxy's listener gives each request the client's
+/// address. Clients on 20 loopback addresses all landing on one of 4 endpoints by chance
+/// has probability 4·4⁻²⁰ ≈ 4e-12.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_on_the_source_ip_pins_each_client_address() {
+    let bs = four().await;
+    let p = start(&hashed_service(&bs, "        useSourceIp: true\n")).await;
+    let mut home: BTreeMap<std::net::IpAddr, String> = BTreeMap::new();
+    for round in 0..3 {
+        for i in 2..22u8 {
+            let ip = std::net::IpAddr::from([127, 0, 0, i]);
+            let got = get_from(ip, p.out).await;
+            let first = home.entry(ip).or_insert_with(|| got.clone());
+            assert_eq!(*first, got, "{ip} moved in round {round}");
+        }
+    }
+    let used: BTreeSet<&String> = home.values().collect();
+    assert!(
+        used.len() >= 2,
+        "20 client addresses all hashed to {used:?}"
+    );
+}

@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
-use mesh_core::ext::local_reply;
+use mesh_core::ext::{ClientAddr, local_reply};
 use pin_project::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -66,6 +67,8 @@ pub(crate) struct LocalExec;
 struct ConnService<F: StackFactory> {
     worker: Rc<Worker<F>>,
     conn: Rc<ConnState>,
+    /// The client's address, given to every request as [`ClientAddr`].
+    peer: ClientAddr,
 }
 
 /// What a connection's socket wrapper and its service share.
@@ -200,7 +203,11 @@ impl<F: StackFactory> Worker<F> {
 }
 
 /// Serves one accepted downstream connection to its end.
-pub(crate) async fn serve<F: StackFactory>(stream: TcpStream, worker: Rc<Worker<F>>) {
+pub(crate) async fn serve<F: StackFactory>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    worker: Rc<Worker<F>>,
+) {
     worker.active.set(worker.active.get() + 1);
     let _guard = ConnGuard(worker.clone());
     let _ = stream.set_nodelay(true);
@@ -223,6 +230,7 @@ pub(crate) async fn serve<F: StackFactory>(stream: TcpStream, worker: Rc<Worker<
     let svc = ConnService {
         worker: worker.clone(),
         conn: state.clone(),
+        peer: ClientAddr(peer),
     };
     match proto {
         Proto::H1 => {
@@ -368,7 +376,7 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
     type Error = Infallible;
     type Future = EngineFuture<F::Service>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         if let Some(scan) = &self.conn.scan {
             let n = self.conn.dispatched.get().wrapping_add(1);
             self.conn.dispatched.set(n);
@@ -382,6 +390,8 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
         if let Err(r) = check_request(&req, self.worker.max_headers) {
             return EngineFuture::Local(Some(reject_reply(r)));
         }
+        // for `consistentHash.useSourceIp`, and later access logs and `remoteIpBlocks`
+        req.extensions_mut().insert(self.peer);
         self.worker.call(req)
     }
 }

@@ -118,8 +118,8 @@ async fn accept_loop<F: StackFactory>(
                 }
             }
             r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    tokio::task::spawn_local(serve(stream, worker.clone()));
+                Ok((stream, peer)) => {
+                    tokio::task::spawn_local(serve(stream, peer, worker.clone()));
                 }
                 Err(e) if is_per_connection(&e) => {}
                 // out of descriptors or memory: back off instead of spinning
