@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use mesh_core::MeshBody;
 use mesh_core::model::networking::{
     CorsPolicy, HeaderOperations, Headers, HttpDirectResponse, HttpRedirect, HttpRewrite,
@@ -12,17 +12,24 @@ use mesh_core::model::networking::{
 };
 
 use crate::error::BuildError;
+use crate::format::{FormatCtx, HeaderTemplate};
 use crate::matcher::{RegexLimits, RequestView, StrMatch, UriMatch};
 
-/// Compiled `HeaderOperations` for one direction.
+/// Compiled `HeaderOperations` for one direction. Values are Envoy format strings
+/// ([`crate::format`]): most are fixed, some are evaluated per request.
 #[derive(Debug, Clone)]
 pub(crate) struct HeaderOps {
     remove: Box<[HeaderName]>,
-    set: Box<[(HeaderName, HeaderValue)]>,
-    add: Box<[(HeaderName, HeaderValue)]>,
+    set: Box<[(HeaderName, HeaderTemplate)]>,
+    add: Box<[(HeaderName, HeaderTemplate)]>,
     /// No operation at all (computed once): `apply` returns at once.
     empty: bool,
+    /// Some value depends on the request.
+    dynamic: bool,
 }
+
+/// The per-request values of a [`HeaderOps`]' formatted values, in `set` then `add` order.
+pub(crate) type Formatted = Vec<Option<HeaderValue>>;
 
 impl Default for HeaderOps {
     fn default() -> Self {
@@ -31,6 +38,7 @@ impl Default for HeaderOps {
             set: Box::default(),
             add: Box::default(),
             empty: true,
+            dynamic: false,
         }
     }
 }
@@ -112,10 +120,10 @@ fn is_authority(name: &str) -> bool {
     name.eq_ignore_ascii_case(":authority") || name.eq_ignore_ascii_case("host")
 }
 
-fn header_pair(k: &str, v: &str, field: &str) -> Result<(HeaderName, HeaderValue), BuildError> {
+fn header_pair(k: &str, v: &str, field: &str) -> Result<(HeaderName, HeaderTemplate), BuildError> {
     let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
         .map_err(|e| BuildError::new(field, format!("invalid header name {k:?}: {e}")))?;
-    let value = HeaderValue::from_str(v)
+    let value = HeaderTemplate::compile(v)
         .map_err(|e| BuildError::new(field, format!("invalid value for {k:?}: {e}")))?;
     Ok((name, value))
 }
@@ -163,6 +171,7 @@ impl HeaderOps {
         Ok((
             HeaderOps {
                 empty: remove.is_empty() && set.is_empty() && add.is_empty(),
+                dynamic: set.iter().chain(add.iter()).any(|(_, t)| t.is_dynamic()),
                 remove: remove.into(),
                 set,
                 add,
@@ -171,24 +180,63 @@ impl HeaderOps {
         ))
     }
 
+    /// Applies the operations to a request, formatted values evaluated against it first.
+    #[inline]
+    pub(crate) fn apply_request<B>(&self, req: &mut Request<B>) {
+        if self.empty {
+            return;
+        }
+        let values = if self.dynamic {
+            self.format(&FormatCtx::of(req))
+        } else {
+            Vec::new()
+        };
+        self.apply_ops(req.headers_mut(), values);
+    }
+
+    /// The formatted values for this request (empty when there are none), for
+    /// [`apply`](Self::apply) on the response.
+    pub(crate) fn format(&self, ctx: &FormatCtx<'_>) -> Formatted {
+        if !self.dynamic {
+            return Vec::new();
+        }
+        self.set
+            .iter()
+            .chain(self.add.iter())
+            .filter(|(_, t)| t.is_dynamic())
+            .map(|(_, t)| t.eval(ctx))
+            .collect()
+    }
+
     /// Applies the operations as Envoy's `HeaderParser::evaluateHeaders`: removals first,
     /// then `set` (OVERWRITE_IF_EXISTS_OR_ADD), then `add` (APPEND_IF_EXISTS_OR_ADD).
+    /// `values` are the formatted values ([`format`](Self::format)); one that formatted to
+    /// nothing is not added (Envoy's `keep_empty_value: false`).
     #[inline]
-    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, headers: &mut HeaderMap, values: Formatted) {
         if !self.empty {
-            self.apply_ops(headers);
+            self.apply_ops(headers, values);
         }
     }
 
-    fn apply_ops(&self, headers: &mut HeaderMap) {
+    fn apply_ops(&self, headers: &mut HeaderMap, values: Formatted) {
+        let mut values = values.into_iter();
+        let mut value = |t: &HeaderTemplate| match t {
+            HeaderTemplate::Static(v) => Some(v.clone()),
+            HeaderTemplate::Format(_) => values.next().flatten(),
+        };
         for name in &self.remove {
             headers.remove(name);
         }
-        for (name, value) in &self.set {
-            headers.insert(name.clone(), value.clone());
+        for (name, t) in &self.set {
+            if let Some(v) = value(t) {
+                headers.insert(name.clone(), v);
+            }
         }
-        for (name, value) in &self.add {
-            headers.append(name.clone(), value.clone());
+        for (name, t) in &self.add {
+            if let Some(v) = value(t) {
+                headers.append(name.clone(), v);
+            }
         }
     }
 

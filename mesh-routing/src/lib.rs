@@ -61,6 +61,7 @@
 mod action;
 mod delegate;
 mod error;
+mod format;
 mod index;
 mod matcher;
 pub mod mirror;

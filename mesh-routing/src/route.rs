@@ -140,7 +140,8 @@ use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::action::{CorsDecision, split_port};
+use crate::action::{CorsDecision, Formatted, split_port};
+use crate::format::FormatCtx;
 use crate::mirror::Mirrors;
 use crate::table::{
     Action, CompiledRoute, Forward, RouteTable, RouteTableHandle, Selected, next_seed, view_of,
@@ -194,6 +195,9 @@ struct PostOps {
     route: Arc<CompiledRoute>,
     dest: usize,
     cors_origin: Option<HeaderValue>,
+    /// The formatted response values (empty unless some are formatted).
+    route_values: Formatted,
+    dest_values: Formatted,
 }
 
 /// What the router decided, computed while the request is borrowed; borrows the table.
@@ -370,7 +374,8 @@ fn plan<'t, B, R>(table: &'t RouteTable, req: &Request<B>, rng: &mut fastrand::R
             };
         }
     };
-    route.headers.response.apply(local.headers_mut());
+    let values = route.headers.response.format(&FormatCtx::of(req));
+    route.headers.response.apply(local.headers_mut(), values);
     if let (Some(c), Some(o)) = (&route.cors, &cors_origin) {
         c.on_response(o, local.headers_mut());
     }
@@ -454,8 +459,8 @@ where
                 if let Some(p) = &new_path {
                     set_path(&mut req, p);
                 }
-                route.headers.request.apply(req.headers_mut());
-                chosen.headers.request.apply(req.headers_mut());
+                route.headers.request.apply_request(&mut req);
+                chosen.headers.request.apply_request(&mut req);
                 if let Some(a) = fwd.authority.as_ref().or(chosen.headers.authority.as_ref()) {
                     set_authority(&mut req, a);
                 }
@@ -470,10 +475,16 @@ where
                 let needs_post = cors_origin.is_some()
                     || !route.headers.response.is_empty()
                     || !chosen.headers.response.is_empty();
-                needs_post.then(|| PostOps {
-                    route: route.clone(),
-                    dest,
-                    cors_origin,
+                needs_post.then(|| {
+                    // response values that format request data are computed now
+                    let ctx = FormatCtx::of(&req);
+                    PostOps {
+                        route_values: route.headers.response.format(&ctx),
+                        dest_values: chosen.headers.response.format(&ctx),
+                        route: route.clone(),
+                        dest,
+                        cors_origin,
+                    }
                 })
             }
         };
@@ -509,11 +520,11 @@ where
                 };
                 if let Some(p) = post.take() {
                     let headers = res.headers_mut();
-                    p.route.headers.response.apply(headers);
+                    p.route.headers.response.apply(headers, p.route_values);
                     if let Action::Forward(fwd) = &p.route.action
                         && let Some(d) = fwd.dests.get(p.dest)
                     {
-                        d.headers.response.apply(headers);
+                        d.headers.response.apply(headers, p.dest_values);
                     }
                     if let (Some(c), Some(o)) = (&p.route.cors, &p.cors_origin) {
                         c.on_response(o, headers);

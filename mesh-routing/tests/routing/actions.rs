@@ -252,6 +252,68 @@ fn header_operations_on_request_and_response_at_route_and_destination_level() {
     });
 }
 
+/// Envoy reads `request_headers_to_add` / `response_headers_to_add` values (which Istio
+/// fills from `headers.request` / `headers.response`) as format strings: `%%` is `%`,
+/// `%DOWNSTREAM_REMOTE_ADDRESS%`, `%REQ(h?alt):max%`, `%PROTOCOL%`… are evaluated per request,
+/// and a value that formats to nothing is not added (`keep_empty_value: false`).
+#[test]
+fn header_values_are_envoy_format_strings() {
+    let h = h(concat!(
+        "  - headers:\n",
+        "      request:\n",
+        "        set: {x-client: '%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%', x-pct: '100%%', x-proto: '%PROTOCOL%'}\n",
+        "        add: {x-user-copy: '%REQ(x-user?x-alt):4%', x-upstream: '%UPSTREAM_HOST%'}\n",
+        "      response:\n",
+        "        set: {x-served-for: 'user=%REQ(x-user)%'}\n",
+        "    route:\n",
+        "    - destination: {host: a.dest}\n",
+        "      headers: {request: {set: {x-port: '%DOWNSTREAM_REMOTE_PORT%'}}}\n",
+    ));
+    block_on(async {
+        let mut r = req("web.example.com", "/")
+            .header("x-user", "jason")
+            .body(String::new())
+            .unwrap();
+        r.extensions_mut().insert(mesh_core::ext::ClientAddr(
+            "10.0.0.7:41000".parse().unwrap(),
+        ));
+        let (res, s) = h.send(r).await;
+        let s = s.unwrap();
+        assert_eq!(s.header("x-client"), Some("10.0.0.7"));
+        assert_eq!(s.header("x-port"), Some("41000"));
+        assert_eq!(s.header("x-pct"), Some("100%"));
+        assert_eq!(s.header("x-proto"), Some("HTTP/1.1"));
+        assert_eq!(s.header("x-user-copy"), Some("jaso"));
+        assert!(
+            s.header("x-upstream").is_none(),
+            "formats to nothing: not added"
+        );
+        assert_eq!(res.headers()["x-served-for"], "user=jason");
+        // without a client address the operators format to nothing
+        let (_, s) = h.get("web.example.com", "/").await;
+        let s = s.unwrap();
+        assert!(s.header("x-client").is_none());
+        assert_eq!(s.header("x-pct"), Some("100%"));
+    });
+}
+
+/// Envoy rejects a route configuration with a malformed or unknown format operator; so does
+/// the table build, naming the field.
+#[test]
+fn malformed_header_formats_refuse_the_table() {
+    for (value, why) in [
+        ("'50%'", "starts no command"),
+        ("'%NOT_AN_OPERATOR%'", "unsupported"),
+    ] {
+        let s = snap(&web(&format!(
+            "  - headers: {{request: {{set: {{x-a: {value}}}}}}}\n    route: [{{destination: {{host: a.dest}}}}]\n"
+        )));
+        let e = RouteTable::sidecar(&s).expect_err(value).to_string();
+        assert!(e.contains("headers.request.set.x-a"), "{e}");
+        assert!(e.contains(why), "{e}");
+    }
+}
+
 #[test]
 fn weighted_destinations_subsets_ports_and_zero_weights() {
     // applyHTTPRouteDestination: weight/sum; 0-weight clusters are dropped when there are

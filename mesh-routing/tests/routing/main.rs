@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod actions;
+mod corpus;
 mod hosts;
 mod matching;
 mod props;
