@@ -372,3 +372,45 @@ spec:
     let served = first.hits() + extra.iter().map(Backend::hits).sum::<usize>();
     assert_eq!(served, 4);
 }
+
+/// Envoy formats VirtualService header values per request (`request_headers_to_add`):
+/// through the proxy, `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%` is the client's address as
+/// the listener saw it, and `%REQ(…)%` copies a request header into the response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_values_format_the_client_address_and_request_headers() {
+    let echo: Handler = std::sync::Arc::new(|req: http::Request<hyper::body::Incoming>| {
+        let client = req
+            .headers()
+            .get("x-client")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        Box::pin(async move { http::Response::builder().body(full(client)).unwrap() })
+    });
+    let b = backend_with("v1", echo).await;
+    let yaml = format!(
+        "{}{}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - headers:
+      request:
+        set: {{x-client: '%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%'}}
+      response:
+        set: {{x-user-was: '%REQ(x-user)%'}}
+    route:
+    - destination: {{host: reviews}}
+",
+        bootstrap(1, ""),
+        service_entry("reviews", 9080, "HTTP", &[&b]),
+    );
+    let p = start(&yaml).await;
+    let mut c = H1::connect(p.out).await;
+    let r = c.get("reviews", &[("x-user", "jason")]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "127.0.0.1");
+    assert_eq!(r.headers["x-user-was"], "jason");
+}
