@@ -151,7 +151,7 @@
 //!   one host set.
 //! * Locality: a `distribute` destination weight of 0 removes the locality (Istio keeps the
 //!   locality's original weight); `to` patterns are applied in sorted order (Istio iterates
-//!   a Go map). `failoverPriority` values of the form `key=value` are not supported.
+//!   a Go map).
 //! * Passthrough resolves the host with the resolver and connects to the first address,
 //!   where Envoy's `ORIGINAL_DST` uses the address the connection was captured for.
 //! * DNS services ([`DnsDiscover`](discover::DnsDiscover)): Istio sets `respect_dns_ttl` and

@@ -120,10 +120,18 @@ fn topology_value<'a>(
 }
 
 /// Istio's `failoverPriority` match: `len − (number of leading keys whose values agree)`.
+/// A `key=value` entry compares the endpoint's `key` with `value` instead of the client's
+/// own value (Istio 1.20, istio/istio#39111: an explicit value for the label).
 fn label_priority(client: &Client<'_>, ep: &Place<'_>, keys: &[String]) -> u32 {
     let mut matched = 0u32;
     for key in keys {
-        let mine = topology_value(key, client.labels, client.locality, None);
+        let (key, mine) = match key.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (
+                key.as_str(),
+                topology_value(key, client.labels, client.locality, None),
+            ),
+        };
         let theirs = topology_value(key, ep.labels, ep.locality, ep.network);
         match (mine, theirs) {
             (Some(a), Some(b)) if a == b => matched += 1,
@@ -411,6 +419,15 @@ mod tests {
         let lay = layout(&places, &client, &mode);
         let hosts: Vec<Vec<usize>> = lay.levels.iter().map(|l| l[0].hosts.clone()).collect();
         assert_eq!(hosts, vec![vec![0], vec![1], vec![2], vec![3]]);
+
+        // `key=value`: the network n2 is preferred whatever the client's own network
+        let mode = LocalityMode::Failover {
+            failover: vec![],
+            failover_priority: vec![format!("{NETWORK_LABEL}=n2"), REGION_LABEL.to_string()],
+        };
+        let lay = layout(&places, &client, &mode);
+        let hosts: Vec<Vec<usize>> = lay.levels.iter().map(|l| l[0].hosts.clone()).collect();
+        assert_eq!(hosts[0], vec![3], "n2 and r1 first: {hosts:?}");
     }
 
     #[test]
