@@ -373,6 +373,50 @@ spec:
     assert_eq!(served, 4);
 }
 
+/// The resolver thread starts with the first DNS service: a proxy started with STATIC
+/// services only resolves a `resolution: DNS` ServiceEntry that a later configuration adds,
+/// and serves it as soon as that configuration is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_service_added_by_a_reload_resolves() {
+    let b = backend("dns").await;
+    let port = b.port();
+    let mut extra = Vec::new();
+    for a in std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port)).unwrap() {
+        if a.ip() != b.addr.ip() {
+            match backend_on(a, "dns").await {
+                Some(x) => extra.push(x),
+                None => panic!("localhost resolves to {a}, which cannot be bound here"),
+            }
+        }
+    }
+    let boot = bootstrap(1, "  mesh:\n    outboundTrafficPolicy: REGISTRY_ONLY\n");
+    let p = start(&format!(
+        "{boot}{}",
+        service_entry("static", 80, "HTTP", &[&b])
+    ))
+    .await;
+    let mut c = H1::connect(p.out).await;
+    let r = c.get("api.external.test", &[]).await;
+    assert_eq!(r.status.as_u16(), 502, "not declared yet: {r:?}");
+    let yaml = format!(
+        "{boot}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external-api}}
+spec:
+  hosts: [api.external.test]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: localhost, ports: {{http: {port}}}}}]
+"
+    );
+    let compiled = mesh_core::config::load_str("reload.yaml", &yaml).unwrap();
+    p.proxy.state().apply(compiled).unwrap();
+    let r = c.get("api.external.test", &[]).await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, "dns"), "{r:?}");
+}
+
 /// Envoy formats VirtualService header values per request (`request_headers_to_add`):
 /// through the proxy, `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%` is the client's address as
 /// the listener saw it, and `%REQ(…)%` copies a request header into the response.

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 
 use mesh_core::compile::Snapshot;
+use mesh_core::model::networking::Resolution;
 use mesh_lb::discover::{
     Chain, Discover, DnsDiscover, HickoryResolver, Resolver, StaticDiscover, SystemResolver,
 };
@@ -82,10 +83,14 @@ pub struct Layers {
 /// configuration cannot be read): each name when the TTL of its records runs out (at most
 /// every 30s, Envoy's `dns_refresh_rate`; see [`DnsDiscover`]), and new names at once after
 /// a reload.
+///
+/// The thread starts with the first configuration that has a DNS service: a proxy whose
+/// services are all STATIC runs no resolver thread at all.
 #[derive(Debug)]
 struct DnsRefresher {
     dns: Arc<DnsDiscover>,
     now: Arc<Notify>,
+    started: std::sync::atomic::AtomicBool,
 }
 
 /// The DNS resolver, built on first use: a proxy whose configuration has no DNS service
@@ -121,13 +126,37 @@ impl Resolver for LazyResolver {
 const FIRST_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl DnsRefresher {
-    fn start(snapshot: &Snapshot) -> Arc<DnsRefresher> {
+    fn new(snapshot: &Snapshot) -> Arc<DnsRefresher> {
         let resolver: Arc<dyn Resolver> = Arc::new(LazyResolver::default());
         let dns = Arc::new(DnsDiscover::new(resolver));
         dns.set_snapshot(snapshot);
-        let now = Arc::new(Notify::new());
+        let r = Arc::new(DnsRefresher {
+            dns,
+            now: Arc::new(Notify::new()),
+            started: std::sync::atomic::AtomicBool::new(false),
+        });
+        r.start_if_needed(snapshot);
+        r
+    }
+
+    /// Starts the thread (once) when `snapshot` has a DNS service, and waits (at most
+    /// [`FIRST_RESOLUTION`]) for its first answers; otherwise asks a running thread to
+    /// resolve new names now.
+    fn start_if_needed(&self, snapshot: &Snapshot) {
+        use std::sync::atomic::Ordering;
+        let has_dns = snapshot
+            .services
+            .iter()
+            .any(|s| matches!(s.resolution, Resolution::Dns | Resolution::DnsRoundRobin));
+        if self.started.load(Ordering::Acquire) {
+            self.now.notify_one();
+            return;
+        }
+        if !has_dns || self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let (first_tx, first_rx) = std::sync::mpsc::channel();
-        let (d, n) = (dns.clone(), now.clone());
+        let (d, n) = (self.dns.clone(), self.now.clone());
         let spawned = std::thread::Builder::new()
             .name("mesh-dns".into())
             .spawn(move || {
@@ -157,7 +186,6 @@ impl DnsRefresher {
         if spawned.is_ok() {
             let _ = first_rx.recv_timeout(FIRST_RESOLUTION);
         }
-        Arc::new(DnsRefresher { dns, now })
     }
 }
 
@@ -168,7 +196,7 @@ impl Layers {
     pub fn new(snapshot: &Arc<Snapshot>) -> Result<Layers, BuildError> {
         let table = RouteTable::sidecar(snapshot)?;
         let routes = RouteTableHandle::new(table);
-        let dns = DnsRefresher::start(snapshot);
+        let dns = DnsRefresher::new(snapshot);
         let discover: Arc<dyn Discover> =
             Arc::new(Chain::new(vec![dns.dns.clone(), Arc::new(StaticDiscover)]));
         let lb = LbLayer::builder(snapshot.clone())
@@ -194,8 +222,9 @@ impl Layers {
         // the balancer first: new routes may name services only the new snapshot has
         self.lb.store(snapshot.clone());
         self.routes.store(table);
-        // new DNS names resolve now rather than at the next period
-        self.dns.now.notify_one();
+        // new DNS names resolve now rather than at the next period (the first DNS service
+        // starts the resolver thread)
+        self.dns.start_if_needed(snapshot);
         Ok(())
     }
 
