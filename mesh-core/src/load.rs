@@ -600,6 +600,54 @@ mod tests {
         );
     }
 
+    /// kubectl converts YAML with go-yaml v2 (YAML 1.1): `yes`/`on`/`off`… are booleans in
+    /// boolean fields; in string fields they stay text.
+    #[test]
+    fn yaml11_booleans_in_boolean_fields_only() {
+        let dr = |v: &str| {
+            let out = load(&format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      localityLbSetting: {{enabled: {v}}}\n"
+            ));
+            assert!(out.diagnostics.is_empty(), "{v}: {:?}", out.diagnostics);
+            match &out.resources[0].spec {
+                crate::model::Spec::DestinationRule(d) => d
+                    .traffic_policy
+                    .as_ref()
+                    .and_then(|t| t.load_balancer.as_ref())
+                    .and_then(|l| l.locality_lb_setting.as_ref())
+                    .and_then(|l| l.enabled),
+                _ => None,
+            }
+        };
+        for (v, want) in [
+            ("yes", true),
+            ("On", true),
+            ("y", true),
+            ("true", true),
+            ("off", false),
+            ("NO", false),
+            ("false", false),
+        ] {
+            assert_eq!(dr(v), Some(want), "{v}");
+        }
+        let out = load(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [r]\n  http:\n  - headers: {request: {set: {x-flag: on}}}\n    route: [{destination: {host: r}}]\n",
+        );
+        assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+        let crate::model::Spec::VirtualService(vs) = &out.resources[0].spec else {
+            panic!("not a VirtualService")
+        };
+        let set = &vs.http[0]
+            .headers
+            .as_ref()
+            .unwrap()
+            .request
+            .as_ref()
+            .unwrap()
+            .set;
+        assert_eq!(set["x-flag"], "on");
+    }
+
     #[test]
     fn unknown_field_is_named_with_its_line() {
         let out = load(

@@ -111,6 +111,18 @@ impl<'de> de::Deserializer<'de> for Node<'_, '_> {
         }
     }
 
+    /// A boolean field also takes YAML 1.1's spellings (`yes`, `on`, `y`, `off`…), as
+    /// `kubectl` does: it converts YAML with go-yaml v2, a YAML 1.1 parser. Elsewhere they
+    /// stay strings (a header value `on` is the text "on").
+    fn deserialize_bool<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
+        if let YamlData::Value(Scalar::String(s)) = &resolve(self.0).data
+            && let Some(b) = yaml11_bool(s)
+        {
+            return v.visit_bool(b);
+        }
+        self.deserialize_any(v)
+    }
+
     fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
         match &resolve(self.0).data {
             YamlData::Value(Scalar::Null) => v.visit_none(),
@@ -139,8 +151,17 @@ impl<'de> de::Deserializer<'de> for Node<'_, '_> {
     }
 
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
         bytes byte_buf unit unit_struct seq tuple tuple_struct map struct identifier ignored_any
+    }
+}
+
+/// go-yaml v2's boolean spellings (YAML 1.1 `bool` type), beyond YAML 1.2's `true`/`false`.
+fn yaml11_bool(s: &str) -> Option<bool> {
+    match s {
+        "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "True" | "TRUE" => Some(true),
+        "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "False" | "FALSE" => Some(false),
+        _ => None,
     }
 }
 
