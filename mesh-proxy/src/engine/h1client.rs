@@ -74,6 +74,8 @@ pub(crate) struct H1Conn {
     data: Bytes,
     tail: &'static [u8],
     read_size: usize,
+    /// The pool's sweep count when the connection last went idle (the pool's clock).
+    pub(crate) idle_since: u32,
 }
 
 /// What is left of the request body to send.
@@ -166,6 +168,7 @@ impl H1Conn {
             data: Bytes::new(),
             tail: b"",
             read_size: MIN_READ,
+            idle_since: 0,
         })
     }
 

@@ -47,8 +47,9 @@
 //! received) is sent again on another connection, then on a new one.
 //!
 //! **Differences from Envoy**: no per-endpoint connection limit (circuit breaking lives in
-//! `mesh-resilience`), no upstream idle timeout (connections live until the upstream closes
-//! them), and HTTP/2 uses one connection per endpoint and thread.
+//! `mesh-resilience`); the upstream idle timeout is Envoy's default, one hour, checked by the
+//! sweep (not yet from `connectionPool.http.idleTimeout`), and HTTP/1.1 only; HTTP/2 uses one
+//! connection per endpoint and thread.
 //!
 //! ```
 //! use mesh_proxy::engine::Connector;
@@ -102,6 +103,10 @@ pub type UpstreamBodyError = Box<dyn std::error::Error + Send + Sync>;
 /// How often idle HTTP/1.1 connections are checked for an upstream close.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
+/// Sweeps an HTTP/1.1 connection may stay idle before it is closed: one hour, Envoy's
+/// default upstream `idle_timeout` (Istio's `connectionPool.http.idleTimeout` default).
+const IDLE_SWEEPS: u32 = 3600 / 2;
+
 /// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed when released.
 const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
@@ -135,6 +140,8 @@ struct Pool {
     endpoints: HashMap<SocketAddr, Endpoint, BuildHasherDefault<AddrHasher>>,
     /// A sweep task is scheduled on this thread.
     sweeping: bool,
+    /// Sweeps so far: the clock of idle connections (no clock read per request).
+    epoch: u32,
 }
 
 #[derive(Default)]
@@ -519,18 +526,27 @@ impl Pool {
         None
     }
 
-    fn push_h1(&mut self, addr: SocketAddr, conn: Box<H1Conn>, max: usize) {
+    fn push_h1(&mut self, addr: SocketAddr, mut conn: Box<H1Conn>, max: usize) {
+        conn.idle_since = self.epoch;
         let ep = self.endpoints.entry(addr).or_default();
         if ep.h1_idle.len() < max {
             ep.h1_idle.push(conn);
         }
     }
 
-    /// Drops idle connections that are no longer usable; returns how many are left.
+    /// Drops idle connections that are no longer usable or idle for [`IDLE_SWEEPS`] sweeps;
+    /// returns how many are left.
     fn sweep(&mut self) -> usize {
+        self.sweep_after(IDLE_SWEEPS)
+    }
+
+    fn sweep_after(&mut self, max_idle_sweeps: u32) -> usize {
+        self.epoch = self.epoch.wrapping_add(1);
+        let epoch = self.epoch;
         let mut left = 0;
         for ep in self.endpoints.values_mut() {
-            ep.h1_idle.retain_mut(|c| c.idle_ok());
+            ep.h1_idle
+                .retain_mut(|c| epoch.wrapping_sub(c.idle_since) < max_idle_sweeps && c.idle_ok());
             left += ep.h1_idle.len();
         }
         left
@@ -692,6 +708,35 @@ mod tests {
     fn h2_target_without_any_authority_is_refused() {
         let mut req = Request::builder().uri("/x").body(()).unwrap();
         assert!(prepare_h2(&mut req).is_err());
+    }
+
+    /// Envoy's upstream `idle_timeout`: an idle connection is closed after the limit (here
+    /// counted in sweeps), one in use meanwhile starts its idle time again.
+    #[tokio::test]
+    async fn idle_connections_close_after_the_idle_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            for _ in 0..2 {
+                kept.push(listener.accept().await.unwrap().0);
+            }
+            kept
+        });
+        let a = H1Conn::new(TcpStream::connect(addr).await.unwrap());
+        let b = H1Conn::new(TcpStream::connect(addr).await.unwrap());
+        let _server_side = accept.await.unwrap();
+        let mut pool = Pool::default();
+        pool.push_h1(addr, a, 10);
+        assert_eq!(pool.sweep_after(3), 1);
+        pool.push_h1(addr, b, 10); // idle from the first sweep on
+        assert_eq!(pool.sweep_after(3), 2);
+        assert_eq!(pool.sweep_after(3), 1, "the first is three sweeps idle");
+        let b = pool.pop_h1(addr).unwrap(); // used again
+        pool.push_h1(addr, b, 10);
+        assert_eq!(pool.sweep_after(3), 1);
+        assert_eq!(pool.sweep_after(3), 1);
+        assert_eq!(pool.sweep_after(3), 0);
     }
 
     #[test]
