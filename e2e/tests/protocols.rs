@@ -169,3 +169,45 @@ async fn malformed_requests_get_400_or_431_and_other_connections_keep_working() 
     // a new connection works too
     assert_eq!(get_once(p.out, "ok", &[]).await.backend(), "ok");
 }
+
+/// DestinationRule `connectionPool.http.maxRequestsPerConnection` (Envoy's
+/// `max_requests_per_connection`): with 1, every request gets a new upstream connection (no
+/// keep-alive, as Istio's locality failover task configures); with 3, a connection carries
+/// three requests; without it, one connection carries them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_limits_upstream_reuse() {
+    for (limit, expected) in [(Some(1), 6), (Some(3), 2), (None, 1)] {
+        let b = backend("v1").await;
+        let pool = match limit {
+            Some(n) => format!(
+                "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool:
+      http: {{maxRequestsPerConnection: {n}}}
+"
+            ),
+            None => String::new(),
+        };
+        let yaml = format!(
+            "{}{}{pool}",
+            bootstrap(1, ""),
+            service_entry("reviews", 9080, "HTTP", &[&b])
+        );
+        let p = start(&yaml).await;
+        let mut c = H1::connect(p.out).await;
+        for _ in 0..6 {
+            let r = c.get("reviews", &[]).await;
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+        assert_eq!(
+            b.connections.load(std::sync::atomic::Ordering::SeqCst),
+            expected,
+            "maxRequestsPerConnection {limit:?}"
+        );
+    }
+}

@@ -109,6 +109,21 @@ pub struct UpstreamCluster {
     pub name: Arc<str>,
     /// The selected endpoint's health cell in this cluster.
     pub health: Arc<crate::health::HealthCell>,
+    /// The cluster's `connectionPool.http` settings that the connector applies.
+    pub pool: UpstreamPool,
+}
+
+/// A DestinationRule's `connectionPool.http` settings that concern the upstream connections
+/// themselves (the limits on requests are circuit breaking's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamPool {
+    /// `maxRequestsPerConnection`: requests an upstream connection carries before it is
+    /// closed (`None`: no limit; 1 disables keep-alive). Envoy's
+    /// `max_requests_per_connection`.
+    pub max_requests_per_connection: Option<u32>,
+    /// `idleTimeout`: how long an idle upstream connection is kept (`None`: Envoy's default,
+    /// one hour).
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// What the router decided for a forwarded request: the destination and the route's policy,
@@ -309,6 +324,7 @@ mod tests {
             UpstreamCluster {
                 name: "c".into(),
                 health: Arc::new(crate::health::HealthCell::detached()),
+                pool: UpstreamPool::default(),
             },
         ));
         assert_eq!(selected_endpoint(&ext), Some(&other));

@@ -157,6 +157,7 @@ impl Cluster {
                 let cluster = UpstreamCluster {
                     name: name.clone(),
                     health: health.clone(),
+                    pool: policy.pool,
                 };
                 Host {
                     addr: *addr,

@@ -111,6 +111,8 @@ pub(crate) struct Policy {
     pub(crate) panic_threshold: u32,
     /// `h2UpgradePolicy: UPGRADE`.
     pub(crate) h2_upgrade: bool,
+    /// `connectionPool.http.maxRequestsPerConnection` and `idleTimeout`, for the connector.
+    pub(crate) pool: mesh_core::ext::UpstreamPool,
 }
 
 // === impl Policy ===
@@ -145,6 +147,15 @@ impl Policy {
             .and_then(|c| c.http.as_ref())
             .and_then(|h| h.h2_upgrade_policy)
             .is_some_and(|p| p == H2UpgradePolicy::Upgrade);
+        let http = tp.connection_pool.as_ref().and_then(|c| c.http.as_ref());
+        let pool = mesh_core::ext::UpstreamPool {
+            // Istio: 0 (the proto default) means no limit
+            max_requests_per_connection: http
+                .and_then(|h| h.max_requests_per_connection)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0),
+            idle_timeout: http.and_then(|h| h.idle_timeout).map(|d| d.get()),
+        };
         Policy {
             algorithm,
             hash,
@@ -152,6 +163,7 @@ impl Policy {
             locality,
             panic_threshold,
             h2_upgrade,
+            pool,
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Requests served.
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -130,11 +132,14 @@ fn serve_backend(listener: TcpListener, name: &'static str, handler: Handler) ->
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let count = hits.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let (h, count) = (handler.clone(), count.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
@@ -152,6 +157,7 @@ fn serve_backend(listener: TcpListener, name: &'static str, handler: Handler) ->
         name,
         addr,
         hits,
+        connections,
         task,
     }
 }

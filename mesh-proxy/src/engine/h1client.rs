@@ -40,6 +40,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::MeshBody;
+use mesh_core::ext::UpstreamPool;
 use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
@@ -76,6 +77,11 @@ pub(crate) struct H1Conn {
     read_size: usize,
     /// The pool's sweep count when the connection last went idle (the pool's clock).
     pub(crate) idle_since: u32,
+    /// Sweeps it may stay idle (its cluster's `idleTimeout`).
+    pub(crate) idle_sweeps: u32,
+    /// Exchanges begun on it, and its cluster's `maxRequestsPerConnection`.
+    requests: u32,
+    max_requests: Option<u32>,
 }
 
 /// What is left of the request body to send.
@@ -169,7 +175,22 @@ impl H1Conn {
             tail: b"",
             read_size: MIN_READ,
             idle_since: 0,
+            idle_sweeps: u32::MAX,
+            requests: 0,
+            max_requests: None,
         })
+    }
+
+    /// Takes the connection settings of the cluster of the request about to use it.
+    pub(crate) fn configure(&mut self, pool: UpstreamPool) {
+        self.max_requests = pool.max_requests_per_connection;
+        self.idle_sweeps = super::upstream::idle_sweeps(&pool);
+    }
+
+    /// Whether the connection has carried its `maxRequestsPerConnection` (then it is closed
+    /// rather than pooled).
+    pub(crate) fn spent(&self) -> bool {
+        self.max_requests.is_some_and(|m| self.requests >= m)
     }
 
     /// Whether an idle connection can take a request: nothing (end of stream, reset, stray
@@ -408,6 +429,7 @@ pub(crate) async fn exchange(
     release: fn(SocketAddr, Box<H1Conn>, usize),
 ) -> Result<EngineResponse, Failed> {
     let is_head = req.method() == Method::HEAD;
+    conn.requests = conn.requests.saturating_add(1);
     let mut req = encode_head(&mut conn.wbuf, req, body);
     let mut received = false;
     let mut send_failed = false;

@@ -46,9 +46,13 @@
 //! without a body that meets a pooled connection closed under it (no response byte
 //! received) is sent again on another connection, then on a new one.
 //!
+//! **Connection settings** (DestinationRule `connectionPool.http`, carried by the balancer's
+//! `UpstreamCluster`): `maxRequestsPerConnection` closes an HTTP/1.1 connection after that
+//! many requests (1: no keep-alive), `idleTimeout` (default one hour, Envoy's) closes one
+//! idle that long, checked by the sweep (so to within its two seconds).
+//!
 //! **Differences from Envoy**: no per-endpoint connection limit (circuit breaking lives in
-//! `mesh-resilience`); the upstream idle timeout is Envoy's default, one hour, checked by the
-//! sweep (not yet from `connectionPool.http.idleTimeout`), and HTTP/1.1 only; HTTP/2 uses one
+//! `mesh-resilience`); the two settings above apply to HTTP/1.1 only; HTTP/2 uses one
 //! connection per endpoint and thread.
 //!
 //! ```
@@ -77,7 +81,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
-use mesh_core::ext::{local_reply, selected_endpoint};
+use mesh_core::ext::{SelectedUpstream, UpstreamPool, local_reply, selected_endpoint};
 use tokio::net::TcpStream;
 
 use super::h1client::{self, FailKind, H1Body, H1Conn};
@@ -103,9 +107,14 @@ pub type UpstreamBodyError = Box<dyn std::error::Error + Send + Sync>;
 /// How often idle HTTP/1.1 connections are checked for an upstream close.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
-/// Sweeps an HTTP/1.1 connection may stay idle before it is closed: one hour, Envoy's
-/// default upstream `idle_timeout` (Istio's `connectionPool.http.idleTimeout` default).
-const IDLE_SWEEPS: u32 = 3600 / 2;
+/// How many sweeps an idle HTTP/1.1 connection is kept: its cluster's
+/// `connectionPool.http.idleTimeout`, by default one hour (Envoy's default upstream
+/// `idle_timeout`), rounded up to whole sweeps.
+pub(crate) fn idle_sweeps(pool: &UpstreamPool) -> u32 {
+    let every = SWEEP_EVERY.as_millis();
+    let timeout = pool.idle_timeout.map_or(3_600_000, |d| d.as_millis());
+    u32::try_from(timeout.div_ceil(every).max(1)).unwrap_or(u32::MAX)
+}
 
 /// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed when released.
 const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 1024;
@@ -213,7 +222,12 @@ impl<B: Into<RequestBody>> tower_service::Service<Request<B>> for Connector {
     }
 
     fn call(&mut self, req: Request<B>) -> ConnectorFuture {
-        let Some(ep) = selected_endpoint(req.extensions()) else {
+        // one look-up: the balancer's endpoint and its cluster's connection settings
+        let picked = match req.extensions().get::<SelectedUpstream>() {
+            Some(u) => Some((u.endpoint(), u.cluster().pool)),
+            None => selected_endpoint(req.extensions()).map(|e| (e, UpstreamPool::default())),
+        };
+        let Some((ep, pool)) = picked else {
             return ConnectorFuture(Inner::Ready(Some(local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::NO_HEALTHY_UPSTREAM,
@@ -228,7 +242,7 @@ impl<B: Into<RequestBody>> tower_service::Service<Request<B>> for Connector {
         ConnectorFuture(Inner::Forward(if h2 {
             Box::pin(this.forward_h2(addr, req))
         } else {
-            Box::pin(this.forward_h1(addr, req))
+            Box::pin(this.forward_h1(addr, pool, req))
         }))
     }
 }
@@ -274,7 +288,12 @@ async fn sweep_idle() {
 }
 
 impl Connector {
-    async fn forward_h1(self, addr: SocketAddr, mut req: Request<RequestBody>) -> EngineResponse {
+    async fn forward_h1(
+        self,
+        addr: SocketAddr,
+        pool: UpstreamPool,
+        mut req: Request<RequestBody>,
+    ) -> EngineResponse {
         prepare_h1(&mut req);
         // An empty body is not sent at all, and lets the request be sent again. (The head
         // stays in `req`, borrowed by each attempt: no move of the request's parts.)
@@ -283,7 +302,7 @@ impl Connector {
         loop {
             let pooled = POOL.with(|p| p.borrow_mut().pop_h1(addr));
             let reused = pooled.is_some();
-            let conn = match pooled {
+            let mut conn = match pooled {
                 Some(c) => c,
                 // boxed: keeps the connect state out of every request's future
                 None => match Box::pin(self.connect_h1(addr)).await {
@@ -291,6 +310,7 @@ impl Connector {
                     Err(f) => return f.reply(),
                 },
             };
+            conn.configure(pool);
             let retry_possible = reused && body.is_none();
             match h1client::exchange(
                 conn,
@@ -527,6 +547,9 @@ impl Pool {
     }
 
     fn push_h1(&mut self, addr: SocketAddr, mut conn: Box<H1Conn>, max: usize) {
+        if conn.spent() {
+            return; // `maxRequestsPerConnection` reached: closed
+        }
         conn.idle_since = self.epoch;
         let ep = self.endpoints.entry(addr).or_default();
         if ep.h1_idle.len() < max {
@@ -534,19 +557,15 @@ impl Pool {
         }
     }
 
-    /// Drops idle connections that are no longer usable or idle for [`IDLE_SWEEPS`] sweeps;
-    /// returns how many are left.
+    /// Drops idle connections that are no longer usable or idle for longer than their
+    /// idle timeout; returns how many are left.
     fn sweep(&mut self) -> usize {
-        self.sweep_after(IDLE_SWEEPS)
-    }
-
-    fn sweep_after(&mut self, max_idle_sweeps: u32) -> usize {
         self.epoch = self.epoch.wrapping_add(1);
         let epoch = self.epoch;
         let mut left = 0;
         for ep in self.endpoints.values_mut() {
             ep.h1_idle
-                .retain_mut(|c| epoch.wrapping_sub(c.idle_since) < max_idle_sweeps && c.idle_ok());
+                .retain_mut(|c| epoch.wrapping_sub(c.idle_since) < c.idle_sweeps && c.idle_ok());
             left += ep.h1_idle.len();
         }
         left
@@ -726,17 +745,31 @@ mod tests {
         let a = H1Conn::new(TcpStream::connect(addr).await.unwrap());
         let b = H1Conn::new(TcpStream::connect(addr).await.unwrap());
         let _server_side = accept.await.unwrap();
+        // idleTimeout 6s: three sweeps of two seconds
+        let six = UpstreamPool {
+            idle_timeout: Some(Duration::from_secs(6)),
+            ..UpstreamPool::default()
+        };
+        assert_eq!(idle_sweeps(&six), 3);
+        assert_eq!(
+            idle_sweeps(&UpstreamPool::default()),
+            1800,
+            "Envoy's default: 1h"
+        );
+        let (mut a, mut b) = (a, b);
+        a.configure(six);
+        b.configure(six);
         let mut pool = Pool::default();
         pool.push_h1(addr, a, 10);
-        assert_eq!(pool.sweep_after(3), 1);
+        assert_eq!(pool.sweep(), 1);
         pool.push_h1(addr, b, 10); // idle from the first sweep on
-        assert_eq!(pool.sweep_after(3), 2);
-        assert_eq!(pool.sweep_after(3), 1, "the first is three sweeps idle");
+        assert_eq!(pool.sweep(), 2);
+        assert_eq!(pool.sweep(), 1, "the first is three sweeps idle");
         let b = pool.pop_h1(addr).unwrap(); // used again
         pool.push_h1(addr, b, 10);
-        assert_eq!(pool.sweep_after(3), 1);
-        assert_eq!(pool.sweep_after(3), 1);
-        assert_eq!(pool.sweep_after(3), 0);
+        assert_eq!(pool.sweep(), 1);
+        assert_eq!(pool.sweep(), 1);
+        assert_eq!(pool.sweep(), 0);
     }
 
     #[test]
