@@ -332,23 +332,30 @@ spec:
     }
 }
 
+/// A backend on 127.0.0.1, and one more on the same port at every other address `localhost`
+/// resolves to here, so that whichever address a DNS service picks answers.
+async fn localhost_backends(name: &'static str) -> (Backend, Vec<Backend>) {
+    let first = backend(name).await;
+    let mut extra = Vec::new();
+    for a in std::net::ToSocketAddrs::to_socket_addrs(&("localhost", first.port())).unwrap() {
+        if a.ip() != first.addr.ip() {
+            match backend_on(a, name).await {
+                Some(b) => extra.push(b),
+                None => panic!("localhost resolves to {a}, which cannot be bound here"),
+            }
+        }
+    }
+    (first, extra)
+}
+
 /// ServiceEntry `resolution: DNS` (Istio: "DNS resolution ... all addresses are endpoints";
 /// Envoy STRICT_DNS cluster): the proxy resolves the endpoint hostname `localhost` and sends
 /// traffic to its addresses. Every address `localhost` resolves to here gets a backend on
 /// the same port, so whichever the balancer picks answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_service_entry_resolves_endpoint_hostnames() {
-    let first = backend("dns").await;
+    let (first, extra) = localhost_backends("dns").await;
     let port = first.port();
-    let mut extra = Vec::new();
-    for a in std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port)).unwrap() {
-        if a.ip() != first.addr.ip() {
-            match backend_on(a, "dns").await {
-                Some(b) => extra.push(b),
-                None => panic!("localhost resolves to {a}, which cannot be bound here"),
-            }
-        }
-    }
     let yaml = format!(
         "{}---
 apiVersion: networking.istio.io/v1
@@ -378,17 +385,8 @@ spec:
 /// and serves it as soon as that configuration is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dns_service_added_by_a_reload_resolves() {
-    let b = backend("dns").await;
+    let (b, _extra) = localhost_backends("dns").await;
     let port = b.port();
-    let mut extra = Vec::new();
-    for a in std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port)).unwrap() {
-        if a.ip() != b.addr.ip() {
-            match backend_on(a, "dns").await {
-                Some(x) => extra.push(x),
-                None => panic!("localhost resolves to {a}, which cannot be bound here"),
-            }
-        }
-    }
     let boot = bootstrap(1, "  mesh:\n    outboundTrafficPolicy: REGISTRY_ONLY\n");
     let p = start(&format!(
         "{boot}{}",

@@ -42,6 +42,12 @@ impl Error {
         self
     }
 
+    /// The error, under the mapping key `k` (cold: only errors pay for the key's text).
+    #[cold]
+    fn at_key(self, k: &MarkedYaml<'_>) -> Self {
+        self.at(Segment::Key(key_text(k).unwrap_or_default()))
+    }
+
     /// The path from the node deserialised to where the error happened, outermost first.
     pub(crate) fn path(&self) -> impl Iterator<Item = &Segment> {
         self.rev_path.iter().rev()
@@ -216,7 +222,7 @@ where
                 let text = key_text(k).ok_or_else(|| Error::new("mapping keys must be scalars"))?;
                 seed.deserialize(Key(text))
                     .map(Some)
-                    .map_err(|e| e.at(Segment::Key(key_text(k).unwrap_or_default())))
+                    .map_err(|e| e.at_key(k))
             }
             None => Ok(None),
         }
@@ -224,9 +230,7 @@ where
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
         match self.entry.take() {
-            Some((k, v)) => seed
-                .deserialize(Node(v))
-                .map_err(|e| e.at(Segment::Key(key_text(k).unwrap_or_default()))),
+            Some((k, v)) => seed.deserialize(Node(v)).map_err(|e| e.at_key(k)),
             None => Err(Error::new("value without a key")),
         }
     }

@@ -186,20 +186,17 @@ impl HeaderOps {
         if self.empty {
             return;
         }
-        let values = if self.dynamic {
-            self.format(&FormatCtx::of(req))
-        } else {
-            Vec::new()
-        };
+        let values = self.format(req);
         self.apply_ops(req.headers_mut(), values);
     }
 
     /// The formatted values for this request (empty when there are none), for
     /// [`apply`](Self::apply) on the response.
-    pub(crate) fn format(&self, ctx: &FormatCtx<'_>) -> Formatted {
+    pub(crate) fn format<B>(&self, req: &Request<B>) -> Formatted {
         if !self.dynamic {
             return Vec::new();
         }
+        let ctx = &FormatCtx::of(req);
         self.set
             .iter()
             .chain(self.add.iter())

@@ -141,7 +141,6 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::action::{CorsDecision, Formatted, split_port};
-use crate::format::FormatCtx;
 use crate::mirror::Mirrors;
 use crate::table::{
     Action, CompiledRoute, Forward, RouteTable, RouteTableHandle, Selected, next_seed, view_of,
@@ -374,7 +373,7 @@ fn plan<'t, B, R>(table: &'t RouteTable, req: &Request<B>, rng: &mut fastrand::R
             };
         }
     };
-    let values = route.headers.response.format(&FormatCtx::of(req));
+    let values = route.headers.response.format(req);
     route.headers.response.apply(local.headers_mut(), values);
     if let (Some(c), Some(o)) = (&route.cors, &cors_origin) {
         c.on_response(o, local.headers_mut());
@@ -475,16 +474,13 @@ where
                 let needs_post = cors_origin.is_some()
                     || !route.headers.response.is_empty()
                     || !chosen.headers.response.is_empty();
-                needs_post.then(|| {
-                    // response values that format request data are computed now
-                    let ctx = FormatCtx::of(&req);
-                    PostOps {
-                        route_values: route.headers.response.format(&ctx),
-                        dest_values: chosen.headers.response.format(&ctx),
-                        route: route.clone(),
-                        dest,
-                        cors_origin,
-                    }
+                // response values that format request data are computed now
+                needs_post.then(|| PostOps {
+                    route_values: route.headers.response.format(&req),
+                    dest_values: chosen.headers.response.format(&req),
+                    route: route.clone(),
+                    dest,
+                    cors_origin,
                 })
             }
         };

@@ -27,13 +27,13 @@
 //! The request body streams while the response is read (an upstream may answer early, or
 //! stream its answer while the upload goes on); the response body streams to the caller.
 
-use std::fmt::Write as _;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write as _};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
+use super::headers::{CONNECTION, TRANSFER_ENCODING, connection_tokens, hop_by_hop_bit};
 use super::reqbody::{RequestBody, RequestBodyError};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -44,7 +44,7 @@ use mesh_core::ext::UpstreamPool;
 use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
-use super::upstream::{EngineResponse, UpstreamBody};
+use super::upstream::{EngineResponse, UpstreamBody, release_h1_conn};
 
 /// The largest response head (status line and header fields) accepted from an upstream;
 /// Envoy's `max_response_headers_kb` defaults to 60.
@@ -355,7 +355,7 @@ impl ReqBody {
                 Ok(data) if data.is_empty() => {}
                 Ok(data) => {
                     if self.chunked {
-                        let _ = write!(HexOut(&mut out.wbuf), "{:x}\r\n", data.len());
+                        let _ = write!(out.wbuf, "{:x}\r\n", data.len());
                     } else {
                         let len = data.len() as u64;
                         if len > self.remaining {
@@ -398,16 +398,6 @@ impl ReqBody {
     }
 }
 
-/// `fmt::Write` into a byte vector (for the chunk-size line).
-struct HexOut<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for HexOut<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
 fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
@@ -418,15 +408,14 @@ fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 // === the exchange ===
 
 /// Sends one request (head from `req`, body `body`) over `conn` and reads the response
-/// head. A response that arrived whole returns the connection to the pool (through
-/// `release`) before this returns; otherwise the connection travels in the response body.
+/// head. A response that arrived whole returns the connection to the pool before this
+/// returns; otherwise the connection travels in the response body.
 pub(crate) async fn exchange(
     mut conn: Box<H1Conn>,
     req: &Request<RequestBody>,
     body: Option<RequestBody>,
     addr: SocketAddr,
     max_idle: usize,
-    release: fn(SocketAddr, Box<H1Conn>, usize),
 ) -> Result<EngineResponse, Failed> {
     let is_head = req.method() == Method::HEAD;
     conn.requests = conn.requests.saturating_add(1);
@@ -476,7 +465,7 @@ pub(crate) async fn exchange(
             reusable &= req.is_none() && conn.buf.is_empty();
             if reusable {
                 conn.read_size = MIN_READ;
-                release(addr, conn, max_idle);
+                release_h1_conn(addr, conn, max_idle);
             }
             UpstreamBody::full(bytes)
         }
@@ -531,7 +520,7 @@ fn encode_head(
         match declared.or_else(|| body.size_hint().exact()) {
             Some(n) => {
                 if declared.is_none() {
-                    let _ = write!(HexOut(out), "content-length: {n}\r\n");
+                    let _ = write!(out, "content-length: {n}\r\n");
                 }
                 ReqBody {
                     body,
@@ -603,16 +592,30 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, ()> {
         let code = res.code.ok_or(())?;
         let http10 = res.version == Some(0);
         let n = record_offsets(buf.as_ptr(), res.headers, &mut offsets);
-        if interim(code)? {
-            buf.advance(len);
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            continue;
+        match finish_head(buf, len, code, http10, &offsets[..n], is_head)? {
+            Some(head) => return Ok(Some(head)),
+            None if buf.is_empty() => return Ok(None),
+            None => {} // an interim response: the next one follows
         }
-        let head = buf.split_to(len).freeze();
-        return build_head(&head, &offsets[..n], code, http10, is_head).map(Some);
     }
+}
+
+/// After a complete parse of `len` bytes: an interim response is consumed (`None`), a final
+/// one split off, frozen and built.
+fn finish_head(
+    buf: &mut BytesMut,
+    len: usize,
+    code: u16,
+    http10: bool,
+    fields: &[Field],
+    is_head: bool,
+) -> Result<Option<Head>, ()> {
+    if interim(code)? {
+        buf.advance(len);
+        return Ok(None);
+    }
+    let head = buf.split_to(len).freeze();
+    build_head(&head, fields, code, http10, is_head).map(Some)
 }
 
 #[cold]
@@ -628,12 +631,10 @@ fn parse_head_heap(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, ()
     let http10 = res.version == Some(0);
     let mut offsets = vec![[0; 4]; res.headers.len()];
     let n = record_offsets(buf.as_ptr(), res.headers, &mut offsets);
-    if interim(code)? {
-        buf.advance(len);
-        return parse_head(buf, is_head);
+    match finish_head(buf, len, code, http10, &offsets[..n], is_head)? {
+        Some(head) => Ok(Some(head)),
+        None => parse_head(buf, is_head),
     }
-    let head = buf.split_to(len).freeze();
-    build_head(&head, &offsets[..n], code, http10, is_head).map(Some)
 }
 
 /// Whether `code` is an interim response to skip; `101` (an upgrade) is refused.
@@ -688,8 +689,8 @@ fn build_head(
         let name = head.get(no as usize..(no + nl) as usize).ok_or(())?;
         let value_range = vo as usize..(vo + vl) as usize;
         let raw_value = head.get(value_range.clone()).ok_or(())?;
-        match hop_kind(name) {
-            Hop::No => {
+        match hop_by_hop_bit(name) {
+            0 => {
                 let name = HeaderName::from_bytes(name).map_err(|_| ())?;
                 let value =
                     HeaderValue::from_maybe_shared(head.slice(value_range)).map_err(|_| ())?;
@@ -703,21 +704,18 @@ fn build_head(
                 }
                 headers.append(name, value);
             }
-            Hop::Connection => {
-                for token in raw_value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
+            CONNECTION => {
+                for token in connection_tokens(raw_value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         keep_alive = true;
-                    } else if !token.is_empty()
-                        && let Ok(n) = HeaderName::from_bytes(token)
-                    {
+                    } else if let Ok(n) = HeaderName::from_bytes(token) {
                         named.push(n);
                     }
                 }
             }
-            Hop::TransferEncoding => {
+            TRANSFER_ENCODING => {
                 transfer_encoding = true;
                 // chunked must be the final coding (RFC 9112 §6.3 rule 4)
                 chunked = raw_value
@@ -725,7 +723,8 @@ fn build_head(
                     .next()
                     .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
-            Hop::Other => {}
+            // `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade`: dropped
+            _ => {}
         }
     }
     for n in named {
@@ -773,29 +772,6 @@ fn build_head(
     })
 }
 
-enum Hop {
-    No,
-    Connection,
-    TransferEncoding,
-    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade`, `Trailer`-less hop-by-hop fields:
-    /// dropped.
-    Other,
-}
-
-/// Classifies a field name (any case) as end-to-end or hop-by-hop (RFC 9110 §7.6.1).
-#[inline]
-fn hop_kind(name: &[u8]) -> Hop {
-    match name.len() {
-        2 if name.eq_ignore_ascii_case(b"te") => Hop::Other,
-        7 if name.eq_ignore_ascii_case(b"upgrade") => Hop::Other,
-        10 if name.eq_ignore_ascii_case(b"connection") => Hop::Connection,
-        10 if name.eq_ignore_ascii_case(b"keep-alive") => Hop::Other,
-        16 if name.eq_ignore_ascii_case(b"proxy-connection") => Hop::Other,
-        17 if name.eq_ignore_ascii_case(b"transfer-encoding") => Hop::TransferEncoding,
-        _ => Hop::No,
-    }
-}
-
 fn parse_content_length(v: &[u8]) -> Result<u64, ()> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
@@ -817,7 +793,7 @@ impl H1Body {
             && conn.output_empty()
         {
             conn.read_size = MIN_READ;
-            super::upstream::release_h1_conn(self.addr, conn, self.max_idle);
+            release_h1_conn(self.addr, conn, self.max_idle);
         }
         self.req = None;
     }
@@ -1051,7 +1027,7 @@ fn trailer_map(bytes: &Bytes, fields: &[Field]) -> Result<HeaderMap, BodyError> 
         let name = bytes
             .get(no as usize..(no + nl) as usize)
             .ok_or(BodyError("malformed trailer name"))?;
-        if !matches!(hop_kind(name), Hop::No) {
+        if hop_by_hop_bit(name) != 0 {
             continue;
         }
         let name = HeaderName::from_bytes(name).map_err(|_| BodyError("malformed trailer name"))?;

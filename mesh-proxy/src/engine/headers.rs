@@ -20,11 +20,11 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
 
-const CONNECTION: u8 = 1 << 0;
+pub(crate) const CONNECTION: u8 = 1 << 0;
 const KEEP_ALIVE: u8 = 1 << 1;
 const PROXY_CONNECTION: u8 = 1 << 2;
 const TE: u8 = 1 << 3;
-const TRANSFER_ENCODING: u8 = 1 << 4;
+pub(crate) const TRANSFER_ENCODING: u8 = 1 << 4;
 const UPGRADE: u8 = 1 << 5;
 
 /// Why the listener refused a request before it reached the stack (answered with `400`, or
@@ -78,26 +78,34 @@ pub(crate) fn unsupported_version(bytes: &mut [u8]) -> Option<bool> {
 
 /// Which hop-by-hop headers a map holds, as a bit set; `0` (the common case) means none.
 fn hop_by_hop_present(h: &HeaderMap) -> u8 {
-    let mut present = 0;
-    for name in h.keys() {
-        present |= if name == header::CONNECTION {
-            CONNECTION
-        } else if name == header::TE {
-            TE
-        } else if name == header::TRANSFER_ENCODING {
-            TRANSFER_ENCODING
-        } else if name == header::UPGRADE {
-            UPGRADE
-        } else {
-            // not standard names in `http`: compare the lower-case text, by length first
-            match name.as_str().len() {
-                10 if name.as_str() == "keep-alive" => KEEP_ALIVE,
-                16 if name.as_str() == "proxy-connection" => PROXY_CONNECTION,
-                _ => 0,
-            }
-        };
+    h.keys().fold(0, |present, name| {
+        present | hop_by_hop_bit(name.as_str().as_bytes())
+    })
+}
+
+/// The hop-by-hop field a name (raw bytes, any case) stands for, as its bit; `0` for an
+/// end-to-end field (RFC 9110 §7.6.1). The length is compared first, so most names cost one
+/// comparison.
+#[inline]
+pub(crate) fn hop_by_hop_bit(name: &[u8]) -> u8 {
+    match name.len() {
+        2 if name.eq_ignore_ascii_case(b"te") => TE,
+        7 if name.eq_ignore_ascii_case(b"upgrade") => UPGRADE,
+        10 if name.eq_ignore_ascii_case(b"connection") => CONNECTION,
+        10 if name.eq_ignore_ascii_case(b"keep-alive") => KEEP_ALIVE,
+        16 if name.eq_ignore_ascii_case(b"proxy-connection") => PROXY_CONNECTION,
+        17 if name.eq_ignore_ascii_case(b"transfer-encoding") => TRANSFER_ENCODING,
+        _ => 0,
     }
-    present
+}
+
+/// The options of a `Connection` field value: its comma-separated tokens, trimmed, empty
+/// ones skipped.
+pub(crate) fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1: `Connection` and every header it names,
@@ -117,21 +125,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         let mut named: Vec<HeaderName> = Vec::new();
         if let header::Entry::Occupied(e) = h.entry(header::CONNECTION) {
             for v in e.remove_entry_mult().1 {
-                let v = v.as_bytes();
-                if v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") {
-                    continue; // the usual single option
-                }
-                let Ok(v) = std::str::from_utf8(v) else {
-                    continue;
-                };
-                for t in v.split(',').map(str::trim) {
-                    if t.is_empty()
-                        || t.eq_ignore_ascii_case("close")
-                        || t.eq_ignore_ascii_case("keep-alive")
-                    {
+                for t in connection_tokens(v.as_bytes()) {
+                    if t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive") {
                         continue;
                     }
-                    if let Ok(n) = HeaderName::from_bytes(t.as_bytes())
+                    if let Ok(n) = HeaderName::from_bytes(t)
                         && n != header::HOST
                     {
                         named.push(n);

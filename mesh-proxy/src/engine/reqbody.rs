@@ -28,13 +28,8 @@ pub const SHADOW_BUFFER_BYTES: usize = 1024 * 1024;
 const FRAME_COST: usize = 64;
 
 /// What a frame handed to a copy counts against its budget.
-fn queued_cost(frame: &Result<Frame<Bytes>, ()>) -> usize {
-    FRAME_COST
-        + frame
-            .as_ref()
-            .ok()
-            .and_then(|f| f.data_ref())
-            .map_or(0, Bytes::len)
+fn queued_cost(frame: &Frame<Bytes>) -> usize {
+    FRAME_COST + frame.data_ref().map_or(0, Bytes::len)
 }
 
 /// The error type of [`RequestBody`].
@@ -93,7 +88,7 @@ impl RequestBody {
 
     /// A copy of this body for a mirrored request, or `None` when this body is itself a
     /// copy. An empty body is copied as empty; a streaming one becomes a tee (see the
-    /// [module docs](self)).
+    /// docs of `RequestBody`'s module).
     pub fn tee(&mut self) -> Option<RequestBody> {
         if self.is_end_stream() {
             return Some(RequestBody::empty());
@@ -239,7 +234,7 @@ impl Copy {
     /// Hands a frame to the copy; `false` (and the copy abandoned) when it lags too far
     /// behind or is gone.
     fn offer(&self, frame: Result<Frame<Bytes>, ()>) -> bool {
-        let len = queued_cost(&frame);
+        let len = frame.as_ref().map_or(0, queued_cost);
         let queued = self.state.queued.fetch_add(len, Ordering::AcqRel) + len;
         if queued <= SHADOW_BUFFER_BYTES && self.tx.send(frame).is_ok() {
             return true;
@@ -266,7 +261,7 @@ impl Shadow {
         }
         match std::task::ready!(self.rx.poll_recv(cx)) {
             Some(Ok(frame)) => {
-                let len = FRAME_COST + frame.data_ref().map_or(0, Bytes::len);
+                let len = queued_cost(&frame);
                 self.state.queued.fetch_sub(len, Ordering::AcqRel);
                 Poll::Ready(Some(Ok(frame)))
             }

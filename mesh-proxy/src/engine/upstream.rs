@@ -6,9 +6,9 @@
 //! [`WorkerContext::connector`](super::WorkerContext::connector)), or alone as a pooled
 //! HTTP/1.1 and HTTP/2 (prior knowledge) client in any tokio program.
 //!
-//! **Reads**: [`SelectedEndpoint`](mesh_core::ext::SelectedEndpoint) from the request
-//! extensions (`addr`, `http2`), through [`selected_endpoint`]: the balancer's
-//! `SelectedUpstream`, else a standalone one.
+//! **Reads**: the balancer's `SelectedUpstream` from the request extensions (the endpoint's
+//! `addr` and `http2`, its cluster's connection settings), else a standalone
+//! [`SelectedEndpoint`] (with default settings).
 //! **Writes**: on failures it makes, a local reply with [`ResponseFlags`] in the extensions
 //! and the `x-mesh-response-flags` header:
 //!
@@ -32,7 +32,7 @@
 //! HTTP/2); to an HTTP/2 upstream the client's `Host` becomes `:authority`. Bodies stream both
 //! ways, never buffered.
 //!
-//! **HTTP/1.1** is the engine's own client ([`h1client`](super::h1client)): the request's
+//! **HTTP/1.1** is the engine's own client (`engine/h1client.rs`): the request's
 //! task writes the request and reads the response on the pooled connection itself, with no
 //! connection task, channel or hand-off in between. **HTTP/2** is hyper's client.
 //!
@@ -81,7 +81,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
-use mesh_core::ext::{SelectedUpstream, UpstreamPool, local_reply, selected_endpoint};
+use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamPool, local_reply};
 use tokio::net::TcpStream;
 
 use super::h1client::{self, FailKind, H1Body, H1Conn};
@@ -225,7 +225,10 @@ impl<B: Into<RequestBody>> tower_service::Service<Request<B>> for Connector {
         // one look-up: the balancer's endpoint and its cluster's connection settings
         let picked = match req.extensions().get::<SelectedUpstream>() {
             Some(u) => Some((u.endpoint(), u.cluster().pool)),
-            None => selected_endpoint(req.extensions()).map(|e| (e, UpstreamPool::default())),
+            None => req
+                .extensions()
+                .get::<SelectedEndpoint>()
+                .map(|e| (e, UpstreamPool::default())),
         };
         let Some((ep, pool)) = picked else {
             return ConnectorFuture(Inner::Ready(Some(local_reply(
@@ -312,15 +315,8 @@ impl Connector {
             };
             conn.configure(pool);
             let retry_possible = reused && body.is_none();
-            match h1client::exchange(
-                conn,
-                &req,
-                body.take(),
-                addr,
-                self.max_idle_per_endpoint,
-                release_h1_conn,
-            )
-            .await
+            match h1client::exchange(conn, &req, body.take(), addr, self.max_idle_per_endpoint)
+                .await
             {
                 Ok(res) => return res,
                 // the pooled connection was closed under us before any answer: again
