@@ -72,7 +72,7 @@ impl de::Error for Error {
 #[derive(Clone, Copy)]
 pub(crate) struct Node<'a, 'input>(pub(crate) &'a MarkedYaml<'input>);
 
-fn resolve<'a, 'input>(mut n: &'a MarkedYaml<'input>) -> &'a MarkedYaml<'input> {
+pub(crate) fn resolve<'a, 'input>(mut n: &'a MarkedYaml<'input>) -> &'a MarkedYaml<'input> {
     while let YamlData::Tagged(_, inner) = &n.data {
         n = inner;
     }

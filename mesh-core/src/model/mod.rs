@@ -228,6 +228,9 @@ pub struct Resource {
     pub spec: Spec,
     /// Where it came from.
     pub origin: Origin,
+    /// What it says that this version does not enforce (found by the loader, with
+    /// positions; see [`support`](crate::support)).
+    pub unenforced: Vec<crate::support::Unenforced>,
 }
 
 // === impl Resource ===

@@ -1,0 +1,1702 @@
+//! The support table itself: one row per field of every kind the loader parses.
+//!
+//! Keep it in step with the model (`crate::model`): a test compares it with the fields the
+//! loader accepts, and another with `docs/istio-support.md`. When a feature lands, flip its
+//! rows to [`Status::Enforced`] in the same change.
+
+use saphyr::{MarkedYaml, YamlData};
+
+use super::Shape::{Leaf, Map, Seq, Struct};
+use super::{Area, Custom, FieldDef, KindDef, Shape, Status, TypeDef, Values, Verdict};
+use crate::model::Kind;
+use crate::yamlde::{key_text, resolve};
+
+const fn field(name: &'static str, shape: Shape, status: Status, note: &'static str) -> FieldDef {
+    FieldDef {
+        name,
+        shape,
+        status,
+        note,
+    }
+}
+
+/// Every kind, in `Kind::ALL` order.
+pub(super) static KINDS: &[KindDef] = &[
+    KindDef {
+        kind: Kind::VirtualService,
+        status: Status::Enforced,
+        note: "",
+        spec: &VIRTUAL_SERVICE,
+    },
+    KindDef {
+        kind: Kind::DestinationRule,
+        status: Status::Enforced,
+        note: "",
+        spec: &DESTINATION_RULE,
+    },
+    KindDef {
+        kind: Kind::ServiceEntry,
+        status: Status::Enforced,
+        note: "",
+        spec: &SERVICE_ENTRY,
+    },
+    KindDef {
+        kind: Kind::WorkloadEntry,
+        status: Status::Enforced,
+        note: "",
+        spec: &WORKLOAD_ENTRY,
+    },
+    KindDef {
+        kind: Kind::Gateway,
+        status: Status::NotYet(Area::GatewaysL4),
+        note: "this version runs no gateway listener; VirtualServices bound to a gateway only are not served",
+        spec: &GATEWAY,
+    },
+    KindDef {
+        kind: Kind::Sidecar,
+        status: Status::Enforced,
+        note: "",
+        spec: &SIDECAR,
+    },
+    KindDef {
+        kind: Kind::PeerAuthentication,
+        status: Status::Enforced,
+        note: "",
+        spec: &PEER_AUTHENTICATION,
+    },
+    KindDef {
+        kind: Kind::AuthorizationPolicy,
+        status: Status::Custom(&AUTHZ_KIND),
+        note: "",
+        spec: &AUTHORIZATION_POLICY,
+    },
+    KindDef {
+        kind: Kind::RequestAuthentication,
+        status: Status::Refused(Area::Security),
+        note: "",
+        spec: &REQUEST_AUTHENTICATION,
+    },
+    KindDef {
+        kind: Kind::ProxyBootstrap,
+        status: Status::Enforced,
+        note: "",
+        spec: &PROXY_BOOTSTRAP,
+    },
+];
+
+// === statuses that depend on the value ===
+
+/// DestinationRule `tls.mode`: plaintext only.
+static TLS_MODE: Values = Values {
+    cases: &[("DISABLE", Verdict::Enforced)],
+    otherwise: Verdict::Refused(Area::Security),
+};
+
+/// PeerAuthentication `mtls.mode`: the inbound listener speaks plaintext only, so `DISABLE`
+/// is what it does, `STRICT` would be a lie, and `PERMISSIVE` (Istio's default) is half true.
+static MTLS_MODE: Values = Values {
+    cases: &[
+        ("DISABLE", Verdict::Enforced),
+        ("PERMISSIVE", Verdict::NotYet(Area::Security)),
+        ("UNSET", Verdict::NotYet(Area::Security)),
+    ],
+    otherwise: Verdict::Refused(Area::Security),
+};
+
+/// Sidecar `egress[].hosts`: only the host that restricts nothing.
+static EGRESS_HOSTS: Values = Values {
+    cases: &[("*/*", Verdict::Enforced)],
+    otherwise: Verdict::Refused(Area::Security),
+};
+
+/// Sidecar `outboundTrafficPolicy.mode`: `REGISTRY_ONLY` restricts egress.
+static SIDECAR_OUTBOUND_MODE: Values = Values {
+    cases: &[("ALLOW_ANY", Verdict::NotYet(Area::GatewaysL4))],
+    otherwise: Verdict::Refused(Area::Security),
+};
+
+/// ServiceEntry `resolution`.
+static RESOLUTION: Values = Values {
+    cases: &[("DYNAMIC_DNS", Verdict::NotYet(Area::Later))],
+    otherwise: Verdict::Enforced,
+};
+
+/// ServiceEntry `ports[]`: HTTP ports are routed; L4 ones are not proxied yet.
+static L4_PORTS: Custom = Custom {
+    doc: "HTTP, HTTP2, GRPC, GRPC-WEB and HTTP_PROXY ports (and ports without a protocol, detected as HTTP) are enforced; TCP, TLS, HTTPS, MONGO, MYSQL, REDIS and other L4 ports are not yet (gateways and L4)",
+    check: l4_port,
+};
+
+/// AuthorizationPolicy: refused, except in dry run (`istio.io/dry-run: "true"`), which
+/// Istio never enforces either.
+static AUTHZ_KIND: Custom = Custom {
+    doc: "refused (security); a dry-run policy (annotation `istio.io/dry-run: \"true\"`) is accepted with a warning, as Istio only logs its decisions",
+    check: authz_kind,
+};
+
+/// A mapping's value under `key`.
+fn child<'a, 'b>(n: &'a MarkedYaml<'b>, key: &str) -> Option<&'a MarkedYaml<'b>> {
+    match &resolve(n).data {
+        YamlData::Mapping(m) => m
+            .iter()
+            .find(|(k, _)| key_text(k).as_deref() == Some(key))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+fn l4_port(port: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
+    use crate::compile::Protocol;
+    use crate::model::networking::ServicePort;
+    let text = |key| child(port, key).and_then(key_text);
+    let sp = ServicePort {
+        number: text("number").and_then(|n| n.parse().ok()).unwrap_or(0),
+        protocol: text("protocol"),
+        name: text("name").unwrap_or_default(),
+        target_port: None,
+    };
+    // as the route table decides which ports get HTTP virtual hosts
+    let proto = Protocol::of(&sp);
+    let http = proto.is_http()
+        || (sp.protocol.is_none()
+            && proto == Protocol::Tcp
+            && !sp.name.to_ascii_lowercase().starts_with("tcp"));
+    if http {
+        return None;
+    }
+    let named = sp
+        .protocol
+        .clone()
+        .unwrap_or_else(|| format!("named {:?}", sp.name));
+    Some((
+        Verdict::NotYet(Area::GatewaysL4),
+        format!("port {} ({named}) is ", sp.number),
+    ))
+}
+
+fn authz_kind(doc: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
+    let dry_run = child(doc, "metadata")
+        .and_then(|m| child(m, "annotations"))
+        .and_then(|a| child(a, crate::validate::common::DRY_RUN_ANNOTATION))
+        .and_then(key_text)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    Some(if dry_run {
+        (
+            Verdict::NotYet(Area::Security),
+            "AuthorizationPolicy (dry run) is ".into(),
+        )
+    } else {
+        (
+            Verdict::Refused(Area::Security),
+            "AuthorizationPolicy is ".into(),
+        )
+    })
+}
+
+// === the types ===
+
+static VIRTUAL_SERVICE: TypeDef = TypeDef {
+    name: "VirtualService",
+    fields: &[
+        field("hosts", Leaf, Status::Enforced, ""),
+        field("gateways", Leaf, Status::Enforced, ""),
+        field("http", Seq(&HTTP_ROUTE), Status::Enforced, ""),
+        field("tls", Seq(&TLS_ROUTE), Status::NotYet(Area::GatewaysL4), ""),
+        field("tcp", Seq(&TCP_ROUTE), Status::NotYet(Area::GatewaysL4), ""),
+        field("exportTo", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static HTTP_ROUTE: TypeDef = TypeDef {
+    name: "HttpRoute",
+    fields: &[
+        field("name", Leaf, Status::Enforced, ""),
+        field("match", Seq(&HTTP_MATCH_REQUEST), Status::Enforced, ""),
+        field("route", Seq(&HTTP_ROUTE_DESTINATION), Status::Enforced, ""),
+        field("redirect", Struct(&HTTP_REDIRECT), Status::Enforced, ""),
+        field(
+            "directResponse",
+            Struct(&HTTP_DIRECT_RESPONSE),
+            Status::Enforced,
+            "",
+        ),
+        field("delegate", Struct(&DELEGATE), Status::Enforced, ""),
+        field("rewrite", Struct(&HTTP_REWRITE), Status::Enforced, ""),
+        field(
+            "timeout",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "no timeout is applied (Istio: off by default too)",
+        ),
+        field(
+            "retries",
+            Struct(&HTTP_RETRY),
+            Status::NotYet(Area::Resilience),
+            "no request is retried; Istio retries twice by default",
+        ),
+        field(
+            "fault",
+            Struct(&HTTP_FAULT_INJECTION),
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field("mirror", Struct(&DESTINATION), Status::Enforced, ""),
+        field("mirrors", Seq(&HTTP_MIRROR_POLICY), Status::Enforced, ""),
+        field("mirrorPercent", Leaf, Status::Enforced, ""),
+        field("mirrorPercentage", Struct(&PERCENT), Status::Enforced, ""),
+        field("corsPolicy", Struct(&CORS_POLICY), Status::Enforced, ""),
+        field("headers", Struct(&HEADERS), Status::Enforced, ""),
+    ],
+};
+
+static HTTP_MATCH_REQUEST: TypeDef = TypeDef {
+    name: "HttpMatchRequest",
+    fields: &[
+        field("name", Leaf, Status::Enforced, ""),
+        field("uri", Struct(&STRING_MATCH), Status::Enforced, ""),
+        field("scheme", Struct(&STRING_MATCH), Status::Enforced, ""),
+        field("method", Struct(&STRING_MATCH), Status::Enforced, ""),
+        field("authority", Struct(&STRING_MATCH), Status::Enforced, ""),
+        field("headers", Map(&STRING_MATCH), Status::Enforced, ""),
+        field("port", Leaf, Status::Enforced, ""),
+        field("sourceLabels", Leaf, Status::Enforced, ""),
+        field("gateways", Leaf, Status::Enforced, ""),
+        field("queryParams", Map(&STRING_MATCH), Status::Enforced, ""),
+        field("ignoreUriCase", Leaf, Status::Enforced, ""),
+        field("withoutHeaders", Map(&STRING_MATCH), Status::Enforced, ""),
+        field("sourceNamespace", Leaf, Status::Enforced, ""),
+        field("statPrefix", Leaf, Status::NotYet(Area::Telemetry), ""),
+    ],
+};
+
+static STRING_MATCH: TypeDef = TypeDef {
+    name: "StringMatch",
+    fields: &[
+        field("exact", Leaf, Status::Enforced, ""),
+        field("prefix", Leaf, Status::Enforced, ""),
+        field("regex", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static HTTP_ROUTE_DESTINATION: TypeDef = TypeDef {
+    name: "HttpRouteDestination",
+    fields: &[
+        field("destination", Struct(&DESTINATION), Status::Enforced, ""),
+        field("weight", Leaf, Status::Enforced, ""),
+        field("headers", Struct(&HEADERS), Status::Enforced, ""),
+    ],
+};
+
+static DESTINATION: TypeDef = TypeDef {
+    name: "Destination",
+    fields: &[
+        field("host", Leaf, Status::Enforced, ""),
+        field("subset", Leaf, Status::Enforced, ""),
+        field("port", Struct(&PORT_SELECTOR), Status::Enforced, ""),
+    ],
+};
+
+static PORT_SELECTOR: TypeDef = TypeDef {
+    name: "PortSelector",
+    fields: &[field("number", Leaf, Status::Enforced, "")],
+};
+
+static HEADERS: TypeDef = TypeDef {
+    name: "Headers",
+    fields: &[
+        field("request", Struct(&HEADER_OPERATIONS), Status::Enforced, ""),
+        field("response", Struct(&HEADER_OPERATIONS), Status::Enforced, ""),
+    ],
+};
+
+static HEADER_OPERATIONS: TypeDef = TypeDef {
+    name: "HeaderOperations",
+    fields: &[
+        field("set", Leaf, Status::Enforced, ""),
+        field("add", Leaf, Status::Enforced, ""),
+        field("remove", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static HTTP_REDIRECT: TypeDef = TypeDef {
+    name: "HttpRedirect",
+    fields: &[
+        field("uri", Leaf, Status::Enforced, ""),
+        field("authority", Leaf, Status::Enforced, ""),
+        field("port", Leaf, Status::Enforced, ""),
+        field("derivePort", Leaf, Status::Enforced, ""),
+        field("scheme", Leaf, Status::Enforced, ""),
+        field("redirectCode", Leaf, Status::Enforced, ""),
+        field("prefixRewrite", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static HTTP_DIRECT_RESPONSE: TypeDef = TypeDef {
+    name: "HttpDirectResponse",
+    fields: &[
+        field("status", Leaf, Status::Enforced, ""),
+        field("body", Struct(&HTTP_BODY), Status::Enforced, ""),
+    ],
+};
+
+static HTTP_BODY: TypeDef = TypeDef {
+    name: "HttpBody",
+    fields: &[
+        field("string", Leaf, Status::Enforced, ""),
+        field("bytes", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static DELEGATE: TypeDef = TypeDef {
+    name: "Delegate",
+    fields: &[
+        field("name", Leaf, Status::Enforced, ""),
+        field("namespace", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static HTTP_REWRITE: TypeDef = TypeDef {
+    name: "HttpRewrite",
+    fields: &[
+        field("uri", Leaf, Status::Enforced, ""),
+        field("authority", Leaf, Status::Enforced, ""),
+        field(
+            "uriRegexRewrite",
+            Struct(&REGEX_REWRITE),
+            Status::Enforced,
+            "",
+        ),
+    ],
+};
+
+static REGEX_REWRITE: TypeDef = TypeDef {
+    name: "RegexRewrite",
+    fields: &[
+        field("match", Leaf, Status::Enforced, ""),
+        field("rewrite", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static HTTP_RETRY: TypeDef = TypeDef {
+    name: "HttpRetry",
+    fields: &[
+        field("attempts", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("perTryTimeout", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("retryOn", Leaf, Status::NotYet(Area::Resilience), ""),
+        field(
+            "retryRemoteLocalities",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "retryIgnorePreviousHosts",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field("backoff", Leaf, Status::NotYet(Area::Resilience), ""),
+    ],
+};
+
+static HTTP_FAULT_INJECTION: TypeDef = TypeDef {
+    name: "HttpFaultInjection",
+    fields: &[
+        field(
+            "delay",
+            Struct(&FAULT_DELAY),
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "abort",
+            Struct(&FAULT_ABORT),
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+    ],
+};
+
+static FAULT_DELAY: TypeDef = TypeDef {
+    name: "FaultDelay",
+    fields: &[
+        field("percent", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("fixedDelay", Leaf, Status::NotYet(Area::Resilience), ""),
+        field(
+            "exponentialDelay",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "percentage",
+            Struct(&PERCENT),
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+    ],
+};
+
+static PERCENT: TypeDef = TypeDef {
+    name: "Percent",
+    fields: &[field("value", Leaf, Status::Enforced, "")],
+};
+
+static FAULT_ABORT: TypeDef = TypeDef {
+    name: "FaultAbort",
+    fields: &[
+        field("httpStatus", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("grpcStatus", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("http2Error", Leaf, Status::NotYet(Area::Resilience), ""),
+        field(
+            "percentage",
+            Struct(&PERCENT),
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+    ],
+};
+
+static HTTP_MIRROR_POLICY: TypeDef = TypeDef {
+    name: "HttpMirrorPolicy",
+    fields: &[
+        field("destination", Struct(&DESTINATION), Status::Enforced, ""),
+        field("percentage", Struct(&PERCENT), Status::Enforced, ""),
+    ],
+};
+
+static CORS_POLICY: TypeDef = TypeDef {
+    name: "CorsPolicy",
+    fields: &[
+        field("allowOrigin", Leaf, Status::Enforced, ""),
+        field("allowOrigins", Seq(&STRING_MATCH), Status::Enforced, ""),
+        field("allowMethods", Leaf, Status::Enforced, ""),
+        field("allowHeaders", Leaf, Status::Enforced, ""),
+        field("exposeHeaders", Leaf, Status::Enforced, ""),
+        field("maxAge", Leaf, Status::Enforced, ""),
+        field("allowCredentials", Leaf, Status::Enforced, ""),
+        field("unmatchedPreflights", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static TLS_ROUTE: TypeDef = TypeDef {
+    name: "TlsRoute",
+    fields: &[
+        field(
+            "match",
+            Seq(&TLS_MATCH_ATTRIBUTES),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "route",
+            Seq(&ROUTE_DESTINATION),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+    ],
+};
+
+static TLS_MATCH_ATTRIBUTES: TypeDef = TypeDef {
+    name: "TlsMatchAttributes",
+    fields: &[
+        field("sniHosts", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "destinationSubnets",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field("port", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("sourceLabels", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("gateways", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "sourceNamespace",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+    ],
+};
+
+static ROUTE_DESTINATION: TypeDef = TypeDef {
+    name: "RouteDestination",
+    fields: &[
+        field(
+            "destination",
+            Struct(&DESTINATION),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field("weight", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+    ],
+};
+
+static TCP_ROUTE: TypeDef = TypeDef {
+    name: "TcpRoute",
+    fields: &[
+        field(
+            "match",
+            Seq(&L4_MATCH_ATTRIBUTES),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "route",
+            Seq(&ROUTE_DESTINATION),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+    ],
+};
+
+static L4_MATCH_ATTRIBUTES: TypeDef = TypeDef {
+    name: "L4MatchAttributes",
+    fields: &[
+        field(
+            "destinationSubnets",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field("port", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("sourceSubnet", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("sourceLabels", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("gateways", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "sourceNamespace",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+    ],
+};
+
+static DESTINATION_RULE: TypeDef = TypeDef {
+    name: "DestinationRule",
+    fields: &[
+        field("host", Leaf, Status::Enforced, ""),
+        field(
+            "trafficPolicy",
+            Struct(&TRAFFIC_POLICY),
+            Status::Enforced,
+            "",
+        ),
+        field("subsets", Seq(&SUBSET), Status::Enforced, ""),
+        field("exportTo", Leaf, Status::Enforced, ""),
+        field(
+            "workloadSelector",
+            Struct(&WORKLOAD_SELECTOR),
+            Status::Enforced,
+            "",
+        ),
+    ],
+};
+
+static TRAFFIC_POLICY: TypeDef = TypeDef {
+    name: "TrafficPolicy",
+    fields: &[
+        field(
+            "loadBalancer",
+            Struct(&LOAD_BALANCER_SETTINGS),
+            Status::Enforced,
+            "",
+        ),
+        field(
+            "connectionPool",
+            Struct(&CONNECTION_POOL_SETTINGS),
+            Status::Enforced,
+            "",
+        ),
+        field(
+            "outlierDetection",
+            Struct(&OUTLIER_DETECTION),
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field("tls", Struct(&CLIENT_TLS_SETTINGS), Status::Enforced, ""),
+        field(
+            "portLevelSettings",
+            Seq(&PORT_TRAFFIC_POLICY),
+            Status::Enforced,
+            "",
+        ),
+        field(
+            "tunnel",
+            Struct(&TUNNEL_SETTINGS),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "proxyProtocol",
+            Struct(&PROXY_PROTOCOL),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "retryBudget",
+            Struct(&RETRY_BUDGET),
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+    ],
+};
+
+static LOAD_BALANCER_SETTINGS: TypeDef = TypeDef {
+    name: "LoadBalancerSettings",
+    fields: &[
+        field("simple", Leaf, Status::Enforced, ""),
+        field(
+            "consistentHash",
+            Struct(&CONSISTENT_HASH_LB),
+            Status::Enforced,
+            "",
+        ),
+        field(
+            "localityLbSetting",
+            Struct(&LOCALITY_LB_SETTING),
+            Status::Enforced,
+            "",
+        ),
+        field(
+            "zoneAwareLbSetting",
+            Struct(&ZONE_AWARE_LB_SETTING),
+            Status::NotYet(Area::Later),
+            "",
+        ),
+        field("warmupDurationSecs", Leaf, Status::Enforced, ""),
+        field(
+            "warmup",
+            Struct(&WARMUP_CONFIGURATION),
+            Status::Enforced,
+            "",
+        ),
+    ],
+};
+
+static CONSISTENT_HASH_LB: TypeDef = TypeDef {
+    name: "ConsistentHashLb",
+    fields: &[
+        field("httpHeaderName", Leaf, Status::Enforced, ""),
+        field("httpCookie", Struct(&HTTP_COOKIE), Status::Enforced, ""),
+        field("useSourceIp", Leaf, Status::Enforced, ""),
+        field("httpQueryParameterName", Leaf, Status::Enforced, ""),
+        field("ringHash", Struct(&RING_HASH), Status::Enforced, ""),
+        field("maglev", Struct(&MAG_LEV), Status::Enforced, ""),
+        field("minimumRingSize", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static HTTP_COOKIE: TypeDef = TypeDef {
+    name: "HttpCookie",
+    fields: &[
+        field("name", Leaf, Status::Enforced, ""),
+        field("path", Leaf, Status::Enforced, ""),
+        field("ttl", Leaf, Status::Enforced, ""),
+        field("attributes", Seq(&COOKIE_ATTRIBUTE), Status::Enforced, ""),
+    ],
+};
+
+static COOKIE_ATTRIBUTE: TypeDef = TypeDef {
+    name: "CookieAttribute",
+    fields: &[
+        field("name", Leaf, Status::Enforced, ""),
+        field("value", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static RING_HASH: TypeDef = TypeDef {
+    name: "RingHash",
+    fields: &[field("minimumRingSize", Leaf, Status::Enforced, "")],
+};
+
+static MAG_LEV: TypeDef = TypeDef {
+    name: "MagLev",
+    fields: &[field("tableSize", Leaf, Status::Enforced, "")],
+};
+
+static LOCALITY_LB_SETTING: TypeDef = TypeDef {
+    name: "LocalityLbSetting",
+    fields: &[
+        field(
+            "distribute",
+            Seq(&LOCALITY_DISTRIBUTE),
+            Status::Enforced,
+            "",
+        ),
+        field("failover", Seq(&LOCALITY_FAILOVER), Status::Enforced, ""),
+        field("failoverPriority", Leaf, Status::Enforced, ""),
+        field("enabled", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static LOCALITY_DISTRIBUTE: TypeDef = TypeDef {
+    name: "LocalityDistribute",
+    fields: &[
+        field("from", Leaf, Status::Enforced, ""),
+        field("to", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static LOCALITY_FAILOVER: TypeDef = TypeDef {
+    name: "LocalityFailover",
+    fields: &[
+        field("from", Leaf, Status::Enforced, ""),
+        field("to", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static ZONE_AWARE_LB_SETTING: TypeDef = TypeDef {
+    name: "ZoneAwareLbSetting",
+    fields: &[
+        field("enabled", Leaf, Status::NotYet(Area::Later), ""),
+        field(
+            "failover",
+            Seq(&LOCALITY_FAILOVER),
+            Status::NotYet(Area::Later),
+            "",
+        ),
+        field("failoverPriority", Leaf, Status::NotYet(Area::Later), ""),
+        field("minClusterSize", Leaf, Status::NotYet(Area::Later), ""),
+    ],
+};
+
+static WARMUP_CONFIGURATION: TypeDef = TypeDef {
+    name: "WarmupConfiguration",
+    fields: &[
+        field("duration", Leaf, Status::Enforced, ""),
+        field("minimumPercent", Leaf, Status::Enforced, ""),
+        field("aggression", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static CONNECTION_POOL_SETTINGS: TypeDef = TypeDef {
+    name: "ConnectionPoolSettings",
+    fields: &[
+        field(
+            "tcp",
+            Struct(&TCP_SETTINGS),
+            Status::NotYet(Area::Resilience),
+            "circuit breaking; connectTimeout: the bootstrap limits.connectTimeout applies",
+        ),
+        field("http", Struct(&HTTP_SETTINGS), Status::Enforced, ""),
+    ],
+};
+
+static TCP_SETTINGS: TypeDef = TypeDef {
+    name: "TcpSettings",
+    fields: &[
+        field("maxConnections", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("connectTimeout", Leaf, Status::NotYet(Area::Resilience), ""),
+        field(
+            "tcpKeepalive",
+            Struct(&TCP_KEEPALIVE),
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "maxConnectionDuration",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field("idleTimeout", Leaf, Status::NotYet(Area::Resilience), ""),
+    ],
+};
+
+static TCP_KEEPALIVE: TypeDef = TypeDef {
+    name: "TcpKeepalive",
+    fields: &[
+        field("probes", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("time", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("interval", Leaf, Status::NotYet(Area::Resilience), ""),
+    ],
+};
+
+static HTTP_SETTINGS: TypeDef = TypeDef {
+    name: "HttpSettings",
+    fields: &[
+        field(
+            "http1MaxPendingRequests",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "http2MaxRequests",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "maxRequestsPerConnection",
+            Leaf,
+            Status::Enforced,
+            "HTTP/1.1 upstream connections; HTTP/2 ones come with resilience",
+        ),
+        field("maxRetries", Leaf, Status::NotYet(Area::Resilience), ""),
+        field(
+            "idleTimeout",
+            Leaf,
+            Status::Enforced,
+            "HTTP/1.1 upstream connections (checked every 2 s); HTTP/2 ones come with resilience",
+        ),
+        field("h2UpgradePolicy", Leaf, Status::Enforced, ""),
+        field("useClientProtocol", Leaf, Status::NotYet(Area::Later), ""),
+        field(
+            "maxConcurrentStreams",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "http2KeepAlive",
+            Struct(&CONNECTION_KEEPALIVE),
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+    ],
+};
+
+static CONNECTION_KEEPALIVE: TypeDef = TypeDef {
+    name: "ConnectionKeepalive",
+    fields: &[
+        field("interval", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("timeout", Leaf, Status::NotYet(Area::Resilience), ""),
+    ],
+};
+
+static OUTLIER_DETECTION: TypeDef = TypeDef {
+    name: "OutlierDetection",
+    fields: &[
+        field(
+            "consecutiveErrors",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "splitExternalLocalOriginErrors",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "consecutiveLocalOriginFailures",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "consecutiveGatewayErrors",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "consecutive5xxErrors",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field("interval", Leaf, Status::NotYet(Area::Resilience), ""),
+        field(
+            "baseEjectionTime",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "maxEjectionPercent",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "minHealthPercent",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "outlierDetectionHttpErrorCodes",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+    ],
+};
+
+static CLIENT_TLS_SETTINGS: TypeDef = TypeDef {
+    name: "ClientTlsSettings",
+    fields: &[
+        field(
+            "mode",
+            Leaf,
+            Status::Values(&TLS_MODE),
+            "only `DISABLE` (plaintext) is enforced",
+        ),
+        field(
+            "clientCertificate",
+            Leaf,
+            Status::NotYet(Area::Security),
+            "",
+        ),
+        field("privateKey", Leaf, Status::NotYet(Area::Security), ""),
+        field("caCertificates", Leaf, Status::NotYet(Area::Security), ""),
+        field("credentialName", Leaf, Status::NotYet(Area::Security), ""),
+        field("subjectAltNames", Leaf, Status::NotYet(Area::Security), ""),
+        field("sni", Leaf, Status::NotYet(Area::Security), ""),
+        field(
+            "insecureSkipVerify",
+            Leaf,
+            Status::NotYet(Area::Security),
+            "",
+        ),
+        field("caCrl", Leaf, Status::NotYet(Area::Security), ""),
+    ],
+};
+
+static PORT_TRAFFIC_POLICY: TypeDef = TypeDef {
+    name: "PortTrafficPolicy",
+    fields: &[
+        field("port", Struct(&PORT_SELECTOR), Status::Enforced, ""),
+        field(
+            "loadBalancer",
+            Struct(&LOAD_BALANCER_SETTINGS),
+            Status::Enforced,
+            "",
+        ),
+        field(
+            "connectionPool",
+            Struct(&CONNECTION_POOL_SETTINGS),
+            Status::Enforced,
+            "",
+        ),
+        field(
+            "outlierDetection",
+            Struct(&OUTLIER_DETECTION),
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field("tls", Struct(&CLIENT_TLS_SETTINGS), Status::Enforced, ""),
+    ],
+};
+
+static TUNNEL_SETTINGS: TypeDef = TypeDef {
+    name: "TunnelSettings",
+    fields: &[
+        field("protocol", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("targetHost", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("targetPort", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+    ],
+};
+
+static PROXY_PROTOCOL: TypeDef = TypeDef {
+    name: "ProxyProtocol",
+    fields: &[field("version", Leaf, Status::NotYet(Area::GatewaysL4), "")],
+};
+
+static RETRY_BUDGET: TypeDef = TypeDef {
+    name: "RetryBudget",
+    fields: &[
+        field("percent", Leaf, Status::NotYet(Area::Resilience), ""),
+        field(
+            "minRetryConcurrency",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field("budgetInterval", Leaf, Status::NotYet(Area::Resilience), ""),
+    ],
+};
+
+static SUBSET: TypeDef = TypeDef {
+    name: "Subset",
+    fields: &[
+        field("name", Leaf, Status::Enforced, ""),
+        field("labels", Leaf, Status::Enforced, ""),
+        field(
+            "trafficPolicy",
+            Struct(&TRAFFIC_POLICY),
+            Status::Enforced,
+            "",
+        ),
+    ],
+};
+
+static WORKLOAD_SELECTOR: TypeDef = TypeDef {
+    name: "WorkloadSelector",
+    fields: &[field("matchLabels", Leaf, Status::Enforced, "")],
+};
+
+static SERVICE_ENTRY: TypeDef = TypeDef {
+    name: "ServiceEntry",
+    fields: &[
+        field("hosts", Leaf, Status::Enforced, ""),
+        field("addresses", Leaf, Status::Enforced, ""),
+        field(
+            "ports",
+            Seq(&SERVICE_PORT),
+            Status::Custom(&L4_PORTS),
+            "HTTP ports are routed; TCP, TLS, HTTPS, MONGO, … ports are not proxied yet",
+        ),
+        field("location", Leaf, Status::Enforced, ""),
+        field("resolution", Leaf, Status::Values(&RESOLUTION), ""),
+        field("endpoints", Seq(&WORKLOAD_ENTRY), Status::Enforced, ""),
+        field(
+            "workloadSelector",
+            Struct(&LABEL_SELECTOR),
+            Status::Enforced,
+            "",
+        ),
+        field("exportTo", Leaf, Status::Enforced, ""),
+        field(
+            "subjectAltNames",
+            Leaf,
+            Status::NotYet(Area::Security),
+            "checked with mTLS",
+        ),
+    ],
+};
+
+static SERVICE_PORT: TypeDef = TypeDef {
+    name: "ServicePort",
+    fields: &[
+        field("number", Leaf, Status::Enforced, ""),
+        field("protocol", Leaf, Status::Enforced, ""),
+        field("name", Leaf, Status::Enforced, ""),
+        field("targetPort", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static WORKLOAD_ENTRY: TypeDef = TypeDef {
+    name: "WorkloadEntry",
+    fields: &[
+        field("address", Leaf, Status::Enforced, ""),
+        field("ports", Leaf, Status::Enforced, ""),
+        field("labels", Leaf, Status::Enforced, ""),
+        field(
+            "network",
+            Leaf,
+            Status::NotYet(Area::Later),
+            "endpoints are reached directly, never through a network gateway; failoverPriority reads the value",
+        ),
+        field("locality", Leaf, Status::Enforced, ""),
+        field("weight", Leaf, Status::Enforced, ""),
+        field(
+            "serviceAccount",
+            Leaf,
+            Status::NotYet(Area::Security),
+            "the peer identity is checked with mTLS",
+        ),
+    ],
+};
+
+static LABEL_SELECTOR: TypeDef = TypeDef {
+    name: "LabelSelector",
+    fields: &[field("labels", Leaf, Status::Enforced, "")],
+};
+
+static GATEWAY: TypeDef = TypeDef {
+    name: "Gateway",
+    fields: &[
+        field(
+            "servers",
+            Seq(&SERVER),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field("selector", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+    ],
+};
+
+static SERVER: TypeDef = TypeDef {
+    name: "Server",
+    fields: &[
+        field("port", Struct(&PORT), Status::NotYet(Area::GatewaysL4), ""),
+        field("bind", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("hosts", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "tls",
+            Struct(&SERVER_TLS_SETTINGS),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "defaultEndpoint",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field("name", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+    ],
+};
+
+static PORT: TypeDef = TypeDef {
+    name: "Port",
+    fields: &[
+        field("number", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("protocol", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("name", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("targetPort", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+    ],
+};
+
+static SERVER_TLS_SETTINGS: TypeDef = TypeDef {
+    name: "ServerTlsSettings",
+    fields: &[
+        field("httpsRedirect", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("mode", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "serverCertificate",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field("privateKey", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("caCertificates", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("caCrl", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("credentialName", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "credentialNames",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "caCertCredentialName",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "tlsCertificates",
+            Seq(&TLS_CERTIFICATE),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "subjectAltNames",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "verifyCertificateSpki",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "verifyCertificateHash",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "minProtocolVersion",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "maxProtocolVersion",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field("cipherSuites", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "insecureSkipVerify",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+    ],
+};
+
+static TLS_CERTIFICATE: TypeDef = TypeDef {
+    name: "TlsCertificate",
+    fields: &[
+        field(
+            "serverCertificate",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field("privateKey", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("caCertificates", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+    ],
+};
+
+static SIDECAR: TypeDef = TypeDef {
+    name: "Sidecar",
+    fields: &[
+        field(
+            "workloadSelector",
+            Struct(&LABEL_SELECTOR),
+            Status::Enforced,
+            "",
+        ),
+        field(
+            "ingress",
+            Seq(&ISTIO_INGRESS_LISTENER),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field("egress", Seq(&ISTIO_EGRESS_LISTENER), Status::Enforced, ""),
+        field(
+            "inboundConnectionPool",
+            Struct(&CONNECTION_POOL_SETTINGS),
+            Status::NotYet(Area::Resilience),
+            "",
+        ),
+        field(
+            "outboundTrafficPolicy",
+            Struct(&OUTBOUND_TRAFFIC_POLICY),
+            Status::Enforced,
+            "",
+        ),
+    ],
+};
+
+static ISTIO_INGRESS_LISTENER: TypeDef = TypeDef {
+    name: "IstioIngressListener",
+    fields: &[
+        field(
+            "port",
+            Struct(&SIDECAR_PORT),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field("bind", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("captureMode", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "defaultEndpoint",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "tls",
+            Struct(&SERVER_TLS_SETTINGS),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+        field(
+            "connectionPool",
+            Struct(&CONNECTION_POOL_SETTINGS),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+    ],
+};
+
+static SIDECAR_PORT: TypeDef = TypeDef {
+    name: "SidecarPort",
+    fields: &[
+        field("number", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("protocol", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("name", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("targetPort", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+    ],
+};
+
+static ISTIO_EGRESS_LISTENER: TypeDef = TypeDef {
+    name: "IstioEgressListener",
+    fields: &[
+        field(
+            "port",
+            Struct(&SIDECAR_PORT),
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field("bind", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("captureMode", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "hosts",
+            Leaf,
+            Status::Values(&EGRESS_HOSTS),
+            "only `*/*` (no restriction) is enforced",
+        ),
+    ],
+};
+
+static OUTBOUND_TRAFFIC_POLICY: TypeDef = TypeDef {
+    name: "OutboundTrafficPolicy",
+    fields: &[
+        field(
+            "mode",
+            Leaf,
+            Status::Values(&SIDECAR_OUTBOUND_MODE),
+            "the bootstrap `mesh.outboundTrafficPolicy` applies",
+        ),
+        field(
+            "egressProxy",
+            Struct(&DESTINATION),
+            Status::NotYet(Area::GatewaysL4),
+            "",
+        ),
+    ],
+};
+
+static PEER_AUTHENTICATION: TypeDef = TypeDef {
+    name: "PeerAuthentication",
+    fields: &[
+        field("selector", Struct(&WORKLOAD_SELECTOR), Status::Enforced, ""),
+        field("mtls", Struct(&MUTUAL_TLS), Status::Enforced, ""),
+        field(
+            "portLevelMtls",
+            Map(&MUTUAL_TLS),
+            Status::Refused(Area::Security),
+            "",
+        ),
+    ],
+};
+
+static MUTUAL_TLS: TypeDef = TypeDef {
+    name: "MutualTls",
+    fields: &[field(
+        "mode",
+        Leaf,
+        Status::Values(&MTLS_MODE),
+        "the inbound listener accepts plaintext only",
+    )],
+};
+
+static AUTHORIZATION_POLICY: TypeDef = TypeDef {
+    name: "AuthorizationPolicy",
+    fields: &[
+        field(
+            "selector",
+            Struct(&WORKLOAD_SELECTOR),
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field(
+            "targetRef",
+            Struct(&POLICY_TARGET_REFERENCE),
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field(
+            "targetRefs",
+            Seq(&POLICY_TARGET_REFERENCE),
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field("rules", Seq(&RULE), Status::Refused(Area::Security), ""),
+        field("action", Leaf, Status::Refused(Area::Security), ""),
+        field(
+            "provider",
+            Struct(&EXTENSION_PROVIDER),
+            Status::Refused(Area::Security),
+            "",
+        ),
+    ],
+};
+
+static POLICY_TARGET_REFERENCE: TypeDef = TypeDef {
+    name: "PolicyTargetReference",
+    fields: &[
+        field("group", Leaf, Status::Refused(Area::Security), ""),
+        field("kind", Leaf, Status::Refused(Area::Security), ""),
+        field("name", Leaf, Status::Refused(Area::Security), ""),
+        field("namespace", Leaf, Status::Refused(Area::Security), ""),
+    ],
+};
+
+static RULE: TypeDef = TypeDef {
+    name: "Rule",
+    fields: &[
+        field("from", Seq(&RULE_FROM), Status::Refused(Area::Security), ""),
+        field("to", Seq(&RULE_TO), Status::Refused(Area::Security), ""),
+        field("when", Seq(&CONDITION), Status::Refused(Area::Security), ""),
+    ],
+};
+
+static RULE_FROM: TypeDef = TypeDef {
+    name: "RuleFrom",
+    fields: &[field(
+        "source",
+        Struct(&SOURCE),
+        Status::Refused(Area::Security),
+        "",
+    )],
+};
+
+static SOURCE: TypeDef = TypeDef {
+    name: "Source",
+    fields: &[
+        field("principals", Leaf, Status::Refused(Area::Security), ""),
+        field("notPrincipals", Leaf, Status::Refused(Area::Security), ""),
+        field(
+            "requestPrincipals",
+            Leaf,
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field(
+            "notRequestPrincipals",
+            Leaf,
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field("namespaces", Leaf, Status::Refused(Area::Security), ""),
+        field("notNamespaces", Leaf, Status::Refused(Area::Security), ""),
+        field("serviceAccounts", Leaf, Status::Refused(Area::Security), ""),
+        field(
+            "notServiceAccounts",
+            Leaf,
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field("ipBlocks", Leaf, Status::Refused(Area::Security), ""),
+        field("notIpBlocks", Leaf, Status::Refused(Area::Security), ""),
+        field("remoteIpBlocks", Leaf, Status::Refused(Area::Security), ""),
+        field(
+            "notRemoteIpBlocks",
+            Leaf,
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field("trustDomains", Leaf, Status::Refused(Area::Security), ""),
+        field("notTrustDomains", Leaf, Status::Refused(Area::Security), ""),
+    ],
+};
+
+static RULE_TO: TypeDef = TypeDef {
+    name: "RuleTo",
+    fields: &[field(
+        "operation",
+        Struct(&OPERATION),
+        Status::Refused(Area::Security),
+        "",
+    )],
+};
+
+static OPERATION: TypeDef = TypeDef {
+    name: "Operation",
+    fields: &[
+        field("hosts", Leaf, Status::Refused(Area::Security), ""),
+        field("notHosts", Leaf, Status::Refused(Area::Security), ""),
+        field("ports", Leaf, Status::Refused(Area::Security), ""),
+        field("notPorts", Leaf, Status::Refused(Area::Security), ""),
+        field("methods", Leaf, Status::Refused(Area::Security), ""),
+        field("notMethods", Leaf, Status::Refused(Area::Security), ""),
+        field("paths", Leaf, Status::Refused(Area::Security), ""),
+        field("notPaths", Leaf, Status::Refused(Area::Security), ""),
+    ],
+};
+
+static CONDITION: TypeDef = TypeDef {
+    name: "Condition",
+    fields: &[
+        field("key", Leaf, Status::Refused(Area::Security), ""),
+        field("values", Leaf, Status::Refused(Area::Security), ""),
+        field("notValues", Leaf, Status::Refused(Area::Security), ""),
+    ],
+};
+
+static EXTENSION_PROVIDER: TypeDef = TypeDef {
+    name: "ExtensionProvider",
+    fields: &[field("name", Leaf, Status::Refused(Area::Security), "")],
+};
+
+static REQUEST_AUTHENTICATION: TypeDef = TypeDef {
+    name: "RequestAuthentication",
+    fields: &[
+        field(
+            "selector",
+            Struct(&WORKLOAD_SELECTOR),
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field(
+            "targetRef",
+            Struct(&POLICY_TARGET_REFERENCE),
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field(
+            "targetRefs",
+            Seq(&POLICY_TARGET_REFERENCE),
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field(
+            "jwtRules",
+            Seq(&JWT_RULE),
+            Status::Refused(Area::Security),
+            "",
+        ),
+    ],
+};
+
+static JWT_RULE: TypeDef = TypeDef {
+    name: "JwtRule",
+    fields: &[
+        field("issuer", Leaf, Status::Refused(Area::Security), ""),
+        field("audiences", Leaf, Status::Refused(Area::Security), ""),
+        field("jwksUri", Leaf, Status::Refused(Area::Security), ""),
+        field("jwks", Leaf, Status::Refused(Area::Security), ""),
+        field(
+            "fromHeaders",
+            Seq(&JWT_HEADER),
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field("fromParams", Leaf, Status::Refused(Area::Security), ""),
+        field(
+            "outputPayloadToHeader",
+            Leaf,
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field("fromCookies", Leaf, Status::Refused(Area::Security), ""),
+        field(
+            "forwardOriginalToken",
+            Leaf,
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field(
+            "outputClaimToHeaders",
+            Seq(&CLAIM_TO_HEADER),
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field("timeout", Leaf, Status::Refused(Area::Security), ""),
+        field(
+            "spaceDelimitedClaims",
+            Leaf,
+            Status::Refused(Area::Security),
+            "",
+        ),
+    ],
+};
+
+static JWT_HEADER: TypeDef = TypeDef {
+    name: "JwtHeader",
+    fields: &[
+        field("name", Leaf, Status::Refused(Area::Security), ""),
+        field("prefix", Leaf, Status::Refused(Area::Security), ""),
+    ],
+};
+
+static CLAIM_TO_HEADER: TypeDef = TypeDef {
+    name: "ClaimToHeader",
+    fields: &[
+        field("header", Leaf, Status::Refused(Area::Security), ""),
+        field("claim", Leaf, Status::Refused(Area::Security), ""),
+    ],
+};
+
+static PROXY_BOOTSTRAP: TypeDef = TypeDef {
+    name: "ProxyBootstrap",
+    fields: &[
+        field("concurrency", Leaf, Status::Enforced, ""),
+        field("workload", Struct(&WORKLOAD), Status::Enforced, ""),
+        field("mesh", Struct(&MESH_SETTINGS), Status::Enforced, ""),
+        field("outbound", Struct(&OUTBOUND_LISTENER), Status::Enforced, ""),
+        field("inbound", Struct(&INBOUND_LISTENER), Status::Enforced, ""),
+        field("gatewayPorts", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("outboundPorts", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("inboundPorts", Leaf, Status::NotYet(Area::Security), ""),
+        field("admin", Struct(&ADMIN_LISTENER), Status::Enforced, ""),
+        field(
+            "identity",
+            Struct(&IDENTITY),
+            Status::Refused(Area::Security),
+            "plaintext only: no mTLS either way",
+        ),
+        field("limits", Struct(&LIMITS), Status::Enforced, ""),
+    ],
+};
+
+static WORKLOAD: TypeDef = TypeDef {
+    name: "Workload",
+    fields: &[
+        field(
+            "name",
+            Leaf,
+            Status::NotYet(Area::Telemetry),
+            "names the workload in telemetry",
+        ),
+        field("namespace", Leaf, Status::Enforced, ""),
+        field("serviceAccount", Leaf, Status::NotYet(Area::Security), ""),
+        field("labels", Leaf, Status::Enforced, ""),
+        field("locality", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static MESH_SETTINGS: TypeDef = TypeDef {
+    name: "MeshSettings",
+    fields: &[
+        field("trustDomain", Leaf, Status::NotYet(Area::Security), ""),
+        field("rootNamespace", Leaf, Status::Enforced, ""),
+        field("outboundTrafficPolicy", Leaf, Status::Enforced, ""),
+        field("clusterDomain", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static OUTBOUND_LISTENER: TypeDef = TypeDef {
+    name: "OutboundListener",
+    fields: &[
+        field("address", Leaf, Status::Enforced, ""),
+        field("port", Leaf, Status::Enforced, ""),
+        field("protocol", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static INBOUND_LISTENER: TypeDef = TypeDef {
+    name: "InboundListener",
+    fields: &[
+        field("address", Leaf, Status::Enforced, ""),
+        field("port", Leaf, Status::Enforced, ""),
+        field("localApp", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static ADMIN_LISTENER: TypeDef = TypeDef {
+    name: "AdminListener",
+    fields: &[
+        field("address", Leaf, Status::Enforced, ""),
+        field("port", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static IDENTITY: TypeDef = TypeDef {
+    name: "Identity",
+    fields: &[
+        field("spiffeId", Leaf, Status::Refused(Area::Security), ""),
+        field(
+            "certificateChain",
+            Leaf,
+            Status::Refused(Area::Security),
+            "",
+        ),
+        field("privateKey", Leaf, Status::Refused(Area::Security), ""),
+        field("trustBundle", Leaf, Status::Refused(Area::Security), ""),
+    ],
+};
+
+static LIMITS: TypeDef = TypeDef {
+    name: "Limits",
+    fields: &[
+        field("maxRequestHeadersKb", Leaf, Status::Enforced, ""),
+        field("maxRequestHeadersCount", Leaf, Status::Enforced, ""),
+        field("requestHeadersTimeout", Leaf, Status::Enforced, ""),
+        field("streamIdleTimeout", Leaf, Status::Enforced, ""),
+        field("connectTimeout", Leaf, Status::Enforced, ""),
+        field(
+            "tlsHandshakeTimeout",
+            Leaf,
+            Status::NotYet(Area::Security),
+            "no TLS yet",
+        ),
+        field("http2MaxConcurrentStreams", Leaf, Status::Enforced, ""),
+        field("drainTimeout", Leaf, Status::Enforced, ""),
+    ],
+};

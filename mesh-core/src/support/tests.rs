@@ -1,0 +1,134 @@
+use super::*;
+use crate::load::Loader;
+
+fn scan_doc(text: &str) -> Vec<Unenforced> {
+    let mut l = Loader::new();
+    l.add_str("t.yaml", text);
+    let out = l.finish();
+    assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+    out.resources
+        .into_iter()
+        .flat_map(|r| r.unenforced)
+        .collect()
+}
+
+#[test]
+fn kinds_are_in_kind_order() {
+    let listed: Vec<Kind> = kinds().iter().map(|k| k.kind).collect();
+    assert_eq!(listed, Kind::ALL.to_vec());
+}
+
+#[test]
+fn an_enforced_configuration_reports_nothing() {
+    let found = scan_doc(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [r]\n  http:\n  - match: [{uri: {prefix: /a}, headers: {x: {exact: y}}}]\n    route: [{destination: {host: r, subset: v1}, weight: 100}]\n",
+    );
+    assert!(found.is_empty(), "{found:?}");
+}
+
+#[test]
+fn not_yet_fields_are_reported_once_at_their_key() {
+    let found = scan_doc(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [r]\n  http:\n  - route: [{destination: {host: r}}]\n    retries:\n      attempts: 3\n      perTryTimeout: 2s\n",
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+    let u = &found[0];
+    assert_eq!(
+        u.field.as_ref().unwrap().to_string(),
+        "spec.http[0].retries"
+    );
+    assert_eq!((u.line, u.column), (8, 5));
+    assert_eq!(u.verdict, Verdict::NotYet(Area::Resilience));
+    assert!(
+        u.message.contains("Istio retries twice by default"),
+        "{}",
+        u.message
+    );
+}
+
+#[test]
+fn values_decide_tls_and_mtls_modes() {
+    let dr = |mode: &str| {
+        scan_doc(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: r\n  trafficPolicy:\n    tls: {{mode: {mode}}}\n"
+        ))
+    };
+    assert!(dr("DISABLE").is_empty());
+    let found = dr("ISTIO_MUTUAL");
+    assert_eq!(found.len(), 1);
+    assert!(found[0].verdict.is_refused());
+    assert_eq!(
+        found[0].field.as_ref().unwrap().to_string(),
+        "spec.trafficPolicy.tls.mode"
+    );
+    assert!(
+        found[0].message.starts_with("ISTIO_MUTUAL is not enforced"),
+        "{}",
+        found[0].message
+    );
+    let pa = |mode: &str| {
+        scan_doc(&format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p}}\nspec:\n  mtls: {{mode: {mode}}}\n"
+        ))
+    };
+    assert!(pa("DISABLE").is_empty());
+    assert!(pa("STRICT")[0].verdict.is_refused());
+    assert_eq!(pa("PERMISSIVE")[0].verdict, Verdict::NotYet(Area::Security));
+}
+
+#[test]
+fn a_refused_kind_is_refused_whatever_its_spec() {
+    for spec in ["{}", "{action: DENY, rules: [{}]}"] {
+        let found = scan_doc(&format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec: {spec}\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].verdict.is_refused());
+        assert_eq!(found[0].field, None);
+        assert_eq!(found[0].line, 2);
+    }
+    // a dry-run policy is not enforced by Istio either: a warning
+    let found = scan_doc(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, annotations: {istio.io/dry-run: \"true\"}}\nspec: {action: DENY, rules: [{}]}\n",
+    );
+    assert_eq!(found[0].verdict, Verdict::NotYet(Area::Security));
+}
+
+#[test]
+fn lists_are_judged_item_by_item() {
+    let found = scan_doc(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec:\n  egress:\n  - hosts: [\"*/*\", \"./*\"]\n",
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0].field.as_ref().unwrap().to_string(),
+        "spec.egress[0].hosts[1]"
+    );
+    let found = scan_doc(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec:\n  hosts: [db.example.com]\n  ports:\n  - {number: 80, name: http}\n  - {number: 5432, name: tcp-pg}\n  - {number: 27017, name: mongo, protocol: MONGO}\n",
+    );
+    let fields: Vec<String> = found
+        .iter()
+        .map(|u| u.field.as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(fields, ["spec.ports[1]", "spec.ports[2]"]);
+    assert!(
+        found[1]
+            .message
+            .starts_with("port 27017 (MONGO) is not enforced"),
+        "{}",
+        found[1].message
+    );
+}
+
+#[test]
+fn map_values_are_scanned() {
+    let found = scan_doc(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  selector: {matchLabels: {app: a}}\n  mtls: {mode: DISABLE}\n  portLevelMtls:\n    8080: {mode: DISABLE}\n",
+    );
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].field.as_ref().unwrap().to_string(),
+        "spec.portLevelMtls"
+    );
+}
