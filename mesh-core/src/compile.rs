@@ -59,6 +59,7 @@ use crate::model::networking::{
 };
 use crate::model::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use crate::model::{Kind, Resource, Spec};
+use crate::pattern::Precompiled;
 use crate::selector::{Labels, labels_match};
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -210,6 +211,10 @@ pub struct Snapshot {
     pub authorization_policies: Vec<Arc<Named<AuthorizationPolicy>>>,
     /// RequestAuthentications.
     pub request_authentications: Vec<Arc<Named<RequestAuthentication>>>,
+    /// The regexes and header formats validation compiled, for the route table
+    /// ([`crate::pattern`]); empty for a snapshot compiled without validation.
+    #[serde(skip)]
+    pub precompiled: Arc<Precompiled>,
     #[serde(skip)]
     service_index: HashMap<Arc<str>, Vec<usize>>,
 }
@@ -379,6 +384,12 @@ fn named<T>(name: String, namespace: String, spec: T) -> Arc<Named<T>> {
 
 /// Compiles resources (already validated) into a snapshot.
 pub fn compile(resources: Vec<Resource>) -> Snapshot {
+    compile_with(resources, Precompiled::default())
+}
+
+/// [`compile`], keeping what validation compiled ([`crate::validate::validate_precompiled`])
+/// for the route table.
+pub fn compile_with(resources: Vec<Resource>, precompiled: Precompiled) -> Snapshot {
     let bootstrap = resources
         .iter()
         .find_map(|r| match &r.spec {
@@ -390,6 +401,7 @@ pub fn compile(resources: Vec<Resource>) -> Snapshot {
     let mut snap = Snapshot {
         generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         bootstrap,
+        precompiled: Arc::new(precompiled),
         ..Snapshot::default()
     };
 

@@ -14,6 +14,7 @@ use mesh_core::model::networking::{
 use crate::error::BuildError;
 use crate::format::{FormatCtx, HeaderTemplate};
 use crate::matcher::{RegexLimits, RequestView, StrMatch, UriMatch};
+use mesh_core::pattern::Precompiled;
 
 /// Compiled `HeaderOperations` for one direction. Values are Envoy format strings
 /// ([`crate::format`]): most are fixed, some are evaluated per request.
@@ -120,10 +121,15 @@ fn is_authority(name: &str) -> bool {
     name.eq_ignore_ascii_case(":authority") || name.eq_ignore_ascii_case("host")
 }
 
-fn header_pair(k: &str, v: &str, field: &str) -> Result<(HeaderName, HeaderTemplate), BuildError> {
+fn header_pair(
+    k: &str,
+    v: &str,
+    field: &str,
+    pre: &Precompiled,
+) -> Result<(HeaderName, HeaderTemplate), BuildError> {
     let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
         .map_err(|e| BuildError::new(field, format!("invalid header name {k:?}: {e}")))?;
-    let value = HeaderTemplate::compile(v)
+    let value = HeaderTemplate::compile(v, pre)
         .map_err(|e| BuildError::new(field, format!("invalid value for {k:?}: {e}")))?;
     Ok((name, value))
 }
@@ -134,6 +140,7 @@ impl HeaderOps {
     fn compile(
         ops: Option<&HeaderOperations>,
         field: &str,
+        pre: &Precompiled,
     ) -> Result<(Self, Option<HeaderValue>), BuildError> {
         let Some(ops) = ops else {
             return Ok((HeaderOps::default(), None));
@@ -151,7 +158,7 @@ impl HeaderOps {
                 if is_internal(k) {
                     continue;
                 }
-                out.push(header_pair(k, v, &f)?);
+                out.push(header_pair(k, v, &f, pre)?);
             }
             Ok::<_, BuildError>(out.into_boxed_slice())
         };
@@ -244,13 +251,18 @@ impl HeaderOps {
 }
 
 impl HeaderRules {
-    pub(crate) fn compile(h: Option<&Headers>, field: &str) -> Result<Self, BuildError> {
+    pub(crate) fn compile(
+        h: Option<&Headers>,
+        field: &str,
+        pre: &Precompiled,
+    ) -> Result<Self, BuildError> {
         let Some(h) = h else {
             return Ok(HeaderRules::default());
         };
         let (request, authority) =
-            HeaderOps::compile(h.request.as_ref(), &format!("{field}.request"))?;
-        let (response, _) = HeaderOps::compile(h.response.as_ref(), &format!("{field}.response"))?;
+            HeaderOps::compile(h.request.as_ref(), &format!("{field}.request"), pre)?;
+        let (response, _) =
+            HeaderOps::compile(h.response.as_ref(), &format!("{field}.response"), pre)?;
         Ok(HeaderRules {
             request,
             response,
@@ -290,13 +302,19 @@ fn re2_substitution(s: &str) -> String {
 impl UriRewrite {
     pub(crate) fn compile(
         r: &HttpRewrite,
-        limits: RegexLimits,
+        limits: RegexLimits<'_>,
         field: &str,
     ) -> Result<Option<Self>, BuildError> {
         if let Some(rr) = &r.uri_regex_rewrite {
-            let re = regex::RegexBuilder::new(&rr.pattern)
-                .size_limit(limits.size_limit)
-                .build()
+            // the one validation compiled, when the limit is the default one
+            let cached = (limits.size_limit == mesh_core::pattern::SIZE_LIMIT)
+                .then(|| limits.pre.get_search(&rr.pattern))
+                .flatten()
+                .cloned();
+            let re = cached
+                .unwrap_or_else(|| {
+                    mesh_core::pattern::compile_search(&rr.pattern, limits.size_limit)
+                })
                 .map_err(|e| {
                     BuildError::new(format!("{field}.uriRegexRewrite.match"), e.to_string())
                 })?;
@@ -528,7 +546,7 @@ pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
 impl Cors {
     pub(crate) fn compile(
         c: &CorsPolicy,
-        limits: RegexLimits,
+        limits: RegexLimits<'_>,
         field: &str,
     ) -> Result<Self, BuildError> {
         // TranslateCORSPolicy: allowOrigins wins over the deprecated allowOrigin (exact).

@@ -3,7 +3,7 @@
 //! Within a virtual host, routes are tried in order and the first that matches wins (Envoy's
 //! route list). Most match blocks carry a literal the request's `:path` must start with:
 //! `uri.exact` and `uri.prefix` are literals themselves, and a `uri.regex` starts with the
-//! literal prefix [`literal_prefix`](crate::matcher::literal_prefix) extracts (empty when it
+//! literal prefix [`literal_prefix`](mesh_core::pattern::literal_prefix) extracts (empty when it
 //! cannot tell). A route is a *candidate* for a path when one of its blocks has no such
 //! condition (no `uri`, a regex without a literal prefix: it may match any path) or its
 //! literal is a prefix of the path. Every route that can match is a candidate, so trying only

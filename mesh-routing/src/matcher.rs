@@ -11,7 +11,9 @@
 use http::{HeaderMap, HeaderName};
 use mesh_core::model::networking::{HttpMatchRequest, StringMatch};
 use mesh_core::selector::{Labels, labels_match};
-use regex::bytes::{Regex as BytesRegex, RegexBuilder as BytesRegexBuilder};
+use std::sync::Arc;
+
+use mesh_core::pattern::{FullMatch, Precompiled};
 
 use crate::error::BuildError;
 
@@ -23,7 +25,7 @@ pub(crate) enum StrMatch {
     /// `prefix`, compared byte for byte (or ASCII case-insensitively).
     Prefix(Box<[u8]>, bool),
     /// `regex`, anchored at both ends (Envoy's `safe_regex` is a full match).
-    Regex(FullRegex),
+    Regex(Arc<FullMatch>),
     /// `{}` (or `regex: "*"`): presence only.
     Present,
 }
@@ -67,7 +69,7 @@ pub(crate) enum UriMatch {
     /// Envoy `path`: the whole path, query removed.
     Exact(Box<[u8]>, bool),
     /// Envoy `safe_regex`: the whole path, query removed.
-    Regex(FullRegex),
+    Regex(Arc<FullMatch>),
 }
 
 /// One compiled `HTTPMatchRequest`.
@@ -125,10 +127,12 @@ pub(crate) enum PathCond {
     Prefix(Box<[u8]>),
 }
 
-/// Limits applied when compiling regexes.
+/// How regexes (and header formats) are compiled: with this size limit, taking what
+/// validation compiled already (`pre`) when the limit is the default one.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct RegexLimits {
+pub(crate) struct RegexLimits<'a> {
     pub(crate) size_limit: usize,
+    pub(crate) pre: &'a Precompiled,
 }
 
 // === impl StrMatch ===
@@ -139,7 +143,7 @@ impl StrMatch {
     pub(crate) fn compile(
         m: &StringMatch,
         ignore_case: bool,
-        limits: RegexLimits,
+        limits: RegexLimits<'_>,
     ) -> Result<Self, String> {
         if let Some(e) = &m.exact {
             return Ok(StrMatch::Exact(e.as_bytes().into(), ignore_case));
@@ -169,69 +173,17 @@ impl StrMatch {
     }
 }
 
-/// A regex that must match the whole input (Envoy `safe_regex`), with the literal prefix
-/// every match starts with checked first: most candidates fail on it without running the
-/// regex engine.
-#[derive(Debug, Clone)]
-pub(crate) struct FullRegex {
-    re: BytesRegex,
-    prefix: Box<[u8]>,
-}
-
-impl FullRegex {
-    pub(crate) fn is_match(&self, v: &[u8]) -> bool {
-        v.starts_with(&self.prefix) && self.re.is_match(v)
+/// Compiles an RE2-style regex anchored at both ends: the one validation compiled, or a
+/// new one (another size limit, or a snapshot compiled without validation).
+pub(crate) fn compile_regex(r: &str, limits: RegexLimits<'_>) -> Result<Arc<FullMatch>, String> {
+    if limits.size_limit == mesh_core::pattern::SIZE_LIMIT
+        && let Some(found) = limits.pre.get_full(r)
+    {
+        return found.clone().map_err(|e| e.to_string());
     }
-}
-
-/// The literal text every match of `pattern` starts with (conservatively: empty when the
-/// pattern has an alternation or starts with anything but plain or escaped characters).
-pub(crate) fn literal_prefix(pattern: &str) -> Vec<u8> {
-    if pattern.contains('|') {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let bytes = pattern.strip_prefix('^').unwrap_or(pattern).as_bytes();
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'\\' => match bytes.get(i + 1) {
-                // An escaped punctuation character is itself; letters and digits are classes,
-                // `\<` and `\>` word boundaries.
-                Some(&e) if e.is_ascii_punctuation() && e != b'<' && e != b'>' => {
-                    out.push(e);
-                    i += 2;
-                    continue;
-                }
-                _ => break,
-            },
-            b'.' | b'[' | b']' | b'(' | b')' | b'*' | b'+' | b'?' | b'{' | b'}' | b'^' | b'$' => {
-                break;
-            }
-            b if b.is_ascii() && !b.is_ascii_control() => {
-                out.push(b);
-                i += 1;
-            }
-            _ => break, // non-ASCII: leave it to the regex
-        }
-    }
-    // A quantifier that can repeat zero times makes the last literal optional.
-    if matches!(bytes.get(i), Some(b'*' | b'?' | b'{')) {
-        out.pop();
-    }
-    out
-}
-
-/// Compiles an RE2-style regex anchored at both ends, with a program size limit.
-pub(crate) fn compile_regex(r: &str, limits: RegexLimits) -> Result<FullRegex, String> {
-    let re = BytesRegexBuilder::new(&format!("^(?:{r})$"))
-        .size_limit(limits.size_limit)
-        .build()
-        .map_err(|e| e.to_string())?;
-    Ok(FullRegex {
-        re,
-        prefix: literal_prefix(r).into(),
-    })
+    FullMatch::compile(r, limits.size_limit)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 // === impl HeaderMatch ===
@@ -322,7 +274,7 @@ impl MatchBlock {
     pub(crate) fn compile(
         m: &HttpMatchRequest,
         route_name: Option<&str>,
-        limits: RegexLimits,
+        limits: RegexLimits<'_>,
         field: &str,
     ) -> Result<Self, BuildError> {
         let err = |sub: &str, e: String| BuildError::new(format!("{field}.{sub}"), e);
@@ -439,7 +391,7 @@ impl MatchBlock {
     ///
     /// `exact` (matched against the path without the query) and `prefix` (against path and
     /// query) both require the path and query to start with their literal; a regex requires
-    /// its literal prefix ([`FullRegex::is_match`] checks it first).
+    /// its literal prefix ([`FullMatch::is_match`] checks it first).
     pub(crate) fn path_cond(&self) -> PathCond {
         if self.never {
             return PathCond::Never;
@@ -447,7 +399,7 @@ impl MatchBlock {
         let lit: &[u8] = match &self.uri {
             None => return PathCond::Any,
             Some(UriMatch::Prefix(p, _) | UriMatch::Exact(p, _)) => p,
-            Some(UriMatch::Regex(r)) => &r.prefix,
+            Some(UriMatch::Regex(r)) => r.literal_prefix(),
         };
         if lit.is_empty() {
             PathCond::Any
@@ -506,9 +458,14 @@ fn header_sel(name: &str) -> Result<HeaderSel, String> {
 mod tests {
     use super::*;
 
-    const LIMITS: RegexLimits = RegexLimits {
-        size_limit: 1 << 20,
-    };
+    static PRE: std::sync::LazyLock<Precompiled> = std::sync::LazyLock::new(Precompiled::default);
+
+    fn limits() -> RegexLimits<'static> {
+        RegexLimits {
+            size_limit: 1 << 20,
+            pre: &PRE,
+        }
+    }
 
     fn sm(exact: Option<&str>, prefix: Option<&str>, regex: Option<&str>) -> StringMatch {
         StringMatch {
@@ -521,7 +478,7 @@ mod tests {
     #[test]
     fn regex_is_a_full_match() {
         // Envoy safe_regex: "The entire path (without the query string) must match the regex".
-        let m = StrMatch::compile(&sm(None, None, Some("/a+")), false, LIMITS).unwrap();
+        let m = StrMatch::compile(&sm(None, None, Some("/a+")), false, limits()).unwrap();
         assert!(m.matches(b"/aaa"));
         assert!(!m.matches(b"/aaab"));
         assert!(!m.matches(b"x/aaa"));
@@ -529,20 +486,10 @@ mod tests {
 
     #[test]
     fn literal_prefixes_are_conservative() {
-        assert_eq!(literal_prefix("/items/[0-9]+"), b"/items/");
-        assert_eq!(literal_prefix(r"^/a\.b/c"), b"/a.b/c");
-        assert_eq!(literal_prefix("/ab*"), b"/a");
-        assert_eq!(literal_prefix("/ab?c"), b"/a");
-        assert_eq!(literal_prefix("/ab{0,2}"), b"/a");
-        assert_eq!(literal_prefix("/a|/b"), b"");
-        assert_eq!(literal_prefix("(?i)/a"), b"");
-        assert_eq!(literal_prefix(r"\d+"), b"");
-        // Word boundaries, not literals (regex 1.10+).
-        assert_eq!(literal_prefix(r"/a\<b"), b"/a");
-        assert_eq!(literal_prefix(r"\>"), b"");
-        let m = StrMatch::compile(&sm(None, None, Some(r"/\<a")), false, LIMITS).unwrap();
+        // (the prefixes themselves: mesh_core::pattern's tests)
+        let m = StrMatch::compile(&sm(None, None, Some(r"/\<a")), false, limits()).unwrap();
         assert!(m.matches(b"/a"));
-        let m = StrMatch::compile(&sm(None, None, Some("/ab*c")), false, LIMITS).unwrap();
+        let m = StrMatch::compile(&sm(None, None, Some("/ab*c")), false, limits()).unwrap();
         assert!(m.matches(b"/ac"));
     }
 
@@ -550,18 +497,21 @@ mod tests {
     fn star_regex_is_a_presence_match() {
         // route.go canBeConvertedToPresentMatch: `regex: "*"` becomes present_match.
         assert!(matches!(
-            StrMatch::compile(&sm(None, None, Some("*")), false, LIMITS),
+            StrMatch::compile(&sm(None, None, Some("*")), false, limits()),
             Ok(StrMatch::Present)
         ));
         assert!(matches!(
-            StrMatch::compile(&StringMatch::default(), false, LIMITS),
+            StrMatch::compile(&StringMatch::default(), false, limits()),
             Ok(StrMatch::Present)
         ));
     }
 
     #[test]
     fn regex_size_limit_is_enforced() {
-        let tiny = RegexLimits { size_limit: 64 };
+        let tiny = RegexLimits {
+            size_limit: 64,
+            pre: &PRE,
+        };
         assert!(
             StrMatch::compile(&sm(None, None, Some("[a-z]{1,100}x{50}")), false, tiny).is_err()
         );
@@ -569,9 +519,9 @@ mod tests {
 
     #[test]
     fn case_insensitive_exact_and_prefix() {
-        let e = StrMatch::compile(&sm(Some("/Foo"), None, None), true, LIMITS).unwrap();
+        let e = StrMatch::compile(&sm(Some("/Foo"), None, None), true, limits()).unwrap();
         assert!(e.matches(b"/fOO"));
-        let p = StrMatch::compile(&sm(None, Some("/Foo"), None), true, LIMITS).unwrap();
+        let p = StrMatch::compile(&sm(None, Some("/Foo"), None), true, limits()).unwrap();
         assert!(p.matches(b"/FOObar"));
         assert!(!p.matches(b"/Fo"));
     }

@@ -12,14 +12,11 @@ use crate::percent::Percent;
 use crate::selector::{LabelSelector, Labels, WorkloadSelector};
 
 use super::{PathExt, Report};
+use crate::pattern::PatternError;
 
 /// Longest regex Istio accepts (`validateStringRegexp`: Envoy's RE2 program-size limit,
 /// approximated by length).
 pub const MAX_REGEX_LEN: usize = 1024;
-
-/// Compiled-size limit for regexes, so a short pattern with a huge expansion
-/// (`(a{1000}){1000}`) is rejected here rather than by the router at load.
-pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 // ============================================================================================
 // Names and hosts
@@ -676,47 +673,73 @@ pub(crate) fn validate_string_match_regexp(
                 format!("{where_:?}: regex string match should not be empty"),
             );
         } else {
-            rep.check(&p, validate_regex(re, where_));
+            let checked = check_length(re, where_).and_then(|()| {
+                // compiled as the route table uses it, once (crate::pattern)
+                rep.pre
+                    .full(re)
+                    .as_ref()
+                    .map(drop)
+                    .map_err(|e| regex_message(e, where_))
+            });
+            rep.check(&p, checked.or_else(ignore_size));
         }
+    }
+}
+
+/// A regex over the proxy's size limit is not an error of Istio's rules: the route table
+/// build reports it (in `validate` and `run` alike).
+fn ignore_size(m: Option<String>) -> Result<(), String> {
+    m.map_or(Ok(()), Err)
+}
+
+fn check_length(re: &str, where_: &str) -> Result<(), Option<String>> {
+    if re.len() > MAX_REGEX_LEN {
+        return Err(Some(format!(
+            "{where_:?}: regex is too large, max length allowed is {MAX_REGEX_LEN}"
+        )));
+    }
+    Ok(())
+}
+
+/// Istio's message for a regex that does not compile (`None`: over the proxy's size limit,
+/// which Istio's rules do not know).
+fn regex_message(e: &PatternError, where_: &str) -> Option<String> {
+    match e {
+        PatternError::Syntax(s) => Some(format!(
+            "{where_:?}: {s}; Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)"
+        )),
+        PatternError::TooBig(_) => None,
     }
 }
 
 /// `validateStringRegexp`: at most 1024 characters, and valid RE2 syntax. The `regex` crate
 /// implements RE2's syntax and guarantees (no backreferences, no look-around).
 pub fn validate_regex(re: &str, where_: &str) -> Result<(), String> {
-    if re.len() > MAX_REGEX_LEN {
-        return Err(format!(
-            "{where_:?}: regex is too large, max length allowed is {MAX_REGEX_LEN}"
-        ));
-    }
-    match regex::RegexBuilder::new(re)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-    {
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!(
-            "{where_:?}: {}; Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)",
-            regex_error_summary(&e)
-        )),
-    }
+    check_length(re, where_)
+        .and_then(|()| {
+            crate::pattern::FullMatch::compile(re, crate::pattern::SIZE_LIMIT)
+                .map(drop)
+                .map_err(|e| regex_message(&e, where_))
+        })
+        .or_else(ignore_size)
 }
 
-/// The `regex` crate's errors span several lines (with a caret diagram); keep the reason.
-fn regex_error_summary(e: &regex::Error) -> String {
-    match e {
-        regex::Error::Syntax(s) => {
-            let reason = s
-                .lines()
-                .rev()
-                .find_map(|l| l.trim().strip_prefix("error: "))
-                .unwrap_or(s.as_str());
-            format!("error parsing regexp: {reason}")
-        }
-        regex::Error::CompiledTooBig(n) => {
-            format!("regex compiles to more than {n} bytes")
-        }
-        other => other.to_string(),
-    }
+/// [`validate_regex`] for a search regex (`uriRegexRewrite`), compiled once for the route
+/// table.
+pub(crate) fn validate_search_regex(
+    re: &str,
+    where_: &str,
+    rep: &mut Report<'_>,
+) -> Result<(), String> {
+    check_length(re, where_)
+        .and_then(|()| {
+            rep.pre
+                .search(re)
+                .as_ref()
+                .map(drop)
+                .map_err(|e| regex_message(e, where_))
+        })
+        .or_else(ignore_size)
 }
 
 // ============================================================================================
@@ -827,118 +850,33 @@ pub fn validate_header_op_name(name: &str) -> Result<(), String> {
 }
 
 /// `ValidateHTTPHeaderValue`: no control characters but tab, and Envoy's `%VAR%` syntax
-/// (`validateHeaderValue`, a port of Envoy's `header_parser.cc`).
+/// (`validateHeaderValue`, a port of Envoy's `header_parser.cc`; [`crate::format`]).
 pub fn validate_header_value(value: &str) -> Result<(), String> {
+    header_value_chars(value)?;
+    crate::format::parse(value)
+        .map(drop)
+        .map_err(|e| format!("header value configuration: {e}"))
+}
+
+/// [`validate_header_value`], keeping the parsed format for the route table.
+pub(crate) fn validate_header_value_kept(value: &str, rep: &mut Report<'_>) -> Result<(), String> {
+    header_value_chars(value)?;
+    if !value.contains('%') {
+        return Ok(()); // a fixed value: nothing to parse
+    }
+    rep.pre
+        .format(value)
+        .as_ref()
+        .map(drop)
+        .map_err(|e| format!("header value configuration: {e}"))
+}
+
+fn header_value_chars(value: &str) -> Result<(), String> {
     if value
         .chars()
         .any(|c| (c <= '\u{8}') || ('\u{a}'..='\u{1f}').contains(&c) || c == '\u{7f}')
     {
         return Err(format!("header value configuration {value} is invalid"));
-    }
-    envoy_header_format(value).map_err(|e| format!("header value configuration: {e}"))
-}
-
-fn envoy_header_format(v: &str) -> Result<(), String> {
-    #[derive(PartialEq)]
-    enum S {
-        Literal,
-        VarName,
-        ExpectArray,
-        ExpectString,
-        Str,
-        ExpectDelimOrEnd,
-        ExpectArgsEnd,
-        ExpectVarEnd,
-    }
-    let b = v.as_bytes();
-    let mut pos = 0;
-    let mut st = S::Literal;
-    while pos < b.len() {
-        let ch = b[pos];
-        let has_next = pos + 1 < b.len();
-        match st {
-            S::Literal => {
-                if ch == b'%' {
-                    if !has_next {
-                        return Err("invalid header configuration. Un-escaped %".into());
-                    }
-                    if b[pos + 1] == b'%' {
-                        pos += 1;
-                    } else {
-                        st = S::VarName;
-                    }
-                }
-            }
-            S::VarName => {
-                if ch == b'%' {
-                    st = S::Literal;
-                } else if ch == b'(' {
-                    st = S::ExpectArray;
-                }
-            }
-            S::ExpectArray => {
-                if ch == b'[' {
-                    st = S::ExpectString;
-                } else if ch != b' ' {
-                    st = S::Str;
-                }
-            }
-            S::ExpectDelimOrEnd => {
-                if ch == b',' {
-                    st = S::ExpectString;
-                } else if ch == b']' {
-                    st = S::ExpectArgsEnd;
-                } else if ch != b' ' {
-                    return Err(
-                        "invalid header configuration. Expecting ',', ']', or whitespace".into(),
-                    );
-                }
-            }
-            S::ExpectString => {
-                if ch == b'"' {
-                    st = S::Str;
-                } else if ch != b' ' {
-                    return Err("invalid header configuration. Expecting '\"'".into());
-                }
-            }
-            S::Str => {
-                if ch == b'\\' {
-                    if !has_next {
-                        return Err(
-                            "invalid header configuration. Un-terminated backslash in JSON string"
-                                .into(),
-                        );
-                    }
-                    pos += 1;
-                } else if ch == b')' {
-                    st = S::ExpectVarEnd;
-                } else if ch == b'"' {
-                    st = S::ExpectDelimOrEnd;
-                }
-            }
-            S::ExpectArgsEnd => {
-                if ch == b')' {
-                    st = S::ExpectVarEnd;
-                } else if ch != b' ' {
-                    return Err("invalid header configuration. Expecting ')' or whitespace after '{}', but found '{}'".into());
-                }
-            }
-            S::ExpectVarEnd => {
-                if ch == b'%' {
-                    st = S::Literal;
-                } else if ch != b' ' {
-                    return Err(
-                        "invalid header configuration. Expecting '%' or whitespace after".into(),
-                    );
-                }
-            }
-        }
-        pos += 1;
-    }
-    if st != S::Literal {
-        return Err(format!(
-            "invalid header configuration. Un-terminated variable expression '{v}'"
-        ));
     }
     Ok(())
 }

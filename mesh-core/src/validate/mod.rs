@@ -66,6 +66,7 @@ mod virtual_service;
 use crate::error::{FieldPath, Severity};
 use crate::load::Finding;
 use crate::model::{Resource, Spec};
+use crate::pattern::Precompiled;
 
 /// Validates resources with Istio's rules; the findings name resources by their index in
 /// `resources`. Errors and warnings are mixed, in resource order; use
@@ -74,6 +75,12 @@ use crate::model::{Resource, Spec};
 /// Resources are checked independently, so large configurations are checked on several
 /// threads (the findings come out in the same order either way).
 pub fn validate(resources: &[Resource]) -> Vec<Finding> {
+    validate_precompiled(resources).0
+}
+
+/// [`validate`], also returning the regexes and header formats it compiled to check them,
+/// for the route table to use (see [`pattern`](crate::pattern)).
+pub fn validate_precompiled(resources: &[Resource]) -> (Vec<Finding>, Precompiled) {
     const PARALLEL_MIN: usize = 64;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -89,31 +96,33 @@ pub fn validate(resources: &[Resource]) -> Vec<Finding> {
             .map(|(i, group)| (i, scope.spawn(move || validate_range(group, i * per))))
             .collect();
         let mut out = Vec::new();
+        let mut pre = Precompiled::default();
         for (i, h) in handles {
-            match h.join() {
-                Ok(v) => out.extend(v),
+            let (found, p) = match h.join() {
+                Ok(v) => v,
                 // a panic in a validator thread: redo the group here so it surfaces normally
-                Err(_) => out.extend(validate_range(
-                    resources.chunks(per).nth(i).unwrap_or(&[]),
-                    i * per,
-                )),
-            }
+                Err(_) => validate_range(resources.chunks(per).nth(i).unwrap_or(&[]), i * per),
+            };
+            out.extend(found);
+            pre.merge(p);
         }
-        out
+        (out, pre)
     })
 }
 
 /// Validates `resources`, numbering them from `first`.
-fn validate_range(resources: &[Resource], first: usize) -> Vec<Finding> {
+fn validate_range(resources: &[Resource], first: usize) -> (Vec<Finding>, Precompiled) {
     let mut out = Vec::new();
+    let mut pre = Precompiled::default();
     for (index, r) in resources.iter().enumerate() {
         let mut rep = Report {
             resource: first + index,
             out: &mut out,
+            pre: &mut pre,
         };
         validate_resource(r, &mut rep);
     }
-    out
+    (out, pre)
 }
 
 /// Whether any finding is an error.
@@ -139,10 +148,11 @@ fn validate_resource(r: &Resource, rep: &mut Report<'_>) {
     }
 }
 
-/// Collects the findings of one resource.
+/// Collects the findings of one resource (and what was compiled to find them).
 pub(crate) struct Report<'a> {
     resource: usize,
     out: &'a mut Vec<Finding>,
+    pub(crate) pre: &'a mut Precompiled,
 }
 
 // === impl Report ===

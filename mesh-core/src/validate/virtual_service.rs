@@ -15,7 +15,7 @@ use crate::policy::RETRY_ON_NAMES;
 use super::common::{
     self, host_subset_of, hosts_match, is_dns1123_label, is_ip, is_jwt_claim_route,
     validate_duration, validate_fqdn, validate_labels, validate_percentage, validate_port,
-    validate_regex, validate_string_match, validate_string_match_regexp, validate_wildcard_domain,
+    validate_string_match, validate_string_match_regexp, validate_wildcard_domain,
 };
 use super::{PathExt, Report};
 
@@ -465,7 +465,8 @@ fn validate_headers(headers: Option<&Headers>, at: &FieldPath, rep: &mut Report<
             for (name, val) in map {
                 let hp = p.k(op).k(name);
                 rep.check(&hp, common::validate_header_set_name(name));
-                rep.check(&hp, common::validate_header_value(val));
+                let checked = common::validate_header_value_kept(val, rep);
+                rep.check(&hp, checked);
             }
         }
         for (i, name) in req.remove.iter().enumerate() {
@@ -478,7 +479,8 @@ fn validate_headers(headers: Option<&Headers>, at: &FieldPath, rep: &mut Report<
             for (name, val) in map {
                 let hp = p.k(op).k(name);
                 rep.check(&hp, common::validate_header_op_name(name));
-                rep.check(&hp, common::validate_header_value(val));
+                let checked = common::validate_header_value_kept(val, rep);
+                rep.check(&hp, checked);
             }
         }
         for (i, name) in resp.remove.iter().enumerate() {
@@ -879,7 +881,8 @@ fn validate_rewrite(r: &HttpRewrite, at: &FieldPath, rep: &mut Report<'_>) {
                     .to_string(),
             )
         } else {
-            validate_regex(&rr.pattern, "HTTPRewrite.UriRegexRewrite.Match").err()
+            common::validate_search_regex(&rr.pattern, "HTTPRewrite.UriRegexRewrite.Match", rep)
+                .err()
         };
         if let Some(e) = err {
             rep.error(&p, format!("UriRegexRewrite has errors: {e}"));
