@@ -3,15 +3,19 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod analyze;
 pub mod body;
 pub mod compile;
 pub mod config;
 pub mod ext;
 pub mod flags;
+pub mod format;
 pub mod health;
+pub mod pattern;
 pub mod policy;
 pub mod selector;
 pub mod sticky;
+pub mod support;
 
 pub use body::MeshBody;
 pub use flags::ResponseFlags;

@@ -42,6 +42,7 @@ pub struct Loader {
     default_namespace: Option<String>,
     resources: Vec<Resource>,
     diagnostics: Vec<Diagnostic>,
+    sources: Vec<Arc<str>>,
 }
 
 /// The outcome of loading: the resources that parsed, and every diagnostic found.
@@ -51,6 +52,8 @@ pub struct Loaded {
     pub resources: Vec<Resource>,
     /// Parse and envelope errors (and any warnings), with positions.
     pub diagnostics: Vec<Diagnostic>,
+    /// The names of the sources read (files, or names given to text), in order.
+    pub sources: Vec<Arc<str>>,
 }
 
 // === impl Loader ===
@@ -71,6 +74,7 @@ impl Loader {
     pub fn add_file(&mut self, path: impl AsRef<Path>) {
         let path = path.as_ref();
         let name: Arc<str> = path.display().to_string().into();
+        self.sources.push(name.clone());
         match std::fs::read_to_string(path) {
             Ok(text) => self.add_source(name, text.into()),
             Err(e) => self.diagnostics.push(Diagnostic {
@@ -87,7 +91,9 @@ impl Loader {
 
     /// Adds YAML text under a name used in diagnostics.
     pub fn add_str(&mut self, name: &str, text: &str) {
-        self.add_source(name.into(), text.into());
+        let name: Arc<str> = name.into();
+        self.sources.push(name.clone());
+        self.add_source(name, text.into());
     }
 
     fn add_source(&mut self, file: Arc<str>, text: Arc<str>) {
@@ -151,6 +157,14 @@ impl Loader {
                 r.metadata.namespace = Some(ns.clone());
             }
         }
+        // errors found while parsing name their resource before namespaces are known
+        for d in &mut self.diagnostics {
+            if let Some(r) = &mut d.resource
+                && r.namespace.is_empty()
+            {
+                r.namespace = ns.clone();
+            }
+        }
         let mut seen: HashMap<ResourceRef, (Arc<str>, u32)> = HashMap::new();
         let mut keep = Vec::with_capacity(self.resources.len());
         let mut bootstraps = 0;
@@ -189,6 +203,7 @@ impl Loader {
         Loaded {
             resources: keep,
             diagnostics: self.diagnostics,
+            sources: self.sources,
         }
     }
 }
@@ -399,6 +414,7 @@ fn parse_document(
             metadata,
             spec,
             origin,
+            unenforced: crate::support::scan(kind, doc_node, off),
         }),
         Err((p, msg)) => diag(
             Some(append_serde_path(FieldPath::root().key("spec"), &p)),
@@ -519,39 +535,17 @@ pub struct Finding {
 /// Turns findings into diagnostics with file, line and column, parsing each source text
 /// at most once (findings are rare; positions are not kept for every node up front).
 pub fn resolve(resources: &[Resource], findings: Vec<Finding>) -> Vec<Diagnostic> {
-    // group findings by the chunk of source their resource came from; parse each chunk once
-    let mut by_chunk: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
-    for (i, f) in findings.iter().enumerate() {
-        if let Some(r) = resources.get(f.resource) {
-            let key = (
-                Arc::as_ptr(&r.origin.text) as *const u8 as usize,
-                r.origin.chunk.start,
-            );
-            by_chunk.entry(key).or_default().push(i);
-        }
-    }
-    let mut pos: Vec<(u32, u32)> = vec![(0, 0); findings.len()];
-    for idxs in by_chunk.values() {
-        let Some(first) = idxs.first() else { continue };
-        let origin = &resources[findings[*first].resource].origin;
-        let src = origin.text.get(origin.chunk.clone()).unwrap_or("");
-        let docs = MarkedYaml::load_from_str(src).unwrap_or_default();
-        for &i in idxs {
-            let o = &resources[findings[i].resource].origin;
-            pos[i] = match docs.get(o.document) {
-                Some(doc) => {
-                    let (l, c) = locate_in(doc, &findings[i].field);
-                    (l + o.line_offset, c)
-                }
-                None => (o.line, 1),
-            };
-        }
-    }
+    let wanted: Vec<Option<(&Origin, &FieldPath)>> = findings
+        .iter()
+        .map(|f| resources.get(f.resource).map(|r| (&r.origin, &f.field)))
+        .collect();
+    let pos = positions(&wanted);
     findings
         .into_iter()
         .zip(pos)
-        .filter_map(|(f, (line, column))| {
+        .filter_map(|(f, p)| {
             let r = resources.get(f.resource)?;
+            let (line, column) = p?;
             Some(Diagnostic {
                 severity: f.severity,
                 file: r.origin.file.clone(),
@@ -563,6 +557,103 @@ pub fn resolve(resources: &[Resource], findings: Vec<Finding>) -> Vec<Diagnostic
             })
         })
         .collect()
+}
+
+/// The positions of fields (each in the document of its origin), parsing each chunk of
+/// source once; `None` where nothing was asked.
+fn positions(wanted: &[Option<(&Origin, &FieldPath)>]) -> Vec<Option<(u32, u32)>> {
+    let mut by_chunk: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
+    for (i, w) in wanted.iter().enumerate() {
+        if let Some((o, _)) = w {
+            let key = (Arc::as_ptr(&o.text) as *const u8 as usize, o.chunk.start);
+            by_chunk.entry(key).or_default().push(i);
+        }
+    }
+    let mut pos = vec![None; wanted.len()];
+    for idxs in by_chunk.values() {
+        let Some(Some((origin, _))) = idxs.first().map(|i| wanted[*i]) else {
+            continue;
+        };
+        let src = origin.text.get(origin.chunk.clone()).unwrap_or("");
+        let docs = MarkedYaml::load_from_str(src).unwrap_or_default();
+        for &i in idxs {
+            let Some((o, field)) = wanted[i] else {
+                continue;
+            };
+            pos[i] = Some(match docs.get(o.document) {
+                Some(doc) => {
+                    let (l, c) = locate_in(doc, field);
+                    (l + o.line_offset, c)
+                }
+                None => (o.line, 1),
+            });
+        }
+    }
+    pos
+}
+
+/// A problem found in a resource by a step after loading (compiling route tables,
+/// analysis), named by reference: [`Origins::locate`] gives it a file and line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The resource.
+    pub resource: ResourceRef,
+    /// The field, from the document root (`spec.http[0]...`).
+    pub field: FieldPath,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Where each resource of a configuration came from: lets the steps after loading (which
+/// work on the compiled snapshot) report problems with file, line, resource and field.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    index: HashMap<ResourceRef, Origin>,
+}
+
+// === impl Origins ===
+
+impl Origins {
+    /// The origins of `resources`.
+    pub fn of(resources: &[Resource]) -> Self {
+        Origins {
+            index: resources
+                .iter()
+                .map(|r| (r.reference(), r.origin.clone()))
+                .collect(),
+        }
+    }
+
+    /// Turns issues into diagnostics with file, line and column (an issue about a resource
+    /// these origins do not know names no file).
+    pub fn locate(&self, issues: Vec<Issue>) -> Vec<Diagnostic> {
+        let wanted: Vec<Option<(&Origin, &FieldPath)>> = issues
+            .iter()
+            .map(|i| self.index.get(&i.resource).map(|o| (o, &i.field)))
+            .collect();
+        let pos = positions(&wanted);
+        issues
+            .into_iter()
+            .zip(pos)
+            .map(|(i, p)| {
+                let file = self
+                    .index
+                    .get(&i.resource)
+                    .map_or_else(|| Arc::from("<configuration>"), |o| o.file.clone());
+                Diagnostic {
+                    severity: i.severity,
+                    file,
+                    line: p.map(|p| p.0),
+                    column: p.map(|p| p.1),
+                    resource: Some(i.resource),
+                    field: Some(i.field),
+                    message: i.message,
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -589,12 +680,12 @@ mod tests {
         );
         assert_eq!(
             d.resource.as_ref().unwrap().to_string(),
-            "VirtualService//reviews"
+            "VirtualService/default/reviews"
         );
         assert!(d.message.contains("invalid type"), "{}", d.message);
         assert!(
             d.to_string().starts_with(
-                "error: t.yaml:11:7: VirtualService//reviews: spec.http[0].route[0].weight: "
+                "error: t.yaml:11:7: VirtualService/default/reviews: spec.http[0].route[0].weight: "
             ),
             "{d}"
         );

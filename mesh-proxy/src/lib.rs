@@ -8,6 +8,7 @@ pub mod ca;
 pub mod cli;
 pub mod demo;
 pub mod engine;
+pub mod pipeline;
 pub mod proxy;
 pub mod run;
 pub mod stack;

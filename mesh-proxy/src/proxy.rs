@@ -1,11 +1,14 @@
 //! The assembled proxy: listeners, admin, configuration reloads and drain.
 //!
-//! [`Proxy::start`] loads the configuration (any error stops start-up, naming the file,
-//! line, resource and field), starts the outbound listener (and the inbound one when the
-//! bootstrap asks for it) on the data-plane engine, and the admin listener. [`Proxy::reload`]
-//! re-reads the files: a configuration that loads and validates replaces the running one
-//! atomically (in-flight requests finish on the old one); one that does not is logged and
-//! the last good configuration keeps serving. [`Proxy::drain`] is what SIGTERM does.
+//! [`Proxy::start`] runs the configuration pipeline ([`crate::pipeline`], the one `validate`
+//! runs; any error stops start-up, naming the file, line, resource and field; warnings,
+//! such as fields this version does not enforce, are logged), starts the outbound listener
+//! (and the inbound one when the bootstrap asks for it) on the data-plane engine, and the
+//! admin listener. [`Proxy::reload`] runs the pipeline again: a configuration that passes
+//! replaces the running one atomically (in-flight requests finish on the old one); one that
+//! does not is logged and the last good configuration keeps serving. A reload that would
+//! lose every resource, or the `ProxyBootstrap`, is refused too: the usual cause is a file
+//! caught in the middle of a write. [`Proxy::drain`] is what SIGTERM does.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,16 +26,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_core::ConfigError;
 use mesh_core::compile::Snapshot;
-use mesh_core::config::{self, Compiled};
+use mesh_core::config::Compiled;
 use mesh_core::ext::SelectedEndpoint;
 use mesh_core::model::bootstrap::ProxyBootstrap;
+use mesh_core::{ConfigError, Diagnostic};
 
 use arc_swap::ArcSwap;
 
 use crate::admin::AdminServer;
 use crate::engine::{Engine, EngineConfig, Limits, Readiness, WorkerContext};
+use crate::pipeline::{self, Built};
 use crate::stack::Layers;
 
 /// Why the proxy could not start, or a reload was refused.
@@ -42,10 +46,15 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error("{0}")]
     Config(#[from] ConfigError),
-    /// The configuration is valid but its routes cannot be compiled (e.g. a regex over the
-    /// size limit).
+    /// The configuration is valid but its routes cannot be compiled (kept for
+    /// compatibility: the pipeline now reports these as [`StartError::Config`]
+    /// diagnostics, with file and line).
     #[error("{0}")]
     Routes(#[from] mesh_routing::BuildError),
+    /// A reload was refused though the configuration is valid (it would drop every
+    /// resource, or the `ProxyBootstrap`: a truncated write, usually).
+    #[error("{0}")]
+    Refused(String),
     /// A listener could not be bound or a thread started.
     #[error("{what}: {source}")]
     Io {
@@ -67,6 +76,10 @@ pub struct ProxyState {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// The running configuration's fields that this version does not enforce.
+    unenforced: ArcSwap<Vec<Diagnostic>>,
+    /// Whether the running configuration has a `ProxyBootstrap` document.
+    has_bootstrap: AtomicBool,
 }
 
 /// A running proxy.
@@ -110,22 +123,29 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
 // === impl Proxy ===
 
 impl Proxy {
-    /// Loads the configuration files and starts the proxy.
+    /// Runs the configuration pipeline on the files and starts the proxy.
     pub fn start(files: Vec<PathBuf>) -> Result<Proxy, StartError> {
-        let compiled = config::load_files(&files)?;
+        let built = pipeline::build_files(&files)?;
+        Proxy::start_built(built, files)
+    }
+
+    /// Starts the proxy from an already compiled configuration (the pipeline's build step
+    /// runs on it); `files` are what [`reload`](Self::reload) re-reads (may be empty: then
+    /// reload only re-applies).
+    pub fn start_compiled(compiled: Compiled, files: Vec<PathBuf>) -> Result<Proxy, StartError> {
+        Proxy::start_built(pipeline::build_compiled(compiled)?, files)
+    }
+
+    /// Starts the proxy from a configuration that went through the whole pipeline.
+    pub fn start_built(built: Built, files: Vec<PathBuf>) -> Result<Proxy, StartError> {
+        let Built { compiled, routes } = built;
         for w in &compiled.warnings {
             tracing::warn!("{w}");
         }
-        Proxy::start_compiled(compiled, files)
-    }
-
-    /// Starts the proxy from an already compiled configuration; `files` are what
-    /// [`reload`](Self::reload) re-reads (may be empty: then reload only re-applies).
-    pub fn start_compiled(compiled: Compiled, files: Vec<PathBuf>) -> Result<Proxy, StartError> {
         let snapshot = compiled.snapshot;
         let boot = snapshot.bootstrap.clone();
         let limits = engine_limits(&boot);
-        let layers = Layers::new(&snapshot)?;
+        let layers = Layers::new(&snapshot, routes);
         let state = Arc::new(ProxyState {
             files,
             snapshot: ArcSwap::new(snapshot.clone()),
@@ -135,6 +155,8 @@ impl Proxy {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            unenforced: ArcSwap::from_pointee(compiled.unenforced),
+            has_bootstrap: AtomicBool::new(compiled.has_bootstrap),
         });
         let mut proxy = Proxy {
             state: state.clone(),
@@ -330,17 +352,28 @@ impl ProxyState {
         &self.files
     }
 
-    /// Re-reads the files: on success the new configuration replaces the running one (in-flight
-    /// requests finish on the old) and its generation is returned; on error the running one
-    /// stays and the error is returned (and kept for `/stats/prometheus` and logs).
+    /// Re-reads the files through the pipeline: on success the new configuration replaces
+    /// the running one (in-flight requests finish on the old) and its generation is
+    /// returned; on error the running one stays and the error is returned (and kept for
+    /// `/stats/prometheus` and logs). A configuration with no resource at all, or without
+    /// the `ProxyBootstrap` the running one has, is refused: the usual cause is a file
+    /// truncated by a write in progress, and applying it would fail every request.
     pub fn reload(&self) -> Result<u64, StartError> {
-        match config::load_files(&self.files) {
-            Ok(compiled) => {
-                for w in &compiled.warnings {
-                    tracing::warn!("{w}");
+        match pipeline::build_files(&self.files) {
+            Ok(built) => {
+                if built.compiled.resources == 0 {
+                    return Err(self.reject(StartError::Refused(
+                        "the new configuration has no resources (an empty or truncated file?)"
+                            .into(),
+                    )));
                 }
-                self.apply(compiled)
-                    .map_err(|e| self.reject(StartError::Routes(e)))
+                if self.has_bootstrap.load(Ordering::Relaxed) && !built.compiled.has_bootstrap {
+                    return Err(self.reject(StartError::Refused(
+                        "the new configuration has no ProxyBootstrap document, the running one has (a truncated file?)"
+                            .into(),
+                    )));
+                }
+                Ok(self.apply_built(built))
             }
             Err(e) => Err(self.reject(StartError::Config(e))),
         }
@@ -355,9 +388,20 @@ impl ProxyState {
         e
     }
 
-    /// Replaces the running configuration with a compiled one; returns its generation. A
-    /// configuration whose routes cannot be compiled is refused (the running one stays).
-    pub fn apply(&self, compiled: Compiled) -> Result<u64, mesh_routing::BuildError> {
+    /// Replaces the running configuration with a compiled one (the pipeline's build step
+    /// runs on it); returns its generation. A configuration whose routes cannot be built is
+    /// refused (the running one stays).
+    pub fn apply(&self, compiled: Compiled) -> Result<u64, StartError> {
+        Ok(self.apply_built(pipeline::build_compiled(compiled)?))
+    }
+
+    /// Replaces the running configuration with one that went through the pipeline; returns
+    /// its generation.
+    pub fn apply_built(&self, built: Built) -> u64 {
+        let Built { compiled, routes } = built;
+        for w in &compiled.warnings {
+            tracing::warn!("{w}");
+        }
         let old = self.snapshot();
         if old.bootstrap.outbound != compiled.snapshot.bootstrap.outbound
             || old.bootstrap.inbound != compiled.snapshot.bootstrap.inbound
@@ -369,8 +413,11 @@ impl ProxyState {
             );
         }
         let generation = compiled.snapshot.generation;
-        self.layers.store(&compiled.snapshot)?;
+        self.layers.store(&compiled.snapshot, routes);
         self.snapshot.store(compiled.snapshot);
+        self.unenforced.store(Arc::new(compiled.unenforced));
+        self.has_bootstrap
+            .store(compiled.has_bootstrap, Ordering::Relaxed);
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut l) = self.last_error.lock() {
             *l = None;
@@ -380,15 +427,35 @@ impl ProxyState {
             resources = compiled.resources,
             "configuration applied"
         );
-        Ok(generation)
+        generation
+    }
+
+    /// The running configuration's fields that this version accepts but does not enforce.
+    pub fn unenforced(&self) -> Arc<Vec<Diagnostic>> {
+        self.unenforced.load_full()
     }
 
     /// `/config_dump`: the effective configuration.
     pub fn config_dump(&self) -> serde_json::Value {
         let snap = self.snapshot();
+        let unenforced: Vec<serde_json::Value> = self
+            .unenforced()
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "file": &*d.file,
+                    "line": d.line,
+                    "column": d.column,
+                    "resource": d.resource.as_ref().map(ToString::to_string),
+                    "field": d.field.as_ref().map(ToString::to_string),
+                    "message": d.message,
+                })
+            })
+            .collect();
         serde_json::json!({
             "generation": snap.generation,
             "files": self.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+            "unenforced": unenforced,
             "snapshot": serde_json::to_value(&*snap).unwrap_or_default(),
         })
     }
@@ -481,6 +548,11 @@ impl ProxyState {
             s,
             "# TYPE mesh_proxy_services gauge\nmesh_proxy_services {}",
             snap.services.len()
+        );
+        let _ = writeln!(
+            s,
+            "# HELP mesh_proxy_unenforced_fields Fields of the running configuration that this version accepts but does not enforce.\n# TYPE mesh_proxy_unenforced_fields gauge\nmesh_proxy_unenforced_fields {}",
+            self.unenforced().len()
         );
         s
     }

@@ -11,9 +11,10 @@
 //!
 //! The layers are built once ([`Layers::new`]) and shared by every worker; each worker wraps
 //! its own connector with them ([`Layers::stack`]), so per-worker state (balancer cursors,
-//! pools) stays on its thread. A reload ([`Layers::store`]) compiles the new route table
-//! first (an error leaves everything as it was), then swaps the balancer's snapshot and the
-//! route table atomically; in-flight requests finish on what they loaded.
+//! pools) stays on its thread. The route table comes built from the configuration pipeline
+//! ([`crate::pipeline`]), which refuses a configuration whose table cannot be built; a
+//! reload ([`Layers::store`]) swaps the balancer's snapshot and the route table atomically,
+//! and in-flight requests finish on what they loaded.
 
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ use mesh_lb::discover::{
     Chain, Discover, DnsDiscover, HickoryResolver, Resolver, StaticDiscover, SystemResolver,
 };
 use mesh_lb::{Lb, LbLayer};
-use mesh_routing::{BuildError, Route, RouteLayer, RouteTable, RouteTableHandle};
+use mesh_routing::{Route, RouteLayer, RouteTable, RouteTableHandle};
 use tokio::sync::Notify;
 use tower_layer::Layer;
 
@@ -192,9 +193,9 @@ impl DnsRefresher {
 // === impl Layers ===
 
 impl Layers {
-    /// Compiles the route table for a sidecar (`mesh` gateway) and builds the balancer.
-    pub fn new(snapshot: &Arc<Snapshot>) -> Result<Layers, BuildError> {
-        let table = RouteTable::sidecar(snapshot)?;
+    /// The layers of a sidecar (`mesh` gateway): its route table (built by
+    /// [`crate::pipeline`]) and a balancer over the snapshot.
+    pub fn new(snapshot: &Arc<Snapshot>, table: RouteTable) -> Layers {
         let routes = RouteTableHandle::new(table);
         let dns = DnsRefresher::new(snapshot);
         let discover: Arc<dyn Discover> =
@@ -202,7 +203,7 @@ impl Layers {
         let lb = LbLayer::builder(snapshot.clone())
             .discover(discover)
             .build();
-        Ok(Layers {
+        Layers {
             route_layer: RouteLayer::new(routes.clone()),
             // Mirrored requests run as tasks of the worker that received the original (the
             // engine's workers are current-thread runtimes), on that worker's pool.
@@ -212,20 +213,18 @@ impl Layers {
             routes,
             lb,
             dns,
-        })
+        }
     }
 
-    /// Applies a new snapshot: compiles its route table (an error changes nothing), then
-    /// swaps the balancer's snapshot and the table.
-    pub fn store(&self, snapshot: &Arc<Snapshot>) -> Result<(), BuildError> {
-        let table = RouteTable::sidecar(snapshot)?;
+    /// Applies a new snapshot and its route table: swaps the balancer's snapshot, then the
+    /// table.
+    pub fn store(&self, snapshot: &Arc<Snapshot>, table: RouteTable) {
         // the balancer first: new routes may name services only the new snapshot has
         self.lb.store(snapshot.clone());
         self.routes.store(table);
         // new DNS names resolve now rather than at the next period (the first DNS service
         // starts the resolver thread)
         self.dns.start_if_needed(snapshot);
-        Ok(())
     }
 
     /// One worker's stack around its connector.

@@ -31,11 +31,17 @@ fn text(o: &Output) -> String {
 }
 
 #[test]
-fn validate_accepts_every_valid_corpus_file() {
+fn validate_istio_accepts_every_valid_corpus_file() {
+    // `--istio`: Istio's rules only, as `istioctl validate` (the run-mode outcome of each
+    // file is checked in tests/corpus.rs)
     let files = corpus("valid");
     assert!(files.len() >= 40, "corpus has {} valid files", files.len());
     for f in files {
-        let out = bin().arg("validate").arg(&f).output().unwrap();
+        let out = bin()
+            .args(["validate", "--istio"])
+            .arg(&f)
+            .output()
+            .unwrap();
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -49,6 +55,7 @@ fn validate_accepts_every_valid_corpus_file() {
 
 #[test]
 fn validate_rejects_every_invalid_corpus_file_with_its_message() {
+    // (files whose error only the build finds say `# stage: build`; they are Istio-valid)
     let files = corpus("invalid");
     assert!(
         files.len() >= 40,
@@ -113,6 +120,39 @@ fn usage_errors_exit_2() {
         Some(2)
     );
     assert_eq!(bin().arg("run").output().unwrap().status.code(), Some(2));
+}
+
+#[test]
+fn validate_reads_directories_and_stdin() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let vs = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\nspec:\n  hosts: [a.example.com]\n  ports: [{number: 80, name: http}]\n  resolution: STATIC\n  endpoints: [{address: 10.0.0.1}]\n";
+    std::fs::write(dir.path().join("a.yaml"), vs).unwrap();
+    std::fs::write(dir.path().join("b.yml"), vs.replace("name: a}", "name: b}")).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not: [yaml").unwrap();
+    let out = bin().arg("validate").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("validation succeeded: 2 resource(s) in 2 file(s)"),
+        "{}",
+        text(&out)
+    );
+    let mut child = bin()
+        .args(["validate", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [r]\n  http:\n  - route: [{destination: {host: r}, weight: -1}]\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("error: <stdin>:7:"), "{}", text(&out));
 }
 
 #[test]

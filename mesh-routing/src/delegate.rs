@@ -12,15 +12,14 @@ use mesh_core::compile::Snapshot;
 use mesh_core::compile::VirtualServiceEntry;
 use mesh_core::model::networking::{HttpMatchRequest, HttpRoute, StringMatch};
 
-/// The routes that replace `root` (a route with `delegate`) of the root VirtualService `vs`.
-pub(crate) fn expand(
-    snap: &Snapshot,
+/// The routes that replace `root` (a route with `delegate`) of the root VirtualService `vs`:
+/// the delegate, and each merged route with the index of the delegate's route it came from.
+pub(crate) fn expand<'s>(
+    snap: &'s Snapshot,
     vs: &VirtualServiceEntry,
     root: &HttpRoute,
-) -> Vec<HttpRoute> {
-    let Some(del) = &root.delegate else {
-        return vec![root.clone()];
-    };
+) -> Option<(&'s VirtualServiceEntry, Vec<(usize, HttpRoute)>)> {
+    let del = root.delegate.as_ref()?;
     let ns = del
         .namespace
         .as_deref()
@@ -31,20 +30,22 @@ pub(crate) fn expand(
         .iter()
         .find(|d| d.hosts.is_empty() && d.name == del.name && d.namespace == ns)
     else {
-        return Vec::new();
+        return None;
     };
     if !(delegate.namespace == vs.namespace || delegate.export_to.visible_to(&vs.namespace)) {
-        return Vec::new();
+        return None;
     }
     let mut root = root.clone();
     root.delegate = None;
-    delegate
+    let routes = delegate
         .spec
         .http
         .iter()
-        .filter(|r| r.delegate.is_none()) // one level only
-        .filter_map(|r| merge_route(&root, r.clone()))
-        .collect()
+        .enumerate()
+        .filter(|(_, r)| r.delegate.is_none()) // one level only
+        .filter_map(|(k, r)| merge_route(&root, r.clone()).map(|m| (k, m)))
+        .collect();
+    Some((delegate, routes))
 }
 
 /// `mergeHTTPRoute`.

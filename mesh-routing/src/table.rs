@@ -49,7 +49,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::{ArcSwap, Guard};
 use http::{HeaderValue, Request};
 use mesh_core::compile::{Protocol, Service, Snapshot, VirtualServiceEntry, host_matches};
+use mesh_core::error::ResourceRef;
 use mesh_core::ext::{RouteDestination, RoutePolicy, SourceWorkload};
+use mesh_core::model::Kind;
 use mesh_core::model::networking::{Destination, HttpRoute, OutboundTrafficMode, ServicePort};
 use mesh_core::policy::{FaultPolicy, RetryPolicy};
 use mesh_core::selector::Labels;
@@ -103,7 +105,7 @@ pub struct RouteTable {
     unknown: UnknownHost,
     source_labels: Labels,
     source_namespace: Box<str>,
-    warnings: Vec<String>,
+    warnings: Vec<BuildError>,
     route_count: usize,
 }
 
@@ -244,7 +246,7 @@ impl RouterContext {
             namespace: b.workload.namespace.clone(),
             labels: b.workload.labels.clone(),
             cluster_domain: b.mesh.cluster_domain.clone(),
-            regex_size_limit: 256 * 1024,
+            regex_size_limit: mesh_core::pattern::SIZE_LIMIT,
         }
     }
 
@@ -297,6 +299,15 @@ fn covers(pattern: &str, name: &str) -> bool {
     }
 }
 
+/// The reference of a compiled VirtualService.
+fn vs_ref(vs: &VirtualServiceEntry) -> ResourceRef {
+    ResourceRef {
+        kind: Kind::VirtualService,
+        namespace: vs.namespace.clone(),
+        name: vs.name.clone(),
+    }
+}
+
 /// The domains (without port) Istio generates for `host` for a client in `ns`.
 fn service_domain_forms(host: &str, ns: &str, cluster_domain: &str) -> Vec<String> {
     let mut v = vec![host.to_ascii_lowercase()];
@@ -321,13 +332,13 @@ fn service_domain_forms(host: &str, ns: &str, cluster_domain: &str) -> Vec<Strin
 }
 
 struct Builder<'a> {
-    warnings: std::cell::RefCell<Vec<String>>,
+    warnings: std::cell::RefCell<Vec<BuildError>>,
     /// Indexes already built, by the identity of the routes they index: a VirtualService
     /// claiming several services shares one.
     indexes: HashMap<Vec<usize>, Option<Arc<PathIndex>>>,
     snap: &'a Snapshot,
     ctx: &'a RouterContext,
-    limits: RegexLimits,
+    limits: RegexLimits<'a>,
     table: RouteTable,
 }
 
@@ -460,15 +471,19 @@ impl Builder<'_> {
         if !r.matches.is_empty() && blocks.is_empty() {
             return Ok(None); // no block applies to this gateway context
         }
-        let headers = HeaderRules::compile(r.headers.as_ref(), &format!("{field}.headers"))?;
+        let pre = &*self.snap.precompiled;
+        let headers = HeaderRules::compile(r.headers.as_ref(), &format!("{field}.headers"), pre)?;
         let action = if let Some(redirect) = &r.redirect {
             match Redirect::compile(redirect) {
                 Some(rd) => Action::Redirect(rd),
                 None => {
                     // ApplyRedirect: an unsupported code leaves the route without an action.
-                    self.warnings.borrow_mut().push(format!(
-                        "{field}.redirect.redirectCode: {} is not supported; route dropped",
-                        redirect.redirect_code.unwrap_or(0)
+                    self.warnings.borrow_mut().push(BuildError::new(
+                        format!("{field}.redirect.redirectCode"),
+                        format!(
+                            "{} is not supported: the route is dropped (as Istio drops it)",
+                            redirect.redirect_code.unwrap_or(0)
+                        ),
                     ));
                     return Ok(None);
                 }
@@ -487,6 +502,7 @@ impl Builder<'_> {
                     headers: HeaderRules::compile(
                         rd.headers.as_ref(),
                         &format!("{field}.route[{i}].headers"),
+                        pre,
                     )?,
                     cookie,
                 });
@@ -599,30 +615,43 @@ impl Builder<'_> {
     }
 
     fn compile_vs(&self, vs: &VirtualServiceEntry) -> Result<Vec<Arc<CompiledRoute>>, BuildError> {
-        let resource = format!("VirtualService/{}/{}", vs.namespace, vs.name);
+        let resource = vs_ref(vs);
         let mut out = Vec::new();
         for (i, r) in vs.spec.http.iter().enumerate() {
-            let field = format!("spec.http[{i}]");
             if r.delegate.is_some() {
-                for (j, merged) in delegate::expand(self.snap, vs, r).into_iter().enumerate() {
-                    let f = format!("{field}(delegate route {j})");
-                    if let Some(c) = self
-                        .compile_route(&merged, &f)
-                        .map_err(|e| e.within(&resource))?
-                    {
+                // errors in a delegate's routes are the delegate's, at its own route
+                let Some((delegate, routes)) = delegate::expand(self.snap, vs, r) else {
+                    continue;
+                };
+                let dref = vs_ref(delegate);
+                for (k, merged) in routes {
+                    let field = format!("spec.http[{k}]");
+                    if let Some(c) = self.attributed(&dref, |b| b.compile_route(&merged, &field))? {
                         out.push(Arc::new(c));
                     }
                 }
                 continue;
             }
-            if let Some(c) = self
-                .compile_route(r, &field)
-                .map_err(|e| e.within(&resource))?
-            {
+            let field = format!("spec.http[{i}]");
+            if let Some(c) = self.attributed(&resource, |b| b.compile_route(r, &field))? {
                 out.push(Arc::new(c));
             }
         }
         Ok(out)
+    }
+
+    /// Runs `f`, naming `resource` in its error and in the warnings it adds.
+    fn attributed<T>(
+        &self,
+        resource: &ResourceRef,
+        f: impl FnOnce(&Self) -> Result<T, BuildError>,
+    ) -> Result<T, BuildError> {
+        let before = self.warnings.borrow().len();
+        let out = f(self).map_err(|e| e.within(resource));
+        for w in self.warnings.borrow_mut().iter_mut().skip(before) {
+            w.resource = Some(resource.clone());
+        }
+        out
     }
 
     fn default_route(&self, svc: &Service) -> Arc<CompiledRoute> {
@@ -812,6 +841,7 @@ impl RouteTable {
         };
         let limits = RegexLimits {
             size_limit: ctx.regex_size_limit,
+            pre: &snapshot.precompiled,
         };
         Builder {
             warnings: Default::default(),
@@ -844,8 +874,9 @@ impl RouteTable {
         self.route_count
     }
 
-    /// Non-fatal findings while building (routes Istio would drop).
-    pub fn warnings(&self) -> &[String] {
+    /// Non-fatal findings while building (routes Istio would drop), naming their
+    /// resource and field.
+    pub fn warnings(&self) -> &[BuildError] {
         &self.warnings
     }
 

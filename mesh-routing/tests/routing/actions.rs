@@ -121,6 +121,12 @@ fn unsupported_redirect_code_drops_the_route_with_a_warning() {
     let s = snap(&web("  - redirect: {uri: /x, redirectCode: 305}\n"));
     let t = RouteTable::sidecar(&s).unwrap();
     assert_eq!(t.warnings().len(), 1);
+    let w = &t.warnings()[0];
+    assert_eq!(w.field.to_string(), "spec.http[0].redirect.redirectCode");
+    assert_eq!(
+        w.resource.as_ref().map(|r| r.kind),
+        Some(mesh_core::model::Kind::VirtualService)
+    );
     assert_eq!(t.route_count(), 0);
 }
 
@@ -254,7 +260,7 @@ fn header_operations_on_request_and_response_at_route_and_destination_level() {
 
 /// Envoy reads `request_headers_to_add` / `response_headers_to_add` values (which Istio
 /// fills from `headers.request` / `headers.response`) as format strings: `%%` is `%`,
-/// `%DOWNSTREAM_REMOTE_ADDRESS%`, `%REQ(h?alt):max%`, `%PROTOCOL%`… are evaluated per request,
+/// `%DOWNSTREAM_REMOTE_ADDRESS%`, `%REQ(h?alt)%`, `%PROTOCOL:max%`… are evaluated per request,
 /// and a value that formats to nothing is not added (`keep_empty_value: false`).
 #[test]
 fn header_values_are_envoy_format_strings() {
@@ -262,7 +268,7 @@ fn header_values_are_envoy_format_strings() {
         "  - headers:\n",
         "      request:\n",
         "        set: {x-client: '%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%', x-pct: '100%%', x-proto: '%PROTOCOL%'}\n",
-        "        add: {x-user-copy: '%REQ(x-user?x-alt):4%', x-upstream: '%UPSTREAM_HOST%'}\n",
+        "        add: {x-user-copy: '%REQ(x-none?x-user)%', x-proto-name: '%PROTOCOL:4%', x-upstream: '%UPSTREAM_HOST%'}\n",
         "      response:\n",
         "        set: {x-served-for: 'user=%REQ(x-user)%'}\n",
         "    route:\n",
@@ -283,7 +289,8 @@ fn header_values_are_envoy_format_strings() {
         assert_eq!(s.header("x-port"), Some("41000"));
         assert_eq!(s.header("x-pct"), Some("100%"));
         assert_eq!(s.header("x-proto"), Some("HTTP/1.1"));
-        assert_eq!(s.header("x-user-copy"), Some("jaso"));
+        assert_eq!(s.header("x-user-copy"), Some("jason"));
+        assert_eq!(s.header("x-proto-name"), Some("HTTP"));
         assert!(
             s.header("x-upstream").is_none(),
             "formats to nothing: not added"
@@ -302,7 +309,12 @@ fn header_values_are_envoy_format_strings() {
 #[test]
 fn malformed_header_formats_refuse_the_table() {
     for (value, why) in [
-        ("'50%'", "starts no command"),
+        ("'50%'", "Un-escaped %"),
+        // Istio's validateHeaderValue: nothing but '%' may follow the arguments
+        (
+            "'%REQ(x-user):4%'",
+            "Expecting '%' or whitespace after 'REQ(x-user)'",
+        ),
         ("'%NOT_AN_OPERATOR%'", "unsupported"),
     ] {
         let s = snap(&web(&format!(

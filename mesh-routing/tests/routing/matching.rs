@@ -395,9 +395,14 @@ fn jwt_claim_matches_never_match_without_authentication_metadata() {
 fn invalid_regex_fails_the_build_naming_the_field() {
     let s = snap(&vs(&["match: [{uri: {regex: '(unclosed'}}]"]));
     let err = mesh_routing::RouteTable::sidecar(&s).unwrap_err();
-    assert!(err.field.contains("VirtualService/default/web"), "{err}");
-    assert!(
-        err.field.contains("spec.http[0].match[0].uri.regex"),
+    assert_eq!(
+        err.resource.as_ref().map(ToString::to_string).as_deref(),
+        Some("VirtualService/default/web"),
+        "{err}"
+    );
+    assert_eq!(
+        err.field.to_string(),
+        "spec.http[0].match[0].uri.regex",
         "{err}"
     );
 }
