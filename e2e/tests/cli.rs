@@ -305,3 +305,56 @@ async fn run_serves_reloads_on_sighup_and_file_change_and_exits_0_on_sigterm() {
     .await;
     assert_eq!(proc.count_logged("SIGTERM: draining"), 1, "{}", proc.log());
 }
+
+/// A second `mesh-proxy run` on the outbound port of a running one refuses to start (exit 1,
+/// naming the listener and the address, announcing no listener) instead of taking a share of
+/// the port's connections through `SO_REUSEPORT`; the first keeps serving all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_the_outbound_port_of_a_running_proxy() {
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let first_file = dir.path().join("first.yaml");
+    std::fs::write(&first_file, run_config(&v1, &v2, "v1")).unwrap();
+    let first = Proc::run(&first_file);
+    let out = first.logged_addr("outbound listener up").await;
+
+    let port_zero = "outbound: {address: 127.0.0.1, port: 0}";
+    let text = run_config(&v1, &v2, "v2");
+    assert!(text.contains(port_zero), "{text}");
+    let second_file = dir.path().join("second.yaml");
+    std::fs::write(
+        &second_file,
+        text.replace(
+            port_zero,
+            &format!("outbound: {{address: 127.0.0.1, port: {}}}", out.port()),
+        ),
+    )
+    .unwrap();
+    let mut second = Proc::run(&second_file);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = second.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < LIMIT,
+            "the second proxy is still running\n{}",
+            second.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling the exit status
+    };
+    assert_eq!(status.code(), Some(1), "{}", second.log());
+    let lines = second.lines.clone();
+    let expected = format!("outbound listener {out}: address already in use");
+    eventually("the second proxy's error is read", || {
+        let (lines, expected) = (lines.clone(), expected.clone());
+        async move { lines.lock().unwrap().iter().any(|l| l.contains(&expected)) }
+    })
+    .await;
+    assert_eq!(second.count_logged("listener up"), 0, "{}", second.log());
+
+    for _ in 0..20 {
+        let r = get_once(out, "reviews", &[]).await;
+        assert_eq!((r.status.as_u16(), r.backend()), (200, "v1"), "{r:?}");
+    }
+}
