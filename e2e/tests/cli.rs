@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mesh_proxy::demo::{DemoMesh, get};
+use mesh_proxy::demo::{DemoMesh, PLACEHOLDER_PORTS, get, printed_config};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mesh-proxy-e2e");
@@ -88,6 +88,106 @@ fn demo_drive_as_a_process() {
     };
     assert_eq!((a + b, failed), (300, 0), "{line}");
     assert!((1..=61).contains(&b), "{line}");
+}
+
+/// `demo --print-config` is what the demo runs: the same text line for line (comment lines
+/// aside), except the two endpoint ports, which the demo picks at start-up; the printed
+/// lines mark them as placeholders and the running ones carry v1's and v2's real ports.
+#[test]
+fn demo_print_config_is_the_running_configuration_with_marked_placeholders() {
+    let demo = DemoMesh::start(0, 0).unwrap();
+    let printed = printed_config(0, 0);
+    let code = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(String::from)
+            .collect()
+    };
+    let (printed_lines, running_lines) = (code(&printed), code(&demo.config));
+    assert_eq!(printed_lines.len(), running_lines.len(), "{printed}");
+    let differing: Vec<(&String, &String)> = printed_lines
+        .iter()
+        .zip(&running_lines)
+        .filter(|(p, r)| p != r)
+        .collect();
+    let (p1, p2) = PLACEHOLDER_PORTS;
+    let expected = [(p1, demo.v1_addr.port()), (p2, demo.v2_addr.port())];
+    assert_eq!(differing.len(), 2, "{differing:?}");
+    for ((printed, running), (placeholder, real)) in differing.into_iter().zip(expected) {
+        assert!(
+            printed.contains(&format!("{{http: {placeholder}}}  # placeholder")),
+            "{printed}"
+        );
+        assert_eq!(running.trim(), format!("ports: {{http: {real}}}"));
+    }
+    // what it prints loads as it is
+    mesh_core::config::load_str("printed.yaml", &printed).unwrap();
+    demo.proxy.drain_blocking();
+
+    // the command prints exactly that, for the ports it is given
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--print-config",
+            "--port",
+            "1234",
+            "--admin-port",
+            "1235",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        printed_config(1234, 1235)
+    );
+}
+
+/// A demo port in use is refused with the option that moves it (`--port 0` picks a free
+/// one), in-process and as a process.
+#[test]
+fn demo_refuses_a_port_in_use_naming_its_option() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+
+    let err = DemoMesh::start(port, 0).unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "outbound listener 127.0.0.1:{port}: address already in use"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("--port 0") && !err.contains("--admin-port"),
+        "{err}"
+    );
+
+    let err = DemoMesh::start(0, port).unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "admin listener 127.0.0.1:{port}: address already in use"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("--admin-port 0"), "{err}");
+
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--drive",
+            "1",
+            "--port",
+            &port.to_string(),
+            "--admin-port",
+            "0",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("address already in use"), "{stderr}");
+    assert!(stderr.contains("--port 0"), "{stderr}");
 }
 
 // === mesh-proxy run ===
