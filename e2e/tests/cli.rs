@@ -209,10 +209,17 @@ impl Drop for Proc {
 
 impl Proc {
     fn run(config: &Path) -> Proc {
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .arg("--config")
-            .arg(config)
+        Proc::run_files(&[config])
+    }
+
+    /// `run` with one `--config` per file.
+    fn run_files(configs: &[&Path]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run");
+        for c in configs {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -456,5 +463,30 @@ async fn run_refuses_the_outbound_port_of_a_running_proxy() {
     for _ in 0..20 {
         let r = get_once(out, "reviews", &[]).await;
         assert_eq!((r.status.as_u16(), r.backend()), (200, "v1"), "{r:?}");
+    }
+}
+
+/// `--config` repeats (`run --config FILE [--config FILE …]`): the bootstrap in one file, the
+/// mesh in another, merged into one configuration that serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_merges_the_documents_of_every_config_file() {
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let (boot, mesh) = (dir.path().join("boot.yaml"), dir.path().join("mesh.yaml"));
+    std::fs::write(&boot, bootstrap(1, "")).unwrap();
+    let whole = run_config(&v1, &v2, "v2");
+    let rest = whole.strip_prefix(&bootstrap(1, "")).unwrap();
+    assert!(!rest.contains("ProxyBootstrap"), "{rest}");
+    std::fs::write(&mesh, rest).unwrap();
+    let proc = Proc::run_files(&[&boot, &mesh]);
+    let out = proc.logged_addr("outbound listener up").await;
+    for _ in 0..5 {
+        let r = get_once(out, "reviews", &[]).await;
+        assert_eq!(
+            (r.status.as_u16(), r.backend()),
+            (200, "v2"),
+            "{r:?}\n{}",
+            proc.log()
+        );
     }
 }
