@@ -1,5 +1,5 @@
-//! The reference proxy's command line as DESIGN.md specifies it ("The reference proxy's
-//! interface"): `mesh-proxy demo` (in-process through `DemoMesh`, and as a process with
+//! The reference proxy's command line as docs/architecture.md describes it ("The proxy's
+//! contracts"): `mesh-proxy demo` (in-process through `DemoMesh`, and as a process with
 //! `--drive`), and `mesh-proxy run` as a real process: it logs where it listens, serves,
 //! reloads on SIGHUP and when a file changes, and on SIGTERM drains and exits 0.
 //!

@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `demo` and `ca`, exactly as DESIGN.md specifies.
+//! The command line: `run`, `validate`, `demo` and `ca`, as docs/architecture.md describes.
 //!
 //! ```text
 //! mesh-proxy run --config FILE [--config FILE …]   serve; SIGHUP reloads, SIGTERM drains then exits 0
