@@ -1,5 +1,5 @@
-//! The reference proxy's command line as DESIGN.md specifies it ("The reference proxy's
-//! interface"): `mesh-proxy demo` (in-process through `DemoMesh`, and as a process with
+//! The reference proxy's command line as docs/architecture.md describes it ("The proxy's
+//! contracts"): `mesh-proxy demo` (in-process through `DemoMesh`, and as a process with
 //! `--drive`), and `mesh-proxy run` as a real process: it logs where it listens, serves,
 //! reloads on SIGHUP and when a file changes, and on SIGTERM drains and exits 0.
 //!
@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mesh_proxy::demo::{DemoMesh, get};
+use mesh_proxy::demo::{DemoMesh, PLACEHOLDER_PORTS, get, printed_config};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mesh-proxy-e2e");
@@ -90,6 +90,106 @@ fn demo_drive_as_a_process() {
     assert!((1..=61).contains(&b), "{line}");
 }
 
+/// `demo --print-config` is what the demo runs: the same text line for line (comment lines
+/// aside), except the two endpoint ports, which the demo picks at start-up; the printed
+/// lines mark them as placeholders and the running ones carry v1's and v2's real ports.
+#[test]
+fn demo_print_config_is_the_running_configuration_with_marked_placeholders() {
+    let demo = DemoMesh::start(0, 0).unwrap();
+    let printed = printed_config(0, 0);
+    let code = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(String::from)
+            .collect()
+    };
+    let (printed_lines, running_lines) = (code(&printed), code(&demo.config));
+    assert_eq!(printed_lines.len(), running_lines.len(), "{printed}");
+    let differing: Vec<(&String, &String)> = printed_lines
+        .iter()
+        .zip(&running_lines)
+        .filter(|(p, r)| p != r)
+        .collect();
+    let (p1, p2) = PLACEHOLDER_PORTS;
+    let expected = [(p1, demo.v1_addr.port()), (p2, demo.v2_addr.port())];
+    assert_eq!(differing.len(), 2, "{differing:?}");
+    for ((printed, running), (placeholder, real)) in differing.into_iter().zip(expected) {
+        assert!(
+            printed.contains(&format!("{{http: {placeholder}}}  # placeholder")),
+            "{printed}"
+        );
+        assert_eq!(running.trim(), format!("ports: {{http: {real}}}"));
+    }
+    // what it prints loads as it is
+    mesh_core::config::load_str("printed.yaml", &printed).unwrap();
+    demo.proxy.drain_blocking();
+
+    // the command prints exactly that, for the ports it is given
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--print-config",
+            "--port",
+            "1234",
+            "--admin-port",
+            "1235",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        printed_config(1234, 1235)
+    );
+}
+
+/// A demo port in use is refused with the option that moves it (`--port 0` picks a free
+/// one), in-process and as a process.
+#[test]
+fn demo_refuses_a_port_in_use_naming_its_option() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+
+    let err = DemoMesh::start(port, 0).unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "outbound listener 127.0.0.1:{port}: address already in use"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("--port 0") && !err.contains("--admin-port"),
+        "{err}"
+    );
+
+    let err = DemoMesh::start(0, port).unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "admin listener 127.0.0.1:{port}: address already in use"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("--admin-port 0"), "{err}");
+
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--drive",
+            "1",
+            "--port",
+            &port.to_string(),
+            "--admin-port",
+            "0",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("address already in use"), "{stderr}");
+    assert!(stderr.contains("--port 0"), "{stderr}");
+}
+
 // === mesh-proxy run ===
 
 /// A child process, killed if the test ends before it exits; its stderr lines collected.
@@ -109,10 +209,17 @@ impl Drop for Proc {
 
 impl Proc {
     fn run(config: &Path) -> Proc {
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .arg("--config")
-            .arg(config)
+        Proc::run_files(&[config])
+    }
+
+    /// `run` with one `--config` per file.
+    fn run_files(configs: &[&Path]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run");
+        for c in configs {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -304,4 +411,82 @@ async fn run_serves_reloads_on_sighup_and_file_change_and_exits_0_on_sigterm() {
     })
     .await;
     assert_eq!(proc.count_logged("SIGTERM: draining"), 1, "{}", proc.log());
+}
+
+/// A second `mesh-proxy run` on the outbound port of a running one refuses to start (exit 1,
+/// naming the listener and the address, announcing no listener) instead of taking a share of
+/// the port's connections through `SO_REUSEPORT`; the first keeps serving all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_the_outbound_port_of_a_running_proxy() {
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let first_file = dir.path().join("first.yaml");
+    std::fs::write(&first_file, run_config(&v1, &v2, "v1")).unwrap();
+    let first = Proc::run(&first_file);
+    let out = first.logged_addr("outbound listener up").await;
+
+    let port_zero = "outbound: {address: 127.0.0.1, port: 0}";
+    let text = run_config(&v1, &v2, "v2");
+    assert!(text.contains(port_zero), "{text}");
+    let second_file = dir.path().join("second.yaml");
+    std::fs::write(
+        &second_file,
+        text.replace(
+            port_zero,
+            &format!("outbound: {{address: 127.0.0.1, port: {}}}", out.port()),
+        ),
+    )
+    .unwrap();
+    let mut second = Proc::run(&second_file);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = second.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < LIMIT,
+            "the second proxy is still running\n{}",
+            second.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling the exit status
+    };
+    assert_eq!(status.code(), Some(1), "{}", second.log());
+    let lines = second.lines.clone();
+    let expected = format!("outbound listener {out}: address already in use");
+    eventually("the second proxy's error is read", || {
+        let (lines, expected) = (lines.clone(), expected.clone());
+        async move { lines.lock().unwrap().iter().any(|l| l.contains(&expected)) }
+    })
+    .await;
+    assert_eq!(second.count_logged("listener up"), 0, "{}", second.log());
+
+    for _ in 0..20 {
+        let r = get_once(out, "reviews", &[]).await;
+        assert_eq!((r.status.as_u16(), r.backend()), (200, "v1"), "{r:?}");
+    }
+}
+
+/// `--config` repeats (`run --config FILE [--config FILE …]`): the bootstrap in one file, the
+/// mesh in another, merged into one configuration that serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_merges_the_documents_of_every_config_file() {
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let (boot, mesh) = (dir.path().join("boot.yaml"), dir.path().join("mesh.yaml"));
+    std::fs::write(&boot, bootstrap(1, "")).unwrap();
+    let whole = run_config(&v1, &v2, "v2");
+    let rest = whole.strip_prefix(&bootstrap(1, "")).unwrap();
+    assert!(!rest.contains("ProxyBootstrap"), "{rest}");
+    std::fs::write(&mesh, rest).unwrap();
+    let proc = Proc::run_files(&[&boot, &mesh]);
+    let out = proc.logged_addr("outbound listener up").await;
+    for _ in 0..5 {
+        let r = get_once(out, "reviews", &[]).await;
+        assert_eq!(
+            (r.status.as_u16(), r.backend()),
+            (200, "v2"),
+            "{r:?}\n{}",
+            proc.log()
+        );
+    }
 }

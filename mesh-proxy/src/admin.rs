@@ -38,9 +38,26 @@ pub struct AdminServer {
 // === impl AdminServer ===
 
 impl AdminServer {
-    /// Binds `addr` (port 0 picks one) and serves on a thread of its own.
+    /// Binds `addr` (port 0 picks one) and serves on a thread of its own: [`bind`](Self::bind)
+    /// then [`start_on`](Self::start_on).
     pub fn start(addr: SocketAddr, state: Arc<ProxyState>) -> io::Result<AdminServer> {
-        let std_listener = std::net::TcpListener::bind(addr)?;
+        AdminServer::start_on(AdminServer::bind(addr)?, state)
+    }
+
+    /// Binds the admin listening socket (port 0 picks one) without serving yet. Fails with
+    /// [`io::ErrorKind::AddrInUse`] when another socket listens on `addr`: the socket has
+    /// `SO_REUSEADDR` (a restart is not blocked by connections in TIME_WAIT) but not
+    /// `SO_REUSEPORT`, so no other process can share the port.
+    pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+        std::net::TcpListener::bind(addr)
+    }
+
+    /// Serves on an already bound listening socket (see [`bind`](Self::bind)), on a thread
+    /// of its own.
+    pub fn start_on(
+        std_listener: std::net::TcpListener,
+        state: Arc<ProxyState>,
+    ) -> io::Result<AdminServer> {
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let (stop, mut stop_rx) = watch::channel(false);

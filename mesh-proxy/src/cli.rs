@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `demo` and `ca`, exactly as DESIGN.md specifies.
+//! The command line: `run`, `validate`, `demo` and `ca`, as docs/architecture.md describes.
 //!
 //! ```text
 //! mesh-proxy run --config FILE [--config FILE …]   serve; SIGHUP reloads, SIGTERM drains then exits 0
@@ -42,8 +42,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve: SIGHUP (or a changed file) reloads, SIGTERM drains then exits 0.
+    #[command(override_usage = "mesh-proxy run --config FILE [--config FILE …]")]
     Run {
-        /// Configuration files (multi-document YAML); documents from all files are merged.
+        /// Configuration file, multi-document YAML (repeatable: documents from all files are
+        /// merged).
         #[arg(long = "config", short = 'c', required = true, value_name = "FILE")]
         config: Vec<PathBuf>,
     },

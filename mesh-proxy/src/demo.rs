@@ -2,7 +2,8 @@
 //!
 //! One process starts two versions of a small `reviews` service and a proxy in front of them
 //! with the configuration an Istio user would write for a canary (printed by
-//! `mesh-proxy demo --print-config`):
+//! `mesh-proxy demo --print-config`, with placeholders for the two endpoint ports, which the
+//! demo picks at start-up: see [`printed_config`]):
 //!
 //! - a ServiceEntry for `reviews.default.svc.cluster.local` with a v1 and a v2 endpoint;
 //! - a DestinationRule with subsets `v1` and `v2`;
@@ -24,7 +25,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 
-use crate::proxy::Proxy;
+use crate::proxy::{ListenerKind, Proxy, StartError};
 
 /// Options of `mesh-proxy demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,11 +60,45 @@ pub struct DemoMesh {
     pub v1_addr: SocketAddr,
     /// Where v2 listens.
     pub v2_addr: SocketAddr,
+    /// The configuration the proxy runs (YAML: [`config`] with the ports above).
+    pub config: String,
     _backends: tokio::runtime::Runtime,
 }
 
-/// The demo's configuration, for the given ports.
+/// The endpoint ports [`printed_config`] shows for reviews v1 and v2: placeholders, since
+/// the demo starts both versions on free ports it picks at start-up.
+pub const PLACEHOLDER_PORTS: (u16, u16) = (9081, 9082);
+
+/// The demo's configuration, for the given ports: the proxy's outbound and admin ports, and
+/// the ports of reviews v1 and v2.
 pub fn config(port: u16, admin_port: u16, v1: u16, v2: u16) -> String {
+    render(port, admin_port, (v1, ""), (v2, ""))
+}
+
+/// What `mesh-proxy demo --print-config` prints: the configuration `mesh-proxy demo --port
+/// <port> --admin-port <admin_port>` runs, except for the two endpoint ports of reviews,
+/// which are [`PLACEHOLDER_PORTS`], marked as such in comments: the demo picks them at
+/// start-up (free ports), prints them, and runs [`config`] with them.
+pub fn printed_config(port: u16, admin_port: u16) -> String {
+    let (v1, v2) = PLACEHOLDER_PORTS;
+    format!(
+        "# `mesh-proxy demo --port {port} --admin-port {admin_port}` runs this configuration, with
+# one difference: the two endpoint ports of reviews (marked `placeholder`) are not known in
+# advance. The demo starts reviews v1 and v2 on free ports it picks at start-up, puts those
+# ports here instead, and prints where v1 and v2 listen.
+{}",
+        render(
+            port,
+            admin_port,
+            (v1, "  # placeholder: v1's port is picked at start-up"),
+            (v2, "  # placeholder: v2's port is picked at start-up"),
+        )
+    )
+}
+
+/// The configuration; `v1` and `v2` are an endpoint port and a comment for its line.
+fn render(port: u16, admin_port: u16, v1: (u16, &str), v2: (u16, &str)) -> String {
+    let ((v1, v1_note), (v2, v2_note)) = (v1, v2);
     format!(
         r#"# mesh-proxy demo: a canary of reviews v2, pinned for tester
 apiVersion: mesh.proxy/v1alpha1
@@ -98,10 +133,10 @@ spec:
     protocol: HTTP
   endpoints:
   - address: 127.0.0.1
-    ports: {{http: {v1}}}
+    ports: {{http: {v1}}}{v1_note}
     labels: {{app: reviews, version: v1}}
   - address: 127.0.0.1
-    ports: {{http: {v2}}}
+    ports: {{http: {v2}}}{v2_note}
     labels: {{app: reviews, version: v2}}
 ---
 apiVersion: networking.istio.io/v1
@@ -200,13 +235,14 @@ impl DemoMesh {
         let text = config(port, admin_port, v1_addr.port(), v2_addr.port());
         let compiled =
             mesh_core::config::load_str("demo.yaml", &text).map_err(|e| e.to_string())?;
-        let proxy = Proxy::start_compiled(compiled, Vec::new()).map_err(|e| e.to_string())?;
+        let proxy = Proxy::start_compiled(compiled, Vec::new()).map_err(|e| start_error(&e))?;
         Ok(DemoMesh {
             proxy,
             v1,
             v2,
             v1_addr,
             v2_addr,
+            config: text,
             _backends: rt,
         })
     }
@@ -218,6 +254,23 @@ impl DemoMesh {
             .map(|a| format!("http://{a}/"))
             .unwrap_or_default()
     }
+}
+
+/// The demo's words for a proxy that cannot start: a port in use names the option that
+/// moves it.
+fn start_error(e: &StartError) -> String {
+    let option = match e {
+        StartError::AddrInUse {
+            listener: ListenerKind::Outbound,
+            ..
+        } => "--port",
+        StartError::AddrInUse {
+            listener: ListenerKind::Admin,
+            ..
+        } => "--admin-port",
+        _ => return e.to_string(),
+    };
+    format!("{e}\nchoose another port with {option} <PORT>, or {option} 0 for a free one")
 }
 
 /// Sends one `GET /` with `Host: reviews` (and `x-user` if given) over a fresh connection;
@@ -243,7 +296,7 @@ pub fn get(addr: SocketAddr, user: Option<&str>) -> std::io::Result<(u16, String
 /// Runs the demo until Ctrl-C.
 pub fn run_cli(args: DemoArgs) -> ExitCode {
     if args.print_config {
-        print!("{}", config(args.port, args.admin_port, 9081, 9082));
+        print!("{}", printed_config(args.port, args.admin_port));
         return ExitCode::SUCCESS;
     }
     crate::run::init_logging();
@@ -271,7 +324,10 @@ pub fn run_cli(args: DemoArgs) -> ExitCode {
     println!(
         "  admin:             http://{admin}/ready  /clusters  /config_dump  /stats/prometheus"
     );
-    println!("  the configuration: mesh-proxy demo --print-config");
+    println!(
+        "  the configuration: mesh-proxy demo --print-config --port {} --admin-port {} (v1's and v2's ports there are placeholders for the ones above)",
+        args.port, args.admin_port
+    );
     if let Some(n) = args.drive {
         let mut failures = 0;
         for _ in 0..n {

@@ -35,7 +35,7 @@ use mesh_core::{ConfigError, Diagnostic};
 use arc_swap::ArcSwap;
 
 use crate::admin::AdminServer;
-use crate::engine::{Engine, EngineConfig, Limits, Readiness, WorkerContext};
+use crate::engine::{BoundEngine, Engine, EngineConfig, Limits, Readiness, WorkerContext};
 use crate::pipeline::{self, Built};
 use crate::stack::Layers;
 
@@ -63,6 +63,40 @@ pub enum StartError {
         /// The I/O error.
         source: io::Error,
     },
+    /// A listener's address is already in use: another socket listens on it (another
+    /// process, say a proxy still running on an old configuration). The proxy does not share
+    /// a port with anyone but its own workers, and starts none of its listeners.
+    #[error(
+        "{listener} listener {addr}: address already in use (another process listens on it; stop that process or choose another port)"
+    )]
+    AddrInUse {
+        /// Which listener.
+        listener: ListenerKind,
+        /// The address it was to listen on.
+        addr: SocketAddr,
+    },
+}
+
+/// Which of the proxy's listeners (in errors and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ListenerKind {
+    /// `spec.outbound`: the application sends its requests here.
+    Outbound,
+    /// `spec.inbound`: peers reach the local application here.
+    Inbound,
+    /// `spec.admin`: `/ready`, `/stats/prometheus`, `/config_dump`, `/clusters`.
+    Admin,
+}
+
+impl std::fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ListenerKind::Outbound => "outbound",
+            ListenerKind::Inbound => "inbound",
+            ListenerKind::Admin => "admin",
+        })
+    }
 }
 
 /// State shared by the proxy, its admin endpoint and its reload loop.
@@ -120,6 +154,76 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
     move |source| StartError::Io { what, source }
 }
 
+/// The error of binding `listener` to `addr`: [`StartError::AddrInUse`] when another socket
+/// listens there.
+fn bind_err(listener: ListenerKind, addr: SocketAddr) -> impl FnOnce(io::Error) -> StartError {
+    move |source| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            StartError::AddrInUse { listener, addr }
+        } else {
+            StartError::Io {
+                what: format!("{listener} listener {addr}"),
+                source,
+            }
+        }
+    }
+}
+
+/// Every listening socket of the proxy, bound but not served yet: [`bind`](Self::bind)
+/// binds them all (or none: an error drops, and so closes, those already bound), then
+/// [`Proxy::start_compiled`] starts each on its socket. A new kind of listener (gateway
+/// ports) is one more field, bound here like the others.
+#[derive(Debug)]
+struct BoundListeners {
+    outbound: Option<BoundEngine>,
+    /// The inbound listener and the local application it forwards to.
+    inbound: Option<(BoundEngine, SocketAddr)>,
+    admin: std::net::TcpListener,
+}
+
+impl BoundListeners {
+    fn bind(boot: &ProxyBootstrap, limits: &Limits) -> Result<BoundListeners, StartError> {
+        let concurrency = boot.concurrency as usize;
+        let engine = |listener: ListenerKind, address: &str, port: u16| {
+            let addr = socket_addr(address, port).map_err(io_err(format!("{listener} address")))?;
+            let cfg = EngineConfig {
+                concurrency,
+                limits: limits.clone(),
+                ..EngineConfig::new(addr)
+            };
+            Engine::bind(cfg).map_err(bind_err(listener, addr))
+        };
+        let outbound = match &boot.outbound {
+            Some(out) => Some(engine(ListenerKind::Outbound, &out.address, out.port)?),
+            None => None,
+        };
+        let inbound = match &boot.inbound {
+            Some(inb) => {
+                let app: SocketAddr = inb
+                    .local_app
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| StartError::Io {
+                        what: format!("inbound localApp {:?}", inb.local_app),
+                        source: io::Error::new(io::ErrorKind::InvalidInput, "not a host:port"),
+                    })?;
+                Some((engine(ListenerKind::Inbound, &inb.address, inb.port)?, app))
+            }
+            None => None,
+        };
+        let admin_addr =
+            socket_addr(&boot.admin.address, boot.admin.port).map_err(io_err("admin address"))?;
+        let admin =
+            AdminServer::bind(admin_addr).map_err(bind_err(ListenerKind::Admin, admin_addr))?;
+        Ok(BoundListeners {
+            outbound,
+            inbound,
+            admin,
+        })
+    }
+}
+
 // === impl Proxy ===
 
 impl Proxy {
@@ -145,6 +249,10 @@ impl Proxy {
         let snapshot = compiled.snapshot;
         let boot = snapshot.bootstrap.clone();
         let limits = engine_limits(&boot);
+        // Every socket is bound before any listener serves or is announced (and before the
+        // layers start their DNS thread): a start-up that fails on one address (say, in use)
+        // leaves none of the others listening.
+        let bound = BoundListeners::bind(&boot, &limits)?;
         let layers = Layers::new(&snapshot, routes);
         let state = Arc::new(ProxyState {
             files,
@@ -159,59 +267,73 @@ impl Proxy {
             has_bootstrap: AtomicBool::new(compiled.has_bootstrap),
         });
         let mut proxy = Proxy {
-            state: state.clone(),
+            state,
             outbound: None,
             inbound: None,
             admin: None,
         };
-        let concurrency = boot.concurrency as usize;
-
-        if let Some(out) = &boot.outbound {
-            let addr = socket_addr(&out.address, out.port).map_err(io_err("outbound address"))?;
-            let cfg = EngineConfig {
-                concurrency,
-                limits: limits.clone(),
-                ..EngineConfig::new(addr)
-            };
-            let factory = Arc::new(move |ctx: &WorkerContext| layers.stack(ctx));
-            let engine =
-                Engine::start(cfg, factory).map_err(io_err(format!("outbound listener {addr}")))?;
+        let app = bound.inbound.as_ref().map(|(_, app)| *app);
+        if let Err(e) = proxy.start_listeners(bound, layers) {
+            proxy.stop_now();
+            return Err(e);
+        }
+        if let Some(engine) = &proxy.outbound {
             tracing::info!(addr = %engine.local_addr(), workers = engine.workers(), "outbound listener up");
-            proxy.state.push_readiness(engine.readiness());
-            proxy.outbound = Some(engine);
         }
-        if let Some(inb) = &boot.inbound {
-            let addr = socket_addr(&inb.address, inb.port).map_err(io_err("inbound address"))?;
-            let app: SocketAddr = inb
-                .local_app
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| StartError::Io {
-                    what: format!("inbound localApp {:?}", inb.local_app),
-                    source: io::Error::new(io::ErrorKind::InvalidInput, "not a host:port"),
-                })?;
-            let cfg = EngineConfig {
-                concurrency,
-                limits: limits.clone(),
-                ..EngineConfig::new(addr)
-            };
-            let engine = Engine::start(
-                cfg,
-                Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app)),
-            )
-            .map_err(io_err(format!("inbound listener {addr}")))?;
+        if let (Some(engine), Some(app)) = (&proxy.inbound, app) {
             tracing::info!(addr = %engine.local_addr(), app = %app, "inbound listener up");
-            proxy.state.push_readiness(engine.readiness());
-            proxy.inbound = Some(engine);
         }
-        let admin_addr =
-            socket_addr(&boot.admin.address, boot.admin.port).map_err(io_err("admin address"))?;
-        let admin = AdminServer::start(admin_addr, state)
-            .map_err(io_err(format!("admin listener {admin_addr}")))?;
-        tracing::info!(addr = %admin.local_addr(), "admin listener up");
-        proxy.admin = Some(admin);
+        if let Some(admin) = &proxy.admin {
+            tracing::info!(addr = %admin.local_addr(), "admin listener up");
+        }
         Ok(proxy)
+    }
+
+    /// Starts the engines and the admin server on their bound sockets (the admin last: its
+    /// `/ready` sees every engine's readiness).
+    fn start_listeners(&mut self, bound: BoundListeners, layers: Layers) -> Result<(), StartError> {
+        let BoundListeners {
+            outbound,
+            inbound,
+            admin,
+        } = bound;
+        if let Some(b) = outbound {
+            let addr = b.local_addr();
+            let factory = Arc::new(move |ctx: &WorkerContext| layers.stack(ctx));
+            let engine = b
+                .start(factory)
+                .map_err(io_err(format!("outbound listener {addr}")))?;
+            self.state.push_readiness(engine.readiness());
+            self.outbound = Some(engine);
+        }
+        if let Some((b, app)) = inbound {
+            let addr = b.local_addr();
+            let factory = Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app));
+            let engine = b
+                .start(factory)
+                .map_err(io_err(format!("inbound listener {addr}")))?;
+            self.state.push_readiness(engine.readiness());
+            self.inbound = Some(engine);
+        }
+        let addr = admin.local_addr().map_err(io_err("admin listener"))?;
+        let admin = AdminServer::start_on(admin, self.state.clone())
+            .map_err(io_err(format!("admin listener {addr}")))?;
+        self.admin = Some(admin);
+        Ok(())
+    }
+
+    /// Stops whatever [`start_listeners`](Self::start_listeners) started, at once, and waits
+    /// for it: the sockets are closed when this returns.
+    fn stop_now(&mut self) {
+        if let Some(e) = self.outbound.take() {
+            e.shutdown_now();
+        }
+        if let Some(e) = self.inbound.take() {
+            e.shutdown_now();
+        }
+        if let Some(a) = self.admin.take() {
+            a.stop();
+        }
     }
 
     /// The outbound listener's address, if the bootstrap has one.
@@ -407,9 +529,10 @@ impl ProxyState {
             || old.bootstrap.inbound != compiled.snapshot.bootstrap.inbound
             || old.bootstrap.admin != compiled.snapshot.bootstrap.admin
             || old.bootstrap.concurrency != compiled.snapshot.bootstrap.concurrency
+            || old.bootstrap.limits != compiled.snapshot.bootstrap.limits
         {
             tracing::warn!(
-                "listener, admin or concurrency changes take effect at the next restart"
+                "listener, admin, concurrency or limits changes take effect at the next restart"
             );
         }
         let generation = compiled.snapshot.generation;

@@ -177,6 +177,65 @@ fn run_refuses_to_start_on_an_invalid_config() {
     );
 }
 
+/// `run --help` says `--config` repeats (the usage line and the option's help), with the
+/// option's names and value name unchanged.
+#[test]
+fn run_help_shows_that_config_repeats() {
+    let out = bin().args(["run", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Usage: mesh-proxy run --config FILE [--config FILE …]"),
+        "{help}"
+    );
+    let option = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("-c, --config <FILE>"))
+        .unwrap_or_else(|| panic!("no `-c, --config <FILE>` line in\n{help}"));
+    assert!(
+        option.contains("(repeatable: documents from all files are merged)"),
+        "{option}"
+    );
+    // the usage error names it the same way
+    let out = bin().arg("run").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("[--config FILE …]"), "{}", text(&out));
+}
+
+/// `--config` (and `-c`) repeat: the documents of every file are loaded together, so the
+/// errors of both files are reported, each naming its file.
+#[test]
+fn run_loads_every_repeated_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = |name: &str| {
+        let f = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &f,
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}]\n  http:\n  - route:\n    - destination: {{host: {name}}}\n      weight: -1\n"
+            ),
+        )
+        .unwrap();
+        f
+    };
+    let (first, second) = (bad("first"), bad("second"));
+    for flag in ["--config", "-c"] {
+        let out = bin()
+            .arg("run")
+            .arg(flag)
+            .arg(&first)
+            .arg(flag)
+            .arg(&second)
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        for f in [&first, &second] {
+            assert!(t.contains(&format!("{}:9:", f.display())), "{t}");
+        }
+    }
+}
+
 #[test]
 fn ca_init_then_issue_writes_a_chain_and_key() {
     let dir = tempfile::tempdir().unwrap();

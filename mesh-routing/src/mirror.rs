@@ -63,8 +63,9 @@
 //!
 //! # Ordering
 //!
-//! Below the retry layer (as DESIGN.md's request path), above the balancer. A request is
-//! mirrored once even when retried: the extension remembers that it fired.
+//! Below the retry layer, where one is used (the request path: docs/architecture.md in the
+//! repository), above the balancer. A request is mirrored once even when retried: the
+//! extension remembers that it fired.
 //!
 //! # Reads and writes
 //!

@@ -1,7 +1,7 @@
 //! `mesh-tls`: Mesh CA, SPIFFE identities, rustls configuration, PeerAuthentication and AuthorizationPolicy.
 //!
 //! This crate is a documented skeleton: its layers land with their own issues. See
-//! `DESIGN.md` for where it sits on the request path.
+//! `docs/architecture.md` in the repository for where it will sit on the request path.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

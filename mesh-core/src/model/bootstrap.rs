@@ -1,6 +1,7 @@
 //! The project's own kind, `mesh.proxy/v1alpha1` `ProxyBootstrap`: what Istio's API cannot
 //! say (where to listen, who this workload is, its certificates, limits). This document is a
-//! contract operators script against (see DESIGN.md): fields are only ever added.
+//! contract operators script against (see docs/architecture.md; every field is described in
+//! docs/bootstrap.md, which a test keeps complete): fields are only ever added.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -115,6 +115,12 @@ static SIDECAR_OUTBOUND_MODE: Values = Values {
     otherwise: Verdict::Refused(Area::Security),
 };
 
+/// ProxyBootstrap `outbound.protocol`: the listener always detects the protocol.
+static LISTENER_PROTOCOL: Values = Values {
+    cases: &[("auto", Verdict::Enforced)],
+    otherwise: Verdict::NotYet(Area::Later),
+};
+
 /// ServiceEntry `resolution`.
 static RESOLUTION: Values = Values {
     cases: &[("DYNAMIC_DNS", Verdict::NotYet(Area::Later))],
@@ -1646,7 +1652,12 @@ static OUTBOUND_LISTENER: TypeDef = TypeDef {
     fields: &[
         field("address", Leaf, Status::Enforced, ""),
         field("port", Leaf, Status::Enforced, ""),
-        field("protocol", Leaf, Status::Enforced, ""),
+        field(
+            "protocol",
+            Leaf,
+            Status::Values(&LISTENER_PROTOCOL),
+            "the listener detects HTTP/1.1 and h2c whatever the value",
+        ),
     ],
 };
 

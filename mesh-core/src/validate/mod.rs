@@ -3,7 +3,7 @@
 //! [`validate`] checks loaded resources as `istioctl validate` and istiod's admission webhook
 //! do, and returns [`Finding`]s: errors (the configuration is rejected) and warnings (accepted,
 //! but probably not what was meant), each naming the resource by its index and the field by
-//! its path from the document root (`spec.http[2].route[0].weight`). [`load::resolve`] turns
+//! its path from the document root (`spec.http[2].route[0].weight`). [`load::resolve`](crate::load::resolve) turns
 //! them into [`Diagnostic`](crate::Diagnostic)s with file, line and column.
 //!
 //! ```

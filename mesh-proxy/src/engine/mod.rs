@@ -131,6 +131,17 @@ pub struct Engine {
     done: Vec<oneshot::Receiver<()>>,
 }
 
+/// An engine's listening sockets, bound and listening but not accepting yet (the kernel
+/// queues connections): made by [`Engine::bind`], started by [`BoundEngine::start`].
+/// Dropping it closes the sockets.
+#[derive(Debug)]
+pub struct BoundEngine {
+    local_addr: SocketAddr,
+    workers: usize,
+    listeners: Vec<std::net::TcpListener>,
+    limits: Limits,
+}
+
 /// The engine's readiness, for an admin `/ready` endpoint: cheap to clone, `Send + Sync`.
 #[derive(Debug, Clone)]
 pub struct Readiness(Arc<Shared>);
@@ -164,21 +175,32 @@ impl EngineConfig {
     }
 }
 
-// === impl Engine ===
+// === impl BoundEngine ===
 
-impl Engine {
-    /// Binds the listening sockets, starts the workers and returns once every worker has built
-    /// its stack and accepts connections.
+impl BoundEngine {
+    /// The bound address (with the actual port when the configured one was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// How many worker threads [`start`](Self::start) runs (one listening socket each).
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Starts the workers on the bound sockets and returns once every worker has built its
+    /// stack and accepts connections.
     ///
-    /// Fails if an address cannot be bound or a worker cannot start (then the workers already
-    /// started are stopped).
-    pub fn start<F: StackFactory>(config: EngineConfig, factory: Arc<F>) -> io::Result<Engine> {
-        let workers = match config.concurrency {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let (local_addr, listeners) = listener::bind_all(config.listen, workers)?;
-        let limits = Arc::new(config.limits);
+    /// Fails if a worker cannot start (then the workers already started are stopped and
+    /// the sockets closed).
+    pub fn start<F: StackFactory>(self, factory: Arc<F>) -> io::Result<Engine> {
+        let BoundEngine {
+            local_addr,
+            workers,
+            listeners,
+            limits,
+        } = self;
+        let limits = Arc::new(limits);
         let shared = Arc::new(Shared {
             workers,
             listening: AtomicUsize::new(0),
@@ -195,7 +217,7 @@ impl Engine {
         };
         for (index, listener) in listeners.into_iter().enumerate() {
             let (done_tx, done_rx) = oneshot::channel();
-            let handle = worker::spawn(worker::Spawn {
+            let spawned = worker::spawn(worker::Spawn {
                 index,
                 listener,
                 factory: factory.clone(),
@@ -204,19 +226,71 @@ impl Engine {
                 shared: shared.clone(),
                 started: started_tx.clone(),
                 done: done_tx,
-            })?;
-            engine.threads.push(handle);
-            engine.done.push(done_rx);
+            });
+            match spawned {
+                Ok(handle) => {
+                    engine.threads.push(handle);
+                    engine.done.push(done_rx);
+                }
+                Err(e) => {
+                    // the sockets not handed out yet close with the iterator
+                    engine.shutdown_now();
+                    return Err(e);
+                }
+            }
         }
         drop(started_tx);
         for _ in 0..workers {
-            match started_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e), // `engine` dropped: the others stop
-                Err(_) => return Err(io::Error::other("a worker exited during start-up")),
-            }
+            let failed = match started_rx.recv() {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(_) => io::Error::other("a worker exited during start-up"),
+            };
+            // stop the workers that did start and wait for them: their sockets are closed
+            // when this returns
+            engine.shutdown_now();
+            return Err(failed);
         }
         Ok(engine)
+    }
+}
+
+// === impl Engine ===
+
+impl Engine {
+    /// Binds the listening sockets, starts the workers and returns once every worker has built
+    /// its stack and accepts connections: [`Engine::bind`] then [`BoundEngine::start`].
+    ///
+    /// Fails if an address cannot be bound (with [`io::ErrorKind::AddrInUse`] when another
+    /// socket, e.g. another process, already listens on it: the engine's own workers share
+    /// their port, nobody else may) or a worker cannot start (then the workers already
+    /// started are stopped).
+    pub fn start<F: StackFactory>(config: EngineConfig, factory: Arc<F>) -> io::Result<Engine> {
+        Engine::bind(config)?.start(factory)
+    }
+
+    /// Binds the listening sockets (one per worker, `SO_REUSEPORT`) without starting the
+    /// workers: the kernel queues connections from now on, and they are served once
+    /// [`BoundEngine::start`] runs. Dropping the [`BoundEngine`] closes the sockets.
+    ///
+    /// Binding every listener of a proxy first, then starting them, means a start-up that
+    /// fails on one address leaves none of the others listening.
+    ///
+    /// Fails with [`io::ErrorKind::AddrInUse`] when another socket already listens on a
+    /// non-zero port (another process's `SO_REUSEPORT` group included: it would silently
+    /// take a share of the connections).
+    pub fn bind(config: EngineConfig) -> io::Result<BoundEngine> {
+        let workers = match config.concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let (local_addr, listeners) = listener::bind_all(config.listen, workers)?;
+        Ok(BoundEngine {
+            local_addr,
+            workers,
+            listeners,
+            limits: config.limits,
+        })
     }
 
     /// The bound address (with the actual port when the configured one was 0).

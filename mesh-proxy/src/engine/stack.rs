@@ -1,76 +1,5 @@
-//! The contract between the engine and the layers: how a worker gets its service stack.
-//!
-//! The engine runs `concurrency` workers; each builds **its own** stack, once, on its own
-//! thread, by calling [`StackFactory::make`] with its [`WorkerContext`], and then calls that
-//! stack for every request its connections carry. Nothing of a stack is shared with another
-//! worker unless the factory shares it (an `Arc` of an immutable snapshot, typically).
-//!
-//! ```text
-//!  worker thread k ─► StackFactory::make(&WorkerContext{k, connector}) ─► S   (once, and after a reload)
-//!  request        ─► engine checks (Host, framing, limits) ─► S::call(req)
-//!                    S = telemetry ─► authz ─► routing ─► resilience ─► lb ─► ctx.connector()
-//! ```
-//!
-//! # What a stack must be
-//!
-//! `S: tower::Service<http::Request<hyper::body::Incoming>,
-//! Response = http::Response<mesh_core::MeshBody<mesh_proxy::engine::UpstreamBody>>,
-//! Error = std::convert::Infallible> + Clone + 'static`.
-//!
-//! - **No `Send` needed.** A worker's stack lives and runs on that worker's thread only, so it
-//!   may use `Rc`/`Cell` for per-worker state (counters, balancer cursors) without atomics.
-//!   Its futures need not be `Send` either.
-//! - **`Error = Infallible`.** A failure the mesh decides is a response
-//!   ([`mesh_core::ext::local_reply`] with its [`ResponseFlags`](mesh_core::ResponseFlags)).
-//! - **Readiness.** The engine calls `poll_ready` before every `call`. A stack that is always
-//!   ready (the usual case: the mesh answers overload with `503 UO` rather than by waiting)
-//!   costs nothing more. A stack that returns `Pending` is handed to that request, whose
-//!   own task drives it to readiness and calls it, and the worker goes on with a clone; so
-//!   `Clone` must share whatever state readiness depends on (as tower's `Buffer` and
-//!   `ConcurrencyLimit` do).
-//! - **The innermost service is the connector**, [`WorkerContext::connector`]: it sends the
-//!   request to the [`SelectedEndpoint`](mesh_core::ext::SelectedEndpoint) that the balancer put
-//!   in the request extensions (absent: `503 UH`).
-//! - `make` runs on the worker thread; it should be cheap (wrap `Arc`s of compiled state):
-//!   compile route tables once, before storing them, not per worker.
-//!
-//! # Reload
-//!
-//! [`StackFactory::generation`] is read (one atomic load) before every request; when it
-//! differs from the generation the worker's stack was built at, the worker calls `make` again
-//! and replaces its stack. Requests already running keep the futures of the old stack and
-//! finish on it; the old stack is dropped when they are done with it. [`Reloadable`] does this
-//! for you around an [`arc_swap::ArcSwap`] snapshot:
-//!
-//! ```
-//! use std::convert::Infallible;
-//! use std::sync::Arc;
-//! use mesh_core::MeshBody;
-//! use mesh_core::ext::SelectedEndpoint;
-//! use mesh_proxy::engine::{Reloadable, StackFactory, WorkerContext};
-//! use tower::ServiceExt as _;
-//!
-//! // the "configuration": where to send everything
-//! let factory = Arc::new(Reloadable::new(
-//!     "127.0.0.1:8080".parse::<std::net::SocketAddr>().unwrap(),
-//!     |ctx: &WorkerContext, upstream: &Arc<std::net::SocketAddr>| {
-//!         let upstream = **upstream;
-//!         let connector = ctx.connector();
-//!         tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-//!             req.extensions_mut().insert(SelectedEndpoint {
-//!                 addr: upstream,
-//!                 http2: false,
-//!                 service_account: None,
-//!                 istio_tls: false,
-//!             });
-//!             connector.oneshot(req)
-//!         })
-//!     },
-//! ));
-//! let before = factory.generation();
-//! factory.store("127.0.0.1:9090".parse().unwrap()); // every worker rebuilds on its next request
-//! assert_eq!(factory.generation(), before + 1);
-//! ```
+//! The contract between the engine and the layers: how a worker gets its service stack
+//! (see [`StackFactory`]).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -86,7 +15,81 @@ use tower_service::Service;
 use super::limits::Limits;
 use super::upstream::{Connector, UpstreamBody};
 
-/// Builds one worker's service stack; see the [module docs](self) for the contract.
+/// Builds one worker's service stack: the contract between the engine and the layers.
+///
+/// The engine runs `concurrency` workers; each builds **its own** stack, once, on its own
+/// thread, by calling [`StackFactory::make`] with its [`WorkerContext`], and then calls that
+/// stack for every request its connections carry. Nothing of a stack is shared with another
+/// worker unless the factory shares it (an `Arc` of an immutable snapshot, typically).
+///
+/// ```text
+///  worker thread k ─► StackFactory::make(&WorkerContext{k, connector}) ─► S   (once, and after a reload)
+///  request        ─► engine checks (Host, framing, limits) ─► S::call(req)
+///                    S = telemetry ─► authz ─► routing ─► resilience ─► lb ─► ctx.connector()
+/// ```
+///
+/// # What a stack must be
+///
+/// `S: tower::Service<http::Request<hyper::body::Incoming>,
+/// Response = http::Response<mesh_core::MeshBody<mesh_proxy::engine::UpstreamBody>>,
+/// Error = std::convert::Infallible> + Clone + 'static`.
+///
+/// - **No `Send` needed.** A worker's stack lives and runs on that worker's thread only, so it
+///   may use `Rc`/`Cell` for per-worker state (counters, balancer cursors) without atomics.
+///   Its futures need not be `Send` either.
+/// - **`Error = Infallible`.** A failure the mesh decides is a response
+///   ([`mesh_core::ext::local_reply`] with its [`ResponseFlags`](mesh_core::ResponseFlags)).
+/// - **Readiness.** The engine calls `poll_ready` before every `call`. A stack that is always
+///   ready (the usual case: the mesh answers overload with `503 UO` rather than by waiting)
+///   costs nothing more. A stack that returns `Pending` is handed to that request, whose
+///   own task drives it to readiness and calls it, and the worker goes on with a clone; so
+///   `Clone` must share whatever state readiness depends on (as tower's `Buffer` and
+///   `ConcurrencyLimit` do).
+/// - **The innermost service is the connector**, [`WorkerContext::connector`]: it sends the
+///   request to the [`SelectedEndpoint`](mesh_core::ext::SelectedEndpoint) that the balancer put
+///   in the request extensions (absent: `503 UH`).
+/// - `make` runs on the worker thread; it should be cheap (wrap `Arc`s of compiled state):
+///   compile route tables once, before storing them, not per worker.
+///
+/// # Reload
+///
+/// [`StackFactory::generation`] is read (one atomic load) before every request; when it
+/// differs from the generation the worker's stack was built at, the worker calls `make` again
+/// and replaces its stack. Requests already running keep the futures of the old stack and
+/// finish on it; the old stack is dropped when they are done with it. [`Reloadable`] does this
+/// for you around an [`arc_swap::ArcSwap`] snapshot:
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::sync::Arc;
+/// use mesh_core::MeshBody;
+/// use mesh_core::ext::SelectedEndpoint;
+/// use mesh_proxy::engine::{Reloadable, StackFactory, WorkerContext};
+/// use tower::ServiceExt as _;
+///
+/// // the "configuration": where to send everything
+/// let factory = Arc::new(Reloadable::new(
+///     "127.0.0.1:8080".parse::<std::net::SocketAddr>().unwrap(),
+///     |ctx: &WorkerContext, upstream: &Arc<std::net::SocketAddr>| {
+///         let upstream = **upstream;
+///         let connector = ctx.connector();
+///         tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+///             req.extensions_mut().insert(SelectedEndpoint {
+///                 addr: upstream,
+///                 http2: false,
+///                 service_account: None,
+///                 istio_tls: false,
+///             });
+///             connector.oneshot(req)
+///         })
+///     },
+/// ));
+/// let before = factory.generation();
+/// factory.store("127.0.0.1:9090".parse().unwrap()); // every worker rebuilds on its next request
+/// assert_eq!(factory.generation(), before + 1);
+/// ```
+///
+/// # Implementations
 ///
 /// Implemented for every `Fn(&WorkerContext) -> S + Send + Sync + 'static` (a stack that never
 /// changes) and by [`Reloadable`] (a stack rebuilt when its snapshot is replaced).

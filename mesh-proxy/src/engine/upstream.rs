@@ -120,7 +120,7 @@ pub(crate) fn idle_sweeps(pool: &UpstreamPool) -> u32 {
 const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
 /// The innermost service: forwards a request to its
-/// [`SelectedEndpoint`](mesh_core::ext::SelectedEndpoint) over pooled connections. Cheap to
+/// [`SelectedEndpoint`] over pooled connections. Cheap to
 /// clone (two words); every clone on a thread shares that thread's pool.
 #[derive(Debug, Clone, Copy)]
 pub struct Connector {
