@@ -571,6 +571,32 @@ spec:
     assert_eq!(eps.len(), 2);
     assert_eq!(eps[0]["ports"]["9080"], v1.port(), "{svc:#}");
     assert_eq!(eps[1]["ports"]["9080"], v2.port(), "{svc:#}");
+    assert_eq!(eps[0]["health"], "HEALTHY", "{svc:#}");
+    assert_eq!(eps[1]["health"], "HEALTHY", "{svc:#}");
+    assert_eq!(svc["unhealthy"], serde_json::json!([]), "{svc:#}");
+
+    // the balancer's view, not a constant: eject v2 where outlier detection would
+    use mesh_core::health::{HealthFlags, HealthKey, cluster_name};
+    let cluster = cluster_name(9080, Some("v2"), "reviews.default.svc.cluster.local");
+    let cell = p.proxy.state().layers().lb().health().cell(&HealthKey {
+        cluster: cluster.clone().into(),
+        addr: format!("127.0.0.3:{}", v2.port()).parse().unwrap(),
+    });
+    cell.set(HealthFlags::EJECTED);
+    let (_, clusters) = admin_get(p.admin, "/clusters").await;
+    let clusters: serde_json::Value = serde_json::from_str(&clusters).unwrap();
+    let svc = &clusters["services"][0];
+    assert_eq!(svc["endpoints"][0]["health"], "HEALTHY", "{svc:#}");
+    assert_eq!(svc["endpoints"][1]["health"], "EJECTED", "{svc:#}");
+    assert_eq!(
+        svc["unhealthy"],
+        serde_json::json!([{
+            "cluster": cluster,
+            "address": format!("127.0.0.3:{}", v2.port()),
+            "health": "EJECTED",
+        }]),
+        "{svc:#}"
+    );
 
     let (status, stats) = admin_get(p.admin, "/stats/prometheus").await;
     assert_eq!(status, 200);

@@ -57,6 +57,18 @@ bitflags::bitflags! {
     }
 }
 
+/// The names of `flags`, as the admin pages print them: `EJECTED|EXCLUDED`, or `HEALTHY`.
+pub fn flags_text(flags: HealthFlags) -> String {
+    if flags.is_empty() {
+        return "HEALTHY".into();
+    }
+    flags
+        .iter_names()
+        .map(|(name, _)| name)
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
 /// Identifies one endpoint of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HealthKey {
@@ -82,6 +94,13 @@ pub trait HealthSource: Send + Sync + fmt::Debug + 'static {
 
     /// A number that increases whenever any cell of this source changes. Read per request.
     fn generation(&self) -> u64;
+
+    /// The endpoints of `cluster` that are not healthy, with why (for admin pages). The
+    /// default knows none; [`HealthTable`] lists them.
+    fn unhealthy(&self, cluster: &str) -> Vec<(SocketAddr, HealthFlags)> {
+        let _ = cluster;
+        Vec::new()
+    }
 }
 
 /// The default [`HealthSource`]: a table of cells shared by everyone holding an `Arc` of it.
@@ -195,6 +214,17 @@ impl HealthSource for HealthTable {
 
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    fn unhealthy(&self, cluster: &str) -> Vec<(SocketAddr, HealthFlags)> {
+        let mut out: Vec<(SocketAddr, HealthFlags)> = self
+            .cells_of(cluster)
+            .into_iter()
+            .map(|(addr, cell)| (addr, cell.flags()))
+            .filter(|(_, flags)| !flags.is_empty())
+            .collect();
+        out.sort_by_key(|(addr, _)| *addr);
+        out
     }
 }
 

@@ -17,6 +17,7 @@ use mesh_core::MeshBody;
 use mesh_core::compile::{Snapshot, resolve_host};
 use mesh_core::ext::{
     ClientAddr, Passthrough, RouteDestination, SelectedEndpoint, local_reply, route_destination,
+    route_policy,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::health::{HealthSource, HealthTable, cluster_name};
@@ -120,7 +121,12 @@ struct Shared {
     resolver: Arc<dyn Resolver>,
     registry: Registry,
     workers: AtomicU64,
+    /// Destinations whose first `503 NR` was logged, since the last configuration.
+    no_route_logged: std::sync::Mutex<std::collections::HashSet<RouteDestination>>,
 }
+
+/// At most this many destinations have their first `503 NR` logged per configuration.
+const NO_ROUTE_LOG_LIMIT: usize = 256;
 
 struct Worker {
     cache: ArcSwap<Cache>,
@@ -199,6 +205,9 @@ impl LbLayer {
         self.shared.discover.snapshot_changed(&snapshot);
         self.shared.snapshot.store(snapshot);
         self.shared.snapshot_gen.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut logged) = self.shared.no_route_logged.lock() {
+            logged.clear();
+        }
     }
 
     /// The current snapshot.
@@ -294,6 +303,7 @@ impl LbBuilder {
             resolver: self.resolver.unwrap_or_else(|| Arc::new(SystemResolver)),
             registry: Registry::new(),
             workers: AtomicU64::new(0),
+            no_route_logged: Default::default(),
         };
         LbLayer {
             shared: Arc::new(shared),
@@ -338,6 +348,27 @@ impl Entry {
 // === impl Shared ===
 
 impl Shared {
+    /// Logs the first `503 NR` of a destination (until the next configuration): a route to a
+    /// host or subset that does not exist, which the configuration's analysis reported as
+    /// IST0101 when it was loaded. Later requests to it are not logged.
+    #[cold]
+    #[inline(never)]
+    fn log_no_route(&self, dest: &RouteDestination, why: &str, route: Option<&str>) {
+        let Ok(mut logged) = self.no_route_logged.lock() else {
+            return;
+        };
+        if logged.len() >= NO_ROUTE_LOG_LIMIT || !logged.insert(dest.clone()) {
+            return;
+        }
+        tracing::warn!(
+            host = %dest.host,
+            subset = dest.subset.as_deref().unwrap_or(""),
+            port = dest.port.unwrap_or(0),
+            route = route.unwrap_or(""),
+            "503 NR: {why} (IST0101; logged for the first request to this destination only)"
+        );
+    }
+
     #[inline]
     fn version(&self, snapshot_gen: u64) -> u64 {
         snapshot_gen
@@ -507,6 +538,16 @@ impl<S> Lb<S> {
 }
 
 impl<S> Lb<S> {
+    /// Logs the first `503 NR` of the request's destination (see [`Shared::log_no_route`]).
+    #[cold]
+    fn no_route<B>(&self, req: &Request<B>, derived: Option<&RouteDestination>, why: &str) {
+        let ext = req.extensions();
+        if let Some(dest) = route_destination(ext).or(derived) {
+            let route = route_policy(ext).and_then(|p| p.route_name.as_deref());
+            self.shared.log_no_route(dest, why, route);
+        }
+    }
+
     /// Picks an endpoint of `dest` without a request: for opaque TCP connections, or to look
     /// at what the balancer would do. `hash` is the consistent-hash key when the caller has
     /// one (a random one is used otherwise). The pick counts as a request in flight on the
@@ -592,6 +633,7 @@ where
         let cluster = match &*self.local.entries[slot] {
             Entry::Cluster(c) => c,
             Entry::NoCluster => {
+                self.no_route(&req, derived.as_ref(), "the subset or port does not exist");
                 return ResponseFuture::local(
                     StatusCode::SERVICE_UNAVAILABLE,
                     ResponseFlags::NO_ROUTE,
@@ -603,6 +645,7 @@ where
                     return self.passthrough(req, &dest.host, dest.port.unwrap_or(80));
                 }
                 _ => {
+                    self.no_route(&req, derived.as_ref(), "the host is not in the registry");
                     return ResponseFuture::local(
                         StatusCode::SERVICE_UNAVAILABLE,
                         ResponseFlags::NO_ROUTE,

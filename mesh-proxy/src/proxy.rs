@@ -29,6 +29,7 @@ use std::time::Duration;
 use mesh_core::compile::Snapshot;
 use mesh_core::config::Compiled;
 use mesh_core::ext::SelectedEndpoint;
+use mesh_core::health::{HealthFlags, cluster_name, flags_text};
 use mesh_core::model::bootstrap::ProxyBootstrap;
 use mesh_core::{ConfigError, Diagnostic};
 
@@ -583,10 +584,14 @@ impl ProxyState {
         })
     }
 
-    /// `/clusters`: every service, its ports, subsets and endpoints.
+    /// `/clusters`: every service, its ports, subsets and endpoints, with the balancer's
+    /// view of their health (`unhealthy`: the endpoints that an outlier detector, a health
+    /// check or an operator took out, per Istio cluster; an endpoint's `health` sums up its
+    /// clusters).
     pub fn clusters(&self) -> serde_json::Value {
         let snap = self.snapshot();
         let ns = snap.bootstrap.workload.namespace.clone();
+        let health = self.layers.lb().health();
         let services: Vec<serde_json::Value> = snap
             .services
             .iter()
@@ -613,10 +618,32 @@ impl ProxyState {
                             .collect()
                     })
                     .unwrap_or_default();
+                // every Istio cluster of the service: each port, without and with each subset
+                let subset_names: Vec<Option<String>> = std::iter::once(None)
+                    .chain(
+                        snap.destination_rule(&svc.hostname, &ns)
+                            .into_iter()
+                            .flat_map(|dr| dr.spec.subsets.iter().map(|s| Some(s.name.clone()))),
+                    )
+                    .collect();
+                let mut unhealthy = Vec::new();
+                for p in &svc.ports {
+                    let Ok(port) = u16::try_from(p.number) else { continue };
+                    for subset in &subset_names {
+                        let cluster = cluster_name(port, subset.as_deref(), &svc.hostname);
+                        for (addr, flags) in health.unhealthy(&cluster) {
+                            unhealthy.push((cluster.clone(), addr, flags));
+                        }
+                    }
+                }
                 let endpoints: Vec<serde_json::Value> = svc
                     .endpoints
                     .iter()
                     .map(|e| {
+                        let flags = unhealthy
+                            .iter()
+                            .filter(|(_, addr, _)| addr.ip().to_string() == e.address)
+                            .fold(HealthFlags::empty(), |acc, (_, _, f)| acc | *f);
                         let ports: serde_json::Map<String, serde_json::Value> = svc
                             .ports
                             .iter()
@@ -629,7 +656,7 @@ impl ProxyState {
                             "locality": e.locality.to_string(),
                             "weight": e.weight,
                             "serviceAccount": e.service_account,
-                            "health": "HEALTHY",
+                            "health": flags_text(flags),
                         })
                     })
                     .collect();
@@ -641,6 +668,14 @@ impl ProxyState {
                     "ports": svc.ports,
                     "subsets": subsets,
                     "endpoints": endpoints,
+                    "unhealthy": unhealthy
+                        .iter()
+                        .map(|(cluster, addr, flags)| serde_json::json!({
+                            "cluster": cluster,
+                            "address": addr.to_string(),
+                            "health": flags_text(*flags),
+                        }))
+                        .collect::<Vec<_>>(),
                 })
             })
             .collect();

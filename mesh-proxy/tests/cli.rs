@@ -156,6 +156,43 @@ fn validate_reads_directories_and_stdin() {
 }
 
 #[test]
+fn validate_warns_on_an_empty_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("empty.yaml");
+    std::fs::write(&f, "# nothing yet\n").unwrap();
+    let out = bin().arg("validate").arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "warning: {}: empty configuration: no resources",
+            f.display()
+        )),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn validate_refuses_what_this_version_cannot_enforce_and_istio_mode_accepts_it() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mesh-core/tests/corpus/valid/ap-allow-nothing.yaml");
+    let out = bin().arg("validate").arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("AuthorizationPolicy is not enforced by this version (security)"),
+        "{}",
+        text(&out)
+    );
+    let out = bin()
+        .args(["validate", "--istio"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("not enforced"), "{}", text(&out));
+}
+
+#[test]
 fn missing_file_is_invalid_not_a_crash() {
     let out = bin()
         .args(["validate", "/nonexistent/mesh.yaml"])

@@ -100,7 +100,12 @@
 //!   first matching route in configuration order still wins, as in Envoy.
 //! - One table serves every port: the port comes from the Host header (or the service's only
 //!   port, else 80), where Istio builds one route configuration per listener port.
-//! - `headers` values are literal: Envoy's `%VARIABLE%` substitutions are not expanded.
+//! - `headers` values are Envoy format strings, as Envoy reads them, but only the operators
+//!   whose data the router has are evaluated (`%DOWNSTREAM_REMOTE_ADDRESS%`, `%REQ(h)%`,
+//!   `%PROTOCOL%`, `%START_TIME%`, `%HOSTNAME%`, `%ENVIRONMENT(v)%`, …); the other operators
+//!   Envoy knows (upstream host, TLS peer, metadata) format to nothing, and the value is then
+//!   not added. Response values are computed from the request. Unknown operators refuse the
+//!   table, as Envoy refuses the route configuration.
 //! - With several weighted destinations, destination-level header `set`s win over the
 //!   route-level ones (as Istio arranges it for a single destination); Envoy applies the
 //!   route's last for weighted clusters.

@@ -1627,8 +1627,8 @@ static WORKLOAD: TypeDef = TypeDef {
         field(
             "name",
             Leaf,
-            Status::NotYet(Area::Telemetry),
-            "names the workload in telemetry",
+            Status::Enforced,
+            "a name: no traffic decision depends on it (telemetry will report it)",
         ),
         field("namespace", Leaf, Status::Enforced, ""),
         field("serviceAccount", Leaf, Status::NotYet(Area::Security), ""),
