@@ -27,6 +27,8 @@
 //! assert!(issues[0].message.starts_with("Referenced host not found: \"reviews.default.svc.cluster.local\""));
 //! ```
 
+use std::collections::HashMap;
+
 use crate::compile::{Snapshot, VirtualServiceEntry};
 use crate::error::{FieldPath, ResourceRef, Severity};
 use crate::load::Issue;
@@ -44,26 +46,29 @@ const CONSEQUENCE: &str = "requests routed to it get 503 NR";
 pub fn analyze(snapshot: &Snapshot) -> Vec<Issue> {
     let ns = snapshot.bootstrap.workload.namespace.as_str();
     let mut out = Vec::new();
+    // routes name the same few destinations many times: look each up once
+    let mut known = Known::default();
     for vs in &snapshot.virtual_services {
         if vs.namespace != ns && !vs.export_to.visible_to(ns) {
             continue;
         }
-        let spec = FieldPath::root().key("spec");
+        // paths are only built for what is reported
+        let at = |i: usize| FieldPath::root().key("spec").key("http").index(i);
         for (i, r) in vs.spec.http.iter().enumerate() {
-            let at = spec.clone().key("http").index(i);
             for (j, rd) in r.route.iter().enumerate() {
                 if let Some(d) = &rd.destination {
-                    let p = at.clone().key("route").index(j).key("destination");
-                    check(snapshot, vs, d, p, ns, &mut out);
+                    let p = || at(i).key("route").index(j).key("destination");
+                    check(snapshot, &mut known, vs, d, p, ns, &mut out);
                 }
             }
             if let Some(m) = &r.mirror {
-                check(snapshot, vs, m, at.clone().key("mirror"), ns, &mut out);
+                let p = || at(i).key("mirror");
+                check(snapshot, &mut known, vs, m, p, ns, &mut out);
             }
             for (j, m) in r.mirrors.iter().enumerate() {
                 if let Some(d) = &m.destination {
-                    let p = at.clone().key("mirrors").index(j).key("destination");
-                    check(snapshot, vs, d, p, ns, &mut out);
+                    let p = || at(i).key("mirrors").index(j).key("destination");
+                    check(snapshot, &mut known, vs, d, p, ns, &mut out);
                 }
             }
         }
@@ -71,11 +76,19 @@ pub fn analyze(snapshot: &Snapshot) -> Vec<Issue> {
     out
 }
 
-fn check(
+/// Lookups already made: whether a host is a service, whether a host has a subset.
+#[derive(Default)]
+struct Known<'s> {
+    hosts: HashMap<&'s str, bool>,
+    subsets: HashMap<(&'s str, &'s str), bool>,
+}
+
+fn check<'s>(
     snapshot: &Snapshot,
-    vs: &VirtualServiceEntry,
-    d: &Destination,
-    at: FieldPath,
+    known: &mut Known<'s>,
+    vs: &'s VirtualServiceEntry,
+    d: &'s Destination,
+    at: impl FnOnce() -> FieldPath,
     ns: &str,
     out: &mut Vec<Issue>,
 ) {
@@ -92,9 +105,13 @@ fn check(
     if d.host.is_empty() {
         return; // Istio's validation reports it
     }
-    if snapshot.service(&d.host, ns).is_none() {
+    let host_known = *known
+        .hosts
+        .entry(d.host.as_str())
+        .or_insert_with(|| snapshot.service(&d.host, ns).is_some());
+    if !host_known {
         out.push(issue(
-            at.key("host"),
+            at().key("host"),
             format!(
                 "Referenced host not found: {:?} (IST0101 ReferencedResourceNotFound: no ServiceEntry declares it; {CONSEQUENCE})",
                 d.host
@@ -103,10 +120,13 @@ fn check(
         return;
     }
     if let Some(subset) = d.subset.as_deref().filter(|s| !s.is_empty())
-        && snapshot.subset(&d.host, subset, ns).is_none()
+        && !*known
+            .subsets
+            .entry((d.host.as_str(), subset))
+            .or_insert_with(|| snapshot.subset(&d.host, subset, ns).is_some())
     {
         out.push(issue(
-            at.key("subset"),
+            at().key("subset"),
             format!(
                 "Referenced host+subset in destinationrule not found: \"{}+{subset}\" (IST0101 ReferencedResourceNotFound; {CONSEQUENCE})",
                 d.host

@@ -102,7 +102,8 @@ pub fn check(loaded: Loaded, mode: CheckMode) -> Result<Checked, ConfigError> {
     diagnostics.extend(resolve(&resources, findings));
     let mut unenforced = Vec::new();
     if mode == CheckMode::Proxy {
-        for r in &resources {
+        for r in resources.iter().filter(|r| !r.unenforced.is_empty()) {
+            let resource = r.reference();
             for u in &r.unenforced {
                 let d = Diagnostic {
                     severity: if u.verdict.is_refused() {
@@ -113,7 +114,7 @@ pub fn check(loaded: Loaded, mode: CheckMode) -> Result<Checked, ConfigError> {
                     file: r.origin.file.clone(),
                     line: Some(u.line),
                     column: Some(u.column),
-                    resource: Some(r.reference()),
+                    resource: Some(resource.clone()),
                     field: u.field.clone(),
                     message: u.message.clone(),
                 };

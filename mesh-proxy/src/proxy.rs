@@ -244,9 +244,7 @@ impl Proxy {
     /// Starts the proxy from a configuration that went through the whole pipeline.
     pub fn start_built(built: Built, files: Vec<PathBuf>) -> Result<Proxy, StartError> {
         let Built { compiled, routes } = built;
-        for w in &compiled.warnings {
-            tracing::warn!("{w}");
-        }
+        log_warnings(&compiled.warnings);
         let snapshot = compiled.snapshot;
         let boot = snapshot.bootstrap.clone();
         let limits = engine_limits(&boot);
@@ -522,9 +520,7 @@ impl ProxyState {
     /// its generation.
     pub fn apply_built(&self, built: Built) -> u64 {
         let Built { compiled, routes } = built;
-        for w in &compiled.warnings {
-            tracing::warn!("{w}");
-        }
+        log_warnings(&compiled.warnings);
         let old = self.snapshot();
         if old.bootstrap.outbound != compiled.snapshot.bootstrap.outbound
             || old.bootstrap.inbound != compiled.snapshot.bootstrap.inbound
@@ -718,6 +714,24 @@ impl ProxyState {
     /// The last reload error, if the last reload failed.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|l| l.clone())
+    }
+}
+
+/// At most this many configuration warnings are logged per start-up or reload (a large mesh
+/// can have thousands of unenforced fields); `mesh-proxy validate` prints them all, and
+/// `/config_dump` lists the unenforced ones.
+pub const LOGGED_WARNINGS: usize = 100;
+
+/// Logs a configuration's warnings, [`LOGGED_WARNINGS`] at most, then how many more.
+fn log_warnings(warnings: &[Diagnostic]) {
+    for w in warnings.iter().take(LOGGED_WARNINGS) {
+        tracing::warn!("{w}");
+    }
+    if warnings.len() > LOGGED_WARNINGS {
+        tracing::warn!(
+            "... and {} more configuration warnings (`mesh-proxy validate` prints them all; /config_dump lists the fields not enforced)",
+            warnings.len() - LOGGED_WARNINGS
+        );
     }
 }
 

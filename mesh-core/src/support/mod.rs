@@ -380,25 +380,26 @@ pub(crate) fn scan(kind: Kind, doc: &MarkedYaml<'_>, line_offset: u32) -> Vec<Un
     s.out
 }
 
-/// A segment of the path being scanned.
-enum Seg {
-    Key(String),
+/// A segment of the path being scanned (keys borrowed from the document: the path is
+/// only made a [`FieldPath`] when something is reported).
+enum Seg<'a> {
+    Key(Cow<'a, str>),
     Index(usize),
 }
 
-struct Scan {
+struct Scan<'a> {
     out: Vec<Unenforced>,
-    path: Vec<Seg>,
+    path: Vec<Seg<'a>>,
     line_offset: u32,
 }
 
-impl Scan {
+impl<'a> Scan<'a> {
     fn field_path(&self) -> FieldPath {
         FieldPath(
             self.path
                 .iter()
                 .map(|s| match s {
-                    Seg::Key(k) => Segment::Key(k.clone()),
+                    Seg::Key(k) => Segment::Key(k.to_string()),
                     Seg::Index(i) => Segment::Index(*i),
                 })
                 .collect(),
@@ -416,7 +417,7 @@ impl Scan {
     }
 
     /// The fields of an object node.
-    fn object(&mut self, node: &MarkedYaml<'_>, ty: &'static TypeDef) {
+    fn object(&mut self, node: &'a MarkedYaml<'_>, ty: &'static TypeDef) {
         if !ty.needs_scan() {
             return;
         }
@@ -429,14 +430,14 @@ impl Scan {
             let Some(f) = ty.field(&name) else {
                 continue;
             };
-            self.path.push(Seg::Key(name.into_owned()));
+            self.path.push(Seg::Key(name));
             self.field(k, v, f);
             self.path.pop();
         }
     }
 
     /// One field: its verdict, then (when enforced) what it holds.
-    fn field(&mut self, key: &MarkedYaml<'_>, value: &MarkedYaml<'_>, f: &'static FieldDef) {
+    fn field(&mut self, key: &'a MarkedYaml<'_>, value: &'a MarkedYaml<'_>, f: &'static FieldDef) {
         let value = resolve(value);
         if matches!(value.data, YamlData::Value(Scalar::Null)) {
             return; // `field:` with nothing: the default, as if not written
@@ -462,7 +463,7 @@ impl Scan {
         }
     }
 
-    fn judged(&mut self, at: &MarkedYaml<'_>, value: &MarkedYaml<'_>, f: &'static FieldDef) {
+    fn judged(&mut self, at: &'a MarkedYaml<'_>, value: &'a MarkedYaml<'_>, f: &'static FieldDef) {
         let (v, subject) = f.status.judge(value);
         if v == Verdict::Enforced {
             match f.shape {
@@ -476,7 +477,7 @@ impl Scan {
         }
     }
 
-    fn descend(&mut self, value: &MarkedYaml<'_>, shape: Shape) {
+    fn descend(&mut self, value: &'a MarkedYaml<'_>, shape: Shape) {
         match shape {
             Shape::Leaf => {}
             Shape::Struct(t) => self.object(value, t),
@@ -493,10 +494,10 @@ impl Scan {
         }
     }
 
-    fn map(&mut self, value: &MarkedYaml<'_>, t: &'static TypeDef) {
+    fn map(&mut self, value: &'a MarkedYaml<'_>, t: &'static TypeDef) {
         if let YamlData::Mapping(m) = &resolve(value).data {
             for (k, v) in m.iter() {
-                self.path.push(Seg::Key(key_text(k).unwrap_or_default()));
+                self.path.push(Seg::Key(key_str(k).unwrap_or_default()));
                 self.object(v, t);
                 self.path.pop();
             }
