@@ -1,4 +1,5 @@
-//! Arbitrary bytes (as lossy UTF-8) through the loader, the validator and `resolve`: none of
+//! Arbitrary bytes (as lossy UTF-8) through the loader (and its support-table scan), the
+//! validator, `resolve`, and mesh-core's whole pipeline (compile, IST0101 analysis): none of
 //! them may panic, whatever the input.
 #![no_main]
 
@@ -15,4 +16,9 @@ fuzz_target!(|data: &[u8]| {
     // every finding names a loaded resource
     assert!(findings.iter().all(|f| f.resource < loaded.resources.len()));
     let _ = load::resolve(&loaded.resources, findings);
+    // the header formats, parsed by validation and the route table alike
+    let _ = mesh_core::format::parse(&text);
+    if let Ok(c) = mesh_core::config::load_str("fuzz.yaml", &text) {
+        assert!(c.unenforced.iter().all(|d| d.line.is_some()));
+    }
 });

@@ -284,6 +284,26 @@ mod tests {
         assert!(parse("%F([x])%").unwrap_err().contains("Expecting '\"'"));
     }
 
+    proptest::proptest! {
+        /// Any text: a result, never a panic; literal pieces put back together with the
+        /// operators as written give the input again when it has no `%%`.
+        #[test]
+        fn any_text_parses_or_is_refused(v in "[a-zA-Z%()\\[\\]\",: é]{0,40}") {
+            if let Ok(f) = parse(&v)
+                && !v.contains("%%")
+            {
+                let mut back = String::new();
+                for p in &f.pieces {
+                    match p {
+                        Piece::Literal(l) => back.push_str(l),
+                        Piece::Operator { .. } => back.push('%'),
+                    }
+                }
+                proptest::prop_assert!(back.len() <= v.len());
+            }
+        }
+    }
+
     #[test]
     fn parsing_never_panics_on_any_input() {
         // every prefix and suffix of tricky inputs, including multi-byte characters

@@ -1,6 +1,7 @@
 //! The `fuzz/` target `load_yaml`, runnable on stable: arbitrary and mutated documents through
-//! the loader, the validator and `resolve` must never panic, and every finding must name a
-//! loaded resource. The seeds are the acceptance corpus (`tests/corpus/`).
+//! the loader (and its support-table scan), the validator, `resolve` and the rest of
+//! mesh-core's pipeline (compile, IST0101 analysis) must never panic, and every finding must
+//! name a loaded resource. The seeds are the acceptance corpus (`tests/corpus/`).
 
 // Test helpers: a missing or unreadable corpus file is a test failure.
 #![allow(clippy::unwrap_used)]
@@ -83,6 +84,20 @@ fn check(text: &str) {
     assert_eq!(diagnostics.len(), n, "resolve lost findings");
     for d in &diagnostics {
         let _ = d.to_string();
+    }
+    // every unenforced field the loader's support scan found points into its document
+    for r in &loaded.resources {
+        for u in &r.unenforced {
+            assert!(u.line >= r.origin.line, "{u:?} above its document");
+        }
+    }
+    // the whole pipeline of mesh-core (support table, compile, IST0101 analysis)
+    match mesh_core::config::load_str("fuzz.yaml", text) {
+        Ok(c) => {
+            assert!(c.unenforced.iter().all(|d| d.line.is_some()));
+            let _ = c.warnings.iter().map(ToString::to_string).count();
+        }
+        Err(e) => assert!(e.errors().next().is_some(), "an error without errors"),
     }
 }
 
