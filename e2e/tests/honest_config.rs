@@ -13,23 +13,7 @@
 
 mod support;
 
-use std::path::Path;
-
 use support::*;
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-}
-
-/// The value of a sample in Prometheus text.
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 fn mesh(v1: &Backend, v2: &Backend, vs: &str) -> String {
     format!(

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,20 +22,6 @@ fn weighted_mesh(v1: &Backend, v2: &Backend, to: &str) -> String {
         destination_rule("reviews", &["v1", "v2"], ""),
         weighted_vs("reviews", &[("v1", w1), ("v2", w2)]),
     )
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-}
-
-/// The value of an unlabelled or labelled sample in Prometheus text.
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Envoy's RDS/CDS updates are hitless: a new route configuration applies to requests that

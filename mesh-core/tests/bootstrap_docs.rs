@@ -1,11 +1,10 @@
 //! `docs/bootstrap.md` documents every `ProxyBootstrap` field, and only real ones.
 //!
-//! The fields are not listed by hand: they are read from the loader itself. A document with
-//! an unknown field at some level is refused with serde's list of the valid ones ("unknown
-//! field \"…\", expected one of concurrency, workload, …"), so probing every level finds every
-//! field, including one added tomorrow; a field whose probe answers with its own list of
-//! fields is an object and is walked in turn, and one that answers "unknown value …,
-//! expected …" is an enumeration, whose values its row must name.
+//! The fields are not listed by hand: they come from the support table
+//! (`mesh_core::support`), which `tests/support_table.rs` checks against the fields the loader
+//! accepts, so a field added tomorrow needs a row here too. A field whose value the loader
+//! refuses with "unknown value …, expected …" is an enumeration, whose values its row must
+//! name.
 //!
 //! Each field must have a table row starting with its path below `spec`, in backticks
 //! (`` | `limits.connectTimeout` | ``); every such row must name a field.
@@ -14,7 +13,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-const NOT_A_FIELD: &str = "zzzNotAField";
+use mesh_core::model::Kind;
+use mesh_core::support::{Shape, TypeDef, kind};
+
 const NOT_A_VALUE: &str = "zzzNotAValue";
 
 fn docs() -> String {
@@ -67,32 +68,23 @@ fn spec_path(path: &[&str]) -> String {
         .join(".")
 }
 
-/// The fields of the object at `path`, if it is an object.
-fn fields_of(path: &[&str]) -> Option<Vec<String>> {
-    let mut p = path.to_vec();
-    p.push(NOT_A_FIELD);
-    let (field, message) = probe(&p, "1")?;
-    (field == spec_path(&p) && message.contains("unknown field")).then(|| expected_list(&message))
-}
-
 /// The values of the enumeration at `path`, if it is one.
 fn values_of(path: &[&str]) -> Option<Vec<String>> {
     let (field, message) = probe(path, NOT_A_VALUE)?;
     (field == spec_path(path) && message.contains("unknown value")).then(|| expected_list(&message))
 }
 
-/// Every field below `path` (paths relative to `spec`, joined with dots), with the values of
+/// Every field below `ty` (paths relative to `spec`, joined with dots), with the values of
 /// the enumerations.
-fn walk(path: &[&str], out: &mut Vec<(String, Vec<String>)>) {
-    let Some(fields) = fields_of(path) else {
-        return;
-    };
-    for f in &fields {
+fn walk(ty: &TypeDef, path: &[&str], out: &mut Vec<(String, Vec<String>)>) {
+    for f in ty.fields {
         let mut p = path.to_vec();
-        p.push(f);
+        p.push(f.name);
         let values = values_of(&p).unwrap_or_default();
         out.push((p.join("."), values));
-        walk(&p, out);
+        if let Shape::Struct(t) = f.shape {
+            walk(t, &p, out);
+        }
     }
 }
 
@@ -110,29 +102,20 @@ fn documented_rows(docs: &str) -> Vec<(String, String)> {
 }
 
 #[test]
-fn the_probe_finds_the_fields_it_should() {
-    // the mechanism itself: known fields, an object, an enumeration, a map and a scalar
-    let top = fields_of(&[]).unwrap();
-    assert!(top.contains(&"concurrency".to_string()), "{top:?}");
-    assert!(top.contains(&"limits".to_string()), "{top:?}");
-    assert!(
-        fields_of(&["limits"])
-            .unwrap()
-            .contains(&"drainTimeout".to_string())
-    );
+fn the_probe_finds_the_values_it_should() {
+    // the mechanism itself: an enumeration, a map and a scalar
     assert_eq!(
         values_of(&["outbound", "protocol"]).unwrap(),
         ["auto", "http1", "http2"]
     );
-    assert_eq!(fields_of(&["gatewayPorts"]), None);
-    assert_eq!(fields_of(&["concurrency"]), None);
+    assert_eq!(values_of(&["gatewayPorts"]), None);
     assert_eq!(values_of(&["concurrency"]), None);
 }
 
 #[test]
 fn every_bootstrap_field_is_documented_and_every_documented_field_exists() {
     let mut fields = Vec::new();
-    walk(&[], &mut fields);
+    walk(kind(Kind::ProxyBootstrap).spec, &[], &mut fields);
     assert!(
         fields.len() >= 30,
         "only {} fields found: {fields:?}",

@@ -71,18 +71,14 @@ pub fn build_compiled(mut compiled: Compiled) -> Result<Built, ConfigError> {
     match RouteTable::sidecar(&compiled.snapshot) {
         Ok(routes) => {
             if !routes.warnings().is_empty() {
-                let issues = routes
-                    .warnings()
-                    .iter()
-                    .map(|w| issue(Severity::Warning, w))
-                    .collect();
-                compiled.warnings.extend(locate(&compiled, issues));
+                let found = diagnostics(&compiled, Severity::Warning, routes.warnings());
+                compiled.warnings.extend(found);
                 config::sort(&mut compiled.warnings);
             }
             Ok(Built { compiled, routes })
         }
         Err(e) => {
-            let mut diagnostics = locate(&compiled, vec![issue(Severity::Error, &e)]);
+            let mut diagnostics = diagnostics(&compiled, Severity::Error, &[e]);
             diagnostics.append(&mut compiled.warnings);
             config::sort(&mut diagnostics);
             Err(ConfigError { diagnostics })
@@ -90,32 +86,34 @@ pub fn build_compiled(mut compiled: Compiled) -> Result<Built, ConfigError> {
     }
 }
 
-/// A route table finding as an issue of the configuration (`None`: it names no resource).
-fn issue(severity: Severity, e: &BuildError) -> Result<Issue, Diagnostic> {
-    match &e.resource {
-        Some(resource) => Ok(Issue {
-            severity,
-            resource: resource.clone(),
-            field: e.field.clone(),
-            message: e.message.clone(),
-        }),
-        None => Err(Diagnostic {
-            severity,
-            file: "<configuration>".into(),
-            line: None,
-            column: None,
-            resource: None,
-            field: Some(e.field.clone()),
-            message: e.message.clone(),
-        }),
-    }
-}
-
-fn locate(compiled: &Compiled, found: Vec<Result<Issue, Diagnostic>>) -> Vec<Diagnostic> {
-    let (issues, mut plain): (Vec<_>, Vec<_>) = found.into_iter().partition(Result::is_ok);
-    let mut out = compiled
-        .origins
-        .locate(issues.into_iter().filter_map(Result::ok).collect());
-    out.extend(plain.drain(..).filter_map(Result::err));
+/// Route table findings as diagnostics: with file and line when they name a resource (the
+/// table names one for every finding), without otherwise.
+fn diagnostics(compiled: &Compiled, severity: Severity, found: &[BuildError]) -> Vec<Diagnostic> {
+    let issues = found
+        .iter()
+        .filter_map(|e| {
+            Some(Issue {
+                severity,
+                resource: e.resource.clone()?,
+                field: e.field.clone(),
+                message: e.message.clone(),
+            })
+        })
+        .collect();
+    let mut out = compiled.origins.locate(issues);
+    out.extend(
+        found
+            .iter()
+            .filter(|e| e.resource.is_none())
+            .map(|e| Diagnostic {
+                severity,
+                file: "<configuration>".into(),
+                line: None,
+                column: None,
+                resource: None,
+                field: Some(e.field.clone()),
+                message: e.message.clone(),
+            }),
+    );
     out
 }

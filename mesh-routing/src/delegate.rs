@@ -25,13 +25,10 @@ pub(crate) fn expand<'s>(
         .as_deref()
         .filter(|n| !n.is_empty())
         .unwrap_or(&vs.namespace);
-    let Some(delegate) = snap
+    let delegate = snap
         .virtual_services
         .iter()
-        .find(|d| d.hosts.is_empty() && d.name == del.name && d.namespace == ns)
-    else {
-        return None;
-    };
+        .find(|d| d.hosts.is_empty() && d.name == del.name && d.namespace == ns)?;
     if !(delegate.namespace == vs.namespace || delegate.export_to.visible_to(&vs.namespace)) {
         return None;
     }

@@ -257,6 +257,21 @@ spec:
     )
 }
 
+/// Writes a configuration file (a test failure if it cannot).
+pub fn write(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+/// The value of a sample (`name` with its labels, as printed) in Prometheus text.
+pub fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 // === the proxy ===
 
 /// A proxy started in-process, ready (its admin `/ready` answered 200).
