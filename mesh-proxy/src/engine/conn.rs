@@ -348,6 +348,9 @@ where
 fn reject_reply(r: Reject) -> Response<MeshBody<UpstreamBody>> {
     let (status, text) = match r {
         Reject::MissingHost => (StatusCode::BAD_REQUEST, "missing Host header"),
+        Reject::DuplicateHost => (StatusCode::BAD_REQUEST, "more than one Host"),
+        Reject::UserinfoInAuthority => (StatusCode::BAD_REQUEST, "userinfo in the authority"),
+        Reject::InvalidHost => (StatusCode::BAD_REQUEST, "invalid Host header"),
         Reject::ContentLengthWithTransferEncoding => (
             StatusCode::BAD_REQUEST,
             "Content-Length with Transfer-Encoding",
