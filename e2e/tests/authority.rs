@@ -1,7 +1,8 @@
 //! The request's authority through the whole proxy (listener → router → balancer →
 //! connector → a real upstream), sent as raw bytes where a client library would not send
-//! them: two `Host` fields or a list (400), userinfo (400, not 503). Every refused request
-//! reaches no backend, and the proxy keeps serving.
+//! them: two `Host` fields or a list (400), userinfo (400, not 503), and an absolute-form
+//! target whose authority, not `Host`, is what routing, policy and the upstream all see.
+//! Every refused request reaches no backend, and the proxy keeps serving.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -132,4 +133,47 @@ async fn userinfo_in_host_or_target_is_400_not_503_and_reaches_no_backend() {
         assert_eq!(good.get("web", &[]).await.backend(), "web", "after {what}");
     }
     assert_eq!((web.hits(), other.hits()), (3, 0), "only the good requests");
+}
+
+/// RFC 9112 §3.2.2: with an absolute-form target the received `Host` is ignored, and a proxy
+/// forwards a `Host` generated from the target (Envoy does the same). `GET http://other/`
+/// with `Host: web` used to be routed to `other` and forwarded with `Host: web`: now the
+/// router, the route's header policy and the upstream all see `other`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_target_is_the_authority_for_routing_policy_and_upstream() {
+    let (web, other, p) = two_services().await;
+    let mut s = bounded(tokio::net::TcpStream::connect(p.out))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"GET http://other/x HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    bounded(tokio::io::AsyncReadExt::read_to_string(&mut s, &mut answer))
+        .await
+        .unwrap();
+    let answer = answer.to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("x-backend: other\r\n"), "routing: {answer}");
+    assert!(
+        answer.contains("x-seen-authority: other\r\n"),
+        "policy: {answer}"
+    );
+    assert!(
+        answer.contains("x-seen-host: other\r\n"),
+        "upstream: {answer}"
+    );
+    assert_eq!((web.hits(), other.hits()), (0, 1));
+    // the same target with its own Host is unchanged
+    let answer = raw(
+        p.out,
+        b"GET http://web/ HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
+    assert!(answer.contains("x-seen-host: web\r\n"), "{answer}");
+    assert_eq!((web.hits(), other.hits()), (1, 1));
 }

@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tower_service::Service;
 
-use super::headers::{HeadScanner, Reject, check_request};
+use super::headers::{HeadScanner, Reject, inspect};
 use super::limits::Limits;
 use super::stack::{StackFactory, WorkerContext};
 use super::upstream::UpstreamBody;
@@ -372,6 +372,22 @@ fn reject_reply(r: Reject) -> Response<MeshBody<UpstreamBody>> {
     res
 }
 
+/// RFC 9112 §3.2.2: a request whose target has an authority (absolute-form, HTTP/2's
+/// `:authority`) is about that authority, whatever its `Host` says; `Host` becomes the
+/// target's authority, so that routing, policy and the upstream all see one authority.
+/// Returns false if the authority is not a valid field value (it always is once parsed).
+fn authority_to_host<B>(req: &mut Request<B>) -> bool {
+    let Some(v) = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    else {
+        return false;
+    };
+    req.headers_mut().insert(header::HOST, v);
+    true
+}
+
 // === impl ConnService ===
 
 impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService<F> {
@@ -390,8 +406,12 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
                 return EngineFuture::Local(Some(reject_reply(r)));
             }
         }
-        if let Err(r) = check_request(&req, self.worker.max_headers) {
-            return EngineFuture::Local(Some(reject_reply(r)));
+        let seen = match inspect(&req, self.worker.max_headers) {
+            Ok(seen) => seen,
+            Err(r) => return EngineFuture::Local(Some(reject_reply(r))),
+        };
+        if seen.host_differs && !authority_to_host(&mut req) {
+            return EngineFuture::Local(Some(reject_reply(Reject::InvalidHost)));
         }
         // for `consistentHash.useSourceIp`, and later access logs and `remoteIpBlocks`
         req.extensions_mut().insert(self.peer);

@@ -190,13 +190,29 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// `Content-Length` with `Transfer-Encoding`, repeated or list-valued `Content-Length`
 /// refused (hyper already refuses conflicting values, and accepts these).
 pub fn check_request<B>(req: &Request<B>, max_headers: usize) -> Result<(), Reject> {
+    inspect(req, max_headers).map(|_| ())
+}
+
+/// What [`inspect`] saw of a request it let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Seen {
+    /// The target has an authority and a `Host` field that says something else: `Host` is
+    /// to be replaced by the target's authority (RFC 9112 §3.2.2).
+    pub(crate) host_differs: bool,
+}
+
+/// [`check_request`], and what the engine needs to know next, in the same pass over the
+/// header fields: one comparison per field, plus one pass over the `Host` value.
+pub(crate) fn inspect<B>(req: &Request<B>, max_headers: usize) -> Result<Seen, Reject> {
     let h = req.headers();
     if h.len() > max_headers {
         return Err(Reject::TooManyHeaders);
     }
-    if let Some(a) = req.uri().authority() {
-        check_authority(a.as_str().as_bytes())?;
+    let target = req.uri().authority().map(|a| a.as_str().as_bytes());
+    if let Some(a) = target {
+        check_authority(a)?;
     }
+    let mut seen = Seen::default();
     let (mut host, mut te, mut cl) = (false, false, 0u32);
     for (name, value) in h {
         if name == header::HOST {
@@ -205,6 +221,7 @@ pub fn check_request<B>(req: &Request<B>, max_headers: usize) -> Result<(), Reje
             }
             host = true;
             check_authority(value.as_bytes())?;
+            seen.host_differs = target.is_some_and(|a| a != value.as_bytes());
         } else if name == header::CONTENT_LENGTH {
             cl += 1;
             if value.as_bytes().contains(&b',') {
@@ -217,7 +234,7 @@ pub fn check_request<B>(req: &Request<B>, max_headers: usize) -> Result<(), Reje
     if req.version() > Version::HTTP_11 {
         // h2 framing is checked by the h2 codec (content-length vs DATA, no
         // connection-specific headers); the authority is in :authority.
-        return Ok(());
+        return Ok(seen);
     }
     if cl > 1 {
         return Err(Reject::DuplicateContentLength);
@@ -228,7 +245,7 @@ pub fn check_request<B>(req: &Request<B>, max_headers: usize) -> Result<(), Reje
     if !host && req.version() == Version::HTTP_11 {
         return Err(Reject::MissingHost);
     }
-    Ok(())
+    Ok(seen)
 }
 
 /// Byte classes of an authority (RFC 3986 §3.2): 0 allowed (unreserved, `%`, sub-delims but
@@ -817,6 +834,19 @@ mod tests {
         }
     }
 
+    /// What the engine learns in the same pass: a `Host` to replace.
+    #[test]
+    fn inspect_reports_a_host_other_than_the_target() {
+        let plain = req(Version::HTTP_11, &[("host", "web")]);
+        assert_eq!(inspect(&plain, 100), Ok(Seen::default()));
+        let abs_other = with_target(Version::HTTP_11, "http://other/", &[("host", "web")]);
+        assert!(inspect(&abs_other, 100).unwrap().host_differs);
+        let abs_same = with_target(Version::HTTP_11, "http://web:80/x", &[("host", "web:80")]);
+        assert!(!inspect(&abs_same, 100).unwrap().host_differs);
+        let h2_only = with_target(Version::HTTP_2, "http://web/", &[]);
+        assert_eq!(inspect(&h2_only, 100), Ok(Seen::default()));
+    }
+
     mod host_abuse {
         //! Abuse: any number of `Host` fields with any values, on any version, with or
         //! without an absolute target. The verdict is the model's, and never a panic.
@@ -873,7 +903,11 @@ mod tests {
                     [one] => model(one),
                     [first, ..] => model(first).and(Err(Reject::DuplicateHost)),
                 };
-                prop_assert_eq!(check_request(&r, 100), expected);
+                let got = inspect(&r, 100);
+                prop_assert_eq!(got.map(|_| ()), expected);
+                if let (Ok(seen), [one]) = (got, hosts.as_slice()) {
+                    prop_assert_eq!(seen.host_differs, absolute && one != "target:81");
+                }
             }
         }
     }

@@ -389,15 +389,29 @@ impl Connector {
     }
 }
 
-/// Rewrites a request for an HTTP/1.1 upstream: `Host` from `:authority` when missing,
-/// hop-by-hop headers removed, origin-form target.
+/// The authority of a request's target (absolute-form, or HTTP/2's `:authority`) without
+/// userinfo, if it has one: the authority the request names, whatever its `Host` says.
+///
+/// RFC 9112 §3.2.2: with an absolute-form target the received `Host` is ignored and a
+/// proxy generates a new one from the target. (The engine has already made `Host` equal
+/// to the target's authority; this keeps a standalone connector to the same rule.)
+fn target_authority(uri: &Uri) -> Option<&str> {
+    uri.authority()
+        .map(|a| a.as_str().rsplit('@').next().unwrap_or(""))
+}
+
+/// Rewrites a request for an HTTP/1.1 upstream: `Host` from the target's authority when it
+/// has one (HTTP/2's `:authority`, absolute-form), hop-by-hop headers removed, origin-form
+/// target.
 fn prepare_h1<B>(req: &mut Request<B>) {
     let uri = req.uri();
     if uri.scheme().is_some() || uri.authority().is_some() {
-        if !req.headers().contains_key(header::HOST)
-            && let Some(v) = uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        if let Some(a) = target_authority(uri)
+            && req
+                .headers()
+                .get(header::HOST)
+                .is_none_or(|h| h.as_bytes() != a.as_bytes())
+            && let Ok(v) = HeaderValue::from_str(a)
         {
             req.headers_mut().insert(header::HOST, v);
         }
@@ -417,13 +431,18 @@ fn prepare_h1<B>(req: &mut Request<B>) {
     *req.version_mut() = Version::HTTP_11;
 }
 
-/// Rewrites a request for an HTTP/2 upstream: absolute target whose authority is the client's
-/// `Host` (or `:authority`), `Host` removed, hop-by-hop headers removed.
+/// Rewrites a request for an HTTP/2 upstream: absolute target whose authority is the
+/// target's (without userinfo), else the client's `Host`; `Host` removed, hop-by-hop
+/// headers removed.
 fn prepare_h2<B>(req: &mut Request<B>) -> Result<(), ()> {
     strip_hop_by_hop(req.headers_mut());
-    let authority = match req.headers_mut().remove(header::HOST) {
-        Some(h) => Authority::try_from(h.as_bytes()).map_err(|_| ())?,
-        None => req.uri().authority().cloned().ok_or(())?,
+    let host = req.headers_mut().remove(header::HOST);
+    let authority = match (req.uri().authority(), host) {
+        (Some(a), _) if !a.as_str().contains('@') => a.clone(),
+        (Some(a), _) => Authority::try_from(target_authority(req.uri()).unwrap_or(a.as_str()))
+            .map_err(|_| ())?,
+        (None, Some(h)) => Authority::try_from(h.as_bytes()).map_err(|_| ())?,
+        (None, None) => return Err(()),
     };
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP));
@@ -717,6 +736,38 @@ mod tests {
         assert!(req.headers().get("host").is_none());
         assert_eq!(req.headers()["te"], "trailers");
         assert_eq!(req.version(), Version::HTTP_2);
+    }
+
+    /// RFC 9112 §3.2.2: a proxy forwards a `Host` generated from an absolute target, not
+    /// the one received (the engine has done so already; a standalone connector too).
+    #[test]
+    fn absolute_target_authority_wins_over_host() {
+        let mut req = Request::builder()
+            .uri("http://other:8081/x")
+            .header("host", "web")
+            .body(())
+            .unwrap();
+        prepare_h1(&mut req);
+        assert_eq!(req.uri(), "/x");
+        assert_eq!(req.headers()["host"], "other:8081");
+        assert_eq!(req.headers().get_all("host").iter().count(), 1);
+        let mut req = Request::builder()
+            .uri("http://user@other/x")
+            .header("host", "web")
+            .body(())
+            .unwrap();
+        prepare_h1(&mut req);
+        assert_eq!(req.headers()["host"], "other", "userinfo is never a Host");
+        for uri in ["http://other:8081/x", "http://u:p@other:8081/x"] {
+            let mut req = Request::builder()
+                .uri(uri)
+                .header("host", "web")
+                .body(())
+                .unwrap();
+            prepare_h2(&mut req).unwrap();
+            assert_eq!(req.uri(), "http://other:8081/x", "{uri}");
+            assert!(req.headers().get("host").is_none());
+        }
     }
 
     #[test]
