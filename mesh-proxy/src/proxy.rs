@@ -7,6 +7,11 @@
 //! atomically (in-flight requests finish on the old one); one that does not is logged and
 //! the last good configuration keeps serving. [`Proxy::drain`] is what SIGTERM does.
 //!
+//! The listeners share one [`OwnAddrs`]: the outbound and inbound connectors never connect
+//! to any of the proxy's listening addresses (outbound, inbound, admin), so a request
+//! addressed to the proxy itself (`Host: 127.0.0.1:15001` under `ALLOW_ANY`) is answered
+//! `508 Loop Detected` (flag `UF`) instead of looping; see [`crate::engine::loops`].
+//!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let proxy = mesh_proxy::proxy::Proxy::start(vec!["mesh.yaml".into()])?;
@@ -32,7 +37,7 @@ use mesh_core::model::bootstrap::ProxyBootstrap;
 use arc_swap::ArcSwap;
 
 use crate::admin::AdminServer;
-use crate::engine::{Engine, EngineConfig, Limits, Readiness, WorkerContext};
+use crate::engine::{Engine, EngineConfig, Limits, OwnAddrs, Readiness, WorkerContext};
 use crate::stack::Layers;
 
 /// Why the proxy could not start, or a reload was refused.
@@ -143,12 +148,15 @@ impl Proxy {
             admin: None,
         };
         let concurrency = boot.concurrency as usize;
+        // every listener of this proxy, so that no connector forwards into one of them
+        let own_addrs = OwnAddrs::new();
 
         if let Some(out) = &boot.outbound {
             let addr = socket_addr(&out.address, out.port).map_err(io_err("outbound address"))?;
             let cfg = EngineConfig {
                 concurrency,
                 limits: limits.clone(),
+                own_addrs: own_addrs.clone(),
                 ..EngineConfig::new(addr)
             };
             let factory = Arc::new(move |ctx: &WorkerContext| layers.stack(ctx));
@@ -172,6 +180,7 @@ impl Proxy {
             let cfg = EngineConfig {
                 concurrency,
                 limits: limits.clone(),
+                own_addrs: own_addrs.clone(),
                 ..EngineConfig::new(addr)
             };
             let engine = Engine::start(
@@ -188,6 +197,7 @@ impl Proxy {
         let admin = AdminServer::start(admin_addr, state)
             .map_err(io_err(format!("admin listener {admin_addr}")))?;
         tracing::info!(addr = %admin.local_addr(), "admin listener up");
+        own_addrs.add(admin.local_addr());
         proxy.admin = Some(admin);
         Ok(proxy)
     }

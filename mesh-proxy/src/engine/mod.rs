@@ -96,12 +96,14 @@ mod h1client;
 pub mod headers;
 mod limits;
 mod listener;
+pub mod loops;
 mod reqbody;
 mod stack;
 pub mod upstream;
 mod worker;
 
 pub use limits::Limits;
+pub use loops::OwnAddrs;
 pub use reqbody::{RequestBody, RequestBodyError, SHADOW_BUFFER_BYTES};
 pub use stack::{Reloadable, StackFactory, WorkerContext};
 pub use upstream::{Connector, ConnectorFuture, EngineResponse, UpstreamBody, UpstreamBodyError};
@@ -116,6 +118,12 @@ pub struct EngineConfig {
     pub concurrency: usize,
     /// Connection and request limits. Default: [`Limits::default`].
     pub limits: Limits,
+    /// The listening addresses of the whole proxy, which the engine's connector never
+    /// connects to (a request would loop back into the proxy). The engine adds its own
+    /// bound address when it starts and removes it when it stops; give every listener of
+    /// one proxy the same set (and add its other listeners, e.g. an admin one) so that none
+    /// forwards to another. Default: a set of the engine's own.
+    pub own_addrs: OwnAddrs,
 }
 
 /// A running engine: its workers, its address, its drain.
@@ -125,6 +133,7 @@ pub struct EngineConfig {
 #[derive(Debug)]
 pub struct Engine {
     local_addr: SocketAddr,
+    own_addrs: OwnAddrs,
     control: watch::Sender<Phase>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
@@ -160,6 +169,7 @@ impl EngineConfig {
             listen,
             concurrency: 1,
             limits: Limits::default(),
+            own_addrs: OwnAddrs::new(),
         }
     }
 }
@@ -178,6 +188,11 @@ impl Engine {
             n => n,
         };
         let (local_addr, listeners) = listener::bind_all(config.listen, workers)?;
+        // before any worker forwards: no connector of this proxy connects to it
+        config.own_addrs.add(local_addr);
+        let guard = loops::Guard {
+            own: config.own_addrs.clone(),
+        };
         let limits = Arc::new(config.limits);
         let shared = Arc::new(Shared {
             workers,
@@ -188,6 +203,7 @@ impl Engine {
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let mut engine = Engine {
             local_addr,
+            own_addrs: config.own_addrs,
             control,
             shared: shared.clone(),
             threads: Vec::with_capacity(workers),
@@ -200,6 +216,7 @@ impl Engine {
                 listener,
                 factory: factory.clone(),
                 limits: limits.clone(),
+                guard: guard.clone(),
                 control: control_rx.clone(),
                 shared: shared.clone(),
                 started: started_tx.clone(),
@@ -295,6 +312,7 @@ impl Drop for Engine {
         if !self.threads.is_empty() {
             self.begin(Phase::Stopping);
         }
+        self.own_addrs.remove(self.local_addr);
     }
 }
 

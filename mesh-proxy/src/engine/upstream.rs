@@ -86,6 +86,7 @@ use tokio::net::TcpStream;
 
 use super::h1client::{self, FailKind, H1Body, H1Conn};
 use super::headers::strip_hop_by_hop;
+use super::loops::{Guard, Loop, loop_reply};
 use super::reqbody::RequestBody;
 
 /// The response type of every stack: the upstream's body or a local one.
@@ -151,6 +152,8 @@ struct Pool {
     sweeping: bool,
     /// Sweeps so far: the clock of idle connections (no clock read per request).
     epoch: u32,
+    /// On an engine worker: the proxy's own addresses.
+    guard: Option<Guard>,
 }
 
 #[derive(Default)]
@@ -170,6 +173,8 @@ struct AddrHasher(u64);
 
 /// Why sending failed, for the local reply.
 enum SendFailure {
+    /// The upstream is one of the proxy's own listeners.
+    Loop,
     Connect,
     Closed,
     Reset,
@@ -333,6 +338,7 @@ impl Connector {
     }
 
     async fn connect_h1(&self, addr: SocketAddr) -> Result<Box<H1Conn>, SendFailure> {
+        refuse_own(addr)?;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| SendFailure::Connect)?
@@ -371,6 +377,7 @@ impl Connector {
         &self,
         addr: SocketAddr,
     ) -> Result<http2::SendRequest<RequestBody>, SendFailure> {
+        refuse_own(addr)?;
         let connect = async {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
@@ -387,6 +394,22 @@ impl Connector {
         tokio::spawn(conn);
         Ok(sender)
     }
+}
+
+/// Installs the loop checks of this thread's connector (an engine worker, at its start).
+pub(crate) fn install_guard(guard: Guard) {
+    POOL.with(|p| p.borrow_mut().guard = Some(guard));
+}
+
+/// `Err(Loop)` when `addr` is one of the proxy's own listeners (see [`OwnAddrs`]).
+///
+/// [`OwnAddrs`]: super::OwnAddrs
+fn refuse_own(addr: SocketAddr) -> Result<(), SendFailure> {
+    let own = POOL.with(|p| {
+        p.try_borrow()
+            .is_ok_and(|p| p.guard.as_ref().is_some_and(|g| g.own.reaches(addr)))
+    });
+    if own { Err(SendFailure::Loop) } else { Ok(()) }
 }
 
 /// The authority of a request's target (absolute-form, or HTTP/2's `:authority`) without
@@ -655,6 +678,7 @@ impl SendFailure {
 
     fn reply(self) -> EngineResponse {
         match self {
+            SendFailure::Loop => loop_reply(Loop::OwnAddress),
             SendFailure::Connect => local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
