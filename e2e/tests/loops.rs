@@ -2,19 +2,24 @@
 //! `outboundTrafficPolicy: ALLOW_ANY` a `Host` naming one of the proxy's own listeners used
 //! to be passed through to it, again and again: one 40-byte request took 0.8 s of CPU and
 //! +231 MiB before ending in `503 UF`. Now the connector refuses the proxy's own addresses
-//! (outbound, inbound, admin; a wildcard listener on every local address):
-//! `508 Loop Detected`, flag `UF`, and the proxy keeps serving.
+//! (outbound, inbound, admin; a wildcard listener on every local address) and a request
+//! that comes back anyway (through a relay) carries the proxy's `Via` entry and is refused
+//! on arrival: `508 Loop Detected`, flag `UF`, and the proxy keeps serving.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use support::*;
+use tokio::net::{TcpListener, TcpStream};
 
-/// The body of the connector's answer when the upstream is one of the proxy's listeners.
+/// The body of the connector's answer when the upstream is one of the proxy's listeners,
+/// and of the listener's when a request carries its own `Via` entry.
 const OWN_ADDRESS: &str = "loop detected: the upstream is one of this proxy's listeners";
+const OWN_VIA: &str = "loop detected: the request has already been through this proxy";
 
 /// A backend that answers with the `Via` fields it received (`x-seen-via`, joined by ` | `).
 fn via_reporting(name: &'static str) -> Handler {
@@ -34,6 +39,48 @@ fn via_reporting(name: &'static str) -> Handler {
                 .unwrap()
         })
     })
+}
+
+/// A TCP relay on 127.0.0.1:0 that pipes the first `max` connections to `to` (once set)
+/// and closes any more at once; counts the connections it relayed.
+struct Relay {
+    addr: SocketAddr,
+    relayed: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(to: Arc<std::sync::OnceLock<SocketAddr>>, max: usize) -> Relay {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let relayed = Arc::new(AtomicUsize::new(0));
+    let count = relayed.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut down, _)) = l.accept().await else {
+                continue;
+            };
+            if count.fetch_add(1, Ordering::SeqCst) >= max {
+                continue; // dropped: closed
+            }
+            let to = *to.get().unwrap();
+            tokio::spawn(async move {
+                if let Ok(mut up) = TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    Relay {
+        addr,
+        relayed,
+        task,
+    }
 }
 
 /// `Host: 127.0.0.1:<port of one of the proxy's listeners>` under ALLOW_ANY: every listener
@@ -74,9 +121,16 @@ async fn passthrough_to_any_of_the_proxys_own_listeners_is_508_not_a_loop() {
         );
     }
     assert_eq!(app.hits(), 0, "the inbound listener was reached");
-    // the inbound listener still forwards to its application
+    // the inbound listener still forwards to its application (and marks it)
     let r = get_once(inbound, "app", &[]).await;
     assert_eq!((r.status.as_u16(), r.backend()), (200, "app"), "{r:?}");
+    assert!(
+        r.headers["x-seen-via"]
+            .to_str()
+            .unwrap()
+            .starts_with("1.1 mesh-"),
+        "{r:?}"
+    );
 }
 
 /// A listener on `0.0.0.0` is its port on every local address: `Host: 127.0.0.1:<port>` is
@@ -97,4 +151,45 @@ async fn a_wildcard_outbound_listener_is_refused_on_a_loopback_address() {
         (508, "UF", OWN_ADDRESS),
         "{r:?}"
     );
+}
+
+/// A loop the address check cannot see: the passthrough destination is a relay back to the
+/// proxy. The request returns once, carrying the proxy's `Via` entry, and is answered there;
+/// the relay carried it once. (The relay gives up after 20 connections, so that without the
+/// marker the test fails instead of looping on.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_through_a_relay_stops_at_its_second_arrival() {
+    let outside = backend_with("outside", via_reporting("outside")).await;
+    let back = Arc::new(std::sync::OnceLock::new());
+    let relay = relay(back.clone(), 20).await;
+    let p = start(&bootstrap(
+        1,
+        "  mesh: {outboundTrafficPolicy: ALLOW_ANY}\n",
+    ))
+    .await;
+    back.set(p.out).unwrap();
+    let mut c = H1::connect(p.out).await;
+    let r = c.get(&relay.addr.to_string(), &[]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.flags(), r.body.as_str()),
+        (508, "UF", OWN_VIA),
+        "{r:?}"
+    );
+    assert_eq!(
+        relay.relayed.load(Ordering::SeqCst),
+        1,
+        "hops through the relay"
+    );
+    // forwarded requests carry the proxy's entry after the client's own
+    let r = c
+        .get(
+            &format!("127.0.0.1:{}", outside.port()),
+            &[("via", "1.0 fred")],
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, "outside"), "{r:?}");
+    let via = r.headers["x-seen-via"].to_str().unwrap();
+    let (fred, ours) = via.split_once(" | ").unwrap();
+    assert_eq!(fred, "1.0 fred");
+    assert!(ours.starts_with("1.1 mesh-"), "{via}");
 }

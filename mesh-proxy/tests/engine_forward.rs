@@ -104,6 +104,60 @@ async fn absolute_form_target_replaces_host_for_the_stack_and_the_upstream() {
     engine.drain().await;
 }
 
+/// RFC 9110 §7.6.3: "A proxy MUST send an appropriate Via header field […] in each message
+/// that it forwards", `received-protocol received-by`, appended after the entries the
+/// request already had. The pseudonym is the listener's own (its loop marker).
+#[tokio::test]
+async fn forwarded_requests_carry_the_listeners_via_entry_last() {
+    for upstream_h2 in [false, true] {
+        let up = upstream(echo()).await;
+        let engine = start(up.addr, upstream_h2, Limits::default(), 1);
+        let me = engine.via_pseudonym().to_owned();
+        assert!(me.starts_with("mesh-"), "{me}");
+        let mut c = h1_client(engine.local_addr()).await;
+        let res = bounded(c.send_request(get("/", "a"))).await.unwrap();
+        let body = text(res).await;
+        assert!(body.contains(&format!("via: 1.1 {me}\n")), "{body}");
+        let mut req = get("/", "a");
+        req.headers_mut().append("via", "1.0 fred".parse().unwrap());
+        req.headers_mut()
+            .append("via", "1.1 nowhere.example (Apache/1.1)".parse().unwrap());
+        let res = bounded(c.send_request(req)).await.unwrap();
+        let body = text(res).await;
+        let via: Vec<&str> = body.lines().filter(|l| l.starts_with("via: ")).collect();
+        assert_eq!(
+            via,
+            [
+                "via: 1.0 fred",
+                "via: 1.1 nowhere.example (Apache/1.1)",
+                &format!("via: 1.1 {me}")
+            ],
+            "upstream over HTTP/2: {upstream_h2}"
+        );
+        // `Connection: via` makes the client's entries hop-by-hop, never the proxy's own
+        let mut req = get("/", "a");
+        req.headers_mut()
+            .append("connection", "via".parse().unwrap());
+        req.headers_mut().append("via", "1.0 fred".parse().unwrap());
+        let body = text(bounded(c.send_request(req)).await.unwrap()).await;
+        let via: Vec<&str> = body.lines().filter(|l| l.starts_with("via: ")).collect();
+        assert_eq!(via, [format!("via: 1.1 {me}")], "{body}");
+        // an HTTP/2 client: received protocol `2`
+        let (mut h2, _conn) = h2_client(engine.local_addr()).await;
+        let req = Request::builder().uri("http://a/").body(full("")).unwrap();
+        let body = text(bounded(h2.send_request(req)).await.unwrap()).await;
+        assert!(body.contains(&format!("via: 2 {me}\n")), "{body}");
+        // an HTTP/1.0 client: `1.0`
+        let mut s = TcpStream::connect(engine.local_addr()).await.unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let res = read_response(&mut s).await;
+        assert!(res.contains(&format!("via: 1.0 {me}\n")), "{res}");
+        engine.drain().await;
+    }
+}
+
 #[tokio::test]
 async fn h2c_prior_knowledge_request_reaches_h1_upstream_with_authority_as_host() {
     let up = upstream(echo()).await;

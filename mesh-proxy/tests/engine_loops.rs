@@ -1,12 +1,14 @@
 //! Loops: the engine never connects to its own listening addresses (nor to those of the
-//! listeners it shares [`OwnAddrs`] with): `508 Loop Detected` with flag `UF`, and the
-//! engine keeps serving.
+//! listeners it shares [`OwnAddrs`] with), and a request that comes back to it through
+//! something else (a relay here) is refused by its `Via` marker. Both answer
+//! `508 Loop Detected` with flag `UF`, and the engine keeps serving.
 // clippy.toml's allow-unwrap-in-tests covers #[test] functions only, not the helpers below
 #![allow(clippy::unwrap_used)]
 
 mod engine_common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use engine_common::*;
@@ -14,6 +16,8 @@ use http::Request;
 use hyper::body::Incoming;
 use mesh_core::ext::SelectedEndpoint;
 use mesh_proxy::engine::{Engine, EngineConfig, OwnAddrs, WorkerContext};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
 
 /// Where the stack of [`start_to`] sends requests: set after the engine has started, so it
@@ -47,11 +51,59 @@ fn start_to(listen: &str, own: OwnAddrs, target: Target, other: SocketAddr, h2: 
     Engine::start(config, factory).unwrap()
 }
 
-/// What the connector answers when the upstream is one of the proxy's own listeners.
+/// A TCP relay on 127.0.0.1:0 to `to`: pipes the first `max` connections both ways and
+/// closes any more at once; counts the connections it relayed.
+struct Relay {
+    addr: SocketAddr,
+    relayed: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(to: Target, max: usize) -> Relay {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let relayed = Arc::new(AtomicUsize::new(0));
+    let count = relayed.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut down, _)) = l.accept().await else {
+                continue;
+            };
+            if count.fetch_add(1, Ordering::SeqCst) >= max {
+                continue; // dropped: closed
+            }
+            let to = *to.get().unwrap();
+            tokio::spawn(async move {
+                if let Ok(mut up) = TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    Relay {
+        addr,
+        relayed,
+        task,
+    }
+}
+
+/// What the connector answers when the upstream is one of the proxy's own listeners, and
+/// what the listener answers when a request carries its own `Via` entry.
 const OWN_ADDRESS: (u16, &str, &str) = (
     508,
     "UF",
     "loop detected: the upstream is one of this proxy's listeners",
+);
+const OWN_VIA: (u16, &str, &str) = (
+    508,
+    "UF",
+    "loop detected: the request has already been through this proxy",
 );
 
 /// Sends `GET /` with `Host: a` on a fresh HTTP/1.1 connection; returns status, flags and
@@ -148,5 +200,86 @@ async fn listeners_sharing_own_addrs_do_not_forward_to_each_other() {
     shared.drain().await;
     assert!(!own.to_vec().contains(&shared_addr));
     other.drain().await;
+    engine.drain().await;
+}
+
+/// RFC 9110 §7.6.3: `Via` "can be used for […] identifying the protocol capabilities of
+/// senders along the request/response chain" and loops. A request that arrives with this
+/// listener's own entry has been through it before: answered, never forwarded.
+#[tokio::test]
+async fn a_request_carrying_the_listeners_own_via_is_508_uf_and_never_forwarded() {
+    let up = upstream(echo()).await;
+    let engine = start(up.addr, false, mesh_proxy::engine::Limits::default(), 1);
+    let me = engine.via_pseudonym().to_owned();
+    for via in [
+        format!("1.1 {me}"),
+        format!("1.0 fred, 2 {me} (mesh)"),
+        format!("HTTP/1.1 {me}"),
+    ] {
+        let got = get_status(&engine, &[("via", &via)]).await;
+        assert!(is(&got, OWN_VIA), "{via}: {got:?}");
+    }
+    let got = get_status(
+        &engine,
+        &[("via", "1.0 fred"), ("via", &format!("1.1 {me}"))],
+    )
+    .await;
+    assert!(is(&got, OWN_VIA), "{got:?}");
+    // HTTP/2 too
+    let (mut h2, _conn) = h2_client(engine.local_addr()).await;
+    let req = Request::builder()
+        .uri("http://a/")
+        .header("via", format!("2 {me}"))
+        .body(full(""))
+        .unwrap();
+    let res = bounded(h2.send_request(req)).await.unwrap();
+    assert_eq!(res.status(), 508);
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        0,
+        "a looped request was forwarded"
+    );
+    // someone else's entries, or ours inside a comment, are no loop
+    for via in [
+        "1.1 mesh-0000000000000000".to_owned(),
+        format!("1.1 other ({me})"),
+        format!("1.1 {me}x"),
+    ] {
+        assert_eq!(get_status(&engine, &[("via", &via)]).await.0, 200, "{via}");
+    }
+    engine.drain().await;
+}
+
+/// A loop the address check cannot see (the upstream is a relay back to the engine): the
+/// request comes back once, with the engine's `Via` entry, and is answered there.
+#[tokio::test]
+async fn a_loop_through_a_relay_stops_at_its_second_arrival() {
+    let up = upstream(echo()).await;
+    let back = Target::default();
+    // at most 20 hops, so that a broken marker ends in an error instead of running forever
+    let relay = relay(back.clone(), 20).await;
+    let to_relay = Target::default();
+    to_relay.set(relay.addr).unwrap();
+    let engine = start_to("127.0.0.1:0", OwnAddrs::new(), to_relay, up.addr, false);
+    back.set(engine.local_addr()).unwrap();
+    let mut s = TcpStream::connect(engine.local_addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let res = read_response(&mut s).await;
+    assert!(res.starts_with("HTTP/1.1 508"), "{res}");
+    assert!(res.ends_with(OWN_VIA.2), "{res}");
+    assert!(
+        res.to_ascii_lowercase()
+            .contains("x-mesh-response-flags: uf"),
+        "{res}"
+    );
+    assert_eq!(
+        relay.relayed.load(Ordering::SeqCst),
+        1,
+        "hops through the relay"
+    );
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 0);
+    assert_eq!(get_status(&engine, &[("x-to-other", "1")]).await.0, 200);
     engine.drain().await;
 }

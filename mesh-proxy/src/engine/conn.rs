@@ -32,6 +32,7 @@ use tower_service::Service;
 
 use super::headers::{HeadScanner, Reject, inspect};
 use super::limits::Limits;
+use super::loops::{Hop, Loop, loop_reply};
 use super::stack::{StackFactory, WorkerContext};
 use super::upstream::UpstreamBody;
 
@@ -46,6 +47,8 @@ pub(crate) struct Worker<F: StackFactory> {
     h2: http2::Builder<LocalExec>,
     limits: Arc<Limits>,
     max_headers: usize,
+    /// The listener's `Via` marker: a request carrying it has looped.
+    hop: Hop,
     /// Set once drain starts; `drain` wakes the connections.
     draining: Cell<bool>,
     drain: Notify,
@@ -115,7 +118,7 @@ struct ConnGuard<F: StackFactory>(Rc<Worker<F>>);
 // === impl Worker ===
 
 impl<F: StackFactory> Worker<F> {
-    pub(crate) fn new(factory: Arc<F>, ctx: WorkerContext, limits: Arc<Limits>) -> Self {
+    pub(crate) fn new(factory: Arc<F>, ctx: WorkerContext, limits: Arc<Limits>, hop: Hop) -> Self {
         let head = limits.max_request_head_bytes();
         let mut h1 = http1::Builder::new();
         // `requestHeadersTimeout` is the connection watchdog's (see `drive`): hyper's own
@@ -145,6 +148,7 @@ impl<F: StackFactory> Worker<F> {
             h2,
             limits,
             max_headers,
+            hop,
             draining: Cell::new(false),
             drain: Notify::new(),
             active: Cell::new(0),
@@ -412,6 +416,9 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
         };
         if seen.host_differs && !authority_to_host(&mut req) {
             return EngineFuture::Local(Some(reject_reply(Reject::InvalidHost)));
+        }
+        if seen.via && self.worker.hop.seen_in(req.headers()) {
+            return EngineFuture::Local(Some(loop_reply(Loop::Via)));
         }
         // for `consistentHash.useSourceIp`, and later access logs and `remoteIpBlocks`
         req.extensions_mut().insert(self.peer);

@@ -196,6 +196,8 @@ pub fn check_request<B>(req: &Request<B>, max_headers: usize) -> Result<(), Reje
 /// What [`inspect`] saw of a request it let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Seen {
+    /// The request has a `Via` field (look for the proxy's own entry).
+    pub(crate) via: bool,
     /// The target has an authority and a `Host` field that says something else: `Host` is
     /// to be replaced by the target's authority (RFC 9112 §3.2.2).
     pub(crate) host_differs: bool,
@@ -222,6 +224,8 @@ pub(crate) fn inspect<B>(req: &Request<B>, max_headers: usize) -> Result<Seen, R
             host = true;
             check_authority(value.as_bytes())?;
             seen.host_differs = target.is_some_and(|a| a != value.as_bytes());
+        } else if name == header::VIA {
+            seen.via = true;
         } else if name == header::CONTENT_LENGTH {
             cl += 1;
             if value.as_bytes().contains(&b',') {
@@ -834,9 +838,9 @@ mod tests {
         }
     }
 
-    /// What the engine learns in the same pass: a `Host` to replace.
+    /// What the engine learns in the same pass: a `Via` to look into, a `Host` to replace.
     #[test]
-    fn inspect_reports_a_host_other_than_the_target() {
+    fn inspect_reports_via_and_a_host_other_than_the_target() {
         let plain = req(Version::HTTP_11, &[("host", "web")]);
         assert_eq!(inspect(&plain, 100), Ok(Seen::default()));
         let abs_other = with_target(Version::HTTP_11, "http://other/", &[("host", "web")]);
@@ -845,6 +849,8 @@ mod tests {
         assert!(!inspect(&abs_same, 100).unwrap().host_differs);
         let h2_only = with_target(Version::HTTP_2, "http://web/", &[]);
         assert_eq!(inspect(&h2_only, 100), Ok(Seen::default()));
+        let via = req(Version::HTTP_11, &[("host", "web"), ("via", "1.1 a")]);
+        assert!(inspect(&via, 100).unwrap().via);
     }
 
     mod host_abuse {

@@ -134,6 +134,7 @@ pub struct EngineConfig {
 pub struct Engine {
     local_addr: SocketAddr,
     own_addrs: OwnAddrs,
+    hop: loops::Hop,
     control: watch::Sender<Phase>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
@@ -190,8 +191,10 @@ impl Engine {
         let (local_addr, listeners) = listener::bind_all(config.listen, workers)?;
         // before any worker forwards: no connector of this proxy connects to it
         config.own_addrs.add(local_addr);
+        let hop = loops::Hop::random();
         let guard = loops::Guard {
             own: config.own_addrs.clone(),
+            hop: hop.clone(),
         };
         let limits = Arc::new(config.limits);
         let shared = Arc::new(Shared {
@@ -204,6 +207,7 @@ impl Engine {
         let mut engine = Engine {
             local_addr,
             own_addrs: config.own_addrs,
+            hop,
             control,
             shared: shared.clone(),
             threads: Vec::with_capacity(workers),
@@ -239,6 +243,13 @@ impl Engine {
     /// The bound address (with the actual port when the configured one was 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The pseudonym of this listener's `Via` entries (`mesh-` and 16 random hex digits):
+    /// every request it forwards carries `Via: <protocol> <pseudonym>`, and a request that
+    /// arrives with it is answered `508 Loop Detected` (flag `UF`) instead of forwarded.
+    pub fn via_pseudonym(&self) -> &str {
+        self.hop.pseudonym()
     }
 
     /// How many worker threads run.

@@ -152,7 +152,7 @@ struct Pool {
     sweeping: bool,
     /// Sweeps so far: the clock of idle connections (no clock read per request).
     epoch: u32,
-    /// On an engine worker: the proxy's own addresses.
+    /// On an engine worker: the proxy's own addresses and the listener's `Via` marker.
     guard: Option<Guard>,
 }
 
@@ -302,6 +302,8 @@ impl Connector {
         pool: UpstreamPool,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
+        // the protocol the request was received in, for its `Via` entry
+        let received = req.version();
         prepare_h1(&mut req);
         // An empty body is not sent at all, and lets the request be sent again. (The head
         // stays in `req`, borrowed by each attempt: no move of the request's parts.)
@@ -320,9 +322,15 @@ impl Connector {
             };
             conn.configure(pool);
             let retry_possible = reused && body.is_none();
-            match h1client::exchange(conn, &req, body.take(), addr, self.max_idle_per_endpoint)
-                .await
-            {
+            let exchange = h1client::exchange(
+                conn,
+                &req,
+                received,
+                body.take(),
+                addr,
+                self.max_idle_per_endpoint,
+            );
+            match exchange.await {
                 Ok(res) => return res,
                 // the pooled connection was closed under us before any answer: again
                 Err(f) if retry_possible && f.retryable => {}
@@ -348,9 +356,12 @@ impl Connector {
     }
 
     async fn forward_h2(self, addr: SocketAddr, mut req: Request<RequestBody>) -> EngineResponse {
+        let received = req.version();
         if prepare_h2(&mut req).is_err() {
             return SendFailure::BadRequest.reply();
         }
+        // after the hop-by-hop fields are gone: `Connection: via` cannot remove this one
+        append_via(&mut req, received);
         let pooled = POOL.with(|p| p.borrow_mut().get_h2(addr));
         let mut sender = match pooled {
             Some(s) => s,
@@ -410,6 +421,32 @@ fn refuse_own(addr: SocketAddr) -> Result<(), SendFailure> {
             .is_ok_and(|p| p.guard.as_ref().is_some_and(|g| g.own.reaches(addr)))
     });
     if own { Err(SendFailure::Loop) } else { Ok(()) }
+}
+
+/// Writes this listener's `Via` field (for a request received as `received`) into an
+/// HTTP/1.1 request head; nothing off an engine worker.
+#[inline]
+pub(crate) fn put_via(out: &mut Vec<u8>, received: Version) {
+    POOL.with(|p| {
+        if let Ok(p) = p.try_borrow()
+            && let Some(g) = &p.guard
+        {
+            out.extend_from_slice(g.hop.via_line(received));
+        }
+    });
+}
+
+/// Appends this listener's `Via` value (for a request received as `received`) to a
+/// request (for an HTTP/2 upstream: hyper writes the head); nothing off an engine worker.
+fn append_via<B>(req: &mut Request<B>, received: Version) {
+    let via = POOL.with(|p| {
+        p.try_borrow()
+            .ok()
+            .and_then(|p| p.guard.as_ref().map(|g| g.hop.via(received).clone()))
+    });
+    if let Some(v) = via {
+        req.headers_mut().append(header::VIA, v);
+    }
 }
 
 /// The authority of a request's target (absolute-form, or HTTP/2's `:authority`) without

@@ -26,7 +26,7 @@ pub(crate) struct Spawn<F> {
     pub(crate) listener: StdListener,
     pub(crate) factory: Arc<F>,
     pub(crate) limits: Arc<Limits>,
-    /// The loop checks of the engine (its proxy's own addresses).
+    /// The loop checks of the engine (own addresses, `Via` marker).
     pub(crate) guard: Guard,
     pub(crate) control: watch::Receiver<Phase>,
     pub(crate) shared: Arc<Shared>,
@@ -75,9 +75,10 @@ fn run<F: StackFactory>(spawn: Spawn<F>) {
             }
         };
         let ctx = WorkerContext::new(index, shared.workers, limits.clone());
-        // the connector on this thread refuses the proxy's own addresses
+        let hop = guard.hop.clone();
+        // the connector on this thread refuses the proxy's own addresses and marks requests
         super::upstream::install_guard(guard);
-        let worker = Rc::new(Worker::new(factory, ctx, limits.clone()));
+        let worker = Rc::new(Worker::new(factory, ctx, limits.clone(), hop));
         shared.listening.fetch_add(1, Ordering::AcqRel);
         let _ = started.send(Ok(()));
         let phase = accept_loop(&listener, &worker, &mut control).await;
