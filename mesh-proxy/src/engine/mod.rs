@@ -55,16 +55,33 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | head larger than `maxRequestHeadersKb`, more than `maxRequestHeadersCount` headers | 431 (hyper, HTTP/1.1; the engine, HTTP/2) |
+//! | head larger than `maxRequestHeadersKb`, more than `maxRequestHeadersCount` headers | 431 (hyper, HTTP/1.1; the engine with flag `DPE`, HTTP/2) |
 //! | HTTP/1.1 without `Host` | 400, flag `DPE` |
+//! | two `Host` fields, or a `Host` list (`Host: a, b`); any version | 400, flag `DPE` |
+//! | userinfo in `Host` or in the target's authority (`evil@web`, `http://evil@web/`, HTTP/2 `:authority`) | 400, flag `DPE` |
+//! | a `Host` (or target authority) byte no authority has (a space, `/`, non-ASCII) | 400, flag `DPE` |
 //! | `Content-Length` with `Transfer-Encoding`; repeated or list-valued `Content-Length` | 400, flag `DPE` |
 //! | conflicting `Content-Length`, malformed request line or header | 400 (hyper) |
-//! | an HTTP version other than 1.0/1.1 on a non-h2c connection (`GET / HTTP/3.0`) | 400 (hyper; not 505) |
+//! | a well-formed HTTP version other than 1.0/1.1 on a non-h2c connection (`GET / HTTP/3.0`) | 505, flag `DPE` |
+//! | a malformed version token (`GET / HTTP/11`) | 400 (hyper) |
 //! | head not complete within `requestHeadersTimeout` | connection closed |
 //!
-//! It adds nothing to requests: hop-by-hop stripping and target rewriting are the
-//! [`Connector`]'s job (see [`upstream`]). A malformed request only ever affects its own
-//! connection.
+//! and answers without forwarding (the connection stays open):
+//!
+//! | request | answer |
+//! |---|---|
+//! | carries this listener's own `Via` entry (it has looped back) | 508, flag `UF` |
+//!
+//! It rewrites one thing: a request whose target has an authority (absolute-form
+//! `GET http://other/ HTTP/1.1`, HTTP/2's `:authority`) and a `Host` that says otherwise gets
+//! the target's authority as `Host` (RFC 9112 §3.2.2, as Envoy), so that routing, policy and
+//! the upstream all see one authority. A request with only `Host`, or only `:authority`, is
+//! left as it is (no allocation); layers read the target's authority first, then `Host`.
+//!
+//! The rest is the [`Connector`]'s job (see [`upstream`]): hop-by-hop stripping, the target
+//! in origin-form, the listener's `Via` entry, and refusing to connect to the proxy's own
+//! listening addresses ([`OwnAddrs`], `508 UF`; see [`loops`]). A malformed request only
+//! ever affects its own connection.
 //!
 //! # Drain and readiness
 //!
@@ -81,7 +98,10 @@
 //! - `requestHeadersTimeout` runs from the first byte of an HTTP/1.1 head, as Envoy's; it
 //!   is checked by a per-connection watchdog (no timer per request), so it fires between 1×
 //!   and 1.25× its value. On HTTP/2 it bounds only the wait for the preface.
-//! - An unsupported HTTP version gets hyper's 400, not 505.
+//! - Loops: Envoy adds `Via` only when its connection manager is configured to, and has no
+//!   loop check nor response flag for one; the engine always adds its own entry, refuses a
+//!   request that carries it and never connects to its own listeners, answering
+//!   `508 Loop Detected` with flag `UF` (why that pair: see [`loops`]).
 
 use std::io;
 use std::net::SocketAddr;

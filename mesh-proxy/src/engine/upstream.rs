@@ -6,6 +6,21 @@
 //! [`WorkerContext::connector`](super::WorkerContext::connector)), or alone as a pooled
 //! HTTP/1.1 and HTTP/2 (prior knowledge) client in any tokio program.
 //!
+//! **Accepts** any `http::Request<B>` whose body converts into a [`RequestBody`] (hyper's
+//! `Incoming`, a `RequestBody`), of any method and HTTP version, as the stack left it. It
+//! does not check the request (the engine's listener did: one `Host`, no userinfo,
+//! framing); it forwards what it is given, except:
+//!
+//! - the **authority** is the target's when the URI has one (absolute-form, HTTP/2's
+//!   `:authority`; userinfo dropped), else the `Host` field (RFC 9112 §3.2.2: a received
+//!   `Host` never overrides the target). No authority at all is fine for an HTTP/1.1
+//!   upstream (an HTTP/1.0 client's request gets an empty `Host`, as RFC 9112 §3.2 asks of
+//!   HTTP/1.1), not for an HTTP/2 one (`400 DPE`, as is a `Host` that is no authority);
+//! - **upgrades** are not forwarded: `Upgrade` is hop-by-hop (removed) and an upstream's
+//!   `101` is a protocol error (`502 UPE`); `CONNECT` is not tunnelled;
+//! - the **endpoint** may be any address but, on an engine worker, one of the proxy's own
+//!   listening addresses ([`OwnAddrs`](super::OwnAddrs)): that would be a loop (`508 UF`).
+//!
 //! **Reads**: the balancer's `SelectedUpstream` from the request extensions (the endpoint's
 //! `addr` and `http2`, its cluster's connection settings), else a standalone
 //! [`SelectedEndpoint`] (with default settings).
@@ -15,11 +30,12 @@
 //! | failure | status | flag |
 //! |---|---|---|
 //! | no `SelectedEndpoint` (nor `SelectedUpstream`) extension | 503 | `UH` |
+//! | the endpoint is one of the proxy's own listeners (engine workers; see [`loops`](super::loops)) | 508 | `UF` |
 //! | connection refused, connect timeout (`connectTimeout`) | 503 | `UF` |
 //! | upstream closed or reset the connection before the response head | 503 | `UC` |
 //! | HTTP/2 stream reset by the upstream before the response head | 503 | `UR` |
 //! | malformed response head | 502 | `UPE` |
-//! | no `Host` / `:authority` for an HTTP/2 upstream | 400 | `DPE` |
+//! | no authority (neither in the target nor a valid `Host`) for an HTTP/2 upstream | 400 | `DPE` |
 //! | the client's request body broke (or did not match its `Content-Length`) before the response head | 400 | `DPE` |
 //!
 //! A failure after the response head (the upstream resets mid-body) cannot change the status
@@ -28,9 +44,12 @@
 //!
 //! **Rewrites**: hop-by-hop headers are removed both ways ([`strip_hop_by_hop`]); other
 //! headers pass untouched. To an HTTP/1.1 upstream the request goes in origin-form
-//! (`GET /path?q HTTP/1.1`) with the client's `Host` (from `:authority` when the client spoke
-//! HTTP/2); to an HTTP/2 upstream the client's `Host` becomes `:authority`. Bodies stream both
-//! ways, never buffered.
+//! (`GET /path?q HTTP/1.1`) with `Host` set to the authority above; to an HTTP/2 upstream
+//! the authority becomes `:authority` and `Host` is removed. On an engine worker the
+//! listener's `Via` entry (`Via: 1.1 mesh-…`, the protocol the request was received in) is
+//! added after any the request had (RFC 9110 §7.6.3): to an HTTP/1.1 upstream written
+//! straight into the head, with no change to the request's map. Bodies stream both ways,
+//! never buffered.
 //!
 //! **HTTP/1.1** is the engine's own client (`engine/h1client.rs`): the request's
 //! task writes the request and reads the response on the pooled connection itself, with no
@@ -120,9 +139,9 @@ pub(crate) fn idle_sweeps(pool: &UpstreamPool) -> u32 {
 /// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed when released.
 const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
-/// The innermost service: forwards a request to its
-/// [`SelectedEndpoint`](mesh_core::ext::SelectedEndpoint) over pooled connections. Cheap to
-/// clone (two words); every clone on a thread shares that thread's pool.
+/// The innermost service: forwards a request to its [`SelectedEndpoint`] over pooled
+/// connections. Cheap to clone (two words); every clone on a thread shares that thread's
+/// pool.
 #[derive(Debug, Clone, Copy)]
 pub struct Connector {
     connect_timeout: Duration,
