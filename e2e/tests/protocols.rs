@@ -111,8 +111,8 @@ async fn http2_and_grpc_service_ports_are_reached_over_http2() {
     assert_eq!((h2up.hits(), grpc.hits(), h1up.hits()), (4, 3, 4));
 }
 
-/// Envoy rejects malformed HTTP/1.1 (no Host, `Content-Length` with `Transfer-Encoding`,
-/// garbage) with 400 and oversized heads (`max_request_headers_kb`,
+/// Envoy rejects malformed HTTP/1.1 (no Host, two Host fields or a list, userinfo in the
+/// authority, `Content-Length` with `Transfer-Encoding`, garbage) with 400 and oversized heads (`max_request_headers_kb`,
 /// `max_request_headers_count`, here from the ProxyBootstrap's `limits`) with 431, and
 /// closes only that connection: a keep-alive connection opened before keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,8 +132,12 @@ async fn malformed_requests_get_400_or_431_and_other_connections_keep_working() 
 
     let many: String = (0..40).map(|i| format!("x-h{i}: v\r\n")).collect();
     let big = format!("x-big: {}\r\n", "a".repeat(10 * 1024));
-    let cases: [(&str, String, &str); 5] = [
+    let cases: [(&str, String, &str); 9] = [
         ("no Host", "GET / HTTP/1.1\r\n\r\n".into(), "400"),
+        ("two Host fields", "GET / HTTP/1.1\r\nHost: ok\r\nHost: x\r\n\r\n".into(), "400"),
+        ("a Host list", "GET / HTTP/1.1\r\nHost: ok, x\r\n\r\n".into(), "400"),
+        ("userinfo in Host", "GET / HTTP/1.1\r\nHost: evil@ok\r\n\r\n".into(), "400"),
+        ("userinfo in the target", "GET http://evil@ok/ HTTP/1.1\r\nHost: ok\r\n\r\n".into(), "400"),
         (
             "Content-Length with Transfer-Encoding",
             "POST / HTTP/1.1\r\nHost: ok\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),

@@ -10,6 +10,11 @@
 //! lose every resource, or the `ProxyBootstrap`, is refused too: the usual cause is a file
 //! caught in the middle of a write. [`Proxy::drain`] is what SIGTERM does.
 //!
+//! The listeners share one [`OwnAddrs`]: the outbound and inbound connectors never connect
+//! to any of the proxy's listening addresses (outbound, inbound, admin), so a request
+//! addressed to the proxy itself (`Host: 127.0.0.1:15001` under `ALLOW_ANY`) is answered
+//! `508 Loop Detected` (flag `UF`) instead of looping; see [`crate::engine::loops`].
+//!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let proxy = mesh_proxy::proxy::Proxy::start(vec!["mesh.yaml".into()])?;
@@ -36,7 +41,9 @@ use mesh_core::{ConfigError, Diagnostic};
 use arc_swap::ArcSwap;
 
 use crate::admin::AdminServer;
-use crate::engine::{BoundEngine, Engine, EngineConfig, Limits, Readiness, WorkerContext};
+use crate::engine::{
+    BoundEngine, Engine, EngineConfig, Limits, OwnAddrs, Readiness, WorkerContext,
+};
 use crate::pipeline::{self, Built};
 use crate::stack::Layers;
 
@@ -185,11 +192,14 @@ struct BoundListeners {
 impl BoundListeners {
     fn bind(boot: &ProxyBootstrap, limits: &Limits) -> Result<BoundListeners, StartError> {
         let concurrency = boot.concurrency as usize;
+        // every listener of this proxy, so that no connector forwards into one of them
+        let own_addrs = OwnAddrs::new();
         let engine = |listener: ListenerKind, address: &str, port: u16| {
             let addr = socket_addr(address, port).map_err(io_err(format!("{listener} address")))?;
             let cfg = EngineConfig {
                 concurrency,
                 limits: limits.clone(),
+                own_addrs: own_addrs.clone(),
                 ..EngineConfig::new(addr)
             };
             Engine::bind(cfg).map_err(bind_err(listener, addr))
@@ -217,6 +227,9 @@ impl BoundListeners {
             socket_addr(&boot.admin.address, boot.admin.port).map_err(io_err("admin address"))?;
         let admin =
             AdminServer::bind(admin_addr).map_err(bind_err(ListenerKind::Admin, admin_addr))?;
+        if let Ok(a) = admin.local_addr() {
+            own_addrs.add(a);
+        }
         Ok(BoundListeners {
             outbound,
             inbound,

@@ -11,9 +11,11 @@ use bytes::Bytes;
 use engine_common::*;
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
-use mesh_proxy::engine::Limits;
+use mesh_core::ext::SelectedEndpoint;
+use mesh_proxy::engine::{Engine, EngineConfig, Limits, WorkerContext};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tower::ServiceExt as _;
 
 #[tokio::test]
 async fn h1_request_reaches_upstream_with_host_and_origin_form() {
@@ -44,6 +46,116 @@ async fn absolute_form_h1_request_goes_upstream_in_origin_form() {
     assert!(res.starts_with("HTTP/1.1 200"), "{res}");
     assert!(res.contains("uri=/x?y\n"), "{res}");
     engine.drain().await;
+}
+
+/// RFC 9112 §3.2.2: with an absolute-form target "the origin server MUST ignore the
+/// received Host header field […] A proxy that forwards such a request MUST generate a new
+/// Host field value based on the received request-target rather than forward the received
+/// Host field value". The engine replaces `Host` before the stack sees the request; the
+/// stack here answers with the `Host` it saw, the upstream with the one it received.
+#[tokio::test]
+async fn absolute_form_target_replaces_host_for_the_stack_and_the_upstream() {
+    let up = upstream(echo()).await;
+    let up_addr = up.addr;
+    let factory = Arc::new(move |ctx: &WorkerContext| {
+        let connector = ctx.connector();
+        tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            let seen = req.headers().get("host").cloned();
+            req.extensions_mut().insert(SelectedEndpoint {
+                addr: up_addr,
+                http2: false,
+                service_account: None,
+                istio_tls: false,
+            });
+            let fut = connector.oneshot(req);
+            async move {
+                let mut res = fut.await?;
+                if let Some(h) = seen {
+                    res.headers_mut().insert("x-stack-host", h);
+                }
+                Ok::<_, std::convert::Infallible>(res)
+            }
+        })
+    });
+    let engine = Engine::start(EngineConfig::new("127.0.0.1:0".parse().unwrap()), factory).unwrap();
+    let mut s = TcpStream::connect(engine.local_addr()).await.unwrap();
+    s.write_all(b"GET http://other:8081/x?y HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let res = read_response(&mut s).await;
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    assert!(res.contains("x-stack-host: other:8081\r\n"), "{res}");
+    assert!(res.contains("uri=/x?y\n"), "{res}");
+    assert!(res.contains("host: other:8081\n"), "{res}");
+    assert!(!res.contains("host: web"), "{res}");
+    // the same on HTTP/2: `:authority` wins over a `host` field
+    let (mut c, _conn) = h2_client(engine.local_addr()).await;
+    let req = Request::builder()
+        .uri("http://other:8081/h2")
+        .header("host", "web")
+        .body(full(""))
+        .unwrap();
+    let res = bounded(c.send_request(req)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-stack-host"], "other:8081");
+    let body = text(res).await;
+    assert!(body.contains("host: other:8081\n"), "{body}");
+    assert!(!body.contains("host: web"), "{body}");
+    engine.drain().await;
+}
+
+/// RFC 9110 §7.6.3: "A proxy MUST send an appropriate Via header field […] in each message
+/// that it forwards", `received-protocol received-by`, appended after the entries the
+/// request already had. The pseudonym is the listener's own (its loop marker).
+#[tokio::test]
+async fn forwarded_requests_carry_the_listeners_via_entry_last() {
+    for upstream_h2 in [false, true] {
+        let up = upstream(echo()).await;
+        let engine = start(up.addr, upstream_h2, Limits::default(), 1);
+        let me = engine.via_pseudonym().to_owned();
+        assert!(me.starts_with("mesh-"), "{me}");
+        let mut c = h1_client(engine.local_addr()).await;
+        let res = bounded(c.send_request(get("/", "a"))).await.unwrap();
+        let body = text(res).await;
+        assert!(body.contains(&format!("via: 1.1 {me}\n")), "{body}");
+        let mut req = get("/", "a");
+        req.headers_mut().append("via", "1.0 fred".parse().unwrap());
+        req.headers_mut()
+            .append("via", "1.1 nowhere.example (Apache/1.1)".parse().unwrap());
+        let res = bounded(c.send_request(req)).await.unwrap();
+        let body = text(res).await;
+        let via: Vec<&str> = body.lines().filter(|l| l.starts_with("via: ")).collect();
+        assert_eq!(
+            via,
+            [
+                "via: 1.0 fred",
+                "via: 1.1 nowhere.example (Apache/1.1)",
+                &format!("via: 1.1 {me}")
+            ],
+            "upstream over HTTP/2: {upstream_h2}"
+        );
+        // `Connection: via` makes the client's entries hop-by-hop, never the proxy's own
+        let mut req = get("/", "a");
+        req.headers_mut()
+            .append("connection", "via".parse().unwrap());
+        req.headers_mut().append("via", "1.0 fred".parse().unwrap());
+        let body = text(bounded(c.send_request(req)).await.unwrap()).await;
+        let via: Vec<&str> = body.lines().filter(|l| l.starts_with("via: ")).collect();
+        assert_eq!(via, [format!("via: 1.1 {me}")], "{body}");
+        // an HTTP/2 client: received protocol `2`
+        let (mut h2, _conn) = h2_client(engine.local_addr()).await;
+        let req = Request::builder().uri("http://a/").body(full("")).unwrap();
+        let body = text(bounded(h2.send_request(req)).await.unwrap()).await;
+        assert!(body.contains(&format!("via: 2 {me}\n")), "{body}");
+        // an HTTP/1.0 client: `1.0`
+        let mut s = TcpStream::connect(engine.local_addr()).await.unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let res = read_response(&mut s).await;
+        assert!(res.contains(&format!("via: 1.0 {me}\n")), "{res}");
+        engine.drain().await;
+    }
 }
 
 #[tokio::test]

@@ -118,6 +118,124 @@ async fn http11_without_host_is_400() {
     engine.drain().await;
 }
 
+/// The status code of a raw response (`HTTP/1.x NNN ...`).
+fn status_of(res: &str) -> &str {
+    status_line(res).split(' ').nth(1).unwrap_or("")
+}
+
+/// A good request on a fresh connection: the engine keeps serving after a refusal.
+async fn still_serves(engine: &mesh_proxy::engine::Engine) {
+    let mut c = h1_client(engine.local_addr()).await;
+    let res = bounded(c.send_request(get("/", "a")))
+        .await
+        .expect("a good request after the refusal");
+    assert_eq!(res.status(), 200);
+}
+
+/// RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any
+/// HTTP/1.1 request message that […] contains more than one Host header field line or a
+/// Host header field with an invalid field value." `h2load --h1 -H 'Host: x'` sends two
+/// (its own and the one asked for); which one would the proxy route by? A list value is the
+/// same thing folded into one line. Refused on every version, before the stack.
+#[tokio::test]
+async fn two_host_fields_or_a_host_list_are_400_dpe_and_never_forwarded() {
+    let up = upstream(echo()).await;
+    let engine = start(up.addr, false, Limits::default(), 1);
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: a\r\nHost: x\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a\r\nuser-agent: h2load\r\nhost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a, x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a,a\r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: a\r\nHost: x\r\n\r\n",
+        b"GET http://a/ HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+    ] {
+        let what = String::from_utf8_lossy(req);
+        let res = raw(engine.local_addr(), req).await;
+        assert_eq!(status_of(&res), "400", "{what}: {res}");
+        assert!(
+            res.to_ascii_lowercase()
+                .contains("x-mesh-response-flags: dpe"),
+            "{what}: {res}"
+        );
+    }
+    // HTTP/2: a `host` field beside `:authority`, twice
+    let (mut c, _conn) = h2_client(engine.local_addr()).await;
+    let req = http::Request::builder()
+        .uri("http://a/")
+        .header("host", "a")
+        .header("host", "x")
+        .body(full(""))
+        .unwrap();
+    let res = bounded(c.send_request(req)).await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.headers()["x-mesh-response-flags"], "DPE");
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    still_serves(&engine).await;
+    engine.drain().await;
+}
+
+/// RFC 9110 §4.2.4: "A sender MUST NOT generate the userinfo subcomponent (and its "@"
+/// delimiter) when an "http" URI reference is generated within a message as a target URI or
+/// field value." Envoy refuses it; so does the engine, with 400 (not the 503 the upstream
+/// look-up of `evil@web` ended in), in `Host` and in the target alike.
+#[tokio::test]
+async fn userinfo_in_host_or_target_is_400_dpe_and_never_forwarded() {
+    let up = upstream(echo()).await;
+    let engine = start(up.addr, false, Limits::default(), 1);
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: evil@a\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: user:secret@a:80\r\n\r\n",
+        b"GET http://evil@a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET http://user:pw@a:8080/x HTTP/1.0\r\n\r\n",
+    ] {
+        let what = String::from_utf8_lossy(req);
+        let res = raw(engine.local_addr(), req).await;
+        assert_eq!(status_of(&res), "400", "{what}: {res}");
+        assert!(
+            res.to_ascii_lowercase()
+                .contains("x-mesh-response-flags: dpe"),
+            "{what}: {res}"
+        );
+    }
+    // HTTP/2: userinfo in `:authority`
+    let (mut c, _conn) = h2_client(engine.local_addr()).await;
+    let req = http::Request::builder()
+        .uri("http://evil@a/")
+        .body(full(""))
+        .unwrap();
+    let res = bounded(c.send_request(req)).await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.headers()["x-mesh-response-flags"], "DPE");
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    still_serves(&engine).await;
+    engine.drain().await;
+}
+
+/// A `Host` that is no authority at all (a space, a slash, a non-ASCII byte) is an invalid
+/// field value too (RFC 9112 §3.2; Envoy checks authority characters the same way).
+#[tokio::test]
+async fn host_with_bytes_no_authority_has_is_400_dpe() {
+    let up = upstream(echo()).await;
+    let engine = start(up.addr, false, Limits::default(), 1);
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n",
+    ] {
+        let what = String::from_utf8_lossy(req);
+        let res = raw(engine.local_addr(), req).await;
+        assert_eq!(status_of(&res), "400", "{what}: {res}");
+        assert!(
+            res.to_ascii_lowercase()
+                .contains("x-mesh-response-flags: dpe"),
+            "{what}: {res}"
+        );
+    }
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    still_serves(&engine).await;
+    engine.drain().await;
+}
+
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_400_and_never_forwarded() {
     let up = upstream(echo()).await;
@@ -199,6 +317,10 @@ async fn a_malformed_request_does_not_affect_other_connections() {
         &b"\x00\x01\x02garbage\r\n\r\n"[..],
         &b"GET / HTTP/1.1\r\nhost: a\r\nbad header\r\n\r\n"[..],
         &b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"[..],
+        &b"GET / HTTP/1.1\r\nhost: a\r\nhost: x\r\n\r\n"[..],
+        &b"GET / HTTP/1.1\r\nhost: a, x\r\n\r\n"[..],
+        &b"GET / HTTP/1.1\r\nhost: evil@a\r\n\r\n"[..],
+        &b"GET http://evil@a/ HTTP/1.1\r\nhost: a\r\n\r\n"[..],
     ] {
         let _ = raw(addr, bad).await;
         let res = bounded(good.send_request(get("/", "a"))).await.unwrap();

@@ -82,6 +82,9 @@
 //!
 //! - Reads the request's [`SourceWorkload`] extension (else the [`RouterContext`]'s
 //!   workload) for `sourceLabels` / `sourceNamespace`.
+//! - Routes by the target's authority when the URI has one (absolute-form, HTTP/2's
+//!   `:authority`), else by `Host` (RFC 9112 §3.2.2); a rewritten authority is written to
+//!   both. (`mesh-proxy`'s engine makes the two agree before the router runs.)
 //! - Writes one [`RouteDecision`] on forwarded requests: the [`RouteDestination`] (host,
 //!   subset, port) and the route's [`RoutePolicy`] (timeout, retries, fault; compiled once
 //!   per route and match block, shared). Read them with [`route_destination`] and

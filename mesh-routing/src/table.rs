@@ -1107,6 +1107,13 @@ fn splitmix(mut z: u64) -> u64 {
 }
 
 /// Builds a [`RequestView`] of `req` (the port is filled in by [`RouteTable::select`]).
+///
+/// The authority is the target's when the URI has one (absolute-form, HTTP/2's
+/// `:authority`), else `Host`: RFC 9112 §3.2.2 (a received `Host` never overrides the
+/// target), as the balancer and the connector read it too. `mesh-proxy`'s engine makes `Host`
+/// equal to the target's authority before the stack sees a request, and refuses requests
+/// with two `Host` fields or userinfo, so every layer routes, applies policy to and forwards
+/// one authority.
 pub(crate) fn view_of<'a, B>(
     req: &'a Request<B>,
     source: (&'a Labels, &'a str),

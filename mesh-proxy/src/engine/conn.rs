@@ -30,8 +30,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tower_service::Service;
 
-use super::headers::{HeadScanner, Reject, check_request};
+use super::headers::{HeadScanner, Reject, inspect};
 use super::limits::Limits;
+use super::loops::{Hop, Loop, loop_reply};
 use super::stack::{StackFactory, WorkerContext};
 use super::upstream::UpstreamBody;
 
@@ -46,6 +47,8 @@ pub(crate) struct Worker<F: StackFactory> {
     h2: http2::Builder<LocalExec>,
     limits: Arc<Limits>,
     max_headers: usize,
+    /// The listener's `Via` marker: a request carrying it has looped.
+    hop: Hop,
     /// Set once drain starts; `drain` wakes the connections.
     draining: Cell<bool>,
     drain: Notify,
@@ -115,7 +118,7 @@ struct ConnGuard<F: StackFactory>(Rc<Worker<F>>);
 // === impl Worker ===
 
 impl<F: StackFactory> Worker<F> {
-    pub(crate) fn new(factory: Arc<F>, ctx: WorkerContext, limits: Arc<Limits>) -> Self {
+    pub(crate) fn new(factory: Arc<F>, ctx: WorkerContext, limits: Arc<Limits>, hop: Hop) -> Self {
         let head = limits.max_request_head_bytes();
         let mut h1 = http1::Builder::new();
         // `requestHeadersTimeout` is the connection watchdog's (see `drive`): hyper's own
@@ -145,6 +148,7 @@ impl<F: StackFactory> Worker<F> {
             h2,
             limits,
             max_headers,
+            hop,
             draining: Cell::new(false),
             drain: Notify::new(),
             active: Cell::new(0),
@@ -348,6 +352,9 @@ where
 fn reject_reply(r: Reject) -> Response<MeshBody<UpstreamBody>> {
     let (status, text) = match r {
         Reject::MissingHost => (StatusCode::BAD_REQUEST, "missing Host header"),
+        Reject::DuplicateHost => (StatusCode::BAD_REQUEST, "more than one Host"),
+        Reject::UserinfoInAuthority => (StatusCode::BAD_REQUEST, "userinfo in the authority"),
+        Reject::InvalidHost => (StatusCode::BAD_REQUEST, "invalid Host header"),
         Reject::ContentLengthWithTransferEncoding => (
             StatusCode::BAD_REQUEST,
             "Content-Length with Transfer-Encoding",
@@ -369,6 +376,22 @@ fn reject_reply(r: Reject) -> Response<MeshBody<UpstreamBody>> {
     res
 }
 
+/// RFC 9112 §3.2.2: a request whose target has an authority (absolute-form, HTTP/2's
+/// `:authority`) is about that authority, whatever its `Host` says; `Host` becomes the
+/// target's authority, so that routing, policy and the upstream all see one authority.
+/// Returns false if the authority is not a valid field value (it always is once parsed).
+fn authority_to_host<B>(req: &mut Request<B>) -> bool {
+    let Some(v) = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    else {
+        return false;
+    };
+    req.headers_mut().insert(header::HOST, v);
+    true
+}
+
 // === impl ConnService ===
 
 impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService<F> {
@@ -387,8 +410,15 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
                 return EngineFuture::Local(Some(reject_reply(r)));
             }
         }
-        if let Err(r) = check_request(&req, self.worker.max_headers) {
-            return EngineFuture::Local(Some(reject_reply(r)));
+        let seen = match inspect(&req, self.worker.max_headers) {
+            Ok(seen) => seen,
+            Err(r) => return EngineFuture::Local(Some(reject_reply(r))),
+        };
+        if seen.host_differs && !authority_to_host(&mut req) {
+            return EngineFuture::Local(Some(reject_reply(Reject::InvalidHost)));
+        }
+        if seen.via && self.worker.hop.seen_in(req.headers()) {
+            return EngineFuture::Local(Some(loop_reply(Loop::Via)));
         }
         // for `consistentHash.useSourceIp`, and later access logs and `remoteIpBlocks`
         req.extensions_mut().insert(self.peer);

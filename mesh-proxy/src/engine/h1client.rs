@@ -44,7 +44,7 @@ use mesh_core::ext::UpstreamPool;
 use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
-use super::upstream::{EngineResponse, UpstreamBody, release_h1_conn};
+use super::upstream::{EngineResponse, UpstreamBody, put_via, release_h1_conn};
 
 /// The largest response head (status line and header fields) accepted from an upstream;
 /// Envoy's `max_response_headers_kb` defaults to 60.
@@ -410,16 +410,19 @@ fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 /// Sends one request (head from `req`, body `body`) over `conn` and reads the response
 /// head. A response that arrived whole returns the connection to the pool before this
 /// returns; otherwise the connection travels in the response body.
+///
+/// `received` is the protocol the request arrived in, for the proxy's `Via` entry.
 pub(crate) async fn exchange(
     mut conn: Box<H1Conn>,
     req: &Request<RequestBody>,
+    received: Version,
     body: Option<RequestBody>,
     addr: SocketAddr,
     max_idle: usize,
 ) -> Result<EngineResponse, Failed> {
     let is_head = req.method() == Method::HEAD;
     conn.requests = conn.requests.saturating_add(1);
-    let mut req = encode_head(&mut conn.wbuf, req, body);
+    let mut req = encode_head(&mut conn.wbuf, req, received, body);
     let mut received = false;
     let mut send_failed = false;
     let head = std::future::poll_fn(|cx| {
@@ -496,10 +499,13 @@ pub(crate) async fn exchange(
     Ok(res)
 }
 
-/// Encodes the request line and header fields into `out`; returns how the body goes.
+/// Encodes the request line and header fields into `out`, with the proxy's `Via` entry
+/// last (after any `Via` the request already had: RFC 9110 §7.6.3 appends); returns how the
+/// body goes.
 fn encode_head(
     out: &mut Vec<u8>,
     parts: &Request<RequestBody>,
+    received: Version,
     body: Option<RequestBody>,
 ) -> Option<ReqBody> {
     out.clear();
@@ -511,6 +517,7 @@ fn encode_head(
     for (name, value) in parts.headers() {
         put_field(out, name, value);
     }
+    put_via(out, received);
     let rb = body.map(|body| {
         let declared = parts
             .headers()

@@ -28,12 +28,23 @@ pub(crate) const TRANSFER_ENCODING: u8 = 1 << 4;
 const UPGRADE: u8 = 1 << 5;
 
 /// Why the listener refused a request before it reached the stack (answered with `400`, or
-/// `431` for [`Reject::TooManyHeaders`], and the connection closed).
+/// `431` for [`Reject::TooManyHeaders`], `505` for [`Reject::UnsupportedVersion`], and the
+/// connection closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Reject {
     /// An HTTP/1.1 request without `Host` (RFC 9112 §3.2).
     MissingHost,
+    /// More than one `Host` field, or a `Host` value that is a list (`a, b`): RFC 9112 §3.2
+    /// requires a 400 for either (which one would the proxy route by?).
+    DuplicateHost,
+    /// Userinfo (`user@`) in the `Host` value or in the target's authority: RFC 9110
+    /// §4.2.4 forbids it in `http(s)` URIs, and Envoy refuses it.
+    UserinfoInAuthority,
+    /// A `Host` value (or target authority) with a byte no authority may contain
+    /// (RFC 3986 §3.2: only unreserved, percent-encoded, sub-delimiter, `:`, `[` and `]`
+    /// bytes), e.g. a space or a non-ASCII byte.
+    InvalidHost,
     /// `Content-Length` together with `Transfer-Encoding`: a request-smuggling vector
     /// (RFC 9112 §6.1 allows a server to reject it; the engine always does).
     ContentLengthWithTransferEncoding,
@@ -172,23 +183,49 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// The listener's framing checks on a parsed request, before it reaches the stack.
 ///
-/// HTTP/1.x: `Host` required on 1.1; `Content-Length` with `Transfer-Encoding`, repeated or
-/// list-valued `Content-Length` refused (hyper already refuses conflicting values, and
-/// accepts these). All versions: at most `max_headers` header fields.
+/// All versions: at most `max_headers` header fields; at most one `Host` field, whose value
+/// is a single authority without userinfo ([`Reject::DuplicateHost`],
+/// [`Reject::UserinfoInAuthority`], [`Reject::InvalidHost`]); no userinfo in the target's
+/// authority (absolute-form, HTTP/2's `:authority`). HTTP/1.x: `Host` required on 1.1;
+/// `Content-Length` with `Transfer-Encoding`, repeated or list-valued `Content-Length`
+/// refused (hyper already refuses conflicting values, and accepts these).
 pub fn check_request<B>(req: &Request<B>, max_headers: usize) -> Result<(), Reject> {
+    inspect(req, max_headers).map(|_| ())
+}
+
+/// What [`inspect`] saw of a request it let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Seen {
+    /// The request has a `Via` field (look for the proxy's own entry).
+    pub(crate) via: bool,
+    /// The target has an authority and a `Host` field that says something else: `Host` is
+    /// to be replaced by the target's authority (RFC 9112 §3.2.2).
+    pub(crate) host_differs: bool,
+}
+
+/// [`check_request`], and what the engine needs to know next, in the same pass over the
+/// header fields: one comparison per field, plus one pass over the `Host` value.
+pub(crate) fn inspect<B>(req: &Request<B>, max_headers: usize) -> Result<Seen, Reject> {
     let h = req.headers();
     if h.len() > max_headers {
         return Err(Reject::TooManyHeaders);
     }
-    if req.version() > Version::HTTP_11 {
-        // h2 framing is checked by the h2 codec (content-length vs DATA, no
-        // connection-specific headers); the authority is in :authority.
-        return Ok(());
+    let target = req.uri().authority().map(|a| a.as_str().as_bytes());
+    if let Some(a) = target {
+        check_authority(a)?;
     }
+    let mut seen = Seen::default();
     let (mut host, mut te, mut cl) = (false, false, 0u32);
     for (name, value) in h {
         if name == header::HOST {
+            if host {
+                return Err(Reject::DuplicateHost);
+            }
             host = true;
+            check_authority(value.as_bytes())?;
+            seen.host_differs = target.is_some_and(|a| a != value.as_bytes());
+        } else if name == header::VIA {
+            seen.via = true;
         } else if name == header::CONTENT_LENGTH {
             cl += 1;
             if value.as_bytes().contains(&b',') {
@@ -198,6 +235,11 @@ pub fn check_request<B>(req: &Request<B>, max_headers: usize) -> Result<(), Reje
             te = true;
         }
     }
+    if req.version() > Version::HTTP_11 {
+        // h2 framing is checked by the h2 codec (content-length vs DATA, no
+        // connection-specific headers); the authority is in :authority.
+        return Ok(seen);
+    }
     if cl > 1 {
         return Err(Reject::DuplicateContentLength);
     }
@@ -206,6 +248,51 @@ pub fn check_request<B>(req: &Request<B>, max_headers: usize) -> Result<(), Reje
     }
     if !host && req.version() == Version::HTTP_11 {
         return Err(Reject::MissingHost);
+    }
+    Ok(seen)
+}
+
+/// Byte classes of an authority (RFC 3986 §3.2): 0 allowed (unreserved, `%`, sub-delims but
+/// `,`, `:`, `[`, `]`), 1 `,` (a list: two authorities), 2 `@` (userinfo), 3 anything else.
+const AUTHORITY_BYTES: [u8; 256] = {
+    let mut t = [3u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() {
+            t[b] = 0;
+        }
+        b += 1;
+    }
+    let allowed = b"-._~%!$&'()*+;=:[]";
+    let mut i = 0;
+    while i < allowed.len() {
+        t[allowed[i] as usize] = 0;
+        i += 1;
+    }
+    t[b',' as usize] = 1;
+    t[b'@' as usize] = 2;
+    t
+};
+
+/// Checks one authority (a `Host` value, or the target's): one branch-free pass of table
+/// look-ups (the common, valid case); only a bad value is scanned again, for the reason
+/// (the first offending byte decides it).
+#[inline]
+fn check_authority(a: &[u8]) -> Result<(), Reject> {
+    if a.iter()
+        .fold(0u8, |bad, &b| bad | AUTHORITY_BYTES[b as usize])
+        == 0
+    {
+        return Ok(());
+    }
+    for &b in a {
+        match AUTHORITY_BYTES[b as usize] {
+            0 => {}
+            1 => return Err(Reject::DuplicateHost),
+            2 => return Err(Reject::UserinfoInAuthority),
+            _ => return Err(Reject::InvalidHost),
+        }
     }
     Ok(())
 }
@@ -684,5 +771,150 @@ mod tests {
         );
         let many = req(Version::HTTP_2, &[("a", "1"), ("b", "2"), ("c", "3")]);
         assert_eq!(check_request(&many, 2), Err(Reject::TooManyHeaders));
+    }
+
+    fn with_target(version: Version, target: &str, pairs: &[(&str, &str)]) -> Request<()> {
+        let mut r = req(version, pairs);
+        *r.uri_mut() = target.parse().unwrap();
+        r
+    }
+
+    /// RFC 9112 §3.2: one `Host`, a single authority; RFC 9110 §4.2.4: no userinfo.
+    #[test]
+    fn host_checks() {
+        for v in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
+            let two = req(v, &[("host", "a"), ("host", "a")]);
+            assert_eq!(
+                check_request(&two, 100),
+                Err(Reject::DuplicateHost),
+                "{v:?}"
+            );
+            let list = req(v, &[("host", "a, b")]);
+            assert_eq!(
+                check_request(&list, 100),
+                Err(Reject::DuplicateHost),
+                "{v:?}"
+            );
+            let user = req(v, &[("host", "evil@web")]);
+            assert_eq!(
+                check_request(&user, 100),
+                Err(Reject::UserinfoInAuthority),
+                "{v:?}"
+            );
+            let abs = with_target(v, "http://evil@web/", &[("host", "web")]);
+            assert_eq!(
+                check_request(&abs, 100),
+                Err(Reject::UserinfoInAuthority),
+                "{v:?}"
+            );
+            for bad in [
+                "a b",
+                "a\tb",
+                "a\"b",
+                "a<b",
+                "a{b}",
+                "caf\u{e9}",
+                "a/b",
+                "a?b",
+            ] {
+                let r = req(v, &[("host", bad)]);
+                assert_eq!(check_request(&r, 100), Err(Reject::InvalidHost), "{bad:?}");
+            }
+        }
+        for good in [
+            "",
+            "web",
+            "web:8080",
+            "reviews.default.svc.cluster.local",
+            "127.0.0.1:15001",
+            "[::1]:80",
+            "[fe80::1%25eth0]",
+            "xn--caf-dma.example",
+            "under_score.example",
+            "a!$&'()*+;=~-.b",
+        ] {
+            let r = req(Version::HTTP_11, &[("host", good)]);
+            assert_eq!(check_request(&r, 100), Ok(()), "{good:?}");
+        }
+    }
+
+    /// What the engine learns in the same pass: a `Via` to look into, a `Host` to replace.
+    #[test]
+    fn inspect_reports_via_and_a_host_other_than_the_target() {
+        let plain = req(Version::HTTP_11, &[("host", "web")]);
+        assert_eq!(inspect(&plain, 100), Ok(Seen::default()));
+        let abs_other = with_target(Version::HTTP_11, "http://other/", &[("host", "web")]);
+        assert!(inspect(&abs_other, 100).unwrap().host_differs);
+        let abs_same = with_target(Version::HTTP_11, "http://web:80/x", &[("host", "web:80")]);
+        assert!(!inspect(&abs_same, 100).unwrap().host_differs);
+        let h2_only = with_target(Version::HTTP_2, "http://web/", &[]);
+        assert_eq!(inspect(&h2_only, 100), Ok(Seen::default()));
+        let via = req(Version::HTTP_11, &[("host", "web"), ("via", "1.1 a")]);
+        assert!(inspect(&via, 100).unwrap().via);
+    }
+
+    mod host_abuse {
+        //! Abuse: any number of `Host` fields with any values, on any version, with or
+        //! without an absolute target. The verdict is the model's, and never a panic.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        const PIECES: &[&str] = &[
+            "web", "a.b", ":80", ",", ", ", "@", "evil@", " ", "[", "]", "::1", "%", "_", "é",
+            "\t", "\"", "/", "?", "#", "*", "x-y", "0",
+        ];
+
+        fn value() -> impl Strategy<Value = String> {
+            proptest::collection::vec(proptest::sample::select(PIECES), 0..5)
+                .prop_map(|v| v.concat())
+        }
+
+        /// What RFC 9112 §3.2 and RFC 9110 §4.2.4 say of one `Host` value.
+        fn model(v: &str) -> Result<(), Reject> {
+            for b in v.bytes() {
+                match b {
+                    b',' => return Err(Reject::DuplicateHost),
+                    b'@' => return Err(Reject::UserinfoInAuthority),
+                    b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')'
+                    | b'*' | b'+' | b';' | b'=' | b':' | b'[' | b']' => {}
+                    b if b.is_ascii_alphanumeric() => {}
+                    _ => return Err(Reject::InvalidHost),
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn host_fields_get_the_model_verdict(
+                hosts in proptest::collection::vec(value(), 0..4),
+                version in proptest::sample::select(vec![Version::HTTP_10, Version::HTTP_11, Version::HTTP_2]),
+                absolute in any::<bool>(),
+            ) {
+                let mut r = Request::new(());
+                *r.version_mut() = version;
+                if absolute {
+                    *r.uri_mut() = "http://target:81/p".parse().unwrap();
+                }
+                for h in &hosts {
+                    match HeaderValue::from_str(h) {
+                        Ok(v) => { r.headers_mut().append(header::HOST, v); }
+                        Err(_) => return Ok(()), // not a field value: hyper never hands it over
+                    }
+                }
+                let expected = match hosts.as_slice() {
+                    [] if version == Version::HTTP_11 => Err(Reject::MissingHost),
+                    [] => Ok(()),
+                    [one] => model(one),
+                    [first, ..] => model(first).and(Err(Reject::DuplicateHost)),
+                };
+                let got = inspect(&r, 100);
+                prop_assert_eq!(got.map(|_| ()), expected);
+                if let (Ok(seen), [one]) = (got, hosts.as_slice()) {
+                    prop_assert_eq!(seen.host_differs, absolute && one != "target:81");
+                }
+            }
+        }
     }
 }

@@ -55,16 +55,33 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | head larger than `maxRequestHeadersKb`, more than `maxRequestHeadersCount` headers | 431 (hyper, HTTP/1.1; the engine, HTTP/2) |
+//! | head larger than `maxRequestHeadersKb`, more than `maxRequestHeadersCount` headers | 431 (hyper, HTTP/1.1; the engine with flag `DPE`, HTTP/2) |
 //! | HTTP/1.1 without `Host` | 400, flag `DPE` |
+//! | two `Host` fields, or a `Host` list (`Host: a, b`); any version | 400, flag `DPE` |
+//! | userinfo in `Host` or in the target's authority (`evil@web`, `http://evil@web/`, HTTP/2 `:authority`) | 400, flag `DPE` |
+//! | a `Host` (or target authority) byte no authority has (a space, `/`, non-ASCII) | 400, flag `DPE` |
 //! | `Content-Length` with `Transfer-Encoding`; repeated or list-valued `Content-Length` | 400, flag `DPE` |
 //! | conflicting `Content-Length`, malformed request line or header | 400 (hyper) |
-//! | an HTTP version other than 1.0/1.1 on a non-h2c connection (`GET / HTTP/3.0`) | 400 (hyper; not 505) |
+//! | a well-formed HTTP version other than 1.0/1.1 on a non-h2c connection (`GET / HTTP/3.0`) | 505, flag `DPE` |
+//! | a malformed version token (`GET / HTTP/11`) | 400 (hyper) |
 //! | head not complete within `requestHeadersTimeout` | connection closed |
 //!
-//! It adds nothing to requests: hop-by-hop stripping and target rewriting are the
-//! [`Connector`]'s job (see [`upstream`]). A malformed request only ever affects its own
-//! connection.
+//! and answers without forwarding (the connection stays open):
+//!
+//! | request | answer |
+//! |---|---|
+//! | carries this listener's own `Via` entry (it has looped back) | 508, flag `UF` |
+//!
+//! It rewrites one thing: a request whose target has an authority (absolute-form
+//! `GET http://other/ HTTP/1.1`, HTTP/2's `:authority`) and a `Host` that says otherwise gets
+//! the target's authority as `Host` (RFC 9112 §3.2.2, as Envoy), so that routing, policy and
+//! the upstream all see one authority. A request with only `Host`, or only `:authority`, is
+//! left as it is (no allocation); layers read the target's authority first, then `Host`.
+//!
+//! The rest is the [`Connector`]'s job (see [`upstream`]): hop-by-hop stripping, the target
+//! in origin-form, the listener's `Via` entry, and refusing to connect to the proxy's own
+//! listening addresses ([`OwnAddrs`], `508 UF`; see [`loops`]). A malformed request only
+//! ever affects its own connection.
 //!
 //! # Drain and readiness
 //!
@@ -81,7 +98,10 @@
 //! - `requestHeadersTimeout` runs from the first byte of an HTTP/1.1 head, as Envoy's; it
 //!   is checked by a per-connection watchdog (no timer per request), so it fires between 1×
 //!   and 1.25× its value. On HTTP/2 it bounds only the wait for the preface.
-//! - An unsupported HTTP version gets hyper's 400, not 505.
+//! - Loops: Envoy adds `Via` only when its connection manager is configured to, and has no
+//!   loop check nor response flag for one; the engine always adds its own entry, refuses a
+//!   request that carries it and never connects to its own listeners, answering
+//!   `508 Loop Detected` with flag `UF` (why that pair: see [`loops`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -96,12 +116,14 @@ mod h1client;
 pub mod headers;
 mod limits;
 mod listener;
+pub mod loops;
 mod reqbody;
 mod stack;
 pub mod upstream;
 mod worker;
 
 pub use limits::Limits;
+pub use loops::OwnAddrs;
 pub use reqbody::{RequestBody, RequestBodyError, SHADOW_BUFFER_BYTES};
 pub use stack::{Reloadable, StackFactory, WorkerContext};
 pub use upstream::{Connector, ConnectorFuture, EngineResponse, UpstreamBody, UpstreamBodyError};
@@ -116,6 +138,12 @@ pub struct EngineConfig {
     pub concurrency: usize,
     /// Connection and request limits. Default: [`Limits::default`].
     pub limits: Limits,
+    /// The listening addresses of the whole proxy, which the engine's connector never
+    /// connects to (a request would loop back into the proxy). The engine adds its own
+    /// bound address when it starts and removes it when it stops; give every listener of
+    /// one proxy the same set (and add its other listeners, e.g. an admin one) so that none
+    /// forwards to another. Default: a set of the engine's own.
+    pub own_addrs: OwnAddrs,
 }
 
 /// A running engine: its workers, its address, its drain.
@@ -125,6 +153,8 @@ pub struct EngineConfig {
 #[derive(Debug)]
 pub struct Engine {
     local_addr: SocketAddr,
+    own_addrs: OwnAddrs,
+    hop: loops::Hop,
     control: watch::Sender<Phase>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
@@ -140,6 +170,7 @@ pub struct BoundEngine {
     workers: usize,
     listeners: Vec<std::net::TcpListener>,
     limits: Limits,
+    own_addrs: OwnAddrs,
 }
 
 /// The engine's readiness, for an admin `/ready` endpoint: cheap to clone, `Send + Sync`.
@@ -171,6 +202,7 @@ impl EngineConfig {
             listen,
             concurrency: 1,
             limits: Limits::default(),
+            own_addrs: OwnAddrs::new(),
         }
     }
 }
@@ -199,7 +231,15 @@ impl BoundEngine {
             workers,
             listeners,
             limits,
+            own_addrs,
         } = self;
+        // before any worker forwards: no connector of this proxy connects to it
+        own_addrs.add(local_addr);
+        let hop = loops::Hop::random();
+        let guard = loops::Guard {
+            own: own_addrs.clone(),
+            hop: hop.clone(),
+        };
         let limits = Arc::new(limits);
         let shared = Arc::new(Shared {
             workers,
@@ -210,6 +250,8 @@ impl BoundEngine {
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let mut engine = Engine {
             local_addr,
+            own_addrs,
+            hop,
             control,
             shared: shared.clone(),
             threads: Vec::with_capacity(workers),
@@ -222,6 +264,7 @@ impl BoundEngine {
                 listener,
                 factory: factory.clone(),
                 limits: limits.clone(),
+                guard: guard.clone(),
                 control: control_rx.clone(),
                 shared: shared.clone(),
                 started: started_tx.clone(),
@@ -290,12 +333,20 @@ impl Engine {
             workers,
             listeners,
             limits: config.limits,
+            own_addrs: config.own_addrs,
         })
     }
 
     /// The bound address (with the actual port when the configured one was 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The pseudonym of this listener's `Via` entries (`mesh-` and 16 random hex digits):
+    /// every request it forwards carries `Via: <protocol> <pseudonym>`, and a request that
+    /// arrives with it is answered `508 Loop Detected` (flag `UF`) instead of forwarded.
+    pub fn via_pseudonym(&self) -> &str {
+        self.hop.pseudonym()
     }
 
     /// How many worker threads run.
@@ -369,6 +420,7 @@ impl Drop for Engine {
         if !self.threads.is_empty() {
             self.begin(Phase::Stopping);
         }
+        self.own_addrs.remove(self.local_addr);
     }
 }
 

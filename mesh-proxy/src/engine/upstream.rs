@@ -6,6 +6,21 @@
 //! [`WorkerContext::connector`](super::WorkerContext::connector)), or alone as a pooled
 //! HTTP/1.1 and HTTP/2 (prior knowledge) client in any tokio program.
 //!
+//! **Accepts** any `http::Request<B>` whose body converts into a [`RequestBody`] (hyper's
+//! `Incoming`, a `RequestBody`), of any method and HTTP version, as the stack left it. It
+//! does not check the request (the engine's listener did: one `Host`, no userinfo,
+//! framing); it forwards what it is given, except:
+//!
+//! - the **authority** is the target's when the URI has one (absolute-form, HTTP/2's
+//!   `:authority`; userinfo dropped), else the `Host` field (RFC 9112 §3.2.2: a received
+//!   `Host` never overrides the target). No authority at all is fine for an HTTP/1.1
+//!   upstream (an HTTP/1.0 client's request gets an empty `Host`, as RFC 9112 §3.2 asks of
+//!   HTTP/1.1), not for an HTTP/2 one (`400 DPE`, as is a `Host` that is no authority);
+//! - **upgrades** are not forwarded: `Upgrade` is hop-by-hop (removed) and an upstream's
+//!   `101` is a protocol error (`502 UPE`); `CONNECT` is not tunnelled;
+//! - the **endpoint** may be any address but, on an engine worker, one of the proxy's own
+//!   listening addresses ([`OwnAddrs`](super::OwnAddrs)): that would be a loop (`508 UF`).
+//!
 //! **Reads**: the balancer's `SelectedUpstream` from the request extensions (the endpoint's
 //! `addr` and `http2`, its cluster's connection settings), else a standalone
 //! [`SelectedEndpoint`] (with default settings).
@@ -15,11 +30,12 @@
 //! | failure | status | flag |
 //! |---|---|---|
 //! | no `SelectedEndpoint` (nor `SelectedUpstream`) extension | 503 | `UH` |
+//! | the endpoint is one of the proxy's own listeners (engine workers; see [`loops`](super::loops)) | 508 | `UF` |
 //! | connection refused, connect timeout (`connectTimeout`) | 503 | `UF` |
 //! | upstream closed or reset the connection before the response head | 503 | `UC` |
 //! | HTTP/2 stream reset by the upstream before the response head | 503 | `UR` |
 //! | malformed response head | 502 | `UPE` |
-//! | no `Host` / `:authority` for an HTTP/2 upstream | 400 | `DPE` |
+//! | no authority (neither in the target nor a valid `Host`) for an HTTP/2 upstream | 400 | `DPE` |
 //! | the client's request body broke (or did not match its `Content-Length`) before the response head | 400 | `DPE` |
 //!
 //! A failure after the response head (the upstream resets mid-body) cannot change the status
@@ -28,9 +44,12 @@
 //!
 //! **Rewrites**: hop-by-hop headers are removed both ways ([`strip_hop_by_hop`]); other
 //! headers pass untouched. To an HTTP/1.1 upstream the request goes in origin-form
-//! (`GET /path?q HTTP/1.1`) with the client's `Host` (from `:authority` when the client spoke
-//! HTTP/2); to an HTTP/2 upstream the client's `Host` becomes `:authority`. Bodies stream both
-//! ways, never buffered.
+//! (`GET /path?q HTTP/1.1`) with `Host` set to the authority above; to an HTTP/2 upstream
+//! the authority becomes `:authority` and `Host` is removed. On an engine worker the
+//! listener's `Via` entry (`Via: 1.1 mesh-…`, the protocol the request was received in) is
+//! added after any the request had (RFC 9110 §7.6.3): to an HTTP/1.1 upstream written
+//! straight into the head, with no change to the request's map. Bodies stream both ways,
+//! never buffered.
 //!
 //! **HTTP/1.1** is the engine's own client (`engine/h1client.rs`): the request's
 //! task writes the request and reads the response on the pooled connection itself, with no
@@ -86,6 +105,7 @@ use tokio::net::TcpStream;
 
 use super::h1client::{self, FailKind, H1Body, H1Conn};
 use super::headers::strip_hop_by_hop;
+use super::loops::{Guard, Loop, loop_reply};
 use super::reqbody::RequestBody;
 
 /// The response type of every stack: the upstream's body or a local one.
@@ -119,9 +139,9 @@ pub(crate) fn idle_sweeps(pool: &UpstreamPool) -> u32 {
 /// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed when released.
 const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
-/// The innermost service: forwards a request to its
-/// [`SelectedEndpoint`] over pooled connections. Cheap to
-/// clone (two words); every clone on a thread shares that thread's pool.
+/// The innermost service: forwards a request to its [`SelectedEndpoint`] over pooled
+/// connections. Cheap to clone (two words); every clone on a thread shares that thread's
+/// pool.
 #[derive(Debug, Clone, Copy)]
 pub struct Connector {
     connect_timeout: Duration,
@@ -151,6 +171,8 @@ struct Pool {
     sweeping: bool,
     /// Sweeps so far: the clock of idle connections (no clock read per request).
     epoch: u32,
+    /// On an engine worker: the proxy's own addresses and the listener's `Via` marker.
+    guard: Option<Guard>,
 }
 
 #[derive(Default)]
@@ -170,6 +192,8 @@ struct AddrHasher(u64);
 
 /// Why sending failed, for the local reply.
 enum SendFailure {
+    /// The upstream is one of the proxy's own listeners.
+    Loop,
     Connect,
     Closed,
     Reset,
@@ -297,6 +321,8 @@ impl Connector {
         pool: UpstreamPool,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
+        // the protocol the request was received in, for its `Via` entry
+        let received = req.version();
         prepare_h1(&mut req);
         // An empty body is not sent at all, and lets the request be sent again. (The head
         // stays in `req`, borrowed by each attempt: no move of the request's parts.)
@@ -315,9 +341,15 @@ impl Connector {
             };
             conn.configure(pool);
             let retry_possible = reused && body.is_none();
-            match h1client::exchange(conn, &req, body.take(), addr, self.max_idle_per_endpoint)
-                .await
-            {
+            let exchange = h1client::exchange(
+                conn,
+                &req,
+                received,
+                body.take(),
+                addr,
+                self.max_idle_per_endpoint,
+            );
+            match exchange.await {
                 Ok(res) => return res,
                 // the pooled connection was closed under us before any answer: again
                 Err(f) if retry_possible && f.retryable => {}
@@ -333,6 +365,7 @@ impl Connector {
     }
 
     async fn connect_h1(&self, addr: SocketAddr) -> Result<Box<H1Conn>, SendFailure> {
+        refuse_own(addr)?;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| SendFailure::Connect)?
@@ -342,9 +375,12 @@ impl Connector {
     }
 
     async fn forward_h2(self, addr: SocketAddr, mut req: Request<RequestBody>) -> EngineResponse {
+        let received = req.version();
         if prepare_h2(&mut req).is_err() {
             return SendFailure::BadRequest.reply();
         }
+        // after the hop-by-hop fields are gone: `Connection: via` cannot remove this one
+        append_via(&mut req, received);
         let pooled = POOL.with(|p| p.borrow_mut().get_h2(addr));
         let mut sender = match pooled {
             Some(s) => s,
@@ -371,6 +407,7 @@ impl Connector {
         &self,
         addr: SocketAddr,
     ) -> Result<http2::SendRequest<RequestBody>, SendFailure> {
+        refuse_own(addr)?;
         let connect = async {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
@@ -389,15 +426,71 @@ impl Connector {
     }
 }
 
-/// Rewrites a request for an HTTP/1.1 upstream: `Host` from `:authority` when missing,
-/// hop-by-hop headers removed, origin-form target.
+/// Installs the loop checks of this thread's connector (an engine worker, at its start).
+pub(crate) fn install_guard(guard: Guard) {
+    POOL.with(|p| p.borrow_mut().guard = Some(guard));
+}
+
+/// `Err(Loop)` when `addr` is one of the proxy's own listeners (see [`OwnAddrs`]).
+///
+/// [`OwnAddrs`]: super::OwnAddrs
+fn refuse_own(addr: SocketAddr) -> Result<(), SendFailure> {
+    let own = POOL.with(|p| {
+        p.try_borrow()
+            .is_ok_and(|p| p.guard.as_ref().is_some_and(|g| g.own.reaches(addr)))
+    });
+    if own { Err(SendFailure::Loop) } else { Ok(()) }
+}
+
+/// Writes this listener's `Via` field (for a request received as `received`) into an
+/// HTTP/1.1 request head; nothing off an engine worker.
+#[inline]
+pub(crate) fn put_via(out: &mut Vec<u8>, received: Version) {
+    POOL.with(|p| {
+        if let Ok(p) = p.try_borrow()
+            && let Some(g) = &p.guard
+        {
+            out.extend_from_slice(g.hop.via_line(received));
+        }
+    });
+}
+
+/// Appends this listener's `Via` value (for a request received as `received`) to a
+/// request (for an HTTP/2 upstream: hyper writes the head); nothing off an engine worker.
+fn append_via<B>(req: &mut Request<B>, received: Version) {
+    let via = POOL.with(|p| {
+        p.try_borrow()
+            .ok()
+            .and_then(|p| p.guard.as_ref().map(|g| g.hop.via(received).clone()))
+    });
+    if let Some(v) = via {
+        req.headers_mut().append(header::VIA, v);
+    }
+}
+
+/// The authority of a request's target (absolute-form, or HTTP/2's `:authority`) without
+/// userinfo, if it has one: the authority the request names, whatever its `Host` says.
+///
+/// RFC 9112 §3.2.2: with an absolute-form target the received `Host` is ignored and a
+/// proxy generates a new one from the target. (The engine has already made `Host` equal
+/// to the target's authority; this keeps a standalone connector to the same rule.)
+fn target_authority(uri: &Uri) -> Option<&str> {
+    uri.authority()
+        .map(|a| a.as_str().rsplit('@').next().unwrap_or(""))
+}
+
+/// Rewrites a request for an HTTP/1.1 upstream: `Host` from the target's authority when it
+/// has one (HTTP/2's `:authority`, absolute-form), hop-by-hop headers removed, origin-form
+/// target.
 fn prepare_h1<B>(req: &mut Request<B>) {
     let uri = req.uri();
     if uri.scheme().is_some() || uri.authority().is_some() {
-        if !req.headers().contains_key(header::HOST)
-            && let Some(v) = uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        if let Some(a) = target_authority(uri)
+            && req
+                .headers()
+                .get(header::HOST)
+                .is_none_or(|h| h.as_bytes() != a.as_bytes())
+            && let Ok(v) = HeaderValue::from_str(a)
         {
             req.headers_mut().insert(header::HOST, v);
         }
@@ -417,13 +510,18 @@ fn prepare_h1<B>(req: &mut Request<B>) {
     *req.version_mut() = Version::HTTP_11;
 }
 
-/// Rewrites a request for an HTTP/2 upstream: absolute target whose authority is the client's
-/// `Host` (or `:authority`), `Host` removed, hop-by-hop headers removed.
+/// Rewrites a request for an HTTP/2 upstream: absolute target whose authority is the
+/// target's (without userinfo), else the client's `Host`; `Host` removed, hop-by-hop
+/// headers removed.
 fn prepare_h2<B>(req: &mut Request<B>) -> Result<(), ()> {
     strip_hop_by_hop(req.headers_mut());
-    let authority = match req.headers_mut().remove(header::HOST) {
-        Some(h) => Authority::try_from(h.as_bytes()).map_err(|_| ())?,
-        None => req.uri().authority().cloned().ok_or(())?,
+    let host = req.headers_mut().remove(header::HOST);
+    let authority = match (req.uri().authority(), host) {
+        (Some(a), _) if !a.as_str().contains('@') => a.clone(),
+        (Some(a), _) => Authority::try_from(target_authority(req.uri()).unwrap_or(a.as_str()))
+            .map_err(|_| ())?,
+        (None, Some(h)) => Authority::try_from(h.as_bytes()).map_err(|_| ())?,
+        (None, None) => return Err(()),
     };
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP));
@@ -636,6 +734,7 @@ impl SendFailure {
 
     fn reply(self) -> EngineResponse {
         match self {
+            SendFailure::Loop => loop_reply(Loop::OwnAddress),
             SendFailure::Connect => local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
@@ -717,6 +816,38 @@ mod tests {
         assert!(req.headers().get("host").is_none());
         assert_eq!(req.headers()["te"], "trailers");
         assert_eq!(req.version(), Version::HTTP_2);
+    }
+
+    /// RFC 9112 §3.2.2: a proxy forwards a `Host` generated from an absolute target, not
+    /// the one received (the engine has done so already; a standalone connector too).
+    #[test]
+    fn absolute_target_authority_wins_over_host() {
+        let mut req = Request::builder()
+            .uri("http://other:8081/x")
+            .header("host", "web")
+            .body(())
+            .unwrap();
+        prepare_h1(&mut req);
+        assert_eq!(req.uri(), "/x");
+        assert_eq!(req.headers()["host"], "other:8081");
+        assert_eq!(req.headers().get_all("host").iter().count(), 1);
+        let mut req = Request::builder()
+            .uri("http://user@other/x")
+            .header("host", "web")
+            .body(())
+            .unwrap();
+        prepare_h1(&mut req);
+        assert_eq!(req.headers()["host"], "other", "userinfo is never a Host");
+        for uri in ["http://other:8081/x", "http://u:p@other:8081/x"] {
+            let mut req = Request::builder()
+                .uri(uri)
+                .header("host", "web")
+                .body(())
+                .unwrap();
+            prepare_h2(&mut req).unwrap();
+            assert_eq!(req.uri(), "http://other:8081/x", "{uri}");
+            assert!(req.headers().get("host").is_none());
+        }
     }
 
     #[test]

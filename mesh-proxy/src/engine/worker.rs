@@ -16,6 +16,7 @@ use tokio::task::LocalSet;
 
 use super::conn::{Worker, serve};
 use super::limits::Limits;
+use super::loops::Guard;
 use super::stack::{StackFactory, WorkerContext};
 use super::{Phase, Shared};
 
@@ -25,6 +26,8 @@ pub(crate) struct Spawn<F> {
     pub(crate) listener: StdListener,
     pub(crate) factory: Arc<F>,
     pub(crate) limits: Arc<Limits>,
+    /// The loop checks of the engine (own addresses, `Via` marker).
+    pub(crate) guard: Guard,
     pub(crate) control: watch::Receiver<Phase>,
     pub(crate) shared: Arc<Shared>,
     /// Told once the worker accepts (or why it could not start).
@@ -46,6 +49,7 @@ fn run<F: StackFactory>(spawn: Spawn<F>) {
         listener,
         factory,
         limits,
+        guard,
         mut control,
         shared,
         started,
@@ -71,7 +75,10 @@ fn run<F: StackFactory>(spawn: Spawn<F>) {
             }
         };
         let ctx = WorkerContext::new(index, shared.workers, limits.clone());
-        let worker = Rc::new(Worker::new(factory, ctx, limits.clone()));
+        let hop = guard.hop.clone();
+        // the connector on this thread refuses the proxy's own addresses and marks requests
+        super::upstream::install_guard(guard);
+        let worker = Rc::new(Worker::new(factory, ctx, limits.clone(), hop));
         shared.listening.fetch_add(1, Ordering::AcqRel);
         let _ = started.send(Ok(()));
         let phase = accept_loop(&listener, &worker, &mut control).await;
