@@ -18,8 +18,8 @@ ratios between targets of one run (the second table), never as absolute figures 
 
     python3 benches/load/compare.py [TARGET ...]     # default: direct haproxy nginx envoy mesh
 
-Targets: direct (no proxy), haproxy, nginx, envoy, mesh. A target whose program is missing is
-skipped with a note. Knobs (environment): ROUNDS=3 TP_SECS=8 LAT_SECS=5 H2_SECS=3 WARM_SECS=2
+Targets: direct (no proxy), haproxy, nginx, envoy, mesh, and NAME=PATH for another mesh-proxy
+binary (a previous build, to compare with). A target whose program is missing is skipped. Knobs (environment): ROUNDS=3 TP_SECS=8 LAT_SECS=5 H2_SECS=3 WARM_SECS=2
 RATE=2000 CONNS=50 PROXY_CPU=0 LOAD_CPU=1 WORKERS=1 MESH_BIN=target/release/mesh-proxy
 ENVOY_BIN=<path> OUT=<dir>. See benches/load/README.md.
 """
@@ -193,11 +193,14 @@ def start(name, run, up_port, up_h2_port, logs):
         conf = render("envoy.yaml", f"{run}/envoy.yaml", values)
         argv = [prog, "-c", conf, "--concurrency", str(WORKERS), "--disable-hot-restart",
                 "--log-level", "warn"]
-    elif name == "mesh":
+    elif name == "mesh" or "=" in name:
+        # `mesh`, or `NAME=PATH`: another mesh-proxy binary (a previous build, say)
         prog = ENV.get("MESH_BIN", "target/release/mesh-proxy")
+        if "=" in name:
+            name, prog = name.split("=", 1)
         if not os.access(prog, os.X_OK):
             return None, f"mesh-proxy not found at {prog} (cargo build --release -p mesh-proxy)"
-        conf = render("mesh.yaml", f"{run}/mesh.yaml", values)
+        conf = render("mesh.yaml", f"{run}/{name}.yaml", values)
         argv = [prog, "run", "--config", conf]
         h2_port = port  # HTTP/1.1 and h2c on one port
     else:
@@ -305,6 +308,7 @@ def main(argv):
             sys.exit(f"compare.py: missing {tool} (apt-get install wrk nghttp2-client nginx-light "
                      "haproxy util-linux; see benches/load/README.md)")
     out_dir = ENV.get("OUT") or tempfile.mkdtemp(prefix="mesh-compare.")
+    os.makedirs(out_dir, exist_ok=True)
     run = tempfile.mkdtemp(prefix="mesh-compare-run.")
     os.chmod(run, 0o755)
     procs, logs = [], []
