@@ -7,7 +7,8 @@ pub mod admin;
 pub mod ca;
 pub mod cli;
 pub mod demo;
-pub mod engine;
+/// The data-plane engine, now the `mesh-transport` crate (kept here under its old name).
+pub use mesh_transport as engine;
 pub mod pipeline;
 pub mod proxy;
 pub mod run;

@@ -6,8 +6,9 @@
 //!            ─► Connector (per-worker pool) ─► upstream
 //! ```
 //!
-//! The request body becomes a [`RequestBody`] on the way in ([`IntoRequestBody`]), so that
-//! the mirror layer can hand mirrored copies the client's body as it streams.
+//! The request body becomes a [`TeeBody`] on the way in ([`IntoRequestBody`]), so that the
+//! mirror layer can hand mirrored copies the client's body as it streams; [`PlainBody`] hands
+//! the connector the client's own body again when nothing copied it.
 //!
 //! The layers are built once ([`Layers::new`]) and shared by every worker; each worker wraps
 //! its own connector with them ([`Layers::stack`]), so per-worker state (balancer cursors,
@@ -30,15 +31,18 @@ use tower_layer::Layer;
 
 use crate::engine::{Connector, RequestBody, WorkerContext};
 use hyper::body::Incoming;
-use mesh_routing::{Mirror, MirrorLayer};
+use mesh_routing::{Mirror, MirrorLayer, TeeBody};
 
 /// The type of a worker's stack. The router and the balancer insert one request extension
 /// each (two, three with mirrors): the extension map's first table (room for three) never
 /// grows.
-pub type MeshStack = IntoRequestBody<Route<Mirror<Lb<Connector>>>>;
+pub type MeshStack = IntoRequestBody<Route<Mirror<Lb<PlainBody<Connector>>>>>;
 
-/// Turns the engine's `Request<Incoming>` into a `Request<RequestBody>` for the layers
-/// inside (a move; nothing is allocated).
+/// The body the layers see: the client's, which mirrored copies can share.
+pub type LayerBody = TeeBody<Incoming>;
+
+/// Turns the engine's `Request<Incoming>` into a `Request<TeeBody<Incoming>>` for the layers
+/// inside (a move; nothing is allocated), so that the mirror layer can copy the body.
 #[derive(Debug, Clone)]
 pub struct IntoRequestBody<S>(S);
 
@@ -50,6 +54,31 @@ impl<S> IntoRequestBody<S> {
 }
 
 impl<S> tower_service::Service<http::Request<Incoming>> for IntoRequestBody<S>
+where
+    S: tower_service::Service<http::Request<LayerBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Incoming>) -> S::Future {
+        self.0.call(req.map(TeeBody::new))
+    }
+}
+
+/// Hands the connector the client's own body when no mirror copied it (no allocation), the
+/// tee or the copy otherwise.
+#[derive(Debug, Clone)]
+pub struct PlainBody<S>(S);
+
+impl<S> tower_service::Service<http::Request<LayerBody>> for PlainBody<S>
 where
     S: tower_service::Service<http::Request<RequestBody>>,
 {
@@ -64,8 +93,11 @@ where
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<Incoming>) -> S::Future {
-        self.0.call(req.map(RequestBody::from))
+    fn call(&mut self, req: http::Request<LayerBody>) -> S::Future {
+        self.0.call(req.map(|b| match b.into_plain() {
+            Ok(incoming) => RequestBody::from(incoming),
+            Err(tee) => RequestBody::new(tee),
+        }))
     }
 }
 
@@ -231,7 +263,7 @@ impl Layers {
     pub fn stack(&self, ctx: &WorkerContext) -> MeshStack {
         IntoRequestBody(
             self.route_layer
-                .layer(self.mirror.layer(self.lb.layer(ctx.connector()))),
+                .layer(self.mirror.layer(self.lb.layer(PlainBody(ctx.connector())))),
         )
     }
 

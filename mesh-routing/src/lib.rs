@@ -67,8 +67,10 @@ mod matcher;
 pub mod mirror;
 pub mod route;
 mod table;
+pub mod tee;
 
 pub use error::BuildError;
 pub use mirror::{Mirror, MirrorLayer, Mirrors, ShadowBody, Spawn};
 pub use route::{Route, RouteLayer};
 pub use table::{GatewayContext, RouteTable, RouteTableHandle, RouterContext};
+pub use tee::{SHADOW_BUFFER_BYTES, TeeBody};

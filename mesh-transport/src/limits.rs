@@ -10,7 +10,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use mesh_proxy::engine::Limits;
+/// use mesh_transport::Limits;
 ///
 /// let limits = Limits { connect_timeout: Duration::from_secs(2), ..Limits::default() };
 /// assert_eq!(limits.max_request_headers_kb, 60);

@@ -30,11 +30,11 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tower_service::Service;
 
-use super::headers::{HeadScanner, Reject, inspect};
-use super::limits::Limits;
-use super::loops::{Hop, Loop, loop_reply};
-use super::stack::{StackFactory, WorkerContext};
-use super::upstream::UpstreamBody;
+use crate::headers::{HeadScanner, Reject, inspect};
+use crate::limits::Limits;
+use crate::loops::{Hop, Loop, loop_reply};
+use crate::stack::{StackFactory, WorkerContext};
+use crate::upstream::UpstreamBody;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -515,7 +515,7 @@ impl DownIo {
         if self.state.scan.is_none() || self.state.version_checked.get() {
             return;
         }
-        if let Some(bad) = super::headers::unsupported_version(bytes) {
+        if let Some(bad) = crate::headers::unsupported_version(bytes) {
             self.state.version_checked.set(true);
             self.state.bad_version.set(bad);
         }

@@ -18,7 +18,7 @@ use engine_common::*;
 use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use mesh_proxy::engine::{Engine, Limits};
+use mesh_transport::{Engine, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::ext::SelectedEndpoint;
-use mesh_proxy::engine::{Engine, EngineConfig, Limits, WorkerContext};
+use mesh_transport::{Engine, EngineConfig, Limits, WorkerContext};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
@@ -138,11 +138,11 @@ pub struct ForwardSvc {
     addr: SocketAddr,
     http2: bool,
     worker: usize,
-    connector: mesh_proxy::engine::Connector,
+    connector: mesh_transport::Connector,
 }
 
 impl tower::Service<Request<Incoming>> for ForwardSvc {
-    type Response = mesh_proxy::engine::EngineResponse;
+    type Response = mesh_transport::EngineResponse;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>>>>;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use engine_common::*;
 use http::{Request, Response};
 use mesh_core::MeshBody;
-use mesh_proxy::engine::{Engine, EngineConfig, Limits, Reloadable, StackFactory, WorkerContext};
+use mesh_transport::{Engine, EngineConfig, Limits, Reloadable, StackFactory, WorkerContext};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
@@ -135,11 +135,11 @@ fn binding_a_used_address_fails() {
 struct Marker {
     marker: &'static str,
     upstream: std::net::SocketAddr,
-    connector: mesh_proxy::engine::Connector,
+    connector: mesh_transport::Connector,
 }
 
 impl tower::Service<Request<hyper::body::Incoming>> for Marker {
-    type Response = Response<MeshBody<mesh_proxy::engine::UpstreamBody>>;
+    type Response = Response<MeshBody<mesh_transport::UpstreamBody>>;
     type Error = Infallible;
     type Future =
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>>>>;

@@ -14,11 +14,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::LocalSet;
 
-use super::conn::{Worker, serve};
-use super::limits::Limits;
-use super::loops::Guard;
-use super::stack::{StackFactory, WorkerContext};
-use super::{Phase, Shared};
+use crate::conn::{Worker, serve};
+use crate::limits::Limits;
+use crate::loops::Guard;
+use crate::stack::{StackFactory, WorkerContext};
+use crate::{Phase, Shared};
 
 /// What a worker thread needs to start.
 pub(crate) struct Spawn<F> {
@@ -77,7 +77,7 @@ fn run<F: StackFactory>(spawn: Spawn<F>) {
         let ctx = WorkerContext::new(index, shared.workers, limits.clone());
         let hop = guard.hop.clone();
         // the connector on this thread refuses the proxy's own addresses and marks requests
-        super::upstream::install_guard(guard);
+        crate::upstream::install_guard(guard);
         let worker = Rc::new(Worker::new(factory, ctx, limits.clone(), hop));
         shared.listening.fetch_add(1, Ordering::AcqRel);
         let _ = started.send(Ok(()));

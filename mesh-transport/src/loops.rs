@@ -8,7 +8,7 @@
 //! **`508 Loop Detected`** with the flag **`UF`**:
 //!
 //! 1. **Own addresses** ([`OwnAddrs`]): the connector refuses to open a connection to any
-//!    listening address of the proxy (outbound, inbound, admin: every [`Engine`](super::Engine)
+//!    listening address of the proxy (outbound, inbound, admin: every [`Engine`](crate::Engine)
 //!    adds its own; the proxy adds its admin's). A listener on `0.0.0.0` or `[::]` stands
 //!    for its port on every local address (loopback, the addresses of the host's interfaces,
 //!    and the unspecified address itself, which `connect` takes as this host). Checked when
@@ -46,18 +46,18 @@ use http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use mesh_core::ResponseFlags;
 use mesh_core::ext::local_reply;
 
-use super::upstream::EngineResponse;
+use crate::upstream::EngineResponse;
 
 /// The listening addresses of one proxy, shared by all its listeners: the connector of each
 /// refuses to connect to any of them (see the [module docs](self)).
 ///
-/// Cheap to clone (one `Arc`); clones share the set. Every [`Engine`](super::Engine) adds
-/// its bound address to the set of its [`EngineConfig`](super::EngineConfig) when it starts
+/// Cheap to clone (one `Arc`); clones share the set. Every [`Engine`](crate::Engine) adds
+/// its bound address to the set of its [`EngineConfig`](crate::EngineConfig) when it starts
 /// and removes it when it stops; add any other listener of the process yourself (the proxy
 /// adds its admin listener).
 ///
 /// ```
-/// use mesh_proxy::engine::OwnAddrs;
+/// use mesh_transport::OwnAddrs;
 ///
 /// let own = OwnAddrs::new();
 /// own.add("0.0.0.0:15006".parse().unwrap());

@@ -15,7 +15,7 @@ use engine_common::*;
 use http::Request;
 use hyper::body::Incoming;
 use mesh_core::ext::SelectedEndpoint;
-use mesh_proxy::engine::{Engine, EngineConfig, OwnAddrs, WorkerContext};
+use mesh_transport::{Engine, EngineConfig, OwnAddrs, WorkerContext};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
@@ -174,7 +174,7 @@ async fn a_wildcard_listener_is_its_port_on_every_local_address() {
 async fn listeners_sharing_own_addrs_do_not_forward_to_each_other() {
     let up = upstream(echo()).await;
     let own = OwnAddrs::new();
-    let other = start(up.addr, false, mesh_proxy::engine::Limits::default(), 1);
+    let other = start(up.addr, false, mesh_transport::Limits::default(), 1);
     let to_other = Target::default();
     let engine = start_to("127.0.0.1:0", own.clone(), to_other.clone(), up.addr, false);
     to_other.set(other.local_addr()).unwrap();
@@ -209,7 +209,7 @@ async fn listeners_sharing_own_addrs_do_not_forward_to_each_other() {
 #[tokio::test]
 async fn a_request_carrying_the_listeners_own_via_is_508_uf_and_never_forwarded() {
     let up = upstream(echo()).await;
-    let engine = start(up.addr, false, mesh_proxy::engine::Limits::default(), 1);
+    let engine = start(up.addr, false, mesh_transport::Limits::default(), 1);
     let me = engine.via_pseudonym().to_owned();
     for via in [
         format!("1.1 {me}"),

@@ -9,7 +9,7 @@
 //! (as `mesh-lb` does) and calls the connector. SIGTERM or SIGINT drains and exits.
 //!
 //! ```text
-//! cargo build --release -p mesh-proxy --example engine_bench
+//! cargo build --release -p mesh-transport --example engine_bench
 //! compare.sh direct haproxy floor "engine=$CARGO_TARGET_DIR/release/examples/engine_bench {LISTEN} {UP}"
 //! ```
 
@@ -22,7 +22,7 @@ use std::time::Duration;
 use http::Request;
 use hyper::body::Incoming;
 use mesh_core::ext::SelectedEndpoint;
-use mesh_proxy::engine::{
+use mesh_transport::{
     Connector, ConnectorFuture, Engine, EngineConfig, EngineResponse, Limits, WorkerContext,
 };
 use tower_service::Service;

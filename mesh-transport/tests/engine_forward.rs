@@ -12,7 +12,7 @@ use engine_common::*;
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use mesh_core::ext::SelectedEndpoint;
-use mesh_proxy::engine::{Engine, EngineConfig, Limits, WorkerContext};
+use mesh_transport::{Engine, EngineConfig, Limits, WorkerContext};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tower::ServiceExt as _;

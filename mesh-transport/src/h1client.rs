@@ -33,8 +33,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
-use super::headers::{CONNECTION, TRANSFER_ENCODING, connection_tokens, hop_by_hop_bit};
-use super::reqbody::{RequestBody, RequestBodyError};
+use crate::headers::{CONNECTION, TRANSFER_ENCODING, connection_tokens, hop_by_hop_bit};
+use crate::reqbody::{RequestBody, RequestBodyError};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -44,7 +44,7 @@ use mesh_core::ext::UpstreamPool;
 use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
-use super::upstream::{EngineResponse, UpstreamBody, put_via, release_h1_conn};
+use crate::upstream::{EngineResponse, UpstreamBody, put_via, release_h1_conn};
 
 /// The largest response head (status line and header fields) accepted from an upstream;
 /// Envoy's `max_response_headers_kb` defaults to 60.
@@ -184,7 +184,7 @@ impl H1Conn {
     /// Takes the connection settings of the cluster of the request about to use it.
     pub(crate) fn configure(&mut self, pool: UpstreamPool) {
         self.max_requests = pool.max_requests_per_connection;
-        self.idle_sweeps = super::upstream::idle_sweeps(&pool);
+        self.idle_sweeps = crate::upstream::idle_sweeps(&pool);
     }
 
     /// Whether the connection has carried its `maxRequestsPerConnection` (then it is closed

@@ -1,4 +1,6 @@
-//! The data-plane engine: listener, workers, limits, connector and pool, drain.
+//! `mesh-transport`: the data-plane engine (listener, workers, limits, drain) and the
+//! upstream connector (pooled HTTP/1.1 and HTTP/2 client), reusable by `mesh-proxy`, by custom
+//! proxies and by in-process clients.
 //!
 //! The engine is how `mesh-proxy` (or your own proxy) serves HTTP: it listens on one address,
 //! speaks HTTP/1.1 and h2c (prior knowledge) on it, enforces the [`Limits`], hands each
@@ -26,7 +28,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use mesh_core::ext::SelectedEndpoint;
-//! use mesh_proxy::engine::{Engine, EngineConfig, WorkerContext};
+//! use mesh_transport::{Engine, EngineConfig, WorkerContext};
 //! use tower::ServiceExt as _;
 //!
 //! let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
@@ -102,6 +104,8 @@
 //!   loop check nor response flag for one; the engine always adds its own entry, refuses a
 //!   request that carries it and never connects to its own listeners, answering
 //!   `508 Loop Detected` with flag `UF` (why that pair: see [`loops`]).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::io;
 use std::net::SocketAddr;
@@ -124,7 +128,7 @@ mod worker;
 
 pub use limits::Limits;
 pub use loops::OwnAddrs;
-pub use reqbody::{RequestBody, RequestBodyError, SHADOW_BUFFER_BYTES};
+pub use reqbody::{RequestBody, RequestBodyError};
 pub use stack::{Reloadable, StackFactory, WorkerContext};
 pub use upstream::{Connector, ConnectorFuture, EngineResponse, UpstreamBody, UpstreamBodyError};
 

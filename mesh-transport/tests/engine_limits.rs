@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use engine_common::*;
 use http::Response;
-use mesh_proxy::engine::Limits;
+use mesh_transport::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -124,7 +124,7 @@ fn status_of(res: &str) -> &str {
 }
 
 /// A good request on a fresh connection: the engine keeps serving after a refusal.
-async fn still_serves(engine: &mesh_proxy::engine::Engine) {
+async fn still_serves(engine: &mesh_transport::Engine) {
     let mut c = h1_client(engine.local_addr()).await;
     let res = bounded(c.send_request(get("/", "a")))
         .await

@@ -12,8 +12,8 @@ use hyper::body::Incoming;
 use mesh_core::MeshBody;
 use tower_service::Service;
 
-use super::limits::Limits;
-use super::upstream::{Connector, UpstreamBody};
+use crate::limits::Limits;
+use crate::upstream::{Connector, UpstreamBody};
 
 /// Builds one worker's service stack: the contract between the engine and the layers.
 ///
@@ -31,7 +31,7 @@ use super::upstream::{Connector, UpstreamBody};
 /// # What a stack must be
 ///
 /// `S: tower::Service<http::Request<hyper::body::Incoming>,
-/// Response = http::Response<mesh_core::MeshBody<mesh_proxy::engine::UpstreamBody>>,
+/// Response = http::Response<mesh_core::MeshBody<mesh_transport::UpstreamBody>>,
 /// Error = std::convert::Infallible> + Clone + 'static`.
 ///
 /// - **No `Send` needed.** A worker's stack lives and runs on that worker's thread only, so it
@@ -64,7 +64,7 @@ use super::upstream::{Connector, UpstreamBody};
 /// use std::sync::Arc;
 /// use mesh_core::MeshBody;
 /// use mesh_core::ext::SelectedEndpoint;
-/// use mesh_proxy::engine::{Reloadable, StackFactory, WorkerContext};
+/// use mesh_transport::{Reloadable, StackFactory, WorkerContext};
 /// use tower::ServiceExt as _;
 ///
 /// // the "configuration": where to send everything

@@ -2,8 +2,8 @@
 //! the balancer chose, over a per-thread pool of upstream connections.
 //!
 //! **When to use**: as the innermost service of a stack built by a
-//! [`StackFactory`](super::StackFactory) (take it from
-//! [`WorkerContext::connector`](super::WorkerContext::connector)), or alone as a pooled
+//! [`StackFactory`](crate::StackFactory) (take it from
+//! [`WorkerContext::connector`](crate::WorkerContext::connector)), or alone as a pooled
 //! HTTP/1.1 and HTTP/2 (prior knowledge) client in any tokio program.
 //!
 //! **Accepts** any `http::Request<B>` whose body converts into a [`RequestBody`] (hyper's
@@ -19,7 +19,7 @@
 //! - **upgrades** are not forwarded: `Upgrade` is hop-by-hop (removed) and an upstream's
 //!   `101` is a protocol error (`502 UPE`); `CONNECT` is not tunnelled;
 //! - the **endpoint** may be any address but, on an engine worker, one of the proxy's own
-//!   listening addresses ([`OwnAddrs`](super::OwnAddrs)): that would be a loop (`508 UF`).
+//!   listening addresses ([`OwnAddrs`](crate::OwnAddrs)): that would be a loop (`508 UF`).
 //!
 //! **Reads**: the balancer's `SelectedUpstream` from the request extensions (the endpoint's
 //! `addr` and `http2`, its cluster's connection settings), else a standalone
@@ -30,7 +30,7 @@
 //! | failure | status | flag |
 //! |---|---|---|
 //! | no `SelectedEndpoint` (nor `SelectedUpstream`) extension | 503 | `UH` |
-//! | the endpoint is one of the proxy's own listeners (engine workers; see [`loops`](super::loops)) | 508 | `UF` |
+//! | the endpoint is one of the proxy's own listeners (engine workers; see [`loops`](crate::loops)) | 508 | `UF` |
 //! | connection refused, connect timeout (`connectTimeout`) | 503 | `UF` |
 //! | upstream closed or reset the connection before the response head | 503 | `UC` |
 //! | HTTP/2 stream reset by the upstream before the response head | 503 | `UR` |
@@ -75,7 +75,7 @@
 //! connection per endpoint and thread.
 //!
 //! ```
-//! use mesh_proxy::engine::Connector;
+//! use mesh_transport::Connector;
 //! use std::time::Duration;
 //!
 //! let connector = Connector::new(Duration::from_secs(1));
@@ -103,10 +103,10 @@ use mesh_core::ResponseFlags;
 use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamPool, local_reply};
 use tokio::net::TcpStream;
 
-use super::h1client::{self, FailKind, H1Body, H1Conn};
-use super::headers::strip_hop_by_hop;
-use super::loops::{Guard, Loop, loop_reply};
-use super::reqbody::RequestBody;
+use crate::h1client::{self, FailKind, H1Body, H1Conn};
+use crate::headers::strip_hop_by_hop;
+use crate::loops::{Guard, Loop, loop_reply};
+use crate::reqbody::RequestBody;
 
 /// The response type of every stack: the upstream's body or a local one.
 pub type EngineResponse = Response<MeshBody<UpstreamBody>>;
@@ -236,7 +236,11 @@ impl Connector {
     }
 }
 
-impl<B: Into<RequestBody>> tower_service::Service<Request<B>> for Connector {
+impl<B> tower_service::Service<Request<B>> for Connector
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<crate::RequestBodyError>,
+{
     type Response = EngineResponse;
     type Error = Infallible;
     type Future = ConnectorFuture;
@@ -263,7 +267,7 @@ impl<B: Into<RequestBody>> tower_service::Service<Request<B>> for Connector {
         };
         let (addr, h2) = (ep.addr, ep.http2);
         let this = *self;
-        let req = req.map(Into::into);
+        let req = req.map(RequestBody::new);
         // Two separate futures (each boxed at its own, smaller size) rather than one holding
         // both paths: the box is written once per request.
         ConnectorFuture(Inner::Forward(if h2 {
@@ -433,7 +437,7 @@ pub(crate) fn install_guard(guard: Guard) {
 
 /// `Err(Loop)` when `addr` is one of the proxy's own listeners (see [`OwnAddrs`]).
 ///
-/// [`OwnAddrs`]: super::OwnAddrs
+/// [`OwnAddrs`]: crate::OwnAddrs
 fn refuse_own(addr: SocketAddr) -> Result<(), SendFailure> {
     let own = POOL.with(|p| {
         p.try_borrow()

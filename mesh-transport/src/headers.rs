@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use http::HeaderMap;
-//! use mesh_proxy::engine::headers::strip_hop_by_hop;
+//! use mesh_transport::headers::strip_hop_by_hop;
 //!
 //! let mut h = HeaderMap::new();
 //! h.insert("connection", "close, x-private".parse().unwrap());

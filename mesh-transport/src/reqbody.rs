@@ -1,0 +1,154 @@
+//! The request body the connector sends: the client's own (hyper's `Incoming`), or any other
+//! body (`http_body::Body<Data = Bytes>`), boxed.
+//!
+//! [`RequestBody::new`] takes any body; a hyper `Incoming` (what the engine's listener
+//! hands the stack) and a `RequestBody` are kept as they are, without an allocation; other
+//! bodies are boxed once. (Mirrored copies of a streaming body are `mesh_routing::TeeBody`.)
+
+use std::any::Any;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// The error type of [`RequestBody`].
+pub type RequestBodyError = Box<dyn std::error::Error + Send + Sync>;
+
+type Boxed = Pin<Box<dyn Body<Data = Bytes, Error = RequestBodyError> + Send + Sync>>;
+
+/// A request body for the [`Connector`](crate::Connector): empty, the client's (`Incoming`),
+/// or any other body, boxed.
+pub struct RequestBody(Kind);
+
+enum Kind {
+    Empty,
+    Incoming(Incoming),
+    Boxed(Boxed),
+}
+
+// === impl RequestBody ===
+
+impl RequestBody {
+    /// An empty body.
+    pub fn empty() -> Self {
+        RequestBody(Kind::Empty)
+    }
+
+    /// Any body: an `Incoming` or a `RequestBody` as it is, anything else boxed. (`Sync`:
+    /// the connector's futures are `Send` and borrow the request across awaits.)
+    pub fn new<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<RequestBodyError>,
+    {
+        let mut slot = Some(body);
+        let any: &mut dyn Any = &mut slot;
+        if let Some(b) = any.downcast_mut::<Option<RequestBody>>()
+            && let Some(b) = b.take()
+        {
+            return b;
+        }
+        let any: &mut dyn Any = &mut slot;
+        if let Some(b) = any.downcast_mut::<Option<Incoming>>()
+            && let Some(b) = b.take()
+        {
+            return RequestBody(Kind::Incoming(b));
+        }
+        match slot {
+            Some(b) => RequestBody(Kind::Boxed(Box::pin(MapErr(b)))),
+            None => RequestBody::empty(),
+        }
+    }
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(body: Incoming) -> Self {
+        RequestBody(Kind::Incoming(body))
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        match &mut self.0 {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Kind::Boxed(b) => b.as_mut().poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Empty => true,
+            Kind::Incoming(b) => b.is_end_stream(),
+            Kind::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Incoming(b) => b.size_hint(),
+            Kind::Boxed(b) => b.size_hint(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match &self.0 {
+            Kind::Empty => "RequestBody::Empty",
+            Kind::Incoming(_) => "RequestBody::Incoming",
+            Kind::Boxed(_) => "RequestBody::Boxed",
+        })
+    }
+}
+
+/// A body whose errors become [`RequestBodyError`]s.
+#[pin_project::pin_project]
+struct MapErr<B>(#[pin] B);
+
+impl<B> Body for MapErr<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<RequestBodyError>,
+{
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        self.project().0.poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_body_and_an_empty_body_stay_as_they_are() {
+        let b = RequestBody::new(RequestBody::empty());
+        assert!(matches!(b.0, Kind::Empty));
+        let b = RequestBody::new(http_body_util::Full::new(Bytes::from_static(b"x")));
+        assert!(matches!(b.0, Kind::Boxed(_)));
+        assert_eq!(b.size_hint().exact(), Some(1));
+    }
+}
