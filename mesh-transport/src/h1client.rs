@@ -29,7 +29,6 @@
 
 use std::io::{self, IoSlice, Write as _};
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
@@ -44,7 +43,8 @@ use mesh_core::ext::UpstreamPool;
 use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
-use crate::upstream::{EngineResponse, UpstreamBody, put_via, release_h1_conn};
+use crate::pool::{Pool, PoolKey};
+use crate::upstream::{EngineResponse, UpstreamBody};
 
 /// The largest response head (status line and header fields) accepted from an upstream;
 /// Envoy's `max_response_headers_kb` defaults to 60.
@@ -66,7 +66,7 @@ const COALESCE: usize = 16 * 1024;
 /// Boxed wherever it travels (pool, exchange, response body): a pointer moves instead of
 /// the whole state on every request.
 pub(crate) struct H1Conn {
-    io: TcpStream,
+    io: Io,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
     /// Output not yet written: `wbuf[wpos..]`, then `data`, then `tail`.
@@ -82,6 +82,14 @@ pub(crate) struct H1Conn {
     /// Exchanges begun on it, and its cluster's `maxRequestsPerConnection`.
     requests: u32,
     max_requests: Option<u32>,
+}
+
+/// The connection's transport: plain TCP (read without spurious `EAGAIN`s, see
+/// [`H1Conn::poll_fill`]), or TLS over TCP (rustls, from the connector's
+/// [`UpstreamTls`](crate::tls::UpstreamTls)).
+pub(crate) enum Io {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// What is left of the request body to send.
@@ -138,8 +146,14 @@ pub(crate) struct H1Body {
     req: Option<ReqBody>,
     state: BodyState,
     reusable: bool,
-    addr: SocketAddr,
-    max_idle: usize,
+    release: Release,
+}
+
+/// Where a connection goes back when its exchange is over.
+pub(crate) struct Release {
+    pub(crate) pool: Pool,
+    pub(crate) key: PoolKey,
+    pub(crate) max_idle: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,11 +175,39 @@ enum BodyState {
 #[derive(Debug)]
 pub(crate) struct BodyError(&'static str);
 
+// === impl Io ===
+
+impl Io {
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Io::Tcp(io) => Pin::new(io).poll_write(cx, buf),
+            Io::Tls(io) => Pin::new(&mut **io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Io::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Io::Tls(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
+        }
+    }
+}
+
 // === impl H1Conn ===
 
 impl H1Conn {
     /// Wraps a connected socket.
+    #[cfg(test)]
     pub(crate) fn new(io: TcpStream) -> Box<Self> {
+        H1Conn::with_io(Io::Tcp(io))
+    }
+
+    /// Wraps a connected transport.
+    pub(crate) fn with_io(io: Io) -> Box<Self> {
         Box::new(H1Conn {
             io,
             buf: BytesMut::new(),
@@ -198,14 +240,24 @@ impl H1Conn {
     /// became readable.
     pub(crate) fn idle_ok(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                // Readable: end of stream, stray bytes, or readiness left over from the last
-                // read. Only the last one leaves the connection usable.
+        match &mut self.io {
+            Io::Tcp(io) => match io.poll_read_ready(&mut cx) {
+                Poll::Pending => true,
+                Poll::Ready(Err(_)) => false,
+                Poll::Ready(Ok(())) => {
+                    // Readable: end of stream, stray bytes, or readiness left over from the
+                    // last read. Only the last one leaves the connection usable.
+                    self.buf.reserve(64);
+                    matches!(io.try_read_buf(&mut self.buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+            },
+            // through the TLS layer: session tickets and the like are not application bytes
+            Io::Tls(io) => {
                 self.buf.reserve(64);
-                matches!(self.io.try_read_buf(&mut self.buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                matches!(
+                    tokio_util::io::poll_read_buf(Pin::new(&mut **io), &mut cx, &mut self.buf),
+                    Poll::Pending
+                )
             }
         }
     }
@@ -219,19 +271,23 @@ impl H1Conn {
         while !self.output_empty() {
             let head = &self.wbuf[self.wpos..];
             let n = if self.data.is_empty() && self.tail.is_empty() {
-                ready!(Pin::new(&mut self.io).poll_write(cx, head))?
+                ready!(self.io.poll_write(cx, head))?
             } else {
                 let slices = [
                     IoSlice::new(head),
                     IoSlice::new(&self.data),
                     IoSlice::new(self.tail),
                 ];
-                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices))?
+                ready!(self.io.poll_write_vectored(cx, &slices))?
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.consume_output(n);
+        }
+        // TLS holds what it encrypted until flushed
+        if let Io::Tls(io) = &mut self.io {
+            ready!(Pin::new(&mut **io).poll_flush(cx))?;
         }
         self.wbuf.clear();
         self.wpos = 0;
@@ -258,9 +314,23 @@ impl H1Conn {
             self.buf.reserve(self.read_size);
         }
         let spare = self.buf.capacity() - self.buf.len();
+        let io = match &mut self.io {
+            Io::Tcp(io) => io,
+            Io::Tls(io) => {
+                let n = ready!(tokio_util::io::poll_read_buf(
+                    Pin::new(&mut **io),
+                    cx,
+                    &mut self.buf
+                ))?;
+                if n == spare {
+                    self.read_size = (self.read_size * 2).min(MAX_READ);
+                }
+                return Poll::Ready(Ok(n));
+            }
+        };
         loop {
             let mut got = 0;
-            let (io, buf) = (&self.io, &mut self.buf);
+            let buf = &mut self.buf;
             let res = io.try_io(Interest::READABLE, || {
                 let n = io.try_read_buf(buf)?;
                 got = n;
@@ -281,7 +351,7 @@ impl H1Conn {
                     if got > 0 {
                         return Poll::Ready(Ok(got));
                     }
-                    ready!(self.io.poll_read_ready(cx))?;
+                    ready!(io.poll_read_ready(cx))?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(e)),
@@ -417,12 +487,12 @@ pub(crate) async fn exchange(
     req: &Request<RequestBody>,
     received: Version,
     body: Option<RequestBody>,
-    addr: SocketAddr,
-    max_idle: usize,
+    release: Release,
 ) -> Result<EngineResponse, Failed> {
     let is_head = req.method() == Method::HEAD;
     conn.requests = conn.requests.saturating_add(1);
-    let mut req = encode_head(&mut conn.wbuf, req, received, body);
+    let via = release.pool.guard().map(|g| g.hop.via_line(received));
+    let mut req = encode_head(&mut conn.wbuf, req, via, body);
     let mut received = false;
     let mut send_failed = false;
     let head = std::future::poll_fn(|cx| {
@@ -468,7 +538,7 @@ pub(crate) async fn exchange(
             reusable &= req.is_none() && conn.buf.is_empty();
             if reusable {
                 conn.read_size = MIN_READ;
-                release_h1_conn(addr, conn, max_idle);
+                release.pool.release_h1(release.key, conn, release.max_idle);
             }
             UpstreamBody::full(bytes)
         }
@@ -486,8 +556,7 @@ pub(crate) async fn exchange(
                 req,
                 state,
                 reusable,
-                addr,
-                max_idle,
+                release,
             })
         }
     };
@@ -505,7 +574,7 @@ pub(crate) async fn exchange(
 fn encode_head(
     out: &mut Vec<u8>,
     parts: &Request<RequestBody>,
-    received: Version,
+    via: Option<&[u8]>,
     body: Option<RequestBody>,
 ) -> Option<ReqBody> {
     out.clear();
@@ -517,7 +586,9 @@ fn encode_head(
     for (name, value) in parts.headers() {
         put_field(out, name, value);
     }
-    put_via(out, received);
+    if let Some(via) = via {
+        out.extend_from_slice(via);
+    }
     let rb = body.map(|body| {
         let declared = parts
             .headers()
@@ -800,7 +871,9 @@ impl H1Body {
             && conn.output_empty()
         {
             conn.read_size = MIN_READ;
-            release_h1_conn(self.addr, conn, self.max_idle);
+            self.release
+                .pool
+                .release_h1(self.release.key, conn, self.release.max_idle);
         }
         self.req = None;
     }

@@ -41,7 +41,7 @@
 //!             service_account: None,
 //!             istio_tls: false,
 //!         });
-//!         connector.oneshot(req)
+//!         connector.clone().oneshot(req)
 //!     })
 //! });
 //! let config = EngineConfig { concurrency: 2, ..EngineConfig::new("127.0.0.1:0".parse().unwrap()) };
@@ -121,13 +121,16 @@ pub mod headers;
 mod limits;
 mod listener;
 pub mod loops;
+pub mod pool;
 mod reqbody;
 mod stack;
+pub mod tls;
 pub mod upstream;
 mod worker;
 
 pub use limits::Limits;
 pub use loops::OwnAddrs;
+pub use pool::{Pool, PoolKey};
 pub use reqbody::{RequestBody, RequestBodyError};
 pub use stack::{Reloadable, StackFactory, WorkerContext};
 pub use upstream::{Connector, ConnectorFuture, EngineResponse, UpstreamBody, UpstreamBodyError};
@@ -148,6 +151,8 @@ pub struct EngineConfig {
     /// one proxy the same set (and add its other listeners, e.g. an admin one) so that none
     /// forwards to another. Default: a set of the engine's own.
     pub own_addrs: OwnAddrs,
+    /// Where the workers' connectors originate TLS ([`tls`]). Default: never (plaintext).
+    pub upstream_tls: Option<Arc<dyn tls::UpstreamTls>>,
 }
 
 /// A running engine: its workers, its address, its drain.
@@ -175,6 +180,7 @@ pub struct BoundEngine {
     listeners: Vec<std::net::TcpListener>,
     limits: Limits,
     own_addrs: OwnAddrs,
+    upstream_tls: Option<Arc<dyn tls::UpstreamTls>>,
 }
 
 /// The engine's readiness, for an admin `/ready` endpoint: cheap to clone, `Send + Sync`.
@@ -207,6 +213,7 @@ impl EngineConfig {
             concurrency: 1,
             limits: Limits::default(),
             own_addrs: OwnAddrs::new(),
+            upstream_tls: None,
         }
     }
 }
@@ -236,6 +243,7 @@ impl BoundEngine {
             listeners,
             limits,
             own_addrs,
+            upstream_tls,
         } = self;
         // before any worker forwards: no connector of this proxy connects to it
         own_addrs.add(local_addr);
@@ -269,6 +277,7 @@ impl BoundEngine {
                 factory: factory.clone(),
                 limits: limits.clone(),
                 guard: guard.clone(),
+                upstream_tls: upstream_tls.clone(),
                 control: control_rx.clone(),
                 shared: shared.clone(),
                 started: started_tx.clone(),
@@ -338,6 +347,7 @@ impl Engine {
             listeners,
             limits: config.limits,
             own_addrs: config.own_addrs,
+            upstream_tls: config.upstream_tls,
         })
     }
 

@@ -13,6 +13,7 @@ use mesh_core::MeshBody;
 use tower_service::Service;
 
 use crate::limits::Limits;
+use crate::pool::Pool;
 use crate::upstream::{Connector, UpstreamBody};
 
 /// Builds one worker's service stack: the contract between the engine and the layers.
@@ -80,7 +81,7 @@ use crate::upstream::{Connector, UpstreamBody};
 ///                 service_account: None,
 ///                 istio_tls: false,
 ///             });
-///             connector.oneshot(req)
+///             connector.clone().oneshot(req)
 ///         })
 ///     },
 /// ));
@@ -135,11 +136,21 @@ pub struct Reloadable<T, B> {
 // === impl WorkerContext ===
 
 impl WorkerContext {
-    pub(crate) fn new(index: usize, workers: usize, limits: Arc<Limits>) -> Self {
+    pub(crate) fn new(
+        index: usize,
+        workers: usize,
+        limits: Arc<Limits>,
+        pool: Pool,
+        upstream_tls: Option<Arc<dyn crate::tls::UpstreamTls>>,
+    ) -> Self {
+        let mut connector = Connector::with_pool(limits.connect_timeout, pool);
+        if let Some(tls) = upstream_tls {
+            connector = connector.with_tls(tls);
+        }
         WorkerContext {
             index,
             workers,
-            connector: Connector::new(limits.connect_timeout),
+            connector,
             limits,
         }
     }
@@ -154,10 +165,11 @@ impl WorkerContext {
         self.workers
     }
 
-    /// The connector to put innermost in the stack: pooled upstream connections of this
-    /// worker, with the engine's `connectTimeout`.
+    /// The connector to put innermost in the stack: this worker's pool of upstream
+    /// connections (owned by the worker, shared by every stack it builds), with the engine's
+    /// `connectTimeout`.
     pub fn connector(&self) -> Connector {
-        self.connector
+        self.connector.clone()
     }
 
     /// The engine's limits.

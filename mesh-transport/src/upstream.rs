@@ -82,13 +82,11 @@
 //! assert_eq!(connector.connect_timeout(), Duration::from_secs(1));
 //! ```
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -103,10 +101,12 @@ use mesh_core::ResponseFlags;
 use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamPool, local_reply};
 use tokio::net::TcpStream;
 
-use crate::h1client::{self, FailKind, H1Body, H1Conn};
+use crate::h1client::{self, FailKind, H1Body, H1Conn, Io};
 use crate::headers::strip_hop_by_hop;
-use crate::loops::{Guard, Loop, loop_reply};
+use crate::loops::{Loop, loop_reply};
+use crate::pool::{DEFAULT_MAX_IDLE_PER_ENDPOINT, Pool, PoolKey, SWEEP_EVERY};
 use crate::reqbody::RequestBody;
+use crate::tls::{ClientTls, UpstreamTls};
 
 /// The response type of every stack: the upstream's body or a local one.
 pub type EngineResponse = Response<MeshBody<UpstreamBody>>;
@@ -124,9 +124,6 @@ enum BodyKind {
 /// The error of an [`UpstreamBody`]: the upstream reset, closed or broke framing mid-body.
 pub type UpstreamBodyError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How often idle HTTP/1.1 connections are checked for an upstream close.
-const SWEEP_EVERY: Duration = Duration::from_secs(2);
-
 /// How many sweeps an idle HTTP/1.1 connection is kept: its cluster's
 /// `connectionPool.http.idleTimeout`, by default one hour (Envoy's default upstream
 /// `idle_timeout`), rounded up to whole sweeps.
@@ -136,16 +133,14 @@ pub(crate) fn idle_sweeps(pool: &UpstreamPool) -> u32 {
     u32::try_from(timeout.div_ceil(every).max(1)).unwrap_or(u32::MAX)
 }
 
-/// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed when released.
-const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 1024;
-
-/// The innermost service: forwards a request to its [`SelectedEndpoint`] over pooled
-/// connections. Cheap to clone (two words); every clone on a thread shares that thread's
-/// pool.
-#[derive(Debug, Clone, Copy)]
+/// The innermost service: forwards a request to its [`SelectedEndpoint`] over the
+/// connections of its [`Pool`]. Cheap to clone; clones share the pool.
+#[derive(Debug, Clone)]
 pub struct Connector {
     connect_timeout: Duration,
     max_idle_per_endpoint: usize,
+    pool: Pool,
+    tls: Option<Arc<dyn UpstreamTls>>,
 }
 
 /// The future of [`Connector::call`](tower_service::Service::call).
@@ -158,37 +153,6 @@ enum Inner {
     Ready(Option<EngineResponse>),
     Forward(Pin<Box<dyn Future<Output = EngineResponse> + Send>>),
 }
-
-thread_local! {
-    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
-}
-
-/// A thread's pool: per endpoint address, its idle connections.
-#[derive(Default)]
-struct Pool {
-    endpoints: HashMap<SocketAddr, Endpoint, BuildHasherDefault<AddrHasher>>,
-    /// A sweep task is scheduled on this thread.
-    sweeping: bool,
-    /// Sweeps so far: the clock of idle connections (no clock read per request).
-    epoch: u32,
-    /// On an engine worker: the proxy's own addresses and the listener's `Via` marker.
-    guard: Option<Guard>,
-}
-
-#[derive(Default)]
-struct Endpoint {
-    /// Idle HTTP/1.1 connections, most recently used last.
-    // Boxed on purpose: a connection moves pool → request → pool on every request.
-    #[allow(clippy::vec_box)]
-    h1_idle: Vec<Box<H1Conn>>,
-    /// The shared HTTP/2 connection.
-    h2: Option<http2::SendRequest<RequestBody>>,
-}
-
-/// FxHash's multiply-rotate over the few words of a `SocketAddr`: the keys are endpoint
-/// addresses from configuration, not client input, so a DoS-resistant hash buys nothing.
-#[derive(Default)]
-struct AddrHasher(u64);
 
 /// Why sending failed, for the local reply.
 enum SendFailure {
@@ -205,13 +169,31 @@ enum SendFailure {
 // === impl Connector ===
 
 impl Connector {
-    /// A connector giving up on a TCP connect (and, for HTTP/2, the handshake) after
-    /// `connect_timeout`.
+    /// A connector with a pool of its own, giving up on a TCP connect (and, for HTTP/2,
+    /// the handshake) after `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> Self {
+        Connector::with_pool(connect_timeout, Pool::new())
+    }
+
+    /// A connector on `pool` (shared with its other connectors).
+    pub fn with_pool(connect_timeout: Duration, pool: Pool) -> Self {
         Connector {
             connect_timeout,
             max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
+            pool,
+            tls: None,
         }
+    }
+
+    /// Originates TLS where `tls` says so (see [`tls`](crate::tls)).
+    pub fn with_tls(mut self, tls: Arc<dyn UpstreamTls>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The pool this connector takes its connections from.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// Sets how many idle HTTP/1.1 connections per endpoint the pool keeps (default 1024).
@@ -225,14 +207,10 @@ impl Connector {
         self.connect_timeout
     }
 
-    /// Idle HTTP/1.1 connections this thread's pool holds for `addr` (for tests and stats).
-    pub fn idle_connections(addr: SocketAddr) -> usize {
-        POOL.with(|p| {
-            p.borrow_mut().endpoints.get_mut(&addr).map_or(0, |e| {
-                e.h1_idle.retain_mut(|c| c.idle_ok());
-                e.h1_idle.len()
-            })
-        })
+    /// Idle HTTP/1.1 connections this connector's pool holds for `addr` (for tests and
+    /// stats).
+    pub fn idle_connections(&self, addr: SocketAddr) -> usize {
+        self.pool.idle_connections(addr)
     }
 }
 
@@ -266,16 +244,30 @@ where
             ))));
         };
         let (addr, h2) = (ep.addr, ep.http2);
-        let this = *self;
+        let tls = match &self.tls {
+            Some(t) => t.client_tls(req.extensions(), ep),
+            None => None,
+        };
+        let this = self.clone();
         let req = req.map(RequestBody::new);
         // Two separate futures (each boxed at its own, smaller size) rather than one holding
         // both paths: the box is written once per request.
         ConnectorFuture(Inner::Forward(if h2 {
-            Box::pin(this.forward_h2(addr, req))
+            Box::pin(this.forward_h2(addr, tls, req))
         } else {
-            Box::pin(this.forward_h1(addr, pool, req))
+            Box::pin(this.forward_h1(addr, pool, tls, req))
         }))
     }
+}
+
+/// The TLS handshake to an upstream, over a connected socket.
+async fn handshake(
+    tls: &ClientTls,
+    stream: TcpStream,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tokio_rustls::TlsConnector::from(tls.config.clone())
+        .connect(tls.server_name.clone(), stream)
+        .await
 }
 
 /// The upstream's response as the stack's: hop-by-hop headers removed, body wrapped.
@@ -285,44 +277,12 @@ fn into_engine_response(res: Response<Incoming>) -> EngineResponse {
     Response::from_parts(parts, MeshBody::inner(UpstreamBody::from_incoming(body)))
 }
 
-/// Returns an HTTP/1.1 connection whose exchange is over to this thread's pool.
-pub(crate) fn release_h1_conn(addr: SocketAddr, conn: Box<H1Conn>, max: usize) {
-    let start_sweep = POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        p.push_h1(addr, conn, max);
-        !std::mem::replace(&mut p.sweeping, true)
-    });
-    if start_sweep {
-        let current_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
-        if current_thread {
-            // A current-thread runtime polls its tasks on this thread: the task sees this
-            // thread's pool.
-            tokio::spawn(sweep_idle());
-        } else {
-            POOL.with(|p| p.borrow_mut().sweeping = false);
-        }
-    }
-}
-
-/// Every [`SWEEP_EVERY`], drops the idle connections the upstream closed; ends (and is
-/// started again by the next release) when the pool holds none.
-async fn sweep_idle() {
-    loop {
-        tokio::time::sleep(SWEEP_EVERY).await;
-        let left = POOL.with(|p| p.borrow_mut().sweep());
-        if left == 0 {
-            POOL.with(|p| p.borrow_mut().sweeping = false);
-            return;
-        }
-    }
-}
-
 impl Connector {
     async fn forward_h1(
         self,
         addr: SocketAddr,
         pool: UpstreamPool,
+        tls: Option<ClientTls>,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
         // the protocol the request was received in, for its `Via` entry
@@ -332,13 +292,17 @@ impl Connector {
         // stays in `req`, borrowed by each attempt: no move of the request's parts.)
         let mut body = (!http_body::Body::is_end_stream(req.body()))
             .then(|| std::mem::replace(req.body_mut(), RequestBody::empty()));
+        let key = PoolKey {
+            addr,
+            tls: tls.as_ref().map_or(0, |t| t.key),
+        };
         loop {
-            let pooled = POOL.with(|p| p.borrow_mut().pop_h1(addr));
+            let pooled = self.pool.pop_h1(&key);
             let reused = pooled.is_some();
             let mut conn = match pooled {
                 Some(c) => c,
                 // boxed: keeps the connect state out of every request's future
-                None => match Box::pin(self.connect_h1(addr)).await {
+                None => match Box::pin(self.connect_h1(addr, tls.as_ref())).await {
                     Ok(c) => c,
                     Err(f) => return f.reply(),
                 },
@@ -350,8 +314,11 @@ impl Connector {
                 &req,
                 received,
                 body.take(),
-                addr,
-                self.max_idle_per_endpoint,
+                h1client::Release {
+                    pool: self.pool.clone(),
+                    key,
+                    max_idle: self.max_idle_per_endpoint,
+                },
             );
             match exchange.await {
                 Ok(res) => return res,
@@ -368,32 +335,50 @@ impl Connector {
         }
     }
 
-    async fn connect_h1(&self, addr: SocketAddr) -> Result<Box<H1Conn>, SendFailure> {
-        refuse_own(addr)?;
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+    async fn connect_h1(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&ClientTls>,
+    ) -> Result<Box<H1Conn>, SendFailure> {
+        self.refuse_own(addr)?;
+        let connect = async {
+            let stream = TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            Ok::<_, std::io::Error>(match tls {
+                None => Io::Tcp(stream),
+                Some(t) => Io::Tls(Box::new(handshake(t, stream).await?)),
+            })
+        };
+        // the handshake counts against the connect timeout, as Envoy's does
+        let io = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| SendFailure::Connect)?
             .map_err(|_| SendFailure::Connect)?;
-        let _ = stream.set_nodelay(true);
-        Ok(H1Conn::new(stream))
+        Ok(H1Conn::with_io(io))
     }
 
-    async fn forward_h2(self, addr: SocketAddr, mut req: Request<RequestBody>) -> EngineResponse {
+    async fn forward_h2(
+        self,
+        addr: SocketAddr,
+        tls: Option<ClientTls>,
+        mut req: Request<RequestBody>,
+    ) -> EngineResponse {
         let received = req.version();
         if prepare_h2(&mut req).is_err() {
             return SendFailure::BadRequest.reply();
         }
         // after the hop-by-hop fields are gone: `Connection: via` cannot remove this one
-        append_via(&mut req, received);
-        let pooled = POOL.with(|p| p.borrow_mut().get_h2(addr));
+        self.append_via(&mut req, received);
+        let key = PoolKey {
+            addr,
+            tls: tls.as_ref().map_or(0, |t| t.key),
+        };
+        let pooled = self.pool.get_h2(&key);
         let mut sender = match pooled {
             Some(s) => s,
-            None => match Box::pin(self.connect_h2(addr)).await {
+            None => match Box::pin(self.connect_h2(addr, tls.as_ref())).await {
                 Ok(s) => {
-                    let shared = s.clone();
-                    POOL.with(|p| {
-                        p.borrow_mut().endpoints.entry(addr).or_default().h2 = Some(shared)
-                    });
+                    self.pool.put_h2(key, s.clone());
                     s
                 }
                 Err(f) => return f.reply(),
@@ -410,65 +395,64 @@ impl Connector {
     async fn connect_h2(
         &self,
         addr: SocketAddr,
+        tls: Option<&ClientTls>,
     ) -> Result<http2::SendRequest<RequestBody>, SendFailure> {
-        refuse_own(addr)?;
+        self.refuse_own(addr)?;
         let connect = async {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
-            http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(std::io::Error::other)
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            // the connection task runs on its own; only the sender is kept
+            let sender = match tls {
+                None => {
+                    let (sender, conn) = builder
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    tokio::spawn(conn);
+                    sender
+                }
+                Some(t) => {
+                    let stream = handshake(t, stream).await?;
+                    let (sender, conn) = builder
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    tokio::spawn(conn);
+                    sender
+                }
+            };
+            Ok::<_, std::io::Error>(sender)
         };
-        let (sender, conn) = tokio::time::timeout(self.connect_timeout, connect)
+        let sender = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| SendFailure::Connect)?
             .map_err(|_| SendFailure::Connect)?;
-        tokio::spawn(conn);
         Ok(sender)
     }
 }
 
-/// Installs the loop checks of this thread's connector (an engine worker, at its start).
-pub(crate) fn install_guard(guard: Guard) {
-    POOL.with(|p| p.borrow_mut().guard = Some(guard));
-}
-
-/// `Err(Loop)` when `addr` is one of the proxy's own listeners (see [`OwnAddrs`]).
-///
-/// [`OwnAddrs`]: crate::OwnAddrs
-fn refuse_own(addr: SocketAddr) -> Result<(), SendFailure> {
-    let own = POOL.with(|p| {
-        p.try_borrow()
-            .is_ok_and(|p| p.guard.as_ref().is_some_and(|g| g.own.reaches(addr)))
-    });
-    if own { Err(SendFailure::Loop) } else { Ok(()) }
-}
-
-/// Writes this listener's `Via` field (for a request received as `received`) into an
-/// HTTP/1.1 request head; nothing off an engine worker.
-#[inline]
-pub(crate) fn put_via(out: &mut Vec<u8>, received: Version) {
-    POOL.with(|p| {
-        if let Ok(p) = p.try_borrow()
-            && let Some(g) = &p.guard
-        {
-            out.extend_from_slice(g.hop.via_line(received));
+impl Connector {
+    /// `Err(Loop)` when `addr` is one of the proxy's own listeners (see [`OwnAddrs`]).
+    ///
+    /// [`OwnAddrs`]: crate::OwnAddrs
+    fn refuse_own(&self, addr: SocketAddr) -> Result<(), SendFailure> {
+        if self.pool.guard().is_some_and(|g| g.own.reaches(addr)) {
+            Err(SendFailure::Loop)
+        } else {
+            Ok(())
         }
-    });
-}
+    }
 
-/// Appends this listener's `Via` value (for a request received as `received`) to a
-/// request (for an HTTP/2 upstream: hyper writes the head); nothing off an engine worker.
-fn append_via<B>(req: &mut Request<B>, received: Version) {
-    let via = POOL.with(|p| {
-        p.try_borrow()
-            .ok()
-            .and_then(|p| p.guard.as_ref().map(|g| g.hop.via(received).clone()))
-    });
-    if let Some(v) = via {
-        req.headers_mut().append(header::VIA, v);
+    /// Appends this listener's `Via` value (for a request received as `received`) to a
+    /// request (for an HTTP/2 upstream: hyper writes the head); nothing off an engine
+    /// worker.
+    fn append_via<B>(&self, req: &mut Request<B>, received: Version) {
+        if let Some(g) = self.pool.guard() {
+            req.headers_mut()
+                .append(header::VIA, g.hop.via(received).clone());
+        }
     }
 }
 
@@ -631,100 +615,6 @@ impl std::fmt::Debug for UpstreamBody {
     }
 }
 
-// === impl Pool ===
-
-impl Pool {
-    fn pop_h1(&mut self, addr: SocketAddr) -> Option<Box<H1Conn>> {
-        let ep = self.endpoints.get_mut(&addr)?;
-        while let Some(mut c) = ep.h1_idle.pop() {
-            if c.idle_ok() {
-                return Some(c);
-            }
-        }
-        None
-    }
-
-    fn push_h1(&mut self, addr: SocketAddr, mut conn: Box<H1Conn>, max: usize) {
-        if conn.spent() {
-            return; // `maxRequestsPerConnection` reached: closed
-        }
-        conn.idle_since = self.epoch;
-        let ep = self.endpoints.entry(addr).or_default();
-        if ep.h1_idle.len() < max {
-            ep.h1_idle.push(conn);
-        }
-    }
-
-    /// Drops idle connections that are no longer usable or idle for longer than their
-    /// idle timeout; returns how many are left.
-    fn sweep(&mut self) -> usize {
-        self.epoch = self.epoch.wrapping_add(1);
-        let epoch = self.epoch;
-        let mut left = 0;
-        for ep in self.endpoints.values_mut() {
-            ep.h1_idle
-                .retain_mut(|c| epoch.wrapping_sub(c.idle_since) < c.idle_sweeps && c.idle_ok());
-            left += ep.h1_idle.len();
-        }
-        left
-    }
-
-    fn get_h2(&mut self, addr: SocketAddr) -> Option<http2::SendRequest<RequestBody>> {
-        let ep = self.endpoints.get_mut(&addr)?;
-        match &ep.h2 {
-            Some(s) if s.is_ready() => Some(s.clone()),
-            Some(_) => {
-                ep.h2 = None;
-                None
-            }
-            None => None,
-        }
-    }
-}
-
-// === impl AddrHasher ===
-
-impl Hasher for AddrHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl AddrHasher {
-    #[inline]
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
 // === impl SendFailure ===
 
 impl SendFailure {
@@ -858,57 +748,5 @@ mod tests {
     fn h2_target_without_any_authority_is_refused() {
         let mut req = Request::builder().uri("/x").body(()).unwrap();
         assert!(prepare_h2(&mut req).is_err());
-    }
-
-    /// Envoy's upstream `idle_timeout`: an idle connection is closed after the limit (here
-    /// counted in sweeps), one in use meanwhile starts its idle time again.
-    #[tokio::test]
-    async fn idle_connections_close_after_the_idle_limit() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accept = tokio::spawn(async move {
-            let mut kept = Vec::new();
-            for _ in 0..2 {
-                kept.push(listener.accept().await.unwrap().0);
-            }
-            kept
-        });
-        let a = H1Conn::new(TcpStream::connect(addr).await.unwrap());
-        let b = H1Conn::new(TcpStream::connect(addr).await.unwrap());
-        let _server_side = accept.await.unwrap();
-        // idleTimeout 6s: three sweeps of two seconds
-        let six = UpstreamPool {
-            idle_timeout: Some(Duration::from_secs(6)),
-            ..UpstreamPool::default()
-        };
-        assert_eq!(idle_sweeps(&six), 3);
-        assert_eq!(
-            idle_sweeps(&UpstreamPool::default()),
-            1800,
-            "Envoy's default: 1h"
-        );
-        let (mut a, mut b) = (a, b);
-        a.configure(six);
-        b.configure(six);
-        let mut pool = Pool::default();
-        pool.push_h1(addr, a, 10);
-        assert_eq!(pool.sweep(), 1);
-        pool.push_h1(addr, b, 10); // idle from the first sweep on
-        assert_eq!(pool.sweep(), 2);
-        assert_eq!(pool.sweep(), 1, "the first is three sweeps idle");
-        let b = pool.pop_h1(addr).unwrap(); // used again
-        pool.push_h1(addr, b, 10);
-        assert_eq!(pool.sweep(), 1);
-        assert_eq!(pool.sweep(), 1);
-        assert_eq!(pool.sweep(), 0);
-    }
-
-    #[test]
-    fn addr_hasher_spreads_ports() {
-        use std::hash::{BuildHasher, BuildHasherDefault};
-        let b = BuildHasherDefault::<AddrHasher>::default();
-        let a: SocketAddr = "127.0.0.1:80".parse().unwrap();
-        let c: SocketAddr = "127.0.0.1:81".parse().unwrap();
-        assert_ne!(b.hash_one(a), b.hash_one(c));
     }
 }

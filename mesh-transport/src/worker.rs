@@ -28,6 +28,8 @@ pub(crate) struct Spawn<F> {
     pub(crate) limits: Arc<Limits>,
     /// The loop checks of the engine (own addresses, `Via` marker).
     pub(crate) guard: Guard,
+    /// Where the worker's connectors originate TLS.
+    pub(crate) upstream_tls: Option<std::sync::Arc<dyn crate::tls::UpstreamTls>>,
     pub(crate) control: watch::Receiver<Phase>,
     pub(crate) shared: Arc<Shared>,
     /// Told once the worker accepts (or why it could not start).
@@ -50,6 +52,7 @@ fn run<F: StackFactory>(spawn: Spawn<F>) {
         factory,
         limits,
         guard,
+        upstream_tls,
         mut control,
         shared,
         started,
@@ -74,10 +77,11 @@ fn run<F: StackFactory>(spawn: Spawn<F>) {
                 return;
             }
         };
-        let ctx = WorkerContext::new(index, shared.workers, limits.clone());
         let hop = guard.hop.clone();
-        // the connector on this thread refuses the proxy's own addresses and marks requests
-        crate::upstream::install_guard(guard);
+        // the worker's pool: its connectors refuse the proxy's own addresses and mark
+        // requests with the listener's `Via` entry
+        let pool = crate::pool::Pool::with_guard(guard);
+        let ctx = WorkerContext::new(index, shared.workers, limits.clone(), pool, upstream_tls);
         let worker = Rc::new(Worker::new(factory, ctx, limits.clone(), hop));
         shared.listening.fetch_add(1, Ordering::AcqRel);
         let _ = started.send(Ok(()));

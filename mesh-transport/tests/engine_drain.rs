@@ -161,7 +161,7 @@ impl tower::Service<Request<hyper::body::Incoming>> for Marker {
                 istio_tls: false,
             });
         let marker = self.marker;
-        let fut = self.connector.oneshot(req);
+        let fut = self.connector.clone().oneshot(req);
         Box::pin(async move {
             let mut res = fut.await?;
             res.headers_mut()

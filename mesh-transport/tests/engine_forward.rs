@@ -67,7 +67,7 @@ async fn absolute_form_target_replaces_host_for_the_stack_and_the_upstream() {
                 service_account: None,
                 istio_tls: false,
             });
-            let fut = connector.oneshot(req);
+            let fut = connector.clone().oneshot(req);
             async move {
                 let mut res = fut.await?;
                 if let Some(h) = seen {

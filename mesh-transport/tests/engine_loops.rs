@@ -41,7 +41,7 @@ fn start_to(listen: &str, own: OwnAddrs, target: Target, other: SocketAddr, h2: 
                 service_account: None,
                 istio_tls: false,
             });
-            connector.oneshot(req)
+            connector.clone().oneshot(req)
         })
     });
     let config = EngineConfig {

@@ -160,7 +160,7 @@ impl tower::Service<Request<Incoming>> for ForwardSvc {
             });
         }
         let worker = self.worker;
-        let fut = self.connector.oneshot(req);
+        let fut = self.connector.clone().oneshot(req);
         Box::pin(async move {
             let mut res = fut.await?;
             res.headers_mut().insert("x-worker", worker.into());

@@ -1,0 +1,323 @@
+//! The upstream connection pool, an explicit handle owned by whoever makes connectors.
+//!
+//! A [`Pool`] holds, per [`PoolKey`] (an endpoint address and the TLS identity its
+//! connections were made with), a LIFO stack of idle HTTP/1.1 connections and one shared
+//! HTTP/2 connection. An engine worker makes one pool for its thread and hands every stack
+//! it builds a [`Connector`](crate::Connector) on it ([`WorkerContext::connector`]), so a
+//! worker's requests never touch another worker's pool and its lock is never contended; an
+//! in-process client makes one with [`Pool::new`] and shares it across its threads.
+//!
+//! Idle HTTP/1.1 connections are checked for an upstream close when taken (no system call
+//! unless the socket became readable) and swept every [`SWEEP_EVERY`] by a task the pool
+//! starts on the current tokio runtime when it first holds an idle connection (and stops
+//! when it holds none, or is dropped).
+//!
+//! [`WorkerContext::connector`]: crate::WorkerContext::connector
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use hyper::client::conn::http2;
+
+use crate::h1client::H1Conn;
+use crate::loops::Guard;
+use crate::reqbody::RequestBody;
+
+/// How often idle HTTP/1.1 connections are checked for an upstream close.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+/// Idle HTTP/1.1 connections kept per endpoint; more are closed when released.
+pub(crate) const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 1024;
+
+/// What pooled connections are keyed by: the endpoint, and the TLS identity (client
+/// certificate and expected peer) they were made with, so that connections made for one
+/// identity never serve another. `tls: 0` is plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The endpoint's address.
+    pub addr: SocketAddr,
+    /// The TLS identity's key ([`ClientTls::key`](crate::tls::ClientTls::key)); 0 for
+    /// plaintext.
+    pub tls: u64,
+}
+
+/// A pool of upstream connections; cheap to clone (an `Arc`), clones share it.
+#[derive(Clone, Default)]
+pub struct Pool(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    /// On an engine worker: the proxy's own addresses and the listener's `Via` marker.
+    guard: Option<Guard>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    endpoints: HashMap<PoolKey, Endpoint, BuildHasherDefault<AddrHasher>>,
+    /// A sweep task runs.
+    sweeping: bool,
+    /// Sweeps so far: the clock of idle connections (no clock read per request).
+    epoch: u32,
+}
+
+#[derive(Default)]
+struct Endpoint {
+    /// Idle HTTP/1.1 connections, most recently used last.
+    // Boxed on purpose: a connection moves pool → request → pool on every request.
+    #[allow(clippy::vec_box)]
+    h1_idle: Vec<Box<H1Conn>>,
+    /// The shared HTTP/2 connection.
+    h2: Option<http2::SendRequest<RequestBody>>,
+}
+
+/// FxHash's multiply-rotate over the few words of a key: the keys are endpoint addresses
+/// from configuration, not client input, so a DoS-resistant hash buys nothing.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+// === impl Pool ===
+
+impl Pool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Pool::default()
+    }
+
+    /// An engine worker's pool: its connectors refuse the proxy's own addresses and mark
+    /// requests with the listener's `Via` entry.
+    pub(crate) fn with_guard(guard: Guard) -> Self {
+        Pool(Arc::new(Shared {
+            guard: Some(guard),
+            inner: Mutex::default(),
+        }))
+    }
+
+    /// Idle HTTP/1.1 connections held for `addr` (plaintext), after dropping those the
+    /// upstream closed (for tests and stats).
+    pub fn idle_connections(&self, addr: SocketAddr) -> usize {
+        let key = PoolKey { addr, tls: 0 };
+        self.lock().endpoints.get_mut(&key).map_or(0, |e| {
+            e.h1_idle.retain_mut(|c| c.idle_ok());
+            e.h1_idle.len()
+        })
+    }
+
+    pub(crate) fn guard(&self) -> Option<&Guard> {
+        self.0.guard.as_ref()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle HTTP/1.1 connection to `key` that is still usable, if any.
+    pub(crate) fn pop_h1(&self, key: &PoolKey) -> Option<Box<H1Conn>> {
+        let mut inner = self.lock();
+        let ep = inner.endpoints.get_mut(key)?;
+        while let Some(mut c) = ep.h1_idle.pop() {
+            if c.idle_ok() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Returns an HTTP/1.1 connection whose exchange is over; keeps at most `max` idle ones
+    /// per key. Starts the sweep when the pool had none.
+    pub(crate) fn release_h1(&self, key: PoolKey, mut conn: Box<H1Conn>, max: usize) {
+        let start_sweep = {
+            let mut inner = self.lock();
+            if conn.spent() {
+                return; // `maxRequestsPerConnection` reached: closed
+            }
+            conn.idle_since = inner.epoch;
+            let ep = inner.endpoints.entry(key).or_default();
+            if ep.h1_idle.len() < max {
+                ep.h1_idle.push(conn);
+            }
+            !std::mem::replace(&mut inner.sweeping, true)
+        };
+        if start_sweep {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(sweep(Arc::downgrade(&self.0)));
+                }
+                Err(_) => self.lock().sweeping = false,
+            }
+        }
+    }
+
+    /// The shared HTTP/2 connection to `key`, if it can take a request.
+    pub(crate) fn get_h2(&self, key: &PoolKey) -> Option<http2::SendRequest<RequestBody>> {
+        let mut inner = self.lock();
+        let ep = inner.endpoints.get_mut(key)?;
+        match &ep.h2 {
+            Some(s) if s.is_ready() => Some(s.clone()),
+            Some(_) => {
+                ep.h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps `sender` as the shared HTTP/2 connection to `key`.
+    pub(crate) fn put_h2(&self, key: PoolKey, sender: http2::SendRequest<RequestBody>) {
+        self.lock().endpoints.entry(key).or_default().h2 = Some(sender);
+    }
+}
+
+#[cfg(test)]
+impl Pool {
+    fn sweep_now(&self) -> usize {
+        self.lock().sweep()
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("endpoints", &self.lock().endpoints.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every [`SWEEP_EVERY`], drops the idle connections the upstream closed or that were idle
+/// too long; ends when the pool holds none (the next release starts it again) or is gone.
+async fn sweep(pool: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(shared) = pool.upgrade() else { return };
+        let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.sweep() == 0 {
+            inner.sweeping = false;
+            return;
+        }
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    /// Drops idle connections that are no longer usable or idle for longer than their
+    /// idle timeout; returns how many are left.
+    fn sweep(&mut self) -> usize {
+        self.epoch = self.epoch.wrapping_add(1);
+        let epoch = self.epoch;
+        let mut left = 0;
+        for ep in self.endpoints.values_mut() {
+            ep.h1_idle
+                .retain_mut(|c| epoch.wrapping_sub(c.idle_since) < c.idle_sweeps && c.idle_ok());
+            left += ep.h1_idle.len();
+        }
+        left
+    }
+}
+
+// === impl AddrHasher ===
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl AddrHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::idle_sweeps;
+    use mesh_core::ext::UpstreamPool;
+    use tokio::net::TcpStream;
+
+    /// Envoy's upstream `idle_timeout`: an idle connection is closed after the limit (here
+    /// counted in sweeps), one in use meanwhile starts its idle time again.
+    #[tokio::test]
+    async fn idle_connections_close_after_the_idle_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            for _ in 0..2 {
+                kept.push(listener.accept().await.unwrap().0);
+            }
+            kept
+        });
+        let a = H1Conn::new(TcpStream::connect(addr).await.unwrap());
+        let b = H1Conn::new(TcpStream::connect(addr).await.unwrap());
+        let _server_side = accept.await.unwrap();
+        // idleTimeout 6s: three sweeps of two seconds
+        let six = UpstreamPool {
+            idle_timeout: Some(Duration::from_secs(6)),
+            ..UpstreamPool::default()
+        };
+        assert_eq!(idle_sweeps(&six), 3);
+        assert_eq!(
+            idle_sweeps(&UpstreamPool::default()),
+            1800,
+            "Envoy's default: 1h"
+        );
+        let (mut a, mut b) = (a, b);
+        a.configure(six);
+        b.configure(six);
+        let pool = Pool::default();
+        let key = PoolKey { addr, tls: 0 };
+        pool.release_h1(key, a, 10);
+        assert_eq!(pool.sweep_now(), 1);
+        pool.release_h1(key, b, 10); // idle from the first sweep on
+        assert_eq!(pool.sweep_now(), 2);
+        assert_eq!(pool.sweep_now(), 1, "the first is three sweeps idle");
+        let b = pool.pop_h1(&key).unwrap(); // used again
+        pool.release_h1(key, b, 10);
+        assert_eq!(pool.sweep_now(), 1);
+        assert_eq!(pool.sweep_now(), 1);
+        assert_eq!(pool.sweep_now(), 0);
+    }
+
+    #[test]
+    fn addr_hasher_spreads_ports() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let b = BuildHasherDefault::<AddrHasher>::default();
+        let a: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:81".parse().unwrap();
+        assert_ne!(b.hash_one(a), b.hash_one(c));
+    }
+}

@@ -1,0 +1,76 @@
+//! Where TLS plugs into the transport: rustls configurations handed in from outside.
+//!
+//! The transport does the handshakes (rustls through `tokio-rustls`, one crypto provider:
+//! ring) but decides nothing about identities: whoever knows them (`mesh-tls`, with the
+//! workload's SPIFFE certificate, DestinationRule `tls` and Istio's auto mTLS; or your own
+//! code) implements [`UpstreamTls`] and hands it to the connector
+//! ([`Connector::with_tls`](crate::Connector::with_tls), or
+//! [`EngineConfig::upstream_tls`](crate::EngineConfig::upstream_tls) for every worker's
+//! connector).
+//!
+//! - Per request, [`UpstreamTls::client_tls`] says whether (and how) to originate TLS to the
+//!   endpoint the balancer chose: a `rustls::ClientConfig` (trust roots, client certificate,
+//!   ALPN), the server name to send and verify, and a [`ClientTls::key`] naming the identity.
+//! - Pooled connections are keyed by endpoint *and* that key ([`PoolKey`]): a connection
+//!   made for one identity never carries a request that wants another, nor a plaintext one.
+//! - A handshake that fails (untrusted peer, wrong name, timeout within `connectTimeout`) is
+//!   a connect failure: `503` with flag `UF`, as Envoy reports TLS errors to upstreams.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use mesh_core::ext::SelectedEndpoint;
+//! use mesh_transport::tls::{ClientTls, UpstreamTls};
+//!
+//! /// TLS to every endpoint on port 443, verified against `roots`.
+//! #[derive(Debug)]
+//! struct Https(Arc<rustls::ClientConfig>);
+//!
+//! impl UpstreamTls for Https {
+//!     fn client_tls(&self, _req: &http::Extensions, ep: &SelectedEndpoint) -> Option<ClientTls> {
+//!         (ep.addr.port() == 443).then(|| ClientTls {
+//!             config: self.0.clone(),
+//!             server_name: rustls::pki_types::ServerName::IpAddress(ep.addr.ip().into()),
+//!             key: 1,
+//!         })
+//!     }
+//! }
+//! ```
+//!
+//! [`PoolKey`]: crate::PoolKey
+
+use std::fmt;
+use std::sync::Arc;
+
+use mesh_core::ext::SelectedEndpoint;
+use rustls::pki_types::ServerName;
+
+/// Decides, per request, whether the connector originates TLS to the chosen endpoint.
+pub trait UpstreamTls: Send + Sync + fmt::Debug + 'static {
+    /// The TLS to originate for this request to `endpoint` (its extensions hold what the
+    /// layers decided: the route, the balancer's `SelectedUpstream`), or `None` for
+    /// plaintext. Called once per request: return clones of shared `Arc`s.
+    fn client_tls(&self, req: &http::Extensions, endpoint: &SelectedEndpoint) -> Option<ClientTls>;
+}
+
+/// How to originate TLS to one endpoint.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// The rustls client configuration: trust roots, client certificate (mTLS), ALPN
+    /// (offer `h2` for an HTTP/2 endpoint).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name sent in SNI and checked against the peer's certificate.
+    pub server_name: ServerName<'static>,
+    /// Names the identity (configuration and expected peer) for connection pooling:
+    /// connections made with one key serve only requests with that key. Not 0 (0 is
+    /// plaintext).
+    pub key: u64,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
