@@ -123,6 +123,8 @@ struct Shared {
     workers: AtomicU64,
     /// Destinations whose first `503 NR` was logged, since the last configuration.
     no_route_logged: std::sync::Mutex<std::collections::HashSet<RouteDestination>>,
+    /// How many `503 NR` lines were logged (for tests and stats).
+    no_route_logs: AtomicU64,
 }
 
 /// At most this many destinations have their first `503 NR` logged per configuration.
@@ -208,6 +210,12 @@ impl LbLayer {
         if let Ok(mut logged) = self.shared.no_route_logged.lock() {
             logged.clear();
         }
+    }
+
+    /// How many `503 NR` answers were logged: the first of each destination per
+    /// configuration (a route to a host or subset that does not exist; IST0101).
+    pub fn no_route_logs(&self) -> u64 {
+        self.shared.no_route_logs.load(Ordering::Relaxed)
     }
 
     /// The current snapshot.
@@ -304,6 +312,7 @@ impl LbBuilder {
             registry: Registry::new(),
             workers: AtomicU64::new(0),
             no_route_logged: Default::default(),
+            no_route_logs: AtomicU64::new(0),
         };
         LbLayer {
             shared: Arc::new(shared),
@@ -360,6 +369,7 @@ impl Shared {
         if logged.len() >= NO_ROUTE_LOG_LIMIT || !logged.insert(dest.clone()) {
             return;
         }
+        self.no_route_logs.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             host = %dest.host,
             subset = dest.subset.as_deref().unwrap_or(""),

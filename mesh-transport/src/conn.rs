@@ -34,14 +34,13 @@ use crate::headers::{HeadScanner, Reject, inspect};
 use crate::limits::Limits;
 use crate::loops::{Hop, Loop, loop_reply};
 use crate::stack::{StackFactory, WorkerContext};
+use crate::tls::{DownstreamTls, PeerTls, PeerTlsInfo};
 use crate::upstream::UpstreamBody;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The state one worker shares with its connections (all on the worker's thread).
 pub(crate) struct Worker<F: StackFactory> {
-    factory: Arc<F>,
-    ctx: WorkerContext,
     stack: RefCell<Slot<F::Service>>,
     h1: http1::Builder,
     h2: http2::Builder<LocalExec>,
@@ -49,6 +48,8 @@ pub(crate) struct Worker<F: StackFactory> {
     max_headers: usize,
     /// The listener's `Via` marker: a request carrying it has looped.
     hop: Hop,
+    /// Terminates TLS on accepted connections, when set.
+    downstream_tls: Option<Arc<dyn DownstreamTls>>,
     /// Set once drain starts; `drain` wakes the connections.
     draining: Cell<bool>,
     drain: Notify,
@@ -58,7 +59,6 @@ pub(crate) struct Worker<F: StackFactory> {
 }
 
 struct Slot<S> {
-    generation: u64,
     service: S,
 }
 
@@ -72,6 +72,8 @@ struct ConnService<F: StackFactory> {
     conn: Rc<ConnState>,
     /// The client's address, given to every request as [`ClientAddr`].
     peer: ClientAddr,
+    /// What the TLS handshake told, when the listener terminates TLS.
+    tls: Option<PeerTls>,
 }
 
 /// What a connection's socket wrapper and its service share.
@@ -100,11 +102,17 @@ pub(crate) enum EngineFuture<S: Service<Request<Incoming>>> {
 /// The downstream socket: replays the bytes read during detection (if any) and counts
 /// reads and writes for the idle watchdog.
 struct DownIo {
-    stream: TcpStream,
+    stream: Down,
     prefix: [u8; 24],
     prefix_pos: u8,
     prefix_len: u8,
     state: Rc<ConnState>,
+}
+
+/// The accepted socket, plain or with TLS terminated.
+enum Down {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 enum Proto {
@@ -118,7 +126,13 @@ struct ConnGuard<F: StackFactory>(Rc<Worker<F>>);
 // === impl Worker ===
 
 impl<F: StackFactory> Worker<F> {
-    pub(crate) fn new(factory: Arc<F>, ctx: WorkerContext, limits: Arc<Limits>, hop: Hop) -> Self {
+    pub(crate) fn new(
+        factory: Arc<F>,
+        ctx: WorkerContext,
+        limits: Arc<Limits>,
+        hop: Hop,
+        downstream_tls: Option<Arc<dyn DownstreamTls>>,
+    ) -> Self {
         let head = limits.max_request_head_bytes();
         let mut h1 = http1::Builder::new();
         // `requestHeadersTimeout` is the connection watchdog's (see `drive`): hyper's own
@@ -136,19 +150,14 @@ impl<F: StackFactory> Worker<F> {
             .max_concurrent_streams(limits.http2_max_concurrent_streams)
             .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX));
         let service = factory.make(&ctx);
-        let generation = factory.generation();
         Worker {
-            factory,
-            ctx,
-            stack: RefCell::new(Slot {
-                generation,
-                service,
-            }),
+            stack: RefCell::new(Slot { service }),
             h1,
             h2,
             limits,
             max_headers,
             hop,
+            downstream_tls,
             draining: Cell::new(false),
             drain: Notify::new(),
             active: Cell::new(0),
@@ -175,7 +184,7 @@ impl<F: StackFactory> Worker<F> {
         }
     }
 
-    /// Calls the stack (rebuilding it first when the factory's generation changed).
+    /// Calls the stack.
     fn call(&self, req: Request<Incoming>) -> EngineFuture<F::Service> {
         let Ok(mut slot) = self.stack.try_borrow_mut() else {
             // unreachable: `call` does not re-enter; answer rather than panic
@@ -185,11 +194,6 @@ impl<F: StackFactory> Worker<F> {
                 "stack busy",
             )));
         };
-        let generation = self.factory.generation();
-        if generation != slot.generation {
-            slot.service = self.factory.make(&self.ctx);
-            slot.generation = generation;
-        }
         let mut cx = Context::from_waker(Waker::noop());
         match slot.service.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => EngineFuture::Stack(slot.service.call(req)),
@@ -222,9 +226,40 @@ pub(crate) async fn serve<F: StackFactory>(
     if worker.draining.get() {
         return;
     }
-    let detected = tokio::select! {
-        d = tokio::time::timeout(worker.limits.request_headers_timeout, detect(stream)) => d,
-        () = drain.as_mut() => return,
+    let (detected, tls) = match &worker.downstream_tls {
+        None => {
+            let detected = tokio::select! {
+                d = tokio::time::timeout(worker.limits.request_headers_timeout, detect(stream)) => d,
+                () = drain.as_mut() => return,
+            };
+            (detected, None)
+        }
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+            let accepted = tokio::select! {
+                a = tokio::time::timeout(worker.limits.tls_handshake_timeout, acceptor.accept(stream)) => a,
+                () = drain.as_mut() => return,
+            };
+            // a stalled or failed handshake closes the connection
+            let Ok(Ok(stream)) = accepted else { return };
+            let (_, conn) = stream.get_ref();
+            let info = PeerTlsInfo {
+                alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                server_name: conn.server_name().map(str::to_string),
+                peer_certificates: conn
+                    .peer_certificates()
+                    .map(<[_]>::to_vec)
+                    .unwrap_or_default(),
+            };
+            let proto = if info.alpn.as_deref() == Some(b"h2") {
+                Proto::H2
+            } else {
+                Proto::H1
+            };
+            let http1 = matches!(proto, Proto::H1);
+            let io = DownIo::new(Down::Tls(Box::new(stream)), [0; 24], 0, http1);
+            (Ok(Ok((proto, io))), Some(PeerTls(Arc::new(info))))
+        }
     };
     let Ok(Ok((proto, io))) = detected else {
         return;
@@ -235,6 +270,7 @@ pub(crate) async fn serve<F: StackFactory>(
         worker: worker.clone(),
         conn: state.clone(),
         peer: ClientAddr(peer),
+        tls,
     };
     match proto {
         Proto::H1 => {
@@ -256,10 +292,10 @@ async fn detect(mut stream: TcpStream) -> io::Result<(Proto, DownIo)> {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     if buf[..n] != H2_PREFACE[..n] {
-        return Ok((Proto::H1, DownIo::new(stream, buf, 0, true)));
+        return Ok((Proto::H1, DownIo::new(Down::Tcp(stream), buf, 0, true)));
     }
     if n == 24 {
-        return Ok((Proto::H2, DownIo::new(stream, buf, 0, false)));
+        return Ok((Proto::H2, DownIo::new(Down::Tcp(stream), buf, 0, false)));
     }
     // A proper prefix of the preface so far: read (and later replay) until it is decided.
     let mut len = 0;
@@ -270,10 +306,10 @@ async fn detect(mut stream: TcpStream) -> io::Result<(Proto, DownIo)> {
         }
         len += n;
         if buf[..len] != H2_PREFACE[..len] {
-            return Ok((Proto::H1, DownIo::new(stream, buf, len, true)));
+            return Ok((Proto::H1, DownIo::new(Down::Tcp(stream), buf, len, true)));
         }
         if len == 24 {
-            return Ok((Proto::H2, DownIo::new(stream, buf, len, false)));
+            return Ok((Proto::H2, DownIo::new(Down::Tcp(stream), buf, len, false)));
         }
     }
 }
@@ -422,6 +458,9 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
         }
         // for `consistentHash.useSourceIp`, and later access logs and `remoteIpBlocks`
         req.extensions_mut().insert(self.peer);
+        if let Some(tls) = &self.tls {
+            req.extensions_mut().insert(tls.clone());
+        }
         self.worker.call(req)
     }
 }
@@ -488,7 +527,7 @@ impl<F: StackFactory> Drop for ConnGuard<F> {
 // === impl DownIo ===
 
 impl DownIo {
-    fn new(stream: TcpStream, prefix: [u8; 24], len: usize, http1: bool) -> Self {
+    fn new(stream: Down, prefix: [u8; 24], len: usize, http1: bool) -> Self {
         DownIo {
             stream,
             prefix,
@@ -549,7 +588,10 @@ impl AsyncRead for DownIo {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let res = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let res = match &mut this.stream {
+            Down::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Down::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        };
         if buf.filled().len() != before {
             this.check_version(&mut buf.filled_mut()[before..]);
             this.received(&buf.filled()[before..]);
@@ -565,7 +607,10 @@ impl AsyncWrite for DownIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let res = Pin::new(&mut this.stream).poll_write(cx, buf);
+        let res = match &mut this.stream {
+            Down::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Down::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        };
         if let Poll::Ready(Ok(n)) = res
             && n > 0
         {
@@ -580,7 +625,10 @@ impl AsyncWrite for DownIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let res = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        let res = match &mut this.stream {
+            Down::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Down::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        };
         if let Poll::Ready(Ok(n)) = res
             && n > 0
         {
@@ -590,14 +638,23 @@ impl AsyncWrite for DownIo {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Down::Tcp(s) => s.is_write_vectored(),
+            Down::Tls(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        match &mut self.get_mut().stream {
+            Down::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Down::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        match &mut self.get_mut().stream {
+            Down::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Down::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
     }
 }

@@ -132,7 +132,7 @@ pub use limits::Limits;
 pub use loops::OwnAddrs;
 pub use pool::{Pool, PoolKey};
 pub use reqbody::{RequestBody, RequestBodyError};
-pub use stack::{Reloadable, StackFactory, WorkerContext};
+pub use stack::{StackFactory, WorkerContext};
 pub use upstream::{Connector, ConnectorFuture, EngineResponse, UpstreamBody, UpstreamBodyError};
 
 /// Where and how the engine listens.
@@ -153,6 +153,9 @@ pub struct EngineConfig {
     pub own_addrs: OwnAddrs,
     /// Where the workers' connectors originate TLS ([`tls`]). Default: never (plaintext).
     pub upstream_tls: Option<Arc<dyn tls::UpstreamTls>>,
+    /// Terminates TLS on every accepted connection ([`tls`]), within the limits'
+    /// `tlsHandshakeTimeout`. Default: plaintext (HTTP/1.1 and h2c).
+    pub downstream_tls: Option<Arc<dyn tls::DownstreamTls>>,
 }
 
 /// A running engine: its workers, its address, its drain.
@@ -181,6 +184,7 @@ pub struct BoundEngine {
     limits: Limits,
     own_addrs: OwnAddrs,
     upstream_tls: Option<Arc<dyn tls::UpstreamTls>>,
+    downstream_tls: Option<Arc<dyn tls::DownstreamTls>>,
 }
 
 /// The engine's readiness, for an admin `/ready` endpoint: cheap to clone, `Send + Sync`.
@@ -214,6 +218,7 @@ impl EngineConfig {
             limits: Limits::default(),
             own_addrs: OwnAddrs::new(),
             upstream_tls: None,
+            downstream_tls: None,
         }
     }
 }
@@ -244,6 +249,7 @@ impl BoundEngine {
             limits,
             own_addrs,
             upstream_tls,
+            downstream_tls,
         } = self;
         // before any worker forwards: no connector of this proxy connects to it
         own_addrs.add(local_addr);
@@ -278,6 +284,7 @@ impl BoundEngine {
                 limits: limits.clone(),
                 guard: guard.clone(),
                 upstream_tls: upstream_tls.clone(),
+                downstream_tls: downstream_tls.clone(),
                 control: control_rx.clone(),
                 shared: shared.clone(),
                 started: started_tx.clone(),
@@ -348,6 +355,7 @@ impl Engine {
             limits: config.limits,
             own_addrs: config.own_addrs,
             upstream_tls: config.upstream_tls,
+            downstream_tls: config.downstream_tls,
         })
     }
 

@@ -8,7 +8,7 @@
 //! in-process client makes one with [`Pool::new`] and shares it across its threads.
 //!
 //! Idle HTTP/1.1 connections are checked for an upstream close when taken (no system call
-//! unless the socket became readable) and swept every [`SWEEP_EVERY`] by a task the pool
+//! unless the socket became readable) and swept every two seconds by a task the pool
 //! starts on the current tokio runtime when it first holds an idle connection (and stops
 //! when it holds none, or is dropped).
 //!

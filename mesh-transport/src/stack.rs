@@ -2,11 +2,8 @@
 //! (see [`StackFactory`]).
 
 use std::convert::Infallible;
-use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use mesh_core::MeshBody;
@@ -54,62 +51,24 @@ use crate::upstream::{Connector, UpstreamBody};
 ///
 /// # Reload
 ///
-/// [`StackFactory::generation`] is read (one atomic load) before every request; when it
-/// differs from the generation the worker's stack was built at, the worker calls `make` again
-/// and replaces its stack. Requests already running keep the futures of the old stack and
-/// finish on it; the old stack is dropped when they are done with it. [`Reloadable`] does this
-/// for you around an [`arc_swap::ArcSwap`] snapshot:
-///
-/// ```
-/// use std::convert::Infallible;
-/// use std::sync::Arc;
-/// use mesh_core::MeshBody;
-/// use mesh_core::ext::SelectedEndpoint;
-/// use mesh_transport::{Reloadable, StackFactory, WorkerContext};
-/// use tower::ServiceExt as _;
-///
-/// // the "configuration": where to send everything
-/// let factory = Arc::new(Reloadable::new(
-///     "127.0.0.1:8080".parse::<std::net::SocketAddr>().unwrap(),
-///     |ctx: &WorkerContext, upstream: &Arc<std::net::SocketAddr>| {
-///         let upstream = **upstream;
-///         let connector = ctx.connector();
-///         tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-///             req.extensions_mut().insert(SelectedEndpoint {
-///                 addr: upstream,
-///                 http2: false,
-///                 service_account: None,
-///                 istio_tls: false,
-///             });
-///             connector.clone().oneshot(req)
-///         })
-///     },
-/// ));
-/// let before = factory.generation();
-/// factory.store("127.0.0.1:9090".parse().unwrap()); // every worker rebuilds on its next request
-/// assert_eq!(factory.generation(), before + 1);
-/// ```
+/// A worker builds its stack once. To change what the stack does while it runs, put what
+/// changes behind a handle its layers read per request (an [`arc_swap::ArcSwap`]), and store
+/// a new value there: mesh-routing's `RouteTableHandle::store` and mesh-lb's
+/// `LbLayer::store` are such handles, and `mesh-proxy` reloads through them. A request
+/// loads what it routes on once, so requests already running finish on the old value, and
+/// a value nobody reads any more is dropped.
 ///
 /// # Implementations
 ///
-/// Implemented for every `Fn(&WorkerContext) -> S + Send + Sync + 'static` (a stack that never
-/// changes) and by [`Reloadable`] (a stack rebuilt when its snapshot is replaced).
+/// Implemented for every `Fn(&WorkerContext) -> S + Send + Sync + 'static`.
 pub trait StackFactory: Send + Sync + 'static {
     /// The stack a worker runs.
     type Service: Service<Request<Incoming>, Response = Response<MeshBody<UpstreamBody>>, Error = Infallible>
         + Clone
         + 'static;
 
-    /// Builds the stack of one worker; called on that worker's thread, at start-up and after
-    /// every change of [`generation`](Self::generation).
+    /// Builds the stack of one worker; called once, on that worker's thread, at start-up.
     fn make(&self, ctx: &WorkerContext) -> Self::Service;
-
-    /// The generation of the configuration `make` builds from; a worker rebuilds its stack
-    /// when this changes. Read before every request: keep it to one atomic load.
-    /// Default: always 0 (never rebuilt).
-    fn generation(&self) -> u64 {
-        0
-    }
 }
 
 /// What a worker tells the factory about itself.
@@ -119,18 +78,6 @@ pub struct WorkerContext {
     workers: usize,
     connector: Connector,
     limits: Arc<Limits>,
-}
-
-/// A [`StackFactory`] around a configuration snapshot that can be replaced atomically.
-///
-/// `build(ctx, snapshot)` makes a worker's stack from the current snapshot; [`store`](Self::store)
-/// publishes a new snapshot and bumps the generation, so every worker rebuilds its stack on
-/// its next request while in-flight requests finish on the old one. A bad configuration
-/// should be rejected before `store` (keep the last good one).
-pub struct Reloadable<T, B> {
-    current: ArcSwap<T>,
-    generation: AtomicU64,
-    build: B,
 }
 
 // === impl WorkerContext ===
@@ -191,64 +138,5 @@ where
 
     fn make(&self, ctx: &WorkerContext) -> S {
         self(ctx)
-    }
-}
-
-// === impl Reloadable ===
-
-impl<T, B> Reloadable<T, B> {
-    /// A factory starting at generation 0 with `initial`.
-    pub fn new(initial: T, build: B) -> Self {
-        Reloadable {
-            current: ArcSwap::from_pointee(initial),
-            generation: AtomicU64::new(0),
-            build,
-        }
-    }
-
-    /// Publishes a new snapshot; workers switch to it on their next request.
-    pub fn store(&self, next: T) {
-        self.store_arc(Arc::new(next));
-    }
-
-    /// Publishes a new snapshot already in an `Arc`.
-    pub fn store_arc(&self, next: Arc<T>) {
-        self.current.store(next);
-        // after the store: a worker that sees the new generation loads this snapshot or a newer one
-        self.generation.fetch_add(1, Ordering::Release);
-    }
-
-    /// The current snapshot.
-    pub fn load(&self) -> Arc<T> {
-        self.current.load_full()
-    }
-}
-
-impl<T, B, S> StackFactory for Reloadable<T, B>
-where
-    T: Send + Sync + 'static,
-    B: Fn(&WorkerContext, &Arc<T>) -> S + Send + Sync + 'static,
-    S: Service<Request<Incoming>, Response = Response<MeshBody<UpstreamBody>>, Error = Infallible>
-        + Clone
-        + 'static,
-{
-    type Service = S;
-
-    fn make(&self, ctx: &WorkerContext) -> S {
-        let snapshot = self.current.load_full();
-        (self.build)(ctx, &snapshot)
-    }
-
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-}
-
-impl<T: fmt::Debug, B> fmt::Debug for Reloadable<T, B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reloadable")
-            .field("current", &self.current.load())
-            .field("generation", &self.generation.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
     }
 }

@@ -16,6 +16,14 @@
 //! - A handshake that fails (untrusted peer, wrong name, timeout within `connectTimeout`) is
 //!   a connect failure: `503` with flag `UF`, as Envoy reports TLS errors to upstreams.
 //!
+//! On the listener side, [`DownstreamTls`] (given in
+//! [`EngineConfig::downstream_tls`](crate::EngineConfig::downstream_tls)) makes the engine
+//! terminate TLS: every accepted connection is handshaken within `tlsHandshakeTimeout` with
+//! the `rustls::ServerConfig` it returns at that moment (so a rotated certificate serves new
+//! connections while established ones live on); ALPN `h2` selects HTTP/2, anything else
+//! HTTP/1.1; each request carries a [`PeerTls`] extension (ALPN, SNI, the client's
+//! certificate chain) for the layers after the listener (authorization, `x-forwarded-client-cert`).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use mesh_core::ext::SelectedEndpoint;
@@ -50,6 +58,29 @@ pub trait UpstreamTls: Send + Sync + fmt::Debug + 'static {
     /// layers decided: the route, the balancer's `SelectedUpstream`), or `None` for
     /// plaintext. Called once per request: return clones of shared `Arc`s.
     fn client_tls(&self, req: &http::Extensions, endpoint: &SelectedEndpoint) -> Option<ClientTls>;
+}
+
+/// Makes a listener terminate TLS (see the [module docs](self)).
+pub trait DownstreamTls: Send + Sync + fmt::Debug + 'static {
+    /// The server configuration for a connection accepted now (certificates, client
+    /// verification for mTLS, ALPN: offer `h2` and `http/1.1`).
+    fn server_config(&self) -> Arc<rustls::ServerConfig>;
+}
+
+/// What a TLS connection told about its client: in every request's extensions when the
+/// listener terminates TLS.
+#[derive(Debug, Clone)]
+pub struct PeerTls(pub Arc<PeerTlsInfo>);
+
+/// The details of [`PeerTls`].
+#[derive(Debug)]
+pub struct PeerTlsInfo {
+    /// The negotiated ALPN protocol.
+    pub alpn: Option<Vec<u8>>,
+    /// The server name the client asked for (SNI).
+    pub server_name: Option<String>,
+    /// The client's certificate chain (end entity first), when it sent one.
+    pub peer_certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// How to originate TLS to one endpoint.

@@ -30,6 +30,8 @@ pub(crate) struct Spawn<F> {
     pub(crate) guard: Guard,
     /// Where the worker's connectors originate TLS.
     pub(crate) upstream_tls: Option<std::sync::Arc<dyn crate::tls::UpstreamTls>>,
+    /// Terminates TLS on the worker's connections, when set.
+    pub(crate) downstream_tls: Option<std::sync::Arc<dyn crate::tls::DownstreamTls>>,
     pub(crate) control: watch::Receiver<Phase>,
     pub(crate) shared: Arc<Shared>,
     /// Told once the worker accepts (or why it could not start).
@@ -53,6 +55,7 @@ fn run<F: StackFactory>(spawn: Spawn<F>) {
         limits,
         guard,
         upstream_tls,
+        downstream_tls,
         mut control,
         shared,
         started,
@@ -82,7 +85,13 @@ fn run<F: StackFactory>(spawn: Spawn<F>) {
         // requests with the listener's `Via` entry
         let pool = crate::pool::Pool::with_guard(guard);
         let ctx = WorkerContext::new(index, shared.workers, limits.clone(), pool, upstream_tls);
-        let worker = Rc::new(Worker::new(factory, ctx, limits.clone(), hop));
+        let worker = Rc::new(Worker::new(
+            factory,
+            ctx,
+            limits.clone(),
+            hop,
+            downstream_tls,
+        ));
         shared.listening.fetch_add(1, Ordering::AcqRel);
         let _ = started.send(Ok(()));
         let phase = accept_loop(&listener, &worker, &mut control).await;
