@@ -57,7 +57,7 @@ fn config(n: usize, lb: &str, weighted: bool) -> Arc<Snapshot> {
 struct Echo;
 
 impl Service<Request<()>> for Echo {
-    type Response = Response<MeshBody<()>>;
+    type Response = Response<MeshBody<http_body_util::Empty<bytes::Bytes>>>;
     type Error = Infallible;
     type Future = Ready<Result<Self::Response, Infallible>>;
 

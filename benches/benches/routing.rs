@@ -105,7 +105,7 @@ fn gateway_requests(routes: usize) -> Vec<Request<()>> {
 struct Ok200;
 
 impl Service<Request<()>> for Ok200 {
-    type Response = Response<MeshBody<()>>;
+    type Response = Response<MeshBody<http_body_util::Empty<bytes::Bytes>>>;
     type Error = Infallible;
     type Future = Ready<Result<Self::Response, Infallible>>;
 

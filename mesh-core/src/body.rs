@@ -1,17 +1,51 @@
-//! The response body type shared by every layer: the upstream's body, or one the mesh made.
+//! Response bodies the layers can answer with by themselves.
 //!
 //! Layers that answer by themselves (no route, direct response, injected abort, timeout)
-//! need to produce a body without knowing the transport's body type. Every layer's response
-//! is therefore `http::Response<MeshBody<B>>`, where `B` is whatever the innermost service
-//! (the connector, or an in-process `service_fn`) returns. No allocation: the local variant
-//! holds a [`Bytes`], which is free for static text.
+//! need to make a body of their inner service's body type, as tower-http's layers do with
+//! `ResBody: Default`. The bound is [`ReplyBody`]: a body that can also hold a complete
+//! local answer, and (for the balancer's in-flight accounting) say when it ends.
+//!
+//! - [`MeshBody<B>`] is the body of the mesh's own stacks: the inner service's `B`, or a
+//!   local answer (a [`Bytes`], free for static text; no allocation). The connector of
+//!   `mesh-transport` answers with it.
+//! - `http_body_util::Full<Bytes>` and the boxed bodies (`BoxBody`, `UnsyncBoxBody`) are
+//!   `ReplyBody`s too: an axum or hyper service answering with them takes the layers as it is.
+//! - Any other body (hyper's `Incoming` from a `hyper_util` client, say) goes through
+//!   [`MeshBodyLayer`], which wraps it in a `MeshBody`:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use mesh_core::body::{MeshBodyLayer, ReplyBody};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! // an inner service whose body type cannot hold a local answer
+//! #[derive(Default)]
+//! struct Opaque;
+//! impl http_body::Body for Opaque {
+//!     type Data = bytes::Bytes;
+//!     type Error = Infallible;
+//!     fn poll_frame(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>)
+//!         -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Infallible>>> {
+//!         std::task::Poll::Ready(None)
+//!     }
+//! }
+//! let svc = ServiceBuilder::new()
+//!     .layer(MeshBodyLayer::new())
+//!     .service_fn(|_req: http::Request<()>| async { Ok::<_, Infallible>(http::Response::new(Opaque)) });
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let res = svc.oneshot(http::Request::new(())).await.unwrap();
+//! assert!(!res.body().is_local()); // the inner body, now a `MeshBody<Opaque>`
+//! # });
+//! ```
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
 use pin_project::pin_project;
 
 /// A response body: the inner service's own body, or a complete body made by the mesh.
@@ -151,6 +185,116 @@ where
             MeshBody::Inner(b) | MeshBody::Guarded(b, _) => b.size_hint(),
             MeshBody::Local(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
         }
+    }
+}
+
+/// A response body the layers can answer with by themselves: the bound they put on their
+/// inner service's response body (see the [module docs](self)).
+pub trait ReplyBody: Body<Data = Bytes> + Sized {
+    /// A complete body of `bytes` (empty bytes: no frame at all).
+    fn local(bytes: Bytes) -> Self;
+
+    /// Tells `end` when the body ends (its last frame read, an error, or a drop): the
+    /// balancer counts a request in flight until then. The default tells it at once: for
+    /// bodies that cannot hold the guard, a request ends with its response head.
+    fn on_end(&mut self, end: Arc<dyn OnBodyEnd>) {
+        end.body_ended();
+    }
+}
+
+impl<B: Body<Data = Bytes>> ReplyBody for MeshBody<B> {
+    fn local(bytes: Bytes) -> Self {
+        MeshBody::local(bytes)
+    }
+
+    fn on_end(&mut self, end: Arc<dyn OnBodyEnd>) {
+        MeshBody::on_end(self, end);
+    }
+}
+
+impl ReplyBody for Full<Bytes> {
+    fn local(bytes: Bytes) -> Self {
+        Full::new(bytes)
+    }
+}
+
+impl<E: 'static> ReplyBody for http_body_util::combinators::BoxBody<Bytes, E> {
+    fn local(bytes: Bytes) -> Self {
+        Full::new(bytes).map_err(|never| match never {}).boxed()
+    }
+}
+
+impl<E: 'static> ReplyBody for http_body_util::combinators::UnsyncBoxBody<Bytes, E> {
+    fn local(bytes: Bytes) -> Self {
+        Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+}
+
+/// Wraps the inner service's response body in a [`MeshBody`], so that the layers above can
+/// answer locally whatever the inner body type (hyper's `Incoming`, a tonic body, …).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MeshBodyLayer {
+    _priv: (),
+}
+
+/// The service of [`MeshBodyLayer`].
+#[derive(Debug, Clone)]
+pub struct IntoMeshBody<S> {
+    inner: S,
+}
+
+impl MeshBodyLayer {
+    /// The layer.
+    pub const fn new() -> Self {
+        MeshBodyLayer { _priv: () }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for MeshBodyLayer {
+    type Service = IntoMeshBody<S>;
+
+    fn layer(&self, inner: S) -> IntoMeshBody<S> {
+        IntoMeshBody { inner }
+    }
+}
+
+crate::accessors!(IntoMeshBody);
+
+impl<S, Req, B> tower_service::Service<Request<Req>> for IntoMeshBody<S>
+where
+    S: tower_service::Service<Request<Req>, Response = Response<B>>,
+{
+    type Response = Response<MeshBody<B>>;
+    type Error = S::Error;
+    type Future = IntoMeshBodyFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Req>) -> Self::Future {
+        IntoMeshBodyFuture(self.inner.call(req))
+    }
+}
+
+/// The future of [`IntoMeshBody`].
+#[pin_project]
+#[derive(Debug)]
+pub struct IntoMeshBodyFuture<F>(#[pin] F);
+
+impl<F, B, E> std::future::Future for IntoMeshBodyFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<MeshBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project()
+            .0
+            .poll(cx)
+            .map(|r| r.map(|res| res.map(MeshBody::inner)))
     }
 }
 

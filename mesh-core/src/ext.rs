@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use http::{Extensions, HeaderValue, Response, StatusCode};
 
+#[cfg(test)]
 use crate::body::MeshBody;
+use crate::body::ReplyBody;
 use crate::flags::{RESPONSE_FLAGS_HEADER, ResponseFlags};
 use crate::policy::{FaultPolicy, RetryPolicy};
 
@@ -222,13 +224,13 @@ pub struct SourceWorkload {
 }
 
 /// Builds a response the mesh made itself: the status, the flags as an extension and as
-/// the [`RESPONSE_FLAGS_HEADER`] header, and an optional text body.
-pub fn local_reply<B>(
+/// the [`RESPONSE_FLAGS_HEADER`] header, and an optional text body, in any [`ReplyBody`].
+pub fn local_reply<R: ReplyBody>(
     status: StatusCode,
     flags: ResponseFlags,
     body: &'static str,
-) -> Response<MeshBody<B>> {
-    let mut res = Response::new(MeshBody::local(bytes::Bytes::from_static(body.as_bytes())));
+) -> Response<R> {
+    let mut res = Response::new(R::local(bytes::Bytes::from_static(body.as_bytes())));
     *res.status_mut() = status;
     if !body.is_empty() {
         res.headers_mut().insert(

@@ -3,6 +3,31 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// Writes the accessors every layer's service has, `get_ref`, `get_mut` and `into_inner`,
+/// for a `Foo<S>` whose inner service is its field `inner` (as tower-http's
+/// `define_inner_service_accessors!`): once, not by hand per layer.
+#[macro_export]
+macro_rules! accessors {
+    ($ty:ident) => {
+        impl<S> $ty<S> {
+            /// The inner service.
+            pub fn get_ref(&self) -> &S {
+                &self.inner
+            }
+
+            /// The inner service, mutably.
+            pub fn get_mut(&mut self) -> &mut S {
+                &mut self.inner
+            }
+
+            /// The inner service, consuming this one.
+            pub fn into_inner(self) -> S {
+                self.inner
+            }
+        }
+    };
+}
+
 pub mod analyze;
 pub mod body;
 pub mod compile;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::header::SET_COOKIE;
 use http::{HeaderValue, Request, Response, StatusCode};
-use mesh_core::MeshBody;
+use mesh_core::body::ReplyBody;
 use mesh_core::compile::{Snapshot, resolve_host};
 use mesh_core::ext::{
     ClientAddr, Passthrough, RouteDestination, SelectedEndpoint, local_reply, route_destination,
@@ -467,21 +467,6 @@ impl<S> Lb<S> {
         LbLayer::new(snapshot).layer(inner)
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-
     /// Makes sure this clone's cache has a fresh entry for `dest`; returns its index.
     #[inline]
     fn slot(&mut self, dest: &RouteDestination) -> usize {
@@ -610,11 +595,12 @@ impl<S: fmt::Debug> fmt::Debug for Lb<S> {
     }
 }
 
-impl<S, B, ResB> Service<Request<B>> for Lb<S>
+impl<S, B, R> Service<Request<B>> for Lb<S>
 where
-    S: Service<Request<B>, Response = Response<MeshBody<ResB>>> + Clone,
+    S: Service<Request<B>, Response = Response<R>> + Clone,
+    R: ReplyBody,
 {
-    type Response = Response<MeshBody<ResB>>;
+    type Response = Response<R>;
     type Error = S::Error;
     type Future = ResponseFuture<S, B>;
 
@@ -733,14 +719,15 @@ where
 impl<S> Lb<S> {
     /// Connects to `host:port` as the request named it: an IP at once, a name through the
     /// resolver (first address).
-    fn passthrough<B, ResB>(
+    fn passthrough<B, R>(
         &mut self,
         mut req: Request<B>,
         host: &str,
         port: u16,
     ) -> ResponseFuture<S, B>
     where
-        S: Service<Request<B>, Response = Response<MeshBody<ResB>>> + Clone,
+        S: Service<Request<B>, Response = Response<R>> + Clone,
+        R: ReplyBody,
     {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
@@ -829,9 +816,10 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    fn local<ResB>(status: StatusCode, flags: ResponseFlags, body: &'static str) -> Self
+    fn local<R>(status: StatusCode, flags: ResponseFlags, body: &'static str) -> Self
     where
-        S: Service<Request<B>, Response = Response<MeshBody<ResB>>>,
+        S: Service<Request<B>, Response = Response<R>>,
+        R: ReplyBody,
     {
         ResponseFuture {
             state: State::Local {
@@ -843,11 +831,12 @@ where
     }
 }
 
-impl<S, B, ResB> Future for ResponseFuture<S, B>
+impl<S, B, R> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<B>, Response = Response<MeshBody<ResB>>>,
+    S: Service<Request<B>, Response = Response<R>>,
+    R: ReplyBody,
 {
-    type Output = Result<Response<MeshBody<ResB>>, S::Error>;
+    type Output = Result<Response<R>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -941,6 +930,8 @@ impl Drop for Guard {
         }
     }
 }
+
+mesh_core::accessors!(Lb);
 
 #[cfg(test)]
 impl<S> Lb<S> {

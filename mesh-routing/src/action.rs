@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use mesh_core::MeshBody;
+use mesh_core::body::ReplyBody;
 use mesh_core::model::networking::{
     CorsPolicy, HeaderOperations, Headers, HttpDirectResponse, HttpRedirect, HttpRewrite,
     RedirectPortSelection, UnmatchedPreflights,
@@ -406,11 +406,11 @@ impl Redirect {
     }
 
     /// The redirect response, with `Location` built as Envoy's `RouteEntryImplBase::newUri`.
-    pub(crate) fn respond<B>(
+    pub(crate) fn respond<R: ReplyBody>(
         &self,
         req: &RequestView<'_>,
         matched: Option<&UriMatch>,
-    ) -> Response<MeshBody<B>> {
+    ) -> Response<R> {
         let scheme = self.scheme.as_deref().unwrap_or(req.scheme);
         let port = match self.port {
             PortRedirect::None => None,
@@ -449,7 +449,7 @@ impl Redirect {
             Some(p) => format!("{scheme}://{host}:{p}{path}"),
             None => format!("{scheme}://{host}{path}"),
         };
-        let mut res = Response::new(MeshBody::empty());
+        let mut res = Response::new(R::local(Bytes::new()));
         *res.status_mut() = self.code;
         if let Ok(v) = HeaderValue::from_str(&location) {
             res.headers_mut().insert(header::LOCATION, v);
@@ -496,8 +496,8 @@ impl Direct {
     }
 
     /// The direct response (Envoy's local reply: `text/plain` when there is a body).
-    pub(crate) fn respond<B>(&self) -> Response<MeshBody<B>> {
-        let mut res = Response::new(MeshBody::local(self.body.clone()));
+    pub(crate) fn respond<R: ReplyBody>(&self) -> Response<R> {
+        let mut res = Response::new(R::local(self.body.clone()));
         *res.status_mut() = self.status;
         if !self.body.is_empty() {
             res.headers_mut()

@@ -233,21 +233,6 @@ impl<S> Mirror<S> {
     pub fn new(inner: S, spawn: impl Spawn) -> Self {
         MirrorLayer::new(spawn).layer(inner)
     }
-
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the layer, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Mirror<S> {
@@ -345,6 +330,8 @@ where
         self.inner.call(req)
     }
 }
+
+mesh_core::accessors!(Mirror);
 
 #[cfg(test)]
 mod tests {

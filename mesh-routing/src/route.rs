@@ -139,8 +139,8 @@ use std::task::{Context, Poll};
 use http::header::{HOST, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
-use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
+use mesh_core::body::ReplyBody;
 use mesh_core::ext::{
     Passthrough, RouteDecision, RouteDestination, RoutePolicy, SourceWorkload, local_reply,
 };
@@ -192,7 +192,7 @@ enum State<F, B> {
         post: Option<PostOps>,
     },
     Ready {
-        res: Option<Response<MeshBody<B>>>,
+        res: Option<Response<B>>,
     },
 }
 
@@ -209,7 +209,7 @@ struct PostOps {
 
 /// What the router decided, computed while the request is borrowed; borrows the table.
 enum Plan<'t, B> {
-    Local(Response<MeshBody<B>>),
+    Local(Response<B>),
     Forward {
         route: &'t Arc<CompiledRoute>,
         fwd: &'t Forward,
@@ -278,21 +278,6 @@ impl<S> Route<S> {
     pub fn new(inner: S, handle: RouteTableHandle) -> Self {
         RouteLayer::new(handle).layer(inner)
     }
-
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the router, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
 }
 
 impl<S: Clone> Clone for Route<S> {
@@ -307,7 +292,11 @@ impl<S: Clone> Clone for Route<S> {
     }
 }
 
-fn plan<'t, B, R>(table: &'t RouteTable, req: &Request<B>, rng: &mut fastrand::Rng) -> Plan<'t, R> {
+fn plan<'t, B, R: ReplyBody>(
+    table: &'t RouteTable,
+    req: &Request<B>,
+    rng: &mut fastrand::Rng,
+) -> Plan<'t, R> {
     let source = table.source(req.extensions().get::<SourceWorkload>());
     let mut view = view_of(req, source);
     let (route, block, port) = match table.select(&mut view) {
@@ -342,7 +331,7 @@ fn plan<'t, B, R>(table: &'t RouteTable, req: &Request<B>, rng: &mut fastrand::R
         Some(CorsDecision::Simple(origin)) => Some(origin),
         Some(CorsDecision::Answer(res)) => {
             let (parts, ()) = res.into_parts();
-            return Plan::Local(Response::from_parts(parts, MeshBody::empty()));
+            return Plan::Local(Response::from_parts(parts, R::local(bytes::Bytes::new())));
         }
     };
     let mut local = match &route.action {
@@ -422,13 +411,14 @@ fn set_path<B>(req: &mut Request<B>, path: &str) {
     }
 }
 
-impl<S, B, ResB> Service<Request<B>> for Route<S>
+impl<S, B, R> Service<Request<B>> for Route<S>
 where
-    S: Service<Request<B>, Response = Response<MeshBody<ResB>>>,
+    S: Service<Request<B>, Response = Response<R>>,
+    R: ReplyBody,
 {
-    type Response = Response<MeshBody<ResB>>;
+    type Response = Response<R>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResB>;
+    type Future = ResponseFuture<S::Future, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -436,7 +426,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let table = self.handle.load();
-        let post = match plan::<B, ResB>(&table, &req, &mut self.rng) {
+        let post = match plan::<B, R>(&table, &req, &mut self.rng) {
             Plan::Local(res) => {
                 return ResponseFuture {
                     state: State::Ready { res: Some(res) },
@@ -506,9 +496,9 @@ where
 
 impl<F, B, E> Future for ResponseFuture<F, B>
 where
-    F: Future<Output = Result<Response<MeshBody<B>>, E>>,
+    F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<MeshBody<B>>, E>;
+    type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
@@ -539,3 +529,5 @@ where
         }
     }
 }
+
+mesh_core::accessors!(Route);

@@ -21,8 +21,8 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
+use mesh_core::body::ReplyBody;
 use mesh_core::ext::{ClientAddr, local_reply};
 use pin_project::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -35,7 +35,6 @@ use crate::limits::Limits;
 use crate::loops::{Hop, Loop, loop_reply};
 use crate::stack::{StackFactory, WorkerContext};
 use crate::tls::{DownstreamTls, PeerTls, PeerTlsInfo};
-use crate::upstream::UpstreamBody;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -93,10 +92,10 @@ struct ConnState {
 /// The response future of one request: the stack's own future (the common case), a clone of
 /// the stack still waiting to be ready, or a reply the engine made itself.
 #[pin_project(project = EngineFutureProj)]
-pub(crate) enum EngineFuture<S: Service<Request<Incoming>>> {
+pub(crate) enum EngineFuture<S: Service<Request<Incoming>, Response = Response<R>>, R> {
     Stack(#[pin] S::Future),
     Waiting(S, Option<Request<Incoming>>),
-    Local(Option<Response<MeshBody<UpstreamBody>>>),
+    Local(Option<Response<R>>),
 }
 
 /// The downstream socket: replays the bytes read during detection (if any) and counts
@@ -185,7 +184,7 @@ impl<F: StackFactory> Worker<F> {
     }
 
     /// Calls the stack.
-    fn call(&self, req: Request<Incoming>) -> EngineFuture<F::Service> {
+    fn call(&self, req: Request<Incoming>) -> EngineFuture<F::Service, F::Body> {
         let Ok(mut slot) = self.stack.try_borrow_mut() else {
             // unreachable: `call` does not re-enter; answer rather than panic
             return EngineFuture::Local(Some(local_reply(
@@ -385,7 +384,7 @@ where
     }
 }
 
-fn reject_reply(r: Reject) -> Response<MeshBody<UpstreamBody>> {
+fn reject_reply<R: ReplyBody>(r: Reject) -> Response<R> {
     let (status, text) = match r {
         Reject::MissingHost => (StatusCode::BAD_REQUEST, "missing Host header"),
         Reject::DuplicateHost => (StatusCode::BAD_REQUEST, "more than one Host"),
@@ -431,9 +430,9 @@ fn authority_to_host<B>(req: &mut Request<B>) -> bool {
 // === impl ConnService ===
 
 impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService<F> {
-    type Response = Response<MeshBody<UpstreamBody>>;
+    type Response = Response<F::Body>;
     type Error = Infallible;
-    type Future = EngineFuture<F::Service>;
+    type Future = EngineFuture<F::Service, F::Body>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         if let Some(scan) = &self.conn.scan {
@@ -467,11 +466,11 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
 
 // === impl EngineFuture ===
 
-impl<S> Future for EngineFuture<S>
+impl<S, R> Future for EngineFuture<S, R>
 where
-    S: Service<Request<Incoming>, Response = Response<MeshBody<UpstreamBody>>, Error = Infallible>,
+    S: Service<Request<Incoming>, Response = Response<R>, Error = Infallible>,
 {
-    type Output = Result<Response<MeshBody<UpstreamBody>>, Infallible>;
+    type Output = Result<Response<R>, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {

@@ -46,8 +46,6 @@ use http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use mesh_core::ResponseFlags;
 use mesh_core::ext::local_reply;
 
-use crate::upstream::EngineResponse;
-
 /// The listening addresses of one proxy, shared by all its listeners: the connector of each
 /// refuses to connect to any of them (see the [module docs](self)).
 ///
@@ -236,7 +234,7 @@ pub(crate) enum Loop {
 }
 
 /// The answer to a loop: `508 Loop Detected`, flag `UF` (see the [module docs](self)).
-pub(crate) fn loop_reply(why: Loop) -> EngineResponse {
+pub(crate) fn loop_reply<R: mesh_core::body::ReplyBody>(why: Loop) -> http::Response<R> {
     let text = match why {
         Loop::OwnAddress => "loop detected: the upstream is one of this proxy's listeners",
         Loop::Via => "loop detected: the request has already been through this proxy",

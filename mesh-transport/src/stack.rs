@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use mesh_core::MeshBody;
+use mesh_core::body::ReplyBody;
 use tower_service::Service;
 
 use crate::limits::Limits;
 use crate::pool::Pool;
-use crate::upstream::{Connector, UpstreamBody};
+use crate::upstream::Connector;
+
+/// The error a response body's errors become (hyper's).
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Builds one worker's service stack: the contract between the engine and the layers.
 ///
@@ -28,9 +31,10 @@ use crate::upstream::{Connector, UpstreamBody};
 ///
 /// # What a stack must be
 ///
-/// `S: tower::Service<http::Request<hyper::body::Incoming>,
-/// Response = http::Response<mesh_core::MeshBody<mesh_transport::UpstreamBody>>,
-/// Error = std::convert::Infallible> + Clone + 'static`.
+/// `S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<R>,
+/// Error = std::convert::Infallible> + Clone + 'static`, for any response body
+/// `R: mesh_core::body::ReplyBody` (the engine answers malformed requests itself, in `R`):
+/// the connector's `MeshBody<UpstreamBody>`, a `Full<Bytes>`, a boxed body.
 ///
 /// - **No `Send` needed.** A worker's stack lives and runs on that worker's thread only, so it
 ///   may use `Rc`/`Cell` for per-worker state (counters, balancer cursors) without atomics.
@@ -62,8 +66,11 @@ use crate::upstream::{Connector, UpstreamBody};
 ///
 /// Implemented for every `Fn(&WorkerContext) -> S + Send + Sync + 'static`.
 pub trait StackFactory: Send + Sync + 'static {
+    /// The response body of the stack.
+    type Body: ReplyBody<Error: Into<BoxError>> + 'static;
+
     /// The stack a worker runs.
-    type Service: Service<Request<Incoming>, Response = Response<MeshBody<UpstreamBody>>, Error = Infallible>
+    type Service: Service<Request<Incoming>, Response = Response<Self::Body>, Error = Infallible>
         + Clone
         + 'static;
 
@@ -127,13 +134,13 @@ impl WorkerContext {
 
 // === impl StackFactory for closures ===
 
-impl<F, S> StackFactory for F
+impl<F, S, R> StackFactory for F
 where
     F: Fn(&WorkerContext) -> S + Send + Sync + 'static,
-    S: Service<Request<Incoming>, Response = Response<MeshBody<UpstreamBody>>, Error = Infallible>
-        + Clone
-        + 'static,
+    S: Service<Request<Incoming>, Response = Response<R>, Error = Infallible> + Clone + 'static,
+    R: ReplyBody<Error: Into<BoxError>> + 'static,
 {
+    type Body = R;
     type Service = S;
 
     fn make(&self, ctx: &WorkerContext) -> S {

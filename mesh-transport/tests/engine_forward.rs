@@ -452,3 +452,29 @@ async fn many_concurrent_h2_streams_through_one_connection() {
     }
     engine.drain().await;
 }
+
+/// The engine serves any response body a stack answers with (`ReplyBody`), here a plain
+/// `Full<Bytes>` from an in-process service, and makes its own answers to malformed
+/// requests in that body type too.
+#[tokio::test]
+async fn a_stack_answering_with_any_reply_body_is_served() {
+    let factory = Arc::new(|_: &WorkerContext| {
+        tower::service_fn(|req: Request<hyper::body::Incoming>| async move {
+            let text = format!("in-process {}", req.uri().path());
+            Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                Bytes::from(text),
+            )))
+        })
+    });
+    let engine = Engine::start(EngineConfig::new("127.0.0.1:0".parse().unwrap()), factory).unwrap();
+    let mut c = h1_client(engine.local_addr()).await;
+    let res = bounded(c.send_request(get("/hello", "app"))).await.unwrap();
+    assert_eq!(text(res).await, "in-process /hello");
+    let mut s = TcpStream::connect(engine.local_addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n")
+        .await
+        .unwrap();
+    let res = read_response(&mut s).await;
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+    engine.drain().await;
+}
