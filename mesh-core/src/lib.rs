@@ -51,6 +51,7 @@ pub mod load;
 pub mod locality;
 pub mod model;
 pub mod percent;
+pub mod uri;
 pub mod validate;
 mod yamlde;
 

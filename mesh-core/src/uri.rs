@@ -1,0 +1,148 @@
+//! Hands the balancer's choice to a client that only knows URIs.
+//!
+//! The balancer (`mesh-lb`) writes the endpoint it picked into the request's extensions
+//! ([`SelectedUpstream`], or a standalone [`SelectedEndpoint`]); `mesh-transport`'s connector
+//! reads it there. A client of your own (`hyper_util`'s legacy client, `reqwest`, a tonic
+//! channel) sends a request where its URI says: [`EndpointUriLayer`], below the balancer,
+//! rewrites the URI's authority to the chosen endpoint (`http://reviews/x` →
+//! `http://10.0.0.7:9080/x`) and keeps the name the client used in `Host`, as a sidecar
+//! forwards it. A request without a chosen endpoint passes unchanged.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use mesh_core::ext::SelectedEndpoint;
+//! use mesh_core::uri::EndpointUriLayer;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let client = ServiceBuilder::new().layer(EndpointUriLayer::new()).service_fn(
+//!     |req: http::Request<()>| async move {
+//!         Ok::<_, Infallible>(format!("{} host={:?}", req.uri(), req.headers()["host"]))
+//!     },
+//! );
+//! let mut req = http::Request::get("http://reviews/books?id=1").body(()).unwrap();
+//! req.extensions_mut().insert(SelectedEndpoint {
+//!     addr: "10.0.0.7:9080".parse().unwrap(),
+//!     http2: false,
+//!     service_account: None,
+//!     istio_tls: false,
+//! });
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let sent = client.oneshot(req).await.unwrap();
+//! assert_eq!(sent, "http://10.0.0.7:9080/books?id=1 host=\"reviews\"");
+//! # });
+//! ```
+
+use std::task::{Context, Poll};
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Uri, header};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::ext::{SelectedEndpoint, SelectedUpstream};
+
+/// Rewrites requests' URIs to the endpoint the balancer chose; see the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EndpointUriLayer {
+    _priv: (),
+}
+
+/// The service of [`EndpointUriLayer`].
+#[derive(Debug, Clone)]
+pub struct EndpointUri<S> {
+    inner: S,
+}
+
+impl EndpointUriLayer {
+    /// The layer.
+    pub const fn new() -> Self {
+        EndpointUriLayer { _priv: () }
+    }
+}
+
+impl<S> Layer<S> for EndpointUriLayer {
+    type Service = EndpointUri<S>;
+
+    fn layer(&self, inner: S) -> EndpointUri<S> {
+        EndpointUri { inner }
+    }
+}
+
+crate::accessors!(EndpointUri);
+
+impl<S, B> Service<Request<B>> for EndpointUri<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        let addr = match req.extensions().get::<SelectedUpstream>() {
+            Some(u) => Some(u.endpoint().addr),
+            None => req.extensions().get::<SelectedEndpoint>().map(|e| e.addr),
+        };
+        if let Some(addr) = addr {
+            retarget(&mut req, addr);
+        }
+        self.inner.call(req)
+    }
+}
+
+/// Points `req` at `addr`, keeping the authority it named in `Host`.
+fn retarget<B>(req: &mut Request<B>, addr: std::net::SocketAddr) {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(a) = req.uri().authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str().rsplit('@').next().unwrap_or(""))
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    let Ok(authority) = Authority::try_from(addr.to_string()) else {
+        return;
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP));
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(addr: &str) -> SelectedEndpoint {
+        SelectedEndpoint {
+            addr: addr.parse().unwrap_or_else(|_| unreachable!()),
+            http2: false,
+            service_account: None,
+            istio_tls: false,
+        }
+    }
+
+    #[test]
+    fn origin_form_and_existing_host_and_ipv6() {
+        // an origin-form request with a Host: the Host stays, the URI gets the endpoint
+        let mut req = Request::get("/a?b").header("host", "reviews:9080").body(()).unwrap_or_default();
+        retarget(&mut req, ep("[::1]:8080").addr);
+        assert_eq!(req.uri(), "http://[::1]:8080/a?b");
+        assert_eq!(req.headers()["host"], "reviews:9080");
+        // https stays https
+        let mut req = Request::get("https://api.example.com/x").body(()).unwrap_or_default();
+        retarget(&mut req, ep("10.1.1.1:443").addr);
+        assert_eq!(req.uri(), "https://10.1.1.1:443/x");
+        assert_eq!(req.headers()["host"], "api.example.com");
+    }
+}
