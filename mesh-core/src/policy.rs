@@ -149,8 +149,8 @@ pub struct FaultPolicy {
 pub struct DelayFault {
     /// `fixedDelay`.
     pub fixed_delay: Duration,
-    /// Fraction of requests delayed, 0.0 ..= 1.0 (`percentage.value / 100`; Istio's default
-    /// when neither `percentage` nor `percent` is set: 100%).
+    /// Fraction of requests delayed, 0.0 ..= 1.0 (`percentage.value / 100`, else the
+    /// deprecated `percent`; neither set: 0, as Istio).
     pub fraction: f64,
 }
 
@@ -159,7 +159,8 @@ pub struct DelayFault {
 pub struct AbortFault {
     /// What the aborted request gets.
     pub error: AbortError,
-    /// Fraction of requests aborted, 0.0 ..= 1.0 (default 100%).
+    /// Fraction of requests aborted, 0.0 ..= 1.0 (`percentage.value / 100`; unset: 0, as
+    /// Istio).
     pub fraction: f64,
 }
 
@@ -226,16 +227,20 @@ pub const GRPC_STATUS_CODES: &[(&str, u32)] = &[
     ("UNAUTHENTICATED", 16),
 ];
 
+/// A fault's share of requests, as istiod translates it (`route.TranslateFault`): the
+/// `percentage`, else (delays only) the deprecated integer `percent`, else **none**: Envoy
+/// reads an unset `FractionalPercent` as 0 (istio/istio#36303 and #39969: Istio's
+/// documentation promised 100% and was corrected to match). Validation warns about it.
 fn fraction(p: Option<crate::percent::Percent>, legacy: Option<i32>) -> f64 {
     match (p, legacy) {
         (Some(p), _) => p.fraction(),
         (None, Some(l)) => (f64::from(l) / 100.0).clamp(0.0, 1.0),
-        (None, None) => 1.0,
+        (None, None) => 0.0,
     }
 }
 
 impl FaultPolicy {
-    /// Compiles `HTTPFaultInjection` (percentages default to 100%, as Istio).
+    /// Compiles `HTTPFaultInjection` (an unset percentage injects nothing, as Istio).
     pub fn from_istio(f: &crate::model::networking::HttpFaultInjection) -> Self {
         let delay = f.delay.as_ref().and_then(|d| {
             Some(DelayFault {

@@ -1,10 +1,14 @@
 //! The service stack each worker runs: the mesh's layers around the engine's connector.
 //!
 //! ```text
-//! request ─► Route (VirtualService: match, rewrite, redirect, …) ─► Mirror (mirror,
-//!            mirrors) ─► Lb (DestinationRule, subsets, endpoints, balancer)
-//!            ─► Connector (per-worker pool) ─► upstream
+//! request ─► Route (VirtualService: match, rewrite, redirect, …) ─► Fault (fault: delay,
+//!            abort) ─► Timeout (timeout) ─► Mirror (mirror, mirrors) ─► Lb (DestinationRule,
+//!            subsets, endpoints, balancer) ─► Connector (per-worker pool) ─► upstream
 //! ```
+//!
+//! Fault injection sits before the timeout, as Envoy's fault filter sits before its router: an
+//! injected delay does not count against the route timeout, and an abort never reaches the
+//! layers below.
 //!
 //! The request body becomes a [`TeeBody`] on the way in ([`IntoRequestBody`]), so that the
 //! mirror layer can hand mirrored copies the client's body as it streams; [`PlainBody`] hands
@@ -31,12 +35,13 @@ use tower_layer::Layer;
 
 use crate::engine::{Connector, RequestBody, WorkerContext};
 use hyper::body::Incoming;
+use mesh_resilience::{Fault, FaultLayer, Timeout, TimeoutLayer};
 use mesh_routing::{Mirror, MirrorLayer, TeeBody};
 
 /// The type of a worker's stack. The router and the balancer insert one request extension
 /// each (two, three with mirrors): the extension map's first table (room for three) never
 /// grows.
-pub type MeshStack = IntoRequestBody<Route<Mirror<Lb<PlainBody<Connector>>>>>;
+pub type MeshStack = IntoRequestBody<Route<Fault<Timeout<Mirror<Lb<PlainBody<Connector>>>>>>>;
 
 /// The body the layers see: the client's, which mirrored copies can share.
 pub type LayerBody = TeeBody<Incoming>;
@@ -106,6 +111,8 @@ where
 pub struct Layers {
     routes: RouteTableHandle,
     route_layer: RouteLayer,
+    fault: FaultLayer,
+    timeout: TimeoutLayer,
     mirror: MirrorLayer,
     lb: LbLayer,
     dns: Arc<DnsRefresher>,
@@ -237,6 +244,8 @@ impl Layers {
             .build();
         Layers {
             route_layer: RouteLayer::new(routes.clone()),
+            fault: FaultLayer::new(),
+            timeout: TimeoutLayer::new(),
             // Mirrored requests run as tasks of the worker that received the original (the
             // engine's workers are current-thread runtimes), on that worker's pool.
             mirror: MirrorLayer::new(|task| {
@@ -261,9 +270,10 @@ impl Layers {
 
     /// One worker's stack around its connector.
     pub fn stack(&self, ctx: &WorkerContext) -> MeshStack {
+        let lb = self.lb.layer(PlainBody(ctx.connector()));
         IntoRequestBody(
             self.route_layer
-                .layer(self.mirror.layer(self.lb.layer(PlainBody(ctx.connector())))),
+                .layer(self.fault.layer(self.timeout.layer(self.mirror.layer(lb)))),
         )
     }
 

@@ -228,24 +228,14 @@ static HTTP_ROUTE: TypeDef = TypeDef {
         ),
         field("delegate", Struct(&DELEGATE), Status::Enforced, ""),
         field("rewrite", Struct(&HTTP_REWRITE), Status::Enforced, ""),
-        field(
-            "timeout",
-            Leaf,
-            Status::NotYet(Area::Resilience),
-            "no timeout is applied (Istio: off by default too)",
-        ),
+        field("timeout", Leaf, Status::Enforced, ""),
         field(
             "retries",
             Struct(&HTTP_RETRY),
             Status::NotYet(Area::Resilience),
             "no request is retried; Istio retries twice by default",
         ),
-        field(
-            "fault",
-            Struct(&HTTP_FAULT_INJECTION),
-            Status::NotYet(Area::Resilience),
-            "",
-        ),
+        field("fault", Struct(&HTTP_FAULT_INJECTION), Status::Enforced, ""),
         field("mirror", Struct(&DESTINATION), Status::Enforced, ""),
         field("mirrors", Seq(&HTTP_MIRROR_POLICY), Status::Enforced, ""),
         field("mirrorPercent", Leaf, Status::Enforced, ""),
@@ -408,38 +398,23 @@ static HTTP_RETRY: TypeDef = TypeDef {
 static HTTP_FAULT_INJECTION: TypeDef = TypeDef {
     name: "HttpFaultInjection",
     fields: &[
-        field(
-            "delay",
-            Struct(&FAULT_DELAY),
-            Status::NotYet(Area::Resilience),
-            "",
-        ),
-        field(
-            "abort",
-            Struct(&FAULT_ABORT),
-            Status::NotYet(Area::Resilience),
-            "",
-        ),
+        field("delay", Struct(&FAULT_DELAY), Status::Enforced, ""),
+        field("abort", Struct(&FAULT_ABORT), Status::Enforced, ""),
     ],
 };
 
 static FAULT_DELAY: TypeDef = TypeDef {
     name: "FaultDelay",
     fields: &[
-        field("percent", Leaf, Status::NotYet(Area::Resilience), ""),
-        field("fixedDelay", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("percent", Leaf, Status::Enforced, ""),
+        field("fixedDelay", Leaf, Status::Enforced, ""),
         field(
             "exponentialDelay",
             Leaf,
             Status::NotYet(Area::Resilience),
             "",
         ),
-        field(
-            "percentage",
-            Struct(&PERCENT),
-            Status::NotYet(Area::Resilience),
-            "",
-        ),
+        field("percentage", Struct(&PERCENT), Status::Enforced, ""),
     ],
 };
 
@@ -451,15 +426,10 @@ static PERCENT: TypeDef = TypeDef {
 static FAULT_ABORT: TypeDef = TypeDef {
     name: "FaultAbort",
     fields: &[
-        field("httpStatus", Leaf, Status::NotYet(Area::Resilience), ""),
-        field("grpcStatus", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("httpStatus", Leaf, Status::Enforced, ""),
+        field("grpcStatus", Leaf, Status::Enforced, ""),
         field("http2Error", Leaf, Status::NotYet(Area::Resilience), ""),
-        field(
-            "percentage",
-            Struct(&PERCENT),
-            Status::NotYet(Area::Resilience),
-            "",
-        ),
+        field("percentage", Struct(&PERCENT), Status::Enforced, ""),
     ],
 };
 

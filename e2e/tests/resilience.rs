@@ -1,0 +1,151 @@
+//! Route timeouts and fault injection through the whole proxy (istio.io/latest/docs/tasks/
+//! traffic-management/request-timeouts and fault-injection): Istio's VirtualService
+//! `timeout` and `fault`, against real upstreams on port 0. The layers' timing is tested
+//! under paused time in `mesh-resilience`; here the proxy must apply them, with Envoy's
+//! answers and flags.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use support::*;
+
+/// A handler that never answers (it holds each request until the proxy gives up on it),
+/// counting the requests that reached it.
+fn hanging(reached: Arc<AtomicUsize>) -> Handler {
+    Arc::new(move |_req: Request<Incoming>| {
+        reached.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            std::future::pending::<()>().await;
+            Response::new(full(""))
+        })
+    })
+}
+
+fn vs(http: &str) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings}}
+spec:
+  hosts: [ratings]
+  http:
+{http}"
+    )
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_gets_504_ut_at_the_route_timeout() {
+    let reached = Arc::new(AtomicUsize::new(0));
+    let slow = backend_with("slow", hanging(reached.clone())).await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("ratings", 9080, "HTTP", &[&slow])
+        + &vs("  - timeout: 0.3s\n    route: [{destination: {host: ratings}}]\n");
+    let p = start(&yaml).await;
+    let reply = get_once(p.out, "ratings:9080", &[]).await;
+    assert_eq!(reply.status, 504, "{reply:?}");
+    assert_eq!(reply.flags(), "UT");
+    assert_eq!(reply.body, "upstream request timeout");
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        1,
+        "the request reached the upstream"
+    );
+    // The proxy goes on serving on a new connection.
+    let again = get_once(p.out, "ratings:9080", &[]).await;
+    assert_eq!(again.status, 504);
+}
+
+#[tokio::test]
+async fn an_abort_fault_never_reaches_the_upstream() {
+    let up = backend("ratings-v1").await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("ratings", 9080, "HTTP", &[&up])
+        + &vs("  - match: [{headers: {end-user: {exact: jason}}}]
+    fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
+    route: [{destination: {host: ratings}}]
+  - route: [{destination: {host: ratings}}]
+");
+    let p = start(&yaml).await;
+    let mut c = H1::connect(p.out).await;
+    let aborted = c.get("ratings:9080", &[("end-user", "jason")]).await;
+    assert_eq!(aborted.status, 500, "{aborted:?}");
+    assert_eq!(aborted.flags(), "FI");
+    assert_eq!(aborted.body, "fault filter abort");
+    assert_eq!(up.hits(), 0);
+    // Other users, on the same connection, reach the upstream.
+    let ok = c.get("ratings:9080", &[("end-user", "alice")]).await;
+    assert_eq!(ok.backend(), "ratings-v1");
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_grpc_abort_is_a_trailers_only_200() {
+    let up = backend("ratings-v1").await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("ratings", 9080, "HTTP", &[&up])
+        + &vs(
+            "  - fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}
+    route: [{destination: {host: ratings}}]
+",
+        );
+    let p = start(&yaml).await;
+    let reply = get_once(
+        p.out,
+        "ratings:9080",
+        &[("content-type", "application/grpc")],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.headers["grpc-status"], "14");
+    assert_eq!(reply.flags(), "FI");
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_delay_fault_does_not_count_against_the_route_timeout() {
+    // Envoy's fault filter runs before the router: a 1s delay on a route with a 0.5s timeout
+    // still reaches the (fast) upstream, flagged DI.
+    let up = backend("ratings-v1").await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("ratings", 9080, "HTTP", &[&up])
+        + &vs(
+            "  - fault: {delay: {fixedDelay: 1s, percentage: {value: 100}}}
+    timeout: 0.5s
+    route: [{destination: {host: ratings}}]
+",
+        );
+    let p = start(&yaml).await;
+    let reply = get_once(p.out, "ratings:9080", &[]).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.backend(), "ratings-v1");
+    assert_eq!(reply.flags(), "DI");
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_fault_without_percentage_injects_nothing_as_istio_and_is_warned_about() {
+    let up = backend("ratings-v1").await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("ratings", 9080, "HTTP", &[&up])
+        + &vs("  - fault: {abort: {httpStatus: 418}}
+    route: [{destination: {host: ratings}}]
+");
+    let compiled = mesh_core::config::load_str("e2e.yaml", &yaml).unwrap();
+    assert!(
+        compiled.warnings.iter().any(|w| w
+            .to_string()
+            .contains("spec.http[0].fault.abort: no percentage")),
+        "{:?}",
+        compiled.warnings
+    );
+    let p = start(&yaml).await;
+    let reply = get_once(p.out, "ratings:9080", &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.backend(), "ratings-v1");
+}

@@ -1,0 +1,292 @@
+//! Route timeouts: Istio's `HTTPRoute.timeout` (Envoy's route `timeout`).
+//!
+//! [`TimeoutLayer`] bounds each request by the timeout of the route the router chose
+//! ([`route_policy`]; or the layer's own, for a service without a router). Off by default,
+//! as Istio's (`timeout` unset or `0s`: no timeout). The deadline covers the whole exchange,
+//! as Envoy's does ("until the upstream response has been completely processed"):
+//!
+//! - before the response head arrives, the request is dropped (so is its upstream
+//!   connection, never reused) and the client gets `504 upstream request timeout` with flag
+//!   `UT`, as from Envoy;
+//! - after the head, the response body ends with an error when the deadline passes (the
+//!   client sees the stream reset, as with Envoy); it never hangs.
+//!
+//! gRPC: a request with a `grpc-timeout` header is bounded by it, capped by the route
+//! timeout when there is one (Istio sets Envoy's `max_grpc_timeout` to the route timeout,
+//! `0` = uncapped, so Envoy honours the header).
+//!
+//! Where this differs from Envoy: the deadline starts when the request reaches the layer
+//! (after routing and fault injection), not when the client has finished sending its body;
+//! a request whose upload takes longer than the timeout is cut off. The
+//! `x-envoy-upstream-rq-timeout-ms` header is not read.
+//!
+//! The timer is one allocation per request that has a timeout; a request without one costs a
+//! lookup of its route policy.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use http::{Request, Response, StatusCode};
+//! use mesh_core::MeshBody;
+//! use mesh_resilience::timeout::TimeoutLayer;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! let hangs = ServiceBuilder::new()
+//!     .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(1)))
+//!     .service_fn(|_req: Request<()>| async {
+//!         std::future::pending::<()>().await;
+//!         Ok::<_, Infallible>(Response::new(MeshBody::<http_body_util::Empty<bytes::Bytes>>::empty()))
+//!     });
+//! let res = hangs.oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+//! assert_eq!(res.headers()["x-mesh-response-flags"], "UT");
+//! # });
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use mesh_core::body::{OnBodyEnd, ReplyBody};
+use mesh_core::ext::{local_reply, route_policy};
+use mesh_core::flags::ResponseFlags;
+use pin_project::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The body of a timeout answer, as Envoy's.
+pub const TIMEOUT_BODY: &str = "upstream request timeout";
+
+/// Bounds requests by their route's timeout; see the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TimeoutLayer {
+    timeout: Option<Duration>,
+}
+
+impl TimeoutLayer {
+    /// A layer applying each request's route timeout (none without one).
+    pub const fn new() -> Self {
+        TimeoutLayer { timeout: None }
+    }
+
+    /// Applies `timeout` to requests that carry no route policy of their own (a service used
+    /// without the router). Zero means none.
+    pub const fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = if timeout.is_zero() {
+            None
+        } else {
+            Some(timeout)
+        };
+        self
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            layer: *self,
+        }
+    }
+}
+
+/// The service of [`TimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    layer: TimeoutLayer,
+}
+
+mesh_core::accessors!(Timeout);
+
+impl<S, B, R> Service<Request<B>> for Timeout<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    R: ReplyBody<Error: Into<BoxError>>,
+{
+    type Response = Response<TimeoutBody<R>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let route = match route_policy(req.extensions()) {
+            Some(p) => p.timeout,
+            None => self.layer.timeout,
+        };
+        let grpc = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| parse_grpc_timeout(v.as_bytes()));
+        let timeout = match (route, grpc) {
+            (Some(r), Some(g)) => Some(r.min(g)),
+            (r, g) => r.or(g),
+        };
+        ResponseFuture {
+            inner: self.inner.call(req),
+            sleep: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+        }
+    }
+}
+
+/// Parses a gRPC `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`,
+/// `u`, `n`), as the gRPC over HTTP/2 spec writes it.
+pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The future of [`Timeout`].
+#[pin_project]
+#[derive(Debug)]
+pub struct ResponseFuture<F> {
+    #[pin]
+    inner: F,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<F, R, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+    R: ReplyBody<Error: Into<BoxError>>,
+{
+    type Output = Result<Response<TimeoutBody<R>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(res) = this.inner.poll(cx) {
+            let deadline = this.sleep.take();
+            return Poll::Ready(res.map(|r| r.map(|inner| TimeoutBody { inner, deadline })));
+        }
+        if let Some(sleep) = this.sleep.as_mut() {
+            ready!(sleep.as_mut().poll(cx));
+            return Poll::Ready(Ok(local_reply(
+                StatusCode::GATEWAY_TIMEOUT,
+                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                TIMEOUT_BODY,
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+/// A response body that ends with [`TimedOut`] when its route's deadline passes.
+#[pin_project]
+#[derive(Debug)]
+pub struct TimeoutBody<B> {
+    #[pin]
+    inner: B,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<B> TimeoutBody<B> {
+    /// `inner`, with no deadline.
+    pub fn new(inner: B) -> Self {
+        TimeoutBody {
+            inner,
+            deadline: None,
+        }
+    }
+
+    /// When the body times out, if it can.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.as_ref().map(|s| s.deadline())
+    }
+
+    /// The inner body.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+/// The error a [`TimeoutBody`] ends with when the route timeout passes while it streams
+/// (other errors are the inner body's, boxed, as tower-http's `TimeoutBody` does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedOut;
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(TIMEOUT_BODY)
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// A boxed error, as tower's.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B> Body for TimeoutBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if let Some(sleep) = this.deadline.as_mut() {
+            ready!(sleep.as_mut().poll(cx));
+            *this.deadline = None;
+            return Poll::Ready(Some(Err(Box::new(TimedOut))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> ReplyBody for TimeoutBody<B>
+where
+    B: ReplyBody,
+    B::Error: Into<BoxError>,
+{
+    fn local(bytes: Bytes) -> Self {
+        TimeoutBody::new(B::local(bytes))
+    }
+
+    fn on_end(&mut self, end: Arc<dyn OnBodyEnd>) {
+        self.inner.on_end(end);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,251 @@
+//! Route timeouts under paused time, against scripted mock upstreams.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use mesh_core::MeshBody;
+use mesh_core::ext::RoutePolicy;
+use mesh_core::flags::ResponseFlags;
+use proptest::prelude::*;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+use super::*;
+
+/// A response body fed from a channel; it ends when the sender is dropped.
+struct Chunks(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// An upstream that never answers; `dropped` is set when the layer gives up on it.
+fn hanging(
+    dropped: Arc<AtomicBool>,
+) -> impl Service<
+    Request<()>,
+    Response = Response<MeshBody<http_body_util::Empty<Bytes>>>,
+    Error = Infallible,
+> {
+    tower::service_fn(move |_req: Request<()>| {
+        let guard = DropFlag(dropped.clone());
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok(Response::new(MeshBody::empty()))
+        }
+    })
+}
+
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn flags<B>(res: &Response<B>) -> ResponseFlags {
+    res.extensions()
+        .get::<ResponseFlags>()
+        .copied()
+        .unwrap_or_default()
+}
+
+fn with_route_timeout(timeout: Option<Duration>) -> Request<()> {
+    let mut req = Request::new(());
+    req.extensions_mut().insert(RoutePolicy {
+        timeout,
+        ..RoutePolicy::default()
+    });
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_upstream_gets_504_ut_at_the_route_timeout() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let svc = TimeoutLayer::new().layer(hanging(dropped.clone()));
+    let start = Instant::now();
+    let res = svc
+        .oneshot(with_route_timeout(Some(Duration::from_millis(1500))))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(1500), "paused clock");
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(flags(&res), ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+    assert_eq!(res.headers()["x-mesh-response-flags"], "UT");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the upstream request was dropped"
+    );
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, TIMEOUT_BODY);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_timeout_by_default_as_istio() {
+    // A route without `timeout` and a layer without one: the request waits as long as the
+    // upstream does (here: an hour of paused time, then the test gives up on it).
+    let svc = TimeoutLayer::new().layer(hanging(Arc::default()));
+    let res = tokio::time::timeout(
+        Duration::from_secs(3600),
+        svc.oneshot(with_route_timeout(None)),
+    )
+    .await;
+    assert!(res.is_err(), "still waiting after an hour");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layer_s_timeout_applies_only_without_a_route_policy() {
+    let layer = TimeoutLayer::new().with_timeout(Duration::from_secs(2));
+    let start = Instant::now();
+    let res = layer
+        .layer(hanging(Arc::default()))
+        .oneshot(Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    // A route policy without a timeout: none applies.
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        layer
+            .layer(hanging(Arc::default()))
+            .oneshot(with_route_timeout(None)),
+    )
+    .await;
+    assert!(waited.is_err());
+}
+
+/// An upstream answering at once with a body fed from the returned channel.
+fn streaming() -> (
+    impl Service<Request<()>, Response = Response<MeshBody<Chunks>>, Error = Infallible>,
+    tokio::sync::mpsc::UnboundedSender<Bytes>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let rx = std::sync::Mutex::new(Some(rx));
+    let svc = tower::service_fn(move |_req: Request<()>| {
+        let rx = rx.lock().unwrap().take().expect("one request");
+        std::future::ready(Ok(Response::new(MeshBody::inner(Chunks(rx)))))
+    });
+    (svc, tx)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_stalls_past_the_deadline_ends_with_an_error() {
+    let (svc, tx) = streaming();
+    let start = Instant::now();
+    let res = TimeoutLayer::new()
+        .layer(svc)
+        .oneshot(with_route_timeout(Some(Duration::from_secs(5))))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.body().deadline().is_some());
+    tx.send(Bytes::from_static(b"first")).unwrap();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first");
+    // The upstream stalls (the sender stays open): the deadline ends the body.
+    match body.frame().await {
+        Some(Err(e)) if e.is::<TimedOut>() => {}
+        other => panic!("expected a timeout, got {:?}", other.map(|f| f.map(|_| ()))),
+    }
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_finished_in_time_is_whole() {
+    let (svc, tx) = streaming();
+    let res = TimeoutLayer::new()
+        .layer(svc)
+        .oneshot(with_route_timeout(Some(Duration::from_secs(5))))
+        .await
+        .unwrap();
+    tx.send(Bytes::from_static(b"a")).unwrap();
+    tx.send(Bytes::from_static(b"b")).unwrap();
+    drop(tx);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "ab");
+}
+
+async fn timed_out_after(route: Option<Duration>, grpc_timeout: &str) -> Duration {
+    let svc = TimeoutLayer::new().layer(hanging(Arc::default()));
+    let mut req = with_route_timeout(route);
+    req.headers_mut()
+        .insert("grpc-timeout", grpc_timeout.parse().unwrap());
+    let start = Instant::now();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    start.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_timeout_bounds_the_request_capped_by_the_route_timeout() {
+    // Istio sets Envoy's max_grpc_timeout to the route timeout (0: uncapped).
+    let s = Duration::from_secs;
+    assert_eq!(
+        timed_out_after(Some(s(1)), "500m").await,
+        Duration::from_millis(500)
+    );
+    assert_eq!(timed_out_after(Some(s(1)), "2S").await, s(1));
+    assert_eq!(timed_out_after(None, "3S").await, s(3));
+    // A malformed header is ignored.
+    assert_eq!(timed_out_after(Some(s(1)), "3seconds").await, s(1));
+}
+
+#[test]
+fn grpc_timeout_units_and_limits() {
+    assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+    assert_eq!(parse_grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
+    assert_eq!(parse_grpc_timeout(b"3S"), Some(Duration::from_secs(3)));
+    assert_eq!(parse_grpc_timeout(b"40m"), Some(Duration::from_millis(40)));
+    assert_eq!(parse_grpc_timeout(b"5u"), Some(Duration::from_micros(5)));
+    assert_eq!(
+        parse_grpc_timeout(b"99999999n"),
+        Some(Duration::from_nanos(99_999_999))
+    );
+    for bad in [
+        &b""[..],
+        b"S",
+        b"123456789S",
+        b"1s",
+        b"-1S",
+        b"1.5S",
+        b" 1S",
+    ] {
+        assert_eq!(
+            parse_grpc_timeout(bad),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+proptest! {
+    #[test]
+    fn grpc_timeout_never_panics_and_round_trips(n in 0u64..100_000_000, unit in prop::sample::select(b"HMSmun".to_vec()), junk in prop::collection::vec(any::<u8>(), 0..12)) {
+        let _ = parse_grpc_timeout(&junk);
+        let text = format!("{n}{}", unit as char);
+        let d = parse_grpc_timeout(text.as_bytes()).expect("valid");
+        let per = match unit { b'H' => 3_600_000_000_000u128, b'M' => 60_000_000_000, b'S' => 1_000_000_000, b'm' => 1_000_000, b'u' => 1_000, _ => 1 };
+        prop_assert_eq!(d.as_nanos(), u128::from(n) * per);
+    }
+}
