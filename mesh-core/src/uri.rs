@@ -135,12 +135,17 @@ mod tests {
     #[test]
     fn origin_form_and_existing_host_and_ipv6() {
         // an origin-form request with a Host: the Host stays, the URI gets the endpoint
-        let mut req = Request::get("/a?b").header("host", "reviews:9080").body(()).unwrap_or_default();
+        let mut req = Request::get("/a?b")
+            .header("host", "reviews:9080")
+            .body(())
+            .unwrap_or_default();
         retarget(&mut req, ep("[::1]:8080").addr);
         assert_eq!(req.uri(), "http://[::1]:8080/a?b");
         assert_eq!(req.headers()["host"], "reviews:9080");
         // https stays https
-        let mut req = Request::get("https://api.example.com/x").body(()).unwrap_or_default();
+        let mut req = Request::get("https://api.example.com/x")
+            .body(())
+            .unwrap_or_default();
         retarget(&mut req, ep("10.1.1.1:443").addr);
         assert_eq!(req.uri(), "https://10.1.1.1:443/x");
         assert_eq!(req.headers()["host"], "api.example.com");
