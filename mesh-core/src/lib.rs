@@ -29,6 +29,7 @@ macro_rules! accessors {
 }
 
 pub mod analyze;
+pub mod authority;
 pub mod body;
 pub mod compile;
 pub mod config;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::header::SET_COOKIE;
 use http::{HeaderValue, Request, Response, StatusCode};
+use mesh_core::authority::{self, Authority};
 use mesh_core::body::ReplyBody;
 use mesh_core::compile::{Snapshot, resolve_host};
 use mesh_core::ext::{
@@ -729,8 +730,7 @@ impl<S> Lb<S> {
         S: Service<Request<B>, Response = Response<R>> + Clone,
         R: ReplyBody,
     {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
+        if let Ok(ip) = authority::unbracket(host).parse::<IpAddr>() {
             req.extensions_mut()
                 .insert(passthrough_endpoint(SocketAddr::new(ip, port)));
             let fut = self.inner.call(req);
@@ -774,23 +774,11 @@ fn passthrough_endpoint(addr: SocketAddr) -> SelectedEndpoint {
     }
 }
 
-/// The request's host and port, from the URI or the `Host` header.
+/// The request's host (IPv6 literals without brackets) and port, from the URI or the `Host`
+/// header; `None` without an authority or with one that does not parse (`mesh_core::authority`).
 fn request_authority<B>(req: &Request<B>) -> Option<(&str, Option<u16>)> {
-    let auth = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
-    };
-    let auth = auth.rsplit_once('@').map_or(auth, |(_, a)| a);
-    // `[v6]:port`, `host:port`, `host`
-    if let Some(rest) = auth.strip_prefix('[') {
-        let (ip, after) = rest.split_once(']')?;
-        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-        return Some((ip, port));
-    }
-    match auth.rsplit_once(':') {
-        Some((h, p)) => Some((h, p.parse().ok())),
-        None => Some((auth, None)),
-    }
+    let a = Authority::parse(authority::of_request(req)?).ok()?;
+    Some((a.unbracketed(), a.port()))
 }
 
 /// Without a router: the destination is the request's authority, short names resolved in

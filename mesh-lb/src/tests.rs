@@ -1085,6 +1085,42 @@ async fn passthrough_connects_to_the_named_host() {
     assert_eq!(picked(&lb.call(r).await.unwrap()), addr("10.0.0.77:9080"));
 }
 
+/// `simple: PASSTHROUGH` reads the request's authority with `mesh_core::authority`: a
+/// bracketed IPv6 literal and its port; a bare one is all host, no port (RFC 3986 §3.2.2:
+/// only a bracketed literal carries a port; it used to be read as host `:` port 1); a port
+/// that is not a number is no destination (it used to be dropped silently).
+#[tokio::test]
+async fn passthrough_reads_the_authority_as_rfc_3986_writes_it() {
+    let y = BASE.replace("{simple: ROUND_ROBIN}", "{simple: PASSTHROUGH}");
+    let mut lb = LbLayer::new(snap(&y)).layer(echo());
+    let to = |host: &str| {
+        let mut r = Request::builder()
+            .uri("/")
+            .header("host", host)
+            .body(())
+            .unwrap();
+        r.extensions_mut().insert(dest(REVIEWS, None, Some(9080)));
+        r
+    };
+    assert_eq!(
+        picked(&lb.call(to("[::1]:8080")).await.unwrap()),
+        addr("[::1]:8080")
+    );
+    assert_eq!(
+        picked(&lb.call(to("::1")).await.unwrap()),
+        addr("[::1]:9080")
+    );
+    assert_eq!(
+        picked(&lb.call(to("10.0.0.77:")).await.unwrap()),
+        addr("10.0.0.77:9080")
+    );
+    let res = lb.call(to("10.0.0.77:http")).await.unwrap();
+    assert_eq!(
+        (res.status().as_u16(), flags_of(&res)),
+        (503, ResponseFlags::NO_ROUTE)
+    );
+}
+
 #[tokio::test]
 async fn unknown_hosts_without_router_pass_through_under_allow_any() {
     let fake = Arc::new(FakeResolver::default());

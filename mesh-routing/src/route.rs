@@ -140,6 +140,7 @@ use http::header::{HOST, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
 use mesh_core::ResponseFlags;
+use mesh_core::authority::split_port;
 use mesh_core::body::ReplyBody;
 use mesh_core::ext::{
     Passthrough, RouteDecision, RouteDestination, RoutePolicy, SourceWorkload, local_reply,
@@ -148,7 +149,7 @@ use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::action::{CorsDecision, Formatted, split_port};
+use crate::action::{CorsDecision, Formatted};
 use crate::mirror::Mirrors;
 use crate::table::{
     Action, CompiledRoute, Forward, RouteTable, RouteTableHandle, Selected, next_seed, view_of,

@@ -269,14 +269,7 @@ pub(crate) fn view_of<'a, B>(
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    let authority = match uri.authority() {
-        Some(a) => a.as_str().rsplit('@').next().unwrap_or(""),
-        None => req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or(""),
-    };
+    let authority = mesh_core::authority::of_request(req).unwrap_or("");
     RequestView {
         path_and_query,
         path,

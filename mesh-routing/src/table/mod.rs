@@ -48,6 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::{ArcSwap, Guard};
 use http::{HeaderValue, Request};
+use mesh_core::authority::split_port;
 use mesh_core::compile::{Protocol, Service, Snapshot, VirtualServiceEntry, host_matches};
 use mesh_core::error::ResourceRef;
 use mesh_core::ext::{RouteDestination, RoutePolicy, SourceWorkload};
@@ -56,7 +57,7 @@ use mesh_core::model::networking::{Destination, HttpRoute, OutboundTrafficMode, 
 use mesh_core::policy::{FaultPolicy, RetryPolicy};
 use mesh_core::selector::Labels;
 
-use crate::action::{Cors, Direct, HeaderRules, Redirect, UriRewrite, split_port};
+use crate::action::{Cors, Direct, HeaderRules, Redirect, UriRewrite};
 use crate::delegate;
 use crate::error::BuildError;
 use crate::index::PathIndex;
