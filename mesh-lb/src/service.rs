@@ -732,7 +732,7 @@ impl<S> Lb<S> {
     {
         if let Ok(ip) = authority::unbracket(host).parse::<IpAddr>() {
             req.extensions_mut()
-                .insert(passthrough_endpoint(SocketAddr::new(ip, port)));
+                .insert(SelectedEndpoint::new(SocketAddr::new(ip, port)));
             let fut = self.inner.call(req);
             return ResponseFuture {
                 state: State::Called { fut },
@@ -763,15 +763,6 @@ impl<S> Lb<S> {
 #[inline]
 fn memo_index(dest: &RouteDestination) -> usize {
     (Arc::as_ptr(&dest.host) as *const u8 as usize >> 4) % MEMO
-}
-
-fn passthrough_endpoint(addr: SocketAddr) -> SelectedEndpoint {
-    SelectedEndpoint {
-        addr,
-        http2: false,
-        service_account: None,
-        istio_tls: false,
-    }
 }
 
 /// The request's host (IPv6 literals without brackets) and port, from the URI or the `Host`
@@ -858,7 +849,7 @@ where
                     let next = match addrs.ok().and_then(|a| a.first().copied()) {
                         Some(ip) => {
                             req.extensions_mut()
-                                .insert(passthrough_endpoint(SocketAddr::new(ip, *port)));
+                                .insert(SelectedEndpoint::new(SocketAddr::new(ip, *port)));
                             State::Called { fut: svc.call(req) }
                         }
                         None => State::Local {

@@ -50,16 +50,7 @@ impl DnsDiscover {
             .filter(|s| !s.hostname.starts_with('*'))
             .map(|s| {
                 let names = if s.endpoints.is_empty() {
-                    let ep = Endpoint {
-                        address: s.hostname.to_string(),
-                        ports: Default::default(),
-                        labels: Default::default(),
-                        locality: Default::default(),
-                        weight: 1,
-                        service_account: None,
-                        network: None,
-                        workload_entry: None,
-                    };
+                    let ep = Endpoint::new(s.hostname.to_string());
                     vec![(s.hostname.clone(), Arc::new(ep))]
                 } else {
                     s.endpoints

@@ -30,11 +30,7 @@
 //! let (source, feed) = FeedDiscover::new();
 //! let v0 = source.version();
 //! feed.publish("reviews.default.svc.cluster.local", EndpointSet::new(vec![
-//!     DiscoveredEndpoint::new("10.0.0.7".parse().unwrap(), Arc::new(Endpoint {
-//!         address: "10.0.0.7".into(), ports: Default::default(), labels: Default::default(),
-//!         locality: Default::default(), weight: 1, service_account: None, network: None,
-//!         workload_entry: None,
-//!     })),
+//!     DiscoveredEndpoint::new("10.0.0.7".parse().unwrap(), Arc::new(Endpoint::new("10.0.0.7"))),
 //! ]));
 //! assert!(source.version() > v0);
 //! ```
