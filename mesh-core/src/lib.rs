@@ -39,6 +39,7 @@ pub mod format;
 pub mod health;
 pub mod pattern;
 pub mod policy;
+pub mod rng;
 pub mod selector;
 pub mod sticky;
 pub mod support;

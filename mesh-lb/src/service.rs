@@ -240,10 +240,7 @@ impl<S> Layer<S> for LbLayer {
 
     fn layer(&self, inner: S) -> Lb<S> {
         let n = self.shared.workers.fetch_add(1, Ordering::Relaxed);
-        let seed = match self.shared.config.seed {
-            Some(s) => s ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            None => fastrand::u64(..),
-        };
+        let seed = mesh_core::rng::seed(self.shared.config.seed, n);
         let empty = Arc::new(Cache::empty(u64::MAX));
         let worker = Worker {
             cache: ArcSwap::new(empty.clone()),

@@ -723,7 +723,7 @@ fn cookie_is_generated_once_and_keeps_the_client_on_its_endpoint() {
 fn route_by_cookie(
     req: &Request<()>,
     weights: &[(&str, u32)],
-    rng: &mut fastrand::Rng,
+    rng: &mut mesh_core::rng::Rng,
 ) -> RouteDestination {
     let cookie_subset = mesh_core::sticky::find_cookie(req.headers(), "user")
         .and_then(mesh_core::sticky::decode)
@@ -731,7 +731,7 @@ fn route_by_cookie(
         .filter(|s| weights.iter().any(|(n, w)| n == s && *w > 0));
     let subset = cookie_subset.map(str::to_string).unwrap_or_else(|| {
         let total: u32 = weights.iter().map(|w| w.1).sum();
-        let mut r = rng.u32(0..total);
+        let mut r = rng.below(total as usize) as u32;
         weights
             .iter()
             .find(|(_, w)| {
@@ -754,7 +754,7 @@ fn sticky_sessions_compose_with_weighted_subsets() {
         "loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 0s}}}",
     );
     let mut lb = seeded(snap(&y)).layer(echo());
-    let mut rng = fastrand::Rng::with_seed(9);
+    let mut rng = mesh_core::rng::Rng::new(Some(9));
     let weights = [("v1", 80), ("v2", 20)];
     let mut clients_on_v2 = 0;
     for _client in 0..500 {

@@ -114,7 +114,7 @@ impl Cluster {
         };
         let host_weight = |i: usize| f64::from(hosts[i].weight) * factors[i];
 
-        let rng = Rng::new(input.seed);
+        let rng = SharedRng::new(Some(input.seed));
         let mut levels = Vec::new();
         let mut cumulative = Vec::new();
         if let Some(load) = load {

@@ -16,10 +16,11 @@ use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamCluster};
 use mesh_core::health::{HealthCell, HealthKey, HealthSource};
 use mesh_core::locality::Locality;
 use mesh_core::model::networking::ServicePort;
+use mesh_core::rng::SharedRng;
 use mesh_core::selector::{Labels, labels_match};
 
 use crate::discover::EndpointSet;
-use crate::endpoint::{EndpointState, Registry, Rng};
+use crate::endpoint::{EndpointState, Registry};
 use crate::hash::HashTable;
 use crate::locality::{Client, Place, layout, priority_load};
 use crate::policy::{Algorithm, HashKey, Policy};
@@ -53,7 +54,7 @@ pub(crate) struct Cluster {
     cumulative: Box<[u32]>,
     pub(crate) algorithm: Algorithm,
     pub(crate) hash: Option<HashKey>,
-    pub(crate) rng: Rng,
+    pub(crate) rng: SharedRng,
     pub(crate) ewma_default_rtt_ns: f64,
 }
 

@@ -86,7 +86,7 @@ impl Cluster {
         for _ in 0..8 {
             let pos = alias.sample(&self.rng);
             let active = f64::from(self.hosts[hosts[pos] as usize].state.active()) + 1.0;
-            if self.rng.unit() * active < 1.0 {
+            if self.rng.next_f64() * active < 1.0 {
                 return hosts[pos];
             }
             let score = weights[pos] / active;

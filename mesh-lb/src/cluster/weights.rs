@@ -40,7 +40,7 @@ impl Alias {
     }
 
     #[inline]
-    pub(crate) fn sample(&self, rng: &Rng) -> usize {
+    pub(crate) fn sample(&self, rng: &SharedRng) -> usize {
         let r = rng.next_u64();
         let n = self.prob.len() as u64;
         let i = (((r & 0xffff_ffff) * n) >> 32) as usize;
@@ -120,7 +120,7 @@ mod tests {
     #[test]
     fn alias_samples_by_weight() {
         let a = Alias::new(&[1.0, 3.0]);
-        let rng = Rng::new(1);
+        let rng = SharedRng::new(Some(1));
         let n = 100_000;
         let ones = (0..n).filter(|_| a.sample(&rng) == 1).count();
         let share = ones as f64 / n as f64;

@@ -163,7 +163,7 @@ impl std::fmt::Debug for RouteTable {
 impl Forward {
     /// Chooses a destination: the sticky cookie's subset when it names a live destination
     /// (`mesh_core::sticky`), else by weight.
-    pub(crate) fn choose(&self, headers: &http::HeaderMap, rng: &mut fastrand::Rng) -> usize {
+    pub(crate) fn choose(&self, headers: &http::HeaderMap, rng: &mut Rng) -> usize {
         if self.dests.len() == 1 {
             return 0;
         }
@@ -185,7 +185,7 @@ impl Forward {
         if self.total_weight == 0 {
             return 0;
         }
-        let mut pick = rng.u32(0..self.total_weight);
+        let mut pick = rng.below(self.total_weight as usize) as u32;
         for (i, d) in self.dests.iter().enumerate() {
             if pick < d.weight {
                 return i;
@@ -230,25 +230,13 @@ impl std::fmt::Debug for RouteTableHandle {
     }
 }
 
-/// A seed for a new router instance's RNG: the configured seed mixed with a counter, so
-/// clones draw different but reproducible sequences.
-pub(crate) fn next_seed(base: Option<u64>, counter: &AtomicU64) -> fastrand::Rng {
-    match base {
-        Some(seed) => {
-            let n = counter.fetch_add(1, Ordering::Relaxed);
-            fastrand::Rng::with_seed(splitmix(seed ^ splitmix(n)))
-        }
-        None => fastrand::Rng::with_seed(splitmix(
-            SEED_COUNTER.fetch_add(1, Ordering::Relaxed) ^ fastrand::u64(..),
-        )),
-    }
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// A new router instance's generator: seeded from the configured seed and the instance's
+/// number, so clones draw different but reproducible sequences (`mesh_core::rng::seed`).
+pub(crate) fn next_seed(base: Option<u64>, counter: &AtomicU64) -> Rng {
+    Rng::new(Some(rng::seed(
+        base,
+        counter.fetch_add(1, Ordering::Relaxed),
+    )))
 }
 
 /// Builds a [`RequestView`] of `req` (the port is filled in by [`RouteTable::select`]).

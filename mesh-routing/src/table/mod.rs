@@ -55,6 +55,7 @@ use mesh_core::ext::{RouteDestination, RoutePolicy, SourceWorkload};
 use mesh_core::model::Kind;
 use mesh_core::model::networking::{Destination, HttpRoute, OutboundTrafficMode, ServicePort};
 use mesh_core::policy::{FaultPolicy, RetryPolicy};
+use mesh_core::rng::{self, Rng};
 use mesh_core::selector::Labels;
 
 use crate::action::{Cors, Direct, HeaderRules, Redirect, UriRewrite};
@@ -214,8 +215,6 @@ pub(crate) enum Selected<'t> {
 
 /// Hosts longer than this match no domain (not even `*`): they are treated as unknown.
 const MAX_HOST_LEN: usize = 320;
-
-static SEED_COUNTER: AtomicU64 = AtomicU64::new(0x5eed);
 
 /// A fast, unkeyed hash for the domain maps. Their keys come from configuration; requests
 /// only look up, so they cannot fill a bucket chain.
