@@ -36,6 +36,7 @@ pub mod config;
 pub mod ext;
 pub mod flags;
 pub mod format;
+pub mod hash;
 pub mod health;
 pub mod pattern;
 pub mod policy;

@@ -21,6 +21,7 @@ use mesh_core::ext::{
     route_policy,
 };
 use mesh_core::flags::ResponseFlags;
+use mesh_core::hash::{FastHashMap, stable_hash};
 use mesh_core::health::{HealthSource, HealthTable, cluster_name};
 use mesh_core::locality::Locality;
 use mesh_core::model::networking::{OutboundTrafficMode, Resolution};
@@ -28,7 +29,6 @@ use mesh_core::sticky;
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
-use xxhash_rust::xxh64::xxh64;
 
 use crate::cluster::{BuildInput, Cluster};
 use crate::config::LbConfig;
@@ -141,7 +141,7 @@ struct Worker {
 #[derive(Clone)]
 struct Cache {
     snapshot_gen: u64,
-    index: HashMap<RouteDestination, usize, foldhash::fast::FixedState>,
+    index: FastHashMap<RouteDestination, usize>,
     entries: Vec<Arc<Entry>>,
 }
 
@@ -430,7 +430,7 @@ impl Shared {
             .endpoints(service)
             .unwrap_or_else(|| Arc::new(EndpointSet::default()));
         let name: Arc<str> = cluster_name(port_number, dest.subset.as_deref(), host).into();
-        let seed = seed ^ xxh64(name.as_bytes(), 0);
+        let seed = seed ^ stable_hash(name.as_bytes());
         Entry::Cluster(Cluster::build(BuildInput {
             name,
             subset: dest.subset.clone(),
@@ -674,7 +674,7 @@ where
             Some(HashKey::Cookie(c)) => match sticky::find_cookie(req.headers(), &c.name) {
                 Some(v) => Some(match sticky::decode(v) {
                     Some((_, key)) => key,
-                    None => xxh64(v.as_bytes(), 0),
+                    None => stable_hash(v.as_bytes()),
                 }),
                 None if c.ttl.is_some() => {
                     let key = cluster.rng.next_u64();

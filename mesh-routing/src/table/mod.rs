@@ -52,6 +52,7 @@ use mesh_core::authority::split_port;
 use mesh_core::compile::{Protocol, Service, Snapshot, VirtualServiceEntry, host_matches};
 use mesh_core::error::ResourceRef;
 use mesh_core::ext::{RouteDestination, RoutePolicy, SourceWorkload};
+use mesh_core::hash::FastHashMap;
 use mesh_core::model::Kind;
 use mesh_core::model::networking::{Destination, HttpRoute, OutboundTrafficMode, ServicePort};
 use mesh_core::policy::{FaultPolicy, RetryPolicy};
@@ -105,9 +106,9 @@ pub struct RouterContext {
 /// A compiled route table. Immutable, `Send + Sync`, shared as `Arc<RouteTable>`.
 pub struct RouteTable {
     generation: u64,
-    exact: HashMap<Box<str>, DomainTarget, FxBuild>,
+    exact: FastHashMap<Box<str>, DomainTarget>,
     /// Wildcard domains by suffix, the leading `*` removed (`.example.com`, `.example.com:80`).
-    wildcard: HashMap<Box<str>, DomainTarget, FxBuild>,
+    wildcard: FastHashMap<Box<str>, DomainTarget>,
     catch_all: Option<DomainTarget>,
     strip_port: bool,
     vhosts: Vec<VirtualHost>,
@@ -215,32 +216,6 @@ pub(crate) enum Selected<'t> {
 
 /// Hosts longer than this match no domain (not even `*`): they are treated as unknown.
 const MAX_HOST_LEN: usize = 320;
-
-/// A fast, unkeyed hash for the domain maps. Their keys come from configuration; requests
-/// only look up, so they cannot fill a bucket chain.
-#[derive(Default, Clone, Copy)]
-struct FxHasher(u64);
-
-type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
-
-impl std::hash::Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-
-    fn write_u8(&mut self, b: u8) {
-        self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
 
 // === impl RouterContext ===
 
