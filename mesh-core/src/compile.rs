@@ -167,6 +167,33 @@ pub struct Endpoint {
     pub workload_entry: Option<ResourceRef>,
 }
 
+// === impl Endpoint ===
+
+impl Endpoint {
+    /// An endpoint at `address` (an IP, or a hostname for DNS resolution) with weight 1 and
+    /// nothing else known: no port overrides, labels, locality, service account or network, not
+    /// from a WorkloadEntry. Set the rest through the public fields.
+    ///
+    /// ```
+    /// use mesh_core::compile::Endpoint;
+    ///
+    /// let ep = Endpoint::new("10.0.0.7");
+    /// assert_eq!((ep.address.as_str(), ep.weight), ("10.0.0.7", 1));
+    /// ```
+    pub fn new(address: impl Into<String>) -> Self {
+        Endpoint {
+            address: address.into(),
+            ports: Default::default(),
+            labels: Labels::default(),
+            locality: Locality::default(),
+            weight: 1,
+            service_account: None,
+            network: None,
+            workload_entry: None,
+        }
+    }
+}
+
 /// Application protocol of a service port (Istio's protocol selection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Protocol {

@@ -155,6 +155,49 @@ pub struct RouteDecision {
 #[derive(Debug, Clone)]
 pub struct SelectedUpstream(Arc<(SelectedEndpoint, UpstreamCluster)>);
 
+// === impl SelectedEndpoint ===
+
+impl SelectedEndpoint {
+    /// An endpoint at `addr` spoken to in HTTP/1.1, with no known identity and no sidecar: what
+    /// passthrough, the inbound listener and in-process users connect to. Set the rest with
+    /// the `with_*` methods.
+    ///
+    /// ```
+    /// use mesh_core::ext::SelectedEndpoint;
+    ///
+    /// let ep = SelectedEndpoint::new("10.0.0.7:9080".parse().unwrap()).with_http2(true);
+    /// assert!(ep.http2 && ep.service_account.is_none() && !ep.istio_tls);
+    /// ```
+    pub fn new(addr: SocketAddr) -> Self {
+        SelectedEndpoint {
+            addr,
+            http2: false,
+            service_account: None,
+            istio_tls: false,
+        }
+    }
+
+    /// Speaks HTTP/2 to the endpoint when `http2`, else HTTP/1.1.
+    pub fn with_http2(mut self, http2: bool) -> Self {
+        self.http2 = http2;
+        self
+    }
+
+    /// The endpoint's service account (for SPIFFE peer verification), if known.
+    pub fn with_service_account(mut self, service_account: Option<Arc<str>>) -> Self {
+        self.service_account = service_account;
+        self
+    }
+
+    /// Whether the endpoint has a sidecar (`security.istio.io/tlsMode: istio`).
+    pub fn with_istio_tls(mut self, istio_tls: bool) -> Self {
+        self.istio_tls = istio_tls;
+        self
+    }
+}
+
+// === impl SelectedUpstream ===
+
 impl SelectedUpstream {
     /// The endpoint and the cluster it belongs to.
     pub fn new(endpoint: SelectedEndpoint, cluster: UpstreamCluster) -> Self {
@@ -309,12 +352,7 @@ mod tests {
         assert_eq!(route_destination(&ext), Some(&merged));
         assert_eq!(route_policy(&ext).unwrap().route_name.as_deref(), Some("r"));
 
-        let ep = SelectedEndpoint {
-            addr: "127.0.0.1:1".parse().unwrap(),
-            http2: false,
-            service_account: None,
-            istio_tls: false,
-        };
+        let ep = SelectedEndpoint::new("127.0.0.1:1".parse().unwrap());
         let mut ext = Extensions::new();
         assert!(selected_endpoint(&ext).is_none() && upstream_cluster(&ext).is_none());
         ext.insert(ep.clone());

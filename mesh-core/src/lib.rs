@@ -29,15 +29,18 @@ macro_rules! accessors {
 }
 
 pub mod analyze;
+pub mod authority;
 pub mod body;
 pub mod compile;
 pub mod config;
 pub mod ext;
 pub mod flags;
 pub mod format;
+pub mod hash;
 pub mod health;
 pub mod pattern;
 pub mod policy;
+pub mod rng;
 pub mod selector;
 pub mod sticky;
 pub mod support;

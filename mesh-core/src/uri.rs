@@ -20,12 +20,7 @@
 //!     },
 //! );
 //! let mut req = http::Request::get("http://reviews/books?id=1").body(()).unwrap();
-//! req.extensions_mut().insert(SelectedEndpoint {
-//!     addr: "10.0.0.7:9080".parse().unwrap(),
-//!     http2: false,
-//!     service_account: None,
-//!     istio_tls: false,
-//! });
+//! req.extensions_mut().insert(SelectedEndpoint::new("10.0.0.7:9080".parse().unwrap()));
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! let sent = client.oneshot(req).await.unwrap();
 //! assert_eq!(sent, "http://10.0.0.7:9080/books?id=1 host=\"reviews\"");
@@ -124,12 +119,7 @@ mod tests {
     use super::*;
 
     fn ep(addr: &str) -> SelectedEndpoint {
-        SelectedEndpoint {
-            addr: addr.parse().unwrap_or_else(|_| unreachable!()),
-            http2: false,
-            service_account: None,
-            istio_tls: false,
-        }
+        SelectedEndpoint::new(addr.parse().unwrap_or_else(|_| unreachable!()))
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub struct LbConfig {
     /// Tuning of peak-EWMA. Default: see [`PeakEwmaConfig`].
     pub peak_ewma: PeakEwmaConfig,
     /// Seed of the balancers' random numbers, for reproducible tests and simulations.
-    /// Default: none (seeded from the OS for each layer).
+    /// Default: none (seeded from entropy for each layer; see `mesh_core::rng`).
     pub seed: Option<u64>,
     /// Envoy's overprovisioning factor, in percent, used to compute priority and locality
     /// load from health. Istio leaves Envoy's default. Default: 140.

@@ -1,5 +1,4 @@
-//! Per-endpoint runtime state (active requests, latency), shared by every worker's balancer,
-//! and the lock-free random numbers the balancers draw.
+//! Per-endpoint runtime state (active requests, latency), shared by every worker's balancer.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -23,11 +22,6 @@ pub struct EndpointState {
     pub(crate) created: Option<Instant>,
     epoch: Instant,
 }
-
-/// A lock-free wyrand generator: one atomic add per number, so a cluster shared by the
-/// clones of a layer needs no lock to draw.
-#[derive(Debug)]
-pub(crate) struct Rng(AtomicU64);
 
 /// Creates and keeps [`EndpointState`]s by (cluster, address), so a rebuilt cluster finds
 /// the counters of its surviving endpoints. Locked only while a cluster is built.
@@ -137,36 +131,6 @@ impl EndpointState {
     }
 }
 
-// === impl Rng ===
-
-const WY0: u64 = 0xa076_1d64_78bd_642f;
-const WY1: u64 = 0xe703_7ed1_a0b4_28db;
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        Rng(AtomicU64::new(seed))
-    }
-
-    #[inline]
-    pub(crate) fn next_u64(&self) -> u64 {
-        let s = self.0.fetch_add(WY0, Ordering::Relaxed).wrapping_add(WY0);
-        let t = u128::from(s).wrapping_mul(u128::from(s ^ WY1));
-        (t as u64) ^ ((t >> 64) as u64)
-    }
-
-    /// A number in `0..n` (`n > 0`), by multiply-shift (no division).
-    #[inline]
-    pub(crate) fn below(&self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-
-    /// A number in `[0, 1)`.
-    #[inline]
-    pub(crate) fn unit(&self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-}
-
 // === impl Registry ===
 
 impl Registry {
@@ -254,15 +218,5 @@ mod tests {
         assert!(Arc::ptr_eq(&first[0], &second[0]));
         assert_eq!(second[0].active(), 1);
         assert_eq!(second[1].created, Some(now), "later members do");
-    }
-
-    #[test]
-    fn rng_below_is_in_range() {
-        let r = Rng::new(7);
-        for n in 1..50 {
-            assert!(r.below(n) < n);
-        }
-        let u = r.unit();
-        assert!((0.0..1.0).contains(&u));
     }
 }

@@ -26,7 +26,7 @@
 //! let addrs: Vec<SocketAddr> = vec!["10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap()];
 //! let ring = HashTable::ring(&addrs, &[1.0, 1.0], 1024).unwrap();
 //! let maglev = HashTable::maglev(&addrs, &[1.0, 1.0], 65537).unwrap();
-//! let key = xxhash_rust::xxh64::xxh64(b"user-42", 0); // as Envoy hashes a header value
+//! let key = mesh_core::hash::stable_hash(b"user-42"); // as Envoy hashes a header value
 //! assert!(ring.get(key) < 2 && maglev.get(key) < 2);
 //! assert_eq!((ring.len(), maglev.len()), (1024, 65537));
 //! ```
@@ -34,7 +34,7 @@
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use xxhash_rust::xxh64::{Xxh64, xxh64};
+use mesh_core::hash::{StableHasher, stable_hash, stable_hash_seeded};
 
 use crate::policy::MAX_RING_SIZE;
 
@@ -88,7 +88,7 @@ impl HashTable {
             while current < target {
                 key.truncate(prefix);
                 let _ = write!(key, "{i}");
-                points.push((xxh64(&key, 0), idx as u32));
+                points.push((stable_hash(&key), idx as u32));
                 i += 1;
                 current += 1.0;
             }
@@ -132,8 +132,8 @@ impl HashTable {
             max_w = max_w.max(weight);
             entries.push(Entry {
                 host: idx as u32,
-                offset: xxh64(&key, 0) % m,
-                skip: xxh64(&key, 1) % (m - 1) + 1,
+                offset: stable_hash(&key) % m,
+                skip: stable_hash_seeded(&key, 1) % (m - 1) + 1,
                 weight,
                 target: 0.0,
                 next: 0,
@@ -217,9 +217,9 @@ pub(crate) fn header_hash(headers: &http::HeaderMap, name: &http::HeaderName) ->
     let mut values = headers.get_all(name).iter();
     let first = values.next()?;
     let Some(second) = values.next() else {
-        return Some(xxh64(first.as_bytes(), 0));
+        return Some(stable_hash(first.as_bytes()));
     };
-    let mut h = Xxh64::new(0);
+    let mut h = StableHasher::new(0);
     h.update(first.as_bytes());
     for v in std::iter::once(second).chain(values) {
         h.update(b",");
@@ -234,7 +234,7 @@ pub(crate) fn ip_hash(ip: IpAddr) -> u64 {
     let mut cur = std::io::Cursor::new(&mut buf[..]);
     let _ = write!(cur, "{ip}");
     let n = cur.position() as usize;
-    xxh64(&buf[..n], 0)
+    stable_hash(&buf[..n])
 }
 
 /// xxHash64 of the first value of query parameter `name` (raw, not percent-decoded).
@@ -242,7 +242,7 @@ pub(crate) fn query_hash(uri: &http::Uri, name: &str) -> Option<u64> {
     let q = uri.query()?;
     q.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then(|| xxh64(v.as_bytes(), 0))
+        (k == name).then(|| stable_hash(v.as_bytes()))
     })
 }
 
@@ -272,7 +272,7 @@ mod tests {
             "10.0.0.2:8080_1",
         ]
         .iter()
-        .map(|k| xxh64(k.as_bytes(), 0))
+        .map(|k| stable_hash(k.as_bytes()))
         .collect();
         expect.sort_unstable();
         assert_eq!(&**hashes, &expect[..]);
@@ -335,7 +335,7 @@ mod tests {
         let mut moved = 0;
         let mut only_removed_moved = true;
         for k in 0..keys {
-            let h = xxh64(&k.to_le_bytes(), 7);
+            let h = stable_hash_seeded(&k.to_le_bytes(), 7);
             let b = before.get(h);
             let a = after.get(h);
             let a_orig = if a >= removed { a + 1 } else { a };
@@ -406,12 +406,15 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.append("x-user", "alice".parse().unwrap());
         let name = http::HeaderName::from_static("x-user");
-        assert_eq!(header_hash(&h, &name), Some(xxh64(b"alice", 0)));
+        assert_eq!(header_hash(&h, &name), Some(stable_hash(b"alice")));
         h.append("x-user", "bob".parse().unwrap());
-        assert_eq!(header_hash(&h, &name), Some(xxh64(b"alice,bob", 0)));
-        assert_eq!(ip_hash("10.1.2.3".parse().unwrap()), xxh64(b"10.1.2.3", 0));
+        assert_eq!(header_hash(&h, &name), Some(stable_hash(b"alice,bob")));
+        assert_eq!(
+            ip_hash("10.1.2.3".parse().unwrap()),
+            stable_hash(b"10.1.2.3")
+        );
         let uri: http::Uri = "/p?a=1&user=carol&user=x".parse().unwrap();
-        assert_eq!(query_hash(&uri, "user"), Some(xxh64(b"carol", 0)));
+        assert_eq!(query_hash(&uri, "user"), Some(stable_hash(b"carol")));
         assert_eq!(query_hash(&uri, "nope"), None);
     }
 }

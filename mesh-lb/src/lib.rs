@@ -127,8 +127,8 @@
 //! Each [`tower_layer::Layer::layer`] call makes an independent balancer (cursors and a
 //! cache of clusters keyed by destination): the proxy builds one per worker thread.
 //! Endpoint counters (requests in flight, latency) are shared by all workers, as Envoy's
-//! host stats. A pick is a few atomic loads, a hash-map lookup with `foldhash`, and the
-//! algorithm: no lock, no allocation. Clusters are built lazily on first use and rebuilt
+//! host stats. A pick is a few atomic loads, a hash-map lookup with the fast hasher
+//! (`mesh_core::hash`, foldhash), and the algorithm: no lock, no allocation. Clusters are built lazily on first use and rebuilt
 //! when the snapshot ([`LbLayer::store`]), the discovered endpoints or any endpoint's health
 //! change; endpoints that persist keep their counters.
 //!

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::header::SET_COOKIE;
 use http::{HeaderValue, Request, Response, StatusCode};
+use mesh_core::authority::{self, Authority};
 use mesh_core::body::ReplyBody;
 use mesh_core::compile::{Snapshot, resolve_host};
 use mesh_core::ext::{
@@ -20,6 +21,7 @@ use mesh_core::ext::{
     route_policy,
 };
 use mesh_core::flags::ResponseFlags;
+use mesh_core::hash::{FastHashMap, stable_hash};
 use mesh_core::health::{HealthSource, HealthTable, cluster_name};
 use mesh_core::locality::Locality;
 use mesh_core::model::networking::{OutboundTrafficMode, Resolution};
@@ -27,7 +29,6 @@ use mesh_core::sticky;
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
-use xxhash_rust::xxh64::xxh64;
 
 use crate::cluster::{BuildInput, Cluster};
 use crate::config::LbConfig;
@@ -140,7 +141,7 @@ struct Worker {
 #[derive(Clone)]
 struct Cache {
     snapshot_gen: u64,
-    index: HashMap<RouteDestination, usize, foldhash::fast::FixedState>,
+    index: FastHashMap<RouteDestination, usize>,
     entries: Vec<Arc<Entry>>,
 }
 
@@ -239,10 +240,7 @@ impl<S> Layer<S> for LbLayer {
 
     fn layer(&self, inner: S) -> Lb<S> {
         let n = self.shared.workers.fetch_add(1, Ordering::Relaxed);
-        let seed = match self.shared.config.seed {
-            Some(s) => s ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            None => fastrand::u64(..),
-        };
+        let seed = mesh_core::rng::seed(self.shared.config.seed, n);
         let empty = Arc::new(Cache::empty(u64::MAX));
         let worker = Worker {
             cache: ArcSwap::new(empty.clone()),
@@ -432,7 +430,7 @@ impl Shared {
             .endpoints(service)
             .unwrap_or_else(|| Arc::new(EndpointSet::default()));
         let name: Arc<str> = cluster_name(port_number, dest.subset.as_deref(), host).into();
-        let seed = seed ^ xxh64(name.as_bytes(), 0);
+        let seed = seed ^ stable_hash(name.as_bytes());
         Entry::Cluster(Cluster::build(BuildInput {
             name,
             subset: dest.subset.clone(),
@@ -676,7 +674,7 @@ where
             Some(HashKey::Cookie(c)) => match sticky::find_cookie(req.headers(), &c.name) {
                 Some(v) => Some(match sticky::decode(v) {
                     Some((_, key)) => key,
-                    None => xxh64(v.as_bytes(), 0),
+                    None => stable_hash(v.as_bytes()),
                 }),
                 None if c.ttl.is_some() => {
                     let key = cluster.rng.next_u64();
@@ -729,10 +727,9 @@ impl<S> Lb<S> {
         S: Service<Request<B>, Response = Response<R>> + Clone,
         R: ReplyBody,
     {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
+        if let Ok(ip) = authority::unbracket(host).parse::<IpAddr>() {
             req.extensions_mut()
-                .insert(passthrough_endpoint(SocketAddr::new(ip, port)));
+                .insert(SelectedEndpoint::new(SocketAddr::new(ip, port)));
             let fut = self.inner.call(req);
             return ResponseFuture {
                 state: State::Called { fut },
@@ -765,32 +762,11 @@ fn memo_index(dest: &RouteDestination) -> usize {
     (Arc::as_ptr(&dest.host) as *const u8 as usize >> 4) % MEMO
 }
 
-fn passthrough_endpoint(addr: SocketAddr) -> SelectedEndpoint {
-    SelectedEndpoint {
-        addr,
-        http2: false,
-        service_account: None,
-        istio_tls: false,
-    }
-}
-
-/// The request's host and port, from the URI or the `Host` header.
+/// The request's host (IPv6 literals without brackets) and port, from the URI or the `Host`
+/// header; `None` without an authority or with one that does not parse (`mesh_core::authority`).
 fn request_authority<B>(req: &Request<B>) -> Option<(&str, Option<u16>)> {
-    let auth = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
-    };
-    let auth = auth.rsplit_once('@').map_or(auth, |(_, a)| a);
-    // `[v6]:port`, `host:port`, `host`
-    if let Some(rest) = auth.strip_prefix('[') {
-        let (ip, after) = rest.split_once(']')?;
-        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-        return Some((ip, port));
-    }
-    match auth.rsplit_once(':') {
-        Some((h, p)) => Some((h, p.parse().ok())),
-        None => Some((auth, None)),
-    }
+    let a = Authority::parse(authority::of_request(req)?).ok()?;
+    Some((a.unbracketed(), a.port()))
 }
 
 /// Without a router: the destination is the request's authority, short names resolved in
@@ -870,7 +846,7 @@ where
                     let next = match addrs.ok().and_then(|a| a.first().copied()) {
                         Some(ip) => {
                             req.extensions_mut()
-                                .insert(passthrough_endpoint(SocketAddr::new(ip, *port)));
+                                .insert(SelectedEndpoint::new(SocketAddr::new(ip, *port)));
                             State::Called { fut: svc.call(req) }
                         }
                         None => State::Local {

@@ -723,7 +723,7 @@ fn cookie_is_generated_once_and_keeps_the_client_on_its_endpoint() {
 fn route_by_cookie(
     req: &Request<()>,
     weights: &[(&str, u32)],
-    rng: &mut fastrand::Rng,
+    rng: &mut mesh_core::rng::Rng,
 ) -> RouteDestination {
     let cookie_subset = mesh_core::sticky::find_cookie(req.headers(), "user")
         .and_then(mesh_core::sticky::decode)
@@ -731,7 +731,7 @@ fn route_by_cookie(
         .filter(|s| weights.iter().any(|(n, w)| n == s && *w > 0));
     let subset = cookie_subset.map(str::to_string).unwrap_or_else(|| {
         let total: u32 = weights.iter().map(|w| w.1).sum();
-        let mut r = rng.u32(0..total);
+        let mut r = rng.below(total as usize) as u32;
         weights
             .iter()
             .find(|(_, w)| {
@@ -754,7 +754,7 @@ fn sticky_sessions_compose_with_weighted_subsets() {
         "loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 0s}}}",
     );
     let mut lb = seeded(snap(&y)).layer(echo());
-    let mut rng = fastrand::Rng::with_seed(9);
+    let mut rng = mesh_core::rng::Rng::new(Some(9));
     let weights = [("v1", 80), ("v2", 20)];
     let mut clients_on_v2 = 0;
     for _client in 0..500 {
@@ -1083,6 +1083,42 @@ async fn passthrough_connects_to_the_named_host() {
         .unwrap();
     r.extensions_mut().insert(dest(REVIEWS, None, Some(9080)));
     assert_eq!(picked(&lb.call(r).await.unwrap()), addr("10.0.0.77:9080"));
+}
+
+/// `simple: PASSTHROUGH` reads the request's authority with `mesh_core::authority`: a
+/// bracketed IPv6 literal and its port; a bare one is all host, no port (RFC 3986 §3.2.2:
+/// only a bracketed literal carries a port; it used to be read as host `:` port 1); a port
+/// that is not a number is no destination (it used to be dropped silently).
+#[tokio::test]
+async fn passthrough_reads_the_authority_as_rfc_3986_writes_it() {
+    let y = BASE.replace("{simple: ROUND_ROBIN}", "{simple: PASSTHROUGH}");
+    let mut lb = LbLayer::new(snap(&y)).layer(echo());
+    let to = |host: &str| {
+        let mut r = Request::builder()
+            .uri("/")
+            .header("host", host)
+            .body(())
+            .unwrap();
+        r.extensions_mut().insert(dest(REVIEWS, None, Some(9080)));
+        r
+    };
+    assert_eq!(
+        picked(&lb.call(to("[::1]:8080")).await.unwrap()),
+        addr("[::1]:8080")
+    );
+    assert_eq!(
+        picked(&lb.call(to("::1")).await.unwrap()),
+        addr("[::1]:9080")
+    );
+    assert_eq!(
+        picked(&lb.call(to("10.0.0.77:")).await.unwrap()),
+        addr("10.0.0.77:9080")
+    );
+    let res = lb.call(to("10.0.0.77:http")).await.unwrap();
+    assert_eq!(
+        (res.status().as_u16(), flags_of(&res)),
+        (503, ResponseFlags::NO_ROUTE)
+    );
 }
 
 #[tokio::test]

@@ -436,12 +436,7 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundSta
     }
 
     fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        req.extensions_mut().insert(SelectedEndpoint {
-            addr: self.app,
-            http2: false,
-            service_account: None,
-            istio_tls: false,
-        });
+        req.extensions_mut().insert(SelectedEndpoint::new(self.app));
         self.connector.call(req)
     }
 }

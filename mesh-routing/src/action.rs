@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
+use mesh_core::authority::split_port;
 use mesh_core::body::ReplyBody;
 use mesh_core::model::networking::{
     CorsPolicy, HeaderOperations, Headers, HttpDirectResponse, HttpRedirect, HttpRewrite,
@@ -458,17 +459,6 @@ impl Redirect {
     }
 }
 
-/// Splits `host:port` (IPv6 literals in brackets kept whole).
-pub(crate) fn split_port(authority: &str) -> (&str, Option<u16>) {
-    match authority.rfind(':') {
-        Some(i) if !authority[i..].contains(']') => match authority[i + 1..].parse::<u16>() {
-            Ok(p) => (&authority[..i], Some(p)),
-            Err(_) => (authority, None),
-        },
-        _ => (authority, None),
-    }
-}
-
 // === impl Direct ===
 
 impl Direct {
@@ -666,13 +656,5 @@ mod tests {
     #[test]
     fn re2_substitution_becomes_regex_crate_syntax() {
         assert_eq!(re2_substitution(r"/v2/\1/x\2$"), "/v2/${1}/x${2}$$");
-    }
-
-    #[test]
-    fn split_port_handles_ipv6() {
-        assert_eq!(split_port("a.b:80"), ("a.b", Some(80)));
-        assert_eq!(split_port("a.b"), ("a.b", None));
-        assert_eq!(split_port("[::1]:8080"), ("[::1]", Some(8080)));
-        assert_eq!(split_port("[::1]"), ("[::1]", None));
     }
 }

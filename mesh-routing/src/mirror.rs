@@ -245,14 +245,10 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Mirror<S> {
 
 /// Envoy's `shadowAppendedHost`: `-shadow` before the port.
 pub(crate) fn shadow_host(host: &str) -> String {
-    if let Some((h, p)) = host.rsplit_once(':')
-        && !p.is_empty()
-        && p.bytes().all(|b| b.is_ascii_digit())
-        && (!h.contains(':') || h.ends_with(']'))
-    {
-        return format!("{h}-shadow:{p}");
+    match mesh_core::authority::split_port(host) {
+        (h, Some(p)) => format!("{h}-shadow:{p}"),
+        (h, None) => format!("{h}-shadow"),
     }
-    format!("{host}-shadow")
 }
 
 fn shadow_request<B>(
@@ -343,5 +339,11 @@ mod tests {
         assert_eq!(shadow_host("reviews:9080"), "reviews-shadow:9080");
         assert_eq!(shadow_host("reviews"), "reviews-shadow");
         assert_eq!(shadow_host("[::1]:80"), "[::1]-shadow:80");
+        assert_eq!(shadow_host("[::1]"), "[::1]-shadow");
+        // mesh_core::authority: a bare IPv6 literal has no port (RFC 3986 §3.2.2), an empty
+        // port is no port (§3.2.3), a port that is not a number leaves the host whole
+        assert_eq!(shadow_host("fe80::1:80"), "fe80::1:80-shadow");
+        assert_eq!(shadow_host("reviews:"), "reviews-shadow");
+        assert_eq!(shadow_host("reviews:http"), "reviews:http-shadow");
     }
 }

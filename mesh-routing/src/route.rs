@@ -140,15 +140,17 @@ use http::header::{HOST, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
 use mesh_core::ResponseFlags;
+use mesh_core::authority::split_port;
 use mesh_core::body::ReplyBody;
 use mesh_core::ext::{
     Passthrough, RouteDecision, RouteDestination, RoutePolicy, SourceWorkload, local_reply,
 };
+use mesh_core::rng::Rng;
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::action::{CorsDecision, Formatted, split_port};
+use crate::action::{CorsDecision, Formatted};
 use crate::mirror::Mirrors;
 use crate::table::{
     Action, CompiledRoute, Forward, RouteTable, RouteTableHandle, Selected, next_seed, view_of,
@@ -170,7 +172,7 @@ pub struct RouteLayer {
 pub struct Route<S> {
     inner: S,
     handle: RouteTableHandle,
-    rng: fastrand::Rng,
+    rng: Rng,
     seed: Option<u64>,
     counter: Arc<AtomicU64>,
 }
@@ -245,7 +247,7 @@ impl RouteLayer {
 
     /// Seeds the random choices (weights, mirror percentages) for reproducible runs: the
     /// n-th service made from this layer (or cloned from one) draws from a generator seeded
-    /// by `seed` and n.
+    /// by `seed` and n (`mesh_core::rng::seed`).
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
@@ -295,7 +297,7 @@ impl<S: Clone> Clone for Route<S> {
 fn plan<'t, B, R: ReplyBody>(
     table: &'t RouteTable,
     req: &Request<B>,
-    rng: &mut fastrand::Rng,
+    rng: &mut Rng,
 ) -> Plan<'t, R> {
     let source = table.source(req.extensions().get::<SourceWorkload>());
     let mut view = view_of(req, source);
@@ -345,7 +347,7 @@ fn plan<'t, B, R: ReplyBody>(
                     let targets: Vec<RouteDestination> = route
                         .mirrors
                         .iter()
-                        .filter(|m| m.fraction >= 1.0 || rng.f64() < m.fraction)
+                        .filter(|m| m.fraction >= 1.0 || rng.next_f64() < m.fraction)
                         .map(|m| fill_port(&m.dest, port))
                         .collect();
                     (!targets.is_empty()).then(|| Mirrors {

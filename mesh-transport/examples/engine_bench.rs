@@ -62,12 +62,8 @@ fn main() {
         .ok()
         .and_then(|w| w.parse().ok())
         .unwrap_or(1);
-    let endpoint = SelectedEndpoint {
-        addr: upstream,
-        http2: std::env::var_os("UPSTREAM_H2").is_some(),
-        service_account: None,
-        istio_tls: false,
-    };
+    let endpoint =
+        SelectedEndpoint::new(upstream).with_http2(std::env::var_os("UPSTREAM_H2").is_some());
     let factory = Arc::new(move |ctx: &WorkerContext| ToOne {
         endpoint: endpoint.clone(),
         connector: ctx.connector(),

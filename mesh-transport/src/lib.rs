@@ -35,12 +35,7 @@
 //! let factory = Arc::new(move |ctx: &WorkerContext| {
 //!     let connector = ctx.connector();
 //!     tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-//!         req.extensions_mut().insert(SelectedEndpoint {
-//!             addr: upstream,
-//!             http2: false,
-//!             service_account: None,
-//!             istio_tls: false,
-//!         });
+//!         req.extensions_mut().insert(SelectedEndpoint::new(upstream));
 //!         connector.clone().oneshot(req)
 //!     })
 //! });

@@ -154,7 +154,7 @@ fn proto_index(version: Version) -> usize {
 impl Hop {
     /// A fresh random pseudonym (`mesh-` and 16 hex digits).
     pub(crate) fn random() -> Self {
-        Hop::new(&format!("mesh-{:016x}", fastrand::u64(..)))
+        Hop::new(&format!("mesh-{:016x}", mesh_core::rng::entropy()))
     }
 
     fn new(pseudonym: &str) -> Self {

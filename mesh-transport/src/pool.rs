@@ -14,13 +14,12 @@
 //!
 //! [`WorkerContext::connector`]: crate::WorkerContext::connector
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::http2;
+use mesh_core::hash::FastHashMap;
 
 use crate::h1client::H1Conn;
 use crate::loops::Guard;
@@ -57,7 +56,7 @@ struct Shared {
 
 #[derive(Default)]
 struct Inner {
-    endpoints: HashMap<PoolKey, Endpoint, BuildHasherDefault<AddrHasher>>,
+    endpoints: FastHashMap<PoolKey, Endpoint>,
     /// A sweep task runs.
     sweeping: bool,
     /// Sweeps so far: the clock of idle connections (no clock read per request).
@@ -73,11 +72,6 @@ struct Endpoint {
     /// The shared HTTP/2 connection.
     h2: Option<http2::SendRequest<RequestBody>>,
 }
-
-/// FxHash's multiply-rotate over the few words of a key: the keys are endpoint addresses
-/// from configuration, not client input, so a DoS-resistant hash buys nothing.
-#[derive(Default)]
-struct AddrHasher(u64);
 
 // === impl Pool ===
 
@@ -218,49 +212,6 @@ impl Inner {
     }
 }
 
-// === impl AddrHasher ===
-
-impl Hasher for AddrHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl AddrHasher {
-    #[inline]
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,14 +261,5 @@ mod tests {
         assert_eq!(pool.sweep_now(), 1);
         assert_eq!(pool.sweep_now(), 1);
         assert_eq!(pool.sweep_now(), 0);
-    }
-
-    #[test]
-    fn addr_hasher_spreads_ports() {
-        use std::hash::{BuildHasher, BuildHasherDefault};
-        let b = BuildHasherDefault::<AddrHasher>::default();
-        let a: SocketAddr = "127.0.0.1:80".parse().unwrap();
-        let c: SocketAddr = "127.0.0.1:81".parse().unwrap();
-        assert_ne!(b.hash_one(a), b.hash_one(c));
     }
 }

@@ -464,7 +464,7 @@ impl Connector {
 /// to the target's authority; this keeps a standalone connector to the same rule.)
 fn target_authority(uri: &Uri) -> Option<&str> {
     uri.authority()
-        .map(|a| a.as_str().rsplit('@').next().unwrap_or(""))
+        .map(|a| mesh_core::authority::strip_userinfo(a.as_str()))
 }
 
 /// Rewrites a request for an HTTP/1.1 upstream: `Host` from the target's authority when it

@@ -156,12 +156,7 @@ impl tower::Service<Request<hyper::body::Incoming>> for Marker {
     fn call(&mut self, mut req: Request<hyper::body::Incoming>) -> Self::Future {
         use tower::ServiceExt as _;
         req.extensions_mut()
-            .insert(mesh_core::ext::SelectedEndpoint {
-                addr: self.upstream,
-                http2: false,
-                service_account: None,
-                istio_tls: false,
-            });
+            .insert(mesh_core::ext::SelectedEndpoint::new(self.upstream));
         let marker = **self.marker.load();
         let fut = self.connector.clone().oneshot(req);
         Box::pin(async move {

@@ -61,12 +61,7 @@ async fn absolute_form_target_replaces_host_for_the_stack_and_the_upstream() {
         let connector = ctx.connector();
         tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
             let seen = req.headers().get("host").cloned();
-            req.extensions_mut().insert(SelectedEndpoint {
-                addr: up_addr,
-                http2: false,
-                service_account: None,
-                istio_tls: false,
-            });
+            req.extensions_mut().insert(SelectedEndpoint::new(up_addr));
             let fut = connector.clone().oneshot(req);
             async move {
                 let mut res = fut.await?;

@@ -35,12 +35,8 @@ fn start_to(listen: &str, own: OwnAddrs, target: Target, other: SocketAddr, h2: 
                 (false, Some(a)) => *a,
                 _ => other,
             };
-            req.extensions_mut().insert(SelectedEndpoint {
-                addr,
-                http2: h2,
-                service_account: None,
-                istio_tls: false,
-            });
+            req.extensions_mut()
+                .insert(SelectedEndpoint::new(addr).with_http2(h2));
             connector.clone().oneshot(req)
         })
     });

@@ -129,12 +129,8 @@ fn request(addr: SocketAddr, http2: bool) -> Request<Empty<Bytes>> {
         .header("host", "localhost")
         .body(Empty::new())
         .unwrap();
-    req.extensions_mut().insert(SelectedEndpoint {
-        addr,
-        http2,
-        service_account: None,
-        istio_tls: false,
-    });
+    req.extensions_mut()
+        .insert(SelectedEndpoint::new(addr).with_http2(http2));
     req
 }
 

@@ -2,6 +2,7 @@
 //! `ValidateAuthorizationPolicy` (with `pkg/config/security`'s attribute rules) and
 //! `ValidateRequestAuthentication`.
 
+use crate::authority::{self, AuthorityError};
 use crate::error::FieldPath;
 use crate::model::security::{
     AuthorizationAction, AuthorizationPolicy, JwtRule, PeerAuthentication, PolicyTargetReference,
@@ -828,18 +829,14 @@ pub(crate) fn parse_jwks_uri(uri: &str) -> Result<(), String> {
         .split(['/', '?', '#'])
         .next()
         .unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let port = if let Some(v6) = host_port.strip_prefix('[') {
-        v6.split_once(']').and_then(|(_, p)| p.strip_prefix(':'))
-    } else {
-        host_port.split_once(':').map(|(_, p)| p)
-    };
-    if let Some(p) = port
-        && !p.bytes().all(|c| c.is_ascii_digit())
-    {
-        return Err(format!("parse {uri:?}: invalid port \":{p}\" after host"));
+    match authority::split_host_port(authority::strip_userinfo(authority)) {
+        Ok((_, Some(p))) if !p.bytes().all(|c| c.is_ascii_digit()) => {
+            Err(format!("parse {uri:?}: invalid port \":{p}\" after host"))
+        }
+        Ok(_) => Ok(()),
+        Err(AuthorityError::UnclosedBracket) => Err(format!("parse {uri:?}: missing ']' in host")),
+        Err(_) => Err(format!("parse {uri:?}: invalid port after host")),
     }
-    Ok(())
 }
 
 /// A light `jwk.Parse`: a JSON key set (`{"keys": [...]}`) or a single key, each key an

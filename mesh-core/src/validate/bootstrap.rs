@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::authority;
 use crate::error::FieldPath;
 use crate::model::bootstrap::ProxyBootstrap;
 
@@ -182,12 +183,9 @@ fn parse_port_key(k: &str) -> Result<(), String> {
 
 /// `host:port` with a DNS name or IP host (`agent.ValidateProxyAddress`).
 fn validate_host_port(s: &str) -> Result<(), String> {
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        rest.split_once("]:")
-            .ok_or_else(|| format!("unable to split {s:?}: missing port in address"))?
-    } else {
-        s.rsplit_once(':')
-            .ok_or_else(|| format!("unable to split {s:?}: missing port in address"))?
+    let (host, port) = match authority::split_host_port(s) {
+        Ok((host, Some(port))) => (authority::unbracket(host), port),
+        _ => return Err(format!("unable to split {s:?}: missing port in address")),
     };
     let n: i64 = port
         .parse()
@@ -197,4 +195,31 @@ fn validate_host_port(s: &str) -> Result<(), String> {
         return Err(format!("{host:?} is not a valid hostname or an IP address"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_host_port;
+
+    /// `localApp` and host:port keys go through `mesh_core::authority`, as Go's
+    /// `net.SplitHostPort` reads them: an IPv6 literal needs brackets to carry a port
+    /// (RFC 3986 §3.2.2), so `::1:8080` is refused (it used to be split at its last colon).
+    #[test]
+    fn host_ports_split_as_go_does() {
+        assert_eq!(validate_host_port("127.0.0.1:8080"), Ok(()));
+        assert_eq!(validate_host_port("[::1]:8080"), Ok(()));
+        assert_eq!(validate_host_port("app.local:80"), Ok(()));
+        for s in ["::1:8080", "127.0.0.1", "127.0.0.1:", "[::1]"] {
+            assert_eq!(
+                validate_host_port(s),
+                Err(format!("unable to split {s:?}: missing port in address")),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            validate_host_port("app.local:http"),
+            Err("port (http) is not a number".to_string())
+        );
+        assert!(validate_host_port("app.local:70000").is_err());
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::authority;
 use crate::error::FieldPath;
 use crate::model::networking::{
     CaptureMode, OutboundTrafficMode, OutboundTrafficPolicy, ServerTlsMode, Sidecar, SidecarPort,
@@ -233,17 +234,11 @@ fn validate_default_endpoint(de: &str, at: &FieldPath, rep: &mut Report<'_>) {
     }
 }
 
-/// Go's `net.SplitHostPort` for the forms used here.
+/// Go's `net.SplitHostPort` for the forms used here: a host (IPv6 literals without their
+/// brackets) and a port's text, which must be there.
 fn split_host_port(s: &str) -> Option<(&str, &str)> {
-    if let Some(rest) = s.strip_prefix('[') {
-        let (h, p) = rest.split_once("]:")?;
-        return Some((h, p));
-    }
-    let (h, p) = s.rsplit_once(':')?;
-    if h.contains(':') {
-        return None;
-    }
-    Some((h, p))
+    let (h, p) = authority::split_host_port(s).ok()?;
+    Some((authority::unbracket(h), p?))
 }
 
 /// Egress hosts: `namespace/dnsName`, with warnings for duplicates.
@@ -310,4 +305,26 @@ fn validate_outbound_traffic_policy(
         return;
     }
     validate_destination(proxy, &p, rep);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_host_port;
+
+    /// Go's `net.SplitHostPort` through `mesh_core::authority`: brackets come off an IPv6
+    /// literal, which needs them to carry a port (RFC 3986 §3.2.2); a port must be there.
+    #[test]
+    fn default_endpoints_split_as_go_does() {
+        assert_eq!(
+            split_host_port("127.0.0.1:8080"),
+            Some(("127.0.0.1", "8080"))
+        );
+        assert_eq!(split_host_port("[::1]:8080"), Some(("::1", "8080")));
+        assert_eq!(split_host_port("[::]:8080"), Some(("::", "8080")));
+        assert_eq!(split_host_port(":8080"), Some(("", "8080")));
+        assert_eq!(split_host_port("127.0.0.1:x"), Some(("127.0.0.1", "x")));
+        for s in ["::1:8080", "127.0.0.1", "[::1]", "[::1"] {
+            assert_eq!(split_host_port(s), None, "{s}");
+        }
+    }
 }

@@ -313,6 +313,18 @@ fn jwks_uri_like_parse_jwks_uri() {
         Err("URI scheme \"ftp\" is not supported".to_string())
     );
     assert!(parse_jwks_uri("https://example.com:abc/jwks").is_err());
+    // the authority through mesh_core::authority, as Go's url.Parse reads it
+    assert!(parse_jwks_uri("https://u:p@example.com:8443/jwks").is_ok());
+    assert!(parse_jwks_uri("https://[::1]:8443/jwks").is_ok());
+    assert!(parse_jwks_uri("https://[::1]/jwks").is_ok());
+    assert_eq!(
+        parse_jwks_uri("https://[::1]:x/jwks"),
+        Err("parse \"https://[::1]:x/jwks\": invalid port \":x\" after host".to_string())
+    );
+    assert_eq!(
+        parse_jwks_uri("https://[::1/jwks"),
+        Err("parse \"https://[::1/jwks\": missing ']' in host".to_string())
+    );
 }
 
 // === VirtualService ===

@@ -111,6 +111,30 @@ fn unknown_host_passes_through_under_allow_any() {
     });
 }
 
+/// Passthrough authorities are split by `mesh_core::authority`: a bracketed IPv6 literal
+/// keeps its brackets and gives its port; a bare one is all host (RFC 3986 §3.2.2: only a
+/// bracketed literal carries a port; `::1` used to pass through to host `:` port 1); an
+/// empty port is no port (§3.2.3).
+#[test]
+fn passthrough_authorities_are_split_as_rfc_3986_says() {
+    let h = Harness::sidecar(&snap(&service("reviews", "default", &[9080])));
+    block_on(async {
+        for (authority, host, port) in [
+            ("[fd00::7]:8443", "[fd00::7]", Some(8443)),
+            ("[fd00::7]", "[fd00::7]", None),
+            ("fd00::7", "fd00::7", None),
+            ("::1", "::1", None),
+            ("api.github.com:", "api.github.com", None),
+        ] {
+            let (res, seen) = h.get(authority, "/").await;
+            assert_eq!(res.status(), 200, "{authority}");
+            let seen = seen.unwrap();
+            assert!(seen.passthrough(), "{authority}");
+            assert_eq!((seen.host(), seen.port()), (host, port), "{authority}");
+        }
+    });
+}
+
 #[test]
 fn unknown_host_is_502_nr_under_registry_only() {
     // REGISTRY_ONLY: BlackHoleCluster answers 502.

@@ -152,12 +152,8 @@ impl tower::Service<Request<Incoming>> for ForwardSvc {
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         if !req.headers().contains_key("x-test-no-endpoint") {
-            req.extensions_mut().insert(SelectedEndpoint {
-                addr: self.addr,
-                http2: self.http2,
-                service_account: None,
-                istio_tls: false,
-            });
+            req.extensions_mut()
+                .insert(SelectedEndpoint::new(self.addr).with_http2(self.http2));
         }
         let worker = self.worker;
         let fut = self.connector.clone().oneshot(req);
