@@ -53,7 +53,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -62,12 +62,11 @@ use mesh_core::body::ReplyBody;
 use mesh_core::ext::{local_reply, mark, route_policy};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::policy::{AbortError, AbortFault, FaultPolicy};
+use mesh_core::rng::{self, Rng};
 use pin_project::pin_project;
 use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
-
-use crate::seed::next_rng;
 
 /// The body of an HTTP abort, as Envoy's.
 pub const ABORT_BODY: &str = "fault filter abort";
@@ -117,7 +116,7 @@ impl<S> Layer<S> for FaultLayer {
 #[derive(Debug)]
 pub struct Fault<S> {
     inner: S,
-    rng: fastrand::Rng,
+    rng: Rng,
     layer: FaultLayer,
 }
 
@@ -186,8 +185,17 @@ where
     }
 }
 
-fn draw(rng: &mut fastrand::Rng, fraction: f64) -> bool {
-    fraction >= 1.0 || (fraction > 0.0 && rng.f64() < fraction)
+fn draw(rng: &mut Rng, fraction: f64) -> bool {
+    fraction >= 1.0 || (fraction > 0.0 && rng.next_f64() < fraction)
+}
+
+/// The generator of the next service made from a layer (`mesh_core::rng::seed`: the
+/// configured seed and the service's number, or entropy).
+fn next_rng(seed: Option<u64>, counter: &AtomicU64) -> Rng {
+    Rng::new(Some(rng::seed(
+        seed,
+        counter.fetch_add(1, Ordering::Relaxed),
+    )))
 }
 
 /// The future of [`Fault`].

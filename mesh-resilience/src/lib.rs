@@ -17,7 +17,6 @@
 #![warn(missing_docs)]
 
 pub mod fault;
-mod seed;
 pub mod timeout;
 
 pub use fault::{Fault, FaultLayer};
