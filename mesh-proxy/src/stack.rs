@@ -73,6 +73,7 @@ where
         self.0.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: http::Request<Incoming>) -> S::Future {
         self.0.call(req.map(TeeBody::new))
     }
@@ -98,6 +99,7 @@ where
         self.0.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: http::Request<LayerBody>) -> S::Future {
         self.0.call(req.map(|b| match b.into_plain() {
             Ok(incoming) => RequestBody::from(incoming),

@@ -145,6 +145,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // A routed request gets its route's faults (or none); the layer's own policy is for
         // requests no router saw.

@@ -11,7 +11,7 @@
 //! - after the head, the response body ends with an error when the deadline passes (the
 //!   client sees the stream reset, as with Envoy); it never hangs.
 //!
-//! gRPC: a request with a `grpc-timeout` header is bounded by it, capped by the route
+//! gRPC (HTTP/2): a request with a `grpc-timeout` header is bounded by it, capped by the route
 //! timeout when there is one (Istio sets Envoy's `max_grpc_timeout` to the route timeout,
 //! `0` = uncapped, so Envoy honours the header).
 //!
@@ -121,15 +121,21 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let route = match route_policy(req.extensions()) {
             Some(p) => p.timeout,
             None => self.layer.timeout,
         };
-        let grpc = req
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|v| parse_grpc_timeout(v.as_bytes()));
+        // gRPC runs over HTTP/2: an HTTP/1.1 request skips the header lookup (a hash of a
+        // non-standard name, measurable per request).
+        let grpc = if req.version() == http::Version::HTTP_2 {
+            req.headers()
+                .get("grpc-timeout")
+                .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+        } else {
+            None
+        };
         let timeout = match (route, grpc) {
             (Some(r), Some(g)) => Some(r.min(g)),
             (r, g) => r.or(g),

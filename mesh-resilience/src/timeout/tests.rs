@@ -188,6 +188,7 @@ async fn a_body_finished_in_time_is_whole() {
 async fn timed_out_after(route: Option<Duration>, grpc_timeout: &str) -> Duration {
     let svc = TimeoutLayer::new().layer(hanging(Arc::default()));
     let mut req = with_route_timeout(route);
+    *req.version_mut() = http::Version::HTTP_2;
     req.headers_mut()
         .insert("grpc-timeout", grpc_timeout.parse().unwrap());
     let start = Instant::now();
@@ -208,6 +209,19 @@ async fn grpc_timeout_bounds_the_request_capped_by_the_route_timeout() {
     assert_eq!(timed_out_after(None, "3S").await, s(3));
     // A malformed header is ignored.
     assert_eq!(timed_out_after(Some(s(1)), "3seconds").await, s(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_timeout_is_read_on_http2_only() {
+    // gRPC runs over HTTP/2; an HTTP/1.1 request's header is not looked at.
+    let svc = TimeoutLayer::new().layer(hanging(Arc::default()));
+    let mut req = with_route_timeout(Some(Duration::from_secs(1)));
+    req.headers_mut()
+        .insert("grpc-timeout", "100m".parse().unwrap());
+    let start = Instant::now();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
 
 #[test]
