@@ -88,6 +88,11 @@ pub struct RetryPolicy {
     pub retry_ignore_previous_hosts: bool,
     /// Base back-off interval between retries. Default: Envoy's 25ms.
     pub backoff: Duration,
+    /// Whether the route wrote `retryOn` itself. Then every request is retried on what it
+    /// names, as Envoy does; otherwise (Istio's default conditions) a non-idempotent request
+    /// (`POST`, `PATCH`, …) is retried only where the upstream cannot have seen it (a
+    /// connect failure, a refused stream). Default: false.
+    pub explicit_retry_on: bool,
 }
 
 impl Default for RetryPolicy {
@@ -107,6 +112,7 @@ impl Default for RetryPolicy {
             retry_remote_localities: false,
             retry_ignore_previous_hosts: true,
             backoff: Duration::from_millis(25),
+            explicit_retry_on: false,
         }
     }
 }
@@ -192,6 +198,7 @@ impl RetryPolicy {
             let (flags, codes) = RetryPolicy::parse_retry_on(on).unwrap_or_default();
             p.retry_on = flags;
             p.retriable_status_codes = codes;
+            p.explicit_retry_on = true;
         }
         if let Some(b) = r.retry_remote_localities {
             p.retry_remote_localities = b;
