@@ -107,7 +107,8 @@ pub struct PreviousHosts(Arc<std::sync::Mutex<Vec<SocketAddr>>>);
 ///
 /// Written by the connector beside the reply's `UR` flag; read by the retry layer
 /// (`mesh-resilience`). (The connector of `mesh-transport` does not tell refused streams
-/// from other resets yet: a refused stream is retried as a `reset`.)
+/// from other resets yet: a refused stream is an ordinary `UR` reset, retried only under
+/// `reset`, `5xx` or `gateway-error`.)
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RefusedStream;
 
