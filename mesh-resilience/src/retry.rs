@@ -195,8 +195,8 @@ struct Attempts<S, B> {
     rng: Rng,
     /// The per-try deadline, then the backoff (one timer, reset for each).
     timer: Option<Pin<Box<Sleep>>>,
-    /// The next attempt, during the backoff.
-    next: Option<Request<ReplayBody<B>>>,
+    /// The next attempt's body, during the backoff.
+    next: Option<ReplayBody<B>>,
 }
 
 /// How a retry gets the body again.
@@ -424,7 +424,7 @@ where
                     }
                     // the attempt (and its hold on the body) goes before the body is asked for
                     this.state.set(State::Backoff);
-                    let Some(next) = retry.next_request() else {
+                    let Some(next) = retry.next_body() else {
                         return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
                     };
                     retry.left -= 1;
@@ -444,8 +444,10 @@ where
                         ready!(t.as_mut().poll(cx));
                     }
                     ready!(retry.svc.poll_ready(cx))?;
-                    let req = retry.next.take().expect(POLLED_AFTER_COMPLETION);
-                    let fut = retry.svc.call(req);
+                    let body = retry.next.take().expect(POLLED_AFTER_COMPLETION);
+                    let fut = retry
+                        .svc
+                        .call(Request::from_parts(retry.parts.clone(), body));
                     match (retry.policy.per_try_timeout, retry.timer.as_mut()) {
                         (Some(t), Some(timer)) => timer.as_mut().reset(Instant::now() + t),
                         // no per-try timeout: the backoff timer must not fire during the attempt
@@ -539,13 +541,12 @@ impl<S, B> Attempts<S, B>
 where
     B: Body<Data = Bytes>,
 {
-    /// The next attempt's request, if its body can be sent again.
-    fn next_request(&self) -> Option<Request<ReplayBody<B>>> {
-        let body = match &self.body {
-            Replay::Empty => ReplayBody::empty(),
-            Replay::Recorded(r) => r.replay()?,
-        };
-        Some(Request::from_parts(self.parts.clone(), body))
+    /// The next attempt's body, if it can be sent again.
+    fn next_body(&self) -> Option<ReplayBody<B>> {
+        match &self.body {
+            Replay::Empty => Some(ReplayBody::empty()),
+            Replay::Recorded(r) => r.replay(),
+        }
     }
 
     /// The next backoff: Envoy's `JitteredExponentialBackOffStrategy`, a random whole
