@@ -580,7 +580,11 @@ impl<S: Clone> Clone for Lb<S> {
             shared: self.shared.clone(),
             worker: self.worker.clone(),
             local: self.local.clone(),
-            memo: self.memo.clone(),
+            // Empty: the layers above clone this service for every request that might be
+            // retried (or is delayed, or mirrored) and mostly drop the clone unused; copying
+            // eight destinations (their `Arc`s) each time would cost more than a clone that
+            // is used refilling its memo.
+            memo: Default::default(),
         }
     }
 }

@@ -195,6 +195,8 @@ struct Attempts<S, B> {
     rng: Rng,
     /// The per-try deadline, then the backoff (one timer, reset for each).
     timer: Option<Pin<Box<Sleep>>>,
+    /// The hosts tried, shared with the balancer (`retryIgnorePreviousHosts`).
+    hosts: Option<PreviousHosts>,
     /// The next attempt's body, during the backoff.
     next: Option<ReplayBody<B>>,
 }
@@ -310,10 +312,8 @@ where
         let Some(policy) = policy.filter(|p| p.attempts > 0).cloned() else {
             return ResponseFuture::once(self.inner.call(req.map(ReplayBody::plain)));
         };
-        let (mut parts, body) = req.into_parts();
-        if policy.retry_ignore_previous_hosts {
-            parts.extensions.insert(PreviousHosts::new());
-        }
+        let (parts, body) = req.into_parts();
+        let hosts = policy.retry_ignore_previous_hosts.then(PreviousHosts::new);
         let (first, replay) = if body.is_end_stream() {
             (ReplayBody::plain(body), Replay::Empty)
         } else {
@@ -325,7 +325,7 @@ where
         if let Some(t) = policy.per_try_timeout {
             timer = Some(Box::pin(tokio::time::sleep(t)));
         }
-        let fut = self.inner.call(Request::from_parts(parts.clone(), first));
+        let fut = self.inner.call(attempt(&parts, hosts.as_ref(), first));
         ResponseFuture {
             state: State::Called { fut },
             retry: Some(Attempts {
@@ -338,10 +338,25 @@ where
                 policy,
                 rng: Rng::new(Some(self.rng.next_u64())),
                 timer,
+                hosts,
                 next: None,
             }),
         }
     }
+}
+
+/// An attempt's request: the head kept for retries (cloned: the inner service consumes it),
+/// the hosts tried so far, the body.
+fn attempt<B>(
+    parts: &http::request::Parts,
+    hosts: Option<&PreviousHosts>,
+    body: ReplayBody<B>,
+) -> Request<ReplayBody<B>> {
+    let mut head = parts.clone();
+    if let Some(h) = hosts {
+        head.extensions.insert(h.clone());
+    }
+    Request::from_parts(head, body)
 }
 
 /// RFC 9110 §9.2.2's idempotent methods.
@@ -447,7 +462,7 @@ where
                     let body = retry.next.take().expect(POLLED_AFTER_COMPLETION);
                     let fut = retry
                         .svc
-                        .call(Request::from_parts(retry.parts.clone(), body));
+                        .call(attempt(&retry.parts, retry.hosts.as_ref(), body));
                     match (retry.policy.per_try_timeout, retry.timer.as_mut()) {
                         (Some(t), Some(timer)) => timer.as_mut().reset(Instant::now() + t),
                         // no per-try timeout: the backoff timer must not fire during the attempt
