@@ -294,4 +294,29 @@ mod tests {
             Err("bogus".to_string())
         );
     }
+
+    #[test]
+    fn from_istio_keeps_istio_s_defaults_and_says_whether_retry_on_was_written() {
+        use crate::model::networking::HttpRetry;
+        let unset = RetryPolicy::from_istio(&HttpRetry {
+            attempts: 3,
+            ..HttpRetry::default()
+        });
+        assert_eq!(unset.attempts, 3);
+        assert_eq!(unset.retry_on, RetryPolicy::default().retry_on);
+        assert_eq!(
+            unset.retriable_status_codes,
+            [StatusCode::SERVICE_UNAVAILABLE]
+        );
+        assert!(!unset.explicit_retry_on && unset.retry_ignore_previous_hosts);
+        let written = RetryPolicy::from_istio(&HttpRetry {
+            attempts: 1,
+            retry_on: Some("5xx".into()),
+            retry_ignore_previous_hosts: Some(false),
+            ..HttpRetry::default()
+        });
+        assert_eq!(written.retry_on, RetryOn::FIVE_XX);
+        assert!(written.retriable_status_codes.is_empty());
+        assert!(written.explicit_retry_on && !written.retry_ignore_previous_hosts);
+    }
 }

@@ -29,7 +29,8 @@
 //!   endpoint when there is one.
 //!
 //! When the attempts run out on a failure the policy would retry, the last answer goes to
-//! the client with flag `URX` added, as Envoy does.
+//! the client with flag `URX` added, as Envoy does. An error of the inner service (not an
+//! answer: the mesh's connector answers its failures) is returned at once.
 //!
 //! Which failures are which: answers the mesh made below this layer carry
 //! [`ResponseFlags`] (the connector's `UF` 503 is a connect failure, `UR`/`UC` a reset, `UPE`
