@@ -279,3 +279,44 @@ async fn a_post_answered_503_is_not_retried_under_istio_s_default_policy() {
     assert_eq!((r.status.as_u16(), r.flags()), (503, "URX"), "{r:?}");
     assert_eq!(bad.hits(), 4);
 }
+
+#[tokio::test]
+async fn a_post_answered_503_is_retried_with_its_body_when_retry_on_names_503() {
+    for protocol in ["HTTP", "HTTP2"] {
+        post_retried_on_503(protocol).await;
+    }
+}
+
+/// The route writes retryOn: the POST is retried (Envoy's semantics), its body recorded as
+/// the first attempt sent it and sent again whole to the other endpoint, spoken to in
+/// `protocol`.
+async fn post_retried_on_503(protocol: &str) {
+    let bad = backend_with("bad", failing("bad")).await;
+    let good = backend_with("good", echo("good")).await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("ratings", 9080, protocol, &[&bad, &good])
+        + &vs("  - retries: {attempts: 3, retryOn: '503'}
+    route: [{destination: {host: ratings}}]
+");
+    let p = start(&yaml).await;
+    let mut c = H1::connect(p.out).await;
+    let n = 20;
+    for i in 0..n {
+        let body = format!("order {i} ").repeat(100);
+        let req = Request::builder()
+            .method("POST")
+            .uri("/")
+            .header("host", "ratings:9080")
+            .body(full(body.clone()))
+            .unwrap();
+        let r = c.send(req).await;
+        assert_eq!(
+            (r.status.as_u16(), r.backend()),
+            (200, "good"),
+            "{protocol}: {r:?}"
+        );
+        assert_eq!(r.body, body);
+    }
+    assert_eq!(good.hits(), n);
+    assert!(bad.hits() > 0, "some requests were retried");
+}
