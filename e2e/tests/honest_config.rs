@@ -57,13 +57,17 @@ async fn unenforced_fields_are_dumped_and_counted_at_start_and_after_reloads() {
     let (v1, v2) = (backend("v1").await, backend("v2").await);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mesh.yaml");
-    // a retry policy (resilience) and a TCP route (L4): accepted, not enforced
+    // a retry policy's retryRemoteLocalities (resilience) and a TCP route (L4): accepted,
+    // not enforced
     write(
         &file,
         &mesh(
             &v1,
             &v2,
-            &to_subset("v1", &format!("    retries: {{attempts: 3}}\n{TCP_ROUTE}")),
+            &to_subset(
+                "v1",
+                &format!("    retries: {{attempts: 3, retryRemoteLocalities: true}}\n{TCP_ROUTE}"),
+            ),
         ),
     );
     let p = start_files(vec![file.clone()]).await;
@@ -76,7 +80,11 @@ async fn unenforced_fields_are_dumped_and_counted_at_start_and_after_reloads() {
         .iter()
         .map(|u| u["field"].as_str().unwrap())
         .collect();
-    assert_eq!(fields, ["spec.http[0].retries", "spec.tcp"], "{dump:#}");
+    assert_eq!(
+        fields,
+        ["spec.http[0].retries.retryRemoteLocalities", "spec.tcp"],
+        "{dump:#}"
+    );
     assert_eq!(unenforced[0]["resource"], "VirtualService/default/reviews");
     assert_eq!(unenforced[0]["file"], file.display().to_string());
     assert!(unenforced[0]["line"].as_u64().unwrap() > 1);
@@ -94,7 +102,7 @@ async fn unenforced_fields_are_dumped_and_counted_at_start_and_after_reloads() {
         "{stats}"
     );
 
-    // a reload without the retry policy: one left
+    // a reload without retryRemoteLocalities: one left
     write(&file, &mesh(&v1, &v2, &to_subset("v2", TCP_ROUTE)));
     p.proxy.reload().unwrap();
     assert_eq!(get_once(p.out, "reviews", &[]).await.backend(), "v2");

@@ -301,8 +301,10 @@ spec:
     assert_eq!(v1.hits(), 1);
 }
 
-/// An endpoint nothing listens on: the connection is refused, Envoy answers 503 with flag
-/// `UF` (upstream connection failure), and the downstream connection stays usable.
+/// An endpoint nothing listens on: the connection is refused, Istio's default retry policy
+/// tries twice more (`connect-failure`), then Envoy answers 503 with flags `UF` (upstream
+/// connection failure) and `URX` (retries exhausted), and the downstream connection stays
+/// usable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_endpoint_is_503_uf() {
     let dead = dead_port().await;
@@ -326,7 +328,7 @@ spec:
     let mut c = H1::connect(p.out).await;
     for _ in 0..3 {
         let r = c.get("dead", &[]).await;
-        assert_eq!((r.status.as_u16(), r.flags()), (503, "UF"), "{r:?}");
+        assert_eq!((r.status.as_u16(), r.flags()), (503, "UF,URX"), "{r:?}");
         let r = c.get("alive", &[]).await;
         assert_eq!((r.status.as_u16(), r.backend()), (200, "alive"), "{r:?}");
     }

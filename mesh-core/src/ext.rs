@@ -89,6 +89,29 @@ pub struct SelectedEndpoint {
     pub istio_tls: bool,
 }
 
+/// The endpoints the earlier attempts of a request went to, and where the balancer records
+/// this attempt's: Istio's `retryIgnorePreviousHosts` (Envoy's `previous_hosts` retry host
+/// predicate).
+///
+/// Written by the retry layer (`mesh-resilience`) into every attempt of a request whose
+/// retry policy avoids previous hosts (one list shared by the attempts); read and written by
+/// the balancer (`mesh-lb`), which reselects a host already in the list (up to
+/// [`PreviousHosts::RESELECT`] times, as Istio's `HostSelectionRetryMaxAttempts`, then
+/// accepts it) and records the host it picked.
+#[derive(Debug, Clone, Default)]
+pub struct PreviousHosts(Arc<std::sync::Mutex<Vec<SocketAddr>>>);
+
+/// Marks a local reply of the connector for an HTTP/2 stream the upstream refused
+/// (`REFUSED_STREAM`): the application never saw the request (Envoy's `refused-stream`
+/// retry condition).
+///
+/// Written by the connector beside the reply's `UR` flag; read by the retry layer
+/// (`mesh-resilience`). (The connector of `mesh-transport` does not tell refused streams
+/// from other resets yet: a refused stream is an ordinary `UR` reset, retried only under
+/// `reset`, `5xx` or `gateway-error`.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefusedStream;
+
 /// The downstream peer's address (the client of this hop), for `consistentHash.useSourceIp`
 /// and access logs.
 ///
@@ -212,6 +235,38 @@ impl SelectedUpstream {
     /// The cluster the endpoint was picked from.
     pub fn cluster(&self) -> &UpstreamCluster {
         &self.0.1
+    }
+}
+
+// === impl PreviousHosts ===
+
+impl PreviousHosts {
+    /// How many times the balancer picks again when it picked a previous host (Istio's
+    /// `HostSelectionRetryMaxAttempts`: 5).
+    pub const RESELECT: u32 = 5;
+
+    /// An empty list.
+    pub fn new() -> Self {
+        PreviousHosts::default()
+    }
+
+    fn hosts(&self) -> std::sync::MutexGuard<'_, Vec<SocketAddr>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an earlier attempt went to `addr`.
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        self.hosts().contains(&addr)
+    }
+
+    /// Records that an attempt goes to `addr`.
+    pub fn record(&self, addr: SocketAddr) {
+        self.hosts().push(addr);
+    }
+
+    /// The hosts attempted so far, in order.
+    pub fn to_vec(&self) -> Vec<SocketAddr> {
+        self.hosts().clone()
     }
 }
 

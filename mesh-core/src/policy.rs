@@ -88,6 +88,11 @@ pub struct RetryPolicy {
     pub retry_ignore_previous_hosts: bool,
     /// Base back-off interval between retries. Default: Envoy's 25ms.
     pub backoff: Duration,
+    /// Whether the route wrote `retryOn` itself. Then every request is retried on what it
+    /// names, as Envoy does; otherwise (Istio's default conditions) a non-idempotent request
+    /// (`POST`, `PATCH`, …) is retried only where the upstream cannot have seen it (a
+    /// connect failure, a refused stream). Default: false.
+    pub explicit_retry_on: bool,
 }
 
 impl Default for RetryPolicy {
@@ -107,6 +112,7 @@ impl Default for RetryPolicy {
             retry_remote_localities: false,
             retry_ignore_previous_hosts: true,
             backoff: Duration::from_millis(25),
+            explicit_retry_on: false,
         }
     }
 }
@@ -192,6 +198,7 @@ impl RetryPolicy {
             let (flags, codes) = RetryPolicy::parse_retry_on(on).unwrap_or_default();
             p.retry_on = flags;
             p.retriable_status_codes = codes;
+            p.explicit_retry_on = true;
         }
         if let Some(b) = r.retry_remote_localities {
             p.retry_remote_localities = b;
@@ -286,5 +293,30 @@ mod tests {
             RetryPolicy::parse_retry_on("5xx,bogus"),
             Err("bogus".to_string())
         );
+    }
+
+    #[test]
+    fn from_istio_keeps_istio_s_defaults_and_says_whether_retry_on_was_written() {
+        use crate::model::networking::HttpRetry;
+        let unset = RetryPolicy::from_istio(&HttpRetry {
+            attempts: 3,
+            ..HttpRetry::default()
+        });
+        assert_eq!(unset.attempts, 3);
+        assert_eq!(unset.retry_on, RetryPolicy::default().retry_on);
+        assert_eq!(
+            unset.retriable_status_codes,
+            [StatusCode::SERVICE_UNAVAILABLE]
+        );
+        assert!(!unset.explicit_retry_on && unset.retry_ignore_previous_hosts);
+        let written = RetryPolicy::from_istio(&HttpRetry {
+            attempts: 1,
+            retry_on: Some("5xx".into()),
+            retry_ignore_previous_hosts: Some(false),
+            ..HttpRetry::default()
+        });
+        assert_eq!(written.retry_on, RetryOn::FIVE_XX);
+        assert!(written.retriable_status_codes.is_empty());
+        assert!(written.explicit_retry_on && !written.retry_ignore_previous_hosts);
     }
 }

@@ -112,7 +112,10 @@
 //!   [`RouteDecision`](mesh_core::ext::RouteDecision), else a standalone one; absent: the request's authority is the destination, short
 //!   names resolved in the client's namespace; an unknown host then passes through under
 //!   `ALLOW_ANY`), [`Passthrough`](mesh_core::ext::Passthrough) (connect to the
-//!   destination's host and port), [`ClientAddr`] (`useSourceIp`).
+//!   destination's host and port), [`ClientAddr`] (`useSourceIp`),
+//!   [`PreviousHosts`](mesh_core::ext::PreviousHosts) (a retry's `retryIgnorePreviousHosts`:
+//!   a host an earlier attempt went to is picked again, up to five times, as Envoy's
+//!   `previous_hosts` predicate; the pick is recorded in it).
 //! * Writes one [`SelectedUpstream`] ([`SelectedEndpoint`] and [`UpstreamCluster`], built
 //!   once per endpoint and shared); on passthrough, a standalone [`SelectedEndpoint`] (there
 //!   is no cluster). On a generated sticky cookie, a

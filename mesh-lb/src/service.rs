@@ -17,8 +17,8 @@ use mesh_core::authority::{self, Authority};
 use mesh_core::body::ReplyBody;
 use mesh_core::compile::{Snapshot, resolve_host};
 use mesh_core::ext::{
-    ClientAddr, Passthrough, RouteDestination, SelectedEndpoint, local_reply, route_destination,
-    route_policy,
+    ClientAddr, Passthrough, PreviousHosts, RouteDestination, SelectedEndpoint, local_reply,
+    route_destination, route_policy,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::hash::{FastHashMap, stable_hash};
@@ -30,7 +30,7 @@ use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::cluster::{BuildInput, Cluster};
+use crate::cluster::{BuildInput, Cluster, Host};
 use crate::config::LbConfig;
 use crate::discover::{
     Discover, EndpointSet, ResolveFuture, Resolver, StaticDiscover, SystemResolver,
@@ -580,7 +580,11 @@ impl<S: Clone> Clone for Lb<S> {
             shared: self.shared.clone(),
             worker: self.worker.clone(),
             local: self.local.clone(),
-            memo: self.memo.clone(),
+            // Empty: the layers above clone this service for every request that might be
+            // retried (or is delayed, or mirrored) and mostly drop the clone unused; copying
+            // eight destinations (their `Arc`s) each time would cost more than a clone that
+            // is used refilling its memo.
+            memo: Default::default(),
         }
     }
 }
@@ -686,13 +690,17 @@ where
                 None => None,
             },
         };
-        let Some(host) = cluster.pick(hash) else {
+        let Some(mut host) = cluster.pick(hash) else {
             return ResponseFuture::local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::NO_HEALTHY_UPSTREAM,
                 "no healthy upstream",
             );
         };
+        if let Some(previous) = req.extensions().get::<PreviousHosts>() {
+            host = avoid_previous(cluster, host, hash, previous);
+            previous.record(host.addr);
+        }
         // Only least request and peak-EWMA read the in-flight count (and latency): the other
         // algorithms skip the shared counter's two atomic updates and the guard.
         let guard = cluster.algorithm.reads_active().then(|| {
@@ -754,6 +762,29 @@ impl<S> Lb<S> {
             set_cookie: None,
         }
     }
+}
+
+/// Envoy's `previous_hosts` retry host predicate (Istio's `retryIgnorePreviousHosts`): a host
+/// an earlier attempt of the request went to is picked again, up to
+/// [`PreviousHosts::RESELECT`] times (Istio's `HostSelectionRetryMaxAttempts`), then
+/// accepted. A consistent-hash pick moves its key on at each try (Envoy walks the ring).
+fn avoid_previous<'c>(
+    cluster: &'c Cluster,
+    mut host: &'c Host,
+    hash: Option<u64>,
+    previous: &PreviousHosts,
+) -> &'c Host {
+    for attempt in 1..=u64::from(PreviousHosts::RESELECT) {
+        if !previous.contains(host.addr) {
+            break;
+        }
+        let moved = hash.map(|h| h ^ attempt.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        match cluster.pick(moved) {
+            Some(h) => host = h,
+            None => break,
+        }
+    }
+    host
 }
 
 /// The memo slot of a destination: from the address of its host string.

@@ -16,8 +16,8 @@ use http::{Request, Response, StatusCode};
 use mesh_core::MeshBody;
 use mesh_core::compile::{Snapshot, compile};
 use mesh_core::ext::{
-    ClientAddr, Passthrough, RouteDestination, SelectedEndpoint, UpstreamCluster, flags_of,
-    selected_endpoint, upstream_cluster,
+    ClientAddr, Passthrough, PreviousHosts, RouteDestination, SelectedEndpoint, UpstreamCluster,
+    flags_of, selected_endpoint, upstream_cluster,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::health::{HealthCell, HealthFlags, HealthKey, cluster_name};
@@ -560,6 +560,82 @@ fn requests_stay_in_flight_until_the_response_body_ends() {
     assert_eq!(active(&mut lb), Some(1));
     drop(res);
     assert_eq!(active(&mut lb), Some(0), "body dropped unread");
+}
+
+/// Two picks for one request's attempts, sharing a [`PreviousHosts`] when `avoid`.
+fn two_attempts<S>(
+    svc: &mut S,
+    r: impl Fn() -> Request<()>,
+    avoid: bool,
+) -> (SocketAddr, SocketAddr)
+where
+    S: Service<Request<()>, Response = Response<Body>, Error = Infallible>,
+{
+    let previous = PreviousHosts::new();
+    let mut attempt = || {
+        let mut req = r();
+        if avoid {
+            req.extensions_mut().insert(previous.clone());
+        }
+        picked(&send(svc, req))
+    };
+    let (first, second) = (attempt(), attempt());
+    if avoid {
+        assert_eq!(
+            previous.to_vec(),
+            vec![first, second],
+            "the balancer records its picks"
+        );
+    }
+    (first, second)
+}
+
+#[test]
+fn a_retry_avoids_the_hosts_tried_before() {
+    // RANDOM over two endpoints: a second pick repeats the first half the time; with the
+    // previous hosts, only when the pick and its five reselections all land on it: 1/64.
+    // 4000 requests: 62.5 expected (binomial sd 7.8), 2000 without (sd 32).
+    let mut lb = seeded(snap(&fleet(2, None, "{simple: RANDOM}"))).layer(echo());
+    let d = dest(SVC, None, None);
+    let repeats = |lb: &mut _, avoid| {
+        (0..4000)
+            .filter(|_| {
+                let (a, b) = two_attempts(lb, || request(&d), avoid);
+                a == b
+            })
+            .count()
+    };
+    let avoided = repeats(&mut lb, true);
+    assert!((30..=100).contains(&avoided), "{avoided}");
+    let control = repeats(&mut lb, false);
+    assert!((1850..=2150).contains(&control), "{control}");
+    // a consistent-hash key moves to another endpoint for the retry (4/5 per reselection)
+    let mut lb = seeded(snap(&fleet(
+        5,
+        None,
+        "{consistentHash: {httpHeaderName: x-user}}",
+    )))
+    .layer(echo());
+    let with_key = |u: usize| {
+        let mut r = request(&d);
+        r.headers_mut()
+            .insert("x-user", format!("user-{u}").parse().unwrap());
+        r
+    };
+    let moved = (0..200)
+        .filter(|&u| {
+            let (a, b) = two_attempts(&mut lb, || with_key(u), true);
+            a != b
+        })
+        .count();
+    assert!(moved >= 198, "{moved}");
+    let stayed = (0..200)
+        .filter(|&u| {
+            let (a, b) = two_attempts(&mut lb, || with_key(u), false);
+            a == b
+        })
+        .count();
+    assert_eq!(stayed, 200, "without the list the key is sticky");
 }
 
 // ------------------------------------------------------------------------------------------

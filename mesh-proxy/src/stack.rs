@@ -2,17 +2,22 @@
 //!
 //! ```text
 //! request ─► Route (VirtualService: match, rewrite, redirect, …) ─► Fault (fault: delay,
-//!            abort) ─► Timeout (timeout) ─► Mirror (mirror, mirrors) ─► Lb (DestinationRule,
-//!            subsets, endpoints, balancer) ─► Connector (per-worker pool) ─► upstream
+//!            abort) ─► Timeout (timeout) ─► Retry (retries) ─► Mirror (mirror, mirrors) ─►
+//!            Lb (DestinationRule, subsets, endpoints, balancer) ─► Connector (per-worker
+//!            pool) ─► upstream
 //! ```
 //!
 //! Fault injection sits before the timeout, as Envoy's fault filter sits before its router: an
 //! injected delay does not count against the route timeout, and an abort never reaches the
-//! layers below.
+//! layers below. The route timeout bounds all the attempts of a retried request; each attempt
+//! goes through the mirror (which fires once) and the balancer (which picks its endpoint,
+//! avoiding the ones tried before).
 //!
 //! The request body becomes a [`TeeBody`] on the way in ([`IntoRequestBody`]), so that the
-//! mirror layer can hand mirrored copies the client's body as it streams; [`PlainBody`] hands
-//! the connector the client's own body again when nothing copied it.
+//! mirror layer can hand mirrored copies the client's body as it streams, and the retry layer
+//! wraps it in a [`ReplayBody`] (recorded for retries when the request has a body and may be
+//! retried); [`PlainBody`] hands the connector the client's own body again when nothing
+//! copied or recorded it.
 //!
 //! The layers are built once ([`Layers::new`]) and shared by every worker; each worker wraps
 //! its own connector with them ([`Layers::stack`]), so per-worker state (balancer cursors,
@@ -35,13 +40,15 @@ use tower_layer::Layer;
 
 use crate::engine::{Connector, RequestBody, WorkerContext};
 use hyper::body::Incoming;
-use mesh_resilience::{Fault, FaultLayer, Timeout, TimeoutLayer};
+use mesh_core::replay::ReplayBody;
+use mesh_resilience::{Fault, FaultLayer, Retry, RetryLayer, Timeout, TimeoutLayer};
 use mesh_routing::{Mirror, MirrorLayer, TeeBody};
 
 /// The type of a worker's stack. The router and the balancer insert one request extension
 /// each (two, three with mirrors): the extension map's first table (room for three) never
 /// grows.
-pub type MeshStack = IntoRequestBody<Route<Fault<Timeout<Mirror<Lb<PlainBody<Connector>>>>>>>;
+pub type MeshStack =
+    IntoRequestBody<Route<Fault<Timeout<Retry<Mirror<Lb<PlainBody<Connector>>>>>>>>;
 
 /// The body the layers see: the client's, which mirrored copies can share.
 pub type LayerBody = TeeBody<Incoming>;
@@ -79,12 +86,12 @@ where
     }
 }
 
-/// Hands the connector the client's own body when no mirror copied it (no allocation), the
-/// tee or the copy otherwise.
+/// Hands the connector the client's own body when no mirror copied it and no retry recorded
+/// it (no allocation), the tee, the copy or the recording otherwise.
 #[derive(Debug, Clone)]
 pub struct PlainBody<S>(S);
 
-impl<S> tower_service::Service<http::Request<LayerBody>> for PlainBody<S>
+impl<S> tower_service::Service<http::Request<ReplayBody<LayerBody>>> for PlainBody<S>
 where
     S: tower_service::Service<http::Request<RequestBody>>,
 {
@@ -100,10 +107,14 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: http::Request<LayerBody>) -> S::Future {
+    fn call(&mut self, req: http::Request<ReplayBody<LayerBody>>) -> S::Future {
         self.0.call(req.map(|b| match b.into_plain() {
-            Ok(incoming) => RequestBody::from(incoming),
-            Err(tee) => RequestBody::new(tee),
+            Ok(tee) => match tee.into_plain() {
+                Ok(incoming) => RequestBody::from(incoming),
+                Err(tee) => RequestBody::new(tee),
+            },
+            Err(replay) if replay.is_empty_body() => RequestBody::empty(),
+            Err(replay) => RequestBody::new(replay),
         }))
     }
 }
@@ -115,6 +126,7 @@ pub struct Layers {
     route_layer: RouteLayer,
     fault: FaultLayer,
     timeout: TimeoutLayer,
+    retry: RetryLayer,
     mirror: MirrorLayer,
     lb: LbLayer,
     dns: Arc<DnsRefresher>,
@@ -248,6 +260,7 @@ impl Layers {
             route_layer: RouteLayer::new(routes.clone()),
             fault: FaultLayer::new(),
             timeout: TimeoutLayer::new(),
+            retry: RetryLayer::new(),
             // Mirrored requests run as tasks of the worker that received the original (the
             // engine's workers are current-thread runtimes), on that worker's pool.
             mirror: MirrorLayer::new(|task| {
@@ -273,9 +286,12 @@ impl Layers {
     /// One worker's stack around its connector.
     pub fn stack(&self, ctx: &WorkerContext) -> MeshStack {
         let lb = self.lb.layer(PlainBody(ctx.connector()));
+        let mirror = self.mirror.layer(lb);
         IntoRequestBody(
-            self.route_layer
-                .layer(self.fault.layer(self.timeout.layer(self.mirror.layer(lb)))),
+            self.route_layer.layer(
+                self.fault
+                    .layer(self.timeout.layer(self.retry.layer(mirror))),
+            ),
         )
     }
 

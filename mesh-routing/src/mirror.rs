@@ -198,6 +198,25 @@ impl<D> ShadowBody for http_body_util::Empty<D> {
     }
 }
 
+/// The retry layer's body (`mesh_core::replay`): a mirror copies the client's body from its
+/// beginning, through the wrapped body's own [`ShadowBody`]; a body already being read (a
+/// retry's copy) is not mirrored again.
+impl<B: ShadowBody> ShadowBody for mesh_core::replay::ReplayBody<B> {
+    fn shadow(&self) -> Option<Self> {
+        if self.is_empty_body() {
+            return Some(Self::empty());
+        }
+        None
+    }
+
+    fn tee(&mut self) -> Option<Self> {
+        if self.is_empty_body() {
+            return Some(Self::empty());
+        }
+        self.original_mut()?.tee().map(Self::plain)
+    }
+}
+
 // === impl MirrorLayer ===
 
 impl MirrorLayer {

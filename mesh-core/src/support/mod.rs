@@ -28,12 +28,12 @@
 //! spec:
 //!   hosts: [reviews]
 //!   http:
-//!   - retries: {attempts: 3}
+//!   - retries: {attempts: 3, retryRemoteLocalities: true}
 //!     route: [{destination: {host: reviews}}]
 //! "#;
 //! let compiled = load_str_with("vs.yaml", vs, CheckMode::Proxy).unwrap();
 //! let w = &compiled.unenforced[0];
-//! assert_eq!(w.field.as_ref().unwrap().to_string(), "spec.http[0].retries");
+//! assert_eq!(w.field.as_ref().unwrap().to_string(), "spec.http[0].retries.retryRemoteLocalities");
 //! assert!(w.message.starts_with("not enforced by this version (resilience)"));
 //!
 //! let ap = r#"

@@ -232,8 +232,8 @@ static HTTP_ROUTE: TypeDef = TypeDef {
         field(
             "retries",
             Struct(&HTTP_RETRY),
-            Status::NotYet(Area::Resilience),
-            "no request is retried; Istio retries twice by default",
+            Status::Enforced,
+            "Istio's default policy when unset; non-idempotent requests are retried only where the upstream cannot have seen them unless `retryOn` is set; bodies replayed up to 64 KiB",
         ),
         field("fault", Struct(&HTTP_FAULT_INJECTION), Status::Enforced, ""),
         field("mirror", Struct(&DESTINATION), Status::Enforced, ""),
@@ -376,22 +376,22 @@ static REGEX_REWRITE: TypeDef = TypeDef {
 static HTTP_RETRY: TypeDef = TypeDef {
     name: "HttpRetry",
     fields: &[
-        field("attempts", Leaf, Status::NotYet(Area::Resilience), ""),
-        field("perTryTimeout", Leaf, Status::NotYet(Area::Resilience), ""),
-        field("retryOn", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("attempts", Leaf, Status::Enforced, ""),
+        field("perTryTimeout", Leaf, Status::Enforced, ""),
+        field(
+            "retryOn",
+            Leaf,
+            Status::Enforced,
+            "`refused-stream` waits for the connector to tell refused HTTP/2 streams from resets (today: a reset, retried under `reset`, `5xx`, `gateway-error`); `retriable-headers` not yet",
+        ),
         field(
             "retryRemoteLocalities",
             Leaf,
             Status::NotYet(Area::Resilience),
             "",
         ),
-        field(
-            "retryIgnorePreviousHosts",
-            Leaf,
-            Status::NotYet(Area::Resilience),
-            "",
-        ),
-        field("backoff", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("retryIgnorePreviousHosts", Leaf, Status::Enforced, ""),
+        field("backoff", Leaf, Status::Enforced, ""),
     ],
 };
 

@@ -1,0 +1,599 @@
+//! Retries: Istio's `HTTPRoute.retries` (Envoy's route `retry_policy`).
+//!
+//! [`RetryLayer`] sends a request again when an attempt fails in a way its route's
+//! [`RetryPolicy`] names ([`route_policy`]'s `retries`; Istio's default policy,
+//! [`RetryPolicy::default`], for a routed request whose route sets none; the layer's own,
+//! for a service without a router):
+//!
+//! - **`attempts`** retries at most (not counting the first attempt); `attempts: 0` turns
+//!   retries off, and `perTryTimeout` with them (Istio then sends no retry policy at all);
+//! - **`retryOn`**, Envoy's conditions (`x-envoy-retry-on`, `x-envoy-retry-grpc-on`):
+//!   `5xx` (any 5xx, a reset, a connect failure, a per-try timeout), `gateway-error` (502,
+//!   503, 504, and the same failures), `reset` (no answer: the connection was closed or
+//!   reset, a protocol error, a per-try timeout), `connect-failure`, `refused-stream`,
+//!   `reset-before-request` (here: a connect failure, the only reset known to come before
+//!   any byte was sent), `retriable-4xx` (409), `retriable-status-codes` and bare status
+//!   codes, `envoy-ratelimited` (`x-envoy-ratelimited` in the answer), and the gRPC
+//!   statuses `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
+//!   `unavailable`, read from the `grpc-status` response header (a trailers-only answer,
+//!   as Envoy);
+//! - **`perTryTimeout`** bounds each attempt; an attempt that runs out is dropped and
+//!   retried like a reset (as Envoy's `onPerTryTimeout`); with no attempt left the client
+//!   gets `504 upstream request timeout` with flag `UT`. The route `timeout` (the
+//!   [`timeout`](crate::timeout) layer, above this one) bounds all attempts together;
+//! - **backoff**: before each retry, Envoy's fully jittered exponential backoff: a random
+//!   wait in `[0, interval)`, the interval starting at the policy's `backoff` (25 ms by
+//!   default) and doubling up to ten times it (`JitteredExponentialBackOffStrategy`);
+//! - **`retryIgnorePreviousHosts`** (on by default, as Istio's): each attempt carries a
+//!   [`PreviousHosts`] that the balancer fills and honours, so a retry goes to another
+//!   endpoint when there is one.
+//!
+//! When the attempts run out on a failure the policy would retry, the last answer goes to
+//! the client with flag `URX` added, as Envoy does. An error of the inner service (not an
+//! answer: the mesh's connector answers its failures) is returned at once.
+//!
+//! Which failures are which: answers the mesh made below this layer carry
+//! [`ResponseFlags`] (the connector's `UF` 503 is a connect failure, `UR`/`UC` a reset, `UPE`
+//! a protocol error; a [`RefusedStream`] marker a refused stream) and are judged by their
+//! flags only: a `503 UH` (no healthy upstream), `NR` or `UO` from the balancer is never
+//! retried, as Envoy never retries its own local replies. Other answers are the upstream's,
+//! judged by status and headers.
+//!
+//! # Safe by default (beyond Istio)
+//!
+//! A non-idempotent request (RFC 9110 §9.2.2: anything but `GET`, `HEAD`, `OPTIONS`,
+//! `TRACE`, `PUT`, `DELETE`) is retried only on failures where the upstream application
+//! cannot have seen it (a connect failure, a refused stream), **unless the route writes
+//! `retryOn` itself** ([`RetryPolicy::explicit_retry_on`]): then it is retried on what
+//! `retryOn` names, as Envoy would. Istio's default policy would retry a `POST` answered
+//! `503` by the application; this layer does not.
+//!
+//! # Request bodies
+//!
+//! The body reaches the layers below as a [`ReplayBody`]: a request without a body costs
+//! nothing, and a body is recorded as the first attempt streams it, up to
+//! [`RetryLayer::with_max_body_bytes`] (default [`DEFAULT_MAX_REPLAY_BYTES`], 64 KiB). A body
+//! over the limit is sent once and not retried (unless nothing of it was sent: a connect
+//! failure). A retry waits until the previous attempt has let go of the body; an attempt
+//! still reading it when its answer arrived (an HTTP/2 upstream answering before the whole
+//! body was sent) is not retried.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use http::{Request, Response, StatusCode};
+//! use mesh_core::MeshBody;
+//! use mesh_core::policy::{RetryOn, RetryPolicy};
+//! use mesh_core::replay::ReplayBody;
+//! use mesh_resilience::retry::RetryLayer;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let seen = calls.clone();
+//! let policy = RetryPolicy { attempts: 2, retry_on: RetryOn::FIVE_XX, ..RetryPolicy::default() };
+//! let svc = ServiceBuilder::new()
+//!     .layer(RetryLayer::new().with_policy(Arc::new(policy)).with_seed(1))
+//!     .service_fn(move |_req: Request<ReplayBody<String>>| {
+//!         // fails twice, then answers
+//!         let n = seen.fetch_add(1, Ordering::SeqCst);
+//!         let mut res = Response::new(MeshBody::<String>::empty());
+//!         if n < 2 {
+//!             *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+//!         }
+//!         async move { Ok::<_, Infallible>(res) }
+//!     });
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(calls.load(Ordering::SeqCst), 3);
+//! # });
+//! ```
+//!
+//! # Ordering
+//!
+//! Below the route timeout (which bounds all attempts) and above the mirror layer (a
+//! request is mirrored once, however often it is retried) and the balancer (which picks
+//! each attempt's endpoint): `Route ─► Fault ─► Timeout ─► Retry ─► Mirror ─► Lb ─►
+//! connector`. The inner service must be `Clone`: each retry calls a clone, made ready
+//! after the backoff.
+//!
+//! # Reads and writes
+//!
+//! Reads [`route_policy`] (`retries`) from the request; writes a [`PreviousHosts`] into each
+//! attempt (when the policy avoids previous hosts); reads [`ResponseFlags`] and
+//! [`RefusedStream`] from answers; adds `URX` (and makes `504 UT` answers) with
+//! [`mark`] / [`local_reply`].
+//!
+//! # Differences from Envoy/Istio
+//!
+//! - Non-idempotent requests are safe by default (above).
+//! - A body is kept for retries up to 64 KiB by default (Envoy: its 1 MiB buffer limit).
+//! - Not done yet: `retryRemoteLocalities`, retry budgets (`retryBudget`), the
+//!   `x-envoy-retry-on`/`x-envoy-max-retries` request headers, `retriable-headers`,
+//!   `Retry-After`/rate-limited backoff, retrying on gRPC statuses in trailers, and a
+//!   refused stream told from a reset by the connector.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use mesh_core::body::ReplyBody;
+use mesh_core::ext::{PreviousHosts, RefusedStream, flags_of, local_reply, mark, route_policy};
+use mesh_core::flags::ResponseFlags;
+use mesh_core::policy::{RetryOn, RetryPolicy};
+use mesh_core::replay::{DEFAULT_MAX_REPLAY_BYTES, ReplayBody, Replayer};
+use mesh_core::rng::{self, Rng};
+use pin_project::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::timeout::TIMEOUT_BODY;
+
+/// Retries failed requests by their route's policy; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    policy: Option<Arc<RetryPolicy>>,
+    default: Arc<RetryPolicy>,
+    max_body_bytes: usize,
+    seed: Option<u64>,
+    counter: Arc<AtomicU64>,
+}
+
+/// The service of [`RetryLayer`].
+#[derive(Debug)]
+pub struct Retry<S> {
+    inner: S,
+    rng: Rng,
+    layer: RetryLayer,
+}
+
+/// The future of [`Retry`].
+#[pin_project]
+pub struct ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    #[pin]
+    state: State<S::Future>,
+    /// What the retries need; `None` when the request is sent once.
+    retry: Option<Attempts<S, B>>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<F> {
+    /// An attempt in flight.
+    Called {
+        #[pin]
+        fut: F,
+    },
+    /// Waiting out the backoff, then for the inner service to be ready.
+    Backoff,
+}
+
+/// A request's retry state.
+struct Attempts<S, B> {
+    svc: S,
+    parts: http::request::Parts,
+    body: Replay<B>,
+    policy: Arc<RetryPolicy>,
+    /// Retries left.
+    left: u32,
+    /// Non-idempotent under a policy that did not write `retryOn`: retried only where the
+    /// upstream cannot have seen it.
+    safe_only: bool,
+    /// The upper bound of the next backoff draw.
+    interval: Duration,
+    rng: Rng,
+    /// The per-try deadline, then the backoff (one timer, reset for each).
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The hosts tried, shared with the balancer (`retryIgnorePreviousHosts`).
+    hosts: Option<PreviousHosts>,
+    /// The next attempt's body, during the backoff.
+    next: Option<ReplayBody<B>>,
+}
+
+/// How a retry gets the body again.
+enum Replay<B> {
+    /// The request had no body.
+    Empty,
+    Recorded(Replayer<B>),
+}
+
+/// What an attempt came to.
+enum Outcome<R> {
+    Answer(Response<R>),
+    PerTryTimeout,
+}
+
+// === impl RetryLayer ===
+
+impl RetryLayer {
+    /// A layer applying each routed request's retry policy (Istio's default policy when its
+    /// route sets none); requests without a route policy are sent once.
+    pub fn new() -> Self {
+        RetryLayer {
+            policy: None,
+            default: Arc::new(RetryPolicy::default()),
+            max_body_bytes: DEFAULT_MAX_REPLAY_BYTES,
+            seed: None,
+            counter: Arc::default(),
+        }
+    }
+
+    /// Applies `policy` to requests that carry no route policy of their own (a service
+    /// used without the router).
+    pub fn with_policy(mut self, policy: Arc<RetryPolicy>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Keeps up to `max` bytes of a request body for retries (default
+    /// [`DEFAULT_MAX_REPLAY_BYTES`], 64 KiB); a larger body is sent once.
+    pub fn with_max_body_bytes(mut self, max: usize) -> Self {
+        self.max_body_bytes = max;
+        self
+    }
+
+    /// Seeds the backoff draws for reproducible runs: the n-th service made from this layer
+    /// (or cloned from one) draws from a generator seeded by `seed` and n.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    fn next_rng(&self) -> Rng {
+        Rng::new(Some(rng::seed(
+            self.seed,
+            self.counter.fetch_add(1, Ordering::Relaxed),
+        )))
+    }
+}
+
+impl Default for RetryLayer {
+    fn default() -> Self {
+        RetryLayer::new()
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            rng: self.next_rng(),
+            layer: self.clone(),
+        }
+    }
+}
+
+// === impl Retry ===
+
+mesh_core::accessors!(Retry);
+
+impl<S: Clone> Clone for Retry<S> {
+    fn clone(&self) -> Self {
+        Retry {
+            inner: self.inner.clone(),
+            rng: self.layer.next_rng(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S, B, R> Service<Request<B>> for Retry<S>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<R>> + Clone,
+    B: Body<Data = Bytes>,
+    R: ReplyBody,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let policy = match route_policy(req.extensions()) {
+            Some(route) => Some(route.retries.as_ref().unwrap_or(&self.layer.default)),
+            None => self.layer.policy.as_ref(),
+        };
+        let Some(policy) = policy.filter(|p| p.attempts > 0).cloned() else {
+            return ResponseFuture::once(self.inner.call(req.map(ReplayBody::plain)));
+        };
+        let (parts, body) = req.into_parts();
+        let hosts = policy.retry_ignore_previous_hosts.then(PreviousHosts::new);
+        let (first, replay) = if body.is_end_stream() {
+            (ReplayBody::plain(body), Replay::Empty)
+        } else {
+            let (first, replayer) = ReplayBody::replayable(body, self.layer.max_body_bytes);
+            (first, Replay::Recorded(replayer))
+        };
+        let safe_only = !policy.explicit_retry_on && !is_idempotent(&parts.method);
+        let mut timer = None;
+        if let Some(t) = policy.per_try_timeout {
+            timer = Some(Box::pin(tokio::time::sleep(t)));
+        }
+        let fut = self.inner.call(attempt(&parts, hosts.as_ref(), first));
+        ResponseFuture {
+            state: State::Called { fut },
+            retry: Some(Attempts {
+                svc: self.inner.clone(),
+                parts,
+                body: replay,
+                left: policy.attempts,
+                safe_only,
+                interval: policy.backoff.max(Duration::from_millis(1)),
+                policy,
+                rng: Rng::new(Some(self.rng.next_u64())),
+                timer,
+                hosts,
+                next: None,
+            }),
+        }
+    }
+}
+
+/// An attempt's request: the head kept for retries (cloned: the inner service consumes it),
+/// the hosts tried so far, the body.
+fn attempt<B>(
+    parts: &http::request::Parts,
+    hosts: Option<&PreviousHosts>,
+    body: ReplayBody<B>,
+) -> Request<ReplayBody<B>> {
+    let mut head = parts.clone();
+    if let Some(h) = hosts {
+        head.extensions.insert(h.clone());
+    }
+    Request::from_parts(head, body)
+}
+
+/// RFC 9110 §9.2.2's idempotent methods.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+// === impl ResponseFuture ===
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    fn once(fut: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Called { fut },
+            retry: None,
+        }
+    }
+}
+
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            State::Called { .. } => "called",
+            State::Backoff => "backoff",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("retries_left", &self.retry.as_ref().map(|r| r.left))
+            .finish()
+    }
+}
+
+impl<S, B, R> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<R>>,
+    B: Body<Data = Bytes>,
+    R: ReplyBody,
+{
+    type Output = Result<Response<R>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { fut } => {
+                    let outcome = match fut.poll(cx) {
+                        Poll::Ready(res) => Outcome::Answer(res?),
+                        Poll::Pending => {
+                            let timer = this.retry.as_mut().and_then(|r| r.timer.as_mut());
+                            match timer.map(|t| t.as_mut().poll(cx)) {
+                                Some(Poll::Ready(())) => Outcome::PerTryTimeout,
+                                _ => return Poll::Pending,
+                            }
+                        }
+                    };
+                    let Some(retry) = this.retry.as_mut() else {
+                        return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
+                    };
+                    let retriable = match &outcome {
+                        Outcome::Answer(res) => retriable(res, &retry.policy, retry.safe_only),
+                        Outcome::PerTryTimeout => {
+                            !retry.safe_only && retry.policy.retry_on.intersects(RESET_LIKE)
+                        }
+                    };
+                    if !retriable {
+                        return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
+                    }
+                    if retry.left == 0 {
+                        return Poll::Ready(Ok(
+                            outcome.into_response(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
+                        ));
+                    }
+                    // the attempt (and its hold on the body) goes before the body is asked for
+                    this.state.set(State::Backoff);
+                    let Some(next) = retry.next_body() else {
+                        return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
+                    };
+                    retry.left -= 1;
+                    retry.next = Some(next);
+                    let wait = retry.backoff();
+                    let deadline = Instant::now() + wait;
+                    match &mut retry.timer {
+                        Some(t) => t.as_mut().reset(deadline),
+                        None => retry.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                }
+                StateProj::Backoff => {
+                    let Some(retry) = this.retry.as_mut() else {
+                        panic!("{POLLED_AFTER_COMPLETION}");
+                    };
+                    if let Some(t) = retry.timer.as_mut() {
+                        ready!(t.as_mut().poll(cx));
+                    }
+                    ready!(retry.svc.poll_ready(cx))?;
+                    let body = retry.next.take().expect(POLLED_AFTER_COMPLETION);
+                    let fut = retry
+                        .svc
+                        .call(attempt(&retry.parts, retry.hosts.as_ref(), body));
+                    match (retry.policy.per_try_timeout, retry.timer.as_mut()) {
+                        (Some(t), Some(timer)) => timer.as_mut().reset(Instant::now() + t),
+                        // no per-try timeout: the backoff timer must not fire during the attempt
+                        _ => retry.timer = None,
+                    }
+                    this.state.set(State::Called { fut });
+                }
+            }
+        }
+    }
+}
+
+/// A future polled after it completed (a caller's bug) panics, as tower's do.
+const POLLED_AFTER_COMPLETION: &str = "retry::ResponseFuture polled after completion";
+
+/// The conditions under which a reset (and a per-try timeout, which Envoy handles as one)
+/// is retried.
+const RESET_LIKE: RetryOn = RetryOn::FIVE_XX
+    .union(RetryOn::GATEWAY_ERROR)
+    .union(RetryOn::RESET);
+
+/// Whether the policy retries this answer.
+fn retriable<R>(res: &Response<R>, policy: &RetryPolicy, safe_only: bool) -> bool {
+    let on = policy.retry_on;
+    let flags = flags_of(res);
+    if !flags.is_empty() {
+        // an answer the mesh made below: judged by its cause only
+        if flags.contains(ResponseFlags::UPSTREAM_CONNECTION_FAILURE)
+            && res.status() == StatusCode::SERVICE_UNAVAILABLE
+        {
+            // Envoy counts a connect failure as a reset too (`wouldRetryFromReset`), and as
+            // one before the request (nothing was sent)
+            return on
+                .intersects(RESET_LIKE | RetryOn::CONNECT_FAILURE | RetryOn::RESET_BEFORE_REQUEST);
+        }
+        if res.extensions().get::<RefusedStream>().is_some() {
+            return on.intersects(RESET_LIKE | RetryOn::REFUSED_STREAM);
+        }
+        if flags.intersects(
+            ResponseFlags::UPSTREAM_REMOTE_RESET
+                | ResponseFlags::UPSTREAM_CONNECTION_TERMINATION
+                | ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+        ) {
+            return !safe_only && on.intersects(RESET_LIKE);
+        }
+        return false;
+    }
+    if safe_only {
+        return false;
+    }
+    let status = res.status();
+    let code = status.as_u16();
+    if (on.contains(RetryOn::FIVE_XX) && status.is_server_error())
+        || (on.contains(RetryOn::GATEWAY_ERROR) && matches!(code, 502..=504))
+        || (on.contains(RetryOn::RETRIABLE_4XX) && code == 409)
+        || (on.contains(RetryOn::RETRIABLE_STATUS_CODES)
+            && policy.retriable_status_codes.contains(&status))
+        || (on.contains(RetryOn::ENVOY_RATELIMITED)
+            && res.headers().contains_key("x-envoy-ratelimited"))
+    {
+        return true;
+    }
+    if on.intersects(GRPC) {
+        let grpc = res
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .and_then(|v| v.parse::<u32>().ok());
+        let wanted = match grpc {
+            Some(1) => RetryOn::GRPC_CANCELLED,
+            Some(4) => RetryOn::GRPC_DEADLINE_EXCEEDED,
+            Some(8) => RetryOn::GRPC_RESOURCE_EXHAUSTED,
+            Some(13) => RetryOn::GRPC_INTERNAL,
+            Some(14) => RetryOn::GRPC_UNAVAILABLE,
+            _ => return false,
+        };
+        return on.contains(wanted);
+    }
+    false
+}
+
+const GRPC: RetryOn = RetryOn::GRPC_CANCELLED
+    .union(RetryOn::GRPC_DEADLINE_EXCEEDED)
+    .union(RetryOn::GRPC_INTERNAL)
+    .union(RetryOn::GRPC_RESOURCE_EXHAUSTED)
+    .union(RetryOn::GRPC_UNAVAILABLE);
+
+// === impl Attempts ===
+
+impl<S, B> Attempts<S, B>
+where
+    B: Body<Data = Bytes>,
+{
+    /// The next attempt's body, if it can be sent again.
+    fn next_body(&self) -> Option<ReplayBody<B>> {
+        match &self.body {
+            Replay::Empty => Some(ReplayBody::empty()),
+            Replay::Recorded(r) => r.replay(),
+        }
+    }
+
+    /// The next backoff: Envoy's `JitteredExponentialBackOffStrategy`, a random whole
+    /// number of milliseconds in `[0, interval)`, the interval doubling up to ten times the
+    /// base.
+    fn backoff(&mut self) -> Duration {
+        let bound = self.interval;
+        let max = self.policy.backoff.max(Duration::from_millis(1)) * 10;
+        self.interval = (self.interval * 2).min(max);
+        let ms = usize::try_from(bound.as_millis()).unwrap_or(usize::MAX);
+        Duration::from_millis(self.rng.below(ms) as u64)
+    }
+}
+
+// === impl Outcome ===
+
+impl<R: ReplyBody> Outcome<R> {
+    fn into_response(self, flags: ResponseFlags) -> Response<R> {
+        match self {
+            Outcome::Answer(mut res) => {
+                mark(&mut res, flags);
+                res
+            }
+            Outcome::PerTryTimeout => local_reply(
+                StatusCode::GATEWAY_TIMEOUT,
+                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT | flags,
+                TIMEOUT_BODY,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,494 @@
+//! Retries under paused time, against a scripted mock upstream that fails on command.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use mesh_core::MeshBody;
+use mesh_core::ext::{PreviousHosts, RoutePolicy, flags_of, local_reply};
+use mesh_core::flags::ResponseFlags;
+use mesh_core::policy::RetryPolicy;
+use mesh_core::replay::ReplayBody;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+use super::*;
+use crate::timeout::TimeoutLayer;
+
+type Res = Response<MeshBody<Empty<Bytes>>>;
+
+/// What the mock upstream does with the next request.
+#[derive(Clone, Copy)]
+enum Step {
+    Status(u16),
+    /// A local reply of the layers below (the connector, the balancer).
+    Local(u16, ResponseFlags),
+    /// `200` with this `grpc-status` header (a trailers-only gRPC answer).
+    Grpc(u32),
+    /// Never answers.
+    Hang,
+}
+
+/// One request as the mock saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    body: Bytes,
+    previous: Option<Vec<SocketAddr>>,
+}
+
+#[derive(Clone, Default)]
+struct Mock {
+    script: Arc<Mutex<VecDeque<Step>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Mock {
+    fn new(steps: &[Step]) -> Self {
+        Mock {
+            script: Arc::new(Mutex::new(steps.iter().copied().collect())),
+            seen: Arc::default(),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Service<Request<ReplayBody<Full<Bytes>>>> for Mock {
+    type Response = Res;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Res, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
+        let step = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Step::Status(200));
+        let seen = self.seen.clone();
+        Box::pin(async move {
+            let at = Instant::now();
+            let previous = req.extensions().get::<PreviousHosts>().cloned();
+            // the balancer's part: the n-th attempt goes to 10.0.0.n
+            let n = seen.lock().unwrap().len();
+            let addr = SocketAddr::from(([10, 0, 0, n as u8], 80));
+            let before = previous.as_ref().map(|p| {
+                let v = p.to_vec();
+                p.record(addr);
+                v
+            });
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            seen.lock().unwrap().push(Seen {
+                at,
+                body,
+                previous: before,
+            });
+            Ok(match step {
+                Step::Status(s) => {
+                    let mut r = Response::new(MeshBody::empty());
+                    *r.status_mut() = StatusCode::from_u16(s).unwrap();
+                    r
+                }
+                Step::Local(s, flags) => local_reply(StatusCode::from_u16(s).unwrap(), flags, ""),
+                Step::Grpc(code) => {
+                    let mut r = Response::new(MeshBody::empty());
+                    r.headers_mut()
+                        .insert("grpc-status", HeaderValue::from(code));
+                    r
+                }
+                Step::Hang => std::future::pending().await,
+            })
+        })
+    }
+}
+
+fn policy(retry_on: &str, attempts: u32) -> RetryPolicy {
+    let (on, codes) = RetryPolicy::parse_retry_on(retry_on).unwrap();
+    RetryPolicy {
+        attempts,
+        retry_on: on,
+        retriable_status_codes: codes,
+        explicit_retry_on: true,
+        ..RetryPolicy::default()
+    }
+}
+
+/// A request routed with `retries` (`None`: the route sets none, Istio's default applies).
+fn routed(
+    method: Method,
+    body: &'static str,
+    retries: Option<RetryPolicy>,
+) -> Request<Full<Bytes>> {
+    let mut req = Request::builder()
+        .method(method)
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    req.extensions_mut().insert(RoutePolicy {
+        retries: retries.map(Arc::new),
+        ..RoutePolicy::default()
+    });
+    req
+}
+
+fn get(retries: Option<RetryPolicy>) -> Request<Full<Bytes>> {
+    routed(Method::GET, "", retries)
+}
+
+async fn run(mock: &Mock, req: Request<Full<Bytes>>) -> Res {
+    RetryLayer::new()
+        .with_seed(7)
+        .layer(mock.clone())
+        .oneshot(req)
+        .await
+        .unwrap()
+}
+
+use Step::*;
+
+const UF: ResponseFlags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+
+#[tokio::test(start_paused = true)]
+async fn five_xx_is_retried_until_an_answer_succeeds() {
+    let mock = Mock::new(&[Status(500), Status(502), Status(200)]);
+    let res = run(&mock, get(Some(policy("5xx", 3)))).await;
+    assert_eq!(res.status(), 200);
+    assert!(flags_of(&res).is_empty());
+    assert_eq!(mock.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gateway_error_retries_502_to_504_only() {
+    let mock = Mock::new(&[Status(500)]);
+    assert_eq!(
+        run(&mock, get(Some(policy("gateway-error", 2))))
+            .await
+            .status(),
+        500
+    );
+    assert_eq!(mock.calls(), 1);
+    let mock = Mock::new(&[Status(503), Status(504), Status(200)]);
+    assert_eq!(
+        run(&mock, get(Some(policy("gateway-error", 2))))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(mock.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn istio_s_default_policy_retries_connect_failures_and_503_twice() {
+    // a route without `retries`: connect-failure,refused-stream,unavailable,cancelled,503
+    let mock = Mock::new(&[Local(503, UF), Status(503), Status(200)]);
+    assert_eq!(run(&mock, get(None)).await.status(), 200);
+    assert_eq!(mock.calls(), 3);
+    // but 500 is not in it
+    let mock = Mock::new(&[Status(500)]);
+    assert_eq!(run(&mock, get(None)).await.status(), 500);
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_mesh_s_own_503s_are_judged_by_their_flags_not_their_status() {
+    // `503 UH` from the balancer is not an upstream's 503: never retried (as Envoy)
+    for flags in [
+        ResponseFlags::NO_HEALTHY_UPSTREAM,
+        ResponseFlags::NO_ROUTE,
+        ResponseFlags::UPSTREAM_OVERFLOW,
+    ] {
+        let mock = Mock::new(&[Local(503, flags)]);
+        let res = run(&mock, get(Some(policy("5xx,503", 2)))).await;
+        assert_eq!(flags_of(&res), flags);
+        assert_eq!(mock.calls(), 1, "{flags}");
+    }
+    // a reset (UR/UC) is retried on `reset`, not on `connect-failure`
+    let mock = Mock::new(&[Local(503, ResponseFlags::UPSTREAM_REMOTE_RESET)]);
+    run(&mock, get(Some(policy("connect-failure", 2)))).await;
+    assert_eq!(mock.calls(), 1);
+    let mock = Mock::new(&[Local(503, ResponseFlags::UPSTREAM_CONNECTION_TERMINATION)]);
+    assert_eq!(
+        run(&mock, get(Some(policy("reset", 2)))).await.status(),
+        200
+    );
+    assert_eq!(mock.calls(), 2);
+    // a connect failure is retried on `5xx` too (Envoy counts it as a reset)
+    let mock = Mock::new(&[Local(503, UF)]);
+    assert_eq!(run(&mock, get(Some(policy("5xx", 1)))).await.status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retriable_status_codes_and_4xx() {
+    let mock = Mock::new(&[Status(418), Status(429), Status(200)]);
+    let res = run(
+        &mock,
+        get(Some(policy("retriable-status-codes,418,429", 2))),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(mock.calls(), 3);
+    let mock = Mock::new(&[Status(409), Status(404)]);
+    let res = run(&mock, get(Some(policy("retriable-4xx", 2)))).await;
+    assert_eq!(res.status(), 404, "409 only");
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_statuses_are_read_from_the_headers() {
+    // the default policy has `unavailable` (14) and `cancelled` (1)
+    let mock = Mock::new(&[Grpc(14), Grpc(1), Grpc(0)]);
+    let res = run(&mock, get(None)).await;
+    assert_eq!(res.headers()["grpc-status"], "0");
+    assert_eq!(mock.calls(), 3);
+    let mock = Mock::new(&[Grpc(13)]);
+    run(&mock, get(None)).await;
+    assert_eq!(mock.calls(), 1, "internal is not in the default policy");
+    let mock = Mock::new(&[Grpc(13), Grpc(8), Grpc(4)]);
+    run(&mock, get(Some(policy("internal,resource-exhausted", 5)))).await;
+    assert_eq!(mock.calls(), 3, "deadline-exceeded not named");
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_the_attempts_run_out_the_last_answer_gets_urx() {
+    let mock = Mock::new(&[Status(503), Status(503), Status(503)]);
+    let res = run(&mock, get(Some(policy("5xx", 2)))).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["x-mesh-response-flags"], "URX");
+    assert_eq!(mock.calls(), 3);
+    // a connect failure keeps its flag
+    let mock = Mock::new(&[Local(503, UF), Local(503, UF), Local(503, UF)]);
+    let res = run(&mock, get(None)).await;
+    assert_eq!(res.headers()["x-mesh-response-flags"], "UF,URX");
+    // an answer the policy does not retry gets no URX
+    let mock = Mock::new(&[Status(503), Status(404)]);
+    let res = run(&mock, get(Some(policy("5xx", 2)))).await;
+    assert!(flags_of(&res).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_zero_turns_retries_off() {
+    let mock = Mock::new(&[Local(503, UF)]);
+    let res = run(&mock, get(Some(policy("5xx", 0)))).await;
+    assert_eq!(flags_of(&res), UF, "no URX: no retry policy");
+    assert_eq!(mock.calls(), 1);
+    // a request no router saw, through a layer without a policy: sent once
+    let mock = Mock::new(&[Local(503, UF)]);
+    let req = Request::new(Full::new(Bytes::new()));
+    run(&mock, req).await;
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layer_s_policy_applies_to_requests_without_a_route() {
+    let mock = Mock::new(&[Status(500), Status(200)]);
+    let res = RetryLayer::new()
+        .with_policy(Arc::new(policy("5xx", 1)))
+        .layer(mock.clone())
+        .oneshot(Request::new(Full::new(Bytes::new())))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_per_try_timeout_is_retried_as_a_reset_then_answers_504_ut() {
+    let mut p = policy("5xx", 1);
+    p.per_try_timeout = Some(Duration::from_secs(1));
+    let mock = Mock::new(&[Hang, Hang]);
+    let start = Instant::now();
+    let res = run(&mock, get(Some(p.clone()))).await;
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(res.headers()["x-mesh-response-flags"], "URX,UT");
+    assert_eq!(mock.calls(), 2);
+    // two attempts of one second each and one backoff under 25 ms
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(2025),
+        "{took:?}"
+    );
+    // a policy without reset-like conditions does not retry it (no URX)
+    let mut p = policy("connect-failure", 1);
+    p.per_try_timeout = Some(Duration::from_secs(1));
+    let mock = Mock::new(&[Hang, Status(200)]);
+    let res = run(&mock, get(Some(p))).await;
+    assert_eq!(res.headers()["x-mesh-response-flags"], "UT");
+    assert_eq!(mock.calls(), 1);
+    // the second attempt answers in time
+    let mut p = policy("reset", 1);
+    p.per_try_timeout = Some(Duration::from_secs(1));
+    let mock = Mock::new(&[Hang, Status(200)]);
+    assert_eq!(run(&mock, get(Some(p))).await.status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_route_timeout_bounds_all_attempts_together() {
+    let mut p = policy("5xx", 5);
+    p.per_try_timeout = Some(Duration::from_secs(1));
+    let mut req = get(None);
+    req.extensions_mut().insert(RoutePolicy {
+        timeout: Some(Duration::from_millis(2500)),
+        retries: Some(Arc::new(p)),
+        ..RoutePolicy::default()
+    });
+    let mock = Mock::new(&[Hang, Hang, Hang, Hang, Hang, Hang]);
+    let svc = TimeoutLayer::new().layer(RetryLayer::new().with_seed(1).layer(mock.clone()));
+    let start = Instant::now();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(start.elapsed(), Duration::from_millis(2500));
+    assert_eq!(res.headers()["x-mesh-response-flags"], "UT");
+    assert_eq!(mock.calls(), 3, "the third attempt was cut off");
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_is_fully_jittered_and_doubles_up_to_ten_times_the_base() {
+    // base 100 ms: retry n waits in [0, min(100 ms * 2^n, 1 s)); over 300 requests each
+    // retry's largest wait comes close to its bound and the mean to half of it
+    let mut p = policy("5xx", 6);
+    p.backoff = Duration::from_millis(100);
+    let bounds = [100u64, 200, 400, 800, 1000, 1000];
+    let mut max = [Duration::ZERO; 6];
+    let mut sum = [Duration::ZERO; 6];
+    let layer = RetryLayer::new().with_seed(11);
+    let runs = 300;
+    for _ in 0..runs {
+        let mock = Mock::new(&[Status(503); 7]);
+        layer
+            .layer(mock.clone())
+            .oneshot(get(Some(p.clone())))
+            .await
+            .unwrap();
+        let seen = mock.seen();
+        assert_eq!(seen.len(), 7);
+        for n in 0..6 {
+            let wait = seen[n + 1].at - seen[n].at;
+            assert!(
+                wait < Duration::from_millis(bounds[n]),
+                "retry {n}: {wait:?}"
+            );
+            max[n] = max[n].max(wait);
+            sum[n] += wait;
+        }
+    }
+    for n in 0..6 {
+        let bound = Duration::from_millis(bounds[n]);
+        assert!(max[n] > bound * 9 / 10, "retry {n}: max {:?}", max[n]);
+        // uniform on [0, b): mean b/2, standard error b/sqrt(12 * 300) ~ b/60; 5 of them
+        let mean = sum[n] / runs;
+        assert!(
+            mean > bound * 41 / 100 && mean < bound * 59 / 100,
+            "retry {n}: mean {mean:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_is_not_retried_where_the_application_may_have_seen_it() {
+    // Istio's default policy would retry a POST answered 503; safe by default, not here
+    let mock = Mock::new(&[Status(503)]);
+    let res = run(&mock, routed(Method::POST, "order", None)).await;
+    assert_eq!(res.status(), 503);
+    assert!(flags_of(&res).is_empty());
+    assert_eq!(mock.calls(), 1);
+    // nor on a reset under a policy that did not write retryOn
+    let mut p = policy("reset", 2);
+    p.explicit_retry_on = false;
+    let mock = Mock::new(&[Local(503, ResponseFlags::UPSTREAM_REMOTE_RESET)]);
+    run(&mock, routed(Method::PATCH, "x", Some(p))).await;
+    assert_eq!(mock.calls(), 1);
+    // a route whose retryOn names 503 gets it retried
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    let res = run(&mock, routed(Method::POST, "order", Some(policy("503", 2)))).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(mock.calls(), 2);
+    // a PUT is idempotent: the default policy retries it
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    run(&mock, routed(Method::PUT, "x", None)).await;
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_retried_on_a_connect_failure_sends_the_same_body() {
+    let mock = Mock::new(&[Local(503, UF), Status(201)]);
+    let res = run(&mock, routed(Method::POST, "order 66", None)).await;
+    assert_eq!(res.status(), 201);
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].body, "order 66");
+    assert_eq!(seen[1].body, "order 66");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_over_the_limit_is_sent_once() {
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    let res = RetryLayer::new()
+        .with_max_body_bytes(4)
+        .layer(mock.clone())
+        .oneshot(routed(
+            Method::POST,
+            "more than four",
+            Some(policy("5xx", 2)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(flags_of(&res).is_empty(), "not retriable: no URX");
+    assert_eq!(mock.calls(), 1);
+    // within the limit: retried, whole
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    let res = RetryLayer::new()
+        .with_max_body_bytes(14)
+        .layer(mock.clone())
+        .oneshot(routed(
+            Method::POST,
+            "exactly fourte",
+            Some(policy("5xx", 2)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(mock.seen()[1].body, "exactly fourte");
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_attempt_carries_the_hosts_tried_before() {
+    let mock = Mock::new(&[Status(503), Status(503), Status(200)]);
+    run(&mock, get(None)).await;
+    let seen = mock.seen();
+    let host = |n: u8| SocketAddr::from(([10, 0, 0, n], 80));
+    assert_eq!(seen[0].previous, Some(vec![]));
+    assert_eq!(seen[1].previous, Some(vec![host(0)]));
+    assert_eq!(seen[2].previous, Some(vec![host(0), host(1)]));
+    // retryIgnorePreviousHosts: false
+    let mut p = policy("503", 2);
+    p.retry_ignore_previous_hosts = false;
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    run(&mock, get(Some(p))).await;
+    assert!(mock.seen().iter().all(|s| s.previous.is_none()));
+}
+
+#[test]
+fn idempotent_methods_are_rfc_9110_s() {
+    for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+        assert!(is_idempotent(&m.parse().unwrap()), "{m}");
+    }
+    for m in ["POST", "PATCH", "CONNECT", "PURGE"] {
+        assert!(!is_idempotent(&m.parse().unwrap()), "{m}");
+    }
+}
