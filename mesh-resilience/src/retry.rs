@@ -165,8 +165,9 @@ where
 {
     #[pin]
     state: State<S::Future>,
-    /// What the retries need; `None` when the request is sent once.
-    retry: Option<Attempts<S, B>>,
+    /// What the retries need; `None` when the request is sent once. Boxed: the future of
+    /// every request moves through the layers above, and stays small.
+    retry: Option<Box<Attempts<S, B>>>,
 }
 
 #[pin_project(project = StateProj)]
@@ -329,7 +330,7 @@ where
         let fut = self.inner.call(attempt(&parts, hosts.as_ref(), first));
         ResponseFuture {
             state: State::Called { fut },
-            retry: Some(Attempts {
+            retry: Some(Box::new(Attempts {
                 svc: self.inner.clone(),
                 parts,
                 body: replay,
@@ -341,7 +342,7 @@ where
                 timer,
                 hosts,
                 next: None,
-            }),
+            })),
         }
     }
 }
@@ -526,7 +527,7 @@ fn retriable<R>(res: &Response<R>, policy: &RetryPolicy, safe_only: bool) -> boo
     {
         return true;
     }
-    if on.intersects(GRPC) {
+    if on.intersects(GRPC) && is_grpc(res) {
         let grpc = res
             .headers()
             .get("grpc-status")
@@ -543,6 +544,14 @@ fn retriable<R>(res: &Response<R>, policy: &RetryPolicy, safe_only: bool) -> boo
         return on.contains(wanted);
     }
     false
+}
+
+/// A gRPC answer (`content-type: application/grpc…`): only those carry a `grpc-status` to
+/// judge (a standard header's lookup is cheap; `grpc-status`'s is not).
+fn is_grpc<R>(res: &Response<R>) -> bool {
+    res.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 const GRPC: RetryOn = RetryOn::GRPC_CANCELLED

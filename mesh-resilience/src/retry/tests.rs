@@ -108,6 +108,10 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Mock {
                 Step::Local(s, flags) => local_reply(StatusCode::from_u16(s).unwrap(), flags, ""),
                 Step::Grpc(code) => {
                     let mut r = Response::new(MeshBody::empty());
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/grpc"),
+                    );
                     r.headers_mut()
                         .insert("grpc-status", HeaderValue::from(code));
                     r
