@@ -19,7 +19,9 @@
 //!   `chunked` is decoded (a `Content-Length` beside it is dropped and the connection is not
 //!   reused); otherwise `Content-Length` (conflicting values are a protocol error); otherwise
 //!   the body runs to the end of the connection. Interim 1xx responses (`100 Continue`,
-//!   `103 Early Hints`) are skipped; `101` is a protocol error (upgrades are not forwarded).
+//!   `103 Early Hints`) are skipped; `101` ends the exchange when the request asked for an
+//!   upgrade (the connection becomes a [`Tunnel`], never pooled), else it is a protocol
+//!   error.
 //! - **Reuse**: HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with
 //!   `Connection: keep-alive`; never after a close-delimited body, a framing conflict, a
 //!   request body the upstream did not wait for, or bytes beyond the response.
@@ -32,7 +34,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
-use crate::headers::{CONNECTION, TRANSFER_ENCODING, connection_tokens, hop_by_hop_bit};
+use crate::headers::{CONNECTION, TRANSFER_ENCODING, UPGRADE, connection_tokens, hop_by_hop_bit};
 use crate::reqbody::{RequestBody, RequestBodyError};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -44,6 +46,7 @@ use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
 use crate::pool::{Pool, PoolKey};
+use crate::upgrade::{Tunnel, TunnelHandle};
 use crate::upstream::{EngineResponse, UpstreamBody};
 
 /// The largest response head (status line and header fields) accepted from an upstream;
@@ -221,6 +224,11 @@ impl H1Conn {
             requests: 0,
             max_requests: None,
         })
+    }
+
+    /// The transport, for a tunnel (the connection is done with HTTP).
+    pub(crate) fn into_io(self) -> Io {
+        self.io
     }
 
     /// Takes the connection settings of the cluster of the request about to use it.
@@ -488,6 +496,7 @@ pub(crate) async fn exchange(
     received: Version,
     body: Option<RequestBody>,
     release: Release,
+    upgrade: bool,
 ) -> Result<EngineResponse, Failed> {
     let is_head = req.method() == Method::HEAD;
     conn.requests = conn.requests.saturating_add(1);
@@ -509,7 +518,7 @@ pub(crate) async fn exchange(
                 _ => {}
             }
         }
-        poll_head(&mut conn, is_head, &mut received, cx)
+        poll_head(&mut conn, is_head, upgrade, &mut received, cx)
     })
     .await;
     let head = match head {
@@ -521,6 +530,9 @@ pub(crate) async fn exchange(
             });
         }
     };
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(switched(*conn, head));
+    }
     let mut reusable = head.keep_alive && !send_failed;
     let body = match head.framing {
         Framing::Empty => Some(None),
@@ -566,6 +578,22 @@ pub(crate) async fn exchange(
     *res.version_mut() = Version::HTTP_11;
     *res.headers_mut() = head.headers;
     Ok(res)
+}
+
+/// The upstream agreed to an upgrade: the connection leaves the pool's world and becomes
+/// the upstream half of a tunnel (with whatever it sent past the `101` head), carried to
+/// the engine in the response.
+#[cold]
+fn switched(conn: H1Conn, head: Head) -> EngineResponse {
+    let tunnel = Tunnel::new(conn.io, conn.buf.freeze());
+    let mut res = Response::new(MeshBody::inner(UpstreamBody::full(None)));
+    *res.status_mut() = head.status;
+    *res.version_mut() = Version::HTTP_11;
+    *res.headers_mut() = head.headers;
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    res.extensions_mut().insert(TunnelHandle::new(tunnel));
+    res
 }
 
 /// Encodes the request line and header fields into `out`, with the proxy's `Via` entry
@@ -626,12 +654,13 @@ fn encode_head(
 fn poll_head(
     conn: &mut H1Conn,
     is_head: bool,
+    upgrade: bool,
     received: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Head, FailKind>> {
     loop {
         if !conn.buf.is_empty() {
-            match parse_head(&mut conn.buf, is_head) {
+            match parse_head(&mut conn.buf, is_head, upgrade) {
                 Ok(Some(head)) => return Poll::Ready(Ok(head)),
                 Ok(None) => {
                     if conn.buf.len() > MAX_RESPONSE_HEAD {
@@ -653,8 +682,9 @@ type Field = [u32; 4];
 
 /// Parses a response head at the start of `buf`. `Ok(None)`: more bytes are needed.
 /// Interim responses are consumed and skipped; the final head is consumed (split off and
-/// frozen: header values share its bytes).
-fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, ()> {
+/// frozen: header values share its bytes). `101` is final when the request asked for an
+/// `upgrade`, an error otherwise.
+fn parse_head(buf: &mut BytesMut, is_head: bool, upgrade: bool) -> Result<Option<Head>, ()> {
     loop {
         let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
         let mut offsets: [Field; STACK_HEADERS] = [[0; 4]; STACK_HEADERS];
@@ -664,13 +694,13 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, ()> {
         let len = match parsed {
             Ok(httparse::Status::Complete(len)) if len <= MAX_RESPONSE_HEAD => len,
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return parse_head_heap(buf, is_head),
+            Err(httparse::Error::TooManyHeaders) => return parse_head_heap(buf, is_head, upgrade),
             Ok(httparse::Status::Complete(_)) | Err(_) => return Err(()),
         };
         let code = res.code.ok_or(())?;
         let http10 = res.version == Some(0);
         let n = record_offsets(buf.as_ptr(), res.headers, &mut offsets);
-        match finish_head(buf, len, code, http10, &offsets[..n], is_head)? {
+        match finish_head(buf, len, code, http10, &offsets[..n], is_head, upgrade)? {
             Some(head) => return Ok(Some(head)),
             None if buf.is_empty() => return Ok(None),
             None => {} // an interim response: the next one follows
@@ -687,8 +717,9 @@ fn finish_head(
     http10: bool,
     fields: &[Field],
     is_head: bool,
+    upgrade: bool,
 ) -> Result<Option<Head>, ()> {
-    if interim(code)? {
+    if interim(code, upgrade)? {
         buf.advance(len);
         return Ok(None);
     }
@@ -697,7 +728,7 @@ fn finish_head(
 }
 
 #[cold]
-fn parse_head_heap(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, ()> {
+fn parse_head_heap(buf: &mut BytesMut, is_head: bool, upgrade: bool) -> Result<Option<Head>, ()> {
     let mut heap = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut heap);
     let len = match res.parse(buf) {
@@ -709,15 +740,17 @@ fn parse_head_heap(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, ()
     let http10 = res.version == Some(0);
     let mut offsets = vec![[0; 4]; res.headers.len()];
     let n = record_offsets(buf.as_ptr(), res.headers, &mut offsets);
-    match finish_head(buf, len, code, http10, &offsets[..n], is_head)? {
+    match finish_head(buf, len, code, http10, &offsets[..n], is_head, upgrade)? {
         Some(head) => Ok(Some(head)),
-        None => parse_head(buf, is_head),
+        None => parse_head(buf, is_head, upgrade),
     }
 }
 
-/// Whether `code` is an interim response to skip; `101` (an upgrade) is refused.
-fn interim(code: u16) -> Result<bool, ()> {
+/// Whether `code` is an interim response to skip; `101` (an upgrade) is final when the
+/// request asked for an `upgrade`, refused otherwise.
+fn interim(code: u16, upgrade: bool) -> Result<bool, ()> {
     match code {
+        101 if upgrade => Ok(false),
         101 => Err(()),
         100..=199 => Ok(true),
         _ => Ok(false),
@@ -788,6 +821,8 @@ fn build_head(
                         close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         keep_alive = true;
+                    } else if code == 101 && token.eq_ignore_ascii_case(b"upgrade") {
+                        // the `Upgrade` of a `101` is relayed (see below)
                     } else if let Ok(n) = HeaderName::from_bytes(token) {
                         named.push(n);
                     }
@@ -800,6 +835,12 @@ fn build_head(
                     .rsplit(|&b| b == b',')
                     .next()
                     .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            // the protocol switched to, relayed with the `101` that agrees to it
+            UPGRADE if code == 101 => {
+                let value =
+                    HeaderValue::from_maybe_shared(head.slice(value_range)).map_err(|_| ())?;
+                headers.append(header::UPGRADE, value);
             }
             // `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade`: dropped
             _ => {}
@@ -1162,7 +1203,7 @@ mod tests {
 
     fn head(raw: &str, is_head: bool) -> Result<Option<Head>, ()> {
         let mut buf = BytesMut::from(raw.as_bytes());
-        parse_head(&mut buf, is_head)
+        parse_head(&mut buf, is_head, false)
     }
 
     fn framing(raw: &str) -> (Framing, bool) {
@@ -1271,13 +1312,13 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"[..],
         );
-        let h = parse_head(&mut buf, false).unwrap().unwrap();
+        let h = parse_head(&mut buf, false, false).unwrap().unwrap();
         assert_eq!(h.status, StatusCode::CREATED);
         assert!(h.headers.get("link").is_none());
         assert_eq!(&buf[..], b"ok");
         // an interim response alone: consumed, more needed
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
-        assert!(parse_head(&mut buf, false).unwrap().is_none());
+        assert!(parse_head(&mut buf, false, false).unwrap().is_none());
         assert!(buf.is_empty());
         assert!(
             head(
@@ -1286,6 +1327,31 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// An upgrade request: `101` is the final head, its `Upgrade` is kept, and what follows
+    /// it (the new protocol's first bytes) stays in the buffer for the tunnel.
+    #[test]
+    fn switching_protocols_ends_the_head_when_an_upgrade_was_asked() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: x\r\n\r\n\x81\x02hi"[..],
+        );
+        let h = parse_head(&mut buf, false, true).unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(h.headers["upgrade"], "websocket");
+        assert_eq!(h.headers["sec-websocket-accept"], "x");
+        assert!(h.headers.get("connection").is_none());
+        assert_eq!(h.framing, Framing::Empty);
+        assert_eq!(&buf[..], b"\x81\x02hi");
+        // not asked for: still refused; and a 200 to an upgrade request is a plain answer
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\nupgrade: ws\r\n\r\n"[..]);
+        assert!(parse_head(&mut buf, false, false).is_err());
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nupgrade: ws\r\ncontent-length: 0\r\n\r\n"[..]);
+        let h = parse_head(&mut buf, false, true).unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::OK);
+        assert!(h.headers.get("upgrade").is_none());
     }
 
     #[test]
@@ -1464,7 +1530,7 @@ mod tests {
         #[test]
         fn garbage_heads_never_panic(wire in proptest::collection::vec(any::<u8>(), 0..600)) {
             let mut buf = BytesMut::from(&wire[..]);
-            let _ = parse_head(&mut buf, false);
+            let _ = parse_head(&mut buf, false, false);
         }
     }
 }
