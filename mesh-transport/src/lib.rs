@@ -135,6 +135,8 @@ use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch};
 
 mod conn;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1client;
 pub mod headers;
 mod limits;

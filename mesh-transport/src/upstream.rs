@@ -57,7 +57,7 @@
 //! straight into the head, with no change to the request's map. Bodies stream both ways,
 //! never buffered.
 //!
-//! **HTTP/1.1** is the engine's own client (`engine/h1client.rs`): the request's
+//! **HTTP/1.1** is the engine's own client (`mesh-transport/src/h1client/`): the request's
 //! task writes the request and reads the response on the pooled connection itself, with no
 //! connection task, channel or hand-off in between. **HTTP/2** is hyper's client.
 //!
@@ -93,6 +93,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -342,7 +343,10 @@ impl Connector {
                 Err(f) => {
                     return match f.kind {
                         FailKind::Closed => SendFailure::Closed.reply(),
-                        FailKind::Protocol => SendFailure::Protocol.reply(),
+                        FailKind::Protocol(e) => {
+                            log_malformed_head(addr, e);
+                            SendFailure::Protocol.reply()
+                        }
                         FailKind::Downstream => SendFailure::BadBody.reply(),
                     };
                 }
@@ -534,6 +538,30 @@ impl Connector {
             req.headers_mut()
                 .append(header::VIA, g.hop.via(received).clone());
         }
+    }
+}
+
+/// Logs why an upstream's response head was refused (the request is answered `502 UPE`):
+/// at `warn` at most once a second per process, the others at `debug`, so that a broken
+/// upstream cannot flood the log.
+#[cold]
+#[inline(never)]
+fn log_malformed_head(addr: SocketAddr, error: h1client::HeadError) {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static NEXT_WARN: AtomicU64 = AtomicU64::new(0);
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs();
+    let next = NEXT_WARN.load(Ordering::Relaxed);
+    let warn = now >= next
+        && NEXT_WARN
+            .compare_exchange(next, now + 1, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+    if warn {
+        tracing::warn!(upstream = %addr, %error, "502 UPE: malformed response head (warned at most once a second)");
+    } else {
+        tracing::debug!(upstream = %addr, %error, "502 UPE: malformed response head");
     }
 }
 
