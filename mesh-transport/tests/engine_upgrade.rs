@@ -301,3 +301,29 @@ async fn websocket_over_http2_extended_connect() {
     drop((ws, tx));
     engine.drain().await;
 }
+
+/// A WebSocket upgrade to an HTTP/2-only endpoint: HTTP/2 cannot carry an HTTP/1.1
+/// upgrade and extended CONNECT towards upstreams is not implemented, so the mesh refuses
+/// it as Envoy refuses an upgrade it cannot do (403 `upgrade_failed`), without connecting.
+#[tokio::test]
+async fn a_websocket_to_an_http2_endpoint_is_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let engine = start(up, true, Limits::default(), 1);
+    let url = format!("ws://{}/chat", engine.local_addr());
+    match bounded(tokio_tungstenite::connect_async(url)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status(), StatusCode::FORBIDDEN);
+            let body = res.body().as_deref().unwrap_or_default();
+            assert_eq!(body, b"upgrade_failed");
+        }
+        other => panic!("expected a 403, got {other:?}"),
+    }
+    // a connect completes in the kernel before the connector could have answered
+    assert!(
+        futures_util::FutureExt::now_or_never(listener.accept()).is_none(),
+        "the endpoint was not connected to"
+    );
+    drop(listener);
+    engine.drain().await;
+}
