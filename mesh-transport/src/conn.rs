@@ -203,7 +203,12 @@ impl<F: StackFactory> Worker<F> {
     }
 
     /// Calls the stack.
-    fn call(&self, req: Request<Incoming>) -> EngineFuture<F::Service, F::Body> {
+    /// Calls the stack; with a `switch`, the response may start a tunnel.
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        switch: Option<Switch>,
+    ) -> EngineFuture<F::Service, F::Body> {
         let Ok(mut slot) = self.stack.try_borrow_mut() else {
             // unreachable: `call` does not re-enter; answer rather than panic
             return EngineFuture::Local(Some(local_reply(
@@ -214,7 +219,12 @@ impl<F: StackFactory> Worker<F> {
         };
         let mut cx = Context::from_waker(Waker::noop());
         match slot.service.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => EngineFuture::Stack(slot.service.call(req)),
+            // the future built in place (a `let` and a move would copy the whole stack's
+            // future on every request)
+            Poll::Ready(Ok(())) => match switch {
+                None => EngineFuture::Stack(slot.service.call(req)),
+                Some(switch) => switching(EngineFuture::Stack(slot.service.call(req)), switch),
+            },
             Poll::Ready(Err(never)) => match never {},
             Poll::Pending => {
                 // The service that said Pending may hold a place in a queue (a semaphore
@@ -222,7 +232,10 @@ impl<F: StackFactory> Worker<F> {
                 // a real waker, and keep a fresh clone for the next requests.
                 let fresh = slot.service.clone();
                 let waiting = std::mem::replace(&mut slot.service, fresh);
-                EngineFuture::Waiting(waiting, Some(req))
+                match switch {
+                    None => EngineFuture::Waiting(waiting, Some(req)),
+                    Some(switch) => switching(EngineFuture::Waiting(waiting, Some(req)), switch),
+                }
             }
         }
     }
@@ -499,16 +512,35 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
             return EngineFuture::Local(Some(loop_reply(Loop::Via)));
         }
         // hyper flags upgrade requests (and CONNECT) with `OnUpgrade`: one branch for the rest
-        if req.extensions().get::<OnUpgrade>().is_some() || req.method() == Method::CONNECT {
-            return self.upgrade(req);
-        }
+        let switch =
+            if req.extensions().get::<OnUpgrade>().is_some() || req.method() == Method::CONNECT {
+                match self.upgrade(&mut req) {
+                    Ok(switch) => switch,
+                    Err(refused) => return EngineFuture::Local(Some(refused)),
+                }
+            } else {
+                None
+            };
         // for `consistentHash.useSourceIp`, and later access logs and `remoteIpBlocks`
         req.extensions_mut().insert(self.peer);
         if let Some(tls) = &self.tls {
             req.extensions_mut().insert(tls.clone());
         }
-        self.worker.call(req)
+        // the one call site of the worker's stack, so that it stays inlined here (callgrind:
+        // with a second one in the upgrade path it was not, and building the future here
+        // then moving it copied the whole stack's future on every request)
+        self.worker.call(req, switch)
     }
+}
+
+/// The response future of a request that may switch protocols (boxed: only these pay).
+#[cold]
+#[inline(never)]
+fn switching<S, R>(fut: EngineFuture<S, R>, switch: Switch) -> EngineFuture<S, R>
+where
+    S: Service<Request<Incoming>, Response = Response<R>>,
+{
+    EngineFuture::Upgrade(Box::pin(fut), Some(switch))
 }
 
 impl<F: StackFactory> ConnService<F> {
@@ -516,16 +548,16 @@ impl<F: StackFactory> ConnService<F> {
     /// the connector when it is one the mesh forwards (WebSocket, `CONNECT`), refused with
     /// `403` (Envoy's `upgrade_failed`) when it is another, left a plain request when it is
     /// none (`h2c`, `Upgrade` without `Connection: upgrade`: `Upgrade` is then removed).
+    ///
+    /// `Ok(Some)`: the request is marked, and its response may start a tunnel;
+    /// `Err`: the refusal to answer.
     #[cold]
-    fn upgrade(&self, mut req: Request<Incoming>) -> EngineFuture<F::Service, F::Body> {
+    #[inline(never)]
+    fn upgrade(&self, req: &mut Request<Incoming>) -> Result<Option<Switch>, Response<F::Body>> {
         let on_upgrade = req.extensions_mut().remove::<OnUpgrade>();
-        req.extensions_mut().insert(self.peer);
-        if let Some(tls) = &self.tls {
-            req.extensions_mut().insert(tls.clone());
-        }
-        let kind = match classify(&req) {
+        let kind = match classify(req) {
             Ok(Some(kind)) => kind,
-            Ok(None) => return self.worker.call(req),
+            Ok(None) => return Ok(None),
             Err(()) => {
                 // Envoy: 403, details `upgrade_failed`, and the connection is closed (the
                 // client may already be sending the other protocol)
@@ -536,18 +568,17 @@ impl<F: StackFactory> ConnService<F> {
                 );
                 res.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return EngineFuture::Local(Some(res));
+                return Err(res);
             }
         };
         req.extensions_mut().insert(kind);
         let h2 = req.version() == http::Version::HTTP_2;
-        let switch = Switch {
+        Ok(Some(Switch {
             kind,
             conn: self.conn.clone(),
             h2: if h2 { on_upgrade } else { None },
             idle: self.worker.limits.stream_idle_timeout,
-        };
-        EngineFuture::Upgrade(Box::pin(self.worker.call(req)), Some(switch))
+        }))
     }
 }
 
@@ -565,10 +596,17 @@ fn classify<B>(req: &Request<B>) -> Result<Option<Upgrade>, ()> {
             Some(_) => Err(()),
         };
     }
-    let asked = h.get_all(header::CONNECTION).iter().any(|v| {
-        crate::headers::connection_tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
-    });
-    let Some(kind) = h.get(header::UPGRADE).filter(|_| asked) else {
+    // one pass over the fields (cold: only requests hyper flagged come here)
+    let (mut asked, mut kind) = (false, None);
+    for (name, value) in h {
+        if name == header::CONNECTION {
+            asked |= crate::headers::connection_tokens(value.as_bytes())
+                .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
+        } else if name == header::UPGRADE && kind.is_none() {
+            kind = Some(value);
+        }
+    }
+    let Some(kind) = kind.filter(|_| asked) else {
         return Ok(None);
     };
     let kind = kind.as_bytes().trim_ascii();

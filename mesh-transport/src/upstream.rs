@@ -260,11 +260,6 @@ where
         };
         let this = self.clone();
         let req = req.map(RequestBody::new);
-        if req.method() == Method::CONNECT {
-            return ConnectorFuture(Inner::Forward(
-                this.connect_method(addr, h2, pool, tls, req),
-            ));
-        }
         // Two separate futures (each boxed at its own, smaller size) rather than one holding
         // both paths: the box is written once per request.
         ConnectorFuture(Inner::Forward(if h2 {
@@ -300,6 +295,10 @@ impl Connector {
         tls: Option<ClientTls>,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
+        // here rather than in `call`, which is inlined into every layer above it
+        if req.method() == Method::CONNECT {
+            return self.connect_method(addr, false, pool, tls, req).await;
+        }
         // the protocol the request was received in, for its `Via` entry
         let received = req.version();
         let upgrade = prepare_h1(&mut req);
@@ -382,6 +381,10 @@ impl Connector {
         tls: Option<ClientTls>,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
+        if req.method() == Method::CONNECT {
+            let pool = UpstreamPool::default();
+            return self.connect_method(addr, true, pool, tls, req).await;
+        }
         let received = req.version();
         match prepare_h2(&mut req) {
             Ok(false) => {}
@@ -458,6 +461,7 @@ impl Connector {
     /// A `CONNECT` request (cold: one method comparison on every request): an RFC 8441
     /// WebSocket goes out as an HTTP/1.1 upgrade, anything else is a TCP tunnel.
     #[cold]
+    #[inline(never)]
     fn connect_method(
         self,
         addr: SocketAddr,

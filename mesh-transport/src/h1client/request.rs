@@ -100,6 +100,8 @@ fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 /// Encodes the request line and header fields into `out`, with the proxy's `Via` entry
 /// last (after any `Via` the request already had: RFC 9110 §7.6.3 appends); returns how the
 /// body goes.
+// one call site; kept inlined (callgrind, with `Pool::pop_h1`'s: 25 fewer Ir per request)
+#[inline]
 pub(super) fn encode_head(
     out: &mut Vec<u8>,
     parts: &Request<RequestBody>,
