@@ -14,12 +14,13 @@ use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use mesh_core::ResponseFlags;
 use mesh_core::body::ReplyBody;
@@ -35,6 +36,7 @@ use crate::limits::Limits;
 use crate::loops::{Hop, Loop, loop_reply};
 use crate::stack::{StackFactory, WorkerContext};
 use crate::tls::{DownstreamTls, PeerTls, PeerTlsInfo};
+use crate::upgrade::{Tunnel, TunnelHandle, Upgrade, splice};
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -87,6 +89,9 @@ struct ConnState {
     version_checked: Cell<bool>,
     /// HTTP/1.x: the first request named an unsupported version (answered 505).
     bad_version: Cell<bool>,
+    /// HTTP/1.x: the upstream half of a tunnel, set when the response that switches
+    /// protocols is handed to hyper; spliced with the connection once hyper lets it go.
+    tunnel: RefCell<Option<Tunnel>>,
 }
 
 /// The response future of one request: the stack's own future (the common case), a clone of
@@ -96,6 +101,18 @@ pub(crate) enum EngineFuture<S: Service<Request<Incoming>, Response = Response<R
     Stack(#[pin] S::Future),
     Waiting(S, Option<Request<Incoming>>),
     Local(Option<Response<R>>),
+    /// An upgrade or `CONNECT` (boxed: only these pay for it): the response may switch the
+    /// connection (or the HTTP/2 stream) to a tunnel.
+    Upgrade(Pin<Box<EngineFuture<S, R>>>, Option<Switch>),
+}
+
+/// What a response that switches protocols needs to start its tunnel.
+pub(crate) struct Switch {
+    kind: Upgrade,
+    conn: Rc<ConnState>,
+    /// HTTP/2: the client's stream, once hyper has sent the `200`.
+    h2: Option<OnUpgrade>,
+    idle: Duration,
 }
 
 /// The downstream socket: replays the bytes read during detection (if any) and counts
@@ -145,7 +162,9 @@ impl<F: StackFactory> Worker<F> {
             h1.max_headers(max_headers);
         }
         let mut h2 = http2::Builder::new(LocalExec);
-        h2.timer(TokioTimer::new())
+        // RFC 8441: WebSocket over HTTP/2 streams (extended CONNECT)
+        h2.enable_connect_protocol()
+            .timer(TokioTimer::new())
             .max_concurrent_streams(limits.http2_max_concurrent_streams)
             .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX));
         let service = factory.make(&ctx);
@@ -184,7 +203,12 @@ impl<F: StackFactory> Worker<F> {
     }
 
     /// Calls the stack.
-    fn call(&self, req: Request<Incoming>) -> EngineFuture<F::Service, F::Body> {
+    /// Calls the stack; with a `switch`, the response may start a tunnel.
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        switch: Option<Switch>,
+    ) -> EngineFuture<F::Service, F::Body> {
         let Ok(mut slot) = self.stack.try_borrow_mut() else {
             // unreachable: `call` does not re-enter; answer rather than panic
             return EngineFuture::Local(Some(local_reply(
@@ -195,7 +219,12 @@ impl<F: StackFactory> Worker<F> {
         };
         let mut cx = Context::from_waker(Waker::noop());
         match slot.service.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => EngineFuture::Stack(slot.service.call(req)),
+            // the future built in place (a `let` and a move would copy the whole stack's
+            // future on every request)
+            Poll::Ready(Ok(())) => match switch {
+                None => EngineFuture::Stack(slot.service.call(req)),
+                Some(switch) => switching(EngineFuture::Stack(slot.service.call(req)), switch),
+            },
             Poll::Ready(Err(never)) => match never {},
             Poll::Pending => {
                 // The service that said Pending may hold a place in a queue (a semaphore
@@ -203,7 +232,10 @@ impl<F: StackFactory> Worker<F> {
                 // a real waker, and keep a fresh clone for the next requests.
                 let fresh = slot.service.clone();
                 let waiting = std::mem::replace(&mut slot.service, fresh);
-                EngineFuture::Waiting(waiting, Some(req))
+                match switch {
+                    None => EngineFuture::Waiting(waiting, Some(req)),
+                    Some(switch) => switching(EngineFuture::Waiting(waiting, Some(req)), switch),
+                }
             }
         }
     }
@@ -273,8 +305,32 @@ pub(crate) async fn serve<F: StackFactory>(
     };
     match proto {
         Proto::H1 => {
-            let conn = worker.h1.serve_connection(io, svc);
-            drive(conn, |c| c.graceful_shutdown(), &worker, &state).await
+            // Not hyper's `with_upgrades` (it needs a `Send` socket, and this one shares its
+            // counters with the connection's service through `Rc`/`Cell`): after a switch
+            // hyper's connection ends, and its parts (socket, bytes read past the request)
+            // are spliced here with the upstream half the response carried.
+            let mut conn = worker.h1.serve_connection(io, svc);
+            drive(
+                &mut conn,
+                |c| Pin::new(&mut **c.get_mut()).graceful_shutdown(),
+                &worker,
+                &state,
+            )
+            .await;
+            let tunnel = state.tunnel.borrow_mut().take();
+            if let Some(tunnel) = tunnel {
+                if let Some(scan) = &state.scan {
+                    scan.borrow_mut().stop();
+                }
+                let parts = conn.into_parts();
+                splice(
+                    parts.io.into_inner(),
+                    parts.read_buf,
+                    tunnel,
+                    worker.limits.stream_idle_timeout,
+                )
+                .await;
+            }
         }
         Proto::H2 => {
             let conn = worker.h2.serve_connection(io, svc);
@@ -455,12 +511,111 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
         if seen.via && self.worker.hop.seen_in(req.headers()) {
             return EngineFuture::Local(Some(loop_reply(Loop::Via)));
         }
+        // hyper flags upgrade requests (and CONNECT) with `OnUpgrade`: one branch for the rest
+        let switch =
+            if req.extensions().get::<OnUpgrade>().is_some() || req.method() == Method::CONNECT {
+                match self.upgrade(&mut req) {
+                    Ok(switch) => switch,
+                    Err(refused) => return EngineFuture::Local(Some(refused)),
+                }
+            } else {
+                None
+            };
         // for `consistentHash.useSourceIp`, and later access logs and `remoteIpBlocks`
         req.extensions_mut().insert(self.peer);
         if let Some(tls) = &self.tls {
             req.extensions_mut().insert(tls.clone());
         }
-        self.worker.call(req)
+        // the one call site of the worker's stack, so that it stays inlined here (callgrind:
+        // with a second one in the upgrade path it was not, and building the future here
+        // then moving it copied the whole stack's future on every request)
+        self.worker.call(req, switch)
+    }
+}
+
+/// The response future of a request that may switch protocols (boxed: only these pay).
+#[cold]
+#[inline(never)]
+fn switching<S, R>(fut: EngineFuture<S, R>, switch: Switch) -> EngineFuture<S, R>
+where
+    S: Service<Request<Incoming>, Response = Response<R>>,
+{
+    EngineFuture::Upgrade(Box::pin(fut), Some(switch))
+}
+
+impl<F: StackFactory> ConnService<F> {
+    /// A request that asks to switch protocols or to tunnel: marked with its [`Upgrade`] for
+    /// the connector when it is one the mesh forwards (WebSocket, `CONNECT`), refused with
+    /// `403` (Envoy's `upgrade_failed`) when it is another, left a plain request when it is
+    /// none (`h2c`, `Upgrade` without `Connection: upgrade`: `Upgrade` is then removed).
+    ///
+    /// `Ok(Some)`: the request is marked, and its response may start a tunnel;
+    /// `Err`: the refusal to answer.
+    #[cold]
+    #[inline(never)]
+    fn upgrade(&self, req: &mut Request<Incoming>) -> Result<Option<Switch>, Response<F::Body>> {
+        let on_upgrade = req.extensions_mut().remove::<OnUpgrade>();
+        let kind = match classify(req) {
+            Ok(Some(kind)) => kind,
+            Ok(None) => return Ok(None),
+            Err(()) => {
+                // Envoy: 403, details `upgrade_failed`, and the connection is closed (the
+                // client may already be sending the other protocol)
+                let mut res = local_reply(
+                    StatusCode::FORBIDDEN,
+                    ResponseFlags::empty(),
+                    "upgrade_failed",
+                );
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Err(res);
+            }
+        };
+        req.extensions_mut().insert(kind);
+        let h2 = req.version() == http::Version::HTTP_2;
+        Ok(Some(Switch {
+            kind,
+            conn: self.conn.clone(),
+            h2: if h2 { on_upgrade } else { None },
+            idle: self.worker.limits.stream_idle_timeout,
+        }))
+    }
+}
+
+/// The upgrade a request asks for: `Ok(None)` for none the mesh acts on, `Err` for one it
+/// refuses. WebSocket as Envoy recognises it (`Utility::isUpgrade`: an `Upgrade` field and
+/// `upgrade` among the `Connection` options; the type compared without case).
+fn classify<B>(req: &Request<B>) -> Result<Option<Upgrade>, ()> {
+    let h = req.headers();
+    if req.method() == Method::CONNECT {
+        return match req.extensions().get::<hyper::ext::Protocol>() {
+            None => Ok(Some(Upgrade::Connect)),
+            Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => {
+                Ok(Some(Upgrade::ExtendedConnect))
+            }
+            Some(_) => Err(()),
+        };
+    }
+    // one pass over the fields (cold: only requests hyper flagged come here)
+    let (mut asked, mut kind) = (false, None);
+    for (name, value) in h {
+        if name == header::CONNECTION {
+            asked |= crate::headers::connection_tokens(value.as_bytes())
+                .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
+        } else if name == header::UPGRADE && kind.is_none() {
+            kind = Some(value);
+        }
+    }
+    let Some(kind) = kind.filter(|_| asked) else {
+        return Ok(None);
+    };
+    let kind = kind.as_bytes().trim_ascii();
+    if kind.eq_ignore_ascii_case(b"websocket") {
+        Ok(Some(Upgrade::WebSocket))
+    } else if kind.eq_ignore_ascii_case(b"h2c") {
+        Ok(None)
+    } else {
+        Err(())
     }
 }
 
@@ -482,6 +637,13 @@ where
                         None => Poll::Pending,
                     };
                 }
+                EngineFutureProj::Upgrade(inner, switch) => {
+                    let mut res = ready!(inner.as_mut().poll(cx))?;
+                    if let Some(switch) = switch.take() {
+                        switch.start(&mut res);
+                    }
+                    return Poll::Ready(Ok(res));
+                }
                 EngineFutureProj::Waiting(svc, req) => {
                     match svc.poll_ready(cx) {
                         Poll::Pending => return Poll::Pending,
@@ -495,6 +657,38 @@ where
                 }
             };
             self.set(next);
+        }
+    }
+}
+
+// === impl Switch ===
+
+impl Switch {
+    /// Starts the tunnel when the response switches protocols (`101` to a WebSocket upgrade,
+    /// `2xx` to a `CONNECT`) and carries the upstream half; otherwise the upstream half, if
+    /// any, is dropped (closed) and the response is an ordinary one.
+    fn start<R>(self, res: &mut Response<R>) {
+        let Some(handle) = res.extensions_mut().remove::<TunnelHandle>() else {
+            return;
+        };
+        let switches = match self.kind {
+            Upgrade::WebSocket => res.status() == StatusCode::SWITCHING_PROTOCOLS,
+            _ => res.status().is_success(),
+        };
+        let Some(tunnel) = handle.take().filter(|_| switches) else {
+            return;
+        };
+        match self.h2 {
+            // HTTP/1.1: spliced by the connection's task once hyper has written the head
+            None => *self.conn.tunnel.borrow_mut() = Some(tunnel),
+            Some(on_upgrade) => {
+                let idle = self.idle;
+                tokio::task::spawn_local(async move {
+                    if let Ok(stream) = on_upgrade.await {
+                        splice(TokioIo::new(stream), bytes::Bytes::new(), tunnel, idle).await;
+                    }
+                });
+            }
         }
     }
 }

@@ -25,7 +25,7 @@ const KEEP_ALIVE: u8 = 1 << 1;
 const PROXY_CONNECTION: u8 = 1 << 2;
 const TE: u8 = 1 << 3;
 pub(crate) const TRANSFER_ENCODING: u8 = 1 << 4;
-const UPGRADE: u8 = 1 << 5;
+pub(crate) const UPGRADE: u8 = 1 << 5;
 
 /// Why the listener refused a request before it reached the stack (answered with `400`, or
 /// `431` for [`Reject::TooManyHeaders`], `505` for [`Reject::UnsupportedVersion`], and the
@@ -88,7 +88,7 @@ pub(crate) fn unsupported_version(bytes: &mut [u8]) -> Option<bool> {
 }
 
 /// Which hop-by-hop headers a map holds, as a bit set; `0` (the common case) means none.
-fn hop_by_hop_present(h: &HeaderMap) -> u8 {
+pub(crate) fn hop_by_hop_present(h: &HeaderMap) -> u8 {
     h.keys().fold(0, |present, name| {
         present | hop_by_hop_bit(name.as_str().as_bytes())
     })
@@ -126,7 +126,13 @@ pub(crate) fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// A `Connection` token naming `Host` is ignored: the authority of the request is not the
 /// client's to remove.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let present = hop_by_hop_present(h);
+    strip_present(h, hop_by_hop_present(h), false);
+}
+
+/// [`strip_hop_by_hop`] given the map's [`hop_by_hop_present`]; with `keep_upgrade`, `Upgrade`
+/// stays (and a `Connection: upgrade` option does not remove it), for an upgrade the proxy
+/// forwards.
+pub(crate) fn strip_present(h: &mut HeaderMap, present: u8, keep_upgrade: bool) {
     if present == 0 {
         return;
     }
@@ -137,7 +143,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         if let header::Entry::Occupied(e) = h.entry(header::CONNECTION) {
             for v in e.remove_entry_mult().1 {
                 for t in connection_tokens(v.as_bytes()) {
-                    if t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive") {
+                    if t.eq_ignore_ascii_case(b"close")
+                        || t.eq_ignore_ascii_case(b"keep-alive")
+                        || (keep_upgrade && t.eq_ignore_ascii_case(b"upgrade"))
+                    {
                         continue;
                     }
                     if let Ok(n) = HeaderName::from_bytes(t)
@@ -176,7 +185,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     if present & TRANSFER_ENCODING != 0 {
         h.remove(header::TRANSFER_ENCODING);
     }
-    if present & UPGRADE != 0 {
+    if present & UPGRADE != 0 && !keep_upgrade {
         h.remove(header::UPGRADE);
     }
 }
@@ -407,6 +416,11 @@ impl HeadScanner {
                 }
             }
         }
+    }
+
+    /// Stops scanning: the connection no longer carries HTTP (it switched protocols).
+    pub(crate) fn stop(&mut self) {
+        self.state = ScanState::Off;
     }
 
     /// Complete heads seen so far.

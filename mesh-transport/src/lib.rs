@@ -68,6 +68,20 @@
 //! | request | answer |
 //! |---|---|
 //! | carries this listener's own `Via` entry (it has looped back) | 508, flag `UF` |
+//! | `Connection: upgrade` with an `Upgrade` other than `websocket` and `h2c`; HTTP/2 extended `CONNECT` with a `:protocol` other than `websocket` | 403 `upgrade_failed`, no flag, connection closed (as Envoy) |
+//!
+//! and lets through to the stack, marked for the connector, the upgrades Istio enables
+//! (see [`upgrade`]):
+//!
+//! | request | forwarded as | once the upstream agrees |
+//! |---|---|---|
+//! | HTTP/1.1 `Connection: upgrade`, `Upgrade: websocket` | an upgrade, `Upgrade` and `Connection: upgrade` kept (HTTP/1.1 upstream; an HTTP/2-only endpoint: `403 upgrade_failed`) | its `101` relayed, then the connections spliced |
+//! | HTTP/2 extended `CONNECT`, `:protocol websocket` (RFC 8441) | an HTTP/1.1 WebSocket upgrade | `200` on the stream, then the stream and the upstream connection spliced |
+//! | `CONNECT host:port` (HTTP/1.1, HTTP/2), routed by that authority | a new TCP connection to the chosen endpoint | `200`, then spliced |
+//! | `Upgrade: h2c`, or `Upgrade` without `Connection: upgrade` | a plain request (`Upgrade` removed) | — |
+//!
+//! A tunnel ends when both sides have closed (each direction is half-closed as its source
+//! ends), on an error, or after `streamIdleTimeout` without a byte either way.
 //!
 //! It rewrites one thing: a request whose target has an authority (absolute-form
 //! `GET http://other/ HTTP/1.1`, HTTP/2's `:authority`) and a `Host` that says otherwise gets
@@ -91,7 +105,12 @@
 //! # Differences from Envoy
 //!
 //! - `streamIdleTimeout` is enforced per downstream connection (no byte either way for that
-//!   long closes it), not per stream, and closes rather than answering 408/504.
+//!   long closes it), not per stream, and closes rather than answering 408/504. A tunnel
+//!   (WebSocket, `CONNECT`) has its own, with the same timeout, as Envoy applies its stream
+//!   idle timeout to upgraded streams.
+//! - Upgrades: WebSocket and `CONNECT` are always enabled, as Istio configures every HTTP
+//!   connection manager (`upgrade_configs: websocket`), not per route; `CONNECT` is always
+//!   terminated at the proxy; no extended `CONNECT` towards HTTP/2 upstreams.
 //! - `requestHeadersTimeout` runs from the first byte of an HTTP/1.1 head, as Envoy's; it
 //!   is checked by a per-connection watchdog (no timer per request), so it fires between 1×
 //!   and 1.25× its value. On HTTP/2 it bounds only the wait for the preface.
@@ -111,6 +130,8 @@ use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch};
 
 mod conn;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1client;
 pub mod headers;
 mod limits;
@@ -120,6 +141,7 @@ pub mod pool;
 mod reqbody;
 mod stack;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 mod worker;
 

@@ -32,8 +32,9 @@ pub struct Limits {
     /// to the heads that follow a chunked request body on the same connection. Default: 10s.
     pub request_headers_timeout: Duration,
     /// `streamIdleTimeout`: a downstream connection on which no byte moved in either
-    /// direction for this long is closed (with its streams). Checked at a quarter of the
-    /// period, so the close happens between 1× and 1.25× the timeout. Default: 300s.
+    /// direction for this long is closed (with its streams); so is a tunnel (WebSocket,
+    /// `CONNECT`: see [`upgrade`](crate::upgrade)). Checked at a quarter of the period, so
+    /// the close happens between 1× and 1.25× the timeout. Default: 300s.
     pub stream_idle_timeout: Duration,
     /// `connectTimeout`: how long the connector waits for an upstream TCP connection;
     /// on expiry the request gets `503` with flag `UF`. Default: 10s.

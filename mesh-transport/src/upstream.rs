@@ -16,8 +16,13 @@
 //!   `Host` never overrides the target). No authority at all is fine for an HTTP/1.1
 //!   upstream (an HTTP/1.0 client's request gets an empty `Host`, as RFC 9112 §3.2 asks of
 //!   HTTP/1.1), not for an HTTP/2 one (`400 DPE`, as is a `Host` that is no authority);
-//! - **upgrades** are not forwarded: `Upgrade` is hop-by-hop (removed) and an upstream's
-//!   `101` is a protocol error (`502 UPE`); `CONNECT` is not tunnelled;
+//! - **upgrades** are forwarded only when the engine marked the request with an
+//!   [`crate::upgrade::Upgrade`] extension (WebSocket: `Upgrade` and
+//!   `Connection: upgrade` kept, the upstream's `101` answered with a
+//!   [`crate::upgrade::TunnelHandle`] extension; see [`crate::upgrade`]);
+//!   otherwise `Upgrade` is hop-by-hop (removed) and an upstream's `101` is a protocol error
+//!   (`502 UPE`). `CONNECT` opens a connection to the endpoint and answers `200` with the
+//!   tunnel, whether marked or not;
 //! - the **endpoint** may be any address but, on an engine worker, one of the proxy's own
 //!   listening addresses ([`OwnAddrs`](crate::OwnAddrs)): that would be a loop (`508 UF`).
 //!
@@ -36,6 +41,7 @@
 //! | HTTP/2 stream reset by the upstream before the response head | 503 | `UR` |
 //! | malformed response head | 502 | `UPE` |
 //! | no authority (neither in the target nor a valid `Host`) for an HTTP/2 upstream | 400 | `DPE` |
+//! | a WebSocket upgrade (or RFC 8441 extended `CONNECT`) to an HTTP/2 endpoint | 403 (`upgrade_failed`) | none |
 //! | the client's request body broke (or did not match its `Content-Length`) before the response head | 400 | `DPE` |
 //!
 //! A failure after the response head (the upstream resets mid-body) cannot change the status
@@ -51,7 +57,7 @@
 //! straight into the head, with no change to the request's map. Bodies stream both ways,
 //! never buffered.
 //!
-//! **HTTP/1.1** is the engine's own client (`engine/h1client.rs`): the request's
+//! **HTTP/1.1** is the engine's own client (`mesh-transport/src/h1client/`): the request's
 //! task writes the request and reads the response on the pooled connection itself, with no
 //! connection task, channel or hand-off in between. **HTTP/2** is hyper's client.
 //!
@@ -87,12 +93,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -102,11 +109,12 @@ use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamPool, local_rep
 use tokio::net::TcpStream;
 
 use crate::h1client::{self, FailKind, H1Body, H1Conn, Io};
-use crate::headers::strip_hop_by_hop;
+use crate::headers::{UPGRADE, hop_by_hop_present, strip_hop_by_hop, strip_present};
 use crate::loops::{Loop, loop_reply};
 use crate::pool::{DEFAULT_MAX_IDLE_PER_ENDPOINT, Pool, PoolKey, SWEEP_EVERY};
 use crate::reqbody::RequestBody;
 use crate::tls::{ClientTls, UpstreamTls};
+use crate::upgrade::{Tunnel, TunnelHandle, Upgrade};
 
 /// The response type of every stack: the upstream's body or a local one.
 pub type EngineResponse = Response<MeshBody<UpstreamBody>>;
@@ -164,6 +172,8 @@ enum SendFailure {
     Protocol,
     BadRequest,
     BadBody,
+    /// An upgrade the endpoint's protocol cannot carry.
+    UpgradeFailed,
 }
 
 // === impl Connector ===
@@ -285,9 +295,13 @@ impl Connector {
         tls: Option<ClientTls>,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
+        // here rather than in `call`, which is inlined into every layer above it
+        if req.method() == Method::CONNECT {
+            return self.connect_method(addr, false, pool, tls, req).await;
+        }
         // the protocol the request was received in, for its `Via` entry
         let received = req.version();
-        prepare_h1(&mut req);
+        let upgrade = prepare_h1(&mut req);
         // An empty body is not sent at all, and lets the request be sent again. (The head
         // stays in `req`, borrowed by each attempt: no move of the request's parts.)
         let mut body = (!http_body::Body::is_end_stream(req.body()))
@@ -319,6 +333,7 @@ impl Connector {
                     key,
                     max_idle: self.max_idle_per_endpoint,
                 },
+                upgrade,
             );
             match exchange.await {
                 Ok(res) => return res,
@@ -327,7 +342,10 @@ impl Connector {
                 Err(f) => {
                     return match f.kind {
                         FailKind::Closed => SendFailure::Closed.reply(),
-                        FailKind::Protocol => SendFailure::Protocol.reply(),
+                        FailKind::Protocol(e) => {
+                            log_malformed_head(addr, e);
+                            SendFailure::Protocol.reply()
+                        }
                         FailKind::Downstream => SendFailure::BadBody.reply(),
                     };
                 }
@@ -363,9 +381,15 @@ impl Connector {
         tls: Option<ClientTls>,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
+        if req.method() == Method::CONNECT {
+            let pool = UpstreamPool::default();
+            return self.connect_method(addr, true, pool, tls, req).await;
+        }
         let received = req.version();
-        if prepare_h2(&mut req).is_err() {
-            return SendFailure::BadRequest.reply();
+        match prepare_h2(&mut req) {
+            Ok(false) => {}
+            Ok(true) => return SendFailure::UpgradeFailed.reply(),
+            Err(()) => return SendFailure::BadRequest.reply(),
         }
         // after the hop-by-hop fields are gone: `Connection: via` cannot remove this one
         self.append_via(&mut req, received);
@@ -434,6 +458,71 @@ impl Connector {
 }
 
 impl Connector {
+    /// A `CONNECT` request (cold: one method comparison on every request): an RFC 8441
+    /// WebSocket goes out as an HTTP/1.1 upgrade, anything else is a TCP tunnel.
+    #[cold]
+    #[inline(never)]
+    fn connect_method(
+        self,
+        addr: SocketAddr,
+        h2: bool,
+        pool: UpstreamPool,
+        tls: Option<ClientTls>,
+        mut req: Request<RequestBody>,
+    ) -> Pin<Box<dyn Future<Output = EngineResponse> + Send>> {
+        if req.extensions().get::<Upgrade>() != Some(&Upgrade::ExtendedConnect) {
+            return Box::pin(self.tunnel(addr, tls));
+        }
+        if h2 {
+            return Box::pin(std::future::ready(SendFailure::UpgradeFailed.reply()));
+        }
+        // Envoy's `transformUpgradeRequestFromH2toH1`, and the key RFC 8441 clients omit
+        *req.method_mut() = Method::GET;
+        let h = req.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if !h.contains_key(header::SEC_WEBSOCKET_KEY) {
+            h.insert(header::SEC_WEBSOCKET_KEY, crate::upgrade::websocket_key());
+        }
+        if !h.contains_key(header::SEC_WEBSOCKET_VERSION) {
+            h.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        Box::pin(async move {
+            let mut res = self.forward_h1(addr, pool, tls, req).await;
+            if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // RFC 8441 §5: the stream is the tunnel once the response is 2xx
+                *res.status_mut() = StatusCode::OK;
+                let h = res.headers_mut();
+                for name in [
+                    header::UPGRADE,
+                    header::CONNECTION,
+                    header::SEC_WEBSOCKET_ACCEPT,
+                ] {
+                    h.remove(name);
+                }
+            }
+            res
+        })
+    }
+
+    /// A terminated `CONNECT`: a new connection to the endpoint (with TLS when the cluster
+    /// originates it), answered `200` with the tunnel as a [`TunnelHandle`] extension.
+    async fn tunnel(self, addr: SocketAddr, tls: Option<ClientTls>) -> EngineResponse {
+        let conn = match Box::pin(self.connect_h1(addr, tls.as_ref())).await {
+            Ok(c) => c,
+            Err(f) => return f.reply(),
+        };
+        let mut res = Response::new(MeshBody::inner(UpstreamBody::full(None)));
+        res.extensions_mut().insert(TunnelHandle::new(Tunnel::new(
+            (*conn).into_io(),
+            Bytes::new(),
+        )));
+        res
+    }
+
     /// `Err(Loop)` when `addr` is one of the proxy's own listeners (see [`OwnAddrs`]).
     ///
     /// [`OwnAddrs`]: crate::OwnAddrs
@@ -456,6 +545,30 @@ impl Connector {
     }
 }
 
+/// Logs why an upstream's response head was refused (the request is answered `502 UPE`):
+/// at `warn` at most once a second per process, the others at `debug`, so that a broken
+/// upstream cannot flood the log.
+#[cold]
+#[inline(never)]
+fn log_malformed_head(addr: SocketAddr, error: h1client::HeadError) {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static NEXT_WARN: AtomicU64 = AtomicU64::new(0);
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs();
+    let next = NEXT_WARN.load(Ordering::Relaxed);
+    let warn = now >= next
+        && NEXT_WARN
+            .compare_exchange(next, now + 1, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+    if warn {
+        tracing::warn!(upstream = %addr, %error, "502 UPE: malformed response head (warned at most once a second)");
+    } else {
+        tracing::debug!(upstream = %addr, %error, "502 UPE: malformed response head");
+    }
+}
+
 /// The authority of a request's target (absolute-form, or HTTP/2's `:authority`) without
 /// userinfo, if it has one: the authority the request names, whatever its `Host` says.
 ///
@@ -469,8 +582,9 @@ fn target_authority(uri: &Uri) -> Option<&str> {
 
 /// Rewrites a request for an HTTP/1.1 upstream: `Host` from the target's authority when it
 /// has one (HTTP/2's `:authority`, absolute-form), hop-by-hop headers removed, origin-form
-/// target.
-fn prepare_h1<B>(req: &mut Request<B>) {
+/// target. Returns whether it is a WebSocket upgrade to forward (then `Upgrade` and
+/// `Connection: upgrade` are kept).
+fn prepare_h1<B>(req: &mut Request<B>) -> bool {
     let uri = req.uri();
     if uri.scheme().is_some() || uri.authority().is_some() {
         if let Some(a) = target_authority(uri)
@@ -494,15 +608,35 @@ fn prepare_h1<B>(req: &mut Request<B>) {
         req.headers_mut()
             .insert(header::HOST, HeaderValue::from_static(""));
     }
-    strip_hop_by_hop(req.headers_mut());
+    let present = hop_by_hop_present(req.headers());
+    let upgrade = present & UPGRADE != 0 && forwards_upgrade(req);
+    strip_present(req.headers_mut(), present, upgrade);
     *req.version_mut() = Version::HTTP_11;
+    if upgrade {
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    upgrade
+}
+
+/// Whether a request with an `Upgrade` field is one the engine marked for forwarding.
+#[cold]
+fn forwards_upgrade<B>(req: &Request<B>) -> bool {
+    matches!(
+        req.extensions().get::<Upgrade>(),
+        Some(Upgrade::WebSocket | Upgrade::ExtendedConnect)
+    )
 }
 
 /// Rewrites a request for an HTTP/2 upstream: absolute target whose authority is the
 /// target's (without userinfo), else the client's `Host`; `Host` removed, hop-by-hop
-/// headers removed.
-fn prepare_h2<B>(req: &mut Request<B>) -> Result<(), ()> {
-    strip_hop_by_hop(req.headers_mut());
+/// headers removed. `Ok(true)`: a marked WebSocket upgrade, which HTTP/2 cannot carry here.
+fn prepare_h2<B>(req: &mut Request<B>) -> Result<bool, ()> {
+    let present = hop_by_hop_present(req.headers());
+    if present & UPGRADE != 0 && forwards_upgrade(req) {
+        return Ok(true);
+    }
+    strip_present(req.headers_mut(), present, false);
     let host = req.headers_mut().remove(header::HOST);
     let authority = match (req.uri().authority(), host) {
         (Some(a), _) if !a.as_str().contains('@') => a.clone(),
@@ -522,7 +656,7 @@ fn prepare_h2<B>(req: &mut Request<B>) -> Result<(), ()> {
     );
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ())?;
     *req.version_mut() = Version::HTTP_2;
-    Ok(())
+    Ok(false)
 }
 
 // === impl ConnectorFuture ===
@@ -659,6 +793,12 @@ impl SendFailure {
                 ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
                 "request has no authority",
             ),
+            // Envoy's `upgrade_failed`: 403, no response flag
+            SendFailure::UpgradeFailed => local_reply(
+                StatusCode::FORBIDDEN,
+                ResponseFlags::empty(),
+                "upgrade_failed",
+            ),
         }
     }
 }
@@ -742,6 +882,39 @@ mod tests {
             assert_eq!(req.uri(), "http://other:8081/x", "{uri}");
             assert!(req.headers().get("host").is_none());
         }
+    }
+
+    /// `Upgrade` is kept (with `Connection: upgrade`) only on a request the engine marked;
+    /// the other options of `Connection` still go.
+    #[test]
+    fn upgrade_is_kept_only_when_marked() {
+        let build = || {
+            Request::builder()
+                .uri("/ws")
+                .header("host", "chat")
+                .header("connection", "Upgrade, x-private")
+                .header("x-private", "1")
+                .header("upgrade", "websocket")
+                .body(())
+                .unwrap()
+        };
+        let mut plain = build();
+        assert!(!prepare_h1(&mut plain));
+        assert!(plain.headers().get("upgrade").is_none());
+        assert!(plain.headers().get("connection").is_none());
+        let mut marked = build();
+        marked.extensions_mut().insert(Upgrade::WebSocket);
+        assert!(prepare_h1(&mut marked));
+        assert_eq!(marked.headers()["upgrade"], "websocket");
+        assert_eq!(marked.headers()["connection"], "upgrade");
+        assert!(marked.headers().get("x-private").is_none());
+        // HTTP/2 upstreams cannot take it
+        let mut marked = build();
+        marked.extensions_mut().insert(Upgrade::WebSocket);
+        assert_eq!(prepare_h2(&mut marked), Ok(true));
+        let mut plain = build();
+        assert_eq!(prepare_h2(&mut plain), Ok(false));
+        assert!(plain.headers().get("upgrade").is_none());
     }
 
     #[test]

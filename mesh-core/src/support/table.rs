@@ -1669,7 +1669,12 @@ static LIMITS: TypeDef = TypeDef {
         field("maxRequestHeadersKb", Leaf, Status::Enforced, ""),
         field("maxRequestHeadersCount", Leaf, Status::Enforced, ""),
         field("requestHeadersTimeout", Leaf, Status::Enforced, ""),
-        field("streamIdleTimeout", Leaf, Status::Enforced, ""),
+        field(
+            "streamIdleTimeout",
+            Leaf,
+            Status::Enforced,
+            "also closes an idle WebSocket or CONNECT tunnel",
+        ),
         field("connectTimeout", Leaf, Status::Enforced, ""),
         field(
             "tlsHandshakeTimeout",

@@ -1,0 +1,219 @@
+//! Property tests of the engine's three byte parsers, through the same wrappers the fuzz
+//! targets use (`mesh_transport::fuzzing`), so that `cargo test` on stable covers what the
+//! nightly fuzzers explore: arbitrary bytes never panic, and a valid message built from
+//! random parts parses back to those parts, however it is split.
+#![allow(clippy::unwrap_used)]
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use mesh_transport::fuzzing::{BodyFraming, Reject, chunked_body, request_heads, response_head};
+use proptest::prelude::*;
+
+/// A field name: a token that is no hop-by-hop or framing field.
+fn field_name() -> impl Strategy<Value = String> {
+    "x-[a-z0-9-]{1,12}"
+}
+
+/// A field value: visible ASCII with inner spaces, no leading or trailing whitespace.
+fn field_value() -> impl Strategy<Value = String> {
+    "[!-~]([ !-~]{0,20}[!-~])?"
+}
+
+fn fields() -> impl Strategy<Value = Vec<(String, String)>> {
+    proptest::collection::vec((field_name(), field_value()), 0..12)
+}
+
+/// The fields as a map (values of one name in order, as `HeaderMap` compares them).
+fn map(fields: &[(String, String)]) -> HeaderMap {
+    let mut m = HeaderMap::new();
+    for (n, v) in fields {
+        m.append(
+            HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    m
+}
+
+/// Where a stream is cut into reads.
+fn cuts() -> impl Strategy<Value = Vec<usize>> {
+    proptest::collection::vec(0usize..5000, 0..10)
+}
+
+proptest! {
+    /// Any bytes: a head, a request for more, or a typed error; never a panic, never more
+    /// consumed than given.
+    #[test]
+    fn response_heads_from_any_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..800),
+        is_head in any::<bool>(),
+        upgrade in any::<bool>(),
+    ) {
+        if let Ok(Some(h)) = response_head(&bytes, is_head, upgrade) {
+            prop_assert!(h.consumed <= bytes.len());
+        }
+    }
+
+    /// Bytes behind a plausible status line (the parser's deeper paths).
+    #[test]
+    fn response_heads_from_a_status_line_and_any_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..800),
+    ) {
+        let mut wire = b"HTTP/1.1 200 OK\r\n".to_vec();
+        wire.extend_from_slice(&bytes);
+        if let Ok(Some(h)) = response_head(&wire, false, false) {
+            prop_assert!(h.consumed <= wire.len());
+        }
+    }
+
+    /// A head serialised from random parts parses back to them: status, fields in order,
+    /// framing and reuse; every proper prefix asks for more bytes.
+    #[test]
+    fn response_heads_round_trip(
+        status in 200u16..600,
+        reason in "[A-Za-z ]{0,12}",
+        fields in fields(),
+        length in proptest::option::of(0u64..100_000),
+        close in any::<bool>(),
+        http10 in any::<bool>(),
+        body in proptest::collection::vec(any::<u8>(), 0..16),
+    ) {
+        let version = if http10 { "1.0" } else { "1.1" };
+        let mut wire = format!("HTTP/{version} {status} {reason}\r\n");
+        for (n, v) in &fields {
+            wire.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if let Some(n) = length {
+            wire.push_str(&format!("Content-Length: {n}\r\n"));
+        }
+        if close {
+            wire.push_str("Connection: close\r\n");
+        }
+        wire.push_str("\r\n");
+        let head_len = wire.len();
+        let mut bytes = wire.into_bytes();
+        bytes.extend_from_slice(&body);
+        let h = response_head(&bytes, false, false).unwrap().unwrap();
+        prop_assert_eq!(h.status.as_u16(), status);
+        prop_assert_eq!(h.consumed, head_len);
+        let mut got = h.headers.clone();
+        got.remove("content-length");
+        prop_assert_eq!(got, map(&fields));
+        let no_body = status == 204 || status == 304;
+        let expected = match length {
+            _ if no_body => BodyFraming::Empty,
+            Some(0) => BodyFraming::Empty,
+            Some(n) => BodyFraming::Length(n),
+            None => BodyFraming::ToClose,
+        };
+        prop_assert_eq!(h.framing, expected);
+        let keep = !close && !http10 && (no_body || length.is_some());
+        prop_assert_eq!(h.keep_alive, keep);
+        for cut in [0, 1, head_len / 2, head_len - 1] {
+            prop_assert!(response_head(&bytes[..cut], false, false).unwrap().is_none());
+        }
+    }
+
+    /// Any bytes as a chunked body: data, a request for more, or a typed error; never a
+    /// panic, never more data than bytes given, and the same answer however it is split.
+    #[test]
+    fn chunked_bodies_from_any_bytes(
+        wire in proptest::collection::vec(any::<u8>(), 0..800),
+        cuts in cuts(),
+    ) {
+        let whole = chunked_body(&wire, &[]);
+        if let Ok(Some(d)) = &whole {
+            prop_assert!(d.data.len() + d.rest <= wire.len());
+        }
+        let split = chunked_body(&wire, &cuts);
+        prop_assert_eq!(split.is_ok(), whole.is_ok());
+        if let (Ok(Some(a)), Ok(Some(b))) = (&whole, &split) {
+            prop_assert_eq!(a, b);
+        }
+    }
+
+    /// A chunked body serialised from random parts (chunk sizes, extensions, trailer
+    /// fields, bytes after it) decodes to those parts, however it is split.
+    #[test]
+    fn chunked_bodies_round_trip(
+        body in proptest::collection::vec(any::<u8>(), 0..3000),
+        sizes in proptest::collection::vec(1usize..700, 1..8),
+        ext in any::<bool>(),
+        trailers in fields(),
+        after in proptest::collection::vec(any::<u8>(), 0..10),
+        cuts in cuts(),
+    ) {
+        let mut wire = Vec::new();
+        let mut rest = &body[..];
+        let mut sizes = sizes.iter().cycle();
+        while !rest.is_empty() {
+            let n = (*sizes.next().unwrap()).clamp(1, rest.len());
+            wire.extend_from_slice(format!("{n:x}").as_bytes());
+            if ext {
+                wire.extend_from_slice(b";name=\"v\"");
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(&rest[..n]);
+            wire.extend_from_slice(b"\r\n");
+            rest = &rest[n..];
+        }
+        wire.extend_from_slice(b"0\r\n");
+        for (n, v) in &trailers {
+            wire.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"\r\n");
+        wire.extend_from_slice(&after);
+        let d = chunked_body(&wire, &cuts).unwrap().unwrap();
+        prop_assert_eq!(&d.data, &body);
+        prop_assert_eq!(d.rest, after.len());
+        // an empty trailer section is no trailers
+        let expected = (!trailers.is_empty()).then(|| map(&trailers));
+        prop_assert_eq!(d.trailers, expected);
+    }
+
+    /// Any bytes from a client: the scanner never panics and gives the same verdicts
+    /// however the stream is split into reads (a split-dependent answer would let a request
+    /// be smuggled past it).
+    #[test]
+    fn request_scanner_on_any_bytes(
+        stream in proptest::collection::vec(any::<u8>(), 0..800),
+        cuts in cuts(),
+    ) {
+        prop_assert_eq!(request_heads(&stream, &cuts), request_heads(&stream, &[]));
+    }
+
+    /// Requests serialised from random parts (fields, `Content-Length` bodies): every head
+    /// is seen and passes; a second `Content-Length` in one of them flags that head, and
+    /// the scan stops there.
+    #[test]
+    fn request_scanner_on_valid_streams(
+        requests in proptest::collection::vec(
+            (fields(), proptest::collection::vec(any::<u8>(), 0..40)),
+            1..5,
+        ),
+        duplicate in proptest::option::of(0usize..5),
+        cuts in cuts(),
+    ) {
+        let mut stream = Vec::new();
+        for (i, (fields, body)) in requests.iter().enumerate() {
+            stream.extend_from_slice(b"POST /upload HTTP/1.1\r\nHost: web\r\n");
+            for (n, v) in fields {
+                stream.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+            }
+            stream.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+            if duplicate == Some(i) {
+                stream.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+            }
+            stream.extend_from_slice(b"\r\n");
+            stream.extend_from_slice(body);
+        }
+        let verdicts = request_heads(&stream, &cuts);
+        match duplicate.filter(|&d| d < requests.len()) {
+            None => prop_assert_eq!(verdicts, vec![None; requests.len()]),
+            Some(d) => {
+                let mut expected = vec![None; d];
+                expected.push(Some(Reject::DuplicateContentLength));
+                prop_assert_eq!(verdicts, expected);
+            }
+        }
+    }
+}
