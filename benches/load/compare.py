@@ -19,7 +19,9 @@ ratios between targets of one run (the second table), never as absolute figures 
     python3 benches/load/compare.py [TARGET ...]     # default: direct haproxy nginx envoy mesh
 
 Targets: direct (no proxy), haproxy, nginx, envoy, mesh, and NAME=PATH for another mesh-proxy
-binary (a previous build, to compare with). A target whose program is missing is skipped. Knobs (environment): ROUNDS=3 TP_SECS=8 LAT_SECS=5 H2_SECS=3 WARM_SECS=2
+binary (a previous build, to compare with), or NAME=PATH,TEMPLATE for a mesh-proxy with
+another configuration template from benches/load/templates (mesh-noretry.yaml: the route sets
+`retries: {attempts: 0}`, to see what Istio's default retry policy costs). A target whose program is missing is skipped. Knobs (environment): ROUNDS=3 TP_SECS=8 LAT_SECS=5 H2_SECS=3 WARM_SECS=2
 RATE=2000 CONNS=50 PROXY_CPU=0 LOAD_CPU=1 WORKERS=1 MESH_BIN=target/release/mesh-proxy
 ENVOY_BIN=<path> OUT=<dir>. See benches/load/README.md.
 """
@@ -196,11 +198,14 @@ def start(name, run, up_port, up_h2_port, logs):
     elif name == "mesh" or "=" in name:
         # `mesh`, or `NAME=PATH`: another mesh-proxy binary (a previous build, say)
         prog = ENV.get("MESH_BIN", "target/release/mesh-proxy")
+        template = "mesh.yaml"
         if "=" in name:
             name, prog = name.split("=", 1)
+            if "," in prog:
+                prog, template = prog.split(",", 1)
         if not os.access(prog, os.X_OK):
             return None, f"mesh-proxy not found at {prog} (cargo build --release -p mesh-proxy)"
-        conf = render("mesh.yaml", f"{run}/{name}.yaml", values)
+        conf = render(template, f"{run}/{name}.yaml", values)
         argv = [prog, "run", "--config", conf]
         h2_port = port  # HTTP/1.1 and h2c on one port
     else:

@@ -100,18 +100,24 @@ fn retarget<B>(req: &mut Request<B>, addr: std::net::SocketAddr) {
     let Ok(authority) = Authority::try_from(addr.to_string()) else {
         return;
     };
+    if let Ok(uri) = with_authority(req.uri(), authority) {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// `uri` with `authority`, its scheme (`http` when it has none) and its path and query (`/`
+/// when it has none): an origin-form target made absolute, or an absolute one pointed
+/// elsewhere.
+pub fn with_authority(uri: &Uri, authority: Authority) -> Result<Uri, http::uri::InvalidUriParts> {
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP));
+    parts.scheme = Some(uri.scheme().cloned().unwrap_or(Scheme::HTTP));
     parts.authority = Some(authority);
     parts.path_and_query = Some(
-        req.uri()
-            .path_and_query()
+        uri.path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     );
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
-    }
+    Uri::from_parts(parts)
 }
 
 #[cfg(test)]

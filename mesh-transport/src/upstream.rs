@@ -98,7 +98,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
@@ -645,16 +645,7 @@ fn prepare_h2<B>(req: &mut Request<B>) -> Result<bool, ()> {
         (None, Some(h)) => Authority::try_from(h.as_bytes()).map_err(|_| ())?,
         (None, None) => return Err(()),
     };
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP));
-    parts.authority = Some(authority);
-    parts.path_and_query = Some(
-        req.uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ())?;
+    *req.uri_mut() = mesh_core::uri::with_authority(req.uri(), authority).map_err(|_| ())?;
     *req.version_mut() = Version::HTTP_2;
     Ok(false)
 }
