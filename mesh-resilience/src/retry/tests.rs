@@ -30,6 +30,8 @@ enum Step {
     Local(u16, ResponseFlags),
     /// `200` with this `grpc-status` header (a trailers-only gRPC answer).
     Grpc(u32),
+    /// `200` with a `grpc-status` header but no gRPC `content-type`: not a gRPC answer.
+    NotGrpc(u32),
     /// Never answers.
     Hang,
 }
@@ -112,6 +114,12 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Mock {
                         http::header::CONTENT_TYPE,
                         HeaderValue::from_static("application/grpc"),
                     );
+                    r.headers_mut()
+                        .insert("grpc-status", HeaderValue::from(code));
+                    r
+                }
+                Step::NotGrpc(code) => {
+                    let mut r = Response::new(MeshBody::empty());
                     r.headers_mut()
                         .insert("grpc-status", HeaderValue::from(code));
                     r
@@ -265,6 +273,16 @@ async fn grpc_statuses_are_read_from_the_headers() {
     let mock = Mock::new(&[Grpc(13), Grpc(8), Grpc(4)]);
     run(&mock, get(Some(policy("internal,resource-exhausted", 5)))).await;
     assert_eq!(mock.calls(), 3, "deadline-exceeded not named");
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_status_is_judged_on_grpc_answers_only() {
+    // A `grpc-status` on an answer that is not gRPC (no `application/grpc` content type)
+    // is an application header like any other: not retried.
+    let mock = Mock::new(&[NotGrpc(14), Grpc(0)]);
+    let res = run(&mock, get(None)).await;
+    assert_eq!(res.headers()["grpc-status"], "14");
+    assert_eq!(mock.calls(), 1);
 }
 
 #[tokio::test(start_paused = true)]
