@@ -55,22 +55,62 @@ pub(super) enum SendError {
 
 // === impl Io ===
 
-impl Io {
-    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self {
+/// The transport as a tokio stream (for the client's own writes, and for a tunnel after a
+/// `101` or a CONNECT): every call goes to TCP or to rustls.
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
             Io::Tcp(io) => Pin::new(io).poll_write(cx, buf),
             Io::Tls(io) => Pin::new(&mut **io).poll_write(cx, buf),
         }
     }
 
     fn poll_write_vectored(
-        &mut self,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self {
+        match self.get_mut() {
             Io::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             Io::Tls(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(io) => Pin::new(io).poll_flush(cx),
+            Io::Tls(io) => Pin::new(&mut **io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(io) => Pin::new(io).poll_shutdown(cx),
+            Io::Tls(io) => Pin::new(&mut **io).poll_shutdown(cx),
         }
     }
 }
@@ -154,14 +194,14 @@ impl H1Conn {
         while !self.output_empty() {
             let head = &self.wbuf[self.wpos..];
             let n = if self.data.is_empty() && self.tail.is_empty() {
-                ready!(self.io.poll_write(cx, head))?
+                ready!(Pin::new(&mut self.io).poll_write(cx, head))?
             } else {
                 let slices = [
                     IoSlice::new(head),
                     IoSlice::new(&self.data),
                     IoSlice::new(self.tail),
                 ];
-                ready!(self.io.poll_write_vectored(cx, &slices))?
+                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices))?
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
