@@ -348,6 +348,26 @@ pub const GRPC_STATUS_CODES: &[(&str, u32)] = &[
     ("UNAUTHENTICATED", 16),
 ];
 
+/// The HTTP status Envoy maps a gRPC status to (`Grpc::Utility::grpcToHttpStatus`, after
+/// grpc-gateway's mapping), as outlier detection judges a gRPC answer.
+pub fn grpc_to_http_status(code: u32) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        // UNKNOWN, INTERNAL, DATA_LOSS and anything else
+        _ => 500,
+    }
+}
+
 /// A fault's share of requests, as istiod translates it (`route.TranslateFault`): the
 /// `percentage`, else (delays only) the deprecated integer `percent`, else **none**: Envoy
 /// reads an unset `FractionalPercent` as 0 (istio/istio#36303 and #39969: Istio's

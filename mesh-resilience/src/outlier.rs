@@ -17,7 +17,9 @@
 //!   split they count only towards **`consecutiveLocalOriginFailures`** (default 5), and an
 //!   answer from the endpoint resets that counter;
 //! - **`outlierDetectionHttpErrorCodes`**: when set, exactly these statuses are errors
-//!   (counted as 5xx, and as gateway errors when 502–504), every other answer a success.
+//!   (counted as 5xx, and as gateway errors when 502–504), every other answer a success;
+//! - a gRPC answer's `grpc-status` header (trailers-only) is judged as the HTTP status Envoy
+//!   maps it to (`UNAVAILABLE` a 503, `INTERNAL` a 500, …).
 //!
 //! Any other answer resets the consecutive counters. Answers the mesh made for reasons that
 //! are not the endpoint's (`UO` overflow, `UH`, `NR`, `RL`, `FI`, …) do not count at all.
@@ -41,7 +43,7 @@
 //! use http::{Request, Response, StatusCode};
 //! use mesh_core::ext::{UpstreamCluster, UpstreamPool};
 //! use mesh_core::health::{HealthCell, HealthFlags};
-//! use mesh_core::policy::OutlierPolicy;
+//! use mesh_core::policy::{OutlierPolicy, grpc_to_http_status};
 //! use mesh_resilience::outlier::OutlierLayer;
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
@@ -130,7 +132,7 @@ use http::{Request, Response};
 use mesh_core::ext::{SelectedUpstream, UpstreamCluster, flags_of, upstream_cluster};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::health::{ClusterHealth, HealthCell, HealthFlags, OutlierCounters};
-use mesh_core::policy::OutlierPolicy;
+use mesh_core::policy::{OutlierPolicy, grpc_to_http_status};
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -300,7 +302,7 @@ where
 fn outcome<R>(res: &Response<R>) -> Outcome {
     let flags = flags_of(res);
     if flags.is_empty() {
-        return Outcome::Status(res.status().as_u16());
+        return Outcome::Status(grpc_status(res).unwrap_or(res.status().as_u16()));
     }
     if flags.intersects(LOCAL_ORIGIN) {
         Outcome::LocalFailure
@@ -309,6 +311,28 @@ fn outcome<R>(res: &Response<R>) -> Outcome {
     } else {
         Outcome::Ignored
     }
+}
+
+/// A gRPC answer's `grpc-status` header (a trailers-only answer) as Envoy maps it to an
+/// HTTP status for outlier detection (`onUpstreamHeaders`; a status in trailers is not
+/// judged, as in Envoy). Only `application/grpc` answers are looked at: a standard header's
+/// look-up is cheap, `grpc-status`'s is not.
+fn grpc_status<R>(res: &Response<R>) -> Option<u16> {
+    let grpc = res
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        return None;
+    }
+    let code = res
+        .headers()
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(grpc_to_http_status(code))
 }
 
 // === impl Attempt ===

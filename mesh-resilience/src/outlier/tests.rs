@@ -129,6 +129,14 @@ async fn send(c: &Cluster, mock: &Mock, i: usize, n: usize) {
     }
 }
 
+/// Sends one request through `svc`.
+async fn once<S>(svc: &mut S, req: Request<()>)
+where
+    S: Service<Request<()>, Error = Infallible>,
+{
+    let _ = svc.ready().await.unwrap().call(req).await;
+}
+
 fn policy(f: impl FnOnce(&mut OutlierPolicy)) -> OutlierPolicy {
     let mut p = OutlierPolicy {
         max_ejection_percent: 100,
@@ -418,6 +426,41 @@ async fn an_attempt_dropped_unanswered_counts_as_a_timeout() {
     let late = tokio::time::timeout(SECOND, svc.oneshot(c.request(0))).await;
     assert!(late.is_err());
     assert!(c.ejected(0), "two gateway errors");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_answer_is_judged_by_its_grpc_status() {
+    let c = Cluster::new(1, policy(|p| p.consecutive_5xx = Some(2)));
+    let grpc = |status: &'static str, content_type: &'static str| {
+        tower::service_fn(move |_req: Request<()>| async move {
+            let res = Response::builder()
+                .header("content-type", content_type)
+                .header("grpc-status", status)
+                .body(String::new())
+                .unwrap();
+            Ok::<_, Infallible>(res)
+        })
+    };
+    // UNAVAILABLE (14) is Envoy's 503; NOT_FOUND (5) a 404; not gRPC: its HTTP 200
+    let mut not_grpc = OutlierLayer::new().layer(grpc("14", "text/plain"));
+    let mut not_found = OutlierLayer::new().layer(grpc("5", "application/grpc"));
+    let mut unavailable = OutlierLayer::new().layer(grpc("14", "application/grpc+proto"));
+    for _ in 0..3 {
+        once(&mut not_grpc, c.request(0)).await;
+    }
+    assert!(
+        c.cell(0).is_healthy(),
+        "grpc-status is read on gRPC answers only"
+    );
+    once(&mut unavailable, c.request(0)).await;
+    once(&mut not_found, c.request(0)).await;
+    once(&mut unavailable, c.request(0)).await;
+    assert!(
+        c.cell(0).is_healthy(),
+        "NOT_FOUND is a 404: a success between"
+    );
+    once(&mut unavailable, c.request(0)).await;
+    assert!(c.ejected(0), "two UNAVAILABLE in a row");
 }
 
 #[tokio::test(start_paused = true)]
