@@ -130,7 +130,7 @@ pub struct OutlierCounters {
     /// stays in.
     pub backoff: AtomicU32,
     /// When the current ejection started and ends, and when the last one ended.
-    pub times: Mutex<EjectionTimes>,
+    times: Mutex<EjectionTimes>,
 }
 
 /// The times of an endpoint's ejections (see [`OutlierCounters::times`]).
