@@ -558,3 +558,49 @@ fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
         }
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever the answers and the waits: the cluster's ejected count is the number of
+    /// ejected cells, never over `maxEjectionPercent` of the cluster (Envoy's rule), and
+    /// every endpoint is back once the longest ejection is over.
+    #[test]
+    fn the_ejected_count_matches_the_cells_and_respects_max_ejection_percent(
+        max_percent in 1u32..=100,
+        steps in proptest::collection::vec((0usize..5, 0u8..4, 0u64..40), 1..60),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = Cluster::new(5, policy(|p| {
+                p.consecutive_5xx = Some(2);
+                p.consecutive_gateway = Some(1);
+                p.max_ejection_percent = max_percent;
+            }));
+            let mock = Mock::default();
+            for (i, kind, wait) in steps {
+                let answer = match kind {
+                    0 => Answer::Status(200),
+                    1 => Answer::Status(500),
+                    2 => Answer::Status(503),
+                    _ => Answer::Local(503, ResponseFlags::UPSTREAM_CONNECTION_FAILURE),
+                };
+                mock.set(c.addr(i), answer);
+                send(&c, &mock, i, 1).await;
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                let ejected = (0..5).filter(|&k| c.ejected(k)).count() as u32;
+                proptest::prop_assert_eq!(c.cell(0).cluster().ejected(), ejected);
+                proptest::prop_assert!(100 * ejected <= max_percent * 5);
+            }
+            // the longest ejection: max_ejection_time (300s), plus one interval
+            tokio::time::sleep(Duration::from_secs(311)).await;
+            proptest::prop_assert!((0..5).all(|k| c.cell(k).is_healthy()));
+            proptest::prop_assert_eq!(c.cell(0).cluster().ejected(), 0);
+            Ok(())
+        })?;
+    }
+}
