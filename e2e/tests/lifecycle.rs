@@ -573,12 +573,15 @@ spec:
     let svc = &clusters["services"][0];
     assert_eq!(svc["endpoints"][0]["health"], "HEALTHY", "{svc:#}");
     assert_eq!(svc["endpoints"][1]["health"], "EJECTED", "{svc:#}");
+    // set here, not by outlier detection: no ejection counted
+    assert_eq!(svc["endpoints"][1]["ejections"], 0, "{svc:#}");
     assert_eq!(
         svc["unhealthy"],
         serde_json::json!([{
             "cluster": cluster,
             "address": format!("127.0.0.3:{}", v2.port()),
             "health": "EJECTED",
+            "ejections": 0,
         }]),
         "{svc:#}"
     );

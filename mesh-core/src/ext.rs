@@ -20,7 +20,7 @@ use http::{Extensions, HeaderValue, Response, StatusCode};
 use crate::body::MeshBody;
 use crate::body::ReplyBody;
 use crate::flags::{RESPONSE_FLAGS_HEADER, ResponseFlags};
-use crate::policy::{FaultPolicy, RetryPolicy};
+use crate::policy::{FaultPolicy, OutlierPolicy, RetryPolicy};
 
 /// The destination the router chose for a request: a service host, an optional subset, and
 /// the service port.
@@ -125,8 +125,9 @@ pub struct ClientAddr(pub SocketAddr);
 /// (`outbound|9080|v1|reviews.default.svc.cluster.local`) and the endpoint's health cell.
 ///
 /// Written by the balancer (`mesh-lb`) inside a [`SelectedUpstream`], beside the
-/// [`SelectedEndpoint`]; read by outlier detection (which ejects the endpoint through the
-/// cell; see [`crate::health`]) and telemetry (Envoy's `upstream_cluster`) through
+/// [`SelectedEndpoint`]; read by outlier detection (which counts the attempt's outcome in
+/// the cell and ejects the endpoint through it, by the cluster's `outlier` policy; see
+/// [`crate::health`]) and telemetry (Envoy's `upstream_cluster`) through
 /// [`upstream_cluster`].
 #[derive(Debug, Clone)]
 pub struct UpstreamCluster {
@@ -136,6 +137,8 @@ pub struct UpstreamCluster {
     pub health: Arc<crate::health::HealthCell>,
     /// The cluster's `connectionPool.http` settings that the connector applies.
     pub pool: UpstreamPool,
+    /// The cluster's `outlierDetection`, compiled (`None`: the DestinationRule sets none).
+    pub outlier: Option<Arc<OutlierPolicy>>,
 }
 
 /// A DestinationRule's `connectionPool.http` settings that concern the upstream connections
@@ -420,6 +423,7 @@ mod tests {
                 name: "c".into(),
                 health: Arc::new(crate::health::HealthCell::detached()),
                 pool: UpstreamPool::default(),
+                outlier: None,
             },
         ));
         assert_eq!(selected_endpoint(&ext), Some(&other));

@@ -16,6 +16,11 @@
 //! * Cells are keyed by [`HealthKey`]: the Istio cluster name (see [`cluster_name`]) and the
 //!   endpoint address, so the same address in two subsets has two cells, as in Envoy, where
 //!   every subset is its own cluster.
+//! * A cell carries its judges' per-endpoint bookkeeping ([`OutlierCounters`]: outlier
+//!   detection's consecutive-error counters and ejection history), so that every worker's
+//!   stack counts into the same counters without a lookup, and belongs to a
+//!   [`ClusterHealth`], what the cells of one cluster share (how many there are, how many are
+//!   ejected, which ones a judge must review later).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -41,8 +46,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
 
 bitflags::bitflags! {
     /// Why an endpoint is not healthy; empty means healthy.
@@ -82,6 +88,60 @@ pub struct HealthKey {
 pub struct HealthCell {
     flags: AtomicU32,
     generation: Arc<AtomicU64>,
+    cluster: Arc<ClusterHealth>,
+    outlier: OutlierCounters,
+}
+
+/// What the cells of one cluster share: how many endpoints the cluster has, how many of them
+/// outlier detection ejects, and the cells its periodic review must look at.
+///
+/// [`HealthTable`] gives every cell of a cluster the same one; a [`HealthCell::detached`]
+/// cell has its own (a cluster of one). Judges write it; nothing on the request path reads
+/// it.
+#[derive(Default)]
+pub struct ClusterHealth {
+    /// Live cells of the cluster (a cell counts itself in and, when dropped, out).
+    members: AtomicU32,
+    /// Cells whose [`HealthFlags::EJECTED`] is set, as counted by outlier detection (a
+    /// dropped ejected cell counts itself out).
+    ejected: AtomicU32,
+    /// Whether a periodic review of this cluster is scheduled.
+    reviewing: AtomicBool,
+    /// The cells the review must look at (ejected, or with an ejection history to decay).
+    tracked: Mutex<Vec<Weak<HealthCell>>>,
+}
+
+/// Outlier detection's bookkeeping for one endpoint (Envoy's `DetectorHostMonitorImpl`),
+/// kept in the endpoint's [`HealthCell`]. Written by outlier detection only
+/// (`mesh-resilience`); read by admin pages.
+#[derive(Debug, Default)]
+pub struct OutlierCounters {
+    /// 5xx answers (and, without the local-origin split, connect failures, resets and
+    /// timeouts) in a row.
+    pub consecutive_5xx: AtomicU32,
+    /// 502/503/504 answers (and, without the split, local-origin failures) in a row.
+    pub consecutive_gateway: AtomicU32,
+    /// Local-origin failures in a row (with the split).
+    pub consecutive_local_origin: AtomicU32,
+    /// How many times the endpoint was ejected (Envoy's `num_ejections`).
+    pub ejections: AtomicU32,
+    /// The multiplier of the next ejection's `baseEjectionTime` (Envoy's
+    /// `ejectTimeBackoff`): raised by each ejection, lowered by each interval the endpoint
+    /// stays in.
+    pub backoff: AtomicU32,
+    /// When the current ejection started and ends, and when the last one ended.
+    times: Mutex<EjectionTimes>,
+}
+
+/// The times of an endpoint's ejections (see [`OutlierCounters::times`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EjectionTimes {
+    /// When the current (or last) ejection started.
+    pub ejected_at: Option<Instant>,
+    /// When the current ejection ends.
+    pub ejected_until: Option<Instant>,
+    /// When the last ejection ended (Envoy's `lastUnejectionTime`).
+    pub returned_at: Option<Instant>,
 }
 
 /// Where health cells come from. Implemented by [`HealthTable`]; a custom implementation
@@ -101,6 +161,13 @@ pub trait HealthSource: Send + Sync + fmt::Debug + 'static {
         let _ = cluster;
         Vec::new()
     }
+
+    /// The live cells of `cluster`, sorted by address (for admin pages: flags and outlier
+    /// counters). The default knows none; [`HealthTable`] lists them.
+    fn cells(&self, cluster: &str) -> Vec<(SocketAddr, Arc<HealthCell>)> {
+        let _ = cluster;
+        Vec::new()
+    }
 }
 
 /// The default [`HealthSource`]: a table of cells shared by everyone holding an `Arc` of it.
@@ -112,6 +179,7 @@ pub trait HealthSource: Send + Sync + fmt::Debug + 'static {
 pub struct HealthTable {
     generation: Arc<AtomicU64>,
     cells: Mutex<HashMap<HealthKey, Weak<HealthCell>>>,
+    clusters: Mutex<HashMap<Arc<str>, Weak<ClusterHealth>>>,
 }
 
 /// The Istio name of an outbound cluster: `outbound|<port>|<subset>|<host>` (the subset
@@ -123,19 +191,31 @@ pub fn cluster_name(port: u16, subset: Option<&str>, host: &str) -> String {
 // === impl HealthCell ===
 
 impl HealthCell {
-    /// A healthy cell not attached to any table (its changes bump only its own generation).
+    /// A healthy cell not attached to any table (its changes bump only its own generation),
+    /// alone in its cluster.
     pub fn detached() -> Self {
-        HealthCell {
-            flags: AtomicU32::new(0),
-            generation: Arc::new(AtomicU64::new(0)),
-        }
+        HealthCell::new(Arc::new(AtomicU64::new(0)), Arc::default())
     }
 
-    fn with_generation(generation: Arc<AtomicU64>) -> Self {
+    fn new(generation: Arc<AtomicU64>, cluster: Arc<ClusterHealth>) -> Self {
+        cluster.members.fetch_add(1, Ordering::Relaxed);
         HealthCell {
             flags: AtomicU32::new(0),
             generation,
+            cluster,
+            outlier: OutlierCounters::default(),
         }
+    }
+
+    /// What the cells of this cell's cluster share.
+    pub fn cluster(&self) -> &Arc<ClusterHealth> {
+        &self.cluster
+    }
+
+    /// Outlier detection's counters for this endpoint.
+    #[inline]
+    pub fn outlier(&self) -> &OutlierCounters {
+        &self.outlier
     }
 
     /// Whether no flag is set.
@@ -170,11 +250,99 @@ impl HealthCell {
     }
 }
 
+impl Drop for HealthCell {
+    fn drop(&mut self) {
+        // an endpoint gone from every balancer no longer counts in its cluster (Envoy's
+        // member update callback)
+        self.cluster.members.fetch_sub(1, Ordering::Relaxed);
+        if self.flags().contains(HealthFlags::EJECTED) {
+            self.cluster.count_return();
+        }
+    }
+}
+
 impl fmt::Debug for HealthCell {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HealthCell")
             .field("flags", &self.flags())
+            .field("ejections", &self.outlier.ejections.load(Ordering::Relaxed))
             .finish()
+    }
+}
+
+// === impl ClusterHealth ===
+
+impl ClusterHealth {
+    /// How many endpoints the cluster has: the live cells (held by some balancer).
+    pub fn members(&self) -> u32 {
+        self.members.load(Ordering::Relaxed)
+    }
+
+    /// How many of them outlier detection ejects.
+    pub fn ejected(&self) -> u32 {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    /// Counts one more ejected endpoint if `allow(ejected_so_far)` says so; returns whether
+    /// it did (atomically: two judges cannot both take the last place).
+    pub fn try_count_ejection(&self, allow: impl Fn(u32) -> bool) -> bool {
+        self.ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                allow(e).then_some(e + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts one ejected endpoint fewer.
+    pub fn count_return(&self) {
+        let _ = self
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1));
+    }
+
+    /// Adds `cell` to the cells the periodic review looks at (once).
+    pub fn track(&self, cell: &Arc<HealthCell>) {
+        let mut tracked = self.tracked();
+        if !tracked
+            .iter()
+            .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(cell)))
+        {
+            tracked.push(Arc::downgrade(cell));
+        }
+    }
+
+    /// The cells the periodic review looks at; the reviewer drops those it is done with.
+    pub fn tracked(&self) -> MutexGuard<'_, Vec<Weak<HealthCell>>> {
+        self.tracked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks a review as scheduled; returns whether one already was.
+    pub fn start_review(&self) -> bool {
+        self.reviewing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Marks the review as ended (call [`start_review`](Self::start_review) again when
+    /// cells were tracked meanwhile).
+    pub fn end_review(&self) {
+        self.reviewing.store(false, Ordering::Release);
+    }
+}
+
+impl fmt::Debug for ClusterHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterHealth")
+            .field("members", &self.members())
+            .field("ejected", &self.ejected())
+            .finish()
+    }
+}
+
+// === impl OutlierCounters ===
+
+impl OutlierCounters {
+    /// The ejection times (a short lock, taken at ejections and reviews only).
+    pub fn times(&self) -> MutexGuard<'_, EjectionTimes> {
+        self.times.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -207,7 +375,21 @@ impl HealthSource for HealthTable {
         if cells.len() >= 64 && cells.len().is_power_of_two() {
             cells.retain(|_, w| w.strong_count() > 0);
         }
-        let cell = Arc::new(HealthCell::with_generation(self.generation.clone()));
+        let cluster = {
+            let mut clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+            match clusters.get(&key.cluster).and_then(Weak::upgrade) {
+                Some(c) => c,
+                None => {
+                    if clusters.len() >= 64 && clusters.len().is_power_of_two() {
+                        clusters.retain(|_, w| w.strong_count() > 0);
+                    }
+                    let c = Arc::new(ClusterHealth::default());
+                    clusters.insert(key.cluster.clone(), Arc::downgrade(&c));
+                    c
+                }
+            }
+        };
+        let cell = Arc::new(HealthCell::new(self.generation.clone(), cluster));
         cells.insert(key.clone(), Arc::downgrade(&cell));
         cell
     }
@@ -223,6 +405,12 @@ impl HealthSource for HealthTable {
             .map(|(addr, cell)| (addr, cell.flags()))
             .filter(|(_, flags)| !flags.is_empty())
             .collect();
+        out.sort_by_key(|(addr, _)| *addr);
+        out
+    }
+
+    fn cells(&self, cluster: &str) -> Vec<(SocketAddr, Arc<HealthCell>)> {
+        let mut out = self.cells_of(cluster);
         out.sort_by_key(|(addr, _)| *addr);
         out
     }
@@ -270,6 +458,28 @@ mod tests {
         assert!(a.clear(HealthFlags::FAILED_ACTIVE_CHECK));
         assert!(a.is_healthy() && other.is_healthy());
         assert_eq!(t.cells_of("c").len(), 1);
+    }
+
+    #[test]
+    fn cells_of_a_cluster_share_its_counts() {
+        let t = HealthTable::new();
+        let a = t.cell(&key("c", "10.0.0.1:80"));
+        let b = t.cell(&key("c", "10.0.0.2:80"));
+        let other = t.cell(&key("d", "10.0.0.1:80"));
+        assert!(Arc::ptr_eq(a.cluster(), b.cluster()));
+        assert!(!Arc::ptr_eq(a.cluster(), other.cluster()));
+        assert_eq!(a.cluster().members(), 2);
+        assert!(a.cluster().try_count_ejection(|e| e == 0));
+        assert!(!a.cluster().try_count_ejection(|e| e == 0));
+        a.set(HealthFlags::EJECTED);
+        a.cluster().track(&a);
+        a.cluster().track(&a);
+        assert_eq!(a.cluster().tracked().len(), 1);
+        let group = a.cluster().clone();
+        drop(a);
+        assert_eq!(group.members(), 1, "a dropped cell leaves its cluster");
+        assert_eq!(group.ejected(), 0, "and its ejection with it");
+        assert_eq!(HealthCell::detached().cluster().members(), 1);
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! These are the normalised forms of `HTTPRoute.retries` and `HTTPRoute.fault`: durations
 //! parsed, `retryOn` split into flags and status codes, percentages as fractions. The router
 //! puts them in [`RoutePolicy`](crate::ext::RoutePolicy); the retry and fault layers read them.
+//!
+//! [`OutlierPolicy`] is a DestinationRule's `outlierDetection`, compiled per cluster: the
+//! balancer puts it in [`UpstreamCluster`](crate::ext::UpstreamCluster) and outlier detection
+//! reads it.
 
 use std::time::Duration;
 
@@ -182,6 +186,116 @@ pub enum AbortError {
     Http2(String),
 }
 
+/// A compiled `OutlierDetection` (a DestinationRule's, merged per subset and port), with the
+/// values istiod hands Envoy (`applyOutlierDetection` in
+/// `pilot/pkg/networking/core/cluster_traffic_policy.go`) and Envoy's defaults for the rest.
+///
+/// A threshold of `None` is a detector turned off (Envoy's `enforcing_*: 0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// `consecutive5xxErrors`: 5xx answers in a row that eject. Default: 5; 0 turns it off.
+    pub consecutive_5xx: Option<u32>,
+    /// `consecutiveGatewayErrors`: 502, 503, 504 in a row that eject. Default: off (Envoy
+    /// counts them but does not enforce: `enforcing_consecutive_gateway_failure` is 0).
+    pub consecutive_gateway: Option<u32>,
+    /// `splitExternalLocalOriginErrors`: connect failures, resets and timeouts count as
+    /// local-origin failures instead of 503/504 answers. Default: false.
+    pub split_local_origin: bool,
+    /// `consecutiveLocalOriginFailures` (only with the split): local-origin failures in a row
+    /// that eject. Default: Envoy's 5.
+    pub consecutive_local_origin: Option<u32>,
+    /// `interval`: how often ejections are reviewed. Default: 10s.
+    pub interval: Duration,
+    /// `baseEjectionTime`: an ejection lasts this times the endpoint's ejection count.
+    /// Default: 30s.
+    pub base_ejection_time: Duration,
+    /// Envoy's `max_ejection_time`, the cap on an ejection (Istio does not set it): 300s, or
+    /// `baseEjectionTime` when longer.
+    pub max_ejection_time: Duration,
+    /// `maxEjectionPercent`: the share of the cluster's endpoints that may be ejected at
+    /// once, in percent. Default: 10.
+    pub max_ejection_percent: u32,
+    /// `outlierDetectionHttpErrorCodes`: when not empty, exactly these statuses are errors
+    /// (instead of every 5xx). Default: empty.
+    pub error_codes: Box<[u16]>,
+}
+
+/// Envoy's default `interval`.
+pub const DEFAULT_OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
+/// Envoy's default `base_ejection_time`.
+pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+/// Envoy's default `max_ejection_time`.
+pub const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+/// Envoy's default `max_ejection_percent`.
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+/// Envoy's default `consecutive_5xx` (and `consecutive_local_origin_failure`).
+pub const DEFAULT_CONSECUTIVE_ERRORS: u32 = 5;
+
+impl Default for OutlierPolicy {
+    /// What istiod sends for an empty `outlierDetection: {}`: Envoy's defaults, consecutive
+    /// 5xx enforced, gateway errors and local-origin failures not.
+    fn default() -> Self {
+        OutlierPolicy {
+            consecutive_5xx: Some(DEFAULT_CONSECUTIVE_ERRORS),
+            consecutive_gateway: None,
+            split_local_origin: false,
+            consecutive_local_origin: None,
+            interval: DEFAULT_OUTLIER_INTERVAL,
+            base_ejection_time: DEFAULT_BASE_EJECTION_TIME,
+            max_ejection_time: DEFAULT_MAX_EJECTION_TIME,
+            max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
+            error_codes: Box::default(),
+        }
+    }
+}
+
+impl OutlierPolicy {
+    /// Compiles `OutlierDetection` as istiod does: a threshold written as 0 turns its
+    /// detector off; the deprecated `consecutiveErrors` is ignored (istiod no longer reads
+    /// it; validation warns); `minHealthPercent` is the balancer's panic threshold (see
+    /// `mesh-lb`), not part of this policy.
+    pub fn from_istio(od: &crate::model::networking::OutlierDetection) -> Self {
+        let enforced = |v: u32| (v > 0).then_some(v);
+        let d = OutlierPolicy::default();
+        let base = od.base_ejection_time.map_or(d.base_ejection_time, |b| b.0);
+        OutlierPolicy {
+            consecutive_5xx: od
+                .consecutive_5xx_errors
+                .map_or(d.consecutive_5xx, enforced),
+            consecutive_gateway: od.consecutive_gateway_errors.and_then(enforced),
+            split_local_origin: od.split_external_local_origin_errors,
+            // istiod writes the threshold only when positive; Envoy's own default (5, enforced)
+            // applies otherwise
+            consecutive_local_origin: od.split_external_local_origin_errors.then(|| {
+                od.consecutive_local_origin_failures
+                    .filter(|v| *v > 0)
+                    .unwrap_or(DEFAULT_CONSECUTIVE_ERRORS)
+            }),
+            interval: od.interval.map_or(d.interval, |i| i.0),
+            base_ejection_time: base,
+            max_ejection_time: DEFAULT_MAX_EJECTION_TIME.max(base),
+            max_ejection_percent: od
+                .max_ejection_percent
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| *p > 0)
+                .map_or(d.max_ejection_percent, |p| p.min(100)),
+            error_codes: od
+                .outlier_detection_http_error_codes
+                .iter()
+                .filter_map(|c| u16::try_from(*c).ok())
+                .collect(),
+        }
+    }
+
+    /// How long the `n`-th ejection lasts: `baseEjectionTime × n`, at most the maximum
+    /// ejection time (Envoy's `checkHostForUneject`, without jitter).
+    pub fn ejection_time(&self, n: u32) -> Duration {
+        self.base_ejection_time
+            .saturating_mul(n)
+            .min(self.max_ejection_time)
+    }
+}
+
 // === conversions from the Istio model ===
 
 impl RetryPolicy {
@@ -233,6 +347,26 @@ pub const GRPC_STATUS_CODES: &[(&str, u32)] = &[
     ("DATA_LOSS", 15),
     ("UNAUTHENTICATED", 16),
 ];
+
+/// The HTTP status Envoy maps a gRPC status to (`Grpc::Utility::grpcToHttpStatus`, after
+/// grpc-gateway's mapping), as outlier detection judges a gRPC answer.
+pub fn grpc_to_http_status(code: u32) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        // UNKNOWN, INTERNAL, DATA_LOSS and anything else
+        _ => 500,
+    }
+}
 
 /// A fault's share of requests, as istiod translates it (`route.TranslateFault`): the
 /// `percentage`, else (delays only) the deprecated integer `percent`, else **none**: Envoy
@@ -318,5 +452,55 @@ mod tests {
         assert_eq!(written.retry_on, RetryOn::FIVE_XX);
         assert!(written.retriable_status_codes.is_empty());
         assert!(written.explicit_retry_on && !written.retry_ignore_previous_hosts);
+    }
+
+    #[test]
+    fn outlier_policy_compiles_as_istiod_does() {
+        use crate::duration::GoDuration;
+        use crate::model::networking::OutlierDetection;
+        let empty = OutlierPolicy::from_istio(&OutlierDetection::default());
+        assert_eq!(empty, OutlierPolicy::default());
+        assert_eq!(empty.consecutive_5xx, Some(5));
+        assert_eq!(
+            empty.consecutive_gateway, None,
+            "Envoy does not enforce it by default"
+        );
+        assert_eq!(empty.consecutive_local_origin, None);
+        let od = OutlierDetection {
+            consecutive_errors: Some(7),
+            consecutive_5xx_errors: Some(0),
+            consecutive_gateway_errors: Some(3),
+            split_external_local_origin_errors: true,
+            interval: Some(GoDuration(Duration::from_secs(1))),
+            base_ejection_time: Some(GoDuration(Duration::from_secs(400))),
+            max_ejection_percent: Some(250),
+            outlier_detection_http_error_codes: vec![500, 429],
+            ..OutlierDetection::default()
+        };
+        let p = OutlierPolicy::from_istio(&od);
+        assert_eq!(p.consecutive_5xx, None, "0 turns the 5xx detector off");
+        assert_eq!(p.consecutive_gateway, Some(3));
+        assert_eq!(
+            p.consecutive_local_origin,
+            Some(5),
+            "Envoy's default under the split"
+        );
+        assert_eq!(p.interval, Duration::from_secs(1));
+        assert_eq!(
+            p.max_ejection_time,
+            Duration::from_secs(400),
+            "never under the base"
+        );
+        assert_eq!(p.max_ejection_percent, 100);
+        assert_eq!(&*p.error_codes, &[500, 429]);
+        assert_eq!(p.ejection_time(1), Duration::from_secs(400));
+        assert_eq!(
+            OutlierPolicy::default().ejection_time(3),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            OutlierPolicy::default().ejection_time(20),
+            Duration::from_secs(300)
+        );
     }
 }

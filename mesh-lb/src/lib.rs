@@ -116,8 +116,9 @@
 //!   [`PreviousHosts`](mesh_core::ext::PreviousHosts) (a retry's `retryIgnorePreviousHosts`:
 //!   a host an earlier attempt went to is picked again, up to five times, as Envoy's
 //!   `previous_hosts` predicate; the pick is recorded in it).
-//! * Writes one [`SelectedUpstream`] ([`SelectedEndpoint`] and [`UpstreamCluster`], built
-//!   once per endpoint and shared); on passthrough, a standalone [`SelectedEndpoint`] (there
+//! * Writes one [`SelectedUpstream`] ([`SelectedEndpoint`] and [`UpstreamCluster`], with
+//!   the cluster's compiled `outlierDetection` for outlier detection, built once per
+//!   endpoint and shared); on passthrough, a standalone [`SelectedEndpoint`] (there
 //!   is no cluster). On a generated sticky cookie, a
 //!   `Set-Cookie` response header.
 //! * Answers itself, with Envoy's flags: `503 NR` when the destination's port or subset does

@@ -113,6 +113,8 @@ pub(crate) struct Policy {
     pub(crate) h2_upgrade: bool,
     /// `connectionPool.http.maxRequestsPerConnection` and `idleTimeout`, for the connector.
     pub(crate) pool: mesh_core::ext::UpstreamPool,
+    /// `outlierDetection`, compiled once per build, for outlier detection.
+    pub(crate) outlier: Option<std::sync::Arc<mesh_core::policy::OutlierPolicy>>,
 }
 
 // === impl Policy ===
@@ -164,6 +166,8 @@ impl Policy {
             panic_threshold,
             h2_upgrade,
             pool,
+            outlier: outlier
+                .map(|od| std::sync::Arc::new(mesh_core::policy::OutlierPolicy::from_istio(od))),
         }
     }
 }

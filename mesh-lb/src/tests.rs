@@ -307,6 +307,35 @@ fn the_first_503_nr_of_each_destination_is_logged_once_per_configuration() {
 }
 
 #[test]
+fn the_cluster_carries_its_compiled_outlier_policy_per_port() {
+    let od = BASE.replace(
+        "loadBalancer: {simple: ROUND_ROBIN}",
+        "loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 3, interval: 2s}
+    portLevelSettings:
+    - port: {number: 9090}
+      outlierDetection: {consecutiveGatewayErrors: 2, consecutive5xxErrors: 0}",
+    );
+    let mut lb = seeded(snap(&od)).layer(echo());
+    fn outlier(
+        lb: &mut crate::Lb<Echo>,
+        port: u16,
+    ) -> Option<Arc<mesh_core::policy::OutlierPolicy>> {
+        let res = send(lb, request(&dest(REVIEWS, Some("v1"), Some(port))));
+        res.extensions()
+            .get::<UpstreamCluster>()
+            .and_then(|c| c.outlier.clone())
+    }
+    let p = outlier(&mut lb, 9080).expect("the top-level policy");
+    assert_eq!(p.consecutive_5xx, Some(3));
+    assert_eq!(p.interval, std::time::Duration::from_secs(2));
+    let p = outlier(&mut lb, 9090).expect("the port's policy replaces it");
+    assert_eq!((p.consecutive_5xx, p.consecutive_gateway), (None, Some(2)));
+    let mut plain = seeded(snap(BASE)).layer(echo());
+    assert!(outlier(&mut plain, 9080).is_none(), "no outlierDetection");
+}
+
+#[test]
 fn subset_without_endpoints_is_503_uh() {
     let mut lb = seeded(snap(BASE)).layer(echo());
     let res = send(&mut lb, request(&dest(REVIEWS, Some("v4"), Some(9080))));

@@ -590,8 +590,8 @@ impl ProxyState {
 
     /// `/clusters`: every service, its ports, subsets and endpoints, with the balancer's
     /// view of their health (`unhealthy`: the endpoints that an outlier detector, a health
-    /// check or an operator took out, per Istio cluster; an endpoint's `health` sums up its
-    /// clusters).
+    /// check or an operator took out, per Istio cluster, with how often outlier detection
+    /// ejected them; an endpoint's `health` and `ejections` sum up its clusters).
     pub fn clusters(&self) -> serde_json::Value {
         let snap = self.snapshot();
         let ns = snap.bootstrap.workload.namespace.clone();
@@ -630,13 +630,18 @@ impl ProxyState {
                             .flat_map(|dr| dr.spec.subsets.iter().map(|s| Some(s.name.clone()))),
                     )
                     .collect();
+                // (cluster, address, flags, times ejected by outlier detection), for the
+                // endpoints that are unhealthy or were ever ejected
                 let mut unhealthy = Vec::new();
                 for p in &svc.ports {
                     let Ok(port) = u16::try_from(p.number) else { continue };
                     for subset in &subset_names {
                         let cluster = cluster_name(port, subset.as_deref(), &svc.hostname);
-                        for (addr, flags) in health.unhealthy(&cluster) {
-                            unhealthy.push((cluster.clone(), addr, flags));
+                        for (addr, cell) in health.cells(&cluster) {
+                            let ejections = cell.outlier().ejections.load(Ordering::Relaxed);
+                            if !cell.is_healthy() || ejections > 0 {
+                                unhealthy.push((cluster.clone(), addr, cell.flags(), ejections));
+                            }
                         }
                     }
                 }
@@ -644,10 +649,15 @@ impl ProxyState {
                     .endpoints
                     .iter()
                     .map(|e| {
-                        let flags = unhealthy
-                            .iter()
-                            .filter(|(_, addr, _)| addr.ip().to_string() == e.address)
-                            .fold(HealthFlags::empty(), |acc, (_, _, f)| acc | *f);
+                        // the endpoint's cells: its address on one of the service's ports
+                        let mine = unhealthy.iter().filter(|(_, addr, _, _)| {
+                            addr.ip().to_string() == e.address
+                                && svc.ports.iter().any(|p| svc.endpoint_port(e, p) == addr.port())
+                        });
+                        let flags = mine
+                            .clone()
+                            .fold(HealthFlags::empty(), |acc, (_, _, f, _)| acc | *f);
+                        let ejections: u32 = mine.map(|(_, _, _, n)| *n).sum();
                         let ports: serde_json::Map<String, serde_json::Value> = svc
                             .ports
                             .iter()
@@ -661,6 +671,7 @@ impl ProxyState {
                             "weight": e.weight,
                             "serviceAccount": e.service_account,
                             "health": flags_text(flags),
+                            "ejections": ejections,
                         })
                     })
                     .collect();
@@ -674,10 +685,12 @@ impl ProxyState {
                     "endpoints": endpoints,
                     "unhealthy": unhealthy
                         .iter()
-                        .map(|(cluster, addr, flags)| serde_json::json!({
+                        .filter(|(_, _, flags, _)| !flags.is_empty())
+                        .map(|(cluster, addr, flags, ejections)| serde_json::json!({
                             "cluster": cluster,
                             "address": addr.to_string(),
                             "health": flags_text(*flags),
+                            "ejections": ejections,
                         }))
                         .collect::<Vec<_>>(),
                 })

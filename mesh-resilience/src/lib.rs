@@ -7,19 +7,23 @@
 //! fault filter before the router's timeout, as in Envoy):
 //!
 //! ```text
-//! Route ─► Fault (delay, abort) ─► Timeout (route timeout) ─► Retry ─► Mirror ─► Lb ─► connector
+//! Route ─► Fault (delay, abort) ─► Timeout (route timeout) ─► Retry ─► Mirror ─► Lb ─► Outlier ─► connector
 //! ```
 //!
-//! Landed: [`fault`] (`HTTPRoute.fault`), [`timeout`] (`HTTPRoute.timeout`) and [`retry`]
-//! (`HTTPRoute.retries`). Outlier detection, circuit breaking and rate limits come with their
-//! issue; until then their fields are warned about (see `docs/istio-support.md`).
+//! Landed: [`fault`] (`HTTPRoute.fault`), [`timeout`] (`HTTPRoute.timeout`), [`retry`]
+//! (`HTTPRoute.retries`) and [`outlier`] (a DestinationRule's `outlierDetection`, below the
+//! balancer: it reads the cluster's policy from `mesh_core::ext::UpstreamCluster`). Circuit
+//! breaking and rate limits come with their issue; until then their fields are warned about
+//! (see `docs/istio-support.md`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod fault;
+pub mod outlier;
 pub mod retry;
 pub mod timeout;
 
 pub use fault::{Fault, FaultLayer};
+pub use outlier::{Outlier, OutlierLayer};
 pub use retry::{Retry, RetryLayer};
 pub use timeout::{Timeout, TimeoutBody, TimeoutLayer};

@@ -57,6 +57,7 @@ impl Cluster {
                     name: name.clone(),
                     health: health.clone(),
                     pool: policy.pool,
+                    outlier: policy.outlier.clone(),
                 };
                 Host {
                     addr: *addr,
