@@ -76,6 +76,8 @@
 //! - No descriptors, no per-connection buckets, no `local_cluster_rate_limit`; literal
 //!   `responseHeadersToAdd` values only; a `statusCode` under 400 is refused by validation
 //!   (Envoy answers 429 instead).
+//! - The layer sits after the router: answers the router makes itself (404 `NR`, redirects,
+//!   direct responses) take no token; Envoy's filter, before its router, counts them.
 //! - Limits apply on the outbound listener (the requests this workload sends); the Istio
 //!   task's limit on the inbound side (`SIDECAR_INBOUND`) has no equivalent yet.
 
