@@ -164,3 +164,41 @@ async fn a_limit_for_another_workload_limits_nothing() {
     }
     assert_eq!(ratings.hits(), 5);
 }
+
+#[tokio::test]
+async fn a_reload_builds_new_full_buckets_and_a_removed_limit_limits_nothing() {
+    let ratings = backend("ratings-v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh.yaml");
+    let base = bootstrap(1, "") + &service_entry("ratings", 9080, "HTTP", &[&ratings]);
+    let one = "  tokenBucket: {maxTokens: 1, fillInterval: 3600s}\n";
+    let listener = limit("listener", one);
+    let host = limit("ratings", &format!("  hosts: [ratings]\n{one}"));
+    write(&file, &format!("{base}{listener}"));
+    let p = start_files(vec![file.clone()]).await;
+    let mut c = H1::connect(p.out).await;
+    let statuses = async |c: &mut H1| {
+        let first = c.get("ratings:9080", &[]).await.status;
+        let second = c.get("ratings:9080", &[]).await;
+        (
+            first.as_u16(),
+            second.status.as_u16(),
+            second.flags().to_string(),
+        )
+    };
+    assert_eq!(statuses(&mut c).await, (200, 429, "RL".into()));
+    // the same configuration again: new, full buckets (as Envoy on a filter config change)
+    p.proxy.reload().unwrap();
+    assert_eq!(statuses(&mut c).await, (200, 429, "RL".into()));
+    // a host's bucket comes with the route table, renewed the same way
+    write(&file, &format!("{base}{host}"));
+    p.proxy.reload().unwrap();
+    assert_eq!(statuses(&mut c).await, (200, 429, "RL".into()));
+    p.proxy.reload().unwrap();
+    assert_eq!(statuses(&mut c).await, (200, 429, "RL".into()));
+    // no limit any more
+    write(&file, &base);
+    p.proxy.reload().unwrap();
+    assert_eq!(statuses(&mut c).await, (200, 200, String::new()));
+    assert_eq!(ratings.hits(), 6);
+}
