@@ -12,8 +12,9 @@
 //! layers below: it is not delayed, retried or sent upstream.
 //!
 //! Which limit applies (the narrowest, as Envoy's `resolveMostSpecificPerFilterConfig`):
-//! the route's or its host's ([`RoutePolicy::rate_limit`], built by the router), else the
-//! layer's own, listener-wide one ([`RateLimitLayer::with_policy`],
+//! the route's or its host's
+//! ([`RoutePolicy::rate_limit`](mesh_core::ext::RoutePolicy::rate_limit), built by the
+//! router), else the layer's own, listener-wide one ([`RateLimitLayer::with_policy`],
 //! [`RateLimitLayer::store`]); a request with neither is not limited. Each limit's
 //! [`TokenBucket`](mesh_core::ratelimit::TokenBucket) is lock-free and shared by every
 //! clone of the layer and every worker thread, so a limit is per process, as Envoy's.
