@@ -37,8 +37,10 @@ pub(crate) fn validate(rl: &LocalRateLimit, at: &FieldPath, rep: &mut Report<'_>
         if h == "*" {
             continue;
         }
-        rep.check(&p, validate_partial_wildcard(h));
-        rep.check(&p, validate_wildcard_domain(h));
+        // one error per host, as Istio's validateHost stops at the first
+        if let Err(e) = validate_partial_wildcard(h).and_then(|()| validate_wildcard_domain(h)) {
+            rep.error(&p, e);
+        }
     }
     for (i, r) in rl.routes.iter().enumerate() {
         if r.is_empty() {
