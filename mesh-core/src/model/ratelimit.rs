@@ -10,7 +10,7 @@
 //! - neither `hosts` nor `routes`: the whole outbound listener, one bucket;
 //! - `hosts` only: the routes of those hosts, one bucket per host (virtual host);
 //! - `routes` (with or without `hosts`): the routes of that name (`HTTPRoute.name`), of those
-//!   hosts when `hosts` is given, one bucket per route.
+//!   hosts when `hosts` is given, one bucket per route of each host.
 
 use std::collections::BTreeMap;
 

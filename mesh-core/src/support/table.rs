@@ -1712,7 +1712,7 @@ static LOCAL_RATE_LIMIT: TypeDef = TypeDef {
             "routes",
             Leaf,
             Status::Enforced,
-            "`HTTPRoute.name`; one bucket per route (Envoy's route config)",
+            "`HTTPRoute.name`; one bucket per route of each host (Envoy's route config)",
         ),
         field("tokenBucket", Struct(&TOKEN_BUCKET), Status::Enforced, ""),
         field("statusCode", Leaf, Status::Enforced, ""),

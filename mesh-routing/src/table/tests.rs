@@ -284,6 +284,12 @@ mod rate_limits {
             limits_of(&t, "ratings")[0].is_none(),
             "other routes are unaffected"
         );
+        // the VirtualService's other host: its own copy of r1, with its own bucket
+        let details = limits_of(&t, "details");
+        let (Some(a), Some(b)) = (&reviews[0], &details[0]) else {
+            panic!("{details:?}")
+        };
+        assert!(!Arc::ptr_eq(a, b), "a bucket per route of each host");
     }
 
     #[test]

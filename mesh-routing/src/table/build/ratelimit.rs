@@ -1,11 +1,13 @@
 //! `LocalRateLimit`s narrower than the listener: the bucket each route's policy carries
 //! (`RoutePolicy::rate_limit`), built once per table (so once per configuration load).
 //!
-//! A limit with `routes` gives each route of that name its own bucket; a limit with `hosts`
-//! only gives each virtual host of those hosts one bucket, shared by its routes (Envoy's
-//! route-level and virtual-host-level `typed_per_filter_config`). The narrowest applies.
-//! Routes are compiled once per VirtualService; a virtual host whose host has a limit of its
-//! own gets its VirtualService's routes compiled again, for it alone.
+//! A limit with `routes` gives each route of that name, in each virtual host, its own
+//! bucket; a limit with `hosts` only gives each virtual host of those hosts one bucket,
+//! shared by its routes (Envoy's route-level and virtual-host-level
+//! `typed_per_filter_config`; Istio gives each host its virtual host, with its own copies of
+//! the routes). The narrowest applies. Routes are compiled once per VirtualService; a
+//! virtual host with limits of its own gets its VirtualService's routes compiled again, for
+//! it alone.
 
 use std::cell::RefCell;
 
@@ -39,11 +41,14 @@ impl<'a> RateLimits<'a> {
         rl.hosts.iter().any(|p| host_covers(p, host))
     }
 
-    /// Whether `host`'s routes need limits of their own (compiled for it alone).
+    /// Whether `host`'s routes need limits of their own (compiled for it alone): a limit
+    /// names the host, or limits routes by name in any host (each virtual host's copy of a
+    /// route has its own bucket, as each Envoy virtual host has its own route objects).
     pub(super) fn host_dependent(&self, host: &str) -> bool {
-        self.limits
-            .iter()
-            .any(|rl| Self::names_host(&rl.spec, host))
+        self.limits.iter().any(|rl| {
+            Self::names_host(&rl.spec, host)
+                || (scope(&rl.spec) == Scope::Routes && rl.spec.hosts.is_empty())
+        })
     }
 
     /// The limit of a route named `name`, in the virtual host being compiled: a new
