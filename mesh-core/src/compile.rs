@@ -57,6 +57,7 @@ use crate::model::networking::{
     Destination, DestinationRule, Gateway, Location, PortTrafficPolicy, Resolution, ServiceEntry,
     ServicePort, Sidecar, Subset, TrafficPolicy, VirtualService, WorkloadEntry,
 };
+use crate::model::ratelimit::LocalRateLimit;
 use crate::model::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use crate::model::{Kind, Resource, Spec};
 use crate::pattern::Precompiled;
@@ -238,6 +239,9 @@ pub struct Snapshot {
     pub authorization_policies: Vec<Arc<Named<AuthorizationPolicy>>>,
     /// RequestAuthentications.
     pub request_authentications: Vec<Arc<Named<RequestAuthentication>>>,
+    /// LocalRateLimits, in source order, hosts resolved (all of them: which apply to this
+    /// workload is [`crate::ratelimit::applies`]'s to say).
+    pub local_rate_limits: Vec<Arc<Named<LocalRateLimit>>>,
     /// The regexes and header formats validation compiled, for the route table
     /// ([`crate::pattern`]); empty for a snapshot compiled without validation.
     #[serde(skip)]
@@ -477,6 +481,12 @@ pub fn compile_with(resources: Vec<Resource>, precompiled: Precompiled) -> Snaps
             Spec::AuthorizationPolicy(p) => snap.authorization_policies.push(named(name, ns, p)),
             Spec::RequestAuthentication(p) => snap.request_authentications.push(named(name, ns, p)),
             Spec::ProxyBootstrap(_) => {}
+            Spec::LocalRateLimit(mut rl) => {
+                for h in &mut rl.hosts {
+                    *h = resolve_host(h, &ns, &domain);
+                }
+                snap.local_rate_limits.push(named(name, ns, rl));
+            }
         }
     }
     for (i, s) in snap.services.iter().enumerate() {

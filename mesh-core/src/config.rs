@@ -171,6 +171,18 @@ pub fn build(loader: Loader, mode: CheckMode) -> Result<Compiled, ConfigError> {
     let has_bootstrap = resources.iter().any(|r| r.kind == Kind::ProxyBootstrap);
     let origins = Arc::new(Origins::of(&resources));
     let snapshot = Arc::new(compile_with(resources, precompiled));
+    // two LocalRateLimits on the same requests: refused, by the proxy (this project's kind,
+    // not Istio's rules; see crate::ratelimit::conflicts)
+    let conflicts = match mode {
+        CheckMode::Proxy => crate::ratelimit::conflicts(&snapshot),
+        CheckMode::Istio => Vec::new(),
+    };
+    if !conflicts.is_empty() {
+        let mut diagnostics = origins.locate(conflicts);
+        diagnostics.append(&mut warnings);
+        sort(&mut diagnostics);
+        return Err(ConfigError { diagnostics });
+    }
     if mode == CheckMode::Proxy {
         let found = crate::analyze::analyze(&snapshot);
         if !found.is_empty() {

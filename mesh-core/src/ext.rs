@@ -54,7 +54,7 @@ pub struct Passthrough;
 ///
 /// Written by the router inside its [`RouteDecision`] (shared, built once per route and
 /// match block; mirrored copies get their own); an in-process user may also insert it
-/// directly. Read by the timeout,
+/// directly. Read by the rate limit, timeout,
 /// retry and fault layers (`mesh-resilience`) through [`route_policy`], which looks in a
 /// [`RouteDecision`] first; they fall back to their own configuration when it is absent.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +67,10 @@ pub struct RoutePolicy {
     pub retries: Option<Arc<RetryPolicy>>,
     /// `HTTPRoute.fault`, compiled.
     pub fault: Option<Arc<FaultPolicy>>,
+    /// The `LocalRateLimit` of the route or of its host (its bucket, built once per
+    /// configuration load and shared by the route's requests). `None`: the rate limit
+    /// layer's own (listener-wide) limit applies, if any.
+    pub rate_limit: Option<Arc<crate::ratelimit::RateLimitPolicy>>,
 }
 
 /// The endpoint the balancer picked: the address to connect to and how.

@@ -40,6 +40,7 @@ pub mod hash;
 pub mod health;
 pub mod pattern;
 pub mod policy;
+pub mod ratelimit;
 pub mod replay;
 pub mod rng;
 pub mod selector;

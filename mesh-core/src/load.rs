@@ -464,6 +464,7 @@ fn parse_spec(kind: Kind, node: Option<&MarkedYaml<'_>>) -> Result<Spec, (Vec<Se
         Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(de(v)?),
         Kind::RequestAuthentication => Spec::RequestAuthentication(de(v)?),
         Kind::ProxyBootstrap => Spec::ProxyBootstrap(de(v)?),
+        Kind::LocalRateLimit => Spec::LocalRateLimit(de(v)?),
     })
 }
 

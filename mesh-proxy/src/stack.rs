@@ -1,11 +1,17 @@
 //! The service stack each worker runs: the mesh's layers around the engine's connector.
 //!
 //! ```text
-//! request ─► Route (VirtualService: match, rewrite, redirect, …) ─► Fault (fault: delay,
-//!            abort) ─► Timeout (timeout) ─► Retry (retries) ─► Mirror (mirror, mirrors) ─►
-//!            Lb (DestinationRule, subsets, endpoints, balancer) ─► Outlier
-//!            (outlierDetection) ─► Connector (per-worker pool) ─► upstream
+//! request ─► Route (VirtualService: match, rewrite, redirect, …) ─► RateLimit
+//!            (LocalRateLimit) ─► Fault (fault: delay, abort) ─► Timeout (timeout) ─► Retry
+//!            (retries) ─► Mirror (mirror, mirrors) ─► Lb (DestinationRule, subsets,
+//!            endpoints, balancer) ─► Outlier (outlierDetection) ─► Connector (per-worker
+//!            pool) ─► upstream
 //! ```
+//!
+//! The rate limit sits after routing (the route chooses the limit) and before everything
+//! else, as Envoy's local rate limit filter before its fault filter and router: a limited
+//! request is never delayed, retried or sent upstream. Its buckets are shared by every
+//! worker (one atomic each) and built anew with every configuration load.
 //!
 //! Fault injection sits before the timeout, as Envoy's fault filter sits before its router: an
 //! injected delay does not count against the route timeout, and an abort never reaches the
@@ -44,7 +50,8 @@ use crate::engine::{Connector, RequestBody, WorkerContext};
 use hyper::body::Incoming;
 use mesh_core::replay::ReplayBody;
 use mesh_resilience::{
-    Fault, FaultLayer, Outlier, OutlierLayer, Retry, RetryLayer, Timeout, TimeoutLayer,
+    Fault, FaultLayer, Outlier, OutlierLayer, RateLimit, RateLimitLayer, Retry, RetryLayer,
+    Timeout, TimeoutLayer,
 };
 use mesh_routing::{Mirror, MirrorLayer, TeeBody};
 
@@ -52,7 +59,9 @@ use mesh_routing::{Mirror, MirrorLayer, TeeBody};
 /// each (two, three with mirrors): the extension map's first table (room for three) never
 /// grows.
 pub type MeshStack =
-    IntoRequestBody<Route<Fault<Timeout<Retry<Mirror<Lb<Outlier<PlainBody<Connector>>>>>>>>>;
+    IntoRequestBody<
+        Route<RateLimit<Fault<Timeout<Retry<Mirror<Lb<Outlier<PlainBody<Connector>>>>>>>>>,
+    >;
 
 /// The body the layers see: the client's, which mirrored copies can share.
 pub type LayerBody = TeeBody<Incoming>;
@@ -128,6 +137,7 @@ where
 pub struct Layers {
     routes: RouteTableHandle,
     route_layer: RouteLayer,
+    rate_limit: RateLimitLayer,
     fault: FaultLayer,
     timeout: TimeoutLayer,
     retry: RetryLayer,
@@ -263,6 +273,7 @@ impl Layers {
             .build();
         Layers {
             route_layer: RouteLayer::new(routes.clone()),
+            rate_limit: RateLimitLayer::new(),
             fault: FaultLayer::new(),
             timeout: TimeoutLayer::new(),
             retry: RetryLayer::new(),
@@ -276,6 +287,14 @@ impl Layers {
             outlier: OutlierLayer::new(),
             dns,
         }
+        .with_listener_limit(snapshot)
+    }
+
+    /// The listener-wide `LocalRateLimit` of the snapshot (a new bucket), or none.
+    fn with_listener_limit(self, snapshot: &Snapshot) -> Layers {
+        self.rate_limit
+            .store(mesh_core::ratelimit::listener_policy(snapshot));
+        self
     }
 
     /// Applies a new snapshot and its route table: swaps the balancer's snapshot, then the
@@ -283,6 +302,9 @@ impl Layers {
     pub fn store(&self, snapshot: &Arc<Snapshot>, table: RouteTable) {
         // the balancer first: new routes may name services only the new snapshot has
         self.lb.store(snapshot.clone());
+        // route and host limits come with the table; the listener's bucket is new too
+        self.rate_limit
+            .store(mesh_core::ratelimit::listener_policy(snapshot));
         self.routes.store(table);
         // new DNS names resolve now rather than at the next period (the first DNS service
         // starts the resolver thread)
@@ -295,12 +317,9 @@ impl Layers {
             .lb
             .layer(self.outlier.layer(PlainBody(ctx.connector())));
         let mirror = self.mirror.layer(lb);
-        IntoRequestBody(
-            self.route_layer.layer(
-                self.fault
-                    .layer(self.timeout.layer(self.retry.layer(mirror))),
-            ),
-        )
+        let retry = self.retry.layer(mirror);
+        let fault = self.fault.layer(self.timeout.layer(retry));
+        IntoRequestBody(self.route_layer.layer(self.rate_limit.layer(fault)))
     }
 
     /// The balancer layer (health, snapshot).

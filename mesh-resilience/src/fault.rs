@@ -274,7 +274,7 @@ where
     }
 }
 
-fn is_grpc<B>(req: &Request<B>) -> bool {
+pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
@@ -377,7 +377,7 @@ fn abort_response<R: ReplyBody>(
 }
 
 /// `Grpc::Utility::httpToGrpcStatus` (the gRPC spec's HTTP-to-gRPC mapping).
-fn http_to_grpc(status: StatusCode) -> u32 {
+pub(crate) fn http_to_grpc(status: StatusCode) -> u32 {
     match status.as_u16() {
         400 => 13,             // INTERNAL
         401 => 16,             // UNAUTHENTICATED

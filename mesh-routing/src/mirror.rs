@@ -304,6 +304,8 @@ fn shadow_request<B>(
                 ..RetryPolicy::default()
             })),
             fault: None,
+            // a shadow request is sent by the router, below the filters: never limited
+            rate_limit: None,
         }),
     });
     copy

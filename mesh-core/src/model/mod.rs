@@ -6,6 +6,7 @@
 
 pub mod bootstrap;
 pub mod networking;
+pub mod ratelimit;
 pub mod security;
 
 use std::collections::BTreeMap;
@@ -40,6 +41,8 @@ pub enum Kind {
     RequestAuthentication,
     /// `mesh.proxy` ProxyBootstrap (this project's own kind).
     ProxyBootstrap,
+    /// `mesh.proxy` LocalRateLimit (this project's own kind).
+    LocalRateLimit,
 }
 
 /// Versions Istio serves for the networking group.
@@ -51,7 +54,7 @@ pub const SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -62,6 +65,7 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
         Kind::ProxyBootstrap,
+        Kind::LocalRateLimit,
     ];
 
     /// The kind's name as written in `kind:`.
@@ -77,6 +81,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::ProxyBootstrap => "ProxyBootstrap",
+            Kind::LocalRateLimit => "LocalRateLimit",
         }
     }
 
@@ -86,7 +91,7 @@ impl Kind {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 "security.istio.io"
             }
-            Kind::ProxyBootstrap => "mesh.proxy",
+            Kind::ProxyBootstrap | Kind::LocalRateLimit => "mesh.proxy",
             _ => "networking.istio.io",
         }
     }
@@ -195,6 +200,8 @@ pub enum Spec {
     RequestAuthentication(security::RequestAuthentication),
     /// A ProxyBootstrap.
     ProxyBootstrap(bootstrap::ProxyBootstrap),
+    /// A LocalRateLimit.
+    LocalRateLimit(ratelimit::LocalRateLimit),
 }
 
 /// Where a resource came from: used to point diagnostics at lines.
@@ -291,5 +298,10 @@ mod tests {
             Kind::from_type("mesh.proxy/v1alpha1", "ProxyBootstrap"),
             Ok(Kind::ProxyBootstrap)
         );
+        assert_eq!(
+            Kind::from_type("mesh.proxy/v1alpha1", "LocalRateLimit"),
+            Ok(Kind::LocalRateLimit)
+        );
+        assert!(Kind::from_type("networking.istio.io/v1", "LocalRateLimit").is_err());
     }
 }

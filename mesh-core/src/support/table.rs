@@ -82,6 +82,12 @@ pub(super) static KINDS: &[KindDef] = &[
         note: "",
         spec: &PROXY_BOOTSTRAP,
     },
+    KindDef {
+        kind: Kind::LocalRateLimit,
+        status: Status::Enforced,
+        note: "on the outbound listener (the inbound listener has no limit yet)",
+        spec: &LOCAL_RATE_LIMIT,
+    },
 ];
 
 // === statuses that depend on the value ===
@@ -1649,5 +1655,47 @@ static LIMITS: TypeDef = TypeDef {
         ),
         field("http2MaxConcurrentStreams", Leaf, Status::Enforced, ""),
         field("drainTimeout", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static LOCAL_RATE_LIMIT: TypeDef = TypeDef {
+    name: "LocalRateLimit",
+    fields: &[
+        field(
+            "workloadSelector",
+            Struct(&LABEL_SELECTOR),
+            Status::Enforced,
+            "applies when it selects the bootstrap workload, as an EnvoyFilter's",
+        ),
+        field(
+            "hosts",
+            Leaf,
+            Status::Enforced,
+            "one bucket per host (Envoy's virtual-host config)",
+        ),
+        field(
+            "routes",
+            Leaf,
+            Status::Enforced,
+            "`HTTPRoute.name`; one bucket per route of each host (Envoy's route config)",
+        ),
+        field("tokenBucket", Struct(&TOKEN_BUCKET), Status::Enforced, ""),
+        field("statusCode", Leaf, Status::Enforced, ""),
+        field("enableXRateLimitHeaders", Leaf, Status::Enforced, ""),
+        field(
+            "responseHeadersToAdd",
+            Leaf,
+            Status::Enforced,
+            "literal values, on limited answers",
+        ),
+    ],
+};
+
+static TOKEN_BUCKET: TypeDef = TypeDef {
+    name: "TokenBucketSpec",
+    fields: &[
+        field("maxTokens", Leaf, Status::Enforced, ""),
+        field("tokensPerFill", Leaf, Status::Enforced, ""),
+        field("fillInterval", Leaf, Status::Enforced, ""),
     ],
 };

@@ -52,13 +52,15 @@
 //!   `only one of a, b may be set`.
 //! - AuthorizationPolicy errors are not prefixed with `invalid policy <name>.<ns>:` as Istio
 //!   does: the diagnostic already names the resource.
-//! - `ProxyBootstrap` is this project's own kind; its rules are this project's.
+//! - `ProxyBootstrap` and `LocalRateLimit` are this project's own kinds; their rules are
+//!   this project's (for `LocalRateLimit`, Envoy's rules for its local rate limit filter).
 
 mod authz;
 mod bootstrap;
 pub mod common;
 mod destination_rule;
 mod gateway;
+pub mod ratelimit;
 mod service_entry;
 mod sidecar;
 mod virtual_service;
@@ -145,6 +147,7 @@ fn validate_resource(r: &Resource, rep: &mut Report<'_>) {
         Spec::AuthorizationPolicy(ap) => authz::validate_authorization_policy(ap, &spec, rep),
         Spec::RequestAuthentication(ra) => authz::validate_request_authentication(ra, &spec, rep),
         Spec::ProxyBootstrap(pb) => bootstrap::validate(pb, &spec, rep),
+        Spec::LocalRateLimit(rl) => ratelimit::validate(rl, &spec, rep),
     }
 }
 

@@ -3,7 +3,10 @@
 
 use super::*;
 
+mod ratelimit;
 mod route;
+
+use ratelimit::RateLimits;
 
 // === impl RouteTable ===
 
@@ -70,6 +73,7 @@ struct Builder<'a> {
     snap: &'a Snapshot,
     ctx: &'a RouterContext,
     limits: RegexLimits<'a>,
+    rate_limits: RateLimits<'a>,
     table: RouteTable,
 }
 
@@ -248,6 +252,9 @@ impl Builder<'_> {
             cors: None,
             policy: Arc::new(RoutePolicy {
                 route_name: Some("default".into()),
+                rate_limit: self.rate_limits.within(&svc.hostname, || {
+                    self.rate_limits.for_route(Some("default"))
+                }),
                 ..RoutePolicy::default()
             }),
             block_policies: Box::new([]),
@@ -283,9 +290,10 @@ impl Builder<'_> {
             for (vs, routes) in vss.iter().zip(&compiled) {
                 for h in &vs.hosts {
                     let h = h.to_ascii_lowercase();
+                    let routes = self.routes_for(vs, routes, &h)?;
                     match by_host.iter_mut().find(|(x, _)| *x == h) {
-                        Some((_, rs)) => rs.extend(routes.iter().cloned()),
-                        None => by_host.push((h, routes.clone())),
+                        Some((_, rs)) => rs.extend(routes),
+                        None => by_host.push((h, routes)),
                     }
                 }
             }
@@ -347,7 +355,8 @@ impl Builder<'_> {
                     Some(v) => *v,
                     None => {
                         let name = format!("{}:{}/{}", s.hostname, vss[vi].namespace, vss[vi].name);
-                        let v = self.add_vhost(&name, compiled[vi].clone());
+                        let routes = self.routes_for(vss[vi], &compiled[vi], &s.hostname)?;
+                        let v = self.add_vhost(&name, routes);
                         vs_vhost.insert(key, v);
                         v
                     }
@@ -357,7 +366,8 @@ impl Builder<'_> {
         }
         for (h, vi) in &non_service {
             // separateVSHostsAndServices: non-registry hosts are served on port 80.
-            let vhost = self.add_vhost(h, compiled[*vi].clone());
+            let routes = self.routes_for(vss[*vi], &compiled[*vi], h)?;
+            let vhost = self.add_vhost(h, routes);
             self.add_domain(
                 h,
                 DomainTarget {
@@ -418,6 +428,7 @@ impl RouteTable {
             snap: snapshot,
             ctx,
             limits,
+            rate_limits: RateLimits::new(snapshot),
             table,
         }
         .build()

@@ -227,3 +227,105 @@ fn covers_handles_wildcards_on_both_sides() {
     assert!(!covers("*.example.com", "example.com"));
     assert!(!covers("a.example.com", "*.example.com"));
 }
+
+mod rate_limits {
+    //! `LocalRateLimit`s narrower than the listener become each route's bucket.
+
+    use super::*;
+
+    fn table(limits: &str) -> RouteTable {
+        let mut yaml = String::new();
+        for h in ["reviews", "ratings", "details"] {
+            yaml.push_str(&format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {h}}}\nspec:\n  hosts: [{h}.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 9080, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 10.0.0.1}}]\n"
+            ));
+        }
+        yaml.push_str(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews, details]\n  http:\n  - name: r1\n    match: [{uri: {prefix: /one}}]\n    route: [{destination: {host: reviews}}]\n  - name: r2\n    route: [{destination: {host: reviews}}]\n",
+        );
+        yaml.push_str(limits);
+        let c = mesh_core::config::load_str("t.yaml", &yaml).unwrap();
+        RouteTable::sidecar(&c.snapshot).unwrap()
+    }
+
+    fn limit(name: &str, spec: &str) -> String {
+        format!(
+            "---\napiVersion: mesh.proxy/v1alpha1\nkind: LocalRateLimit\nmetadata: {{name: {name}}}\nspec:\n{spec}  tokenBucket: {{maxTokens: 4, tokensPerFill: 4, fillInterval: 60s}}\n"
+        )
+    }
+
+    /// The limits of the routes of `host`'s virtual host, in order.
+    fn limits_of(
+        t: &RouteTable,
+        host: &str,
+    ) -> Vec<Option<Arc<mesh_core::ratelimit::RateLimitPolicy>>> {
+        let target = t.lookup(host).unwrap();
+        t.vhosts[target.vhost as usize]
+            .routes
+            .iter()
+            .map(|r| r.policy.rate_limit.clone())
+            .collect()
+    }
+
+    #[test]
+    fn without_limits_no_route_has_one() {
+        let t = table("");
+        for h in ["reviews", "ratings", "details"] {
+            assert!(limits_of(&t, h).iter().all(Option::is_none), "{h}");
+        }
+    }
+
+    #[test]
+    fn a_route_limit_gives_each_route_of_that_name_its_bucket() {
+        let t = table(&limit("by-route", "  routes: [r1]\n"));
+        let reviews = limits_of(&t, "reviews");
+        assert!(reviews[0].is_some() && reviews[1].is_none(), "{reviews:?}");
+        assert!(
+            limits_of(&t, "ratings")[0].is_none(),
+            "other routes are unaffected"
+        );
+        // the VirtualService's other host: its own copy of r1, with its own bucket
+        let details = limits_of(&t, "details");
+        let (Some(a), Some(b)) = (&reviews[0], &details[0]) else {
+            panic!("{details:?}")
+        };
+        assert!(!Arc::ptr_eq(a, b), "a bucket per route of each host");
+    }
+
+    #[test]
+    fn a_host_limit_gives_the_virtual_host_one_bucket_and_leaves_the_vss_other_host_alone() {
+        // the VirtualService serves reviews and details; the limit names details only
+        let t = table(&limit("by-host", "  hosts: [details]\n"));
+        let details = limits_of(&t, "details");
+        let (Some(a), Some(b)) = (&details[0], &details[1]) else {
+            panic!("{details:?}")
+        };
+        assert!(Arc::ptr_eq(a, b), "one bucket for the host's routes");
+        assert!(limits_of(&t, "reviews").iter().all(Option::is_none));
+        assert!(limits_of(&t, "ratings")[0].is_none());
+        // a service without a VirtualService: its default route
+        let t = table(&limit("by-host", "  hosts: [ratings]\n"));
+        assert!(limits_of(&t, "ratings")[0].is_some());
+    }
+
+    #[test]
+    fn a_route_limit_within_a_host_is_narrower_than_the_hosts_limit() {
+        let t = table(
+            &(limit("host", "  hosts: [reviews]\n")
+                + &limit("route", "  hosts: [reviews]\n  routes: [r1]\n")),
+        );
+        let reviews = limits_of(&t, "reviews");
+        let (Some(r1), Some(r2)) = (&reviews[0], &reviews[1]) else {
+            panic!("{reviews:?}")
+        };
+        assert!(!Arc::ptr_eq(r1, r2), "r1 has its own bucket, r2 the host's");
+        assert!(limits_of(&t, "details").iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn a_listener_limit_is_not_a_route_limit() {
+        // the listener-wide bucket is the rate limit layer's own
+        let t = table(&limit("all", ""));
+        assert!(limits_of(&t, "reviews").iter().all(Option::is_none));
+    }
+}

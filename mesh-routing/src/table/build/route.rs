@@ -144,6 +144,7 @@ impl Builder<'_> {
                 .fault
                 .as_ref()
                 .map(|f| Arc::new(FaultPolicy::from_istio(f))),
+            rate_limit: self.rate_limits.for_route(r.name.as_deref()),
         };
         let policy = Arc::new(policy);
         let block_policies = blocks
