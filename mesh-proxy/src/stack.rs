@@ -1,11 +1,15 @@
 //! The service stack each worker runs: the mesh's layers around the engine's connector.
 //!
 //! ```text
-//! request ─► Route (VirtualService: match, rewrite, redirect, …) ─► Fault (fault: delay,
-//!            abort) ─► Timeout (timeout) ─► Retry (retries) ─► Mirror (mirror, mirrors) ─►
-//!            Lb (DestinationRule, subsets, endpoints, balancer) ─► Connector (per-worker
-//!            pool) ─► upstream
+//! request ─► Trace (traceparent, B3, x-request-id) ─► Route (VirtualService: match,
+//!            rewrite, redirect, …) ─► Fault (fault: delay, abort) ─► Timeout (timeout) ─►
+//!            Retry (retries) ─► Mirror (mirror, mirrors) ─► Lb (DestinationRule, subsets,
+//!            endpoints, balancer) ─► Connector (per-worker pool) ─► upstream
 //! ```
+//!
+//! Trace propagation comes first, as in Envoy's connection manager: every request, a local
+//! reply's too, has its hop's trace context and an `x-request-id` before anything decides
+//! about it (`ProxyBootstrap.tracing.sampling`; a reload changes the rate).
 //!
 //! Fault injection sits before the timeout, as Envoy's fault filter sits before its router: an
 //! injected delay does not count against the route timeout, and an abort never reaches the
@@ -43,12 +47,13 @@ use hyper::body::Incoming;
 use mesh_core::replay::ReplayBody;
 use mesh_resilience::{Fault, FaultLayer, Retry, RetryLayer, Timeout, TimeoutLayer};
 use mesh_routing::{Mirror, MirrorLayer, TeeBody};
+use mesh_telemetry::trace::{Trace, TraceConfig, TraceLayer};
 
 /// The type of a worker's stack. The router and the balancer insert one request extension
 /// each (two, three with mirrors): the extension map's first table (room for three) never
 /// grows.
 pub type MeshStack =
-    IntoRequestBody<Route<Fault<Timeout<Retry<Mirror<Lb<PlainBody<Connector>>>>>>>>;
+    IntoRequestBody<Trace<Route<Fault<Timeout<Retry<Mirror<Lb<PlainBody<Connector>>>>>>>>>;
 
 /// The body the layers see: the client's, which mirrored copies can share.
 pub type LayerBody = TeeBody<Incoming>;
@@ -122,6 +127,7 @@ where
 /// The shared layers of the outbound stack.
 #[derive(Debug, Clone)]
 pub struct Layers {
+    trace: TraceLayer,
     routes: RouteTableHandle,
     route_layer: RouteLayer,
     fault: FaultLayer,
@@ -257,6 +263,9 @@ impl Layers {
             .discover(discover)
             .build();
         Layers {
+            trace: TraceLayer::new(
+                TraceConfig::default().with_sampling_percent(snapshot.bootstrap.tracing.sampling),
+            ),
             route_layer: RouteLayer::new(routes.clone()),
             fault: FaultLayer::new(),
             timeout: TimeoutLayer::new(),
@@ -278,6 +287,8 @@ impl Layers {
         // the balancer first: new routes may name services only the new snapshot has
         self.lb.store(snapshot.clone());
         self.routes.store(table);
+        self.trace
+            .set_sampling_percent(snapshot.bootstrap.tracing.sampling);
         // new DNS names resolve now rather than at the next period (the first DNS service
         // starts the resolver thread)
         self.dns.start_if_needed(snapshot);
@@ -288,9 +299,11 @@ impl Layers {
         let lb = self.lb.layer(PlainBody(ctx.connector()));
         let mirror = self.mirror.layer(lb);
         IntoRequestBody(
-            self.route_layer.layer(
-                self.fault
-                    .layer(self.timeout.layer(self.retry.layer(mirror))),
+            self.trace.layer(
+                self.route_layer.layer(
+                    self.fault
+                        .layer(self.timeout.layer(self.retry.layer(mirror))),
+                ),
             ),
         )
     }

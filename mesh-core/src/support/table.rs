@@ -1588,7 +1588,18 @@ static PROXY_BOOTSTRAP: TypeDef = TypeDef {
             "plaintext only: no mTLS either way",
         ),
         field("limits", Struct(&LIMITS), Status::Enforced, ""),
+        field("tracing", Struct(&TRACING), Status::Enforced, ""),
     ],
+};
+
+static TRACING: TypeDef = TypeDef {
+    name: "Tracing",
+    fields: &[field(
+        "sampling",
+        Leaf,
+        Status::Enforced,
+        "decides the sampled flag propagated upstream; spans are not exported yet",
+    )],
 };
 
 static WORKLOAD: TypeDef = TypeDef {
