@@ -14,4 +14,5 @@
 pub mod ca;
 pub mod config;
 pub mod peer;
+pub mod peer_auth;
 pub mod verify;

@@ -257,7 +257,23 @@ pub(crate) async fn serve<F: StackFactory>(
     if worker.draining.get() {
         return;
     }
-    let (detected, tls) = match &worker.downstream_tls {
+    // PERMISSIVE: a connection whose first byte is not a TLS handshake record (0x16) is
+    // served as plaintext (Envoy's tls_inspector picking the filter chain)
+    let tls_config = match &worker.downstream_tls {
+        Some(tls) if tls.plaintext_allowed() => {
+            let first = tokio::select! {
+                f = tokio::time::timeout(worker.limits.request_headers_timeout, first_byte(&stream)) => f,
+                () = drain.as_mut() => return,
+            };
+            match first {
+                Ok(Ok(TLS_HANDSHAKE)) => Some(tls),
+                Ok(Ok(_)) => None,
+                _ => return,
+            }
+        }
+        other => other.as_ref(),
+    };
+    let (detected, tls) = match tls_config {
         None => {
             let detected = tokio::select! {
                 d = tokio::time::timeout(worker.limits.request_headers_timeout, detect(stream)) => d,
@@ -336,6 +352,18 @@ pub(crate) async fn serve<F: StackFactory>(
             let conn = worker.h2.serve_connection(io, svc);
             drive(conn, |c| c.graceful_shutdown(), &worker, &state).await
         }
+    }
+}
+
+/// The content type of a TLS handshake record: the first byte of every ClientHello.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The first byte of a connection, without consuming it.
+async fn first_byte(stream: &TcpStream) -> io::Result<u8> {
+    let mut b = [0u8; 1];
+    match stream.peek(&mut b).await? {
+        0 => Err(io::ErrorKind::UnexpectedEof.into()),
+        _ => Ok(b[0]),
     }
 }
 

@@ -19,8 +19,10 @@
 //! On the listener side, [`DownstreamTls`] (given in
 //! [`EngineConfig::downstream_tls`](crate::EngineConfig::downstream_tls)) makes the engine
 //! terminate TLS: every accepted connection is handshaken within `tlsHandshakeTimeout` with
-//! the `rustls::ServerConfig` it returns at that moment (so a rotated certificate serves new
-//! connections while established ones live on); ALPN `h2` selects HTTP/2, anything else
+//! the `rustls::ServerConfig` it returns at that moment (so that a rotated certificate serves
+//! new connections while established ones live on); with [`DownstreamTls::plaintext_allowed`], a
+//! connection whose first byte is not a TLS handshake is served as plaintext instead, as
+//! PeerAuthentication `PERMISSIVE` wants). ALPN `h2` selects HTTP/2, anything else
 //! HTTP/1.1; each request carries a [`PeerTls`] extension (ALPN, SNI, the client's
 //! certificate chain) for the layers after the listener (authorization, `x-forwarded-client-cert`).
 //!
@@ -65,6 +67,13 @@ pub trait DownstreamTls: Send + Sync + fmt::Debug + 'static {
     /// The server configuration for a connection accepted now (certificates, client
     /// verification for mTLS, ALPN: offer `h2` and `http/1.1`).
     fn server_config(&self) -> Arc<rustls::ServerConfig>;
+
+    /// Whether a connection that does not open with a TLS handshake is served as plaintext
+    /// (PeerAuthentication `PERMISSIVE`: the engine peeks at the first byte, as Envoy's TLS
+    /// inspector does). Default: no, every connection must handshake (`STRICT`).
+    fn plaintext_allowed(&self) -> bool {
+        false
+    }
 }
 
 /// What a TLS connection told about its client: in every request's extensions when the
