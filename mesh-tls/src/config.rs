@@ -222,18 +222,36 @@ fn stamp(path: &Path) -> Stamp {
 #[derive(Debug)]
 pub struct WorkloadIdentity {
     files: TlsFiles,
-    current: ArcSwap<TlsMaterial>,
+    current: ArcSwap<Loaded>,
     stamps: Mutex<[Stamp; 3]>,
+}
+
+/// The material in force and the listener configuration made from it.
+#[derive(Debug)]
+struct Loaded {
+    material: Arc<TlsMaterial>,
+    /// Client certificates required (mTLS).
+    server: Arc<ServerConfig>,
+}
+
+impl Loaded {
+    fn new(material: TlsMaterial) -> Result<Self, TlsError> {
+        let server = material.server_config(true)?;
+        Ok(Loaded {
+            material: Arc::new(material),
+            server,
+        })
+    }
 }
 
 impl WorkloadIdentity {
     /// Reads the files.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
         let stamps = [stamp(&files.chain), stamp(&files.key), stamp(&files.bundle)];
-        let m = Self::read_files(&files)?;
+        let loaded = Loaded::new(Self::read_files(&files)?)?;
         Ok(WorkloadIdentity {
             files,
-            current: ArcSwap::from_pointee(m),
+            current: ArcSwap::from_pointee(loaded),
             stamps: Mutex::new(stamps),
         })
     }
@@ -246,9 +264,20 @@ impl WorkloadIdentity {
         )
     }
 
+    /// The files it reads.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
     /// The material in force.
     pub fn current(&self) -> Arc<TlsMaterial> {
-        self.current.load_full()
+        self.current.load().material.clone()
+    }
+
+    /// The listener configuration of the material in force: this workload's chain, client
+    /// certificates of the trust domain required (mTLS). Built once per (re)load.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.current.load().server.clone()
     }
 
     /// Re-reads the files if one changed since the last read (modification time or length),
@@ -265,8 +294,8 @@ impl WorkloadIdentity {
         if *stamps == now {
             return Ok(false);
         }
-        let m = Self::read_files(&self.files)?;
-        self.current.store(Arc::new(m));
+        let loaded = Loaded::new(Self::read_files(&self.files)?)?;
+        self.current.store(Arc::new(loaded));
         *stamps = now;
         Ok(true)
     }

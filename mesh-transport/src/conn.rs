@@ -35,7 +35,7 @@ use crate::headers::{HeadScanner, Reject, inspect};
 use crate::limits::Limits;
 use crate::loops::{Hop, Loop, loop_reply};
 use crate::stack::{StackFactory, WorkerContext};
-use crate::tls::{DownstreamTls, PeerTls, PeerTlsInfo};
+use crate::tls::{Accepts, DownstreamTls, PeerTls, PeerTlsInfo};
 use crate::upgrade::{Tunnel, TunnelHandle, Upgrade, splice};
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -260,18 +260,22 @@ pub(crate) async fn serve<F: StackFactory>(
     // PERMISSIVE: a connection whose first byte is not a TLS handshake record (0x16) is
     // served as plaintext (Envoy's tls_inspector picking the filter chain)
     let tls_config = match &worker.downstream_tls {
-        Some(tls) if tls.plaintext_allowed() => {
-            let first = tokio::select! {
-                f = tokio::time::timeout(worker.limits.request_headers_timeout, first_byte(&stream)) => f,
-                () = drain.as_mut() => return,
-            };
-            match first {
-                Ok(Ok(TLS_HANDSHAKE)) => Some(tls),
-                Ok(Ok(_)) => None,
-                _ => return,
+        None => None,
+        Some(tls) => match tls.accepts() {
+            Accepts::TlsOnly => Some(tls),
+            Accepts::PlaintextOnly => None,
+            Accepts::TlsOrPlaintext => {
+                let first = tokio::select! {
+                    f = tokio::time::timeout(worker.limits.request_headers_timeout, first_byte(&stream)) => f,
+                    () = drain.as_mut() => return,
+                };
+                match first {
+                    Ok(Ok(TLS_HANDSHAKE)) => Some(tls),
+                    Ok(Ok(_)) => None,
+                    _ => return,
+                }
             }
-        }
-        other => other.as_ref(),
+        },
     };
     let (detected, tls) = match tls_config {
         None => {

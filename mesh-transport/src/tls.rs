@@ -20,9 +20,9 @@
 //! [`EngineConfig::downstream_tls`](crate::EngineConfig::downstream_tls)) makes the engine
 //! terminate TLS: every accepted connection is handshaken within `tlsHandshakeTimeout` with
 //! the `rustls::ServerConfig` it returns at that moment (so that a rotated certificate serves
-//! new connections while established ones live on); with [`DownstreamTls::plaintext_allowed`], a
-//! connection whose first byte is not a TLS handshake is served as plaintext instead, as
-//! PeerAuthentication `PERMISSIVE` wants). ALPN `h2` selects HTTP/2, anything else
+//! new connections while established ones live on). [`DownstreamTls::accepts`] may also let
+//! plaintext in: on every connection (`DISABLE`), or on those whose first byte is not a TLS
+//! handshake (`PERMISSIVE`, as Envoy's TLS inspector tells them apart). ALPN `h2` selects HTTP/2, anything else
 //! HTTP/1.1; each request carries a [`PeerTls`] extension (ALPN, SNI, the client's
 //! certificate chain) for the layers after the listener (authorization, `x-forwarded-client-cert`).
 //!
@@ -68,12 +68,25 @@ pub trait DownstreamTls: Send + Sync + fmt::Debug + 'static {
     /// verification for mTLS, ALPN: offer `h2` and `http/1.1`).
     fn server_config(&self) -> Arc<rustls::ServerConfig>;
 
-    /// Whether a connection that does not open with a TLS handshake is served as plaintext
-    /// (PeerAuthentication `PERMISSIVE`: the engine peeks at the first byte, as Envoy's TLS
-    /// inspector does). Default: no, every connection must handshake (`STRICT`).
-    fn plaintext_allowed(&self) -> bool {
-        false
+    /// What a connection accepted now may speak (asked once per connection, before
+    /// [`server_config`](Self::server_config)): TLS only (PeerAuthentication `STRICT`, the
+    /// default), TLS or plaintext told apart by the first byte as Envoy's TLS inspector does
+    /// (`PERMISSIVE`), or plaintext only (`DISABLE`, or no certificate to serve).
+    fn accepts(&self) -> Accepts {
+        Accepts::TlsOnly
     }
+}
+
+/// What a listener with [`DownstreamTls`] accepts on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Accepts {
+    /// Every connection must handshake.
+    TlsOnly,
+    /// A connection opening with a TLS handshake record is handshaken, any other is served
+    /// as plaintext.
+    TlsOrPlaintext,
+    /// Plaintext only: the connection is served without looking for TLS.
+    PlaintextOnly,
 }
 
 /// What a TLS connection told about its client: in every request's extensions when the

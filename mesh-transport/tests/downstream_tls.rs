@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::MeshBody;
-use mesh_transport::tls::{DownstreamTls, PeerTls};
+use mesh_transport::tls::{Accepts, DownstreamTls, PeerTls};
 use mesh_transport::{Engine, EngineConfig, Limits, UpstreamBody, WorkerContext};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -67,8 +67,12 @@ impl DownstreamTls for Server {
         self.0.clone()
     }
 
-    fn plaintext_allowed(&self) -> bool {
-        self.1
+    fn accepts(&self) -> Accepts {
+        if self.1 {
+            Accepts::TlsOrPlaintext
+        } else {
+            Accepts::TlsOnly
+        }
     }
 }
 

@@ -97,8 +97,11 @@ static TLS_MODE: Values = Values {
 static MTLS_MODE: Values = Values {
     cases: &[
         ("DISABLE", Verdict::Enforced),
-        ("PERMISSIVE", Verdict::NotYet(Area::Security)),
-        ("UNSET", Verdict::NotYet(Area::Security)),
+        ("PERMISSIVE", Verdict::Enforced),
+        ("UNSET", Verdict::Enforced),
+        // refused by the pipeline when it applies to this workload and the proxy has no
+        // identity (mesh-proxy's security step)
+        ("STRICT", Verdict::Enforced),
     ],
     otherwise: Verdict::Refused(Area::Security),
 };
@@ -1337,7 +1340,7 @@ static MUTUAL_TLS: TypeDef = TypeDef {
         "mode",
         Leaf,
         Status::Values(&MTLS_MODE),
-        "the inbound listener accepts plaintext only",
+        "the inbound listener, whole-workload (Istio's precedence); STRICT needs ProxyBootstrap spec.identity",
     )],
 };
 
@@ -1584,8 +1587,8 @@ static PROXY_BOOTSTRAP: TypeDef = TypeDef {
         field(
             "identity",
             Struct(&IDENTITY),
-            Status::Refused(Area::Security),
-            "plaintext only: no mTLS either way",
+            Status::Enforced,
+            "the inbound listener's mTLS (PeerAuthentication); outbound requests stay plaintext until auto mTLS lands",
         ),
         field("limits", Struct(&LIMITS), Status::Enforced, ""),
         field("tracing", Struct(&TRACING), Status::Enforced, ""),
@@ -1662,15 +1665,20 @@ static ADMIN_LISTENER: TypeDef = TypeDef {
 static IDENTITY: TypeDef = TypeDef {
     name: "Identity",
     fields: &[
-        field("spiffeId", Leaf, Status::Refused(Area::Security), ""),
+        field(
+            "spiffeId",
+            Leaf,
+            Status::Enforced,
+            "must be the certificate's identity",
+        ),
         field(
             "certificateChain",
             Leaf,
-            Status::Refused(Area::Security),
-            "",
+            Status::Enforced,
+            "read at load, re-read when the file changes (rotation)",
         ),
-        field("privateKey", Leaf, Status::Refused(Area::Security), ""),
-        field("trustBundle", Leaf, Status::Refused(Area::Security), ""),
+        field("privateKey", Leaf, Status::Enforced, ""),
+        field("trustBundle", Leaf, Status::Enforced, ""),
     ],
 };
 
@@ -1690,8 +1698,8 @@ static LIMITS: TypeDef = TypeDef {
         field(
             "tlsHandshakeTimeout",
             Leaf,
-            Status::NotYet(Area::Security),
-            "no TLS yet",
+            Status::Enforced,
+            "inbound mTLS handshakes",
         ),
         field("http2MaxConcurrentStreams", Leaf, Status::Enforced, ""),
         field("drainTimeout", Leaf, Status::Enforced, ""),
