@@ -627,6 +627,12 @@ impl Origins {
         }
     }
 
+    /// The first resource of `kind` these origins know (in no particular order when there are
+    /// several): e.g. the one `ProxyBootstrap`.
+    pub fn any_of(&self, kind: Kind) -> Option<ResourceRef> {
+        self.index.keys().find(|r| r.kind == kind).cloned()
+    }
+
     /// Turns issues into diagnostics with file, line and column (an issue about a resource
     /// these origins do not know names no file).
     pub fn locate(&self, issues: Vec<Issue>) -> Vec<Diagnostic> {

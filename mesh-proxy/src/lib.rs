@@ -12,4 +12,5 @@ pub use mesh_transport as engine;
 pub mod pipeline;
 pub mod proxy;
 pub mod run;
+pub mod security;
 pub mod stack;

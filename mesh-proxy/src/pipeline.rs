@@ -6,6 +6,7 @@
 //! files ─► load (YAML, positions) ─► validate (Istio's rules) ─► support (what this version
 //!          enforces: warnings, refusals) ─► compile (snapshot) ─► analyze (IST0101)
 //!          ─► build: the sidecar's route table (regexes, header formats, actions)
+//!          ─► security: the identity files read and checked, the inbound mTLS mode
 //! ```
 //!
 //! The first four steps are `mesh_core::config`; this module adds the build. Every failure,
@@ -48,6 +49,8 @@ pub struct Built {
     pub compiled: Compiled,
     /// The sidecar's route table.
     pub routes: RouteTable,
+    /// The workload's identity and inbound mTLS mode ([`crate::security`]).
+    pub security: crate::security::Security,
 }
 
 /// Runs the whole pipeline on a loader's sources.
@@ -75,7 +78,19 @@ pub fn build_compiled(mut compiled: Compiled) -> Result<Built, ConfigError> {
                 compiled.warnings.extend(found);
                 config::sort(&mut compiled.warnings);
             }
-            Ok(Built { compiled, routes })
+            match crate::security::prepare(&compiled) {
+                Ok(security) => Ok(Built {
+                    compiled,
+                    routes,
+                    security,
+                }),
+                Err(issues) => {
+                    let mut diagnostics = compiled.origins.locate(issues);
+                    diagnostics.append(&mut compiled.warnings);
+                    config::sort(&mut diagnostics);
+                    Err(ConfigError { diagnostics })
+                }
+            }
         }
         Err(e) => {
             let mut diagnostics = diagnostics(&compiled, Severity::Error, &[e]);

@@ -45,7 +45,9 @@ use crate::engine::{
     BoundEngine, Engine, EngineConfig, Limits, OwnAddrs, Readiness, WorkerContext,
 };
 use crate::pipeline::{self, Built};
+use crate::security::InboundTls;
 use crate::stack::Layers;
+use mesh_transport::tls::{DownstreamTls, PeerTls, PeerTlsInfo};
 
 /// Why the proxy could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +124,8 @@ pub struct ProxyState {
     unenforced: ArcSwap<Vec<Diagnostic>>,
     /// Whether the running configuration has a `ProxyBootstrap` document.
     has_bootstrap: AtomicBool,
+    /// The inbound listener's mTLS (identity, PeerAuthentication mode).
+    inbound_tls: Arc<InboundTls>,
 }
 
 /// A running proxy.
@@ -190,16 +194,25 @@ struct BoundListeners {
 }
 
 impl BoundListeners {
-    fn bind(boot: &ProxyBootstrap, limits: &Limits) -> Result<BoundListeners, StartError> {
+    fn bind(
+        boot: &ProxyBootstrap,
+        limits: &Limits,
+        inbound_tls: &Arc<InboundTls>,
+    ) -> Result<BoundListeners, StartError> {
         let concurrency = boot.concurrency as usize;
         // every listener of this proxy, so that no connector forwards into one of them
         let own_addrs = OwnAddrs::new();
         let engine = |listener: ListenerKind, address: &str, port: u16| {
             let addr = socket_addr(address, port).map_err(io_err(format!("{listener} address")))?;
+            let downstream_tls: Option<Arc<dyn DownstreamTls>> = match listener {
+                ListenerKind::Inbound => Some(inbound_tls.clone()),
+                _ => None,
+            };
             let cfg = EngineConfig {
                 concurrency,
                 limits: limits.clone(),
                 own_addrs: own_addrs.clone(),
+                downstream_tls,
                 ..EngineConfig::new(addr)
             };
             Engine::bind(cfg).map_err(bind_err(listener, addr))
@@ -256,15 +269,23 @@ impl Proxy {
 
     /// Starts the proxy from a configuration that went through the whole pipeline.
     pub fn start_built(built: Built, files: Vec<PathBuf>) -> Result<Proxy, StartError> {
-        let Built { compiled, routes } = built;
+        let Built {
+            compiled,
+            routes,
+            security,
+        } = built;
         log_warnings(&compiled.warnings);
         let snapshot = compiled.snapshot;
         let boot = snapshot.bootstrap.clone();
         let limits = engine_limits(&boot);
+        let inbound_tls = Arc::new(InboundTls::new(security).map_err(|e| StartError::Io {
+            what: "inbound TLS".into(),
+            source: io::Error::other(e),
+        })?);
         // Every socket is bound before any listener serves or is announced (and before the
         // layers start their DNS thread): a start-up that fails on one address (say, in use)
         // leaves none of the others listening.
-        let bound = BoundListeners::bind(&boot, &limits)?;
+        let bound = BoundListeners::bind(&boot, &limits, &inbound_tls)?;
         let layers = Layers::new(&snapshot, routes);
         let state = Arc::new(ProxyState {
             files,
@@ -277,6 +298,7 @@ impl Proxy {
             last_error: Mutex::new(None),
             unenforced: ArcSwap::from_pointee(compiled.unenforced),
             has_bootstrap: AtomicBool::new(compiled.has_bootstrap),
+            inbound_tls,
         });
         let mut proxy = Proxy {
             state,
@@ -320,7 +342,8 @@ impl Proxy {
         }
         if let Some((b, app)) = inbound {
             let addr = b.local_addr();
-            let factory = Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app));
+            let tls = self.state.inbound_tls.clone();
+            let factory = Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app, &tls));
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("inbound listener {addr}")))?;
@@ -406,18 +429,46 @@ impl Proxy {
 }
 
 /// The inbound stack: every request goes to the local application.
-fn inbound_stack(ctx: &WorkerContext, app: SocketAddr) -> InboundStack {
+fn inbound_stack(ctx: &WorkerContext, app: SocketAddr, tls: &Arc<InboundTls>) -> InboundStack {
     InboundStack {
         connector: ctx.connector(),
         app,
+        tls: tls.clone(),
+        last: None,
     }
 }
 
-/// The inbound listener's stack: forwards to the local application.
+/// The inbound listener's stack: forwards to the local application, with the client's
+/// identity in `x-forwarded-client-cert` when it came over mTLS.
 #[derive(Debug, Clone)]
 pub struct InboundStack {
     connector: crate::engine::Connector,
     app: SocketAddr,
+    tls: Arc<InboundTls>,
+    /// The last connection's `x-forwarded-client-cert` (requests of one connection share it).
+    last: Option<(Arc<PeerTlsInfo>, Option<http::HeaderValue>)>,
+}
+
+impl InboundStack {
+    /// `x-forwarded-client-cert` for a request of the connection `peer` (`None`: the client
+    /// sent no certificate with a SPIFFE identity).
+    fn xfcc(&mut self, peer: &Arc<PeerTlsInfo>) -> Option<http::HeaderValue> {
+        if let Some((p, v)) = &self.last
+            && Arc::ptr_eq(p, peer)
+        {
+            return v.clone();
+        }
+        let v = (|| {
+            let cert = peer.peer_certificates.first()?;
+            let client = mesh_tls::peer::spiffe_id(cert).ok()?;
+            let id = self.tls.current().identity.clone()?;
+            let by = id.current().identity().to_string();
+            let text = crate::security::xfcc(&by, cert.as_ref(), &client.to_string());
+            http::HeaderValue::from_str(&text).ok()
+        })();
+        self.last = Some((peer.clone(), v.clone()));
+        v
+    }
 }
 
 impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundStack {
@@ -436,10 +487,25 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundSta
     }
 
     fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        // a client's own x-forwarded-client-cert is never trusted (Envoy's SANITIZE_SET;
+        // Istio's sidecars append to it): over mTLS it is replaced by the connection's
+        let peer = req.extensions().get::<PeerTls>().map(|p| p.0.clone());
+        let xfcc = peer.and_then(|p| self.xfcc(&p));
+        match xfcc {
+            Some(v) => {
+                req.headers_mut().insert(XFCC, v);
+            }
+            None => {
+                req.headers_mut().remove(XFCC);
+            }
+        }
         req.extensions_mut().insert(SelectedEndpoint::new(self.app));
         self.connector.call(req)
     }
 }
+
+/// `x-forwarded-client-cert`.
+const XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
 
 // === impl ProxyState ===
 
@@ -459,6 +525,13 @@ impl ProxyState {
             .lock()
             .map(|v| v.iter().all(Readiness::is_ready))
             .unwrap_or(false)
+    }
+
+    /// Re-reads the workload certificate files if one changed (rotation): new inbound
+    /// handshakes use the new chain, established connections live on. Returns whether the
+    /// certificate changed.
+    pub fn rotate_certificates(&self) -> bool {
+        self.inbound_tls.rotate()
     }
 
     /// Whether the proxy is draining (SIGTERM received).
@@ -527,7 +600,11 @@ impl ProxyState {
     /// Replaces the running configuration with one that went through the pipeline; returns
     /// its generation.
     pub fn apply_built(&self, built: Built) -> u64 {
-        let Built { compiled, routes } = built;
+        let Built {
+            compiled,
+            routes,
+            security,
+        } = built;
         log_warnings(&compiled.warnings);
         let old = self.snapshot();
         if old.bootstrap.outbound != compiled.snapshot.bootstrap.outbound
@@ -541,6 +618,7 @@ impl ProxyState {
             );
         }
         let generation = compiled.snapshot.generation;
+        self.inbound_tls.store(security);
         self.layers.store(&compiled.snapshot, routes);
         self.snapshot.store(compiled.snapshot);
         self.unenforced.store(Arc::new(compiled.unenforced));

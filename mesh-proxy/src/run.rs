@@ -80,6 +80,8 @@ pub async fn serve_until_terminated(proxy: Proxy) {
                 let _ = proxy.reload();
             }
             _ = tick.tick() => {
+                // a rotated workload certificate (its files, not the configuration's)
+                proxy.state().rotate_certificates();
                 let now = fingerprint(&files);
                 if now != last {
                     tracing::info!("configuration files changed: reloading");

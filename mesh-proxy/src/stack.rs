@@ -1,12 +1,16 @@
 //! The service stack each worker runs: the mesh's layers around the engine's connector.
 //!
 //! ```text
-//! request ─► Route (VirtualService: match, rewrite, redirect, …) ─► RateLimit
-//!            (LocalRateLimit) ─► Fault (fault: delay, abort) ─► Timeout (timeout) ─► Retry
-//!            (retries) ─► Mirror (mirror, mirrors) ─► Lb (DestinationRule, subsets,
-//!            endpoints, balancer) ─► Outlier (outlierDetection) ─► Connector (per-worker
-//!            pool) ─► upstream
+//! request ─► Trace (traceparent, B3, x-request-id) ─► Route (VirtualService: match,
+//!            rewrite, redirect, …) ─► RateLimit (LocalRateLimit) ─► Fault (fault: delay,
+//!            abort) ─► Timeout (timeout) ─► Retry (retries) ─► Mirror (mirror, mirrors) ─►
+//!            Lb (DestinationRule, subsets, endpoints, balancer) ─► Outlier
+//!            (outlierDetection) ─► Connector (per-worker pool) ─► upstream
 //! ```
+//!
+//! Trace propagation comes first, as in Envoy's connection manager: every request, a local
+//! reply's too, has its hop's trace context and an `x-request-id` before anything decides
+//! about it (`ProxyBootstrap.tracing.sampling`; a reload changes the rate).
 //!
 //! The rate limit sits after routing (the route chooses the limit) and before everything
 //! else, as Envoy's local rate limit filter before its fault filter and router: a limited
@@ -54,13 +58,14 @@ use mesh_resilience::{
     Timeout, TimeoutLayer,
 };
 use mesh_routing::{Mirror, MirrorLayer, TeeBody};
+use mesh_telemetry::trace::{Trace, TraceConfig, TraceLayer};
 
 /// The type of a worker's stack. The router and the balancer insert one request extension
 /// each (two, three with mirrors): the extension map's first table (room for three) never
 /// grows.
 pub type MeshStack =
     IntoRequestBody<
-        Route<RateLimit<Fault<Timeout<Retry<Mirror<Lb<Outlier<PlainBody<Connector>>>>>>>>>,
+        Trace<Route<RateLimit<Fault<Timeout<Retry<Mirror<Lb<Outlier<PlainBody<Connector>>>>>>>>>>,
     >;
 
 /// The body the layers see: the client's, which mirrored copies can share.
@@ -135,6 +140,7 @@ where
 /// The shared layers of the outbound stack.
 #[derive(Debug, Clone)]
 pub struct Layers {
+    trace: TraceLayer,
     routes: RouteTableHandle,
     route_layer: RouteLayer,
     rate_limit: RateLimitLayer,
@@ -272,6 +278,9 @@ impl Layers {
             .discover(discover)
             .build();
         Layers {
+            trace: TraceLayer::new(
+                TraceConfig::default().with_sampling_percent(snapshot.bootstrap.tracing.sampling),
+            ),
             route_layer: RouteLayer::new(routes.clone()),
             rate_limit: RateLimitLayer::new(),
             fault: FaultLayer::new(),
@@ -306,6 +315,8 @@ impl Layers {
         self.rate_limit
             .store(mesh_core::ratelimit::listener_policy(snapshot));
         self.routes.store(table);
+        self.trace
+            .set_sampling_percent(snapshot.bootstrap.tracing.sampling);
         // new DNS names resolve now rather than at the next period (the first DNS service
         // starts the resolver thread)
         self.dns.start_if_needed(snapshot);
@@ -319,7 +330,10 @@ impl Layers {
         let mirror = self.mirror.layer(lb);
         let retry = self.retry.layer(mirror);
         let fault = self.fault.layer(self.timeout.layer(retry));
-        IntoRequestBody(self.route_layer.layer(self.rate_limit.layer(fault)))
+        IntoRequestBody(
+            self.trace
+                .layer(self.route_layer.layer(self.rate_limit.layer(fault))),
+        )
     }
 
     /// The balancer layer (health, snapshot).

@@ -315,3 +315,130 @@ fn ca_init_then_issue_writes_a_chain_and_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+fn ca(args: &[&str]) -> Output {
+    bin().arg("ca").args(args).output().unwrap()
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[test]
+fn ca_private_keys_are_readable_by_their_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert!(ca(&["init", "--out", d]).status.success());
+    assert!(
+        ca(&["issue", "--ca", d, "--service-account", "cart"])
+            .status
+            .success()
+    );
+    assert_eq!(mode(&dir.path().join("ca.key")), 0o600);
+    assert_eq!(mode(&dir.path().join("cart.key")), 0o600);
+    assert_eq!(mode(&dir.path().join("ca.pem")), 0o644);
+    // no temporary file left behind
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+}
+
+#[test]
+fn ca_init_refuses_to_replace_a_ca_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert!(ca(&["init", "--out", d]).status.success());
+    let before = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    let out = ca(&["init", "--out", d]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("already exists"), "{}", text(&out));
+    assert!(text(&out).contains("--force"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+        before,
+        "the CA is untouched"
+    );
+    assert!(ca(&["init", "--out", d, "--force"]).status.success());
+    assert_ne!(
+        std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn ca_issue_takes_the_trust_domain_of_the_ca_and_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert!(
+        ca(&["init", "--out", d, "--trust-domain", "corp.example"])
+            .status
+            .success()
+    );
+    let out = ca(&["issue", "--ca", d, "--service-account", "cart"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("spiffe://corp.example/ns/default/sa/cart"),
+        "{}",
+        text(&out)
+    );
+    let out = ca(&[
+        "issue",
+        "--ca",
+        d,
+        "--service-account",
+        "cart",
+        "--trust-domain",
+        "cluster.local",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("issues for trust domain corp.example, not cluster.local"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn ca_intermediate_issues_chains_that_verify_against_the_root_and_rotate_keeps_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let east = dir.path().join("east");
+    let (r, e) = (root.to_str().unwrap(), east.to_str().unwrap());
+    assert!(ca(&["init", "--out", r]).status.success());
+    let out = ca(&["intermediate", "--ca", r, "--name", "east", "--out", e]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = ca(&["issue", "--ca", e, "--service-account", "reviews"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let chain = std::fs::read_to_string(east.join("reviews.pem")).unwrap();
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 3);
+    let bundle = std::fs::read_to_string(east.join("root.pem")).unwrap();
+    assert_eq!(
+        bundle,
+        std::fs::read_to_string(root.join("ca.pem")).unwrap(),
+        "the bundle is the root"
+    );
+    let key = std::fs::read_to_string(east.join("reviews.key")).unwrap();
+    let m = mesh_tls::config::TlsMaterial::from_pem(&chain, &key, &bundle).unwrap();
+    assert_eq!(
+        m.identity().to_string(),
+        "spiffe://cluster.local/ns/default/sa/reviews"
+    );
+    // rotate: same identity, new certificate and key, still a valid pair
+    let cert_path = east.join("reviews.pem");
+    let out = ca(&["rotate", "--ca", e, "--cert", cert_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let chain2 = std::fs::read_to_string(&cert_path).unwrap();
+    let key2 = std::fs::read_to_string(east.join("reviews.key")).unwrap();
+    assert_ne!(chain2, chain);
+    assert_ne!(key2, key);
+    let m2 = mesh_tls::config::TlsMaterial::from_pem(&chain2, &key2, &bundle).unwrap();
+    assert_eq!(m2.identity(), m.identity());
+    // an intermediate over an existing one is refused without --force
+    let out = ca(&["intermediate", "--ca", r, "--name", "east", "--out", e]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -1,6 +1,11 @@
 //! `mesh-telemetry`: Istio-standard metrics, trace propagation and access logs.
 //!
-//! This crate is a documented skeleton: its layers land with their own issues. See
-//! `docs/architecture.md` in the repository for where it will sit on the request path.
+//! Landed: [`trace`], the propagation of W3C Trace Context, B3 and `x-request-id` through a
+//! [`TraceLayer`], first on the request path (see `docs/architecture.md` in the repository).
+//! Metrics, span export and access logs come with the rest of their issue.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod trace;
+
+pub use trace::{TraceConfig, TraceContext, TraceLayer};

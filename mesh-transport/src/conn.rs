@@ -35,7 +35,7 @@ use crate::headers::{HeadScanner, Reject, inspect};
 use crate::limits::Limits;
 use crate::loops::{Hop, Loop, loop_reply};
 use crate::stack::{StackFactory, WorkerContext};
-use crate::tls::{DownstreamTls, PeerTls, PeerTlsInfo};
+use crate::tls::{Accepts, DownstreamTls, PeerTls, PeerTlsInfo};
 use crate::upgrade::{Tunnel, TunnelHandle, Upgrade, splice};
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -257,7 +257,27 @@ pub(crate) async fn serve<F: StackFactory>(
     if worker.draining.get() {
         return;
     }
-    let (detected, tls) = match &worker.downstream_tls {
+    // PERMISSIVE: a connection whose first byte is not a TLS handshake record (0x16) is
+    // served as plaintext (Envoy's tls_inspector picking the filter chain)
+    let tls_config = match &worker.downstream_tls {
+        None => None,
+        Some(tls) => match tls.accepts() {
+            Accepts::TlsOnly => Some(tls),
+            Accepts::PlaintextOnly => None,
+            Accepts::TlsOrPlaintext => {
+                let first = tokio::select! {
+                    f = tokio::time::timeout(worker.limits.request_headers_timeout, first_byte(&stream)) => f,
+                    () = drain.as_mut() => return,
+                };
+                match first {
+                    Ok(Ok(TLS_HANDSHAKE)) => Some(tls),
+                    Ok(Ok(_)) => None,
+                    _ => return,
+                }
+            }
+        },
+    };
+    let (detected, tls) = match tls_config {
         None => {
             let detected = tokio::select! {
                 d = tokio::time::timeout(worker.limits.request_headers_timeout, detect(stream)) => d,
@@ -336,6 +356,18 @@ pub(crate) async fn serve<F: StackFactory>(
             let conn = worker.h2.serve_connection(io, svc);
             drive(conn, |c| c.graceful_shutdown(), &worker, &state).await
         }
+    }
+}
+
+/// The content type of a TLS handshake record: the first byte of every ClientHello.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The first byte of a connection, without consuming it.
+async fn first_byte(stream: &TcpStream) -> io::Result<u8> {
+    let mut b = [0u8; 1];
+    match stream.peek(&mut b).await? {
+        0 => Err(io::ErrorKind::UnexpectedEof.into()),
+        _ => Ok(b[0]),
     }
 }
 

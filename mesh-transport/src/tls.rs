@@ -19,8 +19,10 @@
 //! On the listener side, [`DownstreamTls`] (given in
 //! [`EngineConfig::downstream_tls`](crate::EngineConfig::downstream_tls)) makes the engine
 //! terminate TLS: every accepted connection is handshaken within `tlsHandshakeTimeout` with
-//! the `rustls::ServerConfig` it returns at that moment (so a rotated certificate serves new
-//! connections while established ones live on); ALPN `h2` selects HTTP/2, anything else
+//! the `rustls::ServerConfig` it returns at that moment (so that a rotated certificate serves
+//! new connections while established ones live on). [`DownstreamTls::accepts`] may also let
+//! plaintext in: on every connection (`DISABLE`), or on those whose first byte is not a TLS
+//! handshake (`PERMISSIVE`, as Envoy's TLS inspector tells them apart). ALPN `h2` selects HTTP/2, anything else
 //! HTTP/1.1; each request carries a [`PeerTls`] extension (ALPN, SNI, the client's
 //! certificate chain) for the layers after the listener (authorization, `x-forwarded-client-cert`).
 //!
@@ -65,6 +67,26 @@ pub trait DownstreamTls: Send + Sync + fmt::Debug + 'static {
     /// The server configuration for a connection accepted now (certificates, client
     /// verification for mTLS, ALPN: offer `h2` and `http/1.1`).
     fn server_config(&self) -> Arc<rustls::ServerConfig>;
+
+    /// What a connection accepted now may speak (asked once per connection, before
+    /// [`server_config`](Self::server_config)): TLS only (PeerAuthentication `STRICT`, the
+    /// default), TLS or plaintext told apart by the first byte as Envoy's TLS inspector does
+    /// (`PERMISSIVE`), or plaintext only (`DISABLE`, or no certificate to serve).
+    fn accepts(&self) -> Accepts {
+        Accepts::TlsOnly
+    }
+}
+
+/// What a listener with [`DownstreamTls`] accepts on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Accepts {
+    /// Every connection must handshake.
+    TlsOnly,
+    /// A connection opening with a TLS handshake record is handshaken, any other is served
+    /// as plaintext.
+    TlsOrPlaintext,
+    /// Plaintext only: the connection is served without looking for TLS.
+    PlaintextOnly,
 }
 
 /// What a TLS connection told about its client: in every request's extensions when the

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::MeshBody;
-use mesh_transport::tls::{DownstreamTls, PeerTls};
+use mesh_transport::tls::{Accepts, DownstreamTls, PeerTls};
 use mesh_transport::{Engine, EngineConfig, Limits, UpstreamBody, WorkerContext};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,11 +60,19 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 #[derive(Debug)]
-struct Server(Arc<rustls::ServerConfig>);
+struct Server(Arc<rustls::ServerConfig>, bool);
 
 impl DownstreamTls for Server {
     fn server_config(&self) -> Arc<rustls::ServerConfig> {
         self.0.clone()
+    }
+
+    fn accepts(&self) -> Accepts {
+        if self.1 {
+            Accepts::TlsOrPlaintext
+        } else {
+            Accepts::TlsOnly
+        }
     }
 }
 
@@ -89,7 +97,12 @@ fn server(pki: &Pki, mtls: bool) -> Arc<Server> {
     };
     let mut config = builder.with_single_cert(vec![cert], key).unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(Server(Arc::new(config)))
+    Arc::new(Server(Arc::new(config), false))
+}
+
+/// The same, also serving plaintext connections (PERMISSIVE).
+fn permissive(pki: &Pki) -> Arc<Server> {
+    Arc::new(Server(server(pki, true).0.clone(), true))
 }
 
 /// An engine whose stack answers with what the listener told it about TLS.
@@ -247,5 +260,47 @@ async fn a_stalled_handshake_is_cut_and_plaintext_is_refused() {
             .await
             .starts_with("HTTP/1.1")
     );
+    engine.drain().await;
+}
+
+#[tokio::test]
+async fn permissive_serves_mtls_and_plaintext_on_one_port() {
+    let pki = Pki::new();
+    let engine = engine(permissive(&pki), Duration::from_secs(10));
+    // mTLS, both HTTP versions
+    let with_cert = client(&pki, b"h2", Some(pki.issue("client")));
+    assert!(
+        get(&engine, &with_cert, true)
+            .await
+            .starts_with("HTTP/2.0 alpn=Some(\"h2\")")
+    );
+    // plaintext HTTP/1.1 on the same port: served, without PeerTls
+    let mut plain = tokio::net::TcpStream::connect(engine.local_addr())
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), plain.read_to_end(&mut out))
+        .await
+        .expect("answered")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("no TLS"), "{out}");
+    // a TLS client without a certificate is still refused (mTLS or plaintext, nothing else)
+    let tcp = tokio::net::TcpStream::connect(engine.local_addr())
+        .await
+        .unwrap();
+    if let Ok(mut s) = client(&pki, b"http/1.1", None)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+    {
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        let mut buf = Vec::new();
+        assert!(s.read_to_end(&mut buf).await.is_err() || buf.is_empty());
+    }
     engine.drain().await;
 }

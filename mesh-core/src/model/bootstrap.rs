@@ -50,6 +50,9 @@ pub struct ProxyBootstrap {
     /// Limits; safe defaults when omitted.
     #[serde(default)]
     pub limits: Limits,
+    /// Trace propagation and sampling; Istio's defaults when omitted.
+    #[serde(default)]
+    pub tracing: Tracing,
 }
 
 fn default_concurrency() -> u32 {
@@ -70,6 +73,7 @@ impl Default for ProxyBootstrap {
             admin: AdminListener::default(),
             identity: None,
             limits: Limits::default(),
+            tracing: Tracing::default(),
         }
     }
 }
@@ -245,6 +249,28 @@ pub struct Identity {
     pub private_key: String,
     /// PEM trust bundle (CA certificates) file.
     pub trust_bundle: String,
+}
+
+/// `spec.tracing`: trace context propagation (W3C Trace Context, B3, `x-request-id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tracing {
+    /// Percentage (0–100) of the requests without a caller's sampling decision that start a
+    /// sampled trace, as Istio's `meshConfig.defaultConfig.tracing.sampling`. Default: 1.
+    #[serde(default = "default_sampling")]
+    pub sampling: f64,
+}
+
+fn default_sampling() -> f64 {
+    1.0
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Tracing {
+            sampling: default_sampling(),
+        }
+    }
 }
 
 /// `spec.limits`: resource limits with safe defaults.

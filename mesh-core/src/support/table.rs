@@ -103,8 +103,11 @@ static TLS_MODE: Values = Values {
 static MTLS_MODE: Values = Values {
     cases: &[
         ("DISABLE", Verdict::Enforced),
-        ("PERMISSIVE", Verdict::NotYet(Area::Security)),
-        ("UNSET", Verdict::NotYet(Area::Security)),
+        ("PERMISSIVE", Verdict::Enforced),
+        ("UNSET", Verdict::Enforced),
+        // refused by the pipeline when it applies to this workload and the proxy has no
+        // identity (mesh-proxy's security step)
+        ("STRICT", Verdict::Enforced),
     ],
     otherwise: Verdict::Refused(Area::Security),
 };
@@ -1308,7 +1311,7 @@ static MUTUAL_TLS: TypeDef = TypeDef {
         "mode",
         Leaf,
         Status::Values(&MTLS_MODE),
-        "the inbound listener accepts plaintext only",
+        "the inbound listener, whole-workload (Istio's precedence); STRICT needs ProxyBootstrap spec.identity",
     )],
 };
 
@@ -1555,11 +1558,22 @@ static PROXY_BOOTSTRAP: TypeDef = TypeDef {
         field(
             "identity",
             Struct(&IDENTITY),
-            Status::Refused(Area::Security),
-            "plaintext only: no mTLS either way",
+            Status::Enforced,
+            "the inbound listener's mTLS (PeerAuthentication); outbound requests stay plaintext until auto mTLS lands",
         ),
         field("limits", Struct(&LIMITS), Status::Enforced, ""),
+        field("tracing", Struct(&TRACING), Status::Enforced, ""),
     ],
+};
+
+static TRACING: TypeDef = TypeDef {
+    name: "Tracing",
+    fields: &[field(
+        "sampling",
+        Leaf,
+        Status::Enforced,
+        "decides the sampled flag propagated upstream; spans are not exported yet",
+    )],
 };
 
 static WORKLOAD: TypeDef = TypeDef {
@@ -1622,15 +1636,20 @@ static ADMIN_LISTENER: TypeDef = TypeDef {
 static IDENTITY: TypeDef = TypeDef {
     name: "Identity",
     fields: &[
-        field("spiffeId", Leaf, Status::Refused(Area::Security), ""),
+        field(
+            "spiffeId",
+            Leaf,
+            Status::Enforced,
+            "must be the certificate's identity",
+        ),
         field(
             "certificateChain",
             Leaf,
-            Status::Refused(Area::Security),
-            "",
+            Status::Enforced,
+            "read at load, re-read when the file changes (rotation)",
         ),
-        field("privateKey", Leaf, Status::Refused(Area::Security), ""),
-        field("trustBundle", Leaf, Status::Refused(Area::Security), ""),
+        field("privateKey", Leaf, Status::Enforced, ""),
+        field("trustBundle", Leaf, Status::Enforced, ""),
     ],
 };
 
@@ -1650,8 +1669,8 @@ static LIMITS: TypeDef = TypeDef {
         field(
             "tlsHandshakeTimeout",
             Leaf,
-            Status::NotYet(Area::Security),
-            "no TLS yet",
+            Status::Enforced,
+            "inbound mTLS handshakes",
         ),
         field("http2MaxConcurrentStreams", Leaf, Status::Enforced, ""),
         field("drainTimeout", Leaf, Status::Enforced, ""),

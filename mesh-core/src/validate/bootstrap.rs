@@ -171,6 +171,15 @@ pub(crate) fn validate(pb: &ProxyBootstrap, at: &FieldPath, rep: &mut Report<'_>
     ] {
         rep.check(&lp.k(field), validate_duration(d));
     }
+
+    // Istio's `validateTracing`: "sampling must be between 0.0 and 100.0"
+    let sampling = pb.tracing.sampling;
+    if !(0.0..=100.0).contains(&sampling) {
+        rep.error(
+            &at.k("tracing").k("sampling"),
+            format!("sampling must be between 0.0 and 100.0, got {sampling}"),
+        );
+    }
 }
 
 /// A port number written as a map key (`"9080"`).

@@ -1,0 +1,249 @@
+//! The workload's mTLS: its identity (`ProxyBootstrap.spec.identity`) and what its inbound
+//! listener accepts (PeerAuthentication).
+//!
+//! Part of the one configuration pipeline ([`crate::pipeline`]): `validate` and `run` read the
+//! identity files, check them (a chain with one SPIFFE identity, the same as `spiffeId`, a
+//! key that matches, a trust bundle) and work out the inbound mode the same way. Security
+//! fails closed: a `STRICT` PeerAuthentication that applies to this workload while the proxy
+//! has no identity refuses the configuration (it could only serve plaintext).
+//!
+//! The inbound listener ([`InboundTls`]) then accepts, per connection:
+//!
+//! | mode (effective for the workload) | with an identity | without |
+//! |---|---|---|
+//! | `STRICT` | mTLS only | refused at load |
+//! | `PERMISSIVE` (Istio's default) | mTLS or plaintext, by the first byte | plaintext |
+//! | `DISABLE` | plaintext | plaintext |
+//!
+//! mTLS means a client certificate chaining to the trust bundle with one SPIFFE identity of
+//! the workload's trust domain ([`mesh_tls::verify`]); the application behind the listener
+//! gets it in `x-forwarded-client-cert` ([`xfcc`]).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use mesh_core::Severity;
+use mesh_core::config::Compiled;
+use mesh_core::error::{FieldPath, ResourceRef};
+use mesh_core::load::Issue;
+use mesh_core::model::Kind;
+use mesh_core::model::security::MtlsMode;
+use mesh_tls::config::{TlsFiles, WorkloadIdentity};
+use mesh_tls::peer_auth::{Effective, Policy, effective_mode};
+use mesh_transport::tls::{Accepts, DownstreamTls};
+
+/// The workload's mTLS, as the pipeline prepared it.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// The identity, when the bootstrap has one.
+    pub identity: Option<Arc<WorkloadIdentity>>,
+    /// The inbound listener's mode and the policy that decided it.
+    pub inbound: Effective,
+}
+
+impl Security {
+    /// What the inbound listener accepts.
+    pub fn accepts(&self) -> Accepts {
+        match (&self.identity, self.inbound.mode) {
+            (None, _) | (_, MtlsMode::Disable) => Accepts::PlaintextOnly,
+            (Some(_), MtlsMode::Strict) => Accepts::TlsOnly,
+            (Some(_), _) => Accepts::TlsOrPlaintext,
+        }
+    }
+}
+
+/// Reads the identity files and works out the inbound mode; the problems are issues of the
+/// resources they concern (the bootstrap's `spec.identity.*`, a PeerAuthentication's
+/// `spec.mtls.mode`).
+pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
+    let snap = &compiled.snapshot;
+    let boot = &snap.bootstrap;
+    let policies: Vec<Policy<'_>> = snap
+        .peer_authentications
+        .iter()
+        .map(|p| Policy {
+            namespace: &p.namespace,
+            name: &p.name,
+            spec: &p.spec,
+        })
+        .collect();
+    let inbound = effective_mode(
+        &policies,
+        &boot.mesh.root_namespace,
+        &boot.workload.namespace,
+        &boot.workload.labels,
+    );
+    let bootstrap = compiled.origins.any_of(Kind::ProxyBootstrap);
+    let issue = |resource: ResourceRef, field: &str, message: String| Issue {
+        severity: Severity::Error,
+        resource,
+        field: FieldPath::parse(field),
+        message,
+    };
+    let identity = match (&boot.identity, bootstrap) {
+        (Some(id), Some(at)) => {
+            let files = TlsFiles {
+                chain: id.certificate_chain.clone().into(),
+                key: id.private_key.clone().into(),
+                bundle: id.trust_bundle.clone().into(),
+            };
+            let w = WorkloadIdentity::load(files).map_err(|e| {
+                let field = match &e {
+                    mesh_tls::config::TlsError::Io { path, .. }
+                        if path.as_os_str() == id.private_key.as_str() =>
+                    {
+                        "spec.identity.privateKey"
+                    }
+                    mesh_tls::config::TlsError::Io { path, .. }
+                        if path.as_os_str() == id.trust_bundle.as_str() =>
+                    {
+                        "spec.identity.trustBundle"
+                    }
+                    mesh_tls::config::TlsError::Pem { what, .. } if *what == "private key" => {
+                        "spec.identity.privateKey"
+                    }
+                    mesh_tls::config::TlsError::Pem { what, .. } if *what == "trust bundle" => {
+                        "spec.identity.trustBundle"
+                    }
+                    _ => "spec.identity.certificateChain",
+                };
+                vec![issue(at.clone(), field, e.to_string())]
+            })?;
+            let has = w.current().identity().clone();
+            if has != id.spiffe_id {
+                return Err(vec![issue(
+                    at,
+                    "spec.identity.spiffeId",
+                    format!(
+                        "spiffeId {} differs from the identity of {}: {has}",
+                        id.spiffe_id, id.certificate_chain
+                    ),
+                )]);
+            }
+            Some(Arc::new(w))
+        }
+        _ => None,
+    };
+    if identity.is_none() && inbound.mode == MtlsMode::Strict {
+        let from = inbound.from.as_deref().unwrap_or_default();
+        let resource = snap.peer_authentications.iter().find_map(|p| {
+            (format!("PeerAuthentication/{}/{}", p.namespace, p.name) == from).then(|| {
+                ResourceRef {
+                    kind: Kind::PeerAuthentication,
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                }
+            })
+        });
+        if let Some(resource) = resource {
+            return Err(vec![issue(
+                resource,
+                "spec.mtls.mode",
+                format!(
+                    "STRICT mTLS applies to this workload ({}/{}) but ProxyBootstrap \
+                     spec.identity is not set: refused, because security fails closed",
+                    boot.workload.namespace, boot.workload.name
+                ),
+            )]);
+        }
+    }
+    Ok(Security { identity, inbound })
+}
+
+/// The inbound listener's TLS: what [`Security`] says, swapped on reload.
+#[derive(Debug)]
+pub struct InboundTls {
+    security: ArcSwap<Security>,
+    /// Serves no certificate: what a handshake gets if one starts while the listener
+    /// accepts plaintext only (never, as `accepts` says so first).
+    refuse: Arc<rustls::ServerConfig>,
+}
+
+impl InboundTls {
+    /// The listener's TLS under `security`.
+    pub fn new(security: Security) -> Result<Self, rustls::Error> {
+        let refuse = rustls::ServerConfig::builder_with_provider(mesh_tls::verify::provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(NoCert));
+        Ok(InboundTls {
+            security: ArcSwap::from_pointee(security),
+            refuse: Arc::new(refuse),
+        })
+    }
+
+    /// Applies a reloaded configuration's security to new connections.
+    pub fn store(&self, security: Security) {
+        self.security.store(Arc::new(security));
+    }
+
+    /// The security in force.
+    pub fn current(&self) -> Arc<Security> {
+        self.security.load_full()
+    }
+
+    /// Re-reads the identity files if one changed (a rotation); new handshakes use the new
+    /// chain. Returns whether the material changed.
+    pub fn rotate(&self) -> bool {
+        let Some(id) = self.security.load().identity.clone() else {
+            return false;
+        };
+        match id.reload_if_changed() {
+            Ok(changed) => {
+                if changed {
+                    tracing::info!(identity = %id.current().identity(), "workload certificate rotated");
+                }
+                changed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "workload certificate files changed but cannot be used; keeping the current ones");
+                false
+            }
+        }
+    }
+}
+
+impl DownstreamTls for InboundTls {
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        match &self.security.load().identity {
+            Some(id) => id.server_config(),
+            None => self.refuse.clone(),
+        }
+    }
+
+    fn accepts(&self) -> Accepts {
+        self.security.load().accepts()
+    }
+}
+
+#[derive(Debug)]
+struct NoCert;
+
+impl rustls::server::ResolvesServerCert for NoCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+}
+
+/// Istio's `x-forwarded-client-cert` for a request that came over mTLS: `By` (this
+/// workload), `Hash` (SHA-256 of the client's certificate, hex), `Subject` (empty, as Istio's
+/// certificates have none) and `URI` (the client's SPIFFE identity), as Envoy writes it with
+/// Istio's `set_current_client_cert_details {subject, uri, dns}`.
+pub fn xfcc(by: &str, client_cert_der: &[u8], client_uri: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hash = ring::digest::digest(&ring::digest::SHA256, client_cert_der);
+    let mut out = String::with_capacity(by.len() + client_uri.len() + 96);
+    out.push_str("By=");
+    out.push_str(by);
+    out.push_str(";Hash=");
+    for b in hash.as_ref() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out.push_str(";Subject=\"\";URI=");
+    out.push_str(client_uri);
+    out
+}

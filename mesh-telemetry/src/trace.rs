@@ -1,0 +1,620 @@
+//! Trace context propagation: W3C Trace Context, B3 (multi-header and single `b3`) and
+//! `x-request-id`, as Envoy's tracers propagate them.
+//!
+//! A sidecar is one hop of a distributed trace: it reads the caller's trace context from the
+//! request, opens its own span (a new span id whose parent is the caller's span), and sends
+//! the upstream the same trace with its span as the parent. [`TraceLayer`] does that for
+//! every request:
+//!
+//! - **Extract** ([`Extracted::from_headers`]): `traceparent` (W3C, with `tracestate`
+//!   carried unchanged) first, else the single `b3` header, else the `x-b3-*` headers (Envoy's
+//!   OpenTelemetry tracer reads W3C; its Zipkin tracer reads B3, single before multi). A
+//!   malformed header is ignored, as if absent (W3C Trace Context §3.2.2.x: a vendor that
+//!   cannot parse `traceparent` restarts the trace), never an error: a bad trace header must
+//!   not cost the request.
+//! - **Decide sampling**: a caller's decision (`sampled` flag, `x-b3-sampled`, debug
+//!   `x-b3-flags: 1`) is kept; a request without one (no context, or B3's deferred decision)
+//!   is sampled with the configured probability (Istio's `tracing.sampling`, 1 % by
+//!   default), from a seeded generator.
+//! - **Inject**: the request leaves with its hop's context in the formats the layer writes
+//!   ([`Propagation`]: W3C and B3 multi-header by default, as an Istio mesh with Zipkin or
+//!   OpenTelemetry expects) **and** in every format it arrived with, so that no stale or
+//!   malformed trace header travels on. The B3 trace id keeps its 64-bit form when it came
+//!   that way.
+//! - **`x-request-id`**: kept when the request has one, generated (a random UUID, version 4)
+//!   when it has none, as Envoy's `generate_request_id` does.
+//!
+//! The hop's context goes into the request's extensions as a [`TraceContext`], for the layers
+//! after it (access log, metrics, spans).
+//!
+//! ```
+//! use http::Request;
+//! use mesh_telemetry::trace::{TraceConfig, TraceContext, TraceLayer};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let svc = ServiceBuilder::new()
+//!     .layer(TraceLayer::new(TraceConfig::default().with_seed(7)))
+//!     .service_fn(|req: Request<()>| async move {
+//!         // what the upstream receives
+//!         Ok::<_, std::convert::Infallible>(req)
+//!     });
+//! let req = Request::builder()
+//!     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+//!     .body(())
+//!     .unwrap();
+//! let sent = svc.oneshot(req).await.unwrap();
+//! let tp = sent.headers()["traceparent"].to_str().unwrap();
+//! assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")); // the same trace
+//! assert!(!tp.contains("00f067aa0ba902b7")); // the proxy's own span
+//! assert_eq!(sent.headers()["x-b3-parentspanid"], "00f067aa0ba902b7");
+//! let ctx = sent.extensions().get::<TraceContext>().unwrap();
+//! assert_eq!(ctx.parent_span_id, Some(0x00f0_67aa_0ba9_02b7));
+//! assert!(ctx.sampled);
+//! assert!(sent.headers().contains_key("x-request-id"));
+//! # });
+//! ```
+//!
+//! # Differences from Envoy
+//!
+//! - Spans are not exported yet: the layer propagates and records the context; the OTLP
+//!   exporter comes with the rest of the telemetry issue.
+//! - Envoy encodes its trace decision in the version nibble of `x-request-id`'s UUID; this
+//!   layer leaves `x-request-id` as it found it.
+
+use std::fmt;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mesh_core::rng::{self, SharedRng};
+
+/// `traceparent` (W3C Trace Context).
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `tracestate` (W3C Trace Context).
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// The single-header B3 form.
+pub const B3: HeaderName = HeaderName::from_static("b3");
+/// B3 multi-header: the trace id (16 or 32 hex digits).
+pub const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+/// B3 multi-header: the span id.
+pub const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+/// B3 multi-header: the parent span id.
+pub const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+/// B3 multi-header: the sampling decision (`1`/`0`, or `true`/`false`).
+pub const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+/// B3 multi-header: `1` for debug (implies sampled).
+pub const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+/// The request id Envoy generates and every Istio proxy logs.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+bitflags::bitflags! {
+    /// The trace header formats a [`TraceLayer`] writes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct Propagation: u8 {
+        /// W3C `traceparent` (and `tracestate`, carried).
+        const W3C = 1 << 0;
+        /// B3 multi-header (`x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`,
+        /// `x-b3-sampled`).
+        const B3_MULTI = 1 << 1;
+        /// B3 single header (`b3`).
+        const B3_SINGLE = 1 << 2;
+    }
+}
+
+impl Default for Propagation {
+    /// W3C and B3 multi-header: what Istio's OpenTelemetry and Zipkin providers read.
+    fn default() -> Self {
+        Propagation::W3C | Propagation::B3_MULTI
+    }
+}
+
+/// The trace context of this hop: the trace, the proxy's span, and the caller's span.
+///
+/// Written by [`TraceLayer`] into the request's extensions; read by access logs, metrics and
+/// span exporters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The trace id (never zero).
+    pub trace_id: u128,
+    /// This hop's span id (never zero).
+    pub span_id: u64,
+    /// The caller's span id, when the request carried a context.
+    pub parent_span_id: Option<u64>,
+    /// Whether the trace is sampled.
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// The trace id as 32 lowercase hex digits (for logs).
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+}
+
+/// What a request's headers said about its trace (see [`Extracted::from_headers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extracted {
+    /// The trace id.
+    pub trace_id: u128,
+    /// The caller's span id.
+    pub span_id: u64,
+    /// The caller's sampling decision; `None` when deferred.
+    pub sampled: Option<bool>,
+    /// Whether the trace id came as 64 bits in a B3 header (B3 output keeps that width).
+    pub b3_64bit: bool,
+    /// Which format the context was read from.
+    pub from: Propagation,
+}
+
+// === parsing ===
+
+fn hex_u128(s: &[u8]) -> Option<u128> {
+    if s.is_empty() || s.len() > 32 {
+        return None;
+    }
+    let mut v: u128 = 0;
+    for &c in s {
+        v = (v << 4) | u128::from(hex_digit(c)?);
+    }
+    Some(v)
+}
+
+fn hex_u64(s: &[u8]) -> Option<u64> {
+    if s.len() != 16 {
+        return None;
+    }
+    hex_u128(s).and_then(|v| u64::try_from(v).ok())
+}
+
+#[inline]
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        // W3C requires lowercase; B3 implementations accept both: take both and write lowercase
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// A B3 trace id: 16 or 32 hex digits, not all zero; `(id, is_64bit)`.
+fn b3_trace_id(s: &[u8]) -> Option<(u128, bool)> {
+    if s.len() != 16 && s.len() != 32 {
+        return None;
+    }
+    hex_u128(s).filter(|v| *v != 0).map(|v| (v, s.len() == 16))
+}
+
+fn b3_span_id(s: &[u8]) -> Option<u64> {
+    hex_u64(s).filter(|v| *v != 0)
+}
+
+/// `traceparent`: `version-traceid-parentid-flags` (W3C Trace Context §3.2). Version `00`
+/// has exactly four fields; a higher version may append fields after a `-` (§3.2.4), version
+/// `ff` is invalid.
+fn parse_traceparent(v: &[u8]) -> Option<Extracted> {
+    if v.len() < 55 {
+        return None;
+    }
+    let version = u8::try_from(hex_u128(&v[0..2])?).ok()?;
+    if version == 0xff || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    if (version == 0 && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    // lowercase only (§3.2.2.3)
+    if v[3..55].iter().any(u8::is_ascii_uppercase) {
+        return None;
+    }
+    let trace_id = hex_u128(&v[3..35]).filter(|t| *t != 0)?;
+    let span_id = hex_u64(&v[36..52]).filter(|s| *s != 0)?;
+    let flags = u8::try_from(hex_u128(&v[53..55])?).ok()?;
+    Some(Extracted {
+        trace_id,
+        span_id,
+        sampled: Some(flags & 1 == 1),
+        b3_64bit: false,
+        from: Propagation::W3C,
+    })
+}
+
+/// `b3: {traceid}-{spanid}[-{sampling}[-{parentspanid}]]`, or a bare sampling decision
+/// (`0`, `1`, `d`) which carries no context (openzipkin/b3-propagation).
+fn parse_b3_single(v: &[u8]) -> Option<Extracted> {
+    let mut parts = v.split(|c| *c == b'-');
+    let (trace_id, b3_64bit) = b3_trace_id(parts.next()?)?;
+    let span_id = b3_span_id(parts.next()?)?;
+    let sampled = match parts.next() {
+        None => None,
+        Some(b"1") | Some(b"d") => Some(true),
+        Some(b"0") => Some(false),
+        Some(_) => return None,
+    };
+    if let Some(parent) = parts.next() {
+        b3_span_id(parent)?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Extracted {
+        trace_id,
+        span_id,
+        sampled,
+        b3_64bit,
+        from: Propagation::B3_SINGLE,
+    })
+}
+
+fn parse_b3_multi(h: &HeaderMap) -> Option<Extracted> {
+    let (trace_id, b3_64bit) = b3_trace_id(h.get(&X_B3_TRACEID)?.as_bytes())?;
+    let span_id = b3_span_id(h.get(&X_B3_SPANID)?.as_bytes())?;
+    let debug = h.get(&X_B3_FLAGS).is_some_and(|f| f.as_bytes() == b"1");
+    let sampled = match h.get(&X_B3_SAMPLED).map(HeaderValue::as_bytes) {
+        _ if debug => Some(true),
+        None => None,
+        Some(b"1") | Some(b"true") => Some(true),
+        Some(b"0") | Some(b"false") => Some(false),
+        Some(_) => None,
+    };
+    Some(Extracted {
+        trace_id,
+        span_id,
+        sampled,
+        b3_64bit,
+        from: Propagation::B3_MULTI,
+    })
+}
+
+impl Extracted {
+    /// The trace context `headers` carry: `traceparent` first, else `b3`, else the `x-b3-*`
+    /// headers; `None` when none is present and well-formed.
+    pub fn from_headers(headers: &HeaderMap) -> Option<Extracted> {
+        if let Some(v) = headers.get(&TRACEPARENT)
+            && let Some(e) = parse_traceparent(v.as_bytes())
+        {
+            return Some(e);
+        }
+        if let Some(v) = headers.get(&B3)
+            && let Some(e) = parse_b3_single(v.as_bytes())
+        {
+            return Some(e);
+        }
+        parse_b3_multi(headers)
+    }
+}
+
+/// A B3 sampling decision sent without a trace context: `b3: 0|1|d`, or `x-b3-sampled` /
+/// `x-b3-flags` alone.
+fn bare_decision(headers: &HeaderMap) -> Option<bool> {
+    match headers.get(&B3).map(HeaderValue::as_bytes) {
+        Some(b"0") => return Some(false),
+        Some(b"1") | Some(b"d") => return Some(true),
+        _ => {}
+    }
+    if headers
+        .get(&X_B3_FLAGS)
+        .is_some_and(|f| f.as_bytes() == b"1")
+    {
+        return Some(true);
+    }
+    match headers.get(&X_B3_SAMPLED).map(HeaderValue::as_bytes) {
+        Some(b"1") | Some(b"true") => Some(true),
+        Some(b"0") | Some(b"false") => Some(false),
+        _ => None,
+    }
+}
+
+/// Which trace header formats `headers` carry (well-formed or not).
+fn present(headers: &HeaderMap) -> Propagation {
+    let mut p = Propagation::empty();
+    if headers.contains_key(&TRACEPARENT) {
+        p |= Propagation::W3C;
+    }
+    if headers.contains_key(&B3) {
+        p |= Propagation::B3_SINGLE;
+    }
+    if headers.contains_key(&X_B3_TRACEID) || headers.contains_key(&X_B3_SPANID) {
+        p |= Propagation::B3_MULTI;
+    }
+    p
+}
+
+// === formatting ===
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn put_hex(out: &mut [u8], v: u128) {
+    let n = out.len();
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((v >> (4 * (n - 1 - i))) & 0xf) as usize];
+    }
+}
+
+fn hex_value(v: u128, digits: usize) -> HeaderValue {
+    let mut buf = [0u8; 32];
+    put_hex(&mut buf[..digits], v);
+    header_value(&buf[..digits])
+}
+
+fn header_value(bytes: &[u8]) -> HeaderValue {
+    // hex digits and dashes only: always a valid header value
+    HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn traceparent(ctx: &TraceContext) -> HeaderValue {
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    put_hex(&mut buf[3..35], ctx.trace_id);
+    put_hex(&mut buf[36..52], u128::from(ctx.span_id));
+    buf[54] = if ctx.sampled { b'1' } else { b'0' };
+    header_value(&buf)
+}
+
+fn b3_single(ctx: &TraceContext, b3_64bit: bool) -> HeaderValue {
+    let mut buf = [0u8; 32 + 1 + 16 + 2 + 17];
+    let w = if b3_64bit { 16 } else { 32 };
+    put_hex(&mut buf[..w], ctx.trace_id & trace_mask(b3_64bit));
+    buf[w] = b'-';
+    put_hex(&mut buf[w + 1..w + 17], u128::from(ctx.span_id));
+    buf[w + 17] = b'-';
+    buf[w + 18] = if ctx.sampled { b'1' } else { b'0' };
+    let mut n = w + 19;
+    if let Some(p) = ctx.parent_span_id {
+        buf[n] = b'-';
+        put_hex(&mut buf[n + 1..n + 17], u128::from(p));
+        n += 17;
+    }
+    header_value(&buf[..n])
+}
+
+fn trace_mask(b3_64bit: bool) -> u128 {
+    if b3_64bit {
+        u128::from(u64::MAX)
+    } else {
+        u128::MAX
+    }
+}
+
+/// A random UUID (version 4, RFC 9562 §5.4) in its 36-character form.
+fn uuid_v4(hi: u64, lo: u64) -> HeaderValue {
+    let v = (u128::from(hi) << 64) | u128::from(lo);
+    // version 4, variant 10
+    let v = (v & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let mut hex = [0u8; 32];
+    put_hex(&mut hex, v);
+    let mut buf = [b'-'; 36];
+    buf[..8].copy_from_slice(&hex[..8]);
+    buf[9..13].copy_from_slice(&hex[8..12]);
+    buf[14..18].copy_from_slice(&hex[12..16]);
+    buf[19..23].copy_from_slice(&hex[16..20]);
+    buf[24..].copy_from_slice(&hex[20..]);
+    header_value(&buf)
+}
+
+// === the layer ===
+
+/// How a [`TraceLayer`] propagates and samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceConfig {
+    /// Probability (0.0 ..= 1.0) of sampling a request that carries no sampling decision.
+    /// Default: 0.01 (Istio's `meshConfig.defaultConfig.tracing.sampling: 1.0`, a percentage).
+    pub sampling: f64,
+    /// The formats written on every request (besides those the request arrived with).
+    pub propagation: Propagation,
+    /// Whether to generate `x-request-id` when absent. Default: true (Envoy's
+    /// `generate_request_id`).
+    pub generate_request_id: bool,
+    /// Seed of the generator of span ids, request ids and sampling draws (tests); `None`:
+    /// entropy.
+    pub seed: Option<u64>,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig {
+            sampling: 0.01,
+            propagation: Propagation::default(),
+            generate_request_id: true,
+            seed: None,
+        }
+    }
+}
+
+impl TraceConfig {
+    /// Samples `percent` % of the requests without a decision (Istio's `tracing.sampling`).
+    pub fn with_sampling_percent(mut self, percent: f64) -> Self {
+        self.sampling = (percent / 100.0).clamp(0.0, 1.0);
+        self
+    }
+
+    /// Writes these formats on every request.
+    pub fn with_propagation(mut self, propagation: Propagation) -> Self {
+        self.propagation = propagation;
+        self
+    }
+
+    /// Seeds the generator (reproducible ids and sampling, for tests).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+}
+
+/// Propagates trace context and `x-request-id` (see the [module docs](self)).
+#[derive(Clone)]
+pub struct TraceLayer {
+    config: TraceConfig,
+    shared: Arc<Shared>,
+}
+
+/// What the clones of a layer share: the generator and the sampling probability (which a
+/// reload may change, [`TraceLayer::set_sampling_percent`]).
+struct Shared {
+    rng: SharedRng,
+    /// `f64` bits of the probability.
+    sampling: AtomicU64,
+}
+
+impl fmt::Debug for TraceLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TraceLayer")
+            .field("config", &self.config)
+            .field("sampling", &self.sampling())
+            .finish()
+    }
+}
+
+/// The service of a [`TraceLayer`].
+#[derive(Clone, Debug)]
+pub struct Trace<S> {
+    inner: S,
+    layer: TraceLayer,
+}
+
+impl TraceLayer {
+    /// A layer with `config`.
+    pub fn new(config: TraceConfig) -> Self {
+        TraceLayer {
+            config,
+            shared: Arc::new(Shared {
+                rng: SharedRng::new(Some(rng::seed(config.seed, 0))),
+                sampling: AtomicU64::new(config.sampling.clamp(0.0, 1.0).to_bits()),
+            }),
+        }
+    }
+
+    /// The layer's configuration (its `sampling` as built; see [`TraceLayer::sampling`]).
+    pub fn config(&self) -> &TraceConfig {
+        &self.config
+    }
+
+    /// The probability of sampling a request without a caller's decision, now.
+    pub fn sampling(&self) -> f64 {
+        f64::from_bits(self.shared.sampling.load(Ordering::Relaxed))
+    }
+
+    /// Changes the sampling rate of this layer and every service it made (a reload).
+    pub fn set_sampling_percent(&self, percent: f64) {
+        let p = (percent / 100.0).clamp(0.0, 1.0);
+        self.shared.sampling.store(p.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Gives `headers` this hop's trace context (and `x-request-id`) and returns it.
+    pub fn propagate(&self, headers: &mut HeaderMap) -> TraceContext {
+        let extracted = Extracted::from_headers(headers);
+        let carried = present(headers);
+        let span_id = self.nonzero_u64();
+        let ctx = match extracted {
+            Some(e) => TraceContext {
+                trace_id: e.trace_id,
+                span_id,
+                parent_span_id: Some(e.span_id),
+                sampled: e.sampled.unwrap_or_else(|| self.sample()),
+            },
+            None => TraceContext {
+                trace_id: (u128::from(self.nonzero_u64()) << 64)
+                    | u128::from(self.shared.rng.next_u64()),
+                span_id,
+                parent_span_id: None,
+                // B3 may carry a decision without a context (`b3: 0`, a lone `x-b3-sampled`):
+                // the new trace keeps it (openzipkin/b3-propagation, "Sampling State")
+                sampled: bare_decision(headers).unwrap_or_else(|| self.sample()),
+            },
+        };
+        let b3_64bit = extracted.is_some_and(|e| e.b3_64bit);
+        let write = self.config.propagation | carried;
+        if write.contains(Propagation::W3C) {
+            headers.insert(TRACEPARENT, traceparent(&ctx));
+            if extracted.is_none_or(|e| e.from != Propagation::W3C) {
+                // a tracestate belongs to the traceparent it came with (W3C §3.3.1.1)
+                headers.remove(&TRACESTATE);
+            }
+        }
+        if write.contains(Propagation::B3_MULTI) {
+            let w = if b3_64bit { 16 } else { 32 };
+            headers.insert(
+                X_B3_TRACEID,
+                hex_value(ctx.trace_id & trace_mask(b3_64bit), w),
+            );
+            headers.insert(X_B3_SPANID, hex_value(u128::from(ctx.span_id), 16));
+            match ctx.parent_span_id {
+                Some(p) => {
+                    headers.insert(X_B3_PARENTSPANID, hex_value(u128::from(p), 16));
+                }
+                None => {
+                    headers.remove(&X_B3_PARENTSPANID);
+                }
+            }
+            headers.insert(
+                X_B3_SAMPLED,
+                HeaderValue::from_static(if ctx.sampled { "1" } else { "0" }),
+            );
+            headers.remove(&X_B3_FLAGS);
+        }
+        if write.contains(Propagation::B3_SINGLE) {
+            headers.insert(B3, b3_single(&ctx, b3_64bit));
+        }
+        if self.config.generate_request_id
+            && headers
+                .get(&X_REQUEST_ID)
+                .is_none_or(|v| v.as_bytes().is_empty())
+        {
+            headers.insert(
+                X_REQUEST_ID,
+                uuid_v4(self.shared.rng.next_u64(), self.shared.rng.next_u64()),
+            );
+        }
+        ctx
+    }
+
+    fn nonzero_u64(&self) -> u64 {
+        loop {
+            let v = self.shared.rng.next_u64();
+            if v != 0 {
+                return v;
+            }
+        }
+    }
+
+    fn sample(&self) -> bool {
+        let p = self.sampling();
+        p >= 1.0 || self.shared.rng.next_f64() < p
+    }
+}
+
+impl<S> tower_layer::Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Trace<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> S::Future {
+        let ctx = self.layer.propagate(req.headers_mut());
+        req.extensions_mut().insert(ctx);
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests;
