@@ -15,8 +15,12 @@
 //!   any byte was sent), `retriable-4xx` (409), `retriable-status-codes` and bare status
 //!   codes, `envoy-ratelimited` (`x-envoy-ratelimited` in the answer), and the gRPC
 //!   statuses `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
-//!   `unavailable`, read from the `grpc-status` response header (a trailers-only answer,
-//!   as Envoy);
+//!   `unavailable`, read from the `grpc-status` response header of a gRPC answer (a
+//!   trailers-only answer). A streamed answer whose `grpc-status` comes in its trailers is
+//!   passed through, as Envoy does: its router decides on retries in `onUpstreamHeaders`
+//!   only and drops its retry state before it forwards the head; `onUpstreamTrailers` reads
+//!   the status for the host's statistics, never to retry (`source/common/router/router.cc`;
+//!   no Envoy setting retries on trailers);
 //! - **`perTryTimeout`** bounds each attempt; an attempt that runs out is dropped and
 //!   retried like a reset (as Envoy's `onPerTryTimeout`); with no attempt left the client
 //!   gets `504 upstream request timeout` with flag `UT`. The route `timeout` (the
@@ -113,8 +117,8 @@
 //! - A body is kept for retries up to 64 KiB by default (Envoy: its 1 MiB buffer limit).
 //! - Not done yet: `retryRemoteLocalities`, retry budgets (`retryBudget`), the
 //!   `x-envoy-retry-on`/`x-envoy-max-retries` request headers, `retriable-headers`,
-//!   `Retry-After`/rate-limited backoff, retrying on gRPC statuses in trailers, and a
-//!   refused stream told from a reset by the connector.
+//!   `Retry-After`/rate-limited backoff, and a refused stream told from a reset by the
+//!   connector.
 
 use std::future::Future;
 use std::pin::Pin;

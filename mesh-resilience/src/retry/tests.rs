@@ -514,3 +514,76 @@ fn idempotent_methods_are_rfc_9110_s() {
         assert!(!is_idempotent(&m.parse().unwrap()), "{m}");
     }
 }
+
+/// A streamed gRPC answer: `content-type: application/grpc`, a message, then the status in
+/// the trailers (the normal case for a server that has started answering).
+#[derive(Debug, Default)]
+struct Streamed(VecDeque<http_body::Frame<Bytes>>);
+
+impl http_body::Body for Streamed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+fn streamed_grpc(code: u32) -> Response<MeshBody<Streamed>> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from(code));
+    let frames = [
+        http_body::Frame::data(Bytes::from_static(b"\0\0\0\0\x01x")),
+        http_body::Frame::trailers(trailers),
+    ];
+    let mut res = Response::new(MeshBody::Inner(Streamed(frames.into_iter().collect())));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    res
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_status_in_trailers_is_passed_through_as_envoy_does() {
+    // Envoy's router consults its retry state in `onUpstreamHeaders` only (it resets it
+    // there before encoding the head downstream); `onUpstreamTrailers` only counts the
+    // status for the host's success/error stats (source/common/router/router.cc). So a
+    // streamed answer whose `grpc-status: 14` arrives in the trailers is the client's,
+    // while a trailers-only `unavailable` (status in the head) is retried.
+    let calls = Arc::new(Mutex::new(0));
+    let seen = calls.clone();
+    let svc = tower::service_fn(move |_req: Request<ReplayBody<Full<Bytes>>>| {
+        let n = {
+            let mut c = seen.lock().unwrap();
+            *c += 1;
+            *c
+        };
+        async move {
+            Ok::<_, Infallible>(if n == 1 {
+                streamed_grpc(14)
+            } else {
+                Response::new(MeshBody::empty())
+            })
+        }
+    });
+    let res = RetryLayer::new()
+        .with_seed(3)
+        .layer(svc)
+        .oneshot(get(None))
+        .await
+        .unwrap();
+    assert_eq!(*calls.lock().unwrap(), 1, "not retried");
+    assert!(flags_of(&res).is_empty(), "no URX");
+    let collected = res.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "14");
+    assert_eq!(collected.to_bytes(), &b"\0\0\0\0\x01x"[..]);
+    // the same status in the head (trailers-only): retried under Istio's default policy
+    let mock = Mock::new(&[Grpc(14), Grpc(0)]);
+    let res = run(&mock, get(None)).await;
+    assert_eq!(res.headers()["grpc-status"], "0");
+    assert_eq!(mock.calls(), 2);
+}
