@@ -320,3 +320,96 @@ async fn post_retried_on_503(protocol: &str) {
     assert_eq!(good.hits(), n);
     assert!(bad.hits() > 0, "some requests were retried");
 }
+
+/// An HTTP/2 (h2c) upstream, the `h2` crate's server, that resets the first stream of each
+/// path it sees with `reason` and answers `200 <path>` after that; counts the streams.
+async fn resetting_h2(reason: h2::Reason) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let count = streams.clone();
+    tokio::spawn(async move {
+        let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (count, seen) = (count.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let path = req.uri().path().to_string();
+                    if seen.lock().unwrap().insert(path.clone()) {
+                        respond.send_reset(reason);
+                        continue;
+                    }
+                    let res = Response::builder()
+                        .header("x-backend", "h2")
+                        .body(())
+                        .unwrap();
+                    if let Ok(mut body) = respond.send_response(res, false) {
+                        let _ = body.send_data(bytes::Bytes::from(path), true);
+                    }
+                }
+            });
+        }
+    });
+    (port, streams)
+}
+
+/// A ServiceEntry for `ratings` on one HTTP2 endpoint at `port` (no VirtualService: Istio's
+/// default retry policy).
+fn h2_ratings(port: u16) -> String {
+    format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings}}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http2, protocol: HTTP2}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http2: {port}}}}}
+",
+        bootstrap(1, "")
+    )
+}
+
+fn post(path: &str) -> Request<UpBody> {
+    Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", "ratings:9080")
+        .body(full("order"))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_post_is_retried_by_istio_s_default_policy_a_reset_post_is_not() {
+    // Istio's default policy has `refused-stream`: an HTTP/2 stream the upstream refused was
+    // not processed (RFC 9113 §8.7), so even a POST is retried, with its body.
+    let (port, streams) = resetting_h2(h2::Reason::REFUSED_STREAM).await;
+    let p = start(&h2_ratings(port)).await;
+    let mut c = H1::connect(p.out).await;
+    let r = c.send(post("/refused")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "/refused"),
+        "{r:?}"
+    );
+    assert_eq!(streams.load(Ordering::SeqCst), 2, "refused, then retried");
+
+    // Any other reset (here CANCEL) may come after the application saw the POST: not retried
+    // (the default policy has no `reset`, and the POST is not idempotent).
+    let (port, streams) = resetting_h2(h2::Reason::CANCEL).await;
+    let p = start(&h2_ratings(port)).await;
+    let mut c = H1::connect(p.out).await;
+    let r = c.send(post("/reset")).await;
+    assert_eq!((r.status.as_u16(), r.flags()), (503, "UR"), "{r:?}");
+    assert_eq!(streams.load(Ordering::SeqCst), 1);
+}

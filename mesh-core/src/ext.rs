@@ -105,10 +105,9 @@ pub struct PreviousHosts(Arc<std::sync::Mutex<Vec<SocketAddr>>>);
 /// (`REFUSED_STREAM`): the application never saw the request (Envoy's `refused-stream`
 /// retry condition).
 ///
-/// Written by the connector beside the reply's `UR` flag; read by the retry layer
-/// (`mesh-resilience`). (The connector of `mesh-transport` does not tell refused streams
-/// from other resets yet: a refused stream is an ordinary `UR` reset, retried only under
-/// `reset`, `5xx` or `gateway-error`.)
+/// Written by the connector (`mesh-transport`'s, for an upstream `RST_STREAM` with
+/// `REFUSED_STREAM`) beside the reply's `UR` flag; read by the retry layer
+/// (`mesh-resilience`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RefusedStream;
 

@@ -117,8 +117,7 @@
 //! - A body is kept for retries up to 64 KiB by default (Envoy: its 1 MiB buffer limit).
 //! - Not done yet: `retryRemoteLocalities`, retry budgets (`retryBudget`), the
 //!   `x-envoy-retry-on`/`x-envoy-max-retries` request headers, `retriable-headers`,
-//!   `Retry-After`/rate-limited backoff, and a refused stream told from a reset by the
-//!   connector.
+//!   `Retry-After`/rate-limited backoff.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -382,7 +382,7 @@ static HTTP_RETRY: TypeDef = TypeDef {
             "retryOn",
             Leaf,
             Status::Enforced,
-            "`refused-stream` waits for the connector to tell refused HTTP/2 streams from resets (today: a reset, retried under `reset`, `5xx`, `gateway-error`); `retriable-headers` not yet",
+            "gRPC statuses are read from trailers-only answers (a status in the trailers is passed through, as Envoy); `retriable-headers` not yet",
         ),
         field(
             "retryRemoteLocalities",
