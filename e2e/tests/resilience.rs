@@ -413,3 +413,80 @@ async fn a_refused_post_is_retried_by_istio_s_default_policy_a_reset_post_is_not
     assert_eq!((r.status.as_u16(), r.flags()), (503, "UR"), "{r:?}");
     assert_eq!(streams.load(Ordering::SeqCst), 1);
 }
+
+/// A handler that answers `status`, with the `x-envoy-*` request headers it received listed
+/// in `x-seen-envoy`.
+fn seeing_envoy_headers(status: u16) -> Handler {
+    Arc::new(move |req: Request<Incoming>| {
+        let seen: Vec<&str> = req
+            .headers()
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.starts_with("x-envoy-"))
+            .collect();
+        let seen = seen.join(",");
+        Box::pin(async move {
+            Response::builder()
+                .status(status)
+                .header("x-seen-envoy", seen)
+                .body(full(""))
+                .unwrap()
+        })
+    })
+}
+
+#[tokio::test]
+async fn a_client_s_x_envoy_headers_cannot_raise_retries_or_timeouts_and_are_not_forwarded() {
+    // Istio's sidecar treats its application's requests as external (no use_remote_address):
+    // Envoy strips the router's x-envoy-* overrides (cleanInternalHeaders), so the route's
+    // policy holds. Here: `retries: {attempts: 0}` and a 0.3s timeout.
+    let bad = backend_with("bad", seeing_envoy_headers(503)).await;
+    let reached = Arc::new(AtomicUsize::new(0));
+    let slow = backend_with("slow", hanging(reached.clone())).await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("ratings", 9080, "HTTP", &[&bad])
+        + &service_entry("slow", 9080, "HTTP", &[&slow])
+        + &vs("  - retries: {attempts: 0}
+    route: [{destination: {host: ratings}}]
+") + "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: slow}
+spec:
+  hosts: [slow]
+  http:
+  - timeout: 0.3s
+    route: [{destination: {host: slow}}]
+";
+    let p = start(&yaml).await;
+    let mut c = H1::connect(p.out).await;
+    let r = c
+        .get(
+            "ratings:9080",
+            &[
+                ("x-envoy-retry-on", "5xx"),
+                ("x-envoy-max-retries", "5"),
+                ("x-envoy-upstream-rq-per-try-timeout-ms", "1"),
+                ("x-envoy-attempt-count", "1"),
+            ],
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), r.flags()), (503, ""), "{r:?}");
+    assert_eq!(bad.hits(), 1, "not retried");
+    assert_eq!(
+        r.headers["x-seen-envoy"], "x-envoy-attempt-count",
+        "only a header the router does not consume is forwarded"
+    );
+    let started = std::time::Instant::now();
+    let r = get_once(
+        p.out,
+        "slow:9080",
+        &[("x-envoy-upstream-rq-timeout-ms", "60000")],
+    )
+    .await;
+    assert_eq!((r.status.as_u16(), r.flags()), (504, "UT"), "{r:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the route's 0.3s timeout, not the header's minute"
+    );
+}

@@ -33,6 +33,7 @@ pub mod authority;
 pub mod body;
 pub mod compile;
 pub mod config;
+pub mod envoy_headers;
 pub mod ext;
 pub mod flags;
 pub mod format;

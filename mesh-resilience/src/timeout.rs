@@ -11,14 +11,24 @@
 //! - after the head, the response body ends with an error when the deadline passes (the
 //!   client sees the stream reset, as with Envoy); it never hangs.
 //!
-//! gRPC (HTTP/2): a request with a `grpc-timeout` header is bounded by it, capped by the route
-//! timeout when there is one (Istio sets Envoy's `max_grpc_timeout` to the route timeout,
-//! `0` = uncapped, so Envoy honours the header).
+//! gRPC: a gRPC request (`content-type: application/grpc`) with a `grpc-timeout` header is
+//! bounded by it, capped by the route timeout when there is one. Istio always sets Envoy's
+//! `max_grpc_timeout`, to the route timeout or to `0` (uncapped) without one
+//! (`pilot/pkg/networking/core/route/route.go`, `setTimeout`), so Envoy honours the header
+//! on every route (`FilterUtility::finalTimeout`).
+//!
+//! `x-envoy-upstream-rq-timeout-ms`: removed from every request; with
+//! [`TimeoutLayer::with_envoy_headers`]`(`[`EnvoyHeaderPolicy::Honour`]`)` it first replaces
+//! the timeout (route and `grpc-timeout` alike; `0`: none), as Envoy does for internal
+//! requests. By default it is not honoured: Istio's sidecars and gateways strip it from
+//! their clients' requests (see [`mesh_core::envoy_headers`]). `x-envoy-expected-rq-timeout-ms`
+//! and `x-envoy-upstream-rq-timeout-alt-response` are removed and not honoured.
 //!
 //! Where this differs from Envoy: the deadline starts when the request reaches the layer
 //! (after routing and fault injection), not when the client has finished sending its body;
-//! a request whose upload takes longer than the timeout is cut off. The
-//! `x-envoy-upstream-rq-timeout-ms` header is not read.
+//! a request whose upload takes longer than the timeout is cut off. Envoy also rewrites
+//! `grpc-timeout` (and sets `x-envoy-expected-rq-timeout-ms`) to the time left for the
+//! upstream; here the client's `grpc-timeout` goes upstream unchanged.
 //!
 //! The timer is one allocation per request that has a timeout; a request without one costs a
 //! lookup of its route policy.
@@ -26,7 +36,7 @@
 //! ```
 //! use std::convert::Infallible;
 //! use std::time::Duration;
-//! use http::{Request, Response, StatusCode};
+//! use http::{HeaderMap, Request, Response, StatusCode};
 //! use mesh_core::MeshBody;
 //! use mesh_resilience::timeout::TimeoutLayer;
 //! use tower::{ServiceBuilder, ServiceExt};
@@ -51,9 +61,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::body::{OnBodyEnd, ReplyBody};
+use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
 use mesh_core::ext::{local_reply, route_policy};
 use mesh_core::flags::ResponseFlags;
 use pin_project::pin_project;
@@ -68,12 +79,24 @@ pub const TIMEOUT_BODY: &str = "upstream request timeout";
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TimeoutLayer {
     timeout: Option<Duration>,
+    envoy_headers: EnvoyHeaderPolicy,
 }
 
 impl TimeoutLayer {
     /// A layer applying each request's route timeout (none without one).
     pub const fn new() -> Self {
-        TimeoutLayer { timeout: None }
+        TimeoutLayer {
+            timeout: None,
+            envoy_headers: EnvoyHeaderPolicy::Strip,
+        }
+    }
+
+    /// Whether a request's `x-envoy-upstream-rq-timeout-ms` replaces its route timeout
+    /// ([`EnvoyHeaderPolicy::Honour`]: for trusted callers only) or is only removed (the
+    /// default); see [`mesh_core::envoy_headers`].
+    pub const fn with_envoy_headers(mut self, policy: EnvoyHeaderPolicy) -> Self {
+        self.envoy_headers = policy;
+        self
     }
 
     /// Applies `timeout` to requests that carry no route policy of their own (a service used
@@ -122,29 +145,71 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let route = match route_policy(req.extensions()) {
             Some(p) => p.timeout,
             None => self.layer.timeout,
         };
-        // gRPC runs over HTTP/2: an HTTP/1.1 request skips the header lookup (a hash of a
-        // non-standard name, measurable per request).
-        let grpc = if req.version() == http::Version::HTTP_2 {
+        // Envoy reads `grpc-timeout` on gRPC requests only (`isGrpcRequestHeaders`): the
+        // content type, a standard header, is checked first (a lookup of `grpc-timeout`
+        // hashes a non-standard name, measurable per request).
+        let grpc = if is_grpc_request(req.headers()) {
             req.headers()
                 .get("grpc-timeout")
                 .and_then(|v| parse_grpc_timeout(v.as_bytes()))
         } else {
             None
         };
-        let timeout = match (route, grpc) {
+        let mut timeout = match (route, grpc) {
             (Some(r), Some(g)) => Some(r.min(g)),
             (r, g) => r.or(g),
         };
+        let envoy = EnvoyHeaders::present(req.headers()) & EnvoyHeaders::TIMEOUT;
+        if !envoy.is_empty() {
+            timeout = self
+                .layer
+                .consume_envoy_headers(req.headers_mut(), envoy, timeout);
+        }
         ResponseFuture {
             inner: self.inner.call(req),
             sleep: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
         }
     }
+}
+
+impl TimeoutLayer {
+    /// Removes the route timeout's `x-envoy-*` headers, first applying
+    /// `x-envoy-upstream-rq-timeout-ms` when this layer honours it: it replaces the timeout
+    /// (route and `grpc-timeout` alike; `0`: none), as Envoy's `FilterUtility::finalTimeout`
+    /// does. Only requests that carry one come here.
+    #[cold]
+    fn consume_envoy_headers(
+        &self,
+        h: &mut HeaderMap,
+        present: EnvoyHeaders,
+        timeout: Option<Duration>,
+    ) -> Option<Duration> {
+        let mut timeout = timeout;
+        if self.envoy_headers == EnvoyHeaderPolicy::Honour
+            && let Some(ms) = EnvoyHeaders::UPSTREAM_RQ_TIMEOUT_MS
+                .value(h)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        EnvoyHeaders::strip(h, present);
+        timeout
+    }
+}
+
+/// A gRPC request, as Envoy's `Grpc::Common::isGrpcRequestHeaders` tells it: its content
+/// type is `application/grpc`, or that followed by `+` or `;` (not gRPC-Web's).
+fn is_grpc_request(h: &HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .strip_prefix(b"application/grpc")
+            .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
+    })
 }
 
 /// Parses a gRPC `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`,

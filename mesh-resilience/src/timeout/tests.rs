@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use super::*;
+use mesh_core::envoy_headers::EnvoyHeaderPolicy;
 
 /// A response body fed from a channel; it ends when the sender is dropped.
 struct Chunks(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
@@ -188,7 +189,8 @@ async fn a_body_finished_in_time_is_whole() {
 async fn timed_out_after(route: Option<Duration>, grpc_timeout: &str) -> Duration {
     let svc = TimeoutLayer::new().layer(hanging(Arc::default()));
     let mut req = with_route_timeout(route);
-    *req.version_mut() = http::Version::HTTP_2;
+    req.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
     req.headers_mut()
         .insert("grpc-timeout", grpc_timeout.parse().unwrap());
     let start = Instant::now();
@@ -212,16 +214,100 @@ async fn grpc_timeout_bounds_the_request_capped_by_the_route_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn grpc_timeout_is_read_on_http2_only() {
-    // gRPC runs over HTTP/2; an HTTP/1.1 request's header is not looked at.
-    let svc = TimeoutLayer::new().layer(hanging(Arc::default()));
+async fn grpc_timeout_is_read_on_grpc_requests_only() {
+    // Envoy's `isGrpcRequestHeaders`: `application/grpc`, `application/grpc+proto`,
+    // `application/grpc;…`; not gRPC-Web, not a request without the content type.
+    for (content_type, expect) in [
+        (Some("application/grpc"), 100),
+        (Some("application/grpc+proto"), 100),
+        (Some("application/grpc-web"), 1000),
+        (Some("text/plain"), 1000),
+        (None, 1000),
+    ] {
+        let svc = TimeoutLayer::new().layer(hanging(Arc::default()));
+        let mut req = with_route_timeout(Some(Duration::from_secs(1)));
+        if let Some(ct) = content_type {
+            req.headers_mut()
+                .insert("content-type", ct.parse().unwrap());
+        }
+        req.headers_mut()
+            .insert("grpc-timeout", "100m".parse().unwrap());
+        let start = Instant::now();
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(expect),
+            "{content_type:?}"
+        );
+    }
+}
+
+/// An upstream that never answers and keeps the headers of the request it got.
+fn hanging_seeing(
+    seen: Arc<std::sync::Mutex<Option<http::HeaderMap>>>,
+) -> impl Service<
+    Request<()>,
+    Response = Response<MeshBody<http_body_util::Empty<Bytes>>>,
+    Error = Infallible,
+> + Clone {
+    tower::service_fn(move |req: Request<()>| {
+        *seen.lock().unwrap() = Some(req.headers().clone());
+        async move {
+            std::future::pending::<()>().await;
+            Ok(Response::new(MeshBody::empty()))
+        }
+    })
+}
+
+/// How long a request with `x-envoy-upstream-rq-timeout-ms: ms` on a route with a 1s
+/// timeout took to time out (`None`: not within an hour), and whether the header reached the
+/// upstream.
+async fn with_envoy_timeout(policy: EnvoyHeaderPolicy, ms: &str) -> (Option<Duration>, bool) {
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let svc = TimeoutLayer::new()
+        .with_envoy_headers(policy)
+        .layer(hanging_seeing(seen.clone()));
     let mut req = with_route_timeout(Some(Duration::from_secs(1)));
     req.headers_mut()
-        .insert("grpc-timeout", "100m".parse().unwrap());
+        .insert("x-envoy-upstream-rq-timeout-ms", ms.parse().unwrap());
+    req.headers_mut()
+        .insert("x-envoy-expected-rq-timeout-ms", "5".parse().unwrap());
     let start = Instant::now();
-    let res = svc.oneshot(req).await.unwrap();
-    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    let took = tokio::time::timeout(Duration::from_secs(3600), svc.oneshot(req))
+        .await
+        .ok()
+        .map(|res| {
+            assert_eq!(res.unwrap().status(), StatusCode::GATEWAY_TIMEOUT);
+            start.elapsed()
+        });
+    let h = seen.lock().unwrap().clone().unwrap();
+    assert!(!h.contains_key("x-envoy-expected-rq-timeout-ms"));
+    (took, h.contains_key("x-envoy-upstream-rq-timeout-ms"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn x_envoy_upstream_rq_timeout_ms_is_stripped_and_honoured_only_when_trusted() {
+    use EnvoyHeaderPolicy::{Honour, Strip};
+    let s = Duration::from_secs;
+    // by default (Istio's sidecars and gateways with their clients): the route's timeout
+    assert_eq!(with_envoy_timeout(Strip, "50").await, (Some(s(1)), false));
+    assert_eq!(with_envoy_timeout(Strip, "5000").await, (Some(s(1)), false));
+    // trusted: the header replaces the route timeout, up or down; 0 means none; a malformed
+    // value is ignored
+    assert_eq!(
+        with_envoy_timeout(Honour, "50").await,
+        (Some(Duration::from_millis(50)), false)
+    );
+    assert_eq!(
+        with_envoy_timeout(Honour, "5000").await,
+        (Some(s(5)), false)
+    );
+    assert_eq!(with_envoy_timeout(Honour, "0").await, (None, false));
+    assert_eq!(
+        with_envoy_timeout(Honour, "soon").await,
+        (Some(s(1)), false)
+    );
 }
 
 #[test]
