@@ -30,7 +30,12 @@
 //!   default) and doubling up to ten times it (`JitteredExponentialBackOffStrategy`);
 //! - **`retryIgnorePreviousHosts`** (on by default, as Istio's): each attempt carries a
 //!   [`PreviousHosts`] that the balancer fills and honours, so a retry goes to another
-//!   endpoint when there is one.
+//!   endpoint when there is one;
+//! - **`retryRemoteLocalities`** (off by default, as Istio's): each attempt carries a
+//!   [`PreviousPriorities`] that the balancer fills and honours: after every second attempt
+//!   the locality priorities tried are left out of the priority load (Envoy's
+//!   `previous_priorities` retry priority with Istio's `update_frequency: 2`), so the
+//!   second retry goes to the next locality when the closest ones are healthy.
 //!
 //! When the attempts run out on a failure the policy would retry, the last answer goes to
 //! the client with flag `URX` added, as Envoy does. An error of the inner service (not an
@@ -124,7 +129,8 @@
 //!
 //! Reads [`route_policy`] (`retries`) and the `x-envoy-*` headers above (then removes them)
 //! from the request; writes a [`PreviousHosts`] into each
-//! attempt (when the policy avoids previous hosts); reads [`ResponseFlags`] and
+//! attempt (when the policy avoids previous hosts) and a [`PreviousPriorities`] (when it
+//! retries remote localities); reads [`ResponseFlags`] and
 //! [`RefusedStream`] from answers; adds `URX` (and makes `504 UT` answers) with
 //! [`mark`] / [`local_reply`].
 //!
@@ -132,7 +138,7 @@
 //!
 //! - Non-idempotent requests are safe by default (above).
 //! - A body is kept for retries up to 64 KiB by default (Envoy: its 1 MiB buffer limit).
-//! - Not done yet: `retryRemoteLocalities`, retry budgets (`retryBudget`),
+//! - Not done yet: retry budgets (`retryBudget`),
 //!   `retriable-headers`, `Retry-After`/rate-limited backoff.
 
 use std::future::Future;
@@ -147,7 +153,9 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
 use mesh_core::body::ReplyBody;
 use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
-use mesh_core::ext::{PreviousHosts, RefusedStream, flags_of, local_reply, mark, route_policy};
+use mesh_core::ext::{
+    PreviousHosts, PreviousPriorities, RefusedStream, flags_of, local_reply, mark, route_policy,
+};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::policy::{RetryOn, RetryPolicy};
 use mesh_core::replay::{DEFAULT_MAX_REPLAY_BYTES, ReplayBody, Replayer};
@@ -218,10 +226,17 @@ struct Attempts<S, B> {
     rng: Rng,
     /// The per-try deadline, then the backoff (one timer, reset for each).
     timer: Option<Pin<Box<Sleep>>>,
-    /// The hosts tried, shared with the balancer (`retryIgnorePreviousHosts`).
-    hosts: Option<PreviousHosts>,
+    /// The hosts and priorities tried, shared with the balancer
+    /// (`retryIgnorePreviousHosts`, `retryRemoteLocalities`).
+    tried: Tried,
     /// The next attempt's body, during the backoff.
     next: Option<ReplayBody<B>>,
+}
+
+/// What the attempts of a request share with the balancer.
+struct Tried {
+    hosts: Option<PreviousHosts>,
+    priorities: Option<PreviousPriorities>,
 }
 
 /// How a retry gets the body again.
@@ -356,7 +371,10 @@ where
             return ResponseFuture::once(self.inner.call(req.map(ReplayBody::plain)));
         };
         let (parts, body) = req.into_parts();
-        let hosts = policy.retry_ignore_previous_hosts.then(PreviousHosts::new);
+        let tried = Tried {
+            hosts: policy.retry_ignore_previous_hosts.then(PreviousHosts::new),
+            priorities: policy.retry_remote_localities.then(PreviousPriorities::new),
+        };
         let (first, replay) = if body.is_end_stream() {
             (ReplayBody::plain(body), Replay::Empty)
         } else {
@@ -368,7 +386,7 @@ where
         if let Some(t) = policy.per_try_timeout {
             timer = Some(Box::pin(tokio::time::sleep(t)));
         }
-        let fut = self.inner.call(attempt(&parts, hosts.as_ref(), first));
+        let fut = self.inner.call(attempt(&parts, &tried, first));
         ResponseFuture {
             state: State::Called { fut },
             retry: Some(Box::new(Attempts {
@@ -381,7 +399,7 @@ where
                 policy,
                 rng: Rng::new(Some(self.rng.next_u64())),
                 timer,
-                hosts,
+                tried,
                 next: None,
             })),
         }
@@ -470,15 +488,18 @@ fn envoy_overrides(
 }
 
 /// An attempt's request: the head kept for retries (cloned: the inner service consumes it),
-/// the hosts tried so far, the body.
+/// the hosts and priorities tried so far, the body.
 fn attempt<B>(
     parts: &http::request::Parts,
-    hosts: Option<&PreviousHosts>,
+    tried: &Tried,
     body: ReplayBody<B>,
 ) -> Request<ReplayBody<B>> {
     let mut head = parts.clone();
-    if let Some(h) = hosts {
+    if let Some(h) = &tried.hosts {
         head.extensions.insert(h.clone());
+    }
+    if let Some(p) = &tried.priorities {
+        head.extensions.insert(p.clone());
     }
     Request::from_parts(head, body)
 }
@@ -584,9 +605,7 @@ where
                     }
                     ready!(retry.svc.poll_ready(cx))?;
                     let body = retry.next.take().expect(POLLED_AFTER_COMPLETION);
-                    let fut = retry
-                        .svc
-                        .call(attempt(&retry.parts, retry.hosts.as_ref(), body));
+                    let fut = retry.svc.call(attempt(&retry.parts, &retry.tried, body));
                     match (retry.policy.per_try_timeout, retry.timer.as_mut()) {
                         (Some(t), Some(timer)) => timer.as_mut().reset(Instant::now() + t),
                         // no per-try timeout: the backoff timer must not fire during the attempt

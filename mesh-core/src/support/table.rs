@@ -387,8 +387,8 @@ static HTTP_RETRY: TypeDef = TypeDef {
         field(
             "retryRemoteLocalities",
             Leaf,
-            Status::NotYet(Area::Resilience),
-            "",
+            Status::Enforced,
+            "Envoy's `previous_priorities` with Istio's `update_frequency: 2`",
         ),
         field("retryIgnorePreviousHosts", Leaf, Status::Enforced, ""),
         field("backoff", Leaf, Status::Enforced, ""),

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use mesh_core::MeshBody;
-use mesh_core::ext::{PreviousHosts, RoutePolicy, flags_of, local_reply};
+use mesh_core::ext::{PreviousHosts, PreviousPriorities, RoutePolicy, flags_of, local_reply};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::policy::RetryPolicy;
 use mesh_core::replay::ReplayBody;
@@ -45,6 +45,8 @@ struct Seen {
     previous: Option<Vec<SocketAddr>>,
     /// The `x-envoy-*` headers the attempt carried.
     envoy: Vec<String>,
+    /// The priorities tried before, when the attempt carried the list.
+    priorities: Option<Vec<u32>>,
 }
 
 #[derive(Clone, Default)]
@@ -104,12 +106,19 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Mock {
                 p.record(addr);
                 v
             });
+            // the balancer's part: the n-th attempt goes to priority n
+            let priorities = req.extensions().get::<PreviousPriorities>().map(|p| {
+                let v = p.to_vec();
+                p.record(n as u32);
+                v
+            });
             let body = req.into_body().collect().await.unwrap().to_bytes();
             seen.lock().unwrap().push(Seen {
                 at,
                 body,
                 previous: before,
                 envoy,
+                priorities,
             });
             Ok(match step {
                 Step::Status(s) => {
@@ -513,6 +522,20 @@ async fn each_attempt_carries_the_hosts_tried_before() {
     let mock = Mock::new(&[Status(503), Status(200)]);
     run(&mock, get(Some(p))).await;
     assert!(mock.seen().iter().all(|s| s.previous.is_none()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_remote_localities_shares_the_priorities_tried_with_the_balancer() {
+    let mut p = policy("503", 2);
+    p.retry_remote_localities = true;
+    let mock = Mock::new(&[Status(503), Status(503), Status(200)]);
+    run(&mock, get(Some(p))).await;
+    let seen: Vec<_> = mock.seen().into_iter().map(|s| s.priorities).collect();
+    assert_eq!(seen, [Some(vec![]), Some(vec![0]), Some(vec![0, 1])]);
+    // off by default, as Istio's
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    run(&mock, get(None)).await;
+    assert!(mock.seen().iter().all(|s| s.priorities.is_none()));
 }
 
 #[test]
