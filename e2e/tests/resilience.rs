@@ -490,3 +490,66 @@ spec:
         "the route's 0.3s timeout, not the header's minute"
     );
 }
+
+/// A proxy in region1/zone1 in front of `ratings` with one endpoint per locality (each on
+/// its own loopback address): region1/zone1 and region1/zone2 answer 503, region2/zone3
+/// answers; locality load balancing on (outlier detection configured, as Istio requires for
+/// locality priorities, with a threshold never reached), and `retries` as given.
+async fn localities(retries: &str) -> (Running, [Backend; 3]) {
+    let near = backend_at("127.0.0.1", "near", failing("near")).await;
+    let zone2 = backend_at("127.0.0.2", "zone2", failing("zone2")).await;
+    let far = backend_at("127.0.0.3", "far", named("far")).await;
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings}}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: region1/zone1}}
+  - {{address: 127.0.0.2, ports: {{http: {}}}, locality: region1/zone2}}
+  - {{address: 127.0.0.3, ports: {{http: {}}}, locality: region2/zone3}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ratings}}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN, localityLbSetting: {{enabled: true}}}}
+    outlierDetection: {{consecutive5xxErrors: 100000, interval: 1h, baseEjectionTime: 1s}}
+{}",
+        bootstrap(1, "").replace(
+            "labels: {app: productpage, version: v1}",
+            "labels: {app: productpage, version: v1}\n    locality: region1/zone1",
+        ),
+        near.port(),
+        zone2.port(),
+        far.port(),
+        vs(&format!(
+            "  - retries: {retries}\n    route: [{{destination: {{host: ratings}}}}]\n"
+        )),
+    );
+    (start(&yaml).await, [near, zone2, far])
+}
+
+#[tokio::test]
+async fn retry_remote_localities_sends_the_second_retry_to_the_next_locality() {
+    // Envoy's previous_priorities with Istio's update_frequency 2: the first two attempts
+    // use the unmodified load (region1/zone1), the next two leave it out (region1/zone2),
+    // the fifth leaves both out (region2).
+    let (p, [near, zone2, far]) =
+        localities("{attempts: 4, retryOn: '503', retryRemoteLocalities: true}").await;
+    let r = get_once(p.out, "ratings:9080", &[]).await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, "far"), "{r:?}");
+    assert_eq!((near.hits(), zone2.hits(), far.hits()), (2, 2, 1));
+    // without it, every attempt stays in the closest healthy locality
+    let (p, [near, zone2, far]) = localities("{attempts: 4, retryOn: '503'}").await;
+    let r = get_once(p.out, "ratings:9080", &[]).await;
+    assert_eq!((r.status.as_u16(), r.flags()), (503, "URX"), "{r:?}");
+    assert_eq!((near.hits(), zone2.hits(), far.hits()), (5, 0, 0));
+}
