@@ -42,6 +42,7 @@ pub mod health;
 pub mod pattern;
 pub mod policy;
 pub mod replay;
+pub mod request_end;
 pub mod rng;
 pub mod selector;
 pub mod sticky;

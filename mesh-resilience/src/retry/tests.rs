@@ -72,7 +72,11 @@ impl Mock {
     }
 }
 
-impl Service<Request<ReplayBody<Full<Bytes>>>> for Mock {
+impl<B> Service<Request<ReplayBody<B>>> for Mock
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    ReplayBody<B>: http_body::Body<Data = Bytes, Error: std::fmt::Debug> + Send,
+{
     type Response = Res;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Res, Infallible>> + Send>>;
@@ -81,7 +85,7 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Mock {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
+    fn call(&mut self, req: Request<ReplayBody<B>>) -> Self::Future {
         let step = self
             .script
             .lock()
