@@ -553,3 +553,71 @@ async fn retry_remote_localities_sends_the_second_retry_to_the_next_locality() {
     assert_eq!((r.status.as_u16(), r.flags()), (503, "URX"), "{r:?}");
     assert_eq!((near.hits(), zone2.hits(), far.hits()), (5, 0, 0));
 }
+
+#[tokio::test]
+async fn with_trust_envoy_headers_the_application_s_x_envoy_headers_are_honoured() {
+    // `outbound.trustEnvoyHeaders: true` (Istio: PILOT_SIDECAR_USE_REMOTE_ADDRESS with the
+    // application internal): Envoy's router applies them, then removes them.
+    let bad = backend_with("bad", seeing_envoy_headers(503)).await;
+    let good = backend_with("good", seeing_envoy_headers(200)).await;
+    let yaml = bootstrap(1, "").replace(
+        "outbound: {address: 127.0.0.1, port: 0}",
+        "outbound: {address: 127.0.0.1, port: 0, trustEnvoyHeaders: true}",
+    ) + &service_entry("ratings", 9080, "HTTP", &[&bad, &good])
+        + "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+" + &vs("  - retries: {attempts: 0}
+    timeout: 60s
+    route: [{destination: {host: ratings}}]
+");
+    let p = start(&yaml).await;
+    let mut c = H1::connect(p.out).await;
+    // the route retries nothing; the header asks for 5xx with up to 10 retries: every
+    // request ends on the good endpoint (round robin: a retry goes to the other one)
+    for _ in 0..10 {
+        let r = c
+            .get(
+                "ratings:9080",
+                &[("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "10")],
+            )
+            .await;
+        assert_eq!((r.status.as_u16(), r.backend()), (200, ""), "{r:?}");
+        assert_eq!(r.headers["x-seen-envoy"], "", "not forwarded");
+    }
+    assert!(
+        bad.hits() > 0,
+        "some first attempts went to the bad endpoint"
+    );
+    // x-envoy-upstream-rq-timeout-ms lowers the route's minute
+    let reached = Arc::new(AtomicUsize::new(0));
+    let slow = backend_with("slow", hanging(reached.clone())).await;
+    let yaml = bootstrap(1, "").replace(
+        "outbound: {address: 127.0.0.1, port: 0}",
+        "outbound: {address: 127.0.0.1, port: 0, trustEnvoyHeaders: true}",
+    ) + &service_entry("slow", 9080, "HTTP", &[&slow])
+        + "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: slow}
+spec:
+  hosts: [slow]
+  http:
+  - timeout: 60s
+    route: [{destination: {host: slow}}]
+";
+    let p = start(&yaml).await;
+    let started = std::time::Instant::now();
+    let r = get_once(
+        p.out,
+        "slow:9080",
+        &[("x-envoy-upstream-rq-timeout-ms", "100")],
+    )
+    .await;
+    assert_eq!((r.status.as_u16(), r.flags()), (504, "UT"), "{r:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

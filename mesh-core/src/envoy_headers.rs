@@ -18,7 +18,7 @@
 //! operator configured. A user whose callers are trusted (Istio with
 //! `PILOT_SIDECAR_USE_REMOTE_ADDRESS=true` and the application's address internal, or an
 //! in-process client calling through the layers itself) chooses
-//! [`EnvoyHeaderPolicy::Honour`]. Either way the headers are not forwarded upstream, as
+//! [`EnvoyHeaderPolicy::Honour`] (in `mesh-proxy`: `outbound.trustEnvoyHeaders: true`). Either way the headers are not forwarded upstream, as
 //! Envoy's router removes those it consumed.
 //!
 //! ```

@@ -31,6 +31,7 @@
 use std::sync::Arc;
 
 use mesh_core::compile::Snapshot;
+use mesh_core::envoy_headers::EnvoyHeaderPolicy;
 use mesh_core::model::networking::Resolution;
 use mesh_lb::discover::{
     Chain, Discover, DnsDiscover, HickoryResolver, Resolver, StaticDiscover, SystemResolver,
@@ -263,11 +264,16 @@ impl Layers {
         let lb = LbLayer::builder(snapshot.clone())
             .discover(discover)
             .build();
+        // `outbound.trustEnvoyHeaders`: the application's x-envoy-* overrides (read at start-up)
+        let envoy_headers = match &snapshot.bootstrap.outbound {
+            Some(o) if o.trust_envoy_headers => EnvoyHeaderPolicy::Honour,
+            _ => EnvoyHeaderPolicy::Strip,
+        };
         Layers {
             route_layer: RouteLayer::new(routes.clone()),
             fault: FaultLayer::new(),
-            timeout: TimeoutLayer::new(),
-            retry: RetryLayer::new(),
+            timeout: TimeoutLayer::new().with_envoy_headers(envoy_headers),
+            retry: RetryLayer::new().with_envoy_headers(envoy_headers),
             // Mirrored requests run as tasks of the worker that received the original (the
             // engine's workers are current-thread runtimes), on that worker's pool.
             mirror: MirrorLayer::new(|task| {

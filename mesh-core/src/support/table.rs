@@ -1628,6 +1628,7 @@ static OUTBOUND_LISTENER: TypeDef = TypeDef {
             Status::Values(&LISTENER_PROTOCOL),
             "the listener detects HTTP/1.1 and h2c whatever the value",
         ),
+        field("trustEnvoyHeaders", Leaf, Status::Enforced, ""),
     ],
 };
 
