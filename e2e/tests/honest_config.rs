@@ -57,8 +57,7 @@ async fn unenforced_fields_are_dumped_and_counted_at_start_and_after_reloads() {
     let (v1, v2) = (backend("v1").await, backend("v2").await);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mesh.yaml");
-    // a retry policy's retryRemoteLocalities (resilience) and a TCP route (L4): accepted,
-    // not enforced
+    // a match's statPrefix (telemetry) and a TCP route (L4): accepted, not enforced
     write(
         &file,
         &mesh(
@@ -66,7 +65,7 @@ async fn unenforced_fields_are_dumped_and_counted_at_start_and_after_reloads() {
             &v2,
             &to_subset(
                 "v1",
-                &format!("    retries: {{attempts: 3, retryRemoteLocalities: true}}\n{TCP_ROUTE}"),
+                &format!("    match: [{{uri: {{prefix: /}}, statPrefix: hot}}]\n{TCP_ROUTE}"),
             ),
         ),
     );
@@ -82,7 +81,7 @@ async fn unenforced_fields_are_dumped_and_counted_at_start_and_after_reloads() {
         .collect();
     assert_eq!(
         fields,
-        ["spec.http[0].retries.retryRemoteLocalities", "spec.tcp"],
+        ["spec.http[0].match[0].statPrefix", "spec.tcp"],
         "{dump:#}"
     );
     assert_eq!(unenforced[0]["resource"], "VirtualService/default/reviews");
@@ -92,7 +91,7 @@ async fn unenforced_fields_are_dumped_and_counted_at_start_and_after_reloads() {
         unenforced[0]["message"]
             .as_str()
             .unwrap()
-            .starts_with("not enforced by this version (resilience)"),
+            .starts_with("not enforced by this version (telemetry)"),
         "{dump:#}"
     );
     let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
@@ -102,7 +101,7 @@ async fn unenforced_fields_are_dumped_and_counted_at_start_and_after_reloads() {
         "{stats}"
     );
 
-    // a reload without retryRemoteLocalities: one left
+    // a reload without the statPrefix: one left
     write(&file, &mesh(&v1, &v2, &to_subset("v2", TCP_ROUTE)));
     p.proxy.reload().unwrap();
     assert_eq!(get_once(p.out, "reviews", &[]).await.backend(), "v2");

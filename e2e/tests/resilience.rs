@@ -320,3 +320,304 @@ async fn post_retried_on_503(protocol: &str) {
     assert_eq!(good.hits(), n);
     assert!(bad.hits() > 0, "some requests were retried");
 }
+
+/// An HTTP/2 (h2c) upstream, the `h2` crate's server, that resets the first stream of each
+/// path it sees with `reason` and answers `200 <path>` after that; counts the streams.
+async fn resetting_h2(reason: h2::Reason) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let count = streams.clone();
+    tokio::spawn(async move {
+        let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (count, seen) = (count.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let path = req.uri().path().to_string();
+                    if seen.lock().unwrap().insert(path.clone()) {
+                        respond.send_reset(reason);
+                        continue;
+                    }
+                    let res = Response::builder()
+                        .header("x-backend", "h2")
+                        .body(())
+                        .unwrap();
+                    if let Ok(mut body) = respond.send_response(res, false) {
+                        let _ = body.send_data(bytes::Bytes::from(path), true);
+                    }
+                }
+            });
+        }
+    });
+    (port, streams)
+}
+
+/// A ServiceEntry for `ratings` on one HTTP2 endpoint at `port` (no VirtualService: Istio's
+/// default retry policy).
+fn h2_ratings(port: u16) -> String {
+    format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings}}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http2, protocol: HTTP2}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http2: {port}}}}}
+",
+        bootstrap(1, "")
+    )
+}
+
+fn post(path: &str) -> Request<UpBody> {
+    Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", "ratings:9080")
+        .body(full("order"))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_post_is_retried_by_istio_s_default_policy_a_reset_post_is_not() {
+    // Istio's default policy has `refused-stream`: an HTTP/2 stream the upstream refused was
+    // not processed (RFC 9113 §8.7), so even a POST is retried, with its body.
+    let (port, streams) = resetting_h2(h2::Reason::REFUSED_STREAM).await;
+    let p = start(&h2_ratings(port)).await;
+    let mut c = H1::connect(p.out).await;
+    let r = c.send(post("/refused")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "/refused"),
+        "{r:?}"
+    );
+    assert_eq!(streams.load(Ordering::SeqCst), 2, "refused, then retried");
+
+    // Any other reset (here CANCEL) may come after the application saw the POST: not retried
+    // (the default policy has no `reset`, and the POST is not idempotent).
+    let (port, streams) = resetting_h2(h2::Reason::CANCEL).await;
+    let p = start(&h2_ratings(port)).await;
+    let mut c = H1::connect(p.out).await;
+    let r = c.send(post("/reset")).await;
+    assert_eq!((r.status.as_u16(), r.flags()), (503, "UR"), "{r:?}");
+    assert_eq!(streams.load(Ordering::SeqCst), 1);
+}
+
+/// A handler that answers `status`, with the `x-envoy-*` request headers it received listed
+/// in `x-seen-envoy`.
+fn seeing_envoy_headers(status: u16) -> Handler {
+    Arc::new(move |req: Request<Incoming>| {
+        let seen: Vec<&str> = req
+            .headers()
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.starts_with("x-envoy-"))
+            .collect();
+        let seen = seen.join(",");
+        Box::pin(async move {
+            Response::builder()
+                .status(status)
+                .header("x-seen-envoy", seen)
+                .body(full(""))
+                .unwrap()
+        })
+    })
+}
+
+#[tokio::test]
+async fn a_client_s_x_envoy_headers_cannot_raise_retries_or_timeouts_and_are_not_forwarded() {
+    // Istio's sidecar treats its application's requests as external (no use_remote_address):
+    // Envoy strips the router's x-envoy-* overrides (cleanInternalHeaders), so the route's
+    // policy holds. Here: `retries: {attempts: 0}` and a 0.3s timeout.
+    let bad = backend_with("bad", seeing_envoy_headers(503)).await;
+    let reached = Arc::new(AtomicUsize::new(0));
+    let slow = backend_with("slow", hanging(reached.clone())).await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("ratings", 9080, "HTTP", &[&bad])
+        + &service_entry("slow", 9080, "HTTP", &[&slow])
+        + &vs("  - retries: {attempts: 0}
+    route: [{destination: {host: ratings}}]
+") + "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: slow}
+spec:
+  hosts: [slow]
+  http:
+  - timeout: 0.3s
+    route: [{destination: {host: slow}}]
+";
+    let p = start(&yaml).await;
+    let mut c = H1::connect(p.out).await;
+    let r = c
+        .get(
+            "ratings:9080",
+            &[
+                ("x-envoy-retry-on", "5xx"),
+                ("x-envoy-max-retries", "5"),
+                ("x-envoy-upstream-rq-per-try-timeout-ms", "1"),
+                ("x-envoy-attempt-count", "1"),
+            ],
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), r.flags()), (503, ""), "{r:?}");
+    assert_eq!(bad.hits(), 1, "not retried");
+    assert_eq!(
+        r.headers["x-seen-envoy"], "x-envoy-attempt-count",
+        "only a header the router does not consume is forwarded"
+    );
+    let started = std::time::Instant::now();
+    let r = get_once(
+        p.out,
+        "slow:9080",
+        &[("x-envoy-upstream-rq-timeout-ms", "60000")],
+    )
+    .await;
+    assert_eq!((r.status.as_u16(), r.flags()), (504, "UT"), "{r:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the route's 0.3s timeout, not the header's minute"
+    );
+}
+
+/// A proxy in region1/zone1 in front of `ratings` with one endpoint per locality (each on
+/// its own loopback address): region1/zone1 and region1/zone2 answer 503, region2/zone3
+/// answers; locality load balancing on (outlier detection configured, as Istio requires for
+/// locality priorities, with a threshold never reached), and `retries` as given.
+async fn localities(retries: &str) -> (Running, [Backend; 3]) {
+    let near = backend_at("127.0.0.1", "near", failing("near")).await;
+    let zone2 = backend_at("127.0.0.2", "zone2", failing("zone2")).await;
+    let far = backend_at("127.0.0.3", "far", named("far")).await;
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings}}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: region1/zone1}}
+  - {{address: 127.0.0.2, ports: {{http: {}}}, locality: region1/zone2}}
+  - {{address: 127.0.0.3, ports: {{http: {}}}, locality: region2/zone3}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ratings}}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN, localityLbSetting: {{enabled: true}}}}
+    outlierDetection: {{consecutive5xxErrors: 100000, interval: 1h, baseEjectionTime: 1s}}
+{}",
+        bootstrap(1, "").replace(
+            "labels: {app: productpage, version: v1}",
+            "labels: {app: productpage, version: v1}\n    locality: region1/zone1",
+        ),
+        near.port(),
+        zone2.port(),
+        far.port(),
+        vs(&format!(
+            "  - retries: {retries}\n    route: [{{destination: {{host: ratings}}}}]\n"
+        )),
+    );
+    (start(&yaml).await, [near, zone2, far])
+}
+
+#[tokio::test]
+async fn retry_remote_localities_sends_the_second_retry_to_the_next_locality() {
+    // Envoy's previous_priorities with Istio's update_frequency 2: the first two attempts
+    // use the unmodified load (region1/zone1), the next two leave it out (region1/zone2),
+    // the fifth leaves both out (region2).
+    let (p, [near, zone2, far]) =
+        localities("{attempts: 4, retryOn: '503', retryRemoteLocalities: true}").await;
+    let r = get_once(p.out, "ratings:9080", &[]).await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, "far"), "{r:?}");
+    assert_eq!((near.hits(), zone2.hits(), far.hits()), (2, 2, 1));
+    // without it, every attempt stays in the closest healthy locality
+    let (p, [near, zone2, far]) = localities("{attempts: 4, retryOn: '503'}").await;
+    let r = get_once(p.out, "ratings:9080", &[]).await;
+    assert_eq!((r.status.as_u16(), r.flags()), (503, "URX"), "{r:?}");
+    assert_eq!((near.hits(), zone2.hits(), far.hits()), (5, 0, 0));
+}
+
+#[tokio::test]
+async fn with_trust_envoy_headers_the_application_s_x_envoy_headers_are_honoured() {
+    // `outbound.trustEnvoyHeaders: true` (Istio: PILOT_SIDECAR_USE_REMOTE_ADDRESS with the
+    // application internal): Envoy's router applies them, then removes them.
+    let bad = backend_with("bad", seeing_envoy_headers(503)).await;
+    let good = backend_with("good", seeing_envoy_headers(200)).await;
+    let yaml = bootstrap(1, "").replace(
+        "outbound: {address: 127.0.0.1, port: 0}",
+        "outbound: {address: 127.0.0.1, port: 0, trustEnvoyHeaders: true}",
+    ) + &service_entry("ratings", 9080, "HTTP", &[&bad, &good])
+        + "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+" + &vs("  - retries: {attempts: 0}
+    timeout: 60s
+    route: [{destination: {host: ratings}}]
+");
+    let p = start(&yaml).await;
+    let mut c = H1::connect(p.out).await;
+    // the route retries nothing; the header asks for 5xx with up to 10 retries: every
+    // request ends on the good endpoint (round robin: a retry goes to the other one)
+    for _ in 0..10 {
+        let r = c
+            .get(
+                "ratings:9080",
+                &[("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "10")],
+            )
+            .await;
+        assert_eq!((r.status.as_u16(), r.backend()), (200, ""), "{r:?}");
+        assert_eq!(r.headers["x-seen-envoy"], "", "not forwarded");
+    }
+    assert!(
+        bad.hits() > 0,
+        "some first attempts went to the bad endpoint"
+    );
+    // x-envoy-upstream-rq-timeout-ms lowers the route's minute
+    let reached = Arc::new(AtomicUsize::new(0));
+    let slow = backend_with("slow", hanging(reached.clone())).await;
+    let yaml = bootstrap(1, "").replace(
+        "outbound: {address: 127.0.0.1, port: 0}",
+        "outbound: {address: 127.0.0.1, port: 0, trustEnvoyHeaders: true}",
+    ) + &service_entry("slow", 9080, "HTTP", &[&slow])
+        + "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: slow}
+spec:
+  hosts: [slow]
+  http:
+  - timeout: 60s
+    route: [{destination: {host: slow}}]
+";
+    let p = start(&yaml).await;
+    let started = std::time::Instant::now();
+    let r = get_once(
+        p.out,
+        "slow:9080",
+        &[("x-envoy-upstream-rq-timeout-ms", "100")],
+    )
+    .await;
+    assert_eq!((r.status.as_u16(), r.flags()), (504, "UT"), "{r:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

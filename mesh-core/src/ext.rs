@@ -105,14 +105,26 @@ pub struct SelectedEndpoint {
 #[derive(Debug, Clone, Default)]
 pub struct PreviousHosts(Arc<std::sync::Mutex<Vec<SocketAddr>>>);
 
+/// The locality priorities the earlier attempts of a request went to, and where the
+/// balancer records this attempt's: Istio's `retryRemoteLocalities` (Envoy's
+/// `previous_priorities` retry priority, which Istio configures with `update_frequency: 2`).
+///
+/// Written by the retry layer (`mesh-resilience`) into every attempt of a request whose
+/// retry policy has `retryRemoteLocalities` (one list shared by the attempts); read and
+/// written by the balancer (`mesh-lb`), which picks the priority of an attempt from the
+/// priority load recomputed without [`PreviousPriorities::excluded`] (falling back to the
+/// unmodified load when that leaves no priority able to take traffic) and records the
+/// priority it picked.
+#[derive(Debug, Clone, Default)]
+pub struct PreviousPriorities(Arc<std::sync::Mutex<Vec<u32>>>);
+
 /// Marks a local reply of the connector for an HTTP/2 stream the upstream refused
 /// (`REFUSED_STREAM`): the application never saw the request (Envoy's `refused-stream`
 /// retry condition).
 ///
-/// Written by the connector beside the reply's `UR` flag; read by the retry layer
-/// (`mesh-resilience`). (The connector of `mesh-transport` does not tell refused streams
-/// from other resets yet: a refused stream is an ordinary `UR` reset, retried only under
-/// `reset`, `5xx` or `gateway-error`.)
+/// Written by the connector (`mesh-transport`'s, for an upstream `RST_STREAM` with
+/// `REFUSED_STREAM`) beside the reply's `UR` flag; read by the retry layer
+/// (`mesh-resilience`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RefusedStream;
 
@@ -277,6 +289,48 @@ impl PreviousHosts {
     }
 }
 
+// === impl PreviousPriorities ===
+
+impl PreviousPriorities {
+    /// Istio's `update_frequency` of Envoy's `previous_priorities`
+    /// (`pilot/pkg/networking/core/route/retry`): the priorities tried are excluded after
+    /// every second attempt, so the first retry may go to the same priority as the first
+    /// attempt, the second retry goes elsewhere.
+    pub const UPDATE_FREQUENCY: usize = 2;
+
+    /// An empty list.
+    pub fn new() -> Self {
+        PreviousPriorities::default()
+    }
+
+    fn priorities(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that an attempt goes to `priority`.
+    pub fn record(&self, priority: u32) {
+        self.priorities().push(priority);
+    }
+
+    /// The priorities this attempt's pick excludes, as a bit set (bit `p` for priority `p`;
+    /// priorities from 64 on are never excluded): those of the attempts up to the last
+    /// multiple of [`Self::UPDATE_FREQUENCY`], as Envoy's
+    /// `PreviousPrioritiesRetryPriority::determinePriorityLoad` recomputes the load then.
+    pub fn excluded(&self) -> u64 {
+        let tried = self.priorities();
+        let upto = tried.len() - tried.len() % Self::UPDATE_FREQUENCY;
+        tried[..upto]
+            .iter()
+            .filter(|&&p| p < 64)
+            .fold(0, |set, &p| set | 1 << p)
+    }
+
+    /// The priorities attempted so far, in order.
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.priorities().clone()
+    }
+}
+
 /// The request's destination: its [`RouteDecision`]'s, else a standalone
 /// [`RouteDestination`].
 #[inline]
@@ -432,6 +486,24 @@ mod tests {
         ));
         assert_eq!(selected_endpoint(&ext), Some(&other));
         assert_eq!(&*upstream_cluster(&ext).unwrap().name, "c");
+    }
+
+    #[test]
+    fn previous_priorities_exclude_after_every_second_attempt() {
+        let p = PreviousPriorities::new();
+        assert_eq!(p.excluded(), 0);
+        p.record(0);
+        assert_eq!(p.excluded(), 0, "the first retry uses the unmodified load");
+        p.record(0);
+        assert_eq!(p.excluded(), 0b1);
+        p.record(1);
+        assert_eq!(p.excluded(), 0b1, "updated every second attempt");
+        p.record(3);
+        assert_eq!(p.excluded(), 0b1011);
+        p.record(70);
+        p.record(70);
+        assert_eq!(p.excluded(), 0b1011, "beyond 64: never excluded");
+        assert_eq!(p.to_vec(), [0, 0, 1, 3, 70, 70]);
     }
 
     #[test]

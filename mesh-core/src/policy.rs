@@ -74,6 +74,30 @@ pub const RETRY_ON_NAMES: &[(&str, RetryOn)] = &[
     ("unavailable", RetryOn::GRPC_UNAVAILABLE),
 ];
 
+impl RetryOn {
+    /// The conditions of an `x-envoy-retry-on` value (`grpc` false: the HTTP conditions) or
+    /// an `x-envoy-retry-grpc-on` one (`grpc`: the gRPC statuses), comma-separated; other
+    /// tokens are ignored, as Envoy's `RetryStateImpl::parseRetryOn` and `parseRetryGrpcOn`
+    /// do.
+    ///
+    /// ```
+    /// use mesh_core::policy::RetryOn;
+    /// assert_eq!(RetryOn::from_header("5xx, bogus,unavailable", false), RetryOn::FIVE_XX);
+    /// assert_eq!(RetryOn::from_header("unavailable,5xx", true), RetryOn::GRPC_UNAVAILABLE);
+    /// ```
+    pub fn from_header(value: &str, grpc: bool) -> RetryOn {
+        let mut on = RetryOn::empty();
+        for tok in value.split(',').map(str::trim) {
+            if let Some((_, f)) = RETRY_ON_NAMES.iter().find(|(n, _)| *n == tok)
+                && (f.bits() >= RetryOn::GRPC_CANCELLED.bits()) == grpc
+            {
+                on |= *f;
+            }
+        }
+        on
+    }
+}
+
 /// A compiled `HTTPRetry`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {

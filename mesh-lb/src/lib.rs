@@ -115,7 +115,11 @@
 //!   destination's host and port), [`ClientAddr`] (`useSourceIp`),
 //!   [`PreviousHosts`](mesh_core::ext::PreviousHosts) (a retry's `retryIgnorePreviousHosts`:
 //!   a host an earlier attempt went to is picked again, up to five times, as Envoy's
-//!   `previous_hosts` predicate; the pick is recorded in it).
+//!   `previous_hosts` predicate; the pick is recorded in it),
+//!   [`PreviousPriorities`](mesh_core::ext::PreviousPriorities) (a retry's
+//!   `retryRemoteLocalities`: the priority is drawn from the priority load without the
+//!   priorities tried before, as Envoy's `previous_priorities` with Istio's
+//!   `update_frequency: 2`; the level picked is recorded in it).
 //! * Writes one [`SelectedUpstream`] ([`SelectedEndpoint`] and [`UpstreamCluster`], with
 //!   the cluster's compiled `outlierDetection` for outlier detection, built once per
 //!   endpoint and shared); on passthrough, a standalone [`SelectedEndpoint`] (there

@@ -236,6 +236,54 @@ fn distribute(places: &[Place<'_>], d: &LocalityDistribute) -> Layout {
     }
 }
 
+/// Each priority's health, as Envoy computes it: `min(100, overprovisioning × healthy /
+/// total)` (0 for an empty priority).
+pub(crate) fn priority_health(counts: &[(usize, usize)], overprovisioning: u32) -> Vec<u32> {
+    counts
+        .iter()
+        .map(|&(h, t)| {
+            if t == 0 {
+                0
+            } else {
+                (u64::from(overprovisioning) * h as u64 / t as u64).min(100) as u32
+            }
+        })
+        .collect()
+}
+
+/// The level a draw `r` in `0..100` falls in under the priority load recomputed without
+/// the priorities in `excluded` (a bit set), as Envoy's `previous_priorities` retry
+/// priority does (`adjustForAttemptedPriorities`): the remaining priorities' health,
+/// normalised to at most 100, shared out in priority order, the rest to the first one that
+/// has any. `None` when no remaining priority has any health: then the unmodified load
+/// applies (Envoy's fallback). No allocation: it runs on retries, in the balancer.
+pub(crate) fn level_excluding(health: &[u32], excluded: u64, r: u32) -> Option<usize> {
+    let avail = |i: usize| {
+        let out = i < 64 && excluded & (1 << i) != 0;
+        if out { 0 } else { health[i] }
+    };
+    let total = (0..health.len()).map(avail).sum::<u32>().min(100);
+    if total == 0 {
+        return None;
+    }
+    let load = |i: usize, remaining: u32| (avail(i) * 100 / total).min(remaining);
+    let mut remaining = 100u32;
+    for i in 0..health.len() {
+        remaining -= load(i, remaining);
+    }
+    let first = (0..health.len()).find(|&i| avail(i) > 0)?;
+    let (mut acc, mut left) = (0u32, 100u32);
+    for i in 0..health.len() {
+        let l = load(i, left);
+        left -= l;
+        acc += l + if i == first { remaining } else { 0 };
+        if r < acc {
+            return Some(i);
+        }
+    }
+    Some(first)
+}
+
 /// Envoy's priority load from per-priority `(healthy, total)` endpoint counts.
 /// `None` when no endpoint can take traffic (no endpoint at all, or none healthy with panic
 /// disabled).
@@ -248,16 +296,7 @@ pub(crate) fn priority_load(
     if counts.is_empty() || total_hosts == 0 {
         return None;
     }
-    let health: Vec<u32> = counts
-        .iter()
-        .map(|&(h, t)| {
-            if t == 0 {
-                0
-            } else {
-                (u64::from(overprovisioning) * h as u64 / t as u64).min(100) as u32
-            }
-        })
-        .collect();
+    let health = priority_health(counts, overprovisioning);
     let normalized: u32 = health.iter().sum::<u32>().min(100);
     let panic: Vec<bool> = counts
         .iter()
@@ -342,6 +381,27 @@ mod tests {
         assert_eq!(priority_load(&[(0, 3)], 140, 0), None);
         assert_eq!(priority_load(&[(0, 3)], 140, 50).unwrap().panic, vec![true]);
         assert_eq!(priority_load(&[], 140, 50), None);
+    }
+
+    #[test]
+    fn excluding_priorities_shares_the_load_among_the_others() {
+        // P0 healthy (100), P1 half (70), P2 healthy (100)
+        let health = [100, 70, 100];
+        let level = |excluded, r| level_excluding(&health, excluded, r);
+        // nothing excluded: P0 takes everything (the unmodified load)
+        assert!((0..100).all(|r| level(0, r) == Some(0)));
+        // P0 excluded: P1 70%, P2 the remaining 30%
+        assert!((0..70).all(|r| level(0b1, r) == Some(1)));
+        assert!((70..100).all(|r| level(0b1, r) == Some(2)));
+        // P0 and P1 excluded: P2
+        assert!((0..100).all(|r| level(0b11, r) == Some(2)));
+        // everything excluded, or nothing healthy left: the unmodified load
+        assert_eq!(level(0b111, 5), None);
+        assert_eq!(level_excluding(&[100, 0], 0b1, 5), None);
+        // low health everywhere: normalised over what is left (40 + 20 → 2/3, 1/3)
+        let low = [40, 20, 50];
+        assert!((0..66).all(|r| level_excluding(&low, 0b100, r) == Some(0)));
+        assert!((67..100).all(|r| level_excluding(&low, 0b100, r) == Some(1)));
     }
 
     #[test]

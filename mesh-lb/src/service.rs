@@ -17,8 +17,8 @@ use mesh_core::authority::{self, Authority};
 use mesh_core::body::ReplyBody;
 use mesh_core::compile::{Snapshot, resolve_host};
 use mesh_core::ext::{
-    ClientAddr, Passthrough, PreviousHosts, RouteDestination, SelectedEndpoint, local_reply,
-    route_destination, route_policy,
+    ClientAddr, Passthrough, PreviousHosts, PreviousPriorities, RouteDestination, SelectedEndpoint,
+    local_reply, route_destination, route_policy,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::hash::{FastHashMap, stable_hash};
@@ -690,7 +690,13 @@ where
                 None => None,
             },
         };
-        let Some(mut host) = cluster.pick(hash) else {
+        // retryRemoteLocalities: only a cluster with several priorities has any to avoid
+        let priorities = match cluster.has_priorities() {
+            true => req.extensions().get::<PreviousPriorities>(),
+            false => None,
+        };
+        let excluded = priorities.map_or(0, PreviousPriorities::excluded);
+        let Some(mut picked) = cluster.pick_at(hash, excluded) else {
             return ResponseFuture::local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::NO_HEALTHY_UPSTREAM,
@@ -698,9 +704,13 @@ where
             );
         };
         if let Some(previous) = req.extensions().get::<PreviousHosts>() {
-            host = avoid_previous(cluster, host, hash, previous);
-            previous.record(host.addr);
+            picked = avoid_previous(cluster, picked, hash, excluded, previous);
+            previous.record(picked.0.addr);
         }
+        if let Some(p) = priorities {
+            p.record(u32::try_from(picked.1).unwrap_or(u32::MAX));
+        }
+        let host = picked.0;
         // Only least request and peak-EWMA read the in-flight count (and latency): the other
         // algorithms skip the shared counter's two atomic updates and the guard.
         let guard = cluster.algorithm.reads_active().then(|| {
@@ -768,23 +778,27 @@ impl<S> Lb<S> {
 /// an earlier attempt of the request went to is picked again, up to
 /// [`PreviousHosts::RESELECT`] times (Istio's `HostSelectionRetryMaxAttempts`), then
 /// accepted. A consistent-hash pick moves its key on at each try (Envoy walks the ring).
+///
+/// Each pick draws from the same priority load (`excluded`: the priorities a
+/// `retryRemoteLocalities` retry avoids), as Envoy's reselection does.
 fn avoid_previous<'c>(
     cluster: &'c Cluster,
-    mut host: &'c Host,
+    mut picked: (&'c Host, usize),
     hash: Option<u64>,
+    excluded: u64,
     previous: &PreviousHosts,
-) -> &'c Host {
+) -> (&'c Host, usize) {
     for attempt in 1..=u64::from(PreviousHosts::RESELECT) {
-        if !previous.contains(host.addr) {
+        if !previous.contains(picked.0.addr) {
             break;
         }
         let moved = hash.map(|h| h ^ attempt.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        match cluster.pick(moved) {
-            Some(h) => host = h,
+        match cluster.pick_at(moved, excluded) {
+            Some(p) => picked = p,
             None => break,
         }
     }
-    host
+    picked
 }
 
 /// The memo slot of a destination: from the address of its host string.

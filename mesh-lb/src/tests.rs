@@ -16,8 +16,8 @@ use http::{Request, Response, StatusCode};
 use mesh_core::MeshBody;
 use mesh_core::compile::{Snapshot, compile};
 use mesh_core::ext::{
-    ClientAddr, Passthrough, PreviousHosts, RouteDestination, SelectedEndpoint, UpstreamCluster,
-    flags_of, selected_endpoint, upstream_cluster,
+    ClientAddr, Passthrough, PreviousHosts, PreviousPriorities, RouteDestination, SelectedEndpoint,
+    UpstreamCluster, flags_of, selected_endpoint, upstream_cluster,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::health::{HealthCell, HealthFlags, HealthKey, cluster_name};
@@ -974,6 +974,69 @@ fn istio_task_locality_failover() {
         ordered(&counts(&mut lb, &d, 20), &HELLO_ADDRS),
         [0, 0, 20, 0]
     );
+}
+
+/// The endpoints five attempts of one request go to, sharing a [`PreviousPriorities`].
+fn five_attempts<S>(svc: &mut S, d: &RouteDestination) -> (Vec<SocketAddr>, Vec<u32>)
+where
+    S: Service<Request<()>, Response = Response<Body>, Error = Infallible>,
+{
+    let priorities = PreviousPriorities::new();
+    let picks = (0..5)
+        .map(|_| {
+            let mut req = request(d);
+            req.extensions_mut().insert(priorities.clone());
+            picked(&send(svc, req))
+        })
+        .collect();
+    (picks, priorities.to_vec())
+}
+
+#[test]
+fn retry_remote_localities_moves_retries_to_the_next_priorities() {
+    // Istio's retryRemoteLocalities: Envoy's previous_priorities with update_frequency 2.
+    // All four endpoints healthy, region1/zone1 (P0) takes every first pick; the first retry
+    // uses the unmodified load (P0 again), the second excludes P0 (region1/zone2, P1), the
+    // fourth excludes P0 and P1 (region3, the failover target).
+    let y = helloworld(
+        "
+      simple: ROUND_ROBIN
+      localityLbSetting:
+        enabled: true
+        failover: [{from: region1, to: region3}]",
+        true,
+    );
+    let mut lb = seeded(snap(&y)).layer(echo());
+    let d = dest(HELLO, None, None);
+    for _ in 0..20 {
+        let (picks, priorities) = five_attempts(&mut lb, &d);
+        let a = |i: usize| addr(HELLO_ADDRS[i]);
+        assert_eq!(picks, [a(0), a(0), a(1), a(1), a(3)]);
+        // the levels as built: region1/zone1, region1/zone2, region3, region2
+        assert_eq!(
+            priorities,
+            [0, 0, 1, 1, 2],
+            "the balancer records the levels"
+        );
+    }
+    // without the list, every attempt stays in P0
+    let c = counts(&mut lb, &d, 20);
+    assert_eq!(ordered(&c, &HELLO_ADDRS), [20, 0, 0, 0]);
+    // one priority (no locality priorities without outlier detection): nothing to avoid,
+    // nothing recorded, the usual balancing
+    let y = helloworld(
+        "
+      simple: ROUND_ROBIN
+      localityLbSetting: {enabled: true, failover: [{from: region1, to: region3}]}",
+        false,
+    );
+    let mut lb = seeded(snap(&y)).layer(echo());
+    let (picks, priorities) = five_attempts(&mut lb, &d);
+    assert_eq!(
+        picks.iter().collect::<std::collections::HashSet<_>>().len(),
+        4
+    );
+    assert!(priorities.is_empty());
 }
 
 #[test]

@@ -26,10 +26,12 @@
 //! balancers of every worker read.
 //!
 //! The request body becomes a [`TeeBody`] on the way in ([`IntoRequestBody`]), so that the
-//! mirror layer can hand mirrored copies the client's body as it streams, and the retry layer
-//! wraps it in a [`ReplayBody`] (recorded for retries when the request has a body and may be
-//! retried); [`PlainBody`] hands the connector the client's own body again when nothing
-//! copied or recorded it.
+//! mirror layer can hand mirrored copies the client's body as it streams; the timeout layer
+//! wraps it in an [`EndBody`] (which tells the route timeout when the client's body has
+//! ended, for a request with a body on a route with a timeout), and the retry layer in a
+//! [`ReplayBody`] (recorded for retries when the request has a body and may be retried);
+//! [`PlainBody`] hands the connector the client's own body again when nothing copied,
+//! recorded or watched it.
 //!
 //! The layers are built once ([`Layers::new`]) and shared by every worker; each worker wraps
 //! its own connector with them ([`Layers::stack`]), so per-worker state (balancer cursors,
@@ -41,6 +43,7 @@
 use std::sync::Arc;
 
 use mesh_core::compile::Snapshot;
+use mesh_core::envoy_headers::EnvoyHeaderPolicy;
 use mesh_core::model::networking::Resolution;
 use mesh_lb::discover::{
     Chain, Discover, DnsDiscover, HickoryResolver, Resolver, StaticDiscover, SystemResolver,
@@ -53,6 +56,7 @@ use tower_layer::Layer;
 use crate::engine::{Connector, RequestBody, WorkerContext};
 use hyper::body::Incoming;
 use mesh_core::replay::ReplayBody;
+use mesh_core::request_end::EndBody;
 use mesh_resilience::{
     Fault, FaultLayer, Outlier, OutlierLayer, RateLimit, RateLimitLayer, Retry, RetryLayer,
     Timeout, TimeoutLayer,
@@ -104,12 +108,13 @@ where
     }
 }
 
-/// Hands the connector the client's own body when no mirror copied it and no retry recorded
-/// it (no allocation), the tee, the copy or the recording otherwise.
+/// Hands the connector the client's own body when no mirror copied it, no retry recorded it
+/// and no route timeout waits for its end (no allocation), the tee, the copy, the recording
+/// or the watched body otherwise.
 #[derive(Debug, Clone)]
 pub struct PlainBody<S>(S);
 
-impl<S> tower_service::Service<http::Request<ReplayBody<LayerBody>>> for PlainBody<S>
+impl<S> tower_service::Service<http::Request<ReplayBody<EndBody<LayerBody>>>> for PlainBody<S>
 where
     S: tower_service::Service<http::Request<RequestBody>>,
 {
@@ -125,11 +130,14 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: http::Request<ReplayBody<LayerBody>>) -> S::Future {
+    fn call(&mut self, req: http::Request<ReplayBody<EndBody<LayerBody>>>) -> S::Future {
         self.0.call(req.map(|b| match b.into_plain() {
-            Ok(tee) => match tee.into_plain() {
-                Ok(incoming) => RequestBody::from(incoming),
-                Err(tee) => RequestBody::new(tee),
+            Ok(watched) => match watched.into_plain() {
+                Ok(tee) => match tee.into_plain() {
+                    Ok(incoming) => RequestBody::from(incoming),
+                    Err(tee) => RequestBody::new(tee),
+                },
+                Err(watched) => RequestBody::new(watched),
             },
             Err(replay) if replay.is_empty_body() => RequestBody::empty(),
             Err(replay) => RequestBody::new(replay),
@@ -277,6 +285,11 @@ impl Layers {
         let lb = LbLayer::builder(snapshot.clone())
             .discover(discover)
             .build();
+        // `outbound.trustEnvoyHeaders`: the application's x-envoy-* overrides (read at start-up)
+        let envoy_headers = match &snapshot.bootstrap.outbound {
+            Some(o) if o.trust_envoy_headers => EnvoyHeaderPolicy::Honour,
+            _ => EnvoyHeaderPolicy::Strip,
+        };
         Layers {
             trace: TraceLayer::new(
                 TraceConfig::default().with_sampling_percent(snapshot.bootstrap.tracing.sampling),
@@ -284,8 +297,8 @@ impl Layers {
             route_layer: RouteLayer::new(routes.clone()),
             rate_limit: RateLimitLayer::new(),
             fault: FaultLayer::new(),
-            timeout: TimeoutLayer::new(),
-            retry: RetryLayer::new(),
+            timeout: TimeoutLayer::new().with_envoy_headers(envoy_headers),
+            retry: RetryLayer::new().with_envoy_headers(envoy_headers),
             // Mirrored requests run as tasks of the worker that received the original (the
             // engine's workers are current-thread runtimes), on that worker's pool.
             mirror: MirrorLayer::new(|task| {

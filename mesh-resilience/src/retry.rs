@@ -15,8 +15,12 @@
 //!   any byte was sent), `retriable-4xx` (409), `retriable-status-codes` and bare status
 //!   codes, `envoy-ratelimited` (`x-envoy-ratelimited` in the answer), and the gRPC
 //!   statuses `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
-//!   `unavailable`, read from the `grpc-status` response header (a trailers-only answer,
-//!   as Envoy);
+//!   `unavailable`, read from the `grpc-status` response header of a gRPC answer (a
+//!   trailers-only answer). A streamed answer whose `grpc-status` comes in its trailers is
+//!   passed through, as Envoy does: its router decides on retries in `onUpstreamHeaders`
+//!   only and drops its retry state before it forwards the head; `onUpstreamTrailers` reads
+//!   the status for the host's statistics, never to retry (`source/common/router/router.cc`;
+//!   no Envoy setting retries on trailers);
 //! - **`perTryTimeout`** bounds each attempt; an attempt that runs out is dropped and
 //!   retried like a reset (as Envoy's `onPerTryTimeout`); with no attempt left the client
 //!   gets `504 upstream request timeout` with flag `UT`. The route `timeout` (the
@@ -26,7 +30,12 @@
 //!   default) and doubling up to ten times it (`JitteredExponentialBackOffStrategy`);
 //! - **`retryIgnorePreviousHosts`** (on by default, as Istio's): each attempt carries a
 //!   [`PreviousHosts`] that the balancer fills and honours, so a retry goes to another
-//!   endpoint when there is one.
+//!   endpoint when there is one;
+//! - **`retryRemoteLocalities`** (off by default, as Istio's): each attempt carries a
+//!   [`PreviousPriorities`] that the balancer fills and honours: after every second attempt
+//!   the locality priorities tried are left out of the priority load (Envoy's
+//!   `previous_priorities` retry priority with Istio's `update_frequency: 2`), so the
+//!   second retry goes to the next locality when the closest ones are healthy.
 //!
 //! When the attempts run out on a failure the policy would retry, the last answer goes to
 //! the client with flag `URX` added, as Envoy does. An error of the inner service (not an
@@ -47,6 +56,22 @@
 //! `retryOn` itself** ([`RetryPolicy::explicit_retry_on`]): then it is retried on what
 //! `retryOn` names, as Envoy would. Istio's default policy would retry a `POST` answered
 //! `503` by the application; this layer does not.
+//!
+//! # Envoy's request headers (`x-envoy-*`)
+//!
+//! `x-envoy-retry-on`, `x-envoy-retry-grpc-on`, `x-envoy-max-retries`,
+//! `x-envoy-retriable-status-codes` and `x-envoy-upstream-rq-per-try-timeout-ms` are
+//! removed from every request (with the route timeout's, should no timeout layer above
+//! have taken them, and `x-envoy-retriable-header-names`, `x-envoy-hedge-on-per-try-timeout`):
+//! they never reach the upstream. By default they are not honoured, as an Istio sidecar or
+//! gateway strips them from its clients' requests (Envoy honours them on internal requests
+//! only; see [`mesh_core::envoy_headers`]), so a client cannot raise the retries the
+//! operator configured. [`RetryLayer::with_envoy_headers`]`(`[`EnvoyHeaderPolicy::Honour`]`)`
+//! applies them first, for trusted callers, as Envoy's `RetryStateImpl` does: conditions
+//! and status codes are added to the policy's (the policy then counts as one whose
+//! `retryOn` was written), `x-envoy-max-retries` replaces `attempts` when there is a
+//! condition, the per-try timeout is replaced (`0`: none); a route without retries starts
+//! from Envoy's empty policy (no condition, one retry).
 //!
 //! # Request bodies
 //!
@@ -102,8 +127,10 @@
 //!
 //! # Reads and writes
 //!
-//! Reads [`route_policy`] (`retries`) from the request; writes a [`PreviousHosts`] into each
-//! attempt (when the policy avoids previous hosts); reads [`ResponseFlags`] and
+//! Reads [`route_policy`] (`retries`) and the `x-envoy-*` headers above (then removes them)
+//! from the request; writes a [`PreviousHosts`] into each
+//! attempt (when the policy avoids previous hosts) and a [`PreviousPriorities`] (when it
+//! retries remote localities); reads [`ResponseFlags`] and
 //! [`RefusedStream`] from answers; adds `URX` (and makes `504 UT` answers) with
 //! [`mark`] / [`local_reply`].
 //!
@@ -111,10 +138,8 @@
 //!
 //! - Non-idempotent requests are safe by default (above).
 //! - A body is kept for retries up to 64 KiB by default (Envoy: its 1 MiB buffer limit).
-//! - Not done yet: `retryRemoteLocalities`, retry budgets (`retryBudget`), the
-//!   `x-envoy-retry-on`/`x-envoy-max-retries` request headers, `retriable-headers`,
-//!   `Retry-After`/rate-limited backoff, retrying on gRPC statuses in trailers, and a
-//!   refused stream told from a reset by the connector.
+//! - Not done yet: retry budgets (`retryBudget`),
+//!   `retriable-headers`, `Retry-After`/rate-limited backoff.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -124,10 +149,13 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
 use mesh_core::body::ReplyBody;
-use mesh_core::ext::{PreviousHosts, RefusedStream, flags_of, local_reply, mark, route_policy};
+use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
+use mesh_core::ext::{
+    PreviousHosts, PreviousPriorities, RefusedStream, flags_of, local_reply, mark, route_policy,
+};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::policy::{RetryOn, RetryPolicy};
 use mesh_core::replay::{DEFAULT_MAX_REPLAY_BYTES, ReplayBody, Replayer};
@@ -147,6 +175,7 @@ pub struct RetryLayer {
     max_body_bytes: usize,
     seed: Option<u64>,
     counter: Arc<AtomicU64>,
+    envoy_headers: EnvoyHeaderPolicy,
 }
 
 /// The service of [`RetryLayer`].
@@ -197,10 +226,17 @@ struct Attempts<S, B> {
     rng: Rng,
     /// The per-try deadline, then the backoff (one timer, reset for each).
     timer: Option<Pin<Box<Sleep>>>,
-    /// The hosts tried, shared with the balancer (`retryIgnorePreviousHosts`).
-    hosts: Option<PreviousHosts>,
+    /// The hosts and priorities tried, shared with the balancer
+    /// (`retryIgnorePreviousHosts`, `retryRemoteLocalities`).
+    tried: Tried,
     /// The next attempt's body, during the backoff.
     next: Option<ReplayBody<B>>,
+}
+
+/// What the attempts of a request share with the balancer.
+struct Tried {
+    hosts: Option<PreviousHosts>,
+    priorities: Option<PreviousPriorities>,
 }
 
 /// How a retry gets the body again.
@@ -228,7 +264,16 @@ impl RetryLayer {
             max_body_bytes: DEFAULT_MAX_REPLAY_BYTES,
             seed: None,
             counter: Arc::default(),
+            envoy_headers: EnvoyHeaderPolicy::Strip,
         }
+    }
+
+    /// Whether the `x-envoy-*` retry headers of a request override its policy
+    /// ([`EnvoyHeaderPolicy::Honour`]: for trusted callers only) or are only removed (the
+    /// default); see [`mesh_core::envoy_headers`].
+    pub fn with_envoy_headers(mut self, policy: EnvoyHeaderPolicy) -> Self {
+        self.envoy_headers = policy;
+        self
     }
 
     /// Applies `policy` to requests that carry no route policy of their own (a service
@@ -306,16 +351,30 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let envoy = EnvoyHeaders::present(req.headers());
         let policy = match route_policy(req.extensions()) {
             Some(route) => Some(route.retries.as_ref().unwrap_or(&self.layer.default)),
             None => self.layer.policy.as_ref(),
         };
-        let Some(policy) = policy.filter(|p| p.attempts > 0).cloned() else {
+        let mut policy = if envoy.is_empty() {
+            policy.filter(|p| p.attempts > 0).cloned()
+        } else {
+            policy.cloned()
+        };
+        if !envoy.is_empty() {
+            policy = self
+                .layer
+                .consume_envoy_headers(req.headers_mut(), envoy, policy);
+        }
+        let Some(policy) = policy else {
             return ResponseFuture::once(self.inner.call(req.map(ReplayBody::plain)));
         };
         let (parts, body) = req.into_parts();
-        let hosts = policy.retry_ignore_previous_hosts.then(PreviousHosts::new);
+        let tried = Tried {
+            hosts: policy.retry_ignore_previous_hosts.then(PreviousHosts::new),
+            priorities: policy.retry_remote_localities.then(PreviousPriorities::new),
+        };
         let (first, replay) = if body.is_end_stream() {
             (ReplayBody::plain(body), Replay::Empty)
         } else {
@@ -327,7 +386,7 @@ where
         if let Some(t) = policy.per_try_timeout {
             timer = Some(Box::pin(tokio::time::sleep(t)));
         }
-        let fut = self.inner.call(attempt(&parts, hosts.as_ref(), first));
+        let fut = self.inner.call(attempt(&parts, &tried, first));
         ResponseFuture {
             state: State::Called { fut },
             retry: Some(Box::new(Attempts {
@@ -340,23 +399,107 @@ where
                 policy,
                 rng: Rng::new(Some(self.rng.next_u64())),
                 timer,
-                hosts,
+                tried,
                 next: None,
             })),
         }
     }
 }
 
+impl RetryLayer {
+    /// Removes the router's `x-envoy-*` headers from a request (all of them: the timeout
+    /// layer above has taken its own), first applying the retry ones to `policy` when this
+    /// layer honours them. Only requests that carry one come here.
+    #[cold]
+    fn consume_envoy_headers(
+        &self,
+        h: &mut HeaderMap,
+        present: EnvoyHeaders,
+        policy: Option<Arc<RetryPolicy>>,
+    ) -> Option<Arc<RetryPolicy>> {
+        let honoured = (self.envoy_headers == EnvoyHeaderPolicy::Honour)
+            .then(|| envoy_overrides(h, present, policy.as_deref()));
+        EnvoyHeaders::strip(h, present);
+        match honoured {
+            Some(p) => p.map(Arc::new),
+            None => policy,
+        }
+        .filter(|p| p.attempts > 0)
+    }
+}
+
+/// `policy` with a request's `x-envoy-*` retry headers applied, as Envoy's
+/// `RetryStateImpl` merges them: `x-envoy-retry-on` and `x-envoy-retry-grpc-on` add
+/// conditions (then the policy counts as one whose `retryOn` was written: the caller asked),
+/// `x-envoy-max-retries` replaces the number of retries when there is a condition,
+/// `x-envoy-retriable-status-codes` adds status codes, and
+/// `x-envoy-upstream-rq-per-try-timeout-ms` sets the per-try timeout (`0`: none). A route
+/// without retries (`attempts: 0`, which Istio sends as no retry policy at all) starts from
+/// Envoy's empty policy: no condition, one retry. Malformed values are ignored.
+fn envoy_overrides(
+    h: &HeaderMap,
+    present: EnvoyHeaders,
+    policy: Option<&RetryPolicy>,
+) -> Option<RetryPolicy> {
+    let consumed = EnvoyHeaders::RETRY_ON
+        | EnvoyHeaders::RETRY_GRPC_ON
+        | EnvoyHeaders::MAX_RETRIES
+        | EnvoyHeaders::RETRIABLE_STATUS_CODES
+        | EnvoyHeaders::UPSTREAM_RQ_PER_TRY_TIMEOUT_MS;
+    if !present.intersects(consumed) {
+        return policy.cloned();
+    }
+    let mut p = match policy {
+        Some(p) if p.attempts > 0 => p.clone(),
+        _ => RetryPolicy {
+            attempts: 1,
+            retry_on: RetryOn::empty(),
+            retriable_status_codes: Vec::new(),
+            retry_ignore_previous_hosts: false,
+            ..RetryPolicy::default()
+        },
+    };
+    for (header, grpc) in [
+        (EnvoyHeaders::RETRY_ON, false),
+        (EnvoyHeaders::RETRY_GRPC_ON, true),
+    ] {
+        if let Some(v) = header.value(h) {
+            p.retry_on |= RetryOn::from_header(v, grpc);
+            p.explicit_retry_on = true;
+        }
+    }
+    let number = |header: EnvoyHeaders| header.value(h).and_then(|v| v.trim().parse::<u64>().ok());
+    if !p.retry_on.is_empty()
+        && let Some(n) = number(EnvoyHeaders::MAX_RETRIES)
+    {
+        p.attempts = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    if let Some(v) = EnvoyHeaders::RETRIABLE_STATUS_CODES.value(h) {
+        let codes = v
+            .split(',')
+            .filter_map(|c| c.trim().parse::<u16>().ok())
+            .filter_map(|c| StatusCode::from_u16(c).ok());
+        p.retriable_status_codes.extend(codes);
+    }
+    if let Some(ms) = number(EnvoyHeaders::UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
+        p.per_try_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+    }
+    Some(p)
+}
+
 /// An attempt's request: the head kept for retries (cloned: the inner service consumes it),
-/// the hosts tried so far, the body.
+/// the hosts and priorities tried so far, the body.
 fn attempt<B>(
     parts: &http::request::Parts,
-    hosts: Option<&PreviousHosts>,
+    tried: &Tried,
     body: ReplayBody<B>,
 ) -> Request<ReplayBody<B>> {
     let mut head = parts.clone();
-    if let Some(h) = hosts {
+    if let Some(h) = &tried.hosts {
         head.extensions.insert(h.clone());
+    }
+    if let Some(p) = &tried.priorities {
+        head.extensions.insert(p.clone());
     }
     Request::from_parts(head, body)
 }
@@ -462,9 +605,7 @@ where
                     }
                     ready!(retry.svc.poll_ready(cx))?;
                     let body = retry.next.take().expect(POLLED_AFTER_COMPLETION);
-                    let fut = retry
-                        .svc
-                        .call(attempt(&retry.parts, retry.hosts.as_ref(), body));
+                    let fut = retry.svc.call(attempt(&retry.parts, &retry.tried, body));
                     match (retry.policy.per_try_timeout, retry.timer.as_mut()) {
                         (Some(t), Some(timer)) => timer.as_mut().reset(Instant::now() + t),
                         // no per-try timeout: the backoff timer must not fire during the attempt

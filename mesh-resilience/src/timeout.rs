@@ -11,34 +11,56 @@
 //! - after the head, the response body ends with an error when the deadline passes (the
 //!   client sees the stream reset, as with Envoy); it never hangs.
 //!
-//! gRPC (HTTP/2): a request with a `grpc-timeout` header is bounded by it, capped by the route
-//! timeout when there is one (Istio sets Envoy's `max_grpc_timeout` to the route timeout,
-//! `0` = uncapped, so Envoy honours the header).
+//! The deadline starts when the request is complete, as Envoy arms it in
+//! `Router::Filter::onRequestComplete`: at once for a request without a body; for one with
+//! a body, when the body has ended (its last frame read by the layers below, or the body
+//! dropped unread). The inner service gets the body in an [`EndBody`] that tells when; a
+//! client uploading slowly is bounded by the listener's idle timeouts, not by the route
+//! timeout. An answer that comes before the upload ends is bounded from the upload's end
+//! too.
 //!
-//! Where this differs from Envoy: the deadline starts when the request reaches the layer
-//! (after routing and fault injection), not when the client has finished sending its body;
-//! a request whose upload takes longer than the timeout is cut off. The
-//! `x-envoy-upstream-rq-timeout-ms` header is not read.
+//! gRPC: a gRPC request (`content-type: application/grpc`) with a `grpc-timeout` header is
+//! bounded by it, capped by the route timeout when there is one. Istio always sets Envoy's
+//! `max_grpc_timeout`, to the route timeout or to `0` (uncapped) without one
+//! (`pilot/pkg/networking/core/route/route.go`, `setTimeout`), so Envoy honours the header
+//! on every route (`FilterUtility::finalTimeout`).
 //!
-//! The timer is one allocation per request that has a timeout; a request without one costs a
-//! lookup of its route policy.
+//! `x-envoy-upstream-rq-timeout-ms`: removed from every request; with
+//! [`TimeoutLayer::with_envoy_headers`]`(`[`EnvoyHeaderPolicy::Honour`]`)` it first replaces
+//! the timeout (route and `grpc-timeout` alike; `0`: none), as Envoy does for internal
+//! requests. By default it is not honoured: Istio's sidecars and gateways strip it from
+//! their clients' requests (see [`mesh_core::envoy_headers`]). `x-envoy-expected-rq-timeout-ms`
+//! and `x-envoy-upstream-rq-timeout-alt-response` are removed and not honoured.
+//!
+//! Where this differs from Envoy: Envoy rewrites `grpc-timeout` (and sets
+//! `x-envoy-expected-rq-timeout-ms`) to the time left for the upstream; here the client's
+//! `grpc-timeout` goes upstream unchanged. The retry layer's per-try timeout starts with
+//! each attempt (Envoy starts the first attempt's at the end of the request too).
+//!
+//! The timer is one allocation per request that has a timeout, and a request with a body
+//! also allocates the end marker its [`EndBody`] shares (and `mesh-proxy`'s connector boxes
+//! that body); a request without a timeout costs a lookup of its route policy and a scan of
+//! its header names for `x-envoy-`.
 //!
 //! ```
 //! use std::convert::Infallible;
 //! use std::time::Duration;
+//! use bytes::Bytes;
 //! use http::{Request, Response, StatusCode};
+//! use http_body_util::Empty;
 //! use mesh_core::MeshBody;
+//! use mesh_core::request_end::EndBody;
 //! use mesh_resilience::timeout::TimeoutLayer;
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
 //! let hangs = ServiceBuilder::new()
 //!     .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(1)))
-//!     .service_fn(|_req: Request<()>| async {
+//!     .service_fn(|_req: Request<EndBody<Empty<Bytes>>>| async {
 //!         std::future::pending::<()>().await;
-//!         Ok::<_, Infallible>(Response::new(MeshBody::<http_body_util::Empty<bytes::Bytes>>::empty()))
+//!         Ok::<_, Infallible>(Response::new(MeshBody::<Empty<Bytes>>::empty()))
 //!     });
-//! let res = hangs.oneshot(Request::new(())).await.unwrap();
+//! let res = hangs.oneshot(Request::new(Empty::new())).await.unwrap();
 //! assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
 //! assert_eq!(res.headers()["x-mesh-response-flags"], "UT");
 //! # });
@@ -51,11 +73,13 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::body::{OnBodyEnd, ReplyBody};
+use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
 use mesh_core::ext::{local_reply, route_policy};
 use mesh_core::flags::ResponseFlags;
+use mesh_core::request_end::{EndBody, RequestEnd};
 use pin_project::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
@@ -68,12 +92,24 @@ pub const TIMEOUT_BODY: &str = "upstream request timeout";
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TimeoutLayer {
     timeout: Option<Duration>,
+    envoy_headers: EnvoyHeaderPolicy,
 }
 
 impl TimeoutLayer {
     /// A layer applying each request's route timeout (none without one).
     pub const fn new() -> Self {
-        TimeoutLayer { timeout: None }
+        TimeoutLayer {
+            timeout: None,
+            envoy_headers: EnvoyHeaderPolicy::Strip,
+        }
+    }
+
+    /// Whether a request's `x-envoy-upstream-rq-timeout-ms` replaces its route timeout
+    /// ([`EnvoyHeaderPolicy::Honour`]: for trusted callers only) or is only removed (the
+    /// default); see [`mesh_core::envoy_headers`].
+    pub const fn with_envoy_headers(mut self, policy: EnvoyHeaderPolicy) -> Self {
+        self.envoy_headers = policy;
+        self
     }
 
     /// Applies `timeout` to requests that carry no route policy of their own (a service used
@@ -110,7 +146,8 @@ mesh_core::accessors!(Timeout);
 
 impl<S, B, R> Service<Request<B>> for Timeout<S>
 where
-    S: Service<Request<B>, Response = Response<R>>,
+    S: Service<Request<EndBody<B>>, Response = Response<R>>,
+    B: Body,
     R: ReplyBody<Error: Into<BoxError>>,
 {
     type Response = Response<TimeoutBody<R>>;
@@ -122,29 +159,85 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let route = match route_policy(req.extensions()) {
             Some(p) => p.timeout,
             None => self.layer.timeout,
         };
-        // gRPC runs over HTTP/2: an HTTP/1.1 request skips the header lookup (a hash of a
-        // non-standard name, measurable per request).
-        let grpc = if req.version() == http::Version::HTTP_2 {
+        // Envoy reads `grpc-timeout` on gRPC requests only (`isGrpcRequestHeaders`): the
+        // content type, a standard header, is checked first (a lookup of `grpc-timeout`
+        // hashes a non-standard name, measurable per request).
+        let grpc = if is_grpc_request(req.headers()) {
             req.headers()
                 .get("grpc-timeout")
                 .and_then(|v| parse_grpc_timeout(v.as_bytes()))
         } else {
             None
         };
-        let timeout = match (route, grpc) {
+        let mut timeout = match (route, grpc) {
             (Some(r), Some(g)) => Some(r.min(g)),
             (r, g) => r.or(g),
         };
+        let envoy = EnvoyHeaders::present(req.headers()) & EnvoyHeaders::TIMEOUT;
+        if !envoy.is_empty() {
+            timeout = self
+                .layer
+                .consume_envoy_headers(req.headers_mut(), envoy, timeout);
+        }
+        // Envoy arms the route timeout in `onRequestComplete`: at once for a request
+        // without a body, when the body has ended otherwise
+        let (req, deadline) = match timeout {
+            None => (req.map(EndBody::plain), Deadline::None),
+            Some(t) if req.body().is_end_stream() => (
+                req.map(EndBody::plain),
+                Deadline::Armed(Box::pin(tokio::time::sleep(t))),
+            ),
+            Some(t) => {
+                let end = RequestEnd::new();
+                let deadline = Deadline::Waiting(end.clone(), t);
+                (req.map(|b| EndBody::new(b, end)), deadline)
+            }
+        };
         ResponseFuture {
             inner: self.inner.call(req),
-            sleep: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+            deadline,
         }
     }
+}
+
+impl TimeoutLayer {
+    /// Removes the route timeout's `x-envoy-*` headers, first applying
+    /// `x-envoy-upstream-rq-timeout-ms` when this layer honours it: it replaces the timeout
+    /// (route and `grpc-timeout` alike; `0`: none), as Envoy's `FilterUtility::finalTimeout`
+    /// does. Only requests that carry one come here.
+    #[cold]
+    fn consume_envoy_headers(
+        &self,
+        h: &mut HeaderMap,
+        present: EnvoyHeaders,
+        timeout: Option<Duration>,
+    ) -> Option<Duration> {
+        let mut timeout = timeout;
+        if self.envoy_headers == EnvoyHeaderPolicy::Honour
+            && let Some(ms) = EnvoyHeaders::UPSTREAM_RQ_TIMEOUT_MS
+                .value(h)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        EnvoyHeaders::strip(h, present);
+        timeout
+    }
+}
+
+/// A gRPC request, as Envoy's `Grpc::Common::isGrpcRequestHeaders` tells it: its content
+/// type is `application/grpc`, or that followed by `+` or `;` (not gRPC-Web's).
+fn is_grpc_request(h: &HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .strip_prefix(b"application/grpc")
+            .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
+    })
 }
 
 /// Parses a gRPC `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`,
@@ -174,7 +267,32 @@ pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
 pub struct ResponseFuture<F> {
     #[pin]
     inner: F,
-    sleep: Option<Pin<Box<Sleep>>>,
+    deadline: Deadline,
+}
+
+/// A request's route deadline.
+#[derive(Debug)]
+enum Deadline {
+    /// No route timeout.
+    None,
+    /// The request body has not ended: the timeout starts when it does.
+    Waiting(Arc<RequestEnd>, Duration),
+    /// Running.
+    Armed(Pin<Box<Sleep>>),
+}
+
+impl Deadline {
+    /// Ready when the deadline passes; arms it when the request body has just ended.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Deadline::Waiting(end, t) = self {
+            ready!(end.poll_ended(cx));
+            *self = Deadline::Armed(Box::pin(tokio::time::sleep(*t)));
+        }
+        match self {
+            Deadline::Armed(sleep) => sleep.as_mut().poll(cx),
+            _ => Poll::Pending,
+        }
+    }
 }
 
 impl<F, R, E> Future for ResponseFuture<F>
@@ -187,18 +305,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(res) = this.inner.poll(cx) {
-            let deadline = this.sleep.take();
+            let deadline = std::mem::replace(this.deadline, Deadline::None);
             return Poll::Ready(res.map(|r| r.map(|inner| TimeoutBody { inner, deadline })));
         }
-        if let Some(sleep) = this.sleep.as_mut() {
-            ready!(sleep.as_mut().poll(cx));
-            return Poll::Ready(Ok(local_reply(
-                StatusCode::GATEWAY_TIMEOUT,
-                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
-                TIMEOUT_BODY,
-            )));
-        }
-        Poll::Pending
+        ready!(this.deadline.poll(cx));
+        Poll::Ready(Ok(local_reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+            TIMEOUT_BODY,
+        )))
     }
 }
 
@@ -208,7 +323,7 @@ where
 pub struct TimeoutBody<B> {
     #[pin]
     inner: B,
-    deadline: Option<Pin<Box<Sleep>>>,
+    deadline: Deadline,
 }
 
 impl<B> TimeoutBody<B> {
@@ -216,13 +331,17 @@ impl<B> TimeoutBody<B> {
     pub fn new(inner: B) -> Self {
         TimeoutBody {
             inner,
-            deadline: None,
+            deadline: Deadline::None,
         }
     }
 
-    /// When the body times out, if it can.
+    /// When the body times out, if its deadline runs (it starts when the request body
+    /// has ended).
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline.as_ref().map(|s| s.deadline())
+        match &self.deadline {
+            Deadline::Armed(s) => Some(s.deadline()),
+            _ => None,
+        }
     }
 
     /// The inner body.
@@ -263,12 +382,9 @@ where
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if let Some(sleep) = this.deadline.as_mut() {
-            ready!(sleep.as_mut().poll(cx));
-            *this.deadline = None;
-            return Poll::Ready(Some(Err(Box::new(TimedOut))));
-        }
-        Poll::Pending
+        ready!(this.deadline.poll(cx));
+        *this.deadline = Deadline::None;
+        Poll::Ready(Some(Err(Box::new(TimedOut))))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -198,6 +198,18 @@ impl<D> ShadowBody for http_body_util::Empty<D> {
     }
 }
 
+/// The timeout layer's body (`mesh_core::request_end`): the copy is the wrapped body's,
+/// and tells no one of its end (the route timeout waits for the client's body only).
+impl<B: ShadowBody> ShadowBody for mesh_core::request_end::EndBody<B> {
+    fn shadow(&self) -> Option<Self> {
+        self.get_ref().shadow().map(Self::plain)
+    }
+
+    fn tee(&mut self) -> Option<Self> {
+        self.get_mut().tee().map(Self::plain)
+    }
+}
+
 /// The retry layer's body (`mesh_core::replay`): a mirror copies the client's body from its
 /// beginning, through the wrapped body's own [`ShadowBody`]; a body already being read (a
 /// retry's copy) is not mirrored again.
@@ -366,5 +378,22 @@ mod tests {
         assert_eq!(shadow_host("fe80::1:80"), "fe80::1:80-shadow");
         assert_eq!(shadow_host("reviews:"), "reviews-shadow");
         assert_eq!(shadow_host("reviews:http"), "reviews:http-shadow");
+    }
+
+    #[test]
+    fn a_watched_body_s_copy_is_the_inner_copy_and_tells_no_one() {
+        use mesh_core::request_end::{EndBody, RequestEnd};
+        let end = RequestEnd::new();
+        let mut watched = EndBody::new(Bytes::from_static(b"order"), end.clone());
+        let copy = watched.tee().expect("a copy");
+        assert!(!copy.is_watched());
+        assert_eq!(copy.get_ref(), "order");
+        let shadow = watched.shadow().expect("a copy");
+        assert_eq!(shadow.into_plain().ok(), Some(Bytes::from_static(b"order")));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(end.poll_ended(&mut cx).is_pending(), "copies do not end it");
+        drop(watched);
+        assert!(end.poll_ended(&mut cx).is_ready());
     }
 }

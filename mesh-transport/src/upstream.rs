@@ -39,6 +39,7 @@
 //! | connection refused, connect timeout (`connectTimeout`) | 503 | `UF` |
 //! | upstream closed or reset the connection before the response head | 503 | `UC` |
 //! | HTTP/2 stream reset by the upstream before the response head | 503 | `UR` |
+//! | the same with `REFUSED_STREAM` (the upstream did not process it) | 503 | `UR`, and a [`RefusedStream`] extension |
 //! | malformed response head | 502 | `UPE` |
 //! | no authority (neither in the target nor a valid `Host`) for an HTTP/2 upstream | 400 | `DPE` |
 //! | a WebSocket upgrade (or RFC 8441 extended `CONNECT`) to an HTTP/2 endpoint | 403 (`upgrade_failed`) | none |
@@ -105,7 +106,9 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
-use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamPool, local_reply};
+use mesh_core::ext::{
+    RefusedStream, SelectedEndpoint, SelectedUpstream, UpstreamPool, local_reply,
+};
 use tokio::net::TcpStream;
 
 use crate::h1client::{self, FailKind, H1Body, H1Conn, Io};
@@ -169,6 +172,8 @@ enum SendFailure {
     Connect,
     Closed,
     Reset,
+    /// The upstream reset the stream with `REFUSED_STREAM`: it did not process the request.
+    Refused,
     Protocol,
     BadRequest,
     BadBody,
@@ -410,6 +415,9 @@ impl Connector {
         };
         match sender.try_send_request(req).await {
             Ok(res) => into_engine_response(res),
+            // a refused stream first: the connection may be closing too (a GOAWAY), but the
+            // upstream said it did not process the request
+            Err(e) if refused_stream(e.error()) => SendFailure::Refused.reply(),
             Err(e) if sender.is_closed() => SendFailure::from_h2(e.error()).reply(),
             Err(e) if e.error().is_parse() => SendFailure::Protocol.reply(),
             Err(_) => SendFailure::Reset.reply(),
@@ -650,6 +658,21 @@ fn prepare_h2<B>(req: &mut Request<B>) -> Result<bool, ()> {
     Ok(false)
 }
 
+/// Whether an HTTP/2 request failed because the upstream reset its stream with
+/// `REFUSED_STREAM` (RFC 9113 §8.7: the request was not processed, safe to retry anywhere):
+/// hyper's error carries h2's, which has the reason, in its source chain. Envoy tells this
+/// reset apart as `RemoteRefusedStreamReset` (its `refused-stream` retry condition).
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
+}
+
 // === impl ConnectorFuture ===
 
 impl Future for ConnectorFuture {
@@ -769,6 +792,15 @@ impl SendFailure {
                 ResponseFlags::UPSTREAM_REMOTE_RESET,
                 "upstream reset before response",
             ),
+            SendFailure::Refused => {
+                let mut res: EngineResponse = local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ResponseFlags::UPSTREAM_REMOTE_RESET,
+                    "upstream reset before response: refused stream",
+                );
+                res.extensions_mut().insert(RefusedStream);
+                res
+            }
             SendFailure::Protocol => local_reply(
                 StatusCode::BAD_GATEWAY,
                 ResponseFlags::UPSTREAM_PROTOCOL_ERROR,

@@ -186,6 +186,13 @@ pub struct OutboundListener {
     /// Protocol detection. Default: auto.
     #[serde(default)]
     pub protocol: ListenerProtocol,
+    /// Whether the application's `x-envoy-*` retry and timeout headers
+    /// (`x-envoy-retry-on`, `x-envoy-max-retries`, `x-envoy-upstream-rq-timeout-ms`, …) are
+    /// honoured, as Envoy honours them on internal requests (Istio:
+    /// `PILOT_SIDECAR_USE_REMOTE_ADDRESS=true` with the application's address internal).
+    /// Default: false, as an Istio sidecar: they are removed and the route's policy applies.
+    #[serde(default)]
+    pub trust_envoy_headers: bool,
 }
 
 fn default_loopback() -> String {

@@ -28,13 +28,13 @@
 //! spec:
 //!   hosts: [reviews]
 //!   http:
-//!   - retries: {attempts: 3, retryRemoteLocalities: true}
+//!   - match: [{uri: {prefix: /}, statPrefix: hot}]
 //!     route: [{destination: {host: reviews}}]
 //! "#;
 //! let compiled = load_str_with("vs.yaml", vs, CheckMode::Proxy).unwrap();
 //! let w = &compiled.unenforced[0];
-//! assert_eq!(w.field.as_ref().unwrap().to_string(), "spec.http[0].retries.retryRemoteLocalities");
-//! assert!(w.message.starts_with("not enforced by this version (resilience)"));
+//! assert_eq!(w.field.as_ref().unwrap().to_string(), "spec.http[0].match[0].statPrefix");
+//! assert!(w.message.starts_with("not enforced by this version (telemetry)"));
 //!
 //! let ap = r#"
 //! apiVersion: security.istio.io/v1

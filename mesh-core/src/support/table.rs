@@ -391,13 +391,13 @@ static HTTP_RETRY: TypeDef = TypeDef {
             "retryOn",
             Leaf,
             Status::Enforced,
-            "`refused-stream` waits for the connector to tell refused HTTP/2 streams from resets (today: a reset, retried under `reset`, `5xx`, `gateway-error`); `retriable-headers` not yet",
+            "gRPC statuses are read from trailers-only answers (a status in the trailers is passed through, as Envoy); `retriable-headers` not yet",
         ),
         field(
             "retryRemoteLocalities",
             Leaf,
-            Status::NotYet(Area::Resilience),
-            "",
+            Status::Enforced,
+            "Envoy's `previous_priorities` with Istio's `update_frequency: 2`",
         ),
         field("retryIgnorePreviousHosts", Leaf, Status::Enforced, ""),
         field("backoff", Leaf, Status::Enforced, ""),
@@ -1613,6 +1613,7 @@ static OUTBOUND_LISTENER: TypeDef = TypeDef {
             Status::Values(&LISTENER_PROTOCOL),
             "the listener detects HTTP/1.1 and h2c whatever the value",
         ),
+        field("trustEnvoyHeaders", Leaf, Status::Enforced, ""),
     ],
 };
 

@@ -28,21 +28,21 @@ fn an_enforced_configuration_reports_nothing() {
 
 #[test]
 fn not_yet_fields_are_reported_once_at_their_key() {
-    // `retries` is enforced, its `retryRemoteLocalities` not yet
+    // `match` is enforced, its `statPrefix` not yet
     let found = scan_doc(
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [r]\n  http:\n  - route: [{destination: {host: r}}]\n    retries:\n      attempts: 3\n      retryRemoteLocalities: true\n      perTryTimeout: 2s\n",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [r]\n  http:\n  - route: [{destination: {host: r}}]\n    match:\n    - uri: {prefix: /}\n      statPrefix: hot\n      ignoreUriCase: true\n",
     );
     assert_eq!(found.len(), 1, "{found:?}");
     let u = &found[0];
     assert_eq!(
         u.field.as_ref().unwrap().to_string(),
-        "spec.http[0].retries.retryRemoteLocalities"
+        "spec.http[0].match[0].statPrefix"
     );
     assert_eq!((u.line, u.column), (10, 7));
-    assert_eq!(u.verdict, Verdict::NotYet(Area::Resilience));
+    assert_eq!(u.verdict, Verdict::NotYet(Area::Telemetry));
     assert!(
         u.message
-            .contains("not enforced by this version (resilience)"),
+            .contains("not enforced by this version (telemetry)"),
         "{}",
         u.message
     );

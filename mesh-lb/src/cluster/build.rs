@@ -95,6 +95,7 @@ impl Cluster {
             })
             .collect();
         let load = priority_load(&counts, input.overprovisioning, policy.panic_threshold);
+        let health = priority_health(&counts, input.overprovisioning);
 
         // warm-up factors, and when to look again
         let mut refresh_at: Option<Instant> = None;
@@ -220,6 +221,7 @@ impl Cluster {
             hosts,
             levels: levels.into(),
             cumulative: cumulative.into(),
+            health: health.into(),
             algorithm: policy.algorithm,
             hash: policy.hash,
             rng,

@@ -22,7 +22,7 @@ use mesh_core::selector::{Labels, labels_match};
 use crate::discover::EndpointSet;
 use crate::endpoint::{EndpointState, Registry};
 use crate::hash::HashTable;
-use crate::locality::{Client, Place, layout, priority_load};
+use crate::locality::{Client, Place, layout, priority_health, priority_load};
 use crate::policy::{Algorithm, HashKey, Policy};
 
 mod build;
@@ -52,6 +52,9 @@ pub(crate) struct Cluster {
     levels: Box<[Level]>,
     /// Cumulative priority load (percent), one per level.
     cumulative: Box<[u32]>,
+    /// Each level's health (Envoy's overprovisioned percentage), for a retry's priority load
+    /// without the levels tried before (`retryRemoteLocalities`).
+    health: Box<[u32]>,
     pub(crate) algorithm: Algorithm,
     pub(crate) hash: Option<HashKey>,
     pub(crate) rng: SharedRng,

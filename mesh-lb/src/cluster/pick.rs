@@ -1,38 +1,59 @@
 //! Picking an endpoint of a built [`Cluster`]: no lock, no allocation.
 
 use super::*;
+use crate::locality::level_excluding;
 
 impl Cluster {
     /// Picks an endpoint; `hash` for consistent-hash clusters (a random one is drawn when
     /// the request had no key). `None`: no endpoint can take the request (`503 UH`).
     #[inline]
     pub(crate) fn pick(&self, hash: Option<u64>) -> Option<&Host> {
-        let level = match &*self.levels {
+        self.pick_at(hash, 0).map(|(host, _)| host)
+    }
+
+    /// Whether the cluster has more than one priority level.
+    #[inline]
+    pub(crate) fn has_priorities(&self) -> bool {
+        self.levels.len() > 1
+    }
+
+    /// Picks an endpoint and says the priority level it is in; the level is drawn from the
+    /// priority load without the levels in `excluded` (a bit set; `0`: the unmodified load),
+    /// as Envoy's `previous_priorities` retry priority (Istio's `retryRemoteLocalities`).
+    #[inline]
+    pub(crate) fn pick_at(&self, hash: Option<u64>, excluded: u64) -> Option<(&Host, usize)> {
+        let li = match &*self.levels {
             [] => return None,
-            [only] => only,
+            [_] => 0,
             levels => {
                 let r = match hash {
                     Some(h) => (h % 100) as u32,
                     None => self.rng.below(100) as u32,
                 };
-                let i = self
-                    .cumulative
-                    .iter()
-                    .position(|c| r < *c)
-                    .unwrap_or(levels.len() - 1);
-                &levels[i]
+                let adjusted = match excluded {
+                    0 => None,
+                    _ => level_excluding(&self.health, excluded, r),
+                };
+                adjusted.unwrap_or_else(|| {
+                    self.cumulative
+                        .iter()
+                        .position(|c| r < *c)
+                        .unwrap_or(levels.len() - 1)
+                })
             }
         };
+        let level = &self.levels[li];
         if let Some((table, t_hosts)) = &level.table {
             let h = hash.unwrap_or_else(|| self.rng.next_u64());
-            return self.hosts.get(t_hosts[table.get(h) as usize] as usize);
+            let host = self.hosts.get(t_hosts[table.get(h) as usize] as usize)?;
+            return Some((host, li));
         }
         let group = match &level.group_alias {
             Some(alias) if level.groups.len() > 1 => level.groups.get(alias.sample(&self.rng))?,
             _ => level.groups.first()?,
         };
         let i = self.pick_in(group)?;
-        self.hosts.get(i as usize)
+        Some((self.hosts.get(i as usize)?, li))
     }
 
     #[inline]

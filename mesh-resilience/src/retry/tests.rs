@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use mesh_core::MeshBody;
-use mesh_core::ext::{PreviousHosts, RoutePolicy, flags_of, local_reply};
+use mesh_core::ext::{PreviousHosts, PreviousPriorities, RoutePolicy, flags_of, local_reply};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::policy::RetryPolicy;
 use mesh_core::replay::ReplayBody;
@@ -19,6 +19,7 @@ use tower::{Service, ServiceExt};
 
 use super::*;
 use crate::timeout::TimeoutLayer;
+use mesh_core::envoy_headers::EnvoyHeaderPolicy;
 
 type Res = Response<MeshBody<Empty<Bytes>>>;
 
@@ -42,6 +43,10 @@ struct Seen {
     at: Instant,
     body: Bytes,
     previous: Option<Vec<SocketAddr>>,
+    /// The `x-envoy-*` headers the attempt carried.
+    envoy: Vec<String>,
+    /// The priorities tried before, when the attempt carried the list.
+    priorities: Option<Vec<u32>>,
 }
 
 #[derive(Clone, Default)]
@@ -67,7 +72,11 @@ impl Mock {
     }
 }
 
-impl Service<Request<ReplayBody<Full<Bytes>>>> for Mock {
+impl<B> Service<Request<ReplayBody<B>>> for Mock
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    ReplayBody<B>: http_body::Body<Data = Bytes, Error: std::fmt::Debug> + Send,
+{
     type Response = Res;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Res, Infallible>> + Send>>;
@@ -76,7 +85,7 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Mock {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
+    fn call(&mut self, req: Request<ReplayBody<B>>) -> Self::Future {
         let step = self
             .script
             .lock()
@@ -86,6 +95,12 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Mock {
         let seen = self.seen.clone();
         Box::pin(async move {
             let at = Instant::now();
+            let envoy = req
+                .headers()
+                .keys()
+                .map(|k| k.as_str().to_string())
+                .filter(|k| k.starts_with("x-envoy-"))
+                .collect();
             let previous = req.extensions().get::<PreviousHosts>().cloned();
             // the balancer's part: the n-th attempt goes to 10.0.0.n
             let n = seen.lock().unwrap().len();
@@ -95,11 +110,19 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Mock {
                 p.record(addr);
                 v
             });
+            // the balancer's part: the n-th attempt goes to priority n
+            let priorities = req.extensions().get::<PreviousPriorities>().map(|p| {
+                let v = p.to_vec();
+                p.record(n as u32);
+                v
+            });
             let body = req.into_body().collect().await.unwrap().to_bytes();
             seen.lock().unwrap().push(Seen {
                 at,
                 body,
                 previous: before,
+                envoy,
+                priorities,
             });
             Ok(match step {
                 Step::Status(s) => {
@@ -505,6 +528,20 @@ async fn each_attempt_carries_the_hosts_tried_before() {
     assert!(mock.seen().iter().all(|s| s.previous.is_none()));
 }
 
+#[tokio::test(start_paused = true)]
+async fn retry_remote_localities_shares_the_priorities_tried_with_the_balancer() {
+    let mut p = policy("503", 2);
+    p.retry_remote_localities = true;
+    let mock = Mock::new(&[Status(503), Status(503), Status(200)]);
+    run(&mock, get(Some(p))).await;
+    let seen: Vec<_> = mock.seen().into_iter().map(|s| s.priorities).collect();
+    assert_eq!(seen, [Some(vec![]), Some(vec![0]), Some(vec![0, 1])]);
+    // off by default, as Istio's
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    run(&mock, get(None)).await;
+    assert!(mock.seen().iter().all(|s| s.priorities.is_none()));
+}
+
 #[test]
 fn idempotent_methods_are_rfc_9110_s() {
     for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
@@ -513,4 +550,248 @@ fn idempotent_methods_are_rfc_9110_s() {
     for m in ["POST", "PATCH", "CONNECT", "PURGE"] {
         assert!(!is_idempotent(&m.parse().unwrap()), "{m}");
     }
+}
+
+/// A streamed gRPC answer: `content-type: application/grpc`, a message, then the status in
+/// the trailers (the normal case for a server that has started answering).
+#[derive(Debug, Default)]
+struct Streamed(VecDeque<http_body::Frame<Bytes>>);
+
+impl http_body::Body for Streamed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+fn streamed_grpc(code: u32) -> Response<MeshBody<Streamed>> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from(code));
+    let frames = [
+        http_body::Frame::data(Bytes::from_static(b"\0\0\0\0\x01x")),
+        http_body::Frame::trailers(trailers),
+    ];
+    let mut res = Response::new(MeshBody::Inner(Streamed(frames.into_iter().collect())));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    res
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_status_in_trailers_is_passed_through_as_envoy_does() {
+    // Envoy's router consults its retry state in `onUpstreamHeaders` only (it resets it
+    // there before encoding the head downstream); `onUpstreamTrailers` only counts the
+    // status for the host's success/error stats (source/common/router/router.cc). So a
+    // streamed answer whose `grpc-status: 14` arrives in the trailers is the client's,
+    // while a trailers-only `unavailable` (status in the head) is retried.
+    let calls = Arc::new(Mutex::new(0));
+    let seen = calls.clone();
+    let svc = tower::service_fn(move |_req: Request<ReplayBody<Full<Bytes>>>| {
+        let n = {
+            let mut c = seen.lock().unwrap();
+            *c += 1;
+            *c
+        };
+        async move {
+            Ok::<_, Infallible>(if n == 1 {
+                streamed_grpc(14)
+            } else {
+                Response::new(MeshBody::empty())
+            })
+        }
+    });
+    let res = RetryLayer::new()
+        .with_seed(3)
+        .layer(svc)
+        .oneshot(get(None))
+        .await
+        .unwrap();
+    assert_eq!(*calls.lock().unwrap(), 1, "not retried");
+    assert!(flags_of(&res).is_empty(), "no URX");
+    let collected = res.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "14");
+    assert_eq!(collected.to_bytes(), &b"\0\0\0\0\x01x"[..]);
+    // the same status in the head (trailers-only): retried under Istio's default policy
+    let mock = Mock::new(&[Grpc(14), Grpc(0)]);
+    let res = run(&mock, get(None)).await;
+    assert_eq!(res.headers()["grpc-status"], "0");
+    assert_eq!(mock.calls(), 2);
+}
+
+/// A request routed with `retries`, carrying `headers`.
+fn with_headers(
+    mut req: Request<Full<Bytes>>,
+    headers: &[(&'static str, &'static str)],
+) -> Request<Full<Bytes>> {
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, HeaderValue::from_static(v));
+    }
+    req
+}
+
+async fn run_honouring(mock: &Mock, req: Request<Full<Bytes>>) -> Res {
+    RetryLayer::new()
+        .with_seed(5)
+        .with_envoy_headers(EnvoyHeaderPolicy::Honour)
+        .layer(mock.clone())
+        .oneshot(req)
+        .await
+        .unwrap()
+}
+
+const RETRY_5XX_5: &[(&str, &str)] = &[
+    ("x-envoy-retry-on", "5xx"),
+    ("x-envoy-max-retries", "5"),
+    ("x-envoy-retriable-status-codes", "418"),
+    ("x-envoy-upstream-rq-per-try-timeout-ms", "10"),
+    ("x-envoy-hedge-on-per-try-timeout", "true"),
+    ("x-envoy-upstream-rq-timeout-ms", "1"),
+];
+
+#[tokio::test(start_paused = true)]
+async fn x_envoy_retry_headers_are_stripped_and_not_honoured_by_default() {
+    // Istio's sidecars and gateways strip them from their clients' requests (Envoy's
+    // `cleanInternalHeaders` on external requests): the operator's policy holds.
+    let mock = Mock::new(&[Status(500), Status(500), Status(200)]);
+    let res = run(&mock, with_headers(get(None), RETRY_5XX_5)).await;
+    assert_eq!(res.status(), 500, "500 is not in Istio's default policy");
+    assert_eq!(mock.calls(), 1);
+    assert_eq!(mock.seen()[0].envoy, Vec::<String>::new(), "none forwarded");
+    // an application header that merely looks like one is left alone
+    let mock = Mock::new(&[Status(200)]);
+    run(
+        &mock,
+        with_headers(get(None), &[("x-envoy-attempt-count", "1")]),
+    )
+    .await;
+    assert_eq!(mock.seen()[0].envoy, ["x-envoy-attempt-count"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn x_envoy_retry_headers_are_honoured_when_trusted_and_not_forwarded() {
+    // x-envoy-retry-on adds 5xx to Istio's default conditions; x-envoy-max-retries: 5
+    let mock = Mock::new(&[
+        Status(500),
+        Status(502),
+        Status(418),
+        Status(503),
+        Status(200),
+    ]);
+    let res = run_honouring(&mock, with_headers(get(None), &RETRY_5XX_5[..3])).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        mock.calls(),
+        5,
+        "418 retried through x-envoy-retriable-status-codes"
+    );
+    assert!(
+        mock.seen().iter().all(|s| s.envoy.is_empty()),
+        "none forwarded"
+    );
+    // x-envoy-max-retries: 1 lowers the route's attempts
+    let mock = Mock::new(&[Status(503), Status(503), Status(200)]);
+    let res = run_honouring(
+        &mock,
+        with_headers(get(Some(policy("503", 3))), &[("x-envoy-max-retries", "1")]),
+    )
+    .await;
+    assert_eq!((res.status().as_u16(), mock.calls()), (503, 2));
+    assert_eq!(res.headers()["x-mesh-response-flags"], "URX");
+    // x-envoy-max-retries alone, on a route that retries nothing (attempts: 0): no condition,
+    // no retry (Envoy applies it only when there is a condition)
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    run_honouring(
+        &mock,
+        with_headers(get(Some(policy("503", 0))), &[("x-envoy-max-retries", "3")]),
+    )
+    .await;
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn x_envoy_retry_on_a_route_without_retries_retries_once_as_envoy() {
+    // attempts: 0 (Istio sends no retry policy): the header's conditions alone, with Envoy's
+    // default of one retry
+    let mock = Mock::new(&[Status(500), Status(500), Status(200)]);
+    let res = run_honouring(
+        &mock,
+        with_headers(
+            get(Some(policy("5xx", 0))),
+            &[("x-envoy-retry-on", "5xx,bogus")],
+        ),
+    )
+    .await;
+    assert_eq!((res.status().as_u16(), mock.calls()), (500, 2));
+    // gRPC conditions come from x-envoy-retry-grpc-on only
+    let mock = Mock::new(&[Grpc(13), Grpc(13), Grpc(0)]);
+    run_honouring(
+        &mock,
+        with_headers(
+            get(Some(policy("5xx", 0))),
+            &[("x-envoy-retry-on", "internal")],
+        ),
+    )
+    .await;
+    assert_eq!(
+        mock.calls(),
+        1,
+        "internal is not an x-envoy-retry-on condition"
+    );
+    let mock = Mock::new(&[Grpc(13), Grpc(13), Grpc(0)]);
+    let res = run_honouring(
+        &mock,
+        with_headers(
+            get(None),
+            &[
+                ("x-envoy-retry-grpc-on", "internal"),
+                ("x-envoy-max-retries", "2"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(res.headers()["grpc-status"], "0");
+    assert_eq!(mock.calls(), 3);
+    // the caller asked: a POST is retried on what it named
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    let res = run_honouring(
+        &mock,
+        with_headers(
+            routed(Method::POST, "x", None),
+            &[("x-envoy-retry-on", "5xx")],
+        ),
+    )
+    .await;
+    assert_eq!((res.status().as_u16(), mock.calls()), (200, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn x_envoy_per_try_timeout_bounds_each_attempt_when_trusted() {
+    let headers = &[
+        ("x-envoy-retry-on", "reset"),
+        ("x-envoy-upstream-rq-per-try-timeout-ms", "100"),
+    ];
+    let mock = Mock::new(&[Hang, Status(200)]);
+    let start = Instant::now();
+    let res = run_honouring(&mock, with_headers(get(None), headers)).await;
+    assert_eq!((res.status().as_u16(), mock.calls()), (200, 2));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(100) && took < Duration::from_millis(125),
+        "{took:?}"
+    );
+    // not trusted: the hanging attempt is not cut off (an hour of paused time)
+    let mock = Mock::new(&[Hang, Status(200)]);
+    let waited = tokio::time::timeout(
+        Duration::from_secs(3600),
+        run(&mock, with_headers(get(None), headers)),
+    )
+    .await;
+    assert!(waited.is_err());
 }
