@@ -67,10 +67,9 @@ use mesh_telemetry::trace::{Trace, TraceConfig, TraceLayer};
 /// The type of a worker's stack. The router and the balancer insert one request extension
 /// each (two, three with mirrors): the extension map's first table (room for three) never
 /// grows.
-pub type MeshStack =
-    IntoRequestBody<
-        Trace<Route<RateLimit<Fault<Timeout<Retry<Mirror<Lb<Outlier<PlainBody<Connector>>>>>>>>>>,
-    >;
+pub type MeshStack = IntoRequestBody<
+    Trace<Route<RateLimit<Fault<Timeout<Retry<Mirror<Lb<Outlier<PlainBody<Connector>>>>>>>>>>,
+>;
 
 /// The body the layers see: the client's, which mirrored copies can share.
 pub type LayerBody = TeeBody<Incoming>;
