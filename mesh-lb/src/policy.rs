@@ -113,6 +113,8 @@ pub(crate) struct Policy {
     pub(crate) h2_upgrade: bool,
     /// `connectionPool.http.maxRequestsPerConnection` and `idleTimeout`, for the connector.
     pub(crate) pool: mesh_core::ext::UpstreamPool,
+    /// The circuit-breaker thresholds (`connectionPool`, `retryBudget`).
+    pub(crate) limits: mesh_core::limits::Thresholds,
 }
 
 // === impl Policy ===
@@ -148,13 +150,19 @@ impl Policy {
             .and_then(|h| h.h2_upgrade_policy)
             .is_some_and(|p| p == H2UpgradePolicy::Upgrade);
         let http = tp.connection_pool.as_ref().and_then(|c| c.http.as_ref());
+        let tcp = tp.connection_pool.as_ref().and_then(|c| c.tcp.as_ref());
         let pool = mesh_core::ext::UpstreamPool {
             // Istio: 0 (the proto default) means no limit
             max_requests_per_connection: http
                 .and_then(|h| h.max_requests_per_connection)
                 .and_then(|n| u32::try_from(n).ok())
                 .filter(|n| *n > 0),
-            idle_timeout: http.and_then(|h| h.idle_timeout).map(|d| d.get()),
+            // Istio: the HTTP idle timeout, else the TCP one
+            idle_timeout: http
+                .and_then(|h| h.idle_timeout)
+                .or_else(|| tcp.and_then(|t| t.idle_timeout))
+                .map(|d| d.get()),
+            connect_timeout: tcp.and_then(|t| t.connect_timeout).map(|d| d.get()),
         };
         Policy {
             algorithm,
@@ -164,6 +172,7 @@ impl Policy {
             panic_threshold,
             h2_upgrade,
             pool,
+            limits: mesh_core::limits::Thresholds::from_traffic_policy(tp),
         }
     }
 }

@@ -29,7 +29,10 @@
 //!   endpoint when there is one.
 //!
 //! When the attempts run out on a failure the policy would retry, the last answer goes to
-//! the client with flag `URX` added, as Envoy does. An error of the inner service (not an
+//! the client with flag `URX` added, as Envoy does. Each retry also needs a permit from the
+//! limits of the cluster the request went to (`maxRetries`, the retry budget; see
+//! [`breaker`](crate::breaker)); without one it is not sent and the last answer goes to the
+//! client with flag `UO` added (Envoy's `upstream_rq_retry_overflow`). An error of the inner service (not an
 //! answer: the mesh's connector answers its failures) is returned at once.
 //!
 //! Which failures are which: answers the mesh made below this layer carry
@@ -103,15 +106,18 @@
 //! # Reads and writes
 //!
 //! Reads [`route_policy`] (`retries`) from the request; writes a [`PreviousHosts`] into each
-//! attempt (when the policy avoids previous hosts); reads [`ResponseFlags`] and
-//! [`RefusedStream`] from answers; adds `URX` (and makes `504 UT` answers) with
+//! attempt (avoided when the policy says so; it brings back the cluster's limits, for retry
+//! permits); reads [`ResponseFlags`] and
+//! [`RefusedStream`] from answers; adds `URX` or `UO` (and makes `504 UT` answers) with
 //! [`mark`] / [`local_reply`].
 //!
 //! # Differences from Envoy/Istio
 //!
 //! - Non-idempotent requests are safe by default (above).
 //! - A body is kept for retries up to 64 KiB by default (Envoy: its 1 MiB buffer limit).
-//! - Not done yet: `retryRemoteLocalities`, retry budgets (`retryBudget`), the
+//! - Retries are bounded per cluster by a retry budget even when the DestinationRule sets
+//!   none (see [`breaker`](crate::breaker)).
+//! - Not done yet: `retryRemoteLocalities`, the
 //!   `x-envoy-retry-on`/`x-envoy-max-retries` request headers, `retriable-headers`,
 //!   `Retry-After`/rate-limited backoff, retrying on gRPC statuses in trailers, and a
 //!   refused stream told from a reset by the connector.
@@ -129,6 +135,7 @@ use http_body::Body;
 use mesh_core::body::ReplyBody;
 use mesh_core::ext::{PreviousHosts, RefusedStream, flags_of, local_reply, mark, route_policy};
 use mesh_core::flags::ResponseFlags;
+use mesh_core::limits::RetryPermit;
 use mesh_core::policy::{RetryOn, RetryPolicy};
 use mesh_core::replay::{DEFAULT_MAX_REPLAY_BYTES, ReplayBody, Replayer};
 use mesh_core::rng::{self, Rng};
@@ -201,6 +208,8 @@ struct Attempts<S, B> {
     hosts: Option<PreviousHosts>,
     /// The next attempt's body, during the backoff.
     next: Option<ReplayBody<B>>,
+    /// The cluster's permit for the retry in flight ([`Attempts::retry_permit`]).
+    permit: Option<RetryPermit>,
 }
 
 /// How a retry gets the body again.
@@ -315,7 +324,12 @@ where
             return ResponseFuture::once(self.inner.call(req.map(ReplayBody::plain)));
         };
         let (parts, body) = req.into_parts();
-        let hosts = policy.retry_ignore_previous_hosts.then(PreviousHosts::new);
+        // always: it also brings the cluster's limits back from below the balancer
+        let hosts = Some(if policy.retry_ignore_previous_hosts {
+            PreviousHosts::new()
+        } else {
+            PreviousHosts::recording_only()
+        });
         let (first, replay) = if body.is_end_stream() {
             (ReplayBody::plain(body), Replay::Empty)
         } else {
@@ -342,6 +356,7 @@ where
                 timer,
                 hosts,
                 next: None,
+                permit: None,
             })),
         }
     }
@@ -437,6 +452,11 @@ where
                     if retry.left == 0 {
                         return Poll::Ready(Ok(
                             outcome.into_response(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
+                        ));
+                    }
+                    if !retry.retry_permit() {
+                        return Poll::Ready(Ok(
+                            outcome.into_response(ResponseFlags::UPSTREAM_OVERFLOW)
                         ));
                     }
                     // the attempt (and its hold on the body) goes before the body is asked for
@@ -572,6 +592,20 @@ where
             Replay::Empty => Some(ReplayBody::empty()),
             Replay::Recorded(r) => r.replay(),
         }
+    }
+
+    /// Envoy's retry circuit breaker (`RetryStateImpl::shouldRetry`): the previous retry's
+    /// permit is given back, and the next retry needs one from the cluster's limits
+    /// (`maxRetries`, `retryBudget`), which the circuit breaker below the balancer recorded
+    /// in [`PreviousHosts`]. `false`: not sent (the client gets the last answer with `UO`,
+    /// as Envoy's router on `RetryStatus::NoOverflow`).
+    fn retry_permit(&mut self) -> bool {
+        self.permit = None;
+        let Some(limits) = self.hosts.as_ref().and_then(PreviousHosts::limits) else {
+            return true;
+        };
+        self.permit = limits.try_retry();
+        self.permit.is_some()
     }
 
     /// The next backoff: Envoy's `JitteredExponentialBackOffStrategy`, a random whole
