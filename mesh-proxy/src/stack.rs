@@ -3,15 +3,16 @@
 //! ```text
 //! request ─► Route (VirtualService: match, rewrite, redirect, …) ─► Fault (fault: delay,
 //!            abort) ─► Timeout (timeout) ─► Retry (retries) ─► Mirror (mirror, mirrors) ─►
-//!            Lb (DestinationRule, subsets, endpoints, balancer) ─► Connector (per-worker
-//!            pool) ─► upstream
+//!            Lb (DestinationRule, subsets, endpoints, balancer) ─► CircuitBreaker
+//!            (connectionPool limits, per cluster) ─► Connector (per-worker pool) ─► upstream
 //! ```
 //!
 //! Fault injection sits before the timeout, as Envoy's fault filter sits before its router: an
 //! injected delay does not count against the route timeout, and an abort never reaches the
 //! layers below. The route timeout bounds all the attempts of a retried request; each attempt
 //! goes through the mirror (which fires once) and the balancer (which picks its endpoint,
-//! avoiding the ones tried before).
+//! avoiding the ones tried before), then the circuit breaker of the cluster picked (whose
+//! counts all workers share; it also hands the retry layer the cluster's retry budget).
 //!
 //! The request body becomes a [`TeeBody`] on the way in ([`IntoRequestBody`]), so that the
 //! mirror layer can hand mirrored copies the client's body as it streams, and the retry layer
@@ -41,14 +42,17 @@ use tower_layer::Layer;
 use crate::engine::{Connector, RequestBody, WorkerContext};
 use hyper::body::Incoming;
 use mesh_core::replay::ReplayBody;
-use mesh_resilience::{Fault, FaultLayer, Retry, RetryLayer, Timeout, TimeoutLayer};
+use mesh_resilience::{
+    CircuitBreaker, CircuitBreakerLayer, Fault, FaultLayer, Retry, RetryLayer, Timeout,
+    TimeoutLayer,
+};
 use mesh_routing::{Mirror, MirrorLayer, TeeBody};
 
 /// The type of a worker's stack. The router and the balancer insert one request extension
 /// each (two, three with mirrors): the extension map's first table (room for three) never
 /// grows.
 pub type MeshStack =
-    IntoRequestBody<Route<Fault<Timeout<Retry<Mirror<Lb<PlainBody<Connector>>>>>>>>;
+    IntoRequestBody<Route<Fault<Timeout<Retry<Mirror<Lb<CircuitBreaker<PlainBody<Connector>>>>>>>>>;
 
 /// The body the layers see: the client's, which mirrored copies can share.
 pub type LayerBody = TeeBody<Incoming>;
@@ -129,6 +133,7 @@ pub struct Layers {
     retry: RetryLayer,
     mirror: MirrorLayer,
     lb: LbLayer,
+    breaker: CircuitBreakerLayer,
     dns: Arc<DnsRefresher>,
 }
 
@@ -268,6 +273,7 @@ impl Layers {
             }),
             routes,
             lb,
+            breaker: CircuitBreakerLayer::new(),
             dns,
         }
     }
@@ -285,7 +291,9 @@ impl Layers {
 
     /// One worker's stack around its connector.
     pub fn stack(&self, ctx: &WorkerContext) -> MeshStack {
-        let lb = self.lb.layer(PlainBody(ctx.connector()));
+        let lb = self
+            .lb
+            .layer(self.breaker.layer(PlainBody(ctx.connector())));
         let mirror = self.mirror.layer(lb);
         IntoRequestBody(
             self.route_layer.layer(

@@ -609,12 +609,7 @@ static TRAFFIC_POLICY: TypeDef = TypeDef {
             Status::NotYet(Area::GatewaysL4),
             "",
         ),
-        field(
-            "retryBudget",
-            Struct(&RETRY_BUDGET),
-            Status::NotYet(Area::Resilience),
-            "",
-        ),
+        field("retryBudget", Struct(&RETRY_BUDGET), Status::Enforced, ""),
     ],
 };
 
@@ -749,12 +744,7 @@ static WARMUP_CONFIGURATION: TypeDef = TypeDef {
 static CONNECTION_POOL_SETTINGS: TypeDef = TypeDef {
     name: "ConnectionPoolSettings",
     fields: &[
-        field(
-            "tcp",
-            Struct(&TCP_SETTINGS),
-            Status::NotYet(Area::Resilience),
-            "circuit breaking; connectTimeout: the bootstrap limits.connectTimeout applies",
-        ),
+        field("tcp", Struct(&TCP_SETTINGS), Status::Enforced, ""),
         field("http", Struct(&HTTP_SETTINGS), Status::Enforced, ""),
     ],
 };
@@ -762,8 +752,18 @@ static CONNECTION_POOL_SETTINGS: TypeDef = TypeDef {
 static TCP_SETTINGS: TypeDef = TypeDef {
     name: "TcpSettings",
     fields: &[
-        field("maxConnections", Leaf, Status::NotYet(Area::Resilience), ""),
-        field("connectTimeout", Leaf, Status::NotYet(Area::Resilience), ""),
+        field(
+            "maxConnections",
+            Leaf,
+            Status::Enforced,
+            "HTTP/1.1 connections in use at once (HTTP traffic; not opaque TCP)",
+        ),
+        field(
+            "connectTimeout",
+            Leaf,
+            Status::NotYet(Area::Resilience),
+            "the bootstrap limits.connectTimeout applies",
+        ),
         field(
             "tcpKeepalive",
             Struct(&TCP_KEEPALIVE),
@@ -776,7 +776,12 @@ static TCP_SETTINGS: TypeDef = TypeDef {
             Status::NotYet(Area::Resilience),
             "",
         ),
-        field("idleTimeout", Leaf, Status::NotYet(Area::Resilience), ""),
+        field(
+            "idleTimeout",
+            Leaf,
+            Status::Enforced,
+            "for HTTP upstream connections when http.idleTimeout is unset, as Istio; not the TCP proxy's",
+        ),
     ],
 };
 
@@ -795,22 +800,22 @@ static HTTP_SETTINGS: TypeDef = TypeDef {
         field(
             "http1MaxPendingRequests",
             Leaf,
-            Status::NotYet(Area::Resilience),
-            "",
+            Status::Enforced,
+            "requests waiting for an HTTP/1.1 connection under maxConnections",
         ),
-        field(
-            "http2MaxRequests",
-            Leaf,
-            Status::NotYet(Area::Resilience),
-            "",
-        ),
+        field("http2MaxRequests", Leaf, Status::Enforced, ""),
         field(
             "maxRequestsPerConnection",
             Leaf,
             Status::Enforced,
             "HTTP/1.1 upstream connections; HTTP/2 ones come with resilience",
         ),
-        field("maxRetries", Leaf, Status::NotYet(Area::Resilience), ""),
+        field(
+            "maxRetries",
+            Leaf,
+            Status::Enforced,
+            "a default retry budget (20 %, at least 3) applies beside it: safe by default",
+        ),
         field(
             "idleTimeout",
             Leaf,
@@ -976,14 +981,14 @@ static PROXY_PROTOCOL: TypeDef = TypeDef {
 static RETRY_BUDGET: TypeDef = TypeDef {
     name: "RetryBudget",
     fields: &[
-        field("percent", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("percent", Leaf, Status::Enforced, ""),
+        field("minRetryConcurrency", Leaf, Status::Enforced, ""),
         field(
-            "minRetryConcurrency",
+            "budgetInterval",
             Leaf,
             Status::NotYet(Area::Resilience),
-            "",
+            "the budget is over the requests in flight, as Envoy's",
         ),
-        field("budgetInterval", Leaf, Status::NotYet(Area::Resilience), ""),
     ],
 };
 
