@@ -146,7 +146,7 @@ pub struct UpstreamCluster {
     pub name: Arc<str>,
     /// The selected endpoint's health cell in this cluster.
     pub health: Arc<crate::health::HealthCell>,
-    /// The cluster's `connectionPool.http` settings that the connector applies.
+    /// The cluster's `connectionPool` settings that the connector applies.
     pub pool: UpstreamPool,
     /// The cluster's circuit-breaker thresholds and shared counters (`connectionPool`,
     /// `retryBudget`), read by the circuit breaker and, through [`PreviousHosts`], the retry
@@ -154,8 +154,8 @@ pub struct UpstreamCluster {
     pub limits: Option<Arc<ClusterLimits>>,
 }
 
-/// A DestinationRule's `connectionPool.http` settings that concern the upstream connections
-/// themselves (the limits on requests are circuit breaking's).
+/// A DestinationRule's `connectionPool` settings that concern the upstream connections
+/// themselves (the limits on requests are circuit breaking's, in [`UpstreamCluster::limits`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpstreamPool {
     /// `maxRequestsPerConnection`: requests an upstream connection carries before it is

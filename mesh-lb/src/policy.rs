@@ -111,7 +111,8 @@ pub(crate) struct Policy {
     pub(crate) panic_threshold: u32,
     /// `h2UpgradePolicy: UPGRADE`.
     pub(crate) h2_upgrade: bool,
-    /// `connectionPool.http.maxRequestsPerConnection` and `idleTimeout`, for the connector.
+    /// `connectionPool.http.maxRequestsPerConnection`, `idleTimeout` (else `tcp.idleTimeout`)
+    /// and `tcp.connectTimeout`, for the connector.
     pub(crate) pool: mesh_core::ext::UpstreamPool,
     /// The circuit-breaker thresholds (`connectionPool`, `retryBudget`).
     pub(crate) limits: mesh_core::limits::Thresholds,

@@ -2,15 +2,16 @@
 //!
 //! A [`Pool`] holds, per [`PoolKey`] (an endpoint address and the TLS identity its
 //! connections were made with), a LIFO stack of idle HTTP/1.1 connections and one shared
-//! HTTP/2 connection. An engine worker makes one pool for its thread and hands every stack
+//! HTTP/2 connection (replaced after its cluster's `maxRequestsPerConnection` requests, or
+//! when no request began on it for its `idleTimeout`). An engine worker makes one pool for its thread and hands every stack
 //! it builds a [`Connector`](crate::Connector) on it ([`WorkerContext::connector`]), so a
 //! worker's requests never touch another worker's pool and its lock is never contended; an
 //! in-process client makes one with [`Pool::new`] and shares it across its threads.
 //!
 //! Idle HTTP/1.1 connections are checked for an upstream close when taken (no system call
-//! unless the socket became readable) and swept every two seconds by a task the pool
-//! starts on the current tokio runtime when it first holds an idle connection (and stops
-//! when it holds none, or is dropped).
+//! unless the socket became readable) and swept every two seconds (with the HTTP/2
+//! connections) by a task the pool starts on the current tokio runtime when it first holds a
+//! connection (and stops when it holds none, or is dropped).
 //!
 //! [`WorkerContext::connector`]: crate::WorkerContext::connector
 
@@ -19,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::http2;
+use mesh_core::ext::UpstreamPool;
 use mesh_core::hash::FastHashMap;
 
 use crate::h1client::H1Conn;
@@ -70,7 +72,20 @@ struct Endpoint {
     #[allow(clippy::vec_box)]
     h1_idle: Vec<Box<H1Conn>>,
     /// The shared HTTP/2 connection.
-    h2: Option<http2::SendRequest<RequestBody>>,
+    h2: Option<H2Conn>,
+}
+
+/// The shared HTTP/2 connection of an endpoint, with its cluster's settings: it leaves the
+/// pool (and closes once its streams are done) after `maxRequestsPerConnection` requests,
+/// or when no request began on it for `idleTimeout`.
+struct H2Conn {
+    sender: http2::SendRequest<RequestBody>,
+    /// Requests begun on it.
+    requests: u32,
+    max_requests: Option<u32>,
+    /// The pool's sweep count when a request last began on it.
+    used: u32,
+    idle_sweeps: u32,
 }
 
 // === impl Pool ===
@@ -138,38 +153,71 @@ impl Pool {
             !std::mem::replace(&mut inner.sweeping, true)
         };
         if start_sweep {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn(sweep(Arc::downgrade(&self.0)));
-                }
-                Err(_) => self.lock().sweeping = false,
-            }
+            self.start_sweep();
         }
     }
 
-    /// The shared HTTP/2 connection to `key`, if it can take a request.
+    /// The shared HTTP/2 connection to `key`, if it can take a request; counts the request
+    /// against its `maxRequestsPerConnection` (the last one takes it out of the pool).
     pub(crate) fn get_h2(&self, key: &PoolKey) -> Option<http2::SendRequest<RequestBody>> {
         let mut inner = self.lock();
+        let epoch = inner.epoch;
         let ep = inner.endpoints.get_mut(key)?;
-        match &ep.h2 {
-            Some(s) if s.is_ready() => Some(s.clone()),
-            Some(_) => {
-                ep.h2 = None;
-                None
-            }
-            None => None,
+        let h2 = ep.h2.as_mut()?;
+        if !h2.sender.is_ready() {
+            ep.h2 = None;
+            return None;
+        }
+        h2.requests += 1;
+        h2.used = epoch;
+        if h2.max_requests.is_some_and(|m| h2.requests >= m) {
+            return ep.h2.take().map(|h| h.sender);
+        }
+        Some(h2.sender.clone())
+    }
+
+    /// Keeps `sender`, a new connection about to carry its first request, as the shared
+    /// HTTP/2 connection to `key`, with its cluster's settings (unless that request is its
+    /// last). Starts the sweep when the pool had nothing to sweep.
+    pub(crate) fn put_h2(
+        &self,
+        key: PoolKey,
+        sender: http2::SendRequest<RequestBody>,
+        pool: UpstreamPool,
+    ) {
+        if pool.max_requests_per_connection.is_some_and(|m| m <= 1) {
+            return;
+        }
+        let start_sweep = {
+            let mut inner = self.lock();
+            let used = inner.epoch;
+            inner.endpoints.entry(key).or_default().h2 = Some(H2Conn {
+                sender,
+                requests: 1,
+                max_requests: pool.max_requests_per_connection,
+                used,
+                idle_sweeps: crate::upstream::idle_sweeps(&pool),
+            });
+            !std::mem::replace(&mut inner.sweeping, true)
+        };
+        if start_sweep {
+            self.start_sweep();
         }
     }
 
-    /// Keeps `sender` as the shared HTTP/2 connection to `key`.
-    pub(crate) fn put_h2(&self, key: PoolKey, sender: http2::SendRequest<RequestBody>) {
-        self.lock().endpoints.entry(key).or_default().h2 = Some(sender);
+    fn start_sweep(&self) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(sweep(Arc::downgrade(&self.0)));
+            }
+            Err(_) => self.lock().sweeping = false,
+        }
     }
 }
 
 #[cfg(test)]
 impl Pool {
-    fn sweep_now(&self) -> usize {
+    pub(crate) fn sweep_now(&self) -> usize {
         self.lock().sweep()
     }
 }
@@ -183,7 +231,8 @@ impl std::fmt::Debug for Pool {
 }
 
 /// Every [`SWEEP_EVERY`], drops the idle connections the upstream closed or that were idle
-/// too long; ends when the pool holds none (the next release starts it again) or is gone.
+/// too long (HTTP/2 ones: no request began on them for that long; their streams finish);
+/// ends when the pool holds none (the next release starts it again) or is gone.
 async fn sweep(pool: Weak<Shared>) {
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
@@ -209,6 +258,12 @@ impl Inner {
             ep.h1_idle
                 .retain_mut(|c| epoch.wrapping_sub(c.idle_since) < c.idle_sweeps && c.idle_ok());
             left += ep.h1_idle.len();
+            if ep.h2.as_ref().is_some_and(|h| {
+                epoch.wrapping_sub(h.used) >= h.idle_sweeps || h.sender.is_closed()
+            }) {
+                ep.h2 = None;
+            }
+            left += usize::from(ep.h2.is_some());
         }
         left
     }
@@ -218,7 +273,6 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::upstream::idle_sweeps;
-    use mesh_core::ext::UpstreamPool;
     use tokio::net::TcpStream;
 
     /// Envoy's upstream `idle_timeout`: an idle connection is closed after the limit (here

@@ -71,14 +71,19 @@
 //! without a body that meets a pooled connection closed under it (no response byte
 //! received) is sent again on another connection, then on a new one.
 //!
-//! **Connection settings** (DestinationRule `connectionPool.http`, carried by the balancer's
+//! **Connection settings** (DestinationRule `connectionPool`, carried by the balancer's
 //! `UpstreamCluster`): `maxRequestsPerConnection` closes an HTTP/1.1 connection after that
-//! many requests (1: no keep-alive), `idleTimeout` (default one hour, Envoy's) closes one
-//! idle that long, checked by the sweep (so to within its two seconds).
+//! many requests (1: no keep-alive), and takes an HTTP/2 connection out of the pool after
+//! that many streams (it closes once they are done); `idleTimeout` (default one hour,
+//! Envoy's) closes an HTTP/1.1 connection idle that long, and takes out of the pool an
+//! HTTP/2 connection on which no request began for that long, checked by the sweep (so to
+//! within its two seconds); `tcp.connectTimeout` replaces the connector's connect timeout
+//! for the cluster.
 //!
 //! **Differences from Envoy**: no per-endpoint connection limit (circuit breaking lives in
-//! `mesh-resilience`); the two settings above apply to HTTP/1.1 only; HTTP/2 uses one
-//! connection per endpoint and thread.
+//! `mesh-resilience`); HTTP/2 uses one connection per endpoint and thread, and its idle time
+//! counts from the last request begun, not from the end of the last stream (streams in
+//! flight finish on it).
 //!
 //! ```
 //! use mesh_transport::Connector;
@@ -258,12 +263,15 @@ where
             Some(t) => t.client_tls(req.extensions(), ep),
             None => None,
         };
-        let this = self.clone();
+        let mut this = self.clone();
+        if let Some(t) = pool.connect_timeout {
+            this.connect_timeout = t; // the DestinationRule's `tcp.connectTimeout`
+        }
         let req = req.map(RequestBody::new);
         // Two separate futures (each boxed at its own, smaller size) rather than one holding
         // both paths: the box is written once per request.
         ConnectorFuture(Inner::Forward(if h2 {
-            Box::pin(this.forward_h2(addr, tls, req))
+            Box::pin(this.forward_h2(addr, pool, tls, req))
         } else {
             Box::pin(this.forward_h1(addr, pool, tls, req))
         }))
@@ -378,11 +386,11 @@ impl Connector {
     async fn forward_h2(
         self,
         addr: SocketAddr,
+        pool: UpstreamPool,
         tls: Option<ClientTls>,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
         if req.method() == Method::CONNECT {
-            let pool = UpstreamPool::default();
             return self.connect_method(addr, true, pool, tls, req).await;
         }
         let received = req.version();
@@ -402,7 +410,7 @@ impl Connector {
             Some(s) => s,
             None => match Box::pin(self.connect_h2(addr, tls.as_ref())).await {
                 Ok(s) => {
-                    self.pool.put_h2(key, s.clone());
+                    self.pool.put_h2(key, s.clone(), pool);
                     s
                 }
                 Err(f) => return f.reply(),
@@ -912,5 +920,151 @@ mod tests {
     fn h2_target_without_any_authority_is_refused() {
         let mut req = Request::builder().uri("/x").body(()).unwrap();
         assert!(prepare_h2(&mut req).is_err());
+    }
+}
+
+/// The DestinationRule's connection settings on real connections: HTTP/2
+/// `maxRequestsPerConnection` and `idleTimeout`, and a cluster's `tcp.connectTimeout`.
+#[cfg(test)]
+mod settings_tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::BodyExt;
+    use mesh_core::ext::UpstreamCluster;
+    use tokio::net::TcpListener;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// An h2c upstream on port 0 answering 200; counts the connections it accepted.
+    async fn h2_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn request(addr: SocketAddr, http2: bool, pool: UpstreamPool) -> Request<RequestBody> {
+        let mut req = Request::builder()
+            .uri("/")
+            .header(header::HOST, "svc")
+            .body(RequestBody::empty())
+            .unwrap();
+        req.extensions_mut().insert(SelectedUpstream::new(
+            SelectedEndpoint::new(addr).with_http2(http2),
+            UpstreamCluster {
+                name: "outbound|80||svc".into(),
+                health: Arc::new(mesh_core::health::HealthCell::detached()),
+                pool,
+                limits: None,
+            },
+        ));
+        req
+    }
+
+    async fn get(c: &Connector, addr: SocketAddr, http2: bool, pool: UpstreamPool) -> u16 {
+        let res = c.clone().oneshot(request(addr, http2, pool)).await.unwrap();
+        let status = res.status().as_u16();
+        res.into_body().collect().await.unwrap();
+        status
+    }
+
+    /// Envoy's `max_requests_per_connection` on HTTP/2: a connection carries that many
+    /// streams, then the next request opens another.
+    #[tokio::test]
+    async fn h2_connection_is_replaced_after_max_requests_per_connection() {
+        let (addr, accepted) = h2_upstream().await;
+        let c = Connector::new(Duration::from_secs(5));
+        let two = UpstreamPool {
+            max_requests_per_connection: Some(2),
+            ..UpstreamPool::default()
+        };
+        for _ in 0..5 {
+            assert_eq!(get(&c, addr, true, two).await, 200);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3, "2 + 2 + 1 requests");
+        let one = UpstreamPool {
+            max_requests_per_connection: Some(1),
+            ..UpstreamPool::default()
+        };
+        let c = Connector::new(Duration::from_secs(5));
+        for _ in 0..2 {
+            assert_eq!(get(&c, addr, true, one).await, 200);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 5, "one each");
+    }
+
+    /// Envoy's `idle_timeout` on HTTP/2: a connection no request began on for the idle
+    /// timeout (counted in sweeps) leaves the pool; one in use stays.
+    #[tokio::test]
+    async fn h2_connection_idle_past_the_idle_timeout_is_replaced() {
+        let (addr, accepted) = h2_upstream().await;
+        let c = Connector::new(Duration::from_secs(5));
+        // two sweeps of two seconds
+        let four = UpstreamPool {
+            idle_timeout: Some(Duration::from_secs(4)),
+            ..UpstreamPool::default()
+        };
+        assert_eq!(get(&c, addr, true, four).await, 200);
+        assert_eq!(c.pool().sweep_now(), 1);
+        assert_eq!(get(&c, addr, true, four).await, 200); // used again: idle from now
+        assert_eq!(c.pool().sweep_now(), 1);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(c.pool().sweep_now(), 0, "two sweeps without a request");
+        assert_eq!(get(&c, addr, true, four).await, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// `tcp.connectTimeout` replaces the connector's own for the cluster: a connect that
+    /// hangs (the listener's accept queue is full, its SYNs dropped) gives up after the
+    /// cluster's 200 ms, not the connector's 60 s, with `503 UF`.
+    #[tokio::test]
+    async fn the_cluster_connect_timeout_replaces_the_connector_s() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // fill the accept queue (never accepted)
+        let mut fill = Vec::new();
+        for _ in 0..4 {
+            let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+            fill.push(s);
+        }
+        let c = Connector::new(Duration::from_secs(60));
+        let pool = UpstreamPool {
+            connect_timeout: Some(Duration::from_millis(200)),
+            ..UpstreamPool::default()
+        };
+        let start = std::time::Instant::now();
+        let res = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.clone().oneshot(request(addr, false, pool)),
+        )
+        .await
+        .expect("the cluster's connect timeout applies")
+        .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            res.extensions().get::<ResponseFlags>(),
+            Some(&ResponseFlags::UPSTREAM_CONNECTION_FAILURE)
+        );
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        drop((fill, listener));
     }
 }

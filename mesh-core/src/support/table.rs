@@ -761,8 +761,8 @@ static TCP_SETTINGS: TypeDef = TypeDef {
         field(
             "connectTimeout",
             Leaf,
-            Status::NotYet(Area::Resilience),
-            "the bootstrap limits.connectTimeout applies",
+            Status::Enforced,
+            "replaces the bootstrap's limits.connectTimeout for the cluster",
         ),
         field(
             "tcpKeepalive",
@@ -808,7 +808,7 @@ static HTTP_SETTINGS: TypeDef = TypeDef {
             "maxRequestsPerConnection",
             Leaf,
             Status::Enforced,
-            "HTTP/1.1 upstream connections; HTTP/2 ones come with resilience",
+            "HTTP/1.1 and HTTP/2 upstream connections",
         ),
         field(
             "maxRetries",
@@ -820,7 +820,7 @@ static HTTP_SETTINGS: TypeDef = TypeDef {
             "idleTimeout",
             Leaf,
             Status::Enforced,
-            "HTTP/1.1 upstream connections (checked every 2 s); HTTP/2 ones come with resilience",
+            "checked every 2 s; HTTP/2: since the last request began on the connection",
         ),
         field("h2UpgradePolicy", Leaf, Status::Enforced, ""),
         field("useClientProtocol", Leaf, Status::NotYet(Area::Later), ""),
