@@ -174,3 +174,68 @@ async fn http2_max_requests_bounds_requests_in_flight() {
     );
     assert_eq!(slow.most.load(Ordering::SeqCst), 2);
 }
+
+/// The retry budget (`trafficPolicy.retryBudget`, here one retry in flight at most): while
+/// one request's retry is held by the upstream, another request's failure is not retried;
+/// the client gets the upstream's `503` with flag `UO` (Envoy's router on a retry
+/// overflow), and the upstream never sees that retry.
+#[tokio::test]
+async fn a_retry_over_the_budget_is_not_sent() {
+    // the 1st and 3rd requests to arrive fail at once, the 2nd (the first one's retry) is
+    // held until the gate opens
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let held = Arc::new(AtomicUsize::new(0));
+    let (gate, open) = watch::channel(false);
+    let (a, h) = (arrived.clone(), held.clone());
+    let handler: Handler = Arc::new(move |_req: Request<Incoming>| {
+        let (a, h, mut open) = (a.clone(), h.clone(), open.clone());
+        Box::pin(async move {
+            if a.fetch_add(1, Ordering::SeqCst) == 1 {
+                h.fetch_add(1, Ordering::SeqCst);
+                let _ = open.wait_for(|o| *o).await;
+                return Response::new(full("retried"));
+            }
+            Response::builder().status(503).body(full("down")).unwrap()
+        })
+    });
+    let upstream = backend_with("httpbin", handler).await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("httpbin", 8000, "HTTP", &[&upstream])
+        + &destination_rule(
+            "httpbin",
+            &["httpbin"],
+            "  trafficPolicy:\n    retryBudget: {percent: 0, minRetryConcurrency: 1}\n",
+        )
+        + "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin]
+  http:
+  - retries: {attempts: 1, retryOn: 5xx}
+    route: [{destination: {host: httpbin}}]
+";
+    let p = start(&yaml).await;
+    let out = p.out;
+    let first = tokio::spawn(async move { get_once(out, "httpbin:8000", &[]).await });
+    let h = held.clone();
+    eventually("the first request's retry is held upstream", || {
+        let h = h.clone();
+        async move { h.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    let second = get_once(p.out, "httpbin:8000", &[]).await;
+    assert_eq!(second.status, 503, "{second:?}");
+    assert_eq!(second.body, "down", "the upstream's answer");
+    assert_eq!(second.flags(), "UO");
+    assert!(second.headers.get("x-envoy-overloaded").is_none());
+    assert_eq!(arrived.load(Ordering::SeqCst), 3, "its retry was not sent");
+    gate.send_replace(true);
+    let first = bounded(first).await.unwrap();
+    assert_eq!(
+        (first.status.as_u16(), first.body.as_str()),
+        (200, "retried")
+    );
+    assert_eq!(upstream.hits(), 3);
+}

@@ -115,7 +115,9 @@ use std::task::{Context, Poll, ready};
 use http::header::HeaderName;
 use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_core::body::ReplyBody;
-use mesh_core::ext::{PreviousHosts, local_reply, selected_endpoint, upstream_cluster};
+use mesh_core::ext::{
+    PreviousHosts, SelectedUpstream, local_reply, selected_endpoint, upstream_cluster,
+};
 use mesh_core::flags::ResponseFlags;
 #[cfg(doc)]
 use mesh_core::limits::DEFAULT_RETRY_BUDGET;
@@ -226,18 +228,21 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let ext = req.extensions();
-        let limits = match upstream_cluster(ext).and_then(|c| c.limits.as_ref()) {
-            Some(l) => l,
-            None => match &self.limits {
-                Some(l) => l,
-                None => return ResponseFuture::called(self.inner.call(req), None),
-            },
+        // one look-up for the balancer's pick (endpoint and cluster), else the standalone parts
+        let (cluster, http2) = match ext.get::<SelectedUpstream>() {
+            Some(u) => (u.cluster().limits.as_ref(), u.endpoint().http2),
+            None => (
+                upstream_cluster(ext).and_then(|c| c.limits.as_ref()),
+                selected_endpoint(ext).is_some_and(|e| e.http2),
+            ),
+        };
+        let Some(limits) = cluster.or(self.limits.as_ref()) else {
+            return ResponseFuture::called(self.inner.call(req), None);
         };
         if let Some(attempts) = ext.get::<PreviousHosts>() {
             attempts.set_limits(limits);
         }
-        let http1 = !selected_endpoint(ext).is_some_and(|e| e.http2);
-        let state = match limits.admit(http1) {
+        let state = match limits.admit(!http2) {
             Admission::Admitted(permit) => State::Called {
                 fut: self.inner.call(req),
                 permit: Some(permit),
