@@ -22,7 +22,7 @@
 //!
 //! Counting is lock-free (compare-and-swap on shared atomics). Only a request that must
 //! wait for an HTTP/1.1 connection ([`Admission::Pending`]) touches the cluster's
-//! [`Notify`](tokio::sync::Notify), and only when someone waits does a release wake it.
+//! `tokio::sync::Notify`, and only when someone waits does a release wake it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -104,6 +104,8 @@
 //! - A reload that changes a DestinationRule keeps the cluster's counts (Envoy rebuilds the
 //!   cluster, whose new circuit breakers start at zero while the old requests finish on the
 //!   old one): a reload never lets a burst past the limits.
+//! - A request upgraded to a tunnel (WebSocket `101`, `CONNECT`) holds its permit until the
+//!   answer's (empty) body ends, not for the tunnel's life.
 //! - Not done: `budgetInterval` (Envoy's budget is over the requests in flight, which is
 //!   what is enforced), per-host thresholds, priorities, the `remaining_*`/`*_open` gauges.
 

@@ -32,8 +32,9 @@
 //! the client with flag `URX` added, as Envoy does. Each retry also needs a permit from the
 //! limits of the cluster the request went to (`maxRetries`, the retry budget; see
 //! [`breaker`](crate::breaker)); without one it is not sent and the last answer goes to the
-//! client with flag `UO` added (Envoy's `upstream_rq_retry_overflow`). An error of the inner service (not an
-//! answer: the mesh's connector answers its failures) is returned at once.
+//! client with flag `UO` added (Envoy's `upstream_rq_retry_overflow`). An error of the
+//! inner service (not an answer: the mesh's connector answers its failures) is returned at
+//! once.
 //!
 //! Which failures are which: answers the mesh made below this layer carry
 //! [`ResponseFlags`] (the connector's `UF` 503 is a connect failure, `UR`/`UC` a reset, `UPE`
@@ -107,9 +108,8 @@
 //!
 //! Reads [`route_policy`] (`retries`) from the request; writes a [`PreviousHosts`] into each
 //! attempt (avoided when the policy says so; it brings back the cluster's limits, for retry
-//! permits); reads [`ResponseFlags`] and
-//! [`RefusedStream`] from answers; adds `URX` or `UO` (and makes `504 UT` answers) with
-//! [`mark`] / [`local_reply`].
+//! permits); reads [`ResponseFlags`] and [`RefusedStream`] from answers; adds `URX` or `UO`
+//! (and makes `504 UT` answers) with [`mark`] / [`local_reply`].
 //!
 //! # Differences from Envoy/Istio
 //!

@@ -3,10 +3,11 @@
 //! A [`Pool`] holds, per [`PoolKey`] (an endpoint address and the TLS identity its
 //! connections were made with), a LIFO stack of idle HTTP/1.1 connections and one shared
 //! HTTP/2 connection (replaced after its cluster's `maxRequestsPerConnection` requests, or
-//! when no request began on it for its `idleTimeout`). An engine worker makes one pool for its thread and hands every stack
-//! it builds a [`Connector`](crate::Connector) on it ([`WorkerContext::connector`]), so a
-//! worker's requests never touch another worker's pool and its lock is never contended; an
-//! in-process client makes one with [`Pool::new`] and shares it across its threads.
+//! when no request began on it for its `idleTimeout`). An engine worker makes one pool for
+//! its thread and hands every stack it builds a [`Connector`](crate::Connector) on it
+//! ([`WorkerContext::connector`]), so a worker's requests never touch another worker's pool
+//! and its lock is never contended; an in-process client makes one with [`Pool::new`] and
+//! shares it across its threads.
 //!
 //! Idle HTTP/1.1 connections are checked for an upstream close when taken (no system call
 //! unless the socket became readable) and swept every two seconds (with the HTTP/2
