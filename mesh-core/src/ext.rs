@@ -168,6 +168,9 @@ pub struct UpstreamPool {
     /// `tcp.connectTimeout`: the cluster's connect timeout (`None`: the connector's own,
     /// the bootstrap's `limits.connectTimeout`).
     pub connect_timeout: Option<std::time::Duration>,
+    /// `tcp.maxConnectionDuration`: how long an upstream connection is used from when it was
+    /// established (`None`: no limit). Envoy's `max_connection_duration`.
+    pub max_connection_duration: Option<std::time::Duration>,
 }
 
 /// What the router decided for a forwarded request: the destination and the route's policy,

@@ -164,6 +164,11 @@ impl Policy {
                 .or_else(|| tcp.and_then(|t| t.idle_timeout))
                 .map(|d| d.get()),
             connect_timeout: tcp.and_then(|t| t.connect_timeout).map(|d| d.get()),
+            // a zero duration is taken as unset (Envoy: "if not set, there is no max")
+            max_connection_duration: tcp
+                .and_then(|t| t.max_connection_duration)
+                .map(|d| d.get())
+                .filter(|d| !d.is_zero()),
         };
         Policy {
             algorithm,

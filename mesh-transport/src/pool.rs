@@ -2,8 +2,8 @@
 //!
 //! A [`Pool`] holds, per [`PoolKey`] (an endpoint address and the TLS identity its
 //! connections were made with), a LIFO stack of idle HTTP/1.1 connections and one shared
-//! HTTP/2 connection (replaced after its cluster's `maxRequestsPerConnection` requests, or
-//! when no request began on it for its `idleTimeout`). An engine worker makes one pool for
+//! HTTP/2 connection (replaced after its cluster's `maxRequestsPerConnection` requests, when
+//! no request began on it for its `idleTimeout`, or once it is `maxConnectionDuration` old). An engine worker makes one pool for
 //! its thread and hands every stack it builds a [`Connector`](crate::Connector) on it
 //! ([`WorkerContext::connector`]), so a worker's requests never touch another worker's pool
 //! and its lock is never contended; an in-process client makes one with [`Pool::new`] and
@@ -87,6 +87,10 @@ struct H2Conn {
     /// The pool's sweep count when a request last began on it.
     used: u32,
     idle_sweeps: u32,
+    /// The pool's sweep count when it was made, and for how many sweeps it takes requests
+    /// (`maxConnectionDuration`).
+    born: u32,
+    max_age: u32,
 }
 
 // === impl Pool ===
@@ -129,13 +133,19 @@ impl Pool {
     #[inline]
     pub(crate) fn pop_h1(&self, key: &PoolKey) -> Option<Box<H1Conn>> {
         let mut inner = self.lock();
+        let epoch = inner.epoch;
         let ep = inner.endpoints.get_mut(key)?;
         while let Some(mut c) = ep.h1_idle.pop() {
-            if c.idle_ok() {
+            if !c.expired(epoch) && c.idle_ok() {
                 return Some(c);
             }
         }
         None
+    }
+
+    /// The pool's clock: sweeps so far (a connection's birth, for `maxConnectionDuration`).
+    pub(crate) fn epoch(&self) -> u32 {
+        self.lock().epoch
     }
 
     /// Returns an HTTP/1.1 connection whose exchange is over; keeps at most `max` idle ones
@@ -143,8 +153,8 @@ impl Pool {
     pub(crate) fn release_h1(&self, key: PoolKey, mut conn: Box<H1Conn>, max: usize) {
         let start_sweep = {
             let mut inner = self.lock();
-            if conn.spent() {
-                return; // `maxRequestsPerConnection` reached: closed
+            if conn.spent() || conn.expired(inner.epoch) {
+                return; // `maxRequestsPerConnection` or `maxConnectionDuration` reached: closed
             }
             conn.idle_since = inner.epoch;
             let ep = inner.endpoints.entry(key).or_default();
@@ -165,7 +175,7 @@ impl Pool {
         let epoch = inner.epoch;
         let ep = inner.endpoints.get_mut(key)?;
         let h2 = ep.h2.as_mut()?;
-        if !h2.sender.is_ready() {
+        if !h2.sender.is_ready() || epoch.wrapping_sub(h2.born) >= h2.max_age {
             ep.h2 = None;
             return None;
         }
@@ -198,6 +208,8 @@ impl Pool {
                 max_requests: pool.max_requests_per_connection,
                 used,
                 idle_sweeps: crate::upstream::idle_sweeps(&pool),
+                born: used,
+                max_age: crate::upstream::max_age_sweeps(&pool),
             });
             !std::mem::replace(&mut inner.sweeping, true)
         };
@@ -256,11 +268,14 @@ impl Inner {
         let epoch = self.epoch;
         let mut left = 0;
         for ep in self.endpoints.values_mut() {
-            ep.h1_idle
-                .retain_mut(|c| epoch.wrapping_sub(c.idle_since) < c.idle_sweeps && c.idle_ok());
+            ep.h1_idle.retain_mut(|c| {
+                epoch.wrapping_sub(c.idle_since) < c.idle_sweeps && !c.expired(epoch) && c.idle_ok()
+            });
             left += ep.h1_idle.len();
             if ep.h2.as_ref().is_some_and(|h| {
-                epoch.wrapping_sub(h.used) >= h.idle_sweeps || h.sender.is_closed()
+                epoch.wrapping_sub(h.used) >= h.idle_sweeps
+                    || epoch.wrapping_sub(h.born) >= h.max_age
+                    || h.sender.is_closed()
             }) {
                 ep.h2 = None;
             }
@@ -318,5 +333,51 @@ mod tests {
         assert_eq!(pool.sweep_now(), 1);
         assert_eq!(pool.sweep_now(), 1);
         assert_eq!(pool.sweep_now(), 0);
+    }
+
+    /// Envoy's `max_connection_duration`: a connection is used until it is that old
+    /// (counted in sweeps from when it was made), however busy, then closed.
+    #[tokio::test]
+    async fn connections_close_after_the_max_connection_duration() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            for _ in 0..2 {
+                kept.push(listener.accept().await.unwrap().0);
+            }
+            kept
+        });
+        let mut a = H1Conn::new(TcpStream::connect(addr).await.unwrap());
+        let mut b = H1Conn::new(TcpStream::connect(addr).await.unwrap());
+        let _server_side = accept.await.unwrap();
+        // 4s: two sweeps; made at the pool's epoch 0
+        let four = UpstreamPool {
+            max_connection_duration: Some(Duration::from_secs(4)),
+            ..UpstreamPool::default()
+        };
+        assert_eq!(crate::upstream::max_age_sweeps(&four), 2);
+        assert_eq!(
+            crate::upstream::max_age_sweeps(&UpstreamPool::default()),
+            u32::MAX
+        );
+        a.configure(four);
+        b.configure(four);
+        let pool = Pool::default();
+        let key = PoolKey { addr, tls: 0 };
+        pool.release_h1(key, a, 10);
+        assert_eq!(pool.sweep_now(), 1);
+        let a = pool.pop_h1(&key).expect("one sweep old: still used");
+        pool.release_h1(key, a, 10);
+        assert_eq!(
+            pool.sweep_now(),
+            0,
+            "two sweeps old: closed though just used"
+        );
+        pool.release_h1(key, b, 10);
+        assert!(
+            pool.pop_h1(&key).is_none(),
+            "an old connection is not pooled"
+        );
     }
 }

@@ -77,8 +77,10 @@
 //! that many streams (it closes once they are done); `idleTimeout` (default one hour,
 //! Envoy's) closes an HTTP/1.1 connection idle that long, and takes out of the pool an
 //! HTTP/2 connection on which no request began for that long, checked by the sweep (so to
-//! within its two seconds); `tcp.connectTimeout` replaces the connector's connect timeout
-//! for the cluster.
+//! within its two seconds); `tcp.maxConnectionDuration` ends a connection's use (HTTP/1.1:
+//! closed after its request; HTTP/2: out of the pool, its streams finish) once it is that
+//! old, checked by the sweep too; `tcp.connectTimeout` replaces the connector's connect
+//! timeout for the cluster.
 //!
 //! **Differences from Envoy**: no per-endpoint connection limit (circuit breaking lives in
 //! `mesh-resilience`); HTTP/2 uses one connection per endpoint and thread, and its idle time
@@ -144,6 +146,15 @@ pub(crate) fn idle_sweeps(pool: &UpstreamPool) -> u32 {
     let every = SWEEP_EVERY.as_millis();
     let timeout = pool.idle_timeout.map_or(3_600_000, |d| d.as_millis());
     u32::try_from(timeout.div_ceil(every).max(1)).unwrap_or(u32::MAX)
+}
+
+/// How many sweeps a connection is used from when it was made: its cluster's
+/// `connectionPool.tcp.maxConnectionDuration` rounded up to whole sweeps, else no limit.
+pub(crate) fn max_age_sweeps(pool: &UpstreamPool) -> u32 {
+    pool.max_connection_duration.map_or(u32::MAX, |d| {
+        let sweeps = d.as_millis().div_ceil(SWEEP_EVERY.as_millis()).max(1);
+        u32::try_from(sweeps).unwrap_or(u32::MAX)
+    })
 }
 
 /// The innermost service: forwards a request to its [`SelectedEndpoint`] over the
@@ -380,7 +391,9 @@ impl Connector {
             .await
             .map_err(|_| SendFailure::Connect)?
             .map_err(|_| SendFailure::Connect)?;
-        Ok(H1Conn::with_io(io))
+        let mut conn = H1Conn::with_io(io);
+        conn.born = self.pool.epoch();
+        Ok(conn)
     }
 
     async fn forward_h2(
@@ -1027,6 +1040,25 @@ mod settings_tests {
         assert_eq!(c.pool().sweep_now(), 1);
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(c.pool().sweep_now(), 0, "two sweeps without a request");
+        assert_eq!(get(&c, addr, true, four).await, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// Envoy's `max_connection_duration` on HTTP/2: a connection that old takes no new
+    /// request, however busy (counted in sweeps from when it was made).
+    #[tokio::test]
+    async fn h2_connection_is_replaced_after_max_connection_duration() {
+        let (addr, accepted) = h2_upstream().await;
+        let c = Connector::new(Duration::from_secs(5));
+        let four = UpstreamPool {
+            max_connection_duration: Some(Duration::from_secs(4)),
+            ..UpstreamPool::default()
+        };
+        assert_eq!(get(&c, addr, true, four).await, 200);
+        assert_eq!(c.pool().sweep_now(), 1);
+        assert_eq!(get(&c, addr, true, four).await, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(c.pool().sweep_now(), 0, "two sweeps old, though just used");
         assert_eq!(get(&c, addr, true, four).await, 200);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }

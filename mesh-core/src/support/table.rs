@@ -773,8 +773,8 @@ static TCP_SETTINGS: TypeDef = TypeDef {
         field(
             "maxConnectionDuration",
             Leaf,
-            Status::NotYet(Area::Resilience),
-            "",
+            Status::Enforced,
+            "HTTP upstream connections, checked every 2 s: in-flight requests finish",
         ),
         field(
             "idleTimeout",
