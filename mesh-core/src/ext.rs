@@ -171,6 +171,21 @@ pub struct UpstreamPool {
     /// `tcp.maxConnectionDuration`: how long an upstream connection is used from when it was
     /// established (`None`: no limit). Envoy's `max_connection_duration`.
     pub max_connection_duration: Option<std::time::Duration>,
+    /// `tcp.tcpKeepalive`: TCP keep-alive on upstream connections (`None`: off).
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+/// TCP keep-alive of upstream connections (Envoy's `upstream_connection_options.tcp_keepalive`,
+/// as Istio's `applyTCPKeepalive` fills it): `SO_KEEPALIVE` on, each unset part the
+/// operating system's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    /// `time`: idle time before the first probe (Linux's default: 2 h).
+    pub time: Option<std::time::Duration>,
+    /// `interval`: time between probes (Linux's default: 75 s).
+    pub interval: Option<std::time::Duration>,
+    /// `probes`: unanswered probes before the connection is dead (Linux's default: 9).
+    pub probes: Option<u32>,
 }
 
 /// What the router decided for a forwarded request: the destination and the route's policy,

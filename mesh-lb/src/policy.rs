@@ -169,6 +169,14 @@ impl Policy {
                 .and_then(|t| t.max_connection_duration)
                 .map(|d| d.get())
                 .filter(|d| !d.is_zero()),
+            // Istio's applyTCPKeepalive: whole seconds; probes only when positive
+            tcp_keepalive: tcp.and_then(|t| t.tcp_keepalive.as_ref()).map(|k| {
+                mesh_core::ext::TcpKeepalive {
+                    time: k.time.map(|d| Duration::from_secs(d.get().as_secs())),
+                    interval: k.interval.map(|d| Duration::from_secs(d.get().as_secs())),
+                    probes: k.probes.filter(|p| *p > 0),
+                }
+            }),
         };
         Policy {
             algorithm,

@@ -80,7 +80,8 @@
 //! within its two seconds); `tcp.maxConnectionDuration` ends a connection's use (HTTP/1.1:
 //! closed after its request; HTTP/2: out of the pool, its streams finish) once it is that
 //! old, checked by the sweep too; `tcp.connectTimeout` replaces the connector's connect
-//! timeout for the cluster.
+//! timeout for the cluster, and `tcp.tcpKeepalive` turns TCP keep-alive on for its new
+//! connections.
 //!
 //! **Differences from Envoy**: no per-endpoint connection limit (circuit breaking lives in
 //! `mesh-resilience`); HTTP/2 uses one connection per endpoint and thread, and its idle time
@@ -162,6 +163,8 @@ pub(crate) fn max_age_sweeps(pool: &UpstreamPool) -> u32 {
 #[derive(Debug, Clone)]
 pub struct Connector {
     connect_timeout: Duration,
+    /// The cluster's TCP keep-alive (set per request on the request's copy).
+    keepalive: Option<mesh_core::ext::TcpKeepalive>,
     max_idle_per_endpoint: usize,
     pool: Pool,
     tls: Option<Arc<dyn UpstreamTls>>,
@@ -205,6 +208,7 @@ impl Connector {
     pub fn with_pool(connect_timeout: Duration, pool: Pool) -> Self {
         Connector {
             connect_timeout,
+            keepalive: None,
             max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
             pool,
             tls: None,
@@ -278,6 +282,7 @@ where
         if let Some(t) = pool.connect_timeout {
             this.connect_timeout = t; // the DestinationRule's `tcp.connectTimeout`
         }
+        this.keepalive = pool.tcp_keepalive;
         let req = req.map(RequestBody::new);
         // Two separate futures (each boxed at its own, smaller size) rather than one holding
         // both paths: the box is written once per request.
@@ -381,6 +386,7 @@ impl Connector {
         let connect = async {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
+            self.set_keepalive(&stream);
             Ok::<_, std::io::Error>(match tls {
                 None => Io::Tcp(stream),
                 Some(t) => Io::Tls(Box::new(handshake(t, stream).await?)),
@@ -446,6 +452,7 @@ impl Connector {
         let connect = async {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
+            self.set_keepalive(&stream);
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new());
             // the connection task runs on its own; only the sender is kept
@@ -479,6 +486,26 @@ impl Connector {
 }
 
 impl Connector {
+    /// Turns TCP keep-alive on for a new upstream connection when its cluster asks for it
+    /// (`tcp.tcpKeepalive`); a part the system refuses is left at its default.
+    fn set_keepalive(&self, stream: &TcpStream) {
+        let Some(k) = self.keepalive else { return };
+        let mut ka = socket2::TcpKeepalive::new();
+        if let Some(t) = k.time {
+            ka = ka.with_time(t);
+        }
+        #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+        {
+            if let Some(i) = k.interval {
+                ka = ka.with_interval(i);
+            }
+            if let Some(p) = k.probes {
+                ka = ka.with_retries(p);
+            }
+        }
+        let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
+    }
+
     /// A `CONNECT` request (cold: one method comparison on every request): an RFC 8441
     /// WebSocket goes out as an HTTP/1.1 upgrade, anything else is a TCP tunnel.
     #[cold]
@@ -1061,6 +1088,53 @@ mod settings_tests {
         assert_eq!(c.pool().sweep_now(), 0, "two sweeps old, though just used");
         assert_eq!(get(&c, addr, true, four).await, 200);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// Istio's `applyTCPKeepalive`: `tcp.tcpKeepalive` turns `SO_KEEPALIVE` on for the
+    /// cluster's new connections, with its time, interval and probes; without it, off.
+    #[tokio::test]
+    async fn tcp_keepalive_is_set_on_new_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let key = PoolKey { addr, tls: 0 };
+        let keepalive = UpstreamPool {
+            tcp_keepalive: Some(mesh_core::ext::TcpKeepalive {
+                time: Some(Duration::from_secs(30)),
+                interval: Some(Duration::from_secs(7)),
+                probes: Some(4),
+            }),
+            ..UpstreamPool::default()
+        };
+        let c = Connector::new(Duration::from_secs(5));
+        assert_eq!(get(&c, addr, false, keepalive).await, 200);
+        let conn = c.pool().pop_h1(&key).expect("pooled");
+        let sock = socket2::SockRef::from(conn.tcp());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(7)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+        // a cluster without it
+        let c = Connector::new(Duration::from_secs(5));
+        assert_eq!(get(&c, addr, false, UpstreamPool::default()).await, 200);
+        let conn = c.pool().pop_h1(&key).expect("pooled");
+        assert!(!socket2::SockRef::from(conn.tcp()).keepalive().unwrap());
     }
 
     /// `tcp.connectTimeout` replaces the connector's own for the cluster: a connect that

@@ -767,8 +767,8 @@ static TCP_SETTINGS: TypeDef = TypeDef {
         field(
             "tcpKeepalive",
             Struct(&TCP_KEEPALIVE),
-            Status::NotYet(Area::Resilience),
-            "",
+            Status::Enforced,
+            "on HTTP upstream connections",
         ),
         field(
             "maxConnectionDuration",
@@ -788,9 +788,14 @@ static TCP_SETTINGS: TypeDef = TypeDef {
 static TCP_KEEPALIVE: TypeDef = TypeDef {
     name: "TcpKeepalive",
     fields: &[
-        field("probes", Leaf, Status::NotYet(Area::Resilience), ""),
-        field("time", Leaf, Status::NotYet(Area::Resilience), ""),
-        field("interval", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("probes", Leaf, Status::Enforced, ""),
+        field("time", Leaf, Status::Enforced, "whole seconds, as Istio"),
+        field(
+            "interval",
+            Leaf,
+            Status::Enforced,
+            "whole seconds, as Istio",
+        ),
     ],
 };
 

@@ -147,6 +147,15 @@ impl H1Conn {
         })
     }
 
+    /// The TCP socket under it (tests: its options).
+    #[cfg(test)]
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match &self.io {
+            Io::Tcp(io) => io,
+            Io::Tls(io) => io.get_ref().0,
+        }
+    }
+
     /// The transport, for a tunnel (the connection is done with HTTP).
     pub(crate) fn into_io(self) -> Io {
         self.io
