@@ -173,6 +173,19 @@ pub struct UpstreamPool {
     pub max_connection_duration: Option<std::time::Duration>,
     /// `tcp.tcpKeepalive`: TCP keep-alive on upstream connections (`None`: off).
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// `http.http2KeepAlive`: HTTP/2 PINGs on upstream HTTP/2 connections (`None`: none).
+    pub http2_keepalive: Option<Http2Keepalive>,
+}
+
+/// HTTP/2 keep-alive of upstream connections (Envoy's `Http2ProtocolOptions.connection_keepalive`):
+/// a PING every `interval` while streams are open; a connection whose PING is not answered
+/// within `timeout` is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Keepalive {
+    /// `interval`: time between PINGs.
+    pub interval: std::time::Duration,
+    /// `timeout`: how long a PING may go unanswered (`None`: the client's default, 20 s).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// TCP keep-alive of upstream connections (Envoy's `upstream_connection_options.tcp_keepalive`,

@@ -170,6 +170,15 @@ impl Policy {
                 .map(|d| d.get())
                 .filter(|d| !d.is_zero()),
             // Istio's applyTCPKeepalive: whole seconds; probes only when positive
+            http2_keepalive: http
+                .and_then(|h| h.http2_keep_alive.as_ref())
+                .and_then(|k| {
+                    Some(mesh_core::ext::Http2Keepalive {
+                        interval: k.interval?.get(),
+                        timeout: k.timeout.map(|d| d.get()),
+                    })
+                })
+                .filter(|k| !k.interval.is_zero()),
             tcp_keepalive: tcp.and_then(|t| t.tcp_keepalive.as_ref()).map(|k| {
                 mesh_core::ext::TcpKeepalive {
                     time: k.time.map(|d| Duration::from_secs(d.get().as_secs())),

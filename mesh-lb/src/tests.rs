@@ -250,7 +250,7 @@ fn selected_endpoint_carries_protocol_identity_and_cluster() {
 fn connection_pool_limits_are_shared_by_workers_and_rebuilds() {
     let y = BASE.replace(
         "loadBalancer: {simple: ROUND_ROBIN}",
-        "loadBalancer: {simple: ROUND_ROBIN}\n    connectionPool:\n      tcp: {maxConnections: 1, connectTimeout: 250ms, maxConnectionDuration: 30s, tcpKeepalive: {time: 60s, probes: 0}}\n      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}",
+        "loadBalancer: {simple: ROUND_ROBIN}\n    connectionPool:\n      tcp: {maxConnections: 1, connectTimeout: 250ms, maxConnectionDuration: 30s, tcpKeepalive: {time: 60s, probes: 0}}\n      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, http2KeepAlive: {interval: 10s}}",
     );
     let layer = seeded(snap(&y));
     let d = dest(REVIEWS, None, Some(9080));
@@ -268,6 +268,8 @@ fn connection_pool_limits_are_shared_by_workers_and_rebuilds() {
     assert_eq!(la.thresholds().max_pending_requests, 1);
     assert_eq!(la.thresholds().max_requests, mesh_core::limits::UNLIMITED);
     assert_eq!(a.pool.connect_timeout, Some(Duration::from_millis(250)));
+    let h2 = a.pool.http2_keepalive.unwrap();
+    assert_eq!((h2.interval, h2.timeout), (Duration::from_secs(10), None));
     let ka = a.pool.tcp_keepalive.unwrap();
     assert_eq!(ka.time, Some(Duration::from_secs(60)));
     assert_eq!((ka.interval, ka.probes), (None, None), "probes: 0 is unset");

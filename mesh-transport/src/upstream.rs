@@ -80,8 +80,9 @@
 //! within its two seconds); `tcp.maxConnectionDuration` ends a connection's use (HTTP/1.1:
 //! closed after its request; HTTP/2: out of the pool, its streams finish) once it is that
 //! old, checked by the sweep too; `tcp.connectTimeout` replaces the connector's connect
-//! timeout for the cluster, and `tcp.tcpKeepalive` turns TCP keep-alive on for its new
-//! connections.
+//! timeout for the cluster, `tcp.tcpKeepalive` turns TCP keep-alive on for its new
+//! connections, and `http.http2KeepAlive` has its HTTP/2 connections PING the upstream
+//! while streams are open (closed when a PING goes unanswered for the timeout).
 //!
 //! **Differences from Envoy**: no per-endpoint connection limit (circuit breaking lives in
 //! `mesh-resilience`); HTTP/2 uses one connection per endpoint and thread, and its idle time
@@ -163,8 +164,9 @@ pub(crate) fn max_age_sweeps(pool: &UpstreamPool) -> u32 {
 #[derive(Debug, Clone)]
 pub struct Connector {
     connect_timeout: Duration,
-    /// The cluster's TCP keep-alive (set per request on the request's copy).
+    /// The cluster's TCP and HTTP/2 keep-alive (set per request on the request's copy).
     keepalive: Option<mesh_core::ext::TcpKeepalive>,
+    h2_keepalive: Option<mesh_core::ext::Http2Keepalive>,
     max_idle_per_endpoint: usize,
     pool: Pool,
     tls: Option<Arc<dyn UpstreamTls>>,
@@ -209,6 +211,7 @@ impl Connector {
         Connector {
             connect_timeout,
             keepalive: None,
+            h2_keepalive: None,
             max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
             pool,
             tls: None,
@@ -283,6 +286,7 @@ where
             this.connect_timeout = t; // the DestinationRule's `tcp.connectTimeout`
         }
         this.keepalive = pool.tcp_keepalive;
+        this.h2_keepalive = pool.http2_keepalive;
         let req = req.map(RequestBody::new);
         // Two separate futures (each boxed at its own, smaller size) rather than one holding
         // both paths: the box is written once per request.
@@ -455,6 +459,13 @@ impl Connector {
             self.set_keepalive(&stream);
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new());
+            // the DestinationRule's `http2KeepAlive`: PINGs while streams are open
+            if let Some(k) = self.h2_keepalive {
+                builder.keep_alive_interval(k.interval);
+                if let Some(t) = k.timeout {
+                    builder.keep_alive_timeout(t);
+                }
+            }
             // the connection task runs on its own; only the sender is kept
             let sender = match tls {
                 None => {
@@ -1135,6 +1146,47 @@ mod settings_tests {
         assert_eq!(get(&c, addr, false, UpstreamPool::default()).await, 200);
         let conn = c.pool().pop_h1(&key).expect("pooled");
         assert!(!socket2::SockRef::from(conn.tcp()).keepalive().unwrap());
+    }
+
+    /// Envoy's HTTP/2 `connection_keepalive` (Istio's `http2KeepAlive`): an upstream that
+    /// completes the HTTP/2 handshake but then answers nothing, PINGs included, has its
+    /// connection closed at the PING timeout; the request held on it fails (`503 UC`)
+    /// instead of hanging.
+    #[tokio::test]
+    async fn h2_keepalive_closes_a_connection_whose_pings_go_unanswered() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            // the server's SETTINGS (empty) and an ACK of the client's, then silence
+            s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0])
+                .await
+                .unwrap();
+            let mut sink = [0u8; 4096];
+            while s.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        });
+        let pool = UpstreamPool {
+            http2_keepalive: Some(mesh_core::ext::Http2Keepalive {
+                interval: Duration::from_millis(100),
+                timeout: Some(Duration::from_millis(100)),
+            }),
+            ..UpstreamPool::default()
+        };
+        let c = Connector::new(Duration::from_secs(5));
+        let res = tokio::time::timeout(
+            Duration::from_secs(5),
+            c.clone().oneshot(request(addr, true, pool)),
+        )
+        .await
+        .expect("the unanswered PING ends the request")
+        .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            res.extensions()
+                .get::<ResponseFlags>()
+                .is_some_and(|f| !f.is_empty())
+        );
     }
 
     /// `tcp.connectTimeout` replaces the connector's own for the cluster: a connect that

@@ -838,8 +838,8 @@ static HTTP_SETTINGS: TypeDef = TypeDef {
         field(
             "http2KeepAlive",
             Struct(&CONNECTION_KEEPALIVE),
-            Status::NotYet(Area::Resilience),
-            "",
+            Status::Enforced,
+            "HTTP/2 upstream connections; PINGs while streams are open",
         ),
     ],
 };
@@ -847,8 +847,13 @@ static HTTP_SETTINGS: TypeDef = TypeDef {
 static CONNECTION_KEEPALIVE: TypeDef = TypeDef {
     name: "ConnectionKeepalive",
     fields: &[
-        field("interval", Leaf, Status::NotYet(Area::Resilience), ""),
-        field("timeout", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("interval", Leaf, Status::Enforced, ""),
+        field(
+            "timeout",
+            Leaf,
+            Status::Enforced,
+            "unset: 20 s (the HTTP/2 client's default)",
+        ),
     ],
 };
 
