@@ -67,6 +67,7 @@ fn upstream(table: &HealthTable, policy: Option<Arc<OutlierPolicy>>) -> Selected
             health,
             pool: UpstreamPool::default(),
             outlier: policy,
+            limits: None,
         },
     )
 }

@@ -20,6 +20,7 @@ use http::{Extensions, HeaderValue, Response, StatusCode};
 use crate::body::MeshBody;
 use crate::body::ReplyBody;
 use crate::flags::{RESPONSE_FLAGS_HEADER, ResponseFlags};
+use crate::limits::ClusterLimits;
 use crate::policy::{FaultPolicy, OutlierPolicy, RetryPolicy};
 
 /// The destination the router chose for a request: a service host, an optional subset, and
@@ -95,15 +96,26 @@ pub struct SelectedEndpoint {
 
 /// The endpoints the earlier attempts of a request went to, and where the balancer records
 /// this attempt's: Istio's `retryIgnorePreviousHosts` (Envoy's `previous_hosts` retry host
-/// predicate).
+/// predicate). It also hands the retry layer the limits of the cluster the attempts went to
+/// (for its retry permits: `maxRetries`, `retryBudget`).
 ///
-/// Written by the retry layer (`mesh-resilience`) into every attempt of a request whose
-/// retry policy avoids previous hosts (one list shared by the attempts); read and written by
-/// the balancer (`mesh-lb`), which reselects a host already in the list (up to
+/// Written by the retry layer (`mesh-resilience`) into every attempt of a request it may
+/// retry (one list shared by the attempts; [`PreviousHosts::new`] when the policy avoids
+/// previous hosts, else [`PreviousHosts::recording_only`]); read and written by the balancer
+/// (`mesh-lb`), which reselects a host already in the list (up to
 /// [`PreviousHosts::RESELECT`] times, as Istio's `HostSelectionRetryMaxAttempts`, then
-/// accepts it) and records the host it picked.
-#[derive(Debug, Clone, Default)]
-pub struct PreviousHosts(Arc<std::sync::Mutex<Vec<SocketAddr>>>);
+/// accepts it) and records the host it picked; the circuit breaker (`mesh-resilience`,
+/// below the balancer) records the cluster's [`ClusterLimits`] ([`PreviousHosts::set_limits`]).
+#[derive(Debug, Clone)]
+pub struct PreviousHosts(Arc<Attempted>);
+
+#[derive(Debug)]
+struct Attempted {
+    hosts: std::sync::Mutex<Vec<SocketAddr>>,
+    /// Whether the balancer avoids the hosts (else they are only recorded).
+    avoid: bool,
+    limits: std::sync::OnceLock<Arc<ClusterLimits>>,
+}
 
 /// The locality priorities the earlier attempts of a request went to, and where the
 /// balancer records this attempt's: Istio's `retryRemoteLocalities` (Envoy's
@@ -151,14 +163,18 @@ pub struct UpstreamCluster {
     pub name: Arc<str>,
     /// The selected endpoint's health cell in this cluster.
     pub health: Arc<crate::health::HealthCell>,
-    /// The cluster's `connectionPool.http` settings that the connector applies.
+    /// The cluster's `connectionPool` settings that the connector applies.
     pub pool: UpstreamPool,
     /// The cluster's `outlierDetection`, compiled (`None`: the DestinationRule sets none).
     pub outlier: Option<Arc<OutlierPolicy>>,
+    /// The cluster's circuit-breaker thresholds and shared counters (`connectionPool`,
+    /// `retryBudget`), read by the circuit breaker and, through [`PreviousHosts`], the retry
+    /// layer (`mesh-resilience`). `None`: no limits.
+    pub limits: Option<Arc<ClusterLimits>>,
 }
 
-/// A DestinationRule's `connectionPool.http` settings that concern the upstream connections
-/// themselves (the limits on requests are circuit breaking's).
+/// A DestinationRule's `connectionPool` settings that concern the upstream connections
+/// themselves (the limits on requests are circuit breaking's, in [`UpstreamCluster::limits`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpstreamPool {
     /// `maxRequestsPerConnection`: requests an upstream connection carries before it is
@@ -168,6 +184,40 @@ pub struct UpstreamPool {
     /// `idleTimeout`: how long an idle upstream connection is kept (`None`: Envoy's default,
     /// one hour).
     pub idle_timeout: Option<std::time::Duration>,
+    /// `tcp.connectTimeout`: the cluster's connect timeout (`None`: the connector's own,
+    /// the bootstrap's `limits.connectTimeout`).
+    pub connect_timeout: Option<std::time::Duration>,
+    /// `tcp.maxConnectionDuration`: how long an upstream connection is used from when it was
+    /// established (`None`: no limit). Envoy's `max_connection_duration`.
+    pub max_connection_duration: Option<std::time::Duration>,
+    /// `tcp.tcpKeepalive`: TCP keep-alive on upstream connections (`None`: off).
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// `http.http2KeepAlive`: HTTP/2 PINGs on upstream HTTP/2 connections (`None`: none).
+    pub http2_keepalive: Option<Http2Keepalive>,
+}
+
+/// HTTP/2 keep-alive of upstream connections (Envoy's `Http2ProtocolOptions.connection_keepalive`):
+/// a PING every `interval` while streams are open; a connection whose PING is not answered
+/// within `timeout` is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Keepalive {
+    /// `interval`: time between PINGs.
+    pub interval: std::time::Duration,
+    /// `timeout`: how long a PING may go unanswered (`None`: the client's default, 20 s).
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// TCP keep-alive of upstream connections (Envoy's `upstream_connection_options.tcp_keepalive`,
+/// as Istio's `applyTCPKeepalive` fills it): `SO_KEEPALIVE` on, each unset part the
+/// operating system's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    /// `time`: idle time before the first probe (Linux's default: 2 h).
+    pub time: Option<std::time::Duration>,
+    /// `interval`: time between probes (Linux's default: 75 s).
+    pub interval: Option<std::time::Duration>,
+    /// `probes`: unanswered probes before the connection is dead (Linux's default: 9).
+    pub probes: Option<u32>,
 }
 
 /// What the router decided for a forwarded request: the destination and the route's policy,
@@ -259,23 +309,56 @@ impl SelectedUpstream {
 
 // === impl PreviousHosts ===
 
+impl Default for PreviousHosts {
+    fn default() -> Self {
+        PreviousHosts::new()
+    }
+}
+
 impl PreviousHosts {
     /// How many times the balancer picks again when it picked a previous host (Istio's
     /// `HostSelectionRetryMaxAttempts`: 5).
     pub const RESELECT: u32 = 5;
 
-    /// An empty list.
+    /// An empty list, whose hosts the balancer avoids.
     pub fn new() -> Self {
-        PreviousHosts::default()
+        PreviousHosts::with_avoid(true)
+    }
+
+    /// An empty list that only records the hosts (the policy does not avoid them): it
+    /// carries the cluster's limits back to the retry layer.
+    pub fn recording_only() -> Self {
+        PreviousHosts::with_avoid(false)
+    }
+
+    fn with_avoid(avoid: bool) -> Self {
+        PreviousHosts(Arc::new(Attempted {
+            hosts: std::sync::Mutex::default(),
+            avoid,
+            limits: std::sync::OnceLock::new(),
+        }))
     }
 
     fn hosts(&self) -> std::sync::MutexGuard<'_, Vec<SocketAddr>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.hosts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether an earlier attempt went to `addr`.
+    /// Whether an earlier attempt went to `addr` and the hosts are to be avoided.
     pub fn contains(&self, addr: SocketAddr) -> bool {
-        self.hosts().contains(&addr)
+        self.0.avoid && self.hosts().contains(&addr)
+    }
+
+    /// Records the limits of the attempt's cluster (the first attempt's are kept).
+    #[inline]
+    pub fn set_limits(&self, limits: &Arc<ClusterLimits>) {
+        if self.0.limits.get().is_none() {
+            let _ = self.0.limits.set(limits.clone());
+        }
+    }
+
+    /// The limits of the cluster the first attempt went to, if known.
+    pub fn limits(&self) -> Option<&Arc<ClusterLimits>> {
+        self.0.limits.get()
     }
 
     /// Records that an attempt goes to `addr`.
@@ -482,6 +565,7 @@ mod tests {
                 health: Arc::new(crate::health::HealthCell::detached()),
                 pool: UpstreamPool::default(),
                 outlier: None,
+                limits: None,
             },
         ));
         assert_eq!(selected_endpoint(&ext), Some(&other));
@@ -504,6 +588,27 @@ mod tests {
         p.record(70);
         assert_eq!(p.excluded(), 0b1011, "beyond 64: never excluded");
         assert_eq!(p.to_vec(), [0, 0, 1, 3, 70, 70]);
+    }
+
+    #[test]
+    fn previous_hosts_avoid_unless_recording_only() {
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let avoid = PreviousHosts::new();
+        let record = PreviousHosts::recording_only();
+        avoid.record(a);
+        record.record(a);
+        assert!(avoid.contains(a));
+        assert!(!record.contains(a), "recorded, not avoided");
+        assert_eq!(record.to_vec(), [a]);
+        let first = Arc::new(ClusterLimits::detached(Default::default()));
+        let second = Arc::new(ClusterLimits::detached(Default::default()));
+        assert!(record.limits().is_none());
+        record.set_limits(&first);
+        record.clone().set_limits(&second);
+        assert!(
+            Arc::ptr_eq(record.limits().unwrap(), &first),
+            "the first attempt's"
+        );
     }
 
     #[test]

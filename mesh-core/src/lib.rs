@@ -39,6 +39,7 @@ pub mod flags;
 pub mod format;
 pub mod hash;
 pub mod health;
+pub mod limits;
 pub mod pattern;
 pub mod policy;
 pub mod ratelimit;

@@ -138,7 +138,10 @@
 //! host stats. A pick is a few atomic loads, a hash-map lookup with the fast hasher
 //! (`mesh_core::hash`, foldhash), and the algorithm: no lock, no allocation. Clusters are built lazily on first use and rebuilt
 //! when the snapshot ([`LbLayer::store`]), the discovered endpoints or any endpoint's health
-//! change; endpoints that persist keep their counters.
+//! change; endpoints that persist keep their counters. So do clusters: the circuit-breaker
+//! counters a cluster carries ([`UpstreamCluster::limits`], from `connectionPool` and
+//! `retryBudget`) are found by cluster name, shared by every worker's copy of the cluster
+//! and kept across rebuilds and reloads while anything holds them.
 //!
 //! # Differences from Istio/Envoy
 //!

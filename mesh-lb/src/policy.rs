@@ -111,10 +111,13 @@ pub(crate) struct Policy {
     pub(crate) panic_threshold: u32,
     /// `h2UpgradePolicy: UPGRADE`.
     pub(crate) h2_upgrade: bool,
-    /// `connectionPool.http.maxRequestsPerConnection` and `idleTimeout`, for the connector.
+    /// `connectionPool.http.maxRequestsPerConnection`, `idleTimeout` (else `tcp.idleTimeout`)
+    /// and `tcp.connectTimeout`, for the connector.
     pub(crate) pool: mesh_core::ext::UpstreamPool,
     /// `outlierDetection`, compiled once per build, for outlier detection.
     pub(crate) outlier: Option<std::sync::Arc<mesh_core::policy::OutlierPolicy>>,
+    /// The circuit-breaker thresholds (`connectionPool`, `retryBudget`).
+    pub(crate) limits: mesh_core::limits::Thresholds,
 }
 
 // === impl Policy ===
@@ -150,13 +153,41 @@ impl Policy {
             .and_then(|h| h.h2_upgrade_policy)
             .is_some_and(|p| p == H2UpgradePolicy::Upgrade);
         let http = tp.connection_pool.as_ref().and_then(|c| c.http.as_ref());
+        let tcp = tp.connection_pool.as_ref().and_then(|c| c.tcp.as_ref());
         let pool = mesh_core::ext::UpstreamPool {
             // Istio: 0 (the proto default) means no limit
             max_requests_per_connection: http
                 .and_then(|h| h.max_requests_per_connection)
                 .and_then(|n| u32::try_from(n).ok())
                 .filter(|n| *n > 0),
-            idle_timeout: http.and_then(|h| h.idle_timeout).map(|d| d.get()),
+            // Istio: the HTTP idle timeout, else the TCP one
+            idle_timeout: http
+                .and_then(|h| h.idle_timeout)
+                .or_else(|| tcp.and_then(|t| t.idle_timeout))
+                .map(|d| d.get()),
+            connect_timeout: tcp.and_then(|t| t.connect_timeout).map(|d| d.get()),
+            // a zero duration is taken as unset (Envoy: "if not set, there is no max")
+            max_connection_duration: tcp
+                .and_then(|t| t.max_connection_duration)
+                .map(|d| d.get())
+                .filter(|d| !d.is_zero()),
+            // Istio's applyTCPKeepalive: whole seconds; probes only when positive
+            http2_keepalive: http
+                .and_then(|h| h.http2_keep_alive.as_ref())
+                .and_then(|k| {
+                    Some(mesh_core::ext::Http2Keepalive {
+                        interval: k.interval?.get(),
+                        timeout: k.timeout.map(|d| d.get()),
+                    })
+                })
+                .filter(|k| !k.interval.is_zero()),
+            tcp_keepalive: tcp.and_then(|t| t.tcp_keepalive.as_ref()).map(|k| {
+                mesh_core::ext::TcpKeepalive {
+                    time: k.time.map(|d| Duration::from_secs(d.get().as_secs())),
+                    interval: k.interval.map(|d| Duration::from_secs(d.get().as_secs())),
+                    probes: k.probes.filter(|p| *p > 0),
+                }
+            }),
         };
         Policy {
             algorithm,
@@ -168,6 +199,7 @@ impl Policy {
             pool,
             outlier: outlier
                 .map(|od| std::sync::Arc::new(mesh_core::policy::OutlierPolicy::from_istio(od))),
+            limits: mesh_core::limits::Thresholds::from_traffic_policy(tp),
         }
     }
 }

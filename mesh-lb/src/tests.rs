@@ -243,6 +243,65 @@ fn selected_endpoint_carries_protocol_identity_and_cluster() {
     assert!(res.extensions().get::<SelectedEndpoint>().unwrap().http2);
 }
 
+/// `connectionPool` becomes the cluster's circuit-breaker thresholds and connection
+/// settings; every worker's copy of a cluster, and its rebuilds after a reload, count
+/// against the same counters (Envoy's circuit breakers are per cluster and proxy).
+#[test]
+fn connection_pool_limits_are_shared_by_workers_and_rebuilds() {
+    let y = BASE.replace(
+        "loadBalancer: {simple: ROUND_ROBIN}",
+        "loadBalancer: {simple: ROUND_ROBIN}\n    connectionPool:\n      tcp: {maxConnections: 1, connectTimeout: 250ms, maxConnectionDuration: 30s, tcpKeepalive: {time: 60s, probes: 0}}\n      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, http2KeepAlive: {interval: 10s}}",
+    );
+    let layer = seeded(snap(&y));
+    let d = dest(REVIEWS, None, Some(9080));
+    let cluster_of = |lb: &mut crate::Lb<Echo>| {
+        send(lb, request(&d))
+            .extensions()
+            .get::<UpstreamCluster>()
+            .unwrap()
+            .clone()
+    };
+    let (mut w1, mut w2) = (layer.layer(echo()), layer.layer(echo()));
+    let (a, b) = (cluster_of(&mut w1), cluster_of(&mut w2));
+    let (la, lb_) = (a.limits.unwrap(), b.limits.unwrap());
+    assert_eq!(la.thresholds().max_connections, 1);
+    assert_eq!(la.thresholds().max_pending_requests, 1);
+    assert_eq!(la.thresholds().max_requests, mesh_core::limits::UNLIMITED);
+    assert_eq!(a.pool.connect_timeout, Some(Duration::from_millis(250)));
+    let h2 = a.pool.http2_keepalive.unwrap();
+    assert_eq!((h2.interval, h2.timeout), (Duration::from_secs(10), None));
+    let ka = a.pool.tcp_keepalive.unwrap();
+    assert_eq!(ka.time, Some(Duration::from_secs(60)));
+    assert_eq!((ka.interval, ka.probes), (None, None), "probes: 0 is unset");
+    assert_eq!(
+        a.pool.max_connection_duration,
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(a.pool.max_requests_per_connection, Some(1));
+    assert!(
+        Arc::ptr_eq(la.counters(), lb_.counters()),
+        "one set per cluster"
+    );
+    // a reload rebuilds the cluster: in-flight counts carry over
+    let held = match la.admit(true) {
+        mesh_core::limits::Admission::Admitted(p) => p,
+        other => panic!("{other:?}"),
+    };
+    layer.store(snap(&y.replace("maxConnections: 1", "maxConnections: 2")));
+    let after = cluster_of(&mut w1).limits.unwrap();
+    assert_eq!(after.thresholds().max_connections, 2);
+    assert!(Arc::ptr_eq(la.counters(), after.counters()));
+    assert_eq!(after.counters().connections(), 1);
+    drop(held);
+    // another subset is another cluster
+    let v1 = send(&mut w1, request(&dest(REVIEWS, Some("v1"), Some(9080))));
+    let v1 = v1.extensions().get::<UpstreamCluster>().unwrap();
+    assert!(!Arc::ptr_eq(
+        v1.limits.as_ref().unwrap().counters(),
+        la.counters()
+    ));
+}
+
 #[test]
 fn subset_and_port_level_policies_choose_the_balancer() {
     let y = BASE.replace(

@@ -4,8 +4,9 @@
 //! request ─► Trace (traceparent, B3, x-request-id) ─► Route (VirtualService: match,
 //!            rewrite, redirect, …) ─► RateLimit (LocalRateLimit) ─► Fault (fault: delay,
 //!            abort) ─► Timeout (timeout) ─► Retry (retries) ─► Mirror (mirror, mirrors) ─►
-//!            Lb (DestinationRule, subsets, endpoints, balancer) ─► Outlier
-//!            (outlierDetection) ─► Connector (per-worker pool) ─► upstream
+//!            Lb (DestinationRule, subsets, endpoints, balancer) ─► CircuitBreaker
+//!            (connectionPool limits, per cluster) ─► Outlier (outlierDetection) ─►
+//!            Connector (per-worker pool) ─► upstream
 //! ```
 //!
 //! Trace propagation comes first, as in Envoy's connection manager: every request, a local
@@ -21,8 +22,10 @@
 //! injected delay does not count against the route timeout, and an abort never reaches the
 //! layers below. The route timeout bounds all the attempts of a retried request; each attempt
 //! goes through the mirror (which fires once) and the balancer (which picks its endpoint,
-//! avoiding the ones tried before); outlier detection, below the balancer, judges each
-//! attempt on the endpoint it went to and ejects the endpoint through the health cell the
+//! avoiding the ones tried before), then the circuit breaker of the cluster picked (whose
+//! counts all workers share; it also hands the retry layer the cluster's retry budget);
+//! outlier detection, below it, judges each attempt on the endpoint it went to (an overflow
+//! is not the endpoint's fault) and ejects the endpoint through the health cell the
 //! balancers of every worker read.
 //!
 //! The request body becomes a [`TeeBody`] on the way in ([`IntoRequestBody`]), so that the
@@ -58,8 +61,8 @@ use hyper::body::Incoming;
 use mesh_core::replay::ReplayBody;
 use mesh_core::request_end::EndBody;
 use mesh_resilience::{
-    Fault, FaultLayer, Outlier, OutlierLayer, RateLimit, RateLimitLayer, Retry, RetryLayer,
-    Timeout, TimeoutLayer,
+    CircuitBreaker, CircuitBreakerLayer, Fault, FaultLayer, Outlier, OutlierLayer, RateLimit,
+    RateLimitLayer, Retry, RetryLayer, Timeout, TimeoutLayer,
 };
 use mesh_routing::{Mirror, MirrorLayer, TeeBody};
 use mesh_telemetry::trace::{Trace, TraceConfig, TraceLayer};
@@ -68,7 +71,13 @@ use mesh_telemetry::trace::{Trace, TraceConfig, TraceLayer};
 /// each (two, three with mirrors): the extension map's first table (room for three) never
 /// grows.
 pub type MeshStack = IntoRequestBody<
-    Trace<Route<RateLimit<Fault<Timeout<Retry<Mirror<Lb<Outlier<PlainBody<Connector>>>>>>>>>>,
+    Trace<
+        Route<
+            RateLimit<
+                Fault<Timeout<Retry<Mirror<Lb<CircuitBreaker<Outlier<PlainBody<Connector>>>>>>>>,
+            >,
+        >,
+    >,
 >;
 
 /// The body the layers see: the client's, which mirrored copies can share.
@@ -157,6 +166,7 @@ pub struct Layers {
     mirror: MirrorLayer,
     lb: LbLayer,
     outlier: OutlierLayer,
+    breaker: CircuitBreakerLayer,
     dns: Arc<DnsRefresher>,
 }
 
@@ -306,6 +316,7 @@ impl Layers {
             routes,
             lb,
             outlier: OutlierLayer::new(),
+            breaker: CircuitBreakerLayer::new(),
             dns,
         }
         .with_listener_limit(snapshot)
@@ -336,9 +347,10 @@ impl Layers {
 
     /// One worker's stack around its connector.
     pub fn stack(&self, ctx: &WorkerContext) -> MeshStack {
-        let lb = self
-            .lb
-            .layer(self.outlier.layer(PlainBody(ctx.connector())));
+        let lb = self.lb.layer(
+            self.breaker
+                .layer(self.outlier.layer(PlainBody(ctx.connector()))),
+        );
         let mirror = self.mirror.layer(lb);
         let retry = self.retry.layer(mirror);
         let fault = self.fault.layer(self.timeout.layer(retry));

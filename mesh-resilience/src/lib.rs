@@ -7,23 +7,26 @@
 //! rate limit and fault filters before the router's timeout, as in Envoy):
 //!
 //! ```text
-//! Route ─► RateLimit ─► Fault (delay, abort) ─► Timeout (route timeout) ─► Retry ─► Mirror ─► Lb ─► Outlier ─► connector
+//! Route ─► RateLimit ─► Fault (delay, abort) ─► Timeout (route timeout) ─► Retry ─► Mirror ─► Lb
+//!       ─► CircuitBreaker (connectionPool) ─► Outlier ─► connector
 //! ```
 //!
 //! Landed: [`ratelimit`] (the `LocalRateLimit` kind), [`fault`] (`HTTPRoute.fault`),
-//! [`timeout`] (`HTTPRoute.timeout`), [`retry`] (`HTTPRoute.retries`) and [`outlier`] (a
-//! DestinationRule's `outlierDetection`, below the balancer: it reads the cluster's policy
-//! from `mesh_core::ext::UpstreamCluster`). Circuit breaking comes with its issue; until then
-//! its fields are warned about (see `docs/istio-support.md`).
+//! [`timeout`] (`HTTPRoute.timeout`), [`retry`] (`HTTPRoute.retries`), [`breaker`]
+//! (DestinationRule `connectionPool` limits, `retryBudget`; below the balancer, which picks
+//! the cluster whose limits apply) and [`outlier`] (a DestinationRule's `outlierDetection`,
+//! below the breaker: it reads the cluster's policy from `mesh_core::ext::UpstreamCluster`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod breaker;
 pub mod fault;
 pub mod outlier;
 pub mod ratelimit;
 pub mod retry;
 pub mod timeout;
 
+pub use breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use fault::{Fault, FaultLayer};
 pub use outlier::{Outlier, OutlierLayer};
 pub use ratelimit::{RateLimit, RateLimitLayer};

@@ -58,6 +58,8 @@
 //!         max_ejection_percent: 100,
 //!         ..OutlierPolicy::default()
 //!     })),
+//!,
+//!     limits: None,
 //! };
 //! let svc = ServiceBuilder::new()
 //!     .layer(OutlierLayer::new())

@@ -38,8 +38,12 @@
 //!   second retry goes to the next locality when the closest ones are healthy.
 //!
 //! When the attempts run out on a failure the policy would retry, the last answer goes to
-//! the client with flag `URX` added, as Envoy does. An error of the inner service (not an
-//! answer: the mesh's connector answers its failures) is returned at once.
+//! the client with flag `URX` added, as Envoy does. Each retry also needs a permit from the
+//! limits of the cluster the request went to (`maxRetries`, the retry budget; see
+//! [`breaker`](crate::breaker)); without one it is not sent and the last answer goes to the
+//! client with flag `UO` added (Envoy's `upstream_rq_retry_overflow`). An error of the
+//! inner service (not an answer: the mesh's connector answers its failures) is returned at
+//! once.
 //!
 //! Which failures are which: answers the mesh made below this layer carry
 //! [`ResponseFlags`] (the connector's `UF` 503 is a connect failure, `UR`/`UC` a reset, `UPE`
@@ -128,18 +132,19 @@
 //! # Reads and writes
 //!
 //! Reads [`route_policy`] (`retries`) and the `x-envoy-*` headers above (then removes them)
-//! from the request; writes a [`PreviousHosts`] into each
-//! attempt (when the policy avoids previous hosts) and a [`PreviousPriorities`] (when it
-//! retries remote localities); reads [`ResponseFlags`] and
-//! [`RefusedStream`] from answers; adds `URX` (and makes `504 UT` answers) with
+//! from the request; writes a [`PreviousHosts`] into each attempt (avoided when the policy
+//! says so; it brings back the cluster's limits, for retry permits) and a
+//! [`PreviousPriorities`] (when it retries remote localities); reads [`ResponseFlags`] and
+//! [`RefusedStream`] from answers; adds `URX` or `UO` (and makes `504 UT` answers) with
 //! [`mark`] / [`local_reply`].
 //!
 //! # Differences from Envoy/Istio
 //!
 //! - Non-idempotent requests are safe by default (above).
 //! - A body is kept for retries up to 64 KiB by default (Envoy: its 1 MiB buffer limit).
-//! - Not done yet: retry budgets (`retryBudget`),
-//!   `retriable-headers`, `Retry-After`/rate-limited backoff.
+//! - Retries are bounded per cluster by a retry budget even when the DestinationRule sets
+//!   none (see [`breaker`](crate::breaker)).
+//! - Not done yet: `retriable-headers`, `Retry-After`/rate-limited backoff.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -157,6 +162,7 @@ use mesh_core::ext::{
     PreviousHosts, PreviousPriorities, RefusedStream, flags_of, local_reply, mark, route_policy,
 };
 use mesh_core::flags::ResponseFlags;
+use mesh_core::limits::RetryPermit;
 use mesh_core::policy::{RetryOn, RetryPolicy};
 use mesh_core::replay::{DEFAULT_MAX_REPLAY_BYTES, ReplayBody, Replayer};
 use mesh_core::rng::{self, Rng};
@@ -231,6 +237,8 @@ struct Attempts<S, B> {
     tried: Tried,
     /// The next attempt's body, during the backoff.
     next: Option<ReplayBody<B>>,
+    /// The cluster's permit for the retry in flight ([`Attempts::retry_permit`]).
+    permit: Option<RetryPermit>,
 }
 
 /// What the attempts of a request share with the balancer.
@@ -372,7 +380,12 @@ where
         };
         let (parts, body) = req.into_parts();
         let tried = Tried {
-            hosts: policy.retry_ignore_previous_hosts.then(PreviousHosts::new),
+            // always: it also brings the cluster's limits back from below the balancer
+            hosts: Some(if policy.retry_ignore_previous_hosts {
+                PreviousHosts::new()
+            } else {
+                PreviousHosts::recording_only()
+            }),
             priorities: policy.retry_remote_localities.then(PreviousPriorities::new),
         };
         let (first, replay) = if body.is_end_stream() {
@@ -401,6 +414,7 @@ where
                 timer,
                 tried,
                 next: None,
+                permit: None,
             })),
         }
     }
@@ -582,6 +596,11 @@ where
                             outcome.into_response(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
                         ));
                     }
+                    if !retry.retry_permit() {
+                        return Poll::Ready(Ok(
+                            outcome.into_response(ResponseFlags::UPSTREAM_OVERFLOW)
+                        ));
+                    }
                     // the attempt (and its hold on the body) goes before the body is asked for
                     this.state.set(State::Backoff);
                     let Some(next) = retry.next_body() else {
@@ -713,6 +732,20 @@ where
             Replay::Empty => Some(ReplayBody::empty()),
             Replay::Recorded(r) => r.replay(),
         }
+    }
+
+    /// Envoy's retry circuit breaker (`RetryStateImpl::shouldRetry`): the previous retry's
+    /// permit is given back, and the next retry needs one from the cluster's limits
+    /// (`maxRetries`, `retryBudget`), which the circuit breaker below the balancer recorded
+    /// in [`PreviousHosts`]. `false`: not sent (the client gets the last answer with `UO`,
+    /// as Envoy's router on `RetryStatus::NoOverflow`).
+    fn retry_permit(&mut self) -> bool {
+        self.permit = None;
+        let Some(limits) = self.tried.hosts.as_ref().and_then(PreviousHosts::limits) else {
+            return true;
+        };
+        self.permit = limits.try_retry();
+        self.permit.is_some()
     }
 
     /// The next backoff: Envoy's `JitteredExponentialBackOffStrategy`, a random whole

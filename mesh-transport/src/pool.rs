@@ -2,15 +2,17 @@
 //!
 //! A [`Pool`] holds, per [`PoolKey`] (an endpoint address and the TLS identity its
 //! connections were made with), a LIFO stack of idle HTTP/1.1 connections and one shared
-//! HTTP/2 connection. An engine worker makes one pool for its thread and hands every stack
-//! it builds a [`Connector`](crate::Connector) on it ([`WorkerContext::connector`]), so a
-//! worker's requests never touch another worker's pool and its lock is never contended; an
-//! in-process client makes one with [`Pool::new`] and shares it across its threads.
+//! HTTP/2 connection (replaced after its cluster's `maxRequestsPerConnection` requests, when
+//! no request began on it for its `idleTimeout`, or once it is `maxConnectionDuration` old). An engine worker makes one pool for
+//! its thread and hands every stack it builds a [`Connector`](crate::Connector) on it
+//! ([`WorkerContext::connector`]), so a worker's requests never touch another worker's pool
+//! and its lock is never contended; an in-process client makes one with [`Pool::new`] and
+//! shares it across its threads.
 //!
 //! Idle HTTP/1.1 connections are checked for an upstream close when taken (no system call
-//! unless the socket became readable) and swept every two seconds by a task the pool
-//! starts on the current tokio runtime when it first holds an idle connection (and stops
-//! when it holds none, or is dropped).
+//! unless the socket became readable) and swept every two seconds (with the HTTP/2
+//! connections) by a task the pool starts on the current tokio runtime when it first holds a
+//! connection (and stops when it holds none, or is dropped).
 //!
 //! [`WorkerContext::connector`]: crate::WorkerContext::connector
 
@@ -19,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::http2;
+use mesh_core::ext::UpstreamPool;
 use mesh_core::hash::FastHashMap;
 
 use crate::h1client::H1Conn;
@@ -70,7 +73,24 @@ struct Endpoint {
     #[allow(clippy::vec_box)]
     h1_idle: Vec<Box<H1Conn>>,
     /// The shared HTTP/2 connection.
-    h2: Option<http2::SendRequest<RequestBody>>,
+    h2: Option<H2Conn>,
+}
+
+/// The shared HTTP/2 connection of an endpoint, with its cluster's settings: it leaves the
+/// pool (and closes once its streams are done) after `maxRequestsPerConnection` requests,
+/// or when no request began on it for `idleTimeout`.
+struct H2Conn {
+    sender: http2::SendRequest<RequestBody>,
+    /// Requests begun on it.
+    requests: u32,
+    max_requests: Option<u32>,
+    /// The pool's sweep count when a request last began on it.
+    used: u32,
+    idle_sweeps: u32,
+    /// The pool's sweep count when it was made, and for how many sweeps it takes requests
+    /// (`maxConnectionDuration`).
+    born: u32,
+    max_age: u32,
 }
 
 // === impl Pool ===
@@ -113,13 +133,19 @@ impl Pool {
     #[inline]
     pub(crate) fn pop_h1(&self, key: &PoolKey) -> Option<Box<H1Conn>> {
         let mut inner = self.lock();
+        let epoch = inner.epoch;
         let ep = inner.endpoints.get_mut(key)?;
         while let Some(mut c) = ep.h1_idle.pop() {
-            if c.idle_ok() {
+            if !c.expired(epoch) && c.idle_ok() {
                 return Some(c);
             }
         }
         None
+    }
+
+    /// The pool's clock: sweeps so far (a connection's birth, for `maxConnectionDuration`).
+    pub(crate) fn epoch(&self) -> u32 {
+        self.lock().epoch
     }
 
     /// Returns an HTTP/1.1 connection whose exchange is over; keeps at most `max` idle ones
@@ -127,8 +153,8 @@ impl Pool {
     pub(crate) fn release_h1(&self, key: PoolKey, mut conn: Box<H1Conn>, max: usize) {
         let start_sweep = {
             let mut inner = self.lock();
-            if conn.spent() {
-                return; // `maxRequestsPerConnection` reached: closed
+            if conn.spent() || conn.expired(inner.epoch) {
+                return; // `maxRequestsPerConnection` or `maxConnectionDuration` reached: closed
             }
             conn.idle_since = inner.epoch;
             let ep = inner.endpoints.entry(key).or_default();
@@ -138,38 +164,73 @@ impl Pool {
             !std::mem::replace(&mut inner.sweeping, true)
         };
         if start_sweep {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn(sweep(Arc::downgrade(&self.0)));
-                }
-                Err(_) => self.lock().sweeping = false,
-            }
+            self.start_sweep();
         }
     }
 
-    /// The shared HTTP/2 connection to `key`, if it can take a request.
+    /// The shared HTTP/2 connection to `key`, if it can take a request; counts the request
+    /// against its `maxRequestsPerConnection` (the last one takes it out of the pool).
     pub(crate) fn get_h2(&self, key: &PoolKey) -> Option<http2::SendRequest<RequestBody>> {
         let mut inner = self.lock();
+        let epoch = inner.epoch;
         let ep = inner.endpoints.get_mut(key)?;
-        match &ep.h2 {
-            Some(s) if s.is_ready() => Some(s.clone()),
-            Some(_) => {
-                ep.h2 = None;
-                None
-            }
-            None => None,
+        let h2 = ep.h2.as_mut()?;
+        if !h2.sender.is_ready() || epoch.wrapping_sub(h2.born) >= h2.max_age {
+            ep.h2 = None;
+            return None;
+        }
+        h2.requests += 1;
+        h2.used = epoch;
+        if h2.max_requests.is_some_and(|m| h2.requests >= m) {
+            return ep.h2.take().map(|h| h.sender);
+        }
+        Some(h2.sender.clone())
+    }
+
+    /// Keeps `sender`, a new connection about to carry its first request, as the shared
+    /// HTTP/2 connection to `key`, with its cluster's settings (unless that request is its
+    /// last). Starts the sweep when the pool had nothing to sweep.
+    pub(crate) fn put_h2(
+        &self,
+        key: PoolKey,
+        sender: http2::SendRequest<RequestBody>,
+        pool: UpstreamPool,
+    ) {
+        if pool.max_requests_per_connection.is_some_and(|m| m <= 1) {
+            return;
+        }
+        let start_sweep = {
+            let mut inner = self.lock();
+            let used = inner.epoch;
+            inner.endpoints.entry(key).or_default().h2 = Some(H2Conn {
+                sender,
+                requests: 1,
+                max_requests: pool.max_requests_per_connection,
+                used,
+                idle_sweeps: crate::upstream::idle_sweeps(&pool),
+                born: used,
+                max_age: crate::upstream::max_age_sweeps(&pool),
+            });
+            !std::mem::replace(&mut inner.sweeping, true)
+        };
+        if start_sweep {
+            self.start_sweep();
         }
     }
 
-    /// Keeps `sender` as the shared HTTP/2 connection to `key`.
-    pub(crate) fn put_h2(&self, key: PoolKey, sender: http2::SendRequest<RequestBody>) {
-        self.lock().endpoints.entry(key).or_default().h2 = Some(sender);
+    fn start_sweep(&self) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(sweep(Arc::downgrade(&self.0)));
+            }
+            Err(_) => self.lock().sweeping = false,
+        }
     }
 }
 
 #[cfg(test)]
 impl Pool {
-    fn sweep_now(&self) -> usize {
+    pub(crate) fn sweep_now(&self) -> usize {
         self.lock().sweep()
     }
 }
@@ -183,7 +244,8 @@ impl std::fmt::Debug for Pool {
 }
 
 /// Every [`SWEEP_EVERY`], drops the idle connections the upstream closed or that were idle
-/// too long; ends when the pool holds none (the next release starts it again) or is gone.
+/// too long (HTTP/2 ones: no request began on them for that long; their streams finish);
+/// ends when the pool holds none (the next release starts it again) or is gone.
 async fn sweep(pool: Weak<Shared>) {
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
@@ -206,9 +268,18 @@ impl Inner {
         let epoch = self.epoch;
         let mut left = 0;
         for ep in self.endpoints.values_mut() {
-            ep.h1_idle
-                .retain_mut(|c| epoch.wrapping_sub(c.idle_since) < c.idle_sweeps && c.idle_ok());
+            ep.h1_idle.retain_mut(|c| {
+                epoch.wrapping_sub(c.idle_since) < c.idle_sweeps && !c.expired(epoch) && c.idle_ok()
+            });
             left += ep.h1_idle.len();
+            if ep.h2.as_ref().is_some_and(|h| {
+                epoch.wrapping_sub(h.used) >= h.idle_sweeps
+                    || epoch.wrapping_sub(h.born) >= h.max_age
+                    || h.sender.is_closed()
+            }) {
+                ep.h2 = None;
+            }
+            left += usize::from(ep.h2.is_some());
         }
         left
     }
@@ -218,7 +289,6 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::upstream::idle_sweeps;
-    use mesh_core::ext::UpstreamPool;
     use tokio::net::TcpStream;
 
     /// Envoy's upstream `idle_timeout`: an idle connection is closed after the limit (here
@@ -263,5 +333,51 @@ mod tests {
         assert_eq!(pool.sweep_now(), 1);
         assert_eq!(pool.sweep_now(), 1);
         assert_eq!(pool.sweep_now(), 0);
+    }
+
+    /// Envoy's `max_connection_duration`: a connection is used until it is that old
+    /// (counted in sweeps from when it was made), however busy, then closed.
+    #[tokio::test]
+    async fn connections_close_after_the_max_connection_duration() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            for _ in 0..2 {
+                kept.push(listener.accept().await.unwrap().0);
+            }
+            kept
+        });
+        let mut a = H1Conn::new(TcpStream::connect(addr).await.unwrap());
+        let mut b = H1Conn::new(TcpStream::connect(addr).await.unwrap());
+        let _server_side = accept.await.unwrap();
+        // 4s: two sweeps; made at the pool's epoch 0
+        let four = UpstreamPool {
+            max_connection_duration: Some(Duration::from_secs(4)),
+            ..UpstreamPool::default()
+        };
+        assert_eq!(crate::upstream::max_age_sweeps(&four), 2);
+        assert_eq!(
+            crate::upstream::max_age_sweeps(&UpstreamPool::default()),
+            u32::MAX
+        );
+        a.configure(four);
+        b.configure(four);
+        let pool = Pool::default();
+        let key = PoolKey { addr, tls: 0 };
+        pool.release_h1(key, a, 10);
+        assert_eq!(pool.sweep_now(), 1);
+        let a = pool.pop_h1(&key).expect("one sweep old: still used");
+        pool.release_h1(key, a, 10);
+        assert_eq!(
+            pool.sweep_now(),
+            0,
+            "two sweeps old: closed though just used"
+        );
+        pool.release_h1(key, b, 10);
+        assert!(
+            pool.pop_h1(&key).is_none(),
+            "an old connection is not pooled"
+        );
     }
 }

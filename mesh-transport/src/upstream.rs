@@ -72,14 +72,23 @@
 //! without a body that meets a pooled connection closed under it (no response byte
 //! received) is sent again on another connection, then on a new one.
 //!
-//! **Connection settings** (DestinationRule `connectionPool.http`, carried by the balancer's
+//! **Connection settings** (DestinationRule `connectionPool`, carried by the balancer's
 //! `UpstreamCluster`): `maxRequestsPerConnection` closes an HTTP/1.1 connection after that
-//! many requests (1: no keep-alive), `idleTimeout` (default one hour, Envoy's) closes one
-//! idle that long, checked by the sweep (so to within its two seconds).
+//! many requests (1: no keep-alive), and takes an HTTP/2 connection out of the pool after
+//! that many streams (it closes once they are done); `idleTimeout` (default one hour,
+//! Envoy's) closes an HTTP/1.1 connection idle that long, and takes out of the pool an
+//! HTTP/2 connection on which no request began for that long, checked by the sweep (so to
+//! within its two seconds); `tcp.maxConnectionDuration` ends a connection's use (HTTP/1.1:
+//! closed after its request; HTTP/2: out of the pool, its streams finish) once it is that
+//! old, checked by the sweep too; `tcp.connectTimeout` replaces the connector's connect
+//! timeout for the cluster, `tcp.tcpKeepalive` turns TCP keep-alive on for its new
+//! connections, and `http.http2KeepAlive` has its HTTP/2 connections PING the upstream
+//! while streams are open (closed when a PING goes unanswered for the timeout).
 //!
 //! **Differences from Envoy**: no per-endpoint connection limit (circuit breaking lives in
-//! `mesh-resilience`); the two settings above apply to HTTP/1.1 only; HTTP/2 uses one
-//! connection per endpoint and thread.
+//! `mesh-resilience`); HTTP/2 uses one connection per endpoint and thread, and its idle time
+//! counts from the last request begun, not from the end of the last stream (streams in
+//! flight finish on it).
 //!
 //! ```
 //! use mesh_transport::Connector;
@@ -144,11 +153,23 @@ pub(crate) fn idle_sweeps(pool: &UpstreamPool) -> u32 {
     u32::try_from(timeout.div_ceil(every).max(1)).unwrap_or(u32::MAX)
 }
 
+/// How many sweeps a connection is used from when it was made: its cluster's
+/// `connectionPool.tcp.maxConnectionDuration` rounded up to whole sweeps, else no limit.
+pub(crate) fn max_age_sweeps(pool: &UpstreamPool) -> u32 {
+    pool.max_connection_duration.map_or(u32::MAX, |d| {
+        let sweeps = d.as_millis().div_ceil(SWEEP_EVERY.as_millis()).max(1);
+        u32::try_from(sweeps).unwrap_or(u32::MAX)
+    })
+}
+
 /// The innermost service: forwards a request to its [`SelectedEndpoint`] over the
 /// connections of its [`Pool`]. Cheap to clone; clones share the pool.
 #[derive(Debug, Clone)]
 pub struct Connector {
     connect_timeout: Duration,
+    /// The cluster's TCP and HTTP/2 keep-alive (set per request on the request's copy).
+    keepalive: Option<mesh_core::ext::TcpKeepalive>,
+    h2_keepalive: Option<mesh_core::ext::Http2Keepalive>,
     max_idle_per_endpoint: usize,
     pool: Pool,
     tls: Option<Arc<dyn UpstreamTls>>,
@@ -194,6 +215,8 @@ impl Connector {
     pub fn with_pool(connect_timeout: Duration, pool: Pool) -> Self {
         Connector {
             connect_timeout,
+            keepalive: None,
+            h2_keepalive: None,
             max_idle_per_endpoint: DEFAULT_MAX_IDLE_PER_ENDPOINT,
             pool,
             tls: None,
@@ -263,12 +286,17 @@ where
             Some(t) => t.client_tls(req.extensions(), ep),
             None => None,
         };
-        let this = self.clone();
+        let mut this = self.clone();
+        if let Some(t) = pool.connect_timeout {
+            this.connect_timeout = t; // the DestinationRule's `tcp.connectTimeout`
+        }
+        this.keepalive = pool.tcp_keepalive;
+        this.h2_keepalive = pool.http2_keepalive;
         let req = req.map(RequestBody::new);
         // Two separate futures (each boxed at its own, smaller size) rather than one holding
         // both paths: the box is written once per request.
         ConnectorFuture(Inner::Forward(if h2 {
-            Box::pin(this.forward_h2(addr, tls, req))
+            Box::pin(this.forward_h2(addr, pool, tls, req))
         } else {
             Box::pin(this.forward_h1(addr, pool, tls, req))
         }))
@@ -367,6 +395,7 @@ impl Connector {
         let connect = async {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
+            self.set_keepalive(&stream);
             Ok::<_, std::io::Error>(match tls {
                 None => Io::Tcp(stream),
                 Some(t) => Io::Tls(Box::new(handshake(t, stream).await?)),
@@ -377,17 +406,19 @@ impl Connector {
             .await
             .map_err(|_| SendFailure::Connect)?
             .map_err(|_| SendFailure::Connect)?;
-        Ok(H1Conn::with_io(io))
+        let mut conn = H1Conn::with_io(io);
+        conn.born = self.pool.epoch();
+        Ok(conn)
     }
 
     async fn forward_h2(
         self,
         addr: SocketAddr,
+        pool: UpstreamPool,
         tls: Option<ClientTls>,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
         if req.method() == Method::CONNECT {
-            let pool = UpstreamPool::default();
             return self.connect_method(addr, true, pool, tls, req).await;
         }
         let received = req.version();
@@ -407,7 +438,7 @@ impl Connector {
             Some(s) => s,
             None => match Box::pin(self.connect_h2(addr, tls.as_ref())).await {
                 Ok(s) => {
-                    self.pool.put_h2(key, s.clone());
+                    self.pool.put_h2(key, s.clone(), pool);
                     s
                 }
                 Err(f) => return f.reply(),
@@ -433,8 +464,16 @@ impl Connector {
         let connect = async {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
+            self.set_keepalive(&stream);
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new());
+            // the DestinationRule's `http2KeepAlive`: PINGs while streams are open
+            if let Some(k) = self.h2_keepalive {
+                builder.keep_alive_interval(k.interval);
+                if let Some(t) = k.timeout {
+                    builder.keep_alive_timeout(t);
+                }
+            }
             // the connection task runs on its own; only the sender is kept
             let sender = match tls {
                 None => {
@@ -466,6 +505,26 @@ impl Connector {
 }
 
 impl Connector {
+    /// Turns TCP keep-alive on for a new upstream connection when its cluster asks for it
+    /// (`tcp.tcpKeepalive`); a part the system refuses is left at its default.
+    fn set_keepalive(&self, stream: &TcpStream) {
+        let Some(k) = self.keepalive else { return };
+        let mut ka = socket2::TcpKeepalive::new();
+        if let Some(t) = k.time {
+            ka = ka.with_time(t);
+        }
+        #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+        {
+            if let Some(i) = k.interval {
+                ka = ka.with_interval(i);
+            }
+            if let Some(p) = k.probes {
+                ka = ka.with_retries(p);
+            }
+        }
+        let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
+    }
+
     /// A `CONNECT` request (cold: one method comparison on every request): an RFC 8441
     /// WebSocket goes out as an HTTP/1.1 upgrade, anything else is a TCP tunnel.
     #[cold]
@@ -944,5 +1003,259 @@ mod tests {
     fn h2_target_without_any_authority_is_refused() {
         let mut req = Request::builder().uri("/x").body(()).unwrap();
         assert!(prepare_h2(&mut req).is_err());
+    }
+}
+
+/// The DestinationRule's connection settings on real connections: HTTP/2
+/// `maxRequestsPerConnection` and `idleTimeout`, and a cluster's `tcp.connectTimeout`.
+#[cfg(test)]
+mod settings_tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::BodyExt;
+    use mesh_core::ext::UpstreamCluster;
+    use tokio::net::TcpListener;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// An h2c upstream on port 0 answering 200; counts the connections it accepted.
+    async fn h2_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn request(addr: SocketAddr, http2: bool, pool: UpstreamPool) -> Request<RequestBody> {
+        let mut req = Request::builder()
+            .uri("/")
+            .header(header::HOST, "svc")
+            .body(RequestBody::empty())
+            .unwrap();
+        req.extensions_mut().insert(SelectedUpstream::new(
+            SelectedEndpoint::new(addr).with_http2(http2),
+            UpstreamCluster {
+                name: "outbound|80||svc".into(),
+                health: Arc::new(mesh_core::health::HealthCell::detached()),
+                pool,
+                limits: None,
+                outlier: None,
+            },
+        ));
+        req
+    }
+
+    async fn get(c: &Connector, addr: SocketAddr, http2: bool, pool: UpstreamPool) -> u16 {
+        let res = c.clone().oneshot(request(addr, http2, pool)).await.unwrap();
+        let status = res.status().as_u16();
+        res.into_body().collect().await.unwrap();
+        status
+    }
+
+    /// Envoy's `max_requests_per_connection` on HTTP/2: a connection carries that many
+    /// streams, then the next request opens another.
+    #[tokio::test]
+    async fn h2_connection_is_replaced_after_max_requests_per_connection() {
+        let (addr, accepted) = h2_upstream().await;
+        let c = Connector::new(Duration::from_secs(5));
+        let two = UpstreamPool {
+            max_requests_per_connection: Some(2),
+            ..UpstreamPool::default()
+        };
+        for _ in 0..5 {
+            assert_eq!(get(&c, addr, true, two).await, 200);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3, "2 + 2 + 1 requests");
+        let one = UpstreamPool {
+            max_requests_per_connection: Some(1),
+            ..UpstreamPool::default()
+        };
+        let c = Connector::new(Duration::from_secs(5));
+        for _ in 0..2 {
+            assert_eq!(get(&c, addr, true, one).await, 200);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 5, "one each");
+    }
+
+    /// Envoy's `idle_timeout` on HTTP/2: a connection no request began on for the idle
+    /// timeout (counted in sweeps) leaves the pool; one in use stays.
+    #[tokio::test]
+    async fn h2_connection_idle_past_the_idle_timeout_is_replaced() {
+        let (addr, accepted) = h2_upstream().await;
+        let c = Connector::new(Duration::from_secs(5));
+        // two sweeps of two seconds
+        let four = UpstreamPool {
+            idle_timeout: Some(Duration::from_secs(4)),
+            ..UpstreamPool::default()
+        };
+        assert_eq!(get(&c, addr, true, four).await, 200);
+        assert_eq!(c.pool().sweep_now(), 1);
+        assert_eq!(get(&c, addr, true, four).await, 200); // used again: idle from now
+        assert_eq!(c.pool().sweep_now(), 1);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(c.pool().sweep_now(), 0, "two sweeps without a request");
+        assert_eq!(get(&c, addr, true, four).await, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// Envoy's `max_connection_duration` on HTTP/2: a connection that old takes no new
+    /// request, however busy (counted in sweeps from when it was made).
+    #[tokio::test]
+    async fn h2_connection_is_replaced_after_max_connection_duration() {
+        let (addr, accepted) = h2_upstream().await;
+        let c = Connector::new(Duration::from_secs(5));
+        let four = UpstreamPool {
+            max_connection_duration: Some(Duration::from_secs(4)),
+            ..UpstreamPool::default()
+        };
+        assert_eq!(get(&c, addr, true, four).await, 200);
+        assert_eq!(c.pool().sweep_now(), 1);
+        assert_eq!(get(&c, addr, true, four).await, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(c.pool().sweep_now(), 0, "two sweeps old, though just used");
+        assert_eq!(get(&c, addr, true, four).await, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// Istio's `applyTCPKeepalive`: `tcp.tcpKeepalive` turns `SO_KEEPALIVE` on for the
+    /// cluster's new connections, with its time, interval and probes; without it, off.
+    #[tokio::test]
+    async fn tcp_keepalive_is_set_on_new_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let key = PoolKey { addr, tls: 0 };
+        let keepalive = UpstreamPool {
+            tcp_keepalive: Some(mesh_core::ext::TcpKeepalive {
+                time: Some(Duration::from_secs(30)),
+                interval: Some(Duration::from_secs(7)),
+                probes: Some(4),
+            }),
+            ..UpstreamPool::default()
+        };
+        let c = Connector::new(Duration::from_secs(5));
+        assert_eq!(get(&c, addr, false, keepalive).await, 200);
+        let conn = c.pool().pop_h1(&key).expect("pooled");
+        let sock = socket2::SockRef::from(conn.tcp());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(7)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+        // a cluster without it
+        let c = Connector::new(Duration::from_secs(5));
+        assert_eq!(get(&c, addr, false, UpstreamPool::default()).await, 200);
+        let conn = c.pool().pop_h1(&key).expect("pooled");
+        assert!(!socket2::SockRef::from(conn.tcp()).keepalive().unwrap());
+    }
+
+    /// Envoy's HTTP/2 `connection_keepalive` (Istio's `http2KeepAlive`): an upstream that
+    /// completes the HTTP/2 handshake but then answers nothing, PINGs included, has its
+    /// connection closed at the PING timeout; the request held on it fails (`503 UC`)
+    /// instead of hanging.
+    #[tokio::test]
+    async fn h2_keepalive_closes_a_connection_whose_pings_go_unanswered() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            // the server's SETTINGS (empty) and an ACK of the client's, then silence
+            s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0])
+                .await
+                .unwrap();
+            let mut sink = [0u8; 4096];
+            while s.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        });
+        let pool = UpstreamPool {
+            http2_keepalive: Some(mesh_core::ext::Http2Keepalive {
+                interval: Duration::from_millis(100),
+                timeout: Some(Duration::from_millis(100)),
+            }),
+            ..UpstreamPool::default()
+        };
+        let c = Connector::new(Duration::from_secs(5));
+        let res = tokio::time::timeout(
+            Duration::from_secs(5),
+            c.clone().oneshot(request(addr, true, pool)),
+        )
+        .await
+        .expect("the unanswered PING ends the request")
+        .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            res.extensions()
+                .get::<ResponseFlags>()
+                .is_some_and(|f| !f.is_empty())
+        );
+    }
+
+    /// `tcp.connectTimeout` replaces the connector's own for the cluster: a connect that
+    /// hangs (the listener's accept queue is full, its SYNs dropped) gives up after the
+    /// cluster's 200 ms, not the connector's 60 s, with `503 UF`.
+    #[tokio::test]
+    async fn the_cluster_connect_timeout_replaces_the_connector_s() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // fill the accept queue (never accepted)
+        let mut fill = Vec::new();
+        for _ in 0..4 {
+            let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+            fill.push(s);
+        }
+        let c = Connector::new(Duration::from_secs(60));
+        let pool = UpstreamPool {
+            connect_timeout: Some(Duration::from_millis(200)),
+            ..UpstreamPool::default()
+        };
+        let start = std::time::Instant::now();
+        let res = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.clone().oneshot(request(addr, false, pool)),
+        )
+        .await
+        .expect("the cluster's connect timeout applies")
+        .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            res.extensions().get::<ResponseFlags>(),
+            Some(&ResponseFlags::UPSTREAM_CONNECTION_FAILURE)
+        );
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        drop((fill, listener));
     }
 }

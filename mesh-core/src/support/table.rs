@@ -618,12 +618,7 @@ static TRAFFIC_POLICY: TypeDef = TypeDef {
             Status::NotYet(Area::GatewaysL4),
             "",
         ),
-        field(
-            "retryBudget",
-            Struct(&RETRY_BUDGET),
-            Status::NotYet(Area::Resilience),
-            "",
-        ),
+        field("retryBudget", Struct(&RETRY_BUDGET), Status::Enforced, ""),
     ],
 };
 
@@ -758,12 +753,7 @@ static WARMUP_CONFIGURATION: TypeDef = TypeDef {
 static CONNECTION_POOL_SETTINGS: TypeDef = TypeDef {
     name: "ConnectionPoolSettings",
     fields: &[
-        field(
-            "tcp",
-            Struct(&TCP_SETTINGS),
-            Status::NotYet(Area::Resilience),
-            "circuit breaking; connectTimeout: the bootstrap limits.connectTimeout applies",
-        ),
+        field("tcp", Struct(&TCP_SETTINGS), Status::Enforced, ""),
         field("http", Struct(&HTTP_SETTINGS), Status::Enforced, ""),
     ],
 };
@@ -771,30 +761,50 @@ static CONNECTION_POOL_SETTINGS: TypeDef = TypeDef {
 static TCP_SETTINGS: TypeDef = TypeDef {
     name: "TcpSettings",
     fields: &[
-        field("maxConnections", Leaf, Status::NotYet(Area::Resilience), ""),
-        field("connectTimeout", Leaf, Status::NotYet(Area::Resilience), ""),
+        field(
+            "maxConnections",
+            Leaf,
+            Status::Enforced,
+            "HTTP/1.1 connections in use at once (HTTP traffic; not opaque TCP)",
+        ),
+        field(
+            "connectTimeout",
+            Leaf,
+            Status::Enforced,
+            "replaces the bootstrap's limits.connectTimeout for the cluster",
+        ),
         field(
             "tcpKeepalive",
             Struct(&TCP_KEEPALIVE),
-            Status::NotYet(Area::Resilience),
-            "",
+            Status::Enforced,
+            "on HTTP upstream connections",
         ),
         field(
             "maxConnectionDuration",
             Leaf,
-            Status::NotYet(Area::Resilience),
-            "",
+            Status::Enforced,
+            "HTTP upstream connections, checked every 2 s: in-flight requests finish",
         ),
-        field("idleTimeout", Leaf, Status::NotYet(Area::Resilience), ""),
+        field(
+            "idleTimeout",
+            Leaf,
+            Status::Enforced,
+            "for HTTP upstream connections when http.idleTimeout is unset, as Istio; not the TCP proxy's",
+        ),
     ],
 };
 
 static TCP_KEEPALIVE: TypeDef = TypeDef {
     name: "TcpKeepalive",
     fields: &[
-        field("probes", Leaf, Status::NotYet(Area::Resilience), ""),
-        field("time", Leaf, Status::NotYet(Area::Resilience), ""),
-        field("interval", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("probes", Leaf, Status::Enforced, ""),
+        field("time", Leaf, Status::Enforced, "whole seconds, as Istio"),
+        field(
+            "interval",
+            Leaf,
+            Status::Enforced,
+            "whole seconds, as Istio",
+        ),
     ],
 };
 
@@ -804,27 +814,27 @@ static HTTP_SETTINGS: TypeDef = TypeDef {
         field(
             "http1MaxPendingRequests",
             Leaf,
-            Status::NotYet(Area::Resilience),
-            "",
+            Status::Enforced,
+            "requests waiting for an HTTP/1.1 connection under maxConnections",
         ),
-        field(
-            "http2MaxRequests",
-            Leaf,
-            Status::NotYet(Area::Resilience),
-            "",
-        ),
+        field("http2MaxRequests", Leaf, Status::Enforced, ""),
         field(
             "maxRequestsPerConnection",
             Leaf,
             Status::Enforced,
-            "HTTP/1.1 upstream connections; HTTP/2 ones come with resilience",
+            "HTTP/1.1 and HTTP/2 upstream connections",
         ),
-        field("maxRetries", Leaf, Status::NotYet(Area::Resilience), ""),
+        field(
+            "maxRetries",
+            Leaf,
+            Status::Enforced,
+            "a default retry budget (20 %, at least 3) applies beside it: safe by default",
+        ),
         field(
             "idleTimeout",
             Leaf,
             Status::Enforced,
-            "HTTP/1.1 upstream connections (checked every 2 s); HTTP/2 ones come with resilience",
+            "checked every 2 s; HTTP/2: since the last request began on the connection",
         ),
         field("h2UpgradePolicy", Leaf, Status::Enforced, ""),
         field("useClientProtocol", Leaf, Status::NotYet(Area::Later), ""),
@@ -837,8 +847,8 @@ static HTTP_SETTINGS: TypeDef = TypeDef {
         field(
             "http2KeepAlive",
             Struct(&CONNECTION_KEEPALIVE),
-            Status::NotYet(Area::Resilience),
-            "",
+            Status::Enforced,
+            "HTTP/2 upstream connections; PINGs while streams are open",
         ),
     ],
 };
@@ -846,8 +856,13 @@ static HTTP_SETTINGS: TypeDef = TypeDef {
 static CONNECTION_KEEPALIVE: TypeDef = TypeDef {
     name: "ConnectionKeepalive",
     fields: &[
-        field("interval", Leaf, Status::NotYet(Area::Resilience), ""),
-        field("timeout", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("interval", Leaf, Status::Enforced, ""),
+        field(
+            "timeout",
+            Leaf,
+            Status::Enforced,
+            "unset: 20 s (the HTTP/2 client's default)",
+        ),
     ],
 };
 
@@ -950,14 +965,14 @@ static PROXY_PROTOCOL: TypeDef = TypeDef {
 static RETRY_BUDGET: TypeDef = TypeDef {
     name: "RetryBudget",
     fields: &[
-        field("percent", Leaf, Status::NotYet(Area::Resilience), ""),
+        field("percent", Leaf, Status::Enforced, ""),
+        field("minRetryConcurrency", Leaf, Status::Enforced, ""),
         field(
-            "minRetryConcurrency",
+            "budgetInterval",
             Leaf,
             Status::NotYet(Area::Resilience),
-            "",
+            "the budget is over the requests in flight, as Envoy's",
         ),
-        field("budgetInterval", Leaf, Status::NotYet(Area::Resilience), ""),
     ],
 };
 

@@ -38,6 +38,10 @@ impl Cluster {
             }
         }
         let addrs: Vec<SocketAddr> = chosen.iter().map(|c| c.0).collect();
+        let limits = Arc::new(ClusterLimits::new(
+            policy.limits,
+            input.registry.counters(&name),
+        ));
         let states = input.registry.states(&name, &addrs, now);
         let hosts: Box<[Host]> = chosen
             .iter()
@@ -58,6 +62,7 @@ impl Cluster {
                     health: health.clone(),
                     pool: policy.pool,
                     outlier: policy.outlier.clone(),
+                    limits: Some(limits.clone()),
                 };
                 Host {
                     addr: *addr,

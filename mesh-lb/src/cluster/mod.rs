@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use mesh_core::compile::{Endpoint, Protocol, Service, TLS_MODE_LABEL};
 use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamCluster};
 use mesh_core::health::{HealthCell, HealthKey, HealthSource};
+use mesh_core::limits::ClusterLimits;
 use mesh_core::locality::Locality;
 use mesh_core::model::networking::ServicePort;
 use mesh_core::rng::SharedRng;

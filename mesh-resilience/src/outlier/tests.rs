@@ -92,6 +92,7 @@ impl Cluster {
                         health,
                         pool: UpstreamPool::default(),
                         outlier: Some(policy.clone()),
+                        limits: None,
                     },
                 )
             })
@@ -492,6 +493,7 @@ async fn requests_without_a_cluster_or_a_policy_pass_untouched() {
         health: cell.clone(),
         pool: UpstreamPool::default(),
         outlier: None,
+        limits: None,
     };
     let mut svc = OutlierLayer::new().layer(mock.service());
     for _ in 0..10 {

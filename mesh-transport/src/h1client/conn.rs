@@ -31,6 +31,10 @@ pub(crate) struct H1Conn {
     pub(crate) idle_since: u32,
     /// Sweeps it may stay idle (its cluster's `idleTimeout`).
     pub(crate) idle_sweeps: u32,
+    /// The pool's sweep count when it was made, and for how many sweeps it is used (its
+    /// cluster's `maxConnectionDuration`).
+    pub(crate) born: u32,
+    pub(crate) max_age: u32,
     /// Exchanges begun on it, and its cluster's `maxRequestsPerConnection`.
     pub(super) requests: u32,
     pub(super) max_requests: Option<u32>,
@@ -136,9 +140,20 @@ impl H1Conn {
             read_size: MIN_READ,
             idle_since: 0,
             idle_sweeps: u32::MAX,
+            born: 0,
+            max_age: u32::MAX,
             requests: 0,
             max_requests: None,
         })
+    }
+
+    /// The TCP socket under it (tests: its options).
+    #[cfg(test)]
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match &self.io {
+            Io::Tcp(io) => io,
+            Io::Tls(io) => io.get_ref().0,
+        }
     }
 
     /// The transport, for a tunnel (the connection is done with HTTP).
@@ -150,6 +165,13 @@ impl H1Conn {
     pub(crate) fn configure(&mut self, pool: UpstreamPool) {
         self.max_requests = pool.max_requests_per_connection;
         self.idle_sweeps = crate::upstream::idle_sweeps(&pool);
+        self.max_age = crate::upstream::max_age_sweeps(&pool);
+    }
+
+    /// Whether it has lived its `maxConnectionDuration` at sweep count `epoch` (then it is
+    /// not used again).
+    pub(crate) fn expired(&self, epoch: u32) -> bool {
+        epoch.wrapping_sub(self.born) >= self.max_age
     }
 
     /// Whether the connection has carried its `maxRequestsPerConnection` (then it is closed

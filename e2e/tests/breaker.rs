@@ -1,0 +1,241 @@
+//! Circuit breaking through the whole proxy (istio.io/latest/docs/tasks/traffic-management/
+//! circuit-breaking): the task's DestinationRule (`maxConnections: 1`,
+//! `http1MaxPendingRequests: 1`, `maxRequestsPerConnection: 1`) and a flood of concurrent
+//! requests against one slow upstream. The layer's timing is tested under paused time in
+//! `mesh-resilience`; here the proxy must apply the limits across its workers, with Envoy's
+//! overflow answer, and the upstream must never see more than they allow.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use support::*;
+use tokio::sync::watch;
+
+/// The upstream: holds every request until the gate opens, counting the requests it holds
+/// at once (`now`, and the most ever in `most`).
+struct Slow {
+    now: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    gate: watch::Sender<bool>,
+}
+
+impl Slow {
+    fn new() -> (Slow, Handler) {
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (gate, open) = watch::channel(false);
+        let (n, m) = (now.clone(), most.clone());
+        let handler: Handler = Arc::new(move |_req: Request<Incoming>| {
+            let (n, m, mut open) = (n.clone(), m.clone(), open.clone());
+            Box::pin(async move {
+                let held = n.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(held, Ordering::SeqCst);
+                let _ = open.wait_for(|o| *o).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                Response::builder()
+                    .header("x-backend", "httpbin")
+                    .body(full("httpbin"))
+                    .unwrap()
+            })
+        });
+        (Slow { now, most, gate }, handler)
+    }
+}
+
+/// The task's DestinationRule.
+const TASK_DR: &str = "  trafficPolicy:
+    connectionPool:
+      tcp:
+        maxConnections: 1
+      http:
+        http1MaxPendingRequests: 1
+        maxRequestsPerConnection: 1
+";
+
+/// "Tripping the circuit breaker": of ten requests at once, one is sent, one waits for the
+/// connection, eight get `503` with `x-envoy-overloaded` and flag `UO` at once. Then the
+/// upstream answers, and the waiting request goes on the freed connection. With two workers
+/// the limits are the cluster's, not each worker's.
+#[tokio::test]
+async fn a_flood_trips_the_breaker() {
+    for workers in [1, 2] {
+        flood(workers).await;
+    }
+}
+
+async fn flood(workers: u32) {
+    let (slow, handler) = Slow::new();
+    let upstream = backend_with("httpbin", handler).await;
+    let yaml = bootstrap(workers, "")
+        + &service_entry("httpbin", 8000, "HTTP", &[&upstream])
+        + &destination_rule("httpbin", &["httpbin"], TASK_DR);
+    let p = start(&yaml).await;
+    let replies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let (out, replies) = (p.out, replies.clone());
+        clients.push(tokio::spawn(async move {
+            let r = get_once(out, "httpbin:8000", &[]).await;
+            replies.lock().unwrap().push(r);
+        }));
+    }
+    let (r, now) = (replies.clone(), slow.now.clone());
+    eventually(
+        "eight overflow answers while the upstream holds one",
+        || {
+            let (r, now) = (r.clone(), now.clone());
+            async move { r.lock().unwrap().len() == 8 && now.load(Ordering::SeqCst) == 1 }
+        },
+    )
+    .await;
+    for r in replies.lock().unwrap().iter() {
+        assert_eq!(r.status, 503, "{r:?}");
+        assert_eq!(r.flags(), "UO");
+        assert_eq!(r.headers["x-envoy-overloaded"], "true");
+        assert_eq!(
+            r.body,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+        );
+    }
+    slow.gate.send_replace(true);
+    for c in clients {
+        bounded(c).await.unwrap();
+    }
+    let replies = replies.lock().unwrap();
+    let ok: Vec<_> = replies.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(
+        ok.len(),
+        2,
+        "the first and the pending one ({workers} workers)"
+    );
+    assert!(ok.iter().all(|r| r.backend() == "httpbin"));
+    assert_eq!(upstream.hits(), 2);
+    assert_eq!(
+        slow.most.load(Ordering::SeqCst),
+        1,
+        "the upstream never held two at once"
+    );
+    // maxRequestsPerConnection: 1
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
+    drop(p);
+}
+
+/// `http2MaxRequests` bounds the requests in flight whatever the protocol: with an h2c
+/// client and an HTTP/2 upstream (`GRPC` port), the third of three concurrent requests
+/// overflows while two are held.
+#[tokio::test]
+async fn http2_max_requests_bounds_requests_in_flight() {
+    let (slow, handler) = Slow::new();
+    let upstream = backend_with("httpbin", handler).await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("httpbin", 8000, "GRPC", &[&upstream])
+        + &destination_rule(
+            "httpbin",
+            &["httpbin"],
+            "  trafficPolicy:\n    connectionPool:\n      http: {http2MaxRequests: 2}\n",
+        );
+    let p = start(&yaml).await;
+    let replies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (out, replies) = (p.out, replies.clone());
+        clients.push(tokio::spawn(async move {
+            let r = get_once(out, "httpbin:8000", &[]).await;
+            replies.lock().unwrap().push(r);
+        }));
+    }
+    let (r, now) = (replies.clone(), slow.now.clone());
+    eventually("one overflow answer while the upstream holds two", || {
+        let (r, now) = (r.clone(), now.clone());
+        async move { r.lock().unwrap().len() == 1 && now.load(Ordering::SeqCst) == 2 }
+    })
+    .await;
+    {
+        let replies = replies.lock().unwrap();
+        assert_eq!(replies[0].status, 503, "{:?}", replies[0]);
+        assert_eq!(replies[0].flags(), "UO");
+    }
+    slow.gate.send_replace(true);
+    for c in clients {
+        bounded(c).await.unwrap();
+    }
+    assert_eq!(
+        replies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.status == 200)
+            .count(),
+        2
+    );
+    assert_eq!(slow.most.load(Ordering::SeqCst), 2);
+}
+
+/// The retry budget (`trafficPolicy.retryBudget`, here one retry in flight at most): while
+/// one request's retry is held by the upstream, another request's failure is not retried;
+/// the client gets the upstream's `503` with flag `UO` (Envoy's router on a retry
+/// overflow), and the upstream never sees that retry.
+#[tokio::test]
+async fn a_retry_over_the_budget_is_not_sent() {
+    // the 1st and 3rd requests to arrive fail at once, the 2nd (the first one's retry) is
+    // held until the gate opens
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let held = Arc::new(AtomicUsize::new(0));
+    let (gate, open) = watch::channel(false);
+    let (a, h) = (arrived.clone(), held.clone());
+    let handler: Handler = Arc::new(move |_req: Request<Incoming>| {
+        let (a, h, mut open) = (a.clone(), h.clone(), open.clone());
+        Box::pin(async move {
+            if a.fetch_add(1, Ordering::SeqCst) == 1 {
+                h.fetch_add(1, Ordering::SeqCst);
+                let _ = open.wait_for(|o| *o).await;
+                return Response::new(full("retried"));
+            }
+            Response::builder().status(503).body(full("down")).unwrap()
+        })
+    });
+    let upstream = backend_with("httpbin", handler).await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("httpbin", 8000, "HTTP", &[&upstream])
+        + &destination_rule(
+            "httpbin",
+            &["httpbin"],
+            "  trafficPolicy:\n    retryBudget: {percent: 0, minRetryConcurrency: 1}\n",
+        )
+        + "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin]
+  http:
+  - retries: {attempts: 1, retryOn: 5xx}
+    route: [{destination: {host: httpbin}}]
+";
+    let p = start(&yaml).await;
+    let out = p.out;
+    let first = tokio::spawn(async move { get_once(out, "httpbin:8000", &[]).await });
+    let h = held.clone();
+    eventually("the first request's retry is held upstream", || {
+        let h = h.clone();
+        async move { h.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    let second = get_once(p.out, "httpbin:8000", &[]).await;
+    assert_eq!(second.status, 503, "{second:?}");
+    assert_eq!(second.body, "down", "the upstream's answer");
+    assert_eq!(second.flags(), "UO");
+    assert!(second.headers.get("x-envoy-overloaded").is_none());
+    assert_eq!(arrived.load(Ordering::SeqCst), 3, "its retry was not sent");
+    gate.send_replace(true);
+    let first = bounded(first).await.unwrap();
+    assert_eq!(
+        (first.status.as_u16(), first.body.as_str()),
+        (200, "retried")
+    );
+    assert_eq!(upstream.hits(), 3);
+}

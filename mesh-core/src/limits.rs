@@ -1,0 +1,455 @@
+//! A cluster's circuit-breaker thresholds and the counters they are checked against:
+//! Envoy's `CircuitBreakers.Thresholds` and its `ResourceManager`, as Istio's
+//! `connectionPool` and `retryBudget` fill them.
+//!
+//! The balancer (`mesh-lb`) compiles a [`Thresholds`] from the destination's merged
+//! `TrafficPolicy` ([`Thresholds::from_traffic_policy`]) and hands every request a
+//! [`ClusterLimits`] in its `UpstreamCluster` (`mesh_core::ext`): the thresholds and the
+//! cluster's [`ClusterCounters`], shared by all worker threads (Envoy's circuit breakers are
+//! per cluster and per proxy, not per worker) and kept across cluster rebuilds. The circuit
+//! breaker (`mesh-resilience`) admits requests against them; the retry layer asks them for a
+//! retry permit.
+//!
+//! ```
+//! use mesh_core::limits::{Admission, ClusterLimits, Thresholds};
+//!
+//! let limits = ClusterLimits::detached(Thresholds { max_requests: 1, ..Thresholds::default() });
+//! let Admission::Admitted(first) = limits.admit(false) else { unreachable!() };
+//! assert!(matches!(limits.admit(false), Admission::Overflow));
+//! drop(first); // the request ended
+//! assert!(matches!(limits.admit(false), Admission::Admitted(_)));
+//! ```
+//!
+//! Counting is lock-free (compare-and-swap on shared atomics). Only a request that must
+//! wait for an HTTP/1.1 connection ([`Admission::Pending`]) touches the cluster's
+//! `tokio::sync::Notify`, and only when someone waits does a release wake it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use tokio::sync::Notify;
+
+use crate::body::OnBodyEnd;
+use crate::model::networking::TrafficPolicy;
+
+/// What Istio writes for a threshold the DestinationRule leaves unset
+/// (`getDefaultCircuitBreakerThresholds`: `math.MaxUint32`, not Envoy's 1024 defaults).
+pub const UNLIMITED: u32 = u32::MAX;
+
+/// Envoy's `RetryBudget` defaults (also Istio's, `applyRetryBudget`): 20 % of the active and
+/// pending requests, and at least 3 concurrent retries.
+pub const DEFAULT_RETRY_BUDGET: RetryBudget = RetryBudget {
+    percent: 20.0,
+    min_retry_concurrency: 3,
+};
+
+/// A cluster's circuit-breaker thresholds (Envoy's `CircuitBreakers.Thresholds`, default
+/// priority).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// `tcp.maxConnections`: HTTP/1.1 connections in use at once (Envoy's
+    /// `max_connections`). Default: [`UNLIMITED`].
+    pub max_connections: u32,
+    /// `http.http1MaxPendingRequests`: requests waiting for a connection (Envoy's
+    /// `max_pending_requests`). Default: [`UNLIMITED`].
+    pub max_pending_requests: u32,
+    /// `http.http2MaxRequests`: requests in flight, any protocol (Envoy's `max_requests`).
+    /// Default: [`UNLIMITED`].
+    pub max_requests: u32,
+    /// `http.maxRetries`: retries in flight (Envoy's `max_retries`). Default: [`UNLIMITED`].
+    pub max_retries: u32,
+    /// `trafficPolicy.retryBudget`, when the DestinationRule sets one: then it replaces
+    /// `max_retries`, as Envoy's `retry_budget` does. `None`: [`DEFAULT_RETRY_BUDGET`]
+    /// applies beside `max_retries` (safe by default; Istio sets no budget).
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// A retry budget: concurrent retries at most `max(min_retry_concurrency, percent % of the
+/// requests active or pending)` (Envoy's `CircuitBreakers.Thresholds.RetryBudget`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// `percent`: the share of active and pending requests that may be retries, in percent.
+    pub percent: f64,
+    /// `minRetryConcurrency`: retries always allowed, whatever the traffic.
+    pub min_retry_concurrency: u32,
+}
+
+/// The live counts of a cluster, shared by every worker's copy of the cluster and kept
+/// across rebuilds (the balancer finds them by cluster name).
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Requests admitted and not yet ended (response body read or dropped).
+    requests: AtomicU32,
+    /// Requests waiting for an HTTP/1.1 connection.
+    pending: AtomicU32,
+    /// HTTP/1.1 connections in use (one request each).
+    connections: AtomicU32,
+    /// Retries in flight.
+    retries: AtomicU32,
+    /// Requests answered `503 UO`: no room among the pending (Envoy's
+    /// `upstream_rq_pending_overflow`, which also counts `max_requests` overflows).
+    pending_overflow: AtomicU64,
+    /// Retries not sent for lack of a permit (`upstream_rq_retry_overflow`).
+    retry_overflow: AtomicU64,
+    /// Wakes requests waiting for a connection.
+    released: Notify,
+}
+
+/// A cluster's thresholds and its shared counters: what the circuit breaker and the retry
+/// layer read. Carried by `UpstreamCluster::limits`.
+pub struct ClusterLimits {
+    thresholds: Thresholds,
+    counters: Arc<ClusterCounters>,
+    /// Ends a request (HTTP/2, or no connection limit): shared, so that a request's guard
+    /// costs one reference-count increment.
+    end_request: Arc<dyn OnBodyEnd>,
+    /// Ends a request and frees its HTTP/1.1 connection.
+    end_connection: Arc<dyn OnBodyEnd>,
+}
+
+/// What [`ClusterLimits::admit`] decided.
+#[derive(Debug)]
+#[must_use]
+pub enum Admission {
+    /// Send it; the permit is held until the request ends.
+    Admitted(Permit),
+    /// No HTTP/1.1 connection is free, but there is room among the pending: wait with
+    /// [`ClusterLimits::wait`].
+    Pending,
+    /// Over a threshold: answer `503 UO` (counted in
+    /// [`ClusterLimits::pending_overflows`]).
+    Overflow,
+}
+
+/// An admitted request: released when dropped, or when the response body it is handed to
+/// ends ([`Permit::into_body_end`]).
+#[must_use]
+pub struct Permit(Option<Arc<dyn OnBodyEnd>>);
+
+/// A retry in flight, released when dropped.
+#[derive(Debug)]
+#[must_use]
+pub struct RetryPermit(Arc<ClusterCounters>);
+
+struct EndRequest(Arc<ClusterCounters>);
+struct EndConnection(Arc<ClusterCounters>);
+
+/// Takes one of `max` from `count` unless all are taken.
+#[inline]
+fn take(count: &AtomicU32, max: u32) -> bool {
+    let mut cur = count.load(Ordering::Relaxed);
+    loop {
+        if cur >= max {
+            return false;
+        }
+        match count.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(now) => cur = now,
+        }
+    }
+}
+
+// === impl Thresholds ===
+
+impl Default for Thresholds {
+    /// Istio's thresholds for a DestinationRule without `connectionPool`: all unlimited.
+    fn default() -> Self {
+        Thresholds {
+            max_connections: UNLIMITED,
+            max_pending_requests: UNLIMITED,
+            max_requests: UNLIMITED,
+            max_retries: UNLIMITED,
+            retry_budget: None,
+        }
+    }
+}
+
+impl Thresholds {
+    /// Istio's `applyConnectionPool` and `applyRetryBudget`
+    /// (`pilot/pkg/networking/core/cluster_traffic_policy.go`): a field that is unset or not
+    /// positive keeps [`UNLIMITED`]; `retryBudget`'s unset `percent` is 20 and its
+    /// `minRetryConcurrency` 3 when not positive.
+    pub fn from_traffic_policy(tp: &TrafficPolicy) -> Self {
+        let positive = |v: Option<i32>| {
+            v.and_then(|v| u32::try_from(v).ok())
+                .filter(|v| *v > 0)
+                .unwrap_or(UNLIMITED)
+        };
+        let pool = tp.connection_pool.as_ref();
+        let http = pool.and_then(|p| p.http.as_ref());
+        let tcp = pool.and_then(|p| p.tcp.as_ref());
+        Thresholds {
+            max_connections: positive(tcp.and_then(|t| t.max_connections)),
+            max_pending_requests: positive(http.and_then(|h| h.http1_max_pending_requests)),
+            max_requests: positive(http.and_then(|h| h.http2_max_requests)),
+            max_retries: positive(http.and_then(|h| h.max_retries)),
+            retry_budget: tp.retry_budget.as_ref().map(|b| RetryBudget {
+                percent: b.percent.unwrap_or(DEFAULT_RETRY_BUDGET.percent),
+                min_retry_concurrency: if b.min_retry_concurrency > 0 {
+                    b.min_retry_concurrency
+                } else {
+                    DEFAULT_RETRY_BUDGET.min_retry_concurrency
+                },
+            }),
+        }
+    }
+}
+
+// === impl RetryBudget ===
+
+impl RetryBudget {
+    /// The retries allowed in flight when `active` requests are active or pending: Envoy's
+    /// `RetryBudgetImpl::max`, `max(percent / 100 × active, min_retry_concurrency)`.
+    pub fn limit(&self, active: u32) -> u32 {
+        let share = (self.percent.clamp(0.0, 100.0) / 100.0 * f64::from(active)) as u32;
+        share.max(self.min_retry_concurrency)
+    }
+}
+
+// === impl ClusterLimits ===
+
+impl ClusterLimits {
+    /// Limits checked against `counters` (shared with the cluster's other copies).
+    pub fn new(thresholds: Thresholds, counters: Arc<ClusterCounters>) -> Self {
+        ClusterLimits {
+            thresholds,
+            end_request: Arc::new(EndRequest(counters.clone())),
+            end_connection: Arc::new(EndConnection(counters.clone())),
+            counters,
+        }
+    }
+
+    /// Limits with counters of their own (a cluster used without a balancer, tests).
+    pub fn detached(thresholds: Thresholds) -> Self {
+        ClusterLimits::new(thresholds, Arc::default())
+    }
+
+    /// The thresholds.
+    pub fn thresholds(&self) -> &Thresholds {
+        &self.thresholds
+    }
+
+    /// The shared counters.
+    pub fn counters(&self) -> &Arc<ClusterCounters> {
+        &self.counters
+    }
+
+    /// Whether HTTP/1.1 requests need a connection slot (`maxConnections` is set).
+    #[inline]
+    fn limits_connections(&self) -> bool {
+        self.thresholds.max_connections != UNLIMITED
+    }
+
+    /// Admits a request to an HTTP/1.1 endpoint (`http1`) or an HTTP/2 one, as Envoy's
+    /// connection pool does: an HTTP/1.1 request needs a free connection (`maxConnections`)
+    /// or waits for one among the pending (`http1MaxPendingRequests`); then any request
+    /// needs room under `http2MaxRequests`. Overflow otherwise.
+    #[inline]
+    pub fn admit(&self, http1: bool) -> Admission {
+        if http1 && self.limits_connections() {
+            if !take(&self.counters.connections, self.thresholds.max_connections) {
+                if self.counters.pending.load(Ordering::Relaxed)
+                    < self.thresholds.max_pending_requests
+                {
+                    return Admission::Pending;
+                }
+                return self.overflow();
+            }
+            return self.attach(true);
+        }
+        self.attach(false)
+    }
+
+    /// Waits (as a pending request) for an HTTP/1.1 connection after [`Admission::Pending`],
+    /// then admits the request under `http2MaxRequests`. `Err(())`: no room among the
+    /// pending any more, or over `max_requests` once attached: answer `503 UO`.
+    ///
+    /// Cancel-safe: dropping the future leaves the pending requests.
+    pub async fn wait(self: Arc<Self>) -> Result<Permit, ()> {
+        let c = &*self.counters;
+        if !take(&c.pending, self.thresholds.max_pending_requests) {
+            let _ = self.overflow();
+            return Err(());
+        }
+        struct Leave<'a>(&'a AtomicU32);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let leave = Leave(&c.pending);
+        loop {
+            let notified = c.released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if take(&c.connections, self.thresholds.max_connections) {
+                break;
+            }
+            notified.await;
+        }
+        drop(leave);
+        match self.attach(true) {
+            Admission::Admitted(p) => Ok(p),
+            _ => Err(()),
+        }
+    }
+
+    /// `max_requests`, once the request has its connection (Envoy's
+    /// `attachStreamToClient`); on overflow the connection is given back.
+    #[inline]
+    fn attach(&self, connection: bool) -> Admission {
+        if take(&self.counters.requests, self.thresholds.max_requests) {
+            let end = if connection {
+                &self.end_connection
+            } else {
+                &self.end_request
+            };
+            return Admission::Admitted(Permit(Some(end.clone())));
+        }
+        if connection {
+            self.counters.release_connection();
+        }
+        self.overflow()
+    }
+
+    #[cold]
+    fn overflow(&self) -> Admission {
+        self.counters
+            .pending_overflow
+            .fetch_add(1, Ordering::Relaxed);
+        Admission::Overflow
+    }
+
+    /// A permit for one retry, if the cluster's retry limit allows one more: the
+    /// DestinationRule's `retryBudget` if set (Envoy: the budget replaces `max_retries`),
+    /// else `maxRetries` and [`DEFAULT_RETRY_BUDGET`], whichever is lower. `None` counts a
+    /// retry overflow.
+    pub fn try_retry(&self) -> Option<RetryPermit> {
+        let c = &*self.counters;
+        let active = c
+            .requests
+            .load(Ordering::Relaxed)
+            .saturating_add(c.pending.load(Ordering::Relaxed));
+        let max = match self.thresholds.retry_budget {
+            Some(b) => b.limit(active),
+            None => DEFAULT_RETRY_BUDGET
+                .limit(active)
+                .min(self.thresholds.max_retries),
+        };
+        if take(&c.retries, max) {
+            return Some(RetryPermit(self.counters.clone()));
+        }
+        c.retry_overflow.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Requests answered `503 UO` by overflow so far (Envoy's
+    /// `upstream_rq_pending_overflow`).
+    pub fn pending_overflows(&self) -> u64 {
+        self.counters.pending_overflow.load(Ordering::Relaxed)
+    }
+
+    /// Retries refused so far (Envoy's `upstream_rq_retry_overflow`).
+    pub fn retry_overflows(&self) -> u64 {
+        self.counters.retry_overflow.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for ClusterLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterLimits")
+            .field("thresholds", &self.thresholds)
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+// === impl ClusterCounters ===
+
+impl ClusterCounters {
+    /// Requests in flight.
+    pub fn requests(&self) -> u32 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting for an HTTP/1.1 connection.
+    pub fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// HTTP/1.1 connections in use.
+    pub fn connections(&self) -> u32 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Retries in flight.
+    pub fn retries(&self) -> u32 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    fn release_connection(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+        // a waiter counts itself pending before it looks for a connection: either it sees
+        // this one free, or this sees it waiting (and a wake-up before it sleeps is kept)
+        if self.pending.load(Ordering::Acquire) > 0 {
+            self.released.notify_one();
+        }
+    }
+}
+
+// === impl Permit ===
+
+impl Permit {
+    /// Hands the permit to a response body: released when the body ends
+    /// (`ReplyBody::on_end`), as Envoy counts `rq_active` over the whole stream.
+    pub fn into_body_end(mut self) -> Arc<dyn OnBodyEnd> {
+        match self.0.take() {
+            Some(end) => end,
+            None => Arc::new(EndNothing),
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(end) = self.0.take() {
+            end.body_ended();
+        }
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Permit").field(&self.0.is_some()).finish()
+    }
+}
+
+struct EndNothing;
+
+impl OnBodyEnd for EndNothing {
+    fn body_ended(&self) {}
+}
+
+impl OnBodyEnd for EndRequest {
+    fn body_ended(&self) {
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl OnBodyEnd for EndConnection {
+    fn body_ended(&self) {
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+        self.0.release_connection();
+    }
+}
+
+// === impl RetryPermit ===
+
+impl Drop for RetryPermit {
+    fn drop(&mut self) {
+        self.0.retries.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests;
