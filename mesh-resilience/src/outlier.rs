@@ -58,7 +58,6 @@
 //!         max_ejection_percent: 100,
 //!         ..OutlierPolicy::default()
 //!     })),
-//!,
 //!     limits: None,
 //! };
 //! let svc = ServiceBuilder::new()
