@@ -115,6 +115,8 @@ pub(crate) struct Policy {
     pub(crate) pool: mesh_core::ext::UpstreamPool,
     /// `outlierDetection`, compiled once per build, for outlier detection.
     pub(crate) outlier: Option<std::sync::Arc<mesh_core::policy::OutlierPolicy>>,
+    /// `tls.mode`, when the merged policy sets one (auto mTLS otherwise).
+    pub(crate) tls_mode: Option<mesh_core::model::networking::ClientTlsMode>,
 }
 
 // === impl Policy ===
@@ -168,6 +170,7 @@ impl Policy {
             pool,
             outlier: outlier
                 .map(|od| std::sync::Arc::new(mesh_core::policy::OutlierPolicy::from_istio(od))),
+            tls_mode: tp.tls.as_ref().map(|t| t.mode),
         }
     }
 }
