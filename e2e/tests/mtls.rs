@@ -243,3 +243,191 @@ spec:
         "{text}"
     );
 }
+
+/// A client-side proxy (`productpage`, with its own identity) whose `reviews` service is the
+/// server proxy's inbound listener at `server`, labelled as having a sidecar unless
+/// `sidecar` is false, its service account `sa`; `extra` documents appended.
+fn client_proxy(
+    dir: &Path,
+    ca: &MeshCa,
+    server: std::net::SocketAddr,
+    sa: &str,
+    sidecar: bool,
+    extra: &str,
+) -> String {
+    let cert = ca
+        .issue(&id("productpage"), Duration::from_secs(3600))
+        .unwrap();
+    std::fs::write(dir.join("pp.pem"), &cert.chain_pem).unwrap();
+    std::fs::write(dir.join("pp.key"), &cert.key_pem).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    let labels = if sidecar {
+        "{app: reviews, security.istio.io/tlsMode: istio}"
+    } else {
+        "{app: reviews}"
+    };
+    format!(
+        "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {{name: client}}
+spec:
+  concurrency: 1
+  workload: {{name: productpage-v1, namespace: default, serviceAccount: productpage}}
+  outbound: {{address: 127.0.0.1, port: 0}}
+  admin: {{address: 127.0.0.1, port: 0}}
+  identity:
+    spiffeId: spiffe://cluster.local/ns/default/sa/productpage
+    certificateChain: {d}/pp.pem
+    privateKey: {d}/pp.key
+    trustBundle: {d}/ca.pem
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+  - address: 127.0.0.1
+    ports: {{http: {port}}}
+    labels: {labels}
+    serviceAccount: {sa}
+{extra}",
+        d = dir.display(),
+        port = server.port(),
+    )
+}
+
+#[tokio::test]
+async fn auto_mtls_between_two_sidecars_carries_the_caller_s_identity_to_the_application() {
+    let (server_dir, client_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let server = start(&config(server_dir.path(), &ca, &app, STRICT)).await;
+    let inbound = server.proxy.inbound_addr().unwrap();
+
+    let client = start(&client_proxy(
+        client_dir.path(),
+        &ca,
+        inbound,
+        "reviews",
+        true,
+        "",
+    ))
+    .await;
+    let r = get_once(client.out, "reviews:9080", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body
+            .starts_with("By=spiffe://cluster.local/ns/default/sa/reviews;Hash=")
+            && r.body
+                .ends_with("URI=spiffe://cluster.local/ns/default/sa/productpage"),
+        "{}",
+        r.body
+    );
+    assert_eq!(app.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_the_endpoint_s_service_account_is_refused_uf() {
+    let (server_dir, client_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let server = start(&config(server_dir.path(), &ca, &app, STRICT)).await;
+    let inbound = server.proxy.inbound_addr().unwrap();
+    // the registry says the endpoint runs as `ratings`; the server's certificate is `reviews`
+    let client = start(&client_proxy(
+        client_dir.path(),
+        &ca,
+        inbound,
+        "ratings",
+        true,
+        "",
+    ))
+    .await;
+    let r = get_once(client.out, "reviews:9080", &[]).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    // a failed handshake is a connect failure, retried by Istio's default policy until the
+    // attempts run out
+    assert_eq!(r.flags(), "UF,URX");
+    assert_eq!(app.hits(), 0);
+}
+
+#[tokio::test]
+async fn without_a_sidecar_label_or_with_tls_disable_the_request_is_plaintext() {
+    let (server_dir, client_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    // a PERMISSIVE server tells plaintext (no XFCC) from mTLS
+    let server = start(&config(server_dir.path(), &ca, &app, "")).await;
+    let inbound = server.proxy.inbound_addr().unwrap();
+    let no_label = start(&client_proxy(
+        client_dir.path(),
+        &ca,
+        inbound,
+        "reviews",
+        false,
+        "",
+    ))
+    .await;
+    let r = get_once(no_label.out, "reviews:9080", &[]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "-"),
+        "plaintext: {r:?}"
+    );
+    let disable = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy: {tls: {mode: DISABLE}}
+";
+    let dir2 = tempfile::tempdir().unwrap();
+    let disabled = start(&client_proxy(
+        dir2.path(),
+        &ca,
+        inbound,
+        "reviews",
+        true,
+        disable,
+    ))
+    .await;
+    let r = get_once(disabled.out, "reviews:9080", &[]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (200, "-"),
+        "tls DISABLE: {r:?}"
+    );
+}
+
+#[tokio::test]
+async fn istio_mutual_without_an_identity_refuses_the_configuration() {
+    let yaml = "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {name: e2e}
+spec:
+  outbound: {address: 127.0.0.1, port: 0}
+  admin: {address: 127.0.0.1, port: 0}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+";
+    let compiled = mesh_core::config::load_str("e2e.yaml", yaml).unwrap();
+    let err = mesh_proxy::proxy::Proxy::start_compiled(compiled, Vec::new()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("DestinationRule/default/reviews: spec.subsets[0].trafficPolicy.tls.mode: ISTIO_MUTUAL needs the workload's certificate"),
+        "{text}"
+    );
+}

@@ -90,8 +90,14 @@ pub struct SelectedEndpoint {
     pub http2: bool,
     /// The endpoint's service account, when known (for SPIFFE peer verification).
     pub service_account: Option<Arc<str>>,
-    /// Whether the endpoint carries `security.istio.io/tlsMode: istio` (has a sidecar).
+    /// Whether requests to the endpoint use Istio's mTLS when this proxy has an identity
+    /// (auto mTLS): the endpoint carries `security.istio.io/tlsMode: istio` (it has a
+    /// sidecar) and no DestinationRule `tls` disables it, or a DestinationRule says
+    /// `ISTIO_MUTUAL`.
     pub istio_tls: bool,
+    /// The SPIFFE identity expected of the endpoint: its service account in its namespace
+    /// and the mesh's trust domain (`None`: unknown, any identity of the trust domain).
+    pub identity: Option<Arc<crate::identity::SpiffeId>>,
 }
 
 /// The endpoints the earlier attempts of a request went to, and where the balancer records
@@ -266,6 +272,7 @@ impl SelectedEndpoint {
             http2: false,
             service_account: None,
             istio_tls: false,
+            identity: None,
         }
     }
 
@@ -281,9 +288,15 @@ impl SelectedEndpoint {
         self
     }
 
-    /// Whether the endpoint has a sidecar (`security.istio.io/tlsMode: istio`).
+    /// Whether requests to the endpoint use Istio's mTLS (see [`SelectedEndpoint::istio_tls`]).
     pub fn with_istio_tls(mut self, istio_tls: bool) -> Self {
         self.istio_tls = istio_tls;
+        self
+    }
+
+    /// The SPIFFE identity expected of the endpoint.
+    pub fn with_identity(mut self, identity: Option<Arc<crate::identity::SpiffeId>>) -> Self {
+        self.identity = identity;
         self
     }
 }

@@ -118,6 +118,8 @@ pub(crate) struct Policy {
     pub(crate) outlier: Option<std::sync::Arc<mesh_core::policy::OutlierPolicy>>,
     /// The circuit-breaker thresholds (`connectionPool`, `retryBudget`).
     pub(crate) limits: mesh_core::limits::Thresholds,
+    /// `tls.mode`, when the merged policy sets one (auto mTLS otherwise).
+    pub(crate) tls_mode: Option<mesh_core::model::networking::ClientTlsMode>,
 }
 
 // === impl Policy ===
@@ -200,6 +202,7 @@ impl Policy {
             outlier: outlier
                 .map(|od| std::sync::Arc::new(mesh_core::policy::OutlierPolicy::from_istio(od))),
             limits: mesh_core::limits::Thresholds::from_traffic_policy(tp),
+            tls_mode: tp.tls.as_ref().map(|t| t.mode),
         }
     }
 }

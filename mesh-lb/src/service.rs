@@ -448,6 +448,7 @@ impl Shared {
             overprovisioning: self.config.overprovisioning_factor,
             ewma_default_rtt: self.config.peak_ewma.default_rtt.0,
             now: Instant::now(),
+            trust_domain: &snap.bootstrap.mesh.trust_domain,
         }))
     }
 

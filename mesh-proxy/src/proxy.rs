@@ -45,9 +45,9 @@ use crate::engine::{
     BoundEngine, Engine, EngineConfig, Limits, OwnAddrs, Readiness, WorkerContext,
 };
 use crate::pipeline::{self, Built};
-use crate::security::InboundTls;
+use crate::security::WorkloadTls;
 use crate::stack::Layers;
-use mesh_transport::tls::{DownstreamTls, PeerTls, PeerTlsInfo};
+use mesh_transport::tls::{DownstreamTls, PeerTls, PeerTlsInfo, UpstreamTls};
 
 /// Why the proxy could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +125,7 @@ pub struct ProxyState {
     /// Whether the running configuration has a `ProxyBootstrap` document.
     has_bootstrap: AtomicBool,
     /// The inbound listener's mTLS (identity, PeerAuthentication mode).
-    inbound_tls: Arc<InboundTls>,
+    workload_tls: Arc<WorkloadTls>,
 }
 
 /// A running proxy.
@@ -197,7 +197,7 @@ impl BoundListeners {
     fn bind(
         boot: &ProxyBootstrap,
         limits: &Limits,
-        inbound_tls: &Arc<InboundTls>,
+        workload_tls: &Arc<WorkloadTls>,
     ) -> Result<BoundListeners, StartError> {
         let concurrency = boot.concurrency as usize;
         // every listener of this proxy, so that no connector forwards into one of them
@@ -205,7 +205,11 @@ impl BoundListeners {
         let engine = |listener: ListenerKind, address: &str, port: u16| {
             let addr = socket_addr(address, port).map_err(io_err(format!("{listener} address")))?;
             let downstream_tls: Option<Arc<dyn DownstreamTls>> = match listener {
-                ListenerKind::Inbound => Some(inbound_tls.clone()),
+                ListenerKind::Inbound => Some(workload_tls.clone()),
+                _ => None,
+            };
+            let upstream_tls: Option<Arc<dyn UpstreamTls>> = match listener {
+                ListenerKind::Outbound => Some(workload_tls.clone()),
                 _ => None,
             };
             let cfg = EngineConfig {
@@ -213,6 +217,7 @@ impl BoundListeners {
                 limits: limits.clone(),
                 own_addrs: own_addrs.clone(),
                 downstream_tls,
+                upstream_tls,
                 ..EngineConfig::new(addr)
             };
             Engine::bind(cfg).map_err(bind_err(listener, addr))
@@ -278,14 +283,14 @@ impl Proxy {
         let snapshot = compiled.snapshot;
         let boot = snapshot.bootstrap.clone();
         let limits = engine_limits(&boot);
-        let inbound_tls = Arc::new(InboundTls::new(security).map_err(|e| StartError::Io {
+        let workload_tls = Arc::new(WorkloadTls::new(security).map_err(|e| StartError::Io {
             what: "inbound TLS".into(),
             source: io::Error::other(e),
         })?);
         // Every socket is bound before any listener serves or is announced (and before the
         // layers start their DNS thread): a start-up that fails on one address (say, in use)
         // leaves none of the others listening.
-        let bound = BoundListeners::bind(&boot, &limits, &inbound_tls)?;
+        let bound = BoundListeners::bind(&boot, &limits, &workload_tls)?;
         let layers = Layers::new(&snapshot, routes);
         let state = Arc::new(ProxyState {
             files,
@@ -298,7 +303,7 @@ impl Proxy {
             last_error: Mutex::new(None),
             unenforced: ArcSwap::from_pointee(compiled.unenforced),
             has_bootstrap: AtomicBool::new(compiled.has_bootstrap),
-            inbound_tls,
+            workload_tls,
         });
         let mut proxy = Proxy {
             state,
@@ -342,7 +347,7 @@ impl Proxy {
         }
         if let Some((b, app)) = inbound {
             let addr = b.local_addr();
-            let tls = self.state.inbound_tls.clone();
+            let tls = self.state.workload_tls.clone();
             let factory = Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app, &tls));
             let engine = b
                 .start(factory)
@@ -429,7 +434,7 @@ impl Proxy {
 }
 
 /// The inbound stack: every request goes to the local application.
-fn inbound_stack(ctx: &WorkerContext, app: SocketAddr, tls: &Arc<InboundTls>) -> InboundStack {
+fn inbound_stack(ctx: &WorkerContext, app: SocketAddr, tls: &Arc<WorkloadTls>) -> InboundStack {
     InboundStack {
         connector: ctx.connector(),
         app,
@@ -444,7 +449,7 @@ fn inbound_stack(ctx: &WorkerContext, app: SocketAddr, tls: &Arc<InboundTls>) ->
 pub struct InboundStack {
     connector: crate::engine::Connector,
     app: SocketAddr,
-    tls: Arc<InboundTls>,
+    tls: Arc<WorkloadTls>,
     /// The last connection's `x-forwarded-client-cert` (requests of one connection share it).
     last: Option<(Arc<PeerTlsInfo>, Option<http::HeaderValue>)>,
 }
@@ -531,7 +536,7 @@ impl ProxyState {
     /// handshakes use the new chain, established connections live on. Returns whether the
     /// certificate changed.
     pub fn rotate_certificates(&self) -> bool {
-        self.inbound_tls.rotate()
+        self.workload_tls.rotate()
     }
 
     /// Whether the proxy is draining (SIGTERM received).
@@ -618,7 +623,7 @@ impl ProxyState {
             );
         }
         let generation = compiled.snapshot.generation;
-        self.inbound_tls.store(security);
+        self.workload_tls.store(security);
         self.layers.store(&compiled.snapshot, routes);
         self.snapshot.store(compiled.snapshot);
         self.unenforced.store(Arc::new(compiled.unenforced));

@@ -7,7 +7,11 @@
 //! fails closed: a `STRICT` PeerAuthentication that applies to this workload while the proxy
 //! has no identity refuses the configuration (it could only serve plaintext).
 //!
-//! The inbound listener ([`InboundTls`]) then accepts, per connection:
+//! The outbound listener's connector originates Istio's mTLS ("auto mTLS") to endpoints with
+//! a sidecar when the proxy has an identity ([`WorkloadTls`] as the engine's `UpstreamTls`),
+//! checking the server against the endpoint's service account.
+//!
+//! The inbound listener ([`WorkloadTls`]) accepts, per connection:
 //!
 //! | mode (effective for the workload) | with an identity | without |
 //! |---|---|---|
@@ -19,18 +23,28 @@
 //! the workload's trust domain ([`mesh_tls::verify`]); the application behind the listener
 //! gets it in `x-forwarded-client-cert` ([`xfcc`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
 use mesh_core::Severity;
 use mesh_core::config::Compiled;
 use mesh_core::error::{FieldPath, ResourceRef};
+use mesh_core::ext::{SelectedEndpoint, upstream_cluster};
+use mesh_core::identity::SpiffeId;
 use mesh_core::load::Issue;
 use mesh_core::model::Kind;
+use mesh_core::model::networking::{ClientTlsMode, DestinationRule, TrafficPolicy};
 use mesh_core::model::security::MtlsMode;
 use mesh_tls::config::{TlsFiles, WorkloadIdentity};
 use mesh_tls::peer_auth::{Effective, Policy, effective_mode};
-use mesh_transport::tls::{Accepts, DownstreamTls};
+use mesh_tls::verify::Accept;
+use mesh_transport::tls::{Accepts, ClientTls, DownstreamTls, UpstreamTls};
+use rustls::pki_types::ServerName;
+
+/// What an outbound client configuration is built for.
+type ClientKey = (Arc<str>, Option<Arc<SpiffeId>>, bool);
 
 /// The workload's mTLS, as the pipeline prepared it.
 #[derive(Debug, Clone)]
@@ -124,6 +138,25 @@ pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
         }
         _ => None,
     };
+    if identity.is_none() {
+        // ISTIO_MUTUAL asks for the workload's certificate: without one, fail closed
+        for dr in &snap.destination_rules {
+            if let Some(field) = istio_mutual_field(&dr.spec) {
+                let resource = ResourceRef {
+                    kind: Kind::DestinationRule,
+                    namespace: dr.namespace.clone(),
+                    name: dr.name.clone(),
+                };
+                return Err(vec![issue(
+                    resource,
+                    &field,
+                    "ISTIO_MUTUAL needs the workload's certificate, but ProxyBootstrap \
+                     spec.identity is not set: refused, because security fails closed"
+                        .into(),
+                )]);
+            }
+        }
+    }
     if identity.is_none() && inbound.mode == MtlsMode::Strict {
         let from = inbound.from.as_deref().unwrap_or_default();
         let resource = snap.peer_authentications.iter().find_map(|p| {
@@ -150,24 +183,60 @@ pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
     Ok(Security { identity, inbound })
 }
 
+/// The field path of the first `tls.mode: ISTIO_MUTUAL` of a DestinationRule, if any.
+fn istio_mutual_field(dr: &DestinationRule) -> Option<String> {
+    let of = |tp: &Option<TrafficPolicy>, at: &str| -> Option<String> {
+        let tp = tp.as_ref()?;
+        if tp
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.mode == ClientTlsMode::IstioMutual)
+        {
+            return Some(format!("{at}.tls.mode"));
+        }
+        tp.port_level_settings
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| {
+                p.tls
+                    .as_ref()
+                    .is_some_and(|t| t.mode == ClientTlsMode::IstioMutual)
+                    .then(|| format!("{at}.portLevelSettings[{i}].tls.mode"))
+            })
+    };
+    of(&dr.traffic_policy, "spec.trafficPolicy").or_else(|| {
+        dr.subsets.iter().enumerate().find_map(|(i, sub)| {
+            of(
+                &sub.traffic_policy,
+                &format!("spec.subsets[{i}].trafficPolicy"),
+            )
+        })
+    })
+}
+
 /// The inbound listener's TLS: what [`Security`] says, swapped on reload.
 #[derive(Debug)]
-pub struct InboundTls {
+pub struct WorkloadTls {
     security: ArcSwap<Security>,
+    /// Outbound client configurations by (cluster, expected identity, HTTP/2), for the
+    /// material whose address is the first field.
+    #[allow(clippy::type_complexity)]
+    clients: RwLock<(usize, HashMap<ClientKey, ClientTls>)>,
     /// Serves no certificate: what a handshake gets if one starts while the listener
     /// accepts plaintext only (never, as `accepts` says so first).
     refuse: Arc<rustls::ServerConfig>,
 }
 
-impl InboundTls {
+impl WorkloadTls {
     /// The listener's TLS under `security`.
     pub fn new(security: Security) -> Result<Self, rustls::Error> {
         let refuse = rustls::ServerConfig::builder_with_provider(mesh_tls::verify::provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(NoCert));
-        Ok(InboundTls {
+        Ok(WorkloadTls {
             security: ArcSwap::from_pointee(security),
+            clients: RwLock::new((0, HashMap::new())),
             refuse: Arc::new(refuse),
         })
     }
@@ -203,7 +272,7 @@ impl InboundTls {
     }
 }
 
-impl DownstreamTls for InboundTls {
+impl DownstreamTls for WorkloadTls {
     fn server_config(&self) -> Arc<rustls::ServerConfig> {
         match &self.security.load().identity {
             Some(id) => id.server_config(),
@@ -213,6 +282,63 @@ impl DownstreamTls for InboundTls {
 
     fn accepts(&self) -> Accepts {
         self.security.load().accepts()
+    }
+}
+
+impl UpstreamTls for WorkloadTls {
+    /// Istio's auto mTLS: to an endpoint whose `istio_tls` the balancer set (a sidecar, or
+    /// `ISTIO_MUTUAL`), when this proxy has an identity: this workload's chain, the server
+    /// checked against the bundle and the endpoint's expected identity (any of the trust
+    /// domain when unknown), SNI `outbound_.<port>_.<subset>_.<host>` as Istio's sidecars
+    /// send it. Configurations are built once per (cluster, expected identity, protocol)
+    /// and certificate, then shared.
+    fn client_tls(&self, req: &http::Extensions, endpoint: &SelectedEndpoint) -> Option<ClientTls> {
+        if !endpoint.istio_tls {
+            return None;
+        }
+        let security = self.security.load();
+        let id = security.identity.as_ref()?;
+        let material = id.current();
+        let cluster: Arc<str> = upstream_cluster(req)
+            .map(|c| c.name.clone())
+            .unwrap_or_else(|| Arc::from(""));
+        let key = (cluster, endpoint.identity.clone(), endpoint.http2);
+        let stamp = Arc::as_ptr(&material) as usize;
+        {
+            let cache = self.clients.read().unwrap_or_else(|e| e.into_inner());
+            if cache.0 == stamp
+                && let Some(c) = cache.1.get(&key)
+            {
+                return Some(c.clone());
+            }
+        }
+        let trust_domain = material.identity().trust_domain().to_string();
+        let accept =
+            Accept::trust_domain(&trust_domain).identities(endpoint.identity.as_deref().cloned());
+        let config = match material.client_config(accept, endpoint.http2) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build the mTLS client configuration");
+                return None;
+            }
+        };
+        let sni = key.0.replace('|', "_.");
+        let server_name = ServerName::try_from(sni)
+            .unwrap_or_else(|_| ServerName::IpAddress(endpoint.addr.ip().into()));
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&key, stamp).hash(&mut h);
+        let tls = ClientTls {
+            config,
+            server_name,
+            key: h.finish() | 1,
+        };
+        let mut cache = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        if cache.0 != stamp {
+            // a rotated certificate: the old configurations go
+            *cache = (stamp, HashMap::new());
+        }
+        cache.1.insert(key, tls.clone());
+        Some(tls)
     }
 }
 

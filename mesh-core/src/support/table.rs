@@ -92,14 +92,17 @@ pub(super) static KINDS: &[KindDef] = &[
 
 // === statuses that depend on the value ===
 
-/// DestinationRule `tls.mode`: plaintext only.
+/// DestinationRule `tls.mode`: plaintext, or Istio's mTLS with the workload's certificate
+/// (refused by mesh-proxy's security step when the proxy has no identity).
 static TLS_MODE: Values = Values {
-    cases: &[("DISABLE", Verdict::Enforced)],
+    cases: &[
+        ("DISABLE", Verdict::Enforced),
+        ("ISTIO_MUTUAL", Verdict::Enforced),
+    ],
     otherwise: Verdict::Refused(Area::Security),
 };
 
-/// PeerAuthentication `mtls.mode`: the inbound listener speaks plaintext only, so `DISABLE`
-/// is what it does, `STRICT` would be a lie, and `PERMISSIVE` (Istio's default) is half true.
+/// PeerAuthentication `mtls.mode`: the inbound listener's (whole workload).
 static MTLS_MODE: Values = Values {
     cases: &[
         ("DISABLE", Verdict::Enforced),
@@ -899,7 +902,7 @@ static CLIENT_TLS_SETTINGS: TypeDef = TypeDef {
             "mode",
             Leaf,
             Status::Values(&TLS_MODE),
-            "only `DISABLE` (plaintext) is enforced",
+            "`DISABLE` and `ISTIO_MUTUAL` (needs ProxyBootstrap spec.identity); SIMPLE and MUTUAL come with the TLS issue",
         ),
         field(
             "clientCertificate",
@@ -1574,7 +1577,7 @@ static PROXY_BOOTSTRAP: TypeDef = TypeDef {
             "identity",
             Struct(&IDENTITY),
             Status::Enforced,
-            "the inbound listener's mTLS (PeerAuthentication); outbound requests stay plaintext until auto mTLS lands",
+            "the inbound listener's mTLS (PeerAuthentication) and auto mTLS to endpoints with a sidecar",
         ),
         field("limits", Struct(&LIMITS), Status::Enforced, ""),
         field("tracing", Struct(&TRACING), Status::Enforced, ""),

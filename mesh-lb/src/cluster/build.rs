@@ -3,6 +3,8 @@
 
 use super::weights::edf_schedule;
 use super::*;
+use mesh_core::identity::SpiffeId;
+use mesh_core::model::networking::ClientTlsMode;
 
 // === impl Cluster ===
 
@@ -17,6 +19,7 @@ impl Cluster {
             endpoints,
             policy,
             now,
+            trust_domain,
             ..
         } = input;
         let http2 = Protocol::of(port).is_http2() || policy.h2_upgrade;
@@ -51,11 +54,28 @@ impl Cluster {
                     cluster: name.clone(),
                     addr: *addr,
                 });
+                // Istio's auto mTLS (`pilot/pkg/networking/core/cluster_tls.go`): to
+                // endpoints with a sidecar unless the DestinationRule says otherwise
+                let sidecar = ep.labels.get(TLS_MODE_LABEL).is_some_and(|v| v == "istio");
+                let istio_tls = match policy.tls_mode {
+                    None => sidecar,
+                    Some(ClientTlsMode::IstioMutual) => true,
+                    Some(_) => false,
+                };
+                let namespace = ep
+                    .workload_entry
+                    .as_ref()
+                    .map_or(service.namespace.as_str(), |w| w.namespace.as_str());
+                let identity = ep
+                    .service_account
+                    .as_deref()
+                    .map(|sa| Arc::new(SpiffeId::new(trust_domain, namespace, sa)));
                 let selected = SelectedEndpoint {
                     addr: *addr,
                     http2,
                     service_account: ep.service_account.as_deref().map(Arc::from),
-                    istio_tls: ep.labels.get(TLS_MODE_LABEL).is_some_and(|v| v == "istio"),
+                    istio_tls,
+                    identity,
                 };
                 let cluster = UpstreamCluster {
                     name: name.clone(),

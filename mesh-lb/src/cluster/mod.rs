@@ -112,4 +112,6 @@ pub(crate) struct BuildInput<'a> {
     pub(crate) overprovisioning: u32,
     pub(crate) ewma_default_rtt: Duration,
     pub(crate) now: Instant,
+    /// The mesh's trust domain (the endpoints' expected SPIFFE identities).
+    pub(crate) trust_domain: &'a str,
 }
