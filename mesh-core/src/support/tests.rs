@@ -56,7 +56,10 @@ fn values_decide_tls_and_mtls_modes() {
         ))
     };
     assert!(dr("DISABLE").is_empty());
-    let found = dr("ISTIO_MUTUAL");
+    // ISTIO_MUTUAL is auto mTLS's (mesh-proxy's security step refuses it without an
+    // identity); TLS origination with files is not there yet
+    assert!(dr("ISTIO_MUTUAL").is_empty());
+    let found = dr("SIMPLE");
     assert_eq!(found.len(), 1);
     assert!(found[0].verdict.is_refused());
     assert_eq!(
@@ -64,7 +67,7 @@ fn values_decide_tls_and_mtls_modes() {
         "spec.trafficPolicy.tls.mode"
     );
     assert!(
-        found[0].message.starts_with("ISTIO_MUTUAL is not enforced"),
+        found[0].message.starts_with("SIMPLE is not enforced"),
         "{}",
         found[0].message
     );
