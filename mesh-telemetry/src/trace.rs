@@ -16,11 +16,12 @@
 //!   `x-b3-flags: 1`) is kept; a request without one (no context, or B3's deferred decision)
 //!   is sampled with the configured probability (Istio's `tracing.sampling`, 1 % by
 //!   default), from a seeded generator.
-//! - **Inject**: the request leaves with its hop's context in the formats the layer writes
-//!   ([`Propagation`]: W3C and B3 multi-header by default, as an Istio mesh with Zipkin or
-//!   OpenTelemetry expects) **and** in every format it arrived with, so that no stale or
-//!   malformed trace header travels on. The B3 trace id keeps its 64-bit form when it came
-//!   that way.
+//! - **Inject**: the request leaves with its hop's context in every format it arrived with,
+//!   so that no stale or malformed trace header travels on (a B3 caller gets B3 back, as
+//!   from Envoy's Zipkin tracer; a W3C caller W3C, as from its OpenTelemetry tracer), and in
+//!   the formats configured ([`Propagation`]; none by default); a request that carried none
+//!   starts its trace in W3C's `traceparent`. The B3 trace id keeps its 64-bit form when it
+//!   came that way. Headers are found in one pass over the request's headers.
 //! - **`x-request-id`**: kept when the request has one, generated (a random UUID, version 4)
 //!   when it has none, as Envoy's `generate_request_id` does.
 //!
@@ -47,7 +48,7 @@
 //! let tp = sent.headers()["traceparent"].to_str().unwrap();
 //! assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")); // the same trace
 //! assert!(!tp.contains("00f067aa0ba902b7")); // the proxy's own span
-//! assert_eq!(sent.headers()["x-b3-parentspanid"], "00f067aa0ba902b7");
+//! assert!(!sent.headers().contains_key("x-b3-traceid")); // W3C in, W3C out
 //! let ctx = sent.extensions().get::<TraceContext>().unwrap();
 //! assert_eq!(ctx.parent_span_id, Some(0x00f0_67aa_0ba9_02b7));
 //! assert!(ctx.sampled);
@@ -105,9 +106,11 @@ bitflags::bitflags! {
 }
 
 impl Default for Propagation {
-    /// W3C and B3 multi-header: what Istio's OpenTelemetry and Zipkin providers read.
+    /// None besides those the request carried (W3C for a request that carried none): each
+    /// hop answers in the format it was spoken to, as an Envoy sidecar's tracer does (the
+    /// OpenTelemetry tracer W3C, the Zipkin tracer B3), and a new trace costs one header.
     fn default() -> Self {
-        Propagation::W3C | Propagation::B3_MULTI
+        Propagation::empty()
     }
 }
 
@@ -249,78 +252,128 @@ fn parse_b3_single(v: &[u8]) -> Option<Extracted> {
     })
 }
 
+/// The trace headers of a request, found in one pass over its headers (a request has a
+/// handful; one look-up per trace header would hash each name again).
+#[derive(Default)]
+struct Seen<'a> {
+    traceparent: Option<&'a HeaderValue>,
+    tracestate: bool,
+    b3: Option<&'a HeaderValue>,
+    trace_id: Option<&'a HeaderValue>,
+    span_id: Option<&'a HeaderValue>,
+    parent_span_id: bool,
+    sampled: Option<&'a HeaderValue>,
+    flags: Option<&'a HeaderValue>,
+    request_id: bool,
+}
+
+impl<'a> Seen<'a> {
+    fn scan(headers: &'a HeaderMap) -> Self {
+        let mut s = Seen::default();
+        for (name, value) in headers {
+            match name.as_str() {
+                "traceparent" => s.traceparent = s.traceparent.or(Some(value)),
+                "tracestate" => s.tracestate = true,
+                "b3" => s.b3 = s.b3.or(Some(value)),
+                "x-b3-traceid" => s.trace_id = s.trace_id.or(Some(value)),
+                "x-b3-spanid" => s.span_id = s.span_id.or(Some(value)),
+                "x-b3-parentspanid" => s.parent_span_id = true,
+                "x-b3-sampled" => s.sampled = s.sampled.or(Some(value)),
+                "x-b3-flags" => s.flags = s.flags.or(Some(value)),
+                "x-request-id" => s.request_id |= !value.as_bytes().is_empty(),
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// Which formats the request carried (well-formed or not).
+    fn carried(&self) -> Propagation {
+        let mut p = Propagation::empty();
+        if self.traceparent.is_some() {
+            p |= Propagation::W3C;
+        }
+        if self.b3.is_some() {
+            p |= Propagation::B3_SINGLE;
+        }
+        if self.trace_id.is_some() || self.span_id.is_some() {
+            p |= Propagation::B3_MULTI;
+        }
+        p
+    }
+
+    /// The context: `traceparent` first, else `b3`, else the `x-b3-*` headers.
+    fn extract(&self) -> Option<Extracted> {
+        if let Some(e) = self
+            .traceparent
+            .and_then(|v| parse_traceparent(v.as_bytes()))
+        {
+            return Some(e);
+        }
+        if let Some(e) = self.b3.and_then(|v| parse_b3_single(v.as_bytes())) {
+            return Some(e);
+        }
+        let (trace_id, b3_64bit) = b3_trace_id(self.trace_id?.as_bytes())?;
+        let span_id = b3_span_id(self.span_id?.as_bytes())?;
+        let sampled = if self.debug() {
+            Some(true)
+        } else {
+            self.sampled.and_then(|v| decision(v.as_bytes()))
+        };
+        Some(Extracted {
+            trace_id,
+            span_id,
+            sampled,
+            b3_64bit,
+            from: Propagation::B3_MULTI,
+        })
+    }
+
+    fn debug(&self) -> bool {
+        self.flags.is_some_and(|f| f.as_bytes() == b"1")
+    }
+
+    /// A B3 sampling decision sent without a trace context: `b3: 0|1|d`, or `x-b3-sampled`
+    /// / `x-b3-flags` alone.
+    fn bare_decision(&self) -> Option<bool> {
+        match self.b3.map(HeaderValue::as_bytes) {
+            Some(b"0") => return Some(false),
+            Some(b"1") | Some(b"d") => return Some(true),
+            _ => {}
+        }
+        if self.debug() {
+            return Some(true);
+        }
+        self.sampled.and_then(|v| decision(v.as_bytes()))
+    }
+}
+
+/// `x-b3-sampled`'s values.
+fn decision(v: &[u8]) -> Option<bool> {
+    match v {
+        b"1" | b"true" => Some(true),
+        b"0" | b"false" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
 fn parse_b3_multi(h: &HeaderMap) -> Option<Extracted> {
-    let (trace_id, b3_64bit) = b3_trace_id(h.get(&X_B3_TRACEID)?.as_bytes())?;
-    let span_id = b3_span_id(h.get(&X_B3_SPANID)?.as_bytes())?;
-    let debug = h.get(&X_B3_FLAGS).is_some_and(|f| f.as_bytes() == b"1");
-    let sampled = match h.get(&X_B3_SAMPLED).map(HeaderValue::as_bytes) {
-        _ if debug => Some(true),
-        None => None,
-        Some(b"1") | Some(b"true") => Some(true),
-        Some(b"0") | Some(b"false") => Some(false),
-        Some(_) => None,
-    };
-    Some(Extracted {
-        trace_id,
-        span_id,
-        sampled,
-        b3_64bit,
-        from: Propagation::B3_MULTI,
-    })
+    let seen = Seen::scan(h);
+    Seen {
+        traceparent: None,
+        b3: None,
+        ..seen
+    }
+    .extract()
 }
 
 impl Extracted {
     /// The trace context `headers` carry: `traceparent` first, else `b3`, else the `x-b3-*`
     /// headers; `None` when none is present and well-formed.
     pub fn from_headers(headers: &HeaderMap) -> Option<Extracted> {
-        if let Some(v) = headers.get(&TRACEPARENT)
-            && let Some(e) = parse_traceparent(v.as_bytes())
-        {
-            return Some(e);
-        }
-        if let Some(v) = headers.get(&B3)
-            && let Some(e) = parse_b3_single(v.as_bytes())
-        {
-            return Some(e);
-        }
-        parse_b3_multi(headers)
+        Seen::scan(headers).extract()
     }
-}
-
-/// A B3 sampling decision sent without a trace context: `b3: 0|1|d`, or `x-b3-sampled` /
-/// `x-b3-flags` alone.
-fn bare_decision(headers: &HeaderMap) -> Option<bool> {
-    match headers.get(&B3).map(HeaderValue::as_bytes) {
-        Some(b"0") => return Some(false),
-        Some(b"1") | Some(b"d") => return Some(true),
-        _ => {}
-    }
-    if headers
-        .get(&X_B3_FLAGS)
-        .is_some_and(|f| f.as_bytes() == b"1")
-    {
-        return Some(true);
-    }
-    match headers.get(&X_B3_SAMPLED).map(HeaderValue::as_bytes) {
-        Some(b"1") | Some(b"true") => Some(true),
-        Some(b"0") | Some(b"false") => Some(false),
-        _ => None,
-    }
-}
-
-/// Which trace header formats `headers` carry (well-formed or not).
-fn present(headers: &HeaderMap) -> Propagation {
-    let mut p = Propagation::empty();
-    if headers.contains_key(&TRACEPARENT) {
-        p |= Propagation::W3C;
-    }
-    if headers.contains_key(&B3) {
-        p |= Propagation::B3_SINGLE;
-    }
-    if headers.contains_key(&X_B3_TRACEID) || headers.contains_key(&X_B3_SPANID) {
-        p |= Propagation::B3_MULTI;
-    }
-    p
 }
 
 // === formatting ===
@@ -402,7 +455,8 @@ pub struct TraceConfig {
     /// Probability (0.0 ..= 1.0) of sampling a request that carries no sampling decision.
     /// Default: 0.01 (Istio's `meshConfig.defaultConfig.tracing.sampling: 1.0`, a percentage).
     pub sampling: f64,
-    /// The formats written on every request (besides those the request arrived with).
+    /// The formats written on every request, besides those the request arrived with (a
+    /// request with none and no format configured gets W3C's `traceparent`).
     pub propagation: Propagation,
     /// Whether to generate `x-request-id` when absent. Default: true (Envoy's
     /// `generate_request_id`).
@@ -504,8 +558,8 @@ impl TraceLayer {
 
     /// Gives `headers` this hop's trace context (and `x-request-id`) and returns it.
     pub fn propagate(&self, headers: &mut HeaderMap) -> TraceContext {
-        let extracted = Extracted::from_headers(headers);
-        let carried = present(headers);
+        let seen = Seen::scan(headers);
+        let extracted = seen.extract();
         let span_id = self.nonzero_u64();
         let ctx = match extracted {
             Some(e) => TraceContext {
@@ -521,14 +575,23 @@ impl TraceLayer {
                 parent_span_id: None,
                 // B3 may carry a decision without a context (`b3: 0`, a lone `x-b3-sampled`):
                 // the new trace keeps it (openzipkin/b3-propagation, "Sampling State")
-                sampled: bare_decision(headers).unwrap_or_else(|| self.sample()),
+                sampled: seen.bare_decision().unwrap_or_else(|| self.sample()),
             },
         };
         let b3_64bit = extracted.is_some_and(|e| e.b3_64bit);
-        let write = self.config.propagation | carried;
+        let (tracestate, parent_present, flags_present, request_id) = (
+            seen.tracestate,
+            seen.parent_span_id,
+            seen.flags.is_some(),
+            seen.request_id,
+        );
+        let mut write = self.config.propagation | seen.carried();
+        if write.is_empty() {
+            write = Propagation::W3C;
+        }
         if write.contains(Propagation::W3C) {
             headers.insert(TRACEPARENT, traceparent(&ctx));
-            if extracted.is_none_or(|e| e.from != Propagation::W3C) {
+            if tracestate && extracted.is_none_or(|e| e.from != Propagation::W3C) {
                 // a tracestate belongs to the traceparent it came with (W3C §3.3.1.1)
                 headers.remove(&TRACESTATE);
             }
@@ -544,24 +607,23 @@ impl TraceLayer {
                 Some(p) => {
                     headers.insert(X_B3_PARENTSPANID, hex_value(u128::from(p), 16));
                 }
-                None => {
+                None if parent_present => {
                     headers.remove(&X_B3_PARENTSPANID);
                 }
+                None => {}
             }
             headers.insert(
                 X_B3_SAMPLED,
                 HeaderValue::from_static(if ctx.sampled { "1" } else { "0" }),
             );
-            headers.remove(&X_B3_FLAGS);
+            if flags_present {
+                headers.remove(&X_B3_FLAGS);
+            }
         }
         if write.contains(Propagation::B3_SINGLE) {
             headers.insert(B3, b3_single(&ctx, b3_64bit));
         }
-        if self.config.generate_request_id
-            && headers
-                .get(&X_REQUEST_ID)
-                .is_none_or(|v| v.as_bytes().is_empty())
-        {
+        if self.config.generate_request_id && !request_id {
             headers.insert(
                 X_REQUEST_ID,
                 uuid_v4(self.shared.rng.next_u64(), self.shared.rng.next_u64()),

@@ -25,7 +25,16 @@ fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 #[test]
 fn w3c_context_is_continued_with_the_proxy_s_span_as_parent() {
     let mut h = headers(&[("traceparent", TP), ("tracestate", "congo=t61rcWkgMzE")]);
-    let ctx = layer().propagate(&mut h);
+    // by default only what came in goes out
+    let mut plain = h.clone();
+    layer().propagate(&mut plain);
+    assert!(plain.contains_key("traceparent") && !plain.contains_key("x-b3-traceid"));
+    let both = TraceLayer::new(
+        TraceConfig::default()
+            .with_seed(42)
+            .with_propagation(Propagation::B3_MULTI),
+    );
+    let ctx = both.propagate(&mut h);
     assert_eq!(ctx.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
     assert_eq!(ctx.parent_span_id, Some(0x00f067aa0ba902b7));
     assert_ne!(ctx.span_id, 0x00f067aa0ba902b7);
@@ -38,7 +47,7 @@ fn w3c_context_is_continued_with_the_proxy_s_span_as_parent() {
         )
     );
     assert_eq!(get(&h, "tracestate"), Some("congo=t61rcWkgMzE"));
-    // B3 written too (the default propagation), consistent with the W3C context
+    // B3 written too (configured), consistent with the W3C context
     assert_eq!(
         get(&h, "x-b3-traceid"),
         Some("4bf92f3577b34da6a3ce929d0e0e4736")
@@ -108,7 +117,17 @@ fn b3_multi_keeps_a_64_bit_trace_id_and_w3c_pads_it() {
         ("x-b3-spanid", "00f067aa0ba902b7"),
         ("x-b3-sampled", "0"),
     ]);
-    let ctx = layer().propagate(&mut h);
+    // by default a B3 caller gets B3 back, and only B3 (Envoy's Zipkin tracer)
+    let mut b3_only = h.clone();
+    layer().propagate(&mut b3_only);
+    assert!(!b3_only.contains_key("traceparent"));
+    assert_eq!(get(&b3_only, "x-b3-traceid"), Some("a3ce929d0e0e4736"));
+    let w3c_too = TraceLayer::new(
+        TraceConfig::default()
+            .with_seed(42)
+            .with_propagation(Propagation::W3C),
+    );
+    let ctx = w3c_too.propagate(&mut h);
     assert_eq!(ctx.trace_id, 0xa3ce929d0e0e4736);
     assert!(!ctx.sampled);
     assert_eq!(get(&h, "x-b3-traceid"), Some("a3ce929d0e0e4736"));
@@ -207,8 +226,13 @@ fn traceparent_wins_over_b3_and_every_carried_format_is_made_consistent() {
 #[test]
 fn only_the_configured_formats_are_added() {
     let mut h = HeaderMap::new();
-    let l = TraceLayer::new(TraceConfig::default().with_propagation(Propagation::W3C));
+    let l = TraceLayer::new(TraceConfig::default().with_propagation(Propagation::B3_SINGLE));
     l.propagate(&mut h);
+    assert!(h.contains_key("b3"));
+    assert!(!h.contains_key("x-b3-traceid") && !h.contains_key("traceparent"));
+    // nothing configured: a new trace is W3C's
+    let mut h = HeaderMap::new();
+    layer().propagate(&mut h);
     assert!(h.contains_key("traceparent"));
     assert!(!h.contains_key("x-b3-traceid") && !h.contains_key("b3"));
 }
@@ -299,7 +323,8 @@ proptest! {
         h.insert(B3, HeaderValue::from_str(&b3).unwrap());
         h.insert(X_B3_TRACEID, HeaderValue::from_str(&tid).unwrap());
         h.insert(X_B3_SPANID, HeaderValue::from_str(&sid).unwrap());
-        let ctx = layer().propagate(&mut h);
+        let l = TraceLayer::new(TraceConfig::default().with_seed(42).with_propagation(Propagation::W3C));
+        let ctx = l.propagate(&mut h);
         prop_assert!(ctx.trace_id != 0 && ctx.span_id != 0);
         let w3c = parse_traceparent(h[&TRACEPARENT].as_bytes()).unwrap();
         prop_assert_eq!(w3c.span_id, ctx.span_id);
