@@ -263,3 +263,64 @@ async fn under_min_health_percent_the_balancer_panics_and_uses_ejected_endpoints
     );
     assert!(ejected(p.admin, &bad.backend).await);
 }
+
+/// Clients that give up on their requests (a closed connection, a browser's cancel) are not
+/// the endpoint's fault: however many go away before the answer, the endpoint is not ejected
+/// (Envoy does not count downstream resets). A load generator closing its 50 connections at
+/// the end of a run used to eject a healthy upstream.
+#[tokio::test]
+async fn clients_that_go_away_before_the_answer_never_eject_the_endpoint() {
+    /// Counts the requests whose handling the upstream gave up (the proxy closed the
+    /// connection, as it does with an attempt it drops).
+    struct Gone(Arc<AtomicUsize>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let reached = Arc::new(AtomicUsize::new(0));
+    let gone = Arc::new(AtomicUsize::new(0));
+    let (r, g) = (reached.clone(), gone.clone());
+    let slow: Handler = Arc::new(move |_req: Request<Incoming>| {
+        r.fetch_add(1, Ordering::SeqCst);
+        let guard = Gone(g.clone());
+        Box::pin(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Response::new(full(""))
+        })
+    });
+    let b = backend_with("slow", slow).await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("ratings", 9080, "HTTP", &[&b])
+        + &destination_rule(
+            "ratings",
+            &[],
+            "  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2, maxEjectionPercent: 100}\n",
+        )
+        .replace("  subsets:\n", "");
+    let p = start(&yaml).await;
+    for n in 1..=4 {
+        // send, wait until the upstream has the request, then close the connection
+        let mut c = H1::connect(p.out).await;
+        let pending = tokio::spawn(async move { c.try_send(request("ratings:9080", &[])).await });
+        let seen = reached.clone();
+        eventually("the upstream to have the request", || {
+            let seen = seen.clone();
+            async move { seen.load(Ordering::SeqCst) >= n }
+        })
+        .await;
+        pending.abort();
+        let _ = pending.await;
+    }
+    // the proxy has dropped the four attempts (and closed their upstream connections)
+    let g = gone.clone();
+    eventually("the proxy to drop the abandoned attempts", || {
+        let g = g.clone();
+        async move { g.load(Ordering::SeqCst) >= 4 }
+    })
+    .await;
+    let state = endpoint_state(p.admin, &b).await;
+    assert_eq!(state["health"], "HEALTHY", "{state}");
+    assert_eq!(state["ejections"], 0, "{state}");
+}

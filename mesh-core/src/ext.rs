@@ -146,6 +146,47 @@ pub struct PreviousPriorities(Arc<std::sync::Mutex<Vec<u32>>>);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RefusedStream;
 
+/// Why the layers below the balancer lost an attempt they were working on: a timeout above
+/// them fired (the retry layer's `perTryTimeout`, the timeout layer's route timeout), rather
+/// than the client going away.
+///
+/// Written by the timeout layer (`mesh-resilience`) into a request with a route timeout and
+/// by the retry layer into each attempt with a per-try timeout (chained to the route's); the
+/// layer whose timer fires calls [`TimeoutMark::fire`] before it drops the attempt. Read by
+/// outlier detection when its attempt is dropped unanswered: a timeout counts against the
+/// endpoint (Envoy's `LocalOriginTimeout`), a client's disconnect does not.
+#[derive(Debug, Clone, Default)]
+pub struct TimeoutMark {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    parent: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl TimeoutMark {
+    /// A mark not fired yet.
+    pub fn new() -> Self {
+        TimeoutMark::default()
+    }
+
+    /// A mark of its own that also reads as fired when `parent` (the route's) fires.
+    pub fn child_of(parent: Option<&TimeoutMark>) -> Self {
+        TimeoutMark {
+            flag: Arc::default(),
+            parent: parent.map(|p| p.flag.clone()),
+        }
+    }
+
+    /// Records that the timeout fired.
+    pub fn fire(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether this mark's timeout, or its parent's, fired.
+    pub fn fired(&self) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        self.flag.load(Acquire) || self.parent.as_ref().is_some_and(|p| p.load(Acquire))
+    }
+}
+
 /// The downstream peer's address (the client of this hop), for `consistentHash.useSourceIp`
 /// and access logs.
 ///

@@ -108,10 +108,9 @@
 //! # Differences from Envoy/Istio
 //!
 //! - A per-try or route timeout cancels the attempt above this layer: the layer sees its
-//!   answer dropped and counts a local-origin timeout, as Envoy counts the timeout. A client
-//!   that goes away before the answer is counted the same way (Envoy does not count
-//!   downstream resets); only consecutive counts matter, so cancellations interleaved with
-//!   answers do not eject.
+//!   answer dropped and, told by the [`TimeoutMark`] the timeout layer or the retry layer
+//!   put in the request, counts a local-origin timeout, as Envoy counts the timeout. A client
+//!   that goes away before the answer is not counted (nor in Envoy).
 //! - The review clock starts at the cluster's first ejection rather than when the cluster
 //!   is created: an ejection still lasts between `baseEjectionTime × n` and one `interval`
 //!   more.
@@ -130,7 +129,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
-use mesh_core::ext::{SelectedUpstream, UpstreamCluster, flags_of, upstream_cluster};
+use mesh_core::ext::{SelectedUpstream, TimeoutMark, UpstreamCluster, flags_of, upstream_cluster};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::health::{ClusterHealth, HealthCell, HealthFlags, OutlierCounters};
 use mesh_core::policy::{OutlierPolicy, grpc_to_http_status};
@@ -162,7 +161,7 @@ pub struct ResponseFuture<F> {
 
 /// An attempt being watched; judged once, when its answer comes, or as a timeout when it is
 /// dropped before.
-struct Attempt(Option<Watched>);
+struct Attempt(Option<Watched>, Option<TimeoutMark>);
 
 /// What an attempt is judged against: the endpoint's cluster (through the request's shared
 /// [`SelectedUpstream`] when it has one: one reference count, on a value of this worker's
@@ -245,9 +244,12 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let watched = watch(req.extensions(), self.policy.as_ref());
+        let mark = watched
+            .as_ref()
+            .and_then(|_| req.extensions().get::<TimeoutMark>().cloned());
         ResponseFuture {
             inner: self.inner.call(req),
-            attempt: Attempt(watched),
+            attempt: Attempt(watched, mark),
         }
     }
 }
@@ -340,8 +342,12 @@ fn grpc_status<R>(res: &Response<R>) -> Option<u16> {
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        // dropped before its answer: cancelled by a timeout above (or the client)
-        if let Some(w) = self.0.take() {
+        // dropped before its answer: a timeout above fired (it says so through the mark), or
+        // the client went away, which is not the endpoint's fault (Envoy does not count a
+        // downstream reset either)
+        if let Some(w) = self.0.take()
+            && self.1.as_ref().is_some_and(TimeoutMark::fired)
+        {
             w.judge(Outcome::Timeout);
         }
     }

@@ -159,7 +159,8 @@ use http_body::Body;
 use mesh_core::body::ReplyBody;
 use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
 use mesh_core::ext::{
-    PreviousHosts, PreviousPriorities, RefusedStream, flags_of, local_reply, mark, route_policy,
+    PreviousHosts, PreviousPriorities, RefusedStream, TimeoutMark, flags_of, local_reply, mark,
+    route_policy,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::limits::RetryPermit;
@@ -239,6 +240,8 @@ struct Attempts<S, B> {
     next: Option<ReplayBody<B>>,
     /// The cluster's permit for the retry in flight ([`Attempts::retry_permit`]).
     permit: Option<RetryPermit>,
+    /// The attempt in flight's [`TimeoutMark`] (with a per-try timeout).
+    mark: Option<TimeoutMark>,
 }
 
 /// What the attempts of a request share with the balancer.
@@ -399,7 +402,10 @@ where
         if let Some(t) = policy.per_try_timeout {
             timer = Some(Box::pin(tokio::time::sleep(t)));
         }
-        let fut = self.inner.call(attempt(&parts, &tried, first));
+        let mark = per_try_mark(&parts, &policy);
+        let fut = self
+            .inner
+            .call(attempt(&parts, &tried, first, mark.as_ref()));
         ResponseFuture {
             state: State::Called { fut },
             retry: Some(Box::new(Attempts {
@@ -415,6 +421,7 @@ where
                 tried,
                 next: None,
                 permit: None,
+                mark,
             })),
         }
     }
@@ -507,8 +514,12 @@ fn attempt<B>(
     parts: &http::request::Parts,
     tried: &Tried,
     body: ReplayBody<B>,
+    timeout: Option<&TimeoutMark>,
 ) -> Request<ReplayBody<B>> {
     let mut head = parts.clone();
+    if let Some(m) = timeout {
+        head.extensions.insert(m.clone());
+    }
     if let Some(h) = &tried.hosts {
         head.extensions.insert(h.clone());
     }
@@ -516,6 +527,14 @@ fn attempt<B>(
         head.extensions.insert(p.clone());
     }
     Request::from_parts(head, body)
+}
+
+/// A new attempt's [`TimeoutMark`] when the policy has a per-try timeout (chained to the
+/// route timeout's, which the request may carry).
+fn per_try_mark(parts: &http::request::Parts, policy: &RetryPolicy) -> Option<TimeoutMark> {
+    policy
+        .per_try_timeout
+        .map(|_| TimeoutMark::child_of(parts.extensions.get::<TimeoutMark>()))
 }
 
 /// RFC 9110 §9.2.2's idempotent methods.
@@ -574,7 +593,15 @@ where
                         Poll::Pending => {
                             let timer = this.retry.as_mut().and_then(|r| r.timer.as_mut());
                             match timer.map(|t| t.as_mut().poll(cx)) {
-                                Some(Poll::Ready(())) => Outcome::PerTryTimeout,
+                                Some(Poll::Ready(())) => {
+                                    // the layers below learn why the attempt goes
+                                    if let Some(m) =
+                                        this.retry.as_ref().and_then(|r| r.mark.as_ref())
+                                    {
+                                        m.fire();
+                                    }
+                                    Outcome::PerTryTimeout
+                                }
                                 _ => return Poll::Pending,
                             }
                         }
@@ -624,7 +651,13 @@ where
                     }
                     ready!(retry.svc.poll_ready(cx))?;
                     let body = retry.next.take().expect(POLLED_AFTER_COMPLETION);
-                    let fut = retry.svc.call(attempt(&retry.parts, &retry.tried, body));
+                    retry.mark = per_try_mark(&retry.parts, &retry.policy);
+                    let fut = retry.svc.call(attempt(
+                        &retry.parts,
+                        &retry.tried,
+                        body,
+                        retry.mark.as_ref(),
+                    ));
                     match (retry.policy.per_try_timeout, retry.timer.as_mut()) {
                         (Some(t), Some(timer)) => timer.as_mut().reset(Instant::now() + t),
                         // no per-try timeout: the backoff timer must not fire during the attempt

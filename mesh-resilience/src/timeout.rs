@@ -77,7 +77,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::body::{OnBodyEnd, ReplyBody};
 use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
-use mesh_core::ext::{local_reply, route_policy};
+use mesh_core::ext::{TimeoutMark, local_reply, route_policy};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::request_end::{EndBody, RequestEnd};
 use pin_project::pin_project;
@@ -186,6 +186,12 @@ where
         }
         // Envoy arms the route timeout in `onRequestComplete`: at once for a request
         // without a body, when the body has ended otherwise
+        // tells outlier detection below that an attempt dropped at the deadline timed out
+        let mark = timeout.map(|_| {
+            let m = TimeoutMark::new();
+            req.extensions_mut().insert(m.clone());
+            m
+        });
         let (req, deadline) = match timeout {
             None => (req.map(EndBody::plain), Deadline::None),
             Some(t) if req.body().is_end_stream() => (
@@ -201,6 +207,7 @@ where
         ResponseFuture {
             inner: self.inner.call(req),
             deadline,
+            mark,
         }
     }
 }
@@ -268,6 +275,7 @@ pub struct ResponseFuture<F> {
     #[pin]
     inner: F,
     deadline: Deadline,
+    mark: Option<TimeoutMark>,
 }
 
 /// A request's route deadline.
@@ -309,6 +317,9 @@ where
             return Poll::Ready(res.map(|r| r.map(|inner| TimeoutBody { inner, deadline })));
         }
         ready!(this.deadline.poll(cx));
+        if let Some(m) = this.mark.as_ref() {
+            m.fire();
+        }
         Poll::Ready(Ok(local_reply(
             StatusCode::GATEWAY_TIMEOUT,
             ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,

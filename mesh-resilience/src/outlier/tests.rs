@@ -416,16 +416,30 @@ async fn replies_that_are_not_the_endpoint_s_fault_do_not_count() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_attempt_dropped_unanswered_counts_as_a_timeout() {
+async fn an_attempt_dropped_by_a_timeout_counts_and_one_the_client_dropped_does_not() {
+    use mesh_core::ext::TimeoutMark;
     let c = Cluster::new(1, policy(|p| p.consecutive_gateway = Some(2)));
     let mock = Mock::default();
     mock.set(c.addr(0), Answer::Hang);
     let svc = OutlierLayer::new().layer(mock.service());
-    // a per-try timeout above drops the attempt: Envoy's LocalOriginTimeout, a 504
-    let late = tokio::time::timeout(SECOND, svc.clone().oneshot(c.request(0))).await;
-    assert!(late.is_err() && c.cell(0).is_healthy());
-    let late = tokio::time::timeout(SECOND, svc.oneshot(c.request(0))).await;
-    assert!(late.is_err());
+    // the client goes away (no timeout fired): not the endpoint's fault, as in Envoy
+    for _ in 0..3 {
+        let gone = tokio::time::timeout(SECOND, svc.clone().oneshot(c.request(0))).await;
+        assert!(gone.is_err());
+    }
+    assert!(c.cell(0).is_healthy(), "client disconnects never eject");
+    // a per-try or route timeout above fires its mark, then drops the attempt: Envoy's
+    // LocalOriginTimeout, a 504 (the attempt's own mark chained to the route's, as the
+    // retry layer writes it; the route's has fired)
+    let route = TimeoutMark::new();
+    route.fire();
+    for _ in 0..2 {
+        let mut req = c.request(0);
+        req.extensions_mut()
+            .insert(TimeoutMark::child_of(Some(&route)));
+        let late = tokio::time::timeout(SECOND, svc.clone().oneshot(req)).await;
+        assert!(late.is_err());
+    }
     assert!(c.ejected(0), "two gateway errors");
 }
 
@@ -605,4 +619,30 @@ proptest::proptest! {
             Ok(())
         })?;
     }
+}
+
+/// The route timeout of the timeout layer above marks the attempts it drops: a hanging
+/// endpoint is ejected by its timeouts (Envoy's LocalOriginTimeout), end to end in the crate.
+#[tokio::test(start_paused = true)]
+async fn the_route_timeout_above_counts_as_the_endpoint_s_timeout() {
+    use crate::timeout::TimeoutLayer;
+    use http_body_util::Empty;
+    let c = Cluster::new(1, policy(|p| p.consecutive_gateway = Some(2)));
+    let mock = Mock::default();
+    mock.set(c.addr(0), Answer::Hang);
+    let svc = tower::ServiceBuilder::new()
+        .layer(TimeoutLayer::new().with_timeout(Duration::from_millis(100)))
+        .map_response(|r: Response<String>| {
+            r.map(|s| http_body_util::Full::new(bytes::Bytes::from(s)))
+        })
+        .map_request(|r: Request<_>| r.map(|_| ()))
+        .layer(OutlierLayer::new())
+        .service(mock.service());
+    for _ in 0..2 {
+        let mut req = Request::new(Empty::<bytes::Bytes>::new());
+        *req.extensions_mut() = c.request(0).extensions().clone();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+    assert!(c.ejected(0), "two route timeouts are two gateway errors");
 }
