@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod authz;
 pub mod ca;
 pub mod config;
 pub mod peer;
