@@ -81,10 +81,14 @@ fn request(path: &str) -> Request<()> {
         .expect("a request");
     req.extensions_mut()
         .insert(ClientAddr("10.1.2.3:40000".parse().expect("an address")));
-    req.extensions_mut()
-        .insert(DestinationAddr("10.0.0.9:9080".parse().expect("an address")));
-    req.extensions_mut()
-        .insert(PeerIdentity::new(SpiffeId::new("cluster.local", "ns99", "sleep")));
+    req.extensions_mut().insert(DestinationAddr(
+        "10.0.0.9:9080".parse().expect("an address"),
+    ));
+    req.extensions_mut().insert(PeerIdentity::new(SpiffeId::new(
+        "cluster.local",
+        "ns99",
+        "sleep",
+    )));
     req
 }
 
