@@ -165,7 +165,7 @@ static AUTHZ_ACTION: Values = Values {
 
 /// AuthorizationPolicy `when[].key`: Istio's HTTP keys, except those that need JWT.
 static AUTHZ_CONDITION_KEY: Custom = Custom {
-    doc: "`request.headers[...]`, `source.ip`, `remote.ip`, `source.namespace`, `source.principal`, `destination.ip`, `destination.port` and `connection.sni` are enforced; `request.auth.*` (JWT) and any other key are refused",
+    doc: "`request.headers[...]`, `source.ip`, `remote.ip`, `source.namespace`, `source.principal`, `source.serviceAccount`, `source.trustDomain`, `destination.ip`, `destination.port` and `connection.sni` are enforced; `request.auth.*` (JWT) and any other key (`experimental.envoy.filters.*`) are refused",
     check: authz_condition_key,
 };
 
@@ -217,6 +217,8 @@ fn authz_condition_key(key: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
             | "remote.ip"
             | "source.namespace"
             | "source.principal"
+            | "source.serviceAccount"
+            | "source.trustDomain"
             | "destination.ip"
             | "destination.port"
             | "connection.sni"
@@ -1447,8 +1449,8 @@ static SOURCE: TypeDef = TypeDef {
         field("notIpBlocks", Leaf, Status::Enforced, ""),
         field("remoteIpBlocks", Leaf, Status::Enforced, ""),
         field("notRemoteIpBlocks", Leaf, Status::Enforced, ""),
-        field("trustDomains", Leaf, Status::Refused(Area::Security), ""),
-        field("notTrustDomains", Leaf, Status::Refused(Area::Security), ""),
+        field("trustDomains", Leaf, Status::Enforced, ""),
+        field("notTrustDomains", Leaf, Status::Enforced, ""),
     ],
 };
 

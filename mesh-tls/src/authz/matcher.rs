@@ -135,9 +135,10 @@ impl PathPattern {
                 let mut parts = path.split('/');
                 for (i, seg) in segs.iter().enumerate() {
                     match seg {
-                        // `{**}` is the last segment (validation): any rest, even empty
-                        // (Envoy's uri_template: `{**}` matches zero or more segments)
-                        Segment::Rest => return i + 1 == segs.len(),
+                        // `{**}` is the last segment (validation): any rest, even empty,
+                        // after the `/` before it (Envoy's uri_template: `/foo/{**}`
+                        // matches `/foo/` and `/foo/a/b`, not `/foo`)
+                        Segment::Rest => return i + 1 == segs.len() && parts.next().is_some(),
                         Segment::One => match parts.next() {
                             Some(p) if !p.is_empty() => {}
                             _ => return false,

@@ -23,7 +23,8 @@
 //! values of a field ORed, and a `not*` field matches when none of its values does.
 //! Strings use Istio's `*` rules (exact, `prefix*`, `*suffix`, `*` = present); `principals`
 //! are `<trust-domain>/ns/<ns>/sa/<sa>` of the mTLS peer, `namespaces` its namespace,
-//! `serviceAccounts` `<ns>/<sa>`; `ipBlocks` and `source.ip` the direct peer's address;
+//! `trustDomains` its trust domain, `serviceAccounts` `<ns>/<sa>` (or `<sa>` of the policy's
+//! namespace); `ipBlocks` and `source.ip` the direct peer's address;
 //! `remoteIpBlocks` and `remote.ip` the original client's, which is the direct peer's here
 //! (no `x-forwarded-for` is trusted: Istio's default `numTrustedProxies: 0`); `hosts` the
 //! `Host` header, case-insensitively, a host written without a port matching any port;
@@ -31,12 +32,12 @@
 //! `paths` the path without query, after normalisation ([`normalize_path`], Istio's default
 //! `BASE`; the normalised path is also what the inner service receives), with Istio's `*`
 //! rules or `{*}`/`{**}` templates. `when` keys: `request.headers[…]`, `source.ip`,
-//! `remote.ip`, `source.namespace`, `source.principal`, `destination.ip`,
-//! `destination.port`, `connection.sni`.
+//! `remote.ip`, `source.namespace`, `source.principal`, `source.serviceAccount`,
+//! `source.trustDomain`, `destination.ip`, `destination.port`, `connection.sni`.
 //!
 //! Not enforced, so refused (security fails closed): anything that needs JWT
 //! (`requestPrincipals`, `notRequestPrincipals`, `request.auth.*`) until
-//! RequestAuthentication lands, `trustDomains`, and any other `when` key.
+//! RequestAuthentication lands, and any other `when` key (`experimental.envoy.filters.*`).
 //!
 //! Reads [`PeerIdentity`](mesh_core::ext::PeerIdentity),
 //! [`ClientAddr`](mesh_core::ext::ClientAddr), [`DestinationAddr`](mesh_core::ext::DestinationAddr)

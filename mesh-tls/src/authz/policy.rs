@@ -135,6 +135,7 @@ struct Field<T> {
 struct CSource {
     principals: Field<Pattern>,
     namespaces: Field<Pattern>,
+    trust_domains: Field<Pattern>,
     service_accounts: Field<(Box<str>, Box<str>)>,
     ip_blocks: Field<IpNet>,
     remote_ip_blocks: Field<IpNet>,
@@ -161,6 +162,8 @@ enum Key {
     RemoteIp,
     SourceNamespace,
     SourcePrincipal,
+    SourceServiceAccount,
+    SourceTrustDomain,
     DestinationIp,
     DestinationPort,
     Sni,
@@ -171,6 +174,7 @@ enum Value {
     Text(Pattern),
     Net(IpNet),
     Port(u16),
+    ServiceAccount(Box<str>, Box<str>),
 }
 
 // === impl Authorizer ===
@@ -219,7 +223,7 @@ impl Authorizer {
             }
             let mut rules = Vec::with_capacity(p.spec.rules.len());
             for (i, r) in p.spec.rules.iter().enumerate() {
-                match compile_rule(r, &format!("spec.rules[{i}]")) {
+                match compile_rule(r, p.namespace, &format!("spec.rules[{i}]")) {
                     Ok(r) => rules.push(r),
                     Err((field, message)) => err(field, message),
                 }
@@ -317,11 +321,12 @@ fn refused(field: String, what: &str) -> Refusal {
     )
 }
 
-fn compile_rule(r: &Rule, at: &str) -> Result<CRule, Refusal> {
+/// `ns`: the policy's namespace (a bare service account is of that namespace).
+fn compile_rule(r: &Rule, ns: &str, at: &str) -> Result<CRule, Refusal> {
     let mut from = Vec::with_capacity(r.from.len());
     for (i, f) in r.from.iter().enumerate() {
         let src = f.source.clone().unwrap_or_default();
-        from.push(compile_source(&src, &format!("{at}.from[{i}].source"))?);
+        from.push(compile_source(&src, ns, &format!("{at}.from[{i}].source"))?);
     }
     let mut to = Vec::with_capacity(r.to.len());
     for (i, t) in r.to.iter().enumerate() {
@@ -330,7 +335,7 @@ fn compile_rule(r: &Rule, at: &str) -> Result<CRule, Refusal> {
     }
     let mut when = Vec::with_capacity(r.when.len());
     for (i, c) in r.when.iter().enumerate() {
-        when.push(compile_condition(c, &format!("{at}.when[{i}]"))?);
+        when.push(compile_condition(c, ns, &format!("{at}.when[{i}]"))?);
     }
     Ok(CRule { from, to, when })
 }
@@ -363,7 +368,15 @@ fn try_field<T>(
     })
 }
 
-fn compile_source(s: &Source, at: &str) -> Result<CSource, Refusal> {
+/// `serviceAccounts` values: `<ns>/<sa>`, or `<sa>` of the policy's namespace `ns`.
+fn service_account(v: &str, ns: &str) -> (Box<str>, Box<str>) {
+    match v.split_once('/') {
+        Some((n, sa)) => (n.into(), sa.into()),
+        None => (ns.into(), v.into()),
+    }
+}
+
+fn compile_source(s: &Source, ns: &str, at: &str) -> Result<CSource, Refusal> {
     if !s.request_principals.is_empty() {
         return Err(refused(
             format!("{at}.requestPrincipals"),
@@ -376,24 +389,11 @@ fn compile_source(s: &Source, at: &str) -> Result<CSource, Refusal> {
             "request principals need RequestAuthentication (JWT), which this version does not enforce",
         ));
     }
-    if !s.trust_domains.is_empty() || !s.not_trust_domains.is_empty() {
-        let name = if s.trust_domains.is_empty() {
-            "notTrustDomains"
-        } else {
-            "trustDomains"
-        };
-        return Err(refused(
-            format!("{at}.{name}"),
-            "trust domain matching is not enforced by this version",
-        ));
-    }
-    let sa = |v: &str| {
-        let (ns, sa) = v.split_once('/')?;
-        Some((Box::from(ns), Box::from(sa)))
-    };
+    let sa = |v: &str| Some(service_account(v, ns));
     Ok(CSource {
         principals: field(&s.principals, &s.not_principals, Pattern::new),
         namespaces: field(&s.namespaces, &s.not_namespaces, Pattern::new),
+        trust_domains: field(&s.trust_domains, &s.not_trust_domains, Pattern::new),
         service_accounts: try_field(
             &s.service_accounts,
             &s.not_service_accounts,
@@ -430,13 +430,15 @@ fn compile_operation(o: &Operation, at: &str) -> Result<COperation, Refusal> {
 }
 
 /// Istio's `when` keys for HTTP (`security/v1beta1` "Authorization Policy Conditions").
-fn compile_condition(c: &Condition, at: &str) -> Result<CCondition, Refusal> {
+fn compile_condition(c: &Condition, ns: &str, at: &str) -> Result<CCondition, Refusal> {
     let key_at = format!("{at}.key");
     let key = match c.key.as_str() {
         "source.ip" => Key::SourceIp,
         "remote.ip" => Key::RemoteIp,
         "source.namespace" => Key::SourceNamespace,
         "source.principal" => Key::SourcePrincipal,
+        "source.serviceAccount" => Key::SourceServiceAccount,
+        "source.trustDomain" => Key::SourceTrustDomain,
         "destination.ip" => Key::DestinationIp,
         "destination.port" => Key::DestinationPort,
         "connection.sni" => Key::Sni,
@@ -466,6 +468,10 @@ fn compile_condition(c: &Condition, at: &str) -> Result<CCondition, Refusal> {
         Some(match key {
             Key::SourceIp | Key::RemoteIp | Key::DestinationIp => Value::Net(parse_cidr(v)?),
             Key::DestinationPort => Value::Port(v.parse().ok()?),
+            Key::SourceServiceAccount => {
+                let (n, sa) = service_account(v, ns);
+                Value::ServiceAccount(n, sa)
+            }
             _ => Value::Text(Pattern::new(v)),
         })
     };
@@ -504,8 +510,10 @@ impl CSource {
     fn matches(&self, a: &Attributes<'_>) -> bool {
         let principal = a.peer.map(PeerIdentity::principal).unwrap_or_default();
         let namespace = a.peer.map(|p| p.id().namespace()).unwrap_or_default();
+        let trust_domain = a.peer.map(|p| p.id().trust_domain()).unwrap_or_default();
         self.principals.check(|p| p.matches(principal))
             && self.namespaces.check(|p| p.matches(namespace))
+            && self.trust_domains.check(|p| p.matches(trust_domain))
             && self.service_accounts.check(|(ns, sa)| {
                 a.peer.is_some_and(|p| {
                     p.id().namespace() == &**ns && p.id().service_account() == &**sa
@@ -533,6 +541,7 @@ impl CCondition {
             Key::Header(h) => header_text(a.headers, h),
             Key::SourceNamespace => a.peer.map(|p| Cow::Borrowed(p.id().namespace())),
             Key::SourcePrincipal => a.peer.map(|p| Cow::Borrowed(p.principal())),
+            Key::SourceTrustDomain => a.peer.map(|p| Cow::Borrowed(p.id().trust_domain())),
             Key::Sni => a.sni.map(Cow::Borrowed),
             _ => None,
         };
@@ -546,6 +555,9 @@ impl CCondition {
             Value::Text(p) => text.as_deref().is_some_and(|t| p.matches(t)),
             Value::Net(n) => in_net(n, addr),
             Value::Port(port) => addr.is_some_and(|d| d.port() == *port),
+            Value::ServiceAccount(n, sa) => a
+                .peer
+                .is_some_and(|p| p.id().namespace() == &**n && p.id().service_account() == &**sa),
         })
     }
 }
