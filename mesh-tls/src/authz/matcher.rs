@@ -46,49 +46,22 @@ impl Pattern {
     }
 }
 
-/// A host of `Operation.hosts`: Istio's `HostMatcherWithRegex` matches the `Host` header
-/// case-insensitively, and a host written without a port matches the header with any port.
+/// A host of `Operation.hosts`: Istio's `HostMatcher` (`pilot/pkg/security/authz/matcher`)
+/// matches the `Host` header as a whole, case-insensitively, with the `*` rules. The port
+/// is part of the header: `example.com` does not match `example.com:8080` (Istio's security
+/// best practices write both `example.com` and `example.com:*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HostPattern {
-    pattern: Pattern,
-    with_port: bool,
-}
+pub(crate) struct HostPattern(Pattern);
 
 impl HostPattern {
     pub(crate) fn new(v: &str) -> HostPattern {
-        let with_port = strip_port(v).is_some();
-        HostPattern {
-            pattern: Pattern::lowercase(v),
-            with_port,
-        }
+        HostPattern(Pattern::lowercase(v))
     }
 
     /// `host` is the request's `Host` (or `:authority`), lowercased.
     pub(crate) fn matches(&self, host: &str) -> bool {
-        if self.pattern.matches(host) {
-            return true;
-        }
-        if self.with_port {
-            return false;
-        }
-        // the header's port does not matter to a host written without one
-        match strip_port(host) {
-            Some(bare) => self.pattern.matches(bare),
-            None => false,
-        }
+        self.0.matches(host)
     }
-}
-
-/// `host` without its `:port`, if it has one (IPv6 literals keep their brackets).
-fn strip_port(host: &str) -> Option<&str> {
-    let (h, p) = host.rsplit_once(':')?;
-    if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if h.starts_with('[') && !h.ends_with(']') {
-        return None;
-    }
-    Some(h)
 }
 
 /// A path of `Operation.paths` (Istio's `PathMatcher` and `pathTemplateMatcher`): exact,

@@ -27,7 +27,8 @@
 //! namespace); `ipBlocks` and `source.ip` the direct peer's address;
 //! `remoteIpBlocks` and `remote.ip` the original client's, which is the direct peer's here
 //! (no `x-forwarded-for` is trusted: Istio's default `numTrustedProxies: 0`); `hosts` the
-//! `Host` header, case-insensitively, a host written without a port matching any port;
+//! whole `Host` header, case-insensitively (port included: write `example.com` and
+//! `example.com:*`, as Istio's security best practices say);
 //! `ports` and `destination.port` the [`DestinationAddr`](mesh_core::ext::DestinationAddr);
 //! `paths` the path without query, after normalisation ([`normalize_path`], Istio's default
 //! `BASE`; the normalised path is also what the inner service receives), with Istio's `*`

@@ -452,7 +452,14 @@ fn operations_hosts_ports_methods_and_paths() {
     let cases: &[(serde_json::Value, &str, &str, bool)] = &[
         // (operation, method, path, allowed); Host is `productpage:9080`, port 9080
         (
+            // Istio's HostMatcher: the whole header, case-insensitively, port included
             serde_json::json!({"hosts": ["productpage"]}),
+            "GET",
+            "/",
+            false,
+        ),
+        (
+            serde_json::json!({"hosts": ["productpage", "productpage:*"]}),
             "GET",
             "/",
             true,
@@ -469,7 +476,7 @@ fn operations_hosts_ports_methods_and_paths() {
             "/",
             false,
         ),
-        (serde_json::json!({"hosts": ["*page"]}), "GET", "/", true),
+        (serde_json::json!({"hosts": ["*page:9080"]}), "GET", "/", true),
         (
             serde_json::json!({"notHosts": ["product*"]}),
             "GET",
