@@ -31,7 +31,8 @@
 //! `example.com:*`, as Istio's security best practices say);
 //! `ports` and `destination.port` the [`DestinationAddr`](mesh_core::ext::DestinationAddr);
 //! `paths` the path without query, after normalisation ([`normalize_path`], Istio's default
-//! `BASE`; the normalised path is also what the inner service receives), with Istio's `*`
+//! `BASE`; the normalised path is also what the inner service receives, whether policies
+//! apply or not, as Envoy normalises every request), with Istio's `*`
 //! rules or `{*}`/`{**}` templates. `when` keys: `request.headers[…]`, `source.ip`,
 //! `remote.ip`, `source.namespace`, `source.principal`, `source.serviceAccount`,
 //! `source.trustDomain`, `destination.ip`, `destination.port`, `connection.sni`.
@@ -206,14 +207,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let policies = self.policies.load();
-        if policies.is_empty() {
-            return ResponseFuture::Inner {
-                fut: self.inner.call(req),
-                audit: None,
-            };
-        }
-        // Envoy normalises the path before its filters run, and forwards the normalised one
+        // Envoy normalises the path before its filters run (policies or not), and forwards
+        // the normalised one
         if let Some(pq) = req.uri().path_and_query().map(|p| p.as_str())
             && let Some(norm) = normalize_path(pq)
         {
@@ -226,6 +221,13 @@ where
                 Ok(u) => *req.uri_mut() = u,
                 Err(_) => return denied(StatusCode::BAD_REQUEST, ResponseFlags::empty(), ""),
             }
+        }
+        let policies = self.policies.load();
+        if policies.is_empty() {
+            return ResponseFuture::Inner {
+                fut: self.inner.call(req),
+                audit: None,
+            };
         }
         let decision = policies.decide(&Attributes::of(&req));
         drop(policies);

@@ -552,6 +552,8 @@ impl CCondition {
             _ => None,
         };
         self.values.check(|v| match v {
+            // Istio's HeaderMatcher: `*` is a presence match (even of an empty value)
+            Value::Text(Pattern::Any) if matches!(self.key, Key::Header(_)) => text.is_some(),
             Value::Text(p) => text.as_deref().is_some_and(|t| p.matches(t)),
             Value::Net(n) => in_net(n, addr),
             Value::Port(port) => addr.is_some_and(|d| d.port() == *port),

@@ -476,7 +476,12 @@ fn operations_hosts_ports_methods_and_paths() {
             "/",
             false,
         ),
-        (serde_json::json!({"hosts": ["*page:9080"]}), "GET", "/", true),
+        (
+            serde_json::json!({"hosts": ["*page:9080"]}),
+            "GET",
+            "/",
+            true,
+        ),
         (
             serde_json::json!({"notHosts": ["product*"]}),
             "GET",
@@ -595,6 +600,7 @@ fn when_conditions() {
     let sleep = R {
         sa: Some("sleep"),
         ip: "10.1.2.3",
+        headers: &[("x-empty", "")],
         ..GET
     };
     let cases: &[(serde_json::Value, bool)] = &[
@@ -632,6 +638,15 @@ fn when_conditions() {
         ),
         (
             serde_json::json!({"key": "request.headers[user-agent]", "values": ["curl*"]}),
+            false,
+        ),
+        // `*` on a header is Istio's presence match, even of an empty value
+        (
+            serde_json::json!({"key": "request.headers[x-empty]", "values": ["*"]}),
+            true,
+        ),
+        (
+            serde_json::json!({"key": "request.headers[x-absent]", "values": ["*"]}),
             false,
         ),
     ];
@@ -833,4 +848,21 @@ fn normalize_path_as_envoy() {
     for (input, want) in cases {
         assert_eq!(normalize_path(input).as_deref(), want, "{input}");
     }
+}
+
+#[tokio::test]
+async fn the_path_is_normalised_even_without_policies_as_envoy_does() {
+    let svc = ServiceBuilder::new()
+        .layer(AuthzLayer::new(Authorizer::allow_all()))
+        .service_fn(|req: Request<()>| async move {
+            let path = req.uri().to_string();
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(path))))
+        });
+    let res = svc
+        .oneshot(Request::get("/a/./b/../c?q=/../x").body(()).unwrap())
+        .await
+        .unwrap();
+    use http_body_util::BodyExt;
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "/a/c?q=/../x");
 }
