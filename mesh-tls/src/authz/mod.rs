@@ -215,11 +215,23 @@ where
             let mut parts = req.uri().clone().into_parts();
             match norm.parse() {
                 Ok(p) => parts.path_and_query = Some(p),
-                Err(_) => return denied(StatusCode::BAD_REQUEST, ResponseFlags::empty(), ""),
+                Err(_) => {
+                    return denied(
+                        StatusCode::BAD_REQUEST,
+                        ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                        "",
+                    );
+                }
             }
             match Uri::from_parts(parts) {
                 Ok(u) => *req.uri_mut() = u,
-                Err(_) => return denied(StatusCode::BAD_REQUEST, ResponseFlags::empty(), ""),
+                Err(_) => {
+                    return denied(
+                        StatusCode::BAD_REQUEST,
+                        ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                        "",
+                    );
+                }
             }
         }
         let policies = self.policies.load();
