@@ -43,13 +43,13 @@ spec:
 const TCP_ROUTE: &str =
     "  tcp:\n  - route: [{destination: {host: reviews, port: {number: 9080}}}]\n";
 
-const AUTHZ_DENY_ALL: &str = "---
+/// An AuthorizationPolicy that needs JWT, which this version does not enforce yet.
+const AUTHZ_JWT: &str = "---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: deny-all}
+metadata: {name: require-jwt}
 spec:
-  action: DENY
-  rules: [{}]
+  rules: [{from: [{source: {requestPrincipals: ['*']}}]}]
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,15 +123,15 @@ async fn an_authorization_policy_refuses_start_and_reload_and_traffic_keeps_flow
     let file = dir.path().join("mesh.yaml");
     let good = mesh(&v1, &v2, &to_subset("v1", ""));
 
-    // start: refused, naming the file, the line of `kind`, the resource
-    write(&file, &format!("{good}{AUTHZ_DENY_ALL}"));
+    // start: refused, naming the file, the line, the resource and the field
+    write(&file, &format!("{good}{AUTHZ_JWT}"));
     let e = mesh_proxy::proxy::Proxy::start(vec![file.clone()])
         .expect_err("an AuthorizationPolicy this version cannot enforce must refuse start-up")
         .to_string();
     let name = file.display().to_string();
     assert!(e.contains(&format!("error: {name}:")), "{e}");
     assert!(
-        e.contains("AuthorizationPolicy/default/deny-all: AuthorizationPolicy is not enforced by this version (security): refused, because security fails closed"),
+        e.contains("AuthorizationPolicy/default/require-jwt: spec.rules[0].from[0].source.requestPrincipals: not enforced by this version (security): refused, because security fails closed"),
         "{e}"
     );
 
@@ -139,7 +139,7 @@ async fn an_authorization_policy_refuses_start_and_reload_and_traffic_keeps_flow
     write(&file, &good);
     let p = start_files(vec![file.clone()]).await;
     let generation = p.proxy.state().snapshot().generation;
-    write(&file, &format!("{good}{AUTHZ_DENY_ALL}"));
+    write(&file, &format!("{good}{AUTHZ_JWT}"));
     let e = p.proxy.reload().expect_err("refused").to_string();
     assert!(e.contains("security fails closed"), "{e}");
     assert_eq!(p.proxy.state().snapshot().generation, generation);

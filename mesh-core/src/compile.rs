@@ -452,6 +452,13 @@ pub fn compile_with(resources: Vec<Resource>, precompiled: Precompiled) -> Snaps
         let ns = r.namespace().to_string();
         let name = r.name().to_string();
         let rref = r.reference();
+        // Istio never enforces a dry-run AuthorizationPolicy (it only logs its decisions);
+        // the support table warns about it
+        let dry_run = r
+            .metadata
+            .annotations
+            .get(crate::validate::common::DRY_RUN_ANNOTATION)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         match r.spec {
             Spec::VirtualService(vs) => snap
                 .virtual_services
@@ -478,7 +485,11 @@ pub fn compile_with(resources: Vec<Resource>, precompiled: Precompiled) -> Snaps
             Spec::Gateway(g) => snap.gateways.push(named(name, ns, g)),
             Spec::Sidecar(s) => snap.sidecars.push(named(name, ns, s)),
             Spec::PeerAuthentication(p) => snap.peer_authentications.push(named(name, ns, p)),
-            Spec::AuthorizationPolicy(p) => snap.authorization_policies.push(named(name, ns, p)),
+            Spec::AuthorizationPolicy(p) => {
+                if !dry_run {
+                    snap.authorization_policies.push(named(name, ns, p));
+                }
+            }
             Spec::RequestAuthentication(p) => snap.request_authentications.push(named(name, ns, p)),
             Spec::ProxyBootstrap(_) => {}
             Spec::LocalRateLimit(mut rl) => {

@@ -196,6 +196,51 @@ impl TimeoutMark {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// The SPIFFE identity of the peer that sent a request over mTLS (the client certificate's
+/// URI SAN), with its AuthorizationPolicy principal (`<trust-domain>/ns/<ns>/sa/<sa>`).
+///
+/// Written by the proxy's inbound listener for every request of an mTLS connection whose
+/// client certificate carries one SPIFFE identity (computed once per connection), or by an
+/// in-process user that authenticated the peer itself; read by the authorization layer
+/// (`mesh-tls`'s `authz`: `principals`, `namespaces`, `serviceAccounts`, `source.principal`,
+/// `source.namespace`). Absent: the peer is not authenticated (plaintext).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity(Arc<(crate::identity::SpiffeId, Box<str>)>);
+
+impl PeerIdentity {
+    /// The peer `id`.
+    pub fn new(id: crate::identity::SpiffeId) -> Self {
+        let principal = id.principal().into_boxed_str();
+        PeerIdentity(Arc::new((id, principal)))
+    }
+
+    /// The SPIFFE identity.
+    pub fn id(&self) -> &crate::identity::SpiffeId {
+        &self.0.0
+    }
+
+    /// The principal as AuthorizationPolicy writes it: `<trust-domain>/ns/<ns>/sa/<sa>`.
+    pub fn principal(&self) -> &str {
+        &self.0.1
+    }
+}
+
+/// The address a request was sent to, as the workload sees it: Envoy's
+/// `destination.address` (the original destination of the connection).
+///
+/// Written by the proxy's inbound listener (the listener's IP and the local application's
+/// port: the workload port the peer meant); read by the authorization layer (`ports`,
+/// `destination.ip`, `destination.port`). Absent: rules on the destination do not match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DestinationAddr(pub SocketAddr);
+
+/// The server name (SNI) the peer asked for in its TLS handshake.
+///
+/// Written by the proxy's inbound listener for requests of a TLS connection that sent one;
+/// read by the authorization layer (`connection.sni`). Absent: plaintext, or no SNI.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConnectionSni(pub Arc<str>);
+
 /// The cluster the balancer picked the [`SelectedEndpoint`] from: its Istio name
 /// (`outbound|9080|v1|reviews.default.svc.cluster.local`) and the endpoint's health cell.
 ///

@@ -47,7 +47,10 @@ use crate::engine::{
 use crate::pipeline::{self, Built};
 use crate::security::WorkloadTls;
 use crate::stack::Layers;
+use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
+use mesh_tls::authz::{Authorizer, Authz, AuthzLayer};
 use mesh_transport::tls::{DownstreamTls, PeerTls, PeerTlsInfo, UpstreamTls};
+use tower_layer::Layer as _;
 
 /// Why the proxy could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +129,8 @@ pub struct ProxyState {
     has_bootstrap: AtomicBool,
     /// The inbound listener's mTLS (identity, PeerAuthentication mode).
     workload_tls: Arc<WorkloadTls>,
+    /// The inbound listener's AuthorizationPolicies, swapped on reload.
+    authz: Arc<ArcSwap<Authorizer>>,
 }
 
 /// A running proxy.
@@ -283,6 +288,7 @@ impl Proxy {
         let snapshot = compiled.snapshot;
         let boot = snapshot.bootstrap.clone();
         let limits = engine_limits(&boot);
+        let authz = Arc::new(ArcSwap::new(security.authz.clone()));
         let workload_tls = Arc::new(WorkloadTls::new(security).map_err(|e| StartError::Io {
             what: "inbound TLS".into(),
             source: io::Error::other(e),
@@ -304,6 +310,7 @@ impl Proxy {
             unenforced: ArcSwap::from_pointee(compiled.unenforced),
             has_bootstrap: AtomicBool::new(compiled.has_bootstrap),
             workload_tls,
+            authz,
         });
         let mut proxy = Proxy {
             state,
@@ -348,7 +355,9 @@ impl Proxy {
         if let Some((b, app)) = inbound {
             let addr = b.local_addr();
             let tls = self.state.workload_tls.clone();
-            let factory = Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app, &tls));
+            let authz = self.state.authz.clone();
+            let factory =
+                Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app, addr, &tls, &authz));
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("inbound listener {addr}")))?;
@@ -433,50 +442,140 @@ impl Proxy {
     }
 }
 
-/// The inbound stack: every request goes to the local application.
-fn inbound_stack(ctx: &WorkerContext, app: SocketAddr, tls: &Arc<WorkloadTls>) -> InboundStack {
-    InboundStack {
+/// The inbound stack: every request goes to the local application, if the
+/// AuthorizationPolicies allow it.
+fn inbound_stack(
+    ctx: &WorkerContext,
+    app: SocketAddr,
+    listener: SocketAddr,
+    tls: &Arc<WorkloadTls>,
+    authz: &Arc<ArcSwap<Authorizer>>,
+) -> InboundStack {
+    let forward = InboundForward {
         connector: ctx.connector(),
         app,
+    };
+    InboundStack {
+        inner: AuthzLayer::shared(authz.clone()).layer(forward),
         tls: tls.clone(),
+        // the workload port the peer meant is the application's (Envoy's original
+        // destination under iptables); the address, the listener's
+        destination: DestinationAddr(SocketAddr::new(listener.ip(), app.port())),
         last: None,
     }
 }
 
-/// The inbound listener's stack: forwards to the local application, with the client's
-/// identity in `x-forwarded-client-cert` when it came over mTLS.
+/// What the inbound stack learns once per connection from its TLS session.
+#[derive(Debug, Clone)]
+struct ConnectionFacts {
+    peer: Arc<PeerTlsInfo>,
+    /// `x-forwarded-client-cert` (`None`: no client certificate with a SPIFFE identity).
+    xfcc: Option<http::HeaderValue>,
+    /// The client's SPIFFE identity, for AuthorizationPolicy.
+    identity: Option<PeerIdentity>,
+    sni: Option<ConnectionSni>,
+}
+
+/// The inbound listener's stack: fills in what AuthorizationPolicy reads (the peer's
+/// identity, the destination, the SNI), sets `x-forwarded-client-cert` when the client came
+/// over mTLS, applies the AuthorizationPolicies ([`mesh_tls::authz`]) and forwards to the
+/// local application.
 #[derive(Debug, Clone)]
 pub struct InboundStack {
+    inner: Authz<InboundForward>,
+    tls: Arc<WorkloadTls>,
+    destination: DestinationAddr,
+    /// The last connection's facts (requests of one connection share them).
+    last: Option<ConnectionFacts>,
+}
+
+/// The end of the inbound stack: the local application.
+#[derive(Debug, Clone)]
+pub struct InboundForward {
     connector: crate::engine::Connector,
     app: SocketAddr,
-    tls: Arc<WorkloadTls>,
-    /// The last connection's `x-forwarded-client-cert` (requests of one connection share it).
-    last: Option<(Arc<PeerTlsInfo>, Option<http::HeaderValue>)>,
 }
 
 impl InboundStack {
-    /// `x-forwarded-client-cert` for a request of the connection `peer` (`None`: the client
-    /// sent no certificate with a SPIFFE identity).
-    fn xfcc(&mut self, peer: &Arc<PeerTlsInfo>) -> Option<http::HeaderValue> {
-        if let Some((p, v)) = &self.last
-            && Arc::ptr_eq(p, peer)
-        {
-            return v.clone();
+    /// The facts of the connection `peer`, computed once per connection.
+    fn facts(&mut self, peer: &Arc<PeerTlsInfo>) -> &ConnectionFacts {
+        let fresh = !self
+            .last
+            .as_ref()
+            .is_some_and(|f| Arc::ptr_eq(&f.peer, peer));
+        if fresh {
+            let client = peer
+                .peer_certificates
+                .first()
+                .and_then(|cert| Some((cert, mesh_tls::peer::spiffe_id(cert).ok()?)));
+            let xfcc = client.as_ref().and_then(|(cert, client)| {
+                let id = self.tls.current().identity.clone()?;
+                let by = id.current().identity().to_string();
+                let text = crate::security::xfcc(&by, cert.as_ref(), &client.to_string());
+                http::HeaderValue::from_str(&text).ok()
+            });
+            self.last = Some(ConnectionFacts {
+                peer: peer.clone(),
+                xfcc,
+                identity: client.map(|(_, id)| PeerIdentity::new(id)),
+                sni: peer
+                    .server_name
+                    .as_deref()
+                    .map(|s| ConnectionSni(Arc::from(s))),
+            });
         }
-        let v = (|| {
-            let cert = peer.peer_certificates.first()?;
-            let client = mesh_tls::peer::spiffe_id(cert).ok()?;
-            let id = self.tls.current().identity.clone()?;
-            let by = id.current().identity().to_string();
-            let text = crate::security::xfcc(&by, cert.as_ref(), &client.to_string());
-            http::HeaderValue::from_str(&text).ok()
-        })();
-        self.last = Some((peer.clone(), v.clone()));
-        v
+        // filled just above when it was not the same connection's
+        self.last.get_or_insert_with(|| ConnectionFacts {
+            peer: peer.clone(),
+            xfcc: None,
+            identity: None,
+            sni: None,
+        })
     }
 }
 
 impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundStack {
+    type Response = crate::engine::EngineResponse;
+    type Error = std::convert::Infallible;
+    type Future = mesh_tls::authz::ResponseFuture<
+        crate::engine::ConnectorFuture,
+        mesh_core::MeshBody<crate::engine::UpstreamBody>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        // a client's own x-forwarded-client-cert is never trusted (Envoy's SANITIZE_SET;
+        // Istio's sidecars append to it): over mTLS it is replaced by the connection's
+        let peer = req.extensions().get::<PeerTls>().map(|p| p.0.clone());
+        let facts = peer.map(|p| self.facts(&p).clone());
+        match facts.as_ref().and_then(|f| f.xfcc.clone()) {
+            Some(v) => {
+                req.headers_mut().insert(XFCC, v);
+            }
+            None => {
+                req.headers_mut().remove(XFCC);
+            }
+        }
+        if let Some(f) = facts {
+            if let Some(id) = f.identity {
+                req.extensions_mut().insert(id);
+            }
+            if let Some(sni) = f.sni {
+                req.extensions_mut().insert(sni);
+            }
+        }
+        req.extensions_mut().insert(self.destination);
+        self.inner.call(req)
+    }
+}
+
+impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundForward {
     type Response = crate::engine::EngineResponse;
     type Error = std::convert::Infallible;
     type Future = crate::engine::ConnectorFuture;
@@ -492,18 +591,6 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundSta
     }
 
     fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        // a client's own x-forwarded-client-cert is never trusted (Envoy's SANITIZE_SET;
-        // Istio's sidecars append to it): over mTLS it is replaced by the connection's
-        let peer = req.extensions().get::<PeerTls>().map(|p| p.0.clone());
-        let xfcc = peer.and_then(|p| self.xfcc(&p));
-        match xfcc {
-            Some(v) => {
-                req.headers_mut().insert(XFCC, v);
-            }
-            None => {
-                req.headers_mut().remove(XFCC);
-            }
-        }
         req.extensions_mut().insert(SelectedEndpoint::new(self.app));
         self.connector.call(req)
     }
@@ -623,6 +710,7 @@ impl ProxyState {
             );
         }
         let generation = compiled.snapshot.generation;
+        self.authz.store(security.authz.clone());
         self.workload_tls.store(security);
         self.layers.store(&compiled.snapshot, routes);
         self.snapshot.store(compiled.snapshot);

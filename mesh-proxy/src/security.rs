@@ -19,6 +19,10 @@
 //! | `PERMISSIVE` (Istio's default) | mTLS or plaintext, by the first byte | plaintext |
 //! | `DISABLE` | plaintext | plaintext |
 //!
+//! Every request on the inbound listener then passes the AuthorizationPolicies that apply
+//! to the workload ([`mesh_tls::authz`], compiled here with the rest of the security and
+//! swapped with it on reload); a policy that cannot be enforced refuses the configuration.
+//!
 //! mTLS means a client certificate chaining to the trust bundle with one SPIFFE identity of
 //! the workload's trust domain ([`mesh_tls::verify`]); the application behind the listener
 //! gets it in `x-forwarded-client-cert` ([`xfcc`]).
@@ -37,6 +41,7 @@ use mesh_core::load::Issue;
 use mesh_core::model::Kind;
 use mesh_core::model::networking::{ClientTlsMode, DestinationRule, TrafficPolicy};
 use mesh_core::model::security::MtlsMode;
+use mesh_tls::authz::{Authorizer, PolicyRef, Workload};
 use mesh_tls::config::{TlsFiles, WorkloadIdentity};
 use mesh_tls::peer_auth::{Effective, Policy, effective_mode};
 use mesh_tls::verify::Accept;
@@ -53,6 +58,9 @@ pub struct Security {
     pub identity: Option<Arc<WorkloadIdentity>>,
     /// The inbound listener's mode and the policy that decided it.
     pub inbound: Effective,
+    /// The AuthorizationPolicies that apply to this workload, compiled
+    /// ([`mesh_tls::authz`]); the inbound listener applies them to every request.
+    pub authz: Arc<Authorizer>,
 }
 
 impl Security {
@@ -180,7 +188,49 @@ pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
             )]);
         }
     }
-    Ok(Security { identity, inbound })
+    let authz = Arc::new(authorization(compiled)?);
+    Ok(Security {
+        identity,
+        inbound,
+        authz,
+    })
+}
+
+/// Compiles the AuthorizationPolicies that apply to the workload; a policy this version
+/// cannot enforce (JWT keys, `CUSTOM`: the proxy has no external authorizer) is an error of
+/// its field (security fails closed).
+fn authorization(compiled: &Compiled) -> Result<Authorizer, Vec<Issue>> {
+    let snap = &compiled.snapshot;
+    let boot = &snap.bootstrap;
+    let policies: Vec<PolicyRef<'_>> = snap
+        .authorization_policies
+        .iter()
+        .map(|p| PolicyRef {
+            namespace: &p.namespace,
+            name: &p.name,
+            spec: &p.spec,
+        })
+        .collect();
+    let workload = Workload {
+        root_namespace: &boot.mesh.root_namespace,
+        namespace: &boot.workload.namespace,
+        labels: &boot.workload.labels,
+    };
+    Authorizer::compile(&policies, &workload, None).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| Issue {
+                severity: Severity::Error,
+                resource: ResourceRef {
+                    kind: Kind::AuthorizationPolicy,
+                    namespace: e.namespace,
+                    name: e.name,
+                },
+                field: FieldPath::parse(&e.field),
+                message: e.message,
+            })
+            .collect()
+    })
 }
 
 /// The field path of the first `tls.mode: ISTIO_MUTUAL` of a DestinationRule, if any.

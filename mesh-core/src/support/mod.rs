@@ -39,9 +39,10 @@
 //! let ap = r#"
 //! apiVersion: security.istio.io/v1
 //! kind: AuthorizationPolicy
-//! metadata: {name: deny-all}
-//! spec: {action: DENY, rules: [{}]}
+//! metadata: {name: jwt-only}
+//! spec: {rules: [{from: [{source: {requestPrincipals: ["*"]}}]}]}
 //! "#;
+//! // JWT is not enforced yet: security fails closed
 //! let err = load_str_with("ap.yaml", ap, CheckMode::Proxy).unwrap_err();
 //! assert!(err.to_string().contains("refused, because security fails closed"));
 //! ```

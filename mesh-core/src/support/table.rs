@@ -145,11 +145,28 @@ static L4_PORTS: Custom = Custom {
     check: l4_port,
 };
 
-/// AuthorizationPolicy: refused, except in dry run (`istio.io/dry-run: "true"`), which
-/// Istio never enforces either.
+/// AuthorizationPolicy: enforced on the inbound listener (mesh-tls `authz`); a dry-run
+/// policy (`istio.io/dry-run: "true"`) is not enforced, as Istio's.
 static AUTHZ_KIND: Custom = Custom {
-    doc: "refused (security); a dry-run policy (annotation `istio.io/dry-run: \"true\"`) is accepted with a warning, as Istio only logs its decisions",
+    doc: "enforced on the inbound listener (mesh-tls `authz`, Istio's selection and evaluation order); a dry-run policy (annotation `istio.io/dry-run: \"true\"`) is accepted with a warning and not enforced, as Istio only logs its decisions",
     check: authz_kind,
+};
+
+/// AuthorizationPolicy `action`: CUSTOM needs an external authorizer, which the proxy has
+/// none of.
+static AUTHZ_ACTION: Values = Values {
+    cases: &[
+        ("ALLOW", Verdict::Enforced),
+        ("DENY", Verdict::Enforced),
+        ("AUDIT", Verdict::Enforced),
+    ],
+    otherwise: Verdict::Refused(Area::Security),
+};
+
+/// AuthorizationPolicy `when[].key`: Istio's HTTP keys, except those that need JWT.
+static AUTHZ_CONDITION_KEY: Custom = Custom {
+    doc: "`request.headers[...]`, `source.ip`, `remote.ip`, `source.namespace`, `source.principal`, `source.serviceAccount`, `source.trustDomain`, `destination.ip`, `destination.port` and `connection.sni` are enforced; `request.auth.*` (JWT) and any other key (`experimental.envoy.filters.*`) are refused",
+    check: authz_condition_key,
 };
 
 /// A mapping's value under `key`.
@@ -192,21 +209,39 @@ fn l4_port(port: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
     ))
 }
 
+fn authz_condition_key(key: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
+    let k = key_text(key).unwrap_or_default();
+    let known = matches!(
+        k.as_str(),
+        "source.ip"
+            | "remote.ip"
+            | "source.namespace"
+            | "source.principal"
+            | "source.serviceAccount"
+            | "source.trustDomain"
+            | "destination.ip"
+            | "destination.port"
+            | "connection.sni"
+    ) || (k.starts_with("request.headers[") && k.ends_with(']'));
+    if known {
+        return None;
+    }
+    Some((
+        Verdict::Refused(Area::Security),
+        format!("condition key {k:?} is "),
+    ))
+}
+
 fn authz_kind(doc: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
     let dry_run = child(doc, "metadata")
         .and_then(|m| child(m, "annotations"))
         .and_then(|a| child(a, crate::validate::common::DRY_RUN_ANNOTATION))
         .and_then(key_text)
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    Some(if dry_run {
+    dry_run.then(|| {
         (
             Verdict::NotYet(Area::Security),
             "AuthorizationPolicy (dry run) is ".into(),
-        )
-    } else {
-        (
-            Verdict::Refused(Area::Security),
-            "AuthorizationPolicy is ".into(),
         )
     })
 }
@@ -1097,7 +1132,7 @@ static SERVER: TypeDef = TypeDef {
             Status::NotYet(Area::GatewaysL4),
             "",
         ),
-        field("name", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("name", Leaf, Status::Refused(Area::Security), ""),
     ],
 };
 
@@ -1106,7 +1141,7 @@ static PORT: TypeDef = TypeDef {
     fields: &[
         field("number", Leaf, Status::NotYet(Area::GatewaysL4), ""),
         field("protocol", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("name", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("name", Leaf, Status::Refused(Area::Security), ""),
         field("targetPort", Leaf, Status::NotYet(Area::GatewaysL4), ""),
     ],
 };
@@ -1266,7 +1301,7 @@ static SIDECAR_PORT: TypeDef = TypeDef {
     fields: &[
         field("number", Leaf, Status::NotYet(Area::GatewaysL4), ""),
         field("protocol", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("name", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("name", Leaf, Status::Refused(Area::Security), ""),
         field("targetPort", Leaf, Status::NotYet(Area::GatewaysL4), ""),
     ],
 };
@@ -1336,26 +1371,26 @@ static MUTUAL_TLS: TypeDef = TypeDef {
 static AUTHORIZATION_POLICY: TypeDef = TypeDef {
     name: "AuthorizationPolicy",
     fields: &[
-        field(
-            "selector",
-            Struct(&WORKLOAD_SELECTOR),
-            Status::Refused(Area::Security),
-            "",
-        ),
+        field("selector", Struct(&WORKLOAD_SELECTOR), Status::Enforced, ""),
         field(
             "targetRef",
             Struct(&POLICY_TARGET_REFERENCE),
-            Status::Refused(Area::Security),
-            "",
+            Status::NotYet(Area::GatewaysL4),
+            "attaches the policy to a gateway or waypoint: a sidecar does not apply it, as Istio's",
         ),
         field(
             "targetRefs",
             Seq(&POLICY_TARGET_REFERENCE),
-            Status::Refused(Area::Security),
-            "",
+            Status::NotYet(Area::GatewaysL4),
+            "attaches the policy to gateways or waypoints: a sidecar does not apply it, as Istio's",
         ),
-        field("rules", Seq(&RULE), Status::Refused(Area::Security), ""),
-        field("action", Leaf, Status::Refused(Area::Security), ""),
+        field("rules", Seq(&RULE), Status::Enforced, ""),
+        field(
+            "action",
+            Leaf,
+            Status::Values(&AUTHZ_ACTION),
+            "CUSTOM needs an external authorizer; the proxy has none",
+        ),
         field(
             "provider",
             Struct(&EXTENSION_PROVIDER),
@@ -1378,27 +1413,22 @@ static POLICY_TARGET_REFERENCE: TypeDef = TypeDef {
 static RULE: TypeDef = TypeDef {
     name: "Rule",
     fields: &[
-        field("from", Seq(&RULE_FROM), Status::Refused(Area::Security), ""),
-        field("to", Seq(&RULE_TO), Status::Refused(Area::Security), ""),
-        field("when", Seq(&CONDITION), Status::Refused(Area::Security), ""),
+        field("from", Seq(&RULE_FROM), Status::Enforced, ""),
+        field("to", Seq(&RULE_TO), Status::Enforced, ""),
+        field("when", Seq(&CONDITION), Status::Enforced, ""),
     ],
 };
 
 static RULE_FROM: TypeDef = TypeDef {
     name: "RuleFrom",
-    fields: &[field(
-        "source",
-        Struct(&SOURCE),
-        Status::Refused(Area::Security),
-        "",
-    )],
+    fields: &[field("source", Struct(&SOURCE), Status::Enforced, "")],
 };
 
 static SOURCE: TypeDef = TypeDef {
     name: "Source",
     fields: &[
-        field("principals", Leaf, Status::Refused(Area::Security), ""),
-        field("notPrincipals", Leaf, Status::Refused(Area::Security), ""),
+        field("principals", Leaf, Status::Enforced, ""),
+        field("notPrincipals", Leaf, Status::Enforced, ""),
         field(
             "requestPrincipals",
             Leaf,
@@ -1411,59 +1441,44 @@ static SOURCE: TypeDef = TypeDef {
             Status::Refused(Area::Security),
             "",
         ),
-        field("namespaces", Leaf, Status::Refused(Area::Security), ""),
-        field("notNamespaces", Leaf, Status::Refused(Area::Security), ""),
-        field("serviceAccounts", Leaf, Status::Refused(Area::Security), ""),
-        field(
-            "notServiceAccounts",
-            Leaf,
-            Status::Refused(Area::Security),
-            "",
-        ),
-        field("ipBlocks", Leaf, Status::Refused(Area::Security), ""),
-        field("notIpBlocks", Leaf, Status::Refused(Area::Security), ""),
-        field("remoteIpBlocks", Leaf, Status::Refused(Area::Security), ""),
-        field(
-            "notRemoteIpBlocks",
-            Leaf,
-            Status::Refused(Area::Security),
-            "",
-        ),
-        field("trustDomains", Leaf, Status::Refused(Area::Security), ""),
-        field("notTrustDomains", Leaf, Status::Refused(Area::Security), ""),
+        field("namespaces", Leaf, Status::Enforced, ""),
+        field("notNamespaces", Leaf, Status::Enforced, ""),
+        field("serviceAccounts", Leaf, Status::Enforced, ""),
+        field("notServiceAccounts", Leaf, Status::Enforced, ""),
+        field("ipBlocks", Leaf, Status::Enforced, ""),
+        field("notIpBlocks", Leaf, Status::Enforced, ""),
+        field("remoteIpBlocks", Leaf, Status::Enforced, ""),
+        field("notRemoteIpBlocks", Leaf, Status::Enforced, ""),
+        field("trustDomains", Leaf, Status::Enforced, ""),
+        field("notTrustDomains", Leaf, Status::Enforced, ""),
     ],
 };
 
 static RULE_TO: TypeDef = TypeDef {
     name: "RuleTo",
-    fields: &[field(
-        "operation",
-        Struct(&OPERATION),
-        Status::Refused(Area::Security),
-        "",
-    )],
+    fields: &[field("operation", Struct(&OPERATION), Status::Enforced, "")],
 };
 
 static OPERATION: TypeDef = TypeDef {
     name: "Operation",
     fields: &[
-        field("hosts", Leaf, Status::Refused(Area::Security), ""),
-        field("notHosts", Leaf, Status::Refused(Area::Security), ""),
-        field("ports", Leaf, Status::Refused(Area::Security), ""),
-        field("notPorts", Leaf, Status::Refused(Area::Security), ""),
-        field("methods", Leaf, Status::Refused(Area::Security), ""),
-        field("notMethods", Leaf, Status::Refused(Area::Security), ""),
-        field("paths", Leaf, Status::Refused(Area::Security), ""),
-        field("notPaths", Leaf, Status::Refused(Area::Security), ""),
+        field("hosts", Leaf, Status::Enforced, ""),
+        field("notHosts", Leaf, Status::Enforced, ""),
+        field("ports", Leaf, Status::Enforced, ""),
+        field("notPorts", Leaf, Status::Enforced, ""),
+        field("methods", Leaf, Status::Enforced, ""),
+        field("notMethods", Leaf, Status::Enforced, ""),
+        field("paths", Leaf, Status::Enforced, ""),
+        field("notPaths", Leaf, Status::Enforced, ""),
     ],
 };
 
 static CONDITION: TypeDef = TypeDef {
     name: "Condition",
     fields: &[
-        field("key", Leaf, Status::Refused(Area::Security), ""),
-        field("values", Leaf, Status::Refused(Area::Security), ""),
-        field("notValues", Leaf, Status::Refused(Area::Security), ""),
+        field("key", Leaf, Status::Custom(&AUTHZ_CONDITION_KEY), ""),
+        field("values", Leaf, Status::Enforced, ""),
+        field("notValues", Leaf, Status::Enforced, ""),
     ],
 };
 

@@ -84,21 +84,46 @@ fn values_decide_tls_and_mtls_modes() {
 }
 
 #[test]
-fn a_refused_kind_is_refused_whatever_its_spec() {
-    for spec in ["{}", "{action: DENY, rules: [{}]}"] {
-        let found = scan_doc(&format!(
+fn authorization_policy_is_enforced_except_what_needs_jwt_custom_or_dry_run() {
+    let ap = |spec: &str| {
+        scan_doc(&format!(
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec: {spec}\n"
-        ));
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].verdict.is_refused());
-        assert_eq!(found[0].field, None);
-        assert_eq!(found[0].line, 2);
+        ))
+    };
+    // istio.io authz-deny and authz-http: enforced
+    for spec in [
+        "{}",
+        "{action: DENY, rules: [{}]}",
+        "{action: AUDIT, rules: [{to: [{operation: {paths: [/x]}}]}]}",
+        "{rules: [{from: [{source: {principals: [a], notIpBlocks: [1.2.3.4]}}], when: [{key: \"request.headers[x-token]\", notValues: [admin]}, {key: source.ip, values: [10.0.0.0/8]}]}]}",
+    ] {
+        assert!(ap(spec).is_empty(), "{spec}: {:?}", ap(spec));
     }
+    // refused, naming the field: JWT, CUSTOM (no provider in the proxy), unknown keys
+    for (spec, field) in [
+        (
+            "{rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]}",
+            "spec.rules[0].from[0].source.requestPrincipals",
+        ),
+        (
+            "{rules: [{when: [{key: \"request.auth.claims[iss]\", values: [a]}]}]}",
+            "spec.rules[0].when[0].key",
+        ),
+        ("{action: CUSTOM, provider: {name: opa}}", "spec.action"),
+    ] {
+        let found = ap(spec);
+        assert!(found[0].verdict.is_refused(), "{spec}");
+        assert_eq!(found[0].field.as_ref().unwrap().to_string(), field);
+    }
+    // targetRef: for gateways and waypoints, a sidecar ignores the policy (a warning)
+    let found = ap("{targetRef: {kind: Gateway, name: gw}, action: DENY, rules: [{}]}");
+    assert_eq!(found[0].verdict, Verdict::NotYet(Area::GatewaysL4));
     // a dry-run policy is not enforced by Istio either: a warning
     let found = scan_doc(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, annotations: {istio.io/dry-run: \"true\"}}\nspec: {action: DENY, rules: [{}]}\n",
     );
     assert_eq!(found[0].verdict, Verdict::NotYet(Area::Security));
+    assert_eq!(found[0].field, None);
 }
 
 #[test]

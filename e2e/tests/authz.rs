@@ -1,0 +1,269 @@
+//! AuthorizationPolicy on the sidecar's inbound side, through the real proxy: the cases of
+//! istio.io's authorization tasks (docs/tasks/security/authorization/authz-http, authz-deny,
+//! authz-ip) with mTLS clients whose certificates the mesh CA makes at test time. A denial
+//! is `403 RBAC: access denied` with flag `RBAC`, and the application never sees it.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Request;
+use hyper_util::rt::TokioIo;
+use mesh_core::identity::SpiffeId;
+use mesh_tls::ca::MeshCa;
+use mesh_tls::config::TlsMaterial;
+use mesh_tls::verify::Accept;
+use rustls::pki_types::ServerName;
+use support::*;
+
+const TD: &str = "cluster.local";
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::new(TD, "default", sa)
+}
+
+/// The bootstrap of `reviews` (files written into `dir`), inbound to `app`, plus `extra`.
+fn config(dir: &Path, ca: &MeshCa, app: &Backend, extra: &str) -> String {
+    let cert = ca.issue(&id("reviews"), Duration::from_secs(3600)).unwrap();
+    std::fs::write(dir.join("reviews.pem"), &cert.chain_pem).unwrap();
+    std::fs::write(dir.join("reviews.key"), &cert.key_pem).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    format!(
+        "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {{name: e2e}}
+spec:
+  concurrency: 1
+  workload: {{name: reviews-v1, namespace: default, serviceAccount: reviews, labels: {{app: reviews}}}}
+  outbound: {{address: 127.0.0.1, port: 0}}
+  inbound: {{address: 127.0.0.1, port: 0, localApp: '127.0.0.1:{}'}}
+  admin: {{address: 127.0.0.1, port: 0}}
+  identity:
+    spiffeId: spiffe://cluster.local/ns/default/sa/reviews
+    certificateChain: {d}/reviews.pem
+    privateKey: {d}/reviews.key
+    trustBundle: {d}/ca.pem
+{extra}",
+        app.port(),
+        d = dir.display()
+    )
+}
+
+/// One HTTP/1.1 connection to the inbound listener, over mTLS as `who` (or plaintext).
+struct Client {
+    tx: hyper::client::conn::http1::SendRequest<UpBody>,
+}
+
+impl Client {
+    async fn mtls(addr: SocketAddr, ca: &MeshCa, who: &str) -> Client {
+        let c = ca.issue(&id(who), Duration::from_secs(3600)).unwrap();
+        let m = TlsMaterial::from_pem(&c.chain_pem, &c.key_pem, ca.cert_pem()).unwrap();
+        let cfg = m
+            .client_config(Accept::trust_domain(TD).identities([id("reviews")]), false)
+            .unwrap();
+        let tcp = bounded(tokio::net::TcpStream::connect(addr)).await.unwrap();
+        let name = ServerName::try_from("reviews.default.svc.cluster.local").unwrap();
+        let tls = bounded(tokio_rustls::TlsConnector::from(cfg).connect(name, tcp))
+            .await
+            .unwrap();
+        let (tx, conn) = bounded(hyper::client::conn::http1::handshake(TokioIo::new(tls)))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Client { tx }
+    }
+
+    async fn plain(addr: SocketAddr) -> Client {
+        let tcp = bounded(tokio::net::TcpStream::connect(addr)).await.unwrap();
+        let (tx, conn) = bounded(hyper::client::conn::http1::handshake(TokioIo::new(tcp)))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Client { tx }
+    }
+
+    async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "reviews");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        bounded(self.tx.ready()).await.unwrap();
+        let res = bounded(self.tx.send_request(b.body(full("")).unwrap()))
+            .await
+            .unwrap();
+        read(res).await
+    }
+}
+
+fn assert_denied(r: &Reply, what: &str) {
+    assert_eq!(r.status, 403, "{what}: {r:?}");
+    assert_eq!(r.flags(), "RBAC", "{what}");
+    assert_eq!(r.body, "RBAC: access denied", "{what}");
+}
+
+#[tokio::test]
+async fn authz_http_an_allowed_principal_gets_200_another_gets_403_and_never_reaches_the_app() {
+    // authz-http "details-viewer": only productpage's identity, GET only
+    let policy = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-viewer, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/productpage]}}]
+    to: [{operation: {methods: [GET]}}]
+";
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = backend("app").await;
+    let p = start(&config(dir.path(), &ca, &app, policy)).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+
+    let mut productpage = Client::mtls(inbound, &ca, "productpage").await;
+    let ok = productpage.send("GET", "/reviews/1", &[]).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.backend(), "app");
+    // the same connection, another method: the identity is cached, the rule still checked
+    assert_denied(&productpage.send("POST", "/reviews/1", &[]).await, "POST");
+
+    let mut ratings = Client::mtls(inbound, &ca, "ratings").await;
+    assert_denied(
+        &ratings.send("GET", "/reviews/1", &[]).await,
+        "another principal",
+    );
+    let mut plain = Client::plain(inbound).await;
+    assert_denied(&plain.send("GET", "/reviews/1", &[]).await, "plaintext");
+    assert_eq!(app.hits(), 1, "no denied request reached the application");
+}
+
+#[tokio::test]
+async fn authz_deny_takes_precedence_and_paths_and_methods_are_matched() {
+    // authz-deny: "deny-method-get" (GET without `x-token: admin`) and "allow-path-ip"
+    let policies = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-method-get, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  rules:
+  - to: [{operation: {methods: [GET]}}]
+    when: [{key: 'request.headers[x-token]', notValues: [admin]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-path-ip, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {paths: [/ip]}}]
+";
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = backend("app").await;
+    let p = start(&config(dir.path(), &ca, &app, policies)).await;
+    let mut c = Client::mtls(p.proxy.inbound_addr().unwrap(), &ca, "sleep").await;
+    let admin = [("x-token", "admin")];
+    let guest = [("x-token", "guest")];
+    assert_denied(&c.send("GET", "/ip", &[]).await, "GET /ip, no token");
+    assert_denied(&c.send("GET", "/ip", &guest).await, "GET /ip as guest");
+    assert_eq!(c.send("GET", "/ip", &admin).await.status, 200);
+    assert_eq!(c.send("POST", "/ip", &[]).await.status, 200);
+    assert_denied(&c.send("GET", "/headers", &admin).await, "no ALLOW matches");
+    // the path is normalised before matching (and forwarded normalised)
+    assert_denied(
+        &c.send("GET", "/ip/../headers", &admin).await,
+        "/ip/../headers",
+    );
+    assert_eq!(c.send("GET", "/headers/../ip", &admin).await.status, 200);
+    assert_eq!(app.hits(), 3);
+}
+
+#[tokio::test]
+async fn authz_ip_blocks_and_a_reload_swaps_the_policies() {
+    // authz-ip: an ALLOW from ipBlocks, then (after a reload) a DENY for the same block
+    let allow = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ip-allow, namespace: default}
+spec:
+  rules: [{from: [{source: {ipBlocks: [127.0.0.0/8]}}]}]
+";
+    let deny = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ip-deny, namespace: default}
+spec:
+  action: DENY
+  rules: [{from: [{source: {ipBlocks: [127.0.0.1]}}]}]
+";
+    let elsewhere = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ip-allow, namespace: default}
+spec:
+  rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}]}]
+";
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = backend("app").await;
+    let file = dir.path().join("mesh.yaml");
+    write(&file, &config(dir.path(), &ca, &app, allow));
+    let p = start_files(vec![file.clone()]).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    let mut c = Client::plain(inbound).await;
+    assert_eq!(c.send("GET", "/", &[]).await.status, 200);
+
+    write(&file, &config(dir.path(), &ca, &app, elsewhere));
+    p.proxy.reload().unwrap();
+    assert_denied(&c.send("GET", "/", &[]).await, "not in the ALLOW block");
+
+    write(
+        &file,
+        &config(dir.path(), &ca, &app, &format!("{allow}{deny}")),
+    );
+    p.proxy.reload().unwrap();
+    assert_denied(&c.send("GET", "/", &[]).await, "DENY over ALLOW");
+    assert_eq!(app.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_policy_this_version_cannot_enforce_refuses_start_and_reload() {
+    let jwt = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: default}
+spec:
+  rules: [{from: [{source: {requestPrincipals: ['*']}}]}]
+";
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = backend("app").await;
+    let file = dir.path().join("mesh.yaml");
+    write(&file, &config(dir.path(), &ca, &app, jwt));
+    let err = mesh_proxy::proxy::Proxy::start(vec![file.clone()]).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("AuthorizationPolicy/default/require-jwt")
+            && text.contains("spec.rules[0].from[0].source.requestPrincipals")
+            && text.contains("fails closed"),
+        "{text}"
+    );
+
+    // running with no policy, a reload to the refused one keeps the running configuration
+    write(&file, &config(dir.path(), &ca, &app, ""));
+    let p = start_files(vec![file.clone()]).await;
+    write(&file, &config(dir.path(), &ca, &app, jwt));
+    assert!(p.proxy.reload().is_err());
+    let mut c = Client::plain(p.proxy.inbound_addr().unwrap()).await;
+    assert_eq!(c.send("GET", "/", &[]).await.status, 200);
+}
