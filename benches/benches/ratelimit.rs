@@ -14,45 +14,19 @@
 //!
 //! The admitting buckets never run out (`u32::MAX` tokens refilled every 50 ms); the empty
 //! one refills once an hour.
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
-use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use http::{Request, Response};
+use http::Request;
 use http_body_util::Empty;
-use mesh_core::MeshBody;
+use mesh_benches::layer::{NoopInner, send};
 use mesh_core::ext::{RouteDecision, RouteDestination, RoutePolicy};
 use mesh_core::ratelimit::RateLimitPolicy;
 use mesh_resilience::RateLimitLayer;
 use tower_layer::Layer;
-use tower_service::Service;
-
-type Res = Response<MeshBody<Empty<Bytes>>>;
-
-/// An upstream that answers `200` at once.
-#[derive(Clone)]
-struct NoopInner;
-
-impl<B> Service<Request<B>> for NoopInner {
-    type Response = Res;
-    type Error = Infallible;
-    type Future = Ready<Result<Res, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        black_box(req.uri());
-        ready(Ok(Response::new(MeshBody::empty())))
-    }
-}
 
 /// A routed GET, its route's policy shared as the router shares it.
 fn request(policy: &Arc<RoutePolicy>) -> Request<Empty<Bytes>> {
@@ -69,21 +43,6 @@ fn request(policy: &Arc<RoutePolicy>) -> Request<Empty<Bytes>> {
         policy: policy.clone(),
     });
     req
-}
-
-/// Polls `svc` ready, calls it, and polls the (immediately ready) future once.
-fn send<S>(svc: &mut S, cx: &mut Context<'_>, req: Request<Empty<Bytes>>) -> http::StatusCode
-where
-    S: Service<Request<Empty<Bytes>>, Response = Res, Error = Infallible>,
-{
-    match svc.poll_ready(cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => unreachable!("always ready"),
-    }
-    match pin!(svc.call(req)).poll(cx) {
-        Poll::Ready(Ok(res)) => black_box(res.status()),
-        _ => unreachable!("ready at once"),
-    }
 }
 
 /// A bucket that never runs out.

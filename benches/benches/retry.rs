@@ -20,50 +20,24 @@
 //! per extension, promoted `Bytes` of custom header names); the list one more. The 200 ns
 //! goal needs the head not cloned at all (the connector handing it back with its answer, a
 //! change in `mesh-transport`).
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
-use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Uri};
 use http_body_util::Empty;
-use mesh_core::MeshBody;
+use mesh_benches::layer::{NoopInner, send};
 use mesh_core::ext::{RouteDecision, RouteDestination, RoutePolicy};
 use mesh_core::policy::RetryPolicy;
 use mesh_lb::LbLayer;
 use mesh_resilience::RetryLayer;
 use mesh_routing::{RouteLayer, RouteTable};
 use tower_layer::Layer;
-use tower_service::Service;
-
-type Res = Response<MeshBody<Empty<Bytes>>>;
 
 const HEAD: &str = "GET /reviews/1 HTTP/1.1\r\nhost: reviews:9080\r\nuser-agent: bench/1.0\r\n\
                     accept: application/json\r\n\
                     x-request-id: 2f1c6b0e-5b7a-4d7e-9a51-8a3c1f0d9e42\r\n\r\n";
-
-/// An upstream that answers `200` at once.
-#[derive(Clone)]
-struct NoopInner;
-
-impl<B> Service<Request<B>> for NoopInner {
-    type Response = Res;
-    type Error = Infallible;
-    type Future = Ready<Result<Res, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        black_box(req.uri());
-        ready(Ok(Response::new(MeshBody::empty())))
-    }
-}
 
 /// A header value as hyper parses it: a slice of the connection's shared read buffer (a
 /// clone is a reference count, not a copy).
@@ -99,21 +73,6 @@ fn request(policy: &Arc<RoutePolicy>) -> Request<Empty<Bytes>> {
         policy: policy.clone(),
     });
     req
-}
-
-/// Polls `svc` ready, calls it, and polls the (immediately ready) future once.
-fn send<S>(svc: &mut S, cx: &mut Context<'_>, req: Request<Empty<Bytes>>) -> http::StatusCode
-where
-    S: Service<Request<Empty<Bytes>>, Response = Res, Error = Infallible>,
-{
-    match svc.poll_ready(cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => unreachable!("always ready"),
-    }
-    match pin!(svc.call(req)).poll(cx) {
-        Poll::Ready(Ok(res)) => black_box(res.status()),
-        _ => unreachable!("ready at once"),
-    }
 }
 
 fn retry(c: &mut Criterion) {

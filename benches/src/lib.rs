@@ -61,3 +61,56 @@ mod tests {
         assert_eq!(c.snapshot.services.len(), 3);
     }
 }
+
+/// The harness of the layer benches: an inner service that is always ready and answers at
+/// once, and a driver that calls a service and polls its (immediately ready) future once.
+pub mod layer {
+    use std::convert::Infallible;
+    use std::future::{Future, Ready, ready};
+    use std::hint::black_box;
+    use std::pin::pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Empty;
+    use mesh_core::MeshBody;
+    use tower_service::Service;
+
+    /// The answer of [`NoopInner`].
+    pub type Res = Response<MeshBody<Empty<Bytes>>>;
+
+    /// An upstream that answers `200` at once.
+    #[derive(Clone, Debug)]
+    pub struct NoopInner;
+
+    impl<B> Service<Request<B>> for NoopInner {
+        type Response = Res;
+        type Error = Infallible;
+        type Future = Ready<Result<Res, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<B>) -> Self::Future {
+            black_box(req.uri());
+            ready(Ok(Response::new(MeshBody::empty())))
+        }
+    }
+
+    /// Polls `svc` ready, calls it, and polls the (immediately ready) future once.
+    pub fn send<S, B, R>(svc: &mut S, cx: &mut Context<'_>, req: Request<B>) -> http::StatusCode
+    where
+        S: Service<Request<B>, Response = Response<R>, Error = Infallible>,
+    {
+        match svc.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            _ => unreachable!("always ready"),
+        }
+        match pin!(svc.call(req)).poll(cx) {
+            Poll::Ready(Ok(res)) => black_box(res.status()),
+            _ => unreachable!("ready at once"),
+        }
+    }
+}

@@ -7,50 +7,13 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::time::Duration;
 
 use http::Request;
 use hyper_util::rt::TokioIo;
-use mesh_core::identity::SpiffeId;
 use mesh_tls::ca::MeshCa;
-use mesh_tls::config::TlsMaterial;
-use mesh_tls::verify::Accept;
 use rustls::pki_types::ServerName;
+use support::mtls::*;
 use support::*;
-
-const TD: &str = "cluster.local";
-
-fn id(sa: &str) -> SpiffeId {
-    SpiffeId::new(TD, "default", sa)
-}
-
-/// The bootstrap of `reviews` (files written into `dir`), inbound to `app`, plus `extra`.
-fn config(dir: &Path, ca: &MeshCa, app: &Backend, extra: &str) -> String {
-    let cert = ca.issue(&id("reviews"), Duration::from_secs(3600)).unwrap();
-    std::fs::write(dir.join("reviews.pem"), &cert.chain_pem).unwrap();
-    std::fs::write(dir.join("reviews.key"), &cert.key_pem).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
-    format!(
-        "apiVersion: mesh.proxy/v1alpha1
-kind: ProxyBootstrap
-metadata: {{name: e2e}}
-spec:
-  concurrency: 1
-  workload: {{name: reviews-v1, namespace: default, serviceAccount: reviews, labels: {{app: reviews}}}}
-  outbound: {{address: 127.0.0.1, port: 0}}
-  inbound: {{address: 127.0.0.1, port: 0, localApp: '127.0.0.1:{}'}}
-  admin: {{address: 127.0.0.1, port: 0}}
-  identity:
-    spiffeId: spiffe://cluster.local/ns/default/sa/reviews
-    certificateChain: {d}/reviews.pem
-    privateKey: {d}/reviews.key
-    trustBundle: {d}/ca.pem
-{extra}",
-        app.port(),
-        d = dir.display()
-    )
-}
 
 /// One HTTP/1.1 connection to the inbound listener, over mTLS as `who` (or plaintext).
 struct Client {
@@ -59,14 +22,9 @@ struct Client {
 
 impl Client {
     async fn mtls(addr: SocketAddr, ca: &MeshCa, who: &str) -> Client {
-        let c = ca.issue(&id(who), Duration::from_secs(3600)).unwrap();
-        let m = TlsMaterial::from_pem(&c.chain_pem, &c.key_pem, ca.cert_pem()).unwrap();
-        let cfg = m
-            .client_config(Accept::trust_domain(TD).identities([id("reviews")]), false)
-            .unwrap();
         let tcp = bounded(tokio::net::TcpStream::connect(addr)).await.unwrap();
         let name = ServerName::try_from("reviews.default.svc.cluster.local").unwrap();
-        let tls = bounded(tokio_rustls::TlsConnector::from(cfg).connect(name, tcp))
+        let tls = bounded(client_tls(ca, who).connect(name, tcp))
             .await
             .unwrap();
         let (tx, conn) = bounded(hyper::client::conn::http1::handshake(TokioIo::new(tls)))
@@ -124,7 +82,7 @@ spec:
     let dir = tempfile::tempdir().unwrap();
     let ca = MeshCa::generate(TD).unwrap();
     let app = backend("app").await;
-    let p = start(&config(dir.path(), &ca, &app, policy)).await;
+    let p = start(&reviews_config(dir.path(), &ca, &app, policy)).await;
     let inbound = p.proxy.inbound_addr().unwrap();
 
     let mut productpage = Client::mtls(inbound, &ca, "productpage").await;
@@ -170,7 +128,7 @@ spec:
     let dir = tempfile::tempdir().unwrap();
     let ca = MeshCa::generate(TD).unwrap();
     let app = backend("app").await;
-    let p = start(&config(dir.path(), &ca, &app, policies)).await;
+    let p = start(&reviews_config(dir.path(), &ca, &app, policies)).await;
     let mut c = Client::mtls(p.proxy.inbound_addr().unwrap(), &ca, "sleep").await;
     let admin = [("x-token", "admin")];
     let guest = [("x-token", "guest")];
@@ -217,19 +175,19 @@ spec:
     let ca = MeshCa::generate(TD).unwrap();
     let app = backend("app").await;
     let file = dir.path().join("mesh.yaml");
-    write(&file, &config(dir.path(), &ca, &app, allow));
+    write(&file, &reviews_config(dir.path(), &ca, &app, allow));
     let p = start_files(vec![file.clone()]).await;
     let inbound = p.proxy.inbound_addr().unwrap();
     let mut c = Client::plain(inbound).await;
     assert_eq!(c.send("GET", "/", &[]).await.status, 200);
 
-    write(&file, &config(dir.path(), &ca, &app, elsewhere));
+    write(&file, &reviews_config(dir.path(), &ca, &app, elsewhere));
     p.proxy.reload().unwrap();
     assert_denied(&c.send("GET", "/", &[]).await, "not in the ALLOW block");
 
     write(
         &file,
-        &config(dir.path(), &ca, &app, &format!("{allow}{deny}")),
+        &reviews_config(dir.path(), &ca, &app, &format!("{allow}{deny}")),
     );
     p.proxy.reload().unwrap();
     assert_denied(&c.send("GET", "/", &[]).await, "DENY over ALLOW");
@@ -249,7 +207,7 @@ spec:
     let ca = MeshCa::generate(TD).unwrap();
     let app = backend("app").await;
     let file = dir.path().join("mesh.yaml");
-    write(&file, &config(dir.path(), &ca, &app, jwt));
+    write(&file, &reviews_config(dir.path(), &ca, &app, jwt));
     let err = mesh_proxy::proxy::Proxy::start(vec![file.clone()]).unwrap_err();
     let text = err.to_string();
     assert!(
@@ -260,9 +218,9 @@ spec:
     );
 
     // running with no policy, a reload to the refused one keeps the running configuration
-    write(&file, &config(dir.path(), &ca, &app, ""));
+    write(&file, &reviews_config(dir.path(), &ca, &app, ""));
     let p = start_files(vec![file.clone()]).await;
-    write(&file, &config(dir.path(), &ca, &app, jwt));
+    write(&file, &reviews_config(dir.path(), &ca, &app, jwt));
     assert!(p.proxy.reload().is_err());
     let mut c = Client::plain(p.proxy.inbound_addr().unwrap()).await;
     assert_eq!(c.send("GET", "/", &[]).await.status, 200);

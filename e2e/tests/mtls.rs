@@ -16,19 +16,13 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use mesh_core::identity::SpiffeId;
 use mesh_tls::ca::MeshCa;
 use mesh_tls::config::TlsMaterial;
 use mesh_tls::verify::Accept;
 use rustls::pki_types::ServerName;
+use support::mtls::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const TD: &str = "cluster.local";
-
-fn id(sa: &str) -> SpiffeId {
-    SpiffeId::new(TD, "default", sa)
-}
 
 /// The local application: answers with the `x-forwarded-client-cert` it received (or `-`).
 async fn app() -> Backend {
@@ -43,34 +37,6 @@ async fn app() -> Backend {
     backend_with("app", handler).await
 }
 
-/// Writes the server workload's files (`reviews`) into `dir`; returns the bootstrap YAML
-/// (inbound listener to `app`, identity from the files) plus `extra` documents.
-fn config(dir: &Path, ca: &MeshCa, app: &Backend, extra: &str) -> String {
-    let cert = ca.issue(&id("reviews"), Duration::from_secs(3600)).unwrap();
-    std::fs::write(dir.join("reviews.pem"), &cert.chain_pem).unwrap();
-    std::fs::write(dir.join("reviews.key"), &cert.key_pem).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
-    format!(
-        "apiVersion: mesh.proxy/v1alpha1
-kind: ProxyBootstrap
-metadata: {{name: e2e}}
-spec:
-  concurrency: 1
-  workload: {{name: reviews-v1, namespace: default, serviceAccount: reviews, labels: {{app: reviews}}}}
-  outbound: {{address: 127.0.0.1, port: 0}}
-  inbound: {{address: 127.0.0.1, port: 0, localApp: '127.0.0.1:{}'}}
-  admin: {{address: 127.0.0.1, port: 0}}
-  identity:
-    spiffeId: spiffe://cluster.local/ns/default/sa/reviews
-    certificateChain: {d}/reviews.pem
-    privateKey: {d}/reviews.key
-    trustBundle: {d}/ca.pem
-{extra}",
-        app.port(),
-        d = dir.display()
-    )
-}
-
 const STRICT: &str = "---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -78,16 +44,6 @@ metadata: {name: default, namespace: istio-system}
 spec:
   mtls: {mode: STRICT}
 ";
-
-/// A client with `who`'s certificate, expecting the server to be `reviews`.
-fn client(ca: &MeshCa, who: &str) -> tokio_rustls::TlsConnector {
-    let c = ca.issue(&id(who), Duration::from_secs(3600)).unwrap();
-    let m = TlsMaterial::from_pem(&c.chain_pem, &c.key_pem, ca.cert_pem()).unwrap();
-    let cfg = m
-        .client_config(Accept::trust_domain(TD).identities([id("reviews")]), false)
-        .unwrap();
-    tokio_rustls::TlsConnector::from(cfg)
-}
 
 /// A GET over mTLS; returns the body, or the error.
 async fn get_tls(
@@ -135,11 +91,11 @@ async fn strict_serves_mtls_clients_with_their_identity_and_refuses_plaintext() 
     let dir = tempfile::tempdir().unwrap();
     let ca = MeshCa::generate(TD).unwrap();
     let app = app().await;
-    let p = start(&config(dir.path(), &ca, &app, STRICT)).await;
+    let p = start(&reviews_config(dir.path(), &ca, &app, STRICT)).await;
     let inbound = p.proxy.inbound_addr().unwrap();
     let (body, _) = get_tls(
         inbound,
-        &client(&ca, "productpage"),
+        &client_tls(&ca, "productpage"),
         &[("x-forwarded-client-cert", "By=forged")],
     )
     .await
@@ -178,9 +134,9 @@ async fn permissive_serves_both_and_never_forwards_a_plaintext_client_s_xfcc() {
     let ca = MeshCa::generate(TD).unwrap();
     let app = app().await;
     // no PeerAuthentication: Istio's default, PERMISSIVE
-    let p = start(&config(dir.path(), &ca, &app, "")).await;
+    let p = start(&reviews_config(dir.path(), &ca, &app, "")).await;
     let inbound = p.proxy.inbound_addr().unwrap();
-    let (body, _) = get_tls(inbound, &client(&ca, "productpage"), &[])
+    let (body, _) = get_tls(inbound, &client_tls(&ca, "productpage"), &[])
         .await
         .unwrap();
     assert!(
@@ -202,9 +158,9 @@ async fn a_rotated_certificate_serves_new_handshakes_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let ca = MeshCa::generate(TD).unwrap();
     let app = app().await;
-    let p = start(&config(dir.path(), &ca, &app, STRICT)).await;
+    let p = start(&reviews_config(dir.path(), &ca, &app, STRICT)).await;
     let inbound = p.proxy.inbound_addr().unwrap();
-    let tls = client(&ca, "productpage");
+    let tls = client_tls(&ca, "productpage");
     let (_, first) = get_tls(inbound, &tls, &[]).await.unwrap();
     assert!(
         !p.proxy.state().rotate_certificates(),
@@ -305,7 +261,7 @@ async fn auto_mtls_between_two_sidecars_carries_the_caller_s_identity_to_the_app
     let (server_dir, client_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let ca = MeshCa::generate(TD).unwrap();
     let app = app().await;
-    let server = start(&config(server_dir.path(), &ca, &app, STRICT)).await;
+    let server = start(&reviews_config(server_dir.path(), &ca, &app, STRICT)).await;
     let inbound = server.proxy.inbound_addr().unwrap();
 
     let client = start(&client_proxy(
@@ -335,7 +291,7 @@ async fn a_server_that_is_not_the_endpoint_s_service_account_is_refused_uf() {
     let (server_dir, client_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let ca = MeshCa::generate(TD).unwrap();
     let app = app().await;
-    let server = start(&config(server_dir.path(), &ca, &app, STRICT)).await;
+    let server = start(&reviews_config(server_dir.path(), &ca, &app, STRICT)).await;
     let inbound = server.proxy.inbound_addr().unwrap();
     // the registry says the endpoint runs as `ratings`; the server's certificate is `reviews`
     let client = start(&client_proxy(
@@ -361,7 +317,7 @@ async fn without_a_sidecar_label_or_with_tls_disable_the_request_is_plaintext() 
     let ca = MeshCa::generate(TD).unwrap();
     let app = app().await;
     // a PERMISSIVE server tells plaintext (no XFCC) from mTLS
-    let server = start(&config(server_dir.path(), &ca, &app, "")).await;
+    let server = start(&reviews_config(server_dir.path(), &ca, &app, "")).await;
     let inbound = server.proxy.inbound_addr().unwrap();
     let no_label = start(&client_proxy(
         client_dir.path(),

@@ -94,6 +94,12 @@ impl Rng {
         Rng(seed.unwrap_or_else(entropy))
     }
 
+    /// The generator of the next clone of a layer: the `counter`-th stream of `base` (see
+    /// [`seed`]), counting the clone. Layers keep one counter shared by their clones.
+    pub fn nth(base: Option<u64>, counter: &AtomicU64) -> Self {
+        Rng::new(Some(seed(base, counter.fetch_add(1, Ordering::Relaxed))))
+    }
+
     /// The next 64 random bits.
     #[inline]
     pub fn next_u64(&mut self) -> u64 {

@@ -498,39 +498,33 @@ pub struct InboundForward {
 
 impl InboundStack {
     /// The facts of the connection `peer`, computed once per connection.
-    fn facts(&mut self, peer: &Arc<PeerTlsInfo>) -> &ConnectionFacts {
-        let fresh = !self
-            .last
-            .as_ref()
-            .is_some_and(|f| Arc::ptr_eq(&f.peer, peer));
-        if fresh {
-            let client = peer
-                .peer_certificates
-                .first()
-                .and_then(|cert| Some((cert, mesh_tls::peer::spiffe_id(cert).ok()?)));
-            let xfcc = client.as_ref().and_then(|(cert, client)| {
-                let id = self.tls.current().identity.clone()?;
-                let by = id.current().identity().to_string();
-                let text = crate::security::xfcc(&by, cert.as_ref(), &client.to_string());
-                http::HeaderValue::from_str(&text).ok()
-            });
-            self.last = Some(ConnectionFacts {
-                peer: peer.clone(),
-                xfcc,
-                identity: client.map(|(_, id)| PeerIdentity::new(id)),
-                sni: peer
-                    .server_name
-                    .as_deref()
-                    .map(|s| ConnectionSni(Arc::from(s))),
-            });
+    fn facts(&mut self, peer: &Arc<PeerTlsInfo>) -> ConnectionFacts {
+        if let Some(f) = &self.last
+            && Arc::ptr_eq(&f.peer, peer)
+        {
+            return f.clone();
         }
-        // filled just above when it was not the same connection's
-        self.last.get_or_insert_with(|| ConnectionFacts {
+        let client = peer
+            .peer_certificates
+            .first()
+            .and_then(|cert| Some((cert, mesh_tls::peer::spiffe_id(cert).ok()?)));
+        let xfcc = client.as_ref().and_then(|(cert, client)| {
+            let id = self.tls.current().identity.clone()?;
+            let by = id.current().identity().to_string();
+            let text = crate::security::xfcc(&by, cert.as_ref(), &client.to_string());
+            http::HeaderValue::from_str(&text).ok()
+        });
+        let facts = ConnectionFacts {
             peer: peer.clone(),
-            xfcc: None,
-            identity: None,
-            sni: None,
-        })
+            xfcc,
+            identity: client.map(|(_, id)| PeerIdentity::new(id)),
+            sni: peer
+                .server_name
+                .as_deref()
+                .map(|s| ConnectionSni(Arc::from(s))),
+        };
+        self.last = Some(facts.clone());
+        facts
     }
 }
 
@@ -553,7 +547,7 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundSta
         // a client's own x-forwarded-client-cert is never trusted (Envoy's SANITIZE_SET;
         // Istio's sidecars append to it): over mTLS it is replaced by the connection's
         let peer = req.extensions().get::<PeerTls>().map(|p| p.0.clone());
-        let facts = peer.map(|p| self.facts(&p).clone());
+        let facts = peer.map(|p| self.facts(&p));
         match facts.as_ref().and_then(|f| f.xfcc.clone()) {
             Some(v) => {
                 req.headers_mut().insert(XFCC, v);

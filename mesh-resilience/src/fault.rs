@@ -53,7 +53,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -62,7 +62,7 @@ use mesh_core::body::ReplyBody;
 use mesh_core::ext::{local_reply, mark, route_policy};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::policy::{AbortError, AbortFault, FaultPolicy};
-use mesh_core::rng::{self, Rng};
+use mesh_core::rng::Rng;
 use pin_project::pin_project;
 use tokio::time::Sleep;
 use tower_layer::Layer;
@@ -106,7 +106,7 @@ impl<S> Layer<S> for FaultLayer {
     fn layer(&self, inner: S) -> Fault<S> {
         Fault {
             inner,
-            rng: next_rng(self.seed, &self.counter),
+            rng: Rng::nth(self.seed, &self.counter),
             layer: self.clone(),
         }
     }
@@ -126,7 +126,7 @@ impl<S: Clone> Clone for Fault<S> {
     fn clone(&self) -> Self {
         Fault {
             inner: self.inner.clone(),
-            rng: next_rng(self.layer.seed, &self.layer.counter),
+            rng: Rng::nth(self.layer.seed, &self.layer.counter),
             layer: self.layer.clone(),
         }
     }
@@ -192,13 +192,6 @@ fn draw(rng: &mut Rng, fraction: f64) -> bool {
 
 /// The generator of the next service made from a layer (`mesh_core::rng::seed`: the
 /// configured seed and the service's number, or entropy).
-fn next_rng(seed: Option<u64>, counter: &AtomicU64) -> Rng {
-    Rng::new(Some(rng::seed(
-        seed,
-        counter.fetch_add(1, Ordering::Relaxed),
-    )))
-}
-
 /// The future of [`Fault`].
 #[pin_project]
 pub struct ResponseFuture<S, B>

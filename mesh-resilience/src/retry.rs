@@ -149,7 +149,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -166,7 +166,7 @@ use mesh_core::flags::ResponseFlags;
 use mesh_core::limits::RetryPermit;
 use mesh_core::policy::{RetryOn, RetryPolicy};
 use mesh_core::replay::{DEFAULT_MAX_REPLAY_BYTES, ReplayBody, Replayer};
-use mesh_core::rng::{self, Rng};
+use mesh_core::rng::Rng;
 use pin_project::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
@@ -309,10 +309,7 @@ impl RetryLayer {
     }
 
     fn next_rng(&self) -> Rng {
-        Rng::new(Some(rng::seed(
-            self.seed,
-            self.counter.fetch_add(1, Ordering::Relaxed),
-        )))
+        Rng::nth(self.seed, &self.counter)
     }
 }
 

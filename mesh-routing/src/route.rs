@@ -153,7 +153,7 @@ use tower_service::Service;
 use crate::action::{CorsDecision, Formatted};
 use crate::mirror::Mirrors;
 use crate::table::{
-    Action, CompiledRoute, Forward, RouteTable, RouteTableHandle, Selected, next_seed, view_of,
+    Action, CompiledRoute, Forward, RouteTable, RouteTableHandle, Selected, view_of,
 };
 
 /// Applies [`Route`]: routes requests on the table behind a [`RouteTableHandle`].
@@ -266,7 +266,7 @@ impl<S> Layer<S> for RouteLayer {
         Route {
             inner,
             handle: self.handle.clone(),
-            rng: next_seed(self.seed, &self.counter),
+            rng: Rng::nth(self.seed, &self.counter),
             seed: self.seed,
             counter: self.counter.clone(),
         }
@@ -287,7 +287,7 @@ impl<S: Clone> Clone for Route<S> {
         Route {
             inner: self.inner.clone(),
             handle: self.handle.clone(),
-            rng: next_seed(self.seed, &self.counter),
+            rng: Rng::nth(self.seed, &self.counter),
             seed: self.seed,
             counter: self.counter.clone(),
         }

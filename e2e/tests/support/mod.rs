@@ -4,6 +4,8 @@
 //! test instead of hanging it; nothing sleeps to synchronise.
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+pub mod mtls;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

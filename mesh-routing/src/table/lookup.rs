@@ -230,15 +230,6 @@ impl std::fmt::Debug for RouteTableHandle {
     }
 }
 
-/// A new router instance's generator: seeded from the configured seed and the instance's
-/// number, so clones draw different but reproducible sequences (`mesh_core::rng::seed`).
-pub(crate) fn next_seed(base: Option<u64>, counter: &AtomicU64) -> Rng {
-    Rng::new(Some(rng::seed(
-        base,
-        counter.fetch_add(1, Ordering::Relaxed),
-    )))
-}
-
 /// Builds a [`RequestView`] of `req` (the port is filled in by [`RouteTable::select`]).
 ///
 /// The authority is the target's when the URI has one (absolute-form, HTTP/2's

@@ -44,7 +44,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::{ArcSwap, Guard};
 use http::{HeaderValue, Request};
@@ -56,7 +55,7 @@ use mesh_core::hash::FastHashMap;
 use mesh_core::model::Kind;
 use mesh_core::model::networking::{Destination, HttpRoute, OutboundTrafficMode, ServicePort};
 use mesh_core::policy::{FaultPolicy, RetryPolicy};
-use mesh_core::rng::{self, Rng};
+use mesh_core::rng::Rng;
 use mesh_core::selector::Labels;
 
 use crate::action::{Cors, Direct, HeaderRules, Redirect, UriRewrite};
@@ -68,7 +67,7 @@ use crate::matcher::{MatchBlock, RegexLimits, RequestView};
 mod build;
 mod lookup;
 
-pub(crate) use lookup::{next_seed, view_of};
+pub(crate) use lookup::view_of;
 #[cfg(test)]
 mod tests;
 

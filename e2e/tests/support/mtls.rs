@@ -1,0 +1,58 @@
+//! The mTLS workloads of the end-to-end tests: a `reviews` sidecar whose identity files the
+//! mesh CA writes at test time, and mTLS clients of other service accounts.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mesh_core::identity::SpiffeId;
+use mesh_tls::ca::MeshCa;
+use mesh_tls::config::TlsMaterial;
+use mesh_tls::verify::Accept;
+
+use super::Backend;
+
+/// The mesh's trust domain.
+pub const TD: &str = "cluster.local";
+
+/// The identity of service account `sa` in `default`.
+pub fn id(sa: &str) -> SpiffeId {
+    SpiffeId::new(TD, "default", sa)
+}
+
+/// Writes the `reviews` workload's files into `dir`; returns its bootstrap (outbound and
+/// inbound listeners, inbound to `app`, identity from the files) plus `extra` documents.
+pub fn reviews_config(dir: &Path, ca: &MeshCa, app: &Backend, extra: &str) -> String {
+    let cert = ca.issue(&id("reviews"), Duration::from_secs(3600)).unwrap();
+    std::fs::write(dir.join("reviews.pem"), &cert.chain_pem).unwrap();
+    std::fs::write(dir.join("reviews.key"), &cert.key_pem).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    format!(
+        "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {{name: e2e}}
+spec:
+  concurrency: 1
+  workload: {{name: reviews-v1, namespace: default, serviceAccount: reviews, labels: {{app: reviews}}}}
+  outbound: {{address: 127.0.0.1, port: 0}}
+  inbound: {{address: 127.0.0.1, port: 0, localApp: '127.0.0.1:{}'}}
+  admin: {{address: 127.0.0.1, port: 0}}
+  identity:
+    spiffeId: spiffe://cluster.local/ns/default/sa/reviews
+    certificateChain: {d}/reviews.pem
+    privateKey: {d}/reviews.key
+    trustBundle: {d}/ca.pem
+{extra}",
+        app.port(),
+        d = dir.display()
+    )
+}
+
+/// A TLS connector with `who`'s certificate, expecting the server to be `reviews`.
+pub fn client_tls(ca: &MeshCa, who: &str) -> tokio_rustls::TlsConnector {
+    let c = ca.issue(&id(who), Duration::from_secs(3600)).unwrap();
+    let m = TlsMaterial::from_pem(&c.chain_pem, &c.key_pem, ca.cert_pem()).unwrap();
+    let cfg = m
+        .client_config(Accept::trust_domain(TD).identities([id("reviews")]), false)
+        .unwrap();
+    tokio_rustls::TlsConnector::from(cfg)
+}
