@@ -10,6 +10,9 @@
 //!   too (it brings the cluster's retry budget back);
 //! - `istio_default`: the route sets no `retries`, so Istio's default policy applies: the
 //!   above, the `PreviousHosts` list avoided by the balancer;
+//! - `istio_default_heads_handed_back`: `istio_default` as mesh-proxy runs it
+//!   (`RetryLayer::with_heads_handed_back`): no copy of the head; the inner service moves
+//!   it into its answer, as the connector does, and the retry layer takes it out;
 //! - `route_balance` / `route_retry_balance`: the in-process client's router and balancer
 //!   (`in_process.rs`) without and with the retry layer between them.
 //!
@@ -27,7 +30,7 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, Uri};
 use http_body_util::Empty;
-use mesh_benches::layer::{NoopInner, send};
+use mesh_benches::layer::{HandingBackInner, NoopInner, send};
 use mesh_core::ext::{RouteDecision, RouteDestination, RoutePolicy};
 use mesh_core::policy::RetryPolicy;
 use mesh_lb::LbLayer;
@@ -122,6 +125,19 @@ fn retry(c: &mut Criterion) {
         b.iter_batched(
             || request(&default),
             |req| send(&mut svc, &mut cx, req),
+            BatchSize::SmallInput,
+        )
+    });
+
+    // as mesh-proxy runs it: the connector hands the head back with the answer, no copy
+    let mut handing_back = RetryLayer::new()
+        .with_seed(1)
+        .with_heads_handed_back()
+        .layer(HandingBackInner);
+    g.bench_function("istio_default_heads_handed_back", |b| {
+        b.iter_batched(
+            || request(&default),
+            |req| send(&mut handing_back, &mut cx, req),
             BatchSize::SmallInput,
         )
     });

@@ -99,6 +99,36 @@ pub mod layer {
         }
     }
 
+    /// An upstream that answers `200` at once and hands the request's head back when it
+    /// asks ([`mesh_core::ext::ReturnHead`]), as `mesh-transport`'s connector does.
+    #[derive(Clone, Debug)]
+    pub struct HandingBackInner;
+
+    impl<B> Service<Request<B>> for HandingBackInner {
+        type Response = Res;
+        type Error = Infallible;
+        type Future = Ready<Result<Res, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<B>) -> Self::Future {
+            black_box(req.uri());
+            let mut res = Response::new(MeshBody::empty());
+            if req
+                .extensions()
+                .get::<mesh_core::ext::ReturnHead>()
+                .is_some()
+            {
+                let (head, _) = req.into_parts();
+                res.extensions_mut()
+                    .insert(mesh_core::ext::ReturnedHead(head));
+            }
+            ready(Ok(res))
+        }
+    }
+
     /// Polls `svc` ready, calls it, and polls the (immediately ready) future once.
     pub fn send<S, B, R>(svc: &mut S, cx: &mut Context<'_>, req: Request<B>) -> http::StatusCode
     where

@@ -146,6 +146,27 @@ pub struct PreviousPriorities(Arc<std::sync::Mutex<Vec<u32>>>);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RefusedStream;
 
+/// Asks the service at the bottom of the stack to hand the request's head back with its
+/// answer, as a [`ReturnedHead`] response extension, so that a retry can send it again
+/// without having copied it up front.
+///
+/// Written by the retry layer (`mesh-resilience`, when built with
+/// `RetryLayer::with_heads_handed_back`) into the requests it may retry; read by the
+/// connector (`mesh-transport`'s), which hands back every head that asks, on every answer it
+/// makes (the upstream's and its own local replies alike).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReturnHead;
+
+/// The head of the request an answer is for, handed back by the connector when the request
+/// carried [`ReturnHead`]: method, target, headers and extensions as the layers above the
+/// connector sent them (the connector's own rewrites for the upstream's protocol are such
+/// that sending it again makes the same request).
+///
+/// Written by the connector (`mesh-transport`'s) into its answers; taken out (always, so
+/// that it never travels further up) by the retry layer (`mesh-resilience`).
+#[derive(Debug, Clone)]
+pub struct ReturnedHead(pub http::request::Parts);
+
 /// Why the layers below the balancer lost an attempt they were working on: a timeout above
 /// them fired (the retry layer's `perTryTimeout`, the timeout layer's route timeout), rather
 /// than the client going away.

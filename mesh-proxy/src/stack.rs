@@ -307,7 +307,11 @@ impl Layers {
             rate_limit: RateLimitLayer::new(),
             fault: FaultLayer::new(),
             timeout: TimeoutLayer::new().with_envoy_headers(envoy_headers),
-            retry: RetryLayer::new().with_envoy_headers(envoy_headers),
+            // the connector hands each retriable request's head back with its answer: no
+            // copy of the head before the first attempt
+            retry: RetryLayer::new()
+                .with_envoy_headers(envoy_headers)
+                .with_heads_handed_back(),
             // Mirrored requests run as tasks of the worker that received the original (the
             // engine's workers are current-thread runtimes), on that worker's pool.
             mirror: MirrorLayer::new(|task| {

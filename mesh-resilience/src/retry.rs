@@ -129,6 +129,16 @@
 //! connector`. The inner service must be `Clone`: each retry calls a clone, made ready
 //! after the backoff.
 //!
+//! # The head sent again
+//!
+//! The inner service takes each attempt's request. By default the layer keeps a copy of
+//! the head (method, target, headers, extensions) of every request it may retry, made
+//! before the first attempt: most of its cost per request. Over `mesh-transport`'s
+//! connector (as mesh-proxy runs it), [`RetryLayer::with_heads_handed_back`] asks the
+//! connector for the head back with each answer instead ([`ReturnHead`], [`ReturnedHead`]):
+//! no copy on the HTTP/1.1 path, the common one; the connector copies only where its
+//! protocol consumes the head (HTTP/2, `CONNECT`, upgrades).
+//!
 //! # Reads and writes
 //!
 //! Reads [`route_policy`] (`retries`) and the `x-envoy-*` headers above (then removes them)
@@ -159,8 +169,8 @@ use http_body::Body;
 use mesh_core::body::ReplyBody;
 use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
 use mesh_core::ext::{
-    PreviousHosts, PreviousPriorities, RefusedStream, TimeoutMark, flags_of, local_reply, mark,
-    route_policy,
+    PreviousHosts, PreviousPriorities, RefusedStream, ReturnHead, ReturnedHead, TimeoutMark,
+    flags_of, local_reply, mark, route_policy,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::limits::RetryPermit;
@@ -183,6 +193,7 @@ pub struct RetryLayer {
     seed: Option<u64>,
     counter: Arc<AtomicU64>,
     envoy_headers: EnvoyHeaderPolicy,
+    heads_handed_back: bool,
 }
 
 /// The service of [`RetryLayer`].
@@ -220,7 +231,11 @@ enum State<F> {
 /// A request's retry state.
 struct Attempts<S, B> {
     svc: S,
-    parts: http::request::Parts,
+    /// The head to send again: a copy kept from the start, or (heads handed back) the one
+    /// the last answer brought back, `None` while an attempt holds it.
+    parts: Option<http::request::Parts>,
+    /// The inner service hands the head back with each answer ([`ReturnHead`]).
+    handed_back: bool,
     body: Replay<B>,
     policy: Arc<RetryPolicy>,
     /// Retries left.
@@ -276,7 +291,23 @@ impl RetryLayer {
             seed: None,
             counter: Arc::default(),
             envoy_headers: EnvoyHeaderPolicy::Strip,
+            heads_handed_back: false,
         }
+    }
+
+    /// Declares that the inner service hands each request's head back with its answer when
+    /// the request asks ([`ReturnHead`] → [`ReturnedHead`]), as `mesh-transport`'s connector
+    /// does: then a request is retried from the head its answer brought back, instead of
+    /// from a copy made before the first attempt (a copy of every retriable request's
+    /// method, target, headers and extensions, most of this layer's cost per request).
+    ///
+    /// An answer that would be retried but came without its head is passed on as it is
+    /// (the layers between this one and the connector make no retriable answer of their
+    /// own). A route with a `perTryTimeout` still copies: an attempt cut at its timeout
+    /// never answers.
+    pub fn with_heads_handed_back(mut self) -> Self {
+        self.heads_handed_back = true;
+        self
     }
 
     /// Whether the `x-envoy-*` retry headers of a request override its policy
@@ -400,14 +431,24 @@ where
             timer = Some(Box::pin(tokio::time::sleep(t)));
         }
         let mark = per_try_mark(&parts, &policy);
-        let fut = self
-            .inner
-            .call(attempt(&parts, &tried, first, mark.as_ref()));
+        let handed_back = self.layer.heads_handed_back && timer.is_none();
+        let (fut, parts) = if handed_back {
+            let mut parts = parts;
+            parts.extensions.insert(ReturnHead);
+            (self.inner.call(attempt(parts, &tried, first, None)), None)
+        } else {
+            let copy = parts.clone();
+            (
+                self.inner.call(attempt(copy, &tried, first, mark.as_ref())),
+                Some(parts),
+            )
+        };
         ResponseFuture {
             state: State::Called { fut },
             retry: Some(Box::new(Attempts {
                 svc: self.inner.clone(),
                 parts,
+                handed_back,
                 body: replay,
                 left: policy.attempts,
                 safe_only,
@@ -505,15 +546,14 @@ fn envoy_overrides(
     Some(p)
 }
 
-/// An attempt's request: the head kept for retries (cloned: the inner service consumes it),
-/// the hosts and priorities tried so far, the body.
+/// An attempt's request: the head (a copy of the one kept for retries, or the one handed
+/// back), the hosts and priorities tried so far, the body.
 fn attempt<B>(
-    parts: &http::request::Parts,
+    mut head: http::request::Parts,
     tried: &Tried,
     body: ReplayBody<B>,
     timeout: Option<&TimeoutMark>,
 ) -> Request<ReplayBody<B>> {
-    let mut head = parts.clone();
     if let Some(m) = timeout {
         head.extensions.insert(m.clone());
     }
@@ -586,7 +626,17 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { fut } => {
                     let outcome = match fut.poll(cx) {
-                        Poll::Ready(res) => Outcome::Answer(res?),
+                        Poll::Ready(res) => {
+                            let mut res = res?;
+                            if let Some(retry) = this.retry.as_mut()
+                                && retry.handed_back
+                            {
+                                // taken out whatever comes next: it goes no further up
+                                retry.parts =
+                                    res.extensions_mut().remove::<ReturnedHead>().map(|h| h.0);
+                            }
+                            Outcome::Answer(res)
+                        }
                         Poll::Pending => {
                             let timer = this.retry.as_mut().and_then(|r| r.timer.as_mut());
                             match timer.map(|t| t.as_mut().poll(cx)) {
@@ -620,6 +670,10 @@ where
                             outcome.into_response(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
                         ));
                     }
+                    if retry.parts.is_none() {
+                        // heads handed back, but not this one (see `with_heads_handed_back`)
+                        return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
+                    }
                     if !retry.retry_permit() {
                         return Poll::Ready(Ok(
                             outcome.into_response(ResponseFlags::UPSTREAM_OVERFLOW)
@@ -648,13 +702,17 @@ where
                     }
                     ready!(retry.svc.poll_ready(cx))?;
                     let body = retry.next.take().expect(POLLED_AFTER_COMPLETION);
-                    retry.mark = per_try_mark(&retry.parts, &retry.policy);
-                    let fut = retry.svc.call(attempt(
-                        &retry.parts,
-                        &retry.tried,
-                        body,
-                        retry.mark.as_ref(),
-                    ));
+                    let head = if retry.handed_back {
+                        retry.parts.take()
+                    } else {
+                        retry.parts.clone()
+                    };
+                    let head = head.expect(POLLED_AFTER_COMPLETION);
+                    retry.mark = per_try_mark(&head, &retry.policy);
+                    let fut =
+                        retry
+                            .svc
+                            .call(attempt(head, &retry.tried, body, retry.mark.as_ref()));
                     match (retry.policy.per_try_timeout, retry.timer.as_mut()) {
                         (Some(t), Some(timer)) => timer.as_mut().reset(Instant::now() + t),
                         // no per-try timeout: the backoff timer must not fire during the attempt

@@ -116,7 +116,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
 use mesh_core::ext::{
-    RefusedStream, SelectedEndpoint, SelectedUpstream, UpstreamPool, local_reply,
+    RefusedStream, ReturnHead, ReturnedHead, SelectedEndpoint, SelectedUpstream, UpstreamPool,
+    local_reply,
 };
 use tokio::net::TcpStream;
 
@@ -303,6 +304,21 @@ where
     }
 }
 
+/// An answer with the head of its request handed back ([`ReturnedHead`]), as received:
+/// the HTTP/1.1 rewrites (`Host` from the target, origin-form target, hop-by-hop fields
+/// removed) make the same request when it is prepared again, and the version goes back to
+/// the client's, which the next attempt's `Via` entry names.
+fn with_head(
+    mut res: EngineResponse,
+    req: Request<RequestBody>,
+    received: Version,
+) -> EngineResponse {
+    let (mut head, _) = req.into_parts();
+    head.version = received;
+    res.extensions_mut().insert(ReturnedHead(head));
+    res
+}
+
 /// The TLS handshake to an upstream, over a connected socket.
 async fn handshake(
     tls: &ClientTls,
@@ -328,9 +344,13 @@ impl Connector {
         tls: Option<ClientTls>,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
+        let hand_back = req.extensions().get::<ReturnHead>().is_some();
         // here rather than in `call`, which is inlined into every layer above it
-        if req.method() == Method::CONNECT {
-            return self.connect_method(addr, false, pool, tls, req).await;
+        if req.method() == Method::CONNECT
+            || (hand_back && req.headers().contains_key(header::UPGRADE))
+        {
+            // rare: a copy of the head, taken before the rewrites (an upgrade's `Connection`)
+            return self.forward_copied(addr, pool, tls, req, false).await;
         }
         // the protocol the request was received in, for its `Via` entry
         let received = req.version();
@@ -351,6 +371,7 @@ impl Connector {
                 // boxed: keeps the connect state out of every request's future
                 None => match Box::pin(self.connect_h1(addr, tls.as_ref())).await {
                     Ok(c) => c,
+                    Err(f) if hand_back => return with_head(f.reply(), req, received),
                     Err(f) => return f.reply(),
                 },
             };
@@ -368,21 +389,24 @@ impl Connector {
                 },
                 upgrade,
             );
-            match exchange.await {
-                Ok(res) => return res,
+            let res = match exchange.await {
+                Ok(res) => res,
                 // the pooled connection was closed under us before any answer: again
-                Err(f) if retry_possible && f.retryable => {}
-                Err(f) => {
-                    return match f.kind {
-                        FailKind::Closed => SendFailure::Closed.reply(),
-                        FailKind::Protocol(e) => {
-                            log_malformed_head(addr, e);
-                            SendFailure::Protocol.reply()
-                        }
-                        FailKind::Downstream => SendFailure::BadBody.reply(),
-                    };
-                }
-            }
+                Err(f) if retry_possible && f.retryable => continue,
+                Err(f) => match f.kind {
+                    FailKind::Closed => SendFailure::Closed.reply(),
+                    FailKind::Protocol(e) => {
+                        log_malformed_head(addr, e);
+                        SendFailure::Protocol.reply()
+                    }
+                    FailKind::Downstream => SendFailure::BadBody.reply(),
+                },
+            };
+            return if hand_back {
+                with_head(res, req, received)
+            } else {
+                res
+            };
         }
     }
 
@@ -418,6 +442,10 @@ impl Connector {
         tls: Option<ClientTls>,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
+        if req.extensions().get::<ReturnHead>().is_some() {
+            // hyper takes the request: a copy of the head for the retry layer
+            return self.forward_copied(addr, pool, tls, req, true).await;
+        }
         if req.method() == Method::CONNECT {
             return self.connect_method(addr, true, pool, tls, req).await;
         }
@@ -453,6 +481,34 @@ impl Connector {
             Err(e) if e.error().is_parse() => SendFailure::Protocol.reply(),
             Err(_) => SendFailure::Reset.reply(),
         }
+    }
+
+    /// Forwards a request that asked for its head back ([`ReturnHead`]) where the forwarding
+    /// consumes or rewrites the head for good (HTTP/2, `CONNECT`, upgrades): from a copy of
+    /// the head taken first, handed back with the answer.
+    #[cold]
+    async fn forward_copied(
+        self,
+        addr: SocketAddr,
+        pool: UpstreamPool,
+        tls: Option<ClientTls>,
+        mut req: Request<RequestBody>,
+        h2: bool,
+    ) -> EngineResponse {
+        req.extensions_mut().remove::<ReturnHead>();
+        let (head, body) = req.into_parts();
+        let mut copy = head.clone();
+        copy.extensions.insert(ReturnHead);
+        let req = Request::from_parts(head, body);
+        let mut res = if req.method() == Method::CONNECT {
+            self.connect_method(addr, h2, pool, tls, req).await
+        } else if h2 {
+            Box::pin(self.forward_h2(addr, pool, tls, req)).await
+        } else {
+            Box::pin(self.forward_h1(addr, pool, tls, req)).await
+        };
+        res.extensions_mut().insert(ReturnedHead(copy));
+        res
     }
 
     async fn connect_h2(
@@ -1257,5 +1313,124 @@ mod settings_tests {
         );
         assert!(start.elapsed() >= Duration::from_millis(200));
         drop((fill, listener));
+    }
+
+    /// An HTTP/1.1 upstream on port 0 answering 200 with the target and `Host` it got.
+    async fn h1_upstream() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let seen = format!("{} {:?}", req.uri(), req.headers().get(header::HOST));
+                        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+                            seen,
+                        ))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A request received over HTTP/2 (`:authority`, no `Host`) that asks for its head back.
+    fn asking(addr: SocketAddr, http2: bool) -> Request<RequestBody> {
+        let mut req = request(addr, http2, UpstreamPool::default());
+        req.headers_mut().remove(header::HOST);
+        *req.uri_mut() = Uri::from_static("http://svc/x?y");
+        *req.version_mut() = Version::HTTP_2;
+        req.headers_mut()
+            .insert("te", HeaderValue::from_static("trailers"));
+        req.extensions_mut().insert(ReturnHead);
+        req
+    }
+
+    async fn body_of(res: EngineResponse) -> String {
+        let b = res.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    /// HTTP/1.1: the head goes back as it was rewritten for the upstream (which makes the
+    /// same request again), with the client's version for the next `Via` entry.
+    #[tokio::test]
+    async fn h1_hands_the_head_back_when_asked_and_it_makes_the_same_request_again() {
+        let addr = h1_upstream().await;
+        let c = Connector::new(Duration::from_secs(5));
+        let mut res = c.clone().oneshot(asking(addr, false)).await.unwrap();
+        let ReturnedHead(head) = res
+            .extensions_mut()
+            .remove::<ReturnedHead>()
+            .expect("handed back");
+        assert_eq!(body_of(res).await, "/x?y Some(\"svc\")");
+        assert_eq!(head.version, Version::HTTP_2, "the client's version");
+        assert_eq!(head.uri, "/x?y");
+        assert_eq!(head.headers[header::HOST], "svc");
+        assert!(
+            head.headers.get(header::VIA).is_none(),
+            "Via is written on the wire only"
+        );
+        assert!(
+            head.extensions.get::<ReturnHead>().is_some(),
+            "the next attempt asks too"
+        );
+        // sent again, to HTTP/1.1 or HTTP/2 alike
+        let mut again = c
+            .clone()
+            .oneshot(Request::from_parts(head, RequestBody::empty()))
+            .await
+            .unwrap();
+        assert!(again.extensions_mut().remove::<ReturnedHead>().is_some());
+        assert_eq!(body_of(again).await, "/x?y Some(\"svc\")");
+        // not asked: not handed back
+        let mut plain = asking(addr, false);
+        plain.extensions_mut().remove::<ReturnHead>();
+        let res = c.clone().oneshot(plain).await.unwrap();
+        assert!(res.extensions().get::<ReturnedHead>().is_none());
+    }
+
+    /// A connect failure (the retryable answer that matters most) brings the head back too.
+    #[tokio::test]
+    async fn a_connect_failure_hands_the_head_back() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let c = Connector::new(Duration::from_secs(5));
+        for http2 in [false, true] {
+            let res = c.clone().oneshot(asking(addr, http2)).await.unwrap();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                res.extensions().get::<ResponseFlags>(),
+                Some(&ResponseFlags::UPSTREAM_CONNECTION_FAILURE)
+            );
+            let head = &res
+                .extensions()
+                .get::<ReturnedHead>()
+                .expect("handed back")
+                .0;
+            assert_eq!(head.uri, if http2 { "http://svc/x?y" } else { "/x?y" });
+        }
+    }
+
+    /// HTTP/2: hyper takes the request, so the head handed back is a copy taken before the
+    /// rewrites (no `Via` added, `te: trailers` kept).
+    #[tokio::test]
+    async fn h2_hands_back_a_copy_of_the_head_as_received() {
+        let (addr, _) = h2_upstream().await;
+        let c = Connector::new(Duration::from_secs(5));
+        let mut res = c.clone().oneshot(asking(addr, true)).await.unwrap();
+        let ReturnedHead(head) = res
+            .extensions_mut()
+            .remove::<ReturnedHead>()
+            .expect("handed back");
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(head.uri, "http://svc/x?y");
+        assert_eq!(head.version, Version::HTTP_2);
+        assert_eq!(head.headers["te"], "trailers");
+        assert!(head.headers.get(header::VIA).is_none());
+        assert!(head.extensions.get::<ReturnHead>().is_some());
     }
 }

@@ -47,6 +47,8 @@ struct Seen {
     envoy: Vec<String>,
     /// The priorities tried before, when the attempt carried the list.
     priorities: Option<Vec<u32>>,
+    /// The `x-handed-back` header ([`HandsBack`] writes it into the heads it hands back).
+    handed_back: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -101,6 +103,10 @@ where
                 .map(|k| k.as_str().to_string())
                 .filter(|k| k.starts_with("x-envoy-"))
                 .collect();
+            let handed_back = req
+                .headers()
+                .get("x-handed-back")
+                .map(|v| v.to_str().unwrap().to_string());
             let previous = req.extensions().get::<PreviousHosts>().cloned();
             // the balancer's part: the n-th attempt goes to 10.0.0.n
             let n = seen.lock().unwrap().len();
@@ -123,6 +129,7 @@ where
                 previous: before,
                 envoy,
                 priorities,
+                handed_back,
             });
             Ok(match step {
                 Step::Status(s) => {
@@ -796,4 +803,117 @@ async fn x_envoy_per_try_timeout_bounds_each_attempt_when_trusted() {
     )
     .await;
     assert!(waited.is_err());
+}
+
+/// The connector's part of [`ReturnHead`]: hands each head that asks back with the
+/// answer, marked (`x-handed-back: <n>`, the attempt's number) so that the test sees which
+/// head the next attempt was sent from.
+#[derive(Clone)]
+struct HandsBack(Mock);
+
+impl<B> Service<Request<ReplayBody<B>>> for HandsBack
+where
+    Mock: Service<Request<ReplayBody<B>>, Response = Res, Error = Infallible>,
+    <Mock as Service<Request<ReplayBody<B>>>>::Future: Send + 'static,
+{
+    type Response = Res;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Res, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReplayBody<B>>) -> Self::Future {
+        let (head, body) = req.into_parts();
+        let back = head.extensions.get::<ReturnHead>().is_some().then(|| {
+            let mut back = head.clone();
+            let n = self.0.calls() + 1;
+            back.headers.insert("x-handed-back", HeaderValue::from(n));
+            back
+        });
+        let fut = self.0.call(Request::from_parts(head, body));
+        Box::pin(async move {
+            let mut res = fut.await?;
+            if let Some(back) = back {
+                res.extensions_mut().insert(ReturnedHead(back));
+            }
+            Ok(res)
+        })
+    }
+}
+
+async fn run_handing_back(mock: &Mock, req: Request<Full<Bytes>>) -> Res {
+    RetryLayer::new()
+        .with_seed(7)
+        .with_heads_handed_back()
+        .layer(HandsBack(mock.clone()))
+        .oneshot(req)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn heads_handed_back_retry_from_the_head_the_answer_brought() {
+    let mock = Mock::new(&[Local(503, UF), Status(503), Status(200)]);
+    let res = run_handing_back(&mock, routed(Method::PUT, "body", None)).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(mock.calls(), 3);
+    let seen = mock.seen();
+    // the first attempt's head was the client's; each retry went from the head handed back
+    let handed: Vec<_> = seen.iter().map(|s| s.handed_back.as_deref()).collect();
+    assert_eq!(handed, [None, Some("1"), Some("2")]);
+    assert!(
+        seen.iter().all(|s| s.body == "body"),
+        "the body is replayed"
+    );
+    // the balancer's list of hosts tried is still shared by the attempts
+    assert_eq!(seen[2].previous.as_ref().map(Vec::len), Some(2));
+    assert!(
+        res.extensions().get::<ReturnedHead>().is_none(),
+        "the head goes no further up than the retry layer"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn heads_handed_back_are_taken_out_of_answers_not_retried() {
+    let mock = Mock::new(&[Status(500)]);
+    let res = run_handing_back(&mock, get(None)).await;
+    assert_eq!(res.status(), 500);
+    assert_eq!(mock.calls(), 1);
+    assert!(res.extensions().get::<ReturnedHead>().is_none());
+    let mock = Mock::new(&[Status(503), Status(503), Status(503)]);
+    let res = run_handing_back(&mock, get(None)).await;
+    assert_eq!(flags_of(&res), ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+    assert_eq!(mock.calls(), 3);
+    assert!(res.extensions().get::<ReturnedHead>().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_without_its_head_is_passed_on_when_heads_are_handed_back() {
+    // an inner service that does not hand heads back: nothing to send again
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    let res = RetryLayer::new()
+        .with_seed(7)
+        .with_heads_handed_back()
+        .layer(mock.clone())
+        .oneshot(get(None))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(flags_of(&res).is_empty());
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_per_try_timeout_keeps_a_copy_even_when_heads_are_handed_back() {
+    // an attempt cut at its per-try timeout never answers, so never hands its head back
+    let mut p = policy("5xx", 2);
+    p.per_try_timeout = Some(Duration::from_millis(100));
+    let mock = Mock::new(&[Hang, Status(200)]);
+    let res = run_handing_back(&mock, get(Some(p))).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(mock.calls(), 2);
+    let handed: Vec<_> = mock.seen().iter().map(|s| s.handed_back.clone()).collect();
+    assert_eq!(handed, [None, None], "both attempts from the copy");
 }
