@@ -117,7 +117,9 @@ pub struct PreviousHosts(Arc<Attempted>);
 
 #[derive(Debug)]
 struct Attempted {
-    hosts: std::sync::Mutex<Vec<SocketAddr>>,
+    /// Inline up to Istio's default attempts (the first and two retries): recording a host
+    /// allocates nothing.
+    hosts: std::sync::Mutex<smallvec::SmallVec<[SocketAddr; 3]>>,
     /// Whether the balancer avoids the hosts (else they are only recorded).
     avoid: bool,
     limits: std::sync::OnceLock<Arc<ClusterLimits>>,
@@ -459,7 +461,7 @@ impl PreviousHosts {
         }))
     }
 
-    fn hosts(&self) -> std::sync::MutexGuard<'_, Vec<SocketAddr>> {
+    fn hosts(&self) -> std::sync::MutexGuard<'_, smallvec::SmallVec<[SocketAddr; 3]>> {
         self.0.hosts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -488,7 +490,7 @@ impl PreviousHosts {
 
     /// The hosts attempted so far, in order.
     pub fn to_vec(&self) -> Vec<SocketAddr> {
-        self.hosts().clone()
+        self.hosts().to_vec()
     }
 }
 

@@ -137,7 +137,7 @@
 //! connector (as mesh-proxy runs it), [`RetryLayer::with_heads_handed_back`] asks the
 //! connector for the head back with each answer instead ([`ReturnHead`], [`ReturnedHead`]):
 //! no copy on the HTTP/1.1 path, the common one; the connector copies only where its
-//! protocol consumes the head (HTTP/2, `CONNECT`, upgrades).
+//! protocol consumes the head (HTTP/2, `CONNECT`).
 //!
 //! # Reads and writes
 //!

@@ -306,8 +306,9 @@ where
 
 /// An answer with the head of its request handed back ([`ReturnedHead`]), as received:
 /// the HTTP/1.1 rewrites (`Host` from the target, origin-form target, hop-by-hop fields
-/// removed) make the same request when it is prepared again, and the version goes back to
-/// the client's, which the next attempt's `Via` entry names.
+/// removed, an upgrade's `Connection: upgrade`) make the same request when it is prepared
+/// again, and the version goes back to the client's, which the next attempt's `Via` entry
+/// names.
 fn with_head(
     mut res: EngineResponse,
     req: Request<RequestBody>,
@@ -346,11 +347,12 @@ impl Connector {
     ) -> EngineResponse {
         let hand_back = req.extensions().get::<ReturnHead>().is_some();
         // here rather than in `call`, which is inlined into every layer above it
-        if req.method() == Method::CONNECT
-            || (hand_back && req.headers().contains_key(header::UPGRADE))
-        {
-            // rare: a copy of the head, taken before the rewrites (an upgrade's `Connection`)
-            return self.forward_copied(addr, pool, tls, req, false).await;
+        if req.method() == Method::CONNECT {
+            if hand_back {
+                // the tunnel takes the request: a copy of the head
+                return self.forward_copied(addr, pool, tls, req, false).await;
+            }
+            return self.connect_method(addr, false, pool, tls, req).await;
         }
         // the protocol the request was received in, for its `Via` entry
         let received = req.version();
@@ -484,8 +486,8 @@ impl Connector {
     }
 
     /// Forwards a request that asked for its head back ([`ReturnHead`]) where the forwarding
-    /// consumes or rewrites the head for good (HTTP/2, `CONNECT`, upgrades): from a copy of
-    /// the head taken first, handed back with the answer.
+    /// consumes the head (HTTP/2, `CONNECT`): from a copy of the head taken first, handed
+    /// back with the answer.
     #[cold]
     async fn forward_copied(
         self,
