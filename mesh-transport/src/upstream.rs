@@ -348,9 +348,10 @@ impl Connector {
         let hand_back = req.extensions().get::<ReturnHead>().is_some();
         // here rather than in `call`, which is inlined into every layer above it
         if req.method() == Method::CONNECT {
+            // (boxed: the copy's state stays out of every request's future)
             if hand_back {
                 // the tunnel takes the request: a copy of the head
-                return self.forward_copied(addr, pool, tls, req, false).await;
+                return Box::pin(self.forward_copied(addr, pool, tls, req, false)).await;
             }
             return self.connect_method(addr, false, pool, tls, req).await;
         }
@@ -446,7 +447,7 @@ impl Connector {
     ) -> EngineResponse {
         if req.extensions().get::<ReturnHead>().is_some() {
             // hyper takes the request: a copy of the head for the retry layer
-            return self.forward_copied(addr, pool, tls, req, true).await;
+            return Box::pin(self.forward_copied(addr, pool, tls, req, true)).await;
         }
         if req.method() == Method::CONNECT {
             return self.connect_method(addr, true, pool, tls, req).await;
