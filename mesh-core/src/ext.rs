@@ -309,6 +309,10 @@ pub struct UpstreamPool {
     pub tcp_keepalive: Option<TcpKeepalive>,
     /// `http.http2KeepAlive`: HTTP/2 PINGs on upstream HTTP/2 connections (`None`: none).
     pub http2_keepalive: Option<Http2Keepalive>,
+    /// `http.useClientProtocol`: a request goes upstream in the protocol the client used
+    /// (HTTP/2 for an HTTP/2 request, HTTP/1.1 otherwise), whatever the endpoint's port
+    /// protocol or `h2UpgradePolicy` say (Envoy's `use_downstream_protocol_config`).
+    pub use_client_protocol: bool,
 }
 
 /// HTTP/2 keep-alive of upstream connections (Envoy's `Http2ProtocolOptions.connection_keepalive`):

@@ -183,6 +183,7 @@ impl Policy {
                     })
                 })
                 .filter(|k| !k.interval.is_zero()),
+            use_client_protocol: http.is_some_and(|h| h.use_client_protocol),
             tcp_keepalive: tcp.and_then(|t| t.tcp_keepalive.as_ref()).map(|k| {
                 mesh_core::ext::TcpKeepalive {
                     time: k.time.map(|d| Duration::from_secs(d.get().as_secs())),

@@ -241,6 +241,19 @@ fn selected_endpoint_carries_protocol_identity_and_cluster() {
     let mut lb = seeded(snap(&up)).layer(echo());
     let res = send(&mut lb, request(&dest(REVIEWS, None, Some(9080))));
     assert!(res.extensions().get::<SelectedEndpoint>().unwrap().http2);
+    // useClientProtocol: the connector follows the client's protocol (the cluster says so)
+    let client = BASE.replace(
+        "loadBalancer: {simple: ROUND_ROBIN}",
+        "loadBalancer: {simple: ROUND_ROBIN}\n    connectionPool: {http: {useClientProtocol: true}}",
+    );
+    let mut lb = seeded(snap(&client)).layer(echo());
+    let res = send(&mut lb, request(&dest(REVIEWS, None, Some(9080))));
+    let c = res.extensions().get::<UpstreamCluster>().unwrap();
+    assert!(c.pool.use_client_protocol);
+    let mut lb = seeded(snap(BASE)).layer(echo());
+    let res = send(&mut lb, request(&dest(REVIEWS, None, Some(9080))));
+    let c = res.extensions().get::<UpstreamCluster>().unwrap();
+    assert!(!c.pool.use_client_protocol, "off by default");
 }
 
 /// `connectionPool` becomes the cluster's circuit-breaker thresholds and connection

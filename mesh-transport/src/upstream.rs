@@ -282,7 +282,12 @@ where
                 "no healthy upstream",
             ))));
         };
-        let (addr, h2) = (ep.addr, ep.http2);
+        let addr = ep.addr;
+        let h2 = match pool.use_client_protocol {
+            // the DestinationRule's `useClientProtocol`
+            true => req.version() == Version::HTTP_2,
+            false => ep.http2,
+        };
         let tls = match &self.tls {
             Some(t) => t.client_tls(req.extensions(), ep),
             None => None,
@@ -1435,5 +1440,34 @@ mod settings_tests {
         assert_eq!(head.headers["te"], "trailers");
         assert!(head.headers.get(header::VIA).is_none());
         assert!(head.extensions.get::<ReturnHead>().is_some());
+    }
+
+    /// `useClientProtocol`: an HTTP/2 request goes to the endpoint in HTTP/2 and an HTTP/1.1
+    /// one in HTTP/1.1, whatever the endpoint's port protocol (here HTTP/1.1, to an upstream
+    /// that speaks only h2c: the HTTP/1.1 request fails).
+    #[tokio::test]
+    async fn use_client_protocol_follows_the_client_s_version() {
+        let (addr, _) = h2_upstream().await;
+        let c = Connector::new(Duration::from_secs(5));
+        let follow = UpstreamPool {
+            use_client_protocol: true,
+            ..UpstreamPool::default()
+        };
+        let mut h2 = request(addr, false, follow);
+        *h2.version_mut() = Version::HTTP_2;
+        let res = c.clone().oneshot(h2).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let h1 = request(addr, false, follow);
+        let res = c.clone().oneshot(h1).await.unwrap();
+        assert_ne!(
+            res.status(),
+            StatusCode::OK,
+            "HTTP/1.1 to an h2c-only upstream"
+        );
+        // without it, the endpoint's protocol (HTTP/1.1) wins for an HTTP/2 request
+        let mut h2 = request(addr, false, UpstreamPool::default());
+        *h2.version_mut() = Version::HTTP_2;
+        let res = c.clone().oneshot(h2).await.unwrap();
+        assert_ne!(res.status(), StatusCode::OK);
     }
 }

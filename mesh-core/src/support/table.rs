@@ -875,7 +875,12 @@ static HTTP_SETTINGS: TypeDef = TypeDef {
             "checked every 2 s; HTTP/2: since the last request began on the connection",
         ),
         field("h2UpgradePolicy", Leaf, Status::Enforced, ""),
-        field("useClientProtocol", Leaf, Status::NotYet(Area::Later), ""),
+        field(
+            "useClientProtocol",
+            Leaf,
+            Status::Enforced,
+            "HTTP/2 upstream for HTTP/2 requests, HTTP/1.1 for the others (Envoy's `use_downstream_protocol_config`)",
+        ),
         field(
             "maxConcurrentStreams",
             Leaf,
