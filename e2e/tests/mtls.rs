@@ -387,3 +387,80 @@ spec:
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn istio_mutual_subject_alt_names_replace_the_endpoint_s_service_account() {
+    // Istio: the DestinationRule's subjectAltNames are the SANs the server must carry
+    let (server_dir, client_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let server = start(&reviews_config(server_dir.path(), &ca, &app, STRICT)).await;
+    let inbound = server.proxy.inbound_addr().unwrap();
+    let dr = |san: &str| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy:
+    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: ['spiffe://cluster.local/ns/default/sa/{san}']}}
+"
+        )
+    };
+    // the registry's account (reviews) is right, but the DestinationRule expects ratings
+    let client = start(&client_proxy(
+        client_dir.path(),
+        &ca,
+        inbound,
+        "reviews",
+        true,
+        &dr("ratings"),
+    ))
+    .await;
+    let r = get_once(client.out, "reviews:9080", &[]).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.flags().starts_with("UF"), "{r:?}");
+    assert_eq!(app.hits(), 0);
+    // the registry's account is wrong, the DestinationRule names the server's identity
+    let dir2 = tempfile::tempdir().unwrap();
+    let client = start(&client_proxy(
+        dir2.path(),
+        &ca,
+        inbound,
+        "ratings",
+        true,
+        &dr("reviews"),
+    ))
+    .await;
+    let r = get_once(client.out, "reviews:9080", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[tokio::test]
+async fn service_entry_subject_alt_names_are_identities_expected_with_auto_mtls() {
+    // Istio: a service's accounts are its ServiceEntry's subjectAltNames and its endpoints'
+    // service accounts; the server must be one of them
+    let (server_dir, client_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let server = start(&reviews_config(server_dir.path(), &ca, &app, STRICT)).await;
+    let inbound = server.proxy.inbound_addr().unwrap();
+    let with_sans = |dir: &Path, san: &str| {
+        client_proxy(dir, &ca, inbound, "ratings", true, "").replace(
+            "  location: MESH_INTERNAL\n",
+            &format!(
+                "  location: MESH_INTERNAL\n  subjectAltNames: ['spiffe://cluster.local/ns/default/sa/{san}']\n"
+            ),
+        )
+    };
+    let client = start(&with_sans(client_dir.path(), "reviews")).await;
+    let r = get_once(client.out, "reviews:9080", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let dir2 = tempfile::tempdir().unwrap();
+    let client = start(&with_sans(dir2.path(), "details")).await;
+    let r = get_once(client.out, "reviews:9080", &[]).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.flags().starts_with("UF"), "{r:?}");
+}

@@ -9,7 +9,8 @@
 //!
 //! The outbound listener's connector originates Istio's mTLS ("auto mTLS") to endpoints with
 //! a sidecar when the proxy has an identity ([`WorkloadTls`] as the engine's `UpstreamTls`),
-//! checking the server against the endpoint's service account.
+//! checking the server against the endpoint's service account, and TLS as DestinationRules'
+//! `tls` say (`SIMPLE`, `MUTUAL` from files; `sni`, `subjectAltNames`; see [`outbound`]).
 //!
 //! The inbound listener ([`WorkloadTls`]) accepts, per connection:
 //!
@@ -29,6 +30,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
@@ -48,6 +50,10 @@ use mesh_tls::verify::Accept;
 use mesh_transport::tls::{Accepts, ClientTls, DownstreamTls, UpstreamTls};
 use rustls::pki_types::ServerName;
 
+pub mod outbound;
+
+pub use outbound::OutboundTls;
+
 /// What an outbound client configuration is built for.
 type ClientKey = (Arc<str>, Option<Arc<SpiffeId>>, bool);
 
@@ -61,6 +67,10 @@ pub struct Security {
     /// The AuthorizationPolicies that apply to this workload, compiled
     /// ([`mesh_tls::authz`]); the inbound listener applies them to every request.
     pub authz: Arc<Authorizer>,
+    /// The DestinationRules' `tls` for the outbound connector ([`outbound`]).
+    pub outbound: Arc<OutboundTls>,
+    /// Warnings of this step (`insecureSkipVerify`), for the pipeline's diagnostics.
+    pub warnings: Vec<Issue>,
 }
 
 impl Security {
@@ -189,10 +199,17 @@ pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
         }
     }
     let authz = Arc::new(authorization(compiled)?);
+    let (outbound, mut issues) = OutboundTls::prepare(&compiled.snapshot);
+    if issues.iter().any(|i| i.severity == Severity::Error) {
+        issues.retain(|i| i.severity == Severity::Error);
+        return Err(issues);
+    }
     Ok(Security {
         identity,
         inbound,
         authz,
+        outbound: Arc::new(outbound),
+        warnings: issues,
     })
 }
 
@@ -268,10 +285,11 @@ fn istio_mutual_field(dr: &DestinationRule) -> Option<String> {
 #[derive(Debug)]
 pub struct WorkloadTls {
     security: ArcSwap<Security>,
-    /// Outbound client configurations by (cluster, expected identity, HTTP/2), for the
-    /// material whose address is the first field.
-    #[allow(clippy::type_complexity)]
-    clients: RwLock<(usize, HashMap<ClientKey, ClientTls>)>,
+    /// Counts the configurations stored, for the cache.
+    generation: AtomicU64,
+    /// Outbound client configurations, for the material and configuration they were made
+    /// under.
+    clients: RwLock<Clients>,
     /// Serves no certificate: what a handshake gets if one starts while the listener
     /// accepts plaintext only (never, as `accepts` says so first).
     refuse: Arc<rustls::ServerConfig>,
@@ -286,7 +304,8 @@ impl WorkloadTls {
             .with_cert_resolver(Arc::new(NoCert));
         Ok(WorkloadTls {
             security: ArcSwap::from_pointee(security),
-            clients: RwLock::new((0, HashMap::new())),
+            generation: AtomicU64::new(0),
+            clients: RwLock::new(Clients::default()),
             refuse: Arc::new(refuse),
         })
     }
@@ -294,6 +313,7 @@ impl WorkloadTls {
     /// Applies a reloaded configuration's security to new connections.
     pub fn store(&self, security: Security) {
         self.security.store(Arc::new(security));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The security in force.
@@ -336,59 +356,152 @@ impl DownstreamTls for WorkloadTls {
 }
 
 impl UpstreamTls for WorkloadTls {
-    /// Istio's auto mTLS: to an endpoint whose `istio_tls` the balancer set (a sidecar, or
-    /// `ISTIO_MUTUAL`), when this proxy has an identity: this workload's chain, the server
-    /// checked against the bundle and the endpoint's expected identity (any of the trust
-    /// domain when unknown), SNI `outbound_.<port>_.<subset>_.<host>` as Istio's sidecars
-    /// send it. Configurations are built once per (cluster, expected identity, protocol)
-    /// and certificate, then shared.
-    fn client_tls(&self, req: &http::Extensions, endpoint: &SelectedEndpoint) -> Option<ClientTls> {
+    /// DestinationRule `tls` `SIMPLE`/`MUTUAL` for the cluster: TLS origination
+    /// ([`outbound`]), pooled per settings (and per SNI when it comes from the request).
+    ///
+    /// Otherwise Istio's auto mTLS: to an endpoint whose `istio_tls` the balancer set (a
+    /// sidecar, or `ISTIO_MUTUAL`), when this proxy has an identity: this workload's chain,
+    /// the server checked against the bundle and the endpoint's expected identity (any of
+    /// the trust domain when unknown; the DestinationRule's or ServiceEntry's
+    /// `subjectAltNames` when set), SNI `outbound_.<port>_.<subset>_.<host>` as Istio's
+    /// sidecars send it (or the DestinationRule's `sni`). Configurations are built once per
+    /// (cluster, expected identity, protocol) and certificate, then shared.
+    fn client_tls(
+        &self,
+        req: &http::Extensions,
+        host: Option<&str>,
+        endpoint: &SelectedEndpoint,
+    ) -> Option<ClientTls> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let security = self.security.load();
+        let cluster: Option<&Arc<str>> = upstream_cluster(req).map(|c| &c.name);
+        let per_cluster = match cluster {
+            Some(name) if security.outbound.any() => {
+                Some(self.cluster_tls(name, &security, generation))
+            }
+            _ => None,
+        };
+        if let Some(o) = per_cluster.as_ref().and_then(|c| c.originate.as_ref()) {
+            let server_name = o.server_name(host, endpoint.addr.ip());
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (o.id(), o.auto_sni().then(|| server_name.to_str())).hash(&mut h);
+            return Some(ClientTls {
+                config: o.config(endpoint.http2).clone(),
+                server_name,
+                key: h.finish() | 1,
+            });
+        }
         if !endpoint.istio_tls {
             return None;
         }
-        let security = self.security.load();
         let id = security.identity.as_ref()?;
         let material = id.current();
-        let cluster: Arc<str> = upstream_cluster(req)
-            .map(|c| c.name.clone())
-            .unwrap_or_else(|| Arc::from(""));
+        let cluster: Arc<str> = cluster.cloned().unwrap_or_else(|| Arc::from(""));
         let key = (cluster, endpoint.identity.clone(), endpoint.http2);
         let stamp = Arc::as_ptr(&material) as usize;
         {
             let cache = self.clients.read().unwrap_or_else(|e| e.into_inner());
-            if cache.0 == stamp
-                && let Some(c) = cache.1.get(&key)
+            if cache.material == stamp
+                && cache.generation == generation
+                && let Some(c) = cache.mtls.get(&key)
             {
                 return Some(c.clone());
             }
         }
         let trust_domain = material.identity().trust_domain().to_string();
-        let accept =
-            Accept::trust_domain(&trust_domain).identities(endpoint.identity.as_deref().cloned());
+        let expected: Vec<SpiffeId> = match per_cluster.as_ref().and_then(|c| c.identities.as_ref())
+        {
+            // the DestinationRule's subjectAltNames replace the service account; a
+            // ServiceEntry's join the endpoint's own
+            Some((names, with_own)) => names
+                .iter()
+                .cloned()
+                .chain(endpoint.identity.as_deref().cloned().filter(|_| *with_own))
+                .collect(),
+            None => endpoint.identity.as_deref().cloned().into_iter().collect(),
+        };
+        let accept = Accept::trust_domain(&trust_domain).identities(expected);
         let config = match material.client_config(accept, endpoint.http2) {
             Ok(c) => c,
             Err(e) => {
+                // fail closed: a handshake that cannot succeed, a 503 UF
                 tracing::warn!(error = %e, "cannot build the mTLS client configuration");
-                return None;
+                mesh_tls::origination::Origination::refusing()
+                    .config(endpoint.http2)
+                    .clone()
             }
         };
-        let sni = key.0.replace('|', "_.");
+        let sni = match per_cluster.as_ref().and_then(|c| c.sni.as_deref()) {
+            Some(sni) => sni.to_string(),
+            None => key.0.replace('|', "_."),
+        };
         let server_name = ServerName::try_from(sni)
             .unwrap_or_else(|_| ServerName::IpAddress(endpoint.addr.ip().into()));
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&key, stamp).hash(&mut h);
+        (&key, stamp, generation).hash(&mut h);
         let tls = ClientTls {
             config,
             server_name,
             key: h.finish() | 1,
         };
         let mut cache = self.clients.write().unwrap_or_else(|e| e.into_inner());
-        if cache.0 != stamp {
-            // a rotated certificate: the old configurations go
-            *cache = (stamp, HashMap::new());
+        if cache.material != stamp || cache.generation != generation {
+            // a rotated certificate or a new configuration: the old configurations go
+            cache.mtls.clear();
+            cache.material = stamp;
         }
-        cache.1.insert(key, tls.clone());
+        cache.set_generation(generation);
+        cache.mtls.insert(key, tls.clone());
         Some(tls)
+    }
+}
+
+impl WorkloadTls {
+    /// What the cluster's DestinationRule `tls` asks for, worked out once per
+    /// configuration.
+    fn cluster_tls(
+        &self,
+        name: &Arc<str>,
+        security: &Security,
+        generation: u64,
+    ) -> Arc<outbound::ClusterTls> {
+        {
+            let cache = self.clients.read().unwrap_or_else(|e| e.into_inner());
+            if cache.generation == generation
+                && let Some(c) = cache.clusters.get(name)
+            {
+                return c.clone();
+            }
+        }
+        let found = Arc::new(security.outbound.cluster(name));
+        let mut cache = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        cache.set_generation(generation);
+        cache.clusters.insert(name.clone(), found.clone());
+        found
+    }
+}
+
+/// The outbound configurations [`WorkloadTls`] made.
+#[derive(Debug, Default)]
+struct Clients {
+    /// The configuration they were made under ([`WorkloadTls::store`] counts them).
+    generation: u64,
+    /// The address of the workload material the mTLS ones were made with.
+    material: usize,
+    /// Istio mTLS configurations by (cluster, expected identity, HTTP/2).
+    mtls: HashMap<ClientKey, ClientTls>,
+    /// What each cluster's DestinationRule `tls` asks for.
+    clusters: HashMap<Arc<str>, Arc<outbound::ClusterTls>>,
+}
+
+impl Clients {
+    /// Drops what an older configuration made.
+    fn set_generation(&mut self, generation: u64) {
+        if self.generation != generation {
+            self.generation = generation;
+            self.mtls.clear();
+            self.clusters.clear();
+        }
     }
 }
 

@@ -283,7 +283,14 @@ where
         };
         let (addr, h2) = (ep.addr, ep.http2);
         let tls = match &self.tls {
-            Some(t) => t.client_tls(req.extensions(), ep),
+            Some(t) => {
+                let host = req.uri().host().or_else(|| {
+                    req.headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                });
+                t.client_tls(req.extensions(), host, ep)
+            }
             None => None,
         };
         let mut this = self.clone();

@@ -57,20 +57,11 @@ fn values_decide_tls_and_mtls_modes() {
     };
     assert!(dr("DISABLE").is_empty());
     // ISTIO_MUTUAL is auto mTLS's (mesh-proxy's security step refuses it without an
-    // identity); TLS origination with files is not there yet
-    assert!(dr("ISTIO_MUTUAL").is_empty());
-    let found = dr("SIMPLE");
-    assert_eq!(found.len(), 1);
-    assert!(found[0].verdict.is_refused());
-    assert_eq!(
-        found[0].field.as_ref().unwrap().to_string(),
-        "spec.trafficPolicy.tls.mode"
-    );
-    assert!(
-        found[0].message.starts_with("SIMPLE is not enforced"),
-        "{}",
-        found[0].message
-    );
+    // identity); SIMPLE and MUTUAL are TLS origination (their files are read by the
+    // security step)
+    for mode in ["ISTIO_MUTUAL", "SIMPLE", "MUTUAL"] {
+        assert!(dr(mode).is_empty(), "{mode}");
+    }
     let pa = |mode: &str| {
         scan_doc(&format!(
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p}}\nspec:\n  mtls: {{mode: {mode}}}\n"
