@@ -464,3 +464,160 @@ async fn service_entry_subject_alt_names_are_identities_expected_with_auto_mtls(
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.flags().starts_with("UF"), "{r:?}");
 }
+
+#[tokio::test]
+async fn an_expired_client_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let p = start(&reviews_config(dir.path(), &ca, &app, STRICT)).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+    let old = ca
+        .issue_between(&id("productpage"), now - 2 * day, now - day)
+        .unwrap();
+    let m = TlsMaterial::from_pem(&old.chain_pem, &old.key_pem, ca.cert_pem()).unwrap();
+    let expired = tokio_rustls::TlsConnector::from(
+        m.client_config(Accept::trust_domain(TD).identities([id("reviews")]), false)
+            .unwrap(),
+    );
+    assert!(get_tls(inbound, &expired, &[]).await.is_err());
+    assert_eq!(app.hits(), 0);
+    // the same client with a current certificate is served
+    get_tls(inbound, &client_tls(&ca, "productpage"), &[])
+        .await
+        .unwrap();
+    assert_eq!(app.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_garbage_client_hello_closes_that_connection_and_the_listener_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let p = start(&reviews_config(dir.path(), &ca, &app, STRICT)).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    // a handshake record whose body is not a ClientHello, then a truncated one
+    let garbage: [&[u8]; 2] = [
+        b"\x16\x03\x01\x00\x10this is no hello",
+        b"\x16\x03\x01\xff\xff\x01\x00",
+    ];
+    for bytes in garbage {
+        let mut s = tokio::net::TcpStream::connect(inbound).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        if bytes.len() < 10 {
+            // the record announces more than was sent: end the stream
+            s.shutdown().await.unwrap();
+        }
+        let mut out = Vec::new();
+        let read = bounded(s.read_to_end(&mut out)).await;
+        // closed (an alert at most, never an HTTP answer)
+        assert!(read.is_err() || !String::from_utf8_lossy(&out).contains("HTTP/"));
+    }
+    let (body, _) = get_tls(inbound, &client_tls(&ca, "productpage"), &[])
+        .await
+        .unwrap();
+    assert!(body.starts_with("By="), "{body}");
+    assert_eq!(app.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_cut_at_the_tls_handshake_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    // `limits` continues the bootstrap's spec
+    let extra = format!("  limits: {{tlsHandshakeTimeout: 100ms}}\n{STRICT}");
+    let p = start(&reviews_config(dir.path(), &ca, &app, &extra)).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    let mut s = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    // the start of a ClientHello, and then nothing: the proxy must not wait for ever (the
+    // test's own bound is 10 s, a hundred times the timeout)
+    s.write_all(b"\x16\x03\x01\x00\xc8\x01\x00").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = bounded(s.read(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the proxy closed the connection: {n:?}"
+    );
+    assert_eq!(app.hits(), 0);
+}
+
+#[tokio::test]
+async fn rotation_under_load_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let p = start(&reviews_config(dir.path(), &ca, &app, STRICT)).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    let tls = client_tls(&ca, "productpage");
+    // a client loop: a new connection (a new handshake) per request; it reports each
+    // success and stops at the first failure
+    let (done_tx, mut done) = tokio::sync::watch::channel(0usize);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (tls, stop) = (tls.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut served = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (_, cert) = get_tls(inbound, &tls, &[]).await?;
+                if served.last() != Some(&cert) {
+                    served.push(cert);
+                }
+                done_tx.send_modify(|n| *n += 1);
+            }
+            Ok::<_, String>(served)
+        })
+    };
+    // and an established connection that lives on across the rotations
+    let tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    let name = ServerName::try_from("reviews.default.svc.cluster.local").unwrap();
+    let stream = tls.connect(name, tcp).await.unwrap();
+    let (mut kept, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut kept_get = async || {
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "reviews")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        kept.send_request(req).await.unwrap().status()
+    };
+    assert_eq!(kept_get().await, 200);
+    let wait_for = async |done: &mut tokio::sync::watch::Receiver<usize>, more: usize| {
+        let target = *done.borrow() + more;
+        bounded(done.wait_for(|n| *n >= target))
+            .await
+            .expect("the client loop stopped: a request failed");
+    };
+    wait_for(&mut done, 3).await;
+    let mut last = None;
+    for _ in 0..3 {
+        // `mesh-proxy ca rotate` writes the key, then the chain: in between, the files do not
+        // match and the proxy keeps the current pair
+        let new = ca.issue(&id("reviews"), Duration::from_secs(7200)).unwrap();
+        std::fs::write(dir.path().join("reviews.key"), &new.key_pem).unwrap();
+        p.proxy.state().rotate_certificates();
+        wait_for(&mut done, 3).await;
+        std::fs::write(dir.path().join("reviews.pem"), &new.chain_pem).unwrap();
+        assert!(p.proxy.state().rotate_certificates());
+        wait_for(&mut done, 3).await;
+        assert_eq!(kept_get().await, 200, "the established connection lives on");
+        last = Some(new);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let served = bounded(client)
+        .await
+        .unwrap()
+        .expect("every request succeeded");
+    let leaf = mesh_tls::config::certs(&last.unwrap().chain_pem).unwrap();
+    assert_eq!(
+        served.last(),
+        Some(&leaf[0].to_vec()),
+        "the last certificate is served"
+    );
+    assert!(served.len() >= 2, "rotations were seen by the client loop");
+}
