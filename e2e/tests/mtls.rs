@@ -621,3 +621,90 @@ async fn rotation_under_load_fails_no_request() {
     );
     assert!(served.len() >= 2, "rotations were seen by the client loop");
 }
+
+#[tokio::test]
+async fn port_level_mtls_sets_the_mode_of_each_inbound_port() {
+    // istio.io task "Enable mutual TLS per port": a workload policy STRICT with port-level
+    // exceptions; here the application's main port stays STRICT, a second port is
+    // PERMISSIVE and a third DISABLE (each with its own listener: `inboundPorts`)
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let (main, second, third) = (app().await, app().await, app().await);
+    let (b, c) = (second.port(), third.port());
+    let extra = format!(
+        "  inboundPorts: {{'{b}': 0, '{c}': 0}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: reviews, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  mtls: {{mode: STRICT}}
+  portLevelMtls:
+    {b}: {{mode: PERMISSIVE}}
+    {c}: {{mode: DISABLE}}
+"
+    );
+    let p = start(&reviews_config(dir.path(), &ca, &main, &extra)).await;
+    let tls = client_tls(&ca, "productpage");
+    let inbound = p.proxy.inbound_addr().unwrap();
+    let (on_b, on_c) = (
+        p.proxy.inbound_port_addr(b).unwrap(),
+        p.proxy.inbound_port_addr(c).unwrap(),
+    );
+    // the main port: STRICT
+    assert_eq!(get_plain(inbound, "").await, None);
+    assert!(
+        get_tls(inbound, &tls, &[])
+            .await
+            .unwrap()
+            .0
+            .starts_with("By=")
+    );
+    // PERMISSIVE: both, and each request reaches the application's port b
+    assert!(get_plain(on_b, "").await.unwrap().ends_with("\r\n\r\n-"));
+    let (body, _) = get_tls(on_b, &tls, &[]).await.unwrap();
+    assert!(
+        body.ends_with("URI=spiffe://cluster.local/ns/default/sa/productpage"),
+        "{body}"
+    );
+    assert_eq!(second.hits(), 2);
+    // DISABLE: plaintext only
+    assert!(get_plain(on_c, "").await.is_some());
+    assert!(get_tls(on_c, &tls, &[]).await.is_err());
+    assert_eq!((main.hits(), third.hits()), (1, 1));
+}
+
+#[tokio::test]
+async fn port_level_strict_without_an_identity_refuses_the_configuration() {
+    let app = app().await;
+    let yaml = format!(
+        "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {{name: e2e}}
+spec:
+  workload: {{name: reviews-v1, namespace: default, labels: {{app: reviews}}}}
+  inbound: {{address: 127.0.0.1, port: 0, localApp: '127.0.0.1:{port}'}}
+  admin: {{address: 127.0.0.1, port: 0}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: reviews, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  portLevelMtls:
+    {port}: {{mode: STRICT}}
+",
+        port = app.port()
+    );
+    let compiled = mesh_core::config::load_str("e2e.yaml", &yaml).unwrap();
+    let err = mesh_proxy::proxy::Proxy::start_compiled(compiled, Vec::new()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "PeerAuthentication/default/reviews: spec.portLevelMtls.{}.mode: STRICT mTLS applies to port",
+            app.port()
+        )),
+        "{text}"
+    );
+}

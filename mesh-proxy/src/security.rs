@@ -12,9 +12,10 @@
 //! checking the server against the endpoint's service account, and TLS as DestinationRules'
 //! `tls` say (`SIMPLE`, `MUTUAL` from files; `sni`, `subjectAltNames`; see [`outbound`]).
 //!
-//! The inbound listener ([`WorkloadTls`]) accepts, per connection:
+//! The inbound listener ([`WorkloadTls`]; one per workload port with `inboundPorts`,
+//! [`PortTls`]) accepts, per connection:
 //!
-//! | mode (effective for the workload) | with an identity | without |
+//! | mode (effective for the workload, or its port's `portLevelMtls`) | with an identity | without |
 //! |---|---|---|
 //! | `STRICT` | mTLS only | refused at load |
 //! | `PERMISSIVE` (Istio's default) | mTLS or plaintext, by the first byte | plaintext |
@@ -45,7 +46,7 @@ use mesh_core::model::networking::{ClientTlsMode, DestinationRule, TrafficPolicy
 use mesh_core::model::security::MtlsMode;
 use mesh_tls::authz::{Authorizer, PolicyRef, Workload};
 use mesh_tls::config::{TlsFiles, WorkloadIdentity};
-use mesh_tls::peer_auth::{Effective, Policy, effective_mode};
+use mesh_tls::peer_auth::{Effective, Policy, effective_mode, port_modes};
 use mesh_tls::verify::Accept;
 use mesh_transport::tls::{Accepts, ClientTls, DownstreamTls, UpstreamTls};
 use rustls::pki_types::ServerName;
@@ -64,6 +65,10 @@ pub struct Security {
     pub identity: Option<Arc<WorkloadIdentity>>,
     /// The inbound listener's mode and the policy that decided it.
     pub inbound: Effective,
+    /// The modes of single workload ports (`portLevelMtls`), by workload port: the inbound
+    /// listener for that port (`inboundPorts`, or the main one for `localApp`'s port)
+    /// enforces it instead of [`inbound`](Self::inbound).
+    pub inbound_ports: std::collections::BTreeMap<u32, Effective>,
     /// The AuthorizationPolicies that apply to this workload, compiled
     /// ([`mesh_tls::authz`]); the inbound listener applies them to every request.
     pub authz: Arc<Authorizer>,
@@ -76,7 +81,17 @@ pub struct Security {
 impl Security {
     /// What the inbound listener accepts.
     pub fn accepts(&self) -> Accepts {
-        match (&self.identity, self.inbound.mode) {
+        self.accepts_port(None)
+    }
+
+    /// What the inbound listener for workload port `port` accepts (its `portLevelMtls`
+    /// mode, else the workload's).
+    pub fn accepts_port(&self, port: Option<u32>) -> Accepts {
+        let mode = port
+            .and_then(|p| self.inbound_ports.get(&p))
+            .unwrap_or(&self.inbound)
+            .mode;
+        match (&self.identity, mode) {
             (None, _) | (_, MtlsMode::Disable) => Accepts::PlaintextOnly,
             (Some(_), MtlsMode::Strict) => Accepts::TlsOnly,
             (Some(_), _) => Accepts::TlsOrPlaintext,
@@ -104,6 +119,13 @@ pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
         &boot.mesh.root_namespace,
         &boot.workload.namespace,
         &boot.workload.labels,
+    );
+    let inbound_ports = port_modes(
+        &policies,
+        &boot.mesh.root_namespace,
+        &boot.workload.namespace,
+        &boot.workload.labels,
+        &inbound,
     );
     let bootstrap = compiled.origins.any_of(Kind::ProxyBootstrap);
     let issue = |resource: ResourceRef, field: &str, message: String| Issue {
@@ -198,6 +220,34 @@ pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
             )]);
         }
     }
+    if identity.is_none()
+        && let Some((port, e)) = inbound_ports
+            .iter()
+            .find(|(_, e)| e.mode == MtlsMode::Strict)
+        && let Some(p) = snap.peer_authentications.iter().find(|p| {
+            e.from.as_deref() == Some(&format!("PeerAuthentication/{}/{}", p.namespace, p.name))
+        })
+    {
+        let resource = ResourceRef {
+            kind: Kind::PeerAuthentication,
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+        };
+        let field = if p.spec.port_level_mtls.contains_key(port) {
+            format!("spec.portLevelMtls.{port}.mode")
+        } else {
+            "spec.mtls.mode".into()
+        };
+        return Err(vec![issue(
+            resource,
+            &field,
+            format!(
+                "STRICT mTLS applies to port {port} of this workload ({}/{}) but ProxyBootstrap \
+                 spec.identity is not set: refused, because security fails closed",
+                boot.workload.namespace, boot.workload.name
+            ),
+        )]);
+    }
     let authz = Arc::new(authorization(compiled)?);
     let (outbound, mut issues) = OutboundTls::prepare(&compiled.snapshot);
     if issues.iter().any(|i| i.severity == Severity::Error) {
@@ -207,6 +257,7 @@ pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
     Ok(Security {
         identity,
         inbound,
+        inbound_ports,
         authz,
         outbound: Arc::new(outbound),
         warnings: issues,
@@ -352,6 +403,31 @@ impl DownstreamTls for WorkloadTls {
 
     fn accepts(&self) -> Accepts {
         self.security.load().accepts()
+    }
+}
+
+/// The TLS of the inbound listener for one workload port: [`WorkloadTls`]'s certificate,
+/// under the port's `portLevelMtls` mode (else the workload's).
+#[derive(Debug)]
+pub struct PortTls {
+    tls: Arc<WorkloadTls>,
+    port: u32,
+}
+
+impl PortTls {
+    /// The listener for workload port `port`.
+    pub fn new(tls: Arc<WorkloadTls>, port: u32) -> Self {
+        PortTls { tls, port }
+    }
+}
+
+impl DownstreamTls for PortTls {
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.tls.server_config()
+    }
+
+    fn accepts(&self) -> Accepts {
+        self.tls.security.load().accepts_port(Some(self.port))
     }
 }
 

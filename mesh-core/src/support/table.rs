@@ -105,7 +105,7 @@ static TLS_MODE: Values = Values {
     otherwise: Verdict::Refused(Area::Security),
 };
 
-/// PeerAuthentication `mtls.mode`: the inbound listener's (whole workload).
+/// PeerAuthentication `mtls.mode` (and `portLevelMtls`): the inbound listeners'.
 static MTLS_MODE: Values = Values {
     cases: &[
         ("DISABLE", Verdict::Enforced),
@@ -1380,8 +1380,8 @@ static PEER_AUTHENTICATION: TypeDef = TypeDef {
         field(
             "portLevelMtls",
             Map(&MUTUAL_TLS),
-            Status::Refused(Area::Security),
-            "",
+            Status::Enforced,
+            "by the inbound listener of that workload port: ProxyBootstrap `inboundPorts`, or the main one for localApp's port; `UNSET` inherits the workload's mode",
         ),
     ],
 };
@@ -1392,7 +1392,7 @@ static MUTUAL_TLS: TypeDef = TypeDef {
         "mode",
         Leaf,
         Status::Values(&MTLS_MODE),
-        "the inbound listener, whole-workload (Istio's precedence); STRICT needs ProxyBootstrap spec.identity",
+        "the inbound listener (Istio's precedence; per port with `portLevelMtls`); STRICT needs ProxyBootstrap spec.identity",
     )],
 };
 
@@ -1614,7 +1614,12 @@ static PROXY_BOOTSTRAP: TypeDef = TypeDef {
         field("inbound", Struct(&INBOUND_LISTENER), Status::Enforced, ""),
         field("gatewayPorts", Leaf, Status::NotYet(Area::GatewaysL4), ""),
         field("outboundPorts", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("inboundPorts", Leaf, Status::NotYet(Area::Security), ""),
+        field(
+            "inboundPorts",
+            Leaf,
+            Status::Enforced,
+            "a listener per workload port on `inbound.address`, forwarding to that port of localApp's host, under the port's `portLevelMtls`",
+        ),
         field("admin", Struct(&ADMIN_LISTENER), Status::Enforced, ""),
         field(
             "identity",
