@@ -234,8 +234,9 @@ impl Origination {
             subject_alt_names: names.to_vec(),
             auto_san: false,
         };
-        // the same provider and versions as `new` built with: cannot fail now
-        Self::build(material, self.sni.clone()).unwrap_or_else(|_| self.clone())
+        // the same provider and versions as `new` built with: cannot fail now (and would
+        // fail closed)
+        Self::build(material, self.sni.clone()).unwrap_or_else(|_| Self::refusing())
     }
 
     /// A configuration that refuses every server: what a connection gets when its TLS
@@ -491,5 +492,15 @@ mod tests {
         let b = Origination::new(&tls).unwrap();
         assert_ne!(a.id(), b.id());
         assert_ne!(a.with_subject_alt_names(&["x".into()]).id(), a.id());
+        // the DestinationRule's own subjectAltNames win over a ServiceEntry's
+        let named = Origination::new(&ClientTlsSettings {
+            subject_alt_names: vec!["a.example.com".into()],
+            insecure_skip_verify: None,
+            ca_certificates: None,
+            ..tls
+        });
+        // no caCertificates: the system roots (possibly none on this machine: still built)
+        let named = named.unwrap();
+        assert_eq!(named.with_subject_alt_names(&["x".into()]).id(), named.id());
     }
 }
