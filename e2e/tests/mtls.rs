@@ -708,3 +708,35 @@ spec:
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn port_level_mtls_for_a_port_without_a_listener_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let extra = "---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  portLevelMtls:
+    1: {mode: DISABLE}
+";
+    let yaml = reviews_config(dir.path(), &ca, &app, extra);
+    let compiled = mesh_core::config::load_str("e2e.yaml", &yaml).unwrap();
+    let built = mesh_proxy::pipeline::build_compiled(compiled).unwrap();
+    let w: Vec<String> = built
+        .compiled
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        w.iter().any(
+            |d| d.contains("PeerAuthentication/default/reviews: spec.portLevelMtls.1")
+                && d.contains("no inbound listener of this proxy serves workload port 1")
+        ),
+        "{w:?}"
+    );
+}

@@ -104,6 +104,8 @@ struct Seen {
     sni: Option<String>,
     client_cert: bool,
     connection: usize,
+    /// The HTTP version the request came in (ALPN `h2` or `http/1.1`).
+    version: http::Version,
 }
 
 struct HttpsUpstream {
@@ -148,7 +150,7 @@ impl HttpsUpstream {
             None => builder.with_no_client_auth(),
         };
         let mut cfg = builder.with_single_cert(chain, key).unwrap();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -171,9 +173,13 @@ impl HttpsUpstream {
                         sni: conn.server_name().map(str::to_string),
                         client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
                         connection: n,
+                        version: http::Version::HTTP_11,
                     };
-                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                        log.lock().unwrap().push(facts.clone());
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        log.lock().unwrap().push(Seen {
+                            version: req.version(),
+                            ..facts.clone()
+                        });
                         async move {
                             Ok::<_, Infallible>(
                                 Response::builder()
@@ -273,9 +279,27 @@ async fn simple_with_ca_certificates_originates_tls_with_the_host_as_sni() {
         [Seen {
             sni: Some(HOST.into()),
             client_cert: false,
-            connection: 1
+            connection: 1,
+            version: http::Version::HTTP_11,
         }]
     );
+}
+
+#[tokio::test]
+async fn an_http2_port_offers_h2_by_alpn() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("upstream CA");
+    let up = HttpsUpstream::start(&pki.leaf(&[HOST], false), None).await;
+    let ca = pki.write(dir.path(), "ca.pem");
+    let yaml = config(
+        &up,
+        &format!("        mode: SIMPLE\n        caCertificates: {ca}\n"),
+    )
+    .replace("protocol: HTTP,", "protocol: HTTP2,");
+    let p = start(&yaml).await;
+    let r = get_once(p.out, HOST, &[]).await;
+    assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    assert_eq!(up.seen()[0].version, http::Version::HTTP_2);
 }
 
 #[tokio::test]

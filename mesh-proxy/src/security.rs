@@ -250,6 +250,38 @@ pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
     }
     let authz = Arc::new(authorization(compiled)?);
     let (outbound, mut issues) = OutboundTls::prepare(&compiled.snapshot);
+    // a port-level mode for a port no inbound listener of this proxy serves: tell the user
+    let served: Vec<u32> = boot
+        .inbound
+        .iter()
+        .filter_map(|i| i.local_app.rsplit_once(':')?.1.parse().ok())
+        .chain(boot.inbound_ports.keys().filter_map(|k| k.parse().ok()))
+        .collect();
+    for (port, e) in &inbound_ports {
+        if served.contains(port) {
+            continue;
+        }
+        let from = e.from.as_deref().unwrap_or_default();
+        if let Some(p) = snap.peer_authentications.iter().find(|p| {
+            p.spec.port_level_mtls.contains_key(port)
+                && format!("PeerAuthentication/{}/{}", p.namespace, p.name) == from
+        }) {
+            issues.push(Issue {
+                severity: Severity::Warning,
+                resource: ResourceRef {
+                    kind: Kind::PeerAuthentication,
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                },
+                field: FieldPath::parse(&format!("spec.portLevelMtls.{port}")),
+                message: format!(
+                    "no inbound listener of this proxy serves workload port {port} \
+                     (ProxyBootstrap spec.inboundPorts, or inbound.localApp's port): this \
+                     mode has no effect here"
+                ),
+            });
+        }
+    }
     if issues.iter().any(|i| i.severity == Severity::Error) {
         issues.retain(|i| i.severity == Severity::Error);
         return Err(issues);
