@@ -449,6 +449,43 @@ async fn mutual_presents_the_client_certificate_the_upstream_requires() {
 }
 
 #[tokio::test]
+async fn rewritten_client_certificate_files_are_used_by_new_connections() {
+    // Istio serves a DestinationRule's files through its file-watching SDS: a rotated client
+    // certificate is picked up without a reload
+    let dir = tempfile::tempdir().unwrap();
+    let (servers, clients, strangers) = (Pki::new("servers"), Pki::new("clients"), Pki::new("x"));
+    let up = HttpsUpstream::start(&servers.leaf(&[HOST], false), Some(&clients)).await;
+    let ca = servers.write(dir.path(), "ca.pem");
+    // first a certificate the upstream does not accept
+    let (cert, key) = strangers
+        .leaf(&["sleep.default"], true)
+        .write(dir.path(), "client");
+    let yaml = config(
+        &up,
+        &format!(
+            "        mode: MUTUAL\n        caCertificates: {ca}\n        clientCertificate: {cert}\n        privateKey: {key}\n"
+        ),
+    );
+    let p = start(&yaml).await;
+    let r = get_once(p.out, HOST, &[]).await;
+    assert_eq!(r.status.as_u16(), 503, "{r:?}");
+    assert!(
+        !p.proxy.state().rotate_certificates(),
+        "nothing changed yet"
+    );
+    // the key first: the pair does not match until the certificate follows, and the
+    // current one stays
+    let good = clients.leaf(&["sleep.default"], true);
+    std::fs::write(&key, &good.key).unwrap();
+    assert!(!p.proxy.state().rotate_certificates());
+    std::fs::write(&cert, &good.chain).unwrap();
+    assert!(p.proxy.state().rotate_certificates());
+    let r = get_once(p.out, HOST, &[]).await;
+    assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    assert!(up.seen().iter().all(|s| s.client_cert));
+}
+
+#[tokio::test]
 async fn two_subsets_with_different_tls_to_one_address_never_share_a_connection() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new("upstream CA");

@@ -670,9 +670,9 @@ impl ProxyState {
             .unwrap_or(false)
     }
 
-    /// Re-reads the workload certificate files if one changed (rotation): new inbound
-    /// handshakes use the new chain, established connections live on. Returns whether the
-    /// certificate changed.
+    /// Re-reads the workload certificate files, and the files of DestinationRules' `tls`, if
+    /// one changed (rotation): new handshakes use the new material, established connections
+    /// live on. Returns whether some material changed.
     pub fn rotate_certificates(&self) -> bool {
         self.workload_tls.rotate()
     }

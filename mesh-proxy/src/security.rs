@@ -404,22 +404,28 @@ impl WorkloadTls {
         self.security.load_full()
     }
 
-    /// Re-reads the identity files if one changed (a rotation); new handshakes use the new
-    /// chain. Returns whether the material changed.
+    /// Re-reads the identity files, and the DestinationRules' `tls` files, if one changed (a
+    /// rotation); new handshakes use the new chain. Returns whether some material changed.
     pub fn rotate(&self) -> bool {
+        // DestinationRule tls files (TLS origination): a new generation drops the
+        // configurations made from the old ones
+        let outbound = self.security.load().outbound.reload_if_changed();
+        if outbound {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
         let Some(id) = self.security.load().identity.clone() else {
-            return false;
+            return outbound;
         };
         match id.reload_if_changed() {
             Ok(changed) => {
                 if changed {
                     tracing::info!(identity = %id.current().identity(), "workload certificate rotated");
                 }
-                changed
+                changed || outbound
             }
             Err(e) => {
                 tracing::warn!(error = %e, "workload certificate files changed but cannot be used; keeping the current ones");
-                false
+                outbound
             }
         }
     }

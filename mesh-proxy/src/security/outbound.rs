@@ -13,8 +13,17 @@
 //!   ServiceEntry's names and the endpoints' accounts).
 //! - For `SIMPLE`/`MUTUAL` without `subjectAltNames`, the ServiceEntry's are checked
 //!   (`constructUpstreamTLS`: `opts.serviceAccounts` for the external registry).
+//!
+//! The files are watched as the workload's identity files are (Istio serves them through
+//! its file-watching SDS): `WorkloadTls::rotate` re-reads the settings whose
+//! files changed; new connections use the new files (their pool key changes), established
+//! ones live on, and files that cannot be used keep the previous ones.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
 
 use mesh_core::Severity;
 use mesh_core::compile::Snapshot;
@@ -30,7 +39,9 @@ use mesh_tls::origination::Origination;
 pub struct OutboundTls {
     snapshot: Option<Arc<Snapshot>>,
     /// Every `SIMPLE`/`MUTUAL` settings of the configuration, with its files read.
-    prepared: Vec<(ClientTlsSettings, Origination)>,
+    prepared: ArcSwap<Vec<(ClientTlsSettings, Origination)>>,
+    /// The files they read, as last read.
+    stamps: Mutex<Vec<(PathBuf, Stamp)>>,
     /// Whether some DestinationRule `tls` or ServiceEntry `subjectAltNames` needs looking at
     /// per cluster (otherwise the connector's auto mTLS alone decides, with no look-up).
     any: bool,
@@ -114,12 +125,80 @@ impl OutboundTls {
                 }
             }
         }
+        let stamps = Mutex::new(files(&prepared));
         let out = OutboundTls {
             snapshot: Some(snapshot.clone()),
-            prepared,
+            prepared: ArcSwap::from_pointee(prepared),
+            stamps,
             any,
         };
         (out, issues)
+    }
+
+    /// Re-reads the settings whose files changed since they were read (modification time
+    /// or length); `true` when some settings were swapped (the connector's per-cluster
+    /// look-ups must then be made again). Settings whose new files cannot be used keep the
+    /// previous ones, and are tried again at the next call.
+    pub(crate) fn reload_if_changed(&self) -> bool {
+        let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+        let changed: Vec<PathBuf> = stamps
+            .iter()
+            .filter(|(path, was)| stamp(path) != *was)
+            .map(|(path, _)| path.clone())
+            .collect();
+        if changed.is_empty() {
+            return false;
+        }
+        let mut swapped = false;
+        let mut next = Vec::clone(&self.prepared.load());
+        for (settings, o) in &mut next {
+            let uses = |p: &Option<String>| {
+                p.as_deref()
+                    .is_some_and(|p| changed.iter().any(|c| c.as_os_str() == p))
+            };
+            if !(uses(&settings.ca_certificates)
+                || uses(&settings.client_certificate)
+                || uses(&settings.private_key))
+            {
+                continue;
+            }
+            match Origination::new(settings) {
+                Ok(new) => {
+                    *o = new;
+                    swapped = true;
+                }
+                Err(e) => tracing::warn!(
+                    field = e.field,
+                    error = %e,
+                    "DestinationRule tls files changed but cannot be used; keeping the current ones"
+                ),
+            }
+        }
+        // a file of settings that failed keeps its old stamp: tried again next time
+        let old = self.prepared.load();
+        let failed = |path: &PathBuf| {
+            next.iter().zip(old.iter()).any(|(n, o)| {
+                n.1.id() == o.1.id()
+                    && [
+                        &n.0.ca_certificates,
+                        &n.0.client_certificate,
+                        &n.0.private_key,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .any(|f| path.as_os_str() == f.as_str())
+            })
+        };
+        for (path, was) in stamps.iter_mut() {
+            if changed.contains(path) && !failed(path) {
+                *was = stamp(path);
+            }
+        }
+        if swapped {
+            tracing::info!("DestinationRule tls files reloaded");
+            self.prepared.store(Arc::new(next));
+        }
+        swapped
     }
 
     /// Whether clusters need looking at (see [`OutboundTls::cluster`]).
@@ -153,6 +232,7 @@ impl OutboundTls {
             Some(tls) if matches!(tls.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) => {
                 let o = self
                     .prepared
+                    .load()
                     .iter()
                     .find(|(s, _)| s == tls)
                     .map(|(_, o)| o.clone())
@@ -202,6 +282,33 @@ fn tls_settings(
             &format!("spec.subsets[{i}].trafficPolicy"),
             &mut out,
         );
+    }
+    out
+}
+
+/// What a file looked like when last read: its modification time and length.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &std::path::Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The files of the prepared settings, with their stamps now.
+fn files(prepared: &[(ClientTlsSettings, Origination)]) -> Vec<(PathBuf, Stamp)> {
+    let mut out: Vec<(PathBuf, Stamp)> = Vec::new();
+    for (s, _) in prepared {
+        for f in [&s.ca_certificates, &s.client_certificate, &s.private_key]
+            .into_iter()
+            .flatten()
+            .filter(|f| !f.is_empty())
+        {
+            let path = PathBuf::from(f);
+            if !out.iter().any(|(p, _)| *p == path) {
+                let now = stamp(&path);
+                out.push((path, now));
+            }
+        }
     }
     out
 }
