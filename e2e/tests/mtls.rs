@@ -387,3 +387,356 @@ spec:
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn istio_mutual_subject_alt_names_replace_the_endpoint_s_service_account() {
+    // Istio: the DestinationRule's subjectAltNames are the SANs the server must carry
+    let (server_dir, client_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let server = start(&reviews_config(server_dir.path(), &ca, &app, STRICT)).await;
+    let inbound = server.proxy.inbound_addr().unwrap();
+    let dr = |san: &str| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy:
+    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: ['spiffe://cluster.local/ns/default/sa/{san}']}}
+"
+        )
+    };
+    // the registry's account (reviews) is right, but the DestinationRule expects ratings
+    let client = start(&client_proxy(
+        client_dir.path(),
+        &ca,
+        inbound,
+        "reviews",
+        true,
+        &dr("ratings"),
+    ))
+    .await;
+    let r = get_once(client.out, "reviews:9080", &[]).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.flags().starts_with("UF"), "{r:?}");
+    assert_eq!(app.hits(), 0);
+    // the registry's account is wrong, the DestinationRule names the server's identity
+    let dir2 = tempfile::tempdir().unwrap();
+    let client = start(&client_proxy(
+        dir2.path(),
+        &ca,
+        inbound,
+        "ratings",
+        true,
+        &dr("reviews"),
+    ))
+    .await;
+    let r = get_once(client.out, "reviews:9080", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[tokio::test]
+async fn service_entry_subject_alt_names_are_identities_expected_with_auto_mtls() {
+    // Istio: a service's accounts are its ServiceEntry's subjectAltNames and its endpoints'
+    // service accounts; the server must be one of them
+    let (server_dir, client_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let server = start(&reviews_config(server_dir.path(), &ca, &app, STRICT)).await;
+    let inbound = server.proxy.inbound_addr().unwrap();
+    let with_sans = |dir: &Path, san: &str| {
+        client_proxy(dir, &ca, inbound, "ratings", true, "").replace(
+            "  location: MESH_INTERNAL\n",
+            &format!(
+                "  location: MESH_INTERNAL\n  subjectAltNames: ['spiffe://cluster.local/ns/default/sa/{san}']\n"
+            ),
+        )
+    };
+    let client = start(&with_sans(client_dir.path(), "reviews")).await;
+    let r = get_once(client.out, "reviews:9080", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let dir2 = tempfile::tempdir().unwrap();
+    let client = start(&with_sans(dir2.path(), "details")).await;
+    let r = get_once(client.out, "reviews:9080", &[]).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.flags().starts_with("UF"), "{r:?}");
+}
+
+#[tokio::test]
+async fn an_expired_client_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let p = start(&reviews_config(dir.path(), &ca, &app, STRICT)).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+    let old = ca
+        .issue_between(&id("productpage"), now - 2 * day, now - day)
+        .unwrap();
+    let m = TlsMaterial::from_pem(&old.chain_pem, &old.key_pem, ca.cert_pem()).unwrap();
+    let expired = tokio_rustls::TlsConnector::from(
+        m.client_config(Accept::trust_domain(TD).identities([id("reviews")]), false)
+            .unwrap(),
+    );
+    assert!(get_tls(inbound, &expired, &[]).await.is_err());
+    assert_eq!(app.hits(), 0);
+    // the same client with a current certificate is served
+    get_tls(inbound, &client_tls(&ca, "productpage"), &[])
+        .await
+        .unwrap();
+    assert_eq!(app.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_garbage_client_hello_closes_that_connection_and_the_listener_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let p = start(&reviews_config(dir.path(), &ca, &app, STRICT)).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    // a handshake record whose body is not a ClientHello, then a truncated one
+    let garbage: [&[u8]; 2] = [
+        b"\x16\x03\x01\x00\x10this is no hello",
+        b"\x16\x03\x01\xff\xff\x01\x00",
+    ];
+    for bytes in garbage {
+        let mut s = tokio::net::TcpStream::connect(inbound).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        if bytes.len() < 10 {
+            // the record announces more than was sent: end the stream
+            s.shutdown().await.unwrap();
+        }
+        let mut out = Vec::new();
+        let read = bounded(s.read_to_end(&mut out)).await;
+        // closed (an alert at most, never an HTTP answer)
+        assert!(read.is_err() || !String::from_utf8_lossy(&out).contains("HTTP/"));
+    }
+    let (body, _) = get_tls(inbound, &client_tls(&ca, "productpage"), &[])
+        .await
+        .unwrap();
+    assert!(body.starts_with("By="), "{body}");
+    assert_eq!(app.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_cut_at_the_tls_handshake_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    // `limits` continues the bootstrap's spec
+    let extra = format!("  limits: {{tlsHandshakeTimeout: 100ms}}\n{STRICT}");
+    let p = start(&reviews_config(dir.path(), &ca, &app, &extra)).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    let mut s = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    // the start of a ClientHello, and then nothing: the proxy must not wait for ever (the
+    // test's own bound is 10 s, a hundred times the timeout)
+    s.write_all(b"\x16\x03\x01\x00\xc8\x01\x00").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = bounded(s.read(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the proxy closed the connection: {n:?}"
+    );
+    assert_eq!(app.hits(), 0);
+}
+
+#[tokio::test]
+async fn rotation_under_load_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let p = start(&reviews_config(dir.path(), &ca, &app, STRICT)).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    let tls = client_tls(&ca, "productpage");
+    // a client loop: a new connection (a new handshake) per request; it reports each
+    // success and stops at the first failure
+    let (done_tx, mut done) = tokio::sync::watch::channel(0usize);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (tls, stop) = (tls.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut served = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (_, cert) = get_tls(inbound, &tls, &[]).await?;
+                if served.last() != Some(&cert) {
+                    served.push(cert);
+                }
+                done_tx.send_modify(|n| *n += 1);
+            }
+            Ok::<_, String>(served)
+        })
+    };
+    // and an established connection that lives on across the rotations
+    let tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    let name = ServerName::try_from("reviews.default.svc.cluster.local").unwrap();
+    let stream = tls.connect(name, tcp).await.unwrap();
+    let (mut kept, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut kept_get = async || {
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "reviews")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        kept.send_request(req).await.unwrap().status()
+    };
+    assert_eq!(kept_get().await, 200);
+    let wait_for = async |done: &mut tokio::sync::watch::Receiver<usize>, more: usize| {
+        let target = *done.borrow() + more;
+        bounded(done.wait_for(|n| *n >= target))
+            .await
+            .expect("the client loop stopped: a request failed");
+    };
+    wait_for(&mut done, 3).await;
+    let mut last = None;
+    for _ in 0..3 {
+        // `mesh-proxy ca rotate` writes the key, then the chain: in between, the files do not
+        // match and the proxy keeps the current pair
+        let new = ca.issue(&id("reviews"), Duration::from_secs(7200)).unwrap();
+        std::fs::write(dir.path().join("reviews.key"), &new.key_pem).unwrap();
+        p.proxy.state().rotate_certificates();
+        wait_for(&mut done, 3).await;
+        std::fs::write(dir.path().join("reviews.pem"), &new.chain_pem).unwrap();
+        assert!(p.proxy.state().rotate_certificates());
+        wait_for(&mut done, 3).await;
+        assert_eq!(kept_get().await, 200, "the established connection lives on");
+        last = Some(new);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let served = bounded(client)
+        .await
+        .unwrap()
+        .expect("every request succeeded");
+    let leaf = mesh_tls::config::certs(&last.unwrap().chain_pem).unwrap();
+    assert_eq!(
+        served.last(),
+        Some(&leaf[0].to_vec()),
+        "the last certificate is served"
+    );
+    assert!(served.len() >= 2, "rotations were seen by the client loop");
+}
+
+#[tokio::test]
+async fn port_level_mtls_sets_the_mode_of_each_inbound_port() {
+    // istio.io task "Enable mutual TLS per port": a workload policy STRICT with port-level
+    // exceptions; here the application's main port stays STRICT, a second port is
+    // PERMISSIVE and a third DISABLE (each with its own listener: `inboundPorts`)
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let (main, second, third) = (app().await, app().await, app().await);
+    let (b, c) = (second.port(), third.port());
+    let extra = format!(
+        "  inboundPorts: {{'{b}': 0, '{c}': 0}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: reviews, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  mtls: {{mode: STRICT}}
+  portLevelMtls:
+    {b}: {{mode: PERMISSIVE}}
+    {c}: {{mode: DISABLE}}
+"
+    );
+    let p = start(&reviews_config(dir.path(), &ca, &main, &extra)).await;
+    let tls = client_tls(&ca, "productpage");
+    let inbound = p.proxy.inbound_addr().unwrap();
+    let (on_b, on_c) = (
+        p.proxy.inbound_port_addr(b).unwrap(),
+        p.proxy.inbound_port_addr(c).unwrap(),
+    );
+    // the main port: STRICT
+    assert_eq!(get_plain(inbound, "").await, None);
+    assert!(
+        get_tls(inbound, &tls, &[])
+            .await
+            .unwrap()
+            .0
+            .starts_with("By=")
+    );
+    // PERMISSIVE: both, and each request reaches the application's port b
+    assert!(get_plain(on_b, "").await.unwrap().ends_with("\r\n\r\n-"));
+    let (body, _) = get_tls(on_b, &tls, &[]).await.unwrap();
+    assert!(
+        body.ends_with("URI=spiffe://cluster.local/ns/default/sa/productpage"),
+        "{body}"
+    );
+    assert_eq!(second.hits(), 2);
+    // DISABLE: plaintext only
+    assert!(get_plain(on_c, "").await.is_some());
+    assert!(get_tls(on_c, &tls, &[]).await.is_err());
+    assert_eq!((main.hits(), third.hits()), (1, 1));
+}
+
+#[tokio::test]
+async fn port_level_strict_without_an_identity_refuses_the_configuration() {
+    let app = app().await;
+    let yaml = format!(
+        "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {{name: e2e}}
+spec:
+  workload: {{name: reviews-v1, namespace: default, labels: {{app: reviews}}}}
+  inbound: {{address: 127.0.0.1, port: 0, localApp: '127.0.0.1:{port}'}}
+  admin: {{address: 127.0.0.1, port: 0}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: reviews, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  portLevelMtls:
+    {port}: {{mode: STRICT}}
+",
+        port = app.port()
+    );
+    let compiled = mesh_core::config::load_str("e2e.yaml", &yaml).unwrap();
+    let err = mesh_proxy::proxy::Proxy::start_compiled(compiled, Vec::new()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "PeerAuthentication/default/reviews: spec.portLevelMtls.{}.mode: STRICT mTLS applies to port",
+            app.port()
+        )),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn port_level_mtls_for_a_port_without_a_listener_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = app().await;
+    let extra = "---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  portLevelMtls:
+    1: {mode: DISABLE}
+";
+    let yaml = reviews_config(dir.path(), &ca, &app, extra);
+    let compiled = mesh_core::config::load_str("e2e.yaml", &yaml).unwrap();
+    let built = mesh_proxy::pipeline::build_compiled(compiled).unwrap();
+    let w: Vec<String> = built
+        .compiled
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        w.iter().any(
+            |d| d.contains("PeerAuthentication/default/reviews: spec.portLevelMtls.1")
+                && d.contains("no inbound listener of this proxy serves workload port 1")
+        ),
+        "{w:?}"
+    );
+}

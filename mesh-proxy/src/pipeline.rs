@@ -79,11 +79,20 @@ pub fn build_compiled(mut compiled: Compiled) -> Result<Built, ConfigError> {
                 config::sort(&mut compiled.warnings);
             }
             match crate::security::prepare(&compiled) {
-                Ok(security) => Ok(Built {
-                    compiled,
-                    routes,
-                    security,
-                }),
+                Ok(mut security) => {
+                    if !security.warnings.is_empty() {
+                        let found = compiled
+                            .origins
+                            .locate(std::mem::take(&mut security.warnings));
+                        compiled.warnings.extend(found);
+                        config::sort(&mut compiled.warnings);
+                    }
+                    Ok(Built {
+                        compiled,
+                        routes,
+                        security,
+                    })
+                }
                 Err(issues) => {
                     let mut diagnostics = compiled.origins.locate(issues);
                     diagnostics.append(&mut compiled.warnings);

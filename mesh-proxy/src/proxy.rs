@@ -45,7 +45,7 @@ use crate::engine::{
     BoundEngine, Engine, EngineConfig, Limits, OwnAddrs, Readiness, WorkerContext,
 };
 use crate::pipeline::{self, Built};
-use crate::security::WorkloadTls;
+use crate::security::{PortTls, WorkloadTls};
 use crate::stack::Layers;
 use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
 use mesh_tls::authz::{Authorizer, Authz, AuthzLayer};
@@ -139,6 +139,8 @@ pub struct Proxy {
     state: Arc<ProxyState>,
     outbound: Option<Engine>,
     inbound: Option<Engine>,
+    /// `inboundPorts`: one inbound listener per workload port.
+    inbound_ports: Vec<(u16, Engine)>,
     admin: Option<AdminServer>,
 }
 
@@ -195,6 +197,8 @@ struct BoundListeners {
     outbound: Option<BoundEngine>,
     /// The inbound listener and the local application it forwards to.
     inbound: Option<(BoundEngine, SocketAddr)>,
+    /// `inboundPorts`: (workload port, its listener, the application's address for it).
+    inbound_ports: Vec<(u16, BoundEngine, SocketAddr)>,
     admin: std::net::TcpListener,
 }
 
@@ -207,10 +211,14 @@ impl BoundListeners {
         let concurrency = boot.concurrency as usize;
         // every listener of this proxy, so that no connector forwards into one of them
         let own_addrs = OwnAddrs::new();
-        let engine = |listener: ListenerKind, address: &str, port: u16| {
+        // `workload_port`: the inbound listener's (its portLevelMtls mode)
+        let engine = |listener: ListenerKind, address: &str, port: u16, workload_port: u16| {
             let addr = socket_addr(address, port).map_err(io_err(format!("{listener} address")))?;
             let downstream_tls: Option<Arc<dyn DownstreamTls>> = match listener {
-                ListenerKind::Inbound => Some(workload_tls.clone()),
+                ListenerKind::Inbound => Some(Arc::new(PortTls::new(
+                    workload_tls.clone(),
+                    u32::from(workload_port),
+                ))),
                 _ => None,
             };
             let upstream_tls: Option<Arc<dyn UpstreamTls>> = match listener {
@@ -228,7 +236,7 @@ impl BoundListeners {
             Engine::bind(cfg).map_err(bind_err(listener, addr))
         };
         let outbound = match &boot.outbound {
-            Some(out) => Some(engine(ListenerKind::Outbound, &out.address, out.port)?),
+            Some(out) => Some(engine(ListenerKind::Outbound, &out.address, out.port, 0)?),
             None => None,
         };
         let inbound = match &boot.inbound {
@@ -242,10 +250,25 @@ impl BoundListeners {
                         what: format!("inbound localApp {:?}", inb.local_app),
                         source: io::Error::new(io::ErrorKind::InvalidInput, "not a host:port"),
                     })?;
-                Some((engine(ListenerKind::Inbound, &inb.address, inb.port)?, app))
+                Some((
+                    engine(ListenerKind::Inbound, &inb.address, inb.port, app.port())?,
+                    app,
+                ))
             }
             None => None,
         };
+        // `inboundPorts`: workload port → a listener that forwards to that port of the
+        // application's address, under the port's PeerAuthentication mode
+        let mut inbound_ports = Vec::new();
+        if let (Some(inb), Some((_, app))) = (&boot.inbound, &inbound) {
+            for (workload, local) in &boot.inbound_ports {
+                let Ok(workload) = workload.parse::<u16>() else {
+                    continue; // refused by validation
+                };
+                let e = engine(ListenerKind::Inbound, &inb.address, *local, workload)?;
+                inbound_ports.push((workload, e, SocketAddr::new(app.ip(), workload)));
+            }
+        }
         let admin_addr =
             socket_addr(&boot.admin.address, boot.admin.port).map_err(io_err("admin address"))?;
         let admin =
@@ -256,6 +279,7 @@ impl BoundListeners {
         Ok(BoundListeners {
             outbound,
             inbound,
+            inbound_ports,
             admin,
         })
     }
@@ -316,6 +340,7 @@ impl Proxy {
             state,
             outbound: None,
             inbound: None,
+            inbound_ports: Vec::new(),
             admin: None,
         };
         let app = bound.inbound.as_ref().map(|(_, app)| *app);
@@ -341,6 +366,7 @@ impl Proxy {
         let BoundListeners {
             outbound,
             inbound,
+            inbound_ports,
             admin,
         } = bound;
         if let Some(b) = outbound {
@@ -364,6 +390,19 @@ impl Proxy {
             self.state.push_readiness(engine.readiness());
             self.inbound = Some(engine);
         }
+        for (port, b, app) in inbound_ports {
+            let addr = b.local_addr();
+            let tls = self.state.workload_tls.clone();
+            let authz = self.state.authz.clone();
+            let factory =
+                Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app, addr, &tls, &authz));
+            let engine = b
+                .start(factory)
+                .map_err(io_err(format!("inbound listener {addr} (port {port})")))?;
+            self.state.push_readiness(engine.readiness());
+            tracing::info!(addr = %addr, app = %app, "inbound listener for port {port} up");
+            self.inbound_ports.push((port, engine));
+        }
         let addr = admin.local_addr().map_err(io_err("admin listener"))?;
         let admin = AdminServer::start_on(admin, self.state.clone())
             .map_err(io_err(format!("admin listener {addr}")))?;
@@ -380,6 +419,9 @@ impl Proxy {
         if let Some(e) = self.inbound.take() {
             e.shutdown_now();
         }
+        for (_, e) in self.inbound_ports.drain(..) {
+            e.shutdown_now();
+        }
         if let Some(a) = self.admin.take() {
             a.stop();
         }
@@ -393,6 +435,14 @@ impl Proxy {
     /// The inbound listener's address, if the bootstrap has one.
     pub fn inbound_addr(&self) -> Option<SocketAddr> {
         self.inbound.as_ref().map(Engine::local_addr)
+    }
+
+    /// The address of the inbound listener for workload port `port` (`inboundPorts`).
+    pub fn inbound_port_addr(&self, port: u16) -> Option<SocketAddr> {
+        self.inbound_ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, e)| e.local_addr())
     }
 
     /// The admin listener's address.
@@ -416,10 +466,14 @@ impl Proxy {
         self.state.draining.store(true, Ordering::SeqCst);
         let out = self.outbound.take();
         let inb = self.inbound.take();
+        let ports = std::mem::take(&mut self.inbound_ports);
         if let Some(e) = out {
             e.drain().await;
         }
         if let Some(e) = inb {
+            e.drain().await;
+        }
+        for (_, e) in ports {
             e.drain().await;
         }
         if let Some(a) = self.admin.take() {
@@ -434,6 +488,9 @@ impl Proxy {
             e.drain_blocking();
         }
         if let Some(e) = self.inbound.take() {
+            e.drain_blocking();
+        }
+        for (_, e) in self.inbound_ports.drain(..) {
             e.drain_blocking();
         }
         if let Some(a) = self.admin.take() {
@@ -613,9 +670,9 @@ impl ProxyState {
             .unwrap_or(false)
     }
 
-    /// Re-reads the workload certificate files if one changed (rotation): new inbound
-    /// handshakes use the new chain, established connections live on. Returns whether the
-    /// certificate changed.
+    /// Re-reads the workload certificate files, and the files of DestinationRules' `tls`, if
+    /// one changed (rotation): new handshakes use the new material, established connections
+    /// live on. Returns whether some material changed.
     pub fn rotate_certificates(&self) -> bool {
         self.workload_tls.rotate()
     }
@@ -695,6 +752,7 @@ impl ProxyState {
         let old = self.snapshot();
         if old.bootstrap.outbound != compiled.snapshot.bootstrap.outbound
             || old.bootstrap.inbound != compiled.snapshot.bootstrap.inbound
+            || old.bootstrap.inbound_ports != compiled.snapshot.bootstrap.inbound_ports
             || old.bootstrap.admin != compiled.snapshot.bootstrap.admin
             || old.bootstrap.concurrency != compiled.snapshot.bootstrap.concurrency
             || old.bootstrap.limits != compiled.snapshot.bootstrap.limits

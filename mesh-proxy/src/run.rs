@@ -80,7 +80,8 @@ pub async fn serve_until_terminated(proxy: Proxy) {
                 let _ = proxy.reload();
             }
             _ = tick.tick() => {
-                // a rotated workload certificate (its files, not the configuration's)
+                // a rotated workload certificate or DestinationRule tls file (their files,
+                // not the configuration's)
                 proxy.state().rotate_certificates();
                 let now = fingerprint(&files);
                 if now != last {

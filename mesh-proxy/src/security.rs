@@ -9,11 +9,13 @@
 //!
 //! The outbound listener's connector originates Istio's mTLS ("auto mTLS") to endpoints with
 //! a sidecar when the proxy has an identity ([`WorkloadTls`] as the engine's `UpstreamTls`),
-//! checking the server against the endpoint's service account.
+//! checking the server against the endpoint's service account, and TLS as DestinationRules'
+//! `tls` say (`SIMPLE`, `MUTUAL` from files; `sni`, `subjectAltNames`; see [`outbound`]).
 //!
-//! The inbound listener ([`WorkloadTls`]) accepts, per connection:
+//! The inbound listener ([`WorkloadTls`]; one per workload port with `inboundPorts`,
+//! [`PortTls`]) accepts, per connection:
 //!
-//! | mode (effective for the workload) | with an identity | without |
+//! | mode (effective for the workload, or its port's `portLevelMtls`) | with an identity | without |
 //! |---|---|---|
 //! | `STRICT` | mTLS only | refused at load |
 //! | `PERMISSIVE` (Istio's default) | mTLS or plaintext, by the first byte | plaintext |
@@ -29,6 +31,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
@@ -43,10 +46,14 @@ use mesh_core::model::networking::{ClientTlsMode, DestinationRule, TrafficPolicy
 use mesh_core::model::security::MtlsMode;
 use mesh_tls::authz::{Authorizer, PolicyRef, Workload};
 use mesh_tls::config::{TlsFiles, WorkloadIdentity};
-use mesh_tls::peer_auth::{Effective, Policy, effective_mode};
+use mesh_tls::peer_auth::{Effective, Policy, effective_mode, port_modes};
 use mesh_tls::verify::Accept;
 use mesh_transport::tls::{Accepts, ClientTls, DownstreamTls, UpstreamTls};
 use rustls::pki_types::ServerName;
+
+pub mod outbound;
+
+pub use outbound::OutboundTls;
 
 /// What an outbound client configuration is built for.
 type ClientKey = (Arc<str>, Option<Arc<SpiffeId>>, bool);
@@ -58,15 +65,33 @@ pub struct Security {
     pub identity: Option<Arc<WorkloadIdentity>>,
     /// The inbound listener's mode and the policy that decided it.
     pub inbound: Effective,
+    /// The modes of single workload ports (`portLevelMtls`), by workload port: the inbound
+    /// listener for that port (`inboundPorts`, or the main one for `localApp`'s port)
+    /// enforces it instead of [`inbound`](Self::inbound).
+    pub inbound_ports: std::collections::BTreeMap<u32, Effective>,
     /// The AuthorizationPolicies that apply to this workload, compiled
     /// ([`mesh_tls::authz`]); the inbound listener applies them to every request.
     pub authz: Arc<Authorizer>,
+    /// The DestinationRules' `tls` for the outbound connector ([`outbound`]).
+    pub outbound: Arc<OutboundTls>,
+    /// Warnings of this step (`insecureSkipVerify`), for the pipeline's diagnostics.
+    pub warnings: Vec<Issue>,
 }
 
 impl Security {
     /// What the inbound listener accepts.
     pub fn accepts(&self) -> Accepts {
-        match (&self.identity, self.inbound.mode) {
+        self.accepts_port(None)
+    }
+
+    /// What the inbound listener for workload port `port` accepts (its `portLevelMtls`
+    /// mode, else the workload's).
+    pub fn accepts_port(&self, port: Option<u32>) -> Accepts {
+        let mode = port
+            .and_then(|p| self.inbound_ports.get(&p))
+            .unwrap_or(&self.inbound)
+            .mode;
+        match (&self.identity, mode) {
             (None, _) | (_, MtlsMode::Disable) => Accepts::PlaintextOnly,
             (Some(_), MtlsMode::Strict) => Accepts::TlsOnly,
             (Some(_), _) => Accepts::TlsOrPlaintext,
@@ -94,6 +119,13 @@ pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
         &boot.mesh.root_namespace,
         &boot.workload.namespace,
         &boot.workload.labels,
+    );
+    let inbound_ports = port_modes(
+        &policies,
+        &boot.mesh.root_namespace,
+        &boot.workload.namespace,
+        &boot.workload.labels,
+        &inbound,
     );
     let bootstrap = compiled.origins.any_of(Kind::ProxyBootstrap);
     let issue = |resource: ResourceRef, field: &str, message: String| Issue {
@@ -188,11 +220,79 @@ pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
             )]);
         }
     }
+    if identity.is_none()
+        && let Some((port, e)) = inbound_ports
+            .iter()
+            .find(|(_, e)| e.mode == MtlsMode::Strict)
+        && let Some(p) = snap.peer_authentications.iter().find(|p| {
+            e.from.as_deref() == Some(&format!("PeerAuthentication/{}/{}", p.namespace, p.name))
+        })
+    {
+        let resource = ResourceRef {
+            kind: Kind::PeerAuthentication,
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+        };
+        let field = if p.spec.port_level_mtls.contains_key(port) {
+            format!("spec.portLevelMtls.{port}.mode")
+        } else {
+            "spec.mtls.mode".into()
+        };
+        return Err(vec![issue(
+            resource,
+            &field,
+            format!(
+                "STRICT mTLS applies to port {port} of this workload ({}/{}) but ProxyBootstrap \
+                 spec.identity is not set: refused, because security fails closed",
+                boot.workload.namespace, boot.workload.name
+            ),
+        )]);
+    }
     let authz = Arc::new(authorization(compiled)?);
+    let (outbound, mut issues) = OutboundTls::prepare(&compiled.snapshot);
+    // a port-level mode for a port no inbound listener of this proxy serves: tell the user
+    let served: Vec<u32> = boot
+        .inbound
+        .iter()
+        .filter_map(|i| i.local_app.rsplit_once(':')?.1.parse().ok())
+        .chain(boot.inbound_ports.keys().filter_map(|k| k.parse().ok()))
+        .collect();
+    for (port, e) in &inbound_ports {
+        if served.contains(port) {
+            continue;
+        }
+        let from = e.from.as_deref().unwrap_or_default();
+        if let Some(p) = snap.peer_authentications.iter().find(|p| {
+            p.spec.port_level_mtls.contains_key(port)
+                && format!("PeerAuthentication/{}/{}", p.namespace, p.name) == from
+        }) {
+            issues.push(Issue {
+                severity: Severity::Warning,
+                resource: ResourceRef {
+                    kind: Kind::PeerAuthentication,
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                },
+                field: FieldPath::parse(&format!("spec.portLevelMtls.{port}")),
+                message: format!(
+                    "no inbound listener of this proxy serves workload port {port} \
+                     (ProxyBootstrap spec.inboundPorts, or inbound.localApp's port): this \
+                     mode has no effect here"
+                ),
+            });
+        }
+    }
+    if issues.iter().any(|i| i.severity == Severity::Error) {
+        issues.retain(|i| i.severity == Severity::Error);
+        return Err(issues);
+    }
     Ok(Security {
         identity,
         inbound,
+        inbound_ports,
         authz,
+        outbound: Arc::new(outbound),
+        warnings: issues,
     })
 }
 
@@ -268,10 +368,11 @@ fn istio_mutual_field(dr: &DestinationRule) -> Option<String> {
 #[derive(Debug)]
 pub struct WorkloadTls {
     security: ArcSwap<Security>,
-    /// Outbound client configurations by (cluster, expected identity, HTTP/2), for the
-    /// material whose address is the first field.
-    #[allow(clippy::type_complexity)]
-    clients: RwLock<(usize, HashMap<ClientKey, ClientTls>)>,
+    /// Counts the configurations stored, for the cache.
+    generation: AtomicU64,
+    /// Outbound client configurations, for the material and configuration they were made
+    /// under.
+    clients: RwLock<Clients>,
     /// Serves no certificate: what a handshake gets if one starts while the listener
     /// accepts plaintext only (never, as `accepts` says so first).
     refuse: Arc<rustls::ServerConfig>,
@@ -286,7 +387,8 @@ impl WorkloadTls {
             .with_cert_resolver(Arc::new(NoCert));
         Ok(WorkloadTls {
             security: ArcSwap::from_pointee(security),
-            clients: RwLock::new((0, HashMap::new())),
+            generation: AtomicU64::new(0),
+            clients: RwLock::new(Clients::default()),
             refuse: Arc::new(refuse),
         })
     }
@@ -294,6 +396,7 @@ impl WorkloadTls {
     /// Applies a reloaded configuration's security to new connections.
     pub fn store(&self, security: Security) {
         self.security.store(Arc::new(security));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The security in force.
@@ -301,22 +404,28 @@ impl WorkloadTls {
         self.security.load_full()
     }
 
-    /// Re-reads the identity files if one changed (a rotation); new handshakes use the new
-    /// chain. Returns whether the material changed.
+    /// Re-reads the identity files, and the DestinationRules' `tls` files, if one changed (a
+    /// rotation); new handshakes use the new chain. Returns whether some material changed.
     pub fn rotate(&self) -> bool {
+        // DestinationRule tls files (TLS origination): a new generation drops the
+        // configurations made from the old ones
+        let outbound = self.security.load().outbound.reload_if_changed();
+        if outbound {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
         let Some(id) = self.security.load().identity.clone() else {
-            return false;
+            return outbound;
         };
         match id.reload_if_changed() {
             Ok(changed) => {
                 if changed {
                     tracing::info!(identity = %id.current().identity(), "workload certificate rotated");
                 }
-                changed
+                changed || outbound
             }
             Err(e) => {
                 tracing::warn!(error = %e, "workload certificate files changed but cannot be used; keeping the current ones");
-                false
+                outbound
             }
         }
     }
@@ -335,60 +444,178 @@ impl DownstreamTls for WorkloadTls {
     }
 }
 
+/// The TLS of the inbound listener for one workload port: [`WorkloadTls`]'s certificate,
+/// under the port's `portLevelMtls` mode (else the workload's).
+#[derive(Debug)]
+pub struct PortTls {
+    tls: Arc<WorkloadTls>,
+    port: u32,
+}
+
+impl PortTls {
+    /// The listener for workload port `port`.
+    pub fn new(tls: Arc<WorkloadTls>, port: u32) -> Self {
+        PortTls { tls, port }
+    }
+}
+
+impl DownstreamTls for PortTls {
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.tls.server_config()
+    }
+
+    fn accepts(&self) -> Accepts {
+        self.tls.security.load().accepts_port(Some(self.port))
+    }
+}
+
 impl UpstreamTls for WorkloadTls {
-    /// Istio's auto mTLS: to an endpoint whose `istio_tls` the balancer set (a sidecar, or
-    /// `ISTIO_MUTUAL`), when this proxy has an identity: this workload's chain, the server
-    /// checked against the bundle and the endpoint's expected identity (any of the trust
-    /// domain when unknown), SNI `outbound_.<port>_.<subset>_.<host>` as Istio's sidecars
-    /// send it. Configurations are built once per (cluster, expected identity, protocol)
-    /// and certificate, then shared.
-    fn client_tls(&self, req: &http::Extensions, endpoint: &SelectedEndpoint) -> Option<ClientTls> {
+    /// DestinationRule `tls` `SIMPLE`/`MUTUAL` for the cluster: TLS origination
+    /// ([`outbound`]), pooled per settings (and per SNI when it comes from the request).
+    ///
+    /// Otherwise Istio's auto mTLS: to an endpoint whose `istio_tls` the balancer set (a
+    /// sidecar, or `ISTIO_MUTUAL`), when this proxy has an identity: this workload's chain,
+    /// the server checked against the bundle and the endpoint's expected identity (any of
+    /// the trust domain when unknown; the DestinationRule's or ServiceEntry's
+    /// `subjectAltNames` when set), SNI `outbound_.<port>_.<subset>_.<host>` as Istio's
+    /// sidecars send it (or the DestinationRule's `sni`). Configurations are built once per
+    /// (cluster, expected identity, protocol) and certificate, then shared.
+    fn client_tls(
+        &self,
+        req: &http::Extensions,
+        host: Option<&str>,
+        endpoint: &SelectedEndpoint,
+    ) -> Option<ClientTls> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let security = self.security.load();
+        let cluster: Option<&Arc<str>> = upstream_cluster(req).map(|c| &c.name);
+        let per_cluster = match cluster {
+            Some(name) if security.outbound.any() => {
+                Some(self.cluster_tls(name, &security, generation))
+            }
+            _ => None,
+        };
+        if let Some(o) = per_cluster.as_ref().and_then(|c| c.originate.as_ref()) {
+            let server_name = o.server_name(host, endpoint.addr.ip());
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (o.id(), o.auto_sni().then(|| server_name.to_str())).hash(&mut h);
+            return Some(ClientTls {
+                config: o.config(endpoint.http2).clone(),
+                server_name,
+                key: h.finish() | 1,
+            });
+        }
         if !endpoint.istio_tls {
             return None;
         }
-        let security = self.security.load();
         let id = security.identity.as_ref()?;
         let material = id.current();
-        let cluster: Arc<str> = upstream_cluster(req)
-            .map(|c| c.name.clone())
-            .unwrap_or_else(|| Arc::from(""));
+        let cluster: Arc<str> = cluster.cloned().unwrap_or_else(|| Arc::from(""));
         let key = (cluster, endpoint.identity.clone(), endpoint.http2);
         let stamp = Arc::as_ptr(&material) as usize;
         {
             let cache = self.clients.read().unwrap_or_else(|e| e.into_inner());
-            if cache.0 == stamp
-                && let Some(c) = cache.1.get(&key)
+            if cache.material == stamp
+                && cache.generation == generation
+                && let Some(c) = cache.mtls.get(&key)
             {
                 return Some(c.clone());
             }
         }
         let trust_domain = material.identity().trust_domain().to_string();
-        let accept =
-            Accept::trust_domain(&trust_domain).identities(endpoint.identity.as_deref().cloned());
+        let expected: Vec<SpiffeId> = match per_cluster.as_ref().and_then(|c| c.identities.as_ref())
+        {
+            // the DestinationRule's subjectAltNames replace the service account; a
+            // ServiceEntry's join the endpoint's own
+            Some((names, with_own)) => names
+                .iter()
+                .cloned()
+                .chain(endpoint.identity.as_deref().cloned().filter(|_| *with_own))
+                .collect(),
+            None => endpoint.identity.as_deref().cloned().into_iter().collect(),
+        };
+        let accept = Accept::trust_domain(&trust_domain).identities(expected);
         let config = match material.client_config(accept, endpoint.http2) {
             Ok(c) => c,
             Err(e) => {
+                // fail closed: a handshake that cannot succeed, a 503 UF
                 tracing::warn!(error = %e, "cannot build the mTLS client configuration");
-                return None;
+                mesh_tls::origination::Origination::refusing()
+                    .config(endpoint.http2)
+                    .clone()
             }
         };
-        let sni = key.0.replace('|', "_.");
+        let sni = match per_cluster.as_ref().and_then(|c| c.sni.as_deref()) {
+            Some(sni) => sni.to_string(),
+            None => key.0.replace('|', "_."),
+        };
         let server_name = ServerName::try_from(sni)
             .unwrap_or_else(|_| ServerName::IpAddress(endpoint.addr.ip().into()));
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&key, stamp).hash(&mut h);
+        (&key, stamp, generation).hash(&mut h);
         let tls = ClientTls {
             config,
             server_name,
             key: h.finish() | 1,
         };
         let mut cache = self.clients.write().unwrap_or_else(|e| e.into_inner());
-        if cache.0 != stamp {
-            // a rotated certificate: the old configurations go
-            *cache = (stamp, HashMap::new());
+        if cache.material != stamp || cache.generation != generation {
+            // a rotated certificate or a new configuration: the old configurations go
+            cache.mtls.clear();
+            cache.material = stamp;
         }
-        cache.1.insert(key, tls.clone());
+        cache.set_generation(generation);
+        cache.mtls.insert(key, tls.clone());
         Some(tls)
+    }
+}
+
+impl WorkloadTls {
+    /// What the cluster's DestinationRule `tls` asks for, worked out once per
+    /// configuration.
+    fn cluster_tls(
+        &self,
+        name: &Arc<str>,
+        security: &Security,
+        generation: u64,
+    ) -> Arc<outbound::ClusterTls> {
+        {
+            let cache = self.clients.read().unwrap_or_else(|e| e.into_inner());
+            if cache.generation == generation
+                && let Some(c) = cache.clusters.get(name)
+            {
+                return c.clone();
+            }
+        }
+        let found = Arc::new(security.outbound.cluster(name));
+        let mut cache = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        cache.set_generation(generation);
+        cache.clusters.insert(name.clone(), found.clone());
+        found
+    }
+}
+
+/// The outbound configurations [`WorkloadTls`] made.
+#[derive(Debug, Default)]
+struct Clients {
+    /// The configuration they were made under ([`WorkloadTls::store`] counts them).
+    generation: u64,
+    /// The address of the workload material the mTLS ones were made with.
+    material: usize,
+    /// Istio mTLS configurations by (cluster, expected identity, HTTP/2).
+    mtls: HashMap<ClientKey, ClientTls>,
+    /// What each cluster's DestinationRule `tls` asks for.
+    clusters: HashMap<Arc<str>, Arc<outbound::ClusterTls>>,
+}
+
+impl Clients {
+    /// Drops what an older configuration made.
+    fn set_generation(&mut self, generation: u64) {
+        if self.generation != generation {
+            self.generation = generation;
+            self.mtls.clear();
+            self.clusters.clear();
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! (rustls verifiers that check peers by SPIFFE identity against the trust bundle) and
 //! [`config`] (a workload's TLS material, the rustls client and server configurations made
 //! from it, and rotation from files), [`peer_auth`] (PeerAuthentication precedence) and
-//! [`authz`] (AuthorizationPolicy as a tower layer). `mesh-proxy`'s inbound listener and
+//! [`authz`] (AuthorizationPolicy as a tower layer), [`origination`] (DestinationRule `tls`
+//! `SIMPLE`/`MUTUAL`: TLS origination from files). `mesh-proxy`'s inbound listener and
 //! connector use them for mTLS both ways and authorization.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -14,6 +15,7 @@
 pub mod authz;
 pub mod ca;
 pub mod config;
+pub mod origination;
 pub mod peer;
 pub mod peer_auth;
 pub mod verify;

@@ -89,6 +89,43 @@ pub fn effective_mode(
     }
 }
 
+/// The modes of the workload's ports under `portLevelMtls` (keyed by workload port, the
+/// target port of the service, as Istio's `portLevelMtls` keys are): only the workload-level
+/// policy (the one with a selector that [`effective_mode`] considers) has them (Istio's
+/// validation refuses them without a selector); a port-level `UNSET` takes the workload's
+/// `effective` mode. Ports not listed have the workload's mode.
+pub fn port_modes(
+    policies: &[Policy<'_>],
+    root_namespace: &str,
+    namespace: &str,
+    labels: &Labels,
+    effective: &Effective,
+) -> std::collections::BTreeMap<u32, Effective> {
+    let workload = policies.iter().find(|p| {
+        p.spec.selector.as_ref().is_some_and(|s| {
+            (p.namespace == namespace || p.namespace == root_namespace) && s.matches(labels)
+        })
+    });
+    let Some(p) = workload else {
+        return Default::default();
+    };
+    let from = format!("PeerAuthentication/{}/{}", p.namespace, p.name);
+    p.spec
+        .port_level_mtls
+        .iter()
+        .map(|(port, m)| {
+            let e = match m.mode.unwrap_or(MtlsMode::Unset) {
+                MtlsMode::Unset => effective.clone(),
+                mode => Effective {
+                    mode,
+                    from: Some(from.clone()),
+                },
+            };
+            (*port, e)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +244,44 @@ mod tests {
         let e = effective_mode(&all, ROOT, "shop", &labels(&[("app", "web")]));
         assert_eq!(e.mode, MtlsMode::Disable, "the first namespace-wide policy");
         assert_eq!(e.from.as_deref(), Some("PeerAuthentication/shop/a"));
+    }
+
+    #[test]
+    fn port_level_modes_override_the_workload_s_and_unset_inherits_it() {
+        // istio.io task "Enable mutual TLS per port": STRICT for the namespace, the
+        // workload's port 8080 DISABLE
+        let ns = pa(Some(MtlsMode::Strict), &[]);
+        let mut wl = pa(None, &[("app", "httpbin")]);
+        wl.port_level_mtls.insert(
+            8080,
+            MutualTls {
+                mode: Some(MtlsMode::Disable),
+            },
+        );
+        wl.port_level_mtls.insert(9090, MutualTls { mode: None });
+        let all = [
+            Policy {
+                namespace: "bar",
+                name: "ns",
+                spec: &ns,
+            },
+            Policy {
+                namespace: "bar",
+                name: "httpbin",
+                spec: &wl,
+            },
+        ];
+        let httpbin = labels(&[("app", "httpbin")]);
+        let e = effective_mode(&all, ROOT, "bar", &httpbin);
+        let ports = port_modes(&all, ROOT, "bar", &httpbin, &e);
+        assert_eq!(e.mode, MtlsMode::Strict);
+        assert_eq!(ports[&8080].mode, MtlsMode::Disable);
+        assert_eq!(
+            ports[&8080].from.as_deref(),
+            Some("PeerAuthentication/bar/httpbin")
+        );
+        assert_eq!(ports[&9090], e, "UNSET inherits the workload's mode");
+        let other = labels(&[("app", "other")]);
+        assert!(port_modes(&all, ROOT, "bar", &other, &e).is_empty());
     }
 }

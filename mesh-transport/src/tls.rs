@@ -36,7 +36,12 @@
 //! struct Https(Arc<rustls::ClientConfig>);
 //!
 //! impl UpstreamTls for Https {
-//!     fn client_tls(&self, _req: &http::Extensions, ep: &SelectedEndpoint) -> Option<ClientTls> {
+//!     fn client_tls(
+//!         &self,
+//!         _req: &http::Extensions,
+//!         _host: Option<&str>,
+//!         ep: &SelectedEndpoint,
+//!     ) -> Option<ClientTls> {
 //!         (ep.addr.port() == 443).then(|| ClientTls {
 //!             config: self.0.clone(),
 //!             server_name: rustls::pki_types::ServerName::IpAddress(ep.addr.ip().into()),
@@ -57,9 +62,15 @@ use rustls::pki_types::ServerName;
 /// Decides, per request, whether the connector originates TLS to the chosen endpoint.
 pub trait UpstreamTls: Send + Sync + fmt::Debug + 'static {
     /// The TLS to originate for this request to `endpoint` (its extensions hold what the
-    /// layers decided: the route, the balancer's `SelectedUpstream`), or `None` for
-    /// plaintext. Called once per request: return clones of shared `Arc`s.
-    fn client_tls(&self, req: &http::Extensions, endpoint: &SelectedEndpoint) -> Option<ClientTls>;
+    /// layers decided: the route, the balancer's `SelectedUpstream`; `host` is its
+    /// `:authority` or `Host`, for an SNI taken from the request as Envoy's `auto_sni`), or
+    /// `None` for plaintext. Called once per request: return clones of shared `Arc`s.
+    fn client_tls(
+        &self,
+        req: &http::Extensions,
+        host: Option<&str>,
+        endpoint: &SelectedEndpoint,
+    ) -> Option<ClientTls>;
 }
 
 /// Makes a listener terminate TLS (see the [module docs](self)).

@@ -289,7 +289,14 @@ where
             false => ep.http2,
         };
         let tls = match &self.tls {
-            Some(t) => t.client_tls(req.extensions(), ep),
+            Some(t) => {
+                let host = req.uri().host().or_else(|| {
+                    req.headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                });
+                t.client_tls(req.extensions(), host, ep)
+            }
             None => None,
         };
         let mut this = self.clone();

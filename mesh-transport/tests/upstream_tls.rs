@@ -114,7 +114,12 @@ impl Originate {
 }
 
 impl UpstreamTls for Originate {
-    fn client_tls(&self, _req: &http::Extensions, _ep: &SelectedEndpoint) -> Option<ClientTls> {
+    fn client_tls(
+        &self,
+        _req: &http::Extensions,
+        _host: Option<&str>,
+        _ep: &SelectedEndpoint,
+    ) -> Option<ClientTls> {
         Some(ClientTls {
             config: self.config.clone(),
             server_name: ServerName::try_from("localhost").unwrap(),

@@ -92,17 +92,20 @@ pub(super) static KINDS: &[KindDef] = &[
 
 // === statuses that depend on the value ===
 
-/// DestinationRule `tls.mode`: plaintext, or Istio's mTLS with the workload's certificate
-/// (refused by mesh-proxy's security step when the proxy has no identity).
+/// DestinationRule `tls.mode`: plaintext, Istio's mTLS with the workload's certificate
+/// (refused by mesh-proxy's security step when the proxy has no identity), or TLS
+/// origination from files (mesh-tls `origination`).
 static TLS_MODE: Values = Values {
     cases: &[
         ("DISABLE", Verdict::Enforced),
         ("ISTIO_MUTUAL", Verdict::Enforced),
+        ("SIMPLE", Verdict::Enforced),
+        ("MUTUAL", Verdict::Enforced),
     ],
     otherwise: Verdict::Refused(Area::Security),
 };
 
-/// PeerAuthentication `mtls.mode`: the inbound listener's (whole workload).
+/// PeerAuthentication `mtls.mode` (and `portLevelMtls`): the inbound listeners'.
 static MTLS_MODE: Values = Values {
     cases: &[
         ("DISABLE", Verdict::Enforced),
@@ -942,26 +945,51 @@ static CLIENT_TLS_SETTINGS: TypeDef = TypeDef {
             "mode",
             Leaf,
             Status::Values(&TLS_MODE),
-            "`DISABLE` and `ISTIO_MUTUAL` (needs ProxyBootstrap spec.identity); SIMPLE and MUTUAL come with the TLS issue",
+            "`DISABLE`; `ISTIO_MUTUAL` (needs ProxyBootstrap spec.identity); `SIMPLE` and `MUTUAL`: TLS origination by the sidecar (Istio's egress TLS origination), files read at load",
         ),
         field(
             "clientCertificate",
             Leaf,
-            Status::NotYet(Area::Security),
-            "",
+            Status::Enforced,
+            "`MUTUAL`: read at load; a key that does not match it is an error",
         ),
-        field("privateKey", Leaf, Status::NotYet(Area::Security), ""),
-        field("caCertificates", Leaf, Status::NotYet(Area::Security), ""),
-        field("credentialName", Leaf, Status::NotYet(Area::Security), ""),
-        field("subjectAltNames", Leaf, Status::NotYet(Area::Security), ""),
-        field("sni", Leaf, Status::NotYet(Area::Security), ""),
+        field("privateKey", Leaf, Status::Enforced, ""),
+        field(
+            "caCertificates",
+            Leaf,
+            Status::Enforced,
+            "unset: the system's trust roots (Istio's `system`)",
+        ),
+        field(
+            "credentialName",
+            Leaf,
+            Status::Refused(Area::Security),
+            "a Kubernetes secret: read by gateways only in Istio (egress gateways, issue 15); a sidecar takes files",
+        ),
+        field(
+            "subjectAltNames",
+            Leaf,
+            Status::Enforced,
+            "the server certificate carries one of them; for `ISTIO_MUTUAL` SPIFFE identities replacing the service account",
+        ),
+        field(
+            "sni",
+            Leaf,
+            Status::Enforced,
+            "unset: the request's host (Envoy's `auto_sni`, checked as `auto_san_validation`); `ISTIO_MUTUAL`: the cluster name",
+        ),
         field(
             "insecureSkipVerify",
             Leaf,
-            Status::NotYet(Area::Security),
-            "",
+            Status::Enforced,
+            "the server is not verified; a warning at load",
         ),
-        field("caCrl", Leaf, Status::NotYet(Area::Security), ""),
+        field(
+            "caCrl",
+            Leaf,
+            Status::Refused(Area::Security),
+            "revocation lists are not checked yet: refused rather than ignored",
+        ),
     ],
 };
 
@@ -1062,8 +1090,8 @@ static SERVICE_ENTRY: TypeDef = TypeDef {
         field(
             "subjectAltNames",
             Leaf,
-            Status::NotYet(Area::Security),
-            "checked with mTLS",
+            Status::Enforced,
+            "the identities expected of the endpoints with Istio mTLS (with their service accounts) and of the server with `SIMPLE`/`MUTUAL` when the DestinationRule names none",
         ),
     ],
 };
@@ -1357,8 +1385,8 @@ static PEER_AUTHENTICATION: TypeDef = TypeDef {
         field(
             "portLevelMtls",
             Map(&MUTUAL_TLS),
-            Status::Refused(Area::Security),
-            "",
+            Status::Enforced,
+            "by the inbound listener of that workload port: ProxyBootstrap `inboundPorts`, or the main one for localApp's port; `UNSET` inherits the workload's mode",
         ),
     ],
 };
@@ -1369,7 +1397,7 @@ static MUTUAL_TLS: TypeDef = TypeDef {
         "mode",
         Leaf,
         Status::Values(&MTLS_MODE),
-        "the inbound listener, whole-workload (Istio's precedence); STRICT needs ProxyBootstrap spec.identity",
+        "the inbound listener (Istio's precedence; per port with `portLevelMtls`); STRICT needs ProxyBootstrap spec.identity",
     )],
 };
 
@@ -1591,7 +1619,12 @@ static PROXY_BOOTSTRAP: TypeDef = TypeDef {
         field("inbound", Struct(&INBOUND_LISTENER), Status::Enforced, ""),
         field("gatewayPorts", Leaf, Status::NotYet(Area::GatewaysL4), ""),
         field("outboundPorts", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("inboundPorts", Leaf, Status::NotYet(Area::Security), ""),
+        field(
+            "inboundPorts",
+            Leaf,
+            Status::Enforced,
+            "a listener per workload port on `inbound.address`, forwarding to that port of localApp's host, under the port's `portLevelMtls`",
+        ),
         field("admin", Struct(&ADMIN_LISTENER), Status::Enforced, ""),
         field(
             "identity",

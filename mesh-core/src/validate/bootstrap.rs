@@ -109,6 +109,13 @@ pub(crate) fn validate(pb: &ProxyBootstrap, at: &FieldPath, rep: &mut Report<'_>
         rep.check(&p, parse_port_key(k));
         claim(*v, p, rep);
     }
+    if !pb.inbound_ports.is_empty() && pb.inbound.is_none() {
+        // the per-port listeners take their address and the application's from `inbound`
+        rep.error(
+            &at.k("inboundPorts"),
+            "inboundPorts needs spec.inbound (its address, and localApp's host)",
+        );
+    }
 
     if let Some(id) = &pb.identity {
         let p = at.k("identity");
