@@ -103,7 +103,7 @@ enum Where {
     Cookie(Box<str>),
 }
 
-/// A JWKS fetched from `jwksUri` (`http://` by the proxy, `file://` read from disk), with
+/// A JWKS fetched from `jwksUri` (`http(s)://` by the proxy, `file://` read from disk), with
 /// its keys once a fetch has succeeded. Until then, a token of its issuer is refused with
 /// `Jwks remote fetch is failed` (fail closed).
 #[derive(Debug)]
@@ -407,7 +407,7 @@ fn compile_rule(r: &JwtRule, at: &str) -> Result<(Rule, Vec<Where>), Refusal> {
         }
         (None, None) => {
             return Err((
-                format!("{at}.jwksUri"),
+                at.to_string(),
                 "neither jwks nor jwksUri: OpenID discovery from the issuer is not enforced by \
                  this version: refused, because security fails closed"
                     .into(),
@@ -697,18 +697,16 @@ impl Key {
 
 impl RemoteJwks {
     /// A JWKS at `uri` (`http://`, `https://` or `file://`), fetched within `timeout`.
+    /// Another scheme is an error.
     pub fn new(uri: &str, timeout: Duration) -> Result<RemoteJwks, String> {
         let lower = uri.to_ascii_lowercase();
-        if lower.starts_with("https://") {
+        if !["http://", "https://", "file://"]
+            .iter()
+            .any(|p| lower.starts_with(p))
+        {
             return Err(format!(
-                "jwksUri {uri}: fetching JWKS over https is not enforced by this version (http:// \
-                 and file:// are; or write the keys inline in jwks): refused, because security \
-                 fails closed"
-            ));
-        }
-        if !(lower.starts_with("http://") || lower.starts_with("file://")) {
-            return Err(format!(
-                "jwksUri {uri}: only http:// and file:// are supported"
+                "jwksUri {uri}: only http://, https:// and file:// are fetched: refused, \
+                 because security fails closed"
             ));
         }
         Ok(RemoteJwks {

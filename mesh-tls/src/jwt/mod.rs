@@ -27,11 +27,11 @@
 //! Token locations: `fromHeaders` (name and prefix), `fromParams`, `fromCookies`; with none
 //! of them, Envoy's defaults `Authorization: Bearer <token>` and `?access_token=`. Keys:
 //! inline `jwks`, or `jwksUri`: `file://` (read at load, so `validate` checks it, and
-//! re-read at every refresh) or `http://` (fetched by mesh-proxy off the request path,
-//! refreshed every 20 minutes as Istio's `PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`; until the
-//! first fetch succeeds, a token of that issuer is refused with `Jwks remote fetch is
-//! failed`). `https://` is refused at load for now (security fails closed), as are a rule
-//! without issuer, without keys (OpenID discovery) and `spaceDelimitedClaims`.
+//! re-read at every refresh) or `http://`/`https://` (fetched by mesh-proxy off the request
+//! path, refreshed every 20 minutes as Istio's `PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`; until
+//! the first fetch succeeds, a token of that issuer is refused with `Jwks remote fetch is
+//! failed`). Refused at load (security fails closed): another scheme, a rule without
+//! issuer, one without keys (OpenID discovery) and `spaceDelimitedClaims`.
 //!
 //! On success: the client's own `outputPayloadToHeader`/`outputClaimToHeaders` headers are
 //! removed, then written from the token (the payload base64url as received; string,

@@ -454,9 +454,9 @@ fn what_cannot_be_enforced_is_refused_naming_the_field() {
             json!([{"issuer": ISS, "jwks": r#"{"keys": []}"#}]),
             "spec.jwtRules[0].jwks",
         ),
-        (json!([{"issuer": ISS}]), "spec.jwtRules[0].jwksUri"),
+        (json!([{"issuer": ISS}]), "spec.jwtRules[0]"),
         (
-            json!([{"issuer": ISS, "jwksUri": "https://example.com/jwks.json"}]),
+            json!([{"issuer": ISS, "jwksUri": "ftp://example.com/jwks.json"}]),
             "spec.jwtRules[0].jwksUri",
         ),
         (
