@@ -223,3 +223,80 @@ async fn get(
         .to_bytes();
     String::from_utf8(body.to_vec()).map_err(|_| format!("GET {uri}: the body is not UTF-8"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::Full;
+
+    use super::*;
+
+    const DOC: &str = r#"{"keys":[]}"#;
+
+    /// An HTTPS server on 127.0.0.1:0 with a certificate for `localhost` made now; answers
+    /// every request with `DOC`.
+    async fn https_server() -> (u16, rustls::pki_types::CertificateDer<'static>) {
+        let made =
+            rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("a certificate");
+        let cert = made.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(made.signing_key.serialize_der())
+            .expect("a key");
+        let mut config = rustls::ServerConfig::builder_with_provider(mesh_tls::verify::provider())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .expect("a server config");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bound");
+        let port = listener.local_addr().expect("an address").port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, Infallible>(http::Response::new(Full::new(bytes::Bytes::from(DOC))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        (port, cert)
+    }
+
+    #[tokio::test]
+    async fn https_jwks_is_fetched_from_a_server_the_roots_trust_and_refused_otherwise() {
+        let (port, cert) = https_server().await;
+        let uri = format!("https://localhost:{port}/jwks.json");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).expect("a root");
+        let got = fetch_with(uri.clone(), Duration::from_secs(5), client_config(roots)).await;
+        assert_eq!(got.as_deref(), Ok(DOC));
+
+        // a server the roots do not trust: refused
+        let other =
+            rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("a certificate");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(other.cert.der().clone()).expect("a root");
+        let got = fetch_with(uri, Duration::from_secs(5), client_config(roots)).await;
+        assert!(
+            got.as_ref().is_err_and(|e| e.starts_with("TLS with")),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn other_schemes_are_not_fetched() {
+        let got = fetch("ftp://example.com/jwks.json".into(), Duration::from_secs(1)).await;
+        assert!(got.is_err_and(|e| e.contains("only http:// and https://")));
+    }
+}
