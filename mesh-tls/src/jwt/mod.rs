@@ -41,6 +41,10 @@
 //! principal `<iss>/<sub>` and the claims, read by [`crate::authz`] for
 //! `requestPrincipals`, `notRequestPrincipals` and the `request.auth.*` conditions.
 //!
+//! A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is let
+//! through unchecked, as Istio configures Envoy (`bypass_cors_preflight: true`, in
+//! `convertToEnvoyJwtConfig`).
+//!
 //! Reads the request's headers and URI; writes [`RequestAuth`].
 //!
 //! ```
@@ -293,7 +297,8 @@ where
         // a client never chooses its own request principal
         req.extensions_mut().remove::<RequestAuth>();
         let rules = self.rules.load();
-        if rules.is_empty() {
+        // Istio sets `bypass_cors_preflight`: a CORS preflight carries no credentials
+        if rules.is_empty() || is_cors_preflight(&req) {
             return ResponseFuture::Inner {
                 fut: self.inner.call(req),
             };
@@ -318,6 +323,19 @@ where
             },
         }
     }
+}
+
+/// Envoy's `isCorsPreflightRequest`: `OPTIONS` with non-empty `Origin` and
+/// `Access-Control-Request-Method`.
+fn is_cors_preflight<B>(req: &Request<B>) -> bool {
+    let present = |h: http::header::HeaderName| {
+        req.headers()
+            .get(h)
+            .is_some_and(|v| !v.as_bytes().is_empty())
+    };
+    req.method() == http::Method::OPTIONS
+        && present(http::header::ORIGIN)
+        && present(http::header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// Envoy's local reply for a refused token, with `www-authenticate` (`filter.cc`).

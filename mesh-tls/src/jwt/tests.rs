@@ -665,3 +665,56 @@ async fn the_layer_answers_like_envoy_and_passes_the_principal_on() {
         "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
     );
 }
+
+#[tokio::test]
+async fn a_cors_preflight_is_not_checked_as_istio_configures_envoy() {
+    let k = es256(None);
+    let app = ServiceBuilder::new()
+        .layer(JwtAuthnLayer::new(rule(json!({}), &jwks(&[&k]))))
+        .service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+        });
+    let preflight = |origin: &str| {
+        Request::options("/")
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("authorization", "Bearer a.b.c")
+            .body(())
+            .expect("a request")
+    };
+    let res = app
+        .clone()
+        .oneshot(preflight("https://web.example.com"))
+        .await;
+    assert_eq!(res.expect("a response").status(), 200);
+    // without an Origin it is no preflight: the bad token is refused
+    let res = app.oneshot(preflight("")).await;
+    assert_eq!(res.expect("a response").status(), 401);
+}
+
+/// RS256 (2048-bit): a token signed once with a key made for the purpose (its private key
+/// was not kept), verified against the public key.
+const RS256_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImJlbmNoLXJzYSJ9.eyJpc3MiOiJ0ZXN0aW5nQHNlY3VyZS5pc3Rpby5pbyIsInN1YiI6InRlc3RpbmdAc2VjdXJlLmlzdGlvLmlvIiwiZXhwIjo0MTAyNDQ0ODAwLCJmb28iOiJiYXIiLCJncm91cHMiOlsiZ3JvdXAxIiwiZ3JvdXAyIl19.Nc65oMVeVnjtuSVeNUUJmnGXGGlnrrpZQq6v3GEda7sdEpQ1JxHc4zpoizu1LlJs5lpzkrmbNOylMuWhBPbf1w3HhE1pgGf5QtnV2jszHzeNrL5hjZa6h-OElL_LKAN17Pj0Pmd03IGtgNXMt6T9cQFSF2a5uAv9LcDOSKbepA390_p-TR5AdRxWmxR9Z7kCBxM0mI2hiEB7IPiJDvNXINrfOGaYctdPBiCsQ2LzjA8_QDtd1kItbxxQ5zR6fmDQZZ6-PWKGgT1_H5TxewWEL6Tzpo8KMq2hNLhgEQEGkUGCcfxgYMXZ0o03YxzlWeMfzhf17SPyZroIAveS76hW0g";
+const RS256_N: &str = "zRCMIK11AUOPVJ_IpC_iRxHyMDOnPSC9GwH8dy92wkfJmmRdebu7aNX4w3AIUYlXSL15kA-mbpqmQpP86grkRpdGkJg-FKFvE3AthULj-c5n9jmFr-eHAKxR-3thCXxjYkUR1c4eUlHpqraSbGSVadQTMVY1WKSnCbAbm4hvJfHctilnxhsl208pGFAxw_Edb-hA5OoAlBZzL1xYya6tStmJVu7xwPmN6lrcu2KaPhJVaukQv4wq51JkJuBHzC7xgWtWbajqCPZsrT5SLsIt5BtjODV5wgGp8sh3MtwfpwSmDMvFq42lKOCkL6uZzGcSxYGydwpc1rf484bcMEx3JQ";
+
+#[test]
+fn an_rs256_token_verifies_with_its_rsa_key_only() {
+    let rsa = json!({"keys": [{"kty": "RSA", "kid": "bench-rsa", "n": RS256_N, "e": "AQAB"}]})
+        .to_string();
+    let a = rule(json!({}), &rsa);
+    let auth = check(&a, RS256_TOKEN).expect("valid").expect("a principal");
+    assert_eq!(auth.claim(&["groups"]), Some(&json!(["group1", "group2"])));
+    // a flipped bit in the signature
+    let at = RS256_TOKEN.len() - 10;
+    let flipped = if &RS256_TOKEN[at..=at] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    let bad = format!("{}{flipped}{}", &RS256_TOKEN[..at], &RS256_TOKEN[at + 1..]);
+    assert_eq!(check(&a, &bad), Err(JwtStatus::VerificationFail));
+    // an EC key of the same kid is not of the RSA family: no key fits
+    let ec = es256(Some("bench-rsa"));
+    let a = rule(json!({}), &jwks(&[&ec]));
+    assert_eq!(check(&a, RS256_TOKEN), Err(JwtStatus::KidAlgMismatch));
+}
