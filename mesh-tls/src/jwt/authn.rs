@@ -310,13 +310,12 @@ impl Authenticator {
             .map(|&i| &self.rules[i])
             .find(|r| *r.issuer == *parsed.issuer)
             .ok_or(JwtStatus::UnknownIssuer)?;
-        let claim_time = |k: &str| parsed.claims.get(k).and_then(Value::as_u64);
-        if let Some(nbf) = claim_time("nbf")
+        if let Some(nbf) = parsed.nbf
             && nbf > now.saturating_add(CLOCK_SKEW_SECS)
         {
             return Err(JwtStatus::NotYetValid);
         }
-        if let Some(exp) = claim_time("exp")
+        if let Some(exp) = parsed.exp
             && exp.saturating_add(CLOCK_SKEW_SECS) < now
         {
             return Err(JwtStatus::Expired);
@@ -521,6 +520,8 @@ struct Parsed<'t> {
     kid: Option<String>,
     issuer: String,
     claims: serde_json::Map<String, Value>,
+    nbf: Option<u64>,
+    exp: Option<u64>,
     /// `header.payload`, what the signature signs.
     signed: &'t str,
     /// The payload, base64url as received.
@@ -557,11 +558,35 @@ impl<'t> Parsed<'t> {
         let payload = decode(p).map_err(|_| JwtStatus::PayloadBadBase64)?;
         let claims: serde_json::Map<String, Value> =
             serde_json::from_slice(&payload).map_err(|_| JwtStatus::PayloadBadJson)?;
+        // jwt_verify_lib `Jwt::parseFromString`: the registered claims' types
         let issuer = match claims.get("iss") {
             None => String::new(),
             Some(Value::String(i)) => i.clone(),
-            Some(_) => return Err(JwtStatus::PayloadBadJson),
+            Some(_) => return Err(JwtStatus::PayloadIssNotString),
         };
+        if claims.get("sub").is_some_and(|v| !v.is_string()) {
+            return Err(JwtStatus::PayloadSubNotString);
+        }
+        match claims.get("aud") {
+            None | Some(Value::String(_)) => {}
+            Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+            Some(_) => return Err(JwtStatus::PayloadAudNotString),
+        }
+        let time = |k: &str, bad: JwtStatus| -> Result<Option<u64>, JwtStatus> {
+            match claims.get(k) {
+                None => Ok(None),
+                Some(v) => match (v.as_u64(), v.as_f64()) {
+                    (Some(t), _) => Ok(Some(t)),
+                    // a whole number written as a float
+                    (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f < 1.8e19 => {
+                        Ok(Some(f as u64))
+                    }
+                    _ => Err(bad),
+                },
+            }
+        };
+        let nbf = time("nbf", JwtStatus::PayloadNbfNotInteger)?;
+        let exp = time("exp", JwtStatus::PayloadExpNotInteger)?;
         if decode(s).is_err() {
             return Err(JwtStatus::SignatureBadBase64);
         }
@@ -570,6 +595,8 @@ impl<'t> Parsed<'t> {
             kid,
             issuer,
             claims,
+            nbf,
+            exp,
             signed: &token[..h.len() + 1 + p.len()],
             payload: p,
             signature: s,

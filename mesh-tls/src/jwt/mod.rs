@@ -157,9 +157,24 @@ pub enum JwtStatus {
     /// The payload is not base64url.
     #[error("Jwt payload is an invalid Base64url encoded")]
     PayloadBadBase64,
-    /// The payload is not a JSON object (or `iss` is not a string).
+    /// The payload is not a JSON object.
     #[error("Jwt payload is an invalid JSON")]
     PayloadBadJson,
+    /// `iss` is not a string.
+    #[error("Jwt payload [iss] field is not a string")]
+    PayloadIssNotString,
+    /// `sub` is not a string.
+    #[error("Jwt payload [sub] field is not a string")]
+    PayloadSubNotString,
+    /// `aud` is neither a string nor a list of strings.
+    #[error("Jwt payload [aud] field is not a string or string list")]
+    PayloadAudNotString,
+    /// `nbf` is not a non-negative integer.
+    #[error("Jwt payload [nbf] field is not an integer")]
+    PayloadNbfNotInteger,
+    /// `exp` is not a non-negative integer.
+    #[error("Jwt payload [exp] field is not an integer")]
+    PayloadExpNotInteger,
     /// The signature is not base64url.
     #[error("Jwt signature is an invalid Base64url encoded")]
     SignatureBadBase64,
@@ -208,6 +223,13 @@ impl JwtStatus {
             JwtStatus::HeaderBadKid => "Jwt header [kid] field is not a string",
             JwtStatus::PayloadBadBase64 => "Jwt payload is an invalid Base64url encoded",
             JwtStatus::PayloadBadJson => "Jwt payload is an invalid JSON",
+            JwtStatus::PayloadIssNotString => "Jwt payload [iss] field is not a string",
+            JwtStatus::PayloadSubNotString => "Jwt payload [sub] field is not a string",
+            JwtStatus::PayloadAudNotString => {
+                "Jwt payload [aud] field is not a string or string list"
+            }
+            JwtStatus::PayloadNbfNotInteger => "Jwt payload [nbf] field is not an integer",
+            JwtStatus::PayloadExpNotInteger => "Jwt payload [exp] field is not an integer",
             JwtStatus::SignatureBadBase64 => "Jwt signature is an invalid Base64url encoded",
             JwtStatus::UnknownIssuer => "Jwt issuer is not configured",
             JwtStatus::NotYetValid => "Jwt not yet valid",

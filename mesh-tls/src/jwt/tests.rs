@@ -202,6 +202,31 @@ fn invalid_tokens_get_envoys_status() {
         ("alg HS256", hs256, JwtStatus::HeaderNotImplementedAlg),
         ("malformed", "abc.def".into(), JwtStatus::BadFormat),
         (
+            "exp not a number (never read as no expiry)",
+            sign(&k, with(&|c| c["exp"] = json!("tomorrow"))),
+            JwtStatus::PayloadExpNotInteger,
+        ),
+        (
+            "exp with a fraction",
+            sign(&k, with(&|c| c["exp"] = json!(1.5))),
+            JwtStatus::PayloadExpNotInteger,
+        ),
+        (
+            "nbf negative",
+            sign(&k, with(&|c| c["nbf"] = json!(-1))),
+            JwtStatus::PayloadNbfNotInteger,
+        ),
+        (
+            "iss not a string",
+            sign(&k, with(&|c| c["iss"] = json!(7))),
+            JwtStatus::PayloadIssNotString,
+        ),
+        (
+            "aud not strings",
+            sign(&k, with(&|c| c["aud"] = json!([1]))),
+            JwtStatus::PayloadAudNotString,
+        ),
+        (
             "header not base64",
             "a.e30.c2ln".into(),
             JwtStatus::HeaderBadBase64,
@@ -242,6 +267,36 @@ fn envoy_status_codes_and_texts() {
         JwtStatus::VerificationFail.to_string(),
         "Jwt verification fails"
     );
+}
+
+#[test]
+fn every_status_text_is_its_display() {
+    use JwtStatus::*;
+    for s in [
+        BadFormat,
+        HeaderBadBase64,
+        HeaderBadJson,
+        HeaderBadAlg,
+        HeaderNotImplementedAlg,
+        HeaderBadKid,
+        PayloadBadBase64,
+        PayloadBadJson,
+        PayloadIssNotString,
+        PayloadSubNotString,
+        PayloadAudNotString,
+        PayloadNbfNotInteger,
+        PayloadExpNotInteger,
+        SignatureBadBase64,
+        UnknownIssuer,
+        NotYetValid,
+        Expired,
+        AudienceNotAllowed,
+        KidAlgMismatch,
+        VerificationFail,
+        JwksFetchFail,
+    ] {
+        assert_eq!(s.to_string(), s.message());
+    }
 }
 
 #[test]
