@@ -26,8 +26,9 @@ const NOW: u64 = 1_800_000_000;
 const RS256_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImJlbmNoLXJzYSJ9.eyJpc3MiOiJ0ZXN0aW5nQHNlY3VyZS5pc3Rpby5pbyIsInN1YiI6InRlc3RpbmdAc2VjdXJlLmlzdGlvLmlvIiwiZXhwIjo0MTAyNDQ0ODAwLCJmb28iOiJiYXIiLCJncm91cHMiOlsiZ3JvdXAxIiwiZ3JvdXAyIl19.Nc65oMVeVnjtuSVeNUUJmnGXGGlnrrpZQq6v3GEda7sdEpQ1JxHc4zpoizu1LlJs5lpzkrmbNOylMuWhBPbf1w3HhE1pgGf5QtnV2jszHzeNrL5hjZa6h-OElL_LKAN17Pj0Pmd03IGtgNXMt6T9cQFSF2a5uAv9LcDOSKbepA390_p-TR5AdRxWmxR9Z7kCBxM0mI2hiEB7IPiJDvNXINrfOGaYctdPBiCsQ2LzjA8_QDtd1kItbxxQ5zR6fmDQZZ6-PWKGgT1_H5TxewWEL6Tzpo8KMq2hNLhgEQEGkUGCcfxgYMXZ0o03YxzlWeMfzhf17SPyZroIAveS76hW0g";
 const RS256_N: &str = "zRCMIK11AUOPVJ_IpC_iRxHyMDOnPSC9GwH8dy92wkfJmmRdebu7aNX4w3AIUYlXSL15kA-mbpqmQpP86grkRpdGkJg-FKFvE3AthULj-c5n9jmFr-eHAKxR-3thCXxjYkUR1c4eUlHpqraSbGSVadQTMVY1WKSnCbAbm4hvJfHctilnxhsl208pGFAxw_Edb-hA5OoAlBZzL1xYya6tStmJVu7xwPmN6lrcu2KaPhJVaukQv4wq51JkJuBHzC7xgWtWbajqCPZsrT5SLsIt5BtjODV5wgGp8sh3MtwfpwSmDMvFq42lKOCkL6uZzGcSxYGydwpc1rf484bcMEx3JQ";
 
-/// A P-256 key made now: its public JWK and an ES256 token with Istio's demo claims.
-fn es256() -> (serde_json::Value, String) {
+/// A P-256 key made now: its public JWK, an ES256 token with Istio's demo claims, and the
+/// public key's bytes.
+fn es256() -> (serde_json::Value, String, Vec<u8>) {
     let rng = SystemRandom::new();
     let pkcs8 =
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("a P-256 key");
@@ -47,6 +48,7 @@ fn es256() -> (serde_json::Value, String) {
     (
         jwk,
         format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())),
+        p.to_vec(),
     )
 }
 
@@ -93,7 +95,7 @@ fn headers(token: Option<&str>) -> HeaderMap {
 }
 
 fn bench(c: &mut Criterion) {
-    let (ec, es_token) = es256();
+    let (ec, es_token, ec_public) = es256();
     let a = authenticator(ec);
     let uri = Uri::from_static("/productpage");
     for (name, token) in [
@@ -111,6 +113,38 @@ fn bench(c: &mut Criterion) {
                 BatchSize::SmallInput,
             )
         });
+    }
+    // the signature check alone (ring), to tell the crypto from the rest
+    let n = URL_SAFE_NO_PAD.decode(RS256_N).expect("base64url");
+    for (name, token) in [
+        ("jwt/ring verify alone/ES256", es_token.as_str()),
+        ("jwt/ring verify alone/RS256", RS256_TOKEN),
+    ] {
+        let (signed, sig) = token.rsplit_once('.').expect("three sections");
+        let sig = URL_SAFE_NO_PAD.decode(sig).expect("base64url");
+        let verify = || -> bool {
+            if name.ends_with("ES256") {
+                ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::ECDSA_P256_SHA256_FIXED,
+                    &ec_public,
+                )
+                .verify(signed.as_bytes(), &sig)
+                .is_ok()
+            } else {
+                ring::signature::RsaPublicKeyComponents {
+                    n: n.as_slice(),
+                    e: &[1u8, 0, 1][..],
+                }
+                .verify(
+                    &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                    signed.as_bytes(),
+                    &sig,
+                )
+                .is_ok()
+            }
+        };
+        assert!(verify(), "{name}");
+        c.bench_function(name, |b| b.iter(|| black_box(verify())));
     }
 }
 
