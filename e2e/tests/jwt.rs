@@ -424,3 +424,50 @@ async fn an_unreachable_jwks_fails_closed_for_tokens_and_lets_tokenless_requests
     assert_eq!(r.body, "Jwks remote fetch is failed");
     assert_eq!(send(inbound, "/", &[]).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_fetched_keys_while_the_jwks_server_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = echo_app().await;
+    let key = Key::new("k1");
+    let server = jwks_server(Arc::new(Mutex::new(key.jwks()))).await;
+    let file = dir.path().join("mesh.yaml");
+    let ra = request_authentication(
+        &format!(
+            "    jwksUri: http://127.0.0.1:{}/jwks.json\n    timeout: 1s\n",
+            server.port()
+        ),
+        "",
+    );
+    write(
+        &file,
+        &reviews_config(
+            dir.path(),
+            &ca,
+            &app,
+            &format!("{ra}{REQUIRE_ANY_PRINCIPAL}"),
+        ),
+    );
+    let p = start_files(vec![file]).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    let token = bearer(&key.sign(demo_claims()));
+    assert_eq!(
+        send(inbound, "/", &[("authorization", &token)])
+            .await
+            .status,
+        200
+    );
+    // the JWKS server goes away, then the configuration is reloaded (its fetch fails)
+    drop(server);
+    let proxy = p.proxy;
+    let proxy = tokio::task::spawn_blocking(move || {
+        proxy.reload().unwrap();
+        proxy
+    })
+    .await
+    .unwrap();
+    let r = send(inbound, "/", &[("authorization", &token)]).await;
+    assert_eq!(r.status, 200, "the running keys carried over: {r:?}");
+    drop(proxy);
+}

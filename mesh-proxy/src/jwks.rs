@@ -8,6 +8,9 @@
 //! its `timeout` (Istio's default 5 s): a proxy whose JWKS server answers serves valid
 //! tokens from its first request; until a fetch succeeds, a token of that issuer is refused
 //! with `401 Jwks remote fetch is failed` (fail closed) and requests without a token pass.
+//! A reload starts from the keys the running configuration fetched from the same URI
+//! ([`Authenticator::inherit_keys`]): a JWKS server that is down during a reload does not
+//! turn valid tokens away.
 //!
 //! The fetch is an HTTP/1.1 `GET`; over `https://` the server is verified against the
 //! system's root certificates (`rustls-native-certs`, the ring provider), as istiod's own

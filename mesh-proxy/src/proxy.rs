@@ -724,6 +724,8 @@ impl ProxyState {
         }
         let generation = compiled.snapshot.generation;
         self.authz.store(security.authz.clone());
+        // the running configuration's keys until the new one's first fetch succeeds
+        security.jwt.inherit_keys(&self.jwt.load());
         crate::jwks::start(&security.jwt);
         self.jwt.store(security.jwt.clone());
         self.workload_tls.store(security);

@@ -203,6 +203,29 @@ impl Authenticator {
             .collect()
     }
 
+    /// Starts each remote JWKS of `self` with the keys `previous` (the configuration this
+    /// one replaces) fetched from the same URI, so a reload does not refuse tokens while
+    /// the new configuration's first fetch is under way (or failing); the next successful
+    /// fetch replaces them. Returns how many remotes were seeded.
+    pub fn inherit_keys(&self, previous: &Authenticator) -> usize {
+        let old = previous.remotes();
+        let mut seeded = 0;
+        for r in self.remotes() {
+            if r.is_loaded() {
+                continue;
+            }
+            if let Some(keys) = old
+                .iter()
+                .find(|o| o.uri == r.uri)
+                .and_then(|o| o.keys.load_full())
+            {
+                r.keys.store(Some(keys));
+                seeded += 1;
+            }
+        }
+        seeded
+    }
+
     /// Envoy's `jwt_authn` with Istio's requirement (`requires_any` of the rules, or
     /// `allow_missing`): without a token, `Ok(None)`; with tokens, every one must be valid
     /// (Envoy's authenticator: "a request has a good token and a bad one" is refused), and

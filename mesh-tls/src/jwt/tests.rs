@@ -562,6 +562,25 @@ fn an_http_jwks_not_fetched_yet_fails_closed() {
     assert!(check(&a, &sign(&k, claims())).expect("valid").is_some());
 }
 
+#[test]
+fn a_reloaded_configuration_starts_with_the_keys_fetched_for_the_same_uri() {
+    let k = es256(None);
+    let rules = json!([{"issuer": ISS, "jwksUri": "http://jwks.example/keys"}]);
+    let old = compile_rules(rules.clone()).expect("compiles");
+    old.remotes()[0].store_json(&jwks(&[&k])).expect("stored");
+    let new = compile_rules(rules).expect("compiles");
+    assert_eq!(
+        check(&new, &sign(&k, claims())),
+        Err(JwtStatus::JwksFetchFail)
+    );
+    assert_eq!(new.inherit_keys(&old), 1);
+    assert!(check(&new, &sign(&k, claims())).is_ok());
+    // another URI inherits nothing
+    let other = compile_rules(json!([{"issuer": ISS, "jwksUri": "http://other.example/keys"}]))
+        .expect("compiles");
+    assert_eq!(other.inherit_keys(&old), 0);
+}
+
 fn check_none(a: &Authenticator) -> Result<Option<RequestAuth>, JwtStatus> {
     a.authenticate(&mut HeaderMap::new(), &Uri::from_static("/"), NOW)
 }
