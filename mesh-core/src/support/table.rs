@@ -171,7 +171,7 @@ static AUTHZ_CONDITION_KEY: Custom = Custom {
 
 /// RequestAuthentication `jwksUri`: fetched over http(s), or read from a file.
 static JWKS_URI: Custom = Custom {
-    doc: "`https://` (the server verified against the system's root certificates) and `http://` are fetched off the request path and refreshed every 20 minutes (Istio's `PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`); until the first fetch succeeds a token of that issuer is refused with 401 (a proxy waits up to the rule's `timeout` for it when it applies a configuration); `file://` is read at load (so `validate` checks it) and at each refresh; any other scheme is refused",
+    doc: "`https://` (the server verified against the system's root certificates) and `http://` are fetched off the request path and refreshed every 20 minutes (Istio's `PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`); until the first fetch succeeds a token of that issuer is refused with 401 (a proxy waits up to the rule's `timeout` for it when it applies a configuration); `file://` (a mesh-proxy extension, warned about: Istio's validation refuses the scheme) is read at load (so `validate` checks it) and at each refresh; any other scheme is refused",
     check: jwks_uri,
 };
 
