@@ -196,23 +196,25 @@ spec:
 
 #[tokio::test]
 async fn a_policy_this_version_cannot_enforce_refuses_start_and_reload() {
-    let jwt = "---
+    let custom = "---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: require-jwt, namespace: default}
+metadata: {name: ext-authz, namespace: default}
 spec:
-  rules: [{from: [{source: {requestPrincipals: ['*']}}]}]
+  action: CUSTOM
+  provider: {name: opa}
+  rules: [{}]
 ";
     let dir = tempfile::tempdir().unwrap();
     let ca = MeshCa::generate(TD).unwrap();
     let app = backend("app").await;
     let file = dir.path().join("mesh.yaml");
-    write(&file, &reviews_config(dir.path(), &ca, &app, jwt));
+    write(&file, &reviews_config(dir.path(), &ca, &app, custom));
     let err = mesh_proxy::proxy::Proxy::start(vec![file.clone()]).unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("AuthorizationPolicy/default/require-jwt")
-            && text.contains("spec.rules[0].from[0].source.requestPrincipals")
+        text.contains("AuthorizationPolicy/default/ext-authz")
+            && text.contains("spec.action")
             && text.contains("fails closed"),
         "{text}"
     );
@@ -220,7 +222,7 @@ spec:
     // running with no policy, a reload to the refused one keeps the running configuration
     write(&file, &reviews_config(dir.path(), &ca, &app, ""));
     let p = start_files(vec![file.clone()]).await;
-    write(&file, &reviews_config(dir.path(), &ca, &app, jwt));
+    write(&file, &reviews_config(dir.path(), &ca, &app, custom));
     assert!(p.proxy.reload().is_err());
     let mut c = Client::plain(p.proxy.inbound_addr().unwrap()).await;
     assert_eq!(c.send("GET", "/", &[]).await.status, 200);

@@ -43,13 +43,15 @@ spec:
 const TCP_ROUTE: &str =
     "  tcp:\n  - route: [{destination: {host: reviews, port: {number: 9080}}}]\n";
 
-/// An AuthorizationPolicy that needs JWT, which this version does not enforce yet.
-const AUTHZ_JWT: &str = "---
+/// An AuthorizationPolicy that needs an external authorizer, which this proxy has none of.
+const AUTHZ_CUSTOM: &str = "---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: require-jwt}
+metadata: {name: ext-authz}
 spec:
-  rules: [{from: [{source: {requestPrincipals: ['*']}}]}]
+  action: CUSTOM
+  provider: {name: opa}
+  rules: [{}]
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,14 +126,14 @@ async fn an_authorization_policy_refuses_start_and_reload_and_traffic_keeps_flow
     let good = mesh(&v1, &v2, &to_subset("v1", ""));
 
     // start: refused, naming the file, the line, the resource and the field
-    write(&file, &format!("{good}{AUTHZ_JWT}"));
+    write(&file, &format!("{good}{AUTHZ_CUSTOM}"));
     let e = mesh_proxy::proxy::Proxy::start(vec![file.clone()])
         .expect_err("an AuthorizationPolicy this version cannot enforce must refuse start-up")
         .to_string();
     let name = file.display().to_string();
     assert!(e.contains(&format!("error: {name}:")), "{e}");
     assert!(
-        e.contains("AuthorizationPolicy/default/require-jwt: spec.rules[0].from[0].source.requestPrincipals: not enforced by this version (security): refused, because security fails closed"),
+        e.contains("AuthorizationPolicy/default/ext-authz: spec.action: CUSTOM is not enforced by this version (security): refused, because security fails closed"),
         "{e}"
     );
 
@@ -139,7 +141,7 @@ async fn an_authorization_policy_refuses_start_and_reload_and_traffic_keeps_flow
     write(&file, &good);
     let p = start_files(vec![file.clone()]).await;
     let generation = p.proxy.state().snapshot().generation;
-    write(&file, &format!("{good}{AUTHZ_JWT}"));
+    write(&file, &format!("{good}{AUTHZ_CUSTOM}"));
     let e = p.proxy.reload().expect_err("refused").to_string();
     assert!(e.contains("security fails closed"), "{e}");
     assert_eq!(p.proxy.state().snapshot().generation, generation);

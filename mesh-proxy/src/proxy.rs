@@ -49,6 +49,7 @@ use crate::security::{PortTls, WorkloadTls};
 use crate::stack::Layers;
 use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
 use mesh_tls::authz::{Authorizer, Authz, AuthzLayer};
+use mesh_tls::jwt::{Authenticator, JwtAuthn, JwtAuthnLayer};
 use mesh_transport::tls::{DownstreamTls, PeerTls, PeerTlsInfo, UpstreamTls};
 use tower_layer::Layer as _;
 
@@ -131,6 +132,8 @@ pub struct ProxyState {
     workload_tls: Arc<WorkloadTls>,
     /// The inbound listener's AuthorizationPolicies, swapped on reload.
     authz: Arc<ArcSwap<Authorizer>>,
+    /// The inbound listener's RequestAuthentications (JWT), swapped on reload.
+    jwt: Arc<ArcSwap<Authenticator>>,
 }
 
 /// A running proxy.
@@ -313,6 +316,8 @@ impl Proxy {
         let boot = snapshot.bootstrap.clone();
         let limits = engine_limits(&boot);
         let authz = Arc::new(ArcSwap::new(security.authz.clone()));
+        crate::jwks::start(&security.jwt);
+        let jwt = Arc::new(ArcSwap::new(security.jwt.clone()));
         let workload_tls = Arc::new(WorkloadTls::new(security).map_err(|e| StartError::Io {
             what: "inbound TLS".into(),
             source: io::Error::other(e),
@@ -335,6 +340,7 @@ impl Proxy {
             has_bootstrap: AtomicBool::new(compiled.has_bootstrap),
             workload_tls,
             authz,
+            jwt,
         });
         let mut proxy = Proxy {
             state,
@@ -382,8 +388,10 @@ impl Proxy {
             let addr = b.local_addr();
             let tls = self.state.workload_tls.clone();
             let authz = self.state.authz.clone();
-            let factory =
-                Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app, addr, &tls, &authz));
+            let jwt = self.state.jwt.clone();
+            let factory = Arc::new(move |ctx: &WorkerContext| {
+                inbound_stack(ctx, app, addr, &tls, &jwt, &authz)
+            });
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("inbound listener {addr}")))?;
@@ -394,8 +402,10 @@ impl Proxy {
             let addr = b.local_addr();
             let tls = self.state.workload_tls.clone();
             let authz = self.state.authz.clone();
-            let factory =
-                Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app, addr, &tls, &authz));
+            let jwt = self.state.jwt.clone();
+            let factory = Arc::new(move |ctx: &WorkerContext| {
+                inbound_stack(ctx, app, addr, &tls, &jwt, &authz)
+            });
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("inbound listener {addr} (port {port})")))?;
@@ -499,13 +509,14 @@ impl Proxy {
     }
 }
 
-/// The inbound stack: every request goes to the local application, if the
-/// AuthorizationPolicies allow it.
+/// The inbound stack: every request goes to the local application, if its JWTs are valid
+/// and the AuthorizationPolicies allow it.
 fn inbound_stack(
     ctx: &WorkerContext,
     app: SocketAddr,
     listener: SocketAddr,
     tls: &Arc<WorkloadTls>,
+    jwt: &Arc<ArcSwap<Authenticator>>,
     authz: &Arc<ArcSwap<Authorizer>>,
 ) -> InboundStack {
     let forward = InboundForward {
@@ -513,7 +524,8 @@ fn inbound_stack(
         app,
     };
     InboundStack {
-        inner: AuthzLayer::shared(authz.clone()).layer(forward),
+        inner: JwtAuthnLayer::shared(jwt.clone())
+            .layer(AuthzLayer::shared(authz.clone()).layer(forward)),
         tls: tls.clone(),
         // the workload port the peer meant is the application's (Envoy's original
         // destination under iptables); the address, the listener's
@@ -535,11 +547,11 @@ struct ConnectionFacts {
 
 /// The inbound listener's stack: fills in what AuthorizationPolicy reads (the peer's
 /// identity, the destination, the SNI), sets `x-forwarded-client-cert` when the client came
-/// over mTLS, applies the AuthorizationPolicies ([`mesh_tls::authz`]) and forwards to the
-/// local application.
+/// over mTLS, validates JWTs ([`mesh_tls::jwt`]), applies the AuthorizationPolicies
+/// ([`mesh_tls::authz`]) and forwards to the local application.
 #[derive(Debug, Clone)]
 pub struct InboundStack {
-    inner: Authz<InboundForward>,
+    inner: JwtAuthn<Authz<InboundForward>>,
     tls: Arc<WorkloadTls>,
     destination: DestinationAddr,
     /// The last connection's facts (requests of one connection share them).
@@ -588,8 +600,11 @@ impl InboundStack {
 impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundStack {
     type Response = crate::engine::EngineResponse;
     type Error = std::convert::Infallible;
-    type Future = mesh_tls::authz::ResponseFuture<
-        crate::engine::ConnectorFuture,
+    type Future = mesh_tls::jwt::ResponseFuture<
+        mesh_tls::authz::ResponseFuture<
+            crate::engine::ConnectorFuture,
+            mesh_core::MeshBody<crate::engine::UpstreamBody>,
+        >,
         mesh_core::MeshBody<crate::engine::UpstreamBody>,
     >;
 
@@ -653,6 +668,12 @@ const XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client
 // === impl ProxyState ===
 
 impl ProxyState {
+    /// Fetches every `jwksUri` of the RequestAuthentications in force now (a key rotation
+    /// at the issuer, before the 20-minute refresh); returns how many were stored.
+    pub fn refresh_jwks(&self) -> usize {
+        crate::jwks::refresh_now(&self.jwt.load())
+    }
+
     fn push_readiness(&self, r: Readiness) {
         if let Ok(mut v) = self.readiness.lock() {
             v.push(r);
@@ -763,6 +784,10 @@ impl ProxyState {
         }
         let generation = compiled.snapshot.generation;
         self.authz.store(security.authz.clone());
+        // the running configuration's keys until the new one's first fetch succeeds
+        security.jwt.inherit_keys(&self.jwt.load());
+        crate::jwks::start(&security.jwt);
+        self.jwt.store(security.jwt.clone());
         self.workload_tls.store(security);
         self.layers.store(&compiled.snapshot, routes);
         self.snapshot.store(compiled.snapshot);

@@ -21,9 +21,11 @@
 //! | `PERMISSIVE` (Istio's default) | mTLS or plaintext, by the first byte | plaintext |
 //! | `DISABLE` | plaintext | plaintext |
 //!
-//! Every request on the inbound listener then passes the AuthorizationPolicies that apply
-//! to the workload ([`mesh_tls::authz`], compiled here with the rest of the security and
-//! swapped with it on reload); a policy that cannot be enforced refuses the configuration.
+//! Every request on the inbound listener then passes the RequestAuthentications
+//! ([`mesh_tls::jwt`]: JWT validation) and the AuthorizationPolicies
+//! ([`mesh_tls::authz`]) that apply to the workload, compiled here with the rest of the
+//! security and swapped with it on reload; a policy that cannot be enforced refuses the
+//! configuration.
 //!
 //! mTLS means a client certificate chaining to the trust bundle with one SPIFFE identity of
 //! the workload's trust domain ([`mesh_tls::verify`]); the application behind the listener
@@ -46,6 +48,7 @@ use mesh_core::model::networking::{ClientTlsMode, DestinationRule, TrafficPolicy
 use mesh_core::model::security::MtlsMode;
 use mesh_tls::authz::{Authorizer, PolicyRef, Workload};
 use mesh_tls::config::{TlsFiles, WorkloadIdentity};
+use mesh_tls::jwt::{Authenticator, JwtWorkload, RequestAuthRef};
 use mesh_tls::peer_auth::{Effective, Policy, effective_mode, port_modes};
 use mesh_tls::verify::Accept;
 use mesh_transport::tls::{Accepts, ClientTls, DownstreamTls, UpstreamTls};
@@ -76,6 +79,10 @@ pub struct Security {
     pub outbound: Arc<OutboundTls>,
     /// Warnings of this step (`insecureSkipVerify`), for the pipeline's diagnostics.
     pub warnings: Vec<Issue>,
+    /// The RequestAuthentications that apply to this workload, compiled
+    /// ([`mesh_tls::jwt`]); the inbound listener validates JWTs with them before
+    /// authorization.
+    pub jwt: Arc<Authenticator>,
 }
 
 impl Security {
@@ -286,6 +293,7 @@ pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
         issues.retain(|i| i.severity == Severity::Error);
         return Err(issues);
     }
+    let jwt = Arc::new(authentication(compiled)?);
     Ok(Security {
         identity,
         inbound,
@@ -293,6 +301,7 @@ pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
         authz,
         outbound: Arc::new(outbound),
         warnings: issues,
+        jwt,
     })
 }
 
@@ -323,6 +332,43 @@ fn authorization(compiled: &Compiled) -> Result<Authorizer, Vec<Issue>> {
                 severity: Severity::Error,
                 resource: ResourceRef {
                     kind: Kind::AuthorizationPolicy,
+                    namespace: e.namespace,
+                    name: e.name,
+                },
+                field: FieldPath::parse(&e.field),
+                message: e.message,
+            })
+            .collect()
+    })
+}
+
+/// Compiles the RequestAuthentications that apply to the workload (inline and `file://`
+/// JWKS read now, so `validate` judges them as `run` does); a rule this version cannot
+/// enforce is an error of its field (security fails closed).
+fn authentication(compiled: &Compiled) -> Result<Authenticator, Vec<Issue>> {
+    let snap = &compiled.snapshot;
+    let boot = &snap.bootstrap;
+    let policies: Vec<RequestAuthRef<'_>> = snap
+        .request_authentications
+        .iter()
+        .map(|p| RequestAuthRef {
+            namespace: &p.namespace,
+            name: &p.name,
+            spec: &p.spec,
+        })
+        .collect();
+    let workload = JwtWorkload {
+        root_namespace: &boot.mesh.root_namespace,
+        namespace: &boot.workload.namespace,
+        labels: &boot.workload.labels,
+    };
+    Authenticator::compile(&policies, &workload).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| Issue {
+                severity: Severity::Error,
+                resource: ResourceRef {
+                    kind: Kind::RequestAuthentication,
                     namespace: e.namespace,
                     name: e.name,
                 },

@@ -175,13 +175,13 @@ fn validate_warns_on_an_empty_configuration() {
 #[test]
 fn validate_refuses_what_this_version_cannot_enforce_and_istio_mode_accepts_it() {
     let f = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../mesh-core/tests/corpus/valid/ra-httpbin-3.yaml");
+        .join("../mesh-core/tests/corpus/valid/ra-openid-discovery-mesh-wide.yaml");
     let out = bin().arg("validate").arg(&f).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    // an AuthorizationPolicy that needs JWT (RequestAuthentication is not enforced yet)
+    // a JWT rule whose keys need OpenID discovery (not enforced yet), with file and line
     assert!(
         text(&out).contains(
-            "spec.rules[0].from[0].source.requestPrincipals: not enforced by this version (security)"
+            "ra-openid-discovery-mesh-wide.yaml:10:5: RequestAuthentication/istio-system/discovery: spec.jwtRules[0]: neither jwks nor jwksUri"
         ),
         "{}",
         text(&out)

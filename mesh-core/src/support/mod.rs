@@ -36,14 +36,14 @@
 //! assert_eq!(w.field.as_ref().unwrap().to_string(), "spec.http[0].match[0].statPrefix");
 //! assert!(w.message.starts_with("not enforced by this version (telemetry)"));
 //!
-//! let ap = r#"
+//! let ra = r#"
 //! apiVersion: security.istio.io/v1
-//! kind: AuthorizationPolicy
-//! metadata: {name: jwt-only}
-//! spec: {rules: [{from: [{source: {requestPrincipals: ["*"]}}]}]}
+//! kind: RequestAuthentication
+//! metadata: {name: jwt}
+//! spec: {jwtRules: [{issuer: a, jwksUri: "ftp://example.com/jwks.json"}]}
 //! "#;
-//! // JWT is not enforced yet: security fails closed
-//! let err = load_str_with("ap.yaml", ap, CheckMode::Proxy).unwrap_err();
+//! // a JWKS this version cannot fetch: security fails closed
+//! let err = load_str_with("ra.yaml", ra, CheckMode::Proxy).unwrap_err();
 //! assert!(err.to_string().contains("refused, because security fails closed"));
 //! ```
 

@@ -72,7 +72,7 @@ pub(super) static KINDS: &[KindDef] = &[
     },
     KindDef {
         kind: Kind::RequestAuthentication,
-        status: Status::Refused(Area::Security),
+        status: Status::Enforced,
         note: "",
         spec: &REQUEST_AUTHENTICATION,
     },
@@ -166,10 +166,23 @@ static AUTHZ_ACTION: Values = Values {
     otherwise: Verdict::Refused(Area::Security),
 };
 
-/// AuthorizationPolicy `when[].key`: Istio's HTTP keys, except those that need JWT.
+/// AuthorizationPolicy `when[].key`: Istio's HTTP keys.
 static AUTHZ_CONDITION_KEY: Custom = Custom {
-    doc: "`request.headers[...]`, `source.ip`, `remote.ip`, `source.namespace`, `source.principal`, `source.serviceAccount`, `source.trustDomain`, `destination.ip`, `destination.port` and `connection.sni` are enforced; `request.auth.*` (JWT) and any other key (`experimental.envoy.filters.*`) are refused",
+    doc: "`request.headers[...]`, `source.ip`, `remote.ip`, `source.namespace`, `source.principal`, `source.serviceAccount`, `source.trustDomain`, `destination.ip`, `destination.port`, `connection.sni`, and the JWT's `request.auth.principal`, `request.auth.audiences`, `request.auth.presenter` and `request.auth.claims[...]` (nested `[a][b]`) are enforced; any other key (`experimental.envoy.filters.*`) is refused",
     check: authz_condition_key,
+};
+
+/// RequestAuthentication `jwksUri`: fetched over http(s), or read from a file.
+static JWKS_URI: Custom = Custom {
+    doc: "`https://` (the server verified against the system's root certificates) and `http://` are fetched off the request path and refreshed every 20 minutes (Istio's `PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`); until the first fetch succeeds a token of that issuer is refused with 401 (a proxy waits up to the rule's `timeout` for it when it applies a configuration); `file://` (a mesh-proxy extension, warned about: Istio's validation refuses the scheme) is read at load (so `validate` checks it) and at each refresh; any other scheme is refused",
+    check: jwks_uri,
+};
+
+/// VirtualService `match[].headers`/`withoutHeaders`: `@request.auth.claims.*` keys are
+/// JWT claim routes, which Istio supports on gateways only.
+static ROUTE_HEADERS: Custom = Custom {
+    doc: "enforced; a `@request.auth.claims.*` key (JWT claim routing) is accepted with a warning: Istio supports it on gateways only (a sidecar's VirtualService with one is an Istio validation error) and this version serves no gateway; on a sidecar's outbound side no JWT is validated, so such a match never matches, as with Istio's sidecars",
+    check: route_headers,
 };
 
 /// A mapping's value under `key`.
@@ -225,7 +238,11 @@ fn authz_condition_key(key: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
             | "destination.ip"
             | "destination.port"
             | "connection.sni"
-    ) || (k.starts_with("request.headers[") && k.ends_with(']'));
+            | "request.auth.principal"
+            | "request.auth.audiences"
+            | "request.auth.presenter"
+    ) || (k.starts_with("request.headers[") && k.ends_with(']'))
+        || (k.starts_with("request.auth.claims[") && k.ends_with(']'));
     if known {
         return None;
     }
@@ -233,6 +250,34 @@ fn authz_condition_key(key: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
         Verdict::Refused(Area::Security),
         format!("condition key {k:?} is "),
     ))
+}
+
+fn jwks_uri(uri: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
+    let u = key_text(uri).unwrap_or_default();
+    let lower = u.to_ascii_lowercase();
+    if ["http://", "https://", "file://"]
+        .iter()
+        .any(|p| lower.starts_with(p))
+        || u.is_empty()
+    {
+        return None;
+    }
+    Some((Verdict::Refused(Area::Security), format!("jwksUri {u} is ")))
+}
+
+fn route_headers(map: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
+    let YamlData::Mapping(m) = &resolve(map).data else {
+        return None;
+    };
+    m.iter()
+        .filter_map(|(k, _)| key_text(k))
+        .find(|k| crate::validate::common::is_jwt_claim_route(k))
+        .map(|k| {
+            (
+                Verdict::NotYet(Area::GatewaysL4),
+                format!("JWT claim route {k} (gateways only) is "),
+            )
+        })
 }
 
 fn authz_kind(doc: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
@@ -303,13 +348,23 @@ static HTTP_MATCH_REQUEST: TypeDef = TypeDef {
         field("scheme", Struct(&STRING_MATCH), Status::Enforced, ""),
         field("method", Struct(&STRING_MATCH), Status::Enforced, ""),
         field("authority", Struct(&STRING_MATCH), Status::Enforced, ""),
-        field("headers", Map(&STRING_MATCH), Status::Enforced, ""),
+        field(
+            "headers",
+            Map(&STRING_MATCH),
+            Status::Custom(&ROUTE_HEADERS),
+            "",
+        ),
         field("port", Leaf, Status::Enforced, ""),
         field("sourceLabels", Leaf, Status::Enforced, ""),
         field("gateways", Leaf, Status::Enforced, ""),
         field("queryParams", Map(&STRING_MATCH), Status::Enforced, ""),
         field("ignoreUriCase", Leaf, Status::Enforced, ""),
-        field("withoutHeaders", Map(&STRING_MATCH), Status::Enforced, ""),
+        field(
+            "withoutHeaders",
+            Map(&STRING_MATCH),
+            Status::Custom(&ROUTE_HEADERS),
+            "",
+        ),
         field("sourceNamespace", Leaf, Status::Enforced, ""),
         field("statPrefix", Leaf, Status::NotYet(Area::Telemetry), ""),
     ],
@@ -1465,15 +1520,10 @@ static SOURCE: TypeDef = TypeDef {
         field(
             "requestPrincipals",
             Leaf,
-            Status::Refused(Area::Security),
-            "",
+            Status::Enforced,
+            "`<iss>/<sub>` of the JWT that RequestAuthentication validated",
         ),
-        field(
-            "notRequestPrincipals",
-            Leaf,
-            Status::Refused(Area::Security),
-            "",
-        ),
+        field("notRequestPrincipals", Leaf, Status::Enforced, ""),
         field("namespaces", Leaf, Status::Enforced, ""),
         field("notNamespaces", Leaf, Status::Enforced, ""),
         field("serviceAccounts", Leaf, Status::Enforced, ""),
@@ -1523,29 +1573,24 @@ static EXTENSION_PROVIDER: TypeDef = TypeDef {
 static REQUEST_AUTHENTICATION: TypeDef = TypeDef {
     name: "RequestAuthentication",
     fields: &[
-        field(
-            "selector",
-            Struct(&WORKLOAD_SELECTOR),
-            Status::Refused(Area::Security),
-            "",
-        ),
+        field("selector", Struct(&WORKLOAD_SELECTOR), Status::Enforced, ""),
         field(
             "targetRef",
             Struct(&POLICY_TARGET_REFERENCE),
-            Status::Refused(Area::Security),
-            "",
+            Status::NotYet(Area::GatewaysL4),
+            "attaches the policy to gateways or waypoints: a sidecar does not apply it, as Istio's",
         ),
         field(
             "targetRefs",
             Seq(&POLICY_TARGET_REFERENCE),
-            Status::Refused(Area::Security),
-            "",
+            Status::NotYet(Area::GatewaysL4),
+            "attaches the policy to gateways or waypoints: a sidecar does not apply it, as Istio's",
         ),
         field(
             "jwtRules",
             Seq(&JWT_RULE),
-            Status::Refused(Area::Security),
-            "",
+            Status::Enforced,
+            "on the inbound listener (mesh-tls `jwt`, Envoy's `jwt_authn` as Istio configures it)",
         ),
     ],
 };
@@ -1553,37 +1598,37 @@ static REQUEST_AUTHENTICATION: TypeDef = TypeDef {
 static JWT_RULE: TypeDef = TypeDef {
     name: "JwtRule",
     fields: &[
-        field("issuer", Leaf, Status::Refused(Area::Security), ""),
-        field("audiences", Leaf, Status::Refused(Area::Security), ""),
-        field("jwksUri", Leaf, Status::Refused(Area::Security), ""),
-        field("jwks", Leaf, Status::Refused(Area::Security), ""),
         field(
-            "fromHeaders",
-            Seq(&JWT_HEADER),
-            Status::Refused(Area::Security),
-            "",
-        ),
-        field("fromParams", Leaf, Status::Refused(Area::Security), ""),
-        field(
-            "outputPayloadToHeader",
+            "issuer",
             Leaf,
-            Status::Refused(Area::Security),
-            "",
+            Status::Enforced,
+            "a rule without issuer is refused by mesh-proxy's security step",
         ),
-        field("fromCookies", Leaf, Status::Refused(Area::Security), ""),
+        field("audiences", Leaf, Status::Enforced, ""),
+        field("jwksUri", Leaf, Status::Custom(&JWKS_URI), ""),
+        field(
+            "jwks",
+            Leaf,
+            Status::Enforced,
+            "RSA, EC P-256/P-384 and Ed25519 keys; a rule with neither jwks nor jwksUri (OpenID discovery) is refused",
+        ),
+        field("fromHeaders", Seq(&JWT_HEADER), Status::Enforced, ""),
+        field("fromParams", Leaf, Status::Enforced, ""),
+        field("outputPayloadToHeader", Leaf, Status::Enforced, ""),
+        field("fromCookies", Leaf, Status::Enforced, ""),
         field(
             "forwardOriginalToken",
             Leaf,
-            Status::Refused(Area::Security),
-            "",
+            Status::Enforced,
+            "a token read from a header is removed unless set; one in a query parameter or a cookie stays, as Envoy",
         ),
         field(
             "outputClaimToHeaders",
             Seq(&CLAIM_TO_HEADER),
-            Status::Refused(Area::Security),
+            Status::Enforced,
             "",
         ),
-        field("timeout", Leaf, Status::Refused(Area::Security), ""),
+        field("timeout", Leaf, Status::Enforced, ""),
         field(
             "spaceDelimitedClaims",
             Leaf,
@@ -1596,16 +1641,16 @@ static JWT_RULE: TypeDef = TypeDef {
 static JWT_HEADER: TypeDef = TypeDef {
     name: "JwtHeader",
     fields: &[
-        field("name", Leaf, Status::Refused(Area::Security), ""),
-        field("prefix", Leaf, Status::Refused(Area::Security), ""),
+        field("name", Leaf, Status::Enforced, ""),
+        field("prefix", Leaf, Status::Enforced, ""),
     ],
 };
 
 static CLAIM_TO_HEADER: TypeDef = TypeDef {
     name: "ClaimToHeader",
     fields: &[
-        field("header", Leaf, Status::Refused(Area::Security), ""),
-        field("claim", Leaf, Status::Refused(Area::Security), ""),
+        field("header", Leaf, Status::Enforced, ""),
+        field("claim", Leaf, Status::Enforced, ""),
     ],
 };
 

@@ -75,7 +75,7 @@ fn values_decide_tls_and_mtls_modes() {
 }
 
 #[test]
-fn authorization_policy_is_enforced_except_what_needs_jwt_custom_or_dry_run() {
+fn authorization_policy_is_enforced_except_custom_unknown_keys_or_dry_run() {
     let ap = |spec: &str| {
         scan_doc(&format!(
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec: {spec}\n"
@@ -87,17 +87,16 @@ fn authorization_policy_is_enforced_except_what_needs_jwt_custom_or_dry_run() {
         "{action: DENY, rules: [{}]}",
         "{action: AUDIT, rules: [{to: [{operation: {paths: [/x]}}]}]}",
         "{rules: [{from: [{source: {principals: [a], notIpBlocks: [1.2.3.4]}}], when: [{key: \"request.headers[x-token]\", notValues: [admin]}, {key: source.ip, values: [10.0.0.0/8]}]}]}",
+        // istio.io authz-jwt: JWT request principals and claims (RequestAuthentication)
+        "{rules: [{from: [{source: {requestPrincipals: [\"testing@secure.istio.io/testing@secure.istio.io\"]}}], when: [{key: \"request.auth.claims[groups]\", values: [group1]}]}]}",
+        "{action: DENY, rules: [{from: [{source: {notRequestPrincipals: [\"*\"]}}], when: [{key: request.auth.presenter, values: [a]}, {key: \"request.auth.claims[a][b]\", values: [c]}]}]}",
     ] {
         assert!(ap(spec).is_empty(), "{spec}: {:?}", ap(spec));
     }
-    // refused, naming the field: JWT, CUSTOM (no provider in the proxy), unknown keys
+    // refused, naming the field: CUSTOM (no provider in the proxy), unknown keys
     for (spec, field) in [
         (
-            "{rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]}",
-            "spec.rules[0].from[0].source.requestPrincipals",
-        ),
-        (
-            "{rules: [{when: [{key: \"request.auth.claims[iss]\", values: [a]}]}]}",
+            "{rules: [{when: [{key: \"experimental.envoy.filters.x[y]\", values: [a]}]}]}",
             "spec.rules[0].when[0].key",
         ),
         ("{action: CUSTOM, provider: {name: opa}}", "spec.action"),
@@ -115,6 +114,50 @@ fn authorization_policy_is_enforced_except_what_needs_jwt_custom_or_dry_run() {
     );
     assert_eq!(found[0].verdict, Verdict::NotYet(Area::Security));
     assert_eq!(found[0].field, None);
+}
+
+#[test]
+fn request_authentication_is_enforced_except_other_jwks_schemes_and_space_delimited_claims() {
+    let ra = |spec: &str| {
+        scan_doc(&format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: r}}\nspec: {spec}\n"
+        ))
+    };
+    for spec in [
+        "{selector: {matchLabels: {app: httpbin}}, jwtRules: [{issuer: testing@secure.istio.io, jwksUri: \"http://jwks.local/jwks.json\"}]}",
+        "{jwtRules: [{issuer: testing@secure.istio.io, jwksUri: \"https://raw.githubusercontent.com/istio/istio/release-1.24/security/tools/jwt/samples/jwks.json\"}]}",
+        "{jwtRules: [{issuer: a, jwksUri: \"file:///etc/jwks.json\", fromHeaders: [{name: x-jwt, prefix: \"Bearer \"}], fromParams: [t], fromCookies: [c], outputPayloadToHeader: x-payload, outputClaimToHeaders: [{header: x-sub, claim: sub}], forwardOriginalToken: true, timeout: 3s, audiences: [b]}]}",
+    ] {
+        assert!(ra(spec).is_empty(), "{spec}: {:?}", ra(spec));
+    }
+    for (spec, field) in [
+        (
+            "{jwtRules: [{issuer: a, jwksUri: \"ftp://example.com/jwks.json\"}]}",
+            "spec.jwtRules[0].jwksUri",
+        ),
+        (
+            "{jwtRules: [{issuer: a, jwks: \"{}\", spaceDelimitedClaims: [scope]}]}",
+            "spec.jwtRules[0].spaceDelimitedClaims",
+        ),
+    ] {
+        let found = ra(spec);
+        assert!(found[0].verdict.is_refused(), "{spec}");
+        assert_eq!(found[0].field.as_ref().unwrap().to_string(), field);
+    }
+}
+
+#[test]
+fn jwt_claim_routes_are_said_to_be_for_gateways() {
+    let found = scan_doc(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  hosts: [r]\n  gateways: [gw, mesh]\n  http:\n  - match: [{headers: {\"@request.auth.claims.group\": {exact: admin}, x: {exact: y}}}]\n    route: [{destination: {host: r}}]\n",
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].verdict, Verdict::NotYet(Area::GatewaysL4));
+    assert_eq!(
+        found[0].field.as_ref().unwrap().to_string(),
+        "spec.http[0].match[0].headers"
+    );
+    assert!(found[0].message.contains("@request.auth.claims.group"));
 }
 
 #[test]

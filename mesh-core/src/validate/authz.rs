@@ -743,7 +743,17 @@ fn validate_jwt_rule(rule: &JwtRule, at: &FieldPath, rep: &mut Report<'_>) {
             "issuer or jwksUri must be non-empty string",
         );
     }
-    if !jwks_uri.is_empty() {
+    if jwks_uri
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("file://"))
+    {
+        // not Istio's: istiod refuses the scheme; a sidecar outside Kubernetes reads the
+        // file (mesh-proxy's extension, told as a warning)
+        rep.warn(
+            &at.k("jwksUri"),
+            "file:// is a mesh-proxy extension: istiod refuses it (URI scheme \"file\" is not supported); mesh-proxy reads the JWKS from the file at load and at every refresh",
+        );
+    } else if !jwks_uri.is_empty() {
         rep.check(&at.k("jwksUri"), parse_jwks_uri(jwks_uri));
     }
     if let Some(jwks) = rule.jwks.as_deref().filter(|j| !j.is_empty()) {

@@ -638,6 +638,22 @@ fn request_authentication_rules() {
 }
 
 #[test]
+fn a_file_jwks_uri_is_a_warned_extension() {
+    // Istio's validateJwksURI refuses the scheme; mesh-proxy reads the file, and says so
+    let doc = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: r}\nspec:\n  jwtRules:\n  - {issuer: a, jwksUri: 'file:///etc/jwks.json'}\n";
+    assert!(errors(doc).is_empty(), "{:?}", errors(doc));
+    let c = crate::config::load_str_with("ra.yaml", doc, crate::config::CheckMode::Istio)
+        .expect("accepted with a warning");
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.message.starts_with("file:// is a mesh-proxy extension")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
 fn sidecar_rules() {
     // ValidateSidecar
     let e = errors(

@@ -35,13 +35,19 @@
 //! apply or not, as Envoy normalises every request), with Istio's `*`
 //! rules or `{*}`/`{**}` templates. `when` keys: `request.headers[…]`, `source.ip`,
 //! `remote.ip`, `source.namespace`, `source.principal`, `source.serviceAccount`,
-//! `source.trustDomain`, `destination.ip`, `destination.port`, `connection.sni`.
+//! `source.trustDomain`, `destination.ip`, `destination.port`, `connection.sni`, and the
+//! JWT's (the [`RequestAuth`](crate::jwt::RequestAuth) that [`crate::jwt`] validated):
+//! `requestPrincipals`/`notRequestPrincipals` (`<iss>/<sub>`, with the `*` rules; without
+//! a token there is no request principal), `request.auth.principal`,
+//! `request.auth.audiences`, `request.auth.presenter` (`azp`) and
+//! `request.auth.claims[name]` (nested: `[a][b]`; a list-valued claim matches when any
+//! element does, as Istio's `ListMatcher`).
 //!
-//! Not enforced, so refused (security fails closed): anything that needs JWT
-//! (`requestPrincipals`, `notRequestPrincipals`, `request.auth.*`) until
-//! RequestAuthentication lands, and any other `when` key (`experimental.envoy.filters.*`).
+//! Not enforced, so refused (security fails closed): any other `when` key
+//! (`experimental.envoy.filters.*`).
 //!
 //! Reads [`PeerIdentity`](mesh_core::ext::PeerIdentity),
+//! [`RequestAuth`](crate::jwt::RequestAuth),
 //! [`ClientAddr`](mesh_core::ext::ClientAddr), [`DestinationAddr`](mesh_core::ext::DestinationAddr)
 //! and [`ConnectionSni`](mesh_core::ext::ConnectionSni); writes [`Audited`] and, on a
 //! denial, the response's [`ResponseFlags`].

@@ -14,6 +14,7 @@ use mesh_core::model::security::{
 use mesh_core::selector::Labels;
 
 use super::matcher::{HostPattern, PathPattern, Pattern, parse_cidr};
+use crate::jwt::RequestAuth;
 
 /// An AuthorizationPolicy with its place.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +83,8 @@ pub struct Attributes<'a> {
     pub destination: Option<SocketAddr>,
     /// The TLS server name the peer asked for.
     pub sni: Option<&'a str>,
+    /// The request's validated JWT ([`crate::jwt`]), if any.
+    pub auth: Option<&'a RequestAuth>,
 }
 
 /// The outcome of [`Authorizer::decide`].
@@ -139,6 +142,7 @@ struct CSource {
     service_accounts: Field<(Box<str>, Box<str>)>,
     ip_blocks: Field<IpNet>,
     remote_ip_blocks: Field<IpNet>,
+    request_principals: Field<Pattern>,
 }
 
 #[derive(Debug)]
@@ -167,6 +171,14 @@ enum Key {
     DestinationIp,
     DestinationPort,
     Sni,
+    /// `request.auth.principal`.
+    AuthPrincipal,
+    /// `request.auth.audiences`.
+    AuthAudiences,
+    /// `request.auth.presenter` (`azp`).
+    AuthPresenter,
+    /// `request.auth.claims[a][b]`: the path.
+    AuthClaim(Box<[Box<str>]>),
 }
 
 #[derive(Debug)]
@@ -377,18 +389,6 @@ fn service_account(v: &str, ns: &str) -> (Box<str>, Box<str>) {
 }
 
 fn compile_source(s: &Source, ns: &str, at: &str) -> Result<CSource, Refusal> {
-    if !s.request_principals.is_empty() {
-        return Err(refused(
-            format!("{at}.requestPrincipals"),
-            "request principals need RequestAuthentication (JWT), which this version does not enforce",
-        ));
-    }
-    if !s.not_request_principals.is_empty() {
-        return Err(refused(
-            format!("{at}.notRequestPrincipals"),
-            "request principals need RequestAuthentication (JWT), which this version does not enforce",
-        ));
-    }
     let sa = |v: &str| Some(service_account(v, ns));
     Ok(CSource {
         principals: field(&s.principals, &s.not_principals, Pattern::new),
@@ -415,6 +415,11 @@ fn compile_source(s: &Source, ns: &str, at: &str) -> Result<CSource, Refusal> {
             ("remoteIpBlocks", "notRemoteIpBlocks"),
             parse_cidr,
         )?,
+        request_principals: field(
+            &s.request_principals,
+            &s.not_request_principals,
+            Pattern::new,
+        ),
     })
 }
 
@@ -442,14 +447,20 @@ fn compile_condition(c: &Condition, ns: &str, at: &str) -> Result<CCondition, Re
         "destination.ip" => Key::DestinationIp,
         "destination.port" => Key::DestinationPort,
         "connection.sni" => Key::Sni,
-        k if k.starts_with("request.auth.") => {
-            return Err(refused(
-                key_at,
-                &format!(
-                    "{k} needs RequestAuthentication (JWT), which this version does not enforce"
-                ),
-            ));
-        }
+        "request.auth.principal" => Key::AuthPrincipal,
+        "request.auth.audiences" => Key::AuthAudiences,
+        "request.auth.presenter" => Key::AuthPresenter,
+        k if k.starts_with("request.auth.claims") => match claim_path(k) {
+            Some(path) => Key::AuthClaim(path),
+            None => {
+                return Err(refused(
+                    key_at,
+                    &format!(
+                        "{k:?} is not of the form request.auth.claims[name] (or [a][b] for a nested claim)"
+                    ),
+                ));
+            }
+        },
         k => match k
             .strip_prefix("request.headers[")
             .and_then(|h| h.strip_suffix(']'))
@@ -477,6 +488,23 @@ fn compile_condition(c: &Condition, ns: &str, at: &str) -> Result<CCondition, Re
     };
     let values = try_field(&c.values, &c.not_values, at, ("values", "notValues"), conv)?;
     Ok(CCondition { key, values })
+}
+
+/// Istio's `request.auth.claims[a][b]` (`extractNameInNestedBrackets`): the claim path.
+fn claim_path(k: &str) -> Option<Box<[Box<str>]>> {
+    let mut rest = k.strip_prefix("request.auth.claims")?;
+    let mut path = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        let name = &inner[..end];
+        if name.is_empty() || name.contains('[') {
+            return None;
+        }
+        path.push(name.into());
+        rest = &inner[end + 1..];
+    }
+    (!path.is_empty()).then(|| path.into_boxed_slice())
 }
 
 // === matching ===
@@ -521,6 +549,9 @@ impl CSource {
             })
             && self.ip_blocks.check(|n| in_net(n, a.source))
             && self.remote_ip_blocks.check(|n| in_net(n, a.remote))
+            && self
+                .request_principals
+                .check(|p| a.auth.is_some_and(|t| p.matches(&t.principal)))
     }
 }
 
@@ -543,8 +574,26 @@ impl CCondition {
             Key::SourcePrincipal => a.peer.map(|p| Cow::Borrowed(p.principal())),
             Key::SourceTrustDomain => a.peer.map(|p| Cow::Borrowed(p.id().trust_domain())),
             Key::Sni => a.sni.map(Cow::Borrowed),
+            Key::AuthPrincipal => a.auth.map(|t| Cow::Borrowed(&*t.principal)),
+            Key::AuthPresenter => a
+                .auth
+                .and_then(|t| t.claims.get("azp")?.as_str())
+                .map(Cow::Borrowed),
             _ => None,
         };
+        // list-valued: any element matches (Istio's `ListMatcher` `oneOf`), as does a
+        // string claim itself
+        let list: Option<&serde_json::Value> = match &self.key {
+            Key::AuthAudiences => a.auth.and_then(|t| t.claims.get("aud")),
+            Key::AuthClaim(path) => a.auth.and_then(|t| t.claim(path)),
+            _ => None,
+        };
+        if matches!(self.key, Key::AuthAudiences | Key::AuthClaim(_)) {
+            return self.values.check(|v| match v {
+                Value::Text(p) => claim_matches(list, p),
+                _ => false,
+            });
+        }
         let addr = match self.key {
             Key::SourceIp => a.source,
             Key::RemoteIp => a.remote,
@@ -561,6 +610,17 @@ impl CCondition {
                 .peer
                 .is_some_and(|p| p.id().namespace() == &**n && p.id().service_account() == &**sa),
         })
+    }
+}
+
+/// Whether a claim (a string, or a list of strings) matches `p`.
+fn claim_matches(v: Option<&serde_json::Value>, p: &Pattern) -> bool {
+    match v {
+        Some(serde_json::Value::String(s)) => p.matches(s),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .any(|i| i.as_str().is_some_and(|s| p.matches(s))),
+        _ => false,
     }
 }
 
@@ -605,6 +665,7 @@ impl<'a> Attributes<'a> {
             remote: source,
             destination: ext.get::<DestinationAddr>().map(|d| d.0),
             sni: ext.get::<ConnectionSni>().map(|s| &*s.0),
+            auth: ext.get::<RequestAuth>(),
         }
     }
 }

@@ -706,15 +706,11 @@ fn selection_follows_istio_scopes_and_skips_target_refs() {
 fn what_cannot_be_enforced_is_refused_naming_the_field() {
     let cases: &[(serde_json::Value, &str)] = &[
         (
-            serde_json::json!({"rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}),
-            "spec.rules[0].from[0].source.requestPrincipals",
+            serde_json::json!({"rules": [{"when": [{"key": "request.auth.claims", "values": ["a"]}]}]}),
+            "spec.rules[0].when[0].key",
         ),
         (
-            serde_json::json!({"rules": [{}, {"from": [{"source": {"notRequestPrincipals": ["*"]}}]}]}),
-            "spec.rules[1].from[0].source.notRequestPrincipals",
-        ),
-        (
-            serde_json::json!({"rules": [{"when": [{"key": "request.auth.claims[groups]", "values": ["a"]}]}]}),
+            serde_json::json!({"rules": [{"when": [{"key": "request.auth.claims[a]b", "values": ["a"]}]}]}),
             "spec.rules[0].when[0].key",
         ),
         (
@@ -865,4 +861,176 @@ async fn the_path_is_normalised_even_without_policies_as_envoy_does() {
     use http_body_util::BodyExt;
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "/a/c?q=/../x");
+}
+
+// === JWT: istio.io "Authorization with JWT" and "JWT authentication" ===
+
+fn with_jwt(r: &R<'_>, auth: Option<serde_json::Value>) -> Request<()> {
+    let mut req = request(r);
+    if let Some(claims) = auth {
+        let iss = claims["iss"].as_str().unwrap_or_default().to_string();
+        let sub = claims["sub"].as_str().unwrap_or_default().to_string();
+        let claims = claims.as_object().cloned().unwrap_or_default();
+        req.extensions_mut().insert(crate::jwt::RequestAuth {
+            principal: format!("{iss}/{sub}").into(),
+            claims: Arc::new(claims),
+        });
+    }
+    req
+}
+
+/// Istio's demo token (`security/tools/jwt/samples/demo.jwt`) and its `groups-scope.jwt`.
+fn demo() -> serde_json::Value {
+    serde_json::json!({"iss": "testing@secure.istio.io", "sub": "testing@secure.istio.io", "foo": "bar"})
+}
+
+fn groups() -> serde_json::Value {
+    serde_json::json!({
+        "iss": "testing@secure.istio.io", "sub": "testing@secure.istio.io",
+        "groups": ["group1", "group2"], "scope": ["scope1", "scope2"],
+        "nested": {"key1": ["valueA", "valueB"], "key2": "valueC"}
+    })
+}
+
+fn jwt_table(a: &Authorizer, cases: &[(&str, Option<serde_json::Value>, bool)]) {
+    for (name, auth, want) in cases {
+        let req = with_jwt(&GET, auth.clone());
+        assert_eq!(a.decide(&Attributes::of(&req)).allowed, *want, "{name}");
+    }
+}
+
+#[test]
+fn istio_task_authorization_with_jwt_request_principals() {
+    // authz-jwt: "require-jwt", ALLOW requestPrincipals of the demo token
+    let a = compile(&[(
+        "default",
+        spec(serde_json::json!({
+            "selector": {"matchLabels": {"app": "productpage"}},
+            "action": "ALLOW",
+            "rules": [{"from": [{"source": {"requestPrincipals": ["testing@secure.istio.io/testing@secure.istio.io"]}}]}]
+        })),
+    )])
+    .expect("compiles");
+    jwt_table(
+        &a,
+        &[
+            ("valid token: 200", Some(demo()), true),
+            ("no token: 403", None, false),
+            (
+                "another subject: 403",
+                Some(serde_json::json!({"iss": "testing@secure.istio.io", "sub": "other"})),
+                false,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn istio_task_authorization_with_jwt_groups_claim() {
+    // authz-jwt: "require-jwt" with `when: request.auth.claims[groups] values [group1]`
+    let a = compile(&[(
+        "default",
+        spec(serde_json::json!({
+            "action": "ALLOW",
+            "rules": [{
+                "from": [{"source": {"requestPrincipals": ["testing@secure.istio.io/testing@secure.istio.io"]}}],
+                "when": [{"key": "request.auth.claims[groups]", "values": ["group1"]}]
+            }]
+        })),
+    )])
+    .expect("compiles");
+    jwt_table(
+        &a,
+        &[
+            (
+                "token with groups [group1, group2]: 200",
+                Some(groups()),
+                true,
+            ),
+            ("token without groups: 403", Some(demo()), false),
+            ("no token: 403", None, false),
+        ],
+    );
+}
+
+#[test]
+fn istio_task_jwt_authentication_deny_requests_without_principal() {
+    // authn-policy "Require a valid token": DENY notRequestPrincipals ["*"]
+    let a = compile(&[(
+        "default",
+        spec(serde_json::json!({
+            "action": "DENY",
+            "rules": [{"from": [{"source": {"notRequestPrincipals": ["*"]}}]}]
+        })),
+    )])
+    .expect("compiles");
+    jwt_table(
+        &a,
+        &[
+            ("valid token: 200", Some(demo()), true),
+            ("no token: 403", None, false),
+        ],
+    );
+    // ALLOW requestPrincipals ["*"], the same effect
+    let a = compile(&[(
+        "default",
+        spec(serde_json::json!({"rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]})),
+    )])
+    .expect("compiles");
+    jwt_table(&a, &[("token", Some(demo()), true), ("none", None, false)]);
+}
+
+#[test]
+fn request_auth_condition_keys() {
+    let one = |key: &str, values: &[&str]| {
+        compile(&[(
+            "default",
+            spec(serde_json::json!({"rules": [{"when": [{"key": key, "values": values}]}]})),
+        )])
+        .expect("compiles")
+    };
+    let token = serde_json::json!({
+        "iss": "https://accounts.example.com", "sub": "alice", "aud": ["bookinfo", "reviews"],
+        "azp": "web-client", "role": "admin",
+        "nested": {"key1": ["valueA", "valueB"], "key2": "valueC"}
+    });
+    let cases: &[(&str, &[&str], bool)] = &[
+        (
+            "request.auth.principal",
+            &["https://accounts.example.com/alice"],
+            true,
+        ),
+        ("request.auth.principal", &["*/alice"], true),
+        (
+            "request.auth.principal",
+            &["https://accounts.example.com/bob"],
+            false,
+        ),
+        ("request.auth.audiences", &["reviews"], true),
+        ("request.auth.audiences", &["ratings"], false),
+        ("request.auth.presenter", &["web-client"], true),
+        ("request.auth.presenter", &["mobile"], false),
+        ("request.auth.claims[role]", &["admin"], true),
+        ("request.auth.claims[role]", &["adm*"], true),
+        ("request.auth.claims[role]", &["user"], false),
+        ("request.auth.claims[nested][key1]", &["valueB"], true),
+        ("request.auth.claims[nested][key2]", &["valueC"], true),
+        ("request.auth.claims[nested][key2]", &["valueA"], false),
+        ("request.auth.claims[missing]", &["*"], false),
+    ];
+    for (key, values, want) in cases {
+        let a = one(key, values);
+        let req = with_jwt(&GET, Some(token.clone()));
+        assert_eq!(
+            a.decide(&Attributes::of(&req)).allowed,
+            *want,
+            "{key} {values:?}"
+        );
+        // without a token no request.auth condition matches
+        let req = with_jwt(&GET, None);
+        assert!(
+            !a.decide(&Attributes::of(&req)).allowed,
+            "{key} without token"
+        );
+    }
 }
