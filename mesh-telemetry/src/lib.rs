@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod record;
 pub mod trace;
 
+pub use record::{Completed, RecordLayer, Sink};
 pub use trace::{TraceConfig, TraceContext, TraceLayer};
