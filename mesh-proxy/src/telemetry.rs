@@ -1,5 +1,10 @@
 //! The proxy's telemetry: the sinks its record layers hand every completed request to.
 //!
+//! Today: Istio's standard metrics ([`IstioMetrics`], served by the admin listener at
+//! `/stats/prometheus` after the proxy's own gauges), on by default as in Istio's sidecar,
+//! with the bootstrap's `workload` and `identity` as the local workload (changed by a
+//! reload).
+//!
 //! One [`Telemetry`] lives as long as the proxy (its counters survive reloads); it makes the
 //! [`RecordLayer`] of the outbound stack (`reporter="source"`, [`crate::stack`]) and of the
 //! inbound stack (`reporter="destination"`, [`crate::proxy::InboundStack`]). Sinks are
@@ -8,6 +13,7 @@
 use std::sync::Arc;
 
 use mesh_core::compile::Snapshot;
+use mesh_telemetry::metrics::{IstioMetrics, LocalWorkload, Reporter};
 use mesh_telemetry::record::{RecordLayer, Sink};
 
 /// The proxy's telemetry sinks (see the [module docs](self)).
@@ -15,19 +21,29 @@ use mesh_telemetry::record::{RecordLayer, Sink};
 pub struct Telemetry {
     outbound: RecordLayer,
     inbound: RecordLayer,
+    metrics: Arc<IstioMetrics>,
 }
 
 // === impl Telemetry ===
 
 impl Telemetry {
     /// The telemetry of a proxy starting with `snapshot`.
-    pub fn new(_snapshot: &Snapshot) -> Telemetry {
-        let outbound: Vec<Arc<dyn Sink>> = Vec::new();
-        let inbound: Vec<Arc<dyn Sink>> = Vec::new();
+    pub fn new(snapshot: &Snapshot) -> Telemetry {
+        let metrics = Arc::new(IstioMetrics::new(LocalWorkload::from_bootstrap(
+            &snapshot.bootstrap,
+        )));
+        let outbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Source)];
+        let inbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Destination)];
         Telemetry {
             outbound: RecordLayer::new(outbound),
             inbound: RecordLayer::new(inbound),
+            metrics,
         }
+    }
+
+    /// Istio's standard metrics of both sides.
+    pub fn metrics(&self) -> &Arc<IstioMetrics> {
+        &self.metrics
     }
 
     /// The record layer of the outbound stack.
@@ -41,5 +57,8 @@ impl Telemetry {
     }
 
     /// Applies a new configuration (the workload's labels and identity may change).
-    pub fn store(&self, _snapshot: &Snapshot) {}
+    pub fn store(&self, snapshot: &Snapshot) {
+        self.metrics
+            .set_local(LocalWorkload::from_bootstrap(&snapshot.bootstrap));
+    }
 }
