@@ -15,3 +15,4 @@ pub mod proxy;
 pub mod run;
 pub mod security;
 pub mod stack;
+pub mod telemetry;

@@ -48,6 +48,7 @@ use crate::pipeline::{self, Built};
 use crate::security::{PortTls, WorkloadTls};
 use crate::stack::Layers;
 use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
+use mesh_telemetry::record::{Record, RecordBody, RecordLayer};
 use mesh_tls::authz::{Authorizer, Authz, AuthzLayer};
 use mesh_tls::jwt::{Authenticator, JwtAuthn, JwtAuthnLayer};
 use mesh_transport::tls::{DownstreamTls, PeerTls, PeerTlsInfo, UpstreamTls};
@@ -119,7 +120,7 @@ pub struct ProxyState {
     files: Vec<PathBuf>,
     snapshot: ArcSwap<Snapshot>,
     layers: Layers,
-    readiness: Mutex<Vec<Readiness>>,
+    readiness: Mutex<Vec<(ListenerKind, Readiness)>>,
     draining: AtomicBool,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
@@ -381,7 +382,8 @@ impl Proxy {
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("outbound listener {addr}")))?;
-            self.state.push_readiness(engine.readiness());
+            self.state
+                .push_readiness(ListenerKind::Outbound, engine.readiness());
             self.outbound = Some(engine);
         }
         if let Some((b, app)) = inbound {
@@ -389,13 +391,15 @@ impl Proxy {
             let tls = self.state.workload_tls.clone();
             let authz = self.state.authz.clone();
             let jwt = self.state.jwt.clone();
+            let record = self.state.layers.telemetry().inbound();
             let factory = Arc::new(move |ctx: &WorkerContext| {
-                inbound_stack(ctx, app, addr, &tls, &jwt, &authz)
+                inbound_stack(ctx, app, addr, &tls, &jwt, &authz, &record)
             });
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("inbound listener {addr}")))?;
-            self.state.push_readiness(engine.readiness());
+            self.state
+                .push_readiness(ListenerKind::Inbound, engine.readiness());
             self.inbound = Some(engine);
         }
         for (port, b, app) in inbound_ports {
@@ -403,13 +407,15 @@ impl Proxy {
             let tls = self.state.workload_tls.clone();
             let authz = self.state.authz.clone();
             let jwt = self.state.jwt.clone();
+            let record = self.state.layers.telemetry().inbound();
             let factory = Arc::new(move |ctx: &WorkerContext| {
-                inbound_stack(ctx, app, addr, &tls, &jwt, &authz)
+                inbound_stack(ctx, app, addr, &tls, &jwt, &authz, &record)
             });
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("inbound listener {addr} (port {port})")))?;
-            self.state.push_readiness(engine.readiness());
+            self.state
+                .push_readiness(ListenerKind::Inbound, engine.readiness());
             tracing::info!(addr = %addr, app = %app, "inbound listener for port {port} up");
             self.inbound_ports.push((port, engine));
         }
@@ -518,14 +524,17 @@ fn inbound_stack(
     tls: &Arc<WorkloadTls>,
     jwt: &Arc<ArcSwap<Authenticator>>,
     authz: &Arc<ArcSwap<Authorizer>>,
+    record: &RecordLayer,
 ) -> InboundStack {
     let forward = InboundForward {
         connector: ctx.connector(),
         app,
     };
     InboundStack {
-        inner: JwtAuthnLayer::shared(jwt.clone())
-            .layer(AuthzLayer::shared(authz.clone()).layer(forward)),
+        inner: record.layer(
+            JwtAuthnLayer::shared(jwt.clone())
+                .layer(AuthzLayer::shared(authz.clone()).layer(forward)),
+        ),
         tls: tls.clone(),
         // the workload port the peer meant is the application's (Envoy's original
         // destination under iptables); the address, the listener's
@@ -551,7 +560,7 @@ struct ConnectionFacts {
 /// ([`mesh_tls::authz`]) and forwards to the local application.
 #[derive(Debug, Clone)]
 pub struct InboundStack {
-    inner: JwtAuthn<Authz<InboundForward>>,
+    inner: Record<JwtAuthn<Authz<InboundForward>>>,
     tls: Arc<WorkloadTls>,
     destination: DestinationAddr,
     /// The last connection's facts (requests of one connection share them).
@@ -598,14 +607,16 @@ impl InboundStack {
 }
 
 impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundStack {
-    type Response = crate::engine::EngineResponse;
+    type Response = http::Response<RecordBody<mesh_core::MeshBody<crate::engine::UpstreamBody>>>;
     type Error = std::convert::Infallible;
-    type Future = mesh_tls::jwt::ResponseFuture<
-        mesh_tls::authz::ResponseFuture<
-            crate::engine::ConnectorFuture,
+    type Future = mesh_telemetry::record::ResponseFuture<
+        mesh_tls::jwt::ResponseFuture<
+            mesh_tls::authz::ResponseFuture<
+                crate::engine::ConnectorFuture,
+                mesh_core::MeshBody<crate::engine::UpstreamBody>,
+            >,
             mesh_core::MeshBody<crate::engine::UpstreamBody>,
         >,
-        mesh_core::MeshBody<crate::engine::UpstreamBody>,
     >;
 
     fn poll_ready(
@@ -674,9 +685,9 @@ impl ProxyState {
         crate::jwks::refresh_now(&self.jwt.load())
     }
 
-    fn push_readiness(&self, r: Readiness) {
+    fn push_readiness(&self, listener: ListenerKind, r: Readiness) {
         if let Ok(mut v) = self.readiness.lock() {
-            v.push(r);
+            v.push((listener, r));
         }
     }
 
@@ -687,7 +698,7 @@ impl ProxyState {
         }
         self.readiness
             .lock()
-            .map(|v| v.iter().all(Readiness::is_ready))
+            .map(|v| v.iter().all(|(_, r)| r.is_ready()))
             .unwrap_or(false)
     }
 
@@ -947,29 +958,30 @@ impl ProxyState {
         serde_json::json!({ "generation": snap.generation, "services": services })
     }
 
-    /// `/stats/prometheus`: the proxy's own gauges and counters.
+    /// `/stats/prometheus`: the proxy's own gauges and counters, then Istio's standard
+    /// metrics ([`mesh_telemetry::metrics`]).
     pub fn prometheus(&self) -> String {
         let snap = self.snapshot();
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "# TYPE mesh_proxy_ready gauge\nmesh_proxy_ready {}",
+            "# HELP mesh_proxy_ready Whether every listener accepts and the proxy is not draining.\n# TYPE mesh_proxy_ready gauge\nmesh_proxy_ready {}",
             u8::from(self.is_ready())
         );
         let _ = writeln!(
             s,
-            "# TYPE mesh_proxy_config_generation gauge\nmesh_proxy_config_generation {}",
+            "# HELP mesh_proxy_config_generation The running configuration's generation.\n# TYPE mesh_proxy_config_generation gauge\nmesh_proxy_config_generation {}",
             snap.generation
         );
         let _ = writeln!(
             s,
-            "# TYPE mesh_proxy_config_reloads_total counter\nmesh_proxy_config_reloads_total{{result=\"success\"}} {}\nmesh_proxy_config_reloads_total{{result=\"failure\"}} {}",
+            "# HELP mesh_proxy_config_reloads_total Configuration reloads, by result.\n# TYPE mesh_proxy_config_reloads_total counter\nmesh_proxy_config_reloads_total{{result=\"success\"}} {}\nmesh_proxy_config_reloads_total{{result=\"failure\"}} {}",
             self.reloads_ok.load(Ordering::Relaxed),
             self.reloads_failed.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             s,
-            "# TYPE mesh_proxy_services gauge\nmesh_proxy_services {}",
+            "# HELP mesh_proxy_services Services in the running configuration.\n# TYPE mesh_proxy_services gauge\nmesh_proxy_services {}",
             snap.services.len()
         );
         let _ = writeln!(
@@ -977,6 +989,32 @@ impl ProxyState {
             "# HELP mesh_proxy_unenforced_fields Fields of the running configuration that this version accepts but does not enforce.\n# TYPE mesh_proxy_unenforced_fields gauge\nmesh_proxy_unenforced_fields {}",
             self.unenforced().len()
         );
+        let listeners: Vec<(ListenerKind, (u64, u64))> = self
+            .readiness
+            .lock()
+            .map(|v| v.iter().map(|(l, r)| (*l, r.connections())).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "# HELP mesh_proxy_downstream_connections_total Connections accepted, per listener.\n# TYPE mesh_proxy_downstream_connections_total counter"
+        );
+        for (l, (accepted, _)) in &listeners {
+            let _ = writeln!(
+                s,
+                "mesh_proxy_downstream_connections_total{{listener=\"{l}\"}} {accepted}"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP mesh_proxy_downstream_connections_active Connections open now, per listener.\n# TYPE mesh_proxy_downstream_connections_active gauge"
+        );
+        for (l, (_, open)) in &listeners {
+            let _ = writeln!(
+                s,
+                "mesh_proxy_downstream_connections_active{{listener=\"{l}\"}} {open}"
+            );
+        }
+        self.layers.telemetry().metrics().encode(&mut s);
         s
     }
 

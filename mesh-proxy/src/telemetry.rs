@@ -1,0 +1,64 @@
+//! The proxy's telemetry: the sinks its record layers hand every completed request to.
+//!
+//! Today: Istio's standard metrics ([`IstioMetrics`], served by the admin listener at
+//! `/stats/prometheus` after the proxy's own gauges), on by default as in Istio's sidecar,
+//! with the bootstrap's `workload` and `identity` as the local workload (changed by a
+//! reload).
+//!
+//! One [`Telemetry`] lives as long as the proxy (its counters survive reloads); it makes the
+//! [`RecordLayer`] of the outbound stack (`reporter="source"`, [`crate::stack`]) and of the
+//! inbound stack (`reporter="destination"`, [`crate::proxy::InboundStack`]). Sinks are
+//! added here: each is an `Arc<dyn Sink>` shared by every worker.
+
+use std::sync::Arc;
+
+use mesh_core::compile::Snapshot;
+use mesh_telemetry::metrics::{IstioMetrics, LocalWorkload, Reporter};
+use mesh_telemetry::record::{RecordLayer, Sink};
+
+/// The proxy's telemetry sinks (see the [module docs](self)).
+#[derive(Debug)]
+pub struct Telemetry {
+    outbound: RecordLayer,
+    inbound: RecordLayer,
+    metrics: Arc<IstioMetrics>,
+}
+
+// === impl Telemetry ===
+
+impl Telemetry {
+    /// The telemetry of a proxy starting with `snapshot`.
+    pub fn new(snapshot: &Snapshot) -> Telemetry {
+        let metrics = Arc::new(IstioMetrics::new(LocalWorkload::from_bootstrap(
+            &snapshot.bootstrap,
+        )));
+        let outbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Source)];
+        let inbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Destination)];
+        Telemetry {
+            outbound: RecordLayer::new(outbound),
+            inbound: RecordLayer::new(inbound),
+            metrics,
+        }
+    }
+
+    /// Istio's standard metrics of both sides.
+    pub fn metrics(&self) -> &Arc<IstioMetrics> {
+        &self.metrics
+    }
+
+    /// The record layer of the outbound stack.
+    pub fn outbound(&self) -> RecordLayer {
+        self.outbound.clone()
+    }
+
+    /// The record layer of the inbound stack.
+    pub fn inbound(&self) -> RecordLayer {
+        self.inbound.clone()
+    }
+
+    /// Applies a new configuration (the workload's labels and identity may change).
+    pub fn store(&self, snapshot: &Snapshot) {
+        self.metrics
+            .set_local(LocalWorkload::from_bootstrap(&snapshot.bootstrap));
+    }
+}
