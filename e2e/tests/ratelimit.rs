@@ -202,3 +202,45 @@ async fn a_reload_builds_new_full_buckets_and_a_removed_limit_limits_nothing() {
     assert_eq!(statuses(&mut c).await, (200, 200, String::new()));
     assert_eq!(ratings.hits(), 6);
 }
+
+/// The Istio task's limit as the task writes it: on productpage's inbound listener
+/// (`SIDECAR_INBOUND`), so the requests peers send productpage are limited, and what
+/// productpage sends out is not.
+#[tokio::test]
+async fn a_sidecar_inbound_limit_limits_what_peers_send_the_workload_not_what_it_sends() {
+    let app = backend("productpage-v1").await;
+    let ratings = backend("ratings-v1").await;
+    let yaml = bootstrap(
+        2,
+        &format!(
+            "  inbound: {{address: 127.0.0.1, port: 0, localApp: '127.0.0.1:{}'}}\n",
+            app.port()
+        ),
+    ) + &service_entry("ratings", 9080, "HTTP", &[&ratings])
+        + &limit(
+            "filter-local-ratelimit-svc",
+            "  workloadSelector: {labels: {app: productpage}}
+  context: SIDECAR_INBOUND
+  tokenBucket: {maxTokens: 4, tokensPerFill: 4, fillInterval: 3600s}
+  responseHeadersToAdd: {x-local-rate-limit: \"true\"}
+",
+        );
+    let p = start(&yaml).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    for _ in 0..4 {
+        let ok = get_once(inbound, "productpage:9080", &[]).await;
+        assert_eq!(ok.status, 200, "{ok:?}");
+        assert_eq!(ok.backend(), "productpage-v1");
+    }
+    let limited = get_once(inbound, "productpage:9080", &[]).await;
+    assert_eq!(limited.status, 429, "{limited:?}");
+    assert_eq!(limited.flags(), "RL");
+    assert_eq!(limited.body, "local_rate_limited");
+    assert_eq!(limited.headers["x-local-rate-limit"], "true");
+    assert_eq!(app.hits(), 4, "the limited request never reached the application");
+    // the outbound listener has no limit
+    let mut c = H1::connect(p.out).await;
+    for _ in 0..10 {
+        assert_eq!(c.get("ratings:9080", &[]).await.status, 200);
+    }
+}

@@ -46,7 +46,7 @@ use crate::compile::{Named, Snapshot};
 use crate::error::{FieldPath, ResourceRef, Severity};
 use crate::load::Issue;
 use crate::model::Kind;
-use crate::model::ratelimit::{LocalRateLimit, XRateLimitHeaders};
+use crate::model::ratelimit::{LocalRateLimit, RateLimitContext, XRateLimitHeaders};
 
 /// The body of a limited answer, as Envoy's.
 pub const RATE_LIMITED_BODY: &str = "local_rate_limited";
@@ -272,12 +272,33 @@ pub fn applies(snapshot: &Snapshot, rl: &Named<LocalRateLimit>) -> bool {
             .is_none_or(|s| s.matches(&w.labels))
 }
 
-/// The limits that apply to the bootstrap workload, in source order.
+/// The limits on the outbound listener that apply to the bootstrap workload, in source
+/// order.
 pub fn applicable(snapshot: &Snapshot) -> impl Iterator<Item = &Arc<Named<LocalRateLimit>>> {
     snapshot
         .local_rate_limits
         .iter()
-        .filter(|rl| applies(snapshot, rl))
+        .filter(|rl| rl.spec.context == RateLimitContext::SidecarOutbound && applies(snapshot, rl))
+}
+
+/// The limits on the inbound listeners (`context: SIDECAR_INBOUND`) that apply to the
+/// bootstrap workload, in source order.
+pub fn applicable_inbound(
+    snapshot: &Snapshot,
+) -> impl Iterator<Item = &Arc<Named<LocalRateLimit>>> {
+    snapshot
+        .local_rate_limits
+        .iter()
+        .filter(|rl| rl.spec.context == RateLimitContext::SidecarInbound && applies(snapshot, rl))
+}
+
+/// The inbound listeners' limit of the workload (`context: SIDECAR_INBOUND`), compiled with
+/// a new bucket: one bucket for every inbound listener of the proxy (Envoy's per listener
+/// filter; the sidecar's inbound traffic is one listener there).
+pub fn inbound_policy(snapshot: &Snapshot) -> Option<Arc<RateLimitPolicy>> {
+    applicable_inbound(snapshot)
+        .next()
+        .map(|rl| Arc::new(RateLimitPolicy::from_spec(&rl.spec)))
 }
 
 /// The listener-wide limit of the workload (neither `hosts` nor `routes`), compiled with a
@@ -313,6 +334,27 @@ fn hosts_overlap(a: &[String], b: &[String]) -> Option<usize> {
 pub fn conflicts(snapshot: &Snapshot) -> Vec<Issue> {
     let limits: Vec<&Arc<Named<LocalRateLimit>>> = applicable(snapshot).collect();
     let mut out = Vec::new();
+    // the inbound listener has one scope: a second limit on it is ambiguous
+    let inbound: Vec<_> = applicable_inbound(snapshot).collect();
+    for (first, last) in inbound
+        .first()
+        .into_iter()
+        .flat_map(|f| inbound[1..].iter().map(move |l| (f, l)))
+    {
+        out.push(Issue {
+            severity: Severity::Error,
+            resource: ResourceRef {
+                kind: Kind::LocalRateLimit,
+                namespace: last.namespace.clone(),
+                name: last.name.clone(),
+            },
+            field: FieldPath::root().key("spec").key("context"),
+            message: format!(
+                "LocalRateLimit/{}/{} already limits the inbound listener: two LocalRateLimits on the same requests are refused (merge them)",
+                first.namespace, first.name
+            ),
+        });
+    }
     for (j, b) in limits.iter().enumerate() {
         for a in &limits[..j] {
             let (sa, sb) = (scope(&a.spec), scope(&b.spec));

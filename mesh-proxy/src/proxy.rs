@@ -48,6 +48,7 @@ use crate::pipeline::{self, Built};
 use crate::security::{PortTls, WorkloadTls};
 use crate::stack::Layers;
 use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
+use mesh_resilience::{RateLimit, RateLimitLayer};
 use mesh_telemetry::record::{Record, RecordBody, RecordLayer};
 use mesh_tls::authz::{Authorizer, Authz, AuthzLayer};
 use mesh_tls::jwt::{Authenticator, JwtAuthn, JwtAuthnLayer};
@@ -392,8 +393,9 @@ impl Proxy {
             let authz = self.state.authz.clone();
             let jwt = self.state.jwt.clone();
             let record = self.state.layers.telemetry().inbound();
+            let limit = self.state.layers.inbound_rate_limit();
             let factory = Arc::new(move |ctx: &WorkerContext| {
-                inbound_stack(ctx, app, addr, &tls, &jwt, &authz, &record)
+                inbound_stack(ctx, app, addr, &tls, &jwt, &authz, &limit, &record)
             });
             let engine = b
                 .start(factory)
@@ -408,8 +410,9 @@ impl Proxy {
             let authz = self.state.authz.clone();
             let jwt = self.state.jwt.clone();
             let record = self.state.layers.telemetry().inbound();
+            let limit = self.state.layers.inbound_rate_limit();
             let factory = Arc::new(move |ctx: &WorkerContext| {
-                inbound_stack(ctx, app, addr, &tls, &jwt, &authz, &record)
+                inbound_stack(ctx, app, addr, &tls, &jwt, &authz, &limit, &record)
             });
             let engine = b
                 .start(factory)
@@ -515,8 +518,10 @@ impl Proxy {
     }
 }
 
-/// The inbound stack: every request goes to the local application, if its JWTs are valid
-/// and the AuthorizationPolicies allow it.
+/// The inbound stack: every request goes to the local application, if its JWTs are valid,
+/// the AuthorizationPolicies allow it and the inbound `LocalRateLimit` (if any) has a token
+/// for it (Istio's task inserts the local rate limit filter before the router, after
+/// `jwt_authn` and RBAC).
 fn inbound_stack(
     ctx: &WorkerContext,
     app: SocketAddr,
@@ -524,6 +529,7 @@ fn inbound_stack(
     tls: &Arc<WorkloadTls>,
     jwt: &Arc<ArcSwap<Authenticator>>,
     authz: &Arc<ArcSwap<Authorizer>>,
+    limit: &RateLimitLayer,
     record: &RecordLayer,
 ) -> InboundStack {
     let forward = InboundForward {
@@ -533,7 +539,7 @@ fn inbound_stack(
     InboundStack {
         inner: record.layer(
             JwtAuthnLayer::shared(jwt.clone())
-                .layer(AuthzLayer::shared(authz.clone()).layer(forward)),
+                .layer(AuthzLayer::shared(authz.clone()).layer(limit.layer(forward))),
         ),
         tls: tls.clone(),
         // the workload port the peer meant is the application's (Envoy's original
@@ -560,7 +566,7 @@ struct ConnectionFacts {
 /// ([`mesh_tls::authz`]) and forwards to the local application.
 #[derive(Debug, Clone)]
 pub struct InboundStack {
-    inner: Record<JwtAuthn<Authz<InboundForward>>>,
+    inner: Record<JwtAuthn<Authz<RateLimit<InboundForward>>>>,
     tls: Arc<WorkloadTls>,
     destination: DestinationAddr,
     /// The last connection's facts (requests of one connection share them).
@@ -612,7 +618,7 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundSta
     type Future = mesh_telemetry::record::ResponseFuture<
         mesh_tls::jwt::ResponseFuture<
             mesh_tls::authz::ResponseFuture<
-                crate::engine::ConnectorFuture,
+                mesh_resilience::ratelimit::ResponseFuture<crate::engine::ConnectorFuture>,
                 mesh_core::MeshBody<crate::engine::UpstreamBody>,
             >,
             mesh_core::MeshBody<crate::engine::UpstreamBody>,

@@ -174,6 +174,9 @@ pub struct Layers {
     routes: RouteTableHandle,
     route_layer: RouteLayer,
     rate_limit: RateLimitLayer,
+    /// The inbound listeners' limit (`context: SIDECAR_INBOUND`), shared by the inbound
+    /// stacks of every worker and listener.
+    inbound_rate_limit: RateLimitLayer,
     fault: FaultLayer,
     timeout: TimeoutLayer,
     retry: RetryLayer,
@@ -322,6 +325,7 @@ impl Layers {
             ),
             route_layer: RouteLayer::new(routes.clone()),
             rate_limit: RateLimitLayer::new(),
+            inbound_rate_limit: RateLimitLayer::new(),
             fault: FaultLayer::new(),
             timeout: TimeoutLayer::new().with_envoy_headers(envoy_headers),
             // the connector hands each retriable request's head back with its answer: no
@@ -347,7 +351,15 @@ impl Layers {
     fn with_listener_limit(self, snapshot: &Snapshot) -> Layers {
         self.rate_limit
             .store(mesh_core::ratelimit::listener_policy(snapshot));
+        self.inbound_rate_limit
+            .store(mesh_core::ratelimit::inbound_policy(snapshot));
         self
+    }
+
+    /// The inbound listeners' `LocalRateLimit` layer (`context: SIDECAR_INBOUND`; a reload
+    /// replaces its bucket).
+    pub fn inbound_rate_limit(&self) -> RateLimitLayer {
+        self.inbound_rate_limit.clone()
     }
 
     /// Applies a new snapshot and its route table: swaps the balancer's snapshot, then the
@@ -358,6 +370,8 @@ impl Layers {
         // route and host limits come with the table; the listener's bucket is new too
         self.rate_limit
             .store(mesh_core::ratelimit::listener_policy(snapshot));
+        self.inbound_rate_limit
+            .store(mesh_core::ratelimit::inbound_policy(snapshot));
         self.routes.store(table);
         self.trace
             .set_sampling_percent(snapshot.bootstrap.tracing.sampling);

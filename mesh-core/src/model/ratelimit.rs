@@ -7,6 +7,7 @@
 //! virtual-host-level and route-level `typed_per_filter_config`; the narrowest that applies
 //! to a request wins, as Envoy's `resolveMostSpecificPerFilterConfig`):
 //!
+//! - `context: SIDECAR_INBOUND`: the whole inbound listener, one bucket;
 //! - neither `hosts` nor `routes`: the whole outbound listener, one bucket;
 //! - `hosts` only: the routes of those hosts, one bucket per host (virtual host);
 //! - `routes` (with or without `hosts`): the routes of that name (`HTTPRoute.name`), of those
@@ -30,6 +31,12 @@ pub struct LocalRateLimit {
     /// workload's namespace or the root namespace). Omitted: every workload of its namespace
     /// (every workload, in the root namespace).
     pub workload_selector: Option<LabelSelector>,
+    /// Which listener of the workload's sidecar the limit is on, as an EnvoyFilter's
+    /// `match.context`: `SIDECAR_OUTBOUND` (the requests the workload sends; the default) or
+    /// `SIDECAR_INBOUND` (the requests peers send it, the Istio task's). An inbound limit
+    /// covers the whole inbound listener: `hosts` and `routes` name outbound routes.
+    #[serde(default)]
+    pub context: RateLimitContext,
     /// Limit the routes of these hosts (short names resolve in the resource's namespace,
     /// as VirtualService hosts do). Omitted: any host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -62,6 +69,19 @@ pub struct TokenBucketSpec {
     pub tokens_per_fill: Option<u32>,
     /// How often tokens are added (required, at least 50ms as Envoy's).
     pub fill_interval: Option<GoDuration>,
+}
+
+/// `spec.context`: the listener a limit is on (an EnvoyFilter's `PatchContext`, the two a
+/// sidecar has).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RateLimitContext {
+    /// The outbound listener: the requests the workload sends (the default).
+    #[default]
+    #[serde(rename = "SIDECAR_OUTBOUND")]
+    SidecarOutbound,
+    /// The inbound listeners: the requests peers send the workload.
+    #[serde(rename = "SIDECAR_INBOUND")]
+    SidecarInbound,
 }
 
 /// `spec.enableXRateLimitHeaders`: Envoy's `XRateLimitHeadersRFCVersion`.

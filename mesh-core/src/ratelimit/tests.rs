@@ -200,3 +200,47 @@ fn limits_at_different_scopes_or_on_different_routes_do_not_conflict() {
         }
     }
 }
+
+/// The Istio task's EnvoyFilter patches productpage's `SIDECAR_INBOUND` listener: with
+/// `context: SIDECAR_INBOUND` the limit is on the inbound listener, not the outbound one.
+#[test]
+fn a_sidecar_inbound_limit_is_the_inbound_listeners_only() {
+    let inbound = format!(
+        "  workloadSelector: {{labels: {{app: productpage}}}}\n  context: SIDECAR_INBOUND\n{BUCKET}"
+    );
+    let c = load_str("rl.yaml", &yaml(&[&inbound])).unwrap();
+    let p = inbound_policy(&c.snapshot).expect("on the inbound listener");
+    assert_eq!(p.bucket.max_tokens(), 4);
+    assert!(listener_policy(&c.snapshot).is_none(), "not on the outbound one");
+    assert_eq!(applicable(&c.snapshot).count(), 0);
+    // an outbound listener limit beside it is another scope: no conflict
+    let both = load_str("rl.yaml", &yaml(&[&inbound, BUCKET])).unwrap();
+    assert!(inbound_policy(&both.snapshot).is_some());
+    assert!(listener_policy(&both.snapshot).is_some());
+    // the default context is the outbound listener
+    let out = load_str("rl.yaml", &yaml(&[BUCKET])).unwrap();
+    assert!(inbound_policy(&out.snapshot).is_none());
+}
+
+#[test]
+fn two_inbound_limits_or_an_inbound_limit_with_hosts_are_refused_naming_the_field() {
+    let inbound = format!("  context: SIDECAR_INBOUND\n{BUCKET}");
+    let err = load_str("rl.yaml", &yaml(&[&inbound, &inbound])).unwrap_err();
+    let d = err.errors().next().unwrap();
+    assert_eq!(
+        d.resource.as_ref().unwrap().to_string(),
+        "LocalRateLimit/default/l1"
+    );
+    assert_eq!(d.field.as_ref().unwrap().to_string(), "spec.context");
+    assert!(
+        d.message
+            .starts_with("LocalRateLimit/default/l0 already limits the inbound listener"),
+        "{}",
+        d.message
+    );
+    let hosts = format!("  context: SIDECAR_INBOUND\n  hosts: [reviews]\n{BUCKET}");
+    let err = load_str("rl.yaml", &yaml(&[&hosts])).unwrap_err();
+    let d = err.errors().next().unwrap();
+    assert_eq!(d.field.as_ref().unwrap().to_string(), "spec.hosts");
+    assert!(d.message.contains("SIDECAR_INBOUND"), "{}", d.message);
+}

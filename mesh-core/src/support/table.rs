@@ -1804,6 +1804,12 @@ static LOCAL_RATE_LIMIT: TypeDef = TypeDef {
             "applies when it selects the bootstrap workload, as an EnvoyFilter's",
         ),
         field(
+            "context",
+            Leaf,
+            Status::Enforced,
+            "`SIDECAR_OUTBOUND` (default) or `SIDECAR_INBOUND`: one bucket for the inbound listeners",
+        ),
+        field(
             "hosts",
             Leaf,
             Status::Enforced,

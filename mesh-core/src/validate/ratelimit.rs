@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::error::FieldPath;
-use crate::model::ratelimit::LocalRateLimit;
+use crate::model::ratelimit::{LocalRateLimit, RateLimitContext};
 
 use super::common::{
     validate_alpha_workload_selector, validate_duration, validate_header_op_name,
@@ -28,6 +28,20 @@ pub(crate) fn validate(rl: &LocalRateLimit, at: &FieldPath, rep: &mut Report<'_>
         &at.k("workloadSelector"),
         rep,
     );
+    if rl.context == RateLimitContext::SidecarInbound {
+        if !rl.hosts.is_empty() {
+            rep.error(
+                &at.k("hosts"),
+                "a SIDECAR_INBOUND limit covers the whole inbound listener: hosts name outbound routes",
+            );
+        }
+        if !rl.routes.is_empty() {
+            rep.error(
+                &at.k("routes"),
+                "a SIDECAR_INBOUND limit covers the whole inbound listener: routes name outbound routes",
+            );
+        }
+    }
     for (i, h) in rl.hosts.iter().enumerate() {
         let p = at.ki("hosts", i);
         if h.is_empty() {
