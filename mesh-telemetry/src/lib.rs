@@ -1,11 +1,21 @@
-//! `mesh-telemetry`: Istio-standard metrics, trace propagation and access logs.
+//! `mesh-telemetry`: Istio-standard trace propagation, spans and access logs.
 //!
-//! Landed: [`trace`], the propagation of W3C Trace Context, B3 and `x-request-id` through a
-//! [`TraceLayer`], first on the request path (see `docs/architecture.md` in the repository).
-//! Metrics, span export and access logs come with the rest of their issue.
+//! - [`trace`]: the propagation of W3C Trace Context, B3 and `x-request-id` through a
+//!   [`TraceLayer`], first on the request path (see `docs/architecture.md` in the repository);
+//! - [`current`]: in-process forwarding of an inbound request's trace to the calls made
+//!   while serving it;
+//! - [`span`]: one OpenTelemetry span per sampled request, exported off the request path;
+//!   [`otlp`] (feature `otlp`): over OTLP/HTTP;
+//! - [`access_log`]: Envoy's and Istio's access log formats (text and JSON), written by a
+//!   thread of their own.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access_log;
+pub mod current;
+#[cfg(feature = "otlp")]
+pub mod otlp;
+pub mod span;
 pub mod trace;
 
 pub use trace::{TraceConfig, TraceContext, TraceLayer};
