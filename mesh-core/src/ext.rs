@@ -22,6 +22,7 @@ use crate::body::ReplyBody;
 use crate::flags::{RESPONSE_FLAGS_HEADER, ResponseFlags};
 use crate::limits::ClusterLimits;
 use crate::policy::{FaultPolicy, OutlierPolicy, RetryPolicy};
+pub use crate::stream_info::StreamInfo;
 
 /// The destination the router chose for a request: a service host, an optional subset, and
 /// the service port.
@@ -98,6 +99,20 @@ pub struct SelectedEndpoint {
     /// The SPIFFE identity expected of the endpoint: its service account in its namespace
     /// and the mesh's trust domain (`None`: unknown, any identity of the trust domain).
     pub identity: Option<Arc<crate::identity::SpiffeId>>,
+    /// Who the endpoint is, for telemetry (Istio's `destination_workload`, `_app`,
+    /// `_version` labels); `None`: unknown. Built once per endpoint with its cluster.
+    pub meta: Option<Arc<EndpointMeta>>,
+}
+
+/// What the registry knows of an endpoint's workload: read by telemetry only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointMeta {
+    /// The endpoint's labels (the WorkloadEntry's, or the ServiceEntry endpoint's).
+    pub labels: crate::selector::Labels,
+    /// The workload's namespace: its WorkloadEntry's, else its service's.
+    pub namespace: Arc<str>,
+    /// The workload's name: its WorkloadEntry's (`None` for an inline endpoint).
+    pub workload: Option<Arc<str>>,
 }
 
 /// The endpoints the earlier attempts of a request went to, and where the balancer records
@@ -359,6 +374,7 @@ impl SelectedEndpoint {
             service_account: None,
             istio_tls: false,
             identity: None,
+            meta: None,
         }
     }
 
@@ -383,6 +399,12 @@ impl SelectedEndpoint {
     /// The SPIFFE identity expected of the endpoint.
     pub fn with_identity(mut self, identity: Option<Arc<crate::identity::SpiffeId>>) -> Self {
         self.identity = identity;
+        self
+    }
+
+    /// Who the endpoint is, for telemetry.
+    pub fn with_meta(mut self, meta: Option<Arc<EndpointMeta>>) -> Self {
+        self.meta = meta;
         self
     }
 }

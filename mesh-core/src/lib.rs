@@ -48,6 +48,7 @@ pub mod request_end;
 pub mod rng;
 pub mod selector;
 pub mod sticky;
+pub mod stream_info;
 pub mod support;
 
 pub use body::MeshBody;

@@ -26,6 +26,7 @@ use mesh_core::health::{HealthSource, HealthTable, cluster_name};
 use mesh_core::locality::Locality;
 use mesh_core::model::networking::{OutboundTrafficMode, Resolution};
 use mesh_core::sticky;
+use mesh_core::stream_info::StreamInfo;
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -723,6 +724,9 @@ where
                 started,
             }
         });
+        if let Some(info) = req.extensions().get::<StreamInfo>() {
+            info.set_upstream(&host.upstream);
+        }
         req.extensions_mut().insert(host.upstream.clone());
         let fut = self.inner.call(req);
         ResponseFuture {
@@ -747,8 +751,11 @@ impl<S> Lb<S> {
         R: ReplyBody,
     {
         if let Ok(ip) = authority::unbracket(host).parse::<IpAddr>() {
-            req.extensions_mut()
-                .insert(SelectedEndpoint::new(SocketAddr::new(ip, port)));
+            let ep = SelectedEndpoint::new(SocketAddr::new(ip, port));
+            if let Some(info) = req.extensions().get::<StreamInfo>() {
+                info.set_endpoint(&ep);
+            }
+            req.extensions_mut().insert(ep);
             let fut = self.inner.call(req);
             return ResponseFuture {
                 state: State::Called { fut },
@@ -891,8 +898,11 @@ where
                     };
                     let next = match addrs.ok().and_then(|a| a.first().copied()) {
                         Some(ip) => {
-                            req.extensions_mut()
-                                .insert(SelectedEndpoint::new(SocketAddr::new(ip, *port)));
+                            let ep = SelectedEndpoint::new(SocketAddr::new(ip, *port));
+                            if let Some(info) = req.extensions().get::<StreamInfo>() {
+                                info.set_endpoint(&ep);
+                            }
+                            req.extensions_mut().insert(ep);
                             State::Called { fut: svc.call(req) }
                         }
                         None => State::Local {

@@ -14,3 +14,4 @@ pub mod proxy;
 pub mod run;
 pub mod security;
 pub mod stack;
+pub mod telemetry;

@@ -48,6 +48,7 @@ use crate::pipeline::{self, Built};
 use crate::security::WorkloadTls;
 use crate::stack::Layers;
 use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
+use mesh_telemetry::record::{Record, RecordBody, RecordLayer};
 use mesh_tls::authz::{Authorizer, Authz, AuthzLayer};
 use mesh_transport::tls::{DownstreamTls, PeerTls, PeerTlsInfo, UpstreamTls};
 use tower_layer::Layer as _;
@@ -356,8 +357,10 @@ impl Proxy {
             let addr = b.local_addr();
             let tls = self.state.workload_tls.clone();
             let authz = self.state.authz.clone();
-            let factory =
-                Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app, addr, &tls, &authz));
+            let record = self.state.layers.telemetry().inbound();
+            let factory = Arc::new(move |ctx: &WorkerContext| {
+                inbound_stack(ctx, app, addr, &tls, &authz, &record)
+            });
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("inbound listener {addr}")))?;
@@ -450,13 +453,14 @@ fn inbound_stack(
     listener: SocketAddr,
     tls: &Arc<WorkloadTls>,
     authz: &Arc<ArcSwap<Authorizer>>,
+    record: &RecordLayer,
 ) -> InboundStack {
     let forward = InboundForward {
         connector: ctx.connector(),
         app,
     };
     InboundStack {
-        inner: AuthzLayer::shared(authz.clone()).layer(forward),
+        inner: record.layer(AuthzLayer::shared(authz.clone()).layer(forward)),
         tls: tls.clone(),
         // the workload port the peer meant is the application's (Envoy's original
         // destination under iptables); the address, the listener's
@@ -482,7 +486,7 @@ struct ConnectionFacts {
 /// local application.
 #[derive(Debug, Clone)]
 pub struct InboundStack {
-    inner: Authz<InboundForward>,
+    inner: Record<Authz<InboundForward>>,
     tls: Arc<WorkloadTls>,
     destination: DestinationAddr,
     /// The last connection's facts (requests of one connection share them).
@@ -529,11 +533,13 @@ impl InboundStack {
 }
 
 impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundStack {
-    type Response = crate::engine::EngineResponse;
+    type Response = http::Response<RecordBody<mesh_core::MeshBody<crate::engine::UpstreamBody>>>;
     type Error = std::convert::Infallible;
-    type Future = mesh_tls::authz::ResponseFuture<
-        crate::engine::ConnectorFuture,
-        mesh_core::MeshBody<crate::engine::UpstreamBody>,
+    type Future = mesh_telemetry::record::ResponseFuture<
+        mesh_tls::authz::ResponseFuture<
+            crate::engine::ConnectorFuture,
+            mesh_core::MeshBody<crate::engine::UpstreamBody>,
+        >,
     >;
 
     fn poll_ready(

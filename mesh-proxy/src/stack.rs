@@ -1,7 +1,8 @@
 //! The service stack each worker runs: the mesh's layers around the engine's connector.
 //!
 //! ```text
-//! request ─► Trace (traceparent, B3, x-request-id) ─► Route (VirtualService: match,
+//! request ─► Trace (traceparent, B3, x-request-id) ─► Record (StreamInfo; at the end of
+//!            the response: Istio's metrics) ─► Route (VirtualService: match,
 //!            rewrite, redirect, …) ─► RateLimit (LocalRateLimit) ─► Fault (fault: delay,
 //!            abort) ─► Timeout (timeout) ─► Retry (retries) ─► Mirror (mirror, mirrors) ─►
 //!            Lb (DestinationRule, subsets, endpoints, balancer) ─► CircuitBreaker
@@ -12,6 +13,12 @@
 //! Trace propagation comes first, as in Envoy's connection manager: every request, a local
 //! reply's too, has its hop's trace context and an `x-request-id` before anything decides
 //! about it (`ProxyBootstrap.tracing.sampling`; a reload changes the rate).
+//!
+//! The record layer comes right after it ([`crate::telemetry`]): it sees every request with
+//! its trace context, local replies included, puts the per-request record
+//! ([`mesh_core::stream_info::StreamInfo`]) in its extensions for the router and the
+//! balancer to write their decisions into, and hands the whole exchange to the telemetry
+//! sinks (Istio's standard metrics) when the response body ends.
 //!
 //! The rate limit sits after routing (the route chooses the limit) and before everything
 //! else, as Envoy's local rate limit filter before its fault filter and router: a limited
@@ -65,6 +72,7 @@ use mesh_resilience::{
     RateLimitLayer, Retry, RetryLayer, Timeout, TimeoutLayer,
 };
 use mesh_routing::{Mirror, MirrorLayer, TeeBody};
+use mesh_telemetry::record::{Record, RecordLayer};
 use mesh_telemetry::trace::{Trace, TraceConfig, TraceLayer};
 
 /// The type of a worker's stack. The router and the balancer insert one request extension
@@ -72,9 +80,13 @@ use mesh_telemetry::trace::{Trace, TraceConfig, TraceLayer};
 /// grows.
 pub type MeshStack = IntoRequestBody<
     Trace<
-        Route<
-            RateLimit<
-                Fault<Timeout<Retry<Mirror<Lb<CircuitBreaker<Outlier<PlainBody<Connector>>>>>>>>,
+        Record<
+            Route<
+                RateLimit<
+                    Fault<
+                        Timeout<Retry<Mirror<Lb<CircuitBreaker<Outlier<PlainBody<Connector>>>>>>>,
+                    >,
+                >,
             >,
         >,
     >,
@@ -157,6 +169,8 @@ where
 #[derive(Debug, Clone)]
 pub struct Layers {
     trace: TraceLayer,
+    record: RecordLayer,
+    telemetry: Arc<crate::telemetry::Telemetry>,
     routes: RouteTableHandle,
     route_layer: RouteLayer,
     rate_limit: RateLimitLayer,
@@ -299,7 +313,10 @@ impl Layers {
             Some(o) if o.trust_envoy_headers => EnvoyHeaderPolicy::Honour,
             _ => EnvoyHeaderPolicy::Strip,
         };
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new(snapshot));
         Layers {
+            record: telemetry.outbound(),
+            telemetry,
             trace: TraceLayer::new(
                 TraceConfig::default().with_sampling_percent(snapshot.bootstrap.tracing.sampling),
             ),
@@ -340,6 +357,7 @@ impl Layers {
         self.routes.store(table);
         self.trace
             .set_sampling_percent(snapshot.bootstrap.tracing.sampling);
+        self.telemetry.store(snapshot);
         // new DNS names resolve now rather than at the next period (the first DNS service
         // starts the resolver thread)
         self.dns.start_if_needed(snapshot);
@@ -355,9 +373,16 @@ impl Layers {
         let retry = self.retry.layer(mirror);
         let fault = self.fault.layer(self.timeout.layer(retry));
         IntoRequestBody(
-            self.trace
-                .layer(self.route_layer.layer(self.rate_limit.layer(fault))),
+            self.trace.layer(
+                self.record
+                    .layer(self.route_layer.layer(self.rate_limit.layer(fault))),
+            ),
         )
+    }
+
+    /// The proxy's telemetry: the record layers' sinks, the metrics.
+    pub fn telemetry(&self) -> &Arc<crate::telemetry::Telemetry> {
+        &self.telemetry
     }
 
     /// The balancer layer (health, snapshot).

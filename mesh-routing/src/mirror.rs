@@ -367,6 +367,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_shadow_request_has_no_stream_info_of_the_original() {
+        // telemetry's per-request record belongs to the original: a mirror's picks must not
+        // overwrite the original's upstream (mesh_core::stream_info)
+        let mut req = Request::new(());
+        req.extensions_mut()
+            .insert(mesh_core::stream_info::StreamInfo::new());
+        let target = RouteDestination {
+            host: "shadow".into(),
+            subset: None,
+            port: None,
+        };
+        let copy = shadow_request(&req, (), &target, &RoutePolicy::default());
+        assert!(
+            copy.extensions()
+                .get::<mesh_core::stream_info::StreamInfo>()
+                .is_none()
+        );
+        assert!(copy.extensions().get::<RouteDecision>().is_some());
+    }
+
+    #[test]
     fn shadow_host_goes_before_the_port() {
         // Envoy shadowAppendedHost: "cluster1:8000" -> "cluster1-shadow:8000".
         assert_eq!(shadow_host("reviews:9080"), "reviews-shadow:9080");

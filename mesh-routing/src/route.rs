@@ -146,6 +146,7 @@ use mesh_core::ext::{
     Passthrough, RouteDecision, RouteDestination, RoutePolicy, SourceWorkload, local_reply,
 };
 use mesh_core::rng::Rng;
+use mesh_core::stream_info::StreamInfo;
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -435,12 +436,16 @@ where
                 };
             }
             Plan::Passthrough { host, port } => {
-                let ext = req.extensions_mut();
-                ext.insert(RouteDestination {
+                let dest = RouteDestination {
                     host,
                     subset: None,
                     port,
-                });
+                };
+                let ext = req.extensions_mut();
+                if let Some(info) = ext.get::<StreamInfo>() {
+                    info.set_destination(&dest, true);
+                }
+                ext.insert(dest);
                 ext.insert(Passthrough);
                 None
             }
@@ -464,10 +469,14 @@ where
                     set_authority(&mut req, a);
                 }
                 let ext = req.extensions_mut();
-                ext.insert(RouteDecision {
+                let decision = RouteDecision {
                     dest: fill_port(&chosen.dest, port),
                     policy: policy.clone(),
-                });
+                };
+                if let Some(info) = ext.get::<StreamInfo>() {
+                    info.set_route(&decision);
+                }
+                ext.insert(decision);
                 if let Some(m) = mirrors {
                     ext.insert(m);
                 }

@@ -15,7 +15,9 @@ pub mod access_log;
 pub mod current;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod record;
 pub mod span;
 pub mod trace;
 
+pub use record::{Completed, RecordLayer, Sink};
 pub use trace::{TraceConfig, TraceContext, TraceLayer};

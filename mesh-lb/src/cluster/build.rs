@@ -3,6 +3,7 @@
 
 use super::weights::edf_schedule;
 use super::*;
+use mesh_core::ext::EndpointMeta;
 use mesh_core::identity::SpiffeId;
 use mesh_core::model::networking::ClientTlsMode;
 
@@ -70,12 +71,21 @@ impl Cluster {
                     .service_account
                     .as_deref()
                     .map(|sa| Arc::new(SpiffeId::new(trust_domain, namespace, sa)));
+                let meta = Arc::new(EndpointMeta {
+                    labels: ep.labels.clone(),
+                    namespace: Arc::from(namespace),
+                    workload: ep
+                        .workload_entry
+                        .as_ref()
+                        .map(|w| Arc::from(w.name.as_str())),
+                });
                 let selected = SelectedEndpoint {
                     addr: *addr,
                     http2,
                     service_account: ep.service_account.as_deref().map(Arc::from),
                     istio_tls,
                     identity,
+                    meta: Some(meta),
                 };
                 let cluster = UpstreamCluster {
                     name: name.clone(),

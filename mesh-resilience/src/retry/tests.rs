@@ -105,6 +105,9 @@ where
             // the balancer's part: the n-th attempt goes to 10.0.0.n
             let n = seen.lock().unwrap().len();
             let addr = SocketAddr::from(([10, 0, 0, n as u8], 80));
+            if let Some(info) = req.extensions().get::<mesh_core::stream_info::StreamInfo>() {
+                info.set_endpoint(&mesh_core::ext::SelectedEndpoint::new(addr));
+            }
             let before = previous.as_ref().map(|p| {
                 let v = p.to_vec();
                 p.record(addr);
@@ -205,6 +208,23 @@ async fn five_xx_is_retried_until_an_answer_succeeds() {
     assert_eq!(res.status(), 200);
     assert!(flags_of(&res).is_empty());
     assert_eq!(mock.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_attempt_shares_the_request_s_stream_info_and_the_last_one_wins() {
+    // telemetry reads the last attempt's upstream and the attempt count (Envoy's
+    // `upstream_host` is the last attempt's)
+    let info = mesh_core::stream_info::StreamInfo::new();
+    let mut req = get(Some(policy("5xx", 3)));
+    req.extensions_mut().insert(info.clone());
+    let mock = Mock::new(&[Status(500), Status(502), Status(200)]);
+    assert_eq!(run(&mock, req).await.status(), 200);
+    let seen = info.snapshot();
+    assert_eq!(seen.attempts, 3);
+    assert_eq!(
+        seen.endpoint().unwrap().addr,
+        SocketAddr::from(([10, 0, 0, 2], 80))
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,0 +1,216 @@
+//! The per-request record: what the layers inside decided, for the telemetry layer outside.
+//!
+//! Envoy keeps a `StreamInfo` per request that every filter writes into (the route chosen,
+//! the upstream host, the response flags) and the access log and stats filters read when the
+//! stream ends. The layers here cannot see each other, and the telemetry layer outermost
+//! never sees the request again once it handed it inwards (the router and the balancer put
+//! their decisions in the request's extensions, which travel inwards with the request and are
+//! dropped by the connector). [`StreamInfo`] is the way back: a cheap handle (one `Arc`) that
+//! the telemetry layer inserts into the request's extensions and keeps a clone of; the layers
+//! inside record into it, and the telemetry layer reads it when the response completes.
+//!
+//! - **Written** by the router (`mesh-routing`: its [`RouteDecision`], or the passthrough
+//!   [`RouteDestination`]; [`StreamInfo::set_route`], [`StreamInfo::set_destination`]) and
+//!   the balancer (`mesh-lb`: the [`SelectedUpstream`] of each attempt, or the passthrough
+//!   [`SelectedEndpoint`]; [`StreamInfo::set_upstream`], [`StreamInfo::set_endpoint`]), each
+//!   only when a `StreamInfo` is present: without telemetry nothing is recorded and nothing
+//!   is allocated. Every record is a reference-count increment, never formatting.
+//! - **Shared** by the attempts of a retried request (the retry layer clones the request's
+//!   extensions into each attempt): the last attempt's endpoint wins, as Envoy's
+//!   `upstream_host` is the last attempt's, and [`StreamInfo::attempts`] counts the picks.
+//!   A mirrored copy is built with extensions of its own (`mesh-routing`'s `shadow_request`),
+//!   so its picks never overwrite the original's.
+//! - **Read** by the telemetry layer (`mesh-telemetry`), through [`StreamInfo::snapshot`]
+//!   once the response has ended.
+//!
+//! ```
+//! use mesh_core::ext::{RouteDestination, SelectedEndpoint};
+//! use mesh_core::stream_info::StreamInfo;
+//!
+//! let info = StreamInfo::new();
+//! let mut req = http::Request::new(());
+//! req.extensions_mut().insert(info.clone());
+//! // … a layer inside:
+//! if let Some(i) = req.extensions().get::<StreamInfo>() {
+//!     i.set_endpoint(&SelectedEndpoint::new("10.0.0.7:9080".parse().unwrap()));
+//! }
+//! let seen = info.snapshot();
+//! assert_eq!(seen.endpoint().unwrap().addr.port(), 9080);
+//! assert_eq!(seen.attempts, 1);
+//! ```
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::ext::{
+    RouteDecision, RouteDestination, RoutePolicy, SelectedEndpoint, SelectedUpstream,
+    UpstreamCluster,
+};
+
+/// The per-request record (see the [module docs](self)): a handle shared by the telemetry
+/// layer, the request and every attempt of it.
+#[derive(Debug, Clone, Default)]
+pub struct StreamInfo(Arc<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    recorded: Mutex<Recorded>,
+    attempts: AtomicU32,
+}
+
+/// What the layers recorded, as read by [`StreamInfo::snapshot`].
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    /// The destination the router chose (a route's, or the passthrough host's).
+    pub destination: Option<RouteDestination>,
+    /// The chosen route's policy (its `route_name`); `None` for passthrough or no route.
+    pub policy: Option<Arc<RoutePolicy>>,
+    /// Whether the destination is not in the registry (Istio's `PassthroughCluster`).
+    pub passthrough: bool,
+    /// The last attempt's upstream.
+    pub upstream: Option<Upstream>,
+    /// How many times the balancer picked an endpoint for the request (1 + retries that
+    /// reached the balancer).
+    pub attempts: u32,
+}
+
+/// The upstream the balancer picked for an attempt.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// An endpoint of a cluster (its endpoint and cluster, shared with the balancer).
+    Cluster(SelectedUpstream),
+    /// An endpoint outside any cluster (passthrough).
+    Endpoint(SelectedEndpoint),
+}
+
+// === impl StreamInfo ===
+
+impl StreamInfo {
+    /// An empty record.
+    pub fn new() -> Self {
+        StreamInfo::default()
+    }
+
+    fn recorded(&self) -> MutexGuard<'_, Recorded> {
+        // one writer at a time in practice (the request's layers run in turn): never contended
+        self.0.recorded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the router's decision (the route's destination and policy).
+    #[inline]
+    pub fn set_route(&self, decision: &RouteDecision) {
+        let mut r = self.recorded();
+        r.destination = Some(decision.dest.clone());
+        r.policy = Some(decision.policy.clone());
+        r.passthrough = false;
+    }
+
+    /// Records a destination without a route policy; `passthrough` when the host is not in
+    /// the registry.
+    #[inline]
+    pub fn set_destination(&self, dest: &RouteDestination, passthrough: bool) {
+        let mut r = self.recorded();
+        r.destination = Some(dest.clone());
+        r.policy = None;
+        r.passthrough = passthrough;
+    }
+
+    /// Records an attempt's upstream (the last one wins) and counts the attempt.
+    #[inline]
+    pub fn set_upstream(&self, upstream: &SelectedUpstream) {
+        self.recorded().upstream = Some(Upstream::Cluster(upstream.clone()));
+        self.0.attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records an attempt's endpoint outside any cluster (passthrough) and counts the attempt.
+    #[inline]
+    pub fn set_endpoint(&self, endpoint: &SelectedEndpoint) {
+        self.recorded().upstream = Some(Upstream::Endpoint(endpoint.clone()));
+        self.0.attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many attempts the balancer picked an endpoint for so far.
+    pub fn attempts(&self) -> u32 {
+        self.0.attempts.load(Ordering::Relaxed)
+    }
+
+    /// A copy of what was recorded so far (reference-count increments).
+    pub fn snapshot(&self) -> Recorded {
+        let mut r = self.recorded().clone();
+        r.attempts = self.attempts();
+        r
+    }
+}
+
+// === impl Recorded ===
+
+impl Recorded {
+    /// The last attempt's endpoint.
+    pub fn endpoint(&self) -> Option<&SelectedEndpoint> {
+        match self.upstream.as_ref()? {
+            Upstream::Cluster(u) => Some(u.endpoint()),
+            Upstream::Endpoint(e) => Some(e),
+        }
+    }
+
+    /// The last attempt's cluster (none for passthrough).
+    pub fn cluster(&self) -> Option<&UpstreamCluster> {
+        match self.upstream.as_ref()? {
+            Upstream::Cluster(u) => Some(u.cluster()),
+            Upstream::Endpoint(_) => None,
+        }
+    }
+
+    /// The chosen route's name (`HTTPRoute.name`), if it has one.
+    pub fn route_name(&self) -> Option<&str> {
+        self.policy.as_ref()?.route_name.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_the_record_and_the_last_attempt_wins() {
+        let info = StreamInfo::new();
+        let attempt = info.clone();
+        let dest = RouteDestination {
+            host: "reviews.default.svc.cluster.local".into(),
+            subset: Some("v1".into()),
+            port: Some(9080),
+        };
+        attempt.set_route(&RouteDecision {
+            dest: dest.clone(),
+            policy: Arc::new(RoutePolicy {
+                route_name: Some("r1".into()),
+                ..RoutePolicy::default()
+            }),
+        });
+        attempt.set_endpoint(&SelectedEndpoint::new("10.0.0.1:1".parse().unwrap()));
+        attempt.set_endpoint(&SelectedEndpoint::new("10.0.0.2:2".parse().unwrap()));
+        let seen = info.snapshot();
+        assert_eq!(seen.destination.as_ref(), Some(&dest));
+        assert_eq!(seen.route_name(), Some("r1"));
+        assert_eq!(
+            seen.endpoint().unwrap().addr.port(),
+            2,
+            "the last attempt's"
+        );
+        assert!(seen.cluster().is_none());
+        assert_eq!(seen.attempts, 2);
+        assert!(!seen.passthrough);
+        info.set_destination(&dest, true);
+        let seen = info.snapshot();
+        assert!(seen.passthrough && seen.policy.is_none());
+    }
+
+    #[test]
+    fn an_independent_record_sees_nothing() {
+        let a = StreamInfo::new();
+        let b = StreamInfo::new();
+        a.set_endpoint(&SelectedEndpoint::new("10.0.0.1:1".parse().unwrap()));
+        assert!(b.snapshot().upstream.is_none());
+        assert_eq!(b.attempts(), 0);
+    }
+}

@@ -1,0 +1,522 @@
+//! The completion hook: what happened to a request, handed to telemetry sinks when its
+//! response has ended.
+//!
+//! [`RecordLayer`] is the telemetry layer's half that watches a request from arrival to the
+//! end of its response, as Envoy's connection manager does for its access loggers and its
+//! stats filter (`istio_stats`: `log()`, called once the stream is complete):
+//!
+//! 1. on the request: the start [`Instant`], the request's head (method, URI, `Host`,
+//!    `x-request-id`, `user-agent`), its body length when known, its [`TraceContext`], the
+//!    downstream [`ClientAddr`] and [`PeerIdentity`] (inbound), and a fresh
+//!    [`StreamInfo`] inserted into its extensions for the layers inside to record into (the
+//!    router's decision, each attempt's upstream);
+//! 2. on the response head: the time to first byte, the status, the [`ResponseFlags`] of
+//!    its extensions, `grpc-status` from its headers;
+//! 3. on the response body: the bytes, `grpc-status` from the trailers;
+//! 4. at the end of the body (or its error, or when the body or the future is dropped before
+//!    the end: a client gone away), one [`Completed`] to each [`Sink`], in order.
+//!
+//! With no sink the layer only passes the request on: no [`StreamInfo`] is inserted (the
+//! layers inside record nothing) and the body is not watched.
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use http::{Request, Response};
+//! use mesh_telemetry::record::{Completed, RecordLayer, Sink};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use http_body_util::{BodyExt, Full};
+//!
+//! #[derive(Default)]
+//! struct Statuses(Mutex<Vec<u16>>);
+//! impl Sink for Statuses {
+//!     fn complete(&self, c: &Completed<'_>) {
+//!         self.0.lock().unwrap().push(c.status.map_or(0, |s| s.as_u16()));
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let seen = Arc::new(Statuses::default());
+//! let svc = ServiceBuilder::new()
+//!     .layer(RecordLayer::new(vec![seen.clone() as Arc<dyn Sink>]))
+//!     .service_fn(|_req: Request<Full<bytes::Bytes>>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(Full::new(bytes::Bytes::from("hi"))))
+//!     });
+//! let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+//! assert!(seen.0.lock().unwrap().is_empty(), "not before the body ends");
+//! res.into_body().collect().await.unwrap();
+//! assert_eq!(*seen.0.lock().unwrap(), [200]);
+//! # });
+//! ```
+//!
+//! Reads (request extensions): [`TraceContext`] (written by [`crate::TraceLayer`], which goes
+//! outside this layer), [`ClientAddr`], [`PeerIdentity`]; (response extensions):
+//! [`ResponseFlags`]. Writes: [`StreamInfo`] into the request's extensions.
+//!
+//! # Differences from Envoy
+//!
+//! - Byte counts are the body bytes plus the size of the head as HTTP/1.1 writes it
+//!   (`name: value\r\n` per header and the request or status line), whatever the protocol
+//!   (Envoy's `wireBytesReceived`/`wireBytesSent` count the bytes on the connection, after
+//!   HPACK and TLS). A request body of unknown length (chunked, an HTTP/2 stream without
+//!   `content-length`) counts its head only: the layers inside consume the request body, and
+//!   the mesh-proxy's connector hands the client's body to the upstream unwrapped.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use mesh_core::body::{OnBodyEnd, ReplyBody};
+use mesh_core::ext::{ClientAddr, PeerIdentity, StreamInfo};
+use mesh_core::flags::ResponseFlags;
+use mesh_core::stream_info::Recorded;
+use pin_project::pin_project;
+
+use crate::trace::{TraceContext, X_REQUEST_ID};
+
+/// Receives every completed request of a [`RecordLayer`].
+///
+/// Called on the worker that served the request, when the response has ended: keep it short
+/// (an atomic add, a push onto a channel), never block.
+pub trait Sink: Send + Sync + 'static {
+    /// One request is complete.
+    fn complete(&self, done: &Completed<'_>);
+}
+
+/// How a request's exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The response body was read to its end.
+    Complete,
+    /// The inner service or the response body failed.
+    Error,
+    /// The response (or the future waiting for it) was dropped before its end: the client
+    /// went away (Envoy's `DC`).
+    Dropped,
+}
+
+/// What happened to one request, handed to every [`Sink`] when it is complete (a read-only
+/// view; it lives for the call).
+#[derive(Debug)]
+pub struct Completed<'a> {
+    /// When the request reached the layer.
+    pub start: Instant,
+    /// When the response's head came back (`None`: no response).
+    pub first_byte: Option<Instant>,
+    /// When the response ended (or failed, or was dropped).
+    pub end: Instant,
+    /// How it ended.
+    pub how: End,
+    /// The request's method.
+    pub method: &'a Method,
+    /// The request's URI as it arrived (before any rewrite).
+    pub uri: &'a Uri,
+    /// The request's protocol version.
+    pub version: Version,
+    /// `Host` (or the URI's authority, HTTP/2's `:authority`), as it arrived.
+    pub authority: Option<&'a str>,
+    /// `x-request-id` (as the trace layer left it).
+    pub request_id: Option<&'a HeaderValue>,
+    /// `user-agent`.
+    pub user_agent: Option<&'a HeaderValue>,
+    /// Whether the request is gRPC (`content-type: application/grpc…`), Istio's
+    /// `request_protocol="grpc"`.
+    pub grpc: bool,
+    /// The request's bytes: its head and its body (see the module docs).
+    pub request_bytes: u64,
+    /// The response's status (`None`: no response).
+    pub status: Option<StatusCode>,
+    /// The flags the mesh recorded on the response (empty: none), plus `DC` when the client
+    /// went away before the end.
+    pub flags: ResponseFlags,
+    /// `grpc-status`, from the response's trailers or headers.
+    pub grpc_status: Option<u32>,
+    /// The response's bytes: its head and the body bytes sent.
+    pub response_bytes: u64,
+    /// The hop's trace context.
+    pub trace: Option<&'a TraceContext>,
+    /// What the layers inside recorded: the route, the last attempt's upstream, attempts.
+    pub info: &'a Recorded,
+    /// The downstream peer's address.
+    pub client_addr: Option<SocketAddr>,
+    /// The downstream peer's SPIFFE identity (inbound, over mTLS).
+    pub peer: Option<&'a PeerIdentity>,
+}
+
+/// Watches requests and hands their [`Completed`] record to sinks (see the
+/// [module docs](self)).
+#[derive(Clone, Default)]
+pub struct RecordLayer {
+    sinks: Arc<[Arc<dyn Sink>]>,
+}
+
+/// The service of a [`RecordLayer`].
+#[derive(Clone, Debug)]
+pub struct Record<S> {
+    inner: S,
+    layer: RecordLayer,
+}
+
+/// What is known of a request until its response ends.
+struct Pending {
+    sinks: Arc<[Arc<dyn Sink>]>,
+    info: StreamInfo,
+    start: Instant,
+    first_byte: Option<Instant>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    authority: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    grpc: bool,
+    request_bytes: u64,
+    status: Option<StatusCode>,
+    flags: ResponseFlags,
+    grpc_status: Option<u32>,
+    response_bytes: u64,
+    trace: Option<TraceContext>,
+    client_addr: Option<SocketAddr>,
+    peer: Option<PeerIdentity>,
+}
+
+/// Reports its request when dropped, if nothing reported it before.
+struct Guard(Option<Box<Pending>>);
+
+/// The future of a [`Record`] service.
+#[pin_project]
+pub struct ResponseFuture<F> {
+    #[pin]
+    inner: F,
+    guard: Guard,
+}
+
+/// The response body of a [`Record`] service: the inner body, counted.
+#[pin_project]
+pub struct RecordBody<B> {
+    #[pin]
+    inner: B,
+    guard: Guard,
+}
+
+// === impl RecordLayer ===
+
+impl RecordLayer {
+    /// A layer handing every completed request to `sinks`, in order. No sink: the layer only
+    /// passes requests on.
+    pub fn new(sinks: Vec<Arc<dyn Sink>>) -> Self {
+        RecordLayer {
+            sinks: sinks.into(),
+        }
+    }
+
+    /// Whether the layer has any sink (records anything).
+    pub fn is_recording(&self) -> bool {
+        !self.sinks.is_empty()
+    }
+}
+
+impl fmt::Debug for RecordLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordLayer")
+            .field("sinks", &self.sinks.len())
+            .finish()
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RecordLayer {
+    type Service = Record<S>;
+
+    fn layer(&self, inner: S) -> Record<S> {
+        Record {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+// === impl Record ===
+
+mesh_core::accessors!(Record);
+
+impl<S, B, R> tower_service::Service<Request<B>> for Record<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response<R>>,
+    B: Body,
+    R: Body,
+{
+    type Response = Response<RecordBody<R>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if self.layer.sinks.is_empty() {
+            return ResponseFuture {
+                inner: self.inner.call(req),
+                guard: Guard(None),
+            };
+        }
+        let start = Instant::now();
+        let info = StreamInfo::new();
+        req.extensions_mut().insert(info.clone());
+        let pending = Pending::new(self.layer.sinks.clone(), info, start, &req);
+        ResponseFuture {
+            inner: self.inner.call(req),
+            guard: Guard(Some(Box::new(pending))),
+        }
+    }
+}
+
+// === impl Pending ===
+
+/// The size of a header block as HTTP/1.1 writes it (`name: value\r\n` each).
+fn head_bytes(headers: &HeaderMap) -> u64 {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64)
+        .sum()
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+impl Pending {
+    fn new<B: Body>(
+        sinks: Arc<[Arc<dyn Sink>]>,
+        info: StreamInfo,
+        start: Instant,
+        req: &Request<B>,
+    ) -> Pending {
+        let headers = req.headers();
+        let authority = headers.get(http::header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let grpc = headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        // request line: method, target, version, separators
+        let line = req.method().as_str().len()
+            + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+            + 12;
+        let body = req.body().size_hint().exact().unwrap_or(0);
+        let ext = req.extensions();
+        Pending {
+            sinks,
+            info,
+            start,
+            first_byte: None,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            authority,
+            request_id: headers.get(X_REQUEST_ID).cloned(),
+            user_agent: headers.get(http::header::USER_AGENT).cloned(),
+            grpc,
+            request_bytes: line as u64 + head_bytes(headers) + 2 + body,
+            status: None,
+            flags: ResponseFlags::empty(),
+            grpc_status: None,
+            response_bytes: 0,
+            trace: ext.get::<TraceContext>().copied(),
+            client_addr: ext.get::<ClientAddr>().map(|c| c.0),
+            peer: ext.get::<PeerIdentity>().cloned(),
+        }
+    }
+
+    fn on_head<R>(&mut self, res: &Response<R>) {
+        self.first_byte = Some(Instant::now());
+        self.status = Some(res.status());
+        self.flags = res
+            .extensions()
+            .get::<ResponseFlags>()
+            .copied()
+            .unwrap_or_default();
+        self.grpc_status = grpc_status(res.headers());
+        // status line: "HTTP/1.1 200 OK\r\n", and the blank line
+        self.response_bytes = 17 + 2 + head_bytes(res.headers());
+    }
+
+    fn finish(self: Box<Self>, how: End) {
+        let end = Instant::now();
+        let recorded = self.info.snapshot();
+        let flags = match how {
+            End::Dropped => self.flags | ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+            _ => self.flags,
+        };
+        let done = Completed {
+            start: self.start,
+            first_byte: self.first_byte,
+            end,
+            how,
+            method: &self.method,
+            uri: &self.uri,
+            version: self.version,
+            authority: self.authority.as_ref().and_then(|v| v.to_str().ok()),
+            request_id: self.request_id.as_ref(),
+            user_agent: self.user_agent.as_ref(),
+            grpc: self.grpc,
+            request_bytes: self.request_bytes,
+            status: self.status,
+            flags,
+            grpc_status: self.grpc_status,
+            response_bytes: self.response_bytes,
+            trace: self.trace.as_ref(),
+            info: &recorded,
+            client_addr: self.client_addr,
+            peer: self.peer.as_ref(),
+        };
+        for sink in self.sinks.iter() {
+            sink.complete(&done);
+        }
+    }
+}
+
+// === impl Guard ===
+
+impl Guard {
+    fn finish(&mut self, how: End) {
+        if let Some(p) = self.0.take() {
+            p.finish(how);
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.finish(End::Dropped);
+    }
+}
+
+// === impl ResponseFuture ===
+
+impl<F, R, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+    R: Body,
+{
+    type Output = Result<Response<RecordBody<R>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx));
+        let mut guard = Guard(this.guard.0.take());
+        Poll::Ready(match res {
+            Ok(res) => {
+                if let Some(p) = guard.0.as_mut() {
+                    p.on_head(&res);
+                }
+                let (parts, inner) = res.into_parts();
+                let mut body = RecordBody { inner, guard };
+                if body.inner.is_end_stream() {
+                    body.guard.finish(End::Complete);
+                }
+                Ok(Response::from_parts(parts, body))
+            }
+            Err(e) => {
+                guard.finish(End::Error);
+                Err(e)
+            }
+        })
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+// === impl RecordBody ===
+
+impl<B> RecordBody<B> {
+    /// A body reporting nothing (the layer had no sink).
+    pub fn new(inner: B) -> Self {
+        RecordBody {
+            inner,
+            guard: Guard(None),
+        }
+    }
+}
+
+impl<B: Body> Body for RecordBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(p) = this.guard.0.as_mut() {
+            match &frame {
+                Some(Ok(f)) => {
+                    if let Some(d) = f.data_ref() {
+                        p.response_bytes += bytes::Buf::remaining(d) as u64;
+                        // a server stops polling a body that says it has ended
+                        if this.inner.is_end_stream() {
+                            this.guard.finish(End::Complete);
+                        }
+                    } else if let Some(t) = f.trailers_ref() {
+                        if let Some(s) = grpc_status(t) {
+                            p.grpc_status = Some(s);
+                        }
+                        p.response_bytes += head_bytes(t);
+                    }
+                }
+                Some(Err(_)) => this.guard.finish(End::Error),
+                None => this.guard.finish(End::Complete),
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: ReplyBody> ReplyBody for RecordBody<B> {
+    fn local(bytes: bytes::Bytes) -> Self {
+        RecordBody::new(B::local(bytes))
+    }
+
+    fn on_end(&mut self, end: Arc<dyn OnBodyEnd>) {
+        self.inner.on_end(end);
+    }
+}
+
+impl<B: Default> Default for RecordBody<B> {
+    fn default() -> Self {
+        RecordBody::new(B::default())
+    }
+}
+
+impl<B> fmt::Debug for RecordBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordBody").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

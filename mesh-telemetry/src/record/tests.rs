@@ -1,0 +1,228 @@
+use std::convert::Infallible;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Full, StreamBody};
+use mesh_core::ext::{RouteDecision, RouteDestination, RoutePolicy, SelectedEndpoint, local_reply};
+use tower::{ServiceBuilder, ServiceExt};
+
+use super::*;
+
+/// What a sink saw, owned.
+#[derive(Debug, Clone)]
+struct Seen {
+    how: End,
+    status: Option<u16>,
+    flags: String,
+    grpc: bool,
+    grpc_status: Option<u32>,
+    request_bytes: u64,
+    response_bytes: u64,
+    host: Option<String>,
+    dest: Option<String>,
+    endpoint: Option<SocketAddr>,
+    attempts: u32,
+    first_byte: bool,
+    trace: bool,
+}
+
+#[derive(Default)]
+struct Log(Mutex<Vec<Seen>>);
+
+impl Sink for Log {
+    fn complete(&self, c: &Completed<'_>) {
+        self.0.lock().unwrap().push(Seen {
+            how: c.how,
+            status: c.status.map(|s| s.as_u16()),
+            flags: c.flags.to_string(),
+            grpc: c.grpc,
+            grpc_status: c.grpc_status,
+            request_bytes: c.request_bytes,
+            response_bytes: c.response_bytes,
+            host: c.authority.map(str::to_owned),
+            dest: c.info.destination.as_ref().map(|d| d.host.to_string()),
+            endpoint: c.info.endpoint().map(|e| e.addr),
+            attempts: c.info.attempts,
+            first_byte: c.first_byte.is_some(),
+            trace: c.trace.is_some(),
+        });
+    }
+}
+
+impl Log {
+    fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+fn layer(log: &Arc<Log>) -> RecordLayer {
+    RecordLayer::new(vec![log.clone() as Arc<dyn Sink>])
+}
+
+fn decision(host: &str) -> RouteDecision {
+    RouteDecision {
+        dest: RouteDestination {
+            host: host.into(),
+            subset: None,
+            port: Some(80),
+        },
+        policy: Arc::new(RoutePolicy::default()),
+    }
+}
+
+#[tokio::test]
+async fn reports_once_at_the_end_of_the_body_with_what_the_layers_recorded() {
+    let log = Arc::new(Log::default());
+    let svc = ServiceBuilder::new().layer(layer(&log)).service_fn(
+        |req: Request<Full<Bytes>>| async move {
+            // what the router and the balancer do when a StreamInfo is present
+            let info = req.extensions().get::<StreamInfo>().unwrap();
+            info.set_route(&decision("reviews.default.svc.cluster.local"));
+            info.set_endpoint(&SelectedEndpoint::new("10.0.0.1:80".parse().unwrap()));
+            info.set_endpoint(&SelectedEndpoint::new("10.0.0.2:80".parse().unwrap()));
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+        },
+    );
+    let req = Request::builder()
+        .header("host", "reviews")
+        .body(Full::new(Bytes::from_static(b"abc")))
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert!(log.take().is_empty(), "nothing before the body ends");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hello");
+    let seen = log.take();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let s = &seen[0];
+    assert_eq!(
+        (s.how, s.status, s.flags.as_str()),
+        (End::Complete, Some(200), "-")
+    );
+    assert_eq!(s.host.as_deref(), Some("reviews"));
+    assert_eq!(s.dest.as_deref(), Some("reviews.default.svc.cluster.local"));
+    assert_eq!(
+        s.endpoint,
+        Some("10.0.0.2:80".parse().unwrap()),
+        "the last attempt's"
+    );
+    assert_eq!(s.attempts, 2);
+    assert!(s.first_byte && !s.trace && !s.grpc);
+    // head ("GET / HTTP/1.1\r\n" + "host: reviews\r\n" + "\r\n") and the 3 body bytes
+    assert_eq!(s.request_bytes, 16 + 15 + 2 + 3);
+    // "HTTP/1.1 200 OK\r\n" + "\r\n" and the 5 body bytes
+    assert_eq!(s.response_bytes, 17 + 2 + 5);
+}
+
+#[tokio::test]
+async fn a_local_reply_carries_its_flags_and_an_empty_body_reports_at_once() {
+    let log = Arc::new(Log::default());
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer(&log))
+            .service_fn(|_req: Request<Full<Bytes>>| async {
+                Ok::<_, Infallible>(local_reply::<Full<Bytes>>(
+                    http::StatusCode::NOT_FOUND,
+                    ResponseFlags::NO_ROUTE,
+                    "",
+                ))
+            });
+    let _res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+    let seen = log.take();
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].status, seen[0].flags.as_str()), (Some(404), "NR"));
+    assert!(seen[0].dest.is_none() && seen[0].attempts == 0);
+}
+
+#[tokio::test]
+async fn grpc_status_from_trailers_and_protocol_from_content_type() {
+    let log = Arc::new(Log::default());
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer(&log))
+            .service_fn(|_req: Request<Full<Bytes>>| async {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from_static("14"));
+                let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+                    Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+                    Ok(Frame::trailers(trailers)),
+                ];
+                Ok::<_, Infallible>(Response::new(StreamBody::new(futures_iter(frames))))
+            });
+    let req = Request::builder()
+        .header("content-type", "application/grpc+proto")
+        .body(Full::default())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    let seen = log.take();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].grpc);
+    assert_eq!(seen[0].grpc_status, Some(14));
+}
+
+#[tokio::test]
+async fn a_response_dropped_before_its_end_is_reported_as_dropped_with_dc() {
+    let log = Arc::new(Log::default());
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer(&log))
+            .service_fn(|_req: Request<Full<Bytes>>| async {
+                let frames: Vec<Result<Frame<Bytes>, Infallible>> =
+                    vec![Ok(Frame::data(Bytes::from_static(b"a")))];
+                Ok::<_, Infallible>(Response::new(StreamBody::new(futures_iter(frames))))
+            });
+    let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+    drop(res);
+    let seen = log.take();
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].how, seen[0].status), (End::Dropped, Some(200)));
+    assert_eq!(seen[0].flags, "DC");
+}
+
+#[tokio::test]
+async fn an_error_of_the_inner_service_is_reported_without_a_status() {
+    let log = Arc::new(Log::default());
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer(&log))
+            .service_fn(|_req: Request<Full<Bytes>>| async {
+                Err::<Response<Full<Bytes>>, _>("refused")
+            });
+    assert!(svc.oneshot(Request::new(Full::default())).await.is_err());
+    let seen = log.take();
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].how, seen[0].status), (End::Error, None));
+    assert!(!seen[0].first_byte);
+}
+
+#[tokio::test]
+async fn without_sinks_nothing_is_recorded_and_no_stream_info_is_inserted() {
+    let svc = ServiceBuilder::new()
+        .layer(RecordLayer::new(Vec::new()))
+        .service_fn(|req: Request<Full<Bytes>>| async move {
+            assert!(req.extensions().get::<StreamInfo>().is_none());
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        });
+    svc.oneshot(Request::new(Full::default())).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_trace_layer_outside_hands_its_context_to_the_record() {
+    let log = Arc::new(Log::default());
+    let svc = ServiceBuilder::new()
+        .layer(crate::TraceLayer::new(
+            crate::TraceConfig::default().with_seed(1),
+        ))
+        .layer(layer(&log))
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        });
+    svc.oneshot(Request::new(Full::default())).await.unwrap();
+    assert!(log.take()[0].trace);
+}
+
+/// A stream of `frames`, ready at once.
+fn futures_iter<T>(items: Vec<T>) -> futures_util::stream::Iter<std::vec::IntoIter<T>> {
+    futures_util::stream::iter(items)
+}
