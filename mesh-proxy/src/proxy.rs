@@ -49,6 +49,7 @@ use crate::security::WorkloadTls;
 use crate::stack::Layers;
 use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
 use mesh_telemetry::record::{Record, RecordBody, RecordLayer};
+use mesh_telemetry::trace::{Trace, TraceLayer};
 use mesh_tls::authz::{Authorizer, Authz, AuthzLayer};
 use mesh_transport::tls::{DownstreamTls, PeerTls, PeerTlsInfo, UpstreamTls};
 use tower_layer::Layer as _;
@@ -344,6 +345,10 @@ impl Proxy {
             inbound,
             admin,
         } = bound;
+        self.state.layers.telemetry().exporters().set_local_addrs(
+            outbound.as_ref().map(|b| b.local_addr()),
+            inbound.as_ref().map(|(b, _)| b.local_addr()),
+        );
         if let Some(b) = outbound {
             let addr = b.local_addr();
             let factory = Arc::new(move |ctx: &WorkerContext| layers.stack(ctx));
@@ -358,8 +363,9 @@ impl Proxy {
             let tls = self.state.workload_tls.clone();
             let authz = self.state.authz.clone();
             let record = self.state.layers.telemetry().inbound();
+            let trace = self.state.layers.trace().clone();
             let factory = Arc::new(move |ctx: &WorkerContext| {
-                inbound_stack(ctx, app, addr, &tls, &authz, &record)
+                inbound_stack(ctx, app, addr, &tls, &authz, (&trace, &record))
             });
             let engine = b
                 .start(factory)
@@ -413,6 +419,13 @@ impl Proxy {
         self.state.reload()
     }
 
+    /// Blocks until the spans and access log lines of the requests completed so far are
+    /// exported and written (tests; the drain does it last). An export to a collector that
+    /// does not answer takes up to `tracing.otlp.timeout`.
+    pub fn flush_telemetry(&self) {
+        self.state.layers.telemetry().exporters().flush();
+    }
+
     /// Stops accepting, lets in-flight requests finish within `drainTimeout`, stops the
     /// listeners and the admin endpoint.
     pub async fn drain(mut self) {
@@ -428,6 +441,11 @@ impl Proxy {
         if let Some(a) = self.admin.take() {
             let _ = tokio::task::spawn_blocking(move || a.stop()).await;
         }
+        let state = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            state.layers.telemetry().exporters().flush();
+        })
+        .await;
     }
 
     /// [`drain`](Self::drain) from synchronous code.
@@ -442,6 +460,7 @@ impl Proxy {
         if let Some(a) = self.admin.take() {
             a.stop();
         }
+        self.flush_telemetry();
     }
 }
 
@@ -453,14 +472,16 @@ fn inbound_stack(
     listener: SocketAddr,
     tls: &Arc<WorkloadTls>,
     authz: &Arc<ArcSwap<Authorizer>>,
-    record: &RecordLayer,
+    (trace, record): (&TraceLayer, &RecordLayer),
 ) -> InboundStack {
     let forward = InboundForward {
         connector: ctx.connector(),
         app,
     };
     InboundStack {
-        inner: record.layer(AuthzLayer::shared(authz.clone()).layer(forward)),
+        // the hop's trace context first (an Envoy sidecar's inbound listener traces too:
+        // the application gets a traceparent and an x-request-id, spans are server spans)
+        inner: trace.layer(record.layer(AuthzLayer::shared(authz.clone()).layer(forward))),
         tls: tls.clone(),
         // the workload port the peer meant is the application's (Envoy's original
         // destination under iptables); the address, the listener's
@@ -486,7 +507,7 @@ struct ConnectionFacts {
 /// local application.
 #[derive(Debug, Clone)]
 pub struct InboundStack {
-    inner: Record<Authz<InboundForward>>,
+    inner: Trace<Record<Authz<InboundForward>>>,
     tls: Arc<WorkloadTls>,
     destination: DestinationAddr,
     /// The last connection's facts (requests of one connection share them).

@@ -15,18 +15,24 @@ use mesh_telemetry::record::{RecordLayer, Sink};
 pub struct Telemetry {
     outbound: RecordLayer,
     inbound: RecordLayer,
+    /// Spans (`tracing.otlp`) and the access log (`accessLog`).
+    exporters: crate::exporters::Exporters,
 }
 
 // === impl Telemetry ===
 
 impl Telemetry {
     /// The telemetry of a proxy starting with `snapshot`.
-    pub fn new(_snapshot: &Snapshot) -> Telemetry {
-        let outbound: Vec<Arc<dyn Sink>> = Vec::new();
-        let inbound: Vec<Arc<dyn Sink>> = Vec::new();
+    pub fn new(snapshot: &Snapshot) -> Telemetry {
+        let exporters = crate::exporters::Exporters::new(snapshot);
+        let mut outbound: Vec<Arc<dyn Sink>> = Vec::new();
+        let mut inbound: Vec<Arc<dyn Sink>> = Vec::new();
+        outbound.extend(exporters.outbound_sinks());
+        inbound.extend(exporters.inbound_sinks());
         Telemetry {
             outbound: RecordLayer::new(outbound),
             inbound: RecordLayer::new(inbound),
+            exporters,
         }
     }
 
@@ -41,5 +47,12 @@ impl Telemetry {
     }
 
     /// Applies a new configuration (the workload's labels and identity may change).
-    pub fn store(&self, _snapshot: &Snapshot) {}
+    pub fn store(&self, snapshot: &Snapshot) {
+        self.exporters.store(snapshot);
+    }
+
+    /// The span exporter and the access log.
+    pub fn exporters(&self) -> &crate::exporters::Exporters {
+        &self.exporters
+    }
 }

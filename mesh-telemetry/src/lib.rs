@@ -16,6 +16,7 @@ pub mod current;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod record;
+pub mod sinks;
 pub mod span;
 pub mod trace;
 

@@ -71,6 +71,13 @@ impl OtlpConfig {
 #[error("OTLP exporter: {0}")]
 pub struct OtlpError(String);
 
+impl OtlpError {
+    /// An error saying `what`.
+    pub fn new(what: impl Into<String>) -> Self {
+        OtlpError(what.into())
+    }
+}
+
 /// The OTLP/HTTP (protobuf) span exporter for `config`, for a
 /// [`SpanSink`](crate::span::SpanSink).
 pub fn exporter(config: &OtlpConfig) -> Result<opentelemetry_otlp::SpanExporter, OtlpError> {
