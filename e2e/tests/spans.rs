@@ -98,7 +98,7 @@ async fn recording() -> (Backend, Arc<Mutex<Vec<HeaderMap>>>) {
     (backend_with("traced", handler).await, seen)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampled_requests_are_exported_as_spans_with_the_propagated_ids() {
     let (collector, got) = receiver().await;
     let (b, seen) = recording().await;
@@ -138,8 +138,9 @@ async fn sampled_requests_are_exported_as_spans_with_the_propagated_ids() {
     let to_app = seen.lock().unwrap().last().cloned().unwrap();
     let tp_app = to_app["traceparent"].to_str().unwrap().to_string();
 
-    // every span recorded so far has been exported
-    p.proxy.flush_telemetry();
+    // every span recorded so far has been exported (the flush blocks this thread while the
+    // receiver answers on the runtime's other one)
+    tokio::task::block_in_place(|| p.proxy.flush_telemetry());
     {
         let g = got.lock().unwrap();
         assert!(!g.is_empty(), "no export");
@@ -187,7 +188,7 @@ async fn sampled_requests_are_exported_as_spans_with_the_propagated_ids() {
     assert_eq!(int(server, "http.response.status_code"), 200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_reply_is_an_error_span_with_its_flag() {
     let (collector, got) = receiver().await;
     let yaml = bootstrap(
@@ -199,7 +200,7 @@ async fn a_local_reply_is_an_error_span_with_its_flag() {
     let p = start(&yaml).await;
     let r = get_once(p.out, "unknown.example:80", &[]).await;
     assert_eq!((r.status.as_u16(), r.flags()), (502, "NR"), "{r:?}");
-    p.proxy.flush_telemetry();
+    tokio::task::block_in_place(|| p.proxy.flush_telemetry());
     let all = spans(&got);
     assert_eq!(all.len(), 1, "{all:#?}");
     let s = &all[0];

@@ -421,7 +421,8 @@ impl Proxy {
 
     /// Blocks until the spans and access log lines of the requests completed so far are
     /// exported and written (tests; the drain does it last). An export to a collector that
-    /// does not answer takes up to `tracing.otlp.timeout`.
+    /// does not answer takes up to `tracing.otlp.timeout`. It blocks the calling thread: from
+    /// async code, call it through `spawn_blocking` or `block_in_place`.
     pub fn flush_telemetry(&self) {
         self.state.layers.telemetry().exporters().flush();
     }

@@ -48,7 +48,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use writer::{AccessLogWriter, DEFAULT_QUEUE};
+pub use writer::{AccessLogWriter, DEFAULT_QUEUE, FLUSH_INTERVAL};
 
 /// The line format (MeshConfig's `accessLogEncoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -49,9 +49,10 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::thread::Thread;
+use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
@@ -175,6 +176,12 @@ pub struct SpanSink {
 struct Inner {
     tx: SyncSender<Msg>,
     dropped: AtomicU64,
+    /// Spans queued and not yet taken by the thread.
+    pending: Arc<AtomicUsize>,
+    /// `pending` at which the thread is woken early (a batch is ready).
+    high: usize,
+    /// The exporter thread (`None` in tests that drive no thread).
+    thread: Option<Thread>,
     node_id: Option<Arc<str>>,
     namespace: Option<Arc<str>>,
     service: Arc<str>,
@@ -212,14 +219,19 @@ impl SpanSink {
                 .build(),
         );
         let max_batch = options.max_batch.max(1);
-        std::thread::Builder::new()
+        let pending = Arc::new(AtomicUsize::new(0));
+        let p = pending.clone();
+        let thread = std::thread::Builder::new()
             .name("mesh-spans".into())
-            .spawn(move || export_loop(exporter, rx, max_batch))?;
+            .spawn(move || export_loop(exporter, &rx, max_batch, &p))?;
         let non_empty = |s: String| (!s.is_empty()).then(|| Arc::from(s));
         Ok(SpanSink {
             inner: Arc::new(Inner {
                 tx,
                 dropped: AtomicU64::new(0),
+                pending,
+                high: max_batch.min(options.queue.max(1)),
+                thread: Some(thread.thread().clone()),
                 node_id: non_empty(options.node_id),
                 namespace: non_empty(options.namespace),
                 service: Arc::from(options.service_name),
@@ -238,7 +250,11 @@ impl SpanSink {
         }
         let span = self.span_data(req);
         match self.inner.tx.try_send(Msg::Span(Box::new(span))) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.inner.pending.fetch_add(1, Ordering::Relaxed) + 1 == self.inner.high {
+                    self.inner.wake();
+                }
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -254,7 +270,9 @@ impl SpanSink {
     /// (tests, shutdown). Never call it on a request's path.
     pub fn flush(&self) {
         let (tx, rx) = mpsc::sync_channel(1);
+        self.inner.wake();
         if self.inner.tx.send(Msg::Flush(tx)).is_ok() {
+            self.inner.wake();
             let _ = rx.recv();
         }
     }
@@ -268,7 +286,7 @@ impl SpanSink {
             TraceFlags::default()
         };
         let mut attrs = Vec::with_capacity(20);
-        attrs.push(KeyValue::new("http.request.method", req.method.to_owned()));
+        attrs.push(KeyValue::new("http.request.method", method(req.method)));
         match req.kind {
             SpanKind::Server => {
                 let path = req.path.split('?').next().unwrap_or(req.path);
@@ -302,7 +320,7 @@ impl SpanSink {
         // finalizeUpstreamSpan) and Istio's
         attrs.push(KeyValue::new("component", "proxy"));
         if let Some(n) = &self.inner.node_id {
-            attrs.push(KeyValue::new("node_id", n.to_string()));
+            attrs.push(KeyValue::new("node_id", shared(n)));
         }
         if let Some(id) = req.request_id {
             attrs.push(KeyValue::new("guid:x-request-id", id.to_owned()));
@@ -321,11 +339,11 @@ impl SpanSink {
             attrs.push(KeyValue::new("peer.address", p.ip().to_string()));
         }
         if let Some(ns) = &self.inner.namespace {
-            attrs.push(KeyValue::new("istio.namespace", ns.to_string()));
+            attrs.push(KeyValue::new("istio.namespace", shared(ns)));
         }
         attrs.push(KeyValue::new(
             "istio.canonical_service",
-            self.inner.service.to_string(),
+            shared(&self.inner.service),
         ));
         let status = if req.status >= 500 || req.status == 0 {
             Status::error(if req.status == 0 {
@@ -360,6 +378,39 @@ impl SpanSink {
     }
 }
 
+/// The method without a copy when it is a standard one.
+fn method(m: &str) -> opentelemetry::Value {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    match STANDARD.iter().find(|s| **s == m) {
+        Some(s) => opentelemetry::Value::from(*s),
+        None => opentelemetry::Value::from(m.to_owned()),
+    }
+}
+
+/// A shared string attribute value (a reference count, no copy).
+fn shared(s: &Arc<str>) -> opentelemetry::Value {
+    opentelemetry::Value::String(s.clone().into())
+}
+
+impl Inner {
+    fn wake(&self) {
+        if let Some(t) = &self.thread {
+            t.unpark();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // the thread sees the queue closed at once, exports what is left and ends
+        let (tx, _) = mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.tx, tx));
+        self.wake();
+    }
+}
+
 /// Envoy's default operation name on an Istio route: `<host>:<port>/*` (Istio's route
 /// decorator); a host without a port is HTTP's 80.
 fn operation_name(authority: &str) -> String {
@@ -379,9 +430,19 @@ fn split_authority(a: &str) -> (&str, Option<u16>) {
     (a, None)
 }
 
-/// The exporter thread: blocks for a span, takes whatever else has queued (up to
-/// `max_batch`), exports, repeats; ends when every sink is dropped.
-fn export_loop<E: SpanExporter>(exporter: E, rx: Receiver<Msg>, max_batch: usize) {
+/// How long the exporter thread sleeps when no span is queued.
+pub const EXPORT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The exporter thread: takes what has queued (up to `max_batch` a call), exports it, and
+/// sleeps [`EXPORT_INTERVAL`] when the queue is empty (a full batch or a flush wakes it
+/// early); ends when every sink is dropped. It is not woken per span: a wake-up is a system
+/// call on the request's path.
+fn export_loop<E: SpanExporter>(
+    exporter: E,
+    rx: &Receiver<Msg>,
+    max_batch: usize,
+    pending: &AtomicUsize,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -395,25 +456,32 @@ fn export_loop<E: SpanExporter>(exporter: E, rx: Receiver<Msg>, max_batch: usize
     let mut failing = false;
     let mut batch = Vec::with_capacity(max_batch);
     let mut acks = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Span(s) => batch.push(*s),
-                Msg::Flush(ack) => {
+    loop {
+        let (mut empty, mut closed) = (false, false);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Msg::Span(s)) => {
+                    pending.fetch_sub(1, Ordering::Relaxed);
+                    batch.push(*s);
+                }
+                // what came before the flush is exported before it is answered
+                Ok(Msg::Flush(ack)) => {
                     acks.push(ack);
                     break;
                 }
+                Err(TryRecvError::Empty) => {
+                    empty = true;
+                    break;
+                }
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
             }
-            if batch.len() >= max_batch {
-                break;
-            }
-            next = rx.try_recv().ok();
         }
         if !batch.is_empty() {
             let n = batch.len();
-            let result = rt.block_on(exporter.export(std::mem::take(&mut batch)));
-            match result {
+            match rt.block_on(exporter.export(std::mem::take(&mut batch))) {
                 Ok(()) => failing = false,
                 Err(e) => {
                     // once per run of failures, not once per batch
@@ -426,6 +494,12 @@ fn export_loop<E: SpanExporter>(exporter: E, rx: Receiver<Msg>, max_batch: usize
         }
         for ack in acks.drain(..) {
             let _ = ack.send(());
+        }
+        if closed {
+            break;
+        }
+        if empty {
+            std::thread::park_timeout(EXPORT_INTERVAL);
         }
     }
     let _ = exporter.shutdown();
@@ -475,13 +549,20 @@ mod tests {
         assert!(exporter.get_finished_spans().unwrap().is_empty());
         assert_eq!(sink.dropped(), 0);
 
-        // a queue of one, with the exporter thread held up by a flush nobody answers yet:
-        // the channel holds one message, so the second and third spans are dropped
+        // a queue of one that no thread drains (an exporter held up by a slow collector):
+        // the second and third spans are dropped
         let (tx, rx) = mpsc::sync_channel(1);
         let sink = SpanSink {
             inner: Arc::new(Inner {
                 tx,
-                ..Arc::try_unwrap(sink.inner).ok().unwrap()
+                dropped: AtomicU64::new(0),
+                pending: Arc::default(),
+                high: 1,
+                thread: None,
+                node_id: None,
+                namespace: None,
+                service: Arc::from("s"),
+                scope: InstrumentationScope::builder("test").build(),
             }),
         };
         let sampled = TraceContext {

@@ -146,6 +146,9 @@ fn a_full_queue_drops_lines_and_counts_them() {
         tx,
         dropped: std::sync::atomic::AtomicU64::new(0),
         path: "unused".into(),
+        pending: Default::default(),
+        high: 1,
+        thread: None,
     };
     for _ in 0..4 {
         w.write(b"x\n".to_vec());
