@@ -20,8 +20,8 @@
 //!   `upstream_host` is the last attempt's, and [`StreamInfo::attempts`] counts the picks.
 //!   A mirrored copy is built with extensions of its own (`mesh-routing`'s `shadow_request`),
 //!   so its picks never overwrite the original's.
-//! - **Read** by the telemetry layer (`mesh-telemetry`), through [`StreamInfo::snapshot`]
-//!   once the response has ended.
+//! - **Read** by the telemetry layer (`mesh-telemetry`), through [`StreamInfo::read`] (no
+//!   copy) or [`StreamInfo::snapshot`] once the response has ended.
 //!
 //! ```
 //! use mesh_core::ext::{RouteDestination, SelectedEndpoint};
@@ -39,7 +39,6 @@
 //! assert_eq!(seen.attempts, 1);
 //! ```
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::ext::{
@@ -55,7 +54,6 @@ pub struct StreamInfo(Arc<Inner>);
 #[derive(Debug, Default)]
 struct Inner {
     recorded: Mutex<Recorded>,
-    attempts: AtomicU32,
 }
 
 /// What the layers recorded, as read by [`StreamInfo::snapshot`].
@@ -118,27 +116,33 @@ impl StreamInfo {
     /// Records an attempt's upstream (the last one wins) and counts the attempt.
     #[inline]
     pub fn set_upstream(&self, upstream: &SelectedUpstream) {
-        self.recorded().upstream = Some(Upstream::Cluster(upstream.clone()));
-        self.0.attempts.fetch_add(1, Ordering::Relaxed);
+        let mut r = self.recorded();
+        r.upstream = Some(Upstream::Cluster(upstream.clone()));
+        r.attempts += 1;
     }
 
     /// Records an attempt's endpoint outside any cluster (passthrough) and counts the attempt.
     #[inline]
     pub fn set_endpoint(&self, endpoint: &SelectedEndpoint) {
-        self.recorded().upstream = Some(Upstream::Endpoint(endpoint.clone()));
-        self.0.attempts.fetch_add(1, Ordering::Relaxed);
+        let mut r = self.recorded();
+        r.upstream = Some(Upstream::Endpoint(endpoint.clone()));
+        r.attempts += 1;
     }
 
     /// How many attempts the balancer picked an endpoint for so far.
     pub fn attempts(&self) -> u32 {
-        self.0.attempts.load(Ordering::Relaxed)
+        self.recorded().attempts
+    }
+
+    /// Calls `f` with what was recorded so far, without copying it (the record is locked
+    /// meanwhile: `f` must not record into it).
+    pub fn read<R>(&self, f: impl FnOnce(&Recorded) -> R) -> R {
+        f(&self.recorded())
     }
 
     /// A copy of what was recorded so far (reference-count increments).
     pub fn snapshot(&self) -> Recorded {
-        let mut r = self.recorded().clone();
-        r.attempts = self.attempts();
-        r
+        self.recorded().clone()
     }
 }
 

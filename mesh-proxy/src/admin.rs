@@ -8,7 +8,7 @@
 //! | `/healthz` | 200 while the process runs |
 //! | `/config_dump` | the effective configuration (the compiled snapshot) as JSON |
 //! | `/clusters` | services, subsets and endpoints with their state, as JSON |
-//! | `/stats/prometheus` | the proxy's own counters in Prometheus text format |
+//! | `/stats/prometheus` | the proxy's own counters and Istio's standard metrics in Prometheus text format (0.0.4) |
 //!
 //! Bind it to loopback: like Envoy's admin it is unauthenticated.
 
@@ -156,7 +156,14 @@ fn handle(state: &ProxyState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         "/healthz" => text(StatusCode::OK, "OK\n"),
         "/config_dump" => json(&state.config_dump()),
         "/clusters" => json(&state.clusters()),
-        "/stats/prometheus" | "/stats" => text(StatusCode::OK, state.prometheus()),
+        "/stats/prometheus" | "/stats" => {
+            let mut r = text(StatusCode::OK, state.prometheus());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(mesh_telemetry::metrics::CONTENT_TYPE),
+            );
+            r
+        }
         "/" => text(
             StatusCode::OK,
             "mesh-proxy admin: /ready /healthz /config_dump /clusters /stats/prometheus\n",

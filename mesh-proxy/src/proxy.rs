@@ -892,29 +892,30 @@ impl ProxyState {
         serde_json::json!({ "generation": snap.generation, "services": services })
     }
 
-    /// `/stats/prometheus`: the proxy's own gauges and counters.
+    /// `/stats/prometheus`: the proxy's own gauges and counters, then Istio's standard
+    /// metrics ([`mesh_telemetry::metrics`]).
     pub fn prometheus(&self) -> String {
         let snap = self.snapshot();
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "# TYPE mesh_proxy_ready gauge\nmesh_proxy_ready {}",
+            "# HELP mesh_proxy_ready Whether every listener accepts and the proxy is not draining.\n# TYPE mesh_proxy_ready gauge\nmesh_proxy_ready {}",
             u8::from(self.is_ready())
         );
         let _ = writeln!(
             s,
-            "# TYPE mesh_proxy_config_generation gauge\nmesh_proxy_config_generation {}",
+            "# HELP mesh_proxy_config_generation The running configuration's generation.\n# TYPE mesh_proxy_config_generation gauge\nmesh_proxy_config_generation {}",
             snap.generation
         );
         let _ = writeln!(
             s,
-            "# TYPE mesh_proxy_config_reloads_total counter\nmesh_proxy_config_reloads_total{{result=\"success\"}} {}\nmesh_proxy_config_reloads_total{{result=\"failure\"}} {}",
+            "# HELP mesh_proxy_config_reloads_total Configuration reloads, by result.\n# TYPE mesh_proxy_config_reloads_total counter\nmesh_proxy_config_reloads_total{{result=\"success\"}} {}\nmesh_proxy_config_reloads_total{{result=\"failure\"}} {}",
             self.reloads_ok.load(Ordering::Relaxed),
             self.reloads_failed.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             s,
-            "# TYPE mesh_proxy_services gauge\nmesh_proxy_services {}",
+            "# HELP mesh_proxy_services Services in the running configuration.\n# TYPE mesh_proxy_services gauge\nmesh_proxy_services {}",
             snap.services.len()
         );
         let _ = writeln!(
@@ -922,6 +923,7 @@ impl ProxyState {
             "# HELP mesh_proxy_unenforced_fields Fields of the running configuration that this version accepts but does not enforce.\n# TYPE mesh_proxy_unenforced_fields gauge\nmesh_proxy_unenforced_fields {}",
             self.unenforced().len()
         );
+        self.layers.telemetry().metrics().encode(&mut s);
         s
     }
 

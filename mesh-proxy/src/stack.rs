@@ -75,9 +75,9 @@ use mesh_routing::{Mirror, MirrorLayer, TeeBody};
 use mesh_telemetry::record::{Record, RecordLayer};
 use mesh_telemetry::trace::{Trace, TraceConfig, TraceLayer};
 
-/// The type of a worker's stack. The router and the balancer insert one request extension
-/// each (two, three with mirrors): the extension map's first table (room for three) never
-/// grows.
+/// The type of a worker's stack. The trace and record layers, the router and the balancer
+/// insert one request extension each (`TraceContext`, `StreamInfo`, `RouteDecision`,
+/// `SelectedUpstream`; one more with mirrors).
 pub type MeshStack = IntoRequestBody<
     Trace<
         Record<

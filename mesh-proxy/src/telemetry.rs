@@ -1,5 +1,10 @@
 //! The proxy's telemetry: the sinks its record layers hand every completed request to.
 //!
+//! Today: Istio's standard metrics ([`IstioMetrics`], served by the admin listener at
+//! `/stats/prometheus` after the proxy's own gauges), on by default as in Istio's sidecar,
+//! with the bootstrap's `workload` and `identity` as the local workload (changed by a
+//! reload).
+//!
 //! One [`Telemetry`] lives as long as the proxy (its counters survive reloads); it makes the
 //! [`RecordLayer`] of the outbound stack (`reporter="source"`, [`crate::stack`]) and of the
 //! inbound stack (`reporter="destination"`, [`crate::proxy::InboundStack`]). Sinks are
@@ -8,6 +13,7 @@
 use std::sync::Arc;
 
 use mesh_core::compile::Snapshot;
+use mesh_telemetry::metrics::{IstioMetrics, LocalWorkload, Reporter};
 use mesh_telemetry::record::{RecordLayer, Sink};
 
 /// The proxy's telemetry sinks (see the [module docs](self)).
@@ -17,6 +23,7 @@ pub struct Telemetry {
     inbound: RecordLayer,
     /// Spans (`tracing.otlp`) and the access log (`accessLog`).
     exporters: crate::exporters::Exporters,
+    metrics: Arc<IstioMetrics>,
 }
 
 // === impl Telemetry ===
@@ -24,16 +31,25 @@ pub struct Telemetry {
 impl Telemetry {
     /// The telemetry of a proxy starting with `snapshot`.
     pub fn new(snapshot: &Snapshot) -> Telemetry {
+        let metrics = Arc::new(IstioMetrics::new(LocalWorkload::from_bootstrap(
+            &snapshot.bootstrap,
+        )));
         let exporters = crate::exporters::Exporters::new(snapshot);
-        let mut outbound: Vec<Arc<dyn Sink>> = Vec::new();
-        let mut inbound: Vec<Arc<dyn Sink>> = Vec::new();
+        let mut outbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Source)];
+        let mut inbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Destination)];
         outbound.extend(exporters.outbound_sinks());
         inbound.extend(exporters.inbound_sinks());
         Telemetry {
             outbound: RecordLayer::new(outbound),
             inbound: RecordLayer::new(inbound),
+            metrics,
             exporters,
         }
+    }
+
+    /// Istio's standard metrics of both sides.
+    pub fn metrics(&self) -> &Arc<IstioMetrics> {
+        &self.metrics
     }
 
     /// The record layer of the outbound stack.
@@ -48,6 +64,8 @@ impl Telemetry {
 
     /// Applies a new configuration (the workload's labels and identity may change).
     pub fn store(&self, snapshot: &Snapshot) {
+        self.metrics
+            .set_local(LocalWorkload::from_bootstrap(&snapshot.bootstrap));
         self.exporters.store(snapshot);
     }
 

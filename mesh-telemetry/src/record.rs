@@ -354,7 +354,11 @@ impl Pending {
 
     fn finish(self: Box<Self>, how: End) {
         let end = Instant::now();
-        let recorded = self.info.snapshot();
+        // every attempt is over: the record is read in place, not copied
+        self.info.read(|recorded| self.report(how, end, recorded));
+    }
+
+    fn report(&self, how: End, end: Instant, recorded: &Recorded) {
         let flags = match how {
             End::Dropped => self.flags | ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
             _ => self.flags,
@@ -377,7 +381,7 @@ impl Pending {
             grpc_status: self.grpc_status,
             response_bytes: self.response_bytes,
             trace: self.trace.as_ref(),
-            info: &recorded,
+            info: recorded,
             client_addr: self.client_addr,
             peer: self.peer.as_ref(),
         };

@@ -1646,7 +1646,7 @@ static WORKLOAD: TypeDef = TypeDef {
             "name",
             Leaf,
             Status::Enforced,
-            "a name: no traffic decision depends on it (telemetry will report it)",
+            "a name: no traffic decision depends on it; Istio's metrics report it (`source_workload`, `destination_workload`)",
         ),
         field("namespace", Leaf, Status::Enforced, ""),
         field("serviceAccount", Leaf, Status::NotYet(Area::Security), ""),

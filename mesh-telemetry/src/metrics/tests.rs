@@ -1,0 +1,410 @@
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode, Uri, Version};
+use mesh_core::ext::{
+    EndpointMeta, RouteDecision, RouteDestination, RoutePolicy, SelectedEndpoint, SelectedUpstream,
+    UpstreamCluster, UpstreamPool,
+};
+use mesh_core::identity::SpiffeId;
+use mesh_core::stream_info::{Recorded, StreamInfo};
+
+use super::*;
+use crate::record::End;
+
+fn local() -> LocalWorkload {
+    let mut l = LocalWorkload::named("productpage-v1", "bookinfo");
+    l.labels.insert("app".into(), "productpage".into());
+    l.labels.insert("version".into(), "v1".into());
+    l.principal = Some("spiffe://cluster.local/ns/bookinfo/sa/productpage".into());
+    l
+}
+
+fn upstream(tls: bool) -> SelectedUpstream {
+    let mut labels = Labels::new();
+    labels.insert("app".into(), "reviews".into());
+    labels.insert("version".into(), "v2".into());
+    let ep = SelectedEndpoint::new("10.0.0.7:9080".parse().unwrap())
+        .with_istio_tls(tls)
+        .with_identity(Some(Arc::new(SpiffeId::new(
+            "cluster.local",
+            "bookinfo",
+            "reviews",
+        ))))
+        .with_meta(Some(Arc::new(EndpointMeta {
+            labels,
+            namespace: "bookinfo".into(),
+            workload: Some("reviews-v2".into()),
+        })));
+    SelectedUpstream::new(
+        ep,
+        UpstreamCluster {
+            name: "outbound|9080|v2|reviews.bookinfo.svc.cluster.local".into(),
+            health: Arc::new(mesh_core::health::HealthCell::detached()),
+            pool: UpstreamPool::default(),
+            outlier: None,
+            limits: None,
+        },
+    )
+}
+
+fn routed(up: Option<&SelectedUpstream>) -> Recorded {
+    let info = StreamInfo::new();
+    info.set_route(&RouteDecision {
+        dest: RouteDestination {
+            host: "reviews.bookinfo.svc.cluster.local".into(),
+            subset: Some("v2".into()),
+            port: Some(9080),
+        },
+        policy: Arc::new(RoutePolicy::default()),
+    });
+    if let Some(u) = up {
+        info.set_upstream(u);
+    }
+    info.snapshot()
+}
+
+struct Req {
+    status: Option<u16>,
+    flags: ResponseFlags,
+    info: Recorded,
+    authority: Option<&'static str>,
+    peer: Option<PeerIdentity>,
+    millis: u64,
+    grpc: Option<u32>,
+}
+
+impl Req {
+    fn new(status: u16, info: Recorded) -> Req {
+        Req {
+            status: Some(status),
+            flags: ResponseFlags::empty(),
+            info,
+            authority: Some("reviews:9080"),
+            peer: None,
+            millis: 3,
+            grpc: None,
+        }
+    }
+
+    fn record(&self, m: &IstioMetrics, reporter: Reporter) {
+        let start = Instant::now();
+        let uri = Uri::from_static("/");
+        let done = Completed {
+            start,
+            first_byte: Some(start),
+            end: start + Duration::from_millis(self.millis),
+            how: End::Complete,
+            method: &Method::GET,
+            uri: &uri,
+            version: Version::HTTP_11,
+            authority: self.authority,
+            request_id: None,
+            user_agent: None,
+            grpc: self.grpc.is_some(),
+            request_bytes: 100,
+            status: self.status.map(|s| StatusCode::from_u16(s).unwrap()),
+            flags: self.flags,
+            grpc_status: self.grpc,
+            response_bytes: 2000,
+            trace: None,
+            info: &self.info,
+            client_addr: None,
+            peer: self.peer.as_ref(),
+        };
+        m.record(reporter, &done);
+    }
+}
+
+/// The `istio_requests_total` line whose labels contain every one of `want`.
+fn requests_line<'a>(text: &'a str, want: &[&str]) -> Option<&'a str> {
+    text.lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .find(|l| want.iter().all(|w| l.contains(w)))
+}
+
+#[test]
+fn outbound_labels_come_from_the_workload_the_route_and_the_endpoint() {
+    let m = IstioMetrics::new(local());
+    let up = upstream(true);
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    let line = requests_line(&text, &[r#"response_code="200""#]).expect(&text);
+    for want in [
+        r#"reporter="source""#,
+        r#"source_workload="productpage-v1""#,
+        r#"source_canonical_service="productpage""#,
+        r#"source_canonical_revision="v1""#,
+        r#"source_workload_namespace="bookinfo""#,
+        r#"source_principal="spiffe://cluster.local/ns/bookinfo/sa/productpage""#,
+        r#"source_app="productpage""#,
+        r#"source_version="v1""#,
+        r#"source_cluster="unknown""#,
+        r#"destination_workload="reviews-v2""#,
+        r#"destination_workload_namespace="bookinfo""#,
+        r#"destination_principal="spiffe://cluster.local/ns/bookinfo/sa/reviews""#,
+        r#"destination_app="reviews""#,
+        r#"destination_version="v2""#,
+        r#"destination_service="reviews.bookinfo.svc.cluster.local""#,
+        r#"destination_canonical_service="reviews""#,
+        r#"destination_canonical_revision="v2""#,
+        r#"destination_service_name="reviews""#,
+        r#"destination_service_namespace="bookinfo""#,
+        r#"destination_cluster="unknown""#,
+        r#"request_protocol="http""#,
+        r#"grpc_response_status="""#,
+        r#"response_flags="-""#,
+        r#"connection_security_policy="unknown""#,
+    ] {
+        assert!(line.contains(want), "{want} not in {line}");
+    }
+    assert!(line.ends_with("} 2"), "{line}");
+    assert_eq!(m.series(), 1);
+}
+
+#[test]
+fn without_mtls_the_principals_are_unknown() {
+    let m = IstioMetrics::new(local());
+    Req::new(200, routed(Some(&upstream(false)))).record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    let line = requests_line(&text, &[]).unwrap();
+    assert!(line.contains(r#"source_principal="unknown""#), "{line}");
+    assert!(
+        line.contains(r#"destination_principal="unknown""#),
+        "{line}"
+    );
+    // the namespace from the endpoint's metadata then
+    assert!(line.contains(r#"destination_workload_namespace="bookinfo""#));
+}
+
+#[test]
+fn no_route_and_no_healthy_upstream_name_what_they_can() {
+    let m = IstioMetrics::new(local());
+    // 404 NR: no route, so no cluster: Istio falls back on the Host header
+    let mut nr = Req::new(404, Recorded::default());
+    nr.flags = ResponseFlags::NO_ROUTE;
+    nr.record(&m, Reporter::Source);
+    // 503 UH: a route and a cluster, no endpoint
+    let mut uh = Req::new(503, routed(None));
+    uh.flags = ResponseFlags::NO_HEALTHY_UPSTREAM;
+    uh.record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    let nr = requests_line(&text, &[r#"response_flags="NR""#]).expect(&text);
+    assert!(nr.contains(r#"response_code="404""#));
+    assert!(nr.contains(r#"destination_service="reviews:9080""#), "{nr}");
+    assert!(
+        nr.contains(r#"destination_service_name="reviews:9080""#),
+        "{nr}"
+    );
+    assert!(nr.contains(r#"destination_workload="unknown""#), "{nr}");
+    let uh = requests_line(&text, &[r#"response_flags="UH""#]).expect(&text);
+    assert!(uh.contains(r#"response_code="503""#));
+    assert!(uh.contains(r#"destination_service="reviews.bookinfo.svc.cluster.local""#));
+    assert!(
+        uh.contains(r#"destination_canonical_revision="latest""#),
+        "{uh}"
+    );
+    assert!(text.contains(r#"mesh_proxy_response_flags_total{reporter="source",flag="NR"} 1"#));
+    assert!(text.contains(r#"mesh_proxy_response_flags_total{reporter="source",flag="UH"} 1"#));
+}
+
+#[test]
+fn passthrough_is_istio_s_passthrough_cluster() {
+    let m = IstioMetrics::new(local());
+    let info = StreamInfo::new();
+    info.set_destination(
+        &RouteDestination {
+            host: "example.com".into(),
+            subset: None,
+            port: Some(80),
+        },
+        true,
+    );
+    info.set_endpoint(&SelectedEndpoint::new("93.184.216.34:80".parse().unwrap()));
+    let mut r = Req::new(200, info.snapshot());
+    r.authority = Some("example.com");
+    r.record(&m, Reporter::Source);
+    r.record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    let line = requests_line(&text, &[]).unwrap();
+    assert!(
+        line.contains(r#"destination_service="example.com""#),
+        "{line}"
+    );
+    assert!(line.contains(r#"destination_service_name="PassthroughCluster""#));
+    assert_eq!(m.cache.read().unwrap().len(), 1, "cached once");
+}
+
+#[test]
+fn inbound_labels_come_from_the_peer_s_certificate_and_the_workload() {
+    let m = IstioMetrics::new(local());
+    let mut r = Req::new(200, Recorded::default());
+    r.authority = Some("productpage:9080");
+    r.peer = Some(PeerIdentity::new(SpiffeId::new(
+        "cluster.local",
+        "frontend",
+        "gateway",
+    )));
+    r.record(&m, Reporter::Destination);
+    let mut plain = Req::new(403, Recorded::default());
+    plain.flags = ResponseFlags::RBAC_DENIED;
+    plain.authority = Some("productpage:9080");
+    plain.record(&m, Reporter::Destination);
+    let text = m.encode_to_string();
+    let line = requests_line(&text, &[r#"response_code="200""#]).expect(&text);
+    for want in [
+        r#"reporter="destination""#,
+        r#"source_workload="unknown""#,
+        r#"source_canonical_revision="latest""#,
+        r#"source_workload_namespace="frontend""#,
+        r#"source_principal="spiffe://cluster.local/ns/frontend/sa/gateway""#,
+        r#"source_app="unknown""#,
+        r#"destination_workload="productpage-v1""#,
+        r#"destination_workload_namespace="bookinfo""#,
+        r#"destination_principal="spiffe://cluster.local/ns/bookinfo/sa/productpage""#,
+        r#"destination_app="productpage""#,
+        r#"destination_service="productpage:9080""#,
+        r#"destination_service_namespace="bookinfo""#,
+        r#"connection_security_policy="mutual_tls""#,
+    ] {
+        assert!(line.contains(want), "{want} not in {line}");
+    }
+    let denied = requests_line(&text, &[r#"response_code="403""#]).expect(&text);
+    assert!(
+        denied.contains(r#"connection_security_policy="none""#),
+        "{denied}"
+    );
+    assert!(denied.contains(r#"source_principal="unknown""#));
+    assert!(denied.contains(r#"destination_principal="unknown""#));
+    assert!(denied.contains(r#"response_flags="RBAC""#));
+}
+
+#[test]
+fn grpc_requests_carry_their_status() {
+    let m = IstioMetrics::new(local());
+    let mut r = Req::new(200, Recorded::default());
+    r.grpc = Some(14);
+    r.record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    let line = requests_line(&text, &[]).unwrap();
+    assert!(line.contains(r#"request_protocol="grpc""#));
+    assert!(line.contains(r#"grpc_response_status="14""#));
+}
+
+#[test]
+fn histograms_have_envoy_s_buckets_cumulative_with_sum_and_count() {
+    let m = IstioMetrics::new(local());
+    for millis in [0, 3, 3, 7000, 4_000_000] {
+        let mut r = Req::new(200, Recorded::default());
+        r.millis = millis;
+        r.record(&m, Reporter::Source);
+    }
+    let text = m.encode_to_string();
+    let bucket = |le: &str| {
+        let needle = format!("le=\"{le}\"}}");
+        text.lines()
+            .find(|l| {
+                l.starts_with("istio_request_duration_milliseconds_bucket{") && l.contains(&needle)
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no bucket {le} in {text}"))
+    };
+    assert_eq!(bucket("0.5"), 1, "0 ms");
+    assert_eq!(bucket("1"), 1);
+    assert_eq!(bucket("5"), 3);
+    assert_eq!(bucket("5000"), 3);
+    assert_eq!(bucket("10000"), 4);
+    assert_eq!(bucket("3600000"), 4);
+    assert_eq!(bucket("+Inf"), 5);
+    let les: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_request_duration_milliseconds_bucket{"))
+        .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(les.len(), 20);
+    assert_eq!(
+        les[..19]
+            .iter()
+            .map(|l| l.parse::<f64>().unwrap())
+            .collect::<Vec<_>>(),
+        BUCKETS
+    );
+    assert!(text.contains("istio_request_duration_milliseconds_sum{"));
+    assert!(text.lines().any(
+        |l| l.starts_with("istio_request_duration_milliseconds_sum{") && l.ends_with(" 4007006")
+    ));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("istio_request_bytes_count{") && l.ends_with(" 5"))
+    );
+    assert!(text.contains("# TYPE istio_response_bytes histogram"));
+}
+
+#[test]
+fn the_series_cap_drops_and_counts() {
+    let m = IstioMetrics::new(local()).with_max_series(2);
+    for code in [200, 201, 202, 203] {
+        Req::new(code, Recorded::default()).record(&m, Reporter::Source);
+    }
+    Req::new(200, Recorded::default()).record(&m, Reporter::Source);
+    assert_eq!(m.series(), 2);
+    assert_eq!(m.dropped(), 2);
+    let text = m.encode_to_string();
+    assert!(text.contains("mesh_proxy_metrics_dropped_total 2"));
+    assert!(
+        requests_line(&text, &[r#"response_code="200""#])
+            .unwrap()
+            .ends_with("} 2")
+    );
+}
+
+#[test]
+fn label_values_are_escaped() {
+    let m = IstioMetrics::new(local());
+    let mut r = Req::new(200, Recorded::default());
+    r.authority = Some("a\"b\\c");
+    r.record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    assert!(text.contains(r#"destination_service="a\"b\\c""#), "{text}");
+}
+
+#[test]
+fn a_new_local_workload_makes_new_series_and_keeps_the_old() {
+    let m = IstioMetrics::new(local());
+    Req::new(200, Recorded::default()).record(&m, Reporter::Source);
+    let mut l = local();
+    l.name = "productpage-v2".into();
+    m.set_local(l);
+    Req::new(200, Recorded::default()).record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    assert!(requests_line(&text, &[r#"source_workload="productpage-v1""#]).is_some());
+    assert!(requests_line(&text, &[r#"source_workload="productpage-v2""#]).is_some());
+}
+
+#[test]
+fn equal_label_sets_from_different_endpoints_are_one_series() {
+    // two endpoints of one service with the same labels: one series, as in Istio
+    let m = IstioMetrics::new(local());
+    Req::new(200, routed(Some(&upstream(true)))).record(&m, Reporter::Source);
+    Req::new(200, routed(Some(&upstream(true)))).record(&m, Reporter::Source);
+    assert_eq!(m.series(), 1);
+    let text = m.encode_to_string();
+    assert!(requests_line(&text, &[]).unwrap().ends_with("} 2"));
+}
+
+#[test]
+fn service_names_and_spiffe_namespaces_as_istio_reads_them() {
+    assert_eq!(
+        service_name("reviews.bookinfo.svc.cluster.local"),
+        "reviews"
+    );
+    assert_eq!(service_name("api.example.com"), "api.example.com");
+    assert_eq!(service_name("reviews"), "reviews");
+    assert_eq!(
+        spiffe_namespace("spiffe://cluster.local/ns/bookinfo/sa/reviews"),
+        Some("bookinfo")
+    );
+    assert_eq!(spiffe_namespace("cluster.local/ns/x"), Some("x"));
+    assert_eq!(spiffe_namespace("spiffe://td/sa/x"), None);
+}
