@@ -5,7 +5,8 @@
 //! Spans go to an OTLP/HTTP collector from the [`SpanSink`]'s own thread; access log lines
 //! to the [`AccessLogWriter`]'s own thread: the workers only format and queue. A reload
 //! builds a new exporter when `tracing.otlp` changed, opens the new file when `accessLog`
-//! changed, and otherwise reopens the log file (log rotation: `logrotate` then SIGHUP).
+//! changed, and otherwise reopens the log file; SIGUSR1 reopens it too, as Envoy's log
+//! rotation signal (`logrotate`'s `postrotate`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
@@ -92,6 +93,13 @@ impl Exporters {
                 self.log.store(None);
                 built.1 = None;
             }
+        }
+    }
+
+    /// Reopens the access log file after the lines queued so far (log rotation: SIGUSR1).
+    pub fn reopen(&self) {
+        if let Some(log) = self.log.load().as_ref() {
+            log.writer().reopen();
         }
     }
 

@@ -648,6 +648,11 @@ impl ProxyState {
         self.workload_tls.rotate()
     }
 
+    /// Reopens the access log file (log rotation; SIGUSR1 in `mesh-proxy run`).
+    pub fn reopen_access_log(&self) {
+        self.layers.telemetry().exporters().reopen();
+    }
+
     /// Whether the proxy is draining (SIGTERM received).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
