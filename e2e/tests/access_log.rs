@@ -73,6 +73,16 @@ spec:
     assert_eq!(r.status.as_u16(), 200, "{r:?}");
     // every line queued so far is in the file (no waiting on the writer thread's timing)
     p.proxy.flush_telemetry();
+    let (status, stats) = admin_get(p.admin, "/stats/prometheus").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(
+            &stats,
+            "mesh_proxy_telemetry_dropped_total{sink=\"access_log\"}"
+        ),
+        0.0,
+        "nothing dropped"
+    );
     let text = std::fs::read_to_string(file).unwrap();
     (text.lines().map(str::to_owned).collect(), v1.port())
 }

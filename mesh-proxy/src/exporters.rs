@@ -9,6 +9,7 @@
 //! rotation signal (`logrotate`'s `postrotate`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -29,6 +30,9 @@ pub struct Exporters {
     built: Mutex<(Option<Otlp>, Option<AccessLogConfig>)>,
     outbound_log: Arc<AccessLogRecorder>,
     inbound_log: Arc<AccessLogRecorder>,
+    /// What the span sinks and log writers replaced by reloads had dropped (the counters
+    /// stay monotonic).
+    retired: (AtomicU64, AtomicU64),
 }
 
 // === impl Exporters ===
@@ -53,6 +57,7 @@ impl Exporters {
             inbound_log: Arc::new(inbound_log),
             log,
             built: Mutex::new((None, None)),
+            retired: (AtomicU64::new(0), AtomicU64::new(0)),
         };
         e.store(snapshot);
         e
@@ -65,8 +70,12 @@ impl Exporters {
             return;
         };
         if built.0 != b.tracing.otlp {
-            self.spans
-                .store(b.tracing.otlp.as_ref().and_then(|o| span_sink(o, snapshot)));
+            let old = self
+                .spans
+                .swap(b.tracing.otlp.as_ref().and_then(|o| span_sink(o, snapshot)));
+            if let Some(old) = old {
+                self.retired.0.fetch_add(old.dropped(), Ordering::Relaxed);
+            }
             built.0 = b.tracing.otlp.clone();
         }
         match (&built.1, &b.access_log) {
@@ -81,8 +90,10 @@ impl Exporters {
                         AccessLogEncoding::Text => Encoding::Text,
                         AccessLogEncoding::Json => Encoding::Json,
                     };
-                    self.log
-                        .store(Some(Arc::new(AccessLog::new(encoding, Arc::new(w)))));
+                    let old = self
+                        .log
+                        .swap(Some(Arc::new(AccessLog::new(encoding, Arc::new(w)))));
+                    self.retire_log(old);
                     built.1 = Some(new.clone());
                 }
                 Err(e) => {
@@ -90,7 +101,8 @@ impl Exporters {
                 }
             },
             (_, None) => {
-                self.log.store(None);
+                let old = self.log.swap(None);
+                self.retire_log(old);
                 built.1 = None;
             }
         }
@@ -140,12 +152,32 @@ impl Exporters {
         }
     }
 
-    /// Spans and access log lines dropped because their queue was full.
+    /// Spans and access log lines dropped because their queue was full, since start.
     pub fn dropped(&self) -> (u64, u64) {
         (
-            self.spans.load().as_ref().map_or(0, |s| s.dropped()),
-            self.log.load().as_ref().map_or(0, |l| l.writer().dropped()),
+            self.retired.0.load(Ordering::Relaxed)
+                + self.spans.load().as_ref().map_or(0, |s| s.dropped()),
+            self.retired.1.load(Ordering::Relaxed)
+                + self.log.load().as_ref().map_or(0, |l| l.writer().dropped()),
         )
+    }
+
+    fn retire_log(&self, old: Option<Arc<AccessLog>>) {
+        if let Some(old) = old {
+            self.retired
+                .1
+                .fetch_add(old.writer().dropped(), Ordering::Relaxed);
+        }
+    }
+
+    /// `mesh_proxy_telemetry_dropped_total` in Prometheus' text format.
+    pub fn encode(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let (spans, lines) = self.dropped();
+        let _ = writeln!(
+            out,
+            "# HELP mesh_proxy_telemetry_dropped_total Spans and access log lines dropped because their queue was full.\n# TYPE mesh_proxy_telemetry_dropped_total counter\nmesh_proxy_telemetry_dropped_total{{sink=\"spans\"}} {spans}\nmesh_proxy_telemetry_dropped_total{{sink=\"access_log\"}} {lines}"
+        );
     }
 }
 

@@ -928,6 +928,7 @@ impl ProxyState {
             "# HELP mesh_proxy_unenforced_fields Fields of the running configuration that this version accepts but does not enforce.\n# TYPE mesh_proxy_unenforced_fields gauge\nmesh_proxy_unenforced_fields {}",
             self.unenforced().len()
         );
+        self.layers.telemetry().exporters().encode(&mut s);
         self.layers.telemetry().metrics().encode(&mut s);
         s
     }
