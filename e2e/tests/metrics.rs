@@ -262,6 +262,20 @@ async fn outbound_requests_are_counted_with_istio_s_labels_per_outcome() {
     // the decisions, and the proxy's own gauges, still there
     assert!(text.contains(r#"mesh_proxy_response_flags_total{reporter="source",flag="NR"} 1"#));
     assert!(text.contains(r#"mesh_proxy_response_flags_total{reporter="source",flag="UT"} 1"#));
+    // the proxy's own health: the two client connections (one still open)
+    assert_eq!(
+        sample(
+            &text,
+            r#"mesh_proxy_downstream_connections_total{listener="outbound"}"#
+        ),
+        2.0
+    );
+    assert!(
+        sample(
+            &text,
+            r#"mesh_proxy_downstream_connections_active{listener="outbound"}"#
+        ) >= 1.0
+    );
     assert!(text.contains("mesh_proxy_config_generation "));
     assert!(text.contains("mesh_proxy_unenforced_fields "));
     promtool_check(&text);

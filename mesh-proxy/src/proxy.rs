@@ -120,7 +120,7 @@ pub struct ProxyState {
     files: Vec<PathBuf>,
     snapshot: ArcSwap<Snapshot>,
     layers: Layers,
-    readiness: Mutex<Vec<Readiness>>,
+    readiness: Mutex<Vec<(ListenerKind, Readiness)>>,
     draining: AtomicBool,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
@@ -355,7 +355,8 @@ impl Proxy {
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("outbound listener {addr}")))?;
-            self.state.push_readiness(engine.readiness());
+            self.state
+                .push_readiness(ListenerKind::Outbound, engine.readiness());
             self.outbound = Some(engine);
         }
         if let Some((b, app)) = inbound {
@@ -370,7 +371,8 @@ impl Proxy {
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("inbound listener {addr}")))?;
-            self.state.push_readiness(engine.readiness());
+            self.state
+                .push_readiness(ListenerKind::Inbound, engine.readiness());
             self.inbound = Some(engine);
         }
         let addr = admin.local_addr().map_err(io_err("admin listener"))?;
@@ -624,9 +626,9 @@ const XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client
 // === impl ProxyState ===
 
 impl ProxyState {
-    fn push_readiness(&self, r: Readiness) {
+    fn push_readiness(&self, listener: ListenerKind, r: Readiness) {
         if let Ok(mut v) = self.readiness.lock() {
-            v.push(r);
+            v.push((listener, r));
         }
     }
 
@@ -637,7 +639,7 @@ impl ProxyState {
         }
         self.readiness
             .lock()
-            .map(|v| v.iter().all(Readiness::is_ready))
+            .map(|v| v.iter().all(|(_, r)| r.is_ready()))
             .unwrap_or(false)
     }
 
@@ -928,6 +930,31 @@ impl ProxyState {
             "# HELP mesh_proxy_unenforced_fields Fields of the running configuration that this version accepts but does not enforce.\n# TYPE mesh_proxy_unenforced_fields gauge\nmesh_proxy_unenforced_fields {}",
             self.unenforced().len()
         );
+        let listeners: Vec<(ListenerKind, (u64, u64))> = self
+            .readiness
+            .lock()
+            .map(|v| v.iter().map(|(l, r)| (*l, r.connections())).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "# HELP mesh_proxy_downstream_connections_total Connections accepted, per listener.\n# TYPE mesh_proxy_downstream_connections_total counter"
+        );
+        for (l, (accepted, _)) in &listeners {
+            let _ = writeln!(
+                s,
+                "mesh_proxy_downstream_connections_total{{listener=\"{l}\"}} {accepted}"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP mesh_proxy_downstream_connections_active Connections open now, per listener.\n# TYPE mesh_proxy_downstream_connections_active gauge"
+        );
+        for (l, (_, open)) in &listeners {
+            let _ = writeln!(
+                s,
+                "mesh_proxy_downstream_connections_active{{listener=\"{l}\"}} {open}"
+            );
+        }
         self.layers.telemetry().exporters().encode(&mut s);
         self.layers.telemetry().metrics().encode(&mut s);
         s

@@ -87,6 +87,10 @@
 //! - `destination_service_name` is the first label of a `<name>.<namespace>.svc.…` host
 //!   (a Kubernetes service), the host itself otherwise (a ServiceEntry), as Istio's cluster
 //!   metadata names them.
+//! - On the inbound side `destination_service` and `destination_service_name` are the
+//!   request's `Host` (Istio's fallback; Istio's sidecar knows the service from the inbound
+//!   cluster's metadata): clients that call `<name>.<ns>.svc.cluster.local` get Istio's
+//!   value.
 //! - `source_cluster`/`destination_cluster` are `unknown`: the proxy has no cluster id.
 //! - The TCP families (`istio_tcp_*`) are not reported yet: the proxy has no L4 data path
 //!   (issue 15); its WebSocket and CONNECT tunnels are counted as the HTTP requests that

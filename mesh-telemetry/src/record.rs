@@ -301,15 +301,27 @@ impl Pending {
         start: Instant,
         req: &Request<B>,
     ) -> Pending {
-        let headers = req.headers();
-        let authority = headers.get(http::header::HOST).cloned().or_else(|| {
+        // one pass over the headers (no hashed look-up per name): the four the sinks read
+        // (the first of each, as `HeaderMap::get`), and the head's size
+        let (mut host, mut request_id, mut user_agent) = (None, None, None);
+        let (mut grpc, mut head) = (false, 0u64);
+        for (name, value) in req.headers() {
+            head += (name.as_str().len() + value.len() + 4) as u64;
+            if *name == http::header::HOST && host.is_none() {
+                host = Some(value);
+            } else if *name == http::header::CONTENT_TYPE {
+                grpc = value.as_bytes().starts_with(b"application/grpc");
+            } else if *name == http::header::USER_AGENT && user_agent.is_none() {
+                user_agent = Some(value);
+            } else if *name == X_REQUEST_ID && request_id.is_none() {
+                request_id = Some(value);
+            }
+        }
+        let authority = host.cloned().or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let grpc = headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         // request line: method, target, version, separators
         let line = req.method().as_str().len()
             + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
@@ -325,10 +337,10 @@ impl Pending {
             uri: req.uri().clone(),
             version: req.version(),
             authority,
-            request_id: headers.get(X_REQUEST_ID).cloned(),
-            user_agent: headers.get(http::header::USER_AGENT).cloned(),
+            request_id: request_id.cloned(),
+            user_agent: user_agent.cloned(),
             grpc,
-            request_bytes: line as u64 + head_bytes(headers) + 2 + body,
+            request_bytes: line as u64 + head + 2 + body,
             status: None,
             flags: ResponseFlags::empty(),
             grpc_status: None,

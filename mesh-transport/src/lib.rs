@@ -214,6 +214,9 @@ pub(crate) struct Shared {
     workers: usize,
     listening: AtomicUsize,
     draining: AtomicBool,
+    /// Downstream connections accepted, and open now (every worker's).
+    pub(crate) accepted: std::sync::atomic::AtomicU64,
+    pub(crate) open: std::sync::atomic::AtomicU64,
 }
 
 /// The engine's phase, watched by every worker.
@@ -280,6 +283,8 @@ impl BoundEngine {
             workers,
             listening: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            accepted: std::sync::atomic::AtomicU64::new(0),
+            open: std::sync::atomic::AtomicU64::new(0),
         });
         let (control, control_rx) = watch::channel(Phase::Running);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -393,6 +398,15 @@ impl Engine {
         self.shared.workers
     }
 
+    /// Downstream connections accepted since the start, and open now (Envoy's listener
+    /// `downstream_cx_total` and `downstream_cx_active`).
+    pub fn connections(&self) -> (u64, u64) {
+        (
+            self.shared.accepted.load(Ordering::Relaxed),
+            self.shared.open.load(Ordering::Relaxed),
+        )
+    }
+
     /// A handle telling whether the engine is ready to serve.
     pub fn readiness(&self) -> Readiness {
         Readiness(self.shared.clone())
@@ -469,6 +483,15 @@ impl Readiness {
     /// Whether every worker accepts and the engine is not draining.
     pub fn is_ready(&self) -> bool {
         self.0.is_ready()
+    }
+
+    /// The engine's downstream connections: accepted since the start, open now (see
+    /// [`Engine::connections`]).
+    pub fn connections(&self) -> (u64, u64) {
+        (
+            self.0.accepted.load(Ordering::Relaxed),
+            self.0.open.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -94,7 +94,7 @@ fn run<F: StackFactory>(spawn: Spawn<F>) {
         ));
         shared.listening.fetch_add(1, Ordering::AcqRel);
         let _ = started.send(Ok(()));
-        let phase = accept_loop(&listener, &worker, &mut control).await;
+        let phase = accept_loop(&listener, &worker, &mut control, &shared).await;
         drop(listener); // stop accepting: new connections go elsewhere or are refused
         shared.listening.fetch_sub(1, Ordering::AcqRel);
         if phase == Phase::Draining {
@@ -124,6 +124,7 @@ async fn accept_loop<F: StackFactory>(
     listener: &TcpListener,
     worker: &Rc<Worker<F>>,
     control: &mut watch::Receiver<Phase>,
+    shared: &Arc<Shared>,
 ) -> Phase {
     loop {
         let phase = *control.borrow_and_update();
@@ -139,13 +140,35 @@ async fn accept_loop<F: StackFactory>(
             }
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    tokio::task::spawn_local(serve(stream, peer, worker.clone()));
+                    shared.accepted.fetch_add(1, Ordering::Relaxed);
+                    let open = OpenConnection::new(shared.clone());
+                    let served = serve(stream, peer, worker.clone());
+                    tokio::task::spawn_local(async move {
+                        served.await;
+                        drop(open);
+                    });
                 }
                 Err(e) if is_per_connection(&e) => {}
                 // out of descriptors or memory: back off instead of spinning
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             },
         }
+    }
+}
+
+/// Counts a connection as open (in [`Shared::open`]) until dropped, with its task.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(shared)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -408,3 +408,19 @@ fn service_names_and_spiffe_namespaces_as_istio_reads_them() {
     assert_eq!(spiffe_namespace("cluster.local/ns/x"), Some("x"));
     assert_eq!(spiffe_namespace("spiffe://td/sa/x"), None);
 }
+
+#[tokio::test]
+async fn the_service_answers_with_the_exposition() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let m = Arc::new(IstioMetrics::new(local()));
+    Req::new(200, Recorded::default()).record(&m, Reporter::Source);
+    let res = MetricsService::new(m.clone())
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(res.headers()[http::header::CONTENT_TYPE], CONTENT_TYPE);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, m.encode_to_string().as_bytes());
+    assert!(requests_line(std::str::from_utf8(&body).unwrap(), &[]).is_some());
+}
