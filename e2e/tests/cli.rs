@@ -490,3 +490,59 @@ async fn run_merges_the_documents_of_every_config_file() {
         );
     }
 }
+
+/// The access log as logrotate drives Envoy's: the file is moved away, SIGUSR1 makes the
+/// proxy reopen its path, and later lines go to the new file (`ProxyBootstrap.accessLog`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_access_log_after_rotation() {
+    let v1 = backend("v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, log, rotated) = (
+        dir.path().join("mesh.yaml"),
+        dir.path().join("access.log"),
+        dir.path().join("access.log.1"),
+    );
+    let config = format!(
+        "{}{}",
+        bootstrap(1, &format!("  accessLog: {{path: {}}}\n", log.display())),
+        service_entry("reviews", 9080, "HTTP", &[&v1]),
+    );
+    std::fs::write(&file, config).unwrap();
+    let proc = Proc::run(&file);
+    let out = proc.logged_addr("outbound listener up").await;
+    let r = get_once(out, "reviews", &[("x-request-id", "before-rotation")]).await;
+    assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    // the writer thread writes within its interval
+    let l = log.clone();
+    eventually("the first line is written", || {
+        let l = l.clone();
+        async move { std::fs::read_to_string(&l).is_ok_and(|t| t.contains("\"before-rotation\"")) }
+    })
+    .await;
+
+    std::fs::rename(&log, &rotated).unwrap();
+    proc.signal("-USR1");
+    let lines = proc.lines.clone();
+    eventually("the reopen is logged", || {
+        let lines = lines.clone();
+        async move {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("SIGUSR1: reopening the access log"))
+        }
+    })
+    .await;
+    let r = get_once(out, "reviews", &[("x-request-id", "after-rotation")]).await;
+    assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    let l = log.clone();
+    eventually("the new file gets the next line", || {
+        let l = l.clone();
+        async move { std::fs::read_to_string(&l).is_ok_and(|t| t.contains("\"after-rotation\"")) }
+    })
+    .await;
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("\"before-rotation\""), "{old}");
+    assert!(!old.contains("after-rotation"), "{old}");
+}

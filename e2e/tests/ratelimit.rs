@@ -237,7 +237,11 @@ async fn a_sidecar_inbound_limit_limits_what_peers_send_the_workload_not_what_it
     assert_eq!(limited.flags(), "RL");
     assert_eq!(limited.body, "local_rate_limited");
     assert_eq!(limited.headers["x-local-rate-limit"], "true");
-    assert_eq!(app.hits(), 4, "the limited request never reached the application");
+    assert_eq!(
+        app.hits(),
+        4,
+        "the limited request never reached the application"
+    );
     // the outbound listener has no limit
     let mut c = H1::connect(p.out).await;
     for _ in 0..10 {

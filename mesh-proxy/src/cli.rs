@@ -1,7 +1,7 @@
 //! The command line: `run`, `validate`, `demo` and `ca`, as docs/architecture.md describes.
 //!
 //! ```text
-//! mesh-proxy run --config FILE [--config FILE …]   serve; SIGHUP reloads, SIGTERM drains then exits 0
+//! mesh-proxy run --config FILE [--config FILE …]   serve; SIGHUP reloads, SIGUSR1 reopens the access log, SIGTERM drains then exits 0
 //! mesh-proxy validate FILE …                       like `istioctl validate`: exit 0 valid, 1 invalid
 //! mesh-proxy demo                                  the embedded default: a runnable canary mesh
 //! mesh-proxy ca …                                  create a mesh CA, issue SPIFFE workload certs
@@ -41,7 +41,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve: SIGHUP (or a changed file) reloads, SIGTERM drains then exits 0.
+    /// Serve: SIGHUP (or a changed file) reloads, SIGUSR1 reopens the access log, SIGTERM
+    /// drains then exits 0.
     #[command(override_usage = "mesh-proxy run --config FILE [--config FILE …]")]
     Run {
         /// Configuration file, multi-document YAML (repeatable: documents from all files are

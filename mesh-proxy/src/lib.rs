@@ -7,6 +7,7 @@ pub mod admin;
 pub mod ca;
 pub mod cli;
 pub mod demo;
+pub mod exporters;
 pub mod jwks;
 /// The data-plane engine, now the `mesh-transport` crate (kept here under its old name).
 pub use mesh_transport as engine;

@@ -50,6 +50,7 @@ use crate::stack::Layers;
 use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
 use mesh_resilience::{RateLimit, RateLimitLayer};
 use mesh_telemetry::record::{Record, RecordBody, RecordLayer};
+use mesh_telemetry::trace::{Trace, TraceLayer};
 use mesh_tls::authz::{Authorizer, Authz, AuthzLayer};
 use mesh_tls::jwt::{Authenticator, JwtAuthn, JwtAuthnLayer};
 use mesh_transport::tls::{DownstreamTls, PeerTls, PeerTlsInfo, UpstreamTls};
@@ -370,6 +371,18 @@ impl Proxy {
 
     /// Starts the engines and the admin server on their bound sockets (the admin last: its
     /// `/ready` sees every engine's readiness).
+    /// The layers every inbound listener's stack shares.
+    fn inbound_layers(&self) -> InboundLayers {
+        InboundLayers {
+            tls: self.state.workload_tls.clone(),
+            jwt: self.state.jwt.clone(),
+            authz: self.state.authz.clone(),
+            limit: self.state.layers.inbound_rate_limit(),
+            trace: self.state.layers.trace().clone(),
+            record: self.state.layers.telemetry().inbound(),
+        }
+    }
+
     fn start_listeners(&mut self, bound: BoundListeners, layers: Layers) -> Result<(), StartError> {
         let BoundListeners {
             outbound,
@@ -377,6 +390,10 @@ impl Proxy {
             inbound_ports,
             admin,
         } = bound;
+        self.state.layers.telemetry().exporters().set_local_addrs(
+            outbound.as_ref().map(|b| b.local_addr()),
+            inbound.as_ref().map(|(b, _)| b.local_addr()),
+        );
         if let Some(b) = outbound {
             let addr = b.local_addr();
             let factory = Arc::new(move |ctx: &WorkerContext| layers.stack(ctx));
@@ -389,14 +406,9 @@ impl Proxy {
         }
         if let Some((b, app)) = inbound {
             let addr = b.local_addr();
-            let tls = self.state.workload_tls.clone();
-            let authz = self.state.authz.clone();
-            let jwt = self.state.jwt.clone();
-            let record = self.state.layers.telemetry().inbound();
-            let limit = self.state.layers.inbound_rate_limit();
-            let factory = Arc::new(move |ctx: &WorkerContext| {
-                inbound_stack(ctx, app, addr, &tls, &jwt, &authz, &limit, &record)
-            });
+            let layers = self.inbound_layers();
+            let factory =
+                Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app, addr, &layers));
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("inbound listener {addr}")))?;
@@ -406,14 +418,9 @@ impl Proxy {
         }
         for (port, b, app) in inbound_ports {
             let addr = b.local_addr();
-            let tls = self.state.workload_tls.clone();
-            let authz = self.state.authz.clone();
-            let jwt = self.state.jwt.clone();
-            let record = self.state.layers.telemetry().inbound();
-            let limit = self.state.layers.inbound_rate_limit();
-            let factory = Arc::new(move |ctx: &WorkerContext| {
-                inbound_stack(ctx, app, addr, &tls, &jwt, &authz, &limit, &record)
-            });
+            let layers = self.inbound_layers();
+            let factory =
+                Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app, addr, &layers));
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("inbound listener {addr} (port {port})")))?;
@@ -479,6 +486,14 @@ impl Proxy {
         self.state.reload()
     }
 
+    /// Blocks until the spans and access log lines of the requests completed so far are
+    /// exported and written (tests; the drain does it last). An export to a collector that
+    /// does not answer takes up to `tracing.otlp.timeout`. It blocks the calling thread: from
+    /// async code, call it through `spawn_blocking` or `block_in_place`.
+    pub fn flush_telemetry(&self) {
+        self.state.layers.telemetry().exporters().flush();
+    }
+
     /// Stops accepting, lets in-flight requests finish within `drainTimeout`, stops the
     /// listeners and the admin endpoint.
     pub async fn drain(mut self) {
@@ -498,6 +513,11 @@ impl Proxy {
         if let Some(a) = self.admin.take() {
             let _ = tokio::task::spawn_blocking(move || a.stop()).await;
         }
+        let state = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            state.layers.telemetry().exporters().flush();
+        })
+        .await;
     }
 
     /// [`drain`](Self::drain) from synchronous code.
@@ -515,6 +535,7 @@ impl Proxy {
         if let Some(a) = self.admin.take() {
             a.stop();
         }
+        self.flush_telemetry();
     }
 }
 
@@ -526,27 +547,40 @@ fn inbound_stack(
     ctx: &WorkerContext,
     app: SocketAddr,
     listener: SocketAddr,
-    tls: &Arc<WorkloadTls>,
-    jwt: &Arc<ArcSwap<Authenticator>>,
-    authz: &Arc<ArcSwap<Authorizer>>,
-    limit: &RateLimitLayer,
-    record: &RecordLayer,
+    layers: &InboundLayers,
 ) -> InboundStack {
     let forward = InboundForward {
         connector: ctx.connector(),
         app,
     };
     InboundStack {
-        inner: record.layer(
-            JwtAuthnLayer::shared(jwt.clone())
-                .layer(AuthzLayer::shared(authz.clone()).layer(limit.layer(forward))),
+        // the hop's trace context first (an Envoy sidecar's inbound listener traces too:
+        // the application gets a traceparent and an x-request-id, spans are server spans)
+        inner: layers.trace.layer(
+            layers
+                .record
+                .layer(JwtAuthnLayer::shared(layers.jwt.clone()).layer(
+                    AuthzLayer::shared(layers.authz.clone()).layer(layers.limit.layer(forward)),
+                )),
         ),
-        tls: tls.clone(),
+        tls: layers.tls.clone(),
         // the workload port the peer meant is the application's (Envoy's original
         // destination under iptables); the address, the listener's
         destination: DestinationAddr(SocketAddr::new(listener.ip(), app.port())),
         last: None,
     }
+}
+
+/// The shared parts of every inbound listener's stack (the main one's and each
+/// `inboundPorts` one's): cloned into each listener's worker factory.
+#[derive(Clone)]
+struct InboundLayers {
+    tls: Arc<WorkloadTls>,
+    jwt: Arc<ArcSwap<Authenticator>>,
+    authz: Arc<ArcSwap<Authorizer>>,
+    limit: RateLimitLayer,
+    trace: TraceLayer,
+    record: RecordLayer,
 }
 
 /// What the inbound stack learns once per connection from its TLS session.
@@ -566,7 +600,7 @@ struct ConnectionFacts {
 /// ([`mesh_tls::authz`]) and forwards to the local application.
 #[derive(Debug, Clone)]
 pub struct InboundStack {
-    inner: Record<JwtAuthn<Authz<RateLimit<InboundForward>>>>,
+    inner: Trace<Record<JwtAuthn<Authz<RateLimit<InboundForward>>>>>,
     tls: Arc<WorkloadTls>,
     destination: DestinationAddr,
     /// The last connection's facts (requests of one connection share them).
@@ -713,6 +747,11 @@ impl ProxyState {
     /// live on. Returns whether some material changed.
     pub fn rotate_certificates(&self) -> bool {
         self.workload_tls.rotate()
+    }
+
+    /// Reopens the access log file (log rotation; SIGUSR1 in `mesh-proxy run`).
+    pub fn reopen_access_log(&self) {
+        self.layers.telemetry().exporters().reopen();
     }
 
     /// Whether the proxy is draining (SIGTERM received).
@@ -1020,6 +1059,7 @@ impl ProxyState {
                 "mesh_proxy_downstream_connections_active{{listener=\"{l}\"}} {open}"
             );
         }
+        self.layers.telemetry().exporters().encode(&mut s);
         self.layers.telemetry().metrics().encode(&mut s);
         s
     }

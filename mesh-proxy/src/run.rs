@@ -57,10 +57,12 @@ pub fn run_cli(config: &[PathBuf]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Reloads on SIGHUP or file change; drains on SIGTERM/SIGINT.
+/// Reloads on SIGHUP or file change; reopens the access log on SIGUSR1 (Envoy's signal for
+/// log rotation); drains on SIGTERM/SIGINT.
 pub async fn serve_until_terminated(proxy: Proxy) {
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut hup), Ok(mut usr1), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
@@ -89,6 +91,10 @@ pub async fn serve_until_terminated(proxy: Proxy) {
                     last = now;
                     let _ = proxy.reload();
                 }
+            }
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reopening the access log");
+                proxy.state().reopen_access_log();
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }

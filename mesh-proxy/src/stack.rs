@@ -403,6 +403,11 @@ impl Layers {
         &self.telemetry
     }
 
+    /// The trace layer (shared with the inbound stack: one sampling rate).
+    pub fn trace(&self) -> &TraceLayer {
+        &self.trace
+    }
+
     /// The balancer layer (health, snapshot).
     pub fn lb(&self) -> &LbLayer {
         &self.lb

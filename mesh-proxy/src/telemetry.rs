@@ -21,6 +21,8 @@ use mesh_telemetry::record::{RecordLayer, Sink};
 pub struct Telemetry {
     outbound: RecordLayer,
     inbound: RecordLayer,
+    /// Spans (`tracing.otlp`) and the access log (`accessLog`).
+    exporters: crate::exporters::Exporters,
     metrics: Arc<IstioMetrics>,
 }
 
@@ -32,12 +34,16 @@ impl Telemetry {
         let metrics = Arc::new(IstioMetrics::new(LocalWorkload::from_bootstrap(
             &snapshot.bootstrap,
         )));
-        let outbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Source)];
-        let inbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Destination)];
+        let exporters = crate::exporters::Exporters::new(snapshot);
+        let mut outbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Source)];
+        let mut inbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Destination)];
+        outbound.extend(exporters.outbound_sinks());
+        inbound.extend(exporters.inbound_sinks());
         Telemetry {
             outbound: RecordLayer::new(outbound),
             inbound: RecordLayer::new(inbound),
             metrics,
+            exporters,
         }
     }
 
@@ -60,5 +66,11 @@ impl Telemetry {
     pub fn store(&self, snapshot: &Snapshot) {
         self.metrics
             .set_local(LocalWorkload::from_bootstrap(&snapshot.bootstrap));
+        self.exporters.store(snapshot);
+    }
+
+    /// The span exporter and the access log.
+    pub fn exporters(&self) -> &crate::exporters::Exporters {
+        &self.exporters
     }
 }

@@ -24,6 +24,10 @@
 //!   came that way. Headers are found in one pass over the request's headers.
 //! - **`x-request-id`**: kept when the request has one, generated (a random UUID, version 4)
 //!   when it has none, as Envoy's `generate_request_id` does.
+//! - **In-process forwarding**: a request that carries no trace header, sent while this
+//!   process serves an inbound request inside a [`CurrentTraceLayer`](crate::current::CurrentTraceLayer),
+//!   continues the inbound trace (its span the parent) and keeps the inbound `x-request-id`
+//!   ([`crate::current`]).
 //!
 //! The hop's context goes into the request's extensions as a [`TraceContext`], for the layers
 //! after it (access log, metrics, spans).
@@ -58,8 +62,8 @@
 //!
 //! # Differences from Envoy
 //!
-//! - Spans are not exported yet: the layer propagates and records the context; the OTLP
-//!   exporter comes with the rest of the telemetry issue.
+//! - The layer propagates and records the context; spans are made from it by
+//!   [`crate::span`] and exported by [`crate::span::SpanSink`].
 //! - Envoy encodes its trace decision in the version nibble of `x-request-id`'s UUID; this
 //!   layer leaves `x-request-id` as it found it.
 
@@ -561,14 +565,26 @@ impl TraceLayer {
         let seen = Seen::scan(headers);
         let extracted = seen.extract();
         let span_id = self.nonzero_u64();
-        let ctx = match extracted {
-            Some(e) => TraceContext {
+        // a request without a trace of its own, sent while serving an inbound request of
+        // this process, continues the inbound trace (crate::current)
+        let inherited = match (extracted, seen.carried().is_empty()) {
+            (None, true) => crate::current::current(),
+            _ => None,
+        };
+        let ctx = match (extracted, &inherited) {
+            (Some(e), _) => TraceContext {
                 trace_id: e.trace_id,
                 span_id,
                 parent_span_id: Some(e.span_id),
                 sampled: e.sampled.unwrap_or_else(|| self.sample()),
             },
-            None => TraceContext {
+            (None, Some(i)) => TraceContext {
+                trace_id: i.ctx.trace_id,
+                span_id,
+                parent_span_id: Some(i.ctx.span_id),
+                sampled: i.ctx.sampled,
+            },
+            (None, None) => TraceContext {
                 trace_id: (u128::from(self.nonzero_u64()) << 64)
                     | u128::from(self.shared.rng.next_u64()),
                 span_id,
@@ -623,7 +639,9 @@ impl TraceLayer {
         if write.contains(Propagation::B3_SINGLE) {
             headers.insert(B3, b3_single(&ctx, b3_64bit));
         }
-        if self.config.generate_request_id && !request_id {
+        if let Some(id) = inherited.and_then(|i| i.request_id).filter(|_| !request_id) {
+            headers.insert(X_REQUEST_ID, id);
+        } else if self.config.generate_request_id && !request_id {
             headers.insert(
                 X_REQUEST_ID,
                 uuid_v4(self.shared.rng.next_u64(), self.shared.rng.next_u64()),

@@ -53,6 +53,9 @@ pub struct ProxyBootstrap {
     /// Trace propagation and sampling; Istio's defaults when omitted.
     #[serde(default)]
     pub tracing: Tracing,
+    /// The access log (MeshConfig's `accessLogFile`, `accessLogEncoding`). Omitted: none, as
+    /// Istio's default install.
+    pub access_log: Option<AccessLog>,
 }
 
 fn default_concurrency() -> u32 {
@@ -74,6 +77,7 @@ impl Default for ProxyBootstrap {
             identity: None,
             limits: Limits::default(),
             tracing: Tracing::default(),
+            access_log: None,
         }
     }
 }
@@ -258,7 +262,9 @@ pub struct Identity {
     pub trust_bundle: String,
 }
 
-/// `spec.tracing`: trace context propagation (W3C Trace Context, B3, `x-request-id`).
+/// `spec.tracing`: trace context propagation (W3C Trace Context, B3, `x-request-id`) and
+/// span export.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Tracing {
@@ -266,6 +272,45 @@ pub struct Tracing {
     /// sampled trace, as Istio's `meshConfig.defaultConfig.tracing.sampling`. Default: 1.
     #[serde(default = "default_sampling")]
     pub sampling: f64,
+    /// Where the spans of sampled requests are exported (OTLP/HTTP). Omitted: no export.
+    pub otlp: Option<Otlp>,
+}
+
+/// `spec.tracing.otlp`: an OpenTelemetry collector reached over OTLP/HTTP (protobuf), as
+/// Istio's `extensionProviders[].opentelemetry` with `http`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Otlp {
+    /// The collector's URL, `http://host:port[/path]`; without a path, OTLP's `/v1/traces`.
+    #[serde(default)]
+    pub endpoint: String,
+    /// How long one export may take. Default: 10s.
+    #[serde(default = "d_10s")]
+    pub timeout: GoDuration,
+}
+
+/// `spec.accessLog`: Istio's access log (MeshConfig's `accessLogFile`, `accessLogEncoding`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLog {
+    /// The file lines are appended to (`/dev/stdout`: the proxy's standard output).
+    #[serde(default)]
+    pub path: String,
+    /// The line format. Default: TEXT.
+    #[serde(default)]
+    pub encoding: AccessLogEncoding,
+}
+
+/// MeshConfig's `accessLogEncoding`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessLogEncoding {
+    /// Istio's default text line.
+    #[default]
+    #[serde(rename = "TEXT")]
+    Text,
+    /// Istio's JSON object.
+    #[serde(rename = "JSON")]
+    Json,
 }
 
 fn default_sampling() -> f64 {
@@ -276,6 +321,7 @@ impl Default for Tracing {
     fn default() -> Self {
         Tracing {
             sampling: default_sampling(),
+            otlp: None,
         }
     }
 }

@@ -211,7 +211,10 @@ fn a_sidecar_inbound_limit_is_the_inbound_listeners_only() {
     let c = load_str("rl.yaml", &yaml(&[&inbound])).unwrap();
     let p = inbound_policy(&c.snapshot).expect("on the inbound listener");
     assert_eq!(p.bucket.max_tokens(), 4);
-    assert!(listener_policy(&c.snapshot).is_none(), "not on the outbound one");
+    assert!(
+        listener_policy(&c.snapshot).is_none(),
+        "not on the outbound one"
+    );
     assert_eq!(applicable(&c.snapshot).count(), 0);
     // an outbound listener limit beside it is another scope: no conflict
     let both = load_str("rl.yaml", &yaml(&[&inbound, BUCKET])).unwrap();

@@ -1679,17 +1679,47 @@ static PROXY_BOOTSTRAP: TypeDef = TypeDef {
         ),
         field("limits", Struct(&LIMITS), Status::Enforced, ""),
         field("tracing", Struct(&TRACING), Status::Enforced, ""),
+        field(
+            "accessLog",
+            Struct(&ACCESS_LOG),
+            Status::Enforced,
+            "both listeners; written by a thread of its own",
+        ),
     ],
 };
 
 static TRACING: TypeDef = TypeDef {
     name: "Tracing",
-    fields: &[field(
-        "sampling",
-        Leaf,
-        Status::Enforced,
-        "decides the sampled flag propagated upstream; spans are not exported yet",
-    )],
+    fields: &[
+        field(
+            "sampling",
+            Leaf,
+            Status::Enforced,
+            "decides the sampled flag propagated upstream and which requests make spans",
+        ),
+        field("otlp", Struct(&OTLP), Status::Enforced, ""),
+    ],
+};
+
+static OTLP: TypeDef = TypeDef {
+    name: "Otlp",
+    fields: &[
+        field(
+            "endpoint",
+            Leaf,
+            Status::Enforced,
+            "OTLP/HTTP with protobuf; `http://` only",
+        ),
+        field("timeout", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static ACCESS_LOG: TypeDef = TypeDef {
+    name: "AccessLog",
+    fields: &[
+        field("path", Leaf, Status::Enforced, ""),
+        field("encoding", Leaf, Status::Enforced, ""),
+    ],
 };
 
 static WORKLOAD: TypeDef = TypeDef {

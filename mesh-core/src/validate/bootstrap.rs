@@ -187,6 +187,35 @@ pub(crate) fn validate(pb: &ProxyBootstrap, at: &FieldPath, rep: &mut Report<'_>
             format!("sampling must be between 0.0 and 100.0, got {sampling}"),
         );
     }
+    if let Some(o) = &pb.tracing.otlp {
+        let op = at.k("tracing").k("otlp");
+        rep.check(&op.k("endpoint"), validate_otlp_endpoint(&o.endpoint));
+        rep.check(&op.k("timeout"), validate_duration(o.timeout));
+    }
+    if let Some(a) = &pb.access_log
+        && a.path.trim().is_empty()
+    {
+        rep.error(
+            &at.k("accessLog").k("path"),
+            "path is required (a file, or /dev/stdout)",
+        );
+    }
+}
+
+/// `tracing.otlp.endpoint`: `http://host[:port][/path]` (the exporter has no TLS client).
+fn validate_otlp_endpoint(e: &str) -> Result<(), String> {
+    let Some(rest) = e.strip_prefix("http://") else {
+        return Err(if e.starts_with("https://") {
+            format!("endpoint {e:?}: https is not supported (the exporter speaks plain HTTP)")
+        } else {
+            format!("endpoint {e:?}: an http:// URL is required")
+        });
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
+        return Err(format!("endpoint {e:?}: no valid host"));
+    }
+    Ok(())
 }
 
 /// A port number written as a map key (`"9080"`).
@@ -237,5 +266,35 @@ mod tests {
             Err("port (http) is not a number".to_string())
         );
         assert!(validate_host_port("app.local:70000").is_err());
+    }
+}
+
+#[cfg(test)]
+mod otlp_tests {
+    use super::validate_otlp_endpoint;
+
+    #[test]
+    fn otlp_endpoints_are_plain_http_urls_with_a_host() {
+        for ok in [
+            "http://127.0.0.1:4318",
+            "http://otel-collector.istio-system:4318/v1/traces",
+            "http://[::1]:4318/",
+        ] {
+            assert_eq!(validate_otlp_endpoint(ok), Ok(()), "{ok}");
+        }
+        assert!(
+            validate_otlp_endpoint("https://collector:4318")
+                .unwrap_err()
+                .contains("https is not supported")
+        );
+        for bad in [
+            "",
+            "collector:4318",
+            "http://",
+            "http:///v1/traces",
+            "http://u@h:1",
+        ] {
+            assert!(validate_otlp_endpoint(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,0 +1,389 @@
+//! Access logs in Istio's default formats: Envoy's text line with Istio's additions, and
+//! Istio's JSON object, written by a thread of their own.
+//!
+//! [`LogEntry`] holds what one request says about itself; [`Encoding::format`] writes its
+//! line into a buffer on the worker (no I/O there); [`AccessLog::log`] hands the line to an
+//! [`AccessLogWriter`], whose bounded queue a writer thread drains into the file: a request
+//! never waits for a write, and a full queue drops the line and counts it
+//! ([`AccessLogWriter::dropped`]).
+//!
+//! # Formats
+//!
+//! `TEXT` is Istio's default `accessLogFormat` (istio.io, "Envoy Access Logs", "Default
+//! access log format"; `pilot/pkg/model/telemetry_logging.go`):
+//!
+//! ```text
+//! [%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%
+//! ```
+//!
+//! `JSON` is Istio's `EnvoyJSONLogFormatIstio` (the same operators under the keys
+//! `start_time`, `method`, `path`, `protocol`, `response_code`, `response_flags`,
+//! `response_code_details`, `connection_termination_details`, `bytes_received`,
+//! `bytes_sent`, `duration`, `upstream_service_time`, `x_forwarded_for`, `user_agent`,
+//! `request_id`, `authority`, `upstream_host`, `upstream_cluster`, `upstream_local_address`,
+//! `downstream_local_address`, `downstream_remote_address`, `requested_server_name`,
+//! `upstream_transport_failure_reason`, `route_name`) plus `trace_id` (Envoy's `%TRACE_ID%`),
+//! keys in alphabetical order, numbers as numbers and a missing value as `null`, as Envoy's
+//! JSON formatter writes them.
+//!
+//! A value the entry does not have is `-` in the text line (Envoy's rule).
+//!
+//! ```
+//! use std::time::{Duration, UNIX_EPOCH};
+//! use mesh_telemetry::access_log::{Encoding, LogEntry};
+//!
+//! let mut e = LogEntry::new(UNIX_EPOCH + Duration::from_millis(1_606_339_578_409));
+//! e.method = "GET";
+//! e.path = "/status/418";
+//! e.response_code = 418;
+//! let mut line = Vec::new();
+//! Encoding::Text.format(&e, &mut line);
+//! assert!(line.starts_with(b"[2020-11-25T21:26:18.409Z] \"GET /status/418 HTTP/1.1\" 418 - "));
+//! ```
+
+mod writer;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use writer::{AccessLogWriter, DEFAULT_QUEUE, FLUSH_INTERVAL};
+
+/// The line format (MeshConfig's `accessLogEncoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// Istio's default text line.
+    #[default]
+    Text,
+    /// Istio's JSON object, one per line.
+    Json,
+}
+
+/// What one request says about itself, for its access log line. Every field has a "none"
+/// value (empty string, `None`, 0) that the formats write as Envoy does (`-`, `null`).
+#[derive(Debug, Clone)]
+pub struct LogEntry<'a> {
+    /// `%START_TIME%`: when the request's first byte arrived.
+    pub start_time: SystemTime,
+    /// `%REQ(:METHOD)%`.
+    pub method: &'a str,
+    /// `%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%`: the path as the client sent it (before a
+    /// rewrite), with its query.
+    pub path: &'a str,
+    /// `%PROTOCOL%`: `HTTP/1.1`, `HTTP/2`.
+    pub protocol: &'a str,
+    /// `%RESPONSE_CODE%`; 0 when no response was sent.
+    pub response_code: u16,
+    /// `%RESPONSE_FLAGS%`: Envoy's short flags, comma-separated; empty when none.
+    pub response_flags: &'a str,
+    /// `%RESPONSE_CODE_DETAILS%` (`via_upstream`, `route_not_found`, …); empty when unknown.
+    pub response_code_details: &'a str,
+    /// `%BYTES_RECEIVED%`: request body bytes.
+    pub bytes_received: u64,
+    /// `%BYTES_SENT%`: response body bytes.
+    pub bytes_sent: u64,
+    /// `%DURATION%`: from the start to the last byte sent; written in whole milliseconds.
+    pub duration: Option<Duration>,
+    /// `%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%`.
+    pub upstream_service_time: Option<&'a str>,
+    /// `%REQ(X-FORWARDED-FOR)%`.
+    pub x_forwarded_for: Option<&'a str>,
+    /// `%REQ(USER-AGENT)%`.
+    pub user_agent: Option<&'a str>,
+    /// `%REQ(X-REQUEST-ID)%`.
+    pub request_id: Option<&'a str>,
+    /// `%REQ(:AUTHORITY)%`.
+    pub authority: Option<&'a str>,
+    /// `%UPSTREAM_HOST%`: the endpoint the request went to.
+    pub upstream_host: Option<SocketAddr>,
+    /// `%UPSTREAM_CLUSTER_RAW%`: Istio's cluster name
+    /// (`outbound|9080|v1|reviews.default.svc.cluster.local`).
+    pub upstream_cluster: Option<&'a str>,
+    /// `%UPSTREAM_LOCAL_ADDRESS%`.
+    pub upstream_local_address: Option<SocketAddr>,
+    /// `%DOWNSTREAM_LOCAL_ADDRESS%`: the listener's address.
+    pub downstream_local_address: Option<SocketAddr>,
+    /// `%DOWNSTREAM_REMOTE_ADDRESS%`: the client's address.
+    pub downstream_remote_address: Option<SocketAddr>,
+    /// `%REQUESTED_SERVER_NAME%`: the TLS SNI.
+    pub requested_server_name: Option<&'a str>,
+    /// `%ROUTE_NAME%`: the VirtualService route's `name`.
+    pub route_name: Option<&'a str>,
+    /// `%TRACE_ID%` (JSON only; Istio's text line has none).
+    pub trace_id: Option<u128>,
+}
+
+impl<'a> LogEntry<'a> {
+    /// An entry that started at `start_time` and knows nothing else yet.
+    pub fn new(start_time: SystemTime) -> Self {
+        LogEntry {
+            start_time,
+            method: "",
+            path: "",
+            protocol: "HTTP/1.1",
+            response_code: 0,
+            response_flags: "",
+            response_code_details: "",
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: None,
+            upstream_service_time: None,
+            x_forwarded_for: None,
+            user_agent: None,
+            request_id: None,
+            authority: None,
+            upstream_host: None,
+            upstream_cluster: None,
+            upstream_local_address: None,
+            downstream_local_address: None,
+            downstream_remote_address: None,
+            requested_server_name: None,
+            route_name: None,
+            trace_id: None,
+        }
+    }
+}
+
+/// An access log: a format and the writer its lines go to. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    encoding: Encoding,
+    writer: Arc<AccessLogWriter>,
+}
+
+impl AccessLog {
+    /// Lines in `encoding`, written by `writer`.
+    pub fn new(encoding: Encoding, writer: Arc<AccessLogWriter>) -> Self {
+        AccessLog { encoding, writer }
+    }
+
+    /// The line format.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// The writer.
+    pub fn writer(&self) -> &Arc<AccessLogWriter> {
+        &self.writer
+    }
+
+    /// Formats `entry` and queues its line; never blocks (a full queue drops and counts).
+    pub fn log(&self, entry: &LogEntry<'_>) {
+        let mut line = Vec::with_capacity(384);
+        self.encoding.format(entry, &mut line);
+        self.writer.write(line);
+    }
+}
+
+// === formatting ===
+
+impl Encoding {
+    /// Appends `entry`'s line (with its `\n`) to `out`.
+    pub fn format(self, entry: &LogEntry<'_>, out: &mut Vec<u8>) {
+        match self {
+            Encoding::Text => text(entry, out),
+            Encoding::Json => json(entry, out),
+        }
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+fn opt(s: Option<&str>) -> &str {
+    s.filter(|s| !s.is_empty()).unwrap_or("-")
+}
+
+fn put_addr(out: &mut Vec<u8>, a: Option<SocketAddr>) {
+    match a {
+        Some(a) => {
+            let _ = write!(out, "{a}");
+        }
+        None => out.push(b'-'),
+    }
+}
+
+fn text(e: &LogEntry<'_>, out: &mut Vec<u8>) {
+    out.push(b'[');
+    put_time(out, e.start_time);
+    let _ = write!(
+        out,
+        "] \"{} {} {}\" {} {} {} - \"-\" {} {} ",
+        or_dash(e.method),
+        or_dash(e.path),
+        or_dash(e.protocol),
+        e.response_code,
+        or_dash(e.response_flags),
+        or_dash(e.response_code_details),
+        e.bytes_received,
+        e.bytes_sent,
+    );
+    match e.duration {
+        Some(d) => {
+            let _ = write!(out, "{}", d.as_millis());
+        }
+        None => out.push(b'-'),
+    }
+    let _ = write!(
+        out,
+        " {} \"{}\" \"{}\" \"{}\" \"{}\" \"",
+        opt(e.upstream_service_time),
+        opt(e.x_forwarded_for),
+        opt(e.user_agent),
+        opt(e.request_id),
+        opt(e.authority),
+    );
+    put_addr(out, e.upstream_host);
+    let _ = write!(out, "\" {} ", opt(e.upstream_cluster));
+    put_addr(out, e.upstream_local_address);
+    out.push(b' ');
+    put_addr(out, e.downstream_local_address);
+    out.push(b' ');
+    put_addr(out, e.downstream_remote_address);
+    let _ = writeln!(
+        out,
+        " {} {}",
+        opt(e.requested_server_name),
+        opt(e.route_name)
+    );
+}
+
+/// A JSON object writer: keys in the order given (callers give them sorted).
+struct Obj<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
+
+impl Obj<'_> {
+    fn key(&mut self, k: &str) {
+        self.out
+            .extend_from_slice(if self.first { b"{\"" } else { b",\"" });
+        self.first = false;
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn str(&mut self, k: &str, v: Option<&str>) {
+        self.key(k);
+        match v.filter(|v| !v.is_empty()) {
+            Some(v) => json_string(self.out, v),
+            None => self.out.extend_from_slice(b"null"),
+        }
+    }
+
+    fn num(&mut self, k: &str, v: Option<u128>) {
+        self.key(k);
+        match v {
+            Some(v) => {
+                let _ = write!(self.out, "{v}");
+            }
+            None => self.out.extend_from_slice(b"null"),
+        }
+    }
+
+    fn addr(&mut self, k: &str, v: Option<SocketAddr>) {
+        self.key(k);
+        match v {
+            Some(a) => {
+                let _ = write!(self.out, "\"{a}\"");
+            }
+            None => self.out.extend_from_slice(b"null"),
+        }
+    }
+}
+
+fn json(e: &LogEntry<'_>, out: &mut Vec<u8>) {
+    let trace_id = e.trace_id.map(|t| format!("{t:032x}"));
+    let mut o = Obj { out, first: true };
+    o.str("authority", e.authority);
+    o.num("bytes_received", Some(u128::from(e.bytes_received)));
+    o.num("bytes_sent", Some(u128::from(e.bytes_sent)));
+    o.str("connection_termination_details", None);
+    o.addr("downstream_local_address", e.downstream_local_address);
+    o.addr("downstream_remote_address", e.downstream_remote_address);
+    o.num("duration", e.duration.map(|d| d.as_millis()));
+    o.str("method", Some(e.method));
+    o.str("path", Some(e.path));
+    o.str("protocol", Some(e.protocol));
+    o.str("request_id", e.request_id);
+    o.str("requested_server_name", e.requested_server_name);
+    o.num(
+        "response_code",
+        Some(u128::from(e.response_code)).filter(|_| e.response_code != 0),
+    );
+    o.str("response_code_details", Some(e.response_code_details));
+    // Envoy writes "-" for no flags in JSON too
+    o.str("response_flags", Some(or_dash(e.response_flags)));
+    o.str("route_name", e.route_name);
+    o.key("start_time");
+    o.out.push(b'"');
+    put_time(o.out, e.start_time);
+    o.out.push(b'"');
+    o.str("trace_id", trace_id.as_deref());
+    o.str("upstream_cluster", e.upstream_cluster);
+    o.addr("upstream_host", e.upstream_host);
+    o.addr("upstream_local_address", e.upstream_local_address);
+    o.str("upstream_service_time", e.upstream_service_time);
+    o.str("upstream_transport_failure_reason", None);
+    o.str("user_agent", e.user_agent);
+    o.str("x_forwarded_for", e.x_forwarded_for);
+    out.extend_from_slice(b"}\n");
+}
+
+/// A JSON string literal (RFC 8259 §7).
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let mut b = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Envoy's `%START_TIME%`: `%Y-%m-%dT%H:%M:%E3SZ`, UTC.
+fn put_time(out: &mut Vec<u8>, t: SystemTime) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    );
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests;

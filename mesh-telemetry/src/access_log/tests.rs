@@ -1,0 +1,158 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+/// The sidecar of `curl` in istio.io's "Envoy Access Logs" task (Default access log
+/// format): `[2020-11-25T21:26:18.409Z] "GET /status/418 HTTP/1.1" 418 - via_upstream - …`.
+fn istio_docs_example() -> LogEntry<'static> {
+    let mut e = LogEntry::new(UNIX_EPOCH + Duration::from_millis(1_606_339_578_409));
+    e.method = "GET";
+    e.path = "/status/418";
+    e.protocol = "HTTP/1.1";
+    e.response_code = 418;
+    e.response_code_details = "via_upstream";
+    e.bytes_received = 0;
+    e.bytes_sent = 135;
+    e.duration = Some(Duration::from_micros(4_900));
+    e.upstream_service_time = Some("4");
+    e.user_agent = Some("curl/7.73.0-DEV");
+    e.request_id = Some("84961386-6d84-929d-98bd-c5aee93b5c88");
+    e.authority = Some("httpbin:8000");
+    e.upstream_host = Some("10.44.1.27:80".parse().unwrap());
+    e.upstream_cluster = Some("outbound|8000||httpbin.foo.svc.cluster.local");
+    e.upstream_local_address = Some("10.44.1.23:37652".parse().unwrap());
+    e.downstream_local_address = Some("10.0.45.184:8000".parse().unwrap());
+    e.downstream_remote_address = Some("10.44.1.23:46520".parse().unwrap());
+    e.route_name = Some("default");
+    e
+}
+
+fn text_of(e: &LogEntry<'_>) -> String {
+    let mut out = Vec::new();
+    Encoding::Text.format(e, &mut out);
+    String::from_utf8(out).unwrap()
+}
+
+fn json_of(e: &LogEntry<'_>) -> serde_json::Value {
+    let mut out = Vec::new();
+    Encoding::Json.format(e, &mut out);
+    assert_eq!(out.last(), Some(&b'\n'));
+    assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+    serde_json::from_slice(&out).unwrap()
+}
+
+#[test]
+fn text_is_istio_s_default_format_as_in_its_documented_example() {
+    assert_eq!(
+        text_of(&istio_docs_example()),
+        "[2020-11-25T21:26:18.409Z] \"GET /status/418 HTTP/1.1\" 418 - via_upstream - \"-\" 0 135 4 4 \"-\" \"curl/7.73.0-DEV\" \"84961386-6d84-929d-98bd-c5aee93b5c88\" \"httpbin:8000\" \"10.44.1.27:80\" outbound|8000||httpbin.foo.svc.cluster.local 10.44.1.23:37652 10.0.45.184:8000 10.44.1.23:46520 - default\n"
+    );
+}
+
+#[test]
+fn text_writes_a_dash_for_what_a_local_reply_does_not_have() {
+    // Envoy's example of a local reply: no upstream, no route, flag NR, code 404
+    let mut e = LogEntry::new(UNIX_EPOCH);
+    e.method = "GET";
+    e.path = "/nowhere";
+    e.response_code = 404;
+    e.response_flags = "NR";
+    e.response_code_details = "route_not_found";
+    e.duration = Some(Duration::ZERO);
+    assert_eq!(
+        text_of(&e),
+        "[1970-01-01T00:00:00.000Z] \"GET /nowhere HTTP/1.1\" 404 NR route_not_found - \"-\" 0 0 0 - \"-\" \"-\" \"-\" \"-\" \"-\" - - - - - -\n"
+    );
+}
+
+#[test]
+fn json_has_istio_s_keys_numbers_as_numbers_and_null_for_missing_values() {
+    let mut e = istio_docs_example();
+    e.trace_id = Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736);
+    e.user_agent = Some("quote\" and \\ and \u{1}");
+    let v = json_of(&e);
+    assert_eq!(v["start_time"], "2020-11-25T21:26:18.409Z");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/status/418");
+    assert_eq!(v["protocol"], "HTTP/1.1");
+    assert_eq!(v["response_code"], 418);
+    assert_eq!(v["response_flags"], "-");
+    assert_eq!(v["response_code_details"], "via_upstream");
+    assert_eq!(v["bytes_received"], 0);
+    assert_eq!(v["bytes_sent"], 135);
+    assert_eq!(v["duration"], 4);
+    assert_eq!(v["upstream_service_time"], "4");
+    assert_eq!(v["x_forwarded_for"], serde_json::Value::Null);
+    assert_eq!(v["user_agent"], "quote\" and \\ and \u{1}");
+    assert_eq!(v["request_id"], "84961386-6d84-929d-98bd-c5aee93b5c88");
+    assert_eq!(v["authority"], "httpbin:8000");
+    assert_eq!(v["upstream_host"], "10.44.1.27:80");
+    assert_eq!(
+        v["upstream_cluster"],
+        "outbound|8000||httpbin.foo.svc.cluster.local"
+    );
+    assert_eq!(v["upstream_local_address"], "10.44.1.23:37652");
+    assert_eq!(v["downstream_local_address"], "10.0.45.184:8000");
+    assert_eq!(v["downstream_remote_address"], "10.44.1.23:46520");
+    assert_eq!(v["requested_server_name"], serde_json::Value::Null);
+    assert_eq!(v["route_name"], "default");
+    assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    // Istio's 24 keys and trace_id
+    assert_eq!(keys.len(), 25, "{keys:?}");
+}
+
+#[test]
+fn dates_are_proleptic_gregorian_utc() {
+    for (days, date) in [
+        (0, (1970, 1, 1)),
+        (59, (1970, 3, 1)),
+        (11_016, (2000, 2, 29)),
+        (18_591, (2020, 11, 25)),
+        (-1, (1969, 12, 31)),
+    ] {
+        assert_eq!(civil_from_days(days), date, "{days}");
+    }
+}
+
+#[test]
+fn the_writer_writes_lines_in_order_and_reopens_after_rotation() {
+    let dir = std::env::temp_dir().join(format!("mesh-al-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    let _ = std::fs::remove_file(&path);
+    let w = AccessLogWriter::open(&path, 16).unwrap();
+    w.write(b"one\n".to_vec());
+    w.write(b"two\n".to_vec());
+    w.flush();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+    // logrotate moved the file away: reopen writes a new one
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    w.reopen();
+    w.write(b"three\n".to_vec());
+    w.flush();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
+    assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\ntwo\n");
+    assert_eq!(w.dropped(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_full_queue_drops_lines_and_counts_them() {
+    // a queue of one that no thread drains (a writer thread held up by a slow disk)
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let w = AccessLogWriter {
+        tx,
+        dropped: std::sync::atomic::AtomicU64::new(0),
+        path: "unused".into(),
+        pending: Default::default(),
+        high: 1,
+        thread: None,
+    };
+    for _ in 0..4 {
+        w.write(b"x\n".to_vec());
+    }
+    assert_eq!(w.dropped(), 3);
+    drop(rx);
+}

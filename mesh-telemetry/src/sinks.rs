@@ -1,0 +1,257 @@
+//! The span and access log sinks of the per-request record ([`crate::record`]): what turns a
+//! [`Completed`] request into an OpenTelemetry span ([`SpanRecorder`]) and an access log
+//! line ([`AccessLogRecorder`]).
+//!
+//! Both hold what they write to behind an [`ArcSwapOption`] shared with their owner: a
+//! reload swaps the exporter or the log file without rebuilding the record layers, and
+//! `None` turns the sink off (one atomic load per request).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arc_swap::ArcSwapOption;
+//! use http::{Request, Response};
+//! use mesh_telemetry::access_log::{AccessLog, AccessLogWriter, Encoding};
+//! use mesh_telemetry::record::{RecordLayer, Sink};
+//! use mesh_telemetry::sinks::{AccessLogRecorder, Side};
+//! use mesh_telemetry::trace::{TraceConfig, TraceLayer};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # let dir = std::env::temp_dir().join(format!("mesh-doc-al-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("access.log");
+//! let writer = Arc::new(AccessLogWriter::open(&path, 1024).unwrap());
+//! let log = Arc::new(ArcSwapOption::from_pointee(AccessLog::new(Encoding::Json, writer.clone())));
+//! let svc = ServiceBuilder::new()
+//!     .layer(TraceLayer::new(TraceConfig::default()))
+//!     .layer(RecordLayer::new(vec![Arc::new(AccessLogRecorder::new(Side::Outbound, log)) as Arc<dyn Sink>]))
+//!     .service_fn(|_req: Request<http_body_util::Empty<bytes::Bytes>>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//!     });
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let res = svc.oneshot(Request::new(Default::default())).await.unwrap();
+//! drop(res); // the body has ended
+//! # });
+//! writer.flush();
+//! let line = std::fs::read_to_string(&path).unwrap();
+//! assert!(line.contains("\"response_code\":200"));
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use http::{HeaderValue, Version};
+use mesh_core::flags::ResponseFlags;
+use opentelemetry::trace::SpanKind;
+
+use crate::access_log::{AccessLog, LogEntry};
+use crate::record::{Completed, Sink};
+use crate::span::{RequestSpan, SpanSink};
+
+/// Which listener of a sidecar a sink watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The application's outbound calls: client spans.
+    Outbound,
+    /// Peers' calls to the application: server spans.
+    Inbound,
+}
+
+/// Makes the span of every sampled request (see the [module docs](self)).
+#[derive(Debug)]
+pub struct SpanRecorder {
+    side: Side,
+    sink: Arc<ArcSwapOption<SpanSink>>,
+}
+
+impl SpanRecorder {
+    /// Spans of `side`'s requests, to whatever `sink` holds.
+    pub fn new(side: Side, sink: Arc<ArcSwapOption<SpanSink>>) -> Self {
+        SpanRecorder { side, sink }
+    }
+}
+
+impl Sink for SpanRecorder {
+    fn complete(&self, c: &Completed<'_>) {
+        let Some(ctx) = c.trace.copied().filter(|t| t.sampled) else {
+            return;
+        };
+        let guard = self.sink.load();
+        let Some(sink) = guard.as_ref() else {
+            return;
+        };
+        let (start, end) = wall_clock(c.start, c.end);
+        let flags = flags_value(c.flags);
+        let operation = c
+            .info
+            .destination
+            .as_ref()
+            .map(|d| format!("{}:{}", d.host, d.port.unwrap_or(80)));
+        let kind = match self.side {
+            Side::Outbound => SpanKind::Client,
+            Side::Inbound => SpanKind::Server,
+        };
+        let mut span = RequestSpan::new(
+            kind,
+            ctx,
+            start,
+            c.method.as_str(),
+            c.authority.unwrap_or(""),
+            path(c),
+        );
+        span.end = end;
+        span.operation = operation.as_deref();
+        span.protocol = protocol(c.version);
+        span.status = c.status.map_or(0, |s| s.as_u16());
+        span.flags = flags.as_ref().and_then(|f| f.to_str().ok()).unwrap_or("");
+        span.upstream_cluster = c.info.cluster().map(|cl| &*cl.name);
+        span.request_id = c.request_id.and_then(|v| v.to_str().ok());
+        span.user_agent = c.user_agent.and_then(|v| v.to_str().ok());
+        span.peer = c.client_addr;
+        span.request_size = c.request_bytes;
+        span.response_size = c.response_bytes;
+        sink.record(&span);
+    }
+}
+
+/// Writes the access log line of every request (see the [module docs](self)).
+#[derive(Debug)]
+pub struct AccessLogRecorder {
+    side: Side,
+    log: Arc<ArcSwapOption<AccessLog>>,
+    local: OnceLock<SocketAddr>,
+    /// Inbound: the local application and Istio's name of its cluster (`inbound|9080||`).
+    app: Option<(SocketAddr, Arc<str>)>,
+}
+
+impl AccessLogRecorder {
+    /// Lines for `side`'s requests, to whatever `log` holds.
+    pub fn new(side: Side, log: Arc<ArcSwapOption<AccessLog>>) -> Self {
+        AccessLogRecorder {
+            side,
+            log,
+            local: OnceLock::new(),
+            app: None,
+        }
+    }
+
+    /// The inbound side's upstream: the local application (`%UPSTREAM_HOST%`; its cluster is
+    /// Istio's `inbound|<port>||`).
+    pub fn with_local_app(mut self, app: SocketAddr) -> Self {
+        self.app = Some((app, Arc::from(format!("inbound|{}||", app.port()))));
+        self
+    }
+
+    /// The listener's address (`%DOWNSTREAM_LOCAL_ADDRESS%`), once it is bound; set once.
+    pub fn set_local_addr(&self, addr: SocketAddr) {
+        let _ = self.local.set(addr);
+    }
+
+    /// The side watched.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+}
+
+impl Sink for AccessLogRecorder {
+    fn complete(&self, c: &Completed<'_>) {
+        let guard = self.log.load();
+        let Some(log) = guard.as_ref() else {
+            return;
+        };
+        let (start, _) = wall_clock(c.start, c.end);
+        let flags = flags_value(c.flags);
+        let mut e = LogEntry::new(start);
+        e.method = c.method.as_str();
+        e.path = path(c);
+        e.protocol = protocol(c.version);
+        e.response_code = c.status.map_or(0, |s| s.as_u16());
+        e.response_flags = flags.as_ref().and_then(|f| f.to_str().ok()).unwrap_or("");
+        e.response_code_details = details(c);
+        e.bytes_received = c.request_bytes;
+        e.bytes_sent = c.response_bytes;
+        e.duration = Some(c.end.saturating_duration_since(c.start));
+        e.user_agent = c.user_agent.and_then(|v| v.to_str().ok());
+        e.request_id = c.request_id.and_then(|v| v.to_str().ok());
+        e.authority = c.authority;
+        e.upstream_host = c.info.endpoint().map(|ep| ep.addr);
+        e.upstream_cluster = match c.info.cluster() {
+            Some(cl) => Some(&*cl.name),
+            None if c.info.passthrough => Some("PassthroughCluster"),
+            None => None,
+        };
+        if let Some((app, cluster)) = &self.app
+            && e.upstream_host.is_none()
+            && c.status.is_some()
+        {
+            e.upstream_host = Some(*app);
+            e.upstream_cluster = Some(cluster);
+        }
+        e.downstream_local_address = self.local.get().copied();
+        e.downstream_remote_address = c.client_addr;
+        e.route_name = c.info.route_name();
+        e.trace_id = c.trace.map(|t| t.trace_id);
+        log.log(&e);
+    }
+}
+
+/// The wall-clock times of two instants of the past (one clock read each).
+fn wall_clock(start: Instant, end: Instant) -> (SystemTime, SystemTime) {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let at = |i: Instant| wall - now.saturating_duration_since(i);
+    (at(start), at(end))
+}
+
+fn path<'a>(c: &Completed<'a>) -> &'a str {
+    c.uri.path_and_query().map_or("", |p| p.as_str())
+}
+
+/// `%PROTOCOL%`.
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The flags' short form (no allocation for a single flag); `None` when there is none.
+fn flags_value(f: ResponseFlags) -> Option<HeaderValue> {
+    (!f.is_empty()).then(|| f.to_header_value())
+}
+
+/// `%RESPONSE_CODE_DETAILS%` as Envoy writes it for the mesh's own answers
+/// (`envoy/stream_info/stream_info.h`, `ResponseCodeDetailValues`), `via_upstream` for an
+/// upstream's answer.
+fn details(c: &Completed<'_>) -> &'static str {
+    if c.status.is_none() {
+        return "";
+    }
+    const LOCAL: &[(ResponseFlags, &str)] = &[
+        (ResponseFlags::NO_ROUTE, "route_not_found"),
+        (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
+        (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, "response_timeout"),
+        (ResponseFlags::RATE_LIMITED, "local_rate_limited"),
+        (ResponseFlags::FAULT_INJECTED, "fault_filter_abort"),
+        (
+            ResponseFlags::RBAC_DENIED,
+            "rbac_access_denied_matched_policy[none]",
+        ),
+        (
+            ResponseFlags::UPSTREAM_OVERFLOW,
+            "upstream_reset_before_response_started{overflow}",
+        ),
+        (
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+            "upstream_reset_before_response_started{connection_failure}",
+        ),
+    ];
+    LOCAL
+        .iter()
+        .find(|(f, _)| c.flags.contains(*f))
+        .map_or("via_upstream", |(_, d)| d)
+}
