@@ -11,7 +11,7 @@ use mesh_core::ext::{ClientAddr, ConnectionSni, DestinationAddr, PeerIdentity};
 use mesh_core::model::security::{
     AuthorizationAction, AuthorizationPolicy, Condition, Operation, Rule, Source,
 };
-use mesh_core::selector::Labels;
+use mesh_core::selector::{Labels, WorkloadSelector};
 
 use super::matcher::{HostPattern, PathPattern, Pattern, parse_cidr};
 use crate::jwt::RequestAuth;
@@ -313,14 +313,28 @@ impl Authorizer {
 
 /// Whether Istio applies `p` to the sidecar of `w`.
 fn applies(p: &PolicyRef<'_>, w: &Workload<'_>) -> bool {
-    if p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty() {
-        return false;
-    }
-    match &p.spec.selector {
-        None => p.namespace == w.root_namespace || p.namespace == w.namespace,
-        Some(s) => {
-            (p.namespace == w.namespace || p.namespace == w.root_namespace) && s.matches(w.labels)
-        }
+    w.selects(
+        p.namespace,
+        p.spec.selector.as_ref(),
+        p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty(),
+    )
+}
+
+impl Workload<'_> {
+    /// Whether Istio applies a policy (AuthorizationPolicy, RequestAuthentication) of
+    /// `namespace` with `selector` to this workload's sidecar: one of the root namespace
+    /// (mesh-wide) or of the workload's namespace, selecting its labels when it has a
+    /// selector; a policy with `targetRef(s)` is for gateways and waypoints (`targeted`), and
+    /// a sidecar skips it.
+    pub fn selects(
+        &self,
+        namespace: &str,
+        selector: Option<&WorkloadSelector>,
+        targeted: bool,
+    ) -> bool {
+        !targeted
+            && (namespace == self.namespace || namespace == self.root_namespace)
+            && selector.is_none_or(|s| s.matches(self.labels))
     }
 }
 

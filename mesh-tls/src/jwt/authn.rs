@@ -13,7 +13,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use mesh_core::model::security::{JwtRule, RequestAuthentication};
-use mesh_core::selector::Labels;
 use serde_json::Value;
 
 use super::{JwtStatus, RequestAuth};
@@ -36,16 +35,9 @@ pub struct RequestAuthRef<'a> {
     pub spec: &'a RequestAuthentication,
 }
 
-/// The workload the RequestAuthentications are compiled for.
-#[derive(Debug, Clone, Copy)]
-pub struct JwtWorkload<'a> {
-    /// The mesh's root namespace (`meshConfig.rootNamespace`, `istio-system`).
-    pub root_namespace: &'a str,
-    /// The workload's namespace.
-    pub namespace: &'a str,
-    /// The workload's labels.
-    pub labels: &'a Labels,
-}
+/// The workload the RequestAuthentications are compiled for: the one AuthorizationPolicies
+/// are compiled for ([`crate::authz::Workload`]), selected the same way.
+pub type JwtWorkload<'a> = crate::authz::Workload<'a>;
 
 /// A RequestAuthentication this version cannot enforce as written: the configuration is
 /// refused (security fails closed).
@@ -368,14 +360,11 @@ impl Authenticator {
 
 /// Whether Istio applies `p` to the sidecar of `w` (as AuthorizationPolicy's selection).
 fn applies(p: &RequestAuthRef<'_>, w: &JwtWorkload<'_>) -> bool {
-    if p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty() {
-        return false;
-    }
-    let here = p.namespace == w.namespace || p.namespace == w.root_namespace;
-    match &p.spec.selector {
-        None => here,
-        Some(s) => here && s.matches(w.labels),
-    }
+    w.selects(
+        p.namespace,
+        p.spec.selector.as_ref(),
+        p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty(),
+    )
 }
 
 type Refusal = (String, String);
