@@ -134,7 +134,8 @@ pub struct Completed<'a> {
     /// The flags the mesh recorded on the response (empty: none), plus `DC` when the client
     /// went away before the end.
     pub flags: ResponseFlags,
-    /// `grpc-status`, from the response's trailers or headers.
+    /// `grpc-status`, from the response's trailers or headers, for a gRPC request (content
+    /// type `application/grpc…`; `None` for the others, as Istio's empty label).
     pub grpc_status: Option<u32>,
     /// The response's bytes: its head and the body bytes sent.
     pub response_bytes: u64,
@@ -359,7 +360,13 @@ impl Pending {
             .get::<ResponseFlags>()
             .copied()
             .unwrap_or_default();
-        self.grpc_status = grpc_status(res.headers());
+        // a gRPC request's answer only (Istio's grpc_response_status is empty otherwise): no
+        // look-up of `grpc-status` in every HTTP answer
+        self.grpc_status = if self.grpc {
+            grpc_status(res.headers())
+        } else {
+            None
+        };
         // status line: "HTTP/1.1 200 OK\r\n", and the blank line
         self.response_bytes = 17 + 2 + head_bytes(res.headers());
     }
@@ -490,7 +497,9 @@ impl<B: Body> Body for RecordBody<B> {
                             this.guard.finish(End::Complete);
                         }
                     } else if let Some(t) = f.trailers_ref() {
-                        if let Some(s) = grpc_status(t) {
+                        if p.grpc
+                            && let Some(s) = grpc_status(t)
+                        {
                             p.grpc_status = Some(s);
                         }
                         p.response_bytes += head_bytes(t);

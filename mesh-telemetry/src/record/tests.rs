@@ -162,6 +162,26 @@ async fn grpc_status_from_trailers_and_protocol_from_content_type() {
 }
 
 #[tokio::test]
+async fn a_grpc_status_in_the_answer_to_a_plain_http_request_is_not_read() {
+    let log = Arc::new(Log::default());
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer(&log))
+            .service_fn(|_req: Request<Full<Bytes>>| async {
+                let mut res = Response::new(Full::<Bytes>::default());
+                res.headers_mut()
+                    .insert("grpc-status", HeaderValue::from_static("14"));
+                Ok::<_, Infallible>(res)
+            });
+    let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    let seen = log.take();
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].grpc);
+    assert_eq!(seen[0].grpc_status, None);
+}
+
+#[tokio::test]
 async fn a_response_dropped_before_its_end_is_reported_as_dropped_with_dc() {
     let log = Arc::new(Log::default());
     let svc =
