@@ -105,14 +105,16 @@ async fn flood(workers: u32) {
     for c in clients {
         bounded(c).await.unwrap();
     }
-    let replies = replies.lock().unwrap();
-    let ok: Vec<_> = replies.iter().filter(|r| r.status == 200).collect();
-    assert_eq!(
-        ok.len(),
-        2,
-        "the first and the pending one ({workers} workers)"
-    );
-    assert!(ok.iter().all(|r| r.backend() == "httpbin"));
+    {
+        let replies = replies.lock().unwrap();
+        let ok: Vec<_> = replies.iter().filter(|r| r.status == 200).collect();
+        assert_eq!(
+            ok.len(),
+            2,
+            "the first and the pending one ({workers} workers)"
+        );
+        assert!(ok.iter().all(|r| r.backend() == "httpbin"));
+    }
     assert_eq!(upstream.hits(), 2);
     assert_eq!(
         slow.most.load(Ordering::SeqCst),
@@ -121,6 +123,26 @@ async fn flood(workers: u32) {
     );
     // maxRequestsPerConnection: 1
     assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
+    // the overflows are the cluster's, on /clusters and /stats/prometheus
+    let cluster = "outbound|8000||httpbin.default.svc.cluster.local";
+    let (status, body) = admin_get(p.admin, "/clusters").await;
+    assert_eq!(status, 200);
+    let clusters: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cb = clusters["circuit_breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster"] == cluster)
+        .unwrap_or_else(|| panic!("{cluster} in {body}"));
+    assert_eq!(cb["pending_overflows"], 8, "{cb}");
+    assert_eq!(cb["requests_active"], 0, "{cb}");
+    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
+    assert!(
+        stats.contains(&format!(
+            "mesh_proxy_cluster_overflows_total{{cluster_name=\"{cluster}\"}} 8\n"
+        )),
+        "{stats}"
+    );
     drop(p);
 }
 
@@ -238,4 +260,11 @@ spec:
         (200, "retried")
     );
     assert_eq!(upstream.hits(), 3);
+    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
+    assert!(
+        stats.contains(
+            "mesh_proxy_cluster_retry_overflows_total{cluster_name=\"outbound|8000||httpbin.default.svc.cluster.local\"} 1\n"
+        ),
+        "{stats}"
+    );
 }

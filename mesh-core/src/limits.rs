@@ -387,6 +387,17 @@ impl ClusterCounters {
         self.retries.load(Ordering::Relaxed)
     }
 
+    /// Requests answered `503 UO` by overflow so far (Envoy's
+    /// `upstream_rq_pending_overflow`).
+    pub fn pending_overflows(&self) -> u64 {
+        self.pending_overflow.load(Ordering::Relaxed)
+    }
+
+    /// Retries refused so far (Envoy's `upstream_rq_retry_overflow`).
+    pub fn retry_overflows(&self) -> u64 {
+        self.retry_overflow.load(Ordering::Relaxed)
+    }
+
     fn release_connection(&self) {
         self.connections.fetch_sub(1, Ordering::AcqRel);
         // a waiter counts itself pending before it looks for a connection: either it sees

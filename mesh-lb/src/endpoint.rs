@@ -202,6 +202,18 @@ impl Registry {
         inner.counters.insert(cluster.clone(), Arc::downgrade(&c));
         c
     }
+
+    /// The circuit-breaker counters of the clusters alive now, by cluster name.
+    pub(crate) fn live_counters(&self) -> Vec<(Arc<str>, Arc<ClusterCounters>)> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = inner
+            .counters
+            .iter()
+            .filter_map(|(name, w)| Some((name.clone(), w.upgrade()?)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
 }
 
 #[cfg(test)]

@@ -230,6 +230,13 @@ impl LbLayer {
         self.shared.health.clone()
     }
 
+    /// The circuit-breaker counters (`connectionPool`, retry budget) of every cluster a
+    /// worker or an in-flight request holds now, sorted by cluster name: what the proxy
+    /// shows on `/clusters` and `/stats/prometheus`.
+    pub fn circuit_breakers(&self) -> Vec<(Arc<str>, Arc<mesh_core::limits::ClusterCounters>)> {
+        self.shared.registry.live_counters()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &LbConfig {
         &self.shared.config

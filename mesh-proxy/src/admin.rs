@@ -7,7 +7,7 @@
 //! | `/ready` | 200 `LIVE` once the listeners are up and a configuration is loaded; 503 before and while draining |
 //! | `/healthz` | 200 while the process runs |
 //! | `/config_dump` | the effective configuration (the compiled snapshot) as JSON |
-//! | `/clusters` | services, subsets and endpoints with their state, as JSON |
+//! | `/clusters` | services, subsets and endpoints with their state, and each cluster's circuit-breaker counts, as JSON |
 //! | `/stats/prometheus` | the proxy's own counters and Istio's standard metrics in Prometheus text format (0.0.4) |
 //!
 //! Bind it to loopback: like Envoy's admin it is unauthenticated.

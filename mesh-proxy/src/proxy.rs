@@ -1000,7 +1000,30 @@ impl ProxyState {
                 })
             })
             .collect();
-        serde_json::json!({ "generation": snap.generation, "services": services })
+        // the circuit breakers' counts per Istio cluster (Envoy's `/clusters` shows its
+        // circuit breakers' thresholds and `upstream_rq_*_overflow` stats per cluster)
+        let breakers: Vec<serde_json::Value> = self
+            .layers
+            .lb()
+            .circuit_breakers()
+            .iter()
+            .map(|(cluster, c)| {
+                serde_json::json!({
+                    "cluster": &**cluster,
+                    "requests_active": c.requests(),
+                    "pending_active": c.pending(),
+                    "connections_active": c.connections(),
+                    "retries_active": c.retries(),
+                    "pending_overflows": c.pending_overflows(),
+                    "retry_overflows": c.retry_overflows(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "generation": snap.generation,
+            "services": services,
+            "circuit_breakers": breakers,
+        })
     }
 
     /// `/stats/prometheus`: the proxy's own gauges and counters, then Istio's standard
@@ -1059,9 +1082,69 @@ impl ProxyState {
                 "mesh_proxy_downstream_connections_active{{listener=\"{l}\"}} {open}"
             );
         }
+        self.encode_circuit_breakers(&mut s);
         self.layers.telemetry().exporters().encode(&mut s);
         self.layers.telemetry().metrics().encode(&mut s);
         s
+    }
+
+    /// The circuit breakers' counts per Istio cluster (one series per cluster alive now:
+    /// as bounded as the configuration), as Envoy's `upstream_rq_active`,
+    /// `upstream_rq_pending_active`, `upstream_cx_active`, `upstream_rq_retry` (in flight)
+    /// and the two overflow counters.
+    fn encode_circuit_breakers(&self, s: &mut String) {
+        use mesh_core::limits::ClusterCounters;
+        let breakers = self.layers.lb().circuit_breakers();
+        type Family = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&ClusterCounters) -> u64,
+        );
+        let families: [Family; 6] = [
+            (
+                "mesh_proxy_cluster_requests_active",
+                "gauge",
+                "Requests in flight to the cluster.",
+                |c| c.requests().into(),
+            ),
+            (
+                "mesh_proxy_cluster_pending_requests",
+                "gauge",
+                "Requests waiting for an HTTP/1.1 connection to the cluster.",
+                |c| c.pending().into(),
+            ),
+            (
+                "mesh_proxy_cluster_connections_active",
+                "gauge",
+                "HTTP/1.1 connections to the cluster in use.",
+                |c| c.connections().into(),
+            ),
+            (
+                "mesh_proxy_cluster_retries_active",
+                "gauge",
+                "Retries to the cluster in flight.",
+                |c| c.retries().into(),
+            ),
+            (
+                "mesh_proxy_cluster_overflows_total",
+                "counter",
+                "Requests answered 503 UO by the cluster's circuit breaker (Envoy's upstream_rq_pending_overflow).",
+                ClusterCounters::pending_overflows,
+            ),
+            (
+                "mesh_proxy_cluster_retry_overflows_total",
+                "counter",
+                "Retries not sent for lack of a permit (maxRetries, retryBudget; Envoy's upstream_rq_retry_overflow).",
+                ClusterCounters::retry_overflows,
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (cluster, c) in &breakers {
+                let _ = writeln!(s, "{name}{{cluster_name=\"{cluster}\"}} {}", value(c));
+            }
+        }
     }
 
     /// The last reload error, if the last reload failed.
