@@ -1178,8 +1178,8 @@ static WORKLOAD_ENTRY: TypeDef = TypeDef {
         field(
             "serviceAccount",
             Leaf,
-            Status::NotYet(Area::Security),
-            "the peer identity is checked with mTLS",
+            Status::Enforced,
+            "the identity expected of the endpoint under auto mTLS and `ISTIO_MUTUAL` (`spiffe://<mesh.trustDomain>/ns/<ns>/sa/<serviceAccount>`), checked in the handshake",
         ),
     ],
 };
@@ -1732,7 +1732,12 @@ static WORKLOAD: TypeDef = TypeDef {
             "a name: no traffic decision depends on it; Istio's metrics report it (`source_workload`, `destination_workload`)",
         ),
         field("namespace", Leaf, Status::Enforced, ""),
-        field("serviceAccount", Leaf, Status::NotYet(Area::Security), ""),
+        field(
+            "serviceAccount",
+            Leaf,
+            Status::Enforced,
+            "the proxy's identity is `identity.spiffeId`; a service account that differs from it is a warning",
+        ),
         field("labels", Leaf, Status::Enforced, ""),
         field("locality", Leaf, Status::Enforced, ""),
     ],
@@ -1741,7 +1746,12 @@ static WORKLOAD: TypeDef = TypeDef {
 static MESH_SETTINGS: TypeDef = TypeDef {
     name: "MeshSettings",
     fields: &[
-        field("trustDomain", Leaf, Status::NotYet(Area::Security), ""),
+        field(
+            "trustDomain",
+            Leaf,
+            Status::Enforced,
+            "the trust domain of the identities expected of endpoints (their `serviceAccount`); a different `identity.spiffeId` trust domain is a warning",
+        ),
         field("rootNamespace", Leaf, Status::Enforced, ""),
         field("outboundTrafficPolicy", Leaf, Status::Enforced, ""),
         field("clusterDomain", Leaf, Status::Enforced, ""),
