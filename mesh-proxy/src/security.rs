@@ -33,7 +33,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
@@ -48,7 +48,7 @@ use mesh_core::model::networking::{ClientTlsMode, DestinationRule, TrafficPolicy
 use mesh_core::model::security::MtlsMode;
 use mesh_tls::authz::{Authorizer, PolicyRef, Workload};
 use mesh_tls::config::{TlsFiles, WorkloadIdentity};
-use mesh_tls::jwt::{Authenticator, JwtWorkload, RequestAuthRef};
+use mesh_tls::jwt::{Authenticator, RequestAuthRef};
 use mesh_tls::peer_auth::{Effective, Policy, effective_mode, port_modes};
 use mesh_tls::verify::Accept;
 use mesh_transport::tls::{Accepts, ClientTls, DownstreamTls, UpstreamTls};
@@ -320,26 +320,43 @@ fn authorization(compiled: &Compiled) -> Result<Authorizer, Vec<Issue>> {
             spec: &p.spec,
         })
         .collect();
-    let workload = Workload {
-        root_namespace: &boot.mesh.root_namespace,
-        namespace: &boot.workload.namespace,
-        labels: &boot.workload.labels,
-    };
-    Authorizer::compile(&policies, &workload, None).map_err(|errors| {
+    Authorizer::compile(&policies, &policy_workload(boot), None).map_err(|errors| {
         errors
             .into_iter()
-            .map(|e| Issue {
-                severity: Severity::Error,
-                resource: ResourceRef {
-                    kind: Kind::AuthorizationPolicy,
-                    namespace: e.namespace,
-                    name: e.name,
-                },
-                field: FieldPath::parse(&e.field),
-                message: e.message,
+            .map(|e| {
+                refusal(
+                    Kind::AuthorizationPolicy,
+                    e.namespace,
+                    e.name,
+                    &e.field,
+                    e.message,
+                )
             })
             .collect()
     })
+}
+
+/// The workload that AuthorizationPolicies and RequestAuthentications select.
+fn policy_workload(boot: &mesh_core::model::bootstrap::ProxyBootstrap) -> Workload<'_> {
+    Workload {
+        root_namespace: &boot.mesh.root_namespace,
+        namespace: &boot.workload.namespace,
+        labels: &boot.workload.labels,
+    }
+}
+
+/// A policy this version cannot enforce, as an error of its field.
+fn refusal(kind: Kind, namespace: String, name: String, field: &str, message: String) -> Issue {
+    Issue {
+        severity: Severity::Error,
+        resource: ResourceRef {
+            kind,
+            namespace,
+            name,
+        },
+        field: FieldPath::parse(field),
+        message,
+    }
 }
 
 /// Compiles the RequestAuthentications that apply to the workload (inline and `file://`
@@ -357,23 +374,17 @@ fn authentication(compiled: &Compiled) -> Result<Authenticator, Vec<Issue>> {
             spec: &p.spec,
         })
         .collect();
-    let workload = JwtWorkload {
-        root_namespace: &boot.mesh.root_namespace,
-        namespace: &boot.workload.namespace,
-        labels: &boot.workload.labels,
-    };
-    Authenticator::compile(&policies, &workload).map_err(|errors| {
+    Authenticator::compile(&policies, &policy_workload(boot)).map_err(|errors| {
         errors
             .into_iter()
-            .map(|e| Issue {
-                severity: Severity::Error,
-                resource: ResourceRef {
-                    kind: Kind::RequestAuthentication,
-                    namespace: e.namespace,
-                    name: e.name,
-                },
-                field: FieldPath::parse(&e.field),
-                message: e.message,
+            .map(|e| {
+                refusal(
+                    Kind::RequestAuthentication,
+                    e.namespace,
+                    e.name,
+                    &e.field,
+                    e.message,
+                )
             })
             .collect()
     })
@@ -416,6 +427,10 @@ pub struct WorkloadTls {
     security: ArcSwap<Security>,
     /// Counts the configurations stored, for the cache.
     generation: AtomicU64,
+    /// Whether the configuration in force originates TLS anywhere (a DestinationRule `tls`,
+    /// ServiceEntry `subjectAltNames`): without it, a request to an endpoint without Istio
+    /// mTLS goes in plaintext without loading the configuration.
+    originates: AtomicBool,
     /// Outbound client configurations, for the material and configuration they were made
     /// under.
     clients: RwLock<Clients>,
@@ -432,6 +447,7 @@ impl WorkloadTls {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(NoCert));
         Ok(WorkloadTls {
+            originates: AtomicBool::new(security.outbound.any()),
             security: ArcSwap::from_pointee(security),
             generation: AtomicU64::new(0),
             clients: RwLock::new(Clients::default()),
@@ -441,8 +457,17 @@ impl WorkloadTls {
 
     /// Applies a reloaded configuration's security to new connections.
     pub fn store(&self, security: Security) {
+        // set before a configuration that originates TLS is seen, cleared after one that
+        // does not: no request skips the look-up the configuration it reads needs
+        let originates = security.outbound.any();
+        if originates {
+            self.originates.store(true, Ordering::Release);
+        }
         self.security.store(Arc::new(security));
         self.generation.fetch_add(1, Ordering::Release);
+        if !originates {
+            self.originates.store(false, Ordering::Release);
+        }
     }
 
     /// The security in force.
@@ -532,6 +557,9 @@ impl UpstreamTls for WorkloadTls {
         host: Option<&str>,
         endpoint: &SelectedEndpoint,
     ) -> Option<ClientTls> {
+        if !endpoint.istio_tls && !self.originates.load(Ordering::Acquire) {
+            return None; // plaintext: the common case of a proxy without TLS
+        }
         let generation = self.generation.load(Ordering::Acquire);
         let security = self.security.load();
         let cluster: Option<&Arc<str>> = upstream_cluster(req).map(|c| &c.name);

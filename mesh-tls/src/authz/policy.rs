@@ -657,12 +657,7 @@ impl<'a> Attributes<'a> {
     /// The attributes of `req` (its path taken as already normalised).
     pub fn of<B>(req: &'a http::Request<B>) -> Attributes<'a> {
         let ext = req.extensions();
-        let host = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .unwrap_or_default();
+        let host = mesh_core::authority::of_request(req).unwrap_or_default();
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(host.to_ascii_lowercase())
         } else {

@@ -367,12 +367,7 @@ fn refusal<B, R: ReplyBody>(status: JwtStatus, req: &Request<B>) -> Response<R> 
         ResponseFlags::empty(),
         status.message(),
     );
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or_default();
+    let host = mesh_core::authority::of_request(req).unwrap_or_default();
     let scheme = req.uri().scheme_str().unwrap_or("http");
     // Envoy's realm is the original URI, at most 256 characters
     let mut realm = format!("{scheme}://{host}{}", req.uri().path());
