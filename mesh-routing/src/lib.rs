@@ -72,5 +72,5 @@ pub mod tee;
 pub use error::BuildError;
 pub use mirror::{Mirror, MirrorLayer, Mirrors, ShadowBody, Spawn};
 pub use route::{Route, RouteLayer};
-pub use table::{GatewayContext, RouteTable, RouteTableHandle, RouterContext};
+pub use table::{GatewayContext, RouteTable, RouteTableHandle, RouterContext, ServerHosts};
 pub use tee::{SHADOW_BUFFER_BYTES, TeeBody};

@@ -115,8 +115,10 @@
 //! - Header matches on JWT claims (`@request.auth.claims.*`) never match (`withoutHeaders`
 //!   on claims always does): authentication metadata is not available to the router.
 //! - Gateways: the routes of every VirtualService naming the same host are concatenated in
-//!   source order; `Gateway.servers.hosts` does not filter the VirtualService hosts; the
-//!   Host's port is ignored (as Istio's `host:*` domains do).
+//!   source order; with [`RouterContext::servers`] set, a VirtualService host is served
+//!   only where it meets a host of a server of a gateway it is bound to (Istio's
+//!   `pickMatchingGatewayHosts`; the narrower name wins); the Host's port is ignored (as
+//!   Istio's `host:*` domains do).
 //! - On a sidecar, when several VirtualServices name the same host, the first in source order
 //!   wins (Istio picks the oldest by creation time).
 //!

@@ -288,8 +288,7 @@ impl Builder<'_> {
             // VirtualService naming it concatenated in order; matched without the port.
             let mut by_host: Vec<(String, Vec<Arc<CompiledRoute>>)> = Vec::new();
             for (vs, routes) in vss.iter().zip(&compiled) {
-                for h in &vs.hosts {
-                    let h = h.to_ascii_lowercase();
+                for h in self.ctx.gateway_hosts(vs) {
                     let routes = self.routes_for(vs, routes, &h)?;
                     match by_host.iter_mut().find(|(x, _)| *x == h) {
                         Some((_, rs)) => rs.extend(routes),

@@ -81,6 +81,18 @@ pub enum GatewayContext {
     Gateways(Vec<String>),
 }
 
+/// The `hosts` of one `Gateway` server, for a gateway router: a VirtualService bound to the
+/// gateway is served for the hosts it shares with the server (Istio's
+/// `pickMatchingGatewayHosts`), if the server lets its namespace bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerHosts {
+    /// The gateway, `<ns>/<name>`.
+    pub gateway: String,
+    /// The server's hosts as written: `ns/host`, `*/host`, `./host` (the gateway's
+    /// namespace) or `host` (any namespace).
+    pub hosts: Vec<String>,
+}
+
 /// Who the router routes for: the gateway context and the source workload.
 ///
 /// Build one with [`RouterContext::sidecar`] or [`RouterContext::gateway`], which read the
@@ -89,6 +101,11 @@ pub enum GatewayContext {
 pub struct RouterContext {
     /// Which VirtualServices apply. Default: `mesh`.
     pub gateways: GatewayContext,
+    /// On a gateway, its servers' `hosts`: each VirtualService host is served where it meets
+    /// a host of a server of a gateway the VirtualService is bound to (the narrower of the
+    /// two names the virtual host). Empty: the VirtualServices' hosts are served as written.
+    /// Default: empty.
+    pub servers: Vec<ServerHosts>,
     /// The proxy's namespace: `exportTo` visibility, short-name domains, and the default
     /// source namespace for `sourceNamespace` matches. Default: the bootstrap workload's.
     pub namespace: String,
@@ -224,6 +241,7 @@ impl RouterContext {
         let b = &snapshot.bootstrap;
         RouterContext {
             gateways: GatewayContext::Mesh,
+            servers: Vec::new(),
             namespace: b.workload.namespace.clone(),
             labels: b.workload.labels.clone(),
             cluster_domain: b.mesh.cluster_domain.clone(),
@@ -252,5 +270,45 @@ impl RouterContext {
 
     fn is_mesh(&self) -> bool {
         self.gateways == GatewayContext::Mesh
+    }
+
+    /// The hosts a gateway serves `vs` for (lowercase, without duplicates): its own hosts
+    /// without [`servers`](Self::servers), else their intersections with the hosts of the
+    /// servers of the gateways `vs` is bound to whose namespace part admits `vs`'s namespace
+    /// (`*/`, `<vs ns>/`, `./` when the gateway is in `vs`'s namespace, or none).
+    pub(crate) fn gateway_hosts(&self, vs: &VirtualServiceEntry) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut push = |h: &str| {
+            let h = h.to_ascii_lowercase();
+            if !out.contains(&h) {
+                out.push(h);
+            }
+        };
+        if self.servers.is_empty() {
+            vs.hosts.iter().for_each(|h| push(h));
+            return out;
+        }
+        for server in &self.servers {
+            if !vs.gateways.iter().any(|g| *g == server.gateway) || !self.serves(&server.gateway) {
+                continue;
+            }
+            let gw_ns = server.gateway.split_once('/').map_or("", |(ns, _)| ns);
+            for written in &server.hosts {
+                let (ns, host) = written.split_once('/').unwrap_or(("*", written));
+                let admitted =
+                    ns == "*" || ns == vs.namespace || (ns == "." && gw_ns == vs.namespace);
+                if !admitted {
+                    continue;
+                }
+                for vh in &vs.hosts {
+                    if build::covers(host, vh) {
+                        push(vh);
+                    } else if build::covers(vh, host) {
+                        push(host);
+                    }
+                }
+            }
+        }
+        out
     }
 }

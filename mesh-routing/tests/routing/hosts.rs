@@ -307,6 +307,39 @@ fn mesh_virtual_services_do_not_apply_to_gateways_and_back() {
 }
 
 #[test]
+fn gateway_server_hosts_filter_and_narrow_virtual_service_hosts() {
+    // Istio pickMatchingGatewayHosts: a VirtualService host is served where it meets a
+    // server host (the narrower wins), and only if the server's `ns/` part admits the
+    // VirtualService's namespace.
+    let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: shop}\nspec:\n  hosts: [\"*\"]\n  gateways: [istio-system/ingress]\n  http:\n  - route: [{destination: {host: web.shop.svc.cluster.local}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: other, namespace: team}\nspec:\n  hosts: [other.example.com]\n  gateways: [istio-system/ingress]\n  http:\n  - route: [{destination: {host: other.team.svc.cluster.local}}]\n";
+    let s = snap(text);
+    let mut ctx = RouterContext::gateway(&s, ["istio-system/ingress"]);
+    ctx.servers = vec![mesh_routing::ServerHosts {
+        gateway: "istio-system/ingress".into(),
+        hosts: vec!["shop/web.example.com".into(), "./other.example.com".into()],
+    }];
+    let gw = Harness::with_ctx(&s, &ctx);
+    block_on(async {
+        let (_, seen) = gw.get("web.example.com", "/").await;
+        assert_eq!(
+            seen.unwrap().host(),
+            "web.shop.svc.cluster.local",
+            "`*` narrowed to the server's host"
+        );
+        let (res, seen) = gw.get("elsewhere.example.com", "/").await;
+        assert_eq!(res.status(), 404, "not a host of the server");
+        assert!(seen.is_none());
+        let (res, seen) = gw.get("other.example.com", "/").await;
+        assert_eq!(
+            res.status(),
+            404,
+            "`./` admits the gateway's namespace only, not `team`"
+        );
+        assert!(seen.is_none());
+    });
+}
+
+#[test]
 fn virtual_service_with_no_applicable_route_leaves_the_default_route() {
     // buildSidecarVirtualHostsForVirtualService: no routes → no virtual host, so the
     // service keeps its default route.
