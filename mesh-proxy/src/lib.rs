@@ -8,6 +8,7 @@ pub mod ca;
 pub mod cli;
 pub mod demo;
 pub mod exporters;
+pub mod gateway;
 pub mod jwks;
 /// The data-plane engine, now the `mesh-transport` crate (kept here under its old name).
 pub use mesh_transport as engine;

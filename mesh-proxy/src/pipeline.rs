@@ -7,6 +7,8 @@
 //!          enforces: warnings, refusals) ─► compile (snapshot) ─► analyze (IST0101)
 //!          ─► build: the sidecar's route table (regexes, header formats, actions)
 //!          ─► security: the identity files read and checked, the inbound mTLS mode
+//!          ─► gateways: the Gateways selecting this workload, a route table per gateway
+//!             port, its servers' certificate files read and checked
 //! ```
 //!
 //! The first four steps are `mesh_core::config`; this module adds the build. Every failure,
@@ -51,6 +53,19 @@ pub struct Built {
     pub routes: RouteTable,
     /// The workload's identity and inbound mTLS mode ([`crate::security`]).
     pub security: crate::security::Security,
+    /// The gateway listeners ([`crate::gateway`]).
+    pub gateways: Gateways,
+}
+
+/// The gateway listeners of a configuration, ready to serve.
+#[derive(Debug, Default)]
+pub struct Gateways {
+    /// Which listeners, with what servers.
+    pub plan: crate::gateway::Plan,
+    /// Each port's route table (same order as `plan.ports`).
+    pub routes: Vec<RouteTable>,
+    /// Each port's TLS from files (same order; `None`: plaintext or `ISTIO_MUTUAL`).
+    pub tls: Vec<Option<mesh_tls::termination::PortTermination>>,
 }
 
 /// Runs the whole pipeline on a loader's sources.
@@ -87,10 +102,12 @@ pub fn build_compiled(mut compiled: Compiled) -> Result<Built, ConfigError> {
                         compiled.warnings.extend(found);
                         config::sort(&mut compiled.warnings);
                     }
+                    let gateways = gateways(&mut compiled, security.identity.is_some())?;
                     Ok(Built {
                         compiled,
                         routes,
                         security,
+                        gateways,
                     })
                 }
                 Err(issues) => {
@@ -108,6 +125,58 @@ pub fn build_compiled(mut compiled: Compiled) -> Result<Built, ConfigError> {
             Err(ConfigError { diagnostics })
         }
     }
+}
+
+/// The gateway step: the plan, each port's route table and TLS; warnings join the
+/// configuration's, errors refuse it (with its warnings).
+fn gateways(compiled: &mut Compiled, has_identity: bool) -> Result<Gateways, ConfigError> {
+    let snap = compiled.snapshot.clone();
+    let (plan, issues) = crate::gateway::plan(&snap, has_identity);
+    let (errors, warnings): (Vec<Issue>, Vec<Issue>) = issues
+        .into_iter()
+        .partition(|i| i.severity == Severity::Error);
+    let refuse = |compiled: &mut Compiled, mut diagnostics: Vec<Diagnostic>| {
+        diagnostics.append(&mut compiled.warnings);
+        config::sort(&mut diagnostics);
+        ConfigError { diagnostics }
+    };
+    if !warnings.is_empty() {
+        let found = compiled.origins.locate(warnings);
+        compiled.warnings.extend(found);
+        config::sort(&mut compiled.warnings);
+    }
+    if !errors.is_empty() {
+        let found = compiled.origins.locate(errors);
+        return Err(refuse(compiled, found));
+    }
+    let mut routes = Vec::with_capacity(plan.ports.len());
+    for p in &plan.ports {
+        match RouteTable::new(&snap, &p.router_context(&snap)) {
+            Ok(t) => {
+                // the sidecar table reported the findings of VirtualServices it shares
+                let found: Vec<Diagnostic> = diagnostics(compiled, Severity::Warning, t.warnings())
+                    .into_iter()
+                    .filter(|d| !compiled.warnings.contains(d))
+                    .collect();
+                compiled.warnings.extend(found);
+                routes.push(t);
+            }
+            Err(e) => {
+                let found = diagnostics(compiled, Severity::Error, &[e]);
+                return Err(refuse(compiled, found));
+            }
+        }
+    }
+    config::sort(&mut compiled.warnings);
+    compiled.warnings.dedup();
+    let tls = match crate::gateway::prepare_tls(&snap, &plan) {
+        Ok(t) => t,
+        Err(issues) => {
+            let found = compiled.origins.locate(issues);
+            return Err(refuse(compiled, found));
+        }
+    };
+    Ok(Gateways { plan, routes, tls })
 }
 
 /// Route table findings as diagnostics: with file and line when they name a resource (the

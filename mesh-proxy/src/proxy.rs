@@ -44,16 +44,42 @@ use crate::admin::AdminServer;
 use crate::engine::{
     BoundEngine, Engine, EngineConfig, Limits, OwnAddrs, Readiness, WorkerContext,
 };
+use crate::gateway::{GatewayTls, HttpsRedirectLayer};
 use crate::pipeline::{self, Built};
 use crate::security::{PortTls, WorkloadTls};
-use crate::stack::Layers;
+use crate::stack::{GatewayLayers, Layers};
 use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
 use mesh_resilience::{RateLimit, RateLimitLayer};
+use mesh_routing::{RouteLayer, RouteTableHandle};
 use mesh_telemetry::record::{Record, RecordBody, RecordLayer};
 use mesh_telemetry::trace::{Trace, TraceLayer};
 use mesh_tls::authz::{Authorizer, Authz, AuthzLayer};
 use mesh_tls::jwt::{Authenticator, JwtAuthn, JwtAuthnLayer};
 use mesh_transport::tls::{DownstreamTls, PeerTls, PeerTlsInfo, UpstreamTls};
+
+/// Each gateway port's swappable parts, with the address it listens on.
+fn gateway_ports(
+    gateways: crate::pipeline::Gateways,
+    workload_tls: &Arc<WorkloadTls>,
+) -> Vec<(SocketAddr, GatewayPort)> {
+    let crate::pipeline::Gateways { plan, routes, tls } = gateways;
+    plan.ports
+        .iter()
+        .zip(routes)
+        .zip(tls)
+        .map(|((p, table), built)| {
+            (
+                SocketAddr::new(p.address, p.local_port),
+                GatewayPort {
+                    number: p.number,
+                    routes: RouteTableHandle::new(table),
+                    redirect: HttpsRedirectLayer::new(p.redirect.clone()),
+                    tls: GatewayTls::new(p, built, workload_tls.clone()).map(Arc::new),
+                },
+            )
+        })
+        .collect()
+}
 use tower_layer::Layer as _;
 
 /// Why the proxy could not start, or a reload was refused.
@@ -104,6 +130,8 @@ pub enum ListenerKind {
     Inbound,
     /// `spec.admin`: `/ready`, `/stats/prometheus`, `/config_dump`, `/clusters`.
     Admin,
+    /// A gateway listener: a server port of the Gateways that select this workload.
+    Gateway,
 }
 
 impl std::fmt::Display for ListenerKind {
@@ -112,6 +140,7 @@ impl std::fmt::Display for ListenerKind {
             ListenerKind::Outbound => "outbound",
             ListenerKind::Inbound => "inbound",
             ListenerKind::Admin => "admin",
+            ListenerKind::Gateway => "gateway",
         })
     }
 }
@@ -137,6 +166,28 @@ pub struct ProxyState {
     authz: Arc<ArcSwap<Authorizer>>,
     /// The inbound listener's RequestAuthentications (JWT), swapped on reload.
     jwt: Arc<ArcSwap<Authenticator>>,
+    /// The gateway listeners' swappable parts, by server port (same order as their plan).
+    gateways: Vec<GatewayPort>,
+    /// The gateway listeners' identities: a reload that changes them needs a restart.
+    gateway_keys: Vec<crate::gateway::ListenerKey>,
+}
+
+/// What a reload swaps in one gateway listener.
+#[derive(Clone)]
+struct GatewayPort {
+    number: u16,
+    routes: RouteTableHandle,
+    redirect: HttpsRedirectLayer,
+    tls: Option<Arc<GatewayTls>>,
+}
+
+impl std::fmt::Debug for GatewayPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayPort")
+            .field("number", &self.number)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running proxy.
@@ -147,6 +198,8 @@ pub struct Proxy {
     inbound: Option<Engine>,
     /// `inboundPorts`: one inbound listener per workload port.
     inbound_ports: Vec<(u16, Engine)>,
+    /// The gateway listeners, by server port.
+    gateway_ports: Vec<(u16, Engine)>,
     admin: Option<AdminServer>,
 }
 
@@ -205,6 +258,8 @@ struct BoundListeners {
     inbound: Option<(BoundEngine, SocketAddr)>,
     /// `inboundPorts`: (workload port, its listener, the application's address for it).
     inbound_ports: Vec<(u16, BoundEngine, SocketAddr)>,
+    /// Gateway listeners: (server port, its listener).
+    gateways: Vec<(u16, BoundEngine)>,
     admin: std::net::TcpListener,
 }
 
@@ -213,6 +268,7 @@ impl BoundListeners {
         boot: &ProxyBootstrap,
         limits: &Limits,
         workload_tls: &Arc<WorkloadTls>,
+        gateways: &[(SocketAddr, GatewayPort)],
     ) -> Result<BoundListeners, StartError> {
         let concurrency = boot.concurrency as usize;
         // every listener of this proxy, so that no connector forwards into one of them
@@ -275,6 +331,20 @@ impl BoundListeners {
                 inbound_ports.push((workload, e, SocketAddr::new(app.ip(), workload)));
             }
         }
+        // gateway listeners: the servers' TLS (if any), the connector's like the outbound one
+        let mut gateway_engines = Vec::new();
+        for (addr, port) in gateways {
+            let cfg = EngineConfig {
+                concurrency,
+                limits: limits.clone(),
+                own_addrs: own_addrs.clone(),
+                downstream_tls: port.tls.clone().map(|t| -> Arc<dyn DownstreamTls> { t }),
+                upstream_tls: Some(workload_tls.clone()),
+                ..EngineConfig::new(*addr)
+            };
+            let e = Engine::bind(cfg).map_err(bind_err(ListenerKind::Gateway, *addr))?;
+            gateway_engines.push((port.number, e));
+        }
         let admin_addr =
             socket_addr(&boot.admin.address, boot.admin.port).map_err(io_err("admin address"))?;
         let admin =
@@ -286,6 +356,7 @@ impl BoundListeners {
             outbound,
             inbound,
             inbound_ports,
+            gateways: gateway_engines,
             admin,
         })
     }
@@ -313,6 +384,7 @@ impl Proxy {
             compiled,
             routes,
             security,
+            gateways,
         } = built;
         log_warnings(&compiled.warnings);
         let snapshot = compiled.snapshot;
@@ -328,7 +400,10 @@ impl Proxy {
         // Every socket is bound before any listener serves or is announced (and before the
         // layers start their DNS thread): a start-up that fails on one address (say, in use)
         // leaves none of the others listening.
-        let bound = BoundListeners::bind(&boot, &limits, &workload_tls)?;
+        let gateway_keys = gateways.plan.listener_keys();
+        let gateway_ports = gateway_ports(gateways, &workload_tls);
+        let bound = BoundListeners::bind(&boot, &limits, &workload_tls, &gateway_ports)?;
+        let gateway_ports: Vec<GatewayPort> = gateway_ports.into_iter().map(|(_, p)| p).collect();
         let layers = Layers::new(&snapshot, routes);
         let state = Arc::new(ProxyState {
             files,
@@ -344,12 +419,15 @@ impl Proxy {
             workload_tls,
             authz,
             jwt,
+            gateways: gateway_ports,
+            gateway_keys,
         });
         let mut proxy = Proxy {
             state,
             outbound: None,
             inbound: None,
             inbound_ports: Vec::new(),
+            gateway_ports: Vec::new(),
             admin: None,
         };
         let app = bound.inbound.as_ref().map(|(_, app)| *app);
@@ -388,6 +466,7 @@ impl Proxy {
             outbound,
             inbound,
             inbound_ports,
+            gateways,
             admin,
         } = bound;
         self.state.layers.telemetry().exporters().set_local_addrs(
@@ -429,6 +508,30 @@ impl Proxy {
             tracing::info!(addr = %addr, app = %app, "inbound listener for port {port} up");
             self.inbound_ports.push((port, engine));
         }
+        for (port, b) in gateways {
+            let addr = b.local_addr();
+            let Some(gw) = self.state.gateways.iter().find(|g| g.number == port) else {
+                continue;
+            };
+            let gw_layers = GatewayLayers {
+                route: RouteLayer::new(gw.routes.clone()),
+                redirect: gw.redirect.clone(),
+                rate_limit: RateLimitLayer::new(),
+                jwt: self.state.jwt.clone(),
+                authz: self.state.authz.clone(),
+                listener: addr,
+            };
+            let shared = self.state.layers.clone();
+            let factory =
+                Arc::new(move |ctx: &WorkerContext| shared.gateway_stack(ctx, &gw_layers));
+            let engine = b
+                .start(factory)
+                .map_err(io_err(format!("gateway listener {addr} (port {port})")))?;
+            self.state
+                .push_readiness(ListenerKind::Gateway, engine.readiness());
+            tracing::info!(addr = %addr, tls = gw.tls.is_some(), "gateway listener for port {port} up");
+            self.gateway_ports.push((port, engine));
+        }
         let addr = admin.local_addr().map_err(io_err("admin listener"))?;
         let admin = AdminServer::start_on(admin, self.state.clone())
             .map_err(io_err(format!("admin listener {addr}")))?;
@@ -446,6 +549,9 @@ impl Proxy {
             e.shutdown_now();
         }
         for (_, e) in self.inbound_ports.drain(..) {
+            e.shutdown_now();
+        }
+        for (_, e) in self.gateway_ports.drain(..) {
             e.shutdown_now();
         }
         if let Some(a) = self.admin.take() {
@@ -466,6 +572,14 @@ impl Proxy {
     /// The address of the inbound listener for workload port `port` (`inboundPorts`).
     pub fn inbound_port_addr(&self, port: u16) -> Option<SocketAddr> {
         self.inbound_ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, e)| e.local_addr())
+    }
+
+    /// The address of the gateway listener for server port `port`.
+    pub fn gateway_addr(&self, port: u16) -> Option<SocketAddr> {
+        self.gateway_ports
             .iter()
             .find(|(p, _)| *p == port)
             .map(|(_, e)| e.local_addr())
@@ -501,6 +615,10 @@ impl Proxy {
         let out = self.outbound.take();
         let inb = self.inbound.take();
         let ports = std::mem::take(&mut self.inbound_ports);
+        let gateways = std::mem::take(&mut self.gateway_ports);
+        for (_, e) in gateways {
+            e.drain().await;
+        }
         if let Some(e) = out {
             e.drain().await;
         }
@@ -530,6 +648,9 @@ impl Proxy {
             e.drain_blocking();
         }
         for (_, e) in self.inbound_ports.drain(..) {
+            e.drain_blocking();
+        }
+        for (_, e) in self.gateway_ports.drain(..) {
             e.drain_blocking();
         }
         if let Some(a) = self.admin.take() {
@@ -746,7 +867,13 @@ impl ProxyState {
     /// one changed (rotation): new handshakes use the new material, established connections
     /// live on. Returns whether some material changed.
     pub fn rotate_certificates(&self) -> bool {
-        self.workload_tls.rotate()
+        let mut changed = self.workload_tls.rotate();
+        for g in &self.gateways {
+            if let Some(t) = &g.tls {
+                changed |= t.rotate();
+            }
+        }
+        changed
     }
 
     /// Reopens the access log file (log rotation; SIGUSR1 in `mesh-proxy run`).
@@ -795,6 +922,7 @@ impl ProxyState {
                             .into(),
                     )));
                 }
+                self.check_gateways(&built)?;
                 Ok(self.apply_built(built))
             }
             Err(e) => Err(self.reject(StartError::Config(e))),
@@ -814,7 +942,35 @@ impl ProxyState {
     /// runs on it); returns its generation. A configuration whose routes cannot be built is
     /// refused (the running one stays).
     pub fn apply(&self, compiled: Compiled) -> Result<u64, StartError> {
-        Ok(self.apply_built(pipeline::build_compiled(compiled)?))
+        let built = pipeline::build_compiled(compiled)?;
+        self.check_gateways(&built)?;
+        Ok(self.apply_built(built))
+    }
+
+    /// Refuses a configuration whose gateway listeners (ports, addresses, plaintext or TLS)
+    /// differ from the running ones: they are bound at start-up, so it needs a restart.
+    fn check_gateways(&self, built: &Built) -> Result<(), StartError> {
+        let new = built.gateways.plan.listener_keys();
+        if new == self.gateway_keys {
+            return Ok(());
+        }
+        let show = |keys: &[crate::gateway::ListenerKey]| {
+            keys.iter()
+                .map(|(port, ip, local, tls)| {
+                    format!(
+                        "{port} on {} ({})",
+                        SocketAddr::new(*ip, *local),
+                        if *tls { "TLS" } else { "plaintext" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(self.reject(StartError::Refused(format!(
+            "the new configuration changes the gateway listeners (running: [{}]; new: [{}]): restart the proxy to apply it",
+            show(&self.gateway_keys),
+            show(&new)
+        ))))
     }
 
     /// Replaces the running configuration with one that went through the pipeline; returns
@@ -824,6 +980,7 @@ impl ProxyState {
             compiled,
             routes,
             security,
+            gateways,
         } = built;
         log_warnings(&compiled.warnings);
         let old = self.snapshot();
@@ -846,6 +1003,22 @@ impl ProxyState {
         self.jwt.store(security.jwt.clone());
         self.workload_tls.store(security);
         self.layers.store(&compiled.snapshot, routes);
+        // the gateway listeners' routes, redirects and certificates (check_gateways made
+        // sure the listeners are the same)
+        let crate::pipeline::Gateways {
+            plan,
+            routes: gw_routes,
+            tls: gw_tls,
+        } = gateways;
+        for ((p, table), tls) in plan.ports.iter().zip(gw_routes).zip(gw_tls) {
+            if let Some(g) = self.gateways.iter().find(|g| g.number == p.number) {
+                g.routes.store(table);
+                g.redirect.store(p.redirect.clone());
+                if let Some(t) = &g.tls {
+                    t.store(p, tls);
+                }
+            }
+        }
         self.snapshot.store(compiled.snapshot);
         self.unenforced.store(Arc::new(compiled.unenforced));
         self.has_bootstrap

@@ -74,6 +74,10 @@ use mesh_resilience::{
 use mesh_routing::{Mirror, MirrorLayer, TeeBody};
 use mesh_telemetry::record::{Record, RecordLayer};
 use mesh_telemetry::trace::{Trace, TraceConfig, TraceLayer};
+use mesh_tls::authz::{Authz, AuthzLayer};
+use mesh_tls::jwt::{JwtAuthn, JwtAuthnLayer};
+
+use crate::gateway::{HttpsRedirect, HttpsRedirectLayer};
 
 /// The type of a worker's stack. The trace and record layers, the router and the balancer
 /// insert one request extension each (`TraceContext`, `StreamInfo`, `RouteDecision`,
@@ -91,6 +95,58 @@ pub type MeshStack = IntoRequestBody<
         >,
     >,
 >;
+
+/// The type of a gateway listener's stack ([`crate::gateway`]): the outbound stack with
+/// `httpsRedirect`, JWT validation (RequestAuthentication) and authorization
+/// (AuthorizationPolicy) between the record layer and the router.
+pub type GatewayStack = crate::gateway::GatewayFront<
+    IntoRequestBody<
+        Trace<
+            Record<
+                HttpsRedirect<
+                    JwtAuthn<
+                        Authz<
+                            Route<
+                                RateLimit<
+                                    Fault<
+                                        Timeout<
+                                            Retry<
+                                                Mirror<
+                                                    Lb<
+                                                        CircuitBreaker<
+                                                            Outlier<PlainBody<Connector>>,
+                                                        >,
+                                                    >,
+                                                >,
+                                            >,
+                                        >,
+                                    >,
+                                >,
+                            >,
+                        >,
+                    >,
+                >,
+            >,
+        >,
+    >,
+>;
+
+/// What one gateway listener adds to the shared layers.
+#[derive(Clone)]
+pub struct GatewayLayers {
+    /// The listener's router (its own table, swapped on reload).
+    pub route: RouteLayer,
+    /// `httpsRedirect` of its plaintext servers.
+    pub redirect: HttpsRedirectLayer,
+    /// Its route-level rate limits (no listener-wide bucket).
+    pub rate_limit: RateLimitLayer,
+    /// The workload's RequestAuthentications.
+    pub jwt: Arc<arc_swap::ArcSwap<mesh_tls::jwt::Authenticator>>,
+    /// The workload's AuthorizationPolicies.
+    pub authz: Arc<arc_swap::ArcSwap<mesh_tls::authz::Authorizer>>,
+    /// The listener's address (`destination.ip`/`destination.port` for policies).
+    pub listener: std::net::SocketAddr,
+}
 
 /// The body the layers see: the client's, which mirrored copies can share.
 pub type LayerBody = TeeBody<Incoming>;
@@ -395,6 +451,30 @@ impl Layers {
                 self.record
                     .layer(self.route_layer.layer(self.rate_limit.layer(fault))),
             ),
+        )
+    }
+
+    /// One worker's stack for a gateway listener ([`crate::gateway`]): the outbound
+    /// layers around its connector, with the listener's router, `httpsRedirect`, and the
+    /// workload's JWT validation and authorization before routing. Telemetry reports as
+    /// `source`, as Istio's gateways do.
+    pub fn gateway_stack(&self, ctx: &WorkerContext, gw: &GatewayLayers) -> GatewayStack {
+        let lb = self.lb.layer(
+            self.breaker
+                .layer(self.outlier.layer(PlainBody(ctx.connector()))),
+        );
+        let mirror = self.mirror.layer(lb);
+        let retry = self.retry.layer(mirror);
+        let fault = self.fault.layer(self.timeout.layer(retry));
+        let routed = gw.route.layer(gw.rate_limit.layer(fault));
+        let policed = JwtAuthnLayer::shared(gw.jwt.clone())
+            .layer(AuthzLayer::shared(gw.authz.clone()).layer(routed));
+        crate::gateway::GatewayFront::new(
+            IntoRequestBody(
+                self.trace
+                    .layer(self.record.layer(gw.redirect.layer(policed))),
+            ),
+            gw.listener,
         )
     }
 

@@ -8,7 +8,8 @@
 //! from it, and rotation from files), [`peer_auth`] (PeerAuthentication precedence),
 //! [`authz`] (AuthorizationPolicy as a tower layer), [`jwt`] (RequestAuthentication as a
 //! tower layer, feeding `authz` its request principals and claims) and [`origination`]
-//! (DestinationRule `tls` `SIMPLE`/`MUTUAL`: TLS origination from files). `mesh-proxy`'s inbound listener and
+//! (DestinationRule `tls` `SIMPLE`/`MUTUAL`: TLS origination from files) and [`termination`]
+//! (a Gateway server's `tls`: TLS termination, certificates by SNI). `mesh-proxy`'s inbound listener and
 //! connector use them for mTLS both ways and authorization.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -20,4 +21,5 @@ pub mod jwt;
 pub mod origination;
 pub mod peer;
 pub mod peer_auth;
+pub mod termination;
 pub mod verify;

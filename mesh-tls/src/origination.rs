@@ -410,7 +410,7 @@ impl ServerCertVerifier for OriginVerifier {
 /// Whether the certificate's SAN extension holds one of `names` (Envoy's
 /// `match_typed_subject_alt_names` with exact matchers, as Istio fills it: a DNS SAN
 /// `*.example.com` in the certificate matches `a.example.com`).
-fn carries_one_of(cert: &CertificateDer<'_>, names: &[String]) -> bool {
+pub(crate) fn carries_one_of(cert: &CertificateDer<'_>, names: &[String]) -> bool {
     use x509_parser::extensions::GeneralName;
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
         return false;

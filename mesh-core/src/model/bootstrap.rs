@@ -32,9 +32,18 @@ pub struct ProxyBootstrap {
     pub outbound: Option<OutboundListener>,
     /// Inbound listener (peers reach the app here). Omitted: no inbound listener.
     pub inbound: Option<InboundListener>,
-    /// When a Gateway selects this workload: server port → local port.
+    /// When a Gateway selects this workload: server port → local port (a server port not
+    /// listed is bound as it is, as Envoy does).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub gateway_ports: BTreeMap<String, u16>,
+    /// The address gateway listeners bind when their server has no `bind`. Default:
+    /// `0.0.0.0` (Envoy's gateway listeners).
+    #[serde(default = "default_gateway_address")]
+    pub gateway_address: String,
+    /// Where `credentialName` secrets are read from: `<dir>/<namespace>/<name>/` holding
+    /// Istio's secret keys as files (`tls.crt`, `tls.key`, `ca.crt`; the CA also from a
+    /// `<name>-cacert` secret). Omitted: `credentialName` is refused.
+    pub credentials_dir: Option<String>,
     /// Explicit capture: `"<host>:<port>"` → local port, for TCP/TLS routes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outbound_ports: BTreeMap<String, u16>,
@@ -62,6 +71,10 @@ fn default_concurrency() -> u32 {
     2
 }
 
+fn default_gateway_address() -> String {
+    "0.0.0.0".into()
+}
+
 impl Default for ProxyBootstrap {
     fn default() -> Self {
         ProxyBootstrap {
@@ -71,6 +84,8 @@ impl Default for ProxyBootstrap {
             outbound: None,
             inbound: None,
             gateway_ports: BTreeMap::new(),
+            gateway_address: default_gateway_address(),
+            credentials_dir: None,
             outbound_ports: BTreeMap::new(),
             inbound_ports: BTreeMap::new(),
             admin: AdminListener::default(),

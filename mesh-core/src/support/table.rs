@@ -48,8 +48,8 @@ pub(super) static KINDS: &[KindDef] = &[
     },
     KindDef {
         kind: Kind::Gateway,
-        status: Status::NotYet(Area::GatewaysL4),
-        note: "this version runs no gateway listener; VirtualServices bound to a gateway only are not served",
+        status: Status::Enforced,
+        note: "served by the proxy whose bootstrap workload a Gateway selects: HTTP, HTTPS (terminated) and ISTIO_MUTUAL servers; TCP, TLS and PASSTHROUGH servers are not yet (gateways and L4)",
         spec: &GATEWAY,
     },
     KindDef {
@@ -1195,113 +1195,201 @@ static GATEWAY: TypeDef = TypeDef {
         field(
             "servers",
             Seq(&SERVER),
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::Enforced,
+            "on the workload a Gateway selects: one listener per server port (`gatewayPorts` maps it to a local port), servers on one port share it",
         ),
-        field("selector", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "selector",
+            Leaf,
+            Status::Enforced,
+            "Gateways of any namespace select by the bootstrap workload's labels (Istio's default, PILOT_SCOPE_GATEWAY_TO_NAMESPACE off)",
+        ),
     ],
+};
+
+/// Gateway `servers[].port.protocol`: HTTP and HTTPS are served; L4 protocols need the L4
+/// data path.
+static GATEWAY_PROTOCOL: Custom = Custom {
+    doc: "HTTP, HTTP2, GRPC, GRPC-WEB (plaintext) and HTTPS (terminated: tls.mode SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL) servers are served; TCP, TLS, MONGO and other L4 servers are not yet (gateways and L4): they get no listener",
+    check: gateway_protocol,
+};
+
+fn gateway_protocol(p: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
+    use crate::validate::common::Protocol;
+    let text = key_text(p).unwrap_or_default();
+    let proto = Protocol::parse(&text);
+    if proto.is_http() || proto == Protocol::Https {
+        return None;
+    }
+    Some((
+        Verdict::NotYet(Area::GatewaysL4),
+        format!("gateway server protocol {text} is "),
+    ))
+}
+
+/// Gateway `servers[].tls.mode`: terminated modes are served; passthrough needs the L4 path.
+static SERVER_TLS_MODE: Values = Values {
+    cases: &[
+        ("SIMPLE", Verdict::Enforced),
+        ("MUTUAL", Verdict::Enforced),
+        ("OPTIONAL_MUTUAL", Verdict::Enforced),
+        ("ISTIO_MUTUAL", Verdict::Enforced),
+        ("PASSTHROUGH", Verdict::NotYet(Area::GatewaysL4)),
+        ("AUTO_PASSTHROUGH", Verdict::NotYet(Area::GatewaysL4)),
+    ],
+    otherwise: Verdict::Refused(Area::Security),
 };
 
 static SERVER: TypeDef = TypeDef {
     name: "Server",
     fields: &[
-        field("port", Struct(&PORT), Status::NotYet(Area::GatewaysL4), ""),
-        field("bind", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("hosts", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("port", Struct(&PORT), Status::Enforced, ""),
         field(
-            "tls",
-            Struct(&SERVER_TLS_SETTINGS),
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            "bind",
+            Leaf,
+            Status::Enforced,
+            "an IP address the listener binds (a `unix://` socket is refused by the pipeline)",
         ),
+        field(
+            "hosts",
+            Leaf,
+            Status::Enforced,
+            "the hosts VirtualServices bound to the gateway are served for (`ns/`, `*/`, `./` decide which namespaces may bind); other hosts get 404 NR; for TLS, the SNI names",
+        ),
+        field("tls", Struct(&SERVER_TLS_SETTINGS), Status::Enforced, ""),
         field(
             "defaultEndpoint",
             Leaf,
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::NotYet(Area::Later),
+            "Sidecar ingress only",
         ),
-        field("name", Leaf, Status::Refused(Area::Security), ""),
+        field(
+            "name",
+            Leaf,
+            Status::Enforced,
+            "a label: nothing to enforce",
+        ),
     ],
 };
 
 static PORT: TypeDef = TypeDef {
     name: "Port",
     fields: &[
-        field("number", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("protocol", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("name", Leaf, Status::Refused(Area::Security), ""),
-        field("targetPort", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("number", Leaf, Status::Enforced, ""),
+        field("protocol", Leaf, Status::Custom(&GATEWAY_PROTOCOL), ""),
+        field(
+            "name",
+            Leaf,
+            Status::Enforced,
+            "a label: nothing to enforce",
+        ),
+        field(
+            "targetPort",
+            Leaf,
+            Status::NotYet(Area::Later),
+            "deprecated in Istio",
+        ),
     ],
 };
 
 static SERVER_TLS_SETTINGS: TypeDef = TypeDef {
     name: "ServerTlsSettings",
     fields: &[
-        field("httpsRedirect", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("mode", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "httpsRedirect",
+            Leaf,
+            Status::Enforced,
+            "301 to `https://` + Host + path for the server's hosts (Envoy's `require_tls`)",
+        ),
+        field("mode", Leaf, Status::Values(&SERVER_TLS_MODE), ""),
         field(
             "serverCertificate",
             Leaf,
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::Enforced,
+            "re-read when the file changes",
         ),
-        field("privateKey", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("caCertificates", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("caCrl", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("credentialName", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "privateKey",
+            Leaf,
+            Status::Enforced,
+            "re-read when the file changes",
+        ),
+        field(
+            "caCertificates",
+            Leaf,
+            Status::Enforced,
+            "`MUTUAL`: client certificates must chain to them",
+        ),
+        field(
+            "caCrl",
+            Leaf,
+            Status::Refused(Area::Security),
+            "revocation lists are not checked",
+        ),
+        field(
+            "credentialName",
+            Leaf,
+            Status::Enforced,
+            "read from files: `ProxyBootstrap.credentialsDir`/<gateway namespace>/<name>/{tls.crt,tls.key,ca.crt} (Istio's secret keys; the CA also from `<name>-cacert`); refused without credentialsDir",
+        ),
         field(
             "credentialNames",
             Leaf,
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::Refused(Area::Security),
+            "several certificates per server are not served yet",
         ),
         field(
             "caCertCredentialName",
             Leaf,
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::Enforced,
+            "the CA from `credentialsDir`/<namespace>/<name>/ca.crt",
         ),
         field(
             "tlsCertificates",
             Seq(&TLS_CERTIFICATE),
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::Refused(Area::Security),
+            "several certificates per server are not served yet",
         ),
         field(
             "subjectAltNames",
             Leaf,
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::Enforced,
+            "`MUTUAL`: the client certificate carries one of them (checked in the handshake)",
         ),
         field(
             "verifyCertificateSpki",
             Leaf,
-            Status::NotYet(Area::GatewaysL4),
+            Status::Refused(Area::Security),
             "",
         ),
         field(
             "verifyCertificateHash",
             Leaf,
-            Status::NotYet(Area::GatewaysL4),
+            Status::Refused(Area::Security),
             "",
         ),
         field(
             "minProtocolVersion",
             Leaf,
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::Enforced,
+            "TLS 1.2 and 1.3 are offered; a minimum of 1.0 or 1.1 serves from 1.2",
         ),
         field(
             "maxProtocolVersion",
             Leaf,
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::Enforced,
+            "a maximum below TLS 1.2 is refused",
         ),
-        field("cipherSuites", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "cipherSuites",
+            Leaf,
+            Status::Enforced,
+            "TLS 1.2 suites: the ECDHE AES-GCM and CHACHA20-POLY1305 ones; any other is refused",
+        ),
         field(
             "insecureSkipVerify",
             Leaf,
-            Status::NotYet(Area::GatewaysL4),
+            Status::Refused(Area::Security),
             "",
         ),
     ],
@@ -1662,7 +1750,14 @@ static PROXY_BOOTSTRAP: TypeDef = TypeDef {
         field("mesh", Struct(&MESH_SETTINGS), Status::Enforced, ""),
         field("outbound", Struct(&OUTBOUND_LISTENER), Status::Enforced, ""),
         field("inbound", Struct(&INBOUND_LISTENER), Status::Enforced, ""),
-        field("gatewayPorts", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "gatewayPorts",
+            Leaf,
+            Status::Enforced,
+            "server port → local port of the gateway listeners; unmapped server ports are bound as they are",
+        ),
+        field("gatewayAddress", Leaf, Status::Enforced, ""),
+        field("credentialsDir", Leaf, Status::Enforced, ""),
         field("outboundPorts", Leaf, Status::NotYet(Area::GatewaysL4), ""),
         field(
             "inboundPorts",

@@ -94,6 +94,10 @@ pub(crate) fn validate(pb: &ProxyBootstrap, at: &FieldPath, rep: &mut Report<'_>
     rep.check(&at.k("admin").k("address"), validate_ip(&pb.admin.address));
     claim(pb.admin.port, at.k("admin").k("port"), rep);
 
+    rep.check(&at.k("gatewayAddress"), validate_ip(&pb.gateway_address));
+    if pb.credentials_dir.as_deref() == Some("") {
+        rep.error(&at.k("credentialsDir"), "credentialsDir must not be empty");
+    }
     for (k, v) in &pb.gateway_ports {
         let p = at.k("gatewayPorts").k(k);
         rep.check(&p, parse_port_key(k));

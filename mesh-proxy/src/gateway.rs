@@ -1,0 +1,826 @@
+//! The proxy as an ingress or egress gateway: the `Gateway`s that select the bootstrap
+//! workload become listeners.
+//!
+//! Part of the one configuration pipeline ([`crate::pipeline`]): [`plan`] works out, from
+//! the snapshot, which Gateways select this workload (their `selector` is a subset of the
+//! bootstrap workload's labels; Gateways of every namespace, as Istio's default
+//! `PILOT_SCOPE_GATEWAY_TO_NAMESPACE=false`), and one listener per server port:
+//!
+//! - it listens on the server's `bind`, else `ProxyBootstrap.gatewayAddress` (`0.0.0.0`), at
+//!   the local port `gatewayPorts` maps the server port to, else the server port itself (as
+//!   Envoy binds it);
+//! - several servers on one port share the listener (Istio merges them); its route table
+//!   ([`mesh_routing::RouteTable`] for the gateways with a server on the port) serves the
+//!   VirtualServices bound to those gateways (`spec.gateways`, `match[].gateways`) for the
+//!   hosts they share with the servers' `hosts` ([`mesh_routing::RouterContext::servers`]);
+//!   a request for any other host gets 404 `NR`, as Envoy's gateway answers;
+//! - `HTTP` servers serve plaintext; `tls.httpsRedirect` answers their hosts `301` to
+//!   `https://` + Host + path (Envoy's `require_tls`);
+//! - `HTTPS` servers with `tls.mode` `SIMPLE`, `MUTUAL` or `OPTIONAL_MUTUAL` terminate TLS
+//!   with their files ([`mesh_tls::termination`]: certificate by SNI, client certificates,
+//!   `subjectAltNames`, protocol versions, cipher suites), or with what `credentialName`
+//!   names under `ProxyBootstrap.credentialsDir` ([`credential_files`]); `ISTIO_MUTUAL`
+//!   serves the workload's own certificate and requires a mesh client certificate;
+//! - `TCP`, `TLS`, `MONGO`… servers and `PASSTHROUGH`/`AUTO_PASSTHROUGH` ones need the L4
+//!   data path: they are listed in [`Plan::l4`] with a warning and get no listener yet.
+//!
+//! Behind each listener runs the sidecar's outbound stack ([`crate::stack`]: routing, fault,
+//! timeout, retry, mirror, balancer, breaker, outlier; telemetry reported as `source`, as
+//! Istio's gateways report), with the workload's RequestAuthentications and
+//! AuthorizationPolicies before the router (an Istio ingress gateway enforces the policies
+//! that select it); see [`GatewayFront`].
+//!
+//! The certificate files are watched as the workload's are: [`GatewayTls::rotate`] re-reads
+//! a port's files when one changed (new handshakes use them; files that cannot be used keep
+//! the previous ones). A reload applies new routes, policies and certificates; a reload
+//! that changes the set of gateway listeners (ports, addresses, plaintext or TLS) is refused
+//! with an error saying a restart is needed.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request, Response, StatusCode};
+use mesh_core::Severity;
+use mesh_core::body::ReplyBody;
+use mesh_core::compile::{Named, Snapshot};
+use mesh_core::error::{FieldPath, ResourceRef};
+use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
+use mesh_core::flags::ResponseFlags;
+use mesh_core::load::Issue;
+use mesh_core::model::Kind;
+use mesh_core::model::networking::{Gateway, Server, ServerTlsMode, ServerTlsSettings};
+use mesh_core::selector::labels_match;
+use mesh_core::validate::common::Protocol;
+use mesh_routing::{RouterContext, ServerHosts};
+use mesh_tls::termination::{PortTermination, ServerFiles, ServerTermination};
+use mesh_transport::tls::{Accepts, DownstreamTls, PeerTls, PeerTlsInfo};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The gateway listeners a configuration asks of this workload.
+#[derive(Debug, Default, Clone)]
+pub struct Plan {
+    /// One per server port, by port number.
+    pub ports: Vec<PortPlan>,
+    /// Servers that need the L4 data path (not served yet): (gateway `<ns>/<name>`, server
+    /// index, server port).
+    pub l4: Vec<(String, usize, u32)>,
+}
+
+/// One gateway listener.
+#[derive(Debug, Clone)]
+pub struct PortPlan {
+    /// The servers' port number.
+    pub number: u16,
+    /// The address to listen on (`bind`, else `gatewayAddress`).
+    pub address: IpAddr,
+    /// The local port (`gatewayPorts`, else `number`; 0: any free port).
+    pub local_port: u16,
+    /// The gateways with a server on the port, `<ns>/<name>`.
+    pub gateways: Vec<String>,
+    /// Their servers' hosts, for the route table.
+    pub servers: Vec<ServerHosts>,
+    /// Plaintext or TLS.
+    pub tls: PortTlsPlan,
+    /// The hosts (without namespace part) of the plaintext servers with `httpsRedirect`.
+    pub redirect: Vec<String>,
+}
+
+/// How a gateway listener handles TLS.
+#[derive(Debug, Clone)]
+pub enum PortTlsPlan {
+    /// Plaintext HTTP (HTTP/1.1 and h2c).
+    Plaintext,
+    /// `SIMPLE`/`MUTUAL`/`OPTIONAL_MUTUAL`: each server's `tls` with its files.
+    Files(Vec<(ServerTlsSettings, ServerFiles, Vec<String>)>),
+    /// `ISTIO_MUTUAL`: the workload's certificate, mesh client certificates required.
+    IstioMutual,
+}
+
+/// What identifies a listener: a reload that changes one needs a restart.
+pub type ListenerKey = (u16, IpAddr, u16, bool);
+
+// === impl Plan ===
+
+impl Plan {
+    /// The listeners' identities (port, address, local port, TLS or not).
+    pub fn listener_keys(&self) -> Vec<ListenerKey> {
+        self.ports
+            .iter()
+            .map(|p| {
+                (
+                    p.number,
+                    p.address,
+                    p.local_port,
+                    !matches!(p.tls, PortTlsPlan::Plaintext),
+                )
+            })
+            .collect()
+    }
+}
+
+impl PortPlan {
+    /// The router context of this port's route table.
+    pub fn router_context(&self, snapshot: &Snapshot) -> RouterContext {
+        let mut ctx = RouterContext::gateway(snapshot, self.gateways.iter().cloned());
+        ctx.servers = self.servers.clone();
+        ctx
+    }
+}
+
+/// Whether `gw` selects the bootstrap workload (Istio: `selector` a subset of the gateway
+/// pod's labels).
+pub fn selects(gw: &Named<Gateway>, snapshot: &Snapshot) -> bool {
+    labels_match(&gw.spec.selector, &snapshot.bootstrap.workload.labels)
+}
+
+/// The files a `credentialName` resolves to: `<credentialsDir>/<namespace>/<name>/tls.crt`
+/// and `tls.key` (Istio's `kubernetes.io/tls` secret keys), and for the CA `ca.crt` of the
+/// same directory, else of `<name>-cacert` (Istio's separate CA secret). `ca` names the
+/// CA's secret instead (`caCertCredentialName`).
+pub fn credential_files(dir: &Path, namespace: &str, name: &str, ca: Option<&str>) -> ServerFiles {
+    let base = dir.join(namespace).join(name);
+    let ca_certificates = match ca {
+        Some(ca) => Some(dir.join(namespace).join(ca).join("ca.crt")),
+        None => {
+            let own = base.join("ca.crt");
+            let separate = dir
+                .join(namespace)
+                .join(format!("{name}-cacert"))
+                .join("ca.crt");
+            Some(if own.exists() || !separate.exists() {
+                own
+            } else {
+                separate
+            })
+        }
+    };
+    ServerFiles {
+        certificate: base.join("tls.crt"),
+        private_key: base.join("tls.key"),
+        ca_certificates,
+        fields: ["credentialName", "credentialName", "credentialName"],
+    }
+}
+
+fn set(o: &Option<String>) -> Option<&str> {
+    o.as_deref().filter(|s| !s.is_empty())
+}
+
+/// Works out the gateway listeners of `snapshot` for its bootstrap workload. Problems are
+/// issues of the Gateways' fields (errors refuse the configuration); warnings name the
+/// servers that are not served yet.
+pub fn plan(snapshot: &Snapshot, has_identity: bool) -> (Plan, Vec<Issue>) {
+    let boot = &snapshot.bootstrap;
+    let mut issues = Vec::new();
+    let mut plan = Plan::default();
+    let default_addr: IpAddr = boot
+        .gateway_address
+        .parse()
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    for gw in snapshot.gateways.iter().filter(|g| selects(g, snapshot)) {
+        let qualified = format!("{}/{}", gw.namespace, gw.name);
+        let resource = ResourceRef {
+            kind: Kind::Gateway,
+            namespace: gw.namespace.clone(),
+            name: gw.name.clone(),
+        };
+        let mut issue = |severity, field: String, message: String| {
+            issues.push(Issue {
+                severity,
+                resource: resource.clone(),
+                field: FieldPath::parse(&field),
+                message,
+            })
+        };
+        for (i, server) in gw.spec.servers.iter().enumerate() {
+            let at = format!("spec.servers[{i}]");
+            let Some(port) = &server.port else { continue };
+            let Ok(number) = u16::try_from(port.number) else {
+                continue; // refused by validation
+            };
+            let proto = Protocol::parse(&port.protocol);
+            let tls = server.tls.as_ref();
+            let mode = tls.and_then(|t| t.mode);
+            let port_tls = if proto.is_http() {
+                PortTlsPlan::Plaintext
+            } else if proto == Protocol::Https {
+                match mode {
+                    Some(
+                        ServerTlsMode::Simple
+                        | ServerTlsMode::Mutual
+                        | ServerTlsMode::OptionalMutual,
+                    ) => {
+                        let Some(t) = tls else { continue };
+                        match server_files(t, server, gw, boot.credentials_dir.as_deref()) {
+                            Ok(files) => {
+                                PortTlsPlan::Files(vec![(t.clone(), files, server.hosts.clone())])
+                            }
+                            Err((field, message)) => {
+                                issue(Severity::Error, format!("{at}.tls.{field}"), message);
+                                continue;
+                            }
+                        }
+                    }
+                    Some(ServerTlsMode::IstioMutual) => {
+                        if !has_identity {
+                            issue(
+                                Severity::Error,
+                                format!("{at}.tls.mode"),
+                                "ISTIO_MUTUAL serves the workload's certificate: the ProxyBootstrap has no identity".into(),
+                            );
+                            continue;
+                        }
+                        PortTlsPlan::IstioMutual
+                    }
+                    _ => {
+                        if mode.is_none() {
+                            // the support table warns about a written PASSTHROUGH; the default
+                            // is said here
+                            issue(
+                                Severity::Warning,
+                                format!("{at}.tls"),
+                                format!(
+                                    "server {i} (port {number}, HTTPS without tls.mode: PASSTHROUGH) needs the L4 data path: not yet (gateways and L4); it gets no listener"
+                                ),
+                            );
+                        }
+                        plan.l4.push((qualified.clone(), i, port.number));
+                        continue;
+                    }
+                }
+            } else {
+                plan.l4.push((qualified.clone(), i, port.number));
+                continue;
+            };
+            let address = match set(&server.bind) {
+                None => default_addr,
+                Some(b) => match b.parse::<IpAddr>() {
+                    Ok(a) => a,
+                    Err(_) => {
+                        issue(
+                            Severity::Error,
+                            format!("{at}.bind"),
+                            format!("bind {b:?}: this version binds IP addresses only"),
+                        );
+                        continue;
+                    }
+                },
+            };
+            let local_port = boot
+                .gateway_ports
+                .get(&number.to_string())
+                .copied()
+                .unwrap_or(number);
+            let redirect: Vec<String> = if tls.is_some_and(|t| t.https_redirect) {
+                server
+                    .hosts
+                    .iter()
+                    .map(|h| strip_ns(h).to_ascii_lowercase())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let hosts = ServerHosts {
+                gateway: qualified.clone(),
+                hosts: server.hosts.clone(),
+            };
+            match plan.ports.iter_mut().find(|p| p.number == number) {
+                None => plan.ports.push(PortPlan {
+                    number,
+                    address,
+                    local_port,
+                    gateways: vec![qualified.clone()],
+                    servers: vec![hosts],
+                    tls: port_tls,
+                    redirect,
+                }),
+                Some(p) => {
+                    let conflict = match (&mut p.tls, port_tls) {
+                        (PortTlsPlan::Plaintext, PortTlsPlan::Plaintext) => None,
+                        (PortTlsPlan::IstioMutual, PortTlsPlan::IstioMutual) => None,
+                        (PortTlsPlan::Files(v), PortTlsPlan::Files(mut w)) => {
+                            v.append(&mut w);
+                            None
+                        }
+                        _ => Some(
+                            "a port serves plaintext HTTP, TLS from files or ISTIO_MUTUAL, not a mix: this server conflicts with an earlier one on the same port",
+                        ),
+                    };
+                    if let Some(m) = conflict {
+                        issue(Severity::Error, format!("{at}.port.number"), m.into());
+                        continue;
+                    }
+                    if p.address != address {
+                        issue(
+                            Severity::Error,
+                            format!("{at}.bind"),
+                            format!(
+                                "servers on port {number} bind different addresses ({} and {address}): not served by this version",
+                                p.address
+                            ),
+                        );
+                        continue;
+                    }
+                    if !p.gateways.contains(&qualified) {
+                        p.gateways.push(qualified.clone());
+                    }
+                    p.servers.push(hosts);
+                    p.redirect.extend(redirect);
+                }
+            }
+        }
+    }
+    plan.ports.sort_by_key(|p| p.number);
+    (plan, issues)
+}
+
+/// A host without its `ns/` part.
+fn strip_ns(h: &str) -> &str {
+    h.split_once('/').map_or(h, |(_, h)| h)
+}
+
+/// The files of a server's `tls`: `credentialName` under `credentialsDir`, else the file
+/// fields. `Err((field, message))`.
+fn server_files(
+    t: &ServerTlsSettings,
+    _server: &Server,
+    gw: &Named<Gateway>,
+    dir: Option<&str>,
+) -> Result<ServerFiles, (String, String)> {
+    if let Some(name) = set(&t.credential_name) {
+        let Some(dir) = dir else {
+            return Err((
+                "credentialName".into(),
+                "credentialName is read from files under ProxyBootstrap.credentialsDir, which is not set".into(),
+            ));
+        };
+        let mut f = credential_files(
+            Path::new(dir),
+            &gw.namespace,
+            name,
+            set(&t.ca_cert_credential_name),
+        );
+        if set(&t.ca_certificates).is_some() {
+            f.ca_certificates = set(&t.ca_certificates).map(PathBuf::from);
+            f.fields[2] = "caCertificates";
+        }
+        return Ok(f);
+    }
+    let cert = set(&t.server_certificate).ok_or_else(|| {
+        (
+            "serverCertificate".to_string(),
+            "a server certificate (serverCertificate or credentialName) is required".to_string(),
+        )
+    })?;
+    let key = set(&t.private_key).ok_or_else(|| {
+        (
+            "privateKey".to_string(),
+            "a private key is required".to_string(),
+        )
+    })?;
+    let ca = match set(&t.ca_cert_credential_name) {
+        Some(ca) => match dir {
+            Some(dir) => Some(Path::new(dir).join(&gw.namespace).join(ca).join("ca.crt")),
+            None => {
+                return Err((
+                    "caCertCredentialName".into(),
+                    "caCertCredentialName is read from files under ProxyBootstrap.credentialsDir, which is not set".into(),
+                ));
+            }
+        },
+        None => set(&t.ca_certificates).map(PathBuf::from),
+    };
+    Ok(ServerFiles {
+        certificate: cert.into(),
+        private_key: key.into(),
+        ca_certificates: ca,
+        fields: ["serverCertificate", "privateKey", "caCertificates"],
+    })
+}
+
+/// Reads the files of every TLS port of `plan` and builds their configurations; problems
+/// are errors of the Gateways' fields. `Ok` holds one entry per port of `plan` (`None` for
+/// plaintext and `ISTIO_MUTUAL` ports).
+pub fn prepare_tls(
+    snapshot: &Snapshot,
+    plan: &Plan,
+) -> Result<Vec<Option<PortTermination>>, Vec<Issue>> {
+    let mut out = Vec::new();
+    let mut issues = Vec::new();
+    for p in &plan.ports {
+        let PortTlsPlan::Files(servers) = &p.tls else {
+            out.push(None);
+            continue;
+        };
+        match build_port(servers) {
+            Ok(t) => out.push(Some(t)),
+            Err((k, field, message)) => {
+                // the server at fault: the k-th TLS server of the port, found again by its
+                // settings in the gateways of the port
+                let (resource, at) = locate(snapshot, p, &servers[k].0);
+                issues.push(Issue {
+                    severity: Severity::Error,
+                    resource,
+                    field: FieldPath::parse(&format!(
+                        "{at}.tls{}",
+                        field.map(|f| format!(".{f}")).unwrap_or_default()
+                    )),
+                    message,
+                });
+            }
+        }
+    }
+    if issues.is_empty() {
+        Ok(out)
+    } else {
+        Err(issues)
+    }
+}
+
+type PortError = (usize, Option<String>, String);
+
+fn build_port(
+    servers: &[(ServerTlsSettings, ServerFiles, Vec<String>)],
+) -> Result<PortTermination, PortError> {
+    let mut built = Vec::with_capacity(servers.len());
+    for (k, (tls, files, hosts)) in servers.iter().enumerate() {
+        let s =
+            ServerTermination::new(tls, files, hosts).map_err(|e| (k, Some(e.field), e.message))?;
+        built.push(s);
+    }
+    PortTermination::new(built).map_err(|m| (servers.len() - 1, Some("mode".into()), m))
+}
+
+/// The Gateway and field path of the server whose `tls` is `tls` on port `p`.
+fn locate(snapshot: &Snapshot, p: &PortPlan, tls: &ServerTlsSettings) -> (ResourceRef, String) {
+    for gw in snapshot.gateways.iter().filter(|g| selects(g, snapshot)) {
+        for (i, s) in gw.spec.servers.iter().enumerate() {
+            let on_port = s
+                .port
+                .as_ref()
+                .is_some_and(|sp| sp.number == u32::from(p.number));
+            if on_port && s.tls.as_ref() == Some(tls) {
+                return (
+                    ResourceRef {
+                        kind: Kind::Gateway,
+                        namespace: gw.namespace.clone(),
+                        name: gw.name.clone(),
+                    },
+                    format!("spec.servers[{i}]"),
+                );
+            }
+        }
+    }
+    (
+        ResourceRef {
+            kind: Kind::Gateway,
+            namespace: String::new(),
+            name: String::new(),
+        },
+        "spec.servers".into(),
+    )
+}
+
+// === GatewayTls ===
+
+/// The TLS of one gateway listener: its servers' certificates (swapped on reload and when
+/// their files change), or the workload's for `ISTIO_MUTUAL`.
+#[derive(Debug)]
+pub struct GatewayTls {
+    state: ArcSwap<PortTlsState>,
+    identity: Arc<crate::security::WorkloadTls>,
+    stamps: Mutex<Vec<(PathBuf, Stamp)>>,
+}
+
+#[derive(Debug)]
+enum PortTlsState {
+    Files {
+        servers: Vec<(ServerTlsSettings, ServerFiles, Vec<String>)>,
+        config: Arc<rustls::ServerConfig>,
+    },
+    IstioMutual,
+}
+
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+fn stamps_of(state: &PortTlsState) -> Vec<(PathBuf, Stamp)> {
+    let PortTlsState::Files { servers, .. } = state else {
+        return Vec::new();
+    };
+    servers
+        .iter()
+        .flat_map(|(_, f, _)| {
+            [
+                Some(&f.certificate),
+                Some(&f.private_key),
+                f.ca_certificates.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+        })
+        .map(|p| (p.clone(), stamp(p)))
+        .collect()
+}
+
+impl GatewayTls {
+    /// The TLS of port `plan` (`built`: its configuration from [`prepare_tls`]); `None`
+    /// for a plaintext port.
+    pub fn new(
+        plan: &PortPlan,
+        built: Option<PortTermination>,
+        identity: Arc<crate::security::WorkloadTls>,
+    ) -> Option<GatewayTls> {
+        let state = Self::state(plan, built)?;
+        let stamps = Mutex::new(stamps_of(&state));
+        Some(GatewayTls {
+            state: ArcSwap::from_pointee(state),
+            identity,
+            stamps,
+        })
+    }
+
+    fn state(plan: &PortPlan, built: Option<PortTermination>) -> Option<PortTlsState> {
+        match (&plan.tls, built) {
+            (PortTlsPlan::Plaintext, _) => None,
+            (PortTlsPlan::IstioMutual, _) => Some(PortTlsState::IstioMutual),
+            (PortTlsPlan::Files(servers), Some(t)) => Some(PortTlsState::Files {
+                servers: servers.clone(),
+                config: t.config().clone(),
+            }),
+            (PortTlsPlan::Files(_), None) => None,
+        }
+    }
+
+    /// Applies a reloaded configuration's TLS for the port.
+    pub fn store(&self, plan: &PortPlan, built: Option<PortTermination>) {
+        if let Some(state) = Self::state(plan, built) {
+            let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+            *stamps = stamps_of(&state);
+            self.state.store(Arc::new(state));
+        }
+    }
+
+    /// Re-reads the servers' files if one changed; new handshakes use them. Files that
+    /// cannot be used keep the previous ones (and are tried again next time). Returns
+    /// whether the certificates changed.
+    pub fn rotate(&self) -> bool {
+        let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+        if stamps.iter().all(|(p, s)| stamp(p) == *s) {
+            return false;
+        }
+        let current = self.state.load_full();
+        let PortTlsState::Files { servers, .. } = &*current else {
+            return false;
+        };
+        match build_port(servers) {
+            Ok(t) => {
+                let state = PortTlsState::Files {
+                    servers: servers.clone(),
+                    config: t.config().clone(),
+                };
+                *stamps = stamps_of(&state);
+                self.state.store(Arc::new(state));
+                tracing::info!("gateway certificates re-read");
+                true
+            }
+            Err((_, _, m)) => {
+                tracing::warn!(error = %m, "gateway certificate files changed but cannot be used; keeping the current ones");
+                false
+            }
+        }
+    }
+}
+
+impl DownstreamTls for GatewayTls {
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        match &**self.state.load() {
+            PortTlsState::Files { config, .. } => config.clone(),
+            PortTlsState::IstioMutual => self.identity.server_config(),
+        }
+    }
+
+    fn accepts(&self) -> Accepts {
+        Accepts::TlsOnly
+    }
+}
+
+// === the front of a gateway listener's stack ===
+
+/// What the policies read of a connection, computed once per connection.
+#[derive(Debug, Clone)]
+struct ConnectionFacts {
+    peer: Arc<PeerTlsInfo>,
+    identity: Option<PeerIdentity>,
+    sni: Option<ConnectionSni>,
+}
+
+/// The front of a gateway listener's stack: fills in what AuthorizationPolicy reads (the
+/// client certificate's SPIFFE identity, the SNI, the destination), drops a client's own
+/// `x-forwarded-client-cert` (Envoy's `SANITIZE`), and hands the request on.
+#[derive(Debug, Clone)]
+pub struct GatewayFront<S> {
+    inner: S,
+    destination: DestinationAddr,
+    last: Option<ConnectionFacts>,
+}
+
+impl<S> GatewayFront<S> {
+    /// Wraps `inner` for a listener on `listener`.
+    pub fn new(inner: S, listener: SocketAddr) -> Self {
+        GatewayFront {
+            inner,
+            destination: DestinationAddr(listener),
+            last: None,
+        }
+    }
+
+    fn facts(&mut self, peer: &Arc<PeerTlsInfo>) -> ConnectionFacts {
+        if let Some(f) = &self.last
+            && Arc::ptr_eq(&f.peer, peer)
+        {
+            return f.clone();
+        }
+        let facts = ConnectionFacts {
+            peer: peer.clone(),
+            identity: peer
+                .peer_certificates
+                .first()
+                .and_then(|c| mesh_tls::peer::spiffe_id(c).ok())
+                .map(PeerIdentity::new),
+            sni: peer
+                .server_name
+                .as_deref()
+                .map(|s| ConnectionSni(Arc::from(s))),
+        };
+        self.last = Some(facts.clone());
+        facts
+    }
+}
+
+/// `x-forwarded-client-cert`.
+const XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
+
+impl<S, B> Service<Request<B>> for GatewayFront<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        req.headers_mut().remove(XFCC);
+        if let Some(p) = req.extensions().get::<PeerTls>().map(|p| p.0.clone()) {
+            let f = self.facts(&p);
+            if let Some(id) = f.identity {
+                req.extensions_mut().insert(id);
+            }
+            if let Some(sni) = f.sni {
+                req.extensions_mut().insert(sni);
+            }
+        }
+        req.extensions_mut().insert(self.destination);
+        self.inner.call(req)
+    }
+}
+
+// === httpsRedirect ===
+
+/// `tls.httpsRedirect` of a plaintext gateway port: a request for one of the hosts answers
+/// `301` to `https://` + Host + path (Envoy's `require_tls: ALL`, `createSslRedirectPath`).
+#[derive(Debug, Clone, Default)]
+pub struct HttpsRedirectLayer {
+    hosts: Arc<ArcSwap<Vec<String>>>,
+}
+
+/// The service of [`HttpsRedirectLayer`].
+#[derive(Debug, Clone)]
+pub struct HttpsRedirect<S> {
+    inner: S,
+    hosts: Arc<ArcSwap<Vec<String>>>,
+}
+
+/// The future of [`HttpsRedirect`].
+#[pin_project::pin_project(project = RedirectProj)]
+#[derive(Debug)]
+pub enum RedirectFuture<F, R> {
+    /// Forwarded.
+    Inner {
+        /// The inner future.
+        #[pin]
+        fut: F,
+    },
+    /// Redirected.
+    Redirect {
+        /// The answer.
+        res: Option<Response<R>>,
+    },
+}
+
+impl HttpsRedirectLayer {
+    /// Redirects requests for `hosts` (lowercase; `*.example.com` and `*` allowed).
+    pub fn new(hosts: Vec<String>) -> Self {
+        HttpsRedirectLayer {
+            hosts: Arc::new(ArcSwap::from_pointee(hosts)),
+        }
+    }
+
+    /// Replaces the hosts (a reload).
+    pub fn store(&self, hosts: Vec<String>) {
+        self.hosts.store(Arc::new(hosts));
+    }
+}
+
+impl<S> Layer<S> for HttpsRedirectLayer {
+    type Service = HttpsRedirect<S>;
+
+    fn layer(&self, inner: S) -> HttpsRedirect<S> {
+        HttpsRedirect {
+            inner,
+            hosts: self.hosts.clone(),
+        }
+    }
+}
+
+impl<S, B, R> Service<Request<B>> for HttpsRedirect<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    R: ReplyBody,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = RedirectFuture<S::Future, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let hosts = self.hosts.load();
+        if !hosts.is_empty()
+            && let Some(authority) = mesh_core::authority::of_request(&req)
+        {
+            let (host, _) = mesh_core::authority::split_port(authority);
+            if hosts
+                .iter()
+                .any(|h| mesh_core::compile::host_matches(h, host))
+            {
+                let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let location = format!("https://{authority}{path}");
+                let mut res = mesh_core::ext::local_reply::<R>(
+                    StatusCode::MOVED_PERMANENTLY,
+                    ResponseFlags::empty(),
+                    "",
+                );
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    res.headers_mut().insert(http::header::LOCATION, v);
+                }
+                return RedirectFuture::Redirect { res: Some(res) };
+            }
+        }
+        drop(hosts);
+        RedirectFuture::Inner {
+            fut: self.inner.call(req),
+        }
+    }
+}
+
+impl<F, R, E> std::future::Future for RedirectFuture<F, R>
+where
+    F: std::future::Future<Output = Result<Response<R>, E>>,
+{
+    type Output = Result<Response<R>, E>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RedirectProj::Inner { fut } => fut.poll(cx),
+            RedirectProj::Redirect { res } => match res.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// The listeners a plan asks for, by server port (for logs and errors).
+pub fn describe(plan: &Plan) -> BTreeMap<u16, SocketAddr> {
+    plan.ports
+        .iter()
+        .map(|p| (p.number, SocketAddr::new(p.address, p.local_port)))
+        .collect()
+}
