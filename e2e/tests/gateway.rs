@@ -821,3 +821,134 @@ spec:
     );
     r.proxy.drain().await;
 }
+
+// === JWT claim based routing ===
+
+/// An ES256 key made at test time, its JWKS and tokens.
+struct JwtKey(ring::signature::EcdsaKeyPair);
+
+impl JwtKey {
+    fn new() -> JwtKey {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        JwtKey(
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                .unwrap(),
+        )
+    }
+
+    fn jwks(&self) -> String {
+        use base64::Engine as _;
+        use ring::signature::KeyPair as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let p = self.0.public_key().as_ref();
+        serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "k1",
+            "x": b64.encode(&p[1..33]), "y": b64.encode(&p[33..]),
+        }]})
+        .to_string()
+    }
+
+    fn sign(&self, claims: serde_json::Value) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": "k1"});
+        let signed = format!(
+            "{}.{}",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        );
+        let sig = self
+            .0
+            .sign(&ring::rand::SystemRandom::new(), signed.as_bytes())
+            .unwrap();
+        format!("{signed}.{}", b64.encode(sig.as_ref()))
+    }
+}
+
+#[tokio::test]
+async fn jwt_claim_based_routing_on_the_ingress_gateway() {
+    // istio.io "JWT claim based routing": a RequestAuthentication on the ingress gateway,
+    // a VirtualService routing `/headers` only for tokens whose `groups` holds `group1`
+    let key = JwtKey::new();
+    let b = backend("httpbin").await;
+    let iss = "testing@secure.istio.io";
+    let yaml = format!(
+        "{}{}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: httpbin-gateway, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [\"*\"]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: ingress-jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules:
+  - issuer: {iss}
+    jwks: '{}'
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: [\"*\"]
+  gateways: [httpbin-gateway]
+  http:
+  - match:
+    - uri: {{prefix: /headers}}
+      headers:
+        \"@request.auth.claims.groups\": {{exact: group1}}
+    route: [{{destination: {{port: {{number: 8000}}, host: httpbin}}}}]
+",
+        gateway_bootstrap(&[80], ""),
+        httpbin(&b),
+        key.jwks()
+    );
+    let r = start(&yaml).await;
+    let mut c = H1::connect(gw_addr(&r, 80)).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let with = |groups: serde_json::Value| {
+        let token =
+            key.sign(serde_json::json!({"iss": iss, "sub": iss, "exp": exp, "groups": groups}));
+        Request::builder()
+            .uri("/headers")
+            .header("host", "httpbin.example.com")
+            .header("authorization", format!("Bearer {token}"))
+            .body(full(""))
+            .unwrap()
+    };
+    let routed = c.send(with(serde_json::json!(["group1", "group2"]))).await;
+    assert_eq!(routed.status, 200);
+    assert_eq!(routed.backend(), "httpbin");
+    let other = c.send(with(serde_json::json!(["group2"]))).await;
+    assert_eq!(other.status, 404, "a token without the claim: no route");
+    let none = c.send(get("httpbin.example.com", "/headers")).await;
+    assert_eq!(none.status, 404, "no token: no route");
+    let bad = c
+        .send(
+            Request::builder()
+                .uri("/headers")
+                .header("host", "httpbin.example.com")
+                .header("authorization", "Bearer not.a.token")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        bad.status, 401,
+        "an invalid token is refused by RequestAuthentication"
+    );
+    assert_eq!(b.hits(), 1);
+    r.proxy.drain().await;
+}

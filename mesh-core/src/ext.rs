@@ -263,6 +263,40 @@ impl PeerIdentity {
     }
 }
 
+/// The claims of a request's validated JWT, for VirtualService matches on
+/// `@request.auth.claims.<name>` (JWT claim based routing).
+///
+/// Written by the JWT layer (`mesh-tls`'s `jwt`, RequestAuthentication) when a token is
+/// valid, as Envoy's `jwt_authn` writes its payload into the request's metadata; removed by it
+/// from every request it sees first (a client never supplies its own); read by the router
+/// (`mesh-routing`). Absent: no validated token, and claim matches do not hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtClaims(pub Arc<serde_json::Map<String, serde_json::Value>>);
+
+impl JwtClaims {
+    /// The claim at `path` (`["groups"]`, or nested `["a", "b"]`).
+    pub fn get(&self, path: &[impl AsRef<str>]) -> Option<&serde_json::Value> {
+        let (first, rest) = path.split_first()?;
+        let mut v = self.0.get(first.as_ref())?;
+        for k in rest {
+            v = v.as_object()?.get(k.as_ref())?;
+        }
+        Some(v)
+    }
+
+    /// Whether the claim at `path` is a string `matches` accepts, or a list holding one
+    /// (Istio's `MetadataMatcherForJWTClaims`: a string or a list's `one_of`).
+    pub fn any_str(&self, path: &[impl AsRef<str>], matches: impl Fn(&str) -> bool) -> bool {
+        match self.get(path) {
+            Some(serde_json::Value::String(s)) => matches(s),
+            Some(serde_json::Value::Array(items)) => {
+                items.iter().any(|i| i.as_str().is_some_and(|s| matches(s)))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The address a request was sent to, as the workload sees it: Envoy's
 /// `destination.address` (the original destination of the connection).
 ///

@@ -43,6 +43,9 @@ pub(crate) enum HeaderSel {
     Scheme,
     /// `:path` (path and query).
     Path,
+    /// `@request.auth.claims.<a>.<b>` (or `[a][b]`): the validated JWT's claim at this path
+    /// ([`mesh_core::ext::JwtClaims`]).
+    Claim(Box<[Box<str>]>),
 }
 
 /// An Envoy `HeaderMatcher`.
@@ -112,6 +115,8 @@ pub(crate) struct RequestView<'a> {
     pub(crate) port: Option<u16>,
     pub(crate) source_labels: &'a Labels,
     pub(crate) source_namespace: &'a str,
+    /// The validated JWT's claims, if any (JWT claim routes).
+    pub(crate) claims: Option<&'a mesh_core::ext::JwtClaims>,
 }
 
 /// What a match block requires of the request's `:path` (path and query), for the candidate
@@ -195,6 +200,17 @@ impl HeaderMatch {
             HeaderSel::Authority => self.m.matches(req.authority.as_bytes()),
             HeaderSel::Scheme => self.m.matches(req.scheme.as_bytes()),
             HeaderSel::Path => self.m.matches(req.path_and_query.as_bytes()),
+            HeaderSel::Claim(path) => {
+                // Istio's MetadataMatcherForJWTClaims: a string claim, or a list holding one;
+                // no validated token: only an inverted match (withoutHeaders) holds
+                let Some(claims) = req.claims else {
+                    return self.invert;
+                };
+                match &self.m {
+                    StrMatch::Present => claims.get(path).is_some(),
+                    m => claims.any_str(path, |v| m.matches(v.as_bytes())),
+                }
+            }
             HeaderSel::Name(name) => {
                 let mut values = req.headers.get_all(name).iter();
                 match (values.next(), values.next()) {
@@ -295,13 +311,9 @@ impl MatchBlock {
                 }
             }
         };
-        let mut never = false;
+        let never = false;
         let mut headers = Vec::new();
         for (name, sm) in &m.headers {
-            if name.starts_with("@request.auth.claims") {
-                never = true; // JWT claim routing needs authentication metadata
-                continue;
-            }
             let sel = header_sel(name).map_err(|e| err(&format!("headers.{name}"), e))?;
             let sm = StrMatch::compile(sm, false, limits)
                 .map_err(|e| err(&format!("headers.{name}"), e))?;
@@ -313,9 +325,6 @@ impl MatchBlock {
             });
         }
         for (name, sm) in &m.without_headers {
-            if name.starts_with("@request.auth.claims") {
-                continue; // an inverted claim match on a request without claims holds
-            }
             let sel = header_sel(name).map_err(|e| err(&format!("withoutHeaders.{name}"), e))?;
             let compiled = StrMatch::compile(sm, false, limits)
                 .map_err(|e| err(&format!("withoutHeaders.{name}"), e))?;
@@ -441,7 +450,29 @@ impl MatchBlock {
     }
 }
 
+/// The claim path of a JWT claim route key (Istio's `jwt.ToRoutingClaim`):
+/// `@request.auth.claims.a.b` or `@request.auth.claims[a][b]` → `[a, b]`.
+fn claim_path(name: &str) -> Option<Box<[Box<str>]>> {
+    if !mesh_core::validate::common::is_jwt_claim_route(name) {
+        return None;
+    }
+    let rest = &name[mesh_core::validate::common::JWT_CLAIM_HEADER.len()..];
+    let parts: Vec<Box<str>> = match rest.strip_prefix('.') {
+        Some(dotted) => dotted.split('.').map(Into::into).collect(),
+        None => rest
+            .strip_prefix('[')?
+            .strip_suffix(']')?
+            .split("][")
+            .map(Into::into)
+            .collect(),
+    };
+    (!parts.iter().any(|p| p.is_empty())).then(|| parts.into_boxed_slice())
+}
+
 fn header_sel(name: &str) -> Result<HeaderSel, String> {
+    if let Some(path) = claim_path(name) {
+        return Ok(HeaderSel::Claim(path));
+    }
     Ok(match name.to_ascii_lowercase().as_str() {
         ":method" => HeaderSel::Method,
         ":authority" | "host" => HeaderSel::Authority,
@@ -473,6 +504,52 @@ mod tests {
             prefix: prefix.map(Into::into),
             regex: regex.map(Into::into),
         }
+    }
+
+    #[test]
+    fn jwt_claim_routes_match_a_string_or_a_list_item_of_the_validated_claims() {
+        // Istio's task "JWT claim based routing": `@request.auth.claims.groups` holds when
+        // the token's `groups` is the value or a list holding it; nested `a.b` and `[a][b]`
+        let m: HttpMatchRequest = serde_json::from_value(serde_json::json!({
+            "headers": {
+                "@request.auth.claims.groups": {"exact": "group1"},
+                "@request.auth.claims[org][unit]": {"prefix": "eng"}
+            },
+            "withoutHeaders": {"@request.auth.claims.banned": {}}
+        }))
+        .unwrap();
+        let block = MatchBlock::compile(&m, None, limits(), "spec.http[0].match[0]").unwrap();
+        let headers = HeaderMap::new();
+        let labels = Labels::new();
+        let view = |claims| RequestView {
+            path_and_query: "/",
+            path: "/",
+            query: None,
+            method: "GET",
+            scheme: "http",
+            authority: "a",
+            headers: &headers,
+            port: None,
+            source_labels: &labels,
+            source_namespace: "default",
+            claims,
+        };
+        let claims = |v: serde_json::Value| {
+            mesh_core::ext::JwtClaims(Arc::new(v.as_object().unwrap().clone()))
+        };
+        let good = claims(serde_json::json!({"groups": ["x", "group1"], "org": {"unit": "eng-1"}}));
+        assert!(block.matches(&view(Some(&good))));
+        let single = claims(serde_json::json!({"groups": "group1", "org": {"unit": "eng"}}));
+        assert!(block.matches(&view(Some(&single))));
+        let other = claims(serde_json::json!({"groups": ["group2"], "org": {"unit": "eng"}}));
+        assert!(!block.matches(&view(Some(&other))));
+        let banned =
+            claims(serde_json::json!({"groups": "group1", "org": {"unit": "eng"}, "banned": true}));
+        assert!(
+            !block.matches(&view(Some(&banned))),
+            "withoutHeaders presence"
+        );
+        assert!(!block.matches(&view(None)), "no validated token");
     }
 
     #[test]

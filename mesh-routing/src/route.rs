@@ -81,7 +81,8 @@
 //! # Reads and writes
 //!
 //! - Reads the request's [`SourceWorkload`] extension (else the [`RouterContext`]'s
-//!   workload) for `sourceLabels` / `sourceNamespace`.
+//!   workload) for `sourceLabels` / `sourceNamespace`, and the
+//!   [`JwtClaims`](mesh_core::ext::JwtClaims) extension for `@request.auth.claims.*` matches.
 //! - Routes by the target's authority when the URI has one (absolute-form, HTTP/2's
 //!   `:authority`), else by `Host` (RFC 9112 §3.2.2); a rewritten authority is written to
 //!   both. (`mesh-proxy`'s engine makes the two agree before the router runs.)
@@ -112,8 +113,12 @@
 //! - With several weighted destinations, destination-level header `set`s win over the
 //!   route-level ones (as Istio arranges it for a single destination); Envoy applies the
 //!   route's last for weighted clusters.
-//! - Header matches on JWT claims (`@request.auth.claims.*`) never match (`withoutHeaders`
-//!   on claims always does): authentication metadata is not available to the router.
+//! - Header matches on JWT claims (`@request.auth.claims.a.b`, `[a][b]`) read the
+//!   [`JwtClaims`](mesh_core::ext::JwtClaims) extension that the JWT layer (`mesh-tls`)
+//!   writes for a validated token: a string claim, or a list holding one, matches (Istio's
+//!   `MetadataMatcherForJWTClaims`); without a validated token they do not match
+//!   (`withoutHeaders` on a claim then does). On a sidecar's outbound side no JWT is
+//!   validated, so they never match there, as with Istio's sidecars.
 //! - Gateways: the routes of every VirtualService naming the same host are concatenated in
 //!   source order; with [`RouterContext::servers`] set, a VirtualService host is served
 //!   only where it meets a host of a server of a gateway it is bound to (Istio's

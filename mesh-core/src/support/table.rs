@@ -178,13 +178,6 @@ static JWKS_URI: Custom = Custom {
     check: jwks_uri,
 };
 
-/// VirtualService `match[].headers`/`withoutHeaders`: `@request.auth.claims.*` keys are
-/// JWT claim routes, which Istio supports on gateways only.
-static ROUTE_HEADERS: Custom = Custom {
-    doc: "enforced; a `@request.auth.claims.*` key (JWT claim routing) is accepted with a warning: Istio supports it on gateways only (a sidecar's VirtualService with one is an Istio validation error) and this version serves no gateway; on a sidecar's outbound side no JWT is validated, so such a match never matches, as with Istio's sidecars",
-    check: route_headers,
-};
-
 /// A mapping's value under `key`.
 fn child<'a, 'b>(n: &'a MarkedYaml<'b>, key: &str) -> Option<&'a MarkedYaml<'b>> {
     match &resolve(n).data {
@@ -265,21 +258,6 @@ fn jwks_uri(uri: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
     Some((Verdict::Refused(Area::Security), format!("jwksUri {u} is ")))
 }
 
-fn route_headers(map: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
-    let YamlData::Mapping(m) = &resolve(map).data else {
-        return None;
-    };
-    m.iter()
-        .filter_map(|(k, _)| key_text(k))
-        .find(|k| crate::validate::common::is_jwt_claim_route(k))
-        .map(|k| {
-            (
-                Verdict::NotYet(Area::GatewaysL4),
-                format!("JWT claim route {k} (gateways only) is "),
-            )
-        })
-}
-
 fn authz_kind(doc: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
     let dry_run = child(doc, "metadata")
         .and_then(|m| child(m, "annotations"))
@@ -351,8 +329,8 @@ static HTTP_MATCH_REQUEST: TypeDef = TypeDef {
         field(
             "headers",
             Map(&STRING_MATCH),
-            Status::Custom(&ROUTE_HEADERS),
-            "",
+            Status::Enforced,
+            "`@request.auth.claims.<a>.<b>` keys (JWT claim routing) match the claims of the token a RequestAuthentication validated, on gateway listeners; on a sidecar's outbound side no JWT is validated, so they never match there, as with Istio's sidecars",
         ),
         field("port", Leaf, Status::Enforced, ""),
         field("sourceLabels", Leaf, Status::Enforced, ""),
@@ -362,8 +340,8 @@ static HTTP_MATCH_REQUEST: TypeDef = TypeDef {
         field(
             "withoutHeaders",
             Map(&STRING_MATCH),
-            Status::Custom(&ROUTE_HEADERS),
-            "",
+            Status::Enforced,
+            "`@request.auth.claims.<a>.<b>` keys (JWT claim routing) match the claims of the token a RequestAuthentication validated, on gateway listeners; on a sidecar's outbound side no JWT is validated, so they never match there, as with Istio's sidecars",
         ),
         field("sourceNamespace", Leaf, Status::Enforced, ""),
         field("statPrefix", Leaf, Status::NotYet(Area::Telemetry), ""),

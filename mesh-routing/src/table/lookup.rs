@@ -260,5 +260,6 @@ pub(crate) fn view_of<'a, B>(
         port: None,
         source_labels: source.0,
         source_namespace: source.1,
+        claims: req.extensions().get::<mesh_core::ext::JwtClaims>(),
     }
 }

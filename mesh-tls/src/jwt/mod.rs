@@ -45,7 +45,8 @@
 //! through unchecked, as Istio configures Envoy (`bypass_cors_preflight: true`, in
 //! `convertToEnvoyJwtConfig`).
 //!
-//! Reads the request's headers and URI; writes [`RequestAuth`].
+//! Reads the request's headers and URI; writes [`RequestAuth`] and, for the router's JWT claim
+//! routes, [`mesh_core::ext::JwtClaims`].
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -316,8 +317,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // a client never chooses its own request principal
+        // a client never chooses its own request principal (nor claims)
         req.extensions_mut().remove::<RequestAuth>();
+        req.extensions_mut().remove::<mesh_core::ext::JwtClaims>();
         let rules = self.rules.load();
         // Istio sets `bypass_cors_preflight`: a CORS preflight carries no credentials
         if rules.is_empty() || is_cors_preflight(&req) {
@@ -334,6 +336,9 @@ where
             Ok(auth) => {
                 drop(rules);
                 if let Some(a) = auth {
+                    // the router's view of the claims (JWT claim based routing)
+                    req.extensions_mut()
+                        .insert(mesh_core::ext::JwtClaims(a.claims.clone()));
                     req.extensions_mut().insert(a);
                 }
                 ResponseFuture::Inner {
