@@ -129,6 +129,7 @@ impl PortPlan {
     pub fn router_context(&self, snapshot: &Snapshot) -> RouterContext {
         let mut ctx = RouterContext::gateway(snapshot, self.gateways.iter().cloned());
         ctx.servers = self.servers.clone();
+        ctx.port = Some(self.number);
         ctx
     }
 }

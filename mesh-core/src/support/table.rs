@@ -996,8 +996,8 @@ static CLIENT_TLS_SETTINGS: TypeDef = TypeDef {
         field(
             "credentialName",
             Leaf,
-            Status::Refused(Area::Security),
-            "a Kubernetes secret: read by gateways only in Istio (egress gateways, issue 15); a sidecar takes files",
+            Status::Enforced,
+            "at a gateway (a workload a Gateway selects), read from `ProxyBootstrap.credentialsDir`/<workload namespace>/<name>/ (`ca.crt`, else `<name>-cacert/ca.crt`; `tls.crt` and `tls.key` for MUTUAL), as Istio reads the secret at gateways only; on a sidecar, or without credentialsDir, refused (security fails closed)",
         ),
         field(
             "subjectAltNames",

@@ -100,8 +100,15 @@ impl OutboundTls {
                         if prepared.iter().any(|(s, _)| s == tls) {
                             continue;
                         }
-                        match Origination::new(tls) {
-                            Ok(o) => prepared.push((tls.clone(), o)),
+                        let tls = match with_credential(snapshot, tls) {
+                            Ok(t) => t,
+                            Err(m) => {
+                                issue(Severity::Error, format!("{at}.credentialName"), m);
+                                continue;
+                            }
+                        };
+                        match Origination::new(&tls) {
+                            Ok(o) => prepared.push((tls.into_owned(), o)),
                             Err(e) => {
                                 issue(Severity::Error, format!("{at}.{}", e.field), e.message)
                             }
@@ -230,11 +237,13 @@ impl OutboundTls {
         let mut out = ClusterTls::default();
         match tp.tls.as_ref() {
             Some(tls) if matches!(tls.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) => {
+                // the settings as prepared: credentialName resolved to its files
+                let tls = with_credential(snap, tls).unwrap_or(std::borrow::Cow::Borrowed(tls));
                 let o = self
                     .prepared
                     .load()
                     .iter()
-                    .find(|(s, _)| s == tls)
+                    .find(|(s, _)| *s == *tls)
                     .map(|(_, o)| o.clone())
                     // refused at load: fail closed if it is met anyway
                     .unwrap_or_else(Origination::refusing);
@@ -253,6 +262,52 @@ impl OutboundTls {
         }
         out
     }
+}
+
+/// `credentialName` resolved to files, on a gateway (Istio reads it at gateways only): the
+/// secret `<credentialsDir>/<workload namespace>/<name>/` gives `ca.crt` (else the
+/// `<name>-cacert` secret's) and, for `MUTUAL`, `tls.crt` and `tls.key`, in place of
+/// `caCertificates`, `clientCertificate` and `privateKey`. Settings without it are returned
+/// as they are; on a sidecar, or without `credentialsDir`, it is an error (security fails
+/// closed).
+pub(crate) fn with_credential<'a>(
+    snapshot: &Snapshot,
+    tls: &'a ClientTlsSettings,
+) -> Result<std::borrow::Cow<'a, ClientTlsSettings>, String> {
+    let Some(name) = tls.credential_name.as_deref().filter(|n| !n.is_empty()) else {
+        return Ok(std::borrow::Cow::Borrowed(tls));
+    };
+    let boot = &snapshot.bootstrap;
+    let gateway = snapshot
+        .gateways
+        .iter()
+        .any(|g| crate::gateway::selects(g, snapshot));
+    let dir = match (&boot.credentials_dir, gateway) {
+        (Some(dir), true) => dir,
+        _ => {
+            return Err(
+                "credentialName (a Kubernetes secret) is read by gateways only: from ProxyBootstrap.credentialsDir on a workload a Gateway selects; a sidecar takes clientCertificate, privateKey and caCertificates files"
+                    .into(),
+            );
+        }
+    };
+    let files = crate::gateway::credential_files(
+        std::path::Path::new(dir),
+        &boot.workload.namespace,
+        name,
+        None,
+    );
+    let path = |p: &std::path::Path| Some(p.display().to_string());
+    let mut out = tls.clone();
+    out.credential_name = None;
+    if let Some(ca) = files.ca_certificates.as_deref().filter(|p| p.exists()) {
+        out.ca_certificates = path(ca);
+    }
+    if tls.mode == ClientTlsMode::Mutual {
+        out.client_certificate = path(&files.certificate);
+        out.private_key = path(&files.private_key);
+    }
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 /// Every `tls` of a DestinationRule with its field path.

@@ -410,6 +410,7 @@ impl RouteTable {
             wildcard: HashMap::default(),
             catch_all: None,
             strip_port: false,
+            listener_port: ctx.port,
             vhosts: Vec::new(),
             unknown: UnknownHost::NotFound,
             source_labels: ctx.labels.clone(),

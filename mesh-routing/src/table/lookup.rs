@@ -95,7 +95,7 @@ impl RouteTable {
                 UnknownHost::NotFound => Selected::NoRoute,
             };
         };
-        view.port = port.or(target.port);
+        view.port = self.listener_port.or(port).or(target.port);
         let Some(vhost) = self.vhosts.get(target.vhost as usize) else {
             return Selected::NoRoute;
         };

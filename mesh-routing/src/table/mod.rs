@@ -106,6 +106,10 @@ pub struct RouterContext {
     /// two names the virtual host). Empty: the VirtualServices' hosts are served as written.
     /// Default: empty.
     pub servers: Vec<ServerHosts>,
+    /// On a gateway, the port of the servers this table serves: `match[].port` compares
+    /// with it (Istio generates one route configuration per gateway port). `None`: the
+    /// request's port (its authority's, else the virtual host's). Default: `None`.
+    pub port: Option<u16>,
     /// The proxy's namespace: `exportTo` visibility, short-name domains, and the default
     /// source namespace for `sourceNamespace` matches. Default: the bootstrap workload's.
     pub namespace: String,
@@ -127,6 +131,8 @@ pub struct RouteTable {
     wildcard: FastHashMap<Box<str>, DomainTarget>,
     catch_all: Option<DomainTarget>,
     strip_port: bool,
+    /// [`RouterContext::port`].
+    listener_port: Option<u16>,
     vhosts: Vec<VirtualHost>,
     unknown: UnknownHost,
     source_labels: Labels,
@@ -242,6 +248,7 @@ impl RouterContext {
         RouterContext {
             gateways: GatewayContext::Mesh,
             servers: Vec::new(),
+            port: None,
             namespace: b.workload.namespace.clone(),
             labels: b.workload.labels.clone(),
             cluster_domain: b.mesh.cluster_domain.clone(),
