@@ -290,7 +290,7 @@ impl JwtClaims {
         match self.get(path) {
             Some(serde_json::Value::String(s)) => matches(s),
             Some(serde_json::Value::Array(items)) => {
-                items.iter().any(|i| i.as_str().is_some_and(|s| matches(s)))
+                items.iter().any(|i| i.as_str().is_some_and(&matches))
             }
             _ => false,
         }

@@ -825,3 +825,135 @@ pub fn describe(plan: &Plan) -> BTreeMap<u16, SocketAddr> {
         .map(|p| (p.number, SocketAddr::new(p.address, p.local_port)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn snapshot(gateways: &str) -> Arc<Snapshot> {
+        let yaml = format!(
+            "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {{name: gw}}
+spec:
+  workload: {{name: ingress, namespace: istio-system, labels: {{istio: ingressgateway}}}}
+  gatewayPorts: {{\"80\": 18080}}
+---
+{gateways}"
+        );
+        mesh_core::config::load_str("gw.yaml", &yaml)
+            .unwrap()
+            .snapshot
+    }
+
+    #[test]
+    fn servers_become_one_listener_per_port_and_l4_servers_wait() {
+        let s = snapshot(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: a, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [a.example.com]
+  - port: {number: 8080, name: http2, protocol: HTTP}
+    hosts: [a.example.com]
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: b, namespace: team}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [team/b.example.com]
+    tls: {httpsRedirect: true}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: elsewhere, namespace: default}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 9000, name: http, protocol: HTTP}
+    hosts: ['*']
+",
+        );
+        let (plan, issues) = plan(&s, false);
+        assert!(issues.is_empty(), "{issues:?}");
+        let ports: Vec<(u16, u16)> = plan
+            .ports
+            .iter()
+            .map(|p| (p.number, p.local_port))
+            .collect();
+        // gatewayPorts maps 80; 8080 binds as it is (Envoy); 9000's gateway selects others
+        assert_eq!(ports, [(80, 18080), (8080, 8080)]);
+        assert_eq!(plan.ports[0].gateways, ["default/a", "team/b"]);
+        assert_eq!(plan.ports[0].redirect, ["b.example.com"]);
+        assert_eq!(plan.ports[0].address, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(plan.l4, [("default/a".to_string(), 2, 31400)]);
+    }
+
+    #[test]
+    fn plaintext_and_tls_servers_on_one_port_are_refused() {
+        let s = snapshot(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: a, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [a.example.com]
+  - port: {number: 80, name: https, protocol: HTTPS}
+    hosts: [b.example.com]
+    tls: {mode: ISTIO_MUTUAL}
+",
+        );
+        let (_, issues) = plan(&s, true);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].severity, Severity::Error);
+        assert_eq!(issues[0].field.to_string(), "spec.servers[1].port.number");
+    }
+
+    #[test]
+    fn istio_mutual_without_an_identity_is_refused() {
+        let s = snapshot(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: a, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [a.example.com]
+    tls: {mode: ISTIO_MUTUAL}
+",
+        );
+        let (plan, issues) = plan(&s, false);
+        assert!(plan.ports.is_empty());
+        assert_eq!(issues[0].field.to_string(), "spec.servers[0].tls.mode");
+    }
+
+    #[test]
+    fn credential_files_follow_istio_secret_keys() {
+        let dir = Path::new("/creds");
+        let f = credential_files(dir, "istio-system", "web", None);
+        assert_eq!(f.certificate, Path::new("/creds/istio-system/web/tls.crt"));
+        assert_eq!(f.private_key, Path::new("/creds/istio-system/web/tls.key"));
+        // neither exists: the secret's own ca.crt is named (and reported if read)
+        assert_eq!(
+            f.ca_certificates.as_deref(),
+            Some(Path::new("/creds/istio-system/web/ca.crt"))
+        );
+        let f = credential_files(dir, "istio-system", "web", Some("web-ca"));
+        assert_eq!(
+            f.ca_certificates.as_deref(),
+            Some(Path::new("/creds/istio-system/web-ca/ca.crt"))
+        );
+    }
+}

@@ -120,7 +120,7 @@
 //!   (`withoutHeaders` on a claim then does). On a sidecar's outbound side no JWT is
 //!   validated, so they never match there, as with Istio's sidecars.
 //! - Gateways: the routes of every VirtualService naming the same host are concatenated in
-//!   source order; with [`RouterContext::servers`] set, a VirtualService host is served
+//!   source order; with [`RouterContext::servers`](crate::RouterContext::servers) set, a VirtualService host is served
 //!   only where it meets a host of a server of a gateway it is bound to (Istio's
 //!   `pickMatchingGatewayHosts`; the narrower name wins); the Host's port is ignored (as
 //!   Istio's `host:*` domains do).

@@ -405,7 +405,7 @@ impl SniResolver {
                 }
             }
         }
-        r.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        r.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         r
     }
 }
@@ -487,5 +487,106 @@ impl ClientCertVerifier for SanVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn tls(min: Option<TlsProtocol>, max: Option<TlsProtocol>) -> ServerTlsSettings {
+        ServerTlsSettings {
+            min_protocol_version: min,
+            max_protocol_version: max,
+            ..Default::default()
+        }
+    }
+
+    fn names(v: &[&'static SupportedProtocolVersion]) -> Vec<rustls::ProtocolVersion> {
+        v.iter().map(|v| v.version).collect()
+    }
+
+    #[test]
+    fn protocol_versions_map_onto_tls12_and_tls13() {
+        use TlsProtocol::*;
+        use rustls::ProtocolVersion::{TLSv1_2, TLSv1_3};
+        assert_eq!(
+            names(&versions(&tls(None, None)).unwrap()),
+            [TLSv1_3, TLSv1_2]
+        );
+        // a minimum below 1.2 serves from 1.2 (stricter, never weaker)
+        assert_eq!(
+            names(&versions(&tls(Some(TlsV1_0), None)).unwrap()),
+            [TLSv1_3, TLSv1_2]
+        );
+        assert_eq!(
+            names(&versions(&tls(Some(TlsV1_3), None)).unwrap()),
+            [TLSv1_3]
+        );
+        assert_eq!(
+            names(&versions(&tls(None, Some(TlsV1_2))).unwrap()),
+            [TLSv1_2]
+        );
+        let e = versions(&tls(None, Some(TlsV1_1))).unwrap_err();
+        assert_eq!(e.field, "maxProtocolVersion");
+        let e = versions(&tls(Some(TlsV1_3), Some(TlsV1_2))).unwrap_err();
+        assert_eq!(e.field, "maxProtocolVersion");
+    }
+
+    #[test]
+    fn only_the_suites_rustls_has_are_mapped() {
+        assert!(cipher_suite("ECDHE-RSA-AES128-GCM-SHA256").is_some());
+        assert!(cipher_suite("ECDHE-ECDSA-CHACHA20-POLY1305").is_some());
+        for weak in [
+            "AES128-SHA",
+            "DES-CBC3-SHA",
+            "ECDHE-RSA-AES128-SHA",
+            "AES256-GCM-SHA384",
+        ] {
+            assert!(cipher_suite(weak).is_none(), "{weak}");
+        }
+    }
+
+    #[test]
+    fn pins_and_revocation_lists_are_refused_before_any_file_is_read() {
+        let files = ServerFiles {
+            certificate: "/nonexistent.pem".into(),
+            private_key: "/nonexistent.key".into(),
+            ca_certificates: None,
+            fields: ["serverCertificate", "privateKey", "caCertificates"],
+        };
+        let base = ServerTlsSettings {
+            mode: Some(ServerTlsMode::Mutual),
+            ..Default::default()
+        };
+        for (t, field) in [
+            (
+                ServerTlsSettings {
+                    ca_crl: Some("/crl.pem".into()),
+                    ..base.clone()
+                },
+                "caCrl",
+            ),
+            (
+                ServerTlsSettings {
+                    verify_certificate_spki: vec!["x".into()],
+                    ..base.clone()
+                },
+                "verifyCertificateSpki",
+            ),
+            (
+                ServerTlsSettings {
+                    verify_certificate_hash: vec!["x".into()],
+                    ..base.clone()
+                },
+                "verifyCertificateHash",
+            ),
+        ] {
+            let e = ServerTermination::new(&t, &files, &[]).unwrap_err();
+            assert_eq!(e.field, field);
+        }
+        let e = ServerTermination::new(&base, &files, &[]).unwrap_err();
+        assert_eq!(e.field, "serverCertificate", "then the files");
     }
 }

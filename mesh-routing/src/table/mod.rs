@@ -296,7 +296,7 @@ impl RouterContext {
             return out;
         }
         for server in &self.servers {
-            if !vs.gateways.iter().any(|g| *g == server.gateway) || !self.serves(&server.gateway) {
+            if !vs.gateways.contains(&server.gateway) || !self.serves(&server.gateway) {
                 continue;
             }
             let gw_ns = server.gateway.split_once('/').map_or("", |(ns, _)| ns);
