@@ -119,6 +119,8 @@ pub struct L4Connection<'a> {
 pub struct L4RouteTable {
     generation: u64,
     port: u16,
+    /// A TLS listener: connections are routed on their ClientHello's SNI.
+    reads_sni: bool,
     /// `tls` rules (SNI), then the sidecar's per-service SNI defaults.
     tls: Vec<Rule>,
     /// `tcp` rules, in order.
@@ -209,6 +211,7 @@ impl L4RouteTable {
         let mut table = L4RouteTable {
             generation: snapshot.generation,
             port: listener.port,
+            reads_sni: listener.tls,
             tls: Vec::new(),
             tcp: Vec::new(),
             fallback: None,
@@ -372,6 +375,12 @@ impl L4RouteTable {
     /// The listener port it was built for.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether it routes on the SNI: read the ClientHello ([`L4Connection::sni`]) before
+    /// routing.
+    pub fn reads_sni(&self) -> bool {
+        self.reads_sni
     }
 
     /// The number of `tls` and `tcp` rules (the sidecar's defaults included).
