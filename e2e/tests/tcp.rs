@@ -635,3 +635,129 @@ async fn tcp_metrics_have_istios_labels_and_pass_promtool() {
         .await
         .unwrap();
 }
+
+/// Under `outboundTrafficPolicy: ALLOW_ANY` a captured host:port outside the registry is
+/// passed through (Istio's `PassthroughCluster`; the host resolved by DNS, an IP as is),
+/// TLS included, untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_outside_the_registry_are_passed_through_under_allow_any() {
+    let (tls, tls_cert) = tls_server("localhost").await;
+    let plain = echo_server("plain").await;
+    let tls_key = format!("127.0.0.1:{}", tls.port());
+    let plain_key = format!("127.0.0.1:{}", plain.port());
+    let yaml = bootstrap(
+        1,
+        &format!("  outboundPorts:\n    \"{tls_key}\": 0\n    \"{plain_key}\": 0\n"),
+    );
+    let running = start(&yaml).await;
+    let (cert, got) = tls_through(
+        port_addr(&running, &tls_key),
+        "localhost",
+        std::slice::from_ref(&tls_cert),
+    )
+    .await
+    .unwrap();
+    assert!(cert == tls_cert);
+    assert_eq!(got, b"localhost ping");
+    assert_eq!(
+        exchange(port_addr(&running, &plain_key), b"x").await,
+        b"plain xplain bye"
+    );
+    running.proxy.drain().await;
+    // REGISTRY_ONLY: closed, flag NR
+    let yaml = bootstrap(
+        1,
+        &format!(
+            "  mesh: {{outboundTrafficPolicy: REGISTRY_ONLY}}\n  outboundPorts:\n    \"{plain_key}\": 0\n"
+        ),
+    );
+    let running = start(&yaml).await;
+    assert!(
+        exchange(port_addr(&running, &plain_key), b"x")
+            .await
+            .is_empty()
+    );
+    let (_, text) = admin_get(running.admin, "/stats/prometheus").await;
+    assert_eq!(stat(&text, "istio_tcp_connections_opened_total{", "NR"), 1);
+    running.proxy.drain().await;
+}
+
+/// A reload swaps the routes of the running L4 listeners: new connections follow the new
+/// VirtualService, an open one keeps its upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swaps_tcp_routes_and_keeps_open_connections() {
+    let v1 = echo_server("one").await;
+    let v2 = echo_server("two").await;
+    let key = format!("{ECHO}:9000");
+    let config = |subset: &str| {
+        format!(
+            "{}{}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: tcp-echo}}
+spec:
+  host: tcp-echo
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp-echo}}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - route: [{{destination: {{host: tcp-echo, subset: {subset}}}}}]
+",
+            bootstrap(1, &captured(&key)),
+            tcp_echo_entry(&[("v1", v1), ("v2", v2)])
+        )
+    };
+    let running = start(&config("v1")).await;
+    let addr = port_addr(&running, &key);
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 4];
+    bounded(open.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"one ");
+    let compiled = mesh_core::config::load_str("e2e.yaml", &config("v2")).unwrap();
+    running.proxy.state().apply(compiled).unwrap();
+    assert_eq!(exchange(addr, b"x").await, b"two xtwo bye");
+    // the connection opened before the reload still talks to v1
+    open.write_all(b"still").await.unwrap();
+    open.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    bounded(open.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!(rest, b"stillone bye");
+    running.proxy.drain().await;
+}
+
+/// On drain an L4 listener stops accepting and closes the tunnels still open after
+/// `drainTimeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_open_tunnels_after_the_drain_timeout() {
+    let v1 = echo_server("one").await;
+    let key = format!("{ECHO}:9000");
+    let yaml = format!(
+        "{}{}",
+        bootstrap(
+            1,
+            &format!("{}  limits: {{drainTimeout: 1s}}\n", captured(&key))
+        ),
+        tcp_echo_entry(&[("v1", v1)])
+    );
+    let running = start(&yaml).await;
+    let addr = port_addr(&running, &key);
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 4];
+    bounded(open.read_exact(&mut buf)).await.unwrap();
+    let drained = tokio::spawn(running.proxy.drain());
+    // the tunnel is closed by the drain (EOF), though neither side closed it
+    let n = bounded(open.read(&mut buf)).await.unwrap();
+    assert_eq!(n, 0);
+    bounded(drained).await.unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "still accepting after the drain"
+    );
+}

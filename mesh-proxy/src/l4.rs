@@ -177,6 +177,10 @@ async fn serve(w: Rc<Worker>, mut conn: Accepted) {
     let picked = w.lb.borrow_mut().pick(&dest, None);
     let picked = match picked {
         Ok(p) => p,
+        Err(ResponseFlags::NO_ROUTE) if let Some(target) = w.passthrough(&dest, sni.as_deref()) => {
+            passthrough(&w, conn, &hello, &dest, target).await;
+            return;
+        }
         Err(flags) => {
             tracing::debug!(host = %dest.host, port = ?dest.port, %flags, "tcp: no endpoint");
             w.refuse(None, Some(&dest.host), flags);
@@ -261,9 +265,88 @@ async fn serve(w: Rc<Worker>, mut conn: Accepted) {
     tracing::trace!(received = done.received, sent = done.sent, end = ?done.end, "tcp: closed");
 }
 
+/// Forwards to `target` (`host:port`, resolved by DNS): a `resolution: NONE` service, or
+/// a host outside the registry under `ALLOW_ANY` (Istio's `PassthroughCluster`).
+async fn passthrough(
+    w: &Worker,
+    conn: Accepted,
+    hello: &[u8],
+    dest: &mesh_core::ext::RouteDestination,
+    target: (String, u16),
+) {
+    let timeout = w.connect_timeout;
+    let resolved = tokio::time::timeout(timeout, tokio::net::lookup_host(target.clone())).await;
+    let mut stream = None;
+    if let Ok(Ok(addrs)) = resolved {
+        // each address in turn (`localhost` may resolve to ::1 first)
+        for addr in addrs {
+            if let Ok(s) = engine_l4::connect(addr, timeout, None, &w.own).await {
+                stream = Some(s);
+                break;
+            }
+        }
+    }
+    let Some(stream) = stream else {
+        tracing::debug!(host = %target.0, port = target.1, "tcp: passthrough connect failed");
+        w.refuse(
+            None,
+            Some(&dest.host),
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+        );
+        return;
+    };
+    let stats = w.shared.metrics.tcp_open(&TcpPeer {
+        upstream: None,
+        service: Some(&dest.host),
+        flags: ResponseFlags::empty(),
+    });
+    let config = SpliceConfig::new(DEFAULT_TCP_IDLE_TIMEOUT);
+    engine_l4::splice(conn.stream, stream, hello, &config, |rx, tx| {
+        stats.add(rx, tx)
+    })
+    .await;
+}
+
 // === impl Worker ===
 
 impl Worker {
+    /// Where a destination the balancer has no endpoints for goes: a `resolution: NONE`
+    /// service to the connection's SNI (a wildcard host) or its own host, a host outside
+    /// the registry to itself under `outboundTrafficPolicy: ALLOW_ANY`; `None`: nowhere
+    /// (closed, `NR`).
+    fn passthrough(
+        &self,
+        dest: &mesh_core::ext::RouteDestination,
+        sni: Option<&str>,
+    ) -> Option<(String, u16)> {
+        use mesh_core::model::networking::OutboundTrafficMode;
+        use mesh_core::model::networking::Resolution;
+        let snap = self.shared.lb.snapshot();
+        let port = dest.port?;
+        let ns = &snap.bootstrap.workload.namespace;
+        let host = match snap.service(&dest.host, ns) {
+            Some(s) if s.resolution == Resolution::None => {
+                if dest.host.starts_with('*') {
+                    // the SNI names the host of a wildcard service (Istio: its filter chain
+                    // matched that name)
+                    let sni = sni?;
+                    let suffix = &dest.host[1..];
+                    (sni.len() > suffix.len() && sni.ends_with(suffix)).then(|| sni.to_owned())?
+                } else {
+                    dest.host.to_string()
+                }
+            }
+            None if snap.bootstrap.mesh.outbound_traffic_policy
+                == OutboundTrafficMode::AllowAny
+                && !dest.host.starts_with('*') =>
+            {
+                dest.host.to_string()
+            }
+            _ => return None,
+        };
+        Some((host, port))
+    }
+
     /// Counts a connection closed without an upstream (opened and closed at once, with its
     /// flags), as Envoy's TCP proxy does.
     fn refuse(
