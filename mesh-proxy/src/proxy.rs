@@ -3,8 +3,9 @@
 //! [`Proxy::start`] runs the configuration pipeline ([`crate::pipeline`], the one `validate`
 //! runs; any error stops start-up, naming the file, line, resource and field; warnings,
 //! such as fields this version does not enforce, are logged), starts the outbound listener
-//! (and the inbound one when the bootstrap asks for it) on the data-plane engine, and the
-//! admin listener. [`Proxy::reload`] runs the pipeline again: a configuration that passes
+//! (and the inbound one when the bootstrap asks for it, and an L4 listener per
+//! `outboundPorts` entry, [`crate::l4`]) on the data-plane engine, and the admin listener.
+//! [`Proxy::reload`] runs the pipeline again: a configuration that passes
 //! replaces the running one atomically (in-flight requests finish on the old one); one that
 //! does not is logged and the last good configuration keeps serving. A reload that would
 //! lose every resource, or the `ProxyBootstrap`, is refused too: the usual cause is a file

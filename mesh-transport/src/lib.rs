@@ -2,7 +2,8 @@
 //! upstream connector (pooled HTTP/1.1 and HTTP/2 client), reusable by `mesh-proxy`, by custom
 //! proxies and by in-process clients.
 //!
-//! The engine is how `mesh-proxy` (or your own proxy) serves HTTP: it listens on one address,
+//! The engine is how `mesh-proxy` (or your own proxy) serves HTTP (and, in its [L4
+//! mode](l4), opaque TCP and TLS): it listens on one address,
 //! speaks HTTP/1.1 and h2c (prior knowledge) on it, enforces the [`Limits`], hands each
 //! request to a per-worker service stack made by a [`StackFactory`], and drains gracefully.
 //!
@@ -19,6 +20,15 @@
 //!  :15001 ────┤ worker 1: accept ─► conn task ─► checks ─► stack₁ ─► … ─► Connector ─► pool₁ ─► upstream
 //!             └ …
 //! ```
+//!
+//! # L4 serving mode
+//!
+//! [`BoundEngine::start_l4`] runs the same workers, accept loop, readiness, drain and
+//! own-address set with a connection handler per worker instead of an HTTP server: opaque
+//! TCP and TLS proxies (Istio's `tcp` and `tls` routes in `mesh-proxy`'s `outboundPorts`
+//! listeners). The pieces such a handler needs, connect with a timeout, splice with
+//! half-close, idle timeout and byte counts, and the SNI of a ClientHello read without
+//! terminating TLS, are in [`l4`].
 //!
 //! # Example
 //!
