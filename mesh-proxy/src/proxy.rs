@@ -3,8 +3,9 @@
 //! [`Proxy::start`] runs the configuration pipeline ([`crate::pipeline`], the one `validate`
 //! runs; any error stops start-up, naming the file, line, resource and field; warnings,
 //! such as fields this version does not enforce, are logged), starts the outbound listener
-//! (and the inbound one when the bootstrap asks for it) on the data-plane engine, and the
-//! admin listener. [`Proxy::reload`] runs the pipeline again: a configuration that passes
+//! (and the inbound one when the bootstrap asks for it, and an L4 listener per
+//! `outboundPorts` entry, [`crate::l4`]) on the data-plane engine, and the admin listener.
+//! [`Proxy::reload`] runs the pipeline again: a configuration that passes
 //! replaces the running one atomically (in-flight requests finish on the old one); one that
 //! does not is logged and the last good configuration keeps serving. A reload that would
 //! lose every resource, or the `ProxyBootstrap`, is refused too: the usual cause is a file
@@ -44,15 +45,18 @@ use crate::admin::AdminServer;
 use crate::engine::{
     BoundEngine, Engine, EngineConfig, Limits, OwnAddrs, Readiness, WorkerContext,
 };
+use crate::l4::{CapturedPort, L4Handler, L4Shared};
 use crate::pipeline::{self, Built};
 use crate::security::{PortTls, WorkloadTls};
 use crate::stack::Layers;
 use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
 use mesh_resilience::{RateLimit, RateLimitLayer};
+use mesh_routing::l4::{L4RouteTable, L4RouteTableHandle};
 use mesh_telemetry::record::{Record, RecordBody, RecordLayer};
 use mesh_telemetry::trace::{Trace, TraceLayer};
 use mesh_tls::authz::{Authorizer, Authz, AuthzLayer};
 use mesh_tls::jwt::{Authenticator, JwtAuthn, JwtAuthnLayer};
+use mesh_transport::l4::L4WorkerContext;
 use mesh_transport::tls::{DownstreamTls, PeerTls, PeerTlsInfo, UpstreamTls};
 use tower_layer::Layer as _;
 
@@ -104,6 +108,8 @@ pub enum ListenerKind {
     Inbound,
     /// `spec.admin`: `/ready`, `/stats/prometheus`, `/config_dump`, `/clusters`.
     Admin,
+    /// `spec.outboundPorts`: an L4 listener for one service port (TCP/TLS routes).
+    OutboundPort,
 }
 
 impl std::fmt::Display for ListenerKind {
@@ -112,6 +118,7 @@ impl std::fmt::Display for ListenerKind {
             ListenerKind::Outbound => "outbound",
             ListenerKind::Inbound => "inbound",
             ListenerKind::Admin => "admin",
+            ListenerKind::OutboundPort => "outboundPorts",
         })
     }
 }
@@ -137,6 +144,8 @@ pub struct ProxyState {
     authz: Arc<ArcSwap<Authorizer>>,
     /// The inbound listener's RequestAuthentications (JWT), swapped on reload.
     jwt: Arc<ArcSwap<Authenticator>>,
+    /// The `outboundPorts` listeners' route tables (fixed at start), swapped on reload.
+    l4_routes: Vec<(CapturedPort, L4RouteTableHandle)>,
 }
 
 /// A running proxy.
@@ -147,6 +156,8 @@ pub struct Proxy {
     inbound: Option<Engine>,
     /// `inboundPorts`: one inbound listener per workload port.
     inbound_ports: Vec<(u16, Engine)>,
+    /// `outboundPorts`: one L4 listener per captured service port.
+    outbound_ports: Vec<(CapturedPort, Engine)>,
     admin: Option<AdminServer>,
 }
 
@@ -205,12 +216,15 @@ struct BoundListeners {
     inbound: Option<(BoundEngine, SocketAddr)>,
     /// `inboundPorts`: (workload port, its listener, the application's address for it).
     inbound_ports: Vec<(u16, BoundEngine, SocketAddr)>,
+    /// `outboundPorts`: (the captured service port, its L4 listener).
+    outbound_ports: Vec<(CapturedPort, BoundEngine)>,
     admin: std::net::TcpListener,
 }
 
 impl BoundListeners {
     fn bind(
         boot: &ProxyBootstrap,
+        captured_ports: Vec<CapturedPort>,
         limits: &Limits,
         workload_tls: &Arc<WorkloadTls>,
     ) -> Result<BoundListeners, StartError> {
@@ -275,6 +289,21 @@ impl BoundListeners {
                 inbound_ports.push((workload, e, SocketAddr::new(app.ip(), workload)));
             }
         }
+        // `outboundPorts`: on the outbound listener's address (loopback without one)
+        let l4_address = boot
+            .outbound
+            .as_ref()
+            .map_or("127.0.0.1", |o| o.address.as_str());
+        let mut outbound_ports = Vec::new();
+        for captured in captured_ports {
+            let e = engine(
+                ListenerKind::OutboundPort,
+                l4_address,
+                captured.local_port,
+                0,
+            )?;
+            outbound_ports.push((captured, e));
+        }
         let admin_addr =
             socket_addr(&boot.admin.address, boot.admin.port).map_err(io_err("admin address"))?;
         let admin =
@@ -286,6 +315,7 @@ impl BoundListeners {
             outbound,
             inbound,
             inbound_ports,
+            outbound_ports,
             admin,
         })
     }
@@ -312,6 +342,7 @@ impl Proxy {
         let Built {
             compiled,
             routes,
+            l4,
             security,
         } = built;
         log_warnings(&compiled.warnings);
@@ -328,7 +359,13 @@ impl Proxy {
         // Every socket is bound before any listener serves or is announced (and before the
         // layers start their DNS thread): a start-up that fails on one address (say, in use)
         // leaves none of the others listening.
-        let bound = BoundListeners::bind(&boot, &limits, &workload_tls)?;
+        let captured = crate::l4::captured_ports(&snapshot);
+        let l4_routes: Vec<(CapturedPort, L4RouteTableHandle)> = captured
+            .iter()
+            .cloned()
+            .zip(l4.into_iter().map(L4RouteTableHandle::new))
+            .collect();
+        let bound = BoundListeners::bind(&boot, captured, &limits, &workload_tls)?;
         let layers = Layers::new(&snapshot, routes);
         let state = Arc::new(ProxyState {
             files,
@@ -344,12 +381,14 @@ impl Proxy {
             workload_tls,
             authz,
             jwt,
+            l4_routes,
         });
         let mut proxy = Proxy {
             state,
             outbound: None,
             inbound: None,
             inbound_ports: Vec::new(),
+            outbound_ports: Vec::new(),
             admin: None,
         };
         let app = bound.inbound.as_ref().map(|(_, app)| *app);
@@ -388,6 +427,7 @@ impl Proxy {
             outbound,
             inbound,
             inbound_ports,
+            outbound_ports,
             admin,
         } = bound;
         self.state.layers.telemetry().exporters().set_local_addrs(
@@ -429,6 +469,30 @@ impl Proxy {
             tracing::info!(addr = %addr, app = %app, "inbound listener for port {port} up");
             self.inbound_ports.push((port, engine));
         }
+        for ((captured, b), (_, routes)) in outbound_ports.into_iter().zip(&self.state.l4_routes) {
+            let addr = b.local_addr();
+            let shared = L4Shared {
+                routes: routes.clone(),
+                lb: self.state.layers.lb().clone(),
+                metrics: self.state.layers.telemetry().metrics().clone(),
+                tls: Some(self.state.workload_tls.clone()),
+                hello_timeout: self
+                    .state
+                    .snapshot()
+                    .bootstrap
+                    .limits
+                    .tls_handshake_timeout
+                    .get(),
+            };
+            let factory = Arc::new(move |ctx: &L4WorkerContext| L4Handler::new(&shared, ctx));
+            let engine = b
+                .start_l4(factory)
+                .map_err(io_err(format!("outboundPorts listener {addr}")))?;
+            self.state
+                .push_readiness(ListenerKind::OutboundPort, engine.readiness());
+            tracing::info!(addr = %addr, service = %captured.key, "outboundPorts listener up");
+            self.outbound_ports.push((captured, engine));
+        }
         let addr = admin.local_addr().map_err(io_err("admin listener"))?;
         let admin = AdminServer::start_on(admin, self.state.clone())
             .map_err(io_err(format!("admin listener {addr}")))?;
@@ -446,6 +510,9 @@ impl Proxy {
             e.shutdown_now();
         }
         for (_, e) in self.inbound_ports.drain(..) {
+            e.shutdown_now();
+        }
+        for (_, e) in self.outbound_ports.drain(..) {
             e.shutdown_now();
         }
         if let Some(a) = self.admin.take() {
@@ -468,6 +535,15 @@ impl Proxy {
         self.inbound_ports
             .iter()
             .find(|(p, _)| *p == port)
+            .map(|(_, e)| e.local_addr())
+    }
+
+    /// The address of the `outboundPorts` listener of `key`, as written in the bootstrap
+    /// (`"db.default.svc.cluster.local:5432"`).
+    pub fn outbound_port_addr(&self, key: &str) -> Option<SocketAddr> {
+        self.outbound_ports
+            .iter()
+            .find(|(c, _)| c.key == key)
             .map(|(_, e)| e.local_addr())
     }
 
@@ -501,7 +577,11 @@ impl Proxy {
         let out = self.outbound.take();
         let inb = self.inbound.take();
         let ports = std::mem::take(&mut self.inbound_ports);
+        let l4 = std::mem::take(&mut self.outbound_ports);
         if let Some(e) = out {
+            e.drain().await;
+        }
+        for (_, e) in l4 {
             e.drain().await;
         }
         if let Some(e) = inb {
@@ -530,6 +610,9 @@ impl Proxy {
             e.drain_blocking();
         }
         for (_, e) in self.inbound_ports.drain(..) {
+            e.drain_blocking();
+        }
+        for (_, e) in self.outbound_ports.drain(..) {
             e.drain_blocking();
         }
         if let Some(a) = self.admin.take() {
@@ -823,6 +906,7 @@ impl ProxyState {
         let Built {
             compiled,
             routes,
+            l4: _,
             security,
         } = built;
         log_warnings(&compiled.warnings);
@@ -830,6 +914,7 @@ impl ProxyState {
         if old.bootstrap.outbound != compiled.snapshot.bootstrap.outbound
             || old.bootstrap.inbound != compiled.snapshot.bootstrap.inbound
             || old.bootstrap.inbound_ports != compiled.snapshot.bootstrap.inbound_ports
+            || old.bootstrap.outbound_ports != compiled.snapshot.bootstrap.outbound_ports
             || old.bootstrap.admin != compiled.snapshot.bootstrap.admin
             || old.bootstrap.concurrency != compiled.snapshot.bootstrap.concurrency
             || old.bootstrap.limits != compiled.snapshot.bootstrap.limits
@@ -846,6 +931,17 @@ impl ProxyState {
         self.jwt.store(security.jwt.clone());
         self.workload_tls.store(security);
         self.layers.store(&compiled.snapshot, routes);
+        // the running `outboundPorts` listeners route on the new snapshot (after the
+        // balancer has it: new routes may name new services)
+        for (captured, handle) in &self.l4_routes {
+            match L4RouteTable::sidecar(&compiled.snapshot, &captured.host, captured.port) {
+                Ok(t) => handle.store(t),
+                Err(e) => tracing::error!(
+                    listener = %captured.key,
+                    "outboundPorts routes not rebuilt, keeping the running ones: {e}"
+                ),
+            }
+        }
         self.snapshot.store(compiled.snapshot);
         self.unenforced.store(Arc::new(compiled.unenforced));
         self.has_bootstrap
