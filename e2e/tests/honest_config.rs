@@ -39,9 +39,19 @@ spec:
     )
 }
 
-/// A `tcp` route after the HTTP route (VirtualService level): not enforced yet (L4).
-const TCP_ROUTE: &str =
-    "  tcp:\n  - route: [{destination: {host: reviews, port: {number: 9080}}}]\n";
+/// A ServiceEntry endpoint on another network (after the VirtualService): not enforced
+/// yet (network gateways).
+const OTHER_NETWORK: &str = "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: other}
+spec:
+  hosts: [other.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.9.9.9, network: net2}]
+";
 
 /// An AuthorizationPolicy that needs an external authorizer, which this proxy has none of.
 const AUTHZ_CUSTOM: &str = "---
@@ -59,7 +69,7 @@ async fn unenforced_fields_are_dumped_and_counted_at_start_and_after_reloads() {
     let (v1, v2) = (backend("v1").await, backend("v2").await);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mesh.yaml");
-    // a match's statPrefix (telemetry) and a TCP route (L4): accepted, not enforced
+    // a match's statPrefix (telemetry) and an endpoint's network: accepted, not enforced
     write(
         &file,
         &mesh(
@@ -67,7 +77,7 @@ async fn unenforced_fields_are_dumped_and_counted_at_start_and_after_reloads() {
             &v2,
             &to_subset(
                 "v1",
-                &format!("    match: [{{uri: {{prefix: /}}, statPrefix: hot}}]\n{TCP_ROUTE}"),
+                &format!("    match: [{{uri: {{prefix: /}}, statPrefix: hot}}]\n{OTHER_NETWORK}"),
             ),
         ),
     );
@@ -83,7 +93,10 @@ async fn unenforced_fields_are_dumped_and_counted_at_start_and_after_reloads() {
         .collect();
     assert_eq!(
         fields,
-        ["spec.http[0].match[0].statPrefix", "spec.tcp"],
+        [
+            "spec.http[0].match[0].statPrefix",
+            "spec.endpoints[0].network"
+        ],
         "{dump:#}"
     );
     assert_eq!(unenforced[0]["resource"], "VirtualService/default/reviews");
@@ -104,7 +117,7 @@ async fn unenforced_fields_are_dumped_and_counted_at_start_and_after_reloads() {
     );
 
     // a reload without the statPrefix: one left
-    write(&file, &mesh(&v1, &v2, &to_subset("v2", TCP_ROUTE)));
+    write(&file, &mesh(&v1, &v2, &to_subset("v2", OTHER_NETWORK)));
     p.proxy.reload().unwrap();
     assert_eq!(get_once(p.out, "reviews", &[]).await.backend(), "v2");
     let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
@@ -115,7 +128,7 @@ async fn unenforced_fields_are_dumped_and_counted_at_start_and_after_reloads() {
     );
     let (_, dump) = admin_get(p.admin, "/config_dump").await;
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
-    assert_eq!(dump["unenforced"][0]["field"], "spec.tcp");
+    assert_eq!(dump["unenforced"][0]["field"], "spec.endpoints[0].network");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

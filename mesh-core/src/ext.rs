@@ -348,6 +348,10 @@ pub struct UpstreamPool {
     /// `idleTimeout`: how long an idle upstream connection is kept (`None`: Envoy's default,
     /// one hour).
     pub idle_timeout: Option<std::time::Duration>,
+    /// `tcp.idleTimeout`: how long a proxied TCP connection (an L4 listener's) may carry no
+    /// byte either way before it is closed (`None`: Istio's default for the TCP proxy, one
+    /// hour). Envoy's `tcp_proxy` `idle_timeout`.
+    pub tcp_idle_timeout: Option<std::time::Duration>,
     /// `tcp.connectTimeout`: the cluster's connect timeout (`None`: the connector's own,
     /// the bootstrap's `limits.connectTimeout`).
     pub connect_timeout: Option<std::time::Duration>,

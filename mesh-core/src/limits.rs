@@ -91,6 +91,8 @@ pub struct ClusterCounters {
     pending_overflow: AtomicU64,
     /// Retries not sent for lack of a permit (`upstream_rq_retry_overflow`).
     retry_overflow: AtomicU64,
+    /// TCP proxy connections refused by `maxConnections` (`upstream_cx_overflow`).
+    cx_overflow: AtomicU64,
     /// Wakes requests waiting for a connection.
     released: Notify,
 }
@@ -125,6 +127,12 @@ pub enum Admission {
 /// ends ([`Permit::into_body_end`]).
 #[must_use]
 pub struct Permit(Option<Arc<dyn OnBodyEnd>>);
+
+/// A TCP proxy's upstream connection counted against `maxConnections`, released when
+/// dropped (see [`ClusterLimits::try_connection`]).
+#[derive(Debug)]
+#[must_use]
+pub struct ConnectionPermit(Arc<ClusterCounters>);
 
 /// A retry in flight, released when dropped.
 #[derive(Debug)]
@@ -320,6 +328,21 @@ impl ClusterLimits {
         Admission::Overflow
     }
 
+    /// A connection of a TCP proxy (an L4 listener), if the cluster has room under
+    /// `tcp.maxConnections` (Envoy's `tcp_proxy` checks the cluster's `max_connections`
+    /// before connecting); `None` counts an overflow
+    /// ([`ClusterCounters::connection_overflows`]): close the downstream connection, flag
+    /// `UO`. The connection counts as one of the cluster's connections until the permit
+    /// is dropped (shared with the HTTP/1.1 connections of the same cluster).
+    pub fn try_connection(&self) -> Option<ConnectionPermit> {
+        if take(&self.counters.connections, self.thresholds.max_connections) {
+            Some(ConnectionPermit(self.counters.clone()))
+        } else {
+            self.counters.cx_overflow.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
     /// A permit for one retry, if the cluster's retry limit allows one more: the
     /// DestinationRule's `retryBudget` if set (Envoy: the budget replaces `max_retries`),
     /// else `maxRetries` and [`DEFAULT_RETRY_BUDGET`], whichever is lower. `None` counts a
@@ -398,6 +421,11 @@ impl ClusterCounters {
         self.retry_overflow.load(Ordering::Relaxed)
     }
 
+    /// TCP proxy connections refused by `maxConnections` (Envoy's `upstream_cx_overflow`).
+    pub fn connection_overflows(&self) -> u64 {
+        self.cx_overflow.load(Ordering::Relaxed)
+    }
+
     fn release_connection(&self) {
         self.connections.fetch_sub(1, Ordering::AcqRel);
         // a waiter counts itself pending before it looks for a connection: either it sees
@@ -405,6 +433,14 @@ impl ClusterCounters {
         if self.pending.load(Ordering::Acquire) > 0 {
             self.released.notify_one();
         }
+    }
+}
+
+// === impl ConnectionPermit ===
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.0.release_connection();
     }
 }
 

@@ -167,6 +167,7 @@ impl Policy {
                 .and_then(|h| h.idle_timeout)
                 .or_else(|| tcp.and_then(|t| t.idle_timeout))
                 .map(|d| d.get()),
+            tcp_idle_timeout: tcp.and_then(|t| t.idle_timeout).map(|d| d.get()),
             connect_timeout: tcp.and_then(|t| t.connect_timeout).map(|d| d.get()),
             // a zero duration is taken as unset (Envoy: "if not set, there is no max")
             max_connection_duration: tcp

@@ -18,7 +18,7 @@ use mesh_core::body::ReplyBody;
 use mesh_core::compile::{Snapshot, resolve_host};
 use mesh_core::ext::{
     ClientAddr, Passthrough, PreviousHosts, PreviousPriorities, RouteDestination, SelectedEndpoint,
-    local_reply, route_destination, route_policy,
+    SelectedUpstream, local_reply, route_destination, route_policy,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::hash::{FastHashMap, stable_hash};
@@ -163,6 +163,9 @@ enum Entry {
 pub struct Picked {
     /// The endpoint.
     pub endpoint: SelectedEndpoint,
+    /// The endpoint with its cluster (health cell, `connectionPool`, `outlierDetection`,
+    /// circuit-breaker limits), as a request to it would carry.
+    pub upstream: SelectedUpstream,
     _guard: Guard,
 }
 
@@ -574,6 +577,7 @@ impl<S> Lb<S> {
         host.state.begin();
         Ok(Picked {
             endpoint: host.upstream.endpoint().clone(),
+            upstream: host.upstream.clone(),
             _guard: Guard {
                 state: Some(host.state.clone()),
                 started: None,

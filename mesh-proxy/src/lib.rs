@@ -10,6 +10,7 @@ pub mod demo;
 pub mod exporters;
 pub mod gateway;
 pub mod jwks;
+pub mod l4;
 /// The data-plane engine, now the `mesh-transport` crate (kept here under its old name).
 pub use mesh_transport as engine;
 pub mod pipeline;

@@ -51,6 +51,9 @@ pub struct Built {
     pub compiled: Compiled,
     /// The sidecar's route table.
     pub routes: RouteTable,
+    /// The route tables of the `outboundPorts` listeners, in
+    /// [`captured_ports`](crate::l4::captured_ports) order.
+    pub l4: Vec<mesh_routing::L4RouteTable>,
     /// The workload's identity and inbound mTLS mode ([`crate::security`]).
     pub security: crate::security::Security,
     /// The gateway listeners ([`crate::gateway`]).
@@ -86,8 +89,10 @@ pub fn build_files<P: AsRef<Path>>(files: &[P]) -> Result<Built, ConfigError> {
 /// `mesh_core::config`): builds the route table and turns its errors and warnings into
 /// diagnostics.
 pub fn build_compiled(mut compiled: Compiled) -> Result<Built, ConfigError> {
-    match RouteTable::sidecar(&compiled.snapshot) {
-        Ok(routes) => {
+    let tables = RouteTable::sidecar(&compiled.snapshot)
+        .and_then(|r| Ok((r, crate::l4::build_tables(&compiled.snapshot)?)));
+    match tables {
+        Ok((routes, l4)) => {
             if !routes.warnings().is_empty() {
                 let found = diagnostics(&compiled, Severity::Warning, routes.warnings());
                 compiled.warnings.extend(found);
@@ -106,6 +111,7 @@ pub fn build_compiled(mut compiled: Compiled) -> Result<Built, ConfigError> {
                     Ok(Built {
                         compiled,
                         routes,
+                        l4,
                         security,
                         gateways,
                     })

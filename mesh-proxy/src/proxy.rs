@@ -3,14 +3,15 @@
 //! [`Proxy::start`] runs the configuration pipeline ([`crate::pipeline`], the one `validate`
 //! runs; any error stops start-up, naming the file, line, resource and field; warnings,
 //! such as fields this version does not enforce, are logged), starts the outbound listener
-//! (and the inbound one when the bootstrap asks for it, and a gateway listener per server
-//! port of the Gateways that select the workload: [`crate::gateway`]) on the data-plane
-//! engine, and the admin listener. [`Proxy::reload`] runs the pipeline again: a
-//! configuration that passes replaces the running one atomically (in-flight requests finish
-//! on the old one); one that does not is logged and the last good configuration keeps
-//! serving. A reload that would lose every resource, or the `ProxyBootstrap`, or that
-//! changes the gateway listeners (a restart binds them), is refused too: the usual cause of
-//! the first two is a file caught in the middle of a write. [`Proxy::drain`] is what SIGTERM does.
+//! (and the inbound one when the bootstrap asks for it, an L4 listener per `outboundPorts`
+//! entry, [`crate::l4`], and a gateway listener per server port of the Gateways that select
+//! the workload: [`crate::gateway`]) on the data-plane engine, and the admin listener.
+//! [`Proxy::reload`] runs the pipeline again: a configuration that passes replaces the
+//! running one atomically (in-flight requests finish on the old one); one that does not is
+//! logged and the last good configuration keeps serving. A reload that would lose every
+//! resource, or the `ProxyBootstrap`, or that changes the gateway listeners (a restart binds
+//! them), is refused too: the usual cause of the first two is a file caught in the middle of
+//! a write. [`Proxy::drain`] is what SIGTERM does.
 //!
 //! The listeners share one [`OwnAddrs`]: the outbound and inbound connectors never connect
 //! to any of the proxy's listening addresses (outbound, inbound, admin), so a request
@@ -47,16 +48,19 @@ use crate::engine::{
     BoundEngine, Engine, EngineConfig, Limits, OwnAddrs, Readiness, WorkerContext,
 };
 use crate::gateway::{GatewayTls, HttpsRedirectLayer};
+use crate::l4::{CapturedPort, L4Handler, L4Shared};
 use crate::pipeline::{self, Built};
 use crate::security::{PortTls, WorkloadTls};
 use crate::stack::{GatewayLayers, Layers};
 use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
 use mesh_resilience::{RateLimit, RateLimitLayer};
+use mesh_routing::l4::{L4RouteTable, L4RouteTableHandle};
 use mesh_routing::{RouteLayer, RouteTableHandle};
 use mesh_telemetry::record::{Record, RecordBody, RecordLayer};
 use mesh_telemetry::trace::{Trace, TraceLayer};
 use mesh_tls::authz::{Authorizer, Authz, AuthzLayer};
 use mesh_tls::jwt::{Authenticator, JwtAuthn, JwtAuthnLayer};
+use mesh_transport::l4::L4WorkerContext;
 use mesh_transport::tls::{DownstreamTls, PeerTls, PeerTlsInfo, UpstreamTls};
 
 /// Each gateway port's swappable parts, with the address it listens on.
@@ -134,6 +138,8 @@ pub enum ListenerKind {
     Admin,
     /// A gateway listener: a server port of the Gateways that select this workload.
     Gateway,
+    /// `spec.outboundPorts`: an L4 listener for one service port (TCP/TLS routes).
+    OutboundPort,
 }
 
 impl std::fmt::Display for ListenerKind {
@@ -143,6 +149,7 @@ impl std::fmt::Display for ListenerKind {
             ListenerKind::Inbound => "inbound",
             ListenerKind::Admin => "admin",
             ListenerKind::Gateway => "gateway",
+            ListenerKind::OutboundPort => "outboundPorts",
         })
     }
 }
@@ -168,6 +175,8 @@ pub struct ProxyState {
     authz: Arc<ArcSwap<Authorizer>>,
     /// The inbound listener's RequestAuthentications (JWT), swapped on reload.
     jwt: Arc<ArcSwap<Authenticator>>,
+    /// The `outboundPorts` listeners' route tables (fixed at start), swapped on reload.
+    l4_routes: Vec<(CapturedPort, L4RouteTableHandle)>,
     /// The gateway listeners' swappable parts, by server port (same order as their plan).
     gateways: Vec<GatewayPort>,
     /// The gateway listeners' identities: a reload that changes them needs a restart.
@@ -202,6 +211,8 @@ pub struct Proxy {
     inbound_ports: Vec<(u16, Engine)>,
     /// The gateway listeners, by server port.
     gateway_ports: Vec<(u16, Engine)>,
+    /// `outboundPorts`: one L4 listener per captured service port.
+    outbound_ports: Vec<(CapturedPort, Engine)>,
     admin: Option<AdminServer>,
 }
 
@@ -262,12 +273,15 @@ struct BoundListeners {
     inbound_ports: Vec<(u16, BoundEngine, SocketAddr)>,
     /// Gateway listeners: (server port, its listener).
     gateways: Vec<(u16, BoundEngine)>,
+    /// `outboundPorts`: (the captured service port, its L4 listener).
+    outbound_ports: Vec<(CapturedPort, BoundEngine)>,
     admin: std::net::TcpListener,
 }
 
 impl BoundListeners {
     fn bind(
         boot: &ProxyBootstrap,
+        captured_ports: Vec<CapturedPort>,
         limits: &Limits,
         workload_tls: &Arc<WorkloadTls>,
         gateways: &[(SocketAddr, GatewayPort)],
@@ -347,6 +361,21 @@ impl BoundListeners {
             let e = Engine::bind(cfg).map_err(bind_err(ListenerKind::Gateway, *addr))?;
             gateway_engines.push((port.number, e));
         }
+        // `outboundPorts`: on the outbound listener's address (loopback without one)
+        let l4_address = boot
+            .outbound
+            .as_ref()
+            .map_or("127.0.0.1", |o| o.address.as_str());
+        let mut outbound_ports = Vec::new();
+        for captured in captured_ports {
+            let e = engine(
+                ListenerKind::OutboundPort,
+                l4_address,
+                captured.local_port,
+                0,
+            )?;
+            outbound_ports.push((captured, e));
+        }
         let admin_addr =
             socket_addr(&boot.admin.address, boot.admin.port).map_err(io_err("admin address"))?;
         let admin =
@@ -359,6 +388,7 @@ impl BoundListeners {
             inbound,
             inbound_ports,
             gateways: gateway_engines,
+            outbound_ports,
             admin,
         })
     }
@@ -385,6 +415,7 @@ impl Proxy {
         let Built {
             compiled,
             routes,
+            l4,
             security,
             gateways,
         } = built;
@@ -402,9 +433,16 @@ impl Proxy {
         // Every socket is bound before any listener serves or is announced (and before the
         // layers start their DNS thread): a start-up that fails on one address (say, in use)
         // leaves none of the others listening.
+        let captured = crate::l4::captured_ports(&snapshot);
+        let l4_routes: Vec<(CapturedPort, L4RouteTableHandle)> = captured
+            .iter()
+            .cloned()
+            .zip(l4.into_iter().map(L4RouteTableHandle::new))
+            .collect();
         let gateway_keys = gateways.plan.listener_keys();
         let gateway_ports = gateway_ports(gateways, &workload_tls);
-        let bound = BoundListeners::bind(&boot, &limits, &workload_tls, &gateway_ports)?;
+        let bound =
+            BoundListeners::bind(&boot, captured, &limits, &workload_tls, &gateway_ports)?;
         let gateway_ports: Vec<GatewayPort> = gateway_ports.into_iter().map(|(_, p)| p).collect();
         let layers = Layers::new(&snapshot, routes);
         let state = Arc::new(ProxyState {
@@ -423,6 +461,7 @@ impl Proxy {
             jwt,
             gateways: gateway_ports,
             gateway_keys,
+            l4_routes,
         });
         let mut proxy = Proxy {
             state,
@@ -430,6 +469,7 @@ impl Proxy {
             inbound: None,
             inbound_ports: Vec::new(),
             gateway_ports: Vec::new(),
+            outbound_ports: Vec::new(),
             admin: None,
         };
         let app = bound.inbound.as_ref().map(|(_, app)| *app);
@@ -469,6 +509,7 @@ impl Proxy {
             inbound,
             inbound_ports,
             gateways,
+            outbound_ports,
             admin,
         } = bound;
         self.state.layers.telemetry().exporters().set_local_addrs(
@@ -534,6 +575,30 @@ impl Proxy {
             tracing::info!(addr = %addr, tls = gw.tls.is_some(), "gateway listener for port {port} up");
             self.gateway_ports.push((port, engine));
         }
+        for ((captured, b), (_, routes)) in outbound_ports.into_iter().zip(&self.state.l4_routes) {
+            let addr = b.local_addr();
+            let shared = L4Shared {
+                routes: routes.clone(),
+                lb: self.state.layers.lb().clone(),
+                metrics: self.state.layers.telemetry().metrics().clone(),
+                tls: Some(self.state.workload_tls.clone()),
+                hello_timeout: self
+                    .state
+                    .snapshot()
+                    .bootstrap
+                    .limits
+                    .tls_handshake_timeout
+                    .get(),
+            };
+            let factory = Arc::new(move |ctx: &L4WorkerContext| L4Handler::new(&shared, ctx));
+            let engine = b
+                .start_l4(factory)
+                .map_err(io_err(format!("outboundPorts listener {addr}")))?;
+            self.state
+                .push_readiness(ListenerKind::OutboundPort, engine.readiness());
+            tracing::info!(addr = %addr, service = %captured.key, "outboundPorts listener up");
+            self.outbound_ports.push((captured, engine));
+        }
         let addr = admin.local_addr().map_err(io_err("admin listener"))?;
         let admin = AdminServer::start_on(admin, self.state.clone())
             .map_err(io_err(format!("admin listener {addr}")))?;
@@ -554,6 +619,9 @@ impl Proxy {
             e.shutdown_now();
         }
         for (_, e) in self.gateway_ports.drain(..) {
+            e.shutdown_now();
+        }
+        for (_, e) in self.outbound_ports.drain(..) {
             e.shutdown_now();
         }
         if let Some(a) = self.admin.take() {
@@ -584,6 +652,15 @@ impl Proxy {
         self.gateway_ports
             .iter()
             .find(|(p, _)| *p == port)
+            .map(|(_, e)| e.local_addr())
+    }
+
+    /// The address of the `outboundPorts` listener of `key`, as written in the bootstrap
+    /// (`"db.default.svc.cluster.local:5432"`).
+    pub fn outbound_port_addr(&self, key: &str) -> Option<SocketAddr> {
+        self.outbound_ports
+            .iter()
+            .find(|(c, _)| c.key == key)
             .map(|(_, e)| e.local_addr())
     }
 
@@ -621,7 +698,11 @@ impl Proxy {
         for (_, e) in gateways {
             e.drain().await;
         }
+        let l4 = std::mem::take(&mut self.outbound_ports);
         if let Some(e) = out {
+            e.drain().await;
+        }
+        for (_, e) in l4 {
             e.drain().await;
         }
         if let Some(e) = inb {
@@ -653,6 +734,9 @@ impl Proxy {
             e.drain_blocking();
         }
         for (_, e) in self.gateway_ports.drain(..) {
+            e.drain_blocking();
+        }
+        for (_, e) in self.outbound_ports.drain(..) {
             e.drain_blocking();
         }
         if let Some(a) = self.admin.take() {
@@ -981,6 +1065,7 @@ impl ProxyState {
         let Built {
             compiled,
             routes,
+            l4: _,
             security,
             gateways,
         } = built;
@@ -989,6 +1074,7 @@ impl ProxyState {
         if old.bootstrap.outbound != compiled.snapshot.bootstrap.outbound
             || old.bootstrap.inbound != compiled.snapshot.bootstrap.inbound
             || old.bootstrap.inbound_ports != compiled.snapshot.bootstrap.inbound_ports
+            || old.bootstrap.outbound_ports != compiled.snapshot.bootstrap.outbound_ports
             || old.bootstrap.admin != compiled.snapshot.bootstrap.admin
             || old.bootstrap.concurrency != compiled.snapshot.bootstrap.concurrency
             || old.bootstrap.limits != compiled.snapshot.bootstrap.limits
@@ -1019,6 +1105,17 @@ impl ProxyState {
                 if let Some(t) = &g.tls {
                     t.store(p, tls);
                 }
+            }
+        }
+        // the running `outboundPorts` listeners route on the new snapshot (after the
+        // balancer has it: new routes may name new services)
+        for (captured, handle) in &self.l4_routes {
+            match L4RouteTable::sidecar(&compiled.snapshot, &captured.host, captured.port) {
+                Ok(t) => handle.store(t),
+                Err(e) => tracing::error!(
+                    listener = %captured.key,
+                    "outboundPorts routes not rebuilt, keeping the running ones: {e}"
+                ),
             }
         }
         self.snapshot.store(compiled.snapshot);

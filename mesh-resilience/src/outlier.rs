@@ -191,6 +191,38 @@ const LOCAL_ORIGIN: ResponseFlags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE
     .union(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION)
     .union(ResponseFlags::UPSTREAM_PROTOCOL_ERROR);
 
+/// What a TCP proxy's connection attempt tells about an endpoint, for [`record_connect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectOutcome {
+    /// The connection was established (Envoy's `LocalOriginConnectSuccessFinal`: a TCP
+    /// proxy has no answer to judge after it).
+    Connected,
+    /// The connection was refused or failed (`LocalOriginConnectFailed`).
+    Failed,
+    /// No connection within the connect timeout (`LocalOriginTimeout`).
+    TimedOut,
+}
+
+/// Judges a connection attempt to the endpoint of `cluster` under its `outlierDetection`
+/// (nothing when it has none), as Envoy's TCP proxy reports it to the outlier detector:
+/// a failure or timeout counts as a local-origin failure (a 503 or a 504 towards
+/// `consecutive5xxErrors` and `consecutiveGatewayErrors` without
+/// `splitExternalLocalOriginErrors`, towards `consecutiveLocalOriginFailures` with it), a
+/// connection as a success (a 200, which resets the counters). Ejects the endpoint when a
+/// counter reaches its threshold, as the [`OutlierLayer`] does for requests.
+pub fn record_connect(cluster: &UpstreamCluster, outcome: ConnectOutcome) {
+    let Some(policy) = &cluster.outlier else {
+        return;
+    };
+    let outcome = match outcome {
+        ConnectOutcome::Connected => Outcome::Status(200),
+        ConnectOutcome::Failed => Outcome::LocalFailure,
+        ConnectOutcome::TimedOut => Outcome::Timeout,
+    };
+    record(&cluster.health, policy, outcome);
+}
+
 // === impl OutlierLayer ===
 
 impl OutlierLayer {

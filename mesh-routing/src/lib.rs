@@ -63,6 +63,7 @@ mod delegate;
 mod error;
 mod format;
 mod index;
+pub mod l4;
 mod matcher;
 pub mod mirror;
 pub mod route;
@@ -70,6 +71,7 @@ mod table;
 pub mod tee;
 
 pub use error::BuildError;
+pub use l4::{L4RouteTable, L4RouteTableHandle};
 pub use mirror::{Mirror, MirrorLayer, Mirrors, ShadowBody, Spawn};
 pub use route::{Route, RouteLayer};
 pub use table::{GatewayContext, RouteTable, RouteTableHandle, RouterContext, ServerHosts};

@@ -13,6 +13,10 @@
 //! | `istio_request_duration_milliseconds` | histogram | from the request's arrival to the end of the response, in whole milliseconds |
 //! | `istio_request_bytes` | histogram | the request's head and body (see [`crate::record`]) |
 //! | `istio_response_bytes` | histogram | the response's head and body |
+//! | `istio_tcp_connections_opened_total` | counter | TCP connections proxied (L4 listeners; see [`TcpPeer`]) |
+//! | `istio_tcp_connections_closed_total` | counter | those that ended |
+//! | `istio_tcp_received_bytes_total` | counter | bytes received from the client |
+//! | `istio_tcp_sent_bytes_total` | counter | bytes sent to the client |
 //!
 //! The histograms have Envoy's default buckets ([`BUCKETS`]), which Istio's sidecars use
 //! for every histogram. Labels: `reporter` (`source` for the outbound side, `destination` for
@@ -171,6 +175,8 @@ pub struct IstioMetrics {
     dropped: AtomicU64,
     flags: [[AtomicU64; FLAG_COUNT]; 2],
     retries: [AtomicU64; 2],
+    /// The TCP connection series (`istio_tcp_*`), by peer and flags.
+    tcp: tcp::TcpRegistry,
 }
 
 /// A [`Sink`] adding to an [`IstioMetrics`] as one reporter.
@@ -377,6 +383,7 @@ impl IstioMetrics {
             dropped: AtomicU64::new(0),
             flags: Default::default(),
             retries: Default::default(),
+            tcp: tcp::TcpRegistry::default(),
         }
     }
 
@@ -575,6 +582,7 @@ impl IstioMetrics {
                 }
             }
         }
+        self.encode_tcp(out);
         self.encode_decisions(out);
     }
 
@@ -858,59 +866,17 @@ impl<'a> IdentRef<'a> {
         let own_cluster = local.cluster.as_deref();
         match self.reporter {
             Reporter::Source => {
-                s.push_str("reporter=\"source\"");
-                label(&mut s, "source_workload", own_name);
-                label(&mut s, "source_canonical_service", own_canonical);
-                label(&mut s, "source_canonical_revision", own_revision);
-                label(&mut s, "source_workload_namespace", own_ns);
-                label(&mut s, "source_principal", own_principal);
-                label(&mut s, "source_app", app(&local.labels));
-                label(&mut s, "source_version", version(&local.labels));
-                label(&mut s, "source_cluster", own_cluster);
-                let endpoint = done.info.endpoint();
-                let meta = self.meta.map(|m| &**m);
-                let empty = Labels::new();
-                let labels = meta.map_or(&empty, |m| &m.labels);
-                let peer_principal = endpoint
-                    .filter(|_| self.mtls)
-                    .and_then(|e| e.identity.as_ref())
-                    .map(|id| id.to_string());
-                // the namespace from the peer's certificate, else from its metadata
-                let peer_ns = peer_principal
-                    .as_deref()
-                    .and_then(spiffe_namespace)
-                    .or(meta.map(|m| &*m.namespace));
-                let workload = meta.and_then(|m| m.workload.as_deref());
-                label(&mut s, "destination_workload", workload);
-                label(&mut s, "destination_workload_namespace", peer_ns);
-                label(&mut s, "destination_principal", peer_principal.as_deref());
-                label(&mut s, "destination_app", app(labels));
-                label(&mut s, "destination_version", version(labels));
                 let host = match (self.dest_host, self.passthrough) {
                     (Some(h), false) => Some(&**h),
                     _ => self.authority,
                 };
-                label(&mut s, "destination_service", host);
-                label(
-                    &mut s,
-                    "destination_canonical_service",
-                    meta.and_then(|m| canonical_name(labels, m.workload.as_deref())),
-                );
-                label(
-                    &mut s,
-                    "destination_canonical_revision",
-                    Some(canonical_revision(labels)),
-                );
                 let name = match (self.dest_host, self.passthrough) {
                     (_, true) => Some("PassthroughCluster"),
                     (Some(h), false) => Some(service_name(h)),
                     (None, _) => self.authority,
                 };
-                label(&mut s, "destination_service_name", name);
-                label(&mut s, "destination_service_namespace", peer_ns);
-                label(&mut s, "destination_cluster", None);
-                // Istio's client side does not know the policy
-                label(&mut s, "connection_security_policy", None);
+                let endpoint = done.info.endpoint();
+                source_labels(&mut s, local, self.mtls, endpoint, self.meta, host, name);
             }
             Reporter::Destination => {
                 s.push_str("reporter=\"destination\"");
@@ -953,6 +919,80 @@ impl<'a> IdentRef<'a> {
         s
     }
 }
+
+/// The labels of a `reporter="source"` series (the proxy's workload is the source; the
+/// endpoint, its metadata and the destination service the peer), as Istio's
+/// `populatePeerInfo` computes them: shared by the request and the TCP metrics.
+fn source_labels(
+    s: &mut String,
+    local: &LocalWorkload,
+    mtls: bool,
+    endpoint: Option<&mesh_core::ext::SelectedEndpoint>,
+    meta: Option<&Arc<EndpointMeta>>,
+    host: Option<&str>,
+    name: Option<&str>,
+) {
+    let own_principal = local.principal.as_deref().filter(|_| mtls);
+    let own_name = Some(local.name.as_str());
+    s.push_str("reporter=\"source\"");
+    label(s, "source_workload", own_name);
+    label(
+        s,
+        "source_canonical_service",
+        canonical_name(&local.labels, own_name),
+    );
+    label(
+        s,
+        "source_canonical_revision",
+        Some(canonical_revision(&local.labels)),
+    );
+    label(
+        s,
+        "source_workload_namespace",
+        Some(local.namespace.as_str()),
+    );
+    label(s, "source_principal", own_principal);
+    label(s, "source_app", app(&local.labels));
+    label(s, "source_version", version(&local.labels));
+    label(s, "source_cluster", local.cluster.as_deref());
+    let meta = meta.map(|m| &**m);
+    let empty = Labels::new();
+    let labels = meta.map_or(&empty, |m| &m.labels);
+    let peer_principal = endpoint
+        .filter(|_| mtls)
+        .and_then(|e| e.identity.as_ref())
+        .map(|id| id.to_string());
+    // the namespace from the peer's certificate, else from its metadata
+    let peer_ns = peer_principal
+        .as_deref()
+        .and_then(spiffe_namespace)
+        .or(meta.map(|m| &*m.namespace));
+    let workload = meta.and_then(|m| m.workload.as_deref());
+    label(s, "destination_workload", workload);
+    label(s, "destination_workload_namespace", peer_ns);
+    label(s, "destination_principal", peer_principal.as_deref());
+    label(s, "destination_app", app(labels));
+    label(s, "destination_version", version(labels));
+    label(s, "destination_service", host);
+    label(
+        s,
+        "destination_canonical_service",
+        meta.and_then(|m| canonical_name(labels, m.workload.as_deref())),
+    );
+    label(
+        s,
+        "destination_canonical_revision",
+        Some(canonical_revision(labels)),
+    );
+    label(s, "destination_service_name", name);
+    label(s, "destination_service_namespace", peer_ns);
+    label(s, "destination_cluster", None);
+    // Istio's client side does not know the policy
+    label(s, "connection_security_policy", None);
+}
+
+mod tcp;
+pub use tcp::{TcpConnectionStats, TcpPeer};
 
 #[cfg(test)]
 mod tests;

@@ -241,6 +241,29 @@ impl<F: StackFactory> Worker<F> {
     }
 }
 
+impl<F: StackFactory> crate::worker::ConnWorker for Worker<F> {
+    fn accept(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        open: crate::worker::OpenConnection,
+    ) {
+        let served = serve(stream, peer, self.clone());
+        tokio::task::spawn_local(async move {
+            served.await;
+            drop(open);
+        });
+    }
+
+    fn start_drain(&self) {
+        Worker::start_drain(self);
+    }
+
+    fn all_closed(&self) -> impl Future<Output = ()> + '_ {
+        Worker::all_closed(self)
+    }
+}
+
 /// Serves one accepted downstream connection to its end.
 pub(crate) async fn serve<F: StackFactory>(
     stream: TcpStream,

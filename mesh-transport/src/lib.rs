@@ -2,7 +2,8 @@
 //! upstream connector (pooled HTTP/1.1 and HTTP/2 client), reusable by `mesh-proxy`, by custom
 //! proxies and by in-process clients.
 //!
-//! The engine is how `mesh-proxy` (or your own proxy) serves HTTP: it listens on one address,
+//! The engine is how `mesh-proxy` (or your own proxy) serves HTTP (and, in its [L4
+//! mode](l4), opaque TCP and TLS): it listens on one address,
 //! speaks HTTP/1.1 and h2c (prior knowledge) on it, enforces the [`Limits`], hands each
 //! request to a per-worker service stack made by a [`StackFactory`], and drains gracefully.
 //!
@@ -19,6 +20,15 @@
 //!  :15001 ────┤ worker 1: accept ─► conn task ─► checks ─► stack₁ ─► … ─► Connector ─► pool₁ ─► upstream
 //!             └ …
 //! ```
+//!
+//! # L4 serving mode
+//!
+//! [`BoundEngine::start_l4`] runs the same workers, accept loop, readiness, drain and
+//! own-address set with a connection handler per worker instead of an HTTP server: opaque
+//! TCP and TLS proxies (Istio's `tcp` and `tls` routes in `mesh-proxy`'s `outboundPorts`
+//! listeners). The pieces such a handler needs, connect with a timeout, splice with
+//! half-close, idle timeout and byte counts, and the SNI of a ClientHello read without
+//! terminating TLS, are in [`l4`].
 //!
 //! # Example
 //!
@@ -134,6 +144,7 @@ mod conn;
 pub mod fuzzing;
 mod h1client;
 pub mod headers;
+pub mod l4;
 mod limits;
 mod listener;
 pub mod loops;
@@ -262,6 +273,36 @@ impl BoundEngine {
     /// Fails if a worker cannot start (then the workers already started are stopped and
     /// the sockets closed).
     pub fn start<F: StackFactory>(self, factory: Arc<F>) -> io::Result<Engine> {
+        self.start_with(move |init: worker::WorkerInit| {
+            let hop = init.guard.hop.clone();
+            // the worker's pool: its connectors refuse the proxy's own addresses and mark
+            // requests with the listener's `Via` entry
+            let pool = pool::Pool::with_guard(init.guard);
+            let ctx = WorkerContext::new(
+                init.index,
+                init.workers,
+                init.limits.clone(),
+                pool,
+                init.upstream_tls,
+            );
+            conn::Worker::new(factory, ctx, init.limits, hop, init.downstream_tls)
+        })
+    }
+
+    /// Starts the workers in the L4 serving mode ([`l4`]): each accepted connection goes to
+    /// the connection handler its worker's [`HandlerFactory`](l4::HandlerFactory) made,
+    /// instead of an HTTP server. Accept loop, readiness, drain and the own-address set are
+    /// those of [`start`](Self::start); the engine's `downstream_tls` and `upstream_tls` are
+    /// not used (an L4 listener forwards bytes as they are).
+    pub fn start_l4<H: l4::HandlerFactory>(self, factory: Arc<H>) -> io::Result<Engine> {
+        self.start_with(move |init: worker::WorkerInit| l4::L4Worker::new(&*factory, init))
+    }
+
+    fn start_with<W, B>(self, build: B) -> io::Result<Engine>
+    where
+        W: worker::ConnWorker,
+        B: FnOnce(worker::WorkerInit) -> W + Send + Clone + 'static,
+    {
         let BoundEngine {
             local_addr,
             workers,
@@ -302,7 +343,7 @@ impl BoundEngine {
             let spawned = worker::spawn(worker::Spawn {
                 index,
                 listener,
-                factory: factory.clone(),
+                build: build.clone(),
                 limits: limits.clone(),
                 guard: guard.clone(),
                 upstream_tls: upstream_tls.clone(),

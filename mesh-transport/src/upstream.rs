@@ -577,23 +577,9 @@ impl Connector {
 
 impl Connector {
     /// Turns TCP keep-alive on for a new upstream connection when its cluster asks for it
-    /// (`tcp.tcpKeepalive`); a part the system refuses is left at its default.
+    /// (`tcp.tcpKeepalive`).
     fn set_keepalive(&self, stream: &TcpStream) {
-        let Some(k) = self.keepalive else { return };
-        let mut ka = socket2::TcpKeepalive::new();
-        if let Some(t) = k.time {
-            ka = ka.with_time(t);
-        }
-        #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
-        {
-            if let Some(i) = k.interval {
-                ka = ka.with_interval(i);
-            }
-            if let Some(p) = k.probes {
-                ka = ka.with_retries(p);
-            }
-        }
-        let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
+        apply_keepalive(stream, self.keepalive);
     }
 
     /// A `CONNECT` request (cold: one method comparison on every request): an RFC 8441
@@ -954,6 +940,26 @@ impl SendFailure {
             ),
         }
     }
+}
+
+/// Turns TCP keep-alive on for `stream` when `keepalive` is set (a cluster's
+/// `tcp.tcpKeepalive`); a part the system refuses is left at its default.
+pub(crate) fn apply_keepalive(stream: &TcpStream, keepalive: Option<mesh_core::ext::TcpKeepalive>) {
+    let Some(k) = keepalive else { return };
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = k.time {
+        ka = ka.with_time(t);
+    }
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+    {
+        if let Some(i) = k.interval {
+            ka = ka.with_interval(i);
+        }
+        if let Some(p) = k.probes {
+            ka = ka.with_retries(p);
+        }
+    }
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
 }
 
 #[cfg(test)]

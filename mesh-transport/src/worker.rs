@@ -1,30 +1,30 @@
 //! One worker: a thread with its own current-thread runtime and `LocalSet`, its own listening
-//! socket and accept loop, its own stack and (through the thread-local pool) its own upstream
-//! connections. Nothing it does per request touches another thread.
+//! socket and accept loop, its own stack (or L4 handler) and its own upstream connections.
+//! Nothing it does per request or connection touches another thread.
 
+use std::future::Future;
 use std::io;
-use std::net::TcpListener as StdListener;
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::LocalSet;
 
-use crate::conn::{Worker, serve};
 use crate::limits::Limits;
 use crate::loops::Guard;
-use crate::stack::{StackFactory, WorkerContext};
 use crate::{Phase, Shared};
 
-/// What a worker thread needs to start.
-pub(crate) struct Spawn<F> {
+/// What a worker thread needs to start; `build` makes its connection handling (the HTTP
+/// engine's [`Worker`](crate::conn::Worker), or an L4 one) on the worker's thread.
+pub(crate) struct Spawn<B> {
     pub(crate) index: usize,
     pub(crate) listener: StdListener,
-    pub(crate) factory: Arc<F>,
+    pub(crate) build: B,
     pub(crate) limits: Arc<Limits>,
     /// The loop checks of the engine (own addresses, `Via` marker).
     pub(crate) guard: Guard,
@@ -40,18 +40,47 @@ pub(crate) struct Spawn<F> {
     pub(crate) done: oneshot::Sender<()>,
 }
 
+/// What a worker's `build` gets, on the worker's thread.
+pub(crate) struct WorkerInit {
+    pub(crate) index: usize,
+    pub(crate) workers: usize,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) guard: Guard,
+    pub(crate) upstream_tls: Option<std::sync::Arc<dyn crate::tls::UpstreamTls>>,
+    pub(crate) downstream_tls: Option<std::sync::Arc<dyn crate::tls::DownstreamTls>>,
+}
+
+/// How a worker serves its accepted connections: HTTP (`conn::Worker`) or L4
+/// (`l4::L4Worker`). The accept loop, readiness and drain around it are the same.
+pub(crate) trait ConnWorker: 'static {
+    /// Serves one accepted connection on a task of its own (`open` dropped when it ends).
+    fn accept(self: &Rc<Self>, stream: TcpStream, peer: SocketAddr, open: OpenConnection);
+    /// Drain started: the accept loop has stopped.
+    fn start_drain(&self);
+    /// Resolves when no connection of the worker is open.
+    fn all_closed(&self) -> impl Future<Output = ()> + '_;
+}
+
 /// Starts worker thread `spawn.index`.
-pub(crate) fn spawn<F: StackFactory>(spawn: Spawn<F>) -> io::Result<JoinHandle<()>> {
+pub(crate) fn spawn<W, B>(spawn: Spawn<B>) -> io::Result<JoinHandle<()>>
+where
+    W: ConnWorker,
+    B: FnOnce(WorkerInit) -> W + Send + 'static,
+{
     std::thread::Builder::new()
         .name(format!("mesh-worker-{}", spawn.index))
         .spawn(move || run(spawn))
 }
 
-fn run<F: StackFactory>(spawn: Spawn<F>) {
+fn run<W, B>(spawn: Spawn<B>)
+where
+    W: ConnWorker,
+    B: FnOnce(WorkerInit) -> W,
+{
     let Spawn {
         index,
         listener,
-        factory,
+        build,
         limits,
         guard,
         upstream_tls,
@@ -80,18 +109,14 @@ fn run<F: StackFactory>(spawn: Spawn<F>) {
                 return;
             }
         };
-        let hop = guard.hop.clone();
-        // the worker's pool: its connectors refuse the proxy's own addresses and mark
-        // requests with the listener's `Via` entry
-        let pool = crate::pool::Pool::with_guard(guard);
-        let ctx = WorkerContext::new(index, shared.workers, limits.clone(), pool, upstream_tls);
-        let worker = Rc::new(Worker::new(
-            factory,
-            ctx,
-            limits.clone(),
-            hop,
+        let worker = Rc::new(build(WorkerInit {
+            index,
+            workers: shared.workers,
+            limits: limits.clone(),
+            guard,
+            upstream_tls,
             downstream_tls,
-        ));
+        }));
         shared.listening.fetch_add(1, Ordering::AcqRel);
         let _ = started.send(Ok(()));
         let phase = accept_loop(&listener, &worker, &mut control, &shared).await;
@@ -120,9 +145,9 @@ fn run<F: StackFactory>(spawn: Spawn<F>) {
 }
 
 /// Accepts until the engine leaves [`Phase::Running`]; returns the phase it moved to.
-async fn accept_loop<F: StackFactory>(
+async fn accept_loop<W: ConnWorker>(
     listener: &TcpListener,
-    worker: &Rc<Worker<F>>,
+    worker: &Rc<W>,
     control: &mut watch::Receiver<Phase>,
     shared: &Arc<Shared>,
 ) -> Phase {
@@ -142,11 +167,7 @@ async fn accept_loop<F: StackFactory>(
                 Ok((stream, peer)) => {
                     shared.accepted.fetch_add(1, Ordering::Relaxed);
                     let open = OpenConnection::new(shared.clone());
-                    let served = serve(stream, peer, worker.clone());
-                    tokio::task::spawn_local(async move {
-                        served.await;
-                        drop(open);
-                    });
+                    worker.accept(stream, peer, open);
                 }
                 Err(e) if is_per_connection(&e) => {}
                 // out of descriptors or memory: back off instead of spinning
@@ -157,7 +178,7 @@ async fn accept_loop<F: StackFactory>(
 }
 
 /// Counts a connection as open (in [`Shared::open`]) until dropped, with its task.
-struct OpenConnection(Arc<Shared>);
+pub(crate) struct OpenConnection(Arc<Shared>);
 
 impl OpenConnection {
     fn new(shared: Arc<Shared>) -> Self {

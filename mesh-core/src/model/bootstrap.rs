@@ -44,7 +44,9 @@ pub struct ProxyBootstrap {
     /// Istio's secret keys as files (`tls.crt`, `tls.key`, `ca.crt`; the CA also from a
     /// `<name>-cacert` secret). Omitted: `credentialName` is refused.
     pub credentials_dir: Option<String>,
-    /// Explicit capture: `"<host>:<port>"` → local port, for TCP/TLS routes.
+    /// Explicit capture: `"<host>:<port>"` → local port: an L4 listener per entry (on
+    /// `outbound.address`) for that service port, served with its VirtualService `tcp`
+    /// routes, or `tls` routes by SNI for a `TLS`/`HTTPS` port. Default: none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outbound_ports: BTreeMap<String, u16>,
     /// Workload port → local inbound port (portLevelMtls, per-port policy).

@@ -142,12 +142,6 @@ static RESOLUTION: Values = Values {
     otherwise: Verdict::Enforced,
 };
 
-/// ServiceEntry `ports[]`: HTTP ports are routed; L4 ones are not proxied yet.
-static L4_PORTS: Custom = Custom {
-    doc: "HTTP, HTTP2, GRPC, GRPC-WEB and HTTP_PROXY ports (and ports without a protocol, detected as HTTP) are enforced; TCP, TLS, HTTPS, MONGO, MYSQL, REDIS and other L4 ports are not yet (gateways and L4)",
-    check: l4_port,
-};
-
 /// AuthorizationPolicy: enforced on the inbound listener (mesh-tls `authz`); a dry-run
 /// policy (`istio.io/dry-run: "true"`) is not enforced, as Istio's.
 static AUTHZ_KIND: Custom = Custom {
@@ -187,35 +181,6 @@ fn child<'a, 'b>(n: &'a MarkedYaml<'b>, key: &str) -> Option<&'a MarkedYaml<'b>>
             .map(|(_, v)| v),
         _ => None,
     }
-}
-
-fn l4_port(port: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
-    use crate::compile::Protocol;
-    use crate::model::networking::ServicePort;
-    let text = |key| child(port, key).and_then(key_text);
-    let sp = ServicePort {
-        number: text("number").and_then(|n| n.parse().ok()).unwrap_or(0),
-        protocol: text("protocol"),
-        name: text("name").unwrap_or_default(),
-        target_port: None,
-    };
-    // as the route table decides which ports get HTTP virtual hosts
-    let proto = Protocol::of(&sp);
-    let http = proto.is_http()
-        || (sp.protocol.is_none()
-            && proto == Protocol::Tcp
-            && !sp.name.to_ascii_lowercase().starts_with("tcp"));
-    if http {
-        return None;
-    }
-    let named = sp
-        .protocol
-        .clone()
-        .unwrap_or_else(|| format!("named {:?}", sp.name));
-    Some((
-        Verdict::NotYet(Area::GatewaysL4),
-        format!("port {} ({named}) is ", sp.number),
-    ))
 }
 
 fn authz_condition_key(key: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
@@ -280,8 +245,18 @@ static VIRTUAL_SERVICE: TypeDef = TypeDef {
         field("hosts", Leaf, Status::Enforced, ""),
         field("gateways", Leaf, Status::Enforced, ""),
         field("http", Seq(&HTTP_ROUTE), Status::Enforced, ""),
-        field("tls", Seq(&TLS_ROUTE), Status::NotYet(Area::GatewaysL4), ""),
-        field("tcp", Seq(&TCP_ROUTE), Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "tls",
+            Seq(&TLS_ROUTE),
+            Status::Enforced,
+            "routed by SNI without terminating TLS on the `outboundPorts` listeners of TLS/HTTPS ports (mesh-routing `l4`)",
+        ),
+        field(
+            "tcp",
+            Seq(&TCP_ROUTE),
+            Status::Enforced,
+            "on the `outboundPorts` listeners (mesh-routing `l4`): one weighted destination per connection",
+        ),
         field("exportTo", Leaf, Status::Enforced, ""),
     ],
 };
@@ -541,93 +516,53 @@ static CORS_POLICY: TypeDef = TypeDef {
 static TLS_ROUTE: TypeDef = TypeDef {
     name: "TlsRoute",
     fields: &[
-        field(
-            "match",
-            Seq(&TLS_MATCH_ATTRIBUTES),
-            Status::NotYet(Area::GatewaysL4),
-            "",
-        ),
-        field(
-            "route",
-            Seq(&ROUTE_DESTINATION),
-            Status::NotYet(Area::GatewaysL4),
-            "",
-        ),
+        field("match", Seq(&TLS_MATCH_ATTRIBUTES), Status::Enforced, ""),
+        field("route", Seq(&ROUTE_DESTINATION), Status::Enforced, ""),
     ],
 };
 
 static TLS_MATCH_ATTRIBUTES: TypeDef = TypeDef {
     name: "TlsMatchAttributes",
     fields: &[
-        field("sniHosts", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field(
-            "destinationSubnets",
-            Leaf,
-            Status::NotYet(Area::GatewaysL4),
-            "",
-        ),
-        field("port", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("sourceLabels", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("gateways", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field(
-            "sourceNamespace",
-            Leaf,
-            Status::NotYet(Area::GatewaysL4),
-            "",
-        ),
+        field("sniHosts", Leaf, Status::Enforced, ""),
+        field("destinationSubnets", Leaf, Status::Enforced, ""),
+        field("port", Leaf, Status::Enforced, ""),
+        field("sourceLabels", Leaf, Status::Enforced, ""),
+        field("gateways", Leaf, Status::Enforced, ""),
+        field("sourceNamespace", Leaf, Status::Enforced, ""),
     ],
 };
 
 static ROUTE_DESTINATION: TypeDef = TypeDef {
     name: "RouteDestination",
     fields: &[
-        field(
-            "destination",
-            Struct(&DESTINATION),
-            Status::NotYet(Area::GatewaysL4),
-            "",
-        ),
-        field("weight", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field("destination", Struct(&DESTINATION), Status::Enforced, ""),
+        field("weight", Leaf, Status::Enforced, ""),
     ],
 };
 
 static TCP_ROUTE: TypeDef = TypeDef {
     name: "TcpRoute",
     fields: &[
-        field(
-            "match",
-            Seq(&L4_MATCH_ATTRIBUTES),
-            Status::NotYet(Area::GatewaysL4),
-            "",
-        ),
-        field(
-            "route",
-            Seq(&ROUTE_DESTINATION),
-            Status::NotYet(Area::GatewaysL4),
-            "",
-        ),
+        field("match", Seq(&L4_MATCH_ATTRIBUTES), Status::Enforced, ""),
+        field("route", Seq(&ROUTE_DESTINATION), Status::Enforced, ""),
     ],
 };
 
 static L4_MATCH_ATTRIBUTES: TypeDef = TypeDef {
     name: "L4MatchAttributes",
     fields: &[
+        field("destinationSubnets", Leaf, Status::Enforced, ""),
+        field("port", Leaf, Status::Enforced, ""),
         field(
-            "destinationSubnets",
+            "sourceSubnet",
             Leaf,
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::Enforced,
+            "matched against the client's address, as documented (Istio's sidecars do not program this hidden field)",
         ),
-        field("port", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("sourceSubnet", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("sourceLabels", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("gateways", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field(
-            "sourceNamespace",
-            Leaf,
-            Status::NotYet(Area::GatewaysL4),
-            "",
-        ),
+        field("sourceLabels", Leaf, Status::Enforced, ""),
+        field("gateways", Leaf, Status::Enforced, ""),
+        field("sourceNamespace", Leaf, Status::Enforced, ""),
     ],
 };
 
@@ -839,7 +774,7 @@ static TCP_SETTINGS: TypeDef = TypeDef {
             "maxConnections",
             Leaf,
             Status::Enforced,
-            "HTTP/1.1 connections in use at once (HTTP traffic; not opaque TCP)",
+            "HTTP/1.1 connections in use at once, and the TCP proxy's connections (`outboundPorts`; over it a connection is closed, flag UO)",
         ),
         field(
             "connectTimeout",
@@ -851,7 +786,7 @@ static TCP_SETTINGS: TypeDef = TypeDef {
             "tcpKeepalive",
             Struct(&TCP_KEEPALIVE),
             Status::Enforced,
-            "on HTTP upstream connections",
+            "on HTTP and TCP proxy upstream connections",
         ),
         field(
             "maxConnectionDuration",
@@ -863,7 +798,7 @@ static TCP_SETTINGS: TypeDef = TypeDef {
             "idleTimeout",
             Leaf,
             Status::Enforced,
-            "for HTTP upstream connections when http.idleTimeout is unset, as Istio; not the TCP proxy's",
+            "for HTTP upstream connections when http.idleTimeout is unset, as Istio; the TCP proxy's idle timeout (`outboundPorts`; default 1h)",
         ),
     ],
 };
@@ -1107,8 +1042,8 @@ static SERVICE_ENTRY: TypeDef = TypeDef {
         field(
             "ports",
             Seq(&SERVICE_PORT),
-            Status::Custom(&L4_PORTS),
-            "HTTP ports are routed; TCP, TLS, HTTPS, MONGO, … ports are not proxied yet",
+            Status::Enforced,
+            "HTTP-family ports are routed by Host on the outbound listener; TCP, TLS, HTTPS, MONGO, MYSQL, REDIS and other L4 ports are proxied (TCP/TLS routes) by the ProxyBootstrap `outboundPorts` listener that captures them",
         ),
         field("location", Leaf, Status::Enforced, ""),
         field("resolution", Leaf, Status::Values(&RESOLUTION), ""),
@@ -1736,7 +1671,12 @@ static PROXY_BOOTSTRAP: TypeDef = TypeDef {
         ),
         field("gatewayAddress", Leaf, Status::Enforced, ""),
         field("credentialsDir", Leaf, Status::Enforced, ""),
-        field("outboundPorts", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "outboundPorts",
+            Leaf,
+            Status::Enforced,
+            "an L4 listener per entry on `outbound.address` (TCP/TLS routes; an HTTP-family port is proxied as opaque TCP there); a change takes effect at restart",
+        ),
         field(
             "inboundPorts",
             Leaf,

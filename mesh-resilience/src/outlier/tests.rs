@@ -646,3 +646,42 @@ async fn the_route_timeout_above_counts_as_the_endpoint_s_timeout() {
     }
     assert!(c.ejected(0), "two route timeouts are two gateway errors");
 }
+
+/// Envoy's TCP proxy reports connect failures as local-origin failures: with the default
+/// (no split) they count as 503s; a connection resets the count.
+#[tokio::test(start_paused = true)]
+async fn tcp_connect_failures_eject_and_a_connection_resets_the_count() {
+    let cell = Arc::new(HealthCell::detached());
+    let cluster = UpstreamCluster {
+        name: "outbound|9000||tcp-echo.default.svc.cluster.local".into(),
+        health: cell.clone(),
+        pool: UpstreamPool::default(),
+        outlier: Some(Arc::new(OutlierPolicy {
+            consecutive_5xx: Some(3),
+            max_ejection_percent: 100,
+            ..OutlierPolicy::default()
+        })),
+        limits: None,
+    };
+    record_connect(&cluster, ConnectOutcome::Failed);
+    record_connect(&cluster, ConnectOutcome::TimedOut);
+    record_connect(&cluster, ConnectOutcome::Connected);
+    record_connect(&cluster, ConnectOutcome::Failed);
+    record_connect(&cluster, ConnectOutcome::Failed);
+    assert!(
+        cell.is_healthy(),
+        "the connection in between reset the count"
+    );
+    record_connect(&cluster, ConnectOutcome::Failed);
+    assert_eq!(cell.flags(), HealthFlags::EJECTED);
+    // without outlierDetection nothing is judged
+    let plain = UpstreamCluster {
+        outlier: None,
+        health: Arc::new(HealthCell::detached()),
+        ..cluster
+    };
+    for _ in 0..10 {
+        record_connect(&plain, ConnectOutcome::Failed);
+    }
+    assert!(plain.health.is_healthy());
+}

@@ -34,7 +34,7 @@ pub(super) fn covers(pattern: &str, name: &str) -> bool {
 }
 
 /// The reference of a compiled VirtualService.
-fn vs_ref(vs: &VirtualServiceEntry) -> ResourceRef {
+pub(crate) fn vs_ref(vs: &VirtualServiceEntry) -> ResourceRef {
     ResourceRef {
         kind: Kind::VirtualService,
         namespace: vs.namespace.clone(),

@@ -67,6 +67,7 @@ use crate::matcher::{MatchBlock, RegexLimits, RequestView};
 mod build;
 mod lookup;
 
+pub(crate) use build::vs_ref;
 pub(crate) use lookup::view_of;
 #[cfg(test)]
 mod tests;

@@ -156,3 +156,64 @@ fn a_full_queue_drops_lines_and_counts_them() {
     assert_eq!(w.dropped(), 3);
     drop(rx);
 }
+
+// The hand-written formatters write what `core::fmt` and serde_json write.
+proptest::proptest! {
+    #[test]
+    fn socket_addresses_are_written_as_their_display(
+        v4 in proptest::prelude::any::<[u8; 4]>(),
+        v6 in proptest::prelude::any::<[u16; 8]>(),
+        port in proptest::prelude::any::<u16>(),
+    ) {
+        for a in [
+            SocketAddr::from((v4, port)),
+            SocketAddr::from((std::net::Ipv6Addr::from(v6), port)),
+        ] {
+            let mut out = Vec::new();
+            put_socket_addr(&mut out, a);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), a.to_string());
+        }
+    }
+
+    #[test]
+    fn json_strings_are_what_serde_json_writes(s in "\\PC*|[\\x00-\\x7f]{0,40}") {
+        let mut out = Vec::new();
+        json_string(&mut out, &s);
+        let back: String = serde_json::from_slice(&out).unwrap();
+        proptest::prop_assert_eq!(back, s);
+    }
+
+    #[test]
+    fn times_are_written_as_before_the_per_second_cache(
+        secs in 0u64..400_000_000_000,
+        ms in 0u32..1000,
+        again in 0u32..1000,
+    ) {
+        let old = |t: SystemTime| {
+            let d = t.duration_since(UNIX_EPOCH).unwrap();
+            let secs = d.as_secs();
+            let (y, m, day) = civil_from_days((secs / 86_400) as i64);
+            let rem = secs % 86_400;
+            format!(
+                "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60,
+                d.subsec_millis()
+            )
+        };
+        // twice in one second: the second one from the cache
+        for ms in [ms, again] {
+            let t = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(u64::from(ms));
+            let mut out = Vec::new();
+            put_time(&mut out, t);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), old(t));
+        }
+    }
+
+    #[test]
+    fn trace_ids_are_32_hex_digits(v in proptest::prelude::any::<u128>()) {
+        let mut buf = [0u8; 32];
+        proptest::prop_assert_eq!(hex32(v, &mut buf), format!("{v:032x}"));
+    }
+}

@@ -424,3 +424,48 @@ async fn the_service_answers_with_the_exposition() {
     assert_eq!(body, m.encode_to_string().as_bytes());
     assert!(requests_line(std::str::from_utf8(&body).unwrap(), &[]).is_some());
 }
+
+#[test]
+fn tcp_connections_and_bytes_are_counted_per_peer_and_flags() {
+    let m = IstioMetrics::new(local());
+    let up = upstream(false);
+    let host: Arc<str> = "reviews.bookinfo.svc.cluster.local".into();
+    let peer = TcpPeer {
+        upstream: Some(&up),
+        service: Some(&host),
+        flags: ResponseFlags::empty(),
+    };
+    let a = m.tcp_open(&peer);
+    let b = m.tcp_open(&peer);
+    a.add(10, 20);
+    a.add(1, 0);
+    b.add(5, 5);
+    drop(a);
+    let overflow = m.tcp_open(&TcpPeer {
+        upstream: None,
+        service: Some(&host),
+        flags: ResponseFlags::UPSTREAM_OVERFLOW,
+    });
+    drop(overflow);
+    let text = m.encode_to_string();
+    let line = |name: &str, flags: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(name)
+                    && l.contains("request_protocol=\"tcp\"")
+                    && l.contains(&format!("response_flags=\"{flags}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} {flags} not in\n{text}"))
+    };
+    assert_eq!(line("istio_tcp_connections_opened_total{", "-"), 2);
+    assert_eq!(line("istio_tcp_connections_closed_total{", "-"), 1);
+    assert_eq!(line("istio_tcp_received_bytes_total{", "-"), 16);
+    assert_eq!(line("istio_tcp_sent_bytes_total{", "-"), 25);
+    assert_eq!(line("istio_tcp_connections_opened_total{", "UO"), 1);
+    assert_eq!(line("istio_tcp_connections_closed_total{", "UO"), 1);
+    assert!(text.contains("destination_service=\"reviews.bookinfo.svc.cluster.local\""));
+    assert!(text.contains("reporter=\"source\""));
+    drop(b);
+}

@@ -1,0 +1,763 @@
+//! The L4 data path end to end: `outboundPorts` listeners of a real proxy on real sockets,
+//! VirtualService `tcp` and `tls` routes (Istio's "TCP Traffic Shifting" task, SNI routing
+//! without terminating TLS), DestinationRule limits and outlier detection on connections,
+//! and Istio's `istio_tcp_*` metrics checked by `promtool`.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use support::{LIMIT, admin_get, bootstrap, bounded, eventually, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const ECHO: &str = "tcp-echo.default.svc.cluster.local";
+
+/// A TCP echo server (Istio's tcp-echo sample): every connection gets `<name> ` first, then
+/// its own bytes back as they come; when the client half-closes, the server writes `<name>
+/// bye` and closes.
+async fn echo_server(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if s.write_all(format!("{name} ").as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+                let _ = s.write_all(format!("{name} bye").as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP ServiceEntry for `tcp-echo` (port 9000, `TCP`) with one endpoint per
+/// `(version, address)`.
+fn tcp_echo_entry(endpoints: &[(&str, SocketAddr)]) -> String {
+    let mut eps = String::new();
+    for (v, a) in endpoints {
+        eps.push_str(&format!(
+            "  - address: {}\n    ports: {{tcp: {}}}\n    labels: {{app: tcp-echo, version: {v}}}\n",
+            a.ip(),
+            a.port()
+        ));
+    }
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: tcp-echo}}
+spec:
+  hosts: [{ECHO}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {{number: 9000, name: tcp, protocol: TCP}}
+  endpoints:
+{eps}"
+    )
+}
+
+fn captured(key: &str) -> String {
+    format!("  outboundPorts:\n    \"{key}\": 0\n")
+}
+
+/// One connection through the proxy: sends `data`, half-closes, reads to the end.
+async fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    bounded(async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let (mut r, mut w) = s.split();
+        let send = async {
+            // a peer that closed already is not this helper's business: the caller checks
+            // what came back
+            let _ = w.write_all(data).await;
+            let _ = w.shutdown().await;
+        };
+        let mut got = Vec::new();
+        let recv = r.read_to_end(&mut got);
+        let (_, read) = tokio::join!(send, recv);
+        if read.is_err() {
+            got.clear();
+        }
+        got
+    })
+    .await
+}
+
+fn port_addr(running: &support::Running, key: &str) -> SocketAddr {
+    running
+        .proxy
+        .outbound_port_addr(key)
+        .unwrap_or_else(|| panic!("no outboundPorts listener for {key}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_echo_is_byte_for_byte_both_ways_with_half_close() {
+    let v1 = echo_server("one").await;
+    let key = format!("{ECHO}:9000");
+    let yaml = format!(
+        "{}{}",
+        bootstrap(2, &captured(&key)),
+        tcp_echo_entry(&[("v1", v1)])
+    );
+    let running = start(&yaml).await;
+    let addr = port_addr(&running, &key);
+    // a megabyte of every byte value: nothing is altered or lost either way
+    let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let got = exchange(addr, &payload).await;
+    let mut want = b"one ".to_vec();
+    want.extend_from_slice(&payload);
+    want.extend_from_slice(b"one bye"); // written after the client's FIN: half-close works
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the bytes came back altered");
+    running.proxy.drain().await;
+}
+
+/// Istio's "TCP Traffic Shifting" task: `weight: 80` to v1 and `weight: 20` to v2, one
+/// destination per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_traffic_shifting_80_20_over_many_connections() {
+    let v1 = echo_server("one").await;
+    let v2 = echo_server("two").await;
+    let key = format!("{ECHO}:9000");
+    let yaml = format!(
+        "{}{}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: tcp-echo-destination}}
+spec:
+  host: tcp-echo
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp-echo}}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - match: [{{port: 9000}}]
+    route:
+    - destination: {{host: tcp-echo, port: {{number: 9000}}, subset: v1}}
+      weight: 80
+    - destination: {{host: tcp-echo, port: {{number: 9000}}, subset: v2}}
+      weight: 20
+",
+        bootstrap(2, &captured(&key)),
+        tcp_echo_entry(&[("v1", v1), ("v2", v2)])
+    );
+    let running = start(&yaml).await;
+    let addr = port_addr(&running, &key);
+    let n = 400;
+    let mut two = 0;
+    for _ in 0..n {
+        let got = exchange(addr, b"hello\n").await;
+        match &got[..4] {
+            b"one " => {}
+            b"two " => two += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    // binomial(400, 0.2): mean 80, sd 8; ±4 sd
+    assert!((48..=112).contains(&two), "v2 got {two} of {n} connections");
+    running.proxy.drain().await;
+}
+
+// === TLS: SNI routing without termination ===
+
+/// A TLS server for `name` with a self-signed certificate: answers `<name> ` and echoes,
+/// over TLS. Returns its address and certificate.
+async fn tls_server(
+    name: &'static str,
+) -> (SocketAddr, rustls::pki_types::CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let der = cert.der().clone();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![der.clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(s).await else {
+                    return;
+                };
+                let _ = s.write_all(format!("{name} ").as_bytes()).await;
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, der)
+}
+
+fn tls_entry(name: &str, host: &str, addr: SocketAddr) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{host}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports:
+  - {{number: 443, name: tls, protocol: TLS}}
+  endpoints:
+  - address: {}
+    ports: {{tls: {}}}
+",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// Connects through `addr` with SNI `sni`, trusting `roots` only; returns the server's
+/// certificate and its first answer.
+async fn tls_through(
+    addr: SocketAddr,
+    sni: &str,
+    roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<(rustls::pki_types::CertificateDer<'static>, Vec<u8>), std::io::Error> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    bounded(async {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+        let mut s = connector.connect(name, tcp).await?;
+        let cert = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+        s.write_all(b"ping").await?;
+        let mut got = vec![0u8; 64];
+        let mut n = 0;
+        while !got[..n].ends_with(b"ping") {
+            let m = s.read(&mut got[n..]).await?;
+            if m == 0 {
+                break;
+            }
+            n += m;
+        }
+        got.truncate(n);
+        Ok((cert, got))
+    })
+    .await
+}
+
+/// Istio's egress TLS routing by SNI: the proxy reads the ClientHello's SNI, routes on it,
+/// and forwards the handshake untouched: the client sees each backend's own certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_routed_by_sni_without_termination() {
+    let (a, a_cert) = tls_server("a.example.com").await;
+    let (b, b_cert) = tls_server("b.example.com").await;
+    let (c, c_cert) = tls_server("c.example.com").await;
+    let key = "a.example.com:443";
+    let yaml = format!(
+        "{}{}{}{}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: legacy}}
+spec:
+  hosts: [legacy.example.com]
+  tls:
+  - match: [{{port: 443, sniHosts: [legacy.example.com]}}]
+    route: [{{destination: {{host: c.example.com, port: {{number: 443}}}}}}]
+",
+        bootstrap(1, &captured(key)),
+        tls_entry("a", "a.example.com", a),
+        tls_entry("b", "b.example.com", b),
+        tls_entry("c", "c.example.com", c),
+    );
+    let running = start(&yaml).await;
+    let addr = port_addr(&running, key);
+    let all = [a_cert.clone(), b_cert.clone(), c_cert.clone()];
+    let (cert, got) = tls_through(addr, "b.example.com", &all).await.unwrap();
+    assert!(
+        cert == b_cert,
+        "the client saw another certificate than b's own"
+    );
+    assert_eq!(got, b"b.example.com ping");
+    let (cert, got) = tls_through(addr, "a.example.com", &all).await.unwrap();
+    assert!(cert == a_cert);
+    assert_eq!(got, b"a.example.com ping");
+    // the tls route: SNI legacy.example.com goes to c, whose certificate does not name it,
+    // so the client (verifying legacy.example.com) refuses it: the TLS is end to end
+    let refused = tls_through(addr, "legacy.example.com", &all).await;
+    assert!(
+        refused.is_err(),
+        "c's certificate cannot be valid for legacy.example.com"
+    );
+    let (cert, _) = bounded(async {
+        // the same route with verification of c's name
+        tls_through_any(addr, "legacy.example.com").await
+    })
+    .await;
+    assert!(cert == c_cert, "the tls route did not lead to c");
+    running.proxy.drain().await;
+}
+
+/// A TLS client with SNI `sni` that accepts any certificate; returns it.
+async fn tls_through_any(
+    addr: SocketAddr,
+    sni: &str,
+) -> (rustls::pki_types::CertificateDer<'static>, ()) {
+    #[derive(Debug)]
+    struct Any(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for Any {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Any(provider)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let s = connector.connect(name, tcp).await.unwrap();
+    (s.get_ref().1.peer_certificates().unwrap()[0].clone(), ())
+}
+
+// === limits, health, metrics ===
+
+fn stat(text: &str, name: &str, flags: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && l.contains(&format!("response_flags=\"{flags}\""))
+                && l.contains("request_protocol=\"tcp\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_the_idle_timeout_and_counted() {
+    let v1 = echo_server("one").await;
+    let key = format!("{ECHO}:9000");
+    let yaml = format!(
+        "{}{}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: tcp-echo}}
+spec:
+  host: tcp-echo
+  trafficPolicy:
+    connectionPool:
+      tcp: {{idleTimeout: 1s}}
+",
+        bootstrap(1, &captured(&key)),
+        tcp_echo_entry(&[("v1", v1)])
+    );
+    let running = start(&yaml).await;
+    let addr = port_addr(&running, &key);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"hi").await.unwrap();
+    let mut buf = [0u8; 6];
+    bounded(s.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"one hi");
+    // then silence both ways: the proxy closes (EOF), the client never did
+    let n = bounded(s.read(&mut buf)).await.unwrap();
+    assert_eq!(n, 0, "the idle connection was not closed");
+    let admin = running.admin;
+    eventually("the close is counted", || async move {
+        let (_, text) = admin_get(admin, "/stats/prometheus").await;
+        stat(&text, "istio_tcp_connections_closed_total{", "-") == 1
+            && stat(&text, "istio_tcp_received_bytes_total{", "-") == 2
+            && stat(&text, "istio_tcp_sent_bytes_total{", "-") == 6
+    })
+    .await;
+    running.proxy.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_connections_are_closed_with_uo() {
+    let v1 = echo_server("one").await;
+    let key = format!("{ECHO}:9000");
+    let yaml = format!(
+        "{}{}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: tcp-echo}}
+spec:
+  host: tcp-echo
+  trafficPolicy:
+    connectionPool:
+      tcp: {{maxConnections: 1}}
+",
+        bootstrap(1, &captured(&key)),
+        tcp_echo_entry(&[("v1", v1)])
+    );
+    let running = start(&yaml).await;
+    let addr = port_addr(&running, &key);
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 4];
+    bounded(first.read_exact(&mut buf)).await.unwrap(); // connected upstream: holds the one slot
+    assert_eq!(&buf, b"one ");
+    let got = exchange(addr, b"second").await;
+    assert!(got.is_empty(), "the second connection was proxied: {got:?}");
+    let (_, text) = admin_get(running.admin, "/stats/prometheus").await;
+    assert_eq!(stat(&text, "istio_tcp_connections_opened_total{", "UO"), 1);
+    // the slot is freed when the first closes
+    drop(first);
+    let admin = running.admin;
+    eventually("the first connection's close is counted", || async move {
+        let (_, text) = admin_get(admin, "/stats/prometheus").await;
+        stat(&text, "istio_tcp_connections_closed_total{", "-") == 1
+    })
+    .await;
+    let got = exchange(addr, b"third").await;
+    assert_eq!(got, b"one thirdone bye");
+    running.proxy.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_endpoint_closes_its_connections_and_is_ejected() {
+    let live = echo_server("one").await;
+    let dead: SocketAddr = format!("127.0.0.1:{}", support::dead_port().await)
+        .parse()
+        .unwrap();
+    let key = format!("{ECHO}:9000");
+    let yaml = format!(
+        "{}{}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: tcp-echo}}
+spec:
+  host: tcp-echo
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection:
+      consecutive5xxErrors: 2
+      interval: 1s
+      baseEjectionTime: 300s
+      maxEjectionPercent: 100
+",
+        bootstrap(1, &captured(&key)),
+        tcp_echo_entry(&[("v1", live), ("v2", dead)])
+    );
+    let running = start(&yaml).await;
+    let addr = port_addr(&running, &key);
+    // round robin: the dead endpoint gets every other connection until its second refusal
+    let mut failed = 0;
+    for _ in 0..4 {
+        if exchange(addr, b"x").await.is_empty() {
+            failed += 1;
+        }
+    }
+    assert_eq!(
+        failed, 2,
+        "every other connection went to the refused endpoint"
+    );
+    // ejected: every connection now reaches the live one
+    for _ in 0..20 {
+        assert_eq!(exchange(addr, b"x").await, b"one xone bye");
+    }
+    let (_, text) = admin_get(running.admin, "/stats/prometheus").await;
+    assert_eq!(stat(&text, "istio_tcp_connections_opened_total{", "UF"), 2);
+    running.proxy.drain().await;
+}
+
+/// Runs `promtool check metrics` on `text` (Debian's `prometheus` package; `PROMTOOL`
+/// overrides): it must parse and lint clean but for Istio's own millisecond metric name.
+fn promtool_check(text: &str) {
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {promtool} ({e}): install Debian's `prometheus`"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let problems: Vec<&str> = report
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.contains("istio_request_duration_milliseconds"))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "promtool check metrics: {problems:?}\n--- exposition ---\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_metrics_have_istios_labels_and_pass_promtool() {
+    let v1 = echo_server("one").await;
+    let key = format!("{ECHO}:9000");
+    let yaml = format!(
+        "{}{}",
+        bootstrap(2, &captured(&key)),
+        tcp_echo_entry(&[("v1", v1)])
+    );
+    let running = start(&yaml).await;
+    let addr = port_addr(&running, &key);
+    for _ in 0..3 {
+        assert_eq!(exchange(addr, b"abc").await, b"one abcone bye");
+    }
+    let admin = running.admin;
+    eventually("three closed connections", || async move {
+        let (_, text) = admin_get(admin, "/stats/prometheus").await;
+        stat(&text, "istio_tcp_connections_closed_total{", "-") == 3
+    })
+    .await;
+    let (status, text) = admin_get(admin, "/stats/prometheus").await;
+    assert_eq!(status, 200);
+    assert_eq!(stat(&text, "istio_tcp_connections_opened_total{", "-"), 3);
+    assert_eq!(stat(&text, "istio_tcp_received_bytes_total{", "-"), 9);
+    assert_eq!(stat(&text, "istio_tcp_sent_bytes_total{", "-"), 3 * 14);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+        .unwrap();
+    for label in [
+        "reporter=\"source\"",
+        "source_workload=\"productpage-v1\"",
+        "source_app=\"productpage\"",
+        "destination_service=\"tcp-echo.default.svc.cluster.local\"",
+        "destination_service_name=\"tcp-echo\"",
+        "destination_app=\"tcp-echo\"",
+        "destination_version=\"v1\"",
+        "request_protocol=\"tcp\"",
+        "response_flags=\"-\"",
+        "connection_security_policy=\"unknown\"",
+    ] {
+        assert!(line.contains(label), "{label} missing in {line}");
+    }
+    promtool_check(&text);
+    // bounded: the drain returns once the listeners have stopped
+    tokio::time::timeout(LIMIT, running.proxy.drain())
+        .await
+        .unwrap();
+}
+
+/// Under `outboundTrafficPolicy: ALLOW_ANY` a captured host:port outside the registry is
+/// passed through (Istio's `PassthroughCluster`; the host resolved by DNS, an IP as is),
+/// TLS included, untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_outside_the_registry_are_passed_through_under_allow_any() {
+    let (tls, tls_cert) = tls_server("localhost").await;
+    let plain = echo_server("plain").await;
+    let tls_key = format!("127.0.0.1:{}", tls.port());
+    let plain_key = format!("127.0.0.1:{}", plain.port());
+    let yaml = bootstrap(
+        1,
+        &format!("  outboundPorts:\n    \"{tls_key}\": 0\n    \"{plain_key}\": 0\n"),
+    );
+    let running = start(&yaml).await;
+    let (cert, got) = tls_through(
+        port_addr(&running, &tls_key),
+        "localhost",
+        std::slice::from_ref(&tls_cert),
+    )
+    .await
+    .unwrap();
+    assert!(cert == tls_cert);
+    assert_eq!(got, b"localhost ping");
+    assert_eq!(
+        exchange(port_addr(&running, &plain_key), b"x").await,
+        b"plain xplain bye"
+    );
+    running.proxy.drain().await;
+    // REGISTRY_ONLY: closed, flag NR
+    let yaml = bootstrap(
+        1,
+        &format!(
+            "  mesh: {{outboundTrafficPolicy: REGISTRY_ONLY}}\n  outboundPorts:\n    \"{plain_key}\": 0\n"
+        ),
+    );
+    let running = start(&yaml).await;
+    assert!(
+        exchange(port_addr(&running, &plain_key), b"x")
+            .await
+            .is_empty()
+    );
+    let (_, text) = admin_get(running.admin, "/stats/prometheus").await;
+    assert_eq!(stat(&text, "istio_tcp_connections_opened_total{", "NR"), 1);
+    running.proxy.drain().await;
+}
+
+/// A reload swaps the routes of the running L4 listeners: new connections follow the new
+/// VirtualService, an open one keeps its upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swaps_tcp_routes_and_keeps_open_connections() {
+    let v1 = echo_server("one").await;
+    let v2 = echo_server("two").await;
+    let key = format!("{ECHO}:9000");
+    let config = |subset: &str| {
+        format!(
+            "{}{}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: tcp-echo}}
+spec:
+  host: tcp-echo
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp-echo}}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - route: [{{destination: {{host: tcp-echo, subset: {subset}}}}}]
+",
+            bootstrap(1, &captured(&key)),
+            tcp_echo_entry(&[("v1", v1), ("v2", v2)])
+        )
+    };
+    let running = start(&config("v1")).await;
+    let addr = port_addr(&running, &key);
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 4];
+    bounded(open.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"one ");
+    let compiled = mesh_core::config::load_str("e2e.yaml", &config("v2")).unwrap();
+    running.proxy.state().apply(compiled).unwrap();
+    assert_eq!(exchange(addr, b"x").await, b"two xtwo bye");
+    // the connection opened before the reload still talks to v1
+    open.write_all(b"still").await.unwrap();
+    open.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    bounded(open.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!(rest, b"stillone bye");
+    running.proxy.drain().await;
+}
+
+/// On drain an L4 listener stops accepting and closes the tunnels still open after
+/// `drainTimeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_open_tunnels_after_the_drain_timeout() {
+    let v1 = echo_server("one").await;
+    let key = format!("{ECHO}:9000");
+    let yaml = format!(
+        "{}{}",
+        bootstrap(
+            1,
+            &format!("{}  limits: {{drainTimeout: 1s}}\n", captured(&key))
+        ),
+        tcp_echo_entry(&[("v1", v1)])
+    );
+    let running = start(&yaml).await;
+    let addr = port_addr(&running, &key);
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 4];
+    bounded(open.read_exact(&mut buf)).await.unwrap();
+    let drained = tokio::spawn(running.proxy.drain());
+    // the tunnel is closed by the drain (EOF), though neither side closed it
+    let n = bounded(open.read(&mut buf)).await.unwrap();
+    assert_eq!(n, 0);
+    bounded(drained).await.unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "still accepting after the drain"
+    );
+}

@@ -1,0 +1,391 @@
+//! The L4 listeners: one per `ProxyBootstrap.outboundPorts` entry, each serving the
+//! VirtualService `tcp`/`tls` routes of the service port it captures
+//! (`"db.default.svc.cluster.local:5432": 15432`: what arrives on local port 15432 is for
+//! that service port, as if iptables had redirected it).
+//!
+//! ```text
+//! accept ─► (TLS port: read the ClientHello, keep its bytes) ─► L4RouteTable (tcp/tls
+//!        routes, SNI) ─► Lb::pick (subsets, DestinationRule, locality, health) ─►
+//!        maxConnections (else close, UO) ─► connect (connectTimeout, tcpKeepalive; failure:
+//!        close, UF, outlier detection) ─► TLS origination when the DestinationRule or auto
+//!        mTLS asks ─► splice (the ClientHello first, untouched; idleTimeout) ─► close
+//! ```
+//!
+//! Every connection is counted in Istio's `istio_tcp_*` metrics (`reporter="source"`) with
+//! its response flags: `NR` (no route, unknown service or port), `UH` (no healthy
+//! endpoint), `UO` (`maxConnections` overflow), `UF` (connect failure or timeout, a
+//! handshake that failed). Its bytes are added every 15 s and when it closes.
+//!
+//! # Which protocol a captured port speaks
+//!
+//! The service port's protocol decides: `TLS` and `HTTPS` ports are routed by SNI (`tls`
+//! routes, then the TLS services of the port by hostname, then `tcp` routes, then the
+//! service); every other port, `TCP`, `MONGO`, `MYSQL`, `REDIS`… and the HTTP family
+//! included, is proxied as opaque TCP with the `tcp` routes. An HTTP port captured here is
+//! therefore not routed by its `http` routes: HTTP traffic belongs on the outbound listener,
+//! which routes it by `Host` (Istio's sidecar does the same for a port it cannot sniff).
+//!
+//! # Reload
+//!
+//! A reload rebuilds every listener's table and swaps it in (connections already open keep
+//! their upstream); the balancer's snapshot is the outbound listener's, swapped with it.
+//! Adding, removing or moving an `outboundPorts` entry takes effect at the next restart, as
+//! for every listener.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_core::ResponseFlags;
+use mesh_core::compile::{Snapshot, resolve_host};
+use mesh_core::ext::SelectedUpstream;
+use mesh_core::rng::Rng;
+use mesh_lb::{Lb, LbLayer};
+use mesh_resilience::outlier::{ConnectOutcome, record_connect};
+use mesh_routing::l4::{L4Connection, L4RouteTable, L4RouteTableHandle};
+use mesh_telemetry::metrics::{IstioMetrics, TcpPeer};
+use mesh_transport::OwnAddrs;
+use mesh_transport::l4::{
+    self as engine_l4, Accepted, ClientHello, ConnectError, ConnectionHandler, L4WorkerContext,
+    SpliceConfig,
+};
+use mesh_transport::tls::UpstreamTls;
+use tower_layer::Layer as _;
+
+/// Istio's default idle timeout of its TCP proxy (`tcp.idleTimeout` unset): one hour.
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// An `outboundPorts` entry, parsed: the service host (short names resolved in the
+/// workload's namespace) and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedPort {
+    /// The key as written (`db.default.svc.cluster.local:5432`).
+    pub key: String,
+    /// The service's host.
+    pub host: String,
+    /// The service port.
+    pub port: u16,
+    /// The local port it listens on.
+    pub local_port: u16,
+}
+
+/// What every worker of one L4 listener shares.
+#[derive(Clone)]
+pub struct L4Shared {
+    /// The listener's route table, swapped on reload.
+    pub routes: L4RouteTableHandle,
+    /// The balancer (shared with the outbound listener: one snapshot, one health table).
+    pub lb: LbLayer,
+    /// Istio's metrics.
+    pub metrics: Arc<IstioMetrics>,
+    /// Decides TLS origination per endpoint (DestinationRule `tls`, auto mTLS).
+    pub tls: Option<Arc<dyn UpstreamTls>>,
+    /// How long a TLS listener waits for a complete ClientHello (`limits.tlsHandshakeTimeout`).
+    pub hello_timeout: Duration,
+}
+
+/// The connection handler of one worker of an L4 listener.
+#[derive(Clone)]
+pub struct L4Handler(Rc<Worker>);
+
+struct Worker {
+    shared: L4Shared,
+    lb: RefCell<Lb<()>>,
+    rng: RefCell<Rng>,
+    own: OwnAddrs,
+    connect_timeout: Duration,
+}
+
+// === impl CapturedPort ===
+
+/// The `outboundPorts` entries of the bootstrap, parsed (the keys validation refused are
+/// left out).
+pub fn captured_ports(snapshot: &Snapshot) -> Vec<CapturedPort> {
+    let b = &snapshot.bootstrap;
+    b.outbound_ports
+        .iter()
+        .filter_map(|(key, local)| {
+            let (host, port) = mesh_core::authority::split_host_port(key).ok()?;
+            let port: u16 = port?.parse().ok()?;
+            let host = mesh_core::authority::unbracket(host).to_ascii_lowercase();
+            Some(CapturedPort {
+                key: key.clone(),
+                host: resolve_host(&host, &b.workload.namespace, &b.mesh.cluster_domain),
+                port,
+                local_port: *local,
+            })
+        })
+        .collect()
+}
+
+/// The route tables of every `outboundPorts` listener, in [`captured_ports`] order.
+pub fn build_tables(snapshot: &Snapshot) -> Result<Vec<L4RouteTable>, mesh_routing::BuildError> {
+    captured_ports(snapshot)
+        .iter()
+        .map(|c| L4RouteTable::sidecar(snapshot, &c.host, c.port))
+        .collect()
+}
+
+// === impl L4Handler ===
+
+impl L4Handler {
+    /// The handler of one worker.
+    pub fn new(shared: &L4Shared, ctx: &L4WorkerContext) -> Self {
+        L4Handler(Rc::new(Worker {
+            lb: RefCell::new(shared.lb.layer(())),
+            rng: RefCell::new(Rng::new(None)),
+            own: ctx.own_addrs().clone(),
+            connect_timeout: ctx.limits().connect_timeout,
+            shared: shared.clone(),
+        }))
+    }
+}
+
+impl ConnectionHandler for L4Handler {
+    type Future = Pin<Box<dyn Future<Output = ()>>>;
+
+    fn serve(&self, conn: Accepted) -> Self::Future {
+        Box::pin(serve(self.0.clone(), conn))
+    }
+}
+
+/// Serves one connection to its end.
+async fn serve(w: Rc<Worker>, mut conn: Accepted) {
+    let table = w.shared.routes.load_full();
+    let mut hello = Vec::new();
+    let mut sni = None;
+    if table.reads_sni() {
+        match engine_l4::read_client_hello(&mut conn.stream, &mut hello, w.shared.hello_timeout)
+            .await
+        {
+            Ok(true) => {}
+            _ => return, // closed (or silent) before a byte: nothing to route
+        }
+        if let ClientHello::Sni(name) = engine_l4::client_hello_sni(&hello) {
+            sni = Some(name.to_ascii_lowercase());
+        }
+    }
+    let c = L4Connection::new(conn.peer, conn.local).with_sni(sni.as_deref());
+    let dest = table.route(&c, &mut w.rng.borrow_mut()).cloned();
+    let Some(dest) = dest else {
+        w.refuse(None, None, ResponseFlags::NO_ROUTE);
+        return;
+    };
+    let picked = w.lb.borrow_mut().pick(&dest, None);
+    let picked = match picked {
+        Ok(p) => p,
+        Err(ResponseFlags::NO_ROUTE) if let Some(target) = w.passthrough(&dest, sni.as_deref()) => {
+            passthrough(&w, conn, &hello, &dest, target).await;
+            return;
+        }
+        Err(flags) => {
+            tracing::debug!(host = %dest.host, port = ?dest.port, %flags, "tcp: no endpoint");
+            w.refuse(None, Some(&dest.host), flags);
+            return;
+        }
+    };
+    let up = picked.upstream.clone();
+    let cluster = up.cluster();
+    let _permit = match &cluster.limits {
+        Some(limits) => match limits.try_connection() {
+            Some(p) => Some(p),
+            None => {
+                w.refuse(
+                    Some(&up),
+                    Some(&dest.host),
+                    ResponseFlags::UPSTREAM_OVERFLOW,
+                );
+                return;
+            }
+        },
+        None => None,
+    };
+    let timeout = cluster.pool.connect_timeout.unwrap_or(w.connect_timeout);
+    let addr = picked.endpoint.addr;
+    let stream = match engine_l4::connect(addr, timeout, cluster.pool.tcp_keepalive, &w.own).await {
+        Ok(s) => {
+            record_connect(cluster, ConnectOutcome::Connected);
+            s
+        }
+        Err(e) => {
+            match &e {
+                ConnectError::Timeout(_) => record_connect(cluster, ConnectOutcome::TimedOut),
+                ConnectError::Loop(_) => {} // the configuration's fault, not the endpoint's
+                _ => record_connect(cluster, ConnectOutcome::Failed),
+            }
+            tracing::debug!(error = %e, "tcp: upstream connect failed");
+            w.refuse(
+                Some(&up),
+                Some(&dest.host),
+                ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+            );
+            return;
+        }
+    };
+    let config = SpliceConfig::new(
+        cluster
+            .pool
+            .tcp_idle_timeout
+            .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
+    );
+    let origination = w.shared.tls.as_ref().and_then(|t| {
+        let mut ext = http::Extensions::new();
+        ext.insert(up.clone());
+        t.client_tls(&ext, sni.as_deref().or(Some(&*dest.host)), &picked.endpoint)
+    });
+    let stats = w.shared.metrics.tcp_open(&TcpPeer {
+        upstream: Some(&up),
+        service: Some(&dest.host),
+        flags: ResponseFlags::empty(),
+    });
+    let report = |rx, tx| stats.add(rx, tx);
+    let done = match origination {
+        None => engine_l4::splice(conn.stream, stream, &hello, &config, report).await,
+        Some(tls) => {
+            let connector = tokio_rustls::TlsConnector::from(tls.config);
+            let handshake = connector.connect(tls.server_name, stream);
+            match tokio::time::timeout(w.shared.hello_timeout, handshake).await {
+                Ok(Ok(s)) => engine_l4::splice(conn.stream, s, &hello, &config, report).await,
+                _ => {
+                    tracing::debug!(%addr, "tcp: TLS origination failed");
+                    drop(stats);
+                    w.refuse(
+                        Some(&up),
+                        Some(&dest.host),
+                        ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                    );
+                    return;
+                }
+            }
+        }
+    };
+    tracing::trace!(received = done.received, sent = done.sent, end = ?done.end, "tcp: closed");
+}
+
+/// Forwards to `target` (`host:port`, resolved by DNS): a `resolution: NONE` service, or
+/// a host outside the registry under `ALLOW_ANY` (Istio's `PassthroughCluster`).
+async fn passthrough(
+    w: &Worker,
+    conn: Accepted,
+    hello: &[u8],
+    dest: &mesh_core::ext::RouteDestination,
+    target: (String, u16),
+) {
+    let timeout = w.connect_timeout;
+    let resolved = tokio::time::timeout(timeout, tokio::net::lookup_host(target.clone())).await;
+    let mut stream = None;
+    if let Ok(Ok(addrs)) = resolved {
+        // each address in turn (`localhost` may resolve to ::1 first)
+        for addr in addrs {
+            if let Ok(s) = engine_l4::connect(addr, timeout, None, &w.own).await {
+                stream = Some(s);
+                break;
+            }
+        }
+    }
+    let Some(stream) = stream else {
+        tracing::debug!(host = %target.0, port = target.1, "tcp: passthrough connect failed");
+        w.refuse(
+            None,
+            Some(&dest.host),
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+        );
+        return;
+    };
+    let stats = w.shared.metrics.tcp_open(&TcpPeer {
+        upstream: None,
+        service: Some(&dest.host),
+        flags: ResponseFlags::empty(),
+    });
+    let config = SpliceConfig::new(DEFAULT_TCP_IDLE_TIMEOUT);
+    engine_l4::splice(conn.stream, stream, hello, &config, |rx, tx| {
+        stats.add(rx, tx)
+    })
+    .await;
+}
+
+// === impl Worker ===
+
+impl Worker {
+    /// Where a destination the balancer has no endpoints for goes: a `resolution: NONE`
+    /// service to the connection's SNI (a wildcard host) or its own host, a host outside
+    /// the registry to itself under `outboundTrafficPolicy: ALLOW_ANY`; `None`: nowhere
+    /// (closed, `NR`).
+    fn passthrough(
+        &self,
+        dest: &mesh_core::ext::RouteDestination,
+        sni: Option<&str>,
+    ) -> Option<(String, u16)> {
+        use mesh_core::model::networking::OutboundTrafficMode;
+        use mesh_core::model::networking::Resolution;
+        let snap = self.shared.lb.snapshot();
+        let port = dest.port?;
+        let ns = &snap.bootstrap.workload.namespace;
+        let host = match snap.service(&dest.host, ns) {
+            Some(s) if s.resolution == Resolution::None => {
+                if dest.host.starts_with('*') {
+                    // the SNI names the host of a wildcard service (Istio: its filter chain
+                    // matched that name)
+                    let sni = sni?;
+                    let suffix = &dest.host[1..];
+                    (sni.len() > suffix.len() && sni.ends_with(suffix)).then(|| sni.to_owned())?
+                } else {
+                    dest.host.to_string()
+                }
+            }
+            None if snap.bootstrap.mesh.outbound_traffic_policy
+                == OutboundTrafficMode::AllowAny
+                && !dest.host.starts_with('*') =>
+            {
+                dest.host.to_string()
+            }
+            _ => return None,
+        };
+        Some((host, port))
+    }
+
+    /// Counts a connection closed without an upstream (opened and closed at once, with its
+    /// flags), as Envoy's TCP proxy does.
+    fn refuse(
+        &self,
+        upstream: Option<&SelectedUpstream>,
+        service: Option<&Arc<str>>,
+        flags: ResponseFlags,
+    ) {
+        drop(self.shared.metrics.tcp_open(&TcpPeer {
+            upstream,
+            service,
+            flags,
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captured_ports_resolve_short_names_in_the_workload_namespace() {
+        let mut snap = mesh_core::compile::compile(Vec::new());
+        snap.bootstrap.workload.namespace = "shop".into();
+        snap.bootstrap
+            .outbound_ports
+            .insert("db:5432".into(), 15432);
+        snap.bootstrap
+            .outbound_ports
+            .insert("cache.example.com:6379".into(), 16379);
+        let c = captured_ports(&snap);
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (c[0].host.as_str(), c[0].port, c[0].local_port),
+            ("cache.example.com", 6379, 16379)
+        );
+        assert_eq!(
+            (c[1].host.as_str(), c[1].port, c[1].local_port),
+            ("db.shop.svc.cluster.local", 5432, 15432)
+        );
+    }
+}

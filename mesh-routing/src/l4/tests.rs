@@ -1,0 +1,193 @@
+use mesh_core::compile::compile;
+use mesh_core::load::Loader;
+
+use super::*;
+
+const SERVICES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v1}}
+  - {address: 10.0.0.2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tls-a}
+spec:
+  hosts: [a.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  endpoints: [{address: 10.0.1.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tls-b}
+spec:
+  hosts: [b.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  endpoints: [{address: 10.0.1.2}]
+"#;
+
+fn snapshot(extra: &str) -> Snapshot {
+    let mut l = Loader::new();
+    l.add_str("t.yaml", &format!("{SERVICES}---\n{extra}"));
+    compile(l.finish().resources)
+}
+
+fn conn() -> L4Connection<'static> {
+    L4Connection::new(
+        "10.9.0.1:40000".parse().unwrap(),
+        "127.0.0.1:15432".parse().unwrap(),
+    )
+}
+
+const ECHO: &str = "tcp-echo.default.svc.cluster.local";
+
+#[test]
+fn without_a_virtual_service_the_service_itself() {
+    let t = L4RouteTable::sidecar(&snapshot(""), ECHO, 9000).unwrap();
+    let d = t.route(&conn(), &mut Rng::new(Some(1))).unwrap();
+    assert_eq!(
+        (&*d.host, d.subset.as_deref(), d.port),
+        (ECHO, None, Some(9000))
+    );
+}
+
+/// Istio's TCP traffic shifting task: 80/20 between v1 and v2, per connection.
+#[test]
+fn tcp_traffic_shifting_weights_hold_over_many_connections() {
+    let snap = snapshot(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - match: [{port: 9000}]
+    route:
+    - {destination: {host: tcp-echo, port: {number: 9000}, subset: v1}, weight: 80}
+    - {destination: {host: tcp-echo, port: {number: 9000}, subset: v2}, weight: 20}
+"#,
+    );
+    let t = L4RouteTable::sidecar(&snap, ECHO, 9000).unwrap();
+    let mut rng = Rng::new(Some(42));
+    let n = 10_000;
+    let v2 = (0..n)
+        .filter(|_| t.route(&conn(), &mut rng).unwrap().subset.as_deref() == Some("v2"))
+        .count();
+    // binomial(10000, 0.2): sd 40; ±5 sd
+    assert!((1800..=2200).contains(&v2), "v2 got {v2} of {n}");
+}
+
+#[test]
+fn matches_on_port_subnets_and_the_source_workload() {
+    let snap = snapshot(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - match: [{port: 9999}]
+    route: [{destination: {host: tcp-echo, subset: wrong-port}}]
+  - match: [{sourceLabels: {app: other}}]
+    route: [{destination: {host: tcp-echo, subset: wrong-labels}}]
+  - match: [{sourceNamespace: elsewhere}]
+    route: [{destination: {host: tcp-echo, subset: wrong-ns}}]
+  - match: [{sourceSubnet: 10.8.0.0/16}]
+    route: [{destination: {host: tcp-echo, subset: wrong-source}}]
+  - match: [{destinationSubnets: [127.0.0.0/8], sourceSubnet: 10.9.0.0/16}]
+    route: [{destination: {host: tcp-echo, subset: v2}}]
+"#,
+    );
+    let t = L4RouteTable::sidecar(&snap, ECHO, 9000).unwrap();
+    let d = t.route(&conn(), &mut Rng::new(Some(1))).unwrap();
+    assert_eq!(d.subset.as_deref(), Some("v2"));
+    // another destination address: no route matches, the service's default
+    let other = L4Connection::new(conn().peer, "10.0.0.9:15432".parse().unwrap());
+    let d = t.route(&other, &mut Rng::new(Some(1))).unwrap();
+    assert_eq!(d.subset, None);
+}
+
+#[test]
+fn tls_routes_match_the_sni_most_specific_first() {
+    let snap = snapshot(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: sni}
+spec:
+  hosts: ["*.example.com"]
+  tls:
+  - match: [{sniHosts: ["*.example.com"]}]
+    route: [{destination: {host: b.example.com}}]
+  - match: [{sniHosts: [a.example.com]}]
+    route: [{destination: {host: a.example.com}}]
+"#,
+    );
+    let t = L4RouteTable::sidecar(&snap, "a.example.com", 443).unwrap();
+    let route = |sni| {
+        t.route(&conn().with_sni(sni), &mut Rng::new(Some(1)))
+            .map(|d| d.host.to_string())
+    };
+    // exact beats the wildcard listed first (Envoy's filter chain match)
+    assert_eq!(
+        route(Some("a.example.com")).as_deref(),
+        Some("a.example.com")
+    );
+    assert_eq!(
+        route(Some("x.y.example.com")).as_deref(),
+        Some("b.example.com")
+    );
+    // no SNI, or one nothing names: the listener's service
+    assert_eq!(route(None).as_deref(), Some("a.example.com"));
+    assert_eq!(route(Some("example.org")).as_deref(), Some("a.example.com"));
+}
+
+#[test]
+fn without_tls_routes_the_sni_picks_the_tls_service_of_the_port() {
+    let t = L4RouteTable::sidecar(&snapshot(""), "a.example.com", 443).unwrap();
+    let d = t
+        .route(
+            &conn().with_sni(Some("B.example.com")),
+            &mut Rng::new(Some(1)),
+        )
+        .unwrap();
+    assert_eq!(&*d.host, "b.example.com");
+}
+
+#[test]
+fn a_gateway_table_closes_what_no_route_takes() {
+    let snap = snapshot(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: gw}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  tcp:
+  - match: [{port: 31400}]
+    route: [{destination: {host: tcp-echo, port: {number: 9000}}}]
+"#,
+    );
+    let t = L4RouteTable::gateway(&snap, ["default/edge"], 31400, false).unwrap();
+    let d = t.route(&conn(), &mut Rng::new(Some(1))).unwrap();
+    assert_eq!((&*d.host, d.port), (ECHO, Some(9000)));
+    let other = L4RouteTable::gateway(&snap, ["default/edge"], 31401, false).unwrap();
+    assert!(other.route(&conn(), &mut Rng::new(Some(1))).is_none());
+    // the sidecar does not serve a VirtualService bound to a gateway only
+    let side = L4RouteTable::sidecar(&snap, ECHO, 9000).unwrap();
+    assert_eq!(side.rule_count(), 0);
+}
