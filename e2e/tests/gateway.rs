@@ -100,29 +100,6 @@ impl Leaf {
 
 // === configuration ===
 
-/// The bootstrap of an ingress gateway workload (`istio: ingressgateway`), its gateway
-/// listeners on 127.0.0.1, `ports` mapped to port 0.
-fn gateway_bootstrap(ports: &[u16], extra: &str) -> String {
-    let map: Vec<String> = ports.iter().map(|p| format!("\"{p}\": 0")).collect();
-    format!(
-        "apiVersion: mesh.proxy/v1alpha1
-kind: ProxyBootstrap
-metadata: {{name: ingress}}
-spec:
-  concurrency: 1
-  workload:
-    name: istio-ingressgateway
-    namespace: istio-system
-    labels: {{istio: ingressgateway, app: istio-ingressgateway}}
-  outbound: {{address: 127.0.0.1, port: 0}}
-  admin: {{address: 127.0.0.1, port: 0}}
-  gatewayAddress: 127.0.0.1
-  gatewayPorts: {{{}}}
-{extra}",
-        map.join(", ")
-    )
-}
-
 /// The httpbin stand-in: `httpbin.default.svc.cluster.local:8000`.
 fn httpbin(b: &Backend) -> String {
     format!(

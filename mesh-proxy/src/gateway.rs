@@ -21,8 +21,14 @@
 //!   `subjectAltNames`, protocol versions, cipher suites), or with what `credentialName`
 //!   names under `ProxyBootstrap.credentialsDir` ([`credential_files`]); `ISTIO_MUTUAL`
 //!   serves the workload's own certificate and requires a mesh client certificate;
-//! - `TCP`, `TLS`, `MONGO`… servers and `PASSTHROUGH`/`AUTO_PASSTHROUGH` ones need the L4
-//!   data path: they are listed in [`Plan::l4`] with a warning and get no listener yet.
+//! - `TCP`, `MONGO`, `MYSQL` and `REDIS` servers, and `TLS`/`HTTPS` servers in `tls.mode`
+//!   `PASSTHROUGH`, are L4 listeners ([`Plan::l4`]), served exactly as the sidecar's
+//!   `outboundPorts` listeners ([`crate::l4`]: the transport's L4 mode, one
+//!   [`mesh_routing::l4::L4RouteTable::gateway`] per port): the VirtualServices bound to the
+//!   port's gateways route connections with their `tcp` routes, and on a passthrough port
+//!   with their `tls` routes by the ClientHello's SNI (`sniHosts`) without terminating TLS;
+//!   a connection no route takes is closed (`NR`). `AUTO_PASSTHROUGH` servers and `TLS`
+//!   servers that terminate TLS get a warning and no listener.
 //!
 //! Behind each listener runs the sidecar's outbound stack ([`crate::stack`]: routing, fault,
 //! timeout, retry, mirror, balancer, breaker, outlier; telemetry reported as `source`, as
@@ -56,7 +62,8 @@ use mesh_core::model::Kind;
 use mesh_core::model::networking::{Gateway, Server, ServerTlsMode, ServerTlsSettings};
 use mesh_core::selector::labels_match;
 use mesh_core::validate::common::Protocol;
-use mesh_routing::{RouterContext, ServerHosts};
+use mesh_routing::l4::L4RouteTable;
+use mesh_routing::{BuildError, RouterContext, ServerHosts};
 use mesh_tls::termination::{PortTermination, ServerFiles, ServerTermination};
 use mesh_transport::tls::{Accepts, DownstreamTls, PeerTls, PeerTlsInfo};
 use tower_layer::Layer;
@@ -67,9 +74,25 @@ use tower_service::Service;
 pub struct Plan {
     /// One per server port, by port number.
     pub ports: Vec<PortPlan>,
-    /// Servers that need the L4 data path (not served yet): (gateway `<ns>/<name>`, server
-    /// index, server port).
-    pub l4: Vec<(String, usize, u32)>,
+    /// The L4 listeners (`TCP`-family servers, `PASSTHROUGH` ones), by port number.
+    pub l4: Vec<L4PortPlan>,
+}
+
+/// One L4 gateway listener: `TCP` (and `MONGO`, `MYSQL`, `REDIS`) servers, routed by the
+/// bound VirtualServices' `tcp` routes, or `TLS`/`HTTPS` servers in `PASSTHROUGH` mode,
+/// routed by SNI with their `tls` routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L4PortPlan {
+    /// The servers' port number.
+    pub number: u16,
+    /// The address to listen on (`bind`, else `gatewayAddress`).
+    pub address: IpAddr,
+    /// The local port (`gatewayPorts`, else `number`; 0: any free port).
+    pub local_port: u16,
+    /// The gateways with a server on the port, `<ns>/<name>`.
+    pub gateways: Vec<String>,
+    /// Routed by the ClientHello's SNI (`PASSTHROUGH`), else opaque TCP.
+    pub sni: bool,
 }
 
 /// One gateway listener.
@@ -100,27 +123,51 @@ pub enum PortTlsPlan {
     Files(Vec<(ServerTlsSettings, ServerFiles, Vec<String>)>),
     /// `ISTIO_MUTUAL`: the workload's certificate, mesh client certificates required.
     IstioMutual,
+    /// Not HTTP: an L4 listener ([`L4PortPlan`]), routed by SNI or as opaque TCP. Only
+    /// while planning: such a port is in [`Plan::l4`], never in [`Plan::ports`].
+    L4 {
+        /// Routed by SNI.
+        sni: bool,
+    },
 }
 
-/// What identifies a listener: a reload that changes one needs a restart.
-pub type ListenerKey = (u16, IpAddr, u16, bool);
+const L4_SNI: PortTlsPlan = PortTlsPlan::L4 { sni: true };
+const L4_TCP: PortTlsPlan = PortTlsPlan::L4 { sni: false };
+
+/// What identifies a listener: a reload that changes one needs a restart (port, address,
+/// local port, what it serves: `http`, `https`, `tcp` or `sni`).
+pub type ListenerKey = (u16, IpAddr, u16, &'static str);
 
 // === impl Plan ===
 
 impl Plan {
-    /// The listeners' identities (port, address, local port, TLS or not).
+    /// The listeners' identities (port, address, local port, what it serves).
     pub fn listener_keys(&self) -> Vec<ListenerKey> {
-        self.ports
-            .iter()
-            .map(|p| {
-                (
-                    p.number,
-                    p.address,
-                    p.local_port,
-                    !matches!(p.tls, PortTlsPlan::Plaintext),
-                )
-            })
-            .collect()
+        let http = self.ports.iter().map(|p| {
+            let kind = match p.tls {
+                PortTlsPlan::Plaintext => "http",
+                _ => "https",
+            };
+            (p.number, p.address, p.local_port, kind)
+        });
+        let l4 = self.l4.iter().map(|p| {
+            let kind = if p.sni { "sni" } else { "tcp" };
+            (p.number, p.address, p.local_port, kind)
+        });
+        http.chain(l4).collect()
+    }
+}
+
+impl L4PortPlan {
+    /// This port's route table: the `tcp` (or, routed by SNI, `tls`) routes of the
+    /// VirtualServices bound to its gateways.
+    pub fn table(&self, snapshot: &Snapshot) -> Result<L4RouteTable, BuildError> {
+        L4RouteTable::gateway(
+            snapshot,
+            self.gateways.iter().cloned(),
+            self.number,
+            self.sni,
+        )
     }
 }
 
@@ -239,25 +286,33 @@ pub fn plan(snapshot: &Snapshot, has_identity: bool) -> (Plan, Vec<Issue>) {
                         }
                         PortTlsPlan::IstioMutual
                     }
-                    _ => {
-                        if mode.is_none() {
-                            // the support table warns about a written PASSTHROUGH; the default
-                            // is said here
-                            issue(
-                                Severity::Warning,
-                                format!("{at}.tls"),
-                                format!(
-                                    "server {i} (port {number}, HTTPS without tls.mode: PASSTHROUGH) needs the L4 data path: not yet (gateways and L4); it gets no listener"
-                                ),
-                            );
-                        }
-                        plan.l4.push((qualified.clone(), i, port.number));
+                    // PASSTHROUGH (the default): routed by SNI below; AUTO_PASSTHROUGH:
+                    // the support table warns
+                    Some(ServerTlsMode::AutoPassthrough) => continue,
+                    _ => L4_SNI,
+                }
+            } else if proto == Protocol::Tls {
+                match mode {
+                    None | Some(ServerTlsMode::Passthrough) => L4_SNI,
+                    Some(ServerTlsMode::AutoPassthrough) => continue,
+                    Some(_) => {
+                        issue(
+                            Severity::Warning,
+                            format!("{at}.tls.mode"),
+                            format!(
+                                "server {i} (port {number}, TLS terminated, then TCP routes) is not served by this version (gateways and L4): it gets no listener; PASSTHROUGH is"
+                            ),
+                        );
                         continue;
                     }
                 }
+            } else if matches!(
+                proto,
+                Protocol::Tcp | Protocol::Mongo | Protocol::MySql | Protocol::Redis
+            ) {
+                L4_TCP
             } else {
-                plan.l4.push((qualified.clone(), i, port.number));
-                continue;
+                continue; // UDP and unknown protocols: the support table warns
             };
             let address = match set(&server.bind) {
                 None => default_addr,
@@ -287,6 +342,46 @@ pub fn plan(snapshot: &Snapshot, has_identity: bool) -> (Plan, Vec<Issue>) {
             } else {
                 Vec::new()
             };
+            if let PortTlsPlan::L4 { sni } = port_tls {
+                if plan.ports.iter().any(|p| p.number == number) {
+                    issue(
+                        Severity::Error,
+                        format!("{at}.port.number"),
+                        "a port serves HTTP or TCP/TLS passthrough, not both: this server conflicts with an HTTP server on the same port".into(),
+                    );
+                    continue;
+                }
+                match plan.l4.iter_mut().find(|p| p.number == number) {
+                    None => plan.l4.push(L4PortPlan {
+                        number,
+                        address,
+                        local_port,
+                        gateways: vec![qualified.clone()],
+                        sni,
+                    }),
+                    Some(p) if p.sni != sni || p.address != address => {
+                        issue(
+                            Severity::Error,
+                            format!("{at}.port.number"),
+                            "servers on one port are all TCP or all TLS passthrough, on one address: this server conflicts with an earlier one on the same port".into(),
+                        );
+                    }
+                    Some(p) => {
+                        if !p.gateways.contains(&qualified) {
+                            p.gateways.push(qualified.clone());
+                        }
+                    }
+                }
+                continue;
+            }
+            if plan.l4.iter().any(|p| p.number == number) {
+                issue(
+                    Severity::Error,
+                    format!("{at}.port.number"),
+                    "a port serves HTTP or TCP/TLS passthrough, not both: this server conflicts with a TCP or passthrough server on the same port".into(),
+                );
+                continue;
+            }
             let hosts = ServerHosts {
                 gateway: qualified.clone(),
                 hosts: server.hosts.clone(),
@@ -338,6 +433,7 @@ pub fn plan(snapshot: &Snapshot, has_identity: bool) -> (Plan, Vec<Issue>) {
         }
     }
     plan.ports.sort_by_key(|p| p.number);
+    plan.l4.sort_by_key(|p| p.number);
     (plan, issues)
 }
 
@@ -553,7 +649,7 @@ impl GatewayTls {
 
     fn state(plan: &PortPlan, built: Option<PortTermination>) -> Option<PortTlsState> {
         match (&plan.tls, built) {
-            (PortTlsPlan::Plaintext, _) => None,
+            (PortTlsPlan::Plaintext | PortTlsPlan::L4 { .. }, _) => None,
             (PortTlsPlan::IstioMutual, _) => Some(PortTlsState::IstioMutual),
             (PortTlsPlan::Files(servers), Some(t)) => Some(PortTlsState::Files {
                 servers: servers.clone(),
@@ -848,7 +944,7 @@ spec:
     }
 
     #[test]
-    fn servers_become_one_listener_per_port_and_l4_servers_wait() {
+    fn servers_become_one_listener_per_port_and_l4_servers_l4_listeners() {
         let s = snapshot(
             "apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -895,7 +991,83 @@ spec:
         assert_eq!(plan.ports[0].gateways, ["default/a", "team/b"]);
         assert_eq!(plan.ports[0].redirect, ["b.example.com"]);
         assert_eq!(plan.ports[0].address, IpAddr::from([0, 0, 0, 0]));
-        assert_eq!(plan.l4, [("default/a".to_string(), 2, 31400)]);
+        assert_eq!(
+            plan.l4,
+            [L4PortPlan {
+                number: 31400,
+                address: IpAddr::from([0, 0, 0, 0]),
+                local_port: 31400,
+                gateways: vec!["default/a".into()],
+                sni: false,
+            }]
+        );
+    }
+
+    #[test]
+    fn passthrough_servers_are_sni_listeners_and_terminating_tls_servers_wait() {
+        let s = snapshot(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: a, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [nginx.example.com]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: [db.example.com]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 8443, name: tls-term, protocol: TLS}
+    hosts: [c.example.com]
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /c.key}
+  - port: {number: 15443, name: tls-auto, protocol: TLS}
+    hosts: ['*.local']
+    tls: {mode: AUTO_PASSTHROUGH}
+",
+        );
+        let (plan, issues) = plan(&s, false);
+        assert!(plan.ports.is_empty());
+        let l4: Vec<(u16, bool)> = plan.l4.iter().map(|p| (p.number, p.sni)).collect();
+        assert_eq!(l4, [(443, true)]);
+        // the TLS server that terminates is told it gets no listener; AUTO_PASSTHROUGH is
+        // the support table's warning
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].severity, Severity::Warning);
+        assert_eq!(issues[0].field.to_string(), "spec.servers[2].tls.mode");
+        assert_eq!(
+            plan.listener_keys(),
+            [(443, IpAddr::from([0, 0, 0, 0]), 443, "sni")]
+        );
+    }
+
+    #[test]
+    fn http_and_tcp_servers_on_one_port_are_refused() {
+        let s = snapshot(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: a, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: tcp, protocol: TCP}
+    hosts: ['*']
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [a.example.com]
+  - port: {number: 80, name: tls, protocol: TLS}
+    hosts: [b.example.com]
+    tls: {mode: PASSTHROUGH}
+",
+        );
+        let (plan, issues) = plan(&s, false);
+        assert_eq!(plan.l4.len(), 1);
+        assert!(plan.ports.is_empty());
+        let fields: Vec<String> = issues.iter().map(|i| i.field.to_string()).collect();
+        assert_eq!(
+            fields,
+            ["spec.servers[1].port.number", "spec.servers[2].port.number"]
+        );
+        assert!(issues.iter().all(|i| i.severity == Severity::Error));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!          ─► build: the sidecar's route table (regexes, header formats, actions)
 //!          ─► security: the identity files read and checked, the inbound mTLS mode
 //!          ─► gateways: the Gateways selecting this workload, a route table per gateway
-//!             port, its servers' certificate files read and checked
+//!             port (HTTP, or L4: tcp/tls routes), its servers' certificate files read and
+//!             checked
 //! ```
 //!
 //! The first four steps are `mesh_core::config`; this module adds the build. Every failure,
@@ -69,6 +70,8 @@ pub struct Gateways {
     pub routes: Vec<RouteTable>,
     /// Each port's TLS from files (same order; `None`: plaintext or `ISTIO_MUTUAL`).
     pub tls: Vec<Option<mesh_tls::termination::PortTermination>>,
+    /// Each L4 port's route table (same order as `plan.l4`).
+    pub l4: Vec<mesh_routing::L4RouteTable>,
 }
 
 /// Runs the whole pipeline on a loader's sources.
@@ -173,6 +176,16 @@ fn gateways(compiled: &mut Compiled, has_identity: bool) -> Result<Gateways, Con
             }
         }
     }
+    let mut l4 = Vec::with_capacity(plan.l4.len());
+    for p in &plan.l4 {
+        match p.table(&snap) {
+            Ok(t) => l4.push(t),
+            Err(e) => {
+                let found = diagnostics(compiled, Severity::Error, &[e]);
+                return Err(refuse(compiled, found));
+            }
+        }
+    }
     config::sort(&mut compiled.warnings);
     compiled.warnings.dedup();
     let tls = match crate::gateway::prepare_tls(&snap, &plan) {
@@ -182,7 +195,12 @@ fn gateways(compiled: &mut Compiled, has_identity: bool) -> Result<Gateways, Con
             return Err(refuse(compiled, found));
         }
     };
-    Ok(Gateways { plan, routes, tls })
+    Ok(Gateways {
+        plan,
+        routes,
+        tls,
+        l4,
+    })
 }
 
 /// Route table findings as diagnostics: with file and line when they name a resource (the

@@ -62,13 +62,16 @@ use mesh_tls::authz::{Authorizer, Authz, AuthzLayer};
 use mesh_tls::jwt::{Authenticator, JwtAuthn, JwtAuthnLayer};
 use mesh_transport::l4::L4WorkerContext;
 use mesh_transport::tls::{DownstreamTls, PeerTls, PeerTlsInfo, UpstreamTls};
+use tower_layer::Layer as _;
 
 /// Each gateway port's swappable parts, with the address it listens on.
 fn gateway_ports(
     gateways: crate::pipeline::Gateways,
     workload_tls: &Arc<WorkloadTls>,
 ) -> Vec<(SocketAddr, GatewayPort)> {
-    let crate::pipeline::Gateways { plan, routes, tls } = gateways;
+    let crate::pipeline::Gateways {
+        plan, routes, tls, ..
+    } = gateways;
     plan.ports
         .iter()
         .zip(routes)
@@ -86,7 +89,30 @@ fn gateway_ports(
         })
         .collect()
 }
-use tower_layer::Layer as _;
+
+/// An L4 gateway listener (`TCP` or passthrough servers): its address, server port and
+/// route table.
+struct GatewayL4Port {
+    addr: SocketAddr,
+    number: u16,
+    routes: L4RouteTableHandle,
+}
+
+/// The L4 gateway listeners of `gateways` (taking their route tables).
+fn gateway_l4_ports(gateways: &mut crate::pipeline::Gateways) -> Vec<GatewayL4Port> {
+    let tables = std::mem::take(&mut gateways.l4);
+    gateways
+        .plan
+        .l4
+        .iter()
+        .zip(tables)
+        .map(|(p, table)| GatewayL4Port {
+            addr: SocketAddr::new(p.address, p.local_port),
+            number: p.number,
+            routes: L4RouteTableHandle::new(table),
+        })
+        .collect()
+}
 
 /// Why the proxy could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +205,8 @@ pub struct ProxyState {
     l4_routes: Vec<(CapturedPort, L4RouteTableHandle)>,
     /// The gateway listeners' swappable parts, by server port (same order as their plan).
     gateways: Vec<GatewayPort>,
+    /// The L4 gateway listeners' route tables, by server port, swapped on reload.
+    gateway_l4: Vec<(u16, L4RouteTableHandle)>,
     /// The gateway listeners' identities: a reload that changes them needs a restart.
     gateway_keys: Vec<crate::gateway::ListenerKey>,
 }
@@ -273,6 +301,8 @@ struct BoundListeners {
     inbound_ports: Vec<(u16, BoundEngine, SocketAddr)>,
     /// Gateway listeners: (server port, its listener).
     gateways: Vec<(u16, BoundEngine)>,
+    /// L4 gateway listeners (`TCP`, passthrough): (server port, its listener).
+    gateway_l4: Vec<(u16, BoundEngine)>,
     /// `outboundPorts`: (the captured service port, its L4 listener).
     outbound_ports: Vec<(CapturedPort, BoundEngine)>,
     admin: std::net::TcpListener,
@@ -285,6 +315,7 @@ impl BoundListeners {
         limits: &Limits,
         workload_tls: &Arc<WorkloadTls>,
         gateways: &[(SocketAddr, GatewayPort)],
+        gateway_l4: &[GatewayL4Port],
     ) -> Result<BoundListeners, StartError> {
         let concurrency = boot.concurrency as usize;
         // every listener of this proxy, so that no connector forwards into one of them
@@ -361,6 +392,17 @@ impl BoundListeners {
             let e = Engine::bind(cfg).map_err(bind_err(ListenerKind::Gateway, *addr))?;
             gateway_engines.push((port.number, e));
         }
+        let mut gateway_l4_engines = Vec::new();
+        for port in gateway_l4 {
+            let cfg = EngineConfig {
+                concurrency,
+                limits: limits.clone(),
+                own_addrs: own_addrs.clone(),
+                ..EngineConfig::new(port.addr)
+            };
+            let e = Engine::bind(cfg).map_err(bind_err(ListenerKind::Gateway, port.addr))?;
+            gateway_l4_engines.push((port.number, e));
+        }
         // `outboundPorts`: on the outbound listener's address (loopback without one)
         let l4_address = boot
             .outbound
@@ -388,6 +430,7 @@ impl BoundListeners {
             inbound,
             inbound_ports,
             gateways: gateway_engines,
+            gateway_l4: gateway_l4_engines,
             outbound_ports,
             admin,
         })
@@ -439,10 +482,18 @@ impl Proxy {
             .cloned()
             .zip(l4.into_iter().map(L4RouteTableHandle::new))
             .collect();
+        let mut gateways = gateways;
         let gateway_keys = gateways.plan.listener_keys();
+        let gateway_l4 = gateway_l4_ports(&mut gateways);
         let gateway_ports = gateway_ports(gateways, &workload_tls);
-        let bound =
-            BoundListeners::bind(&boot, captured, &limits, &workload_tls, &gateway_ports)?;
+        let bound = BoundListeners::bind(
+            &boot,
+            captured,
+            &limits,
+            &workload_tls,
+            &gateway_ports,
+            &gateway_l4,
+        )?;
         let gateway_ports: Vec<GatewayPort> = gateway_ports.into_iter().map(|(_, p)| p).collect();
         let layers = Layers::new(&snapshot, routes);
         let state = Arc::new(ProxyState {
@@ -460,6 +511,10 @@ impl Proxy {
             authz,
             jwt,
             gateways: gateway_ports,
+            gateway_l4: gateway_l4
+                .into_iter()
+                .map(|p| (p.number, p.routes))
+                .collect(),
             gateway_keys,
             l4_routes,
         });
@@ -509,6 +564,7 @@ impl Proxy {
             inbound,
             inbound_ports,
             gateways,
+            gateway_l4,
             outbound_ports,
             admin,
         } = bound;
@@ -575,27 +631,19 @@ impl Proxy {
             tracing::info!(addr = %addr, tls = gw.tls.is_some(), "gateway listener for port {port} up");
             self.gateway_ports.push((port, engine));
         }
+        for (port, b) in gateway_l4 {
+            let addr = b.local_addr();
+            let Some((_, routes)) = self.state.gateway_l4.iter().find(|(n, _)| *n == port) else {
+                continue;
+            };
+            let sni = routes.load_full().reads_sni();
+            let engine = self.start_l4(b, routes, ListenerKind::Gateway)?;
+            tracing::info!(addr = %addr, sni, "L4 gateway listener for port {port} up");
+            self.gateway_ports.push((port, engine));
+        }
         for ((captured, b), (_, routes)) in outbound_ports.into_iter().zip(&self.state.l4_routes) {
             let addr = b.local_addr();
-            let shared = L4Shared {
-                routes: routes.clone(),
-                lb: self.state.layers.lb().clone(),
-                metrics: self.state.layers.telemetry().metrics().clone(),
-                tls: Some(self.state.workload_tls.clone()),
-                hello_timeout: self
-                    .state
-                    .snapshot()
-                    .bootstrap
-                    .limits
-                    .tls_handshake_timeout
-                    .get(),
-            };
-            let factory = Arc::new(move |ctx: &L4WorkerContext| L4Handler::new(&shared, ctx));
-            let engine = b
-                .start_l4(factory)
-                .map_err(io_err(format!("outboundPorts listener {addr}")))?;
-            self.state
-                .push_readiness(ListenerKind::OutboundPort, engine.readiness());
+            let engine = self.start_l4(b, routes, ListenerKind::OutboundPort)?;
             tracing::info!(addr = %addr, service = %captured.key, "outboundPorts listener up");
             self.outbound_ports.push((captured, engine));
         }
@@ -645,6 +693,37 @@ impl Proxy {
             .iter()
             .find(|(p, _)| *p == port)
             .map(|(_, e)| e.local_addr())
+    }
+
+    /// Starts an L4 listener (`outboundPorts`, a gateway's `TCP` or passthrough port): the
+    /// engine's L4 mode with [`L4Handler`] on `routes`, the balancer, metrics and TLS
+    /// origination of the HTTP listeners.
+    fn start_l4(
+        &self,
+        b: BoundEngine,
+        routes: &L4RouteTableHandle,
+        kind: ListenerKind,
+    ) -> Result<Engine, StartError> {
+        let addr = b.local_addr();
+        let shared = L4Shared {
+            routes: routes.clone(),
+            lb: self.state.layers.lb().clone(),
+            metrics: self.state.layers.telemetry().metrics().clone(),
+            tls: Some(self.state.workload_tls.clone()),
+            hello_timeout: self
+                .state
+                .snapshot()
+                .bootstrap
+                .limits
+                .tls_handshake_timeout
+                .get(),
+        };
+        let factory = Arc::new(move |ctx: &L4WorkerContext| L4Handler::new(&shared, ctx));
+        let engine = b
+            .start_l4(factory)
+            .map_err(io_err(format!("{kind} listener {addr}")))?;
+        self.state.push_readiness(kind, engine.readiness());
+        Ok(engine)
     }
 
     /// The address of the gateway listener for server port `port`.
@@ -1033,7 +1112,7 @@ impl ProxyState {
         Ok(self.apply_built(built))
     }
 
-    /// Refuses a configuration whose gateway listeners (ports, addresses, plaintext or TLS)
+    /// Refuses a configuration whose gateway listeners (ports, addresses, what they serve)
     /// differ from the running ones: they are bound at start-up, so it needs a restart.
     fn check_gateways(&self, built: &Built) -> Result<(), StartError> {
         let new = built.gateways.plan.listener_keys();
@@ -1042,12 +1121,8 @@ impl ProxyState {
         }
         let show = |keys: &[crate::gateway::ListenerKey]| {
             keys.iter()
-                .map(|(port, ip, local, tls)| {
-                    format!(
-                        "{port} on {} ({})",
-                        SocketAddr::new(*ip, *local),
-                        if *tls { "TLS" } else { "plaintext" }
-                    )
+                .map(|(port, ip, local, kind)| {
+                    format!("{port} on {} ({kind})", SocketAddr::new(*ip, *local))
                 })
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -1097,7 +1172,13 @@ impl ProxyState {
             plan,
             routes: gw_routes,
             tls: gw_tls,
+            l4: gw_l4,
         } = gateways;
+        for (p, table) in plan.l4.iter().zip(gw_l4) {
+            if let Some((_, h)) = self.gateway_l4.iter().find(|(n, _)| *n == p.number) {
+                h.store(table);
+            }
+        }
         for ((p, table), tls) in plan.ports.iter().zip(gw_routes).zip(gw_tls) {
             if let Some(g) = self.gateways.iter().find(|g| g.number == p.number) {
                 g.routes.store(table);

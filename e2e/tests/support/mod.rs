@@ -4,6 +4,7 @@
 //! test instead of hanging it; nothing sleeps to synchronise.
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+pub mod l4;
 pub mod mtls;
 
 use std::convert::Infallible;
@@ -188,6 +189,29 @@ spec:
   outbound: {{address: 127.0.0.1, port: 0}}
   admin: {{address: 127.0.0.1, port: 0}}
 {extra}"
+    )
+}
+
+/// The bootstrap of an ingress gateway workload (`istio: ingressgateway`), its gateway
+/// listeners on 127.0.0.1, `ports` mapped to port 0.
+pub fn gateway_bootstrap(ports: &[u16], extra: &str) -> String {
+    let map: Vec<String> = ports.iter().map(|p| format!("\"{p}\": 0")).collect();
+    format!(
+        "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {{name: ingress}}
+spec:
+  concurrency: 1
+  workload:
+    name: istio-ingressgateway
+    namespace: istio-system
+    labels: {{istio: ingressgateway, app: istio-ingressgateway}}
+  outbound: {{address: 127.0.0.1, port: 0}}
+  admin: {{address: 127.0.0.1, port: 0}}
+  gatewayAddress: 127.0.0.1
+  gatewayPorts: {{{}}}
+{extra}",
+        map.join(", ")
     )
 }
 

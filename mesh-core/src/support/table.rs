@@ -49,7 +49,7 @@ pub(super) static KINDS: &[KindDef] = &[
     KindDef {
         kind: Kind::Gateway,
         status: Status::Enforced,
-        note: "served by the proxy whose bootstrap workload a Gateway selects: HTTP, HTTPS (terminated) and ISTIO_MUTUAL servers; TCP, TLS and PASSTHROUGH servers are not yet (gateways and L4)",
+        note: "served by the proxy whose bootstrap workload a Gateway selects: HTTP, HTTPS (terminated) and ISTIO_MUTUAL servers; TCP servers and TLS/HTTPS PASSTHROUGH servers as L4 listeners (tcp routes; tls routes by SNI); AUTO_PASSTHROUGH and TLS servers that terminate TLS are not yet (gateways and L4)",
         spec: &GATEWAY,
     },
     KindDef {
@@ -1120,10 +1120,10 @@ static GATEWAY: TypeDef = TypeDef {
     ],
 };
 
-/// Gateway `servers[].port.protocol`: HTTP and HTTPS are served; L4 protocols need the L4
-/// data path.
+/// Gateway `servers[].port.protocol`: HTTP, HTTPS and the L4 protocols Envoy's TCP proxy
+/// carries are served; UDP and unknown protocols are not.
 static GATEWAY_PROTOCOL: Custom = Custom {
-    doc: "HTTP, HTTP2, GRPC, GRPC-WEB (plaintext) and HTTPS (terminated: tls.mode SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL) servers are served; TCP, TLS, MONGO and other L4 servers are not yet (gateways and L4): they get no listener",
+    doc: "HTTP, HTTP2, GRPC, GRPC-WEB (plaintext) and HTTPS (terminated: tls.mode SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL) servers are served; TCP, MONGO, MYSQL and REDIS servers are L4 listeners (tcp routes); TLS and HTTPS servers in PASSTHROUGH mode are L4 listeners routed by SNI (tls routes); a TLS server that terminates TLS gets a warning and no listener; UDP is not yet (gateways and L4)",
     check: gateway_protocol,
 };
 
@@ -1131,7 +1131,17 @@ fn gateway_protocol(p: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
     use crate::validate::common::Protocol;
     let text = key_text(p).unwrap_or_default();
     let proto = Protocol::parse(&text);
-    if proto.is_http() || proto == Protocol::Https {
+    if proto.is_http()
+        || matches!(
+            proto,
+            Protocol::Https
+                | Protocol::Tls
+                | Protocol::Tcp
+                | Protocol::Mongo
+                | Protocol::MySql
+                | Protocol::Redis
+        )
+    {
         return None;
     }
     Some((
@@ -1140,14 +1150,15 @@ fn gateway_protocol(p: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
     ))
 }
 
-/// Gateway `servers[].tls.mode`: terminated modes are served; passthrough needs the L4 path.
+/// Gateway `servers[].tls.mode`: terminated modes are served, and PASSTHROUGH (an L4
+/// listener routed by SNI); AUTO_PASSTHROUGH is not yet.
 static SERVER_TLS_MODE: Values = Values {
     cases: &[
         ("SIMPLE", Verdict::Enforced),
         ("MUTUAL", Verdict::Enforced),
         ("OPTIONAL_MUTUAL", Verdict::Enforced),
         ("ISTIO_MUTUAL", Verdict::Enforced),
-        ("PASSTHROUGH", Verdict::NotYet(Area::GatewaysL4)),
+        ("PASSTHROUGH", Verdict::Enforced),
         ("AUTO_PASSTHROUGH", Verdict::NotYet(Area::GatewaysL4)),
     ],
     otherwise: Verdict::Refused(Area::Security),
