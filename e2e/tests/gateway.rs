@@ -3,8 +3,9 @@
 //! selecting `istio: ingressgateway`, an httpbin stand-in behind it, VirtualServices bound
 //! to the gateway routing by host and path; HTTPS with `SIMPLE` (certificate chosen by SNI)
 //! and `MUTUAL` (client certificate required, `subjectAltNames`), `httpsRedirect`,
-//! `credentialName` from `credentialsDir`, AuthorizationPolicy on the gateway, a WebSocket,
-//! reloads. Real sockets on port 0; certificates made at test time.
+//! `credentialName` from `credentialsDir`, AuthorizationPolicy on the gateway, WebSockets
+//! over HTTP and HTTPS servers, reloads. Real sockets on port 0; certificates made at test
+//! time.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -22,8 +23,9 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::ws::ws_echo;
 use support::*;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 // === a test PKI ===
@@ -387,25 +389,10 @@ spec:
     r.proxy.drain().await;
 }
 
-#[tokio::test]
-async fn websocket_through_the_gateway() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    let yaml = format!(
+/// The WebSocket echo service `echo` at `upstream`, a Gateway `gw` with `server` (indented
+/// YAML of one server), and a VirtualService of `ws.example.com` bound to it.
+fn ws_config(ports: &[u16], upstream: SocketAddr, server: &str) -> String {
+    format!(
         "{}---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -423,9 +410,7 @@ metadata: {{name: gw, namespace: default}}
 spec:
   selector: {{istio: ingressgateway}}
   servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: [\"ws.example.com\"]
----
+{server}---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: ws, namespace: default}}
@@ -435,31 +420,83 @@ spec:
   http:
   - route: [{{destination: {{host: echo}}}}]
 ",
-        gateway_bootstrap(&[80], ""),
-        ws_addr.port()
-    );
-    let r = start(&yaml).await;
-    let addr = gw_addr(&r, 80);
-    let tcp = bounded(TcpStream::connect(addr)).await.unwrap();
-    let req = Request::builder()
-        .uri(format!("ws://{addr}/chat"))
-        .header("host", "ws.example.com")
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header(
-            "sec-websocket-key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .body(())
-        .unwrap();
-    let (mut ws, res) = bounded(tokio_tungstenite::client_async(req, tcp))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 101);
-    ws.send(Message::text("hello")).await.unwrap();
+        gateway_bootstrap(ports, ""),
+        upstream.port()
+    )
+}
+
+/// Text and a 256 KiB binary message echoed over `ws`, then the server's close (`bye`).
+async fn ws_exchange<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    bounded(ws.send(Message::text("hello"))).await.unwrap();
     let back = bounded(ws.next()).await.unwrap().unwrap();
     assert_eq!(back, Message::text("hello"));
+    let big: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    bounded(ws.send(Message::binary(big.clone())))
+        .await
+        .unwrap();
+    let back = bounded(ws.next()).await.unwrap().unwrap();
+    assert!(
+        back == Message::binary(big),
+        "the binary message came back altered"
+    );
+    bounded(ws.send(Message::text("bye"))).await.unwrap();
+    let close = bounded(ws.next()).await.unwrap().unwrap();
+    assert!(close.is_close(), "{close:?}");
+}
+
+#[tokio::test]
+async fn websocket_through_the_gateway() {
+    let server =
+        "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [ws.example.com]\n";
+    let r = start(&ws_config(&[80], ws_echo().await, server)).await;
+    let addr = gw_addr(&r, 80);
+    let tcp = bounded(TcpStream::connect(addr)).await.unwrap();
+    let (mut ws, res) = bounded(tokio_tungstenite::client_async(
+        "ws://ws.example.com/chat",
+        tcp,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 101);
+    ws_exchange(&mut ws).await;
+    r.proxy.drain().await;
+}
+
+/// A WebSocket over an HTTPS gateway server (`SIMPLE`, a certificate made for the test): the
+/// gateway terminates TLS and upgrades the connection to the plaintext echo service.
+#[tokio::test]
+async fn websocket_over_https_through_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Pki::new("gateway test CA");
+    let (cert, key) = ca.leaf(&["ws.example.com"], false).write(dir.path(), "ws");
+    let server = format!(
+        "  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [ws.example.com]\n    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}\n"
+    );
+    let r = start(&ws_config(&[443], ws_echo().await, &server)).await;
+    let addr = gw_addr(&r, 443);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = bounded(TcpStream::connect(addr)).await.unwrap();
+    let name = ServerName::try_from("ws.example.com").unwrap();
+    let tls = bounded(connector.connect(name, tcp)).await.unwrap();
+    // the TLS stream is already there: the WebSocket handshake runs over it as `ws://`
+    let (mut ws, res) = bounded(tokio_tungstenite::client_async(
+        "ws://ws.example.com/chat",
+        tls,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 101);
+    ws_exchange(&mut ws).await;
     r.proxy.drain().await;
 }
 
