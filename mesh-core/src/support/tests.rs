@@ -166,19 +166,20 @@ fn lists_are_judged_item_by_item() {
         "spec.egress[0].hosts[1]"
     );
     let found = scan_doc(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec:\n  hosts: [db.example.com]\n  ports:\n  - {number: 80, name: http}\n  - {number: 5432, name: tcp-pg}\n  - {number: 27017, name: mongo, protocol: MONGO}\n",
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}\n  - {port: {number: 5353, name: udp, protocol: UDP}, hosts: ['*']}\n  - {port: {number: 31400, name: tcp, protocol: TCP}, hosts: ['*']}\n  - {port: {number: 27017, name: mongo, protocol: MONGO}, hosts: ['*']}\n",
     );
+    // TCP and MONGO servers are L4 listeners; UDP is not served: only that item is named
     let fields: Vec<String> = found
         .iter()
         .map(|u| u.field.as_ref().unwrap().to_string())
         .collect();
-    assert_eq!(fields, ["spec.ports[1]", "spec.ports[2]"]);
+    assert_eq!(fields, ["spec.servers[1].port.protocol"]);
     assert!(
-        found[1]
+        found[0]
             .message
-            .starts_with("port 27017 (MONGO) is not enforced"),
+            .starts_with("gateway server protocol UDP is not enforced"),
         "{}",
-        found[1].message
+        found[0].message
     );
 }
 
