@@ -1,7 +1,9 @@
 //! The L4 listeners: one per `ProxyBootstrap.outboundPorts` entry, each serving the
 //! VirtualService `tcp`/`tls` routes of the service port it captures
 //! (`"db.default.svc.cluster.local:5432": 15432`: what arrives on local port 15432 is for
-//! that service port, as if iptables had redirected it).
+//! that service port, as if iptables had redirected it), and one per gateway `TCP` or
+//! `PASSTHROUGH` server port ([`crate::gateway`]: the `tcp`/`tls` routes of the
+//! VirtualServices bound to its gateways). Both kinds run the same [`L4Handler`].
 //!
 //! ```text
 //! accept ─► (TLS port: read the ClientHello, keep its bytes) ─► L4RouteTable (tcp/tls
