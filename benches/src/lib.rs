@@ -45,6 +45,66 @@ pub fn routes_config(routes: usize) -> String {
     y
 }
 
+/// The mesh of issue 15: `services` services spread over 100 namespaces (`ns0`..`ns99`;
+/// fewer when there are fewer services), each a `MESH_INTERNAL` ServiceEntry
+/// `svc<i>.ns<k>.svc.cluster.local` with two endpoints (labels `version: v1` / `v2`), a
+/// VirtualService with a header rule (`x-canary: "true"` → v2) and a 90/10 split, and a
+/// DestinationRule with two subsets. No `ProxyBootstrap`: see [`mesh_bootstrap`].
+///
+/// Service `i` lives in namespace `ns{i % 100}`; its endpoints are `10.<a>.<b>.<c>` and
+/// `10.<a+128>.<b>.<c>` on port `endpoint_port` (so a test can point them at a real
+/// backend by using 127.0.0.1 through [`mesh_config_with`]).
+pub fn mesh_config(services: usize) -> String {
+    mesh_config_with(services, |i| {
+        let (a, b, c) = ((i >> 16) & 0x7f, (i >> 8) & 0xff, i & 0xff);
+        (
+            format!("10.{a}.{b}.{c}"),
+            format!("10.{}.{b}.{c}", a + 128),
+            8080,
+        )
+    })
+}
+
+/// Like [`mesh_config`], with each service's two endpoint addresses and port given by
+/// `endpoints(i)` (`(v1 address, v2 address, port)`).
+pub fn mesh_config_with(
+    services: usize,
+    mut endpoints: impl FnMut(usize) -> (String, String, u16),
+) -> String {
+    let mut y = String::with_capacity(services * 1400);
+    for i in 0..services {
+        let ns = mesh_namespace(i);
+        let host = format!("svc{i}.{ns}.svc.cluster.local");
+        let (v1, v2, port) = endpoints(i);
+        let _ = write!(
+            y,
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc{i}, namespace: {ns}}}\nspec:\n  hosts: [{host}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]\n  endpoints:\n  - {{address: {v1}, labels: {{app: svc{i}, version: v1}}}}\n  - {{address: {v2}, labels: {{app: svc{i}, version: v2}}}}\n---\n"
+        );
+        let _ = write!(
+            y,
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc{i}, namespace: {ns}}}\nspec:\n  host: svc{i}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\n"
+        );
+        let _ = write!(
+            y,
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc{i}, namespace: {ns}}}\nspec:\n  hosts: [svc{i}]\n  http:\n  - match:\n    - headers:\n        x-canary: {{exact: \"true\"}}\n    route:\n    - destination: {{host: svc{i}, subset: v2}}\n  - route:\n    - destination: {{host: svc{i}, subset: v1}}\n      weight: 90\n    - destination: {{host: svc{i}, subset: v2}}\n      weight: 10\n---\n"
+        );
+    }
+    y
+}
+
+/// The namespace of service `i` in [`mesh_config`]: `ns{i % 100}`.
+pub fn mesh_namespace(i: usize) -> String {
+    format!("ns{}", i % 100)
+}
+
+/// A `ProxyBootstrap` on ports 0 for a workload `app` in namespace `ns0`, `concurrency`
+/// workers; `extra` is indented YAML appended to `spec`.
+pub fn mesh_bootstrap(concurrency: u32, extra: &str) -> String {
+    format!(
+        "apiVersion: mesh.proxy/v1alpha1\nkind: ProxyBootstrap\nmetadata: {{name: scale}}\nspec:\n  concurrency: {concurrency}\n  workload:\n    name: app\n    namespace: ns0\n    labels: {{app: app}}\n  outbound: {{address: 127.0.0.1, port: 0}}\n  admin: {{address: 127.0.0.1, port: 0}}\n{extra}---\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -170,7 +170,15 @@ pub fn build(loader: Loader, mode: CheckMode) -> Result<Compiled, ConfigError> {
     let n = resources.len();
     let has_bootstrap = resources.iter().any(|r| r.kind == Kind::ProxyBootstrap);
     let origins = Arc::new(Origins::of(&resources));
-    let snapshot = Arc::new(compile_with(resources, precompiled));
+    let mut snapshot = compile_with(resources, precompiled);
+    // the workload's Sidecar: what it sees and reaches (crate::scope)
+    let scoped = crate::scope::apply(&mut snapshot);
+    snapshot.reindex();
+    if !scoped.issues.is_empty() {
+        warnings.extend(origins.locate(scoped.issues));
+        sort(&mut warnings);
+    }
+    let snapshot = Arc::new(snapshot);
     // two LocalRateLimits on the same requests: refused, by the proxy (this project's kind,
     // not Istio's rules; see crate::ratelimit::conflicts)
     let conflicts = match mode {

@@ -308,8 +308,9 @@ impl Builder<'_> {
 
         // Visible services, one per hostname (Snapshot::service picks which).
         let mut services: Vec<&Arc<Service>> = Vec::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for s in &self.snap.services {
-            if services.iter().any(|x| x.hostname == s.hostname) {
+            if !seen.insert(&s.hostname) {
                 continue;
             }
             if let Some(chosen) = self.snap.service(&s.hostname, ns)
@@ -318,6 +319,18 @@ impl Builder<'_> {
                 services.push(chosen);
             }
         }
+        // The services of each exact hostname (lower-cased): an exact VirtualService host
+        // covers only those, so claiming is a look-up rather than a scan of the mesh.
+        let mut by_name: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+        for (si, s) in services.iter().enumerate() {
+            if !s.hostname.starts_with('*') {
+                by_name
+                    .entry(s.hostname.to_ascii_lowercase().into())
+                    .or_default()
+                    .push(si);
+            }
+        }
+        let all: Vec<usize> = (0..services.len()).collect();
         // For each service, the VirtualService whose host names it most specifically.
         let mut claim: Vec<Option<(bool, usize, usize)>> = vec![None; services.len()];
         let mut non_service: Vec<(String, usize)> = Vec::new();
@@ -328,7 +341,15 @@ impl Builder<'_> {
             for h in &vs.hosts {
                 let exact = !h.starts_with('*');
                 let mut found = false;
-                for (si, s) in services.iter().enumerate() {
+                let candidates: &[usize] = if exact {
+                    by_name
+                        .get(h.to_ascii_lowercase().as_str())
+                        .map_or(&[], Vec::as_slice)
+                } else {
+                    &all
+                };
+                for &si in candidates {
+                    let s = services[si];
                     if !covers(h, &s.hostname) {
                         continue;
                     }
