@@ -105,6 +105,10 @@ pub fn mesh_bootstrap(concurrency: u32, extra: &str) -> String {
     )
 }
 
+/// A Sidecar for [`mesh_bootstrap`]'s workload (namespace `ns0`) that lets it see 10 services
+/// of [`mesh_config`]'s mesh: `svc0`..`svc900` of `ns0` (every hundredth service is in `ns0`).
+pub const SEES_TEN: &str = "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: ns0}\nspec:\n  egress:\n  - hosts: [\"./svc0.ns0.svc.cluster.local\", \"./svc100.ns0.svc.cluster.local\", \"./svc200.ns0.svc.cluster.local\", \"./svc300.ns0.svc.cluster.local\", \"./svc400.ns0.svc.cluster.local\", \"./svc500.ns0.svc.cluster.local\", \"./svc600.ns0.svc.cluster.local\", \"./svc700.ns0.svc.cluster.local\", \"./svc800.ns0.svc.cluster.local\", \"./svc900.ns0.svc.cluster.local\"]\n";
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -119,6 +123,48 @@ mod tests {
             .sum();
         assert_eq!(n, 250);
         assert_eq!(c.snapshot.services.len(), 3);
+    }
+
+    /// The mesh is valid, and its route table has exactly the routes written (two
+    /// per service: the header rule and the split), one virtual host per service: the
+    /// build is linear in what it builds (a regression guard on counts, not durations).
+    #[test]
+    fn mesh_config_is_valid_and_builds_two_routes_per_service() {
+        for n in [1usize, 150, 1000] {
+            let text = format!("{}{}", super::mesh_bootstrap(1, ""), super::mesh_config(n));
+            let c = mesh_core::config::load_str("gen.yaml", &text).expect("valid");
+            assert_eq!(c.snapshot.services.len(), n);
+            assert_eq!(c.snapshot.destination_rules.len(), n);
+            assert_eq!(c.snapshot.virtual_services.len(), n);
+            let t = mesh_routing::RouteTable::sidecar(&c.snapshot).expect("builds");
+            assert_eq!(t.route_count(), 2 * n);
+            // every service's DestinationRule is found from the workload's namespace
+            for s in &c.snapshot.services {
+                let dr = c
+                    .snapshot
+                    .destination_rule(&s.hostname, "ns0")
+                    .expect("a rule");
+                assert_eq!(dr.host, s.hostname);
+            }
+        }
+    }
+
+    /// With [`super::SEES_TEN`], the snapshot holds the 10 services the workload sees, their
+    /// VirtualServices and DestinationRules, and nothing else.
+    #[test]
+    fn sees_ten_keeps_ten_services() {
+        let text = format!(
+            "{}{}{}",
+            super::mesh_bootstrap(1, ""),
+            super::mesh_config(1000),
+            super::SEES_TEN
+        );
+        let c = mesh_core::config::load_str("gen.yaml", &text).expect("valid");
+        assert_eq!(c.snapshot.services.len(), 10);
+        assert_eq!(c.snapshot.virtual_services.len(), 10);
+        assert_eq!(c.snapshot.destination_rules.len(), 10);
+        let t = mesh_routing::RouteTable::sidecar(&c.snapshot).expect("builds");
+        assert_eq!(t.route_count(), 20);
     }
 }
 
