@@ -1,4 +1,7 @@
-//! From files to a snapshot in one call: load → validate → compile → analyze.
+//! From files to a snapshot in one call: load → validate → compile → scope → analyze.
+//!
+//! The scope step applies the bootstrap workload's `Sidecar` ([`crate::scope`]): the
+//! snapshot keeps only what that workload sees.
 //!
 //! This is what `mesh-proxy run` and `mesh-proxy validate` do (the proxy then builds its
 //! route tables and balancers from the snapshot, see `mesh_proxy::pipeline`), and what an
