@@ -421,4 +421,131 @@ mod tests {
         assert!(subset_of("A.foo.com", "a.FOO.com"));
         assert!(subset_of("anything", "*"));
     }
+
+    fn load(extra: &str) -> crate::config::Compiled {
+        let text = format!(
+            "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {{name: p}}
+spec:
+  workload: {{name: web, namespace: shop, labels: {{app: web}}}}
+  mesh: {{outboundTrafficPolicy: ALLOW_ANY}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: cart, namespace: shop}}
+spec:
+  hosts: [cart.shop.svc.cluster.local]
+  ports: [{{number: 80, name: http}}]
+  resolution: STATIC
+  endpoints: [{{address: 10.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ledger, namespace: bank}}
+spec:
+  hosts: [ledger.bank.svc.cluster.local]
+  ports: [{{number: 80, name: http}}]
+  resolution: STATIC
+  endpoints: [{{address: 10.0.0.2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ledger, namespace: bank}}
+spec:
+  host: ledger
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cart, namespace: shop}}
+spec:
+  hosts: [cart]
+  http:
+  - route: [{{destination: {{host: ledger.bank.svc.cluster.local}}}}]
+{extra}"
+        );
+        crate::config::load_str("scope.yaml", &text).expect("valid")
+    }
+
+    fn sidecar(ns: &str, name: &str, selector: &str, hosts: &str) -> String {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{selector}  egress:\n  - hosts: [{hosts}]\n"
+        )
+    }
+
+    // pilot/pkg/model/push_context.go getSidecarScope: the workload's own Sidecar, then the
+    // namespace's default, then the root namespace's; conflicts warn (Istio's analyzers).
+    #[test]
+    fn selection_precedence_and_conflicts() {
+        let root = sidecar("istio-system", "root", "", "\"~/*\"");
+        let ns = sidecar("shop", "ns", "", "\"./*\"");
+        let ns2 = sidecar("shop", "ns2", "", "\"*/*\"");
+        let mine = sidecar(
+            "shop",
+            "mine",
+            "  workloadSelector: {labels: {app: web}}\n",
+            "\"bank/*\"",
+        );
+        let theirs = sidecar(
+            "shop",
+            "theirs",
+            "  workloadSelector: {labels: {app: other}}\n",
+            "\"~/*\"",
+        );
+        let names = |c: &crate::config::Compiled| -> Vec<String> {
+            c.snapshot
+                .services
+                .iter()
+                .map(|s| s.hostname.to_string())
+                .collect()
+        };
+        let c = load(&format!("{root}{ns}{mine}{theirs}"));
+        assert_eq!(names(&c), ["ledger.bank.svc.cluster.local"]);
+        let c = load(&format!("{root}{ns}{theirs}"));
+        // ./* imports cart; the VirtualService on cart imports its destination, ledger
+        assert_eq!(
+            names(&c),
+            [
+                "cart.shop.svc.cluster.local",
+                "ledger.bank.svc.cluster.local"
+            ]
+        );
+        let c = load(&format!("{root}{theirs}"));
+        assert!(names(&c).is_empty());
+        assert!(c.snapshot.virtual_services.is_empty());
+        assert!(c.snapshot.destination_rules.is_empty());
+        // two selector-less Sidecars in the namespace: the first applies, the second warns
+        let c = load(&format!("{ns}{ns2}"));
+        assert_eq!(names(&c).len(), 2);
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            w.iter()
+                .any(|w| w.contains("Sidecar/shop/ns2") && w.contains("MultipleSidecars")),
+            "{w:?}"
+        );
+    }
+
+    // SidecarScope.OutboundTrafficPolicy: the Sidecar's replaces the mesh's; an empty one is
+    // the proto's zero value, REGISTRY_ONLY; without one, the mesh's stays.
+    #[test]
+    fn outbound_traffic_policy_overrides_the_mesh() {
+        let mode = |spec: &str| {
+            let doc = format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: s, namespace: shop}}\nspec:\n{spec}"
+            );
+            load(&doc).snapshot.bootstrap.mesh.outbound_traffic_policy
+        };
+        assert_eq!(
+            mode("  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n"),
+            OutboundTrafficMode::RegistryOnly
+        );
+        assert_eq!(
+            mode("  outboundTrafficPolicy: {}\n"),
+            OutboundTrafficMode::RegistryOnly
+        );
+        assert_eq!(
+            mode("  egress: [{hosts: [\"*/*\"]}]\n"),
+            OutboundTrafficMode::AllowAny
+        );
+    }
 }
