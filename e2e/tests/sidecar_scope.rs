@@ -260,3 +260,37 @@ async fn a_reload_that_changes_the_sidecar_takes_effect() {
     assert_eq!(outcome(&p, LEDGER).await, (200, "ledger".into()));
     p.proxy.drain().await;
 }
+
+/// `outboundTrafficPolicy.egressProxy` (Istio's Sidecar reference, "OutboundTrafficPolicy"):
+/// under `ALLOW_ANY`, a request for a host outside the registry goes to the egress proxy's
+/// service and port instead of passing through; registry services are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_proxy_receives_unknown_hosts_under_allow_any() {
+    let m = Mesh::new().await;
+    let egress = backend("egress").await;
+    let yaml = format!(
+        "{}{}{}{}",
+        shop_bootstrap("REGISTRY_ONLY"),
+        m.services(),
+        service_in("istio-system", "egressgateway", &egress),
+        sidecar(
+            "shop",
+            "default",
+            None,
+            "  outboundTrafficPolicy:
+    mode: ALLOW_ANY
+    egressProxy:
+      host: egressgateway.istio-system.svc.cluster.local
+      port: {number: 80}
+"
+        )
+    );
+    let p = start(&yaml).await;
+    let unknown = format!("127.0.0.1:{}", m.ledger.port());
+    assert_eq!(outcome(&p, &unknown).await, (200, "egress".into()));
+    assert_eq!(outcome(&p, "example.com").await, (200, "egress".into()));
+    assert_eq!(m.ledger.hits(), 0);
+    assert_eq!(outcome(&p, CART).await, (200, "cart".into()));
+    assert_eq!(egress.hits(), 2);
+    p.proxy.drain().await;
+}

@@ -242,6 +242,11 @@ pub struct Snapshot {
     /// LocalRateLimits, in source order, hosts resolved (all of them: which apply to this
     /// workload is [`crate::ratelimit::applies`]'s to say).
     pub local_rate_limits: Vec<Arc<Named<LocalRateLimit>>>,
+    /// Where unknown hosts go under `ALLOW_ANY`: the workload's Sidecar's
+    /// `outboundTrafficPolicy.egressProxy`, host resolved ([`crate::scope`]). None: they pass
+    /// through to the address they name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<Destination>,
     /// The regexes and header formats validation compiled, for the route table
     /// ([`crate::pattern`]); empty for a snapshot compiled without validation.
     #[serde(skip)]

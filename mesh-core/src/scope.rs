@@ -21,9 +21,12 @@
 //! - **`outboundTrafficPolicy`**: when the Sidecar sets it, its `mode` (omitted: the
 //!   proto's zero value, `REGISTRY_ONLY`) replaces the bootstrap's
 //!   `mesh.outboundTrafficPolicy` in the snapshot (`SidecarScope.OutboundTrafficPolicy`).
+//!   With `ALLOW_ANY`, its `egressProxy` (host resolved in the Sidecar's namespace) becomes
+//!   [`Snapshot::egress_proxy`]: the route table sends unknown hosts there, their authority
+//!   kept, instead of passing them through; the proxy's service is always imported.
 //! - A Sidecar without `egress` imports everything (Istio's default egress listener `*/*`).
 //!
-//! `egress[].port`, `ingress` and `egressProxy` are not applied here: the support table says
+//! `egress[].port` and `ingress` are not applied here: the support table says
 //! what happens to them (refused or warned about).
 //!
 //! ```
@@ -38,7 +41,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::compile::{Named, Snapshot};
+use crate::compile::{Named, Snapshot, resolve_host};
 use crate::error::{FieldPath, ResourceRef, Severity};
 use crate::load::Issue;
 use crate::model::Kind;
@@ -261,8 +264,20 @@ pub fn apply(snap: &mut Snapshot) -> Scoped {
     };
     let ns = snap.bootstrap.workload.namespace.clone();
     if let Some(otp) = &sidecar.spec.outbound_traffic_policy {
-        snap.bootstrap.mesh.outbound_traffic_policy =
-            otp.mode.unwrap_or(OutboundTrafficMode::RegistryOnly);
+        let mode = otp.mode.unwrap_or(OutboundTrafficMode::RegistryOnly);
+        snap.bootstrap.mesh.outbound_traffic_policy = mode;
+        // egressProxy: validation allows it with ALLOW_ANY only
+        if mode == OutboundTrafficMode::AllowAny
+            && let Some(proxy) = &otp.egress_proxy
+        {
+            let mut d = proxy.clone();
+            d.host = resolve_host(
+                &d.host,
+                &sidecar.namespace,
+                &snap.bootstrap.mesh.cluster_domain,
+            );
+            snap.egress_proxy = Some(d);
+        }
     }
     if !sidecar.spec.egress.is_empty() {
         let hosts =
@@ -293,6 +308,10 @@ fn restrict(snap: &mut Snapshot, hosts: &EgressHosts, ns: &str) {
         .map(|s| s.hostname.clone())
         .collect();
     let mut destinations: HashSet<&str> = HashSet::new();
+    // the egress proxy is reachable whatever the hosts say (Istio sends to it directly)
+    if let Some(d) = &snap.egress_proxy {
+        destinations.insert(&d.host);
+    }
     for vs in &snap.virtual_services {
         for r in &vs.spec.http {
             for d in r.route.iter().filter_map(|r| r.destination.as_ref()) {

@@ -1414,8 +1414,8 @@ static OUTBOUND_TRAFFIC_POLICY: TypeDef = TypeDef {
         field(
             "egressProxy",
             Struct(&DESTINATION),
-            Status::NotYet(Area::GatewaysL4),
-            "unknown hosts pass through to the address they name, not to this proxy",
+            Status::Enforced,
+            "under `ALLOW_ANY`, requests for hosts outside the workload's registry go to this destination (their authority kept) instead of passing through",
         ),
     ],
 };

@@ -233,7 +233,13 @@ impl Builder<'_> {
             subset: None,
             port: None,
         };
+        self.forward_route(dest, "default")
+    }
+
+    /// A route that forwards everything to `dest` (named `name` in its policy).
+    fn forward_route(&self, dest: RouteDestination, name: &str) -> Arc<CompiledRoute> {
         let cookie = self.sticky_cookie(&dest);
+        let dest_host = dest.host.clone();
         Arc::new(CompiledRoute {
             blocks: Box::new([]),
             action: Action::Forward(Forward {
@@ -251,10 +257,10 @@ impl Builder<'_> {
             headers: HeaderRules::default(),
             cors: None,
             policy: Arc::new(RoutePolicy {
-                route_name: Some("default".into()),
-                rate_limit: self.rate_limits.within(&svc.hostname, || {
-                    self.rate_limits.for_route(Some("default"))
-                }),
+                route_name: Some(name.into()),
+                rate_limit: self
+                    .rate_limits
+                    .within(&dest_host, || self.rate_limits.for_route(Some(name))),
                 ..RoutePolicy::default()
             }),
             block_policies: Box::new([]),
@@ -412,7 +418,16 @@ impl Builder<'_> {
             }
         }
         self.table.unknown = match self.snap.bootstrap.mesh.outbound_traffic_policy {
-            OutboundTrafficMode::AllowAny => UnknownHost::Passthrough,
+            // Sidecar `outboundTrafficPolicy.egressProxy`: unknown hosts go to the egress
+            // proxy (Istio's sidecar.go: the passthrough cluster becomes the proxy's)
+            OutboundTrafficMode::AllowAny => match &self.snap.egress_proxy {
+                Some(d) => {
+                    let dest = self.destination(d);
+                    let port = dest.port;
+                    UnknownHost::Forward(self.forward_route(dest, "egress-proxy"), port)
+                }
+                None => UnknownHost::Passthrough,
+            },
             OutboundTrafficMode::RegistryOnly => UnknownHost::BlackHole,
         };
         Ok(self.finish())
