@@ -133,6 +133,7 @@ mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
 mod h1client;
+pub mod h2guard;
 pub mod headers;
 mod limits;
 mod listener;
@@ -140,16 +141,19 @@ pub mod loops;
 pub mod pool;
 mod reqbody;
 mod stack;
+mod stats;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 mod worker;
 
+pub use h2guard::GoAwayCause;
 pub use limits::Limits;
 pub use loops::OwnAddrs;
 pub use pool::{Pool, PoolKey};
 pub use reqbody::{RequestBody, RequestBodyError};
 pub use stack::{StackFactory, WorkerContext};
+pub use stats::{DownstreamConnections, GuardStats};
 pub use upstream::{Connector, ConnectorFuture, EngineResponse, UpstreamBody, UpstreamBodyError};
 
 /// Where and how the engine listens.
@@ -173,6 +177,9 @@ pub struct EngineConfig {
     /// Terminates TLS on every accepted connection ([`tls`]), within the limits'
     /// `tlsHandshakeTimeout`. Default: plaintext (HTTP/1.1 and h2c).
     pub downstream_tls: Option<Arc<dyn tls::DownstreamTls>>,
+    /// The open connections [`Limits::max_downstream_connections`] caps: share one between
+    /// the engines of a process for a process-wide cap. Default: the engine's own.
+    pub connections: DownstreamConnections,
 }
 
 /// A running engine: its workers, its address, its drain.
@@ -202,6 +209,7 @@ pub struct BoundEngine {
     own_addrs: OwnAddrs,
     upstream_tls: Option<Arc<dyn tls::UpstreamTls>>,
     downstream_tls: Option<Arc<dyn tls::DownstreamTls>>,
+    connections: DownstreamConnections,
 }
 
 /// The engine's readiness, for an admin `/ready` endpoint: cheap to clone, `Send + Sync`.
@@ -217,6 +225,10 @@ pub(crate) struct Shared {
     /// Downstream connections accepted, and open now (every worker's).
     pub(crate) accepted: std::sync::atomic::AtomicU64,
     pub(crate) open: std::sync::atomic::AtomicU64,
+    /// The process-wide count the connection cap applies to.
+    pub(crate) connections: DownstreamConnections,
+    /// What the guards did.
+    pub(crate) counters: stats::Counters,
 }
 
 /// The engine's phase, watched by every worker.
@@ -239,6 +251,7 @@ impl EngineConfig {
             own_addrs: OwnAddrs::new(),
             upstream_tls: None,
             downstream_tls: None,
+            connections: DownstreamConnections::new(),
         }
     }
 }
@@ -270,6 +283,7 @@ impl BoundEngine {
             own_addrs,
             upstream_tls,
             downstream_tls,
+            connections,
         } = self;
         // before any worker forwards: no connector of this proxy connects to it
         own_addrs.add(local_addr);
@@ -285,6 +299,8 @@ impl BoundEngine {
             draining: AtomicBool::new(false),
             accepted: std::sync::atomic::AtomicU64::new(0),
             open: std::sync::atomic::AtomicU64::new(0),
+            connections,
+            counters: stats::Counters::default(),
         });
         let (control, control_rx) = watch::channel(Phase::Running);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -378,6 +394,7 @@ impl Engine {
             own_addrs: config.own_addrs,
             upstream_tls: config.upstream_tls,
             downstream_tls: config.downstream_tls,
+            connections: config.connections,
         })
     }
 
@@ -405,6 +422,12 @@ impl Engine {
             self.shared.accepted.load(Ordering::Relaxed),
             self.shared.open.load(Ordering::Relaxed),
         )
+    }
+
+    /// What the listener's guards did since the start: connections refused by the cap,
+    /// accept errors, HTTP/2 `GOAWAY`s by cause.
+    pub fn guards(&self) -> GuardStats {
+        self.shared.counters.snapshot()
     }
 
     /// A handle telling whether the engine is ready to serve.
@@ -492,6 +515,11 @@ impl Readiness {
             self.0.accepted.load(Ordering::Relaxed),
             self.0.open.load(Ordering::Relaxed),
         )
+    }
+
+    /// What the engine's guards did (see [`Engine::guards`]).
+    pub fn guards(&self) -> GuardStats {
+        self.0.counters.snapshot()
     }
 }
 

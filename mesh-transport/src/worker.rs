@@ -91,6 +91,7 @@ fn run<F: StackFactory>(spawn: Spawn<F>) {
             limits.clone(),
             hop,
             downstream_tls,
+            shared.clone(),
         ));
         shared.listening.fetch_add(1, Ordering::AcqRel);
         let _ = started.send(Ok(()));
@@ -120,12 +121,22 @@ fn run<F: StackFactory>(spawn: Spawn<F>) {
 }
 
 /// Accepts until the engine leaves [`Phase::Running`]; returns the phase it moved to.
+///
+/// A connection over `maxDownstreamConnections` (counted over every engine sharing the
+/// [`DownstreamConnections`](crate::DownstreamConnections)) is closed as soon as it is
+/// accepted, as Envoy's overload manager does (accepting it empties the kernel's queue, where
+/// it would otherwise wait). Running out of descriptors or buffers (`EMFILE`, `ENFILE`,
+/// `ENOBUFS`, `ENOMEM`) never ends the loop: it backs off (10 ms, doubling to 640 ms,
+/// reset by the next success), logs at most once per [`LOG_EVERY`], and resumes by itself
+/// once descriptors are free again.
 async fn accept_loop<F: StackFactory>(
     listener: &TcpListener,
     worker: &Rc<Worker<F>>,
     control: &mut watch::Receiver<Phase>,
     shared: &Arc<Shared>,
 ) -> Phase {
+    let max = worker.limits().max_downstream_connections;
+    let mut backoff = Backoff::default();
     loop {
         let phase = *control.borrow_and_update();
         if phase != Phase::Running {
@@ -140,19 +151,72 @@ async fn accept_loop<F: StackFactory>(
             }
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
+                    backoff.reset();
+                    let Some(slot) = shared.connections.try_take(max) else {
+                        shared.counters.refused_over_cap.fetch_add(1, Ordering::Relaxed);
+                        drop(stream);
+                        continue;
+                    };
                     shared.accepted.fetch_add(1, Ordering::Relaxed);
                     let open = OpenConnection::new(shared.clone());
                     let served = serve(stream, peer, worker.clone());
                     tokio::task::spawn_local(async move {
                         served.await;
                         drop(open);
+                        drop(slot);
                     });
                 }
                 Err(e) if is_per_connection(&e) => {}
-                // out of descriptors or memory: back off instead of spinning
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => {
+                    // out of descriptors or memory: back off instead of spinning (the
+                    // connection stays in the kernel's queue until a descriptor is free)
+                    shared.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    let pause = backoff.next(&e);
+                    tokio::time::sleep(pause).await;
+                }
             },
         }
+    }
+}
+
+/// How often an accept failure is logged at most (the others are counted).
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The accept loop's back-off after resource errors.
+#[derive(Default)]
+struct Backoff {
+    /// Consecutive failures.
+    failures: u32,
+    /// When a failure was last logged, and how many were not since.
+    logged: Option<tokio::time::Instant>,
+    quiet: u64,
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Records a failure, logs it if none was for a while, and returns the pause.
+    fn next(&mut self, e: &io::Error) -> Duration {
+        let now = tokio::time::Instant::now();
+        if self
+            .logged
+            .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+        {
+            tracing::warn!(
+                error = %e,
+                suppressed = self.quiet,
+                "accept failed; backing off (connections wait in the kernel's queue)"
+            );
+            self.logged = Some(now);
+            self.quiet = 0;
+        } else {
+            self.quiet += 1;
+        }
+        let pause = Duration::from_millis(10) * (1 << self.failures.min(6));
+        self.failures = self.failures.saturating_add(1);
+        pause
     }
 }
 
