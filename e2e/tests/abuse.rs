@@ -629,21 +629,30 @@ async fn out_of_descriptors_the_proxy_backs_off_and_recovers() {
 }
 
 /// 10,000 idle downstream connections (half HTTP/1.1 after one request, half h2c after one
-/// request) held with a bounded resident set: prints the bytes per idle connection and
-/// checks it stays under 32 KiB.
+/// request) held with a bounded resident set, then 5,000 more that never sent a byte: prints
+/// the bytes per connection of each kind and checks them against generous bounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_connections_hold_a_bounded_resident_set() {
     const N: usize = 10_000;
-    // this process holds N sockets, the proxy N more (and inherits the raised limit)
-    let got = rlimit::increase_nofile_limit(2 * N as u64 + 1000).unwrap();
+    const SILENT: usize = 5_000;
+    // this process holds N + SILENT sockets, the proxy as many (it inherits the limit)
+    let got = rlimit::increase_nofile_limit((N + SILENT) as u64 + 2000).unwrap();
     assert!(
-        got >= N as u64 + 500,
+        got >= (N + SILENT) as u64 + 500,
         "RLIMIT_NOFILE {got} is too low for this test"
     );
     let app = backend("v1").await;
     let dir = tempfile::tempdir().unwrap();
-    let proc = run_proxy(dir.path(), &app, "", None).await;
+    // silent connections stay open for the measurement
+    let proc = run_proxy(
+        dir.path(),
+        &app,
+        "  limits: {requestHeadersTimeout: 300s}\n",
+        None,
+    )
+    .await;
     let out = proc.logged_addr("outbound listener up").await;
+    let admin = proc.logged_addr("admin listener up").await;
     assert_eq!(get_once(out, "reviews", &[]).await.status.as_u16(), 200);
     let before = proc.rss();
     let mut h1s = Vec::with_capacity(N / 2);
@@ -668,24 +677,43 @@ async fn ten_thousand_idle_connections_hold_a_bounded_resident_set() {
             h2s.push(h);
         }
     }
-    let (_, text) = admin_get(
-        proc.logged_addr("admin listener up").await,
-        "/stats/prometheus",
+    let open = |text: &str| {
+        sample(
+            text,
+            "mesh_proxy_downstream_connections_active{listener=\"outbound\"}",
+        )
+    };
+    let (_, text) = admin_get(admin, "/stats/prometheus").await;
+    assert!(open(&text) >= N as f64, "{} open", open(&text));
+    let idle = proc.rss();
+    let mut silent = Vec::with_capacity(SILENT);
+    for _ in 0..SILENT {
+        silent.push(bounded(TcpStream::connect(out)).await.unwrap());
+    }
+    eventually(
+        "the proxy accepted every silent connection",
+        || async move {
+            let (_, text) = admin_get(admin, "/stats/prometheus").await;
+            open(&text) >= (N + SILENT) as f64
+        },
     )
     .await;
-    let active = sample(
-        &text,
-        "mesh_proxy_downstream_connections_active{listener=\"outbound\"}",
-    );
-    assert!(active >= N as f64, "{active} open");
-    let after = proc.rss();
-    let per = after.saturating_sub(before) / N as u64;
+    let all = proc.rss();
+    let per_idle = idle.saturating_sub(before) / N as u64;
+    let per_silent = all.saturating_sub(idle) / SILENT as u64;
     println!(
-        "RSS {} KiB before, {} KiB with {N} idle connections (half h1, half h2c): {per} bytes each",
+        "RSS {} KiB before, {} KiB with {N} idle connections (half h1, half h2c, one request \
+         each): {per_idle} bytes each; {} KiB with {SILENT} more that sent nothing: \
+         {per_silent} bytes each",
         before / 1024,
-        after / 1024
+        idle / 1024,
+        all / 1024
     );
-    assert!(per < 32 * 1024, "{per} bytes per idle connection");
+    assert!(per_idle < 32 * 1024, "{per_idle} bytes per idle connection");
+    assert!(
+        per_silent < 4 * 1024,
+        "{per_silent} bytes per silent connection"
+    );
     assert!(h1s.iter().all(|c| !c.is_closed()));
-    drop((h1s, h2s));
+    drop((h1s, h2s, silent));
 }
