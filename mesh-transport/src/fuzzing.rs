@@ -159,3 +159,27 @@ pub fn h2_guard(client: &[u8], cuts: &[usize], server: &[u8]) -> Option<(GoAwayC
     }
     None
 }
+
+/// The HTTP/2 abuse guards of one connection with the default limits, for the benchmarks
+/// (`benches/benches/h2guard.rs`): what the listener runs on every read and write.
+#[derive(Debug)]
+pub struct H2Guards(crate::h2guard::H2Guard);
+
+impl Default for H2Guards {
+    fn default() -> Self {
+        H2Guards(crate::h2guard::H2Guard::new(&crate::Limits::default()))
+    }
+}
+
+impl H2Guards {
+    /// Bytes read from the client (the first 24 are the preface); the cause when a guard
+    /// trips.
+    pub fn received(&mut self, bytes: &[u8]) -> Option<GoAwayCause> {
+        self.0.received(bytes)
+    }
+
+    /// Bytes written to the client.
+    pub fn sent(&mut self, bytes: &[u8]) {
+        self.0.sent(bytes);
+    }
+}

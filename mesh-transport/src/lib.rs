@@ -94,6 +94,30 @@
 //! listening addresses ([`OwnAddrs`], `508 UF`; see [`loops`]). A malformed request only
 //! ever affects its own connection.
 //!
+//! # What the engine bounds (abuse)
+//!
+//! | resource | bound | over it |
+//! |---|---|---|
+//! | connections open at once, over every engine sharing a [`DownstreamConnections`] | `maxDownstreamConnections` (50,000; Envoy's `global_downstream_max_connections`) | accepted and closed at once, counted ([`GuardStats::refused_over_cap`]) |
+//! | descriptors or buffers (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM` on `accept`) | the process' | the accept loop backs off (10 ms doubling to 640 ms), logs once per 10 s, counts ([`GuardStats::accept_errors`]); connections wait in the kernel's queue and are served once descriptors are free |
+//! | a silent connection | `requestHeadersTimeout` to its first byte; ~2 KB of memory (the protocol's state is allocated once its first bytes arrive) | closed |
+//! | an idle connection | `streamIdleTimeout` without a byte either way (Envoy's `idle_timeout` is 1 h and counts only connections without streams: this is stricter); ~23 KB each (measured, 10,000 idle, half HTTP/1.1, half h2c) | closed |
+//! | HTTP/1.1 read buffer | the head limit + 16 KiB (hyper's default ~400 KiB) | hyper applies back-pressure |
+//! | HTTP/2 streams | `http2MaxConcurrentStreams` (`SETTINGS_MAX_CONCURRENT_STREAMS`) | `REFUSED_STREAM` |
+//! | HTTP/2 header list | `maxRequestHeadersKb` (`SETTINGS_MAX_HEADER_LIST_SIZE`); HPACK table 4096 | `431`; over 4× (an HPACK bomb): GOAWAY `ENHANCE_YOUR_CALM` (`h2`) |
+//! | HTTP/2 CONTINUATION frames per header block (CVE-2024-27316) | what the header list size needs (`h2`) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 streams reset before accepted (CVE-2023-44487) | 20 at once (`h2`) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 streams reset after accepted (rapid reset, Envoy's premature reset) | half of the streams, once 500 were opened ([`h2guard`]) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 streams the server resets for the client's errors | 200 per connection (`h2`) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 PING and SETTINGS | 1000 a second ([`h2guard`]); one acknowledgement pending (`h2` stops reading) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 PRIORITY, WINDOW_UPDATE | 100 per stream opened; 5 + 10 per DATA frame sent or stream opened ([`h2guard`], Envoy's) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 empty or tiny DATA frames | a framing-overhead budget (`h2`) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 receive buffer | the connection window (1 MiB, hyper's) | flow control |
+//!
+//! Every GOAWAY with an error is counted by cause ([`GuardStats::goaways`]; mesh-proxy's
+//! `mesh_proxy_http2_goaways_total{cause}`); a well-behaved client on another connection is
+//! not affected (`e2e/tests/abuse.rs`).
+//!
 //! # Drain and readiness
 //!
 //! [`Engine::drain`] stops accepting, sends HTTP/1.1 responses in flight with
