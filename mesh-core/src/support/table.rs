@@ -1759,6 +1759,12 @@ static LIMITS: TypeDef = TypeDef {
         ),
         field("http2MaxConcurrentStreams", Leaf, Status::Enforced, ""),
         field("drainTimeout", Leaf, Status::Enforced, ""),
+        field(
+            "maxDownstreamConnections",
+            Leaf,
+            Status::Enforced,
+            "over every listener; one over it is closed as soon as accepted",
+        ),
     ],
 };
 
