@@ -45,6 +45,70 @@ pub fn routes_config(routes: usize) -> String {
     y
 }
 
+/// The mesh of issue 15: `services` services spread over 100 namespaces (`ns0`..`ns99`;
+/// fewer when there are fewer services), each a `MESH_INTERNAL` ServiceEntry
+/// `svc<i>.ns<k>.svc.cluster.local` with two endpoints (labels `version: v1` / `v2`), a
+/// VirtualService with a header rule (`x-canary: "true"` → v2) and a 90/10 split, and a
+/// DestinationRule with two subsets. No `ProxyBootstrap`: see [`mesh_bootstrap`].
+///
+/// Service `i` lives in namespace `ns{i % 100}`; its endpoints are `10.<a>.<b>.<c>` and
+/// `10.<a+128>.<b>.<c>` on port `endpoint_port` (so a test can point them at a real
+/// backend by using 127.0.0.1 through [`mesh_config_with`]).
+pub fn mesh_config(services: usize) -> String {
+    mesh_config_with(services, |i| {
+        let (a, b, c) = ((i >> 16) & 0x7f, (i >> 8) & 0xff, i & 0xff);
+        (
+            format!("10.{a}.{b}.{c}"),
+            format!("10.{}.{b}.{c}", a + 128),
+            8080,
+        )
+    })
+}
+
+/// Like [`mesh_config`], with each service's two endpoint addresses and port given by
+/// `endpoints(i)` (`(v1 address, v2 address, port)`).
+pub fn mesh_config_with(
+    services: usize,
+    mut endpoints: impl FnMut(usize) -> (String, String, u16),
+) -> String {
+    let mut y = String::with_capacity(services * 1400);
+    for i in 0..services {
+        let ns = mesh_namespace(i);
+        let host = format!("svc{i}.{ns}.svc.cluster.local");
+        let (v1, v2, port) = endpoints(i);
+        let _ = write!(
+            y,
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc{i}, namespace: {ns}}}\nspec:\n  hosts: [{host}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]\n  endpoints:\n  - {{address: {v1}, labels: {{app: svc{i}, version: v1}}}}\n  - {{address: {v2}, labels: {{app: svc{i}, version: v2}}}}\n---\n"
+        );
+        let _ = write!(
+            y,
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc{i}, namespace: {ns}}}\nspec:\n  host: svc{i}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\n"
+        );
+        let _ = write!(
+            y,
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc{i}, namespace: {ns}}}\nspec:\n  hosts: [svc{i}]\n  http:\n  - match:\n    - headers:\n        x-canary: {{exact: \"true\"}}\n    route:\n    - destination: {{host: svc{i}, subset: v2}}\n  - route:\n    - destination: {{host: svc{i}, subset: v1}}\n      weight: 90\n    - destination: {{host: svc{i}, subset: v2}}\n      weight: 10\n---\n"
+        );
+    }
+    y
+}
+
+/// The namespace of service `i` in [`mesh_config`]: `ns{i % 100}`.
+pub fn mesh_namespace(i: usize) -> String {
+    format!("ns{}", i % 100)
+}
+
+/// A `ProxyBootstrap` on ports 0 for a workload `app` in namespace `ns0`, `concurrency`
+/// workers; `extra` is indented YAML appended to `spec`.
+pub fn mesh_bootstrap(concurrency: u32, extra: &str) -> String {
+    format!(
+        "apiVersion: mesh.proxy/v1alpha1\nkind: ProxyBootstrap\nmetadata: {{name: scale}}\nspec:\n  concurrency: {concurrency}\n  workload:\n    name: app\n    namespace: ns0\n    labels: {{app: app}}\n  outbound: {{address: 127.0.0.1, port: 0}}\n  admin: {{address: 127.0.0.1, port: 0}}\n{extra}---\n"
+    )
+}
+
+/// A Sidecar for [`mesh_bootstrap`]'s workload (namespace `ns0`) that lets it see 10 services
+/// of [`mesh_config`]'s mesh: `svc0`..`svc900` of `ns0` (every hundredth service is in `ns0`).
+pub const SEES_TEN: &str = "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: ns0}\nspec:\n  egress:\n  - hosts: [\"./svc0.ns0.svc.cluster.local\", \"./svc100.ns0.svc.cluster.local\", \"./svc200.ns0.svc.cluster.local\", \"./svc300.ns0.svc.cluster.local\", \"./svc400.ns0.svc.cluster.local\", \"./svc500.ns0.svc.cluster.local\", \"./svc600.ns0.svc.cluster.local\", \"./svc700.ns0.svc.cluster.local\", \"./svc800.ns0.svc.cluster.local\", \"./svc900.ns0.svc.cluster.local\"]\n";
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -59,6 +123,48 @@ mod tests {
             .sum();
         assert_eq!(n, 250);
         assert_eq!(c.snapshot.services.len(), 3);
+    }
+
+    /// The issue's mesh is valid, and its route table has exactly the routes written (two
+    /// per service: the header rule and the split), one virtual host per service: the
+    /// build is linear in what it builds (a regression guard on counts, not durations).
+    #[test]
+    fn mesh_config_is_valid_and_builds_two_routes_per_service() {
+        for n in [1usize, 150, 1000] {
+            let text = format!("{}{}", super::mesh_bootstrap(1, ""), super::mesh_config(n));
+            let c = mesh_core::config::load_str("gen.yaml", &text).expect("valid");
+            assert_eq!(c.snapshot.services.len(), n);
+            assert_eq!(c.snapshot.destination_rules.len(), n);
+            assert_eq!(c.snapshot.virtual_services.len(), n);
+            let t = mesh_routing::RouteTable::sidecar(&c.snapshot).expect("builds");
+            assert_eq!(t.route_count(), 2 * n);
+            // every service's DestinationRule is found from the workload's namespace
+            for s in &c.snapshot.services {
+                let dr = c
+                    .snapshot
+                    .destination_rule(&s.hostname, "ns0")
+                    .expect("a rule");
+                assert_eq!(dr.host, s.hostname);
+            }
+        }
+    }
+
+    /// With [`super::SEES_TEN`], the snapshot holds the 10 services the workload sees, their
+    /// VirtualServices and DestinationRules, and nothing else.
+    #[test]
+    fn sees_ten_keeps_ten_services() {
+        let text = format!(
+            "{}{}{}",
+            super::mesh_bootstrap(1, ""),
+            super::mesh_config(1000),
+            super::SEES_TEN
+        );
+        let c = mesh_core::config::load_str("gen.yaml", &text).expect("valid");
+        assert_eq!(c.snapshot.services.len(), 10);
+        assert_eq!(c.snapshot.virtual_services.len(), 10);
+        assert_eq!(c.snapshot.destination_rules.len(), 10);
+        let t = mesh_routing::RouteTable::sidecar(&c.snapshot).expect("builds");
+        assert_eq!(t.route_count(), 20);
     }
 }
 

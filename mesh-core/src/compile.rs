@@ -242,12 +242,27 @@ pub struct Snapshot {
     /// LocalRateLimits, in source order, hosts resolved (all of them: which apply to this
     /// workload is [`crate::ratelimit::applies`]'s to say).
     pub local_rate_limits: Vec<Arc<Named<LocalRateLimit>>>,
+    /// Where unknown hosts go under `ALLOW_ANY`: the workload's Sidecar's
+    /// `outboundTrafficPolicy.egressProxy`, host resolved ([`crate::scope`]). None: they pass
+    /// through to the address they name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<Destination>,
     /// The regexes and header formats validation compiled, for the route table
     /// ([`crate::pattern`]); empty for a snapshot compiled without validation.
     #[serde(skip)]
     pub precompiled: Arc<Precompiled>,
     #[serde(skip)]
     service_index: HashMap<Arc<str>, Vec<usize>>,
+    /// The services whose hostname is a wildcard (`*.example.com`), in source order: the
+    /// only ones a host missing from `service_index` can match.
+    #[serde(skip)]
+    wildcard_services: Vec<usize>,
+    /// The DestinationRules of each exact host (lower-cased), in source order.
+    #[serde(skip)]
+    dr_index: HashMap<Arc<str>, Vec<usize>>,
+    /// The DestinationRules whose host is a wildcard, in source order.
+    #[serde(skip)]
+    wildcard_drs: Vec<usize>,
 }
 
 // === impl ExportTo ===
@@ -500,12 +515,7 @@ pub fn compile_with(resources: Vec<Resource>, precompiled: Precompiled) -> Snaps
             }
         }
     }
-    for (i, s) in snap.services.iter().enumerate() {
-        snap.service_index
-            .entry(s.hostname.clone())
-            .or_default()
-            .push(i);
-    }
+    snap.reindex();
     snap
 }
 
@@ -656,6 +666,58 @@ impl Snapshot {
         }
     }
 
+    /// Builds the look-up indexes (services by host, DestinationRules by host): every
+    /// look-up of a host is then proportional to the entries of that host, not to the size
+    /// of the mesh (start-up at 10,000 services was quadratic in it; issue 15).
+    ///
+    /// [`compile`] builds them; call it again after changing `services` or
+    /// `destination_rules` (as [`crate::scope::apply`] does).
+    pub fn reindex(&mut self) {
+        self.service_index.clear();
+        self.wildcard_services.clear();
+        self.dr_index.clear();
+        self.wildcard_drs.clear();
+        for (i, s) in self.services.iter().enumerate() {
+            self.service_index
+                .entry(s.hostname.clone())
+                .or_default()
+                .push(i);
+            if s.hostname.starts_with('*') {
+                self.wildcard_services.push(i);
+            }
+        }
+        for (i, d) in self.destination_rules.iter().enumerate() {
+            if d.host.starts_with('*') {
+                self.wildcard_drs.push(i);
+            } else {
+                let key: Arc<str> = if d.host.bytes().any(|b| b.is_ascii_uppercase()) {
+                    d.host.to_ascii_lowercase().into()
+                } else {
+                    d.host.clone()
+                };
+                self.dr_index.entry(key).or_default().push(i);
+            }
+        }
+    }
+
+    /// The indexes of the DestinationRules whose host covers `host` (Istio's
+    /// `host.Name.Matches`, [`host_matches`]), in source order.
+    fn drs_matching<'a>(&'a self, host: &'a str) -> impl Iterator<Item = usize> + 'a {
+        let exact: &[usize] = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.dr_index
+                .get(host.to_ascii_lowercase().as_str())
+                .map_or(&[], Vec::as_slice)
+        } else {
+            self.dr_index.get(host).map_or(&[], Vec::as_slice)
+        };
+        let wild = self
+            .wildcard_drs
+            .iter()
+            .copied()
+            .filter(move |&i| host_matches(&self.destination_rules[i].host, host));
+        merge_sorted(exact.iter().copied(), wild)
+    }
+
     /// The service for an FQDN host as seen from namespace `from_ns`: an exact host first
     /// (the client's namespace's own entry preferred), then the most specific wildcard.
     pub fn service(&self, host: &str, from_ns: &str) -> Option<&Arc<Service>> {
@@ -675,13 +737,10 @@ impl Snapshot {
                 return first;
             }
         }
-        self.services
+        self.wildcard_services
             .iter()
-            .filter(|s| {
-                s.hostname.starts_with('*')
-                    && s.matches_host(host)
-                    && s.export_to.visible_to(from_ns)
-            })
+            .map(|&i| &self.services[i])
+            .filter(|s| s.matches_host(host) && s.export_to.visible_to(from_ns))
             .max_by_key(|s| s.hostname.len())
     }
 
@@ -697,12 +756,9 @@ impl Snapshot {
         let service_ns = self.service(host, from_ns).map(|s| s.namespace.as_str());
         let root = self.bootstrap.mesh.root_namespace.as_str();
         let candidates = || {
-            self.destination_rules
-                .iter()
-                .filter(|d| {
-                    host_matches(&d.host, host)
-                        && (d.namespace == from_ns || d.export_to.visible_to(from_ns))
-                })
+            self.drs_matching(host)
+                .map(|i| &self.destination_rules[i])
+                .filter(|d| d.namespace == from_ns || d.export_to.visible_to(from_ns))
                 .filter(|d| match &d.spec.workload_selector {
                     // a selector applies only to the workloads of the rule's namespace
                     Some(sel) => {
@@ -757,6 +813,20 @@ impl Snapshot {
             .and_then(|s| s.traffic_policy.as_ref());
         merge_traffic_policy(top, sub, port)
     }
+}
+
+/// Merges two ascending sequences of indexes into one ascending sequence.
+fn merge_sorted(
+    a: impl Iterator<Item = usize>,
+    b: impl Iterator<Item = usize>,
+) -> impl Iterator<Item = usize> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if x <= y => a.next(),
+        (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+        (Some(_), None) => a.next(),
+        (None, None) => None,
+    })
 }
 
 /// Replaces the four port-level fields of `p` with those of the entry of `settings` for

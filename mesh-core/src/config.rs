@@ -1,4 +1,7 @@
-//! From files to a snapshot in one call: load → validate → compile → analyze.
+//! From files to a snapshot in one call: load → validate → compile → scope → analyze.
+//!
+//! The scope step applies the bootstrap workload's `Sidecar` ([`crate::scope`]): the
+//! snapshot keeps only what that workload sees.
 //!
 //! This is what `mesh-proxy run` and `mesh-proxy validate` do (the proxy then builds its
 //! route tables and balancers from the snapshot, see `mesh_proxy::pipeline`), and what an
@@ -170,7 +173,15 @@ pub fn build(loader: Loader, mode: CheckMode) -> Result<Compiled, ConfigError> {
     let n = resources.len();
     let has_bootstrap = resources.iter().any(|r| r.kind == Kind::ProxyBootstrap);
     let origins = Arc::new(Origins::of(&resources));
-    let snapshot = Arc::new(compile_with(resources, precompiled));
+    let mut snapshot = compile_with(resources, precompiled);
+    // the workload's Sidecar: what it sees and reaches (crate::scope)
+    let scoped = crate::scope::apply(&mut snapshot);
+    snapshot.reindex();
+    if !scoped.issues.is_empty() {
+        warnings.extend(origins.locate(scoped.issues));
+        sort(&mut warnings);
+    }
+    let snapshot = Arc::new(snapshot);
     // two LocalRateLimits on the same requests: refused, by the proxy (this project's kind,
     // not Istio's rules; see crate::ratelimit::conflicts)
     let conflicts = match mode {

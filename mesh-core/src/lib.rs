@@ -46,6 +46,7 @@ pub mod ratelimit;
 pub mod replay;
 pub mod request_end;
 pub mod rng;
+pub mod scope;
 pub mod selector;
 pub mod sticky;
 pub mod stream_info;

@@ -75,7 +75,22 @@ impl AdminServer {
                         tokio::select! {
                             _ = stop_rx.changed() => break,
                             accepted = listener.accept() => {
-                                let Ok((stream, _)) = accepted else { continue };
+                                let stream = match accepted {
+                                    Ok((stream, _)) => stream,
+                                    Err(e) => {
+                                        // out of descriptors or memory (EMFILE…): the error
+                                        // repeats until one is free, so pause rather than spin
+                                        if !matches!(
+                                            e.kind(),
+                                            io::ErrorKind::ConnectionAborted
+                                                | io::ErrorKind::ConnectionReset
+                                                | io::ErrorKind::Interrupted
+                                        ) {
+                                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                                        }
+                                        continue;
+                                    }
+                                };
                                 let state = state.clone();
                                 tokio::spawn(async move {
                                     let svc = hyper::service::service_fn(move |req| {

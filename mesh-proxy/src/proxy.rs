@@ -256,6 +256,8 @@ pub fn engine_limits(b: &ProxyBootstrap) -> Limits {
         tls_handshake_timeout: l.tls_handshake_timeout.get(),
         http2_max_concurrent_streams: l.http2_max_concurrent_streams,
         drain_timeout: l.drain_timeout.get(),
+        max_downstream_connections: l.max_downstream_connections,
+        ..Limits::default()
     }
 }
 
@@ -320,6 +322,8 @@ impl BoundListeners {
         let concurrency = boot.concurrency as usize;
         // every listener of this proxy, so that no connector forwards into one of them
         let own_addrs = OwnAddrs::new();
+        // `limits.maxDownstreamConnections` counts the connections of every listener
+        let connections = mesh_transport::DownstreamConnections::new();
         // `workload_port`: the inbound listener's (its portLevelMtls mode)
         let engine = |listener: ListenerKind, address: &str, port: u16, workload_port: u16| {
             let addr = socket_addr(address, port).map_err(io_err(format!("{listener} address")))?;
@@ -340,6 +344,7 @@ impl BoundListeners {
                 own_addrs: own_addrs.clone(),
                 downstream_tls,
                 upstream_tls,
+                connections: connections.clone(),
                 ..EngineConfig::new(addr)
             };
             Engine::bind(cfg).map_err(bind_err(listener, addr))
@@ -1435,10 +1440,57 @@ impl ProxyState {
                 "mesh_proxy_downstream_connections_active{{listener=\"{l}\"}} {open}"
             );
         }
+        self.encode_guards(&mut s);
         self.encode_circuit_breakers(&mut s);
         self.layers.telemetry().exporters().encode(&mut s);
         self.layers.telemetry().metrics().encode(&mut s);
         s
+    }
+
+    /// What the listeners' guards did, per listener: connections refused by
+    /// `limits.maxDownstreamConnections`, accept failures (out of descriptors or buffers),
+    /// HTTP/2 connections closed with an error `GOAWAY` by cause (`mesh_transport::h2guard`).
+    fn encode_guards(&self, s: &mut String) {
+        let guards: Vec<(ListenerKind, mesh_transport::GuardStats)> = self
+            .readiness
+            .lock()
+            .map(|v| v.iter().map(|(l, r)| (*l, r.guards())).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "# HELP mesh_proxy_downstream_connections_refused_total Connections closed at accept because maxDownstreamConnections were open, per listener.\n# TYPE mesh_proxy_downstream_connections_refused_total counter"
+        );
+        for (l, g) in &guards {
+            let _ = writeln!(
+                s,
+                "mesh_proxy_downstream_connections_refused_total{{listener=\"{l}\"}} {}",
+                g.refused_over_cap
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP mesh_proxy_accept_errors_total Failed accepts for want of descriptors or buffers (EMFILE, ENFILE, ENOBUFS, ENOMEM), each followed by a back-off, per listener.\n# TYPE mesh_proxy_accept_errors_total counter"
+        );
+        for (l, g) in &guards {
+            let _ = writeln!(
+                s,
+                "mesh_proxy_accept_errors_total{{listener=\"{l}\"}} {}",
+                g.accept_errors
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP mesh_proxy_http2_goaways_total HTTP/2 connections closed with an error GOAWAY, per listener and cause.\n# TYPE mesh_proxy_http2_goaways_total counter"
+        );
+        for (l, g) in &guards {
+            for (cause, n) in g.goaways() {
+                let _ = writeln!(
+                    s,
+                    "mesh_proxy_http2_goaways_total{{listener=\"{l}\",cause=\"{}\"}} {n}",
+                    cause.as_str()
+                );
+            }
+        }
     }
 
     /// The circuit breakers' counts per Istio cluster (one series per cluster alive now:

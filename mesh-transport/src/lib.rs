@@ -104,6 +104,30 @@
 //! listening addresses ([`OwnAddrs`], `508 UF`; see [`loops`]). A malformed request only
 //! ever affects its own connection.
 //!
+//! # What the engine bounds (abuse)
+//!
+//! | resource | bound | over it |
+//! |---|---|---|
+//! | connections open at once, over every engine sharing a [`DownstreamConnections`] | `maxDownstreamConnections` (50,000; Envoy's `global_downstream_max_connections`) | accepted and closed at once, counted ([`GuardStats::refused_over_cap`]) |
+//! | descriptors or buffers (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM` on `accept`) | the process' | the accept loop backs off (10 ms doubling to 640 ms), logs once per 10 s, counts ([`GuardStats::accept_errors`]); connections wait in the kernel's queue and are served once descriptors are free |
+//! | a silent connection | `requestHeadersTimeout` to its first byte; ~2 KB of memory (the protocol's state is allocated once its first bytes arrive) | closed |
+//! | an idle connection | `streamIdleTimeout` without a byte either way (Envoy's `idle_timeout` is 1 h and counts only connections without streams: this is stricter); ~23 KB each (measured, 10,000 idle, half HTTP/1.1, half h2c) | closed |
+//! | HTTP/1.1 read buffer | the head limit + 16 KiB (hyper's default ~400 KiB) | hyper applies back-pressure |
+//! | HTTP/2 streams | `http2MaxConcurrentStreams` (`SETTINGS_MAX_CONCURRENT_STREAMS`) | `REFUSED_STREAM` |
+//! | HTTP/2 header list | `maxRequestHeadersKb` (`SETTINGS_MAX_HEADER_LIST_SIZE`); HPACK table 4096 | `431`; over 4× (an HPACK bomb): GOAWAY `ENHANCE_YOUR_CALM` (`h2`) |
+//! | HTTP/2 CONTINUATION frames per header block (CVE-2024-27316) | what the header list size needs (`h2`) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 streams reset before accepted (CVE-2023-44487) | 20 at once (`h2`) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 streams reset after accepted (rapid reset, Envoy's premature reset) | half of the streams, once 500 were opened ([`h2guard`]) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 streams the server resets for the client's errors | 200 per connection (`h2`) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 PING and SETTINGS | 1000 a second ([`h2guard`]); one acknowledgement pending (`h2` stops reading) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 PRIORITY, WINDOW_UPDATE | 100 per stream opened; 5 + 10 per DATA frame sent or stream opened ([`h2guard`], Envoy's) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 empty or tiny DATA frames | a framing-overhead budget (`h2`) | GOAWAY `ENHANCE_YOUR_CALM` |
+//! | HTTP/2 receive buffer | the connection window (1 MiB, hyper's) | flow control |
+//!
+//! Every GOAWAY with an error is counted by cause ([`GuardStats::goaways`]; mesh-proxy's
+//! `mesh_proxy_http2_goaways_total{cause}`); a well-behaved client on another connection is
+//! not affected (`e2e/tests/abuse.rs`).
+//!
 //! # Drain and readiness
 //!
 //! [`Engine::drain`] stops accepting, sends HTTP/1.1 responses in flight with
@@ -143,6 +167,7 @@ mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
 mod h1client;
+pub mod h2guard;
 pub mod headers;
 pub mod l4;
 mod limits;
@@ -151,16 +176,19 @@ pub mod loops;
 pub mod pool;
 mod reqbody;
 mod stack;
+mod stats;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 mod worker;
 
+pub use h2guard::GoAwayCause;
 pub use limits::Limits;
 pub use loops::OwnAddrs;
 pub use pool::{Pool, PoolKey};
 pub use reqbody::{RequestBody, RequestBodyError};
 pub use stack::{StackFactory, WorkerContext};
+pub use stats::{DownstreamConnections, GuardStats};
 pub use upstream::{Connector, ConnectorFuture, EngineResponse, UpstreamBody, UpstreamBodyError};
 
 /// Where and how the engine listens.
@@ -184,6 +212,9 @@ pub struct EngineConfig {
     /// Terminates TLS on every accepted connection ([`tls`]), within the limits'
     /// `tlsHandshakeTimeout`. Default: plaintext (HTTP/1.1 and h2c).
     pub downstream_tls: Option<Arc<dyn tls::DownstreamTls>>,
+    /// The open connections [`Limits::max_downstream_connections`] caps: share one between
+    /// the engines of a process for a process-wide cap. Default: the engine's own.
+    pub connections: DownstreamConnections,
 }
 
 /// A running engine: its workers, its address, its drain.
@@ -213,6 +244,7 @@ pub struct BoundEngine {
     own_addrs: OwnAddrs,
     upstream_tls: Option<Arc<dyn tls::UpstreamTls>>,
     downstream_tls: Option<Arc<dyn tls::DownstreamTls>>,
+    connections: DownstreamConnections,
 }
 
 /// The engine's readiness, for an admin `/ready` endpoint: cheap to clone, `Send + Sync`.
@@ -228,6 +260,10 @@ pub(crate) struct Shared {
     /// Downstream connections accepted, and open now (every worker's).
     pub(crate) accepted: std::sync::atomic::AtomicU64,
     pub(crate) open: std::sync::atomic::AtomicU64,
+    /// The process-wide count the connection cap applies to.
+    pub(crate) connections: DownstreamConnections,
+    /// What the guards did.
+    pub(crate) counters: stats::Counters,
 }
 
 /// The engine's phase, watched by every worker.
@@ -250,6 +286,7 @@ impl EngineConfig {
             own_addrs: OwnAddrs::new(),
             upstream_tls: None,
             downstream_tls: None,
+            connections: DownstreamConnections::new(),
         }
     }
 }
@@ -285,7 +322,14 @@ impl BoundEngine {
                 pool,
                 init.upstream_tls,
             );
-            conn::Worker::new(factory, ctx, init.limits, hop, init.downstream_tls)
+            conn::Worker::new(
+                factory,
+                ctx,
+                init.limits,
+                hop,
+                init.downstream_tls,
+                init.shared,
+            )
         })
     }
 
@@ -311,6 +355,7 @@ impl BoundEngine {
             own_addrs,
             upstream_tls,
             downstream_tls,
+            connections,
         } = self;
         // before any worker forwards: no connector of this proxy connects to it
         own_addrs.add(local_addr);
@@ -326,6 +371,8 @@ impl BoundEngine {
             draining: AtomicBool::new(false),
             accepted: std::sync::atomic::AtomicU64::new(0),
             open: std::sync::atomic::AtomicU64::new(0),
+            connections,
+            counters: stats::Counters::default(),
         });
         let (control, control_rx) = watch::channel(Phase::Running);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -419,6 +466,7 @@ impl Engine {
             own_addrs: config.own_addrs,
             upstream_tls: config.upstream_tls,
             downstream_tls: config.downstream_tls,
+            connections: config.connections,
         })
     }
 
@@ -446,6 +494,12 @@ impl Engine {
             self.shared.accepted.load(Ordering::Relaxed),
             self.shared.open.load(Ordering::Relaxed),
         )
+    }
+
+    /// What the listener's guards did since the start: connections refused by the cap,
+    /// accept errors, HTTP/2 `GOAWAY`s by cause.
+    pub fn guards(&self) -> GuardStats {
+        self.shared.counters.snapshot()
     }
 
     /// A handle telling whether the engine is ready to serve.
@@ -533,6 +587,11 @@ impl Readiness {
             self.0.accepted.load(Ordering::Relaxed),
             self.0.open.load(Ordering::Relaxed),
         )
+    }
+
+    /// What the engine's guards did (see [`Engine::guards`]).
+    pub fn guards(&self) -> GuardStats {
+        self.0.counters.snapshot()
     }
 }
 

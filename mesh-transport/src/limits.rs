@@ -48,6 +48,30 @@ pub struct Limits {
     /// `drainTimeout`: on drain, how long in-flight requests may take to finish before the
     /// remaining connections are closed. Default: 10s.
     pub drain_timeout: Duration,
+    /// `maxDownstreamConnections`: the most downstream connections open at once, counted
+    /// over every engine that shares one [`DownstreamConnections`](crate::DownstreamConnections)
+    /// (the whole proxy: Envoy's overload manager `global_downstream_max_connections`). A
+    /// connection accepted over it is closed at once and counted. Default: 50,000.
+    pub max_downstream_connections: u32,
+    /// HTTP/2: streams the client may reset before the server accepted them, at once
+    /// (`h2`'s `max_pending_accept_reset_streams`; over it: `GOAWAY` `ENHANCE_YOUR_CALM`).
+    /// Default: 20 (`h2`'s).
+    pub http2_max_pending_accept_reset_streams: u32,
+    /// HTTP/2: streams the server may reset for the client's protocol errors over the
+    /// connection's life (`h2`'s `max_local_error_reset_streams`; over it: `GOAWAY`
+    /// `ENHANCE_YOUR_CALM`). Default: 200 (hyper's is 1024).
+    pub http2_max_local_error_reset_streams: u32,
+    /// HTTP/2: the HPACK dynamic table size advertised (`SETTINGS_HEADER_TABLE_SIZE`), which
+    /// bounds the decoder's table. Default: 4096 (the RFC's).
+    pub http2_header_table_size: u32,
+    /// HTTP/2 rapid reset (CVE-2023-44487): once a connection has opened this many streams,
+    /// it is closed with `GOAWAY` `ENHANCE_YOUR_CALM` when the client reset at least half of
+    /// them (Envoy's `premature_reset_total_stream_count`; every client reset counts, there
+    /// is no minimum stream lifetime). Default: 500 (Envoy's).
+    pub http2_premature_reset_min_streams: u32,
+    /// HTTP/2: PING and SETTINGS frames (not acknowledgements) a client may send within one
+    /// second; more closes the connection with `GOAWAY` `ENHANCE_YOUR_CALM`. Default: 1000.
+    pub http2_max_control_frames_per_second: u32,
 }
 
 // === impl Limits ===
@@ -63,6 +87,12 @@ impl Default for Limits {
             tls_handshake_timeout: Duration::from_secs(10),
             http2_max_concurrent_streams: 100,
             drain_timeout: Duration::from_secs(10),
+            max_downstream_connections: 50_000,
+            http2_max_pending_accept_reset_streams: 20,
+            http2_max_local_error_reset_streams: 200,
+            http2_header_table_size: 4096,
+            http2_premature_reset_min_streams: 500,
+            http2_max_control_frames_per_second: 1000,
         }
     }
 }
@@ -90,5 +120,7 @@ mod tests {
         assert_eq!(l.http2_max_concurrent_streams, 100);
         assert_eq!(l.drain_timeout, Duration::from_secs(10));
         assert_eq!(l.max_request_head_bytes(), 60 * 1024);
+        assert_eq!(l.max_downstream_connections, 50_000);
+        assert_eq!(l.http2_premature_reset_min_streams, 500);
     }
 }

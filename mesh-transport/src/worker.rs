@@ -17,6 +17,7 @@ use tokio::task::LocalSet;
 
 use crate::limits::Limits;
 use crate::loops::Guard;
+use crate::stats::Slot;
 use crate::{Phase, Shared};
 
 /// What a worker thread needs to start; `build` makes its connection handling (the HTTP
@@ -48,6 +49,8 @@ pub(crate) struct WorkerInit {
     pub(crate) guard: Guard,
     pub(crate) upstream_tls: Option<std::sync::Arc<dyn crate::tls::UpstreamTls>>,
     pub(crate) downstream_tls: Option<std::sync::Arc<dyn crate::tls::DownstreamTls>>,
+    /// The engine's shared state (its counters).
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// How a worker serves its accepted connections: HTTP (`conn::Worker`) or L4
@@ -116,10 +119,18 @@ where
             guard,
             upstream_tls,
             downstream_tls,
+            shared: shared.clone(),
         }));
         shared.listening.fetch_add(1, Ordering::AcqRel);
         let _ = started.send(Ok(()));
-        let phase = accept_loop(&listener, &worker, &mut control, &shared).await;
+        let phase = accept_loop(
+            &listener,
+            &worker,
+            &mut control,
+            &shared,
+            limits.max_downstream_connections,
+        )
+        .await;
         drop(listener); // stop accepting: new connections go elsewhere or are refused
         shared.listening.fetch_sub(1, Ordering::AcqRel);
         if phase == Phase::Draining {
@@ -145,12 +156,22 @@ where
 }
 
 /// Accepts until the engine leaves [`Phase::Running`]; returns the phase it moved to.
+///
+/// A connection over `maxDownstreamConnections` (counted over every engine sharing the
+/// [`DownstreamConnections`](crate::DownstreamConnections)) is closed as soon as it is
+/// accepted, as Envoy's overload manager does (accepting it empties the kernel's queue, where
+/// it would otherwise wait). Running out of descriptors or buffers (`EMFILE`, `ENFILE`,
+/// `ENOBUFS`, `ENOMEM`) never ends the loop: it backs off (10 ms, doubling to 640 ms,
+/// reset by the next success), logs at most once per [`LOG_EVERY`], and resumes by itself
+/// once descriptors are free again.
 async fn accept_loop<W: ConnWorker>(
     listener: &TcpListener,
     worker: &Rc<W>,
     control: &mut watch::Receiver<Phase>,
     shared: &Arc<Shared>,
+    max: u32,
 ) -> Phase {
+    let mut backoff = Backoff::default();
     loop {
         let phase = *control.borrow_and_update();
         if phase != Phase::Running {
@@ -165,31 +186,90 @@ async fn accept_loop<W: ConnWorker>(
             }
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
+                    backoff.reset();
+                    let Some(slot) = shared.connections.try_take(max) else {
+                        shared.counters.refused_over_cap.fetch_add(1, Ordering::Relaxed);
+                        drop(stream);
+                        continue;
+                    };
                     shared.accepted.fetch_add(1, Ordering::Relaxed);
-                    let open = OpenConnection::new(shared.clone());
+                    let open = OpenConnection::new(shared.clone(), slot);
                     worker.accept(stream, peer, open);
                 }
                 Err(e) if is_per_connection(&e) => {}
-                // out of descriptors or memory: back off instead of spinning
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => {
+                    // out of descriptors or memory: back off instead of spinning (the
+                    // connection stays in the kernel's queue until a descriptor is free)
+                    shared.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    let pause = backoff.next(&e);
+                    tokio::time::sleep(pause).await;
+                }
             },
         }
     }
 }
 
+/// How often an accept failure is logged at most (the others are counted).
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The accept loop's back-off after resource errors.
+#[derive(Default)]
+struct Backoff {
+    /// Consecutive failures.
+    failures: u32,
+    /// When a failure was last logged, and how many were not since.
+    logged: Option<tokio::time::Instant>,
+    quiet: u64,
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Records a failure, logs it if none was for a while, and returns the pause.
+    fn next(&mut self, e: &io::Error) -> Duration {
+        let now = tokio::time::Instant::now();
+        if self
+            .logged
+            .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+        {
+            tracing::warn!(
+                error = %e,
+                suppressed = self.quiet,
+                "accept failed; backing off (connections wait in the kernel's queue)"
+            );
+            self.logged = Some(now);
+            self.quiet = 0;
+        } else {
+            self.quiet += 1;
+        }
+        let pause = Duration::from_millis(10) * (1 << self.failures.min(6));
+        self.failures = self.failures.saturating_add(1);
+        pause
+    }
+}
+
 /// Counts a connection as open (in [`Shared::open`]) until dropped, with its task.
-pub(crate) struct OpenConnection(Arc<Shared>);
+/// Also holds the connection's place under `maxDownstreamConnections`, given back with it.
+pub(crate) struct OpenConnection {
+    shared: Arc<Shared>,
+    _slot: Slot,
+}
 
 impl OpenConnection {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>, slot: Slot) -> Self {
         shared.open.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(shared)
+        OpenConnection {
+            shared,
+            _slot: slot,
+        }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

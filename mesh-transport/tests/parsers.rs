@@ -217,3 +217,146 @@ proptest! {
         }
     }
 }
+
+// === protocol detection and the HTTP/2 guards ===
+
+mod sniffing {
+    use mesh_transport::fuzzing::{Detected, FrameCursor, GoAwayCause, Seen, h2_guard, sniff};
+    use proptest::prelude::*;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    /// `bytes` cut into reads at `cuts`.
+    fn reads<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        at.sort_unstable();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for end in at.into_iter().chain(std::iter::once(bytes.len())) {
+            out.push(&bytes[start..end]);
+            start = end;
+        }
+        out
+    }
+
+    /// What detection must say of a whole stream.
+    fn expected(bytes: &[u8], permissive: bool) -> Detected {
+        match bytes.first() {
+            None => Detected::NeedMore,
+            Some(0x16) if permissive => Detected::Tls,
+            _ if bytes.len() >= 24 && &bytes[..24] == PREFACE => Detected::H2,
+            _ if PREFACE.starts_with(bytes) => Detected::NeedMore,
+            _ => Detected::H1,
+        }
+    }
+
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            // the preface, or a prefix of it, then anything
+            (0usize..=24, proptest::collection::vec(any::<u8>(), 0..16)).prop_map(|(n, rest)| {
+                let mut v = PREFACE[..n].to_vec();
+                v.extend(rest);
+                v
+            }),
+            Just(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
+        ]
+    }
+
+    proptest! {
+        /// However the first bytes are split into reads, detection decides the same, and
+        /// decides HTTP/2 exactly for the preface (PERMISSIVE: TLS exactly for 0x16 first).
+        #[test]
+        fn detection_does_not_depend_on_how_reads_split(
+            bytes in stream(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+            permissive in any::<bool>(),
+        ) {
+            let whole = sniff(&[&bytes], permissive);
+            prop_assert_eq!(whole, expected(&bytes, permissive));
+            prop_assert_eq!(sniff(&reads(&bytes, &cuts), permissive), whole);
+            let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
+            prop_assert_eq!(sniff(&bytewise, permissive), whole);
+        }
+    }
+
+    /// A frame (RFC 9113 §4.1).
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        v.push(kind);
+        v.push(flags);
+        v.extend_from_slice(&stream.to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn frames() -> impl Strategy<Value = Vec<(u8, u8, u32, Vec<u8>)>> {
+        proptest::collection::vec(
+            (
+                0u8..12,
+                any::<u8>(),
+                0u32..0x8000_0000,
+                proptest::collection::vec(any::<u8>(), 0..40),
+            ),
+            0..40,
+        )
+    }
+
+    proptest! {
+        /// The frame scanner finds exactly the frames a stream was built from, however the
+        /// stream is cut (the guards count frames, never bytes that merely look like one).
+        #[test]
+        fn the_frame_scanner_finds_the_frames_however_cut(
+            fs in frames(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut bytes = Vec::new();
+            for (k, f, s, p) in &fs {
+                bytes.extend(frame(*k, *f, *s, p));
+            }
+            let mut heads = Vec::new();
+            let mut c = FrameCursor::default();
+            for r in reads(&bytes, &cuts) {
+                c.feed(r, |seen| {
+                    if let Seen::Frame(h) = seen {
+                        heads.push((h.kind, h.flags, h.stream, h.len as usize));
+                    }
+                    true
+                });
+            }
+            let want: Vec<_> = fs.iter().map(|(k, f, s, p)| (*k, *f, *s, p.len())).collect();
+            prop_assert_eq!(heads, want);
+            prop_assert!(c.at_boundary());
+        }
+
+        /// Arbitrary bytes either way never panic the guards; when one trips, its GOAWAY is a
+        /// well-formed ENHANCE_YOUR_CALM on stream 0, and the verdict does not depend on how
+        /// the client's bytes were cut.
+        #[test]
+        fn the_guards_take_any_bytes(
+            client in proptest::collection::vec(any::<u8>(), 0..2000),
+            server in proptest::collection::vec(any::<u8>(), 0..200),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let whole = h2_guard(&client, &[], &server);
+            prop_assert_eq!(h2_guard(&client, &cuts, &server), whole);
+            if let Some((_, goaway)) = whole {
+                prop_assert_eq!(&goaway[..9], &[0, 0, 8, 7, 0, 0, 0, 0, 0]);
+                prop_assert_eq!(&goaway[13..], &11u32.to_be_bytes());
+            }
+        }
+
+        /// A client that resets most of what it opens trips the premature-reset guard, cut
+        /// any way.
+        #[test]
+        fn rapid_reset_trips_however_cut(cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+            let mut client = Vec::new();
+            for id in (1u32..).step_by(2).take(600) {
+                client.extend(frame(1, 5, id, &[0x82]));
+                client.extend(frame(3, 0, id, &8u32.to_be_bytes()));
+            }
+            let tripped = h2_guard(&client, &cuts, &[]).map(|(c, _)| c);
+            prop_assert_eq!(tripped, Some(GoAwayCause::PrematureReset));
+        }
+    }
+}

@@ -371,6 +371,11 @@ pub struct Limits {
     /// Time in-flight requests get to finish on SIGTERM. Default: 10s.
     #[serde(default = "d_10s")]
     pub drain_timeout: GoDuration,
+    /// The most downstream connections open at once over every listener of the proxy
+    /// (Envoy's overload manager `global_downstream_max_connections`); one over it is closed
+    /// as soon as it is accepted. Default: 50000.
+    #[serde(default = "d_50000")]
+    pub max_downstream_connections: u32,
 }
 
 fn d_60() -> u32 {
@@ -378,6 +383,9 @@ fn d_60() -> u32 {
 }
 fn d_100() -> u32 {
     100
+}
+fn d_50000() -> u32 {
+    50_000
 }
 fn d_10s() -> GoDuration {
     GoDuration(Duration::from_secs(10))
@@ -397,6 +405,7 @@ impl Default for Limits {
             tls_handshake_timeout: d_10s(),
             http2_max_concurrent_streams: d_100(),
             drain_timeout: d_10s(),
+            max_downstream_connections: d_50000(),
         }
     }
 }

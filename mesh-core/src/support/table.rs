@@ -118,18 +118,6 @@ static MTLS_MODE: Values = Values {
     otherwise: Verdict::Refused(Area::Security),
 };
 
-/// Sidecar `egress[].hosts`: only the host that restricts nothing.
-static EGRESS_HOSTS: Values = Values {
-    cases: &[("*/*", Verdict::Enforced)],
-    otherwise: Verdict::Refused(Area::Security),
-};
-
-/// Sidecar `outboundTrafficPolicy.mode`: `REGISTRY_ONLY` restricts egress.
-static SIDECAR_OUTBOUND_MODE: Values = Values {
-    cases: &[("ALLOW_ANY", Verdict::NotYet(Area::GatewaysL4))],
-    otherwise: Verdict::Refused(Area::Security),
-};
-
 /// ProxyBootstrap `outbound.protocol`: the listener always detects the protocol.
 static LISTENER_PROTOCOL: Values = Values {
     cases: &[("auto", Verdict::Enforced)],
@@ -1346,14 +1334,14 @@ static SIDECAR: TypeDef = TypeDef {
             "ingress",
             Seq(&ISTIO_INGRESS_LISTENER),
             Status::NotYet(Area::GatewaysL4),
-            "",
+            "no listener is made from it: the bootstrap's `inbound` and `inboundPorts` are the inbound listeners",
         ),
         field("egress", Seq(&ISTIO_EGRESS_LISTENER), Status::Enforced, ""),
         field(
             "inboundConnectionPool",
             Struct(&CONNECTION_POOL_SETTINGS),
             Status::NotYet(Area::Resilience),
-            "",
+            "the inbound listeners forward to the application without these limits (they are not the DestinationRule's outbound pool)",
         ),
         field(
             "outboundTrafficPolicy",
@@ -1413,15 +1401,15 @@ static ISTIO_EGRESS_LISTENER: TypeDef = TypeDef {
             "port",
             Struct(&SIDECAR_PORT),
             Status::Refused(Area::Security),
-            "",
+            "Istio binds a listener for these hosts on that port only; the outbound listener routes every port by Host, so the hosts would be reachable on other ports too: refused rather than wider than written",
         ),
         field("bind", Leaf, Status::NotYet(Area::GatewaysL4), ""),
         field("captureMode", Leaf, Status::NotYet(Area::GatewaysL4), ""),
         field(
             "hosts",
             Leaf,
-            Status::Values(&EGRESS_HOSTS),
-            "only `*/*` (no restriction) is enforced",
+            Status::Enforced,
+            "every `namespace/host` form (`./*`, `*/*`, `ns/*`, `*/host`, `ns/host`, `~` exclusions, wildcard names): the workload sees and reaches only those services, the VirtualServices of those hosts (and their destinations) and their DestinationRules; other hosts are outside the registry",
         ),
     ],
 };
@@ -1432,14 +1420,14 @@ static OUTBOUND_TRAFFIC_POLICY: TypeDef = TypeDef {
         field(
             "mode",
             Leaf,
-            Status::Values(&SIDECAR_OUTBOUND_MODE),
-            "the bootstrap `mesh.outboundTrafficPolicy` applies",
+            Status::Enforced,
+            "replaces the bootstrap's `mesh.outboundTrafficPolicy` for the workload the Sidecar applies to (omitted: `REGISTRY_ONLY`, the proto's default)",
         ),
         field(
             "egressProxy",
             Struct(&DESTINATION),
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::Enforced,
+            "under `ALLOW_ANY`, requests for hosts outside the workload's registry go to this destination (their authority kept) instead of passing through",
         ),
     ],
 };
@@ -1855,6 +1843,12 @@ static LIMITS: TypeDef = TypeDef {
         ),
         field("http2MaxConcurrentStreams", Leaf, Status::Enforced, ""),
         field("drainTimeout", Leaf, Status::Enforced, ""),
+        field(
+            "maxDownstreamConnections",
+            Leaf,
+            Status::Enforced,
+            "over every listener; one over it is closed as soon as accepted",
+        ),
     ],
 };
 

@@ -158,13 +158,10 @@ fn jwt_claim_routes_are_enforced() {
 #[test]
 fn lists_are_judged_item_by_item() {
     let found = scan_doc(
-        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec:\n  egress:\n  - hosts: [\"*/*\", \"./*\"]\n",
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec:\n  egress:\n  - hosts: [\"*/*\", \"./*\", \"~ns/a.com\", \"*/*.b.com\"]\n",
     );
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!(
-        found[0].field.as_ref().unwrap().to_string(),
-        "spec.egress[0].hosts[1]"
-    );
+    // every host form Istio accepts is enforced (crate::scope)
+    assert!(found.is_empty(), "{found:?}");
     let found = scan_doc(
         "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}\n  - {port: {number: 5353, name: udp, protocol: UDP}, hosts: ['*']}\n  - {port: {number: 31400, name: tcp, protocol: TCP}, hosts: ['*']}\n  - {port: {number: 27017, name: mongo, protocol: MONGO}, hosts: ['*']}\n",
     );

@@ -161,6 +161,7 @@ pub(crate) fn validate(pb: &ProxyBootstrap, at: &FieldPath, rep: &mut Report<'_>
         ("maxRequestHeadersKb", l.max_request_headers_kb),
         ("maxRequestHeadersCount", l.max_request_headers_count),
         ("http2MaxConcurrentStreams", l.http2_max_concurrent_streams),
+        ("maxDownstreamConnections", l.max_downstream_connections),
     ] {
         if v == 0 {
             rep.error(&lp.k(field), format!("{field} must be greater than 0"));

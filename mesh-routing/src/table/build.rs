@@ -233,7 +233,13 @@ impl Builder<'_> {
             subset: None,
             port: None,
         };
+        self.forward_route(dest, "default")
+    }
+
+    /// A route that forwards everything to `dest` (named `name` in its policy).
+    fn forward_route(&self, dest: RouteDestination, name: &str) -> Arc<CompiledRoute> {
         let cookie = self.sticky_cookie(&dest);
+        let dest_host = dest.host.clone();
         Arc::new(CompiledRoute {
             blocks: Box::new([]),
             action: Action::Forward(Forward {
@@ -251,10 +257,10 @@ impl Builder<'_> {
             headers: HeaderRules::default(),
             cors: None,
             policy: Arc::new(RoutePolicy {
-                route_name: Some("default".into()),
-                rate_limit: self.rate_limits.within(&svc.hostname, || {
-                    self.rate_limits.for_route(Some("default"))
-                }),
+                route_name: Some(name.into()),
+                rate_limit: self
+                    .rate_limits
+                    .within(&dest_host, || self.rate_limits.for_route(Some(name))),
                 ..RoutePolicy::default()
             }),
             block_policies: Box::new([]),
@@ -307,8 +313,9 @@ impl Builder<'_> {
 
         // Visible services, one per hostname (Snapshot::service picks which).
         let mut services: Vec<&Arc<Service>> = Vec::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for s in &self.snap.services {
-            if services.iter().any(|x| x.hostname == s.hostname) {
+            if !seen.insert(&s.hostname) {
                 continue;
             }
             if let Some(chosen) = self.snap.service(&s.hostname, ns)
@@ -317,6 +324,18 @@ impl Builder<'_> {
                 services.push(chosen);
             }
         }
+        // The services of each exact hostname (lower-cased): an exact VirtualService host
+        // covers only those, so claiming is a look-up rather than a scan of the mesh.
+        let mut by_name: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+        for (si, s) in services.iter().enumerate() {
+            if !s.hostname.starts_with('*') {
+                by_name
+                    .entry(s.hostname.to_ascii_lowercase().into())
+                    .or_default()
+                    .push(si);
+            }
+        }
+        let all: Vec<usize> = (0..services.len()).collect();
         // For each service, the VirtualService whose host names it most specifically.
         let mut claim: Vec<Option<(bool, usize, usize)>> = vec![None; services.len()];
         let mut non_service: Vec<(String, usize)> = Vec::new();
@@ -327,7 +346,15 @@ impl Builder<'_> {
             for h in &vs.hosts {
                 let exact = !h.starts_with('*');
                 let mut found = false;
-                for (si, s) in services.iter().enumerate() {
+                let candidates: &[usize] = if exact {
+                    by_name
+                        .get(h.to_ascii_lowercase().as_str())
+                        .map_or(&[], Vec::as_slice)
+                } else {
+                    &all
+                };
+                for &si in candidates {
+                    let s = services[si];
                     if !covers(h, &s.hostname) {
                         continue;
                     }
@@ -390,7 +417,16 @@ impl Builder<'_> {
             }
         }
         self.table.unknown = match self.snap.bootstrap.mesh.outbound_traffic_policy {
-            OutboundTrafficMode::AllowAny => UnknownHost::Passthrough,
+            // Sidecar `outboundTrafficPolicy.egressProxy`: unknown hosts go to the egress
+            // proxy (Istio's sidecar.go: the passthrough cluster becomes the proxy's)
+            OutboundTrafficMode::AllowAny => match &self.snap.egress_proxy {
+                Some(d) => {
+                    let dest = self.destination(d);
+                    let port = dest.port;
+                    UnknownHost::Forward(self.forward_route(dest, "egress-proxy"), port)
+                }
+                None => UnknownHost::Passthrough,
+            },
             OutboundTrafficMode::RegistryOnly => UnknownHost::BlackHole,
         };
         Ok(self.finish())

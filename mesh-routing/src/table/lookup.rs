@@ -89,8 +89,13 @@ impl RouteTable {
     pub(crate) fn select<'t>(&'t self, view: &mut RequestView<'_>) -> Selected<'t> {
         let (bare, port) = split_port(view.authority);
         let Some(target) = self.lookup_split(view.authority, bare) else {
-            return match self.unknown {
+            return match &self.unknown {
                 UnknownHost::Passthrough => Selected::Passthrough { port },
+                UnknownHost::Forward(route, port) => Selected::Route {
+                    route,
+                    block: None,
+                    port: *port,
+                },
                 UnknownHost::BlackHole => Selected::BlackHole,
                 UnknownHost::NotFound => Selected::NoRoute,
             };

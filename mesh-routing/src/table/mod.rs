@@ -164,9 +164,12 @@ struct VirtualHost {
     index: Option<Arc<PathIndex>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum UnknownHost {
     Passthrough,
+    /// `ALLOW_ANY` with a Sidecar's `egressProxy`: this route (to the egress proxy, the
+    /// request's authority kept), on the proxy's port.
+    Forward(Arc<CompiledRoute>, Option<u16>),
     BlackHole,
     NotFound,
 }
