@@ -1,0 +1,81 @@
+//! The client stack: a service's outbound calls routed, balanced, retried, timed out,
+//! ejected, faulted, rate limited, mirrored and recorded as `mesh-proxy`'s outbound listener
+//! does it, inside the service.
+//!
+//! ```text
+//! request ─► Trace ─► Record ─► Route ─► RateLimit ─► Fault ─► Timeout ─► Retry ─► Mirror
+//!         ─► Lb ─► CircuitBreaker ─► Outlier ─► PlainBody ─► your client (or the Connector)
+//! ```
+//!
+//! This is the proxy's own assembly ([`Layers::wrap`](mesh_proxy::stack::Layers::wrap)):
+//! the same layers in the same order, built from the same pipeline. The innermost service
+//! gets a `Request<`[`RequestBody`]`>` with the balancer's
+//! [`SelectedUpstream`](mesh_core::ext::SelectedUpstream) in its extensions, and must answer
+//! with a [`ReplyBody`](mesh_core::body::ReplyBody) (so the layers can answer locally in the
+//! same type):
+//!
+//! - the project's [`Connector`](mesh_transport::Connector) reads the endpoint itself
+//!   ([`Mesh::client`](crate::Mesh::client));
+//! - a client that sends where the URI says (hyper_util's legacy client, a tonic
+//!   `Channel`) goes under [`EndpointUriLayer`] (URI →
+//!   the chosen endpoint, `Host` kept) and [`MeshBodyLayer`]
+//!   (its body into a [`MeshBody`](mesh_core::MeshBody)):
+//!   [`ClientLayer::wrap_uri_client`] does both.
+//!
+//! The trace layer continues the trace of the request the service is serving when the
+//! server side runs [`CurrentTraceLayer`](mesh_telemetry::current::CurrentTraceLayer)
+//! ([`crate::ServerLayer`] does): no header copied by hand.
+
+use mesh_core::body::{IntoMeshBody, MeshBodyLayer};
+use mesh_core::uri::{EndpointUri, EndpointUriLayer};
+use mesh_proxy::stack::MeshStack;
+use tower_layer::Layer;
+
+use crate::Mesh;
+
+/// The body the innermost client gets: the caller's own when nothing copied or recorded it,
+/// otherwise the layers' (boxed once).
+pub use mesh_transport::RequestBody;
+
+/// The client stack around `S` (see the [module docs](self)).
+pub type MeshClient<S> = MeshStack<S>;
+
+/// The client stack around a client that sends where the URI says.
+pub type MeshUriClient<C> = MeshStack<IntoMeshBody<EndpointUri<C>>>;
+
+/// Builds [`MeshClient`]s over any innermost client; made by
+/// [`Mesh::client_layer`](crate::Mesh::client_layer).
+#[derive(Debug, Clone)]
+pub struct ClientLayer {
+    mesh: Mesh,
+}
+
+// === impl ClientLayer ===
+
+impl ClientLayer {
+    /// The client layer of `mesh`.
+    pub fn new(mesh: Mesh) -> Self {
+        ClientLayer { mesh }
+    }
+
+    /// The stack around an innermost service that reads the chosen endpoint from the
+    /// request's extensions (as the project's `Connector` does).
+    pub fn wrap<S>(&self, inner: S) -> MeshClient<S> {
+        self.mesh.layers().wrap(inner)
+    }
+
+    /// The stack around a client that sends where the URI says (hyper_util's legacy client,
+    /// a tonic `Channel`): the URI is rewritten to the chosen endpoint and the client's
+    /// response body becomes a [`MeshBody`](mesh_core::MeshBody).
+    pub fn wrap_uri_client<C>(&self, client: C) -> MeshUriClient<C> {
+        self.wrap(MeshBodyLayer::new().layer(EndpointUriLayer::new().layer(client)))
+    }
+}
+
+impl<S> Layer<S> for ClientLayer {
+    type Service = MeshClient<S>;
+
+    fn layer(&self, inner: S) -> MeshClient<S> {
+        self.wrap(inner)
+    }
+}
