@@ -26,10 +26,17 @@
 //! server side runs [`CurrentTraceLayer`](mesh_telemetry::current::CurrentTraceLayer)
 //! ([`crate::ServerLayer`] does): no header copied by hand.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
 use mesh_core::body::{IntoMeshBody, MeshBodyLayer};
+use mesh_core::ext::{ReturnHead, ReturnedHead};
 use mesh_core::uri::{EndpointUri, EndpointUriLayer};
 use mesh_proxy::stack::MeshStack;
 use tower_layer::Layer;
+use tower_service::Service;
 
 use crate::Mesh;
 
@@ -37,11 +44,32 @@ use crate::Mesh;
 /// otherwise the layers' (boxed once).
 pub use mesh_transport::RequestBody;
 
-/// The client stack around `S` (see the [module docs](self)).
-pub type MeshClient<S> = MeshStack<S>;
+/// The client stack around the project's connector ([`Mesh::client`](crate::Mesh::client)).
+pub type ConnectorClient = MeshStack<mesh_transport::Connector>;
+
+/// The client stack around any client `S` (see the [module docs](self)).
+pub type MeshClient<S> = MeshStack<HandBackHead<S>>;
 
 /// The client stack around a client that sends where the URI says.
-pub type MeshUriClient<C> = MeshStack<IntoMeshBody<EndpointUri<C>>>;
+pub type MeshUriClient<C> = MeshClient<IntoMeshBody<EndpointUri<C>>>;
+
+/// Hands the retry layer the head of each request it may retry with the answer
+/// ([`ReturnHead`] → [`ReturnedHead`]), as the project's connector does itself: one copy of
+/// the head, for those requests only, so that any client can sit under the proxy's retry
+/// layer (which copies no head up front).
+#[derive(Debug, Clone)]
+pub struct HandBackHead<S> {
+    inner: S,
+}
+
+/// The future of [`HandBackHead`].
+#[pin_project::pin_project]
+#[derive(Debug)]
+pub struct HandBackFuture<F> {
+    #[pin]
+    inner: F,
+    head: Option<http::request::Parts>,
+}
 
 /// Builds [`MeshClient`]s over any innermost client; made by
 /// [`Mesh::client_layer`](crate::Mesh::client_layer).
@@ -59,9 +87,9 @@ impl ClientLayer {
     }
 
     /// The stack around an innermost service that reads the chosen endpoint from the
-    /// request's extensions (as the project's `Connector` does).
+    /// request's extensions (the balancer's `SelectedUpstream`).
     pub fn wrap<S>(&self, inner: S) -> MeshClient<S> {
-        self.mesh.layers().wrap(inner)
+        self.mesh.layers().wrap(HandBackHead { inner })
     }
 
     /// The stack around a client that sends where the URI says (hyper_util's legacy client,
@@ -77,5 +105,55 @@ impl<S> Layer<S> for ClientLayer {
 
     fn layer(&self, inner: S) -> MeshClient<S> {
         self.wrap(inner)
+    }
+}
+
+// === impl HandBackHead ===
+
+impl<S, B, R> Service<Request<B>> for HandBackHead<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = HandBackFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let head = match req.extensions().get::<ReturnHead>() {
+            Some(_) => {
+                let (head, body) = req.into_parts();
+                let copy = head.clone();
+                return HandBackFuture {
+                    inner: self.inner.call(Request::from_parts(head, body)),
+                    head: Some(copy),
+                };
+            }
+            None => None,
+        };
+        HandBackFuture {
+            inner: self.inner.call(req),
+            head,
+        }
+    }
+}
+
+impl<F, R, E> Future for HandBackFuture<F>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+{
+    type Output = Result<Response<R>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(head) = this.head.take() {
+            res.extensions_mut().insert(ReturnedHead(head));
+        }
+        Poll::Ready(Ok(res))
     }
 }

@@ -97,6 +97,6 @@ mod mesh;
 pub mod server;
 
 pub use builder::ServiceBuilderExt;
-pub use client::{ClientLayer, MeshClient, MeshUriClient, RequestBody};
+pub use client::{ClientLayer, ConnectorClient, MeshClient, MeshUriClient, RequestBody};
 pub use mesh::{Mesh, MeshError};
 pub use server::{MeshAcceptor, MeshServer, MeshStream, ServerLayer, serve};

@@ -17,7 +17,7 @@ use mesh_telemetry::metrics::{IstioMetrics, MetricsService};
 use mesh_tls::authz::Authorizer;
 use mesh_tls::jwt::Authenticator;
 
-use crate::client::{ClientLayer, MeshClient};
+use crate::client::{ClientLayer, ConnectorClient};
 use crate::server::{MeshAcceptor, ServerLayer};
 
 /// A mesh configuration in force in this process, and the handles that change it.
@@ -181,11 +181,11 @@ impl Mesh {
     /// The full client stack over the project's connector (pooled HTTP/1.1 and HTTP/2,
     /// Istio's auto mTLS and DestinationRule `tls` when the bootstrap has an identity).
     /// Create it once and clone it: clones share the connection pool.
-    pub fn client(&self) -> MeshClient<mesh_transport::Connector> {
+    pub fn client(&self) -> ConnectorClient {
         let connect_timeout = self.snapshot().bootstrap.limits.connect_timeout.get();
         let connector = mesh_transport::Connector::new(connect_timeout)
             .with_tls(self.shared.tls.clone() as Arc<dyn mesh_transport::tls::UpstreamTls>);
-        self.client_layer().wrap(connector)
+        self.shared.layers.wrap(connector)
     }
 
     /// The server layer: PeerAuthentication, RequestAuthentication (JWT),
