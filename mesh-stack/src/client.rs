@@ -53,6 +53,20 @@ pub type MeshClient<S> = MeshStack<HandBackHead<S>>;
 /// The client stack around a client that sends where the URI says.
 pub type MeshUriClient<C> = MeshClient<IntoMeshBody<EndpointUri<C>>>;
 
+/// A request body made `Sync` (a `Mutex` only ever reached through `&mut`: no locking),
+/// for clients whose body is `Send` but not `Sync`, as tonic's `tonic::body::Body`: the
+/// stack's innermost body must be `Sync` (the connector's futures borrow the request across
+/// awaits).
+///
+/// ```
+/// use mesh_stack::client::SyncBody;
+/// fn sync<T: Sync>(_: &T) {}
+/// let body = SyncBody::new(http_body_util::Empty::<bytes::Bytes>::new());
+/// sync(&body);
+/// ```
+#[derive(Debug)]
+pub struct SyncBody<B>(std::sync::Mutex<B>);
+
 /// Hands the retry layer the head of each request it may retry with the answer
 /// ([`ReturnHead`] → [`ReturnedHead`]), as the project's connector does itself: one copy of
 /// the head, for those requests only, so that any client can sit under the proxy's retry
@@ -155,5 +169,43 @@ where
             res.extensions_mut().insert(ReturnedHead(head));
         }
         Poll::Ready(Ok(res))
+    }
+}
+
+// === impl SyncBody ===
+
+impl<B> SyncBody<B> {
+    /// Wraps `body`.
+    pub fn new(body: B) -> Self {
+        SyncBody(std::sync::Mutex::new(body))
+    }
+}
+
+impl<B> http_body::Body for SyncBody<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let body = self
+            .get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Pin::new(body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // `&self` only: a lock, uncontended (the owner polls through `&mut`)
+        self.0.lock().map(|b| b.is_end_stream()).unwrap_or(false)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.lock().map(|b| b.size_hint()).unwrap_or_default()
     }
 }
