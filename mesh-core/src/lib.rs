@@ -1,5 +1,28 @@
 //! `mesh-core`: Istio's resource model, the loader and validator, the compiled snapshot, and
 //! the shared vocabulary (typed extensions, response flags, policies) of the mesh SDK.
+//!
+//! ```
+//! // Istio YAML in, a compiled snapshot out, or diagnostics with file, line and field
+//! let compiled = mesh_core::config::load_str("mesh.yaml", r#"
+//! apiVersion: networking.istio.io/v1
+//! kind: VirtualService
+//! metadata: {name: reviews}
+//! spec:
+//!   hosts: [reviews]
+//!   http:
+//!   - route:
+//!     - destination: {host: reviews}
+//! "#).unwrap();
+//! assert_eq!(compiled.snapshot.virtual_services.len(), 1);
+//! // no ServiceEntry for `reviews`: requests would get 503 NR, and the loader says so
+//! assert!(compiled.warnings[0].message.contains("IST0101"));
+//!
+//! let err = mesh_core::config::load_str("bad.yaml", "kind: Nope\napiVersion: x/v1\nmetadata: {name: a}\n")
+//!     .unwrap_err();
+//! assert!(err.to_string().contains("bad.yaml:1"));
+//! ```
+//!
+//! The loader and validator are [`load`] and [`config`]; the compiled model is [`compile`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -79,18 +79,16 @@ use mesh_tls::jwt::{JwtAuthn, JwtAuthnLayer};
 
 use crate::gateway::{HttpsRedirect, HttpsRedirectLayer};
 
-/// The type of a worker's stack. The trace and record layers, the router and the balancer
-/// insert one request extension each (`TraceContext`, `StreamInfo`, `RouteDecision`,
+/// The type of a worker's stack, around the innermost service `S`: the engine's
+/// [`Connector`] in the proxy, any client in-process (`mesh-stack`, through
+/// [`Layers::wrap`]). The trace and record layers, the router and the balancer insert one
+/// request extension each (`TraceContext`, `StreamInfo`, `RouteDecision`,
 /// `SelectedUpstream`; one more with mirrors).
-pub type MeshStack = IntoRequestBody<
+pub type MeshStack<S = Connector> = IntoRequestBody<
     Trace<
         Record<
             Route<
-                RateLimit<
-                    Fault<
-                        Timeout<Retry<Mirror<Lb<CircuitBreaker<Outlier<PlainBody<Connector>>>>>>>,
-                    >,
-                >,
+                RateLimit<Fault<Timeout<Retry<Mirror<Lb<CircuitBreaker<Outlier<PlainBody<S>>>>>>>>>,
             >,
         >,
     >,
@@ -151,8 +149,9 @@ pub struct GatewayLayers {
 /// The body the layers see: the client's, which mirrored copies can share.
 pub type LayerBody = TeeBody<Incoming>;
 
-/// Turns the engine's `Request<Incoming>` into a `Request<TeeBody<Incoming>>` for the layers
-/// inside (a move; nothing is allocated), so that the mirror layer can copy the body.
+/// Turns the engine's `Request<Incoming>` (in-process: any `Request<B>`) into a
+/// `Request<TeeBody<B>>` for the layers inside (a move; nothing is allocated), so that the
+/// mirror layer can copy the body.
 #[derive(Debug, Clone)]
 pub struct IntoRequestBody<S>(S);
 
@@ -163,9 +162,9 @@ impl<S> IntoRequestBody<S> {
     }
 }
 
-impl<S> tower_service::Service<http::Request<Incoming>> for IntoRequestBody<S>
+impl<S, B> tower_service::Service<http::Request<B>> for IntoRequestBody<S>
 where
-    S: tower_service::Service<http::Request<LayerBody>>,
+    S: tower_service::Service<http::Request<TeeBody<B>>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -179,20 +178,37 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: http::Request<Incoming>) -> S::Future {
+    fn call(&mut self, req: http::Request<B>) -> S::Future {
         self.0.call(req.map(TeeBody::new))
     }
 }
 
 /// Hands the connector the client's own body when no mirror copied it, no retry recorded it
-/// and no route timeout waits for its end (no allocation), the tee, the copy, the recording
-/// or the watched body otherwise.
+/// and no route timeout waits for its end (no allocation for hyper's `Incoming`, which
+/// [`RequestBody::new`] keeps as it is), the tee, the copy, the recording or the watched
+/// body otherwise.
 #[derive(Debug, Clone)]
 pub struct PlainBody<S>(S);
 
-impl<S> tower_service::Service<http::Request<ReplayBody<EndBody<LayerBody>>>> for PlainBody<S>
+impl<S> PlainBody<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        PlainBody(inner)
+    }
+}
+
+impl<S, B> tower_service::Service<http::Request<ReplayBody<EndBody<TeeBody<B>>>>> for PlainBody<S>
 where
     S: tower_service::Service<http::Request<RequestBody>>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<mesh_transport::RequestBodyError>,
+    ReplayBody<EndBody<TeeBody<B>>>: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    <ReplayBody<EndBody<TeeBody<B>>> as http_body::Body>::Error:
+        Into<mesh_transport::RequestBodyError>,
+    EndBody<TeeBody<B>>: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    <EndBody<TeeBody<B>> as http_body::Body>::Error: Into<mesh_transport::RequestBodyError>,
+    TeeBody<B>: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    <TeeBody<B> as http_body::Body>::Error: Into<mesh_transport::RequestBodyError>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -206,11 +222,11 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: http::Request<ReplayBody<EndBody<LayerBody>>>) -> S::Future {
+    fn call(&mut self, req: http::Request<ReplayBody<EndBody<TeeBody<B>>>>) -> S::Future {
         self.0.call(req.map(|b| match b.into_plain() {
             Ok(watched) => match watched.into_plain() {
                 Ok(tee) => match tee.into_plain() {
-                    Ok(incoming) => RequestBody::from(incoming),
+                    Ok(plain) => RequestBody::new(plain),
                     Err(tee) => RequestBody::new(tee),
                 },
                 Err(watched) => RequestBody::new(watched),
@@ -360,10 +376,22 @@ impl Layers {
     /// The layers of a sidecar (`mesh` gateway): its route table (built by
     /// [`crate::pipeline`]) and a balancer over the snapshot.
     pub fn new(snapshot: &Arc<Snapshot>, table: RouteTable) -> Layers {
+        Layers::with_sources(snapshot, table, Vec::new())
+    }
+
+    /// The layers of a sidecar whose balancer asks `sources` (in order) for a service's
+    /// endpoints before DNS and the snapshot's STATIC endpoints: an in-process service's
+    /// own discovery (a `mesh_lb::discover::FeedDiscover`), a Kubernetes watch.
+    pub fn with_sources(
+        snapshot: &Arc<Snapshot>,
+        table: RouteTable,
+        mut sources: Vec<Arc<dyn Discover>>,
+    ) -> Layers {
         let routes = RouteTableHandle::new(table);
         let dns = DnsRefresher::new(snapshot);
-        let discover: Arc<dyn Discover> =
-            Arc::new(Chain::new(vec![dns.dns.clone(), Arc::new(StaticDiscover)]));
+        sources.push(dns.dns.clone());
+        sources.push(Arc::new(StaticDiscover));
+        let discover: Arc<dyn Discover> = Arc::new(Chain::new(sources));
         let lb = LbLayer::builder(snapshot.clone())
             .discover(discover)
             .build();
@@ -439,10 +467,18 @@ impl Layers {
 
     /// One worker's stack around its connector.
     pub fn stack(&self, ctx: &WorkerContext) -> MeshStack {
-        let lb = self.lb.layer(
-            self.breaker
-                .layer(self.outlier.layer(PlainBody(ctx.connector()))),
-        );
+        self.wrap(ctx.connector())
+    }
+
+    /// The stack around any innermost service: the proxy's worker stacks
+    /// ([`stack`](Self::stack)) and `mesh-stack`'s in-process clients are this one
+    /// assembly. `inner` gets the request with the balancer's
+    /// [`SelectedUpstream`](mesh_core::ext::SelectedUpstream) in its extensions and a
+    /// [`RequestBody`].
+    pub fn wrap<S>(&self, inner: S) -> MeshStack<S> {
+        let lb = self
+            .lb
+            .layer(self.breaker.layer(self.outlier.layer(PlainBody(inner))));
         let mirror = self.mirror.layer(lb);
         let retry = self.retry.layer(mirror);
         let fault = self.fault.layer(self.timeout.layer(retry));
@@ -491,5 +527,10 @@ impl Layers {
     /// The balancer layer (health, snapshot).
     pub fn lb(&self) -> &LbLayer {
         &self.lb
+    }
+
+    /// The route table handle ([`store`](Self::store) swaps it with the snapshot).
+    pub fn routes(&self) -> &RouteTableHandle {
+        &self.routes
     }
 }

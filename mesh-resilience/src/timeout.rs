@@ -23,7 +23,11 @@
 //! bounded by it, capped by the route timeout when there is one. Istio always sets Envoy's
 //! `max_grpc_timeout`, to the route timeout or to `0` (uncapped) without one
 //! (`pilot/pkg/networking/core/route/route.go`, `setTimeout`), so Envoy honours the header
-//! on every route (`FilterUtility::finalTimeout`).
+//! on every route (`FilterUtility::finalTimeout`). A gRPC request that times out is answered
+//! as Envoy answers a gRPC request locally: trailers-only `200`, `content-type:
+//! application/grpc`, `grpc-status: 14` (UNAVAILABLE, Envoy's mapping of 504) and
+//! `grpc-message: upstream request timeout`, flag `UT` (a gRPC client cannot decode the
+//! text body of a plain `504`).
 //!
 //! `x-envoy-upstream-rq-timeout-ms`: removed from every request; with
 //! [`TimeoutLayer::with_envoy_headers`]`(`[`EnvoyHeaderPolicy::Honour`]`)` it first replaces
@@ -167,7 +171,8 @@ where
         // Envoy reads `grpc-timeout` on gRPC requests only (`isGrpcRequestHeaders`): the
         // content type, a standard header, is checked first (a lookup of `grpc-timeout`
         // hashes a non-standard name, measurable per request).
-        let grpc = if is_grpc_request(req.headers()) {
+        let is_grpc = is_grpc_request(req.headers());
+        let grpc = if is_grpc {
             req.headers()
                 .get("grpc-timeout")
                 .and_then(|v| parse_grpc_timeout(v.as_bytes()))
@@ -208,6 +213,7 @@ where
             inner: self.inner.call(req),
             deadline,
             mark,
+            grpc: is_grpc,
         }
     }
 }
@@ -276,6 +282,8 @@ pub struct ResponseFuture<F> {
     inner: F,
     deadline: Deadline,
     mark: Option<TimeoutMark>,
+    /// The request is gRPC: a timeout is answered as Envoy's gRPC local reply.
+    grpc: bool,
 }
 
 /// A request's route deadline.
@@ -320,12 +328,35 @@ where
         if let Some(m) = this.mark.as_ref() {
             m.fire();
         }
+        if *this.grpc {
+            return Poll::Ready(Ok(grpc_timeout_reply()));
+        }
         Poll::Ready(Ok(local_reply(
             StatusCode::GATEWAY_TIMEOUT,
             ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
             TIMEOUT_BODY,
         )))
     }
+}
+
+/// The timeout of a gRPC request as Envoy answers it (`sendLocalReply` of a gRPC request):
+/// trailers-only, HTTP 200, `grpc-status` 14 (UNAVAILABLE: `Grpc::Utility::httpToGrpcStatus`
+/// of 504) and the timeout's text as `grpc-message`, so that a gRPC client reads a status
+/// rather than a text body it cannot decode.
+fn grpc_timeout_reply<R: ReplyBody>() -> Response<TimeoutBody<R>> {
+    let mut res = Response::new(TimeoutBody {
+        inner: R::local(Bytes::new()),
+        deadline: Deadline::None,
+    });
+    let h = res.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", http::HeaderValue::from_static("14"));
+    h.insert("grpc-message", http::HeaderValue::from_static(TIMEOUT_BODY));
+    mesh_core::ext::mark(&mut res, ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+    res
 }
 
 /// A response body that ends with [`TimedOut`] when its route's deadline passes.

@@ -14,7 +14,9 @@
 //!    its extensions, `grpc-status` from its headers;
 //! 3. on the response body: the bytes, `grpc-status` from the trailers;
 //! 4. at the end of the body (or its error, or when the body or the future is dropped before
-//!    the end: a client gone away), one [`Completed`] to each [`Sink`], in order.
+//!    the end: a client gone away), one [`Completed`] to each [`Sink`], in order. A
+//!    trailers frame is the end: hyper's HTTP/2 server and tonic's client drop the body
+//!    after it without polling for the end, and the exchange is complete, not a `DC`.
 //!
 //! With no sink the layer only passes the request on: no [`StreamInfo`] is inserted (the
 //! layers inside record nothing) and the body is not watched.
@@ -503,6 +505,10 @@ impl<B: Body> Body for RecordBody<B> {
                             p.grpc_status = Some(s);
                         }
                         p.response_bytes += head_bytes(t);
+                        // trailers are the last frame: hyper's HTTP/2 server and tonic's
+                        // client stop polling after them (the exchange is complete, not a
+                        // client gone: no `DC`)
+                        this.guard.finish(End::Complete);
                     }
                 }
                 Some(Err(_)) => this.guard.finish(End::Error),

@@ -1,36 +1,37 @@
-//! A hyper client inside a service, routed and balanced by the mesh's layers.
+//! A hyper client inside a service, routed, balanced, retried, timed out and measured by the
+//! mesh's layers: `mesh-proxy`'s outbound stack, in-process, from one call.
 //!
-//! The service calls `http://reviews:9080/…` as it would without a mesh; the layers built
-//! from `mesh.yaml` (Istio's own YAML) decide where each request goes:
+//! The service calls `http://reviews:9080/…` as it would without a mesh; the stack built
+//! from `mesh.yaml` (Istio's own YAML) decides where each request goes:
 //!
 //! ```text
-//! request ─► RouteLayer ─► LbLayer ─► MeshBodyLayer ─► EndpointUriLayer ─► hyper_util Client ─► upstream
-//!            (VirtualService:  (DestinationRule:  (lets the layers   (URI → the chosen
-//!             match, 90/10)     subsets, hash)     answer locally)    endpoint, Host kept)
+//! request ─► Trace ─► Record ─► Route ─► RateLimit ─► Fault ─► Timeout ─► Retry ─► Mirror
+//!         ─► Lb ─► CircuitBreaker ─► Outlier ─► MeshBody ─► EndpointUri ─► hyper_util Client ─► upstream
 //! ```
 //!
-//! It starts three local upstreams (`reviews` v1 on two instances, v2 on one), sends
+//! It starts three local upstreams (`reviews` v1 on two instances, v2 on one, which answers
+//! 503 to every 4th request: the route's retries hide it), sends
 //! anonymous requests (split 90/10 between v1 and v2) and requests signed in as a few users
 //! (pinned to v1, each user consistently hashed to one v1 instance), and prints where they
-//! went. `--requests N` sets the number of anonymous requests (default 1000), `--config
+//! went, how many 503s were retried, and Istio's `istio_requests_total` as the stack
+//! recorded it. `--requests N` sets the number of anonymous requests (default 1000), `--config
 //! FILE` reads another mesh YAML (with the same `{V1A}`, `{V1B}`, `{V2}` port placeholders).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::error::Error;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_core::body::MeshBodyLayer;
-use mesh_core::uri::EndpointUriLayer;
-use mesh_lb::LbLayer;
-use mesh_routing::{RouteLayer, RouteTable};
+use mesh_stack::{Mesh, RequestBody};
 use tokio::net::TcpListener;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceExt;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -71,32 +72,27 @@ async fn run() -> Result<(), BoxError> {
         )
     });
 
-    // Three upstreams that answer with their own name.
-    let v1a = upstream("v1-a").await?;
-    let v1b = upstream("v1-b").await?;
-    let v2 = upstream("v2").await?;
+    // Three upstreams that answer with their own name; v2 answers 503 to every 4th request.
+    let v2_failures = Arc::new(AtomicUsize::new(0));
+    let v1a = upstream("v1-a", None).await?;
+    let v1b = upstream("v1-b", None).await?;
+    let v2 = upstream("v2", Some(v2_failures.clone())).await?;
     println!("upstreams: v1-a {v1a}, v1-b {v1b}, v2 {v2}");
     let yaml = config
         .replace("{V1A}", &v1a.port().to_string())
         .replace("{V1B}", &v1b.port().to_string())
         .replace("{V2}", &v2.port().to_string());
 
-    // Istio YAML → a validated snapshot → the route table and the balancer. Errors name the
-    // file, line, resource and field, as `mesh-proxy validate` prints them.
-    let compiled = mesh_core::config::load_str(&file, &yaml)?;
-    for warning in &compiled.warnings {
+    // Istio YAML → mesh-proxy's pipeline → the live configuration. Errors name the file,
+    // line, resource and field, as `mesh-proxy validate` prints them.
+    let mesh = Mesh::from_yaml(&file, &yaml)?;
+    for warning in mesh.warnings().iter() {
         eprintln!("{warning}");
     }
-    let table = RouteTable::sidecar(&compiled.snapshot)?;
 
-    // The service's own hyper client, innermost; the mesh's layers around it.
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let reviews = ServiceBuilder::new()
-        .layer(RouteLayer::from_table(table).with_seed(7))
-        .layer(LbLayer::new(compiled.snapshot.clone()))
-        .layer(MeshBodyLayer::new())
-        .layer(EndpointUriLayer::new())
-        .service(client);
+    // The service's own hyper client, innermost; the proxy's outbound stack around it.
+    let client = Client::builder(TokioExecutor::new()).build_http::<RequestBody>();
+    let reviews = mesh.client_layer().wrap_uri_client(client);
 
     let call = |user: Option<&'static str>| {
         let reviews = reviews.clone();
@@ -105,7 +101,7 @@ async fn run() -> Result<(), BoxError> {
             if let Some(user) = user {
                 req = req.header("x-user", user);
             }
-            let res = reviews.oneshot(req.body(Empty::new())?).await?;
+            let res = reviews.oneshot(req.body(Empty::<Bytes>::new())?).await?;
             let status = res.status();
             let body = res.into_body().collect().await?.to_bytes();
             let who = String::from_utf8_lossy(&body).into_owned();
@@ -143,20 +139,53 @@ async fn run() -> Result<(), BoxError> {
             _ => println!("user {user}: {PER_USER} requests, spread over {by:?}"),
         }
     }
+
+    // Every request above succeeded (a failure ends the program): v2's 503s were retried.
+    println!(
+        "retries: v2 answered 503 to {} attempts; the client saw none",
+        v2_failures.load(Ordering::SeqCst)
+    );
+    // Istio's standard metrics, as the stack recorded them (reporter="source"); mount
+    // `mesh.metrics_service()` on a router to serve them to Prometheus.
+    let text = mesh.metrics().encode_to_string();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+    {
+        println!("{line}");
+    }
     Ok(())
 }
 
-/// A local upstream on a free port, answering every request with `name`.
-async fn upstream(name: &'static str) -> std::io::Result<SocketAddr> {
+/// A local upstream on a free port, answering every request with `name`; with `failures`,
+/// every 4th request gets a 503 instead (counted there).
+async fn upstream(
+    name: &'static str,
+    failures: Option<Arc<AtomicUsize>>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let seen = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let (seen, failures) = (seen.clone(), failures.clone());
             tokio::spawn(async move {
-                let reply = hyper::service::service_fn(move |_req| async move {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                        name.as_bytes(),
-                    ))))
+                let reply = hyper::service::service_fn(move |_req| {
+                    let n = seen.fetch_add(1, Ordering::SeqCst);
+                    let fail = match &failures {
+                        Some(f) if n % 4 == 3 => {
+                            f.fetch_add(1, Ordering::SeqCst);
+                            true
+                        }
+                        _ => false,
+                    };
+                    async move {
+                        let mut res = Response::new(Full::new(Bytes::from_static(name.as_bytes())));
+                        if fail {
+                            *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, Infallible>(res)
+                    }
                 });
                 // A connection that fails mid-way ends; the example goes on.
                 let _ = hyper::server::conn::http1::Builder::new()

@@ -1,6 +1,7 @@
 //! Runs the example as a user would (`cargo run -p example-in-process-client`) and checks
 //! what it prints: the canary split is 90/10 within statistical bounds, and each signed-in
-//! user stays on one v1 instance.
+//! user stays on one v1 instance; v2's 503s are retried (the client sees none) and Istio's
+//! `istio_requests_total` counts every request.
 
 use std::process::Command;
 
@@ -62,6 +63,25 @@ fn the_canary_splits_90_10_and_users_stick_to_one_v1_instance() {
             "a signed-in user goes to one v1 instance: {line}"
         );
     }
+
+    // v2 answered 503 to every 4th request it got: some were retried, none reached the client
+    let retries = out
+        .lines()
+        .find(|l| l.starts_with("retries: "))
+        .unwrap_or_else(|| panic!("a retries line in:\n{out}"));
+    assert!(number_after(retries, "503 to ") >= 1, "{retries}");
+    assert!(retries.ends_with("the client saw none"), "{retries}");
+    // the metrics count every request the client made (the retried ones once), as 200s
+    let total: usize = out
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{reporter=\"source\""))
+        .map(|l| {
+            assert!(l.contains("source_workload=\"productpage-v1\""), "{l}");
+            assert!(l.contains("response_code=\"200\""), "{l}");
+            number_after(l, "} ")
+        })
+        .sum();
+    assert_eq!(total, requests + 4 * 20, "{out}");
 }
 
 #[test]

@@ -199,7 +199,12 @@ async fn timed_out_after(route: Option<Duration>, grpc_timeout: &str) -> Duratio
         .insert("grpc-timeout", grpc_timeout.parse().unwrap());
     let start = Instant::now();
     let res = svc.oneshot(req).await.unwrap();
-    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    // a gRPC request's timeout is Envoy's gRPC local reply: trailers-only, 504 → UNAVAILABLE
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "application/grpc");
+    assert_eq!(res.headers()["grpc-status"], "14");
+    assert_eq!(res.headers()["grpc-message"], TIMEOUT_BODY);
+    assert_eq!(flags(&res), ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
     start.elapsed()
 }
 
@@ -238,7 +243,19 @@ async fn grpc_timeout_is_read_on_grpc_requests_only() {
             .insert("grpc-timeout", "100m".parse().unwrap());
         let start = Instant::now();
         let res = svc.oneshot(req).await.unwrap();
-        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+        // gRPC requests get the gRPC local reply (trailers-only 200), others a 504
+        let grpc = expect == 100;
+        let status = if grpc {
+            StatusCode::OK
+        } else {
+            StatusCode::GATEWAY_TIMEOUT
+        };
+        assert_eq!(res.status(), status, "{content_type:?}");
+        assert_eq!(
+            res.headers().contains_key("grpc-status"),
+            grpc,
+            "{content_type:?}"
+        );
         assert_eq!(
             start.elapsed(),
             Duration::from_millis(expect),

@@ -162,6 +162,39 @@ async fn grpc_status_from_trailers_and_protocol_from_content_type() {
 }
 
 #[tokio::test]
+async fn a_body_dropped_right_after_its_trailers_is_complete_not_dc() {
+    // hyper's HTTP/2 server and tonic's client stop polling after the trailers frame
+    let log = Arc::new(Log::default());
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer(&log))
+            .service_fn(|_req: Request<Full<Bytes>>| async {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+                    Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+                    Ok(Frame::trailers(trailers)),
+                ];
+                Ok::<_, Infallible>(Response::new(StreamBody::new(futures_iter(frames))))
+            });
+    let req = Request::builder()
+        .header("content-type", "application/grpc")
+        .body(Full::default())
+        .unwrap();
+    let mut body = svc.oneshot(req).await.unwrap().into_body();
+    let data = body.frame().await.unwrap().unwrap();
+    assert!(data.is_data());
+    let trailers = body.frame().await.unwrap().unwrap();
+    assert!(trailers.is_trailers());
+    drop(body);
+    let seen = log.take();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].how, End::Complete);
+    assert_eq!(seen[0].flags, "-");
+    assert_eq!(seen[0].grpc_status, Some(0));
+}
+
+#[tokio::test]
 async fn a_grpc_status_in_the_answer_to_a_plain_http_request_is_not_read() {
     let log = Arc::new(Log::default());
     let svc =
