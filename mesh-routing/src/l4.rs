@@ -43,6 +43,9 @@
 //! assert_eq!(dest.port, Some(9000));
 //! ```
 //!
+//! [`sni_cluster`] reads Istio's SNI cluster names (`outbound_.<port>_.<subset>_.<host>`),
+//! the destination an `AUTO_PASSTHROUGH` gateway server routes by; no listener uses it yet.
+//!
 //! # Istio's semantics
 //!
 //! - **Which VirtualServices**: those bound to the table's gateways (`mesh` for a sidecar),
@@ -580,6 +583,51 @@ fn subnets(list: &[String], at: &str) -> Result<Vec<IpNet>, BuildError> {
 
 fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
+}
+
+/// The destination an `AUTO_PASSTHROUGH` gateway reads from a connection's SNI: Istio's
+/// cluster name in its DNS SRV form, `outbound_.<port>_.<subset>_.<host>` (the subset may
+/// be empty: `outbound_.8080_._.reviews.default.svc.cluster.local`), as sidecars send it to
+/// reach a service through an east-west gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SniCluster<'a> {
+    /// The service port.
+    pub port: u16,
+    /// The DestinationRule subset; `None` when the name's subset is empty.
+    pub subset: Option<&'a str>,
+    /// The service's hostname, as sent (DNS names are compared case-insensitively).
+    pub host: &'a str,
+}
+
+/// Parses an SNI as Istio's cluster name `outbound_.<port>_.<subset>_.<host>`: `None` when
+/// it is not one (another prefix, a port that is not a number from 1 to 65535, no host).
+///
+/// ```
+/// use mesh_routing::l4::{SniCluster, sni_cluster};
+///
+/// assert_eq!(
+///     sni_cluster("outbound_.8080_.v1_.reviews.default.svc.cluster.local"),
+///     Some(SniCluster { port: 8080, subset: Some("v1"), host: "reviews.default.svc.cluster.local" })
+/// );
+/// assert_eq!(sni_cluster("outbound_.8080_._.reviews").map(|c| c.subset), Some(None));
+/// assert_eq!(sni_cluster("reviews.default.svc.cluster.local"), None);
+/// ```
+pub fn sni_cluster(sni: &str) -> Option<SniCluster<'_>> {
+    let rest = sni.strip_prefix("outbound_.")?;
+    let (port, rest) = rest.split_once("_.")?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    let (subset, host) = rest.split_once("_.")?;
+    if host.is_empty() || host.starts_with('.') || host.ends_with('.') {
+        return None;
+    }
+    Some(SniCluster {
+        port,
+        subset: (!subset.is_empty()).then_some(subset),
+        host,
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@
 //!   `Transfer-Encoding` smuggling checks);
 //! - [`sniff`]: the listener's protocol detection (PERMISSIVE's TLS-or-plaintext first byte,
 //!   then the HTTP/2 preface or HTTP/1.x), as each read extends what was seen;
-//! - [`h2_guard`]: the HTTP/2 abuse guards' frame scanner (`h2guard`), over both directions.
+//! - [`h2_guard`]: the HTTP/2 abuse guards' frame scanner (`h2guard`), over both directions;
+//! - [`client_hello_sni`]: the L4 listeners' SNI reader (the TLS ClientHello parser the
+//!   gateway's PASSTHROUGH servers and the SNI listeners route by), re-exported from
+//!   [`crate::l4`] as is.
 
 use bytes::BytesMut;
 use http::{HeaderMap, StatusCode};
@@ -20,6 +23,7 @@ use crate::headers::HeadScanner;
 pub use crate::h1client::{BodyError, Decoded, HeadError};
 pub use crate::h2guard::{FrameCursor, FrameHead, GoAwayCause, Seen};
 pub use crate::headers::Reject;
+pub use crate::l4::{ClientHello, MAX_CLIENT_HELLO, client_hello_sni};
 
 /// A response head as the HTTP/1.1 client parsed it.
 #[derive(Debug)]

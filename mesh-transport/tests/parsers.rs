@@ -360,3 +360,186 @@ mod sniffing {
         }
     }
 }
+
+/// The L4 listeners' SNI reader (`client_hello_sni`), the parser the gateway's PASSTHROUGH
+/// servers route by: arbitrary bytes, and real ClientHellos (rustls) framed in one record or
+/// re-framed over two at every offset.
+mod client_hello {
+    use std::sync::Arc;
+
+    use mesh_transport::fuzzing::{ClientHello, client_hello_sni};
+    use proptest::prelude::*;
+
+    /// The first flight of a rustls client to `name`.
+    fn hello(name: &str) -> Vec<u8> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("default versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let server = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("a name");
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), server).expect("a client");
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out).expect("write to a Vec");
+        }
+        out
+    }
+
+    /// The handshake message of a one-record ClientHello re-framed as two records, the first
+    /// holding `cut` bytes of it.
+    fn two_records(hello: &[u8], cut: usize) -> Vec<u8> {
+        let body = &hello[5..];
+        let (a, b) = body.split_at(cut);
+        let mut out = Vec::new();
+        for part in [a, b] {
+            out.extend_from_slice(&[0x16, 0x03, 0x01]);
+            out.extend_from_slice(&u16::try_from(part.len()).expect("a record").to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    /// What the reader must say of any input: a name found is ASCII and in the input, and
+    /// the first prefix (at `cut`) that is not `Incomplete` has the whole input's answer
+    /// (the listener asks again after every read while the answer is `Incomplete`).
+    fn check_any(bytes: &[u8], cut: usize) -> Result<(), TestCaseError> {
+        let whole = client_hello_sni(bytes);
+        if let ClientHello::Sni(name) = whole {
+            prop_assert!(name.is_ascii());
+            prop_assert!(bytes.windows(name.len()).any(|w| w == name.as_bytes()));
+        }
+        let first = client_hello_sni(&bytes[..cut % (bytes.len() + 1)]);
+        if first != ClientHello::Incomplete {
+            prop_assert_eq!(first, whole);
+        }
+        Ok(())
+    }
+
+    fn dns_name() -> impl Strategy<Value = String> {
+        proptest::collection::vec("[a-z][a-z0-9-]{0,12}[a-z0-9]", 1..5).prop_map(|l| l.join("."))
+    }
+
+    /// Random bytes, or random bytes behind a plausible record and handshake header (so the
+    /// parser gets past its first checks).
+    fn first_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..600),
+            (
+                any::<u16>(),
+                any::<u16>(),
+                proptest::collection::vec(any::<u8>(), 0..600)
+            )
+                .prop_map(|(rec, hs, rest)| {
+                    let mut v = vec![0x16, 0x03, 0x01];
+                    v.extend_from_slice(&(rec % 700).to_be_bytes());
+                    v.extend_from_slice(&[0x01, 0x00]);
+                    v.extend_from_slice(&(hs % 700).to_be_bytes());
+                    v.extend(rest);
+                    v
+                }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_and_decides_once(bytes in first_bytes(), cut in any::<usize>()) {
+            check_any(&bytes, cut)?;
+        }
+
+        #[test]
+        fn a_corrupted_client_hello_never_panics(
+            name in dns_name(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+            cut in any::<usize>(),
+        ) {
+            let mut bytes = hello(&name);
+            for (at, b) in flips {
+                let i = at % bytes.len();
+                bytes[i] = b;
+            }
+            check_any(&bytes, cut)?;
+        }
+
+        #[test]
+        fn finds_the_sni_of_a_client_hello_split_at_every_offset(name in dns_name()) {
+            let one = hello(&name);
+            prop_assert_eq!(client_hello_sni(&one), ClientHello::Sni(&name));
+            let body = one.len() - 5;
+            let at = one
+                .windows(name.len())
+                .position(|w| w == name.as_bytes())
+                .expect("the name is in the ClientHello")
+                - 5;
+            // the first record holds at least the 4-byte handshake header
+            for cut in 4..body {
+                let two = two_records(&one, cut);
+                let got = client_hello_sni(&two);
+                if cut > at && cut < at + name.len() {
+                    // the name itself split over the records: not routed by a wrong name
+                    prop_assert!(
+                        got == ClientHello::Sni(&name) || got == ClientHello::NoSni,
+                        "cut {} inside the name: {:?}", cut, got
+                    );
+                } else {
+                    prop_assert_eq!(got, ClientHello::Sni(&name), "cut at {}", cut);
+                }
+            }
+            // and whatever the framing, each proper prefix is incomplete
+            let two = two_records(&one, body / 2);
+            for n in 0..two.len() {
+                prop_assert_eq!(client_hello_sni(&two[..n]), ClientHello::Incomplete, "prefix {}", n);
+            }
+        }
+    }
+
+    #[test]
+    fn reads_an_istio_sni_cluster_name() {
+        for name in [
+            "outbound_.8080_._.reviews.default.svc.cluster.local",
+            "outbound_.9080_.v2_.reviews.bookinfo.svc.cluster.local",
+        ] {
+            let one = hello(name);
+            assert_eq!(client_hello_sni(&one), ClientHello::Sni(name));
+            for n in 0..one.len() {
+                assert_eq!(
+                    client_hello_sni(&one[..n]),
+                    ClientHello::Incomplete,
+                    "prefix {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_seed_client_hellos_parse_as_named() {
+        let seed = |name: &str| {
+            let path = format!(
+                "{}/../fuzz/seeds/client_hello_sni/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            bytes[2..].to_vec()
+        };
+        let sni = "outbound_.8080_.v1_.reviews.default.svc.cluster.local";
+        assert_eq!(
+            client_hello_sni(&seed("sni-auto-passthrough")),
+            ClientHello::Sni(sni)
+        );
+        assert_eq!(
+            client_hello_sni(&seed("sni-two-records")),
+            ClientHello::Sni(sni)
+        );
+        assert_eq!(client_hello_sni(&seed("no-sni")), ClientHello::NoSni);
+        assert_eq!(
+            client_hello_sni(&seed("sni-truncated")),
+            ClientHello::Incomplete
+        );
+        assert_eq!(
+            client_hello_sni(&seed("header-only")),
+            ClientHello::Incomplete
+        );
+        assert_eq!(client_hello_sni(&seed("plaintext")), ClientHello::NotTls);
+    }
+}

@@ -191,3 +191,62 @@ spec:
     let side = L4RouteTable::sidecar(&snap, ECHO, 9000).unwrap();
     assert_eq!(side.rule_count(), 0);
 }
+
+#[test]
+fn sni_cluster_names_parse_as_istio_writes_them() {
+    assert_eq!(
+        sni_cluster("outbound_.8080_._.reviews.default.svc.cluster.local"),
+        Some(SniCluster {
+            port: 8080,
+            subset: None,
+            host: "reviews.default.svc.cluster.local"
+        })
+    );
+    assert_eq!(
+        sni_cluster("outbound_.9080_.v2_.reviews.bookinfo.svc.cluster.local"),
+        Some(SniCluster {
+            port: 9080,
+            subset: Some("v2"),
+            host: "reviews.bookinfo.svc.cluster.local"
+        })
+    );
+    for not in [
+        "",
+        "reviews.default.svc.cluster.local",
+        "inbound_.8080_._.reviews",
+        "outbound|8080||reviews.default.svc.cluster.local",
+        "outbound_.8080_._.",
+        "outbound_.8080_.v1",
+        "outbound_._._.reviews",
+        "outbound_.0_._.reviews",
+        "outbound_.65536_._.reviews",
+        "outbound_.+80_._.reviews",
+        "outbound_.80x_._.reviews",
+        "outbound_.80_._..reviews",
+    ] {
+        assert_eq!(sni_cluster(not), None, "{not:?}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn sni_cluster_reads_back_what_was_written(
+        port in 1u16..,
+        subset in proptest::option::of("[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?"),
+        host in "[a-z]([a-z0-9-]{0,8}[a-z0-9])?(\\.[a-z]([a-z0-9-]{0,8}[a-z0-9])?){0,4}",
+    ) {
+        let sni = format!("outbound_.{port}_.{}_.{host}", subset.as_deref().unwrap_or(""));
+        proptest::prop_assert_eq!(
+            sni_cluster(&sni),
+            Some(SniCluster { port, subset: subset.as_deref(), host: &host })
+        );
+    }
+
+    #[test]
+    fn sni_cluster_never_panics(sni in "\\PC{0,60}") {
+        if let Some(c) = sni_cluster(&sni) {
+            proptest::prop_assert!(c.port != 0 && !c.host.is_empty());
+            proptest::prop_assert!(sni.ends_with(c.host));
+        }
+    }
+}
