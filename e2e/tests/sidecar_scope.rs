@@ -1,6 +1,6 @@
 //! The `Sidecar` kind through the whole proxy (issue 15): `egress[].hosts` limits what the
 //! workload reaches (a service it does not see is a host outside the registry:
-//! `REGISTRY_ONLY` answers `502 NR`), Istio's precedence between the workload's, the
+//! `REGISTRY_ONLY` answers `502 NR`) and `egress[].port` to one port, Istio's precedence between the workload's, the
 //! namespace's and the root namespace's Sidecar, a Sidecar's `outboundTrafficPolicy`
 //! overriding the mesh's, and a reload that changes the Sidecar.
 #![allow(clippy::unwrap_used)]
@@ -292,5 +292,70 @@ async fn egress_proxy_receives_unknown_hosts_under_allow_any() {
     assert_eq!(m.ledger.hits(), 0);
     assert_eq!(outcome(&p, CART).await, (200, "cart".into()));
     assert_eq!(egress.hits(), 2);
+    p.proxy.drain().await;
+}
+
+/// Istio's Sidecar `egress[].port`: a listener with a port imports its hosts on that port
+/// only. `multi` serves port 80 (backend cart) and 9080 (backend ledger): with a listener
+/// on 9080 for `./*`, the workload reaches `multi:9080` and not `multi:80`, nor `cart` (port
+/// 80 only), both outside its registry (`502 NR`, the upstream never asked). With the 9080
+/// listener for `bank/*` and a catch-all for `./*`, port 9080 serves bank's hosts only:
+/// `multi:80` and `cart` are reached, `multi:9080` is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_port_imports_hosts_on_that_port_only() {
+    let m = Mesh::new().await;
+    let multi = format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: multi, namespace: shop}}
+spec:
+  hosts: [multi.shop.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}, {{number: 9080, name: http-alt, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}, http-alt: {}}}}}
+",
+        m.cart.port(),
+        m.ledger.port()
+    );
+    const M80: &str = "multi.shop.svc.cluster.local:80";
+    const M9080: &str = "multi.shop.svc.cluster.local:9080";
+    let only_9080 = sidecar(
+        "shop",
+        "default",
+        None,
+        "  egress:\n  - port: {number: 9080, protocol: HTTP, name: alt}\n    hosts: [\"./*\"]\n",
+    );
+    let yaml = format!(
+        "{}{}{multi}{only_9080}",
+        shop_bootstrap("REGISTRY_ONLY"),
+        m.services()
+    );
+    let p = start(&yaml).await;
+    assert_eq!(outcome(&p, M9080).await, (200, "ledger".into()));
+    assert_eq!(outcome(&p, M80).await, (502, "NR".into()));
+    assert_eq!(outcome(&p, CART).await, (502, "NR".into()));
+    assert_eq!(m.cart.hits(), 0);
+    assert_eq!(m.ledger.hits(), 1);
+    p.proxy.drain().await;
+
+    let claimed = sidecar(
+        "shop",
+        "default",
+        None,
+        "  egress:\n  - port: {number: 9080, name: alt}\n    hosts: [\"bank/*\"]\n  - hosts: [\"./*\"]\n",
+    );
+    let yaml = format!(
+        "{}{}{multi}{claimed}",
+        shop_bootstrap("REGISTRY_ONLY"),
+        m.services()
+    );
+    let p = start(&yaml).await;
+    assert_eq!(outcome(&p, M80).await, (200, "cart".into()));
+    assert_eq!(outcome(&p, CART).await, (200, "cart".into()));
+    assert_eq!(outcome(&p, M9080).await, (502, "NR".into()));
+    assert_eq!(m.ledger.hits(), 1);
     p.proxy.drain().await;
 }

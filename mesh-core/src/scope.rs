@@ -26,8 +26,15 @@
 //!   kept, instead of passing them through; the proxy's service is always imported.
 //! - A Sidecar without `egress` imports everything (Istio's default egress listener `*/*`).
 //!
-//! `egress[].port` and `ingress` are not applied here: the support table says
-//! what happens to them (refused or warned about).
+//! - **`egress[].port`**: a listener with a port imports its hosts' services on that port
+//!   only (the service keeps that port, and is dropped when it has not got it), and a port
+//!   some listener names is served by that listener's hosts only, not the catch-all's (Istio
+//!   builds one outbound listener per port, the port-bound one first). A request for another
+//!   port of such a service is a request for a host outside the registry. The destinations
+//!   of the VirtualServices seen keep the port their route names (every port when it names
+//!   none: the route's cluster, as Istio's).
+//!
+//! `ingress` is not applied here: the support table says what happens to it.
 //!
 //! ```
 //! use mesh_core::scope::EgressHosts;
@@ -280,9 +287,16 @@ pub fn apply(snap: &mut Snapshot) -> Scoped {
         }
     }
     if !sidecar.spec.egress.is_empty() {
-        let hosts =
-            EgressHosts::parse(sidecar.spec.egress.iter().flat_map(|e| e.hosts.iter()), &ns);
-        restrict(snap, &hosts, &ns);
+        let listeners: Vec<Listener> = sidecar
+            .spec
+            .egress
+            .iter()
+            .map(|e| Listener {
+                hosts: EgressHosts::parse(&e.hosts, &ns),
+                port: e.port.as_ref().map(|p| p.number),
+            })
+            .collect();
+        restrict(snap, &listeners, &ns);
     }
     Scoped {
         sidecar: Some(sidecar_ref(&sidecar)),
@@ -290,59 +304,132 @@ pub fn apply(snap: &mut Snapshot) -> Scoped {
     }
 }
 
-/// Keeps what `hosts` imports for a workload of namespace `ns`.
-fn restrict(snap: &mut Snapshot, hosts: &EgressHosts, ns: &str) {
-    // VirtualServices: delegates (no hosts) stay, their roots decide; others by their hosts
-    snap.virtual_services.retain(|vs| {
+/// One egress listener: its hosts, and its port (`None`: the catch-all listener).
+struct Listener {
+    hosts: EgressHosts,
+    port: Option<u32>,
+}
+
+/// The ports of a service the workload may call.
+#[derive(Default)]
+struct Grant {
+    /// Every port of the service.
+    all: bool,
+    /// Every port no port-bound listener claims (imported by the catch-all listener).
+    unclaimed: bool,
+    /// These ports (imported by port-bound listeners, or named by a route destination).
+    ports: HashSet<u32>,
+}
+
+impl Grant {
+    fn allows(&self, port: u32, claimed: &HashSet<u32>) -> bool {
+        self.all || self.ports.contains(&port) || (self.unclaimed && !claimed.contains(&port))
+    }
+}
+
+/// Keeps what the egress `listeners` import for a workload of namespace `ns`. A listener with
+/// a port imports its services on that port only, and a port a listener names is served by
+/// that listener's hosts only (Istio builds one outbound listener per port, the port-bound
+/// listener's first); a service left with no port is dropped.
+fn restrict(snap: &mut Snapshot, listeners: &[Listener], ns: &str) {
+    let claimed: HashSet<u32> = listeners.iter().filter_map(|l| l.port).collect();
+    let vs_imported_by = |vs: &crate::compile::VirtualServiceEntry, l: &Listener| {
         vs.hosts.is_empty()
             || vs
                 .hosts
                 .iter()
-                .any(|h| hosts.imports_vs_host(h, &vs.namespace))
-    });
-    // services imported by the hosts, then the destinations of the VirtualServices seen
-    let mut seen: HashSet<Arc<str>> = snap
-        .services
-        .iter()
-        .filter(|s| s.export_to.visible_to(ns) && hosts.imports(&s.hostname, &s.namespace))
-        .map(|s| s.hostname.clone())
-        .collect();
-    let mut destinations: HashSet<&str> = HashSet::new();
-    // the egress proxy is reachable whatever the hosts say (Istio sends to it directly)
+                .any(|h| l.hosts.imports_vs_host(h, &vs.namespace))
+    };
+    // VirtualServices: delegates (no hosts) stay, their roots decide; others by their hosts
+    snap.virtual_services
+        .retain(|vs| listeners.iter().any(|l| vs_imported_by(vs, l)));
+    let mut grants: std::collections::HashMap<Arc<str>, Grant> = Default::default();
+    // services imported by the hosts
+    for s in snap.services.iter().filter(|s| s.export_to.visible_to(ns)) {
+        for l in listeners {
+            if l.hosts.imports(&s.hostname, &s.namespace) {
+                let g = grants.entry(s.hostname.clone()).or_default();
+                match l.port {
+                    Some(p) => {
+                        g.ports.insert(p);
+                    }
+                    None => g.unclaimed = true,
+                }
+            }
+        }
+    }
+    // then the destinations of the VirtualServices seen, with the port they name (every
+    // port when they name none: the route's cluster, as Istio's); the egress proxy is
+    // reachable whatever the hosts say (Istio sends to it directly)
+    let mut destinations: Vec<(&str, Option<u32>)> = Vec::new();
+    fn named(d: &crate::model::networking::Destination) -> (&str, Option<u32>) {
+        (&d.host, d.port.map(|p| p.number))
+    }
     if let Some(d) = &snap.egress_proxy {
-        destinations.insert(&d.host);
+        destinations.push((&d.host, None));
     }
     for vs in &snap.virtual_services {
+        let mut push = |d| destinations.push(named(d));
         for r in &vs.spec.http {
-            for d in r.route.iter().filter_map(|r| r.destination.as_ref()) {
-                destinations.insert(&d.host);
-            }
+            r.route
+                .iter()
+                .filter_map(|r| r.destination.as_ref())
+                .for_each(&mut push);
             if let Some(m) = &r.mirror {
-                destinations.insert(&m.host);
+                push(m);
             }
-            for m in r.mirrors.iter().filter_map(|m| m.destination.as_ref()) {
-                destinations.insert(&m.host);
-            }
+            r.mirrors
+                .iter()
+                .filter_map(|m| m.destination.as_ref())
+                .for_each(&mut push);
         }
         for r in &vs.spec.tcp {
-            for d in r.route.iter().filter_map(|r| r.destination.as_ref()) {
-                destinations.insert(&d.host);
-            }
+            r.route
+                .iter()
+                .filter_map(|r| r.destination.as_ref())
+                .for_each(&mut push);
         }
         for r in &vs.spec.tls {
-            for d in r.route.iter().filter_map(|r| r.destination.as_ref()) {
-                destinations.insert(&d.host);
+            r.route
+                .iter()
+                .filter_map(|r| r.destination.as_ref())
+                .for_each(&mut push);
+        }
+    }
+    for (host, port) in destinations {
+        for s in snap
+            .services
+            .iter()
+            .filter(|s| &*s.hostname == host && s.export_to.visible_to(ns))
+        {
+            let g = grants.entry(s.hostname.clone()).or_default();
+            match port {
+                Some(p) => {
+                    g.ports.insert(p);
+                }
+                None => g.all = true,
             }
         }
     }
-    let inferred: Vec<Arc<str>> = snap
-        .services
-        .iter()
-        .filter(|s| destinations.contains(&*s.hostname) && s.export_to.visible_to(ns))
-        .map(|s| s.hostname.clone())
-        .collect();
-    seen.extend(inferred);
-    snap.services.retain(|s| seen.contains(&s.hostname));
+    // each service keeps the ports granted; none: dropped
+    snap.services.retain_mut(|s| {
+        let Some(g) = grants.get(&s.hostname) else {
+            return false;
+        };
+        if g.all || s.ports.is_empty() {
+            return true;
+        }
+        let mut svc = (**s).clone();
+        svc.ports.retain(|p| g.allows(p.number, &claimed));
+        if svc.ports.is_empty() {
+            return false;
+        }
+        if svc.ports.len() != s.ports.len() {
+            *s = Arc::new(svc);
+        }
+        true
+    });
+    let seen: HashSet<Arc<str>> = snap.services.iter().map(|s| s.hostname.clone()).collect();
     // DestinationRules of the services seen
     let wildcard_services: Vec<Arc<str>> = seen
         .iter()
@@ -566,5 +653,75 @@ spec:
             mode("  egress: [{hosts: [\"*/*\"]}]\n"),
             OutboundTrafficMode::AllowAny
         );
+    }
+
+    // A Sidecar egress listener with a port imports its hosts on that port only, and that
+    // port is served by its hosts only (Istio's per-port outbound listeners).
+    #[test]
+    fn egress_port_restricts_hosts_to_that_port() {
+        let extra = "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: multi, namespace: shop}
+spec:
+  hosts: [multi.shop.svc.cluster.local]
+  ports: [{number: 80, name: http}, {number: 9080, name: http-alt}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.3}]
+";
+        let ports = |c: &crate::config::Compiled| -> Vec<(String, Vec<u32>)> {
+            c.snapshot
+                .services
+                .iter()
+                .map(|s| {
+                    (
+                        s.hostname.split('.').next().unwrap_or_default().to_string(),
+                        s.ports.iter().map(|p| p.number).collect(),
+                    )
+                })
+                .collect()
+        };
+        let doc = |egress: &str| {
+            format!(
+                "{extra}---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: s, namespace: shop}}\nspec:\n  egress:\n{egress}"
+            )
+        };
+        // port 9080 only: multi keeps 9080; cart (port 80 only) is not imported; the
+        // VirtualService on cart is (Istio selects VirtualServices by host), so its
+        // destination ledger is too
+        let c = load(&doc(
+            "  - port: {number: 9080, name: alt}\n    hosts: [\"./*\"]\n",
+        ));
+        assert_eq!(
+            ports(&c),
+            [
+                ("ledger".to_string(), vec![80]),
+                ("multi".to_string(), vec![9080])
+            ]
+        );
+        // port 80 only: cart and multi on 80, the VirtualService's destination ledger (no
+        // port named) whole
+        let c = load(&doc(
+            "  - port: {number: 80, name: http}\n    hosts: [\"./*\"]\n",
+        ));
+        assert_eq!(
+            ports(&c),
+            [
+                ("cart".to_string(), vec![80]),
+                ("ledger".to_string(), vec![80]),
+                ("multi".to_string(), vec![80])
+            ]
+        );
+        // 9080 claimed by a listener for bank only: the catch-all's ./* gives shop's
+        // services every other port
+        let c = load(&doc(
+            "  - port: {number: 9080, name: alt}\n    hosts: [\"bank/*\"]\n  - hosts: [\"./*\"]\n",
+        ));
+        let p = ports(&c);
+        assert!(p.contains(&("multi".to_string(), vec![80])), "{p:?}");
+        assert!(p.contains(&("cart".to_string(), vec![80])), "{p:?}");
+        // without a port: every port
+        let c = load(&doc("  - hosts: [\"./*\"]\n"));
+        assert!(ports(&c).contains(&("multi".to_string(), vec![80, 9080])));
     }
 }

@@ -1394,14 +1394,39 @@ static SIDECAR_PORT: TypeDef = TypeDef {
     ],
 };
 
+static EGRESS_SIDECAR_PORT: TypeDef = TypeDef {
+    name: "SidecarPort",
+    fields: &[
+        field(
+            "number",
+            Leaf,
+            Status::Enforced,
+            "the port the listener's hosts are imported on",
+        ),
+        field(
+            "protocol",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "the services' own port protocols decide how a port is served",
+        ),
+        field(
+            "name",
+            Leaf,
+            Status::Enforced,
+            "a label only: Istio does not use it to select",
+        ),
+        field("targetPort", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+    ],
+};
+
 static ISTIO_EGRESS_LISTENER: TypeDef = TypeDef {
     name: "IstioEgressListener",
     fields: &[
         field(
             "port",
-            Struct(&SIDECAR_PORT),
-            Status::Refused(Area::Security),
-            "Istio binds a listener for these hosts on that port only; the outbound listener routes every port by Host, so the hosts would be reachable on other ports too: refused rather than wider than written",
+            Struct(&EGRESS_SIDECAR_PORT),
+            Status::Enforced,
+            "the listener's hosts are imported on that port only (a service without it is not imported), and that port serves that listener's hosts only, not the catch-all listener's, as Istio's per-port outbound listeners; another port of such a service is outside the registry; VirtualService destinations keep the port their route names",
         ),
         field("bind", Leaf, Status::NotYet(Area::GatewaysL4), ""),
         field("captureMode", Leaf, Status::NotYet(Area::GatewaysL4), ""),
