@@ -87,6 +87,28 @@ def echo(c):
 # === the proxies ===
 
 
+def port_pair():
+    """Two adjacent free ports below the kernel's ephemeral range (ports taken from that
+    range can be handed to the benchmark's own outgoing connections before the proxy binds
+    them)."""
+    import random
+
+    while True:
+        p = random.randrange(20000, 32000)
+        socks = []
+        try:
+            for q in (p, p + 1):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", q))
+            return p
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+
+
 def start(name, run, listen, bulk_port, echo_port):
     """Starts `name` proxying `listen` → bulk origin and `listen+1` → echo origin."""
     if name == "haproxy":
@@ -97,7 +119,7 @@ def start(name, run, listen, bulk_port, echo_port):
         with open(cfg, "w") as f:
             f.write(f"""global
     nbthread 1
-    maxconn 20000
+    maxconn 4096
 defaults
     mode tcp
     timeout connect 5s
@@ -189,7 +211,7 @@ spec:
     proc = subprocess.Popen(
         compare.pinned(PROXY_CPU, argv),
         stdout=subprocess.DEVNULL,
-        stderr=open(f"{run}/{name}.log", "w"),
+        stderr=open(f"{run}/{name}-{listen}.log", "w"),
     )
     deadline = time.time() + 20
     while time.time() < deadline:
@@ -281,9 +303,7 @@ def main(targets):
     for r in range(ROUNDS):
         order = targets if r % 2 == 0 else list(reversed(targets))
         for name in order:
-            listen = compare.free_ports(1)[0]
-            if listen > 65000:
-                listen -= 1000
+            listen = port_pair()
             proc = start(name, run, listen, bulk_port[0], echo_port[0])
             if proc is None:
                 log(f"{name}: not started (missing, or not answering)")
