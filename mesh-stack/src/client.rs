@@ -16,11 +16,12 @@
 //!
 //! - the project's [`Connector`](mesh_transport::Connector) reads the endpoint itself
 //!   ([`Mesh::client`](crate::Mesh::client));
-//! - a client that sends where the URI says (hyper_util's legacy client, a tonic
-//!   `Channel`) goes under [`EndpointUriLayer`] (URI →
-//!   the chosen endpoint, `Host` kept) and [`MeshBodyLayer`]
+//! - a client that sends where the URI says (hyper_util's legacy client) goes under
+//!   [`EndpointUriLayer`] (URI → the chosen endpoint, `Host` kept) and [`MeshBodyLayer`]
 //!   (its body into a [`MeshBody`](mesh_core::MeshBody)):
-//!   [`ClientLayer::wrap_uri_client`] does both.
+//!   [`ClientLayer::wrap_uri_client`] does both. A tonic `Channel` connects to the one
+//!   endpoint it was built for: under `wrap_uri_client`, a service that keeps one `Channel`
+//!   per endpoint and picks it by the URI's authority (`examples/tonic-grpc`).
 //!
 //! The trace layer continues the trace of the request the service is serving when the
 //! server side runs [`CurrentTraceLayer`](mesh_telemetry::current::CurrentTraceLayer)
@@ -107,7 +108,7 @@ impl ClientLayer {
     }
 
     /// The stack around a client that sends where the URI says (hyper_util's legacy client,
-    /// a tonic `Channel`): the URI is rewritten to the chosen endpoint and the client's
+    /// or one tonic `Channel` per endpoint picked by the URI's authority): the URI is rewritten to the chosen endpoint and the client's
     /// response body becomes a [`MeshBody`](mesh_core::MeshBody).
     pub fn wrap_uri_client<C>(&self, client: C) -> MeshUriClient<C> {
         self.wrap(MeshBodyLayer::new().layer(EndpointUriLayer::new().layer(client)))
