@@ -27,6 +27,7 @@
 //! # });
 //! ```
 
+use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -46,7 +47,16 @@ pub struct EndpointUriLayer {
 #[derive(Debug, Clone)]
 pub struct EndpointUri<S> {
     inner: S,
+    /// The authorities of the endpoints chosen last, each formatted once and then shared
+    /// (cloning an `Authority` counts a reference): formatting and parsing the address was
+    /// most of this layer's cost per request. At most [`CACHED`] entries.
+    authorities: Vec<(SocketAddr, Authority)>,
+    /// The entry a new endpoint replaces once the cache is full.
+    next: usize,
 }
+
+/// How many endpoints' authorities an [`EndpointUri`] keeps.
+const CACHED: usize = 32;
 
 impl EndpointUriLayer {
     /// The layer.
@@ -59,11 +69,32 @@ impl<S> Layer<S> for EndpointUriLayer {
     type Service = EndpointUri<S>;
 
     fn layer(&self, inner: S) -> EndpointUri<S> {
-        EndpointUri { inner }
+        EndpointUri {
+            inner,
+            authorities: Vec::new(),
+            next: 0,
+        }
     }
 }
 
 crate::accessors!(EndpointUri);
+
+impl<S> EndpointUri<S> {
+    /// `addr` as a URI authority, from the cache or formatted (and cached).
+    fn authority(&mut self, addr: SocketAddr) -> Option<Authority> {
+        if let Some((_, a)) = self.authorities.iter().find(|(s, _)| *s == addr) {
+            return Some(a.clone());
+        }
+        let a = Authority::try_from(addr.to_string()).ok()?;
+        if self.authorities.len() < CACHED {
+            self.authorities.push((addr, a.clone()));
+        } else if let Some(slot) = self.authorities.get_mut(self.next) {
+            *slot = (addr, a.clone());
+            self.next = (self.next + 1) % CACHED;
+        }
+        Some(a)
+    }
+}
 
 impl<S, B> Service<Request<B>> for EndpointUri<S>
 where
@@ -82,24 +113,22 @@ where
             Some(u) => Some(u.endpoint().addr),
             None => req.extensions().get::<SelectedEndpoint>().map(|e| e.addr),
         };
-        if let Some(addr) = addr {
-            retarget(&mut req, addr);
+        if let Some(authority) = addr.and_then(|a| self.authority(a)) {
+            retarget(&mut req, authority);
         }
         self.inner.call(req)
     }
 }
 
-/// Points `req` at `addr`, keeping the authority it named in `Host`.
-fn retarget<B>(req: &mut Request<B>, addr: std::net::SocketAddr) {
+/// Points `req` at `authority` (an endpoint's address), keeping the authority it named in
+/// `Host`.
+fn retarget<B>(req: &mut Request<B>, authority: Authority) {
     if !req.headers().contains_key(header::HOST)
         && let Some(a) = req.uri().authority()
         && let Ok(v) = HeaderValue::from_str(a.as_str().rsplit('@').next().unwrap_or(""))
     {
         req.headers_mut().insert(header::HOST, v);
     }
-    let Ok(authority) = Authority::try_from(addr.to_string()) else {
-        return;
-    };
     if let Ok(uri) = with_authority(req.uri(), authority) {
         *req.uri_mut() = uri;
     }
@@ -128,6 +157,42 @@ mod tests {
         SelectedEndpoint::new(addr.parse().unwrap_or_else(|_| unreachable!()))
     }
 
+    fn authority(addr: &str) -> Authority {
+        Authority::try_from(ep(addr).addr.to_string()).unwrap_or_else(|_| unreachable!())
+    }
+
+    #[test]
+    fn cached_authorities_stay_each_endpoints_own() {
+        // more endpoints than the cache holds, twice round (the second round finds some
+        // cached, some evicted): every request still goes to the endpoint chosen for it
+        let mut svc =
+            EndpointUriLayer::new().layer(tower::service_fn(|req: Request<()>| async move {
+                Ok::<_, std::convert::Infallible>(req.uri().clone())
+            }));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap_or_else(|_| unreachable!());
+        for _round in 0..2 {
+            for i in 0..(CACHED + 5) {
+                let addr = format!("10.0.0.{i}:80");
+                let mut req = Request::get("http://reviews/x")
+                    .body(())
+                    .unwrap_or_default();
+                req.extensions_mut().insert(ep(&addr));
+                let uri = rt.block_on(svc.call(req));
+                assert_eq!(
+                    uri.ok(),
+                    Some(
+                        format!("http://{addr}/x")
+                            .parse::<Uri>()
+                            .unwrap_or_default()
+                    )
+                );
+            }
+        }
+        assert_eq!(svc.authorities.len(), CACHED);
+    }
+
     #[test]
     fn origin_form_and_existing_host_and_ipv6() {
         // an origin-form request with a Host: the Host stays, the URI gets the endpoint
@@ -135,14 +200,14 @@ mod tests {
             .header("host", "reviews:9080")
             .body(())
             .unwrap_or_default();
-        retarget(&mut req, ep("[::1]:8080").addr);
+        retarget(&mut req, authority("[::1]:8080"));
         assert_eq!(req.uri(), "http://[::1]:8080/a?b");
         assert_eq!(req.headers()["host"], "reviews:9080");
         // https stays https
         let mut req = Request::get("https://api.example.com/x")
             .body(())
             .unwrap_or_default();
-        retarget(&mut req, ep("10.1.1.1:443").addr);
+        retarget(&mut req, authority("10.1.1.1:443"));
         assert_eq!(req.uri(), "https://10.1.1.1:443/x");
         assert_eq!(req.headers()["host"], "api.example.com");
     }

@@ -514,6 +514,18 @@ impl Layers {
         )
     }
 
+    /// These layers with a retry layer that copies each retriable request's head itself
+    /// ([`RetryLayer::with_heads_copied`]) rather than asking the innermost service for it
+    /// back: for innermost services that would have to copy the head to hand it back
+    /// (`mesh-stack`'s clients other than the connector). Everything else is shared with
+    /// `self` (routes, balancer, limits, telemetry, reloads).
+    pub fn with_heads_copied(&self) -> Layers {
+        Layers {
+            retry: self.retry.clone().with_heads_copied(),
+            ..self.clone()
+        }
+    }
+
     /// The proxy's telemetry: the record layers' sinks, the metrics.
     pub fn telemetry(&self) -> &Arc<crate::telemetry::Telemetry> {
         &self.telemetry

@@ -310,6 +310,15 @@ impl RetryLayer {
         self
     }
 
+    /// The layer copying the head of each request it may retry before the first attempt
+    /// (the default), undoing [`with_heads_handed_back`](Self::with_heads_handed_back): for
+    /// an inner service that cannot hand heads back without copying them itself, where the
+    /// copy made here is the cheaper one (it holds only the extensions of the layers above).
+    pub fn with_heads_copied(mut self) -> Self {
+        self.heads_handed_back = false;
+        self
+    }
+
     /// Whether the `x-envoy-*` retry headers of a request override its policy
     /// ([`EnvoyHeaderPolicy::Honour`]: for trusted callers only) or are only removed (the
     /// default); see [`mesh_core::envoy_headers`].

@@ -16,11 +16,12 @@
 //!
 //! - the project's [`Connector`](mesh_transport::Connector) reads the endpoint itself
 //!   ([`Mesh::client`](crate::Mesh::client));
-//! - a client that sends where the URI says (hyper_util's legacy client, a tonic
-//!   `Channel`) goes under [`EndpointUriLayer`] (URI →
-//!   the chosen endpoint, `Host` kept) and [`MeshBodyLayer`]
+//! - a client that sends where the URI says (hyper_util's legacy client) goes under
+//!   [`EndpointUriLayer`] (URI → the chosen endpoint, `Host` kept) and [`MeshBodyLayer`]
 //!   (its body into a [`MeshBody`](mesh_core::MeshBody)):
-//!   [`ClientLayer::wrap_uri_client`] does both.
+//!   [`ClientLayer::wrap_uri_client`] does both. A tonic `Channel` connects to the one
+//!   endpoint it was built for: under `wrap_uri_client`, a service that keeps one `Channel`
+//!   per endpoint and picks it by the URI's authority (`examples/tonic-grpc`).
 //!
 //! The trace layer continues the trace of the request the service is serving when the
 //! server side runs [`CurrentTraceLayer`](mesh_telemetry::current::CurrentTraceLayer)
@@ -70,7 +71,12 @@ pub struct SyncBody<B>(std::sync::Mutex<B>);
 /// Hands the retry layer the head of each request it may retry with the answer
 /// ([`ReturnHead`] → [`ReturnedHead`]), as the project's connector does itself: one copy of
 /// the head, for those requests only, so that any client can sit under the proxy's retry
-/// layer (which copies no head up front).
+/// layer when it copies no head up front. [`ClientLayer`] builds its stacks with a retry
+/// layer that copies the head itself (cheaper: [`Layers::with_heads_copied`]), so there no
+/// request asks and this passes each request on after one extension look-up; it is the
+/// guard for stacks assembled from [`Mesh::layers`](crate::Mesh::layers) as they are.
+///
+/// [`Layers::with_heads_copied`]: mesh_proxy::stack::Layers::with_heads_copied
 #[derive(Debug, Clone)]
 pub struct HandBackHead<S> {
     inner: S,
@@ -103,11 +109,17 @@ impl ClientLayer {
     /// The stack around an innermost service that reads the chosen endpoint from the
     /// request's extensions (the balancer's `SelectedUpstream`).
     pub fn wrap<S>(&self, inner: S) -> MeshClient<S> {
-        self.mesh.layers().wrap(HandBackHead { inner })
+        // the retry layer copies the head itself: a client that is not the connector would
+        // have to copy it to hand it back, and the copy made up there holds fewer
+        // extensions (no ReturnHead/ReturnedHead round trip either)
+        self.mesh
+            .layers()
+            .with_heads_copied()
+            .wrap(HandBackHead { inner })
     }
 
     /// The stack around a client that sends where the URI says (hyper_util's legacy client,
-    /// a tonic `Channel`): the URI is rewritten to the chosen endpoint and the client's
+    /// or one tonic `Channel` per endpoint picked by the URI's authority): the URI is rewritten to the chosen endpoint and the client's
     /// response body becomes a [`MeshBody`](mesh_core::MeshBody).
     pub fn wrap_uri_client<C>(&self, client: C) -> MeshUriClient<C> {
         self.wrap(MeshBodyLayer::new().layer(EndpointUriLayer::new().layer(client)))

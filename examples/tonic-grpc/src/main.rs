@@ -1,11 +1,12 @@
 //! A tonic gRPC client and server inside the mesh, with no protoc and no sidecar: the
-//! messages are prost structs written by hand, tonic runs without its transport, and the
-//! mesh's stacks carry the calls.
+//! messages are prost structs written by hand, and tonic's own transport carries the calls
+//! with the mesh's stacks in it.
 //!
 //! ```text
 //! tonic::client::Grpc ─► SyncBody ─► mesh client stack (route, consistent hash on x-user,
-//!     retries on UNAVAILABLE, deadline) ─► Connector (h2) ─► mesh_stack::serve
-//!     ─► mesh server stack (metrics, reporter="destination") ─► tonic::server::Grpc ─► Reviews
+//!     retries on UNAVAILABLE, deadline) ─► Channels: a tonic::transport::Channel per endpoint
+//!     ─► tonic::transport::Server::builder().layer(mesh server stack: metrics,
+//!     reporter="destination") ─► tonic::server::Grpc ─► Reviews
 //! ```
 //!
 //! It starts three `reviews` instances and prints: each user's calls staying on one instance
@@ -13,7 +14,7 @@
 //! and are retried by the mesh, a call whose deadline is shorter than the method, and
 //! Istio's `istio_requests_total` with `grpc_response_status` from both sides.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::convert::Infallible;
 use std::error::Error;
 use std::future::{Future, Ready, ready};
@@ -21,16 +22,18 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use mesh_stack::Mesh;
 use mesh_stack::client::SyncBody;
+use mesh_stack::{Mesh, RequestBody};
 use tonic::server::UnaryService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
-use tower::ServiceBuilder;
-use tower_layer::Layer;
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -128,7 +131,7 @@ async fn run() -> Result<(), BoxError> {
     }
     println!("upstreams: a {}, b {}, c {}", addrs[0], addrs[1], addrs[2]);
 
-    // the client side: the mesh's client stack under tonic's client
+    // the client side: the mesh's client stack between tonic's client and tonic's Channels
     let yaml = include_str!("../mesh.yaml")
         .replace("{A}", &addrs[0].port().to_string())
         .replace("{B}", &addrs[1].port().to_string())
@@ -136,7 +139,7 @@ async fn run() -> Result<(), BoxError> {
     let mesh = Mesh::from_yaml("mesh.yaml", &yaml)?;
     let stack = ServiceBuilder::new()
         .map_request(|r: http::Request<tonic::body::Body>| r.map(SyncBody::new))
-        .service(mesh.client());
+        .service(mesh.client_layer().wrap_uri_client(Channels::default()));
     let mut grpc = tonic::client::Grpc::with_origin(stack, "http://reviews:9090".parse()?);
 
     let mut call =
@@ -232,10 +235,56 @@ spec:
   workload: {name: reviews-v1, namespace: default, labels: {app: reviews, version: v1}}
 ";
 
-/// One instance: tonic's server-side `Grpc` for the methods, in the mesh's server stack,
-/// served by `mesh_stack::serve` (HTTP/2 prior knowledge, plaintext here).
+/// tonic's `Channel`s, one per endpoint: a `Channel` connects to the one endpoint it was
+/// built for (it sets each request's origin to it), so the mesh's balancer picks the
+/// endpoint (the URI's authority, under `ClientLayer::wrap_uri_client`) and this picks that
+/// endpoint's `Channel`, connected on first use and reused after.
+///
+/// The `Channel` gets the call without `grpc-timeout`: tonic's `Channel` enforces that header
+/// itself, below the mesh, and its timer starts before the mesh's (which starts when the
+/// request body ends, as Envoy's does), so the caller would get tonic's `Cancelled` and the
+/// mesh would record a reset instead of Envoy's gRPC local reply (`UNAVAILABLE`, flag `UT`).
+/// The mesh's timeout layer enforces the deadline; the price is that the server does not
+/// see it.
+#[derive(Clone, Default)]
+struct Channels(Arc<Mutex<HashMap<http::uri::Authority, Channel>>>);
+
+impl Channels {
+    fn channel(&self, uri: &http::Uri) -> Result<Channel, BoxError> {
+        let authority = uri.authority().ok_or("no endpoint in the URI")?;
+        let mut channels = self.0.lock().map_err(|_| "poisoned")?;
+        if let Some(c) = channels.get(authority) {
+            return Ok(c.clone());
+        }
+        let c = Endpoint::from_shared(format!("http://{authority}"))?.connect_lazy();
+        channels.insert(authority.clone(), c.clone());
+        Ok(c)
+    }
+}
+
+impl Service<http::Request<RequestBody>> for Channels {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(())) // each call waits for its own endpoint's Channel
+    }
+
+    fn call(&mut self, mut req: http::Request<RequestBody>) -> Self::Future {
+        req.headers_mut().remove("grpc-timeout");
+        let channel = self.channel(req.uri());
+        Box::pin(async move {
+            let res = channel?.oneshot(req.map(tonic::body::Body::new)).await?;
+            Ok(res)
+        })
+    }
+}
+
+/// One instance: tonic's server-side `Grpc` for the methods, served by tonic's own
+/// `Server` with the mesh's server stack as its layer (HTTP/2, plaintext here).
 async fn instance(mesh: &Mesh, reviews: Reviews) -> Result<SocketAddr, BoxError> {
-    let methods = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+    let methods = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
         let reviews = reviews.clone();
         async move {
             let codec = ProstCodec::<Review, GetReview>::default();
@@ -249,10 +298,13 @@ async fn instance(mesh: &Mesh, reviews: Reviews) -> Result<SocketAddr, BoxError>
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(mesh_stack::serve(
-        listener,
-        None,
-        mesh.server_layer().layer(methods),
-    ));
+    let server = Server::builder()
+        .layer(mesh.server_layer())
+        .serve_with_incoming(methods, TcpIncoming::from(listener));
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            eprintln!("tonic-grpc: server {addr}: {e}");
+        }
+    });
     Ok(addr)
 }
