@@ -20,12 +20,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_tls::ca::MeshCa;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use support::pki::Pki;
 use support::*;
 use tokio::net::TcpListener;
 
@@ -34,20 +29,9 @@ const CNN: &str = "edition.cnn.com";
 /// An HTTPS server standing in for `edition.cnn.com`: a certificate for that name from a
 /// CA made here (whose PEM is returned); records the SNI of each request.
 async fn external_host() -> (SocketAddr, String, Arc<Mutex<Vec<Option<String>>>>) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "external CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec![CNN.to_string()]).unwrap();
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let chain = vec![CertificateDer::from_pem_slice(cert.pem().as_bytes()).unwrap()];
-    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+    let ca = Pki::new("external CA");
+    let leaf = ca.leaf(&[CNN], false);
+    let (chain, key) = (leaf.certs(), leaf.private_key());
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -94,7 +78,7 @@ async fn external_host() -> (SocketAddr, String, Arc<Mutex<Vec<Option<String>>>>
             });
         }
     });
-    (addr, ca_cert.pem(), seen)
+    (addr, ca.pem.clone(), seen)
 }
 
 /// The ServiceEntry of the external host, its port 443 on the stand-in.

@@ -1,0 +1,102 @@
+//! A test PKI made at test time: a CA, and server or client certificates it signs, as PEM
+//! strings that a test writes to files or loads into rustls.
+
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A CA made at test time.
+pub struct Pki {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA's certificate, PEM.
+    pub pem: String,
+}
+
+/// A certificate and its key, PEM.
+pub struct Leaf {
+    /// The certificate (the chain: the leaf alone, signed by the CA), PEM.
+    pub chain: String,
+    /// Its private key, PEM.
+    pub key: String,
+}
+
+impl Pki {
+    /// A new CA called `name`.
+    pub fn new(name: &str) -> Pki {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        Pki {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A server (or, `client`, a client) certificate for `names` (DNS SANs).
+    pub fn leaf(&self, names: &[&str], client: bool) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            chain: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// Writes the CA's certificate to `dir/name`; returns the path.
+    pub fn write(&self, dir: &Path, name: &str) -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, &self.pem).unwrap();
+        p.display().to_string()
+    }
+
+    /// A root store holding this CA.
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap())
+            .unwrap();
+        roots
+    }
+}
+
+impl Leaf {
+    /// Writes `dir/name.pem` and `dir/name.key`; returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> (String, String) {
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, &self.chain).unwrap();
+        std::fs::write(&k, &self.key).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    }
+
+    /// The certificate chain, DER.
+    pub fn certs(&self) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(self.chain.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// The private key, DER.
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(self.key.as_bytes()).unwrap()
+    }
+}
