@@ -4,13 +4,14 @@
 //! runs; any error stops start-up, naming the file, line, resource and field; warnings,
 //! such as fields this version does not enforce, are logged), starts the outbound listener
 //! (and the inbound one when the bootstrap asks for it, an L4 listener per `outboundPorts`
-//! entry, [`crate::l4`], and a gateway listener per server port of the Gateways that select
-//! the workload: [`crate::gateway`]) on the data-plane engine, and the admin listener.
+//! entry, [`crate::l4`], a gateway listener per server port of the Gateways that select
+//! the workload: [`crate::gateway`], and one per `ingress[]` entry of the workload's
+//! Sidecar: [`crate::ingress`]) on the data-plane engine, and the admin listener.
 //! [`Proxy::reload`] runs the pipeline again: a configuration that passes replaces the
 //! running one atomically (in-flight requests finish on the old one); one that does not is
 //! logged and the last good configuration keeps serving. A reload that would lose every
-//! resource, or the `ProxyBootstrap`, or that changes the gateway listeners (a restart binds
-//! them), is refused too: the usual cause of the first two is a file caught in the middle of
+//! resource, or the `ProxyBootstrap`, or that changes the gateway or Sidecar ingress
+//! listeners (a restart binds them), is refused too: the usual cause of the first two is a file caught in the middle of
 //! a write. [`Proxy::drain`] is what SIGTERM does.
 //!
 //! The listeners share one [`OwnAddrs`]: the outbound and inbound connectors never connect
