@@ -446,3 +446,34 @@ spec:
     assert_eq!(String::from_utf8_lossy(&got), "echo helloecho bye");
     p.proxy.drain().await;
 }
+
+/// `/config_dump` shows the ingress listeners the proxy built.
+#[tokio::test]
+async fn config_dump_lists_the_ingress_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let main = app("main").await;
+    let ratings = app("ingress-app").await;
+    let echo = echo_server("echo").await;
+    let p = start(&config(
+        dir.path(),
+        &ca,
+        &main,
+        &sidecar(ratings.addr, echo),
+    ))
+    .await;
+    let (status, body) = admin_get(p.admin, "/config_dump").await;
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ingress = &dump["sidecarIngress"];
+    assert_eq!(ingress["sidecar"], "default/reviews");
+    assert_eq!(ingress["listeners"][0]["port"], 9080);
+    assert_eq!(ingress["listeners"][0]["serve"], "http");
+    assert_eq!(
+        ingress["listeners"][0]["endpoint"],
+        ratings.addr.to_string()
+    );
+    assert_eq!(ingress["listeners"][1]["port"], 9000);
+    assert_eq!(ingress["listeners"][1]["serve"], "tcp");
+    p.proxy.drain().await;
+}

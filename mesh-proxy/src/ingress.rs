@@ -130,6 +130,26 @@ impl Plan {
         self.listeners.iter().any(|l| l.number == number)
     }
 
+    /// The listeners as `/config_dump` shows them (`sidecarIngress`): the Sidecar, and per
+    /// listener its port, address, local port (as configured: `0` is a free port), what
+    /// it serves and where it forwards.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "sidecar": self.sidecar,
+            "listeners": self
+                .listeners
+                .iter()
+                .map(|l| serde_json::json!({
+                    "port": l.number,
+                    "address": l.address.to_string(),
+                    "localPort": l.local_port,
+                    "serve": l.serve.to_string(),
+                    "endpoint": l.endpoint.to_string(),
+                }))
+                .collect::<Vec<_>>(),
+        })
+    }
+
     /// A readable list of the listeners (reload errors, logs).
     pub fn describe(&self) -> String {
         self.listeners
@@ -535,5 +555,44 @@ async fn connect(w: &TcpWorker) -> Option<tokio::net::TcpStream> {
             tracing::debug!(port = w.shared.number, "sidecar ingress: {e}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_endpoints_map_as_istio_forwards_them() {
+        assert_eq!(
+            endpoint("127.0.0.1:8080"),
+            Ok(Endpoint::Addr("127.0.0.1:8080".parse().unwrap()))
+        );
+        assert_eq!(
+            endpoint("[::1]:8080"),
+            Ok(Endpoint::Addr("[::1]:8080".parse().unwrap()))
+        );
+        for de in ["0.0.0.0:8080", "[::]:8080", ":8080"] {
+            assert_eq!(endpoint(de), Ok(Endpoint::AppHost(8080)), "{de}");
+        }
+        let app: SocketAddr = "10.0.0.7:9080".parse().unwrap();
+        assert_eq!(
+            Endpoint::AppHost(8080).resolve(app).to_string(),
+            "10.0.0.7:8080"
+        );
+        let unix = endpoint("unix:///var/run/app.sock").unwrap_err();
+        assert!(unix.contains("unix domain sockets"), "{unix}");
+    }
+
+    #[test]
+    fn listeners_collide_on_one_port_of_one_address_or_a_wildcard_of_its_family() {
+        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        assert!(collides(a("127.0.0.1:80"), a("127.0.0.1:80")));
+        assert!(collides(a("0.0.0.0:80"), a("127.0.0.1:80")));
+        assert!(collides(a("127.0.0.1:80"), a("0.0.0.0:80")));
+        assert!(!collides(a("127.0.0.1:80"), a("127.0.0.2:80")));
+        assert!(!collides(a("127.0.0.1:80"), a("127.0.0.1:81")));
+        assert!(!collides(a("[::]:80"), a("127.0.0.1:80")));
+        assert!(collides(a("[::]:80"), a("[::1]:80")));
     }
 }

@@ -1371,6 +1371,7 @@ impl ProxyState {
             "generation": snap.generation,
             "files": self.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
             "unenforced": unenforced,
+            "sidecarIngress": self.ingress.to_json(),
             "snapshot": serde_json::to_value(&*snap).unwrap_or_default(),
         })
     }
