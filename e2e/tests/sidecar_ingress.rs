@@ -477,3 +477,132 @@ async fn config_dump_lists_the_ingress_listeners() {
     assert_eq!(ingress["listeners"][1]["serve"], "tcp");
     p.proxy.drain().await;
 }
+
+/// Sidecar ingress TLS: an `HTTPS` port with `SIMPLE` TLS terminated with the listener's own
+/// certificate and served as HTTP to its endpoint; a `TLS` port with `MUTUAL` TLS spliced
+/// as TCP, clients without a certificate of `caCertificates` refused.
+#[tokio::test]
+async fn ingress_tls_terminates_with_the_listener_s_own_certificate() {
+    use support::pki::Pki;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let main = app("main").await;
+    let ratings = app("ingress-app").await;
+    let echo = echo_server("echo").await;
+    let pki = Pki::new("ingress CA");
+    let (cert, key) = pki
+        .leaf(&["ratings.example.com"], false)
+        .write(dir.path(), "ratings");
+    let ca_file = pki.write(dir.path(), "ingress-ca.pem");
+    let sidecar = format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: reviews, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: reviews}}}}
+  ingress:
+  - port: {{number: 8443, protocol: HTTPS, name: https}}
+    defaultEndpoint: 127.0.0.1:{}
+    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+  - port: {{number: 9443, protocol: TLS, name: tls}}
+    defaultEndpoint: 127.0.0.1:{}
+    tls: {{mode: MUTUAL, serverCertificate: {cert}, privateKey: {key}, caCertificates: {ca_file}}}
+",
+        ratings.port(),
+        echo.port()
+    );
+    // STRICT for the workload: the listeners' own TLS replaces the mesh's mTLS on them
+    let yaml = reviews_config(
+        dir.path(),
+        &ca,
+        &main,
+        &format!("  inboundPorts: {{\"8443\": 0, \"9443\": 0}}\n{STRICT}{sidecar}"),
+    );
+    let p = start(&yaml).await;
+    let https = p.proxy.ingress_addr(8443).unwrap();
+    let name = || ServerName::try_from("ratings.example.com").unwrap();
+    // HTTPS: a client that trusts the listener's CA, without a client certificate
+    let body = bounded(async {
+        let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+        let tls = pki.connector(None).connect(name(), tcp).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "ratings.example.com")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = send.send_request(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let b = res.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&b).into_owned()
+    })
+    .await;
+    assert_eq!(body, "ingress-app -");
+    // plaintext is not served
+    let plain = raw(
+        https,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(!plain.starts_with("HTTP/1.1 200"), "{plain}");
+    // TLS MUTUAL: a client certificate of the CA is required
+    let tls_port = p.proxy.ingress_addr(9443).unwrap();
+    let through = |client: Option<support::pki::Leaf>| {
+        let connector = pki.connector(client.as_ref());
+        async move {
+            bounded(async {
+                let tcp = tokio::net::TcpStream::connect(tls_port).await.unwrap();
+                let Ok(mut s) = connector.connect(name(), tcp).await else {
+                    return Vec::new();
+                };
+                let _ = s.write_all(b"hi").await;
+                let _ = s.shutdown().await;
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got).await;
+                got
+            })
+            .await
+        }
+    };
+    let got = through(Some(pki.leaf(&["client.example.com"], true))).await;
+    assert_eq!(String::from_utf8_lossy(&got), "echo hiecho bye");
+    assert_eq!(through(None).await, b"", "no client certificate: refused");
+    let other = Pki::new("another CA");
+    let got = through(Some(other.leaf(&["client.example.com"], true))).await;
+    assert_eq!(got, b"", "another CA's client: refused");
+    p.proxy.drain().await;
+}
+
+/// Sidecar ingress TLS files that cannot be read refuse the configuration, naming the field.
+#[test]
+fn ingress_tls_with_missing_files_is_refused_with_its_field() {
+    let yaml = "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {name: e2e}
+spec:
+  workload: {name: reviews-v1, namespace: default, labels: {app: reviews}}
+  inbound: {address: 127.0.0.1, port: 0, localApp: '127.0.0.1:8080'}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews, namespace: default}
+spec:
+  ingress:
+  - port: {number: 8443, protocol: HTTPS, name: https}
+    defaultEndpoint: 127.0.0.1:8080
+    tls: {mode: SIMPLE, serverCertificate: /nonexistent/cert.pem, privateKey: /nonexistent/key.pem}
+";
+    let mut loader = mesh_core::load::Loader::new();
+    loader.add_str("mesh.yaml", yaml);
+    let err = mesh_proxy::pipeline::build(loader).unwrap_err();
+    let e = err.errors().next().unwrap();
+    assert_eq!(
+        e.field.as_ref().unwrap().to_string(),
+        "spec.ingress[0].tls.serverCertificate"
+    );
+    assert_eq!(e.line, Some(15));
+}

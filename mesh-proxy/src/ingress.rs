@@ -24,8 +24,13 @@
 //!   listeners on one address and local port, a `unix://` endpoint. A Sidecar with
 //!   `ingress` and a bootstrap without `inbound` makes no listener (a warning).
 //!
-//! `tls` (Sidecar ingress TLS termination) is refused by the support table (security fails
-//! closed); `captureMode`, `connectionPool` and `inboundConnectionPool` are warnings.
+//! - **`tls`** (Sidecar ingress TLS, `SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`): terminated with
+//!   the listener's `serverCertificate`/`privateKey` (clients checked against
+//!   `caCertificates`), as a gateway server's ([`crate::gateway::GatewayTls`]: the same
+//!   files, re-read when they change) instead of the workload's mTLS; an `HTTPS` port is then
+//!   served as HTTP, a `TLS` port as TCP. `PASSTHROUGH`: the TLS is left to the endpoint.
+//!
+//! `captureMode`, `connectionPool` and `inboundConnectionPool` are warnings.
 //!
 //! A reload that changes the ingress listeners (a port, its address, local port, protocol
 //! family or endpoint) is refused: a restart binds them. Policies and certificates apply.
@@ -33,6 +38,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -45,13 +51,13 @@ use mesh_core::error::{FieldPath, ResourceRef};
 use mesh_core::ext::PeerIdentity;
 use mesh_core::load::Issue;
 use mesh_core::model::Kind;
+use mesh_core::model::networking::{ServerTlsMode, ServerTlsSettings};
 use mesh_core::validate::common::Protocol;
 use mesh_tls::authz::{Attributes, Authorizer};
+use mesh_tls::termination::{PortTermination, ServerFiles, ServerTermination};
 use mesh_transport::OwnAddrs;
 use mesh_transport::l4::{self as engine_l4, Accepted, ConnectionHandler, L4WorkerContext};
 use mesh_transport::tls::{Accepts, DownstreamTls};
-
-use crate::security::PortTls;
 
 /// How an ingress listener serves its port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,8 +105,17 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// `tls` of an ingress listener that terminates TLS (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngressTls {
+    /// The settings as written.
+    pub settings: ServerTlsSettings,
+    /// Its certificate files.
+    pub files: ServerFiles,
+}
+
 /// One Sidecar ingress listener.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerPlan {
     /// `port.number`: the workload port peers address (PeerAuthentication's port key).
     pub number: u16,
@@ -112,13 +127,39 @@ pub struct ListenerPlan {
     pub serve: Serve,
     /// Where the traffic goes.
     pub endpoint: Endpoint,
+    /// TLS termination with the listener's own certificate (Istio's Sidecar ingress TLS),
+    /// instead of the workload's mTLS.
+    pub tls: Option<IngressTls>,
+}
+
+impl ListenerPlan {
+    /// The gateway port plan whose TLS this listener's is ([`crate::gateway::GatewayTls`]
+    /// serves it: same files, same rotation), if it terminates TLS.
+    pub fn port_plan(&self) -> Option<crate::gateway::PortPlan> {
+        let tls = self.tls.as_ref()?;
+        Some(crate::gateway::PortPlan {
+            number: self.number,
+            address: self.address,
+            local_port: self.local_port,
+            gateways: Vec::new(),
+            servers: Vec::new(),
+            tls: crate::gateway::PortTlsPlan::Files(vec![(
+                tls.settings.clone(),
+                tls.files.clone(),
+                vec!["*".to_string()],
+            )]),
+            redirect: Vec::new(),
+        })
+    }
 }
 
 /// The ingress listeners of a configuration, in the Sidecar's order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Plan {
     /// The listeners.
     pub listeners: Vec<ListenerPlan>,
+    /// Each listener's TLS configuration, its files read (same order; `None`: no `tls`).
+    pub terminations: Vec<Option<PortTermination>>,
     /// The Sidecar they come from, `<ns>/<name>`.
     pub sidecar: Option<String>,
 }
@@ -145,6 +186,7 @@ impl Plan {
                     "localPort": l.local_port,
                     "serve": l.serve.to_string(),
                     "endpoint": l.endpoint.to_string(),
+                    "tls": l.tls.as_ref().map(|t| format!("{:?}", t.settings.mode.unwrap_or_default())),
                 }))
                 .collect::<Vec<_>>(),
         })
@@ -156,10 +198,11 @@ impl Plan {
             .iter()
             .map(|l| {
                 format!(
-                    "{} on {} ({}) to {}",
+                    "{} on {} ({}{}) to {}",
                     l.number,
                     SocketAddr::new(l.address, l.local_port),
                     l.serve,
+                    if l.tls.is_some() { ", TLS" } else { "" },
                     l.endpoint
                 )
             })
@@ -239,7 +282,29 @@ pub fn plan(snapshot: &Snapshot, taken: &[(SocketAddr, String)]) -> (Plan, Vec<I
             continue; // refused by validation
         };
         let proto = Protocol::parse(port.protocol.as_deref().unwrap_or(""));
-        let serve = if proto.is_http() {
+        // Sidecar ingress TLS: terminated with the listener's certificate; an HTTPS port is
+        // then served as HTTP, a TLS port as TCP (PASSTHROUGH: the TLS is the endpoint's)
+        let terminate = ing.tls.as_ref().filter(|t| {
+            matches!(
+                t.mode.unwrap_or_default(),
+                ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual
+            )
+        });
+        let mut termination = None;
+        let tls = match terminate {
+            None => None,
+            Some(t) => match ingress_tls(t) {
+                Ok((plan, built)) => {
+                    termination = Some(built);
+                    Some(plan)
+                }
+                Err((field, message)) => {
+                    issue(Severity::Error, format!("{at}.tls.{field}"), message);
+                    continue;
+                }
+            },
+        };
+        let serve = if proto.is_http() || (proto == Protocol::Https && tls.is_some()) {
             Serve::Http
         } else if proto == Protocol::Udp {
             issue(
@@ -295,9 +360,45 @@ pub fn plan(snapshot: &Snapshot, taken: &[(SocketAddr, String)]) -> (Plan, Vec<I
             local_port,
             serve,
             endpoint,
+            tls,
         });
+        out.terminations.push(termination);
     }
     (out, issues)
+}
+
+/// The files of a terminating `tls`, read and checked: the plan and the rustls
+/// configuration, or the field at fault and why.
+fn ingress_tls(t: &ServerTlsSettings) -> Result<(IngressTls, PortTermination), (String, String)> {
+    let set = |o: &Option<String>| o.as_deref().filter(|s| !s.is_empty()).map(PathBuf::from);
+    let certificate = set(&t.server_certificate).ok_or_else(|| {
+        (
+            "serverCertificate".to_string(),
+            "a server certificate is required to terminate TLS".to_string(),
+        )
+    })?;
+    let private_key = set(&t.private_key).ok_or_else(|| {
+        (
+            "privateKey".to_string(),
+            "a private key is required to terminate TLS".to_string(),
+        )
+    })?;
+    let files = ServerFiles {
+        certificate,
+        private_key,
+        ca_certificates: set(&t.ca_certificates),
+        fields: ["serverCertificate", "privateKey", "caCertificates"],
+    };
+    let server =
+        ServerTermination::new(t, &files, &["*".to_string()]).map_err(|e| (e.field, e.message))?;
+    let built = PortTermination::new(vec![server]).map_err(|m| ("mode".to_string(), m))?;
+    Ok((
+        IngressTls {
+            settings: t.clone(),
+            files,
+        },
+        built,
+    ))
 }
 
 /// Whether two listening addresses take the same socket (one of them on every address of
@@ -405,8 +506,9 @@ pub fn local_app(local_app: &str) -> Option<SocketAddr> {
 /// What every worker of one L4 ingress listener shares.
 #[derive(Clone, Debug)]
 pub struct TcpIngress {
-    /// The port's mTLS (the workload's certificate, PeerAuthentication's mode for the port).
-    pub tls: Arc<PortTls>,
+    /// The port's TLS: the workload's mTLS under PeerAuthentication's mode for the port
+    /// ([`crate::security::PortTls`]), or the listener's own certificate (`tls`).
+    pub tls: Arc<dyn DownstreamTls>,
     /// The workload's AuthorizationPolicies, swapped on reload.
     pub authz: Arc<ArcSwap<Authorizer>>,
     /// Where the bytes go.

@@ -91,6 +91,23 @@ fn gateway_ports(
         .collect()
 }
 
+/// The TLS of each Sidecar ingress listener with `tls` (taking its configuration from
+/// `plan`), served as a gateway server's; `None` for the others.
+fn ingress_tls(
+    plan: &mut crate::ingress::Plan,
+    workload_tls: &Arc<WorkloadTls>,
+) -> Vec<Option<Arc<GatewayTls>>> {
+    let built = std::mem::take(&mut plan.terminations);
+    plan.listeners
+        .iter()
+        .zip(built.into_iter().chain(std::iter::repeat_with(|| None)))
+        .map(|(l, t)| {
+            let p = l.port_plan()?;
+            GatewayTls::new(&p, t, workload_tls.clone()).map(Arc::new)
+        })
+        .collect()
+}
+
 /// An L4 gateway listener (`TCP` or passthrough servers): its address, server port and
 /// route table.
 struct GatewayL4Port {
@@ -215,6 +232,8 @@ pub struct ProxyState {
     gateway_keys: Vec<crate::gateway::ListenerKey>,
     /// The Sidecar ingress listeners: a reload that changes them needs a restart.
     ingress: crate::ingress::Plan,
+    /// Their own TLS (`tls`), by listener (same order; `None`: the workload's mTLS).
+    ingress_tls: Vec<Option<Arc<GatewayTls>>>,
 }
 
 /// What a reload swaps in one gateway listener.
@@ -315,8 +334,14 @@ struct BoundListeners {
     gateway_l4: Vec<(u16, BoundEngine)>,
     /// `outboundPorts`: (the captured service port, its L4 listener).
     outbound_ports: Vec<(CapturedPort, BoundEngine)>,
-    /// Sidecar ingress listeners: (the plan, its listener, the endpoint's address).
-    ingress: Vec<(crate::ingress::ListenerPlan, BoundEngine, SocketAddr)>,
+    /// Sidecar ingress listeners: (the plan, its listener, the endpoint's address, its own
+    /// TLS if it has `tls`).
+    ingress: Vec<(
+        crate::ingress::ListenerPlan,
+        BoundEngine,
+        SocketAddr,
+        Option<Arc<GatewayTls>>,
+    )>,
     admin: std::net::TcpListener,
 }
 
@@ -328,7 +353,7 @@ impl BoundListeners {
         workload_tls: &Arc<WorkloadTls>,
         gateways: &[(SocketAddr, GatewayPort)],
         gateway_l4: &[GatewayL4Port],
-        ingress: &crate::ingress::Plan,
+        (ingress, ingress_tls): (&crate::ingress::Plan, &[Option<Arc<GatewayTls>>]),
     ) -> Result<BoundListeners, StartError> {
         let concurrency = boot.concurrency as usize;
         // every listener of this proxy, so that no connector forwards into one of them
@@ -441,14 +466,16 @@ impl BoundListeners {
         // ones in their handler (crate::ingress)
         let mut ingress_engines = Vec::new();
         if let Some((_, app)) = &inbound {
-            for l in &ingress.listeners {
+            for (i, l) in ingress.listeners.iter().enumerate() {
                 let addr = SocketAddr::new(l.address, l.local_port);
-                let downstream_tls: Option<Arc<dyn DownstreamTls>> = match l.serve {
-                    crate::ingress::Serve::Http => Some(Arc::new(PortTls::new(
+                let own_tls = ingress_tls.get(i).cloned().flatten();
+                let downstream_tls: Option<Arc<dyn DownstreamTls>> = match (l.serve, &own_tls) {
+                    (crate::ingress::Serve::Http, Some(t)) => Some(t.clone()),
+                    (crate::ingress::Serve::Http, None) => Some(Arc::new(PortTls::new(
                         workload_tls.clone(),
                         u32::from(l.number),
                     ))),
-                    crate::ingress::Serve::Tcp => None,
+                    (crate::ingress::Serve::Tcp, _) => None,
                 };
                 let cfg = EngineConfig {
                     concurrency,
@@ -459,7 +486,7 @@ impl BoundListeners {
                     ..EngineConfig::new(addr)
                 };
                 let e = Engine::bind(cfg).map_err(bind_err(ListenerKind::SidecarIngress, addr))?;
-                ingress_engines.push((l.clone(), e, l.endpoint.resolve(*app)));
+                ingress_engines.push((l.clone(), e, l.endpoint.resolve(*app), own_tls));
             }
         }
         let admin_addr =
@@ -506,7 +533,7 @@ impl Proxy {
             l4,
             security,
             gateways,
-            ingress,
+            mut ingress,
         } = built;
         log_warnings(&compiled.warnings);
         let snapshot = compiled.snapshot;
@@ -532,6 +559,7 @@ impl Proxy {
         let gateway_keys = gateways.plan.listener_keys();
         let gateway_l4 = gateway_l4_ports(&mut gateways);
         let gateway_ports = gateway_ports(gateways, &workload_tls);
+        let ingress_tls = ingress_tls(&mut ingress, &workload_tls);
         let bound = BoundListeners::bind(
             &boot,
             captured,
@@ -539,7 +567,7 @@ impl Proxy {
             &workload_tls,
             &gateway_ports,
             &gateway_l4,
-            &ingress,
+            (&ingress, &ingress_tls),
         )?;
         let gateway_ports: Vec<GatewayPort> = gateway_ports.into_iter().map(|(_, p)| p).collect();
         let layers = Layers::new(&snapshot, routes);
@@ -565,6 +593,7 @@ impl Proxy {
             gateway_keys,
             l4_routes,
             ingress,
+            ingress_tls,
         });
         let mut proxy = Proxy {
             state,
@@ -699,7 +728,7 @@ impl Proxy {
             tracing::info!(addr = %addr, service = %captured.key, "outboundPorts listener up");
             self.outbound_ports.push((captured, engine));
         }
-        for (l, b, endpoint) in ingress {
+        for (l, b, endpoint, own_tls) in ingress {
             let addr = b.local_addr();
             let port = l.number;
             let engine = match l.serve {
@@ -711,11 +740,15 @@ impl Proxy {
                     b.start(factory)
                 }
                 crate::ingress::Serve::Tcp => {
-                    let shared = crate::ingress::TcpIngress {
-                        tls: Arc::new(PortTls::new(
+                    let tls: Arc<dyn DownstreamTls> = match own_tls {
+                        Some(t) => t,
+                        None => Arc::new(PortTls::new(
                             self.state.workload_tls.clone(),
                             u32::from(port),
                         )),
+                    };
+                    let shared = crate::ingress::TcpIngress {
+                        tls,
                         authz: self.state.authz.clone(),
                         endpoint,
                         number: port,
@@ -1151,6 +1184,9 @@ impl ProxyState {
                 changed |= t.rotate();
             }
         }
+        for t in self.ingress_tls.iter().flatten() {
+            changed |= t.rotate();
+        }
         changed
     }
 
@@ -1272,7 +1308,7 @@ impl ProxyState {
             l4: _,
             security,
             gateways,
-            ingress: _,
+            ingress,
         } = built;
         log_warnings(&compiled.warnings);
         let old = self.snapshot();
@@ -1316,6 +1352,18 @@ impl ProxyState {
                 if let Some(t) = &g.tls {
                     t.store(p, tls);
                 }
+            }
+        }
+        // the Sidecar ingress listeners' own certificates (check_ingress made sure the
+        // listeners are the same)
+        for ((l, t), own) in ingress
+            .listeners
+            .iter()
+            .zip(ingress.terminations)
+            .zip(&self.ingress_tls)
+        {
+            if let (Some(own), Some(p)) = (own, l.port_plan()) {
+                own.store(&p, t);
             }
         }
         // the running `outboundPorts` listeners route on the new snapshot (after the

@@ -1382,8 +1382,8 @@ static ISTIO_INGRESS_LISTENER: TypeDef = TypeDef {
         field(
             "tls",
             Struct(&SERVER_TLS_SETTINGS),
-            Status::Refused(Area::Security),
-            "Sidecar ingress TLS termination is not implemented: a listener would serve plaintext where TLS was asked",
+            Status::Enforced,
+            "Sidecar ingress TLS (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`): terminated with the listener's `serverCertificate` and `privateKey` (clients checked against `caCertificates`; the files re-read when they change) instead of the workload's mTLS; an `HTTPS` port is then served as HTTP, a `TLS` port as TCP; `PASSTHROUGH` leaves the TLS to the endpoint",
         ),
         field(
             "connectionPool",
