@@ -183,6 +183,21 @@ async fn http_ingress_listener_forwards_to_its_endpoint_under_strict_mtls_and_de
         1,
         "only the allowed mTLS request got through"
     );
+    // Istio's metrics on the server side: reporter="destination", the denied peer's identity
+    let admin = p.admin;
+    eventually(
+        "the denied request in istio_requests_total",
+        || async move {
+            let (_, text) = admin_get(admin, "/stats/prometheus").await;
+            text.lines().any(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains("reporter=\"destination\"")
+                    && l.contains("response_code=\"403\"")
+                    && l.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"")
+            })
+        },
+    )
+    .await;
     // the main inbound listener still forwards to localApp
     let (status, body) = get_tls(p.proxy.inbound_addr().unwrap(), &ca, "productpage")
         .await
