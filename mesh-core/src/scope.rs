@@ -34,7 +34,8 @@
 //!   of the VirtualServices seen keep the port their route names (every port when it names
 //!   none: the route's cluster, as Istio's).
 //!
-//! `ingress` is not applied here: the support table says what happens to it.
+//! `ingress` is not applied here: `mesh-proxy` builds an inbound listener per entry of the
+//! Sidecar [`select`] picks (its `ingress` module).
 //!
 //! ```
 //! use mesh_core::scope::EgressHosts;

@@ -50,6 +50,7 @@ pub mod cli;
 pub mod demo;
 pub mod exporters;
 pub mod gateway;
+pub mod ingress;
 pub mod jwks;
 pub mod l4;
 /// The data-plane engine, now the `mesh-transport` crate (kept here under its old name).

@@ -10,6 +10,8 @@
 //!          ─► gateways: the Gateways selecting this workload, a route table per gateway
 //!             port (HTTP, or L4: tcp/tls routes), its servers' certificate files read and
 //!             checked
+//!          ─► ingress: the Sidecar's ingress listeners, their addresses checked against
+//!             every other listener's, their endpoints
 //! ```
 //!
 //! The first four steps are `mesh_core::config`; this module adds the build. Every failure,
@@ -59,6 +61,8 @@ pub struct Built {
     pub security: crate::security::Security,
     /// The gateway listeners ([`crate::gateway`]).
     pub gateways: Gateways,
+    /// The Sidecar ingress listeners ([`crate::ingress`]).
+    pub ingress: crate::ingress::Plan,
 }
 
 /// The gateway listeners of a configuration, ready to serve.
@@ -111,12 +115,14 @@ pub fn build_compiled(mut compiled: Compiled) -> Result<Built, ConfigError> {
                         config::sort(&mut compiled.warnings);
                     }
                     let gateways = gateways(&mut compiled, security.identity.is_some())?;
+                    let ingress = ingress(&mut compiled, &gateways.plan)?;
                     Ok(Built {
                         compiled,
                         routes,
                         l4,
                         security,
                         gateways,
+                        ingress,
                     })
                 }
                 Err(issues) => {
@@ -201,6 +207,30 @@ fn gateways(compiled: &mut Compiled, has_identity: bool) -> Result<Gateways, Con
         tls,
         l4,
     })
+}
+
+/// The Sidecar ingress step: the listeners, their addresses checked against every other
+/// listener's; warnings join the configuration's, errors refuse it (with its warnings).
+fn ingress(
+    compiled: &mut Compiled,
+    gateways: &crate::gateway::Plan,
+) -> Result<crate::ingress::Plan, ConfigError> {
+    let (plan, issues) = crate::ingress::plan_with(&compiled.snapshot, gateways);
+    let (errors, warnings): (Vec<Issue>, Vec<Issue>) = issues
+        .into_iter()
+        .partition(|i| i.severity == Severity::Error);
+    if !warnings.is_empty() {
+        let found = compiled.origins.locate(warnings);
+        compiled.warnings.extend(found);
+        config::sort(&mut compiled.warnings);
+    }
+    if !errors.is_empty() {
+        let mut diagnostics = compiled.origins.locate(errors);
+        diagnostics.append(&mut compiled.warnings);
+        config::sort(&mut diagnostics);
+        return Err(ConfigError { diagnostics });
+    }
+    Ok(plan)
 }
 
 /// Route table findings as diagnostics: with file and line when they name a resource (the

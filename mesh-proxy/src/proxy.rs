@@ -4,13 +4,14 @@
 //! runs; any error stops start-up, naming the file, line, resource and field; warnings,
 //! such as fields this version does not enforce, are logged), starts the outbound listener
 //! (and the inbound one when the bootstrap asks for it, an L4 listener per `outboundPorts`
-//! entry, [`crate::l4`], and a gateway listener per server port of the Gateways that select
-//! the workload: [`crate::gateway`]) on the data-plane engine, and the admin listener.
+//! entry, [`crate::l4`], a gateway listener per server port of the Gateways that select
+//! the workload: [`crate::gateway`], and one per `ingress[]` entry of the workload's
+//! Sidecar: [`crate::ingress`]) on the data-plane engine, and the admin listener.
 //! [`Proxy::reload`] runs the pipeline again: a configuration that passes replaces the
 //! running one atomically (in-flight requests finish on the old one); one that does not is
 //! logged and the last good configuration keeps serving. A reload that would lose every
-//! resource, or the `ProxyBootstrap`, or that changes the gateway listeners (a restart binds
-//! them), is refused too: the usual cause of the first two is a file caught in the middle of
+//! resource, or the `ProxyBootstrap`, or that changes the gateway or Sidecar ingress
+//! listeners (a restart binds them), is refused too: the usual cause of the first two is a file caught in the middle of
 //! a write. [`Proxy::drain`] is what SIGTERM does.
 //!
 //! The listeners share one [`OwnAddrs`]: the outbound and inbound connectors never connect
@@ -86,6 +87,23 @@ fn gateway_ports(
                     tls: GatewayTls::new(p, built, workload_tls.clone()).map(Arc::new),
                 },
             )
+        })
+        .collect()
+}
+
+/// The TLS of each Sidecar ingress listener with `tls` (taking its configuration from
+/// `plan`), served as a gateway server's; `None` for the others.
+fn ingress_tls(
+    plan: &mut crate::ingress::Plan,
+    workload_tls: &Arc<WorkloadTls>,
+) -> Vec<Option<Arc<GatewayTls>>> {
+    let built = std::mem::take(&mut plan.terminations);
+    plan.listeners
+        .iter()
+        .zip(built.into_iter().chain(std::iter::repeat_with(|| None)))
+        .map(|(l, t)| {
+            let p = l.port_plan()?;
+            GatewayTls::new(&p, t, workload_tls.clone()).map(Arc::new)
         })
         .collect()
 }
@@ -166,6 +184,8 @@ pub enum ListenerKind {
     Gateway,
     /// `spec.outboundPorts`: an L4 listener for one service port (TCP/TLS routes).
     OutboundPort,
+    /// A Sidecar `ingress[]` listener ([`crate::ingress`]).
+    SidecarIngress,
 }
 
 impl std::fmt::Display for ListenerKind {
@@ -176,6 +196,7 @@ impl std::fmt::Display for ListenerKind {
             ListenerKind::Admin => "admin",
             ListenerKind::Gateway => "gateway",
             ListenerKind::OutboundPort => "outboundPorts",
+            ListenerKind::SidecarIngress => "Sidecar ingress",
         })
     }
 }
@@ -209,6 +230,10 @@ pub struct ProxyState {
     gateway_l4: Vec<(u16, L4RouteTableHandle)>,
     /// The gateway listeners' identities: a reload that changes them needs a restart.
     gateway_keys: Vec<crate::gateway::ListenerKey>,
+    /// The Sidecar ingress listeners: a reload that changes them needs a restart.
+    ingress: crate::ingress::Plan,
+    /// Their own TLS (`tls`), by listener (same order; `None`: the workload's mTLS).
+    ingress_tls: Vec<Option<Arc<GatewayTls>>>,
 }
 
 /// What a reload swaps in one gateway listener.
@@ -241,6 +266,8 @@ pub struct Proxy {
     gateway_ports: Vec<(u16, Engine)>,
     /// `outboundPorts`: one L4 listener per captured service port.
     outbound_ports: Vec<(CapturedPort, Engine)>,
+    /// The Sidecar ingress listeners, by `port.number`.
+    ingress: Vec<(u16, Engine)>,
     admin: Option<AdminServer>,
 }
 
@@ -307,6 +334,14 @@ struct BoundListeners {
     gateway_l4: Vec<(u16, BoundEngine)>,
     /// `outboundPorts`: (the captured service port, its L4 listener).
     outbound_ports: Vec<(CapturedPort, BoundEngine)>,
+    /// Sidecar ingress listeners: (the plan, its listener, the endpoint's address, its own
+    /// TLS if it has `tls`).
+    ingress: Vec<(
+        crate::ingress::ListenerPlan,
+        BoundEngine,
+        SocketAddr,
+        Option<Arc<GatewayTls>>,
+    )>,
     admin: std::net::TcpListener,
 }
 
@@ -318,6 +353,7 @@ impl BoundListeners {
         workload_tls: &Arc<WorkloadTls>,
         gateways: &[(SocketAddr, GatewayPort)],
         gateway_l4: &[GatewayL4Port],
+        (ingress, ingress_tls): (&crate::ingress::Plan, &[Option<Arc<GatewayTls>>]),
     ) -> Result<BoundListeners, StartError> {
         let concurrency = boot.concurrency as usize;
         // every listener of this proxy, so that no connector forwards into one of them
@@ -379,6 +415,9 @@ impl BoundListeners {
                 let Ok(workload) = workload.parse::<u16>() else {
                     continue; // refused by validation
                 };
+                if ingress.serves(workload) {
+                    continue; // the Sidecar's ingress listener for the port takes it
+                }
                 let e = engine(ListenerKind::Inbound, &inb.address, *local, workload)?;
                 inbound_ports.push((workload, e, SocketAddr::new(app.ip(), workload)));
             }
@@ -423,6 +462,33 @@ impl BoundListeners {
             )?;
             outbound_ports.push((captured, e));
         }
+        // Sidecar ingress listeners: HTTP ones terminate the port's mTLS in the engine, L4
+        // ones in their handler (crate::ingress)
+        let mut ingress_engines = Vec::new();
+        if let Some((_, app)) = &inbound {
+            for (i, l) in ingress.listeners.iter().enumerate() {
+                let addr = SocketAddr::new(l.address, l.local_port);
+                let own_tls = ingress_tls.get(i).cloned().flatten();
+                let downstream_tls: Option<Arc<dyn DownstreamTls>> = match (l.serve, &own_tls) {
+                    (crate::ingress::Serve::Http, Some(t)) => Some(t.clone()),
+                    (crate::ingress::Serve::Http, None) => Some(Arc::new(PortTls::new(
+                        workload_tls.clone(),
+                        u32::from(l.number),
+                    ))),
+                    (crate::ingress::Serve::Tcp, _) => None,
+                };
+                let cfg = EngineConfig {
+                    concurrency,
+                    limits: limits.clone(),
+                    own_addrs: own_addrs.clone(),
+                    downstream_tls,
+                    connections: connections.clone(),
+                    ..EngineConfig::new(addr)
+                };
+                let e = Engine::bind(cfg).map_err(bind_err(ListenerKind::SidecarIngress, addr))?;
+                ingress_engines.push((l.clone(), e, l.endpoint.resolve(*app), own_tls));
+            }
+        }
         let admin_addr =
             socket_addr(&boot.admin.address, boot.admin.port).map_err(io_err("admin address"))?;
         let admin =
@@ -437,6 +503,7 @@ impl BoundListeners {
             gateways: gateway_engines,
             gateway_l4: gateway_l4_engines,
             outbound_ports,
+            ingress: ingress_engines,
             admin,
         })
     }
@@ -466,6 +533,7 @@ impl Proxy {
             l4,
             security,
             gateways,
+            mut ingress,
         } = built;
         log_warnings(&compiled.warnings);
         let snapshot = compiled.snapshot;
@@ -491,6 +559,7 @@ impl Proxy {
         let gateway_keys = gateways.plan.listener_keys();
         let gateway_l4 = gateway_l4_ports(&mut gateways);
         let gateway_ports = gateway_ports(gateways, &workload_tls);
+        let ingress_tls = ingress_tls(&mut ingress, &workload_tls);
         let bound = BoundListeners::bind(
             &boot,
             captured,
@@ -498,6 +567,7 @@ impl Proxy {
             &workload_tls,
             &gateway_ports,
             &gateway_l4,
+            (&ingress, &ingress_tls),
         )?;
         let gateway_ports: Vec<GatewayPort> = gateway_ports.into_iter().map(|(_, p)| p).collect();
         let layers = Layers::new(&snapshot, routes);
@@ -522,6 +592,8 @@ impl Proxy {
                 .collect(),
             gateway_keys,
             l4_routes,
+            ingress,
+            ingress_tls,
         });
         let mut proxy = Proxy {
             state,
@@ -530,6 +602,7 @@ impl Proxy {
             inbound_ports: Vec::new(),
             gateway_ports: Vec::new(),
             outbound_ports: Vec::new(),
+            ingress: Vec::new(),
             admin: None,
         };
         let app = bound.inbound.as_ref().map(|(_, app)| *app);
@@ -571,6 +644,7 @@ impl Proxy {
             gateways,
             gateway_l4,
             outbound_ports,
+            ingress,
             admin,
         } = bound;
         self.state.layers.telemetry().exporters().set_local_addrs(
@@ -590,8 +664,9 @@ impl Proxy {
         if let Some((b, app)) = inbound {
             let addr = b.local_addr();
             let layers = self.inbound_layers();
-            let factory =
-                Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app, addr, &layers));
+            let factory = Arc::new(move |ctx: &WorkerContext| {
+                inbound_stack(ctx, app, addr, app.port(), &layers)
+            });
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("inbound listener {addr}")))?;
@@ -602,8 +677,9 @@ impl Proxy {
         for (port, b, app) in inbound_ports {
             let addr = b.local_addr();
             let layers = self.inbound_layers();
-            let factory =
-                Arc::new(move |ctx: &WorkerContext| inbound_stack(ctx, app, addr, &layers));
+            let factory = Arc::new(move |ctx: &WorkerContext| {
+                inbound_stack(ctx, app, addr, app.port(), &layers)
+            });
             let engine = b
                 .start(factory)
                 .map_err(io_err(format!("inbound listener {addr} (port {port})")))?;
@@ -652,6 +728,52 @@ impl Proxy {
             tracing::info!(addr = %addr, service = %captured.key, "outboundPorts listener up");
             self.outbound_ports.push((captured, engine));
         }
+        for (l, b, endpoint, own_tls) in ingress {
+            let addr = b.local_addr();
+            let port = l.number;
+            let engine = match l.serve {
+                crate::ingress::Serve::Http => {
+                    let layers = self.inbound_layers();
+                    let factory = Arc::new(move |ctx: &WorkerContext| {
+                        inbound_stack(ctx, endpoint, addr, port, &layers)
+                    });
+                    b.start(factory)
+                }
+                crate::ingress::Serve::Tcp => {
+                    let tls: Arc<dyn DownstreamTls> = match own_tls {
+                        Some(t) => t,
+                        None => Arc::new(PortTls::new(
+                            self.state.workload_tls.clone(),
+                            u32::from(port),
+                        )),
+                    };
+                    let shared = crate::ingress::TcpIngress {
+                        tls,
+                        authz: self.state.authz.clone(),
+                        endpoint,
+                        number: port,
+                        handshake_timeout: self
+                            .state
+                            .snapshot()
+                            .bootstrap
+                            .limits
+                            .tls_handshake_timeout
+                            .get(),
+                    };
+                    let factory = Arc::new(move |ctx: &L4WorkerContext| {
+                        crate::ingress::TcpIngressHandler::new(&shared, ctx)
+                    });
+                    b.start_l4(factory)
+                }
+            }
+            .map_err(io_err(format!(
+                "Sidecar ingress listener {addr} (port {port})"
+            )))?;
+            self.state
+                .push_readiness(ListenerKind::SidecarIngress, engine.readiness());
+            tracing::info!(addr = %addr, endpoint = %endpoint, serve = %l.serve, "Sidecar ingress listener for port {port} up");
+            self.ingress.push((port, engine));
+        }
         let addr = admin.local_addr().map_err(io_err("admin listener"))?;
         let admin = AdminServer::start_on(admin, self.state.clone())
             .map_err(io_err(format!("admin listener {addr}")))?;
@@ -677,6 +799,9 @@ impl Proxy {
         for (_, e) in self.outbound_ports.drain(..) {
             e.shutdown_now();
         }
+        for (_, e) in self.ingress.drain(..) {
+            e.shutdown_now();
+        }
         if let Some(a) = self.admin.take() {
             a.stop();
         }
@@ -695,6 +820,14 @@ impl Proxy {
     /// The address of the inbound listener for workload port `port` (`inboundPorts`).
     pub fn inbound_port_addr(&self, port: u16) -> Option<SocketAddr> {
         self.inbound_ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, e)| e.local_addr())
+    }
+
+    /// The address of the Sidecar ingress listener for `port.number` `port`.
+    pub fn ingress_addr(&self, port: u16) -> Option<SocketAddr> {
+        self.ingress
             .iter()
             .find(|(p, _)| *p == port)
             .map(|(_, e)| e.local_addr())
@@ -795,6 +928,9 @@ impl Proxy {
         for (_, e) in ports {
             e.drain().await;
         }
+        for (_, e) in std::mem::take(&mut self.ingress) {
+            e.drain().await;
+        }
         if let Some(a) = self.admin.take() {
             let _ = tokio::task::spawn_blocking(move || a.stop()).await;
         }
@@ -823,6 +959,9 @@ impl Proxy {
         for (_, e) in self.outbound_ports.drain(..) {
             e.drain_blocking();
         }
+        for (_, e) in self.ingress.drain(..) {
+            e.drain_blocking();
+        }
         if let Some(a) = self.admin.take() {
             a.stop();
         }
@@ -838,6 +977,7 @@ fn inbound_stack(
     ctx: &WorkerContext,
     app: SocketAddr,
     listener: SocketAddr,
+    workload_port: u16,
     layers: &InboundLayers,
 ) -> InboundStack {
     let forward = InboundForward {
@@ -855,9 +995,10 @@ fn inbound_stack(
                 )),
         ),
         tls: layers.tls.clone(),
-        // the workload port the peer meant is the application's (Envoy's original
-        // destination under iptables); the address, the listener's
-        destination: DestinationAddr(SocketAddr::new(listener.ip(), app.port())),
+        // the workload port the peer meant (Envoy's original destination under iptables):
+        // the application's, or a Sidecar ingress listener's `port.number`; the address,
+        // the listener's
+        destination: DestinationAddr(SocketAddr::new(listener.ip(), workload_port)),
         last: None,
     }
 }
@@ -1043,6 +1184,9 @@ impl ProxyState {
                 changed |= t.rotate();
             }
         }
+        for t in self.ingress_tls.iter().flatten() {
+            changed |= t.rotate();
+        }
         changed
     }
 
@@ -1093,6 +1237,7 @@ impl ProxyState {
                     )));
                 }
                 self.check_gateways(&built)?;
+                self.check_ingress(&built)?;
                 Ok(self.apply_built(built))
             }
             Err(e) => Err(self.reject(StartError::Config(e))),
@@ -1114,7 +1259,22 @@ impl ProxyState {
     pub fn apply(&self, compiled: Compiled) -> Result<u64, StartError> {
         let built = pipeline::build_compiled(compiled)?;
         self.check_gateways(&built)?;
+        self.check_ingress(&built)?;
         Ok(self.apply_built(built))
+    }
+
+    /// Refuses a configuration whose Sidecar ingress listeners (ports, addresses, what they
+    /// serve, where they forward) differ from the running ones: they are bound at start-up,
+    /// so it needs a restart; nothing of it is applied.
+    fn check_ingress(&self, built: &Built) -> Result<(), StartError> {
+        if built.ingress.listeners == self.ingress.listeners {
+            return Ok(());
+        }
+        Err(self.reject(StartError::Refused(format!(
+            "the new configuration changes the Sidecar ingress listeners (running: [{}]; new: [{}]): restart the proxy to apply it",
+            self.ingress.describe(),
+            built.ingress.describe()
+        ))))
     }
 
     /// Refuses a configuration whose gateway listeners (ports, addresses, what they serve)
@@ -1148,6 +1308,7 @@ impl ProxyState {
             l4: _,
             security,
             gateways,
+            ingress,
         } = built;
         log_warnings(&compiled.warnings);
         let old = self.snapshot();
@@ -1191,6 +1352,18 @@ impl ProxyState {
                 if let Some(t) = &g.tls {
                     t.store(p, tls);
                 }
+            }
+        }
+        // the Sidecar ingress listeners' own certificates (check_ingress made sure the
+        // listeners are the same)
+        for ((l, t), own) in ingress
+            .listeners
+            .iter()
+            .zip(ingress.terminations)
+            .zip(&self.ingress_tls)
+        {
+            if let (Some(own), Some(p)) = (own, l.port_plan()) {
+                own.store(&p, t);
             }
         }
         // the running `outboundPorts` listeners route on the new snapshot (after the
@@ -1246,6 +1419,7 @@ impl ProxyState {
             "generation": snap.generation,
             "files": self.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
             "unenforced": unenforced,
+            "sidecarIngress": self.ingress.to_json(),
             "snapshot": serde_json::to_value(&*snap).unwrap_or_default(),
         })
     }

@@ -12,7 +12,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A CA made at test time.
 pub struct Pki {
-    issuer: Issuer<'static, KeyPair>,
+    /// The CA's key and parameters, to sign with.
+    pub issuer: Issuer<'static, KeyPair>,
     /// The CA's certificate, PEM.
     pub pem: String,
 }
@@ -64,6 +65,24 @@ impl Pki {
         let p = dir.join(name);
         std::fs::write(&p, &self.pem).unwrap();
         p.display().to_string()
+    }
+
+    /// A client configuration trusting this CA only, presenting `client` if given.
+    pub fn client_config(&self, client: Option<&Leaf>) -> rustls::ClientConfig {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let b = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(self.roots());
+        match client {
+            Some(l) => b.with_client_auth_cert(l.certs(), l.private_key()).unwrap(),
+            None => b.with_no_client_auth(),
+        }
+    }
+
+    /// A TLS client trusting this CA, with `client` as its certificate if given.
+    pub fn connector(&self, client: Option<&Leaf>) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(self.client_config(client)))
     }
 
     /// A root store holding this CA.

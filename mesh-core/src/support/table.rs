@@ -1333,15 +1333,15 @@ static SIDECAR: TypeDef = TypeDef {
         field(
             "ingress",
             Seq(&ISTIO_INGRESS_LISTENER),
-            Status::NotYet(Area::GatewaysL4),
-            "no listener is made from it: the bootstrap's `inbound` and `inboundPorts` are the inbound listeners",
+            Status::Enforced,
+            "one inbound listener per entry of the Sidecar that selects the workload, on the bootstrap's `inbound.address` (needs `inbound`: without it a warning, no listener), forwarding to `defaultEndpoint`; an `inboundPorts` entry for the same port is served by it; a reload that changes these listeners is refused (restart)",
         ),
         field("egress", Seq(&ISTIO_EGRESS_LISTENER), Status::Enforced, ""),
         field(
             "inboundConnectionPool",
             Struct(&CONNECTION_POOL_SETTINGS),
             Status::NotYet(Area::Resilience),
-            "the inbound listeners forward to the application without these limits (they are not the DestinationRule's outbound pool)",
+            "the inbound and Sidecar ingress listeners forward to the application without these limits (they are not the DestinationRule's outbound pool)",
         ),
         field(
             "outboundTrafficPolicy",
@@ -1358,28 +1358,38 @@ static ISTIO_INGRESS_LISTENER: TypeDef = TypeDef {
         field(
             "port",
             Struct(&SIDECAR_PORT),
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::Enforced,
+            "the listener's port: its local port is `inboundPorts[number]`, else `number`; a local port another listener has is an error",
         ),
-        field("bind", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("captureMode", Leaf, Status::NotYet(Area::GatewaysL4), ""),
+        field(
+            "bind",
+            Leaf,
+            Status::Enforced,
+            "the address listened on instead of `inbound.address`",
+        ),
+        field(
+            "captureMode",
+            Leaf,
+            Status::NotYet(Area::GatewaysL4),
+            "no iptables capture in this version: every ingress listener is bound on its address, whatever the mode",
+        ),
         field(
             "defaultEndpoint",
             Leaf,
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::Enforced,
+            "`127.0.0.1:PORT`, `[::1]:PORT` as written; `0.0.0.0:PORT`, `[::]:PORT` and unset (`port.number`) at `inbound.localApp`'s host, as Istio forwards to the instance IP; `unix://` is refused (TCP endpoints only)",
         ),
         field(
             "tls",
             Struct(&SERVER_TLS_SETTINGS),
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::Enforced,
+            "Sidecar ingress TLS (`SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL`): terminated with the listener's `serverCertificate` and `privateKey` (clients checked against `caCertificates`; the files re-read when they change) instead of the workload's mTLS; an `HTTPS` port is then served as HTTP, a `TLS` port as TCP; `PASSTHROUGH` leaves the TLS to the endpoint",
         ),
         field(
             "connectionPool",
             Struct(&CONNECTION_POOL_SETTINGS),
-            Status::NotYet(Area::GatewaysL4),
-            "",
+            Status::NotYet(Area::Resilience),
+            "the ingress listener forwards to its endpoint without these limits",
         ),
     ],
 };
@@ -1387,9 +1397,19 @@ static ISTIO_INGRESS_LISTENER: TypeDef = TypeDef {
 static SIDECAR_PORT: TypeDef = TypeDef {
     name: "SidecarPort",
     fields: &[
-        field("number", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("protocol", Leaf, Status::NotYet(Area::GatewaysL4), ""),
-        field("name", Leaf, Status::Refused(Area::Security), ""),
+        field(
+            "number",
+            Leaf,
+            Status::Enforced,
+            "the workload port: PeerAuthentication's `portLevelMtls` key, the destination port AuthorizationPolicies see",
+        ),
+        field(
+            "protocol",
+            Leaf,
+            Status::Enforced,
+            "`HTTP`, `HTTP2`, `GRPC`, `GRPC-Web`, `HTTP_PROXY`: the inbound HTTP stack (mTLS, JWT, AuthorizationPolicy, rate limit, telemetry); `UDP`: no listener (a warning); any other, or unset: opaque TCP (the port's mTLS, AuthorizationPolicies with Istio's TCP semantics, spliced to the endpoint)",
+        ),
+        field("name", Leaf, Status::Enforced, "a label only"),
         field("targetPort", Leaf, Status::NotYet(Area::GatewaysL4), ""),
     ],
 };

@@ -311,6 +311,49 @@ impl Authorizer {
     }
 }
 
+impl Authorizer {
+    /// The decision on a TCP connection (Istio's RBAC network filter, `authz-tcp`): only
+    /// the connection's fields are known (`source`, `remote`, `destination`, `peer`, `sni`;
+    /// the HTTP fields of `a` are not read). A rule that names an HTTP-only field
+    /// (`hosts`, `methods`, `paths`, `requestPrincipals`, `request.*` conditions) is
+    /// dropped from an `ALLOW` policy (it can allow nothing: less is allowed), and in
+    /// `DENY`, `AUDIT` and `CUSTOM` policies those fields are ignored (the rule denies more),
+    /// as Istio's `rule.checkError` generates them for a TCP filter chain.
+    pub fn decide_tcp(&self, a: &Attributes<'_>) -> Decision {
+        let audit = self
+            .audit
+            .iter()
+            .find(|p| p.matches_tcp(a, false))
+            .map(|p| p.name.clone());
+        let decision = |allowed, policy: Option<&Compiled>, external| Decision {
+            allowed,
+            policy: policy.map(|p| p.name.clone()),
+            external,
+            audit: audit.clone(),
+        };
+        for p in &self.custom {
+            if p.matches_tcp(a, false)
+                && !self
+                    .external
+                    .as_ref()
+                    .is_some_and(|x| x.check(&p.provider, a))
+            {
+                return decision(false, Some(p), true);
+            }
+        }
+        if let Some(p) = self.deny.iter().find(|p| p.matches_tcp(a, false)) {
+            return decision(false, Some(p), false);
+        }
+        if self.allow.is_empty() {
+            return decision(true, None, false);
+        }
+        match self.allow.iter().find(|p| p.matches_tcp(a, true)) {
+            Some(p) => decision(true, Some(p), false),
+            None => decision(false, None, false),
+        }
+    }
+}
+
 /// Whether Istio applies `p` to the sidecar of `w`.
 fn applies(p: &PolicyRef<'_>, w: &Workload<'_>) -> bool {
     w.selects(
@@ -540,6 +583,61 @@ impl Compiled {
     }
 }
 
+impl Compiled {
+    /// [`matches`](Self::matches) on a TCP connection: `allow` drops the rules with HTTP-only
+    /// fields, otherwise those fields are ignored.
+    fn matches_tcp(&self, a: &Attributes<'_>, allow: bool) -> bool {
+        self.rules
+            .iter()
+            .filter(|r| !(allow && r.has_http_fields()))
+            .any(|r| r.matches_tcp(a))
+    }
+}
+
+impl CRule {
+    /// Whether the rule names a field a TCP connection does not have.
+    fn has_http_fields(&self) -> bool {
+        fn set<T>(f: &Field<T>) -> bool {
+            !f.yes.is_empty() || !f.no.is_empty()
+        }
+        self.from.iter().any(|s| set(&s.request_principals))
+            || self
+                .to
+                .iter()
+                .any(|o| set(&o.hosts) || set(&o.methods) || set(&o.paths))
+            || self.when.iter().any(|c| c.key.is_http())
+    }
+
+    /// The rule on a TCP connection, its HTTP-only fields ignored.
+    fn matches_tcp(&self, a: &Attributes<'_>) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches_tcp(a)))
+            && (self.to.is_empty()
+                || self.to.iter().any(|o| {
+                    o.ports
+                        .check(|p| a.destination.is_some_and(|d| d.port() == *p))
+                }))
+            && self
+                .when
+                .iter()
+                .filter(|c| !c.key.is_http())
+                .all(|c| c.matches(a))
+    }
+}
+
+impl Key {
+    /// Whether only an HTTP request has it (`request.headers`, `request.auth.*`).
+    fn is_http(&self) -> bool {
+        matches!(
+            self,
+            Key::Header(_)
+                | Key::AuthPrincipal
+                | Key::AuthAudiences
+                | Key::AuthPresenter
+                | Key::AuthClaim(_)
+        )
+    }
+}
+
 impl CRule {
     fn matches(&self, a: &Attributes<'_>) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(a)))
@@ -566,6 +664,25 @@ impl CSource {
             && self
                 .request_principals
                 .check(|p| a.auth.is_some_and(|t| p.matches(&t.principal)))
+    }
+}
+
+impl CSource {
+    /// [`matches`](Self::matches) without `requestPrincipals` (HTTP only).
+    fn matches_tcp(&self, a: &Attributes<'_>) -> bool {
+        let principal = a.peer.map(PeerIdentity::principal).unwrap_or_default();
+        let namespace = a.peer.map(|p| p.id().namespace()).unwrap_or_default();
+        let trust_domain = a.peer.map(|p| p.id().trust_domain()).unwrap_or_default();
+        self.principals.check(|p| p.matches(principal))
+            && self.namespaces.check(|p| p.matches(namespace))
+            && self.trust_domains.check(|p| p.matches(trust_domain))
+            && self.service_accounts.check(|(ns, sa)| {
+                a.peer.is_some_and(|p| {
+                    p.id().namespace() == &**ns && p.id().service_account() == &**sa
+                })
+            })
+            && self.ip_blocks.check(|n| in_net(n, a.source))
+            && self.remote_ip_blocks.check(|n| in_net(n, a.remote))
     }
 }
 

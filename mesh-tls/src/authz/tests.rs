@@ -1034,3 +1034,63 @@ fn request_auth_condition_keys() {
         );
     }
 }
+
+/// Istio's `authz-tcp` task and `rule.checkError`: on a TCP connection a rule with an
+/// HTTP-only field is dropped from an ALLOW policy and widened in a DENY policy.
+#[test]
+fn tcp_connections_drop_allow_rules_and_widen_deny_rules_with_http_fields() {
+    let headers = http::HeaderMap::new();
+    let method = http::Method::GET;
+    let id = PeerIdentity::new(SpiffeId::new("cluster.local", "default", "sleep"));
+    let attrs = |port: u16| Attributes {
+        method: &method,
+        path: "",
+        host: std::borrow::Cow::Borrowed(""),
+        headers: &headers,
+        peer: Some(&id),
+        source: Some("10.0.0.1:40000".parse().expect("an address")),
+        remote: Some("10.0.0.1:40000".parse().expect("an address")),
+        destination: Some(SocketAddr::from(([10, 0, 0, 2], port))),
+        sni: None,
+        auth: None,
+    };
+    // ALLOW by port: allowed on 9000, not on 9001
+    let a = compile(&[(
+        "default",
+        spec(serde_json::json!({"rules": [{"to": [{"operation": {"ports": ["9000"]}}]}]})),
+    )])
+    .expect("compiles");
+    assert!(a.decide_tcp(&attrs(9000)).allowed);
+    assert!(!a.decide_tcp(&attrs(9001)).allowed);
+    // ALLOW with a method: the rule is dropped, nothing is allowed
+    let a = compile(&[(
+        "default",
+        spec(serde_json::json!({"rules": [{"to": [{"operation": {"methods": ["GET"], "ports": ["9000"]}}]}]})),
+    )])
+    .expect("compiles");
+    assert!(!a.decide_tcp(&attrs(9000)).allowed);
+    // the same rule decides an HTTP request as written
+    let req = Request::get("/")
+        .extension(DestinationAddr(SocketAddr::from(([10, 0, 0, 2], 9000))))
+        .body(())
+        .expect("a request");
+    assert!(a.decide(&Attributes::of(&req)).allowed);
+    // DENY with a method: the method is ignored, the connection to 9000 is denied
+    let a = compile(&[(
+        "default",
+        spec(serde_json::json!({"action": "DENY", "rules": [{"to": [{"operation": {"methods": ["POST"], "ports": ["9000"]}}]}]})),
+    )])
+    .expect("compiles");
+    assert!(!a.decide_tcp(&attrs(9000)).allowed);
+    assert!(a.decide_tcp(&attrs(9001)).allowed);
+    // DENY with a header condition and a principal: the header is ignored
+    let a = compile(&[(
+        "default",
+        spec(serde_json::json!({"action": "DENY", "rules": [{
+            "from": [{"source": {"principals": ["cluster.local/ns/default/sa/sleep"]}}],
+            "when": [{"key": "request.headers[x-token]", "values": ["admin"]}]
+        }]})),
+    )])
+    .expect("compiles");
+    assert!(!a.decide_tcp(&attrs(9000)).allowed);
+}
