@@ -102,8 +102,18 @@ pub async fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
 pub async fn tls_server(
     name: &'static str,
 ) -> (SocketAddr, rustls::pki_types::CertificateDer<'static>) {
+    tls_server_also(name, &[]).await
+}
+
+/// [`tls_server`] whose certificate names `also` too.
+pub async fn tls_server_also(
+    name: &'static str,
+    also: &[String],
+) -> (SocketAddr, rustls::pki_types::CertificateDer<'static>) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+    let mut names = vec![name.to_string()];
+    names.extend(also.iter().cloned());
+    let cert = rcgen::CertificateParams::new(names)
         .unwrap()
         .self_signed(&key)
         .unwrap();
