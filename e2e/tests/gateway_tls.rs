@@ -11,9 +11,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use support::l4::{echo_server, tcp_echo_entry, tls_server_also, tls_through};
+use rustls::pki_types::ServerName;
+use support::l4::{echo_server, tcp_echo_entry, tcp_echo_shifting, tls_server_also, tls_through};
 use support::pki::{Leaf, Pki};
 use support::{Running, admin_get, bounded, gateway_bootstrap, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,23 +45,7 @@ async fn tls_exchange(
     client: Option<&Leaf>,
     data: &[u8],
 ) -> Result<Vec<u8>, std::io::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(ca.roots());
-    let cfg = match client {
-        Some(l) => {
-            let chain: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(l.chain.as_bytes())
-                    .collect::<Result<_, _>>()
-                    .unwrap();
-            let key = PrivateKeyDer::from_pem_slice(l.key.as_bytes()).unwrap();
-            b.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => b.with_no_client_auth(),
-    };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(ca.client_config(client)));
     bounded(async {
         let tcp = TcpStream::connect(addr).await?;
         let name = ServerName::try_from(sni.to_string()).unwrap();
@@ -80,41 +63,13 @@ async fn tls_exchange(
 /// settings, flow style), and the bound VirtualService's `tcp` route: tcp-echo v1/v2 by
 /// weight.
 fn tls_termination(tls: &str, v1: u32, v2: u32) -> String {
-    format!(
-        "---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: tcp-echo-gateway, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 31400, name: tls, protocol: TLS}}
-    hosts: [tcp-echo.example.com]
-    tls: {tls}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: tcp-echo-destination, namespace: default}}
-spec:
-  host: tcp-echo
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: tcp-echo, namespace: default}}
-spec:
-  hosts: [tcp-echo.example.com]
-  gateways: [tcp-echo-gateway]
-  tcp:
-  - match: [{{port: 31400}}]
-    route:
-    - destination: {{host: tcp-echo, port: {{number: 9000}}, subset: v1}}
-      weight: {v1}
-    - destination: {{host: tcp-echo, port: {{number: 9000}}, subset: v2}}
-      weight: {v2}
-"
+    tcp_echo_shifting(
+        &format!(
+            "  - port: {{number: 31400, name: tls, protocol: TLS}}\n    hosts: [tcp-echo.example.com]\n    tls: {tls}\n"
+        ),
+        "tcp-echo.example.com",
+        v1,
+        v2,
     )
 }
 

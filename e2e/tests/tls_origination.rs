@@ -11,89 +11,19 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use support::pki::{Leaf, Pki};
 use support::*;
 use tokio::net::TcpListener;
 
 /// The upstream's host, as the application names it.
 const HOST: &str = "api.upstream.test";
-
-// === a test PKI ===
-
-/// A CA made at test time.
-struct Pki {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-/// A certificate and its key, PEM.
-struct Leaf {
-    chain: String,
-    key: String,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).unwrap();
-        Pki {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A server (or, `client`, a client) certificate for `names` (DNS SANs).
-    fn leaf(&self, names: &[&str], client: bool) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            chain: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-
-    fn write(&self, dir: &Path, name: &str) -> String {
-        let p = dir.join(name);
-        std::fs::write(&p, &self.pem).unwrap();
-        p.display().to_string()
-    }
-}
-
-impl Leaf {
-    fn write(&self, dir: &Path, name: &str) -> (String, String) {
-        let (c, k) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&c, &self.chain).unwrap();
-        std::fs::write(&k, &self.key).unwrap();
-        (c.display().to_string(), k.display().to_string())
-    }
-}
 
 // === an HTTPS upstream ===
 

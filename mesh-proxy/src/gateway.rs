@@ -1026,16 +1026,31 @@ spec:
             .snapshot
     }
 
-    #[test]
-    fn servers_become_one_listener_per_port_and_l4_servers_l4_listeners() {
-        let s = snapshot(
+    /// The snapshot of Gateway `default/a` (selecting the bootstrap workload) with the
+    /// `servers` entries given (YAML lines), and what follows them (more resources).
+    fn gateway_a(servers: &str) -> Arc<Snapshot> {
+        snapshot(&format!(
             "apiVersion: networking.istio.io/v1
 kind: Gateway
-metadata: {name: a, namespace: default}
+metadata: {{name: a, namespace: default}}
 spec:
-  selector: {istio: ingressgateway}
+  selector: {{istio: ingressgateway}}
   servers:
-  - port: {number: 80, name: http, protocol: HTTP}
+{servers}"
+        ))
+    }
+
+    /// `issues` is one error, of `field`.
+    fn only_error(issues: &[Issue], field: &str) {
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].severity, Severity::Error);
+        assert_eq!(issues[0].field.to_string(), field);
+    }
+
+    #[test]
+    fn servers_become_one_listener_per_port_and_l4_servers_l4_listeners() {
+        let s = gateway_a(
+            "  - port: {number: 80, name: http, protocol: HTTP}
     hosts: [a.example.com]
   - port: {number: 8080, name: http2, protocol: HTTP}
     hosts: [a.example.com]
@@ -1083,14 +1098,8 @@ spec:
 
     #[test]
     fn tls_servers_are_l4_listeners_passthrough_terminating_or_auto() {
-        let s = snapshot(
-            "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: a, namespace: default}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 443, name: https, protocol: HTTPS}
+        let s = gateway_a(
+            "  - port: {number: 443, name: https, protocol: HTTPS}
     hosts: [nginx.example.com]
     tls: {mode: PASSTHROUGH}
   - port: {number: 443, name: tls, protocol: TLS}
@@ -1127,21 +1136,13 @@ spec:
         };
         assert_eq!(servers.len(), 2);
         // a terminating server on the AUTO_PASSTHROUGH port is refused
-        assert_eq!(issues.len(), 1, "{issues:?}");
-        assert_eq!(issues[0].severity, Severity::Error);
-        assert_eq!(issues[0].field.to_string(), "spec.servers[5].port.number");
+        only_error(&issues, "spec.servers[5].port.number");
     }
 
     #[test]
     fn an_istio_mutual_tls_server_needs_an_identity() {
-        let s = snapshot(
-            "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: a, namespace: default}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 9443, name: tls-mesh, protocol: TLS}
+        let s = gateway_a(
+            "  - port: {number: 9443, name: tls-mesh, protocol: TLS}
     hosts: [d.example.com]
     tls: {mode: ISTIO_MUTUAL}
 ",
@@ -1163,14 +1164,8 @@ spec:
 
     #[test]
     fn http_and_tcp_servers_on_one_port_are_refused() {
-        let s = snapshot(
-            "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: a, namespace: default}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: tcp, protocol: TCP}
+        let s = gateway_a(
+            "  - port: {number: 80, name: tcp, protocol: TCP}
     hosts: ['*']
   - port: {number: 80, name: http, protocol: HTTP}
     hosts: [a.example.com]
@@ -1192,14 +1187,8 @@ spec:
 
     #[test]
     fn plaintext_and_tls_servers_on_one_port_are_refused() {
-        let s = snapshot(
-            "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: a, namespace: default}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
+        let s = gateway_a(
+            "  - port: {number: 80, name: http, protocol: HTTP}
     hosts: [a.example.com]
   - port: {number: 80, name: https, protocol: HTTPS}
     hosts: [b.example.com]
@@ -1207,21 +1196,13 @@ spec:
 ",
         );
         let (_, issues) = plan(&s, true);
-        assert_eq!(issues.len(), 1, "{issues:?}");
-        assert_eq!(issues[0].severity, Severity::Error);
-        assert_eq!(issues[0].field.to_string(), "spec.servers[1].port.number");
+        only_error(&issues, "spec.servers[1].port.number");
     }
 
     #[test]
     fn istio_mutual_without_an_identity_is_refused() {
-        let s = snapshot(
-            "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: a, namespace: default}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 443, name: https, protocol: HTTPS}
+        let s = gateway_a(
+            "  - port: {number: 443, name: https, protocol: HTTPS}
     hosts: [a.example.com]
     tls: {mode: ISTIO_MUTUAL}
 ",

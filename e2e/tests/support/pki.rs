@@ -8,8 +8,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub struct Pki {
     pub issuer: Issuer<'static, KeyPair>,
@@ -58,6 +58,26 @@ impl Pki {
         let p = dir.join(name);
         std::fs::write(&p, &self.pem).unwrap();
         p.display().to_string()
+    }
+
+    /// A client configuration trusting this CA only, presenting `client` if given.
+    pub fn client_config(&self, client: Option<&Leaf>) -> rustls::ClientConfig {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let b = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(self.roots());
+        match client {
+            Some(l) => {
+                let chain: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(l.chain.as_bytes())
+                        .collect::<Result<_, _>>()
+                        .unwrap();
+                let key = PrivateKeyDer::from_pem_slice(l.key.as_bytes()).unwrap();
+                b.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => b.with_no_client_auth(),
+        }
     }
 
     pub fn roots(&self) -> rustls::RootCertStore {
