@@ -10,9 +10,16 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_core::identity::SpiffeId;
+use mesh_tls::ca::MeshCa;
+use mesh_tls::config::TlsMaterial;
+use mesh_tls::verify::Accept;
 
 use rustls::pki_types::ServerName;
 use support::l4::{echo_server, tcp_echo_entry, tcp_echo_shifting, tls_server_also, tls_through};
+use support::mtls::TD;
 use support::pki::{Leaf, Pki};
 use support::{Running, admin_get, bounded, gateway_bootstrap, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -205,6 +212,71 @@ async fn a_mutual_tls_server_refuses_a_client_without_a_certificate() {
         1.0,
         "{text}"
     );
+    // a reload to SIMPLE (the same listener): new handshakes need no client certificate
+    let simple = yaml.replace("{mode: MUTUAL,", "{mode: SIMPLE,");
+    assert_ne!(simple, yaml);
+    let compiled = mesh_core::config::load_str("e2e.yaml", &simple).unwrap();
+    r.proxy.state().apply(compiled).unwrap();
+    let got = tls_exchange(addr, host, &ca, None, b"hi").await.unwrap();
+    assert_eq!(got, b"one hione bye");
+    r.proxy.drain().await;
+}
+
+/// A `TLS` server in `ISTIO_MUTUAL` mode serves the gateway's own mesh certificate and
+/// routes a mesh client's plaintext by the `tcp` routes; plaintext is not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_istio_mutual_tls_server_serves_the_gateway_identity_to_mesh_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = MeshCa::generate(TD).unwrap();
+    let gw_id = SpiffeId::new(TD, "istio-system", "istio-ingressgateway");
+    let hour = Duration::from_secs(3600);
+    let cert = mesh.issue(&gw_id, hour).unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("gw.pem"), &cert.chain_pem).unwrap();
+    std::fs::write(d.join("gw.key"), &cert.key_pem).unwrap();
+    std::fs::write(d.join("ca.pem"), mesh.cert_pem()).unwrap();
+    let identity = format!(
+        "  identity:
+    spiffeId: {gw_id}
+    certificateChain: {d}/gw.pem
+    privateKey: {d}/gw.key
+    trustBundle: {d}/ca.pem
+",
+        d = d.display()
+    );
+    let v1 = echo_server("one").await;
+    let yaml = format!(
+        "{}{}{}",
+        gateway_bootstrap(&[31400], &identity),
+        tcp_echo_entry(&[("v1", v1)]),
+        tls_termination("{mode: ISTIO_MUTUAL}", 100, 0)
+    );
+    let r = start(&yaml).await;
+    let addr = gw_addr(&r, 31400);
+    // a mesh client (sleep) that accepts the gateway's identity only
+    let c = mesh.issue(&support::mtls::id("sleep"), hour).unwrap();
+    let m = TlsMaterial::from_pem(&c.chain_pem, &c.key_pem, mesh.cert_pem()).unwrap();
+    let cfg = m
+        .client_config(Accept::trust_domain(TD).identities([gw_id.clone()]), false)
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let got = bounded(async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("tcp-echo.example.com").unwrap();
+        let mut s = connector.connect(name, tcp).await.unwrap();
+        s.write_all(b"hi").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    })
+    .await;
+    assert_eq!(got, b"one hione bye");
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain.write_all(b"hello\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = bounded(plain.read_to_end(&mut rest)).await;
+    assert!(!rest.starts_with(b"one"), "{rest:?}");
     r.proxy.drain().await;
 }
 
