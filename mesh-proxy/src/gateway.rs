@@ -34,8 +34,8 @@
 //!     no ALPN offered), then the plaintext routed by the `tcp` routes (Istio's filter chains
 //!     for a terminating `TLS` server); a failed handshake closes the connection before it
 //!     is routed;
-//!   - `AUTO_PASSTHROUGH`: no VirtualService; the SNI names the destination as Istio's
-//!     cluster name `outbound_.<port>_.<subset>_.<host>`
+//!   - `AUTO_PASSTHROUGH`: no VirtualService; the SNI (matching one of the servers' `hosts`)
+//!     names the destination as Istio's cluster name `outbound_.<port>_.<subset>_.<host>`
 //!     ([`mesh_routing::l4::L4RouteTable::auto_passthrough`]: a service visible to the
 //!     gateway's namespace, one of its ports, a subset of its DestinationRule), reached
 //!     through the balancer with the client's TLS untouched (Istio's SNI-DNAT clusters of an
@@ -122,9 +122,10 @@ pub enum L4Mode {
     /// terminated ([`PortTlsPlan::Files`] or [`PortTlsPlan::IstioMutual`]), then the
     /// plaintext routed by `tcp` routes.
     Terminate(PortTlsPlan),
-    /// `AUTO_PASSTHROUGH`: the SNI names the destination as Istio's cluster name
-    /// ([`mesh_routing::l4::sni_cluster`]), TLS untouched, no VirtualService.
-    AutoPassthrough,
+    /// `AUTO_PASSTHROUGH`: the SNI (matching one of the servers' `hosts`, here) names the
+    /// destination as Istio's cluster name ([`mesh_routing::l4::sni_cluster`]), TLS
+    /// untouched, no VirtualService.
+    AutoPassthrough(Vec<String>),
 }
 
 /// One gateway listener.
@@ -185,7 +186,7 @@ impl Plan {
                 L4Mode::Tcp => "tcp",
                 L4Mode::Sni => "sni",
                 L4Mode::Terminate(_) => "tls",
-                L4Mode::AutoPassthrough => "auto",
+                L4Mode::AutoPassthrough(_) => "auto",
             };
             (p.number, p.address, p.local_port, kind)
         });
@@ -198,8 +199,10 @@ impl L4PortPlan {
     /// VirtualServices bound to its gateways; for `AUTO_PASSTHROUGH`, the SNI cluster names
     /// of the services it sees.
     pub fn table(&self, snapshot: &Snapshot) -> Result<L4RouteTable, BuildError> {
-        match self.mode {
-            L4Mode::AutoPassthrough => Ok(L4RouteTable::auto_passthrough(snapshot, self.number)),
+        match &self.mode {
+            L4Mode::AutoPassthrough(hosts) => {
+                Ok(L4RouteTable::auto_passthrough(snapshot, self.number, hosts))
+            }
             _ => L4RouteTable::gateway(
                 snapshot,
                 self.gateways.iter().cloned(),
@@ -334,7 +337,9 @@ pub fn plan(snapshot: &Snapshot, has_identity: bool) -> (Plan, Vec<Issue>) {
                 match mode {
                     // PASSTHROUGH (the default): routed by SNI
                     None | Some(ServerTlsMode::Passthrough) => Serves::L4(L4Mode::Sni),
-                    Some(ServerTlsMode::AutoPassthrough) => Serves::L4(L4Mode::AutoPassthrough),
+                    Some(ServerTlsMode::AutoPassthrough) => {
+                        Serves::L4(L4Mode::AutoPassthrough(server.hosts.clone()))
+                    }
                     Some(m) => {
                         let Some(t) = terminated(m) else { continue };
                         if proto == Protocol::Https {
@@ -404,11 +409,14 @@ pub fn plan(snapshot: &Snapshot, has_identity: bool) -> (Plan, Vec<Issue>) {
                     let same = match (&mut p.mode, mode) {
                         (L4Mode::Tcp, L4Mode::Tcp)
                         | (L4Mode::Sni, L4Mode::Sni)
-                        | (L4Mode::AutoPassthrough, L4Mode::AutoPassthrough)
                         | (
                             L4Mode::Terminate(PortTlsPlan::IstioMutual),
                             L4Mode::Terminate(PortTlsPlan::IstioMutual),
                         ) => true,
+                        (L4Mode::AutoPassthrough(v), L4Mode::AutoPassthrough(w)) => {
+                            v.extend(w);
+                            true
+                        }
                         (
                             L4Mode::Terminate(PortTlsPlan::Files(v)),
                             L4Mode::Terminate(PortTlsPlan::Files(mut w)),

@@ -314,7 +314,7 @@ struct BoundListeners {
     inbound_ports: Vec<(u16, BoundEngine, SocketAddr)>,
     /// Gateway listeners: (server port, its listener).
     gateways: Vec<(u16, BoundEngine)>,
-    /// L4 gateway listeners (`TCP`, passthrough): (server port, its listener).
+    /// L4 gateway listeners (`TCP`, `TLS`, passthrough): (server port, its listener).
     gateway_l4: Vec<(u16, BoundEngine)>,
     /// `outboundPorts`: (the captured service port, its L4 listener).
     outbound_ports: Vec<(CapturedPort, BoundEngine)>,

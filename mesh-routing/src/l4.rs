@@ -45,9 +45,10 @@
 //!
 //! [`sni_cluster`] reads Istio's SNI cluster names (`outbound_.<port>_.<subset>_.<host>`),
 //! the destination an `AUTO_PASSTHROUGH` gateway server routes by
-//! ([`L4RouteTable::auto_passthrough`]): the services visible to the gateway's namespace
-//! (`exportTo`; the snapshot holds only what the workload's Sidecar imports), each of their
-//! ports, and the subsets of their DestinationRule; any other name is no route (`NR`).
+//! ([`L4RouteTable::auto_passthrough`]): an SNI that matches the servers' `hosts` and names
+//! a service visible to the gateway's namespace (`exportTo`; the snapshot holds only what
+//! the workload's Sidecar imports), one of its ports and a subset of its DestinationRule;
+//! any other name is no route (`NR`).
 //!
 //! # Istio's semantics
 //!
@@ -139,9 +140,11 @@ pub struct L4RouteTable {
 }
 
 /// The destinations of an `AUTO_PASSTHROUGH` listener: by host (lower case), each port
-/// with its destinations (the whole service first, then each subset).
+/// with its destinations (the whole service first, then each subset); the server names the
+/// SNI must match first.
 #[derive(Debug, Default)]
 struct SniClusters {
+    server_names: Vec<Box<str>>,
     by_host: std::collections::HashMap<Box<str>, Vec<(u16, Vec<RouteDestination>)>>,
 }
 
@@ -215,15 +218,30 @@ impl L4RouteTable {
     }
 
     /// The table of a gateway server in `AUTO_PASSTHROUGH` mode on `port` (Istio's SNI-DNAT
-    /// filter chains): a connection's SNI, read as Istio's cluster name
-    /// `outbound_.<port>_.<subset>_.<host>` ([`sni_cluster`]), names its destination, among
-    /// the services visible to the proxy's namespace (`exportTo`), their ports and the
-    /// subsets of their DestinationRule. No VirtualService applies; any other SNI (or none)
-    /// is no route.
-    pub fn auto_passthrough(snapshot: &Snapshot, port: u16) -> Self {
+    /// filter chain): a connection's SNI, matched against the servers' `hosts`
+    /// (`server_names`: `*.local`, `*`; a `namespace/` part ignored, as Istio's filter chain
+    /// match), then read as Istio's cluster name `outbound_.<port>_.<subset>_.<host>`
+    /// ([`sni_cluster`]), names its destination among the services visible to the proxy's
+    /// namespace (`exportTo`), their ports and the subsets of their DestinationRule. No
+    /// VirtualService applies; any other SNI (or none) is no route.
+    pub fn auto_passthrough<I, S>(snapshot: &Snapshot, port: u16, server_names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         let ctx = RouterContext::sidecar(snapshot);
         let ns = ctx.namespace.as_str();
-        let mut clusters = SniClusters::default();
+        let mut clusters = SniClusters {
+            server_names: server_names
+                .into_iter()
+                .map(|h| {
+                    let h = h.as_ref();
+                    let h = h.split_once('/').map_or(h, |(_, h)| h);
+                    h.to_ascii_lowercase().into_boxed_str()
+                })
+                .collect(),
+            ..SniClusters::default()
+        };
         for s in &snapshot.services {
             if s.hostname.starts_with('*') || !(s.namespace == ns || s.export_to.visible_to(ns)) {
                 continue;
@@ -469,6 +487,13 @@ impl L4RouteTable {
 
 impl SniClusters {
     fn route(&self, sni: &str) -> Option<&RouteDestination> {
+        if !self
+            .server_names
+            .iter()
+            .any(|h| sni_score(h, sni).is_some())
+        {
+            return None;
+        }
         let c = sni_cluster(sni)?;
         let ports = if c.host.bytes().any(|b| b.is_ascii_uppercase()) {
             self.by_host.get(c.host.to_ascii_lowercase().as_str())?

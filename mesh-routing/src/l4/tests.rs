@@ -275,7 +275,7 @@ spec:
   endpoints: [{address: 10.0.2.1}]
 "#,
     );
-    let t = L4RouteTable::auto_passthrough(&snap, 15443);
+    let t = L4RouteTable::auto_passthrough(&snap, 15443, ["*.local", "istio-system/*.com"]);
     assert!(t.reads_sni() && t.is_auto_passthrough());
     let route = |sni: &str| {
         t.route(&conn().with_sni(Some(sni)), &mut Rng::new(Some(1)))
@@ -316,5 +316,24 @@ spec:
     assert_eq!(
         route("outbound_.443_._.a.example.com"),
         Some(("a.example.com".into(), None, Some(443)))
+    );
+    // the SNI must match a server's hosts first (Istio's filter chain match)
+    let narrow = L4RouteTable::auto_passthrough(&snap, 15443, ["*.svc.cluster.local"]);
+    let conn_to = |sni| conn().with_sni(Some(sni));
+    assert!(
+        narrow
+            .route(
+                &conn_to("outbound_.443_._.a.example.com"),
+                &mut Rng::new(Some(1))
+            )
+            .is_none()
+    );
+    assert!(
+        narrow
+            .route(
+                &conn_to("outbound_.9000_._.tcp-echo.default.svc.cluster.local"),
+                &mut Rng::new(Some(1))
+            )
+            .is_some()
     );
 }
