@@ -66,6 +66,19 @@ async fn tls_exchange(
     .await
 }
 
+/// The ALPN protocol the server at `addr` chose for a client configured as `cfg` (SNI
+/// `tcp-echo.example.com`).
+async fn alpn_chosen(addr: SocketAddr, cfg: rustls::ClientConfig) -> Option<Vec<u8>> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    bounded(async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("tcp-echo.example.com").unwrap();
+        let s = connector.connect(name, tcp).await.unwrap();
+        s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+    })
+    .await
+}
+
 /// A `TLS` server on 31400 terminating TLS for `tcp-echo.example.com` (`tls` is its
 /// settings, flow style), and the bound VirtualService's `tcp` route: tcp-echo v1/v2 by
 /// weight.
@@ -149,6 +162,10 @@ async fn a_simple_tls_server_terminates_and_routes_the_plaintext_by_tcp_routes()
     // both directions' plaintext bytes: "hello\n" up, "one hello\none bye" down
     let received = tcp_stat(&text, "istio_tcp_received_bytes_total", "-");
     assert_eq!(received, f64::from(n) * 6.0, "{text}");
+    // a client offering HTTP's ALPN: none is chosen (what follows is not HTTP's business)
+    let mut cfg = ca.client_config(None);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    assert_eq!(alpn_chosen(addr, cfg).await, None);
 
     // a rotated secret: new handshakes get the new certificate (of a new CA)
     let ca2 = Pki::new("rotated CA");
@@ -259,6 +276,9 @@ async fn an_istio_mutual_tls_server_serves_the_gateway_identity_to_mesh_clients(
     let cfg = m
         .client_config(Accept::trust_domain(TD).identities([gw_id.clone()]), false)
         .unwrap();
+    let mut h2 = (*cfg).clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    assert_eq!(alpn_chosen(addr, h2).await, None);
     let connector = tokio_rustls::TlsConnector::from(cfg);
     let got = bounded(async {
         let tcp = TcpStream::connect(addr).await.unwrap();

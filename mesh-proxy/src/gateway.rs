@@ -794,6 +794,12 @@ impl DownstreamTls for GatewayTls {
     fn server_config(&self) -> Arc<rustls::ServerConfig> {
         match &**self.state.load() {
             PortTlsState::Files { config, .. } => config.clone(),
+            PortTlsState::IstioMutual if self.l4 => {
+                // the workload's configuration offers HTTP's ALPN: none after TLS on L4
+                let mut c = (*self.identity.server_config()).clone();
+                c.alpn_protocols.clear();
+                Arc::new(c)
+            }
             PortTlsState::IstioMutual => self.identity.server_config(),
         }
     }
