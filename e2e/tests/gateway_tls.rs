@@ -417,3 +417,42 @@ async fn auto_passthrough_routes_by_the_sni_cluster_name_to_its_subset() {
     );
     r.proxy.drain().await;
 }
+
+/// The services an `AUTO_PASSTHROUGH` server reaches are those the gateway workload sees:
+/// a Sidecar of its namespace that imports only its own namespace hides `reviews`
+/// (`default`), whose cluster names are then no route (`NR`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_passthrough_reaches_only_what_the_gateways_sidecar_imports() {
+    let v1_name: &'static str = Box::leak(sni("v1").into_boxed_str());
+    let (v1, v1_cert) = tls_server_also(v1_name, &[]).await;
+    let sidecar = "---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec:
+  egress:
+  - hosts: [./*]
+";
+    let open = format!("{}{}", gateway_bootstrap(&[15443], ""), east_west(v1, v1));
+    let r = start(&open).await;
+    let addr = gw_addr(&r, 15443);
+    let roots = std::slice::from_ref(&v1_cert);
+    // without the Sidecar, reachable
+    let (seen, _) = tls_through(addr, v1_name, roots).await.unwrap();
+    assert!(seen == v1_cert);
+    // a reload with the Sidecar: hidden
+    let scoped = format!("{open}{sidecar}");
+    let compiled = mesh_core::config::load_str("e2e.yaml", &scoped).unwrap();
+    r.proxy.state().apply(compiled).unwrap();
+    assert!(
+        tls_through(addr, v1_name, roots).await.is_err(),
+        "a service the Sidecar hides was reached"
+    );
+    let (_, text) = admin_get(r.admin, "/stats/prometheus").await;
+    assert_eq!(
+        tcp_stat(&text, "istio_tcp_connections_opened_total", "NR"),
+        1.0,
+        "{text}"
+    );
+    r.proxy.drain().await;
+}
