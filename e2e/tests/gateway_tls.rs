@@ -53,6 +53,16 @@ async fn tls_exchange(
     data: &[u8],
 ) -> Result<Vec<u8>, std::io::Error> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(ca.client_config(client)));
+    exchange_over(&connector, addr, sni, data).await
+}
+
+/// [`tls_exchange`] with `connector`.
+async fn exchange_over(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    sni: &str,
+    data: &[u8],
+) -> Result<Vec<u8>, std::io::Error> {
     bounded(async {
         let tcp = TcpStream::connect(addr).await?;
         let name = ServerName::try_from(sni.to_string()).unwrap();
@@ -64,6 +74,12 @@ async fn tls_exchange(
         Ok(got)
     })
     .await
+}
+
+/// The gateway's `istio_tcp_connections_opened_total` with response flags `flags`.
+async fn opened(r: &Running, flags: &str) -> f64 {
+    let (_, text) = admin_get(r.admin, "/stats/prometheus").await;
+    tcp_stat(&text, "istio_tcp_connections_opened_total", flags)
 }
 
 /// The ALPN protocol the server at `addr` chose for a client configured as `cfg` (SNI
@@ -223,12 +239,7 @@ async fn a_mutual_tls_server_refuses_a_client_without_a_certificate() {
             "{what}: {got:?}"
         );
     }
-    let (_, text) = admin_get(r.admin, "/stats/prometheus").await;
-    assert_eq!(
-        tcp_stat(&text, "istio_tcp_connections_opened_total", "-"),
-        1.0,
-        "{text}"
-    );
+    assert_eq!(opened(&r, "-").await, 1.0);
     // a reload to SIMPLE (the same listener): new handshakes need no client certificate
     let simple = yaml.replace("{mode: MUTUAL,", "{mode: SIMPLE,");
     assert_ne!(simple, yaml);
@@ -280,17 +291,9 @@ async fn an_istio_mutual_tls_server_serves_the_gateway_identity_to_mesh_clients(
     h2.alpn_protocols = vec![b"h2".to_vec()];
     assert_eq!(alpn_chosen(addr, h2).await, None);
     let connector = tokio_rustls::TlsConnector::from(cfg);
-    let got = bounded(async {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from("tcp-echo.example.com").unwrap();
-        let mut s = connector.connect(name, tcp).await.unwrap();
-        s.write_all(b"hi").await.unwrap();
-        s.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).await.unwrap();
-        got
-    })
-    .await;
+    let got = exchange_over(&connector, addr, "tcp-echo.example.com", b"hi")
+        .await
+        .unwrap();
     assert_eq!(got, b"one hione bye");
     let mut plain = TcpStream::connect(addr).await.unwrap();
     plain.write_all(b"hello\n").await.unwrap();
@@ -404,17 +407,8 @@ async fn auto_passthrough_routes_by_the_sni_cluster_name_to_its_subset() {
             "{name} reached a backend"
         );
     }
-    let (_, text) = admin_get(r.admin, "/stats/prometheus").await;
-    assert_eq!(
-        tcp_stat(&text, "istio_tcp_connections_opened_total", "NR"),
-        4.0,
-        "{text}"
-    );
-    assert_eq!(
-        tcp_stat(&text, "istio_tcp_connections_opened_total", "-"),
-        60.0,
-        "{text}"
-    );
+    assert_eq!(opened(&r, "NR").await, 4.0);
+    assert_eq!(opened(&r, "-").await, 60.0);
     r.proxy.drain().await;
 }
 
@@ -448,11 +442,6 @@ spec:
         tls_through(addr, v1_name, roots).await.is_err(),
         "a service the Sidecar hides was reached"
     );
-    let (_, text) = admin_get(r.admin, "/stats/prometheus").await;
-    assert_eq!(
-        tcp_stat(&text, "istio_tcp_connections_opened_total", "NR"),
-        1.0,
-        "{text}"
-    );
+    assert_eq!(opened(&r, "NR").await, 1.0);
     r.proxy.drain().await;
 }
