@@ -17,7 +17,7 @@ use std::sync::Arc;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::Request;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use support::pki::{Leaf, Pki};
 use support::ws::ws_echo;
 use support::*;
@@ -85,19 +85,7 @@ async fn tls_h1(
     ca: &Pki,
     client: Option<&Leaf>,
 ) -> Result<hyper::client::conn::http1::SendRequest<UpBody>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(ca.roots());
-    let mut cfg = match client {
-        Some(l) => {
-            let chain: Vec<CertificateDer<'static>> = l.certs();
-            let key = l.private_key();
-            b.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => b.with_no_client_auth(),
-    };
+    let mut cfg = ca.client_config(client);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = bounded(TcpStream::connect(addr)).await.unwrap();

@@ -9,7 +9,9 @@ mod support;
 
 use std::net::SocketAddr;
 
-use support::l4::{echo_server, exchange, tcp_echo_entry, tls_server, tls_through};
+use support::l4::{
+    echo_server, exchange, tcp_echo_entry, tcp_echo_shifting, tls_server, tls_through,
+};
 use support::{Running, admin_get, gateway_bootstrap, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,43 +31,14 @@ fn total(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// The task's Gateway, DestinationRule and VirtualService (namespace `default`), the
-/// VirtualService's weights `v1`/`v2`.
+/// The task's Gateway (a `TCP` server on 31400), DestinationRule and VirtualService
+/// (namespace `default`), the VirtualService's weights `v1`/`v2`.
 fn tcp_shifting(v1: u32, v2: u32) -> String {
-    format!(
-        "---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: tcp-echo-gateway, namespace: default}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers:
-  - port: {{number: 31400, name: tcp, protocol: TCP}}
-    hosts: [\"*\"]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: tcp-echo-destination, namespace: default}}
-spec:
-  host: tcp-echo
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: tcp-echo, namespace: default}}
-spec:
-  hosts: [\"*\"]
-  gateways: [tcp-echo-gateway]
-  tcp:
-  - match: [{{port: 31400}}]
-    route:
-    - destination: {{host: tcp-echo, port: {{number: 9000}}, subset: v1}}
-      weight: {v1}
-    - destination: {{host: tcp-echo, port: {{number: 9000}}, subset: v2}}
-      weight: {v2}
-"
+    tcp_echo_shifting(
+        "  - port: {number: 31400, name: tcp, protocol: TCP}\n    hosts: [\"*\"]\n",
+        "\"*\"",
+        v1,
+        v2,
     )
 }
 

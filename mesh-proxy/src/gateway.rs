@@ -21,14 +21,28 @@
 //!   `subjectAltNames`, protocol versions, cipher suites), or with what `credentialName`
 //!   names under `ProxyBootstrap.credentialsDir` ([`credential_files`]); `ISTIO_MUTUAL`
 //!   serves the workload's own certificate and requires a mesh client certificate;
-//! - `TCP`, `MONGO`, `MYSQL` and `REDIS` servers, and `TLS`/`HTTPS` servers in `tls.mode`
-//!   `PASSTHROUGH`, are L4 listeners ([`Plan::l4`]), served exactly as the sidecar's
-//!   `outboundPorts` listeners ([`crate::l4`]: the transport's L4 mode, one
-//!   [`mesh_routing::l4::L4RouteTable::gateway`] per port): the VirtualServices bound to the
-//!   port's gateways route connections with their `tcp` routes, and on a passthrough port
-//!   with their `tls` routes by the ClientHello's SNI (`sniHosts`) without terminating TLS;
-//!   a connection no route takes is closed (`NR`). `AUTO_PASSTHROUGH` servers and `TLS`
-//!   servers that terminate TLS get a warning and no listener.
+//! - `TCP`, `MONGO`, `MYSQL` and `REDIS` servers, `TLS` servers, and `HTTPS` servers in
+//!   `tls.mode` `PASSTHROUGH` or `AUTO_PASSTHROUGH`, are L4 listeners ([`Plan::l4`],
+//!   [`L4Mode`]), served exactly as the sidecar's `outboundPorts` listeners ([`crate::l4`]:
+//!   the transport's L4 mode, one [`mesh_routing::l4::L4RouteTable`] per port):
+//!   - `TCP`: the VirtualServices bound to the port's gateways route connections with their
+//!     `tcp` routes;
+//!   - `PASSTHROUGH`: their `tls` routes by the ClientHello's SNI (`sniHosts`), TLS left to
+//!     the backend;
+//!   - `TLS` in `SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL` or `ISTIO_MUTUAL` mode: TLS terminated
+//!     as on an `HTTPS` port ([`GatewayTls`]: the same files, `credentialName` and rotation;
+//!     no ALPN offered), then the plaintext routed by the `tcp` routes (Istio's filter chains
+//!     for a terminating `TLS` server); a failed handshake closes the connection before it
+//!     is routed;
+//!   - `AUTO_PASSTHROUGH`: no VirtualService; the SNI (matching one of the servers' `hosts`)
+//!     names the destination as Istio's cluster name `outbound_.<port>_.<subset>_.<host>`
+//!     ([`mesh_routing::l4::L4RouteTable::auto_passthrough`]: a service visible to the
+//!     gateway's namespace, one of its ports, a subset of its DestinationRule), reached
+//!     through the balancer with the client's TLS untouched (Istio's SNI-DNAT clusters of an
+//!     east-west gateway);
+//!
+//!   a connection no route takes is closed (`NR`). A port serves one kind of L4 server
+//!   (terminated `TLS` servers from files share a port, each certificate chosen by SNI).
 //!
 //! Behind each listener runs the sidecar's outbound stack ([`crate::stack`]: routing, fault,
 //! timeout, retry, mirror, balancer, breaker, outlier; telemetry reported as `source`, as
@@ -74,14 +88,16 @@ use tower_service::Service;
 pub struct Plan {
     /// One per server port, by port number.
     pub ports: Vec<PortPlan>,
-    /// The L4 listeners (`TCP`-family servers, `PASSTHROUGH` ones), by port number.
+    /// The L4 listeners (`TCP`-family servers, `TLS` servers, `PASSTHROUGH` and
+    /// `AUTO_PASSTHROUGH` ones), by port number.
     pub l4: Vec<L4PortPlan>,
 }
 
 /// One L4 gateway listener: `TCP` (and `MONGO`, `MYSQL`, `REDIS`) servers, routed by the
-/// bound VirtualServices' `tcp` routes, or `TLS`/`HTTPS` servers in `PASSTHROUGH` mode,
-/// routed by SNI with their `tls` routes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// bound VirtualServices' `tcp` routes; `TLS` servers that terminate TLS, then routed by
+/// `tcp` routes; `TLS`/`HTTPS` servers in `PASSTHROUGH` mode, routed by SNI with their `tls`
+/// routes; `AUTO_PASSTHROUGH` servers, routed by the SNI's cluster name.
+#[derive(Debug, Clone)]
 pub struct L4PortPlan {
     /// The servers' port number.
     pub number: u16,
@@ -91,8 +107,25 @@ pub struct L4PortPlan {
     pub local_port: u16,
     /// The gateways with a server on the port, `<ns>/<name>`.
     pub gateways: Vec<String>,
-    /// Routed by the ClientHello's SNI (`PASSTHROUGH`), else opaque TCP.
-    pub sni: bool,
+    /// How its connections are routed.
+    pub mode: L4Mode,
+}
+
+/// How an L4 gateway listener routes its connections.
+#[derive(Debug, Clone)]
+pub enum L4Mode {
+    /// Opaque TCP: `tcp` routes.
+    Tcp,
+    /// `PASSTHROUGH`: `tls` routes by the ClientHello's SNI, TLS untouched.
+    Sni,
+    /// A `TLS` server in `SIMPLE`, `MUTUAL`, `OPTIONAL_MUTUAL` or `ISTIO_MUTUAL` mode: TLS
+    /// terminated ([`PortTlsPlan::Files`] or [`PortTlsPlan::IstioMutual`]), then the
+    /// plaintext routed by `tcp` routes.
+    Terminate(PortTlsPlan),
+    /// `AUTO_PASSTHROUGH`: the SNI (matching one of the servers' `hosts`, here) names the
+    /// destination as Istio's cluster name ([`mesh_routing::l4::sni_cluster`]), TLS
+    /// untouched, no VirtualService.
+    AutoPassthrough(Vec<String>),
 }
 
 /// One gateway listener.
@@ -123,19 +156,17 @@ pub enum PortTlsPlan {
     Files(Vec<(ServerTlsSettings, ServerFiles, Vec<String>)>),
     /// `ISTIO_MUTUAL`: the workload's certificate, mesh client certificates required.
     IstioMutual,
-    /// Not HTTP: an L4 listener ([`L4PortPlan`]), routed by SNI or as opaque TCP. Only
-    /// while planning: such a port is in [`Plan::l4`], never in [`Plan::ports`].
-    L4 {
-        /// Routed by SNI.
-        sni: bool,
-    },
 }
 
-const L4_SNI: PortTlsPlan = PortTlsPlan::L4 { sni: true };
-const L4_TCP: PortTlsPlan = PortTlsPlan::L4 { sni: false };
+/// What a server asks of its port, while planning.
+enum Serves {
+    Http(PortTlsPlan),
+    L4(L4Mode),
+}
 
 /// What identifies a listener: a reload that changes one needs a restart (port, address,
-/// local port, what it serves: `http`, `https`, `tcp` or `sni`).
+/// local port, what it serves: `http`, `https`, `tcp`, `sni`, `tls` (terminated, then TCP)
+/// or `auto` (`AUTO_PASSTHROUGH`)).
 pub type ListenerKey = (u16, IpAddr, u16, &'static str);
 
 // === impl Plan ===
@@ -151,7 +182,12 @@ impl Plan {
             (p.number, p.address, p.local_port, kind)
         });
         let l4 = self.l4.iter().map(|p| {
-            let kind = if p.sni { "sni" } else { "tcp" };
+            let kind = match p.mode {
+                L4Mode::Tcp => "tcp",
+                L4Mode::Sni => "sni",
+                L4Mode::Terminate(_) => "tls",
+                L4Mode::AutoPassthrough(_) => "auto",
+            };
             (p.number, p.address, p.local_port, kind)
         });
         http.chain(l4).collect()
@@ -160,14 +196,28 @@ impl Plan {
 
 impl L4PortPlan {
     /// This port's route table: the `tcp` (or, routed by SNI, `tls`) routes of the
-    /// VirtualServices bound to its gateways.
+    /// VirtualServices bound to its gateways; for `AUTO_PASSTHROUGH`, the SNI cluster names
+    /// of the services it sees.
     pub fn table(&self, snapshot: &Snapshot) -> Result<L4RouteTable, BuildError> {
-        L4RouteTable::gateway(
-            snapshot,
-            self.gateways.iter().cloned(),
-            self.number,
-            self.sni,
-        )
+        match &self.mode {
+            L4Mode::AutoPassthrough(hosts) => {
+                Ok(L4RouteTable::auto_passthrough(snapshot, self.number, hosts))
+            }
+            _ => L4RouteTable::gateway(
+                snapshot,
+                self.gateways.iter().cloned(),
+                self.number,
+                matches!(self.mode, L4Mode::Sni),
+            ),
+        }
+    }
+
+    /// The TLS it terminates (`TLS` servers in a terminating mode).
+    pub fn tls(&self) -> Option<&PortTlsPlan> {
+        match &self.mode {
+            L4Mode::Terminate(t) => Some(t),
+            _ => None,
+        }
     }
 }
 
@@ -255,62 +305,55 @@ pub fn plan(snapshot: &Snapshot, has_identity: bool) -> (Plan, Vec<Issue>) {
             let proto = Protocol::parse(&port.protocol);
             let tls = server.tls.as_ref();
             let mode = tls.and_then(|t| t.mode);
-            let port_tls = if proto.is_http() {
-                PortTlsPlan::Plaintext
-            } else if proto == Protocol::Https {
-                match mode {
-                    Some(
-                        ServerTlsMode::Simple
-                        | ServerTlsMode::Mutual
-                        | ServerTlsMode::OptionalMutual,
-                    ) => {
-                        let Some(t) = tls else { continue };
-                        match server_files(t, server, gw, boot.credentials_dir.as_deref()) {
-                            Ok(files) => {
-                                PortTlsPlan::Files(vec![(t.clone(), files, server.hosts.clone())])
-                            }
-                            Err((field, message)) => {
-                                issue(Severity::Error, format!("{at}.tls.{field}"), message);
-                                continue;
-                            }
-                        }
-                    }
-                    Some(ServerTlsMode::IstioMutual) => {
-                        if !has_identity {
-                            issue(
-                                Severity::Error,
-                                format!("{at}.tls.mode"),
-                                "ISTIO_MUTUAL serves the workload's certificate: the ProxyBootstrap has no identity".into(),
-                            );
-                            continue;
-                        }
-                        PortTlsPlan::IstioMutual
-                    }
-                    // PASSTHROUGH (the default): routed by SNI below; AUTO_PASSTHROUGH:
-                    // the support table warns
-                    Some(ServerTlsMode::AutoPassthrough) => continue,
-                    _ => L4_SNI,
-                }
-            } else if proto == Protocol::Tls {
-                match mode {
-                    None | Some(ServerTlsMode::Passthrough) => L4_SNI,
-                    Some(ServerTlsMode::AutoPassthrough) => continue,
-                    Some(_) => {
+            // the TLS a terminating server serves (HTTPS, or TLS then TCP routes)
+            let mut terminated = |mode: ServerTlsMode| -> Option<PortTlsPlan> {
+                let t = tls?;
+                if mode == ServerTlsMode::IstioMutual {
+                    if !has_identity {
                         issue(
-                            Severity::Warning,
+                            Severity::Error,
                             format!("{at}.tls.mode"),
-                            format!(
-                                "server {i} (port {number}, TLS terminated, then TCP routes) is not served by this version (gateways and L4): it gets no listener; PASSTHROUGH is"
-                            ),
+                            "ISTIO_MUTUAL serves the workload's certificate: the ProxyBootstrap has no identity".into(),
                         );
-                        continue;
+                        return None;
+                    }
+                    return Some(PortTlsPlan::IstioMutual);
+                }
+                match server_files(t, server, gw, boot.credentials_dir.as_deref()) {
+                    Ok(files) => Some(PortTlsPlan::Files(vec![(
+                        t.clone(),
+                        files,
+                        server.hosts.clone(),
+                    )])),
+                    Err((field, message)) => {
+                        issue(Severity::Error, format!("{at}.tls.{field}"), message);
+                        None
+                    }
+                }
+            };
+            let serves = if proto.is_http() {
+                Serves::Http(PortTlsPlan::Plaintext)
+            } else if proto == Protocol::Https || proto == Protocol::Tls {
+                match mode {
+                    // PASSTHROUGH (the default): routed by SNI
+                    None | Some(ServerTlsMode::Passthrough) => Serves::L4(L4Mode::Sni),
+                    Some(ServerTlsMode::AutoPassthrough) => {
+                        Serves::L4(L4Mode::AutoPassthrough(server.hosts.clone()))
+                    }
+                    Some(m) => {
+                        let Some(t) = terminated(m) else { continue };
+                        if proto == Protocol::Https {
+                            Serves::Http(t)
+                        } else {
+                            Serves::L4(L4Mode::Terminate(t))
+                        }
                     }
                 }
             } else if matches!(
                 proto,
                 Protocol::Tcp | Protocol::Mongo | Protocol::MySql | Protocol::Redis
             ) {
-                L4_TCP
+                Serves::L4(L4Mode::Tcp)
             } else {
                 continue; // UDP and unknown protocols: the support table warns
             };
@@ -342,43 +385,64 @@ pub fn plan(snapshot: &Snapshot, has_identity: bool) -> (Plan, Vec<Issue>) {
             } else {
                 Vec::new()
             };
-            if let PortTlsPlan::L4 { sni } = port_tls {
-                if plan.ports.iter().any(|p| p.number == number) {
-                    issue(
-                        Severity::Error,
-                        format!("{at}.port.number"),
-                        "a port serves HTTP or TCP/TLS passthrough, not both: this server conflicts with an HTTP server on the same port".into(),
-                    );
-                    continue;
-                }
-                match plan.l4.iter_mut().find(|p| p.number == number) {
-                    None => plan.l4.push(L4PortPlan {
-                        number,
-                        address,
-                        local_port,
-                        gateways: vec![qualified.clone()],
-                        sni,
-                    }),
-                    Some(p) if p.sni != sni || p.address != address => {
+            let port_tls = match serves {
+                Serves::Http(t) => t,
+                Serves::L4(mode) => {
+                    if plan.ports.iter().any(|p| p.number == number) {
                         issue(
                             Severity::Error,
                             format!("{at}.port.number"),
-                            "servers on one port are all TCP or all TLS passthrough, on one address: this server conflicts with an earlier one on the same port".into(),
+                            "a port serves HTTP or TCP/TLS, not both: this server conflicts with an HTTP server on the same port".into(),
                         );
+                        continue;
                     }
-                    Some(p) => {
-                        if !p.gateways.contains(&qualified) {
-                            p.gateways.push(qualified.clone());
+                    let Some(p) = plan.l4.iter_mut().find(|p| p.number == number) else {
+                        plan.l4.push(L4PortPlan {
+                            number,
+                            address,
+                            local_port,
+                            gateways: vec![qualified.clone()],
+                            mode,
+                        });
+                        continue;
+                    };
+                    let same = match (&mut p.mode, mode) {
+                        (L4Mode::Tcp, L4Mode::Tcp)
+                        | (L4Mode::Sni, L4Mode::Sni)
+                        | (
+                            L4Mode::Terminate(PortTlsPlan::IstioMutual),
+                            L4Mode::Terminate(PortTlsPlan::IstioMutual),
+                        ) => true,
+                        (L4Mode::AutoPassthrough(v), L4Mode::AutoPassthrough(w)) => {
+                            v.extend(w);
+                            true
                         }
+                        (
+                            L4Mode::Terminate(PortTlsPlan::Files(v)),
+                            L4Mode::Terminate(PortTlsPlan::Files(mut w)),
+                        ) => {
+                            v.append(&mut w);
+                            true
+                        }
+                        _ => false,
+                    };
+                    if !same || p.address != address {
+                        issue(
+                            Severity::Error,
+                            format!("{at}.port.number"),
+                            "servers on one L4 port are all TCP, all TLS passthrough, all AUTO_PASSTHROUGH, all TLS from files or all ISTIO_MUTUAL, on one address: this server conflicts with an earlier one on the same port".into(),
+                        );
+                    } else if !p.gateways.contains(&qualified) {
+                        p.gateways.push(qualified.clone());
                     }
+                    continue;
                 }
-                continue;
-            }
+            };
             if plan.l4.iter().any(|p| p.number == number) {
                 issue(
                     Severity::Error,
                     format!("{at}.port.number"),
-                    "a port serves HTTP or TCP/TLS passthrough, not both: this server conflicts with a TCP or passthrough server on the same port".into(),
+                    "a port serves HTTP or TCP/TLS, not both: this server conflicts with a TCP or TLS server on the same port".into(),
                 );
                 continue;
             }
@@ -502,25 +566,21 @@ fn server_files(
 }
 
 /// Reads the files of every TLS port of `plan` and builds their configurations; problems
-/// are errors of the Gateways' fields. `Ok` holds one entry per port of `plan` (`None` for
-/// plaintext and `ISTIO_MUTUAL` ports).
-pub fn prepare_tls(
-    snapshot: &Snapshot,
-    plan: &Plan,
-) -> Result<Vec<Option<PortTermination>>, Vec<Issue>> {
-    let mut out = Vec::new();
+/// are errors of the Gateways' fields. `Ok` holds one entry per port of `plan.ports`, then
+/// one per port of `plan.l4` (`None` for plaintext, `ISTIO_MUTUAL` and L4 ports that do not
+/// terminate TLS).
+pub fn prepare_tls(snapshot: &Snapshot, plan: &Plan) -> Result<PreparedTls, Vec<Issue>> {
     let mut issues = Vec::new();
-    for p in &plan.ports {
-        let PortTlsPlan::Files(servers) = &p.tls else {
-            out.push(None);
-            continue;
+    let mut prepare = |number: u16, tls: Option<&PortTlsPlan>| {
+        let Some(PortTlsPlan::Files(servers)) = tls else {
+            return None;
         };
         match build_port(servers) {
-            Ok(t) => out.push(Some(t)),
+            Ok(t) => Some(t),
             Err((k, field, message)) => {
                 // the server at fault: the k-th TLS server of the port, found again by its
                 // settings in the gateways of the port
-                let (resource, at) = locate(snapshot, p, &servers[k].0);
+                let (resource, at) = locate(snapshot, number, &servers[k].0);
                 issues.push(Issue {
                     severity: Severity::Error,
                     resource,
@@ -530,14 +590,31 @@ pub fn prepare_tls(
                     )),
                     message,
                 });
+                None
             }
         }
-    }
+    };
+    let ports = plan
+        .ports
+        .iter()
+        .map(|p| prepare(p.number, Some(&p.tls)))
+        .collect();
+    let l4 = plan.l4.iter().map(|p| prepare(p.number, p.tls())).collect();
     if issues.is_empty() {
-        Ok(out)
+        Ok(PreparedTls { ports, l4 })
     } else {
         Err(issues)
     }
+}
+
+/// What [`prepare_tls`] built: the TLS configuration of each port that terminates TLS with
+/// files.
+#[derive(Debug, Default)]
+pub struct PreparedTls {
+    /// By HTTP port (same order as [`Plan::ports`]).
+    pub ports: Vec<Option<PortTermination>>,
+    /// By L4 port (same order as [`Plan::l4`]).
+    pub l4: Vec<Option<PortTermination>>,
 }
 
 type PortError = (usize, Option<String>, String);
@@ -554,14 +631,14 @@ fn build_port(
     PortTermination::new(built).map_err(|m| (servers.len() - 1, Some("mode".into()), m))
 }
 
-/// The Gateway and field path of the server whose `tls` is `tls` on port `p`.
-fn locate(snapshot: &Snapshot, p: &PortPlan, tls: &ServerTlsSettings) -> (ResourceRef, String) {
+/// The Gateway and field path of the server whose `tls` is `tls` on port `number`.
+fn locate(snapshot: &Snapshot, number: u16, tls: &ServerTlsSettings) -> (ResourceRef, String) {
     for gw in snapshot.gateways.iter().filter(|g| selects(g, snapshot)) {
         for (i, s) in gw.spec.servers.iter().enumerate() {
             let on_port = s
                 .port
                 .as_ref()
-                .is_some_and(|sp| sp.number == u32::from(p.number));
+                .is_some_and(|sp| sp.number == u32::from(number));
             if on_port && s.tls.as_ref() == Some(tls) {
                 return (
                     ResourceRef {
@@ -587,12 +664,14 @@ fn locate(snapshot: &Snapshot, p: &PortPlan, tls: &ServerTlsSettings) -> (Resour
 // === GatewayTls ===
 
 /// The TLS of one gateway listener: its servers' certificates (swapped on reload and when
-/// their files change), or the workload's for `ISTIO_MUTUAL`.
+/// their files change), or the workload's for `ISTIO_MUTUAL`. An L4 listener's (a `TLS`
+/// server that terminates, then TCP) offers no ALPN protocol, as Istio's TLS servers.
 #[derive(Debug)]
 pub struct GatewayTls {
     state: ArcSwap<PortTlsState>,
     identity: Arc<crate::security::WorkloadTls>,
     stamps: Mutex<Vec<(PathBuf, Stamp)>>,
+    l4: bool,
 }
 
 #[derive(Debug)]
@@ -631,37 +710,49 @@ fn stamps_of(state: &PortTlsState) -> Vec<(PathBuf, Stamp)> {
 }
 
 impl GatewayTls {
-    /// The TLS of port `plan` (`built`: its configuration from [`prepare_tls`]); `None`
-    /// for a plaintext port.
+    /// The TLS of a port that serves `tls` (`built`: its configuration from
+    /// [`prepare_tls`]); `None` for a plaintext port. `l4`: the port serves TCP after the
+    /// handshake (no ALPN offered).
     pub fn new(
-        plan: &PortPlan,
+        tls: &PortTlsPlan,
         built: Option<PortTermination>,
         identity: Arc<crate::security::WorkloadTls>,
+        l4: bool,
     ) -> Option<GatewayTls> {
-        let state = Self::state(plan, built)?;
+        let state = Self::state(tls, built, l4)?;
         let stamps = Mutex::new(stamps_of(&state));
         Some(GatewayTls {
             state: ArcSwap::from_pointee(state),
             identity,
             stamps,
+            l4,
         })
     }
 
-    fn state(plan: &PortPlan, built: Option<PortTermination>) -> Option<PortTlsState> {
-        match (&plan.tls, built) {
-            (PortTlsPlan::Plaintext | PortTlsPlan::L4 { .. }, _) => None,
+    fn state(tls: &PortTlsPlan, built: Option<PortTermination>, l4: bool) -> Option<PortTlsState> {
+        match (tls, built) {
+            (PortTlsPlan::Plaintext, _) => None,
             (PortTlsPlan::IstioMutual, _) => Some(PortTlsState::IstioMutual),
             (PortTlsPlan::Files(servers), Some(t)) => Some(PortTlsState::Files {
                 servers: servers.clone(),
-                config: t.config().clone(),
+                config: Self::config(&t, l4),
             }),
             (PortTlsPlan::Files(_), None) => None,
         }
     }
 
+    fn config(t: &PortTermination, l4: bool) -> Arc<rustls::ServerConfig> {
+        if !l4 {
+            return t.config().clone();
+        }
+        let mut c = (**t.config()).clone();
+        c.alpn_protocols.clear();
+        Arc::new(c)
+    }
+
     /// Applies a reloaded configuration's TLS for the port.
-    pub fn store(&self, plan: &PortPlan, built: Option<PortTermination>) {
-        if let Some(state) = Self::state(plan, built) {
+    pub fn store(&self, tls: &PortTlsPlan, built: Option<PortTermination>) {
+        if let Some(state) = Self::state(tls, built, self.l4) {
             let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
             *stamps = stamps_of(&state);
             self.state.store(Arc::new(state));
@@ -684,7 +775,7 @@ impl GatewayTls {
             Ok(t) => {
                 let state = PortTlsState::Files {
                     servers: servers.clone(),
-                    config: t.config().clone(),
+                    config: Self::config(&t, self.l4),
                 };
                 *stamps = stamps_of(&state);
                 self.state.store(Arc::new(state));
@@ -703,6 +794,12 @@ impl DownstreamTls for GatewayTls {
     fn server_config(&self) -> Arc<rustls::ServerConfig> {
         match &**self.state.load() {
             PortTlsState::Files { config, .. } => config.clone(),
+            PortTlsState::IstioMutual if self.l4 => {
+                // the workload's configuration offers HTTP's ALPN: none after TLS on L4
+                let mut c = (*self.identity.server_config()).clone();
+                c.alpn_protocols.clear();
+                Arc::new(c)
+            }
             PortTlsState::IstioMutual => self.identity.server_config(),
         }
     }
@@ -943,16 +1040,31 @@ spec:
             .snapshot
     }
 
-    #[test]
-    fn servers_become_one_listener_per_port_and_l4_servers_l4_listeners() {
-        let s = snapshot(
+    /// The snapshot of Gateway `default/a` (selecting the bootstrap workload) with the
+    /// `servers` entries given (YAML lines), and what follows them (more resources).
+    fn gateway_a(servers: &str) -> Arc<Snapshot> {
+        snapshot(&format!(
             "apiVersion: networking.istio.io/v1
 kind: Gateway
-metadata: {name: a, namespace: default}
+metadata: {{name: a, namespace: default}}
 spec:
-  selector: {istio: ingressgateway}
+  selector: {{istio: ingressgateway}}
   servers:
-  - port: {number: 80, name: http, protocol: HTTP}
+{servers}"
+        ))
+    }
+
+    /// `issues` is one error, of `field`.
+    fn only_error(issues: &[Issue], field: &str) {
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].severity, Severity::Error);
+        assert_eq!(issues[0].field.to_string(), field);
+    }
+
+    #[test]
+    fn servers_become_one_listener_per_port_and_l4_servers_l4_listeners() {
+        let s = gateway_a(
+            "  - port: {number: 80, name: http, protocol: HTTP}
     hosts: [a.example.com]
   - port: {number: 8080, name: http2, protocol: HTTP}
     hosts: [a.example.com]
@@ -992,27 +1104,16 @@ spec:
         assert_eq!(plan.ports[0].redirect, ["b.example.com"]);
         assert_eq!(plan.ports[0].address, IpAddr::from([0, 0, 0, 0]));
         assert_eq!(
-            plan.l4,
-            [L4PortPlan {
-                number: 31400,
-                address: IpAddr::from([0, 0, 0, 0]),
-                local_port: 31400,
-                gateways: vec!["default/a".into()],
-                sni: false,
-            }]
+            plan.listener_keys()[2..],
+            [(31400, IpAddr::from([0, 0, 0, 0]), 31400, "tcp")]
         );
+        assert_eq!(plan.l4[0].gateways, ["default/a"]);
     }
 
     #[test]
-    fn passthrough_servers_are_sni_listeners_and_terminating_tls_servers_wait() {
-        let s = snapshot(
-            "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: a, namespace: default}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 443, name: https, protocol: HTTPS}
+    fn tls_servers_are_l4_listeners_passthrough_terminating_or_auto() {
+        let s = gateway_a(
+            "  - port: {number: 443, name: https, protocol: HTTPS}
     hosts: [nginx.example.com]
     tls: {mode: PASSTHROUGH}
   - port: {number: 443, name: tls, protocol: TLS}
@@ -1021,36 +1122,64 @@ spec:
   - port: {number: 8443, name: tls-term, protocol: TLS}
     hosts: [c.example.com]
     tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /c.key}
+  - port: {number: 8443, name: tls-term-2, protocol: TLS}
+    hosts: [d.example.com]
+    tls: {mode: MUTUAL, serverCertificate: /d.pem, privateKey: /d.key, caCertificates: /ca.pem}
   - port: {number: 15443, name: tls-auto, protocol: TLS}
     hosts: ['*.local']
     tls: {mode: AUTO_PASSTHROUGH}
+  - port: {number: 15443, name: tls-mixed, protocol: TLS}
+    hosts: ['*.example.com']
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /c.key}
 ",
         );
         let (plan, issues) = plan(&s, false);
         assert!(plan.ports.is_empty());
-        let l4: Vec<(u16, bool)> = plan.l4.iter().map(|p| (p.number, p.sni)).collect();
-        assert_eq!(l4, [(443, true)]);
-        // the TLS server that terminates is told it gets no listener; AUTO_PASSTHROUGH is
-        // the support table's warning
-        assert_eq!(issues.len(), 1, "{issues:?}");
-        assert_eq!(issues[0].severity, Severity::Warning);
-        assert_eq!(issues[0].field.to_string(), "spec.servers[2].tls.mode");
+        let any = IpAddr::from([0, 0, 0, 0]);
         assert_eq!(
             plan.listener_keys(),
-            [(443, IpAddr::from([0, 0, 0, 0]), 443, "sni")]
+            [
+                (443, any, 443, "sni"),
+                (8443, any, 8443, "tls"),
+                (15443, any, 15443, "auto")
+            ]
         );
+        // the two terminating servers share the port, each with its certificate
+        let Some(PortTlsPlan::Files(servers)) = plan.l4[1].tls() else {
+            panic!("{:?}", plan.l4[1]);
+        };
+        assert_eq!(servers.len(), 2);
+        // a terminating server on the AUTO_PASSTHROUGH port is refused
+        only_error(&issues, "spec.servers[5].port.number");
+    }
+
+    #[test]
+    fn an_istio_mutual_tls_server_needs_an_identity() {
+        let s = gateway_a(
+            "  - port: {number: 9443, name: tls-mesh, protocol: TLS}
+    hosts: [d.example.com]
+    tls: {mode: ISTIO_MUTUAL}
+",
+        );
+        let (plan, issues) = plan(&s, false);
+        assert!(plan.l4.is_empty());
+        let fields: Vec<String> = issues.iter().map(|i| i.field.to_string()).collect();
+        assert_eq!(fields, ["spec.servers[0].tls.mode"]);
+        let (plan, _) = super::plan(&s, true);
+        assert!(matches!(
+            plan.l4[..],
+            [L4PortPlan {
+                number: 9443,
+                mode: L4Mode::Terminate(PortTlsPlan::IstioMutual),
+                ..
+            }]
+        ));
     }
 
     #[test]
     fn http_and_tcp_servers_on_one_port_are_refused() {
-        let s = snapshot(
-            "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: a, namespace: default}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: tcp, protocol: TCP}
+        let s = gateway_a(
+            "  - port: {number: 80, name: tcp, protocol: TCP}
     hosts: ['*']
   - port: {number: 80, name: http, protocol: HTTP}
     hosts: [a.example.com]
@@ -1072,14 +1201,8 @@ spec:
 
     #[test]
     fn plaintext_and_tls_servers_on_one_port_are_refused() {
-        let s = snapshot(
-            "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: a, namespace: default}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
+        let s = gateway_a(
+            "  - port: {number: 80, name: http, protocol: HTTP}
     hosts: [a.example.com]
   - port: {number: 80, name: https, protocol: HTTPS}
     hosts: [b.example.com]
@@ -1087,21 +1210,13 @@ spec:
 ",
         );
         let (_, issues) = plan(&s, true);
-        assert_eq!(issues.len(), 1, "{issues:?}");
-        assert_eq!(issues[0].severity, Severity::Error);
-        assert_eq!(issues[0].field.to_string(), "spec.servers[1].port.number");
+        only_error(&issues, "spec.servers[1].port.number");
     }
 
     #[test]
     fn istio_mutual_without_an_identity_is_refused() {
-        let s = snapshot(
-            "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: a, namespace: default}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 443, name: https, protocol: HTTPS}
+        let s = gateway_a(
+            "  - port: {number: 443, name: https, protocol: HTTPS}
     hosts: [a.example.com]
     tls: {mode: ISTIO_MUTUAL}
 ",

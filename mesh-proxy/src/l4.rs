@@ -1,16 +1,19 @@
 //! The L4 listeners: one per `ProxyBootstrap.outboundPorts` entry, each serving the
 //! VirtualService `tcp`/`tls` routes of the service port it captures
 //! (`"db.default.svc.cluster.local:5432": 15432`: what arrives on local port 15432 is for
-//! that service port, as if iptables had redirected it), and one per gateway `TCP` or
-//! `PASSTHROUGH` server port ([`crate::gateway`]: the `tcp`/`tls` routes of the
-//! VirtualServices bound to its gateways). Both kinds run the same [`L4Handler`].
+//! that service port, as if iptables had redirected it), and one per gateway `TCP`, `TLS`,
+//! `PASSTHROUGH` or `AUTO_PASSTHROUGH` server port ([`crate::gateway`]: the `tcp`/`tls`
+//! routes of the VirtualServices bound to its gateways, or the SNI's cluster name). Both
+//! kinds run the same [`L4Handler`].
 //!
 //! ```text
-//! accept ─► (TLS port: read the ClientHello, keep its bytes) ─► L4RouteTable (tcp/tls
-//!        routes, SNI) ─► Lb::pick (subsets, DestinationRule, locality, health) ─►
-//!        maxConnections (else close, UO) ─► connect (connectTimeout, tcpKeepalive; failure:
-//!        close, UF, outlier detection) ─► TLS origination when the DestinationRule or auto
-//!        mTLS asks ─► splice (the ClientHello first, untouched; idleTimeout) ─► close
+//! accept ─► (terminating TLS server: handshake, certificate by SNI, client certificate;
+//!           failure: close) ─► (SNI-routed port: read the ClientHello, keep its bytes) ─►
+//!        L4RouteTable (tcp/tls routes, SNI, SNI cluster name) ─► Lb::pick (subsets,
+//!        DestinationRule, locality, health) ─► maxConnections (else close, UO) ─► connect
+//!        (connectTimeout, tcpKeepalive; failure: close, UF, outlier detection) ─► TLS
+//!        origination when the DestinationRule or auto mTLS asks (never on AUTO_PASSTHROUGH)
+//!        ─► splice (the ClientHello first, untouched; idleTimeout) ─► close
 //! ```
 //!
 //! Every connection is counted in Istio's `istio_tcp_*` metrics (`reporter="source"`) with
@@ -54,7 +57,8 @@ use mesh_transport::l4::{
     self as engine_l4, Accepted, ClientHello, ConnectError, ConnectionHandler, L4WorkerContext,
     SpliceConfig,
 };
-use mesh_transport::tls::UpstreamTls;
+use mesh_transport::tls::{DownstreamTls, UpstreamTls};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tower_layer::Layer as _;
 
 /// Istio's default idle timeout of its TCP proxy (`tcp.idleTimeout` unset): one hour.
@@ -85,7 +89,12 @@ pub struct L4Shared {
     pub metrics: Arc<IstioMetrics>,
     /// Decides TLS origination per endpoint (DestinationRule `tls`, auto mTLS).
     pub tls: Option<Arc<dyn UpstreamTls>>,
-    /// How long a TLS listener waits for a complete ClientHello (`limits.tlsHandshakeTimeout`).
+    /// The TLS the listener terminates before routing (a gateway's `TLS` server in
+    /// `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL` mode); `None`: the bytes are routed as they
+    /// come.
+    pub terminate: Option<Arc<dyn DownstreamTls>>,
+    /// How long a TLS listener waits for a complete ClientHello, or a terminating one for
+    /// the handshake (`limits.tlsHandshakeTimeout`).
     pub hello_timeout: Duration,
 }
 
@@ -157,6 +166,19 @@ impl ConnectionHandler for L4Handler {
 /// Serves one connection to its end.
 async fn serve(w: Rc<Worker>, mut conn: Accepted) {
     let table = w.shared.routes.load_full();
+    if let Some(tls) = &w.shared.terminate {
+        // a terminating TLS server: the handshake (certificate by SNI, client certificates),
+        // then the plaintext routed by the tcp routes
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+        let handshake = acceptor.accept(conn.stream);
+        let Ok(Ok(stream)) = tokio::time::timeout(w.shared.hello_timeout, handshake).await else {
+            tracing::debug!(peer = %conn.peer, "tcp: downstream TLS handshake failed");
+            return;
+        };
+        let c = L4Connection::new(conn.peer, conn.local);
+        forward(&w, &table, stream, c, &[], true).await;
+        return;
+    }
     let mut hello = Vec::new();
     let mut sni = None;
     if table.reads_sni() {
@@ -171,6 +193,24 @@ async fn serve(w: Rc<Worker>, mut conn: Accepted) {
         }
     }
     let c = L4Connection::new(conn.peer, conn.local).with_sni(sni.as_deref());
+    // AUTO_PASSTHROUGH: the client's TLS goes to the endpoint untouched, never wrapped again
+    let originate = !table.is_auto_passthrough();
+    forward(&w, &table, conn.stream, c, &hello, originate).await;
+}
+
+/// Routes connection `c` (its bytes on `down`, `hello` read from it already), picks an
+/// endpoint, connects, originates TLS when `originate` and the destination asks, splices.
+async fn forward<D>(
+    w: &Worker,
+    table: &L4RouteTable,
+    down: D,
+    c: L4Connection<'_>,
+    hello: &[u8],
+    originate: bool,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let sni = c.sni;
     let dest = table.route(&c, &mut w.rng.borrow_mut()).cloned();
     let Some(dest) = dest else {
         w.refuse(None, None, ResponseFlags::NO_ROUTE);
@@ -179,8 +219,11 @@ async fn serve(w: Rc<Worker>, mut conn: Accepted) {
     let picked = w.lb.borrow_mut().pick(&dest, None);
     let picked = match picked {
         Ok(p) => p,
-        Err(ResponseFlags::NO_ROUTE) if let Some(target) = w.passthrough(&dest, sni.as_deref()) => {
-            passthrough(&w, conn, &hello, &dest, target).await;
+        Err(ResponseFlags::NO_ROUTE)
+            if !table.is_auto_passthrough()
+                && let Some(target) = w.passthrough(&dest, sni) =>
+        {
+            passthrough(w, down, hello, &dest, target).await;
             return;
         }
         Err(flags) => {
@@ -233,10 +276,10 @@ async fn serve(w: Rc<Worker>, mut conn: Accepted) {
             .tcp_idle_timeout
             .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
     );
-    let origination = w.shared.tls.as_ref().and_then(|t| {
+    let origination = w.shared.tls.as_ref().filter(|_| originate).and_then(|t| {
         let mut ext = http::Extensions::new();
         ext.insert(up.clone());
-        t.client_tls(&ext, sni.as_deref().or(Some(&*dest.host)), &picked.endpoint)
+        t.client_tls(&ext, sni.or(Some(&*dest.host)), &picked.endpoint)
     });
     let stats = w.shared.metrics.tcp_open(&TcpPeer {
         upstream: Some(&up),
@@ -245,12 +288,12 @@ async fn serve(w: Rc<Worker>, mut conn: Accepted) {
     });
     let report = |rx, tx| stats.add(rx, tx);
     let done = match origination {
-        None => engine_l4::splice(conn.stream, stream, &hello, &config, report).await,
+        None => engine_l4::splice(down, stream, hello, &config, report).await,
         Some(tls) => {
             let connector = tokio_rustls::TlsConnector::from(tls.config);
             let handshake = connector.connect(tls.server_name, stream);
             match tokio::time::timeout(w.shared.hello_timeout, handshake).await {
-                Ok(Ok(s)) => engine_l4::splice(conn.stream, s, &hello, &config, report).await,
+                Ok(Ok(s)) => engine_l4::splice(down, s, hello, &config, report).await,
                 _ => {
                     tracing::debug!(%addr, "tcp: TLS origination failed");
                     drop(stats);
@@ -269,13 +312,15 @@ async fn serve(w: Rc<Worker>, mut conn: Accepted) {
 
 /// Forwards to `target` (`host:port`, resolved by DNS): a `resolution: NONE` service, or
 /// a host outside the registry under `ALLOW_ANY` (Istio's `PassthroughCluster`).
-async fn passthrough(
+async fn passthrough<D>(
     w: &Worker,
-    conn: Accepted,
+    down: D,
     hello: &[u8],
     dest: &mesh_core::ext::RouteDestination,
     target: (String, u16),
-) {
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
     let timeout = w.connect_timeout;
     let resolved = tokio::time::timeout(timeout, tokio::net::lookup_host(target.clone())).await;
     let mut stream = None;
@@ -303,10 +348,7 @@ async fn passthrough(
         flags: ResponseFlags::empty(),
     });
     let config = SpliceConfig::new(DEFAULT_TCP_IDLE_TIMEOUT);
-    engine_l4::splice(conn.stream, stream, hello, &config, |rx, tx| {
-        stats.add(rx, tx)
-    })
-    .await;
+    engine_l4::splice(down, stream, hello, &config, |rx, tx| stats.add(rx, tx)).await;
 }
 
 // === impl Worker ===

@@ -72,8 +72,9 @@ pub struct Gateways {
     pub plan: crate::gateway::Plan,
     /// Each port's route table (same order as `plan.ports`).
     pub routes: Vec<RouteTable>,
-    /// Each port's TLS from files (same order; `None`: plaintext or `ISTIO_MUTUAL`).
-    pub tls: Vec<Option<mesh_tls::termination::PortTermination>>,
+    /// Each port's TLS from files (`ports` in `plan.ports` order, `l4` in `plan.l4` order;
+    /// `None`: plaintext, `ISTIO_MUTUAL` or an L4 port that does not terminate TLS).
+    pub tls: crate::gateway::PreparedTls,
     /// Each L4 port's route table (same order as `plan.l4`).
     pub l4: Vec<mesh_routing::L4RouteTable>,
 }

@@ -76,7 +76,7 @@ fn gateway_ports(
     plan.ports
         .iter()
         .zip(routes)
-        .zip(tls)
+        .zip(tls.ports)
         .map(|((p, table), built)| {
             (
                 SocketAddr::new(p.address, p.local_port),
@@ -84,7 +84,7 @@ fn gateway_ports(
                     number: p.number,
                     routes: RouteTableHandle::new(table),
                     redirect: HttpsRedirectLayer::new(p.redirect.clone()),
-                    tls: GatewayTls::new(p, built, workload_tls.clone()).map(Arc::new),
+                    tls: GatewayTls::new(&p.tls, built, workload_tls.clone(), false).map(Arc::new),
                 },
             )
         })
@@ -103,31 +103,48 @@ fn ingress_tls(
         .zip(built.into_iter().chain(std::iter::repeat_with(|| None)))
         .map(|(l, t)| {
             let p = l.port_plan()?;
-            GatewayTls::new(&p, t, workload_tls.clone()).map(Arc::new)
+            GatewayTls::new(
+                &p.tls,
+                t,
+                workload_tls.clone(),
+                l.serve == crate::ingress::Serve::Tcp,
+            )
+            .map(Arc::new)
         })
         .collect()
 }
 
-/// An L4 gateway listener (`TCP` or passthrough servers): its address, server port and
-/// route table.
+/// An L4 gateway listener (`TCP`, `TLS` or passthrough servers): its address, server port,
+/// route table and the TLS it terminates (if any).
+#[derive(Debug, Clone)]
 struct GatewayL4Port {
     addr: SocketAddr,
     number: u16,
     routes: L4RouteTableHandle,
+    tls: Option<Arc<GatewayTls>>,
 }
 
-/// The L4 gateway listeners of `gateways` (taking their route tables).
-fn gateway_l4_ports(gateways: &mut crate::pipeline::Gateways) -> Vec<GatewayL4Port> {
+/// The L4 gateway listeners of `gateways` (taking their route tables and TLS).
+fn gateway_l4_ports(
+    gateways: &mut crate::pipeline::Gateways,
+    workload_tls: &Arc<WorkloadTls>,
+) -> Vec<GatewayL4Port> {
     let tables = std::mem::take(&mut gateways.l4);
+    let tls = std::mem::take(&mut gateways.tls.l4);
     gateways
         .plan
         .l4
         .iter()
         .zip(tables)
-        .map(|(p, table)| GatewayL4Port {
+        .zip(tls.into_iter().chain(std::iter::repeat_with(|| None)))
+        .map(|((p, table), built)| GatewayL4Port {
             addr: SocketAddr::new(p.address, p.local_port),
             number: p.number,
             routes: L4RouteTableHandle::new(table),
+            tls: p
+                .tls()
+                .and_then(|t| GatewayTls::new(t, built, workload_tls.clone(), true))
+                .map(Arc::new),
         })
         .collect()
 }
@@ -226,8 +243,8 @@ pub struct ProxyState {
     l4_routes: Vec<(CapturedPort, L4RouteTableHandle)>,
     /// The gateway listeners' swappable parts, by server port (same order as their plan).
     gateways: Vec<GatewayPort>,
-    /// The L4 gateway listeners' route tables, by server port, swapped on reload.
-    gateway_l4: Vec<(u16, L4RouteTableHandle)>,
+    /// The L4 gateway listeners' route tables and TLS, by server port, swapped on reload.
+    gateway_l4: Vec<GatewayL4Port>,
     /// The gateway listeners' identities: a reload that changes them needs a restart.
     gateway_keys: Vec<crate::gateway::ListenerKey>,
     /// The Sidecar ingress listeners: a reload that changes them needs a restart.
@@ -330,7 +347,7 @@ struct BoundListeners {
     inbound_ports: Vec<(u16, BoundEngine, SocketAddr)>,
     /// Gateway listeners: (server port, its listener).
     gateways: Vec<(u16, BoundEngine)>,
-    /// L4 gateway listeners (`TCP`, passthrough): (server port, its listener).
+    /// L4 gateway listeners (`TCP`, `TLS`, passthrough): (server port, its listener).
     gateway_l4: Vec<(u16, BoundEngine)>,
     /// `outboundPorts`: (the captured service port, its L4 listener).
     outbound_ports: Vec<(CapturedPort, BoundEngine)>,
@@ -557,7 +574,7 @@ impl Proxy {
             .collect();
         let mut gateways = gateways;
         let gateway_keys = gateways.plan.listener_keys();
-        let gateway_l4 = gateway_l4_ports(&mut gateways);
+        let gateway_l4 = gateway_l4_ports(&mut gateways, &workload_tls);
         let gateway_ports = gateway_ports(gateways, &workload_tls);
         let ingress_tls = ingress_tls(&mut ingress, &workload_tls);
         let bound = BoundListeners::bind(
@@ -586,10 +603,7 @@ impl Proxy {
             authz,
             jwt,
             gateways: gateway_ports,
-            gateway_l4: gateway_l4
-                .into_iter()
-                .map(|p| (p.number, p.routes))
-                .collect(),
+            gateway_l4,
             gateway_keys,
             l4_routes,
             ingress,
@@ -714,17 +728,19 @@ impl Proxy {
         }
         for (port, b) in gateway_l4 {
             let addr = b.local_addr();
-            let Some((_, routes)) = self.state.gateway_l4.iter().find(|(n, _)| *n == port) else {
+            let Some(gw) = self.state.gateway_l4.iter().find(|g| g.number == port) else {
                 continue;
             };
-            let sni = routes.load_full().reads_sni();
-            let engine = self.start_l4(b, routes, ListenerKind::Gateway)?;
-            tracing::info!(addr = %addr, sni, "L4 gateway listener for port {port} up");
+            let sni = gw.routes.load_full().reads_sni();
+            let tls = gw.tls.clone().map(|t| -> Arc<dyn DownstreamTls> { t });
+            let terminates = tls.is_some();
+            let engine = self.start_l4(b, &gw.routes, tls, ListenerKind::Gateway)?;
+            tracing::info!(addr = %addr, sni, terminates, "L4 gateway listener for port {port} up");
             self.gateway_ports.push((port, engine));
         }
         for ((captured, b), (_, routes)) in outbound_ports.into_iter().zip(&self.state.l4_routes) {
             let addr = b.local_addr();
-            let engine = self.start_l4(b, routes, ListenerKind::OutboundPort)?;
+            let engine = self.start_l4(b, routes, None, ListenerKind::OutboundPort)?;
             tracing::info!(addr = %addr, service = %captured.key, "outboundPorts listener up");
             self.outbound_ports.push((captured, engine));
         }
@@ -833,13 +849,14 @@ impl Proxy {
             .map(|(_, e)| e.local_addr())
     }
 
-    /// Starts an L4 listener (`outboundPorts`, a gateway's `TCP` or passthrough port): the
-    /// engine's L4 mode with [`L4Handler`] on `routes`, the balancer, metrics and TLS
-    /// origination of the HTTP listeners.
+    /// Starts an L4 listener (`outboundPorts`, a gateway's `TCP`, `TLS` or passthrough
+    /// port): the engine's L4 mode with [`L4Handler`] on `routes`, the balancer, metrics and
+    /// TLS origination of the HTTP listeners; `terminate`: the TLS the listener terminates.
     fn start_l4(
         &self,
         b: BoundEngine,
         routes: &L4RouteTableHandle,
+        terminate: Option<Arc<dyn DownstreamTls>>,
         kind: ListenerKind,
     ) -> Result<Engine, StartError> {
         let addr = b.local_addr();
@@ -848,6 +865,7 @@ impl Proxy {
             lb: self.state.layers.lb().clone(),
             metrics: self.state.layers.telemetry().metrics().clone(),
             tls: Some(self.state.workload_tls.clone()),
+            terminate,
             hello_timeout: self
                 .state
                 .snapshot()
@@ -1179,10 +1197,11 @@ impl ProxyState {
     /// live on. Returns whether some material changed.
     pub fn rotate_certificates(&self) -> bool {
         let mut changed = self.workload_tls.rotate();
-        for g in &self.gateways {
-            if let Some(t) = &g.tls {
-                changed |= t.rotate();
-            }
+        for t in self.gateways.iter().filter_map(|g| g.tls.as_ref()) {
+            changed |= t.rotate();
+        }
+        for t in self.gateway_l4.iter().filter_map(|g| g.tls.as_ref()) {
+            changed |= t.rotate();
         }
         for t in self.ingress_tls.iter().flatten() {
             changed |= t.rotate();
@@ -1340,9 +1359,16 @@ impl ProxyState {
             tls: gw_tls,
             l4: gw_l4,
         } = gateways;
-        for (p, table) in plan.l4.iter().zip(gw_l4) {
-            if let Some((_, h)) = self.gateway_l4.iter().find(|(n, _)| *n == p.number) {
-                h.store(table);
+        let crate::gateway::PreparedTls {
+            ports: gw_tls,
+            l4: gw_l4_tls,
+        } = gw_tls;
+        for ((p, table), tls) in plan.l4.iter().zip(gw_l4).zip(gw_l4_tls) {
+            if let Some(g) = self.gateway_l4.iter().find(|g| g.number == p.number) {
+                g.routes.store(table);
+                if let (Some(t), Some(plan)) = (&g.tls, p.tls()) {
+                    t.store(plan, tls);
+                }
             }
         }
         for ((p, table), tls) in plan.ports.iter().zip(gw_routes).zip(gw_tls) {
@@ -1350,7 +1376,7 @@ impl ProxyState {
                 g.routes.store(table);
                 g.redirect.store(p.redirect.clone());
                 if let Some(t) = &g.tls {
-                    t.store(p, tls);
+                    t.store(&p.tls, tls);
                 }
             }
         }
@@ -1363,7 +1389,7 @@ impl ProxyState {
             .zip(&self.ingress_tls)
         {
             if let (Some(own), Some(p)) = (own, l.port_plan()) {
-                own.store(&p, t);
+                own.store(&p.tls, t);
             }
         }
         // the running `outboundPorts` listeners route on the new snapshot (after the

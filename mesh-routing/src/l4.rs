@@ -44,7 +44,11 @@
 //! ```
 //!
 //! [`sni_cluster`] reads Istio's SNI cluster names (`outbound_.<port>_.<subset>_.<host>`),
-//! the destination an `AUTO_PASSTHROUGH` gateway server routes by; no listener uses it yet.
+//! the destination an `AUTO_PASSTHROUGH` gateway server routes by
+//! ([`L4RouteTable::auto_passthrough`]): an SNI that matches the servers' `hosts` and names
+//! a service visible to the gateway's namespace (`exportTo`; the snapshot holds only what
+//! the workload's Sidecar imports), one of its ports and a subset of its DestinationRule;
+//! any other name is no route (`NR`).
 //!
 //! # Istio's semantics
 //!
@@ -130,6 +134,18 @@ pub struct L4RouteTable {
     tcp: Vec<Rule>,
     /// The listener's own service (sidecar): where nothing else routes.
     fallback: Option<Arc<Split>>,
+    /// `AUTO_PASSTHROUGH`: the destinations an SNI cluster name may name, by host; when
+    /// set, the only routes.
+    sni_clusters: Option<SniClusters>,
+}
+
+/// The destinations of an `AUTO_PASSTHROUGH` listener: by host (lower case), each port
+/// with its destinations (the whole service first, then each subset); the server names the
+/// SNI must match first.
+#[derive(Debug, Default)]
+struct SniClusters {
+    server_names: Vec<Box<str>>,
+    by_host: std::collections::HashMap<Box<str>, Vec<(u16, Vec<RouteDestination>)>>,
 }
 
 /// An [`L4RouteTable`] behind an [`ArcSwap`], swapped on reload; each connection routes on
@@ -201,6 +217,71 @@ impl L4RouteTable {
         L4RouteTable::new(snapshot, &ctx, &listener)
     }
 
+    /// The table of a gateway server in `AUTO_PASSTHROUGH` mode on `port` (Istio's SNI-DNAT
+    /// filter chain): a connection's SNI, matched against the servers' `hosts`
+    /// (`server_names`: `*.local`, `*`; a `namespace/` part ignored, as Istio's filter chain
+    /// match), then read as Istio's cluster name `outbound_.<port>_.<subset>_.<host>`
+    /// ([`sni_cluster`]), names its destination among the services visible to the proxy's
+    /// namespace (`exportTo`), their ports and the subsets of their DestinationRule. No
+    /// VirtualService applies; any other SNI (or none) is no route.
+    pub fn auto_passthrough<I, S>(snapshot: &Snapshot, port: u16, server_names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let ctx = RouterContext::sidecar(snapshot);
+        let ns = ctx.namespace.as_str();
+        let mut clusters = SniClusters {
+            server_names: server_names
+                .into_iter()
+                .map(|h| {
+                    let h = h.as_ref();
+                    let h = h.split_once('/').map_or(h, |(_, h)| h);
+                    h.to_ascii_lowercase().into_boxed_str()
+                })
+                .collect(),
+            ..SniClusters::default()
+        };
+        for s in &snapshot.services {
+            if s.hostname.starts_with('*') || !(s.namespace == ns || s.export_to.visible_to(ns)) {
+                continue;
+            }
+            let host = s.hostname.to_ascii_lowercase().into_boxed_str();
+            if clusters.by_host.contains_key(&host) {
+                continue; // the first visible service of a host (the lookup's own rule)
+            }
+            let subsets: Vec<&str> = snapshot
+                .destination_rule(&s.hostname, ns)
+                .map(|d| d.spec.subsets.iter().map(|x| x.name.as_str()).collect())
+                .unwrap_or_default();
+            let ports = s
+                .ports
+                .iter()
+                .filter_map(|p| u16::try_from(p.number).ok())
+                .map(|p| {
+                    let dest = |subset: Option<&str>| RouteDestination {
+                        host: s.hostname.clone(),
+                        subset: subset.map(Into::into),
+                        port: Some(p),
+                    };
+                    let mut dests = vec![dest(None)];
+                    dests.extend(subsets.iter().map(|n| dest(Some(n))));
+                    (p, dests)
+                })
+                .collect();
+            clusters.by_host.insert(host, ports);
+        }
+        L4RouteTable {
+            generation: snapshot.generation,
+            port,
+            reads_sni: true,
+            tls: Vec::new(),
+            tcp: Vec::new(),
+            fallback: None,
+            sni_clusters: Some(clusters),
+        }
+    }
+
     /// Compiles the snapshot's `tcp`/`tls` routes for `listener` in `ctx`.
     ///
     /// Fails on a subnet that does not parse (validation refuses those first), naming the
@@ -218,6 +299,7 @@ impl L4RouteTable {
             tls: Vec::new(),
             tcp: Vec::new(),
             fallback: None,
+            sni_clusters: None,
         };
         let vss = snapshot
             .virtual_services
@@ -337,6 +419,9 @@ impl L4RouteTable {
     /// Routes a connection: the destination of its route (drawn by weight with `rng`), or
     /// `None` when no route takes it (close the connection, flag `NR`).
     pub fn route(&self, conn: &L4Connection<'_>, rng: &mut Rng) -> Option<&RouteDestination> {
+        if let Some(clusters) = &self.sni_clusters {
+            return clusters.route(conn.sni?);
+        }
         let split = self.select(conn)?;
         Some(split.pick(rng))
     }
@@ -389,6 +474,37 @@ impl L4RouteTable {
     /// The number of `tls` and `tcp` rules (the sidecar's defaults included).
     pub fn rule_count(&self) -> usize {
         self.tls.len() + self.tcp.len()
+    }
+
+    /// Whether it routes by SNI cluster names ([`L4RouteTable::auto_passthrough`]): the
+    /// connection's TLS is the client's own, end to end, never originated again.
+    pub fn is_auto_passthrough(&self) -> bool {
+        self.sni_clusters.is_some()
+    }
+}
+
+// === impl SniClusters ===
+
+impl SniClusters {
+    fn route(&self, sni: &str) -> Option<&RouteDestination> {
+        if !self
+            .server_names
+            .iter()
+            .any(|h| sni_score(h, sni).is_some())
+        {
+            return None;
+        }
+        let c = sni_cluster(sni)?;
+        let ports = if c.host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_host.get(c.host.to_ascii_lowercase().as_str())?
+        } else {
+            self.by_host.get(c.host)?
+        };
+        let (_, dests) = ports.iter().find(|(p, _)| *p == c.port)?;
+        match c.subset {
+            None => dests.first(),
+            Some(n) => dests[1..].iter().find(|d| d.subset.as_deref() == Some(n)),
+        }
     }
 }
 

@@ -75,6 +75,46 @@ spec:
     )
 }
 
+/// A Gateway `tcp-echo-gateway` (namespace `default`) with the `server` given (YAML lines
+/// of one `servers` entry), tcp-echo's DestinationRule (subsets `v1`, `v2`) and a
+/// VirtualService for `hosts` bound to the gateway, whose `tcp` route on port 31400 splits
+/// `v1`/`v2` by weight (Istio's TCP Traffic Shifting task).
+pub fn tcp_echo_shifting(server: &str, hosts: &str, v1: u32, v2: u32) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: tcp-echo-gateway, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+{server}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: tcp-echo-destination, namespace: default}}
+spec:
+  host: tcp-echo
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp-echo, namespace: default}}
+spec:
+  hosts: [{hosts}]
+  gateways: [tcp-echo-gateway]
+  tcp:
+  - match: [{{port: 31400}}]
+    route:
+    - destination: {{host: tcp-echo, port: {{number: 9000}}, subset: v1}}
+      weight: {v1}
+    - destination: {{host: tcp-echo, port: {{number: 9000}}, subset: v2}}
+      weight: {v2}
+"
+    )
+}
+
 /// One connection through the proxy: sends `data`, half-closes, reads to the end.
 pub async fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     bounded(async {
@@ -102,8 +142,18 @@ pub async fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
 pub async fn tls_server(
     name: &'static str,
 ) -> (SocketAddr, rustls::pki_types::CertificateDer<'static>) {
+    tls_server_also(name, &[]).await
+}
+
+/// [`tls_server`] whose certificate names `also` too.
+pub async fn tls_server_also(
+    name: &'static str,
+    also: &[String],
+) -> (SocketAddr, rustls::pki_types::CertificateDer<'static>) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+    let mut names = vec![name.to_string()];
+    names.extend(also.iter().cloned());
+    let cert = rcgen::CertificateParams::new(names)
         .unwrap()
         .self_signed(&key)
         .unwrap();

@@ -49,7 +49,7 @@ pub(super) static KINDS: &[KindDef] = &[
     KindDef {
         kind: Kind::Gateway,
         status: Status::Enforced,
-        note: "served by the proxy whose bootstrap workload a Gateway selects: HTTP, HTTPS (terminated) and ISTIO_MUTUAL servers; TCP servers and TLS/HTTPS PASSTHROUGH servers as L4 listeners (tcp routes; tls routes by SNI); AUTO_PASSTHROUGH and TLS servers that terminate TLS are not yet (gateways and L4)",
+        note: "served by the proxy whose bootstrap workload a Gateway selects: HTTP, HTTPS (terminated) and ISTIO_MUTUAL servers; TCP servers, TLS servers that terminate TLS (then tcp routes), TLS/HTTPS PASSTHROUGH servers (tls routes by SNI) and AUTO_PASSTHROUGH servers (by the SNI's cluster name) as L4 listeners",
         spec: &GATEWAY,
     },
     KindDef {
@@ -1111,7 +1111,7 @@ static GATEWAY: TypeDef = TypeDef {
 /// Gateway `servers[].port.protocol`: HTTP, HTTPS and the L4 protocols Envoy's TCP proxy
 /// carries are served; UDP and unknown protocols are not.
 static GATEWAY_PROTOCOL: Custom = Custom {
-    doc: "HTTP, HTTP2, GRPC, GRPC-WEB (plaintext) and HTTPS (terminated: tls.mode SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL) servers are served; TCP, MONGO, MYSQL and REDIS servers are L4 listeners (tcp routes); TLS and HTTPS servers in PASSTHROUGH mode are L4 listeners routed by SNI (tls routes); a TLS server that terminates TLS gets a warning and no listener; UDP is not yet (gateways and L4)",
+    doc: "HTTP, HTTP2, GRPC, GRPC-WEB (plaintext) and HTTPS (terminated: tls.mode SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL) servers are served; TCP, MONGO, MYSQL and REDIS servers are L4 listeners (tcp routes); TLS and HTTPS servers in PASSTHROUGH mode are L4 listeners routed by SNI (tls routes), in AUTO_PASSTHROUGH mode by the SNI's cluster name (outbound_.<port>_.<subset>_.<host>); TLS servers in SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL mode terminate TLS and route the plaintext with tcp routes; UDP is not yet (gateways and L4)",
     check: gateway_protocol,
 };
 
@@ -1138,8 +1138,8 @@ fn gateway_protocol(p: &MarkedYaml<'_>) -> Option<(Verdict, String)> {
     ))
 }
 
-/// Gateway `servers[].tls.mode`: terminated modes are served, and PASSTHROUGH (an L4
-/// listener routed by SNI); AUTO_PASSTHROUGH is not yet.
+/// Gateway `servers[].tls.mode`: terminated modes are served, PASSTHROUGH (an L4 listener
+/// routed by SNI) and AUTO_PASSTHROUGH (routed by the SNI's cluster name).
 static SERVER_TLS_MODE: Values = Values {
     cases: &[
         ("SIMPLE", Verdict::Enforced),
@@ -1147,7 +1147,7 @@ static SERVER_TLS_MODE: Values = Values {
         ("OPTIONAL_MUTUAL", Verdict::Enforced),
         ("ISTIO_MUTUAL", Verdict::Enforced),
         ("PASSTHROUGH", Verdict::Enforced),
-        ("AUTO_PASSTHROUGH", Verdict::NotYet(Area::GatewaysL4)),
+        ("AUTO_PASSTHROUGH", Verdict::Enforced),
     ],
     otherwise: Verdict::Refused(Area::Security),
 };

@@ -250,3 +250,90 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn auto_passthrough_routes_sni_cluster_names_to_visible_services_ports_and_subsets() {
+    let snap = snapshot(
+        r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo}
+spec:
+  host: tcp-echo.default.svc.cluster.local
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: hidden, namespace: other}
+spec:
+  hosts: [hidden.other.svc.cluster.local]
+  exportTo: [.]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  endpoints: [{address: 10.0.2.1}]
+"#,
+    );
+    let t = L4RouteTable::auto_passthrough(&snap, 15443, ["*.local", "istio-system/*.com"]);
+    assert!(t.reads_sni() && t.is_auto_passthrough());
+    let route = |sni: &str| {
+        t.route(&conn().with_sni(Some(sni)), &mut Rng::new(Some(1)))
+            .map(|d| {
+                (
+                    d.host.to_string(),
+                    d.subset.as_deref().map(str::to_owned),
+                    d.port,
+                )
+            })
+    };
+    let echo =
+        |subset: Option<&str>| Some((ECHO.to_string(), subset.map(str::to_owned), Some(9000)));
+    assert_eq!(
+        route("outbound_.9000_._.tcp-echo.default.svc.cluster.local"),
+        echo(None)
+    );
+    assert_eq!(
+        route("outbound_.9000_.v2_.tcp-echo.default.svc.cluster.local"),
+        echo(Some("v2"))
+    );
+    assert_eq!(
+        route("outbound_.9000_.v1_.TCP-ECHO.default.svc.cluster.local"),
+        echo(Some("v1"))
+    );
+    // a subset, port or service that does not exist, a service exported elsewhere only,
+    // another kind of name, no SNI: no route
+    for sni in [
+        "outbound_.9000_.v3_.tcp-echo.default.svc.cluster.local",
+        "outbound_.9001_._.tcp-echo.default.svc.cluster.local",
+        "outbound_.9000_._.nope.default.svc.cluster.local",
+        "outbound_.9000_._.hidden.other.svc.cluster.local",
+        "tcp-echo.default.svc.cluster.local",
+    ] {
+        assert_eq!(route(sni), None, "{sni}");
+    }
+    assert!(t.route(&conn(), &mut Rng::new(Some(1))).is_none());
+    assert_eq!(
+        route("outbound_.443_._.a.example.com"),
+        Some(("a.example.com".into(), None, Some(443)))
+    );
+    // the SNI must match a server's hosts first (Istio's filter chain match)
+    let narrow = L4RouteTable::auto_passthrough(&snap, 15443, ["*.svc.cluster.local"]);
+    let conn_to = |sni| conn().with_sni(Some(sni));
+    assert!(
+        narrow
+            .route(
+                &conn_to("outbound_.443_._.a.example.com"),
+                &mut Rng::new(Some(1))
+            )
+            .is_none()
+    );
+    assert!(
+        narrow
+            .route(
+                &conn_to("outbound_.9000_._.tcp-echo.default.svc.cluster.local"),
+                &mut Rng::new(Some(1))
+            )
+            .is_some()
+    );
+}
