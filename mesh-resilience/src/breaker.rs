@@ -94,8 +94,9 @@
 //!   or endpoints do not count (Envoy counts every open connection, but lets each worker's
 //!   pool open one connection whatever the limit, so it may exceed it too). The upstream
 //!   never sees more than `maxConnections` HTTP/1.1 requests at once.
-//! - HTTP/2 endpoints: the connector keeps one connection per endpoint and worker, so
-//!   `maxConnections` does not apply to them, and no request waits as pending (Envoy's
+//! - HTTP/2 endpoints: the connector keeps one connection per endpoint and worker (more
+//!   when `maxConcurrentStreams` or the server's `SETTINGS_MAX_CONCURRENT_STREAMS` fill
+//!   one), and `maxConnections` does not bound them, so no request waits as pending (Envoy's
 //!   HTTP/2 pending requests are those waiting for a connection to be established);
 //!   `http2MaxRequests` applies.
 //! - A pending request waits until a connection is free, or until the route timeout above

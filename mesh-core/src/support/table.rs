@@ -843,8 +843,8 @@ static HTTP_SETTINGS: TypeDef = TypeDef {
         field(
             "maxConcurrentStreams",
             Leaf,
-            Status::NotYet(Area::Resilience),
-            "",
+            Status::Enforced,
+            "streams per upstream HTTP/2 connection, at most the server's `SETTINGS_MAX_CONCURRENT_STREAMS`; more connections are opened (not bounded by `maxConnections`)",
         ),
         field(
             "http2KeepAlive",
