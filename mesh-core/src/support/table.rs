@@ -997,8 +997,8 @@ static RETRY_BUDGET: TypeDef = TypeDef {
         field(
             "budgetInterval",
             Leaf,
-            Status::NotYet(Area::Resilience),
-            "the budget is over the requests in flight, as Envoy's",
+            Status::Enforced,
+            "the budget is a share of the requests begun within the interval (a sliding window in tenths of it); unset or 0: of the requests active and pending",
         ),
     ],
 };
