@@ -140,6 +140,10 @@ use crate::reqbody::RequestBody;
 use crate::tls::{ClientTls, UpstreamTls};
 use crate::upgrade::{Tunnel, TunnelHandle, Upgrade};
 
+/// How many times a request's HTTP/2 stream moves to another connection because the one it
+/// was given, once connected, turned out to be over the server's limit.
+const MAX_STREAM_MOVES: u32 = 2;
+
 /// The response type of every stack: the upstream's body or a local one.
 pub type EngineResponse = Response<MeshBody<UpstreamBody>>;
 
@@ -496,6 +500,7 @@ impl Connector {
         // the DestinationRule's `maxConcurrentStreams` (and the server's limit, which the
         // pool knows): a stream on a connection with room, else a new connection
         let max_streams = pool.max_concurrent_streams.unwrap_or(u32::MAX);
+        let mut moves = 0;
         let (mut sender, slot) = loop {
             let (conn, slot) = self.pool.checkout_h2(key, max_streams, pool);
             let connected = conn
@@ -503,11 +508,14 @@ impl Connector {
                 .get_or_init(|| Box::pin(self.connect_h2(addr, tls.as_ref(), conn.streams.clone())))
                 .await;
             match connected {
+                // moved twice already (a server allowing no stream at all, say): it waits on
+                // this connection, which queues it, rather than opening connections forever
+                Ok(s) if moves == MAX_STREAM_MOVES => break (s.clone(), slot),
                 // a stream taken while the connection was made may be over the server's
                 // limit, known now: then it goes to another connection
                 Ok(s) => match slot.within_server_limit() {
                     Some(slot) => break (s.clone(), slot),
-                    None => continue,
+                    None => moves += 1,
                 },
                 Err(f) => return f.reply(),
             }
