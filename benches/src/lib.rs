@@ -235,7 +235,9 @@ pub mod layer {
         }
     }
 
-    /// Polls `svc` ready, calls it, and polls the (immediately ready) future once.
+    /// Polls `svc` ready, calls it, and polls the (immediately ready) future once. Never
+    /// inlined: `benches/load/layer_callgrind.py` counts its instructions per call.
+    #[inline(never)]
     pub fn send<S, B, R>(svc: &mut S, cx: &mut Context<'_>, req: Request<B>) -> http::StatusCode
     where
         S: Service<Request<B>, Response = Response<R>, Error = Infallible>,

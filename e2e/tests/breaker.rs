@@ -268,3 +268,103 @@ spec:
         "{stats}"
     );
 }
+
+/// `connectionPool.http.maxConcurrentStreams` (Envoy's HTTP/2 `max_concurrent_streams`):
+/// with a limit of 2 and six slow requests at once to an HTTP/2 upstream (`GRPC` port, h2c),
+/// the connector never opens more than two streams on one upstream connection and opens
+/// more connections instead; every request is answered once the upstream lets them go.
+#[tokio::test]
+async fn max_concurrent_streams_spreads_streams_over_connections() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::convert::Infallible;
+    // the upstream: counts its connections, the requests it holds, and the most streams
+    // open at once on one connection
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let held = Arc::new(AtomicUsize::new(0));
+    let most_on_one = Arc::new(AtomicUsize::new(0));
+    let (gate, open) = watch::channel(false);
+    let (c, h, m) = (connections.clone(), held.clone(), most_on_one.clone());
+    let accept = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let on_this = Arc::new(AtomicUsize::new(0));
+            let (h, m, open) = (h.clone(), m.clone(), open.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let (h, m, on_this, mut open) =
+                        (h.clone(), m.clone(), on_this.clone(), open.clone());
+                    async move {
+                        m.fetch_max(on_this.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let _ = open.wait_for(|o| *o).await;
+                        on_this.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(Response::new(full("httpbin")))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let entry = format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin}}
+spec:
+  hosts: [httpbin.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {{number: 8000, name: grpc, protocol: GRPC}}
+  endpoints:
+  - address: 127.0.0.1
+    ports: {{grpc: {}}}
+",
+        addr.port()
+    );
+    let yaml = bootstrap(1, "")
+        + &entry
+        + "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin.default.svc.cluster.local
+  trafficPolicy:
+    connectionPool:
+      http: {maxConcurrentStreams: 2}
+";
+    let p = start(&yaml).await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let out = p.out;
+        clients.push(tokio::spawn(async move {
+            get_once(out, "httpbin:8000", &[]).await
+        }));
+    }
+    let h = held.clone();
+    eventually("the upstream holds all six requests", || {
+        let h = h.clone();
+        async move { h.load(Ordering::SeqCst) == 6 }
+    })
+    .await;
+    assert!(
+        connections.load(Ordering::SeqCst) >= 3,
+        "{} connections",
+        connections.load(Ordering::SeqCst)
+    );
+    assert_eq!(most_on_one.load(Ordering::SeqCst), 2);
+    gate.send_replace(true);
+    for c in clients {
+        let r = bounded(c).await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, "httpbin");
+    }
+    assert_eq!(most_on_one.load(Ordering::SeqCst), 2);
+    drop(p);
+    accept.abort();
+}

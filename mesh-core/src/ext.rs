@@ -366,6 +366,11 @@ pub struct UpstreamPool {
     /// (HTTP/2 for an HTTP/2 request, HTTP/1.1 otherwise), whatever the endpoint's port
     /// protocol or `h2UpgradePolicy` say (Envoy's `use_downstream_protocol_config`).
     pub use_client_protocol: bool,
+    /// `http.maxConcurrentStreams`: streams an upstream HTTP/2 connection carries at once
+    /// (`None`: no limit but the server's `SETTINGS_MAX_CONCURRENT_STREAMS`); when every
+    /// connection to an endpoint is at the limit, another is opened. Envoy's
+    /// `http2_protocol_options.max_concurrent_streams`.
+    pub max_concurrent_streams: Option<u32>,
 }
 
 /// HTTP/2 keep-alive of upstream connections (Envoy's `Http2ProtocolOptions.connection_keepalive`):

@@ -41,7 +41,12 @@ pub const UNLIMITED: u32 = u32::MAX;
 pub const DEFAULT_RETRY_BUDGET: RetryBudget = RetryBudget {
     percent: 20.0,
     min_retry_concurrency: 3,
+    interval: None,
 };
+
+/// The buckets of a retry budget's window ([`RetryBudget::interval`]): requests are counted
+/// per tenth of the interval.
+const WINDOW_BUCKETS: usize = 10;
 
 /// A cluster's circuit-breaker thresholds (Envoy's `CircuitBreakers.Thresholds`, default
 /// priority).
@@ -65,13 +70,19 @@ pub struct Thresholds {
 }
 
 /// A retry budget: concurrent retries at most `max(min_retry_concurrency, percent % of the
-/// requests active or pending)` (Envoy's `CircuitBreakers.Thresholds.RetryBudget`).
+/// requests active or pending)` (Envoy's `CircuitBreakers.Thresholds.RetryBudget`), or, with
+/// an `interval`, `percent %` of the requests begun within the last `interval`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryBudget {
     /// `percent`: the share of active and pending requests that may be retries, in percent.
     pub percent: f64,
     /// `minRetryConcurrency`: retries always allowed, whatever the traffic.
     pub min_retry_concurrency: u32,
+    /// `budgetInterval` (Istio's `RetryBudget.budget_interval`; `None`, or zero, by default):
+    /// the requests the budget is a share of are those begun within the last `interval`
+    /// (a sliding window, counted in tenths of the interval), not only those active or
+    /// pending. A burst of short requests then leaves room for retries after it.
+    pub interval: Option<std::time::Duration>,
 }
 
 /// The live counts of a cluster, shared by every worker's copy of the cluster and kept
@@ -91,6 +102,8 @@ pub struct ClusterCounters {
     pending_overflow: AtomicU64,
     /// Retries not sent for lack of a permit (`upstream_rq_retry_overflow`).
     retry_overflow: AtomicU64,
+    /// Requests begun recently, for a retry budget with an interval.
+    window: RequestWindow,
     /// TCP proxy connections refused by `maxConnections` (`upstream_cx_overflow`).
     cx_overflow: AtomicU64,
     /// Wakes requests waiting for a connection.
@@ -138,6 +151,55 @@ pub struct ConnectionPermit(Arc<ClusterCounters>);
 #[derive(Debug)]
 #[must_use]
 pub struct RetryPermit(Arc<ClusterCounters>);
+
+/// Requests begun per tenth of a retry budget's interval: each bucket holds the number of
+/// its tenth (since the window's first request) and its count, packed in one atomic.
+#[derive(Debug, Default)]
+struct RequestWindow {
+    /// When the first request was counted: tenths are numbered from there.
+    base: std::sync::OnceLock<tokio::time::Instant>,
+    buckets: [AtomicU64; WINDOW_BUCKETS],
+}
+
+impl RequestWindow {
+    /// The number of the tenth of `interval` that `now` falls in.
+    fn tenth(&self, interval: std::time::Duration, now: tokio::time::Instant) -> u32 {
+        let base = *self.base.get_or_init(|| now);
+        let width = (interval.as_nanos() / WINDOW_BUCKETS as u128).max(1);
+        (now.saturating_duration_since(base).as_nanos() / width) as u32
+    }
+
+    /// Counts a request begun `now`.
+    fn record(&self, interval: std::time::Duration, now: tokio::time::Instant) {
+        let tenth = self.tenth(interval, now);
+        let bucket = &self.buckets[tenth as usize % WINDOW_BUCKETS];
+        let _ = bucket.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+            let (at, count) = ((b >> 32) as u32, b as u32);
+            Some(if at == tenth {
+                b + u64::from(count < u32::MAX)
+            } else {
+                (u64::from(tenth) << 32) | 1
+            })
+        });
+    }
+
+    /// Requests begun within the last `interval` (to within a tenth of it).
+    fn count(&self, interval: std::time::Duration, now: tokio::time::Instant) -> u32 {
+        let tenth = self.tenth(interval, now);
+        self.buckets
+            .iter()
+            .map(|b| {
+                let b = b.load(Ordering::Acquire);
+                let (at, count) = ((b >> 32) as u32, b as u32);
+                if count > 0 && tenth.wrapping_sub(at) < WINDOW_BUCKETS as u32 {
+                    count
+                } else {
+                    0
+                }
+            })
+            .fold(0u32, u32::saturating_add)
+    }
+}
 
 struct EndRequest(Arc<ClusterCounters>);
 struct EndConnection(Arc<ClusterCounters>);
@@ -198,6 +260,8 @@ impl Thresholds {
                 } else {
                     DEFAULT_RETRY_BUDGET.min_retry_concurrency
                 },
+                // Istio: 0ms (the default) is the requests active and pending
+                interval: b.budget_interval.map(|d| d.get()).filter(|d| !d.is_zero()),
             }),
         }
     }
@@ -307,6 +371,11 @@ impl ClusterLimits {
     #[inline]
     fn attach(&self, connection: bool) -> Admission {
         if take(&self.counters.requests, self.thresholds.max_requests) {
+            if let Some(interval) = self.budget_interval() {
+                self.counters
+                    .window
+                    .record(interval, tokio::time::Instant::now());
+            }
             let end = if connection {
                 &self.end_connection
             } else {
@@ -343,16 +412,25 @@ impl ClusterLimits {
         }
     }
 
+    /// The DestinationRule's `retryBudget.budgetInterval`, if set.
+    #[inline]
+    fn budget_interval(&self) -> Option<std::time::Duration> {
+        self.thresholds.retry_budget.and_then(|b| b.interval)
+    }
+
     /// A permit for one retry, if the cluster's retry limit allows one more: the
-    /// DestinationRule's `retryBudget` if set (Envoy: the budget replaces `max_retries`),
-    /// else `maxRetries` and [`DEFAULT_RETRY_BUDGET`], whichever is lower. `None` counts a
-    /// retry overflow.
+    /// DestinationRule's `retryBudget` if set (Envoy: the budget replaces `max_retries`;
+    /// with a `budgetInterval`, a share of the requests begun within it), else `maxRetries`
+    /// and [`DEFAULT_RETRY_BUDGET`], whichever is lower. `None` counts a retry overflow.
     pub fn try_retry(&self) -> Option<RetryPermit> {
         let c = &*self.counters;
-        let active = c
-            .requests
-            .load(Ordering::Relaxed)
-            .saturating_add(c.pending.load(Ordering::Relaxed));
+        let active = match self.budget_interval() {
+            Some(interval) => c.window.count(interval, tokio::time::Instant::now()),
+            None => c
+                .requests
+                .load(Ordering::Relaxed)
+                .saturating_add(c.pending.load(Ordering::Relaxed)),
+        };
         let max = match self.thresholds.retry_budget {
             Some(b) => b.limit(active),
             None => DEFAULT_RETRY_BUDGET

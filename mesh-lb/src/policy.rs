@@ -185,6 +185,11 @@ impl Policy {
                 })
                 .filter(|k| !k.interval.is_zero()),
             use_client_protocol: http.is_some_and(|h| h.use_client_protocol),
+            // Istio sets `max_concurrent_streams` only when positive
+            max_concurrent_streams: http
+                .and_then(|h| h.max_concurrent_streams)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0),
             tcp_keepalive: tcp.and_then(|t| t.tcp_keepalive.as_ref()).map(|k| {
                 mesh_core::ext::TcpKeepalive {
                     time: k.time.map(|d| Duration::from_secs(d.get().as_secs())),

@@ -254,6 +254,20 @@ fn selected_endpoint_carries_protocol_identity_and_cluster() {
     let res = send(&mut lb, request(&dest(REVIEWS, None, Some(9080))));
     let c = res.extensions().get::<UpstreamCluster>().unwrap();
     assert!(!c.pool.use_client_protocol, "off by default");
+    assert_eq!(c.pool.max_concurrent_streams, None, "no limit by default");
+    // maxConcurrentStreams: the connector's streams per HTTP/2 connection (0: unset)
+    for (set, want) in [("2", Some(2)), ("0", None)] {
+        let streams = BASE.replace(
+            "loadBalancer: {simple: ROUND_ROBIN}",
+            &format!(
+                "loadBalancer: {{simple: ROUND_ROBIN}}\n    connectionPool: {{http: {{maxConcurrentStreams: {set}}}}}"
+            ),
+        );
+        let mut lb = seeded(snap(&streams)).layer(echo());
+        let res = send(&mut lb, request(&dest(REVIEWS, None, Some(9080))));
+        let c = res.extensions().get::<UpstreamCluster>().unwrap();
+        assert_eq!(c.pool.max_concurrent_streams, want);
+    }
 }
 
 /// `connectionPool` becomes the cluster's circuit-breaker thresholds and connection

@@ -94,8 +94,9 @@
 //!   or endpoints do not count (Envoy counts every open connection, but lets each worker's
 //!   pool open one connection whatever the limit, so it may exceed it too). The upstream
 //!   never sees more than `maxConnections` HTTP/1.1 requests at once.
-//! - HTTP/2 endpoints: the connector keeps one connection per endpoint and worker, so
-//!   `maxConnections` does not apply to them, and no request waits as pending (Envoy's
+//! - HTTP/2 endpoints: the connector keeps one connection per endpoint and worker (more
+//!   when `maxConcurrentStreams` or the server's `SETTINGS_MAX_CONCURRENT_STREAMS` fill
+//!   one), and `maxConnections` does not bound them, so no request waits as pending (Envoy's
 //!   HTTP/2 pending requests are those waiting for a connection to be established);
 //!   `http2MaxRequests` applies.
 //! - A pending request waits until a connection is free, or until the route timeout above
@@ -106,8 +107,11 @@
 //!   old one): a reload never lets a burst past the limits.
 //! - A request upgraded to a tunnel (WebSocket `101`, `CONNECT`) holds its permit until the
 //!   answer's (empty) body ends, not for the tunnel's life.
-//! - Not done: `budgetInterval` (Envoy's budget is over the requests in flight, which is
-//!   what is enforced), per-host thresholds, priorities, the `remaining_*`/`*_open` gauges.
+//! - `retryBudget.budgetInterval` (Istio's API has it; Envoy's `RetryBudget` has no such
+//!   field): with it, the budget is a share of the requests begun within the last interval
+//!   (a sliding window counted in tenths of it), as Istio documents, instead of the
+//!   requests active and pending ([`RetryBudget::interval`]).
+//! - Not done: per-host thresholds, priorities, the `remaining_*`/`*_open` gauges.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -121,9 +125,9 @@ use mesh_core::ext::{
     PreviousHosts, SelectedUpstream, local_reply, selected_endpoint, upstream_cluster,
 };
 use mesh_core::flags::ResponseFlags;
-#[cfg(doc)]
-use mesh_core::limits::DEFAULT_RETRY_BUDGET;
 use mesh_core::limits::{Admission, ClusterLimits, Permit};
+#[cfg(doc)]
+use mesh_core::limits::{DEFAULT_RETRY_BUDGET, RetryBudget};
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;

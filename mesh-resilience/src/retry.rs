@@ -170,8 +170,10 @@ use mesh_core::body::ReplyBody;
 use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
 use mesh_core::ext::{
     PreviousHosts, PreviousPriorities, RefusedStream, ReturnHead, ReturnedHead, TimeoutMark,
-    flags_of, local_reply, mark, route_policy,
+    flags_of, local_reply, mark, route_policy, selected_endpoint, upstream_cluster,
 };
+#[cfg(doc)]
+use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamCluster};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::limits::RetryPermit;
 use mesh_core::policy::{RetryOn, RetryPolicy};
@@ -301,6 +303,11 @@ impl RetryLayer {
     /// from a copy made before the first attempt (a copy of every retriable request's
     /// method, target, headers and extensions, most of this layer's cost per request).
     ///
+    /// The list of the hosts tried ([`PreviousHosts`], which the balancer avoids and the
+    /// circuit breaker writes the cluster's limits in) is then made for the first retry,
+    /// from the first attempt's host and cluster as its head names them, rather than for
+    /// every request: a request answered at once allocates no list.
+    ///
     /// An answer that would be retried but came without its head is passed on as it is
     /// (the layers between this one and the connector make no retriable answer of their
     /// own). A route with a `perTryTimeout` still copies: an attempt cut at its timeout
@@ -419,13 +426,18 @@ where
             return ResponseFuture::once(self.inner.call(req.map(ReplayBody::plain)));
         };
         let (parts, body) = req.into_parts();
+        let mut timer = None;
+        if let Some(t) = policy.per_try_timeout {
+            timer = Some(Box::pin(tokio::time::sleep(t)));
+        }
+        let handed_back = self.layer.heads_handed_back && timer.is_none();
         let tried = Tried {
-            // always: it also brings the cluster's limits back from below the balancer
-            hosts: Some(if policy.retry_ignore_previous_hosts {
-                PreviousHosts::new()
-            } else {
-                PreviousHosts::recording_only()
-            }),
+            // With a copy of the head: from the first attempt on, as it also brings the
+            // cluster's limits back from below the balancer. Heads handed back: made for the
+            // first retry from the head the answer brought back, which names the first
+            // attempt's host and cluster (`Tried::first_retry`): a request answered at once
+            // allocates no list.
+            hosts: (!handed_back).then(|| previous_hosts(&policy)),
             priorities: policy.retry_remote_localities.then(PreviousPriorities::new),
         };
         let (first, replay) = if body.is_end_stream() {
@@ -435,12 +447,7 @@ where
             (first, Replay::Recorded(replayer))
         };
         let safe_only = !policy.explicit_retry_on && !is_idempotent(&parts.method);
-        let mut timer = None;
-        if let Some(t) = policy.per_try_timeout {
-            timer = Some(Box::pin(tokio::time::sleep(t)));
-        }
         let mark = per_try_mark(&parts, &policy);
-        let handed_back = self.layer.heads_handed_back && timer.is_none();
         let (fut, parts) = if handed_back {
             let mut parts = parts;
             parts.extensions.insert(ReturnHead);
@@ -553,6 +560,16 @@ fn envoy_overrides(
         p.per_try_timeout = (ms > 0).then(|| Duration::from_millis(ms));
     }
     Some(p)
+}
+
+/// The list of the hosts a request's attempts went to, avoided by the balancer under
+/// `retryIgnorePreviousHosts` (else only recorded: it brings the cluster's limits back).
+fn previous_hosts(policy: &RetryPolicy) -> PreviousHosts {
+    if policy.retry_ignore_previous_hosts {
+        PreviousHosts::new()
+    } else {
+        PreviousHosts::recording_only()
+    }
 }
 
 /// An attempt's request: the head (a copy of the one kept for retries, or the one handed
@@ -679,9 +696,12 @@ where
                             outcome.into_response(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
                         ));
                     }
-                    if retry.parts.is_none() {
+                    let Some(head) = retry.parts.as_ref() else {
                         // heads handed back, but not this one (see `with_heads_handed_back`)
                         return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
+                    };
+                    if retry.tried.hosts.is_none() {
+                        retry.tried.hosts = Some(Tried::first_retry(&retry.policy, head));
                     }
                     if !retry.retry_permit() {
                         return Poll::Ready(Ok(
@@ -816,6 +836,28 @@ const GRPC: RetryOn = RetryOn::GRPC_CANCELLED
     .union(RetryOn::GRPC_INTERNAL)
     .union(RetryOn::GRPC_RESOURCE_EXHAUSTED)
     .union(RetryOn::GRPC_UNAVAILABLE);
+
+// === impl Tried ===
+
+impl Tried {
+    /// The hosts list of a request whose first attempt went without one (heads handed
+    /// back): what the balancer and the circuit breaker would have written in it, read from
+    /// the first attempt's head as it came back: the host it went to and its cluster's limits
+    /// (the balancer's [`SelectedUpstream`], else standalone [`SelectedEndpoint`] and
+    /// [`UpstreamCluster`] extensions).
+    #[cold]
+    fn first_retry(policy: &RetryPolicy, head: &http::request::Parts) -> PreviousHosts {
+        let hosts = previous_hosts(policy);
+        let ext = &head.extensions;
+        if let Some(e) = selected_endpoint(ext) {
+            hosts.record(e.addr);
+        }
+        if let Some(l) = upstream_cluster(ext).and_then(|c| c.limits.as_ref()) {
+            hosts.set_limits(l);
+        }
+        hosts
+    }
+}
 
 // === impl Attempts ===
 

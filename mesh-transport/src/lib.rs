@@ -168,6 +168,7 @@ mod conn;
 pub mod fuzzing;
 mod h1client;
 pub mod h2guard;
+mod h2streams;
 pub mod headers;
 pub mod l4;
 mod limits;

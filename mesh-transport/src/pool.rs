@@ -1,9 +1,13 @@
 //! The upstream connection pool, an explicit handle owned by whoever makes connectors.
 //!
 //! A [`Pool`] holds, per [`PoolKey`] (an endpoint address and the TLS identity its
-//! connections were made with), a LIFO stack of idle HTTP/1.1 connections and one shared
-//! HTTP/2 connection (replaced after its cluster's `maxRequestsPerConnection` requests, when
-//! no request began on it for its `idleTimeout`, or once it is `maxConnectionDuration` old). An engine worker makes one pool for
+//! connections were made with), a LIFO stack of idle HTTP/1.1 connections and the shared
+//! HTTP/2 connections: a request takes a stream on the first one with fewer open streams
+//! than the lower of its cluster's `maxConcurrentStreams` and the server's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS`, and another connection is opened when every one is at
+//! its limit (without either limit, one connection carries every stream). A connection
+//! leaves the pool after its cluster's `maxRequestsPerConnection` requests, when no request
+//! began on it for its `idleTimeout`, or once it is `maxConnectionDuration` old. An engine worker makes one pool for
 //! its thread and hands every stack it builds a [`Connector`](crate::Connector) on it
 //! ([`WorkerContext::connector`]), so a worker's requests never touch another worker's pool
 //! and its lock is never contended; an in-process client makes one with [`Pool::new`] and
@@ -25,6 +29,7 @@ use mesh_core::ext::UpstreamPool;
 use mesh_core::hash::FastHashMap;
 
 use crate::h1client::H1Conn;
+use crate::h2streams::{H2Streams, StreamSlot};
 use crate::loops::Guard;
 use crate::reqbody::RequestBody;
 
@@ -72,15 +77,46 @@ struct Endpoint {
     // Boxed on purpose: a connection moves pool → request → pool on every request.
     #[allow(clippy::vec_box)]
     h1_idle: Vec<Box<H1Conn>>,
-    /// The shared HTTP/2 connection.
-    h2: Option<H2Conn>,
+    /// The shared HTTP/2 connections, oldest first.
+    h2: Vec<H2Conn>,
 }
 
-/// The shared HTTP/2 connection of an endpoint, with its cluster's settings: it leaves the
+/// An HTTP/2 connection as its requests share it: its sender once connected (the requests
+/// that took a stream on it while it connects wait for it; the first to poll connects),
+/// its open streams and the server's limit.
+pub(crate) struct H2Shared {
+    /// The connection's streams (shared with its reading side and its requests' slots).
+    pub(crate) streams: Arc<H2Streams>,
+    /// The connection's sender, or why connecting failed.
+    pub(crate) sender: tokio::sync::OnceCell<Result<H2Sender, crate::upstream::SendFailure>>,
+}
+
+/// The sender of an upstream HTTP/2 connection.
+pub(crate) type H2Sender = http2::SendRequest<RequestBody>;
+
+impl H2Shared {
+    /// Still connecting, or connected and able to take a request.
+    fn usable(&self) -> bool {
+        match self.sender.get() {
+            None => true,
+            Some(Ok(s)) => s.is_ready(),
+            Some(Err(_)) => false,
+        }
+    }
+
+    /// Connected and closed, or failed to connect.
+    fn closed(&self) -> bool {
+        self.sender
+            .get()
+            .is_some_and(|s| s.as_ref().map_or(true, |s| s.is_closed()))
+    }
+}
+
+/// A shared HTTP/2 connection of an endpoint, with its cluster's settings: it leaves the
 /// pool (and closes once its streams are done) after `maxRequestsPerConnection` requests,
 /// or when no request began on it for `idleTimeout`.
 struct H2Conn {
-    sender: http2::SendRequest<RequestBody>,
+    conn: Arc<H2Shared>,
     /// Requests begun on it.
     requests: u32,
     max_requests: Option<u32>,
@@ -168,42 +204,51 @@ impl Pool {
         }
     }
 
-    /// The shared HTTP/2 connection to `key`, if it can take a request; counts the request
-    /// against its `maxRequestsPerConnection` (the last one takes it out of the pool).
-    pub(crate) fn get_h2(&self, key: &PoolKey) -> Option<http2::SendRequest<RequestBody>> {
-        let mut inner = self.lock();
-        let epoch = inner.epoch;
-        let ep = inner.endpoints.get_mut(key)?;
-        let h2 = ep.h2.as_mut()?;
-        if !h2.sender.is_ready() || epoch.wrapping_sub(h2.born) >= h2.max_age {
-            ep.h2 = None;
-            return None;
-        }
-        h2.requests += 1;
-        h2.used = epoch;
-        if h2.max_requests.is_some_and(|m| h2.requests >= m) {
-            return ep.h2.take().map(|h| h.sender);
-        }
-        Some(h2.sender.clone())
-    }
-
-    /// Keeps `sender`, a new connection about to carry its first request, as the shared
-    /// HTTP/2 connection to `key`, with its cluster's settings (unless that request is its
-    /// last). Starts the sweep when the pool had nothing to sweep.
-    pub(crate) fn put_h2(
+    /// A stream on a shared HTTP/2 connection to `key`: on the first (connected or
+    /// connecting) that has fewer than `max_streams` streams open (nor more than the server
+    /// allows), else on a new connection, kept in the pool with its cluster's settings
+    /// `pool` (unless its first request is its last) and made by whoever polls its sender
+    /// first. Counts the request against the connection's `maxRequestsPerConnection` (the
+    /// last one takes it out of the pool). Starts the sweep when the pool had nothing to
+    /// sweep.
+    pub(crate) fn checkout_h2(
         &self,
         key: PoolKey,
-        sender: http2::SendRequest<RequestBody>,
+        max_streams: u32,
         pool: UpstreamPool,
-    ) {
-        if pool.max_requests_per_connection.is_some_and(|m| m <= 1) {
-            return;
-        }
-        let start_sweep = {
+    ) -> (Arc<H2Shared>, StreamSlot) {
+        let (start_sweep, conn, slot) = {
             let mut inner = self.lock();
-            let used = inner.epoch;
-            inner.endpoints.entry(key).or_default().h2 = Some(H2Conn {
-                sender,
+            let epoch = inner.epoch;
+            let ep = inner.endpoints.entry(key).or_default();
+            ep.h2
+                .retain(|h| h.conn.usable() && epoch.wrapping_sub(h.born) < h.max_age);
+            let found = ep
+                .h2
+                .iter()
+                .enumerate()
+                .find_map(|(i, h)| Some((i, h.conn.streams.try_take(max_streams)?)));
+            if let Some((i, slot)) = found {
+                let h2 = &mut ep.h2[i];
+                h2.requests += 1;
+                h2.used = epoch;
+                let conn = h2.conn.clone();
+                if h2.max_requests.is_some_and(|m| h2.requests >= m) {
+                    ep.h2.remove(i);
+                }
+                return (conn, slot);
+            }
+            let conn = Arc::new(H2Shared {
+                streams: H2Streams::new(),
+                sender: tokio::sync::OnceCell::new(),
+            });
+            let slot = conn.streams.take();
+            if pool.max_requests_per_connection.is_some_and(|m| m <= 1) {
+                return (conn, slot);
+            }
+            let used = epoch;
+            ep.h2.push(H2Conn {
+                conn: conn.clone(),
                 requests: 1,
                 max_requests: pool.max_requests_per_connection,
                 used,
@@ -211,11 +256,12 @@ impl Pool {
                 born: used,
                 max_age: crate::upstream::max_age_sweeps(&pool),
             });
-            !std::mem::replace(&mut inner.sweeping, true)
+            (!std::mem::replace(&mut inner.sweeping, true), conn, slot)
         };
         if start_sweep {
             self.start_sweep();
         }
+        (conn, slot)
     }
 
     fn start_sweep(&self) {
@@ -272,14 +318,12 @@ impl Inner {
                 epoch.wrapping_sub(c.idle_since) < c.idle_sweeps && !c.expired(epoch) && c.idle_ok()
             });
             left += ep.h1_idle.len();
-            if ep.h2.as_ref().is_some_and(|h| {
-                epoch.wrapping_sub(h.used) >= h.idle_sweeps
-                    || epoch.wrapping_sub(h.born) >= h.max_age
-                    || h.sender.is_closed()
-            }) {
-                ep.h2 = None;
-            }
-            left += usize::from(ep.h2.is_some());
+            ep.h2.retain(|h| {
+                epoch.wrapping_sub(h.used) < h.idle_sweeps
+                    && epoch.wrapping_sub(h.born) < h.max_age
+                    && !h.conn.closed()
+            });
+            left += ep.h2.len();
         }
         left
     }

@@ -64,7 +64,8 @@
 //!
 //! **Pooling**: each thread has its own pool (a thread-local), so an engine worker's
 //! requests never touch another thread's state and nothing is locked: per endpoint a LIFO
-//! stack of idle HTTP/1.1 connections and one multiplexed HTTP/2 connection. An HTTP/1.1
+//! stack of idle HTTP/1.1 connections and the multiplexed HTTP/2 connections (one, unless
+//! streams fill it: see `maxConcurrentStreams` below). An HTTP/1.1
 //! connection goes back to the stack as soon as its response has been read (for a small
 //! response, before the response is even returned). An idle connection the upstream closed
 //! is noticed when it is next taken (no system call unless its socket became readable) and
@@ -84,9 +85,18 @@
 //! timeout for the cluster, `tcp.tcpKeepalive` turns TCP keep-alive on for its new
 //! connections, and `http.http2KeepAlive` has its HTTP/2 connections PING the upstream
 //! while streams are open (closed when a PING goes unanswered for the timeout).
+//! `http.maxConcurrentStreams` (Envoy's `http2_protocol_options.max_concurrent_streams`)
+//! bounds the streams open at once on one HTTP/2 connection, as does the server's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` (the lower of the two): a request takes a stream on
+//! the first connection with room, else opens another connection, which takes requests once
+//! the server's first `SETTINGS` has arrived (so that its limit holds from the first
+//! stream; requests arriving while it connects wait for it, up to its limit). A stream
+//! counts until its response body ends or is dropped.
 //!
 //! **Differences from Envoy**: no per-endpoint connection limit (circuit breaking lives in
-//! `mesh-resilience`); HTTP/2 uses one connection per endpoint and thread, and its idle time
+//! `mesh-resilience`), and the HTTP/2 connections opened for `maxConcurrentStreams` are not
+//! bounded by `tcp.maxConnections`; HTTP/2 uses one connection per endpoint and thread
+//! until its streams fill it, and its idle time
 //! counts from the last request begun, not from the end of the last stream (streams in
 //! flight finish on it).
 //!
@@ -104,7 +114,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -122,12 +132,17 @@ use mesh_core::ext::{
 use tokio::net::TcpStream;
 
 use crate::h1client::{self, FailKind, H1Body, H1Conn, Io};
+use crate::h2streams::{H2Streams, SettingsReader, StreamSlot};
 use crate::headers::{UPGRADE, hop_by_hop_present, strip_hop_by_hop, strip_present};
 use crate::loops::{Loop, loop_reply};
 use crate::pool::{DEFAULT_MAX_IDLE_PER_ENDPOINT, Pool, PoolKey, SWEEP_EVERY};
 use crate::reqbody::RequestBody;
 use crate::tls::{ClientTls, UpstreamTls};
 use crate::upgrade::{Tunnel, TunnelHandle, Upgrade};
+
+/// How many times a request's HTTP/2 stream moves to another connection because the one it
+/// was given, once connected, turned out to be over the server's limit.
+const MAX_STREAM_MOVES: u32 = 2;
 
 /// The response type of every stack: the upstream's body or a local one.
 pub type EngineResponse = Response<MeshBody<UpstreamBody>>;
@@ -139,7 +154,8 @@ pub struct UpstreamBody(BodyKind);
 enum BodyKind {
     Full(Option<Bytes>),
     H1(Box<H1Body>),
-    H2(Incoming),
+    /// An HTTP/2 body, with the stream it holds on a pooled connection until it ends.
+    H2(Incoming, Option<StreamSlot>),
 }
 
 /// The error of an [`UpstreamBody`]: the upstream reset, closed or broke framing mid-body.
@@ -188,7 +204,8 @@ enum Inner {
 }
 
 /// Why sending failed, for the local reply.
-enum SendFailure {
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SendFailure {
     /// The upstream is one of the proxy's own listeners.
     Loop,
     Connect,
@@ -343,10 +360,14 @@ async fn handshake(
 }
 
 /// The upstream's response as the stack's: hop-by-hop headers removed, body wrapped.
-fn into_engine_response(res: Response<Incoming>) -> EngineResponse {
+/// A stream on a pooled HTTP/2 connection is counted open until the body ends.
+fn into_engine_response(res: Response<Incoming>, slot: Option<StreamSlot>) -> EngineResponse {
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, MeshBody::inner(UpstreamBody::from_incoming(body)))
+    Response::from_parts(
+        parts,
+        MeshBody::inner(UpstreamBody(BodyKind::H2(body, slot))),
+    )
 }
 
 impl Connector {
@@ -476,19 +497,31 @@ impl Connector {
             addr,
             tls: tls.as_ref().map_or(0, |t| t.key),
         };
-        let pooled = self.pool.get_h2(&key);
-        let mut sender = match pooled {
-            Some(s) => s,
-            None => match Box::pin(self.connect_h2(addr, tls.as_ref())).await {
-                Ok(s) => {
-                    self.pool.put_h2(key, s.clone(), pool);
-                    s
-                }
+        // the DestinationRule's `maxConcurrentStreams` (and the server's limit, which the
+        // pool knows): a stream on a connection with room, else a new connection
+        let max_streams = pool.max_concurrent_streams.unwrap_or(u32::MAX);
+        let mut moves = 0;
+        let (mut sender, slot) = loop {
+            let (conn, slot) = self.pool.checkout_h2(key, max_streams, pool);
+            let connected = conn
+                .sender
+                .get_or_init(|| Box::pin(self.connect_h2(addr, tls.as_ref(), conn.streams.clone())))
+                .await;
+            match connected {
+                // moved twice already (a server allowing no stream at all, say): it waits on
+                // this connection, which queues it, rather than opening connections forever
+                Ok(s) if moves == MAX_STREAM_MOVES => break (s.clone(), slot),
+                // a stream taken while the connection was made may be over the server's
+                // limit, known now: then it goes to another connection
+                Ok(s) => match slot.within_server_limit() {
+                    Some(slot) => break (s.clone(), slot),
+                    None => moves += 1,
+                },
                 Err(f) => return f.reply(),
-            },
+            }
         };
         match sender.try_send_request(req).await {
-            Ok(res) => into_engine_response(res),
+            Ok(res) => into_engine_response(res, Some(slot)),
             // a refused stream first: the connection may be closing too (a GOAWAY), but the
             // upstream said it did not process the request
             Err(e) if refused_stream(e.error()) => SendFailure::Refused.reply(),
@@ -530,6 +563,7 @@ impl Connector {
         &self,
         addr: SocketAddr,
         tls: Option<&ClientTls>,
+        streams: Arc<H2Streams>,
     ) -> Result<http2::SendRequest<RequestBody>, SendFailure> {
         self.refuse_own(addr)?;
         let connect = async {
@@ -548,8 +582,10 @@ impl Connector {
             // the connection task runs on its own; only the sender is kept
             let sender = match tls {
                 None => {
+                    // the reading side records the server's SETTINGS_MAX_CONCURRENT_STREAMS
+                    let io = SettingsReader::new(stream, streams.clone());
                     let (sender, conn) = builder
-                        .handshake(TokioIo::new(stream))
+                        .handshake(TokioIo::new(io))
                         .await
                         .map_err(std::io::Error::other)?;
                     tokio::spawn(conn);
@@ -557,14 +593,17 @@ impl Connector {
                 }
                 Some(t) => {
                     let stream = handshake(t, stream).await?;
+                    let io = SettingsReader::new(stream, streams.clone());
                     let (sender, conn) = builder
-                        .handshake(TokioIo::new(stream))
+                        .handshake(TokioIo::new(io))
                         .await
                         .map_err(std::io::Error::other)?;
                     tokio::spawn(conn);
                     sender
                 }
             };
+            // the server's preface: its stream limit is known before the first request
+            streams.settled().await;
             Ok::<_, std::io::Error>(sender)
         };
         let sender = tokio::time::timeout(self.connect_timeout, connect)
@@ -816,7 +855,7 @@ impl std::fmt::Debug for ConnectorFuture {
 impl UpstreamBody {
     /// Wraps a hyper body (an HTTP/2 upstream's, or any `Incoming`).
     pub fn from_incoming(body: Incoming) -> Self {
-        UpstreamBody(BodyKind::H2(body))
+        UpstreamBody(BodyKind::H2(body, None))
     }
 
     /// A complete body (`None`: empty).
@@ -843,7 +882,13 @@ impl http_body::Body for UpstreamBody {
                 Poll::Ready(bytes.take().map(|b| Ok(http_body::Frame::data(b))))
             }
             BodyKind::H1(body) => Pin::new(&mut **body).poll_frame(cx).map_err(Into::into),
-            BodyKind::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            BodyKind::H2(body, slot) => {
+                let frame = ready!(Pin::new(body).poll_frame(cx));
+                if frame.is_none() {
+                    *slot = None; // the stream is over: room for another on its connection
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
         }
     }
 
@@ -851,7 +896,7 @@ impl http_body::Body for UpstreamBody {
         match &self.0 {
             BodyKind::Full(bytes) => bytes.is_none(),
             BodyKind::H1(body) => body.is_end_stream(),
-            BodyKind::H2(body) => body.is_end_stream(),
+            BodyKind::H2(body, _) => body.is_end_stream(),
         }
     }
 
@@ -861,7 +906,7 @@ impl http_body::Body for UpstreamBody {
                 http_body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             BodyKind::H1(body) => body.size_hint(),
-            BodyKind::H2(body) => body.size_hint(),
+            BodyKind::H2(body, _) => body.size_hint(),
         }
     }
 }
@@ -874,7 +919,7 @@ impl std::fmt::Debug for UpstreamBody {
                 .field(&b.as_ref().map(Bytes::len))
                 .finish(),
             BodyKind::H1(b) => b.fmt(f),
-            BodyKind::H2(b) => b.fmt(f),
+            BodyKind::H2(b, _) => b.fmt(f),
         }
     }
 }
@@ -1209,6 +1254,135 @@ mod settings_tests {
         assert_eq!(c.pool().sweep_now(), 0, "two sweeps old, though just used");
         assert_eq!(get(&c, addr, true, four).await, 200);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// What an upstream that holds its answers saw: connections, and the most streams open
+    /// at once on one connection.
+    #[derive(Default)]
+    struct StreamCounts {
+        connections: AtomicUsize,
+        most_on_one: AtomicUsize,
+    }
+
+    /// An h2c upstream on port 0 (advertising `server_max` streams, if set) that holds every
+    /// answer until `release` has a permit for it; each request is announced on `started`.
+    async fn holding_h2_upstream(
+        server_max: Option<u32>,
+    ) -> (
+        SocketAddr,
+        Arc<StreamCounts>,
+        Arc<tokio::sync::Semaphore>,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts = Arc::new(StreamCounts::default());
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let (started, started_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (c, r) = (counts.clone(), release.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                c.connections.fetch_add(1, Ordering::SeqCst);
+                let open = Arc::new(AtomicUsize::new(0));
+                let (c, r, started) = (c.clone(), r.clone(), started.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let (c, r, open, started) =
+                            (c.clone(), r.clone(), open.clone(), started.clone());
+                        async move {
+                            let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                            c.most_on_one.fetch_max(now, Ordering::SeqCst);
+                            let _ = started.send(());
+                            r.acquire().await.unwrap().forget();
+                            open.fetch_sub(1, Ordering::SeqCst);
+                            Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
+                                Bytes::from_static(b"ok"),
+                            )))
+                        }
+                    });
+                    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    if let Some(m) = server_max {
+                        b.max_concurrent_streams(m);
+                    }
+                    let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        (addr, counts, release, started_rx)
+    }
+
+    /// Sends `n` requests at once and waits until the upstream holds all of them; then
+    /// releases them and checks every answer.
+    async fn hold_n(
+        c: &Connector,
+        addr: SocketAddr,
+        pool: UpstreamPool,
+        n: usize,
+        release: &tokio::sync::Semaphore,
+        started: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    ) {
+        let sent: Vec<_> = (0..n)
+            .map(|_| tokio::spawn(get_owned(c.clone(), addr, pool)))
+            .collect();
+        for _ in 0..n {
+            started.recv().await.unwrap();
+        }
+        release.add_permits(n);
+        for s in sent {
+            assert_eq!(s.await.unwrap(), 200);
+        }
+    }
+
+    async fn get_owned(c: Connector, addr: SocketAddr, pool: UpstreamPool) -> u16 {
+        get(&c, addr, true, pool).await
+    }
+
+    /// Envoy's `max_concurrent_streams` (Istio's `maxConcurrentStreams`): a connection never
+    /// carries more than that many streams; when every one is at the limit another is
+    /// opened, and a stream that ended makes room again.
+    #[tokio::test]
+    async fn h2_streams_per_connection_are_limited_by_max_concurrent_streams() {
+        let (addr, counts, release, mut started) = holding_h2_upstream(None).await;
+        let c = Connector::new(Duration::from_secs(5));
+        let two = UpstreamPool {
+            max_concurrent_streams: Some(2),
+            ..UpstreamPool::default()
+        };
+        hold_n(&c, addr, two, 6, &release, &mut started).await;
+        assert_eq!(
+            counts.connections.load(Ordering::SeqCst),
+            3,
+            "6 streams, 2 each"
+        );
+        assert_eq!(counts.most_on_one.load(Ordering::SeqCst), 2);
+        // the streams ended: the three connections take six more
+        hold_n(&c, addr, two, 6, &release, &mut started).await;
+        assert_eq!(counts.connections.load(Ordering::SeqCst), 3);
+        assert_eq!(counts.most_on_one.load(Ordering::SeqCst), 2);
+        // without the limit, one connection carries them all
+        let c = Connector::new(Duration::from_secs(5));
+        hold_n(&c, addr, UpstreamPool::default(), 6, &release, &mut started).await;
+        assert_eq!(counts.connections.load(Ordering::SeqCst), 4);
+        assert_eq!(counts.most_on_one.load(Ordering::SeqCst), 6);
+    }
+
+    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS` is a connection's limit too (the lower
+    /// of the two): over it, another connection is opened instead of the stream waiting.
+    #[tokio::test]
+    async fn h2_streams_per_connection_respect_the_server_s_limit() {
+        let (addr, counts, release, mut started) = holding_h2_upstream(Some(2)).await;
+        let c = Connector::new(Duration::from_secs(5));
+        hold_n(&c, addr, UpstreamPool::default(), 5, &release, &mut started).await;
+        assert_eq!(counts.connections.load(Ordering::SeqCst), 3, "2 + 2 + 1");
+        assert_eq!(counts.most_on_one.load(Ordering::SeqCst), 2);
+        // the cluster's limit, lower, wins
+        let c = Connector::new(Duration::from_secs(5));
+        let one = UpstreamPool {
+            max_concurrent_streams: Some(1),
+            ..UpstreamPool::default()
+        };
+        hold_n(&c, addr, one, 3, &release, &mut started).await;
+        assert_eq!(counts.connections.load(Ordering::SeqCst), 6);
     }
 
     /// Istio's `applyTCPKeepalive`: `tcp.tcpKeepalive` turns `SO_KEEPALIVE` on for the

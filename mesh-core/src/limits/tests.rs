@@ -2,6 +2,7 @@ use super::*;
 use crate::model::networking::{
     ConnectionPoolSettings, HttpSettings, RetryBudget as IstioBudget, TcpSettings,
 };
+use std::time::Duration;
 
 fn limits(t: Thresholds) -> Arc<ClusterLimits> {
     Arc::new(ClusterLimits::detached(t))
@@ -175,11 +176,76 @@ fn retry_permits_follow_budget_and_max_retries() {
         retry_budget: Some(RetryBudget {
             percent: 0.0,
             min_retry_concurrency: 2,
+            interval: None,
         }),
         ..Thresholds::default()
     });
     let _two = [l.try_retry().unwrap(), l.try_retry().unwrap()];
     assert!(l.try_retry().is_none(), "the budget replaces maxRetries");
+}
+
+/// Istio's `retryBudget.budgetInterval`: the budget is a share of the requests begun within
+/// the interval (a sliding window in tenths of it), not only those still active: after ten
+/// short requests, five retries may run at once (50 %); once the interval has passed
+/// without requests, only `minRetryConcurrency`. Without the interval the same ten ended
+/// requests leave only the minimum. A zero interval is Istio's default (unset).
+#[tokio::test(start_paused = true)]
+async fn budget_interval_counts_the_requests_begun_within_it() {
+    let budget = |interval: Option<Duration>| Thresholds {
+        retry_budget: Some(RetryBudget {
+            percent: 50.0,
+            min_retry_concurrency: 1,
+            interval,
+        }),
+        ..Thresholds::default()
+    };
+    let held = |l: &ClusterLimits| {
+        let mut permits = Vec::new();
+        while let Some(p) = l.try_retry() {
+            permits.push(p);
+        }
+        permits.len()
+    };
+    let l = limits(budget(Some(Duration::from_secs(10))));
+    for _ in 0..10 {
+        drop(admitted(l.admit(false))); // short requests: ended at once
+    }
+    assert_eq!(l.counters().requests(), 0);
+    assert_eq!(held(&l), 5, "50 % of the 10 begun within 10s");
+    tokio::time::advance(Duration::from_secs(6)).await;
+    for _ in 0..4 {
+        drop(admitted(l.admit(false)));
+    }
+    assert_eq!(held(&l), 7, "14 within the window");
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(held(&l), 2, "the first 10 left the window 10s after them");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(held(&l), 1, "an empty window: minRetryConcurrency");
+
+    let l = limits(budget(None));
+    for _ in 0..10 {
+        drop(admitted(l.admit(false)));
+    }
+    assert_eq!(held(&l), 1, "no interval: the active requests only");
+
+    let tp = TrafficPolicy {
+        retry_budget: Some(IstioBudget {
+            budget_interval: Some("0ms".parse().unwrap()),
+            ..IstioBudget::default()
+        }),
+        ..TrafficPolicy::default()
+    };
+    let b = Thresholds::from_traffic_policy(&tp).retry_budget.unwrap();
+    assert_eq!(b.interval, None, "0ms: Istio's default");
+    let tp = TrafficPolicy {
+        retry_budget: Some(IstioBudget {
+            budget_interval: Some("30s".parse().unwrap()),
+            ..IstioBudget::default()
+        }),
+        ..TrafficPolicy::default()
+    };
+    let b = Thresholds::from_traffic_policy(&tp).retry_budget.unwrap();
+    assert_eq!(b.interval, Some(Duration::from_secs(30)));
 }
 
 /// Polls a future once.

@@ -843,8 +843,8 @@ static HTTP_SETTINGS: TypeDef = TypeDef {
         field(
             "maxConcurrentStreams",
             Leaf,
-            Status::NotYet(Area::Resilience),
-            "",
+            Status::Enforced,
+            "streams per upstream HTTP/2 connection, at most the server's `SETTINGS_MAX_CONCURRENT_STREAMS`; more connections are opened (not bounded by `maxConnections`)",
         ),
         field(
             "http2KeepAlive",
@@ -997,8 +997,8 @@ static RETRY_BUDGET: TypeDef = TypeDef {
         field(
             "budgetInterval",
             Leaf,
-            Status::NotYet(Area::Resilience),
-            "the budget is over the requests in flight, as Envoy's",
+            Status::Enforced,
+            "the budget is a share of the requests begun within the interval (a sliding window in tenths of it); unset or 0: of the requests active and pending",
         ),
     ],
 };

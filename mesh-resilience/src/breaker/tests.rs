@@ -233,6 +233,7 @@ async fn retry_budget_exhaustion_returns_the_last_answer_with_uo() {
         retry_budget: Some(RetryBudget {
             percent: 0.0,
             min_retry_concurrency: 1,
+            interval: None,
         }),
         ..Thresholds::default()
     });

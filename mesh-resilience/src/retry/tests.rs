@@ -845,7 +845,15 @@ where
     }
 
     fn call(&mut self, req: Request<ReplayBody<B>>) -> Self::Future {
-        let (head, body) = req.into_parts();
+        let (mut head, body) = req.into_parts();
+        // the balancer's pick, which the head brings back: the n-th attempt's host (the
+        // mock's 10.0.0.n)
+        let n = self.0.calls() as u8;
+        head.extensions
+            .insert(mesh_core::ext::SelectedEndpoint::new(SocketAddr::from((
+                [10, 0, 0, n],
+                80,
+            ))));
         let back = head.extensions.get::<ReturnHead>().is_some().then(|| {
             let mut back = head.clone();
             let n = self.0.calls() + 1;
@@ -887,8 +895,12 @@ async fn heads_handed_back_retry_from_the_head_the_answer_brought() {
         seen.iter().all(|s| s.body == "body"),
         "the body is replayed"
     );
-    // the balancer's list of hosts tried is still shared by the attempts
-    assert_eq!(seen[2].previous.as_ref().map(Vec::len), Some(2));
+    // the balancer's list of hosts tried: none for the first attempt (nothing to avoid),
+    // made for the first retry from the host the first attempt's head names, then shared
+    assert_eq!(seen[0].previous, None);
+    let host = |n: u8| SocketAddr::from(([10, 0, 0, n], 80));
+    assert_eq!(seen[1].previous, Some(vec![host(0)]));
+    assert_eq!(seen[2].previous, Some(vec![host(0), host(1)]));
     assert!(
         res.extensions().get::<ReturnedHead>().is_none(),
         "the head goes no further up than the retry layer"
