@@ -81,9 +81,10 @@ use crate::gateway::{HttpsRedirect, HttpsRedirectLayer};
 
 /// The type of a worker's stack, around the innermost service `S`: the engine's
 /// [`Connector`] in the proxy, any client in-process (`mesh-stack`, through
-/// [`Layers::wrap`]). The trace and record layers, the router and the balancer insert one
-/// request extension each (`TraceContext`, `StreamInfo`, `RouteDecision`,
-/// `SelectedUpstream`; one more with mirrors).
+/// [`Layers::wrap`]). The trace and record layers insert one request extension each
+/// (`TraceContext`, `StreamInfo`); the router, the timeout and retry layers and the balancer
+/// write theirs (`RouteDecision`, `TimeoutMark`, `PreviousHosts`, `SelectedUpstream`) into
+/// one more, [`RequestSlots`](mesh_core::ext::RequestSlots) (one more with mirrors).
 pub type MeshStack<S = Connector> = IntoRequestBody<
     Trace<
         Record<
@@ -473,7 +474,8 @@ impl Layers {
     /// The stack around any innermost service: the proxy's worker stacks
     /// ([`stack`](Self::stack)) and `mesh-stack`'s in-process clients are this one
     /// assembly. `inner` gets the request with the balancer's
-    /// [`SelectedUpstream`](mesh_core::ext::SelectedUpstream) in its extensions and a
+    /// [`SelectedUpstream`](mesh_core::ext::SelectedUpstream) in its extensions (read it with
+    /// [`selected_upstream`](mesh_core::ext::selected_upstream)) and a
     /// [`RequestBody`].
     pub fn wrap<S>(&self, inner: S) -> MeshStack<S> {
         let lb = self

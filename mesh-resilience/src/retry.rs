@@ -170,7 +170,7 @@ use mesh_core::body::ReplyBody;
 use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
 use mesh_core::ext::{
     PreviousHosts, PreviousPriorities, RefusedStream, ReturnHead, ReturnedHead, TimeoutMark,
-    flags_of, local_reply, mark, route_policy,
+    flags_of, local_reply, mark, route_policy, slots_mut, timeout_mark,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::limits::RetryPermit;
@@ -563,14 +563,17 @@ fn attempt<B>(
     body: ReplayBody<B>,
     timeout: Option<&TimeoutMark>,
 ) -> Request<ReplayBody<B>> {
-    if let Some(m) = timeout {
-        head.extensions.insert(m.clone());
-    }
-    if let Some(h) = &tried.hosts {
-        head.extensions.insert(h.clone());
-    }
-    if let Some(p) = &tried.priorities {
-        head.extensions.insert(p.clone());
+    if timeout.is_some() || tried.hosts.is_some() || tried.priorities.is_some() {
+        let slots = slots_mut(&mut head.extensions);
+        if let Some(m) = timeout {
+            slots.timeout = Some(m.clone());
+        }
+        if let Some(h) = &tried.hosts {
+            slots.hosts = Some(h.clone());
+        }
+        if let Some(p) = &tried.priorities {
+            slots.priorities = Some(p.clone());
+        }
     }
     Request::from_parts(head, body)
 }
@@ -580,7 +583,7 @@ fn attempt<B>(
 fn per_try_mark(parts: &http::request::Parts, policy: &RetryPolicy) -> Option<TimeoutMark> {
     policy
         .per_try_timeout
-        .map(|_| TimeoutMark::child_of(parts.extensions.get::<TimeoutMark>()))
+        .map(|_| TimeoutMark::child_of(timeout_mark(&parts.extensions)))
 }
 
 /// RFC 9110 §9.2.2's idempotent methods.
