@@ -4,10 +4,15 @@
 //! extensions and the layers below read it when present (falling back to their own
 //! configuration otherwise). Each type here says who writes it and who reads it.
 //!
-//! Each layer writes one extension per request: the router a [`RouteDecision`], the
-//! balancer a [`SelectedUpstream`]. Read their parts with [`route_destination`],
-//! [`route_policy`], [`selected_endpoint`] and [`upstream_cluster`], which also accept the
-//! parts inserted on their own (by in-process users, tests, or the paths that have only one
+//! The layers of the stack write their per-request values into one extension,
+//! [`RequestSlots`] (one boxed map entry per request, allocated by the first writer, copied
+//! whole by the retry layer's copy of the head): the router its [`RouteDecision`], the
+//! timeout layer its [`TimeoutMark`], the retry layer its [`PreviousHosts`] and
+//! [`PreviousPriorities`], the balancer its [`SelectedUpstream`]. Writers go through
+//! [`slots_mut`]; readers through [`route_destination`], [`route_policy`],
+//! [`selected_upstream`], [`selected_endpoint`], [`upstream_cluster`], [`timeout_mark`],
+//! [`previous_hosts`] and [`previous_priorities`], which also accept each value inserted on
+//! its own as an extension (by in-process users, tests, or the paths that have only one
 //! part: passthrough).
 
 use std::net::SocketAddr;
@@ -121,7 +126,7 @@ pub struct EndpointMeta {
 /// (for its retry permits: `maxRetries`, `retryBudget`).
 ///
 /// Written by the retry layer (`mesh-resilience`) into every attempt of a request it may
-/// retry (one list shared by the attempts; [`PreviousHosts::new`] when the policy avoids
+/// retry ([`RequestSlots::hosts`]; one list shared by the attempts; [`PreviousHosts::new`] when the policy avoids
 /// previous hosts, else [`PreviousHosts::recording_only`]); read and written by the balancer
 /// (`mesh-lb`), which reselects a host already in the list (up to
 /// [`PreviousHosts::RESELECT`] times, as Istio's `HostSelectionRetryMaxAttempts`, then
@@ -145,7 +150,8 @@ struct Attempted {
 /// `previous_priorities` retry priority, which Istio configures with `update_frequency: 2`).
 ///
 /// Written by the retry layer (`mesh-resilience`) into every attempt of a request whose
-/// retry policy has `retryRemoteLocalities` (one list shared by the attempts); read and
+/// retry policy has `retryRemoteLocalities` ([`RequestSlots::priorities`]; one list shared
+/// by the attempts); read (through [`previous_priorities`]) and
 /// written by the balancer (`mesh-lb`), which picks the priority of an attempt from the
 /// priority load recomputed without [`PreviousPriorities::excluded`] (falling back to the
 /// unmodified load when that leaves no priority able to take traffic) and records the
@@ -189,7 +195,8 @@ pub struct ReturnedHead(pub http::request::Parts);
 /// than the client going away.
 ///
 /// Written by the timeout layer (`mesh-resilience`) into a request with a route timeout and
-/// by the retry layer into each attempt with a per-try timeout (chained to the route's); the
+/// by the retry layer into each attempt with a per-try timeout (chained to the route's), in
+/// [`RequestSlots::timeout`] (read through [`timeout_mark`]); the
 /// layer whose timer fires calls [`TimeoutMark::fire`] before it drops the attempt. Read by
 /// outlier detection when its attempt is dropped unanswered: a timeout counts against the
 /// endpoint (Envoy's `LocalOriginTimeout`), a client's disconnect does not.
@@ -398,11 +405,12 @@ pub struct TcpKeepalive {
 }
 
 /// What the router decided for a forwarded request: the destination and the route's policy,
-/// in one extension (one insert per request; the policy is shared, built once per route and
-/// match block).
+/// in one value (the policy is shared, built once per route and match block).
 ///
 /// Written by the router (`mesh-routing`) for every request it forwards to a route's
-/// destination, and by its mirror layer on each mirrored copy. Readers (the balancer, the
+/// destination, and by its mirror layer on each mirrored copy, in
+/// [`RequestSlots::decision`] (an in-process user may also insert it as an extension of its
+/// own). Readers (the balancer, the
 /// resilience layers) use [`route_destination`] and [`route_policy`], which also accept a
 /// standalone [`RouteDestination`] / [`RoutePolicy`] (passthrough requests, requests from
 /// in-process users without a router).
@@ -418,9 +426,10 @@ pub struct RouteDecision {
 /// [`UpstreamCluster`], in one shared value (built once per endpoint when the cluster is
 /// built; a request's insert is one reference-count increment).
 ///
-/// Written by the balancer (`mesh-lb`) for every request sent to an endpoint of a cluster.
-/// Readers use [`selected_endpoint`] and [`upstream_cluster`], which also accept a standalone
-/// [`SelectedEndpoint`] / [`UpstreamCluster`].
+/// Written by the balancer (`mesh-lb`) for every request sent to an endpoint of a cluster,
+/// in [`RequestSlots::upstream`]. Readers use [`selected_upstream`], [`selected_endpoint`]
+/// and [`upstream_cluster`], which also accept a standalone [`SelectedUpstream`] (as an
+/// extension of its own), [`SelectedEndpoint`] or [`UpstreamCluster`].
 #[derive(Debug, Clone)]
 pub struct SelectedUpstream(Arc<(SelectedEndpoint, UpstreamCluster)>);
 
@@ -605,42 +614,139 @@ impl PreviousPriorities {
     }
 }
 
-/// The request's destination: its [`RouteDecision`]'s, else a standalone
-/// [`RouteDestination`].
+/// The values the layers of the stack write for a request, in one request extension
+/// instead of a boxed extension each: one allocation per request (by the first writer,
+/// [`slots_mut`]), one clone when the retry layer copies the head, no growth of the
+/// extension map as the request goes inwards.
+///
+/// Written through [`slots_mut`] by the router ([`decision`](Self::decision)), the timeout
+/// and retry layers ([`timeout`](Self::timeout), [`hosts`](Self::hosts),
+/// [`priorities`](Self::priorities)) and the balancer ([`upstream`](Self::upstream)). Read
+/// through the accessors ([`route_destination`], [`route_policy`], [`selected_upstream`],
+/// [`selected_endpoint`], [`upstream_cluster`], [`timeout_mark`], [`previous_hosts`],
+/// [`previous_priorities`]): a slot that is set wins over the same value inserted on its own
+/// as an extension.
+///
+/// ```
+/// use mesh_core::ext::{TimeoutMark, slots_mut, timeout_mark};
+///
+/// let mut req = http::Request::new(());
+/// assert!(timeout_mark(req.extensions()).is_none());
+/// slots_mut(req.extensions_mut()).timeout = Some(TimeoutMark::new());
+/// assert!(timeout_mark(req.extensions()).is_some_and(|m| !m.fired()));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RequestSlots {
+    /// The router's decision (see [`RouteDecision`]).
+    pub decision: Option<RouteDecision>,
+    /// The timeout mark of the attempt: the route timeout's, or the retry layer's per-try
+    /// one (see [`TimeoutMark`]).
+    pub timeout: Option<TimeoutMark>,
+    /// The hosts of the earlier attempts (see [`PreviousHosts`]).
+    pub hosts: Option<PreviousHosts>,
+    /// The priorities of the earlier attempts (see [`PreviousPriorities`]).
+    pub priorities: Option<PreviousPriorities>,
+    /// The balancer's pick for the attempt (see [`SelectedUpstream`]).
+    pub upstream: Option<SelectedUpstream>,
+}
+
+/// The request's [`RequestSlots`], inserted empty if it has none yet.
+#[inline]
+pub fn slots_mut(ext: &mut Extensions) -> &mut RequestSlots {
+    ext.get_or_insert_default::<RequestSlots>()
+}
+
+/// The request's [`RequestSlots`], if a layer wrote any.
+#[inline]
+pub fn slots(ext: &Extensions) -> Option<&RequestSlots> {
+    ext.get::<RequestSlots>()
+}
+
+/// The request's route decision: its [`RequestSlots`]', else a standalone
+/// [`RouteDecision`].
+#[inline]
+pub fn route_decision(ext: &Extensions) -> Option<&RouteDecision> {
+    match slots(ext).and_then(|s| s.decision.as_ref()) {
+        Some(d) => Some(d),
+        None => ext.get::<RouteDecision>(),
+    }
+}
+
+/// The request's destination: its [`RouteDecision`]'s ([`route_decision`]), else a
+/// standalone [`RouteDestination`].
 #[inline]
 pub fn route_destination(ext: &Extensions) -> Option<&RouteDestination> {
-    match ext.get::<RouteDecision>() {
+    match route_decision(ext) {
         Some(d) => Some(&d.dest),
         None => ext.get::<RouteDestination>(),
     }
 }
 
-/// The request's route policy: its [`RouteDecision`]'s, else a standalone [`RoutePolicy`].
+/// The request's route policy: its [`RouteDecision`]'s ([`route_decision`]), else a
+/// standalone [`RoutePolicy`].
 #[inline]
 pub fn route_policy(ext: &Extensions) -> Option<&RoutePolicy> {
-    match ext.get::<RouteDecision>() {
+    match route_decision(ext) {
         Some(d) => Some(&d.policy),
         None => ext.get::<RoutePolicy>(),
     }
 }
 
-/// The endpoint to connect to: the [`SelectedUpstream`]'s, else a standalone
-/// [`SelectedEndpoint`].
+/// The balancer's pick: its [`RequestSlots`]', else a standalone [`SelectedUpstream`].
+#[inline]
+pub fn selected_upstream(ext: &Extensions) -> Option<&SelectedUpstream> {
+    match slots(ext).and_then(|s| s.upstream.as_ref()) {
+        Some(u) => Some(u),
+        None => ext.get::<SelectedUpstream>(),
+    }
+}
+
+/// The endpoint to connect to: the [`SelectedUpstream`]'s ([`selected_upstream`]), else a
+/// standalone [`SelectedEndpoint`].
 #[inline]
 pub fn selected_endpoint(ext: &Extensions) -> Option<&SelectedEndpoint> {
-    match ext.get::<SelectedUpstream>() {
+    match selected_upstream(ext) {
         Some(u) => Some(u.endpoint()),
         None => ext.get::<SelectedEndpoint>(),
     }
 }
 
-/// The cluster of the selected endpoint: the [`SelectedUpstream`]'s, else a standalone
-/// [`UpstreamCluster`].
+/// The cluster of the selected endpoint: the [`SelectedUpstream`]'s ([`selected_upstream`]),
+/// else a standalone [`UpstreamCluster`].
 #[inline]
 pub fn upstream_cluster(ext: &Extensions) -> Option<&UpstreamCluster> {
-    match ext.get::<SelectedUpstream>() {
+    match selected_upstream(ext) {
         Some(u) => Some(u.cluster()),
         None => ext.get::<UpstreamCluster>(),
+    }
+}
+
+/// The attempt's timeout mark: its [`RequestSlots`]', else a standalone [`TimeoutMark`].
+#[inline]
+pub fn timeout_mark(ext: &Extensions) -> Option<&TimeoutMark> {
+    match slots(ext).and_then(|s| s.timeout.as_ref()) {
+        Some(m) => Some(m),
+        None => ext.get::<TimeoutMark>(),
+    }
+}
+
+/// The hosts of the request's earlier attempts: its [`RequestSlots`]', else a standalone
+/// [`PreviousHosts`].
+#[inline]
+pub fn previous_hosts(ext: &Extensions) -> Option<&PreviousHosts> {
+    match slots(ext).and_then(|s| s.hosts.as_ref()) {
+        Some(h) => Some(h),
+        None => ext.get::<PreviousHosts>(),
+    }
+}
+
+/// The priorities of the request's earlier attempts: its [`RequestSlots`]', else a
+/// standalone [`PreviousPriorities`].
+#[inline]
+pub fn previous_priorities(ext: &Extensions) -> Option<&PreviousPriorities> {
+    match slots(ext).and_then(|s| s.priorities.as_ref()) {
+        Some(p) => Some(p),
+        None => ext.get::<PreviousPriorities>(),
     }
 }
 
@@ -761,6 +867,43 @@ mod tests {
         ));
         assert_eq!(selected_endpoint(&ext), Some(&other));
         assert_eq!(&*upstream_cluster(&ext).unwrap().name, "c");
+    }
+
+    #[test]
+    fn slots_win_over_standalone_extensions() {
+        let mut ext = Extensions::new();
+        assert!(slots(&ext).is_none());
+        assert!(timeout_mark(&ext).is_none() && previous_hosts(&ext).is_none());
+        assert!(previous_priorities(&ext).is_none() && selected_upstream(&ext).is_none());
+        // standalone values (in-process users, tests) are read when no slot is set
+        let standalone = TimeoutMark::new();
+        standalone.fire();
+        ext.insert(standalone);
+        ext.insert(PreviousPriorities::new());
+        assert!(timeout_mark(&ext).is_some_and(TimeoutMark::fired));
+        assert!(previous_priorities(&ext).is_some());
+        let decision = RouteDecision {
+            dest: RouteDestination {
+                host: "slot".into(),
+                subset: None,
+                port: None,
+            },
+            policy: Arc::default(),
+        };
+        let s = slots_mut(&mut ext);
+        s.timeout = Some(TimeoutMark::new());
+        s.hosts = Some(PreviousHosts::recording_only());
+        s.decision = Some(decision);
+        assert!(timeout_mark(&ext).is_some_and(|m| !m.fired()), "the slot's");
+        assert!(previous_hosts(&ext).is_some());
+        assert_eq!(&*route_destination(&ext).unwrap().host, "slot");
+        assert!(route_policy(&ext).is_some());
+        assert!(route_decision(&ext).is_some());
+        // one extension for every slot: a copy of the head clones one entry
+        let copy = ext.clone();
+        slots_mut(&mut ext).hosts = None;
+        assert!(previous_hosts(&copy).is_some(), "copies are independent");
+        assert!(previous_hosts(&ext).is_none());
     }
 
     #[test]

@@ -35,7 +35,9 @@ use http::{HeaderValue, Request, Uri, header};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::ext::{SelectedEndpoint, SelectedUpstream};
+use crate::ext::SelectedEndpoint;
+#[cfg(doc)]
+use crate::ext::SelectedUpstream;
 
 /// Rewrites requests' URIs to the endpoint the balancer chose; see the [module docs](self).
 #[derive(Debug, Clone, Copy, Default)]
@@ -109,7 +111,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
-        let addr = match req.extensions().get::<SelectedUpstream>() {
+        let addr = match crate::ext::selected_upstream(req.extensions()) {
             Some(u) => Some(u.endpoint().addr),
             None => req.extensions().get::<SelectedEndpoint>().map(|e| e.addr),
         };

@@ -18,7 +18,8 @@ use mesh_core::body::ReplyBody;
 use mesh_core::compile::{Snapshot, resolve_host};
 use mesh_core::ext::{
     ClientAddr, Passthrough, PreviousHosts, PreviousPriorities, RouteDestination, SelectedEndpoint,
-    SelectedUpstream, local_reply, route_destination, route_policy,
+    SelectedUpstream, local_reply, previous_hosts, previous_priorities, route_destination,
+    route_policy, slots_mut,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::hash::{FastHashMap, stable_hash};
@@ -705,7 +706,7 @@ where
         };
         // retryRemoteLocalities: only a cluster with several priorities has any to avoid
         let priorities = match cluster.has_priorities() {
-            true => req.extensions().get::<PreviousPriorities>(),
+            true => previous_priorities(req.extensions()),
             false => None,
         };
         let excluded = priorities.map_or(0, PreviousPriorities::excluded);
@@ -716,7 +717,7 @@ where
                 "no healthy upstream",
             );
         };
-        if let Some(previous) = req.extensions().get::<PreviousHosts>() {
+        if let Some(previous) = previous_hosts(req.extensions()) {
             picked = avoid_previous(cluster, picked, hash, excluded, previous);
             previous.record(picked.0.addr);
         }
@@ -738,7 +739,7 @@ where
         if let Some(info) = req.extensions().get::<StreamInfo>() {
             info.set_upstream(&host.upstream);
         }
-        req.extensions_mut().insert(host.upstream.clone());
+        slots_mut(req.extensions_mut()).upstream = Some(host.upstream.clone());
         let fut = self.inner.call(req);
         ResponseFuture {
             state: State::Called { fut },

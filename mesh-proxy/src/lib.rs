@@ -6,7 +6,7 @@
 //! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
-//! use mesh_core::ext::SelectedUpstream;
+//! use mesh_core::ext::selected_upstream;
 //! use mesh_core::load::Loader;
 //! use mesh_proxy::stack::Layers;
 //! use mesh_transport::RequestBody;
@@ -29,7 +29,7 @@
 //! let built = mesh_proxy::pipeline::build(loader).unwrap();
 //! let layers = Layers::new(&built.compiled.snapshot, built.routes);
 //! let stack = layers.wrap(tower::service_fn(|req: Request<RequestBody>| async move {
-//!     let to = req.extensions().get::<SelectedUpstream>().unwrap().endpoint().addr;
+//!     let to = selected_upstream(req.extensions()).unwrap().endpoint().addr;
 //!     Ok::<_, Infallible>(Response::new(mesh_core::MeshBody::<Full<Bytes>>::local(to.to_string())))
 //! }));
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {

@@ -81,14 +81,21 @@ use crate::gateway::{HttpsRedirect, HttpsRedirectLayer};
 
 /// The type of a worker's stack, around the innermost service `S`: the engine's
 /// [`Connector`] in the proxy, any client in-process (`mesh-stack`, through
-/// [`Layers::wrap`]). The trace and record layers, the router and the balancer insert one
-/// request extension each (`TraceContext`, `StreamInfo`, `RouteDecision`,
-/// `SelectedUpstream`; one more with mirrors).
+/// [`Layers::wrap`]). The trace and record layers insert one request extension each
+/// (`TraceContext`, `StreamInfo`); the router, the timeout and retry layers and the balancer
+/// write theirs (`RouteDecision`, `TimeoutMark`, `PreviousHosts`, `SelectedUpstream`) into
+/// one more, [`RequestSlots`](mesh_core::ext::RequestSlots) (one more with mirrors).
 pub type MeshStack<S = Connector> = IntoRequestBody<
     Trace<
         Record<
             Route<
-                RateLimit<Fault<Timeout<Retry<Mirror<Lb<CircuitBreaker<Outlier<PlainBody<S>>>>>>>>>,
+                RateLimit<
+                    Fault<
+                        Timeout<
+                            Retry<BoxFuture<Mirror<Lb<CircuitBreaker<Outlier<PlainBody<S>>>>>>>,
+                        >,
+                    >,
+                >,
             >,
         >,
     >,
@@ -180,6 +187,42 @@ where
     #[inline]
     fn call(&mut self, req: http::Request<B>) -> S::Future {
         self.0.call(req.map(TeeBody::new))
+    }
+}
+
+/// Puts the future of the service inside on the heap: in [`MeshStack`], the mirror's (with the
+/// balancer's, the circuit breaker's, outlier detection's and the innermost service's inside
+/// it), so that the retry layer and every layer above it build and move their futures
+/// around a pointer instead of those layers' state (hundreds of bytes copied at every layer
+/// otherwise): one allocation per attempt, fewer bytes copied per request.
+#[derive(Debug, Clone)]
+pub struct BoxFuture<S>(S);
+
+impl<S> BoxFuture<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        BoxFuture(inner)
+    }
+}
+
+impl<S, R> tower_service::Service<R> for BoxFuture<S>
+where
+    S: tower_service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<S::Future>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: R) -> Self::Future {
+        Box::pin(self.0.call(req))
     }
 }
 
@@ -473,13 +516,15 @@ impl Layers {
     /// The stack around any innermost service: the proxy's worker stacks
     /// ([`stack`](Self::stack)) and `mesh-stack`'s in-process clients are this one
     /// assembly. `inner` gets the request with the balancer's
-    /// [`SelectedUpstream`](mesh_core::ext::SelectedUpstream) in its extensions and a
+    /// [`SelectedUpstream`](mesh_core::ext::SelectedUpstream) in its extensions (read it with
+    /// [`selected_upstream`](mesh_core::ext::selected_upstream)) and a
     /// [`RequestBody`].
     pub fn wrap<S>(&self, inner: S) -> MeshStack<S> {
         let lb = self
             .lb
             .layer(self.breaker.layer(self.outlier.layer(PlainBody(inner))));
-        let mirror = self.mirror.layer(lb);
+        // boxed: the layers above move a pointer rather than the lower layers' futures
+        let mirror = BoxFuture(self.mirror.layer(lb));
         let retry = self.retry.layer(mirror);
         let fault = self.fault.layer(self.timeout.layer(retry));
         IntoRequestBody(

@@ -121,8 +121,10 @@ use std::task::{Context, Poll, ready};
 use http::header::HeaderName;
 use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_core::body::ReplyBody;
+#[cfg(doc)]
+use mesh_core::ext::PreviousHosts;
 use mesh_core::ext::{
-    PreviousHosts, SelectedUpstream, local_reply, selected_endpoint, upstream_cluster,
+    local_reply, previous_hosts, selected_endpoint, selected_upstream, upstream_cluster,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::limits::{Admission, ClusterLimits, Permit};
@@ -235,7 +237,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let ext = req.extensions();
         // one look-up for the balancer's pick (endpoint and cluster), else the standalone parts
-        let (cluster, http2) = match ext.get::<SelectedUpstream>() {
+        let (cluster, http2) = match selected_upstream(ext) {
             Some(u) => (u.cluster().limits.as_ref(), u.endpoint().http2),
             None => (
                 upstream_cluster(ext).and_then(|c| c.limits.as_ref()),
@@ -245,7 +247,7 @@ where
         let Some(limits) = cluster.or(self.limits.as_ref()) else {
             return ResponseFuture::called(self.inner.call(req), None);
         };
-        if let Some(attempts) = ext.get::<PreviousHosts>() {
+        if let Some(attempts) = previous_hosts(ext) {
             attempts.set_limits(limits);
         }
         let state = match limits.admit(!http2) {

@@ -129,7 +129,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
-use mesh_core::ext::{SelectedUpstream, TimeoutMark, UpstreamCluster, flags_of, upstream_cluster};
+use mesh_core::ext::{
+    SelectedUpstream, TimeoutMark, UpstreamCluster, flags_of, selected_upstream, timeout_mark,
+    upstream_cluster,
+};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::health::{ClusterHealth, HealthCell, HealthFlags, OutlierCounters};
 use mesh_core::policy::{OutlierPolicy, grpc_to_http_status};
@@ -278,7 +281,7 @@ where
         let watched = watch(req.extensions(), self.policy.as_ref());
         let mark = watched
             .as_ref()
-            .and_then(|_| req.extensions().get::<TimeoutMark>().cloned());
+            .and_then(|_| timeout_mark(req.extensions()).cloned());
         ResponseFuture {
             inner: self.inner.call(req),
             attempt: Attempt(watched, mark),
@@ -289,7 +292,7 @@ where
 /// What to judge the attempt against, if it is to be judged.
 #[inline]
 fn watch(ext: &http::Extensions, default: Option<&Arc<OutlierPolicy>>) -> Option<Watched> {
-    if let Some(up) = ext.get::<SelectedUpstream>() {
+    if let Some(up) = selected_upstream(ext) {
         return match (&up.cluster().outlier, default) {
             (Some(_), _) => Some(Watched::Upstream(up.clone(), None)),
             (None, Some(d)) => Some(Watched::Upstream(up.clone(), Some(d.clone()))),

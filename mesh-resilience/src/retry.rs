@@ -170,7 +170,8 @@ use mesh_core::body::ReplyBody;
 use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
 use mesh_core::ext::{
     PreviousHosts, PreviousPriorities, RefusedStream, ReturnHead, ReturnedHead, TimeoutMark,
-    flags_of, local_reply, mark, route_policy, selected_endpoint, upstream_cluster,
+    flags_of, local_reply, mark, route_policy, selected_endpoint, slots_mut, timeout_mark,
+    upstream_cluster,
 };
 #[cfg(doc)]
 use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamCluster};
@@ -580,14 +581,17 @@ fn attempt<B>(
     body: ReplayBody<B>,
     timeout: Option<&TimeoutMark>,
 ) -> Request<ReplayBody<B>> {
-    if let Some(m) = timeout {
-        head.extensions.insert(m.clone());
-    }
-    if let Some(h) = &tried.hosts {
-        head.extensions.insert(h.clone());
-    }
-    if let Some(p) = &tried.priorities {
-        head.extensions.insert(p.clone());
+    if timeout.is_some() || tried.hosts.is_some() || tried.priorities.is_some() {
+        let slots = slots_mut(&mut head.extensions);
+        if let Some(m) = timeout {
+            slots.timeout = Some(m.clone());
+        }
+        if let Some(h) = &tried.hosts {
+            slots.hosts = Some(h.clone());
+        }
+        if let Some(p) = &tried.priorities {
+            slots.priorities = Some(p.clone());
+        }
     }
     Request::from_parts(head, body)
 }
@@ -597,7 +601,7 @@ fn attempt<B>(
 fn per_try_mark(parts: &http::request::Parts, policy: &RetryPolicy) -> Option<TimeoutMark> {
     policy
         .per_try_timeout
-        .map(|_| TimeoutMark::child_of(parts.extensions.get::<TimeoutMark>()))
+        .map(|_| TimeoutMark::child_of(timeout_mark(&parts.extensions)))
 }
 
 /// RFC 9110 §9.2.2's idempotent methods.

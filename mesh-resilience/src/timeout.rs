@@ -81,7 +81,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::body::{OnBodyEnd, ReplyBody};
 use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
-use mesh_core::ext::{TimeoutMark, local_reply, route_policy};
+use mesh_core::ext::{TimeoutMark, local_reply, route_policy, slots_mut};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::request_end::{EndBody, RequestEnd};
 use pin_project::pin_project;
@@ -194,7 +194,7 @@ where
         // tells outlier detection below that an attempt dropped at the deadline timed out
         let mark = timeout.map(|_| {
             let m = TimeoutMark::new();
-            req.extensions_mut().insert(m.clone());
+            slots_mut(req.extensions_mut()).timeout = Some(m.clone());
             m
         });
         let (req, deadline) = match timeout {

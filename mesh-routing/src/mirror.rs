@@ -90,7 +90,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::{Request, Uri};
-use mesh_core::ext::{RouteDecision, RouteDestination, RoutePolicy};
+use mesh_core::ext::{RouteDecision, RouteDestination, RoutePolicy, slots_mut};
 use mesh_core::policy::RetryPolicy;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -306,7 +306,7 @@ fn shadow_request<B>(
     {
         copy.headers_mut().insert(HOST, v);
     }
-    copy.extensions_mut().insert(RouteDecision {
+    slots_mut(copy.extensions_mut()).decision = Some(RouteDecision {
         dest: target.clone(),
         policy: Arc::new(RoutePolicy {
             route_name: policy.route_name.clone(),
@@ -384,7 +384,7 @@ mod tests {
                 .get::<mesh_core::stream_info::StreamInfo>()
                 .is_none()
         );
-        assert!(copy.extensions().get::<RouteDecision>().is_some());
+        assert!(mesh_core::ext::route_decision(copy.extensions()).is_some());
     }
 
     #[test]

@@ -151,6 +151,7 @@ use mesh_core::authority::split_port;
 use mesh_core::body::ReplyBody;
 use mesh_core::ext::{
     Passthrough, RouteDecision, RouteDestination, RoutePolicy, SourceWorkload, local_reply,
+    slots_mut,
 };
 use mesh_core::rng::Rng;
 use mesh_core::stream_info::StreamInfo;
@@ -483,7 +484,7 @@ where
                 if let Some(info) = ext.get::<StreamInfo>() {
                     info.set_route(&decision);
                 }
-                ext.insert(decision);
+                slots_mut(ext).decision = Some(decision);
                 if let Some(m) = mirrors {
                     ext.insert(m);
                 }

@@ -26,7 +26,7 @@
 //! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
-//! use mesh_core::ext::SelectedUpstream;
+//! use mesh_core::ext::selected_upstream;
 //! use mesh_stack::{Mesh, RequestBody};
 //! use tower::ServiceExt;
 //!
@@ -54,7 +54,7 @@
 //!
 //! // your client innermost: here, one that answers with where it was sent
 //! let client = mesh.client_layer().wrap(tower::service_fn(|req: Request<RequestBody>| async move {
-//!     let to = req.extensions().get::<SelectedUpstream>().unwrap().endpoint().addr;
+//!     let to = selected_upstream(req.extensions()).unwrap().endpoint().addr;
 //!     Ok::<_, Infallible>(Response::new(mesh_core::MeshBody::<Full<Bytes>>::local(Bytes::from(to.to_string()))))
 //! }));
 //!

@@ -20,7 +20,6 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt, Full, StreamBody};
 use mesh_core::MeshBody;
-use mesh_core::ext::SelectedUpstream;
 use mesh_stack::client::SyncBody;
 use mesh_stack::{Mesh, RequestBody, ServiceBuilderExt};
 use tonic::server::UnaryService;
@@ -84,9 +83,7 @@ async fn service_builder_ext_mesh_client_routes_balances_and_retries_around_a_us
             .mesh_client(&mesh)
             .service_fn(move |req: Request<RequestBody>| {
                 let n = seen.fetch_add(1, Ordering::SeqCst);
-                let to = req
-                    .extensions()
-                    .get::<SelectedUpstream>()
+                let to = mesh_core::ext::selected_upstream(req.extensions())
                     .unwrap()
                     .endpoint()
                     .addr;

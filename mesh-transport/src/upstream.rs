@@ -126,8 +126,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
 use mesh_core::ext::{
-    RefusedStream, ReturnHead, ReturnedHead, SelectedEndpoint, SelectedUpstream, UpstreamPool,
-    local_reply,
+    RefusedStream, ReturnHead, ReturnedHead, SelectedEndpoint, UpstreamPool, local_reply,
 };
 use tokio::net::TcpStream;
 
@@ -285,7 +284,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> ConnectorFuture {
         // one look-up: the balancer's endpoint and its cluster's connection settings
-        let picked = match req.extensions().get::<SelectedUpstream>() {
+        let picked = match mesh_core::ext::selected_upstream(req.extensions()) {
             Some(u) => Some((u.endpoint(), u.cluster().pool)),
             None => req
                 .extensions()
@@ -1171,16 +1170,17 @@ mod settings_tests {
             .header(header::HOST, "svc")
             .body(RequestBody::empty())
             .unwrap();
-        req.extensions_mut().insert(SelectedUpstream::new(
-            SelectedEndpoint::new(addr).with_http2(http2),
-            UpstreamCluster {
-                name: "outbound|80||svc".into(),
-                health: Arc::new(mesh_core::health::HealthCell::detached()),
-                pool,
-                limits: None,
-                outlier: None,
-            },
-        ));
+        req.extensions_mut()
+            .insert(mesh_core::ext::SelectedUpstream::new(
+                SelectedEndpoint::new(addr).with_http2(http2),
+                UpstreamCluster {
+                    name: "outbound|80||svc".into(),
+                    health: Arc::new(mesh_core::health::HealthCell::detached()),
+                    pool,
+                    limits: None,
+                    outlier: None,
+                },
+            ));
         req
     }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use mesh_core::MeshBody;
-use mesh_core::ext::{PreviousHosts, PreviousPriorities, RoutePolicy, flags_of, local_reply};
+use mesh_core::ext::{RoutePolicy, flags_of, local_reply};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::policy::RetryPolicy;
 use mesh_core::replay::ReplayBody;
@@ -107,7 +107,7 @@ where
                 .headers()
                 .get("x-handed-back")
                 .map(|v| v.to_str().unwrap().to_string());
-            let previous = req.extensions().get::<PreviousHosts>().cloned();
+            let previous = mesh_core::ext::previous_hosts(req.extensions()).cloned();
             // the balancer's part: the n-th attempt goes to 10.0.0.n
             let n = seen.lock().unwrap().len();
             let addr = SocketAddr::from(([10, 0, 0, n as u8], 80));
@@ -120,7 +120,7 @@ where
                 v
             });
             // the balancer's part: the n-th attempt goes to priority n
-            let priorities = req.extensions().get::<PreviousPriorities>().map(|p| {
+            let priorities = mesh_core::ext::previous_priorities(req.extensions()).map(|p| {
                 let v = p.to_vec();
                 p.record(n as u32);
                 v
