@@ -170,8 +170,9 @@ impl AccessLog {
 
     /// Formats `entry` and queues its line; never blocks (a full queue drops and counts).
     pub fn log(&self, entry: &LogEntry<'_>) {
-        // about the length of a line, so that it is not grown
-        let mut line = Vec::with_capacity(match self.encoding {
+        // about the length of a line, so that it is not grown; a buffer the writer thread
+        // handed back (no allocation per line)
+        let mut line = self.writer.buffer(match self.encoding {
             Encoding::Text => 384,
             Encoding::Json => 768,
         });
@@ -212,20 +213,46 @@ fn put_num<I: itoa::Integer>(out: &mut Vec<u8>, n: I) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// `a`, as `SocketAddr`'s `Display` writes it (`1.2.3.4:80`, `[::1]:80`).
+/// `a`, as `SocketAddr`'s `Display` writes it (`1.2.3.4:80`, `[::1]:80`): an IPv4 address
+/// is written into a stack buffer first and copied once (no `itoa` call per octet).
 fn put_socket_addr(out: &mut Vec<u8>, a: SocketAddr) {
     match a {
         SocketAddr::V4(v4) => {
-            let [a, b, c, d] = v4.ip().octets();
-            put_num(out, a);
-            out.push(b'.');
-            put_num(out, b);
-            out.push(b'.');
-            put_num(out, c);
-            out.push(b'.');
-            put_num(out, d);
-            out.push(b':');
-            put_num(out, v4.port());
+            let mut buf = [0u8; 21];
+            let mut n = 0;
+            for (i, o) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if o >= 100 {
+                    buf[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    buf[n] = b'0' + o / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + o % 10;
+                n += 1;
+            }
+            buf[n] = b':';
+            n += 1;
+            let port = v4.port();
+            let digits = match port {
+                0..10 => 1,
+                10..100 => 2,
+                100..1000 => 3,
+                1000..10000 => 4,
+                _ => 5,
+            };
+            let mut p = port;
+            for d in buf[n..n + digits].iter_mut().rev() {
+                *d = b'0' + (p % 10) as u8;
+                p /= 10;
+            }
+            n += digits;
+            out.extend_from_slice(&buf[..n]);
         }
         v6 => {
             let _ = write!(out, "{v6}");

@@ -354,8 +354,9 @@ impl Pending {
         }
     }
 
-    fn on_head<R>(&mut self, res: &Response<R>) {
-        self.first_byte = Some(Instant::now());
+    /// Notes the response's head, which came back at `now`.
+    fn on_head<R>(&mut self, res: &Response<R>, now: Instant) {
+        self.first_byte = Some(now);
         self.status = Some(res.status());
         self.flags = res
             .extensions()
@@ -373,8 +374,7 @@ impl Pending {
         self.response_bytes = 17 + 2 + head_bytes(res.headers());
     }
 
-    fn finish(self: Box<Self>, how: End) {
-        let end = Instant::now();
+    fn finish(self: Box<Self>, how: End, end: Instant) {
         // every attempt is over: the record is read in place, not copied
         self.info.read(|recorded| self.report(how, end, recorded));
     }
@@ -417,7 +417,15 @@ impl Pending {
 impl Guard {
     fn finish(&mut self, how: End) {
         if let Some(p) = self.0.take() {
-            p.finish(how);
+            p.finish(how, Instant::now());
+        }
+    }
+
+    /// Finishes with an end read just before (the head's, for a response without a body:
+    /// one clock read for both).
+    fn finish_at(&mut self, how: End, end: Instant) {
+        if let Some(p) = self.0.take() {
+            p.finish(how, end);
         }
     }
 }
@@ -443,13 +451,17 @@ where
         let mut guard = Guard(this.guard.0.take());
         Poll::Ready(match res {
             Ok(res) => {
-                if let Some(p) = guard.0.as_mut() {
-                    p.on_head(&res);
+                let now = guard.0.as_ref().map(|_| Instant::now());
+                if let (Some(p), Some(now)) = (guard.0.as_mut(), now) {
+                    p.on_head(&res, now);
                 }
                 let (parts, inner) = res.into_parts();
                 let mut body = RecordBody { inner, guard };
-                if body.inner.is_end_stream() {
-                    body.guard.finish(End::Complete);
+                if let Some(now) = now
+                    && body.inner.is_end_stream()
+                {
+                    // no body: its end is the head's (one clock read)
+                    body.guard.finish_at(End::Complete, now);
                 }
                 Ok(Response::from_parts(parts, body))
             }

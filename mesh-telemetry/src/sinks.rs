@@ -197,11 +197,12 @@ impl Sink for AccessLogRecorder {
     }
 }
 
-/// The wall-clock times of two instants of the past (one clock read each).
+/// The wall-clock times of a request's start and end: one read of the wall clock, taken as
+/// the time of `end` (which the record layer read just before the sinks were called:
+/// microseconds ago, below the millisecond the logs write).
 fn wall_clock(start: Instant, end: Instant) -> (SystemTime, SystemTime) {
-    let (now, wall) = (Instant::now(), SystemTime::now());
-    let at = |i: Instant| wall - now.saturating_duration_since(i);
-    (at(start), at(end))
+    let wall = SystemTime::now();
+    (wall - end.saturating_duration_since(start), wall)
 }
 
 fn path<'a>(c: &Completed<'a>) -> &'a str {

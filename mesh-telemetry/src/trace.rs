@@ -74,7 +74,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mesh_core::rng::{self, SharedRng};
+use mesh_core::rng::{self, Rng, SharedRng};
 
 /// `traceparent` (W3C Trace Context).
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -158,33 +158,68 @@ pub struct Extracted {
 
 // === parsing ===
 
+/// Each byte's value as a hex digit (`0-9`, `a-f`, and `A-F` when `upper`), or `0xff` for a
+/// byte that is not one.
+const fn unhex(upper: bool) -> [u8; 256] {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        if upper {
+            t[b'A' as usize + i] = 10 + i as u8;
+        }
+        i += 1;
+    }
+    t
+}
+
+/// Hex digits in either case: B3 implementations accept both (taken, and written
+/// lowercase).
+const UNHEX: [u8; 256] = unhex(true);
+
+/// Lowercase hex digits only: W3C's `traceparent` (§3.2.2.3).
+const UNHEX_LOWER: [u8; 256] = unhex(false);
+
+// One table look-up per digit and no branch until the end (an invalid digit has high bits
+// set): the ids of every traced request are parsed here.
 fn hex_u128(s: &[u8]) -> Option<u128> {
+    hex_u128_in(s, &UNHEX)
+}
+
+fn hex_u128_in(s: &[u8], table: &[u8; 256]) -> Option<u128> {
     if s.is_empty() || s.len() > 32 {
         return None;
     }
-    let mut v: u128 = 0;
+    let (mut hi, mut lo, mut bad) = (0u64, 0u64, 0u8);
     for &c in s {
-        v = (v << 4) | u128::from(hex_digit(c)?);
+        let d = table[usize::from(c)];
+        bad |= d;
+        hi = (hi << 4) | (lo >> 60);
+        lo = (lo << 4) | u64::from(d & 0xf);
     }
-    Some(v)
+    (bad & 0xf0 == 0).then_some((u128::from(hi) << 64) | u128::from(lo))
 }
 
 fn hex_u64(s: &[u8]) -> Option<u64> {
+    hex_u64_in(s, &UNHEX)
+}
+
+fn hex_u64_in(s: &[u8], table: &[u8; 256]) -> Option<u64> {
     if s.len() != 16 {
         return None;
     }
-    hex_u128(s).and_then(|v| u64::try_from(v).ok())
-}
-
-#[inline]
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        // W3C requires lowercase; B3 implementations accept both: take both and write lowercase
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+    let (mut v, mut bad) = (0u64, 0u8);
+    for &c in s {
+        let d = table[usize::from(c)];
+        bad |= d;
+        v = (v << 4) | u64::from(d & 0xf);
     }
+    (bad & 0xf0 == 0).then_some(v)
 }
 
 /// A B3 trace id: 16 or 32 hex digits, not all zero; `(id, is_64bit)`.
@@ -214,12 +249,9 @@ fn parse_traceparent(v: &[u8]) -> Option<Extracted> {
         return None;
     }
     // lowercase only (§3.2.2.3)
-    if v[3..55].iter().any(u8::is_ascii_uppercase) {
-        return None;
-    }
-    let trace_id = hex_u128(&v[3..35]).filter(|t| *t != 0)?;
-    let span_id = hex_u64(&v[36..52]).filter(|s| *s != 0)?;
-    let flags = u8::try_from(hex_u128(&v[53..55])?).ok()?;
+    let trace_id = hex_u128_in(&v[3..35], &UNHEX_LOWER).filter(|t| *t != 0)?;
+    let span_id = hex_u64_in(&v[36..52], &UNHEX_LOWER).filter(|s| *s != 0)?;
+    let flags = u8::try_from(hex_u128_in(&v[53..55], &UNHEX_LOWER)?).ok()?;
     Some(Extracted {
         trace_id,
         span_id,
@@ -384,10 +416,12 @@ impl Extracted {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// The low `out.len()` hex digits of `v`, written from the last (a constant shift per digit).
 fn put_hex(out: &mut [u8], v: u128) {
-    let n = out.len();
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = HEX[((v >> (4 * (n - 1 - i))) & 0xf) as usize];
+    let mut v = v;
+    for b in out.iter_mut().rev() {
+        *b = HEX[(v & 0xf) as usize];
+        v >>= 4;
     }
 }
 
@@ -439,16 +473,18 @@ fn trace_mask(b3_64bit: bool) -> u128 {
 fn uuid_v4(hi: u64, lo: u64) -> HeaderValue {
     let v = (u128::from(hi) << 64) | u128::from(lo);
     // version 4, variant 10
-    let v = (v & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    let mut hex = [0u8; 32];
-    put_hex(&mut hex, v);
+    let mut v = (v & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
     let mut buf = [b'-'; 36];
-    buf[..8].copy_from_slice(&hex[..8]);
-    buf[9..13].copy_from_slice(&hex[8..12]);
-    buf[14..18].copy_from_slice(&hex[12..16]);
-    buf[19..23].copy_from_slice(&hex[16..20]);
-    buf[24..].copy_from_slice(&hex[20..]);
-    header_value(&buf)
+    for (i, b) in buf.iter_mut().enumerate().rev() {
+        if !matches!(i, 8 | 13 | 18 | 23) {
+            *b = HEX[(v & 0xf) as usize];
+            v >>= 4;
+        }
+    }
+    // one allocation, shared by its clones (the record layer keeps one for the sinks): a
+    // value copied from a slice would allocate again at its first clone
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 // === the layer ===
@@ -501,6 +537,16 @@ impl TraceConfig {
     }
 }
 
+thread_local! {
+    /// The generator of the layers without a seed, one per thread (from entropy).
+    static THREAD_RNG: std::cell::RefCell<Rng> = std::cell::RefCell::new(Rng::new(None));
+}
+
+/// A number in `[0, 1)` from 64 random bits (the top 53), as `Rng::next_f64`.
+fn unit(r: u64) -> f64 {
+    (r >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
 /// Propagates trace context and `x-request-id` (see the [module docs](self)).
 #[derive(Clone)]
 pub struct TraceLayer {
@@ -511,7 +557,9 @@ pub struct TraceLayer {
 /// What the clones of a layer share: the generator and the sampling probability (which a
 /// reload may change, [`TraceLayer::set_sampling_percent`]).
 struct Shared {
-    rng: SharedRng,
+    /// A seeded layer's generator (reproducible draws, tests); `None`: each thread's own
+    /// ([`THREAD_RNG`]), no atomic shared by the workers.
+    rng: Option<SharedRng>,
     /// `f64` bits of the probability.
     sampling: AtomicU64,
 }
@@ -538,7 +586,9 @@ impl TraceLayer {
         TraceLayer {
             config,
             shared: Arc::new(Shared {
-                rng: SharedRng::new(Some(rng::seed(config.seed, 0))),
+                rng: config
+                    .seed
+                    .map(|seed| SharedRng::new(Some(rng::seed(Some(seed), 0)))),
                 sampling: AtomicU64::new(config.sampling.clamp(0.0, 1.0).to_bits()),
             }),
         }
@@ -585,8 +635,7 @@ impl TraceLayer {
                 sampled: i.ctx.sampled,
             },
             (None, None) => TraceContext {
-                trace_id: (u128::from(self.nonzero_u64()) << 64)
-                    | u128::from(self.shared.rng.next_u64()),
+                trace_id: (u128::from(self.nonzero_u64()) << 64) | u128::from(self.next_u64()),
                 span_id,
                 parent_span_id: None,
                 // B3 may carry a decision without a context (`b3: 0`, a lone `x-b3-sampled`):
@@ -642,17 +691,23 @@ impl TraceLayer {
         if let Some(id) = inherited.and_then(|i| i.request_id).filter(|_| !request_id) {
             headers.insert(X_REQUEST_ID, id);
         } else if self.config.generate_request_id && !request_id {
-            headers.insert(
-                X_REQUEST_ID,
-                uuid_v4(self.shared.rng.next_u64(), self.shared.rng.next_u64()),
-            );
+            headers.insert(X_REQUEST_ID, uuid_v4(self.next_u64(), self.next_u64()));
         }
         ctx
     }
 
+    /// The next 64 random bits: the seeded generator's, else this thread's.
+    #[inline]
+    fn next_u64(&self) -> u64 {
+        match &self.shared.rng {
+            Some(r) => r.next_u64(),
+            None => THREAD_RNG.with_borrow_mut(Rng::next_u64),
+        }
+    }
+
     fn nonzero_u64(&self) -> u64 {
         loop {
-            let v = self.shared.rng.next_u64();
+            let v = self.next_u64();
             if v != 0 {
                 return v;
             }
@@ -661,7 +716,7 @@ impl TraceLayer {
 
     fn sample(&self) -> bool {
         let p = self.sampling();
-        p >= 1.0 || self.shared.rng.next_f64() < p
+        p >= 1.0 || unit(self.next_u64()) < p
     }
 }
 

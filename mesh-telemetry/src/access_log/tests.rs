@@ -144,6 +144,7 @@ fn a_full_queue_drops_lines_and_counts_them() {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let w = AccessLogWriter {
         tx,
+        spare: Default::default(),
         dropped: std::sync::atomic::AtomicU64::new(0),
         path: "unused".into(),
         pending: Default::default(),
@@ -155,6 +156,27 @@ fn a_full_queue_drops_lines_and_counts_them() {
     }
     assert_eq!(w.dropped(), 3);
     drop(rx);
+}
+
+#[test]
+fn written_lines_buffers_are_reused() {
+    let dir = std::env::temp_dir().join(format!("mesh-al-reuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let w = AccessLogWriter::open(dir.join("access.log"), 16).unwrap();
+    let mut line = w.buffer(384);
+    line.extend_from_slice(b"one\n");
+    let at = line.as_ptr();
+    w.write(line);
+    w.flush();
+    // this test's thread has no buffer of its own yet: it takes the written one back
+    let again = w.buffer(1);
+    assert_eq!(again.as_ptr(), at, "the written line's buffer");
+    assert!(again.is_empty() && again.capacity() >= 384);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("access.log")).unwrap(),
+        "one\n"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 // The hand-written formatters write what `core::fmt` and serde_json write.

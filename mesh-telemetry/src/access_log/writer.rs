@@ -1,11 +1,12 @@
 //! The access log's writer thread.
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -18,11 +19,17 @@ use std::time::Duration;
 /// soon as the queue is half full, writes what has queued and flushes it. A line reaches the
 /// file within about [`FLUSH_INTERVAL`].
 ///
+/// Lines are written into buffers the thread hands back once written ([`buffer`](Self::buffer)):
+/// no allocation per line on the worker and no free on the thread, once the buffers of the
+/// lines in flight exist.
+///
 /// [`reopen`](Self::reopen) closes and reopens the file (after a log rotation); the thread
 /// ends, after writing what was queued, when the writer is dropped.
 #[derive(Debug)]
 pub struct AccessLogWriter {
     pub(super) tx: SyncSender<Cmd>,
+    /// Written lines' buffers, emptied, for the next lines (at most the queue's size).
+    pub(super) spare: Arc<Mutex<Vec<Vec<u8>>>>,
     pub(super) dropped: AtomicU64,
     pub(super) path: PathBuf,
     /// Lines queued and not yet taken by the thread.
@@ -45,6 +52,17 @@ pub const DEFAULT_QUEUE: usize = 4096;
 /// How long the writer thread sleeps when it has nothing to write.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
+/// A buffer larger than this (a line with a long path or user agent) is freed, not reused.
+const SPARE_MAX_CAPACITY: usize = 4096;
+
+/// Buffers a worker takes from the shared spares at once (one lock per batch).
+const BATCH: usize = 32;
+
+thread_local! {
+    /// This worker's empty line buffers, taken from a writer's spares in batches.
+    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
 impl AccessLogWriter {
     /// Opens `path` for appending (creating it; `/dev/stdout` is the process's standard
     /// output) and starts the thread, with room for `queue` lines.
@@ -54,12 +72,14 @@ impl AccessLogWriter {
         let queue = queue.max(1);
         let (tx, rx) = mpsc::sync_channel(queue);
         let pending = Arc::new(AtomicUsize::new(0));
-        let (p, n) = (path.clone(), pending.clone());
+        let spare = Arc::new(Mutex::new(Vec::new()));
+        let (p, n, sp) = (path.clone(), pending.clone(), spare.clone());
         let thread = std::thread::Builder::new()
             .name("mesh-access-log".into())
-            .spawn(move || write_loop(file, &p, &rx, &n))?;
+            .spawn(move || write_loop(file, &p, &rx, &n, &sp, queue))?;
         Ok(AccessLogWriter {
             tx,
+            spare,
             dropped: AtomicU64::new(0),
             path,
             pending,
@@ -71,6 +91,28 @@ impl AccessLogWriter {
     /// The file written.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// An empty buffer for a line, with `capacity` bytes at least: one the thread wrote
+    /// before when there is one (this thread's, or a batch of the thread's spares), else a
+    /// new one. Hand it back through [`write`](Self::write).
+    pub fn buffer(&self, capacity: usize) -> Vec<u8> {
+        let reused = BUFFERS.with_borrow_mut(|local| {
+            if local.is_empty() {
+                let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+                let from = spare.len().saturating_sub(BATCH);
+                local.extend(spare.drain(from..));
+            }
+            local.pop()
+        });
+        match reused {
+            Some(mut b) => {
+                b.clear();
+                b.reserve(capacity);
+                b
+            }
+            None => Vec::with_capacity(capacity),
+        }
     }
 
     /// Queues `line` (which ends with its `\n`); drops and counts it when the queue is full.
@@ -131,19 +173,47 @@ fn open(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-fn write_loop(file: File, path: &Path, rx: &Receiver<Cmd>, pending: &AtomicUsize) {
+/// Hands the written lines' buffers back to the workers (at most `max` kept, one lock).
+fn give_back(written: &mut Vec<Vec<u8>>, spare: &Mutex<Vec<Vec<u8>>>, max: usize) {
+    if written.is_empty() {
+        return;
+    }
+    let mut spare = spare.lock().unwrap_or_else(|e| e.into_inner());
+    let room = max.saturating_sub(spare.len());
+    let keep = written.len().min(room);
+    spare.extend(written.drain(..keep));
+    drop(spare);
+    written.clear();
+}
+
+fn write_loop(
+    file: File,
+    path: &Path,
+    rx: &Receiver<Cmd>,
+    pending: &AtomicUsize,
+    spare: &Mutex<Vec<Vec<u8>>>,
+    max_spare: usize,
+) {
     let mut out = BufWriter::with_capacity(64 * 1024, file);
     let mut failing = false;
+    let mut written = Vec::new();
     loop {
         loop {
             match rx.try_recv() {
-                Ok(Cmd::Line(line)) => {
+                Ok(Cmd::Line(mut line)) => {
                     pending.fetch_sub(1, Ordering::Relaxed);
                     if let Err(e) = out.write_all(&line) {
                         if !failing {
                             tracing::warn!(path = %path.display(), error = %e, "access log write failed");
                         }
                         failing = true;
+                    }
+                    if line.capacity() <= SPARE_MAX_CAPACITY {
+                        line.clear();
+                        written.push(line);
+                        if written.len() >= BATCH {
+                            give_back(&mut written, spare, max_spare);
+                        }
                     }
                 }
                 Ok(Cmd::Reopen) => {
@@ -159,10 +229,14 @@ fn write_loop(file: File, path: &Path, rx: &Receiver<Cmd>, pending: &AtomicUsize
                     }
                 }
                 Ok(Cmd::Flush(ack)) => {
+                    give_back(&mut written, spare, max_spare);
                     let _ = out.flush();
                     let _ = ack.send(());
                 }
-                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Empty) => {
+                    give_back(&mut written, spare, max_spare);
+                    break;
+                }
                 Err(TryRecvError::Disconnected) => {
                     let _ = out.flush();
                     return;

@@ -72,6 +72,9 @@ fn w3c_context_is_continued_with_the_proxy_s_span_as_parent() {
 fn malformed_traceparents_are_ignored_and_the_trace_restarts() {
     for bad in [
         "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", // uppercase (§3.2.2.3)
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01", // uppercase parent id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0A", // uppercase flags
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902g7-01", // not hex
         "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace id
         "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero parent id
         "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // version ff

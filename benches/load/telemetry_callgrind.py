@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Instructions per request of the telemetry bench's `all_on` over `noop_inner`, by callgrind.
+
+Runs the criterion bench binary (benches/benches/telemetry.rs) under
+`valgrind --tool=callgrind` once per benchmark (`telemetry/noop_inner`, then
+`telemetry/all_on`) with `--profile-time SECONDS`, and reads the callgrind file: the
+instructions of the bench's `timed` function, inclusive (one request through the service and
+its response dropped: trace propagation, the record layer, the router's and balancer's records,
+the sinks at the end), divided by its calls. The difference is what the whole telemetry of a
+sidecar with the access log on adds per request, in instructions (the access log writer
+thread's work is not in it: it is another thread's). Also printed, per request of `all_on`:
+the inclusive cost of the record layer's parts (its `call`, its response future's `poll`
+which runs the sinks, and each sink).
+
+    cargo bench -p mesh-benches --bench telemetry --no-run    # prints the binary
+    python3 benches/load/telemetry_callgrind.py [BINARY]
+
+Knobs: PROFILE_TIME=2 (seconds per benchmark, under valgrind), CPU=1 (taskset), KEEP=<dir>
+to keep the callgrind files (for callgrind_annotate).
+"""
+
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+PROFILE_TIME = os.environ.get("PROFILE_TIME", "2")
+CPU = os.environ.get("CPU", "1")
+TIMED = "telemetry::timed"
+PARTS = [
+    ("record layer call (and the inner service)", r"mesh_telemetry::record::Record<S> as tower_service::Service<.*>>::call$"),
+    ("inner service (router and balancer records)", r"<telemetry::Routed as tower_service::Service<.*>>::call$"),
+    ("record response future poll (the sinks)", r"<mesh_telemetry::record::ResponseFuture<F> as core::future::future::Future>::poll$"),
+    ("metrics sink", r"<mesh_telemetry::metrics::MetricsSink as mesh_telemetry::record::Sink>::complete$"),
+    ("span sink (no exporter)", r"<mesh_telemetry::sinks::SpanRecorder as mesh_telemetry::record::Sink>::complete$"),
+    ("access log sink (TEXT)", r"<mesh_telemetry::sinks::AccessLogRecorder as mesh_telemetry::record::Sink>::complete$"),
+]
+
+
+def binary():
+    if len(sys.argv) > 1:
+        return sys.argv[1]
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    bins = [
+        b
+        for b in glob.glob(os.path.join(root, "target/release/deps/telemetry-*"))
+        if os.access(b, os.X_OK) and not b.endswith(".d")
+    ]
+    if not bins:
+        sys.exit("telemetry_callgrind.py: build the bench first (see the docstring)")
+    return max(bins, key=os.path.getmtime)
+
+
+def calls_of(path):
+    """Inclusive cost and calls per callee name, over every call site."""
+    names, callee, calls, out = {}, None, None, {}
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"(c?fn)=\((\d+)\)(?: (.*))?", line)
+            if m:
+                if m.group(3):
+                    names[m.group(2)] = m.group(3).strip()
+                if m.group(1) == "cfn":
+                    callee = names.get(m.group(2))
+                continue
+            if line.startswith("calls="):
+                calls = int(line.split()[0][len("calls="):])
+                continue
+            if calls is not None:
+                # the line after calls=: position and the call's inclusive cost
+                cost, n = out.get(callee, (0, 0))
+                out[callee] = (cost + int(line.split()[1]), n + calls)
+                calls = None
+    return out
+
+
+def run(exe, name, out_dir):
+    out = os.path.join(out_dir, f"callgrind.{name}.out")
+    subprocess.run(
+        ["taskset", "-c", CPU, "valgrind", "--tool=callgrind",
+         f"--callgrind-out-file={out}", exe, "--bench",
+         f"^telemetry/{name}$", "--profile-time", PROFILE_TIME],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    calls = calls_of(out)
+    cost, n = calls.get(TIMED, (0, 0))
+    if n == 0:
+        sys.exit(f"telemetry_callgrind.py: no calls of {TIMED} in {out}")
+    return cost / n, n, calls
+
+
+def main():
+    exe = binary()
+    out_dir = os.environ.get("KEEP") or tempfile.mkdtemp(prefix="telemetry-cg-")
+    os.makedirs(out_dir, exist_ok=True)
+    base, n, _ = run(exe, "noop_inner", out_dir)
+    print(f"telemetry/noop_inner: {base:,.0f} Ir per request ({n:,} requests)")
+    all_on, n, calls = run(exe, "all_on", out_dir)
+    print(f"telemetry/all_on: {all_on:,.0f} Ir per request ({n:,} requests)")
+    print(f"added by the telemetry (all_on - noop_inner): {all_on - base:,.0f} Ir per request")
+    for label, pattern in PARTS:
+        cost = sum(c for name, (c, _) in calls.items() if name and re.search(pattern, name))
+        print(f"  {label}: {cost / n:,.0f}")
+    if os.environ.get("KEEP"):
+        print(f"callgrind files in {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
