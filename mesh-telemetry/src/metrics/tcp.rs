@@ -184,8 +184,19 @@ impl IstioMetrics {
         ];
         for (name, help, get) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for s in &all {
-                let _ = writeln!(out, "{name}{{{}}} {}", s.labels, get(s).load(Relaxed));
+            // series are keyed by the balancer's endpoint record, so one endpoint reached
+            // through two clusters (a subset's and the whole service's) or across a reload
+            // has two series of the same labels: one line, their sum (Prometheus refuses a
+            // label set twice); `all` is sorted by labels, so they are neighbours
+            let mut i = 0;
+            while i < all.len() {
+                let labels = &all[i].labels;
+                let mut sum = 0u64;
+                while i < all.len() && all[i].labels == *labels {
+                    sum = sum.wrapping_add(get(&all[i]).load(Relaxed));
+                    i += 1;
+                }
+                let _ = writeln!(out, "{name}{{{labels}}} {sum}");
             }
         }
     }

@@ -469,3 +469,40 @@ fn tcp_connections_and_bytes_are_counted_per_peer_and_flags() {
     assert!(text.contains("reporter=\"source\""));
     drop(b);
 }
+
+#[test]
+fn one_endpoint_reached_through_two_clusters_is_one_tcp_series() {
+    // two balancer records of one endpoint (a subset's cluster and the whole service's):
+    // one line per family, counting both, never the same label set twice
+    let m = IstioMetrics::new(local());
+    let (first, second) = (upstream(false), upstream(false));
+    let host: Arc<str> = "reviews.bookinfo.svc.cluster.local".into();
+    let open = |up| {
+        m.tcp_open(&TcpPeer {
+            upstream: Some(up),
+            service: Some(&host),
+            flags: ResponseFlags::empty(),
+        })
+    };
+    let (a, b) = (open(&first), open(&second));
+    a.add(3, 4);
+    b.add(5, 6);
+    drop((a, b));
+    let text = m.encode_to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_tcp_"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let value = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(value("istio_tcp_connections_opened_total{"), Some(2));
+    assert_eq!(value("istio_tcp_connections_closed_total{"), Some(2));
+    assert_eq!(value("istio_tcp_received_bytes_total{"), Some(8));
+    assert_eq!(value("istio_tcp_sent_bytes_total{"), Some(10));
+}
