@@ -19,15 +19,15 @@ Knobs: PROFILE_TIME=2 (seconds per benchmark, under valgrind), CPU=1 (taskset), 
 to keep the callgrind files (for callgrind_annotate).
 """
 
-import glob
 import os
 import re
-import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cgbench  # noqa: E402  (the bench binary under callgrind, the file's costs)
+
 PROFILE_TIME = os.environ.get("PROFILE_TIME", "2")
-CPU = os.environ.get("CPU", "1")
 TIMED = "telemetry::timed"
 PARTS = [
     ("record layer call (and the inner service)", r"mesh_telemetry::record::Record<S> as tower_service::Service<.*>>::call$"),
@@ -39,52 +39,10 @@ PARTS = [
 ]
 
 
-def binary():
-    if len(sys.argv) > 1:
-        return sys.argv[1]
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-    bins = [
-        b
-        for b in glob.glob(os.path.join(root, "target/release/deps/telemetry-*"))
-        if os.access(b, os.X_OK) and not b.endswith(".d")
-    ]
-    if not bins:
-        sys.exit("telemetry_callgrind.py: build the bench first (see the docstring)")
-    return max(bins, key=os.path.getmtime)
-
-
-def calls_of(path):
-    """Inclusive cost and calls per callee name, over every call site."""
-    names, callee, calls, out = {}, None, None, {}
-    with open(path) as f:
-        for line in f:
-            m = re.match(r"(c?fn)=\((\d+)\)(?: (.*))?", line)
-            if m:
-                if m.group(3):
-                    names[m.group(2)] = m.group(3).strip()
-                if m.group(1) == "cfn":
-                    callee = names.get(m.group(2))
-                continue
-            if line.startswith("calls="):
-                calls = int(line.split()[0][len("calls="):])
-                continue
-            if calls is not None:
-                # the line after calls=: position and the call's inclusive cost
-                cost, n = out.get(callee, (0, 0))
-                out[callee] = (cost + int(line.split()[1]), n + calls)
-                calls = None
-    return out
-
-
 def run(exe, name, out_dir):
     out = os.path.join(out_dir, f"callgrind.{name}.out")
-    subprocess.run(
-        ["taskset", "-c", CPU, "valgrind", "--tool=callgrind",
-         f"--callgrind-out-file={out}", exe, "--bench",
-         f"^telemetry/{name}$", "--profile-time", PROFILE_TIME],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    calls = calls_of(out)
+    cgbench.profile(exe, f"^telemetry/{name}$", out, PROFILE_TIME)
+    calls = cgbench.calls_of(out)
     cost, n = calls.get(TIMED, (0, 0))
     if n == 0:
         sys.exit(f"telemetry_callgrind.py: no calls of {TIMED} in {out}")
@@ -92,7 +50,7 @@ def run(exe, name, out_dir):
 
 
 def main():
-    exe = binary()
+    exe = sys.argv[1] if len(sys.argv) > 1 else cgbench.bench_binary("telemetry", "telemetry_callgrind.py")
     out_dir = os.environ.get("KEEP") or tempfile.mkdtemp(prefix="telemetry-cg-")
     os.makedirs(out_dir, exist_ok=True)
     base, n, _ = run(exe, "noop_inner", out_dir)
