@@ -648,19 +648,7 @@ impl CRule {
 
 impl CSource {
     fn matches(&self, a: &Attributes<'_>) -> bool {
-        let principal = a.peer.map(PeerIdentity::principal).unwrap_or_default();
-        let namespace = a.peer.map(|p| p.id().namespace()).unwrap_or_default();
-        let trust_domain = a.peer.map(|p| p.id().trust_domain()).unwrap_or_default();
-        self.principals.check(|p| p.matches(principal))
-            && self.namespaces.check(|p| p.matches(namespace))
-            && self.trust_domains.check(|p| p.matches(trust_domain))
-            && self.service_accounts.check(|(ns, sa)| {
-                a.peer.is_some_and(|p| {
-                    p.id().namespace() == &**ns && p.id().service_account() == &**sa
-                })
-            })
-            && self.ip_blocks.check(|n| in_net(n, a.source))
-            && self.remote_ip_blocks.check(|n| in_net(n, a.remote))
+        self.matches_tcp(a)
             && self
                 .request_principals
                 .check(|p| a.auth.is_some_and(|t| p.matches(&t.principal)))
