@@ -621,3 +621,119 @@ spec:
     );
     assert_eq!(e.line, Some(15));
 }
+
+/// The sum of `name`'s `reporter="destination"` TCP series whose labels hold every one of
+/// `want`.
+fn inbound_tcp(text: &str, name: &str, want: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(&format!("{name}{{"))
+                && l.contains("reporter=\"destination\"")
+                && l.contains("request_protocol=\"tcp\"")
+                && want.iter().all(|w| l.contains(w))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Istio's TCP metrics from the server's side (`reporter="destination"`): the client's
+/// principal from its certificate, `mutual_tls`, the bytes each way; a denied connection
+/// counted with no flag and no bytes (Envoy's network RBAC filter sets no response flag).
+#[tokio::test]
+async fn tcp_ingress_connections_are_counted_with_reporter_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let main = app("main").await;
+    let ratings = app("ingress-app").await;
+    let echo = echo_server("echo").await;
+    let yaml = config(
+        dir.path(),
+        &ca,
+        &main,
+        &format!("{STRICT}{DENY_SLEEP}{}", sidecar(ratings.addr, echo)),
+    );
+    let p = start(&yaml).await;
+    let tcp = p.proxy.ingress_addr(9000).unwrap();
+    let got = exchange_tls(tcp, &ca, "productpage", b"hello").await;
+    assert_eq!(String::from_utf8_lossy(&got), "echo helloecho bye");
+    assert_eq!(exchange_tls(tcp, &ca, "sleep", b"hello").await, b"");
+    let allowed = [
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/productpage\"",
+        "source_workload_namespace=\"default\"",
+        "destination_workload=\"reviews-v1\"",
+        "connection_security_policy=\"mutual_tls\"",
+        "response_flags=\"-\"",
+    ];
+    let denied = [
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
+        "connection_security_policy=\"mutual_tls\"",
+        "response_flags=\"-\"",
+    ];
+    let admin = p.admin;
+    // the client sees the close before the proxy's task counts it: poll until both closes
+    // are counted, then check every figure
+    eventually("both connections counted closed", || async move {
+        let (_, text) = admin_get(admin, "/stats/prometheus").await;
+        inbound_tcp(&text, "istio_tcp_connections_closed_total", &[]) == 2
+    })
+    .await;
+    let (_, text) = admin_get(admin, "/stats/prometheus").await;
+    let count = |name, want: &[&str]| inbound_tcp(&text, name, want);
+    assert_eq!(
+        count("istio_tcp_connections_opened_total", &allowed),
+        1,
+        "{text}"
+    );
+    assert_eq!(count("istio_tcp_connections_closed_total", &allowed), 1);
+    assert_eq!(count("istio_tcp_received_bytes_total", &allowed), 5);
+    assert_eq!(count("istio_tcp_sent_bytes_total", &allowed), 18);
+    assert_eq!(count("istio_tcp_connections_opened_total", &denied), 1);
+    assert_eq!(count("istio_tcp_received_bytes_total", &denied), 0);
+    assert_eq!(count("istio_tcp_sent_bytes_total", &denied), 0);
+    // nothing of it is reported as the client's side
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_") && l.contains("reporter=\"source\"")),
+        "{text}"
+    );
+    support::prom::promtool_check(&text);
+    p.proxy.drain().await;
+}
+
+/// A plaintext connection (PERMISSIVE) to an endpoint that refuses: flag `UF`, policy
+/// `none`, the peer unknown.
+#[tokio::test]
+async fn tcp_ingress_connect_failures_are_counted_uf() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let main = app("main").await;
+    let ratings = app("ingress-app").await;
+    // a port nothing listens on: bound, then closed
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let yaml = config(dir.path(), &ca, &main, &sidecar(ratings.addr, closed));
+    let p = start(&yaml).await;
+    let tcp = p.proxy.ingress_addr(9000).unwrap();
+    assert_eq!(support::l4::exchange(tcp, b"plain").await, b"");
+    let admin = p.admin;
+    let want = [
+        "source_principal=\"unknown\"",
+        "connection_security_policy=\"none\"",
+        "response_flags=\"UF\"",
+    ];
+    eventually("the failed connection counted", || async move {
+        let (_, text) = admin_get(admin, "/stats/prometheus").await;
+        inbound_tcp(&text, "istio_tcp_connections_closed_total", &want) == 1
+    })
+    .await;
+    let (_, text) = admin_get(admin, "/stats/prometheus").await;
+    assert_eq!(
+        inbound_tcp(&text, "istio_tcp_connections_opened_total", &want),
+        1,
+        "{text}"
+    );
+    p.proxy.drain().await;
+}

@@ -6,12 +6,11 @@
 
 mod support;
 
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use support::l4::{ECHO, echo_server, exchange, tcp_echo_entry, tls_server, tls_through};
+use support::prom::promtool_check;
 use support::{LIMIT, admin_get, bootstrap, bounded, eventually, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -380,40 +379,6 @@ spec:
     let (_, text) = admin_get(running.admin, "/stats/prometheus").await;
     assert_eq!(stat(&text, "istio_tcp_connections_opened_total{", "UF"), 2);
     running.proxy.drain().await;
-}
-
-/// Runs `promtool check metrics` on `text` (Debian's `prometheus` package; `PROMTOOL`
-/// overrides): it must parse and lint clean but for Istio's own millisecond metric name.
-fn promtool_check(text: &str) {
-    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
-    let mut child = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {promtool} ({e}): install Debian's `prometheus`"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let problems: Vec<&str> = report
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter(|l| !l.contains("istio_request_duration_milliseconds"))
-        .collect();
-    assert!(
-        problems.is_empty(),
-        "promtool check metrics: {problems:?}\n--- exposition ---\n{text}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,8 +18,11 @@
 //!   `reporter="destination"`); every other port (`TCP`, `TLS`, `HTTPS` without
 //!   termination, `MONGO`, …, unset) as L4: the port's mTLS terminated as the
 //!   PeerAuthentication says, the AuthorizationPolicies decided on the connection
-//!   ([`Authorizer::decide_tcp`]: Istio's TCP semantics), the bytes spliced to the endpoint.
-//!   `UDP` ports get no listener (a warning).
+//!   ([`Authorizer::decide_tcp`]: Istio's TCP semantics), the bytes spliced to the endpoint,
+//!   each connection counted in Istio's `istio_tcp_*` metrics with `reporter="destination"`
+//!   (`source_principal` from the client certificate, `connection_security_policy`
+//!   `mutual_tls` with one; flag `UF` when the endpoint refuses; a connection whose TLS
+//!   handshake fails is not counted). `UDP` ports get no listener (a warning).
 //! - **Errors** (refusing the configuration, with file, line, resource and field): two
 //!   listeners on one address and local port, a `unix://` endpoint. A Sidecar with
 //!   `ingress` and a bootstrap without `inbound` makes no listener (a warning).
@@ -45,7 +48,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use mesh_core::Severity;
 use mesh_core::compile::Snapshot;
 use mesh_core::error::{FieldPath, ResourceRef};
 use mesh_core::ext::PeerIdentity;
@@ -53,6 +55,8 @@ use mesh_core::load::Issue;
 use mesh_core::model::Kind;
 use mesh_core::model::networking::{ServerTlsMode, ServerTlsSettings};
 use mesh_core::validate::common::Protocol;
+use mesh_core::{ResponseFlags, Severity};
+use mesh_telemetry::metrics::{IstioMetrics, TcpInbound};
 use mesh_tls::authz::{Attributes, Authorizer};
 use mesh_tls::termination::{PortTermination, ServerFiles, ServerTermination};
 use mesh_transport::OwnAddrs;
@@ -517,6 +521,8 @@ pub struct TcpIngress {
     pub number: u16,
     /// `limits.tlsHandshakeTimeout`, and how long a PERMISSIVE port waits for a first byte.
     pub handshake_timeout: Duration,
+    /// Istio's metrics: each connection in `istio_tcp_*` with `reporter="destination"`.
+    pub metrics: Arc<IstioMetrics>,
 }
 
 /// The connection handler of one worker of an L4 ingress listener.
@@ -618,11 +624,8 @@ async fn serve_tcp(w: Rc<TcpWorker>, conn: Accepted) {
         report_every: Duration::from_secs(15),
     };
     if !tls {
-        if !w.allowed(conn.peer, conn.local, None, None) {
-            return;
-        }
-        let Some(up) = connect(&w).await else { return };
-        engine_l4::splice(conn.stream, up, &[], &splice, |_, _| {}).await;
+        let allowed = w.allowed(conn.peer, conn.local, None, None);
+        proxy(&w, conn.stream, None, allowed, &splice).await;
         return;
     }
     let Accepted {
@@ -642,11 +645,38 @@ async fn serve_tcp(w: Rc<TcpWorker>, conn: Accepted) {
         .and_then(|c| mesh_tls::peer::spiffe_id(c).ok())
         .map(PeerIdentity::new);
     let sni = session.server_name().map(str::to_string);
-    if !w.allowed(peer, local, identity.as_ref(), sni.as_deref()) {
-        return;
+    let allowed = w.allowed(peer, local, identity.as_ref(), sni.as_deref());
+    proxy(&w, stream, identity.as_ref(), allowed, &splice).await;
+}
+
+/// Proxies an accepted (and, on a TLS port, handshaken) connection to the endpoint, counted
+/// in Istio's TCP metrics with `reporter="destination"` as Istio's inbound chain counts it
+/// (`istio.stats` after the network RBAC filter, which closes a denied connection without a
+/// response flag: Envoy's `rbac_filter.cc` sets only the termination details): a denied
+/// connection is opened and closed with no flag and no bytes; one whose endpoint refuses
+/// or times out has flag `UF`.
+async fn proxy<D>(
+    w: &TcpWorker,
+    down: D,
+    peer: Option<&PeerIdentity>,
+    allowed: bool,
+    splice: &engine_l4::SpliceConfig,
+) where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let up = if allowed { connect(w).await } else { None };
+    let flags = if allowed && up.is_none() {
+        ResponseFlags::UPSTREAM_CONNECTION_FAILURE
+    } else {
+        ResponseFlags::empty()
+    };
+    let stats = w
+        .shared
+        .metrics
+        .tcp_open_inbound(&TcpInbound { peer, flags });
+    if let Some(up) = up {
+        engine_l4::splice(down, up, &[], splice, |rx, tx| stats.add(rx, tx)).await;
     }
-    let Some(up) = connect(&w).await else { return };
-    engine_l4::splice(stream, up, &[], &splice, |_, _| {}).await;
 }
 
 /// Connects to the endpoint (`connectTimeout`); a failure closes the downstream connection.

@@ -775,6 +775,7 @@ impl Proxy {
                             .limits
                             .tls_handshake_timeout
                             .get(),
+                        metrics: self.state.layers.telemetry().metrics().clone(),
                     };
                     let factory = Arc::new(move |ctx: &L4WorkerContext| {
                         crate::ingress::TcpIngressHandler::new(&shared, ctx)

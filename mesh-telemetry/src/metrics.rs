@@ -858,12 +858,6 @@ impl<'a> IdentRef<'a> {
     fn labels(&self, done: &Completed<'_>) -> String {
         let local = &**self.local;
         let mut s = String::with_capacity(1024);
-        let own_principal = local.principal.as_deref().filter(|_| self.mtls);
-        let own_name = Some(local.name.as_str());
-        let own_ns = Some(local.namespace.as_str());
-        let own_canonical = canonical_name(&local.labels, own_name);
-        let own_revision = Some(canonical_revision(&local.labels));
-        let own_cluster = local.cluster.as_deref();
         match self.reporter {
             Reporter::Source => {
                 let host = match (self.dest_host, self.passthrough) {
@@ -879,45 +873,57 @@ impl<'a> IdentRef<'a> {
                 source_labels(&mut s, local, self.mtls, endpoint, self.meta, host, name);
             }
             Reporter::Destination => {
-                s.push_str("reporter=\"destination\"");
-                let peer = self.principal.map(|p| p.id().to_string());
-                let peer_ns = peer.as_deref().and_then(spiffe_namespace);
-                label(&mut s, "source_workload", None);
-                label(&mut s, "source_canonical_service", None);
-                label(&mut s, "source_canonical_revision", Some("latest"));
-                label(&mut s, "source_workload_namespace", peer_ns);
-                label(&mut s, "source_principal", peer.as_deref());
-                label(&mut s, "source_app", None);
-                label(&mut s, "source_version", None);
-                label(&mut s, "source_cluster", None);
-                label(&mut s, "destination_workload", own_name);
-                label(&mut s, "destination_workload_namespace", own_ns);
-                label(&mut s, "destination_principal", own_principal);
-                label(&mut s, "destination_app", app(&local.labels));
-                label(&mut s, "destination_version", version(&local.labels));
-                label(
-                    &mut s,
-                    "destination_service",
-                    self.authority.or(own_canonical),
-                );
-                label(&mut s, "destination_canonical_service", own_canonical);
-                label(&mut s, "destination_canonical_revision", own_revision);
-                label(
-                    &mut s,
-                    "destination_service_name",
-                    self.authority.or(own_canonical),
-                );
-                label(&mut s, "destination_service_namespace", own_ns);
-                label(&mut s, "destination_cluster", own_cluster);
-                label(
-                    &mut s,
-                    "connection_security_policy",
-                    Some(if self.mtls { "mutual_tls" } else { "none" }),
-                );
+                destination_labels(&mut s, local, self.mtls, self.principal, self.authority);
             }
         }
         s
     }
+}
+
+/// The labels of a `reporter="destination"` series (the proxy's workload is the
+/// destination; the peer, known only by its certificate, the source), as Istio's
+/// `populatePeerInfo` computes them: shared by the request and the TCP metrics. `service`
+/// is the request's authority; without one (TCP), the workload's canonical service.
+fn destination_labels(
+    s: &mut String,
+    local: &LocalWorkload,
+    mtls: bool,
+    principal: Option<&PeerIdentity>,
+    service: Option<&str>,
+) {
+    let own_principal = local.principal.as_deref().filter(|_| mtls);
+    let own_name = Some(local.name.as_str());
+    let own_ns = Some(local.namespace.as_str());
+    let own_canonical = canonical_name(&local.labels, own_name);
+    let own_revision = Some(canonical_revision(&local.labels));
+    let own_cluster = local.cluster.as_deref();
+    s.push_str("reporter=\"destination\"");
+    let peer = principal.map(|p| p.id().to_string());
+    let peer_ns = peer.as_deref().and_then(spiffe_namespace);
+    label(s, "source_workload", None);
+    label(s, "source_canonical_service", None);
+    label(s, "source_canonical_revision", Some("latest"));
+    label(s, "source_workload_namespace", peer_ns);
+    label(s, "source_principal", peer.as_deref());
+    label(s, "source_app", None);
+    label(s, "source_version", None);
+    label(s, "source_cluster", None);
+    label(s, "destination_workload", own_name);
+    label(s, "destination_workload_namespace", own_ns);
+    label(s, "destination_principal", own_principal);
+    label(s, "destination_app", app(&local.labels));
+    label(s, "destination_version", version(&local.labels));
+    label(s, "destination_service", service.or(own_canonical));
+    label(s, "destination_canonical_service", own_canonical);
+    label(s, "destination_canonical_revision", own_revision);
+    label(s, "destination_service_name", service.or(own_canonical));
+    label(s, "destination_service_namespace", own_ns);
+    label(s, "destination_cluster", own_cluster);
+    label(
+        s,
+        "connection_security_policy",
+        Some(if mtls { "mutual_tls" } else { "none" }),
+    );
 }
 
 /// The labels of a `reporter="source"` series (the proxy's workload is the source; the
@@ -992,7 +998,7 @@ fn source_labels(
 }
 
 mod tcp;
-pub use tcp::{TcpConnectionStats, TcpPeer};
+pub use tcp::{TcpConnectionStats, TcpInbound, TcpPeer};
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@
 pub mod l4;
 pub mod mtls;
 pub mod pki;
+pub mod prom;
 pub mod ws;
 
 use std::convert::Infallible;

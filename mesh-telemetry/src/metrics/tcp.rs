@@ -1,4 +1,7 @@
-//! Istio's TCP metrics (`istio_tcp_*`), for the proxy's L4 listeners.
+//! Istio's TCP metrics (`istio_tcp_*`), for the proxy's L4 listeners: `reporter="source"`
+//! for the `outboundPorts` and gateway listeners ([`IstioMetrics::tcp_open`]),
+//! `reporter="destination"` for the Sidecar `ingress` TCP listeners
+//! ([`IstioMetrics::tcp_open_inbound`]).
 //!
 //! A connection's series is found once, when its upstream is decided
 //! ([`IstioMetrics::tcp_open`]); its bytes are counted by the connection's own task and added
@@ -11,10 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
 use mesh_core::ResponseFlags;
-use mesh_core::ext::SelectedUpstream;
+use mesh_core::ext::{PeerIdentity, SelectedUpstream};
 use mesh_core::hash::{FastHashMap, FastState};
 
-use super::{IstioMetrics, label, service_name, source_labels};
+use super::{IstioMetrics, Reporter, destination_labels, label, service_name, source_labels};
 
 /// Who a proxied TCP connection went to, for its `reporter="source"` labels (Istio's
 /// `destination_*` from the endpoint and the route's service; `response_flags`).
@@ -54,15 +57,79 @@ pub(super) struct TcpSeries {
     sent: AtomicU64,
 }
 
+/// Who opened a TCP connection to this workload (a Sidecar `ingress` listener), for its
+/// `reporter="destination"` labels: the peer as its certificate names it (`None`: plaintext
+/// or no client certificate), the workload's canonical service as `destination_service`.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpInbound<'a> {
+    /// The peer's SPIFFE identity, from its certificate (`source_principal`; with one, the
+    /// connection's policy is `mutual_tls`).
+    pub peer: Option<&'a PeerIdentity>,
+    /// Envoy's flags of the connection (`UF`: the endpoint refused or timed out; empty when
+    /// it was proxied).
+    pub flags: ResponseFlags,
+}
+
 /// What identifies a series; the upstream is kept to keep its address unique.
 #[derive(Debug)]
 struct Key {
+    reporter: Reporter,
     endpoint: usize,
     _upstream: Option<SelectedUpstream>,
     service: Option<Arc<str>>,
+    principal: Option<Box<str>>,
     flags: u32,
     mtls: bool,
     local: usize,
+}
+
+/// A [`Key`] as the caller has it, before a series is made.
+struct KeyRef<'a> {
+    reporter: Reporter,
+    endpoint: usize,
+    upstream: Option<&'a SelectedUpstream>,
+    service: Option<&'a Arc<str>>,
+    principal: Option<&'a str>,
+    flags: ResponseFlags,
+    mtls: bool,
+    local: usize,
+}
+
+impl KeyRef<'_> {
+    fn hash(&self) -> u64 {
+        let mut h = FastState::default().build_hasher();
+        self.reporter.hash(&mut h);
+        self.endpoint.hash(&mut h);
+        self.service.map(|s| &**s).hash(&mut h);
+        self.principal.hash(&mut h);
+        self.flags.bits().hash(&mut h);
+        self.mtls.hash(&mut h);
+        self.local.hash(&mut h);
+        h.finish()
+    }
+
+    fn matches(&self, k: &Key) -> bool {
+        k.reporter == self.reporter
+            && k.endpoint == self.endpoint
+            && k.service.as_deref() == self.service.map(|s| &**s)
+            && k.principal.as_deref() == self.principal
+            && k.flags == self.flags.bits()
+            && k.mtls == self.mtls
+            && k.local == self.local
+    }
+
+    fn to_owned(&self) -> Key {
+        Key {
+            reporter: self.reporter,
+            endpoint: self.endpoint,
+            _upstream: self.upstream.cloned(),
+            service: self.service.cloned(),
+            principal: self.principal.map(Box::from),
+            flags: self.flags.bits(),
+            mtls: self.mtls,
+            local: self.local,
+        }
+    }
 }
 
 // === impl IstioMetrics ===
@@ -75,32 +142,58 @@ impl IstioMetrics {
         let local = self.local.load();
         let endpoint = peer.upstream.map(|u| u.endpoint());
         let mtls = local.principal.is_some() && endpoint.is_some_and(|e| e.istio_tls);
-        let ep_addr = endpoint.map_or(0, |e| e as *const _ as usize);
-        let local_addr = Arc::as_ptr(&local) as usize;
-        let mut h = FastState::default().build_hasher();
-        ep_addr.hash(&mut h);
-        peer.service.map(|s| &**s).hash(&mut h);
-        peer.flags.bits().hash(&mut h);
-        mtls.hash(&mut h);
-        local_addr.hash(&mut h);
-        let hash = h.finish();
-        let same = |s: &Arc<TcpSeries>| {
-            s.key.endpoint == ep_addr
-                && s.key.service.as_deref() == peer.service.map(|s| &**s)
-                && s.key.flags == peer.flags.bits()
-                && s.key.mtls == mtls
-                && s.key.local == local_addr
+        let key = KeyRef {
+            reporter: Reporter::Source,
+            endpoint: endpoint.map_or(0, |e| e as *const _ as usize),
+            upstream: peer.upstream,
+            service: peer.service,
+            principal: None,
+            flags: peer.flags,
+            mtls,
+            local: Arc::as_ptr(&local) as usize,
         };
+        self.tcp_series(&key, |labels| {
+            let host = peer.service.map(|s| &**s);
+            let meta = endpoint.and_then(|e| e.meta.as_ref());
+            let name = host.map(service_name);
+            source_labels(labels, &local, mtls, endpoint, meta, host, name);
+        })
+    }
+
+    /// Counts a TCP connection opened to this workload (`reporter="destination"`: a
+    /// Sidecar `ingress` listener's) and returns its handle, as [`tcp_open`](Self::tcp_open).
+    pub fn tcp_open_inbound(&self, inbound: &TcpInbound<'_>) -> TcpConnectionStats {
+        let local = self.local.load();
+        let principal = inbound.peer.map(PeerIdentity::principal);
+        let key = KeyRef {
+            reporter: Reporter::Destination,
+            endpoint: 0,
+            upstream: None,
+            service: None,
+            principal,
+            flags: inbound.flags,
+            mtls: inbound.peer.is_some(),
+            local: Arc::as_ptr(&local) as usize,
+        };
+        self.tcp_series(&key, |labels| {
+            destination_labels(labels, &local, key.mtls, inbound.peer, None);
+        })
+    }
+
+    /// The series of `key`, made with the labels `write` writes (before the protocol and
+    /// the flags) when it is new; the connection counted opened in it.
+    fn tcp_series(&self, key: &KeyRef<'_>, write: impl FnOnce(&mut String)) -> TcpConnectionStats {
+        let hash = key.hash();
         let found = self.tcp.series.read().ok().and_then(|m| {
             m.get(&hash)
-                .and_then(|l| l.iter().find(|s| same(s)).cloned())
+                .and_then(|l| l.iter().find(|s| key.matches(&s.key)).cloned())
         });
         let series = match found {
             Some(s) => s,
             None => {
                 let mut map = self.tcp.series.write().unwrap_or_else(|e| e.into_inner());
                 let list = map.entry(hash).or_default();
-                match list.iter().find(|s| same(s)) {
+                match list.iter().find(|s| key.matches(&s.key)) {
                     Some(s) => s.clone(),
                     None => {
                         if self.series.fetch_add(1, Relaxed) >= self.max_series {
@@ -109,29 +202,12 @@ impl IstioMetrics {
                             return TcpConnectionStats(None);
                         }
                         let mut labels = String::with_capacity(1024);
-                        let host = peer.service.map(|s| &**s);
-                        let meta = endpoint.and_then(|e| e.meta.as_ref());
-                        source_labels(
-                            &mut labels,
-                            &local,
-                            mtls,
-                            endpoint,
-                            meta,
-                            host,
-                            host.map(service_name),
-                        );
+                        write(&mut labels);
                         label(&mut labels, "request_protocol", Some("tcp"));
-                        let flags = peer.flags.to_string();
+                        let flags = key.flags.to_string();
                         label(&mut labels, "response_flags", Some(&flags));
                         let s = Arc::new(TcpSeries {
-                            key: Key {
-                                endpoint: ep_addr,
-                                _upstream: peer.upstream.cloned(),
-                                service: peer.service.cloned(),
-                                flags: peer.flags.bits(),
-                                mtls,
-                                local: local_addr,
-                            },
+                            key: key.to_owned(),
                             labels: labels.into_boxed_str(),
                             opened: AtomicU64::new(0),
                             closed: AtomicU64::new(0),
