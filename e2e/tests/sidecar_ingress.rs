@@ -87,6 +87,44 @@ fn config(dir: &Path, ca: &MeshCa, main: &Backend, extra: &str) -> String {
     )
 }
 
+/// The `reviews` workload's world: a fresh mesh CA, a directory for files, its main
+/// application, the application of its HTTP ingress port and the echo server of its TCP one.
+struct World {
+    dir: tempfile::TempDir,
+    ca: MeshCa,
+    main: Backend,
+    ratings: Backend,
+    echo: SocketAddr,
+}
+
+impl World {
+    async fn new() -> Self {
+        World {
+            dir: tempfile::tempdir().unwrap(),
+            ca: MeshCa::generate(TD).unwrap(),
+            main: app("main").await,
+            ratings: app("ingress-app").await,
+            echo: echo_server("echo").await,
+        }
+    }
+
+    /// The configuration: the workload, `docs`, and its Sidecar (HTTP port 9080 to the
+    /// ingress application, TCP port 9000 to `tcp`).
+    fn yaml_to(&self, docs: &str, tcp: SocketAddr) -> String {
+        config(
+            self.dir.path(),
+            &self.ca,
+            &self.main,
+            &format!("{docs}{}", sidecar(self.ratings.addr, tcp)),
+        )
+    }
+
+    /// A proxy running [`World::yaml_to`] with the TCP port to the echo server.
+    async fn start(&self, docs: &str) -> Running {
+        start(&self.yaml_to(docs, self.echo)).await
+    }
+}
+
 /// A GET of `/` over mTLS as `who`; the status and body, or the error.
 async fn get_tls(addr: SocketAddr, ca: &MeshCa, who: &str) -> Result<(u16, String), String> {
     bounded(async {
@@ -134,18 +172,8 @@ async fn exchange_tls(addr: SocketAddr, ca: &MeshCa, who: &str, data: &[u8]) -> 
 
 #[tokio::test]
 async fn http_ingress_listener_forwards_to_its_endpoint_under_strict_mtls_and_deny() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate(TD).unwrap();
-    let main = app("main").await;
-    let ratings = app("ingress-app").await;
-    let echo = echo_server("echo").await;
-    let yaml = config(
-        dir.path(),
-        &ca,
-        &main,
-        &format!("{STRICT}{DENY_SLEEP}{}", sidecar(ratings.addr, echo)),
-    );
-    let p = start(&yaml).await;
+    let w = World::new().await;
+    let p = w.start(&format!("{STRICT}{DENY_SLEEP}")).await;
     let http = p
         .proxy
         .ingress_addr(9080)
@@ -157,7 +185,7 @@ async fn http_ingress_listener_forwards_to_its_endpoint_under_strict_mtls_and_de
         "the inboundPorts entry is the ingress listener, not a second one"
     );
     // an mTLS client reaches the defaultEndpoint, its identity in x-forwarded-client-cert
-    let (status, body) = get_tls(http, &ca, "productpage").await.unwrap();
+    let (status, body) = get_tls(http, &w.ca, "productpage").await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(
         body.starts_with("ingress-app By=spiffe://cluster.local/ns/default/sa/reviews;"),
@@ -168,7 +196,7 @@ async fn http_ingress_listener_forwards_to_its_endpoint_under_strict_mtls_and_de
         "{body}"
     );
     // the DENY policy is honoured on the ingress listener
-    let (status, body) = get_tls(http, &ca, "sleep").await.unwrap();
+    let (status, body) = get_tls(http, &w.ca, "sleep").await.unwrap();
     assert_eq!(status, 403, "{body}");
     assert_eq!(body, "RBAC: access denied");
     // STRICT: plaintext is refused
@@ -179,7 +207,7 @@ async fn http_ingress_listener_forwards_to_its_endpoint_under_strict_mtls_and_de
     .await;
     assert!(!plain.starts_with("HTTP/1.1 200"), "{plain}");
     assert_eq!(
-        ratings.hits(),
+        w.ratings.hits(),
         1,
         "only the allowed mTLS request got through"
     );
@@ -199,7 +227,7 @@ async fn http_ingress_listener_forwards_to_its_endpoint_under_strict_mtls_and_de
     )
     .await;
     // the main inbound listener still forwards to localApp
-    let (status, body) = get_tls(p.proxy.inbound_addr().unwrap(), &ca, "productpage")
+    let (status, body) = get_tls(p.proxy.inbound_addr().unwrap(), &w.ca, "productpage")
         .await
         .unwrap();
     assert_eq!(status, 200);
@@ -209,26 +237,16 @@ async fn http_ingress_listener_forwards_to_its_endpoint_under_strict_mtls_and_de
 
 #[tokio::test]
 async fn tcp_ingress_listener_splices_mtls_connections_under_tcp_authorization() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate(TD).unwrap();
-    let main = app("main").await;
-    let ratings = app("ingress-app").await;
-    let echo = echo_server("echo").await;
-    let yaml = config(
-        dir.path(),
-        &ca,
-        &main,
-        &format!("{STRICT}{DENY_SLEEP}{}", sidecar(ratings.addr, echo)),
-    );
-    let p = start(&yaml).await;
+    let w = World::new().await;
+    let p = w.start(&format!("{STRICT}{DENY_SLEEP}")).await;
     let tcp = p
         .proxy
         .ingress_addr(9000)
         .expect("an ingress listener for 9000");
-    let got = exchange_tls(tcp, &ca, "productpage", b"hello").await;
+    let got = exchange_tls(tcp, &w.ca, "productpage", b"hello").await;
     assert_eq!(String::from_utf8_lossy(&got), "echo helloecho bye");
     // DENY by principal: the connection is closed before a byte reaches the endpoint
-    let got = exchange_tls(tcp, &ca, "sleep", b"hello").await;
+    let got = exchange_tls(tcp, &w.ca, "sleep", b"hello").await;
     assert_eq!(String::from_utf8_lossy(&got), "");
     // STRICT: plaintext never reaches the endpoint
     let got = support::l4::exchange(tcp, b"hello").await;
@@ -240,11 +258,7 @@ async fn tcp_ingress_listener_splices_mtls_connections_under_tcp_authorization()
 /// on a TCP port, while the same policy allows the GET on the HTTP port.
 #[tokio::test]
 async fn allow_rules_with_http_fields_allow_no_tcp_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate(TD).unwrap();
-    let main = app("main").await;
-    let ratings = app("ingress-app").await;
-    let echo = echo_server("echo").await;
+    let w = World::new().await;
     let allow_get = "---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -255,19 +269,13 @@ spec:
   rules:
   - to: [{operation: {methods: [GET]}}]
 ";
-    let yaml = config(
-        dir.path(),
-        &ca,
-        &main,
-        &format!("{allow_get}{}", sidecar(ratings.addr, echo)),
-    );
-    let p = start(&yaml).await;
-    let (status, _) = get_tls(p.proxy.ingress_addr(9080).unwrap(), &ca, "productpage")
+    let p = w.start(allow_get).await;
+    let (status, _) = get_tls(p.proxy.ingress_addr(9080).unwrap(), &w.ca, "productpage")
         .await
         .unwrap();
     assert_eq!(status, 200);
     let tcp = p.proxy.ingress_addr(9000).unwrap();
-    assert_eq!(exchange_tls(tcp, &ca, "productpage", b"hello").await, b"");
+    assert_eq!(exchange_tls(tcp, &w.ca, "productpage", b"hello").await, b"");
     // PERMISSIVE (no PeerAuthentication): a plaintext connection is judged the same way
     assert_eq!(support::l4::exchange(tcp, b"hello").await, b"");
     p.proxy.drain().await;
@@ -275,51 +283,42 @@ spec:
 
 #[tokio::test]
 async fn plaintext_tcp_ingress_under_permissive_reaches_the_endpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate(TD).unwrap();
-    let main = app("main").await;
-    let ratings = app("ingress-app").await;
-    let echo = echo_server("echo").await;
-    let yaml = config(dir.path(), &ca, &main, &sidecar(ratings.addr, echo));
-    let p = start(&yaml).await;
+    let w = World::new().await;
+    let p = w.start("").await;
     let tcp = p.proxy.ingress_addr(9000).unwrap();
     let got = support::l4::exchange(tcp, b"plain").await;
     assert_eq!(String::from_utf8_lossy(&got), "echo plainecho bye");
-    let got = exchange_tls(tcp, &ca, "productpage", b"tls").await;
+    let got = exchange_tls(tcp, &w.ca, "productpage", b"tls").await;
     assert_eq!(String::from_utf8_lossy(&got), "echo tlsecho bye");
     p.proxy.drain().await;
 }
 
 #[tokio::test]
 async fn reload_applies_policies_and_refuses_changed_ingress_listeners() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate(TD).unwrap();
-    let main = app("main").await;
-    let ratings = app("ingress-app").await;
-    let echo = echo_server("echo").await;
-    let file = dir.path().join("mesh.yaml");
-    let base = config(dir.path(), &ca, &main, STRICT);
-    write(&file, &format!("{base}{}", sidecar(ratings.addr, echo)));
+    let w = World::new().await;
+    let file = w.dir.path().join("mesh.yaml");
+    let base = config(w.dir.path(), &w.ca, &w.main, STRICT);
+    write(&file, &format!("{base}{}", sidecar(w.ratings.addr, w.echo)));
     let r = start_files(vec![file.clone()]).await;
     let http = r.proxy.ingress_addr(9080).unwrap();
-    assert_eq!(get_tls(http, &ca, "sleep").await.unwrap().0, 200);
+    assert_eq!(get_tls(http, &w.ca, "sleep").await.unwrap().0, 200);
     // a new policy: applied to the running ingress listeners
     write(
         &file,
-        &format!("{base}{DENY_SLEEP}{}", sidecar(ratings.addr, echo)),
+        &format!("{base}{DENY_SLEEP}{}", sidecar(w.ratings.addr, w.echo)),
     );
     r.proxy.reload().unwrap();
-    assert_eq!(get_tls(http, &ca, "sleep").await.unwrap().0, 403);
+    assert_eq!(get_tls(http, &w.ca, "sleep").await.unwrap().0, 403);
     let tcp = r.proxy.ingress_addr(9000).unwrap();
-    assert_eq!(exchange_tls(tcp, &ca, "sleep", b"x").await, b"");
+    assert_eq!(exchange_tls(tcp, &w.ca, "sleep", b"x").await, b"");
     // a changed ingress listener (its endpoint moves, the policy goes): refused as a
     // whole, the running configuration keeps serving
-    write(&file, &format!("{base}{}", sidecar(main.addr, echo)));
+    write(&file, &format!("{base}{}", sidecar(w.main.addr, w.echo)));
     let err = r.proxy.reload().unwrap_err().to_string();
     assert!(err.contains("Sidecar ingress listeners"), "{err}");
     assert!(err.contains("restart"), "{err}");
-    assert_eq!(get_tls(http, &ca, "sleep").await.unwrap().0, 403);
-    let (status, body) = get_tls(http, &ca, "productpage").await.unwrap();
+    assert_eq!(get_tls(http, &w.ca, "sleep").await.unwrap().0, 403);
+    let (status, body) = get_tls(http, &w.ca, "productpage").await.unwrap();
     assert_eq!(status, 200);
     assert!(body.starts_with("ingress-app "), "{body}");
     r.proxy.drain().await;
@@ -423,11 +422,7 @@ spec:
 /// PeerAuthentication's `portLevelMtls` is keyed by the ingress listener's `port.number`.
 #[tokio::test]
 async fn port_level_mtls_is_keyed_by_the_ingress_port_number() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate(TD).unwrap();
-    let main = app("main").await;
-    let ratings = app("ingress-app").await;
-    let echo = echo_server("echo").await;
+    let w = World::new().await;
     let pa = "---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -438,13 +433,7 @@ spec:
   portLevelMtls:
     9080: {mode: DISABLE}
 ";
-    let yaml = config(
-        dir.path(),
-        &ca,
-        &main,
-        &format!("{pa}{}", sidecar(ratings.addr, echo)),
-    );
-    let p = start(&yaml).await;
+    let p = w.start(pa).await;
     let http = p.proxy.ingress_addr(9080).unwrap();
     let plain = raw(
         http,
@@ -457,7 +446,7 @@ spec:
     let tcp = p.proxy.ingress_addr(9000).unwrap();
     let got = support::l4::exchange(tcp, b"hello").await;
     assert!(!String::from_utf8_lossy(&got).contains("echo"), "{got:?}");
-    let got = exchange_tls(tcp, &ca, "productpage", b"hello").await;
+    let got = exchange_tls(tcp, &w.ca, "productpage", b"hello").await;
     assert_eq!(String::from_utf8_lossy(&got), "echo helloecho bye");
     p.proxy.drain().await;
 }
@@ -465,18 +454,8 @@ spec:
 /// `/config_dump` shows the ingress listeners the proxy built.
 #[tokio::test]
 async fn config_dump_lists_the_ingress_listeners() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate(TD).unwrap();
-    let main = app("main").await;
-    let ratings = app("ingress-app").await;
-    let echo = echo_server("echo").await;
-    let p = start(&config(
-        dir.path(),
-        &ca,
-        &main,
-        &sidecar(ratings.addr, echo),
-    ))
-    .await;
+    let w = World::new().await;
+    let p = w.start("").await;
     let (status, body) = admin_get(p.admin, "/config_dump").await;
     assert_eq!(status, 200);
     let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -486,7 +465,7 @@ async fn config_dump_lists_the_ingress_listeners() {
     assert_eq!(ingress["listeners"][0]["serve"], "http");
     assert_eq!(
         ingress["listeners"][0]["endpoint"],
-        ratings.addr.to_string()
+        w.ratings.addr.to_string()
     );
     assert_eq!(ingress["listeners"][1]["port"], 9000);
     assert_eq!(ingress["listeners"][1]["serve"], "tcp");
@@ -499,16 +478,12 @@ async fn config_dump_lists_the_ingress_listeners() {
 #[tokio::test]
 async fn ingress_tls_terminates_with_the_listener_s_own_certificate() {
     use support::pki::Pki;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate(TD).unwrap();
-    let main = app("main").await;
-    let ratings = app("ingress-app").await;
-    let echo = echo_server("echo").await;
+    let w = World::new().await;
     let pki = Pki::new("ingress CA");
     let (cert, key) = pki
         .leaf(&["ratings.example.com"], false)
-        .write(dir.path(), "ratings");
-    let ca_file = pki.write(dir.path(), "ingress-ca.pem");
+        .write(w.dir.path(), "ratings");
+    let ca_file = pki.write(w.dir.path(), "ingress-ca.pem");
     let sidecar = format!(
         "---
 apiVersion: networking.istio.io/v1
@@ -524,14 +499,14 @@ spec:
     defaultEndpoint: 127.0.0.1:{}
     tls: {{mode: MUTUAL, serverCertificate: {cert}, privateKey: {key}, caCertificates: {ca_file}}}
 ",
-        ratings.port(),
-        echo.port()
+        w.ratings.port(),
+        w.echo.port()
     );
     // STRICT for the workload: the listeners' own TLS replaces the mesh's mTLS on them
     let yaml = reviews_config(
-        dir.path(),
-        &ca,
-        &main,
+        w.dir.path(),
+        &w.ca,
+        &w.main,
         &format!("  inboundPorts: {{\"8443\": 0, \"9443\": 0}}\n{STRICT}{sidecar}"),
     );
     let p = start(&yaml).await;
@@ -641,22 +616,12 @@ fn inbound_tcp(text: &str, name: &str, want: &[&str]) -> u64 {
 /// counted with no flag and no bytes (Envoy's network RBAC filter sets no response flag).
 #[tokio::test]
 async fn tcp_ingress_connections_are_counted_with_reporter_destination() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate(TD).unwrap();
-    let main = app("main").await;
-    let ratings = app("ingress-app").await;
-    let echo = echo_server("echo").await;
-    let yaml = config(
-        dir.path(),
-        &ca,
-        &main,
-        &format!("{STRICT}{DENY_SLEEP}{}", sidecar(ratings.addr, echo)),
-    );
-    let p = start(&yaml).await;
+    let w = World::new().await;
+    let p = w.start(&format!("{STRICT}{DENY_SLEEP}")).await;
     let tcp = p.proxy.ingress_addr(9000).unwrap();
-    let got = exchange_tls(tcp, &ca, "productpage", b"hello").await;
+    let got = exchange_tls(tcp, &w.ca, "productpage", b"hello").await;
     assert_eq!(String::from_utf8_lossy(&got), "echo helloecho bye");
-    assert_eq!(exchange_tls(tcp, &ca, "sleep", b"hello").await, b"");
+    assert_eq!(exchange_tls(tcp, &w.ca, "sleep", b"hello").await, b"");
     let allowed = [
         "source_principal=\"spiffe://cluster.local/ns/default/sa/productpage\"",
         "source_workload_namespace=\"default\"",
@@ -705,17 +670,13 @@ async fn tcp_ingress_connections_are_counted_with_reporter_destination() {
 /// `none`, the peer unknown.
 #[tokio::test]
 async fn tcp_ingress_connect_failures_are_counted_uf() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = MeshCa::generate(TD).unwrap();
-    let main = app("main").await;
-    let ratings = app("ingress-app").await;
+    let w = World::new().await;
     // a port nothing listens on: bound, then closed
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let yaml = config(dir.path(), &ca, &main, &sidecar(ratings.addr, closed));
-    let p = start(&yaml).await;
+    let p = start(&w.yaml_to("", closed)).await;
     let tcp = p.proxy.ingress_addr(9000).unwrap();
     assert_eq!(support::l4::exchange(tcp, b"plain").await, b"");
     let admin = p.admin;
