@@ -667,7 +667,7 @@ async fn tcp_ingress_connections_are_counted_with_reporter_destination() {
 }
 
 /// A plaintext connection (PERMISSIVE) to an endpoint that refuses: flag `UF`, policy
-/// `none`, the peer unknown.
+/// `none`, the peer unknown; its access log line names Istio's inbound cluster.
 #[tokio::test]
 async fn tcp_ingress_connect_failures_are_counted_uf() {
     let w = World::new().await;
@@ -676,9 +676,24 @@ async fn tcp_ingress_connect_failures_are_counted_uf() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let p = start(&w.yaml_to("", closed)).await;
+    let log = w.dir.path().join("access.log");
+    let access_log = format!("  accessLog: {{path: {}, encoding: TEXT}}\n", log.display());
+    let p = start(&w.yaml_to(&access_log, closed)).await;
     let tcp = p.proxy.ingress_addr(9000).unwrap();
     assert_eq!(support::l4::exchange(tcp, b"plain").await, b"");
+    let proxy = &p.proxy;
+    eventually("the connection's access log line", || {
+        proxy.flush_telemetry();
+        let has = std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() == 1);
+        async move { has }
+    })
+    .await;
+    let line = std::fs::read_to_string(&log).unwrap();
+    assert!(line.contains("] \"- - -\" 0 UF - - \"-\" 0 0 "), "{line}");
+    assert!(
+        line.contains(&format!("\"{closed}\" inbound|9000|| - {tcp} 127.0.0.1:")),
+        "{line}"
+    );
     let admin = p.admin;
     let want = [
         "source_principal=\"unknown\"",

@@ -556,3 +556,68 @@ async fn drain_closes_open_tunnels_after_the_drain_timeout() {
         "still accepting after the drain"
     );
 }
+
+/// Envoy's TCP proxy writes one access log line per connection when it closes, in the
+/// listener's format: Istio's text line with `"- - -" 0`, the bytes each way, the endpoint,
+/// the cluster, and the addresses of both connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_writes_an_access_log_line_in_istio_s_format() {
+    let v1 = echo_server("one").await;
+    let key = format!("{ECHO}:9000");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("access.log");
+    let yaml = format!(
+        "{}{}",
+        bootstrap(
+            1,
+            &format!(
+                "{}  accessLog: {{path: {}, encoding: TEXT}}\n",
+                captured(&key),
+                file.display()
+            )
+        ),
+        tcp_echo_entry(&[("v1", v1)])
+    );
+    let running = start(&yaml).await;
+    let addr = port_addr(&running, &key);
+    let client = TcpStream::connect(addr).await.unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let mut s = client;
+    s.write_all(b"abc").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    bounded(s.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"one abcone bye");
+    // the client saw the close before the proxy's task logged it: poll the file
+    let proxy = &running.proxy;
+    let file2 = file.clone();
+    eventually("the connection's line", || {
+        proxy.flush_telemetry();
+        let has = std::fs::read_to_string(&file2).is_ok_and(|t| t.lines().count() == 1);
+        async move { has }
+    })
+    .await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    let line = text.lines().next().unwrap();
+    let rest = line.split_once("] ").unwrap().1;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // "- - -" 0 - - - "-" 3 14 <ms> - "-" "-" "-" "-" "<host>" <cluster> <up local>
+    // <listener> <client> - -
+    assert_eq!(
+        &fields[..7],
+        ["\"-", "-", "-\"", "0", "-", "-", "-"],
+        "{line}"
+    );
+    assert_eq!((fields[8], fields[9]), ("3", "14"), "{line}");
+    assert!(fields[10].parse::<u64>().is_ok(), "{line}");
+    assert_eq!(fields[16], format!("\"{v1}\""), "{line}");
+    assert_eq!(
+        fields[17], "outbound|9000||tcp-echo.default.svc.cluster.local",
+        "{line}"
+    );
+    assert!(fields[18].starts_with("127.0.0.1:"), "{line}");
+    assert_eq!(fields[19], addr.to_string(), "{line}");
+    assert_eq!(fields[20], client_addr.to_string(), "{line}");
+    assert_eq!(&fields[21..], ["-", "-"], "{line}");
+    running.proxy.drain().await;
+}

@@ -63,6 +63,12 @@ impl Exporters {
         e
     }
 
+    /// The access log, for the listeners that write lines themselves (the L4 listeners: a
+    /// line per connection, [`crate::l4::ConnLog`]); empty when none is configured.
+    pub fn access_log(&self) -> &Arc<ArcSwapOption<AccessLog>> {
+        &self.log
+    }
+
     /// Applies `snapshot`'s `tracing.otlp` and `accessLog` (see the [module docs](self)).
     pub fn store(&self, snapshot: &Snapshot) {
         let b = &snapshot.bootstrap;

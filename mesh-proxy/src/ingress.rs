@@ -47,7 +47,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use crate::l4::{ConnEnd, ConnLog};
+use arc_swap::{ArcSwap, ArcSwapOption};
 use mesh_core::compile::Snapshot;
 use mesh_core::error::{FieldPath, ResourceRef};
 use mesh_core::ext::PeerIdentity;
@@ -56,6 +57,7 @@ use mesh_core::model::Kind;
 use mesh_core::model::networking::{ServerTlsMode, ServerTlsSettings};
 use mesh_core::validate::common::Protocol;
 use mesh_core::{ResponseFlags, Severity};
+use mesh_telemetry::access_log::AccessLog;
 use mesh_telemetry::metrics::{IstioMetrics, TcpInbound};
 use mesh_tls::authz::{Attributes, Authorizer};
 use mesh_tls::termination::{PortTermination, ServerFiles, ServerTermination};
@@ -523,6 +525,9 @@ pub struct TcpIngress {
     pub handshake_timeout: Duration,
     /// Istio's metrics: each connection in `istio_tcp_*` with `reporter="destination"`.
     pub metrics: Arc<IstioMetrics>,
+    /// The access log: a line per connection ([`crate::l4::ConnLog`]; upstream cluster
+    /// `inbound|<port>||`, as Istio names the inbound cluster).
+    pub access_log: Arc<ArcSwapOption<AccessLog>>,
 }
 
 /// The connection handler of one worker of an L4 ingress listener.
@@ -533,6 +538,8 @@ struct TcpWorker {
     shared: TcpIngress,
     own: OwnAddrs,
     connect_timeout: Duration,
+    /// Istio's name of the inbound cluster (`inbound|<port>||`), for the access log.
+    cluster: Box<str>,
     /// The last server configuration without ALPN, by the one it was made from.
     config: Cell<Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>>,
 }
@@ -544,6 +551,7 @@ impl TcpIngressHandler {
             shared: shared.clone(),
             own: ctx.own_addrs().clone(),
             connect_timeout: ctx.limits().connect_timeout,
+            cluster: format!("inbound|{}||", shared.number).into(),
             config: Cell::new(None),
         }))
     }
@@ -623,9 +631,10 @@ async fn serve_tcp(w: Rc<TcpWorker>, conn: Accepted) {
         idle: crate::l4::DEFAULT_TCP_IDLE_TIMEOUT,
         report_every: Duration::from_secs(15),
     };
+    let log = ConnLog::new(&w.shared.access_log, conn.local, conn.peer);
     if !tls {
         let allowed = w.allowed(conn.peer, conn.local, None, None);
-        proxy(&w, conn.stream, None, allowed, &splice).await;
+        proxy(&w, conn.stream, None, allowed, &splice, &log).await;
         return;
     }
     let Accepted {
@@ -646,7 +655,8 @@ async fn serve_tcp(w: Rc<TcpWorker>, conn: Accepted) {
         .map(PeerIdentity::new);
     let sni = session.server_name().map(str::to_string);
     let allowed = w.allowed(peer, local, identity.as_ref(), sni.as_deref());
-    proxy(&w, stream, identity.as_ref(), allowed, &splice).await;
+    let log = log.with_sni(sni.as_deref());
+    proxy(&w, stream, identity.as_ref(), allowed, &splice, &log).await;
 }
 
 /// Proxies an accepted (and, on a TLS port, handshaken) connection to the endpoint, counted
@@ -654,13 +664,14 @@ async fn serve_tcp(w: Rc<TcpWorker>, conn: Accepted) {
 /// (`istio.stats` after the network RBAC filter, which closes a denied connection without a
 /// response flag: Envoy's `rbac_filter.cc` sets only the termination details): a denied
 /// connection is opened and closed with no flag and no bytes; one whose endpoint refuses
-/// or times out has flag `UF`.
+/// or times out has flag `UF`. Its access log line is written when it closes.
 async fn proxy<D>(
     w: &TcpWorker,
     down: D,
     peer: Option<&PeerIdentity>,
     allowed: bool,
     splice: &engine_l4::SpliceConfig,
+    log: &ConnLog,
 ) where
     D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -674,9 +685,19 @@ async fn proxy<D>(
         .shared
         .metrics
         .tcp_open_inbound(&TcpInbound { peer, flags });
+    let mut end = ConnEnd {
+        upstream: allowed.then_some(w.shared.endpoint),
+        cluster: Some(&w.cluster),
+        flags,
+        ..ConnEnd::default()
+    };
     if let Some(up) = up {
-        engine_l4::splice(down, up, &[], splice, |rx, tx| stats.add(rx, tx)).await;
+        end.upstream_local = up.local_addr().ok();
+        let done = engine_l4::splice(down, up, &[], splice, |rx, tx| stats.add(rx, tx)).await;
+        end.received = done.received;
+        end.sent = done.sent;
     }
+    log.end(&end);
 }
 
 /// Connects to the endpoint (`connectTimeout`); a failure closes the downstream connection.

@@ -19,7 +19,9 @@
 //! Every connection is counted in Istio's `istio_tcp_*` metrics (`reporter="source"`) with
 //! its response flags: `NR` (no route, unknown service or port), `UH` (no healthy
 //! endpoint), `UO` (`maxConnections` overflow), `UF` (connect failure or timeout, a
-//! handshake that failed). Its bytes are added every 15 s and when it closes.
+//! handshake that failed). Its bytes are added every 15 s and when it closes. With an
+//! access log configured (`ProxyBootstrap.accessLog`), each connection writes one line when it
+//! closes, as Envoy's TCP proxy does ([`ConnLog`]).
 //!
 //! # Which protocol a captured port speaks
 //!
@@ -39,10 +41,13 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
 
 use mesh_core::ResponseFlags;
 use mesh_core::compile::{Snapshot, resolve_host};
@@ -51,6 +56,7 @@ use mesh_core::rng::Rng;
 use mesh_lb::{Lb, LbLayer};
 use mesh_resilience::outlier::{ConnectOutcome, record_connect};
 use mesh_routing::l4::{L4Connection, L4RouteTable, L4RouteTableHandle};
+use mesh_telemetry::access_log::{AccessLog, LogEntry};
 use mesh_telemetry::metrics::{IstioMetrics, TcpPeer};
 use mesh_transport::OwnAddrs;
 use mesh_transport::l4::{
@@ -96,6 +102,87 @@ pub struct L4Shared {
     /// How long a TLS listener waits for a complete ClientHello, or a terminating one for
     /// the handshake (`limits.tlsHandshakeTimeout`).
     pub hello_timeout: Duration,
+    /// The access log (the bootstrap's `accessLog`, swapped on reload): a line per
+    /// connection ([`ConnLog`]).
+    pub access_log: Arc<ArcSwapOption<AccessLog>>,
+}
+
+/// A connection's access log line, as Envoy's TCP proxy writes one per connection in the
+/// listener's format when it closes: Istio's text line reads `"- - -" 0` for the method, path,
+/// protocol and response code, then the flags, the bytes each way, the duration, the upstream
+/// host and cluster, the upstream local address, the listener's and the client's addresses,
+/// the SNI. Made when the connection is accepted; [`ConnLog::end`] writes the line (nothing
+/// when no access log is configured).
+#[derive(Debug)]
+pub struct ConnLog {
+    log: Arc<ArcSwapOption<AccessLog>>,
+    start: SystemTime,
+    began: Instant,
+    local: SocketAddr,
+    peer: SocketAddr,
+    sni: Option<Box<str>>,
+}
+
+/// How a connection ended, for its [`ConnLog`] line.
+#[derive(Debug, Default)]
+pub struct ConnEnd<'a> {
+    /// `%UPSTREAM_HOST%`: the endpoint connected (or tried).
+    pub upstream: Option<SocketAddr>,
+    /// `%UPSTREAM_LOCAL_ADDRESS%`: this side of the upstream connection.
+    pub upstream_local: Option<SocketAddr>,
+    /// `%UPSTREAM_CLUSTER_RAW%`: Istio's cluster name.
+    pub cluster: Option<&'a str>,
+    /// `%RESPONSE_FLAGS%`.
+    pub flags: ResponseFlags,
+    /// `%BYTES_RECEIVED%`: from the client.
+    pub received: u64,
+    /// `%BYTES_SENT%`: to the client.
+    pub sent: u64,
+    /// `%REQUESTED_SERVER_NAME%`: the SNI.
+    pub sni: Option<&'a str>,
+}
+
+impl ConnLog {
+    /// The line of a connection accepted now on `local` from `peer`.
+    pub fn new(log: &Arc<ArcSwapOption<AccessLog>>, local: SocketAddr, peer: SocketAddr) -> Self {
+        ConnLog {
+            log: log.clone(),
+            start: SystemTime::now(),
+            began: Instant::now(),
+            local,
+            peer,
+            sni: None,
+        }
+    }
+
+    /// The line with `sni` as its `%REQUESTED_SERVER_NAME%` (a terminated handshake's), unless
+    /// [`ConnEnd::sni`] names one.
+    pub fn with_sni(self, sni: Option<&str>) -> Self {
+        ConnLog {
+            sni: sni.map(Box::from),
+            ..self
+        }
+    }
+
+    /// Writes the line of the connection, ended as `end` says.
+    pub fn end(&self, end: &ConnEnd<'_>) {
+        let guard = self.log.load();
+        let Some(log) = guard.as_ref() else { return };
+        let flags = end.flags.to_string();
+        let mut e = LogEntry::new(self.start);
+        e.protocol = "";
+        e.response_flags = if end.flags.is_empty() { "" } else { &flags };
+        e.bytes_received = end.received;
+        e.bytes_sent = end.sent;
+        e.duration = Some(self.began.elapsed());
+        e.upstream_host = end.upstream;
+        e.upstream_cluster = end.cluster;
+        e.upstream_local_address = end.upstream_local;
+        e.downstream_local_address = Some(self.local);
+        e.downstream_remote_address = Some(self.peer);
+        e.requested_server_name = end.sni.or(self.sni.as_deref());
+        log.log(&e);
+    }
 }
 
 /// The connection handler of one worker of an L4 listener.
@@ -166,6 +253,7 @@ impl ConnectionHandler for L4Handler {
 /// Serves one connection to its end.
 async fn serve(w: Rc<Worker>, mut conn: Accepted) {
     let table = w.shared.routes.load_full();
+    let log = ConnLog::new(&w.shared.access_log, conn.local, conn.peer);
     if let Some(tls) = &w.shared.terminate {
         // a terminating TLS server: the handshake (certificate by SNI, client certificates),
         // then the plaintext routed by the tcp routes
@@ -175,8 +263,10 @@ async fn serve(w: Rc<Worker>, mut conn: Accepted) {
             tracing::debug!(peer = %conn.peer, "tcp: downstream TLS handshake failed");
             return;
         };
+        // the SNI the handshake saw is logged, not routed on (tcp routes)
+        let log = log.with_sni(stream.get_ref().1.server_name());
         let c = L4Connection::new(conn.peer, conn.local);
-        forward(&w, &table, stream, c, &[], true).await;
+        forward(&w, &table, stream, c, &[], true, &log).await;
         return;
     }
     let mut hello = Vec::new();
@@ -195,7 +285,7 @@ async fn serve(w: Rc<Worker>, mut conn: Accepted) {
     let c = L4Connection::new(conn.peer, conn.local).with_sni(sni.as_deref());
     // AUTO_PASSTHROUGH: the client's TLS goes to the endpoint untouched, never wrapped again
     let originate = !table.is_auto_passthrough();
-    forward(&w, &table, conn.stream, c, &hello, originate).await;
+    forward(&w, &table, conn.stream, c, &hello, originate, &log).await;
 }
 
 /// Routes connection `c` (its bytes on `down`, `hello` read from it already), picks an
@@ -207,13 +297,14 @@ async fn forward<D>(
     c: L4Connection<'_>,
     hello: &[u8],
     originate: bool,
+    log: &ConnLog,
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
     let sni = c.sni;
     let dest = table.route(&c, &mut w.rng.borrow_mut()).cloned();
     let Some(dest) = dest else {
-        w.refuse(None, None, ResponseFlags::NO_ROUTE);
+        w.refuse(log, sni, None, None, ResponseFlags::NO_ROUTE);
         return;
     };
     let picked = w.lb.borrow_mut().pick(&dest, None);
@@ -223,12 +314,12 @@ async fn forward<D>(
             if !table.is_auto_passthrough()
                 && let Some(target) = w.passthrough(&dest, sni) =>
         {
-            passthrough(w, down, hello, &dest, target).await;
+            passthrough(w, down, hello, &dest, target, log, sni).await;
             return;
         }
         Err(flags) => {
             tracing::debug!(host = %dest.host, port = ?dest.port, %flags, "tcp: no endpoint");
-            w.refuse(None, Some(&dest.host), flags);
+            w.refuse(log, sni, None, Some(&dest.host), flags);
             return;
         }
     };
@@ -239,6 +330,8 @@ async fn forward<D>(
             Some(p) => Some(p),
             None => {
                 w.refuse(
+                    log,
+                    sni,
                     Some(&up),
                     Some(&dest.host),
                     ResponseFlags::UPSTREAM_OVERFLOW,
@@ -263,6 +356,8 @@ async fn forward<D>(
             }
             tracing::debug!(error = %e, "tcp: upstream connect failed");
             w.refuse(
+                log,
+                sni,
                 Some(&up),
                 Some(&dest.host),
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
@@ -287,6 +382,7 @@ async fn forward<D>(
         flags: ResponseFlags::empty(),
     });
     let report = |rx, tx| stats.add(rx, tx);
+    let upstream_local = stream.local_addr().ok();
     let done = match origination {
         None => engine_l4::splice(down, stream, hello, &config, report).await,
         Some(tls) => {
@@ -298,6 +394,8 @@ async fn forward<D>(
                     tracing::debug!(%addr, "tcp: TLS origination failed");
                     drop(stats);
                     w.refuse(
+                        log,
+                        sni,
                         Some(&up),
                         Some(&dest.host),
                         ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
@@ -308,6 +406,15 @@ async fn forward<D>(
         }
     };
     tracing::trace!(received = done.received, sent = done.sent, end = ?done.end, "tcp: closed");
+    log.end(&ConnEnd {
+        upstream: Some(addr),
+        upstream_local,
+        cluster: Some(&cluster.name),
+        received: done.received,
+        sent: done.sent,
+        sni,
+        ..ConnEnd::default()
+    });
 }
 
 /// Forwards to `target` (`host:port`, resolved by DNS): a `resolution: NONE` service, or
@@ -318,6 +425,8 @@ async fn passthrough<D>(
     hello: &[u8],
     dest: &mesh_core::ext::RouteDestination,
     target: (String, u16),
+    log: &ConnLog,
+    sni: Option<&str>,
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
@@ -336,6 +445,8 @@ async fn passthrough<D>(
     let Some(stream) = stream else {
         tracing::debug!(host = %target.0, port = target.1, "tcp: passthrough connect failed");
         w.refuse(
+            log,
+            sni,
             None,
             Some(&dest.host),
             ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
@@ -348,7 +459,17 @@ async fn passthrough<D>(
         flags: ResponseFlags::empty(),
     });
     let config = SpliceConfig::new(DEFAULT_TCP_IDLE_TIMEOUT);
-    engine_l4::splice(down, stream, hello, &config, |rx, tx| stats.add(rx, tx)).await;
+    let (upstream, upstream_local) = (stream.peer_addr().ok(), stream.local_addr().ok());
+    let done = engine_l4::splice(down, stream, hello, &config, |rx, tx| stats.add(rx, tx)).await;
+    log.end(&ConnEnd {
+        upstream,
+        upstream_local,
+        cluster: Some("PassthroughCluster"),
+        received: done.received,
+        sent: done.sent,
+        sni,
+        ..ConnEnd::default()
+    });
 }
 
 // === impl Worker ===
@@ -392,9 +513,11 @@ impl Worker {
     }
 
     /// Counts a connection closed without an upstream (opened and closed at once, with its
-    /// flags), as Envoy's TCP proxy does.
+    /// flags) and writes its access log line, as Envoy's TCP proxy does.
     fn refuse(
         &self,
+        log: &ConnLog,
+        sni: Option<&str>,
         upstream: Option<&SelectedUpstream>,
         service: Option<&Arc<str>>,
         flags: ResponseFlags,
@@ -404,6 +527,13 @@ impl Worker {
             service,
             flags,
         }));
+        log.end(&ConnEnd {
+            upstream: upstream.map(|u| u.endpoint().addr),
+            cluster: upstream.map(|u| &*u.cluster().name),
+            flags,
+            sni,
+            ..ConnEnd::default()
+        });
     }
 }
 

@@ -776,6 +776,13 @@ impl Proxy {
                             .tls_handshake_timeout
                             .get(),
                         metrics: self.state.layers.telemetry().metrics().clone(),
+                        access_log: self
+                            .state
+                            .layers
+                            .telemetry()
+                            .exporters()
+                            .access_log()
+                            .clone(),
                     };
                     let factory = Arc::new(move |ctx: &L4WorkerContext| {
                         crate::ingress::TcpIngressHandler::new(&shared, ctx)
@@ -874,6 +881,13 @@ impl Proxy {
                 .limits
                 .tls_handshake_timeout
                 .get(),
+            access_log: self
+                .state
+                .layers
+                .telemetry()
+                .exporters()
+                .access_log()
+                .clone(),
         };
         let factory = Arc::new(move |ctx: &L4WorkerContext| L4Handler::new(&shared, ctx));
         let engine = b
