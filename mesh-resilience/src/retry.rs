@@ -454,10 +454,15 @@ where
             parts.extensions.insert(ReturnHead);
             (self.inner.call(attempt(parts, &tried, first, None)), None)
         } else {
+            // the first attempt gets the original, the copy waits for a retry: the
+            // original's header map has room for the fields the layers below add (`Host`
+            // under mesh-stack's `EndpointUri`), where a copy's is cloned full and would
+            // grow
             let copy = parts.clone();
             (
-                self.inner.call(attempt(copy, &tried, first, mark.as_ref())),
-                Some(parts),
+                self.inner
+                    .call(attempt(parts, &tried, first, mark.as_ref())),
+                Some(copy),
             )
         };
         ResponseFuture {
