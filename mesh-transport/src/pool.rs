@@ -15,8 +15,8 @@
 //! circuit_breaking`), except the first of an endpoint in a pool that holds none (Envoy
 //! gives a host picked by the balancer at least one connection; counted all the same). A
 //! request that finds every connection at its stream limit and may not open one gets no
-//! stream ([`Pool::checkout_h2`] answers `None`) and waits as a pending request
-//! ([`Pool::wait_h2`]). An engine worker makes one pool for
+//! stream (`Pool::checkout_h2` answers `None`) and waits as a pending request
+//! (`Pool::wait_h2`). An engine worker makes one pool for
 //! its thread and hands every stack it builds a [`Connector`](crate::Connector) on it
 //! ([`WorkerContext::connector`]), so a worker's requests never touch another worker's pool
 //! and its lock is never contended; an in-process client makes one with [`Pool::new`] and
