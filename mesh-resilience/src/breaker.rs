@@ -102,7 +102,9 @@
 //!   until it closes, the first of an endpoint per worker whatever the limit (as Envoy),
 //!   and a request finding every connection full and no permit waits as pending, or gets
 //!   the overflow answer past `http1MaxPendingRequests`. Envoy counts as pending the HTTP/2
-//!   requests waiting for a connection being made too; here they take a stream on it.
+//!   requests waiting for a connection being made too; here they take a stream on it. A
+//!   pending HTTP/2 request counts among the requests in flight (`http2MaxRequests`) while
+//!   it waits, as this layer admitted it before the pool (Envoy counts it once attached).
 //! - A pending request waits until a connection is free, or until the route timeout above
 //!   drops it; a waiter is woken when a slot is freed but a new request may take the slot
 //!   first (no strict queue order).

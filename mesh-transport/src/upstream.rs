@@ -537,10 +537,13 @@ impl Connector {
                 {
                     Some(found) => found,
                     None => match limits.as_deref() {
-                        Some(l) => match self.pool.wait_h2(key, max_streams, pool, l).await {
-                            Some(found) => found,
-                            None => return overflow_reply(),
-                        },
+                        // boxed: the wait's state stays out of every request's future
+                        Some(l) => {
+                            match Box::pin(self.pool.wait_h2(key, max_streams, pool, l)).await {
+                                Some(found) => found,
+                                None => return overflow_reply(),
+                            }
+                        }
                         None => return overflow_reply(), // without limits, never
                     },
                 };
