@@ -197,6 +197,95 @@ async fn http2_max_requests_bounds_requests_in_flight() {
     assert_eq!(slow.most.load(Ordering::SeqCst), 2);
 }
 
+/// Envoy's circuit breakers on HTTP/2 (`intro/arch_overview/upstream/circuit_breaking`):
+/// `max_connections` counts HTTP/2 connections, and once `max_concurrent_streams` is set a
+/// request finding every connection full waits as pending under `max_pending_requests`.
+/// `maxConcurrentStreams: 1`, `maxConnections: 2`, `http1MaxPendingRequests: 1` and four
+/// slow requests at once to an h2c upstream: it sees two connections carrying one stream
+/// each, one request waits and is sent when a stream ends, one gets Envoy's overflow
+/// answer (`503`, `x-envoy-overloaded`, `UO`), counted in the cluster's overflows.
+#[tokio::test]
+async fn http2_connections_count_against_max_connections_and_the_rest_pend() {
+    let (slow, handler) = Slow::new();
+    let upstream = backend_with("httpbin", handler).await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("httpbin", 8000, "GRPC", &[&upstream])
+        + &destination_rule(
+            "httpbin",
+            &["httpbin"],
+            "  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 2}
+      http: {maxConcurrentStreams: 1, http1MaxPendingRequests: 1}
+",
+        );
+    let p = start(&yaml).await;
+    let replies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (out, replies) = (p.out, replies.clone());
+        clients.push(tokio::spawn(async move {
+            let r = get_once(out, "httpbin:8000", &[]).await;
+            replies.lock().unwrap().push(r);
+        }));
+    }
+    let (r, now) = (replies.clone(), slow.now.clone());
+    eventually("one overflow answer while the upstream holds two", || {
+        let (r, now) = (r.clone(), now.clone());
+        async move { r.lock().unwrap().len() == 1 && now.load(Ordering::SeqCst) == 2 }
+    })
+    .await;
+    {
+        let replies = replies.lock().unwrap();
+        let r = &replies[0];
+        assert_eq!(r.status, 503, "{r:?}");
+        assert_eq!(r.flags(), "UO");
+        assert_eq!(r.headers["x-envoy-overloaded"], "true");
+        assert_eq!(
+            r.body,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+        );
+    }
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
+    slow.gate.send_replace(true);
+    for c in clients {
+        bounded(c).await.unwrap();
+    }
+    let ok = replies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.status == 200)
+        .count();
+    assert_eq!(ok, 3, "two sent at once, then the pending one");
+    assert_eq!(upstream.hits(), 3);
+    assert_eq!(
+        slow.most.load(Ordering::SeqCst),
+        2,
+        "one stream on each connection"
+    );
+    assert_eq!(
+        upstream.connections.load(Ordering::SeqCst),
+        2,
+        "no third connection"
+    );
+    let cluster = "outbound|8000||httpbin.default.svc.cluster.local";
+    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
+    assert!(
+        stats.contains(&format!(
+            "mesh_proxy_cluster_overflows_total{{cluster_name=\"{cluster}\"}} 1\n"
+        )),
+        "{stats}"
+    );
+    assert!(
+        stats.contains(&format!(
+            "mesh_proxy_cluster_pending_requests{{cluster_name=\"{cluster}\"}} 0\n"
+        )),
+        "{stats}"
+    );
+    drop(p);
+}
+
 /// The retry budget (`trafficPolicy.retryBudget`, here one retry in flight at most): while
 /// one request's retry is held by the upstream, another request's failure is not retried;
 /// the client gets the upstream's `503` with flag `UO` (Envoy's router on a retry

@@ -21,8 +21,21 @@
 //! ```
 //!
 //! Counting is lock-free (compare-and-swap on shared atomics). Only a request that must
-//! wait for an HTTP/1.1 connection ([`Admission::Pending`]) touches the cluster's
-//! `tokio::sync::Notify`, and only when someone waits does a release wake it.
+//! wait for an HTTP/1.1 connection ([`Admission::Pending`]) or for an HTTP/2 stream
+//! ([`ClusterLimits::enter_pending`]) touches the cluster's `tokio::sync::Notify`s, and only
+//! when someone waits does a release wake it.
+//!
+//! **HTTP/2** (the connector's pool, `mesh-transport`): a new HTTP/2 connection needs a
+//! connection permit ([`ClusterLimits::h2_connection`]), held until the connection closes,
+//! so `maxConnections` counts the HTTP/2 connections open beside the HTTP/1.1 ones in use.
+//! As Envoy (`intro/arch_overview/upstream/circuit_breaking`: "Envoy will ensure that a
+//! host selected by cluster load balancing has at least one connection allocated"), a
+//! worker's pool with no connection to the endpoint may open one whatever the limit (it
+//! still counts). A request that finds every connection at its stream limit and may not
+//! open one waits as a pending request ([`ClusterLimits::enter_pending`], bounded by
+//! `http1MaxPendingRequests` as Envoy's `max_pending_requests` bounds HTTP/2 pending
+//! streams too), woken when a stream ends or a connection is released
+//! ([`ClusterLimits::h2_released`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -31,6 +44,10 @@ use tokio::sync::Notify;
 
 use crate::body::OnBodyEnd;
 use crate::model::networking::TrafficPolicy;
+
+/// The body of an overflow answer, as Envoy's router writes it for a pool overflow.
+pub const OVERFLOW_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: overflow";
 
 /// What Istio writes for a threshold the DestinationRule leaves unset
 /// (`getDefaultCircuitBreakerThresholds`: `math.MaxUint32`, not Envoy's 1024 defaults).
@@ -52,11 +69,11 @@ const WINDOW_BUCKETS: usize = 10;
 /// priority).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {
-    /// `tcp.maxConnections`: HTTP/1.1 connections in use at once (Envoy's
-    /// `max_connections`). Default: [`UNLIMITED`].
+    /// `tcp.maxConnections`: HTTP/1.1 connections in use at once and HTTP/2 connections
+    /// open (Envoy's `max_connections`). Default: [`UNLIMITED`].
     pub max_connections: u32,
-    /// `http.http1MaxPendingRequests`: requests waiting for a connection (Envoy's
-    /// `max_pending_requests`). Default: [`UNLIMITED`].
+    /// `http.http1MaxPendingRequests`: requests waiting for an HTTP/1.1 connection or an
+    /// HTTP/2 stream (Envoy's `max_pending_requests`). Default: [`UNLIMITED`].
     pub max_pending_requests: u32,
     /// `http.http2MaxRequests`: requests in flight, any protocol (Envoy's `max_requests`).
     /// Default: [`UNLIMITED`].
@@ -91,9 +108,9 @@ pub struct RetryBudget {
 pub struct ClusterCounters {
     /// Requests admitted and not yet ended (response body read or dropped).
     requests: AtomicU32,
-    /// Requests waiting for an HTTP/1.1 connection.
+    /// Requests waiting for an HTTP/1.1 connection or an HTTP/2 stream.
     pending: AtomicU32,
-    /// HTTP/1.1 connections in use (one request each).
+    /// HTTP/1.1 connections in use (one request each) and HTTP/2 connections open.
     connections: AtomicU32,
     /// Retries in flight.
     retries: AtomicU32,
@@ -104,10 +121,13 @@ pub struct ClusterCounters {
     retry_overflow: AtomicU64,
     /// Requests begun recently, for a retry budget with an interval.
     window: RequestWindow,
-    /// TCP proxy connections refused by `maxConnections` (`upstream_cx_overflow`).
+    /// TCP proxy and HTTP/2 connections refused by `maxConnections`
+    /// (`upstream_cx_overflow`).
     cx_overflow: AtomicU64,
     /// Wakes requests waiting for a connection.
     released: Notify,
+    /// Wakes (all) HTTP/2 requests waiting for a stream: each checks its own worker's pool.
+    h2_released: Notify,
 }
 
 /// A cluster's thresholds and its shared counters: what the circuit breaker and the retry
@@ -141,8 +161,9 @@ pub enum Admission {
 #[must_use]
 pub struct Permit(Option<Arc<dyn OnBodyEnd>>);
 
-/// A TCP proxy's upstream connection counted against `maxConnections`, released when
-/// dropped (see [`ClusterLimits::try_connection`]).
+/// A TCP proxy's upstream connection, or an HTTP/2 connection, counted against
+/// `maxConnections`, released when dropped (see [`ClusterLimits::try_connection`],
+/// [`ClusterLimits::h2_connection`]).
 #[derive(Debug)]
 #[must_use]
 pub struct ConnectionPermit(Arc<ClusterCounters>);
@@ -151,6 +172,12 @@ pub struct ConnectionPermit(Arc<ClusterCounters>);
 #[derive(Debug)]
 #[must_use]
 pub struct RetryPermit(Arc<ClusterCounters>);
+
+/// An HTTP/2 request counted among the cluster's pending requests until dropped (see
+/// [`ClusterLimits::enter_pending`]).
+#[derive(Debug)]
+#[must_use]
+pub struct PendingPermit(Arc<ClusterCounters>);
 
 /// Requests begun per tenth of a retry budget's interval: each bucket holds the number of
 /// its tenth (since the window's first request) and its count, packed in one atomic.
@@ -306,9 +333,10 @@ impl ClusterLimits {
         &self.counters
     }
 
-    /// Whether HTTP/1.1 requests need a connection slot (`maxConnections` is set).
+    /// Whether `maxConnections` is set: HTTP/1.1 requests need a connection slot, new
+    /// HTTP/2 connections a permit ([`ClusterLimits::h2_connection`]).
     #[inline]
-    fn limits_connections(&self) -> bool {
+    pub fn limits_connections(&self) -> bool {
         self.thresholds.max_connections != UNLIMITED
     }
 
@@ -412,6 +440,47 @@ impl ClusterLimits {
         }
     }
 
+    /// A permit for a new HTTP/2 connection to the cluster, held until the connection
+    /// closes: if the cluster has room under `tcp.maxConnections`, or whatever the limit
+    /// when `first` (the worker's pool has no connection to the endpoint: Envoy "will
+    /// ensure that a host selected by cluster load balancing has at least one connection
+    /// allocated", `intro/arch_overview/upstream/circuit_breaking`, so the connections may
+    /// exceed the limit by one per endpoint and worker; the permit still counts). `None`
+    /// counts a connection overflow (Envoy's `upstream_cx_overflow`): the request waits
+    /// as pending ([`ClusterLimits::enter_pending`]).
+    #[cold]
+    pub fn h2_connection(&self, first: bool) -> Option<ConnectionPermit> {
+        if first {
+            self.counters.connections.fetch_add(1, Ordering::AcqRel);
+            return Some(ConnectionPermit(self.counters.clone()));
+        }
+        self.try_connection()
+    }
+
+    /// Counts an HTTP/2 request among the cluster's pending requests while it waits for a
+    /// stream (every connection of its pool at its stream limit, and no new one allowed),
+    /// if fewer than `http1MaxPendingRequests` are (Envoy applies `max_pending_requests`
+    /// to HTTP/2 streams waiting for a connection with room too). `None`: over it, counted
+    /// as an overflow ([`ClusterLimits::pending_overflows`]); answer `503 UO`. Wait with
+    /// [`ClusterLimits::h2_released`] (enabled before looking for a stream again).
+    #[cold]
+    pub fn enter_pending(&self) -> Option<PendingPermit> {
+        if take(&self.counters.pending, self.thresholds.max_pending_requests) {
+            // against the store-load race with a stream's end (`ClusterCounters::stream_ended`)
+            std::sync::atomic::fence(Ordering::SeqCst);
+            return Some(PendingPermit(self.counters.clone()));
+        }
+        let _ = self.overflow();
+        None
+    }
+
+    /// Completes when a stream of the cluster's HTTP/2 connections ends or a connection
+    /// permit is released, while requests are pending (wakes every HTTP/2 waiter: each
+    /// looks at its own worker's pool). Enable it before looking for a stream, then await.
+    pub fn h2_released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.counters.h2_released.notified()
+    }
+
     /// The DestinationRule's `retryBudget.budgetInterval`, if set.
     #[inline]
     fn budget_interval(&self) -> Option<std::time::Duration> {
@@ -499,9 +568,22 @@ impl ClusterCounters {
         self.retry_overflow.load(Ordering::Relaxed)
     }
 
-    /// TCP proxy connections refused by `maxConnections` (Envoy's `upstream_cx_overflow`).
+    /// TCP proxy and HTTP/2 connections refused by `maxConnections` (Envoy's
+    /// `upstream_cx_overflow`).
     pub fn connection_overflows(&self) -> u64 {
         self.cx_overflow.load(Ordering::Relaxed)
+    }
+
+    /// A stream of an HTTP/2 connection counted against these limits ended: wakes the
+    /// HTTP/2 requests pending, if any (one load otherwise).
+    #[inline]
+    pub fn stream_ended(&self) {
+        // a waiter counts itself pending, then looks for a stream: either it sees this one
+        // free, or this sees it pending
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.pending.load(Ordering::Relaxed) > 0 {
+            self.h2_released.notify_waiters();
+        }
     }
 
     fn release_connection(&self) {
@@ -510,6 +592,7 @@ impl ClusterCounters {
         // this one free, or this sees it waiting (and a wake-up before it sleeps is kept)
         if self.pending.load(Ordering::Acquire) > 0 {
             self.released.notify_one();
+            self.h2_released.notify_waiters();
         }
     }
 }
@@ -519,6 +602,14 @@ impl ClusterCounters {
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         self.0.release_connection();
+    }
+}
+
+// === impl PendingPermit ===
+
+impl Drop for PendingPermit {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

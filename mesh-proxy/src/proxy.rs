@@ -1731,13 +1731,13 @@ impl ProxyState {
             (
                 "mesh_proxy_cluster_pending_requests",
                 "gauge",
-                "Requests waiting for an HTTP/1.1 connection to the cluster.",
+                "Requests waiting for an HTTP/1.1 connection or an HTTP/2 stream to the cluster.",
                 |c| c.pending().into(),
             ),
             (
                 "mesh_proxy_cluster_connections_active",
                 "gauge",
-                "HTTP/1.1 connections to the cluster in use.",
+                "HTTP/1.1 connections to the cluster in use and HTTP/2 connections open (counted under maxConnections).",
                 |c| c.connections().into(),
             ),
             (

@@ -9,7 +9,8 @@
 //!
 //! - **`tcp.maxConnections`**: HTTP/1.1 connections in use to the cluster. Each carries one
 //!   request at a time, so a request to an HTTP/1.1 endpoint takes a connection slot, held
-//!   until its response body ends (when its connection is free again);
+//!   until its response body ends (when its connection is free again). HTTP/2 connections
+//!   open count too (the connector's pool takes their permits: see below);
 //! - **`http.http1MaxPendingRequests`**: a request that finds no free slot waits for one as
 //!   a *pending* request, if fewer than this many are waiting (Envoy's pending requests
 //!   wait for a connection of the pool);
@@ -94,11 +95,16 @@
 //!   or endpoints do not count (Envoy counts every open connection, but lets each worker's
 //!   pool open one connection whatever the limit, so it may exceed it too). The upstream
 //!   never sees more than `maxConnections` HTTP/1.1 requests at once.
-//! - HTTP/2 endpoints: the connector keeps one connection per endpoint and worker (more
-//!   when `maxConcurrentStreams` or the server's `SETTINGS_MAX_CONCURRENT_STREAMS` fill
-//!   one), and `maxConnections` does not bound them, so no request waits as pending (Envoy's
-//!   HTTP/2 pending requests are those waiting for a connection to be established);
-//!   `http2MaxRequests` applies.
+//! - HTTP/2 endpoints: this layer applies `http2MaxRequests`; `maxConnections` and
+//!   `http1MaxPendingRequests` are applied by the connector's pool (`mesh-transport`), on
+//!   the same counters: a new HTTP/2 connection (opened when `maxConcurrentStreams` or the
+//!   server's `SETTINGS_MAX_CONCURRENT_STREAMS` fill the others) takes a connection permit
+//!   until it closes, the first of an endpoint per worker whatever the limit (as Envoy),
+//!   and a request finding every connection full and no permit waits as pending, or gets
+//!   the overflow answer past `http1MaxPendingRequests`. Envoy counts as pending the HTTP/2
+//!   requests waiting for a connection being made too; here they take a stream on it. A
+//!   pending HTTP/2 request counts among the requests in flight (`http2MaxRequests`) while
+//!   it waits, as this layer admitted it before the pool (Envoy counts it once attached).
 //! - A pending request waits until a connection is free, or until the route timeout above
 //!   drops it; a waiter is woken when a slot is freed but a new request may take the slot
 //!   first (no strict queue order).
@@ -135,8 +141,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 /// The body of an overflow answer, as Envoy's router writes it for a pool overflow.
-pub const OVERFLOW_BODY: &str =
-    "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+pub const OVERFLOW_BODY: &str = mesh_core::limits::OVERFLOW_BODY;
 
 /// The header Envoy adds to an answer it made because a limit was reached.
 pub const ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");

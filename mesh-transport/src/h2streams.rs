@@ -11,11 +11,18 @@
 //! is handed out once the server's first `SETTINGS` (its connection preface, RFC 9113 §3.4)
 //! has been read, or its reading side ended, so its limit holds from its first request
 //! (as gRPC clients wait for the server's preface).
+//!
+//! A connection to a cluster with `tcp.maxConnections` holds its connection permit here
+//! (given back when its reading side ends, or when the last of the pool, its requests and
+//! its task lets go of it), and each stream's end wakes the cluster's HTTP/2 requests
+//! pending for a stream ([`ClusterCounters::stream_ended`]).
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+
+use mesh_core::limits::{ClusterCounters, ConnectionPermit};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -38,16 +45,42 @@ pub(crate) struct H2Streams {
     /// The server's first `SETTINGS` was read, or the reading side ended.
     settled: AtomicBool,
     settled_notify: Notify,
+    /// The cluster's counters, when its `maxConnections` bounds the connection: a stream's
+    /// end wakes its pending requests.
+    limits: Option<Arc<ClusterCounters>>,
+    /// The connection's permit under `maxConnections` (taken when its reading side ends).
+    permit: Mutex<Option<ConnectionPermit>>,
 }
 
 impl H2Streams {
+    /// The streams of a connection with no connection limit.
     pub(crate) fn new() -> Arc<Self> {
+        H2Streams::limited(None, None)
+    }
+
+    /// The streams of a connection counted against its cluster's `maxConnections` by
+    /// `permit`; its streams' ends wake the requests pending on `limits`.
+    pub(crate) fn limited(
+        permit: Option<ConnectionPermit>,
+        limits: Option<Arc<ClusterCounters>>,
+    ) -> Arc<Self> {
         Arc::new(H2Streams {
             active: AtomicU32::new(0),
             server_max: AtomicU32::new(u32::MAX),
             settled: AtomicBool::new(false),
             settled_notify: Notify::new(),
+            limits,
+            permit: Mutex::new(permit),
         })
+    }
+
+    /// The connection's reading side ended: no `SETTINGS` will come, and it no longer
+    /// counts against `maxConnections`.
+    fn ended(&self) {
+        self.settle();
+        if let Ok(mut p) = self.permit.lock() {
+            drop(p.take());
+        }
     }
 
     /// Waits until the server's first `SETTINGS` was read (or the connection's reading side
@@ -111,8 +144,12 @@ impl StreamSlot {
 pub(crate) struct StreamSlot(Arc<H2Streams>);
 
 impl Drop for StreamSlot {
+    #[inline]
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
+        if let Some(limits) = &self.0.limits {
+            limits.stream_ended();
+        }
     }
 }
 
@@ -208,8 +245,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for SettingsReader<T> {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 this.frames.feed(&buf.filled()[before..], &this.streams);
             }
-            // end of stream or error: no SETTINGS will come
-            Poll::Ready(_) => this.streams.settle(),
+            // end of stream or error: no SETTINGS will come, and the connection is closed
+            Poll::Ready(_) => this.streams.ended(),
             Poll::Pending => {}
         }
         res

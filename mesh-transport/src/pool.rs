@@ -7,7 +7,16 @@
 //! `SETTINGS_MAX_CONCURRENT_STREAMS`, and another connection is opened when every one is at
 //! its limit (without either limit, one connection carries every stream). A connection
 //! leaves the pool after its cluster's `maxRequestsPerConnection` requests, when no request
-//! began on it for its `idleTimeout`, or once it is `maxConnectionDuration` old. An engine worker makes one pool for
+//! began on it for its `idleTimeout`, or once it is `maxConnectionDuration` old.
+//!
+//! **Connection limit** (HTTP/2): when the cluster sets `tcp.maxConnections`, a new HTTP/2
+//! connection needs one of the cluster's connection permits, held until it closes (Envoy's
+//! `max_connections` counts every open connection, `intro/arch_overview/upstream/
+//! circuit_breaking`), except the first of an endpoint in a pool that holds none (Envoy
+//! gives a host picked by the balancer at least one connection; counted all the same). A
+//! request that finds every connection at its stream limit and may not open one gets no
+//! stream (`Pool::checkout_h2` answers `None`) and waits as a pending request
+//! (`Pool::wait_h2`). An engine worker makes one pool for
 //! its thread and hands every stack it builds a [`Connector`](crate::Connector) on it
 //! ([`WorkerContext::connector`]), so a worker's requests never touch another worker's pool
 //! and its lock is never contended; an in-process client makes one with [`Pool::new`] and
@@ -27,6 +36,7 @@ use std::time::Duration;
 use hyper::client::conn::http2;
 use mesh_core::ext::UpstreamPool;
 use mesh_core::hash::FastHashMap;
+use mesh_core::limits::ClusterLimits;
 
 use crate::h1client::H1Conn;
 use crate::h2streams::{H2Streams, StreamSlot};
@@ -79,6 +89,9 @@ struct Endpoint {
     h1_idle: Vec<Box<H1Conn>>,
     /// The shared HTTP/2 connections, oldest first.
     h2: Vec<H2Conn>,
+    /// The HTTP/2 connection opened whatever `maxConnections` (the pool had none), while it
+    /// is open: only one at a time is.
+    h2_first: Weak<H2Streams>,
 }
 
 /// An HTTP/2 connection as its requests share it: its sender once connected (the requests
@@ -95,11 +108,12 @@ pub(crate) struct H2Shared {
 pub(crate) type H2Sender = http2::SendRequest<RequestBody>;
 
 impl H2Shared {
-    /// Still connecting, or connected and able to take a request.
+    /// Still connecting, or connected and able to take a request (and the server allows
+    /// streams: one whose `SETTINGS_MAX_CONCURRENT_STREAMS` is 0 leaves the pool).
     fn usable(&self) -> bool {
         match self.sender.get() {
             None => true,
-            Some(Ok(s)) => s.is_ready(),
+            Some(Ok(s)) => s.is_ready() && self.streams.server_max() > 0,
             Some(Err(_)) => false,
         }
     }
@@ -211,12 +225,18 @@ impl Pool {
     /// first. Counts the request against the connection's `maxRequestsPerConnection` (the
     /// last one takes it out of the pool). Starts the sweep when the pool had nothing to
     /// sweep.
+    ///
+    /// `limits`: the cluster's, when it sets `tcp.maxConnections`: a new connection needs
+    /// a permit ([`ClusterLimits::h2_connection`]; the first of the endpoint in this pool
+    /// always gets one); `None` when none is left: wait with [`Pool::wait_h2`].
+    #[inline]
     pub(crate) fn checkout_h2(
         &self,
         key: PoolKey,
         max_streams: u32,
         pool: UpstreamPool,
-    ) -> (Arc<H2Shared>, StreamSlot) {
+        limits: Option<&ClusterLimits>,
+    ) -> Option<(Arc<H2Shared>, StreamSlot)> {
         let (start_sweep, conn, slot) = {
             let mut inner = self.lock();
             let epoch = inner.epoch;
@@ -236,15 +256,27 @@ impl Pool {
                 if h2.max_requests.is_some_and(|m| h2.requests >= m) {
                     ep.h2.remove(i);
                 }
-                return (conn, slot);
+                return Some((conn, slot));
             }
+            let streams = match limits {
+                None => H2Streams::new(),
+                Some(l) => {
+                    let first = ep.h2.is_empty() && ep.h2_first.strong_count() == 0;
+                    let permit = l.h2_connection(first)?;
+                    let streams = H2Streams::limited(Some(permit), Some(l.counters().clone()));
+                    if first {
+                        ep.h2_first = Arc::downgrade(&streams);
+                    }
+                    streams
+                }
+            };
             let conn = Arc::new(H2Shared {
-                streams: H2Streams::new(),
+                streams,
                 sender: tokio::sync::OnceCell::new(),
             });
             let slot = conn.streams.take();
             if pool.max_requests_per_connection.is_some_and(|m| m <= 1) {
-                return (conn, slot);
+                return Some((conn, slot));
             }
             let used = epoch;
             ep.h2.push(H2Conn {
@@ -261,7 +293,33 @@ impl Pool {
         if start_sweep {
             self.start_sweep();
         }
-        (conn, slot)
+        Some((conn, slot))
+    }
+
+    /// Waits as a pending request of the cluster for a stream (on a connection of this
+    /// pool with room, or on a new one once a connection permit is free), after
+    /// [`Pool::checkout_h2`] found none. `None`: no room among the pending
+    /// (`http1MaxPendingRequests`), counted as an overflow: answer `503 UO`.
+    ///
+    /// Cancel-safe: dropping the future (the route timeout) leaves the pending requests.
+    #[cold]
+    pub(crate) async fn wait_h2(
+        &self,
+        key: PoolKey,
+        max_streams: u32,
+        pool: UpstreamPool,
+        limits: &ClusterLimits,
+    ) -> Option<(Arc<H2Shared>, StreamSlot)> {
+        let _pending = limits.enter_pending()?;
+        loop {
+            let released = limits.h2_released();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(found) = self.checkout_h2(key, max_streams, pool, Some(limits)) {
+                return Some(found);
+            }
+            released.await;
+        }
     }
 
     fn start_sweep(&self) {
@@ -333,7 +391,185 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::upstream::idle_sweeps;
+    use mesh_core::limits::Thresholds;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
     use tokio::net::TcpStream;
+
+    fn key() -> PoolKey {
+        PoolKey {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            tls: 0,
+        }
+    }
+
+    /// One stream per connection (`maxConcurrentStreams: 1`).
+    const ONE: u32 = 1;
+
+    fn limits(max_connections: u32, max_pending: u32) -> ClusterLimits {
+        ClusterLimits::detached(Thresholds {
+            max_connections,
+            max_pending_requests: max_pending,
+            ..Thresholds::default()
+        })
+    }
+
+    /// Polls `f` once, without a runtime's waker.
+    fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// Envoy's `max_connections` counts HTTP/2 connections (`intro/arch_overview/upstream/
+    /// circuit_breaking`: "all connections, whether active or draining"): a new connection
+    /// takes a permit, the pool's first for an endpoint whatever the limit ("at least one
+    /// connection allocated" to a host), and none is opened past the limit; the permits
+    /// come back when the connections close (here: the pool goes).
+    #[tokio::test(start_paused = true)]
+    async fn h2_connections_take_connection_permits_the_first_always() {
+        let l = limits(2, u32::MAX);
+        let pool = Pool::new();
+        let (a, a_slot) = pool
+            .checkout_h2(key(), ONE, UpstreamPool::default(), Some(&l))
+            .unwrap();
+        assert_eq!(l.counters().connections(), 1);
+        let (b, _b_slot) = pool
+            .checkout_h2(key(), ONE, UpstreamPool::default(), Some(&l))
+            .unwrap();
+        assert!(
+            !Arc::ptr_eq(&a, &b),
+            "the first is full: a second connection"
+        );
+        assert_eq!(l.counters().connections(), 2);
+        assert!(
+            pool.checkout_h2(key(), ONE, UpstreamPool::default(), Some(&l))
+                .is_none(),
+            "both full, no third connection"
+        );
+        assert_eq!(l.counters().connection_overflows(), 1);
+        drop(a_slot);
+        let (again, _slot) = pool
+            .checkout_h2(key(), ONE, UpstreamPool::default(), Some(&l))
+            .unwrap();
+        assert!(Arc::ptr_eq(&again, &a), "a stream ended: room on the first");
+        // the first connection of a pool is allowed over the limit (and counts)
+        let full = limits(1, u32::MAX);
+        let _held = full.h2_connection(false).unwrap();
+        let other = Pool::new();
+        let (_c, _c_slot) = other
+            .checkout_h2(key(), ONE, UpstreamPool::default(), Some(&full))
+            .unwrap();
+        assert_eq!(
+            full.counters().connections(),
+            2,
+            "one over the limit, counted"
+        );
+        assert!(
+            other
+                .checkout_h2(key(), ONE, UpstreamPool::default(), Some(&full))
+                .is_none()
+        );
+        // without `maxConnections`, connections are not counted
+        let (_d, _d_slot) = Pool::new()
+            .checkout_h2(key(), ONE, UpstreamPool::default(), None)
+            .unwrap();
+        drop((a, b, again, _slot, _b_slot, _c, _c_slot));
+        drop(pool);
+        drop(other);
+        assert_eq!(l.counters().connections(), 0, "closed: permits back");
+        assert_eq!(full.counters().connections(), 1, "the one held outside");
+    }
+
+    /// Envoy's `max_pending_requests` on HTTP/2 (`circuit_breaking`: pending requests
+    /// "unless max concurrent streams is configured" come into play past the first
+    /// connection): with every connection at its stream limit and no permit left, a request
+    /// waits as pending, up to `http1MaxPendingRequests` (one more overflows, counted), and
+    /// is woken when a stream ends; a waiter dropped (the route timeout) leaves the
+    /// pending requests.
+    #[tokio::test(start_paused = true)]
+    async fn h2_requests_wait_as_pending_for_a_stream_and_overflow_past_the_limit() {
+        let l = limits(1, 1);
+        let pool = Pool::new();
+        let (a, a_slot) = pool
+            .checkout_h2(key(), ONE, UpstreamPool::default(), Some(&l))
+            .unwrap();
+        assert!(
+            pool.checkout_h2(key(), ONE, UpstreamPool::default(), Some(&l))
+                .is_none()
+        );
+        let mut waiting = Box::pin(pool.wait_h2(key(), ONE, UpstreamPool::default(), &l));
+        assert!(poll_once(&mut waiting).is_pending());
+        assert_eq!(l.counters().pending(), 1);
+        // a second waiter: over `http1MaxPendingRequests`, an overflow
+        let mut over = Box::pin(pool.wait_h2(key(), ONE, UpstreamPool::default(), &l));
+        assert!(matches!(poll_once(&mut over), Poll::Ready(None)));
+        assert_eq!(l.pending_overflows(), 1);
+        // the stream ends: the waiter gets it, on the same connection
+        drop(a_slot);
+        let Poll::Ready(Some((conn, _slot))) = poll_once(&mut waiting) else {
+            panic!("woken with a stream");
+        };
+        assert!(Arc::ptr_eq(&conn, &a));
+        assert_eq!(l.counters().pending(), 0);
+        assert_eq!(l.counters().connections(), 1, "no new connection");
+        // a waiter dropped before a stream is free leaves the pending requests
+        let mut dropped = Box::pin(pool.wait_h2(key(), ONE, UpstreamPool::default(), &l));
+        assert!(poll_once(&mut dropped).is_pending());
+        assert_eq!(l.counters().pending(), 1);
+        drop(dropped);
+        assert_eq!(l.counters().pending(), 0);
+        let mut next = Box::pin(pool.wait_h2(key(), ONE, UpstreamPool::default(), &l));
+        assert!(
+            poll_once(&mut next).is_pending(),
+            "room again among the pending"
+        );
+        assert_eq!(l.pending_overflows(), 1);
+    }
+
+    /// A stream's end wakes a waiter through the runtime (not only when polled again), and
+    /// a connection permit given back (the connection closed) lets a waiter open one.
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_h2_request_is_woken_by_a_stream_end_or_a_connection_closing() {
+        let l = Arc::new(limits(2, 4));
+        let pool = Pool::new();
+        let (_a, a_slot) = pool
+            .checkout_h2(key(), ONE, UpstreamPool::default(), Some(&l))
+            .unwrap();
+        let (_b, _b_slot) = pool
+            .checkout_h2(key(), ONE, UpstreamPool::default(), Some(&l))
+            .unwrap();
+        let wait = |pool: Pool, l: Arc<ClusterLimits>| {
+            tokio::spawn(async move {
+                pool.wait_h2(key(), ONE, UpstreamPool::default(), &l)
+                    .await
+                    .map(|(c, _slot)| c.streams.active())
+            })
+        };
+        let first = wait(pool.clone(), l.clone());
+        tokio::task::yield_now().await;
+        assert_eq!(l.counters().pending(), 1);
+        drop(a_slot);
+        let woken = tokio::time::timeout(Duration::from_secs(60), first).await;
+        assert_eq!(woken.expect("woken").unwrap(), Some(1));
+        // a connection elsewhere (another worker's, a TCP proxy's) closing gives its permit
+        // back: the waiter opens a new connection with it
+        let l = Arc::new(limits(2, 4));
+        let pool = Pool::new();
+        let (a, _a_slot) = pool
+            .checkout_h2(key(), ONE, UpstreamPool::default(), Some(&l))
+            .unwrap();
+        let elsewhere = l.h2_connection(false).unwrap();
+        let second = wait(pool.clone(), l.clone());
+        tokio::task::yield_now().await;
+        assert_eq!(l.counters().pending(), 1);
+        assert!(!second.is_finished());
+        drop(elsewhere);
+        let woken = tokio::time::timeout(Duration::from_secs(60), second).await;
+        assert_eq!(woken.expect("woken").unwrap(), Some(1));
+        assert_eq!(l.counters().connections(), 2, "the first and the new one");
+        assert_eq!(a.streams.active(), 1);
+        assert_eq!(l.counters().pending(), 0);
+    }
 
     /// Envoy's upstream `idle_timeout`: an idle connection is closed after the limit (here
     /// counted in sweeps), one in use meanwhile starts its idle time again.

@@ -93,12 +93,32 @@
 //! stream; requests arriving while it connects wait for it, up to its limit). A stream
 //! counts until its response body ends or is dropped.
 //!
+//! **Connection limit** (HTTP/2): the cluster's `tcp.maxConnections` (its `ClusterLimits`,
+//! shared by all workers) counts the HTTP/2 connections open, as Envoy's `max_connections`
+//! does (`intro/arch_overview/upstream/circuit_breaking`): a new connection needs a permit,
+//! given back when it closes, except the first of an endpoint in a worker's pool that
+//! holds none (Envoy gives a host the balancer picked at least one connection; it counts
+//! all the same, so the count may pass the limit by one per endpoint and worker). A
+//! request that finds every connection at its stream limit and may not open one waits as
+//! a *pending* request, counted among the cluster's pending requests and bounded by
+//! `http1MaxPendingRequests` (Envoy applies `max_pending_requests` to HTTP/2 once
+//! `max_concurrent_streams` is set): past it, Envoy's overflow answer (`503`,
+//! `x-envoy-overloaded: true`, flag `UO`, counted in the cluster's overflows). A pending
+//! request is woken when a stream of the cluster ends or a connection permit is given
+//! back; dropped (the route timeout), it leaves the pending requests. The common case (a
+//! stream free on a pooled connection, or no `maxConnections`) takes no permit and reads no
+//! counter. A server that allows no stream at all (`SETTINGS_MAX_CONCURRENT_STREAMS` 0)
+//! gets its connections taken out of the pool; a request moved twice for that answers
+//! `503 UR` rather than opening connections forever.
+//!
 //! **Differences from Envoy**: no per-endpoint connection limit (circuit breaking lives in
-//! `mesh-resilience`), and the HTTP/2 connections opened for `maxConcurrentStreams` are not
-//! bounded by `tcp.maxConnections`; HTTP/2 uses one connection per endpoint and thread
-//! until its streams fill it, and its idle time
-//! counts from the last request begun, not from the end of the last stream (streams in
-//! flight finish on it).
+//! `mesh-resilience`); the HTTP/1.1 connections `maxConnections` counts are those in use
+//! (see the breaker); an HTTP/2 request waiting for a connection still being made takes a
+//! stream on it (Envoy counts those requests as pending too); a pending HTTP/2 request
+//! waits for a stream on its worker's connections to its endpoint, or a permit for a new
+//! one. HTTP/2 uses one connection per endpoint and thread until its streams fill it, and
+//! its idle time counts from the last request begun, not from the end of the last stream
+//! (streams in flight finish on it).
 //!
 //! ```
 //! use mesh_transport::Connector;
@@ -128,6 +148,7 @@ use mesh_core::ResponseFlags;
 use mesh_core::ext::{
     RefusedStream, ReturnHead, ReturnedHead, SelectedEndpoint, UpstreamPool, local_reply,
 };
+use mesh_core::limits::{ClusterLimits, OVERFLOW_BODY};
 use tokio::net::TcpStream;
 
 use crate::h1client::{self, FailKind, H1Body, H1Conn, Io};
@@ -285,13 +306,13 @@ where
     fn call(&mut self, req: Request<B>) -> ConnectorFuture {
         // one look-up: the balancer's endpoint and its cluster's connection settings
         let picked = match mesh_core::ext::selected_upstream(req.extensions()) {
-            Some(u) => Some((u.endpoint(), u.cluster().pool)),
+            Some(u) => Some((u.endpoint(), u.cluster().pool, u.cluster().limits.as_ref())),
             None => req
                 .extensions()
                 .get::<SelectedEndpoint>()
-                .map(|e| (e, UpstreamPool::default())),
+                .map(|e| (e, UpstreamPool::default(), None)),
         };
-        let Some((ep, pool)) = picked else {
+        let Some((ep, pool, limits)) = picked else {
             return ConnectorFuture(Inner::Ready(Some(local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::NO_HEALTHY_UPSTREAM,
@@ -303,6 +324,11 @@ where
             // the DestinationRule's `useClientProtocol`
             true => req.version() == Version::HTTP_2,
             false => ep.http2,
+        };
+        // the cluster's limits, for HTTP/2 only when `maxConnections` bounds its connections
+        let limits = match h2 {
+            true => limits.filter(|l| l.limits_connections()).cloned(),
+            false => None,
         };
         let tls = match &self.tls {
             Some(t) => {
@@ -325,7 +351,7 @@ where
         // Two separate futures (each boxed at its own, smaller size) rather than one holding
         // both paths: the box is written once per request.
         ConnectorFuture(Inner::Forward(if h2 {
-            Box::pin(this.forward_h2(addr, pool, tls, req))
+            Box::pin(this.forward_h2(addr, pool, limits, tls, req))
         } else {
             Box::pin(this.forward_h1(addr, pool, tls, req))
         }))
@@ -383,7 +409,7 @@ impl Connector {
             // (boxed: the copy's state stays out of every request's future)
             if hand_back {
                 // the tunnel takes the request: a copy of the head
-                return Box::pin(self.forward_copied(addr, pool, tls, req, false)).await;
+                return Box::pin(self.forward_copied(addr, pool, None, tls, req, false)).await;
             }
             return self.connect_method(addr, false, pool, tls, req).await;
         }
@@ -474,12 +500,13 @@ impl Connector {
         self,
         addr: SocketAddr,
         pool: UpstreamPool,
+        limits: Option<Arc<ClusterLimits>>,
         tls: Option<ClientTls>,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
         if req.extensions().get::<ReturnHead>().is_some() {
             // hyper takes the request: a copy of the head for the retry layer
-            return Box::pin(self.forward_copied(addr, pool, tls, req, true)).await;
+            return Box::pin(self.forward_copied(addr, pool, limits, tls, req, true)).await;
         }
         if req.method() == Method::CONNECT {
             return self.connect_method(addr, true, pool, tls, req).await;
@@ -501,13 +528,37 @@ impl Connector {
         let max_streams = pool.max_concurrent_streams.unwrap_or(u32::MAX);
         let mut moves = 0;
         let (mut sender, slot) = loop {
-            let (conn, slot) = self.pool.checkout_h2(key, max_streams, pool);
+            // `maxConnections` (Envoy's `max_connections` counts HTTP/2 connections too): no
+            // stream, and no new connection allowed: a pending request until one is free
+            let (conn, slot) =
+                match self
+                    .pool
+                    .checkout_h2(key, max_streams, pool, limits.as_deref())
+                {
+                    Some(found) => found,
+                    None => match limits.as_deref() {
+                        // boxed: the wait's state stays out of every request's future
+                        Some(l) => {
+                            match Box::pin(self.pool.wait_h2(key, max_streams, pool, l)).await {
+                                Some(found) => found,
+                                None => return overflow_reply(),
+                            }
+                        }
+                        None => return overflow_reply(), // without limits, never
+                    },
+                };
             let connected = conn
                 .sender
                 .get_or_init(|| Box::pin(self.connect_h2(addr, tls.as_ref(), conn.streams.clone())))
                 .await;
             match connected {
-                // moved twice already (a server allowing no stream at all, say): it waits on
+                // a server allowing no stream at all (`SETTINGS_MAX_CONCURRENT_STREAMS` 0,
+                // out of the pool now): after two moves, the request ends as refused by a
+                // reset rather than opening connections forever
+                Ok(_) if moves == MAX_STREAM_MOVES && conn.streams.server_max() == 0 => {
+                    return SendFailure::Reset.reply();
+                }
+                // moved twice already (connections filled by others meanwhile): it waits on
                 // this connection, which queues it, rather than opening connections forever
                 Ok(s) if moves == MAX_STREAM_MOVES => break (s.clone(), slot),
                 // a stream taken while the connection was made may be over the server's
@@ -538,6 +589,7 @@ impl Connector {
         self,
         addr: SocketAddr,
         pool: UpstreamPool,
+        limits: Option<Arc<ClusterLimits>>,
         tls: Option<ClientTls>,
         mut req: Request<RequestBody>,
         h2: bool,
@@ -550,7 +602,7 @@ impl Connector {
         let mut res = if req.method() == Method::CONNECT {
             self.connect_method(addr, h2, pool, tls, req).await
         } else if h2 {
-            Box::pin(self.forward_h2(addr, pool, tls, req)).await
+            Box::pin(self.forward_h2(addr, pool, limits, tls, req)).await
         } else {
             Box::pin(self.forward_h1(addr, pool, tls, req)).await
         };
@@ -986,6 +1038,23 @@ impl SendFailure {
     }
 }
 
+/// Envoy's overflow answer (as the circuit breaker's): `503`, `x-envoy-overloaded: true`,
+/// flag `UO`, for an HTTP/2 request over `http1MaxPendingRequests` while it waits for a
+/// stream.
+#[cold]
+fn overflow_reply() -> EngineResponse {
+    let mut res: EngineResponse = local_reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ResponseFlags::UPSTREAM_OVERFLOW,
+        OVERFLOW_BODY,
+    );
+    res.headers_mut().insert(
+        http::header::HeaderName::from_static("x-envoy-overloaded"),
+        HeaderValue::from_static("true"),
+    );
+    res
+}
+
 /// Turns TCP keep-alive on for `stream` when `keepalive` is set (a cluster's
 /// `tcp.tcpKeepalive`); a part the system refuses is left at its default.
 pub(crate) fn apply_keepalive(stream: &TcpStream, keepalive: Option<mesh_core::ext::TcpKeepalive>) {
@@ -1383,6 +1452,116 @@ mod settings_tests {
         };
         hold_n(&c, addr, one, 3, &release, &mut started).await;
         assert_eq!(counts.connections.load(Ordering::SeqCst), 6);
+    }
+
+    /// `request` to a cluster with `limits`.
+    fn limited(
+        addr: SocketAddr,
+        pool: UpstreamPool,
+        limits: &Arc<ClusterLimits>,
+    ) -> Request<RequestBody> {
+        let mut req = request(addr, true, pool);
+        let picked = req
+            .extensions_mut()
+            .remove::<mesh_core::ext::SelectedUpstream>()
+            .unwrap();
+        let mut cluster = picked.cluster().clone();
+        cluster.limits = Some(limits.clone());
+        req.extensions_mut()
+            .insert(mesh_core::ext::SelectedUpstream::new(
+                picked.endpoint().clone(),
+                cluster,
+            ));
+        req
+    }
+
+    /// Envoy's circuit breakers on HTTP/2 (`intro/arch_overview/upstream/circuit_breaking`):
+    /// `max_connections` counts HTTP/2 connections, and with `max_concurrent_streams` set a
+    /// request that finds every connection full waits as pending, bounded by
+    /// `max_pending_requests`. `maxConcurrentStreams: 1`, `maxConnections: 2`,
+    /// `http1MaxPendingRequests: 1`, four slow requests at once: two connections carry two,
+    /// one waits and goes once a stream ends, one gets Envoy's overflow answer.
+    #[tokio::test]
+    async fn h2_connections_are_bounded_by_max_connections_and_the_rest_wait_as_pending() {
+        let (addr, counts, release, mut started) = holding_h2_upstream(None).await;
+        let c = Connector::new(Duration::from_secs(5));
+        let one = UpstreamPool {
+            max_concurrent_streams: Some(1),
+            ..UpstreamPool::default()
+        };
+        let limits = Arc::new(ClusterLimits::detached(mesh_core::limits::Thresholds {
+            max_connections: 2,
+            max_pending_requests: 1,
+            ..mesh_core::limits::Thresholds::default()
+        }));
+        let (answer, mut answers_rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..4 {
+            let (c, req, answer) = (c.clone(), limited(addr, one, &limits), answer.clone());
+            tokio::spawn(async move {
+                let res = c.oneshot(req).await.unwrap();
+                let status = res.status().as_u16();
+                let overloaded = res.headers().get("x-envoy-overloaded").cloned();
+                let flags = res.headers().get("x-mesh-response-flags").cloned();
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                let _ = answer.send((status, overloaded, flags, body));
+            });
+        }
+        started.recv().await.unwrap();
+        started.recv().await.unwrap();
+        // while two are held and one pends, the only answer that can come is the overflow
+        let over = answers_rx.recv().await.unwrap();
+        assert_eq!(over.0, 503, "{over:?}");
+        assert_eq!(over.1.as_ref().unwrap(), "true");
+        assert_eq!(over.2.as_ref().unwrap(), "UO");
+        assert_eq!(over.3, OVERFLOW_BODY.as_bytes());
+        assert_eq!(limits.counters().pending(), 1);
+        assert_eq!(counts.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(limits.counters().connections(), 2);
+        release.add_permits(3);
+        for _ in 0..3 {
+            let a = answers_rx.recv().await.unwrap();
+            assert_eq!(a.0, 200, "{a:?}");
+        }
+        assert_eq!(limits.pending_overflows(), 1);
+        assert_eq!(limits.counters().pending(), 0);
+        assert_eq!(
+            counts.connections.load(Ordering::SeqCst),
+            2,
+            "no third connection"
+        );
+        assert_eq!(counts.most_on_one.load(Ordering::SeqCst), 1);
+    }
+
+    /// The guard of `forward_h2` (`MAX_STREAM_MOVES`): a server whose
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` is 0 takes no stream; the request moves to a new
+    /// connection twice, then ends with a reset answer (`503 UR`, as a stream the server
+    /// would not open) instead of opening connections forever or waiting forever; the
+    /// connections leave the pool, so the next request does the same, no more.
+    #[tokio::test]
+    async fn a_server_allowing_no_stream_ends_the_request_with_few_connections() {
+        let (addr, counts, _release, _started) = holding_h2_upstream(Some(0)).await;
+        let c = Connector::new(Duration::from_secs(5));
+        let req = request(addr, true, UpstreamPool::default());
+        let res = tokio::time::timeout(Duration::from_secs(30), c.clone().oneshot(req))
+            .await
+            .expect("the request ends")
+            .unwrap();
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()["x-mesh-response-flags"], "UR");
+        let opened = counts.connections.load(Ordering::SeqCst);
+        assert_eq!(
+            opened,
+            1 + MAX_STREAM_MOVES as usize,
+            "{opened} connections"
+        );
+        let req = request(addr, true, UpstreamPool::default());
+        let res = tokio::time::timeout(Duration::from_secs(30), c.clone().oneshot(req))
+            .await
+            .expect("the request ends")
+            .unwrap();
+        assert_eq!(res.status(), 503);
+        assert_eq!(counts.connections.load(Ordering::SeqCst), 2 * opened);
+        assert_eq!(counts.most_on_one.load(Ordering::SeqCst), 0);
     }
 
     /// Istio's `applyTCPKeepalive`: `tcp.tcpKeepalive` turns `SO_KEEPALIVE` on for the

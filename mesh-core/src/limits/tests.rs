@@ -256,3 +256,46 @@ fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> 
         std::task::Poll::Pending => None,
     }
 }
+
+/// Envoy's `max_connections` and `max_pending_requests` on HTTP/2
+/// (`intro/arch_overview/upstream/circuit_breaking`): a connection permit past the limit
+/// only for a pool's first connection (counted all the same); pending HTTP/2 requests share
+/// `http1MaxPendingRequests` with HTTP/1.1 ones, an overflow is counted, and a stream's end
+/// wakes them.
+#[tokio::test(start_paused = true)]
+async fn h2_connection_permits_and_pending_requests() {
+    let l = limits(Thresholds {
+        max_connections: 1,
+        max_pending_requests: 2,
+        ..Thresholds::default()
+    });
+    let first = l.h2_connection(false).unwrap();
+    assert!(l.h2_connection(false).is_none());
+    assert_eq!(l.counters().connection_overflows(), 1);
+    let over = l
+        .h2_connection(true)
+        .expect("a pool's first, whatever the limit");
+    assert_eq!(l.counters().connections(), 2);
+    drop((first, over));
+    assert_eq!(l.counters().connections(), 0);
+    // pending: HTTP/1.1 and HTTP/2 requests count against the same limit
+    let _conn = admitted(l.admit(true));
+    assert!(matches!(l.admit(true), Admission::Pending));
+    let h1 = tokio::spawn(l.clone().wait());
+    tokio::task::yield_now().await;
+    let h2 = l.enter_pending().unwrap();
+    assert_eq!(l.counters().pending(), 2);
+    assert!(l.enter_pending().is_none(), "over http1MaxPendingRequests");
+    assert_eq!(l.pending_overflows(), 1);
+    // a stream's end wakes an HTTP/2 waiter
+    let released = l.h2_released();
+    tokio::pin!(released);
+    released.as_mut().enable();
+    l.counters().stream_ended();
+    tokio::time::timeout(std::time::Duration::from_secs(60), released)
+        .await
+        .expect("woken");
+    drop(h2);
+    assert_eq!(l.counters().pending(), 1);
+    h1.abort();
+}

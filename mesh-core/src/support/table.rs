@@ -762,7 +762,7 @@ static TCP_SETTINGS: TypeDef = TypeDef {
             "maxConnections",
             Leaf,
             Status::Enforced,
-            "HTTP/1.1 connections in use at once, and the TCP proxy's connections (`outboundPorts`; over it a connection is closed, flag UO)",
+            "HTTP/1.1 connections in use at once, HTTP/2 connections open (a worker's first to an endpoint whatever the limit, as Envoy), and the TCP proxy's connections (`outboundPorts`; over it a connection is closed, flag UO)",
         ),
         field(
             "connectTimeout",
@@ -812,7 +812,7 @@ static HTTP_SETTINGS: TypeDef = TypeDef {
             "http1MaxPendingRequests",
             Leaf,
             Status::Enforced,
-            "requests waiting for an HTTP/1.1 connection under maxConnections",
+            "requests waiting for an HTTP/1.1 connection, or for an HTTP/2 stream when every connection is full and maxConnections allows no other",
         ),
         field("http2MaxRequests", Leaf, Status::Enforced, ""),
         field(
@@ -844,7 +844,7 @@ static HTTP_SETTINGS: TypeDef = TypeDef {
             "maxConcurrentStreams",
             Leaf,
             Status::Enforced,
-            "streams per upstream HTTP/2 connection, at most the server's `SETTINGS_MAX_CONCURRENT_STREAMS`; more connections are opened (not bounded by `maxConnections`)",
+            "streams per upstream HTTP/2 connection, at most the server's `SETTINGS_MAX_CONCURRENT_STREAMS`; more connections are opened, up to `maxConnections`, then requests wait as pending",
         ),
         field(
             "http2KeepAlive",
