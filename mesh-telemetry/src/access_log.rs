@@ -213,51 +213,79 @@ fn put_num<I: itoa::Integer>(out: &mut Vec<u8>, n: I) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+/// How many formatted IPv4 addresses each thread keeps ([`put_socket_addr`]).
+const ADDR_CACHE: usize = 8;
+
+/// A formatted IPv4 address: the address, its text and the text's length.
+type CachedAddr = (std::net::SocketAddrV4, [u8; 21], u8);
+
+thread_local! {
+    /// The IPv4 addresses this thread wrote last, by a hash of the address (direct-mapped):
+    /// a line has two or three, the listener's the same on every line and the upstream's
+    /// one of a few endpoints.
+    static ADDRS: std::cell::RefCell<[Option<CachedAddr>; ADDR_CACHE]> =
+        const { std::cell::RefCell::new([None; ADDR_CACHE]) };
+}
+
 /// `a`, as `SocketAddr`'s `Display` writes it (`1.2.3.4:80`, `[::1]:80`): an IPv4 address
-/// is written into a stack buffer first and copied once (no `itoa` call per octet).
+/// is copied from this thread's cache of the last ones written, else written into a stack
+/// buffer first and copied once (no `itoa` call per octet).
 fn put_socket_addr(out: &mut Vec<u8>, a: SocketAddr) {
     match a {
         SocketAddr::V4(v4) => {
-            let mut buf = [0u8; 21];
-            let mut n = 0;
-            for (i, o) in v4.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[n] = b'.';
-                    n += 1;
-                }
-                if o >= 100 {
-                    buf[n] = b'0' + o / 100;
-                    n += 1;
-                }
-                if o >= 10 {
-                    buf[n] = b'0' + o / 10 % 10;
-                    n += 1;
-                }
-                buf[n] = b'0' + o % 10;
-                n += 1;
-            }
-            buf[n] = b':';
-            n += 1;
-            let port = v4.port();
-            let digits = match port {
-                0..10 => 1,
-                10..100 => 2,
-                100..1000 => 3,
-                1000..10000 => 4,
-                _ => 5,
-            };
-            let mut p = port;
-            for d in buf[n..n + digits].iter_mut().rev() {
-                *d = b'0' + (p % 10) as u8;
-                p /= 10;
-            }
-            n += digits;
-            out.extend_from_slice(&buf[..n]);
+            let ip = v4.ip().to_bits();
+            let slot = ((ip ^ (ip >> 8) ^ u32::from(v4.port())) as usize) % ADDR_CACHE;
+            ADDRS.with_borrow_mut(|cache| {
+                let (_, text, n) = match &mut cache[slot] {
+                    Some(c) if c.0 == v4 => c,
+                    entry => entry.insert(format_v4(v4)),
+                };
+                out.extend_from_slice(&text[..usize::from(*n)]);
+            });
         }
         v6 => {
             let _ = write!(out, "{v6}");
         }
     }
+}
+
+/// `v4`'s text (at most 21 bytes: `255.255.255.255:65535`).
+fn format_v4(v4: std::net::SocketAddrV4) -> CachedAddr {
+    let mut buf = [0u8; 21];
+    let mut n = 0;
+    for (i, o) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            buf[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
+    }
+    buf[n] = b':';
+    n += 1;
+    let port = v4.port();
+    let digits = match port {
+        0..10 => 1,
+        10..100 => 2,
+        100..1000 => 3,
+        1000..10000 => 4,
+        _ => 5,
+    };
+    let mut p = port;
+    for d in buf[n..n + digits].iter_mut().rev() {
+        *d = b'0' + (p % 10) as u8;
+        p /= 10;
+    }
+    n += digits;
+    (v4, buf, n as u8)
 }
 
 fn put_addr(out: &mut Vec<u8>, a: Option<SocketAddr>) {

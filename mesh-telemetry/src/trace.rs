@@ -431,9 +431,29 @@ fn hex_value(v: u128, digits: usize) -> HeaderValue {
     header_value(&buf[..digits])
 }
 
+/// The size of the per-thread buffers the generated header values are cut from (within
+/// the allocator's per-thread cache: a 4 KiB buffer cost glibc's slow path).
+const VALUE_CHUNK: usize = 1024;
+
+thread_local! {
+    /// The rest of this thread's current buffer of header values ([`header_value`]).
+    static VALUES: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+/// `bytes` (a value this module wrote: hex digits and dashes) as a header value, cut from a
+/// buffer this thread shares between the values it generates: no allocation per value (one
+/// per 1 KiB of values; a clone or a drop counts a reference, and a buffer is freed when
+/// its last value is).
 fn header_value(bytes: &[u8]) -> HeaderValue {
+    let shared = VALUES.with_borrow_mut(|buf| {
+        if buf.capacity() - buf.len() < bytes.len() {
+            *buf = bytes::BytesMut::with_capacity(VALUE_CHUNK.max(bytes.len()));
+        }
+        buf.extend_from_slice(bytes);
+        buf.split().freeze()
+    });
     // hex digits and dashes only: always a valid header value
-    HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(shared).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn traceparent(ctx: &TraceContext) -> HeaderValue {
@@ -481,10 +501,9 @@ fn uuid_v4(hi: u64, lo: u64) -> HeaderValue {
             v >>= 4;
         }
     }
-    // one allocation, shared by its clones (the record layer keeps one for the sinks): a
-    // value copied from a slice would allocate again at its first clone
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
-        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // shared by its clones (the record layer keeps one for the sinks): a value copied from
+    // a slice would allocate again at its first clone
+    header_value(&buf)
 }
 
 // === the layer ===
