@@ -322,7 +322,8 @@ impl RetryLayer {
     /// The list of the hosts tried ([`PreviousHosts`], which the balancer avoids and the
     /// circuit breaker writes the cluster's limits in) is then made for the first retry,
     /// from the first attempt's host and cluster as its head names them, rather than for
-    /// every request: a request answered at once allocates no list.
+    /// every request: a request answered at once allocates no list, nor the layer's retry
+    /// state (kept in the future until the first answer, boxed when it is retried).
     ///
     /// An answer that would be retried but came without its head is passed on as it is
     /// (the layers between this one and the connector make no retriable answer of their
