@@ -9,7 +9,10 @@
 //!   load and compare-and-swap);
 //! - `listener_admitted`: the layer's own, listener-wide bucket admits it;
 //! - `route_admitted_x_ratelimit`: as `route_admitted`, with `DRAFT_VERSION_03` headers
-//!   (three header values formatted on the answer);
+//!   (three header values formatted on the answer; `remaining` in the billions);
+//! - `route_admitted_x_ratelimit_small`: the same on a bucket of 1,000 tokens refilled
+//!   whole every nanosecond (so every request refills it and finds 999 left): the counts
+//!   of a limit as configurations write them;
 //! - `limited`: the bucket is empty: the 429 `RL` answer, made by the layer.
 //!
 //! The admitting buckets never run out (`u32::MAX` tokens refilled every 50 ms); the empty
@@ -87,6 +90,14 @@ fn ratelimit(c: &mut Criterion) {
         "route_admitted_x_ratelimit",
         &mut |req| send(&mut svc, &mut cx, req),
         &with_limit(endless().with_x_ratelimit_headers(true)),
+    );
+    bench(
+        "route_admitted_x_ratelimit_small",
+        &mut |req| send(&mut svc, &mut cx, req),
+        &with_limit(
+            RateLimitPolicy::new(1000, 1000, Duration::from_nanos(1))
+                .with_x_ratelimit_headers(true),
+        ),
     );
     let empty = RateLimitPolicy::new(1, 1, Duration::from_secs(3600));
     let _ = empty.bucket.try_acquire();

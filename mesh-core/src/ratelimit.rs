@@ -79,6 +79,8 @@ pub struct RateLimitPolicy {
     pub x_ratelimit_headers: bool,
     /// Headers added to limited answers.
     pub response_headers: Box<[(HeaderName, HeaderValue)]>,
+    /// `x-ratelimit-limit`'s value (the bucket's size), made once.
+    limit_value: HeaderValue,
 }
 
 /// What a `LocalRateLimit` limits.
@@ -180,6 +182,65 @@ impl TokenBucket {
     }
 }
 
+/// A number as a header value (`x-ratelimit-*`): under [`SMALL_NUMBERS`], a slice of a
+/// static table, which neither allocates nor counts references when cloned or dropped;
+/// above, formatted into a buffer of its own (one allocation).
+pub fn header_number(n: u64) -> HeaderValue {
+    if n < u64::from(SMALL_NUMBERS) {
+        let (at, width) = small_number_at(n as u32);
+        let digits = bytes::Bytes::from_static(&SMALL_DIGITS[at..at + width]);
+        if let Ok(v) = HeaderValue::from_maybe_shared(digits) {
+            return v;
+        }
+    }
+    HeaderValue::from(n)
+}
+
+/// The numbers [`header_number`] takes from its table: `0..SMALL_NUMBERS`.
+pub const SMALL_NUMBERS: u32 = 10_000;
+
+/// The decimal digits of `0..SMALL_NUMBERS`, one number after another (`"012…9101112…"`).
+static SMALL_DIGITS: [u8; SMALL_DIGITS_LEN] = small_digits();
+
+const SMALL_DIGITS_LEN: usize = 10 + 90 * 2 + 900 * 3 + 9000 * 4;
+
+const fn digit_count(n: u32) -> usize {
+    match n {
+        0..10 => 1,
+        10..100 => 2,
+        100..1000 => 3,
+        _ => 4,
+    }
+}
+
+/// Where number `n` (under [`SMALL_NUMBERS`]) starts in [`SMALL_DIGITS`], and its width.
+const fn small_number_at(n: u32) -> (usize, usize) {
+    let n = n as usize;
+    match n {
+        0..10 => (n, 1),
+        10..100 => (10 + (n - 10) * 2, 2),
+        100..1000 => (190 + (n - 100) * 3, 3),
+        _ => (2890 + (n - 1000) * 4, 4),
+    }
+}
+
+const fn small_digits() -> [u8; SMALL_DIGITS_LEN] {
+    let mut out = [0u8; SMALL_DIGITS_LEN];
+    let (mut n, mut at) = (0u32, 0usize);
+    while n < SMALL_NUMBERS {
+        let width = digit_count(n);
+        let (mut k, mut v) = (width, n);
+        while k > 0 {
+            out[at + k - 1] = b'0' + (v % 10) as u8;
+            v /= 10;
+            k -= 1;
+        }
+        at += width;
+        n += 1;
+    }
+    out
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -198,12 +259,19 @@ impl RateLimitPolicy {
     /// A policy with a full bucket of `max_tokens`, refilled by `tokens_per_fill` every
     /// `fill_interval`; limited requests get 429, without `x-ratelimit-*` headers.
     pub fn new(max_tokens: u32, tokens_per_fill: u32, fill_interval: Duration) -> Self {
+        let bucket = TokenBucket::new(max_tokens, tokens_per_fill, fill_interval);
         RateLimitPolicy {
-            bucket: TokenBucket::new(max_tokens, tokens_per_fill, fill_interval),
+            limit_value: header_number(u64::from(bucket.max_tokens())),
+            bucket,
             status: StatusCode::TOO_MANY_REQUESTS,
             x_ratelimit_headers: false,
             response_headers: Box::new([]),
         }
+    }
+
+    /// The value of `x-ratelimit-limit`: the bucket's size, made when the policy was.
+    pub fn limit_value(&self) -> &HeaderValue {
+        &self.limit_value
     }
 
     /// Answers limited requests with `status`.
@@ -238,8 +306,10 @@ impl RateLimitPolicy {
                 ))
             })
             .collect();
+        let bucket = TokenBucket::new(b.max_tokens, b.tokens_per_fill.unwrap_or(1), interval);
         RateLimitPolicy {
-            bucket: TokenBucket::new(b.max_tokens, b.tokens_per_fill.unwrap_or(1), interval),
+            limit_value: header_number(u64::from(bucket.max_tokens())),
+            bucket,
             status,
             x_ratelimit_headers: spec.enable_x_rate_limit_headers
                 == XRateLimitHeaders::DraftVersion03,

@@ -89,11 +89,11 @@ use std::task::{Context, Poll, ready};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use mesh_core::body::ReplyBody;
 use mesh_core::ext::{local_reply, mark, route_policy};
 use mesh_core::flags::ResponseFlags;
-use mesh_core::ratelimit::{RATE_LIMITED_BODY, RateLimitPolicy};
+use mesh_core::ratelimit::{RATE_LIMITED_BODY, RateLimitPolicy, header_number};
 use pin_project::pin_project;
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -102,13 +102,13 @@ use tower_service::Service;
 use crate::fault::{http_to_grpc, is_grpc};
 
 /// `x-ratelimit-limit`.
-pub const X_RATELIMIT_LIMIT: &str = "x-ratelimit-limit";
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 /// `x-ratelimit-remaining`.
-pub const X_RATELIMIT_REMAINING: &str = "x-ratelimit-remaining";
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 /// `x-ratelimit-reset`.
-pub const X_RATELIMIT_RESET: &str = "x-ratelimit-reset";
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 /// `x-envoy-ratelimited`, on every limited answer.
-pub const X_ENVOY_RATELIMITED: &str = "x-envoy-ratelimited";
+pub const X_ENVOY_RATELIMITED: HeaderName = HeaderName::from_static("x-envoy-ratelimited");
 
 /// Limits requests by their route's (or the listener's) token bucket; see the
 /// [module docs](self).
@@ -292,18 +292,22 @@ fn limited_response<R: ReplyBody>(p: &RateLimitPolicy, grpc: bool) -> Response<R
 }
 
 /// Envoy's `encodeHeaders` with `DRAFT_VERSION_03`: the bucket's size, the tokens left and
-/// the seconds to the next fill, read when the answer passes.
+/// the seconds to the next fill, read when the answer passes. The names are constants, the
+/// size's value is the policy's (made once), and counts under
+/// [`SMALL_NUMBERS`](mesh_core::ratelimit::SMALL_NUMBERS) come from a static table: no
+/// allocation for a header but the map's own, unless a count is larger.
 fn add_x_ratelimit<R>(res: &mut Response<R>, p: &RateLimitPolicy) {
     let now = Instant::now();
     let h = res.headers_mut();
-    h.insert(X_RATELIMIT_LIMIT, HeaderValue::from(p.bucket.max_tokens()));
+    h.reserve(3);
+    h.insert(X_RATELIMIT_LIMIT, p.limit_value().clone());
     h.insert(
         X_RATELIMIT_REMAINING,
-        HeaderValue::from(p.bucket.remaining_at(now)),
+        header_number(u64::from(p.bucket.remaining_at(now))),
     );
     h.insert(
         X_RATELIMIT_RESET,
-        HeaderValue::from(p.bucket.reset_seconds_at(now)),
+        header_number(p.bucket.reset_seconds_at(now)),
     );
 }
 

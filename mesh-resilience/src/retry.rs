@@ -218,6 +218,21 @@ where
     /// What the retries need; `None` when the request is sent once. Boxed: the future of
     /// every request moves through the layers above, and stays small.
     retry: Option<Box<Attempts<S, B>>>,
+    /// Heads handed back, until the first answer: what a retry needs besides the head,
+    /// boxed into `retry` only when that answer is retried (a request answered at once
+    /// allocates nothing here).
+    first: Option<First<S, B>>,
+}
+
+/// What a request whose head is handed back keeps for a retry before its first answer.
+struct First<S, B> {
+    svc: S,
+    body: Replay<B>,
+    policy: Arc<RetryPolicy>,
+    safe_only: bool,
+    priorities: Option<PreviousPriorities>,
+    /// The seed of the retries' backoff draws.
+    seed: u64,
 }
 
 #[pin_project(project = StateProj)]
@@ -307,7 +322,8 @@ impl RetryLayer {
     /// The list of the hosts tried ([`PreviousHosts`], which the balancer avoids and the
     /// circuit breaker writes the cluster's limits in) is then made for the first retry,
     /// from the first attempt's host and cluster as its head names them, rather than for
-    /// every request: a request answered at once allocates no list.
+    /// every request: a request answered at once allocates no list, nor the layer's retry
+    /// state (kept in the future until the first answer, boxed when it is retried).
     ///
     /// An answer that would be retried but came without its head is passed on as it is
     /// (the layers between this one and the connector make no retriable answer of their
@@ -449,40 +465,48 @@ where
         };
         let safe_only = !policy.explicit_retry_on && !is_idempotent(&parts.method);
         let mark = per_try_mark(&parts, &policy);
-        let (fut, parts) = if handed_back {
+        let seed = self.rng.next_u64();
+        if handed_back {
             let mut parts = parts;
             parts.extensions.insert(ReturnHead);
-            (self.inner.call(attempt(parts, &tried, first, None)), None)
-        } else {
-            // the first attempt gets the original, the copy waits for a retry: the
-            // original's header map has room for the fields the layers below add (`Host`
-            // under mesh-stack's `EndpointUri`), where a copy's is cloned full and would
-            // grow
-            let copy = parts.clone();
-            (
-                self.inner
-                    .call(attempt(parts, &tried, first, mark.as_ref())),
-                Some(copy),
-            )
-        };
+            let fut = self.inner.call(attempt(parts, &tried, first, None));
+            return ResponseFuture {
+                state: State::Called { fut },
+                retry: None,
+                first: Some(First {
+                    svc: self.inner.clone(),
+                    body: replay,
+                    policy,
+                    safe_only,
+                    priorities: tried.priorities,
+                    seed,
+                }),
+            };
+        }
+        // the first attempt gets the original, the copy waits for a retry: the original's
+        // header map has room for the fields the layers below add (`Host` under
+        // mesh-stack's `EndpointUri`), where a copy's is cloned full and would grow
+        let copy = parts.clone();
+        let fut = self.inner.call(attempt(parts, &tried, first, mark.as_ref()));
         ResponseFuture {
             state: State::Called { fut },
             retry: Some(Box::new(Attempts {
                 svc: self.inner.clone(),
-                parts,
+                parts: Some(copy),
                 handed_back,
                 body: replay,
                 left: policy.attempts,
                 safe_only,
                 interval: policy.backoff.max(Duration::from_millis(1)),
                 policy,
-                rng: Rng::new(Some(self.rng.next_u64())),
+                rng: Rng::new(Some(seed)),
                 timer,
                 tried,
                 next: None,
                 permit: None,
                 mark,
             })),
+            first: None,
         }
     }
 }
@@ -627,6 +651,7 @@ where
         ResponseFuture {
             state: State::Called { fut },
             retry: None,
+            first: None,
         }
     }
 }
@@ -642,7 +667,11 @@ where
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
-            .field("retries_left", &self.retry.as_ref().map(|r| r.left))
+            .field(
+                "retries_left",
+                &(self.retry.as_ref().map(|r| r.left))
+                    .or(self.first.as_ref().map(|f| f.policy.attempts)),
+            )
             .finish()
     }
 }
@@ -663,7 +692,15 @@ where
                     let outcome = match fut.poll(cx) {
                         Poll::Ready(res) => {
                             let mut res = res?;
-                            if let Some(retry) = this.retry.as_mut()
+                            if let Some(first) = this.first.take() {
+                                // taken out whatever comes next: it goes no further up
+                                let head =
+                                    res.extensions_mut().remove::<ReturnedHead>().map(|h| h.0);
+                                if !retriable(&res, &first.policy, first.safe_only) {
+                                    return Poll::Ready(Ok(res));
+                                }
+                                *this.retry = Some(Box::new(first.into_attempts(head)));
+                            } else if let Some(retry) = this.retry.as_mut()
                                 && retry.handed_back
                             {
                                 // taken out whatever comes next: it goes no further up
@@ -865,6 +902,35 @@ impl Tried {
             hosts.set_limits(l);
         }
         hosts
+    }
+}
+
+// === impl First ===
+
+impl<S, B> First<S, B> {
+    /// The retry state of a request whose first answer is retried, with the head that
+    /// answer brought back.
+    #[cold]
+    fn into_attempts(self, parts: Option<http::request::Parts>) -> Attempts<S, B> {
+        Attempts {
+            svc: self.svc,
+            parts,
+            handed_back: true,
+            body: self.body,
+            left: self.policy.attempts,
+            safe_only: self.safe_only,
+            interval: self.policy.backoff.max(Duration::from_millis(1)),
+            policy: self.policy,
+            rng: Rng::new(Some(self.seed)),
+            timer: None,
+            tried: Tried {
+                hosts: None,
+                priorities: self.priorities,
+            },
+            next: None,
+            permit: None,
+            mark: None,
+        }
     }
 }
 

@@ -247,3 +247,14 @@ fn two_inbound_limits_or_an_inbound_limit_with_hosts_are_refused_naming_the_fiel
     assert_eq!(d.field.as_ref().unwrap().to_string(), "spec.hosts");
     assert!(d.message.contains("SIDECAR_INBOUND"), "{}", d.message);
 }
+
+/// Every number reads the same from the table as formatted, on both sides of its end.
+#[test]
+fn header_numbers_from_the_table_read_as_formatted() {
+    for n in (0..u64::from(SMALL_NUMBERS) + 100).chain([u64::from(u32::MAX), u64::MAX]) {
+        assert_eq!(header_number(n).to_str().expect("digits"), n.to_string());
+    }
+    let p = RateLimitPolicy::new(250, 1, Duration::from_secs(1));
+    assert_eq!(p.limit_value(), "250");
+    assert_eq!(p.with_x_ratelimit_headers(true).limit_value(), "250");
+}
