@@ -487,7 +487,9 @@ where
         // header map has room for the fields the layers below add (`Host` under
         // mesh-stack's `EndpointUri`), where a copy's is cloned full and would grow
         let copy = parts.clone();
-        let fut = self.inner.call(attempt(parts, &tried, first, mark.as_ref()));
+        let fut = self
+            .inner
+            .call(attempt(parts, &tried, first, mark.as_ref()));
         ResponseFuture {
             state: State::Called { fut },
             retry: Some(Box::new(Attempts {
