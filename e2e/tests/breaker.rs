@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -46,6 +47,37 @@ impl Slow {
     }
 }
 
+/// The replies of concurrent requests, in the order they came.
+type Replies = Arc<std::sync::Mutex<Vec<Reply>>>;
+
+/// Sends `n` GETs of `httpbin:8000` at once through the proxy at `out`; their replies as
+/// they come, and the clients to await.
+fn concurrent_gets(out: SocketAddr, n: usize) -> (Replies, Vec<tokio::task::JoinHandle<()>>) {
+    let replies: Replies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let clients = (0..n)
+        .map(|_| {
+            let replies = replies.clone();
+            tokio::spawn(async move {
+                let r = get_once(out, "httpbin:8000", &[]).await;
+                replies.lock().unwrap().push(r);
+            })
+        })
+        .collect();
+    (replies, clients)
+}
+
+impl Slow {
+    /// Waits until `answered` replies came while the upstream holds `held` requests.
+    async fn wait_for(&self, replies: &Replies, answered: usize, held: usize) {
+        let what = format!("{answered} overflow answers while the upstream holds {held}");
+        eventually(&what, || {
+            let (r, now) = (replies.clone(), self.now.clone());
+            async move { r.lock().unwrap().len() == answered && now.load(Ordering::SeqCst) == held }
+        })
+        .await;
+    }
+}
+
 /// The task's DestinationRule.
 const TASK_DR: &str = "  trafficPolicy:
     connectionPool:
@@ -74,24 +106,8 @@ async fn flood(workers: u32) {
         + &service_entry("httpbin", 8000, "HTTP", &[&upstream])
         + &destination_rule("httpbin", &["httpbin"], TASK_DR);
     let p = start(&yaml).await;
-    let replies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut clients = Vec::new();
-    for _ in 0..10 {
-        let (out, replies) = (p.out, replies.clone());
-        clients.push(tokio::spawn(async move {
-            let r = get_once(out, "httpbin:8000", &[]).await;
-            replies.lock().unwrap().push(r);
-        }));
-    }
-    let (r, now) = (replies.clone(), slow.now.clone());
-    eventually(
-        "eight overflow answers while the upstream holds one",
-        || {
-            let (r, now) = (r.clone(), now.clone());
-            async move { r.lock().unwrap().len() == 8 && now.load(Ordering::SeqCst) == 1 }
-        },
-    )
-    .await;
+    let (replies, clients) = concurrent_gets(p.out, 10);
+    slow.wait_for(&replies, 8, 1).await;
     for r in replies.lock().unwrap().iter() {
         assert_eq!(r.status, 503, "{r:?}");
         assert_eq!(r.flags(), "UO");
@@ -161,21 +177,8 @@ async fn http2_max_requests_bounds_requests_in_flight() {
             "  trafficPolicy:\n    connectionPool:\n      http: {http2MaxRequests: 2}\n",
         );
     let p = start(&yaml).await;
-    let replies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut clients = Vec::new();
-    for _ in 0..3 {
-        let (out, replies) = (p.out, replies.clone());
-        clients.push(tokio::spawn(async move {
-            let r = get_once(out, "httpbin:8000", &[]).await;
-            replies.lock().unwrap().push(r);
-        }));
-    }
-    let (r, now) = (replies.clone(), slow.now.clone());
-    eventually("one overflow answer while the upstream holds two", || {
-        let (r, now) = (r.clone(), now.clone());
-        async move { r.lock().unwrap().len() == 1 && now.load(Ordering::SeqCst) == 2 }
-    })
-    .await;
+    let (replies, clients) = concurrent_gets(p.out, 3);
+    slow.wait_for(&replies, 1, 2).await;
     {
         let replies = replies.lock().unwrap();
         assert_eq!(replies[0].status, 503, "{:?}", replies[0]);
@@ -220,21 +223,8 @@ async fn http2_connections_count_against_max_connections_and_the_rest_pend() {
 ",
         );
     let p = start(&yaml).await;
-    let replies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (out, replies) = (p.out, replies.clone());
-        clients.push(tokio::spawn(async move {
-            let r = get_once(out, "httpbin:8000", &[]).await;
-            replies.lock().unwrap().push(r);
-        }));
-    }
-    let (r, now) = (replies.clone(), slow.now.clone());
-    eventually("one overflow answer while the upstream holds two", || {
-        let (r, now) = (r.clone(), now.clone());
-        async move { r.lock().unwrap().len() == 1 && now.load(Ordering::SeqCst) == 2 }
-    })
-    .await;
+    let (replies, clients) = concurrent_gets(p.out, 4);
+    slow.wait_for(&replies, 1, 2).await;
     {
         let replies = replies.lock().unwrap();
         let r = &replies[0];
