@@ -1,7 +1,8 @@
 //! What the retry layer adds to a request whose first attempt succeeds, over an inner
 //! service that is always ready and answers at once (`noop_inner` is the harness alone:
 //! subtract it). The requests are routed GETs with four headers, their URI and values
-//! slices of a shared buffer as hyper parses them:
+//! slices of a shared buffer as hyper parses them, the router's decision in their
+//! `RequestSlots`:
 //!
 //! - `retries_off`: the route sets `attempts: 0` (a look-up of the route policy);
 //! - `istio_default_same_hosts`: Istio's default policy without `retryIgnorePreviousHosts`:
@@ -11,8 +12,9 @@
 //! - `istio_default`: the route sets no `retries`, so Istio's default policy applies: the
 //!   above, the `PreviousHosts` list avoided by the balancer;
 //! - `istio_default_heads_handed_back`: `istio_default` as mesh-proxy runs it
-//!   (`RetryLayer::with_heads_handed_back`): no copy of the head; the inner service moves
-//!   it into its answer, as the connector does, and the retry layer takes it out;
+//!   (`RetryLayer::with_heads_handed_back`): no copy of the head; the inner service puts it
+//!   back in the request's `ReturnHead` (the retry service's own place, reused from request
+//!   to request), as the connector does, and the retry layer takes it out;
 //! - `route_balance` / `route_retry_balance`: the in-process client's router and balancer
 //!   (`in_process.rs`) without and with the retry layer between them.
 //!
@@ -31,7 +33,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, Uri};
 use http_body_util::Empty;
 use mesh_benches::layer::{HandingBackInner, NoopInner, send};
-use mesh_core::ext::{RouteDecision, RouteDestination, RoutePolicy};
+use mesh_core::ext::{RouteDecision, RouteDestination, RoutePolicy, slots_mut};
 use mesh_core::policy::RetryPolicy;
 use mesh_lb::LbLayer;
 use mesh_resilience::RetryLayer;
@@ -67,7 +69,9 @@ fn request(policy: &Arc<RoutePolicy>) -> Request<Empty<Bytes>> {
         )
         .body(Empty::new())
         .expect("valid request");
-    req.extensions_mut().insert(RouteDecision {
+    // in the request's slots, as the router writes it (the slots the layers below write
+    // into exist before the retry layer runs)
+    slots_mut(req.extensions_mut()).decision = Some(RouteDecision {
         dest: RouteDestination {
             host: "reviews.default.svc.cluster.local".into(),
             subset: None,

@@ -157,7 +157,7 @@ impl<B> Service<Request<B>> for Routed {
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if let Some(info) = req.extensions().get::<StreamInfo>() {
+        if let Some(info) = mesh_core::ext::stream_info(req.extensions()) {
             info.set_route(&self.decision);
             info.set_upstream(&self.upstream);
         }

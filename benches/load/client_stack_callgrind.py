@@ -31,6 +31,7 @@ FUTURE = "client_stack::send::{{closure}}"
 def main():
     exe = sys.argv[1] if len(sys.argv) > 1 else cgbench.bench_binary("client_stack", "client_stack_callgrind.py")
     out_dir = os.environ.get("KEEP") or tempfile.mkdtemp(prefix="client-stack-cg-")
+    os.makedirs(out_dir, exist_ok=True)
     result = {}
     for name in ["bare", "mesh"]:
         out = os.path.join(out_dir, f"callgrind.{name}.out")

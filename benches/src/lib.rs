@@ -205,7 +205,7 @@ pub mod layer {
         }
     }
 
-    /// An upstream that answers `200` at once and hands the request's head back when it
+    /// An upstream that answers `200` at once and puts the request's head back when it
     /// asks ([`mesh_core::ext::ReturnHead`]), as `mesh-transport`'s connector does.
     #[derive(Clone, Debug)]
     pub struct HandingBackInner;
@@ -219,19 +219,13 @@ pub mod layer {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, req: Request<B>) -> Self::Future {
+        fn call(&mut self, mut req: Request<B>) -> Self::Future {
             black_box(req.uri());
-            let mut res = Response::new(MeshBody::empty());
-            if req
-                .extensions()
-                .get::<mesh_core::ext::ReturnHead>()
-                .is_some()
-            {
+            if let Some(back) = mesh_core::ext::take_return_head(req.extensions_mut()) {
                 let (head, _) = req.into_parts();
-                res.extensions_mut()
-                    .insert(mesh_core::ext::ReturnedHead(head));
+                back.put(head);
             }
-            ready(Ok(res))
+            ready(Ok(Response::new(MeshBody::empty())))
         }
     }
 

@@ -8,12 +8,13 @@
 //! [`RequestSlots`] (one boxed map entry per request, allocated by the first writer, copied
 //! whole by the retry layer's copy of the head): the router its [`RouteDecision`], the
 //! timeout layer its [`TimeoutMark`], the retry layer its [`PreviousHosts`] and
-//! [`PreviousPriorities`], the balancer its [`SelectedUpstream`]. Writers go through
-//! [`slots_mut`]; readers through [`route_destination`], [`route_policy`],
-//! [`selected_upstream`], [`selected_endpoint`], [`upstream_cluster`], [`timeout_mark`],
-//! [`previous_hosts`] and [`previous_priorities`], which also accept each value inserted on
-//! its own as an extension (by in-process users, tests, or the paths that have only one
-//! part: passthrough).
+//! [`PreviousPriorities`], the balancer its [`SelectedUpstream`], the telemetry layers their
+//! [`TraceContext`] and [`StreamInfo`]. Writers go through [`slots_mut`]; readers through
+//! [`route_destination`], [`route_policy`], [`selected_upstream`], [`selected_endpoint`],
+//! [`upstream_cluster`], [`timeout_mark`], [`previous_hosts`], [`previous_priorities`],
+//! [`stream_info`] and [`trace_context`], which also accept each value inserted on its own
+//! as an extension (by in-process users, tests, or the paths that have only one part:
+//! passthrough).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::flags::{RESPONSE_FLAGS_HEADER, ResponseFlags};
 use crate::limits::ClusterLimits;
 use crate::policy::{FaultPolicy, OutlierPolicy, RetryPolicy};
 pub use crate::stream_info::StreamInfo;
+pub use crate::trace::TraceContext;
 
 /// The destination the router chose for a request: a service host, an optional subset, and
 /// the service port.
@@ -169,26 +171,90 @@ pub struct PreviousPriorities(Arc<std::sync::Mutex<Vec<u32>>>);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RefusedStream;
 
-/// Asks the service at the bottom of the stack to hand the request's head back with its
-/// answer, as a [`ReturnedHead`] response extension, so that a retry can send it again
-/// without having copied it up front.
+/// Where the service at the bottom of the stack puts the request's head back when it is
+/// done with it, so that a retry can send it again without having copied it up front.
 ///
 /// Written by the retry layer (`mesh-resilience`, when built with
-/// `RetryLayer::with_heads_handed_back`) into the requests it may retry; read by the
-/// connector (`mesh-transport`'s), which hands back every head that asks, on every answer it
-/// makes (the upstream's and its own local replies alike).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReturnHead;
-
-/// The head of the request an answer is for, handed back by the connector when the request
-/// carried [`ReturnHead`]: method, target, headers and extensions as the layers above the
-/// connector sent them (the connector's own rewrites for the upstream's protocol are such
-/// that sending it again makes the same request).
+/// `RetryLayer::with_heads_handed_back`) into [`RequestSlots::return_head`] of the requests
+/// it may retry; taken out of the request by the connector (`mesh-transport`'s, with
+/// [`take_return_head`], so that the head never holds the place it is put in), which puts
+/// every head that asked into it ([`ReturnHead::put`]) with every answer it makes (the
+/// upstream's and its own local replies alike): method, target, headers and extensions as
+/// the layers above the connector sent them (the connector's own rewrites for the
+/// upstream's protocol are such that sending it again makes the same request). The retry
+/// layer takes the head out ([`ReturnHead::take`]) when the answer comes.
 ///
-/// Written by the connector (`mesh-transport`'s) into its answers; taken out (always, so
-/// that it never travels further up) by the retry layer (`mesh-resilience`).
-#[derive(Debug, Clone)]
-pub struct ReturnedHead(pub http::request::Parts);
+/// One handle is shared by the retry layer and the request: cloning it is a reference-count
+/// increment, and the retry layer's service reuses its handle for the next request once no
+/// request holds it ([`ReturnHead::try_reuse`]), so a request answered at once allocates
+/// nothing for it.
+///
+/// ```
+/// use mesh_core::ext::{ReturnHead, slots_mut, take_return_head};
+///
+/// let back = ReturnHead::new();
+/// let mut req = http::Request::new(());
+/// slots_mut(req.extensions_mut()).return_head = Some(back.clone());
+/// // the connector, when it is done with the request:
+/// let (mut head, ()) = req.into_parts();
+/// let asked = take_return_head(&mut head.extensions).expect("asked");
+/// asked.put(head);
+/// // the retry layer, when the answer comes:
+/// assert!(back.take().is_some_and(|h| take_return_head(&mut { h }.extensions).is_none()));
+/// ```
+#[derive(Clone, Default)]
+pub struct ReturnHead(Arc<std::sync::Mutex<Option<http::request::Parts>>>);
+
+impl ReturnHead {
+    /// An empty place.
+    pub fn new() -> Self {
+        ReturnHead::default()
+    }
+
+    /// Puts a head back (the connector's part), replacing any earlier one. The head must
+    /// not carry this handle ([`take_return_head`] took it out), or it would hold itself.
+    pub fn put(&self, head: http::request::Parts) {
+        *self.lock() = Some(head);
+    }
+
+    /// Takes the head put back, if any (the retry layer's part).
+    pub fn take(&self) -> Option<http::request::Parts> {
+        self.lock().take()
+    }
+
+    /// Whether this is the only handle to the place (no request, connector or future holds
+    /// it): then it is emptied and may serve another request.
+    pub fn try_reuse(&mut self) -> bool {
+        match Arc::get_mut(&mut self.0) {
+            Some(m) => {
+                *m.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<http::request::Parts>> {
+        // held for a move in or out: never contended in practice, never poisoned by a panic
+        // that matters (the value is replaced whole)
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Debug for ReturnHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never waits (a Debug call under the lock would deadlock): `None` while in use
+        let held = self.0.try_lock().ok().map(|h| h.is_some());
+        f.debug_struct("ReturnHead").field("held", &held).finish()
+    }
+}
+
+/// The [`ReturnHead`] a request carries, taken out of its [`RequestSlots`] (the connector's
+/// part: the head it puts back must not hold its own place).
+#[inline]
+pub fn take_return_head(ext: &mut Extensions) -> Option<ReturnHead> {
+    ext.get_mut::<RequestSlots>()?.return_head.take()
+}
 
 /// Why the layers below the balancer lost an attempt they were working on: a timeout above
 /// them fired (the retry layer's `perTryTimeout`, the timeout layer's route timeout), rather
@@ -619,13 +685,15 @@ impl PreviousPriorities {
 /// [`slots_mut`]), one clone when the retry layer copies the head, no growth of the
 /// extension map as the request goes inwards.
 ///
-/// Written through [`slots_mut`] by the router ([`decision`](Self::decision)), the timeout
-/// and retry layers ([`timeout`](Self::timeout), [`hosts`](Self::hosts),
-/// [`priorities`](Self::priorities)) and the balancer ([`upstream`](Self::upstream)). Read
-/// through the accessors ([`route_destination`], [`route_policy`], [`selected_upstream`],
-/// [`selected_endpoint`], [`upstream_cluster`], [`timeout_mark`], [`previous_hosts`],
-/// [`previous_priorities`]): a slot that is set wins over the same value inserted on its own
-/// as an extension.
+/// Written through [`slots_mut`] by trace propagation ([`trace`](Self::trace)) and the
+/// telemetry record layer ([`info`](Self::info)) outermost, the router
+/// ([`decision`](Self::decision)), the timeout and retry layers ([`timeout`](Self::timeout),
+/// [`hosts`](Self::hosts), [`priorities`](Self::priorities)) and the balancer
+/// ([`upstream`](Self::upstream)). Read through the accessors ([`route_destination`],
+/// [`route_policy`], [`selected_upstream`], [`selected_endpoint`], [`upstream_cluster`],
+/// [`timeout_mark`], [`previous_hosts`], [`previous_priorities`], [`stream_info`],
+/// [`trace_context`]): a slot that is set wins over the same value inserted on its own as an
+/// extension.
 ///
 /// ```
 /// use mesh_core::ext::{TimeoutMark, slots_mut, timeout_mark};
@@ -648,6 +716,14 @@ pub struct RequestSlots {
     pub priorities: Option<PreviousPriorities>,
     /// The balancer's pick for the attempt (see [`SelectedUpstream`]).
     pub upstream: Option<SelectedUpstream>,
+    /// The telemetry layer's per-request record, shared by the attempts (see
+    /// [`StreamInfo`]; a mirrored copy has none).
+    pub info: Option<StreamInfo>,
+    /// The hop's trace context (see [`TraceContext`]).
+    pub trace: Option<TraceContext>,
+    /// Where the connector puts the head back (see [`ReturnHead`]); taken out by the
+    /// connector ([`take_return_head`]).
+    pub return_head: Option<ReturnHead>,
 }
 
 /// The request's [`RequestSlots`], inserted empty if it has none yet.
@@ -718,6 +794,25 @@ pub fn upstream_cluster(ext: &Extensions) -> Option<&UpstreamCluster> {
     match selected_upstream(ext) {
         Some(u) => Some(u.cluster()),
         None => ext.get::<UpstreamCluster>(),
+    }
+}
+
+/// The telemetry layer's per-request record: its [`RequestSlots`]', else a standalone
+/// [`StreamInfo`]. The router and the balancer record into it when present.
+#[inline]
+pub fn stream_info(ext: &Extensions) -> Option<&StreamInfo> {
+    match slots(ext).and_then(|s| s.info.as_ref()) {
+        Some(i) => Some(i),
+        None => ext.get::<StreamInfo>(),
+    }
+}
+
+/// The hop's trace context: its [`RequestSlots`]', else a standalone [`TraceContext`].
+#[inline]
+pub fn trace_context(ext: &Extensions) -> Option<&TraceContext> {
+    match slots(ext).and_then(|s| s.trace.as_ref()) {
+        Some(t) => Some(t),
+        None => ext.get::<TraceContext>(),
     }
 }
 
@@ -904,6 +999,40 @@ mod tests {
         slots_mut(&mut ext).hosts = None;
         assert!(previous_hosts(&copy).is_some(), "copies are independent");
         assert!(previous_hosts(&ext).is_none());
+    }
+
+    #[test]
+    fn telemetry_slots_win_over_standalone_and_copies_share_the_record() {
+        let ctx = |trace_id| TraceContext {
+            trace_id,
+            span_id: 1,
+            parent_span_id: None,
+            sampled: false,
+        };
+        let mut ext = Extensions::new();
+        assert!(stream_info(&ext).is_none() && trace_context(&ext).is_none());
+        // inserted on their own (an in-process user, a test): found
+        let standalone = StreamInfo::new();
+        ext.insert(standalone.clone());
+        ext.insert(ctx(1));
+        assert_eq!(trace_context(&ext).map(|c| c.trace_id), Some(1));
+        stream_info(&ext)
+            .unwrap()
+            .set_endpoint(&SelectedEndpoint::new("10.0.0.1:1".parse().unwrap()));
+        assert_eq!(standalone.attempts(), 1);
+        // in the slots (the telemetry layers): the slot's win
+        let info = StreamInfo::new();
+        let s = slots_mut(&mut ext);
+        s.info = Some(info.clone());
+        s.trace = Some(ctx(2));
+        assert_eq!(trace_context(&ext).map(|c| c.trace_id), Some(2));
+        // a copy of the head (the retry layer's) records into the same StreamInfo
+        let copy = ext.clone();
+        let ep = SelectedEndpoint::new("10.0.0.2:2".parse().unwrap());
+        stream_info(&copy).unwrap().set_endpoint(&ep);
+        stream_info(&ext).unwrap().set_endpoint(&ep);
+        assert_eq!(info.attempts(), 2, "both attempts counted in one record");
+        assert_eq!(standalone.attempts(), 1, "the standalone one is not read");
     }
 
     #[test]

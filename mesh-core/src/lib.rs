@@ -74,6 +74,7 @@ pub mod selector;
 pub mod sticky;
 pub mod stream_info;
 pub mod support;
+pub mod trace;
 
 pub use body::MeshBody;
 pub use flags::ResponseFlags;

@@ -6,8 +6,10 @@
 //! never sees the request again once it handed it inwards (the router and the balancer put
 //! their decisions in the request's extensions, which travel inwards with the request and are
 //! dropped by the connector). [`StreamInfo`] is the way back: a cheap handle (one `Arc`) that
-//! the telemetry layer inserts into the request's extensions and keeps a clone of; the layers
-//! inside record into it, and the telemetry layer reads it when the response completes.
+//! the telemetry layer puts in the request's [`RequestSlots`](crate::ext::RequestSlots)
+//! ([`RequestSlots::info`](crate::ext::RequestSlots::info)) and keeps a clone of; the layers
+//! inside find it with [`stream_info`](crate::ext::stream_info) and record into it, and the
+//! telemetry layer reads it when the response completes.
 //!
 //! - **Written** by the router (`mesh-routing`: its [`RouteDecision`], or the passthrough
 //!   [`RouteDestination`]; [`StreamInfo::set_route`], [`StreamInfo::set_destination`]) and
@@ -16,7 +18,7 @@
 //!   only when a `StreamInfo` is present: without telemetry nothing is recorded and nothing
 //!   is allocated. Every record is a reference-count increment, never formatting.
 //! - **Shared** by the attempts of a retried request (the retry layer clones the request's
-//!   extensions into each attempt): the last attempt's endpoint wins, as Envoy's
+//!   extensions, and its `RequestSlots` with them, into each attempt): the last attempt's endpoint wins, as Envoy's
 //!   `upstream_host` is the last attempt's, and [`StreamInfo::attempts`] counts the picks.
 //!   A mirrored copy is built with extensions of its own (`mesh-routing`'s `shadow_request`),
 //!   so its picks never overwrite the original's.
@@ -24,14 +26,14 @@
 //!   copy) or [`StreamInfo::snapshot`] once the response has ended.
 //!
 //! ```
-//! use mesh_core::ext::{RouteDestination, SelectedEndpoint};
+//! use mesh_core::ext::{SelectedEndpoint, slots_mut, stream_info};
 //! use mesh_core::stream_info::StreamInfo;
 //!
 //! let info = StreamInfo::new();
 //! let mut req = http::Request::new(());
-//! req.extensions_mut().insert(info.clone());
+//! slots_mut(req.extensions_mut()).info = Some(info.clone());
 //! // … a layer inside:
-//! if let Some(i) = req.extensions().get::<StreamInfo>() {
+//! if let Some(i) = stream_info(req.extensions()) {
 //!     i.set_endpoint(&SelectedEndpoint::new("10.0.0.7:9080".parse().unwrap()));
 //! }
 //! let seen = info.snapshot();

@@ -16,6 +16,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_core::authority::{self, Authority};
 use mesh_core::body::ReplyBody;
 use mesh_core::compile::{Snapshot, resolve_host};
+use mesh_core::ext::stream_info;
 use mesh_core::ext::{
     ClientAddr, Passthrough, PreviousHosts, PreviousPriorities, RouteDestination, SelectedEndpoint,
     SelectedUpstream, local_reply, previous_hosts, previous_priorities, route_destination,
@@ -27,7 +28,6 @@ use mesh_core::health::{HealthSource, HealthTable, cluster_name};
 use mesh_core::locality::Locality;
 use mesh_core::model::networking::{OutboundTrafficMode, Resolution};
 use mesh_core::sticky;
-use mesh_core::stream_info::StreamInfo;
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -736,7 +736,7 @@ where
                 started,
             }
         });
-        if let Some(info) = req.extensions().get::<StreamInfo>() {
+        if let Some(info) = stream_info(req.extensions()) {
             info.set_upstream(&host.upstream);
         }
         slots_mut(req.extensions_mut()).upstream = Some(host.upstream.clone());
@@ -764,7 +764,7 @@ impl<S> Lb<S> {
     {
         if let Ok(ip) = authority::unbracket(host).parse::<IpAddr>() {
             let ep = SelectedEndpoint::new(SocketAddr::new(ip, port));
-            if let Some(info) = req.extensions().get::<StreamInfo>() {
+            if let Some(info) = stream_info(req.extensions()) {
                 info.set_endpoint(&ep);
             }
             req.extensions_mut().insert(ep);
@@ -911,7 +911,7 @@ where
                     let next = match addrs.ok().and_then(|a| a.first().copied()) {
                         Some(ip) => {
                             let ep = SelectedEndpoint::new(SocketAddr::new(ip, *port));
-                            if let Some(info) = req.extensions().get::<StreamInfo>() {
+                            if let Some(info) = stream_info(req.extensions()) {
                                 info.set_endpoint(&ep);
                             }
                             req.extensions_mut().insert(ep);

@@ -16,7 +16,7 @@
 //!
 //! The record layer comes right after it ([`crate::telemetry`]): it sees every request with
 //! its trace context, local replies included, puts the per-request record
-//! ([`mesh_core::stream_info::StreamInfo`]) in its extensions for the router and the
+//! ([`mesh_core::stream_info::StreamInfo`]) in its `RequestSlots` for the router and the
 //! balancer to write their decisions into, and hands the whole exchange to the telemetry
 //! sinks (Istio's standard metrics) when the response body ends.
 //!

@@ -135,9 +135,10 @@
 //! the head (method, target, headers, extensions) of every request it may retry, made
 //! before the first attempt: most of its cost per request. Over `mesh-transport`'s
 //! connector (as mesh-proxy runs it), [`RetryLayer::with_heads_handed_back`] asks the
-//! connector for the head back with each answer instead ([`ReturnHead`], [`ReturnedHead`]):
-//! no copy on the HTTP/1.1 path, the common one; the connector copies only where its
-//! protocol consumes the head (HTTP/2, `CONNECT`).
+//! connector to put the head back with each answer instead, in a [`ReturnHead`] the
+//! request carries (one per service, reused from request to request): no copy on the
+//! HTTP/1.1 path, the common one; the connector copies only where its protocol consumes
+//! the head (HTTP/2, `CONNECT`).
 //!
 //! # Reads and writes
 //!
@@ -169,9 +170,8 @@ use http_body::Body;
 use mesh_core::body::ReplyBody;
 use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
 use mesh_core::ext::{
-    PreviousHosts, PreviousPriorities, RefusedStream, ReturnHead, ReturnedHead, TimeoutMark,
-    flags_of, local_reply, mark, route_policy, selected_endpoint, slots_mut, timeout_mark,
-    upstream_cluster,
+    PreviousHosts, PreviousPriorities, RefusedStream, ReturnHead, TimeoutMark, flags_of,
+    local_reply, mark, route_policy, selected_endpoint, slots_mut, timeout_mark, upstream_cluster,
 };
 #[cfg(doc)]
 use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamCluster};
@@ -205,6 +205,9 @@ pub struct Retry<S> {
     inner: S,
     rng: Rng,
     layer: RetryLayer,
+    /// The place for heads handed back, reused by the next request once no request holds
+    /// it (see [`ReturnHead::try_reuse`]).
+    spare: ReturnHead,
 }
 
 /// The future of [`Retry`].
@@ -231,6 +234,8 @@ struct First<S, B> {
     policy: Arc<RetryPolicy>,
     safe_only: bool,
     priorities: Option<PreviousPriorities>,
+    /// Where the inner service puts the head back.
+    back: Option<ReturnHead>,
     /// The seed of the retries' backoff draws.
     seed: u64,
 }
@@ -281,6 +286,8 @@ struct Attempts<S, B> {
 struct Tried {
     hosts: Option<PreviousHosts>,
     priorities: Option<PreviousPriorities>,
+    /// Where the inner service puts each attempt's head back (heads handed back).
+    back: Option<ReturnHead>,
 }
 
 /// How a retry gets the body again.
@@ -313,9 +320,8 @@ impl RetryLayer {
         }
     }
 
-    /// Declares that the inner service hands each request's head back with its answer when
-    /// the request asks ([`ReturnHead`] → [`ReturnedHead`]), as `mesh-transport`'s connector
-    /// does: then a request is retried from the head its answer brought back, instead of
+    /// Declares that the inner service puts each request's head back when the request asks
+    /// (in the [`ReturnHead`] of its `RequestSlots`), as `mesh-transport`'s connector does: then a request is retried from the head its answer brought back, instead of
     /// from a copy made before the first attempt (a copy of every retriable request's
     /// method, target, headers and extensions, most of this layer's cost per request).
     ///
@@ -391,6 +397,7 @@ impl<S> Layer<S> for RetryLayer {
             inner,
             rng: self.next_rng(),
             layer: self.clone(),
+            spare: ReturnHead::new(),
         }
     }
 }
@@ -405,7 +412,19 @@ impl<S: Clone> Clone for Retry<S> {
             inner: self.inner.clone(),
             rng: self.layer.next_rng(),
             layer: self.layer.clone(),
+            spare: ReturnHead::new(),
         }
+    }
+}
+
+impl<S> Retry<S> {
+    /// The place the inner service puts a request's head back in: this service's own when
+    /// no earlier request still holds it (no allocation), else a new one, kept for the next.
+    fn spare_place(&mut self) -> ReturnHead {
+        if !self.spare.try_reuse() {
+            self.spare = ReturnHead::new();
+        }
+        self.spare.clone()
     }
 }
 
@@ -456,6 +475,7 @@ where
             // allocates no list.
             hosts: (!handed_back).then(|| previous_hosts(&policy)),
             priorities: policy.retry_remote_localities.then(PreviousPriorities::new),
+            back: handed_back.then(|| self.spare_place()),
         };
         let (first, replay) = if body.is_end_stream() {
             (ReplayBody::plain(body), Replay::Empty)
@@ -467,8 +487,6 @@ where
         let mark = per_try_mark(&parts, &policy);
         let seed = self.rng.next_u64();
         if handed_back {
-            let mut parts = parts;
-            parts.extensions.insert(ReturnHead);
             let fut = self.inner.call(attempt(parts, &tried, first, None));
             return ResponseFuture {
                 state: State::Called { fut },
@@ -479,6 +497,7 @@ where
                     policy,
                     safe_only,
                     priorities: tried.priorities,
+                    back: tried.back,
                     seed,
                 }),
             };
@@ -612,7 +631,11 @@ fn attempt<B>(
     body: ReplayBody<B>,
     timeout: Option<&TimeoutMark>,
 ) -> Request<ReplayBody<B>> {
-    if timeout.is_some() || tried.hosts.is_some() || tried.priorities.is_some() {
+    if timeout.is_some()
+        || tried.hosts.is_some()
+        || tried.priorities.is_some()
+        || tried.back.is_some()
+    {
         let slots = slots_mut(&mut head.extensions);
         if let Some(m) = timeout {
             slots.timeout = Some(m.clone());
@@ -622,6 +645,9 @@ fn attempt<B>(
         }
         if let Some(p) = &tried.priorities {
             slots.priorities = Some(p.clone());
+        }
+        if let Some(b) = &tried.back {
+            slots.return_head = Some(b.clone());
         }
     }
     Request::from_parts(head, body)
@@ -693,11 +719,11 @@ where
                 StateProj::Called { fut } => {
                     let outcome = match fut.poll(cx) {
                         Poll::Ready(res) => {
-                            let mut res = res?;
+                            let res = res?;
                             if let Some(first) = this.first.take() {
-                                // taken out whatever comes next: it goes no further up
-                                let head =
-                                    res.extensions_mut().remove::<ReturnedHead>().map(|h| h.0);
+                                // taken out whatever comes next (dropped with the place
+                                // when the answer is not retried)
+                                let head = first.back.as_ref().and_then(ReturnHead::take);
                                 if !retriable(&res, &first.policy, first.safe_only) {
                                     return Poll::Ready(Ok(res));
                                 }
@@ -705,9 +731,7 @@ where
                             } else if let Some(retry) = this.retry.as_mut()
                                 && retry.handed_back
                             {
-                                // taken out whatever comes next: it goes no further up
-                                retry.parts =
-                                    res.extensions_mut().remove::<ReturnedHead>().map(|h| h.0);
+                                retry.parts = retry.tried.back.as_ref().and_then(ReturnHead::take);
                             }
                             Outcome::Answer(res)
                         }
@@ -928,6 +952,7 @@ impl<S, B> First<S, B> {
             tried: Tried {
                 hosts: None,
                 priorities: self.priorities,
+                back: self.back,
             },
             next: None,
             permit: None,

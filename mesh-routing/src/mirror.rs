@@ -371,19 +371,15 @@ mod tests {
         // telemetry's per-request record belongs to the original: a mirror's picks must not
         // overwrite the original's upstream (mesh_core::stream_info)
         let mut req = Request::new(());
-        req.extensions_mut()
-            .insert(mesh_core::stream_info::StreamInfo::new());
+        mesh_core::ext::slots_mut(req.extensions_mut()).info =
+            Some(mesh_core::stream_info::StreamInfo::new());
         let target = RouteDestination {
             host: "shadow".into(),
             subset: None,
             port: None,
         };
         let copy = shadow_request(&req, (), &target, &RoutePolicy::default());
-        assert!(
-            copy.extensions()
-                .get::<mesh_core::stream_info::StreamInfo>()
-                .is_none()
-        );
+        assert!(mesh_core::ext::stream_info(copy.extensions()).is_none());
         assert!(mesh_core::ext::route_decision(copy.extensions()).is_some());
     }
 

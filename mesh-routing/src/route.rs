@@ -149,12 +149,12 @@ use http::{Request, Response, StatusCode, Uri};
 use mesh_core::ResponseFlags;
 use mesh_core::authority::split_port;
 use mesh_core::body::ReplyBody;
+use mesh_core::ext::stream_info;
 use mesh_core::ext::{
     Passthrough, RouteDecision, RouteDestination, RoutePolicy, SourceWorkload, local_reply,
     slots_mut,
 };
 use mesh_core::rng::Rng;
-use mesh_core::stream_info::StreamInfo;
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -450,7 +450,7 @@ where
                     port,
                 };
                 let ext = req.extensions_mut();
-                if let Some(info) = ext.get::<StreamInfo>() {
+                if let Some(info) = stream_info(ext) {
                     info.set_destination(&dest, true);
                 }
                 ext.insert(dest);
@@ -481,7 +481,7 @@ where
                     dest: fill_port(&chosen.dest, port),
                     policy: policy.clone(),
                 };
-                if let Some(info) = ext.get::<StreamInfo>() {
+                if let Some(info) = stream_info(ext) {
                     info.set_route(&decision);
                 }
                 slots_mut(ext).decision = Some(decision);

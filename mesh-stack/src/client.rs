@@ -33,7 +33,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use mesh_core::body::{IntoMeshBody, MeshBodyLayer};
-use mesh_core::ext::{ReturnHead, ReturnedHead};
+use mesh_core::ext::{ReturnHead, take_return_head};
 use mesh_core::uri::{EndpointUri, EndpointUriLayer};
 use mesh_proxy::stack::MeshStack;
 use tower_layer::Layer;
@@ -68,9 +68,9 @@ pub type MeshUriClient<C> = MeshClient<IntoMeshBody<EndpointUri<C>>>;
 #[derive(Debug)]
 pub struct SyncBody<B>(std::sync::Mutex<B>);
 
-/// Hands the retry layer the head of each request it may retry with the answer
-/// ([`ReturnHead`] → [`ReturnedHead`]), as the project's connector does itself: one copy of
-/// the head, for those requests only, so that any client can sit under the proxy's retry
+/// Hands the retry layer the head of each request it may retry with the answer (puts it in
+/// the request's [`ReturnHead`]), as the project's connector does itself: one copy of the
+/// head, for those requests only, so that any client can sit under the proxy's retry
 /// layer when it copies no head up front. [`ClientLayer`] builds its stacks with a retry
 /// layer that copies the head itself (cheaper: [`Layers::with_heads_copied`]), so there no
 /// request asks and this passes each request on after one extension look-up; it is the
@@ -88,7 +88,7 @@ pub struct HandBackHead<S> {
 pub struct HandBackFuture<F> {
     #[pin]
     inner: F,
-    head: Option<http::request::Parts>,
+    head: Option<(http::request::Parts, ReturnHead)>,
 }
 
 /// Builds [`MeshClient`]s over any innermost client; made by
@@ -111,7 +111,7 @@ impl ClientLayer {
     pub fn wrap<S>(&self, inner: S) -> MeshClient<S> {
         // the retry layer copies the head itself: a client that is not the connector would
         // have to copy it to hand it back, and the copy made up there holds fewer
-        // extensions (no ReturnHead/ReturnedHead round trip either)
+        // extensions (no ReturnHead round trip either)
         self.mesh
             .layers()
             .with_heads_copied()
@@ -149,14 +149,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let head = match req.extensions().get::<ReturnHead>() {
-            Some(_) => {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let head = match take_return_head(req.extensions_mut()) {
+            Some(back) => {
                 let (head, body) = req.into_parts();
                 let copy = head.clone();
                 return HandBackFuture {
                     inner: self.inner.call(Request::from_parts(head, body)),
-                    head: Some(copy),
+                    head: Some((copy, back)),
                 };
             }
             None => None,
@@ -176,9 +176,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut res = std::task::ready!(this.inner.poll(cx))?;
-        if let Some(head) = this.head.take() {
-            res.extensions_mut().insert(ReturnedHead(head));
+        let res = std::task::ready!(this.inner.poll(cx))?;
+        if let Some((head, back)) = this.head.take() {
+            back.put(head);
         }
         Poll::Ready(Ok(res))
     }

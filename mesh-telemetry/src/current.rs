@@ -51,7 +51,7 @@ use futures_util::future::Either;
 use http::HeaderValue;
 use tokio::task::futures::TaskLocalFuture;
 
-use crate::trace::{TraceContext, X_REQUEST_ID};
+use crate::trace::{TraceContext, X_REQUEST_ID, trace_context};
 
 /// The context of the request being served: its trace context and `x-request-id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +122,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        match req.extensions().get::<TraceContext>().copied() {
+        match trace_context(req.extensions()).copied() {
             Some(ctx) => {
                 let request_id = req.headers().get(X_REQUEST_ID).cloned();
                 let fut = self.inner.call(req);

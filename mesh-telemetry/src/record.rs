@@ -8,8 +8,8 @@
 //! 1. on the request: the start [`Instant`], the request's head (method, URI, `Host`,
 //!    `x-request-id`, `user-agent`), its body length when known, its [`TraceContext`], the
 //!    downstream [`ClientAddr`] and [`PeerIdentity`] (inbound), and a fresh
-//!    [`StreamInfo`] inserted into its extensions for the layers inside to record into (the
-//!    router's decision, each attempt's upstream);
+//!    [`StreamInfo`] put in its [`RequestSlots`](mesh_core::ext::RequestSlots) for the
+//!    layers inside to record into (the router's decision, each attempt's upstream);
 //! 2. on the response head: the time to first byte, the status, the [`ResponseFlags`] of
 //!    its extensions, `grpc-status` from its headers;
 //! 3. on the response body: the bytes, `grpc-status` from the trailers;
@@ -51,8 +51,9 @@
 //! ```
 //!
 //! Reads (request extensions): [`TraceContext`] (written by [`crate::TraceLayer`], which goes
-//! outside this layer), [`ClientAddr`], [`PeerIdentity`]; (response extensions):
-//! [`ResponseFlags`]. Writes: [`StreamInfo`] into the request's extensions.
+//! outside this layer, into the request's `RequestSlots`), [`ClientAddr`], [`PeerIdentity`]; (response extensions):
+//! [`ResponseFlags`]. Writes: [`StreamInfo`] into the request's
+//! [`RequestSlots::info`](mesh_core::ext::RequestSlots::info).
 //!
 //! # Differences from Envoy
 //!
@@ -74,7 +75,7 @@ use std::time::Instant;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::body::{OnBodyEnd, ReplyBody};
-use mesh_core::ext::{ClientAddr, PeerIdentity, StreamInfo};
+use mesh_core::ext::{ClientAddr, PeerIdentity, StreamInfo, slots_mut, trace_context};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::stream_info::Recorded;
 use pin_project::pin_project;
@@ -271,7 +272,7 @@ where
         }
         let start = Instant::now();
         let info = StreamInfo::new();
-        req.extensions_mut().insert(info.clone());
+        slots_mut(req.extensions_mut()).info = Some(info.clone());
         let pending = Pending::new(self.layer.sinks.clone(), info, start, &req);
         ResponseFuture {
             inner: self.inner.call(req),
@@ -348,7 +349,7 @@ impl Pending {
             flags: ResponseFlags::empty(),
             grpc_status: None,
             response_bytes: 0,
-            trace: ext.get::<TraceContext>().copied(),
+            trace: trace_context(ext).copied(),
             client_addr: ext.get::<ClientAddr>().map(|c| c.0),
             peer: ext.get::<PeerIdentity>().cloned(),
         }

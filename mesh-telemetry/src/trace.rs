@@ -29,12 +29,13 @@
 //!   continues the inbound trace (its span the parent) and keeps the inbound `x-request-id`
 //!   ([`crate::current`]).
 //!
-//! The hop's context goes into the request's extensions as a [`TraceContext`], for the layers
-//! after it (access log, metrics, spans).
+//! The hop's context goes into the request's
+//! [`RequestSlots`](mesh_core::ext::RequestSlots) as a [`TraceContext`] (read with
+//! [`trace_context`]), for the layers after it (access log, metrics, spans).
 //!
 //! ```
 //! use http::Request;
-//! use mesh_telemetry::trace::{TraceConfig, TraceContext, TraceLayer};
+//! use mesh_telemetry::trace::{TraceConfig, TraceLayer, trace_context};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -53,7 +54,7 @@
 //! assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")); // the same trace
 //! assert!(!tp.contains("00f067aa0ba902b7")); // the proxy's own span
 //! assert!(!sent.headers().contains_key("x-b3-traceid")); // W3C in, W3C out
-//! let ctx = sent.extensions().get::<TraceContext>().unwrap();
+//! let ctx = trace_context(sent.extensions()).unwrap();
 //! assert_eq!(ctx.parent_span_id, Some(0x00f0_67aa_0ba9_02b7));
 //! assert!(ctx.sampled);
 //! assert!(sent.headers().contains_key("x-request-id"));
@@ -118,28 +119,13 @@ impl Default for Propagation {
     }
 }
 
-/// The trace context of this hop: the trace, the proxy's span, and the caller's span.
-///
-/// Written by [`TraceLayer`] into the request's extensions; read by access logs, metrics and
-/// span exporters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceContext {
-    /// The trace id (never zero).
-    pub trace_id: u128,
-    /// This hop's span id (never zero).
-    pub span_id: u64,
-    /// The caller's span id, when the request carried a context.
-    pub parent_span_id: Option<u64>,
-    /// Whether the trace is sampled.
-    pub sampled: bool,
-}
+/// The trace context of this hop (defined in `mesh-core`, where the request's
+/// [`RequestSlots`](mesh_core::ext::RequestSlots) carry it; read it with [`trace_context`]).
+pub use mesh_core::trace::TraceContext;
 
-impl TraceContext {
-    /// The trace id as 32 lowercase hex digits (for logs).
-    pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
-    }
-}
+/// The request's trace context, as [`TraceLayer`] wrote it (in its
+/// [`RequestSlots`](mesh_core::ext::RequestSlots); or inserted on its own as an extension).
+pub use mesh_core::ext::trace_context;
 
 /// What a request's headers said about its trace (see [`Extracted::from_headers`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -765,7 +751,7 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> S::Future {
         let ctx = self.layer.propagate(req.headers_mut());
-        req.extensions_mut().insert(ctx);
+        mesh_core::ext::slots_mut(req.extensions_mut()).trace = Some(ctx);
         self.inner.call(req)
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, Request, Response};
 use mesh_telemetry::current::{self, CurrentTraceLayer};
-use mesh_telemetry::trace::{TraceConfig, TraceContext, TraceLayer};
+use mesh_telemetry::trace::{TraceConfig, TraceContext, TraceLayer, trace_context};
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -40,7 +40,7 @@ fn server(client: Client) -> BoxCloneService<Request<()>, Response<TraceContext>
             .service_fn(move |req: Request<()>| {
                 let client = client.clone();
                 async move {
-                    let inbound = *req.extensions().get::<TraceContext>().unwrap();
+                    let inbound = *trace_context(req.extensions()).unwrap();
                     client.clone().oneshot(Request::new(())).await?;
                     let own = Request::builder()
                         .header(
@@ -102,7 +102,7 @@ async fn the_parent_of_the_outbound_span_is_the_server_s_span() {
     let client = ServiceBuilder::new()
         .layer(TraceLayer::new(TraceConfig::default()))
         .service_fn(move |req: Request<()>| {
-            *s.lock().unwrap() = req.extensions().get::<TraceContext>().copied();
+            *s.lock().unwrap() = trace_context(req.extensions()).copied();
             async { Ok::<_, Infallible>(()) }
         });
     let svc = ServiceBuilder::new()
@@ -114,7 +114,7 @@ async fn the_parent_of_the_outbound_span_is_the_server_s_span() {
             let client = client.clone();
             async move {
                 client.oneshot(Request::new(())).await?;
-                Ok::<_, Infallible>(*req.extensions().get::<TraceContext>().unwrap())
+                Ok::<_, Infallible>(*trace_context(req.extensions()).unwrap())
             }
         });
     // a new trace at the server, not sampled (0 %): the outbound call keeps that decision

@@ -148,7 +148,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
 use mesh_core::ext::{
-    RefusedStream, ReturnHead, ReturnedHead, SelectedEndpoint, UpstreamPool, local_reply,
+    RefusedStream, ReturnHead, SelectedEndpoint, UpstreamPool, local_reply, take_return_head,
 };
 use mesh_core::limits::{ClusterLimits, OVERFLOW_BODY};
 use tokio::net::TcpStream;
@@ -360,19 +360,20 @@ where
     }
 }
 
-/// An answer with the head of its request handed back ([`ReturnedHead`]), as received:
-/// the HTTP/1.1 rewrites (`Host` from the target, origin-form target, hop-by-hop fields
+/// An answer with the head of its request put back ([`ReturnHead`]), as received: the
+/// HTTP/1.1 rewrites (`Host` from the target, origin-form target, hop-by-hop fields
 /// removed, an upgrade's `Connection: upgrade`) make the same request when it is prepared
 /// again, and the version goes back to the client's, which the next attempt's `Via` entry
 /// names.
 fn with_head(
-    mut res: EngineResponse,
+    res: EngineResponse,
     req: Request<RequestBody>,
     received: Version,
+    back: &ReturnHead,
 ) -> EngineResponse {
     let (mut head, _) = req.into_parts();
     head.version = received;
-    res.extensions_mut().insert(ReturnedHead(head));
+    back.put(head);
     res
 }
 
@@ -405,13 +406,15 @@ impl Connector {
         tls: Option<ClientTls>,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
-        let hand_back = req.extensions().get::<ReturnHead>().is_some();
+        // (taken out: the head put back must not hold its own place)
+        let back = take_return_head(req.extensions_mut());
         // here rather than in `call`, which is inlined into every layer above it
         if req.method() == Method::CONNECT {
             // (boxed: the copy's state stays out of every request's future)
-            if hand_back {
+            if let Some(back) = back {
                 // the tunnel takes the request: a copy of the head
-                return Box::pin(self.forward_copied(addr, pool, None, tls, req, false)).await;
+                return Box::pin(self.forward_copied(addr, pool, None, tls, req, false, back))
+                    .await;
             }
             return self.connect_method(addr, false, pool, tls, req).await;
         }
@@ -434,8 +437,12 @@ impl Connector {
                 // boxed: keeps the connect state out of every request's future
                 None => match Box::pin(self.connect_h1(addr, tls.as_ref())).await {
                     Ok(c) => c,
-                    Err(f) if hand_back => return with_head(f.reply(), req, received),
-                    Err(f) => return f.reply(),
+                    Err(f) => {
+                        return match &back {
+                            Some(back) => with_head(f.reply(), req, received, back),
+                            None => f.reply(),
+                        };
+                    }
                 },
             };
             conn.configure(pool);
@@ -465,10 +472,9 @@ impl Connector {
                     FailKind::Downstream => SendFailure::BadBody.reply(),
                 },
             };
-            return if hand_back {
-                with_head(res, req, received)
-            } else {
-                res
+            return match &back {
+                Some(back) => with_head(res, req, received, back),
+                None => res,
             };
         }
     }
@@ -506,9 +512,9 @@ impl Connector {
         tls: Option<ClientTls>,
         mut req: Request<RequestBody>,
     ) -> EngineResponse {
-        if req.extensions().get::<ReturnHead>().is_some() {
+        if let Some(back) = take_return_head(req.extensions_mut()) {
             // hyper takes the request: a copy of the head for the retry layer
-            return Box::pin(self.forward_copied(addr, pool, limits, tls, req, true)).await;
+            return Box::pin(self.forward_copied(addr, pool, limits, tls, req, true, back)).await;
         }
         if req.method() == Method::CONNECT {
             return self.connect_method(addr, true, pool, tls, req).await;
@@ -583,32 +589,32 @@ impl Connector {
         }
     }
 
-    /// Forwards a request that asked for its head back ([`ReturnHead`]) where the forwarding
-    /// consumes the head (HTTP/2, `CONNECT`): from a copy of the head taken first, handed
-    /// back with the answer.
+    /// Forwards a request that asked for its head back ([`ReturnHead`], taken out of it)
+    /// where the forwarding consumes the head (HTTP/2, `CONNECT`): from a copy of the head
+    /// taken first, put back with the answer.
     #[cold]
+    #[allow(clippy::too_many_arguments)]
     async fn forward_copied(
         self,
         addr: SocketAddr,
         pool: UpstreamPool,
         limits: Option<Arc<ClusterLimits>>,
         tls: Option<ClientTls>,
-        mut req: Request<RequestBody>,
+        req: Request<RequestBody>,
         h2: bool,
+        back: ReturnHead,
     ) -> EngineResponse {
-        req.extensions_mut().remove::<ReturnHead>();
         let (head, body) = req.into_parts();
-        let mut copy = head.clone();
-        copy.extensions.insert(ReturnHead);
+        let copy = head.clone();
         let req = Request::from_parts(head, body);
-        let mut res = if req.method() == Method::CONNECT {
+        let res = if req.method() == Method::CONNECT {
             self.connect_method(addr, h2, pool, tls, req).await
         } else if h2 {
             Box::pin(self.forward_h2(addr, pool, limits, tls, req)).await
         } else {
             Box::pin(self.forward_h1(addr, pool, tls, req)).await
         };
-        res.extensions_mut().insert(ReturnedHead(copy));
+        back.put(copy);
         res
     }
 
@@ -1713,16 +1719,22 @@ mod settings_tests {
         addr
     }
 
-    /// A request received over HTTP/2 (`:authority`, no `Host`) that asks for its head back.
-    fn asking(addr: SocketAddr, http2: bool) -> Request<RequestBody> {
+    /// A request received over HTTP/2 (`:authority`, no `Host`) that asks for its head back
+    /// (in the place returned).
+    fn asking(addr: SocketAddr, http2: bool) -> (Request<RequestBody>, ReturnHead) {
         let mut req = request(addr, http2, UpstreamPool::default());
         req.headers_mut().remove(header::HOST);
         *req.uri_mut() = Uri::from_static("http://svc/x?y");
         *req.version_mut() = Version::HTTP_2;
         req.headers_mut()
             .insert("te", HeaderValue::from_static("trailers"));
-        req.extensions_mut().insert(ReturnHead);
-        req
+        let back = ReturnHead::new();
+        ask(&mut req, &back);
+        (req, back)
+    }
+
+    fn ask(req: &mut Request<RequestBody>, back: &ReturnHead) {
+        mesh_core::ext::slots_mut(req.extensions_mut()).return_head = Some(back.clone());
     }
 
     async fn body_of(res: EngineResponse) -> String {
@@ -1736,11 +1748,9 @@ mod settings_tests {
     async fn h1_hands_the_head_back_when_asked_and_it_makes_the_same_request_again() {
         let addr = h1_upstream().await;
         let c = Connector::new(Duration::from_secs(5));
-        let mut res = c.clone().oneshot(asking(addr, false)).await.unwrap();
-        let ReturnedHead(head) = res
-            .extensions_mut()
-            .remove::<ReturnedHead>()
-            .expect("handed back");
+        let (req, back) = asking(addr, false);
+        let res = c.clone().oneshot(req).await.unwrap();
+        let mut head = back.take().expect("handed back");
         assert_eq!(body_of(res).await, "/x?y Some(\"svc\")");
         assert_eq!(head.version, Version::HTTP_2, "the client's version");
         assert_eq!(head.uri, "/x?y");
@@ -1750,22 +1760,21 @@ mod settings_tests {
             "Via is written on the wire only"
         );
         assert!(
-            head.extensions.get::<ReturnHead>().is_some(),
-            "the next attempt asks too"
+            take_return_head(&mut head.extensions).is_none(),
+            "the head does not hold its own place (the retry layer asks again)"
         );
         // sent again, to HTTP/1.1 or HTTP/2 alike
-        let mut again = c
-            .clone()
-            .oneshot(Request::from_parts(head, RequestBody::empty()))
-            .await
-            .unwrap();
-        assert!(again.extensions_mut().remove::<ReturnedHead>().is_some());
-        assert_eq!(body_of(again).await, "/x?y Some(\"svc\")");
+        let mut again = Request::from_parts(head, RequestBody::empty());
+        ask(&mut again, &back);
+        let res = c.clone().oneshot(again).await.unwrap();
+        assert!(back.take().is_some());
+        assert_eq!(body_of(res).await, "/x?y Some(\"svc\")");
         // not asked: not handed back
-        let mut plain = asking(addr, false);
-        plain.extensions_mut().remove::<ReturnHead>();
+        let (mut plain, back) = asking(addr, false);
+        assert!(take_return_head(plain.extensions_mut()).is_some());
         let res = c.clone().oneshot(plain).await.unwrap();
-        assert!(res.extensions().get::<ReturnedHead>().is_none());
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(back.take().is_none());
     }
 
     /// A connect failure (the retryable answer that matters most) brings the head back too.
@@ -1776,17 +1785,14 @@ mod settings_tests {
         drop(closed);
         let c = Connector::new(Duration::from_secs(5));
         for http2 in [false, true] {
-            let res = c.clone().oneshot(asking(addr, http2)).await.unwrap();
+            let (req, back) = asking(addr, http2);
+            let res = c.clone().oneshot(req).await.unwrap();
             assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(
                 res.extensions().get::<ResponseFlags>(),
                 Some(&ResponseFlags::UPSTREAM_CONNECTION_FAILURE)
             );
-            let head = &res
-                .extensions()
-                .get::<ReturnedHead>()
-                .expect("handed back")
-                .0;
+            let head = back.take().expect("handed back");
             assert_eq!(head.uri, if http2 { "http://svc/x?y" } else { "/x?y" });
         }
     }
@@ -1797,17 +1803,15 @@ mod settings_tests {
     async fn h2_hands_back_a_copy_of_the_head_as_received() {
         let (addr, _) = h2_upstream().await;
         let c = Connector::new(Duration::from_secs(5));
-        let mut res = c.clone().oneshot(asking(addr, true)).await.unwrap();
-        let ReturnedHead(head) = res
-            .extensions_mut()
-            .remove::<ReturnedHead>()
-            .expect("handed back");
+        let (req, back) = asking(addr, true);
+        let res = c.clone().oneshot(req).await.unwrap();
+        let mut head = back.take().expect("handed back");
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(head.uri, "http://svc/x?y");
         assert_eq!(head.version, Version::HTTP_2);
         assert_eq!(head.headers["te"], "trailers");
         assert!(head.headers.get(header::VIA).is_none());
-        assert!(head.extensions.get::<ReturnHead>().is_some());
+        assert!(take_return_head(&mut head.extensions).is_none());
     }
 
     /// `useClientProtocol`: an HTTP/2 request goes to the endpoint in HTTP/2 and an HTTP/1.1

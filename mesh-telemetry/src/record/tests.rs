@@ -77,7 +77,7 @@ async fn reports_once_at_the_end_of_the_body_with_what_the_layers_recorded() {
     let svc = ServiceBuilder::new().layer(layer(&log)).service_fn(
         |req: Request<Full<Bytes>>| async move {
             // what the router and the balancer do when a StreamInfo is present
-            let info = req.extensions().get::<StreamInfo>().unwrap();
+            let info = mesh_core::ext::stream_info(req.extensions()).unwrap();
             info.set_route(&decision("reviews.default.svc.cluster.local"));
             info.set_endpoint(&SelectedEndpoint::new("10.0.0.1:80".parse().unwrap()));
             info.set_endpoint(&SelectedEndpoint::new("10.0.0.2:80".parse().unwrap()));
@@ -254,7 +254,7 @@ async fn without_sinks_nothing_is_recorded_and_no_stream_info_is_inserted() {
     let svc = ServiceBuilder::new()
         .layer(RecordLayer::new(Vec::new()))
         .service_fn(|req: Request<Full<Bytes>>| async move {
-            assert!(req.extensions().get::<StreamInfo>().is_none());
+            assert!(mesh_core::ext::stream_info(req.extensions()).is_none());
             Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
         });
     svc.oneshot(Request::new(Full::default())).await.unwrap();

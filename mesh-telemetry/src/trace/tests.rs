@@ -303,7 +303,7 @@ async fn the_layer_puts_the_context_in_the_request_extensions() {
         .body(())
         .unwrap();
     let sent = svc.oneshot(req).await.unwrap();
-    let ctx = sent.extensions().get::<TraceContext>().unwrap();
+    let ctx = crate::trace::trace_context(sent.extensions()).unwrap();
     assert_eq!(
         Extracted::from_headers(sent.headers()).unwrap().span_id,
         ctx.span_id
