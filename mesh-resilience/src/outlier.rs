@@ -169,10 +169,11 @@ struct Attempt(Option<Watched>, Option<TimeoutMark>);
 /// What an attempt is judged against: the endpoint's cluster (through the request's shared
 /// [`SelectedUpstream`] when it has one: one reference count, on a value of this worker's
 /// balancer, rather than the cell's, which every worker shares) and the policy when it is
-/// the layer's.
+/// the layer's; else (a standalone [`UpstreamCluster`]) the cluster's health cell, all the
+/// detector writes to (not the whole cluster: every layer above moves this future).
 enum Watched {
     Upstream(SelectedUpstream, Option<Arc<OutlierPolicy>>),
-    Cluster(UpstreamCluster, Arc<OutlierPolicy>),
+    Cluster(Arc<HealthCell>, Arc<OutlierPolicy>),
 }
 
 /// How an attempt ended, for the detector.
@@ -301,7 +302,7 @@ fn watch(ext: &http::Extensions, default: Option<&Arc<OutlierPolicy>>) -> Option
     }
     let cluster = upstream_cluster(ext)?;
     let policy = cluster.outlier.as_ref().or(default)?;
-    Some(Watched::Cluster(cluster.clone(), policy.clone()))
+    Some(Watched::Cluster(cluster.health.clone(), policy.clone()))
 }
 
 // === impl ResponseFuture ===
@@ -392,17 +393,17 @@ impl Drop for Attempt {
 
 impl Watched {
     fn judge(&self, outcome: Outcome) {
-        let (cluster, policy) = match self {
+        let (health, policy) = match self {
             Watched::Upstream(up, default) => {
                 let c = up.cluster();
                 match c.outlier.as_ref().or(default.as_ref()) {
-                    Some(p) => (c, p),
+                    Some(p) => (&c.health, p),
                     None => return,
                 }
             }
-            Watched::Cluster(c, p) => (c, p),
+            Watched::Cluster(h, p) => (h, p),
         };
-        record(&cluster.health, policy, outcome);
+        record(health, policy, outcome);
     }
 }
 

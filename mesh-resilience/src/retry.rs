@@ -127,7 +127,9 @@
 //! request is mirrored once, however often it is retried) and the balancer (which picks
 //! each attempt's endpoint): `Route ─► Fault ─► Timeout ─► Retry ─► Mirror ─► Lb ─►
 //! connector`. The inner service must be `Clone`: each retry calls a clone, made ready
-//! after the backoff.
+//! after the backoff. The clone is made when a request is retried, from one clone of the
+//! inner service the layer's service makes at its first request and shares with its
+//! requests (a reference count each): a request answered at once copies no service.
 //!
 //! # The head sent again
 //!
@@ -208,6 +210,11 @@ pub struct Retry<S> {
     /// The place for heads handed back, reused by the next request once no request holds
     /// it (see [`ReturnHead::try_reuse`]).
     spare: ReturnHead,
+    /// A clone of the inner service, made at the first request that may be retried and
+    /// shared by the requests (one reference count each), cloned again for a retry only:
+    /// a request's future carries a pointer, not the services below (hundreds of bytes,
+    /// and a reference count for each of their shared parts, per request).
+    template: Option<Arc<S>>,
 }
 
 /// The future of [`Retry`].
@@ -229,7 +236,7 @@ where
 
 /// What a request whose head is handed back keeps for a retry before its first answer.
 struct First<S, B> {
-    svc: S,
+    svc: Arc<S>,
     body: Replay<B>,
     policy: Arc<RetryPolicy>,
     safe_only: bool,
@@ -253,7 +260,9 @@ enum State<F> {
 
 /// A request's retry state.
 struct Attempts<S, B> {
-    svc: S,
+    /// The service retries go through: the layer's shared clone, made the request's own
+    /// (`Arc::make_mut`) by the first retry.
+    svc: Arc<S>,
     /// The head to send again: a copy kept from the start, or (heads handed back) the one
     /// the last answer brought back, `None` while an attempt holds it.
     parts: Option<http::request::Parts>,
@@ -398,6 +407,7 @@ impl<S> Layer<S> for RetryLayer {
             rng: self.next_rng(),
             layer: self.clone(),
             spare: ReturnHead::new(),
+            template: None,
         }
     }
 }
@@ -413,6 +423,21 @@ impl<S: Clone> Clone for Retry<S> {
             rng: self.layer.next_rng(),
             layer: self.layer.clone(),
             spare: ReturnHead::new(),
+            template: None,
+        }
+    }
+}
+
+impl<S: Clone> Retry<S> {
+    /// The shared clone of the inner service retries go through (see `template`).
+    fn template(&mut self) -> Arc<S> {
+        match &self.template {
+            Some(t) => t.clone(),
+            None => {
+                let t = Arc::new(self.inner.clone());
+                self.template = Some(t.clone());
+                t
+            }
         }
     }
 }
@@ -492,7 +517,7 @@ where
                 state: State::Called { fut },
                 retry: None,
                 first: Some(First {
-                    svc: self.inner.clone(),
+                    svc: self.template(),
                     body: replay,
                     policy,
                     safe_only,
@@ -512,7 +537,7 @@ where
         ResponseFuture {
             state: State::Called { fut },
             retry: Some(Box::new(Attempts {
-                svc: self.inner.clone(),
+                svc: self.template(),
                 parts: Some(copy),
                 handed_back,
                 body: replay,
@@ -706,7 +731,7 @@ where
 
 impl<S, B, R> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<ReplayBody<B>>, Response = Response<R>>,
+    S: Service<Request<ReplayBody<B>>, Response = Response<R>> + Clone,
     B: Body<Data = Bytes>,
     R: ReplyBody,
 {
@@ -801,7 +826,7 @@ where
                     if let Some(t) = retry.timer.as_mut() {
                         ready!(t.as_mut().poll(cx));
                     }
-                    ready!(retry.svc.poll_ready(cx))?;
+                    ready!(Arc::make_mut(&mut retry.svc).poll_ready(cx))?;
                     let body = retry.next.take().expect(POLLED_AFTER_COMPLETION);
                     let head = if retry.handed_back {
                         retry.parts.take()
@@ -810,10 +835,12 @@ where
                     };
                     let head = head.expect(POLLED_AFTER_COMPLETION);
                     retry.mark = per_try_mark(&head, &retry.policy);
-                    let fut =
-                        retry
-                            .svc
-                            .call(attempt(head, &retry.tried, body, retry.mark.as_ref()));
+                    let fut = Arc::make_mut(&mut retry.svc).call(attempt(
+                        head,
+                        &retry.tried,
+                        body,
+                        retry.mark.as_ref(),
+                    ));
                     match (retry.policy.per_try_timeout, retry.timer.as_mut()) {
                         (Some(t), Some(timer)) => timer.as_mut().reset(Instant::now() + t),
                         // no per-try timeout: the backoff timer must not fire during the attempt

@@ -200,7 +200,8 @@ enum State<F, B> {
     Inner {
         #[pin]
         fut: F,
-        post: Option<PostOps>,
+        /// Boxed: most routes have none, and every layer above moves this future.
+        post: Option<Box<PostOps>>,
     },
     Ready {
         res: Option<Response<B>>,
@@ -492,12 +493,14 @@ where
                     || !route.headers.response.is_empty()
                     || !chosen.headers.response.is_empty();
                 // response values that format request data are computed now
-                needs_post.then(|| PostOps {
-                    route_values: route.headers.response.format(&req),
-                    dest_values: chosen.headers.response.format(&req),
-                    route: route.clone(),
-                    dest,
-                    cors_origin,
+                needs_post.then(|| {
+                    Box::new(PostOps {
+                        route_values: route.headers.response.format(&req),
+                        dest_values: chosen.headers.response.format(&req),
+                        route: route.clone(),
+                        dest,
+                        cors_origin,
+                    })
                 })
             }
         };
