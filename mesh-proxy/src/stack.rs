@@ -456,8 +456,9 @@ impl Layers {
             inbound_rate_limit: RateLimitLayer::new(),
             fault: FaultLayer::new(),
             timeout: TimeoutLayer::new().with_envoy_headers(envoy_headers),
-            // the connector hands each retriable request's head back with its answer: no
-            // copy of the head before the first attempt
+            // the connector puts each retriable request's head back (in the request's
+            // `ReturnHead`) when it is done with it: no copy of the head before the first
+            // attempt
             retry: RetryLayer::new()
                 .with_envoy_headers(envoy_headers)
                 .with_heads_handed_back(),

@@ -825,8 +825,8 @@ async fn x_envoy_per_try_timeout_bounds_each_attempt_when_trusted() {
     assert!(waited.is_err());
 }
 
-/// The connector's part of [`ReturnHead`]: hands each head that asks back with the
-/// answer, marked (`x-handed-back: <n>`, the attempt's number) so that the test sees which
+/// The connector's part of [`ReturnHead`]: puts each head that asks back in its place
+/// when the answer is ready, marked (`x-handed-back: <n>`, the attempt's number) so that the test sees which
 /// head the next attempt was sent from.
 #[derive(Clone)]
 struct HandsBack(Mock);
