@@ -213,9 +213,14 @@ pub struct Retry<S> {
     /// A clone of the inner service, made at the first request that may be retried and
     /// shared by the requests (one reference count each), cloned again for a retry only:
     /// a request's future carries a pointer, not the services below (hundreds of bytes,
-    /// and a reference count for each of their shared parts, per request).
-    template: Option<Arc<S>>,
+    /// and a reference count for each of their shared parts, per request). Behind a mutex
+    /// (locked only to clone it) so that the future is `Send` whenever the service is,
+    /// `Sync` or not.
+    template: Option<Shared<S>>,
 }
+
+/// The shared clone of a [`Retry`]'s inner service.
+type Shared<S> = Arc<std::sync::Mutex<S>>;
 
 /// The future of [`Retry`].
 #[pin_project]
@@ -236,7 +241,7 @@ where
 
 /// What a request whose head is handed back keeps for a retry before its first answer.
 struct First<S, B> {
-    svc: Arc<S>,
+    svc: Shared<S>,
     body: Replay<B>,
     policy: Arc<RetryPolicy>,
     safe_only: bool,
@@ -260,9 +265,10 @@ enum State<F> {
 
 /// A request's retry state.
 struct Attempts<S, B> {
-    /// The service retries go through: the layer's shared clone, made the request's own
-    /// (`Arc::make_mut`) by the first retry.
-    svc: Arc<S>,
+    /// The layer's shared clone of the inner service, cloned into `svc` by the first retry.
+    template: Shared<S>,
+    /// The service retries go through (see [`Attempts::svc`]).
+    svc: Option<S>,
     /// The head to send again: a copy kept from the start, or (heads handed back) the one
     /// the last answer brought back, `None` while an attempt holds it.
     parts: Option<http::request::Parts>,
@@ -430,11 +436,11 @@ impl<S: Clone> Clone for Retry<S> {
 
 impl<S: Clone> Retry<S> {
     /// The shared clone of the inner service retries go through (see `template`).
-    fn template(&mut self) -> Arc<S> {
+    fn template(&mut self) -> Shared<S> {
         match &self.template {
             Some(t) => t.clone(),
             None => {
-                let t = Arc::new(self.inner.clone());
+                let t = Arc::new(std::sync::Mutex::new(self.inner.clone()));
                 self.template = Some(t.clone());
                 t
             }
@@ -537,7 +543,8 @@ where
         ResponseFuture {
             state: State::Called { fut },
             retry: Some(Box::new(Attempts {
-                svc: self.template(),
+                template: self.template(),
+                svc: None,
                 parts: Some(copy),
                 handed_back,
                 body: replay,
@@ -826,7 +833,7 @@ where
                     if let Some(t) = retry.timer.as_mut() {
                         ready!(t.as_mut().poll(cx));
                     }
-                    ready!(Arc::make_mut(&mut retry.svc).poll_ready(cx))?;
+                    ready!(retry.svc().poll_ready(cx))?;
                     let body = retry.next.take().expect(POLLED_AFTER_COMPLETION);
                     let head = if retry.handed_back {
                         retry.parts.take()
@@ -835,12 +842,8 @@ where
                     };
                     let head = head.expect(POLLED_AFTER_COMPLETION);
                     retry.mark = per_try_mark(&head, &retry.policy);
-                    let fut = Arc::make_mut(&mut retry.svc).call(attempt(
-                        head,
-                        &retry.tried,
-                        body,
-                        retry.mark.as_ref(),
-                    ));
+                    let req = attempt(head, &retry.tried, body, retry.mark.as_ref());
+                    let fut = retry.svc().call(req);
                     match (retry.policy.per_try_timeout, retry.timer.as_mut()) {
                         (Some(t), Some(timer)) => timer.as_mut().reset(Instant::now() + t),
                         // no per-try timeout: the backoff timer must not fire during the attempt
@@ -966,7 +969,8 @@ impl<S, B> First<S, B> {
     #[cold]
     fn into_attempts(self, parts: Option<http::request::Parts>) -> Attempts<S, B> {
         Attempts {
-            svc: self.svc,
+            template: self.svc,
+            svc: None,
             parts,
             handed_back: true,
             body: self.body,
@@ -989,6 +993,16 @@ impl<S, B> First<S, B> {
 }
 
 // === impl Attempts ===
+
+impl<S: Clone, B> Attempts<S, B> {
+    /// The request's own clone of the inner service, made from the layer's shared one by
+    /// the first retry.
+    fn svc(&mut self) -> &mut S {
+        let template = &self.template;
+        self.svc
+            .get_or_insert_with(|| template.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
 
 impl<S, B> Attempts<S, B>
 where

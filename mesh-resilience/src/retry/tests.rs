@@ -967,3 +967,24 @@ async fn a_per_try_timeout_keeps_a_copy_even_when_heads_are_handed_back() {
     let handed: Vec<_> = mock.seen().iter().map(|s| s.handed_back.clone()).collect();
     assert_eq!(handed, [None, None], "both attempts from the copy");
 }
+
+#[tokio::test]
+async fn the_future_is_send_over_a_service_that_is_not_sync() {
+    // the services below are shared between requests (one clone per layer's service): that
+    // must not ask them to be `Sync` (tower's `BoxCloneService` is `Send`, not `Sync`)
+    fn is_send<T: Send>(t: T) -> T {
+        t
+    }
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    let inner = tower::util::BoxCloneService::new(mock.clone());
+    let mut svc = RetryLayer::new().with_seed(7).layer(inner);
+    let fut = is_send(
+        ServiceExt::<Request<Full<Bytes>>>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(get(None)),
+    );
+    let res = tokio::spawn(fut).await.unwrap().unwrap();
+    assert_eq!(res.status(), 200, "retried through the shared clone");
+    assert_eq!(mock.calls(), 2);
+}
