@@ -738,14 +738,24 @@ pub fn slots(ext: &Extensions) -> Option<&RequestSlots> {
     ext.get::<RequestSlots>()
 }
 
+/// A value of the request's [`RequestSlots`] (`slot`), else the same type inserted on its own
+/// as an extension: what every `RequestSlots` accessor returns.
+#[inline]
+fn slot_or_own<'a, T: Send + Sync + 'static>(
+    ext: &'a Extensions,
+    slot: impl FnOnce(&'a RequestSlots) -> Option<&'a T>,
+) -> Option<&'a T> {
+    match slots(ext).and_then(slot) {
+        Some(v) => Some(v),
+        None => ext.get::<T>(),
+    }
+}
+
 /// The request's route decision: its [`RequestSlots`]', else a standalone
 /// [`RouteDecision`].
 #[inline]
 pub fn route_decision(ext: &Extensions) -> Option<&RouteDecision> {
-    match slots(ext).and_then(|s| s.decision.as_ref()) {
-        Some(d) => Some(d),
-        None => ext.get::<RouteDecision>(),
-    }
+    slot_or_own(ext, |s| s.decision.as_ref())
 }
 
 /// The request's destination: its [`RouteDecision`]'s ([`route_decision`]), else a
@@ -771,10 +781,7 @@ pub fn route_policy(ext: &Extensions) -> Option<&RoutePolicy> {
 /// The balancer's pick: its [`RequestSlots`]', else a standalone [`SelectedUpstream`].
 #[inline]
 pub fn selected_upstream(ext: &Extensions) -> Option<&SelectedUpstream> {
-    match slots(ext).and_then(|s| s.upstream.as_ref()) {
-        Some(u) => Some(u),
-        None => ext.get::<SelectedUpstream>(),
-    }
+    slot_or_own(ext, |s| s.upstream.as_ref())
 }
 
 /// The endpoint to connect to: the [`SelectedUpstream`]'s ([`selected_upstream`]), else a
@@ -801,48 +808,33 @@ pub fn upstream_cluster(ext: &Extensions) -> Option<&UpstreamCluster> {
 /// [`StreamInfo`]. The router and the balancer record into it when present.
 #[inline]
 pub fn stream_info(ext: &Extensions) -> Option<&StreamInfo> {
-    match slots(ext).and_then(|s| s.info.as_ref()) {
-        Some(i) => Some(i),
-        None => ext.get::<StreamInfo>(),
-    }
+    slot_or_own(ext, |s| s.info.as_ref())
 }
 
 /// The hop's trace context: its [`RequestSlots`]', else a standalone [`TraceContext`].
 #[inline]
 pub fn trace_context(ext: &Extensions) -> Option<&TraceContext> {
-    match slots(ext).and_then(|s| s.trace.as_ref()) {
-        Some(t) => Some(t),
-        None => ext.get::<TraceContext>(),
-    }
+    slot_or_own(ext, |s| s.trace.as_ref())
 }
 
 /// The attempt's timeout mark: its [`RequestSlots`]', else a standalone [`TimeoutMark`].
 #[inline]
 pub fn timeout_mark(ext: &Extensions) -> Option<&TimeoutMark> {
-    match slots(ext).and_then(|s| s.timeout.as_ref()) {
-        Some(m) => Some(m),
-        None => ext.get::<TimeoutMark>(),
-    }
+    slot_or_own(ext, |s| s.timeout.as_ref())
 }
 
 /// The hosts of the request's earlier attempts: its [`RequestSlots`]', else a standalone
 /// [`PreviousHosts`].
 #[inline]
 pub fn previous_hosts(ext: &Extensions) -> Option<&PreviousHosts> {
-    match slots(ext).and_then(|s| s.hosts.as_ref()) {
-        Some(h) => Some(h),
-        None => ext.get::<PreviousHosts>(),
-    }
+    slot_or_own(ext, |s| s.hosts.as_ref())
 }
 
 /// The priorities of the request's earlier attempts: its [`RequestSlots`]', else a
 /// standalone [`PreviousPriorities`].
 #[inline]
 pub fn previous_priorities(ext: &Extensions) -> Option<&PreviousPriorities> {
-    match slots(ext).and_then(|s| s.priorities.as_ref()) {
-        Some(p) => Some(p),
-        None => ext.get::<PreviousPriorities>(),
-    }
+    slot_or_own(ext, |s| s.priorities.as_ref())
 }
 
 /// The workload that sent a request, for `sourceLabels` / `sourceNamespace` matching.

@@ -272,8 +272,6 @@ struct Attempts<S, B> {
     /// The head to send again: a copy kept from the start, or (heads handed back) the one
     /// the last answer brought back, `None` while an attempt holds it.
     parts: Option<http::request::Parts>,
-    /// The inner service hands the head back with each answer ([`ReturnHead`]).
-    handed_back: bool,
     body: Replay<B>,
     policy: Arc<RetryPolicy>,
     /// Retries left.
@@ -336,8 +334,9 @@ impl RetryLayer {
     }
 
     /// Declares that the inner service puts each request's head back when the request asks
-    /// (in the [`ReturnHead`] of its `RequestSlots`), as `mesh-transport`'s connector does: then a request is retried from the head its answer brought back, instead of
-    /// from a copy made before the first attempt (a copy of every retriable request's
+    /// (in the [`ReturnHead`] of its `RequestSlots`), as `mesh-transport`'s connector does:
+    /// then a request is retried from the head its answer brought back, instead of from a
+    /// copy made before the first attempt (a copy of every retriable request's
     /// method, target, headers and extensions, most of this layer's cost per request).
     ///
     /// The list of the hosts tried ([`PreviousHosts`], which the balancer avoids and the
@@ -437,14 +436,10 @@ impl<S: Clone> Clone for Retry<S> {
 impl<S: Clone> Retry<S> {
     /// The shared clone of the inner service retries go through (see `template`).
     fn template(&mut self) -> Shared<S> {
-        match &self.template {
-            Some(t) => t.clone(),
-            None => {
-                let t = Arc::new(std::sync::Mutex::new(self.inner.clone()));
-                self.template = Some(t.clone());
-                t
-            }
-        }
+        let inner = &self.inner;
+        self.template
+            .get_or_insert_with(|| Arc::new(std::sync::Mutex::new(inner.clone())))
+            .clone()
     }
 }
 
@@ -546,7 +541,6 @@ where
                 template: self.template(),
                 svc: None,
                 parts: Some(copy),
-                handed_back,
                 body: replay,
                 left: policy.attempts,
                 safe_only,
@@ -761,7 +755,7 @@ where
                                 }
                                 *this.retry = Some(Box::new(first.into_attempts(head)));
                             } else if let Some(retry) = this.retry.as_mut()
-                                && retry.handed_back
+                                && retry.tried.back.is_some()
                             {
                                 retry.parts = retry.tried.back.as_ref().and_then(ReturnHead::take);
                             }
@@ -835,7 +829,7 @@ where
                     }
                     ready!(retry.svc().poll_ready(cx))?;
                     let body = retry.next.take().expect(POLLED_AFTER_COMPLETION);
-                    let head = if retry.handed_back {
+                    let head = if retry.tried.back.is_some() {
                         retry.parts.take()
                     } else {
                         retry.parts.clone()
@@ -972,7 +966,6 @@ impl<S, B> First<S, B> {
             template: self.svc,
             svc: None,
             parts,
-            handed_back: true,
             body: self.body,
             left: self.policy.attempts,
             safe_only: self.safe_only,

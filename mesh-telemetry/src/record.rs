@@ -51,9 +51,9 @@
 //! ```
 //!
 //! Reads (request extensions): [`TraceContext`] (written by [`crate::TraceLayer`], which goes
-//! outside this layer, into the request's `RequestSlots`), [`ClientAddr`], [`PeerIdentity`]; (response extensions):
-//! [`ResponseFlags`]. Writes: [`StreamInfo`] into the request's
-//! [`RequestSlots::info`](mesh_core::ext::RequestSlots::info).
+//! outside this layer, into the request's `RequestSlots`), [`ClientAddr`],
+//! [`PeerIdentity`]; (response extensions): [`ResponseFlags`]. Writes: [`StreamInfo`] into
+//! the request's [`RequestSlots::info`](mesh_core::ext::RequestSlots::info).
 //!
 //! # Differences from Envoy
 //!
