@@ -10,7 +10,7 @@ target, ROUNDS rounds (the order reversed every other round), medians reported:
 - fixed-rate latency: oha at RATE req/s with latency correction (when oha is installed);
 - h2c throughput: h2load, prior knowledge;
 - the proxy's CPU seconds per 100k requests (utime + stime of its process tree, /proc), at
-  saturation and at the fixed rate; RSS idle (after start-up), peak under load, high-water mark;
+  saturation (with its split into user and system time) and at the fixed rate; RSS idle (after start-up), peak under load, high-water mark;
 - errors per load generator.
 
 The proxy runs on PROXY_CPU, the load generator and the origin on LOAD_CPU. Quote results as
@@ -96,16 +96,22 @@ def tree(pid):
     return out
 
 
-def cpu_ticks(pid):
-    total = 0
+def cpu_split(pid):
+    """The user and system CPU ticks of `pid`'s process tree."""
+    user = system = 0
     for p in tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
         except (OSError, IndexError, ValueError):
             pass
-    return total
+    return user, system
+
+
+def cpu_ticks(pid):
+    return sum(cpu_split(pid))
 
 
 def mem_kb(pid, field):
@@ -239,11 +245,12 @@ def wrk(target, secs):
     if target.pid:
         sampler = threading.Thread(target=sample_peak, args=(target, stop))
         sampler.start()
-    c0, t0 = (cpu_ticks(target.pid) if target.pid else 0), time.time()
+    s0, t0 = (cpu_split(target.pid) if target.pid else (0, 0)), time.time()
     out = subprocess.run(pinned(LOAD_CPU, ["wrk", "-t1", f"-c{CONNS}", f"-d{secs}s", "--latency",
                                            "-H", f"Host: {AUTHORITY}", f"http://127.0.0.1:{target.port}/"]),
                          capture_output=True, text=True, timeout=secs + 30).stdout
-    c1, t1 = (cpu_ticks(target.pid) if target.pid else 0), time.time()
+    s1, t1 = (cpu_split(target.pid) if target.pid else (0, 0)), time.time()
+    c0, c1 = sum(s0), sum(s1)
     if sampler:
         stop.set()
         sampler.join()
@@ -262,6 +269,8 @@ def wrk(target, secs):
         "h1_p50_ms": ms(p50.group(1)) if p50 else None,
         "h1_p99_ms": ms(p99.group(1)) if p99 else None,
         "cpu_sat": cpu / n * 1e5 if target.pid and n else None,
+        "cpu_sat_user": (s1[0] - s0[0]) / CLK_TCK / n * 1e5 if target.pid and n else None,
+        "cpu_sat_sys": (s1[1] - s0[1]) / CLK_TCK / n * 1e5 if target.pid and n else None,
         "cpu_util": cpu / (t1 - t0) if target.pid else None,
     }
 
@@ -388,7 +397,7 @@ def report(targets, rows, hwm):
     def fmt(v, f="%.0f"):
         return "n/a" if v is None else f % v
 
-    keys = ["h1_rps", "h1_p50_ms", "h1_p99_ms", "cpu_sat", "cpu_util", "lat_p50_ms", "lat_p99_ms",
+    keys = ["h1_rps", "h1_p50_ms", "h1_p99_ms", "cpu_sat", "cpu_sat_user", "cpu_sat_sys", "cpu_util", "lat_p50_ms", "lat_p99_ms",
             "lat_p999_ms", "cpu_rate", "h2_rps"]
     M = {t.name: {k: med(t.name, k) for k in keys} for t in targets}
     errs = {t.name: tuple(sum(r.get(k) or 0 for r in rows if r["target"] == t.name)
@@ -404,7 +413,7 @@ def report(targets, rows, hwm):
            f"rounds={ROUNDS} tp={TP_SECS}s lat={LAT_SECS}s@{RATE}rps h2={H2_SECS}s conns={CONNS} "
            f"workers={WORKERS} proxy_cpu={PROXY_CPU} load_cpu={LOAD_CPU} -->", "",
            f"| target | h1 req/s (sat.) | h1 p50 / p99 ms | @{RATE} rps p50 / p99 / p99.9 ms | added p50 / p99 ms | "
-           f"h2c req/s | CPU s /100k (sat.) | CPU s /100k (@{RATE} rps) | CPU util (sat.) | "
+           f"h2c req/s | CPU s /100k (sat.; user + sys) | CPU s /100k (@{RATE} rps) | CPU util (sat.) | "
            "RSS idle / peak / HWM MiB | errors h1 / @rate / h2 |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in targets:
@@ -415,7 +424,8 @@ def report(targets, rows, hwm):
             t.name, fmt(m["h1_rps"]), fmt(m["h1_p50_ms"], "%.2f"), fmt(m["h1_p99_ms"], "%.2f"),
             fmt(m["lat_p50_ms"], "%.3f"), fmt(m["lat_p99_ms"], "%.3f"), fmt(m["lat_p999_ms"], "%.3f"),
             fmt(added(t.name, "lat_p50_ms"), "%+.3f"), fmt(added(t.name, "lat_p99_ms"), "%+.3f"),
-            fmt(m["h2_rps"]), fmt(m["cpu_sat"], "%.2f"), fmt(m["cpu_rate"], "%.2f"), fmt(m["cpu_util"], "%.2f"),
+            fmt(m["h2_rps"]), "%s (%s + %s)" % (fmt(m["cpu_sat"], "%.2f"), fmt(m["cpu_sat_user"], "%.2f"),
+                                                 fmt(m["cpu_sat_sys"], "%.2f")), fmt(m["cpu_rate"], "%.2f"), fmt(m["cpu_util"], "%.2f"),
             rss, *errs[t.name]))
     refs = [r for r in ("haproxy", "envoy") if r in M]
     pairs = [(t.name, r) for t in targets if t.name != "direct" for r in refs if r != t.name]

@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""Instructions per request of the telemetry bench's `all_on` over `noop_inner`, by callgrind.
+"""Instructions per request of the telemetry bench's `all_on` over `routed_inner` and
+`noop_inner`, by callgrind.
 
 Runs the criterion bench binary (benches/benches/telemetry.rs) under
-`valgrind --tool=callgrind` once per benchmark (`telemetry/noop_inner`, then
-`telemetry/all_on`) with `--profile-time SECONDS`, and reads the callgrind file: the
+`valgrind --tool=callgrind` once per benchmark (`telemetry/noop_inner`, `telemetry/routed_inner`,
+then `telemetry/all_on`) with `--profile-time SECONDS`, and reads the callgrind file: the
 instructions of the bench's `timed` function, inclusive (one request through the service and
 its response dropped: trace propagation, the record layer, the router's and balancer's records,
 the sinks at the end), divided by its calls. The difference is what the whole telemetry of a
-sidecar with the access log on adds per request, in instructions (the access log writer
-thread's work is not in it: it is another thread's). Also printed, per request of `all_on`:
+sidecar with the access log on adds per request, in instructions: over `routed_inner` (the
+router's write of its decision into the request's `RequestSlots`, which mesh-proxy's router
+makes with or without telemetry) as in mesh-proxy, over `noop_inner` for the telemetry
+alone (the access log writer thread's work is not in it: it is another thread's; nor are
+the clock reads, system calls under valgrind). Also printed, per request of `all_on`:
 the inclusive cost of the record layer's parts (its `call`, its response future's `poll`
 which runs the sinks, and each sink).
 
@@ -55,9 +59,12 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     base, n, _ = run(exe, "noop_inner", out_dir)
     print(f"telemetry/noop_inner: {base:,.0f} Ir per request ({n:,} requests)")
+    routed, n, _ = run(exe, "routed_inner", out_dir)
+    print(f"telemetry/routed_inner: {routed:,.0f} Ir per request ({n:,} requests)")
     all_on, n, calls = run(exe, "all_on", out_dir)
     print(f"telemetry/all_on: {all_on:,.0f} Ir per request ({n:,} requests)")
-    print(f"added by the telemetry (all_on - noop_inner): {all_on - base:,.0f} Ir per request")
+    print(f"added by the telemetry in mesh-proxy (all_on - routed_inner): {all_on - routed:,.0f} Ir per request")
+    print(f"added by the telemetry alone (all_on - noop_inner): {all_on - base:,.0f} Ir per request")
     for label, pattern in PARTS:
         cost = sum(c for name, (c, _) in calls.items() if name and re.search(pattern, name))
         print(f"  {label}: {cost / n:,.0f}")

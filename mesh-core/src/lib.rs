@@ -61,6 +61,7 @@ pub mod ext;
 pub mod flags;
 pub mod format;
 pub mod hash;
+pub mod header_values;
 pub mod health;
 pub mod limits;
 pub mod pattern;

@@ -184,16 +184,17 @@ impl TokenBucket {
 
 /// A number as a header value (`x-ratelimit-*`): under [`SMALL_NUMBERS`], a slice of a
 /// static table, which neither allocates nor counts references when cloned or dropped;
-/// above, formatted into a buffer of its own (one allocation).
+/// above, cut from the thread's buffer of generated values
+/// ([`header_values::number`](crate::header_values::number)).
 pub fn header_number(n: u64) -> HeaderValue {
-    if n < u64::from(SMALL_NUMBERS) {
-        let (at, width) = small_number_at(n as u32);
-        let digits = bytes::Bytes::from_static(&SMALL_DIGITS[at..at + width]);
-        if let Ok(v) = HeaderValue::from_maybe_shared(digits) {
-            return v;
-        }
-    }
-    HeaderValue::from(n)
+    crate::header_values::number(n)
+}
+
+/// `n` (under [`SMALL_NUMBERS`]) as a header value, a slice of the static table.
+pub(crate) fn small_number(n: u32) -> HeaderValue {
+    let (at, width) = small_number_at(n);
+    let digits = bytes::Bytes::from_static(&SMALL_DIGITS[at..at + width]);
+    HeaderValue::from_maybe_shared(digits).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 /// The numbers [`header_number`] takes from its table: `0..SMALL_NUMBERS`.

@@ -165,6 +165,8 @@ pub struct LocalWorkload {
 /// Istio's standard metrics (see the [module docs](self)): a registry of atomics shared by
 /// every worker, fed by its [`sink`](IstioMetrics::sink)s.
 pub struct IstioMetrics {
+    /// Unique in the process: tells this registry's series at hand from another's.
+    id: u64,
     local: ArcSwap<LocalWorkload>,
     /// Resolved label sets, by what identifies them (pointers and strings).
     cache: RwLock<FastHashMap<u64, Vec<Cached>>>,
@@ -178,6 +180,36 @@ pub struct IstioMetrics {
     /// The TCP connection series (`istio_tcp_*`), by peer and flags.
     tcp: tcp::TcpRegistry,
 }
+
+/// How many series each thread keeps at hand ([`LastSeries`]).
+const LAST_SERIES_SLOTS: usize = 8;
+
+/// A series a thread recorded into, with what found it: the next request of the same peer
+/// and key on that thread finds it without taking the registry's locks (four atomic
+/// read-modify-writes fewer per request). Series are never removed from a registry, so a
+/// series at hand is always the one its scrape reads.
+struct LastSeries {
+    /// [`IstioMetrics::id`] of the registry it is in.
+    registry: u64,
+    ident: Ident,
+    key: SeriesKey,
+    series: Arc<Series>,
+}
+
+thread_local! {
+    /// This thread's series at hand, direct-mapped by peer and key.
+    static LAST_SERIES: std::cell::RefCell<[Option<LastSeries>; LAST_SERIES_SLOTS]> =
+        const { std::cell::RefCell::new([const { None }; LAST_SERIES_SLOTS]) };
+}
+
+/// The slot of a peer's (by its identity's hash) series `key` in [`LAST_SERIES`].
+fn last_slot(hash: u64, key: &SeriesKey) -> usize {
+    let k = hash ^ u64::from(key.code) ^ (u64::from(key.flags) << 16);
+    (k ^ (k >> 32)) as usize % LAST_SERIES_SLOTS
+}
+
+/// The next [`IstioMetrics::id`].
+static NEXT_REGISTRY: AtomicU64 = AtomicU64::new(1);
 
 /// A [`Sink`] adding to an [`IstioMetrics`] as one reporter.
 #[derive(Clone)]
@@ -375,6 +407,7 @@ impl IstioMetrics {
     /// An empty registry for `local`, with at most [`DEFAULT_MAX_SERIES`] series.
     pub fn new(local: LocalWorkload) -> Self {
         IstioMetrics {
+            id: NEXT_REGISTRY.fetch_add(1, Relaxed),
             local: ArcSwap::from_pointee(local),
             cache: RwLock::default(),
             peers: RwLock::default(),
@@ -444,26 +477,53 @@ impl IstioMetrics {
         };
         let ident = IdentRef::of(reporter, &local, done);
         let hash = ident.hash();
-        // the common case: a known label set and series, found under the read locks
-        // (no reference count taken)
+        // the common case: the series this thread recorded into last for this peer and
+        // key (no lock, no reference count taken)
+        let slot = last_slot(hash, &key);
+        let hit = LAST_SERIES.with_borrow(|last| match &last[slot] {
+            Some(l) if l.registry == self.id && l.key == key && ident.matches(&l.ident) => {
+                l.series.observe(done);
+                true
+            }
+            _ => false,
+        });
+        if hit {
+            return;
+        }
+        let Some(series) = self.find_series(&ident, hash, key, done) else {
+            self.dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        series.observe(done);
+        LAST_SERIES.with_borrow_mut(|last| {
+            last[slot] = Some(LastSeries {
+                registry: self.id,
+                ident: ident.to_owned(done),
+                key,
+                series,
+            });
+        });
+    }
+
+    /// A request's series: a known label set and series found under the read locks, else
+    /// resolved (and made, under the series cap).
+    fn find_series(
+        &self,
+        ident: &IdentRef<'_>,
+        hash: u64,
+        key: SeriesKey,
+        done: &Completed<'_>,
+    ) -> Option<Arc<Series>> {
         if let Ok(cache) = self.cache.read()
             && let Some(list) = cache.get(&hash)
             && let Some((_, peer)) = list.iter().find(|(i, _)| ident.matches(i))
             && let Ok(series) = peer.series.read()
             && let Some(s) = series.get(&key)
         {
-            s.observe(done);
-            return;
+            return Some(s.clone());
         }
-        let Some(peer) = self.peer(&ident, hash, done) else {
-            self.dropped.fetch_add(1, Relaxed);
-            return;
-        };
-        let Some(series) = self.series_of(&peer, key) else {
-            self.dropped.fetch_add(1, Relaxed);
-            return;
-        };
-        series.observe(done);
+        let peer = self.peer(ident, hash, done)?;
+        self.series_of(&peer, key)
     }
 
     /// The label set of a request's peer: from the cache, else resolved and interned.

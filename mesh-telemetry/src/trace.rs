@@ -402,12 +402,27 @@ impl Extracted {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// The low `out.len()` hex digits of `v`, written from the last (a constant shift per digit).
+/// Every byte's two hex digits: one look-up and one shift per two digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
+/// The low `out.len()` hex digits of `v`, written from the last, two at a time.
 fn put_hex(out: &mut [u8], v: u128) {
     let mut v = v;
-    for b in out.iter_mut().rev() {
-        *b = HEX[(v & 0xf) as usize];
-        v >>= 4;
+    let mut chunks = out.rchunks_exact_mut(2);
+    for pair in &mut chunks {
+        pair.copy_from_slice(&HEX_PAIRS[(v & 0xff) as usize]);
+        v >>= 8;
+    }
+    if let [first] = chunks.into_remainder() {
+        *first = HEX[(v & 0xf) as usize];
     }
 }
 
@@ -417,29 +432,10 @@ fn hex_value(v: u128, digits: usize) -> HeaderValue {
     header_value(&buf[..digits])
 }
 
-/// The size of the per-thread buffers the generated header values are cut from (within
-/// the allocator's per-thread cache: a 4 KiB buffer cost glibc's slow path).
-const VALUE_CHUNK: usize = 1024;
-
-thread_local! {
-    /// The rest of this thread's current buffer of header values ([`header_value`]).
-    static VALUES: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
-}
-
-/// `bytes` (a value this module wrote: hex digits and dashes) as a header value, cut from a
-/// buffer this thread shares between the values it generates: no allocation per value (one
-/// per 1 KiB of values; a clone or a drop counts a reference, and a buffer is freed when
-/// its last value is).
+/// `bytes` (a value this module wrote: hex digits and dashes) as a header value, cut from
+/// the thread's buffer of generated values ([`mesh_core::header_values::shared`]).
 fn header_value(bytes: &[u8]) -> HeaderValue {
-    let shared = VALUES.with_borrow_mut(|buf| {
-        if buf.capacity() - buf.len() < bytes.len() {
-            *buf = bytes::BytesMut::with_capacity(VALUE_CHUNK.max(bytes.len()));
-        }
-        buf.extend_from_slice(bytes);
-        buf.split().freeze()
-    });
-    // hex digits and dashes only: always a valid header value
-    HeaderValue::from_maybe_shared(shared).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    mesh_core::header_values::shared(bytes)
 }
 
 fn traceparent(ctx: &TraceContext) -> HeaderValue {
@@ -481,11 +477,10 @@ fn uuid_v4(hi: u64, lo: u64) -> HeaderValue {
     // version 4, variant 10
     let mut v = (v & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
     let mut buf = [b'-'; 36];
-    for (i, b) in buf.iter_mut().enumerate().rev() {
-        if !matches!(i, 8 | 13 | 18 | 23) {
-            *b = HEX[(v & 0xf) as usize];
-            v >>= 4;
-        }
+    // 8-4-4-4-12 digits, from the last group (every group has an even number of digits)
+    for (at, digits) in [(24, 12), (19, 4), (14, 4), (9, 4), (0, 8)] {
+        put_hex(&mut buf[at..at + digits], v);
+        v >>= 4 * digits;
     }
     // shared by its clones (the record layer keeps one for the sinks): a value copied from
     // a slice would allocate again at its first clone

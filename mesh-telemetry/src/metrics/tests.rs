@@ -506,3 +506,52 @@ fn one_endpoint_reached_through_two_clusters_is_one_tcp_series() {
     assert_eq!(value("istio_tcp_received_bytes_total{"), Some(8));
     assert_eq!(value("istio_tcp_sent_bytes_total{"), Some(10));
 }
+
+#[test]
+fn the_series_a_thread_keeps_at_hand_are_its_registry_s_and_its_peer_s() {
+    // one thread, two registries, alternating requests of the same peer and key: each
+    // registry counts its own (a series at hand is found only by its registry)
+    let (a, b) = (IstioMetrics::new(local()), IstioMetrics::new(local()));
+    let req = Req::new(200, routed(Some(&upstream(true))));
+    for _ in 0..3 {
+        req.record(&a, Reporter::Source);
+        req.record(&b, Reporter::Source);
+    }
+    req.record(&a, Reporter::Source);
+    assert!(
+        requests_line(&a.encode_to_string(), &[])
+            .unwrap()
+            .ends_with("} 4")
+    );
+    assert!(
+        requests_line(&b.encode_to_string(), &[])
+            .unwrap()
+            .ends_with("} 3")
+    );
+    // the same registry, alternating peers (authorities) and reporters: each its own series
+    let m = IstioMetrics::new(local());
+    let mut other = Req::new(200, Recorded::default());
+    other.authority = Some("ratings:9080");
+    let mine = Req::new(200, Recorded::default());
+    for _ in 0..5 {
+        mine.record(&m, Reporter::Source);
+        other.record(&m, Reporter::Source);
+        mine.record(&m, Reporter::Destination);
+    }
+    let text = m.encode_to_string();
+    for want in [
+        [
+            r#"reporter="source""#,
+            r#"destination_service="reviews:9080""#,
+        ],
+        [
+            r#"reporter="source""#,
+            r#"destination_service="ratings:9080""#,
+        ],
+        [r#"reporter="destination""#, r#"response_code="200""#],
+    ] {
+        let line = requests_line(&text, &want).unwrap_or_else(|| panic!("{want:?}: {text}"));
+        assert!(line.ends_with("} 5"), "{line}");
+    }
+    assert_eq!(m.series(), 3);
+}

@@ -338,3 +338,21 @@ proptest! {
         prop_assert_eq!(multi.trace_id, single.trace_id);
     }
 }
+
+#[test]
+fn ids_are_written_digit_for_digit() {
+    // every digit in its place, the version and variant bits set (RFC 9562 §5.4)
+    let id = uuid_v4(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210);
+    assert_eq!(id, "01234567-89ab-4def-bedc-ba9876543210");
+    let ctx = TraceContext {
+        trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+        span_id: 0x00f0_67aa_0ba9_02b7,
+        parent_span_id: None,
+        sampled: true,
+    };
+    assert_eq!(traceparent(&ctx), TP);
+    // an odd number of digits: the first is the lone high digit
+    assert_eq!(hex_value(0xabc, 3), "abc");
+    assert_eq!(hex_value(0xabc, 1), "c");
+    assert_eq!(hex_value(u128::MAX, 32), "f".repeat(32).as_str());
+}
