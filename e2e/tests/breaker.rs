@@ -447,3 +447,119 @@ spec:
     drop(p);
     accept.abort();
 }
+
+/// Two subsets of one DestinationRule select the same h2c endpoint and share its
+/// connections: `open` (no limits) opens one and holds a stream on it; `limited`
+/// (`maxConnections: 1`, `maxConcurrentStreams: 1`, `http1MaxPendingRequests: 1`) opens its
+/// own, holds its stream, and its next request waits as pending. When `open`'s stream
+/// ends, the pending request is woken and takes that stream, while `limited`'s own
+/// connection still carries its held request (it used to wait for that one, or for its
+/// route timeout: a stream's end woke only the cluster that opened the connection).
+#[tokio::test]
+async fn a_stream_ending_wakes_a_pending_request_of_another_subset() {
+    let (first_done, first_gate) = watch::channel(false);
+    let (held_done, held_gate) = watch::channel(false);
+    let holding = Arc::new(AtomicUsize::new(0));
+    let h = holding.clone();
+    let handler: Handler = Arc::new(move |req: Request<Incoming>| {
+        let which = req.headers()["x-which"].to_str().unwrap().to_owned();
+        let (mut first, mut held, h) = (first_gate.clone(), held_gate.clone(), h.clone());
+        Box::pin(async move {
+            h.fetch_add(1, Ordering::SeqCst);
+            match which.as_str() {
+                "first" => drop(first.wait_for(|o| *o).await),
+                "held" => drop(held.wait_for(|o| *o).await),
+                _ => {}
+            }
+            h.fetch_sub(1, Ordering::SeqCst);
+            Response::new(full(which))
+        })
+    });
+    let upstream = backend_with("httpbin", handler).await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("httpbin", 8000, "GRPC", &[&upstream])
+        + "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin, namespace: default}
+spec:
+  host: httpbin
+  subsets:
+  - name: open
+    labels: {app: httpbin}
+  - name: limited
+    labels: {app: httpbin}
+    trafficPolicy:
+      connectionPool:
+        tcp: {maxConnections: 1}
+        http: {maxConcurrentStreams: 1, http1MaxPendingRequests: 1}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: default}
+spec:
+  hosts: [httpbin]
+  http:
+  - match: [{headers: {x-subset: {exact: limited}}}]
+    route: [{destination: {host: httpbin, subset: limited}}]
+  - route: [{destination: {host: httpbin, subset: open}}]
+";
+    let p = start(&yaml).await;
+    let out = p.out;
+    let send = move |subset: &'static str, which: &'static str| {
+        tokio::spawn(async move {
+            get_once(
+                out,
+                "httpbin:8000",
+                &[("x-subset", subset), ("x-which", which)],
+            )
+            .await
+        })
+    };
+    let held_by = |n: usize, what: &'static str| {
+        let h = holding.clone();
+        eventually(what, move || {
+            let h = h.clone();
+            async move { h.load(Ordering::SeqCst) == n }
+        })
+    };
+    let first = send("open", "first");
+    held_by(1, "open's request held upstream").await;
+    let held = send("limited", "held");
+    held_by(2, "limited's first request held upstream").await;
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
+    let third = send("limited", "third");
+    let cluster = "outbound|8000|limited|httpbin.default.svc.cluster.local";
+    let pending = format!("mesh_proxy_cluster_pending_requests{{cluster_name=\"{cluster}\"}} 1\n");
+    let admin = p.admin;
+    eventually("limited's next request pending", || {
+        let pending = pending.clone();
+        async move {
+            admin_get(admin, "/stats/prometheus")
+                .await
+                .1
+                .contains(&pending)
+        }
+    })
+    .await;
+    first_done.send_replace(true);
+    let first = bounded(first).await.unwrap();
+    assert_eq!((first.status.as_u16(), first.body.as_str()), (200, "first"));
+    // woken by open's stream end, on open's connection: limited's own still holds its request
+    let third = bounded(third).await.unwrap();
+    assert_eq!(
+        (third.status.as_u16(), third.body.as_str()),
+        (200, "third"),
+        "{third:?}"
+    );
+    assert!(!held.is_finished());
+    assert_eq!(
+        upstream.connections.load(Ordering::SeqCst),
+        2,
+        "no third connection"
+    );
+    held_done.send_replace(true);
+    let held = bounded(held).await.unwrap();
+    assert_eq!(held.status, 200);
+    drop(p);
+}

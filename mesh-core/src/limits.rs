@@ -34,8 +34,9 @@
 //! still counts). A request that finds every connection at its stream limit and may not
 //! open one waits as a pending request ([`ClusterLimits::enter_pending`], bounded by
 //! `http1MaxPendingRequests` as Envoy's `max_pending_requests` bounds HTTP/2 pending
-//! streams too), woken when a stream ends or a connection is released
-//! ([`ClusterLimits::h2_released`]).
+//! streams too), woken when a connection is released ([`ClusterLimits::h2_released`]) or
+//! a stream ends at its endpoint (the pool's own wake-up: an endpoint's connections serve
+//! every cluster reaching it).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -474,9 +475,10 @@ impl ClusterLimits {
         None
     }
 
-    /// Completes when a stream of the cluster's HTTP/2 connections ends or a connection
-    /// permit is released, while requests are pending (wakes every HTTP/2 waiter: each
-    /// looks at its own worker's pool). Enable it before looking for a stream, then await.
+    /// Completes when a connection permit is released (or [`ClusterCounters::stream_ended`]
+    /// is called), while requests are pending (wakes every HTTP/2 waiter: each looks at
+    /// its own worker's pool). Enable it before looking for a stream, then await.
+    /// `mesh-transport`'s pool wakes its waiters at each stream end itself, per endpoint.
     pub fn h2_released(&self) -> tokio::sync::futures::Notified<'_> {
         self.counters.h2_released.notified()
     }
@@ -575,7 +577,8 @@ impl ClusterCounters {
     }
 
     /// A stream of an HTTP/2 connection counted against these limits ended: wakes the
-    /// HTTP/2 requests pending, if any (one load otherwise).
+    /// HTTP/2 requests pending, if any (one load otherwise). For a pool whose connections
+    /// are not per cluster; `mesh-transport`'s wakes the waiters at the stream's endpoint.
     #[inline]
     pub fn stream_ended(&self) {
         // a waiter counts itself pending, then looks for a stream: either it sees this one

@@ -14,15 +14,16 @@
 //!
 //! A connection to a cluster with `tcp.maxConnections` holds its connection permit here
 //! (given back when its reading side ends, or when the last of the pool, its requests and
-//! its task lets go of it), and each stream's end wakes the cluster's HTTP/2 requests
-//! pending for a stream ([`ClusterCounters::stream_ended`]).
+//! its task lets go of it), and each stream's end wakes the HTTP/2 requests pending for a
+//! stream at its endpoint, of whichever cluster ([`StreamWake`]: the clusters reaching an
+//! endpoint, a DestinationRule's subsets, share its connections).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use mesh_core::limits::{ClusterCounters, ConnectionPermit};
+use mesh_core::limits::ConnectionPermit;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -45,31 +46,32 @@ pub(crate) struct H2Streams {
     /// The server's first `SETTINGS` was read, or the reading side ended.
     settled: AtomicBool,
     settled_notify: Notify,
-    /// The cluster's counters, when its `maxConnections` bounds the connection: a stream's
-    /// end wakes its pending requests.
-    limits: Option<Arc<ClusterCounters>>,
+    /// The requests pending for a stream at the connection's endpoint: a stream's end wakes
+    /// them.
+    wake: Option<Arc<StreamWake>>,
     /// The connection's permit under `maxConnections` (taken when its reading side ends).
     permit: Mutex<Option<ConnectionPermit>>,
 }
 
 impl H2Streams {
-    /// The streams of a connection with no connection limit.
+    /// The streams of a connection with no connection limit and no waiters to wake.
+    #[cfg(test)]
     pub(crate) fn new() -> Arc<Self> {
         H2Streams::limited(None, None)
     }
 
     /// The streams of a connection counted against its cluster's `maxConnections` by
-    /// `permit`; its streams' ends wake the requests pending on `limits`.
+    /// `permit` (if it has one); its streams' ends wake the requests pending on `wake`.
     pub(crate) fn limited(
         permit: Option<ConnectionPermit>,
-        limits: Option<Arc<ClusterCounters>>,
+        wake: Option<Arc<StreamWake>>,
     ) -> Arc<Self> {
         Arc::new(H2Streams {
             active: AtomicU32::new(0),
             server_max: AtomicU32::new(u32::MAX),
             settled: AtomicBool::new(false),
             settled_notify: Notify::new(),
-            limits,
+            wake,
             permit: Mutex::new(permit),
         })
     }
@@ -138,6 +140,48 @@ impl StreamSlot {
     }
 }
 
+/// The HTTP/2 requests pending for a stream at one endpoint, of every cluster reaching it:
+/// each of its connections' stream ends wakes them (one fence and one load when none waits).
+#[derive(Debug, Default)]
+pub(crate) struct StreamWake {
+    waiting: AtomicU32,
+    notify: Notify,
+}
+
+/// A request counted among an endpoint's [`StreamWake`] waiters, until dropped.
+#[derive(Debug)]
+pub(crate) struct Waiting(Arc<StreamWake>);
+
+impl StreamWake {
+    /// Counts a request waiting for a stream at the endpoint.
+    pub(crate) fn enter(self: &Arc<Self>) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        // against the store-load race with a stream's end: either the waiter, looking for a
+        // stream after this, sees it free, or the stream's end sees the waiter
+        std::sync::atomic::fence(Ordering::SeqCst);
+        Waiting(self.clone())
+    }
+
+    /// Completes at the next stream end at the endpoint once enabled (enable it before
+    /// looking for a stream, then await).
+    pub(crate) fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    fn stream_ended(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One open stream of a connection; the stream is counted until this is dropped (with the
 /// response body, or the request's failure).
 #[derive(Debug)]
@@ -147,8 +191,8 @@ impl Drop for StreamSlot {
     #[inline]
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
-        if let Some(limits) = &self.0.limits {
-            limits.stream_ended();
+        if let Some(wake) = &self.0.wake {
+            wake.stream_ended();
         }
     }
 }

@@ -39,7 +39,7 @@ use mesh_core::hash::FastHashMap;
 use mesh_core::limits::ClusterLimits;
 
 use crate::h1client::H1Conn;
-use crate::h2streams::{H2Streams, StreamSlot};
+use crate::h2streams::{H2Streams, StreamSlot, StreamWake};
 use crate::loops::Guard;
 use crate::reqbody::RequestBody;
 
@@ -92,6 +92,8 @@ struct Endpoint {
     /// The HTTP/2 connection opened whatever `maxConnections` (the pool had none), while it
     /// is open: only one at a time is.
     h2_first: Weak<H2Streams>,
+    /// The HTTP/2 requests of any cluster pending for a stream here ([`Pool::wait_h2`]).
+    h2_wake: Arc<StreamWake>,
 }
 
 /// An HTTP/2 connection as its requests share it: its sender once connected (the requests
@@ -258,12 +260,15 @@ impl Pool {
                 }
                 return Some((conn, slot));
             }
+            // a connection's stream ends wake the requests waiting at its endpoint, of any
+            // cluster (a subset without limits shares the connections of one with them)
+            let wake = Some(ep.h2_wake.clone());
             let streams = match limits {
-                None => H2Streams::new(),
+                None => H2Streams::limited(None, wake),
                 Some(l) => {
                     let first = ep.h2.is_empty() && ep.h2_first.strong_count() == 0;
                     let permit = l.h2_connection(first)?;
-                    let streams = H2Streams::limited(Some(permit), Some(l.counters().clone()));
+                    let streams = H2Streams::limited(Some(permit), wake);
                     if first {
                         ep.h2_first = Arc::downgrade(&streams);
                     }
@@ -311,14 +316,29 @@ impl Pool {
         limits: &ClusterLimits,
     ) -> Option<(Arc<H2Shared>, StreamSlot)> {
         let _pending = limits.enter_pending()?;
+        let wake = self
+            .lock()
+            .endpoints
+            .entry(key)
+            .or_default()
+            .h2_wake
+            .clone();
+        let _waiting = wake.enter();
         loop {
+            // a connection permit given back (the cluster's), or a stream ended at the
+            // endpoint (any cluster's connection to it)
             let released = limits.h2_released();
-            tokio::pin!(released);
+            let streamed = wake.released();
+            tokio::pin!(released, streamed);
             released.as_mut().enable();
+            streamed.as_mut().enable();
             if let Some(found) = self.checkout_h2(key, max_streams, pool, Some(limits)) {
                 return Some(found);
             }
-            released.await;
+            tokio::select! {
+                () = released => {}
+                () = streamed => {}
+            }
         }
     }
 
@@ -569,6 +589,52 @@ mod tests {
         assert_eq!(l.counters().connections(), 2, "the first and the new one");
         assert_eq!(a.streams.active(), 1);
         assert_eq!(l.counters().pending(), 0);
+    }
+
+    /// Two clusters reaching one endpoint (a DestinationRule's subsets) share its HTTP/2
+    /// connections: a stream that ends on a connection one cluster opened wakes the other's
+    /// pending request, which takes the stream (it used to wait for a permit or its route
+    /// timeout). A cluster without limits opens connections whose stream ends wake the
+    /// limited one's waiters too.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ending_wakes_the_waiters_of_every_cluster_at_its_endpoint() {
+        for opener_limited in [true, false] {
+            let (a, b) = (Arc::new(limits(2, 4)), Arc::new(limits(1, 4)));
+            let pool = Pool::new();
+            let (conn, a_slot) = pool
+                .checkout_h2(
+                    key(),
+                    ONE,
+                    UpstreamPool::default(),
+                    opener_limited.then_some(&*a),
+                )
+                .unwrap();
+            // b's one connection permit is held elsewhere: b may not open one here
+            let _elsewhere = b.h2_connection(false).unwrap();
+            assert!(
+                pool.checkout_h2(key(), ONE, UpstreamPool::default(), Some(&b))
+                    .is_none()
+            );
+            let waiter = {
+                let (pool, b) = (pool.clone(), b.clone());
+                tokio::spawn(async move {
+                    pool.wait_h2(key(), ONE, UpstreamPool::default(), &b)
+                        .await
+                        .map(|(c, _slot)| c)
+                })
+            };
+            tokio::task::yield_now().await;
+            assert_eq!(b.counters().pending(), 1);
+            assert!(!waiter.is_finished());
+            drop(a_slot);
+            let woken = tokio::time::timeout(Duration::from_secs(60), waiter).await;
+            let got = woken.expect("woken by the stream's end").unwrap();
+            assert!(
+                got.is_some_and(|c| Arc::ptr_eq(&c, &conn)),
+                "the stream on the other cluster's connection"
+            );
+            assert_eq!(b.counters().pending(), 0);
+        }
     }
 
     /// Envoy's upstream `idle_timeout`: an idle connection is closed after the limit (here

@@ -116,9 +116,9 @@
 //! (see the breaker); an HTTP/2 request waiting for a connection still being made takes a
 //! stream on it (Envoy counts those requests as pending too); a pending HTTP/2 request
 //! waits for a stream on its worker's connections to its endpoint, or a permit for a new
-//! one; a stream that ends wakes the waiters of the cluster whose request opened its
-//! connection, so when two clusters (two subsets) share an endpoint, a waiter of the other
-//! one is woken by a permit given back or ends at its route timeout. HTTP/2 uses one connection per endpoint and thread until its streams fill it, and
+//! one; a stream that ends wakes the waiters at its endpoint of every cluster (two subsets
+//! share an endpoint's connections). HTTP/2 uses one connection per endpoint and thread
+//! until its streams fill it, and
 //! its idle time counts from the last request begun, not from the end of the last stream
 //! (streams in flight finish on it).
 //!
