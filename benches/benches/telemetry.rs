@@ -18,7 +18,8 @@
 //!   writer thread writes to `/dev/null`). The request has the same four headers as the
 //!   others, `traceparent` instead of `x-request-id`. This is the number of issue 14's goal
 //!   (under 1 µs): over `routed_inner` for mesh-proxy, over `noop_inner` for the telemetry
-//!   alone; with the system allocator, or with mesh-proxy's (`--features mimalloc`);
+//!   alone; with the system allocator, or with mesh-proxy's (`--features mimalloc`, see
+//!   `mesh_benches`);
 //! - `routed_inner`: `all_on`'s inner service and request without the telemetry: the
 //!   router's decision written into the request's `RequestSlots`, as mesh-proxy's router
 //!   does with or without telemetry (the slots' allocation is the router's there; over
@@ -31,13 +32,6 @@
 //!   label sets built once and looked up per request (`Family::get_or_create` hashes the 25
 //!   labels; each histogram observation takes a write lock), which is what a recorder on it
 //!   would do at best.
-/// With `--features mimalloc`, mesh-proxy's global allocator (`mesh-proxy/src/main.rs`):
-/// the telemetry's cost as the proxy pays it; without, the system's (an in-process user's
-/// default).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};

@@ -1,5 +1,14 @@
 //! Shared helpers for the criterion benches: synthetic but realistic Istio configurations.
+//!
+//! With `--features mimalloc`, every bench binary runs on mesh-proxy's global allocator
+//! (`mesh-proxy/src/main.rs`): a layer's cost as the proxy pays it. Without, the system's
+//! allocator, an in-process user's default.
 #![forbid(unsafe_code)]
+
+/// mesh-proxy's global allocator, for every bench binary (`--features mimalloc`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::fmt::Write;
 

@@ -155,16 +155,33 @@ impl TokenBucket {
     /// computes `x-ratelimit-reset`: the interval minus the whole seconds since the last
     /// fill (so `0` for an interval under a second).
     pub fn reset_seconds_at(&self, now: Instant) -> u64 {
-        let since_start = nanos(now.saturating_duration_since(self.start));
-        let since_fill_s = (since_start % self.interval_ns) / 1_000_000_000;
-        (self.interval_ns / 1_000_000_000).saturating_sub(since_fill_s)
+        self.remaining_and_reset_at(now).1
+    }
+
+    /// [`remaining_at`](Self::remaining_at) and
+    /// [`reset_seconds_at`](Self::reset_seconds_at) together (`x-ratelimit-remaining` and
+    /// `x-ratelimit-reset`), from one division of the time since the bucket was made.
+    pub fn remaining_and_reset_at(&self, now: Instant) -> (u32, u64) {
+        let (epoch, since_fill) = self.position(now);
+        let remaining = self.refilled(self.state.load(Ordering::Relaxed), epoch).0;
+        let reset = (self.interval_ns / 1_000_000_000).saturating_sub(since_fill / 1_000_000_000);
+        (remaining, reset)
     }
 
     /// Fill intervals passed since the bucket was made (wrapping at 32 bits: only the
     /// difference between two of them is used).
     #[inline]
     fn epoch(&self, now: Instant) -> u32 {
-        (nanos(now.saturating_duration_since(self.start)) / self.interval_ns) as u32
+        self.position(now).0
+    }
+
+    /// The bucket's [`epoch`](Self::epoch) at `now` and the nanoseconds since its last fill:
+    /// one division (a 64-bit division by a value known only at run time is tens of cycles).
+    #[inline]
+    fn position(&self, now: Instant) -> (u32, u64) {
+        let since_start = nanos(now.saturating_duration_since(self.start));
+        let fills = since_start / self.interval_ns;
+        (fills as u32, since_start - fills * self.interval_ns)
     }
 
     /// The tokens and epoch of state `cur` once the fills up to `epoch` are added.

@@ -297,18 +297,12 @@ fn limited_response<R: ReplyBody>(p: &RateLimitPolicy, grpc: bool) -> Response<R
 /// [`SMALL_NUMBERS`](mesh_core::ratelimit::SMALL_NUMBERS) come from a static table: no
 /// allocation for a header but the map's own, unless a count is larger.
 fn add_x_ratelimit<R>(res: &mut Response<R>, p: &RateLimitPolicy) {
-    let now = Instant::now();
+    let (remaining, reset) = p.bucket.remaining_and_reset_at(Instant::now());
     let h = res.headers_mut();
     h.reserve(3);
     h.insert(X_RATELIMIT_LIMIT, p.limit_value().clone());
-    h.insert(
-        X_RATELIMIT_REMAINING,
-        header_number(u64::from(p.bucket.remaining_at(now))),
-    );
-    h.insert(
-        X_RATELIMIT_RESET,
-        header_number(p.bucket.reset_seconds_at(now)),
-    );
+    h.insert(X_RATELIMIT_REMAINING, header_number(u64::from(remaining)));
+    h.insert(X_RATELIMIT_RESET, header_number(reset));
 }
 
 #[cfg(test)]

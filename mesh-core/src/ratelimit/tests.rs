@@ -50,8 +50,21 @@ async fn reset_is_the_whole_seconds_to_the_next_fill() {
         60,
         "a fill happened at 60s"
     );
+    // both headers' values from one reading: a token taken, 12.5 s into the interval
+    assert_eq!(b.try_acquire(), Some(3));
+    tokio::time::advance(Duration::from_millis(12_000)).await;
+    assert_eq!(b.remaining_and_reset_at(Instant::now()), (3, 48));
     let short = TokenBucket::new(1, 1, Duration::from_millis(500));
     assert_eq!(short.reset_seconds_at(Instant::now()), 0);
+    assert_eq!(short.try_acquire(), Some(0));
+    tokio::time::advance(Duration::from_millis(250)).await;
+    assert_eq!(short.remaining_and_reset_at(Instant::now()), (0, 0));
+    tokio::time::advance(Duration::from_millis(250)).await;
+    assert_eq!(
+        short.remaining_and_reset_at(Instant::now()),
+        (1, 0),
+        "a fill at 500 ms"
+    );
 }
 
 #[test]
