@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Where a proxy's kernel time goes per request, side by side: TCP segments and bytes
+(`nstat`), system calls and epoll events (`strace`), and CPU samples of named kernel
+functions (`perf record -e cpu-clock`, which needs no hardware counters), per request.
+
+Starts the origin and the targets as compare.py does (same templates, same CPUs), warms
+each up with wrk, then for each target: a wrk run under `nstat`, one under `strace -f`
+(slowed down: only the counts per request are used), one under `perf record -g`.
+
+    python3 benches/load/kernel.py [TARGET ...]      # default: haproxy mesh
+
+Needs wrk, nginx, nstat (iproute2), strace and perf (Debian: linux-perf). Knobs: SECS=5
+(each run), and compare.py's (PROXY_CPU, LOAD_CPU, CONNS, MESH_BIN, ...).
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare as c  # noqa: E402  (ports, templates, the origin, wrk)
+
+SECS = int(os.environ.get("SECS", "5"))
+NSTAT = ["TcpInSegs", "TcpOutSegs", "TcpExtTCPPureAcks", "TcpExtDelayedACKs", "IpExtInOctets"]
+SYSCALLS = "epoll_wait,epoll_pwait,recvfrom,read,readv,writev,sendto,sendmsg,write,epoll_ctl,futex"
+# kernel functions whose inclusive samples per request tell the system calls apart, and the
+# per-socket work inside them
+SYMBOLS = ["__x64_sys_sendto", "do_writev", "__x64_sys_recvfrom", "__x64_sys_epoll_wait",
+           "tcp_poll", "sock_poll", "_copy_to_iter", "tcp_recvmsg_locked", "do_softirq.part.0"]
+
+
+def nstat():
+    out = subprocess.run(["nstat", "-az"], capture_output=True, text=True).stdout
+    return {p[0]: int(p[1]) for p in (l.split() for l in out.splitlines()) if len(p) >= 2 and p[1].isdigit()}
+
+
+def segments(t):
+    a = nstat()
+    r = c.wrk(t, SECS)
+    b = nstat()
+    n = (r["h1_rps"] or 0) * SECS
+    return {k: (b.get(k, 0) - a.get(k, 0)) / n for k in NSTAT} if n else {}
+
+
+def syscalls(t, out):
+    st = subprocess.Popen(["strace", "-f", "-qq", "-e", f"trace={SYSCALLS}", "-o", out, "-p", str(t.pid)])
+    time.sleep(0.5)  # strace attaching: not a synchronisation of the measurement
+    r = c.wrk(t, SECS)
+    st.send_signal(signal.SIGINT)
+    st.wait()
+    calls, events, waits = {}, 0, 0
+    with open(out) as f:
+        for line in f:
+            m = re.search(r"(\w+)\(.*\)\s+=\s+(-?\d+)", line)
+            if not m:
+                continue
+            calls[m.group(1)] = calls.get(m.group(1), 0) + 1
+            if m.group(1).startswith("epoll"):
+                waits += 1
+                events += max(0, int(m.group(2)))
+    # requests under strace: wrk's count (the proxy is slowed, the count is what it did)
+    n = (r["h1_rps"] or 0) * SECS
+    per = {k: v / n for k, v in sorted(calls.items())} if n else {}
+    return per, (events / waits if waits else 0)
+
+
+def samples(t, out):
+    pr = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4000", "-g", "-p", str(t.pid),
+                           "-o", out, "--", "sleep", str(max(SECS - 1, 1))],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = c.wrk(t, SECS)
+    pr.wait()
+    n = (r["h1_rps"] or 0) * max(SECS - 1, 1)
+    rep = subprocess.run(["perf", "report", "-i", out, "--children", "-n", "--sort", "sym", "--stdio", "-g", "none"],
+                         capture_output=True, text=True).stdout
+    total = re.search(r"# Samples: (\d+)([KM]?)", rep)
+    got = {}
+    for line in rep.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+([\d.]+)%\s+(\d+)\s+\[k\]\s+(\S+)", line)
+        if m and m.group(4) in SYMBOLS:
+            got[m.group(4)] = float(m.group(1))
+    return {k: v for k, v in got.items()}, r["cpu_sat"], n, total.group(0) if total else "?"
+
+
+def main(argv):
+    for tool in ("wrk", "nginx", "nstat", "strace", "perf"):
+        if not c.which(tool):
+            sys.exit(f"kernel.py: missing {tool}")
+    names = argv or ["haproxy", "mesh"]
+    run = tempfile.mkdtemp(prefix="mesh-kernel.")
+    os.chmod(run, 0o755)
+    up_port, up_h2 = c.free_ports(2)
+    conf = c.render("upstream-nginx.conf", f"{run}/upstream.conf", dict(RUN=run, UP_PORT=up_port, UP_H2_PORT=up_h2))
+    procs = [subprocess.Popen(c.pinned(c.LOAD_CPU, [c.which("nginx"), "-e", f"{run}/u.err", "-p", run + "/", "-c", conf]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    logs = []
+    try:
+        if not c.wait_ok(up_port, procs[0]):
+            sys.exit("kernel.py: the origin nginx did not start")
+        targets = []
+        for name in names:
+            t, why = c.start(name, run, up_port, up_h2, logs)
+            if t is None:
+                c.log(f"skipping {name}: {why}")
+                continue
+            procs.append(t.proc)
+            targets.append(t)
+        for t in targets:
+            c.wrk(t, 2)
+        for t in targets:
+            seg = segments(t)
+            per, evs = syscalls(t, f"{run}/strace.{t.name}")
+            pct, cpu, n, total = samples(t, f"{run}/perf.{t.name}.data")
+            print(f"## {t.name}")
+            print("TCP per request: " + ", ".join(f"{k.replace('TcpExt', '')} {v:.2f}" for k, v in seg.items()))
+            print("system calls per request: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
+                  + f"; events per epoll wait {evs:.1f}")
+            print(f"CPU s /100k (sat., during perf) {cpu:.2f}; {total}; inclusive share of samples:")
+            for k in SYMBOLS:
+                if k in pct:
+                    print(f"  {k}: {pct[k]:.2f} %")
+            print()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for f in logs:
+            f.close()
+    print(f"perf data and strace logs: {run} (perf report -i {run}/perf.NAME.data)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
