@@ -227,6 +227,33 @@ def start(name, run, up_port, up_h2_port, logs):
     return Target(name, port, h2_port, proc), None
 
 
+def start_origin(run):
+    """The origin (nginx answering "ok" from memory, HTTP/1.1 and h2c) on LOAD_CPU:
+    (process, HTTP/1.1 port, h2c port). Exits when it does not answer."""
+    up_port, up_h2_port = free_ports(2)
+    conf = render("upstream-nginx.conf", f"{run}/upstream.conf",
+                  dict(RUN=run, UP_PORT=up_port, UP_H2_PORT=up_h2_port))
+    up = subprocess.Popen(pinned(LOAD_CPU, [which("nginx"), "-e", f"{run}/upstream.err", "-p", run + "/",
+                                            "-c", conf]),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not wait_ok(up_port, up):
+        up.kill()
+        sys.exit(f"{os.path.basename(sys.argv[0])}: the origin nginx did not start")
+    return up, up_port, up_h2_port
+
+
+def stop_all(procs):
+    """SIGTERM to every process still running, then a kill for those not gone in 5 s."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def sample_peak(target, stop):
     while not stop.is_set():
         target.peak_rss = max(target.peak_rss, mem_kb(target.pid, "VmRSS"))
@@ -326,27 +353,9 @@ def main(argv):
     run = tempfile.mkdtemp(prefix="mesh-compare-run.")
     os.chmod(run, 0o755)
     procs, logs = [], []
-
-    def stop_all(*_):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
     try:
-        up_port, up_h2_port = free_ports(2)
-        conf = render("upstream-nginx.conf", f"{run}/upstream.conf",
-                      dict(RUN=run, UP_PORT=up_port, UP_H2_PORT=up_h2_port))
-        up = subprocess.Popen(pinned(LOAD_CPU, [which("nginx"), "-e", f"{run}/upstream.err", "-p", run + "/",
-                                                "-c", conf]),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        up, up_port, up_h2_port = start_origin(run)
         procs.append(up)
-        if not wait_ok(up_port, up):
-            sys.exit("compare.py: the origin nginx did not start")
         targets = []
         for name in names:
             if name == "direct":
@@ -377,7 +386,7 @@ def main(argv):
                 log(f"WARNING: {t.name} exited during the run: its figures are not valid")
         hwm = {t.name: mem_kb(t.pid, "VmHWM") if t.pid else 0 for t in targets}
     finally:
-        stop_all()
+        stop_all(procs)
         for f in logs:
             f.close()
     with open(os.path.join(out_dir, "rounds.json"), "w") as f:

@@ -93,14 +93,9 @@ def main(argv):
     names = argv or ["haproxy", "mesh"]
     run = tempfile.mkdtemp(prefix="mesh-kernel.")
     os.chmod(run, 0o755)
-    up_port, up_h2 = c.free_ports(2)
-    conf = c.render("upstream-nginx.conf", f"{run}/upstream.conf", dict(RUN=run, UP_PORT=up_port, UP_H2_PORT=up_h2))
-    procs = [subprocess.Popen(c.pinned(c.LOAD_CPU, [c.which("nginx"), "-e", f"{run}/u.err", "-p", run + "/", "-c", conf]),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    logs = []
+    up, up_port, up_h2 = c.start_origin(run)
+    procs, logs = [up], []
     try:
-        if not c.wait_ok(up_port, procs[0]):
-            sys.exit("kernel.py: the origin nginx did not start")
         targets = []
         for name in names:
             t, why = c.start(name, run, up_port, up_h2, logs)
@@ -125,14 +120,7 @@ def main(argv):
                     print(f"  {k}: {pct[k]:.2f} %")
             print()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        c.stop_all(procs)
         for f in logs:
             f.close()
     print(f"perf data and strace logs: {run} (perf report -i {run}/perf.NAME.data)")

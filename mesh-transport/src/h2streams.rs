@@ -48,24 +48,21 @@ pub(crate) struct H2Streams {
     settled_notify: Notify,
     /// The requests pending for a stream at the connection's endpoint: a stream's end wakes
     /// them.
-    wake: Option<Arc<StreamWake>>,
+    wake: Arc<StreamWake>,
     /// The connection's permit under `maxConnections` (taken when its reading side ends).
     permit: Mutex<Option<ConnectionPermit>>,
 }
 
 impl H2Streams {
-    /// The streams of a connection with no connection limit and no waiters to wake.
+    /// The streams of a connection with no connection limit, alone at its endpoint.
     #[cfg(test)]
     pub(crate) fn new() -> Arc<Self> {
-        H2Streams::limited(None, None)
+        H2Streams::limited(None, Arc::default())
     }
 
     /// The streams of a connection counted against its cluster's `maxConnections` by
     /// `permit` (if it has one); its streams' ends wake the requests pending on `wake`.
-    pub(crate) fn limited(
-        permit: Option<ConnectionPermit>,
-        wake: Option<Arc<StreamWake>>,
-    ) -> Arc<Self> {
+    pub(crate) fn limited(permit: Option<ConnectionPermit>, wake: Arc<StreamWake>) -> Arc<Self> {
         Arc::new(H2Streams {
             active: AtomicU32::new(0),
             server_max: AtomicU32::new(u32::MAX),
@@ -191,9 +188,7 @@ impl Drop for StreamSlot {
     #[inline]
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
-        if let Some(wake) = &self.0.wake {
-            wake.stream_ended();
-        }
+        self.0.wake.stream_ended();
     }
 }
 

@@ -262,7 +262,7 @@ impl Pool {
             }
             // a connection's stream ends wake the requests waiting at its endpoint, of any
             // cluster (a subset without limits shares the connections of one with them)
-            let wake = Some(ep.h2_wake.clone());
+            let wake = ep.h2_wake.clone();
             let streams = match limits {
                 None => H2Streams::limited(None, wake),
                 Some(l) => {
