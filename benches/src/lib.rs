@@ -1,14 +1,20 @@
 //! Shared helpers for the criterion benches: synthetic but realistic Istio configurations.
 //!
 //! With `--features mimalloc`, every bench binary runs on mesh-proxy's global allocator
-//! (`mesh-proxy/src/main.rs`): a layer's cost as the proxy pays it. Without, the system's
-//! allocator, an in-process user's default.
-#![forbid(unsafe_code)]
+//! (`mesh-proxy/src/alloc.rs`, the same file): a layer's cost as the proxy pays it. Without,
+//! the system's allocator, an in-process user's default. No `unsafe` here but that file's
+//! global allocator (hence `deny`, not `forbid`).
+#![deny(unsafe_code)]
 
 /// mesh-proxy's global allocator, for every bench binary (`--features mimalloc`).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::MeshAlloc = alloc::MeshAlloc;
+
+#[cfg(feature = "mimalloc")]
+#[allow(unsafe_code)] // mesh-proxy's global allocator (see its module docs)
+#[path = "../../mesh-proxy/src/alloc.rs"]
+mod alloc;
 
 use std::fmt::Write;
 
