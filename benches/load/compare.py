@@ -227,6 +227,24 @@ def start(name, run, up_port, up_h2_port, logs):
     return Target(name, port, h2_port, proc), None
 
 
+def start_all(names, run, up_port, up_h2_port, procs, logs):
+    """Every target of `names` that starts (the others skipped with a line saying why), its
+    process appended to `procs`; `direct` is the origin itself."""
+    targets = []
+    for name in names:
+        if name == "direct":
+            targets.append(Target("direct", up_port, up_h2_port, None))
+            continue
+        t, why = start(name, run, up_port, up_h2_port, logs)
+        if t is None:
+            log(f"skipping {name}: {why}")
+            continue
+        procs.append(t.proc)
+        targets.append(t)
+        log(f"{name}: pid {t.pid}, port {t.port}, idle RSS {t.idle_rss} kB")
+    return targets
+
+
 def start_origin(run):
     """The origin (nginx answering "ok" from memory, HTTP/1.1 and h2c) on LOAD_CPU:
     (process, HTTP/1.1 port, h2c port). Exits when it does not answer."""
@@ -356,18 +374,7 @@ def main(argv):
     try:
         up, up_port, up_h2_port = start_origin(run)
         procs.append(up)
-        targets = []
-        for name in names:
-            if name == "direct":
-                targets.append(Target("direct", up_port, up_h2_port, None))
-                continue
-            t, why = start(name, run, up_port, up_h2_port, logs)
-            if t is None:
-                log(f"skipping {name}: {why}")
-                continue
-            procs.append(t.proc)
-            targets.append(t)
-            log(f"{name}: pid {t.pid}, port {t.port}, idle RSS {t.idle_rss} kB")
+        targets = start_all(names, run, up_port, up_h2_port, procs, logs)
         for t in targets:
             log(f"warm-up {t.name}")
             wrk(t, WARM_SECS)

@@ -90,20 +90,14 @@ def main(argv):
     for tool in ("wrk", "nginx", "nstat", "strace", "perf"):
         if not c.which(tool):
             sys.exit(f"kernel.py: missing {tool}")
-    names = argv or ["haproxy", "mesh"]
+    # a proxy's process is measured: not `direct`
+    names = [n for n in (argv or ["haproxy", "mesh"]) if n != "direct"]
     run = tempfile.mkdtemp(prefix="mesh-kernel.")
     os.chmod(run, 0o755)
     up, up_port, up_h2 = c.start_origin(run)
     procs, logs = [up], []
     try:
-        targets = []
-        for name in names:
-            t, why = c.start(name, run, up_port, up_h2, logs)
-            if t is None:
-                c.log(f"skipping {name}: {why}")
-                continue
-            procs.append(t.proc)
-            targets.append(t)
+        targets = c.start_all(names, run, up_port, up_h2, procs, logs)
         for t in targets:
             c.wrk(t, 2)
         for t in targets:
