@@ -24,6 +24,8 @@ import glob
 import http.client
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,8 +38,10 @@ WARMUP = int(os.environ.get("WARMUP", "200"))
 TOP = int(os.environ.get("TOP", "25"))
 GROUP = "mesh_copies"
 # memcpy is an alias of memmove's body in each of glibc's variants; the CPU picks one
-VARIANTS = ["__memmove_avx512_unaligned_erms", "__memmove_evex_unaligned_erms",
-            "__memmove_avx_unaligned_erms", "__memmove_sse2_unaligned_erms"]
+VARIANTS = ["__memmove_avx512_unaligned_erms", "__memmove_avx512_no_vzeroupper",
+            "__memmove_evex_unaligned_erms", "__memmove_avx_unaligned_erms",
+            "__memmove_avx_unaligned_erms_rtm", "__memmove_sse2_unaligned_erms",
+            "__memmove_ssse3", "__memmove_erms"]
 
 
 def libc():
@@ -82,22 +86,42 @@ def measure(t, events, out):
     for f in (ctl, ack):
         os.mkfifo(f)
     # started disabled (-D -1), enabled through the control fifo, whose ack tells that the
-    # events are on: every request below is counted, none before
+    # events are on: every request below is counted, none before. Every process of the
+    # target's (nginx's workers are its master's children).
+    pids = ",".join(str(p) for p in c.tree(t.pid))
     argv = ["perf", "record", "-q", "-D", "-1", f"--control=fifo:{ctl},{ack}", "--call-graph",
-            "dwarf,8192", "-m", "8192", "-p", str(t.pid), "-o", out]
+            "dwarf,8192", "-m", "8192", "-p", pids, "-o", out]
     for ev in events:
         argv += ["-e", ev]
-    rec = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with open(ctl, "w") as cw, open(ack) as ar:
-        cw.write("enable\n")
-        cw.flush()
-        ar.readline()
+    err = open(f"{out}.err", "w")
+    rec = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        # opened read-write, the fifos never block on perf's end: a perf that failed to
+        # start is seen by poll() rather than waited for
+        cw, ar = os.open(ctl, os.O_RDWR), os.open(ack, os.O_RDWR)
+
+        def command(cmd):
+            os.write(cw, cmd)
+            got = b""
+            while b"\n" not in got:
+                if rec.poll() is not None:
+                    sys.exit(f"copies.py: perf record exited (see {out}.err)")
+                r, _, _ = select.select([ar], [], [], 1.0)
+                if r:
+                    got += os.read(ar, 64)
+
+        command(b"enable\n")
         send(t.port, REQUESTS)
-        cw.write("disable\n")
-        cw.flush()
-        ar.readline()
-    rec.send_signal(2)
-    rec.wait()
+        command(b"disable\n")
+        os.close(cw)
+        os.close(ar)
+    finally:
+        rec.send_signal(signal.SIGINT)
+        try:
+            rec.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            rec.kill()
+        err.close()
     script = subprocess.run(["perf", "script", "-i", out], capture_output=True, text=True).stdout
     by_fn, calls, total = collections.Counter(), collections.Counter(), 0
     for block in script.strip().split("\n\n"):
@@ -117,7 +141,7 @@ def measure(t, events, out):
         by_fn[(fn, n)] += n
         calls[(fn, n)] += 1
     stats = subprocess.run(["perf", "report", "-i", out, "--stats"], capture_output=True, text=True).stdout
-    lost = sum(int(m) for m in re.findall(r"LOST_SAMPLES events:\s+(\d+)\s*$", stats, re.M))
+    lost = sum(int(m) for m in re.findall(r"LOST(?:_SAMPLES)? events:\s+(\d+)", stats))
     return total, sum(calls.values()), by_fn, calls, lost
 
 
@@ -136,6 +160,9 @@ def main(argv):
     try:
         for t in c.start_all(names, run, up_port, up_h2, procs, logs):
             total, n, by_fn, calls, lost = measure(t, events, f"{run}/perf.{t.name}.data")
+            if not n:
+                sys.exit(f"copies.py: no memcpy counted for {t.name}: libc's variant for this CPU "
+                         f"is none of {', '.join(VARIANTS)}")
             per = REQUESTS
             print(f"## {t.name}: {total / per:,.0f} bytes in {n / per:.1f} memcpy calls per request"
                   + (f" (perf lost {lost} of {n + lost} calls: a floor)" if lost else ""))

@@ -3,8 +3,9 @@
 //! With `--features mimalloc`, every bench binary runs on mesh-proxy's global allocator
 //! (`mesh-proxy/src/alloc.rs`, the same file): a layer's cost as the proxy pays it. Without,
 //! the system's allocator, an in-process user's default. No `unsafe` here but that file's
-//! global allocator (hence `deny`, not `forbid`).
-#![deny(unsafe_code)]
+//! global allocator: `forbid` without the feature, `deny` (and that module's `allow`) with it.
+#![cfg_attr(not(feature = "mimalloc"), forbid(unsafe_code))]
+#![cfg_attr(feature = "mimalloc", deny(unsafe_code))]
 
 /// mesh-proxy's global allocator, for every bench binary (`--features mimalloc`).
 #[cfg(feature = "mimalloc")]

@@ -102,6 +102,7 @@ mod tests {
                     p.write_bytes(0xa5, size);
                     for new in [size / 2 + 1, size * 3] {
                         let q = a.realloc(p_copy(p, layout, &a), layout, new);
+                        assert!(!q.is_null());
                         assert_eq!(
                             q as usize % align,
                             0,
@@ -112,6 +113,7 @@ mod tests {
                     }
                     a.dealloc(p, layout);
                     let z = a.alloc_zeroed(layout);
+                    assert!(!z.is_null());
                     assert_eq!(z as usize % align, 0, "zeroed {size} bytes aligned {align}");
                     assert!((0..size).all(|i| *z.add(i) == 0));
                     a.dealloc(z, layout);
