@@ -47,7 +47,9 @@ def segments(t):
 
 
 def syscalls(t, out):
-    st = subprocess.Popen(["strace", "-f", "-qq", "-e", f"trace={SYSCALLS}", "-o", out, "-p", str(t.pid)])
+    # every process of the target's (nginx's workers are its master's children)
+    pids = [a for p in c.tree(t.pid) for a in ("-p", str(p))]
+    st = subprocess.Popen(["strace", "-f", "-qq", "-e", f"trace={SYSCALLS}", "-o", out] + pids)
     time.sleep(0.5)  # strace attaching: not a synchronisation of the measurement
     r = c.wrk(t, SECS)
     st.send_signal(signal.SIGINT)
@@ -69,7 +71,8 @@ def syscalls(t, out):
 
 
 def samples(t, out):
-    pr = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4000", "-g", "-p", str(t.pid),
+    pr = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4000", "-g", "-p",
+                           ",".join(str(p) for p in c.tree(t.pid)),
                            "-o", out, "--", "sleep", str(max(SECS - 1, 1))],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = c.wrk(t, SECS)
