@@ -31,6 +31,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import callgrind as cg  # noqa: E402  (the checked requests)
 import compare as c  # noqa: E402  (ports, templates, the origin, the targets)
 
 REQUESTS = int(os.environ.get("REQUESTS", "1000"))
@@ -71,12 +72,9 @@ def del_probes():
 
 
 def send(port, n):
+    """`n` requests on one keep-alive connection, each checked (callgrind.py's)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    for i in range(n):
-        conn.request("GET", f"/r{i}", headers={"Host": c.AUTHORITY})
-        r = conn.getresponse()
-        if r.status != 200 or r.read() != b"ok":
-            sys.exit(f"copies.py: request {i} got {r.status}")
+    cg.send(conn, n)
     conn.close()
 
 

@@ -41,14 +41,65 @@ pub fn shared(bytes: &[u8]) -> HeaderValue {
     HeaderValue::from_maybe_shared(cut).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// `n` in decimal as a header value: under
-/// [`SMALL_NUMBERS`](crate::ratelimit::SMALL_NUMBERS), a slice of a static table, which
-/// neither allocates nor counts references when cloned or dropped; above, [`shared`].
+/// `n` in decimal as a header value: under [`SMALL_NUMBERS`], a slice of a static table,
+/// which neither allocates nor counts references when cloned or dropped; above, [`shared`].
 pub fn number(n: u64) -> HeaderValue {
-    if n < u64::from(crate::ratelimit::SMALL_NUMBERS) {
-        return crate::ratelimit::small_number(n as u32);
+    if n < u64::from(SMALL_NUMBERS) {
+        return small_number(n as u32);
     }
     shared(itoa::Buffer::new().format(n).as_bytes())
+}
+
+/// `n` (under [`SMALL_NUMBERS`]) as a header value, a slice of the static table.
+fn small_number(n: u32) -> HeaderValue {
+    let (at, width) = small_number_at(n);
+    let digits = bytes::Bytes::from_static(&SMALL_DIGITS[at..at + width]);
+    HeaderValue::from_maybe_shared(digits).unwrap_or_else(|_| HeaderValue::from(n))
+}
+
+/// The numbers [`number`] takes from its table: `0..SMALL_NUMBERS`.
+pub const SMALL_NUMBERS: u32 = 10_000;
+
+/// The decimal digits of `0..SMALL_NUMBERS`, one number after another (`"012…9101112…"`).
+static SMALL_DIGITS: [u8; SMALL_DIGITS_LEN] = small_digits();
+
+const SMALL_DIGITS_LEN: usize = 10 + 90 * 2 + 900 * 3 + 9000 * 4;
+
+const fn digit_count(n: u32) -> usize {
+    match n {
+        0..10 => 1,
+        10..100 => 2,
+        100..1000 => 3,
+        _ => 4,
+    }
+}
+
+/// Where number `n` (under [`SMALL_NUMBERS`]) starts in [`SMALL_DIGITS`], and its width.
+const fn small_number_at(n: u32) -> (usize, usize) {
+    let n = n as usize;
+    match n {
+        0..10 => (n, 1),
+        10..100 => (10 + (n - 10) * 2, 2),
+        100..1000 => (190 + (n - 100) * 3, 3),
+        _ => (2890 + (n - 1000) * 4, 4),
+    }
+}
+
+const fn small_digits() -> [u8; SMALL_DIGITS_LEN] {
+    let mut out = [0u8; SMALL_DIGITS_LEN];
+    let (mut n, mut at) = (0u32, 0usize);
+    while n < SMALL_NUMBERS {
+        let width = digit_count(n);
+        let (mut k, mut v) = (width, n);
+        while k > 0 {
+            out[at + k - 1] = b'0' + (v % 10) as u8;
+            v /= 10;
+            k -= 1;
+        }
+        at += width;
+        n += 1;
+    }
+    out
 }
 
 #[cfg(test)]

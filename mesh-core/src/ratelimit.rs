@@ -155,7 +155,7 @@ impl TokenBucket {
     /// computes `x-ratelimit-reset`: the interval minus the whole seconds since the last
     /// fill (so `0` for an interval under a second).
     pub fn reset_seconds_at(&self, now: Instant) -> u64 {
-        self.remaining_and_reset_at(now).1
+        self.reset_seconds(self.position(now).1)
     }
 
     /// [`remaining_at`](Self::remaining_at) and
@@ -164,8 +164,14 @@ impl TokenBucket {
     pub fn remaining_and_reset_at(&self, now: Instant) -> (u32, u64) {
         let (epoch, since_fill) = self.position(now);
         let remaining = self.refilled(self.state.load(Ordering::Relaxed), epoch).0;
-        let reset = (self.interval_ns / 1_000_000_000).saturating_sub(since_fill / 1_000_000_000);
-        (remaining, reset)
+        (remaining, self.reset_seconds(since_fill))
+    }
+
+    /// `x-ratelimit-reset` from the nanoseconds since the last fill: the interval's whole
+    /// seconds minus those passed.
+    #[inline]
+    fn reset_seconds(&self, since_fill: u64) -> u64 {
+        (self.interval_ns / 1_000_000_000).saturating_sub(since_fill / 1_000_000_000)
     }
 
     /// Fill intervals passed since the bucket was made (wrapping at 32 bits: only the
@@ -201,63 +207,8 @@ impl TokenBucket {
 
 /// A number as a header value (`x-ratelimit-*`): under [`SMALL_NUMBERS`], a slice of a
 /// static table, which neither allocates nor counts references when cloned or dropped;
-/// above, cut from the thread's buffer of generated values
-/// ([`header_values::number`](crate::header_values::number)).
-pub fn header_number(n: u64) -> HeaderValue {
-    crate::header_values::number(n)
-}
-
-/// `n` (under [`SMALL_NUMBERS`]) as a header value, a slice of the static table.
-pub(crate) fn small_number(n: u32) -> HeaderValue {
-    let (at, width) = small_number_at(n);
-    let digits = bytes::Bytes::from_static(&SMALL_DIGITS[at..at + width]);
-    HeaderValue::from_maybe_shared(digits).unwrap_or_else(|_| HeaderValue::from(n))
-}
-
-/// The numbers [`header_number`] takes from its table: `0..SMALL_NUMBERS`.
-pub const SMALL_NUMBERS: u32 = 10_000;
-
-/// The decimal digits of `0..SMALL_NUMBERS`, one number after another (`"012…9101112…"`).
-static SMALL_DIGITS: [u8; SMALL_DIGITS_LEN] = small_digits();
-
-const SMALL_DIGITS_LEN: usize = 10 + 90 * 2 + 900 * 3 + 9000 * 4;
-
-const fn digit_count(n: u32) -> usize {
-    match n {
-        0..10 => 1,
-        10..100 => 2,
-        100..1000 => 3,
-        _ => 4,
-    }
-}
-
-/// Where number `n` (under [`SMALL_NUMBERS`]) starts in [`SMALL_DIGITS`], and its width.
-const fn small_number_at(n: u32) -> (usize, usize) {
-    let n = n as usize;
-    match n {
-        0..10 => (n, 1),
-        10..100 => (10 + (n - 10) * 2, 2),
-        100..1000 => (190 + (n - 100) * 3, 3),
-        _ => (2890 + (n - 1000) * 4, 4),
-    }
-}
-
-const fn small_digits() -> [u8; SMALL_DIGITS_LEN] {
-    let mut out = [0u8; SMALL_DIGITS_LEN];
-    let (mut n, mut at) = (0u32, 0usize);
-    while n < SMALL_NUMBERS {
-        let width = digit_count(n);
-        let (mut k, mut v) = (width, n);
-        while k > 0 {
-            out[at + k - 1] = b'0' + (v % 10) as u8;
-            v /= 10;
-            k -= 1;
-        }
-        at += width;
-        n += 1;
-    }
-    out
-}
+/// above, cut from the thread's buffer of generated values.
+pub use crate::header_values::{SMALL_NUMBERS, number as header_number};
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)

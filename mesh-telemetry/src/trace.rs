@@ -75,6 +75,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use mesh_core::header_values::shared;
 use mesh_core::rng::{self, Rng, SharedRng};
 
 /// `traceparent` (W3C Trace Context).
@@ -429,13 +430,7 @@ fn put_hex(out: &mut [u8], v: u128) {
 fn hex_value(v: u128, digits: usize) -> HeaderValue {
     let mut buf = [0u8; 32];
     put_hex(&mut buf[..digits], v);
-    header_value(&buf[..digits])
-}
-
-/// `bytes` (a value this module wrote: hex digits and dashes) as a header value, cut from
-/// the thread's buffer of generated values ([`mesh_core::header_values::shared`]).
-fn header_value(bytes: &[u8]) -> HeaderValue {
-    mesh_core::header_values::shared(bytes)
+    shared(&buf[..digits])
 }
 
 fn traceparent(ctx: &TraceContext) -> HeaderValue {
@@ -443,7 +438,7 @@ fn traceparent(ctx: &TraceContext) -> HeaderValue {
     put_hex(&mut buf[3..35], ctx.trace_id);
     put_hex(&mut buf[36..52], u128::from(ctx.span_id));
     buf[54] = if ctx.sampled { b'1' } else { b'0' };
-    header_value(&buf)
+    shared(&buf)
 }
 
 fn b3_single(ctx: &TraceContext, b3_64bit: bool) -> HeaderValue {
@@ -460,7 +455,7 @@ fn b3_single(ctx: &TraceContext, b3_64bit: bool) -> HeaderValue {
         put_hex(&mut buf[n + 1..n + 17], u128::from(p));
         n += 17;
     }
-    header_value(&buf[..n])
+    shared(&buf[..n])
 }
 
 fn trace_mask(b3_64bit: bool) -> u128 {
@@ -484,7 +479,7 @@ fn uuid_v4(hi: u64, lo: u64) -> HeaderValue {
     }
     // shared by its clones (the record layer keeps one for the sinks): a value copied from
     // a slice would allocate again at its first clone
-    header_value(&buf)
+    shared(&buf)
 }
 
 // === the layer ===

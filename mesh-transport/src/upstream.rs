@@ -118,9 +118,8 @@
 //! waits for a stream on its worker's connections to its endpoint, or a permit for a new
 //! one; a stream that ends wakes the waiters at its endpoint of every cluster (two subsets
 //! share an endpoint's connections). HTTP/2 uses one connection per endpoint and thread
-//! until its streams fill it, and
-//! its idle time counts from the last request begun, not from the end of the last stream
-//! (streams in flight finish on it).
+//! until its streams fill it, and its idle time counts from the last request begun, not
+//! from the end of the last stream (streams in flight finish on it).
 //!
 //! ```
 //! use mesh_transport::Connector;
