@@ -8,9 +8,7 @@
 //! `mtls.rs`'s `a_stalled_handshake_is_cut_at_the_tls_handshake_timeout`; a garbage
 //! ClientHello is `a_garbage_client_hello_closes_that_connection_and_the_listener_keeps_serving`.
 
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::io::{BufRead, Read as _, Write as _};
 use std::net::SocketAddr;

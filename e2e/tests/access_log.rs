@@ -2,9 +2,8 @@
 //! `accessLogFile` / `accessLogEncoding`): one line per request, in Istio's default text
 //! format or its JSON, with the response flags the proxy decided (`NR`, `UH`), the upstream
 //! host and cluster, the route's name, the bytes and the trace id.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

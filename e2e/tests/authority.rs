@@ -3,9 +3,8 @@
 //! them: two `Host` fields or a list (400), userinfo (400, not 503), and an absolute-form
 //! target whose authority, not `Host`, is what routing, policy and the upstream all see.
 //! Every refused request reaches no backend, and the proxy keeps serving.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use support::*;
 

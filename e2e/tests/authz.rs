@@ -2,9 +2,8 @@
 //! istio.io's authorization tasks (docs/tasks/security/authorization/authz-http, authz-deny,
 //! authz-ip) with mTLS clients whose certificates the mesh CA makes at test time. A denial
 //! is `403 RBAC: access denied` with flag `RBAC`, and the application never sees it.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 

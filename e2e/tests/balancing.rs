@@ -4,9 +4,8 @@
 //!
 //! Every test also checks that the keys spread over more than one endpoint, so that a
 //! balancer always picking the same endpoint cannot pass them.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 

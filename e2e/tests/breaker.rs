@@ -4,9 +4,8 @@
 //! requests against one slow upstream. The layer's timing is tested under paused time in
 //! `mesh-resilience`; here the proxy must apply the limits across its workers, with Envoy's
 //! overflow answer, and the upstream must never see more than they allow.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

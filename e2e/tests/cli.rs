@@ -6,9 +6,8 @@
 //! The process tests run this crate's `mesh-proxy-e2e` binary, which is `mesh-proxy`'s own
 //! `main` (`mesh_proxy::cli::main`), because Cargo exposes only the tested package's binaries
 //! to its integration tests.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::io::BufRead as _;
 use std::net::SocketAddr;

@@ -6,9 +6,8 @@
 //! external host is a local HTTPS server with a certificate of a CA made at test time; the
 //! gateway reads that CA from a `credentialName` under `credentialsDir`. Two proxies, real
 //! sockets on port 0.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

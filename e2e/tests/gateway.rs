@@ -6,9 +6,8 @@
 //! `credentialName` from `credentialsDir`, AuthorizationPolicy on the gateway, WebSockets
 //! over HTTP and HTTPS servers, reloads. Real sockets on port 0; certificates made at test
 //! time.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -3,9 +3,8 @@
 //! server on 31400, the weights moved by a reload) and "Ingress Gateway without TLS
 //! Termination" task (an `HTTPS` server in `PASSTHROUGH` mode routed by SNI to a backend that
 //! terminates TLS itself, with a certificate made at test time) set them up.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 

@@ -3,9 +3,8 @@
 //! VirtualServices' `tcp` routes, and an `AUTO_PASSTHROUGH` server (Istio's east-west
 //! gateway) that routes by the SNI's cluster name `outbound_.<port>_.<subset>_.<host>` with
 //! the client's TLS untouched.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -9,9 +9,8 @@
 //!   `ProxyBootstrap` is refused; the proxy keeps routing.
 //! - The route table's build errors are diagnostics with file, line and field, at start-up and
 //!   at reload alike.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use support::*;
 

@@ -1,9 +1,8 @@
 //! The in-process stacks of `mesh-stack` on real sockets: the client stack over the
 //! project's connector and over hyper_util's client, live reloads and discovery feeds under
 //! traffic, and the server stack behind the workload's mTLS (issue 16).
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -5,9 +5,8 @@
 //! RequestAuthentication (Istio's `allow_missing`) and an AuthorizationPolicy decides; an
 //! invalid token is `401` with Envoy's body; a valid one reaches the application with its
 //! claim headers and without the token.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

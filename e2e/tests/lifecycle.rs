@@ -2,9 +2,8 @@
 //! reloads (the last good configuration keeps serving, the error names file and field, the
 //! failure is counted), drain (readiness drops, in-flight requests finish, new connections
 //! are refused, `drainTimeout` bounds it) and the admin endpoints.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -5,9 +5,8 @@
 //! (outbound, inbound, admin; a wildcard listener on every local address) and a request
 //! that comes back anyway (through a relay) carries the proxy's `Via` entry and is refused
 //! on arrival: `508 Loop Detected`, flag `UF`, and the proxy keeps serving.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

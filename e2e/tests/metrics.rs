@@ -5,9 +5,8 @@
 //! listener's `/stats/prometheus`, label values asserted per scenario, and the exposition
 //! checked by Prometheus' own parser and linter (`promtool check metrics`, Debian's
 //! `prometheus` package; the test fails when it is missing).
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -13,9 +13,8 @@
 //!
 //! Every upstream here records what it received (method, path and query, Host, body) on a
 //! channel, so a test waits for a mirrored copy with a bounded `recv`, never a sleep.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::pin::Pin;
 use std::sync::Arc;

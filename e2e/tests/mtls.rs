@@ -3,9 +3,8 @@
 //! client's identity handed to the application in `x-forwarded-client-cert`, certificate
 //! rotation without a restart, and a `STRICT` policy without an identity refused. Real sockets
 //! on port 0, certificates made at test time by the mesh CA.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

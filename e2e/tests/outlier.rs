@@ -4,9 +4,8 @@
 //! keeps them), locality failover moves on, and `/clusters` shows the ejections. The timing
 //! (`baseEjectionTime × n`, the interval, `maxEjectionPercent`) is tested under paused time in
 //! `mesh-resilience`; here it runs on real sockets, waiting on `/clusters`.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -6,9 +6,8 @@
 //! rate, P50/P90/P99 durations, request and response sizes, by source and by destination,
 //! from both reporters. Prometheus runs on a port of its own with its storage in a
 //! temporary directory; the test waits by polling its query API.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

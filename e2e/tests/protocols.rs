@@ -3,9 +3,8 @@
 //! `GRPC` (Istio's protocol selection), and a smoke test of malformed requests (400/431)
 //! that must only affect their own connection. The engine's own tests cover the limits in
 //! detail; here they are checked once with the limits coming from the ProxyBootstrap.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use http::Version;
 use support::*;

@@ -3,9 +3,8 @@
 //! upstreams on port 0. The bucket's timing is tested under paused time in `mesh-core` and
 //! `mesh-resilience`; here the buckets refill once an hour, so a burst meets an empty bucket
 //! whatever the machine's speed, and the proxy must answer as Envoy's filter does.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use support::*;
 

@@ -3,9 +3,8 @@
 //! `timeout`, `retries` and `fault`, against real upstreams on port 0. The layers' timing is tested
 //! under paused time in `mesh-resilience`; here the proxy must apply them, with Envoy's
 //! answers and flags.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -4,9 +4,8 @@
 //! the answers the proxy makes itself (`NR`, `UH`, `UF`) with Envoy's response flags.
 //!
 //! Each upstream answers with its own name, so the test sees which subset served.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use support::*;
 

@@ -2,9 +2,8 @@
 //! ([`mesh_benches::mesh_config`]) starts, serves, and reloads without stalling traffic: the
 //! reload is built on the reloading thread (off the workers) and swapped atomically, so
 //! requests keep completing while it builds and none fails across the swaps.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

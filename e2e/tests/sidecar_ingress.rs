@@ -3,9 +3,8 @@
 //! and an AuthorizationPolicy `DENY`, a TCP listener with mTLS and Istio's TCP semantics of
 //! AuthorizationPolicy, reloads (policies apply, a changed listener is refused), and the
 //! pipeline's errors. Real sockets on port 0, certificates made at test time by the mesh CA.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -3,9 +3,8 @@
 //! `REGISTRY_ONLY` answers `502 NR`) and `egress[].port` to one port, Istio's precedence between the workload's, the
 //! namespace's and the root namespace's Sidecar, a Sidecar's `outboundTrafficPolicy`
 //! overriding the mesh's, and a reload that changes the Sidecar.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use support::*;
 

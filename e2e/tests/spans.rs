@@ -3,9 +3,8 @@
 //! `opentelemetry-proto`, as a collector's `otlphttp` receiver): a client span per sampled
 //! outbound request and a server span per sampled inbound one, whose ids are the ones the
 //! proxy propagated; no span for an unsampled trace.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

@@ -2,9 +2,8 @@
 //! VirtualService `tcp` and `tls` routes (Istio's "TCP Traffic Shifting" task, SNI routing
 //! without terminating TLS), DestinationRule limits and outlier detection on connections,
 //! and Istio's `istio_tcp_*` metrics checked by `promtool`.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

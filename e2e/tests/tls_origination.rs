@@ -5,9 +5,8 @@
 //! port 80 says `tls: {mode: SIMPLE}`. Here the external host is a local HTTPS server whose
 //! certificates (and CA) are made at test time; it records the SNI and the client
 //! certificate of every request. Real sockets on port 0.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

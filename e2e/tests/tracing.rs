@@ -2,9 +2,8 @@
 //! istio.io/latest/docs/tasks/observability/distributed-tracing): the upstream sees the
 //! caller's trace continued with the proxy's span, an `x-request-id`, and the sampling rate of
 //! `ProxyBootstrap.tracing`; malformed trace headers never cost the request.
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 

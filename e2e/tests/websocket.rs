@@ -3,9 +3,8 @@
 //! messages, a 1 MiB frame, a close from either side, a tunnel closed by
 //! `limits.streamIdleTimeout`, a `CONNECT` tunnel to a TCP echo service, and an upgrade type
 //! Istio does not enable (403, as Envoy's `upgrade_failed`).
-#![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 
