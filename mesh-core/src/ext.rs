@@ -6,15 +6,15 @@
 //!
 //! The layers of the stack write their per-request values into one extension,
 //! [`RequestSlots`] (one boxed map entry per request, allocated by the first writer, copied
-//! whole by the retry layer's copy of the head): the router its [`RouteDecision`], the
-//! timeout layer its [`TimeoutMark`], the retry layer its [`PreviousHosts`] and
-//! [`PreviousPriorities`], the balancer its [`SelectedUpstream`], the telemetry layers their
-//! [`TraceContext`] and [`StreamInfo`]. Writers go through [`slots_mut`]; readers through
-//! [`route_destination`], [`route_policy`], [`selected_upstream`], [`selected_endpoint`],
-//! [`upstream_cluster`], [`timeout_mark`], [`previous_hosts`], [`previous_priorities`],
-//! [`stream_info`] and [`trace_context`], which also accept each value inserted on its own
-//! as an extension (by in-process users, tests, or the paths that have only one part:
-//! passthrough).
+//! whole by the retry layer's copy of the head): the listener the [`ClientAddr`], the router
+//! its [`RouteDecision`], the timeout layer its [`TimeoutMark`], the retry layer its
+//! [`PreviousHosts`] and [`PreviousPriorities`], the balancer its [`SelectedUpstream`], the
+//! telemetry layers their [`TraceContext`] and [`StreamInfo`]. Writers go through
+//! [`slots_mut`]; readers through [`route_destination`], [`route_policy`],
+//! [`selected_upstream`], [`selected_endpoint`], [`upstream_cluster`], [`timeout_mark`],
+//! [`previous_hosts`], [`previous_priorities`], [`stream_info`], [`trace_context`] and
+//! [`client_addr`], which also accept each value inserted on its own as an extension (by
+//! in-process users, tests, or the paths that have only one part: passthrough).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -301,9 +301,11 @@ impl TimeoutMark {
 /// The downstream peer's address (the client of this hop), for `consistentHash.useSourceIp`
 /// and access logs.
 ///
-/// Written by the proxy's listener for every request of a connection, or by an in-process
-/// user; read by the balancer (`mesh-lb`). Absent: source-IP hashing has no key (a random
-/// endpoint is picked, as Envoy does when a hash policy yields nothing).
+/// Written by the proxy's listener for every request of a connection, into the request's
+/// [`RequestSlots`] ([`client`](RequestSlots::client)), or by an in-process user, there or as
+/// an extension of its own; read through [`client_addr`] by the balancer (`mesh-lb`), the
+/// telemetry, authorization and header formatting. Absent: source-IP hashing has no key (a
+/// random endpoint is picked, as Envoy does when a hash policy yields nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub SocketAddr);
 
@@ -685,15 +687,16 @@ impl PreviousPriorities {
 /// [`slots_mut`]), one clone when the retry layer copies the head, no growth of the
 /// extension map as the request goes inwards.
 ///
-/// Written through [`slots_mut`] by trace propagation ([`trace`](Self::trace)) and the
-/// telemetry record layer ([`info`](Self::info)) outermost, the router
-/// ([`decision`](Self::decision)), the timeout and retry layers ([`timeout`](Self::timeout),
-/// [`hosts`](Self::hosts), [`priorities`](Self::priorities)) and the balancer
-/// ([`upstream`](Self::upstream)). Read through the accessors ([`route_destination`],
+/// Written through [`slots_mut`] by the listener ([`client`](Self::client)), trace
+/// propagation ([`trace`](Self::trace)) and the telemetry record layer
+/// ([`info`](Self::info)) outermost, the router ([`decision`](Self::decision)), the timeout
+/// and retry layers ([`timeout`](Self::timeout), [`hosts`](Self::hosts),
+/// [`priorities`](Self::priorities)) and the balancer ([`upstream`](Self::upstream)). Read
+/// through the accessors ([`route_destination`],
 /// [`route_policy`], [`selected_upstream`], [`selected_endpoint`], [`upstream_cluster`],
 /// [`timeout_mark`], [`previous_hosts`], [`previous_priorities`], [`stream_info`],
-/// [`trace_context`]): a slot that is set wins over the same value inserted on its own as an
-/// extension.
+/// [`trace_context`], [`client_addr`]): a slot that is set wins over the same value inserted
+/// on its own as an extension.
 ///
 /// ```
 /// use mesh_core::ext::{TimeoutMark, slots_mut, timeout_mark};
@@ -724,6 +727,9 @@ pub struct RequestSlots {
     /// Where the connector puts the head back (see [`ReturnHead`]); taken out by the
     /// connector ([`take_return_head`]).
     pub return_head: Option<ReturnHead>,
+    /// The downstream peer's address (see [`ClientAddr`]), written by the listener: in the
+    /// slots rather than an extension of its own, one allocation fewer per request.
+    pub client: Option<ClientAddr>,
 }
 
 /// The request's [`RequestSlots`], inserted empty if it has none yet.
@@ -739,16 +745,29 @@ pub fn slots(ext: &Extensions) -> Option<&RequestSlots> {
 }
 
 /// A value of the request's [`RequestSlots`] (`slot`), else the same type inserted on its own
-/// as an extension: what every `RequestSlots` accessor returns.
+/// as an extension: what every `RequestSlots` accessor returns. When the slots are the
+/// request's only extension (the proxy's plaintext requests), an empty slot is the answer,
+/// without a second look-up.
 #[inline]
 fn slot_or_own<'a, T: Send + Sync + 'static>(
     ext: &'a Extensions,
     slot: impl FnOnce(&'a RequestSlots) -> Option<&'a T>,
 ) -> Option<&'a T> {
-    match slots(ext).and_then(slot) {
-        Some(v) => Some(v),
+    match slots(ext) {
+        Some(s) => match slot(s) {
+            Some(v) => Some(v),
+            None if ext.len() == 1 => None,
+            None => ext.get::<T>(),
+        },
         None => ext.get::<T>(),
     }
+}
+
+/// The downstream peer's address: the request's [`RequestSlots`]', else a standalone
+/// [`ClientAddr`].
+#[inline]
+pub fn client_addr(ext: &Extensions) -> Option<&ClientAddr> {
+    slot_or_own(ext, |s| s.client.as_ref())
 }
 
 /// The request's route decision: its [`RequestSlots`]', else a standalone
@@ -991,6 +1010,34 @@ mod tests {
         slots_mut(&mut ext).hosts = None;
         assert!(previous_hosts(&copy).is_some(), "copies are independent");
         assert!(previous_hosts(&ext).is_none());
+    }
+
+    #[test]
+    fn the_client_address_is_read_from_the_slots_else_from_its_own_extension() {
+        let peer = |port| ClientAddr(SocketAddr::from(([10, 0, 0, 1], port)));
+        // the listener's: in the slots, the request's only extension
+        let mut ext = Extensions::new();
+        slots_mut(&mut ext).client = Some(peer(1));
+        assert_eq!(ext.len(), 1);
+        assert_eq!(client_addr(&ext), Some(&peer(1)));
+        // an empty slot with no other extension: none, without a second look-up
+        slots_mut(&mut ext).client = None;
+        assert_eq!(client_addr(&ext), None);
+        // an in-process user's or a test's own extension, beside the slots or alone
+        ext.insert(peer(2));
+        assert_eq!(client_addr(&ext), Some(&peer(2)), "the standalone value");
+        slots_mut(&mut ext).client = Some(peer(3));
+        assert_eq!(client_addr(&ext), Some(&peer(3)), "the slot wins");
+        let mut own = Extensions::new();
+        own.insert(peer(4));
+        assert_eq!(client_addr(&own), Some(&peer(4)));
+        // the other accessors take the same path: a standalone value beside slots whose
+        // own slot is empty is found
+        let mut both = Extensions::new();
+        slots_mut(&mut both).client = Some(peer(5));
+        both.insert(PreviousPriorities::new());
+        assert!(previous_priorities(&both).is_some());
+        assert!(previous_hosts(&both).is_none());
     }
 
     #[test]

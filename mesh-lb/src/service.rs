@@ -18,9 +18,9 @@ use mesh_core::body::ReplyBody;
 use mesh_core::compile::{Snapshot, resolve_host};
 use mesh_core::ext::stream_info;
 use mesh_core::ext::{
-    ClientAddr, Passthrough, PreviousHosts, PreviousPriorities, RouteDestination, SelectedEndpoint,
-    SelectedUpstream, local_reply, previous_hosts, previous_priorities, route_destination,
-    route_policy, slots_mut,
+    Passthrough, PreviousHosts, PreviousPriorities, RouteDestination, SelectedEndpoint,
+    SelectedUpstream, client_addr, local_reply, previous_hosts, previous_priorities,
+    route_destination, route_policy, slots_mut,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::hash::{FastHashMap, stable_hash};
@@ -684,10 +684,7 @@ where
         let hash = match &cluster.hash {
             None => None,
             Some(HashKey::Header(name)) => header_hash(req.headers(), name),
-            Some(HashKey::SourceIp) => req
-                .extensions()
-                .get::<ClientAddr>()
-                .map(|c| ip_hash(c.0.ip())),
+            Some(HashKey::SourceIp) => client_addr(req.extensions()).map(|c| ip_hash(c.0.ip())),
             Some(HashKey::Query(name)) => query_hash(req.uri(), name),
             Some(HashKey::Cookie(c)) => match sticky::find_cookie(req.headers(), &c.name) {
                 Some(v) => Some(match sticky::decode(v) {

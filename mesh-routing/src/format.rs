@@ -24,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
-use mesh_core::ext::ClientAddr;
+use mesh_core::ext::client_addr;
 use mesh_core::format::{HeaderFormat, Piece as FormatPiece};
 use mesh_core::pattern::Precompiled;
 
@@ -78,7 +78,7 @@ pub(crate) enum ReqField {
 impl<'a> FormatCtx<'a> {
     pub(crate) fn of<B>(req: &'a Request<B>) -> Self {
         FormatCtx {
-            client: req.extensions().get::<ClientAddr>().map(|c| c.0),
+            client: client_addr(req.extensions()).map(|c| c.0),
             version: req.version(),
             headers: req.headers(),
             uri: req.uri(),

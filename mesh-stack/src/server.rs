@@ -43,7 +43,7 @@ use http::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::ResponseFlags;
 use mesh_core::body::{IntoMeshBody, MeshBodyLayer, ReplyBody};
-use mesh_core::ext::{ClientAddr, DestinationAddr, PeerIdentity, local_reply};
+use mesh_core::ext::{ClientAddr, DestinationAddr, PeerIdentity, local_reply, slots_mut};
 use mesh_core::policy::FaultPolicy;
 use mesh_resilience::{Fault, FaultLayer, RateLimit};
 use mesh_telemetry::current::{CurrentTrace, CurrentTraceLayer};
@@ -421,7 +421,7 @@ where
         if let Some(p) = &self.peer {
             ext.insert(p.clone());
         }
-        ext.insert(ClientAddr(self.client));
+        slots_mut(ext).client = Some(ClientAddr(self.client));
         ext.insert(DestinationAddr(self.local));
         self.inner.call(req)
     }

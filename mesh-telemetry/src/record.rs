@@ -7,7 +7,7 @@
 //!
 //! 1. on the request: the start [`Instant`], the request's head (method, URI, `Host`,
 //!    `x-request-id`, `user-agent`), its body length when known, its [`TraceContext`], the
-//!    downstream [`ClientAddr`] and [`PeerIdentity`] (inbound), and a fresh
+//!    downstream [`ClientAddr`](mesh_core::ext::ClientAddr) and [`PeerIdentity`] (inbound), and a fresh
 //!    [`StreamInfo`] put in its [`RequestSlots`](mesh_core::ext::RequestSlots) for the
 //!    layers inside to record into (the router's decision, each attempt's upstream);
 //! 2. on the response head: the time to first byte, the status, the [`ResponseFlags`] of
@@ -51,7 +51,7 @@
 //! ```
 //!
 //! Reads (request extensions): [`TraceContext`] (written by [`crate::TraceLayer`], which goes
-//! outside this layer, into the request's `RequestSlots`), [`ClientAddr`],
+//! outside this layer, into the request's `RequestSlots`), [`ClientAddr`](mesh_core::ext::ClientAddr),
 //! [`PeerIdentity`]; (response extensions): [`ResponseFlags`]. Writes: [`StreamInfo`] into
 //! the request's [`RequestSlots::info`](mesh_core::ext::RequestSlots::info).
 //!
@@ -75,7 +75,7 @@ use std::time::Instant;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::body::{OnBodyEnd, ReplyBody};
-use mesh_core::ext::{ClientAddr, PeerIdentity, StreamInfo, slots_mut, trace_context};
+use mesh_core::ext::{PeerIdentity, StreamInfo, client_addr, slots_mut, trace_context};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::stream_info::Recorded;
 use pin_project::pin_project;
@@ -350,7 +350,7 @@ impl Pending {
             grpc_status: None,
             response_bytes: 0,
             trace: trace_context(ext).copied(),
-            client_addr: ext.get::<ClientAddr>().map(|c| c.0),
+            client_addr: client_addr(ext).map(|c| c.0),
             peer: ext.get::<PeerIdentity>().cloned(),
         }
     }

@@ -24,7 +24,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use mesh_core::ResponseFlags;
 use mesh_core::body::ReplyBody;
-use mesh_core::ext::{ClientAddr, local_reply};
+use mesh_core::ext::{ClientAddr, local_reply, slots_mut};
 use pin_project::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -647,7 +647,7 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
                 None
             };
         // for `consistentHash.useSourceIp`, and later access logs and `remoteIpBlocks`
-        req.extensions_mut().insert(self.peer);
+        slots_mut(req.extensions_mut()).client = Some(self.peer);
         if let Some(tls) = &self.tls {
             req.extensions_mut().insert(tls.clone());
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, Method};
 use ipnet::IpNet;
-use mesh_core::ext::{ClientAddr, ConnectionSni, DestinationAddr, PeerIdentity};
+use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity, client_addr};
 use mesh_core::model::security::{
     AuthorizationAction, AuthorizationPolicy, Condition, Operation, Rule, Source,
 };
@@ -61,7 +61,7 @@ pub trait ExternalAuthorizer: fmt::Debug + Send + Sync + 'static {
 }
 
 /// What a policy sees of a request: read from its head and extensions
-/// ([`PeerIdentity`], [`ClientAddr`], [`DestinationAddr`], [`ConnectionSni`]).
+/// ([`PeerIdentity`], [`ClientAddr`](mesh_core::ext::ClientAddr), [`DestinationAddr`], [`ConnectionSni`]).
 #[derive(Debug)]
 pub struct Attributes<'a> {
     /// The method.
@@ -768,7 +768,7 @@ impl<'a> Attributes<'a> {
         } else {
             Cow::Borrowed(host)
         };
-        let source = ext.get::<ClientAddr>().map(|c| c.0);
+        let source = client_addr(ext).map(|c| c.0);
         Attributes {
             method: req.method(),
             path: req.uri().path(),
