@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Where a proxy's kernel time goes per request, side by side: TCP segments and bytes
-(`nstat`), system calls and epoll events (`strace`), and CPU samples of named kernel
-functions (`perf record -e cpu-clock`, which needs no hardware counters), per request.
+(`nstat`), the load CPU's idle share and context switches (`/proc/stat`), system calls and
+epoll events (`strace`), and CPU samples of named kernel functions (`perf record -e
+cpu-clock`, which needs no hardware counters), per request.
 
 Starts the origin and the targets as compare.py does (same templates, same CPUs), warms
 each up with wrk, then for each target: a wrk run under `nstat`, one under `strace -f`
@@ -29,8 +30,10 @@ NSTAT = ["TcpInSegs", "TcpOutSegs", "TcpExtTCPPureAcks", "TcpExtDelayedACKs", "I
 SYSCALLS = "epoll_wait,epoll_pwait,recvfrom,read,readv,writev,sendto,sendmsg,write,epoll_ctl,futex"
 # kernel functions whose inclusive samples per request tell the system calls apart, and the
 # per-socket work inside them
+# (`sock_def_readable`: the wake-up of the peer a send delivers to, inside the send)
 SYMBOLS = ["__x64_sys_sendto", "do_writev", "__x64_sys_recvfrom", "__x64_sys_epoll_wait",
-           "tcp_poll", "sock_poll", "_copy_to_iter", "tcp_recvmsg_locked", "do_softirq.part.0"]
+           "tcp_poll", "sock_poll", "_copy_to_iter", "tcp_recvmsg_locked", "do_softirq.part.0",
+           "sock_def_readable"]
 
 
 def nstat():
@@ -38,12 +41,35 @@ def nstat():
     return {p[0]: int(p[1]) for p in (l.split() for l in out.splitlines()) if len(p) >= 2 and p[1].isdigit()}
 
 
+def load_cpu():
+    """The load CPU's idle and total ticks, and the machine's context switches so far."""
+    idle = total = switches = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            p = line.split()
+            if p[0] == f"cpu{c.LOAD_CPU}":
+                ticks = [int(x) for x in p[1:]]
+                idle, total = ticks[3] + ticks[4], sum(ticks)
+            elif p[0] == "ctxt":
+                switches = int(p[1])
+    return idle, total, switches
+
+
 def segments(t):
-    a = nstat()
+    """TCP counts per request, and the load CPU's share of idle time and the context
+    switches per request: each is a peer (wrk, the origin) that ran out of work and slept,
+    and that the proxy's next send to it wakes (`sock_def_readable`, an interrupt to the
+    other CPU: microseconds in a VM, in the proxy's system time)."""
+    a, la = nstat(), load_cpu()
     r = c.wrk(t, SECS)
-    b = nstat()
+    b, lb = nstat(), load_cpu()
     n = (r["h1_rps"] or 0) * SECS
-    return {k: (b.get(k, 0) - a.get(k, 0)) / n for k in NSTAT} if n else {}
+    if not n:
+        return {}
+    seg = {k: (b.get(k, 0) - a.get(k, 0)) / n for k in NSTAT}
+    seg["load CPU idle %"] = 100 * (lb[0] - la[0]) / max(lb[1] - la[1], 1)
+    seg["context switches"] = (lb[2] - la[2]) / n
+    return seg
 
 
 def syscalls(t, out):
@@ -108,7 +134,11 @@ def main(argv):
             per, evs = syscalls(t, f"{run}/strace.{t.name}")
             pct, cpu, n, total = samples(t, f"{run}/perf.{t.name}.data")
             print(f"## {t.name}")
-            print("TCP per request: " + ", ".join(f"{k.replace('TcpExt', '')} {v:.2f}" for k, v in seg.items()))
+            print("TCP per request: " + ", ".join(f"{k.replace('TcpExt', '')} {v:.2f}" for k, v in seg.items()
+                                                  if k in NSTAT))
+            if seg:
+                print(f"load CPU (wrk, the origin): idle {seg['load CPU idle %']:.1f} %, "
+                      f"{seg['context switches']:.3f} context switches per request")
             print("system calls per request: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
                   + f"; events per epoll wait {evs:.1f}")
             print(f"CPU s /100k (sat., during perf) {cpu:.2f}; {total}; inclusive share of samples:")
