@@ -26,6 +26,7 @@ RATE=2000 CONNS=50 PROXY_CPU=0 LOAD_CPU=1 WORKERS=1 MESH_BIN=target/release/mesh
 ENVOY_BIN=<path> OUT=<dir>. See benches/load/README.md.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -245,6 +246,24 @@ def start_all(names, run, up_port, up_h2_port, procs, logs):
     return targets
 
 
+@contextlib.contextmanager
+def running(names, prefix):
+    """The origin and every target of `names` (`start_all`), started in a new run directory
+    named `prefix`…; stopped, their logs closed, when the block ends. Yields the run
+    directory and the targets: compare.py's, kernel.py's and copies.py's harness."""
+    run = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(run, 0o755)
+    procs, logs = [], []
+    try:
+        up, up_port, up_h2_port = start_origin(run)
+        procs.append(up)
+        yield run, start_all(names, run, up_port, up_h2_port, procs, logs)
+    finally:
+        stop_all(procs)
+        for f in logs:
+            f.close()
+
+
 def start_origin(run):
     """The origin (nginx answering "ok" from memory, HTTP/1.1 and h2c) on LOAD_CPU:
     (process, HTTP/1.1 port, h2c port). Exits when it does not answer."""
@@ -368,13 +387,7 @@ def main(argv):
                      "haproxy util-linux; see benches/load/README.md)")
     out_dir = ENV.get("OUT") or tempfile.mkdtemp(prefix="mesh-compare.")
     os.makedirs(out_dir, exist_ok=True)
-    run = tempfile.mkdtemp(prefix="mesh-compare-run.")
-    os.chmod(run, 0o755)
-    procs, logs = [], []
-    try:
-        up, up_port, up_h2_port = start_origin(run)
-        procs.append(up)
-        targets = start_all(names, run, up_port, up_h2_port, procs, logs)
+    with running(names, "mesh-compare-run.") as (run, targets):
         for t in targets:
             log(f"warm-up {t.name}")
             wrk(t, WARM_SECS)
@@ -392,10 +405,6 @@ def main(argv):
             if t.proc and t.proc.poll() is not None:
                 log(f"WARNING: {t.name} exited during the run: its figures are not valid")
         hwm = {t.name: mem_kb(t.pid, "VmHWM") if t.pid else 0 for t in targets}
-    finally:
-        stop_all(procs)
-        for f in logs:
-            f.close()
     with open(os.path.join(out_dir, "rounds.json"), "w") as f:
         json.dump(rows, f, indent=1)
     summary = report(targets, rows, hwm)

@@ -28,7 +28,6 @@ import select
 import signal
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import callgrind as cg  # noqa: E402  (the checked requests)
@@ -149,28 +148,22 @@ def main(argv):
             sys.exit(f"copies.py: missing {tool}")
     # a proxy's process is measured: not `direct`
     names = [n for n in (argv or ["haproxy", "mesh"]) if n != "direct"]
-    run = tempfile.mkdtemp(prefix="mesh-copies.")
-    os.chmod(run, 0o755)
     del_probes()
     events = add_probes()
-    up, up_port, up_h2 = c.start_origin(run)
-    procs, logs = [up], []
     try:
-        for t in c.start_all(names, run, up_port, up_h2, procs, logs):
-            total, n, by_fn, calls, lost = measure(t, events, f"{run}/perf.{t.name}.data")
-            if not n:
-                sys.exit(f"copies.py: no memcpy counted for {t.name}: libc's variant for this CPU "
-                         f"is none of {', '.join(VARIANTS)}")
-            per = REQUESTS
-            print(f"## {t.name}: {total / per:,.0f} bytes in {n / per:.1f} memcpy calls per request"
-                  + (f" (perf lost {lost} of {n + lost} calls: a floor)" if lost else ""))
-            for (fn, size), b in by_fn.most_common(TOP):
-                print(f"  {b / per:7,.0f} B  {calls[(fn, size)] / per:5.2f} x {size:5d}  {fn[:150]}")
-            print()
+        with c.running(names, "mesh-copies.") as (run, targets):
+            for t in targets:
+                total, n, by_fn, calls, lost = measure(t, events, f"{run}/perf.{t.name}.data")
+                if not n:
+                    sys.exit(f"copies.py: no memcpy counted for {t.name}: libc's variant for "
+                             f"this CPU is none of {', '.join(VARIANTS)}")
+                per = REQUESTS
+                print(f"## {t.name}: {total / per:,.0f} bytes in {n / per:.1f} memcpy calls per request"
+                      + (f" (perf lost {lost} of {n + lost} calls: a floor)" if lost else ""))
+                for (fn, size), b in by_fn.most_common(TOP):
+                    print(f"  {b / per:7,.0f} B  {calls[(fn, size)] / per:5.2f} x {size:5d}  {fn[:150]}")
+                print()
     finally:
-        c.stop_all(procs)
-        for f in logs:
-            f.close()
         del_probes()
     print(f"perf data: {run} (perf script -i {run}/perf.NAME.data)")
 

@@ -19,7 +19,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -65,11 +64,10 @@ def segments(t):
     b, lb = nstat(), load_cpu()
     n = (r["h1_rps"] or 0) * SECS
     if not n:
-        return {}
+        return {}, None
     seg = {k: (b.get(k, 0) - a.get(k, 0)) / n for k in NSTAT}
-    seg["load CPU idle %"] = 100 * (lb[0] - la[0]) / max(lb[1] - la[1], 1)
-    seg["context switches"] = (lb[2] - la[2]) / n
-    return seg
+    idle = 100 * (lb[0] - la[0]) / max(lb[1] - la[1], 1)
+    return seg, (idle, (lb[2] - la[2]) / n)
 
 
 def syscalls(t, out):
@@ -121,24 +119,18 @@ def main(argv):
             sys.exit(f"kernel.py: missing {tool}")
     # a proxy's process is measured: not `direct`
     names = [n for n in (argv or ["haproxy", "mesh"]) if n != "direct"]
-    run = tempfile.mkdtemp(prefix="mesh-kernel.")
-    os.chmod(run, 0o755)
-    up, up_port, up_h2 = c.start_origin(run)
-    procs, logs = [up], []
-    try:
-        targets = c.start_all(names, run, up_port, up_h2, procs, logs)
+    with c.running(names, "mesh-kernel.") as (run, targets):
         for t in targets:
             c.wrk(t, 2)
         for t in targets:
-            seg = segments(t)
+            seg, load = segments(t)
             per, evs = syscalls(t, f"{run}/strace.{t.name}")
             pct, cpu, n, total = samples(t, f"{run}/perf.{t.name}.data")
             print(f"## {t.name}")
-            print("TCP per request: " + ", ".join(f"{k.replace('TcpExt', '')} {v:.2f}" for k, v in seg.items()
-                                                  if k in NSTAT))
-            if seg:
-                print(f"load CPU (wrk, the origin): idle {seg['load CPU idle %']:.1f} %, "
-                      f"{seg['context switches']:.3f} context switches per request")
+            print("TCP per request: " + ", ".join(f"{k.replace('TcpExt', '')} {v:.2f}" for k, v in seg.items()))
+            if load:
+                print(f"load CPU (wrk, the origin): idle {load[0]:.1f} %, "
+                      f"{load[1]:.3f} context switches per request")
             print("system calls per request: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
                   + f"; events per epoll wait {evs:.1f}")
             print(f"CPU s /100k (sat., during perf) {cpu:.2f}; {total}; inclusive share of samples:")
@@ -146,10 +138,6 @@ def main(argv):
                 if k in pct:
                     print(f"  {k}: {pct[k]:.2f} %")
             print()
-    finally:
-        c.stop_all(procs)
-        for f in logs:
-            f.close()
     print(f"perf data and strace logs: {run} (perf report -i {run}/perf.NAME.data)")
 
 

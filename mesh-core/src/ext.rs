@@ -692,11 +692,10 @@ impl PreviousPriorities {
 /// ([`info`](Self::info)) outermost, the router ([`decision`](Self::decision)), the timeout
 /// and retry layers ([`timeout`](Self::timeout), [`hosts`](Self::hosts),
 /// [`priorities`](Self::priorities)) and the balancer ([`upstream`](Self::upstream)). Read
-/// through the accessors ([`route_destination`],
-/// [`route_policy`], [`selected_upstream`], [`selected_endpoint`], [`upstream_cluster`],
-/// [`timeout_mark`], [`previous_hosts`], [`previous_priorities`], [`stream_info`],
-/// [`trace_context`], [`client_addr`]): a slot that is set wins over the same value inserted
-/// on its own as an extension.
+/// through the accessors ([`route_destination`], [`route_policy`], [`selected_upstream`],
+/// [`selected_endpoint`], [`upstream_cluster`], [`timeout_mark`], [`previous_hosts`],
+/// [`previous_priorities`], [`stream_info`], [`trace_context`], [`client_addr`]): a slot
+/// that is set wins over the same value inserted on its own as an extension.
 ///
 /// ```
 /// use mesh_core::ext::{TimeoutMark, slots_mut, timeout_mark};

@@ -7,9 +7,10 @@
 //!
 //! 1. on the request: the start [`Instant`], the request's head (method, URI, `Host`,
 //!    `x-request-id`, `user-agent`), its body length when known, its [`TraceContext`], the
-//!    downstream [`ClientAddr`](mesh_core::ext::ClientAddr) and [`PeerIdentity`] (inbound), and a fresh
-//!    [`StreamInfo`] put in its [`RequestSlots`](mesh_core::ext::RequestSlots) for the
-//!    layers inside to record into (the router's decision, each attempt's upstream);
+//!    downstream [`ClientAddr`](mesh_core::ext::ClientAddr) (read with [`client_addr`]) and
+//!    [`PeerIdentity`] (inbound), and a fresh [`StreamInfo`] put in its
+//!    [`RequestSlots`](mesh_core::ext::RequestSlots) for the layers inside to record into
+//!    (the router's decision, each attempt's upstream);
 //! 2. on the response head: the time to first byte, the status, the [`ResponseFlags`] of
 //!    its extensions, `grpc-status` from its headers;
 //! 3. on the response body: the bytes, `grpc-status` from the trailers;
@@ -51,8 +52,9 @@
 //! ```
 //!
 //! Reads (request extensions): [`TraceContext`] (written by [`crate::TraceLayer`], which goes
-//! outside this layer, into the request's `RequestSlots`), [`ClientAddr`](mesh_core::ext::ClientAddr),
-//! [`PeerIdentity`]; (response extensions): [`ResponseFlags`]. Writes: [`StreamInfo`] into
+//! outside this layer, into the request's `RequestSlots`),
+//! [`ClientAddr`](mesh_core::ext::ClientAddr) (there or on its own), [`PeerIdentity`];
+//! (response extensions): [`ResponseFlags`]. Writes: [`StreamInfo`] into
 //! the request's [`RequestSlots::info`](mesh_core::ext::RequestSlots::info).
 //!
 //! # Differences from Envoy

@@ -61,7 +61,8 @@ pub trait ExternalAuthorizer: fmt::Debug + Send + Sync + 'static {
 }
 
 /// What a policy sees of a request: read from its head and extensions
-/// ([`PeerIdentity`], [`ClientAddr`](mesh_core::ext::ClientAddr), [`DestinationAddr`], [`ConnectionSni`]).
+/// ([`PeerIdentity`], [`ClientAddr`](mesh_core::ext::ClientAddr), [`DestinationAddr`],
+/// [`ConnectionSni`]).
 #[derive(Debug)]
 pub struct Attributes<'a> {
     /// The method.
