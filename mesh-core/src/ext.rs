@@ -743,22 +743,154 @@ pub fn slots(ext: &Extensions) -> Option<&RequestSlots> {
     ext.get::<RequestSlots>()
 }
 
-/// A value of the request's [`RequestSlots`] (`slot`), else the same type inserted on its own
-/// as an extension: what every `RequestSlots` accessor returns. When the slots are the
-/// request's only extension (the proxy's plaintext requests), an empty slot is the answer,
-/// without a second look-up.
-#[inline]
-fn slot_or_own<'a, T: Send + Sync + 'static>(
+/// A request's extensions with its [`RequestSlots`] looked up once, for a layer that reads
+/// several of their values: each free accessor of this module ([`route_policy`],
+/// [`selected_upstream`], …) looks the slots up again, a view's methods share one look-up.
+/// The answers are the free accessors': a slot that is set wins over the same value
+/// inserted on its own as an extension; when the slots are the request's only extension
+/// (the proxy's plaintext requests), an empty slot is the answer, without a second
+/// look-up.
+///
+/// ```
+/// use mesh_core::ext::{SlotsView, TimeoutMark, slots_mut};
+///
+/// let mut req = http::Request::new(());
+/// slots_mut(req.extensions_mut()).timeout = Some(TimeoutMark::new());
+/// let view = SlotsView::new(req.extensions());
+/// assert!(view.timeout_mark().is_some());
+/// assert!(view.route_policy().is_none());
+/// assert!(view.own::<u32>().is_none());
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct SlotsView<'a> {
     ext: &'a Extensions,
-    slot: impl FnOnce(&'a RequestSlots) -> Option<&'a T>,
-) -> Option<&'a T> {
-    match slots(ext) {
-        Some(s) => match slot(s) {
+    slots: Option<&'a RequestSlots>,
+    /// The slots are the request's only extension: no value stands on its own.
+    only: bool,
+}
+
+impl<'a> SlotsView<'a> {
+    /// The view of `ext` (one look-up of its [`RequestSlots`]).
+    #[inline]
+    pub fn new(ext: &'a Extensions) -> Self {
+        let slots = slots(ext);
+        SlotsView {
+            ext,
+            slots,
+            only: slots.is_some() && ext.len() == 1,
+        }
+    }
+
+    /// The request's [`RequestSlots`], if a layer wrote any.
+    #[inline]
+    pub fn slots(&self) -> Option<&'a RequestSlots> {
+        self.slots
+    }
+
+    /// A value inserted on its own as an extension (`ext.get::<T>()`); no look-up when the
+    /// slots are the only extension.
+    #[inline]
+    pub fn own<T: Send + Sync + 'static>(&self) -> Option<&'a T> {
+        match self.only {
+            true => None,
+            false => self.ext.get::<T>(),
+        }
+    }
+
+    /// A value of the slots (`slot`), else the same type on its own.
+    #[inline]
+    fn slot_or_own<T: Send + Sync + 'static>(
+        &self,
+        slot: impl FnOnce(&'a RequestSlots) -> Option<&'a T>,
+    ) -> Option<&'a T> {
+        match self.slots.and_then(slot) {
             Some(v) => Some(v),
-            None if ext.len() == 1 => None,
-            None => ext.get::<T>(),
-        },
-        None => ext.get::<T>(),
+            None => self.own::<T>(),
+        }
+    }
+
+    /// See [`client_addr`].
+    #[inline]
+    pub fn client_addr(&self) -> Option<&'a ClientAddr> {
+        self.slot_or_own(|s| s.client.as_ref())
+    }
+
+    /// See [`route_decision`].
+    #[inline]
+    pub fn route_decision(&self) -> Option<&'a RouteDecision> {
+        self.slot_or_own(|s| s.decision.as_ref())
+    }
+
+    /// See [`route_destination`].
+    #[inline]
+    pub fn route_destination(&self) -> Option<&'a RouteDestination> {
+        match self.route_decision() {
+            Some(d) => Some(&d.dest),
+            None => self.own::<RouteDestination>(),
+        }
+    }
+
+    /// See [`route_policy`].
+    #[inline]
+    pub fn route_policy(&self) -> Option<&'a RoutePolicy> {
+        match self.route_decision() {
+            Some(d) => Some(&d.policy),
+            None => self.own::<RoutePolicy>(),
+        }
+    }
+
+    /// See [`selected_upstream`].
+    #[inline]
+    pub fn selected_upstream(&self) -> Option<&'a SelectedUpstream> {
+        self.slot_or_own(|s| s.upstream.as_ref())
+    }
+
+    /// See [`selected_endpoint`].
+    #[inline]
+    pub fn selected_endpoint(&self) -> Option<&'a SelectedEndpoint> {
+        match self.selected_upstream() {
+            Some(u) => Some(u.endpoint()),
+            None => self.own::<SelectedEndpoint>(),
+        }
+    }
+
+    /// See [`upstream_cluster`].
+    #[inline]
+    pub fn upstream_cluster(&self) -> Option<&'a UpstreamCluster> {
+        match self.selected_upstream() {
+            Some(u) => Some(u.cluster()),
+            None => self.own::<UpstreamCluster>(),
+        }
+    }
+
+    /// See [`stream_info`].
+    #[inline]
+    pub fn stream_info(&self) -> Option<&'a StreamInfo> {
+        self.slot_or_own(|s| s.info.as_ref())
+    }
+
+    /// See [`trace_context`].
+    #[inline]
+    pub fn trace_context(&self) -> Option<&'a TraceContext> {
+        self.slot_or_own(|s| s.trace.as_ref())
+    }
+
+    /// See [`timeout_mark`].
+    #[inline]
+    pub fn timeout_mark(&self) -> Option<&'a TimeoutMark> {
+        self.slot_or_own(|s| s.timeout.as_ref())
+    }
+
+    /// See [`previous_hosts`].
+    #[inline]
+    pub fn previous_hosts(&self) -> Option<&'a PreviousHosts> {
+        self.slot_or_own(|s| s.hosts.as_ref())
+    }
+
+    /// See [`previous_priorities`].
+    #[inline]
+    pub fn previous_priorities(&self) -> Option<&'a PreviousPriorities> {
+        self.slot_or_own(|s| s.priorities.as_ref())
     }
 }
 
@@ -766,93 +898,81 @@ fn slot_or_own<'a, T: Send + Sync + 'static>(
 /// [`ClientAddr`].
 #[inline]
 pub fn client_addr(ext: &Extensions) -> Option<&ClientAddr> {
-    slot_or_own(ext, |s| s.client.as_ref())
+    SlotsView::new(ext).client_addr()
 }
 
 /// The request's route decision: its [`RequestSlots`]', else a standalone
 /// [`RouteDecision`].
 #[inline]
 pub fn route_decision(ext: &Extensions) -> Option<&RouteDecision> {
-    slot_or_own(ext, |s| s.decision.as_ref())
+    SlotsView::new(ext).route_decision()
 }
 
 /// The request's destination: its [`RouteDecision`]'s ([`route_decision`]), else a
 /// standalone [`RouteDestination`].
 #[inline]
 pub fn route_destination(ext: &Extensions) -> Option<&RouteDestination> {
-    match route_decision(ext) {
-        Some(d) => Some(&d.dest),
-        None => ext.get::<RouteDestination>(),
-    }
+    SlotsView::new(ext).route_destination()
 }
 
 /// The request's route policy: its [`RouteDecision`]'s ([`route_decision`]), else a
 /// standalone [`RoutePolicy`].
 #[inline]
 pub fn route_policy(ext: &Extensions) -> Option<&RoutePolicy> {
-    match route_decision(ext) {
-        Some(d) => Some(&d.policy),
-        None => ext.get::<RoutePolicy>(),
-    }
+    SlotsView::new(ext).route_policy()
 }
 
 /// The balancer's pick: its [`RequestSlots`]', else a standalone [`SelectedUpstream`].
 #[inline]
 pub fn selected_upstream(ext: &Extensions) -> Option<&SelectedUpstream> {
-    slot_or_own(ext, |s| s.upstream.as_ref())
+    SlotsView::new(ext).selected_upstream()
 }
 
 /// The endpoint to connect to: the [`SelectedUpstream`]'s ([`selected_upstream`]), else a
 /// standalone [`SelectedEndpoint`].
 #[inline]
 pub fn selected_endpoint(ext: &Extensions) -> Option<&SelectedEndpoint> {
-    match selected_upstream(ext) {
-        Some(u) => Some(u.endpoint()),
-        None => ext.get::<SelectedEndpoint>(),
-    }
+    SlotsView::new(ext).selected_endpoint()
 }
 
 /// The cluster of the selected endpoint: the [`SelectedUpstream`]'s ([`selected_upstream`]),
 /// else a standalone [`UpstreamCluster`].
 #[inline]
 pub fn upstream_cluster(ext: &Extensions) -> Option<&UpstreamCluster> {
-    match selected_upstream(ext) {
-        Some(u) => Some(u.cluster()),
-        None => ext.get::<UpstreamCluster>(),
-    }
+    SlotsView::new(ext).upstream_cluster()
 }
 
 /// The telemetry layer's per-request record: its [`RequestSlots`]', else a standalone
 /// [`StreamInfo`]. The router and the balancer record into it when present.
 #[inline]
 pub fn stream_info(ext: &Extensions) -> Option<&StreamInfo> {
-    slot_or_own(ext, |s| s.info.as_ref())
+    SlotsView::new(ext).stream_info()
 }
 
 /// The hop's trace context: its [`RequestSlots`]', else a standalone [`TraceContext`].
 #[inline]
 pub fn trace_context(ext: &Extensions) -> Option<&TraceContext> {
-    slot_or_own(ext, |s| s.trace.as_ref())
+    SlotsView::new(ext).trace_context()
 }
 
 /// The attempt's timeout mark: its [`RequestSlots`]', else a standalone [`TimeoutMark`].
 #[inline]
 pub fn timeout_mark(ext: &Extensions) -> Option<&TimeoutMark> {
-    slot_or_own(ext, |s| s.timeout.as_ref())
+    SlotsView::new(ext).timeout_mark()
 }
 
 /// The hosts of the request's earlier attempts: its [`RequestSlots`]', else a standalone
 /// [`PreviousHosts`].
 #[inline]
 pub fn previous_hosts(ext: &Extensions) -> Option<&PreviousHosts> {
-    slot_or_own(ext, |s| s.hosts.as_ref())
+    SlotsView::new(ext).previous_hosts()
 }
 
 /// The priorities of the request's earlier attempts: its [`RequestSlots`]', else a
 /// standalone [`PreviousPriorities`].
 #[inline]
 pub fn previous_priorities(ext: &Extensions) -> Option<&PreviousPriorities> {
-    slot_or_own(ext, |s| s.priorities.as_ref())
+    SlotsView::new(ext).previous_priorities()
 }
 
 /// The workload that sent a request, for `sourceLabels` / `sourceNamespace` matching.

@@ -19,8 +19,7 @@ use mesh_core::compile::{Snapshot, resolve_host};
 use mesh_core::ext::stream_info;
 use mesh_core::ext::{
     Passthrough, PreviousHosts, PreviousPriorities, RouteDestination, SelectedEndpoint,
-    SelectedUpstream, client_addr, local_reply, previous_hosts, previous_priorities,
-    route_destination, route_policy, slots_mut,
+    SelectedUpstream, SlotsView, local_reply, route_destination, route_policy, slots_mut,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::hash::{FastHashMap, stable_hash};
@@ -625,8 +624,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let (slot, derived) = match route_destination(req.extensions()) {
-            Some(dest) if req.extensions().get::<Passthrough>().is_some() => {
+        // the slots looked up once for the values read below
+        let view = SlotsView::new(req.extensions());
+        let (slot, derived) = match view.route_destination() {
+            Some(dest) if view.own::<Passthrough>().is_some() => {
                 let (host, port) = (dest.host.clone(), dest.port.unwrap_or(80));
                 return self.passthrough(req, &host, port);
             }
@@ -684,7 +685,7 @@ where
         let hash = match &cluster.hash {
             None => None,
             Some(HashKey::Header(name)) => header_hash(req.headers(), name),
-            Some(HashKey::SourceIp) => client_addr(req.extensions()).map(|c| ip_hash(c.0.ip())),
+            Some(HashKey::SourceIp) => view.client_addr().map(|c| ip_hash(c.0.ip())),
             Some(HashKey::Query(name)) => query_hash(req.uri(), name),
             Some(HashKey::Cookie(c)) => match sticky::find_cookie(req.headers(), &c.name) {
                 Some(v) => Some(match sticky::decode(v) {
@@ -703,7 +704,7 @@ where
         };
         // retryRemoteLocalities: only a cluster with several priorities has any to avoid
         let priorities = match cluster.has_priorities() {
-            true => previous_priorities(req.extensions()),
+            true => view.previous_priorities(),
             false => None,
         };
         let excluded = priorities.map_or(0, PreviousPriorities::excluded);
@@ -714,7 +715,7 @@ where
                 "no healthy upstream",
             );
         };
-        if let Some(previous) = previous_hosts(req.extensions()) {
+        if let Some(previous) = view.previous_hosts() {
             picked = avoid_previous(cluster, picked, hash, excluded, previous);
             previous.record(picked.0.addr);
         }
@@ -733,7 +734,7 @@ where
                 started,
             }
         });
-        if let Some(info) = stream_info(req.extensions()) {
+        if let Some(info) = view.stream_info() {
             info.set_upstream(&host.upstream);
         }
         slots_mut(req.extensions_mut()).upstream = Some(host.upstream.clone());

@@ -128,10 +128,8 @@ use http::header::HeaderName;
 use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_core::body::ReplyBody;
 #[cfg(doc)]
-use mesh_core::ext::PreviousHosts;
-use mesh_core::ext::{
-    local_reply, previous_hosts, selected_endpoint, selected_upstream, upstream_cluster,
-};
+use mesh_core::ext::{PreviousHosts, selected_endpoint, upstream_cluster};
+use mesh_core::ext::{SlotsView, local_reply};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::limits::{Admission, ClusterLimits, Permit};
 #[cfg(doc)]
@@ -240,19 +238,20 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let ext = req.extensions();
-        // one look-up for the balancer's pick (endpoint and cluster), else the standalone parts
-        let (cluster, http2) = match selected_upstream(ext) {
+        // one look-up of the slots for the balancer's pick (endpoint and cluster), else the
+        // standalone parts, and the retry layer's list
+        let view = SlotsView::new(req.extensions());
+        let (cluster, http2) = match view.selected_upstream() {
             Some(u) => (u.cluster().limits.as_ref(), u.endpoint().http2),
             None => (
-                upstream_cluster(ext).and_then(|c| c.limits.as_ref()),
-                selected_endpoint(ext).is_some_and(|e| e.http2),
+                view.upstream_cluster().and_then(|c| c.limits.as_ref()),
+                view.selected_endpoint().is_some_and(|e| e.http2),
             ),
         };
         let Some(limits) = cluster.or(self.limits.as_ref()) else {
             return ResponseFuture::called(self.inner.call(req), None);
         };
-        if let Some(attempts) = previous_hosts(ext) {
+        if let Some(attempts) = view.previous_hosts() {
             attempts.set_limits(limits);
         }
         let state = match limits.admit(!http2) {

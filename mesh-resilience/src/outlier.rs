@@ -129,10 +129,9 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
-use mesh_core::ext::{
-    SelectedUpstream, TimeoutMark, UpstreamCluster, flags_of, selected_upstream, timeout_mark,
-    upstream_cluster,
-};
+use mesh_core::ext::{SelectedUpstream, SlotsView, TimeoutMark, UpstreamCluster, flags_of};
+#[cfg(doc)]
+use mesh_core::ext::{selected_upstream, timeout_mark, upstream_cluster};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::health::{ClusterHealth, HealthCell, HealthFlags, OutlierCounters};
 use mesh_core::policy::{OutlierPolicy, grpc_to_http_status};
@@ -279,10 +278,9 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let watched = watch(req.extensions(), self.policy.as_ref());
-        let mark = watched
-            .as_ref()
-            .and_then(|_| timeout_mark(req.extensions()).cloned());
+        let view = SlotsView::new(req.extensions());
+        let watched = watch(view, self.policy.as_ref());
+        let mark = watched.as_ref().and_then(|_| view.timeout_mark().cloned());
         ResponseFuture {
             inner: self.inner.call(req),
             attempt: Attempt(watched, mark),
@@ -292,15 +290,15 @@ where
 
 /// What to judge the attempt against, if it is to be judged.
 #[inline]
-fn watch(ext: &http::Extensions, default: Option<&Arc<OutlierPolicy>>) -> Option<Watched> {
-    if let Some(up) = selected_upstream(ext) {
+fn watch(view: SlotsView<'_>, default: Option<&Arc<OutlierPolicy>>) -> Option<Watched> {
+    if let Some(up) = view.selected_upstream() {
         return match (&up.cluster().outlier, default) {
             (Some(_), _) => Some(Watched::Upstream(up.clone(), None)),
             (None, Some(d)) => Some(Watched::Upstream(up.clone(), Some(d.clone()))),
             (None, None) => None,
         };
     }
-    let cluster = upstream_cluster(ext)?;
+    let cluster = view.upstream_cluster()?;
     let policy = cluster.outlier.as_ref().or(default)?;
     Some(Watched::Cluster(cluster.health.clone(), policy.clone()))
 }

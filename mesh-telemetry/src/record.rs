@@ -7,10 +7,10 @@
 //!
 //! 1. on the request: the start [`Instant`], the request's head (method, URI, `Host`,
 //!    `x-request-id`, `user-agent`), its body length when known, its [`TraceContext`], the
-//!    downstream [`ClientAddr`](mesh_core::ext::ClientAddr) (read with [`client_addr`]) and
-//!    [`PeerIdentity`] (inbound), and a fresh [`StreamInfo`] put in its
-//!    [`RequestSlots`](mesh_core::ext::RequestSlots) for the layers inside to record into
-//!    (the router's decision, each attempt's upstream);
+//!    downstream [`ClientAddr`](mesh_core::ext::ClientAddr) (read with
+//!    [`client_addr`](mesh_core::ext::client_addr)) and [`PeerIdentity`] (inbound), and a
+//!    fresh [`StreamInfo`] put in its [`RequestSlots`](mesh_core::ext::RequestSlots) for the
+//!    layers inside to record into (the router's decision, each attempt's upstream);
 //! 2. on the response head: the time to first byte, the status, the [`ResponseFlags`] of
 //!    its extensions, `grpc-status` from its headers;
 //! 3. on the response body: the bytes, `grpc-status` from the trailers;
@@ -77,7 +77,7 @@ use std::time::Instant;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::body::{OnBodyEnd, ReplyBody};
-use mesh_core::ext::{PeerIdentity, StreamInfo, client_addr, slots_mut, trace_context};
+use mesh_core::ext::{PeerIdentity, SlotsView, StreamInfo, slots_mut};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::stream_info::Recorded;
 use pin_project::pin_project;
@@ -333,7 +333,8 @@ impl Pending {
             + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
             + 12;
         let body = req.body().size_hint().exact().unwrap_or(0);
-        let ext = req.extensions();
+        // one look-up of the slots for the three values read from the extensions
+        let view = SlotsView::new(req.extensions());
         Pending {
             sinks,
             info,
@@ -351,9 +352,9 @@ impl Pending {
             flags: ResponseFlags::empty(),
             grpc_status: None,
             response_bytes: 0,
-            trace: trace_context(ext).copied(),
-            client_addr: client_addr(ext).map(|c| c.0),
-            peer: ext.get::<PeerIdentity>().cloned(),
+            trace: view.trace_context().copied(),
+            client_addr: view.client_addr().map(|c| c.0),
+            peer: view.own::<PeerIdentity>().cloned(),
         }
     }
 
