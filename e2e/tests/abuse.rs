@@ -408,6 +408,49 @@ async fn slowloris_head_is_cut_at_the_request_headers_timeout() {
     assert!(sent < 60 * 1024, "{sent} bytes were accepted");
 }
 
+/// `limits.streamIdleTimeout` on a keep-alive HTTP/1.1 connection: after its answer the
+/// connection says nothing more, and the proxy closes it at the timeout by itself (the idle
+/// tick wakes the connection; no other event does), while a connection that keeps asking
+/// stays open past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_at_the_stream_idle_timeout() {
+    let (p, _app) = reviews_proxy("  limits: {streamIdleTimeout: 300ms}\n").await;
+    let ask = b"GET / HTTP/1.1\r\nHost: reviews\r\n\r\n";
+    let mut idle = bounded(TcpStream::connect(p.out)).await.unwrap();
+    let mut busy = bounded(TcpStream::connect(p.out)).await.unwrap();
+    idle.write_all(ask).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = bounded(idle.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    let started = std::time::Instant::now();
+    // the busy connection asks every 100 ms (its pace, not a synchronisation) until the idle
+    // one is closed: activity resets its own idle count, not the other's
+    let mut asked = 0;
+    let closed = loop {
+        busy.write_all(ask).await.unwrap();
+        let n = bounded(busy.read(&mut buf)).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        asked += 1;
+        match tokio::time::timeout(std::time::Duration::from_millis(100), idle.read(&mut buf)).await
+        {
+            Ok(r) => break r,
+            Err(_) => assert!(asked < 100, "the idle connection is still open after 10 s"),
+        }
+    };
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // not at once: the idle count starts at the connection's last activity, which the
+    // client sees a little later (hence a margin below the 300 ms)
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(200),
+        "closed before the idle timeout: {:?}",
+        started.elapsed()
+    );
+    // the busy connection outlived the idle one's timeout and still answers
+    busy.write_all(ask).await.unwrap();
+    let n = bounded(busy.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+}
+
 // === connections ===
 
 /// `limits.maxDownstreamConnections` (Envoy's `global_downstream_max_connections`): one
