@@ -122,7 +122,9 @@ pub struct RateLimitLayer {
 #[derive(Debug, Clone)]
 pub struct RateLimit<S> {
     inner: S,
-    layer: RateLimitLayer,
+    /// The layer's listener-wide limit, cached: a pointer comparison per request rather
+    /// than an `ArcSwap::load`.
+    listener: arc_swap::Cache<Arc<ArcSwapOption<RateLimitPolicy>>, Option<Arc<RateLimitPolicy>>>,
 }
 
 /// The future of [`RateLimit`]: the inner service's, or the answer to a limited request.
@@ -174,7 +176,7 @@ impl<S> Layer<S> for RateLimitLayer {
     fn layer(&self, inner: S) -> RateLimit<S> {
         RateLimit {
             inner,
-            layer: self.clone(),
+            listener: arc_swap::Cache::new(self.listener.clone()),
         }
     }
 }
@@ -207,8 +209,7 @@ where
                 p.x_ratelimit_headers.then(|| p.clone())
             }
             None => {
-                let guard = self.layer.listener.load();
-                let Some(p) = guard.as_ref() else {
+                let Some(p) = self.listener.load() else {
                     return ResponseFuture::inner(self.inner.call(req), None);
                 };
                 if p.bucket.try_acquire().is_none() {

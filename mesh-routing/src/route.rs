@@ -162,7 +162,7 @@ use tower_service::Service;
 use crate::action::{CorsDecision, Formatted};
 use crate::mirror::Mirrors;
 use crate::table::{
-    Action, CompiledRoute, Forward, RouteTable, RouteTableHandle, Selected, view_of,
+    Action, CompiledRoute, Forward, RouteTable, RouteTableHandle, Selected, TableCache, view_of,
 };
 
 /// Applies [`Route`]: routes requests on the table behind a [`RouteTableHandle`].
@@ -180,7 +180,8 @@ pub struct RouteLayer {
 #[derive(Debug)]
 pub struct Route<S> {
     inner: S,
-    handle: RouteTableHandle,
+    /// The handle's table, cached: a pointer comparison per request.
+    table: TableCache,
     rng: Rng,
     seed: Option<u64>,
     counter: Arc<AtomicU64>,
@@ -275,7 +276,7 @@ impl<S> Layer<S> for RouteLayer {
     fn layer(&self, inner: S) -> Route<S> {
         Route {
             inner,
-            handle: self.handle.clone(),
+            table: self.handle.cache(),
             rng: Rng::nth(self.seed, &self.counter),
             seed: self.seed,
             counter: self.counter.clone(),
@@ -296,7 +297,7 @@ impl<S: Clone> Clone for Route<S> {
     fn clone(&self) -> Self {
         Route {
             inner: self.inner.clone(),
-            handle: self.handle.clone(),
+            table: self.table.clone(),
             rng: Rng::nth(self.seed, &self.counter),
             seed: self.seed,
             counter: self.counter.clone(),
@@ -437,8 +438,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let table = self.handle.load();
-        let post = match plan::<B, R>(&table, &req, &mut self.rng) {
+        let table = self.table.load();
+        let post = match plan::<B, R>(table, &req, &mut self.rng) {
             Plan::Local(res) => {
                 return ResponseFuture {
                     state: State::Ready { res: Some(res) },
@@ -504,7 +505,6 @@ where
                 })
             }
         };
-        drop(table);
         ResponseFuture {
             state: State::Inner {
                 fut: self.inner.call(req),

@@ -45,7 +45,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::ArcSwap;
 use http::{HeaderValue, Request};
 use mesh_core::authority::split_port;
 use mesh_core::compile::{Protocol, Service, Snapshot, VirtualServiceEntry, host_matches};
@@ -68,7 +68,7 @@ mod build;
 mod lookup;
 
 pub(crate) use build::vs_ref;
-pub(crate) use lookup::view_of;
+pub(crate) use lookup::{TableCache, view_of};
 #[cfg(test)]
 mod tests;
 
