@@ -2,12 +2,14 @@
 //! socket and accept loop, its own stack (or L4 handler) and its own upstream connections.
 //! Nothing it does per request or connection touches another thread.
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -127,20 +129,23 @@ where
         // at every wake-up of any of the worker's tasks (`LocalSet::run_until`), which would
         // poll the control channel and the listener twice per proxied request; the task is
         // polled at its own wake-ups only (callgrind.py: about 250 instructions per request).
-        let accepting = tokio::task::spawn_local({
-            let (worker, shared) = (worker.clone(), shared.clone());
+        // Its outcome comes back through a `Handoff` rather than its `JoinHandle`, whose poll
+        // (an atomic exchange on the task's state) cost another 170.
+        let handoff = Rc::new(Handoff::default());
+        tokio::task::spawn_local({
+            let (worker, shared, handoff) = (worker.clone(), shared.clone(), handoff.clone());
             let max = limits.max_downstream_connections;
             async move {
+                let unwinding = PanicGuard(&handoff);
                 let phase = accept_loop(&listener, &worker, &mut control, &shared, max).await;
                 drop(listener); // stop accepting: new connections go elsewhere or are refused
                 shared.listening.fetch_sub(1, Ordering::AcqRel);
-                (phase, control)
+                std::mem::forget(unwinding);
+                handoff.put(Some((phase, control)));
             }
         });
-        let (phase, mut control) = match accepting.await {
-            Ok(done) => done,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => return, // cancelled: the runtime is shutting down
+        let Some((phase, mut control)) = handoff.take().await else {
+            panic!("the accept loop of worker {index} panicked");
         };
         if phase == Phase::Draining {
             worker.start_drain();
@@ -162,6 +167,56 @@ where
     drop(local);
     drop(rt);
     drop(done);
+}
+
+/// A value handed from one task of a worker's `LocalSet` to another (the accept loop's
+/// outcome to the worker's main future): a poll is a `Cell` read and a waker comparison.
+struct Handoff<T> {
+    value: Cell<Option<T>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl<T> Default for Handoff<T> {
+    fn default() -> Self {
+        Handoff {
+            value: Cell::new(None),
+            waker: RefCell::new(None),
+        }
+    }
+}
+
+impl<T> Handoff<T> {
+    /// Hands `value` over and wakes the taker.
+    fn put(&self, value: T) {
+        self.value.set(Some(value));
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves with the value once it is put.
+    fn take(&self) -> impl Future<Output = T> + '_ {
+        std::future::poll_fn(|cx| match self.value.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                let mut w = self.waker.borrow_mut();
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// Hands `None` over if dropped, that is when the accept loop unwinds (a panic is caught by
+/// the `LocalSet`; the worker's main future then panics in its turn).
+struct PanicGuard<'a, T>(&'a Handoff<Option<T>>);
+
+impl<T> Drop for PanicGuard<'_, T> {
+    fn drop(&mut self) {
+        self.0.put(None);
+    }
 }
 
 /// Accepts until the engine leaves [`Phase::Running`]; returns the phase it moved to.
@@ -291,4 +346,45 @@ fn is_per_connection(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionRefused
             | io::ErrorKind::Interrupted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A taker waiting before the value is put is woken with it; one that comes after gets
+    /// it at once.
+    #[tokio::test]
+    async fn a_handoff_wakes_its_taker_with_the_value() {
+        let local = LocalSet::new();
+        local
+            .run_until(async {
+                let handoff = Rc::new(Handoff::default());
+                let taker = tokio::task::spawn_local({
+                    let h = handoff.clone();
+                    async move { h.take().await }
+                });
+                // the taker runs first and waits (its waker stored)
+                tokio::task::yield_now().await;
+                assert!(handoff.waker.borrow().is_some());
+                handoff.put(7u32);
+                assert_eq!(taker.await.unwrap(), 7);
+                handoff.put(8);
+                assert_eq!(handoff.take().await, 8);
+            })
+            .await;
+    }
+
+    /// The accept loop's guard hands `None` over when it is dropped without being
+    /// forgotten (the loop unwound): the worker's main future does not wait for ever.
+    #[tokio::test]
+    async fn an_unwinding_accept_loop_hands_none_over() {
+        let handoff: Handoff<Option<u32>> = Handoff::default();
+        drop(PanicGuard(&handoff));
+        assert_eq!(handoff.take().await, None);
+        let handoff: Handoff<Option<u32>> = Handoff::default();
+        std::mem::forget(PanicGuard(&handoff));
+        handoff.put(Some(3));
+        assert_eq!(handoff.take().await, Some(3));
+    }
 }
