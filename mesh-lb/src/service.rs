@@ -99,12 +99,10 @@ where
         fut: S::Future,
     },
     /// Boxed: passthrough by name is rare, and keeps every other future small.
-    Resolving {
-        resolving: Box<Resolving<S, B>>,
-    },
-    Local {
-        res: Option<S::Response>,
-    },
+    Resolving { resolving: Box<Resolving<S, B>> },
+    /// A reply of the balancer's own (boxed: rare, and a response inline would make every
+    /// request's future 200 bytes larger).
+    Local { res: Box<Option<S::Response>> },
 }
 
 struct Resolving<S, B> {
@@ -862,7 +860,7 @@ where
     {
         ResponseFuture {
             state: State::Local {
-                res: Some(local_reply(status, flags, body)),
+                res: Box::new(Some(local_reply(status, flags, body))),
             },
             guard: None,
             set_cookie: None,
@@ -916,11 +914,11 @@ where
                             State::Called { fut: svc.call(req) }
                         }
                         None => State::Local {
-                            res: Some(local_reply(
+                            res: Box::new(Some(local_reply(
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 ResponseFlags::DNS_RESOLUTION_FAILURE,
                                 "DNS resolution failed",
-                            )),
+                            ))),
                         },
                     };
                     self.as_mut().project().state.set(next);

@@ -599,6 +599,15 @@ mod tests {
     use super::*;
     use tower_service::Service;
 
+    /// Each layer below the retry layer moves the request on (a `memcpy` of its size): its
+    /// body wrappers stay small (a `ReplayBody` holds its recording boxed; 472 bytes when it
+    /// was inline).
+    #[test]
+    fn a_request_below_the_retry_layer_stays_small() {
+        let size = std::mem::size_of::<http::Request<ReplayBody<EndBody<TeeBody<RequestBody>>>>>();
+        assert!(size <= 320, "{size} bytes");
+    }
+
     /// Every layer builds its future around the one inside and moves it up: the whole
     /// stack's future is what the engine moves per request. The retry layer's future
     /// carries a pointer to a shared clone of the services below (not the services, 550

@@ -103,7 +103,10 @@ struct ConnState {
 #[pin_project(project = EngineFutureProj)]
 pub(crate) enum EngineFuture<S: Service<Request<Incoming>, Response = Response<R>>, R> {
     Stack(#[pin] S::Future),
-    Waiting(S, Option<Request<Incoming>>),
+    /// Boxed: the whole stack's services (a kilobyte) would make every request's future,
+    /// which hyper moves into its connection, that size (1,088 bytes, 256 for the stack's
+    /// future).
+    Waiting(Box<(S, Option<Request<Incoming>>)>),
     Local(Option<Response<R>>),
     /// An upgrade or `CONNECT` (boxed: only these pay for it): the response may switch the
     /// connection (or the HTTP/2 stream) to a tunnel.
@@ -252,8 +255,11 @@ impl<F: StackFactory> Worker<F> {
                 let fresh = slot.service.clone();
                 let waiting = std::mem::replace(&mut slot.service, fresh);
                 match switch {
-                    None => EngineFuture::Waiting(waiting, Some(req)),
-                    Some(switch) => switching(EngineFuture::Waiting(waiting, Some(req)), switch),
+                    None => EngineFuture::Waiting(Box::new((waiting, Some(req)))),
+                    Some(switch) => switching(
+                        EngineFuture::Waiting(Box::new((waiting, Some(req)))),
+                        switch,
+                    ),
                 }
             }
         }
@@ -812,7 +818,8 @@ where
                     }
                     return Poll::Ready(Ok(res));
                 }
-                EngineFutureProj::Waiting(svc, req) => {
+                EngineFutureProj::Waiting(waiting) => {
+                    let (svc, req) = &mut **waiting;
                     match svc.poll_ready(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Err(never)) => match never {},
@@ -1111,5 +1118,39 @@ impl AsyncWrite for DownIo {
             Down::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Down::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stack whose services weigh a kilobyte and whose future is small.
+    #[derive(Clone)]
+    struct Heavy(#[allow(dead_code, reason = "its size is the point")] [u8; 1024]);
+
+    impl Service<Request<Incoming>> for Heavy {
+        type Response = Response<mesh_core::MeshBody<http_body_util::Empty<bytes::Bytes>>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Incoming>) -> Self::Future {
+            std::future::ready(Ok(Response::new(mesh_core::MeshBody::inner(
+                http_body_util::Empty::new(),
+            ))))
+        }
+    }
+
+    /// hyper moves each request's future into its connection: the stack's services, held
+    /// only while a stack waits to be ready, are not part of its size.
+    #[test]
+    fn a_request_s_future_does_not_hold_the_stack_s_services() {
+        type Body = mesh_core::MeshBody<http_body_util::Empty<bytes::Bytes>>;
+        let size = std::mem::size_of::<EngineFuture<Heavy, Body>>();
+        assert!(size < 512, "{size} bytes");
     }
 }

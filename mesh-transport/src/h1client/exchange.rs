@@ -43,95 +43,102 @@ pub(crate) enum FailKind {
 /// head. A response that arrived whole returns the connection to the pool before this
 /// returns; otherwise the connection travels in the response body.
 ///
-/// `received` is the protocol the request arrived in, for the proxy's `Via` entry.
-pub(crate) async fn exchange(
+/// `received` is the protocol the request arrived in, for the proxy's `Via` entry. (Not an
+/// `async fn`, whose future would hold its arguments twice: see `Connector::forward_h1`.)
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+pub(crate) fn exchange(
     mut conn: Box<H1Conn>,
     req: &Request<RequestBody>,
     received: Version,
     body: Option<RequestBody>,
     release: Release,
     upgrade: bool,
-) -> Result<EngineResponse, Failed> {
-    let is_head = req.method() == Method::HEAD;
-    conn.requests = conn.requests.saturating_add(1);
-    let via = release.pool.guard().map(|g| g.hop.via_line(received));
-    let mut req = encode_head(&mut conn.wbuf, req, via, body);
-    let mut received = false;
-    let mut send_failed = false;
-    let head = std::future::poll_fn(|cx| {
-        if !send_failed && (req.is_some() || !conn.output_empty()) {
-            match conn.poll_send(&mut req, cx) {
-                Poll::Ready(Err(SendError::Write)) => {
-                    // The upstream may have answered and closed; read what it sent.
-                    send_failed = true;
-                    req = None;
+) -> impl Future<Output = Result<EngineResponse, Failed>> + Send + '_ {
+    async move {
+        let is_head = req.method() == Method::HEAD;
+        conn.requests = conn.requests.saturating_add(1);
+        let via = release.pool.guard().map(|g| g.hop.via_line(received));
+        let mut req = encode_head(&mut conn.wbuf, req, via, body);
+        let mut received = false;
+        let mut send_failed = false;
+        let head = std::future::poll_fn(|cx| {
+            if !send_failed && (req.is_some() || !conn.output_empty()) {
+                match conn.poll_send(&mut req, cx) {
+                    Poll::Ready(Err(SendError::Write)) => {
+                        // The upstream may have answered and closed; read what it sent.
+                        send_failed = true;
+                        req = None;
+                    }
+                    Poll::Ready(Err(SendError::Body)) => {
+                        return Poll::Ready(Err(FailKind::Downstream));
+                    }
+                    _ => {}
                 }
-                Poll::Ready(Err(SendError::Body)) => {
-                    return Poll::Ready(Err(FailKind::Downstream));
-                }
-                _ => {}
             }
+            poll_head(&mut conn, is_head, upgrade, &mut received, cx)
+        })
+        .await;
+        let head = match head {
+            Ok(head) => head,
+            Err(kind) => {
+                return Err(Failed {
+                    kind,
+                    retryable: kind == FailKind::Closed && !received,
+                });
+            }
+        };
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(switched(*conn, head));
         }
-        poll_head(&mut conn, is_head, upgrade, &mut received, cx)
-    })
-    .await;
-    let head = match head {
-        Ok(head) => head,
-        Err(kind) => {
-            return Err(Failed {
-                kind,
-                retryable: kind == FailKind::Closed && !received,
-            });
-        }
-    };
-    if head.status == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(switched(*conn, head));
+        let mut reusable = head.keep_alive && !send_failed;
+        let body = match head.framing {
+            Framing::Empty => Some(None),
+            Framing::Length(n) if (conn.buf.len() as u64) >= n => {
+                // usize: n <= buf.len()
+                let n = n as usize;
+                Some((n > 0).then(|| conn.buf.split_to(n).freeze()))
+            }
+            _ => None,
+        };
+        let body = match body {
+            Some(bytes) => {
+                // Complete. The connection is reusable if the request was all sent, nothing
+                // follows the response, and both sides keep it alive.
+                reusable &= req.is_none() && conn.buf.is_empty();
+                if reusable {
+                    conn.read_size = MIN_READ;
+                    release.pool.release_h1(release.key, conn, release.max_idle);
+                }
+                UpstreamBody::full(bytes)
+            }
+            None => {
+                let state = match head.framing {
+                    Framing::Length(n) => BodyState::Length(n),
+                    Framing::Chunked => BodyState::ChunkSize,
+                    Framing::Eof | Framing::Empty => BodyState::Eof,
+                };
+                if head.framing == Framing::Eof {
+                    reusable = false;
+                }
+                UpstreamBody::h1(H1Body {
+                    conn: Some(conn),
+                    req,
+                    state,
+                    reusable,
+                    release,
+                })
+            }
+        };
+        let mut res = Response::new(MeshBody::inner(body));
+        *res.status_mut() = head.status;
+        // RFC 9110 §6.2: a proxy sends its own version; the upstream's only decides reuse.
+        *res.version_mut() = Version::HTTP_11;
+        *res.headers_mut() = head.headers;
+        Ok(res)
     }
-    let mut reusable = head.keep_alive && !send_failed;
-    let body = match head.framing {
-        Framing::Empty => Some(None),
-        Framing::Length(n) if (conn.buf.len() as u64) >= n => {
-            // usize: n <= buf.len()
-            let n = n as usize;
-            Some((n > 0).then(|| conn.buf.split_to(n).freeze()))
-        }
-        _ => None,
-    };
-    let body = match body {
-        Some(bytes) => {
-            // Complete. The connection is reusable if the request was all sent, nothing
-            // follows the response, and both sides keep it alive.
-            reusable &= req.is_none() && conn.buf.is_empty();
-            if reusable {
-                conn.read_size = MIN_READ;
-                release.pool.release_h1(release.key, conn, release.max_idle);
-            }
-            UpstreamBody::full(bytes)
-        }
-        None => {
-            let state = match head.framing {
-                Framing::Length(n) => BodyState::Length(n),
-                Framing::Chunked => BodyState::ChunkSize,
-                Framing::Eof | Framing::Empty => BodyState::Eof,
-            };
-            if head.framing == Framing::Eof {
-                reusable = false;
-            }
-            UpstreamBody::h1(H1Body {
-                conn: Some(conn),
-                req,
-                state,
-                reusable,
-                release,
-            })
-        }
-    };
-    let mut res = Response::new(MeshBody::inner(body));
-    *res.status_mut() = head.status;
-    // RFC 9110 §6.2: a proxy sends its own version; the upstream's only decides reuse.
-    *res.version_mut() = Version::HTTP_11;
-    *res.headers_mut() = head.headers;
-    Ok(res)
 }
 
 /// The upstream agreed to an upgrade: the connection leaves the pool's world and becomes
