@@ -781,12 +781,6 @@ impl<'a> SlotsView<'a> {
         }
     }
 
-    /// The request's [`RequestSlots`], if a layer wrote any.
-    #[inline]
-    pub fn slots(&self) -> Option<&'a RequestSlots> {
-        self.slots
-    }
-
     /// A value inserted on its own as an extension (`ext.get::<T>()`); no look-up when the
     /// slots are the only extension.
     #[inline]
