@@ -1077,7 +1077,8 @@ impl AsyncWrite for DownIo {
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
         let res = match &mut this.stream {
-            Down::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            // small head-and-body writes as one `send` rather than a `writev`
+            Down::Tcp(s) => crate::coalesce::poll_write_coalesced(Pin::new(s), cx, bufs),
             Down::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         };
         if let Poll::Ready(Ok(n)) = res

@@ -163,6 +163,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{oneshot, watch};
 
+mod coalesce;
 mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
