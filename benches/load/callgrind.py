@@ -11,6 +11,13 @@ counters, send REQUESTS more on that connection, dump, and divide.
 
 Knobs: REQUESTS=5000 WARMUP=500 MESH_BIN=target/release/mesh-proxy MESH_CONFIG=<a config to
 use instead of benches/load/templates/mesh.yaml, with the same placeholders>.
+
+CONNS=50 sends the measured requests with `h2load --h1 -c CONNS` instead (REQUESTS in all,
+CONNS connections at once): the count at a saturation-like concurrency, where a proxy handles
+many connections' events per wake-up and the one-connection count's per-wake-up costs spread
+out. CACHE=1 adds callgrind's cache and branch simulation and prints, per request, the
+first-level instruction and data cache misses and the mispredicted conditional and indirect
+branches: what separates two proxies' CPU time at equal instruction counts.
 """
 
 import glob
@@ -26,6 +33,8 @@ import compare  # noqa: E402  (the shared helpers: ports, templates, the origin)
 
 REQUESTS = int(os.environ.get("REQUESTS", 5000))
 WARMUP = int(os.environ.get("WARMUP", 500))
+CONNS = int(os.environ.get("CONNS", 1))
+CACHE = os.environ.get("CACHE", "") not in ("", "0")
 
 
 def send(conn, n):
@@ -35,6 +44,15 @@ def send(conn, n):
         body = r.read()
         if r.status != 200 or body != b"ok":
             sys.exit(f"callgrind.py: request {i} got {r.status} {body[:80]!r}")
+
+
+def send_concurrently(port, n):
+    """n requests over CONNS connections at once (h2load, HTTP/1.1), all answered 200."""
+    out = subprocess.run([compare.which("h2load"), "--h1", "-n", str(n), "-c", str(CONNS), "-H",
+                          f":authority: {compare.AUTHORITY}", f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, timeout=1800).stdout
+    if f"{n} succeeded" not in out or "status codes: " + str(n) + " 2xx" not in out:
+        sys.exit(f"callgrind.py: h2load did not get {n} answers of 200:\n{out}")
 
 
 def measure(name, run, up_port, up_h2_port):
@@ -66,7 +84,8 @@ def measure(name, run, up_port, up_h2_port):
         return None, f"unknown target {name}"
     out = f"{run}/cg.{name}"
     log = open(f"{run}/{name}.callgrind.log", "w")
-    vg = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"] + argv,
+    sim = ["--cache-sim=yes", "--branch-sim=yes"] if CACHE else []
+    vg = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"] + sim + argv,
                           stdout=log, stderr=subprocess.STDOUT)
     try:
         if not compare.wait_ok(port, vg, secs=120):
@@ -74,7 +93,10 @@ def measure(name, run, up_port, up_h2_port):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         send(conn, WARMUP)
         subprocess.run(["callgrind_control", "-z", str(vg.pid)], check=True, capture_output=True)
-        send(conn, REQUESTS)
+        if CONNS > 1:
+            send_concurrently(port, REQUESTS)
+        else:
+            send(conn, REQUESTS)
         before = set(glob.glob(f"{out}.{vg.pid}*"))
         subprocess.run(["callgrind_control", "-d", str(vg.pid)], check=True, capture_output=True)
         deadline = time.time() + 30
@@ -84,12 +106,26 @@ def measure(name, run, up_port, up_h2_port):
             time.sleep(0.2)
         conn.close()
         total = 0
+        sums = {}
         for d in dumps:
             with open(d) as f:
+                events = []
                 for line in f:
+                    if line.startswith("events:"):
+                        events = line.split()[1:]
                     if line.startswith(("summary:", "totals:")):
-                        total += int(line.split()[1])
+                        counts = [int(x) for x in line.split()[1:]]
+                        total += counts[0]
+                        for e, c in zip(events, counts):
+                            sums[e] = sums.get(e, 0) + c
                         break
+        if CACHE and total:
+            per = {e: c / REQUESTS for e, c in sums.items()}
+            print(f"{name}: per request, L1 instruction misses {per.get('I1mr', 0):.0f}, L1 data "
+                  f"misses {per.get('D1mr', 0) + per.get('D1mw', 0):.0f} (reads "
+                  f"{per.get('D1mr', 0):.0f}), mispredicted branches: conditional "
+                  f"{per.get('Bcm', 0):.1f} of {per.get('Bc', 0):.0f}, indirect "
+                  f"{per.get('Bim', 0):.1f} of {per.get('Bi', 0):.0f}")
         return total / REQUESTS if total else None, None
     finally:
         vg.terminate()
@@ -102,9 +138,10 @@ def measure(name, run, up_port, up_h2_port):
 
 def main(argv):
     names = argv or ["mesh", "haproxy"]
-    for tool in ("valgrind", "callgrind_control", "nginx"):
+    for tool in ("valgrind", "callgrind_control", "nginx") + (("h2load",) if CONNS > 1 else ()):
         if not compare.which(tool):
-            sys.exit(f"callgrind.py: missing {tool} (apt-get install valgrind nginx-light)")
+            sys.exit(f"callgrind.py: missing {tool} (apt-get install valgrind nginx-light "
+                     "nghttp2-client)")
     run = tempfile.mkdtemp(prefix="mesh-callgrind.")
     os.chmod(run, 0o755)
     up_port, up_h2_port = compare.free_ports(2)
@@ -122,8 +159,10 @@ def main(argv):
                 print(f"{name}: skipped ({why})", file=sys.stderr)
                 continue
             results[name] = per
+            how = (f"{REQUESTS} requests over {CONNS} connections at once" if CONNS > 1
+                   else f"{REQUESTS} requests on one keep-alive connection")
             print(f"{name}: {per / 1000:.1f}k instructions per proxied HTTP/1.1 request "
-                  f"({REQUESTS} requests on one keep-alive connection, after {WARMUP})")
+                  f"({how}, after {WARMUP})")
     finally:
         up.terminate()
         up.wait(timeout=10)

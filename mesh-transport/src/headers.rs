@@ -580,6 +580,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hop_by_hop_names_are_told_apart_from_end_to_end_ones_of_any_length() {
+        for (name, bit) in [
+            (&b"TE"[..], TE),
+            (b"Upgrade", UPGRADE),
+            (b"connection", CONNECTION),
+            (b"Keep-Alive", KEEP_ALIVE),
+            (b"proxy-CONNECTION", PROXY_CONNECTION),
+            (b"Transfer-Encoding", TRANSFER_ENCODING),
+        ] {
+            assert_eq!(
+                hop_by_hop_bit(name),
+                bit,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        // the same lengths, other names; other lengths, short and long
+        for name in [
+            &b"tx"[..],
+            b"upgradz",
+            b"user-agent",
+            b"keep-alivf",
+            b"proxy-connectiom",
+            b"transfer-encodinf",
+            b"",
+            b"host",
+            b"x-request-id",
+            &[b'a'; 31],
+            &[b'a'; 32],
+            &[b'a'; 34],
+        ] {
+            assert_eq!(hop_by_hop_bit(name), 0, "{}", String::from_utf8_lossy(name));
+        }
+    }
+
+    #[test]
     fn unsupported_versions_are_spotted_and_rewritten() {
         let mut b = *b"GET / HTTP/3.0\r\nHost: a\r\n\r\n";
         assert_eq!(unsupported_version(&mut b), Some(true));
