@@ -9,13 +9,18 @@
 //! of at most [`COALESCE`] bytes in all are copied into the worker thread's scratch buffer
 //! and sent at once; larger writes keep `writev`. The upstream HTTP/1.1 client copies small
 //! bodies next to the head in its own buffer likewise (`h1client::COALESCE`).
+//!
+//! rustls writes its records with `write_vectored` too, one `writev` per flush even of a
+//! single record: [`CoalescingTcp`] is the TCP stream under every TLS connection, downstream
+//! and upstream, so a record goes out with a `send`.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 /// Vectored writes up to this many bytes in all are copied and sent with one `send`.
 pub(crate) const COALESCE: usize = 4 * 1024;
@@ -57,6 +62,51 @@ pub(crate) fn poll_write_coalesced<W: AsyncWrite + ?Sized>(
             res
         }),
         _ => io.as_mut().poll_write_vectored(cx, bufs),
+    }
+}
+
+/// A TCP stream whose vectored writes go through [`poll_write_coalesced`]: the transport
+/// under rustls (`tokio_rustls`' streams over it).
+#[derive(Debug)]
+pub(crate) struct CoalescingTcp(pub(crate) TcpStream);
+
+impl AsyncRead for CoalescingTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CoalescingTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        poll_write_coalesced(Pin::new(&mut self.get_mut().0), cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
 
@@ -163,6 +213,33 @@ mod tests {
         assert_eq!(write(&mut rec, &[b"", b""]), 0);
         assert_eq!(rec.calls, ['w']);
         assert_eq!(rec.out, big);
+    }
+
+    #[tokio::test]
+    async fn a_coalescing_socket_delivers_small_and_large_vectored_writes_in_order() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut tcp = CoalescingTcp(client);
+        assert!(tcp.is_write_vectored());
+        let big: Vec<u8> = (0..COALESCE * 3).map(|i| (i % 251) as u8).collect();
+        let mut expected = Vec::new();
+        for parts in [&[&b"head "[..], b"", b"body"][..], &[b"x", &big, b"y"]] {
+            let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+            let mut slices = &mut slices[..];
+            while !slices.is_empty() {
+                let n = tcp.write_vectored(slices).await.unwrap();
+                IoSlice::advance_slices(&mut slices, n);
+            }
+            expected.extend(parts.iter().flat_map(|p| p.iter().copied()));
+        }
+        tcp.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, expected);
     }
 
     #[test]

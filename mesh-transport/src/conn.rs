@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 use tower_service::Service;
 
 use crate::Shared;
+use crate::coalesce::CoalescingTcp;
 use crate::h2guard::H2Guard;
 use crate::headers::{HeadScanner, Reject, inspect};
 use crate::limits::Limits;
@@ -137,7 +138,7 @@ struct DownIo {
 /// The accepted socket, plain or with TLS terminated.
 enum Down {
     Tcp(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<CoalescingTcp>>),
 }
 
 enum Proto {
@@ -337,7 +338,7 @@ pub(crate) async fn serve<F: StackFactory>(
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
             let accepted = tokio::select! {
                 // boxed: only TLS connections pay for the handshake's state
-                a = tokio::time::timeout(worker.limits.tls_handshake_timeout, Box::pin(acceptor.accept(stream))) => a,
+                a = tokio::time::timeout(worker.limits.tls_handshake_timeout, Box::pin(acceptor.accept(CoalescingTcp(stream)))) => a,
                 () = drain.as_mut() => return,
             };
             // a stalled or failed handshake closes the connection

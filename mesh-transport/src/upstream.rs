@@ -152,6 +152,7 @@ use mesh_core::ext::{
 use mesh_core::limits::{ClusterLimits, OVERFLOW_BODY};
 use tokio::net::TcpStream;
 
+use crate::coalesce::CoalescingTcp;
 use crate::h1client::{self, FailKind, H1Body, H1Conn, Io};
 use crate::h2streams::{H2Streams, SettingsReader, StreamSlot};
 use crate::headers::{UPGRADE, hop_by_hop_present, strip_hop_by_hop, strip_present};
@@ -381,9 +382,9 @@ fn with_head(
 async fn handshake(
     tls: &ClientTls,
     stream: TcpStream,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+) -> std::io::Result<tokio_rustls::client::TlsStream<CoalescingTcp>> {
     tokio_rustls::TlsConnector::from(tls.config.clone())
-        .connect(tls.server_name.clone(), stream)
+        .connect(tls.server_name.clone(), CoalescingTcp(stream))
         .await
 }
 
@@ -662,7 +663,8 @@ impl Connector {
             let sender = match tls {
                 None => {
                     // the reading side records the server's SETTINGS_MAX_CONCURRENT_STREAMS
-                    let io = SettingsReader::new(stream, streams.clone());
+                    // (small frames written together go out with one `send`)
+                    let io = SettingsReader::new(CoalescingTcp(stream), streams.clone());
                     let (sender, conn) = builder
                         .handshake(TokioIo::new(io))
                         .await

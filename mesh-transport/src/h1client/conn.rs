@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use super::request::ReqBody;
 use super::{COALESCE, MAX_READ, MIN_READ};
+use crate::coalesce::CoalescingTcp;
 
 /// One upstream HTTP/1.1 connection and its buffers. Idle in the pool, it holds no bytes.
 /// Boxed wherever it travels (pool, exchange, response body): a pointer moves instead of
@@ -45,7 +46,7 @@ pub(crate) struct H1Conn {
 /// [`UpstreamTls`](crate::tls::UpstreamTls)).
 pub(crate) enum Io {
     Tcp(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::client::TlsStream<CoalescingTcp>>),
 }
 
 /// Why sending stopped.
@@ -152,7 +153,7 @@ impl H1Conn {
     pub(crate) fn tcp(&self) -> &TcpStream {
         match &self.io {
             Io::Tcp(io) => io,
-            Io::Tls(io) => io.get_ref().0,
+            Io::Tls(io) => &io.get_ref().0.0,
         }
     }
 
