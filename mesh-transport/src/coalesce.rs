@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 pub(crate) const COALESCE: usize = 4 * 1024;
 
 thread_local! {
-    /// The thread's copy buffer (at most [`COALESCE`] bytes; emptied after each write).
+    /// The thread's copy buffer (reused: its capacity stays at most [`COALESCE`] bytes).
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -35,7 +35,7 @@ thread_local! {
 /// [`COALESCE`] bytes in all go out with one `poll_write` of a copy; one non-empty slice
 /// goes out with `poll_write` as it is; anything else with `poll_write_vectored`.
 pub(crate) fn poll_write_coalesced<W: AsyncWrite + ?Sized>(
-    mut io: Pin<&mut W>,
+    io: Pin<&mut W>,
     cx: &mut Context<'_>,
     bufs: &[IoSlice<'_>],
 ) -> Poll<io::Result<usize>> {
@@ -51,17 +51,15 @@ pub(crate) fn poll_write_coalesced<W: AsyncWrite + ?Sized>(
     }
     match non_empty {
         0 => Poll::Ready(Ok(0)),
-        1 => io.as_mut().poll_write(cx, last),
+        1 => io.poll_write(cx, last),
         _ if total <= COALESCE => SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
             for b in bufs {
                 scratch.extend_from_slice(b);
             }
-            let res = io.as_mut().poll_write(cx, scratch);
-            scratch.clear();
-            res
+            io.poll_write(cx, scratch)
         }),
-        _ => io.as_mut().poll_write_vectored(cx, bufs),
+        _ => io.poll_write_vectored(cx, bufs),
     }
 }
 
