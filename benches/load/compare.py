@@ -458,18 +458,44 @@ def report(targets, rows, hwm):
         out += ["", "Ratios target / reference, same run (req/s: higher is better; CPU and RSS: lower "
                 "is better):", "",
                 f"| target | / reference | h1 req/s (sat.) | h2c req/s | CPU s /100k (sat.) | "
-                f"CPU s /100k (@{RATE} rps) | RSS idle |", "|---|---|---|---|---|---|---|"]
+                f"user CPU (sat.) | CPU s /100k (@{RATE} rps) | RSS idle |", "|---|---|---|---|---|---|---|---|"]
         idle = {t.name: t.idle_rss for t in targets}
 
         def ratio(a, b, k):
             return None if M[a][k] is None or not M[b][k] else M[a][k] / M[b][k]
 
         for a, b in pairs:
-            out.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+            out.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 a, b, fmt(ratio(a, b, "h1_rps"), "%.2f"), fmt(ratio(a, b, "h2_rps"), "%.2f"),
-                fmt(ratio(a, b, "cpu_sat"), "%.2f"), fmt(ratio(a, b, "cpu_rate"), "%.2f"),
+                fmt(ratio(a, b, "cpu_sat"), "%.2f"), fmt(ratio(a, b, "cpu_sat_user"), "%.2f"),
+                fmt(ratio(a, b, "cpu_rate"), "%.2f"),
                 fmt(idle[a] / idle[b] if idle[a] and idle[b] else None, "%.2f")))
+        out += ["", "The same CPU ratios round by round (each target's figure over the reference's "
+                "of the same round): median [lowest–highest], and the rounds at or under 1:", "",
+                f"| target | / reference | CPU s /100k (sat.) | user CPU (sat.) | CPU s /100k (@{RATE} rps) |",
+                "|---|---|---|---|---|"]
+        for a, b in pairs:
+            out.append("| %s | %s | %s | %s | %s |" % (
+                a, b, *(spread(per_round(rows, a, b, k)) for k in ("cpu_sat", "cpu_sat_user", "cpu_rate"))))
     return "\n".join(out) + "\n"
+
+
+def per_round(rows, a, b, key):
+    """`a`'s `key` over `b`'s, for each round both have it (the targets of a round run one
+    after the other, so a round's pair shares the machine's state of the moment)."""
+    fig = {(r["round"], r["target"]): r.get(key) for r in rows}
+    rounds = sorted({r["round"] for r in rows})
+    return [fig[(n, a)] / fig[(n, b)] for n in rounds
+            if fig.get((n, a)) is not None and fig.get((n, b))]
+
+
+def spread(ratios):
+    """`median [lowest–highest], k of n <= 1` of per-round ratios."""
+    if not ratios:
+        return "n/a"
+    under = sum(1 for x in ratios if x <= 1.0)
+    return "%.2f [%.2f–%.2f], %d of %d ≤ 1" % (statistics.median(ratios), min(ratios), max(ratios),
+                                               under, len(ratios))
 
 
 if __name__ == "__main__":
