@@ -17,7 +17,11 @@ CONNS connections at once): the count at a saturation-like concurrency, where a 
 many connections' events per wake-up and the one-connection count's per-wake-up costs spread
 out. CACHE=1 adds callgrind's cache and branch simulation and prints, per request, the
 first-level instruction and data cache misses and the mispredicted conditional and indirect
-branches: what separates two proxies' CPU time at equal instruction counts.
+branches: what separates two proxies' CPU time at equal instruction counts. LOCKS=1 dumps the
+counts per instruction (`--dump-instr=yes`) and prints the locked read-modify-write
+instructions (a `lock` prefix, or `xchg` with memory: atomic reference counts, counters,
+compare-and-swap) executed per request in the proxy's binary and in libc, with the functions
+that execute most of them (needs objdump, from binutils).
 """
 
 import glob
@@ -35,6 +39,7 @@ REQUESTS = int(os.environ.get("REQUESTS", 5000))
 WARMUP = int(os.environ.get("WARMUP", 500))
 CONNS = int(os.environ.get("CONNS", 1))
 CACHE = os.environ.get("CACHE", "") not in ("", "0")
+LOCKS = os.environ.get("LOCKS", "") not in ("", "0")
 
 
 def send(conn, n):
@@ -84,7 +89,7 @@ def measure(name, run, up_port, up_h2_port):
         return None, f"unknown target {name}"
     out = f"{run}/cg.{name}"
     log = open(f"{run}/{name}.callgrind.log", "w")
-    sim = ["--cache-sim=yes", "--branch-sim=yes"] if CACHE else []
+    sim = (["--cache-sim=yes", "--branch-sim=yes"] if CACHE else []) + (["--dump-instr=yes"] if LOCKS else [])
     vg = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"] + sim + argv,
                           stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -126,6 +131,9 @@ def measure(name, run, up_port, up_h2_port):
                   f"{per.get('D1mr', 0):.0f}), mispredicted branches: conditional "
                   f"{per.get('Bcm', 0):.1f} of {per.get('Bc', 0):.0f}, indirect "
                   f"{per.get('Bim', 0):.1f} of {per.get('Bi', 0):.0f}")
+        if LOCKS and total:
+            for d in dumps:
+                locked_per_request(d, prog)
         return total / REQUESTS if total else None, None
     finally:
         vg.terminate()
@@ -136,9 +144,79 @@ def measure(name, run, up_port, up_h2_port):
         log.close()
 
 
+def locked_addresses(binary):
+    """The addresses of `binary`'s locked read-modify-write instructions (objdump)."""
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", binary], capture_output=True,
+                         text=True).stdout
+    found = set()
+    for line in out.splitlines():
+        p = line.split("\t")
+        if len(p) < 2 or not p[0].strip().endswith(":"):
+            continue
+        ins = p[1].split()
+        if not ins:
+            continue
+        if ins[0] == "lock" or (ins[0] == "xchg" and "(" in p[1]):
+            found.add(int(p[0].strip().rstrip(":"), 16))
+    return found
+
+
+def locked_per_request(dump, binary):
+    """Locked instructions per request in `binary` and in libc, from an instruction-level
+    dump (callgrind writes each instruction's address relative to its object)."""
+    names, counts, fn_of = {}, {}, {}
+    ob = fn = None
+    skip = False
+    last = 0
+
+    def name(kind, text):
+        num, _, rest = text.partition(")")
+        key = (kind, num)
+        if rest.strip():
+            names[key] = rest.strip()
+        return names.get(key, "?")
+
+    with open(dump) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line.startswith("ob="):
+                ob = name("ob", line[3:])
+            elif line.startswith("fn="):
+                fn = name("fn", line[3:])
+            elif line.startswith(("cfn=", "cob=")):
+                name("fn" if line[1] == "f" else "ob", line[4:])
+            elif line.startswith("calls="):
+                skip = True
+            elif line and (line[0].isdigit() or line[0] in "+-*"):
+                p = line.split()
+                tok = p[0]
+                last = (int(tok, 16) if tok.startswith("0x") else last if tok == "*"
+                        else last + int(tok) if tok[0] in "+-" else int(tok))
+                if skip:
+                    skip = False
+                elif len(p) >= 3:
+                    counts[(ob, last)] = counts.get((ob, last), 0) + int(p[2])
+                    fn_of[(ob, last)] = fn
+    libc = next((o for o, _ in counts if o and "/libc.so" in o), None)
+    own = os.path.realpath(binary)
+    for label, obj in (("its binary", own), ("libc", libc)):
+        if not obj:
+            continue
+        locked = locked_addresses(obj)
+        by_fn = {}
+        for (o, a), k in counts.items():
+            if o and os.path.realpath(o) == os.path.realpath(obj) and a in locked:
+                by_fn[fn_of[(o, a)]] = by_fn.get(fn_of[(o, a)], 0) + k
+        total = sum(by_fn.values()) / REQUESTS
+        top = sorted(by_fn.items(), key=lambda kv: -kv[1])[:8]
+        print(f"  locked instructions per request in {label}: {total:.1f} ("
+              + "; ".join(f"{(f or '?')[:70]} {k / REQUESTS:.1f}" for f, k in top) + ")")
+
+
 def main(argv):
     names = argv or ["mesh", "haproxy"]
-    for tool in ("valgrind", "callgrind_control", "nginx") + (("h2load",) if CONNS > 1 else ()):
+    for tool in (("valgrind", "callgrind_control", "nginx") + (("h2load",) if CONNS > 1 else ())
+                 + (("objdump",) if LOCKS else ())):
         if not compare.which(tool):
             sys.exit(f"callgrind.py: missing {tool} (apt-get install valgrind nginx-light "
                      "nghttp2-client)")
