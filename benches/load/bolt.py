@@ -65,14 +65,20 @@ def profile(binary, perf_data):
     """Samples of the binary's own code at saturation."""
     name = "relocs"
     with c.running([f"{name}={os.path.abspath(binary)}"], "mesh-bolt.") as (run, targets):
+        if not targets:
+            sys.exit(f"bolt.py: {binary} did not start (see the logs in {run})")
         t = targets[0]
         c.wrk(t, 2)
+        if os.path.exists(perf_data):
+            os.remove(perf_data)
         perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "20000", "-o", perf_data,
-                                 "-p", str(t.pid)], stderr=subprocess.DEVNULL)
+                                 "-p", str(t.pid)])
         time.sleep(0.5)
         c.wrk(t, SECS)
         perf.send_signal(signal.SIGINT)
         perf.wait()
+        if not os.path.exists(perf_data):
+            sys.exit(f"bolt.py: perf record wrote nothing (exit {perf.returncode})")
 
 
 def fdata(binary, perf_data, out):
@@ -96,8 +102,10 @@ def fdata(binary, perf_data, out):
     # file offset -> virtual address: the executable segment's own difference
     seg = subprocess.run(["readelf", "-lW", binary], capture_output=True, text=True,
                          check=True).stdout
-    delta = next(int(p[2], 16) - int(p[1], 16) for p in (l.split() for l in seg.splitlines())
-                 if len(p) > 7 and p[0] == "LOAD" and "E" in p[6:-1])
+    delta = next((int(p[2], 16) - int(p[1], 16) for p in (l.split() for l in seg.splitlines())
+                  if len(p) > 7 and p[0] == "LOAD" and "E" in "".join(p[6:-1])), None)
+    if delta is None:
+        sys.exit(f"bolt.py: no executable LOAD segment in {binary}")
     syms = text_symbols(binary)
     addrs = [a for a, _ in syms]
     counts = collections.Counter()
@@ -115,19 +123,22 @@ def fdata(binary, perf_data, out):
 
 
 def main():
-    for tool in ("perf", "wrk", "nginx", "nm", "readelf", BOLT):
+    for tool in ("cargo", "perf", "wrk", "nginx", "taskset", "nm", "readelf", BOLT):
         if not c.which(tool):
             sys.exit(f"bolt.py: missing {tool} (apt-get install linux-perf wrk nginx-light binutils bolt-15)")
     binary = relink_with_relocations()
-    perf_data = f"{RELEASE}/mesh-proxy.perf.data"
-    profile(binary, perf_data)
-    prof = f"{RELEASE}/mesh-proxy.fdata"
-    n = fdata(binary, perf_data, prof)
-    c.log(f"{n} samples in mesh-proxy's text: {prof}")
-    subprocess.run([BOLT, binary, "-o", f"{RELEASE}/mesh-proxy.bolt", f"-data={prof}", "-lite=0",
-                    "-reorder-blocks=ext-tsp", "-reorder-functions=hfsort", "-split-functions",
-                    "-split-all-cold", "-split-eh"], check=True)
-    subprocess.run(["cargo", "build", "--release", "-p", "mesh-proxy"], check=True)
+    try:
+        perf_data = f"{RELEASE}/mesh-proxy.perf.data"
+        profile(binary, perf_data)
+        prof = f"{RELEASE}/mesh-proxy.fdata"
+        n = fdata(binary, perf_data, prof)
+        c.log(f"{n} samples in mesh-proxy's text: {prof}")
+        subprocess.run([BOLT, binary, "-o", f"{RELEASE}/mesh-proxy.bolt", f"-data={prof}", "-lite=0",
+                        "-reorder-blocks=ext-tsp", "-reorder-functions=hfsort", "-split-functions",
+                        "-split-all-cold", "-split-eh"], check=True)
+    finally:
+        # the ordinary binary again, whatever happened
+        subprocess.run(["cargo", "build", "--release", "-p", "mesh-proxy"], check=True)
     print(f"{RELEASE}/mesh-proxy.bolt (from {binary}; profile {prof})")
 
 

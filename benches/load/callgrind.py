@@ -219,7 +219,7 @@ def main(argv):
                  + (("objdump",) if LOCKS else ())):
         if not compare.which(tool):
             sys.exit(f"callgrind.py: missing {tool} (apt-get install valgrind nginx-light "
-                     "nghttp2-client)")
+                     "nghttp2-client binutils)")
     run = tempfile.mkdtemp(prefix="mesh-callgrind.")
     os.chmod(run, 0o755)
     up_port, up_h2_port = compare.free_ports(2)
