@@ -23,7 +23,8 @@ binary (a previous build, to compare with), or NAME=PATH,TEMPLATE for a mesh-pro
 another configuration template from benches/load/templates (mesh-noretry.yaml: the route sets
 `retries: {attempts: 0}`, to see what Istio's default retry policy costs). A target whose program is missing is skipped. Knobs (environment): ROUNDS=3 TP_SECS=8 LAT_SECS=5 H2_SECS=3 WARM_SECS=2
 RATE=2000 CONNS=50 PROXY_CPU=0 LOAD_CPU=1 WORKERS=1 MESH_BIN=target/release/mesh-proxy
-ENVOY_BIN=<path> OUT=<dir>. See benches/load/README.md.
+ENVOY_BIN=<path> OUT=<dir> RESTART=0 (1: new processes every round, warmed up again; the
+memory columns are the first round's). See benches/load/README.md.
 """
 
 import contextlib
@@ -60,6 +61,7 @@ CONNS = knob("CONNS", 50)
 PROXY_CPU = knob("PROXY_CPU", "0")
 LOAD_CPU = knob("LOAD_CPU", "1")
 WORKERS = knob("WORKERS", 1)
+RESTART = knob("RESTART", 0)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PATH_EXTRA = ["/usr/sbin", "/sbin"]
 
@@ -387,24 +389,33 @@ def main(argv):
                      "haproxy util-linux; see benches/load/README.md)")
     out_dir = ENV.get("OUT") or tempfile.mkdtemp(prefix="mesh-compare.")
     os.makedirs(out_dir, exist_ok=True)
-    with running(names, "mesh-compare-run.") as (run, targets):
-        for t in targets:
-            log(f"warm-up {t.name}")
-            wrk(t, WARM_SECS)
-        rows = []
-        for r in range(ROUNDS):
-            order = targets if r % 2 == 0 else list(reversed(targets))
-            for t in order:
-                log(f"round {r + 1}/{ROUNDS}: {t.name}")
-                row = {"round": r + 1, "target": t.name}
-                row.update(wrk(t, TP_SECS))
-                row.update(oha(t))
-                row.update(h2load(t))
-                rows.append(row)
-        for t in targets:
-            if t.proc and t.proc.poll() is not None:
-                log(f"WARNING: {t.name} exited during the run: its figures are not valid")
-        hwm = {t.name: mem_kb(t.pid, "VmHWM") if t.pid else 0 for t in targets}
+    rows = []
+    # RESTART=1: new processes (the origin's too) for every round, so that the rounds sample
+    # what differs from one process to the next (its memory's placement and layout, kept
+    # for its whole life), not only the machine's moment
+    batches = [[r] for r in range(ROUNDS)] if RESTART else [list(range(ROUNDS))]
+    first = None
+    for batch in batches:
+        with running(names, "mesh-compare-run.") as (run, targets):
+            for t in targets:
+                log(f"warm-up {t.name}")
+                wrk(t, WARM_SECS)
+            for r in batch:
+                order = targets if r % 2 == 0 else list(reversed(targets))
+                for t in order:
+                    log(f"round {r + 1}/{ROUNDS}: {t.name}")
+                    row = {"round": r + 1, "target": t.name, "pid": t.pid}
+                    row.update(wrk(t, TP_SECS))
+                    row.update(oha(t))
+                    row.update(h2load(t))
+                    rows.append(row)
+            for t in targets:
+                if t.proc and t.proc.poll() is not None:
+                    log(f"WARNING: {t.name} exited during the run: its figures are not valid")
+            if first is None:
+                # the memory columns: the first processes'
+                first = targets, {t.name: mem_kb(t.pid, "VmHWM") if t.pid else 0 for t in targets}
+    targets, hwm = first
     with open(os.path.join(out_dir, "rounds.json"), "w") as f:
         json.dump(rows, f, indent=1)
     summary = report(targets, rows, hwm)
@@ -436,7 +447,7 @@ def report(targets, rows, hwm):
 
     out = [f"<!-- benches/load/compare.py {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
            f"rounds={ROUNDS} tp={TP_SECS}s lat={LAT_SECS}s@{RATE}rps h2={H2_SECS}s conns={CONNS} "
-           f"workers={WORKERS} proxy_cpu={PROXY_CPU} load_cpu={LOAD_CPU} -->", "",
+           f"workers={WORKERS} proxy_cpu={PROXY_CPU} load_cpu={LOAD_CPU} restart={RESTART} -->", "",
            f"| target | h1 req/s (sat.) | h1 p50 / p99 ms | @{RATE} rps p50 / p99 / p99.9 ms | added p50 / p99 ms | "
            f"h2c req/s | CPU s /100k (sat.; user + sys) | CPU s /100k (@{RATE} rps) | CPU util (sat.) | "
            "RSS idle / peak / HWM MiB | errors h1 / @rate / h2 |",
