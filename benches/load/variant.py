@@ -49,12 +49,16 @@ def root():
 def build(name, top):
     patch = os.path.join(VARIANTS, f"{name}.patch")
     if name != "head" and not os.path.exists(patch):
-        known = sorted(f[:-len(".patch")] for f in os.listdir(VARIANTS) if f.endswith(".patch"))
+        known = ["head"] + sorted(f[:-len(".patch")] for f in os.listdir(VARIANTS)
+                                  if f.endswith(".patch"))
         sys.exit(f"variant.py: no variant {name!r} (known: {', '.join(known)})")
     src = os.path.join(top, "target", "variant-src", name)
     if os.path.exists(src):
-        subprocess.run(["git", "worktree", "remove", "--force", src], cwd=top)
+        subprocess.run(["git", "worktree", "remove", "--force", src], cwd=top,
+                       capture_output=True)
         shutil.rmtree(src, ignore_errors=True)
+    # forget worktrees whose directory is gone (an interrupted run)
+    subprocess.run(["git", "worktree", "prune"], cwd=top, check=True)
     subprocess.run(["git", "worktree", "add", "--detach", src, "HEAD"], cwd=top, check=True,
                    capture_output=True)
     try:
@@ -73,7 +77,8 @@ def build(name, top):
         os.makedirs(os.path.dirname(out), exist_ok=True)
         shutil.copy2(os.path.join(env["CARGO_TARGET_DIR"], "release", "mesh-proxy"), out)
         flags = f", RUSTFLAGS={env['RUSTFLAGS']!r}" if env.get("RUSTFLAGS") else ""
-        print(f"variant.py: {out} (HEAD with {name}.patch{flags})")
+        what = "HEAD as it is" if name == "head" else f"HEAD with {name}.patch"
+        print(f"variant.py: {out} ({what}{flags})")
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", src], cwd=top,
                        capture_output=True)
