@@ -62,11 +62,12 @@ def build(name, top):
     subprocess.run(["git", "worktree", "add", "--detach", src, "HEAD"], cwd=top, check=True,
                    capture_output=True)
     try:
-        applied = subprocess.run(["git", "apply", patch], cwd=src, capture_output=True,
-                                 text=True) if name != "head" else None
-        if applied is not None and applied.returncode != 0:
-            sys.exit(f"variant.py: {name}.patch no longer applies to HEAD; make the same edit "
-                     f"and save its `git diff` as {patch}:\n{applied.stderr}")
+        if name != "head":
+            applied = subprocess.run(["git", "apply", patch], cwd=src, capture_output=True,
+                                     text=True)
+            if applied.returncode != 0:
+                sys.exit(f"variant.py: {name}.patch no longer applies to HEAD; make the same "
+                         f"edit and save its `git diff` as {patch}:\n{applied.stderr}")
         env = dict(os.environ)
         # absolute: cargo runs in the worktree
         env["CARGO_TARGET_DIR"] = os.path.abspath(
