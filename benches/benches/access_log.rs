@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::task::{Context, Waker};
 
-use arc_swap::ArcSwapOption;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Request;
 use http_body_util::Empty;
@@ -21,7 +20,7 @@ use mesh_benches::layer::{NoopInner, send};
 use mesh_telemetry::TraceContext;
 use mesh_telemetry::access_log::{AccessLog, AccessLogWriter, Encoding};
 use mesh_telemetry::record::{Completed, RecordLayer, Sink};
-use mesh_telemetry::sinks::{AccessLogRecorder, Side, SpanRecorder};
+use mesh_telemetry::sinks::{AccessLogRecorder, Reloadable, Side, SpanRecorder};
 use mesh_telemetry::span::{SpanOptions, SpanSink};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
@@ -69,14 +68,14 @@ fn access_log(c: &mut Criterion) {
     let mut cx = Context::from_waker(Waker::noop());
     let log = |encoding| -> Arc<dyn Sink> {
         let writer = Arc::new(AccessLogWriter::open("/dev/null", 1 << 16).expect("/dev/null"));
-        let log = Arc::new(ArcSwapOption::from_pointee(AccessLog::new(
+        let log = Arc::new(Reloadable::new(Some(Arc::new(AccessLog::new(
             encoding, writer,
-        )));
+        )))));
         Arc::new(AccessLogRecorder::new(Side::Outbound, log))
     };
     let spans: Arc<dyn Sink> = Arc::new(SpanRecorder::new(
         Side::Outbound,
-        Arc::new(ArcSwapOption::from_pointee(
+        Arc::new(Reloadable::new(Some(Arc::new(
             SpanSink::new(
                 Discard,
                 SpanOptions {
@@ -85,7 +84,7 @@ fn access_log(c: &mut Criterion) {
                 },
             )
             .expect("a span thread"),
-        )),
+        )))),
     ));
     let cases: [(&str, Arc<dyn Sink>, bool); 5] = [
         ("record_only", Arc::new(Nothing), true),

@@ -36,10 +36,9 @@ use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Empty;
 use mesh_benches::layer::{NoopInner, Res, send};
 use mesh_core::MeshBody;
@@ -52,7 +51,7 @@ use mesh_core::stream_info::{Recorded, StreamInfo};
 use mesh_telemetry::access_log::{AccessLog, AccessLogWriter, Encoding};
 use mesh_telemetry::metrics::{BUCKETS, IstioMetrics, LocalWorkload, Reporter};
 use mesh_telemetry::record::{Completed, End, RecordLayer, Sink};
-use mesh_telemetry::sinks::{AccessLogRecorder, Side, SpanRecorder};
+use mesh_telemetry::sinks::{AccessLogRecorder, Reloadable, Side, SpanRecorder};
 use mesh_telemetry::trace::{TraceConfig, TraceLayer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -245,17 +244,17 @@ fn layer(c: &mut Criterion) {
     // and `Exporters`): metrics, spans (no exporter), the TEXT access log
     let metrics = Arc::new(IstioMetrics::new(local()));
     let writer = Arc::new(AccessLogWriter::open("/dev/null", 1 << 16).expect("/dev/null"));
-    let log = Arc::new(ArcSwapOption::from_pointee(AccessLog::new(
+    let log = Arc::new(Reloadable::new(Some(Arc::new(AccessLog::new(
         Encoding::Text,
         writer.clone(),
-    )));
+    )))));
     let access_log = AccessLogRecorder::new(Side::Outbound, log);
     access_log.set_local_addr("127.0.0.1:15001".parse().expect("an address"));
     let sinks: Vec<Arc<dyn Sink>> = vec![
         metrics.sink(Reporter::Source),
         Arc::new(SpanRecorder::new(
             Side::Outbound,
-            Arc::new(ArcSwapOption::empty()),
+            Arc::new(Reloadable::empty()),
         )),
         Arc::new(access_log),
     ];
@@ -310,18 +309,13 @@ fn recorded() -> Recorded {
 
 fn record_one(m: &IstioMetrics, info: &Recorded) {
     let start = Instant::now();
-    let uri = Uri::from_static("/reviews/1");
     let done = Completed {
         start,
-        first_byte: Some(start),
         end: start + Duration::from_millis(3),
         how: End::Complete,
-        method: &Method::GET,
-        uri: &uri,
+        details: None,
         version: Version::HTTP_11,
         authority: Some("reviews:9080"),
-        request_id: None,
-        user_agent: None,
         grpc: false,
         request_bytes: 120,
         status: Some(StatusCode::OK),

@@ -12,20 +12,19 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwapOption;
 use mesh_core::compile::Snapshot;
 use mesh_core::model::bootstrap::{AccessLog as AccessLogConfig, AccessLogEncoding, Otlp};
 use mesh_telemetry::access_log::{AccessLog, AccessLogWriter, DEFAULT_QUEUE, Encoding};
 use mesh_telemetry::otlp::{OtlpConfig, exporter};
 use mesh_telemetry::record::Sink;
-use mesh_telemetry::sinks::{AccessLogRecorder, Side, SpanRecorder};
+use mesh_telemetry::sinks::{AccessLogRecorder, Reloadable, Side, SpanRecorder};
 use mesh_telemetry::span::{SpanOptions, SpanSink};
 
 /// The span exporter and the access log of a proxy (see the [module docs](self)).
 #[derive(Debug)]
 pub struct Exporters {
-    spans: Arc<ArcSwapOption<SpanSink>>,
-    log: Arc<ArcSwapOption<AccessLog>>,
+    spans: Arc<Reloadable<SpanSink>>,
+    log: Arc<Reloadable<AccessLog>>,
     /// The configuration the current exporter and log were built from.
     built: Mutex<(Option<Otlp>, Option<AccessLogConfig>)>,
     outbound_log: Arc<AccessLogRecorder>,
@@ -40,7 +39,7 @@ pub struct Exporters {
 impl Exporters {
     /// The exporter and log `snapshot`'s bootstrap asks for (none when it asks for none).
     pub fn new(snapshot: &Snapshot) -> Exporters {
-        let log = Arc::new(ArcSwapOption::empty());
+        let log = Arc::new(Reloadable::empty());
         let app = snapshot
             .bootstrap
             .inbound
@@ -52,7 +51,7 @@ impl Exporters {
             None => inbound_log,
         };
         let e = Exporters {
-            spans: Arc::new(ArcSwapOption::empty()),
+            spans: Arc::new(Reloadable::empty()),
             outbound_log: Arc::new(AccessLogRecorder::new(Side::Outbound, log.clone())),
             inbound_log: Arc::new(inbound_log),
             log,
@@ -65,7 +64,7 @@ impl Exporters {
 
     /// The access log, for the listeners that write lines themselves (the L4 listeners: a
     /// line per connection, [`crate::l4::ConnLog`]); empty when none is configured.
-    pub fn access_log(&self) -> &Arc<ArcSwapOption<AccessLog>> {
+    pub fn access_log(&self) -> &Arc<Reloadable<AccessLog>> {
         &self.log
     }
 

@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::l4::{ConnEnd, ConnLog};
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use mesh_core::compile::Snapshot;
 use mesh_core::error::{FieldPath, ResourceRef};
 use mesh_core::ext::PeerIdentity;
@@ -59,6 +59,7 @@ use mesh_core::validate::common::Protocol;
 use mesh_core::{ResponseFlags, Severity};
 use mesh_telemetry::access_log::AccessLog;
 use mesh_telemetry::metrics::{IstioMetrics, TcpInbound};
+use mesh_telemetry::sinks::Reloadable;
 use mesh_tls::authz::{Attributes, Authorizer};
 use mesh_tls::termination::{PortTermination, ServerFiles, ServerTermination};
 use mesh_transport::OwnAddrs;
@@ -527,7 +528,7 @@ pub struct TcpIngress {
     pub metrics: Arc<IstioMetrics>,
     /// The access log: a line per connection ([`crate::l4::ConnLog`]; upstream cluster
     /// `inbound|<port>||`, as Istio names the inbound cluster).
-    pub access_log: Arc<ArcSwapOption<AccessLog>>,
+    pub access_log: Arc<Reloadable<AccessLog>>,
 }
 
 /// The connection handler of one worker of an L4 ingress listener.

@@ -47,8 +47,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwapOption;
-
 use mesh_core::ResponseFlags;
 use mesh_core::compile::{Snapshot, resolve_host};
 use mesh_core::ext::SelectedUpstream;
@@ -58,6 +56,7 @@ use mesh_resilience::outlier::{ConnectOutcome, record_connect};
 use mesh_routing::l4::{L4Connection, L4RouteTable, L4RouteTableHandle};
 use mesh_telemetry::access_log::{AccessLog, LogEntry};
 use mesh_telemetry::metrics::{IstioMetrics, TcpPeer};
+use mesh_telemetry::sinks::Reloadable;
 use mesh_transport::OwnAddrs;
 use mesh_transport::l4::{
     self as engine_l4, Accepted, ClientHello, ConnectError, ConnectionHandler, L4WorkerContext,
@@ -104,7 +103,7 @@ pub struct L4Shared {
     pub hello_timeout: Duration,
     /// The access log (the bootstrap's `accessLog`, swapped on reload): a line per
     /// connection ([`ConnLog`]).
-    pub access_log: Arc<ArcSwapOption<AccessLog>>,
+    pub access_log: Arc<Reloadable<AccessLog>>,
 }
 
 /// A connection's access log line, as Envoy's TCP proxy writes one per connection in the
@@ -115,7 +114,7 @@ pub struct L4Shared {
 /// when no access log is configured).
 #[derive(Debug)]
 pub struct ConnLog {
-    log: Arc<ArcSwapOption<AccessLog>>,
+    log: Arc<Reloadable<AccessLog>>,
     start: SystemTime,
     began: Instant,
     local: SocketAddr,
@@ -144,7 +143,7 @@ pub struct ConnEnd<'a> {
 
 impl ConnLog {
     /// The line of a connection accepted now on `local` from `peer`.
-    pub fn new(log: &Arc<ArcSwapOption<AccessLog>>, local: SocketAddr, peer: SocketAddr) -> Self {
+    pub fn new(log: &Arc<Reloadable<AccessLog>>, local: SocketAddr, peer: SocketAddr) -> Self {
         ConnLog {
             log: log.clone(),
             start: SystemTime::now(),

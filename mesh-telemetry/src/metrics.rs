@@ -104,7 +104,9 @@
 
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
@@ -168,6 +170,9 @@ pub struct IstioMetrics {
     /// Unique in the process: tells this registry's series at hand from another's.
     id: u64,
     local: ArcSwap<LocalWorkload>,
+    /// Bumped after each change of `local`: a thread's copy at hand ([`AtHand::local`]) of
+    /// the same generation is current, and saves the request an `ArcSwap` load.
+    local_generation: AtomicU64,
     /// Resolved label sets, by what identifies them (pointers and strings).
     cache: RwLock<FastHashMap<u64, Vec<Cached>>>,
     /// Every label set, by its text (one entry per distinct text).
@@ -196,13 +201,26 @@ struct LastSeries {
     series: Arc<Series>,
 }
 
-thread_local! {
-    /// This thread's series at hand, direct-mapped by peer and key.
-    static LAST_SERIES: std::cell::RefCell<[Option<LastSeries>; LAST_SERIES_SLOTS]> =
-        const { std::cell::RefCell::new([const { None }; LAST_SERIES_SLOTS]) };
+/// What a thread keeps at hand to record a request without the registry's locks.
+struct AtHand {
+    /// A registry's ([`IstioMetrics::id`]) local workload, as of a generation
+    /// ([`IstioMetrics::local_generation`]).
+    local: Option<(u64, u64, Arc<LocalWorkload>)>,
+    /// Series, direct-mapped by peer and key.
+    series: [Option<LastSeries>; LAST_SERIES_SLOTS],
 }
 
-/// The slot of a peer's (by its identity's hash) series `key` in [`LAST_SERIES`].
+thread_local! {
+    /// This thread's local workload and series at hand.
+    static AT_HAND: std::cell::RefCell<AtHand> = const {
+        std::cell::RefCell::new(AtHand {
+            local: None,
+            series: [const { None }; LAST_SERIES_SLOTS],
+        })
+    };
+}
+
+/// The slot of a peer's (by its identity's hash) series `key` in [`AtHand::series`].
 fn last_slot(hash: u64, key: &SeriesKey) -> usize {
     let k = hash ^ u64::from(key.code) ^ (u64::from(key.flags) << 16);
     (k ^ (k >> 32)) as usize % LAST_SERIES_SLOTS
@@ -409,6 +427,7 @@ impl IstioMetrics {
         IstioMetrics {
             id: NEXT_REGISTRY.fetch_add(1, Relaxed),
             local: ArcSwap::from_pointee(local),
+            local_generation: AtomicU64::new(0),
             cache: RwLock::default(),
             peers: RwLock::default(),
             series: AtomicUsize::new(0),
@@ -440,6 +459,7 @@ impl IstioMetrics {
     pub fn set_local(&self, local: LocalWorkload) {
         if **self.local.load() != local {
             self.local.store(Arc::new(local));
+            self.local_generation.fetch_add(1, Release);
         }
     }
 
@@ -468,41 +488,51 @@ impl IstioMetrics {
         if done.info.attempts > 1 {
             self.retries[r].fetch_add(u64::from(done.info.attempts - 1), Relaxed);
         }
-        let local = self.local.load();
         let key = SeriesKey {
             code: done.status.map_or(0, |s| s.as_u16()),
             flags,
             grpc: done.grpc,
             grpc_status: done.grpc_status.filter(|_| done.grpc),
         };
-        let ident = IdentRef::of(reporter, &local, done);
-        let hash = ident.hash();
-        // the common case: the series this thread recorded into last for this peer and
-        // key (no lock, no reference count taken)
-        let slot = last_slot(hash, &key);
-        let hit = LAST_SERIES.with_borrow(|last| match &last[slot] {
-            Some(l) if l.registry == self.id && l.key == key && ident.matches(&l.ident) => {
-                l.series.observe(done);
-                true
-            }
-            _ => false,
-        });
-        if hit {
-            return;
-        }
-        let Some(series) = self.find_series(&ident, hash, key, done) else {
-            self.dropped.fetch_add(1, Relaxed);
-            return;
-        };
-        series.observe(done);
-        LAST_SERIES.with_borrow_mut(|last| {
-            last[slot] = Some(LastSeries {
-                registry: self.id,
-                ident: ident.to_owned(done),
-                key,
-                series,
-            });
-        });
+        let generation = self.local_generation.load(Acquire);
+        AT_HAND.with_borrow_mut(
+            |AtHand {
+                 local,
+                 series: last,
+             }| {
+                // the local workload at hand, unless a reload changed it since
+                if !matches!(local, Some((id, g, _)) if *id == self.id && *g == generation) {
+                    *local = Some((self.id, generation, self.local.load_full()));
+                }
+                let Some((_, _, local)) = local.as_ref() else {
+                    return;
+                };
+                let ident = IdentRef::of(reporter, local, done);
+                let hash = ident.hash();
+                // the common case: the series this thread recorded into last for this peer and
+                // key (no lock, no reference count taken)
+                let slot = last_slot(hash, &key);
+                if let Some(l) = &last[slot]
+                    && l.registry == self.id
+                    && l.key == key
+                    && ident.matches(&l.ident)
+                {
+                    l.series.observe(done);
+                    return;
+                }
+                let Some(series) = self.find_series(&ident, hash, key, done) else {
+                    self.dropped.fetch_add(1, Relaxed);
+                    return;
+                };
+                series.observe(done);
+                last[slot] = Some(LastSeries {
+                    registry: self.id,
+                    ident: ident.to_owned(done),
+                    key,
+                    series,
+                });
+            },
+        );
     }
 
     /// A request's series: a known label set and series found under the read locks, else
@@ -741,6 +771,12 @@ impl Sink for MetricsSink {
     #[inline]
     fn complete(&self, done: &Completed<'_>) {
         self.metrics.record(self.reporter, done);
+    }
+
+    /// Every request's outcome; never its details.
+    #[inline]
+    fn interest(&self, _: Option<&crate::trace::TraceContext>) -> crate::record::Interest {
+        crate::record::Interest::Outcome
     }
 }
 

@@ -5,22 +5,28 @@
 //! end of its response, as Envoy's connection manager does for its access loggers and its
 //! stats filter (`istio_stats`: `log()`, called once the stream is complete):
 //!
-//! 1. on the request: the start [`Instant`], the request's head (method, URI, `Host`,
-//!    `x-request-id`, `user-agent`), its body length when known, its [`TraceContext`], the
+//! 1. on the request: each sink's [`Interest`] in it, the start [`Instant`], `Host`, the
+//!    size of the head and the body's length when known, its [`TraceContext`], the
 //!    downstream [`ClientAddr`](mesh_core::ext::ClientAddr) (read with
-//!    [`client_addr`](mesh_core::ext::client_addr)) and [`PeerIdentity`] (inbound), and a
-//!    fresh [`StreamInfo`] put in its [`RequestSlots`](mesh_core::ext::RequestSlots) for the
-//!    layers inside to record into (the router's decision, each attempt's upstream);
-//! 2. on the response head: the time to first byte, the status, the [`ResponseFlags`] of
-//!    its extensions, `grpc-status` from its headers;
+//!    [`client_addr`](mesh_core::ext::client_addr)) and [`PeerIdentity`] (inbound), the
+//!    request's [`Details`] (method, URI, `x-request-id`, `user-agent`) when a sink reads
+//!    them, and a fresh [`StreamInfo`] put in its
+//!    [`RequestSlots`](mesh_core::ext::RequestSlots) for the layers inside to record into
+//!    (the router's decision, each attempt's upstream);
+//! 2. on the response head: the status, the [`ResponseFlags`] of its extensions,
+//!    `grpc-status` from its headers, and the time to first byte when a sink reads the
+//!    details;
 //! 3. on the response body: the bytes, `grpc-status` from the trailers;
 //! 4. at the end of the body (or its error, or when the body or the future is dropped before
-//!    the end: a client gone away), one [`Completed`] to each [`Sink`], in order. A
+//!    the end: a client gone away), one [`Completed`] to each interested [`Sink`], in order. A
 //!    trailers frame is the end: hyper's HTTP/2 server and tonic's client drop the body
 //!    after it without polling for the end, and the exchange is complete, not a `DC`.
 //!
-//! With no sink the layer only passes the request on: no [`StreamInfo`] is inserted (the
-//! layers inside record nothing) and the body is not watched.
+//! With no sink, or none interested in the request (an access log or a span exporter turned
+//! off, an unsampled request for spans), the layer only passes the request on: no
+//! [`StreamInfo`] is inserted (the layers inside record nothing) and the body is not
+//! watched. What a request's details cost (copies of its method, URI and two headers, a
+//! clock read, an allocation) is paid only when a sink reads them: Istio's metrics do not.
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
@@ -84,13 +90,50 @@ use pin_project::pin_project;
 
 use crate::trace::{TraceContext, X_REQUEST_ID};
 
-/// Receives every completed request of a [`RecordLayer`].
+/// Receives the completed requests of a [`RecordLayer`] it is interested in.
 ///
 /// Called on the worker that served the request, when the response has ended: keep it short
 /// (an atomic add, a push onto a channel), never block.
 pub trait Sink: Send + Sync + 'static {
     /// One request is complete.
     fn complete(&self, done: &Completed<'_>);
+
+    /// What this sink reads of a request with trace context `trace`, asked when the request
+    /// arrives (as short as [`Sink::complete`]: an atomic load). A sink answering
+    /// [`Interest::Nothing`] is not called for the request; the request's [`Details`] are
+    /// captured only when a sink answers [`Interest::Details`]. Default: the details.
+    fn interest(&self, trace: Option<&TraceContext>) -> Interest {
+        let _ = trace;
+        Interest::Details
+    }
+}
+
+/// What a [`Sink`] reads of a request ([`Sink::interest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Interest {
+    /// Nothing: the sink is not called for the request.
+    Nothing,
+    /// Its outcome: every field of [`Completed`] but [`Completed::details`] (`None`).
+    Outcome,
+    /// Its outcome and its [`Details`].
+    Details,
+}
+
+/// A request's head as it arrived (before any rewrite) and the time its response's head came
+/// back: what an access log line or a span reads beyond the outcome, captured only for a
+/// sink interested in it ([`Interest::Details`]).
+#[derive(Debug, Clone)]
+pub struct Details {
+    /// The request's method.
+    pub method: Method,
+    /// The request's URI as it arrived.
+    pub uri: Uri,
+    /// `x-request-id` (as the trace layer left it).
+    pub request_id: Option<HeaderValue>,
+    /// `user-agent`.
+    pub user_agent: Option<HeaderValue>,
+    /// When the response's head came back (`None`: no response).
+    pub first_byte: Option<Instant>,
 }
 
 /// How a request's exchange ended.
@@ -111,24 +154,17 @@ pub enum End {
 pub struct Completed<'a> {
     /// When the request reached the layer.
     pub start: Instant,
-    /// When the response's head came back (`None`: no response).
-    pub first_byte: Option<Instant>,
     /// When the response ended (or failed, or was dropped).
     pub end: Instant,
     /// How it ended.
     pub how: End,
-    /// The request's method.
-    pub method: &'a Method,
-    /// The request's URI as it arrived (before any rewrite).
-    pub uri: &'a Uri,
+    /// The request's method, URI, `x-request-id`, `user-agent` and time to first byte;
+    /// `None` when no sink answered [`Interest::Details`] for the request.
+    pub details: Option<&'a Details>,
     /// The request's protocol version.
     pub version: Version,
     /// `Host` (or the URI's authority, HTTP/2's `:authority`), as it arrived.
     pub authority: Option<&'a str>,
-    /// `x-request-id` (as the trace layer left it).
-    pub request_id: Option<&'a HeaderValue>,
-    /// `user-agent`.
-    pub user_agent: Option<&'a HeaderValue>,
     /// Whether the request is gRPC (`content-type: application/grpc…`), Istio's
     /// `request_protocol="grpc"`.
     pub grpc: bool,
@@ -171,15 +207,14 @@ pub struct Record<S> {
 /// What is known of a request until its response ends.
 struct Pending {
     sinks: Arc<[Arc<dyn Sink>]>,
+    /// The sinks interested in the request (bit `i`: `sinks[i]`; a sink past the 64th is
+    /// always called).
+    called: u64,
     info: StreamInfo,
     start: Instant,
-    first_byte: Option<Instant>,
-    method: Method,
-    uri: Uri,
+    details: Option<Box<Details>>,
     version: Version,
     authority: Option<HeaderValue>,
-    request_id: Option<HeaderValue>,
-    user_agent: Option<HeaderValue>,
     grpc: bool,
     request_bytes: u64,
     status: Option<StatusCode>,
@@ -266,7 +301,17 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if self.layer.sinks.is_empty() {
+        // each sink's interest, from the request's trace context
+        let view = SlotsView::new(req.extensions());
+        let (mut called, mut details) = (0u64, false);
+        for (i, sink) in self.layer.sinks.iter().enumerate() {
+            let interest = sink.interest(view.trace_context());
+            if interest != Interest::Nothing || i >= 64 {
+                called |= 1u64.checked_shl(i as u32).unwrap_or(0);
+                details |= interest == Interest::Details;
+            }
+        }
+        if called == 0 && self.layer.sinks.len() <= 64 {
             return ResponseFuture {
                 inner: self.inner.call(req),
                 guard: Guard(None),
@@ -274,8 +319,9 @@ where
         }
         let start = Instant::now();
         let info = StreamInfo::new();
-        slots_mut(req.extensions_mut()).info = Some(info.clone());
-        let pending = Pending::new(self.layer.sinks.clone(), info, start, &req);
+        let sinks = self.layer.sinks.clone();
+        let pending = Pending::new(sinks, called, details, info.clone(), start, &req, &view);
+        slots_mut(req.extensions_mut()).info = Some(info);
         ResponseFuture {
             inner: self.inner.call(req),
             guard: Guard(Some(Box::new(pending))),
@@ -303,12 +349,15 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 impl Pending {
     fn new<B: Body>(
         sinks: Arc<[Arc<dyn Sink>]>,
+        called: u64,
+        details: bool,
         info: StreamInfo,
         start: Instant,
         req: &Request<B>,
+        view: &SlotsView<'_>,
     ) -> Pending {
-        // one pass over the headers (no hashed look-up per name): the four the sinks read
-        // (the first of each, as `HeaderMap::get`), and the head's size
+        // one pass over the headers (no hashed look-up per name): those the sinks read (the
+        // first of each, as `HeaderMap::get`), and the head's size
         let (mut host, mut request_id, mut user_agent) = (None, None, None);
         let (mut grpc, mut head) = (false, 0u64);
         for (name, value) in req.headers() {
@@ -317,6 +366,7 @@ impl Pending {
                 host = Some(value);
             } else if *name == http::header::CONTENT_TYPE {
                 grpc = value.as_bytes().starts_with(b"application/grpc");
+            } else if !details {
             } else if *name == http::header::USER_AGENT && user_agent.is_none() {
                 user_agent = Some(value);
             } else if *name == X_REQUEST_ID && request_id.is_none() {
@@ -333,19 +383,22 @@ impl Pending {
             + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
             + 12;
         let body = req.body().size_hint().exact().unwrap_or(0);
-        // one look-up of the slots for the three values read from the extensions
-        let view = SlotsView::new(req.extensions());
         Pending {
             sinks,
+            called,
             info,
             start,
-            first_byte: None,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
+            details: details.then(|| {
+                Box::new(Details {
+                    method: req.method().clone(),
+                    uri: req.uri().clone(),
+                    request_id: request_id.cloned(),
+                    user_agent: user_agent.cloned(),
+                    first_byte: None,
+                })
+            }),
             version: req.version(),
             authority,
-            request_id: request_id.cloned(),
-            user_agent: user_agent.cloned(),
             grpc,
             request_bytes: line as u64 + head + 2 + body,
             status: None,
@@ -358,24 +411,23 @@ impl Pending {
         }
     }
 
-    /// Notes the response's head, which came back at `now`.
-    fn on_head<R>(&mut self, res: &Response<R>, now: Instant) {
-        self.first_byte = Some(now);
-        self.status = Some(res.status());
+    /// Notes the response's head.
+    fn on_head(&mut self, res: &http::response::Parts) {
+        self.status = Some(res.status);
         self.flags = res
-            .extensions()
+            .extensions
             .get::<ResponseFlags>()
             .copied()
             .unwrap_or_default();
         // a gRPC request's answer only (Istio's grpc_response_status is empty otherwise): no
         // look-up of `grpc-status` in every HTTP answer
         self.grpc_status = if self.grpc {
-            grpc_status(res.headers())
+            grpc_status(&res.headers)
         } else {
             None
         };
         // status line: "HTTP/1.1 200 OK\r\n", and the blank line
-        self.response_bytes = 17 + 2 + head_bytes(res.headers());
+        self.response_bytes = 17 + 2 + head_bytes(&res.headers);
     }
 
     fn finish(self: Box<Self>, how: End, end: Instant) {
@@ -390,15 +442,11 @@ impl Pending {
         };
         let done = Completed {
             start: self.start,
-            first_byte: self.first_byte,
             end,
             how,
-            method: &self.method,
-            uri: &self.uri,
+            details: self.details.as_deref(),
             version: self.version,
             authority: self.authority.as_ref().and_then(|v| v.to_str().ok()),
-            request_id: self.request_id.as_ref(),
-            user_agent: self.user_agent.as_ref(),
             grpc: self.grpc,
             request_bytes: self.request_bytes,
             status: self.status,
@@ -410,8 +458,10 @@ impl Pending {
             client_addr: self.client_addr,
             peer: self.peer.as_ref(),
         };
-        for sink in self.sinks.iter() {
-            sink.complete(&done);
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if i >= 64 || self.called & (1 << i) != 0 {
+                sink.complete(&done);
+            }
         }
     }
 }
@@ -455,16 +505,23 @@ where
         let mut guard = Guard(this.guard.0.take());
         Poll::Ready(match res {
             Ok(res) => {
-                let now = guard.0.as_ref().map(|_| Instant::now());
-                if let (Some(p), Some(now)) = (guard.0.as_mut(), now) {
-                    p.on_head(&res, now);
-                }
                 let (parts, inner) = res.into_parts();
+                let mut end = None;
+                if let Some(p) = guard.0.as_mut() {
+                    p.on_head(&parts);
+                    let ended = inner.is_end_stream();
+                    // the clock is read for the time to first byte when a sink reads it, and
+                    // for a response without a body, whose end is its head's (one read)
+                    if ended || p.details.is_some() {
+                        let now = Instant::now();
+                        if let Some(d) = p.details.as_mut() {
+                            d.first_byte = Some(now);
+                        }
+                        end = ended.then_some(now);
+                    }
+                }
                 let mut body = RecordBody { inner, guard };
-                if let Some(now) = now
-                    && body.inner.is_end_stream()
-                {
-                    // no body: its end is the head's (one clock read)
+                if let Some(now) = end {
                     body.guard.finish_at(End::Complete, now);
                 }
                 Ok(Response::from_parts(parts, body))

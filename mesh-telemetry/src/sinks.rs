@@ -2,17 +2,18 @@
 //! [`Completed`] request into an OpenTelemetry span ([`SpanRecorder`]) and an access log
 //! line ([`AccessLogRecorder`]).
 //!
-//! Both hold what they write to behind an [`ArcSwapOption`] shared with their owner: a
-//! reload swaps the exporter or the log file without rebuilding the record layers, and
-//! `None` turns the sink off (one atomic load per request).
+//! Both hold what they write to in a [`Reloadable`] shared with their owner: a reload swaps
+//! the exporter or the log file without rebuilding the record layers, and `None` turns the
+//! sink off. A sink that is off, or a span sink asked about an unsampled request, answers
+//! [`Interest::Nothing`] (one relaxed atomic load): the record layer neither calls it nor
+//! captures the request's [`Details`] for it.
 //!
 //! ```
 //! use std::sync::Arc;
-//! use arc_swap::ArcSwapOption;
 //! use http::{Request, Response};
 //! use mesh_telemetry::access_log::{AccessLog, AccessLogWriter, Encoding};
 //! use mesh_telemetry::record::{RecordLayer, Sink};
-//! use mesh_telemetry::sinks::{AccessLogRecorder, Side};
+//! use mesh_telemetry::sinks::{AccessLogRecorder, Reloadable, Side};
 //! use mesh_telemetry::trace::{TraceConfig, TraceLayer};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
@@ -20,7 +21,7 @@
 //! # std::fs::create_dir_all(&dir).unwrap();
 //! let path = dir.join("access.log");
 //! let writer = Arc::new(AccessLogWriter::open(&path, 1024).unwrap());
-//! let log = Arc::new(ArcSwapOption::from_pointee(AccessLog::new(Encoding::Json, writer.clone())));
+//! let log = Arc::new(Reloadable::new(Some(Arc::new(AccessLog::new(Encoding::Json, writer.clone())))));
 //! let svc = ServiceBuilder::new()
 //!     .layer(TraceLayer::new(TraceConfig::default()))
 //!     .layer(RecordLayer::new(vec![Arc::new(AccessLogRecorder::new(Side::Outbound, log)) as Arc<dyn Sink>]))
@@ -38,7 +39,8 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -47,8 +49,78 @@ use mesh_core::flags::ResponseFlags;
 use opentelemetry::trace::SpanKind;
 
 use crate::access_log::{AccessLog, LogEntry};
-use crate::record::{Completed, Sink};
+use crate::record::{Completed, Details, Interest, Sink};
 use crate::span::{RequestSpan, SpanSink};
+use crate::trace::TraceContext;
+
+/// What a sink writes to (an exporter, a log file), swapped by a reload; `None`: the sink is
+/// off.
+///
+/// An [`ArcSwapOption`] with a flag beside it: whether it holds anything is one relaxed
+/// atomic load ([`Reloadable::is_set`], asked for every request by [`Sink::interest`]),
+/// where a load of the value takes a reference.
+///
+/// ```
+/// use std::sync::Arc;
+/// use mesh_telemetry::sinks::Reloadable;
+///
+/// let r = Reloadable::empty();
+/// assert!(!r.is_set());
+/// assert_eq!(r.swap(Some(Arc::new(7))), None);
+/// assert!(r.is_set());
+/// assert_eq!(r.load().as_deref(), Some(&7));
+/// ```
+#[derive(Debug)]
+pub struct Reloadable<T> {
+    value: ArcSwapOption<T>,
+    /// Whether `value` holds anything (written under `swaps`, after the value).
+    set: AtomicBool,
+    /// Swaps one at a time, so that `set` ends as the last swap left `value`.
+    swaps: Mutex<()>,
+}
+
+impl<T> Reloadable<T> {
+    /// Holding `value`.
+    pub fn new(value: Option<Arc<T>>) -> Self {
+        Reloadable {
+            set: AtomicBool::new(value.is_some()),
+            value: ArcSwapOption::new(value),
+            swaps: Mutex::new(()),
+        }
+    }
+
+    /// Holding nothing (the sink is off).
+    pub fn empty() -> Self {
+        Reloadable::new(None)
+    }
+
+    /// Replaces the value (`None`: turns the sink off) and returns the previous one.
+    pub fn swap(&self, value: Option<Arc<T>>) -> Option<Arc<T>> {
+        let _one = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
+        let set = value.is_some();
+        let old = self.value.swap(value);
+        self.set.store(set, Ordering::Release);
+        old
+    }
+
+    /// The value now.
+    pub fn load(&self) -> arc_swap::Guard<Option<Arc<T>>> {
+        self.value.load()
+    }
+
+    /// Whether it holds a value now (a relaxed load: a request that races a reload may see
+    /// the value before or after it).
+    #[inline]
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::Relaxed)
+    }
+}
+
+impl<T> Default for Reloadable<T> {
+    fn default() -> Self {
+        Reloadable::empty()
+    }
+}
 
 /// Which listener of a sidecar a sink watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,19 +135,31 @@ pub enum Side {
 #[derive(Debug)]
 pub struct SpanRecorder {
     side: Side,
-    sink: Arc<ArcSwapOption<SpanSink>>,
+    sink: Arc<Reloadable<SpanSink>>,
 }
 
 impl SpanRecorder {
     /// Spans of `side`'s requests, to whatever `sink` holds.
-    pub fn new(side: Side, sink: Arc<ArcSwapOption<SpanSink>>) -> Self {
+    pub fn new(side: Side, sink: Arc<Reloadable<SpanSink>>) -> Self {
         SpanRecorder { side, sink }
     }
 }
 
 impl Sink for SpanRecorder {
+    /// The details of a sampled request while an exporter is set; nothing otherwise.
+    fn interest(&self, trace: Option<&TraceContext>) -> Interest {
+        if trace.is_some_and(|t| t.sampled) && self.sink.is_set() {
+            Interest::Details
+        } else {
+            Interest::Nothing
+        }
+    }
+
     fn complete(&self, c: &Completed<'_>) {
         let Some(ctx) = c.trace.copied().filter(|t| t.sampled) else {
+            return;
+        };
+        let Some(details) = c.details else {
             return;
         };
         let guard = self.sink.load();
@@ -97,9 +181,9 @@ impl Sink for SpanRecorder {
             kind,
             ctx,
             start,
-            c.method.as_str(),
+            details.method.as_str(),
             c.authority.unwrap_or(""),
-            path(c),
+            path(details),
         );
         span.end = end;
         span.operation = operation.as_deref();
@@ -107,8 +191,8 @@ impl Sink for SpanRecorder {
         span.status = c.status.map_or(0, |s| s.as_u16());
         span.flags = flags.as_ref().and_then(|f| f.to_str().ok()).unwrap_or("");
         span.upstream_cluster = c.info.cluster().map(|cl| &*cl.name);
-        span.request_id = c.request_id.and_then(|v| v.to_str().ok());
-        span.user_agent = c.user_agent.and_then(|v| v.to_str().ok());
+        span.request_id = details.request_id.as_ref().and_then(|v| v.to_str().ok());
+        span.user_agent = details.user_agent.as_ref().and_then(|v| v.to_str().ok());
         span.peer = c.client_addr;
         span.request_size = c.request_bytes;
         span.response_size = c.response_bytes;
@@ -120,7 +204,7 @@ impl Sink for SpanRecorder {
 #[derive(Debug)]
 pub struct AccessLogRecorder {
     side: Side,
-    log: Arc<ArcSwapOption<AccessLog>>,
+    log: Arc<Reloadable<AccessLog>>,
     local: OnceLock<SocketAddr>,
     /// Inbound: the local application and Istio's name of its cluster (`inbound|9080||`).
     app: Option<(SocketAddr, Arc<str>)>,
@@ -128,7 +212,7 @@ pub struct AccessLogRecorder {
 
 impl AccessLogRecorder {
     /// Lines for `side`'s requests, to whatever `log` holds.
-    pub fn new(side: Side, log: Arc<ArcSwapOption<AccessLog>>) -> Self {
+    pub fn new(side: Side, log: Arc<Reloadable<AccessLog>>) -> Self {
         AccessLogRecorder {
             side,
             log,
@@ -156,6 +240,15 @@ impl AccessLogRecorder {
 }
 
 impl Sink for AccessLogRecorder {
+    /// The details while a log is set; nothing otherwise.
+    fn interest(&self, _: Option<&TraceContext>) -> Interest {
+        if self.log.is_set() {
+            Interest::Details
+        } else {
+            Interest::Nothing
+        }
+    }
+
     fn complete(&self, c: &Completed<'_>) {
         let guard = self.log.load();
         let Some(log) = guard.as_ref() else {
@@ -164,8 +257,12 @@ impl Sink for AccessLogRecorder {
         let (start, _) = wall_clock(c.start, c.end);
         let flags = flags_value(c.flags);
         let mut e = LogEntry::new(start);
-        e.method = c.method.as_str();
-        e.path = path(c);
+        if let Some(d) = c.details {
+            e.method = d.method.as_str();
+            e.path = path(d);
+            e.user_agent = d.user_agent.as_ref().and_then(|v| v.to_str().ok());
+            e.request_id = d.request_id.as_ref().and_then(|v| v.to_str().ok());
+        }
         e.protocol = protocol(c.version);
         e.response_code = c.status.map_or(0, |s| s.as_u16());
         e.response_flags = flags.as_ref().and_then(|f| f.to_str().ok()).unwrap_or("");
@@ -173,8 +270,6 @@ impl Sink for AccessLogRecorder {
         e.bytes_received = c.request_bytes;
         e.bytes_sent = c.response_bytes;
         e.duration = Some(c.end.saturating_duration_since(c.start));
-        e.user_agent = c.user_agent.and_then(|v| v.to_str().ok());
-        e.request_id = c.request_id.and_then(|v| v.to_str().ok());
         e.authority = c.authority;
         e.upstream_host = c.info.endpoint().map(|ep| ep.addr);
         e.upstream_cluster = match c.info.cluster() {
@@ -232,8 +327,8 @@ thread_local! {
         std::cell::Cell::new((Instant::now(), SystemTime::now()));
 }
 
-fn path<'a>(c: &Completed<'a>) -> &'a str {
-    c.uri.path_and_query().map_or("", |p| p.as_str())
+fn path(d: &Details) -> &str {
+    d.uri.path_and_query().map_or("", |p| p.as_str())
 }
 
 /// `%PROTOCOL%`.
@@ -289,6 +384,42 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn recorders_read_requests_only_while_on_and_spans_only_sampled_ones() {
+        use crate::access_log::{AccessLogWriter, Encoding};
+        use crate::span::{SpanOptions, SpanSink};
+        use opentelemetry_sdk::trace::InMemorySpanExporter;
+
+        let ctx = |sampled| TraceContext {
+            trace_id: 1,
+            span_id: 2,
+            parent_span_id: None,
+            sampled,
+        };
+        let (sampled, unsampled) = (ctx(true), ctx(false));
+
+        let log = Arc::new(Reloadable::empty());
+        let recorder = AccessLogRecorder::new(Side::Outbound, log.clone());
+        assert_eq!(recorder.interest(Some(&sampled)), Interest::Nothing);
+        let writer = Arc::new(AccessLogWriter::open("/dev/null", 16).unwrap());
+        assert!(
+            log.swap(Some(Arc::new(AccessLog::new(Encoding::Text, writer))))
+                .is_none()
+        );
+        assert_eq!(recorder.interest(None), Interest::Details);
+        assert!(log.swap(None).is_some());
+        assert_eq!(recorder.interest(None), Interest::Nothing);
+
+        let spans = Arc::new(Reloadable::empty());
+        let recorder = SpanRecorder::new(Side::Inbound, spans.clone());
+        assert_eq!(recorder.interest(Some(&sampled)), Interest::Nothing);
+        let sink = SpanSink::new(InMemorySpanExporter::default(), SpanOptions::default()).unwrap();
+        spans.swap(Some(Arc::new(sink)));
+        assert_eq!(recorder.interest(Some(&sampled)), Interest::Details);
+        assert_eq!(recorder.interest(Some(&unsampled)), Interest::Nothing);
+        assert_eq!(recorder.interest(None), Interest::Nothing);
+    }
 
     #[test]
     fn wall_times_come_from_a_reading_under_a_second_old() {

@@ -6,12 +6,11 @@
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use mesh_telemetry::record::{RecordBody, RecordLayer, Sink};
-use mesh_telemetry::sinks::{Side, SpanRecorder};
+use mesh_telemetry::sinks::{Reloadable, Side, SpanRecorder};
 use mesh_telemetry::span::{SpanOptions, SpanSink};
 use mesh_telemetry::trace::{TraceConfig, TraceLayer};
 use opentelemetry::Value;
@@ -50,7 +49,7 @@ fn stack(side: Side, status: StatusCode) -> Harness {
     .unwrap();
     let recorder: Arc<dyn Sink> = Arc::new(SpanRecorder::new(
         side,
-        Arc::new(ArcSwapOption::from_pointee(sink.clone())),
+        Arc::new(Reloadable::new(Some(Arc::new(sink.clone())))),
     ));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();

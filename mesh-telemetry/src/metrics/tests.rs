@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode, Uri, Version};
+use http::{StatusCode, Version};
 use mesh_core::ext::{
     EndpointMeta, RouteDecision, RouteDestination, RoutePolicy, SelectedEndpoint, SelectedUpstream,
     UpstreamCluster, UpstreamPool,
@@ -88,18 +88,13 @@ impl Req {
 
     fn record(&self, m: &IstioMetrics, reporter: Reporter) {
         let start = Instant::now();
-        let uri = Uri::from_static("/");
         let done = Completed {
             start,
-            first_byte: Some(start),
             end: start + Duration::from_millis(self.millis),
             how: End::Complete,
-            method: &Method::GET,
-            uri: &uri,
+            details: None,
             version: Version::HTTP_11,
             authority: self.authority,
-            request_id: None,
-            user_agent: None,
             grpc: self.grpc.is_some(),
             request_bytes: 100,
             status: self.status.map(|s| StatusCode::from_u16(s).unwrap()),
@@ -380,6 +375,30 @@ fn a_new_local_workload_makes_new_series_and_keeps_the_old() {
     let text = m.encode_to_string();
     assert!(requests_line(&text, &[r#"source_workload="productpage-v1""#]).is_some());
     assert!(requests_line(&text, &[r#"source_workload="productpage-v2""#]).is_some());
+}
+
+#[test]
+fn registries_recorded_in_turn_on_one_thread_keep_their_own_local_workload() {
+    // a thread keeps one registry's local workload at hand: the other's requests must not
+    // take it
+    let a = IstioMetrics::new(local());
+    let mut other = local();
+    other.name = "ratings-v1".into();
+    let b = IstioMetrics::new(other);
+    for _ in 0..2 {
+        Req::new(200, Recorded::default()).record(&a, Reporter::Source);
+        Req::new(200, Recorded::default()).record(&b, Reporter::Source);
+    }
+    let (ta, tb) = (a.encode_to_string(), b.encode_to_string());
+    let line = |t: &str, w: &str| {
+        requests_line(t, &[&format!("source_workload=\"{w}\"")]).map(str::to_owned)
+    };
+    assert!(
+        line(&ta, "productpage-v1").unwrap().ends_with("} 2"),
+        "{ta}"
+    );
+    assert!(line(&tb, "ratings-v1").unwrap().ends_with("} 2"), "{tb}");
+    assert!(line(&ta, "ratings-v1").is_none() && line(&tb, "productpage-v1").is_none());
 }
 
 #[test]

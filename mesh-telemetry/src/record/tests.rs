@@ -44,7 +44,7 @@ impl Sink for Log {
             dest: c.info.destination.as_ref().map(|d| d.host.to_string()),
             endpoint: c.info.endpoint().map(|e| e.addr),
             attempts: c.info.attempts,
-            first_byte: c.first_byte.is_some(),
+            first_byte: c.details.is_some_and(|d| d.first_byte.is_some()),
             trace: c.trace.is_some(),
         });
     }
@@ -273,6 +273,136 @@ async fn the_trace_layer_outside_hands_its_context_to_the_record() {
         });
     svc.oneshot(Request::new(Full::default())).await.unwrap();
     assert!(log.take()[0].trace);
+}
+
+/// What a sink of a fixed [`Interest`] saw of each call: the request's details, owned.
+type Saw = Option<(String, String, Option<String>, Option<String>, bool)>;
+
+/// A sink of a fixed interest (or, with `sampled_only`, interested in sampled requests
+/// only), keeping the details of each call.
+struct Fixed {
+    interest: Interest,
+    sampled_only: bool,
+    calls: Mutex<Vec<Saw>>,
+}
+
+impl Fixed {
+    fn new(interest: Interest) -> Arc<Fixed> {
+        Arc::new(Fixed {
+            interest,
+            sampled_only: false,
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn take(&self) -> Vec<Saw> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+impl Sink for Fixed {
+    fn interest(&self, trace: Option<&TraceContext>) -> Interest {
+        if self.sampled_only && !trace.is_some_and(|t| t.sampled) {
+            return Interest::Nothing;
+        }
+        self.interest
+    }
+
+    fn complete(&self, c: &Completed<'_>) {
+        let owned = |v: &Option<HeaderValue>| v.as_ref().map(|v| v.to_str().unwrap().to_owned());
+        self.calls.lock().unwrap().push(c.details.map(|d| {
+            (
+                d.method.to_string(),
+                d.uri.to_string(),
+                owned(&d.request_id),
+                owned(&d.user_agent),
+                d.first_byte.is_some(),
+            )
+        }));
+    }
+}
+
+fn detailed_request() -> Request<Full<Bytes>> {
+    Request::builder()
+        .method("POST")
+        .uri("/reviews/1?x=1")
+        .header("host", "reviews")
+        .header("user-agent", "curl/8")
+        .header("x-request-id", "r-1")
+        .body(Full::new(Bytes::from_static(b"abc")))
+        .unwrap()
+}
+
+async fn send_through(sinks: Vec<Arc<dyn Sink>>, req: Request<Full<Bytes>>) -> bool {
+    let svc = ServiceBuilder::new()
+        .layer(RecordLayer::new(sinks))
+        .service_fn(|req: Request<Full<Bytes>>| async move {
+            let recorded = mesh_core::ext::stream_info(req.extensions()).is_some();
+            let mut res = Response::new(Full::new(Bytes::from_static(b"hello")));
+            res.extensions_mut().insert(recorded);
+            Ok::<_, Infallible>(res)
+        });
+    let res = svc.oneshot(req).await.unwrap();
+    let recorded = res.extensions().get::<bool>().copied().unwrap();
+    res.into_body().collect().await.unwrap();
+    recorded
+}
+
+#[tokio::test]
+async fn details_are_captured_only_when_a_sink_reads_them() {
+    // Istio's metrics read the outcome only: no copy of the method, URI or headers, no
+    // clock read for the time to first byte
+    let outcome = Fixed::new(Interest::Outcome);
+    assert!(send_through(vec![outcome.clone()], detailed_request()).await);
+    assert_eq!(outcome.take(), [None]);
+
+    // beside an access log, every sink of the request sees them
+    let (outcome, log) = (Fixed::new(Interest::Outcome), Fixed::new(Interest::Details));
+    send_through(vec![outcome.clone(), log.clone()], detailed_request()).await;
+    let want = Some((
+        "POST".to_owned(),
+        "/reviews/1?x=1".to_owned(),
+        Some("r-1".to_owned()),
+        Some("curl/8".to_owned()),
+        true,
+    ));
+    assert_eq!(log.take(), std::slice::from_ref(&want));
+    assert_eq!(outcome.take(), [want]);
+}
+
+#[tokio::test]
+async fn a_sink_interested_in_nothing_is_not_called_and_with_none_interested_nothing_is_recorded() {
+    let (off, on) = (Fixed::new(Interest::Nothing), Fixed::new(Interest::Outcome));
+    assert!(send_through(vec![off.clone(), on.clone()], detailed_request()).await);
+    assert_eq!((off.take().len(), on.take().len()), (0, 1));
+
+    // no sink interested: the request is passed on as without sinks
+    let off = Fixed::new(Interest::Nothing);
+    assert!(!send_through(vec![off.clone(), off.clone()], detailed_request()).await);
+    assert!(off.take().is_empty());
+}
+
+#[tokio::test]
+async fn a_sink_is_asked_with_the_trace_context_of_the_request() {
+    for (percent, calls) in [(100.0, 1), (0.0, 0)] {
+        let spans = Arc::new(Fixed {
+            interest: Interest::Details,
+            sampled_only: true,
+            calls: Mutex::new(Vec::new()),
+        });
+        let svc = ServiceBuilder::new()
+            .layer(crate::TraceLayer::new(
+                crate::TraceConfig::default()
+                    .with_seed(3)
+                    .with_sampling_percent(percent),
+            ))
+            .layer(RecordLayer::new(vec![spans.clone() as Arc<dyn Sink>]))
+            .service_fn(|_req: Request<Full<Bytes>>| async {
+                Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+            });
+        svc.oneshot(detailed_request()).await.unwrap();
+        assert_eq!(spans.take().len(), calls, "sampling {percent} %");
+    }
 }
 
 /// A stream of `frames`, ready at once.
