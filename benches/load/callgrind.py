@@ -10,7 +10,8 @@ counters, send REQUESTS more on that connection, dump, and divide.
     python3 benches/load/callgrind.py [mesh] [haproxy]      # default: both, when installed
 
 Knobs: REQUESTS=5000 WARMUP=500 MESH_BIN=target/release/mesh-proxy MESH_CONFIG=<a config to
-use instead of benches/load/templates/mesh.yaml, with the same placeholders>.
+use instead of benches/load/templates/mesh.yaml, with the same placeholders> HAPROXY_CONFIG=<the
+same for haproxy.cfg; templates/haproxy-telemetry.cfg: HAProxy doing the mesh's telemetry work>.
 
 CONNS=50 sends the measured requests with `h2load --h1 -c CONNS` instead (REQUESTS in all,
 CONNS connections at once): the count at a saturation-like concurrency, where a proxy handles
@@ -60,6 +61,21 @@ def send_concurrently(port, n):
         sys.exit(f"callgrind.py: h2load did not get {n} answers of 200:\n{out}")
 
 
+def config(env, default, out, values):
+    """The configuration file at `out`: the file the environment variable `env` names, else the
+    template `default`, its placeholders filled from `values`."""
+    path = os.environ.get(env)
+    if not path:
+        return compare.render(default, out, values)
+    with open(path) as f:
+        text = f.read()
+    for k, v in values.items():
+        text = text.replace("{" + k + "}", str(v))
+    with open(out, "w") as f:
+        f.write(text)
+    return out
+
+
 def measure(name, run, up_port, up_h2_port):
     port, h2_port, admin_port = compare.free_ports(3)
     values = dict(RUN=run, PORT=port, H2_PORT=h2_port, ADMIN_PORT=admin_port, UP_PORT=up_port,
@@ -68,23 +84,12 @@ def measure(name, run, up_port, up_h2_port):
         prog = os.environ.get("MESH_BIN", "target/release/mesh-proxy")
         if not os.access(prog, os.X_OK):
             return None, f"mesh-proxy not found at {prog} (cargo build --release -p mesh-proxy)"
-        template = os.environ.get("MESH_CONFIG")
-        if template:
-            with open(template) as f:
-                text = f.read()
-            for k, v in values.items():
-                text = text.replace("{" + k + "}", str(v))
-            conf = f"{run}/mesh.yaml"
-            with open(conf, "w") as f:
-                f.write(text)
-        else:
-            conf = compare.render("mesh.yaml", f"{run}/mesh.yaml", values)
-        argv = [prog, "run", "--config", conf]
+        argv = [prog, "run", "--config", config("MESH_CONFIG", "mesh.yaml", f"{run}/mesh.yaml", values)]
     elif name == "haproxy":
         prog = compare.which("haproxy")
         if not prog:
             return None, "haproxy not installed"
-        argv = [prog, "-db", "-f", compare.render("haproxy.cfg", f"{run}/haproxy.cfg", values)]
+        argv = [prog, "-db", "-f", config("HAPROXY_CONFIG", "haproxy.cfg", f"{run}/haproxy.cfg", values)]
     else:
         return None, f"unknown target {name}"
     out = f"{run}/cg.{name}"

@@ -21,10 +21,14 @@ ratios between targets of one run (the second table), never as absolute figures 
 Targets: direct (no proxy), haproxy, nginx, envoy, mesh, and NAME=PATH for another mesh-proxy
 binary (a previous build, to compare with), or NAME=PATH,TEMPLATE for a mesh-proxy with
 another configuration template from benches/load/templates (mesh-noretry.yaml: the route sets
-`retries: {attempts: 0}`, to see what Istio's default retry policy costs). A target whose program is missing is skipped. Knobs (environment): ROUNDS=3 TP_SECS=8 LAT_SECS=5 H2_SECS=3 WARM_SECS=2
+`retries: {attempts: 0}`, to see what Istio's default retry policy costs), or
+NAME=haproxy,TEMPLATE for HAProxy with another one (haproxy-telemetry.cfg: HAProxy doing the
+work of the mesh's default telemetry, as near as it can). A target whose program is missing is
+skipped. Knobs (environment): ROUNDS=3 TP_SECS=8 LAT_SECS=5 H2_SECS=3 WARM_SECS=2
 RATE=2000 CONNS=50 PROXY_CPU=0 LOAD_CPU=1 WORKERS=1 MESH_BIN=target/release/mesh-proxy
 ENVOY_BIN=<path> OUT=<dir> RESTART=0 (1: new processes every round, warmed up again; the
-memory columns are the first round's). See benches/load/README.md.
+memory columns are the first round's) REFS=haproxy,envoy (the targets the ratios are taken
+against). See benches/load/README.md.
 """
 
 import contextlib
@@ -56,6 +60,7 @@ TP_SECS = knob("TP_SECS", 8)
 LAT_SECS = knob("LAT_SECS", 5)
 H2_SECS = knob("H2_SECS", 3)
 WARM_SECS = knob("WARM_SECS", 2)
+REFS = [r for r in ENV.get("REFS", "haproxy,envoy").split(",") if r]
 RATE = knob("RATE", 2000)
 CONNS = knob("CONNS", 50)
 PROXY_CPU = knob("PROXY_CPU", "0")
@@ -186,11 +191,19 @@ def start(name, run, up_port, up_h2_port, logs):
     port, h2_port, admin_port = free_ports(3)
     values = dict(RUN=run, PORT=port, H2_PORT=h2_port, ADMIN_PORT=admin_port,
                   UP_PORT=up_port, UP_H2_PORT=up_h2_port, WORKERS=WORKERS)
-    if name == "haproxy":
+    haproxy_template = "haproxy.cfg"
+    if "=" in name and name.split("=", 1)[1].split(",", 1)[0] == "haproxy":
+        # `NAME=haproxy,TEMPLATE`: HAProxy with another configuration
+        name, spec = name.split("=", 1)
+        haproxy_template = spec.partition(",")[2] or haproxy_template
+        kind = "haproxy"
+    else:
+        kind = name
+    if kind == "haproxy":
         prog = which("haproxy")
         if not prog:
             return None, "haproxy not installed (apt-get install haproxy)"
-        argv = [prog, "-db", "-f", render("haproxy.cfg", f"{run}/haproxy.cfg", values)]
+        argv = [prog, "-db", "-f", render(haproxy_template, f"{run}/{name}.cfg", values)]
     elif name == "nginx":
         prog = which("nginx")
         if not prog:
@@ -463,7 +476,7 @@ def report(targets, rows, hwm):
             fmt(m["h2_rps"]), "%s (%s + %s)" % (fmt(m["cpu_sat"], "%.2f"), fmt(m["cpu_sat_user"], "%.2f"),
                                                  fmt(m["cpu_sat_sys"], "%.2f")), fmt(m["cpu_rate"], "%.2f"), fmt(m["cpu_util"], "%.2f"),
             rss, *errs[t.name]))
-    refs = [r for r in ("haproxy", "envoy") if r in M]
+    refs = [r for r in REFS if r in M]
     pairs = [(t.name, r) for t in targets if t.name != "direct" for r in refs if r != t.name]
     if pairs:
         out += ["", "Ratios target / reference, same run (req/s: higher is better; CPU and RSS: lower "
