@@ -320,6 +320,51 @@ async fn post_retried_on_503(protocol: &str) {
     assert!(bad.hits() > 0, "some requests were retried");
 }
 
+#[tokio::test]
+async fn a_hanging_endpoint_is_cut_at_the_per_try_timeout_and_retried_elsewhere_with_the_body() {
+    // Istio's `perTryTimeout`: an attempt on the endpoint that never answers is cut after
+    // 0.2s and the POST (explicit retryOn) sent again, body and all, to the other endpoint,
+    // spoken to in HTTP/1.1 (the head handed back by the connector as the attempt is dropped)
+    // and in HTTP/2 (from the connector's copy)
+    for protocol in ["HTTP", "HTTP2"] {
+        let reached = Arc::new(AtomicUsize::new(0));
+        let slow = backend_with("slow", hanging(reached.clone())).await;
+        let good = backend_with("good", echo("good")).await;
+        let yaml = bootstrap(1, "")
+            + &service_entry("ratings", 9080, protocol, &[&slow, &good])
+            + &vs(
+                "  - retries: {attempts: 2, perTryTimeout: 0.2s, retryOn: 'reset,5xx'}
+    route: [{destination: {host: ratings}}]
+",
+            );
+        let p = start(&yaml).await;
+        let mut c = H1::connect(p.out).await;
+        let n = 20;
+        for i in 0..n {
+            let body = format!("order {i} ").repeat(50);
+            let req = Request::builder()
+                .method("POST")
+                .uri("/")
+                .header("host", "ratings:9080")
+                .body(full(body.clone()))
+                .unwrap();
+            let r = c.send(req).await;
+            assert_eq!(
+                (r.status.as_u16(), r.backend(), r.flags()),
+                (200, "good", ""),
+                "{protocol}: {r:?}"
+            );
+            assert_eq!(r.body, body);
+        }
+        assert_eq!(good.hits(), n);
+        // about half the requests tried the hanging endpoint first: (1/2)^20 that none did
+        assert!(
+            reached.load(Ordering::SeqCst) > 0,
+            "{protocol}: some requests were cut and retried"
+        );
+    }
+}
+
 /// An HTTP/2 (h2c) upstream, the `h2` crate's server, that resets the first stream of each
 /// path it sees with `reason` and answers `200 <path>` after that; counts the streams.
 async fn resetting_h2(reason: h2::Reason) -> (u16, Arc<AtomicUsize>) {

@@ -179,7 +179,8 @@ pub struct RefusedStream;
 /// it may retry; taken out of the request by the connector (`mesh-transport`'s, with
 /// [`take_return_head`], so that the head never holds the place it is put in), which puts
 /// every head that asked into it ([`ReturnHead::put`]) with every answer it makes (the
-/// upstream's and its own local replies alike): method, target, headers and extensions as
+/// upstream's and its own local replies alike), and when the exchange is dropped before an
+/// answer (an attempt the retry layer's per-try timeout ended): method, target, headers and extensions as
 /// the layers above the connector sent them (the connector's own rewrites for the
 /// upstream's protocol are such that sending it again makes the same request). The retry
 /// layer takes the head out ([`ReturnHead::take`]) when the answer comes.

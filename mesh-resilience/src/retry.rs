@@ -137,10 +137,10 @@
 //! the head (method, target, headers, extensions) of every request it may retry, made
 //! before the first attempt: most of its cost per request. Over `mesh-transport`'s
 //! connector (as mesh-proxy runs it), [`RetryLayer::with_heads_handed_back`] asks the
-//! connector to put the head back with each answer instead, in a [`ReturnHead`] the
-//! request carries (one per service, reused from request to request): no copy on the
-//! HTTP/1.1 path, the common one; the connector copies only where its protocol consumes
-//! the head (HTTP/2, `CONNECT`).
+//! connector to put the head back with each answer (or when an attempt is dropped at its
+//! per-try timeout) instead, in a [`ReturnHead`] the request carries (one per service,
+//! reused from request to request): no copy on the HTTP/1.1 path, the common one; the
+//! connector copies only where its protocol consumes the head (HTTP/2, `CONNECT`).
 //!
 //! # Reads and writes
 //!
@@ -347,8 +347,10 @@ impl RetryLayer {
     ///
     /// An answer that would be retried but came without its head is passed on as it is
     /// (the layers between this one and the connector make no retriable answer of their
-    /// own). A route with a `perTryTimeout` still copies: an attempt cut at its timeout
-    /// never answers.
+    /// own). With a `perTryTimeout`, the inner service must also put the head back when an
+    /// attempt is dropped at its timeout (the connector does, once the request reached it):
+    /// an attempt cut before the request reached it (waiting for the circuit breaker, say)
+    /// ends the request with its `504 UT`, not retried.
     pub fn with_heads_handed_back(mut self) -> Self {
         self.heads_handed_back = true;
         self
@@ -492,7 +494,7 @@ where
         if let Some(t) = policy.per_try_timeout {
             timer = Some(Box::pin(tokio::time::sleep(t)));
         }
-        let handed_back = self.layer.heads_handed_back && timer.is_none();
+        let handed_back = self.layer.heads_handed_back;
         let tried = Tried {
             // With a copy of the head: from the first attempt on, as it also brings the
             // cluster's limits back from below the balancer. Heads handed back: made for the
@@ -512,7 +514,7 @@ where
         let safe_only = !policy.explicit_retry_on && !is_idempotent(&parts.method);
         let mark = per_try_mark(&parts, &policy);
         let seed = self.rng.next_u64();
-        if handed_back {
+        if handed_back && timer.is_none() {
             let fut = self.inner.call(attempt(parts, &tried, first, None));
             return ResponseFuture {
                 state: State::Called { fut },
@@ -530,8 +532,10 @@ where
         }
         // the first attempt gets the original, the copy waits for a retry: the original's
         // header map has room for the fields the layers below add (`Host` under
-        // mesh-stack's `EndpointUri`), where a copy's is cloned full and would grow
-        let copy = parts.clone();
+        // mesh-stack's `EndpointUri`), where a copy's is cloned full and would grow. Heads
+        // handed back (with a per-try timeout here): no copy, the head comes back with the
+        // answer or when the attempt is dropped at its timeout.
+        let copy = (!handed_back).then(|| parts.clone());
         let fut = self
             .inner
             .call(attempt(parts, &tried, first, mark.as_ref()));
@@ -540,7 +544,7 @@ where
             retry: Some(Box::new(Attempts {
                 template: self.template(),
                 svc: None,
-                parts: Some(copy),
+                parts: copy,
                 body: replay,
                 left: policy.attempts,
                 safe_only,
@@ -780,6 +784,11 @@ where
                     let Some(retry) = this.retry.as_mut() else {
                         return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
                     };
+                    if matches!(outcome, Outcome::PerTryTimeout) && retry.tried.back.is_some() {
+                        // heads handed back: the attempt goes first, which puts its head back
+                        this.state.set(State::Backoff);
+                        retry.parts = retry.tried.back.as_ref().and_then(ReturnHead::take);
+                    }
                     let retriable = match &outcome {
                         Outcome::Answer(res) => retriable(res, &retry.policy, retry.safe_only),
                         Outcome::PerTryTimeout => {

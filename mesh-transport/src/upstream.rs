@@ -361,21 +361,42 @@ where
     }
 }
 
-/// An answer with the head of its request put back ([`ReturnHead`]), as received: the
-/// HTTP/1.1 rewrites (`Host` from the target, origin-form target, hop-by-hop fields
-/// removed, an upgrade's `Connection: upgrade`) make the same request when it is prepared
-/// again, and the version goes back to the client's, which the next attempt's `Via` entry
-/// names.
-fn with_head(
-    res: EngineResponse,
-    req: Request<RequestBody>,
+/// A request whose head goes back ([`ReturnHead`]) whatever ends its exchange: with the
+/// answer, or when the exchange is dropped before one (an attempt the retry layer's per-try
+/// timeout ended), so that the retry layer can send it again. The head goes back as it was
+/// sent: the HTTP/1.1 rewrites (`Host` from the target, origin-form target, hop-by-hop
+/// fields removed, an upgrade's `Connection: upgrade`) make the same request when it is
+/// prepared again, and the version goes back to the client's, which the next attempt's `Via`
+/// entry names.
+///
+/// (It borrows the request, which stays where the forwarding future keeps it: a request
+/// moved into the guard would take a second place in every request's future.)
+struct PutBack<'a> {
+    req: &'a mut Request<RequestBody>,
+    /// Where the head goes (`None`: the request did not ask).
+    back: Option<ReturnHead>,
     received: Version,
-    back: &ReturnHead,
-) -> EngineResponse {
-    let (mut head, _) = req.into_parts();
-    head.version = received;
-    back.put(head);
-    res
+}
+
+impl PutBack<'_> {
+    /// The request.
+    fn req(&self) -> &Request<RequestBody> {
+        self.req
+    }
+}
+
+impl Drop for PutBack<'_> {
+    fn drop(&mut self) {
+        if let Some(back) = self.back.take() {
+            let (mut head, ()) = Request::new(()).into_parts();
+            head.method = std::mem::take(self.req.method_mut());
+            head.uri = std::mem::take(self.req.uri_mut());
+            head.headers = std::mem::take(self.req.headers_mut());
+            head.extensions = std::mem::take(self.req.extensions_mut());
+            head.version = self.received;
+            back.put(head);
+        }
+    }
 }
 
 /// The TLS handshake to an upstream, over a connected socket.
@@ -436,6 +457,13 @@ impl Connector {
             // stays in `req`, borrowed by each attempt: no move of the request's parts.)
             let mut body = (!http_body::Body::is_end_stream(req.body()))
                 .then(|| std::mem::replace(req.body_mut(), RequestBody::empty()));
+            // from here on, whatever ends the exchange (an answer, a failure, a drop) puts
+            // the head back when the request asked
+            let held = PutBack {
+                req: &mut req,
+                back,
+                received,
+            };
             let key = PoolKey {
                 addr,
                 tls: tls.as_ref().map_or(0, |t| t.key),
@@ -448,19 +476,14 @@ impl Connector {
                     // boxed: keeps the connect state out of every request's future
                     None => match Box::pin(self.connect_h1(addr, tls.as_ref())).await {
                         Ok(c) => c,
-                        Err(f) => {
-                            return match &back {
-                                Some(back) => with_head(f.reply(), req, received, back),
-                                None => f.reply(),
-                            };
-                        }
+                        Err(f) => return f.reply(),
                     },
                 };
                 conn.configure(pool);
                 let retry_possible = reused && body.is_none();
                 let exchange = h1client::exchange(
                     conn,
-                    &req,
+                    held.req(),
                     received,
                     body.take(),
                     h1client::Release {
@@ -483,10 +506,8 @@ impl Connector {
                         FailKind::Downstream => SendFailure::BadBody.reply(),
                     },
                 };
-                return match &back {
-                    Some(back) => with_head(res, req, received, back),
-                    None => res,
-                };
+                // (`held` goes with the return: the head is back before the answer is seen)
+                return res;
             }
         }
     }
@@ -612,7 +633,8 @@ impl Connector {
 
     /// Forwards a request that asked for its head back ([`ReturnHead`], taken out of it)
     /// where the forwarding consumes the head (HTTP/2, `CONNECT`): from a copy of the head
-    /// taken first, put back with the answer.
+    /// taken first and put back at once, there when the answer comes or the exchange is
+    /// dropped before one.
     #[cold]
     #[allow(clippy::too_many_arguments)]
     async fn forward_copied(
@@ -626,17 +648,15 @@ impl Connector {
         back: ReturnHead,
     ) -> EngineResponse {
         let (head, body) = req.into_parts();
-        let copy = head.clone();
+        back.put(head.clone());
         let req = Request::from_parts(head, body);
-        let res = if req.method() == Method::CONNECT {
+        if req.method() == Method::CONNECT {
             self.connect_method(addr, h2, pool, tls, req).await
         } else if h2 {
             Box::pin(self.forward_h2(addr, pool, limits, tls, req)).await
         } else {
             Box::pin(self.forward_h1(addr, pool, tls, req)).await
-        };
-        back.put(copy);
-        res
+        }
     }
 
     async fn connect_h2(
@@ -1843,6 +1863,40 @@ mod settings_tests {
             );
             let head = back.take().expect("handed back");
             assert_eq!(head.uri, if http2 { "http://svc/x?y" } else { "/x?y" });
+        }
+    }
+
+    /// An exchange dropped before its answer (the retry layer's per-try timeout) hands the
+    /// head back too, so that the attempt can be sent again without a copy.
+    #[tokio::test]
+    async fn an_exchange_dropped_before_its_answer_hands_the_head_back() {
+        use tokio::io::AsyncReadExt;
+        for http2 in [false, true] {
+            // an upstream that reads the request (or the HTTP/2 preface), then says nothing
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (read, mut arrived) = tokio::sync::mpsc::channel::<()>(1);
+            let upstream = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                read.send(()).await.unwrap();
+                std::future::pending::<()>().await;
+                drop(s);
+            });
+            let c = Connector::new(Duration::from_secs(5));
+            let (req, back) = asking(addr, http2);
+            let mut exchange = Box::pin(c.clone().oneshot(req));
+            tokio::select! {
+                _ = &mut exchange => panic!("an answer from a silent upstream"),
+                _ = arrived.recv() => {}
+            }
+            drop(exchange);
+            let mut head = back.take().expect("handed back");
+            assert_eq!(head.uri, if http2 { "http://svc/x?y" } else { "/x?y" });
+            assert_eq!(head.version, Version::HTTP_2, "the client's version");
+            assert!(take_return_head(&mut head.extensions).is_none());
+            upstream.abort();
         }
     }
 

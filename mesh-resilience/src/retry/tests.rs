@@ -826,8 +826,9 @@ async fn x_envoy_per_try_timeout_bounds_each_attempt_when_trusted() {
 }
 
 /// The connector's part of [`ReturnHead`]: puts each head that asks back in its place
-/// when the answer is ready, marked (`x-handed-back: <n>`, the attempt's number) so that the test sees which
-/// head the next attempt was sent from.
+/// when the answer is ready, or when the attempt is dropped before (a per-try timeout),
+/// marked (`x-handed-back: <n>`, the attempt's number) so that the test sees which head the
+/// next attempt was sent from.
 #[derive(Clone)]
 struct HandsBack(Mock);
 
@@ -862,13 +863,23 @@ where
             back
         });
         let fut = self.0.call(Request::from_parts(head, body));
+        let put_back = PutOnDrop(place.zip(back));
         Box::pin(async move {
             let res = fut.await?;
-            if let (Some(place), Some(back)) = (place, back) {
-                place.put(back);
-            }
+            drop(put_back);
             Ok(res)
         })
+    }
+}
+
+/// Puts a head back in its place when dropped: with the answer, or with the attempt.
+struct PutOnDrop(Option<(ReturnHead, http::request::Parts)>);
+
+impl Drop for PutOnDrop {
+    fn drop(&mut self) {
+        if let Some((place, head)) = self.0.take() {
+            place.put(head);
+        }
     }
 }
 
@@ -956,16 +967,41 @@ async fn an_answer_without_its_head_is_passed_on_when_heads_are_handed_back() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_per_try_timeout_keeps_a_copy_even_when_heads_are_handed_back() {
-    // an attempt cut at its per-try timeout never answers, so never hands its head back
+async fn a_per_try_timeout_retries_from_the_head_the_dropped_attempt_put_back() {
+    // no copy: the attempt cut at its per-try timeout hands its head back as it goes
+    let mut p = policy("5xx", 2);
+    p.per_try_timeout = Some(Duration::from_millis(100));
+    let mock = Mock::new(&[Hang, Hang, Status(200)]);
+    let res = run_handing_back(&mock, get(Some(p.clone()))).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(mock.calls(), 3);
+    let handed: Vec<_> = mock.seen().iter().map(|s| s.handed_back.clone()).collect();
+    assert_eq!(handed, [None, Some("1".into()), Some("2".into())]);
+    // every attempt cut: the last one's 504 UT, with URX
+    let mock = Mock::new(&[Hang, Hang, Hang]);
+    let res = run_handing_back(&mock, get(Some(p))).await;
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(res.headers()["x-mesh-response-flags"], "URX,UT");
+    assert_eq!(mock.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_per_try_timeout_without_the_head_back_answers_504_ut_unretried() {
+    // heads handed back, but the attempt was cut before the request reached the service
+    // that hands them back (here: one that never does): nothing to send again
     let mut p = policy("5xx", 2);
     p.per_try_timeout = Some(Duration::from_millis(100));
     let mock = Mock::new(&[Hang, Status(200)]);
-    let res = run_handing_back(&mock, get(Some(p))).await;
-    assert_eq!(res.status(), 200);
-    assert_eq!(mock.calls(), 2);
-    let handed: Vec<_> = mock.seen().iter().map(|s| s.handed_back.clone()).collect();
-    assert_eq!(handed, [None, None], "both attempts from the copy");
+    let res = RetryLayer::new()
+        .with_seed(7)
+        .with_heads_handed_back()
+        .layer(mock.clone())
+        .oneshot(get(Some(p)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(res.headers()["x-mesh-response-flags"], "UT");
+    assert_eq!(mock.calls(), 1);
 }
 
 #[tokio::test]
