@@ -65,15 +65,8 @@ def config(env, default, out, values):
     """The configuration file at `out`: the file the environment variable `env` names, else the
     template `default`, its placeholders filled from `values`."""
     path = os.environ.get(env)
-    if not path:
-        return compare.render(default, out, values)
-    with open(path) as f:
-        text = f.read()
-    for k, v in values.items():
-        text = text.replace("{" + k + "}", str(v))
-    with open(out, "w") as f:
-        f.write(text)
-    return out
+    # (an absolute path: compare.render's join with its templates folder keeps it whole)
+    return compare.render(os.path.abspath(path) if path else default, out, values)
 
 
 def measure(name, run, up_port, up_h2_port):

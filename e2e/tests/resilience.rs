@@ -298,10 +298,18 @@ async fn post_retried_on_503(protocol: &str) {
     route: [{destination: {host: ratings}}]
 ");
     let p = start(&yaml).await;
-    let mut c = H1::connect(p.out).await;
     let n = 20;
+    posts_answered_by_good(&p, n, 100, protocol).await;
+    assert_eq!(good.hits(), n);
+    assert!(bad.hits() > 0, "some requests were retried");
+}
+
+/// `n` POSTs of `repeat` × "order i " each through the proxy to `ratings`, each answered
+/// `200` by the `good` backend with its body, and no flag.
+async fn posts_answered_by_good(p: &Running, n: usize, repeat: usize, protocol: &str) {
+    let mut c = H1::connect(p.out).await;
     for i in 0..n {
-        let body = format!("order {i} ").repeat(100);
+        let body = format!("order {i} ").repeat(repeat);
         let req = Request::builder()
             .method("POST")
             .uri("/")
@@ -310,14 +318,12 @@ async fn post_retried_on_503(protocol: &str) {
             .unwrap();
         let r = c.send(req).await;
         assert_eq!(
-            (r.status.as_u16(), r.backend()),
-            (200, "good"),
+            (r.status.as_u16(), r.backend(), r.flags()),
+            (200, "good", ""),
             "{protocol}: {r:?}"
         );
         assert_eq!(r.body, body);
     }
-    assert_eq!(good.hits(), n);
-    assert!(bad.hits() > 0, "some requests were retried");
 }
 
 #[tokio::test]
@@ -338,24 +344,8 @@ async fn a_hanging_endpoint_is_cut_at_the_per_try_timeout_and_retried_elsewhere_
 ",
             );
         let p = start(&yaml).await;
-        let mut c = H1::connect(p.out).await;
         let n = 20;
-        for i in 0..n {
-            let body = format!("order {i} ").repeat(50);
-            let req = Request::builder()
-                .method("POST")
-                .uri("/")
-                .header("host", "ratings:9080")
-                .body(full(body.clone()))
-                .unwrap();
-            let r = c.send(req).await;
-            assert_eq!(
-                (r.status.as_u16(), r.backend(), r.flags()),
-                (200, "good", ""),
-                "{protocol}: {r:?}"
-            );
-            assert_eq!(r.body, body);
-        }
+        posts_answered_by_good(&p, n, 50, protocol).await;
         assert_eq!(good.hits(), n);
         // about half the requests tried the hanging endpoint first: (1/2)^20 that none did
         assert!(

@@ -366,10 +366,9 @@ impl Pending {
                 host = Some(value);
             } else if *name == http::header::CONTENT_TYPE {
                 grpc = value.as_bytes().starts_with(b"application/grpc");
-            } else if !details {
-            } else if *name == http::header::USER_AGENT && user_agent.is_none() {
+            } else if details && *name == http::header::USER_AGENT && user_agent.is_none() {
                 user_agent = Some(value);
-            } else if *name == X_REQUEST_ID && request_id.is_none() {
+            } else if details && *name == X_REQUEST_ID && request_id.is_none() {
                 request_id = Some(value);
             }
         }
