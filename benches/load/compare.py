@@ -191,19 +191,16 @@ def start(name, run, up_port, up_h2_port, logs):
     port, h2_port, admin_port = free_ports(3)
     values = dict(RUN=run, PORT=port, H2_PORT=h2_port, ADMIN_PORT=admin_port,
                   UP_PORT=up_port, UP_H2_PORT=up_h2_port, WORKERS=WORKERS)
-    haproxy_template = "haproxy.cfg"
-    if "=" in name and name.split("=", 1)[1].split(",", 1)[0] == "haproxy":
+    kind, template = name, None
+    label, _, spec = name.partition("=")
+    if spec.partition(",")[0] == "haproxy":
         # `NAME=haproxy,TEMPLATE`: HAProxy with another configuration
-        name, spec = name.split("=", 1)
-        haproxy_template = spec.partition(",")[2] or haproxy_template
-        kind = "haproxy"
-    else:
-        kind = name
+        name, kind, template = label, "haproxy", spec.partition(",")[2]
     if kind == "haproxy":
         prog = which("haproxy")
         if not prog:
             return None, "haproxy not installed (apt-get install haproxy)"
-        argv = [prog, "-db", "-f", render(haproxy_template, f"{run}/{name}.cfg", values)]
+        argv = [prog, "-db", "-f", render(template or "haproxy.cfg", f"{run}/{name}.cfg", values)]
     elif name == "nginx":
         prog = which("nginx")
         if not prog:

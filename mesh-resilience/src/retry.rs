@@ -157,6 +157,9 @@
 //! - A body is kept for retries up to 64 KiB by default (Envoy: its 1 MiB buffer limit).
 //! - Retries are bounded per cluster by a retry budget even when the DestinationRule sets
 //!   none (see [`breaker`](crate::breaker)).
+//! - A per-try timeout runs from the attempt's call, a wait in the circuit breaker's pending
+//!   queue included; with heads handed back, an attempt cut during that wait (before the
+//!   connector had the request) ends with its `504 UT` rather than a retry.
 //! - Not done yet: `retriable-headers`, `Retry-After`/rate-limited backoff.
 
 use std::future::Future;

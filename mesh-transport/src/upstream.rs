@@ -378,13 +378,6 @@ struct PutBack<'a> {
     received: Version,
 }
 
-impl PutBack<'_> {
-    /// The request.
-    fn req(&self) -> &Request<RequestBody> {
-        self.req
-    }
-}
-
 impl Drop for PutBack<'_> {
     fn drop(&mut self) {
         if let Some(back) = self.back.take() {
@@ -483,7 +476,7 @@ impl Connector {
                 let retry_possible = reused && body.is_none();
                 let exchange = h1client::exchange(
                     conn,
-                    held.req(),
+                    &*held.req,
                     received,
                     body.take(),
                     h1client::Release {
