@@ -423,7 +423,12 @@ static HTTP_RETRY: TypeDef = TypeDef {
     name: "HttpRetry",
     fields: &[
         field("attempts", Leaf, Status::Enforced, ""),
-        field("perTryTimeout", Leaf, Status::Enforced, ""),
+        field(
+            "perTryTimeout",
+            Leaf,
+            Status::Enforced,
+            "a timed-out attempt is retried when `retryOn` has `5xx`, `gateway-error` or `reset` (Envoy); one cut before it reached the connector (waiting for the circuit breaker's pending queue) ends with its `504 UT`",
+        ),
         field(
             "retryOn",
             Leaf,
