@@ -10,6 +10,10 @@
 //! and sent at once; larger writes keep `writev`. The upstream HTTP/1.1 client copies small
 //! bodies next to the head in its own buffer likewise (`h1client::COALESCE`).
 //!
+//! A worker's plain TCP connections ([`crate::defer::DeferredTcp`]) copy their small writes
+//! into the connection's buffer instead in a busy turn, sent at the turn's end; what they
+//! write at once comes here.
+//!
 //! rustls writes its records with `write_vectored` too, one `writev` per flush even of a
 //! single record: [`CoalescingTcp`] is the TCP stream under every TLS connection, downstream
 //! and upstream, so a record goes out with a `send`.

@@ -33,6 +33,7 @@ use tower_service::Service;
 
 use crate::Shared;
 use crate::coalesce::CoalescingTcp;
+use crate::defer::DeferredTcp;
 use crate::h2guard::H2Guard;
 use crate::headers::{HeadScanner, Reject, inspect};
 use crate::limits::Limits;
@@ -137,7 +138,8 @@ struct DownIo {
 
 /// The accepted socket, plain or with TLS terminated.
 enum Down {
-    Tcp(TcpStream),
+    /// Small writes wait for the end of the worker's turn ([`crate::defer`]).
+    Tcp(DeferredTcp),
     Tls(Box<tokio_rustls::server::TlsStream<CoalescingTcp>>),
 }
 
@@ -441,6 +443,13 @@ async fn first_byte(stream: &TcpStream) -> io::Result<u8> {
     }
 }
 
+/// A plaintext connection, `len` bytes of `buf` read during detection (to replay).
+fn plain(stream: TcpStream, buf: [u8; 24], len: usize, proto: Proto) -> (Proto, DownIo) {
+    let http1 = matches!(proto, Proto::H1);
+    let io = DownIo::new(Down::Tcp(DeferredTcp::new(stream)), buf, len, http1);
+    (proto, io)
+}
+
 /// Tells HTTP/2 (client preface) from HTTP/1.x by the first bytes.
 async fn detect(mut stream: TcpStream) -> io::Result<(Proto, DownIo)> {
     let mut buf = [0u8; 24];
@@ -449,8 +458,8 @@ async fn detect(mut stream: TcpStream) -> io::Result<(Proto, DownIo)> {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     match sniff(&buf[..n]) {
-        Sniffed::H1 => return Ok((Proto::H1, DownIo::new(Down::Tcp(stream), buf, 0, true))),
-        Sniffed::H2 => return Ok((Proto::H2, DownIo::new(Down::Tcp(stream), buf, 0, false))),
+        Sniffed::H1 => return Ok(plain(stream, buf, 0, Proto::H1)),
+        Sniffed::H2 => return Ok(plain(stream, buf, 0, Proto::H2)),
         Sniffed::NeedMore => {}
     }
     // A proper prefix of the preface so far: read (and later replay) until it is decided.
@@ -462,10 +471,8 @@ async fn detect(mut stream: TcpStream) -> io::Result<(Proto, DownIo)> {
         }
         len += n;
         match sniff(&buf[..len]) {
-            Sniffed::H1 => return Ok((Proto::H1, DownIo::new(Down::Tcp(stream), buf, len, true))),
-            Sniffed::H2 => {
-                return Ok((Proto::H2, DownIo::new(Down::Tcp(stream), buf, len, false)));
-            }
+            Sniffed::H1 => return Ok(plain(stream, buf, len, Proto::H1)),
+            Sniffed::H2 => return Ok(plain(stream, buf, len, Proto::H2)),
             Sniffed::NeedMore => {}
         }
     }
@@ -1078,8 +1085,8 @@ impl AsyncWrite for DownIo {
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
         let res = match &mut this.stream {
-            // small head-and-body writes as one `send` rather than a `writev`
-            Down::Tcp(s) => crate::coalesce::poll_write_coalesced(Pin::new(s), cx, bufs),
+            // deferred to the end of the turn, or (large) one `send` or `writev`
+            Down::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Down::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         };
         if let Poll::Ready(Ok(n)) = res

@@ -165,6 +165,7 @@ use tokio::sync::{oneshot, watch};
 
 mod coalesce;
 mod conn;
+mod defer;
 #[doc(hidden)]
 pub mod fuzzing;
 mod h1client;

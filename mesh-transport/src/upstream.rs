@@ -516,7 +516,7 @@ impl Connector {
             let _ = stream.set_nodelay(true);
             self.set_keepalive(&stream);
             Ok::<_, std::io::Error>(match tls {
-                None => Io::Tcp(stream),
+                None => Io::Tcp(crate::defer::DeferredTcp::new(stream)),
                 Some(t) => Io::Tls(Box::new(handshake(t, stream).await?)),
             })
         };

@@ -95,10 +95,7 @@ where
         started,
         done,
     } = spawn;
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = started.send(Err(e));
@@ -106,67 +103,98 @@ where
         }
     };
     let local = LocalSet::new();
-    local.block_on(&rt, async {
-        let listener = match TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = started.send(Err(e));
-                return;
-            }
-        };
-        let worker = Rc::new(build(WorkerInit {
-            index,
-            workers: shared.workers,
-            limits: limits.clone(),
-            guard,
-            upstream_tls,
-            downstream_tls,
-            shared: shared.clone(),
-        }));
-        shared.listening.fetch_add(1, Ordering::AcqRel);
-        let _ = started.send(Ok(()));
-        // The accept loop is a task of its own: the future `block_on` drives is polled again
-        // at every wake-up of any of the worker's tasks (`LocalSet::run_until`), which would
-        // poll the control channel and the listener twice per proxied request; the task is
-        // polled at its own wake-ups only (callgrind.py: about 250 instructions per request).
-        // Its outcome comes back through a `Handoff` rather than its `JoinHandle`, whose poll
-        // (an atomic exchange on the task's state) cost another 170.
-        let handoff = Rc::new(Handoff::default());
-        tokio::task::spawn_local({
-            let (worker, shared, handoff) = (worker.clone(), shared.clone(), handoff.clone());
-            let max = limits.max_downstream_connections;
-            async move {
-                let unwinding = PanicGuard(&handoff);
-                let phase = accept_loop(&listener, &worker, &mut control, &shared, max).await;
-                drop(listener); // stop accepting: new connections go elsewhere or are refused
-                shared.listening.fetch_sub(1, Ordering::AcqRel);
-                std::mem::forget(unwinding);
-                handoff.put(Some((phase, control)));
-            }
-        });
-        let Some((phase, mut control)) = handoff.take().await else {
-            panic!("the accept loop of worker {index} panicked");
-        };
-        if phase == Phase::Draining {
-            worker.start_drain();
-            let stop = async {
-                // `Stopping` during the drain cuts it short
-                while control.changed().await.is_ok() {
-                    if *control.borrow() == Phase::Stopping {
-                        return;
-                    }
+    let deferring = crate::defer::Enabled::new();
+    local.block_on(
+        &rt,
+        ending_turns(async {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                    return;
                 }
             };
-            tokio::select! {
-                () = worker.all_closed() => {}
-                _ = tokio::time::timeout(limits.drain_timeout, stop) => {}
+            let worker = Rc::new(build(WorkerInit {
+                index,
+                workers: shared.workers,
+                limits: limits.clone(),
+                guard,
+                upstream_tls,
+                downstream_tls,
+                shared: shared.clone(),
+            }));
+            shared.listening.fetch_add(1, Ordering::AcqRel);
+            let _ = started.send(Ok(()));
+            // The accept loop is a task of its own: the future `block_on` drives is polled again
+            // at every wake-up of any of the worker's tasks (`LocalSet::run_until`), which would
+            // poll the control channel and the listener twice per proxied request; the task is
+            // polled at its own wake-ups only (callgrind.py: about 250 instructions per request).
+            // Its outcome comes back through a `Handoff` rather than its `JoinHandle`, whose poll
+            // (an atomic exchange on the task's state) cost another 170.
+            let handoff = Rc::new(Handoff::default());
+            tokio::task::spawn_local({
+                let (worker, shared, handoff) = (worker.clone(), shared.clone(), handoff.clone());
+                let max = limits.max_downstream_connections;
+                async move {
+                    let unwinding = PanicGuard(&handoff);
+                    let phase = accept_loop(&listener, &worker, &mut control, &shared, max).await;
+                    drop(listener); // stop accepting: new connections go elsewhere or are refused
+                    shared.listening.fetch_sub(1, Ordering::AcqRel);
+                    std::mem::forget(unwinding);
+                    handoff.put(Some((phase, control)));
+                }
+            });
+            let Some((phase, mut control)) = handoff.take().await else {
+                panic!("the accept loop of worker {index} panicked");
+            };
+            if phase == Phase::Draining {
+                worker.start_drain();
+                let stop = async {
+                    // `Stopping` during the drain cuts it short
+                    while control.changed().await.is_ok() {
+                        if *control.borrow() == Phase::Stopping {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = worker.all_closed() => {}
+                    _ = tokio::time::timeout(limits.drain_timeout, stop) => {}
+                }
             }
-        }
-    });
-    // dropping the LocalSet and the runtime closes whatever is still open
+        }),
+    );
+    // dropping the LocalSet and the runtime closes whatever is still open (what is
+    // deferred is sent first)
+    drop(deferring);
     drop(local);
     drop(rt);
     drop(done);
+}
+
+/// A worker's runtime: current-thread, which ends a turn (`crate::defer`) before it waits
+/// for events. With [`ending_turns`] around the future its `LocalSet` runs, and a
+/// `defer::Enabled` on the thread, the connections' small writes wait for the end of a busy
+/// turn.
+pub(crate) fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(crate::defer::end_of_turn)
+        .build()
+}
+
+/// `future`, ending a batch of tasks (`crate::defer::end_of_batch`) before each of its
+/// polls. Given to `LocalSet::block_on`, it is polled before each batch of the set's tasks
+/// (at most 61, `LocalSet::run_until`): what the batches deferred goes out within a few
+/// batches, even while the runtime has work enough never to wait for events (it then skips
+/// `on_thread_park`).
+pub(crate) async fn ending_turns<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        crate::defer::end_of_batch();
+        future.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// A value handed from one task of a worker's `LocalSet` to another (the accept loop's

@@ -9,11 +9,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body;
 use mesh_core::ext::UpstreamPool;
 use tokio::io::{AsyncWrite, Interest};
-use tokio::net::TcpStream;
 
 use super::request::ReqBody;
 use super::{COALESCE, MAX_READ, MIN_READ};
 use crate::coalesce::CoalescingTcp;
+use crate::defer::DeferredTcp;
 
 /// One upstream HTTP/1.1 connection and its buffers. Idle in the pool, it holds no bytes.
 /// Boxed wherever it travels (pool, exchange, response body): a pointer moves instead of
@@ -45,7 +45,8 @@ pub(crate) struct H1Conn {
 /// [`H1Conn::poll_fill`]), or TLS over TCP (rustls, from the connector's
 /// [`UpstreamTls`](crate::tls::UpstreamTls)).
 pub(crate) enum Io {
-    Tcp(TcpStream),
+    /// Small writes wait for the end of the worker's turn ([`crate::defer`]).
+    Tcp(DeferredTcp),
     Tls(Box<tokio_rustls::client::TlsStream<CoalescingTcp>>),
 }
 
@@ -125,8 +126,8 @@ impl AsyncWrite for Io {
 impl H1Conn {
     /// Wraps a connected socket.
     #[cfg(test)]
-    pub(crate) fn new(io: TcpStream) -> Box<Self> {
-        H1Conn::with_io(Io::Tcp(io))
+    pub(crate) fn new(io: tokio::net::TcpStream) -> Box<Self> {
+        H1Conn::with_io(Io::Tcp(DeferredTcp::new(io)))
     }
 
     /// Wraps a connected transport.
@@ -150,9 +151,9 @@ impl H1Conn {
 
     /// The TCP socket under it (tests: its options).
     #[cfg(test)]
-    pub(crate) fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &tokio::net::TcpStream {
         match &self.io {
-            Io::Tcp(io) => io,
+            Io::Tcp(io) => io.tcp(),
             Io::Tls(io) => &io.get_ref().0.0,
         }
     }
@@ -187,14 +188,14 @@ impl H1Conn {
     pub(crate) fn idle_ok(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         match &mut self.io {
-            Io::Tcp(io) => match io.poll_read_ready(&mut cx) {
+            Io::Tcp(io) => match io.tcp().poll_read_ready(&mut cx) {
                 Poll::Pending => true,
                 Poll::Ready(Err(_)) => false,
                 Poll::Ready(Ok(())) => {
                     // Readable: end of stream, stray bytes, or readiness left over from the
                     // last read. Only the last one leaves the connection usable.
                     self.buf.reserve(64);
-                    matches!(io.try_read_buf(&mut self.buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                    matches!(io.tcp().try_read_buf(&mut self.buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
                 }
             },
             // through the TLS layer: session tickets and the like are not application bytes
@@ -261,7 +262,11 @@ impl H1Conn {
         }
         let spare = self.buf.capacity() - self.buf.len();
         let io = match &mut self.io {
-            Io::Tcp(io) => io,
+            Io::Tcp(io) => {
+                // what a deferred send left goes first (the request, before its answer)
+                ready!(io.poll_left(cx));
+                io.tcp()
+            }
             Io::Tls(io) => {
                 let n = ready!(tokio_util::io::poll_read_buf(
                     Pin::new(&mut **io),
