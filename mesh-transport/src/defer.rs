@@ -35,12 +35,14 @@
 //! - a write too large to defer, a `poll_shutdown`, or a write after the buffer's
 //!   [`LIMIT`], first sends what the connection has deferred;
 //! - what the end of the turn cannot send (the socket's buffer is full) stays with the
-//!   connection, whose task is woken and sends it itself on its next read, write or flush,
-//!   before anything else;
+//!   connection, whose task is woken and sends it on its next read, write or flush, before
+//!   any other write (a read goes on meanwhile: reads never wait for writes);
 //! - a send that fails is reported by the connection's next write or flush; a read goes on
 //!   (the peer's end of stream or reset is what it then sees, as after a failed write);
 //! - a connection dropped with bytes deferred keeps its socket open until the end of the
-//!   turn has sent them (the socket is shared with the turn list).
+//!   turn has sent them (the socket is shared with the turn list). What the socket does not
+//!   take then is lost, as the bytes still in hyper's own buffer are when a connection is
+//!   dropped with its socket full.
 //!
 //! `poll_flush` is ready once the bytes are deferred: they leave before the worker waits
 //! for events again, which is what a flush before waiting for the peer needs.
@@ -265,29 +267,32 @@ impl DeferredTcp {
         self.read.as_ref()
     }
 
-    /// Before a read: sends what the end of the turn left, if anything. A failed send is not a
-    /// read error (the read sees the peer's end of stream or reset); Pending while the
-    /// left bytes do not fit the socket (the task is woken when they may).
+    /// Before a read: sends what the end of the turn left, as far as the socket takes it,
+    /// and never holds the read up. What does not fit waits for the socket (the task is
+    /// woken when it may take more): reads and writes stay independent, as a full-duplex
+    /// exchange needs (an upstream that answers while the request body streams, a tunnel).
+    /// A failed send is not a read error (the read sees the peer's end of stream or reset).
     #[inline]
-    pub(crate) fn poll_left(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.sock.attention.load(Ordering::Relaxed) {
-            return Poll::Ready(());
+    pub(crate) fn send_left(&self, cx: &mut Context<'_>) {
+        if self.sock.attention.load(Ordering::Relaxed) {
+            self.send_left_cold(cx);
         }
-        self.poll_left_cold(cx)
     }
 
     #[cold]
-    fn poll_left_cold(&self, cx: &mut Context<'_>) -> Poll<()> {
+    fn send_left_cold(&self, cx: &mut Context<'_>) {
         let mut out = self.sock.lock();
-        if out.error.is_none() {
-            // a failure is kept in `out.error` (and `attention` stays set) for the writes
-            let _ = ready!(out.poll_send_all(cx));
-        }
-        if out.error.is_none() {
+        // a failure is kept in `out.error` (and `attention` stays set) for the writes
+        if out.error.is_none() && out.poll_send_all(cx).is_ready() && out.error.is_none() {
             self.sock.attention.store(false, Ordering::Relaxed);
         }
         self.sock.sync(&out);
-        Poll::Ready(())
+    }
+
+    /// Whether the end of a turn left bytes or a failed send (a connection that is not to be
+    /// pooled).
+    pub(crate) fn has_left(&self) -> bool {
+        self.sock.attention.load(Ordering::Relaxed)
     }
 
     /// Defers `bufs` (`total` bytes, at most [`DEFER`]) when the thread defers writes and
@@ -412,7 +417,7 @@ impl AsyncRead for DeferredTcp {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_left(cx));
+        this.send_left(cx);
         Pin::new(&mut this.read).poll_read(cx, buf)
     }
 }
@@ -600,7 +605,7 @@ impl Drop for Out {
 #[cfg(test)]
 mod tests {
     use std::future::poll_fn;
-    use std::io::Read;
+    use std::io::{Read, Write};
     use std::sync::atomic::AtomicUsize;
     use std::task::Wake;
     use std::time::Duration;
@@ -612,7 +617,21 @@ mod tests {
     /// A connected pair: the deferring side, and the peer as a blocking std socket (reads
     /// time out rather than hang a failing test).
     async fn pair() -> (DeferredTcp, std::net::TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        pair_with_window(None).await
+    }
+
+    /// A pair whose peer has a receive buffer of `window` bytes (no autotuning: a full
+    /// socket stays full until the peer reads).
+    async fn pair_with_window(window: Option<usize>) -> (DeferredTcp, std::net::TcpStream) {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if let Some(w) = window {
+            socket.set_recv_buffer_size(w).unwrap();
+        }
+        let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        socket.bind(&addr.into()).unwrap();
+        socket.listen(8).unwrap();
+        let listener: std::net::TcpListener = socket.into();
         let tcp = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
@@ -758,7 +777,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_the_socket_does_not_take_stays_with_the_connection_and_wakes_it() {
-        let (mut tcp, mut peer) = pair().await;
+        let (mut tcp, mut peer) = pair_with_window(Some(4096)).await;
         socket2::SockRef::from(tcp.tcp())
             .set_send_buffer_size(4096)
             .unwrap();
@@ -789,9 +808,18 @@ mod tests {
             count.0.load(Ordering::SeqCst) > before,
             "the task was not woken"
         );
-        assert!(tcp.sock.attention.load(Ordering::Relaxed));
+        assert!(tcp.has_left());
         // a small write now waits behind the left bytes, not deferred past them
         assert!(Pin::new(&mut tcp).poll_write(&mut cx, b"!").is_pending());
+        // and reads do not wait for them (a full-duplex peer may wait for us to read before
+        // it reads on)
+        (&peer).write_all(b"answer").unwrap();
+        let mut answer = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut answer))
+            .await
+            .expect("a read waited for the left bytes")
+            .unwrap();
+        assert_eq!(&answer, b"answer");
         // the peer reads everything; the connection sends the rest itself, in order
         let expect = sent.len();
         let reader = std::thread::spawn(move || read_n(&mut peer, expect + 1));

@@ -188,6 +188,8 @@ impl H1Conn {
     pub(crate) fn idle_ok(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         match &mut self.io {
+            // bytes the end of a turn could not send (an early answer): not reused
+            Io::Tcp(io) if io.has_left() => false,
             Io::Tcp(io) => match io.tcp().poll_read_ready(&mut cx) {
                 Poll::Pending => true,
                 Poll::Ready(Err(_)) => false,
@@ -263,8 +265,8 @@ impl H1Conn {
         let spare = self.buf.capacity() - self.buf.len();
         let io = match &mut self.io {
             Io::Tcp(io) => {
-                // what a deferred send left goes first (the request, before its answer)
-                ready!(io.poll_left(cx));
+                // what the end of a turn could not send goes on (reads do not wait for it)
+                io.send_left(cx);
                 io.tcp()
             }
             Io::Tls(io) => {
