@@ -87,11 +87,12 @@ pub(crate) struct DeferredTcp {
 #[derive(Debug)]
 struct Sock {
     out: Mutex<Out>,
-    /// Set (at the end of the turn) when `out` holds bytes it could not send or a failed send:
-    /// the connection's next operation looks at `out` before anything else.
+    /// `out` holds bytes the end of a turn could not send, or a failed send: the
+    /// connection's next operation looks at `out` first. Derived from `out` ([`Sock::sync`]).
     attention: AtomicBool,
     /// `out` holds anything (deferred or left bytes, a failure): a write that is not
     /// deferred goes through it. Clear, it goes straight to the socket, with no lock.
+    /// Derived from `out` ([`Sock::sync`]).
     pending: AtomicBool,
 }
 
@@ -283,8 +284,8 @@ impl DeferredTcp {
     fn send_left_cold(&self, cx: &mut Context<'_>) {
         let mut out = self.sock.lock();
         // a failure is kept in `out.error` (and `attention` stays set) for the writes
-        if out.error.is_none() && out.poll_send_all(cx).is_ready() && out.error.is_none() {
-            self.sock.attention.store(false, Ordering::Relaxed);
+        if out.error.is_none() {
+            let _ = out.poll_send_all(cx);
         }
         self.sock.sync(&out);
     }
@@ -318,7 +319,7 @@ impl DeferredTcp {
                 t.pool.pop()
             });
             out.listed = true;
-            self.sock.pending.store(true, Ordering::Relaxed);
+            self.sock.sync(&out);
             if out.buf.capacity() == 0
                 && let Some(buf) = pooled
             {
@@ -348,7 +349,6 @@ impl DeferredTcp {
             let sent = out.poll_send_all(cx);
             self.sock.sync(&out);
             ready!(sent)?;
-            self.sock.attention.store(false, Ordering::Relaxed);
         }
         let mut direct = Direct(self.tcp());
         match bufs.iter().filter(|b| !b.is_empty()).count() {
@@ -470,7 +470,6 @@ impl AsyncWrite for DeferredTcp {
         let sent = out.poll_send_all(cx);
         self.sock.sync(&out);
         ready!(sent)?;
-        self.sock.attention.store(false, Ordering::Relaxed);
         Poll::Ready(Ok(()))
     }
 
@@ -483,7 +482,6 @@ impl AsyncWrite for DeferredTcp {
         let sent = out.poll_send_all(cx);
         self.sock.sync(&out);
         ready!(sent)?;
-        self.sock.attention.store(false, Ordering::Relaxed);
         match out.write.as_mut() {
             Some(w) => Pin::new(w).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
@@ -494,9 +492,12 @@ impl AsyncWrite for DeferredTcp {
 // === impl Sock ===
 
 impl Sock {
-    /// Whether `out` holds anything, for the writes' lock-free path.
+    /// Sets the flags the lock-free paths read from what `out` holds: after every change
+    /// to it.
     fn sync(&self, out: &Out) {
-        let pending = out.listed || out.stuck || out.error.is_some() || !out.buf.is_empty();
+        let attention = out.stuck || out.error.is_some();
+        self.attention.store(attention, Ordering::Relaxed);
+        let pending = attention || out.listed || !out.buf.is_empty();
         self.pending.store(pending, Ordering::Relaxed);
     }
 
@@ -510,57 +511,53 @@ impl Sock {
     fn flush_listed(&self, pool: &mut Vec<Vec<u8>>) {
         let mut out = self.lock();
         out.listed = false;
-        if out.stuck || out.error.is_some() {
-            return;
-        }
-        if out.buf.is_empty() {
-            // sent by the connection itself meanwhile (a write that could not wait)
-            give(pool, std::mem::take(&mut out.buf));
-            self.pending.store(false, Ordering::Relaxed);
-            return;
-        }
-        let Some(w) = out.write.as_ref() else {
-            return;
-        };
-        let mut sent = 0;
-        let res = loop {
-            match w.try_write(&out.buf[sent..]) {
-                Ok(0) => break Err(io::ErrorKind::WriteZero),
-                Ok(n) => {
-                    sent += n;
-                    if sent == out.buf.len() {
-                        break Ok(());
+        if !out.stuck && out.error.is_none() {
+            // (empty: sent by the connection itself meanwhile, a write that could not wait)
+            match out.try_send_all() {
+                Ok(()) => give(pool, std::mem::take(&mut out.buf)),
+                Err(left) => {
+                    match left {
+                        io::ErrorKind::WouldBlock => out.stuck = true,
+                        e => {
+                            out.buf.clear();
+                            out.error = Some(e);
+                        }
+                    }
+                    if let Some(w) = out.waker.take() {
+                        w.wake();
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e.kind()),
-            }
-        };
-        match res {
-            Ok(()) => {
-                give(pool, std::mem::take(&mut out.buf));
-                self.pending.store(false, Ordering::Relaxed);
-                return;
-            }
-            Err(io::ErrorKind::WouldBlock) => {
-                out.buf.drain(..sent);
-                out.stuck = true;
-            }
-            Err(e) => {
-                out.buf.clear();
-                out.error = Some(e);
             }
         }
-        self.attention.store(true, Ordering::Relaxed);
-        if let Some(w) = out.waker.take() {
-            w.wake();
-        }
+        self.sync(&out);
     }
 }
 
 // === impl Out ===
 
 impl Out {
+    /// Sends what of `buf` the socket takes now, without waiting: Err(`WouldBlock`) with
+    /// the rest left in `buf`, or the error of a failed send.
+    fn try_send_all(&mut self) -> Result<(), io::ErrorKind> {
+        let Some(w) = self.write.as_ref() else {
+            return Err(io::ErrorKind::NotConnected);
+        };
+        let mut sent = 0;
+        let res = loop {
+            if sent == self.buf.len() {
+                break Ok(());
+            }
+            match w.try_write(&self.buf[sent..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e.kind()),
+            }
+        };
+        self.buf.drain(..sent);
+        res
+    }
+
     /// Sends everything in `buf` (deferred or left), with the connection's task waiting on
     /// the socket when it does not take it all.
     fn poll_send_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
