@@ -9,7 +9,8 @@ counters, send REQUESTS more on that connection, dump, and divide.
 
     python3 benches/load/callgrind.py [mesh] [haproxy]      # default: both, when installed
 
-Knobs: REQUESTS=5000 WARMUP=500 MESH_BIN=target/release/mesh-proxy MESH_CONFIG=<a config to
+Knobs: REQUESTS=5000 WARMUP=500 HEADS=minimal (browser: compare.py's BROWSER_HEADERS on
+every request) MESH_BIN=target/release/mesh-proxy MESH_CONFIG=<a config to
 use instead of benches/load/templates/mesh.yaml, with the same placeholders> HAPROXY_CONFIG=<the
 same for haproxy.cfg; templates/haproxy-telemetry.cfg: HAProxy doing the mesh's telemetry work>.
 
@@ -45,7 +46,7 @@ LOCKS = os.environ.get("LOCKS", "") not in ("", "0")
 
 def send(conn, n):
     for i in range(n):
-        conn.request("GET", f"/r{i}", headers={"Host": compare.AUTHORITY})
+        conn.request("GET", f"/r{i}", headers={"Host": compare.AUTHORITY, **dict(compare.extra_headers())})
         r = conn.getresponse()
         body = r.read()
         if r.status != 200 or body != b"ok":
@@ -55,7 +56,8 @@ def send(conn, n):
 def send_concurrently(port, n):
     """n requests over CONNS connections at once (h2load, HTTP/1.1), all answered 200."""
     out = subprocess.run([compare.which("h2load"), "--h1", "-n", str(n), "-c", str(CONNS), "-H",
-                          f":authority: {compare.AUTHORITY}", f"http://127.0.0.1:{port}/"],
+                          f":authority: {compare.AUTHORITY}", *compare.header_args(),
+                          f"http://127.0.0.1:{port}/"],
                          capture_output=True, text=True, timeout=1800).stdout
     if f"{n} succeeded" not in out or "status codes: " + str(n) + " 2xx" not in out:
         sys.exit(f"callgrind.py: h2load did not get {n} answers of 200:\n{out}")

@@ -28,7 +28,9 @@ skipped. Knobs (environment): ROUNDS=3 TP_SECS=8 LAT_SECS=5 H2_SECS=3 WARM_SECS=
 RATE=2000 CONNS=50 PROXY_CPU=0 LOAD_CPU=1 WORKERS=1 MESH_BIN=target/release/mesh-proxy
 ENVOY_BIN=<path> OUT=<dir> RESTART=0 (1: new processes every round, warmed up again; the
 memory columns are the first round's) REFS=haproxy,envoy (the targets the ratios are taken
-against). See benches/load/README.md.
+against) HEADS=minimal (browser: every request also carries the eight fields of
+BROWSER_HEADERS, 600 bytes, as a browser's request does; minimal: the authority only). See
+benches/load/README.md.
 """
 
 import contextlib
@@ -67,6 +69,35 @@ PROXY_CPU = knob("PROXY_CPU", "0")
 LOAD_CPU = knob("LOAD_CPU", "1")
 WORKERS = knob("WORKERS", 1)
 RESTART = knob("RESTART", 0)
+HEADS = knob("HEADS", "minimal")
+# A browser's request head beyond the authority (Chrome's fields, a referer, cookies, a
+# forwarded-for): the request the minimal one stands for, with per-field costs in full
+# (`HEADS=browser`).
+BROWSER_HEADERS = [
+    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                   "Chrome/131.0.0.0 Safari/537.36"),
+    ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+               "*/*;q=0.8"),
+    ("Accept-Language", "en-US,en;q=0.9,de;q=0.8"),
+    ("Accept-Encoding", "gzip, deflate, br, zstd"),
+    ("Referer", "https://bench.local/catalogue/items?page=2&sort=price"),
+    ("Cookie", "session=8f14e45fceea167a5a36dedd4bea2543; prefs=theme%3Ddark%26lang%3Den; "
+               "_ga=GA1.2.1234567890.1700000000"),
+    ("Cache-Control", "no-cache"),
+    ("X-Forwarded-For", "10.1.2.3"),
+]
+if HEADS not in ("minimal", "browser"):
+    sys.exit(f"HEADS={HEADS}: minimal or browser")
+
+
+def extra_headers():
+    """The fields every request carries beyond its authority (HEADS), as (name, value)."""
+    return BROWSER_HEADERS if HEADS == "browser" else []
+
+
+def header_args():
+    """extra_headers() as a load generator's arguments (`-H "Name: value"` each)."""
+    return [a for n, v in extra_headers() for a in ("-H", f"{n}: {v}")]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PATH_EXTRA = ["/usr/sbin", "/sbin"]
 
@@ -323,7 +354,8 @@ def wrk(target, secs):
         sampler.start()
     s0, t0 = (cpu_split(target.pid) if target.pid else (0, 0)), time.time()
     out = subprocess.run(pinned(LOAD_CPU, ["wrk", "-t1", f"-c{CONNS}", f"-d{secs}s", "--latency",
-                                           "-H", f"Host: {AUTHORITY}", f"http://127.0.0.1:{target.port}/"]),
+                                           "-H", f"Host: {AUTHORITY}", *header_args(),
+                                           f"http://127.0.0.1:{target.port}/"]),
                          capture_output=True, text=True, timeout=secs + 30).stdout
     s1, t1 = (cpu_split(target.pid) if target.pid else (0, 0)), time.time()
     c0, c1 = sum(s0), sum(s1)
@@ -358,7 +390,8 @@ def oha(target):
     c0 = cpu_ticks(target.pid) if target.pid else 0
     res = subprocess.run(pinned(LOAD_CPU, [prog, "-z", f"{LAT_SECS}s", "-c", str(CONNS), "-q", str(RATE),
                                            "--latency-correction", "--no-tui", "--output-format", "json",
-                                           "-H", f"Host: {AUTHORITY}", f"http://127.0.0.1:{target.port}/"]),
+                                           "-H", f"Host: {AUTHORITY}", *header_args(),
+                                           f"http://127.0.0.1:{target.port}/"]),
                          capture_output=True, text=True, timeout=LAT_SECS + 30)
     c1 = cpu_ticks(target.pid) if target.pid else 0
     try:
@@ -381,7 +414,7 @@ def oha(target):
 
 def h2load(target):
     out = subprocess.run(pinned(LOAD_CPU, ["h2load", "-t1", "-c10", "-m10", "-D", str(H2_SECS),
-                                           "-H", f":authority: {AUTHORITY}",
+                                           "-H", f":authority: {AUTHORITY}", *header_args(),
                                            f"http://127.0.0.1:{target.h2_port}/"]),
                          capture_output=True, text=True, timeout=H2_SECS + 30).stdout
     rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)

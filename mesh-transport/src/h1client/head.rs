@@ -9,7 +9,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
 use super::{MAX_HEADERS, MAX_RESPONSE_HEAD, STACK_HEADERS};
-use crate::headers::{CONNECTION, TRANSFER_ENCODING, UPGRADE, connection_tokens, hop_by_hop_bit};
+use crate::headers::{
+    CONNECTION, TRANSFER_ENCODING, UPGRADE, connection_tokens, hop_by_hop_bit, known_response_name,
+};
 
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +206,10 @@ fn build_head(
         let raw_value = head.get(value_range.clone()).ok_or(HeadError::FieldValue)?;
         match hop_by_hop_bit(name) {
             0 => {
-                let name = HeaderName::from_bytes(name).map_err(|_| HeadError::FieldName)?;
+                let name = match known_response_name(name) {
+                    Some(known) => known,
+                    None => HeaderName::from_bytes(name).map_err(|_| HeadError::FieldName)?,
+                };
                 let value = HeaderValue::from_maybe_shared(head.slice(value_range))
                     .map_err(|_| HeadError::FieldValue)?;
                 if name == header::CONTENT_LENGTH {
