@@ -640,27 +640,29 @@ mod tests {
         }
     }
 
+    /// The names `known_response_name` takes, lowercase.
+    const KNOWN_RESPONSE_NAMES: [&str; 13] = [
+        "date",
+        "etag",
+        "vary",
+        "server",
+        "expires",
+        "location",
+        "set-cookie",
+        "content-type",
+        "cache-control",
+        "last-modified",
+        "accept-ranges",
+        "content-length",
+        "content-encoding",
+    ];
+
     /// Every name of the fast path, in any case, is what `HeaderName::from_bytes` makes of
     /// it; names of the same lengths that differ by one byte, or by a byte that folds to the
     /// same letter only outside the token characters, are not taken.
     #[test]
     fn known_response_names_match_http_s_parse_in_any_case() {
-        let known = [
-            "date",
-            "etag",
-            "vary",
-            "server",
-            "expires",
-            "location",
-            "set-cookie",
-            "content-type",
-            "cache-control",
-            "last-modified",
-            "accept-ranges",
-            "content-length",
-            "content-encoding",
-        ];
-        for lower in known {
+        for lower in KNOWN_RESPONSE_NAMES {
             let title: String = lower
                 .split('-')
                 .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
@@ -706,14 +708,10 @@ mod tests {
         /// Case variants of the known names (the generator above rarely hits them).
         #[test]
         fn case_variants_of_known_names_are_taken(
-            i in 0usize..13,
+            i in 0..KNOWN_RESPONSE_NAMES.len(),
             upper in proptest::collection::vec(proptest::bool::ANY, 16),
         ) {
-            let lower = [
-                "date", "etag", "vary", "server", "expires", "location", "set-cookie",
-                "content-type", "cache-control", "last-modified", "accept-ranges",
-                "content-length", "content-encoding",
-            ][i];
+            let lower = KNOWN_RESPONSE_NAMES[i];
             let name: Vec<u8> = lower
                 .bytes()
                 .zip(&upper)
