@@ -10,21 +10,20 @@
 //! and sent at once; larger writes keep `writev`. The upstream HTTP/1.1 client copies small
 //! bodies next to the head in its own buffer likewise (`h1client::COALESCE`).
 //!
-//! A worker's plain TCP connections ([`crate::defer::DeferredTcp`]) copy their small writes
-//! into the connection's buffer instead in a busy turn, sent at the turn's end; what they
-//! write at once comes here.
+//! A worker's TCP connections ([`crate::defer::DeferredTcp`], plain or under TLS) copy
+//! their small writes into the connection's buffer instead in a busy turn, sent at the
+//! turn's end; what they write at once comes here.
 //!
 //! rustls writes its records with `write_vectored` too, one `writev` per flush even of a
-//! single record: [`CoalescingTcp`] is the TCP stream under every TLS connection, downstream
-//! and upstream, so a record goes out with a `send`.
+//! single record: the stream under every TLS connection, downstream and upstream, is a
+//! `DeferredTcp` as well, so a record goes out with a `send`.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWrite;
 
 /// Vectored writes up to this many bytes in all are copied and sent with one `send`.
 pub(crate) const COALESCE: usize = 4 * 1024;
@@ -64,51 +63,6 @@ pub(crate) fn poll_write_coalesced<W: AsyncWrite + ?Sized>(
             io.poll_write(cx, scratch)
         }),
         _ => io.poll_write_vectored(cx, bufs),
-    }
-}
-
-/// A TCP stream whose vectored writes go through [`poll_write_coalesced`]: the transport
-/// under rustls (`tokio_rustls`' streams over it).
-#[derive(Debug)]
-pub(crate) struct CoalescingTcp(pub(crate) TcpStream);
-
-impl AsyncRead for CoalescingTcp {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for CoalescingTcp {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        poll_write_coalesced(Pin::new(&mut self.get_mut().0), cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
 
@@ -218,14 +172,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_coalescing_socket_delivers_small_and_large_vectored_writes_in_order() {
+    async fn a_socket_written_through_the_copy_delivers_small_and_large_vectored_writes_in_order() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let client = TcpStream::connect(addr).await.unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut server, _) = listener.accept().await.unwrap();
-        let mut tcp = CoalescingTcp(client);
+        // off a worker a `DeferredTcp` writes at once, its vectored writes through the copy
+        let mut tcp = crate::defer::DeferredTcp::new(client);
         assert!(tcp.is_write_vectored());
         let big: Vec<u8> = (0..COALESCE * 3).map(|i| (i % 251) as u8).collect();
         let mut expected = Vec::new();

@@ -32,7 +32,6 @@ use tokio::sync::Notify;
 use tower_service::Service;
 
 use crate::Shared;
-use crate::coalesce::CoalescingTcp;
 use crate::defer::DeferredTcp;
 use crate::h2guard::H2Guard;
 use crate::headers::{HeadScanner, Reject, inspect};
@@ -140,7 +139,7 @@ struct DownIo {
 enum Down {
     /// Small writes wait for the end of the worker's turn ([`crate::defer`]).
     Tcp(DeferredTcp),
-    Tls(Box<tokio_rustls::server::TlsStream<CoalescingTcp>>),
+    Tls(Box<tokio_rustls::server::TlsStream<DeferredTcp>>),
 }
 
 enum Proto {
@@ -340,7 +339,7 @@ pub(crate) async fn serve<F: StackFactory>(
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
             let accepted = tokio::select! {
                 // boxed: only TLS connections pay for the handshake's state
-                a = tokio::time::timeout(worker.limits.tls_handshake_timeout, Box::pin(acceptor.accept(CoalescingTcp(stream)))) => a,
+                a = tokio::time::timeout(worker.limits.tls_handshake_timeout, Box::pin(acceptor.accept(DeferredTcp::new(stream)))) => a,
                 () = drain.as_mut() => return,
             };
             // a stalled or failed handshake closes the connection

@@ -23,9 +23,12 @@
 //! answer while the worker is still running: deferring in every turn cost 1.12 and 1.17
 //! times the CPU per request at 2,000 requests a second (`compare.py`, 2026-12-05 13:43).
 //!
-//! Off a worker (no [`Enabled`] on the thread) every write goes out at once. Connections
-//! with TLS are not deferred (rustls writes through [`crate::coalesce::CoalescingTcp`]),
-//! nor are L4 ones.
+//! Off a worker (no [`Enabled`] on the thread) every write goes out at once. Under TLS
+//! the stream rustls writes its records to is a `DeferredTcp` too, downstream and to an
+//! HTTP/1.1 upstream: a record is a small write like any other. An HTTP/2 upstream's
+//! connection (plaintext or TLS) writes at once ([`DeferredTcp::at_once`]): hyper drives it
+//! from a task of the runtime, not of the worker's `LocalSet`. L4 connections are not
+//! deferred.
 //!
 //! Why not a flusher task woken by the first deferred write: it costs a task poll per
 //! turn, which at low load is one per request (31.6k instructions per request against
@@ -81,6 +84,8 @@ const BUSY: u32 = 8;
 pub(crate) struct DeferredTcp {
     read: OwnedReadHalf,
     sock: Arc<Sock>,
+    /// False: every write goes out at once ([`DeferredTcp::at_once`]).
+    defers: bool,
 }
 
 /// The write side, shared with the thread's turn list while bytes are deferred.
@@ -248,6 +253,7 @@ impl DeferredTcp {
         let (read, write) = tcp.into_split();
         DeferredTcp {
             read,
+            defers: true,
             sock: Arc::new(Sock {
                 out: Mutex::new(Out {
                     write: Some(write),
@@ -260,6 +266,19 @@ impl DeferredTcp {
                 attention: AtomicBool::new(false),
                 pending: AtomicBool::new(false),
             }),
+        }
+    }
+
+    /// Wraps a connected socket whose writes all go out at once: one that a task of the
+    /// runtime drives rather than one of the worker's `LocalSet` (hyper's HTTP/2 client
+    /// connection, started with `tokio::spawn`). A worker ends its turns between batches of
+    /// its `LocalSet`'s tasks and when it parks; a runtime task that kept the worker busy
+    /// would hold its own deferred bytes until one of those. Its vectored writes are still
+    /// copied into one `send` ([`crate::coalesce`]).
+    pub(crate) fn at_once(tcp: TcpStream) -> Self {
+        DeferredTcp {
+            defers: false,
+            ..DeferredTcp::new(tcp)
         }
     }
 
@@ -299,7 +318,7 @@ impl DeferredTcp {
     /// Defers `bufs` (`total` bytes, at most [`DEFER`]) when the thread defers writes and
     /// the connection's buffer has room: `None` when they must be written now.
     fn defer(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>], total: usize) -> Option<()> {
-        if total > DEFER {
+        if total > DEFER || !self.defers {
             return None;
         }
         let deferring = TURN.with_borrow_mut(|t| {
@@ -701,6 +720,24 @@ mod tests {
         assert_eq!(read_n(&mut peer, 4), b"next");
     }
 
+    /// A connection a runtime task drives writes at once even in a deferring turn.
+    #[tokio::test]
+    async fn a_connection_made_to_write_at_once_never_defers() {
+        let (tcp, mut peer) = pair().await;
+        let write = take_write(&tcp);
+        let DeferredTcp { read, .. } = tcp;
+        let mut tcp = DeferredTcp::at_once(read.reunite(write).unwrap());
+        let _on = Enabled::always();
+        tcp.write_all(b"now").await.unwrap();
+        assert!(TURN.with_borrow(|t| t.listed.is_empty()), "deferred");
+        assert_eq!(read_n(&mut peer, 3), b"now");
+    }
+
+    /// The write half of a connection nothing was written to (to make another kind of it).
+    fn take_write(tcp: &DeferredTcp) -> OwnedWriteHalf {
+        tcp.sock.lock().write.take().unwrap()
+    }
+
     #[tokio::test]
     async fn only_the_turn_after_a_busy_one_defers() {
         let (mut tcp, mut peer) = pair().await;
@@ -882,6 +919,62 @@ mod tests {
             .unwrap();
         assert_eq!(&got, b"ping");
         drop(writer.await.unwrap());
+    }
+
+    /// Under TLS (rustls writing its records into a `DeferredTcp`), the handshake's and the
+    /// application's records are deferred like any small write and reach the peer in order.
+    #[test]
+    fn tls_records_are_deferred_and_reach_the_peer() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        on_a_worker(async move {
+            let (tcp, peer) = pair().await;
+            peer.set_nonblocking(true).unwrap();
+            let peer = TcpStream::from_std(peer).unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            let served = tokio::task::spawn_local(async move {
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                let mut got = [0u8; 4];
+                tls.read_exact(&mut got).await.unwrap();
+                tls.write_all(b"pong").await.unwrap();
+                tls.flush().await.unwrap();
+                let deferred = TURN.with_borrow(|t| t.listed.len());
+                tls.shutdown().await.unwrap();
+                (got, deferred)
+            });
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls =
+                tokio::time::timeout(Duration::from_secs(10), connector.connect(name, peer))
+                    .await
+                    .expect("the handshake's deferred records were never sent")
+                    .unwrap();
+            tls.write_all(b"ping").await.unwrap();
+            let mut got = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got))
+                .await
+                .expect("the deferred records were never sent")
+                .unwrap();
+            assert_eq!(got, b"pong");
+            let (ping, deferred) = served.await.unwrap();
+            assert_eq!(&ping, b"ping");
+            assert_eq!(deferred, 1, "the record was written at once, not deferred");
+        });
     }
 
     /// An idle worker's runtime ends the turn before it waits for events (`on_thread_park`).

@@ -152,7 +152,7 @@ use mesh_core::ext::{
 use mesh_core::limits::{ClusterLimits, OVERFLOW_BODY};
 use tokio::net::TcpStream;
 
-use crate::coalesce::CoalescingTcp;
+use crate::defer::DeferredTcp;
 use crate::h1client::{self, FailKind, H1Body, H1Conn, Io};
 use crate::h2streams::{H2Streams, SettingsReader, StreamSlot};
 use crate::headers::{UPGRADE, hop_by_hop_present, strip_hop_by_hop, strip_present};
@@ -395,10 +395,10 @@ impl Drop for PutBack<'_> {
 /// The TLS handshake to an upstream, over a connected socket.
 async fn handshake(
     tls: &ClientTls,
-    stream: TcpStream,
-) -> std::io::Result<tokio_rustls::client::TlsStream<CoalescingTcp>> {
+    io: DeferredTcp,
+) -> std::io::Result<tokio_rustls::client::TlsStream<DeferredTcp>> {
     tokio_rustls::TlsConnector::from(tls.config.clone())
-        .connect(tls.server_name.clone(), CoalescingTcp(stream))
+        .connect(tls.server_name.clone(), io)
         .await
 }
 
@@ -517,7 +517,7 @@ impl Connector {
             self.set_keepalive(&stream);
             Ok::<_, std::io::Error>(match tls {
                 None => Io::Tcp(crate::defer::DeferredTcp::new(stream)),
-                Some(t) => Io::Tls(Box::new(handshake(t, stream).await?)),
+                Some(t) => Io::Tls(Box::new(handshake(t, DeferredTcp::new(stream)).await?)),
             })
         };
         // the handshake counts against the connect timeout, as Envoy's does
@@ -677,7 +677,7 @@ impl Connector {
                 None => {
                     // the reading side records the server's SETTINGS_MAX_CONCURRENT_STREAMS
                     // (small frames written together go out with one `send`)
-                    let io = SettingsReader::new(CoalescingTcp(stream), streams.clone());
+                    let io = SettingsReader::new(DeferredTcp::at_once(stream), streams.clone());
                     let (sender, conn) = builder
                         .handshake(TokioIo::new(io))
                         .await
@@ -686,7 +686,7 @@ impl Connector {
                     sender
                 }
                 Some(t) => {
-                    let stream = handshake(t, stream).await?;
+                    let stream = handshake(t, DeferredTcp::at_once(stream)).await?;
                     let io = SettingsReader::new(stream, streams.clone());
                     let (sender, conn) = builder
                         .handshake(TokioIo::new(io))

@@ -12,7 +12,6 @@ use tokio::io::{AsyncWrite, Interest};
 
 use super::request::ReqBody;
 use super::{COALESCE, MAX_READ, MIN_READ};
-use crate::coalesce::CoalescingTcp;
 use crate::defer::DeferredTcp;
 
 /// One upstream HTTP/1.1 connection and its buffers. Idle in the pool, it holds no bytes.
@@ -47,7 +46,7 @@ pub(crate) struct H1Conn {
 pub(crate) enum Io {
     /// Small writes wait for the end of the worker's turn ([`crate::defer`]).
     Tcp(DeferredTcp),
-    Tls(Box<tokio_rustls::client::TlsStream<CoalescingTcp>>),
+    Tls(Box<tokio_rustls::client::TlsStream<DeferredTcp>>),
 }
 
 /// Why sending stopped.
@@ -154,7 +153,7 @@ impl H1Conn {
     pub(crate) fn tcp(&self) -> &tokio::net::TcpStream {
         match &self.io {
             Io::Tcp(io) => io.tcp(),
-            Io::Tls(io) => &io.get_ref().0.0,
+            Io::Tls(io) => io.get_ref().0.tcp(),
         }
     }
 
@@ -200,6 +199,7 @@ impl H1Conn {
                     matches!(io.tcp().try_read_buf(&mut self.buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
                 }
             },
+            Io::Tls(io) if io.get_ref().0.has_left() => false,
             // through the TLS layer: session tickets and the like are not application bytes
             Io::Tls(io) => {
                 self.buf.reserve(64);
