@@ -361,31 +361,32 @@ impl DeferredTcp {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if self.sock.pending.load(Ordering::Relaxed) {
-            let mut out = self.sock.lock();
-            if let Some(e) = out.error {
-                return Poll::Ready(Err(e.into()));
-            }
-            let sent = out.poll_send_all(cx);
-            self.sock.sync(&out);
-            ready!(sent)?;
+            ready!(self.sock.poll_drain(&mut self.sock.lock(), cx))?;
         }
-        let mut direct = Direct(self.tcp());
-        match bufs.iter().filter(|b| !b.is_empty()).count() {
-            0 => Poll::Ready(Ok(0)),
-            1 => {
-                let b = bufs
-                    .iter()
-                    .find(|b| !b.is_empty())
-                    .map_or(&[][..], |b| &b[..]);
-                Pin::new(&mut direct).poll_write(cx, b)
-            }
-            _ => crate::coalesce::poll_write_coalesced(Pin::new(&mut direct), cx, bufs),
-        }
+        // one non-empty slice as it is, small ones copied into one `send`, large ones vectored
+        crate::coalesce::poll_write_coalesced(Pin::new(&mut Direct(self.tcp())), cx, bufs)
     }
 }
 
 /// The socket written directly (nothing pending): tokio's own write path, through `&self`.
 struct Direct<'a>(&'a TcpStream);
+
+impl Direct<'_> {
+    /// `write` once the socket is writable, again after a spurious readiness.
+    fn poll_written(
+        &self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match write(self.0) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                res => return Poll::Ready(res),
+            }
+        }
+    }
+}
 
 impl AsyncWrite for Direct<'_> {
     fn poll_write(
@@ -393,13 +394,7 @@ impl AsyncWrite for Direct<'_> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                res => return Poll::Ready(res),
-            }
-        }
+        self.poll_written(cx, |tcp| tcp.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -407,13 +402,7 @@ impl AsyncWrite for Direct<'_> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                res => return Poll::Ready(res),
-            }
-        }
+        self.poll_written(cx, |tcp| tcp.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -482,25 +471,13 @@ impl AsyncWrite for DeferredTcp {
         if !self.sock.attention.load(Ordering::Relaxed) {
             return Poll::Ready(Ok(()));
         }
-        let mut out = self.sock.lock();
-        if let Some(e) = out.error {
-            return Poll::Ready(Err(e.into()));
-        }
-        let sent = out.poll_send_all(cx);
-        self.sock.sync(&out);
-        ready!(sent)?;
-        Poll::Ready(Ok(()))
+        self.sock.poll_drain(&mut self.sock.lock(), cx)
     }
 
     /// Sends what is deferred, then shuts the write side down.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut out = self.sock.lock();
-        if let Some(e) = out.error {
-            return Poll::Ready(Err(e.into()));
-        }
-        let sent = out.poll_send_all(cx);
-        self.sock.sync(&out);
-        ready!(sent)?;
+        ready!(self.sock.poll_drain(&mut out, cx))?;
         match out.write.as_mut() {
             Some(w) => Pin::new(w).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
@@ -511,6 +488,17 @@ impl AsyncWrite for DeferredTcp {
 // === impl Sock ===
 
 impl Sock {
+    /// Sends what `out` holds, then syncs the flags; a send that failed before is reported
+    /// instead (the writes' path: flush, shutdown, a write that is not deferred).
+    fn poll_drain(&self, out: &mut Out, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(e) = out.error {
+            return Poll::Ready(Err(e.into()));
+        }
+        let sent = out.poll_send_all(cx);
+        self.sync(out);
+        sent
+    }
+
     /// Sets the flags the lock-free paths read from what `out` holds: after every change
     /// to it.
     fn sync(&self, out: &Out) {

@@ -516,7 +516,7 @@ impl Connector {
             let _ = stream.set_nodelay(true);
             self.set_keepalive(&stream);
             Ok::<_, std::io::Error>(match tls {
-                None => Io::Tcp(crate::defer::DeferredTcp::new(stream)),
+                None => Io::Tcp(DeferredTcp::new(stream)),
                 Some(t) => Io::Tls(Box::new(handshake(t, DeferredTcp::new(stream)).await?)),
             })
         };
