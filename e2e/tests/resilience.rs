@@ -106,6 +106,87 @@ async fn a_grpc_abort_is_a_trailers_only_200() {
     assert_eq!(up.hits(), 0);
 }
 
+/// A gRPC upstream that sent its head before it failed, on its first call: `200`, then
+/// `grpc-status: 14` in trailers and no message. Its later calls answer one message and
+/// `grpc-status: 0`. Each call's request message is recorded.
+fn grpc_failing_once(messages: Arc<std::sync::Mutex<Vec<bytes::Bytes>>>) -> Handler {
+    use http_body_util::BodyExt;
+    Arc::new(move |req: Request<Incoming>| {
+        let messages = messages.clone();
+        Box::pin(async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let first = {
+                let mut m = messages.lock().unwrap();
+                m.push(body);
+                m.len() == 1
+            };
+            let mut trailers = http::HeaderMap::new();
+            let (data, code) = if first {
+                (None, "14")
+            } else {
+                (Some(bytes::Bytes::from_static(b"\0\0\0\0\x01x")), "0")
+            };
+            trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+            let frames = data
+                .map(hyper::body::Frame::data)
+                .into_iter()
+                .chain([hyper::body::Frame::trailers(trailers)])
+                .map(Ok::<_, Box<dyn std::error::Error + Send + Sync>>);
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(body.boxed())
+                .unwrap()
+        })
+    })
+}
+
+/// A gRPC server that sent its head before it failed puts `grpc-status: 14` in trailers after
+/// the head, with no message. A route whose `retryOn` names `unavailable` retries the call,
+/// its message sent again (Envoy would not: its router decides on the head alone); a route
+/// whose `retryOn` does not name it passes the answer on, trailers and all.
+#[tokio::test]
+async fn a_grpc_status_in_trailers_before_any_message_is_retried_when_retry_on_names_it() {
+    for (retry_on, calls, status) in [("unavailable", 2, "0"), ("5xx", 1, "14")] {
+        let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let up = backend_with("grpc", grpc_failing_once(messages.clone())).await;
+        let yaml = bootstrap(1, "")
+            + &service_entry("ratings", 9080, "GRPC", &[&up])
+            + &vs(&format!(
+                "  - retries: {{attempts: 2, retryOn: '{retry_on}'}}
+    route: [{{destination: {{host: ratings}}}}]
+"
+            ));
+        let p = start(&yaml).await;
+        let mut tx = h2(p.out).await;
+        let req = Request::builder()
+            .method("POST")
+            .uri("http://ratings:9080/pkg.Ratings/Get")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(full(&b"\0\0\0\0\x02hi"[..]))
+            .unwrap();
+        bounded(tx.ready()).await.unwrap();
+        let res = bounded(tx.send_request(req)).await.unwrap();
+        assert_eq!(res.status(), 200, "{retry_on}");
+        let collected = bounded(http_body_util::BodyExt::collect(res.into_body()))
+            .await
+            .unwrap();
+        let got = collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        assert_eq!(got.as_deref(), Some(status), "{retry_on}");
+        let sent = messages.lock().unwrap().clone();
+        assert_eq!(sent.len(), calls, "{retry_on}");
+        assert!(sent.iter().all(|m| m == &b"\0\0\0\0\x02hi"[..]), "{sent:?}");
+        let body = collected.to_bytes();
+        let expected: &[u8] = if calls == 2 { b"\0\0\0\0\x01x" } else { b"" };
+        assert_eq!(&body[..], expected, "{retry_on}");
+    }
+}
+
 #[tokio::test]
 async fn a_delay_fault_does_not_count_against_the_route_timeout() {
     // Envoy's fault filter runs before the router: a 1s delay on a route with a 0.5s timeout

@@ -58,6 +58,18 @@ pub enum MeshBody<B> {
     Local(Option<Bytes>),
     /// The inner service's body, with what to tell when it ends ([`MeshBody::on_end`]).
     Guarded(#[pin] B, EndGuard),
+    /// A body whose first frame was read ahead and given back ([`ReplyBody::resume`]): the
+    /// retry layer reads a gRPC answer's first frame to find a status in its trailers.
+    Resumed(Box<Resumed<MeshBody<B>>>),
+}
+
+/// A body whose first frame was read ahead, given back: that frame first, then the rest
+/// ([`ReplyBody::resume`]).
+pub struct Resumed<B> {
+    first: Option<Frame<Bytes>>,
+    rest: Pin<Box<B>>,
+    /// What to tell when it ends (`MeshBody::on_end` on a resumed `MeshBody`).
+    end: EndGuard,
 }
 
 /// Told when a response body ends: its last frame was read, it failed, or it was dropped.
@@ -73,6 +85,14 @@ pub trait OnBodyEnd: Send + Sync + 'static {
 pub struct EndGuard([Option<Arc<dyn OnBodyEnd>>; 2]);
 
 impl EndGuard {
+    /// Holds `end` in a free slot, else tells it at once.
+    fn hold(&mut self, end: Arc<dyn OnBodyEnd>) {
+        match self.0.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => *slot = Some(end),
+            None => end.body_ended(),
+        }
+    }
+
     fn fire(&mut self) {
         for g in &mut self.0 {
             if let Some(g) = g.take() {
@@ -129,10 +149,8 @@ impl<B> MeshBody<B> {
     pub fn on_end(&mut self, end: Arc<dyn OnBodyEnd>) {
         match self {
             MeshBody::Local(_) => end.body_ended(),
-            MeshBody::Guarded(_, g) => match g.0.iter_mut().find(|s| s.is_none()) {
-                Some(slot) => *slot = Some(end),
-                None => end.body_ended(),
-            },
+            MeshBody::Guarded(_, g) => g.hold(end),
+            MeshBody::Resumed(r) => r.end.hold(end),
             MeshBody::Inner(_) => {
                 let MeshBody::Inner(b) = std::mem::replace(self, MeshBody::Local(None)) else {
                     return;
@@ -170,6 +188,13 @@ where
                 }
                 Poll::Ready(frame)
             }
+            MeshBodyProj::Resumed(r) => {
+                let frame = std::task::ready!(Pin::new(&mut **r).poll_frame(cx));
+                if !matches!(frame, Some(Ok(_))) {
+                    r.end.fire();
+                }
+                Poll::Ready(frame)
+            }
         }
     }
 
@@ -177,6 +202,7 @@ where
         match self {
             MeshBody::Inner(b) | MeshBody::Guarded(b, _) => b.is_end_stream(),
             MeshBody::Local(d) => d.is_none(),
+            MeshBody::Resumed(r) => r.is_end_stream(),
         }
     }
 
@@ -184,7 +210,63 @@ where
         match self {
             MeshBody::Inner(b) | MeshBody::Guarded(b, _) => b.size_hint(),
             MeshBody::Local(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
+            MeshBody::Resumed(r) => r.size_hint(),
         }
+    }
+}
+
+// === impl Resumed ===
+
+impl<B> Resumed<B> {
+    /// `rest` with `first` (`None`: the body had ended) given back in front of it.
+    pub fn new(rest: Pin<Box<B>>, first: Option<Frame<Bytes>>) -> Self {
+        Resumed {
+            first,
+            rest,
+            end: EndGuard::default(),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Resumed<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(f) = self.first.take() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        self.rest.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let rest = self.rest.size_hint();
+        let first = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(first));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(first));
+        }
+        hint
+    }
+}
+
+impl<B> std::fmt::Debug for Resumed<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resumed")
+            .field("first", &self.first.as_ref().map(|_| "frame"))
+            .finish_non_exhaustive()
     }
 }
 
@@ -200,6 +282,19 @@ pub trait ReplyBody: Body<Data = Bytes> + Sized {
     fn on_end(&mut self, end: Arc<dyn OnBodyEnd>) {
         end.body_ended();
     }
+
+    /// Whether [`resume`](Self::resume) can give a body its first frame back: the retry
+    /// layer reads the first frame of a gRPC answer ahead (for a `grpc-status` in its
+    /// trailers) only for such bodies.
+    const RESUMABLE: bool = false;
+
+    /// `rest`, a body of this type whose first frame was read ahead, with `first` (that
+    /// frame; `None`: the body had ended) given back in front of it. `None` when the type
+    /// cannot ([`RESUMABLE`](Self::RESUMABLE) is false).
+    fn resume(rest: Pin<Box<Self>>, first: Option<Frame<Bytes>>) -> Option<Self> {
+        let _ = (rest, first);
+        None
+    }
 }
 
 impl<B: Body<Data = Bytes>> ReplyBody for MeshBody<B> {
@@ -209,6 +304,12 @@ impl<B: Body<Data = Bytes>> ReplyBody for MeshBody<B> {
 
     fn on_end(&mut self, end: Arc<dyn OnBodyEnd>) {
         MeshBody::on_end(self, end);
+    }
+
+    const RESUMABLE: bool = true;
+
+    fn resume(rest: Pin<Box<Self>>, first: Option<Frame<Bytes>>) -> Option<Self> {
+        Some(MeshBody::Resumed(Box::new(Resumed::new(rest, first))))
     }
 }
 
@@ -222,6 +323,12 @@ impl<E: 'static> ReplyBody for http_body_util::combinators::BoxBody<Bytes, E> {
     fn local(bytes: Bytes) -> Self {
         Full::new(bytes).map_err(|never| match never {}).boxed()
     }
+
+    const RESUMABLE: bool = true;
+
+    fn resume(rest: Pin<Box<Self>>, first: Option<Frame<Bytes>>) -> Option<Self> {
+        Some(Resumed::new(rest, first).boxed())
+    }
 }
 
 impl<E: 'static> ReplyBody for http_body_util::combinators::UnsyncBoxBody<Bytes, E> {
@@ -229,6 +336,12 @@ impl<E: 'static> ReplyBody for http_body_util::combinators::UnsyncBoxBody<Bytes,
         Full::new(bytes)
             .map_err(|never| match never {})
             .boxed_unsync()
+    }
+
+    const RESUMABLE: bool = true;
+
+    fn resume(rest: Pin<Box<Self>>, first: Option<Frame<Bytes>>) -> Option<Self> {
+        Some(Resumed::new(rest, first).boxed_unsync())
     }
 }
 
@@ -359,5 +472,59 @@ mod tests {
             1,
             "a local body is complete at once"
         );
+    }
+    #[test]
+    fn a_resumed_body_gives_its_first_frame_back_then_the_rest() {
+        let mut rest = Box::pin(MeshBody::inner(String::from("data")));
+        let first = match poll(rest.as_mut()) {
+            Poll::Ready(Some(Ok(f))) => f,
+            other => panic!("{other:?}"),
+        };
+        // `String` yields its whole text in one frame: the rest has ended
+        assert!(matches!(poll(rest.as_mut()), Poll::Ready(None)));
+        let mut rest = Box::pin(MeshBody::inner(String::from("data")));
+        let Poll::Ready(Some(Ok(first_again))) = poll(rest.as_mut()) else {
+            panic!("a frame");
+        };
+        assert_eq!(first.data_ref(), first_again.data_ref());
+        let end = Arc::new(Count::default());
+        let mut body = MeshBody::resume(rest, Some(first_again)).expect("resumable");
+        const { assert!(MeshBody::<String>::RESUMABLE) };
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(4));
+        body.on_end(end.clone());
+        let mut body = Box::pin(body);
+        match poll(body.as_mut()) {
+            Poll::Ready(Some(Ok(f))) => {
+                assert_eq!(f.data_ref().map(|d| &d[..]), Some(&b"data"[..]))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(end.0.load(Ordering::SeqCst), 0, "not at a data frame");
+        assert!(matches!(poll(body.as_mut()), Poll::Ready(None)));
+        assert_eq!(end.0.load(Ordering::SeqCst), 1, "told at the end");
+        drop(body);
+        assert_eq!(end.0.load(Ordering::SeqCst), 1, "once");
+
+        // a boxed body: its frame given back too; a `Full` cannot be
+        let mut boxed = Box::pin(
+            Full::new(Bytes::from_static(b"boxed"))
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        );
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let Poll::Ready(Some(Ok(f))) = boxed.as_mut().poll_frame(&mut cx) else {
+            panic!("a frame");
+        };
+        let mut again = Box::pin(ReplyBody::resume(boxed, Some(f)).expect("resumable"));
+        let Poll::Ready(Some(Ok(f))) = again.as_mut().poll_frame(&mut cx) else {
+            panic!("the frame given back");
+        };
+        assert_eq!(f.into_data().ok().as_deref(), Some(&b"boxed"[..]));
+        assert!(matches!(
+            again.as_mut().poll_frame(&mut cx),
+            Poll::Ready(None)
+        ));
+        const { assert!(!<Full<Bytes> as ReplyBody>::RESUMABLE) };
     }
 }

@@ -32,6 +32,7 @@
 //! ```
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -82,7 +83,15 @@ struct Shared<B> {
     state: Mutex<Option<Box<State<B>>>>,
     /// The client body's size hint (every copy has the same size).
     hint: SizeHint,
+    /// [`ENDED`] once an attempt has read the client's body to its end, [`CAPPED`] once
+    /// the recording was dropped: readable while an attempt holds the recording.
+    progress: AtomicU8,
 }
+
+/// The client's body was read to its end (`Shared::progress`).
+const ENDED: u8 = 1;
+/// The recording was dropped: the body passed the limit or failed (`Shared::progress`).
+const CAPPED: u8 = 2;
 
 struct State<B> {
     /// The client's body, until it ended.
@@ -156,6 +165,7 @@ impl<B: Body<Data = Bytes>> ReplayBody<B> {
         let shared = Arc::new(Shared {
             state: Mutex::new(None),
             hint: body.size_hint(),
+            progress: AtomicU8::new(0),
         });
         let first = ReplayBody {
             kind: Kind::Copy(Copy {
@@ -245,6 +255,13 @@ impl<B> Replayer<B> {
         // a capped recording goes back to the shared slot when `copy` drops
         (!capped).then_some(copy)
     }
+
+    /// Whether the whole body is recorded: an attempt read the client's body to its end,
+    /// within the limit. Then the client has nothing more to send, and a retry can have
+    /// the body once the attempt holding it lets go.
+    pub fn is_whole(&self) -> bool {
+        self.shared.progress.load(Ordering::Acquire) == ENDED
+    }
 }
 
 impl<B> std::fmt::Debug for Replayer<B> {
@@ -286,7 +303,8 @@ where
         let Some(rest) = state.rest.as_mut() else {
             return Poll::Ready(None);
         };
-        let frame = std::task::ready!(Pin::new(rest).poll_frame(cx));
+        let frame = std::task::ready!(Pin::new(&mut *rest).poll_frame(cx));
+        let mut ended = false;
         match &frame {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
@@ -295,14 +313,17 @@ where
                         if state.read > state.limit {
                             state.capped = true;
                             state.data = Vec::new();
+                            self.shared.progress.fetch_or(CAPPED, Ordering::AcqRel);
                         } else {
                             state.data.push(d.clone());
                         }
                     }
                     self.sent = state.data.len();
+                    ended = rest.is_end_stream();
                 } else if let Some(t) = f.trailers_ref() {
                     state.trailers = Some(t.clone());
                     self.sent_trailers = true;
+                    ended = true;
                 }
             }
             Some(Err(_)) => {
@@ -310,8 +331,15 @@ where
                 state.capped = true;
                 state.data = Vec::new();
                 state.rest = None;
+                self.shared.progress.fetch_or(CAPPED, Ordering::AcqRel);
             }
-            None => state.rest = None,
+            None => {
+                state.rest = None;
+                ended = true;
+            }
+        }
+        if ended {
+            self.shared.progress.fetch_or(ENDED, Ordering::AcqRel);
         }
         Poll::Ready(frame.map(|r| r.map_err(Into::into)))
     }
@@ -384,6 +412,28 @@ mod tests {
             v.push_back(Frame::trailers(t));
         }
         Frames(v)
+    }
+
+    #[test]
+    fn the_recording_is_whole_once_the_client_s_body_ended_within_the_limit() {
+        // read to its end (trailers, or a data frame after which the body says it ended)
+        for trailers in [true, false] {
+            let (mut first, replayer) =
+                ReplayBody::replayable(frames(&["ab", "cd"], trailers), 1024);
+            assert!(!replayer.is_whole(), "nothing read yet");
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let _ = Pin::new(&mut first).poll_frame(&mut cx);
+            assert!(!replayer.is_whole(), "one frame of two read");
+            let _ = block_on(first.collect()).unwrap();
+            assert!(replayer.is_whole(), "trailers: {trailers}");
+        }
+        let (first, replayer) = ReplayBody::replayable(Full::new(Bytes::from("abcd")), 1024);
+        let _ = block_on(first.collect()).unwrap();
+        assert!(replayer.is_whole(), "a `Full` ends with its one frame");
+        // over the limit: never whole
+        let (first, replayer) = ReplayBody::replayable(frames(&["ab", "cd"], false), 3);
+        let _ = block_on(first.collect()).unwrap();
+        assert!(!replayer.is_whole());
     }
 
     #[test]

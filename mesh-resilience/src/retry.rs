@@ -15,12 +15,8 @@
 //!   any byte was sent), `retriable-4xx` (409), `retriable-status-codes` and bare status
 //!   codes, `envoy-ratelimited` (`x-envoy-ratelimited` in the answer), and the gRPC
 //!   statuses `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
-//!   `unavailable`, read from the `grpc-status` response header of a gRPC answer (a
-//!   trailers-only answer). A streamed answer whose `grpc-status` comes in its trailers is
-//!   passed through, as Envoy does: its router decides on retries in `onUpstreamHeaders`
-//!   only and drops its retry state before it forwards the head; `onUpstreamTrailers` reads
-//!   the status for the host's statistics, never to retry (`source/common/router/router.cc`;
-//!   no Envoy setting retries on trailers);
+//!   `unavailable`, read from the `grpc-status` of a gRPC answer, in its head (a
+//!   trailers-only answer) **or in its trailers** (see below);
 //! - **`perTryTimeout`** bounds each attempt; an attempt that runs out is dropped and
 //!   retried like a reset (as Envoy's `onPerTryTimeout`); with no attempt left the client
 //!   gets `504 upstream request timeout` with flag `UT`. The route `timeout` (the
@@ -51,6 +47,31 @@
 //! flags only: a `503 UH` (no healthy upstream), `NR` or `UO` from the balancer is never
 //! retried, as Envoy never retries its own local replies. Other answers are the upstream's,
 //! judged by status and headers.
+//!
+//! # A `grpc-status` in the trailers (beyond Envoy)
+//!
+//! A gRPC server that sent its answer's head before it failed puts the status in trailers
+//! after the head, with no message: `200`, then `grpc-status: 14`. Envoy never retries
+//! those: its router decides in `onUpstreamHeaders` only and forwards the head at once;
+//! `onUpstreamTrailers` reads the status for the host's statistics
+//! (`source/common/router/router.cc`). This layer holds such an answer (`200`,
+//! `application/grpc`, no `grpc-status` in the head, a body to come) until its first body
+//! frame, when the policy retries on a gRPC status and a retry could be sent:
+//!
+//! - trailers first, with a status the policy names: retried like a trailers-only answer;
+//! - a message first, or another status, or the end: passed on, the frame given back in
+//!   front of the rest ([`ReplyBody::resume`]: `MeshBody` and the boxed bodies can);
+//! - a reset before any frame: judged as a reset;
+//! - the per-try timeout still runs while the layer waits.
+//!
+//! The last attempt's answer is not held (nothing would be retried: it goes on at once,
+//! without the `URX` its trailers would have earned). Nor is any answer unless the client
+//! has sent its whole request body (a call still streaming its
+//! messages, bidirectional, may wait on the answer's head) and the body type can be given
+//! its frame back. A unary or server-streaming call's head then waits for its first message,
+//! which a unary server sends with it. A `POST` (every gRPC call) is retried on a gRPC
+//! status only when the route writes `retryOn` (next section), so under Istio's default
+//! policy no answer waits.
 //!
 //! # Safe by default (beyond Istio)
 //!
@@ -160,7 +181,10 @@
 //! - A per-try timeout runs from the attempt's call, a wait in the circuit breaker's pending
 //!   queue included; with heads handed back, an attempt cut during that wait (before the
 //!   connector had the request) ends with its `504 UT` rather than a retry.
-//! - Not done yet: `retriable-headers`, `Retry-After`/rate-limited backoff.
+//! - A `grpc-status` in trailers before any message is retried (Envoy: never; above).
+//! - `retriable-headers` has no effect (validation warns): Istio configures no retriable
+//!   header names, and `x-envoy-retriable-header-names` is not read. Not done yet:
+//!   `Retry-After`/rate-limited backoff.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -225,14 +249,14 @@ pub struct Retry<S> {
 /// The shared clone of a [`Retry`]'s inner service.
 type Shared<S> = Arc<std::sync::Mutex<S>>;
 
-/// The future of [`Retry`].
+/// The future of [`Retry`]; `R` is the inner service's response body.
 #[pin_project]
-pub struct ResponseFuture<S, B>
+pub struct ResponseFuture<S, B, R>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
     #[pin]
-    state: State<S::Future>,
+    state: State<S::Future, R>,
     /// What the retries need; `None` when the request is sent once. Boxed: the future of
     /// every request moves through the layers above, and stays small.
     retry: Option<Box<Attempts<S, B>>>,
@@ -256,12 +280,15 @@ struct First<S, B> {
 }
 
 #[pin_project(project = StateProj)]
-enum State<F> {
+enum State<F, R> {
     /// An attempt in flight.
     Called {
         #[pin]
         fut: F,
     },
+    /// A gRPC answer's first body frame read ahead, for a `grpc-status` in its trailers
+    /// (the answer's head waits in [`Attempts::held`]).
+    Peeking { body: Option<Pin<Box<R>>> },
     /// Waiting out the backoff, then for the inner service to be ready.
     Backoff,
 }
@@ -296,6 +323,8 @@ struct Attempts<S, B> {
     permit: Option<RetryPermit>,
     /// The attempt in flight's [`TimeoutMark`] (with a per-try timeout).
     mark: Option<TimeoutMark>,
+    /// The head of an answer whose first body frame is being read ([`State::Peeking`]).
+    held: Option<http::response::Parts>,
 }
 
 /// What the attempts of a request share with the balancer.
@@ -467,7 +496,7 @@ where
 {
     type Response = Response<R>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, B>;
+    type Future = ResponseFuture<S, B, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -559,6 +588,7 @@ where
                 next: None,
                 permit: None,
                 mark,
+                held: None,
             })),
             first: None,
         }
@@ -704,7 +734,7 @@ fn is_idempotent(m: &Method) -> bool {
 
 // === impl ResponseFuture ===
 
-impl<S, B> ResponseFuture<S, B>
+impl<S, B, R> ResponseFuture<S, B, R>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
@@ -717,13 +747,14 @@ where
     }
 }
 
-impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+impl<S, B, R> std::fmt::Debug for ResponseFuture<S, B, R>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match self.state {
             State::Called { .. } => "called",
+            State::Peeking { .. } => "reading the answer's first frame",
             State::Backoff => "backoff",
         };
         f.debug_struct("ResponseFuture")
@@ -737,7 +768,7 @@ where
     }
 }
 
-impl<S, B, R> Future for ResponseFuture<S, B>
+impl<S, B, R> Future for ResponseFuture<S, B, R>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<R>> + Clone,
     B: Body<Data = Bytes>,
@@ -748,7 +779,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            match this.state.as_mut().project() {
+            // what the attempt came to, and the verdict on it when the answer's trailers gave
+            // it (`None`: judged below, from the answer's head)
+            let (outcome, verdict) = match this.state.as_mut().project() {
                 StateProj::Called { fut } => {
                     let outcome = match fut.poll(cx) {
                         Poll::Ready(res) => {
@@ -757,8 +790,10 @@ where
                                 // taken out whatever comes next (dropped with the place
                                 // when the answer is not retried)
                                 let head = first.back.as_ref().and_then(ReturnHead::take);
-                                if !retriable(&res, &first.policy, first.safe_only) {
-                                    return Poll::Ready(Ok(res));
+                                match judge(&res, &first.policy, first.safe_only) {
+                                    Verdict::Retry => {}
+                                    Verdict::Trailers if reads_ahead::<R, B>(&first.body) => {}
+                                    _ => return Poll::Ready(Ok(res)),
                                 }
                                 *this.retry = Some(Box::new(first.into_attempts(head)));
                             } else if let Some(retry) = this.retry.as_mut()
@@ -768,68 +803,58 @@ where
                             }
                             Outcome::Answer(res)
                         }
+                        Poll::Pending if per_try_expired(this.retry, cx) => Outcome::PerTryTimeout,
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    (outcome, None)
+                }
+                StateProj::Peeking { body } => {
+                    let Some(rest) = body.as_mut() else {
+                        panic!("{POLLED_AFTER_COMPLETION}");
+                    };
+                    match rest.as_mut().poll_frame(cx) {
                         Poll::Pending => {
-                            let timer = this.retry.as_mut().and_then(|r| r.timer.as_mut());
-                            match timer.map(|t| t.as_mut().poll(cx)) {
-                                Some(Poll::Ready(())) => {
-                                    // the layers below learn why the attempt goes
-                                    if let Some(m) =
-                                        this.retry.as_ref().and_then(|r| r.mark.as_ref())
-                                    {
-                                        m.fire();
-                                    }
-                                    Outcome::PerTryTimeout
-                                }
-                                _ => return Poll::Pending,
+                            if !per_try_expired(this.retry, cx) {
+                                return Poll::Pending;
                             }
+                            // the answer goes with the attempt (its head came back with it)
+                            if let Some(r) = this.retry.as_mut() {
+                                r.held = None;
+                            }
+                            this.state.set(State::Backoff);
+                            (Outcome::PerTryTimeout, None)
                         }
-                    };
-                    let Some(retry) = this.retry.as_mut() else {
-                        return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
-                    };
-                    if matches!(outcome, Outcome::PerTryTimeout) && retry.tried.back.is_some() {
-                        // heads handed back: the attempt goes first, which puts its head back
-                        this.state.set(State::Backoff);
-                        retry.parts = retry.tried.back.as_ref().and_then(ReturnHead::take);
-                    }
-                    let retriable = match &outcome {
-                        Outcome::Answer(res) => retriable(res, &retry.policy, retry.safe_only),
-                        Outcome::PerTryTimeout => {
-                            !retry.safe_only && retry.policy.retry_on.intersects(RESET_LIKE)
+                        Poll::Ready(frame) => {
+                            let (Some(retry), Some(rest)) = (this.retry.as_mut(), body.take())
+                            else {
+                                panic!("{POLLED_AFTER_COMPLETION}");
+                            };
+                            let on = retry.policy.retry_on;
+                            let (first, verdict) = match frame {
+                                Some(Ok(f)) => {
+                                    let retried = f
+                                        .trailers_ref()
+                                        .and_then(|t| t.get("grpc-status"))
+                                        .and_then(grpc_condition)
+                                        .is_some_and(|c| on.contains(c));
+                                    (Some(f), retried)
+                                }
+                                // reset before any frame: judged as a reset
+                                Some(Err(_)) => (None, on.intersects(RESET_LIKE)),
+                                None => (None, false),
+                            };
+                            let res = match (retry.held.take(), R::resume(rest, first)) {
+                                (Some(head), Some(body)) => Response::from_parts(head, body),
+                                // not reached: only `RESUMABLE` bodies are read ahead, with
+                                // their head held
+                                _ => local_reply(
+                                    StatusCode::BAD_GATEWAY,
+                                    ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+                                    "upstream answer lost",
+                                ),
+                            };
+                            (Outcome::Answer(res), Some(verdict))
                         }
-                    };
-                    if !retriable {
-                        return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
-                    }
-                    if retry.left == 0 {
-                        return Poll::Ready(Ok(
-                            outcome.into_response(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
-                        ));
-                    }
-                    let Some(head) = retry.parts.as_ref() else {
-                        // heads handed back, but not this one (see `with_heads_handed_back`)
-                        return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
-                    };
-                    if retry.tried.hosts.is_none() {
-                        retry.tried.hosts = Some(Tried::first_retry(&retry.policy, head));
-                    }
-                    if !retry.retry_permit() {
-                        return Poll::Ready(Ok(
-                            outcome.into_response(ResponseFlags::UPSTREAM_OVERFLOW)
-                        ));
-                    }
-                    // the attempt (and its hold on the body) goes before the body is asked for
-                    this.state.set(State::Backoff);
-                    let Some(next) = retry.next_body() else {
-                        return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
-                    };
-                    retry.left -= 1;
-                    retry.next = Some(next);
-                    let wait = retry.backoff();
-                    let deadline = Instant::now() + wait;
-                    match &mut retry.timer {
-                        Some(t) => t.as_mut().reset(deadline),
-                        None => retry.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
                     }
                 }
                 StateProj::Backoff => {
@@ -856,10 +881,110 @@ where
                         _ => retry.timer = None,
                     }
                     this.state.set(State::Called { fut });
+                    continue;
                 }
+            };
+            let Some(retry) = this.retry.as_mut() else {
+                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
+            };
+            if matches!(outcome, Outcome::PerTryTimeout)
+                && retry.tried.back.is_some()
+                && retry.parts.is_none()
+            {
+                // heads handed back: the attempt goes first, which puts its head back
+                this.state.set(State::Backoff);
+                retry.parts = retry.tried.back.as_ref().and_then(ReturnHead::take);
+            }
+            let retriable = match (&outcome, verdict) {
+                (_, Some(v)) => v,
+                (Outcome::Answer(res), None) => {
+                    match judge(res, &retry.policy, retry.safe_only) {
+                        Verdict::Retry => true,
+                        Verdict::Trailers
+                            if retry.left > 0
+                                && retry.parts.is_some()
+                                && reads_ahead::<R, B>(&retry.body) =>
+                        {
+                            // the answer waits for its first body frame: a `grpc-status`
+                            // in trailers that come first decides
+                            if let Outcome::Answer(res) = outcome {
+                                let (head, body) = res.into_parts();
+                                retry.held = Some(head);
+                                this.state.set(State::Peeking {
+                                    body: Some(Box::pin(body)),
+                                });
+                            }
+                            continue;
+                        }
+                        _ => false,
+                    }
+                }
+                (Outcome::PerTryTimeout, None) => {
+                    !retry.safe_only && retry.policy.retry_on.intersects(RESET_LIKE)
+                }
+            };
+            if !retriable {
+                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
+            }
+            if retry.left == 0 {
+                return Poll::Ready(Ok(
+                    outcome.into_response(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
+                ));
+            }
+            let Some(head) = retry.parts.as_ref() else {
+                // heads handed back, but not this one (see `with_heads_handed_back`)
+                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
+            };
+            if retry.tried.hosts.is_none() {
+                retry.tried.hosts = Some(Tried::first_retry(&retry.policy, head));
+            }
+            if !retry.retry_permit() {
+                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::UPSTREAM_OVERFLOW)));
+            }
+            // the attempt (and its hold on the body) goes before the body is asked for
+            this.state.set(State::Backoff);
+            let Some(next) = retry.next_body() else {
+                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
+            };
+            retry.left -= 1;
+            retry.next = Some(next);
+            let wait = retry.backoff();
+            let deadline = Instant::now() + wait;
+            match &mut retry.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => retry.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
         }
     }
+}
+
+/// Whether the attempt in flight ran out of its per-try timeout; then the layers below
+/// learn why the attempt goes (its [`TimeoutMark`] fires).
+fn per_try_expired<S, B>(retry: &mut Option<Box<Attempts<S, B>>>, cx: &mut Context<'_>) -> bool {
+    let Some(retry) = retry.as_mut() else {
+        return false;
+    };
+    match retry.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+        Some(Poll::Ready(())) => {
+            if let Some(m) = retry.mark.as_ref() {
+                m.fire();
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Whether an answer's first body frame may be read ahead: its body type can be given the
+/// frame back ([`ReplyBody::RESUMABLE`]), and the client has sent its whole request body
+/// (a request still streaming, a bidirectional gRPC call, may wait on the answer's head;
+/// and a retry needs the whole body anyway).
+fn reads_ahead<R: ReplyBody, B>(body: &Replay<B>) -> bool {
+    R::RESUMABLE
+        && match body {
+            Replay::Empty => true,
+            Replay::Recorded(r) => r.is_whole(),
+        }
 }
 
 /// A future polled after it completed (a caller's bug) panics, as tower's do.
@@ -871,9 +996,21 @@ const RESET_LIKE: RetryOn = RetryOn::FIVE_XX
     .union(RetryOn::GATEWAY_ERROR)
     .union(RetryOn::RESET);
 
+/// What the policy says of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Retry,
+    Pass,
+    /// A gRPC answer whose `grpc-status` would be in its trailers (`200`, the status not
+    /// in the head, a body to come), under a policy that retries on gRPC statuses: its
+    /// first body frame decides (trailers first: a status the policy names is retried).
+    Trailers,
+}
+
 /// Whether the policy retries this answer.
-fn retriable<R>(res: &Response<R>, policy: &RetryPolicy, safe_only: bool) -> bool {
+fn judge<R: Body>(res: &Response<R>, policy: &RetryPolicy, safe_only: bool) -> Verdict {
     let on = policy.retry_on;
+    let verdict = |retry: bool| if retry { Verdict::Retry } else { Verdict::Pass };
     let flags = flags_of(res);
     if !flags.is_empty() {
         // an answer the mesh made below: judged by its cause only
@@ -882,23 +1019,24 @@ fn retriable<R>(res: &Response<R>, policy: &RetryPolicy, safe_only: bool) -> boo
         {
             // Envoy counts a connect failure as a reset too (`wouldRetryFromReset`), and as
             // one before the request (nothing was sent)
-            return on
-                .intersects(RESET_LIKE | RetryOn::CONNECT_FAILURE | RetryOn::RESET_BEFORE_REQUEST);
+            return verdict(on.intersects(
+                RESET_LIKE | RetryOn::CONNECT_FAILURE | RetryOn::RESET_BEFORE_REQUEST,
+            ));
         }
         if res.extensions().get::<RefusedStream>().is_some() {
-            return on.intersects(RESET_LIKE | RetryOn::REFUSED_STREAM);
+            return verdict(on.intersects(RESET_LIKE | RetryOn::REFUSED_STREAM));
         }
         if flags.intersects(
             ResponseFlags::UPSTREAM_REMOTE_RESET
                 | ResponseFlags::UPSTREAM_CONNECTION_TERMINATION
                 | ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
         ) {
-            return !safe_only && on.intersects(RESET_LIKE);
+            return verdict(!safe_only && on.intersects(RESET_LIKE));
         }
-        return false;
+        return Verdict::Pass;
     }
     if safe_only {
-        return false;
+        return Verdict::Pass;
     }
     let status = res.status();
     let code = status.as_u16();
@@ -910,25 +1048,28 @@ fn retriable<R>(res: &Response<R>, policy: &RetryPolicy, safe_only: bool) -> boo
         || (on.contains(RetryOn::ENVOY_RATELIMITED)
             && res.headers().contains_key("x-envoy-ratelimited"))
     {
-        return true;
+        return Verdict::Retry;
     }
     if on.intersects(GRPC) && is_grpc(res) {
-        let grpc = res
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-            .and_then(|v| v.parse::<u32>().ok());
-        let wanted = match grpc {
-            Some(1) => RetryOn::GRPC_CANCELLED,
-            Some(4) => RetryOn::GRPC_DEADLINE_EXCEEDED,
-            Some(8) => RetryOn::GRPC_RESOURCE_EXHAUSTED,
-            Some(13) => RetryOn::GRPC_INTERNAL,
-            Some(14) => RetryOn::GRPC_UNAVAILABLE,
-            _ => return false,
+        return match res.headers().get("grpc-status") {
+            Some(v) => verdict(grpc_condition(v).is_some_and(|c| on.contains(c))),
+            None if status == StatusCode::OK && !res.body().is_end_stream() => Verdict::Trailers,
+            None => Verdict::Pass,
         };
-        return on.contains(wanted);
     }
-    false
+    Verdict::Pass
+}
+
+/// The `retryOn` condition naming a `grpc-status` value, if one does.
+fn grpc_condition(v: &http::HeaderValue) -> Option<RetryOn> {
+    match v.as_bytes() {
+        b"1" => Some(RetryOn::GRPC_CANCELLED),
+        b"4" => Some(RetryOn::GRPC_DEADLINE_EXCEEDED),
+        b"8" => Some(RetryOn::GRPC_RESOURCE_EXHAUSTED),
+        b"13" => Some(RetryOn::GRPC_INTERNAL),
+        b"14" => Some(RetryOn::GRPC_UNAVAILABLE),
+        _ => None,
+    }
 }
 
 /// A gRPC answer (`content-type: application/grpc…`): only those carry a `grpc-status` to
@@ -993,6 +1134,7 @@ impl<S, B> First<S, B> {
             next: None,
             permit: None,
             mark: None,
+            held: None,
         }
     }
 }
@@ -1067,3 +1209,6 @@ impl<R: ReplyBody> Outcome<R> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod trailer_tests;

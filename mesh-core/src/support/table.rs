@@ -433,7 +433,7 @@ static HTTP_RETRY: TypeDef = TypeDef {
             "retryOn",
             Leaf,
             Status::Enforced,
-            "gRPC statuses are read from trailers-only answers (a status in the trailers is passed through, as Envoy); `retriable-headers` not yet",
+            "gRPC statuses are read from the head and, beyond Envoy, from trailers that come before any message (the head waits for the first frame when `retryOn` names a gRPC status); `retriable-headers` has no effect (warned: Istio configures no retriable headers)",
         ),
         field(
             "retryRemoteLocalities",

@@ -424,6 +424,17 @@ fn delegate_rules() {
 }
 
 #[test]
+fn retriable_headers_is_accepted_with_a_warning_it_has_no_effect() {
+    let spec = "  hosts: [r]\n  http:\n  - retries: {attempts: 2, retryOn: '5xx,retriable-headers'}\n    route:\n    - destination: {host: r}\n";
+    assert_eq!(errors(&vs(spec)), Vec::<(String, String)>::new());
+    let w = warnings(&vs(spec));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("retriable-headers has no effect"), "{w:?}");
+    let plain = spec.replace(",retriable-headers", "");
+    assert!(warnings(&vs(&plain)).is_empty());
+}
+
+#[test]
 fn unreachable_rules_are_warnings() {
     // analyzeUnreachableHTTPRules
     let w = warnings(&vs(

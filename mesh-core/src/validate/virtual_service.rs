@@ -813,6 +813,11 @@ fn validate_direct_response(d: &HttpDirectResponse, at: &FieldPath, rep: &mut Re
     rep.check(&at.k("status"), validate_http_status(i64::from(d.status)));
 }
 
+/// `retriable-headers` retries on the answer's headers that the route's `retriable_headers`
+/// or a trusted request's `x-envoy-retriable-header-names` name: Istio's VirtualService
+/// sets no such headers, and the retry layer does not read the request header.
+const RETRIABLE_HEADERS: &str = "retriable-headers has no effect: no retriable header names are configured (Istio sets none; x-envoy-retriable-header-names is not honoured)";
+
 /// `agent.ValidateHTTPRetry`.
 fn validate_retry(r: &HttpRetry, at: &FieldPath, rep: &mut Report<'_>) {
     if r.attempts < 0 {
@@ -840,6 +845,8 @@ fn validate_retry(r: &HttpRetry, at: &FieldPath, rep: &mut Report<'_>) {
                     &at.k("retryOn"),
                     format!("{policy:?} is not a valid retryOn policy"),
                 );
+            } else if policy == "retriable-headers" {
+                rep.warn(&at.k("retryOn"), RETRIABLE_HEADERS);
             }
         }
     }
