@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Instructions per request a resilience layer adds, counted by callgrind.
 
-Runs a criterion layer bench (benches/benches/{retry,breaker,outlier,ratelimit}.rs) under
-`valgrind --tool=callgrind` once per benchmark with `--profile-time SECONDS`, and reads the
-callgrind file: the inclusive instructions of `mesh_benches::layer::send` (poll_ready, call,
-the one poll of the future, the answer dropped; the request is built outside it), divided by
-the times it was called. The first benchmark named is the baseline (the bench's no-op inner
+Runs a criterion layer bench (benches/benches/{retry,breaker,outlier,ratelimit,timeout,
+fault}.rs) under `valgrind --tool=callgrind` once per benchmark with `--profile-time
+SECONDS`, and reads the callgrind file: the inclusive instructions of
+`mesh_benches::layer::send` (poll_ready, call, the one poll of the future, the answer
+dropped; the request is built outside it), or of the timeout bench's `send_polled_twice`
+(the same, the future polled twice), divided by the
+times it was called. The first benchmark named is the baseline (the bench's no-op inner
 service alone); each other's figure minus it is what the layer adds per request, the same for
 the same binary whatever else the machine does (criterion's nanoseconds move by ±50 ns on a
 shared machine).
@@ -18,9 +20,12 @@ Without arguments: one figure per layer, each layer's heaviest case as mesh-prox
 (the 200 ns goal of issue 12 is about 1,000-1,300 instructions here): the retry layer under
 Istio's default policy with the head handed back (`retry`), the circuit breaker with the
 retry layer's shared hosts list (`breaker`), the local rate limit with `x-ratelimit-*`
-headers (`ratelimit`); build the three benches first:
+headers (`ratelimit`), the route timeout armed in the runtime's timer wheel and cancelled by
+the answer (`timeout`, over an inner service answering at the second poll), the fault filter
+drawing its delay and abort and injecting neither (`fault`); build the five benches first:
 
-    cargo bench -p mesh-benches --bench retry --bench breaker --bench ratelimit --no-run
+    cargo bench -p mesh-benches --bench retry --bench breaker --bench ratelimit \\
+        --bench timeout --bench fault --no-run
     python3 benches/load/layer_callgrind.py
 
 Knobs: PROFILE_TIME=2 (seconds per benchmark, under valgrind), CPU=1 (taskset), KEEP=<dir>
@@ -35,7 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cgbench  # noqa: E402  (the bench binary under callgrind, the file's costs)
 
 PROFILE_TIME = os.environ.get("PROFILE_TIME", "2")
-SEND = "mesh_benches::layer::send"
+# the harness's driver, and the timeout bench's for an answer at the second poll
+SENDS = ("mesh_benches::layer::send", "timeout::send_polled_twice")
 
 
 # the no-argument run: (bench, baseline, the layer's case)
@@ -43,6 +49,8 @@ LAYERS = [
     ("retry", "noop_inner", "istio_default_heads_handed_back"),
     ("breaker", "noop_inner", "admit_with_previous_hosts"),
     ("ratelimit", "noop_inner", "route_admitted_x_ratelimit"),
+    ("timeout", "pending_once_inner", "route_timeout_armed"),
+    ("fault", "noop_inner", "drawn_not_injected"),
 ]
 
 
@@ -65,7 +73,7 @@ def run(bench, ids):
     for name in ids:
         out = os.path.join(out_dir, f"callgrind.{bench}.{name}.out")
         cgbench.profile(exe, f"^{bench}/{name}$", out, PROFILE_TIME)
-        cost, n = cgbench.per_request(out, lambda f: f.startswith(SEND), "layer_callgrind.py")
+        cost, n = cgbench.per_request(out, lambda f: f.startswith(SENDS), "layer_callgrind.py")
         ir = cost / n
         if base is None:
             base = ir

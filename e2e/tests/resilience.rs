@@ -46,7 +46,11 @@ async fn a_hanging_upstream_gets_504_ut_at_the_route_timeout() {
         + &service_entry("ratings", 9080, "HTTP", &[&slow])
         + &vs("  - timeout: 0.3s\n    route: [{destination: {host: ratings}}]\n");
     let p = start(&yaml).await;
+    let sent = std::time::Instant::now();
     let reply = get_once(p.out, "ratings:9080", &[]).await;
+    // not before the route timeout (a lower bound only: how late is the machine's business;
+    // the timing itself is tested under paused time in mesh-resilience)
+    assert!(sent.elapsed() >= std::time::Duration::from_millis(300));
     assert_eq!(reply.status, 504, "{reply:?}");
     assert_eq!(reply.flags(), "UT");
     assert_eq!(reply.body, "upstream request timeout");

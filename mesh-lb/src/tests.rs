@@ -1407,3 +1407,70 @@ async fn unknown_hosts_without_router_pass_through_under_allow_any() {
         ResponseFlags::NO_ROUTE
     );
 }
+
+/// `connectionPool.http.idleTimeout` and `maxRequestsPerConnection`, read from the
+/// DestinationRule into the cluster's pool settings (the connector's): the HTTP idle
+/// timeout, else the TCP one (Istio's `applyConnectionPool`: `if idleTimeout == nil {
+/// idleTimeout = settings.Tcp.IdleTimeout }`; the TCP one is the TCP proxy's too), `0`
+/// requests per connection (the proto default) no limit, and a subset's `connectionPool`
+/// replacing the top level's whole.
+#[test]
+fn connection_pool_idle_timeout_and_max_requests_per_connection_reach_the_pool() {
+    let pool_of = |yaml: &str, subset: Option<&str>| {
+        let mut lb = seeded(snap(yaml)).layer(echo());
+        let res = send(&mut lb, request(&dest(REVIEWS, subset, Some(9080))));
+        res.extensions().get::<UpstreamCluster>().unwrap().pool
+    };
+    let with_pool = |pool: &str| {
+        BASE.replace(
+            "loadBalancer: {simple: ROUND_ROBIN}",
+            &format!("loadBalancer: {{simple: ROUND_ROBIN}}\n    connectionPool:\n{pool}"),
+        )
+    };
+    // unset: the connector's defaults (Envoy's hour, no limit)
+    let p = pool_of(BASE, None);
+    assert_eq!(p.idle_timeout, None);
+    assert_eq!(p.tcp_idle_timeout, None);
+    assert_eq!(p.max_requests_per_connection, None);
+
+    let y = with_pool(
+        "      tcp: {idleTimeout: 2h}\n      http: {idleTimeout: 30s, maxRequestsPerConnection: 100}",
+    );
+    let p = pool_of(&y, None);
+    assert_eq!(p.idle_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(p.tcp_idle_timeout, Some(Duration::from_secs(7200)));
+    assert_eq!(p.max_requests_per_connection, Some(100));
+    // every subset's cluster inherits the top level's
+    let v2 = pool_of(&y, Some("v2"));
+    assert_eq!(v2.idle_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(v2.max_requests_per_connection, Some(100));
+
+    // the TCP idle timeout alone: the HTTP pool's too
+    let p = pool_of(&with_pool("      tcp: {idleTimeout: 90s}"), None);
+    assert_eq!(p.idle_timeout, Some(Duration::from_secs(90)));
+    assert_eq!(p.tcp_idle_timeout, Some(Duration::from_secs(90)));
+
+    // the HTTP idle timeout alone: the TCP proxy keeps its default
+    let p = pool_of(
+        &with_pool("      http: {idleTimeout: 1500ms, maxRequestsPerConnection: 0}"),
+        None,
+    );
+    assert_eq!(p.idle_timeout, Some(Duration::from_millis(1500)));
+    assert_eq!(p.tcp_idle_timeout, None);
+    assert_eq!(p.max_requests_per_connection, None, "0: no limit");
+
+    // a subset's connectionPool replaces the top level's (field by field of the traffic
+    // policy, not inside connectionPool): v2 has its idle timeout and no request limit
+    let sub = y.replace(
+        "  - {name: v2, labels: {version: v2}}",
+        "  - name: v2\n    labels: {version: v2}\n    trafficPolicy:\n      connectionPool: {http: {idleTimeout: 5s}}",
+    );
+    assert_ne!(sub, y);
+    let v2 = pool_of(&sub, Some("v2"));
+    assert_eq!(v2.idle_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(v2.max_requests_per_connection, None);
+    assert_eq!(v2.tcp_idle_timeout, None);
+    let v1 = pool_of(&sub, Some("v1"));
+    assert_eq!(v1.idle_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(v1.max_requests_per_connection, Some(100));
+}

@@ -13,7 +13,8 @@
 //!   reset, a protocol error, a per-try timeout), `connect-failure`, `refused-stream`,
 //!   `reset-before-request` (here: a connect failure, the only reset known to come before
 //!   any byte was sent), `retriable-4xx` (409), `retriable-status-codes` and bare status
-//!   codes, `envoy-ratelimited` (`x-envoy-ratelimited` in the answer), and the gRPC
+//!   codes, `envoy-ratelimited` (`x-envoy-ratelimited: true` in the answer: an upstream
+//!   Envoy's rate limit, retried under this condition only, as Envoy), and the gRPC
 //!   statuses `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
 //!   `unavailable`, read from the `grpc-status` of a gRPC answer, in its head (a
 //!   trailers-only answer) **or in its trailers** (see below);
@@ -1038,6 +1039,18 @@ fn judge<R: Body>(res: &Response<R>, policy: &RetryPolicy, safe_only: bool) -> V
     if safe_only {
         return Verdict::Pass;
     }
+    // Envoy's `wouldRetryFromHeaders`: an answer an upstream Envoy rate limited
+    // (`x-envoy-ratelimited: true`) is retried under `envoy-ratelimited` and under no other
+    // condition (looked up only for an answer another condition would retry, or under
+    // `envoy-ratelimited`: most answers are not)
+    let limited = || {
+        res.headers()
+            .get("x-envoy-ratelimited")
+            .is_some_and(|v| v == "true")
+    };
+    if on.contains(RetryOn::ENVOY_RATELIMITED) && limited() {
+        return Verdict::Retry;
+    }
     let status = res.status();
     let code = status.as_u16();
     if (on.contains(RetryOn::FIVE_XX) && status.is_server_error())
@@ -1045,14 +1058,12 @@ fn judge<R: Body>(res: &Response<R>, policy: &RetryPolicy, safe_only: bool) -> V
         || (on.contains(RetryOn::RETRIABLE_4XX) && code == 409)
         || (on.contains(RetryOn::RETRIABLE_STATUS_CODES)
             && policy.retriable_status_codes.contains(&status))
-        || (on.contains(RetryOn::ENVOY_RATELIMITED)
-            && res.headers().contains_key("x-envoy-ratelimited"))
     {
-        return Verdict::Retry;
+        return verdict(!limited());
     }
     if on.intersects(GRPC) && is_grpc(res) {
         return match res.headers().get("grpc-status") {
-            Some(v) => verdict(grpc_condition(v).is_some_and(|c| on.contains(c))),
+            Some(v) => verdict(grpc_condition(v).is_some_and(|c| on.contains(c)) && !limited()),
             None if status == StatusCode::OK && !res.body().is_end_stream() => Verdict::Trailers,
             None => Verdict::Pass,
         };

@@ -614,12 +614,11 @@ fn streamed_grpc(code: u32) -> Response<MeshBody<Streamed>> {
 }
 
 #[tokio::test(start_paused = true)]
-async fn grpc_status_in_trailers_is_passed_through_as_envoy_does() {
-    // Envoy's router consults its retry state in `onUpstreamHeaders` only (it resets it
-    // there before encoding the head downstream); `onUpstreamTrailers` only counts the
-    // status for the host's success/error stats (source/common/router/router.cc). So a
-    // streamed answer whose `grpc-status: 14` arrives in the trailers is the client's,
-    // while a trailers-only `unavailable` (status in the head) is retried.
+async fn grpc_status_in_trailers_after_a_message_is_passed_through() {
+    // a streamed answer whose `grpc-status: 14` arrives in the trailers after a message is
+    // the client's (its first frame, read ahead, is given back: the message and the trailers
+    // arrive whole), while a trailers-only `unavailable` (status in the head) is retried
+    // (trailers before any message: `trailer_tests`)
     let calls = Arc::new(Mutex::new(0));
     let seen = calls.clone();
     let svc = tower::service_fn(move |_req: Request<ReplayBody<Full<Bytes>>>| {
@@ -1023,4 +1022,284 @@ async fn the_future_is_send_over_a_service_that_is_not_sync() {
     let res = tokio::spawn(fut).await.unwrap().unwrap();
     assert_eq!(res.status(), 200, "retried through the shared clone");
     assert_eq!(mock.calls(), 2);
+}
+
+/// What [`Marking`] adds to the mock's next answer.
+#[derive(Clone, Copy, Debug)]
+enum Mark {
+    /// The connector's refused stream (HTTP/2 `REFUSED_STREAM`: the upstream did not
+    /// process the request): the [`mesh_core::ext::RefusedStream`] marker beside the
+    /// answer's `UR`, as `mesh-transport` writes it.
+    Refused,
+    /// An upstream Envoy's rate limit: `x-envoy-ratelimited: true`.
+    RateLimited,
+}
+
+/// The mock, its answers marked in turn by a script of [`Mark`]s (then left as they are).
+#[derive(Clone)]
+struct Marking(Mock, Arc<Mutex<VecDeque<Mark>>>);
+
+impl<B> Service<Request<ReplayBody<B>>> for Marking
+where
+    Mock: Service<Request<ReplayBody<B>>, Response = Res, Error = Infallible>,
+    <Mock as Service<Request<ReplayBody<B>>>>::Future: Send + 'static,
+{
+    type Response = Res;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Res, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReplayBody<B>>) -> Self::Future {
+        let mark = self.1.lock().unwrap().pop_front();
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let mut res = fut.await?;
+            match mark {
+                Some(Mark::Refused) => {
+                    res.extensions_mut().insert(mesh_core::ext::RefusedStream);
+                }
+                Some(Mark::RateLimited) => {
+                    res.headers_mut()
+                        .insert("x-envoy-ratelimited", HeaderValue::from_static("true"));
+                }
+                None => {}
+            }
+            Ok(res)
+        })
+    }
+}
+
+async fn run_marked(mock: &Mock, marks: &[Mark], req: Request<Full<Bytes>>) -> Res {
+    let marks = Arc::new(Mutex::new(marks.iter().copied().collect()));
+    RetryLayer::new()
+        .with_seed(7)
+        .layer(Marking(mock.clone(), marks))
+        .oneshot(req)
+        .await
+        .unwrap()
+}
+
+const UR: ResponseFlags = ResponseFlags::UPSTREAM_REMOTE_RESET;
+const URX: ResponseFlags = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+
+#[tokio::test(start_paused = true)]
+async fn refused_stream_is_retried_on_its_condition_whatever_the_method() {
+    use Mark::Refused;
+    let mock = Mock::new(&[Local(503, UR), Local(503, UR), Status(200)]);
+    let res = run_marked(
+        &mock,
+        &[Refused, Refused],
+        get(Some(policy("refused-stream", 2))),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(mock.calls(), 3);
+    // a reset that is not a refused stream is not retried on `refused-stream` alone
+    let mock = Mock::new(&[Local(503, UR), Status(200)]);
+    let res = run_marked(&mock, &[], get(Some(policy("refused-stream", 2)))).await;
+    assert_eq!(flags_of(&res), UR);
+    assert_eq!(mock.calls(), 1);
+    // nor a refused stream on a policy without it (or a reset-like condition)
+    let mock = Mock::new(&[Local(503, UR), Status(200)]);
+    run_marked(&mock, &[Refused], get(Some(policy("connect-failure", 2)))).await;
+    assert_eq!(mock.calls(), 1);
+    // the upstream did not process it: a POST is retried, body whole, under Istio's default
+    // policy (`refused-stream` is in it; the route wrote no retryOn)
+    let mock = Mock::new(&[Local(503, UR), Status(201)]);
+    let res = run_marked(&mock, &[Refused], routed(Method::POST, "order", None)).await;
+    assert_eq!(res.status(), 201);
+    let bodies: Vec<_> = mock.seen().into_iter().map(|s| s.body).collect();
+    assert_eq!(bodies, ["order", "order"]);
+    // the attempts run out: the last refusal with URX
+    let mock = Mock::new(&[Local(503, UR), Local(503, UR), Status(200)]);
+    let res = run_marked(
+        &mock,
+        &[Refused, Refused],
+        get(Some(policy("refused-stream", 1))),
+    )
+    .await;
+    assert_eq!(flags_of(&res), UR | URX);
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_exceeded_is_retried_when_retry_on_names_it() {
+    let mock = Mock::new(&[Grpc(4), Grpc(4), Grpc(0)]);
+    let res = run(&mock, get(Some(policy("deadline-exceeded", 2)))).await;
+    assert_eq!(res.headers()["grpc-status"], "0");
+    assert_eq!(mock.calls(), 3);
+    // that status only: unavailable is not retried under it
+    let mock = Mock::new(&[Grpc(14), Grpc(0)]);
+    let res = run(&mock, get(Some(policy("deadline-exceeded", 2)))).await;
+    assert_eq!(res.headers()["grpc-status"], "14");
+    assert_eq!(mock.calls(), 1);
+    // a gRPC answer's status only
+    let mock = Mock::new(&[NotGrpc(4), Status(200)]);
+    run(&mock, get(Some(policy("deadline-exceeded", 2)))).await;
+    assert_eq!(mock.calls(), 1);
+    // the attempts run out: the last deadline-exceeded with URX
+    let mock = Mock::new(&[Grpc(4), Grpc(4), Grpc(0)]);
+    let res = run(&mock, get(Some(policy("deadline-exceeded", 1)))).await;
+    assert_eq!(res.headers()["grpc-status"], "4");
+    assert_eq!(flags_of(&res), URX);
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_before_request_retries_connect_failures_only() {
+    // a connect failure: nothing of the request was sent
+    let mock = Mock::new(&[Local(503, UF), Local(503, UF), Status(200)]);
+    let res = run(&mock, get(Some(policy("reset-before-request", 2)))).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(mock.calls(), 3);
+    // resets that may come after the request was sent, and an upstream's 503: not retried
+    for flags in [
+        UR,
+        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+        ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+    ] {
+        let mock = Mock::new(&[Local(503, flags), Status(200)]);
+        let res = run(&mock, get(Some(policy("reset-before-request", 2)))).await;
+        assert_eq!(flags_of(&res), flags);
+        assert_eq!(mock.calls(), 1, "{flags}");
+    }
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    run(&mock, get(Some(policy("reset-before-request", 2)))).await;
+    assert_eq!(mock.calls(), 1);
+    // nor a refused stream (the module docs: a connect failure is the only reset known to
+    // come before any byte was sent)
+    let mock = Mock::new(&[Local(503, UR), Status(200)]);
+    run_marked(
+        &mock,
+        &[Mark::Refused],
+        get(Some(policy("reset-before-request", 2))),
+    )
+    .await;
+    assert_eq!(mock.calls(), 1);
+    // the application cannot have seen it: a POST is retried even when the policy did not
+    // write retryOn, its body sent again whole
+    let mut p = policy("reset-before-request", 1);
+    p.explicit_retry_on = false;
+    let mock = Mock::new(&[Local(503, UF), Status(201)]);
+    let res = run(&mock, routed(Method::POST, "order", Some(p))).await;
+    assert_eq!(res.status(), 201);
+    let bodies: Vec<_> = mock.seen().into_iter().map(|s| s.body).collect();
+    assert_eq!(bodies, ["order", "order"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn envoy_ratelimited_retries_answers_carrying_x_envoy_ratelimited() {
+    use Mark::RateLimited;
+    // an upstream Envoy's rate limit (429, x-envoy-ratelimited), whatever the status
+    let mock = Mock::new(&[Status(429), Status(503), Status(200)]);
+    let res = run_marked(
+        &mock,
+        &[RateLimited, RateLimited],
+        get(Some(policy("envoy-ratelimited", 2))),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(mock.calls(), 3);
+    // the header decides, not the status: a 429 without it is not retried
+    let mock = Mock::new(&[Status(429), Status(200)]);
+    let res = run_marked(&mock, &[], get(Some(policy("envoy-ratelimited", 2)))).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(mock.calls(), 1);
+    // nor is the header retried without the condition
+    let mock = Mock::new(&[Status(429), Status(200)]);
+    run_marked(&mock, &[RateLimited], get(Some(policy("retriable-4xx", 2)))).await;
+    assert_eq!(mock.calls(), 1);
+    // the mesh's own rate limit answer (429 RL, with the header) is judged by its flag
+    let mock = Mock::new(&[Local(429, ResponseFlags::RATE_LIMITED), Status(200)]);
+    run_marked(
+        &mock,
+        &[RateLimited],
+        get(Some(policy("envoy-ratelimited", 2))),
+    )
+    .await;
+    assert_eq!(mock.calls(), 1);
+    // the attempts run out: the last one with URX
+    let mock = Mock::new(&[Status(429), Status(429), Status(200)]);
+    let res = run_marked(
+        &mock,
+        &[RateLimited, RateLimited],
+        get(Some(policy("envoy-ratelimited", 1))),
+    )
+    .await;
+    assert_eq!((res.status().as_u16(), flags_of(&res)), (429, URX));
+}
+
+#[tokio::test(start_paused = true)]
+async fn x_envoy_ratelimited_answers_are_retried_under_envoy_ratelimited_only() {
+    // Envoy's `RetryStateImpl::wouldRetryFromHeaders` returns first: "A response that
+    // contains the x-envoy-ratelimited header comes from an upstream envoy. We retry these
+    // only when the envoy-ratelimited policy is in effect."
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    run_marked(&mock, &[Mark::RateLimited], get(Some(policy("5xx", 2)))).await;
+    assert_eq!(mock.calls(), 1, "5xx");
+    // Istio's default policy (retriable-status-codes: 503)
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    run_marked(&mock, &[Mark::RateLimited], get(None)).await;
+    assert_eq!(mock.calls(), 1, "Istio's default policy");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_backoff_is_25_ms_fully_jittered_up_to_ten_times() {
+    // Envoy's default base interval, 25 ms, capped at ten times: retry n waits in
+    // [0, min(25 ms * 2^n, 250 ms)); over 300 requests each retry's largest wait comes
+    // close to its bound and the mean to half of it (the waits are whole milliseconds:
+    // a mean of (b - 1) / 2)
+    assert_eq!(RetryPolicy::default().backoff, Duration::from_millis(25));
+    let p = policy("5xx", 6);
+    let bounds = [25u64, 50, 100, 200, 250, 250];
+    let mut max = [Duration::ZERO; 6];
+    let mut sum = [Duration::ZERO; 6];
+    let layer = RetryLayer::new().with_seed(13);
+    let runs = 300;
+    for _ in 0..runs {
+        let mock = Mock::new(&[Status(503); 7]);
+        layer
+            .layer(mock.clone())
+            .oneshot(get(Some(p.clone())))
+            .await
+            .unwrap();
+        let seen = mock.seen();
+        assert_eq!(seen.len(), 7);
+        for n in 0..6 {
+            let wait = seen[n + 1].at - seen[n].at;
+            assert!(
+                wait < Duration::from_millis(bounds[n]),
+                "retry {n}: {wait:?}"
+            );
+            max[n] = max[n].max(wait);
+            sum[n] += wait;
+        }
+    }
+    for n in 0..6 {
+        let bound = Duration::from_millis(bounds[n]);
+        assert!(max[n] > bound * 9 / 10, "retry {n}: max {:?}", max[n]);
+        let mean = sum[n] / runs;
+        assert!(
+            mean > bound * 41 / 100 && mean < bound * 59 / 100,
+            "retry {n}: mean {mean:?}"
+        );
+    }
+    // a route without retries: Istio's default policy, its two retries with the same
+    // backoff (under 25 ms, then under 50 ms)
+    let mut max = [Duration::ZERO; 2];
+    for _ in 0..100 {
+        let mock = Mock::new(&[Status(503); 3]);
+        layer.layer(mock.clone()).oneshot(get(None)).await.unwrap();
+        let seen = mock.seen();
+        assert_eq!(seen.len(), 3);
+        for n in 0..2 {
+            let wait = seen[n + 1].at - seen[n].at;
+            assert!(wait < Duration::from_millis(bounds[n]), "{n}: {wait:?}");
+            max[n] = max[n].max(wait);
+        }
+    }
+    assert!(max[0] > Duration::from_millis(20) && max[1] > Duration::from_millis(40));
 }
