@@ -19,7 +19,15 @@
 //!   others, `traceparent` instead of `x-request-id`. This is the number of issue 14's goal
 //!   (under 1 µs): over `routed_inner` for mesh-proxy, over `noop_inner` for the telemetry
 //!   alone; with the system allocator, or with mesh-proxy's (`--features mimalloc`, see
-//!   `mesh_benches`);
+//!   `mesh_benches`). With no exporter the span recorder asks for nothing and no span is
+//!   built: "tracing" here is the headers' propagation alone, what an unsampled request
+//!   (99 % of them at Istio's default) costs;
+//! - `all_on_sampled`: `all_on` with every span built and exported: 100 % sampling, the span
+//!   recorder's sink (`mesh_telemetry::span::SpanSink`, mesh-proxy's options) exporting to the
+//!   SDK's `InMemorySpanExporter` on the sink's own thread (emptied every 16,384 requests,
+//!   untimed). What a sampled request costs the worker; one request is checked to make its
+//!   span before the timed loop, and the spans the full queue dropped (built all the same)
+//!   are printed after it;
 //! - `routed_inner`: `all_on`'s inner service and request without the telemetry: the
 //!   router's decision written into the request's `RequestSlots`, as mesh-proxy's router
 //!   does with or without telemetry (the slots' allocation is the router's there; over
@@ -27,11 +35,29 @@
 //!
 //! And the recorder alone, one `Completed` recorded (labels of a known peer and series):
 //!
-//! - `istio_metrics_record`: this project's registry of atomics;
+//! - `istio_metrics_record`: this project's registry of atomics, the request's series found
+//!   from its peer per call (the thread's last series), with one clock read of the bench's
+//!   own (`record_one`'s `Instant::now`);
 //! - `prometheus_client_record`: the same four families with `prometheus-client` (0.24), its
 //!   label sets built once and looked up per request (`Family::get_or_create` hashes the 25
 //!   labels; each histogram observation takes a write lock), which is what a recorder on it
-//!   would do at best.
+//!   would do at best;
+//! - `metrics_facade_record`: the same four families and labels through the `metrics` facade
+//!   (0.24) into `metrics-exporter-prometheus`'s recorder (0.17, Istio's buckets), installed
+//!   with `metrics::with_local_recorder`, the labels passed per call as `&[(&str, String)]`
+//!   (the facade builds the 25-label key and the recorder looks it up, per metric);
+//! - `metrics_facade_handles`: the facade's handles registered once for the label set (the
+//!   fair comparison with `IstioMetrics`' label sets cached per peer), without the look-up
+//!   of which handles a request's peer has, which `istio_metrics_record` pays;
+//! - `metrics_facade_handles_no_upkeep`: the same without the recorder's upkeep in the
+//!   time. That recorder's histograms keep each observation (value and time) until an
+//!   upkeep (its exporter's, every 5 s, or a scrape) sorts them into buckets; the two
+//!   facade cases above run it every 65,536 records, in the time, so they count the
+//!   recorder's whole work per record, as the others do. This one is the recording
+//!   thread's part alone.
+//!
+//! Each facade case renders its exposition after the timed loop and checks it has the four
+//! families and Istio's labels.
 use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
@@ -52,7 +78,10 @@ use mesh_telemetry::access_log::{AccessLog, AccessLogWriter, Encoding};
 use mesh_telemetry::metrics::{BUCKETS, IstioMetrics, LocalWorkload, Reporter};
 use mesh_telemetry::record::{Completed, End, RecordLayer, Sink};
 use mesh_telemetry::sinks::{AccessLogRecorder, Reloadable, Side, SpanRecorder};
+use mesh_telemetry::span::{SpanOptions, SpanSink};
 use mesh_telemetry::trace::{TraceConfig, TraceLayer};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use opentelemetry_sdk::trace::InMemorySpanExporter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -241,23 +270,9 @@ fn layer(c: &mut Criterion) {
     );
 
     // the proxy's outbound telemetry with the access log on (mesh-proxy's `Telemetry`
-    // and `Exporters`): metrics, spans (no exporter), the TEXT access log
+    // and `Exporters`): metrics, spans (no exporter: no span is built), the TEXT access log
     let metrics = Arc::new(IstioMetrics::new(local()));
-    let writer = Arc::new(AccessLogWriter::open("/dev/null", 1 << 16).expect("/dev/null"));
-    let log = Arc::new(Reloadable::new(Some(Arc::new(AccessLog::new(
-        Encoding::Text,
-        writer.clone(),
-    )))));
-    let access_log = AccessLogRecorder::new(Side::Outbound, log);
-    access_log.set_local_addr("127.0.0.1:15001".parse().expect("an address"));
-    let sinks: Vec<Arc<dyn Sink>> = vec![
-        metrics.sink(Reporter::Source),
-        Arc::new(SpanRecorder::new(
-            Side::Outbound,
-            Arc::new(Reloadable::empty()),
-        )),
-        Arc::new(access_log),
-    ];
+    let (sinks, writer) = proxy_sinks(&metrics, Reloadable::empty());
     let trace = TraceLayer::new(TraceConfig::default().with_sampling_percent(1.0));
     let mut all = trace.layer(RecordLayer::new(sinks).layer(Routed {
         decision: decision(),
@@ -271,14 +286,96 @@ fn layer(c: &mut Criterion) {
         )
     });
     assert!(metrics.series() <= 1, "one series");
+    report_dropped("all_on", &writer);
+
+    // the same with every span built and exported: 100 % sampling, the span sink exporting
+    // to the SDK's in-memory exporter on its own thread (`mesh-spans`), as mesh-proxy's with
+    // an OTLP exporter
+    let metrics = Arc::new(IstioMetrics::new(local()));
+    let exporter = InMemorySpanExporter::default();
+    let spans = SpanSink::new(
+        exporter.clone(),
+        SpanOptions {
+            service_name: "productpage.default".into(),
+            node_id: "sidecar~10.0.0.5~productpage-v1.default~default.svc.cluster.local".into(),
+            namespace: "default".into(),
+            ..SpanOptions::default()
+        },
+    )
+    .expect("the exporter thread");
+    let (sinks, writer) = proxy_sinks(&metrics, Reloadable::new(Some(Arc::new(spans.clone()))));
+    let trace = TraceLayer::new(TraceConfig::default().with_sampling_percent(100.0));
+    let mut sampled = trace.layer(RecordLayer::new(sinks).layer(Routed {
+        decision: decision(),
+        upstream: upstream(),
+    }));
+    // one request outside the timed loop: its span is built and exported, or the bench
+    // would measure nothing (`send`, not `timed`: telemetry_callgrind.py counts `timed`'s
+    // calls in the other cases)
+    send(&mut sampled, &mut cx, traced_request());
+    spans.flush();
+    let made = exporter.get_finished_spans().expect("the spans");
+    assert_eq!(made.len(), 1, "a span per sampled request");
+    assert_eq!(made[0].name, "reviews.default.svc.cluster.local:9080/*");
+    exporter.reset();
+    let mut requests = 0u64;
+    g.bench_function("all_on_sampled", |b| {
+        b.iter_batched(
+            || {
+                // the in-memory exporter keeps every span: emptied now and then, untimed
+                requests += 1;
+                if requests.is_multiple_of(16_384) {
+                    exporter.reset();
+                }
+                traced_request()
+            },
+            |req| timed(&mut sampled, &mut cx, req),
+            BatchSize::SmallInput,
+        )
+    });
+    spans.flush();
+    assert!(metrics.series() <= 1, "one series");
+    if spans.dropped() > 0 {
+        eprintln!(
+            "all_on_sampled: {} of {requests} spans dropped (queue full)",
+            spans.dropped()
+        );
+    }
+    report_dropped("all_on_sampled", &writer);
+    g.finish();
+}
+
+/// mesh-proxy's outbound sinks in its order (its `Telemetry` and `Exporters`): the metrics,
+/// the span recorder with `spans`, the `TEXT` access log (its writer thread writes to
+/// `/dev/null`); and the access log's writer.
+fn proxy_sinks(
+    metrics: &Arc<IstioMetrics>,
+    spans: Reloadable<SpanSink>,
+) -> (Vec<Arc<dyn Sink>>, Arc<AccessLogWriter>) {
+    let writer = Arc::new(AccessLogWriter::open("/dev/null", 1 << 16).expect("/dev/null"));
+    let log = Arc::new(Reloadable::new(Some(Arc::new(AccessLog::new(
+        Encoding::Text,
+        writer.clone(),
+    )))));
+    let access_log = AccessLogRecorder::new(Side::Outbound, log);
+    access_log.set_local_addr("127.0.0.1:15001".parse().expect("an address"));
+    let sinks: Vec<Arc<dyn Sink>> = vec![
+        metrics.sink(Reporter::Source),
+        Arc::new(SpanRecorder::new(Side::Outbound, Arc::new(spans))),
+        Arc::new(access_log),
+    ];
+    (sinks, writer)
+}
+
+/// Prints the access log lines `case` dropped (queue full), if any.
+fn report_dropped(case: &str, writer: &AccessLogWriter) {
     writer.flush();
     if writer.dropped() > 0 {
         eprintln!(
-            "all_on: {} access log lines dropped (queue full)",
+            "{case}: {} access log lines dropped (queue full)",
             writer.dropped()
         );
     }
-    g.finish();
 }
 
 /// The labels of the one series, as a `prometheus-client` label set.
@@ -353,7 +450,122 @@ fn recorder(c: &mut Criterion) {
             res_bytes.get_or_create(&labels).observe(2000.0);
         })
     });
+
+    // the `metrics` facade: the label names are static strings in a real user's code
+    let labels: Vec<(&'static str, String)> =
+        labels.into_iter().map(|(k, v)| (&*k.leak(), v)).collect();
+
+    // labels passed per call: the facade builds the key (25 labels) and the recorder looks
+    // it up, per metric
+    let recorder = facade_recorder();
+    let handle = recorder.handle();
+    let per_call = || {
+        metrics::counter!("istio_requests_total", &labels).increment(1);
+        metrics::histogram!("istio_request_duration_milliseconds", &labels).record(3.0);
+        metrics::histogram!("istio_request_bytes", &labels).record(120.0);
+        metrics::histogram!("istio_response_bytes", &labels).record(2000.0);
+    };
+    metrics::with_local_recorder(&recorder, || {
+        per_call();
+        g.bench_function("metrics_facade_record", |b| {
+            let mut done = 0;
+            b.iter_custom(|iters| facade_iters(iters, &mut done, &handle, true, per_call))
+        });
+    });
+    check_exposition("metrics_facade_record", &handle);
+
+    // handles registered once (what `IstioMetrics` does with its label sets, cached per peer)
+    let recorder = facade_recorder();
+    let handle = recorder.handle();
+    let (requests, duration, req_bytes, res_bytes) =
+        metrics::with_local_recorder(&recorder, || {
+            (
+                metrics::counter!("istio_requests_total", &labels),
+                metrics::histogram!("istio_request_duration_milliseconds", &labels),
+                metrics::histogram!("istio_request_bytes", &labels),
+                metrics::histogram!("istio_response_bytes", &labels),
+            )
+        });
+    let handles = || {
+        requests.increment(1);
+        duration.record(3.0);
+        req_bytes.record(120.0);
+        res_bytes.record(2000.0);
+    };
+    handles();
+    g.bench_function("metrics_facade_handles", |b| {
+        let mut done = 0;
+        b.iter_custom(|iters| facade_iters(iters, &mut done, &handle, true, handles))
+    });
+    g.bench_function("metrics_facade_handles_no_upkeep", |b| {
+        let mut done = 0;
+        b.iter_custom(|iters| facade_iters(iters, &mut done, &handle, false, handles))
+    });
+    check_exposition("metrics_facade_handles", &handle);
     g.finish();
+}
+
+/// Records between two upkeeps of the `metrics` facade's recorder, which drain its
+/// histograms' samples into their buckets (its own exporter does it every 5 s and at each
+/// scrape; the samples wait in memory until then).
+const UPKEEP_EVERY: u64 = 1 << 16;
+
+/// `metrics-exporter-prometheus`'s recorder with Istio's buckets (Envoy's defaults) on the
+/// histograms.
+fn facade_recorder() -> PrometheusRecorder {
+    PrometheusBuilder::new()
+        .set_buckets(&BUCKETS)
+        .expect("Istio's buckets")
+        .build_recorder()
+}
+
+/// The time of `iters` calls of `record`, with the recorder's upkeep after every
+/// [`UPKEEP_EVERY`]th record (`done` counts them across calls): in the time when
+/// `upkeep_timed` (the recorder's whole cost per record), else left out (the recording
+/// thread's part alone, the upkeep being another thread's).
+fn facade_iters(
+    iters: u64,
+    done: &mut u64,
+    handle: &PrometheusHandle,
+    upkeep_timed: bool,
+    record: impl Fn(),
+) -> Duration {
+    let mut spent = Duration::ZERO;
+    let mut start = Instant::now();
+    for _ in 0..iters {
+        record();
+        *done += 1;
+        if done.is_multiple_of(UPKEEP_EVERY) {
+            if upkeep_timed {
+                handle.run_upkeep();
+            } else {
+                spent += start.elapsed();
+                handle.run_upkeep();
+                start = Instant::now();
+            }
+        }
+    }
+    spent + start.elapsed()
+}
+
+/// The facade's exposition has the series and its buckets (the bench measured something).
+fn check_exposition(case: &str, handle: &PrometheusHandle) {
+    let text = handle.render();
+    for family in [
+        "istio_requests_total{",
+        "istio_request_duration_milliseconds_bucket{",
+        "istio_request_bytes_bucket{",
+        "istio_response_bytes_bucket{",
+    ] {
+        assert!(
+            text.contains(family),
+            "{case}: no {family} in the exposition:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("reporter=\"source\""),
+        "{case}: Istio's labels"
+    );
 }
 
 criterion_group!(benches, layer, recorder);

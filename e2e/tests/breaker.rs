@@ -158,6 +158,15 @@ async fn flood(workers: u32) {
         )),
         "{stats}"
     );
+    // and the route's (the service's `default` route: no VirtualService)
+    support::prom::scraped_samples(
+        p.admin,
+        &[(
+            r#"mesh_proxy_route_response_flags_total{reporter="source",route="default",destination_service="httpbin.default.svc.cluster.local",flag="UO"}"#,
+            8.0,
+        )],
+    )
+    .await;
     drop(p);
 }
 
@@ -338,13 +347,36 @@ spec:
         (200, "retried")
     );
     assert_eq!(upstream.hits(), 3);
-    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
-    assert!(
-        stats.contains(
-            "mesh_proxy_cluster_retry_overflows_total{cluster_name=\"outbound|8000||httpbin.default.svc.cluster.local\"} 1\n"
-        ),
-        "{stats}"
-    );
+    // the retry budget refused it, not `maxRetries`; the route counts the overflow and the
+    // first request's retry
+    let cluster = r#"cluster_name="outbound|8000||httpbin.default.svc.cluster.local""#;
+    let route = r#"reporter="source",route="unknown",destination_service="httpbin.default.svc.cluster.local""#;
+    support::prom::scraped_samples(
+        p.admin,
+        &[
+            (
+                &format!(
+                    "mesh_proxy_cluster_retry_overflows_total{{{cluster},limit=\"retryBudget\"}}"
+                ),
+                1.0,
+            ),
+            (
+                &format!(
+                    "mesh_proxy_cluster_retry_overflows_total{{{cluster},limit=\"maxRetries\"}}"
+                ),
+                0.0,
+            ),
+            (
+                &format!("mesh_proxy_route_response_flags_total{{{route},flag=\"UO\"}}"),
+                1.0,
+            ),
+            (
+                &format!("mesh_proxy_route_upstream_retries_total{{{route}}}"),
+                1.0,
+            ),
+        ],
+    )
+    .await;
 }
 
 /// `connectionPool.http.maxConcurrentStreams` (Envoy's HTTP/2 `max_concurrent_streams`):

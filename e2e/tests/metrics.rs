@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use mesh_tls::ca::MeshCa;
 use rustls::pki_types::ServerName;
 use support::mtls::*;
-use support::prom::promtool_check;
+use support::prom::{promtool_check, require_promtool, scraped_samples};
 use support::*;
 
 /// The `istio_requests_total` sample whose labels contain all of `want`, with its value.
@@ -232,6 +232,119 @@ async fn outbound_requests_are_counted_with_istio_s_labels_per_outcome() {
     promtool_check(&text);
 }
 
+/// The decisions per route and the pool per cluster, through the proxy: a route with
+/// `retries: {attempts: 2, retryOn: 5xx}` whose upstream fails a request once (retried, then
+/// 200) and another always (retried twice, then `503 URX`) counts three retries and one
+/// `URX` under its name and service; the cluster's pooled connections are the ones the
+/// upstream accepted, all idle once the requests are over.
+#[tokio::test]
+async fn retries_and_flags_are_counted_per_route_and_the_pool_per_cluster() {
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = failed_once.clone();
+    let (gate, opened_gate) = tokio::sync::watch::channel(false);
+    let handler: Handler = Arc::new(move |req: Request<Incoming>| {
+        let fail = match req.uri().path() {
+            "/fail" => true,
+            "/once" => !once.swap(true, std::sync::atomic::Ordering::SeqCst),
+            _ => false,
+        };
+        let hold = req.uri().path() == "/hold";
+        let mut gate = opened_gate.clone();
+        Box::pin(async move {
+            if hold {
+                let _ = gate.wait_for(|open| *open).await;
+            }
+            let status = if fail { 503 } else { 200 };
+            Response::builder()
+                .status(status)
+                .header("x-backend", "ratings")
+                .body(full("ratings"))
+                .unwrap()
+        })
+    });
+    let upstream = backend_with("ratings", handler).await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("ratings", 9080, "HTTP", &[&upstream])
+        + &vs(
+            "ratings",
+            "  - name: flaky\n    retries: {attempts: 2, retryOn: 5xx}\n    route: [{destination: {host: ratings}}]\n",
+        );
+    let p = start(&yaml).await;
+    let mut c = H1::connect(p.out).await;
+    let get = |path: &str| {
+        Request::builder()
+            .uri(path)
+            .header("host", "ratings")
+            .body(full(""))
+            .unwrap()
+    };
+    let r = c.send(get("/once")).await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, "ratings"), "{r:?}");
+    let r = c.send(get("/fail")).await;
+    assert_eq!((r.status.as_u16(), r.flags()), (503, "URX"), "{r:?}");
+    assert_eq!(upstream.hits(), 5, "2 + 3 attempts");
+    let route = r#"reporter="source",route="flaky",destination_service="ratings.default.svc.cluster.local""#;
+    let retries = format!("mesh_proxy_route_upstream_retries_total{{{route}}}");
+    let urx = format!("mesh_proxy_route_response_flags_total{{{route},flag=\"URX\"}}");
+    let text = scraped_samples(
+        p.admin,
+        &[
+            (&retries, 3.0),
+            (&urx, 1.0),
+            (
+                r#"mesh_proxy_upstream_retries_total{reporter="source"}"#,
+                3.0,
+            ),
+            (
+                r#"mesh_proxy_response_flags_total{reporter="source",flag="URX"}"#,
+                1.0,
+            ),
+        ],
+    )
+    .await;
+    // one line per flag that happened: no other flag on the route
+    let route_flags: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("mesh_proxy_route_response_flags_total{"))
+        .collect();
+    assert_eq!(route_flags, [format!("{urx} 1")], "{text}");
+    // the pool: every connection the upstream accepted was opened for this cluster, and
+    // each is idle once its exchange is over
+    let cluster = r#"cluster_name="outbound|9080||ratings.default.svc.cluster.local""#;
+    let accepted = upstream
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst) as f64;
+    assert!(accepted >= 1.0);
+    let opened = format!("mesh_proxy_cluster_upstream_connections_opened_total{{{cluster}}}");
+    let open = format!("mesh_proxy_cluster_upstream_connections_open{{{cluster}}}");
+    let idle = format!("mesh_proxy_cluster_upstream_connections_idle{{{cluster}}}");
+    let text = scraped_samples(p.admin, &[(&opened, accepted)]).await;
+    let open_now = sample(&text, &open);
+    assert!(open_now >= 1.0 && open_now <= accepted, "{text}");
+    scraped_samples(p.admin, &[(&idle, open_now)]).await;
+    // a request held upstream takes an idle connection: busy, still open
+    let held = tokio::spawn({
+        let mut c = c;
+        async move { c.send(get("/hold")).await }
+    });
+    scraped_samples(p.admin, &[(&open, open_now), (&idle, open_now - 1.0)]).await;
+    gate.send_replace(true);
+    let r = bounded(held).await.unwrap();
+    assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    let text = scraped_samples(p.admin, &[(&open, open_now), (&idle, open_now)]).await;
+    // no retry was refused: the cluster's retry overflows are zero, by limit
+    for limit in ["maxRetries", "retryBudget"] {
+        assert_eq!(
+            sample(
+                &text,
+                &format!("mesh_proxy_cluster_retry_overflows_total{{{cluster},limit=\"{limit}\"}}")
+            ),
+            0.0
+        );
+    }
+    promtool_check(&text);
+}
+
 /// A GET over mTLS (or plaintext with `tls: None`) to the inbound listener.
 async fn get_inbound(addr: SocketAddr, tls: Option<&tokio_rustls::TlsConnector>) -> u16 {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -345,8 +458,22 @@ async fn inbound_requests_are_reported_by_the_destination_with_the_peer_s_identi
 
 #[test]
 fn promtool_rejects_a_broken_exposition() {
+    // without promtool the check proves nothing: fail here, saying so (the panic of a
+    // missing promtool must not pass for a rejection below)
+    require_promtool();
     // the check itself can fail: a sample without a value is a parse error
     let broken = "# TYPE istio_requests_total counter\nistio_requests_total{reporter=\"source\"}\n";
     let failed = std::panic::catch_unwind(|| promtool_check(broken));
-    assert!(failed.is_err(), "promtool accepted a broken exposition");
+    let Err(panic) = failed else {
+        panic!("promtool accepted a broken exposition");
+    };
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    assert!(
+        message.starts_with("promtool check metrics:") || message.starts_with("promtool failed:"),
+        "not promtool's rejection: {message}"
+    );
 }

@@ -323,3 +323,54 @@ async fn clients_that_go_away_before_the_answer_never_eject_the_endpoint() {
     assert_eq!(state["health"], "HEALTHY", "{state}");
     assert_eq!(state["ejections"], 0, "{state}");
 }
+
+/// An ejection on `/stats/prometheus`: the endpoint's `mesh_proxy_endpoint_ejections_total`
+/// and `mesh_proxy_endpoint_ejected` under its cluster and address (the healthy one has
+/// none), and the retry that took its request elsewhere under the route's name.
+#[tokio::test]
+async fn an_ejection_is_counted_with_its_endpoint_and_the_retry_with_its_route() {
+    let good = switchable("127.0.0.1", "good", false).await;
+    let bad = switchable("127.0.0.1", "bad", true).await;
+    let yaml = bootstrap(1, "")
+        + &ratings(&[(&good, "region1/zone1"), (&bad, "region1/zone1")])
+        + &outlier_dr(
+            "{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 5m, maxEjectionPercent: 100}",
+        )
+        + "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - name: ratings-route
+    route: [{destination: {host: ratings}}]
+    retries: {attempts: 1, retryOn: 5xx}
+";
+    let p = start(&yaml).await;
+    let mut c = H1::connect(p.out).await;
+    let mut sent = 0;
+    while !ejected(p.admin, &bad.backend).await {
+        let r = c.get("ratings:9080", &[]).await;
+        assert_eq!((r.status.as_u16(), r.backend()), (200, "good"), "{r:?}");
+        sent += 1;
+        assert!(sent < 100, "never ejected");
+    }
+    assert_eq!(bad.seen(), 1, "one 503 ejects it");
+    let cluster = "outbound|9080||ratings.default.svc.cluster.local";
+    let endpoint = |b: &Backend| format!("cluster_name=\"{cluster}\",endpoint=\"{}\"", b.addr);
+    let ejections = format!(
+        "mesh_proxy_endpoint_ejections_total{{{}}}",
+        endpoint(&bad.backend)
+    );
+    let now = format!("mesh_proxy_endpoint_ejected{{{}}}", endpoint(&bad.backend));
+    let retries = r#"mesh_proxy_route_upstream_retries_total{reporter="source",route="ratings-route",destination_service="ratings.default.svc.cluster.local"}"#;
+    let text =
+        support::prom::scraped_samples(p.admin, &[(&ejections, 1.0), (&now, 1.0), (retries, 1.0)])
+            .await;
+    assert!(
+        !text.contains(&endpoint(&good.backend)),
+        "never ejected, not listed:\n{text}"
+    );
+    support::prom::promtool_check(&text);
+}

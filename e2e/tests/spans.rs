@@ -126,11 +126,16 @@ async fn sampled_requests_are_exported_as_spans_with_the_propagated_ids() {
     // what the upstream received: the proxy's span as the parent
     let sent = seen.lock().unwrap().last().cloned().unwrap();
     let tp = sent["traceparent"].to_str().unwrap().to_string();
-    // a sampled request on the inbound side, continuing that trace
+    // a sampled request on the inbound side, continuing that trace, with a tracestate and
+    // the original client forwarded
     let r = get_once(
         p.proxy.inbound_addr().unwrap(),
         "ratings:9080",
-        &[("traceparent", &tp)],
+        &[
+            ("traceparent", &tp),
+            ("tracestate", "congo=t61rcWkgMzE"),
+            ("x-forwarded-for", "203.0.113.7"),
+        ],
     )
     .await;
     assert_eq!(r.status, 200);
@@ -175,6 +180,18 @@ async fn sampled_requests_are_exported_as_spans_with_the_propagated_ids() {
     assert_eq!(string(client, "component"), "proxy");
     assert_eq!(string(client, "guid:x-request-id"), "req-1");
     assert!(string(client, "node_id").starts_with("sidecar~"));
+    // OpenTelemetry's HTTP conventions for a client span
+    assert_eq!(string(client, "url.scheme"), "http");
+    assert_eq!(string(client, "server.address"), "ratings");
+    assert_eq!(int(client, "server.port"), 9080);
+    assert_eq!(string(client, "network.protocol.version"), "1.1");
+    assert_eq!(string(client, "network.peer.address"), "127.0.0.1");
+    assert_eq!(int(client, "network.peer.port"), i64::from(b.port()));
+    assert!(attr(client, "error.type").is_none());
+    assert!(attr(client, "http.request.resend_count").is_none());
+    // the bodies: none sent, "ok" received
+    assert_eq!(int(client, "request_size"), 0);
+    assert_eq!(int(client, "response_size"), 2);
 
     let server = all.iter().find(|s| s.kind == 2).expect("a server span");
     assert_eq!(hex(&server.parent_span_id), &tp[36..52], "the client span");
@@ -184,7 +201,110 @@ async fn sampled_requests_are_exported_as_spans_with_the_propagated_ids() {
         "the id sent to the app"
     );
     assert_eq!(string(server, "url.path"), "/");
+    assert!(attr(server, "url.query").is_none());
     assert_eq!(int(server, "http.response.status_code"), 200);
+    // plaintext inbound: http
+    assert_eq!(string(server, "url.scheme"), "http");
+    assert_eq!(string(server, "client.address"), "203.0.113.7");
+    assert_eq!(string(server, "network.peer.address"), "127.0.0.1");
+    assert!(attr(server, "error.type").is_none());
+    // the caller's tracestate is the span context's
+    assert_eq!(server.trace_state, "congo=t61rcWkgMzE");
+    assert_eq!(client.trace_state, "", "the outbound request carried none");
+}
+
+/// `reviews`' sidecar (STRICT mTLS inbound, spans to `collector`) and a `productpage`
+/// sidecar calling it over auto mTLS, spans to `collector` too: a client span whose URL is
+/// `https` (the connector originated TLS) and a server span whose scheme is `https` (the
+/// inbound connection is TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mtls_the_client_span_s_url_and_the_server_span_s_scheme_are_https() {
+    use mesh_tls::ca::MeshCa;
+    use support::mtls::{TD, id, reviews_config};
+
+    let (collector, got) = receiver().await;
+    let tracing =
+        format!("  tracing: {{sampling: 100, otlp: {{endpoint: \"http://{collector}\"}}}}\n");
+    let (server_dir, client_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ca = MeshCa::generate(TD).unwrap();
+    let (app, _) = recording().await;
+    let server = start(&reviews_config(
+        server_dir.path(),
+        &ca,
+        &app,
+        &format!(
+            "{tracing}---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: istio-system}}
+spec:
+  mtls: {{mode: STRICT}}
+"
+        ),
+    ))
+    .await;
+    let inbound = server.proxy.inbound_addr().unwrap();
+
+    let cert = ca
+        .issue(&id("productpage"), std::time::Duration::from_secs(3600))
+        .unwrap();
+    let d = client_dir.path();
+    std::fs::write(d.join("pp.pem"), &cert.chain_pem).unwrap();
+    std::fs::write(d.join("pp.key"), &cert.key_pem).unwrap();
+    std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
+    let client = start(&format!(
+        "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {{name: client}}
+spec:
+  concurrency: 1
+  workload: {{name: productpage-v1, namespace: default, serviceAccount: productpage}}
+  outbound: {{address: 127.0.0.1, port: 0}}
+  admin: {{address: 127.0.0.1, port: 0}}
+  identity:
+    spiffeId: spiffe://cluster.local/ns/default/sa/productpage
+    certificateChain: {d}/pp.pem
+    privateKey: {d}/pp.key
+    trustBundle: {d}/ca.pem
+{tracing}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+  - address: 127.0.0.1
+    ports: {{http: {port}}}
+    labels: {{app: reviews, security.istio.io/tlsMode: istio}}
+    serviceAccount: reviews
+",
+        d = d.display(),
+        port = inbound.port(),
+    ))
+    .await;
+
+    let r = get_once(client.out, "reviews:9080", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    tokio::task::block_in_place(|| {
+        client.proxy.flush_telemetry();
+        server.proxy.flush_telemetry();
+    });
+    let all = spans(&got);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    let c = all.iter().find(|s| s.kind == 3).expect("a client span");
+    let s = all.iter().find(|s| s.kind == 2).expect("a server span");
+    assert_eq!(
+        s.parent_span_id, c.span_id,
+        "one trace, the client span the parent"
+    );
+    assert_eq!(string(c, "url.full"), "https://reviews:9080/");
+    assert_eq!(string(c, "url.scheme"), "https");
+    assert_eq!(int(c, "network.peer.port"), i64::from(inbound.port()));
+    assert_eq!(string(s, "url.scheme"), "https");
+    assert_eq!(int(s, "http.response.status_code"), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,6 +325,8 @@ async fn a_local_reply_is_an_error_span_with_its_flag() {
     let s = &all[0];
     assert_eq!(int(s, "http.response.status_code"), 502);
     assert_eq!(string(s, "response_flags"), "NR");
+    // OpenTelemetry's error.type: the status code, as a string
+    assert_eq!(string(s, "error.type"), "502");
     // STATUS_CODE_ERROR
     assert_eq!(s.status.as_ref().unwrap().code, 2);
     assert!(s.parent_span_id.is_empty(), "a new trace: a root span");

@@ -409,7 +409,8 @@ pub struct UpstreamCluster {
     pub outlier: Option<Arc<OutlierPolicy>>,
     /// The cluster's circuit-breaker thresholds and shared counters (`connectionPool`,
     /// `retryBudget`), read by the circuit breaker and, through [`PreviousHosts`], the retry
-    /// layer (`mesh-resilience`). `None`: no limits.
+    /// layer (`mesh-resilience`); the connector (`mesh-transport`) counts the connections it
+    /// opens for the cluster in the counters' pool gauges. `None`: no limits.
     pub limits: Option<Arc<ClusterLimits>>,
 }
 

@@ -168,6 +168,13 @@ pub trait HealthSource: Send + Sync + fmt::Debug + 'static {
         let _ = cluster;
         Vec::new()
     }
+
+    /// Every live cell, sorted by cluster and address (for the proxy's per-endpoint
+    /// statistics: one pass, where [`cells`](Self::cells) per cluster would scan the table
+    /// once per cluster). The default knows none; [`HealthTable`] lists them.
+    fn every_cell(&self) -> Vec<(HealthKey, Arc<HealthCell>)> {
+        Vec::new()
+    }
 }
 
 /// The default [`HealthSource`]: a table of cells shared by everyone holding an `Arc` of it.
@@ -414,6 +421,18 @@ impl HealthSource for HealthTable {
         out.sort_by_key(|(addr, _)| *addr);
         out
     }
+
+    fn every_cell(&self) -> Vec<(HealthKey, Arc<HealthCell>)> {
+        let mut out: Vec<(HealthKey, Arc<HealthCell>)> = {
+            let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+            cells
+                .iter()
+                .filter_map(|(k, w)| Some((k.clone(), w.upgrade()?)))
+                .collect()
+        };
+        out.sort_by(|(a, _), (b, _)| (&a.cluster, a.addr).cmp(&(&b.cluster, b.addr)));
+        out
+    }
 }
 
 impl fmt::Debug for HealthTable {
@@ -480,6 +499,30 @@ mod tests {
         assert_eq!(group.members(), 1, "a dropped cell leaves its cluster");
         assert_eq!(group.ejected(), 0, "and its ejection with it");
         assert_eq!(HealthCell::detached().cluster().members(), 1);
+    }
+
+    #[test]
+    fn every_cell_lists_the_live_cells_by_cluster_and_address() {
+        let t = HealthTable::new();
+        let b = t.cell(&key("c", "10.0.0.2:80"));
+        let a = t.cell(&key("c", "10.0.0.1:80"));
+        let d = t.cell(&key("b", "10.0.0.9:80"));
+        drop(t.cell(&key("a", "10.0.0.1:80"))); // dead: not listed
+        let all = t.every_cell();
+        let keys: Vec<(&str, String)> = all
+            .iter()
+            .map(|(k, _)| (&*k.cluster, k.addr.to_string()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("b", "10.0.0.9:80".to_string()),
+                ("c", "10.0.0.1:80".to_string()),
+                ("c", "10.0.0.2:80".to_string())
+            ]
+        );
+        assert!(Arc::ptr_eq(&all[0].1, &d) && Arc::ptr_eq(&all[1].1, &a));
+        assert!(Arc::ptr_eq(&all[2].1, &b));
     }
 
     #[test]

@@ -37,9 +37,15 @@
 //! streams too), woken when a connection is released ([`ClusterLimits::h2_released`]) or
 //! a stream ends at its endpoint (the pool's own wake-up: an endpoint's connections serve
 //! every cluster reaching it).
+//!
+//! **Statistics** (read by the proxy's `/stats/prometheus` and `/clusters`): besides the
+//! counts the limits are checked against, the counters keep the overflows (a refused retry
+//! under the limit that refused it, [`RetryLimit`]) and the connector's pool of the cluster:
+//! each pooled connection holds a [`ConnectionGauge`] of the cluster that opened it, counted
+//! open until it closes and idle while it waits for a request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
@@ -118,13 +124,24 @@ pub struct ClusterCounters {
     /// Requests answered `503 UO`: no room among the pending (Envoy's
     /// `upstream_rq_pending_overflow`, which also counts `max_requests` overflows).
     pending_overflow: AtomicU64,
-    /// Retries not sent for lack of a permit (`upstream_rq_retry_overflow`).
+    /// Retries not sent because `maxRetries` were in flight (with the default budget beside
+    /// it, when `maxRetries` was the lower limit). With `budget_overflow`, Envoy's
+    /// `upstream_rq_retry_overflow`.
     retry_overflow: AtomicU64,
+    /// Retries not sent because the retry budget (the DestinationRule's `retryBudget`, or
+    /// [`DEFAULT_RETRY_BUDGET`] when it was the lower limit) was spent.
+    budget_overflow: AtomicU64,
     /// Requests begun recently, for a retry budget with an interval.
     window: RequestWindow,
     /// TCP proxy and HTTP/2 connections refused by `maxConnections`
     /// (`upstream_cx_overflow`).
     cx_overflow: AtomicU64,
+    /// The connector's pooled connections opened for the cluster ([`ConnectionGauge`]):
+    /// open now, idle now (signed: an idle mark and its removal on two threads may land in
+    /// either order; read as at least 0), opened so far.
+    pool_open: AtomicU32,
+    pool_idle: AtomicI32,
+    pool_opened: AtomicU64,
     /// Wakes requests waiting for a connection.
     released: Notify,
     /// Wakes (all) HTTP/2 requests waiting for a stream: each checks its own worker's pool.
@@ -179,6 +196,34 @@ pub struct RetryPermit(Arc<ClusterCounters>);
 #[derive(Debug)]
 #[must_use]
 pub struct PendingPermit(Arc<ClusterCounters>);
+
+/// Which limit refused a retry ([`ClusterCounters::retry_overflows_by`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryLimit {
+    /// `connectionPool.http.maxRetries`: that many retries were in flight.
+    MaxRetries,
+    /// The retry budget: the DestinationRule's `retryBudget`, or [`DEFAULT_RETRY_BUDGET`]
+    /// beside `maxRetries` when it was the lower of the two.
+    RetryBudget,
+}
+
+/// An upstream connection of the connector's pool, counted in the cluster that opened it
+/// ([`ClusterCounters::connection_gauge`]): open until dropped, idle while marked so
+/// ([`ConnectionGauge::set_idle`]). Envoy's `upstream_cx_active`, and the idle share of it.
+///
+/// The clusters reaching one endpoint (a service's and its subsets') share its pooled
+/// connections: a connection counts in the cluster whose request opened it.
+#[derive(Debug)]
+pub struct ConnectionGauge {
+    counters: Arc<ClusterCounters>,
+    /// [`GAUGE_IDLE`] and [`GAUGE_CLOSED`].
+    state: AtomicU8,
+}
+
+/// [`ConnectionGauge::state`]: counted idle.
+const GAUGE_IDLE: u8 = 1;
+/// [`ConnectionGauge::state`]: counted out (closed).
+const GAUGE_CLOSED: u8 = 2;
 
 /// Requests begun per tenth of a retry budget's interval: each bucket holds the number of
 /// its tenth (since the window's first request) and its count, packed in one atomic.
@@ -492,7 +537,8 @@ impl ClusterLimits {
     /// A permit for one retry, if the cluster's retry limit allows one more: the
     /// DestinationRule's `retryBudget` if set (Envoy: the budget replaces `max_retries`;
     /// with a `budgetInterval`, a share of the requests begun within it), else `maxRetries`
-    /// and [`DEFAULT_RETRY_BUDGET`], whichever is lower. `None` counts a retry overflow.
+    /// and [`DEFAULT_RETRY_BUDGET`], whichever is lower. `None` counts a retry overflow,
+    /// under the limit that refused it ([`ClusterCounters::retry_overflows_by`]).
     pub fn try_retry(&self) -> Option<RetryPermit> {
         let c = &*self.counters;
         let active = match self.budget_interval() {
@@ -511,7 +557,14 @@ impl ClusterLimits {
         if take(&c.retries, max) {
             return Some(RetryPermit(self.counters.clone()));
         }
-        c.retry_overflow.fetch_add(1, Ordering::Relaxed);
+        // the limit that refused it: the budget when it is the DestinationRule's, or when
+        // the default budget was below `maxRetries`
+        let budget = self.thresholds.retry_budget.is_some() || max < self.thresholds.max_retries;
+        let counter = match budget {
+            true => &c.budget_overflow,
+            false => &c.retry_overflow,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         None
     }
 
@@ -523,7 +576,7 @@ impl ClusterLimits {
 
     /// Retries refused so far (Envoy's `upstream_rq_retry_overflow`).
     pub fn retry_overflows(&self) -> u64 {
-        self.counters.retry_overflow.load(Ordering::Relaxed)
+        self.counters.retry_overflows()
     }
 }
 
@@ -565,9 +618,49 @@ impl ClusterCounters {
         self.pending_overflow.load(Ordering::Relaxed)
     }
 
-    /// Retries refused so far (Envoy's `upstream_rq_retry_overflow`).
+    /// Retries refused so far, by either limit (Envoy's `upstream_rq_retry_overflow`).
     pub fn retry_overflows(&self) -> u64 {
-        self.retry_overflow.load(Ordering::Relaxed)
+        self.retry_overflows_by(RetryLimit::MaxRetries)
+            .wrapping_add(self.retry_overflows_by(RetryLimit::RetryBudget))
+    }
+
+    /// Retries refused so far by `limit`.
+    pub fn retry_overflows_by(&self, limit: RetryLimit) -> u64 {
+        match limit {
+            RetryLimit::MaxRetries => &self.retry_overflow,
+            RetryLimit::RetryBudget => &self.budget_overflow,
+        }
+        .load(Ordering::Relaxed)
+    }
+
+    /// The connector's pooled connections opened for the cluster and open now (see
+    /// [`ConnectionGauge`]).
+    pub fn pool_connections_open(&self) -> u32 {
+        self.pool_open.load(Ordering::Relaxed)
+    }
+
+    /// Of those, the idle ones: HTTP/1.1 connections waiting in a pool, HTTP/2 connections
+    /// without an open stream.
+    pub fn pool_connections_idle(&self) -> u32 {
+        u32::try_from(self.pool_idle.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// The connector's connections opened for the cluster so far (Envoy's
+    /// `upstream_cx_total`).
+    pub fn pool_connections_opened(&self) -> u64 {
+        self.pool_opened.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new pooled connection of the cluster: open (and busy) until the gauge is
+    /// dropped. Called when a connection is made, not per request.
+    #[cold]
+    pub fn connection_gauge(self: &Arc<Self>) -> ConnectionGauge {
+        self.pool_open.fetch_add(1, Ordering::Relaxed);
+        self.pool_opened.fetch_add(1, Ordering::Relaxed);
+        ConnectionGauge {
+            counters: self.clone(),
+            state: AtomicU8::new(0),
+        }
     }
 
     /// TCP proxy and HTTP/2 connections refused by `maxConnections` (Envoy's
@@ -605,6 +698,68 @@ impl ClusterCounters {
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         self.0.release_connection();
+    }
+}
+
+// === impl ConnectionGauge ===
+
+impl ConnectionGauge {
+    /// Marks the connection idle (`true`: in a pool, no request on it) or busy; a
+    /// connection already marked so, or closed, is left as it is. Two relaxed atomic
+    /// operations when the mark changes, one otherwise.
+    #[inline]
+    pub fn set_idle(&self, idle: bool) {
+        let changed = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                let now = s & GAUGE_IDLE != 0;
+                (s & GAUGE_CLOSED == 0 && now != idle).then_some(s ^ GAUGE_IDLE)
+            })
+            .is_ok();
+        if changed {
+            let delta = if idle { 1 } else { -1 };
+            self.counters.pool_idle.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
+    /// [`set_idle`](Self::set_idle) by the connection's only owner (an HTTP/1.1 connection
+    /// moving between the pool and a request): one relaxed atomic addition when the mark
+    /// changes, none otherwise.
+    #[inline]
+    pub fn set_idle_mut(&mut self, idle: bool) {
+        let s = self.state.get_mut();
+        if *s & GAUGE_CLOSED == 0 && (*s & GAUGE_IDLE != 0) != idle {
+            *s ^= GAUGE_IDLE;
+            let delta = if idle { 1 } else { -1 };
+            self.counters.pool_idle.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts the connection closed now (before the gauge is dropped: an HTTP/2
+    /// connection's reading side ended while requests still hold it). Once only.
+    pub fn close(&self) {
+        if let Ok(was) = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                (s & GAUGE_CLOSED == 0).then_some(GAUGE_CLOSED)
+            })
+        {
+            self.counters.pool_open.fetch_sub(1, Ordering::Relaxed);
+            if was & GAUGE_IDLE != 0 {
+                self.counters.pool_idle.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The cluster's counters it counts in.
+    pub fn counters(&self) -> &Arc<ClusterCounters> {
+        &self.counters
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

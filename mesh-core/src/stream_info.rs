@@ -17,6 +17,12 @@
 //!   [`SelectedEndpoint`]; [`StreamInfo::set_upstream`], [`StreamInfo::set_endpoint`]), each
 //!   only when a `StreamInfo` is present: without telemetry nothing is recorded and nothing
 //!   is allocated. Every record is a reference-count increment, never formatting.
+//! - **Written** by the connector (`mesh-transport`), for a record made with
+//!   [`StreamInfo::with_connection`] only (a sink reads the access log's or the span's
+//!   details): the [`UpstreamConnection`] each attempt went out on (its local address,
+//!   whether it is TLS, when the request was handed to it; [`StreamInfo::set_connection`]).
+//!   A record made with [`StreamInfo::new`] (Istio's metrics alone) asks for none, and the
+//!   connector reads no clock for it.
 //! - **Shared** by the attempts of a retried request (the retry layer clones the request's
 //!   extensions, and its `RequestSlots` with them, into each attempt): the last attempt's endpoint wins, as Envoy's
 //!   `upstream_host` is the last attempt's, and [`StreamInfo::attempts`] counts the picks.
@@ -41,7 +47,9 @@
 //! assert_eq!(seen.attempts, 1);
 //! ```
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use crate::ext::{
     RouteDecision, RouteDestination, RoutePolicy, SelectedEndpoint, SelectedUpstream,
@@ -56,6 +64,8 @@ pub struct StreamInfo(Arc<Inner>);
 #[derive(Debug, Default)]
 struct Inner {
     recorded: Mutex<Recorded>,
+    /// Whether the connector records the upstream connection ([`StreamInfo::with_connection`]).
+    connection: bool,
 }
 
 /// What the layers recorded, as read by [`StreamInfo::snapshot`].
@@ -72,6 +82,22 @@ pub struct Recorded {
     /// How many times the balancer picked an endpoint for the request (1 + retries that
     /// reached the balancer).
     pub attempts: u32,
+    /// The connection the last attempt went out on; recorded only for a record made with
+    /// [`StreamInfo::with_connection`].
+    pub connection: Option<UpstreamConnection>,
+}
+
+/// The upstream connection an attempt's request was handed to, as the connector recorded it
+/// ([`StreamInfo::set_connection`]): Envoy's `%UPSTREAM_LOCAL_ADDRESS%` and the start of its
+/// `x-envoy-upstream-service-time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamConnection {
+    /// The connection's local address (`None`: unknown).
+    pub local: Option<SocketAddr>,
+    /// Whether the connector originated TLS on it (mTLS or TLS origination).
+    pub tls: bool,
+    /// When the request was handed to the connection.
+    pub sent: Instant,
 }
 
 /// The upstream the balancer picked for an attempt.
@@ -89,6 +115,23 @@ impl StreamInfo {
     /// An empty record.
     pub fn new() -> Self {
         StreamInfo::default()
+    }
+
+    /// An empty record that also asks the connector for the upstream connection of each
+    /// attempt ([`StreamInfo::set_connection`]): for the sinks that read it (an access log,
+    /// a span), not for Istio's metrics.
+    pub fn with_connection() -> Self {
+        StreamInfo(Arc::new(Inner {
+            recorded: Mutex::default(),
+            connection: true,
+        }))
+    }
+
+    /// Whether the record asks for the upstream connection (made with
+    /// [`StreamInfo::with_connection`]): the connector reads the clock only then.
+    #[inline]
+    pub fn wants_connection(&self) -> bool {
+        self.0.connection
     }
 
     fn recorded(&self) -> MutexGuard<'_, Recorded> {
@@ -115,20 +158,36 @@ impl StreamInfo {
         r.passthrough = passthrough;
     }
 
-    /// Records an attempt's upstream (the last one wins) and counts the attempt.
+    /// Records an attempt's upstream (the last one wins) and counts the attempt; the
+    /// connection of an earlier attempt is forgotten (the new attempt's is recorded when it
+    /// gets one).
     #[inline]
     pub fn set_upstream(&self, upstream: &SelectedUpstream) {
         let mut r = self.recorded();
         r.upstream = Some(Upstream::Cluster(upstream.clone()));
         r.attempts += 1;
+        if self.0.connection {
+            r.connection = None;
+        }
     }
 
-    /// Records an attempt's endpoint outside any cluster (passthrough) and counts the attempt.
+    /// Records an attempt's endpoint outside any cluster (passthrough) and counts the
+    /// attempt; the connection of an earlier attempt is forgotten.
     #[inline]
     pub fn set_endpoint(&self, endpoint: &SelectedEndpoint) {
         let mut r = self.recorded();
         r.upstream = Some(Upstream::Endpoint(endpoint.clone()));
         r.attempts += 1;
+        if self.0.connection {
+            r.connection = None;
+        }
+    }
+
+    /// Records the connection an attempt's request was handed to (the last one wins); the
+    /// connector's part, for a record that [wants it](StreamInfo::wants_connection).
+    #[inline]
+    pub fn set_connection(&self, connection: UpstreamConnection) {
+        self.recorded().connection = Some(connection);
     }
 
     /// How many attempts the balancer picked an endpoint for so far.
@@ -209,6 +268,31 @@ mod tests {
         info.set_destination(&dest, true);
         let seen = info.snapshot();
         assert!(seen.passthrough && seen.policy.is_none());
+    }
+
+    #[test]
+    fn only_a_record_made_with_connection_asks_for_it_and_the_last_one_wins() {
+        assert!(!StreamInfo::new().wants_connection());
+        let info = StreamInfo::with_connection();
+        assert!(info.wants_connection() && info.clone().wants_connection());
+        assert!(info.snapshot().connection.is_none());
+        let sent = Instant::now();
+        let first = UpstreamConnection {
+            local: Some("127.0.0.1:40000".parse().unwrap()),
+            tls: false,
+            sent,
+        };
+        info.set_connection(first);
+        let second = UpstreamConnection {
+            local: Some("127.0.0.1:40001".parse().unwrap()),
+            tls: true,
+            sent,
+        };
+        info.clone().set_connection(second);
+        assert_eq!(info.snapshot().connection, Some(second));
+        // a new attempt: no connection until it gets one
+        info.set_endpoint(&SelectedEndpoint::new("10.0.0.1:1".parse().unwrap()));
+        assert!(info.snapshot().connection.is_none());
     }
 
     #[test]

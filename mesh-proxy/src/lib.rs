@@ -60,4 +60,5 @@ pub mod proxy;
 pub mod run;
 pub mod security;
 pub mod stack;
+pub mod stats;
 pub mod telemetry;

@@ -1573,8 +1573,10 @@ impl ProxyState {
                 })
             })
             .collect();
+        use mesh_core::limits::RetryLimit;
         // the circuit breakers' counts per Istio cluster (Envoy's `/clusters` shows its
-        // circuit breakers' thresholds and `upstream_rq_*_overflow` stats per cluster)
+        // circuit breakers' thresholds and `upstream_rq_*_overflow` stats per cluster), and
+        // the connector's pool
         let breakers: Vec<serde_json::Value> = self
             .layers
             .lb()
@@ -1589,6 +1591,15 @@ impl ProxyState {
                     "retries_active": c.retries(),
                     "pending_overflows": c.pending_overflows(),
                     "retry_overflows": c.retry_overflows(),
+                    "retry_overflows_by_limit": {
+                        "maxRetries": c.retry_overflows_by(RetryLimit::MaxRetries),
+                        "retryBudget": c.retry_overflows_by(RetryLimit::RetryBudget),
+                    },
+                    "upstream_connections": {
+                        "open": c.pool_connections_open(),
+                        "idle": c.pool_connections_idle(),
+                        "opened": c.pool_connections_opened(),
+                    },
                 })
             })
             .collect();
@@ -1656,7 +1667,10 @@ impl ProxyState {
             );
         }
         self.encode_guards(&mut s);
-        self.encode_circuit_breakers(&mut s);
+        // per Istio cluster: circuit breakers, retry overflows by limit, pool gauges; per
+        // endpoint: outlier ejections
+        crate::stats::encode_clusters(&mut s, &self.layers.lb().circuit_breakers());
+        crate::stats::encode_endpoints(&mut s, &*self.layers.lb().health());
         self.layers.telemetry().exporters().encode(&mut s);
         self.layers.telemetry().metrics().encode(&mut s);
         s
@@ -1704,65 +1718,6 @@ impl ProxyState {
                     "mesh_proxy_http2_goaways_total{{listener=\"{l}\",cause=\"{}\"}} {n}",
                     cause.as_str()
                 );
-            }
-        }
-    }
-
-    /// The circuit breakers' counts per Istio cluster (one series per cluster alive now:
-    /// as bounded as the configuration), as Envoy's `upstream_rq_active`,
-    /// `upstream_rq_pending_active`, `upstream_cx_active`, `upstream_rq_retry` (in flight)
-    /// and the two overflow counters.
-    fn encode_circuit_breakers(&self, s: &mut String) {
-        use mesh_core::limits::ClusterCounters;
-        let breakers = self.layers.lb().circuit_breakers();
-        type Family = (
-            &'static str,
-            &'static str,
-            &'static str,
-            fn(&ClusterCounters) -> u64,
-        );
-        let families: [Family; 6] = [
-            (
-                "mesh_proxy_cluster_requests_active",
-                "gauge",
-                "Requests in flight to the cluster.",
-                |c| c.requests().into(),
-            ),
-            (
-                "mesh_proxy_cluster_pending_requests",
-                "gauge",
-                "Requests waiting for an HTTP/1.1 connection or an HTTP/2 stream to the cluster.",
-                |c| c.pending().into(),
-            ),
-            (
-                "mesh_proxy_cluster_connections_active",
-                "gauge",
-                "HTTP/1.1 connections to the cluster in use and HTTP/2 connections open (counted under maxConnections).",
-                |c| c.connections().into(),
-            ),
-            (
-                "mesh_proxy_cluster_retries_active",
-                "gauge",
-                "Retries to the cluster in flight.",
-                |c| c.retries().into(),
-            ),
-            (
-                "mesh_proxy_cluster_overflows_total",
-                "counter",
-                "Requests answered 503 UO by the cluster's circuit breaker (Envoy's upstream_rq_pending_overflow).",
-                ClusterCounters::pending_overflows,
-            ),
-            (
-                "mesh_proxy_cluster_retry_overflows_total",
-                "counter",
-                "Retries not sent for lack of a permit (maxRetries, retryBudget; Envoy's upstream_rq_retry_overflow).",
-                ClusterCounters::retry_overflows,
-            ),
-        ];
-        for (name, kind, help, value) in families {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (cluster, c) in &breakers {
-                let _ = writeln!(s, "{name}{{cluster_name=\"{cluster}\"}} {}", value(c));
             }
         }
     }

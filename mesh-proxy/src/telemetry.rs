@@ -41,7 +41,10 @@ impl Telemetry {
         inbound.extend(exporters.inbound_sinks());
         Telemetry {
             outbound: RecordLayer::new(outbound),
-            inbound: RecordLayer::new(inbound),
+            // the inbound listener terminates TLS (mTLS): its requests carry `PeerTls`
+            // (a server span's `url.scheme`)
+            inbound: RecordLayer::new(inbound)
+                .with_downstream_tls(|ext| ext.get::<mesh_transport::tls::PeerTls>().is_some()),
             metrics,
             exporters,
         }

@@ -119,7 +119,9 @@
 //!   longer, until every worker has rebuilt the cluster.
 //! - The policy in force at an ejection decides its review interval until the review ends.
 //! - Not done: success-rate and failure-percentage detection (Istio disables them), Envoy's
-//!   ejection jitter, the outlier event log, and `outlier_detection.*` statistics.
+//!   ejection jitter, the outlier event log, and Envoy's per-cluster `outlier_detection.*`
+//!   statistics (the counters in the cells, [`OutlierCounters`], are what the proxy shows
+//!   per endpoint: `mesh_proxy_endpoint_ejections_total` and `mesh_proxy_endpoint_ejected`).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -22,11 +22,19 @@
 //! `bytes_sent`, `duration`, `upstream_service_time`, `x_forwarded_for`, `user_agent`,
 //! `request_id`, `authority`, `upstream_host`, `upstream_cluster`, `upstream_local_address`,
 //! `downstream_local_address`, `downstream_remote_address`, `requested_server_name`,
-//! `upstream_transport_failure_reason`, `route_name`) plus `trace_id` (Envoy's `%TRACE_ID%`),
-//! keys in alphabetical order, numbers as numbers and a missing value as `null`, as Envoy's
-//! JSON formatter writes them.
+//! `upstream_transport_failure_reason`, `route_name`), keys in alphabetical order, numbers as
+//! numbers (`response_code` 0 when no response was sent, as Envoy's `%RESPONSE_CODE%`), a
+//! header's value as a string (`upstream_service_time`) and a missing value as `null`, as
+//! Envoy's JSON formatter writes them. Istio's object has no trace id; this one adds
+//! `trace_id` (Envoy's `%TRACE_ID%`, 32 hex digits), the trace the request's context
+//! belongs to, sampled or not (Envoy's operator is empty for a request its tracer did not
+//! trace).
 //!
 //! A value the entry does not have is `-` in the text line (Envoy's rule).
+//!
+//! The byte counts are the bodies' (Envoy's `%BYTES_RECEIVED%` and `%BYTES_SENT%`: no head,
+//! no trailers), unlike Istio's `istio_request_bytes` and `istio_response_bytes` metrics,
+//! which count the heads too (see [`crate::record`]).
 //!
 //! ```
 //! use std::time::{Duration, UNIX_EPOCH};
@@ -79,14 +87,17 @@ pub struct LogEntry<'a> {
     pub response_flags: &'a str,
     /// `%RESPONSE_CODE_DETAILS%` (`via_upstream`, `route_not_found`, …); empty when unknown.
     pub response_code_details: &'a str,
-    /// `%BYTES_RECEIVED%`: request body bytes.
+    /// `%BYTES_RECEIVED%`: request body bytes (without the head, as Envoy counts them;
+    /// Istio's `istio_request_bytes` metric counts the head too).
     pub bytes_received: u64,
-    /// `%BYTES_SENT%`: response body bytes.
+    /// `%BYTES_SENT%`: response body bytes (without the head and trailers).
     pub bytes_sent: u64,
     /// `%DURATION%`: from the start to the last byte sent; written in whole milliseconds.
     pub duration: Option<Duration>,
-    /// `%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%`.
-    pub upstream_service_time: Option<&'a str>,
+    /// `%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%`: from the request handed to the upstream
+    /// connection to the upstream's response head; written in whole milliseconds (a string
+    /// in JSON, as Envoy writes a header's value). `None` for a local reply.
+    pub upstream_service_time: Option<Duration>,
     /// `%REQ(X-FORWARDED-FOR)%`.
     pub x_forwarded_for: Option<&'a str>,
     /// `%REQ(USER-AGENT)%`.
@@ -100,13 +111,14 @@ pub struct LogEntry<'a> {
     /// `%UPSTREAM_CLUSTER_RAW%`: Istio's cluster name
     /// (`outbound|9080|v1|reviews.default.svc.cluster.local`).
     pub upstream_cluster: Option<&'a str>,
-    /// `%UPSTREAM_LOCAL_ADDRESS%`.
+    /// `%UPSTREAM_LOCAL_ADDRESS%`: the local address of the connection the request went
+    /// out on.
     pub upstream_local_address: Option<SocketAddr>,
     /// `%DOWNSTREAM_LOCAL_ADDRESS%`: the listener's address.
     pub downstream_local_address: Option<SocketAddr>,
     /// `%DOWNSTREAM_REMOTE_ADDRESS%`: the client's address.
     pub downstream_remote_address: Option<SocketAddr>,
-    /// `%REQUESTED_SERVER_NAME%`: the TLS SNI.
+    /// `%REQUESTED_SERVER_NAME%`: the SNI of a TLS downstream connection.
     pub requested_server_name: Option<&'a str>,
     /// `%ROUTE_NAME%`: the VirtualService route's `name`.
     pub route_name: Option<&'a str>,
@@ -320,7 +332,10 @@ fn text(e: &LogEntry<'_>, out: &mut Vec<u8>) {
         None => out.push(b'-'),
     }
     out.push(b' ');
-    put(out, opt(e.upstream_service_time));
+    match e.upstream_service_time {
+        Some(d) => put_num(out, d.as_millis()),
+        None => out.push(b'-'),
+    }
     for v in [e.x_forwarded_for, e.user_agent, e.request_id, e.authority] {
         put(out, " \"");
         put(out, opt(v));
@@ -403,10 +418,8 @@ fn json(e: &LogEntry<'_>, out: &mut Vec<u8>) {
     o.str("protocol", Some(e.protocol));
     o.str("request_id", e.request_id);
     o.str("requested_server_name", e.requested_server_name);
-    o.num(
-        "response_code",
-        Some(u128::from(e.response_code)).filter(|_| e.response_code != 0),
-    );
+    // Envoy's `%RESPONSE_CODE%` is 0 when no response was sent, in JSON too
+    o.num("response_code", Some(u128::from(e.response_code)));
     o.str("response_code_details", Some(e.response_code_details));
     // Envoy writes "-" for no flags in JSON too
     o.str("response_flags", Some(or_dash(e.response_flags)));
@@ -419,7 +432,16 @@ fn json(e: &LogEntry<'_>, out: &mut Vec<u8>) {
     o.str("upstream_cluster", e.upstream_cluster);
     o.addr("upstream_host", e.upstream_host);
     o.addr("upstream_local_address", e.upstream_local_address);
-    o.str("upstream_service_time", e.upstream_service_time);
+    // a header's value (`%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%`): a string
+    o.key("upstream_service_time");
+    match e.upstream_service_time {
+        Some(d) => {
+            o.out.push(b'"');
+            put_num(o.out, d.as_millis());
+            o.out.push(b'"');
+        }
+        None => o.out.extend_from_slice(b"null"),
+    }
     o.str("upstream_transport_failure_reason", None);
     o.str("user_agent", e.user_agent);
     o.str("x_forwarded_for", e.x_forwarded_for);

@@ -35,11 +35,14 @@
 //! app and version are `unknown` on the inbound side, and its namespace comes from its
 //! SPIFFE identity, as Istio's fallback does.
 //!
-//! Decisions the mesh took are counted as well, with bounded labels:
+//! Decisions the mesh took are counted as well, with bounded labels ([`decisions`]):
 //! `mesh_proxy_response_flags_total{reporter,flag}` (one series per Envoy flag: `URX`
 //! retries exhausted, `UO` overflows, `UH` no healthy upstream, `FI`/`DI` faults, `RL` rate
 //! limited, `RBAC` denied, `UT` timeouts, …), `mesh_proxy_upstream_retries_total{reporter}`
-//! (attempts beyond the first that reached the balancer), `mesh_proxy_metrics_series` and
+//! (attempts beyond the first that reached the balancer), and both per route:
+//! `mesh_proxy_route_response_flags_total{reporter,route,destination_service,flag}` and
+//! `mesh_proxy_route_upstream_retries_total{reporter,route,destination_service}`. The
+//! registry's own: `mesh_proxy_metrics_series` (label sets, what the cap counts) and
 //! `mesh_proxy_metrics_dropped_total` (requests not recorded because the series cap,
 //! [`IstioMetrics::with_max_series`], was reached: a `Host` header is the peer's to choose,
 //! so the number of series is bounded).
@@ -53,7 +56,9 @@
 //! status). A request costs two read locks held for two small hash look-ups (no reference
 //! count taken) and six relaxed atomic additions (`istio_requests_total` is the duration
 //! histogram's count), shared by the workers without a lock taken for writing except when
-//! a new label set or series appears. `benches/benches/telemetry.rs` measures it against
+//! a new label set or series appears. A request with a response flag or a retry adds to
+//! its route's decision counters too, found the same way ([`decisions`]); the others pay
+//! one branch for them. `benches/benches/telemetry.rs` measures it against
 //! `prometheus-client` (docs/performance.md: 13–16× faster).
 //!
 //! ```
@@ -96,9 +101,9 @@
 //!   cluster's metadata): clients that call `<name>.<ns>.svc.cluster.local` get Istio's
 //!   value.
 //! - `source_cluster`/`destination_cluster` are `unknown`: the proxy has no cluster id.
-//! - The TCP families (`istio_tcp_*`) are not reported yet: the proxy has no L4 data path
-//!   (issue 15); its WebSocket and CONNECT tunnels are counted as the HTTP requests that
-//!   opened them.
+//! - The TCP families (`istio_tcp_*`) count the L4 listeners' connections ([`TcpPeer`],
+//!   [`TcpInbound`]); the HTTP listeners' WebSocket and CONNECT tunnels are counted as the
+//!   HTTP requests that opened them, not as TCP connections.
 //! - Byte counts are the HTTP/1.1 size of the heads plus the bodies, not the bytes on the
 //!   connection.
 
@@ -180,8 +185,8 @@ pub struct IstioMetrics {
     series: AtomicUsize,
     max_series: usize,
     dropped: AtomicU64,
-    flags: [[AtomicU64; FLAG_COUNT]; 2],
-    retries: [AtomicU64; 2],
+    /// The decision counters, per reporter and per route ([`decisions`]).
+    decisions: decisions::Decisions,
     /// The TCP connection series (`istio_tcp_*`), by peer and flags.
     tcp: tcp::TcpRegistry,
 }
@@ -433,14 +438,14 @@ impl IstioMetrics {
             series: AtomicUsize::new(0),
             max_series: DEFAULT_MAX_SERIES,
             dropped: AtomicU64::new(0),
-            flags: Default::default(),
-            retries: Default::default(),
+            decisions: decisions::Decisions::default(),
             tcp: tcp::TcpRegistry::default(),
         }
     }
 
-    /// Caps the number of series (each a label set of the request metrics): the requests
-    /// of a new label set beyond it are counted in `mesh_proxy_metrics_dropped_total` only.
+    /// Caps the number of series (each a label set of the request metrics, of the TCP
+    /// metrics, or of a route's decision counters): the requests of a new label set beyond
+    /// it are counted in `mesh_proxy_metrics_dropped_total` only.
     pub fn with_max_series(mut self, max: usize) -> Self {
         self.max_series = max;
         self
@@ -475,19 +480,8 @@ impl IstioMetrics {
 
     /// Records one completed request as `reporter`.
     pub fn record(&self, reporter: Reporter, done: &Completed<'_>) {
-        let r = reporter as usize;
+        self.record_decisions(reporter, done);
         let flags = done.flags.bits();
-        if flags != 0 {
-            let mut bits = flags;
-            while bits != 0 {
-                let i = bits.trailing_zeros() as usize;
-                self.flags[r][i].fetch_add(1, Relaxed);
-                bits &= bits - 1;
-            }
-        }
-        if done.info.attempts > 1 {
-            self.retries[r].fetch_add(u64::from(done.info.attempts - 1), Relaxed);
-        }
         let key = SeriesKey {
             code: done.status.map_or(0, |s| s.as_u16()),
             flags,
@@ -674,46 +668,19 @@ impl IstioMetrics {
         }
         self.encode_tcp(out);
         self.encode_decisions(out);
+        self.encode_registry(out);
     }
 
-    fn encode_decisions(&self, out: &mut String) {
+    /// The registry's own gauges: its series and what the cap dropped.
+    fn encode_registry(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "# HELP mesh_proxy_response_flags_total Requests answered with each of Envoy's response flags (the mesh's decisions).\n# TYPE mesh_proxy_response_flags_total counter"
-        );
-        for (r, reporter) in [(0, "source"), (1, "destination")] {
-            for i in 0..FLAG_COUNT {
-                let n = self.flags[r][i].load(Relaxed);
-                let Some(flag) = ResponseFlags::from_bits(1 << i) else {
-                    continue;
-                };
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "mesh_proxy_response_flags_total{{reporter=\"{reporter}\",flag=\"{flag}\"}} {n}"
-                    );
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP mesh_proxy_upstream_retries_total Attempts beyond a request's first that reached the balancer.\n# TYPE mesh_proxy_upstream_retries_total counter"
-        );
-        for (r, reporter) in [(0, "source"), (1, "destination")] {
-            let _ = writeln!(
-                out,
-                "mesh_proxy_upstream_retries_total{{reporter=\"{reporter}\"}} {}",
-                self.retries[r].load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP mesh_proxy_metrics_series Series of the istio_* request metrics.\n# TYPE mesh_proxy_metrics_series gauge\nmesh_proxy_metrics_series {}",
+            "# HELP mesh_proxy_metrics_series Label sets of the istio_* metrics and of the per-route decision counters (what the series cap counts).\n# TYPE mesh_proxy_metrics_series gauge\nmesh_proxy_metrics_series {}",
             self.series()
         );
         let _ = writeln!(
             out,
-            "# HELP mesh_proxy_metrics_dropped_total Requests not recorded in the istio_* metrics: the series cap was reached.\n# TYPE mesh_proxy_metrics_dropped_total counter\nmesh_proxy_metrics_dropped_total {}",
+            "# HELP mesh_proxy_metrics_dropped_total Requests (or TCP connections) not recorded in a series because the series cap was reached.\n# TYPE mesh_proxy_metrics_dropped_total counter\nmesh_proxy_metrics_dropped_total {}",
             self.dropped()
         );
     }
@@ -1093,6 +1060,7 @@ fn source_labels(
     label(s, "connection_security_policy", None);
 }
 
+pub mod decisions;
 mod tcp;
 pub use tcp::{TcpConnectionStats, TcpInbound, TcpPeer};
 

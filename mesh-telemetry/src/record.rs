@@ -9,13 +9,17 @@
 //!    size of the head and the body's length when known, its [`TraceContext`], the
 //!    downstream [`ClientAddr`](mesh_core::ext::ClientAddr) (read with
 //!    [`client_addr`](mesh_core::ext::client_addr)) and [`PeerIdentity`] (inbound), the
-//!    request's [`Details`] (method, URI, `x-request-id`, `user-agent`) when a sink reads
-//!    them, and a fresh [`StreamInfo`] put in its
-//!    [`RequestSlots`](mesh_core::ext::RequestSlots) for the layers inside to record into
-//!    (the router's decision, each attempt's upstream);
+//!    request's [`Details`] when a sink reads them (method, URI, `x-request-id`,
+//!    `user-agent`, `x-forwarded-for`, `x-forwarded-proto`, `tracestate`, the SNI of a TLS
+//!    downstream ([`ConnectionSni`]), whether the downstream is TLS
+//!    ([`RecordLayer::with_downstream_tls`]), the head's size), and a fresh [`StreamInfo`]
+//!    put in its [`RequestSlots`](mesh_core::ext::RequestSlots) for the layers inside to
+//!    record into (the router's decision, each attempt's upstream; with the details, the
+//!    connector also records each attempt's upstream connection: its local address, TLS,
+//!    when the request went out, [`StreamInfo::with_connection`]);
 //! 2. on the response head: the status, the [`ResponseFlags`] of its extensions,
-//!    `grpc-status` from its headers, and the time to first byte when a sink reads the
-//!    details;
+//!    `grpc-status` from its headers, and the time to first byte and the head's size when a
+//!    sink reads the details;
 //! 3. on the response body: the bytes, `grpc-status` from the trailers;
 //! 4. at the end of the body (or its error, or when the body or the future is dropped before
 //!    the end: a client gone away), one [`Completed`] to each interested [`Sink`], in order. A
@@ -25,8 +29,9 @@
 //! With no sink, or none interested in the request (an access log or a span exporter turned
 //! off, an unsampled request for spans), the layer only passes the request on: no
 //! [`StreamInfo`] is inserted (the layers inside record nothing) and the body is not
-//! watched. What a request's details cost (copies of its method, URI and two headers, a
-//! clock read, an allocation) is paid only when a sink reads them: Istio's metrics do not.
+//! watched. What a request's details cost (copies of its method, URI and a few headers, a
+//! clock read here and one in the connector, an allocation) is paid only when a sink reads
+//! them: Istio's metrics do not.
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
@@ -60,17 +65,26 @@
 //! Reads (request extensions): [`TraceContext`] (written by [`crate::TraceLayer`], which goes
 //! outside this layer, into the request's `RequestSlots`),
 //! [`ClientAddr`](mesh_core::ext::ClientAddr) (there or on its own), [`PeerIdentity`];
-//! (response extensions): [`ResponseFlags`]. Writes: [`StreamInfo`] into
-//! the request's [`RequestSlots::info`](mesh_core::ext::RequestSlots::info).
+//! [`ConnectionSni`] (with the details); (response extensions): [`ResponseFlags`]. Writes:
+//! [`StreamInfo`] into the request's
+//! [`RequestSlots::info`](mesh_core::ext::RequestSlots::info).
 //!
 //! # Differences from Envoy
 //!
-//! - Byte counts are the body bytes plus the size of the head as HTTP/1.1 writes it
-//!   (`name: value\r\n` per header and the request or status line), whatever the protocol
-//!   (Envoy's `wireBytesReceived`/`wireBytesSent` count the bytes on the connection, after
-//!   HPACK and TLS). A request body of unknown length (chunked, an HTTP/2 stream without
-//!   `content-length`) counts its head only: the layers inside consume the request body, and
-//!   the mesh-proxy's connector hands the client's body to the upstream unwrapped.
+//! - [`Completed::request_bytes`] and [`Completed::response_bytes`] (Istio's
+//!   `istio_request_bytes` and `istio_response_bytes`) are the body bytes plus the size of
+//!   the head as HTTP/1.1 writes it (`name: value\r\n` per header and the request or status
+//!   line; the response's trailers too), whatever the protocol (Envoy's
+//!   `wireBytesReceived`/`wireBytesSent` count the bytes on the connection, after HPACK and
+//!   TLS). With the details, [`Completed::request_body_bytes`] and
+//!   [`Completed::response_body_bytes`] are the bodies alone (Envoy's `%BYTES_RECEIVED%`
+//!   and `%BYTES_SENT%`, its spans' `request_size` and `response_size`). A request body of
+//!   unknown length (chunked, an HTTP/2 stream without `content-length`) counts 0: the
+//!   layers inside consume the request body, and the mesh-proxy's connector hands the
+//!   client's body to the upstream unwrapped.
+//! - The upstream service time ([`Completed::upstream_service_time`]) runs from the moment
+//!   the last attempt's request is handed to its connection, where Envoy's router starts it
+//!   when the downstream request is complete (before any connection is made).
 
 use std::fmt;
 use std::future::Future;
@@ -78,17 +92,24 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::body::{OnBodyEnd, ReplyBody};
-use mesh_core::ext::{PeerIdentity, SlotsView, StreamInfo, slots_mut};
+use mesh_core::ext::{ConnectionSni, PeerIdentity, SlotsView, StreamInfo, slots_mut};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::stream_info::Recorded;
 use pin_project::pin_project;
 
-use crate::trace::{TraceContext, X_REQUEST_ID};
+use crate::trace::{TRACESTATE, TraceContext, X_REQUEST_ID};
+
+/// `x-forwarded-for` (Envoy's `%REQ(X-FORWARDED-FOR)%`).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto` (the scheme of a server span, OpenTelemetry's `url.scheme`).
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Receives the completed requests of a [`RecordLayer`] it is interested in.
 ///
@@ -119,9 +140,9 @@ pub enum Interest {
     Details,
 }
 
-/// A request's head as it arrived (before any rewrite) and the time its response's head came
-/// back: what an access log line or a span reads beyond the outcome, captured only for a
-/// sink interested in it ([`Interest::Details`]).
+/// A request's head as it arrived (before any rewrite), its connection, and the sizes and
+/// time of its response's head: what an access log line or a span reads beyond the outcome,
+/// captured only for a sink interested in it ([`Interest::Details`]).
 #[derive(Debug, Clone)]
 pub struct Details {
     /// The request's method.
@@ -132,6 +153,24 @@ pub struct Details {
     pub request_id: Option<HeaderValue>,
     /// `user-agent`.
     pub user_agent: Option<HeaderValue>,
+    /// `x-forwarded-for` (the first field of that name), as it arrived.
+    pub x_forwarded_for: Option<HeaderValue>,
+    /// `x-forwarded-proto` (the first field of that name), as it arrived.
+    pub x_forwarded_proto: Option<HeaderValue>,
+    /// `tracestate`, as the trace layer left it (the caller's, carried with its
+    /// `traceparent`; removed when the context came in another format).
+    pub tracestate: Option<HeaderValue>,
+    /// The server name the downstream asked for in its TLS handshake
+    /// ([`ConnectionSni`], Envoy's `%REQUESTED_SERVER_NAME%`).
+    pub requested_server_name: Option<Arc<str>>,
+    /// Whether the downstream connection is TLS (see [`RecordLayer::with_downstream_tls`]).
+    pub downstream_tls: bool,
+    /// The size of the request's head as HTTP/1.1 writes it (request line, fields, blank
+    /// line): [`Completed::request_bytes`] less this is its body.
+    pub request_head_bytes: u64,
+    /// The size of the response's head as HTTP/1.1 writes it, and of its trailers:
+    /// [`Completed::response_bytes`] less this is its body.
+    pub response_head_bytes: u64,
     /// When the response's head came back (`None`: no response).
     pub first_byte: Option<Instant>,
 }
@@ -190,12 +229,46 @@ pub struct Completed<'a> {
     pub peer: Option<&'a PeerIdentity>,
 }
 
+impl Completed<'_> {
+    /// The request's body bytes, without its head (Envoy's `%BYTES_RECEIVED%`, the spans'
+    /// `request_size`); `None` without the [`Details`], which know the head's size. A body
+    /// of unknown length counts 0 (see the [module docs](self)).
+    pub fn request_body_bytes(&self) -> Option<u64> {
+        self.details
+            .map(|d| self.request_bytes.saturating_sub(d.request_head_bytes))
+    }
+
+    /// The response's body bytes sent, without its head and trailers (Envoy's
+    /// `%BYTES_SENT%`, the spans' `response_size`); `None` without the [`Details`].
+    pub fn response_body_bytes(&self) -> Option<u64> {
+        self.details
+            .map(|d| self.response_bytes.saturating_sub(d.response_head_bytes))
+    }
+
+    /// The upstream service time (Envoy's `x-envoy-upstream-service-time`): from the moment
+    /// the last attempt's request was handed to its upstream connection (as the connector
+    /// recorded it, [`Recorded::connection`]) to the response's head; `None` without the
+    /// [`Details`], without a connection or without a response. Whether the response is
+    /// the upstream's (not a local reply of the mesh made after the request went out) is
+    /// the caller's to tell.
+    pub fn upstream_service_time(&self) -> Option<Duration> {
+        let sent = self.info.connection.as_ref()?.sent;
+        self.details?.first_byte?.checked_duration_since(sent)
+    }
+}
+
 /// Watches requests and hands their [`Completed`] record to sinks (see the
 /// [module docs](self)).
 #[derive(Clone, Default)]
 pub struct RecordLayer {
     sinks: Arc<[Arc<dyn Sink>]>,
+    /// Whether a request came over TLS ([`RecordLayer::with_downstream_tls`]).
+    tls: Option<DownstreamTlsProbe>,
 }
+
+/// Tells whether a request's extensions say its downstream connection is TLS (the listener's
+/// own extension, which this crate does not know: `mesh-transport`'s `PeerTls`).
+pub type DownstreamTlsProbe = fn(&http::Extensions) -> bool;
 
 /// The service of a [`RecordLayer`].
 #[derive(Clone, Debug)]
@@ -253,7 +326,18 @@ impl RecordLayer {
     pub fn new(sinks: Vec<Arc<dyn Sink>>) -> Self {
         RecordLayer {
             sinks: sinks.into(),
+            tls: None,
         }
+    }
+
+    /// Tells [`Details::downstream_tls`] with `probe` (a listener that terminates TLS marks
+    /// its requests with an extension of its own: the proxy's inbound listener passes
+    /// `|ext| ext.get::<mesh_transport::tls::PeerTls>().is_some()`). Asked only for the
+    /// requests whose details are captured. Without it (and as well as it), a request
+    /// carrying a [`ConnectionSni`] or a [`PeerIdentity`] came over TLS.
+    pub fn with_downstream_tls(mut self, probe: DownstreamTlsProbe) -> Self {
+        self.tls = Some(probe);
+        self
     }
 
     /// Whether the layer has any sink (records anything).
@@ -318,14 +402,29 @@ where
             };
         }
         let start = Instant::now();
-        let info = StreamInfo::new();
+        // the connector records the upstream connection for the sinks that read the details
+        let info = match details {
+            true => StreamInfo::with_connection(),
+            false => StreamInfo::new(),
+        };
         let sinks = self.layer.sinks.clone();
-        let pending = Pending::new(sinks, called, details, info.clone(), start, &req, &view);
+        let tls = details.then(|| self.layer.downstream_tls(req.extensions(), &view));
+        let pending = Pending::new(sinks, called, tls, info.clone(), start, &req, &view);
         slots_mut(req.extensions_mut()).info = Some(info);
         ResponseFuture {
             inner: self.inner.call(req),
             guard: Guard(Some(Box::new(pending))),
         }
+    }
+}
+
+impl RecordLayer {
+    /// Whether the request came over TLS: the probe's answer, or the TLS facts the listener
+    /// wrote.
+    fn downstream_tls(&self, ext: &http::Extensions, view: &SlotsView<'_>) -> bool {
+        self.tls.is_some_and(|probe| probe(ext))
+            || view.own::<ConnectionSni>().is_some()
+            || view.own::<PeerIdentity>().is_some()
     }
 }
 
@@ -347,18 +446,22 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 }
 
 impl Pending {
+    /// `tls`: `Some` (whether the downstream connection is TLS) when a sink reads the
+    /// details.
     fn new<B: Body>(
         sinks: Arc<[Arc<dyn Sink>]>,
         called: u64,
-        details: bool,
+        tls: Option<bool>,
         info: StreamInfo,
         start: Instant,
         req: &Request<B>,
         view: &SlotsView<'_>,
     ) -> Pending {
+        let details = tls.is_some();
         // one pass over the headers (no hashed look-up per name): those the sinks read (the
         // first of each, as `HeaderMap::get`), and the head's size
         let (mut host, mut request_id, mut user_agent) = (None, None, None);
+        let (mut xff, mut xfp, mut tracestate) = (None, None, None);
         let (mut grpc, mut head) = (false, 0u64);
         for (name, value) in req.headers() {
             head += (name.as_str().len() + value.len() + 4) as u64;
@@ -366,10 +469,21 @@ impl Pending {
                 host = Some(value);
             } else if *name == http::header::CONTENT_TYPE {
                 grpc = value.as_bytes().starts_with(b"application/grpc");
-            } else if details && *name == http::header::USER_AGENT && user_agent.is_none() {
-                user_agent = Some(value);
-            } else if details && *name == X_REQUEST_ID && request_id.is_none() {
-                request_id = Some(value);
+            } else if details {
+                let seen = if *name == http::header::USER_AGENT {
+                    &mut user_agent
+                } else if *name == X_REQUEST_ID {
+                    &mut request_id
+                } else if *name == X_FORWARDED_FOR {
+                    &mut xff
+                } else if *name == X_FORWARDED_PROTO {
+                    &mut xfp
+                } else if *name == TRACESTATE {
+                    &mut tracestate
+                } else {
+                    continue;
+                };
+                seen.get_or_insert(value);
             }
         }
         let authority = host.cloned().or_else(|| {
@@ -382,24 +496,32 @@ impl Pending {
             + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
             + 12;
         let body = req.body().size_hint().exact().unwrap_or(0);
+        let head = line as u64 + head + 2;
         Pending {
             sinks,
             called,
             info,
             start,
-            details: details.then(|| {
+            details: tls.map(|tls| {
                 Box::new(Details {
                     method: req.method().clone(),
                     uri: req.uri().clone(),
                     request_id: request_id.cloned(),
                     user_agent: user_agent.cloned(),
+                    x_forwarded_for: xff.cloned(),
+                    x_forwarded_proto: xfp.cloned(),
+                    tracestate: tracestate.cloned(),
+                    requested_server_name: view.own::<ConnectionSni>().map(|s| s.0.clone()),
+                    downstream_tls: tls,
+                    request_head_bytes: head,
+                    response_head_bytes: 0,
                     first_byte: None,
                 })
             }),
             version: req.version(),
             authority,
             grpc,
-            request_bytes: line as u64 + head + 2 + body,
+            request_bytes: head + body,
             status: None,
             flags: ResponseFlags::empty(),
             grpc_status: None,
@@ -427,6 +549,9 @@ impl Pending {
         };
         // status line: "HTTP/1.1 200 OK\r\n", and the blank line
         self.response_bytes = 17 + 2 + head_bytes(&res.headers);
+        if let Some(d) = self.details.as_mut() {
+            d.response_head_bytes = self.response_bytes;
+        }
     }
 
     fn finish(self: Box<Self>, how: End, end: Instant) {
@@ -576,7 +701,11 @@ impl<B: Body> Body for RecordBody<B> {
                         {
                             p.grpc_status = Some(s);
                         }
-                        p.response_bytes += head_bytes(t);
+                        let trailers = head_bytes(t);
+                        p.response_bytes += trailers;
+                        if let Some(d) = p.details.as_mut() {
+                            d.response_head_bytes += trailers;
+                        }
                         // trailers are the last frame: hyper's HTTP/2 server and tonic's
                         // client stop polling after them (the exchange is complete, not a
                         // client gone: no `DC`)

@@ -188,14 +188,20 @@ impl Sink for SpanRecorder {
         span.end = end;
         span.operation = operation.as_deref();
         span.protocol = protocol(c.version);
+        span.scheme = scheme(self.side, details, c);
+        span.tracestate = header_str(&details.tracestate);
+        span.x_forwarded_for = header_str(&details.x_forwarded_for);
+        span.upstream = c.info.endpoint().map(|ep| ep.addr);
+        span.resend_count = c.info.attempts.saturating_sub(1);
         span.status = c.status.map_or(0, |s| s.as_u16());
         span.flags = flags.as_ref().and_then(|f| f.to_str().ok()).unwrap_or("");
         span.upstream_cluster = c.info.cluster().map(|cl| &*cl.name);
-        span.request_id = details.request_id.as_ref().and_then(|v| v.to_str().ok());
-        span.user_agent = details.user_agent.as_ref().and_then(|v| v.to_str().ok());
+        span.request_id = header_str(&details.request_id);
+        span.user_agent = header_str(&details.user_agent);
         span.peer = c.client_addr;
-        span.request_size = c.request_bytes;
-        span.response_size = c.response_bytes;
+        // the bodies, as Envoy's `request_size` and `response_size` tags
+        span.request_size = c.request_body_bytes().unwrap_or(0);
+        span.response_size = c.response_body_bytes().unwrap_or(0);
         sink.record(&span);
     }
 }
@@ -260,16 +266,26 @@ impl Sink for AccessLogRecorder {
         if let Some(d) = c.details {
             e.method = d.method.as_str();
             e.path = path(d);
-            e.user_agent = d.user_agent.as_ref().and_then(|v| v.to_str().ok());
-            e.request_id = d.request_id.as_ref().and_then(|v| v.to_str().ok());
+            e.user_agent = header_str(&d.user_agent);
+            e.request_id = header_str(&d.request_id);
+            e.x_forwarded_for = header_str(&d.x_forwarded_for);
+            e.requested_server_name = d.requested_server_name.as_deref();
         }
         e.protocol = protocol(c.version);
         e.response_code = c.status.map_or(0, |s| s.as_u16());
         e.response_flags = flags.as_ref().and_then(|f| f.to_str().ok()).unwrap_or("");
         e.response_code_details = details(c);
-        e.bytes_received = c.request_bytes;
-        e.bytes_sent = c.response_bytes;
+        // the bodies, as Envoy counts them (the details know the heads' sizes; this sink
+        // always reads them)
+        e.bytes_received = c.request_body_bytes().unwrap_or(0);
+        e.bytes_sent = c.response_body_bytes().unwrap_or(0);
         e.duration = Some(c.end.saturating_duration_since(c.start));
+        // Envoy's router writes `x-envoy-upstream-service-time` on the upstream's answers
+        // only, not on its local replies
+        if e.response_code_details == VIA_UPSTREAM {
+            e.upstream_service_time = c.upstream_service_time();
+        }
+        e.upstream_local_address = c.info.connection.and_then(|conn| conn.local);
         e.authority = c.authority;
         e.upstream_host = c.info.endpoint().map(|ep| ep.addr);
         e.upstream_cluster = match c.info.cluster() {
@@ -331,6 +347,42 @@ fn path(d: &Details) -> &str {
     d.uri.path_and_query().map_or("", |p| p.as_str())
 }
 
+/// A span's `url.scheme` (OpenTelemetry's HTTP conventions): on the inbound side (a server
+/// span) the original client's, `x-forwarded-proto`, else the request's own (HTTP/2's
+/// `:scheme`, an absolute target), else `https` over a TLS connection; on the outbound side
+/// (a client span) `https` when the connector originated TLS to the upstream (Istio's mTLS,
+/// TLS origination), else the request's own; else `http`.
+fn scheme(side: Side, d: &Details, c: &Completed<'_>) -> &'static str {
+    let https = |s: &[u8]| s.eq_ignore_ascii_case(b"https");
+    let own = d.uri.scheme_str().map(|s| https(s.as_bytes()));
+    let tls = match side {
+        Side::Inbound => d
+            .x_forwarded_proto
+            .as_ref()
+            .map(|p| {
+                https(
+                    p.as_bytes()
+                        .split(|b| *b == b',')
+                        .next()
+                        .unwrap_or(b"")
+                        .trim_ascii(),
+                )
+            })
+            .or(own)
+            .unwrap_or(d.downstream_tls),
+        Side::Outbound => match c.info.connection {
+            Some(conn) if conn.tls => true,
+            _ => own.unwrap_or(false),
+        },
+    };
+    if tls { "https" } else { "http" }
+}
+
+/// A header's value as text (`None`: absent, or not visible ASCII).
+fn header_str(v: &Option<HeaderValue>) -> Option<&str> {
+    v.as_ref().and_then(|v| v.to_str().ok())
+}
+
 /// `%PROTOCOL%`.
 fn protocol(v: Version) -> &'static str {
     match v {
@@ -347,8 +399,12 @@ fn flags_value(f: ResponseFlags) -> Option<HeaderValue> {
     (!f.is_empty()).then(|| f.to_header_value())
 }
 
+/// `%RESPONSE_CODE_DETAILS%` of an upstream's answer.
+const VIA_UPSTREAM: &str = "via_upstream";
+
 /// `%RESPONSE_CODE_DETAILS%` as Envoy writes it for the mesh's own answers
-/// (`envoy/stream_info/stream_info.h`, `ResponseCodeDetailValues`), `via_upstream` for an
+/// (`envoy/stream_info/stream_info.h`, `ResponseCodeDetailValues`; a reset before the
+/// response, `upstream_reset_before_response_started{<reason>}`), `via_upstream` for an
 /// upstream's answer.
 fn details(c: &Completed<'_>) -> &'static str {
     if c.status.is_none() {
@@ -372,11 +428,23 @@ fn details(c: &Completed<'_>) -> &'static str {
             ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
             "upstream_reset_before_response_started{connection_failure}",
         ),
+        (
+            ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+            "upstream_reset_before_response_started{connection_termination}",
+        ),
+        (
+            ResponseFlags::UPSTREAM_REMOTE_RESET,
+            "upstream_reset_before_response_started{remote_reset}",
+        ),
+        (
+            ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+            "upstream_reset_before_response_started{protocol_error}",
+        ),
     ];
     LOCAL
         .iter()
         .find(|(f, _)| c.flags.contains(*f))
-        .map_or("via_upstream", |(_, d)| d)
+        .map_or(VIA_UPSTREAM, |(_, d)| d)
 }
 
 #[cfg(test)]
@@ -419,6 +487,129 @@ mod tests {
         assert_eq!(recorder.interest(Some(&sampled)), Interest::Details);
         assert_eq!(recorder.interest(Some(&unsampled)), Interest::Nothing);
         assert_eq!(recorder.interest(None), Interest::Nothing);
+    }
+
+    /// Sends `req` through a record layer with a JSON access log to `path`, to a service
+    /// that records an upstream connection as the connector does and answers `answer`.
+    async fn logged(
+        path: &std::path::Path,
+        side: Side,
+        req: http::Request<http_body_util::Full<bytes::Bytes>>,
+        answer: fn() -> http::Response<http_body_util::Full<bytes::Bytes>>,
+    ) -> serde_json::Value {
+        use crate::access_log::{AccessLogWriter, Encoding};
+        use crate::record::RecordLayer;
+        use http_body_util::BodyExt;
+        use tower::{ServiceBuilder, ServiceExt};
+
+        let _ = std::fs::remove_file(path);
+        let writer = Arc::new(AccessLogWriter::open(path, 16).unwrap());
+        let log = Arc::new(Reloadable::new(Some(Arc::new(AccessLog::new(
+            Encoding::Json,
+            writer.clone(),
+        )))));
+        let recorder = AccessLogRecorder::new(side, log);
+        recorder.set_local_addr("127.0.0.1:15001".parse().unwrap());
+        let svc = ServiceBuilder::new()
+            .layer(RecordLayer::new(vec![Arc::new(recorder) as Arc<dyn Sink>]))
+            .service_fn(move |req: http::Request<_>| async move {
+                let info = mesh_core::ext::stream_info(req.extensions()).unwrap();
+                let res = answer();
+                if res.extensions().get::<ResponseFlags>().is_none() {
+                    info.set_endpoint(&mesh_core::ext::SelectedEndpoint::new(
+                        "10.0.0.7:9080".parse().unwrap(),
+                    ));
+                    info.set_connection(mesh_core::stream_info::UpstreamConnection {
+                        local: Some("10.0.0.1:40000".parse().unwrap()),
+                        tls: false,
+                        sent: Instant::now(),
+                    });
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+                Ok::<_, std::convert::Infallible>(res)
+            });
+        let res = svc.oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        writer.flush();
+        let text = std::fs::read_to_string(path).unwrap();
+        serde_json::from_str(text.trim_end()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_line_has_body_bytes_the_forwarded_client_sni_local_address_and_service_time() {
+        use bytes::Bytes;
+        use http_body_util::Full;
+
+        let dir = std::env::temp_dir().join(format!("mesh-sinks-al-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri("/reviews/1")
+            .header("host", "reviews:9080")
+            .header("x-forwarded-for", "10.1.2.3")
+            .header("content-length", "11")
+            .body(Full::new(Bytes::from_static(b"hello world")))
+            .unwrap();
+        req.extensions_mut()
+            .insert(mesh_core::ext::ConnectionSni(Arc::from(
+                "outbound_.9080_._.reviews.default.svc.cluster.local",
+            )));
+        let answer = || {
+            http::Response::builder()
+                .header("x-backend", "v1")
+                .body(Full::new(Bytes::from_static(b"v1")))
+                .unwrap()
+        };
+        let v = logged(&path, Side::Inbound, req, answer).await;
+        // the bodies only: not the heads (Istio's metrics count those)
+        assert_eq!(v["bytes_received"], 11);
+        assert_eq!(v["bytes_sent"], 2);
+        assert_eq!(v["x_forwarded_for"], "10.1.2.3");
+        assert_eq!(
+            v["requested_server_name"],
+            "outbound_.9080_._.reviews.default.svc.cluster.local"
+        );
+        assert_eq!(v["upstream_local_address"], "10.0.0.1:40000");
+        assert_eq!(v["upstream_host"], "10.0.0.7:9080");
+        assert_eq!(v["downstream_local_address"], "127.0.0.1:15001");
+        assert_eq!(v["response_code_details"], "via_upstream");
+        let service: u64 = v["upstream_service_time"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let duration = v["duration"].as_u64().unwrap();
+        assert!(
+            (15..=duration).contains(&service),
+            "{service} ms of {duration}"
+        );
+
+        // a local reply: no upstream, no service time, nor local address
+        let answer = || {
+            mesh_core::ext::local_reply::<Full<Bytes>>(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                "upstream connect error",
+            )
+        };
+        let req = http::Request::builder()
+            .uri("/")
+            .header("host", "reviews")
+            .body(Full::default())
+            .unwrap();
+        let v = logged(&path, Side::Outbound, req, answer).await;
+        assert_eq!(
+            v["response_code_details"],
+            "upstream_reset_before_response_started{connection_termination}"
+        );
+        assert_eq!(v["bytes_received"], 0);
+        assert_eq!(v["bytes_sent"], 22);
+        assert_eq!(v["upstream_service_time"], serde_json::Value::Null);
+        assert_eq!(v["upstream_local_address"], serde_json::Value::Null);
+        assert_eq!(v["x_forwarded_for"], serde_json::Value::Null);
+        assert_eq!(v["requested_server_name"], serde_json::Value::Null);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -36,14 +36,38 @@
 //!
 //! # Attributes
 //!
-//! OpenTelemetry's HTTP semantic conventions (`http.request.method`, `url.full` on client
-//! spans, `url.path` on server spans, `server.address`, `http.response.status_code`,
-//! `network.protocol.version`, `user_agent.original`) and the tags Envoy's tracers write on
-//! an Istio sidecar's spans (`component: proxy`, `node_id`, `guid:x-request-id`,
-//! `upstream_cluster`, `upstream_cluster.name`, `response_flags`, `request_size`,
-//! `response_size`, `peer.address`, `istio.namespace`, `istio.canonical_service`). The span's
-//! name is Envoy's default operation name on an Istio route, `<host>:<port>/*`. A 5xx answer
-//! sets the span's status to error (Envoy's `error: true` tag).
+//! OpenTelemetry's HTTP semantic conventions (stable since v1.23):
+//!
+//! | attribute | server span (inbound) | client span (outbound) |
+//! |---|---|---|
+//! | `http.request.method` | the method, `_OTHER` for one outside RFC 9110's and `PATCH` (then `http.request.method_original`) | the same |
+//! | `url.scheme` | `x-forwarded-proto`, else the request's own (HTTP/2's `:scheme`, an absolute target), else `https` over a TLS connection, else `http` | `https` when the connector originated TLS (mTLS, TLS origination), else the request's own, else `http` |
+//! | `url.path`, `url.query` | the path; the query (without `?`) when there is one | — |
+//! | `url.full` | — | `<scheme>://<authority><path and query>` |
+//! | `server.address`, `server.port` | the `:authority` / `Host`, its port or the scheme's (80, 443) | the same |
+//! | `http.response.status_code` | when a response was sent | the same |
+//! | `error.type` | the status as a string for a 5xx; the response flags (`DC`, `UC`), else `_OTHER`, when no response was sent | the same, from 4xx on |
+//! | `network.protocol.version` | `1.1`, `2` | the same |
+//! | `user_agent.original` | `User-Agent` | the same |
+//! | `client.address` | the first address of `x-forwarded-for`, else the peer's | — |
+//! | `network.peer.address`, `network.peer.port` | the downstream peer | the upstream endpoint |
+//! | `http.request.resend_count` | — | the retries, when there were any |
+//!
+//! The span's status is an error for a 5xx, for a 4xx on a client span, and when no response
+//! was sent (the conventions' rule; its description only when the status code does not
+//! tell), and the span context carries the request's `tracestate`.
+//!
+//! Beside them, the tags Envoy's tracers write on an Istio sidecar's spans (`component:
+//! proxy`, `node_id`, `guid:x-request-id`, `upstream_cluster`, `upstream_cluster.name`,
+//! `response_flags`, `request_size` and `response_size` (the bodies' bytes), `peer.address`,
+//! `istio.namespace`, `istio.canonical_service`).
+//!
+//! The span's name is Envoy's default operation name on an Istio route, `<host>:<port>/*`
+//! (the decorator Istio gives each route: the destination service's host and port; else the
+//! request's authority), not the conventions' `{method} {http.route}`, on purpose: it is the
+//! name an Istio sidecar's spans have, which Jaeger and Kiali users of Istio group and search
+//! traces by, and it keeps what the conventions ask of a span name, a low cardinality (a
+//! service's host and port, never the path or its ids).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -114,6 +138,17 @@ pub struct RequestSpan<'a> {
     pub operation: Option<&'a str>,
     /// `HTTP/1.1`, `HTTP/2`.
     pub protocol: &'a str,
+    /// `url.scheme`: `http` or `https` (see the [module docs](self) for how the recorder
+    /// tells).
+    pub scheme: &'a str,
+    /// The `tracestate` carried with the trace context (W3C), for the span's context.
+    pub tracestate: Option<&'a str>,
+    /// `x-forwarded-for`, whose first address is a server span's `client.address`.
+    pub x_forwarded_for: Option<&'a str>,
+    /// The upstream endpoint (a client span's `network.peer.address` and `.port`).
+    pub upstream: Option<SocketAddr>,
+    /// Times the request was sent again (retries): `http.request.resend_count` when not 0.
+    pub resend_count: u32,
     /// The response status; 0 when there was no response.
     pub status: u16,
     /// Envoy's response flags (`UH`, `NR,URX`), empty when none.
@@ -126,9 +161,9 @@ pub struct RequestSpan<'a> {
     pub user_agent: Option<&'a str>,
     /// The downstream peer.
     pub peer: Option<SocketAddr>,
-    /// Request body bytes.
+    /// Request body bytes (Envoy's `request_size` tag).
     pub request_size: u64,
-    /// Response body bytes.
+    /// Response body bytes (Envoy's `response_size` tag).
     pub response_size: u64,
 }
 
@@ -153,6 +188,11 @@ impl<'a> RequestSpan<'a> {
             path,
             operation: None,
             protocol: "HTTP/1.1",
+            scheme: "http",
+            tracestate: None,
+            x_forwarded_for: None,
+            upstream: None,
+            resend_count: 0,
             status: 0,
             flags: "",
             upstream_cluster: None,
@@ -285,28 +325,47 @@ impl SpanSink {
         } else {
             TraceFlags::default()
         };
-        let mut attrs = Vec::with_capacity(20);
-        attrs.push(KeyValue::new("http.request.method", method(req.method)));
-        match req.kind {
-            SpanKind::Server => {
-                let path = req.path.split('?').next().unwrap_or(req.path);
-                attrs.push(KeyValue::new("url.path", path.to_owned()));
+        let server = req.kind == SpanKind::Server;
+        let mut attrs = Vec::with_capacity(28);
+        let (method, known) = method(req.method);
+        attrs.push(KeyValue::new("http.request.method", method));
+        if !known {
+            attrs.push(KeyValue::new(
+                "http.request.method_original",
+                req.method.to_owned(),
+            ));
+        }
+        attrs.push(KeyValue::new("url.scheme", scheme(req.scheme)));
+        if server {
+            let (path, query) = match req.path.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (req.path, None),
+            };
+            attrs.push(KeyValue::new("url.path", path.to_owned()));
+            if let Some(q) = query.filter(|q| !q.is_empty()) {
+                attrs.push(KeyValue::new("url.query", q.to_owned()));
             }
-            _ => attrs.push(KeyValue::new(
+        } else {
+            attrs.push(KeyValue::new(
                 "url.full",
-                format!("http://{}{}", req.authority, req.path),
-            )),
+                format!("{}://{}{}", req.scheme, req.authority, req.path),
+            ));
         }
         let (host, port) = split_authority(req.authority);
         attrs.push(KeyValue::new("server.address", host.to_owned()));
-        if let Some(p) = port {
-            attrs.push(KeyValue::new("server.port", i64::from(p)));
-        }
+        attrs.push(KeyValue::new(
+            "server.port",
+            i64::from(port.unwrap_or_else(|| default_port(req.scheme))),
+        ));
         if req.status != 0 {
             attrs.push(KeyValue::new(
                 "http.response.status_code",
                 i64::from(req.status),
             ));
+        }
+        let error = error_type(req.kind.clone(), req.status, req.flags);
+        if let Some(e) = &error {
+            attrs.push(KeyValue::new("error.type", e.clone()));
         }
         let version = req.protocol.strip_prefix("HTTP/").unwrap_or(req.protocol);
         attrs.push(KeyValue::new(
@@ -315,6 +374,29 @@ impl SpanSink {
         ));
         if let Some(ua) = req.user_agent {
             attrs.push(KeyValue::new("user_agent.original", ua.to_owned()));
+        }
+        let peer = if server { req.peer } else { req.upstream };
+        if let Some(p) = peer {
+            attrs.push(KeyValue::new("network.peer.address", p.ip().to_string()));
+            attrs.push(KeyValue::new("network.peer.port", i64::from(p.port())));
+        }
+        if server {
+            // the original client behind the proxies, else the peer
+            let forwarded = req
+                .x_forwarded_for
+                .and_then(|x| x.split(',').next())
+                .map(str::trim)
+                .filter(|c| !c.is_empty());
+            match (forwarded, req.peer) {
+                (Some(c), _) => attrs.push(KeyValue::new("client.address", c.to_owned())),
+                (None, Some(p)) => attrs.push(KeyValue::new("client.address", p.ip().to_string())),
+                (None, None) => {}
+            }
+        } else if req.resend_count > 0 {
+            attrs.push(KeyValue::new(
+                "http.request.resend_count",
+                i64::from(req.resend_count),
+            ));
         }
         // Envoy's tags (source/common/tracing/http_tracer_impl.cc, finalizeDownstreamSpan /
         // finalizeUpstreamSpan) and Istio's
@@ -345,27 +427,32 @@ impl SpanSink {
             "istio.canonical_service",
             shared(&self.inner.service),
         ));
-        let status = if req.status >= 500 || req.status == 0 {
-            Status::error(if req.status == 0 {
-                Cow::Borrowed("no response")
-            } else {
-                Cow::Owned(format!("{}", req.status))
-            })
-        } else {
-            Status::Unset
+        // the conventions: no description when the status code tells the error
+        let status = match (error, req.status) {
+            (None, _) => Status::Unset,
+            (Some(_), 0) if req.flags.is_empty() => Status::error("no response"),
+            (Some(_), 0) => Status::error(req.flags.to_owned()),
+            (Some(_), _) => Status::error(""),
         };
+        let state = req
+            .tracestate
+            .and_then(|t| t.parse::<TraceState>().ok())
+            .unwrap_or_default();
         SpanData {
             span_context: SpanContext::new(
                 TraceId::from(ctx.trace_id),
                 SpanId::from(ctx.span_id),
                 flags,
                 false,
-                TraceState::NONE,
+                state,
             ),
             parent_span_id: ctx.parent_span_id.map_or(SpanId::INVALID, SpanId::from),
             parent_span_is_remote: ctx.parent_span_id.is_some(),
             span_kind: req.kind.clone(),
-            name: Cow::Owned(operation_name(req.operation.unwrap_or(req.authority))),
+            name: Cow::Owned(operation_name(
+                req.operation.unwrap_or(req.authority),
+                default_port(req.scheme),
+            )),
             start_time: req.start,
             end_time: req.end.max(req.start),
             attributes: attrs,
@@ -378,14 +465,50 @@ impl SpanSink {
     }
 }
 
-/// The method without a copy when it is a standard one.
-fn method(m: &str) -> opentelemetry::Value {
+/// `error.type` (OpenTelemetry's HTTP conventions): the status code as a string when it is
+/// an error for the span's kind (5xx; for a client span, 4xx too); when no response was
+/// sent, the mesh's response flags (`DC`, `UC,URX`), else `_OTHER`; `None`: no error.
+fn error_type(kind: SpanKind, status: u16, flags: &str) -> Option<opentelemetry::Value> {
+    let first = match kind {
+        SpanKind::Client => 400,
+        _ => 500,
+    };
+    match status {
+        0 if flags.is_empty() => Some("_OTHER".into()),
+        0 => Some(flags.to_owned().into()),
+        s if s >= first => Some(s.to_string().into()),
+        _ => None,
+    }
+}
+
+/// `url.scheme`'s value, without a copy for `http` and `https`.
+fn scheme(s: &str) -> opentelemetry::Value {
+    match s {
+        "http" => "http".into(),
+        "https" => "https".into(),
+        other => other.to_owned().into(),
+    }
+}
+
+/// The port of a URL of `scheme` without one (RFC 9110 §4.2).
+fn default_port(scheme: &str) -> u16 {
+    if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    }
+}
+
+/// `http.request.method`: a method of RFC 9110 or `PATCH` (RFC 5789) as it is, without a
+/// copy, any other `_OTHER` (the conventions' rule, which keeps the attribute's cardinality
+/// bounded); and whether it was one of those.
+fn method(m: &str) -> (opentelemetry::Value, bool) {
     const STANDARD: [&str; 9] = [
         "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
     ];
     match STANDARD.iter().find(|s| **s == m) {
-        Some(s) => opentelemetry::Value::from(*s),
-        None => opentelemetry::Value::from(m.to_owned()),
+        Some(s) => (opentelemetry::Value::from(*s), true),
+        None => (opentelemetry::Value::from("_OTHER"), false),
     }
 }
 
@@ -411,11 +534,19 @@ impl Drop for Inner {
     }
 }
 
-/// Envoy's default operation name on an Istio route: `<host>:<port>/*` (Istio's route
-/// decorator); a host without a port is HTTP's 80.
-fn operation_name(authority: &str) -> String {
+/// The span's name: Envoy's default operation name on an Istio route, `<host>:<port>/*`
+/// (the decorator Istio gives each route: the destination service's host and port), from
+/// the route's destination, else the request's authority (a host without a port gets
+/// `default_port`, the scheme's).
+///
+/// Not OpenTelemetry's `{method} {http.route}` (or `{method}`), on purpose: this is the name
+/// an Istio sidecar's spans have, which Jaeger and Kiali users of Istio group and search
+/// traces by, and a sidecar's span is the same hop Envoy's is. It keeps what the
+/// conventions ask of a span name: low cardinality (a service's host and port, never the
+/// path or its ids; the authority only when no route was chosen).
+fn operation_name(authority: &str, default_port: u16) -> String {
     let (host, port) = split_authority(authority);
-    format!("{host}:{}/*", port.unwrap_or(80))
+    format!("{host}:{}/*", port.unwrap_or(default_port))
 }
 
 /// `host[:port]`, `[v6]:port`.
@@ -520,10 +651,11 @@ mod tests {
 
     #[test]
     fn operation_names_are_istio_route_decorators() {
-        assert_eq!(operation_name("reviews:9080"), "reviews:9080/*");
-        assert_eq!(operation_name("reviews"), "reviews:80/*");
-        assert_eq!(operation_name("[::1]:8080"), "[::1]:8080/*");
-        assert_eq!(operation_name("::1"), "::1:80/*");
+        assert_eq!(operation_name("reviews:9080", 80), "reviews:9080/*");
+        assert_eq!(operation_name("reviews", 80), "reviews:80/*");
+        assert_eq!(operation_name("reviews", 443), "reviews:443/*");
+        assert_eq!(operation_name("[::1]:8080", 80), "[::1]:8080/*");
+        assert_eq!(operation_name("::1", 80), "::1:80/*");
     }
 
     #[test]
@@ -636,5 +768,184 @@ mod tests {
             attr(s, "upstream_cluster").unwrap().as_str(),
             "outbound|9080||ratings.default.svc.cluster.local"
         );
+        assert_eq!(attr(s, "error.type").unwrap().as_str(), "503");
+        assert_eq!(attr(s, "url.scheme").unwrap().as_str(), "http");
+        assert_eq!(attr(s, "server.address").unwrap().as_str(), "ratings");
+        assert_eq!(attr(s, "server.port"), Some(&Value::I64(9080)));
+    }
+
+    /// The span of `r`, built without a thread.
+    fn data(r: &RequestSpan<'_>) -> SpanData {
+        let sink = SpanSink::new(InMemorySpanExporter::default(), SpanOptions::default()).unwrap();
+        sink.span_data(r)
+    }
+
+    fn sampled() -> TraceContext {
+        TraceContext {
+            trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+            span_id: 0x1111,
+            parent_span_id: Some(0x00f0_67aa_0ba9_02b7),
+            sampled: true,
+        }
+    }
+
+    #[test]
+    fn a_4xx_is_an_error_on_a_client_span_only_and_a_5xx_on_both() {
+        let now = SystemTime::now();
+        for (kind, status, error) in [
+            (SpanKind::Client, 200, None),
+            (SpanKind::Client, 404, Some("404")),
+            (SpanKind::Client, 503, Some("503")),
+            (SpanKind::Server, 404, None),
+            (SpanKind::Server, 499, None),
+            (SpanKind::Server, 500, Some("500")),
+        ] {
+            let mut r = RequestSpan::new(kind.clone(), sampled(), now, "GET", "a:80", "/");
+            r.status = status;
+            let s = data(&r);
+            assert_eq!(
+                attr(&s, "error.type").map(|v| v.as_str().into_owned()),
+                error.map(str::to_owned),
+                "{kind:?} {status}"
+            );
+            match error {
+                // the status code tells why: no description (the conventions)
+                Some(_) => assert_eq!(s.status, Status::error(""), "{kind:?} {status}"),
+                None => assert_eq!(s.status, Status::Unset, "{kind:?} {status}"),
+            }
+            assert_eq!(
+                attr(&s, "http.response.status_code"),
+                Some(&Value::I64(i64::from(status)))
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_response_the_error_type_is_the_flags_else_other() {
+        let now = SystemTime::now();
+        for (flags, error) in [("DC", "DC"), ("UC,URX", "UC,URX"), ("", "_OTHER")] {
+            let mut r = RequestSpan::new(SpanKind::Server, sampled(), now, "GET", "a", "/");
+            r.flags = flags;
+            let s = data(&r);
+            assert_eq!(attr(&s, "error.type").unwrap().as_str(), error);
+            assert!(attr(&s, "http.response.status_code").is_none());
+            assert!(matches!(s.status, Status::Error { .. }), "{flags}");
+        }
+    }
+
+    #[test]
+    fn a_server_span_has_the_scheme_path_query_client_and_peer() {
+        let now = SystemTime::now();
+        let mut r = RequestSpan::new(
+            SpanKind::Server,
+            sampled(),
+            now,
+            "GET",
+            "reviews.default.svc.cluster.local",
+            "/reviews/1?id=7&x=1",
+        );
+        r.scheme = "https";
+        r.status = 200;
+        r.peer = Some("10.0.0.9:50412".parse().unwrap());
+        r.x_forwarded_for = Some(" 203.0.113.7 , 10.0.0.1");
+        let s = data(&r);
+        assert_eq!(attr(&s, "url.scheme").unwrap().as_str(), "https");
+        assert_eq!(attr(&s, "url.path").unwrap().as_str(), "/reviews/1");
+        assert_eq!(attr(&s, "url.query").unwrap().as_str(), "id=7&x=1");
+        assert!(attr(&s, "url.full").is_none(), "a client span's");
+        assert_eq!(
+            attr(&s, "server.address").unwrap().as_str(),
+            "reviews.default.svc.cluster.local"
+        );
+        // no port in the authority: the scheme's
+        assert_eq!(attr(&s, "server.port"), Some(&Value::I64(443)));
+        assert_eq!(s.name, "reviews.default.svc.cluster.local:443/*");
+        // the original client behind the proxies; the peer is the hop
+        assert_eq!(attr(&s, "client.address").unwrap().as_str(), "203.0.113.7");
+        assert_eq!(
+            attr(&s, "network.peer.address").unwrap().as_str(),
+            "10.0.0.9"
+        );
+        assert_eq!(attr(&s, "network.peer.port"), Some(&Value::I64(50412)));
+        assert!(attr(&s, "error.type").is_none());
+        assert_eq!(s.status, Status::Unset);
+
+        // without x-forwarded-for the client is the peer; no query, no url.query
+        r.x_forwarded_for = None;
+        r.path = "/reviews/1?";
+        let s = data(&r);
+        assert_eq!(attr(&s, "client.address").unwrap().as_str(), "10.0.0.9");
+        assert!(attr(&s, "url.query").is_none());
+    }
+
+    #[test]
+    fn a_client_span_over_tls_has_an_https_url_the_upstream_peer_and_its_resends() {
+        let now = SystemTime::now();
+        let mut r = RequestSpan::new(
+            SpanKind::Client,
+            sampled(),
+            now,
+            "GET",
+            "api.example.com",
+            "/v1?q=1",
+        );
+        r.scheme = "https";
+        r.status = 200;
+        r.upstream = Some("93.184.216.34:443".parse().unwrap());
+        r.peer = Some("127.0.0.1:40000".parse().unwrap());
+        r.resend_count = 2;
+        let s = data(&r);
+        assert_eq!(
+            attr(&s, "url.full").unwrap().as_str(),
+            "https://api.example.com/v1?q=1"
+        );
+        assert_eq!(attr(&s, "url.scheme").unwrap().as_str(), "https");
+        assert_eq!(attr(&s, "server.port"), Some(&Value::I64(443)));
+        assert_eq!(
+            attr(&s, "network.peer.address").unwrap().as_str(),
+            "93.184.216.34"
+        );
+        assert_eq!(attr(&s, "network.peer.port"), Some(&Value::I64(443)));
+        assert_eq!(attr(&s, "http.request.resend_count"), Some(&Value::I64(2)));
+        assert!(attr(&s, "client.address").is_none(), "a server span's");
+        assert!(attr(&s, "url.path").is_none(), "a server span's");
+        // Envoy's tag keeps the downstream peer
+        assert_eq!(attr(&s, "peer.address").unwrap().as_str(), "127.0.0.1");
+
+        r.resend_count = 0;
+        assert!(attr(&data(&r), "http.request.resend_count").is_none());
+    }
+
+    #[test]
+    fn an_unknown_method_is_other_with_the_original_beside_it() {
+        let now = SystemTime::now();
+        let r = RequestSpan::new(SpanKind::Server, sampled(), now, "PURGE", "a", "/");
+        let s = data(&r);
+        assert_eq!(attr(&s, "http.request.method").unwrap().as_str(), "_OTHER");
+        assert_eq!(
+            attr(&s, "http.request.method_original").unwrap().as_str(),
+            "PURGE"
+        );
+        let r = RequestSpan::new(SpanKind::Server, sampled(), now, "PATCH", "a", "/");
+        let s = data(&r);
+        assert_eq!(attr(&s, "http.request.method").unwrap().as_str(), "PATCH");
+        assert!(attr(&s, "http.request.method_original").is_none());
+    }
+
+    #[test]
+    fn the_span_context_carries_the_tracestate() {
+        let now = SystemTime::now();
+        let mut r = RequestSpan::new(SpanKind::Server, sampled(), now, "GET", "a", "/");
+        r.tracestate = Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
+        let s = data(&r);
+        let state = s.span_context.trace_state();
+        assert_eq!(state.get("congo"), Some("t61rcWkgMzE"));
+        assert_eq!(state.get("rojo"), Some("00f067aa0ba902b7"));
+        assert_eq!(state.header(), "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
+        // a malformed one is left out of the span (the header itself travels on unchanged)
+        r.tracestate = Some("not a list member");
+        assert_eq!(data(&r).span_context.trace_state().header(), "");
+        r.tracestate = None;
+        assert_eq!(data(&r).span_context.trace_state(), &TraceState::NONE);
     }
 }

@@ -18,12 +18,13 @@
 //! stream at its endpoint, of whichever cluster ([`StreamWake`]: the clusters reaching an
 //! endpoint, a DestinationRule's subsets, share its connections).
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
-use mesh_core::limits::ConnectionPermit;
+use mesh_core::limits::{ConnectionGauge, ConnectionPermit};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -51,6 +52,12 @@ pub(crate) struct H2Streams {
     wake: Arc<StreamWake>,
     /// The connection's permit under `maxConnections` (taken when its reading side ends).
     permit: Mutex<Option<ConnectionPermit>>,
+    /// Counts the connection in its cluster's pool gauges (open until its reading side
+    /// ends, idle while no stream is open), set when it is made.
+    gauge: OnceLock<ConnectionGauge>,
+    /// The connection's local address, set once connected (telemetry's
+    /// `%UPSTREAM_LOCAL_ADDRESS%`).
+    local: OnceLock<SocketAddr>,
 }
 
 impl H2Streams {
@@ -70,13 +77,25 @@ impl H2Streams {
             settled_notify: Notify::new(),
             wake,
             permit: Mutex::new(permit),
+            gauge: OnceLock::new(),
+            local: OnceLock::new(),
         })
+    }
+
+    /// Notes the connection's local address (once, when connected).
+    pub(crate) fn set_local_addr(&self, addr: Option<SocketAddr>) {
+        if let Some(a) = addr {
+            let _ = self.local.set(a);
+        }
     }
 
     /// The connection's reading side ended: no `SETTINGS` will come, and it no longer
     /// counts against `maxConnections`.
     fn ended(&self) {
         self.settle();
+        if let Some(g) = self.gauge.get() {
+            g.close();
+        }
         if let Ok(mut p) = self.permit.lock() {
             drop(p.take());
         }
@@ -112,18 +131,43 @@ impl H2Streams {
 
     /// Takes a stream whatever the limits (a new connection's first).
     pub(crate) fn take(self: &Arc<Self>) -> StreamSlot {
-        self.active.fetch_add(1, Ordering::AcqRel);
+        if self.active.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.mark_idle();
+        }
         StreamSlot(self.clone())
+    }
+
+    /// Counts the connection in its cluster's pool gauges (once, when it is made; busy
+    /// with its first stream).
+    pub(crate) fn set_gauge(&self, gauge: Option<ConnectionGauge>) {
+        if let Some(g) = gauge {
+            let _ = self.gauge.set(g);
+            self.mark_idle();
+        }
+    }
+
+    /// Marks the connection idle or busy in its pool gauge, as its open streams say now
+    /// (read again rather than taken from the change that called it: a stream taken and
+    /// another ending at once on two threads leave the right mark).
+    #[inline]
+    fn mark_idle(&self) {
+        if let Some(g) = self.gauge.get() {
+            g.set_idle(self.active.load(Ordering::Acquire) == 0);
+        }
     }
 
     /// Takes a stream if fewer than the lower of `max` and the server's limit are open.
     pub(crate) fn try_take(self: &Arc<Self>, max: u32) -> Option<StreamSlot> {
         let limit = max.min(self.server_max());
-        self.active
+        let was = self
+            .active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
+        if was == 0 {
+            self.mark_idle();
+        }
         Some(StreamSlot(self.clone()))
     }
 }
@@ -134,6 +178,11 @@ impl StreamSlot {
     /// stream is given up (for another connection).
     pub(crate) fn within_server_limit(self) -> Option<StreamSlot> {
         (self.0.active() <= self.0.server_max()).then_some(self)
+    }
+
+    /// The local address of the stream's connection, once connected.
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        self.0.local.get().copied()
     }
 }
 
@@ -187,7 +236,9 @@ pub(crate) struct StreamSlot(Arc<H2Streams>);
 impl Drop for StreamSlot {
     #[inline]
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.mark_idle();
+        }
         self.0.wake.stream_ended();
     }
 }

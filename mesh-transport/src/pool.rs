@@ -27,6 +27,12 @@
 //! connections) by a task the pool starts on the current tokio runtime when it first holds a
 //! connection (and stops when it holds none, or is dropped).
 //!
+//! **Gauges**: each connection made for a request of a balancer's cluster counts in that
+//! cluster's pool gauges ([`ConnectionGauge`], in the cluster's shared counters): open until
+//! it closes, idle while an HTTP/1.1 connection waits in the pool or an HTTP/2 connection
+//! has no stream open (two relaxed atomic operations when the mark changes). The proxy
+//! shows them per cluster on `/stats/prometheus`.
+//!
 //! [`WorkerContext::connector`]: crate::WorkerContext::connector
 
 use std::net::SocketAddr;
@@ -36,7 +42,7 @@ use std::time::Duration;
 use hyper::client::conn::http2;
 use mesh_core::ext::UpstreamPool;
 use mesh_core::hash::FastHashMap;
-use mesh_core::limits::ClusterLimits;
+use mesh_core::limits::{ClusterLimits, ConnectionGauge};
 
 use crate::h1client::H1Conn;
 use crate::h2streams::{H2Streams, StreamSlot, StreamWake};
@@ -145,6 +151,20 @@ struct H2Conn {
     max_age: u32,
 }
 
+/// The pool gauge of a connection made for the request with extensions `ext`, counted in
+/// its cluster (the balancer's pick; [`ClusterCounters::connection_gauge`]); `None` without
+/// one (passthrough, an in-process client's own endpoint). Once per new connection.
+///
+/// [`ClusterCounters::connection_gauge`]: mesh_core::limits::ClusterCounters::connection_gauge
+#[cold]
+pub(crate) fn gauge_for(ext: &http::Extensions) -> Option<ConnectionGauge> {
+    let limits = mesh_core::ext::selected_upstream(ext)?
+        .cluster()
+        .limits
+        .as_ref()?;
+    Some(limits.counters().connection_gauge())
+}
+
 // === impl Pool ===
 
 impl Pool {
@@ -189,6 +209,7 @@ impl Pool {
         let ep = inner.endpoints.get_mut(key)?;
         while let Some(mut c) = ep.h1_idle.pop() {
             if !c.expired(epoch) && c.idle_ok() {
+                c.set_idle(false);
                 return Some(c);
             }
         }
@@ -211,6 +232,7 @@ impl Pool {
             conn.idle_since = inner.epoch;
             let ep = inner.endpoints.entry(key).or_default();
             if ep.h1_idle.len() < max {
+                conn.set_idle(true);
                 ep.h1_idle.push(conn);
             }
             !std::mem::replace(&mut inner.sweeping, true)
@@ -679,6 +701,59 @@ mod tests {
         assert_eq!(pool.sweep_now(), 1);
         assert_eq!(pool.sweep_now(), 1);
         assert_eq!(pool.sweep_now(), 0);
+    }
+
+    /// The pool gauges of a cluster (Envoy's `upstream_cx_active`, and the idle share): an
+    /// HTTP/1.1 connection is idle while in the pool, busy once taken, and counted out when
+    /// it closes (here: swept as closed by the upstream); an HTTP/2 connection is idle
+    /// while no stream is open on it, and counted out when its reading side ends.
+    #[tokio::test]
+    async fn pooled_connections_count_in_their_cluster_s_gauges() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+        let mut conn = H1Conn::new(TcpStream::connect(addr).await.unwrap());
+        let server_side = accept.await.unwrap();
+        let counters = Arc::new(mesh_core::limits::ClusterCounters::default());
+        let gauges = |c: &mesh_core::limits::ClusterCounters| {
+            (c.pool_connections_open(), c.pool_connections_idle())
+        };
+        conn.gauge = Some(counters.connection_gauge());
+        assert_eq!(gauges(&counters), (1, 0), "busy with its first request");
+        let pool = Pool::default();
+        let key = PoolKey { addr, tls: 0 };
+        pool.release_h1(key, conn, 10);
+        assert_eq!(gauges(&counters), (1, 1));
+        let conn = pool.pop_h1(&key).expect("pooled");
+        assert_eq!(gauges(&counters), (1, 0));
+        pool.release_h1(key, conn, 10);
+        drop(server_side); // the upstream closes it: the sweep drops it
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while pool.sweep_now() > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("swept");
+        assert_eq!(gauges(&counters), (0, 0));
+        assert_eq!(counters.pool_connections_opened(), 1);
+
+        // HTTP/2: busy with a stream, idle without, out when the reading side ends
+        let streams = H2Streams::new();
+        let first = streams.take();
+        streams.set_gauge(Some(counters.connection_gauge()));
+        assert_eq!(gauges(&counters), (1, 0));
+        let second = streams.try_take(u32::MAX).unwrap();
+        drop(first);
+        assert_eq!(gauges(&counters), (1, 0), "one stream still open");
+        drop(second);
+        assert_eq!(gauges(&counters), (1, 1));
+        let third = streams.take();
+        assert_eq!(gauges(&counters), (1, 0));
+        drop(third);
+        drop(streams);
+        assert_eq!(gauges(&counters), (0, 0));
+        assert_eq!(counters.pool_connections_opened(), 2);
     }
 
     /// Envoy's `max_connection_duration`: a connection is used until it is that old

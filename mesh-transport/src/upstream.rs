@@ -392,6 +392,24 @@ impl Drop for PutBack<'_> {
     }
 }
 
+/// Telemetry's hook: records the connection an attempt's request is handed to (its local
+/// address, noted once when the connection was made; whether it is TLS; the time now) in the
+/// request's [`StreamInfo`](mesh_core::stream_info::StreamInfo), when the record asks for
+/// it (an access log or a span reads it: `%UPSTREAM_LOCAL_ADDRESS%`, the upstream service
+/// time). Otherwise one look-up of the request's slots and no clock read.
+#[inline]
+fn note_connection(ext: &http::Extensions, local: Option<SocketAddr>, tls: bool) {
+    if let Some(info) = mesh_core::ext::slots(ext).and_then(|s| s.info.as_ref())
+        && info.wants_connection()
+    {
+        info.set_connection(mesh_core::stream_info::UpstreamConnection {
+            local,
+            tls,
+            sent: std::time::Instant::now(),
+        });
+    }
+}
+
 /// The TLS handshake to an upstream, over a connected socket.
 async fn handshake(
     tls: &ClientTls,
@@ -468,11 +486,16 @@ impl Connector {
                     Some(c) => c,
                     // boxed: keeps the connect state out of every request's future
                     None => match Box::pin(self.connect_h1(addr, tls.as_ref())).await {
-                        Ok(c) => c,
+                        Ok(mut c) => {
+                            // counted in the pool gauges of the cluster that opened it
+                            c.gauge = crate::pool::gauge_for(held.req.extensions());
+                            c
+                        }
                         Err(f) => return f.reply(),
                     },
                 };
                 conn.configure(pool);
+                note_connection(held.req.extensions(), conn.local, tls.is_some());
                 let retry_possible = reused && body.is_none();
                 let exchange = h1client::exchange(
                     conn,
@@ -515,18 +538,24 @@ impl Connector {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
             self.set_keepalive(&stream);
-            Ok::<_, std::io::Error>(match tls {
-                None => Io::Tcp(DeferredTcp::new(stream)),
-                Some(t) => Io::Tls(Box::new(handshake(t, DeferredTcp::new(stream)).await?)),
-            })
+            // once per connection, for telemetry (`note_connection`)
+            let local = stream.local_addr().ok();
+            Ok::<_, std::io::Error>((
+                match tls {
+                    None => Io::Tcp(DeferredTcp::new(stream)),
+                    Some(t) => Io::Tls(Box::new(handshake(t, DeferredTcp::new(stream)).await?)),
+                },
+                local,
+            ))
         };
         // the handshake counts against the connect timeout, as Envoy's does
-        let io = tokio::time::timeout(self.connect_timeout, connect)
+        let (io, local) = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| SendFailure::Connect)?
             .map_err(|_| SendFailure::Connect)?;
         let mut conn = H1Conn::with_io(io);
         conn.born = self.pool.epoch();
+        conn.local = local;
         Ok(conn)
     }
 
@@ -590,6 +619,9 @@ impl Connector {
                 let connected = conn
                     .sender
                     .get_or_init(|| {
+                        // counted in the pool gauges of the cluster that opened it
+                        conn.streams
+                            .set_gauge(crate::pool::gauge_for(req.extensions()));
                         Box::pin(self.connect_h2(addr, tls.as_ref(), conn.streams.clone()))
                     })
                     .await;
@@ -612,6 +644,7 @@ impl Connector {
                     Err(f) => return f.reply(),
                 }
             };
+            note_connection(req.extensions(), slot.local_addr(), tls.is_some());
             match sender.try_send_request(req).await {
                 Ok(res) => into_engine_response(res, Some(slot)),
                 // a refused stream first: the connection may be closing too (a GOAWAY), but the
@@ -663,6 +696,8 @@ impl Connector {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
             self.set_keepalive(&stream);
+            // once per connection, for telemetry (`note_connection`)
+            streams.set_local_addr(stream.local_addr().ok());
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new());
             // the DestinationRule's `http2KeepAlive`: PINGs while streams are open

@@ -184,6 +184,90 @@ fn retry_permits_follow_budget_and_max_retries() {
     assert!(l.try_retry().is_none(), "the budget replaces maxRetries");
 }
 
+/// A refused retry is counted under the limit that refused it: the budget (the
+/// DestinationRule's, or the default one when it is below `maxRetries`) or `maxRetries`;
+/// `retry_overflows` is their sum (Envoy's `upstream_rq_retry_overflow`).
+#[test]
+fn retry_overflows_tell_the_budget_from_max_retries() {
+    let c = |l: &ClusterLimits, by| l.counters().retry_overflows_by(by);
+    // the default budget (at least 3) below unlimited `maxRetries`
+    let l = limits(Thresholds::default());
+    let _three: Vec<_> = (0..3).map(|_| l.try_retry().unwrap()).collect();
+    assert!(l.try_retry().is_none());
+    assert_eq!(c(&l, RetryLimit::RetryBudget), 1);
+    assert_eq!(c(&l, RetryLimit::MaxRetries), 0);
+    // `maxRetries: 1`, below the default budget's 3
+    let l = limits(Thresholds {
+        max_retries: 1,
+        ..Thresholds::default()
+    });
+    let _one = l.try_retry().unwrap();
+    assert!(l.try_retry().is_none() && l.try_retry().is_none());
+    assert_eq!(c(&l, RetryLimit::MaxRetries), 2);
+    assert_eq!(c(&l, RetryLimit::RetryBudget), 0);
+    assert_eq!(l.retry_overflows(), 2);
+    // `maxRetries` equal to the default budget's minimum: `maxRetries` refused it
+    let l = limits(Thresholds {
+        max_retries: 3,
+        ..Thresholds::default()
+    });
+    let _three: Vec<_> = (0..3).map(|_| l.try_retry().unwrap()).collect();
+    assert!(l.try_retry().is_none());
+    assert_eq!(c(&l, RetryLimit::MaxRetries), 1);
+    // the DestinationRule's budget, whatever `maxRetries`
+    let l = limits(Thresholds {
+        max_retries: 1,
+        retry_budget: Some(RetryBudget {
+            percent: 0.0,
+            min_retry_concurrency: 1,
+            interval: None,
+        }),
+        ..Thresholds::default()
+    });
+    let _one = l.try_retry().unwrap();
+    assert!(l.try_retry().is_none());
+    assert_eq!(c(&l, RetryLimit::RetryBudget), 1);
+    assert_eq!(c(&l, RetryLimit::MaxRetries), 0);
+    assert_eq!(l.retry_overflows(), 1);
+}
+
+/// The pool's connections, counted in their cluster: open until the gauge goes (or is
+/// closed first), idle while marked, marks idempotent, nothing counted after the close.
+#[test]
+fn connection_gauges_count_open_and_idle_connections() {
+    let c = Arc::new(ClusterCounters::default());
+    let a = c.connection_gauge();
+    let mut b = c.connection_gauge();
+    assert_eq!(
+        (c.pool_connections_open(), c.pool_connections_idle()),
+        (2, 0)
+    );
+    a.set_idle(true);
+    a.set_idle(true);
+    assert_eq!(c.pool_connections_idle(), 1, "marked once");
+    b.set_idle_mut(true);
+    b.set_idle_mut(true);
+    assert_eq!(c.pool_connections_idle(), 2);
+    b.set_idle_mut(false);
+    assert_eq!(c.pool_connections_idle(), 1);
+    drop(a);
+    assert_eq!(
+        (c.pool_connections_open(), c.pool_connections_idle()),
+        (1, 0)
+    );
+    b.set_idle(true);
+    b.close();
+    b.set_idle(false);
+    b.set_idle(true);
+    assert_eq!(
+        (c.pool_connections_open(), c.pool_connections_idle()),
+        (0, 0)
+    );
+    drop(b);
+    assert_eq!(c.pool_connections_open(), 0, "closed once");
+    assert_eq!(c.pool_connections_opened(), 2);
+}
+
 /// Istio's `retryBudget.budgetInterval`: the budget is a share of the requests begun within
 /// the interval (a sliding window in tenths of it), not only those still active: after ten
 /// short requests, five retries may run at once (50 %); once the interval has passed

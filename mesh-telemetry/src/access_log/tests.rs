@@ -14,7 +14,7 @@ fn istio_docs_example() -> LogEntry<'static> {
     e.bytes_received = 0;
     e.bytes_sent = 135;
     e.duration = Some(Duration::from_micros(4_900));
-    e.upstream_service_time = Some("4");
+    e.upstream_service_time = Some(Duration::from_micros(4_300));
     e.user_agent = Some("curl/7.73.0-DEV");
     e.request_id = Some("84961386-6d84-929d-98bd-c5aee93b5c88");
     e.authority = Some("httpbin:8000");
@@ -100,6 +100,63 @@ fn json_has_istio_s_keys_numbers_as_numbers_and_null_for_missing_values() {
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
     // Istio's 24 keys and trace_id
     assert_eq!(keys.len(), 25, "{keys:?}");
+}
+
+/// An inbound request over mTLS with every field a line can carry: the forwarded client,
+/// the SNI, the upstream connection's address and the upstream service time.
+fn inbound_over_mtls() -> LogEntry<'static> {
+    let mut e = istio_docs_example();
+    e.method = "POST";
+    e.path = "/reviews/1";
+    e.bytes_received = 11;
+    e.bytes_sent = 2;
+    e.upstream_service_time = Some(Duration::from_millis(12));
+    e.x_forwarded_for = Some("10.1.2.3, 10.0.0.9");
+    e.requested_server_name = Some("outbound_.9080_._.reviews.default.svc.cluster.local");
+    e.upstream_local_address = Some("127.0.0.1:41234".parse().unwrap());
+    e.upstream_host = Some("127.0.0.1:9080".parse().unwrap());
+    e.upstream_cluster = Some("inbound|9080||");
+    e
+}
+
+#[test]
+fn text_writes_the_forwarded_client_the_sni_the_upstream_local_address_and_service_time() {
+    assert_eq!(
+        text_of(&inbound_over_mtls()),
+        "[2020-11-25T21:26:18.409Z] \"POST /reviews/1 HTTP/1.1\" 418 - via_upstream - \"-\" 11 2 4 12 \"10.1.2.3, 10.0.0.9\" \"curl/7.73.0-DEV\" \"84961386-6d84-929d-98bd-c5aee93b5c88\" \"httpbin:8000\" \"127.0.0.1:9080\" inbound|9080|| 127.0.0.1:41234 10.0.45.184:8000 10.44.1.23:46520 outbound_.9080_._.reviews.default.svc.cluster.local default\n"
+    );
+}
+
+#[test]
+fn json_writes_the_forwarded_client_the_sni_the_upstream_local_address_and_service_time() {
+    let v = json_of(&inbound_over_mtls());
+    assert_eq!(v["bytes_received"], 11);
+    assert_eq!(v["bytes_sent"], 2);
+    // a header's value: a string, as Envoy's %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%
+    assert_eq!(v["upstream_service_time"], "12");
+    assert_eq!(v["x_forwarded_for"], "10.1.2.3, 10.0.0.9");
+    assert_eq!(
+        v["requested_server_name"],
+        "outbound_.9080_._.reviews.default.svc.cluster.local"
+    );
+    assert_eq!(v["upstream_local_address"], "127.0.0.1:41234");
+    assert_eq!(v["upstream_host"], "127.0.0.1:9080");
+    assert_eq!(v["trace_id"], serde_json::Value::Null, "no trace context");
+}
+
+#[test]
+fn json_writes_response_code_0_and_null_service_time_for_no_response() {
+    // Envoy's %RESPONSE_CODE% is 0 when no response was sent (the client went away)
+    let mut e = LogEntry::new(UNIX_EPOCH);
+    e.method = "GET";
+    e.path = "/";
+    e.response_flags = "DC";
+    let v = json_of(&e);
+    assert_eq!(v["response_code"], 0);
+    assert_eq!(v["response_flags"], "DC");
+    assert_eq!(v["upstream_service_time"], serde_json::Value::Null);
+    assert_eq!(v["upstream_local_address"], serde_json::Value::Null);
+    assert!(text_of(&e).contains("\" 0 DC - - \"-\" 0 0 - - \"-\""));
 }
 
 #[test]

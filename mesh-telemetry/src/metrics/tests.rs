@@ -574,3 +574,230 @@ fn the_series_a_thread_keeps_at_hand_are_its_registry_s_and_its_peer_s() {
     }
     assert_eq!(m.series(), 3);
 }
+
+/// A record of a request routed by route `name` (`None`: unnamed) to `host`, with
+/// `attempts` picks of the balancer.
+fn routed_by(name: Option<&Arc<str>>, host: &Arc<str>, attempts: u32) -> Recorded {
+    let info = StreamInfo::new();
+    info.set_route(&RouteDecision {
+        dest: RouteDestination {
+            host: host.clone(),
+            subset: None,
+            port: Some(9080),
+        },
+        policy: Arc::new(RoutePolicy {
+            route_name: name.cloned(),
+            ..RoutePolicy::default()
+        }),
+    });
+    let up = upstream(false);
+    for _ in 0..attempts {
+        info.set_upstream(&up);
+    }
+    info.snapshot()
+}
+
+/// The value of the sample `line` (name and labels, as printed).
+fn value(text: &str, line: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn retries_and_flags_are_counted_per_route() {
+    let m = IstioMetrics::new(local());
+    let (reviews, ratings): (Arc<str>, Arc<str>) = (
+        "reviews.bookinfo.svc.cluster.local".into(),
+        "ratings.bookinfo.svc.cluster.local".into(),
+    );
+    let (v2, default): (Arc<str>, Arc<str>) = ("reviews-v2".into(), "default".into());
+    // a 503 retried twice, then given up (URX); a request retried once that succeeded
+    let mut exhausted = Req::new(503, routed_by(Some(&v2), &reviews, 3));
+    exhausted.flags = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+    exhausted.record(&m, Reporter::Source);
+    Req::new(200, routed_by(Some(&v2), &reviews, 2)).record(&m, Reporter::Source);
+    // an overflow on another service's default route; an injected abort on an unnamed route
+    let mut overflow = Req::new(503, routed_by(Some(&default), &ratings, 1));
+    overflow.flags = ResponseFlags::UPSTREAM_OVERFLOW;
+    overflow.record(&m, Reporter::Source);
+    overflow.record(&m, Reporter::Source);
+    let mut fault = Req::new(500, routed_by(None, &ratings, 0));
+    fault.flags = ResponseFlags::FAULT_INJECTED;
+    fault.record(&m, Reporter::Source);
+    // no route at all; a denial on the inbound side
+    let mut nr = Req::new(404, Recorded::default());
+    nr.flags = ResponseFlags::NO_ROUTE;
+    nr.record(&m, Reporter::Source);
+    let mut denied = Req::new(403, Recorded::default());
+    denied.flags = ResponseFlags::RBAC_DENIED;
+    denied.record(&m, Reporter::Destination);
+    let text = m.encode_to_string();
+    let route = |reporter: &str, route: &str, host: &str| {
+        format!("reporter=\"{reporter}\",route=\"{route}\",destination_service=\"{host}\"")
+    };
+    let v2_labels = route("source", "reviews-v2", &reviews);
+    for (line, want) in [
+        (
+            format!("mesh_proxy_route_upstream_retries_total{{{v2_labels}}}"),
+            3,
+        ),
+        (
+            format!("mesh_proxy_route_response_flags_total{{{v2_labels},flag=\"URX\"}}"),
+            1,
+        ),
+        (
+            format!(
+                "mesh_proxy_route_response_flags_total{{{},flag=\"UO\"}}",
+                route("source", "default", &ratings)
+            ),
+            2,
+        ),
+        (
+            format!(
+                "mesh_proxy_route_upstream_retries_total{{{}}}",
+                route("source", "default", &ratings)
+            ),
+            0,
+        ),
+        (
+            format!(
+                "mesh_proxy_route_response_flags_total{{{},flag=\"FI\"}}",
+                route("source", "unknown", &ratings)
+            ),
+            1,
+        ),
+        (
+            format!(
+                "mesh_proxy_route_response_flags_total{{{},flag=\"NR\"}}",
+                route("source", "unknown", "unknown")
+            ),
+            1,
+        ),
+        (
+            format!(
+                "mesh_proxy_route_response_flags_total{{{},flag=\"RBAC\"}}",
+                route("destination", "unknown", "unknown")
+            ),
+            1,
+        ),
+        (
+            r#"mesh_proxy_upstream_retries_total{reporter="source"}"#.to_string(),
+            3,
+        ),
+        (
+            r#"mesh_proxy_response_flags_total{reporter="source",flag="UO"}"#.to_string(),
+            2,
+        ),
+    ] {
+        assert_eq!(value(&text, &line), Some(want), "{line} in\n{text}");
+    }
+    // only what happened: no URX line for the route that never gave up
+    assert!(!text.contains(&format!(
+        "{},flag=\"URX\"",
+        route("source", "default", &ratings)
+    )));
+    assert!(text.contains("# TYPE mesh_proxy_route_response_flags_total counter"));
+    assert!(text.contains("# TYPE mesh_proxy_route_upstream_retries_total counter"));
+}
+
+#[test]
+fn requests_without_a_decision_make_no_route_series() {
+    let m = IstioMetrics::new(local());
+    let host: Arc<str> = "reviews.bookinfo.svc.cluster.local".into();
+    let name: Arc<str> = "r".into();
+    for _ in 0..3 {
+        Req::new(200, routed_by(Some(&name), &host, 1)).record(&m, Reporter::Source);
+    }
+    assert_eq!(m.series(), 1, "the istio_requests_total series only");
+    let text = m.encode_to_string();
+    assert!(
+        !text.contains("mesh_proxy_route_upstream_retries_total{"),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"mesh_proxy_upstream_retries_total{reporter="source"}"#
+        ),
+        Some(0)
+    );
+}
+
+#[test]
+fn a_reloaded_route_of_the_same_name_counts_in_the_same_series_under_the_cap() {
+    // a reload compiles new strings for the same route: one label set, one series
+    let m = IstioMetrics::new(local()).with_max_series(3);
+    for _ in 0..2 {
+        let (name, host): (Arc<str>, Arc<str>) =
+            ("r".into(), "reviews.bookinfo.svc.cluster.local".into());
+        let mut r = Req::new(200, routed_by(Some(&name), &host, 2));
+        r.record(&m, Reporter::Source);
+        r.record(&m, Reporter::Source);
+        r.flags = ResponseFlags::UPSTREAM_OVERFLOW;
+        r.record(&m, Reporter::Source);
+    }
+    // the request series (200 and 200 UO) and the route's: 3, the cap
+    assert_eq!(m.series(), 3);
+    let text = m.encode_to_string();
+    let labels =
+        r#"reporter="source",route="r",destination_service="reviews.bookinfo.svc.cluster.local""#;
+    assert_eq!(
+        value(
+            &text,
+            &format!("mesh_proxy_route_upstream_retries_total{{{labels}}}")
+        ),
+        Some(6)
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("mesh_proxy_route_response_flags_total{{{labels},flag=\"UO\"}}")
+        ),
+        Some(2)
+    );
+    // a new route over the cap: counted as dropped, the totals still count it
+    let (other, host): (Arc<str>, Arc<str>) = ("other".into(), "ratings".into());
+    let mut r = Req::new(200, routed_by(Some(&other), &host, 1));
+    r.flags = ResponseFlags::UPSTREAM_OVERFLOW;
+    r.record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    assert!(!text.contains(r#"route="other""#), "{text}");
+    assert!(m.dropped() >= 1);
+    assert_eq!(
+        value(
+            &text,
+            r#"mesh_proxy_response_flags_total{reporter="source",flag="UO"}"#
+        ),
+        Some(3)
+    );
+    assert_eq!(m.series(), 3);
+}
+
+#[test]
+fn passthrough_routes_are_istio_s_passthrough_cluster_whatever_the_host() {
+    let m = IstioMetrics::new(local());
+    for host in ["a.example.com", "b.example.com"] {
+        let info = StreamInfo::new();
+        info.set_destination(
+            &RouteDestination {
+                host: host.into(),
+                subset: None,
+                port: Some(80),
+            },
+            true,
+        );
+        info.set_endpoint(&SelectedEndpoint::new("93.184.216.34:80".parse().unwrap()));
+        info.set_endpoint(&SelectedEndpoint::new("93.184.216.35:80".parse().unwrap()));
+        Req::new(200, info.snapshot()).record(&m, Reporter::Source);
+    }
+    let text = m.encode_to_string();
+    assert_eq!(
+        value(
+            &text,
+            r#"mesh_proxy_route_upstream_retries_total{reporter="source",route="unknown",destination_service="PassthroughCluster"}"#
+        ),
+        Some(2),
+        "{text}"
+    );
+    assert!(!text.contains("example.com\",flag"), "{text}");
+}

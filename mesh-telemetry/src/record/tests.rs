@@ -405,6 +405,223 @@ async fn a_sink_is_asked_with_the_trace_context_of_the_request() {
     }
 }
 
+/// What a details sink saw of the new fields, owned.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct More {
+    xff: Option<String>,
+    xfp: Option<String>,
+    tracestate: Option<String>,
+    sni: Option<String>,
+    tls: bool,
+    request_body: Option<u64>,
+    response_body: Option<u64>,
+    request_head: u64,
+    response_head: u64,
+    connection: Option<mesh_core::stream_info::UpstreamConnection>,
+    service_time: Option<std::time::Duration>,
+}
+
+#[derive(Default)]
+struct MoreLog(Mutex<Vec<More>>);
+
+impl Sink for MoreLog {
+    fn complete(&self, c: &Completed<'_>) {
+        let owned = |v: &Option<HeaderValue>| v.as_ref().map(|v| v.to_str().unwrap().to_owned());
+        let d = c.details.unwrap();
+        self.0.lock().unwrap().push(More {
+            xff: owned(&d.x_forwarded_for),
+            xfp: owned(&d.x_forwarded_proto),
+            tracestate: owned(&d.tracestate),
+            sni: d.requested_server_name.as_deref().map(str::to_owned),
+            tls: d.downstream_tls,
+            request_body: c.request_body_bytes(),
+            response_body: c.response_body_bytes(),
+            request_head: d.request_head_bytes,
+            response_head: d.response_head_bytes,
+            connection: c.info.connection,
+            service_time: c.upstream_service_time(),
+        });
+    }
+}
+
+/// A service that records an upstream connection the way the connector does (when the
+/// record asks for it), waits 20 ms, and answers `hello` with trailers.
+async fn connector_like(
+    req: Request<Full<Bytes>>,
+) -> Result<
+    Response<
+        StreamBody<
+            futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
+        >,
+    >,
+    Infallible,
+> {
+    let info = mesh_core::ext::stream_info(req.extensions()).unwrap();
+    info.set_endpoint(&SelectedEndpoint::new("10.0.0.7:9080".parse().unwrap()));
+    if info.wants_connection() {
+        info.set_connection(mesh_core::stream_info::UpstreamConnection {
+            local: Some("10.0.0.1:40000".parse().unwrap()),
+            tls: true,
+            sent: Instant::now(),
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"hello"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let mut res = Response::new(StreamBody::new(futures_iter(frames)));
+    res.headers_mut()
+        .insert("x-backend", HeaderValue::from_static("v1"));
+    Ok(res)
+}
+
+#[tokio::test]
+async fn details_carry_the_forwarding_headers_sni_tls_head_sizes_and_upstream_connection() {
+    let log = Arc::new(MoreLog::default());
+    let svc = ServiceBuilder::new()
+        .layer(
+            RecordLayer::new(vec![log.clone() as Arc<dyn Sink>])
+                .with_downstream_tls(|ext| ext.get::<&'static str>() == Some(&"tls")),
+        )
+        .service_fn(connector_like);
+    let mut req = Request::builder()
+        .method("POST")
+        .uri("/r?x=1")
+        .header("host", "reviews")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-forwarded-for", "10.9.9.9")
+        .header("x-forwarded-proto", "https")
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .body(Full::new(Bytes::from_static(b"abc")))
+        .unwrap();
+    req.extensions_mut().insert("tls");
+    req.extensions_mut()
+        .insert(ConnectionSni(Arc::from("outbound_.9080_._.reviews")));
+    let res = svc.oneshot(req).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    let seen = log.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let m = &seen[0];
+    assert_eq!(m.xff.as_deref(), Some("10.1.2.3"), "the first field");
+    assert_eq!(m.xfp.as_deref(), Some("https"));
+    assert_eq!(m.tracestate.as_deref(), Some("congo=t61rcWkgMzE"));
+    assert_eq!(m.sni.as_deref(), Some("outbound_.9080_._.reviews"));
+    assert!(m.tls);
+    // "POST /r?x=1 HTTP/1.1\r\n" + the fields (name: value\r\n each) + "\r\n"
+    let fields = 15 + 27 + 27 + 26 + 31;
+    assert_eq!(m.request_head, 22 + fields + 2);
+    assert_eq!(m.request_body, Some(3));
+    // "HTTP/1.1 200 OK\r\n" + "x-backend: v1\r\n" + "\r\n", and the trailers
+    assert_eq!(m.response_head, 17 + 15 + 2 + 17);
+    assert_eq!(
+        m.response_body,
+        Some(5),
+        "the body without head nor trailers"
+    );
+    let conn = m.connection.unwrap();
+    assert_eq!(conn.local, Some("10.0.0.1:40000".parse().unwrap()));
+    assert!(conn.tls);
+    let t = m.service_time.unwrap();
+    assert!(t >= std::time::Duration::from_millis(20), "{t:?}");
+}
+
+#[tokio::test]
+async fn without_a_probe_an_sni_or_peer_identity_says_tls_and_plaintext_is_not() {
+    let log = Arc::new(MoreLog::default());
+    let svc = ServiceBuilder::new()
+        .layer(RecordLayer::new(vec![log.clone() as Arc<dyn Sink>]))
+        .service_fn(connector_like);
+    let plain = Request::new(Full::default());
+    svc.clone()
+        .oneshot(plain)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    let mut mtls = Request::new(Full::default());
+    mtls.extensions_mut()
+        .insert(PeerIdentity::new(mesh_core::identity::SpiffeId::new(
+            "cluster.local",
+            "default",
+            "productpage",
+        )));
+    svc.oneshot(mtls)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    let seen = log.0.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter()
+            .map(|m| (m.tls, m.sni.clone()))
+            .collect::<Vec<_>>(),
+        [(false, None), (true, None)]
+    );
+    assert!(seen[0].xff.is_none() && seen[0].tracestate.is_none());
+}
+
+#[tokio::test]
+async fn the_upstream_connection_is_asked_for_only_by_a_details_sink() {
+    // Istio's metrics alone: the connector is not asked (no clock read for it)
+    let outcome = Fixed::new(Interest::Outcome);
+    let svc = ServiceBuilder::new()
+        .layer(RecordLayer::new(vec![outcome.clone() as Arc<dyn Sink>]))
+        .service_fn(|req: Request<Full<Bytes>>| async move {
+            let wants = mesh_core::ext::stream_info(req.extensions())
+                .unwrap()
+                .wants_connection();
+            let mut res = Response::new(Full::<Bytes>::default());
+            res.extensions_mut().insert(wants);
+            Ok::<_, Infallible>(res)
+        });
+    let res = svc.clone().oneshot(detailed_request()).await.unwrap();
+    assert_eq!(res.extensions().get::<bool>(), Some(&false));
+    let details = Fixed::new(Interest::Details);
+    let svc = ServiceBuilder::new()
+        .layer(RecordLayer::new(vec![
+            outcome.clone() as Arc<dyn Sink>,
+            details.clone(),
+        ]))
+        .service_fn(|req: Request<Full<Bytes>>| async move {
+            let wants = mesh_core::ext::stream_info(req.extensions())
+                .unwrap()
+                .wants_connection();
+            let mut res = Response::new(Full::<Bytes>::default());
+            res.extensions_mut().insert(wants);
+            Ok::<_, Infallible>(res)
+        });
+    let res = svc.oneshot(detailed_request()).await.unwrap();
+    assert_eq!(res.extensions().get::<bool>(), Some(&true));
+}
+
+#[tokio::test]
+async fn a_local_reply_has_no_upstream_service_time() {
+    // no connection recorded (the request never went out): no service time
+    let log = Arc::new(MoreLog::default());
+    let svc = ServiceBuilder::new()
+        .layer(RecordLayer::new(vec![log.clone() as Arc<dyn Sink>]))
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(local_reply::<Full<Bytes>>(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::NO_HEALTHY_UPSTREAM,
+                "no healthy upstream",
+            ))
+        });
+    let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    let seen = log.0.lock().unwrap().clone();
+    assert!(seen[0].connection.is_none() && seen[0].service_time.is_none());
+    assert_eq!(seen[0].request_body, Some(0));
+    assert_eq!(seen[0].response_body, Some(19), "\"no healthy upstream\"");
+}
+
 /// A stream of `frames`, ready at once.
 fn futures_iter<T>(items: Vec<T>) -> futures_util::stream::Iter<std::vec::IntoIter<T>> {
     futures_util::stream::iter(items)

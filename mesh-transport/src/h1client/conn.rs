@@ -38,6 +38,12 @@ pub(crate) struct H1Conn {
     /// Exchanges begun on it, and its cluster's `maxRequestsPerConnection`.
     pub(super) requests: u32,
     pub(super) max_requests: Option<u32>,
+    /// Counts it in the pool gauges of the cluster that opened it (open until dropped, idle
+    /// while in the pool); `None`: a tunnel's, or a request without a cluster.
+    pub(crate) gauge: Option<mesh_core::limits::ConnectionGauge>,
+    /// The connection's local address, noted when it was made (telemetry's
+    /// `%UPSTREAM_LOCAL_ADDRESS%`).
+    pub(crate) local: Option<std::net::SocketAddr>,
 }
 
 /// The connection's transport: plain TCP (read without spurious `EAGAIN`s, see
@@ -145,7 +151,17 @@ impl H1Conn {
             max_age: u32::MAX,
             requests: 0,
             max_requests: None,
+            gauge: None,
+            local: None,
         })
+    }
+
+    /// Marks it idle (in the pool) or busy in its cluster's pool gauges.
+    #[inline]
+    pub(crate) fn set_idle(&mut self, idle: bool) {
+        if let Some(g) = &mut self.gauge {
+            g.set_idle_mut(idle);
+        }
     }
 
     /// The TCP socket under it (tests: its options).
