@@ -435,3 +435,67 @@ async fn an_mtls_inbound_line_has_the_sni_the_upstream_local_address_and_the_bod
     assert!(v["upstream_service_time"].is_string(), "{v}");
     assert_eq!(v["downstream_local_address"], inbound.to_string());
 }
+
+/// A request body of unknown length (HTTP/1.1 `chunked`, an HTTP/2 stream without
+/// `content-length`) counts the bytes the proxy read of it, as Envoy's `%BYTES_RECEIVED%`,
+/// and Istio's `istio_request_bytes` counts them with the head.
+#[tokio::test]
+async fn a_body_of_unknown_length_counts_the_bytes_the_proxy_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("access.json");
+    let up = backend("v1").await;
+    let yaml = bootstrap(
+        1,
+        &format!(
+            "  accessLog: {{path: {}, encoding: JSON}}\n",
+            file.display()
+        ),
+    ) + &service_entry("reviews", 9080, "HTTP", &[&up]);
+    let p = start(&yaml).await;
+    let chunks = || {
+        let frames = ["0123456789", "abcdefghij", "xyz"].map(|c| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(
+                Bytes::from(c),
+            ))
+        });
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+    };
+    let post = |path: &str| {
+        Request::builder()
+            .method("POST")
+            .uri(format!("http://reviews:9080{path}"))
+            .header("host", "reviews:9080")
+            .body(chunks())
+            .unwrap()
+    };
+    // HTTP/1.1: a body without a length is sent chunked
+    let r = H1::connect(p.out).await.send(post("/h1")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // HTTP/2: a stream without content-length
+    let mut tx = h2(p.out).await;
+    bounded(tx.ready()).await.unwrap();
+    let res = bounded(tx.send_request(post("/h2"))).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let _ = bounded(res.into_body().collect()).await.unwrap();
+    p.proxy.flush_telemetry();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for path in ["/h1", "/h2"] {
+        let line = lines
+            .iter()
+            .find(|v| v["path"] == path)
+            .unwrap_or_else(|| panic!("no {path} in {text}"));
+        assert_eq!(line["bytes_received"], 23, "{path}: {line}");
+    }
+    // Istio's request size: the heads and the 46 body bytes
+    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
+    let sum: f64 = stats
+        .lines()
+        .filter(|l| l.starts_with("istio_request_bytes_sum{") && l.contains("reporter=\"source\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(sum >= 46.0 + 2.0 * 30.0, "{sum}: {stats}");
+}

@@ -48,6 +48,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -66,6 +67,9 @@ struct Inner {
     recorded: Mutex<Recorded>,
     /// Whether the connector records the upstream connection ([`StreamInfo::with_connection`]).
     connection: bool,
+    /// The request body bytes an attempt read, the longest count (a body of unknown length
+    /// only; [`StreamInfo::note_request_body`]).
+    request_body: AtomicU64,
 }
 
 /// What the layers recorded, as read by [`StreamInfo::snapshot`].
@@ -124,6 +128,7 @@ impl StreamInfo {
         StreamInfo(Arc::new(Inner {
             recorded: Mutex::default(),
             connection: true,
+            request_body: AtomicU64::new(0),
         }))
     }
 
@@ -188,6 +193,21 @@ impl StreamInfo {
     #[inline]
     pub fn set_connection(&self, connection: UpstreamConnection) {
         self.recorded().connection = Some(connection);
+    }
+
+    /// Records that an attempt has read `bytes` of a request body whose length was not known
+    /// in advance (chunked, an HTTP/2 stream without `content-length`); the connector's
+    /// part. The record keeps the longest count: a retry reads the body again from its start.
+    #[inline]
+    pub fn note_request_body(&self, bytes: u64) {
+        self.0.request_body.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// The request body bytes counted by [`note_request_body`](Self::note_request_body)
+    /// (0 for a body whose length was known in advance: the telemetry layer reads it from
+    /// the head).
+    pub fn request_body_bytes(&self) -> u64 {
+        self.0.request_body.load(Ordering::Relaxed)
     }
 
     /// How many attempts the balancer picked an endpoint for so far.

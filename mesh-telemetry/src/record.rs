@@ -79,9 +79,10 @@
 //!   TLS). With the details, [`Completed::request_body_bytes`] and
 //!   [`Completed::response_body_bytes`] are the bodies alone (Envoy's `%BYTES_RECEIVED%`
 //!   and `%BYTES_SENT%`, its spans' `request_size` and `response_size`). A request body of
-//!   unknown length (chunked, an HTTP/2 stream without `content-length`) counts 0: the
-//!   layers inside consume the request body, and the mesh-proxy's connector hands the
-//!   client's body to the upstream unwrapped.
+//!   known length counts its `content-length`; one of unknown length (chunked, an HTTP/2
+//!   stream without `content-length`) what `mesh-transport`'s connector read of it
+//!   ([`StreamInfo::request_body_bytes`]: the longest attempt's count), so far when the
+//!   response ends first; 0 over an inner service that does not count it.
 //! - The upstream service time ([`Completed::upstream_service_time`]) runs from the moment
 //!   the last attempt's request is handed to its connection, where Envoy's router starts it
 //!   when the downstream request is complete (before any connection is made).
@@ -232,7 +233,8 @@ pub struct Completed<'a> {
 impl Completed<'_> {
     /// The request's body bytes, without its head (Envoy's `%BYTES_RECEIVED%`, the spans'
     /// `request_size`); `None` without the [`Details`], which know the head's size. A body
-    /// of unknown length counts 0 (see the [module docs](self)).
+    /// of unknown length counts what the connector read of it (see the
+    /// [module docs](self)).
     pub fn request_body_bytes(&self) -> Option<u64> {
         self.details
             .map(|d| self.request_bytes.saturating_sub(d.request_head_bytes))
@@ -572,7 +574,9 @@ impl Pending {
             version: self.version,
             authority: self.authority.as_ref().and_then(|v| v.to_str().ok()),
             grpc: self.grpc,
-            request_bytes: self.request_bytes,
+            // a body of unknown length: what the connector counted (0 for the others,
+            // whose length is in the head)
+            request_bytes: self.request_bytes + self.info.request_body_bytes(),
             status: self.status,
             flags,
             grpc_status: self.grpc_status,

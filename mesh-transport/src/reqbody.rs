@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use mesh_core::stream_info::StreamInfo;
 
 /// The error type of [`RequestBody`].
 pub type RequestBodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,6 +27,16 @@ enum Kind {
     Empty,
     Incoming(Incoming),
     Boxed(Boxed),
+    /// A body of unknown length whose bytes are counted into the request's record.
+    Counted(Box<Counted>),
+}
+
+/// A body of unknown length and the record its bytes are counted into.
+struct Counted {
+    inner: RequestBody,
+    /// Data bytes this attempt has read.
+    read: u64,
+    info: StreamInfo,
 }
 
 // === impl RequestBody ===
@@ -63,6 +74,26 @@ impl RequestBody {
     }
 }
 
+impl RequestBody {
+    /// This body, its bytes counted into `info` as it is read
+    /// ([`StreamInfo::note_request_body`]), when its length is not known in advance (chunked,
+    /// an HTTP/2 stream without `content-length`): the telemetry layer knows the others' from
+    /// their head. An attempt's count: a retry reads the body again, and the record keeps
+    /// the longest count.
+    pub(crate) fn counted(self, info: Option<&StreamInfo>) -> Self {
+        match info {
+            Some(info) if !self.is_end_stream() && self.size_hint().exact().is_none() => {
+                RequestBody(Kind::Counted(Box::new(Counted {
+                    inner: self,
+                    read: 0,
+                    info: info.clone(),
+                })))
+            }
+            _ => self,
+        }
+    }
+}
+
 impl From<Incoming> for RequestBody {
     fn from(body: Incoming) -> Self {
         RequestBody(Kind::Incoming(body))
@@ -81,6 +112,16 @@ impl Body for RequestBody {
             Kind::Empty => Poll::Ready(None),
             Kind::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Kind::Boxed(b) => b.as_mut().poll_frame(cx),
+            Kind::Counted(c) => {
+                let frame = std::task::ready!(Pin::new(&mut c.inner).poll_frame(cx));
+                if let Some(Ok(d)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref))
+                    && let Some(d) = d
+                {
+                    c.read += d.len() as u64;
+                    c.info.note_request_body(c.read);
+                }
+                Poll::Ready(frame)
+            }
         }
     }
 
@@ -89,6 +130,7 @@ impl Body for RequestBody {
             Kind::Empty => true,
             Kind::Incoming(b) => b.is_end_stream(),
             Kind::Boxed(b) => b.is_end_stream(),
+            Kind::Counted(c) => c.inner.is_end_stream(),
         }
     }
 
@@ -97,6 +139,7 @@ impl Body for RequestBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Incoming(b) => b.size_hint(),
             Kind::Boxed(b) => b.size_hint(),
+            Kind::Counted(c) => c.inner.size_hint(),
         }
     }
 }
@@ -107,6 +150,7 @@ impl std::fmt::Debug for RequestBody {
             Kind::Empty => "RequestBody::Empty",
             Kind::Incoming(_) => "RequestBody::Incoming",
             Kind::Boxed(_) => "RequestBody::Boxed",
+            Kind::Counted(_) => "RequestBody::Counted",
         })
     }
 }
@@ -150,5 +194,45 @@ mod tests {
         let b = RequestBody::new(http_body_util::Full::new(Bytes::from_static(b"x")));
         assert!(matches!(b.0, Kind::Boxed(_)));
         assert_eq!(b.size_hint().exact(), Some(1));
+    }
+
+    #[test]
+    fn a_body_of_unknown_length_is_counted_into_the_record_the_longest_attempt_wins() {
+        use http_body_util::BodyExt;
+        let info = StreamInfo::new();
+        let chunks = || {
+            http_body_util::StreamBody::new(futures_util::stream::iter(
+                ["abc", "de"]
+                    .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(c)))),
+            ))
+        };
+        let block_on = |b: RequestBody| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(b.collect())
+                .unwrap()
+                .to_bytes()
+        };
+        let b = RequestBody::new(chunks()).counted(Some(&info));
+        assert!(matches!(b.0, Kind::Counted(_)));
+        assert_eq!(block_on(b), "abcde");
+        assert_eq!(info.request_body_bytes(), 5);
+        // a shorter attempt (cut off) leaves the longest count
+        let mut b = RequestBody::new(chunks()).counted(Some(&info));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let _ = Pin::new(&mut b).poll_frame(&mut cx);
+        assert_eq!(info.request_body_bytes(), 5);
+        // a known length, an empty body, no record: not wrapped
+        let known = RequestBody::new(http_body_util::Full::new(Bytes::from_static(b"x")));
+        assert!(matches!(known.counted(Some(&info)).0, Kind::Boxed(_)));
+        assert!(matches!(
+            RequestBody::empty().counted(Some(&info)).0,
+            Kind::Empty
+        ));
+        assert!(matches!(
+            RequestBody::new(chunks()).counted(None).0,
+            Kind::Boxed(_)
+        ));
     }
 }
