@@ -13,7 +13,7 @@
 //!   reset, a protocol error, a per-try timeout), `connect-failure`, `refused-stream`,
 //!   `reset-before-request` (here: a connect failure, the only reset known to come before
 //!   any byte was sent), `retriable-4xx` (409), `retriable-status-codes` and bare status
-//!   codes, `envoy-ratelimited` (`x-envoy-ratelimited: true` in the answer: an upstream
+//!   codes, `envoy-ratelimited` (`x-envoy-ratelimited` in the answer: an upstream
 //!   Envoy's rate limit, retried under this condition only, as Envoy), and the gRPC
 //!   statuses `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
 //!   `unavailable`, read from the `grpc-status` of a gRPC answer, in its head (a
@@ -62,8 +62,12 @@
 //! - trailers first, with a status the policy names: retried like a trailers-only answer;
 //! - a message first, or another status, or the end: passed on, the frame given back in
 //!   front of the rest ([`ReplyBody::resume`]: `MeshBody` and the boxed bodies can);
-//! - a reset before any frame: judged as a reset;
-//! - the per-try timeout still runs while the layer waits.
+//! - a reset before any frame: judged as a reset, and answered as the connector answers
+//!   one (`503 UR`) when not retried: the error cannot be given back in the body;
+//! - at the per-try timeout the answer goes on as it is: its head came in time (Envoy's
+//!   per-try timeout ends at the head), and a stream whose first message is slow is not
+//!   cut. The head waits at most that long (with no per-try timeout, until the first frame
+//!   or the route timeout).
 //!
 //! The last attempt's answer is not held (nothing would be retried: it goes on at once,
 //! without the `URX` its trailers would have earned). Nor is any answer unless the client
@@ -813,50 +817,60 @@ where
                     let Some(rest) = body.as_mut() else {
                         panic!("{POLLED_AFTER_COMPLETION}");
                     };
-                    match rest.as_mut().poll_frame(cx) {
-                        Poll::Pending => {
-                            if !per_try_expired(this.retry, cx) {
-                                return Poll::Pending;
-                            }
-                            // the answer goes with the attempt (its head came back with it)
-                            if let Some(r) = this.retry.as_mut() {
-                                r.held = None;
-                            }
-                            this.state.set(State::Backoff);
-                            (Outcome::PerTryTimeout, None)
+                    let (Some(retry), polled) = (this.retry.as_mut(), rest.as_mut().poll_frame(cx))
+                    else {
+                        panic!("{POLLED_AFTER_COMPLETION}");
+                    };
+                    let frame = match polled {
+                        Poll::Ready(frame) => Some(frame),
+                        // at the per-try timeout the answer goes on as it is: its head came
+                        // before the timeout, which then ends, as Envoy's does at the head (a
+                        // stream whose first message is slow is not cut)
+                        Poll::Pending => match retry.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                            Some(Poll::Ready(())) => None,
+                            _ => return Poll::Pending,
+                        },
+                    };
+                    let (Some(rest), Some(head)) = (body.take(), retry.held.take()) else {
+                        panic!("{POLLED_AFTER_COMPLETION}");
+                    };
+                    let on = retry.policy.retry_on;
+                    // an upstream Envoy's rate limit: retried under `envoy-ratelimited` only
+                    // (which the head's verdict already applied)
+                    let limited = head.headers.contains_key("x-envoy-ratelimited");
+                    let resumed = |first| match R::resume(rest, first) {
+                        Some(body) => Response::from_parts(head, body),
+                        // not reached: only `RESUMABLE` bodies are read ahead
+                        None => local_reply(
+                            StatusCode::BAD_GATEWAY,
+                            ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+                            "upstream answer lost",
+                        ),
+                    };
+                    let (res, verdict) = match frame {
+                        // the per-try timeout, or the end of the body
+                        None | Some(None) => (resumed(None), false),
+                        Some(Some(Ok(f))) => {
+                            let named = f
+                                .trailers_ref()
+                                .and_then(|t| t.get("grpc-status"))
+                                .and_then(grpc_condition)
+                                .is_some_and(|c| on.contains(c));
+                            (resumed(Some(f)), named && !limited)
                         }
-                        Poll::Ready(frame) => {
-                            let (Some(retry), Some(rest)) = (this.retry.as_mut(), body.take())
-                            else {
-                                panic!("{POLLED_AFTER_COMPLETION}");
-                            };
-                            let on = retry.policy.retry_on;
-                            let (first, verdict) = match frame {
-                                Some(Ok(f)) => {
-                                    let retried = f
-                                        .trailers_ref()
-                                        .and_then(|t| t.get("grpc-status"))
-                                        .and_then(grpc_condition)
-                                        .is_some_and(|c| on.contains(c));
-                                    (Some(f), retried)
-                                }
-                                // reset before any frame: judged as a reset
-                                Some(Err(_)) => (None, on.intersects(RESET_LIKE)),
-                                None => (None, false),
-                            };
-                            let res = match (retry.held.take(), R::resume(rest, first)) {
-                                (Some(head), Some(body)) => Response::from_parts(head, body),
-                                // not reached: only `RESUMABLE` bodies are read ahead, with
-                                // their head held
-                                _ => local_reply(
-                                    StatusCode::BAD_GATEWAY,
-                                    ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
-                                    "upstream answer lost",
-                                ),
-                            };
-                            (Outcome::Answer(res), Some(verdict))
-                        }
-                    }
+                        // reset before the first frame: judged as a reset, and answered as
+                        // the connector answers one (the error cannot be given back; a `200`
+                        // whose body ends cleanly would hide it)
+                        Some(Some(Err(_))) => (
+                            local_reply(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                ResponseFlags::UPSTREAM_REMOTE_RESET,
+                                "upstream reset before response",
+                            ),
+                            on.intersects(RESET_LIKE),
+                        ),
+                    };
+                    (Outcome::Answer(res), Some(verdict))
                 }
                 StateProj::Backoff => {
                     let Some(retry) = this.retry.as_mut() else {
@@ -1039,15 +1053,11 @@ fn judge<R: Body>(res: &Response<R>, policy: &RetryPolicy, safe_only: bool) -> V
     if safe_only {
         return Verdict::Pass;
     }
-    // Envoy's `wouldRetryFromHeaders`: an answer an upstream Envoy rate limited
-    // (`x-envoy-ratelimited: true`) is retried under `envoy-ratelimited` and under no other
+    // Envoy's `wouldRetryFromHeaders`: an answer an upstream Envoy rate limited (it carries
+    // `x-envoy-ratelimited`, whatever its value) is retried under `envoy-ratelimited` and under no other
     // condition (looked up only for an answer another condition would retry, or under
     // `envoy-ratelimited`: most answers are not)
-    let limited = || {
-        res.headers()
-            .get("x-envoy-ratelimited")
-            .is_some_and(|v| v == "true")
-    };
+    let limited = || res.headers().contains_key("x-envoy-ratelimited");
     if on.contains(RetryOn::ENVOY_RATELIMITED) && limited() {
         return Verdict::Retry;
     }

@@ -146,13 +146,27 @@ impl H2Streams {
         }
     }
 
+    /// Counts the connection out of its pool gauges (a connection that never connected).
+    pub(crate) fn close_gauge(&self) {
+        if let Some(g) = self.gauge.get() {
+            g.close();
+        }
+    }
+
     /// Marks the connection idle or busy in its pool gauge, as its open streams say now
-    /// (read again rather than taken from the change that called it: a stream taken and
-    /// another ending at once on two threads leave the right mark).
+    /// (read again rather than taken from the change that called it, and again after the
+    /// mark is set: a stream taken and another ending at once on two threads leave the
+    /// right mark).
     #[inline]
     fn mark_idle(&self) {
         if let Some(g) = self.gauge.get() {
-            g.set_idle(self.active.load(Ordering::Acquire) == 0);
+            loop {
+                let idle = self.active.load(Ordering::Acquire) == 0;
+                g.set_idle(idle);
+                if (self.active.load(Ordering::Acquire) == 0) == idle {
+                    break;
+                }
+            }
         }
     }
 

@@ -649,7 +649,12 @@ impl Connector {
                         Some(slot) => break (s.clone(), slot),
                         None => moves += 1,
                     },
-                    Err(f) => return f.reply(),
+                    Err(f) => {
+                        // never connected: out of its cluster's pool gauges now (its reading
+                        // side, which counts it out, never starts)
+                        conn.streams.close_gauge();
+                        return f.reply();
+                    }
                 }
             };
             note_connection(req.extensions(), slot.local_addr(), tls.is_some());

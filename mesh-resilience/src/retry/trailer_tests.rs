@@ -267,22 +267,35 @@ async fn a_reset_before_the_first_frame_is_retried_as_a_reset() {
     .await;
     assert_eq!(up.calls(), 2);
     assert_eq!(read(res).await.1.as_deref(), Some("0"));
-    // without `reset` in retryOn: not retried
+    // without `reset` in retryOn: not retried, and the client is told of the reset (the
+    // connector's reply to one), not given a `200` whose body ends cleanly
     let up = Upstream::new(&[Answer::Reset]);
-    send(&up, policy(RetryOn::GRPC_UNAVAILABLE, 2), call()).await;
+    let res = send(&up, policy(RetryOn::GRPC_UNAVAILABLE, 2), call()).await;
     assert_eq!(up.calls(), 1);
+    assert_eq!(res.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(flags_of(&res).contains(mesh_core::flags::ResponseFlags::UPSTREAM_REMOTE_RESET));
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_per_try_timeout_cuts_an_answer_waiting_for_its_first_frame() {
+async fn at_the_per_try_timeout_a_held_answer_goes_on_as_it_is() {
+    // the head came in time: the per-try timeout ends the wait for the first frame, not the
+    // call (a server-streaming call whose first message is slow is not cut nor sent again)
     let up = Upstream::new(&[Answer::Hang]);
     let mut p = (*policy(RetryOn::GRPC_UNAVAILABLE | RetryOn::RESET, 2)).clone();
     p.per_try_timeout = Some(Duration::from_millis(100));
     let start = Instant::now();
     let res = send(&up, Arc::new(p), call()).await;
-    assert_eq!(up.calls(), 2);
-    assert!(start.elapsed() >= Duration::from_millis(100));
-    assert_eq!(read(res).await.1.as_deref(), Some("0"));
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(100),
+        "held until the timeout"
+    );
+    assert_eq!(up.calls(), 1, "not retried");
+    assert!(flags_of(&res).is_empty());
+    assert_eq!(res.status(), http::StatusCode::OK);
+    let mut body = res.into_body();
+    let next = tokio::time::timeout(Duration::from_secs(60), body.frame()).await;
+    assert!(next.is_err(), "the body is the upstream's, still waiting");
 }
 
 #[tokio::test(start_paused = true)]

@@ -114,7 +114,11 @@ impl<'a> RouteRef<'a> {
         RouteRef {
             reporter,
             route: info.policy.as_ref().and_then(|p| p.route_name.as_ref()),
-            host: info.destination.as_ref().map(|d| &d.host),
+            // a passthrough host is the client's (a new string per request, and labelled
+            // `PassthroughCluster` whatever it is): not part of the identity
+            host: (!info.passthrough)
+                .then(|| info.destination.as_ref().map(|d| &d.host))
+                .flatten(),
             passthrough: info.passthrough,
         }
     }
@@ -248,7 +252,19 @@ impl IstioMetrics {
             return Some(c.clone());
         }
         let labels = route.labels();
-        let counters = {
+        let known = d
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(labels.as_str())
+            .cloned();
+        if known.is_none() && self.series.load(Relaxed) >= self.max_series {
+            // over the cap: no write lock taken for a series that cannot be made
+            return None;
+        }
+        let counters = if let Some(c) = known {
+            c
+        } else {
             let mut routes = d.routes.write().unwrap_or_else(|e| e.into_inner());
             match routes.get(labels.as_str()) {
                 Some(c) => c.clone(),
