@@ -246,6 +246,9 @@ impl<B: Body<Data = Bytes>> Body for Resumed<B> {
         self.first.is_none() && self.rest.is_end_stream()
     }
 
+    // out of line: keeps `MeshBody::size_hint` small enough to inline (a resumed body is
+    // rare: a gRPC answer read ahead by the retry layer)
+    #[inline(never)]
     fn size_hint(&self) -> SizeHint {
         let rest = self.rest.size_hint();
         let first = self

@@ -410,11 +410,35 @@ fn note_connection(ext: &http::Extensions, local: Option<SocketAddr>, tls: bool)
     if let Some(info) = mesh_core::ext::slots(ext).and_then(|s| s.info.as_ref())
         && info.wants_connection()
     {
-        info.set_connection(mesh_core::stream_info::UpstreamConnection {
-            local,
-            tls,
-            sent: std::time::Instant::now(),
-        });
+        note(info, local, tls);
+    }
+}
+
+/// [`note_connection`] into a record already found.
+fn note(info: &mesh_core::stream_info::StreamInfo, local: Option<SocketAddr>, tls: bool) {
+    info.set_connection(mesh_core::stream_info::UpstreamConnection {
+        local,
+        tls,
+        sent: std::time::Instant::now(),
+    });
+}
+
+/// The request's place for its head ([`ReturnHead`], taken out) and its record when the
+/// record asks for the upstream connection ([`note_connection`]): one look-up of the
+/// request's slots for both.
+#[inline]
+fn take_back_and_record(
+    ext: &mut http::Extensions,
+) -> (
+    Option<ReturnHead>,
+    Option<mesh_core::stream_info::StreamInfo>,
+) {
+    match ext.get_mut::<mesh_core::ext::RequestSlots>() {
+        Some(s) => (
+            s.return_head.take(),
+            s.info.as_ref().filter(|i| i.wants_connection()).cloned(),
+        ),
+        None => (None, None),
     }
 }
 
@@ -458,7 +482,7 @@ impl Connector {
     ) -> impl Future<Output = EngineResponse> + Send {
         async move {
             // (taken out: the head put back must not hold its own place)
-            let back = take_return_head(req.extensions_mut());
+            let (back, record) = take_back_and_record(req.extensions_mut());
             // here rather than in `call`, which is inlined into every layer above it
             if req.method() == Method::CONNECT {
                 // (boxed: the copy's state stays out of every request's future)
@@ -503,7 +527,9 @@ impl Connector {
                     },
                 };
                 conn.configure(pool);
-                note_connection(held.req.extensions(), conn.local, tls.is_some());
+                if let Some(info) = &record {
+                    note(info, conn.local, tls.is_some());
+                }
                 let retry_possible = reused && body.is_none();
                 let exchange = h1client::exchange(
                     conn,
