@@ -376,6 +376,50 @@ async fn get_inbound(addr: SocketAddr, tls: Option<&tokio_rustls::TlsConnector>)
     status
 }
 
+/// Istio's inbound `destination_service` is the service that selects the workload (its
+/// inbound cluster's metadata), whatever `Host` the client called it by: with a ServiceEntry
+/// whose `workloadSelector` matches the proxy's workload, a request to `reviews:9080` counts
+/// under `reviews.default.svc.cluster.local`, named `reviews`; a `Host` the client made up
+/// adds no series of its own.
+#[tokio::test]
+async fn the_inbound_destination_service_is_the_service_selecting_the_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let app = backend("app").await;
+    let selecting = "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: reviews}}
+";
+    let p = start(&reviews_config(dir.path(), &ca, &app, selecting)).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    assert_eq!(bounded(get_inbound(inbound, None)).await, 200);
+    let made_up = || async {
+        let r = get_once(inbound, "anything.example:1234", &[]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    };
+    made_up().await;
+    let text = scraped(p.admin, &[(&[r#"reporter="destination""#], 2.0)]).await;
+    let (plain, count) = requests(&text, &[r#"reporter="destination""#]).expect(&text);
+    assert_eq!(count, 2.0, "one series for both requests: {text}");
+    assert_labels(
+        plain,
+        &[
+            r#"destination_service="reviews.default.svc.cluster.local""#,
+            r#"destination_service_name="reviews""#,
+            r#"destination_service_namespace="default""#,
+            r#"destination_workload="reviews-v1""#,
+        ],
+    );
+    promtool_check(&text);
+}
+
 #[tokio::test]
 async fn inbound_requests_are_reported_by_the_destination_with_the_peer_s_identity() {
     let dir = tempfile::tempdir().unwrap();

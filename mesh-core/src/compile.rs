@@ -145,6 +145,10 @@ pub struct Service {
     pub export_to: ExportTo,
     /// Identities accepted for the service's endpoints.
     pub subject_alt_names: Vec<String>,
+    /// The ServiceEntry's `workloadSelector` labels: the workloads (in its namespace) it
+    /// selects as its endpoints, the proxy's own workload among them maybe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<Labels>,
 }
 
 /// An endpoint of a service.
@@ -651,6 +655,7 @@ fn compile_se(
             endpoints: endpoints.clone(),
             export_to: export_to.clone(),
             subject_alt_names: se.subject_alt_names.clone(),
+            workload_selector: se.workload_selector.as_ref().map(|s| s.labels.clone()),
         })
         .collect()
 }

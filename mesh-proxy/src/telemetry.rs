@@ -31,9 +31,7 @@ pub struct Telemetry {
 impl Telemetry {
     /// The telemetry of a proxy starting with `snapshot`.
     pub fn new(snapshot: &Snapshot) -> Telemetry {
-        let metrics = Arc::new(IstioMetrics::new(LocalWorkload::from_bootstrap(
-            &snapshot.bootstrap,
-        )));
+        let metrics = Arc::new(IstioMetrics::new(LocalWorkload::from_snapshot(snapshot)));
         let exporters = crate::exporters::Exporters::new(snapshot);
         let mut outbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Source)];
         let mut inbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Destination)];
@@ -65,10 +63,11 @@ impl Telemetry {
         self.inbound.clone()
     }
 
-    /// Applies a new configuration (the workload's labels and identity may change).
+    /// Applies a new configuration (the workload's labels, identity and services may
+    /// change).
     pub fn store(&self, snapshot: &Snapshot) {
         self.metrics
-            .set_local(LocalWorkload::from_bootstrap(&snapshot.bootstrap));
+            .set_local(LocalWorkload::from_snapshot(snapshot));
         self.exporters.store(snapshot);
     }
 

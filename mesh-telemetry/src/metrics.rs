@@ -96,10 +96,12 @@
 //! - `destination_service_name` is the first label of a `<name>.<namespace>.svc.…` host
 //!   (a Kubernetes service), the host itself otherwise (a ServiceEntry), as Istio's cluster
 //!   metadata names them.
-//! - On the inbound side `destination_service` and `destination_service_name` are the
-//!   request's `Host` (Istio's fallback; Istio's sidecar knows the service from the inbound
-//!   cluster's metadata): clients that call `<name>.<ns>.svc.cluster.local` get Istio's
-//!   value.
+//! - On the inbound side `destination_service` is the service selecting the workload
+//!   ([`LocalWorkload::services`]: a ServiceEntry of its namespace whose `workloadSelector`
+//!   matches its labels) that the request's `Host` names (its FQDN or a shorter name of it),
+//!   else the first of them, as Istio's inbound cluster metadata names it, with its name in
+//!   `destination_service_name`; when no ServiceEntry selects the workload, the request's
+//!   `Host` (Istio's fallback), in both.
 //! - `source_cluster`/`destination_cluster` are `unknown`: the proxy has no cluster id.
 //! - The TCP families (`istio_tcp_*`) count the L4 listeners' connections ([`TcpPeer`],
 //!   [`TcpInbound`]); the HTTP listeners' WebSocket and CONNECT tunnels are counted as the
@@ -167,6 +169,11 @@ pub struct LocalWorkload {
     pub principal: Option<String>,
     /// Its cluster id (`None`: `unknown`).
     pub cluster: Option<String>,
+    /// The hosts of the services that select it (ServiceEntries of its namespace whose
+    /// `workloadSelector` matches its labels), sorted: the inbound side's
+    /// `destination_service`, as Istio's inbound cluster metadata names them. Empty: the
+    /// request's `Host` stands in.
+    pub services: Vec<Arc<str>>,
 }
 
 /// Istio's standard metrics (see the [module docs](self)): a registry of atomics shared by
@@ -337,7 +344,50 @@ impl LocalWorkload {
             labels: b.workload.labels.clone(),
             principal: b.identity.as_ref().map(|i| i.spiffe_id.to_string()),
             cluster: None,
+            services: Vec::new(),
         }
+    }
+
+    /// The proxy's workload from its configuration: [`from_bootstrap`](Self::from_bootstrap)
+    /// and the services that select it ([`LocalWorkload::services`]).
+    pub fn from_snapshot(snapshot: &mesh_core::compile::Snapshot) -> Self {
+        let mut local = LocalWorkload::from_bootstrap(&snapshot.bootstrap);
+        let mut services: Vec<Arc<str>> = snapshot
+            .services
+            .iter()
+            .filter(|s| {
+                s.namespace == local.namespace
+                    && s.workload_selector
+                        .as_ref()
+                        .is_some_and(|sel| mesh_core::selector::labels_match(sel, &local.labels))
+            })
+            .map(|s| s.hostname.clone())
+            .collect();
+        services.sort();
+        services.dedup();
+        local.services = services;
+        local
+    }
+
+    /// The inbound `destination_service` for a request to `authority`: the service of
+    /// [`LocalWorkload::services`] it names (its FQDN, or a shorter name of it such as
+    /// `reviews` or `reviews.default`, port aside), else the first one (Istio's inbound
+    /// cluster names the workload's services whatever the client called); `None` when no
+    /// service selects the workload.
+    fn inbound_service(&self, authority: Option<&str>) -> Option<&Arc<str>> {
+        let first = self.services.first()?;
+        let host = authority.map(|a| match a.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => a,
+        });
+        let named = host.and_then(|h| {
+            self.services.iter().find(|s| {
+                s.len() >= h.len()
+                    && s.as_bytes()[..h.len()].eq_ignore_ascii_case(h.as_bytes())
+                    && (s.len() == h.len() || s.as_bytes()[h.len()] == b'.')
+            })
+        });
+        Some(named.unwrap_or(first))
     }
 }
 
@@ -838,6 +888,8 @@ impl<'a> IdentRef<'a> {
         };
         let (dest_host, passthrough) = match (reporter, &info.destination) {
             (Reporter::Source, Some(d)) => (Some(&d.host), info.passthrough),
+            // inbound: the workload's service the request names, when services select it
+            (Reporter::Destination, _) => (local.inbound_service(done.authority), false),
             _ => (None, false),
         };
         // Istio's service host is the cluster's when there is one, else `Host`
@@ -936,7 +988,11 @@ impl<'a> IdentRef<'a> {
                 source_labels(&mut s, local, self.mtls, endpoint, self.meta, host, name);
             }
             Reporter::Destination => {
-                destination_labels(&mut s, local, self.mtls, self.principal, self.authority);
+                let service = match self.dest_host {
+                    Some(h) => Some((&**h, service_name(h))),
+                    None => self.authority.map(|a| (a, a)),
+                };
+                destination_labels(&mut s, local, self.mtls, self.principal, service);
             }
         }
         s
@@ -946,13 +1002,15 @@ impl<'a> IdentRef<'a> {
 /// The labels of a `reporter="destination"` series (the proxy's workload is the
 /// destination; the peer, known only by its certificate, the source), as Istio's
 /// `populatePeerInfo` computes them: shared by the request and the TCP metrics. `service`
-/// is the request's authority; without one (TCP), the workload's canonical service.
+/// is the request's service (host and name: one of [`LocalWorkload::services`], else its
+/// authority); without one (TCP), the first service selecting the workload, else its
+/// canonical service.
 fn destination_labels(
     s: &mut String,
     local: &LocalWorkload,
     mtls: bool,
     principal: Option<&PeerIdentity>,
-    service: Option<&str>,
+    service: Option<(&str, &str)>,
 ) {
     let own_principal = local.principal.as_deref().filter(|_| mtls);
     let own_name = Some(local.name.as_str());
@@ -976,10 +1034,21 @@ fn destination_labels(
     label(s, "destination_principal", own_principal);
     label(s, "destination_app", app(&local.labels));
     label(s, "destination_version", version(&local.labels));
-    label(s, "destination_service", service.or(own_canonical));
+    // the request's service (its host, and its name); without one (TCP), the first service
+    // selecting the workload, else its canonical service
+    let service = service.or_else(|| local.services.first().map(|h| (&**h, service_name(h))));
+    label(
+        s,
+        "destination_service",
+        service.map(|s| s.0).or(own_canonical),
+    );
     label(s, "destination_canonical_service", own_canonical);
     label(s, "destination_canonical_revision", own_revision);
-    label(s, "destination_service_name", service.or(own_canonical));
+    label(
+        s,
+        "destination_service_name",
+        service.map(|s| s.1).or(own_canonical),
+    );
     label(s, "destination_service_namespace", own_ns);
     label(s, "destination_cluster", own_cluster);
     label(

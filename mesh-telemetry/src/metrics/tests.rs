@@ -801,3 +801,34 @@ fn passthrough_routes_are_istio_s_passthrough_cluster_whatever_the_host() {
     );
     assert!(!text.contains("example.com\",flag"), "{text}");
 }
+
+#[test]
+fn the_inbound_service_is_the_selecting_service_the_host_names_else_the_first() {
+    let mut l = LocalWorkload::named("reviews-v1", "default");
+    assert_eq!(
+        l.inbound_service(Some("reviews:9080")),
+        None,
+        "no service: Host"
+    );
+    l.services = vec![
+        Arc::from("details.default.svc.cluster.local"),
+        Arc::from("reviews.default.svc.cluster.local"),
+    ];
+    let named = |a: &str| l.inbound_service(Some(a)).map(|s| s.to_string());
+    let reviews = Some("reviews.default.svc.cluster.local".to_string());
+    for a in [
+        "reviews",
+        "reviews:9080",
+        "Reviews.Default",
+        "reviews.default.svc:9080",
+        "reviews.default.svc.cluster.local",
+    ] {
+        assert_eq!(named(a), reviews, "{a}");
+    }
+    // not a name of either (a prefix that is not a whole label, another host, no Host)
+    let first = Some("details.default.svc.cluster.local".to_string());
+    for a in ["rev", "reviewsx", "ratings:9080", "10.0.0.7:9080"] {
+        assert_eq!(named(a), first, "{a}");
+    }
+    assert_eq!(l.inbound_service(None).map(|s| s.to_string()), first);
+}
