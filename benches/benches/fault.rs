@@ -18,34 +18,13 @@ use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use http::{Request, StatusCode};
-use http_body_util::Empty;
-use mesh_benches::layer::{NoopInner, send};
-use mesh_core::ext::{RouteDecision, RouteDestination, RoutePolicy, slots_mut};
+use http::StatusCode;
+use mesh_benches::layer::{NoopInner, routed_get, send};
+use mesh_core::ext::RoutePolicy;
 use mesh_core::policy::{AbortError, AbortFault, DelayFault, FaultPolicy};
 use mesh_resilience::FaultLayer;
 use tower_layer::Layer;
-
-/// A routed GET, its route's policy shared as the router shares it.
-fn request(policy: &Arc<RoutePolicy>) -> Request<Empty<Bytes>> {
-    let mut req = Request::get("/reviews/1")
-        .header("host", "reviews:9080")
-        .header("user-agent", "bench/1.0")
-        .header("accept", "application/json")
-        .body(Empty::new())
-        .expect("valid request");
-    slots_mut(req.extensions_mut()).decision = Some(RouteDecision {
-        dest: RouteDestination {
-            host: "reviews.default.svc.cluster.local".into(),
-            subset: None,
-            port: Some(9080),
-        },
-        policy: policy.clone(),
-    });
-    req
-}
 
 /// A route whose `fault` delays by 5 s and aborts with 503, each in `fraction` of requests.
 fn with_fault(fraction: f64) -> Arc<RoutePolicy> {
@@ -72,7 +51,7 @@ fn fault(c: &mut Criterion) {
     let mut bare = NoopInner;
     g.bench_function("noop_inner", |b| {
         b.iter_batched(
-            || request(&plain),
+            || routed_get(&plain),
             |req| send(&mut bare, &mut cx, req),
             BatchSize::SmallInput,
         )
@@ -80,7 +59,7 @@ fn fault(c: &mut Criterion) {
     let mut svc = FaultLayer::new().with_seed(1).layer(NoopInner);
     g.bench_function("no_fault", |b| {
         b.iter_batched(
-            || request(&plain),
+            || routed_get(&plain),
             |req| send(&mut svc, &mut cx, req),
             BatchSize::SmallInput,
         )
@@ -88,7 +67,7 @@ fn fault(c: &mut Criterion) {
     let zero = with_fault(0.0);
     g.bench_function("zero_percent", |b| {
         b.iter_batched(
-            || request(&zero),
+            || routed_get(&zero),
             |req| send(&mut svc, &mut cx, req),
             BatchSize::SmallInput,
         )
@@ -98,7 +77,7 @@ fn fault(c: &mut Criterion) {
     let tiny = with_fault(f64::MIN_POSITIVE);
     g.bench_function("drawn_not_injected", |b| {
         b.iter_batched(
-            || request(&tiny),
+            || routed_get(&tiny),
             |req| send(&mut svc, &mut cx, req),
             BatchSize::SmallInput,
         )

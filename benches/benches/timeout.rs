@@ -29,35 +29,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Request, Response, StatusCode};
-use http_body_util::Empty;
-use mesh_benches::layer::{NoopInner, Res, send};
+use mesh_benches::layer::{NoopInner, Res, routed_get, send};
 use mesh_core::MeshBody;
-use mesh_core::ext::{RouteDecision, RouteDestination, RoutePolicy, slots_mut};
+use mesh_core::ext::RoutePolicy;
 use mesh_resilience::TimeoutLayer;
 use tower_layer::Layer;
 use tower_service::Service;
-
-/// A routed GET, its route's policy shared as the router shares it.
-fn request(policy: &Arc<RoutePolicy>) -> Request<Empty<Bytes>> {
-    let mut req = Request::get("/reviews/1")
-        .header("host", "reviews:9080")
-        .header("user-agent", "bench/1.0")
-        .header("accept", "application/json")
-        .body(Empty::new())
-        .expect("valid request");
-    slots_mut(req.extensions_mut()).decision = Some(RouteDecision {
-        dest: RouteDestination {
-            host: "reviews.default.svc.cluster.local".into(),
-            subset: None,
-            port: Some(9080),
-        },
-        policy: policy.clone(),
-    });
-    req
-}
 
 /// An upstream that answers `200` at the second poll of its future (the first is
 /// `Pending`), as a real upstream answers after a wake-up.
@@ -131,7 +110,7 @@ fn timeout(c: &mut Criterion) {
     let mut bare = NoopInner;
     g.bench_function("noop_inner", |b| {
         b.iter_batched(
-            || request(&unset),
+            || routed_get(&unset),
             |req| send(&mut bare, &mut cx, req),
             BatchSize::SmallInput,
         )
@@ -139,14 +118,14 @@ fn timeout(c: &mut Criterion) {
     let mut svc = TimeoutLayer::new().layer(NoopInner);
     g.bench_function("no_timeout", |b| {
         b.iter_batched(
-            || request(&unset),
+            || routed_get(&unset),
             |req| send(&mut svc, &mut cx, req),
             BatchSize::SmallInput,
         )
     });
     g.bench_function("route_timeout", |b| {
         b.iter_batched(
-            || request(&set),
+            || routed_get(&set),
             |req| send(&mut svc, &mut cx, req),
             BatchSize::SmallInput,
         )
@@ -155,7 +134,7 @@ fn timeout(c: &mut Criterion) {
     let mut bare_pending = PendingOnceInner;
     g.bench_function("pending_once_inner", |b| {
         b.iter_batched(
-            || request(&set),
+            || routed_get(&set),
             |req| send_polled_twice(&mut bare_pending, &mut cx, req),
             BatchSize::SmallInput,
         )
@@ -163,7 +142,7 @@ fn timeout(c: &mut Criterion) {
     let mut armed = TimeoutLayer::new().layer(PendingOnceInner);
     g.bench_function("route_timeout_armed", |b| {
         b.iter_batched(
-            || request(&set),
+            || routed_get(&set),
             |req| send_polled_twice(&mut armed, &mut cx, req),
             BatchSize::SmallInput,
         )

@@ -245,6 +245,29 @@ pub mod layer {
         }
     }
 
+    /// A routed GET as the router leaves it: the route's decision (its policy shared as the
+    /// router shares it) in the request's slots.
+    pub fn routed_get(
+        policy: &std::sync::Arc<mesh_core::ext::RoutePolicy>,
+    ) -> Request<Empty<Bytes>> {
+        use mesh_core::ext::{RouteDecision, RouteDestination, slots_mut};
+        let mut req = Request::get("/reviews/1")
+            .header("host", "reviews:9080")
+            .header("user-agent", "bench/1.0")
+            .header("accept", "application/json")
+            .body(Empty::new())
+            .expect("valid request");
+        slots_mut(req.extensions_mut()).decision = Some(RouteDecision {
+            dest: RouteDestination {
+                host: "reviews.default.svc.cluster.local".into(),
+                subset: None,
+                port: Some(9080),
+            },
+            policy: policy.clone(),
+        });
+        req
+    }
+
     /// Polls `svc` ready, calls it, and polls the (immediately ready) future once. Never
     /// inlined: `benches/load/layer_callgrind.py` counts its instructions per call.
     #[inline(never)]

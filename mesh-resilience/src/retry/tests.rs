@@ -428,16 +428,14 @@ async fn the_route_timeout_bounds_all_attempts_together() {
     assert_eq!(mock.calls(), 3, "the third attempt was cut off");
 }
 
-#[tokio::test(start_paused = true)]
-async fn backoff_is_fully_jittered_and_doubles_up_to_ten_times_the_base() {
-    // base 100 ms: retry n waits in [0, min(100 ms * 2^n, 1 s)); over 300 requests each
-    // retry's largest wait comes close to its bound and the mean to half of it
-    let mut p = policy("5xx", 6);
-    p.backoff = Duration::from_millis(100);
-    let bounds = [100u64, 200, 400, 800, 1000, 1000];
+/// Retries of `p` (six, on `503`s) over 300 seeded requests: retry n waits in
+/// `[0, bounds[n])`, its largest wait comes close to the bound and its mean to half of it
+/// (uniform on `[0, b)`: mean b/2, standard error b/sqrt(12 * 300) ~ b/60; the waits are
+/// whole milliseconds, a mean of (b - 1)/2).
+async fn check_backoff(p: RetryPolicy, bounds: [u64; 6], seed: u64) {
     let mut max = [Duration::ZERO; 6];
     let mut sum = [Duration::ZERO; 6];
-    let layer = RetryLayer::new().with_seed(11);
+    let layer = RetryLayer::new().with_seed(seed);
     let runs = 300;
     for _ in 0..runs {
         let mock = Mock::new(&[Status(503); 7]);
@@ -461,13 +459,20 @@ async fn backoff_is_fully_jittered_and_doubles_up_to_ten_times_the_base() {
     for n in 0..6 {
         let bound = Duration::from_millis(bounds[n]);
         assert!(max[n] > bound * 9 / 10, "retry {n}: max {:?}", max[n]);
-        // uniform on [0, b): mean b/2, standard error b/sqrt(12 * 300) ~ b/60; 5 of them
         let mean = sum[n] / runs;
         assert!(
             mean > bound * 41 / 100 && mean < bound * 59 / 100,
             "retry {n}: mean {mean:?}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_is_fully_jittered_and_doubles_up_to_ten_times_the_base() {
+    // base 100 ms: retry n waits in [0, min(100 ms * 2^n, 1 s))
+    let mut p = policy("5xx", 6);
+    p.backoff = Duration::from_millis(100);
+    check_backoff(p, [100, 200, 400, 800, 1000, 1000], 11).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -1253,42 +1258,11 @@ async fn the_default_backoff_is_25_ms_fully_jittered_up_to_ten_times() {
     // close to its bound and the mean to half of it (the waits are whole milliseconds:
     // a mean of (b - 1) / 2)
     assert_eq!(RetryPolicy::default().backoff, Duration::from_millis(25));
-    let p = policy("5xx", 6);
-    let bounds = [25u64, 50, 100, 200, 250, 250];
-    let mut max = [Duration::ZERO; 6];
-    let mut sum = [Duration::ZERO; 6];
-    let layer = RetryLayer::new().with_seed(13);
-    let runs = 300;
-    for _ in 0..runs {
-        let mock = Mock::new(&[Status(503); 7]);
-        layer
-            .layer(mock.clone())
-            .oneshot(get(Some(p.clone())))
-            .await
-            .unwrap();
-        let seen = mock.seen();
-        assert_eq!(seen.len(), 7);
-        for n in 0..6 {
-            let wait = seen[n + 1].at - seen[n].at;
-            assert!(
-                wait < Duration::from_millis(bounds[n]),
-                "retry {n}: {wait:?}"
-            );
-            max[n] = max[n].max(wait);
-            sum[n] += wait;
-        }
-    }
-    for n in 0..6 {
-        let bound = Duration::from_millis(bounds[n]);
-        assert!(max[n] > bound * 9 / 10, "retry {n}: max {:?}", max[n]);
-        let mean = sum[n] / runs;
-        assert!(
-            mean > bound * 41 / 100 && mean < bound * 59 / 100,
-            "retry {n}: mean {mean:?}"
-        );
-    }
+    check_backoff(policy("5xx", 6), [25, 50, 100, 200, 250, 250], 13).await;
     // a route without retries: Istio's default policy, its two retries with the same
     // backoff (under 25 ms, then under 50 ms)
+    let layer = RetryLayer::new().with_seed(13);
+    let bounds = [25u64, 50];
     let mut max = [Duration::ZERO; 2];
     for _ in 0..100 {
         let mock = Mock::new(&[Status(503); 3]);
