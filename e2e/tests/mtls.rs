@@ -422,6 +422,11 @@ spec:
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.flags().starts_with("UF"), "{r:?}");
     assert_eq!(app.hits(), 0);
+    // why, as Envoy says it (an identity the client does not accept: a failed verification)
+    assert!(
+        r.body.ends_with("CERTIFICATE_VERIFY_FAILED:TLS_error_end"),
+        "{r:?}"
+    );
     // the registry's account is wrong, the DestinationRule names the server's identity
     let dir2 = tempfile::tempdir().unwrap();
     let client = start(&client_proxy(

@@ -236,6 +236,44 @@ async fn a_server_of_an_untrusted_ca_is_refused_uf() {
     .await;
     assert_uf(&r);
     assert!(up.seen().is_empty(), "no request reached the upstream");
+    // Envoy's body and transport failure reason (BoringSSL's name for the failure)
+    assert_eq!(
+        r.body,
+        "upstream connect error or disconnect/reset before headers. reset reason: connection \
+         failure, transport failure reason: TLS_error:|268435581:SSL routines:OPENSSL_internal:\
+         CERTIFICATE_VERIFY_FAILED:TLS_error_end",
+        "{r:?}"
+    );
+}
+
+/// An upstream that does not speak TLS at all: BoringSSL's `WRONG_VERSION_NUMBER`.
+#[tokio::test]
+async fn a_plaintext_server_is_refused_uf_with_wrong_version_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("upstream CA");
+    let ca = pki.write(dir.path(), "ca.pem");
+    let plain = backend("plain").await;
+    let up = HttpsUpstream::start(&pki.leaf(&[HOST], false), None).await;
+    // the configuration of a TLS upstream, pointed at the plaintext one
+    let yaml = config(
+        &up,
+        &format!("        mode: SIMPLE\n        caCertificates: {ca}\n"),
+    )
+    .replace(
+        &format!("targetPort: {}", up.addr.port()),
+        &format!("targetPort: {}", plain.port()),
+    );
+    let p = start(&yaml).await;
+    let r = get_once(p.out, HOST, &[]).await;
+    assert_uf(&r);
+    assert!(
+        r.body.ends_with(
+            "transport failure reason: TLS_error:|268435703:SSL routines:OPENSSL_internal:\
+             WRONG_VERSION_NUMBER:TLS_error_end"
+        ),
+        "{r:?}"
+    );
+    assert_eq!(plain.hits(), 0, "no request reached it");
 }
 
 #[tokio::test]

@@ -171,6 +171,16 @@ pub struct PreviousPriorities(Arc<std::sync::Mutex<Vec<u32>>>);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RefusedStream;
 
+/// Why the connection to the upstream could not be made, when the connector knows more than
+/// "connection failure": a TLS handshake's failure, named as Envoy (BoringSSL) names it
+/// (`TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end`):
+/// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+///
+/// Written by the connector (`mesh-transport`) into its `503 UF` reply's extensions; read by
+/// the telemetry layer (`mesh-telemetry`'s access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportFailure(pub &'static str);
+
 /// Where the service at the bottom of the stack puts the request's head back when it is
 /// done with it, so that a retry can send it again without having copied it up front.
 ///

@@ -31,6 +31,9 @@
 //! trace).
 //!
 //! A value the entry does not have is `-` in the text line (Envoy's rule).
+//! `%CONNECTION_TERMINATION_DETAILS%` is always `-`; `%UPSTREAM_TRANSPORT_FAILURE_REASON%`
+//! says why a TLS handshake with the upstream failed (as `mesh-transport`'s connector names
+//! it: Envoy's BoringSSL errors), `-` otherwise.
 //!
 //! The byte counts are the bodies' (Envoy's `%BYTES_RECEIVED%` and `%BYTES_SENT%`: no head,
 //! no trailers), unlike Istio's `istio_request_bytes` and `istio_response_bytes` metrics,
@@ -87,6 +90,9 @@ pub struct LogEntry<'a> {
     pub response_flags: &'a str,
     /// `%RESPONSE_CODE_DETAILS%` (`via_upstream`, `route_not_found`, …); empty when unknown.
     pub response_code_details: &'a str,
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`: why the connection to the upstream failed
+    /// (a TLS handshake's failure, named as Envoy names it).
+    pub upstream_transport_failure_reason: Option<&'a str>,
     /// `%BYTES_RECEIVED%`: request body bytes (without the head, as Envoy counts them;
     /// Istio's `istio_request_bytes` metric counts the head too).
     pub bytes_received: u64,
@@ -137,6 +143,7 @@ impl<'a> LogEntry<'a> {
             response_code: 0,
             response_flags: "",
             response_code_details: "",
+            upstream_transport_failure_reason: None,
             bytes_received: 0,
             bytes_sent: 0,
             duration: None,
@@ -322,7 +329,9 @@ fn text(e: &LogEntry<'_>, out: &mut Vec<u8>) {
     put(out, or_dash(e.response_flags));
     out.push(b' ');
     put(out, or_dash(e.response_code_details));
-    put(out, " - \"-\" ");
+    put(out, " - \"");
+    put(out, e.upstream_transport_failure_reason.unwrap_or("-"));
+    put(out, "\" ");
     put_num(out, e.bytes_received);
     out.push(b' ');
     put_num(out, e.bytes_sent);
@@ -442,7 +451,10 @@ fn json(e: &LogEntry<'_>, out: &mut Vec<u8>) {
         }
         None => o.out.extend_from_slice(b"null"),
     }
-    o.str("upstream_transport_failure_reason", None);
+    o.str(
+        "upstream_transport_failure_reason",
+        e.upstream_transport_failure_reason,
+    );
     o.str("user_agent", e.user_agent);
     o.str("x_forwarded_for", e.x_forwarded_for);
     out.extend_from_slice(b"}\n");

@@ -100,7 +100,9 @@ use http::{
 };
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::body::{OnBodyEnd, ReplyBody};
-use mesh_core::ext::{ConnectionSni, PeerIdentity, SlotsView, StreamInfo, slots_mut};
+use mesh_core::ext::{
+    ConnectionSni, PeerIdentity, SlotsView, StreamInfo, TransportFailure, slots_mut,
+};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::stream_info::Recorded;
 use pin_project::pin_project;
@@ -174,6 +176,10 @@ pub struct Details {
     pub response_head_bytes: u64,
     /// When the response's head came back (`None`: no response).
     pub first_byte: Option<Instant>,
+    /// Why the connection to the upstream failed, when the connector knew more than
+    /// "connection failure" (a TLS handshake's failure: [`TransportFailure`], read from a
+    /// `UF` answer): Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    pub upstream_transport_failure_reason: Option<&'static str>,
 }
 
 /// How a request's exchange ended.
@@ -518,6 +524,7 @@ impl Pending {
                     request_head_bytes: head,
                     response_head_bytes: 0,
                     first_byte: None,
+                    upstream_transport_failure_reason: None,
                 })
             }),
             version: req.version(),
@@ -553,6 +560,13 @@ impl Pending {
         self.response_bytes = 17 + 2 + head_bytes(&res.headers);
         if let Some(d) = self.details.as_mut() {
             d.response_head_bytes = self.response_bytes;
+            if self
+                .flags
+                .contains(ResponseFlags::UPSTREAM_CONNECTION_FAILURE)
+            {
+                d.upstream_transport_failure_reason =
+                    res.extensions.get::<TransportFailure>().map(|t| t.0);
+            }
         }
     }
 

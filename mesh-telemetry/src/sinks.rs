@@ -270,6 +270,7 @@ impl Sink for AccessLogRecorder {
             e.request_id = header_str(&d.request_id);
             e.x_forwarded_for = header_str(&d.x_forwarded_for);
             e.requested_server_name = d.requested_server_name.as_deref();
+            e.upstream_transport_failure_reason = d.upstream_transport_failure_reason;
         }
         e.protocol = protocol(c.version);
         e.response_code = c.status.map_or(0, |s| s.as_u16());

@@ -147,7 +147,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
 use mesh_core::ext::{
-    RefusedStream, ReturnHead, SelectedEndpoint, UpstreamPool, local_reply, take_return_head,
+    RefusedStream, ReturnHead, SelectedEndpoint, TransportFailure, UpstreamPool, local_reply,
+    take_return_head,
 };
 use mesh_core::limits::{ClusterLimits, OVERFLOW_BODY};
 use tokio::net::TcpStream;
@@ -231,7 +232,9 @@ enum Inner {
 pub(crate) enum SendFailure {
     /// The upstream is one of the proxy's own listeners.
     Loop,
-    Connect,
+    /// No connection: with the TLS handshake's failure when that is why (Envoy's transport
+    /// failure reason, [`tls_failure_reason`]).
+    Connect(Option<&'static str>),
     Closed,
     Reset,
     /// The upstream reset the stream with `REFUSED_STREAM`: it did not process the request.
@@ -452,6 +455,56 @@ async fn handshake(
         .await
 }
 
+/// Why a TLS handshake with an upstream failed, as Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`
+/// names it: BoringSSL's error for the same failure (`TLS_error:|<packed code>:SSL
+/// routines:OPENSSL_internal:<REASON>:TLS_error_end`; the code is BoringSSL's `ERR_PACK` of the
+/// SSL library and the reason, an alert's reason being 1000 + the alert's number), so that
+/// what operators search for in Envoy's logs (`CERTIFICATE_VERIFY_FAILED`,
+/// `WRONG_VERSION_NUMBER`, `TLSV1_ALERT_UNKNOWN_CA`) is what they find here. `None`: not a
+/// TLS error (a refused or timed-out TCP connection).
+pub(crate) fn tls_failure_reason(e: &std::io::Error) -> Option<&'static str> {
+    use rustls::{AlertDescription as A, Error as E, InvalidMessage};
+    let tls = e.get_ref()?.downcast_ref::<E>()?;
+    Some(match tls {
+        // the server's certificate (chain, validity, name) not accepted; mesh-tls's
+        // verifiers report a SPIFFE identity or subjectAltNames not accepted as `General`
+        // (the only `General` errors of a client's handshake)
+        E::InvalidCertificate(_) | E::General(_) => {
+            "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end"
+        }
+        // not TLS at all (a plaintext server answering the ClientHello)
+        E::InvalidMessage(InvalidMessage::InvalidContentType) => {
+            "TLS_error:|268435703:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER:TLS_error_end"
+        }
+        E::AlertReceived(A::HandshakeFailure) => {
+            "TLS_error:|268436496:SSL routines:OPENSSL_internal:SSLV3_ALERT_HANDSHAKE_FAILURE:TLS_error_end"
+        }
+        E::AlertReceived(A::BadCertificate) => {
+            "TLS_error:|268436498:SSL routines:OPENSSL_internal:SSLV3_ALERT_BAD_CERTIFICATE:TLS_error_end"
+        }
+        E::AlertReceived(A::CertificateExpired) => {
+            "TLS_error:|268436501:SSL routines:OPENSSL_internal:SSLV3_ALERT_CERTIFICATE_EXPIRED:TLS_error_end"
+        }
+        E::AlertReceived(A::CertificateUnknown) => {
+            "TLS_error:|268436502:SSL routines:OPENSSL_internal:SSLV3_ALERT_CERTIFICATE_UNKNOWN:TLS_error_end"
+        }
+        E::AlertReceived(A::UnknownCA) => {
+            "TLS_error:|268436504:SSL routines:OPENSSL_internal:TLSV1_ALERT_UNKNOWN_CA:TLS_error_end"
+        }
+        E::AlertReceived(A::AccessDenied) => {
+            "TLS_error:|268436505:SSL routines:OPENSSL_internal:TLSV1_ALERT_ACCESS_DENIED:TLS_error_end"
+        }
+        E::AlertReceived(A::CertificateRequired) => {
+            "TLS_error:|268436572:SSL routines:OPENSSL_internal:TLSV1_CERTIFICATE_REQUIRED:TLS_error_end"
+        }
+        E::AlertReceived(A::NoApplicationProtocol) | E::NoApplicationProtocol => {
+            "TLS_error:|268436576:SSL routines:OPENSSL_internal:TLSV1_ALERT_NO_APPLICATION_PROTOCOL:TLS_error_end"
+        }
+        // no BoringSSL name to borrow: said plainly
+        _ => "TLS_error:|TLS handshake failed:TLS_error_end",
+    })
+}
+
 /// The upstream's response as the stack's: hop-by-hop headers removed, body wrapped.
 /// A stream on a pooled HTTP/2 connection is counted open until the body ends.
 fn into_engine_response(res: Response<Incoming>, slot: Option<StreamSlot>) -> EngineResponse {
@@ -585,8 +638,8 @@ impl Connector {
         // the handshake counts against the connect timeout, as Envoy's does
         let (io, local) = tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .map_err(|_| SendFailure::Connect)?
-            .map_err(|_| SendFailure::Connect)?;
+            .map_err(|_| SendFailure::Connect(None))?
+            .map_err(|e| SendFailure::Connect(tls_failure_reason(&e)))?;
         let mut conn = H1Conn::with_io(io);
         conn.born = self.pool.epoch();
         conn.local = local;
@@ -776,8 +829,8 @@ impl Connector {
         };
         let sender = tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .map_err(|_| SendFailure::Connect)?
-            .map_err(|_| SendFailure::Connect)?;
+            .map_err(|_| SendFailure::Connect(None))?
+            .map_err(|e| SendFailure::Connect(tls_failure_reason(&e)))?;
         Ok(sender)
     }
 }
@@ -1106,11 +1159,25 @@ impl SendFailure {
     fn reply(self) -> EngineResponse {
         match self {
             SendFailure::Loop => loop_reply(Loop::OwnAddress),
-            SendFailure::Connect => local_reply(
+            SendFailure::Connect(None) => local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
                 "upstream connect error",
             ),
+            SendFailure::Connect(Some(reason)) => {
+                // Envoy's body for the same failure, with its transport failure reason
+                let mut res: EngineResponse = local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                    "upstream connect error",
+                );
+                *res.body_mut() = MeshBody::local(format!(
+                    "upstream connect error or disconnect/reset before headers. reset reason: \
+                     connection failure, transport failure reason: {reason}"
+                ));
+                res.extensions_mut().insert(TransportFailure(reason));
+                res
+            }
             SendFailure::Closed => local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
@@ -1195,6 +1262,85 @@ pub(crate) fn apply_keepalive(stream: &TcpStream, keepalive: Option<mesh_core::e
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Envoy's transport failure reasons (BoringSSL's names) for rustls's handshake errors,
+    /// as tokio-rustls reports them (an `InvalidData` I/O error wrapping the rustls error).
+    #[test]
+    fn tls_failures_are_named_as_envoy_names_them() {
+        use rustls::{AlertDescription, CertificateError, Error, InvalidMessage};
+        let io = |e: Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let reason = |e: Error| tls_failure_reason(&io(e)).expect("a TLS error");
+        for e in [
+            Error::InvalidCertificate(CertificateError::UnknownIssuer),
+            Error::InvalidCertificate(CertificateError::Expired),
+            Error::InvalidCertificate(CertificateError::NotValidForName),
+            Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure),
+            Error::General("the server certificate carries none of the subjectAltNames".into()),
+        ] {
+            assert!(
+                reason(e).contains(
+                    "|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:"
+                )
+            );
+        }
+        assert!(
+            reason(Error::InvalidMessage(InvalidMessage::InvalidContentType))
+                .contains("|268435703:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER:")
+        );
+        for (alert, code, name) in [
+            (
+                AlertDescription::HandshakeFailure,
+                1040,
+                "SSLV3_ALERT_HANDSHAKE_FAILURE",
+            ),
+            (
+                AlertDescription::BadCertificate,
+                1042,
+                "SSLV3_ALERT_BAD_CERTIFICATE",
+            ),
+            (
+                AlertDescription::CertificateExpired,
+                1045,
+                "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+            ),
+            (
+                AlertDescription::CertificateUnknown,
+                1046,
+                "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+            ),
+            (AlertDescription::UnknownCA, 1048, "TLSV1_ALERT_UNKNOWN_CA"),
+            (
+                AlertDescription::AccessDenied,
+                1049,
+                "TLSV1_ALERT_ACCESS_DENIED",
+            ),
+            (
+                AlertDescription::CertificateRequired,
+                1116,
+                "TLSV1_CERTIFICATE_REQUIRED",
+            ),
+            (
+                AlertDescription::NoApplicationProtocol,
+                1120,
+                "TLSV1_ALERT_NO_APPLICATION_PROTOCOL",
+            ),
+        ] {
+            // BoringSSL's ERR_PACK(ERR_LIB_SSL = 16, reason): 16 << 24 | reason
+            let packed = (16u32 << 24) | code;
+            assert_eq!(
+                reason(Error::AlertReceived(alert)),
+                format!("TLS_error:|{packed}:SSL routines:OPENSSL_internal:{name}:TLS_error_end"),
+            );
+        }
+        assert_eq!(
+            reason(Error::DecryptError),
+            "TLS_error:|TLS handshake failed:TLS_error_end"
+        );
+        // not a TLS error: a refused connection, a timeout
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(tls_failure_reason(&refused), None);
+        assert_eq!(tls_failure_reason(&std::io::Error::other("no route")), None);
+    }
 
     /// Every request writes its forwarding future into a box: each argument kept once, not
     /// twice as an `async fn` keeps them (1,664 and 1,640 bytes before; see

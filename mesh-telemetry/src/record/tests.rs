@@ -419,6 +419,7 @@ struct More {
     response_head: u64,
     connection: Option<mesh_core::stream_info::UpstreamConnection>,
     service_time: Option<std::time::Duration>,
+    transport_failure: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -440,6 +441,7 @@ impl Sink for MoreLog {
             response_head: d.response_head_bytes,
             connection: c.info.connection,
             service_time: c.upstream_service_time(),
+            transport_failure: d.upstream_transport_failure_reason,
         });
     }
 }
@@ -625,4 +627,41 @@ async fn a_local_reply_has_no_upstream_service_time() {
 /// A stream of `frames`, ready at once.
 fn futures_iter<T>(items: Vec<T>) -> futures_util::stream::Iter<std::vec::IntoIter<T>> {
     futures_util::stream::iter(items)
+}
+
+#[tokio::test]
+async fn a_connect_failure_s_transport_failure_reason_is_in_the_details() {
+    // the connector's `503 UF` after a failed TLS handshake carries why
+    let log = Arc::new(MoreLog::default());
+    let reply = |flags: ResponseFlags| {
+        let mut res = local_reply::<Full<Bytes>>(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            flags,
+            "upstream connect error",
+        );
+        res.extensions_mut()
+            .insert(mesh_core::ext::TransportFailure(
+                "TLS_error:|x:TLS_error_end",
+            ));
+        res
+    };
+    for flags in [
+        ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+        // read only from a connect failure's answer
+        ResponseFlags::NO_HEALTHY_UPSTREAM,
+    ] {
+        let svc = ServiceBuilder::new()
+            .layer(RecordLayer::new(vec![log.clone() as Arc<dyn Sink>]))
+            .service_fn(move |_req: Request<Full<Bytes>>| async move {
+                Ok::<_, Infallible>(reply(flags))
+            });
+        let res = svc.oneshot(Request::new(Full::default())).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    let seen = log.0.lock().unwrap().clone();
+    assert_eq!(
+        seen[0].transport_failure,
+        Some("TLS_error:|x:TLS_error_end")
+    );
+    assert_eq!(seen[1].transport_failure, None);
 }
