@@ -346,10 +346,12 @@ impl SpanSink {
                 attrs.push(KeyValue::new("url.query", q.to_owned()));
             }
         } else {
-            attrs.push(KeyValue::new(
-                "url.full",
-                format!("{}://{}{}", req.scheme, req.authority, req.path),
-            ));
+            let mut full =
+                String::with_capacity(req.scheme.len() + 3 + req.authority.len() + req.path.len());
+            for piece in [req.scheme, "://", req.authority, req.path] {
+                full.push_str(piece);
+            }
+            attrs.push(KeyValue::new("url.full", full));
         }
         let (host, port) = split_authority(req.authority);
         attrs.push(KeyValue::new("server.address", host.to_owned()));
@@ -375,9 +377,15 @@ impl SpanSink {
         if let Some(ua) = req.user_agent {
             attrs.push(KeyValue::new("user_agent.original", ua.to_owned()));
         }
+        // the downstream peer's address, formatted once for the attributes that name it
+        let downstream: Option<Arc<str>> = req.peer.map(|p| p.ip().to_string().into());
         let peer = if server { req.peer } else { req.upstream };
         if let Some(p) = peer {
-            attrs.push(KeyValue::new("network.peer.address", p.ip().to_string()));
+            let address = match (server, &downstream) {
+                (true, Some(d)) => shared(d),
+                _ => p.ip().to_string().into(),
+            };
+            attrs.push(KeyValue::new("network.peer.address", address));
             attrs.push(KeyValue::new("network.peer.port", i64::from(p.port())));
         }
         if server {
@@ -387,9 +395,9 @@ impl SpanSink {
                 .and_then(|x| x.split(',').next())
                 .map(str::trim)
                 .filter(|c| !c.is_empty());
-            match (forwarded, req.peer) {
+            match (forwarded, &downstream) {
                 (Some(c), _) => attrs.push(KeyValue::new("client.address", c.to_owned())),
-                (None, Some(p)) => attrs.push(KeyValue::new("client.address", p.ip().to_string())),
+                (None, Some(d)) => attrs.push(KeyValue::new("client.address", shared(d))),
                 (None, None) => {}
             }
         } else if req.resend_count > 0 {
@@ -412,13 +420,14 @@ impl SpanSink {
             if req.flags.is_empty() { "-" } else { req.flags }.to_owned(),
         ));
         if let Some(c) = req.upstream_cluster {
-            attrs.push(KeyValue::new("upstream_cluster", c.to_owned()));
-            attrs.push(KeyValue::new("upstream_cluster.name", c.to_owned()));
+            let c: Arc<str> = c.into();
+            attrs.push(KeyValue::new("upstream_cluster", shared(&c)));
+            attrs.push(KeyValue::new("upstream_cluster.name", shared(&c)));
         }
         attrs.push(KeyValue::new("request_size", req.request_size as i64));
         attrs.push(KeyValue::new("response_size", req.response_size as i64));
-        if let Some(p) = req.peer {
-            attrs.push(KeyValue::new("peer.address", p.ip().to_string()));
+        if let Some(d) = &downstream {
+            attrs.push(KeyValue::new("peer.address", shared(d)));
         }
         if let Some(ns) = &self.inner.namespace {
             attrs.push(KeyValue::new("istio.namespace", shared(ns)));
@@ -546,7 +555,31 @@ impl Drop for Inner {
 /// path or its ids; the authority only when no route was chosen).
 fn operation_name(authority: &str, default_port: u16) -> String {
     let (host, port) = split_authority(authority);
-    format!("{host}:{}/*", port.unwrap_or(default_port))
+    // pieces pushed rather than `format!` (its machinery is most of a span's formatting)
+    let mut name = String::with_capacity(host.len() + 8);
+    name.push_str(host);
+    name.push(':');
+    push_u16(&mut name, port.unwrap_or(default_port));
+    name.push_str("/*");
+    name
+}
+
+/// Appends `n` in decimal.
+fn push_u16(out: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 /// `host[:port]`, `[v6]:port`.
@@ -647,6 +680,15 @@ mod tests {
             .iter()
             .find(|kv| kv.key.as_str() == key)
             .map(|kv| &kv.value)
+    }
+
+    #[test]
+    fn ports_are_written_in_decimal() {
+        for n in [0u16, 7, 10, 80, 443, 9080, 10000, 65535] {
+            let mut s = String::from("x");
+            push_u16(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+        }
     }
 
     #[test]
