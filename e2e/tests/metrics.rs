@@ -376,28 +376,32 @@ async fn get_inbound(addr: SocketAddr, tls: Option<&tokio_rustls::TlsConnector>)
     status
 }
 
-/// Istio's inbound `destination_service` is the service that selects the workload (its
-/// inbound cluster's metadata), whatever `Host` the client called it by: with a ServiceEntry
-/// whose `workloadSelector` matches the proxy's workload, a request to `reviews:9080` counts
-/// under `reviews.default.svc.cluster.local`, named `reviews`; a `Host` the client made up
-/// adds no series of its own.
+/// Istio's inbound `destination_service` is the service that selects the workload (the
+/// first of its inbound cluster's metadata), whatever `Host` the client called it by: with a
+/// ServiceEntry whose `workloadSelector` matches the proxy's workload on the application's
+/// port, a request to `reviews:9080` counts under `reviews.default.svc.cluster.local`, named
+/// `reviews`; a `Host` the client made up adds no series of its own.
 #[tokio::test]
 async fn the_inbound_destination_service_is_the_service_selecting_the_workload() {
     let dir = tempfile::tempdir().unwrap();
     let ca = MeshCa::generate(TD).unwrap();
     let app = backend("app").await;
-    let selecting = "---
+    // its port on the application's (`localApp`), as Istio's inbound cluster lists it
+    let selecting = format!(
+        "---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {name: reviews, namespace: default}
+metadata: {{name: reviews, namespace: default}}
 spec:
   hosts: [reviews.default.svc.cluster.local]
   location: MESH_INTERNAL
-  ports: [{number: 9080, name: http, protocol: HTTP}]
+  ports: [{{number: 9080, name: http, protocol: HTTP, targetPort: {}}}]
   resolution: STATIC
-  workloadSelector: {labels: {app: reviews}}
-";
-    let p = start(&reviews_config(dir.path(), &ca, &app, selecting)).await;
+  workloadSelector: {{labels: {{app: reviews}}}}
+",
+        app.port()
+    );
+    let p = start(&reviews_config(dir.path(), &ca, &app, &selecting)).await;
     let inbound = p.proxy.inbound_addr().unwrap();
     assert_eq!(bounded(get_inbound(inbound, None)).await, 200);
     let made_up = || async {

@@ -91,7 +91,8 @@ pub struct LogEntry<'a> {
     /// `%RESPONSE_CODE_DETAILS%` (`via_upstream`, `route_not_found`, …); empty when unknown.
     pub response_code_details: &'a str,
     /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`: why the connection to the upstream failed
-    /// (a TLS handshake's failure, named as Envoy names it).
+    /// (a TLS handshake's failure, named as Envoy names it; its log writes the spaces as
+    /// underscores, which the access log recorder does before it gets here).
     pub upstream_transport_failure_reason: Option<&'a str>,
     /// `%BYTES_RECEIVED%`: request body bytes (without the head, as Envoy counts them;
     /// Istio's `istio_request_bytes` metric counts the head too).

@@ -97,11 +97,12 @@
 //!   (a Kubernetes service), the host itself otherwise (a ServiceEntry), as Istio's cluster
 //!   metadata names them.
 //! - On the inbound side `destination_service` is the service selecting the workload
-//!   ([`LocalWorkload::services`]: a ServiceEntry of its namespace whose `workloadSelector`
-//!   matches its labels) that the request's `Host` names (its FQDN or a shorter name of it),
-//!   else the first of them, as Istio's inbound cluster metadata names it, with its name in
-//!   `destination_service_name`; when no ServiceEntry selects the workload, the request's
-//!   `Host` (Istio's fallback), in both.
+//!   ([`LocalWorkload::services`]: a `MESH_INTERNAL` ServiceEntry of its namespace whose
+//!   `workloadSelector` matches its labels, with a port on the application's), the first
+//!   of them by host whatever `Host` the client called, as Istio's stats filter takes the
+//!   first service of the inbound cluster's metadata, with its name in
+//!   `destination_service_name`; when none selects the workload, the request's `Host`
+//!   (Istio's fallback), in both.
 //! - `source_cluster`/`destination_cluster` are `unknown`: the proxy has no cluster id.
 //! - The TCP families (`istio_tcp_*`) count the L4 listeners' connections ([`TcpPeer`],
 //!   [`TcpInbound`]); the HTTP listeners' WebSocket and CONNECT tunnels are counted as the
@@ -169,10 +170,10 @@ pub struct LocalWorkload {
     pub principal: Option<String>,
     /// Its cluster id (`None`: `unknown`).
     pub cluster: Option<String>,
-    /// The hosts of the services that select it (ServiceEntries of its namespace whose
-    /// `workloadSelector` matches its labels), sorted: the inbound side's
-    /// `destination_service`, as Istio's inbound cluster metadata names them. Empty: the
-    /// request's `Host` stands in.
+    /// The hosts of the services that select it (`MESH_INTERNAL` ServiceEntries of its
+    /// namespace whose `workloadSelector` matches its labels, with a port on the
+    /// application's), sorted: the inbound side's `destination_service` is the first, as
+    /// Istio's inbound cluster metadata names it. Empty: the request's `Host` stands in.
     pub services: Vec<Arc<str>>,
 }
 
@@ -352,14 +353,28 @@ impl LocalWorkload {
     /// and the services that select it ([`LocalWorkload::services`]).
     pub fn from_snapshot(snapshot: &mesh_core::compile::Snapshot) -> Self {
         let mut local = LocalWorkload::from_bootstrap(&snapshot.bootstrap);
+        // the application's port: Istio's inbound cluster lists the services with a port
+        // on it (their `targetPort`, else their `number`)
+        let app_port = snapshot
+            .bootstrap
+            .inbound
+            .as_ref()
+            .and_then(|i| i.local_app.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u32>().ok());
         let mut services: Vec<Arc<str>> = snapshot
             .services
             .iter()
             .filter(|s| {
                 s.namespace == local.namespace
+                    && s.location == mesh_core::model::networking::Location::MeshInternal
                     && s.workload_selector
                         .as_ref()
                         .is_some_and(|sel| mesh_core::selector::labels_match(sel, &local.labels))
+                    && app_port.is_none_or(|port| {
+                        s.ports
+                            .iter()
+                            .any(|p| p.target_port.unwrap_or(p.number) == port)
+                    })
             })
             .map(|s| s.hostname.clone())
             .collect();
@@ -369,25 +384,12 @@ impl LocalWorkload {
         local
     }
 
-    /// The inbound `destination_service` for a request to `authority`: the service of
-    /// [`LocalWorkload::services`] it names (its FQDN, or a shorter name of it such as
-    /// `reviews` or `reviews.default`, port aside), else the first one (Istio's inbound
-    /// cluster names the workload's services whatever the client called); `None` when no
-    /// service selects the workload.
-    fn inbound_service(&self, authority: Option<&str>) -> Option<&Arc<str>> {
-        let first = self.services.first()?;
-        let host = authority.map(|a| match a.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => a,
-        });
-        let named = host.and_then(|h| {
-            self.services.iter().find(|s| {
-                s.len() >= h.len()
-                    && s.as_bytes()[..h.len()].eq_ignore_ascii_case(h.as_bytes())
-                    && (s.len() == h.len() || s.as_bytes()[h.len()] == b'.')
-            })
-        });
-        Some(named.unwrap_or(first))
+    /// The inbound `destination_service`: the first of [`LocalWorkload::services`], as
+    /// Istio's stats filter takes the first service of the inbound cluster's metadata
+    /// (whatever `Host` the client called it by); `None` when no service selects the
+    /// workload (then the request's `Host` stands in, Istio's fallback).
+    fn inbound_service(&self) -> Option<&Arc<str>> {
+        self.services.first()
     }
 }
 
@@ -889,7 +891,7 @@ impl<'a> IdentRef<'a> {
         let (dest_host, passthrough) = match (reporter, &info.destination) {
             (Reporter::Source, Some(d)) => (Some(&d.host), info.passthrough),
             // inbound: the workload's service the request names, when services select it
-            (Reporter::Destination, _) => (local.inbound_service(done.authority), false),
+            (Reporter::Destination, _) => (local.inbound_service(), false),
             _ => (None, false),
         };
         // Istio's service host is the cluster's when there is one, else `Host`

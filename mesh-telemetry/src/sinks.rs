@@ -263,6 +263,13 @@ impl Sink for AccessLogRecorder {
         let (start, _) = wall_clock(c.start, c.end);
         let flags = flags_value(c.flags);
         let mut e = LogEntry::new(start);
+        // Envoy's formatter writes the reason with its spaces as underscores
+        // (`SSL_routines`), as its logs show it
+        let transport_failure = c
+            .details
+            .and_then(|d| d.upstream_transport_failure_reason)
+            .map(|r| r.replace(' ', "_"));
+        e.upstream_transport_failure_reason = transport_failure.as_deref();
         if let Some(d) = c.details {
             e.method = d.method.as_str();
             e.path = path(d);
@@ -270,7 +277,6 @@ impl Sink for AccessLogRecorder {
             e.request_id = header_str(&d.request_id);
             e.x_forwarded_for = header_str(&d.x_forwarded_for);
             e.requested_server_name = d.requested_server_name.as_deref();
-            e.upstream_transport_failure_reason = d.upstream_transport_failure_reason;
         }
         e.protocol = protocol(c.version);
         e.response_code = c.status.map_or(0, |s| s.as_u16());
@@ -610,6 +616,33 @@ mod tests {
         assert_eq!(v["upstream_local_address"], serde_json::Value::Null);
         assert_eq!(v["x_forwarded_for"], serde_json::Value::Null);
         assert_eq!(v["requested_server_name"], serde_json::Value::Null);
+        assert_eq!(
+            v["upstream_transport_failure_reason"],
+            serde_json::Value::Null
+        );
+
+        // a failed TLS handshake: its reason, spaces as underscores (as Envoy's log)
+        let answer = || {
+            let mut res = mesh_core::ext::local_reply::<Full<Bytes>>(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                "upstream connect error",
+            );
+            res.extensions_mut().insert(mesh_core::ext::TransportFailure(
+                "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end",
+            ));
+            res
+        };
+        let req = http::Request::builder()
+            .uri("/")
+            .header("host", "reviews")
+            .body(Full::default())
+            .unwrap();
+        let v = logged(&path, Side::Outbound, req, answer).await;
+        assert_eq!(
+            v["upstream_transport_failure_reason"],
+            "TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -373,7 +373,8 @@ impl ServerCertVerifier for OriginVerifier {
         let m = &self.material;
         if !m.subject_alt_names.is_empty() {
             if !carries_one_of(end_entity, &m.subject_alt_names) {
-                return Err(Error::General(format!(
+                // a certificate error (the connector's `CERTIFICATE_VERIFY_FAILED`)
+                return Err(crate::verify::rejected(format_args!(
                     "the server certificate carries none of the subjectAltNames {:?}",
                     m.subject_alt_names
                 )));

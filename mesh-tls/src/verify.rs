@@ -87,6 +87,39 @@ fn peer_error(e: PeerError) -> Error {
     Error::General(e.to_string())
 }
 
+/// A server's identity not accepted: a certificate error (what the connector reports as
+/// Envoy's `CERTIFICATE_VERIFY_FAILED`), not a `General` one.
+fn server_identity_error(e: PeerError) -> Error {
+    rejected(e)
+}
+
+/// A server certificate not accepted by a check of this crate, as rustls's
+/// `CertificateError::Other` (a certificate error, which the connector names as Envoy's
+/// `CERTIFICATE_VERIFY_FAILED`; rustls sends the peer a `bad_certificate` alert for it).
+pub(crate) fn rejected(why: impl fmt::Display) -> Error {
+    Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        std::sync::Arc::new(Rejected(why.to_string())),
+    )))
+}
+
+/// Why a certificate was not accepted; its `Debug` is its message, which rustls shows an
+/// `Other` certificate error by.
+struct Rejected(String);
+
+impl fmt::Debug for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Rejected {}
+
 /// Checks a server's certificate as a sidecar does (see the [module docs](self)).
 pub struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
@@ -131,7 +164,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algorithms.all,
         )?;
-        self.accept.check(end_entity).map_err(peer_error)?;
+        self.accept
+            .check(end_entity)
+            .map_err(server_identity_error)?;
         Ok(ServerCertVerified::assertion())
     }
 

@@ -17,7 +17,9 @@ use mesh_core::ResponseFlags;
 use mesh_core::ext::{PeerIdentity, SelectedUpstream};
 use mesh_core::hash::{FastHashMap, FastState};
 
-use super::{IstioMetrics, Reporter, destination_labels, label, service_name, source_labels};
+use super::{
+    IstioMetrics, LocalWorkload, Reporter, destination_labels, label, service_name, source_labels,
+};
 
 /// Who a proxied TCP connection went to, for its `reporter="source"` labels (Istio's
 /// `destination_*` from the endpoint and the route's service; `response_flags`).
@@ -81,6 +83,9 @@ struct Key {
     flags: u32,
     mtls: bool,
     local: usize,
+    /// Keeps `local`'s workload alive: its address identifies it (a reloaded workload
+    /// allocated where a freed one was would otherwise match the old series).
+    _workload: Arc<LocalWorkload>,
 }
 
 /// A [`Key`] as the caller has it, before a series is made.
@@ -93,6 +98,7 @@ struct KeyRef<'a> {
     flags: ResponseFlags,
     mtls: bool,
     local: usize,
+    workload: &'a Arc<LocalWorkload>,
 }
 
 impl KeyRef<'_> {
@@ -128,6 +134,7 @@ impl KeyRef<'_> {
             flags: self.flags.bits(),
             mtls: self.mtls,
             local: self.local,
+            _workload: self.workload.clone(),
         }
     }
 }
@@ -151,6 +158,7 @@ impl IstioMetrics {
             flags: peer.flags,
             mtls,
             local: Arc::as_ptr(&local) as usize,
+            workload: &local,
         };
         self.tcp_series(&key, |labels| {
             let host = peer.service.map(|s| &**s);
@@ -174,6 +182,7 @@ impl IstioMetrics {
             flags: inbound.flags,
             mtls: inbound.peer.is_some(),
             local: Arc::as_ptr(&local) as usize,
+            workload: &local,
         };
         self.tcp_series(&key, |labels| {
             destination_labels(labels, &local, key.mtls, inbound.peer, None);

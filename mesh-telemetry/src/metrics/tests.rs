@@ -803,32 +803,97 @@ fn passthrough_routes_are_istio_s_passthrough_cluster_whatever_the_host() {
 }
 
 #[test]
-fn the_inbound_service_is_the_selecting_service_the_host_names_else_the_first() {
+fn the_inbound_service_is_the_first_selecting_service_whatever_the_host() {
     let mut l = LocalWorkload::named("reviews-v1", "default");
-    assert_eq!(
-        l.inbound_service(Some("reviews:9080")),
-        None,
-        "no service: Host"
-    );
+    assert_eq!(l.inbound_service(), None, "no service: Host");
     l.services = vec![
         Arc::from("details.default.svc.cluster.local"),
         Arc::from("reviews.default.svc.cluster.local"),
     ];
-    let named = |a: &str| l.inbound_service(Some(a)).map(|s| s.to_string());
-    let reviews = Some("reviews.default.svc.cluster.local".to_string());
-    for a in [
-        "reviews",
-        "reviews:9080",
-        "Reviews.Default",
-        "reviews.default.svc:9080",
-        "reviews.default.svc.cluster.local",
-    ] {
-        assert_eq!(named(a), reviews, "{a}");
-    }
-    // not a name of either (a prefix that is not a whole label, another host, no Host)
-    let first = Some("details.default.svc.cluster.local".to_string());
-    for a in ["rev", "reviewsx", "ratings:9080", "10.0.0.7:9080"] {
-        assert_eq!(named(a), first, "{a}");
-    }
-    assert_eq!(l.inbound_service(None).map(|s| s.to_string()), first);
+    assert_eq!(
+        l.inbound_service().map(|s| s.to_string()).as_deref(),
+        Some("details.default.svc.cluster.local")
+    );
+}
+
+/// `LocalWorkload::from_snapshot`: the `MESH_INTERNAL` ServiceEntries of the workload's
+/// namespace whose `workloadSelector` selects it, with a port on the application's (its
+/// `targetPort`, else its `number`), sorted.
+#[test]
+fn the_services_selecting_the_workload_are_those_on_the_application_s_port() {
+    let yaml = "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {name: p}
+spec:
+  workload: {name: reviews-v1, namespace: default, labels: {app: reviews, version: v1}}
+  inbound: {localApp: '127.0.0.1:9080'}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 9080}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: alias, namespace: default}
+spec:
+  hosts: [a-reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: admin, namespace: default}
+spec:
+  hosts: [admin.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: other, namespace: default}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: ratings}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: elsewhere, namespace: prod}
+spec:
+  hosts: [reviews.prod.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external, namespace: default}
+spec:
+  hosts: [ext.example.com]
+  location: MESH_EXTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: reviews}}
+";
+    let mut loader = mesh_core::load::Loader::new();
+    loader.add_str("mesh.yaml", yaml);
+    let loaded = loader.finish();
+    assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+    let snapshot = mesh_core::compile::compile(loaded.resources);
+    let local = LocalWorkload::from_snapshot(&snapshot);
+    let services: Vec<&str> = local.services.iter().map(|s| &**s).collect();
+    assert_eq!(
+        services,
+        [
+            "a-reviews.default.svc.cluster.local",
+            "reviews.default.svc.cluster.local"
+        ]
+    );
 }
