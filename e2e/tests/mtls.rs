@@ -422,9 +422,11 @@ spec:
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.flags().starts_with("UF"), "{r:?}");
     assert_eq!(app.hits(), 0);
-    // why, as Envoy says it (an identity the client does not accept: a failed verification)
-    assert!(
-        r.body.ends_with("CERTIFICATE_VERIFY_FAILED:TLS_error_end"),
+    // Envoy 1.40's body for a failed connection
+    assert_eq!(
+        r.body,
+        "upstream connect error or disconnect/reset before headers. reset reason: remote \
+         connection failure",
         "{r:?}"
     );
     // the registry's account is wrong, the DestinationRule names the server's identity

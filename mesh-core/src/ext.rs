@@ -172,7 +172,8 @@ pub struct PreviousPriorities(Arc<std::sync::Mutex<Vec<u32>>>);
 pub struct RefusedStream;
 
 /// Why the connection to the upstream could not be made, when the connector knows more than
-/// "connection failure": a TLS handshake's failure, named as Envoy (BoringSSL) names it
+/// "connection failure": a refused connection (`delayed connect error: Connection refused`,
+/// Envoy 1.40's words) or a TLS handshake's failure, named as Envoy (BoringSSL) names it
 /// (`TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end`):
 /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
 ///

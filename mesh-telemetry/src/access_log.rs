@@ -32,8 +32,9 @@
 //!
 //! A value the entry does not have is `-` in the text line (Envoy's rule).
 //! `%CONNECTION_TERMINATION_DETAILS%` is always `-`; `%UPSTREAM_TRANSPORT_FAILURE_REASON%`
-//! says why a TLS handshake with the upstream failed (as `mesh-transport`'s connector names
-//! it: Envoy's BoringSSL errors), `-` otherwise.
+//! says why the connection to the upstream failed (refused, or a TLS handshake's failure,
+//! as `mesh-transport`'s connector names it: Envoy 1.40's words and BoringSSL's errors),
+//! `-` otherwise.
 //!
 //! The byte counts are the bodies' (Envoy's `%BYTES_RECEIVED%` and `%BYTES_SENT%`: no head,
 //! no trailers), unlike Istio's `istio_request_bytes` and `istio_response_bytes` metrics,

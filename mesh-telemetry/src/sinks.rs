@@ -270,6 +270,11 @@ impl Sink for AccessLogRecorder {
             .and_then(|d| d.upstream_transport_failure_reason)
             .map(|r| r.replace(' ', "_"));
         e.upstream_transport_failure_reason = transport_failure.as_deref();
+        // and the response code details carry it too, as Envoy 1.40's
+        // (`upstream_reset_before_response_started{remote_connection_failure|<reason>}`)
+        let details_with_reason = transport_failure.as_deref().map(|r| {
+            format!("upstream_reset_before_response_started{{remote_connection_failure|{r}}}")
+        });
         if let Some(d) = c.details {
             e.method = d.method.as_str();
             e.path = path(d);
@@ -281,7 +286,7 @@ impl Sink for AccessLogRecorder {
         e.protocol = protocol(c.version);
         e.response_code = c.status.map_or(0, |s| s.as_u16());
         e.response_flags = flags.as_ref().and_then(|f| f.to_str().ok()).unwrap_or("");
-        e.response_code_details = details(c);
+        e.response_code_details = details_with_reason.as_deref().unwrap_or(details(c));
         // the bodies, as Envoy counts them (the details know the heads' sizes; this sink
         // always reads them)
         e.bytes_received = c.request_body_bytes().unwrap_or(0);
@@ -433,7 +438,7 @@ fn details(c: &Completed<'_>) -> &'static str {
         ),
         (
             ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            "upstream_reset_before_response_started{connection_failure}",
+            "upstream_reset_before_response_started{remote_connection_failure}",
         ),
         (
             ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
@@ -642,6 +647,11 @@ mod tests {
         assert_eq!(
             v["upstream_transport_failure_reason"],
             "TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end"
+        );
+        // Envoy 1.40's details for it (checked against envoy 1.40 with a plaintext upstream)
+        assert_eq!(
+            v["response_code_details"],
+            "upstream_reset_before_response_started{remote_connection_failure|TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end}"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

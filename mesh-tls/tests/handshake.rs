@@ -115,6 +115,8 @@ async fn a_server_with_another_identity_than_expected_is_refused() {
         e.contains("spiffe://cluster.local/ns/default/sa/ratings is not among the expected"),
         "{e}"
     );
+    // a certificate error (the connector's CERTIFICATE_VERIFY_FAILED), not a General one
+    assert!(e.starts_with("invalid peer certificate"), "{e}");
     assert!(o.server.is_err(), "the server sees the client's alert");
 }
 

@@ -233,7 +233,7 @@ pub(crate) enum SendFailure {
     /// The upstream is one of the proxy's own listeners.
     Loop,
     /// No connection: with the TLS handshake's failure when that is why (Envoy's transport
-    /// failure reason, [`tls_failure_reason`]).
+    /// failure reason, [`transport_failure_reason`]).
     Connect(Option<&'static str>),
     Closed,
     Reset,
@@ -455,6 +455,14 @@ async fn handshake(
         .await
 }
 
+/// The body of the connector's `503 UF`: Envoy 1.40's words for a connection refused, timed
+/// out or whose TLS handshake failed.
+const CONNECT_FAILURE_BODY: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+
+/// Why a connection to an upstream failed, as Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`
+/// names it: a refused connection as Envoy 1.40 does (`delayed connect error: Connection
+/// refused`), and a TLS handshake's failure as follows.
+///
 /// Why a TLS handshake with an upstream failed, as Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`
 /// names it: BoringSSL's error for the same failure (`TLS_error:|<packed code>:SSL
 /// routines:OPENSSL_internal:<REASON>:TLS_error_end`; the code is BoringSSL's `ERR_PACK` of the
@@ -462,8 +470,11 @@ async fn handshake(
 /// what operators search for in Envoy's logs (`CERTIFICATE_VERIFY_FAILED`,
 /// `WRONG_VERSION_NUMBER`, `TLSV1_ALERT_UNKNOWN_CA`) is what they find here. `None`: not a
 /// TLS error (a refused or timed-out TCP connection).
-pub(crate) fn tls_failure_reason(e: &std::io::Error) -> Option<&'static str> {
+pub(crate) fn transport_failure_reason(e: &std::io::Error) -> Option<&'static str> {
     use rustls::{AlertDescription as A, Error as E, InvalidMessage};
+    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+        return Some("delayed connect error: Connection refused");
+    }
     let tls = e.get_ref()?.downcast_ref::<E>()?;
     Some(match tls {
         // the server's certificate (chain, validity, name, SPIFFE identity, subjectAltNames)
@@ -638,7 +649,7 @@ impl Connector {
         let (io, local) = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| SendFailure::Connect(None))?
-            .map_err(|e| SendFailure::Connect(tls_failure_reason(&e)))?;
+            .map_err(|e| SendFailure::Connect(transport_failure_reason(&e)))?;
         let mut conn = H1Conn::with_io(io);
         conn.born = self.pool.epoch();
         conn.local = local;
@@ -829,7 +840,7 @@ impl Connector {
         let sender = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| SendFailure::Connect(None))?
-            .map_err(|e| SendFailure::Connect(tls_failure_reason(&e)))?;
+            .map_err(|e| SendFailure::Connect(transport_failure_reason(&e)))?;
         Ok(sender)
     }
 }
@@ -1158,23 +1169,17 @@ impl SendFailure {
     fn reply(self) -> EngineResponse {
         match self {
             SendFailure::Loop => loop_reply(Loop::OwnAddress),
-            SendFailure::Connect(None) => local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-                "upstream connect error",
-            ),
-            SendFailure::Connect(Some(reason)) => {
-                // Envoy's body for the same failure, with its transport failure reason
+            SendFailure::Connect(reason) => {
+                // Envoy 1.40's reply to a failed connection, TLS handshakes included (the
+                // reason goes to the access log, not the body)
                 let mut res: EngineResponse = local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-                    "upstream connect error",
+                    CONNECT_FAILURE_BODY,
                 );
-                *res.body_mut() = MeshBody::local(format!(
-                    "upstream connect error or disconnect/reset before headers. reset reason: \
-                     connection failure, transport failure reason: {reason}"
-                ));
-                res.extensions_mut().insert(TransportFailure(reason));
+                if let Some(r) = reason {
+                    res.extensions_mut().insert(TransportFailure(r));
+                }
                 res
             }
             SendFailure::Closed => local_reply(
@@ -1265,10 +1270,10 @@ mod tests {
     /// Envoy's transport failure reasons (BoringSSL's names) for rustls's handshake errors,
     /// as tokio-rustls reports them (an `InvalidData` I/O error wrapping the rustls error).
     #[test]
-    fn tls_failures_are_named_as_envoy_names_them() {
+    fn transport_failures_are_named_as_envoy_names_them() {
         use rustls::{AlertDescription, CertificateError, Error, InvalidMessage};
         let io = |e: Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-        let reason = |e: Error| tls_failure_reason(&io(e)).expect("a TLS error");
+        let reason = |e: Error| transport_failure_reason(&io(e)).expect("a TLS error");
         for e in [
             Error::InvalidCertificate(CertificateError::UnknownIssuer),
             Error::InvalidCertificate(CertificateError::Expired),
@@ -1333,10 +1338,16 @@ mod tests {
         for e in [Error::DecryptError, Error::General("signing failed".into())] {
             assert_eq!(reason(e), "TLS_error:|TLS handshake failed:TLS_error_end");
         }
-        // not a TLS error: a refused connection, a timeout
+        // a refused connection as Envoy 1.40 says it; other errors (a timeout) unnamed
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(tls_failure_reason(&refused), None);
-        assert_eq!(tls_failure_reason(&std::io::Error::other("no route")), None);
+        assert_eq!(
+            transport_failure_reason(&refused),
+            Some("delayed connect error: Connection refused")
+        );
+        assert_eq!(
+            transport_failure_reason(&std::io::Error::other("no route")),
+            None
+        );
     }
 
     /// Every request writes its forwarding future into a box: each argument kept once, not

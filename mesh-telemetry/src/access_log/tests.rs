@@ -308,18 +308,18 @@ fn a_tls_failure_to_the_upstream_is_its_transport_failure_reason() {
     e.path = "/";
     e.response_code = 503;
     e.response_flags = "UF,URX";
-    e.response_code_details = "upstream_reset_before_response_started{connection_failure}";
+    e.response_code_details = "upstream_reset_before_response_started{remote_connection_failure}";
     e.upstream_transport_failure_reason = Some(REASON);
     let text = text_of(&e);
     assert!(
         text.contains(&format!(
-            " 503 UF,URX upstream_reset_before_response_started{{connection_failure}} - \"{REASON}\" 0 0 "
+            " 503 UF,URX upstream_reset_before_response_started{{remote_connection_failure}} - \"{REASON}\" 0 0 "
         )),
         "{text}"
     );
     assert_eq!(json_of(&e)["upstream_transport_failure_reason"], REASON);
     // none: a dash, and null
     e.upstream_transport_failure_reason = None;
-    assert!(text_of(&e).contains("connection_failure} - \"-\" 0 0 "));
+    assert!(text_of(&e).contains("remote_connection_failure} - \"-\" 0 0 "));
     assert!(json_of(&e)["upstream_transport_failure_reason"].is_null());
 }
