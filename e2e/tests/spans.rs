@@ -220,7 +220,7 @@ async fn sampled_requests_are_exported_as_spans_with_the_propagated_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_mtls_the_client_span_s_url_and_the_server_span_s_scheme_are_https() {
     use mesh_tls::ca::MeshCa;
-    use support::mtls::{TD, id, reviews_config};
+    use support::mtls::{TD, client_proxy, reviews_config};
 
     let (collector, got) = receiver().await;
     let tracing =
@@ -245,45 +245,14 @@ spec:
     .await;
     let inbound = server.proxy.inbound_addr().unwrap();
 
-    let cert = ca
-        .issue(&id("productpage"), std::time::Duration::from_secs(3600))
-        .unwrap();
-    let d = client_dir.path();
-    std::fs::write(d.join("pp.pem"), &cert.chain_pem).unwrap();
-    std::fs::write(d.join("pp.key"), &cert.key_pem).unwrap();
-    std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
-    let client = start(&format!(
-        "apiVersion: mesh.proxy/v1alpha1
-kind: ProxyBootstrap
-metadata: {{name: client}}
-spec:
-  concurrency: 1
-  workload: {{name: productpage-v1, namespace: default, serviceAccount: productpage}}
-  outbound: {{address: 127.0.0.1, port: 0}}
-  admin: {{address: 127.0.0.1, port: 0}}
-  identity:
-    spiffeId: spiffe://cluster.local/ns/default/sa/productpage
-    certificateChain: {d}/pp.pem
-    privateKey: {d}/pp.key
-    trustBundle: {d}/ca.pem
-{tracing}---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
-  endpoints:
-  - address: 127.0.0.1
-    ports: {{http: {port}}}
-    labels: {{app: reviews, security.istio.io/tlsMode: istio}}
-    serviceAccount: reviews
-",
-        d = d.display(),
-        port = inbound.port(),
-    ))
+    // the client sidecar of the mTLS tests, with the tracing settings in its bootstrap
+    let client = start(
+        &client_proxy(client_dir.path(), &ca, inbound, "reviews", true, "").replacen(
+            "spec:\n",
+            &format!("spec:\n{tracing}"),
+            1,
+        ),
+    )
     .await;
 
     let r = get_once(client.out, "reviews:9080", &[]).await;

@@ -459,17 +459,14 @@ async fn handshake(
 /// out or whose TLS handshake failed.
 const CONNECT_FAILURE_BODY: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
 
-/// Why a connection to an upstream failed, as Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`
-/// names it: a refused connection as Envoy 1.40 does (`delayed connect error: Connection
-/// refused`), and a TLS handshake's failure as follows.
-///
-/// Why a TLS handshake with an upstream failed, as Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`
-/// names it: BoringSSL's error for the same failure (`TLS_error:|<packed code>:SSL
+/// Why a connection to an upstream failed, as Envoy 1.40's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`
+/// names it: a refused connection `delayed connect error: Connection refused`; a failed TLS
+/// handshake BoringSSL's error for the same failure (`TLS_error:|<packed code>:SSL
 /// routines:OPENSSL_internal:<REASON>:TLS_error_end`; the code is BoringSSL's `ERR_PACK` of the
 /// SSL library and the reason, an alert's reason being 1000 + the alert's number), so that
 /// what operators search for in Envoy's logs (`CERTIFICATE_VERIFY_FAILED`,
-/// `WRONG_VERSION_NUMBER`, `TLSV1_ALERT_UNKNOWN_CA`) is what they find here. `None`: not a
-/// TLS error (a refused or timed-out TCP connection).
+/// `WRONG_VERSION_NUMBER`, `TLSV1_ALERT_UNKNOWN_CA`) is what they find here. `None`: another
+/// failure (a timed-out TCP connection).
 pub(crate) fn transport_failure_reason(e: &std::io::Error) -> Option<&'static str> {
     use rustls::{AlertDescription as A, Error as E, InvalidMessage};
     if e.kind() == std::io::ErrorKind::ConnectionRefused {

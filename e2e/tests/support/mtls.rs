@@ -56,3 +56,59 @@ pub fn client_tls(ca: &MeshCa, who: &str) -> tokio_rustls::TlsConnector {
         .unwrap();
     tokio_rustls::TlsConnector::from(cfg)
 }
+
+/// A client-side proxy (`productpage`, with its own identity) whose `reviews` service is the
+/// server proxy's inbound listener at `server`, labelled as having a sidecar unless
+/// `sidecar` is false, its service account `sa`; `extra` documents appended.
+pub fn client_proxy(
+    dir: &Path,
+    ca: &MeshCa,
+    server: std::net::SocketAddr,
+    sa: &str,
+    sidecar: bool,
+    extra: &str,
+) -> String {
+    let cert = ca
+        .issue(&id("productpage"), Duration::from_secs(3600))
+        .unwrap();
+    std::fs::write(dir.join("pp.pem"), &cert.chain_pem).unwrap();
+    std::fs::write(dir.join("pp.key"), &cert.key_pem).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    let labels = if sidecar {
+        "{app: reviews, security.istio.io/tlsMode: istio}"
+    } else {
+        "{app: reviews}"
+    };
+    format!(
+        "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {{name: client}}
+spec:
+  concurrency: 1
+  workload: {{name: productpage-v1, namespace: default, serviceAccount: productpage}}
+  outbound: {{address: 127.0.0.1, port: 0}}
+  admin: {{address: 127.0.0.1, port: 0}}
+  identity:
+    spiffeId: spiffe://cluster.local/ns/default/sa/productpage
+    certificateChain: {d}/pp.pem
+    privateKey: {d}/pp.key
+    trustBundle: {d}/ca.pem
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+  - address: 127.0.0.1
+    ports: {{http: {port}}}
+    labels: {labels}
+    serviceAccount: {sa}
+{extra}",
+        d = dir.display(),
+        port = server.port(),
+    )
+}
