@@ -4,15 +4,16 @@
 //!
 //! # The bucket
 //!
-//! [`TokenBucket`] is Envoy's (`LocalRateLimiterImpl`): it starts full (`maxTokens`), gets
-//! `tokensPerFill` tokens every `fillInterval` (never more than `maxTokens`), and a request
-//! takes one token or is refused. Envoy refills from a timer on its main thread; here the
-//! bucket refills **lazily**: one atomic word holds the tokens and the number of intervals
-//! that had passed at its last update, and whoever takes a token first adds the fills of the
-//! intervals passed since. The result is the same (fills happen on the grid `start + k ×
-//! fillInterval`, as Envoy's timer would), with no timer task and no lock: one load and one
-//! compare-and-swap per request, shared by every worker thread (the limit is per process, as
-//! Envoy's: "the token bucket is shared across all workers"). Time is
+//! [`TokenBucket`] is Envoy 1.40's (`RateLimitTokenBucket` over `AtomicTokenBucketImpl`,
+//! the local rate limiter's bucket since Envoy 1.31, which left the fill timer behind): it
+//! starts full (`maxTokens`) and refills **continuously** at `tokensPerFill` per
+//! `fillInterval`, never beyond `maxTokens`; a request takes one whole token or is refused.
+//! So with 4 tokens a minute, a drained bucket admits one request every 15 seconds, not
+//! four at the next minute's mark (the older timer's grid). As Envoy's, the bucket is one
+//! atomic word: the time at which it would have been empty (folly's `TokenBucket`), moved
+//! forward by one token's time for each token taken: one load and one compare-and-swap per
+//! request, no timer task, no lock, shared by every worker thread (the limit is per
+//! process, as Envoy's: "the token bucket is shared across all workers"). Time is
 //! [`tokio::time::Instant`], so paused-time tests drive it.
 //!
 //! ```
@@ -54,13 +55,21 @@ pub const RATE_LIMITED_BODY: &str = "local_rate_limited";
 /// A token bucket shared by every thread; see the [module docs](self).
 #[derive(Debug)]
 pub struct TokenBucket {
-    /// Tokens (low 32 bits) and, in the high 32 bits, the number of fill intervals since
-    /// `start` at the last update (wrapping).
-    state: AtomicU64,
+    /// When the bucket would have been empty, on the bucket's clock
+    /// ([`clock`](Self::clock)): it holds `(clock - empty) / per_token` tokens, at most
+    /// `max_tokens`.
+    empty: AtomicU64,
+    /// The bucket's clock reads `full` when it is made (full then: `empty` is 0).
     start: Instant,
-    interval_ns: u64,
+    /// The clock's tick: `2^shift` nanoseconds, 1 unless filling the bucket takes more
+    /// than 2⁶² ns (146 years), so that the clock never overflows.
+    shift: u32,
+    /// The time one token takes to come back (`fillInterval / tokensPerFill`), in ticks,
+    /// at least 1.
+    per_token: u64,
+    /// The time an empty bucket takes to fill (`per_token × max_tokens`), in ticks.
+    full: u64,
     max_tokens: u32,
-    tokens_per_fill: u32,
 }
 
 /// A compiled `LocalRateLimit`: its bucket and how a limited request is answered.
@@ -98,18 +107,24 @@ pub enum Scope {
 
 impl TokenBucket {
     /// A full bucket of `max_tokens` that gets `tokens_per_fill` tokens every
-    /// `fill_interval`. Zero values are raised to the smallest valid ones (1 token, 1ns):
-    /// validation refuses them in configurations.
+    /// `fill_interval`, continuously. Zero values are raised to the smallest valid ones (1
+    /// token, 1ns): validation refuses them in configurations.
     pub fn new(max_tokens: u32, tokens_per_fill: u32, fill_interval: Duration) -> Self {
         let max_tokens = max_tokens.max(1);
+        // (a rate above a token per nanosecond is rounded to one: no limit in practice)
+        let per_token_ns = (nanos(fill_interval) / u64::from(tokens_per_fill.max(1))).max(1);
+        let full_ns = u128::from(per_token_ns) * u128::from(max_tokens);
+        // coarser ticks for buckets that take centuries to fill (a tick is then still under
+        // a billionth of a token's time)
+        let shift = (u128::BITS - full_ns.leading_zeros()).saturating_sub(62);
+        let per_token = (per_token_ns >> shift).max(1);
         TokenBucket {
-            state: AtomicU64::new(u64::from(max_tokens)),
+            empty: AtomicU64::new(0),
             start: Instant::now(),
-            interval_ns: u64::try_from(fill_interval.as_nanos())
-                .unwrap_or(u64::MAX)
-                .max(1),
+            shift,
+            per_token,
+            full: per_token.saturating_mul(u64::from(max_tokens)),
             max_tokens,
-            tokens_per_fill: tokens_per_fill.max(1),
         }
     }
 
@@ -126,82 +141,69 @@ impl TokenBucket {
 
     /// Takes a token at `now`.
     pub fn try_acquire_at(&self, now: Instant) -> Option<u32> {
-        let epoch = self.epoch(now);
-        let mut cur = self.state.load(Ordering::Relaxed);
+        let clock = self.clock(now);
+        let mut cur = self.empty.load(Ordering::Relaxed);
         loop {
-            let (tokens, seen) = self.refilled(cur, epoch);
+            let (tokens, empty) = self.held(cur, clock);
             if tokens == 0 {
-                // a refill adds at least one token: nothing changed, nothing to store
+                // nothing to take, nothing to store
                 return None;
             }
-            let next = pack(tokens - 1, seen);
-            match self
-                .state
-                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.empty.compare_exchange_weak(
+                cur,
+                empty.saturating_add(self.per_token),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Some(tokens - 1),
                 Err(actual) => cur = actual,
             }
         }
     }
 
-    /// The tokens in the bucket at `now` (Envoy's `remainingTokens`).
+    /// The whole tokens in the bucket at `now` (Envoy's `remainingTokens`).
     pub fn remaining_at(&self, now: Instant) -> u32 {
-        self.refilled(self.state.load(Ordering::Relaxed), self.epoch(now))
-            .0
+        self.remaining_and_reset_at(now).0
     }
 
-    /// Whole seconds until the next fill at `now`, as Envoy's `remainingFillInterval`
-    /// computes `x-ratelimit-reset`: the interval minus the whole seconds since the last
-    /// fill (so `0` for an interval under a second).
+    /// Whole seconds until the next token at `now`, rounded up, and `0` while a whole token
+    /// is in the bucket: `x-ratelimit-reset` as Envoy 1.40 writes it (checked against it:
+    /// with a token every 2 s, `2` just after the last was taken, `1` from 1.0 s later on).
     pub fn reset_seconds_at(&self, now: Instant) -> u64 {
-        self.reset_seconds(self.position(now).1)
+        self.remaining_and_reset_at(now).1
     }
 
     /// [`remaining_at`](Self::remaining_at) and
     /// [`reset_seconds_at`](Self::reset_seconds_at) together (`x-ratelimit-remaining` and
-    /// `x-ratelimit-reset`), from one division of the time since the bucket was made.
+    /// `x-ratelimit-reset`), from one reading of the bucket.
     pub fn remaining_and_reset_at(&self, now: Instant) -> (u32, u64) {
-        let (epoch, since_fill) = self.position(now);
-        let remaining = self.refilled(self.state.load(Ordering::Relaxed), epoch).0;
-        (remaining, self.reset_seconds(since_fill))
-    }
-
-    /// `x-ratelimit-reset` from the nanoseconds since the last fill: the interval's whole
-    /// seconds minus those passed.
-    #[inline]
-    fn reset_seconds(&self, since_fill: u64) -> u64 {
-        (self.interval_ns / 1_000_000_000).saturating_sub(since_fill / 1_000_000_000)
-    }
-
-    /// Fill intervals passed since the bucket was made (wrapping at 32 bits: only the
-    /// difference between two of them is used).
-    #[inline]
-    fn epoch(&self, now: Instant) -> u32 {
-        self.position(now).0
-    }
-
-    /// The bucket's [`epoch`](Self::epoch) at `now` and the nanoseconds since its last fill:
-    /// one division (a 64-bit division by a value known only at run time is tens of cycles).
-    #[inline]
-    fn position(&self, now: Instant) -> (u32, u64) {
-        let since_start = nanos(now.saturating_duration_since(self.start));
-        let fills = since_start / self.interval_ns;
-        (fills as u32, since_start - fills * self.interval_ns)
-    }
-
-    /// The tokens and epoch of state `cur` once the fills up to `epoch` are added.
-    #[inline]
-    fn refilled(&self, cur: u64, epoch: u32) -> (u32, u32) {
-        let (tokens, seen) = unpack(cur);
-        let passed = epoch.wrapping_sub(seen);
-        // 0: same interval; above half the range: another thread stored a later epoch
-        if passed == 0 || passed > u32::MAX / 2 {
-            return (tokens, seen);
+        let clock = self.clock(now);
+        let (tokens, empty) = self.held(self.empty.load(Ordering::Relaxed), clock);
+        if tokens > 0 {
+            return (tokens, 0);
         }
-        let added = u64::from(passed) * u64::from(self.tokens_per_fill);
-        let tokens = (u64::from(tokens) + added).min(u64::from(self.max_tokens)) as u32;
-        (tokens, epoch)
+        let wait = empty.saturating_add(self.per_token).saturating_sub(clock);
+        let wait_ns = u128::from(wait) << self.shift;
+        (
+            0,
+            u64::try_from(wait_ns.div_ceil(1_000_000_000)).unwrap_or(u64::MAX),
+        )
+    }
+
+    /// The bucket's clock at `now`, in ticks: `full` when the bucket was made.
+    #[inline]
+    fn clock(&self, now: Instant) -> u64 {
+        (nanos(now.saturating_duration_since(self.start)) >> self.shift).saturating_add(self.full)
+    }
+
+    /// The whole tokens held at `clock` by a bucket whose state is `cur`, and the time it
+    /// would have been empty, moved up to hold no more than `max_tokens`.
+    #[inline]
+    fn held(&self, cur: u64, clock: u64) -> (u32, u64) {
+        let empty = cur.max(clock - self.full);
+        // (another thread may have stored a later time than this thread's clock: none)
+        let tokens = clock.saturating_sub(empty) / self.per_token;
+        (tokens.min(u64::from(self.max_tokens)) as u32, empty)
     }
 }
 
@@ -214,18 +216,10 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn pack(tokens: u32, epoch: u32) -> u64 {
-    (u64::from(epoch) << 32) | u64::from(tokens)
-}
-
-fn unpack(v: u64) -> (u32, u32) {
-    (v as u32, (v >> 32) as u32)
-}
-
 // === impl RateLimitPolicy ===
 
 impl RateLimitPolicy {
-    /// A policy with a full bucket of `max_tokens`, refilled by `tokens_per_fill` every
+    /// A policy with a full bucket of `max_tokens`, refilled at `tokens_per_fill` per
     /// `fill_interval`; limited requests get 429, without `x-ratelimit-*` headers.
     pub fn new(max_tokens: u32, tokens_per_fill: u32, fill_interval: Duration) -> Self {
         let bucket = TokenBucket::new(max_tokens, tokens_per_fill, fill_interval);

@@ -4,9 +4,10 @@
 //!
 //! [`RateLimitLayer`] takes a token from the bucket of the request's limit, and answers a
 //! request that finds the bucket empty itself, as Envoy's filter does: status 429 (or the
-//! limit's `statusCode`), body `local_rate_limited`, `x-envoy-ratelimited: true` (Envoy's docs:
-//! "the local rate limit filter also sets the x-envoy-ratelimited header"), the limit's
-//! `responseHeadersToAdd`, and response flag `RL`. A gRPC request gets Envoy's gRPC local
+//! limit's `statusCode`), body `local_rate_limited`, the limit's `responseHeadersToAdd`, and
+//! response flag `RL`. No `x-envoy-ratelimited`: Envoy's docs say the local filter sets it,
+//! but Envoy 1.40 does not (its global rate limit filter does, when asked; checked with
+//! `benches/conformance/envoy_diff.py`). A gRPC request gets Envoy's gRPC local
 //! reply instead: a trailers-only `200` with `grpc-status: 14` (UNAVAILABLE, Envoy's mapping
 //! of 429) and `grpc-message: local_rate_limited`. A limited request never reaches the
 //! layers below: it is not delayed, retried or sent upstream.
@@ -22,7 +23,8 @@
 //! With `x-ratelimit-*` headers on (`enableXRateLimitHeaders: DRAFT_VERSION_03`), every
 //! answer to a request the limit applied to carries `x-ratelimit-limit` (the bucket's size),
 //! `x-ratelimit-remaining` (the tokens left when the answer passes) and `x-ratelimit-reset`
-//! (whole seconds to the next fill), as Envoy's `encodeHeaders`.
+//! (whole seconds to the next token, `0` while one is there), as Envoy 1.40's
+//! `encodeHeaders`.
 //!
 //! # Example
 //!
@@ -70,8 +72,6 @@
 //!
 //! - The limit is always enabled and enforced (Envoy's `filter_enabled` and
 //!   `filter_enforced` at 100%, as the Istio task sets them); there is no shadow mode.
-//! - Buckets refill lazily (on the next request) rather than from a timer; the tokens a
-//!   request sees are the same.
 //! - A reload builds new buckets (full), as Envoy does when the filter configuration
 //!   changes; an unchanged limit is not carried over.
 //! - No descriptors, no per-connection buckets, no `local_cluster_rate_limit`; literal
@@ -107,7 +107,9 @@ pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-l
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 /// `x-ratelimit-reset`.
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-/// `x-envoy-ratelimited`, on every limited answer.
+/// `x-envoy-ratelimited`: what an upstream Envoy's global rate limit filter writes on the
+/// answers it limits (the retry layer's `envoy-ratelimited` condition); the local limit does
+/// not write it, as Envoy 1.40's does not.
 pub const X_ENVOY_RATELIMITED: HeaderName = HeaderName::from_static("x-envoy-ratelimited");
 
 /// Limits requests by their route's (or the listener's) token bucket; see the
@@ -282,7 +284,6 @@ fn limited_response<R: ReplyBody>(p: &RateLimitPolicy, grpc: bool) -> Response<R
         local_reply(p.status, ResponseFlags::RATE_LIMITED, RATE_LIMITED_BODY)
     };
     let h = res.headers_mut();
-    h.insert(X_ENVOY_RATELIMITED, HeaderValue::from_static("true"));
     for (name, value) in p.response_headers.iter() {
         h.insert(name.clone(), value.clone());
     }
@@ -293,7 +294,7 @@ fn limited_response<R: ReplyBody>(p: &RateLimitPolicy, grpc: bool) -> Response<R
 }
 
 /// Envoy's `encodeHeaders` with `DRAFT_VERSION_03`: the bucket's size, the tokens left and
-/// the seconds to the next fill, read when the answer passes. The names are constants, the
+/// the seconds to the next token, read when the answer passes. The names are constants, the
 /// size's value is the policy's (made once), and counts under
 /// [`SMALL_NUMBERS`](mesh_core::ratelimit::SMALL_NUMBERS) come from a static table: no
 /// allocation for a header but the map's own, unless a count is larger.

@@ -65,7 +65,8 @@ pub struct TokenBucketSpec {
     /// The bucket's size, and its content at start (required, > 0).
     #[serde(default)]
     pub max_tokens: u32,
-    /// Tokens added every `fillInterval` (> 0). Default: 1.
+    /// Tokens that come back per `fillInterval` (> 0), continuously (Envoy 1.40's bucket).
+    /// Default: 1.
     pub tokens_per_fill: Option<u32>,
     /// How often tokens are added (required, at least 50ms as Envoy's).
     pub fill_interval: Option<GoDuration>,

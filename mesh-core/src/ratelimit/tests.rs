@@ -7,20 +7,21 @@ use crate::config::load_str;
 const SECOND: Duration = Duration::from_secs(1);
 
 #[tokio::test(start_paused = true)]
-async fn the_bucket_starts_full_and_refills_tokens_per_fill_each_interval_up_to_max() {
-    // Envoy's LocalRateLimiterImpl: tokens_ = max_tokens at start; each fill adds
-    // tokens_per_fill, capped at max_tokens
+async fn the_bucket_starts_full_and_refills_continuously_up_to_max() {
+    // Envoy 1.40's AtomicTokenBucketImpl: full at start; tokens_per_fill per fill_interval
+    // come back continuously (here one every 500 ms), capped at max_tokens
     let b = TokenBucket::new(4, 2, SECOND);
     for left in [3, 2, 1, 0] {
         assert_eq!(b.try_acquire(), Some(left));
     }
     assert_eq!(b.try_acquire(), None);
-    tokio::time::advance(Duration::from_millis(999)).await;
-    assert_eq!(b.try_acquire(), None, "no fill before the interval");
+    tokio::time::advance(Duration::from_millis(499)).await;
+    assert_eq!(b.try_acquire(), None, "not a whole token yet");
     tokio::time::advance(Duration::from_millis(1)).await;
-    assert_eq!(b.try_acquire(), Some(1));
-    assert_eq!(b.try_acquire(), Some(0));
+    assert_eq!(b.try_acquire(), Some(0), "one token after 500 ms");
     assert_eq!(b.try_acquire(), None);
+    tokio::time::advance(SECOND).await;
+    assert_eq!(b.remaining_at(Instant::now()), 2);
     // ten idle intervals fill the bucket, not beyond max_tokens
     tokio::time::advance(SECOND * 10).await;
     assert_eq!(b.remaining_at(Instant::now()), 4);
@@ -28,43 +29,72 @@ async fn the_bucket_starts_full_and_refills_tokens_per_fill_each_interval_up_to_
 }
 
 #[tokio::test(start_paused = true)]
-async fn fills_follow_the_grid_of_the_interval_as_envoys_timer() {
-    let b = TokenBucket::new(1, 1, SECOND);
+async fn a_token_comes_back_one_tokens_time_after_it_was_due_not_on_a_grid() {
+    // the Istio task's limit, 4 tokens a minute: a drained bucket admits one request every
+    // 15 s (Envoy >= 1.31), not four at the minute's mark (the older timer's grid)
+    let b = TokenBucket::new(4, 4, Duration::from_secs(60));
+    for _ in 0..4 {
+        assert!(b.try_acquire().is_some());
+    }
+    tokio::time::advance(Duration::from_millis(14_999)).await;
+    assert_eq!(b.try_acquire(), None);
+    tokio::time::advance(Duration::from_millis(1)).await;
     assert_eq!(b.try_acquire(), Some(0));
-    // taken at 1.5s: the fill of t=1s; the next one comes at t=2s, not at 2.5s
-    tokio::time::advance(Duration::from_millis(1500)).await;
+    // a fraction of a token left over is kept: taken at 37.5 s, the next is due at 45 s
+    tokio::time::advance(Duration::from_millis(22_500)).await;
     assert_eq!(b.try_acquire(), Some(0));
-    tokio::time::advance(Duration::from_millis(500)).await;
+    tokio::time::advance(Duration::from_millis(7_499)).await;
+    assert_eq!(b.try_acquire(), None);
+    tokio::time::advance(Duration::from_millis(1)).await;
     assert_eq!(b.try_acquire(), Some(0));
 }
 
 #[tokio::test(start_paused = true)]
-async fn reset_is_the_whole_seconds_to_the_next_fill() {
-    let b = TokenBucket::new(4, 4, Duration::from_secs(60));
-    assert_eq!(b.reset_seconds_at(Instant::now()), 60);
-    tokio::time::advance(Duration::from_millis(10_500)).await;
-    assert_eq!(b.reset_seconds_at(Instant::now()), 50);
-    tokio::time::advance(Duration::from_secs(50)).await;
-    assert_eq!(
-        b.reset_seconds_at(Instant::now()),
-        60,
-        "a fill happened at 60s"
-    );
-    // both headers' values from one reading: a token taken, 12.5 s into the interval
-    assert_eq!(b.try_acquire(), Some(3));
-    tokio::time::advance(Duration::from_millis(12_000)).await;
-    assert_eq!(b.remaining_and_reset_at(Instant::now()), (3, 48));
+async fn reset_is_the_whole_seconds_to_the_next_token_as_envoy_1_40_writes_it() {
+    // measured against envoy 1.40 (max_tokens 2, tokens_per_fill 1, fill_interval 2s):
+    // remaining 1 / reset 0, then 0 / 2; 0.6 s later 0 / 2; 1.1 s and 1.6 s later 0 / 1; a
+    // token 2 s after the last one was taken
+    let b = TokenBucket::new(2, 1, Duration::from_secs(2));
+    assert_eq!(b.remaining_and_reset_at(Instant::now()), (2, 0));
+    assert_eq!(b.try_acquire(), Some(1));
+    assert_eq!(b.remaining_and_reset_at(Instant::now()), (1, 0));
+    assert_eq!(b.try_acquire(), Some(0));
+    assert_eq!(b.remaining_and_reset_at(Instant::now()), (0, 2));
+    for (after_ms, reset) in [(600, 2), (1_000, 1), (1_600, 1), (1_999, 1)] {
+        let at = Instant::now() + Duration::from_millis(after_ms);
+        assert_eq!(b.remaining_and_reset_at(at), (0, reset), "{after_ms} ms");
+        assert_eq!(b.reset_seconds_at(at), reset);
+    }
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(b.remaining_at(Instant::now()), 1);
+    assert_eq!(b.try_acquire(), Some(0));
+    assert_eq!(b.remaining_and_reset_at(Instant::now()), (0, 2));
+    // under a second per token: 1 while none is there
     let short = TokenBucket::new(1, 1, Duration::from_millis(500));
-    assert_eq!(short.reset_seconds_at(Instant::now()), 0);
     assert_eq!(short.try_acquire(), Some(0));
     tokio::time::advance(Duration::from_millis(250)).await;
-    assert_eq!(short.remaining_and_reset_at(Instant::now()), (0, 0));
+    assert_eq!(short.remaining_and_reset_at(Instant::now()), (0, 1));
     tokio::time::advance(Duration::from_millis(250)).await;
-    assert_eq!(
-        short.remaining_and_reset_at(Instant::now()),
-        (1, 0),
-        "a fill at 500 ms"
-    );
+    assert_eq!(short.remaining_and_reset_at(Instant::now()), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn buckets_too_slow_to_count_in_nanoseconds_still_start_full_and_refill() {
+    // a token a year, a thousand of them: filling takes longer than the clock's cap
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let b = TokenBucket::new(1000, 1, year);
+    assert_eq!(b.remaining_at(Instant::now()), 1000);
+    for _ in 0..1000 {
+        assert!(b.try_acquire().is_some());
+    }
+    assert_eq!(b.try_acquire(), None);
+    tokio::time::advance(year).await;
+    assert_eq!(b.try_acquire(), Some(0));
+    // and a rate above a token per nanosecond is no limit
+    let fast = TokenBucket::new(u32::MAX, u32::MAX, Duration::from_secs(1));
+    for _ in 0..1000 {
+        assert!(fast.try_acquire().is_some());
+    }
 }
 
 #[test]
