@@ -366,11 +366,11 @@ spec:
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.flags().starts_with("UF"), "{r:?}");
     assert_eq!(app.hits(), 0);
-    // Envoy 1.40's body for a failed connection
+    // Envoy 1.40's body for a failed connection, retried under Istio's default policy
     assert_eq!(
         r.body,
-        "upstream connect error or disconnect/reset before headers. reset reason: remote \
-         connection failure",
+        "upstream connect error or disconnect/reset before headers. retried and the latest \
+         reset reason: remote connection failure",
         "{r:?}"
     );
     // the registry's account is wrong, the DestinationRule names the server's identity

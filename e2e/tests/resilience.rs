@@ -740,3 +740,93 @@ spec:
     assert_eq!((r.status.as_u16(), r.flags()), (504, "UT"), "{r:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+/// An upstream that closes each connection once it has read a request's head when the
+/// path holds `close`, and answers garbage otherwise.
+async fn misbehaving_upstream() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !String::from_utf8_lossy(&head).contains("/close") {
+                    let _ = conn.write_all(b"HELLO THERE\r\n\r\n").await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Envoy 1.40's answers to an upstream that closes before answering (`503 UC`) and to one
+/// that answers garbage (`502 UPE`), and its access log's details for them (checked side by
+/// side with envoy 1.40: `benches/conformance/envoy_diff.py`).
+#[tokio::test]
+async fn an_upstream_that_closes_or_answers_garbage_gets_envoys_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.json");
+    let port = misbehaving_upstream().await;
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings}}
+spec:
+  hosts: [ratings]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+",
+        bootstrap(
+            1,
+            &format!("  accessLog: {{path: {}, encoding: JSON}}\n", log.display())
+        )
+    );
+    let p = start(&yaml).await;
+    let mut c = H1::connect(p.out).await;
+    let mut req = request("ratings:9080", &[]);
+    *req.uri_mut() = "/close".parse().unwrap();
+    let closed = c.send(req).await;
+    assert_eq!(closed.status, 503, "{closed:?}");
+    assert_eq!(closed.flags(), "UC");
+    assert_eq!(
+        closed.body,
+        "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+    );
+    let garbage = get_once(p.out, "ratings:9080", &[]).await;
+    assert_eq!(garbage.status, 502, "{garbage:?}");
+    assert_eq!(garbage.flags(), "UPE");
+    assert_eq!(
+        garbage.body,
+        "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+    );
+    p.proxy.flush_telemetry();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let details: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            v["response_code_details"]
+                .as_str()
+                .unwrap_or("-")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        details,
+        [
+            "upstream_reset_before_response_started{connection_termination}",
+            "upstream_reset_before_response_started{protocol_error}"
+        ]
+    );
+}

@@ -182,6 +182,117 @@ pub struct RefusedStream;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportFailure(pub &'static str);
 
+/// Why an upstream exchange ended before its response started, as Envoy names its stream
+/// reset reasons (`Http::Utility::resetReasonToString`): the words of the `503`/`502` local
+/// reply's body (`upstream connect error or disconnect/reset before headers. reset reason:
+/// connection termination`) and of `%RESPONSE_CODE_DETAILS%`
+/// (`upstream_reset_before_response_started{connection_termination}`).
+///
+/// Written by the connector (`mesh-transport`) into such replies' extensions; read by the
+/// retry layer (`mesh-resilience`), which words the body as Envoy does after a retry
+/// (`… retried and the latest reset reason: …`), and by the telemetry layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamReset {
+    /// The connection could not be made (`UF`).
+    RemoteConnectionFailure,
+    /// The upstream closed the connection before answering (`UC`).
+    ConnectionTermination,
+    /// The upstream reset the stream (`UR`).
+    RemoteReset,
+    /// The upstream refused the HTTP/2 stream (`UR`).
+    RemoteRefusedStreamReset,
+    /// The upstream's answer could not be read (`UPE`).
+    ProtocolError,
+    /// A connection-pool limit (`UO`).
+    Overflow,
+}
+
+impl UpstreamReset {
+    /// Envoy's words for the reason (`remote connection failure`).
+    pub fn words(self) -> &'static str {
+        match self {
+            UpstreamReset::RemoteConnectionFailure => "remote connection failure",
+            UpstreamReset::ConnectionTermination => "connection termination",
+            UpstreamReset::RemoteReset => "remote reset",
+            UpstreamReset::RemoteRefusedStreamReset => "remote refused stream reset",
+            UpstreamReset::ProtocolError => "protocol error",
+            UpstreamReset::Overflow => "overflow",
+        }
+    }
+
+    /// The body of Envoy's local reply (router's `onUpstreamReset`): `retried` after at
+    /// least one retry, as Envoy's `is_retry_`.
+    pub fn body(self, retried: bool) -> &'static str {
+        macro_rules! body {
+            ($words:literal) => {
+                if retried {
+                    concat!(
+                        "upstream connect error or disconnect/reset before headers. ",
+                        "retried and the latest reset reason: ",
+                        $words
+                    )
+                } else {
+                    concat!(
+                        "upstream connect error or disconnect/reset before headers. ",
+                        "reset reason: ",
+                        $words
+                    )
+                }
+            };
+        }
+        match self {
+            UpstreamReset::RemoteConnectionFailure => body!("remote connection failure"),
+            UpstreamReset::ConnectionTermination => body!("connection termination"),
+            UpstreamReset::RemoteReset => body!("remote reset"),
+            UpstreamReset::RemoteRefusedStreamReset => body!("remote refused stream reset"),
+            UpstreamReset::ProtocolError => body!("protocol error"),
+            UpstreamReset::Overflow => body!("overflow"),
+        }
+    }
+
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for it.
+    pub fn details(self) -> &'static str {
+        match self {
+            UpstreamReset::RemoteConnectionFailure => {
+                "upstream_reset_before_response_started{remote_connection_failure}"
+            }
+            UpstreamReset::ConnectionTermination => {
+                "upstream_reset_before_response_started{connection_termination}"
+            }
+            UpstreamReset::RemoteReset => "upstream_reset_before_response_started{remote_reset}",
+            UpstreamReset::RemoteRefusedStreamReset => {
+                "upstream_reset_before_response_started{remote_refused_stream_reset}"
+            }
+            UpstreamReset::ProtocolError => {
+                "upstream_reset_before_response_started{protocol_error}"
+            }
+            UpstreamReset::Overflow => "upstream_reset_before_response_started{overflow}",
+        }
+    }
+
+    /// Envoy's local reply for it: `status` (503, 502 for a protocol error), the response
+    /// flag, the body, and this reason in its extensions.
+    pub fn reply<R: ReplyBody>(
+        self,
+        status: StatusCode,
+        flags: ResponseFlags,
+        retried: bool,
+    ) -> Response<R> {
+        let mut res = local_reply(status, flags, self.body(retried));
+        res.extensions_mut().insert(self);
+        res
+    }
+}
+
+/// Envoy's `%RESPONSE_CODE_DETAILS%` for a local reply whose response flags do not tell it
+/// apart (a per-try timeout's `upstream_per_try_timeout` beside the route timeout's
+/// `response_timeout`, both `UT`).
+///
+/// Written by the layer that answers (`mesh-resilience`'s retry layer) into its reply's
+/// extensions; read by the telemetry layer (`mesh-telemetry`'s access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseCodeDetails(pub &'static str);
+
 /// Where the service at the bottom of the stack puts the request's head back when it is
 /// done with it, so that a retry can send it again without having copied it up front.
 ///
@@ -1051,6 +1162,58 @@ mod tests {
         assert_eq!(flags_of(&res), ResponseFlags::NO_ROUTE);
         assert_eq!(res.headers()[RESPONSE_FLAGS_HEADER], "NR");
         assert_eq!(res.body().size_hint().exact(), Some(8));
+    }
+
+    #[test]
+    fn upstream_resets_are_answered_in_envoy_1_40_s_words() {
+        // bodies and lengths as envoy 1.40 answered them (a refused, a closing, a garbling
+        // upstream; a pool overflow), with and without a retry before
+        use UpstreamReset::*;
+        let cases = [
+            (
+                RemoteConnectionFailure,
+                false,
+                "remote connection failure",
+                98,
+            ),
+            (
+                RemoteConnectionFailure,
+                true,
+                "remote connection failure",
+                121,
+            ),
+            (ConnectionTermination, false, "connection termination", 95),
+            (ProtocolError, false, "protocol error", 87),
+            (Overflow, false, "overflow", 81),
+        ];
+        for (why, retried, words, len) in cases {
+            let body = why.body(retried);
+            assert_eq!(body.len(), len, "{body}");
+            assert!(
+                body.starts_with("upstream connect error or disconnect/reset before headers. ")
+            );
+            assert!(body.ends_with(&format!("reset reason: {words}")));
+            assert_eq!(body.contains("retried and the latest "), retried);
+            assert_eq!(why.words(), words);
+        }
+        assert_eq!(crate::limits::OVERFLOW_BODY, Overflow.body(false));
+        assert_eq!(
+            RemoteRefusedStreamReset.details(),
+            "upstream_reset_before_response_started{remote_refused_stream_reset}"
+        );
+        let res: Response<MeshBody<http_body_util::Empty<bytes::Bytes>>> = ConnectionTermination
+            .reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                false,
+            );
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()[RESPONSE_FLAGS_HEADER], "UC");
+        assert_eq!(
+            res.extensions().get::<UpstreamReset>(),
+            Some(&ConnectionTermination)
+        );
+        assert_eq!(res.body().size_hint().exact(), Some(95));
     }
 
     #[test]

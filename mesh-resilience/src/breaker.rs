@@ -85,7 +85,8 @@
 //! Reads [`upstream_cluster`] (`limits`) and [`selected_endpoint`] (`http2`) from the
 //! request; writes the limits into its [`PreviousHosts`] when it has one; hands its permit
 //! to the response body ([`ReplyBody::on_end`]); answers overflows with
-//! [`local_reply`] (flag `UO`) and `x-envoy-overloaded`.
+//! [`UpstreamReset::Overflow`](mesh_core::ext::UpstreamReset::Overflow)'s reply (flag `UO`) and
+//! `x-envoy-overloaded`.
 //!
 //! # Differences from Envoy/Istio
 //!
@@ -127,9 +128,9 @@ use std::task::{Context, Poll, ready};
 use http::header::HeaderName;
 use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_core::body::ReplyBody;
+use mesh_core::ext::SlotsView;
 #[cfg(doc)]
 use mesh_core::ext::{PreviousHosts, selected_endpoint, upstream_cluster};
-use mesh_core::ext::{SlotsView, local_reply};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::limits::{Admission, ClusterLimits, Permit};
 #[cfg(doc)]
@@ -275,10 +276,10 @@ where
 
 /// Envoy's overflow answer.
 fn overflow<R: ReplyBody>() -> Response<R> {
-    let mut res = local_reply(
+    let mut res = mesh_core::ext::UpstreamReset::Overflow.reply(
         StatusCode::SERVICE_UNAVAILABLE,
         ResponseFlags::UPSTREAM_OVERFLOW,
-        OVERFLOW_BODY,
+        false,
     );
     res.headers_mut()
         .insert(ENVOY_OVERLOADED, HeaderValue::from_static("true"));

@@ -204,8 +204,9 @@ use http_body::Body;
 use mesh_core::body::ReplyBody;
 use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
 use mesh_core::ext::{
-    PreviousHosts, PreviousPriorities, RefusedStream, ReturnHead, TimeoutMark, flags_of,
-    local_reply, mark, route_policy, selected_endpoint, slots_mut, timeout_mark, upstream_cluster,
+    PreviousHosts, PreviousPriorities, RefusedStream, ResponseCodeDetails, ReturnHead, TimeoutMark,
+    UpstreamReset, flags_of, local_reply, mark, route_policy, selected_endpoint, slots_mut,
+    timeout_mark, upstream_cluster,
 };
 #[cfg(doc)]
 use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamCluster};
@@ -862,10 +863,10 @@ where
                         // the connector answers one (the error cannot be given back; a `200`
                         // whose body ends cleanly would hide it)
                         Some(Some(Err(_))) => (
-                            local_reply(
+                            UpstreamReset::RemoteReset.reply(
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 ResponseFlags::UPSTREAM_REMOTE_RESET,
-                                "upstream reset before response",
+                                false,
                             ),
                             on.intersects(RESET_LIKE),
                         ),
@@ -900,8 +901,9 @@ where
                 }
             };
             let Some(retry) = this.retry.as_mut() else {
-                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
+                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty(), false)));
             };
+            let retried = retry.left < retry.policy.attempts;
             if matches!(outcome, Outcome::PerTryTimeout)
                 && retry.tried.back.is_some()
                 && retry.parts.is_none()
@@ -939,27 +941,29 @@ where
                 }
             };
             if !retriable {
-                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
+                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty(), retried)));
             }
             if retry.left == 0 {
                 return Poll::Ready(Ok(
-                    outcome.into_response(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
+                    outcome.into_response(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED, retried)
                 ));
             }
             let Some(head) = retry.parts.as_ref() else {
                 // heads handed back, but not this one (see `with_heads_handed_back`)
-                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
+                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty(), retried)));
             };
             if retry.tried.hosts.is_none() {
                 retry.tried.hosts = Some(Tried::first_retry(&retry.policy, head));
             }
             if !retry.retry_permit() {
-                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::UPSTREAM_OVERFLOW)));
+                return Poll::Ready(Ok(
+                    outcome.into_response(ResponseFlags::UPSTREAM_OVERFLOW, retried)
+                ));
             }
             // the attempt (and its hold on the body) goes before the body is asked for
             this.state.set(State::Backoff);
             let Some(next) = retry.next_body() else {
-                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty())));
+                return Poll::Ready(Ok(outcome.into_response(ResponseFlags::empty(), retried)));
             };
             retry.left -= 1;
             retry.next = Some(next);
@@ -1213,17 +1217,28 @@ where
 // === impl Outcome ===
 
 impl<R: ReplyBody> Outcome<R> {
-    fn into_response(self, flags: ResponseFlags) -> Response<R> {
+    /// The answer to pass on, with `flags` added. `retried`: at least one retry was sent,
+    /// and a reset's reply says so as Envoy's (`… retried and the latest reset reason: …`).
+    fn into_response(self, flags: ResponseFlags, retried: bool) -> Response<R> {
         match self {
             Outcome::Answer(mut res) => {
                 mark(&mut res, flags);
+                if retried && let Some(r) = res.extensions().get::<UpstreamReset>().copied() {
+                    *res.body_mut() = R::local(bytes::Bytes::from_static(r.body(true).as_bytes()));
+                }
                 res
             }
-            Outcome::PerTryTimeout => local_reply(
-                StatusCode::GATEWAY_TIMEOUT,
-                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT | flags,
-                TIMEOUT_BODY,
-            ),
+            Outcome::PerTryTimeout => {
+                let mut res = local_reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ResponseFlags::UPSTREAM_REQUEST_TIMEOUT | flags,
+                    TIMEOUT_BODY,
+                );
+                // Envoy's details for it, beside the route timeout's `response_timeout`
+                res.extensions_mut()
+                    .insert(ResponseCodeDetails("upstream_per_try_timeout"));
+                res
+            }
         }
     }
 }

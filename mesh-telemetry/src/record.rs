@@ -101,7 +101,8 @@ use http::{
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::body::{OnBodyEnd, ReplyBody};
 use mesh_core::ext::{
-    ConnectionSni, PeerIdentity, SlotsView, StreamInfo, TransportFailure, slots_mut,
+    ConnectionSni, PeerIdentity, ResponseCodeDetails, SlotsView, StreamInfo, TransportFailure,
+    UpstreamReset, slots_mut,
 };
 use mesh_core::flags::ResponseFlags;
 use mesh_core::stream_info::Recorded;
@@ -180,6 +181,10 @@ pub struct Details {
     /// "connection failure" (a TLS handshake's failure: [`TransportFailure`], read from a
     /// `UF` answer): Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
     pub upstream_transport_failure_reason: Option<&'static str>,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` as the layer that answered named it
+    /// ([`ResponseCodeDetails`], or an [`UpstreamReset`]'s), for the mesh's own replies
+    /// whose response flags do not tell it (`None`: the flags do).
+    pub response_code_details: Option<&'static str>,
 }
 
 /// How a request's exchange ended.
@@ -525,6 +530,7 @@ impl Pending {
                     response_head_bytes: 0,
                     first_byte: None,
                     upstream_transport_failure_reason: None,
+                    response_code_details: None,
                 })
             }),
             version: req.version(),
@@ -566,6 +572,15 @@ impl Pending {
             {
                 d.upstream_transport_failure_reason =
                     res.extensions.get::<TransportFailure>().map(|t| t.0);
+            }
+            // the mesh's own replies only (an upstream's answer has no flags, or the retry
+            // layer's alone)
+            if !self.flags.is_empty() {
+                d.response_code_details = res
+                    .extensions
+                    .get::<ResponseCodeDetails>()
+                    .map(|d| d.0)
+                    .or_else(|| res.extensions.get::<UpstreamReset>().map(|r| r.details()));
             }
         }
     }

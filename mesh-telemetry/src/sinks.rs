@@ -299,7 +299,11 @@ impl Sink for AccessLogRecorder {
         }
         e.upstream_local_address = c.info.connection.and_then(|conn| conn.local);
         e.authority = c.authority;
-        e.upstream_host = c.info.endpoint().map(|ep| ep.addr);
+        // a connection-pool limit's reply went to no host (Envoy's `-`)
+        e.upstream_host = match e.response_code_details == OVERFLOW_DETAILS {
+            true => None,
+            false => c.info.endpoint().map(|ep| ep.addr),
+        };
         e.upstream_cluster = match c.info.cluster() {
             Some(cl) => Some(&*cl.name),
             None if c.info.passthrough => Some("PassthroughCluster"),
@@ -414,13 +418,29 @@ fn flags_value(f: ResponseFlags) -> Option<HeaderValue> {
 /// `%RESPONSE_CODE_DETAILS%` of an upstream's answer.
 const VIA_UPSTREAM: &str = "via_upstream";
 
+/// The details of the mesh's own overflow reply (a connection-pool limit).
+const OVERFLOW_DETAILS: &str = "upstream_reset_before_response_started{overflow}";
+
 /// `%RESPONSE_CODE_DETAILS%` as Envoy writes it for the mesh's own answers
 /// (`envoy/stream_info/stream_info.h`, `ResponseCodeDetailValues`; a reset before the
-/// response, `upstream_reset_before_response_started{<reason>}`), `via_upstream` for an
-/// upstream's answer.
+/// response, `upstream_reset_before_response_started{<reason>}`: the reply's own
+/// [`UpstreamReset`](mesh_core::ext::UpstreamReset) or
+/// [`ResponseCodeDetails`](mesh_core::ext::ResponseCodeDetails) when it names them, else
+/// its flags), `via_upstream` for an upstream's answer (also one the retry layer passed on
+/// with `URX` or `UO`), `downstream_remote_disconnect` when the client left first.
 fn details(c: &Completed<'_>) -> &'static str {
     if c.status.is_none() {
-        return "";
+        // the client went away before the answer (Envoy's connection manager's details)
+        return match c
+            .flags
+            .contains(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION)
+        {
+            true => "downstream_remote_disconnect",
+            false => "",
+        };
+    }
+    if let Some(named) = c.details.and_then(|d| d.response_code_details) {
+        return named;
     }
     const LOCAL: &[(ResponseFlags, &str)] = &[
         (ResponseFlags::NO_ROUTE, "route_not_found"),
@@ -431,10 +451,6 @@ fn details(c: &Completed<'_>) -> &'static str {
         (
             ResponseFlags::RBAC_DENIED,
             "rbac_access_denied_matched_policy[none]",
-        ),
-        (
-            ResponseFlags::UPSTREAM_OVERFLOW,
-            "upstream_reset_before_response_started{overflow}",
         ),
         (
             ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
@@ -527,10 +543,10 @@ mod tests {
             .service_fn(move |req: http::Request<_>| async move {
                 let info = mesh_core::ext::stream_info(req.extensions()).unwrap();
                 let res = answer();
+                info.set_endpoint(&mesh_core::ext::SelectedEndpoint::new(
+                    "10.0.0.7:9080".parse().unwrap(),
+                ));
                 if res.extensions().get::<ResponseFlags>().is_none() {
-                    info.set_endpoint(&mesh_core::ext::SelectedEndpoint::new(
-                        "10.0.0.7:9080".parse().unwrap(),
-                    ));
                     info.set_connection(mesh_core::stream_info::UpstreamConnection {
                         local: Some("10.0.0.1:40000".parse().unwrap()),
                         tls: false,
@@ -653,6 +669,109 @@ mod tests {
             v["response_code_details"],
             "upstream_reset_before_response_started{remote_connection_failure|TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end}"
         );
+
+        // details a reply names itself, as envoy 1.40 writes them
+        let get = || {
+            http::Request::builder()
+                .uri("/")
+                .header("host", "reviews")
+                .body(Full::default())
+                .unwrap()
+        };
+        let per_try = || {
+            let mut res = mesh_core::ext::local_reply::<Full<Bytes>>(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT
+                    | ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
+                "upstream request timeout",
+            );
+            res.extensions_mut()
+                .insert(mesh_core::ext::ResponseCodeDetails(
+                    "upstream_per_try_timeout",
+                ));
+            res
+        };
+        let v = logged(&path, Side::Outbound, get(), per_try).await;
+        assert_eq!(v["response_code_details"], "upstream_per_try_timeout");
+        assert_eq!(v["upstream_host"], "10.0.0.7:9080");
+        let refused = || {
+            mesh_core::ext::UpstreamReset::RemoteRefusedStreamReset.reply::<Full<Bytes>>(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::UPSTREAM_REMOTE_RESET,
+                false,
+            )
+        };
+        let v = logged(&path, Side::Outbound, get(), refused).await;
+        assert_eq!(
+            v["response_code_details"],
+            "upstream_reset_before_response_started{remote_refused_stream_reset}"
+        );
+        // a pool's overflow went to no host (Envoy's `-`)
+        let overflow = || {
+            mesh_core::ext::UpstreamReset::Overflow.reply::<Full<Bytes>>(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::UPSTREAM_OVERFLOW,
+                false,
+            )
+        };
+        let v = logged(&path, Side::Outbound, get(), overflow).await;
+        assert_eq!(
+            v["response_code_details"],
+            "upstream_reset_before_response_started{overflow}"
+        );
+        assert_eq!(v["upstream_host"], serde_json::Value::Null);
+        // an upstream's answer the retry layer passed on with UO (its budget spent): the
+        // upstream's, from its host
+        let budget_spent = || {
+            let mut res = http::Response::new(Full::new(Bytes::from_static(b"busy")));
+            *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            mesh_core::ext::mark(&mut res, ResponseFlags::UPSTREAM_OVERFLOW);
+            res
+        };
+        let v = logged(&path, Side::Outbound, get(), budget_spent).await;
+        assert_eq!(v["response_code_details"], "via_upstream");
+        assert_eq!(v["upstream_host"], "10.0.0.7:9080");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_before_the_answer_is_logged_as_envoy_logs_it() {
+        // envoy 1.40: `0 DC downstream_remote_disconnect` for a client that gave up waiting
+        use crate::access_log::{AccessLogWriter, Encoding};
+        use crate::record::RecordLayer;
+        use http_body_util::Full;
+        use tower::{Service, ServiceBuilder, ServiceExt};
+
+        let dir = std::env::temp_dir().join(format!("mesh-sinks-dc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let writer = Arc::new(AccessLogWriter::open(&path, 16).unwrap());
+        let log = Arc::new(Reloadable::new(Some(Arc::new(AccessLog::new(
+            Encoding::Json,
+            writer.clone(),
+        )))));
+        let recorder = AccessLogRecorder::new(Side::Outbound, log);
+        let mut svc = ServiceBuilder::new()
+            .layer(RecordLayer::new(vec![Arc::new(recorder) as Arc<dyn Sink>]))
+            .service_fn(|_req: http::Request<Full<bytes::Bytes>>| {
+                std::future::pending::<
+                    Result<http::Response<Full<bytes::Bytes>>, std::convert::Infallible>,
+                >()
+            });
+        let req = http::Request::builder()
+            .uri("/")
+            .header("host", "reviews")
+            .body(Full::default())
+            .unwrap();
+        let mut fut = Box::pin(svc.ready().await.unwrap().call(req));
+        assert!(futures_util::poll!(fut.as_mut()).is_pending());
+        drop(fut);
+        writer.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["response_code"], 0);
+        assert_eq!(v["response_flags"], "DC");
+        assert_eq!(v["response_code_details"], "downstream_remote_disconnect");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

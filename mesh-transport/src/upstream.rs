@@ -147,10 +147,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::MeshBody;
 use mesh_core::ResponseFlags;
 use mesh_core::ext::{
-    RefusedStream, ReturnHead, SelectedEndpoint, TransportFailure, UpstreamPool, local_reply,
-    take_return_head,
+    RefusedStream, ReturnHead, SelectedEndpoint, TransportFailure, UpstreamPool, UpstreamReset,
+    local_reply, take_return_head,
 };
-use mesh_core::limits::{ClusterLimits, OVERFLOW_BODY};
+use mesh_core::limits::ClusterLimits;
 use tokio::net::TcpStream;
 
 use crate::defer::DeferredTcp;
@@ -454,10 +454,6 @@ async fn handshake(
         .connect(tls.server_name.clone(), io)
         .await
 }
-
-/// The body of the connector's `503 UF`: Envoy 1.40's words for a connection refused, timed
-/// out or whose TLS handshake failed.
-const CONNECT_FAILURE_BODY: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
 
 /// Why a connection to an upstream failed, as Envoy 1.40's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`
 /// names it: a refused connection `delayed connect error: Connection refused`; a failed TLS
@@ -1169,39 +1165,41 @@ impl SendFailure {
             SendFailure::Connect(reason) => {
                 // Envoy 1.40's reply to a failed connection, TLS handshakes included (the
                 // reason goes to the access log, not the body)
-                let mut res: EngineResponse = local_reply(
+                let mut res: EngineResponse = UpstreamReset::RemoteConnectionFailure.reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-                    CONNECT_FAILURE_BODY,
+                    false,
                 );
                 if let Some(r) = reason {
                     res.extensions_mut().insert(TransportFailure(r));
                 }
                 res
             }
-            SendFailure::Closed => local_reply(
+            // Envoy's replies to a reset before the response started (checked against
+            // envoy 1.40: an upstream that closes, one that answers garbage)
+            SendFailure::Closed => UpstreamReset::ConnectionTermination.reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-                "upstream connection terminated before response",
+                false,
             ),
-            SendFailure::Reset => local_reply(
+            SendFailure::Reset => UpstreamReset::RemoteReset.reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::UPSTREAM_REMOTE_RESET,
-                "upstream reset before response",
+                false,
             ),
             SendFailure::Refused => {
-                let mut res: EngineResponse = local_reply(
+                let mut res: EngineResponse = UpstreamReset::RemoteRefusedStreamReset.reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     ResponseFlags::UPSTREAM_REMOTE_RESET,
-                    "upstream reset before response: refused stream",
+                    false,
                 );
                 res.extensions_mut().insert(RefusedStream);
                 res
             }
-            SendFailure::Protocol => local_reply(
+            SendFailure::Protocol => UpstreamReset::ProtocolError.reply(
                 StatusCode::BAD_GATEWAY,
                 ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
-                "upstream protocol error",
+                false,
             ),
             SendFailure::BadBody => local_reply(
                 StatusCode::BAD_REQUEST,
@@ -1228,10 +1226,10 @@ impl SendFailure {
 /// stream.
 #[cold]
 fn overflow_reply() -> EngineResponse {
-    let mut res: EngineResponse = local_reply(
+    let mut res: EngineResponse = UpstreamReset::Overflow.reply(
         StatusCode::SERVICE_UNAVAILABLE,
         ResponseFlags::UPSTREAM_OVERFLOW,
-        OVERFLOW_BODY,
+        false,
     );
     res.headers_mut().insert(
         http::header::HeaderName::from_static("x-envoy-overloaded"),
@@ -1808,7 +1806,7 @@ mod settings_tests {
         assert_eq!(over.0, 503, "{over:?}");
         assert_eq!(over.1.as_ref().unwrap(), "true");
         assert_eq!(over.2.as_ref().unwrap(), "UO");
-        assert_eq!(over.3, OVERFLOW_BODY.as_bytes());
+        assert_eq!(over.3, mesh_core::limits::OVERFLOW_BODY.as_bytes());
         assert_eq!(limits.counters().pending(), 1);
         assert_eq!(counts.connections.load(Ordering::SeqCst), 2);
         assert_eq!(limits.counters().connections(), 2);

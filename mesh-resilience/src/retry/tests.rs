@@ -10,7 +10,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use mesh_core::MeshBody;
-use mesh_core::ext::{RoutePolicy, flags_of, local_reply, take_return_head};
+use mesh_core::ext::{
+    ResponseCodeDetails, RoutePolicy, UpstreamReset, flags_of, local_reply, take_return_head,
+};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::policy::RetryPolicy;
 use mesh_core::replay::ReplayBody;
@@ -35,6 +37,8 @@ enum Step {
     NotGrpc(u32),
     /// Never answers.
     Hang,
+    /// The connector's reply to a reset before the response (`503`, the reason's flag).
+    Reset(ResponseFlags, UpstreamReset),
 }
 
 /// One request as the mock saw it.
@@ -158,6 +162,7 @@ where
                     r
                 }
                 Step::Hang => std::future::pending().await,
+                Step::Reset(flags, why) => why.reply(StatusCode::SERVICE_UNAVAILABLE, flags, false),
             })
         })
     }
@@ -387,6 +392,11 @@ async fn a_per_try_timeout_is_retried_as_a_reset_then_answers_504_ut() {
     let res = run(&mock, get(Some(p.clone()))).await;
     assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(res.headers()["x-mesh-response-flags"], "URX,UT");
+    // Envoy's details for it (checked against envoy 1.40), not the route timeout's
+    assert_eq!(
+        res.extensions().get::<ResponseCodeDetails>(),
+        Some(&ResponseCodeDetails("upstream_per_try_timeout"))
+    );
     assert_eq!(mock.calls(), 2);
     // two attempts of one second each and one backoff under 25 ms
     let took = start.elapsed();
@@ -1276,4 +1286,50 @@ async fn the_default_backoff_is_25_ms_fully_jittered_up_to_ten_times() {
         }
     }
     assert!(max[0] > Duration::from_millis(20) && max[1] > Duration::from_millis(40));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_s_reply_says_it_was_retried_as_envoy_s() {
+    // Envoy 1.40, a refused upstream under Istio's default policy: `upstream connect error
+    // or disconnect/reset before headers. retried and the latest reset reason: remote
+    // connection failure`
+    let uf = Reset(UF, UpstreamReset::RemoteConnectionFailure);
+    let mock = Mock::new(&[uf, uf, uf]);
+    let res = run(&mock, get(None)).await;
+    assert_eq!(mock.calls(), 3);
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["x-mesh-response-flags"], "UF,URX");
+    assert_eq!(
+        res.extensions().get::<UpstreamReset>(),
+        Some(&UpstreamReset::RemoteConnectionFailure),
+        "the reason stays for the access log"
+    );
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        body,
+        "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
+    );
+    // a reset the policy does not retry keeps the connector's words
+    let uc = ResponseFlags::UPSTREAM_CONNECTION_TERMINATION;
+    let mock = Mock::new(&[Reset(uc, UpstreamReset::ConnectionTermination)]);
+    let res = run(&mock, get(None)).await;
+    assert_eq!(mock.calls(), 1);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        body,
+        "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+    );
+    // retried once, then answered by the upstream: its own answer
+    let mock = Mock::new(&[uf, Status(503), Status(503)]);
+    let res = run(&mock, get(Some(policy("connect-failure", 2)))).await;
+    assert_eq!(mock.calls(), 2);
+    assert!(res.extensions().get::<UpstreamReset>().is_none());
+    assert!(
+        res.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
 }
