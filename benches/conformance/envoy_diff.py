@@ -36,12 +36,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 HEADERS = ("content-type", "x-envoy-overloaded", "x-envoy-ratelimited", "x-local-rate-limit",
            "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "grpc-status",
-           "grpc-message")
+           "grpc-message", "x-seen-attempt-count")
 GRPC = {"content-type": "application/grpc", "te": "trailers"}
 
 # (name, path, request headers, how many at once); the origin's behaviour is in its path
 CASES = [
     ("upstream's answer", "/ok", {}, 1),
+    ("x-envoy-attempt-count as the origin saw it (the client sent 9)", "/ok/echo",
+     {"x-envoy-attempt-count": "9"}, 1),
     ("route timeout", "/timeout", {}, 1),
     ("per-try timeouts, retries exhausted", "/pertry", {}, 1),
     ("503s retried (retryOn: 5xx)", "/r503", {}, 1),
@@ -77,6 +79,15 @@ async def origin(reader, writer):
                 writer.write(b"HELLO THERE\r\n\r\n")
                 await writer.drain()
                 return
+            if "/echo" in path:
+                seen = b"-"
+                for line in head.split(b"\r\n")[1:]:
+                    if line.lower().startswith(b"x-envoy-attempt-count:"):
+                        seen = line.split(b":", 1)[1].strip()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-seen-attempt-count: "
+                             + seen + b"\r\n\r\nok")
+                await writer.drain()
+                continue
             if "503" in path:
                 writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nboom")
             else:

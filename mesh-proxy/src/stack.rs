@@ -461,7 +461,9 @@ impl Layers {
             // attempt
             retry: RetryLayer::new()
                 .with_envoy_headers(envoy_headers)
-                .with_heads_handed_back(),
+                .with_heads_handed_back()
+                // Istio's virtual hosts set `include_request_attempt_count`
+                .with_attempt_count(true),
             // Mirrored requests run as tasks of the worker that received the original (the
             // engine's workers are current-thread runtimes), on that worker's pool.
             mirror: MirrorLayer::new(|task| {

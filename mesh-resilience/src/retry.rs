@@ -103,6 +103,10 @@
 //! condition, the per-try timeout is replaced (`0`: none); a route without retries starts
 //! from Envoy's empty policy (no condition, one retry).
 //!
+//! With [`RetryLayer::with_attempt_count`] (mesh-proxy's, as Istio's virtual hosts set
+//! `include_request_attempt_count`), every attempt carries `x-envoy-attempt-count`: `1`,
+//! then `2`, `3` for the retries, in place of the client's value.
+//!
 //! # Request bodies
 //!
 //! The body reaches the layers below as a [`ReplayBody`]: a request without a body costs
@@ -199,7 +203,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use mesh_core::body::ReplyBody;
 use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
@@ -232,7 +236,12 @@ pub struct RetryLayer {
     counter: Arc<AtomicU64>,
     envoy_headers: EnvoyHeaderPolicy,
     heads_handed_back: bool,
+    attempt_count: bool,
 }
+
+/// `x-envoy-attempt-count` ([`RetryLayer::with_attempt_count`]).
+pub const X_ENVOY_ATTEMPT_COUNT: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-attempt-count");
 
 /// The service of [`RetryLayer`].
 #[derive(Debug)]
@@ -283,6 +292,8 @@ struct First<S, B> {
     back: Option<ReturnHead>,
     /// The seed of the retries' backoff draws.
     seed: u64,
+    /// Whether attempts carry `x-envoy-attempt-count`.
+    attempt_count: bool,
 }
 
 #[pin_project(project = StateProj)]
@@ -331,6 +342,8 @@ struct Attempts<S, B> {
     mark: Option<TimeoutMark>,
     /// The head of an answer whose first body frame is being read ([`State::Peeking`]).
     held: Option<http::response::Parts>,
+    /// Whether attempts carry `x-envoy-attempt-count`.
+    attempt_count: bool,
 }
 
 /// What the attempts of a request share with the balancer.
@@ -368,7 +381,18 @@ impl RetryLayer {
             counter: Arc::default(),
             envoy_headers: EnvoyHeaderPolicy::Strip,
             heads_handed_back: false,
+            attempt_count: false,
         }
+    }
+
+    /// Writes `x-envoy-attempt-count` into every attempt it sends (`1`, then `2`, `3` for
+    /// the retries), replacing the client's, as Envoy does for a virtual host with
+    /// `include_request_attempt_count`, which Istio sets on its sidecars' and gateways'
+    /// (`meshConfig.defaultConfig.proxyHeaders.attemptCount`): the application can tell a
+    /// retry from a first try. Off by default, as Envoy's; mesh-proxy turns it on.
+    pub fn with_attempt_count(mut self, on: bool) -> Self {
+        self.attempt_count = on;
+        self
     }
 
     /// Declares that the inner service puts each request's head back when the request asks
@@ -510,6 +534,10 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let envoy = EnvoyHeaders::present(req.headers());
+        if self.layer.attempt_count {
+            req.headers_mut()
+                .insert(X_ENVOY_ATTEMPT_COUNT, HeaderValue::from_static("1"));
+        }
         let policy = match route_policy(req.extensions()) {
             Some(route) => Some(route.retries.as_ref().unwrap_or(&self.layer.default)),
             None => self.layer.policy.as_ref(),
@@ -565,6 +593,7 @@ where
                     priorities: tried.priorities,
                     back: tried.back,
                     seed,
+                    attempt_count: self.layer.attempt_count,
                 }),
             };
         }
@@ -595,6 +624,7 @@ where
                 permit: None,
                 mark,
                 held: None,
+                attempt_count: self.layer.attempt_count,
             })),
             first: None,
         }
@@ -887,7 +917,15 @@ where
                     } else {
                         retry.parts.clone()
                     };
-                    let head = head.expect(POLLED_AFTER_COMPLETION);
+                    let mut head = head.expect(POLLED_AFTER_COMPLETION);
+                    if retry.attempt_count {
+                        // the retries sent so far, and the first attempt
+                        let n = retry.policy.attempts - retry.left + 1;
+                        head.headers.insert(
+                            X_ENVOY_ATTEMPT_COUNT,
+                            mesh_core::header_values::number(u64::from(n)),
+                        );
+                    }
                     retry.mark = per_try_mark(&head, &retry.policy);
                     let req = attempt(head, &retry.tried, body, retry.mark.as_ref());
                     let fut = retry.svc().call(req);
@@ -1160,6 +1198,7 @@ impl<S, B> First<S, B> {
             permit: None,
             mark: None,
             held: None,
+            attempt_count: self.attempt_count,
         }
     }
 }

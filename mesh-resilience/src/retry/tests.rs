@@ -53,6 +53,8 @@ struct Seen {
     priorities: Option<Vec<u32>>,
     /// The `x-handed-back` header ([`HandsBack`] writes it into the heads it hands back).
     handed_back: Option<String>,
+    /// The `x-envoy-attempt-count` header.
+    attempt_count: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -111,6 +113,10 @@ where
                 .headers()
                 .get("x-handed-back")
                 .map(|v| v.to_str().unwrap().to_string());
+            let attempt_count = req
+                .headers()
+                .get("x-envoy-attempt-count")
+                .map(|v| v.to_str().unwrap().to_string());
             let previous = mesh_core::ext::previous_hosts(req.extensions()).cloned();
             // the balancer's part: the n-th attempt goes to 10.0.0.n
             let n = seen.lock().unwrap().len();
@@ -137,6 +143,7 @@ where
                 envoy,
                 priorities,
                 handed_back,
+                attempt_count,
             });
             Ok(match step {
                 Step::Status(s) => {
@@ -1332,4 +1339,47 @@ async fn a_reset_s_reply_says_it_was_retried_as_envoy_s() {
             .to_bytes()
             .is_empty()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_carry_x_envoy_attempt_count_when_asked_as_istios_virtual_hosts() {
+    // Istio sets include_request_attempt_count: Envoy writes 1, 2, 3 into the attempts,
+    // replacing the client's value
+    let counts = |mock: &Mock| -> Vec<Option<String>> {
+        mock.seen().into_iter().map(|s| s.attempt_count).collect()
+    };
+    let some =
+        |v: &[&str]| -> Vec<Option<String>> { v.iter().map(|s| Some((*s).to_string())).collect() };
+    let mock = Mock::new(&[Status(503), Status(503), Status(200)]);
+    let res = RetryLayer::new()
+        .with_seed(7)
+        .with_attempt_count(true)
+        .layer(mock.clone())
+        .oneshot(with_headers(
+            get(Some(policy("5xx", 2))),
+            &[("x-envoy-attempt-count", "7")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(counts(&mock), some(&["1", "2", "3"]));
+    // with heads handed back, and a request no retry policy covers: 1
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    let svc = RetryLayer::new()
+        .with_seed(7)
+        .with_attempt_count(true)
+        .with_heads_handed_back()
+        .layer(HandsBack(mock.clone()));
+    svc.oneshot(get(Some(policy("5xx", 1)))).await.unwrap();
+    assert_eq!(counts(&mock), some(&["1", "2"]));
+    let mock = Mock::new(&[Status(503)]);
+    let svc = RetryLayer::new()
+        .with_attempt_count(true)
+        .layer(mock.clone());
+    svc.oneshot(get(Some(policy("5xx", 0)))).await.unwrap();
+    assert_eq!(counts(&mock), some(&["1"]));
+    // off (the default): none written, the client's passed on
+    let mock = Mock::new(&[Status(503), Status(200)]);
+    run(&mock, get(Some(policy("5xx", 1)))).await;
+    assert_eq!(counts(&mock), [None, None]);
 }
