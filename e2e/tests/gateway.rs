@@ -874,3 +874,82 @@ spec:
     assert_eq!(b.hits(), 1);
     r.proxy.drain().await;
 }
+
+/// An upstream that answers with the forwarding headers it received, as JSON.
+fn forwarding_headers_echo() -> Handler {
+    Arc::new(|req: Request<hyper::body::Incoming>| {
+        let h = req.headers();
+        let get = |n: &str| {
+            let all: Vec<&str> = h.get_all(n).iter().map(|v| v.to_str().unwrap()).collect();
+            (!all.is_empty()).then(|| all.join(" | "))
+        };
+        let seen = serde_json::json!({
+            "xff": get("x-forwarded-for"),
+            "xfp": get("x-forwarded-proto"),
+            "external": get("x-envoy-external-address"),
+            "request_id": get("x-request-id"),
+        });
+        Box::pin(async move { http::Response::new(full(seen.to_string())) })
+    })
+}
+
+/// Istio's gateways run Envoy with `use_remote_address`: every request is external, the
+/// client's address is appended to `x-forwarded-for`, `x-forwarded-proto` is the
+/// connection's scheme, `x-envoy-external-address` the client's address, and a client's
+/// `x-request-id` is replaced (checked against envoy 1.40).
+#[tokio::test]
+async fn the_application_behind_the_gateway_sees_the_client_as_behind_istios() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Pki::new("gateway test CA");
+    let b = backend_with("httpbin", forwarding_headers_echo()).await;
+    let plain = "---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: httpbin-gateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [\"httpbin.example.com\"]
+";
+    let yaml = format!(
+        "{}{}{plain}{}{}",
+        gateway_bootstrap(&[80, 443], ""),
+        httpbin(&b),
+        httpbin_vs("httpbin.example.com", "httpbin-gateway"),
+        two_https_servers(dir.path(), &ca, "SIMPLE", "")
+    );
+    let r = start(&yaml).await;
+    let seen = |reply: &Reply| -> serde_json::Value {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        serde_json::from_str(&reply.body).unwrap()
+    };
+    let mut c = H1::connect(gw_addr(&r, 80)).await;
+    let mut req = get("httpbin.example.com", "/status/200");
+    let h = req.headers_mut();
+    h.append("x-forwarded-for", "1.2.3.4, 5.6.7.8".parse().unwrap());
+    h.append("x-forwarded-for", "9.9.9.9".parse().unwrap());
+    h.insert("x-forwarded-proto", "https".parse().unwrap());
+    h.insert("x-envoy-external-address", "6.6.6.6".parse().unwrap());
+    h.insert("x-request-id", "from-the-client".parse().unwrap());
+    let v = seen(&c.send(req).await);
+    assert_eq!(v["xff"], "1.2.3.4, 5.6.7.8,9.9.9.9,127.0.0.1");
+    assert_eq!(
+        v["xfp"], "http",
+        "the connection's scheme, not the client's word"
+    );
+    assert_eq!(v["external"], "127.0.0.1");
+    let id = v["request_id"].as_str().unwrap();
+    assert_ne!(id, "from-the-client");
+    assert_eq!(id.len(), 36, "a generated UUID: {id}");
+    // without forwarding headers: the client's address alone
+    let v = seen(&c.send(get("httpbin.example.com", "/status/200")).await);
+    assert_eq!(v["xff"], "127.0.0.1");
+    // over TLS: https
+    let host = "httpbin.example.com";
+    let mut tx = tls_h1(gw_addr(&r, 443), host, &ca, None).await.unwrap();
+    let v = seen(&send(&mut tx, get(host, "/status/200")).await.unwrap());
+    assert_eq!(v["xfp"], "https");
+    assert_eq!(v["xff"], "127.0.0.1");
+    r.proxy.drain().await;
+}

@@ -821,7 +821,11 @@ struct ConnectionFacts {
 
 /// The front of a gateway listener's stack: fills in what AuthorizationPolicy reads (the
 /// client certificate's SPIFFE identity, the SNI, the destination), drops a client's own
-/// `x-forwarded-client-cert` (Envoy's `SANITIZE`), and hands the request on.
+/// `x-forwarded-client-cert` (Envoy's `SANITIZE`), treats the request as external as
+/// Istio's gateways do (`use_remote_address`: the client's address appended to
+/// `x-forwarded-for`, `x-forwarded-proto` the connection's scheme,
+/// `x-envoy-external-address`, the client's `x-request-id` dropped for one of the
+/// gateway's), and hands the request on.
 #[derive(Debug, Clone)]
 pub struct GatewayFront<S> {
     inner: S,
@@ -864,6 +868,51 @@ impl<S> GatewayFront<S> {
 
 /// `x-forwarded-client-cert`.
 const XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
+/// `x-forwarded-for`.
+const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`.
+const XFP: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+/// `x-envoy-external-address`.
+const EXTERNAL_ADDRESS: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-external-address");
+/// `x-request-id`.
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// What Envoy's connection manager does to an external request when it uses the remote
+/// address, as at Istio's gateways (`use_remote_address: true`; since Envoy 1.33 no network
+/// counts as internal unless configured, so every request is external), checked against
+/// envoy 1.40:
+/// - the client's address is appended to `x-forwarded-for` (`1.2.3.4, 5.6.7.8` becomes
+///   `1.2.3.4, 5.6.7.8,<client>`; several fields are joined with `,`);
+/// - `x-forwarded-proto` is the connection's scheme (`https` when the gateway terminated
+///   TLS), whatever the client wrote;
+/// - `x-envoy-external-address` is the client's address;
+/// - the client's `x-request-id` is dropped, so that the trace layer generates one
+///   (`preserve_external_request_id` is off).
+///
+/// One difference: for a client on a loopback address Envoy appends its own node address
+/// to `x-forwarded-for`; here the client's address is appended whatever it is.
+fn edge_headers(headers: &mut http::HeaderMap, client: Option<std::net::IpAddr>, tls: bool) {
+    if let Some(ip) = client {
+        let ip = ip.to_string();
+        let mut xff = Vec::new();
+        for v in headers.get_all(&XFF).iter().filter(|v| !v.is_empty()) {
+            xff.extend_from_slice(v.as_bytes());
+            xff.push(b',');
+        }
+        xff.extend_from_slice(ip.as_bytes());
+        // (the client's own bytes were a valid value, the joins and the address are)
+        if let Ok(v) = HeaderValue::from_bytes(&xff) {
+            headers.insert(XFF, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&ip) {
+            headers.insert(EXTERNAL_ADDRESS, v);
+        }
+    }
+    let scheme = if tls { "https" } else { "http" };
+    headers.insert(XFP, HeaderValue::from_static(scheme));
+    headers.remove(REQUEST_ID);
+}
 
 impl<S, B> Service<Request<B>> for GatewayFront<S>
 where
@@ -879,6 +928,9 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
         req.headers_mut().remove(XFCC);
+        let client = mesh_core::ext::client_addr(req.extensions()).map(|c| c.0.ip());
+        let tls = req.extensions().get::<PeerTls>().is_some();
+        edge_headers(req.headers_mut(), client, tls);
         if let Some(p) = req.extensions().get::<PeerTls>().map(|p| p.0.clone()) {
             let f = self.facts(&p);
             if let Some(id) = f.identity {
