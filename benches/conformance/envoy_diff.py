@@ -59,6 +59,13 @@ CASES = [
     ("upstream closes before answering", "/ok/close", {}, 1),
     ("upstream answers garbage", "/ok/garbage", {}, 1),
     ("connection pool overflow (3 at once, 1 connection, 1 pending)", "/overflow", {}, 3),
+    # a gRPC request gets every local reply as a gRPC status (Envoy's sendLocalReply)
+    ("gRPC: route timeout", "/timeout", GRPC, 1),
+    ("gRPC: subset without endpoints", "/empty", GRPC, 1),
+    ("gRPC: no route", "/nomatch", GRPC, 1),
+    ("gRPC: connection refused (retried)", "/refused", GRPC, 1),
+    ("gRPC: upstream closes before answering", "/ok/close", GRPC, 1),
+    ("gRPC: local rate limit", "/rl/c", GRPC, 1),
 ]
 
 
@@ -223,6 +230,7 @@ def main():
     mconf = render("mesh.yaml", f"{run}/mesh.yaml", {**values, "LOG": mesh_log})
     procs = [
         subprocess.Popen([envoy_bin, "-c", econf, "--concurrency", "1", "--log-level", "error",
+                          "--use-dynamic-base-id",
                           "--file-flush-interval-msec", "100"],
                          stdout=open(f"{run}/envoy.out", "w"), stderr=subprocess.STDOUT),
         subprocess.Popen([mesh_bin, "run", "--config", mconf],

@@ -866,3 +866,97 @@ async fn the_application_sees_the_attempt_count_as_behind_istios_envoy() {
         [Some("1".to_owned()), Some("2".to_owned())]
     );
 }
+
+/// A gRPC caller gets the mesh's own answers as gRPC statuses, as Envoy's `sendLocalReply`
+/// gives them (checked against envoy 1.40): a trailers-only `200`, `grpc-status` mapped
+/// from the HTTP status, the reply's text as `grpc-message`; Istio's metrics and the access
+/// log see that `200`.
+#[tokio::test]
+async fn a_grpc_caller_gets_the_mesh_s_own_answers_as_grpc_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.json");
+    let dead = dead_port().await;
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings}}
+spec:
+  hosts: [ratings]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: grpc, protocol: GRPC}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{grpc: {dead}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings}}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{{uri: {{prefix: /ratings.Ratings/}}}}]
+    route: [{{destination: {{host: ratings}}}}]
+",
+        bootstrap(
+            1,
+            &format!("  accessLog: {{path: {}, encoding: JSON}}\n", log.display())
+        )
+    );
+    let p = start(&yaml).await;
+    let mut tx = h2(p.out).await;
+    let call = |path: &str| {
+        Request::builder()
+            .method("POST")
+            .uri(format!("http://ratings:9080{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(full(""))
+            .unwrap()
+    };
+    let mut statuses = Vec::new();
+    for path in ["/ratings.Ratings/Get", "/other.Service/Call"] {
+        bounded(tx.ready()).await.unwrap();
+        let res = read(bounded(tx.send_request(call(path))).await.unwrap()).await;
+        assert_eq!(res.status, 200, "{res:?}");
+        assert_eq!(res.headers["content-type"], "application/grpc");
+        assert!(res.body.is_empty(), "{res:?}");
+        let text = |n: &str| res.headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+        statuses.push((
+            text("grpc-status"),
+            text("grpc-message"),
+            res.flags().to_owned(),
+        ));
+    }
+    assert_eq!(
+        statuses,
+        [
+            (
+                Some("14".to_owned()),
+                Some(
+                    "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
+                        .to_owned()
+                ),
+                "UF,URX".to_owned()
+            ),
+            (Some("12".to_owned()), None, "NR".to_owned()),
+        ]
+    );
+    p.proxy.flush_telemetry();
+    let codes: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["response_code"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(codes, [200, 200]);
+    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
+    assert!(
+        stats.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("response_code=\"200\"")
+            && l.contains("grpc_response_status=\"14\"")),
+        "{stats}"
+    );
+}

@@ -284,6 +284,12 @@ impl UpstreamReset {
     }
 }
 
+/// The text of a reply the mesh made itself ([`local_reply`]), its body: what
+/// [`crate::grpc`] turns into `grpc-message` when the request was gRPC. Its presence marks
+/// the answer as the mesh's own rather than an upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalReplyText(pub &'static str);
+
 /// Envoy's `%RESPONSE_CODE_DETAILS%` for a local reply whose response flags do not tell it
 /// apart (a per-try timeout's `upstream_per_try_timeout` beside the route timeout's
 /// `response_timeout`, both `UT`).
@@ -1106,7 +1112,8 @@ pub struct SourceWorkload {
 }
 
 /// Builds a response the mesh made itself: the status, the flags as an extension and as
-/// the [`RESPONSE_FLAGS_HEADER`] header, and an optional text body, in any [`ReplyBody`].
+/// the [`RESPONSE_FLAGS_HEADER`] header, and an optional text body, in any [`ReplyBody`],
+/// also kept as a [`LocalReplyText`] (for a gRPC caller: [`crate::grpc`]).
 pub fn local_reply<R: ReplyBody>(
     status: StatusCode,
     flags: ResponseFlags,
@@ -1114,6 +1121,7 @@ pub fn local_reply<R: ReplyBody>(
 ) -> Response<R> {
     let mut res = Response::new(R::local(bytes::Bytes::from_static(body.as_bytes())));
     *res.status_mut() = status;
+    res.extensions_mut().insert(LocalReplyText(body));
     if !body.is_empty() {
         res.headers_mut().insert(
             http::header::CONTENT_TYPE,

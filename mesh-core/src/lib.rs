@@ -60,6 +60,7 @@ pub mod envoy_headers;
 pub mod ext;
 pub mod flags;
 pub mod format;
+pub mod grpc;
 pub mod hash;
 pub mod header_values;
 pub mod health;

@@ -54,6 +54,7 @@ use crate::pipeline::{self, Built};
 use crate::security::{PortTls, WorkloadTls};
 use crate::stack::{GatewayLayers, Layers};
 use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
+use mesh_core::grpc::{GrpcLocalReply, GrpcLocalReplyLayer};
 use mesh_resilience::{RateLimit, RateLimitLayer};
 use mesh_routing::l4::{L4RouteTable, L4RouteTableHandle};
 use mesh_routing::{RouteLayer, RouteTableHandle};
@@ -1020,13 +1021,11 @@ fn inbound_stack(
     InboundStack {
         // the hop's trace context first (an Envoy sidecar's inbound listener traces too:
         // the application gets a traceparent and an x-request-id, spans are server spans)
-        inner: layers.trace.layer(
-            layers
-                .record
-                .layer(JwtAuthnLayer::shared(layers.jwt.clone()).layer(
-                    AuthzLayer::shared(layers.authz.clone()).layer(layers.limit.layer(forward)),
-                )),
-        ),
+        inner: layers.trace.layer(layers.record.layer(
+            GrpcLocalReplyLayer.layer(JwtAuthnLayer::shared(layers.jwt.clone()).layer(
+                AuthzLayer::shared(layers.authz.clone()).layer(layers.limit.layer(forward)),
+            )),
+        )),
         tls: layers.tls.clone(),
         // the workload port the peer meant (Envoy's original destination under iptables):
         // the application's, or a Sidecar ingress listener's `port.number`; the address,
@@ -1065,12 +1064,16 @@ struct ConnectionFacts {
 /// ([`mesh_tls::authz`]) and forwards to the local application.
 #[derive(Debug, Clone)]
 pub struct InboundStack {
-    inner: Trace<Record<JwtAuthn<Authz<RateLimit<InboundForward>>>>>,
+    inner: Trace<Record<InboundPolicies>>,
     tls: Arc<WorkloadTls>,
     destination: DestinationAddr,
     /// The last connection's facts (requests of one connection share them).
     last: Option<ConnectionFacts>,
 }
+
+/// The inbound stack inside its record layer: gRPC replies, JWTs, authorization, the rate
+/// limit, then the application.
+type InboundPolicies = GrpcLocalReply<JwtAuthn<Authz<RateLimit<InboundForward>>>>;
 
 /// The end of the inbound stack: the local application.
 #[derive(Debug, Clone)]
@@ -1115,12 +1118,14 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundSta
     type Response = http::Response<RecordBody<mesh_core::MeshBody<crate::engine::UpstreamBody>>>;
     type Error = std::convert::Infallible;
     type Future = mesh_telemetry::record::ResponseFuture<
-        mesh_tls::jwt::ResponseFuture<
-            mesh_tls::authz::ResponseFuture<
-                mesh_resilience::ratelimit::ResponseFuture<crate::engine::ConnectorFuture>,
+        mesh_core::grpc::ResponseFuture<
+            mesh_tls::jwt::ResponseFuture<
+                mesh_tls::authz::ResponseFuture<
+                    mesh_resilience::ratelimit::ResponseFuture<crate::engine::ConnectorFuture>,
+                    mesh_core::MeshBody<crate::engine::UpstreamBody>,
+                >,
                 mesh_core::MeshBody<crate::engine::UpstreamBody>,
             >,
-            mesh_core::MeshBody<crate::engine::UpstreamBody>,
         >,
     >;
 

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! request ─► Trace (traceparent, B3, x-request-id) ─► Record (StreamInfo; at the end of
-//!            the response: Istio's metrics) ─► Route (VirtualService: match,
+//!            the response: Istio's metrics) ─► GrpcLocalReply (the mesh's own answers
+//!            to a gRPC caller as gRPC statuses) ─► Route (VirtualService: match,
 //!            rewrite, redirect, …) ─► RateLimit (LocalRateLimit) ─► Fault (fault: delay,
 //!            abort) ─► Timeout (timeout) ─► Retry (retries) ─► Mirror (mirror, mirrors) ─►
 //!            Lb (DestinationRule, subsets, endpoints, balancer) ─► CircuitBreaker
@@ -65,6 +66,7 @@ use tower_layer::Layer;
 
 use crate::engine::{Connector, RequestBody, WorkerContext};
 use hyper::body::Incoming;
+use mesh_core::grpc::{GrpcLocalReply, GrpcLocalReplyLayer};
 use mesh_core::replay::ReplayBody;
 use mesh_core::request_end::EndBody;
 use mesh_resilience::{
@@ -89,11 +91,13 @@ use crate::gateway::{HttpsRedirect, HttpsRedirectLayer};
 pub type MeshStack<S = Connector> = IntoRequestBody<
     Trace<
         Record<
-            Route<
-                RateLimit<
-                    Fault<
-                        Timeout<
-                            Retry<BoxFuture<Mirror<Lb<CircuitBreaker<Outlier<PlainBody<S>>>>>>>,
+            GrpcLocalReply<
+                Route<
+                    RateLimit<
+                        Fault<
+                            Timeout<
+                                Retry<BoxFuture<Mirror<Lb<CircuitBreaker<Outlier<PlainBody<S>>>>>>>,
+                            >,
                         >,
                     >,
                 >,
@@ -109,18 +113,20 @@ pub type GatewayStack = crate::gateway::GatewayFront<
     IntoRequestBody<
         Trace<
             Record<
-                HttpsRedirect<
-                    JwtAuthn<
-                        Authz<
-                            Route<
-                                RateLimit<
-                                    Fault<
-                                        Timeout<
-                                            Retry<
-                                                Mirror<
-                                                    Lb<
-                                                        CircuitBreaker<
-                                                            Outlier<PlainBody<Connector>>,
+                GrpcLocalReply<
+                    HttpsRedirect<
+                        JwtAuthn<
+                            Authz<
+                                Route<
+                                    RateLimit<
+                                        Fault<
+                                            Timeout<
+                                                Retry<
+                                                    Mirror<
+                                                        Lb<
+                                                            CircuitBreaker<
+                                                                Outlier<PlainBody<Connector>>,
+                                                            >,
                                                         >,
                                                     >,
                                                 >,
@@ -531,12 +537,10 @@ impl Layers {
         let mirror = BoxFuture(self.mirror.layer(lb));
         let retry = self.retry.layer(mirror);
         let fault = self.fault.layer(self.timeout.layer(retry));
-        IntoRequestBody(
-            self.trace.layer(
-                self.record
-                    .layer(self.route_layer.layer(self.rate_limit.layer(fault))),
-            ),
-        )
+        IntoRequestBody(self.trace.layer(self.record.layer(
+            // local replies to gRPC requests in gRPC's form, before the record reads them
+            GrpcLocalReplyLayer.layer(self.route_layer.layer(self.rate_limit.layer(fault))),
+        )))
     }
 
     /// One worker's stack for a gateway listener ([`crate::gateway`]): the outbound
@@ -556,8 +560,10 @@ impl Layers {
             .layer(AuthzLayer::shared(gw.authz.clone()).layer(routed));
         crate::gateway::GatewayFront::new(
             IntoRequestBody(
-                self.trace
-                    .layer(self.record.layer(gw.redirect.layer(policed))),
+                self.trace.layer(
+                    self.record
+                        .layer(GrpcLocalReplyLayer.layer(gw.redirect.layer(policed))),
+                ),
             ),
             gw.listener,
         )

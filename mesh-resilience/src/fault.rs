@@ -267,10 +267,9 @@ where
     }
 }
 
+/// Whether `req` is gRPC ([`mesh_core::grpc::is_grpc_request`]).
 pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    mesh_core::grpc::is_grpc_request(req.headers())
 }
 
 impl<S, B, R> Future for ResponseFuture<S, B>
@@ -369,17 +368,7 @@ fn abort_response<R: ReplyBody>(
     }
 }
 
-/// `Grpc::Utility::httpToGrpcStatus` (the gRPC spec's HTTP-to-gRPC mapping).
-pub(crate) fn http_to_grpc(status: StatusCode) -> u32 {
-    match status.as_u16() {
-        400 => 13,             // INTERNAL
-        401 => 16,             // UNAUTHENTICATED
-        403 => 7,              // PERMISSION_DENIED
-        404 => 12,             // UNIMPLEMENTED
-        429 | 502..=504 => 14, // UNAVAILABLE
-        _ => 2,                // UNKNOWN
-    }
-}
+pub(crate) use mesh_core::grpc::http_to_grpc;
 
 #[cfg(test)]
 mod tests;

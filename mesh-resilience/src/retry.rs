@@ -208,9 +208,9 @@ use http_body::Body;
 use mesh_core::body::ReplyBody;
 use mesh_core::envoy_headers::{EnvoyHeaderPolicy, EnvoyHeaders};
 use mesh_core::ext::{
-    PreviousHosts, PreviousPriorities, RefusedStream, ResponseCodeDetails, ReturnHead, TimeoutMark,
-    UpstreamReset, flags_of, local_reply, mark, route_policy, selected_endpoint, slots_mut,
-    timeout_mark, upstream_cluster,
+    LocalReplyText, PreviousHosts, PreviousPriorities, RefusedStream, ResponseCodeDetails,
+    ReturnHead, TimeoutMark, UpstreamReset, flags_of, local_reply, mark, route_policy,
+    selected_endpoint, slots_mut, timeout_mark, upstream_cluster,
 };
 #[cfg(doc)]
 use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamCluster};
@@ -1263,7 +1263,9 @@ impl<R: ReplyBody> Outcome<R> {
             Outcome::Answer(mut res) => {
                 mark(&mut res, flags);
                 if retried && let Some(r) = res.extensions().get::<UpstreamReset>().copied() {
-                    *res.body_mut() = R::local(bytes::Bytes::from_static(r.body(true).as_bytes()));
+                    let text = r.body(true);
+                    *res.body_mut() = R::local(bytes::Bytes::from_static(text.as_bytes()));
+                    res.extensions_mut().insert(LocalReplyText(text));
                 }
                 res
             }

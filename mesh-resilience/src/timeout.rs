@@ -171,7 +171,7 @@ where
         // Envoy reads `grpc-timeout` on gRPC requests only (`isGrpcRequestHeaders`): the
         // content type, a standard header, is checked first (a lookup of `grpc-timeout`
         // hashes a non-standard name, measurable per request).
-        let is_grpc = is_grpc_request(req.headers());
+        let is_grpc = mesh_core::grpc::is_grpc_request(req.headers());
         let grpc = if is_grpc {
             req.headers()
                 .get("grpc-timeout")
@@ -241,16 +241,6 @@ impl TimeoutLayer {
         EnvoyHeaders::strip(h, present);
         timeout
     }
-}
-
-/// A gRPC request, as Envoy's `Grpc::Common::isGrpcRequestHeaders` tells it: its content
-/// type is `application/grpc`, or that followed by `+` or `;` (not gRPC-Web's).
-fn is_grpc_request(h: &HeaderMap) -> bool {
-    h.get(http::header::CONTENT_TYPE).is_some_and(|v| {
-        v.as_bytes()
-            .strip_prefix(b"application/grpc")
-            .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
-    })
 }
 
 /// Parses a gRPC `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`,

@@ -44,6 +44,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::ResponseFlags;
 use mesh_core::body::{IntoMeshBody, MeshBodyLayer, ReplyBody};
 use mesh_core::ext::{ClientAddr, DestinationAddr, PeerIdentity, local_reply, slots_mut};
+use mesh_core::grpc::{GrpcLocalReply, GrpcLocalReplyLayer};
 use mesh_core::policy::FaultPolicy;
 use mesh_resilience::{Fault, FaultLayer, RateLimit};
 use mesh_telemetry::current::{CurrentTrace, CurrentTraceLayer};
@@ -60,8 +61,13 @@ use tower_service::Service;
 use crate::Mesh;
 
 /// The layers inside [`MeshServer`], around the application `S`.
-pub type ServerInner<S> =
-    Trace<Record<RequirePeer<JwtAuthn<Authz<RateLimit<Fault<CurrentTrace<IntoMeshBody<S>>>>>>>>>;
+pub type ServerInner<S> = Trace<
+    Record<
+        GrpcLocalReply<
+            RequirePeer<JwtAuthn<Authz<RateLimit<Fault<CurrentTrace<IntoMeshBody<S>>>>>>>,
+        >,
+    >,
+>;
 
 /// Makes [`MeshServer`]s; see the [module docs](self). Made by
 /// [`Mesh::server_layer`](crate::Mesh::server_layer).
@@ -146,9 +152,14 @@ impl<S> Layer<S> for ServerLayer {
             mesh: self.mesh.clone(),
         };
         MeshServer {
-            inner: layers
-                .trace()
-                .layer(layers.telemetry().inbound().layer(inner)),
+            // the mesh's own answers to a gRPC caller in gRPC's form (an authorization's
+            // 403 is `grpc-status: 7`), before the record reads them
+            inner: layers.trace().layer(
+                layers
+                    .telemetry()
+                    .inbound()
+                    .layer(GrpcLocalReplyLayer.layer(inner)),
+            ),
             last: None,
         }
     }

@@ -1,0 +1,278 @@
+//! The mesh's own answers to gRPC requests, as Envoy gives them: a gRPC client cannot read
+//! `503 no healthy upstream`, so Envoy's connection manager (`sendLocalReply` of a gRPC
+//! request) answers trailers-only instead: HTTP `200`, `content-type: application/grpc`,
+//! `grpc-status` mapped from the HTTP status (`Grpc::Utility::httpToGrpcStatus`: 503 → 14
+//! UNAVAILABLE, 404 → 12 UNIMPLEMENTED, 403 → 7 PERMISSION_DENIED, …) and the reply's text
+//! as `grpc-message` (none when it has no text).
+//!
+//! [`GrpcLocalReplyLayer`] does that for every local reply made below it (a reply made with
+//! [`local_reply`](crate::ext::local_reply), which carries its text as a
+//! [`LocalReplyText`]): the router's `404 NR`, the balancer's
+//! `503 UH`, the connector's resets, the circuit breaker's overflow, a per-try timeout,
+//! authorization's `403`. Answers from upstream pass as they are, and so do replies that are
+//! gRPC already (the fault, timeout and rate limit layers make theirs). mesh-proxy puts it
+//! right inside the record layer, so that the access log and Istio's metrics see the
+//! answer the client gets (`200`, `grpc_response_status="14"`), as Envoy's do. Checked
+//! against envoy 1.40 (`benches/conformance/envoy_diff.py`).
+//!
+//! Per request: one look-up of `content-type` (a standard header), for `POST`s only (every
+//! gRPC call is one; Envoy also treats a gRPC content type on another method as gRPC).
+//!
+//! ```
+//! use http::{Request, StatusCode};
+//! use mesh_core::MeshBody;
+//! use mesh_core::ext::local_reply;
+//! use mesh_core::flags::ResponseFlags;
+//! use mesh_core::grpc::GrpcLocalReplyLayer;
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let svc = GrpcLocalReplyLayer.layer(service_fn(|_req: Request<()>| async {
+//!     Ok::<_, std::convert::Infallible>(local_reply::<MeshBody<http_body_util::Empty<bytes::Bytes>>>(
+//!         StatusCode::SERVICE_UNAVAILABLE,
+//!         ResponseFlags::NO_HEALTHY_UPSTREAM,
+//!         "no healthy upstream",
+//!     ))
+//! }));
+//! let req = Request::post("/ratings.Ratings/Get")
+//!     .header("content-type", "application/grpc")
+//!     .body(())
+//!     .unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(res.headers()["grpc-status"], "14");
+//! assert_eq!(res.headers()["grpc-message"], "no healthy upstream");
+//! # });
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+
+use crate::body::ReplyBody;
+use crate::ext::LocalReplyText;
+
+/// Whether a request is gRPC, as Envoy's `isGrpcRequestHeaders`: its `content-type` is
+/// `application/grpc`, alone or followed by `+` (`application/grpc+proto`) or `;`.
+#[inline]
+pub fn is_grpc_request(h: &HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .strip_prefix(b"application/grpc")
+            .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
+    })
+}
+
+/// `Grpc::Utility::httpToGrpcStatus` (the gRPC spec's HTTP-to-gRPC mapping).
+pub fn http_to_grpc(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// Turns a local reply (one with a [`LocalReplyText`]) into Envoy's gRPC form, in place:
+/// status, headers and body; its extensions (flags, reasons) stay. A reply that is gRPC
+/// already, or an upstream's answer, is left as it is.
+pub fn to_grpc_reply<R: ReplyBody>(res: &mut Response<R>) {
+    let Some(&LocalReplyText(text)) = res.extensions().get::<LocalReplyText>() else {
+        return;
+    };
+    if is_grpc_request(res.headers()) {
+        return; // (made gRPC by the layer that answered)
+    }
+    let code = http_to_grpc(res.status());
+    *res.status_mut() = StatusCode::OK;
+    *res.body_mut() = R::local(bytes::Bytes::new());
+    let h = res.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    if !text.is_empty() {
+        h.insert("grpc-message", HeaderValue::from_static(text));
+    }
+}
+
+/// Answers gRPC requests' local replies in gRPC's form; see the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcLocalReplyLayer;
+
+/// The service of [`GrpcLocalReplyLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcLocalReply<S> {
+    inner: S,
+}
+
+/// The future of [`GrpcLocalReply`].
+#[pin_project::pin_project]
+#[derive(Debug)]
+pub struct ResponseFuture<F> {
+    #[pin]
+    inner: F,
+    grpc: bool,
+}
+
+impl<S> tower_layer::Layer<S> for GrpcLocalReplyLayer {
+    type Service = GrpcLocalReply<S>;
+
+    fn layer(&self, inner: S) -> GrpcLocalReply<S> {
+        GrpcLocalReply { inner }
+    }
+}
+
+impl<S, B, R> tower_service::Service<Request<B>> for GrpcLocalReply<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response<R>>,
+    R: ReplyBody,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // every gRPC call is a POST (the gRPC over HTTP/2 spec): other requests skip the
+        // header look-up
+        let grpc = req.method() == http::Method::POST && is_grpc_request(req.headers());
+        ResponseFuture {
+            inner: self.inner.call(req),
+            grpc,
+        }
+    }
+}
+
+impl<F, R, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+    R: ReplyBody,
+{
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.inner.poll(cx));
+        if *this.grpc
+            && let Ok(r) = res.as_mut()
+        {
+            to_grpc_reply(r);
+        }
+        Poll::Ready(res)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MeshBody;
+    use crate::ext::{UpstreamReset, local_reply};
+    use crate::flags::ResponseFlags;
+    use http_body_util::{BodyExt, Empty};
+    use tower::{Layer, ServiceExt, service_fn};
+
+    type Res = Response<MeshBody<Empty<bytes::Bytes>>>;
+
+    async fn answer(grpc: bool, reply: fn() -> Res) -> (Res, bytes::Bytes) {
+        let svc = GrpcLocalReplyLayer.layer(service_fn(move |_req: Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(reply())
+        }));
+        let mut req = Request::new(());
+        *req.method_mut() = http::Method::POST;
+        if grpc {
+            req.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc+proto"),
+            );
+        }
+        let res = svc.oneshot(req).await.unwrap();
+        let (parts, body) = res.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            Response::from_parts(parts, MeshBody::local(bytes.clone())),
+            bytes,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_grpc_requests_local_replies_are_grpc_statuses_as_envoys() {
+        // as envoy 1.40 answered them (benches/conformance/envoy_diff.py)
+        let uh = || {
+            local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::NO_HEALTHY_UPSTREAM,
+                "no healthy upstream",
+            )
+        };
+        let (res, body) = answer(true, uh).await;
+        assert_eq!(res.status(), 200);
+        assert!(body.is_empty());
+        assert_eq!(res.headers()["content-type"], "application/grpc");
+        assert_eq!(res.headers()["grpc-status"], "14");
+        assert_eq!(res.headers()["grpc-message"], "no healthy upstream");
+        assert_eq!(
+            crate::ext::flags_of(&res),
+            ResponseFlags::NO_HEALTHY_UPSTREAM,
+            "the flag stays"
+        );
+        // no route: 12 (UNIMPLEMENTED), no message for an empty body
+        let nr = || local_reply(StatusCode::NOT_FOUND, ResponseFlags::NO_ROUTE, "");
+        let (res, _) = answer(true, nr).await;
+        assert_eq!(res.headers()["grpc-status"], "12");
+        assert!(!res.headers().contains_key("grpc-message"));
+        // a reset: its words, and the reason stays for the access log
+        let uc = || {
+            UpstreamReset::ConnectionTermination.reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                false,
+            )
+        };
+        let (res, _) = answer(true, uc).await;
+        assert_eq!(res.headers()["grpc-status"], "14");
+        assert_eq!(
+            res.headers()["grpc-message"],
+            UpstreamReset::ConnectionTermination.body(false)
+        );
+        assert!(res.extensions().get::<UpstreamReset>().is_some());
+        // an HTTP request's reply is left alone
+        let (res, body) = answer(false, uh).await;
+        assert_eq!(res.status(), 503);
+        assert_eq!(body, "no healthy upstream");
+        // an upstream's answer is left alone
+        let upstream = || {
+            let mut r = Response::new(MeshBody::local(bytes::Bytes::from_static(b"x")));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        };
+        let (res, _) = answer(true, upstream).await;
+        assert_eq!(res.status(), 503);
+        assert!(!res.headers().contains_key("grpc-status"));
+    }
+
+    #[test]
+    fn grpc_requests_are_told_by_their_content_type_as_envoys() {
+        let h = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(v));
+            is_grpc_request(&h)
+        };
+        assert!(h("application/grpc"));
+        assert!(h("application/grpc+proto"));
+        assert!(h("application/grpc;charset=utf-8"));
+        assert!(!h("application/grpc-web"));
+        assert!(!h("application/json"));
+        assert!(!is_grpc_request(&HeaderMap::new()));
+    }
+}
