@@ -291,13 +291,15 @@ impl UpstreamReset {
 pub struct LocalReplyText(pub &'static str);
 
 /// Envoy's `%RESPONSE_CODE_DETAILS%` for a local reply whose response flags do not tell it
-/// apart (a per-try timeout's `upstream_per_try_timeout` beside the route timeout's
-/// `response_timeout`, both `UT`).
+/// apart: a per-try timeout's `upstream_per_try_timeout` beside the route timeout's
+/// `response_timeout` (both `UT`), the DENY rule an AuthorizationPolicy denied with
+/// (`rbac_access_denied_matched_policy[ns[foo]-policy[deny-get]-rule[0]]`).
 ///
-/// Written by the layer that answers (`mesh-resilience`'s retry layer) into its reply's
-/// extensions; read by the telemetry layer (`mesh-telemetry`'s access log).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResponseCodeDetails(pub &'static str);
+/// Written by the layer that answers (`mesh-resilience`'s retry layer, `mesh-tls`'s
+/// authorization) into its reply's extensions; read by the telemetry layer
+/// (`mesh-telemetry`'s access log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseCodeDetails(pub Arc<str>);
 
 /// Where the service at the bottom of the stack puts the request's head back when it is
 /// done with it, so that a retry can send it again without having copied it up front.

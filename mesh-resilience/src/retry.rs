@@ -1277,7 +1277,7 @@ impl<R: ReplyBody> Outcome<R> {
                 );
                 // Envoy's details for it, beside the route timeout's `response_timeout`
                 res.extensions_mut()
-                    .insert(ResponseCodeDetails("upstream_per_try_timeout"));
+                    .insert(ResponseCodeDetails(Arc::from("upstream_per_try_timeout")));
                 res
             }
         }

@@ -184,7 +184,7 @@ pub struct Details {
     /// Envoy's `%RESPONSE_CODE_DETAILS%` as the layer that answered named it
     /// ([`ResponseCodeDetails`], or an [`UpstreamReset`]'s), for the mesh's own replies
     /// whose response flags do not tell it (`None`: the flags do).
-    pub response_code_details: Option<&'static str>,
+    pub response_code_details: Option<Arc<str>>,
 }
 
 /// How a request's exchange ended.
@@ -579,8 +579,11 @@ impl Pending {
                 d.response_code_details = res
                     .extensions
                     .get::<ResponseCodeDetails>()
-                    .map(|d| d.0)
-                    .or_else(|| res.extensions.get::<UpstreamReset>().map(|r| r.details()));
+                    .map(|d| d.0.clone())
+                    .or_else(|| {
+                        let r = res.extensions.get::<UpstreamReset>()?;
+                        Some(Arc::from(r.details()))
+                    });
             }
         }
     }

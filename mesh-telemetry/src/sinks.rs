@@ -428,7 +428,7 @@ const OVERFLOW_DETAILS: &str = "upstream_reset_before_response_started{overflow}
 /// [`ResponseCodeDetails`](mesh_core::ext::ResponseCodeDetails) when it names them, else
 /// its flags), `via_upstream` for an upstream's answer (also one the retry layer passed on
 /// with `URX` or `UO`), `downstream_remote_disconnect` when the client left first.
-fn details(c: &Completed<'_>) -> &'static str {
+fn details<'a>(c: &Completed<'a>) -> &'a str {
     if c.status.is_none() {
         // the client went away before the answer (Envoy's connection manager's details)
         return match c
@@ -439,7 +439,7 @@ fn details(c: &Completed<'_>) -> &'static str {
             false => "",
         };
     }
-    if let Some(named) = c.details.and_then(|d| d.response_code_details) {
+    if let Some(named) = c.details.and_then(|d| d.response_code_details.as_deref()) {
         return named;
     }
     const LOCAL: &[(ResponseFlags, &str)] = &[
@@ -686,9 +686,9 @@ mod tests {
                 "upstream request timeout",
             );
             res.extensions_mut()
-                .insert(mesh_core::ext::ResponseCodeDetails(
+                .insert(mesh_core::ext::ResponseCodeDetails(Arc::from(
                     "upstream_per_try_timeout",
-                ));
+                )));
             res
         };
         let v = logged(&path, Side::Outbound, get(), per_try).await;

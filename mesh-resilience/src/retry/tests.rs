@@ -402,7 +402,7 @@ async fn a_per_try_timeout_is_retried_as_a_reset_then_answers_504_ut() {
     // Envoy's details for it (checked against envoy 1.40), not the route timeout's
     assert_eq!(
         res.extensions().get::<ResponseCodeDetails>(),
-        Some(&ResponseCodeDetails("upstream_per_try_timeout"))
+        Some(&ResponseCodeDetails(Arc::from("upstream_per_try_timeout")))
     );
     assert_eq!(mock.calls(), 2);
     // two attempts of one second each and one backoff under 25 ms

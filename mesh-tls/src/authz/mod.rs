@@ -257,11 +257,17 @@ where
                     "",
                 )
             } else {
-                denied(
+                let mut res = local_reply(
                     StatusCode::FORBIDDEN,
                     ResponseFlags::RBAC_DENIED,
                     DENIED_BODY,
-                )
+                );
+                // the DENY rule that matched, for the access log (Envoy's RBAC details)
+                if let Some(d) = decision.details {
+                    res.extensions_mut()
+                        .insert(mesh_core::ext::ResponseCodeDetails(d));
+                }
+                ResponseFuture::Denied { res: Some(res) }
             };
         }
         let audit = decision.audit.map(Audited);

@@ -101,6 +101,10 @@ pub struct Decision {
     pub external: bool,
     /// The first `AUDIT` policy that matched, if any (no effect on the decision).
     pub audit: Option<Arc<str>>,
+    /// A denial's `%RESPONSE_CODE_DETAILS%` when a `DENY` rule matched, as Envoy's RBAC
+    /// filter writes it (`rbac_access_denied_matched_policy[ns[foo]-policy[deny-get]-rule[0]]`);
+    /// `None` otherwise (an ALLOW policy that matched nothing: `…[none]`).
+    pub details: Option<Arc<str>>,
 }
 
 /// The AuthorizationPolicies that apply to one workload, compiled once per configuration
@@ -126,6 +130,9 @@ struct CRule {
     from: Vec<CSource>,
     to: Vec<COperation>,
     when: Vec<CCondition>,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` when this rule denies: the RBAC policy Istio
+    /// names after it, `rbac_access_denied_matched_policy[ns[<ns>]-policy[<name>]-rule[<i>]]`.
+    denied: Arc<str>,
 }
 
 /// Values of a field (any matches) and of its `not` twin (none matches).
@@ -237,7 +244,15 @@ impl Authorizer {
             let mut rules = Vec::with_capacity(p.spec.rules.len());
             for (i, r) in p.spec.rules.iter().enumerate() {
                 match compile_rule(r, p.namespace, &format!("spec.rules[{i}]")) {
-                    Ok(r) => rules.push(r),
+                    Ok(mut r) => {
+                        // Istio's RBAC policy name for the rule (its authz builder's)
+                        r.denied = format!(
+                            "rbac_access_denied_matched_policy[ns[{}]-policy[{}]-rule[{i}]]",
+                            p.namespace, p.name
+                        )
+                        .into();
+                        rules.push(r)
+                    }
                     Err((field, message)) => err(field, message),
                 }
             }
@@ -288,6 +303,7 @@ impl Authorizer {
             policy: policy.map(|p| p.name.clone()),
             external,
             audit: audit.clone(),
+            details: None,
         };
         for p in &self.custom {
             if p.matches(a)
@@ -299,8 +315,11 @@ impl Authorizer {
                 return decision(false, Some(p), true);
             }
         }
-        if let Some(p) = self.deny.iter().find(|p| p.matches(a)) {
-            return decision(false, Some(p), false);
+        if let Some((p, rule)) = self.deny.iter().find_map(|p| p.matching(a).map(|r| (p, r))) {
+            return Decision {
+                details: Some(rule.denied.clone()),
+                ..decision(false, Some(p), false)
+            };
         }
         if self.allow.is_empty() {
             return decision(true, None, false);
@@ -331,6 +350,7 @@ impl Authorizer {
             policy: policy.map(|p| p.name.clone()),
             external,
             audit: audit.clone(),
+            details: None,
         };
         for p in &self.custom {
             if p.matches_tcp(a, false)
@@ -407,7 +427,12 @@ fn compile_rule(r: &Rule, ns: &str, at: &str) -> Result<CRule, Refusal> {
     for (i, c) in r.when.iter().enumerate() {
         when.push(compile_condition(c, ns, &format!("{at}.when[{i}]"))?);
     }
-    Ok(CRule { from, to, when })
+    Ok(CRule {
+        from,
+        to,
+        when,
+        denied: Arc::from(""),
+    })
 }
 
 fn field<T>(yes: &[String], no: &[String], f: impl Fn(&str) -> T) -> Field<T> {
@@ -581,6 +606,11 @@ fn in_net(net: &IpNet, addr: Option<SocketAddr>) -> bool {
 impl Compiled {
     fn matches(&self, a: &Attributes<'_>) -> bool {
         self.rules.iter().any(|r| r.matches(a))
+    }
+
+    /// The first rule that matches.
+    fn matching(&self, a: &Attributes<'_>) -> Option<&CRule> {
+        self.rules.iter().find(|r| r.matches(a))
     }
 }
 

@@ -285,6 +285,91 @@ fn authz_deny_takes_precedence_over_allow() {
 }
 
 #[test]
+fn a_deny_names_its_rule_as_envoys_rbac_details_and_an_unmatched_allow_none() {
+    // Istio names each rule's RBAC policy `ns[<ns>]-policy[<name>]-rule[<i>]`; Envoy's
+    // details: `rbac_access_denied_matched_policy[<that>]`, `[none]` when no ALLOW matched
+    let a = compile(&[
+        (
+            "default",
+            spec(serde_json::json!({
+                "action": "DENY",
+                "rules": [
+                    {"to": [{"operation": {"methods": ["DELETE"]}}]},
+                    {"to": [{"operation": {"paths": ["/admin*"]}}]}
+                ]
+            })),
+        ),
+        (
+            "default",
+            spec(serde_json::json!({
+                "action": "ALLOW",
+                "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]
+            })),
+        ),
+    ])
+    .unwrap();
+    let decide = |r: &R<'_>| a.decide(&Attributes::of(&request(r)));
+    let d = decide(&R {
+        path: "/admin/users",
+        ..GET
+    });
+    assert!(!d.allowed);
+    assert_eq!(
+        d.details.as_deref(),
+        Some("rbac_access_denied_matched_policy[ns[default]-policy[p0]-rule[1]]")
+    );
+    let d = decide(&R {
+        method: "DELETE",
+        ..GET
+    });
+    assert_eq!(
+        d.details.as_deref(),
+        Some("rbac_access_denied_matched_policy[ns[default]-policy[p0]-rule[0]]")
+    );
+    let d = decide(&R {
+        method: "POST",
+        ..GET
+    });
+    assert!(!d.allowed, "no ALLOW rule matches");
+    assert_eq!(d.details, None);
+    assert!(decide(&GET).allowed);
+}
+
+#[tokio::test]
+async fn the_layers_denial_carries_the_rules_details_for_the_access_log() {
+    let deny = spec(serde_json::json!({
+        "action": "DENY",
+        "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]
+    }));
+    let l = Labels::default();
+    let w = Workload {
+        root_namespace: ROOT,
+        namespace: "default",
+        labels: &l,
+    };
+    let refs = [PolicyRef {
+        namespace: "default",
+        name: "deny-admin",
+        spec: &deny,
+    }];
+    let authz = Authorizer::compile(&refs, &w, None).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(AuthzLayer::new(authz))
+        .service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        });
+    let req = Request::builder().uri("/admin/x").body(()).unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        res.extensions()
+            .get::<mesh_core::ext::ResponseCodeDetails>()
+            .map(|d| &*d.0),
+        Some("rbac_access_denied_matched_policy[ns[default]-policy[deny-admin]-rule[0]]")
+    );
+}
+
+#[test]
 fn authz_ip_blocks_and_not_ip_blocks() {
     // authz-ip: ALLOW from ipBlocks, then DENY from an address
     let allow = spec(serde_json::json!({
