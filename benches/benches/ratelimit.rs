@@ -10,9 +10,9 @@
 //! - `listener_admitted`: the layer's own, listener-wide bucket admits it;
 //! - `route_admitted_x_ratelimit`: as `route_admitted`, with `DRAFT_VERSION_03` headers
 //!   (three header values formatted on the answer; `remaining` in the billions);
-//! - `route_admitted_x_ratelimit_small`: the same on a bucket of 1,000 tokens refilled
-//!   whole every nanosecond (so every request refills it and finds 999 left): the counts
-//!   of a limit as configurations write them;
+//! - `route_admitted_x_ratelimit_small`: the same on a bucket of 1,000 tokens, one back
+//!   every nanosecond (so every request finds it full and leaves 999): the counts of a
+//!   limit as configurations write them;
 //! - `limited`: the bucket is empty: the 429 `RL` answer, made by the layer.
 //!
 //! The admitting buckets never run out (`u32::MAX` tokens refilled every 50 ms); the empty

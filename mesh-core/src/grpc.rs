@@ -15,8 +15,11 @@
 //! answer the client gets (`200`, `grpc_response_status="14"`), as Envoy's do. Checked
 //! against envoy 1.40 (`benches/conformance/envoy_diff.py`).
 //!
-//! Per request: one look-up of `content-type` (a standard header), for `POST`s only (every
-//! gRPC call is one; Envoy also treats a gRPC content type on another method as gRPC).
+//! Per request: one look-up of `content-type` (a standard header), for `POST`s only. A gRPC
+//! call is a `POST` (the gRPC over HTTP/2 spec) with a gRPC content type
+//! ([`is_grpc_request`]); Envoy also counts another method with that content type, which
+//! no gRPC client sends: the one difference, shared by every layer that answers gRPC
+//! callers (fault, timeout, rate limit, this one).
 //!
 //! ```
 //! use http::{Request, StatusCode};
@@ -54,14 +57,22 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use crate::body::ReplyBody;
 use crate::ext::LocalReplyText;
 
-/// Whether a request is gRPC, as Envoy's `isGrpcRequestHeaders`: its `content-type` is
-/// `application/grpc`, alone or followed by `+` (`application/grpc+proto`) or `;`.
+/// Whether a request is a gRPC call: a `POST` (as the gRPC spec sends every call) whose
+/// content type is gRPC's ([`has_grpc_content_type`]). Envoy's `isGrpcRequestHeaders`
+/// reads the content type only; see the [module docs](self).
 #[inline]
-pub fn is_grpc_request(h: &HeaderMap) -> bool {
+pub fn is_grpc_request<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::POST && has_grpc_content_type(req.headers())
+}
+
+/// Envoy's `hasGrpcContentType`: `content-type` is `application/grpc` exactly, or followed
+/// by `+` (`application/grpc+proto`); not `application/grpc-web`, nor with parameters.
+#[inline]
+pub fn has_grpc_content_type(h: &HeaderMap) -> bool {
     h.get(http::header::CONTENT_TYPE).is_some_and(|v| {
         v.as_bytes()
             .strip_prefix(b"application/grpc")
-            .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
+            .is_some_and(|rest| matches!(rest.first(), None | Some(b'+')))
     })
 }
 
@@ -84,21 +95,59 @@ pub fn to_grpc_reply<R: ReplyBody>(res: &mut Response<R>) {
     let Some(&LocalReplyText(text)) = res.extensions().get::<LocalReplyText>() else {
         return;
     };
-    if is_grpc_request(res.headers()) {
+    if has_grpc_content_type(res.headers()) {
         return; // (made gRPC by the layer that answered)
     }
     let code = http_to_grpc(res.status());
     *res.status_mut() = StatusCode::OK;
     *res.body_mut() = R::local(bytes::Bytes::new());
-    let h = res.headers_mut();
+    trailers_only(res.headers_mut(), code, text);
+}
+
+/// Envoy's gRPC local reply made directly: a trailers-only `200` with `grpc-status: code`
+/// and `text` as `grpc-message` (none when empty), flagged with `flags` (the fault, timeout
+/// and rate limit layers' answers to gRPC callers).
+pub fn grpc_reply<R: ReplyBody>(
+    code: u32,
+    text: &'static str,
+    flags: crate::flags::ResponseFlags,
+) -> Response<R> {
+    let mut res = Response::new(R::local(bytes::Bytes::new()));
+    trailers_only(res.headers_mut(), code, text);
+    crate::ext::mark(&mut res, flags);
+    res
+}
+
+/// The headers of a trailers-only gRPC answer.
+fn trailers_only(h: &mut HeaderMap, code: u32, text: &str) {
     h.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
     h.insert("grpc-status", HeaderValue::from(code));
     if !text.is_empty() {
-        h.insert("grpc-message", HeaderValue::from_static(text));
+        h.insert("grpc-message", grpc_message(text));
     }
+}
+
+/// `text` as `grpc-message`: percent-encoded as the gRPC spec and Envoy's
+/// `PercentEncoding::encode` do (`%` and bytes outside the visible ASCII range and space),
+/// so that no text can make an invalid header value.
+pub fn grpc_message(text: &str) -> HeaderValue {
+    let plain = |b: u8| (0x20..=0x7e).contains(&b) && b != b'%';
+    if text.bytes().all(plain) {
+        // (visible ASCII and spaces: a valid value)
+        return HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for b in text.bytes() {
+        if plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Answers gRPC requests' local replies in gRPC's form; see the [module docs](self).
@@ -143,9 +192,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // every gRPC call is a POST (the gRPC over HTTP/2 spec): other requests skip the
-        // header look-up
-        let grpc = req.method() == http::Method::POST && is_grpc_request(req.headers());
+        let grpc = is_grpc_request(&req);
         ResponseFuture {
             inner: self.inner.call(req),
             grpc,
@@ -262,17 +309,33 @@ mod tests {
     }
 
     #[test]
-    fn grpc_requests_are_told_by_their_content_type_as_envoys() {
+    fn grpc_requests_are_told_by_their_content_type_as_envoys_and_their_method() {
+        // Envoy's hasGrpcContentType: exact, or `+` a suffix
         let h = |v: &'static str| {
             let mut h = HeaderMap::new();
             h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(v));
-            is_grpc_request(&h)
+            has_grpc_content_type(&h)
         };
         assert!(h("application/grpc"));
         assert!(h("application/grpc+proto"));
-        assert!(h("application/grpc;charset=utf-8"));
+        assert!(!h("application/grpc;charset=utf-8"));
         assert!(!h("application/grpc-web"));
         assert!(!h("application/json"));
-        assert!(!is_grpc_request(&HeaderMap::new()));
+        assert!(!has_grpc_content_type(&HeaderMap::new()));
+        let req = |m: &str| {
+            Request::builder()
+                .method(m)
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap()
+        };
+        assert!(is_grpc_request(&req("POST")));
+        assert!(!is_grpc_request(&req("GET")), "a gRPC call is a POST");
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded_as_envoys() {
+        assert_eq!(grpc_message("no healthy upstream"), "no healthy upstream");
+        assert_eq!(grpc_message("100% bad\nline é"), "100%25 bad%0Aline %C3%A9");
     }
 }

@@ -56,8 +56,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use mesh_core::body::ReplyBody;
 use mesh_core::ext::{local_reply, mark, route_policy};
 use mesh_core::flags::ResponseFlags;
@@ -267,9 +266,9 @@ where
     }
 }
 
-/// Whether `req` is gRPC ([`mesh_core::grpc::is_grpc_request`]).
+/// Whether `req` is a gRPC call ([`mesh_core::grpc::is_grpc_request`]).
 pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
-    mesh_core::grpc::is_grpc_request(req.headers())
+    mesh_core::grpc::is_grpc_request(req)
 }
 
 impl<S, B, R> Future for ResponseFuture<S, B>
@@ -341,25 +340,12 @@ fn abort_response<R: ReplyBody>(
     flags: ResponseFlags,
 ) -> Response<R> {
     match error {
-        AbortError::Grpc(code) => {
-            // Envoy's gRPC local reply: trailers-only, HTTP 200.
-            let mut res = Response::new(R::local(Bytes::new()));
-            let h = res.headers_mut();
-            h.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            h.insert("grpc-status", HeaderValue::from(code));
-            h.insert("grpc-message", HeaderValue::from_static(ABORT_BODY));
-            mark(&mut res, flags);
-            res
-        }
+        // Envoy's gRPC local reply: trailers-only, HTTP 200
+        AbortError::Grpc(code) => mesh_core::grpc::grpc_reply(code, ABORT_BODY, flags),
+        // an HTTP status for a gRPC caller: Envoy maps it to a gRPC status
+        // (`Grpc::Utility::httpToGrpcStatus`) in a trailers-only answer
         AbortError::Http(status) if grpc_request => {
-            // An HTTP status for a gRPC caller: Envoy maps it to a gRPC status
-            // (`Grpc::Utility::httpToGrpcStatus`) in a trailers-only answer.
-            let mut res = abort_response(AbortError::Grpc(http_to_grpc(status)), false, flags);
-            *res.status_mut() = StatusCode::OK;
-            res
+            mesh_core::grpc::grpc_reply(http_to_grpc(status), ABORT_BODY, flags)
         }
         AbortError::Http(status) => local_reply(status, flags, ABORT_BODY),
         // Refused by validation (Istio: "HTTP/2 abort fault injection not supported yet");

@@ -88,10 +88,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderName, Request, Response};
 use mesh_core::body::ReplyBody;
-use mesh_core::ext::{local_reply, mark, route_policy};
+use mesh_core::ext::{local_reply, route_policy};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::ratelimit::{RATE_LIMITED_BODY, RateLimitPolicy, header_number};
 use pin_project::pin_project;
@@ -270,16 +269,11 @@ const POLLED_AFTER_COMPLETION: &str = "ratelimit::ResponseFuture polled after co
 fn limited_response<R: ReplyBody>(p: &RateLimitPolicy, grpc: bool) -> Response<R> {
     let mut res = if grpc {
         // Envoy's gRPC local reply: trailers-only, HTTP 200, the status mapped to gRPC's
-        let mut res = Response::new(R::local(Bytes::new()));
-        let h = res.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        h.insert("grpc-status", HeaderValue::from(http_to_grpc(p.status)));
-        h.insert("grpc-message", HeaderValue::from_static(RATE_LIMITED_BODY));
-        mark(&mut res, ResponseFlags::RATE_LIMITED);
-        res
+        mesh_core::grpc::grpc_reply(
+            http_to_grpc(p.status),
+            RATE_LIMITED_BODY,
+            ResponseFlags::RATE_LIMITED,
+        )
     } else {
         local_reply(p.status, ResponseFlags::RATE_LIMITED, RATE_LIMITED_BODY)
     };

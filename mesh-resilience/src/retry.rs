@@ -920,11 +920,9 @@ where
                     let mut head = head.expect(POLLED_AFTER_COMPLETION);
                     if retry.attempt_count {
                         // the retries sent so far, and the first attempt
-                        let n = retry.policy.attempts - retry.left + 1;
-                        head.headers.insert(
-                            X_ENVOY_ATTEMPT_COUNT,
-                            mesh_core::header_values::number(u64::from(n)),
-                        );
+                        let n = u64::from(retry.policy.attempts - retry.left) + 1;
+                        head.headers
+                            .insert(X_ENVOY_ATTEMPT_COUNT, mesh_core::header_values::number(n));
                     }
                     retry.mark = per_try_mark(&head, &retry.policy);
                     let req = attempt(head, &retry.tried, body, retry.mark.as_ref());

@@ -171,7 +171,7 @@ where
         // Envoy reads `grpc-timeout` on gRPC requests only (`isGrpcRequestHeaders`): the
         // content type, a standard header, is checked first (a lookup of `grpc-timeout`
         // hashes a non-standard name, measurable per request).
-        let is_grpc = mesh_core::grpc::is_grpc_request(req.headers());
+        let is_grpc = mesh_core::grpc::is_grpc_request(&req);
         let grpc = if is_grpc {
             req.headers()
                 .get("grpc-timeout")
@@ -334,19 +334,12 @@ where
 /// of 504) and the timeout's text as `grpc-message`, so that a gRPC client reads a status
 /// rather than a text body it cannot decode.
 fn grpc_timeout_reply<R: ReplyBody>() -> Response<TimeoutBody<R>> {
-    let mut res = Response::new(TimeoutBody {
-        inner: R::local(Bytes::new()),
-        deadline: Deadline::None,
-    });
-    let h = res.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    h.insert("grpc-status", http::HeaderValue::from_static("14"));
-    h.insert("grpc-message", http::HeaderValue::from_static(TIMEOUT_BODY));
-    mesh_core::ext::mark(&mut res, ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
-    res
+    let code = mesh_core::grpc::http_to_grpc(StatusCode::GATEWAY_TIMEOUT);
+    mesh_core::grpc::grpc_reply::<R>(code, TIMEOUT_BODY, ResponseFlags::UPSTREAM_REQUEST_TIMEOUT)
+        .map(|inner| TimeoutBody {
+            inner,
+            deadline: Deadline::None,
+        })
 }
 
 /// A response body that ends with [`TimedOut`] when its route's deadline passes.

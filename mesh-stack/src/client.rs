@@ -3,8 +3,9 @@
 //! does it, inside the service.
 //!
 //! ```text
-//! request ─► Trace ─► Record ─► Route ─► RateLimit ─► Fault ─► Timeout ─► Retry ─► Mirror
-//!         ─► Lb ─► CircuitBreaker ─► Outlier ─► PlainBody ─► your client (or the Connector)
+//! request ─► Trace ─► Record ─► GrpcLocalReply ─► Route ─► RateLimit ─► Fault ─► Timeout
+//!         ─► Retry ─► Mirror ─► Lb ─► CircuitBreaker ─► Outlier ─► PlainBody ─► your client
+//!            (or the Connector)
 //! ```
 //!
 //! This is the proxy's own assembly ([`Layers::wrap`](mesh_proxy::stack::Layers::wrap)):

@@ -6,12 +6,14 @@
 //! connection ─► MeshAcceptor (mTLS as PeerAuthentication says: STRICT, PERMISSIVE, DISABLE)
 //! request ─► MeshServer (the peer's SPIFFE identity from the connection → PeerIdentity;
 //!            STRICT: no mTLS, no entry) ─► Trace ─► Record (reporter="destination")
+//!         ─► GrpcLocalReply (the mesh's own answers to a gRPC caller as gRPC statuses)
 //!         ─► JwtAuthn (RequestAuthentication) ─► Authz (AuthorizationPolicy)
 //!         ─► RateLimit (LocalRateLimit, SIDECAR_INBOUND) ─► Fault (the layer's own policy)
 //!         ─► CurrentTrace (outbound calls continue this trace) ─► your service
 //! ```
 //!
-//! The order is the proxy's inbound stack's (`Trace<Record<JwtAuthn<Authz<RateLimit<…>>>>>`,
+//! The order is the proxy's inbound stack's
+//! (`Trace<Record<GrpcLocalReply<JwtAuthn<Authz<RateLimit<…>>>>>>`,
 //! Istio's filter chain: `jwt_authn`, RBAC, local rate limit, then the router), with the
 //! same compiled policies, swapped together on [`Mesh::reload`](crate::Mesh::reload).
 //!

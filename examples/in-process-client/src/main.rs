@@ -5,8 +5,9 @@
 //! from `mesh.yaml` (Istio's own YAML) decides where each request goes:
 //!
 //! ```text
-//! request ─► Trace ─► Record ─► Route ─► RateLimit ─► Fault ─► Timeout ─► Retry ─► Mirror
-//!         ─► Lb ─► CircuitBreaker ─► Outlier ─► MeshBody ─► EndpointUri ─► hyper_util Client ─► upstream
+//! request ─► Trace ─► Record ─► GrpcLocalReply ─► Route ─► RateLimit ─► Fault ─► Timeout
+//!         ─► Retry ─► Mirror ─► Lb ─► CircuitBreaker ─► Outlier ─► MeshBody ─► EndpointUri
+//!         ─► hyper_util Client ─► upstream
 //! ```
 //!
 //! It starts three local upstreams (`reviews` v1 on two instances, v2 on one, which answers

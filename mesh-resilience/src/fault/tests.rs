@@ -98,7 +98,7 @@ async fn an_http_abort_of_a_grpc_request_maps_to_a_grpc_status() {
         abort(AbortError::Http(StatusCode::SERVICE_UNAVAILABLE), 1.0),
     )
     .layer(upstream(Arc::default()));
-    let req = Request::builder()
+    let req = Request::post("/svc/Call")
         .header("content-type", "application/grpc+proto")
         .body(())
         .unwrap();

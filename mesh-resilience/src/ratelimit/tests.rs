@@ -208,7 +208,7 @@ async fn a_limited_grpc_request_gets_envoys_grpc_local_reply() {
         .with_policy(policy(1, 1, 60))
         .layer(upstream(calls.clone()));
     let grpc = || {
-        Request::builder()
+        Request::post("/svc/Call")
             .header("content-type", "application/grpc")
             .body(())
             .unwrap()

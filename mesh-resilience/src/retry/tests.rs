@@ -1380,6 +1380,11 @@ async fn attempts_carry_x_envoy_attempt_count_when_asked_as_istios_virtual_hosts
     assert_eq!(counts(&mock), some(&["1"]));
     // off (the default): none written, the client's passed on
     let mock = Mock::new(&[Status(503), Status(200)]);
-    run(&mock, get(Some(policy("5xx", 1)))).await;
-    assert_eq!(counts(&mock), [None, None]);
+    let req = with_headers(
+        get(Some(policy("5xx", 1))),
+        &[("x-envoy-attempt-count", "7")],
+    );
+    run(&mock, req).await;
+    assert_eq!(counts(&mock), some(&["7", "7"]));
+    assert_eq!(counts(&mock).len(), 2);
 }

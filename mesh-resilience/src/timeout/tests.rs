@@ -193,6 +193,7 @@ async fn a_body_finished_in_time_is_whole() {
 async fn timed_out_after(route: Option<Duration>, grpc_timeout: &str) -> Duration {
     let svc = TimeoutLayer::new().layer(hanging(Arc::default()));
     let mut req = with_route_timeout(route);
+    *req.method_mut() = http::Method::POST;
     req.headers_mut()
         .insert("content-type", "application/grpc".parse().unwrap());
     req.headers_mut()
@@ -224,17 +225,19 @@ async fn grpc_timeout_bounds_the_request_capped_by_the_route_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn grpc_timeout_is_read_on_grpc_requests_only() {
-    // Envoy's `isGrpcRequestHeaders`: `application/grpc`, `application/grpc+proto`,
-    // `application/grpc;…`; not gRPC-Web, not a request without the content type.
+    // Envoy's `hasGrpcContentType`: `application/grpc`, `application/grpc+proto`; not
+    // gRPC-Web, not with parameters, not a request without the content type
     for (content_type, expect) in [
         (Some("application/grpc"), 100),
         (Some("application/grpc+proto"), 100),
+        (Some("application/grpc;charset=utf-8"), 1000),
         (Some("application/grpc-web"), 1000),
         (Some("text/plain"), 1000),
         (None, 1000),
     ] {
         let svc = TimeoutLayer::new().layer(hanging(Arc::default()));
         let mut req = with_route_timeout(Some(Duration::from_secs(1)));
+        *req.method_mut() = http::Method::POST;
         if let Some(ct) = content_type {
             req.headers_mut()
                 .insert("content-type", ct.parse().unwrap());

@@ -315,9 +315,18 @@ impl Authorizer {
                 return decision(false, Some(p), true);
             }
         }
-        if let Some((p, rule)) = self.deny.iter().find_map(|p| p.matching(a).map(|r| (p, r))) {
+        if let Some(p) = self.deny.iter().find(|p| p.matches(a)) {
+            // the rule Envoy's RBAC engine names: the first matching one in the order of its
+            // policies' names (a `std::map` of Istio's `ns[…]-policy[…]-rule[…]`)
+            let named = self
+                .deny
+                .iter()
+                .flat_map(|p| p.rules.iter())
+                .filter(|r| r.matches(a))
+                .map(|r| &r.denied)
+                .min();
             return Decision {
-                details: Some(rule.denied.clone()),
+                details: named.cloned(),
                 ..decision(false, Some(p), false)
             };
         }
@@ -606,11 +615,6 @@ fn in_net(net: &IpNet, addr: Option<SocketAddr>) -> bool {
 impl Compiled {
     fn matches(&self, a: &Attributes<'_>) -> bool {
         self.rules.iter().any(|r| r.matches(a))
-    }
-
-    /// The first rule that matches.
-    fn matching(&self, a: &Attributes<'_>) -> Option<&CRule> {
-        self.rules.iter().find(|r| r.matches(a))
     }
 }
 

@@ -326,6 +326,24 @@ fn a_deny_names_its_rule_as_envoys_rbac_details_and_an_unmatched_allow_none() {
         d.details.as_deref(),
         Some("rbac_access_denied_matched_policy[ns[default]-policy[p0]-rule[0]]")
     );
+    // several rules match: Envoy's engine names the first by name, where rule[10] comes
+    // before rule[2]
+    let rules: Vec<serde_json::Value> = (0..=10)
+        .map(|i| {
+            let path = if i == 2 || i == 10 { "/x" } else { "/never" };
+            serde_json::json!({"to": [{"operation": {"paths": [path]}}]})
+        })
+        .collect();
+    let many = compile(&[(
+        "default",
+        spec(serde_json::json!({"action": "DENY", "rules": rules})),
+    )])
+    .unwrap();
+    let d = many.decide(&Attributes::of(&request(&R { path: "/x", ..GET })));
+    assert_eq!(
+        d.details.as_deref(),
+        Some("rbac_access_denied_matched_policy[ns[default]-policy[p0]-rule[10]]")
+    );
     let d = decide(&R {
         method: "POST",
         ..GET
