@@ -770,6 +770,23 @@ async fn misbehaving_upstream() -> u16 {
     port
 }
 
+/// `ratings` (port 9080, `protocol`) at one endpoint, `127.0.0.1:port`, outside the mesh.
+fn ratings_at(name: &str, protocol: &str, port: u16) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings}}
+spec:
+  hosts: [ratings]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: {name}, protocol: {protocol}}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{{name}: {port}}}}}]
+"
+    )
+}
+
 /// Envoy 1.40's answers to an upstream that closes before answering (`503 UC`) and to one
 /// that answers garbage (`502 UPE`), and its access log's details for them (checked side by
 /// side with envoy 1.40: `benches/conformance/envoy_diff.py`).
@@ -778,23 +795,10 @@ async fn an_upstream_that_closes_or_answers_garbage_gets_envoys_replies() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.json");
     let port = misbehaving_upstream().await;
-    let yaml = format!(
-        "{}---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: ratings}}
-spec:
-  hosts: [ratings]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
-",
-        bootstrap(
-            1,
-            &format!("  accessLog: {{path: {}, encoding: JSON}}\n", log.display())
-        )
-    );
+    let yaml = bootstrap(
+        1,
+        &format!("  accessLog: {{path: {}, encoding: JSON}}\n", log.display()),
+    ) + &ratings_at("http", "HTTP", port);
     let p = start(&yaml).await;
     let mut c = H1::connect(p.out).await;
     let mut req = request("ratings:9080", &[]);
@@ -877,17 +881,7 @@ async fn a_grpc_caller_gets_the_mesh_s_own_answers_as_grpc_statuses() {
     let log = dir.path().join("access.json");
     let dead = dead_port().await;
     let yaml = format!(
-        "{}---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: ratings}}
-spec:
-  hosts: [ratings]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  ports: [{{number: 9080, name: grpc, protocol: GRPC}}]
-  endpoints: [{{address: 127.0.0.1, ports: {{grpc: {dead}}}}}]
----
+        "{}{}---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: ratings}}
@@ -900,7 +894,8 @@ spec:
         bootstrap(
             1,
             &format!("  accessLog: {{path: {}, encoding: JSON}}\n", log.display())
-        )
+        ),
+        ratings_at("grpc", "GRPC", dead)
     );
     let p = start(&yaml).await;
     let mut tx = h2(p.out).await;
