@@ -33,7 +33,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, Uri};
 use http_body_util::Empty;
 use mesh_benches::layer::{HandingBackInner, NoopInner, send};
-use mesh_core::ext::{RouteDecision, RouteDestination, RoutePolicy, slots_mut};
+use mesh_core::ext::RoutePolicy;
 use mesh_core::policy::RetryPolicy;
 use mesh_lb::LbLayer;
 use mesh_resilience::RetryLayer;
@@ -71,14 +71,7 @@ fn request(policy: &Arc<RoutePolicy>) -> Request<Empty<Bytes>> {
         .expect("valid request");
     // in the request's slots, as the router writes it (the slots the layers below write
     // into exist before the retry layer runs)
-    slots_mut(req.extensions_mut()).decision = Some(RouteDecision {
-        dest: RouteDestination {
-            host: "reviews.default.svc.cluster.local".into(),
-            subset: None,
-            port: Some(9080),
-        },
-        policy: policy.clone(),
-    });
+    mesh_benches::layer::routed_to_reviews(&mut req, policy);
     req
 }
 

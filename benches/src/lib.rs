@@ -250,13 +250,23 @@ pub mod layer {
     pub fn routed_get(
         policy: &std::sync::Arc<mesh_core::ext::RoutePolicy>,
     ) -> Request<Empty<Bytes>> {
-        use mesh_core::ext::{RouteDecision, RouteDestination, slots_mut};
         let mut req = Request::get("/reviews/1")
             .header("host", "reviews:9080")
             .header("user-agent", "bench/1.0")
             .header("accept", "application/json")
             .body(Empty::new())
             .expect("valid request");
+        routed_to_reviews(&mut req, policy);
+        req
+    }
+
+    /// Writes the router's decision for `reviews:9080` under `policy` into `req`'s slots,
+    /// as the router does (the slots the layers below write into then exist).
+    pub fn routed_to_reviews<B>(
+        req: &mut Request<B>,
+        policy: &std::sync::Arc<mesh_core::ext::RoutePolicy>,
+    ) {
+        use mesh_core::ext::{RouteDecision, RouteDestination, slots_mut};
         slots_mut(req.extensions_mut()).decision = Some(RouteDecision {
             dest: RouteDestination {
                 host: "reviews.default.svc.cluster.local".into(),
@@ -265,7 +275,6 @@ pub mod layer {
             },
             policy: policy.clone(),
         });
-        req
     }
 
     /// Polls `svc` ready, calls it, and polls the (immediately ready) future once. Never

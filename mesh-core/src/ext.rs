@@ -207,67 +207,58 @@ pub enum UpstreamReset {
     Overflow,
 }
 
+/// Each reason's texts from one list: its words, the reply's body (first try and after a
+/// retry) and its details, so that the four never disagree.
+macro_rules! upstream_reset_texts {
+    ($($variant:ident => $words:literal, $snake:literal;)*) => {
+        impl UpstreamReset {
+            /// `[words, body, body after a retry, details]`.
+            const fn texts(self) -> [&'static str; 4] {
+                match self {
+                    $(UpstreamReset::$variant => [
+                        $words,
+                        concat!(
+                            "upstream connect error or disconnect/reset before headers. ",
+                            "reset reason: ",
+                            $words
+                        ),
+                        concat!(
+                            "upstream connect error or disconnect/reset before headers. ",
+                            "retried and the latest reset reason: ",
+                            $words
+                        ),
+                        concat!("upstream_reset_before_response_started{", $snake, "}"),
+                    ],)*
+                }
+            }
+        }
+    };
+}
+
+upstream_reset_texts! {
+    RemoteConnectionFailure => "remote connection failure", "remote_connection_failure";
+    ConnectionTermination => "connection termination", "connection_termination";
+    RemoteReset => "remote reset", "remote_reset";
+    RemoteRefusedStreamReset => "remote refused stream reset", "remote_refused_stream_reset";
+    ProtocolError => "protocol error", "protocol_error";
+    Overflow => "overflow", "overflow";
+}
+
 impl UpstreamReset {
     /// Envoy's words for the reason (`remote connection failure`).
-    pub fn words(self) -> &'static str {
-        match self {
-            UpstreamReset::RemoteConnectionFailure => "remote connection failure",
-            UpstreamReset::ConnectionTermination => "connection termination",
-            UpstreamReset::RemoteReset => "remote reset",
-            UpstreamReset::RemoteRefusedStreamReset => "remote refused stream reset",
-            UpstreamReset::ProtocolError => "protocol error",
-            UpstreamReset::Overflow => "overflow",
-        }
+    pub const fn words(self) -> &'static str {
+        self.texts()[0]
     }
 
     /// The body of Envoy's local reply (router's `onUpstreamReset`): `retried` after at
     /// least one retry, as Envoy's `is_retry_`.
-    pub fn body(self, retried: bool) -> &'static str {
-        macro_rules! body {
-            ($words:literal) => {
-                if retried {
-                    concat!(
-                        "upstream connect error or disconnect/reset before headers. ",
-                        "retried and the latest reset reason: ",
-                        $words
-                    )
-                } else {
-                    concat!(
-                        "upstream connect error or disconnect/reset before headers. ",
-                        "reset reason: ",
-                        $words
-                    )
-                }
-            };
-        }
-        match self {
-            UpstreamReset::RemoteConnectionFailure => body!("remote connection failure"),
-            UpstreamReset::ConnectionTermination => body!("connection termination"),
-            UpstreamReset::RemoteReset => body!("remote reset"),
-            UpstreamReset::RemoteRefusedStreamReset => body!("remote refused stream reset"),
-            UpstreamReset::ProtocolError => body!("protocol error"),
-            UpstreamReset::Overflow => body!("overflow"),
-        }
+    pub const fn body(self, retried: bool) -> &'static str {
+        self.texts()[if retried { 2 } else { 1 }]
     }
 
     /// Envoy's `%RESPONSE_CODE_DETAILS%` for it.
-    pub fn details(self) -> &'static str {
-        match self {
-            UpstreamReset::RemoteConnectionFailure => {
-                "upstream_reset_before_response_started{remote_connection_failure}"
-            }
-            UpstreamReset::ConnectionTermination => {
-                "upstream_reset_before_response_started{connection_termination}"
-            }
-            UpstreamReset::RemoteReset => "upstream_reset_before_response_started{remote_reset}",
-            UpstreamReset::RemoteRefusedStreamReset => {
-                "upstream_reset_before_response_started{remote_refused_stream_reset}"
-            }
-            UpstreamReset::ProtocolError => {
-                "upstream_reset_before_response_started{protocol_error}"
-            }
-            UpstreamReset::Overflow => "upstream_reset_before_response_started{overflow}",
-        }
+    pub const fn details(self) -> &'static str {
+        self.texts()[3]
     }
 
     /// Envoy's local reply for it: `status` (503, 502 for a protocol error), the response

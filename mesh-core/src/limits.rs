@@ -53,8 +53,7 @@ use crate::body::OnBodyEnd;
 use crate::model::networking::TrafficPolicy;
 
 /// The body of an overflow answer, as Envoy's router writes it for a pool overflow.
-pub const OVERFLOW_BODY: &str =
-    "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+pub const OVERFLOW_BODY: &str = crate::ext::UpstreamReset::Overflow.body(false);
 
 /// What Istio writes for a threshold the DestinationRule leaves unset
 /// (`getDefaultCircuitBreakerThresholds`: `math.MaxUint32`, not Envoy's 1024 defaults).

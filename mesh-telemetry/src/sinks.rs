@@ -45,6 +45,7 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use http::{HeaderValue, Version};
+use mesh_core::ext::UpstreamReset;
 use mesh_core::flags::ResponseFlags;
 use opentelemetry::trace::SpanKind;
 
@@ -419,7 +420,7 @@ fn flags_value(f: ResponseFlags) -> Option<HeaderValue> {
 const VIA_UPSTREAM: &str = "via_upstream";
 
 /// The details of the mesh's own overflow reply (a connection-pool limit).
-const OVERFLOW_DETAILS: &str = "upstream_reset_before_response_started{overflow}";
+const OVERFLOW_DETAILS: &str = UpstreamReset::Overflow.details();
 
 /// `%RESPONSE_CODE_DETAILS%` as Envoy writes it for the mesh's own answers
 /// (`envoy/stream_info/stream_info.h`, `ResponseCodeDetailValues`; a reset before the
@@ -454,19 +455,19 @@ fn details<'a>(c: &Completed<'a>) -> &'a str {
         ),
         (
             ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            "upstream_reset_before_response_started{remote_connection_failure}",
+            UpstreamReset::RemoteConnectionFailure.details(),
         ),
         (
             ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-            "upstream_reset_before_response_started{connection_termination}",
+            UpstreamReset::ConnectionTermination.details(),
         ),
         (
             ResponseFlags::UPSTREAM_REMOTE_RESET,
-            "upstream_reset_before_response_started{remote_reset}",
+            UpstreamReset::RemoteReset.details(),
         ),
         (
             ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
-            "upstream_reset_before_response_started{protocol_error}",
+            UpstreamReset::ProtocolError.details(),
         ),
     ];
     LOCAL
