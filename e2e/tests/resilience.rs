@@ -874,7 +874,9 @@ async fn the_application_sees_the_attempt_count_as_behind_istios_envoy() {
 /// A gRPC caller gets the mesh's own answers as gRPC statuses, as Envoy's `sendLocalReply`
 /// gives them (checked against envoy 1.40): a trailers-only `200`, `grpc-status` mapped
 /// from the HTTP status, the reply's text as `grpc-message`; Istio's metrics and the access
-/// log see that `200`.
+/// log see that `200`. A route's `directResponse` and `redirect` too (Envoy's router answers
+/// them with `sendLocalReply`: `directResponse`'s body is the message, less a trailing
+/// newline; a redirect keeps its `location`), logged with Envoy's `direct_response` details.
 #[tokio::test]
 async fn a_grpc_caller_gets_the_mesh_s_own_answers_as_grpc_statuses() {
     let dir = tempfile::tempdir().unwrap();
@@ -890,6 +892,10 @@ spec:
   http:
   - match: [{{uri: {{prefix: /ratings.Ratings/}}}}]
     route: [{{destination: {{host: ratings}}}}]
+  - match: [{{uri: {{prefix: /maint.}}}}]
+    directResponse: {{status: 503, body: {{string: \"down for maintenance\\n\"}}}}
+  - match: [{{uri: {{prefix: /old.}}}}]
+    redirect: {{uri: /new.Service/Call, authority: ratings-v2}}
 ",
         bootstrap(
             1,
@@ -909,7 +915,13 @@ spec:
             .unwrap()
     };
     let mut statuses = Vec::new();
-    for path in ["/ratings.Ratings/Get", "/other.Service/Call"] {
+    let mut location = None;
+    for path in [
+        "/ratings.Ratings/Get",
+        "/other.Service/Call",
+        "/maint.Service/Call",
+        "/old.Service/Call",
+    ] {
         bounded(tx.ready()).await.unwrap();
         let res = read(bounded(tx.send_request(call(path))).await.unwrap()).await;
         assert_eq!(res.status, 200, "{res:?}");
@@ -921,7 +933,12 @@ spec:
             text("grpc-message"),
             res.flags().to_owned(),
         ));
+        location = location.or(text("location"));
     }
+    assert_eq!(
+        location.as_deref(),
+        Some("http://ratings-v2/new.Service/Call")
+    );
     assert_eq!(
         statuses,
         [
@@ -931,22 +948,60 @@ spec:
                     "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
                         .to_owned()
                 ),
-                "UF,URX".to_owned()
+                "URX,UF".to_owned()
             ),
             (Some("12".to_owned()), None, "NR".to_owned()),
+            (
+                Some("14".to_owned()),
+                Some("down for maintenance".to_owned()),
+                String::new()
+            ),
+            (Some("2".to_owned()), None, String::new()),
         ]
     );
+    // an HTTP caller gets the direct response as written
+    let req = Request::builder()
+        .uri("/maint.Service/Call")
+        .header("host", "ratings:9080")
+        .body(full(""))
+        .unwrap();
+    let r = H1::connect(p.out).await.send(req).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (503, "down for maintenance\n"),
+        "{r:?}"
+    );
     p.proxy.flush_telemetry();
-    let codes: Vec<u64> = std::fs::read_to_string(&log)
+    let logged: Vec<(u64, String)> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
         .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["response_code"]
-                .as_u64()
-                .unwrap()
+            let v = serde_json::from_str::<serde_json::Value>(l).unwrap();
+            (
+                v["response_code"].as_u64().unwrap(),
+                v["response_code_details"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_owned(),
+            )
         })
         .collect();
-    assert_eq!(codes, [200, 200]);
+    let details = |d: &str| (200, d.to_owned());
+    assert!(
+        logged[0]
+            .1
+            .starts_with("upstream_reset_before_response_started{remote_connection_failure|"),
+        "{logged:?}"
+    );
+    assert_eq!(
+        logged[1..],
+        [
+            details("route_not_found"),
+            details("direct_response"),
+            details("direct_response"),
+            (503, "direct_response".to_owned()),
+        ]
+    );
     let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
     assert!(
         stats.lines().any(|l| l.starts_with("istio_requests_total{")

@@ -327,7 +327,7 @@ spec:
     let mut c = H1::connect(p.out).await;
     for _ in 0..3 {
         let r = c.get("dead", &[]).await;
-        assert_eq!((r.status.as_u16(), r.flags()), (503, "UF,URX"), "{r:?}");
+        assert_eq!((r.status.as_u16(), r.flags()), (503, "URX,UF"), "{r:?}");
         let r = c.get("alive", &[]).await;
         assert_eq!((r.status.as_u16(), r.backend()), (200, "alive"), "{r:?}");
     }

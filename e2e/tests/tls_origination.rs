@@ -241,7 +241,7 @@ async fn a_server_of_an_untrusted_ca_is_refused_uf() {
 }
 
 /// Envoy 1.40's body for a connection refused or a TLS handshake failed, after the retries
-/// of Istio's default policy (`connect-failure`: UF,URX), as envoy 1.40 writes it.
+/// of Istio's default policy (`connect-failure`: URX,UF), as envoy 1.40 writes it.
 const ENVOY_UF_BODY: &str = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure";
 
 /// An upstream that does not speak TLS at all: BoringSSL's `WRONG_VERSION_NUMBER`, in the

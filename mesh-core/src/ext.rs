@@ -275,11 +275,12 @@ impl UpstreamReset {
     }
 }
 
-/// The text of a reply the mesh made itself ([`local_reply`]), its body: what
-/// [`crate::grpc`] turns into `grpc-message` when the request was gRPC. Its presence marks
-/// the answer as the mesh's own rather than an upstream's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LocalReplyText(pub &'static str);
+/// The text of a reply the mesh made itself ([`local_reply`], a VirtualService's
+/// `directResponse` or `redirect`), its body: what [`crate::grpc`] turns into
+/// `grpc-message` when the request was gRPC. Its presence marks the answer as the mesh's own
+/// rather than an upstream's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReplyText(pub bytes::Bytes);
 
 /// Envoy's `%RESPONSE_CODE_DETAILS%` for a local reply whose response flags do not tell it
 /// apart: a per-try timeout's `upstream_per_try_timeout` beside the route timeout's
@@ -291,6 +292,27 @@ pub struct LocalReplyText(pub &'static str);
 /// (`mesh-telemetry`'s access log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseCodeDetails(pub Arc<str>);
+
+impl ResponseCodeDetails {
+    /// `direct_response`: a route's own answer, a VirtualService's `directResponse` or
+    /// `redirect` and a gateway's `httpsRedirect` (Envoy's router answers every
+    /// `DirectResponseEntry` with these details). One shared string: no allocation.
+    pub fn direct_response() -> Self {
+        static DIRECT: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| Arc::from("direct_response"));
+        ResponseCodeDetails(DIRECT.clone())
+    }
+
+    /// Marks `res` as a route's own answer ([`direct_response`](Self::direct_response)),
+    /// with `body` as its text for a gRPC caller ([`LocalReplyText`]): what a
+    /// VirtualService's `directResponse` and `redirect`, and a gateway's `httpsRedirect`,
+    /// answer.
+    pub fn mark_direct<R>(res: &mut Response<R>, body: bytes::Bytes) {
+        let ext = res.extensions_mut();
+        ext.insert(Self::direct_response());
+        ext.insert(LocalReplyText(body));
+    }
+}
 
 /// Where the service at the bottom of the stack puts the request's head back when it is
 /// done with it, so that a retry can send it again without having copied it up front.
@@ -1112,9 +1134,10 @@ pub fn local_reply<R: ReplyBody>(
     flags: ResponseFlags,
     body: &'static str,
 ) -> Response<R> {
-    let mut res = Response::new(R::local(bytes::Bytes::from_static(body.as_bytes())));
+    let text = bytes::Bytes::from_static(body.as_bytes());
+    let mut res = Response::new(R::local(text.clone()));
     *res.status_mut() = status;
-    res.extensions_mut().insert(LocalReplyText(body));
+    res.extensions_mut().insert(LocalReplyText(text));
     if !body.is_empty() {
         res.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -1408,6 +1431,6 @@ mod tests {
         let mut res = Response::new(());
         mark(&mut res, ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
         mark(&mut res, ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
-        assert_eq!(res.headers()[RESPONSE_FLAGS_HEADER], "UF,URX");
+        assert_eq!(res.headers()[RESPONSE_FLAGS_HEADER], "URX,UF");
     }
 }

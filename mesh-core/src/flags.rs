@@ -10,7 +10,7 @@ use std::fmt;
 
 use http::HeaderValue;
 
-/// The response header that carries the flags of a proxy-made answer, e.g. `NR` or `UF,URX`.
+/// The response header that carries the flags of a proxy-made answer, e.g. `NR` or `URX,UF`.
 pub const RESPONSE_FLAGS_HEADER: &str = "x-mesh-response-flags";
 
 bitflags::bitflags! {
@@ -64,35 +64,46 @@ bitflags::bitflags! {
     }
 }
 
-/// Envoy's short names, in the order Envoy prints them.
+/// Envoy's short names, in the order Envoy sets them.
+///
+/// Envoy (since 1.30) prints a request's flags in the order they were set
+/// (`ResponseFlagUtils::toString` walks `StreamInfo::responseFlags()`, a vector appended to by
+/// `setResponseFlag`). The mesh keeps a set, so it prints in the order Envoy's code sets them
+/// for every combination the mesh makes: the HTTP filters before the router set theirs first
+/// (fault `DI` then `FI`, rate limit, authorization); then the router's retry verdict (`URX`
+/// when the attempts ran out, `UO` when the retry budget or the pool refused the retry:
+/// `Filter::maybeRetryReset` sets it before `onUpstreamAbort` sets the reset's flag); then the
+/// last attempt's own failure (`UF`, `UC`, `UR`, `UPE`, `UT`, …); the downstream's flags last.
+/// So a retried refused connection is `URX,UF` and a per-try timeout's `URX,UT`, as Envoy 1.40
+/// writes them (`benches/conformance/envoy_diff.py` compares them in order).
 const NAMES: &[(ResponseFlags, &str)] = &[
-    (ResponseFlags::NO_HEALTHY_UPSTREAM, "UH"),
-    (ResponseFlags::UPSTREAM_CONNECTION_FAILURE, "UF"),
-    (ResponseFlags::UPSTREAM_OVERFLOW, "UO"),
-    (ResponseFlags::NO_ROUTE, "NR"),
-    (ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX"),
-    (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, "UT"),
-    (ResponseFlags::LOCAL_RESET, "LR"),
-    (ResponseFlags::UPSTREAM_REMOTE_RESET, "UR"),
-    (ResponseFlags::UPSTREAM_CONNECTION_TERMINATION, "UC"),
     (ResponseFlags::DELAY_INJECTED, "DI"),
     (ResponseFlags::FAULT_INJECTED, "FI"),
     (ResponseFlags::RATE_LIMITED, "RL"),
     (ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE, "UAEX"),
     (ResponseFlags::RBAC_DENIED, "RBAC"),
-    (ResponseFlags::STREAM_IDLE_TIMEOUT, "SI"),
-    (ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
-    (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "UPE"),
-    (ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
+    (ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX"),
+    (ResponseFlags::UPSTREAM_OVERFLOW, "UO"),
+    (ResponseFlags::NO_ROUTE, "NR"),
+    (ResponseFlags::NO_HEALTHY_UPSTREAM, "UH"),
     (ResponseFlags::DNS_RESOLUTION_FAILURE, "DF"),
-    (ResponseFlags::OVERLOAD_MANAGER, "OM"),
+    (ResponseFlags::UPSTREAM_CONNECTION_FAILURE, "UF"),
+    (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, "UT"),
+    (ResponseFlags::LOCAL_RESET, "LR"),
+    (ResponseFlags::UPSTREAM_REMOTE_RESET, "UR"),
+    (ResponseFlags::UPSTREAM_CONNECTION_TERMINATION, "UC"),
+    (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "UPE"),
+    (ResponseFlags::STREAM_IDLE_TIMEOUT, "SI"),
     (ResponseFlags::DURATION_TIMEOUT, "DT"),
+    (ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
+    (ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
+    (ResponseFlags::OVERLOAD_MANAGER, "OM"),
 ];
 
 // === impl ResponseFlags ===
 
 impl ResponseFlags {
-    /// Parses Envoy's comma-separated short form (`"UF,URX"`); `-` or empty is no flag.
+    /// Parses Envoy's comma-separated short form (`"URX,UF"`); `-` or empty is no flag.
     /// Returns `None` when a name is unknown.
     pub fn parse(s: &str) -> Option<Self> {
         let mut out = ResponseFlags::empty();
@@ -106,7 +117,7 @@ impl ResponseFlags {
         Some(out)
     }
 
-    /// The flags as a header value (`"NR"`, `"UF,URX"`); `-` when empty, as Envoy logs it.
+    /// The flags as a header value (`"NR"`, `"URX,UF"`); `-` when empty, as Envoy logs it.
     pub fn to_header_value(self) -> HeaderValue {
         // Common single flags need no formatting.
         for (flag, name) in NAMES {
@@ -144,9 +155,19 @@ mod tests {
 
     #[test]
     fn display_uses_envoy_short_names_in_envoy_order() {
+        // the orders Envoy 1.40 logs (envoy_diff.py): the retry verdict before the reset's flag
         let f = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED
             | ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
-        assert_eq!(f.to_string(), "UF,URX");
+        assert_eq!(f.to_string(), "URX,UF");
+        let f =
+            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT | ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+        assert_eq!(f.to_string(), "URX,UT");
+        // the fault filter runs before the router: its flags come first
+        let f = ResponseFlags::UPSTREAM_CONNECTION_TERMINATION | ResponseFlags::DELAY_INJECTED;
+        assert_eq!(f.to_string(), "DI,UC");
+        // a retry refused by the budget: `maybeRetryReset` sets UO, then the reset's flag
+        let f = ResponseFlags::UPSTREAM_REMOTE_RESET | ResponseFlags::UPSTREAM_OVERFLOW;
+        assert_eq!(f.to_string(), "UO,UR");
         assert_eq!(ResponseFlags::empty().to_string(), "-");
         assert_eq!(ResponseFlags::NO_ROUTE.to_header_value(), "NR");
     }

@@ -9,7 +9,9 @@
 //! [`local_reply`](crate::ext::local_reply), which carries its text as a
 //! [`LocalReplyText`]): the router's `404 NR`, the balancer's
 //! `503 UH`, the connector's resets, the circuit breaker's overflow, a per-try timeout,
-//! authorization's `403`. Answers from upstream pass as they are, and so do replies that are
+//! authorization's `403`, and a route's own answers (a VirtualService's `directResponse`,
+//! whose body becomes the message, and `redirect`, which keeps its `location`:
+//! [`ResponseCodeDetails::mark_direct`](crate::ext::ResponseCodeDetails::mark_direct)). Answers from upstream pass as they are, and so do replies that are
 //! gRPC already (the fault, timeout and rate limit layers make theirs). mesh-proxy puts it
 //! right inside the record layer, so that the access log and Istio's metrics see the
 //! answer the client gets (`200`, `grpc_response_status="14"`), as Envoy's do. Checked
@@ -92,16 +94,17 @@ pub fn http_to_grpc(status: StatusCode) -> u32 {
 /// status, headers and body; its extensions (flags, reasons) stay. A reply that is gRPC
 /// already, or an upstream's answer, is left as it is.
 pub fn to_grpc_reply<R: ReplyBody>(res: &mut Response<R>) {
-    let Some(&LocalReplyText(text)) = res.extensions().get::<LocalReplyText>() else {
+    let Some(LocalReplyText(text)) = res.extensions().get::<LocalReplyText>() else {
         return;
     };
     if has_grpc_content_type(res.headers()) {
         return; // (made gRPC by the layer that answered)
     }
+    let text = text.clone();
     let code = http_to_grpc(res.status());
     *res.status_mut() = StatusCode::OK;
     *res.body_mut() = R::local(bytes::Bytes::new());
-    trailers_only(res.headers_mut(), code, text);
+    trailers_only(res.headers_mut(), code, &text);
 }
 
 /// Envoy's gRPC local reply made directly: a trailers-only `200` with `grpc-status: code`
@@ -113,20 +116,23 @@ pub fn grpc_reply<R: ReplyBody>(
     flags: crate::flags::ResponseFlags,
 ) -> Response<R> {
     let mut res = Response::new(R::local(bytes::Bytes::new()));
-    trailers_only(res.headers_mut(), code, text);
+    trailers_only(res.headers_mut(), code, text.as_bytes());
     crate::ext::mark(&mut res, flags);
     res
 }
 
-/// The headers of a trailers-only gRPC answer.
-fn trailers_only(h: &mut HeaderMap, code: u32, text: &str) {
+/// The headers of a trailers-only gRPC answer (the other headers stay: a redirect's
+/// `location`, a rate limit's `x-ratelimit-*`, as Envoy's `sendLocalReply` keeps them).
+fn trailers_only(h: &mut HeaderMap, code: u32, text: &[u8]) {
+    // (Envoy drops a body's one trailing newline; a direct response's body often ends so)
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
     h.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
     h.insert("grpc-status", HeaderValue::from(code));
     if !text.is_empty() {
-        h.insert("grpc-message", grpc_message(text));
+        h.insert("grpc-message", grpc_bytes_message(text));
     }
 }
 
@@ -134,13 +140,19 @@ fn trailers_only(h: &mut HeaderMap, code: u32, text: &str) {
 /// `PercentEncoding::encode` do (`%` and bytes outside the visible ASCII range and space),
 /// so that no text can make an invalid header value.
 pub fn grpc_message(text: &str) -> HeaderValue {
+    grpc_bytes_message(text.as_bytes())
+}
+
+/// [`grpc_message`] of any bytes (a VirtualService's `directResponse` body need not be
+/// UTF-8).
+fn grpc_bytes_message(text: &[u8]) -> HeaderValue {
     let plain = |b: u8| (0x20..=0x7e).contains(&b) && b != b'%';
-    if text.bytes().all(plain) {
+    if text.iter().all(|&b| plain(b)) {
         // (visible ASCII and spaces: a valid value)
-        return HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
+        return HeaderValue::from_bytes(text).unwrap_or_else(|_| HeaderValue::from_static(""));
     }
     let mut out = String::with_capacity(text.len() + 8);
-    for b in text.bytes() {
+    for &b in text {
         if plain(b) {
             out.push(char::from(b));
         } else {
@@ -306,6 +318,50 @@ mod tests {
         let (res, _) = answer(true, upstream).await;
         assert_eq!(res.status(), 503);
         assert!(!res.headers().contains_key("grpc-status"));
+    }
+
+    #[tokio::test]
+    async fn a_routes_direct_responses_are_grpc_statuses_as_envoys() {
+        use crate::ext::ResponseCodeDetails;
+        // a directResponse: its body is the message, less one trailing newline (Envoy's
+        // sendLocalReply); not UTF-8, percent-encoded
+        let direct = || {
+            let body = bytes::Bytes::from_static(b"down \xff\n");
+            let mut r = Response::new(MeshBody::local(body.clone()));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            ResponseCodeDetails::mark_direct(&mut r, body);
+            r
+        };
+        let (res, body) = answer(true, direct).await;
+        assert_eq!((res.status(), body.len()), (StatusCode::OK, 0));
+        assert_eq!(res.headers()["grpc-status"], "14");
+        assert_eq!(res.headers()["grpc-message"], "down %FF");
+        assert_eq!(
+            res.extensions().get::<ResponseCodeDetails>(),
+            Some(&ResponseCodeDetails::direct_response())
+        );
+        // a redirect: UNKNOWN, no message, its location kept (as envoy 1.40 answered)
+        let redirect = || {
+            let mut r = Response::new(MeshBody::local(bytes::Bytes::new()));
+            *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+            r.headers_mut().insert(
+                http::header::LOCATION,
+                HeaderValue::from_static("http://b/"),
+            );
+            ResponseCodeDetails::mark_direct(&mut r, bytes::Bytes::new());
+            r
+        };
+        let (res, _) = answer(true, redirect).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["grpc-status"], "2");
+        assert!(!res.headers().contains_key("grpc-message"));
+        assert_eq!(res.headers()["location"], "http://b/");
+        // an HTTP caller's is left alone
+        let (res, body) = answer(false, direct).await;
+        assert_eq!(
+            (res.status().as_u16(), &body[..]),
+            (503, &b"down \xff\n"[..])
+        );
     }
 
     #[test]

@@ -1036,6 +1036,7 @@ where
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     res.headers_mut().insert(http::header::LOCATION, v);
                 }
+                mesh_core::ext::ResponseCodeDetails::mark_direct(&mut res, bytes::Bytes::new());
                 return RedirectFuture::Redirect { res: Some(res) };
             }
         }

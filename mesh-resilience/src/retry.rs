@@ -1261,8 +1261,8 @@ impl<R: ReplyBody> Outcome<R> {
             Outcome::Answer(mut res) => {
                 mark(&mut res, flags);
                 if retried && let Some(r) = res.extensions().get::<UpstreamReset>().copied() {
-                    let text = r.body(true);
-                    *res.body_mut() = R::local(bytes::Bytes::from_static(text.as_bytes()));
+                    let text = bytes::Bytes::from_static(r.body(true).as_bytes());
+                    *res.body_mut() = R::local(text.clone());
                     res.extensions_mut().insert(LocalReplyText(text));
                 }
                 res

@@ -7,6 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use mesh_core::authority::split_port;
 use mesh_core::body::ReplyBody;
+use mesh_core::ext::ResponseCodeDetails;
 use mesh_core::model::networking::{
     CorsPolicy, HeaderOperations, Headers, HttpDirectResponse, HttpRedirect, HttpRewrite,
     RedirectPortSelection, UnmatchedPreflights,
@@ -455,6 +456,7 @@ impl Redirect {
         if let Ok(v) = HeaderValue::from_str(&location) {
             res.headers_mut().insert(header::LOCATION, v);
         }
+        ResponseCodeDetails::mark_direct(&mut res, Bytes::new());
         res
     }
 }
@@ -485,7 +487,8 @@ impl Direct {
         Ok(Direct { status, body })
     }
 
-    /// The direct response (Envoy's local reply: `text/plain` when there is a body).
+    /// The direct response (Envoy's local reply: `text/plain` when there is a body; for a
+    /// gRPC caller the body becomes `grpc-message`).
     pub(crate) fn respond<R: ReplyBody>(&self) -> Response<R> {
         let mut res = Response::new(R::local(self.body.clone()));
         *res.status_mut() = self.status;
@@ -493,6 +496,7 @@ impl Direct {
             res.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
+        ResponseCodeDetails::mark_direct(&mut res, self.body.clone());
         res
     }
 }

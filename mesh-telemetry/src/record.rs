@@ -573,17 +573,17 @@ impl Pending {
                 d.upstream_transport_failure_reason =
                     res.extensions.get::<TransportFailure>().map(|t| t.0);
             }
-            // the mesh's own replies only (an upstream's answer has no flags, or the retry
-            // layer's alone)
-            if !self.flags.is_empty() {
+            // the mesh's own replies (an upstream's answer has no flags, or the retry
+            // layer's alone; a route's direct response none either, but its details)
+            d.response_code_details = res
+                .extensions
+                .get::<ResponseCodeDetails>()
+                .map(|d| d.0.clone());
+            if d.response_code_details.is_none() && !self.flags.is_empty() {
                 d.response_code_details = res
                     .extensions
-                    .get::<ResponseCodeDetails>()
-                    .map(|d| d.0.clone())
-                    .or_else(|| {
-                        let r = res.extensions.get::<UpstreamReset>()?;
-                        Some(Arc::from(r.details()))
-                    });
+                    .get::<UpstreamReset>()
+                    .map(|r| Arc::from(r.details()));
             }
         }
     }

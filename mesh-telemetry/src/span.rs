@@ -865,7 +865,7 @@ mod tests {
     #[test]
     fn without_a_response_the_error_type_is_the_flags_else_other() {
         let now = SystemTime::now();
-        for (flags, error) in [("DC", "DC"), ("UC,URX", "UC,URX"), ("", "_OTHER")] {
+        for (flags, error) in [("DC", "DC"), ("URX,UC", "URX,UC"), ("", "_OTHER")] {
             let mut r = RequestSpan::new(SpanKind::Server, sampled(), now, "GET", "a", "/");
             r.flags = flags;
             let s = data(&r);

@@ -357,7 +357,7 @@ async fn when_the_attempts_run_out_the_last_answer_gets_urx() {
     // a connect failure keeps its flag
     let mock = Mock::new(&[Local(503, UF), Local(503, UF), Local(503, UF)]);
     let res = run(&mock, get(None)).await;
-    assert_eq!(res.headers()["x-mesh-response-flags"], "UF,URX");
+    assert_eq!(res.headers()["x-mesh-response-flags"], "URX,UF");
     // an answer the policy does not retry gets no URX
     let mock = Mock::new(&[Status(503), Status(404)]);
     let res = run(&mock, get(Some(policy("5xx", 2)))).await;
@@ -1305,7 +1305,7 @@ async fn a_reset_s_reply_says_it_was_retried_as_envoy_s() {
     let res = run(&mock, get(None)).await;
     assert_eq!(mock.calls(), 3);
     assert_eq!(res.status(), 503);
-    assert_eq!(res.headers()["x-mesh-response-flags"], "UF,URX");
+    assert_eq!(res.headers()["x-mesh-response-flags"], "URX,UF");
     assert_eq!(
         res.extensions().get::<UpstreamReset>(),
         Some(&UpstreamReset::RemoteConnectionFailure),

@@ -307,13 +307,13 @@ fn a_tls_failure_to_the_upstream_is_its_transport_failure_reason() {
     e.method = "GET";
     e.path = "/";
     e.response_code = 503;
-    e.response_flags = "UF,URX";
+    e.response_flags = "URX,UF";
     e.response_code_details = "upstream_reset_before_response_started{remote_connection_failure}";
     e.upstream_transport_failure_reason = Some(REASON);
     let text = text_of(&e);
     assert!(
         text.contains(&format!(
-            " 503 UF,URX upstream_reset_before_response_started{{remote_connection_failure}} - \"{REASON}\" 0 0 "
+            " 503 URX,UF upstream_reset_before_response_started{{remote_connection_failure}} - \"{REASON}\" 0 0 "
         )),
         "{text}"
     );
