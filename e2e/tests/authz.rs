@@ -5,58 +5,9 @@
 
 use crate::support;
 
-use std::net::SocketAddr;
-
-use http::Request;
-use hyper_util::rt::TokioIo;
 use mesh_tls::ca::MeshCa;
-use rustls::pki_types::ServerName;
 use support::mtls::*;
 use support::*;
-
-/// One HTTP/1.1 connection to the inbound listener, over mTLS as `who` (or plaintext).
-struct Client {
-    tx: hyper::client::conn::http1::SendRequest<UpBody>,
-}
-
-impl Client {
-    async fn mtls(addr: SocketAddr, ca: &MeshCa, who: &str) -> Client {
-        let tcp = bounded(tokio::net::TcpStream::connect(addr)).await.unwrap();
-        let name = ServerName::try_from("reviews.default.svc.cluster.local").unwrap();
-        let tls = bounded(client_tls(ca, who).connect(name, tcp))
-            .await
-            .unwrap();
-        let (tx, conn) = bounded(hyper::client::conn::http1::handshake(TokioIo::new(tls)))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Client { tx }
-    }
-
-    async fn plain(addr: SocketAddr) -> Client {
-        let tcp = bounded(tokio::net::TcpStream::connect(addr)).await.unwrap();
-        let (tx, conn) = bounded(hyper::client::conn::http1::handshake(TokioIo::new(tcp)))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Client { tx }
-    }
-
-    async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "reviews");
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        bounded(self.tx.ready()).await.unwrap();
-        let res = bounded(self.tx.send_request(b.body(full("")).unwrap()))
-            .await
-            .unwrap();
-        read(res).await
-    }
-}
 
 fn assert_denied(r: &Reply, what: &str) {
     assert_eq!(r.status, 403, "{what}: {r:?}");

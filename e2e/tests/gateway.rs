@@ -889,14 +889,20 @@ fn forwarding_headers_echo() -> Handler {
             "external": get("x-envoy-external-address"),
             "request_id": get("x-request-id"),
         });
-        Box::pin(async move { http::Response::new(full(seen.to_string())) })
+        Box::pin(async move {
+            let mut res = http::Response::new(full(seen.to_string()));
+            res.headers_mut()
+                .insert("server", "gunicorn/19.9.0".parse().unwrap());
+            res
+        })
     })
 }
 
 /// Istio's gateways run Envoy with `use_remote_address`: every request is external, the
 /// client's address is appended to `x-forwarded-for`, `x-forwarded-proto` is the
 /// connection's scheme, `x-envoy-external-address` the client's address, and a client's
-/// `x-request-id` is replaced (checked against envoy 1.40).
+/// `x-request-id` is replaced (checked against envoy 1.40); the client sees
+/// `server: istio-envoy`, not the application's.
 #[tokio::test]
 async fn the_application_behind_the_gateway_sees_the_client_as_behind_istios() {
     let dir = tempfile::tempdir().unwrap();
@@ -922,6 +928,7 @@ spec:
     let r = start(&yaml).await;
     let seen = |reply: &Reply| -> serde_json::Value {
         assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.headers["server"], "istio-envoy", "{reply:?}");
         serde_json::from_str(&reply.body).unwrap()
     };
     let mut c = H1::connect(gw_addr(&r, 80)).await;

@@ -31,6 +31,7 @@ mod mtls;
 mod outlier;
 mod prometheus;
 mod protocols;
+mod proxy_headers;
 mod ratelimit;
 mod resilience;
 mod routing;

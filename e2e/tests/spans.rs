@@ -215,10 +215,12 @@ async fn sampled_requests_are_exported_as_spans_with_the_propagated_ids() {
 
 /// `reviews`' sidecar (STRICT mTLS inbound, spans to `collector`) and a `productpage`
 /// sidecar calling it over auto mTLS, spans to `collector` too: a client span whose URL is
-/// `https` (the connector originated TLS) and a server span whose scheme is `https` (the
-/// inbound connection is TLS).
+/// `https` (the connector originated TLS) and a server span whose scheme is the original
+/// client's, `http`: the client's sidecar adds `x-forwarded-proto: http` (its application
+/// spoke plaintext), which the inbound sidecar keeps, as Envoy's connection managers do
+/// (and Envoy's server span builds its URL from it too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_mtls_the_client_span_s_url_and_the_server_span_s_scheme_are_https() {
+async fn over_mtls_the_client_span_s_url_is_https_the_server_span_s_scheme_the_client_s() {
     use mesh_tls::ca::MeshCa;
     use support::mtls::{TD, client_proxy, reviews_config};
 
@@ -272,7 +274,7 @@ spec:
     assert_eq!(string(c, "url.full"), "https://reviews:9080/");
     assert_eq!(string(c, "url.scheme"), "https");
     assert_eq!(int(c, "network.peer.port"), i64::from(inbound.port()));
-    assert_eq!(string(s, "url.scheme"), "https");
+    assert_eq!(string(s, "url.scheme"), "http");
     assert_eq!(int(s, "http.response.status_code"), 200);
 }
 

@@ -117,6 +117,9 @@ pub fn grpc_reply<R: ReplyBody>(
 ) -> Response<R> {
     let mut res = Response::new(R::local(bytes::Bytes::new()));
     trailers_only(res.headers_mut(), code, text.as_bytes());
+    // (the mesh's own answer: no `x-envoy-upstream-service-time` on it)
+    res.extensions_mut()
+        .insert(LocalReplyText(bytes::Bytes::from_static(text.as_bytes())));
     crate::ext::mark(&mut res, flags);
     res
 }
@@ -166,10 +169,13 @@ fn grpc_bytes_message(text: &[u8]) -> HeaderValue {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcLocalReplyLayer;
 
-/// The service of [`GrpcLocalReplyLayer`].
+/// The service of [`GrpcLocalReplyLayer`], and of
+/// [`ConnectionManagerLayer`](crate::hcm::ConnectionManagerLayer) (which adds the
+/// listener's `server` and `x-forwarded-proto`).
 #[derive(Debug, Clone)]
 pub struct GrpcLocalReply<S> {
     inner: S,
+    pub(crate) headers: crate::hcm::ListenerHeaders,
 }
 
 /// The future of [`GrpcLocalReply`].
@@ -179,13 +185,22 @@ pub struct ResponseFuture<F> {
     #[pin]
     inner: F,
     grpc: bool,
+    server: Option<crate::hcm::Server>,
+    /// When the request came, for `x-envoy-upstream-service-time`.
+    start: Option<tokio::time::Instant>,
 }
 
 impl<S> tower_layer::Layer<S> for GrpcLocalReplyLayer {
     type Service = GrpcLocalReply<S>;
 
     fn layer(&self, inner: S) -> GrpcLocalReply<S> {
-        GrpcLocalReply { inner }
+        GrpcLocalReply::new(inner, crate::hcm::ListenerHeaders::default())
+    }
+}
+
+impl<S> GrpcLocalReply<S> {
+    pub(crate) fn new(inner: S, headers: crate::hcm::ListenerHeaders) -> Self {
+        GrpcLocalReply { inner, headers }
     }
 }
 
@@ -203,11 +218,20 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let grpc = is_grpc_request(&req);
+        if let Some(tls) = self.headers.forwarded_proto {
+            crate::hcm::forwarded_proto_if_absent(&mut req, tls);
+        }
+        let start = self
+            .headers
+            .upstream_service_time
+            .then(tokio::time::Instant::now);
         ResponseFuture {
             inner: self.inner.call(req),
             grpc,
+            server: self.headers.server,
+            start,
         }
     }
 }
@@ -223,10 +247,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut res = ready!(this.inner.poll(cx));
-        if *this.grpc
-            && let Ok(r) = res.as_mut()
-        {
-            to_grpc_reply(r);
+        if let Ok(r) = res.as_mut() {
+            if let Some(start) = *this.start {
+                crate::hcm::upstream_service_time(r, start);
+            }
+            if *this.grpc {
+                to_grpc_reply(r);
+            }
+            if let Some(server) = *this.server {
+                r.headers_mut().insert(http::header::SERVER, server.value());
+            }
         }
         Poll::Ready(res)
     }

@@ -62,6 +62,7 @@ pub mod flags;
 pub mod format;
 pub mod grpc;
 pub mod hash;
+pub mod hcm;
 pub mod header_values;
 pub mod health;
 pub mod limits;

@@ -54,7 +54,8 @@ use crate::pipeline::{self, Built};
 use crate::security::{PortTls, WorkloadTls};
 use crate::stack::{GatewayLayers, Layers};
 use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
-use mesh_core::grpc::{GrpcLocalReply, GrpcLocalReplyLayer};
+use mesh_core::grpc::GrpcLocalReply;
+use mesh_core::hcm::ConnectionManagerLayer;
 use mesh_resilience::{RateLimit, RateLimitLayer};
 use mesh_routing::l4::{L4RouteTable, L4RouteTableHandle};
 use mesh_routing::{RouteLayer, RouteTableHandle};
@@ -1021,11 +1022,18 @@ fn inbound_stack(
     InboundStack {
         // the hop's trace context first (an Envoy sidecar's inbound listener traces too:
         // the application gets a traceparent and an x-request-id, spans are server spans)
-        inner: layers.trace.layer(layers.record.layer(
-            GrpcLocalReplyLayer.layer(JwtAuthnLayer::shared(layers.jwt.clone()).layer(
-                AuthzLayer::shared(layers.authz.clone()).layer(layers.limit.layer(forward)),
-            )),
-        )),
+        inner: layers.trace.layer(
+            layers.record.layer(
+                // (an Istio sidecar's inbound listener's headers: `server: istio-envoy`,
+                // `x-forwarded-proto` when absent, `https` over mTLS)
+                ConnectionManagerLayer::sidecar_inbound(|ext| {
+                    ext.get::<mesh_transport::tls::PeerTls>().is_some()
+                })
+                .layer(JwtAuthnLayer::shared(layers.jwt.clone()).layer(
+                    AuthzLayer::shared(layers.authz.clone()).layer(layers.limit.layer(forward)),
+                )),
+            ),
+        ),
         tls: layers.tls.clone(),
         // the workload port the peer meant (Envoy's original destination under iptables):
         // the application's, or a Sidecar ingress listener's `port.number`; the address,

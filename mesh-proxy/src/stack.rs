@@ -66,7 +66,8 @@ use tower_layer::Layer;
 
 use crate::engine::{Connector, RequestBody, WorkerContext};
 use hyper::body::Incoming;
-use mesh_core::grpc::{GrpcLocalReply, GrpcLocalReplyLayer};
+use mesh_core::grpc::GrpcLocalReply;
+use mesh_core::hcm::ConnectionManagerLayer;
 use mesh_core::replay::ReplayBody;
 use mesh_core::request_end::EndBody;
 use mesh_resilience::{
@@ -518,9 +519,11 @@ impl Layers {
         self.dns.start_if_needed(snapshot);
     }
 
-    /// One worker's stack around its connector.
+    /// One worker's stack around its connector: the outbound listener's, with the headers
+    /// an Istio sidecar's outbound listener sets ([`ConnectionManagerLayer::sidecar_outbound`]:
+    /// `server: envoy`, `x-forwarded-proto: http` when absent).
     pub fn stack(&self, ctx: &WorkerContext) -> MeshStack {
-        self.wrap(ctx.connector())
+        self.wrap_with(ctx.connector(), ConnectionManagerLayer::sidecar_outbound())
     }
 
     /// The stack around any innermost service: the proxy's worker stacks
@@ -529,7 +532,14 @@ impl Layers {
     /// [`SelectedUpstream`](mesh_core::ext::SelectedUpstream) in its extensions (read it with
     /// [`selected_upstream`](mesh_core::ext::selected_upstream)) and a
     /// [`RequestBody`].
+    ///
+    /// No listener header is set (an in-process client has no listener): gRPC local replies
+    /// only.
     pub fn wrap<S>(&self, inner: S) -> MeshStack<S> {
+        self.wrap_with(inner, ConnectionManagerLayer::default())
+    }
+
+    fn wrap_with<S>(&self, inner: S, hcm: ConnectionManagerLayer) -> MeshStack<S> {
         let lb = self
             .lb
             .layer(self.breaker.layer(self.outlier.layer(PlainBody(inner))));
@@ -538,8 +548,9 @@ impl Layers {
         let retry = self.retry.layer(mirror);
         let fault = self.fault.layer(self.timeout.layer(retry));
         IntoRequestBody(self.trace.layer(self.record.layer(
-            // local replies to gRPC requests in gRPC's form, before the record reads them
-            GrpcLocalReplyLayer.layer(self.route_layer.layer(self.rate_limit.layer(fault))),
+            // local replies to gRPC requests in gRPC's form, and the listener's headers,
+            // before the record reads them
+            hcm.layer(self.route_layer.layer(self.rate_limit.layer(fault))),
         )))
     }
 
@@ -560,10 +571,10 @@ impl Layers {
             .layer(AuthzLayer::shared(gw.authz.clone()).layer(routed));
         crate::gateway::GatewayFront::new(
             IntoRequestBody(
-                self.trace.layer(
-                    self.record
-                        .layer(GrpcLocalReplyLayer.layer(gw.redirect.layer(policed))),
-                ),
+                self.trace
+                    .layer(self.record.layer(
+                        ConnectionManagerLayer::gateway().layer(gw.redirect.layer(policed)),
+                    )),
             ),
             gw.listener,
         )

@@ -344,7 +344,11 @@ fn plan<'t, B, R: ReplyBody>(
         Some(CorsDecision::Simple(origin)) => Some(origin),
         Some(CorsDecision::Answer(res)) => {
             let (parts, ()) = res.into_parts();
-            return Plan::Local(Response::from_parts(parts, R::local(bytes::Bytes::new())));
+            let mut res = Response::from_parts(parts, R::local(bytes::Bytes::new()));
+            // (the CORS filter's own answer: no upstream's, no upstream service time)
+            res.extensions_mut()
+                .insert(mesh_core::ext::LocalReplyText(bytes::Bytes::new()));
+            return Plan::Local(res);
         }
     };
     let mut local = match &route.action {

@@ -1,13 +1,17 @@
 //! The mTLS workloads of the end-to-end tests: a `reviews` sidecar whose identity files the
 //! mesh CA writes at test time, and mTLS clients of other service accounts.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use http::Request;
+use hyper_util::rt::TokioIo;
 use mesh_core::identity::SpiffeId;
 use mesh_tls::ca::MeshCa;
 use mesh_tls::config::TlsMaterial;
 use mesh_tls::verify::Accept;
+use rustls::pki_types::ServerName;
 
 use super::Backend;
 
@@ -111,4 +115,57 @@ spec:
         d = dir.display(),
         port = server.port(),
     )
+}
+
+/// One HTTP/1.1 connection to the inbound listener, over mTLS as `who` (or plaintext).
+pub struct Client {
+    tx: hyper::client::conn::http1::SendRequest<super::UpBody>,
+}
+
+impl Client {
+    pub async fn mtls(addr: SocketAddr, ca: &MeshCa, who: &str) -> Client {
+        let tcp = super::bounded(tokio::net::TcpStream::connect(addr))
+            .await
+            .unwrap();
+        let name = ServerName::try_from("reviews.default.svc.cluster.local").unwrap();
+        let tls = super::bounded(client_tls(ca, who).connect(name, tcp))
+            .await
+            .unwrap();
+        let (tx, conn) = super::bounded(hyper::client::conn::http1::handshake(TokioIo::new(tls)))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Client { tx }
+    }
+
+    pub async fn plain(addr: SocketAddr) -> Client {
+        let tcp = super::bounded(tokio::net::TcpStream::connect(addr))
+            .await
+            .unwrap();
+        let (tx, conn) = super::bounded(hyper::client::conn::http1::handshake(TokioIo::new(tcp)))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Client { tx }
+    }
+
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> super::Reply {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "reviews");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        super::bounded(self.tx.ready()).await.unwrap();
+        let res = super::bounded(self.tx.send_request(b.body(super::full("")).unwrap()))
+            .await
+            .unwrap();
+        super::read(res).await
+    }
 }

@@ -447,6 +447,12 @@ fn cors_preflight_from_an_allowed_origin_is_answered_by_the_router() {
         assert_eq!(hd["access-control-allow-headers"], "x-token");
         assert_eq!(hd["access-control-max-age"], "86400");
         assert_eq!(hd["access-control-allow-credentials"], "true");
+        // the proxy's own answer (no `x-envoy-upstream-service-time` will be put on it)
+        assert!(
+            res.extensions()
+                .get::<mesh_core::ext::LocalReplyText>()
+                .is_some()
+        );
     });
 }
 
