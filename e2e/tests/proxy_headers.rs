@@ -93,3 +93,53 @@ async fn the_inbound_listener_answers_as_istio_envoy_and_says_https_over_mtls() 
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "http"), "{r:?}");
     assert_eq!(r.headers["server"], "istio-envoy", "{r:?}");
 }
+
+/// Istio's `proxyHeaders` switches (`spec.proxyHeaders`): another `server` name, no
+/// `x-envoy-attempt-count`, no Envoy debug headers; `server.disabled` lets the
+/// application's `server` pass.
+#[tokio::test]
+async fn istios_proxy_headers_switches_turn_the_headers_off() {
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let s = seen.clone();
+    let app = backend_with(
+        "ratings",
+        Arc::new(move |req: Request<hyper::body::Incoming>| {
+            *s.lock().unwrap() = Some(req.headers().contains_key("x-envoy-attempt-count"));
+            Box::pin(async move {
+                let mut res = http::Response::new(full("ok"));
+                res.headers_mut()
+                    .insert("server", "gunicorn/19.9.0".parse().unwrap());
+                res
+            })
+        }),
+    )
+    .await;
+    let switches = "  proxyHeaders:\n    server: {value: my-mesh}\n    attemptCount: {disabled: true}\n    envoyDebugHeaders: {disabled: true}\n";
+    let p =
+        start(&(bootstrap(1, switches) + &service_entry("ratings", 9080, "HTTP", &[&app]))).await;
+    let r = get_once(p.out, "ratings:9080", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.headers["server"], "my-mesh");
+    assert!(
+        !r.headers.contains_key("x-envoy-upstream-service-time"),
+        "{r:?}"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some(false),
+        "no x-envoy-attempt-count"
+    );
+    let passed = "  proxyHeaders:\n    server: {disabled: true, value: ignored}\n";
+    let p = start(&(bootstrap(1, passed) + &service_entry("ratings", 9080, "HTTP", &[&app]))).await;
+    let r = get_once(p.out, "ratings:9080", &[]).await;
+    assert_eq!(r.headers["server"], "gunicorn/19.9.0", "{r:?}");
+    assert!(
+        r.headers.contains_key("x-envoy-upstream-service-time"),
+        "{r:?}"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some(true),
+        "x-envoy-attempt-count by default"
+    );
+}

@@ -185,7 +185,9 @@ pub struct ResponseFuture<F> {
     #[pin]
     inner: F,
     grpc: bool,
-    server: Option<crate::hcm::Server>,
+    /// Whether the proxy's own answers lose `x-envoy-overloaded` (debug headers off).
+    strip_debug: bool,
+    server: Option<&'static HeaderValue>,
     /// When the request came, for `x-envoy-upstream-service-time`.
     start: Option<tokio::time::Instant>,
 }
@@ -230,6 +232,7 @@ where
         ResponseFuture {
             inner: self.inner.call(req),
             grpc,
+            strip_debug: self.headers.strip_debug,
             server: self.headers.server,
             start,
         }
@@ -251,11 +254,14 @@ where
             if let Some(start) = *this.start {
                 crate::hcm::upstream_service_time(r, start);
             }
+            if *this.strip_debug {
+                crate::hcm::strip_debug(r);
+            }
             if *this.grpc {
                 to_grpc_reply(r);
             }
             if let Some(server) = *this.server {
-                r.headers_mut().insert(http::header::SERVER, server.value());
+                r.headers_mut().insert(http::header::SERVER, server.clone());
             }
         }
         Poll::Ready(res)

@@ -76,33 +76,24 @@ pub type TlsProbe = fn(&http::Extensions) -> bool;
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ListenerHeaders {
     /// The `server` every answer gets (`None`: the answer's own stays).
-    pub(crate) server: Option<Server>,
+    pub(crate) server: Option<&'static HeaderValue>,
     /// `x-forwarded-proto` added when absent, `https` when the probe says TLS (`None`: not
     /// added).
     pub(crate) forwarded_proto: Option<TlsProbe>,
-    /// Whether the upstream's answers get `x-envoy-upstream-service-time`.
+    /// Whether the upstream's answers get `x-envoy-upstream-service-time` (Envoy's debug
+    /// headers on; off, the proxy's own answers lose `x-envoy-overloaded` too).
     pub(crate) upstream_service_time: bool,
+    /// Whether the proxy's own answers lose `x-envoy-overloaded` (debug headers off).
+    pub(crate) strip_debug: bool,
 }
 
-/// The `server` names of Istio's listeners (one byte in each request's future).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Server {
-    /// A sidecar's outbound listener's (Envoy's default name).
-    Envoy,
-    /// Istio's `istio-envoy` (inbound listeners, gateways).
-    IstioEnvoy,
-}
+/// `server: envoy`, a sidecar's outbound listener's (Envoy's default name).
+static ENVOY: HeaderValue = HeaderValue::from_static("envoy");
+/// `server: istio-envoy`, Istio's inbound listeners' and gateways'.
+static ISTIO_ENVOY: HeaderValue = HeaderValue::from_static("istio-envoy");
 
-impl Server {
-    /// The header value.
-    #[inline]
-    pub(crate) fn value(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
-            Server::Envoy => "envoy",
-            Server::IstioEnvoy => "istio-envoy",
-        })
-    }
-}
+/// `x-envoy-overloaded`.
+const OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 
 /// Envoy's connection manager's headers and gRPC local replies for one kind of Istio
 /// listener; see the [module docs](self). The default sets no header: gRPC local replies
@@ -119,9 +110,10 @@ impl ConnectionManagerLayer {
     pub fn sidecar_outbound() -> Self {
         ConnectionManagerLayer {
             headers: ListenerHeaders {
-                server: Some(Server::Envoy),
+                server: Some(&ENVOY),
                 forwarded_proto: Some(|_| false),
                 upstream_service_time: true,
+                strip_debug: false,
             },
         }
     }
@@ -131,9 +123,10 @@ impl ConnectionManagerLayer {
     pub fn sidecar_inbound(tls: TlsProbe) -> Self {
         ConnectionManagerLayer {
             headers: ListenerHeaders {
-                server: Some(Server::IstioEnvoy),
+                server: Some(&ISTIO_ENVOY),
                 forwarded_proto: Some(tls),
                 upstream_service_time: true,
+                strip_debug: false,
             },
         }
     }
@@ -143,11 +136,32 @@ impl ConnectionManagerLayer {
     pub fn gateway() -> Self {
         ConnectionManagerLayer {
             headers: ListenerHeaders {
-                server: Some(Server::IstioEnvoy),
+                server: Some(&ISTIO_ENVOY),
                 forwarded_proto: None,
                 upstream_service_time: true,
+                strip_debug: false,
             },
         }
+    }
+}
+
+impl ConnectionManagerLayer {
+    /// Another `server` name (`proxyHeaders.server.value`), or none at all: the answer's
+    /// own passes (`proxyHeaders.server.disabled`, Istio's `PASS_THROUGH`). A name is
+    /// static: a listener's configuration is read once, at start-up.
+    pub fn with_server(mut self, server: Option<&'static HeaderValue>) -> Self {
+        self.headers.server = server;
+        self
+    }
+
+    /// Envoy's debug headers (`proxyHeaders.envoyDebugHeaders`): on (the listeners'
+    /// default), the upstream's answers get `x-envoy-upstream-service-time`; off (Istio's
+    /// `suppress_envoy_headers`), they do not, and the proxy's own answers lose
+    /// `x-envoy-overloaded`.
+    pub fn with_debug_headers(mut self, on: bool) -> Self {
+        self.headers.upstream_service_time = on;
+        self.headers.strip_debug = !on;
+        self
     }
 }
 
@@ -176,6 +190,18 @@ pub(crate) fn upstream_service_time<R>(res: &mut http::Response<R>, start: Insta
         None => HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX)),
     };
     res.headers_mut().insert(UPSTREAM_SERVICE_TIME, v);
+}
+
+/// Removes `x-envoy-overloaded` from the proxy's own answers (debug headers off).
+#[cold]
+pub(crate) fn strip_debug<R>(res: &mut http::Response<R>) {
+    if res
+        .extensions()
+        .get::<crate::ext::LocalReplyText>()
+        .is_some()
+    {
+        res.headers_mut().remove(OVERLOADED);
+    }
 }
 
 /// Adds `x-forwarded-proto` (`https` when `tls` says so, else `http`) unless the request
@@ -361,6 +387,43 @@ mod tests {
             let res = after(layer, 3, upstream).await;
             assert_eq!(res.headers()[UPSTREAM_SERVICE_TIME], "3");
         }
+    }
+
+    #[tokio::test]
+    async fn istios_proxy_headers_switches_turn_them_off() {
+        static MINE: HeaderValue = HeaderValue::from_static("my-proxy");
+        // server.value, server.disabled (the application's passes; the proxy's own has none)
+        let layer = ConnectionManagerLayer::gateway().with_server(Some(&MINE));
+        let (_, res) = through(layer, Request::new(()), upstream).await;
+        assert_eq!(res.headers()["server"], "my-proxy");
+        let layer = ConnectionManagerLayer::gateway().with_server(None);
+        let (_, res) = through(layer, Request::new(()), upstream).await;
+        assert_eq!(res.headers()["server"], "gunicorn");
+        let (_, res) = through(layer, Request::new(()), uh).await;
+        assert!(!res.headers().contains_key("server"));
+        // envoyDebugHeaders.disabled: no service time, no x-envoy-overloaded on the proxy's
+        // own answers (an upstream's stays as it came)
+        fn overflow() -> Res {
+            let mut r = uh();
+            r.headers_mut()
+                .insert(OVERLOADED, HeaderValue::from_static("true"));
+            r
+        }
+        fn upstream_overloaded() -> Res {
+            let mut r = upstream();
+            r.headers_mut()
+                .insert(OVERLOADED, HeaderValue::from_static("true"));
+            r
+        }
+        let off = ConnectionManagerLayer::sidecar_outbound().with_debug_headers(false);
+        let (_, res) = through(off, Request::new(()), upstream_overloaded).await;
+        assert!(!res.headers().contains_key(UPSTREAM_SERVICE_TIME));
+        assert_eq!(res.headers()[OVERLOADED], "true");
+        let (_, res) = through(off, Request::new(()), overflow).await;
+        assert!(!res.headers().contains_key(OVERLOADED));
+        let on = ConnectionManagerLayer::sidecar_outbound();
+        let (_, res) = through(on, Request::new(()), overflow).await;
+        assert_eq!(res.headers()[OVERLOADED], "true");
     }
 
     #[tokio::test]

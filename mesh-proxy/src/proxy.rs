@@ -649,6 +649,7 @@ impl Proxy {
             limit: self.state.layers.inbound_rate_limit(),
             trace: self.state.layers.trace().clone(),
             record: self.state.layers.telemetry().inbound(),
+            hcm: self.state.layers.inbound_connection_manager(),
         }
     }
 
@@ -1026,12 +1027,11 @@ fn inbound_stack(
             layers.record.layer(
                 // (an Istio sidecar's inbound listener's headers: `server: istio-envoy`,
                 // `x-forwarded-proto` when absent, `https` over mTLS)
-                ConnectionManagerLayer::sidecar_inbound(|ext| {
-                    ext.get::<mesh_transport::tls::PeerTls>().is_some()
-                })
-                .layer(JwtAuthnLayer::shared(layers.jwt.clone()).layer(
-                    AuthzLayer::shared(layers.authz.clone()).layer(layers.limit.layer(forward)),
-                )),
+                layers
+                    .hcm
+                    .layer(JwtAuthnLayer::shared(layers.jwt.clone()).layer(
+                        AuthzLayer::shared(layers.authz.clone()).layer(layers.limit.layer(forward)),
+                    )),
             ),
         ),
         tls: layers.tls.clone(),
@@ -1053,6 +1053,7 @@ struct InboundLayers {
     limit: RateLimitLayer,
     trace: TraceLayer,
     record: RecordLayer,
+    hcm: ConnectionManagerLayer,
 }
 
 /// What the inbound stack learns once per connection from its TLS session.

@@ -308,6 +308,48 @@ pub struct Layers {
     outlier: OutlierLayer,
     breaker: CircuitBreakerLayer,
     dns: Arc<DnsRefresher>,
+    /// Each kind of listener's connection-manager headers, `spec.proxyHeaders` applied
+    /// (read at start-up).
+    hcm: ListenerKinds,
+}
+
+/// The [`ConnectionManagerLayer`] of each kind of listener.
+#[derive(Debug, Clone, Copy)]
+struct ListenerKinds {
+    outbound: ConnectionManagerLayer,
+    inbound: ConnectionManagerLayer,
+    gateway: ConnectionManagerLayer,
+}
+
+impl ListenerKinds {
+    /// Istio's headers per listener, with `spec.proxyHeaders`' switches.
+    fn new(h: &mesh_core::model::bootstrap::ProxyHeaders) -> Self {
+        // a `server.value` is made a static value once per `Layers` (once per process in
+        // mesh-proxy): the requests' futures point at it
+        let server: Option<Option<&'static http::HeaderValue>> = match &h.server {
+            Some(s) if s.disabled => Some(None),
+            Some(s) => s
+                .value
+                .as_deref()
+                .and_then(|v| http::HeaderValue::from_str(v).ok())
+                .map(|v| Some(&*Box::leak(Box::new(v)))),
+            None => None,
+        };
+        let apply = |base: ConnectionManagerLayer| {
+            let base = base.with_debug_headers(h.envoy_debug_headers());
+            match server {
+                Some(s) => base.with_server(s),
+                None => base,
+            }
+        };
+        ListenerKinds {
+            outbound: apply(ConnectionManagerLayer::sidecar_outbound()),
+            inbound: apply(ConnectionManagerLayer::sidecar_inbound(|ext| {
+                ext.get::<mesh_transport::tls::PeerTls>().is_some()
+            })),
+            gateway: apply(ConnectionManagerLayer::gateway()),
+        }
+    }
 }
 
 /// Resolves the hostnames of `resolution: DNS` ServiceEntries on a thread of its own, with
@@ -470,12 +512,14 @@ impl Layers {
                 .with_envoy_headers(envoy_headers)
                 .with_heads_handed_back()
                 // Istio's virtual hosts set `include_request_attempt_count`
-                .with_attempt_count(true),
+                // (`proxyHeaders.attemptCount.disabled` turns it off)
+                .with_attempt_count(snapshot.bootstrap.proxy_headers.attempt_count()),
             // Mirrored requests run as tasks of the worker that received the original (the
             // engine's workers are current-thread runtimes), on that worker's pool.
             mirror: MirrorLayer::new(|task| {
                 tokio::spawn(task);
             }),
+            hcm: ListenerKinds::new(&snapshot.bootstrap.proxy_headers),
             routes,
             lb,
             outlier: OutlierLayer::new(),
@@ -523,7 +567,7 @@ impl Layers {
     /// an Istio sidecar's outbound listener sets ([`ConnectionManagerLayer::sidecar_outbound`]:
     /// `server: envoy`, `x-forwarded-proto: http` when absent).
     pub fn stack(&self, ctx: &WorkerContext) -> MeshStack {
-        self.wrap_with(ctx.connector(), ConnectionManagerLayer::sidecar_outbound())
+        self.wrap_with(ctx.connector(), self.hcm.outbound)
     }
 
     /// The stack around any innermost service: the proxy's worker stacks
@@ -571,10 +615,10 @@ impl Layers {
             .layer(AuthzLayer::shared(gw.authz.clone()).layer(routed));
         crate::gateway::GatewayFront::new(
             IntoRequestBody(
-                self.trace
-                    .layer(self.record.layer(
-                        ConnectionManagerLayer::gateway().layer(gw.redirect.layer(policed)),
-                    )),
+                self.trace.layer(
+                    self.record
+                        .layer(self.hcm.gateway.layer(gw.redirect.layer(policed))),
+                ),
             ),
             gw.listener,
         )
@@ -595,6 +639,12 @@ impl Layers {
     /// The proxy's telemetry: the record layers' sinks, the metrics.
     pub fn telemetry(&self) -> &Arc<crate::telemetry::Telemetry> {
         &self.telemetry
+    }
+
+    /// The inbound listeners' connection-manager headers ([`ConnectionManagerLayer::sidecar_inbound`]
+    /// with `spec.proxyHeaders` applied).
+    pub fn inbound_connection_manager(&self) -> ConnectionManagerLayer {
+        self.hcm.inbound
     }
 
     /// The trace layer (shared with the inbound stack: one sampling rate).

@@ -67,6 +67,10 @@ pub struct ProxyBootstrap {
     /// The access log (MeshConfig's `accessLogFile`, `accessLogEncoding`). Omitted: none, as
     /// Istio's default install.
     pub access_log: Option<AccessLog>,
+    /// The headers the proxy adds, as Istio's `ProxyConfig.proxyHeaders`; Istio's defaults
+    /// when omitted.
+    #[serde(default)]
+    pub proxy_headers: ProxyHeaders,
 }
 
 fn default_concurrency() -> u32 {
@@ -95,6 +99,7 @@ impl Default for ProxyBootstrap {
             limits: Limits::default(),
             tracing: Tracing::default(),
             access_log: None,
+            proxy_headers: ProxyHeaders::default(),
         }
     }
 }
@@ -304,6 +309,59 @@ pub struct Otlp {
     /// How long one export may take. Default: 10s.
     #[serde(default = "d_10s")]
     pub timeout: GoDuration,
+}
+
+/// `spec.proxyHeaders`: the headers the proxy adds to requests and answers, as Istio's
+/// `ProxyConfig.proxyHeaders` (`meshConfig.defaultConfig.proxyHeaders`); an omitted field
+/// keeps Istio's default (the header is added).
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyHeaders {
+    /// `server` on every answer (default: `envoy` from the outbound listener, `istio-envoy`
+    /// from the inbound listener and gateways, whatever the application answered).
+    pub server: Option<ServerHeader>,
+    /// `x-envoy-attempt-count` on the requests sent upstream.
+    pub attempt_count: Option<HeaderSwitch>,
+    /// Envoy's debug headers on answers: `x-envoy-upstream-service-time` on the upstream's,
+    /// `x-envoy-overloaded` on a connection pool's overflow.
+    pub envoy_debug_headers: Option<HeaderSwitch>,
+}
+
+impl ProxyHeaders {
+    /// Whether `x-envoy-attempt-count` is added.
+    pub fn attempt_count(&self) -> bool {
+        !self.attempt_count.as_ref().is_some_and(|s| s.disabled)
+    }
+
+    /// Whether Envoy's debug headers are added.
+    pub fn envoy_debug_headers(&self) -> bool {
+        !self
+            .envoy_debug_headers
+            .as_ref()
+            .is_some_and(|s| s.disabled)
+    }
+}
+
+/// `spec.proxyHeaders.server`.
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerHeader {
+    /// No `server` of the proxy's: the application's passes (Istio's `PASS_THROUGH`).
+    #[serde(default)]
+    pub disabled: bool,
+    /// The name every answer's `server` gets instead of Istio's.
+    pub value: Option<String>,
+}
+
+/// A header of `spec.proxyHeaders` turned off.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderSwitch {
+    /// Whether the header is not added.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// `spec.accessLog`: Istio's access log (MeshConfig's `accessLogFile`, `accessLogEncoding`).

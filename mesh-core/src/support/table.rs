@@ -1747,7 +1747,40 @@ static PROXY_BOOTSTRAP: TypeDef = TypeDef {
             Status::Enforced,
             "both listeners; written by a thread of its own",
         ),
+        field(
+            "proxyHeaders",
+            Struct(&PROXY_HEADERS),
+            Status::Enforced,
+            "read at start-up",
+        ),
     ],
+};
+
+static PROXY_HEADERS: TypeDef = TypeDef {
+    name: "ProxyHeaders",
+    fields: &[
+        field("server", Struct(&SERVER_HEADER), Status::Enforced, ""),
+        field("attemptCount", Struct(&HEADER_SWITCH), Status::Enforced, ""),
+        field(
+            "envoyDebugHeaders",
+            Struct(&HEADER_SWITCH),
+            Status::Enforced,
+            "the answers' `x-envoy-upstream-service-time` and `x-envoy-overloaded`",
+        ),
+    ],
+};
+
+static SERVER_HEADER: TypeDef = TypeDef {
+    name: "ServerHeader",
+    fields: &[
+        field("disabled", Leaf, Status::Enforced, ""),
+        field("value", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static HEADER_SWITCH: TypeDef = TypeDef {
+    name: "HeaderSwitch",
+    fields: &[field("disabled", Leaf, Status::Enforced, "")],
 };
 
 static TRACING: TypeDef = TypeDef {

@@ -197,6 +197,19 @@ pub(crate) fn validate(pb: &ProxyBootstrap, at: &FieldPath, rep: &mut Report<'_>
         rep.check(&op.k("endpoint"), validate_otlp_endpoint(&o.endpoint));
         rep.check(&op.k("timeout"), validate_duration(o.timeout));
     }
+    // a `server` name must be a header value Envoy would write
+    if let Some(v) = pb
+        .proxy_headers
+        .server
+        .as_ref()
+        .and_then(|s| s.value.as_deref())
+        && (v.is_empty() || !v.bytes().all(|b| (0x20..0x7f).contains(&b)))
+    {
+        rep.error(
+            &at.k("proxyHeaders").k("server").k("value"),
+            format!("invalid server header value {v:?}: visible ASCII and spaces, not empty"),
+        );
+    }
     if let Some(a) = &pb.access_log
         && a.path.trim().is_empty()
     {
@@ -301,5 +314,40 @@ mod otlp_tests {
         ] {
             assert!(validate_otlp_endpoint(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod proxy_headers_tests {
+    /// The first error of a ProxyBootstrap whose `spec` is `spec`: field and message.
+    fn first_error(spec: &str) -> Option<(String, String)> {
+        let yaml = format!(
+            "apiVersion: mesh.proxy/v1alpha1\nkind: ProxyBootstrap\nmetadata: {{name: p}}\nspec:\n{spec}"
+        );
+        let err = crate::config::load_str("p.yaml", &yaml).err()?;
+        let d = err.errors().next()?;
+        Some((
+            d.field
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            d.message.clone(),
+        ))
+    }
+
+    #[test]
+    fn istios_proxy_headers_load_and_a_server_name_must_be_a_header_value() {
+        let ok = "  proxyHeaders:\n    server: {value: my-mesh}\n    attemptCount: {disabled: true}\n    envoyDebugHeaders: {disabled: true}\n";
+        assert_eq!(first_error(ok), None);
+        let (field, message) =
+            first_error("  proxyHeaders:\n    server: {value: \"caf\\u00e9\"}\n").unwrap();
+        assert!(field.ends_with("proxyHeaders.server.value"), "{field}");
+        assert!(message.contains("invalid server header value"), "{message}");
+        let (field, _) = first_error("  proxyHeaders:\n    server: {value: \"\"}\n").unwrap();
+        assert!(field.ends_with("proxyHeaders.server.value"), "{field}");
+        // a switch this version does not have is refused, not ignored
+        let (_, message) =
+            first_error("  proxyHeaders:\n    requestId: {disabled: true}\n").unwrap();
+        assert!(message.contains("requestId"), "{message}");
     }
 }
