@@ -124,25 +124,29 @@ pub struct Client {
 
 impl Client {
     pub async fn mtls(addr: SocketAddr, ca: &MeshCa, who: &str) -> Client {
-        let tcp = super::bounded(tokio::net::TcpStream::connect(addr))
-            .await
-            .unwrap();
+        let tcp = Self::tcp(addr).await;
         let name = ServerName::try_from("reviews.default.svc.cluster.local").unwrap();
         let tls = super::bounded(client_tls(ca, who).connect(name, tcp))
             .await
             .unwrap();
-        let (tx, conn) = super::bounded(hyper::client::conn::http1::handshake(TokioIo::new(tls)))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Client { tx }
+        Self::over(tls).await
     }
 
     pub async fn plain(addr: SocketAddr) -> Client {
-        let tcp = super::bounded(tokio::net::TcpStream::connect(addr))
+        Self::over(Self::tcp(addr).await).await
+    }
+
+    async fn tcp(addr: SocketAddr) -> tokio::net::TcpStream {
+        super::bounded(tokio::net::TcpStream::connect(addr))
             .await
-            .unwrap();
-        let (tx, conn) = super::bounded(hyper::client::conn::http1::handshake(TokioIo::new(tcp)))
+            .unwrap()
+    }
+
+    async fn over<IO>(io: IO) -> Client
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, conn) = super::bounded(hyper::client::conn::http1::handshake(TokioIo::new(io)))
             .await
             .unwrap();
         tokio::spawn(conn);
