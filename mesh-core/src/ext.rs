@@ -275,6 +275,13 @@ impl UpstreamReset {
     }
 }
 
+/// The delay the fault layer injected before the request went upstream (VirtualService
+/// `fault.delay`), on the answer: left out of `x-envoy-upstream-service-time`
+/// ([`crate::hcm`]), which Envoy's router starts after the fault filter has let the request
+/// through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InjectedDelay(pub std::time::Duration);
+
 /// The text of a reply the mesh made itself ([`local_reply`], a VirtualService's
 /// `directResponse` or `redirect`), its body: what [`crate::grpc`] turns into
 /// `grpc-message` when the request was gRPC. Its presence marks the answer as the mesh's own
@@ -301,6 +308,14 @@ impl ResponseCodeDetails {
         static DIRECT: std::sync::LazyLock<Arc<str>> =
             std::sync::LazyLock::new(|| Arc::from("direct_response"));
         ResponseCodeDetails(DIRECT.clone())
+    }
+
+    /// `cors_response`: the CORS filter's own answer to a preflight (Envoy's
+    /// `CorsFilter::decodeHeaders`). One shared string: no allocation.
+    pub fn cors_response() -> Self {
+        static CORS: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| Arc::from("cors_response"));
+        ResponseCodeDetails(CORS.clone())
     }
 
     /// Marks `res` as a route's own answer ([`direct_response`](Self::direct_response)),

@@ -8,7 +8,10 @@
 //!   `istio-envoy`, except the sidecar's outbound listener, which keeps Envoy's default
 //!   name `envoy` (`pilot/pkg/networking/util`'s `GetProxyHeadersFromProxyConfig`: "outbound
 //!   uses envoy while inbound uses istio-envoy"). So a client never sees its upstream's
-//!   `server` (`gunicorn/19.9.0` becomes `envoy`).
+//!   `server` (`gunicorn/19.9.0` becomes `envoy`). Not yet on the answers the connection
+//!   itself makes before a request reaches a stack (`mesh-transport`'s 400, 431 and 505 to
+//!   malformed requests, the 508 of a loop, the 403 of a refused upgrade), where Envoy's
+//!   codec errors carry it too.
 //! - **`x-forwarded-proto`** when the request has none, at a listener that does not use the
 //!   remote address (Istio's sidecars): `https` when the downstream connection is TLS (an
 //!   inbound mTLS connection), `http` otherwise (`ConnectionManagerUtility::
@@ -17,12 +20,15 @@
 //!   the connection's scheme: mesh-proxy's gateway front does that.)
 //!
 //! - **`x-envoy-upstream-service-time`** on the upstream's answers (not on the proxy's own):
-//!   the milliseconds from the request to the upstream's head, retries included, as
-//!   Envoy's router writes it (`Filter::onUpstreamHeaders`; Istio leaves
-//!   `suppress_envoy_headers` off unless `proxyHeaders.envoyDebugHeaders` disables it). One
-//!   difference: Envoy counts from the end of the request's body (and writes nothing when
-//!   the answer comes before that end); here it counts from the request's head, which for
-//!   a request without a body, or one whose body came with its head, is the same time.
+//!   the milliseconds from the request to the upstream's head, retries included, a fault's
+//!   injected delay left out ([`InjectedDelay`](crate::ext::InjectedDelay)), as Envoy's
+//!   router writes it (`Filter::onUpstreamHeaders`; Istio leaves `suppress_envoy_headers`
+//!   off unless `proxyHeaders.envoyDebugHeaders` disables it). One difference: Envoy counts
+//!   from the end of the request's body as the router sees it (and writes nothing when the
+//!   answer comes before that end); here it counts from the request's head as this layer
+//!   sees it, which for a request without a body, or one whose body came with its head, is
+//!   the same time within the microseconds the layers between take (routing,
+//!   authorization).
 //!
 //! Checked against envoy 1.40 (`benches/conformance/envoy_diff.py`).
 //!
@@ -184,7 +190,12 @@ pub(crate) fn upstream_service_time<R>(res: &mut http::Response<R>, start: Insta
     {
         return;
     }
-    let ms = start.elapsed().as_millis();
+    // (an injected delay is not the upstream's: Envoy's router counts after the fault filter)
+    let delayed = res
+        .extensions()
+        .get::<crate::ext::InjectedDelay>()
+        .map_or(std::time::Duration::ZERO, |d| d.0);
+    let ms = start.elapsed().saturating_sub(delayed).as_millis();
     let v = match MS.get(ms as usize) {
         Some(s) => HeaderValue::from_static(s),
         None => HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX)),
@@ -379,6 +390,17 @@ mod tests {
         assert!(!res.headers().contains_key(UPSTREAM_SERVICE_TIME));
         let res = after(ConnectionManagerLayer::default(), 5, upstream).await;
         assert!(!res.headers().contains_key(UPSTREAM_SERVICE_TIME));
+        // a fault's injected delay is not the upstream's time
+        fn delayed() -> Res {
+            let mut r = upstream();
+            r.extensions_mut()
+                .insert(crate::ext::InjectedDelay(std::time::Duration::from_millis(
+                    5_000,
+                )));
+            r
+        }
+        let res = after(layer, 5_007, delayed).await;
+        assert_eq!(res.headers()[UPSTREAM_SERVICE_TIME], "7");
         // the inbound and gateway listeners write it too
         for layer in [
             ConnectionManagerLayer::sidecar_inbound(|_| false),

@@ -1367,9 +1367,10 @@ impl ProxyState {
             || old.bootstrap.admin != compiled.snapshot.bootstrap.admin
             || old.bootstrap.concurrency != compiled.snapshot.bootstrap.concurrency
             || old.bootstrap.limits != compiled.snapshot.bootstrap.limits
+            || old.bootstrap.proxy_headers != compiled.snapshot.bootstrap.proxy_headers
         {
             tracing::warn!(
-                "listener, admin, concurrency or limits changes take effect at the next restart"
+                "listener, admin, concurrency, limits or proxyHeaders changes take effect at the next restart"
             );
         }
         let generation = compiled.snapshot.generation;

@@ -331,6 +331,7 @@ impl ListenerKinds {
             Some(s) => s
                 .value
                 .as_deref()
+                .filter(|v| !v.is_empty())
                 .and_then(|v| http::HeaderValue::from_str(v).ok())
                 .map(|v| Some(&*Box::leak(Box::new(v)))),
             None => None,

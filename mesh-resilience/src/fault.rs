@@ -58,6 +58,7 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response, StatusCode};
 use mesh_core::body::ReplyBody;
+use mesh_core::ext::InjectedDelay;
 use mesh_core::ext::{local_reply, mark, route_policy};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::policy::{AbortError, AbortFault, FaultPolicy};
@@ -173,6 +174,7 @@ where
             (Some(delay), abort) => ResponseFuture {
                 state: State::Delay(Box::new(Delayed {
                     sleep: Box::pin(tokio::time::sleep(delay)),
+                    delay,
                     // A clone, polled ready only after the delay: nothing is reserved while
                     // the request waits (this service's own readiness stays for the next call).
                     svc: Some(self.inner.clone()),
@@ -210,6 +212,9 @@ where
         #[pin]
         fut: S::Future,
         flags: ResponseFlags,
+        /// The injected delay before the request went on, in milliseconds (0: none; in the
+        /// flags' padding).
+        delayed_ms: u32,
     },
     // Boxed: delays are rare, and the future of every undelayed request stays small.
     Delay(Box<Delayed<S, B>>),
@@ -223,6 +228,8 @@ where
 /// A request waiting out its injected delay.
 struct Delayed<S, B> {
     sleep: Pin<Box<Sleep>>,
+    /// The delay, for [`InjectedDelay`].
+    delay: std::time::Duration,
     svc: Option<S>,
     req: Option<Request<B>>,
     grpc_request: bool,
@@ -251,7 +258,11 @@ where
 {
     fn inner(fut: S::Future, flags: ResponseFlags) -> Self {
         ResponseFuture {
-            state: State::Inner { fut, flags },
+            state: State::Inner {
+                fut,
+                flags,
+                delayed_ms: 0,
+            },
         }
     }
 
@@ -282,14 +293,25 @@ where
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Inner { fut, flags } => {
+                StateProj::Inner {
+                    fut,
+                    flags,
+                    delayed_ms,
+                } => {
                     let mut res = ready!(fut.poll(cx))?;
                     mark(&mut res, *flags);
+                    if *delayed_ms > 0 {
+                        // (not the upstream's time: `x-envoy-upstream-service-time` leaves it out)
+                        res.extensions_mut().insert(InjectedDelay(
+                            std::time::Duration::from_millis(u64::from(*delayed_ms)),
+                        ));
+                    }
                     return Poll::Ready(Ok(res));
                 }
                 StateProj::Delay(d) => {
                     let Delayed {
                         sleep,
+                        delay,
                         svc,
                         req,
                         grpc_request,
@@ -311,9 +333,11 @@ where
                         panic!("{POLLED_AFTER_COMPLETION}");
                     };
                     let fut = s.call(req);
+                    let delayed_ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
                     state.set(State::Inner {
                         fut,
                         flags: ResponseFlags::DELAY_INJECTED,
+                        delayed_ms,
                     });
                 }
                 StateProj::Abort {

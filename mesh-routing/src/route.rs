@@ -345,9 +345,11 @@ fn plan<'t, B, R: ReplyBody>(
         Some(CorsDecision::Answer(res)) => {
             let (parts, ()) = res.into_parts();
             let mut res = Response::from_parts(parts, R::local(bytes::Bytes::new()));
-            // (the CORS filter's own answer: no upstream's, no upstream service time)
-            res.extensions_mut()
-                .insert(mesh_core::ext::LocalReplyText(bytes::Bytes::new()));
+            // (the CORS filter's own answer: no upstream's, no upstream service time; logged
+            // with Envoy's details)
+            let ext = res.extensions_mut();
+            ext.insert(mesh_core::ext::LocalReplyText(bytes::Bytes::new()));
+            ext.insert(mesh_core::ext::ResponseCodeDetails::cors_response());
             return Plan::Local(res);
         }
     };

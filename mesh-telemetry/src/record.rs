@@ -83,9 +83,11 @@
 //!   stream without `content-length`) what `mesh-transport`'s connector read of it
 //!   ([`StreamInfo::request_body_bytes`]: the longest attempt's count), so far when the
 //!   response ends first; 0 over an inner service that does not count it.
-//! - The upstream service time ([`Completed::upstream_service_time`]) runs from the moment
-//!   the last attempt's request is handed to its connection, where Envoy's router starts it
-//!   when the downstream request is complete (before any connection is made).
+//! - The upstream service time ([`Completed::upstream_service_time`]) is the answer's
+//!   `x-envoy-upstream-service-time` when the listener wrote one (mesh-proxy's listeners,
+//!   `mesh_core::hcm`), as Envoy's access log reads the header; otherwise (in-process, or
+//!   `proxyHeaders.envoyDebugHeaders` off, where Envoy logs `-`) it runs from the moment
+//!   the last attempt's request is handed to its connection.
 
 use std::fmt;
 use std::future::Future;
@@ -185,6 +187,9 @@ pub struct Details {
     /// ([`ResponseCodeDetails`], or an [`UpstreamReset`]'s), for the mesh's own replies
     /// whose response flags do not tell it (`None`: the flags do).
     pub response_code_details: Option<Arc<str>>,
+    /// The answer's `x-envoy-upstream-service-time`, in milliseconds, as the listener wrote
+    /// it (`mesh_core::hcm`): what Envoy's `%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%` logs.
+    pub upstream_service_time_header: Option<u64>,
 }
 
 /// How a request's exchange ended.
@@ -258,15 +263,21 @@ impl Completed<'_> {
             .map(|d| self.response_bytes.saturating_sub(d.response_head_bytes))
     }
 
-    /// The upstream service time (Envoy's `x-envoy-upstream-service-time`): from the moment
-    /// the last attempt's request was handed to its upstream connection (as the connector
-    /// recorded it, [`Recorded::connection`]) to the response's head; `None` without the
-    /// [`Details`], without a connection or without a response. Whether the response is
-    /// the upstream's (not a local reply of the mesh made after the request went out) is
-    /// the caller's to tell.
+    /// The upstream service time (Envoy's `x-envoy-upstream-service-time`): the answer's
+    /// header when the listener wrote one (mesh-proxy's listeners: what the client got, as
+    /// Envoy's access log reads it), else from the moment the last attempt's request was
+    /// handed to its upstream connection (as the connector recorded it,
+    /// [`Recorded::connection`]) to the response's head; `None` without the [`Details`],
+    /// or without the header, a connection or a response. Whether the response is the
+    /// upstream's (not a local reply of the mesh made after the request went out) is the
+    /// caller's to tell.
     pub fn upstream_service_time(&self) -> Option<Duration> {
+        let d = self.details?;
+        if let Some(ms) = d.upstream_service_time_header {
+            return Some(Duration::from_millis(ms));
+        }
         let sent = self.info.connection.as_ref()?.sent;
-        self.details?.first_byte?.checked_duration_since(sent)
+        d.first_byte?.checked_duration_since(sent)
     }
 }
 
@@ -531,6 +542,7 @@ impl Pending {
                     first_byte: None,
                     upstream_transport_failure_reason: None,
                     response_code_details: None,
+                    upstream_service_time_header: None,
                 })
             }),
             version: req.version(),
@@ -566,6 +578,10 @@ impl Pending {
         self.response_bytes = 17 + 2 + head_bytes(&res.headers);
         if let Some(d) = self.details.as_mut() {
             d.response_head_bytes = self.response_bytes;
+            d.upstream_service_time_header = res
+                .headers
+                .get(&mesh_core::hcm::UPSTREAM_SERVICE_TIME)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
             if self
                 .flags
                 .contains(ResponseFlags::UPSTREAM_CONNECTION_FAILURE)

@@ -614,6 +614,22 @@ mod tests {
             "{service} ms of {duration}"
         );
 
+        // the listener wrote the header (mesh_core::hcm): the log says what the client got,
+        // as Envoy's %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%
+        let answer = || {
+            http::Response::builder()
+                .header("x-envoy-upstream-service-time", "42")
+                .body(Full::new(Bytes::from_static(b"v1")))
+                .unwrap()
+        };
+        let req = http::Request::builder()
+            .uri("/")
+            .header("host", "reviews")
+            .body(Full::default())
+            .unwrap();
+        let v = logged(&path, Side::Outbound, req, answer).await;
+        assert_eq!(v["upstream_service_time"], "42");
+
         // a local reply: no upstream, no service time, nor local address
         let answer = || {
             mesh_core::ext::local_reply::<Full<Bytes>>(

@@ -203,11 +203,12 @@ pub(crate) fn validate(pb: &ProxyBootstrap, at: &FieldPath, rep: &mut Report<'_>
         .server
         .as_ref()
         .and_then(|s| s.value.as_deref())
-        && (v.is_empty() || !v.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        && !v.bytes().all(|b| (0x20..0x7f).contains(&b))
     {
+        // (empty is as absent: Istio's `else if ph.Server.Value != ""`)
         rep.error(
             &at.k("proxyHeaders").k("server").k("value"),
-            format!("invalid server header value {v:?}: visible ASCII and spaces, not empty"),
+            format!("invalid server header value {v:?}: visible ASCII and spaces only"),
         );
     }
     if let Some(a) = &pb.access_log
@@ -343,8 +344,11 @@ mod proxy_headers_tests {
             first_error("  proxyHeaders:\n    server: {value: \"caf\\u00e9\"}\n").unwrap();
         assert!(field.ends_with("proxyHeaders.server.value"), "{field}");
         assert!(message.contains("invalid server header value"), "{message}");
-        let (field, _) = first_error("  proxyHeaders:\n    server: {value: \"\"}\n").unwrap();
-        assert!(field.ends_with("proxyHeaders.server.value"), "{field}");
+        // empty is as absent, as Istio's
+        assert_eq!(
+            first_error("  proxyHeaders:\n    server: {value: \"\"}\n"),
+            None
+        );
         // a switch this version does not have is refused, not ignored
         let (_, message) =
             first_error("  proxyHeaders:\n    requestId: {disabled: true}\n").unwrap();

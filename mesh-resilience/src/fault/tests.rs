@@ -123,6 +123,11 @@ async fn a_delay_waits_then_forwards_with_flag_di() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(flags(&res), ResponseFlags::DELAY_INJECTED);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // the delay rides on the answer, for x-envoy-upstream-service-time to leave out
+    assert_eq!(
+        res.extensions().get::<mesh_core::ext::InjectedDelay>(),
+        Some(&mesh_core::ext::InjectedDelay(Duration::from_secs(7)))
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -453,6 +453,11 @@ fn cors_preflight_from_an_allowed_origin_is_answered_by_the_router() {
                 .get::<mesh_core::ext::LocalReplyText>()
                 .is_some()
         );
+        assert_eq!(
+            res.extensions()
+                .get::<mesh_core::ext::ResponseCodeDetails>(),
+            Some(&mesh_core::ext::ResponseCodeDetails::cors_response())
+        );
     });
 }
 
