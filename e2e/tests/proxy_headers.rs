@@ -63,6 +63,17 @@ async fn the_outbound_listener_answers_as_envoy_and_adds_x_forwarded_proto_when_
         !r.headers.contains_key("x-envoy-upstream-service-time"),
         "no upstream answered: {r:?}"
     );
+    // and the connection's own answer to a malformed request, made before the layers
+    let text = raw(
+        p.out,
+        b"GET / HTTP/1.1\r\nHost: ratings:9080\r\nHost: other\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("\r\nserver: envoy\r\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -8,10 +8,11 @@
 //!   `istio-envoy`, except the sidecar's outbound listener, which keeps Envoy's default
 //!   name `envoy` (`pilot/pkg/networking/util`'s `GetProxyHeadersFromProxyConfig`: "outbound
 //!   uses envoy while inbound uses istio-envoy"). So a client never sees its upstream's
-//!   `server` (`gunicorn/19.9.0` becomes `envoy`). Not yet on the answers the connection
-//!   itself makes before a request reaches a stack (`mesh-transport`'s 400, 431 and 505 to
-//!   malformed requests, the 508 of a loop, the 403 of a refused upgrade), where Envoy's
-//!   codec errors carry it too.
+//!   `server` (`gunicorn/19.9.0` becomes `envoy`). The answers a connection makes before
+//!   its request reaches this layer (`mesh-transport`'s 400, 431 and 505 to malformed
+//!   requests, the 508 of a loop, the 403 of a refused upgrade) get the same name from the
+//!   engine ([`server`](ConnectionManagerLayer::server) for its `EngineConfig::server`), as
+//!   Envoy's codec errors do; those hyper answers alone (a head it cannot parse) have none.
 //! - **`x-forwarded-proto`** when the request has none, at a listener that does not use the
 //!   remote address (Istio's sidecars): `https` when the downstream connection is TLS (an
 //!   inbound mTLS connection), `http` otherwise (`ConnectionManagerUtility::
@@ -158,6 +159,12 @@ impl ConnectionManagerLayer {
     pub fn with_server(mut self, server: Option<&'static HeaderValue>) -> Self {
         self.headers.server = server;
         self
+    }
+
+    /// The `server` this layer writes (`None`: the answer's own passes), for the answers a
+    /// listener makes before this layer (`mesh-transport`'s `EngineConfig::server`).
+    pub fn server(&self) -> Option<&'static HeaderValue> {
+        self.headers.server
     }
 
     /// Envoy's debug headers (`proxyHeaders.envoyDebugHeaders`): on (the listeners'

@@ -379,6 +379,10 @@ impl BoundListeners {
         let own_addrs = OwnAddrs::new();
         // `limits.maxDownstreamConnections` counts the connections of every listener
         let connections = mesh_transport::DownstreamConnections::new();
+        // the `server` of the answers the engines make before the layers (a malformed
+        // request's 400, a loop's 508), each kind of listener's name
+        let names = crate::stack::ListenerKinds::new(&boot.proxy_headers);
+        let server = |layer: mesh_core::hcm::ConnectionManagerLayer| layer.server().cloned();
         // `workload_port`: the inbound listener's (its portLevelMtls mode)
         let engine = |listener: ListenerKind, address: &str, port: u16, workload_port: u16| {
             let addr = socket_addr(address, port).map_err(io_err(format!("{listener} address")))?;
@@ -400,6 +404,11 @@ impl BoundListeners {
                 downstream_tls,
                 upstream_tls,
                 connections: connections.clone(),
+                server: match listener {
+                    ListenerKind::Outbound => server(names.outbound),
+                    ListenerKind::Inbound => server(names.inbound),
+                    _ => None,
+                },
                 ..EngineConfig::new(addr)
             };
             Engine::bind(cfg).map_err(bind_err(listener, addr))
@@ -450,6 +459,7 @@ impl BoundListeners {
                 own_addrs: own_addrs.clone(),
                 downstream_tls: port.tls.clone().map(|t| -> Arc<dyn DownstreamTls> { t }),
                 upstream_tls: Some(workload_tls.clone()),
+                server: server(names.gateway),
                 ..EngineConfig::new(*addr)
             };
             let e = Engine::bind(cfg).map_err(bind_err(ListenerKind::Gateway, *addr))?;
@@ -502,6 +512,7 @@ impl BoundListeners {
                     own_addrs: own_addrs.clone(),
                     downstream_tls,
                     connections: connections.clone(),
+                    server: server(names.inbound),
                     ..EngineConfig::new(addr)
                 };
                 let e = Engine::bind(cfg).map_err(bind_err(ListenerKind::SidecarIngress, addr))?;

@@ -315,15 +315,15 @@ pub struct Layers {
 
 /// The [`ConnectionManagerLayer`] of each kind of listener.
 #[derive(Debug, Clone, Copy)]
-struct ListenerKinds {
-    outbound: ConnectionManagerLayer,
-    inbound: ConnectionManagerLayer,
-    gateway: ConnectionManagerLayer,
+pub(crate) struct ListenerKinds {
+    pub(crate) outbound: ConnectionManagerLayer,
+    pub(crate) inbound: ConnectionManagerLayer,
+    pub(crate) gateway: ConnectionManagerLayer,
 }
 
 impl ListenerKinds {
     /// Istio's headers per listener, with `spec.proxyHeaders`' switches.
-    fn new(h: &mesh_core::model::bootstrap::ProxyHeaders) -> Self {
+    pub(crate) fn new(h: &mesh_core::model::bootstrap::ProxyHeaders) -> Self {
         // a `server.value` is made a static value once per `Layers` (once per process in
         // mesh-proxy): the requests' futures point at it
         let server: Option<Option<&'static http::HeaderValue>> = match &h.server {

@@ -54,6 +54,8 @@ pub(crate) struct Worker<F: StackFactory> {
     hop: Hop,
     /// Terminates TLS on accepted connections, when set.
     downstream_tls: Option<Arc<dyn DownstreamTls>>,
+    /// The `server` of the answers this worker makes itself ([`Worker::own`]).
+    server: Option<HeaderValue>,
     /// Set once drain starts; `drain` wakes the connections.
     draining: Cell<bool>,
     drain: Notify,
@@ -160,6 +162,7 @@ impl<F: StackFactory> Worker<F> {
         hop: Hop,
         downstream_tls: Option<Arc<dyn DownstreamTls>>,
         shared: Arc<Shared>,
+        server: Option<HeaderValue>,
     ) -> Self {
         let head = limits.max_request_head_bytes();
         let mut h1 = http1::Builder::new();
@@ -199,6 +202,7 @@ impl<F: StackFactory> Worker<F> {
             max_headers,
             hop,
             downstream_tls,
+            server,
             draining: Cell::new(false),
             drain: Notify::new(),
             active: Cell::new(0),
@@ -226,7 +230,14 @@ impl<F: StackFactory> Worker<F> {
         }
     }
 
-    /// Calls the stack.
+    /// An answer this worker makes itself, with the listener's `server` (when it has one).
+    fn own<B>(&self, mut res: Response<B>) -> Response<B> {
+        if let Some(server) = &self.server {
+            res.headers_mut().insert(header::SERVER, server.clone());
+        }
+        res
+    }
+
     /// Calls the stack; with a `switch`, the response may start a tunnel.
     fn call(
         &self,
@@ -235,11 +246,11 @@ impl<F: StackFactory> Worker<F> {
     ) -> EngineFuture<F::Service, F::Body> {
         let Ok(mut slot) = self.stack.try_borrow_mut() else {
             // unreachable: `call` does not re-enter; answer rather than panic
-            return EngineFuture::Local(Some(local_reply(
+            return EngineFuture::Local(Some(self.own(local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::LOCAL_RESET,
                 "stack busy",
-            )));
+            ))));
         };
         let mut cx = Context::from_waker(Waker::noop());
         match slot.service.poll_ready(&mut cx) {
@@ -676,28 +687,30 @@ impl<F: StackFactory> hyper::service::Service<Request<Incoming>> for ConnService
             let n = self.conn.dispatched.get().wrapping_add(1);
             self.conn.dispatched.set(n);
             if n == 1 && self.conn.bad_version.get() {
-                return EngineFuture::Local(Some(reject_reply(Reject::UnsupportedVersion)));
+                return EngineFuture::Local(Some(
+                    self.worker.own(reject_reply(Reject::UnsupportedVersion)),
+                ));
             }
             if let Some(r) = scan.borrow().verdict(n) {
-                return EngineFuture::Local(Some(reject_reply(r)));
+                return EngineFuture::Local(Some(self.worker.own(reject_reply(r))));
             }
         }
         let seen = match inspect(&req, self.worker.max_headers) {
             Ok(seen) => seen,
-            Err(r) => return EngineFuture::Local(Some(reject_reply(r))),
+            Err(r) => return EngineFuture::Local(Some(self.worker.own(reject_reply(r)))),
         };
         if seen.host_differs && !authority_to_host(&mut req) {
-            return EngineFuture::Local(Some(reject_reply(Reject::InvalidHost)));
+            return EngineFuture::Local(Some(self.worker.own(reject_reply(Reject::InvalidHost))));
         }
         if seen.via && self.worker.hop.seen_in(req.headers()) {
-            return EngineFuture::Local(Some(loop_reply(Loop::Via)));
+            return EngineFuture::Local(Some(self.worker.own(loop_reply(Loop::Via))));
         }
         // hyper flags upgrade requests (and CONNECT) with `OnUpgrade`: one branch for the rest
         let switch =
             if req.extensions().get::<OnUpgrade>().is_some() || req.method() == Method::CONNECT {
                 match self.upgrade(&mut req) {
                     Ok(switch) => switch,
-                    Err(refused) => return EngineFuture::Local(Some(refused)),
+                    Err(refused) => return EngineFuture::Local(Some(self.worker.own(refused))),
                 }
             } else {
                 None

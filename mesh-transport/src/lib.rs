@@ -218,6 +218,11 @@ pub struct EngineConfig {
     /// The open connections [`Limits::max_downstream_connections`] caps: share one between
     /// the engines of a process for a process-wide cap. Default: the engine's own.
     pub connections: DownstreamConnections,
+    /// The `server` header of the answers the engine makes itself, before a request reaches
+    /// the stack (a malformed request's 400, 431 or 505, a loop's 508, a refused upgrade's
+    /// 403): the name the listener's layers give the other answers (Envoy's connection
+    /// manager writes it on its codec errors too). Default: none.
+    pub server: Option<http::HeaderValue>,
 }
 
 /// A running engine: its workers, its address, its drain.
@@ -248,6 +253,7 @@ pub struct BoundEngine {
     upstream_tls: Option<Arc<dyn tls::UpstreamTls>>,
     downstream_tls: Option<Arc<dyn tls::DownstreamTls>>,
     connections: DownstreamConnections,
+    server: Option<http::HeaderValue>,
 }
 
 /// The engine's readiness, for an admin `/ready` endpoint: cheap to clone, `Send + Sync`.
@@ -290,6 +296,7 @@ impl EngineConfig {
             upstream_tls: None,
             downstream_tls: None,
             connections: DownstreamConnections::new(),
+            server: None,
         }
     }
 }
@@ -313,6 +320,7 @@ impl BoundEngine {
     /// Fails if a worker cannot start (then the workers already started are stopped and
     /// the sockets closed).
     pub fn start<F: StackFactory>(self, factory: Arc<F>) -> io::Result<Engine> {
+        let server = self.server.clone();
         self.start_with(move |init: worker::WorkerInit| {
             let hop = init.guard.hop.clone();
             // the worker's pool: its connectors refuse the proxy's own addresses and mark
@@ -332,6 +340,7 @@ impl BoundEngine {
                 hop,
                 init.downstream_tls,
                 init.shared,
+                server,
             )
         })
     }
@@ -359,6 +368,7 @@ impl BoundEngine {
             upstream_tls,
             downstream_tls,
             connections,
+            server: _,
         } = self;
         // before any worker forwards: no connector of this proxy connects to it
         own_addrs.add(local_addr);
@@ -470,6 +480,7 @@ impl Engine {
             upstream_tls: config.upstream_tls,
             downstream_tls: config.downstream_tls,
             connections: config.connections,
+            server: config.server,
         })
     }
 
