@@ -114,10 +114,9 @@ async fn send(
 
 // === HTTP ===
 
-#[tokio::test]
-async fn ingress_task_routes_by_host_and_path_and_answers_other_hosts_404_nr() {
-    let b = backend("httpbin").await;
-    let gw = "---
+/// The Istio ingress task's Gateway: plaintext port 80 for `httpbin.example.com` (a line
+/// appended goes to its one server).
+const HTTPBIN_GATEWAY: &str = "---
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: httpbin-gateway, namespace: default}
@@ -127,6 +126,11 @@ spec:
   - port: {number: 80, name: http, protocol: HTTP}
     hosts: [\"httpbin.example.com\"]
 ";
+
+#[tokio::test]
+async fn ingress_task_routes_by_host_and_path_and_answers_other_hosts_404_nr() {
+    let b = backend("httpbin").await;
+    let gw = HTTPBIN_GATEWAY;
     let yaml = format!(
         "{}{}{gw}{}",
         gateway_bootstrap(&[80], ""),
@@ -268,17 +272,7 @@ spec:
 #[tokio::test]
 async fn https_redirect_answers_301_to_https() {
     let b = backend("httpbin").await;
-    let gw = "---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: httpbin-gateway, namespace: default}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: [\"httpbin.example.com\"]
-    tls: {httpsRedirect: true}
-";
+    let gw = format!("{HTTPBIN_GATEWAY}    tls: {{httpsRedirect: true}}\n");
     let yaml = format!(
         "{}{}{gw}{}",
         gateway_bootstrap(&[80], ""),
@@ -908,16 +902,7 @@ async fn the_application_behind_the_gateway_sees_the_client_as_behind_istios() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Pki::new("gateway test CA");
     let b = backend_with("httpbin", forwarding_headers_echo()).await;
-    let plain = "---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: httpbin-gateway, namespace: default}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: [\"httpbin.example.com\"]
-";
+    let plain = HTTPBIN_GATEWAY;
     let yaml = format!(
         "{}{}{plain}{}{}",
         gateway_bootstrap(&[80, 443], ""),

@@ -58,7 +58,9 @@ use http::{HeaderName, HeaderValue, Request};
 use crate::grpc::GrpcLocalReply;
 
 /// `x-forwarded-proto`.
-const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The local name in this module.
+const XFP: HeaderName = X_FORWARDED_PROTO;
 
 /// `x-envoy-upstream-service-time`.
 pub const UPSTREAM_SERVICE_TIME: HeaderName =
@@ -99,8 +101,36 @@ static ENVOY: HeaderValue = HeaderValue::from_static("envoy");
 /// `server: istio-envoy`, Istio's inbound listeners' and gateways'.
 static ISTIO_ENVOY: HeaderValue = HeaderValue::from_static("istio-envoy");
 
-/// `x-envoy-overloaded`.
-const OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+/// `x-envoy-overloaded`: on an answer the proxy made because a limit was reached (a pool's
+/// or the retry budget's overflow), one of Envoy's debug headers.
+pub const ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+/// The local name in this module.
+const OVERLOADED: HeaderName = ENVOY_OVERLOADED;
+
+/// A `server` name as a static value for [`ConnectionManagerLayer::with_server`]: Istio's
+/// own names are the module's statics, another (`proxyHeaders.server.value`) is made
+/// static once per distinct name in the process, so that listeners and in-process meshes
+/// built again and again with one configuration keep one copy. `None` for an empty name
+/// (Istio treats it as unset) or one that is not a header value.
+pub fn server_name(name: &str) -> Option<&'static HeaderValue> {
+    static NAMES: std::sync::Mutex<Vec<&'static HeaderValue>> = std::sync::Mutex::new(Vec::new());
+    match name {
+        "" => return None,
+        "envoy" => return Some(&ENVOY),
+        "istio-envoy" => return Some(&ISTIO_ENVOY),
+        _ => {}
+    }
+    let value = HeaderValue::from_str(name).ok()?;
+    let mut names = NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(v) = names.iter().find(|v| **v == value) {
+        return Some(v);
+    }
+    let v: &'static HeaderValue = Box::leak(Box::new(value));
+    names.push(v);
+    Some(v)
+}
 
 /// Envoy's connection manager's headers and gRPC local replies for one kind of Istio
 /// listener; see the [module docs](self). The default sets no header: gRPC local replies
@@ -416,6 +446,16 @@ mod tests {
             let res = after(layer, 3, upstream).await;
             assert_eq!(res.headers()[UPSTREAM_SERVICE_TIME], "3");
         }
+    }
+
+    #[test]
+    fn server_names_are_made_static_once_per_name() {
+        assert!(std::ptr::eq(server_name("envoy").unwrap(), &ENVOY));
+        let a = server_name("my-mesh").unwrap();
+        assert_eq!(a, "my-mesh");
+        assert!(std::ptr::eq(a, server_name("my-mesh").unwrap()), "one copy");
+        assert_eq!(server_name(""), None);
+        assert_eq!(server_name("bad\nname"), None, "not a header value");
     }
 
     #[tokio::test]

@@ -871,7 +871,7 @@ const XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client
 /// `x-forwarded-for`.
 const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 /// `x-forwarded-proto`.
-const XFP: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const XFP: http::HeaderName = mesh_core::hcm::X_FORWARDED_PROTO;
 /// `x-envoy-external-address`.
 const EXTERNAL_ADDRESS: http::HeaderName =
     http::HeaderName::from_static("x-envoy-external-address");

@@ -324,16 +324,14 @@ pub(crate) struct ListenerKinds {
 impl ListenerKinds {
     /// Istio's headers per listener, with `spec.proxyHeaders`' switches.
     pub(crate) fn new(h: &mesh_core::model::bootstrap::ProxyHeaders) -> Self {
-        // a `server.value` is made a static value once per `Layers` (once per process in
-        // mesh-proxy): the requests' futures point at it
+        // (`Some(None)`: no server of the proxy's; `None`: Istio's names)
         let server: Option<Option<&'static http::HeaderValue>> = match &h.server {
             Some(s) if s.disabled => Some(None),
             Some(s) => s
                 .value
                 .as_deref()
-                .filter(|v| !v.is_empty())
-                .and_then(|v| http::HeaderValue::from_str(v).ok())
-                .map(|v| Some(&*Box::leak(Box::new(v)))),
+                .and_then(mesh_core::hcm::server_name)
+                .map(Some),
             None => None,
         };
         let apply = |base: ConnectionManagerLayer| {

@@ -125,7 +125,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::header::HeaderName;
 use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_core::body::ReplyBody;
 use mesh_core::ext::SlotsView;
@@ -143,7 +142,7 @@ use tower_service::Service;
 pub const OVERFLOW_BODY: &str = mesh_core::limits::OVERFLOW_BODY;
 
 /// The header Envoy adds to an answer it made because a limit was reached.
-pub const ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+pub use mesh_core::hcm::ENVOY_OVERLOADED;
 
 /// Admits requests against their cluster's circuit-breaker limits; see the
 /// [module docs](self).

@@ -115,7 +115,7 @@ use crate::trace::{TRACESTATE, TraceContext, X_REQUEST_ID};
 /// `x-forwarded-for` (Envoy's `%REQ(X-FORWARDED-FOR)%`).
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `x-forwarded-proto` (the scheme of a server span, OpenTelemetry's `url.scheme`).
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub use mesh_core::hcm::X_FORWARDED_PROTO;
 
 /// Receives the completed requests of a [`RecordLayer`] it is interested in.
 ///

@@ -1232,7 +1232,7 @@ fn overflow_reply() -> EngineResponse {
         false,
     );
     res.headers_mut().insert(
-        http::header::HeaderName::from_static("x-envoy-overloaded"),
+        mesh_core::hcm::ENVOY_OVERLOADED,
         HeaderValue::from_static("true"),
     );
     res
