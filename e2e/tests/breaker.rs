@@ -52,12 +52,21 @@ type Replies = Arc<std::sync::Mutex<Vec<Reply>>>;
 /// Sends `n` GETs of `httpbin:8000` at once through the proxy at `out`; their replies as
 /// they come, and the clients to await.
 fn concurrent_gets(out: SocketAddr, n: usize) -> (Replies, Vec<tokio::task::JoinHandle<()>>) {
+    concurrent_gets_of(out, "httpbin:8000", n)
+}
+
+/// Sends `n` GETs of `host` at once to the listener at `to`.
+fn concurrent_gets_of(
+    to: SocketAddr,
+    host: &'static str,
+    n: usize,
+) -> (Replies, Vec<tokio::task::JoinHandle<()>>) {
     let replies: Replies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let clients = (0..n)
         .map(|_| {
             let replies = replies.clone();
             tokio::spawn(async move {
-                let r = get_once(out, "httpbin:8000", &[]).await;
+                let r = get_once(to, host, &[]).await;
                 replies.lock().unwrap().push(r);
             })
         })
@@ -593,4 +602,166 @@ spec:
     let held = bounded(held).await.unwrap();
     assert_eq!(held.status, 200);
     drop(p);
+}
+
+/// The overflow answer Envoy's router gives (`503`, `x-envoy-overloaded`, flag `UO`).
+fn assert_overflow(r: &Reply) {
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.flags(), "UO");
+    assert_eq!(r.headers["x-envoy-overloaded"], "true");
+    assert_eq!(
+        r.body,
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+    );
+}
+
+/// The inbound listener of `productpage` to `app`, on `workers` workers.
+fn inbound_bootstrap(workers: u32, app: &Backend) -> String {
+    bootstrap(
+        workers,
+        &format!(
+            "  inbound: {{address: 127.0.0.1, port: 0, localApp: '127.0.0.1:{}'}}\n",
+            app.port()
+        ),
+    )
+}
+
+/// Circuit breaking on the receiving side (Istio's Sidecar `inboundConnectionPool`, the
+/// pool of the inbound cluster `inbound|<port>||`): the circuit-breaking task's limits
+/// (`maxConnections: 1`, `http1MaxPendingRequests: 1`, `maxRequestsPerConnection: 1`) on
+/// the workload's own inbound listener. Of ten requests at once from peers, the application
+/// holds one, one waits, eight get Envoy's overflow answer without reaching it, across two
+/// workers; the overflows are the inbound cluster's on `/clusters`, and Istio's metrics
+/// count them with `reporter="destination"`.
+#[tokio::test]
+async fn an_inbound_connection_pool_trips_the_breaker_before_the_application() {
+    let (slow, handler) = Slow::new();
+    let app = backend_with("productpage", handler).await;
+    let yaml = inbound_bootstrap(2, &app)
+        + "---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: productpage, namespace: default}
+spec:
+  workloadSelector: {labels: {app: productpage}}
+  inboundConnectionPool:
+    tcp: {maxConnections: 1}
+    http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
+";
+    let p = start(&yaml).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    let (replies, clients) = concurrent_gets_of(inbound, "productpage:9080", 10);
+    slow.wait_for(&replies, 8, 1).await;
+    for r in replies.lock().unwrap().iter() {
+        assert_overflow(r);
+    }
+    slow.gate.send_replace(true);
+    for c in clients {
+        bounded(c).await.unwrap();
+    }
+    let ok = replies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.status == 200 && r.backend() == "httpbin")
+        .count();
+    assert_eq!(ok, 2, "the first and the pending one");
+    assert_eq!(app.hits(), 2);
+    assert_eq!(slow.most.load(Ordering::SeqCst), 1);
+    // maxRequestsPerConnection: 1 on the connections to the application
+    assert_eq!(app.connections.load(Ordering::SeqCst), 2);
+    let cluster = format!("inbound|{}||", app.port());
+    let (_, body) = admin_get(p.admin, "/clusters").await;
+    let clusters: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cb = clusters["circuit_breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster"] == cluster.as_str())
+        .unwrap_or_else(|| panic!("{cluster} in {body}"));
+    assert_eq!(cb["pending_overflows"], 8, "{cb}");
+    assert_eq!(cb["requests_active"], 0, "{cb}");
+    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
+    assert!(
+        stats.contains(&format!(
+            "mesh_proxy_cluster_overflows_total{{cluster_name=\"{cluster}\"}} 8\n"
+        )),
+        "{stats}"
+    );
+    let overflowed: f64 = stats
+        .lines()
+        .filter(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("response_code=\"503\"")
+                && l.contains("response_flags=\"UO\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(overflowed, 8.0, "{stats}");
+    drop(p);
+}
+
+/// Istio applies a DestinationRule's `connectionPool` to the receiving side too
+/// (`buildInboundCluster`: "when users specify circuit breakers, they need to be set on the
+/// receiver end as well"): the rule of the service that selects the workload on the
+/// application's port (`http2MaxRequests: 1`) bounds what the inbound listener sends the
+/// application. A Sidecar's `inboundConnectionPool` replaces it (here a larger limit).
+#[tokio::test]
+async fn the_service_s_destination_rule_pool_applies_on_the_receiving_side() {
+    for sidecar_pool in [false, true] {
+        let (slow, handler) = Slow::new();
+        let app = backend_with("productpage", handler).await;
+        let mut yaml = inbound_bootstrap(1, &app)
+            + &format!(
+                "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: productpage, namespace: default}}
+spec:
+  hosts: [productpage]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: http, protocol: HTTP, targetPort: {}}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: productpage}}}}
+",
+                app.port()
+            )
+            + "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: productpage, namespace: default}
+spec:
+  host: productpage
+  trafficPolicy:
+    connectionPool:
+      http: {http2MaxRequests: 1}
+";
+        if sidecar_pool {
+            yaml += "---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: productpage, namespace: default}
+spec:
+  workloadSelector: {labels: {app: productpage}}
+  inboundConnectionPool:
+    http: {http2MaxRequests: 3}
+";
+        }
+        let p = start(&yaml).await;
+        let inbound = p.proxy.inbound_addr().unwrap();
+        let (replies, clients) = concurrent_gets_of(inbound, "productpage:9080", 3);
+        let (overflows, held) = if sidecar_pool { (0, 3) } else { (2, 1) };
+        slow.wait_for(&replies, overflows, held).await;
+        for r in replies.lock().unwrap().iter() {
+            assert_overflow(r);
+        }
+        slow.gate.send_replace(true);
+        for c in clients {
+            bounded(c).await.unwrap();
+        }
+        assert_eq!(app.hits(), held, "sidecar pool: {sidecar_pool}");
+        assert_eq!(slow.most.load(Ordering::SeqCst), held);
+        drop(p);
+    }
 }

@@ -214,3 +214,64 @@ spec:
         );
     }
 }
+
+/// The inbound cluster's protocol (Istio's `setUpstreamProtocol` on `inbound|<port>||`):
+/// the application behind the inbound listener is spoken to in HTTP/2 when the service that
+/// selects the workload declares the port `GRPC` (a gRPC server speaks nothing else),
+/// in HTTP/1.1 when it declares `HTTP`, and in the client's protocol when nothing declares
+/// it (Istio's protocol detection, `use_downstream_protocol`).
+#[tokio::test]
+async fn the_inbound_listener_speaks_the_application_s_declared_protocol() {
+    for (declared, from_h1, from_h2) in [
+        (Some("GRPC"), "HTTP/2.0", "HTTP/2.0"),
+        (Some("HTTP"), "HTTP/1.1", "HTTP/1.1"),
+        (None, "HTTP/1.1", "HTTP/2.0"),
+    ] {
+        let app = backend("productpage").await;
+        let mut yaml = bootstrap(
+            1,
+            &format!(
+                "  inbound: {{address: 127.0.0.1, port: 0, localApp: '127.0.0.1:{}'}}\n",
+                app.port()
+            ),
+        );
+        if let Some(protocol) = declared {
+            yaml += &format!(
+                "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: productpage, namespace: default}}
+spec:
+  hosts: [productpage]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: app, protocol: {protocol}, targetPort: {}}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: productpage}}}}
+",
+                app.port()
+            );
+        }
+        let p = start(&yaml).await;
+        let inbound = p.proxy.inbound_addr().unwrap();
+        let r = get_once(inbound, "productpage:9080", &[]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(
+            r.headers["x-upstream-version"], from_h1,
+            "{declared:?}, an HTTP/1.1 client"
+        );
+        let mut tx = h2(inbound).await;
+        let req = http::Request::builder()
+            .version(Version::HTTP_2)
+            .uri("http://productpage:9080/")
+            .body(full(""))
+            .unwrap();
+        bounded(tx.ready()).await.unwrap();
+        let r = read(bounded(tx.send_request(req)).await.unwrap()).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(
+            r.headers["x-upstream-version"], from_h2,
+            "{declared:?}, an h2c client"
+        );
+        assert_eq!(app.hits(), 2);
+    }
+}

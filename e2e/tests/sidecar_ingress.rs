@@ -57,6 +57,11 @@ spec:
 
 /// The Sidecar of `reviews`: HTTP port 9080 to `http`, TCP port 9000 to `tcp`.
 fn sidecar(http: SocketAddr, tcp: SocketAddr) -> String {
+    sidecar_with(http, tcp, "")
+}
+
+/// [`sidecar`] with `tcp_extra` (indented fields) in the TCP port's entry.
+fn sidecar_with(http: SocketAddr, tcp: SocketAddr, tcp_extra: &str) -> String {
     format!(
         "---
 apiVersion: networking.istio.io/v1
@@ -69,7 +74,7 @@ spec:
     defaultEndpoint: 127.0.0.1:{}
   - port: {{number: 9000, protocol: TCP, name: tcp}}
     defaultEndpoint: 127.0.0.1:{}
-",
+{tcp_extra}",
         http.port(),
         tcp.port()
     )
@@ -710,5 +715,53 @@ async fn tcp_ingress_connect_failures_are_counted_uf() {
         1,
         "{text}"
     );
+    p.proxy.drain().await;
+}
+
+/// The TCP port's `connectionPool` (its inbound cluster's pool; Envoy's `tcp_proxy` on a
+/// cluster at `max_connections`): with `maxConnections: 1`, a second connection while the
+/// first is open is closed without reaching the endpoint, counted with flag `UO`; once the
+/// first has closed, a new one goes through.
+#[tokio::test]
+async fn tcp_ingress_connection_pool_bounds_the_connections_to_the_endpoint() {
+    let w = World::new().await;
+    let yaml = config(
+        w.dir.path(),
+        &w.ca,
+        &w.main,
+        &sidecar_with(
+            w.ratings.addr,
+            w.echo,
+            "    connectionPool: {tcp: {maxConnections: 1, connectTimeout: 2s}}\n",
+        ),
+    );
+    let p = start(&yaml).await;
+    let tcp = p.proxy.ingress_addr(9000).unwrap();
+    // the first connection, held open once the endpoint has answered through it
+    let mut first = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    first.write_all(b"one").await.unwrap();
+    let mut got = [0u8; 8];
+    bounded(first.read_exact(&mut got)).await.unwrap();
+    assert_eq!(&got, b"echo one");
+    // the second: closed at once
+    assert_eq!(support::l4::exchange(tcp, b"two").await, b"");
+    let admin = p.admin;
+    eventually("the refused connection counted UO", || async move {
+        let (_, text) = admin_get(admin, "/stats/prometheus").await;
+        inbound_tcp(
+            &text,
+            "istio_tcp_connections_closed_total",
+            &["response_flags=\"UO\""],
+        ) == 1
+    })
+    .await;
+    drop(first);
+    eventually("the first connection closed", || async move {
+        let (_, text) = admin_get(admin, "/stats/prometheus").await;
+        inbound_tcp(&text, "istio_tcp_connections_closed_total", &[]) == 2
+    })
+    .await;
+    let got = support::l4::exchange(tcp, b"three").await;
+    assert_eq!(String::from_utf8_lossy(&got), "echo threeecho bye");
     p.proxy.drain().await;
 }

@@ -758,6 +758,19 @@ impl Snapshot {
         host: &str,
         from_ns: &str,
     ) -> Option<&Arc<DestinationRuleEntry>> {
+        self.pick_destination_rule(host, from_ns, true)
+    }
+
+    /// [`destination_rule`](Self::destination_rule) with `selected`: whether rules with a
+    /// `workloadSelector` are candidates (when it selects the workload). Istio honours a
+    /// selector only for outbound configuration (`SidecarScope.DestinationRule`): an inbound
+    /// cluster takes the catch-all rule of its service.
+    fn pick_destination_rule(
+        &self,
+        host: &str,
+        from_ns: &str,
+        selected: bool,
+    ) -> Option<&Arc<DestinationRuleEntry>> {
         let service_ns = self.service(host, from_ns).map(|s| s.namespace.as_str());
         let root = self.bootstrap.mesh.root_namespace.as_str();
         let candidates = || {
@@ -767,7 +780,9 @@ impl Snapshot {
                 .filter(|d| match &d.spec.workload_selector {
                     // a selector applies only to the workloads of the rule's namespace
                     Some(sel) => {
-                        d.namespace == from_ns && sel.matches(&self.bootstrap.workload.labels)
+                        selected
+                            && d.namespace == from_ns
+                            && sel.matches(&self.bootstrap.workload.labels)
                     }
                     None => true,
                 })
@@ -787,6 +802,95 @@ impl Snapshot {
             .or_else(|| service_ns.and_then(|n| most_specific(Some(n))))
             .or_else(|| most_specific(Some(root)))
             .or_else(|| most_specific(None))
+    }
+
+    /// The services that select the proxy's own workload (`ProxyBootstrap.workload`): the
+    /// mesh-internal services of its namespace whose `workloadSelector` matches its labels,
+    /// and, with `port`, that have a port sending to it (`targetPort`, else `number`), as
+    /// Istio lists an inbound cluster's services. Sorted by hostname, one entry per host.
+    pub fn workload_services(&self, port: Option<u32>) -> Vec<&Arc<Service>> {
+        let w = &self.bootstrap.workload;
+        let mut services: Vec<&Arc<Service>> = self
+            .services
+            .iter()
+            .filter(|s| {
+                s.namespace == w.namespace
+                    && s.location == Location::MeshInternal
+                    && s.workload_selector
+                        .as_ref()
+                        .is_some_and(|sel| labels_match(sel, &w.labels))
+                    && port.is_none_or(|port| {
+                        s.ports
+                            .iter()
+                            .any(|p| p.target_port.unwrap_or(p.number) == port)
+                    })
+            })
+            .collect();
+        services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        services.dedup_by(|a, b| a.hostname == b.hostname);
+        services
+    }
+
+    /// The traffic policy of the inbound cluster of workload port `port` (Istio's
+    /// `buildInboundCluster`): the `connectionPool` (and `retryBudget`) of the catch-all
+    /// DestinationRule of the first service with a port sending to `port`, port-level
+    /// settings by that service port ("when users specify circuit breakers, they need to be
+    /// set on the receiver end as well"); a pool the workload's Sidecar sets for the port
+    /// (`ingress[].connectionPool` of the entry whose `port.number` is `port`, else
+    /// `inboundConnectionPool`) replaces it whole (`InboundConnectionPoolForPort`). Only the
+    /// pool applies inbound (`applyTrafficPolicy`: balancing, outlier detection and TLS are
+    /// outbound settings), so the other fields are left unset.
+    pub fn inbound_traffic_policy(&self, port: u16) -> TrafficPolicy {
+        let mut tp = TrafficPolicy::default();
+        let ns = self.bootstrap.workload.namespace.as_str();
+        if let Some(svc) = self.workload_services(Some(u32::from(port))).first()
+            && let Some(dr) = self.pick_destination_rule(&svc.hostname, ns, false)
+        {
+            let service_port = svc
+                .ports
+                .iter()
+                .find(|p| p.target_port.unwrap_or(p.number) == u32::from(port))
+                .and_then(|p| u16::try_from(p.number).ok());
+            let merged = merge_traffic_policy(dr.spec.traffic_policy.as_ref(), None, service_port);
+            tp.connection_pool = merged.connection_pool;
+            tp.retry_budget = merged.retry_budget;
+        }
+        let (sidecar, _) = crate::scope::select(&self.sidecars, &self.bootstrap);
+        if let Some(sc) = sidecar {
+            let for_port = sc
+                .spec
+                .ingress
+                .iter()
+                .find(|i| i.port.as_ref().is_some_and(|p| p.number == u32::from(port)))
+                .and_then(|i| i.connection_pool.as_ref());
+            if let Some(cp) = for_port.or(sc.spec.inbound_connection_pool.as_ref()) {
+                tp.connection_pool = Some(cp.clone());
+            }
+        }
+        tp
+    }
+
+    /// The protocol of workload port `port` as Istio's inbound cluster takes it: the
+    /// `port.protocol` of the workload's Sidecar `ingress` entry for the port, else that of
+    /// the first service port sending to it ([`workload_services`](Self::workload_services));
+    /// `None` when neither says (Istio's protocol detection: the cluster then speaks the
+    /// client's protocol, `setUseDownstreamProtocol`).
+    pub fn inbound_protocol(&self, port: u16) -> Option<Protocol> {
+        let (sidecar, _) = crate::scope::select(&self.sidecars, &self.bootstrap);
+        if let Some(p) = sidecar.and_then(|sc| {
+            sc.spec
+                .ingress
+                .iter()
+                .filter_map(|i| i.port.as_ref())
+                .find(|p| p.number == u32::from(port))
+        }) {
+            return p.protocol.as_deref().map(Protocol::parse);
+        }
+        let svc = *self.workload_services(Some(u32::from(port))).first()?;
+        svc.ports
+            .iter()
+            .find(|p| p.target_port.unwrap_or(p.number) == u32::from(port))
+            .map(Protocol::of)
     }
 
     /// A subset of `host`'s DestinationRule, by name.
@@ -931,6 +1035,142 @@ mod tests {
         assert_eq!(
             vs.spec.http[0].mirror.as_ref().unwrap().host,
             "shadow.shop.svc.cluster.local"
+        );
+    }
+
+    /// The workload `reviews-v1` (inbound to 127.0.0.1:9080), a service selecting it on
+    /// port 80 → 9080 and on port 9000, and `extra` documents.
+    fn inbound_world(extra: &str) -> Snapshot {
+        snap(&format!(
+            "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {{name: b}}
+spec:
+  workload: {{name: reviews-v1, namespace: default, labels: {{app: reviews}}}}
+  inbound: {{address: 127.0.0.1, port: 15006, localApp: '127.0.0.1:9080'}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  location: MESH_INTERNAL
+  ports:
+  - {{number: 80, name: http, protocol: HTTP, targetPort: 9080}}
+  - {{number: 9000, name: tcp, protocol: TCP}}
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: reviews}}}}
+{extra}"
+        ))
+    }
+
+    fn max_connections(tp: &TrafficPolicy) -> Option<i32> {
+        tp.connection_pool.as_ref()?.tcp.as_ref()?.max_connections
+    }
+
+    /// Istio's `buildInboundCluster`: the catch-all DestinationRule of the service on the
+    /// port (port-level settings by the service port), replaced whole by the Sidecar's
+    /// `ingress[].connectionPool` for the port, else its `inboundConnectionPool`
+    /// (`SidecarScope.InboundConnectionPoolForPort`); a rule with a `workloadSelector` is
+    /// an outbound rule only; nothing but the pool applies.
+    #[test]
+    fn an_inbound_cluster_takes_the_sidecar_pool_else_the_service_destination_rule() {
+        assert_eq!(
+            inbound_world("").inbound_traffic_policy(9080),
+            TrafficPolicy::default()
+        );
+        let dr = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+    connectionPool: {tcp: {maxConnections: 10}}
+    portLevelSettings:
+    - port: {number: 80}
+      connectionPool: {tcp: {maxConnections: 20}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-selected, namespace: default}
+spec:
+  host: reviews
+  workloadSelector: {matchLabels: {app: reviews}}
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 99}}
+";
+        let s = inbound_world(dr);
+        // the service port 80 sends to 9080: its port-level pool; only the pool is taken
+        let app = s.inbound_traffic_policy(9080);
+        assert_eq!(max_connections(&app), Some(20));
+        assert_eq!(app.load_balancer, None);
+        // port 9000: the top-level pool
+        assert_eq!(max_connections(&s.inbound_traffic_policy(9000)), Some(10));
+        // no service on the port: no rule
+        assert_eq!(s.inbound_traffic_policy(7000), TrafficPolicy::default());
+        // the selector rule is the outbound one for the workload
+        let out = s.traffic_policy(
+            "reviews.default.svc.cluster.local",
+            None,
+            Some(80),
+            "default",
+        );
+        assert_eq!(max_connections(&out), Some(99));
+
+        let sidecar = "---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews, namespace: default}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  inboundConnectionPool:
+    http: {http2MaxRequests: 5}
+  ingress:
+  - port: {number: 9000, protocol: TCP, name: tcp}
+    defaultEndpoint: 127.0.0.1:9000
+    connectionPool: {tcp: {maxConnections: 3}}
+  - port: {number: 9080, protocol: HTTP, name: http}
+    defaultEndpoint: 127.0.0.1:9080
+";
+        let s = inbound_world(&format!("{dr}{sidecar}"));
+        // the ingress entry's pool for its port, whole
+        let tcp = s.inbound_traffic_policy(9000);
+        assert_eq!(max_connections(&tcp), Some(3));
+        assert_eq!(tcp.connection_pool.as_ref().unwrap().http, None);
+        // the entry without a pool: the Sidecar's inboundConnectionPool, not the rule's
+        let app = s.inbound_traffic_policy(9080);
+        assert_eq!(max_connections(&app), None);
+        let http = app.connection_pool.as_ref().unwrap().http.as_ref().unwrap();
+        assert_eq!(http.http2_max_requests, Some(5));
+    }
+
+    /// The inbound cluster's protocol: the Sidecar ingress entry's, else the selecting
+    /// service's port's, else none (Istio's protocol detection).
+    #[test]
+    fn an_inbound_cluster_s_protocol_is_the_sidecar_s_else_the_service_s() {
+        let s = inbound_world("");
+        assert_eq!(s.inbound_protocol(9080), Some(Protocol::Http));
+        assert_eq!(s.inbound_protocol(9000), Some(Protocol::Tcp));
+        assert_eq!(s.inbound_protocol(7000), None);
+        let s = inbound_world(
+            "---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews, namespace: default}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  ingress:
+  - port: {number: 9080, protocol: GRPC, name: grpc}
+    defaultEndpoint: 127.0.0.1:9080
+",
+        );
+        assert_eq!(s.inbound_protocol(9080), Some(Protocol::Grpc));
+        assert_eq!(
+            s.inbound_protocol(9000),
+            Some(Protocol::Tcp),
+            "the service's"
         );
     }
 

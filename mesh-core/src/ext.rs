@@ -608,6 +608,58 @@ pub struct UpstreamPool {
     pub max_concurrent_streams: Option<u32>,
 }
 
+impl UpstreamPool {
+    /// The connection settings of a merged traffic policy's `connectionPool`, as Istio's
+    /// `applyConnectionPool` writes them into the cluster (the outbound clusters'
+    /// DestinationRule, and the inbound clusters' Sidecar or DestinationRule pool).
+    pub fn from_traffic_policy(tp: &crate::model::networking::TrafficPolicy) -> Self {
+        let http = tp.connection_pool.as_ref().and_then(|c| c.http.as_ref());
+        let tcp = tp.connection_pool.as_ref().and_then(|c| c.tcp.as_ref());
+        UpstreamPool {
+            // Istio: 0 (the proto default) means no limit
+            max_requests_per_connection: http
+                .and_then(|h| h.max_requests_per_connection)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0),
+            // Istio: the HTTP idle timeout, else the TCP one
+            idle_timeout: http
+                .and_then(|h| h.idle_timeout)
+                .or_else(|| tcp.and_then(|t| t.idle_timeout))
+                .map(|d| d.get()),
+            tcp_idle_timeout: tcp.and_then(|t| t.idle_timeout).map(|d| d.get()),
+            connect_timeout: tcp.and_then(|t| t.connect_timeout).map(|d| d.get()),
+            // a zero duration is taken as unset (Envoy: "if not set, there is no max")
+            max_connection_duration: tcp
+                .and_then(|t| t.max_connection_duration)
+                .map(|d| d.get())
+                .filter(|d| !d.is_zero()),
+            http2_keepalive: http
+                .and_then(|h| h.http2_keep_alive.as_ref())
+                .and_then(|k| {
+                    Some(Http2Keepalive {
+                        interval: k.interval?.get(),
+                        timeout: k.timeout.map(|d| d.get()),
+                    })
+                })
+                .filter(|k| !k.interval.is_zero()),
+            use_client_protocol: http.is_some_and(|h| h.use_client_protocol),
+            // Istio sets `max_concurrent_streams` only when positive
+            max_concurrent_streams: http
+                .and_then(|h| h.max_concurrent_streams)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0),
+            // Istio's applyTCPKeepalive: whole seconds; probes only when positive
+            tcp_keepalive: tcp
+                .and_then(|t| t.tcp_keepalive.as_ref())
+                .map(|k| TcpKeepalive {
+                    time: k.time.map(|d| Duration::from_secs(d.get().as_secs())),
+                    interval: k.interval.map(|d| Duration::from_secs(d.get().as_secs())),
+                    probes: k.probes.filter(|p| *p > 0),
+                }),
+        }
+    }
+}
+
 /// HTTP/2 keep-alive of upstream connections (Envoy's `Http2ProtocolOptions.connection_keepalive`):
 /// a PING every `interval` while streams are open; a connection whose PING is not answered
 /// within `timeout` is closed.

@@ -154,50 +154,7 @@ impl Policy {
             .and_then(|c| c.http.as_ref())
             .and_then(|h| h.h2_upgrade_policy)
             .is_some_and(|p| p == H2UpgradePolicy::Upgrade);
-        let http = tp.connection_pool.as_ref().and_then(|c| c.http.as_ref());
-        let tcp = tp.connection_pool.as_ref().and_then(|c| c.tcp.as_ref());
-        let pool = mesh_core::ext::UpstreamPool {
-            // Istio: 0 (the proto default) means no limit
-            max_requests_per_connection: http
-                .and_then(|h| h.max_requests_per_connection)
-                .and_then(|n| u32::try_from(n).ok())
-                .filter(|n| *n > 0),
-            // Istio: the HTTP idle timeout, else the TCP one
-            idle_timeout: http
-                .and_then(|h| h.idle_timeout)
-                .or_else(|| tcp.and_then(|t| t.idle_timeout))
-                .map(|d| d.get()),
-            tcp_idle_timeout: tcp.and_then(|t| t.idle_timeout).map(|d| d.get()),
-            connect_timeout: tcp.and_then(|t| t.connect_timeout).map(|d| d.get()),
-            // a zero duration is taken as unset (Envoy: "if not set, there is no max")
-            max_connection_duration: tcp
-                .and_then(|t| t.max_connection_duration)
-                .map(|d| d.get())
-                .filter(|d| !d.is_zero()),
-            // Istio's applyTCPKeepalive: whole seconds; probes only when positive
-            http2_keepalive: http
-                .and_then(|h| h.http2_keep_alive.as_ref())
-                .and_then(|k| {
-                    Some(mesh_core::ext::Http2Keepalive {
-                        interval: k.interval?.get(),
-                        timeout: k.timeout.map(|d| d.get()),
-                    })
-                })
-                .filter(|k| !k.interval.is_zero()),
-            use_client_protocol: http.is_some_and(|h| h.use_client_protocol),
-            // Istio sets `max_concurrent_streams` only when positive
-            max_concurrent_streams: http
-                .and_then(|h| h.max_concurrent_streams)
-                .and_then(|n| u32::try_from(n).ok())
-                .filter(|n| *n > 0),
-            tcp_keepalive: tcp.and_then(|t| t.tcp_keepalive.as_ref()).map(|k| {
-                mesh_core::ext::TcpKeepalive {
-                    time: k.time.map(|d| Duration::from_secs(d.get().as_secs())),
-                    interval: k.interval.map(|d| Duration::from_secs(d.get().as_secs())),
-                    probes: k.probes.filter(|p| *p > 0),
-                }
-            }),
-        };
+        let pool = mesh_core::ext::UpstreamPool::from_traffic_policy(tp);
         Policy {
             algorithm,
             hash,

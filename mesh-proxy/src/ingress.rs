@@ -33,7 +33,12 @@
 //!   files, re-read when they change) instead of the workload's mTLS; an `HTTPS` port is then
 //!   served as HTTP, a `TLS` port as TCP. `PASSTHROUGH`: the TLS is left to the endpoint.
 //!
-//! `captureMode`, `connectionPool` and `inboundConnectionPool` are warnings.
+//! - **`connectionPool`** (and the Sidecar's `inboundConnectionPool`): the port's inbound
+//!   cluster's pool ([`crate::inbound`]): the HTTP stack's circuit breaker and connections
+//!   to the endpoint; on an L4 port, `tcp.maxConnections` (a connection over it is closed,
+//!   flag `UO`), `connectTimeout`, `tcpKeepalive` and `idleTimeout`.
+//!
+//! `captureMode` is a warning.
 //!
 //! A reload that changes the ingress listeners (a port, its address, local port, protocol
 //! family or endpoint) is refused: a restart binds them. Policies and certificates apply.
@@ -52,6 +57,7 @@ use arc_swap::ArcSwap;
 use mesh_core::compile::Snapshot;
 use mesh_core::error::{FieldPath, ResourceRef};
 use mesh_core::ext::PeerIdentity;
+use mesh_core::limits::ConnectionPermit;
 use mesh_core::load::Issue;
 use mesh_core::model::Kind;
 use mesh_core::model::networking::{ServerTlsMode, ServerTlsSettings};
@@ -529,6 +535,9 @@ pub struct TcpIngress {
     /// The access log: a line per connection ([`crate::l4::ConnLog`]; upstream cluster
     /// `inbound|<port>||`, as Istio names the inbound cluster).
     pub access_log: Arc<Reloadable<AccessLog>>,
+    /// The inbound clusters: the port's connection pool ([`crate::inbound`]:
+    /// `tcp.maxConnections`, `connectTimeout`, `tcpKeepalive`, `idleTimeout`).
+    pub clusters: Arc<crate::inbound::InboundClusters>,
 }
 
 /// The connection handler of one worker of an L4 ingress listener.
@@ -628,8 +637,17 @@ async fn serve_tcp(w: Rc<TcpWorker>, conn: Accepted) {
             }
         }
     };
+    let pool = w
+        .shared
+        .clusters
+        .cluster(w.shared.number)
+        .map(|c| c.pool)
+        .unwrap_or_default();
     let splice = engine_l4::SpliceConfig {
-        idle: crate::l4::DEFAULT_TCP_IDLE_TIMEOUT,
+        // the pool's `tcp.idleTimeout` (Istio's tcp_proxy default: one hour)
+        idle: pool
+            .tcp_idle_timeout
+            .unwrap_or(crate::l4::DEFAULT_TCP_IDLE_TIMEOUT),
         report_every: Duration::from_secs(15),
     };
     let log = ConnLog::new(&w.shared.access_log, conn.local, conn.peer);
@@ -665,7 +683,8 @@ async fn serve_tcp(w: Rc<TcpWorker>, conn: Accepted) {
 /// (`istio.stats` after the network RBAC filter, which closes a denied connection without a
 /// response flag: Envoy's `rbac_filter.cc` sets only the termination details): a denied
 /// connection is opened and closed with no flag and no bytes; one whose endpoint refuses
-/// or times out has flag `UF`. Its access log line is written when it closes.
+/// or times out has flag `UF`, one over the pool's `tcp.maxConnections` flag `UO`. Its
+/// access log line is written when it closes.
 async fn proxy<D>(
     w: &TcpWorker,
     down: D,
@@ -676,16 +695,18 @@ async fn proxy<D>(
 ) where
     D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let up = if allowed { connect(w).await } else { None };
-    let flags = if allowed && up.is_none() {
-        ResponseFlags::UPSTREAM_CONNECTION_FAILURE
-    } else {
-        ResponseFlags::empty()
+    let (up, flags) = match allowed {
+        true => connect(w).await,
+        false => (None, ResponseFlags::empty()),
     };
     let stats = w
         .shared
         .metrics
         .tcp_open_inbound(&TcpInbound { peer, flags });
+    let (up, _permit) = match up {
+        Some((up, permit)) => (Some(up), permit),
+        None => (None, None),
+    };
     let mut end = ConnEnd {
         upstream: allowed.then_some(w.shared.endpoint),
         cluster: Some(&w.cluster),
@@ -701,13 +722,38 @@ async fn proxy<D>(
     log.end(&end);
 }
 
-/// Connects to the endpoint (`connectTimeout`); a failure closes the downstream connection.
-async fn connect(w: &TcpWorker) -> Option<tokio::net::TcpStream> {
-    match engine_l4::connect(w.shared.endpoint, w.connect_timeout, None, &w.own).await {
-        Ok(s) => Some(s),
+/// Connects to the endpoint under the port's connection pool: a connection over
+/// `tcp.maxConnections` is refused (flag `UO`, as Envoy's `tcp_proxy` on a cluster
+/// overflow), one that cannot connect within `tcp.connectTimeout` (else the bootstrap's) has
+/// flag `UF`; either closes the downstream connection. The permit, if any, is held for the
+/// connection's life.
+async fn connect(
+    w: &TcpWorker,
+) -> (
+    Option<(tokio::net::TcpStream, Option<ConnectionPermit>)>,
+    ResponseFlags,
+) {
+    let cluster = w.shared.clusters.cluster(w.shared.number);
+    let pool = cluster.as_ref().map(|c| c.pool).unwrap_or_default();
+    let permit = match cluster.as_ref().and_then(|c| c.limits.as_ref()) {
+        Some(limits) => match limits.try_connection() {
+            Some(p) => Some(p),
+            None => {
+                tracing::debug!(
+                    port = w.shared.number,
+                    "sidecar ingress: maxConnections reached"
+                );
+                return (None, ResponseFlags::UPSTREAM_OVERFLOW);
+            }
+        },
+        None => None,
+    };
+    let timeout = pool.connect_timeout.unwrap_or(w.connect_timeout);
+    match engine_l4::connect(w.shared.endpoint, timeout, pool.tcp_keepalive, &w.own).await {
+        Ok(s) => (Some((s, permit)), ResponseFlags::empty()),
         Err(e) => {
             tracing::debug!(port = w.shared.number, "sidecar ingress: {e}");
-            None
+            (None, ResponseFlags::UPSTREAM_CONNECTION_FAILURE)
         }
     }
 }

@@ -50,6 +50,7 @@ pub mod cli;
 pub mod demo;
 pub mod exporters;
 pub mod gateway;
+pub mod inbound;
 pub mod ingress;
 pub mod jwks;
 pub mod l4;

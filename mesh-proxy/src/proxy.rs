@@ -37,7 +37,6 @@ use std::time::Duration;
 
 use mesh_core::compile::Snapshot;
 use mesh_core::config::Compiled;
-use mesh_core::ext::SelectedEndpoint;
 use mesh_core::health::{HealthFlags, cluster_name, flags_text};
 use mesh_core::model::bootstrap::ProxyBootstrap;
 use mesh_core::{ConfigError, Diagnostic};
@@ -49,6 +48,7 @@ use crate::engine::{
     BoundEngine, Engine, EngineConfig, Limits, OwnAddrs, Readiness, WorkerContext,
 };
 use crate::gateway::{GatewayTls, HttpsRedirectLayer};
+use crate::inbound::{InboundClusters, InboundTarget};
 use crate::l4::{CapturedPort, L4Handler, L4Shared};
 use crate::pipeline::{self, Built};
 use crate::security::{PortTls, WorkloadTls};
@@ -56,7 +56,7 @@ use crate::stack::{GatewayLayers, Layers};
 use mesh_core::ext::{ConnectionSni, DestinationAddr, PeerIdentity};
 use mesh_core::grpc::GrpcLocalReply;
 use mesh_core::hcm::ConnectionManagerLayer;
-use mesh_resilience::{RateLimit, RateLimitLayer};
+use mesh_resilience::{CircuitBreaker, CircuitBreakerLayer, RateLimit, RateLimitLayer};
 use mesh_routing::l4::{L4RouteTable, L4RouteTableHandle};
 use mesh_routing::{RouteLayer, RouteTableHandle};
 use mesh_telemetry::record::{Record, RecordBody, RecordLayer};
@@ -661,6 +661,7 @@ impl Proxy {
             trace: self.state.layers.trace().clone(),
             record: self.state.layers.telemetry().inbound(),
             hcm: self.state.layers.inbound_connection_manager(),
+            clusters: self.state.layers.inbound_clusters().clone(),
         }
     }
 
@@ -797,6 +798,7 @@ impl Proxy {
                             .exporters()
                             .access_log()
                             .clone(),
+                        clusters: self.state.layers.inbound_clusters().clone(),
                     };
                     let factory = Arc::new(move |ctx: &L4WorkerContext| {
                         crate::ingress::TcpIngressHandler::new(&shared, ctx)
@@ -1027,9 +1029,11 @@ fn inbound_stack(
     workload_port: u16,
     layers: &InboundLayers,
 ) -> InboundStack {
+    // the application is the inbound cluster's endpoint: its connection pool's circuit
+    // breaker (`crate::inbound`) admits each request
     let forward = InboundForward {
-        connector: ctx.connector(),
-        app,
+        inner: CircuitBreakerLayer::new().layer(ctx.connector()),
+        target: InboundTarget::new(layers.clusters.clone(), app, workload_port),
     };
     InboundStack {
         // the hop's trace context first (an Envoy sidecar's inbound listener traces too:
@@ -1065,6 +1069,7 @@ struct InboundLayers {
     trace: TraceLayer,
     record: RecordLayer,
     hcm: ConnectionManagerLayer,
+    clusters: Arc<InboundClusters>,
 }
 
 /// What the inbound stack learns once per connection from its TLS session.
@@ -1095,11 +1100,12 @@ pub struct InboundStack {
 /// limit, then the application.
 type InboundPolicies = GrpcLocalReply<JwtAuthn<Authz<RateLimit<InboundForward>>>>;
 
-/// The end of the inbound stack: the local application.
+/// The end of the inbound stack: the local application, through its inbound cluster's
+/// circuit breaker ([`crate::inbound`]).
 #[derive(Debug, Clone)]
 pub struct InboundForward {
-    connector: crate::engine::Connector,
-    app: SocketAddr,
+    inner: CircuitBreaker<crate::engine::Connector>,
+    target: InboundTarget,
 }
 
 impl InboundStack {
@@ -1141,7 +1147,7 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundSta
         mesh_core::grpc::ResponseFuture<
             mesh_tls::jwt::ResponseFuture<
                 mesh_tls::authz::ResponseFuture<
-                    mesh_resilience::ratelimit::ResponseFuture<crate::engine::ConnectorFuture>,
+                    mesh_resilience::ratelimit::ResponseFuture<InboundFuture>,
                     mesh_core::MeshBody<crate::engine::UpstreamBody>,
                 >,
                 mesh_core::MeshBody<crate::engine::UpstreamBody>,
@@ -1182,24 +1188,28 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundSta
     }
 }
 
+/// The future of [`InboundForward`].
+pub type InboundFuture =
+    mesh_resilience::breaker::ResponseFuture<crate::engine::Connector, hyper::body::Incoming>;
+
 impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundForward {
     type Response = crate::engine::EngineResponse;
     type Error = std::convert::Infallible;
-    type Future = crate::engine::ConnectorFuture;
+    type Future = InboundFuture;
 
     fn poll_ready(
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
         tower_service::Service::<http::Request<hyper::body::Incoming>>::poll_ready(
-            &mut self.connector,
+            &mut self.inner,
             cx,
         )
     }
 
     fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        req.extensions_mut().insert(SelectedEndpoint::new(self.app));
-        self.connector.call(req)
+        req.extensions_mut().insert(self.target.upstream());
+        self.inner.call(req)
     }
 }
 
@@ -1605,7 +1615,6 @@ impl ProxyState {
         // the connector's pool
         let breakers: Vec<serde_json::Value> = self
             .layers
-            .lb()
             .circuit_breakers()
             .iter()
             .map(|(cluster, c)| {
@@ -1695,7 +1704,7 @@ impl ProxyState {
         self.encode_guards(&mut s);
         // per Istio cluster: circuit breakers, retry overflows by limit, pool gauges; per
         // endpoint: outlier ejections
-        crate::stats::encode_clusters(&mut s, &self.layers.lb().circuit_breakers());
+        crate::stats::encode_clusters(&mut s, &self.layers.circuit_breakers());
         crate::stats::encode_endpoints(&mut s, &*self.layers.lb().health());
         self.layers.telemetry().exporters().encode(&mut s);
         self.layers.telemetry().metrics().encode(&mut s);

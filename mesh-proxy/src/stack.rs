@@ -307,6 +307,8 @@ pub struct Layers {
     lb: LbLayer,
     outlier: OutlierLayer,
     breaker: CircuitBreakerLayer,
+    /// The inbound listeners' clusters (their connection pools), swapped on reload.
+    inbound_clusters: Arc<crate::inbound::InboundClusters>,
     dns: Arc<DnsRefresher>,
     /// Each kind of listener's connection-manager headers, `spec.proxyHeaders` applied
     /// (read at start-up).
@@ -523,6 +525,7 @@ impl Layers {
             lb,
             outlier: OutlierLayer::new(),
             breaker: CircuitBreakerLayer::new(),
+            inbound_clusters: Arc::new(crate::inbound::InboundClusters::new(snapshot)),
             dns,
         }
         .with_listener_limit(snapshot)
@@ -543,6 +546,19 @@ impl Layers {
         self.inbound_rate_limit.clone()
     }
 
+    /// The inbound listeners' clusters ([`crate::inbound`]).
+    pub fn inbound_clusters(&self) -> &Arc<crate::inbound::InboundClusters> {
+        &self.inbound_clusters
+    }
+
+    /// The circuit breakers' counts of every cluster with limits, outbound (the
+    /// balancer's) and inbound, for `/clusters` and `/stats/prometheus`.
+    pub fn circuit_breakers(&self) -> Vec<(Arc<str>, Arc<mesh_core::limits::ClusterCounters>)> {
+        let mut all = self.lb.circuit_breakers();
+        all.extend(self.inbound_clusters.circuit_breakers());
+        all
+    }
+
     /// Applies a new snapshot and its route table: swaps the balancer's snapshot, then the
     /// table.
     pub fn store(&self, snapshot: &Arc<Snapshot>, table: RouteTable) {
@@ -553,6 +569,7 @@ impl Layers {
             .store(mesh_core::ratelimit::listener_policy(snapshot));
         self.inbound_rate_limit
             .store(mesh_core::ratelimit::inbound_policy(snapshot));
+        self.inbound_clusters.store(snapshot);
         self.routes.store(table);
         self.trace
             .set_sampling_percent(snapshot.bootstrap.tracing.sampling);

@@ -361,25 +361,11 @@ impl LocalWorkload {
             .as_ref()
             .and_then(|i| i.local_app.rsplit_once(':'))
             .and_then(|(_, p)| p.parse::<u32>().ok());
-        let mut services: Vec<Arc<str>> = snapshot
-            .services
-            .iter()
-            .filter(|s| {
-                s.namespace == local.namespace
-                    && s.location == mesh_core::model::networking::Location::MeshInternal
-                    && s.workload_selector
-                        .as_ref()
-                        .is_some_and(|sel| mesh_core::selector::labels_match(sel, &local.labels))
-                    && app_port.is_none_or(|port| {
-                        s.ports
-                            .iter()
-                            .any(|p| p.target_port.unwrap_or(p.number) == port)
-                    })
-            })
+        let services: Vec<Arc<str>> = snapshot
+            .workload_services(app_port)
+            .into_iter()
             .map(|s| s.hostname.clone())
             .collect();
-        services.sort();
-        services.dedup();
         local.services = services;
         local
     }

@@ -593,7 +593,7 @@ static TRAFFIC_POLICY: TypeDef = TypeDef {
             "connectionPool",
             Struct(&CONNECTION_POOL_SETTINGS),
             Status::Enforced,
-            "",
+            "the clients' cluster of the host; and, as Istio applies it to the receiver too, the inbound cluster of the workloads the host's service selects, unless their Sidecar sets a pool (a rule without `workloadSelector`)",
         ),
         field(
             "outlierDetection",
@@ -1345,8 +1345,8 @@ static SIDECAR: TypeDef = TypeDef {
         field(
             "inboundConnectionPool",
             Struct(&CONNECTION_POOL_SETTINGS),
-            Status::NotYet(Area::Resilience),
-            "the inbound and Sidecar ingress listeners forward to the application without these limits (they are not the DestinationRule's outbound pool)",
+            Status::Enforced,
+            "the pool of every inbound cluster (the inbound, `inboundPorts` and Sidecar ingress listeners' endpoints) the ingress entry of its port leaves unset; it replaces the DestinationRule's pool there, as Istio's `InboundConnectionPoolForPort`. `h2UpgradePolicy`, `useClientProtocol` and `maxRetries` change nothing inbound, as in Istio",
         ),
         field(
             "outboundTrafficPolicy",
@@ -1393,8 +1393,8 @@ static ISTIO_INGRESS_LISTENER: TypeDef = TypeDef {
         field(
             "connectionPool",
             Struct(&CONNECTION_POOL_SETTINGS),
-            Status::NotYet(Area::Resilience),
-            "the ingress listener forwards to its endpoint without these limits",
+            Status::Enforced,
+            "the pool of the port's inbound cluster (`inbound|<port>||`), replacing `inboundConnectionPool` and the DestinationRule's: the circuit breaker (503 `UO`) and the connections to the endpoint; a TCP port applies `tcp.maxConnections` (flag `UO`), `connectTimeout`, `tcpKeepalive` and `idleTimeout`. `h2UpgradePolicy`, `useClientProtocol` and `maxRetries` change nothing inbound, as in Istio",
         ),
     ],
 };

@@ -1,0 +1,315 @@
+//! The inbound clusters: Istio's `inbound|PORT||`, one per workload port an inbound
+//! listener forwards to (the main inbound listener's application port, each
+//! `inboundPorts` port, each Sidecar `ingress` port), with the connection pool Istio gives
+//! them ([`Snapshot::inbound_traffic_policy`]: the Sidecar's `ingress[].connectionPool` for
+//! the port, else its `inboundConnectionPool`, else the `connectionPool` of the service's
+//! DestinationRule: "when users specify circuit breakers, they need to be set on the
+//! receiver end as well").
+//!
+//! What the pool does inbound is what it does to an outbound cluster, the application
+//! being the upstream:
+//!
+//! - the **circuit breaker** (`tcp.maxConnections`, `http.http1MaxPendingRequests`,
+//!   `http.http2MaxRequests`) admits each request forwarded to the application; over a
+//!   limit the client gets Envoy's overflow answer (`503`, `x-envoy-overloaded: true`, flag
+//!   `UO`) and the application never sees the request. An L4 ingress port counts its
+//!   connections against `tcp.maxConnections` (a connection over it is closed, flag `UO`,
+//!   as Envoy's `tcp_proxy`);
+//! - the **connector** applies `maxRequestsPerConnection`, `idleTimeout`,
+//!   `tcp.connectTimeout`, `tcp.tcpKeepalive`, `tcp.maxConnectionDuration`,
+//!   `http.maxConcurrentStreams` and `http.http2KeepAlive` to the connections to the
+//!   application; an L4 ingress port its `tcp.connectTimeout`, `tcp.tcpKeepalive` and
+//!   `tcp.idleTimeout`;
+//! - `h2UpgradePolicy` and `useClientProtocol` change nothing inbound, as in Istio (its
+//!   `applyH2Upgrade` and `useClientProtocol` are outbound only), nor does `maxRetries`:
+//!   inbound routes do not retry.
+//!
+//! The cluster also says how the application is spoken to (Istio's `setUpstreamProtocol`):
+//! HTTP/2 (h2c) to a port declared `HTTP2`, `GRPC` or `GRPC-Web` (the Sidecar ingress
+//! entry's `port.protocol`, else the port of the service that selects the workload),
+//! HTTP/1.1 to an `HTTP` port, and the client's protocol to a port nothing declares
+//! (Istio's protocol detection, `use_downstream_protocol`).
+//!
+//! Counts are per cluster and per proxy (every worker and listener of the port shares
+//! them) and survive reloads; `/clusters` and `/stats/prometheus` show them beside the
+//! outbound clusters'. A reload applies new limits to the requests that follow.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use mesh_core::compile::Snapshot;
+use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamCluster, UpstreamPool};
+use mesh_core::health::HealthCell;
+use mesh_core::limits::{ClusterCounters, ClusterLimits, Thresholds};
+
+/// The inbound clusters of the running configuration, shared by every inbound listener.
+#[derive(Debug, Default)]
+pub struct InboundClusters {
+    table: ArcSwap<Table>,
+    /// Each cluster's counters by name, kept across reloads (as the balancer keeps the
+    /// outbound clusters'): requests in flight when a reload lands still count.
+    counters: Mutex<HashMap<Arc<str>, Arc<ClusterCounters>>>,
+}
+
+/// One configuration's inbound clusters, by workload port.
+#[derive(Debug, Default)]
+pub struct Table {
+    clusters: Vec<(u16, Inbound)>,
+}
+
+/// One inbound cluster and how its endpoint is spoken to.
+#[derive(Debug, Clone)]
+struct Inbound {
+    cluster: UpstreamCluster,
+    /// HTTP/2 to the endpoint (a port declared `HTTP2` or `GRPC`).
+    http2: bool,
+}
+
+impl InboundClusters {
+    /// The inbound clusters of `snapshot`.
+    pub fn new(snapshot: &Snapshot) -> Self {
+        let c = InboundClusters::default();
+        c.store(snapshot);
+        c
+    }
+
+    /// Replaces the clusters with `snapshot`'s (the counters of a cluster that stays are
+    /// kept).
+    pub fn store(&self, snapshot: &Snapshot) {
+        let clusters = ports(snapshot)
+            .into_iter()
+            .map(|port| (port, self.build(snapshot, port)))
+            .collect();
+        self.table.store(Arc::new(Table { clusters }));
+    }
+
+    /// The running clusters.
+    pub fn table(&self) -> arc_swap::Guard<Arc<Table>> {
+        self.table.load()
+    }
+
+    /// The cluster of workload port `port` (`None`: no inbound listener forwards to it).
+    pub fn cluster(&self, port: u16) -> Option<UpstreamCluster> {
+        self.table.load().get(port).cloned()
+    }
+
+    /// The counters of every cluster that has limits, for `/clusters` and
+    /// `/stats/prometheus`.
+    pub fn circuit_breakers(&self) -> Vec<(Arc<str>, Arc<ClusterCounters>)> {
+        self.table
+            .load()
+            .clusters
+            .iter()
+            .filter_map(|(_, i)| {
+                let c = &i.cluster;
+                Some((c.name.clone(), c.limits.as_ref()?.counters().clone()))
+            })
+            .collect()
+    }
+
+    fn build(&self, snapshot: &Snapshot, port: u16) -> Inbound {
+        let tp = snapshot.inbound_traffic_policy(port);
+        let name: Arc<str> = format!("inbound|{port}||").into();
+        // no pool anywhere: no limits to count (Istio's defaults are unlimited)
+        let limits = tp.connection_pool.is_some().then(|| {
+            let counters = self.counters(&name);
+            Arc::new(ClusterLimits::new(
+                Thresholds::from_traffic_policy(&tp),
+                counters,
+            ))
+        });
+        let mut pool = UpstreamPool::from_traffic_policy(&tp);
+        // the port's protocol (Istio's `setUpstreamProtocol` for the inbound cluster):
+        // HTTP/2 to an `HTTP2` or `GRPC` port, HTTP/1.1 to an `HTTP` one, and the client's
+        // protocol to a port whose protocol is not declared (protocol detection)
+        let protocol = snapshot.inbound_protocol(port);
+        let http2 = protocol.is_some_and(|p| p.is_http2());
+        // (`useClientProtocol` itself is outbound only in Istio: only detection sets it)
+        pool.use_client_protocol = !protocol.is_some_and(|p| p.is_http());
+        Inbound {
+            cluster: UpstreamCluster {
+                name,
+                health: Arc::new(HealthCell::detached()),
+                pool,
+                outlier: None,
+                limits,
+            },
+            http2,
+        }
+    }
+
+    fn counters(&self, name: &Arc<str>) -> Arc<ClusterCounters> {
+        let Ok(mut map) = self.counters.lock() else {
+            return Arc::default();
+        };
+        // a cluster no configuration has any more, with nothing in flight, is forgotten
+        map.retain(|_, c| Arc::strong_count(c) > 1);
+        map.entry(name.clone()).or_default().clone()
+    }
+}
+
+impl Table {
+    /// The cluster of workload port `port`.
+    pub fn get(&self, port: u16) -> Option<&UpstreamCluster> {
+        self.entry(port).map(|i| &i.cluster)
+    }
+
+    fn entry(&self, port: u16) -> Option<&Inbound> {
+        self.clusters
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, i)| i)
+    }
+}
+
+/// The workload ports the inbound listeners forward to: the application's (`localApp`),
+/// each `inboundPorts` port, each `ingress` port of the workload's Sidecar.
+fn ports(snapshot: &Snapshot) -> Vec<u16> {
+    let boot = &snapshot.bootstrap;
+    let mut ports: Vec<u16> = Vec::new();
+    if let Some(inb) = &boot.inbound {
+        ports.extend(crate::ingress::local_app(&inb.local_app).map(|a| a.port()));
+        ports.extend(
+            boot.inbound_ports
+                .keys()
+                .filter_map(|p| p.parse::<u16>().ok()),
+        );
+    }
+    let (sidecar, _) = mesh_core::scope::select(&snapshot.sidecars, boot);
+    if let Some(sc) = sidecar {
+        ports.extend(
+            sc.spec
+                .ingress
+                .iter()
+                .filter_map(|i| u16::try_from(i.port.as_ref()?.number).ok()),
+        );
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// What one inbound worker stack forwards with: the application's endpoint and its
+/// cluster, made once per configuration (each request takes a reference to it).
+#[derive(Debug, Clone)]
+pub struct InboundTarget {
+    clusters: Arc<InboundClusters>,
+    app: SocketAddr,
+    port: u16,
+    /// The last configuration's pick, by the table it came from.
+    last: Option<(Arc<Table>, SelectedUpstream)>,
+}
+
+impl InboundTarget {
+    /// Forwards to `app`, the endpoint of workload port `port`.
+    pub fn new(clusters: Arc<InboundClusters>, app: SocketAddr, port: u16) -> Self {
+        InboundTarget {
+            clusters,
+            app,
+            port,
+            last: None,
+        }
+    }
+
+    /// The application's endpoint with its cluster, under the running configuration.
+    pub fn upstream(&mut self) -> SelectedUpstream {
+        let table = self.clusters.table.load();
+        if let Some((t, up)) = &self.last
+            && Arc::ptr_eq(t, &table)
+        {
+            return up.clone();
+        }
+        let Inbound { cluster, http2 } =
+            table.entry(self.port).cloned().unwrap_or_else(|| Inbound {
+                cluster: UpstreamCluster {
+                    name: format!("inbound|{}||", self.port).into(),
+                    health: Arc::new(HealthCell::detached()),
+                    pool: UpstreamPool::default(),
+                    outlier: None,
+                    limits: None,
+                },
+                http2: false,
+            });
+        let endpoint = SelectedEndpoint::new(self.app).with_http2(http2);
+        let up = SelectedUpstream::new(endpoint, cluster);
+        self.last = Some((arc_swap::Guard::into_inner(table), up.clone()));
+        up
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(pool: &str) -> Snapshot {
+        let mut l = mesh_core::load::Loader::new();
+        l.add_str(
+            "t.yaml",
+            &format!(
+                "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {{name: b}}
+spec:
+  workload: {{name: reviews-v1, namespace: default, labels: {{app: reviews}}}}
+  inbound: {{address: 127.0.0.1, port: 15006, localApp: '127.0.0.1:9080'}}
+  inboundPorts: {{\"9443\": 0}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: reviews, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: reviews}}}}
+  ingress:
+  - port: {{number: 9000, protocol: GRPC, name: grpc}}
+    defaultEndpoint: 127.0.0.1:9000
+{pool}"
+            ),
+        );
+        let loaded = l.finish();
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        mesh_core::compile::compile(loaded.resources)
+    }
+
+    /// One cluster per port an inbound listener forwards to; a reload keeps a cluster's
+    /// counts (requests in flight still count) and applies its new limits; a pool removed
+    /// takes the limits away.
+    #[test]
+    fn a_reload_applies_new_limits_and_keeps_the_counts() {
+        let c = InboundClusters::new(&snapshot(
+            "  inboundConnectionPool: {http: {http2MaxRequests: 1}}\n",
+        ));
+        let ports: Vec<u16> = c.table().clusters.iter().map(|(p, _)| *p).collect();
+        assert_eq!(ports, [9000, 9080, 9443]);
+        let app = c.cluster(9080).unwrap();
+        assert_eq!(&*app.name, "inbound|9080||");
+        let limits = app.limits.clone().unwrap();
+        assert_eq!(limits.thresholds().max_requests, 1);
+        let mesh_core::limits::Admission::Admitted(held) = limits.admit(true) else {
+            panic!("the first request is admitted");
+        };
+        c.store(&snapshot(
+            "  inboundConnectionPool: {http: {http2MaxRequests: 2}}\n",
+        ));
+        let after = c.cluster(9080).unwrap().limits.unwrap();
+        assert_eq!(after.thresholds().max_requests, 2);
+        assert!(Arc::ptr_eq(after.counters(), limits.counters()));
+        assert_eq!(
+            after.counters().requests(),
+            1,
+            "the request in flight still counts"
+        );
+        drop(held);
+        assert_eq!(after.counters().requests(), 0);
+        c.store(&snapshot(""));
+        assert!(c.cluster(9080).unwrap().limits.is_none());
+        assert!(c.circuit_breakers().is_empty());
+        // the GRPC ingress port's endpoint is spoken to in HTTP/2, the others as the client
+        let t = c.table();
+        assert!(t.entry(9000).unwrap().http2);
+        assert!(!t.entry(9080).unwrap().http2);
+        assert!(t.get(9080).unwrap().pool.use_client_protocol);
+        assert!(!t.get(9000).unwrap().pool.use_client_protocol);
+    }
+}
