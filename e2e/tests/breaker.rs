@@ -629,15 +629,20 @@ fn inbound_bootstrap(workers: u32, app: &Backend) -> String {
 /// Circuit breaking on the receiving side (Istio's Sidecar `inboundConnectionPool`, the
 /// pool of the inbound cluster `inbound|<port>||`): the circuit-breaking task's limits
 /// (`maxConnections: 1`, `http1MaxPendingRequests: 1`, `maxRequestsPerConnection: 1`) on
-/// the workload's own inbound listener. Of ten requests at once from peers, the application
-/// holds one, one waits, eight get Envoy's overflow answer without reaching it, across two
-/// workers; the overflows are the inbound cluster's on `/clusters`, and Istio's metrics
-/// count them with `reporter="destination"`.
+/// the workload's own inbound listener, served by two workers (the limits are the
+/// cluster's, not a worker's). Of ten requests at once from peers, the application holds
+/// one, one waits, eight get Envoy's overflow answer without reaching it; the overflows are
+/// the inbound cluster's on `/clusters`, Istio's metrics count them with
+/// `reporter="destination"`, and their access log lines name the inbound cluster and no
+/// upstream host.
 #[tokio::test]
 async fn an_inbound_connection_pool_trips_the_breaker_before_the_application() {
     let (slow, handler) = Slow::new();
     let app = backend_with("productpage", handler).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
     let yaml = inbound_bootstrap(2, &app)
+        + &format!("  accessLog: {{path: {}, encoding: TEXT}}\n", log.display())
         + "---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -699,6 +704,27 @@ spec:
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(overflowed, 8.0, "{stats}");
+    let proxy = &p.proxy;
+    eventually("the ten access log lines", || {
+        proxy.flush_telemetry();
+        let n = std::fs::read_to_string(&log).map_or(0, |t| t.lines().count());
+        async move { n == 10 }
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let uo: Vec<&str> = text.lines().filter(|l| l.contains(" 503 UO ")).collect();
+    assert_eq!(uo.len(), 8, "{text}");
+    assert!(
+        uo.iter().all(|l| l.contains(&format!("\"-\" {cluster} "))),
+        "{text}"
+    );
+    let sent: Vec<&str> = text.lines().filter(|l| l.contains(" 200 - ")).collect();
+    assert_eq!(sent.len(), 2, "{text}");
+    assert!(
+        sent.iter()
+            .all(|l| l.contains(&format!("\"{}\" {cluster} ", app.addr))),
+        "{text}"
+    );
     drop(p);
 }
 
@@ -706,7 +732,7 @@ spec:
 /// (`buildInboundCluster`: "when users specify circuit breakers, they need to be set on the
 /// receiver end as well"): the rule of the service that selects the workload on the
 /// application's port (`http2MaxRequests: 1`) bounds what the inbound listener sends the
-/// application. A Sidecar's `inboundConnectionPool` replaces it (here a larger limit).
+/// application. A Sidecar's `inboundConnectionPool` replaces it (here a larger limit, 3).
 #[tokio::test]
 async fn the_service_s_destination_rule_pool_applies_on_the_receiving_side() {
     for sidecar_pool in [false, true] {
@@ -750,8 +776,9 @@ spec:
         }
         let p = start(&yaml).await;
         let inbound = p.proxy.inbound_addr().unwrap();
-        let (replies, clients) = concurrent_gets_of(inbound, "productpage:9080", 3);
-        let (overflows, held) = if sidecar_pool { (0, 3) } else { (2, 1) };
+        // the rule's limit 1: of three, two overflow; the Sidecar's 3: of four, one
+        let (sent, overflows, held) = if sidecar_pool { (4, 1, 3) } else { (3, 2, 1) };
+        let (replies, clients) = concurrent_gets_of(inbound, "productpage:9080", sent);
         slow.wait_for(&replies, overflows, held).await;
         for r in replies.lock().unwrap().iter() {
             assert_overflow(r);
@@ -764,4 +791,60 @@ spec:
         assert_eq!(slow.most.load(Ordering::SeqCst), held);
         drop(p);
     }
+}
+
+/// On a port that declares no protocol the inbound cluster speaks the client's (Istio's
+/// protocol detection), and the circuit breaker counts what the connector opens: an h2c
+/// client's three concurrent requests go as three streams of one HTTP/2 connection to the
+/// application under `maxConnections: 1`, none refused (counted as HTTP/1.1 requests, the
+/// second would wait and the third overflow).
+#[tokio::test]
+async fn an_inbound_pool_counts_http2_streams_of_one_connection_under_max_connections() {
+    let (slow, handler) = Slow::new();
+    let app = backend_with("productpage", handler).await;
+    let yaml = inbound_bootstrap(1, &app)
+        + "---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: productpage, namespace: default}
+spec:
+  workloadSelector: {labels: {app: productpage}}
+  inboundConnectionPool:
+    tcp: {maxConnections: 1}
+    http: {http1MaxPendingRequests: 1}
+";
+    let p = start(&yaml).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    let tx = h2(inbound).await;
+    let replies: Replies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (mut tx, replies) = (tx.clone(), replies.clone());
+            tokio::spawn(async move {
+                let req = Request::builder()
+                    .version(http::Version::HTTP_2)
+                    .uri("http://productpage:9080/")
+                    .body(full(""))
+                    .unwrap();
+                bounded(tx.ready()).await.unwrap();
+                let r = read(bounded(tx.send_request(req)).await.unwrap()).await;
+                replies.lock().unwrap().push(r);
+            })
+        })
+        .collect();
+    slow.wait_for(&replies, 0, 3).await;
+    slow.gate.send_replace(true);
+    for c in clients {
+        bounded(c).await.unwrap();
+    }
+    for r in replies.lock().unwrap().iter() {
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(app.hits(), 3);
+    assert_eq!(
+        app.connections.load(Ordering::SeqCst),
+        1,
+        "one HTTP/2 connection"
+    );
+    drop(p);
 }

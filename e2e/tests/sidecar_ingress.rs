@@ -732,7 +732,7 @@ async fn tcp_ingress_connection_pool_bounds_the_connections_to_the_endpoint() {
         &sidecar_with(
             w.ratings.addr,
             w.echo,
-            "    connectionPool: {tcp: {maxConnections: 1, connectTimeout: 2s}}\n",
+            "    connectionPool: {tcp: {maxConnections: 1}}\n",
         ),
     );
     let p = start(&yaml).await;
@@ -763,5 +763,13 @@ async fn tcp_ingress_connection_pool_bounds_the_connections_to_the_endpoint() {
     .await;
     let got = support::l4::exchange(tcp, b"three").await;
     assert_eq!(String::from_utf8_lossy(&got), "echo threeecho bye");
+    // Envoy's `upstream_cx_overflow` of the inbound cluster
+    let (_, text) = admin_get(admin, "/stats/prometheus").await;
+    assert!(
+        text.contains(
+            "mesh_proxy_cluster_connection_overflows_total{cluster_name=\"inbound|9000||\"} 1\n"
+        ),
+        "{text}"
+    );
     p.proxy.drain().await;
 }

@@ -54,8 +54,9 @@ use crate::error::ResourceRef;
 use crate::locality::Locality;
 use crate::model::bootstrap::ProxyBootstrap;
 use crate::model::networking::{
-    Destination, DestinationRule, Gateway, Location, PortTrafficPolicy, Resolution, ServiceEntry,
-    ServicePort, Sidecar, Subset, TrafficPolicy, VirtualService, WorkloadEntry,
+    Destination, DestinationRule, Gateway, IstioIngressListener, Location, PortTrafficPolicy,
+    Resolution, ServiceEntry, ServicePort, Sidecar, Subset, TrafficPolicy, VirtualService,
+    WorkloadEntry,
 };
 use crate::model::ratelimit::LocalRateLimit;
 use crate::model::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
@@ -311,6 +312,22 @@ impl Protocol {
         }
         let name = port.name.split('-').next().unwrap_or("");
         Protocol::parse(name)
+    }
+
+    /// The protocol a port declares (its `protocol`, else its name's prefix), as
+    /// [`of`](Self::of) reads it; `None` when neither names one Istio knows (Istio's
+    /// `Unsupported`: the protocol is detected from the traffic).
+    pub fn declared(port: &ServicePort) -> Option<Self> {
+        match port.protocol.as_deref().filter(|p| !p.is_empty()) {
+            Some(p) => Protocol::known(p),
+            None => Protocol::known(port.name.split('-').next().unwrap_or("")),
+        }
+    }
+
+    /// `p` parsed, if Istio knows it (`None`: `Unsupported`).
+    pub fn known(p: &str) -> Option<Self> {
+        use crate::validate::common::Protocol as Istio;
+        (Istio::parse(p) != Istio::Unsupported).then(|| Protocol::parse(p))
     }
 
     /// Parses a protocol name (case-insensitive); unknown names are TCP.
@@ -806,7 +823,7 @@ impl Snapshot {
 
     /// The services that select the proxy's own workload (`ProxyBootstrap.workload`): the
     /// mesh-internal services of its namespace whose `workloadSelector` matches its labels,
-    /// and, with `port`, that have a port sending to it (`targetPort`, else `number`), as
+    /// and, with `port`, that have a port sending to it ([`ServicePort::sends_to`]), as
     /// Istio lists an inbound cluster's services. Sorted by hostname, one entry per host.
     pub fn workload_services(&self, port: Option<u32>) -> Vec<&Arc<Service>> {
         let w = &self.bootstrap.workload;
@@ -819,11 +836,7 @@ impl Snapshot {
                     && s.workload_selector
                         .as_ref()
                         .is_some_and(|sel| labels_match(sel, &w.labels))
-                    && port.is_none_or(|port| {
-                        s.ports
-                            .iter()
-                            .any(|p| p.target_port.unwrap_or(p.number) == port)
-                    })
+                    && port.is_none_or(|port| s.ports.iter().any(|p| p.sends_to(port)))
             })
             .collect();
         services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
@@ -831,38 +844,46 @@ impl Snapshot {
         services
     }
 
+    /// The service of the inbound cluster of workload port `port` (Istio's
+    /// `inboundServices[0]`: the first of [`workload_services`](Self::workload_services)
+    /// on the port) and its port that sends to `port`.
+    pub fn workload_service_port(&self, port: u16) -> Option<(&Arc<Service>, &ServicePort)> {
+        let svc = *self.workload_services(Some(u32::from(port))).first()?;
+        let sp = svc.ports.iter().find(|p| p.sends_to(u32::from(port)))?;
+        Some((svc, sp))
+    }
+
+    /// The `ingress` entry for `port` (its `port.number`) of the workload's Sidecar.
+    pub fn sidecar_ingress(&self, port: u16) -> Option<&IstioIngressListener> {
+        let (sidecar, _) = crate::scope::select(&self.sidecars, &self.bootstrap);
+        ingress_entry(&sidecar?.spec, port)
+    }
+
     /// The traffic policy of the inbound cluster of workload port `port` (Istio's
     /// `buildInboundCluster`): the `connectionPool` (and `retryBudget`) of the catch-all
-    /// DestinationRule of the first service with a port sending to `port`, port-level
+    /// DestinationRule of the cluster's service ([`workload_service_port`]), port-level
     /// settings by that service port ("when users specify circuit breakers, they need to be
     /// set on the receiver end as well"); a pool the workload's Sidecar sets for the port
     /// (`ingress[].connectionPool` of the entry whose `port.number` is `port`, else
     /// `inboundConnectionPool`) replaces it whole (`InboundConnectionPoolForPort`). Only the
     /// pool applies inbound (`applyTrafficPolicy`: balancing, outlier detection and TLS are
     /// outbound settings), so the other fields are left unset.
+    ///
+    /// [`workload_service_port`]: Self::workload_service_port
     pub fn inbound_traffic_policy(&self, port: u16) -> TrafficPolicy {
         let mut tp = TrafficPolicy::default();
         let ns = self.bootstrap.workload.namespace.as_str();
-        if let Some(svc) = self.workload_services(Some(u32::from(port))).first()
+        if let Some((svc, sp)) = self.workload_service_port(port)
             && let Some(dr) = self.pick_destination_rule(&svc.hostname, ns, false)
         {
-            let service_port = svc
-                .ports
-                .iter()
-                .find(|p| p.target_port.unwrap_or(p.number) == u32::from(port))
-                .and_then(|p| u16::try_from(p.number).ok());
+            let service_port = u16::try_from(sp.number).ok();
             let merged = merge_traffic_policy(dr.spec.traffic_policy.as_ref(), None, service_port);
             tp.connection_pool = merged.connection_pool;
             tp.retry_budget = merged.retry_budget;
         }
         let (sidecar, _) = crate::scope::select(&self.sidecars, &self.bootstrap);
         if let Some(sc) = sidecar {
-            let for_port = sc
-                .spec
-                .ingress
-                .iter()
-                .find(|i| i.port.as_ref().is_some_and(|p| p.number == u32::from(port)))
-                .and_then(|i| i.connection_pool.as_ref());
+            let for_port = ingress_entry(&sc.spec, port).and_then(|i| i.connection_pool.as_ref());
             if let Some(cp) = for_port.or(sc.spec.inbound_connection_pool.as_ref()) {
                 tp.connection_pool = Some(cp.clone());
             }
@@ -871,26 +892,15 @@ impl Snapshot {
     }
 
     /// The protocol of workload port `port` as Istio's inbound cluster takes it: the
-    /// `port.protocol` of the workload's Sidecar `ingress` entry for the port, else that of
-    /// the first service port sending to it ([`workload_services`](Self::workload_services));
-    /// `None` when neither says (Istio's protocol detection: the cluster then speaks the
+    /// `port.protocol` of the workload's Sidecar `ingress` entry for the port, else the
+    /// declared protocol of the cluster's service port ([`Protocol::declared`]); `None` when
+    /// neither declares one (Istio's protocol detection: the cluster then speaks the
     /// client's protocol, `setUseDownstreamProtocol`).
     pub fn inbound_protocol(&self, port: u16) -> Option<Protocol> {
-        let (sidecar, _) = crate::scope::select(&self.sidecars, &self.bootstrap);
-        if let Some(p) = sidecar.and_then(|sc| {
-            sc.spec
-                .ingress
-                .iter()
-                .filter_map(|i| i.port.as_ref())
-                .find(|p| p.number == u32::from(port))
-        }) {
-            return p.protocol.as_deref().map(Protocol::parse);
+        match self.sidecar_ingress(port).and_then(|i| i.port.as_ref()) {
+            Some(p) => p.protocol.as_deref().and_then(Protocol::known),
+            None => Protocol::declared(self.workload_service_port(port)?.1),
         }
-        let svc = *self.workload_services(Some(u32::from(port))).first()?;
-        svc.ports
-            .iter()
-            .find(|p| p.target_port.unwrap_or(p.number) == u32::from(port))
-            .map(Protocol::of)
     }
 
     /// A subset of `host`'s DestinationRule, by name.
@@ -922,6 +932,14 @@ impl Snapshot {
             .and_then(|s| s.traffic_policy.as_ref());
         merge_traffic_policy(top, sub, port)
     }
+}
+
+/// The entry of `sidecar`'s `ingress` whose `port.number` is `port`.
+fn ingress_entry(sidecar: &Sidecar, port: u16) -> Option<&IstioIngressListener> {
+    sidecar
+        .ingress
+        .iter()
+        .find(|i| i.port.as_ref().is_some_and(|p| p.number == u32::from(port)))
 }
 
 /// Merges two ascending sequences of indexes into one ascending sequence.

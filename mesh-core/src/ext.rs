@@ -785,6 +785,17 @@ impl SelectedUpstream {
     pub fn cluster(&self) -> &UpstreamCluster {
         &self.0.1
     }
+
+    /// Whether a request of `version` goes to the endpoint in HTTP/2: the request's own
+    /// protocol under the cluster's `useClientProtocol`, else the endpoint's. The one
+    /// decision the circuit breaker (what it counts) and the connector (what it opens)
+    /// share.
+    pub fn http2_for(&self, version: http::Version) -> bool {
+        match self.cluster().pool.use_client_protocol {
+            true => version == http::Version::HTTP_2,
+            false => self.endpoint().http2,
+        }
+    }
 }
 
 // === impl PreviousHosts ===

@@ -195,6 +195,12 @@ pub fn cluster_name(port: u16, subset: Option<&str>, host: &str) -> String {
     format!("outbound|{port}|{}|{host}", subset.unwrap_or(""))
 }
 
+/// The Istio name of the inbound cluster of workload port `port`: `inbound|<port>||`
+/// (`BuildInboundSubsetKey`).
+pub fn inbound_cluster_name(port: u16) -> String {
+    format!("inbound|{port}||")
+}
+
 // === impl HealthCell ===
 
 impl HealthCell {

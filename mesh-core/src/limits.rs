@@ -108,6 +108,44 @@ pub struct RetryBudget {
     pub interval: Option<std::time::Duration>,
 }
 
+/// Circuit-breaker counters by cluster name (Envoy keeps them per cluster and proxy):
+/// shared by every worker's copy of a cluster and by its rebuilds, alive while a copy of the
+/// cluster or an in-flight request holds them. The balancer keeps the outbound clusters' and
+/// the proxy the inbound ones' in one each.
+#[derive(Debug, Default)]
+pub struct CountersRegistry(
+    std::sync::Mutex<std::collections::HashMap<Arc<str>, std::sync::Weak<ClusterCounters>>>,
+);
+
+impl CountersRegistry {
+    /// The counters of `cluster`: the live ones if any copy of the cluster or a request
+    /// still holds them, else new.
+    pub fn counters(&self, cluster: &Arc<str>) -> Arc<ClusterCounters> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(cluster).and_then(std::sync::Weak::upgrade) {
+            return c;
+        }
+        // forget dead entries now and then, so the map tracks the live clusters
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let c = Arc::new(ClusterCounters::default());
+        map.insert(cluster.clone(), Arc::downgrade(&c));
+        c
+    }
+
+    /// The counters of the clusters alive now, by cluster name.
+    pub fn live(&self) -> Vec<(Arc<str>, Arc<ClusterCounters>)> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = map
+            .iter()
+            .filter_map(|(name, w)| Some((name.clone(), w.upgrade()?)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
 /// The live counts of a cluster, shared by every worker's copy of the cluster and kept
 /// across rebuilds (the balancer finds them by cluster name).
 #[derive(Debug, Default)]

@@ -3,9 +3,9 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
-use mesh_core::limits::ClusterCounters;
+use mesh_core::limits::{ClusterCounters, CountersRegistry};
 use std::time::{Duration, Instant};
 
 /// What the balancers know about an endpoint at run time: its requests in flight and its
@@ -31,14 +31,13 @@ pub struct EndpointState {
 pub(crate) struct Registry {
     epoch: Instant,
     inner: Mutex<RegistryInner>,
+    /// Circuit-breaker counters by cluster name.
+    counters: CountersRegistry,
 }
 
 #[derive(Debug, Default)]
 struct RegistryInner {
     states: HashMap<(Arc<str>, SocketAddr), (Arc<EndpointState>, Instant)>,
-    /// Circuit-breaker counters by cluster name: shared by every worker's copy of a cluster
-    /// and by its rebuilds, and alive while a copy or an in-flight request holds them.
-    counters: HashMap<Arc<str>, Weak<ClusterCounters>>,
     known_clusters: HashSet<Arc<str>>,
     last_prune: Option<Instant>,
 }
@@ -143,6 +142,7 @@ impl Registry {
         Registry {
             epoch: Instant::now(),
             inner: Mutex::new(RegistryInner::default()),
+            counters: CountersRegistry::default(),
         }
     }
 
@@ -187,32 +187,14 @@ impl Registry {
 }
 
 impl Registry {
-    /// The circuit-breaker counters of `cluster` (Envoy keeps them per cluster and proxy):
-    /// the live ones if any copy of the cluster or a request still holds them, else new.
+    /// The circuit-breaker counters of `cluster` ([`CountersRegistry::counters`]).
     pub(crate) fn counters(&self, cluster: &Arc<str>) -> Arc<ClusterCounters> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = inner.counters.get(cluster).and_then(Weak::upgrade) {
-            return c;
-        }
-        // forget dead entries now and then, so the map tracks the live clusters
-        if inner.counters.len() >= 64 && inner.counters.len().is_power_of_two() {
-            inner.counters.retain(|_, w| w.strong_count() > 0);
-        }
-        let c = Arc::new(ClusterCounters::default());
-        inner.counters.insert(cluster.clone(), Arc::downgrade(&c));
-        c
+        self.counters.counters(cluster)
     }
 
     /// The circuit-breaker counters of the clusters alive now, by cluster name.
     pub(crate) fn live_counters(&self) -> Vec<(Arc<str>, Arc<ClusterCounters>)> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<_> = inner
-            .counters
-            .iter()
-            .filter_map(|(name, w)| Some((name.clone(), w.upgrade()?)))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        self.counters.live()
     }
 }
 

@@ -18,8 +18,9 @@
 //! - the **connector** applies `maxRequestsPerConnection`, `idleTimeout`,
 //!   `tcp.connectTimeout`, `tcp.tcpKeepalive`, `tcp.maxConnectionDuration`,
 //!   `http.maxConcurrentStreams` and `http.http2KeepAlive` to the connections to the
-//!   application; an L4 ingress port its `tcp.connectTimeout`, `tcp.tcpKeepalive` and
-//!   `tcp.idleTimeout`;
+//!   application; an L4 ingress port its `tcp.connectTimeout` and `tcp.tcpKeepalive` (its
+//!   idle timeout stays Istio's inbound default: Istio takes it from the proxy's
+//!   `IDLE_TIMEOUT` metadata, not from the pool);
 //! - `h2UpgradePolicy` and `useClientProtocol` change nothing inbound, as in Istio (its
 //!   `applyH2Upgrade` and `useClientProtocol` are outbound only), nor does `maxRetries`:
 //!   inbound routes do not retry.
@@ -27,22 +28,21 @@
 //! The cluster also says how the application is spoken to (Istio's `setUpstreamProtocol`):
 //! HTTP/2 (h2c) to a port declared `HTTP2`, `GRPC` or `GRPC-Web` (the Sidecar ingress
 //! entry's `port.protocol`, else the port of the service that selects the workload),
-//! HTTP/1.1 to an `HTTP` port, and the client's protocol to a port nothing declares
-//! (Istio's protocol detection, `use_downstream_protocol`).
+//! HTTP/1.1 to a port declared anything else, and the client's protocol to a port nothing
+//! declares (Istio's protocol detection, `use_downstream_protocol`).
 //!
 //! Counts are per cluster and per proxy (every worker and listener of the port shares
 //! them) and survive reloads; `/clusters` and `/stats/prometheus` show them beside the
 //! outbound clusters'. A reload applies new limits to the requests that follow.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use mesh_core::compile::Snapshot;
 use mesh_core::ext::{SelectedEndpoint, SelectedUpstream, UpstreamCluster, UpstreamPool};
-use mesh_core::health::HealthCell;
-use mesh_core::limits::{ClusterCounters, ClusterLimits, Thresholds};
+use mesh_core::health::{HealthCell, inbound_cluster_name};
+use mesh_core::limits::{ClusterCounters, ClusterLimits, CountersRegistry, Thresholds};
 
 /// The inbound clusters of the running configuration, shared by every inbound listener.
 #[derive(Debug, Default)]
@@ -50,7 +50,7 @@ pub struct InboundClusters {
     table: ArcSwap<Table>,
     /// Each cluster's counters by name, kept across reloads (as the balancer keeps the
     /// outbound clusters'): requests in flight when a reload lands still count.
-    counters: Mutex<HashMap<Arc<str>, Arc<ClusterCounters>>>,
+    counters: CountersRegistry,
 }
 
 /// One configuration's inbound clusters, by workload port.
@@ -63,7 +63,8 @@ pub struct Table {
 #[derive(Debug, Clone)]
 struct Inbound {
     cluster: UpstreamCluster,
-    /// HTTP/2 to the endpoint (a port declared `HTTP2` or `GRPC`).
+    /// HTTP/2 to the endpoint (a port declared `HTTP2`, `GRPC` or `GRPC-Web`); with the
+    /// pool's `use_client_protocol` (a port that declares no protocol), the client's.
     http2: bool,
 }
 
@@ -95,58 +96,60 @@ impl InboundClusters {
         self.table.load().get(port).cloned()
     }
 
+    /// The cluster of workload port `port`, or one without a pool when no inbound listener
+    /// is configured to forward to it.
+    pub fn for_port(&self, port: u16) -> UpstreamCluster {
+        self.table
+            .load()
+            .entry(port)
+            .cloned()
+            .unwrap_or_else(|| Inbound::unconfigured(port))
+            .cluster
+    }
+
     /// The counters of every cluster that has limits, for `/clusters` and
     /// `/stats/prometheus`.
     pub fn circuit_breakers(&self) -> Vec<(Arc<str>, Arc<ClusterCounters>)> {
-        self.table
-            .load()
-            .clusters
-            .iter()
-            .filter_map(|(_, i)| {
-                let c = &i.cluster;
-                Some((c.name.clone(), c.limits.as_ref()?.counters().clone()))
-            })
-            .collect()
+        self.counters.live()
     }
 
     fn build(&self, snapshot: &Snapshot, port: u16) -> Inbound {
         let tp = snapshot.inbound_traffic_policy(port);
-        let name: Arc<str> = format!("inbound|{port}||").into();
+        let mut inbound = Inbound::unconfigured(port);
         // no pool anywhere: no limits to count (Istio's defaults are unlimited)
         let limits = tp.connection_pool.is_some().then(|| {
-            let counters = self.counters(&name);
             Arc::new(ClusterLimits::new(
                 Thresholds::from_traffic_policy(&tp),
-                counters,
+                self.counters.counters(&inbound.cluster.name),
             ))
         });
         let mut pool = UpstreamPool::from_traffic_policy(&tp);
         // the port's protocol (Istio's `setUpstreamProtocol` for the inbound cluster):
-        // HTTP/2 to an `HTTP2` or `GRPC` port, HTTP/1.1 to an `HTTP` one, and the client's
-        // protocol to a port whose protocol is not declared (protocol detection)
+        // HTTP/2 to an `HTTP2`, `GRPC` or `GRPC-Web` port, HTTP/1.1 to any other declared
+        // one, and the client's protocol to a port that declares none (protocol detection;
+        // `useClientProtocol` itself is outbound only in Istio)
         let protocol = snapshot.inbound_protocol(port);
-        let http2 = protocol.is_some_and(|p| p.is_http2());
-        // (`useClientProtocol` itself is outbound only in Istio: only detection sets it)
-        pool.use_client_protocol = !protocol.is_some_and(|p| p.is_http());
+        pool.use_client_protocol = protocol.is_none();
+        inbound.cluster.pool = pool;
+        inbound.cluster.limits = limits;
+        inbound.http2 = protocol.is_some_and(|p| p.is_http2());
+        inbound
+    }
+}
+
+impl Inbound {
+    /// The cluster of `port` without a pool, spoken to in HTTP/1.1.
+    fn unconfigured(port: u16) -> Self {
         Inbound {
             cluster: UpstreamCluster {
-                name,
+                name: inbound_cluster_name(port).into(),
                 health: Arc::new(HealthCell::detached()),
-                pool,
+                pool: UpstreamPool::default(),
                 outlier: None,
-                limits,
+                limits: None,
             },
-            http2,
+            http2: false,
         }
-    }
-
-    fn counters(&self, name: &Arc<str>) -> Arc<ClusterCounters> {
-        let Ok(mut map) = self.counters.lock() else {
-            return Arc::default();
-        };
-        // a cluster no configuration has any more, with nothing in flight, is forgotten
-        map.retain(|_, c| Arc::strong_count(c) > 1);
-        map.entry(name.clone()).or_default().clone()
     }
 }
 
@@ -170,7 +173,7 @@ fn ports(snapshot: &Snapshot) -> Vec<u16> {
     let boot = &snapshot.bootstrap;
     let mut ports: Vec<u16> = Vec::new();
     if let Some(inb) = &boot.inbound {
-        ports.extend(crate::ingress::local_app(&inb.local_app).map(|a| a.port()));
+        ports.extend(inb.local_app_port());
         ports.extend(
             boot.inbound_ports
                 .keys()
@@ -213,7 +216,9 @@ impl InboundTarget {
         }
     }
 
-    /// The application's endpoint with its cluster, under the running configuration.
+    /// The application's endpoint with its cluster, under the running configuration (the
+    /// protocol of a request to it: [`SelectedUpstream::http2_for`], which the circuit
+    /// breaker and the connector share).
     pub fn upstream(&mut self) -> SelectedUpstream {
         let table = self.clusters.table.load();
         if let Some((t, up)) = &self.last
@@ -221,19 +226,12 @@ impl InboundTarget {
         {
             return up.clone();
         }
-        let Inbound { cluster, http2 } =
-            table.entry(self.port).cloned().unwrap_or_else(|| Inbound {
-                cluster: UpstreamCluster {
-                    name: format!("inbound|{}||", self.port).into(),
-                    health: Arc::new(HealthCell::detached()),
-                    pool: UpstreamPool::default(),
-                    outlier: None,
-                    limits: None,
-                },
-                http2: false,
-            });
-        let endpoint = SelectedEndpoint::new(self.app).with_http2(http2);
-        let up = SelectedUpstream::new(endpoint, cluster);
+        let inbound = table
+            .entry(self.port)
+            .cloned()
+            .unwrap_or_else(|| Inbound::unconfigured(self.port));
+        let endpoint = SelectedEndpoint::new(self.app).with_http2(inbound.http2);
+        let up = SelectedUpstream::new(endpoint, inbound.cluster);
         self.last = Some((arc_swap::Guard::into_inner(table), up.clone()));
         up
     }
@@ -304,7 +302,11 @@ spec:
         assert_eq!(after.counters().requests(), 0);
         c.store(&snapshot(""));
         assert!(c.cluster(9080).unwrap().limits.is_none());
-        assert!(c.circuit_breakers().is_empty());
+        drop((app, limits, after));
+        assert!(
+            c.circuit_breakers().is_empty(),
+            "no cluster with limits is left"
+        );
         // the GRPC ingress port's endpoint is spoken to in HTTP/2, the others as the client
         let t = c.table();
         assert!(t.entry(9000).unwrap().http2);

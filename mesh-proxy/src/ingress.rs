@@ -36,7 +36,7 @@
 //! - **`connectionPool`** (and the Sidecar's `inboundConnectionPool`): the port's inbound
 //!   cluster's pool ([`crate::inbound`]): the HTTP stack's circuit breaker and connections
 //!   to the endpoint; on an L4 port, `tcp.maxConnections` (a connection over it is closed,
-//!   flag `UO`), `connectTimeout`, `tcpKeepalive` and `idleTimeout`.
+//!   flag `UO`), `connectTimeout` and `tcpKeepalive`.
 //!
 //! `captureMode` is a warning.
 //!
@@ -57,7 +57,6 @@ use arc_swap::ArcSwap;
 use mesh_core::compile::Snapshot;
 use mesh_core::error::{FieldPath, ResourceRef};
 use mesh_core::ext::PeerIdentity;
-use mesh_core::limits::ConnectionPermit;
 use mesh_core::load::Issue;
 use mesh_core::model::Kind;
 use mesh_core::model::networking::{ServerTlsMode, ServerTlsSettings};
@@ -536,7 +535,7 @@ pub struct TcpIngress {
     /// `inbound|<port>||`, as Istio names the inbound cluster).
     pub access_log: Arc<Reloadable<AccessLog>>,
     /// The inbound clusters: the port's connection pool ([`crate::inbound`]:
-    /// `tcp.maxConnections`, `connectTimeout`, `tcpKeepalive`, `idleTimeout`).
+    /// `tcp.maxConnections`, `connectTimeout`, `tcpKeepalive`).
     pub clusters: Arc<crate::inbound::InboundClusters>,
 }
 
@@ -561,7 +560,7 @@ impl TcpIngressHandler {
             shared: shared.clone(),
             own: ctx.own_addrs().clone(),
             connect_timeout: ctx.limits().connect_timeout,
-            cluster: format!("inbound|{}||", shared.number).into(),
+            cluster: mesh_core::health::inbound_cluster_name(shared.number).into(),
             config: Cell::new(None),
         }))
     }
@@ -637,17 +636,10 @@ async fn serve_tcp(w: Rc<TcpWorker>, conn: Accepted) {
             }
         }
     };
-    let pool = w
-        .shared
-        .clusters
-        .cluster(w.shared.number)
-        .map(|c| c.pool)
-        .unwrap_or_default();
+    // (Istio's inbound `tcp_proxy` takes its idle timeout from the proxy's `IDLE_TIMEOUT`
+    // metadata, not from the pool: its default, one hour)
     let splice = engine_l4::SpliceConfig {
-        // the pool's `tcp.idleTimeout` (Istio's tcp_proxy default: one hour)
-        idle: pool
-            .tcp_idle_timeout
-            .unwrap_or(crate::l4::DEFAULT_TCP_IDLE_TIMEOUT),
+        idle: crate::l4::DEFAULT_TCP_IDLE_TIMEOUT,
         report_every: Duration::from_secs(15),
     };
     let log = ConnLog::new(&w.shared.access_log, conn.local, conn.peer);
@@ -695,8 +687,17 @@ async fn proxy<D>(
 ) where
     D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    // the port's inbound cluster, once per connection (its pool's limits and settings)
     let (up, flags) = match allowed {
-        true => connect(w).await,
+        true => {
+            let cluster = w.shared.clusters.for_port(w.shared.number);
+            match crate::l4::connect_to(&cluster, w.shared.endpoint, w.connect_timeout, &w.own)
+                .await
+            {
+                Ok(c) => (Some(c), ResponseFlags::empty()),
+                Err(flags) => (None, flags),
+            }
+        }
         false => (None, ResponseFlags::empty()),
     };
     let stats = w
@@ -708,7 +709,9 @@ async fn proxy<D>(
         None => (None, None),
     };
     let mut end = ConnEnd {
-        upstream: allowed.then_some(w.shared.endpoint),
+        // (over `maxConnections` no host was tried: Envoy's `-`)
+        upstream: (allowed && flags != ResponseFlags::UPSTREAM_OVERFLOW)
+            .then_some(w.shared.endpoint),
         cluster: Some(&w.cluster),
         flags,
         ..ConnEnd::default()
@@ -720,42 +723,6 @@ async fn proxy<D>(
         end.sent = done.sent;
     }
     log.end(&end);
-}
-
-/// Connects to the endpoint under the port's connection pool: a connection over
-/// `tcp.maxConnections` is refused (flag `UO`, as Envoy's `tcp_proxy` on a cluster
-/// overflow), one that cannot connect within `tcp.connectTimeout` (else the bootstrap's) has
-/// flag `UF`; either closes the downstream connection. The permit, if any, is held for the
-/// connection's life.
-async fn connect(
-    w: &TcpWorker,
-) -> (
-    Option<(tokio::net::TcpStream, Option<ConnectionPermit>)>,
-    ResponseFlags,
-) {
-    let cluster = w.shared.clusters.cluster(w.shared.number);
-    let pool = cluster.as_ref().map(|c| c.pool).unwrap_or_default();
-    let permit = match cluster.as_ref().and_then(|c| c.limits.as_ref()) {
-        Some(limits) => match limits.try_connection() {
-            Some(p) => Some(p),
-            None => {
-                tracing::debug!(
-                    port = w.shared.number,
-                    "sidecar ingress: maxConnections reached"
-                );
-                return (None, ResponseFlags::UPSTREAM_OVERFLOW);
-            }
-        },
-        None => None,
-    };
-    let timeout = pool.connect_timeout.unwrap_or(w.connect_timeout);
-    match engine_l4::connect(w.shared.endpoint, timeout, pool.tcp_keepalive, &w.own).await {
-        Ok(s) => (Some((s, permit)), ResponseFlags::empty()),
-        Err(e) => {
-            tracing::debug!(port = w.shared.number, "sidecar ingress: {e}");
-            (None, ResponseFlags::UPSTREAM_CONNECTION_FAILURE)
-        }
-    }
 }
 
 #[cfg(test)]

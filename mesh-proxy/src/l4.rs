@@ -49,7 +49,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mesh_core::ResponseFlags;
 use mesh_core::compile::{Snapshot, resolve_host};
-use mesh_core::ext::SelectedUpstream;
+use mesh_core::ext::{SelectedUpstream, UpstreamCluster};
+use mesh_core::limits::ConnectionPermit;
 use mesh_core::rng::Rng;
 use mesh_lb::{Lb, LbLayer};
 use mesh_resilience::outlier::{ConnectOutcome, record_connect};
@@ -324,43 +325,11 @@ async fn forward<D>(
     };
     let up = picked.upstream.clone();
     let cluster = up.cluster();
-    let _permit = match &cluster.limits {
-        Some(limits) => match limits.try_connection() {
-            Some(p) => Some(p),
-            None => {
-                w.refuse(
-                    log,
-                    sni,
-                    Some(&up),
-                    Some(&dest.host),
-                    ResponseFlags::UPSTREAM_OVERFLOW,
-                );
-                return;
-            }
-        },
-        None => None,
-    };
-    let timeout = cluster.pool.connect_timeout.unwrap_or(w.connect_timeout);
     let addr = picked.endpoint.addr;
-    let stream = match engine_l4::connect(addr, timeout, cluster.pool.tcp_keepalive, &w.own).await {
-        Ok(s) => {
-            record_connect(cluster, ConnectOutcome::Connected);
-            s
-        }
-        Err(e) => {
-            match &e {
-                ConnectError::Timeout(_) => record_connect(cluster, ConnectOutcome::TimedOut),
-                ConnectError::Loop(_) => {} // the configuration's fault, not the endpoint's
-                _ => record_connect(cluster, ConnectOutcome::Failed),
-            }
-            tracing::debug!(error = %e, "tcp: upstream connect failed");
-            w.refuse(
-                log,
-                sni,
-                Some(&up),
-                Some(&dest.host),
-                ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            );
+    let (stream, _permit) = match connect_to(cluster, addr, w.connect_timeout, &w.own).await {
+        Ok(c) => c,
+        Err(flags) => {
+            w.refuse(log, sni, Some(&up), Some(&dest.host), flags);
             return;
         }
     };
@@ -414,6 +383,45 @@ async fn forward<D>(
         sni,
         ..ConnEnd::default()
     });
+}
+
+/// Connects to `addr`, an endpoint of `cluster`, as Envoy's `tcp_proxy` does: first a
+/// connection permit under the cluster's `tcp.maxConnections` (none left: `Err` with flag
+/// `UO`, no connection attempted), then the cluster's `connectTimeout` (else
+/// `default_timeout`) and `tcpKeepalive` (failure: flag `UF`); the outcome is recorded for
+/// the cluster's outlier detection. The permit is held for the connection's life.
+pub(crate) async fn connect_to(
+    cluster: &UpstreamCluster,
+    addr: SocketAddr,
+    default_timeout: Duration,
+    own: &OwnAddrs,
+) -> Result<(tokio::net::TcpStream, Option<ConnectionPermit>), ResponseFlags> {
+    let permit = match &cluster.limits {
+        Some(limits) => match limits.try_connection() {
+            Some(p) => Some(p),
+            None => {
+                tracing::debug!(cluster = %cluster.name, "tcp: maxConnections reached");
+                return Err(ResponseFlags::UPSTREAM_OVERFLOW);
+            }
+        },
+        None => None,
+    };
+    let timeout = cluster.pool.connect_timeout.unwrap_or(default_timeout);
+    match engine_l4::connect(addr, timeout, cluster.pool.tcp_keepalive, own).await {
+        Ok(s) => {
+            record_connect(cluster, ConnectOutcome::Connected);
+            Ok((s, permit))
+        }
+        Err(e) => {
+            match &e {
+                ConnectError::Timeout(_) => record_connect(cluster, ConnectOutcome::TimedOut),
+                ConnectError::Loop(_) => {} // the configuration's fault, not the endpoint's
+                _ => record_connect(cluster, ConnectOutcome::Failed),
+            }
+            tracing::debug!(error = %e, cluster = %cluster.name, "tcp: upstream connect failed");
+            Err(ResponseFlags::UPSTREAM_CONNECTION_FAILURE)
+        }
+    }
 }
 
 /// Forwards to `target` (`host:port`, resolved by DNS): a `resolution: NONE` service, or

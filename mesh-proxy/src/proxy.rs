@@ -1208,7 +1208,12 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundFor
     }
 
     fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        req.extensions_mut().insert(self.target.upstream());
+        let up = self.target.upstream();
+        // the access log's upstream cluster and host, as the balancer records them outbound
+        if let Some(info) = mesh_core::ext::stream_info(req.extensions()) {
+            info.set_upstream(&up);
+        }
+        req.extensions_mut().insert(up);
         self.inner.call(req)
     }
 }
@@ -1625,6 +1630,7 @@ impl ProxyState {
                     "connections_active": c.connections(),
                     "retries_active": c.retries(),
                     "pending_overflows": c.pending_overflows(),
+                    "connection_overflows": c.connection_overflows(),
                     "retry_overflows": c.retry_overflows(),
                     "retry_overflows_by_limit": {
                         "maxRetries": c.retry_overflows_by(RetryLimit::MaxRetries),

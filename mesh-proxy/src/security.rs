@@ -261,7 +261,7 @@ pub fn prepare(compiled: &Compiled) -> Result<Security, Vec<Issue>> {
     let served: Vec<u32> = boot
         .inbound
         .iter()
-        .filter_map(|i| i.local_app.rsplit_once(':')?.1.parse().ok())
+        .filter_map(|i| i.local_app_port().map(u32::from))
         .chain(boot.inbound_ports.keys().filter_map(|k| k.parse().ok()))
         .collect();
     for (port, e) in &inbound_ports {

@@ -67,7 +67,7 @@ type Family = (
 /// The per-cluster families (see the [module docs](self)) of `clusters`, sorted by name as
 /// the balancer lists them ([`LbLayer::circuit_breakers`](mesh_lb::LbLayer::circuit_breakers)).
 pub fn encode_clusters(out: &mut String, clusters: &[(Arc<str>, Arc<ClusterCounters>)]) {
-    let families: [Family; 5] = [
+    let families: [Family; 6] = [
         (
             "mesh_proxy_cluster_requests_active",
             "gauge",
@@ -97,6 +97,12 @@ pub fn encode_clusters(out: &mut String, clusters: &[(Arc<str>, Arc<ClusterCount
             "counter",
             "Requests answered 503 UO by the cluster's circuit breaker (Envoy's upstream_rq_pending_overflow).",
             ClusterCounters::pending_overflows,
+        ),
+        (
+            "mesh_proxy_cluster_connection_overflows_total",
+            "counter",
+            "TCP proxy connections closed and HTTP/2 connections not opened for the cluster's maxConnections (Envoy's upstream_cx_overflow).",
+            ClusterCounters::connection_overflows,
         ),
     ];
     write_families(out, clusters, &families);

@@ -76,9 +76,11 @@
 //! # Ordering
 //!
 //! Below the balancer, which picks the cluster and the endpoint (and so the protocol), and
-//! above the connector: `… Retry ─► Mirror ─► Lb ─► CircuitBreaker ─► connector`. The
-//! inner service must be `Clone`: a pending request calls a clone once it has its
-//! connection.
+//! above the connector: `… Retry ─► Mirror ─► Lb ─► CircuitBreaker ─► connector`. On
+//! mesh-proxy's inbound listeners, with no balancer, the inbound cluster is set by the
+//! stack's end (`InboundForward`) and the breaker sits just before the connector to the
+//! application. The inner service must be `Clone`: a pending request calls a clone once
+//! it has its connection.
 //!
 //! # Reads and writes
 //!
@@ -242,7 +244,9 @@ where
         // standalone parts, and the retry layer's list
         let view = SlotsView::new(req.extensions());
         let (cluster, http2) = match view.selected_upstream() {
-            Some(u) => (u.cluster().limits.as_ref(), u.endpoint().http2),
+            // (the protocol the connector will open: `useClientProtocol` decides by the
+            // request's)
+            Some(u) => (u.cluster().limits.as_ref(), u.http2_for(req.version())),
             None => (
                 view.upstream_cluster().and_then(|c| c.limits.as_ref()),
                 view.selected_endpoint().is_some_and(|e| e.http2),

@@ -92,7 +92,7 @@ impl Mesh {
                 authz: Arc::new(ArcSwap::new(built.security.authz.clone())),
                 jwt: Arc::new(ArcSwap::new(built.security.jwt.clone())),
                 security: ArcSwap::from_pointee(built.security),
-                warnings: ArcSwap::from_pointee(built.compiled.warnings),
+                warnings: ArcSwap::from_pointee(warnings(&built.compiled)),
             }),
         })
     }
@@ -121,7 +121,7 @@ impl Mesh {
         s.jwt.store(built.security.jwt.clone());
         s.tls.store(built.security.clone());
         s.security.store(Arc::new(built.security));
-        s.warnings.store(Arc::new(built.compiled.warnings));
+        s.warnings.store(Arc::new(warnings(&built.compiled)));
     }
 
     /// The warnings of the configuration in force (fields this version does not enforce,
@@ -243,4 +243,42 @@ impl From<ConfigError> for MeshError {
     fn from(e: ConfigError) -> Self {
         MeshError::Config(e)
     }
+}
+
+/// The configuration's warnings, and what the in-process stacks leave to the sidecar: the
+/// workload's Sidecar's inbound connection pools (`inboundConnectionPool`,
+/// `ingress[].connectionPool`), which limit a proxy's connections to the application; the
+/// server stack calls the service directly, with no connection between them to limit.
+fn warnings(built: &mesh_core::config::Compiled) -> Vec<Diagnostic> {
+    use mesh_core::error::{FieldPath, ResourceRef};
+    use mesh_core::load::Issue;
+    use mesh_core::model::Kind;
+    let snapshot = &built.snapshot;
+    let mut issues = Vec::new();
+    if let (Some(sc), _) = mesh_core::scope::select(&snapshot.sidecars, &snapshot.bootstrap) {
+        let resource = ResourceRef {
+            kind: Kind::Sidecar,
+            namespace: sc.namespace.clone(),
+            name: sc.name.clone(),
+        };
+        let mut warn = |field: String| {
+            issues.push(Issue {
+                severity: mesh_core::Severity::Warning,
+                resource: resource.clone(),
+                field: FieldPath::parse(&field),
+                message: "not applied in-process: the server stack calls your service directly, with no connection to limit (mesh-proxy applies it to its inbound listeners)".into(),
+            });
+        };
+        if sc.spec.inbound_connection_pool.is_some() {
+            warn("spec.inboundConnectionPool".into());
+        }
+        for (i, ing) in sc.spec.ingress.iter().enumerate() {
+            if ing.connection_pool.is_some() {
+                warn(format!("spec.ingress[{i}].connectionPool"));
+            }
+        }
+    }
+    let mut all = built.warnings.clone();
+    all.extend(built.origins.locate(issues));
+    all
 }

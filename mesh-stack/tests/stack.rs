@@ -314,3 +314,35 @@ async fn tonic_client_over_a_users_uri_client_to_a_tonic_server_in_the_server_st
     assert_eq!(destination("0"), 40);
     assert_eq!(destination("14"), 10);
 }
+
+/// The Sidecar's inbound connection pools limit a proxy's connections to the application;
+/// in-process there is none, and the mesh says so (with file, line and field) rather than
+/// accept them silently.
+#[test]
+fn inbound_connection_pools_are_announced_as_not_applied_in_process() {
+    let mesh = Mesh::from_yaml(
+        "mesh.yaml",
+        "apiVersion: mesh.proxy/v1alpha1
+kind: ProxyBootstrap
+metadata: {name: b}
+spec:
+  workload: {name: reviews-v1, namespace: default, labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews, namespace: default}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  inboundConnectionPool:
+    http: {http2MaxRequests: 10}
+",
+    )
+    .unwrap();
+    let warnings: Vec<String> = mesh.warnings().iter().map(|d| d.to_string()).collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("mesh.yaml:12:")
+            && w.contains("spec.inboundConnectionPool")
+            && w.contains("not applied in-process")),
+        "{warnings:?}"
+    );
+}

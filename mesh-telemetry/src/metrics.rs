@@ -359,8 +359,8 @@ impl LocalWorkload {
             .bootstrap
             .inbound
             .as_ref()
-            .and_then(|i| i.local_app.rsplit_once(':'))
-            .and_then(|(_, p)| p.parse::<u32>().ok());
+            .and_then(|i| i.local_app_port())
+            .map(u32::from);
         let services: Vec<Arc<str>> = snapshot
             .workload_services(app_port)
             .into_iter()

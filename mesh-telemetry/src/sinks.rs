@@ -228,10 +228,14 @@ impl AccessLogRecorder {
         }
     }
 
-    /// The inbound side's upstream: the local application (`%UPSTREAM_HOST%`; its cluster is
-    /// Istio's `inbound|<port>||`).
+    /// The inbound side's upstream when the request records none (a local reply before the
+    /// inbound cluster, such as an authorization's `403`): the local application
+    /// (`%UPSTREAM_HOST%`; its cluster is Istio's `inbound|<port>||`).
     pub fn with_local_app(mut self, app: SocketAddr) -> Self {
-        self.app = Some((app, Arc::from(format!("inbound|{}||", app.port()))));
+        self.app = Some((
+            app,
+            Arc::from(mesh_core::health::inbound_cluster_name(app.port())),
+        ));
         self
     }
 
@@ -310,7 +314,10 @@ impl Sink for AccessLogRecorder {
             None if c.info.passthrough => Some("PassthroughCluster"),
             None => None,
         };
+        // (a request the inbound stack forwarded has its cluster recorded: the port's,
+        // with no host when its pool overflowed; the local app stands in for the others)
         if let Some((app, cluster)) = &self.app
+            && e.upstream_cluster.is_none()
             && e.upstream_host.is_none()
             && c.status.is_some()
         {

@@ -310,15 +310,21 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> ConnectorFuture {
-        // one look-up: the balancer's endpoint and its cluster's connection settings
+        // one look-up: the balancer's endpoint and its cluster's connection settings, and
+        // the protocol (the breaker above counted by the same decision)
         let picked = match mesh_core::ext::selected_upstream(req.extensions()) {
-            Some(u) => Some((u.endpoint(), u.cluster().pool, u.cluster().limits.as_ref())),
+            Some(u) => Some((
+                u.endpoint(),
+                u.cluster().pool,
+                u.cluster().limits.as_ref(),
+                u.http2_for(req.version()),
+            )),
             None => req
                 .extensions()
                 .get::<SelectedEndpoint>()
-                .map(|e| (e, UpstreamPool::default(), None)),
+                .map(|e| (e, UpstreamPool::default(), None, e.http2)),
         };
-        let Some((ep, pool, limits)) = picked else {
+        let Some((ep, pool, limits, h2)) = picked else {
             return ConnectorFuture(Inner::Ready(Box::new(Some(local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::NO_HEALTHY_UPSTREAM,
@@ -326,11 +332,6 @@ where
             )))));
         };
         let addr = ep.addr;
-        let h2 = match pool.use_client_protocol {
-            // the DestinationRule's `useClientProtocol`
-            true => req.version() == Version::HTTP_2,
-            false => ep.http2,
-        };
         // the cluster's limits, for HTTP/2 only when `maxConnections` bounds its connections
         let limits = match h2 {
             true => limits.filter(|l| l.limits_connections()).cloned(),

@@ -249,6 +249,14 @@ pub struct InboundListener {
     pub local_app: String,
 }
 
+impl InboundListener {
+    /// The port of `localApp` (the application's workload port), read without resolving its
+    /// host; `None` when it has none.
+    pub fn local_app_port(&self) -> Option<u16> {
+        self.local_app.rsplit_once(':')?.1.parse().ok()
+    }
+}
+
 /// `spec.admin`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

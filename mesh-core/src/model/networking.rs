@@ -1046,6 +1046,13 @@ pub struct ServicePort {
     pub target_port: Option<u32>,
 }
 
+impl ServicePort {
+    /// Whether the port sends to workload port `port` (its `targetPort`, else its number).
+    pub fn sends_to(&self, port: u32) -> bool {
+        self.target_port.unwrap_or(self.number) == port
+    }
+}
+
 /// `WorkloadEntry`: a non-Kubernetes workload (VM, bare metal), also used inline as a
 /// ServiceEntry endpoint.
 #[skip_serializing_none]

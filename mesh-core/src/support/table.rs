@@ -873,6 +873,113 @@ static CONNECTION_KEEPALIVE: TypeDef = TypeDef {
     ],
 };
 
+/// `ConnectionPoolSettings` where it applies to an inbound cluster (the Sidecar's
+/// `inboundConnectionPool` and `ingress[].connectionPool`): the application is the upstream.
+/// (The names are the model's; the table of one kind never holds both variants.)
+static INBOUND_CONNECTION_POOL_SETTINGS: TypeDef = TypeDef {
+    name: "ConnectionPoolSettings",
+    fields: &[
+        field("tcp", Struct(&INBOUND_TCP_SETTINGS), Status::Enforced, ""),
+        field("http", Struct(&INBOUND_HTTP_SETTINGS), Status::Enforced, ""),
+    ],
+};
+
+static INBOUND_TCP_SETTINGS: TypeDef = TypeDef {
+    name: "TcpSettings",
+    fields: &[
+        field(
+            "maxConnections",
+            Leaf,
+            Status::Enforced,
+            "HTTP/1.1 connections to the application in use at once and HTTP/2 connections open; on a TCP ingress port the proxied connections (over it a connection is closed, flag UO)",
+        ),
+        field(
+            "connectTimeout",
+            Leaf,
+            Status::Enforced,
+            "replaces the bootstrap's limits.connectTimeout for the connections to the application",
+        ),
+        field(
+            "tcpKeepalive",
+            Struct(&TCP_KEEPALIVE),
+            Status::Enforced,
+            "on the connections to the application",
+        ),
+        field(
+            "maxConnectionDuration",
+            Leaf,
+            Status::Enforced,
+            "HTTP connections to the application, checked every 2 s: in-flight requests finish",
+        ),
+        field(
+            "idleTimeout",
+            Leaf,
+            Status::Enforced,
+            "HTTP connections to the application when http.idleTimeout is unset, as Istio; a TCP ingress port's connections keep Istio's inbound default (1h: Istio takes it from the proxy's IDLE_TIMEOUT, not the pool)",
+        ),
+    ],
+};
+
+static INBOUND_HTTP_SETTINGS: TypeDef = TypeDef {
+    name: "HttpSettings",
+    fields: &[
+        field(
+            "http1MaxPendingRequests",
+            Leaf,
+            Status::Enforced,
+            "requests waiting for a connection to the application (or an HTTP/2 stream)",
+        ),
+        field(
+            "http2MaxRequests",
+            Leaf,
+            Status::Enforced,
+            "requests in flight to the application",
+        ),
+        field(
+            "maxRequestsPerConnection",
+            Leaf,
+            Status::Enforced,
+            "connections to the application",
+        ),
+        field(
+            "maxRetries",
+            Leaf,
+            Status::Enforced,
+            "no effect: inbound routes do not retry (as Istio's)",
+        ),
+        field(
+            "idleTimeout",
+            Leaf,
+            Status::Enforced,
+            "connections to the application, checked every 2 s",
+        ),
+        field(
+            "h2UpgradePolicy",
+            Leaf,
+            Status::Enforced,
+            "no effect: Istio upgrades outbound clusters only (`applyH2Upgrade`); the application is spoken to in its port's protocol",
+        ),
+        field(
+            "useClientProtocol",
+            Leaf,
+            Status::Enforced,
+            "no effect: outbound only in Istio; a port that declares no protocol is spoken to in the client's",
+        ),
+        field(
+            "maxConcurrentStreams",
+            Leaf,
+            Status::Enforced,
+            "streams per HTTP/2 connection to the application",
+        ),
+        field(
+            "http2KeepAlive",
+            Struct(&CONNECTION_KEEPALIVE),
+            Status::Enforced,
+            "HTTP/2 connections to the application",
+        ),
+    ],
+};
+
 static OUTLIER_DETECTION: TypeDef = TypeDef {
     name: "OutlierDetection",
     fields: &[
@@ -1344,9 +1451,9 @@ static SIDECAR: TypeDef = TypeDef {
         field("egress", Seq(&ISTIO_EGRESS_LISTENER), Status::Enforced, ""),
         field(
             "inboundConnectionPool",
-            Struct(&CONNECTION_POOL_SETTINGS),
+            Struct(&INBOUND_CONNECTION_POOL_SETTINGS),
             Status::Enforced,
-            "the pool of every inbound cluster (the inbound, `inboundPorts` and Sidecar ingress listeners' endpoints) the ingress entry of its port leaves unset; it replaces the DestinationRule's pool there, as Istio's `InboundConnectionPoolForPort`. `h2UpgradePolicy`, `useClientProtocol` and `maxRetries` change nothing inbound, as in Istio",
+            "the pool of every inbound cluster (the inbound, `inboundPorts` and Sidecar ingress listeners' endpoints) the ingress entry of its port leaves unset; it replaces the DestinationRule's pool there, as Istio's `InboundConnectionPoolForPort`. Not applied by mesh-stack's in-process server (a warning): there is no connection to the application",
         ),
         field(
             "outboundTrafficPolicy",
@@ -1392,9 +1499,9 @@ static ISTIO_INGRESS_LISTENER: TypeDef = TypeDef {
         ),
         field(
             "connectionPool",
-            Struct(&CONNECTION_POOL_SETTINGS),
+            Struct(&INBOUND_CONNECTION_POOL_SETTINGS),
             Status::Enforced,
-            "the pool of the port's inbound cluster (`inbound|<port>||`), replacing `inboundConnectionPool` and the DestinationRule's: the circuit breaker (503 `UO`) and the connections to the endpoint; a TCP port applies `tcp.maxConnections` (flag `UO`), `connectTimeout`, `tcpKeepalive` and `idleTimeout`. `h2UpgradePolicy`, `useClientProtocol` and `maxRetries` change nothing inbound, as in Istio",
+            "the pool of the port's inbound cluster (`inbound|<port>||`), replacing `inboundConnectionPool` and the DestinationRule's: the circuit breaker (503 `UO`) and the connections to the endpoint; a TCP port applies `tcp.maxConnections` (flag `UO`), `connectTimeout` and `tcpKeepalive`",
         ),
     ],
 };
