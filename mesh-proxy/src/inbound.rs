@@ -47,7 +47,9 @@ use mesh_core::limits::{ClusterCounters, ClusterLimits, CountersRegistry, Thresh
 /// The inbound clusters of the running configuration, shared by every inbound listener.
 #[derive(Debug, Default)]
 pub struct InboundClusters {
-    table: ArcSwap<Table>,
+    /// (In an `Arc` of its own: each worker's [`InboundTarget`] reads it through an
+    /// `arc_swap::Cache`, one atomic load per request.)
+    table: Arc<ArcSwap<Table>>,
     /// Each cluster's counters by name, kept across reloads (as the balancer keeps the
     /// outbound clusters'): requests in flight when a reload lands still count.
     counters: CountersRegistry,
@@ -198,7 +200,7 @@ fn ports(snapshot: &Snapshot) -> Vec<u16> {
 /// cluster, made once per configuration (each request takes a reference to it).
 #[derive(Debug, Clone)]
 pub struct InboundTarget {
-    clusters: Arc<InboundClusters>,
+    table: arc_swap::Cache<Arc<ArcSwap<Table>>, Arc<Table>>,
     app: SocketAddr,
     port: u16,
     /// The last configuration's pick, by the table it came from.
@@ -209,7 +211,7 @@ impl InboundTarget {
     /// Forwards to `app`, the endpoint of workload port `port`.
     pub fn new(clusters: Arc<InboundClusters>, app: SocketAddr, port: u16) -> Self {
         InboundTarget {
-            clusters,
+            table: arc_swap::Cache::new(clusters.table.clone()),
             app,
             port,
             last: None,
@@ -220,9 +222,9 @@ impl InboundTarget {
     /// protocol of a request to it: [`SelectedUpstream::http2_for`], which the circuit
     /// breaker and the connector share).
     pub fn upstream(&mut self) -> SelectedUpstream {
-        let table = self.clusters.table.load();
+        let table = self.table.load();
         if let Some((t, up)) = &self.last
-            && Arc::ptr_eq(t, &table)
+            && Arc::ptr_eq(t, table)
         {
             return up.clone();
         }
@@ -232,7 +234,7 @@ impl InboundTarget {
             .unwrap_or_else(|| Inbound::unconfigured(self.port));
         let endpoint = SelectedEndpoint::new(self.app).with_http2(inbound.http2);
         let up = SelectedUpstream::new(endpoint, inbound.cluster);
-        self.last = Some((arc_swap::Guard::into_inner(table), up.clone()));
+        self.last = Some((table.clone(), up.clone()));
         up
     }
 }
