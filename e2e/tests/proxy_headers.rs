@@ -125,9 +125,14 @@ async fn istios_proxy_headers_switches_turn_the_headers_off() {
         }),
     )
     .await;
-    let switches = "  proxyHeaders:\n    server: {value: my-mesh}\n    attemptCount: {disabled: true}\n    envoyDebugHeaders: {disabled: true}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let access_log = format!("  accessLog: {{path: {}, encoding: JSON}}\n", log.display());
+    let switches = format!(
+        "  proxyHeaders:\n    server: {{value: my-mesh}}\n    attemptCount: {{disabled: true}}\n    envoyDebugHeaders: {{disabled: true}}\n{access_log}"
+    );
     let p =
-        start(&(bootstrap(1, switches) + &service_entry("ratings", 9080, "HTTP", &[&app]))).await;
+        start(&(bootstrap(1, &switches) + &service_entry("ratings", 9080, "HTTP", &[&app]))).await;
     let r = get_once(p.out, "ratings:9080", &[]).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.headers["server"], "my-mesh");
@@ -140,8 +145,14 @@ async fn istios_proxy_headers_switches_turn_the_headers_off() {
         Some(false),
         "no x-envoy-attempt-count"
     );
-    let passed = "  proxyHeaders:\n    server: {disabled: true, value: ignored}\n";
-    let p = start(&(bootstrap(1, passed) + &service_entry("ratings", 9080, "HTTP", &[&app]))).await;
+    // and the access log has no service time (Envoy's `-`: the header it logs is absent)
+    assert_eq!(logged_service_time(&p, &log).await, serde_json::Value::Null);
+    drop(p);
+    std::fs::remove_file(&log).unwrap();
+    let passed =
+        format!("  proxyHeaders:\n    server: {{disabled: true, value: ignored}}\n{access_log}");
+    let p =
+        start(&(bootstrap(1, &passed) + &service_entry("ratings", 9080, "HTTP", &[&app]))).await;
     let r = get_once(p.out, "ratings:9080", &[]).await;
     assert_eq!(r.headers["server"], "gunicorn/19.9.0", "{r:?}");
     assert!(
@@ -153,4 +164,28 @@ async fn istios_proxy_headers_switches_turn_the_headers_off() {
         Some(true),
         "x-envoy-attempt-count by default"
     );
+    assert_eq!(
+        logged_service_time(&p, &log).await,
+        serde_json::Value::String(
+            r.headers["x-envoy-upstream-service-time"]
+                .to_str()
+                .unwrap()
+                .into()
+        ),
+        "the header the client got"
+    );
+}
+
+/// The `upstream_service_time` of the one line of the JSON access log at `log`.
+async fn logged_service_time(p: &Running, log: &std::path::Path) -> serde_json::Value {
+    let proxy = &p.proxy;
+    eventually("the access log line", || {
+        proxy.flush_telemetry();
+        let n = std::fs::read_to_string(log).map_or(0, |t| t.lines().count());
+        async move { n == 1 }
+    })
+    .await;
+    let line = std::fs::read_to_string(log).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    v["upstream_service_time"].clone()
 }

@@ -268,6 +268,11 @@ pub struct Snapshot {
     /// The DestinationRules whose host is a wildcard, in source order.
     #[serde(skip)]
     wildcard_drs: Vec<usize>,
+    /// The services that select the proxy's own workload, whatever its Sidecar's `egress`
+    /// imports (Istio's service targets of the proxy: the inbound side's services are the
+    /// workload's, not what it may call); see [`Snapshot::workload_services`].
+    #[serde(skip)]
+    own_services: Vec<Arc<Service>>,
 }
 
 // === impl ExportTo ===
@@ -537,6 +542,7 @@ pub fn compile_with(resources: Vec<Resource>, precompiled: Precompiled) -> Snaps
         }
     }
     snap.reindex();
+    snap.own_services = snap.selecting_services();
     snap
 }
 
@@ -825,9 +831,22 @@ impl Snapshot {
     /// mesh-internal services of its namespace whose `workloadSelector` matches its labels,
     /// and, with `port`, that have a port sending to it ([`ServicePort::sends_to`]), as
     /// Istio lists an inbound cluster's services. Sorted by hostname, one entry per host.
+    ///
+    /// They are found when the configuration is compiled, before the workload's Sidecar
+    /// narrows what it sees ([`crate::scope::apply`]): a Sidecar whose `egress` leaves out
+    /// the workload's own service still serves it inbound.
     pub fn workload_services(&self, port: Option<u32>) -> Vec<&Arc<Service>> {
+        self.own_services
+            .iter()
+            .filter(|s| port.is_none_or(|port| s.ports.iter().any(|p| p.sends_to(port))))
+            .collect()
+    }
+
+    /// The services of `services` that select the workload, sorted by hostname, one per
+    /// host.
+    fn selecting_services(&self) -> Vec<Arc<Service>> {
         let w = &self.bootstrap.workload;
-        let mut services: Vec<&Arc<Service>> = self
+        let mut services: Vec<Arc<Service>> = self
             .services
             .iter()
             .filter(|s| {
@@ -836,8 +855,8 @@ impl Snapshot {
                     && s.workload_selector
                         .as_ref()
                         .is_some_and(|sel| labels_match(sel, &w.labels))
-                    && port.is_none_or(|port| s.ports.iter().any(|p| p.sends_to(port)))
             })
+            .cloned()
             .collect();
         services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
         services.dedup_by(|a, b| a.hostname == b.hostname);
@@ -1056,30 +1075,31 @@ mod tests {
         );
     }
 
-    /// The workload `reviews-v1` (inbound to 127.0.0.1:9080), a service selecting it on
-    /// port 80 → 9080 and on port 9000, and `extra` documents.
-    fn inbound_world(extra: &str) -> Snapshot {
-        snap(&format!(
-            "apiVersion: mesh.proxy/v1alpha1
+    /// The workload `reviews-v1` (inbound to 127.0.0.1:9080) and a service selecting it on
+    /// port 80 → 9080 and on port 9000.
+    const INBOUND_WORLD: &str = "apiVersion: mesh.proxy/v1alpha1
 kind: ProxyBootstrap
-metadata: {{name: b}}
+metadata: {name: b}
 spec:
-  workload: {{name: reviews-v1, namespace: default, labels: {{app: reviews}}}}
-  inbound: {{address: 127.0.0.1, port: 15006, localApp: '127.0.0.1:9080'}}
+  workload: {name: reviews-v1, namespace: default, labels: {app: reviews}}
+  inbound: {address: 127.0.0.1, port: 15006, localApp: '127.0.0.1:9080'}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {{name: reviews, namespace: default}}
+metadata: {name: reviews, namespace: default}
 spec:
   hosts: [reviews]
   location: MESH_INTERNAL
   ports:
-  - {{number: 80, name: http, protocol: HTTP, targetPort: 9080}}
-  - {{number: 9000, name: tcp, protocol: TCP}}
+  - {number: 80, name: http, protocol: HTTP, targetPort: 9080}
+  - {number: 9000, name: tcp, protocol: TCP}
   resolution: STATIC
-  workloadSelector: {{labels: {{app: reviews}}}}
-{extra}"
-        ))
+  workloadSelector: {labels: {app: reviews}}
+";
+
+    /// [`INBOUND_WORLD`] and `extra` documents, compiled.
+    fn inbound_world(extra: &str) -> Snapshot {
+        snap(&format!("{INBOUND_WORLD}{extra}"))
     }
 
     fn max_connections(tp: &TrafficPolicy) -> Option<i32> {
@@ -1190,6 +1210,40 @@ spec:
             Some(Protocol::Tcp),
             "the service's"
         );
+    }
+
+    /// The workload's own services are its inbound side's whatever its Sidecar's `egress`
+    /// imports (Istio's service targets): a Sidecar importing only `istio-system/*` leaves
+    /// the workload's service out of what it calls, not out of what it serves.
+    #[test]
+    fn the_workload_s_services_survive_a_sidecar_egress_that_leaves_them_out() {
+        let mut loader = Loader::new();
+        loader.add_str(
+            "t.yaml",
+            &format!(
+                "{INBOUND_WORLD}---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: reviews, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: reviews}}}}
+  egress: [{{hosts: [istio-system/*]}}]
+"
+            ),
+        );
+        let compiled = crate::config::build(loader, crate::config::CheckMode::Proxy).unwrap();
+        let s = &compiled.snapshot;
+        assert!(
+            s.service("reviews.default.svc.cluster.local", "default")
+                .is_none()
+        );
+        let own: Vec<&str> = s
+            .workload_services(Some(9080))
+            .iter()
+            .map(|s| &*s.hostname)
+            .collect();
+        assert_eq!(own, ["reviews.default.svc.cluster.local"]);
+        assert_eq!(s.inbound_protocol(9080), Some(Protocol::Http));
     }
 
     const DR: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer: {simple: RANDOM}\n    connectionPool: {tcp: {maxConnections: 10}}\n    portLevelSettings:\n    - port: {number: 9090}\n      loadBalancer: {simple: ROUND_ROBIN}\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy:\n      loadBalancer: {simple: LEAST_REQUEST}\n  - name: v2\n    labels: {version: v2}\n";

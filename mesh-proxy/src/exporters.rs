@@ -45,14 +45,26 @@ impl Exporters {
             .inbound
             .as_ref()
             .and_then(|i| i.local_app.to_socket_addrs().ok()?.next());
-        let inbound_log = AccessLogRecorder::new(Side::Inbound, log.clone());
+        // with Envoy's debug headers off (`proxyHeaders.envoyDebugHeaders.disabled`, read
+        // at start-up) no `x-envoy-upstream-service-time` is written, and Envoy logs `-`
+        // for it; otherwise the header the client got, or (an in-process stack, which
+        // writes none) the record's own measure
+        let header_only = !snapshot.bootstrap.proxy_headers.envoy_debug_headers();
+        let recorder = |side| {
+            let r = AccessLogRecorder::new(side, log.clone());
+            match header_only {
+                true => r.with_service_time_header_only(),
+                false => r,
+            }
+        };
+        let inbound_log = recorder(Side::Inbound);
         let inbound_log = match app {
             Some(app) => inbound_log.with_local_app(app),
             None => inbound_log,
         };
         let e = Exporters {
             spans: Arc::new(Reloadable::empty()),
-            outbound_log: Arc::new(AccessLogRecorder::new(Side::Outbound, log.clone())),
+            outbound_log: Arc::new(recorder(Side::Outbound)),
             inbound_log: Arc::new(inbound_log),
             log,
             built: Mutex::new((None, None)),

@@ -215,6 +215,9 @@ pub struct AccessLogRecorder {
     local: OnceLock<SocketAddr>,
     /// Inbound: the local application and Istio's name of its cluster (`inbound|9080||`).
     app: Option<(SocketAddr, Arc<str>)>,
+    /// Whether the service time is logged only as the `x-envoy-upstream-service-time`
+    /// header the client got (a listener that writes it; Envoy's `-` without it).
+    service_time_header_only: bool,
 }
 
 impl AccessLogRecorder {
@@ -225,7 +228,17 @@ impl AccessLogRecorder {
             log,
             local: OnceLock::new(),
             app: None,
+            service_time_header_only: false,
         }
+    }
+
+    /// Logs `%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%` as the header the client got only, `-`
+    /// without it (as Envoy with its debug headers off: mesh-proxy under
+    /// `proxyHeaders.envoyDebugHeaders.disabled`); by default the record's own measure
+    /// stands in where no listener wrote the header (an in-process stack).
+    pub fn with_service_time_header_only(mut self) -> Self {
+        self.service_time_header_only = true;
+        self
     }
 
     /// The inbound side's upstream when the request records none (a local reply before the
@@ -300,7 +313,13 @@ impl Sink for AccessLogRecorder {
         // Envoy's router writes `x-envoy-upstream-service-time` on the upstream's answers
         // only, not on its local replies
         if e.response_code_details == VIA_UPSTREAM {
-            e.upstream_service_time = c.upstream_service_time();
+            e.upstream_service_time = match self.service_time_header_only {
+                true => c
+                    .details
+                    .and_then(|d| d.upstream_service_time_header)
+                    .map(std::time::Duration::from_millis),
+                false => c.upstream_service_time(),
+            };
         }
         e.upstream_local_address = c.info.connection.and_then(|conn| conn.local);
         e.authority = c.authority;
