@@ -117,13 +117,7 @@ async fn flood(workers: u32) {
     let (replies, clients) = concurrent_gets(p.out, 10);
     slow.wait_for(&replies, 8, 1).await;
     for r in replies.lock().unwrap().iter() {
-        assert_eq!(r.status, 503, "{r:?}");
-        assert_eq!(r.flags(), "UO");
-        assert_eq!(r.headers["x-envoy-overloaded"], "true");
-        assert_eq!(
-            r.body,
-            "upstream connect error or disconnect/reset before headers. reset reason: overflow"
-        );
+        assert_overflow(r);
     }
     slow.gate.send_replace(true);
     for c in clients {
@@ -148,25 +142,12 @@ async fn flood(workers: u32) {
     // maxRequestsPerConnection: 1
     assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
     // the overflows are the cluster's, on /clusters and /stats/prometheus
-    let cluster = "outbound|8000||httpbin.default.svc.cluster.local";
-    let (status, body) = admin_get(p.admin, "/clusters").await;
-    assert_eq!(status, 200);
-    let clusters: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let cb = clusters["circuit_breakers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["cluster"] == cluster)
-        .unwrap_or_else(|| panic!("{cluster} in {body}"));
-    assert_eq!(cb["pending_overflows"], 8, "{cb}");
-    assert_eq!(cb["requests_active"], 0, "{cb}");
-    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
-    assert!(
-        stats.contains(&format!(
-            "mesh_proxy_cluster_overflows_total{{cluster_name=\"{cluster}\"}} 8\n"
-        )),
-        "{stats}"
-    );
+    cluster_overflows(
+        p.admin,
+        "outbound|8000||httpbin.default.svc.cluster.local",
+        8,
+    )
+    .await;
     // and the route's (the service's `default` route: no VirtualService)
     support::prom::scraped_samples(
         p.admin,
@@ -243,15 +224,7 @@ async fn http2_connections_count_against_max_connections_and_the_rest_pend() {
     let (replies, clients) = concurrent_gets(p.out, 4);
     slow.wait_for(&replies, 1, 2).await;
     {
-        let replies = replies.lock().unwrap();
-        let r = &replies[0];
-        assert_eq!(r.status, 503, "{r:?}");
-        assert_eq!(r.flags(), "UO");
-        assert_eq!(r.headers["x-envoy-overloaded"], "true");
-        assert_eq!(
-            r.body,
-            "upstream connect error or disconnect/reset before headers. reset reason: overflow"
-        );
+        assert_overflow(&replies.lock().unwrap()[0]);
     }
     assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
     slow.gate.send_replace(true);
@@ -604,6 +577,30 @@ spec:
     drop(p);
 }
 
+/// Checks that `cluster` counts `n` overflows and no request in flight, on `/clusters` and
+/// `/stats/prometheus`; the exposition.
+async fn cluster_overflows(admin: SocketAddr, cluster: &str, n: u64) -> String {
+    let (status, body) = admin_get(admin, "/clusters").await;
+    assert_eq!(status, 200);
+    let clusters: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cb = clusters["circuit_breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster"] == cluster)
+        .unwrap_or_else(|| panic!("{cluster} in {body}"));
+    assert_eq!(cb["pending_overflows"], n, "{cb}");
+    assert_eq!(cb["requests_active"], 0, "{cb}");
+    let (_, stats) = admin_get(admin, "/stats/prometheus").await;
+    assert!(
+        stats.contains(&format!(
+            "mesh_proxy_cluster_overflows_total{{cluster_name=\"{cluster}\"}} {n}\n"
+        )),
+        "{stats}"
+    );
+    stats
+}
+
 /// The overflow answer Envoy's router gives (`503`, `x-envoy-overloaded`, flag `UO`).
 fn assert_overflow(r: &Reply) {
     assert_eq!(r.status, 503, "{r:?}");
@@ -676,23 +673,7 @@ spec:
     // maxRequestsPerConnection: 1 on the connections to the application
     assert_eq!(app.connections.load(Ordering::SeqCst), 2);
     let cluster = format!("inbound|{}||", app.port());
-    let (_, body) = admin_get(p.admin, "/clusters").await;
-    let clusters: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let cb = clusters["circuit_breakers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["cluster"] == cluster.as_str())
-        .unwrap_or_else(|| panic!("{cluster} in {body}"));
-    assert_eq!(cb["pending_overflows"], 8, "{cb}");
-    assert_eq!(cb["requests_active"], 0, "{cb}");
-    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
-    assert!(
-        stats.contains(&format!(
-            "mesh_proxy_cluster_overflows_total{{cluster_name=\"{cluster}\"}} 8\n"
-        )),
-        "{stats}"
-    );
+    let stats = cluster_overflows(p.admin, &cluster, 8).await;
     let overflowed: f64 = stats
         .lines()
         .filter(|l| {
