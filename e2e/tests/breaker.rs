@@ -612,6 +612,20 @@ fn assert_overflow(r: &Reply) {
     );
 }
 
+/// The Sidecar of `productpage` with `pool` (indented fields) as its `inboundConnectionPool`.
+fn productpage_sidecar(pool: &str) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: productpage, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: productpage}}}}
+  inboundConnectionPool:
+{pool}"
+    )
+}
+
 /// The inbound listener of `productpage` to `app`, on `workers` workers.
 fn inbound_bootstrap(workers: u32, app: &Backend) -> String {
     bootstrap(
@@ -640,16 +654,11 @@ async fn an_inbound_connection_pool_trips_the_breaker_before_the_application() {
     let log = dir.path().join("access.log");
     let yaml = inbound_bootstrap(2, &app)
         + &format!("  accessLog: {{path: {}, encoding: TEXT}}\n", log.display())
-        + "---
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: productpage, namespace: default}
-spec:
-  workloadSelector: {labels: {app: productpage}}
-  inboundConnectionPool:
-    tcp: {maxConnections: 1}
+        + &productpage_sidecar(
+            "    tcp: {maxConnections: 1}
     http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
-";
+",
+        );
     let p = start(&yaml).await;
     let inbound = p.proxy.inbound_addr().unwrap();
     let (replies, clients) = concurrent_gets_of(inbound, "productpage:9080", 10);
@@ -745,15 +754,7 @@ spec:
       http: {http2MaxRequests: 1}
 ";
         if sidecar_pool {
-            yaml += "---
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: productpage, namespace: default}
-spec:
-  workloadSelector: {labels: {app: productpage}}
-  inboundConnectionPool:
-    http: {http2MaxRequests: 3}
-";
+            yaml += &productpage_sidecar("    http: {http2MaxRequests: 3}\n");
         }
         let p = start(&yaml).await;
         let inbound = p.proxy.inbound_addr().unwrap();
@@ -784,16 +785,11 @@ async fn an_inbound_pool_counts_http2_streams_of_one_connection_under_max_connec
     let (slow, handler) = Slow::new();
     let app = backend_with("productpage", handler).await;
     let yaml = inbound_bootstrap(1, &app)
-        + "---
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: productpage, namespace: default}
-spec:
-  workloadSelector: {labels: {app: productpage}}
-  inboundConnectionPool:
-    tcp: {maxConnections: 1}
+        + &productpage_sidecar(
+            "    tcp: {maxConnections: 1}
     http: {http1MaxPendingRequests: 1}
-";
+",
+        );
     let p = start(&yaml).await;
     let inbound = p.proxy.inbound_addr().unwrap();
     let tx = h2(inbound).await;
