@@ -881,8 +881,9 @@ impl Snapshot {
     /// The traffic policy of the inbound cluster of workload port `port` (Istio's
     /// `buildInboundCluster`): the `connectionPool` (and `retryBudget`) of the catch-all
     /// DestinationRule of the cluster's service ([`workload_service_port`]), port-level
-    /// settings by that service port ("when users specify circuit breakers, they need to be
-    /// set on the receiver end as well"); a pool the workload's Sidecar sets for the port
+    /// settings by that service port, or by `port` itself for a Sidecar ingress listener's
+    /// cluster ("when users specify circuit breakers, they need to be set on the receiver
+    /// end as well"); a pool the workload's Sidecar sets for the port
     /// (`ingress[].connectionPool` of the entry whose `port.number` is `port`, else
     /// `inboundConnectionPool`) replaces it whole (`InboundConnectionPoolForPort`). Only the
     /// pool applies inbound (`applyTrafficPolicy`: balancing, outlier detection and TLS are
@@ -892,17 +893,24 @@ impl Snapshot {
     pub fn inbound_traffic_policy(&self, port: u16) -> TrafficPolicy {
         let mut tp = TrafficPolicy::default();
         let ns = self.bootstrap.workload.namespace.as_str();
+        let (sidecar, _) = crate::scope::select(&self.sidecars, &self.bootstrap);
+        let ingress = sidecar.and_then(|sc| ingress_entry(&sc.spec, port));
         if let Some((svc, sp)) = self.workload_service_port(port)
             && let Some(dr) = self.pick_destination_rule(&svc.hostname, ns, false)
         {
-            let service_port = u16::try_from(sp.number).ok();
+            // the cluster's service port: a Sidecar ingress listener's own port (Istio's
+            // `buildInboundClusters` makes it the instance's `ServicePort`), else the
+            // service's port that sends to `port`
+            let service_port = match ingress {
+                Some(_) => Some(port),
+                None => u16::try_from(sp.number).ok(),
+            };
             let merged = merge_traffic_policy(dr.spec.traffic_policy.as_ref(), None, service_port);
             tp.connection_pool = merged.connection_pool;
             tp.retry_budget = merged.retry_budget;
         }
-        let (sidecar, _) = crate::scope::select(&self.sidecars, &self.bootstrap);
         if let Some(sc) = sidecar {
-            let for_port = ingress_entry(&sc.spec, port).and_then(|i| i.connection_pool.as_ref());
+            let for_port = ingress.and_then(|i| i.connection_pool.as_ref());
             if let Some(cp) = for_port.or(sc.spec.inbound_connection_pool.as_ref()) {
                 tp.connection_pool = Some(cp.clone());
             }
@@ -1182,6 +1190,21 @@ spec:
         assert_eq!(max_connections(&app), None);
         let http = app.connection_pool.as_ref().unwrap().http.as_ref().unwrap();
         assert_eq!(http.http2_max_requests, Some(5));
+
+        // a Sidecar ingress listener's cluster takes port-level settings by its own port
+        // (9080), not the service's (80): the rule's top-level pool
+        let ingress_only = "---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews, namespace: default}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  ingress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    defaultEndpoint: 127.0.0.1:9080
+";
+        let s = inbound_world(&format!("{dr}{ingress_only}"));
+        assert_eq!(max_connections(&s.inbound_traffic_policy(9080)), Some(10));
     }
 
     /// The inbound cluster's protocol: the Sidecar ingress entry's, else the selecting
