@@ -792,23 +792,7 @@ async fn an_inbound_pool_counts_http2_streams_of_one_connection_under_max_connec
         );
     let p = start(&yaml).await;
     let inbound = p.proxy.inbound_addr().unwrap();
-    let tx = h2(inbound).await;
-    let replies: Replies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let clients: Vec<_> = (0..3)
-        .map(|_| {
-            let (mut tx, replies) = (tx.clone(), replies.clone());
-            tokio::spawn(async move {
-                let req = Request::builder()
-                    .version(http::Version::HTTP_2)
-                    .uri("http://productpage:9080/")
-                    .body(full(""))
-                    .unwrap();
-                bounded(tx.ready()).await.unwrap();
-                let r = read(bounded(tx.send_request(req)).await.unwrap()).await;
-                replies.lock().unwrap().push(r);
-            })
-        })
-        .collect();
+    let (replies, clients) = h2_gets(inbound, "http://productpage:9080/", 3);
     slow.wait_for(&replies, 0, 3).await;
     slow.gate.send_replace(true);
     for c in clients {
@@ -824,4 +808,64 @@ async fn an_inbound_pool_counts_http2_streams_of_one_connection_under_max_connec
         "one HTTP/2 connection"
     );
     drop(p);
+}
+
+/// Outbound, a DestinationRule's `useClientProtocol` sends an h2c client's requests as
+/// HTTP/2 streams, and the circuit breaker counts them as such (the decision it shares with
+/// the connector, `SelectedUpstream::http2_for`): three concurrent streams under
+/// `maxConnections: 1` go on one connection, none waits or overflows.
+#[tokio::test]
+async fn use_client_protocol_streams_count_as_http2_under_max_connections() {
+    let (slow, handler) = Slow::new();
+    let upstream = backend_with("httpbin", handler).await;
+    let yaml = bootstrap(1, "")
+        + &service_entry("httpbin", 8000, "HTTP", &[&upstream])
+        + &destination_rule(
+            "httpbin",
+            &["httpbin"],
+            "  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {useClientProtocol: true, http1MaxPendingRequests: 1}
+",
+        );
+    let p = start(&yaml).await;
+    let replies = h2_gets(p.out, "http://httpbin:8000/", 3);
+    slow.wait_for(&replies.0, 0, 3).await;
+    slow.gate.send_replace(true);
+    for c in replies.1 {
+        bounded(c).await.unwrap();
+    }
+    for r in replies.0.lock().unwrap().iter() {
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(upstream.hits(), 3);
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+}
+
+/// `n` concurrent GETs of `uri` as streams of one h2c connection to `to`.
+fn h2_gets(
+    to: SocketAddr,
+    uri: &'static str,
+    n: usize,
+) -> (Replies, Vec<tokio::task::JoinHandle<()>>) {
+    let replies: Replies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tx = Arc::new(tokio::sync::OnceCell::new());
+    let clients = (0..n)
+        .map(|_| {
+            let (tx, replies) = (tx.clone(), replies.clone());
+            tokio::spawn(async move {
+                let mut tx = tx.get_or_init(|| h2(to)).await.clone();
+                let req = Request::builder()
+                    .version(http::Version::HTTP_2)
+                    .uri(uri)
+                    .body(full(""))
+                    .unwrap();
+                bounded(tx.ready()).await.unwrap();
+                let r = read(bounded(tx.send_request(req)).await.unwrap()).await;
+                replies.lock().unwrap().push(r);
+            })
+        })
+        .collect();
+    (replies, clients)
 }

@@ -218,15 +218,15 @@ spec:
 /// The inbound cluster's protocol (Istio's `setUpstreamProtocol` on `inbound|<port>||`):
 /// the application behind the inbound listener is spoken to in HTTP/2 when the service that
 /// selects the workload declares the port `GRPC` (a gRPC server speaks nothing else), in
-/// HTTP/1.1 when it declares `HTTP` or another protocol (`TCP`), and in the client's
-/// protocol when nothing declares it: no service, or a port whose name and protocol name
-/// none (Istio's protocol detection, `use_downstream_protocol`).
+/// HTTP/1.1 when it declares `HTTP`, and in the client's protocol when nothing declares it
+/// (no service, or a port whose name and protocol name none: Istio's protocol detection,
+/// `use_downstream_protocol`) or it declares `TCP` (whose bytes Istio passes through).
 #[tokio::test]
 async fn the_inbound_listener_speaks_the_application_s_declared_protocol() {
     for (declared, from_h1, from_h2) in [
         (Some("protocol: GRPC"), "HTTP/2.0", "HTTP/2.0"),
         (Some("protocol: HTTP"), "HTTP/1.1", "HTTP/1.1"),
-        (Some("protocol: TCP"), "HTTP/1.1", "HTTP/1.1"),
+        (Some("protocol: TCP"), "HTTP/1.1", "HTTP/2.0"),
         (Some("name: grpc-api"), "HTTP/2.0", "HTTP/2.0"),
         (Some("name: web"), "HTTP/1.1", "HTTP/2.0"),
         (None, "HTTP/1.1", "HTTP/2.0"),

@@ -177,7 +177,9 @@ async fn exchange_tls(addr: SocketAddr, ca: &MeshCa, who: &str, data: &[u8]) -> 
 #[tokio::test]
 async fn http_ingress_listener_forwards_to_its_endpoint_under_strict_mtls_and_deny() {
     let w = World::new().await;
-    let p = w.start(&format!("{STRICT}{DENY_SLEEP}")).await;
+    let log = w.dir.path().join("access.log");
+    let access_log = format!("  accessLog: {{path: {}, encoding: JSON}}\n", log.display());
+    let p = w.start(&format!("{access_log}{STRICT}{DENY_SLEEP}")).await;
     let http = p
         .proxy
         .ingress_addr(9080)
@@ -236,6 +238,33 @@ async fn http_ingress_listener_forwards_to_its_endpoint_under_strict_mtls_and_de
         .unwrap();
     assert_eq!(status, 200);
     assert!(body.starts_with("main "), "{body}");
+    // the access log names each listener's inbound cluster (Envoy's route's); the denied
+    // request went to no host
+    let proxy = &p.proxy;
+    eventually("the three access log lines", || {
+        proxy.flush_telemetry();
+        let n = std::fs::read_to_string(&log).map_or(0, |t| t.lines().count());
+        async move { n == 3 }
+    })
+    .await;
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let line = |code: u64, cluster: &str| {
+        lines
+            .iter()
+            .find(|v| v["response_code"] == code && v["upstream_cluster"] == cluster)
+            .unwrap_or_else(|| panic!("{code} {cluster} in {lines:?}"))
+    };
+    assert_eq!(
+        line(200, "inbound|9080||")["upstream_host"],
+        w.ratings.addr.to_string()
+    );
+    assert!(line(403, "inbound|9080||")["upstream_host"].is_null());
+    let main = format!("inbound|{}||", w.main.port());
+    assert_eq!(line(200, &main)["upstream_host"], w.main.addr.to_string());
     p.proxy.drain().await;
 }
 

@@ -270,7 +270,9 @@ pub struct Snapshot {
     wildcard_drs: Vec<usize>,
     /// The services that select the proxy's own workload, whatever its Sidecar's `egress`
     /// imports (Istio's service targets of the proxy: the inbound side's services are the
-    /// workload's, not what it may call); see [`Snapshot::workload_services`].
+    /// workload's, not what it may call); see [`Snapshot::workload_services`]. Found once,
+    /// when the configuration is compiled: [`Snapshot::reindex`] does not recompute them
+    /// (the scoping and the run-time endpoint updates change no service's selector).
     #[serde(skip)]
     own_services: Vec<Arc<Service>>,
 }
@@ -889,6 +891,10 @@ impl Snapshot {
     /// pool applies inbound (`applyTrafficPolicy`: balancing, outlier detection and TLS are
     /// outbound settings), so the other fields are left unset.
     ///
+    /// The DestinationRule is looked up among those the workload's Sidecar lets it see, as
+    /// Istio's `SidecarScope` holds the rules of the services its `egress` imports only: a
+    /// Sidecar that leaves the workload's own service out leaves its rule out here too.
+    ///
     /// [`workload_service_port`]: Self::workload_service_port
     pub fn inbound_traffic_policy(&self, port: u16) -> TrafficPolicy {
         let mut tp = TrafficPolicy::default();
@@ -1260,6 +1266,8 @@ spec:
             s.service("reviews.default.svc.cluster.local", "default")
                 .is_none()
         );
+        // (a DestinationRule of the service would be out of the scope too, as in Istio:
+        // see `inbound_traffic_policy`)
         let own: Vec<&str> = s
             .workload_services(Some(9080))
             .iter()

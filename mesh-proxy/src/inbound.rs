@@ -28,8 +28,9 @@
 //! The cluster also says how the application is spoken to (Istio's `setUpstreamProtocol`):
 //! HTTP/2 (h2c) to a port declared `HTTP2`, `GRPC` or `GRPC-Web` (the Sidecar ingress
 //! entry's `port.protocol`, else the port of the service that selects the workload),
-//! HTTP/1.1 to a port declared anything else, and the client's protocol to a port nothing
-//! declares (Istio's protocol detection, `use_downstream_protocol`).
+//! HTTP/1.1 to an `HTTP` or (terminated) `HTTPS` port, and the client's protocol to a port
+//! nothing declares (Istio's protocol detection, `use_downstream_protocol`) or one declared
+//! `TCP` or another L4 protocol (whose bytes Istio passes through untouched).
 //!
 //! Counts are per cluster and per proxy (every worker and listener of the port shares
 //! them) and survive reloads; `/clusters` and `/stats/prometheus` show them beside the
@@ -112,7 +113,17 @@ impl InboundClusters {
     /// The counters of every cluster that has limits, for `/clusters` and
     /// `/stats/prometheus`.
     pub fn circuit_breakers(&self) -> Vec<(Arc<str>, Arc<ClusterCounters>)> {
-        self.counters.live()
+        // the running configuration's (a cluster a reload took the pool from is not listed,
+        // even while requests of its time still hold its counters)
+        self.table
+            .load()
+            .clusters
+            .iter()
+            .filter_map(|(_, i)| {
+                let c = &i.cluster;
+                Some((c.name.clone(), c.limits.as_ref()?.counters().clone()))
+            })
+            .collect()
     }
 
     fn build(&self, snapshot: &Snapshot, port: u16) -> Inbound {
@@ -127,11 +138,14 @@ impl InboundClusters {
         });
         let mut pool = UpstreamPool::from_traffic_policy(&tp);
         // the port's protocol (Istio's `setUpstreamProtocol` for the inbound cluster):
-        // HTTP/2 to an `HTTP2`, `GRPC` or `GRPC-Web` port, HTTP/1.1 to any other declared
-        // one, and the client's protocol to a port that declares none (protocol detection;
-        // `useClientProtocol` itself is outbound only in Istio)
+        // HTTP/2 to an `HTTP2`, `GRPC` or `GRPC-Web` port, HTTP/1.1 to an `HTTP` one and
+        // to an `HTTPS` one (a Sidecar ingress port whose TLS the listener terminates), and
+        // the client's protocol to any other: a port that declares none (protocol
+        // detection) or a TCP one, whose bytes Istio passes through untouched
+        // (`useClientProtocol` itself is outbound only in Istio)
         let protocol = snapshot.inbound_protocol(port);
-        pool.use_client_protocol = protocol.is_none();
+        pool.use_client_protocol =
+            !protocol.is_some_and(|p| p.is_http() || p == mesh_core::compile::Protocol::Https);
         inbound.cluster.pool = pool;
         inbound.cluster.limits = limits;
         inbound.http2 = protocol.is_some_and(|p| p.is_http2());
@@ -315,5 +329,44 @@ spec:
         assert!(!t.entry(9080).unwrap().http2);
         assert!(t.get(9080).unwrap().pool.use_client_protocol);
         assert!(!t.get(9000).unwrap().pool.use_client_protocol);
+    }
+
+    /// A worker's target picks the new configuration up at its next request (its
+    /// `arc_swap::Cache` sees the stored table), and keeps its pick while none lands.
+    #[test]
+    fn a_worker_s_target_follows_reloads() {
+        let c = Arc::new(InboundClusters::new(&snapshot(
+            "  inboundConnectionPool: {http: {http2MaxRequests: 1}}\n",
+        )));
+        let app: SocketAddr = "127.0.0.1:9080".parse().unwrap();
+        let mut target = InboundTarget::new(c.clone(), app, 9080);
+        let first = target.upstream();
+        assert_eq!(first.endpoint().addr, app);
+        let max = |u: &SelectedUpstream| {
+            u.cluster()
+                .limits
+                .as_ref()
+                .map(|l| l.thresholds().max_requests)
+        };
+        assert_eq!(max(&first), Some(1));
+        let again = target.upstream();
+        assert!(
+            std::ptr::eq(first.cluster(), again.cluster()),
+            "the same pick"
+        );
+        c.store(&snapshot(
+            "  inboundConnectionPool: {http: {http2MaxRequests: 7}}\n",
+        ));
+        let after = target.upstream();
+        assert_eq!(max(&after), Some(7));
+        // the GRPC ingress port's target speaks HTTP/2 whatever the request's version
+        let mut grpc = InboundTarget::new(c, "127.0.0.1:9000".parse().unwrap(), 9000);
+        let up = grpc.upstream();
+        assert!(up.http2_for(http::Version::HTTP_11));
+        assert!(!after.http2_for(http::Version::HTTP_11));
+        assert!(
+            after.http2_for(http::Version::HTTP_2),
+            "the client's protocol on 9080"
+        );
     }
 }

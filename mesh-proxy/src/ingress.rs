@@ -704,7 +704,7 @@ async fn proxy<D>(
         .shared
         .metrics
         .tcp_open_inbound(&TcpInbound { peer, flags });
-    let (up, _permit) = match up {
+    let (up, permit) = match up {
         Some((up, permit)) => (Some(up), permit),
         None => (None, None),
     };
@@ -722,6 +722,9 @@ async fn proxy<D>(
         end.received = done.received;
         end.sent = done.sent;
     }
+    // the connection no longer counts under `maxConnections` before it is counted closed
+    drop(permit);
+    drop(stats);
     log.end(&end);
 }
 

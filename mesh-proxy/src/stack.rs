@@ -556,6 +556,7 @@ impl Layers {
     pub fn circuit_breakers(&self) -> Vec<(Arc<str>, Arc<mesh_core::limits::ClusterCounters>)> {
         let mut all = self.lb.circuit_breakers();
         all.extend(self.inbound_clusters.circuit_breakers());
+        all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
 

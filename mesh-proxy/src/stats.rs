@@ -64,8 +64,8 @@ type Family = (
     fn(&ClusterCounters) -> u64,
 );
 
-/// The per-cluster families (see the [module docs](self)) of `clusters`, sorted by name as
-/// the balancer lists them ([`LbLayer::circuit_breakers`](mesh_lb::LbLayer::circuit_breakers)).
+/// The per-cluster families (see the [module docs](self)) of `clusters`, sorted by name
+/// (`Layers::circuit_breakers`: the balancer's outbound clusters and the inbound ones).
 pub fn encode_clusters(out: &mut String, clusters: &[(Arc<str>, Arc<ClusterCounters>)]) {
     let families: [Family; 6] = [
         (

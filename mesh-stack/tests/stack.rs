@@ -335,14 +335,25 @@ spec:
   workloadSelector: {labels: {app: reviews}}
   inboundConnectionPool:
     http: {http2MaxRequests: 10}
+  ingress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    defaultEndpoint: 127.0.0.1:9080
+    connectionPool: {tcp: {maxConnections: 5}}
 ",
     )
     .unwrap();
     let warnings: Vec<String> = mesh.warnings().iter().map(|d| d.to_string()).collect();
-    assert!(
-        warnings.iter().any(|w| w.contains("mesh.yaml:12:")
-            && w.contains("spec.inboundConnectionPool")
-            && w.contains("not applied in-process")),
-        "{warnings:?}"
-    );
+    for (line, field) in [
+        (12, "spec.inboundConnectionPool"),
+        (17, "spec.ingress[0].connectionPool"),
+    ] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&format!("mesh.yaml:{line}:"))
+                    && w.contains(field)
+                    && w.contains("not applied in-process")),
+            "{field}: {warnings:?}"
+        );
+    }
 }

@@ -869,9 +869,13 @@ impl<'a> IdentRef<'a> {
         let info = done.info;
         let endpoint = info.endpoint();
         // the endpoint of a cluster lives in the balancer's shared record: its address
-        // identifies it (a passthrough endpoint lives in the request only)
-        let cluster_endpoint = match &info.upstream {
-            Some(mesh_core::stream_info::Upstream::Cluster(u)) => Some(u.endpoint()),
+        // identifies it (a passthrough endpoint lives in the request only); inbound, the
+        // labels are the local workload's and the peer's, whatever the application's
+        // endpoint (each worker and configuration makes its own), so it is not part of them
+        let cluster_endpoint = match (&info.upstream, reporter) {
+            (Some(mesh_core::stream_info::Upstream::Cluster(u)), Reporter::Source) => {
+                Some(u.endpoint())
+            }
             _ => None,
         };
         let (dest_host, passthrough) = match (reporter, &info.destination) {
@@ -939,8 +943,10 @@ impl<'a> IdentRef<'a> {
     }
 
     fn to_owned(&self, done: &Completed<'_>) -> Ident {
-        let upstream = match done.info.upstream.as_ref() {
-            Some(mesh_core::stream_info::Upstream::Cluster(u)) => Some(u.clone()),
+        // (kept alive while the entry is keyed by its address; inbound entries have none)
+        let upstream = match (done.info.upstream.as_ref(), self.endpoint) {
+            (_, 0) => None,
+            (Some(mesh_core::stream_info::Upstream::Cluster(u)), _) => Some(u.clone()),
             _ => None,
         };
         Ident {

@@ -190,6 +190,10 @@ pub struct Details {
     /// The answer's `x-envoy-upstream-service-time`, in milliseconds, as the listener wrote
     /// it (`mesh_core::hcm`): what Envoy's `%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%` logs.
     pub upstream_service_time_header: Option<u64>,
+    /// The port of the request's [`DestinationAddr`](mesh_core::ext::DestinationAddr), when
+    /// the listener set one (an inbound listener: the workload port the peer meant, whose
+    /// inbound cluster is `inbound|<port>||`).
+    pub destination_port: Option<u16>,
 }
 
 /// How a request's exchange ended.
@@ -543,6 +547,9 @@ impl Pending {
                     upstream_transport_failure_reason: None,
                     response_code_details: None,
                     upstream_service_time_header: None,
+                    destination_port: view
+                        .own::<mesh_core::ext::DestinationAddr>()
+                        .map(|d| d.0.port()),
                 })
             }),
             version: req.version(),

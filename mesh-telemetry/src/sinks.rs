@@ -241,9 +241,9 @@ impl AccessLogRecorder {
         self
     }
 
-    /// The inbound side's upstream when the request records none (a local reply before the
-    /// inbound cluster, such as an authorization's `403`): the local application
-    /// (`%UPSTREAM_HOST%`; its cluster is Istio's `inbound|<port>||`).
+    /// The inbound side's cluster when a request records none and names no destination
+    /// port (a local reply before the inbound cluster, such as an authorization's `403`):
+    /// the local application's, Istio's `inbound|<port>||`.
     pub fn with_local_app(mut self, app: SocketAddr) -> Self {
         self.app = Some((
             app,
@@ -333,15 +333,19 @@ impl Sink for AccessLogRecorder {
             None if c.info.passthrough => Some("PassthroughCluster"),
             None => None,
         };
-        // (a request the inbound stack forwarded has its cluster recorded: the port's,
-        // with no host when its pool overflowed; the local app stands in for the others)
-        if let Some((app, cluster)) = &self.app
-            && e.upstream_cluster.is_none()
-            && e.upstream_host.is_none()
-            && c.status.is_some()
-        {
-            e.upstream_host = Some(*app);
-            e.upstream_cluster = Some(cluster);
+        // inbound, a request the stack forwarded has its cluster recorded (the port's, with
+        // no host when its pool overflowed); a reply made before it (an authorization's
+        // 403, a rate limit's 429) went to no host, and its cluster is the one Envoy's route
+        // names: the workload port's `inbound|<port>||`
+        let port_cluster;
+        if self.side == Side::Inbound && e.upstream_cluster.is_none() && c.status.is_some() {
+            match c.details.and_then(|d| d.destination_port) {
+                Some(port) => {
+                    port_cluster = mesh_core::health::inbound_cluster_name(port);
+                    e.upstream_cluster = Some(&port_cluster);
+                }
+                None => e.upstream_cluster = self.app.as_ref().map(|(_, cl)| &**cl),
+            }
         }
         e.downstream_local_address = self.local.get().copied();
         e.downstream_remote_address = c.client_addr;
