@@ -8,7 +8,7 @@
 //! changed, and otherwise reopens the log file; SIGUSR1 reopens it too, as Envoy's log
 //! rotation signal (`logrotate`'s `postrotate`).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -40,11 +40,11 @@ impl Exporters {
     /// The exporter and log `snapshot`'s bootstrap asks for (none when it asks for none).
     pub fn new(snapshot: &Snapshot) -> Exporters {
         let log = Arc::new(Reloadable::empty());
-        let app = snapshot
+        let app_port = snapshot
             .bootstrap
             .inbound
             .as_ref()
-            .and_then(|i| i.local_app.to_socket_addrs().ok()?.next());
+            .and_then(|i| i.local_app_port());
         // with Envoy's debug headers off (`proxyHeaders.envoyDebugHeaders.disabled`, read
         // at start-up) no `x-envoy-upstream-service-time` is written, and Envoy logs `-`
         // for it; otherwise the header the client got, or (an in-process stack, which
@@ -58,8 +58,8 @@ impl Exporters {
             }
         };
         let inbound_log = recorder(Side::Inbound);
-        let inbound_log = match app {
-            Some(app) => inbound_log.with_local_app(app),
+        let inbound_log = match app_port {
+            Some(port) => inbound_log.with_local_app_port(port),
             None => inbound_log,
         };
         let e = Exporters {

@@ -58,7 +58,7 @@ pub struct InboundClusters {
 
 /// One configuration's inbound clusters, by workload port.
 #[derive(Debug, Default)]
-pub struct Table {
+struct Table {
     clusters: Vec<(u16, Inbound)>,
 }
 
@@ -87,16 +87,6 @@ impl InboundClusters {
             .map(|port| (port, self.build(snapshot, port)))
             .collect();
         self.table.store(Arc::new(Table { clusters }));
-    }
-
-    /// The running clusters.
-    pub fn table(&self) -> arc_swap::Guard<Arc<Table>> {
-        self.table.load()
-    }
-
-    /// The cluster of workload port `port` (`None`: no inbound listener forwards to it).
-    pub fn cluster(&self, port: u16) -> Option<UpstreamCluster> {
-        self.table.load().get(port).cloned()
     }
 
     /// The cluster of workload port `port`, or one without a pool when no inbound listener
@@ -171,10 +161,6 @@ impl Inbound {
 
 impl Table {
     /// The cluster of workload port `port`.
-    pub fn get(&self, port: u16) -> Option<&UpstreamCluster> {
-        self.entry(port).map(|i| &i.cluster)
-    }
-
     fn entry(&self, port: u16) -> Option<&Inbound> {
         self.clusters
             .iter()
@@ -294,9 +280,9 @@ spec:
         let c = InboundClusters::new(&snapshot(
             "  inboundConnectionPool: {http: {http2MaxRequests: 1}}\n",
         ));
-        let ports: Vec<u16> = c.table().clusters.iter().map(|(p, _)| *p).collect();
+        let ports: Vec<u16> = c.table.load().clusters.iter().map(|(p, _)| *p).collect();
         assert_eq!(ports, [9000, 9080, 9443]);
-        let app = c.cluster(9080).unwrap();
+        let app = c.for_port(9080);
         assert_eq!(&*app.name, "inbound|9080||");
         let limits = app.limits.clone().unwrap();
         assert_eq!(limits.thresholds().max_requests, 1);
@@ -306,7 +292,7 @@ spec:
         c.store(&snapshot(
             "  inboundConnectionPool: {http: {http2MaxRequests: 2}}\n",
         ));
-        let after = c.cluster(9080).unwrap().limits.unwrap();
+        let after = c.for_port(9080).limits.unwrap();
         assert_eq!(after.thresholds().max_requests, 2);
         assert!(Arc::ptr_eq(after.counters(), limits.counters()));
         assert_eq!(
@@ -317,18 +303,18 @@ spec:
         drop(held);
         assert_eq!(after.counters().requests(), 0);
         c.store(&snapshot(""));
-        assert!(c.cluster(9080).unwrap().limits.is_none());
+        assert!(c.for_port(9080).limits.is_none());
         drop((app, limits, after));
         assert!(
             c.circuit_breakers().is_empty(),
             "no cluster with limits is left"
         );
         // the GRPC ingress port's endpoint is spoken to in HTTP/2, the others as the client
-        let t = c.table();
+        let t = c.table.load();
         assert!(t.entry(9000).unwrap().http2);
         assert!(!t.entry(9080).unwrap().http2);
-        assert!(t.get(9080).unwrap().pool.use_client_protocol);
-        assert!(!t.get(9000).unwrap().pool.use_client_protocol);
+        assert!(t.entry(9080).unwrap().cluster.pool.use_client_protocol);
+        assert!(!t.entry(9000).unwrap().cluster.pool.use_client_protocol);
     }
 
     /// A worker's target picks the new configuration up at its next request (its

@@ -1209,11 +1209,12 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for InboundFor
 
     fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let up = self.target.upstream();
-        // the access log's upstream cluster and host, as the balancer records them outbound
+        // the access log's upstream cluster and host, and the pick in the request's slots
+        // (no extension of its own), as the balancer records them outbound
         if let Some(info) = mesh_core::ext::stream_info(req.extensions()) {
             info.set_upstream(&up);
         }
-        req.extensions_mut().insert(up);
+        mesh_core::ext::slots_mut(req.extensions_mut()).upstream = Some(up);
         self.inner.call(req)
     }
 }

@@ -213,8 +213,8 @@ pub struct AccessLogRecorder {
     side: Side,
     log: Arc<Reloadable<AccessLog>>,
     local: OnceLock<SocketAddr>,
-    /// Inbound: the local application and Istio's name of its cluster (`inbound|9080||`).
-    app: Option<(SocketAddr, Arc<str>)>,
+    /// Inbound: Istio's name of the local application's cluster (`inbound|9080||`).
+    app_cluster: Option<Arc<str>>,
     /// Whether the service time is logged only as the `x-envoy-upstream-service-time`
     /// header the client got (a listener that writes it; Envoy's `-` without it).
     service_time_header_only: bool,
@@ -227,7 +227,7 @@ impl AccessLogRecorder {
             side,
             log,
             local: OnceLock::new(),
-            app: None,
+            app_cluster: None,
             service_time_header_only: false,
         }
     }
@@ -244,11 +244,8 @@ impl AccessLogRecorder {
     /// The inbound side's cluster when a request records none and names no destination
     /// port (a local reply before the inbound cluster, such as an authorization's `403`):
     /// the local application's, Istio's `inbound|<port>||`.
-    pub fn with_local_app(mut self, app: SocketAddr) -> Self {
-        self.app = Some((
-            app,
-            Arc::from(mesh_core::health::inbound_cluster_name(app.port())),
-        ));
+    pub fn with_local_app_port(mut self, port: u16) -> Self {
+        self.app_cluster = Some(Arc::from(mesh_core::health::inbound_cluster_name(port)));
         self
     }
 
@@ -344,7 +341,7 @@ impl Sink for AccessLogRecorder {
                     port_cluster = mesh_core::health::inbound_cluster_name(port);
                     e.upstream_cluster = Some(&port_cluster);
                 }
-                None => e.upstream_cluster = self.app.as_ref().map(|(_, cl)| &**cl),
+                None => e.upstream_cluster = self.app_cluster.as_deref(),
             }
         }
         e.downstream_local_address = self.local.get().copied();
