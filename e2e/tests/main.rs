@@ -40,6 +40,7 @@ mod sidecar_ingress;
 mod sidecar_scope;
 mod spans;
 mod tcp;
+mod telemetry_api;
 mod tls_origination;
 mod tracing;
 mod websocket;

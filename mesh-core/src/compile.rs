@@ -60,6 +60,7 @@ use crate::model::networking::{
 };
 use crate::model::ratelimit::LocalRateLimit;
 use crate::model::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+use crate::model::telemetry::Telemetry;
 use crate::model::{Kind, Resource, Spec};
 use crate::pattern::Precompiled;
 use crate::selector::{Labels, labels_match};
@@ -247,6 +248,9 @@ pub struct Snapshot {
     /// LocalRateLimits, in source order, hosts resolved (all of them: which apply to this
     /// workload is [`crate::ratelimit::applies`]'s to say).
     pub local_rate_limits: Vec<Arc<Named<LocalRateLimit>>>,
+    /// Telemetries, in source order (all of them: what applies to this workload is
+    /// [`crate::telemetry::resolve`]'s to say).
+    pub telemetries: Vec<Arc<Named<Telemetry>>>,
     /// Where unknown hosts go under `ALLOW_ANY`: the workload's Sidecar's
     /// `outboundTrafficPolicy.egressProxy`, host resolved ([`crate::scope`]). None: they pass
     /// through to the address they name.
@@ -541,6 +545,7 @@ pub fn compile_with(resources: Vec<Resource>, precompiled: Precompiled) -> Snaps
                 }
                 snap.local_rate_limits.push(named(name, ns, rl));
             }
+            Spec::Telemetry(t) => snap.telemetries.push(named(name, ns, t)),
         }
     }
     snap.reindex();

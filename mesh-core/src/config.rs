@@ -184,8 +184,14 @@ pub fn build(loader: Loader, mode: CheckMode) -> Result<Compiled, ConfigError> {
     let snapshot = Arc::new(snapshot);
     // two LocalRateLimits on the same requests: refused, by the proxy (this project's kind,
     // not Istio's rules; see crate::ratelimit::conflicts)
+    // and two Telemetries at one level for the workload (Istio's analyzers' errors; see
+    // crate::telemetry::conflicts)
     let conflicts = match mode {
-        CheckMode::Proxy => crate::ratelimit::conflicts(&snapshot),
+        CheckMode::Proxy => {
+            let mut c = crate::ratelimit::conflicts(&snapshot);
+            c.extend(crate::telemetry::conflicts(&snapshot));
+            c
+        }
         CheckMode::Istio => Vec::new(),
     };
     if !conflicts.is_empty() {

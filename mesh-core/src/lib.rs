@@ -77,6 +77,7 @@ pub mod selector;
 pub mod sticky;
 pub mod stream_info;
 pub mod support;
+pub mod telemetry;
 pub mod trace;
 
 pub use body::MeshBody;

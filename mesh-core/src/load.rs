@@ -465,6 +465,7 @@ fn parse_spec(kind: Kind, node: Option<&MarkedYaml<'_>>) -> Result<Spec, (Vec<Se
         Kind::RequestAuthentication => Spec::RequestAuthentication(de(v)?),
         Kind::ProxyBootstrap => Spec::ProxyBootstrap(de(v)?),
         Kind::LocalRateLimit => Spec::LocalRateLimit(de(v)?),
+        Kind::Telemetry => Spec::Telemetry(de(v)?),
     })
 }
 

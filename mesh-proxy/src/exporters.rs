@@ -3,9 +3,13 @@
 //! listeners as sinks ([`mesh_telemetry::sinks`]).
 //!
 //! Spans go to an OTLP/HTTP collector from the [`SpanSink`]'s own thread; access log lines
-//! to the [`AccessLogWriter`]'s own thread: the workers only format and queue. A reload
-//! builds a new exporter when `tracing.otlp` changed, opens the new file when `accessLog`
-//! changed, and otherwise reopens the log file; SIGUSR1 reopens it too, as Envoy's log
+//! to the [`AccessLogWriter`]'s own thread: the workers only format and queue. Each side
+//! (client: the outbound and gateway listeners; server: the inbound ones) has its own span
+//! and log slot, as the Telemetries decide ([`mesh_core::telemetry`]): spans off with
+//! `disableSpanReporting`, lines to the bootstrap's `accessLog`, to Istio's `envoy` provider
+//! (`/dev/stdout`) or nowhere; one file open per path, shared by the sides that write to it.
+//! A reload builds a new exporter when `tracing.otlp` changed, opens a file newly asked
+//! for, and otherwise reopens the log files; SIGUSR1 reopens them too, as Envoy's log
 //! rotation signal (`logrotate`'s `postrotate`).
 
 use std::net::SocketAddr;
@@ -14,19 +18,32 @@ use std::sync::{Arc, Mutex};
 
 use mesh_core::compile::Snapshot;
 use mesh_core::model::bootstrap::{AccessLog as AccessLogConfig, AccessLogEncoding, Otlp};
+use mesh_core::telemetry::{AccessLogChoice, ENVOY_LOG_PATH};
 use mesh_telemetry::access_log::{AccessLog, AccessLogWriter, DEFAULT_QUEUE, Encoding};
 use mesh_telemetry::otlp::{OtlpConfig, exporter};
 use mesh_telemetry::record::Sink;
 use mesh_telemetry::sinks::{AccessLogRecorder, Reloadable, Side, SpanRecorder};
 use mesh_telemetry::span::{SpanOptions, SpanSink};
 
+/// An access log file open, with the configuration it was opened from.
+type OpenLog = (AccessLogConfig, Arc<AccessLog>);
+
 /// The span exporter and the access log of a proxy (see the [module docs](self)).
 #[derive(Debug)]
 pub struct Exporters {
-    spans: Arc<Reloadable<SpanSink>>,
-    log: Arc<Reloadable<AccessLog>>,
-    /// The configuration the current exporter and log were built from.
-    built: Mutex<(Option<Otlp>, Option<AccessLogConfig>)>,
+    /// The span exporter, when `tracing.otlp` asks for one.
+    spans: Mutex<Option<Arc<SpanSink>>>,
+    /// Each side's span sink: the exporter, unless a Telemetry's `disableSpanReporting`
+    /// turned the side off.
+    client_spans: Arc<Reloadable<SpanSink>>,
+    server_spans: Arc<Reloadable<SpanSink>>,
+    /// Each side's access log: the bootstrap's `accessLog`, Istio's `envoy` provider
+    /// (`/dev/stdout`), or none, as the Telemetries say ([`mesh_core::telemetry`]).
+    client_log: Arc<Reloadable<AccessLog>>,
+    server_log: Arc<Reloadable<AccessLog>>,
+    /// The configuration the current exporter and logs were built from: the exporter's,
+    /// and each open log with what it was opened from.
+    built: Mutex<(Option<Otlp>, Vec<OpenLog>)>,
     outbound_log: Arc<AccessLogRecorder>,
     inbound_log: Arc<AccessLogRecorder>,
     /// What the span sinks and log writers replaced by reloads had dropped (the counters
@@ -37,9 +54,11 @@ pub struct Exporters {
 // === impl Exporters ===
 
 impl Exporters {
-    /// The exporter and log `snapshot`'s bootstrap asks for (none when it asks for none).
+    /// The exporter and log `snapshot`'s bootstrap and Telemetries ask for (none when they
+    /// ask for none).
     pub fn new(snapshot: &Snapshot) -> Exporters {
-        let log = Arc::new(Reloadable::empty());
+        let client_log = Arc::new(Reloadable::empty());
+        let server_log = Arc::new(Reloadable::empty());
         let app_port = snapshot
             .bootstrap
             .inbound
@@ -50,92 +69,132 @@ impl Exporters {
         // for it; otherwise the header the client got, or (an in-process stack, which
         // writes none) the record's own measure
         let header_only = !snapshot.bootstrap.proxy_headers.envoy_debug_headers();
-        let recorder = |side| {
+        let recorder = |side, log: &Arc<Reloadable<AccessLog>>| {
             let r = AccessLogRecorder::new(side, log.clone());
             match header_only {
                 true => r.with_service_time_header_only(),
                 false => r,
             }
         };
-        let inbound_log = recorder(Side::Inbound);
+        let inbound_log = recorder(Side::Inbound, &server_log);
         let inbound_log = match app_port {
             Some(port) => inbound_log.with_local_app_port(port),
             None => inbound_log,
         };
         let e = Exporters {
-            spans: Arc::new(Reloadable::empty()),
-            outbound_log: Arc::new(recorder(Side::Outbound)),
+            spans: Mutex::new(None),
+            client_spans: Arc::new(Reloadable::empty()),
+            server_spans: Arc::new(Reloadable::empty()),
+            outbound_log: Arc::new(recorder(Side::Outbound, &client_log)),
             inbound_log: Arc::new(inbound_log),
-            log,
-            built: Mutex::new((None, None)),
+            client_log,
+            server_log,
+            built: Mutex::new((None, Vec::new())),
             retired: (AtomicU64::new(0), AtomicU64::new(0)),
         };
         e.store(snapshot);
         e
     }
 
-    /// The access log, for the listeners that write lines themselves (the L4 listeners: a
-    /// line per connection, [`crate::l4::ConnLog`]); empty when none is configured.
-    pub fn access_log(&self) -> &Arc<Reloadable<AccessLog>> {
-        &self.log
+    /// The access log of one side, for the listeners that write lines themselves (the L4
+    /// listeners: a line per connection, [`crate::l4::ConnLog`]): the client side's for
+    /// the outbound and gateway listeners, the server side's for Sidecar ingress ports;
+    /// empty when none is configured.
+    pub fn access_log(&self, side: Side) -> &Arc<Reloadable<AccessLog>> {
+        match side {
+            Side::Outbound => &self.client_log,
+            Side::Inbound => &self.server_log,
+        }
     }
 
-    /// Applies `snapshot`'s `tracing.otlp` and `accessLog` (see the [module docs](self)).
+    /// Applies `snapshot`'s `tracing.otlp` and `accessLog`, and what its Telemetries make
+    /// of them (see the [module docs](self)).
     pub fn store(&self, snapshot: &Snapshot) {
         let b = &snapshot.bootstrap;
+        let view = mesh_core::telemetry::resolve(snapshot);
         let Ok(mut built) = self.built.lock() else {
             return;
         };
         if built.0 != b.tracing.otlp {
-            let old = self
-                .spans
-                .swap(b.tracing.otlp.as_ref().and_then(|o| span_sink(o, snapshot)));
-            if let Some(old) = old {
-                self.retired.0.fetch_add(old.dropped(), Ordering::Relaxed);
+            let sink = b.tracing.otlp.as_ref().and_then(|o| span_sink(o, snapshot));
+            if let Ok(mut spans) = self.spans.lock() {
+                let old = std::mem::replace(&mut *spans, sink);
+                if let Some(old) = old {
+                    self.retired.0.fetch_add(old.dropped(), Ordering::Relaxed);
+                }
             }
             built.0 = b.tracing.otlp.clone();
         }
-        match (&built.1, &b.access_log) {
-            (Some(old), Some(new)) if old == new => {
-                if let Some(log) = self.log.load().as_ref() {
-                    log.writer().reopen();
+        let exporter = self.spans.lock().ok().and_then(|s| s.clone());
+        for (slot, on) in [
+            (&self.client_spans, view.tracing.client.report_spans),
+            (&self.server_spans, view.tracing.server.report_spans),
+        ] {
+            slot.swap(exporter.clone().filter(|_| on));
+        }
+        // each side's log file: opened once for both sides when they agree, kept (and
+        // reopened, as a reload always did) when it was open already
+        let wanted = |choice| match choice {
+            AccessLogChoice::Bootstrap => b.access_log.clone(),
+            AccessLogChoice::Off => None,
+            AccessLogChoice::Envoy => Some(AccessLogConfig {
+                path: ENVOY_LOG_PATH.to_string(),
+                encoding: b
+                    .access_log
+                    .as_ref()
+                    .map(|a| a.encoding)
+                    .unwrap_or_default(),
+            }),
+        };
+        let mut open: Vec<OpenLog> = Vec::new();
+        for (slot, choice) in [
+            (&self.client_log, view.access_log.client),
+            (&self.server_log, view.access_log.server),
+        ] {
+            let log = wanted(choice).and_then(|want| {
+                if let Some((_, l)) = open.iter().find(|(c, _)| *c == want) {
+                    return Some(l.clone());
                 }
-            }
-            (_, Some(new)) => match AccessLogWriter::open(&new.path, DEFAULT_QUEUE) {
-                Ok(w) => {
-                    let encoding = match new.encoding {
-                        AccessLogEncoding::Text => Encoding::Text,
-                        AccessLogEncoding::Json => Encoding::Json,
-                    };
-                    let old = self
-                        .log
-                        .swap(Some(Arc::new(AccessLog::new(encoding, Arc::new(w)))));
-                    self.retire_log(old);
-                    built.1 = Some(new.clone());
-                }
-                Err(e) => {
-                    tracing::error!(path = %new.path, error = %e, "cannot open the access log; lines are not written");
-                }
-            },
-            (_, None) => {
-                let old = self.log.swap(None);
-                self.retire_log(old);
-                built.1 = None;
+                let log = match built.1.iter().find(|(c, _)| *c == want) {
+                    Some((_, l)) => {
+                        l.writer().reopen();
+                        l.clone()
+                    }
+                    None => open_log(&want)?,
+                };
+                open.push((want, log.clone()));
+                Some(log)
+            });
+            slot.swap(log);
+        }
+        for (c, old) in std::mem::replace(&mut built.1, open.clone()) {
+            if !open.iter().any(|(o, _)| *o == c) {
+                self.retired
+                    .1
+                    .fetch_add(old.writer().dropped(), Ordering::Relaxed);
             }
         }
     }
 
     /// Reopens the access log file after the lines queued so far (log rotation: SIGUSR1).
     pub fn reopen(&self) {
-        if let Some(log) = self.log.load().as_ref() {
+        for log in self.open_logs() {
             log.writer().reopen();
         }
+    }
+
+    /// The access logs open now (one per file).
+    fn open_logs(&self) -> Vec<Arc<AccessLog>> {
+        self.built
+            .lock()
+            .map(|b| b.1.iter().map(|(_, l)| l.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// The sinks of the outbound listener's record layer.
     pub fn outbound_sinks(&self) -> Vec<Arc<dyn Sink>> {
         vec![
-            Arc::new(SpanRecorder::new(Side::Outbound, self.spans.clone())),
+            Arc::new(SpanRecorder::new(Side::Outbound, self.client_spans.clone())),
             self.outbound_log.clone(),
         ]
     }
@@ -143,7 +202,7 @@ impl Exporters {
     /// The sinks of the inbound listener's record layer.
     pub fn inbound_sinks(&self) -> Vec<Arc<dyn Sink>> {
         vec![
-            Arc::new(SpanRecorder::new(Side::Inbound, self.spans.clone())),
+            Arc::new(SpanRecorder::new(Side::Inbound, self.server_spans.clone())),
             self.inbound_log.clone(),
         ]
     }
@@ -161,30 +220,27 @@ impl Exporters {
     /// Blocks until the spans and lines recorded so far are exported and written (tests,
     /// drain).
     pub fn flush(&self) {
-        if let Some(s) = self.spans.load().as_ref() {
+        if let Some(s) = self.spans.lock().ok().and_then(|s| s.clone()) {
             s.flush();
         }
-        if let Some(l) = self.log.load().as_ref() {
+        for l in self.open_logs() {
             l.writer().flush();
         }
     }
 
     /// Spans and access log lines dropped because their queue was full, since start.
     pub fn dropped(&self) -> (u64, u64) {
+        let spans = self
+            .spans
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.dropped()))
+            .unwrap_or(0);
+        let lines: u64 = self.open_logs().iter().map(|l| l.writer().dropped()).sum();
         (
-            self.retired.0.load(Ordering::Relaxed)
-                + self.spans.load().as_ref().map_or(0, |s| s.dropped()),
-            self.retired.1.load(Ordering::Relaxed)
-                + self.log.load().as_ref().map_or(0, |l| l.writer().dropped()),
+            self.retired.0.load(Ordering::Relaxed) + spans,
+            self.retired.1.load(Ordering::Relaxed) + lines,
         )
-    }
-
-    fn retire_log(&self, old: Option<Arc<AccessLog>>) {
-        if let Some(old) = old {
-            self.retired
-                .1
-                .fetch_add(old.writer().dropped(), Ordering::Relaxed);
-        }
     }
 
     /// `mesh_proxy_telemetry_dropped_total` in Prometheus' text format.
@@ -228,6 +284,23 @@ fn span_sink(otlp: &Otlp, snapshot: &Snapshot) -> Option<Arc<SpanSink>> {
         Ok(s) => Some(Arc::new(s)),
         Err(e) => {
             tracing::error!(error = %e, "cannot start the span exporter; spans are not exported");
+            None
+        }
+    }
+}
+
+/// A new access log writing to `config`'s file; none (logged) when it cannot be opened.
+fn open_log(config: &AccessLogConfig) -> Option<Arc<AccessLog>> {
+    match AccessLogWriter::open(&config.path, DEFAULT_QUEUE) {
+        Ok(w) => {
+            let encoding = match config.encoding {
+                AccessLogEncoding::Text => Encoding::Text,
+                AccessLogEncoding::Json => Encoding::Json,
+            };
+            Some(Arc::new(AccessLog::new(encoding, Arc::new(w))))
+        }
+        Err(e) => {
+            tracing::error!(path = %config.path, error = %e, "cannot open the access log; lines are not written");
             None
         }
     }

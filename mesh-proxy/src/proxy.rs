@@ -658,7 +658,7 @@ impl Proxy {
             jwt: self.state.jwt.clone(),
             authz: self.state.authz.clone(),
             limit: self.state.layers.inbound_rate_limit(),
-            trace: self.state.layers.trace().clone(),
+            trace: self.state.layers.inbound_trace().clone(),
             record: self.state.layers.telemetry().inbound(),
             hcm: self.state.layers.inbound_connection_manager(),
             clusters: self.state.layers.inbound_clusters().clone(),
@@ -796,7 +796,7 @@ impl Proxy {
                             .layers
                             .telemetry()
                             .exporters()
-                            .access_log()
+                            .access_log(mesh_telemetry::sinks::Side::Inbound)
                             .clone(),
                         clusters: self.state.layers.inbound_clusters().clone(),
                     };
@@ -902,7 +902,7 @@ impl Proxy {
                 .layers
                 .telemetry()
                 .exporters()
-                .access_log()
+                .access_log(mesh_telemetry::sinks::Side::Outbound)
                 .clone(),
         };
         let factory = Arc::new(move |ctx: &L4WorkerContext| L4Handler::new(&shared, ctx));

@@ -292,6 +292,9 @@ where
 #[derive(Debug, Clone)]
 pub struct Layers {
     trace: TraceLayer,
+    /// The inbound stacks' trace layer: the server side's sampling (a Telemetry may set
+    /// each side's, [`mesh_core::telemetry`]).
+    inbound_trace: TraceLayer,
     record: RecordLayer,
     telemetry: Arc<crate::telemetry::Telemetry>,
     routes: RouteTableHandle,
@@ -495,11 +498,15 @@ impl Layers {
             _ => EnvoyHeaderPolicy::Strip,
         };
         let telemetry = Arc::new(crate::telemetry::Telemetry::new(snapshot));
+        let sampling = mesh_core::telemetry::resolve(snapshot).tracing;
         Layers {
             record: telemetry.outbound(),
             telemetry,
             trace: TraceLayer::new(
-                TraceConfig::default().with_sampling_percent(snapshot.bootstrap.tracing.sampling),
+                TraceConfig::default().with_sampling_percent(sampling.client.sampling),
+            ),
+            inbound_trace: TraceLayer::new(
+                TraceConfig::default().with_sampling_percent(sampling.server.sampling),
             ),
             route_layer: RouteLayer::new(routes.clone()),
             rate_limit: RateLimitLayer::new(),
@@ -572,8 +579,10 @@ impl Layers {
             .store(mesh_core::ratelimit::inbound_policy(snapshot));
         self.inbound_clusters.store(snapshot);
         self.routes.store(table);
-        self.trace
-            .set_sampling_percent(snapshot.bootstrap.tracing.sampling);
+        let sampling = mesh_core::telemetry::resolve(snapshot).tracing;
+        self.trace.set_sampling_percent(sampling.client.sampling);
+        self.inbound_trace
+            .set_sampling_percent(sampling.server.sampling);
         self.telemetry.store(snapshot);
         // new DNS names resolve now rather than at the next period (the first DNS service
         // starts the resolver thread)
@@ -664,9 +673,14 @@ impl Layers {
         self.hcm.inbound
     }
 
-    /// The trace layer (shared with the inbound stack: one sampling rate).
+    /// The outbound stack's trace layer (the client side's sampling).
     pub fn trace(&self) -> &TraceLayer {
         &self.trace
+    }
+
+    /// The inbound stacks' trace layer (the server side's sampling).
+    pub fn inbound_trace(&self) -> &TraceLayer {
+        &self.inbound_trace
     }
 
     /// The balancer layer (health, snapshot).

@@ -1,9 +1,9 @@
 //! The proxy's telemetry: the sinks its record layers hand every completed request to.
 //!
 //! Today: Istio's standard metrics ([`IstioMetrics`], served by the admin listener at
-//! `/stats/prometheus` after the proxy's own gauges), on by default as in Istio's sidecar,
-//! with the bootstrap's `workload` and `identity` as the local workload (changed by a
-//! reload).
+//! `/stats/prometheus` after the proxy's own gauges), on by default as in Istio's sidecar
+//! (a Telemetry's `metrics` may turn them off by side and metric), with the bootstrap's
+//! `workload` and `identity` as the local workload (changed by a reload).
 //!
 //! One [`Telemetry`] lives as long as the proxy (its counters survive reloads); it makes the
 //! [`RecordLayer`] of the outbound stack (`reporter="source"`, [`crate::stack`]) and of the
@@ -32,6 +32,7 @@ impl Telemetry {
     /// The telemetry of a proxy starting with `snapshot`.
     pub fn new(snapshot: &Snapshot) -> Telemetry {
         let metrics = Arc::new(IstioMetrics::new(LocalWorkload::from_snapshot(snapshot)));
+        enable(&metrics, snapshot);
         let exporters = crate::exporters::Exporters::new(snapshot);
         let mut outbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Source)];
         let mut inbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Destination)];
@@ -64,10 +65,11 @@ impl Telemetry {
     }
 
     /// Applies a new configuration (the workload's labels, identity and services may
-    /// change).
+    /// change, and its Telemetries).
     pub fn store(&self, snapshot: &Snapshot) {
         self.metrics
             .set_local(LocalWorkload::from_snapshot(snapshot));
+        enable(&self.metrics, snapshot);
         self.exporters.store(snapshot);
     }
 
@@ -75,4 +77,11 @@ impl Telemetry {
     pub fn exporters(&self) -> &crate::exporters::Exporters {
         &self.exporters
     }
+}
+
+/// The metrics each side makes, as `snapshot`'s Telemetries say ([`mesh_core::telemetry`]).
+fn enable(metrics: &IstioMetrics, snapshot: &Snapshot) {
+    let view = mesh_core::telemetry::resolve(snapshot).metrics;
+    metrics.set_enabled(Reporter::Source, view.client);
+    metrics.set_enabled(Reporter::Destination, view.server);
 }

@@ -156,7 +156,7 @@ impl<S> Layer<S> for ServerLayer {
         MeshServer {
             // the mesh's own answers to a gRPC caller in gRPC's form (an authorization's
             // 403 is `grpc-status: 7`), before the record reads them
-            inner: layers.trace().layer(
+            inner: layers.inbound_trace().layer(
                 layers
                     .telemetry()
                     .inbound()

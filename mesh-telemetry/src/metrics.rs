@@ -113,7 +113,7 @@
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{
-    AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicU16, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 use std::sync::{Arc, RwLock};
 
@@ -122,7 +122,9 @@ use mesh_core::ext::{EndpointMeta, PeerIdentity};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::hash::{FastHashMap, FastState};
 use mesh_core::model::bootstrap::ProxyBootstrap;
+use mesh_core::model::telemetry::IstioMetric;
 use mesh_core::selector::Labels;
+use mesh_core::telemetry::MetricSet;
 
 use crate::record::{Completed, Sink};
 
@@ -197,6 +199,9 @@ pub struct IstioMetrics {
     decisions: decisions::Decisions,
     /// The TCP connection series (`istio_tcp_*`), by peer and flags.
     tcp: tcp::TcpRegistry,
+    /// The metrics each reporter makes ([`MetricSet`] bits; `source`, `destination`): a
+    /// Telemetry's `overrides` may turn them off ([`IstioMetrics::set_enabled`]).
+    enabled: [AtomicU16; 2],
 }
 
 /// How many series each thread keeps at hand ([`LastSeries`]).
@@ -256,6 +261,18 @@ const FLAG_COUNT: usize = 32;
 struct Peer {
     labels: Box<str>,
     series: RwLock<FastHashMap<SeriesKey, Arc<Series>>>,
+    reporter: Reporter,
+}
+
+/// The [`MetricSet`] bits of the request metrics (`istio_request*`).
+const HTTP_METRICS: u16 = metric_bit(IstioMetric::RequestCount)
+    | metric_bit(IstioMetric::RequestDuration)
+    | metric_bit(IstioMetric::RequestSize)
+    | metric_bit(IstioMetric::ResponseSize);
+
+/// A metric's [`MetricSet`] bit.
+const fn metric_bit(m: IstioMetric) -> u16 {
+    1 << (m as u16)
 }
 
 /// The per-request labels.
@@ -287,7 +304,12 @@ struct Histogram {
 type Cached = (Ident, Arc<Peer>);
 
 /// A histogram family: its name, its help, and its histogram in a series.
-type Family = (&'static str, &'static str, fn(&Series) -> &Histogram);
+type Family = (
+    IstioMetric,
+    &'static str,
+    &'static str,
+    fn(&Series) -> &Histogram,
+);
 
 /// What identifies a label set, owned (the pointers it compares are kept alive by it).
 struct Ident {
@@ -478,7 +500,24 @@ impl IstioMetrics {
             dropped: AtomicU64::new(0),
             decisions: decisions::Decisions::default(),
             tcp: tcp::TcpRegistry::default(),
+            enabled: [
+                AtomicU16::new(MetricSet::ALL.bits()),
+                AtomicU16::new(MetricSet::ALL.bits()),
+            ],
         }
+    }
+
+    /// Which of Istio's standard metrics `reporter` makes from now on (a Telemetry's
+    /// `metrics` overrides, [`mesh_core::telemetry`]): a metric turned off is neither
+    /// recorded nor exposed (its series so far are kept, and exposed again if it is turned
+    /// back on). Default: every one.
+    pub fn set_enabled(&self, reporter: Reporter, set: MetricSet) {
+        self.enabled[reporter as usize].store(set.bits(), Relaxed);
+    }
+
+    /// Which metrics `reporter` makes.
+    pub fn enabled(&self, reporter: Reporter) -> MetricSet {
+        MetricSet::from_bits(self.enabled[reporter as usize].load(Relaxed))
     }
 
     /// Caps the number of series (each a label set of the request metrics, of the TCP
@@ -519,6 +558,9 @@ impl IstioMetrics {
     /// Records one completed request as `reporter`.
     pub fn record(&self, reporter: Reporter, done: &Completed<'_>) {
         self.record_decisions(reporter, done);
+        if self.enabled[reporter as usize].load(Relaxed) & HTTP_METRICS == 0 {
+            return;
+        }
         let flags = done.flags.bits();
         let key = SeriesKey {
             code: done.status.map_or(0, |s| s.as_u16()),
@@ -606,6 +648,7 @@ impl IstioMetrics {
                     let p = Arc::new(Peer {
                         labels: text.into_boxed_str(),
                         series: RwLock::default(),
+                        reporter: ident.reporter,
                     });
                     peers.insert(p.labels.clone(), p.clone());
                     p
@@ -668,7 +711,8 @@ impl IstioMetrics {
             out,
             "# HELP istio_requests_total Requests, as Istio's sidecars count them.\n# TYPE istio_requests_total counter"
         );
-        for (p, series) in &all {
+        let on = |p: &Peer, m: IstioMetric| self.enabled(p.reporter).has(m);
+        for (p, series) in all.iter().filter(|(p, _)| on(p, IstioMetric::RequestCount)) {
             for s in series {
                 let _ = writeln!(
                     out,
@@ -681,24 +725,27 @@ impl IstioMetrics {
         }
         let histograms: [Family; 3] = [
             (
+                IstioMetric::RequestDuration,
                 "istio_request_duration_milliseconds",
                 "Request durations in milliseconds, from the request's arrival to the end of the response.",
                 |s| &s.duration,
             ),
             (
+                IstioMetric::RequestSize,
                 "istio_request_bytes",
                 "Request sizes in bytes (head and body).",
                 |s| &s.request_bytes,
             ),
             (
+                IstioMetric::ResponseSize,
                 "istio_response_bytes",
                 "Response sizes in bytes (head and body).",
                 |s| &s.response_bytes,
             ),
         ];
-        for (name, help, get) in histograms {
+        for (metric, name, help, get) in histograms {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for (p, series) in &all {
+            for (p, series) in all.iter().filter(|(p, _)| on(p, metric)) {
                 for s in series {
                     get(s).encode(out, name, &p.labels, &s.labels);
                 }

@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod networking;
 pub mod ratelimit;
 pub mod security;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,18 +44,22 @@ pub enum Kind {
     ProxyBootstrap,
     /// `mesh.proxy` LocalRateLimit (this project's own kind).
     LocalRateLimit,
+    /// `telemetry.istio.io` Telemetry.
+    Telemetry,
 }
 
 /// Versions Istio serves for the networking group.
 pub const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 /// Versions Istio serves for the security group.
 pub const SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
+/// Versions Istio serves for the telemetry group.
+pub const TELEMETRY_VERSIONS: &[&str] = &["v1", "v1alpha1"];
 
 // === impl Kind ===
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -66,6 +71,7 @@ impl Kind {
         Kind::RequestAuthentication,
         Kind::ProxyBootstrap,
         Kind::LocalRateLimit,
+        Kind::Telemetry,
     ];
 
     /// The kind's name as written in `kind:`.
@@ -82,6 +88,7 @@ impl Kind {
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::ProxyBootstrap => "ProxyBootstrap",
             Kind::LocalRateLimit => "LocalRateLimit",
+            Kind::Telemetry => "Telemetry",
         }
     }
 
@@ -92,6 +99,7 @@ impl Kind {
                 "security.istio.io"
             }
             Kind::ProxyBootstrap | Kind::LocalRateLimit => "mesh.proxy",
+            Kind::Telemetry => "telemetry.istio.io",
             _ => "networking.istio.io",
         }
     }
@@ -101,6 +109,7 @@ impl Kind {
         match self.group().as_bytes() {
             b"security.istio.io" => SECURITY_VERSIONS,
             b"mesh.proxy" => &["v1alpha1"],
+            b"telemetry.istio.io" => TELEMETRY_VERSIONS,
             _ => NETWORKING_VERSIONS,
         }
     }
@@ -202,6 +211,8 @@ pub enum Spec {
     ProxyBootstrap(bootstrap::ProxyBootstrap),
     /// A LocalRateLimit.
     LocalRateLimit(ratelimit::LocalRateLimit),
+    /// A Telemetry.
+    Telemetry(telemetry::Telemetry),
 }
 
 /// Where a resource came from: used to point diagnostics at lines.

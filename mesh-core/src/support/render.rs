@@ -140,7 +140,7 @@ fn walk(
     ty: &'static TypeDef,
     prefix: &str,
     inherited: Option<Verdict>,
-    seen: &mut HashMap<(&'static str, Option<Verdict>), String>,
+    seen: &mut HashMap<(*const TypeDef, Option<Verdict>), String>,
     rows: &mut Vec<Row>,
 ) {
     for f in ty.fields {
@@ -171,7 +171,10 @@ fn walk(
             Shape::Map(t) => (t, "{}"),
         };
         let child_prefix = format!("{path}{suffix}");
-        if let Some(first) = seen.get(&(child.name, below)) {
+        // by the type itself: two types of one model name (a provider reference whose
+        // names mean different things in tracing, metrics and logging) are listed apart
+        let key = (std::ptr::from_ref(child), below);
+        if let Some(first) = seen.get(&key) {
             rows.push(Row {
                 path: format!("{child_prefix}.*"),
                 status: format!("as `{first}.*`"),
@@ -180,7 +183,7 @@ fn walk(
             });
             continue;
         }
-        seen.insert((child.name, below), child_prefix.clone());
+        seen.insert(key, child_prefix.clone());
         walk(child, &child_prefix, below, seen, rows);
     }
 }

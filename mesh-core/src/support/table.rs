@@ -88,6 +88,12 @@ pub(super) static KINDS: &[KindDef] = &[
         note: "on the outbound listener (the inbound listener has no limit yet)",
         spec: &LOCAL_RATE_LIMIT,
     },
+    KindDef {
+        kind: Kind::Telemetry,
+        status: Status::Enforced,
+        note: "merged as Istio's (root namespace, then the workload's namespace, then the resource selecting it) over ProxyBootstrap's `accessLog` and `tracing`, Istio's MeshConfig; mode `CLIENT` is the outbound listener and gateways, `SERVER` the inbound listener",
+        spec: &TELEMETRY,
+    },
 ];
 
 // === statuses that depend on the value ===
@@ -2088,4 +2094,240 @@ static TOKEN_BUCKET: TypeDef = TypeDef {
         field("tokensPerFill", Leaf, Status::Enforced, ""),
         field("fillInterval", Leaf, Status::Enforced, ""),
     ],
+};
+
+// === Telemetry ===
+
+static TELEMETRY: TypeDef = TypeDef {
+    name: "Telemetry",
+    fields: &[
+        field(
+            "selector",
+            Struct(&WORKLOAD_SELECTOR),
+            Status::Enforced,
+            "applies when it selects the bootstrap workload, in the workload's namespace; without one, to every workload of its namespace (of the mesh, in the root namespace)",
+        ),
+        field(
+            "targetRef",
+            Struct(&POLICY_TARGET_REFERENCE),
+            Status::NotYet(Area::GatewaysL4),
+            "attaches it to gateways or waypoints: a sidecar does not apply it, as Istio's",
+        ),
+        field(
+            "targetRefs",
+            Seq(&POLICY_TARGET_REFERENCE),
+            Status::NotYet(Area::GatewaysL4),
+            "attaches it to gateways or waypoints: a sidecar does not apply it, as Istio's",
+        ),
+        field("tracing", Seq(&TELEMETRY_TRACING), Status::Enforced, ""),
+        field("metrics", Seq(&TELEMETRY_METRICS), Status::Enforced, ""),
+        field(
+            "accessLogging",
+            Seq(&TELEMETRY_ACCESS_LOGGING),
+            Status::Enforced,
+            "",
+        ),
+    ],
+};
+
+static TELEMETRY_MODE: TypeDef = TypeDef {
+    name: "ModeSelector",
+    fields: &[field(
+        "mode",
+        Leaf,
+        Status::Enforced,
+        "`CLIENT`: the outbound listener and gateways (`reporter=\"source\"`); `SERVER`: the inbound listener (`reporter=\"destination\"`)",
+    )],
+};
+
+static TRACING_PROVIDER: TypeDef = TypeDef {
+    name: "ProviderRef",
+    fields: &[field(
+        "name",
+        Leaf,
+        Status::NotYet(Area::Later),
+        "the proxy has one tracer, ProxyBootstrap's `tracing` (spans to `tracing.otlp`): a named provider is not looked up, and the entry's settings apply to that tracer",
+    )],
+};
+
+static TELEMETRY_TRACING: TypeDef = TypeDef {
+    name: "Tracing",
+    fields: &[
+        field("match", Struct(&TELEMETRY_MODE), Status::Enforced, ""),
+        field("providers", Seq(&TRACING_PROVIDER), Status::Enforced, ""),
+        field(
+            "randomSamplingPercentage",
+            Leaf,
+            Status::Enforced,
+            "replaces ProxyBootstrap's `tracing.sampling` on its side",
+        ),
+        field(
+            "disableSpanReporting",
+            Leaf,
+            Status::Enforced,
+            "no span is exported from its side; trace headers are still propagated",
+        ),
+        field(
+            "customTags",
+            Map(&CUSTOM_TAG),
+            Status::NotYet(Area::Later),
+            "spans carry the proxy's own attributes only",
+        ),
+        field(
+            "useRequestIdForTraceSampling",
+            Leaf,
+            Status::NotYet(Area::Later),
+            "the sampling decision is random, not derived from `x-request-id`",
+        ),
+        field(
+            "enableIstioTags",
+            Leaf,
+            Status::NotYet(Area::Later),
+            "spans always carry Istio's tags",
+        ),
+        field(
+            "disableContextPropagation",
+            Leaf,
+            Status::NotYet(Area::Later),
+            "trace headers are always propagated",
+        ),
+    ],
+};
+
+static CUSTOM_TAG: TypeDef = TypeDef {
+    name: "CustomTag",
+    fields: &[
+        field("literal", Struct(&TAG_LITERAL), Status::Enforced, ""),
+        field("environment", Struct(&TAG_SOURCE), Status::Enforced, ""),
+        field("header", Struct(&TAG_SOURCE), Status::Enforced, ""),
+        field("formatter", Struct(&TAG_LITERAL), Status::Enforced, ""),
+    ],
+};
+
+static TAG_LITERAL: TypeDef = TypeDef {
+    name: "TagLiteral",
+    fields: &[field("value", Leaf, Status::Enforced, "")],
+};
+
+static TAG_SOURCE: TypeDef = TypeDef {
+    name: "TagSource",
+    fields: &[
+        field("name", Leaf, Status::Enforced, ""),
+        field("defaultValue", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static METRICS_PROVIDER_NAME: Values = Values {
+    cases: &[("prometheus", Verdict::Enforced)],
+    otherwise: Verdict::NotYet(Area::Later),
+};
+
+static METRICS_PROVIDER: TypeDef = TypeDef {
+    name: "ProviderRef",
+    fields: &[field(
+        "name",
+        Leaf,
+        Status::Values(&METRICS_PROVIDER_NAME),
+        "`prometheus` (Istio's default provider): `/stats/prometheus`; another provider is not one this proxy has, and is skipped, as Istio skips a provider it does not know",
+    )],
+};
+
+static TELEMETRY_METRICS: TypeDef = TypeDef {
+    name: "Metrics",
+    fields: &[
+        field(
+            "providers",
+            Seq(&METRICS_PROVIDER),
+            Status::Enforced,
+            "the last entry that names providers chooses them; without `prometheus` among them, no metric is made",
+        ),
+        field("overrides", Seq(&METRICS_OVERRIDES), Status::Enforced, ""),
+        field(
+            "reportingInterval",
+            Leaf,
+            Status::NotYet(Area::Later),
+            "a TCP connection's bytes are reported every 15 s and at its close",
+        ),
+    ],
+};
+
+static METRICS_OVERRIDES: TypeDef = TypeDef {
+    name: "MetricsOverrides",
+    fields: &[
+        field("match", Struct(&METRIC_SELECTOR), Status::Enforced, ""),
+        field(
+            "disabled",
+            Leaf,
+            Status::Enforced,
+            "the metric is neither recorded nor exposed on its side",
+        ),
+        field(
+            "tagOverrides",
+            Map(&TAG_OVERRIDE),
+            Status::NotYet(Area::Later),
+            "the labels stay Istio's standard set",
+        ),
+    ],
+};
+
+static METRIC_SELECTOR: TypeDef = TypeDef {
+    name: "MetricSelector",
+    fields: &[
+        field(
+            "metric",
+            Leaf,
+            Status::Enforced,
+            "`GRPC_REQUEST_MESSAGES` and `GRPC_RESPONSE_MESSAGES` are not made by this proxy",
+        ),
+        field(
+            "customMetric",
+            Leaf,
+            Status::NotYet(Area::Later),
+            "this proxy makes Istio's standard metrics only",
+        ),
+        field("mode", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static TAG_OVERRIDE: TypeDef = TypeDef {
+    name: "TagOverride",
+    fields: &[
+        field("operation", Leaf, Status::Enforced, ""),
+        field("value", Leaf, Status::Enforced, ""),
+    ],
+};
+
+static ACCESS_LOG_PROVIDER_NAME: Values = Values {
+    cases: &[("envoy", Verdict::Enforced)],
+    otherwise: Verdict::NotYet(Area::Later),
+};
+
+static ACCESS_LOG_PROVIDER: TypeDef = TypeDef {
+    name: "ProviderRef",
+    fields: &[field(
+        "name",
+        Leaf,
+        Status::Values(&ACCESS_LOG_PROVIDER_NAME),
+        "`envoy` (Istio's built-in file log): lines to `/dev/stdout` in ProxyBootstrap's `accessLog.encoding` (Istio's `accessLogEncoding`); another provider is not one this proxy has, and is skipped, as Istio skips a provider it does not know",
+    )],
+};
+
+static TELEMETRY_ACCESS_LOGGING: TypeDef = TypeDef {
+    name: "AccessLogging",
+    fields: &[
+        field("match", Struct(&TELEMETRY_MODE), Status::Enforced, ""),
+        field("providers", Seq(&ACCESS_LOG_PROVIDER), Status::Enforced, ""),
+        field("disabled", Leaf, Status::Enforced, ""),
+        field(
+            "filter",
+            Struct(&LOG_FILTER),
+            Status::NotYet(Area::Later),
+            "CEL expressions are not evaluated: every request is logged",
+        ),
+    ],
+};
+
+static LOG_FILTER: TypeDef = TypeDef {
+    name: "LogFilter",
+    fields: &[field("expression", Leaf, Status::Enforced, "")],
 };

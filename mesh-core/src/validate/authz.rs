@@ -97,7 +97,7 @@ fn validate_target_ref(r: &PolicyTargetReference, at: &FieldPath, rep: &mut Repo
     }
 }
 
-fn validate_targets(
+pub(crate) fn validate_targets(
     selector: Option<&WorkloadSelector>,
     target_ref: Option<&PolicyTargetReference>,
     target_refs: &[PolicyTargetReference],

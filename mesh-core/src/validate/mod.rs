@@ -63,6 +63,7 @@ mod gateway;
 pub mod ratelimit;
 mod service_entry;
 mod sidecar;
+mod telemetry;
 mod virtual_service;
 
 use crate::error::{FieldPath, Severity};
@@ -148,6 +149,7 @@ fn validate_resource(r: &Resource, rep: &mut Report<'_>) {
         Spec::RequestAuthentication(ra) => authz::validate_request_authentication(ra, &spec, rep),
         Spec::ProxyBootstrap(pb) => bootstrap::validate(pb, &spec, rep),
         Spec::LocalRateLimit(rl) => ratelimit::validate(rl, &spec, rep),
+        Spec::Telemetry(t) => telemetry::validate(t, &spec, rep),
     }
 }
 

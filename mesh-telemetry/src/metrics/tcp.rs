@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use mesh_core::ResponseFlags;
 use mesh_core::ext::{PeerIdentity, SelectedUpstream};
 use mesh_core::hash::{FastHashMap, FastState};
+use mesh_core::model::telemetry::IstioMetric;
 
 use super::{
     IstioMetrics, LocalWorkload, Reporter, destination_labels, label, service_name, source_labels,
@@ -46,7 +47,12 @@ pub(super) struct TcpRegistry {
 }
 
 /// A counter family: its name, its help, and its counter in a series.
-type TcpFamily = (&'static str, &'static str, fn(&TcpSeries) -> &AtomicU64);
+type TcpFamily = (
+    IstioMetric,
+    &'static str,
+    &'static str,
+    fn(&TcpSeries) -> &AtomicU64,
+);
 
 /// One label set's counters.
 #[derive(Debug)]
@@ -247,28 +253,37 @@ impl IstioMetrics {
         all.sort_by(|a, b| a.labels.cmp(&b.labels));
         let families: [TcpFamily; 4] = [
             (
+                IstioMetric::TcpOpenedConnections,
                 "istio_tcp_connections_opened_total",
                 "TCP connections opened, as Istio's sidecars count them.",
                 |s| &s.opened,
             ),
             (
+                IstioMetric::TcpClosedConnections,
                 "istio_tcp_connections_closed_total",
                 "TCP connections closed.",
                 |s| &s.closed,
             ),
             (
+                IstioMetric::TcpReceivedBytes,
                 "istio_tcp_received_bytes_total",
                 "Bytes received from the client on TCP connections (reported every 15s and at the close).",
                 |s| &s.received,
             ),
             (
+                IstioMetric::TcpSentBytes,
                 "istio_tcp_sent_bytes_total",
                 "Bytes sent to the client on TCP connections (reported every 15s and at the close).",
                 |s| &s.sent,
             ),
         ];
-        for (name, help, get) in families {
+        for (metric, name, help, get) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            // a reporter's metric a Telemetry turned off is not exposed
+            let all: Vec<&Arc<TcpSeries>> = all
+                .iter()
+                .filter(|s| self.enabled(s.key.reporter).has(metric))
+                .collect();
             // series are keyed by the balancer's endpoint record, so one endpoint reached
             // through two clusters (a subset's and the whole service's) or across a reload
             // has two series of the same labels: one line, their sum (Prometheus refuses a
@@ -278,7 +293,7 @@ impl IstioMetrics {
                 let labels = &all[i].labels;
                 let mut sum = 0u64;
                 while i < all.len() && all[i].labels == *labels {
-                    sum = sum.wrapping_add(get(&all[i]).load(Relaxed));
+                    sum = sum.wrapping_add(get(all[i]).load(Relaxed));
                     i += 1;
                 }
                 let _ = writeln!(out, "{name}{{{labels}}} {sum}");

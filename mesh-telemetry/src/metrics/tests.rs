@@ -897,3 +897,49 @@ spec:
         ]
     );
 }
+
+#[test]
+fn a_telemetry_s_overrides_turn_metrics_off_by_reporter_and_metric() {
+    // Istio's Telemetry `metrics[].overrides[].disabled` (mesh_core::telemetry): a metric
+    // turned off is neither recorded nor exposed for that reporter
+    let m = IstioMetrics::new(local());
+    let up = upstream(false);
+    let mut client = MetricSet::ALL;
+    for off in [IstioMetric::RequestCount, IstioMetric::TcpSentBytes] {
+        client = MetricSet::from_bits(client.bits() & !(1 << (off as u16)));
+    }
+    m.set_enabled(Reporter::Source, client);
+    assert!(!m.enabled(Reporter::Source).has(IstioMetric::RequestCount));
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
+    let host: Arc<str> = "reviews.bookinfo.svc.cluster.local".into();
+    let c = m.tcp_open(&TcpPeer {
+        upstream: Some(&up),
+        service: Some(&host),
+        flags: ResponseFlags::empty(),
+    });
+    c.add(3, 4);
+    drop(c);
+    let text = m.encode_to_string();
+    let has = |family: &str| text.lines().any(|l| l.starts_with(family));
+    assert!(!has("istio_requests_total{"), "{text}");
+    assert!(has("istio_request_duration_milliseconds_count{"), "{text}");
+    assert!(!has("istio_tcp_sent_bytes_total{"), "{text}");
+    assert!(has("istio_tcp_received_bytes_total{"), "{text}");
+    // every request metric off: the requests are not recorded at all, and the destination
+    // reporter is not affected
+    m.set_enabled(Reporter::Source, MetricSet::NONE);
+    Req::new(503, routed(Some(&up))).record(&m, Reporter::Source);
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Destination);
+    m.set_enabled(Reporter::Source, MetricSet::ALL);
+    let text = m.encode_to_string();
+    assert!(
+        requests_line(&text, &[r#"response_code="503""#]).is_none(),
+        "{text}"
+    );
+    let source = requests_line(&text, &[r#"reporter="source""#]).expect(&text);
+    assert!(
+        source.ends_with(" 1"),
+        "the one recorded while on: {source}"
+    );
+    assert!(requests_line(&text, &[r#"reporter="destination""#]).is_some());
+}

@@ -1,0 +1,188 @@
+//! Istio's `Telemetry` resource through the real proxy: a mesh-wide Telemetry applied by a
+//! reload turns the client side's access log and `istio_requests_total` off and samples
+//! every new trace; a workload's own Telemetry then samples none; two Telemetries without
+//! a selector in one namespace are refused and the running configuration stays.
+
+use crate::support;
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use support::*;
+
+/// A backend answering `app` that keeps the `traceparent` of each request it got.
+async fn traced_backend() -> (Backend, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let handler: Handler = Arc::new(move |req: Request<Incoming>| {
+        let s = s.clone();
+        Box::pin(async move {
+            if let Some(tp) = req.headers().get("traceparent") {
+                s.lock()
+                    .unwrap()
+                    .push(tp.to_str().unwrap_or_default().to_string());
+            }
+            Response::builder().body(full("app")).unwrap()
+        })
+    });
+    (backend_with("app", handler).await, seen)
+}
+
+fn config(log: &std::path::Path, app: u16, telemetries: &str) -> String {
+    format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {app}}}}}]
+{telemetries}",
+        bootstrap(
+            1,
+            &format!(
+                "  accessLog: {{path: {}}}\n  inbound: {{address: 127.0.0.1, port: 0, localApp: 127.0.0.1:{app}}}\n",
+                log.display()
+            )
+        ),
+    )
+}
+
+/// The istio.io access-log task's mesh-wide Telemetry, narrowed to the client side and
+/// turned off, with every new trace sampled and the client side's request count off.
+const MESH_DEFAULT: &str = "---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging:
+  - match: {mode: CLIENT}
+    providers: [{name: envoy}]
+    disabled: true
+  tracing:
+  - randomSamplingPercentage: 100.0
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      disabled: true
+";
+
+/// The last `traceparent`'s flags (`01`: sampled).
+fn last_flags(seen: &Mutex<Vec<String>>) -> String {
+    let seen = seen.lock().unwrap();
+    let tp = seen.last().expect("the backend saw a traceparent");
+    tp.rsplit('-').next().unwrap().to_string()
+}
+
+fn lines(log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_telemetry_applied_by_reload_changes_logs_metrics_and_sampling_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let file = dir.path().join("mesh.yaml");
+    let (app, seen) = traced_backend().await;
+    write(&file, &config(&log, app.port(), ""));
+    let p = start_files(vec![file.clone()]).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+
+    // before: the bootstrap's log has both sides' lines, both reporters count requests
+    let r = get_once(p.out, "reviews:9080", &[]).await;
+    assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    let r = get_once(inbound, "reviews", &[]).await;
+    assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    p.proxy.flush_telemetry();
+    assert_eq!(lines(&log).len(), 2, "{:#?}", lines(&log));
+    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
+    assert!(
+        stats.contains("istio_requests_total{reporter=\"source\""),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("istio_requests_total{reporter=\"destination\""),
+        "{stats}"
+    );
+
+    // the mesh-wide Telemetry: no client lines, no client request count, every trace
+    // sampled
+    write(&file, &config(&log, app.port(), MESH_DEFAULT));
+    p.proxy.reload().unwrap();
+    for _ in 0..5 {
+        let r = get_once(p.out, "reviews:9080", &[]).await;
+        assert_eq!(r.status.as_u16(), 200, "{r:?}");
+        assert_eq!(last_flags(&seen), "01", "sampled at 100 %");
+    }
+    let r = get_once(inbound, "reviews", &[]).await;
+    assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    p.proxy.flush_telemetry();
+    let after = lines(&log);
+    assert_eq!(
+        after.len(),
+        3,
+        "one more line, the server side's: {after:#?}"
+    );
+    assert!(after[2].contains("inbound|"), "{}", after[2]);
+    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
+    assert!(
+        !stats.contains("istio_requests_total{reporter=\"source\""),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("istio_requests_total{reporter=\"destination\""),
+        "{stats}"
+    );
+    // the client side's other metrics are still made, with the requests since
+    let count = stats
+        .lines()
+        .find(|l| l.starts_with("istio_request_duration_milliseconds_count{reporter=\"source\""))
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert!(count.ends_with(" 6"), "{count}");
+
+    // the workload's own Telemetry samples no new trace (it overrides the mesh's)
+    let none = format!(
+        "{MESH_DEFAULT}---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: productpage, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  tracing:
+  - randomSamplingPercentage: 0
+"
+    );
+    write(&file, &config(&log, app.port(), &none));
+    p.proxy.reload().unwrap();
+    for _ in 0..5 {
+        get_once(p.out, "reviews:9080", &[]).await;
+        assert_eq!(last_flags(&seen), "00", "sampled at 0 %");
+    }
+
+    // two without a selector in one namespace: refused, and the running configuration
+    // (0 %) stays
+    let two = format!(
+        "{none}---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: another, namespace: istio-system}}
+spec:
+  tracing:
+  - randomSamplingPercentage: 100
+"
+    );
+    write(&file, &config(&log, app.port(), &two));
+    let err = p.proxy.reload().unwrap_err().to_string();
+    assert!(err.contains("IST0160"), "{err}");
+    get_once(p.out, "reviews:9080", &[]).await;
+    assert_eq!(last_flags(&seen), "00");
+}

@@ -1,0 +1,398 @@
+//! What the `Telemetry` resources make of the bootstrap workload's telemetry, merged as
+//! Istio's pilot merges them (`pilot/pkg/model/telemetry.go`) over ProxyBootstrap's
+//! `accessLog` and `tracing`, which play MeshConfig's part (`accessLogFile`,
+//! `accessLogEncoding`, `defaultConfig.tracing.sampling`).
+//!
+//! **Which resources apply** (`applicableTelemetries`), in this order, each overriding the
+//! one before: the root namespace's Telemetry without a selector (mesh-wide), the
+//! workload's namespace's without a selector, then the one of the workload's namespace
+//! whose `selector` matches the workload's labels. A Telemetry with `targetRef(s)` attaches
+//! to gateways and waypoints of the Gateway API: a sidecar does not apply it. Two
+//! selector-less Telemetries in one namespace, or two selecting the workload, are what
+//! Istio's analyzers report as errors (IST0160, IST0159: its pilot then applies the oldest,
+//! or all in creation order, which the files do not say): the proxy refuses them
+//! ([`conflicts`]).
+//!
+//! **Sides.** A `match.mode` of `CLIENT` is the workload's outbound traffic and a gateway's
+//! (Istio's gateways take the client's configuration), `SERVER` its inbound traffic;
+//! omitted, both.
+//!
+//! - **Access logging** (`mergeLogs`): the providers in scope are the last level's that
+//!   names any; each entry then turns its providers (or the previous entry's) on, or off
+//!   with `disabled: true`. Only Istio's built-in `envoy` provider is a log this proxy has:
+//!   lines to `/dev/stdout`, in `accessLog.encoding`. When no entry decides for `envoy`,
+//!   the bootstrap's `accessLog` applies (Istio's `accessLogFile` fallback).
+//! - **Tracing** (`Telemetries.Tracing`): entries in order replace the sampling percentage
+//!   and `disableSpanReporting` when they set them; an unset percentage is the bootstrap's
+//!   `tracing.sampling`, as Istio falls back to MeshConfig's.
+//! - **Metrics** (`mergeMetrics`): the providers are the last entry's that names any
+//!   (default: `prometheus`, as Istio's installation sets `defaultProviders.metrics`);
+//!   without `prometheus` no metric is made. An override matching every metric
+//!   (no `match`, or `ALL_METRICS`) with `disabled: true` turns a side's metrics off; any
+//!   other override clears that, and sets its metrics' `disabled` when it says.
+
+use crate::compile::{Named, Snapshot};
+use crate::error::{FieldPath, ResourceRef, Severity};
+use crate::load::Issue;
+use crate::model::Kind;
+use crate::model::telemetry::{IstioMetric, Telemetry, WorkloadMode};
+
+/// Istio's built-in access log provider (a file log, `/dev/stdout`).
+pub const ENVOY_PROVIDER: &str = "envoy";
+/// Istio's built-in metrics provider.
+pub const PROMETHEUS_PROVIDER: &str = "prometheus";
+/// The file Istio's `envoy` provider writes to.
+pub const ENVOY_LOG_PATH: &str = "/dev/stdout";
+
+/// A value for each side of the workload's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Sides<T> {
+    /// The workload as a client: the outbound listener (and a gateway's listeners).
+    pub client: T,
+    /// The workload as a server: the inbound listener.
+    pub server: T,
+}
+
+impl<T> Sides<T> {
+    fn both(v: T) -> Sides<T>
+    where
+        T: Clone,
+    {
+        Sides {
+            client: v.clone(),
+            server: v,
+        }
+    }
+
+    fn each(&mut self, mode: WorkloadMode, mut f: impl FnMut(&mut T)) {
+        if mode.client() {
+            f(&mut self.client);
+        }
+        if mode.server() {
+            f(&mut self.server);
+        }
+    }
+}
+
+/// Where a side's access log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogChoice {
+    /// No Telemetry decides: ProxyBootstrap's `accessLog`, if any (Istio's
+    /// `accessLogFile`).
+    #[default]
+    Bootstrap,
+    /// No line (`disabled: true`).
+    Off,
+    /// Istio's `envoy` provider: [`ENVOY_LOG_PATH`], in the bootstrap's `accessLog.encoding`.
+    Envoy,
+}
+
+/// A side's tracing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TracingChoice {
+    /// The share of new traces sampled, in percent.
+    pub sampling: f64,
+    /// Whether sampled requests make spans (to the bootstrap's `tracing.otlp`).
+    pub report_spans: bool,
+}
+
+/// The standard metrics a side makes: a set of [`IstioMetric`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricSet(u16);
+
+impl MetricSet {
+    /// Every metric.
+    pub const ALL: MetricSet = MetricSet(0x7fe);
+    /// None.
+    pub const NONE: MetricSet = MetricSet(0);
+
+    fn bit(m: IstioMetric) -> u16 {
+        1 << (m as u16)
+    }
+
+    /// Whether `m` is made (`ALL_METRICS`: whether every metric is).
+    pub fn has(self, m: IstioMetric) -> bool {
+        match m {
+            IstioMetric::AllMetrics => self == MetricSet::ALL,
+            m => self.0 & MetricSet::bit(m) != 0,
+        }
+    }
+
+    /// Whether no metric is made.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The set as bits, one per [`IstioMetric`] (by its number in Istio's enum).
+    pub fn bits(self) -> u16 {
+        self.0
+    }
+
+    /// The set of [`bits`](Self::bits) (others ignored).
+    pub fn from_bits(bits: u16) -> MetricSet {
+        MetricSet(bits & MetricSet::ALL.0)
+    }
+
+    fn set(&mut self, m: IstioMetric, on: bool) {
+        match on {
+            true => self.0 |= MetricSet::bit(m),
+            false => self.0 &= !MetricSet::bit(m),
+        }
+    }
+}
+
+impl Default for MetricSet {
+    fn default() -> Self {
+        MetricSet::ALL
+    }
+}
+
+/// The standard metrics, in Istio's enum order.
+const METRICS: [IstioMetric; 10] = [
+    IstioMetric::RequestCount,
+    IstioMetric::RequestDuration,
+    IstioMetric::RequestSize,
+    IstioMetric::ResponseSize,
+    IstioMetric::TcpOpenedConnections,
+    IstioMetric::TcpClosedConnections,
+    IstioMetric::TcpSentBytes,
+    IstioMetric::TcpReceivedBytes,
+    IstioMetric::GrpcRequestMessages,
+    IstioMetric::GrpcResponseMessages,
+];
+
+/// The workload's telemetry (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TelemetryView {
+    /// Access logging, by side.
+    pub access_log: Sides<AccessLogChoice>,
+    /// Tracing, by side.
+    pub tracing: Sides<TracingChoice>,
+    /// The standard metrics, by side.
+    pub metrics: Sides<MetricSet>,
+}
+
+/// Whether `t` has no selector labels and no target: its namespace's default.
+fn namespace_wide(t: &Telemetry) -> bool {
+    t.selector
+        .as_ref()
+        .is_none_or(|s| s.match_labels.is_empty())
+        && t.target_ref.is_none()
+        && t.target_refs.is_empty()
+}
+
+/// The levels that apply to the bootstrap workload, root first: the Telemetries of each
+/// level in source order (more than one in a level is a [`conflicts`] error).
+fn levels(snapshot: &Snapshot) -> [Vec<&Named<Telemetry>>; 3] {
+    let w = &snapshot.bootstrap.workload;
+    let root = snapshot.bootstrap.mesh.root_namespace.as_str();
+    let all = || snapshot.telemetries.iter().map(|t| &**t);
+    [
+        all()
+            .filter(|t| t.namespace == root && namespace_wide(&t.spec))
+            .collect(),
+        all()
+            .filter(|t| t.namespace != root)
+            .filter(|t| t.namespace == w.namespace && namespace_wide(&t.spec))
+            .collect(),
+        all()
+            .filter(|t| t.namespace == w.namespace && !namespace_wide(&t.spec))
+            .filter(|t| t.spec.target_ref.is_none() && t.spec.target_refs.is_empty())
+            .filter(|t| {
+                t.spec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| s.matches(&w.labels))
+            })
+            .collect(),
+    ]
+}
+
+/// The Telemetries that apply, root first, at most one per level (the first; see
+/// [`conflicts`]).
+fn applicable(snapshot: &Snapshot) -> Vec<&Telemetry> {
+    levels(snapshot)
+        .into_iter()
+        .filter_map(|l| l.first().map(|t| &t.spec))
+        .collect()
+}
+
+/// What the Telemetries make of the bootstrap workload's telemetry.
+pub fn resolve(snapshot: &Snapshot) -> TelemetryView {
+    let applied = applicable(snapshot);
+    TelemetryView {
+        access_log: access_log(&applied),
+        tracing: tracing(&applied, snapshot.bootstrap.tracing.sampling),
+        metrics: metrics(&applied),
+    }
+}
+
+/// `mergeLogs` for Istio's `envoy` provider, the one log provider of this proxy.
+fn access_log(applied: &[&Telemetry]) -> Sides<AccessLogChoice> {
+    let mut out = Sides::both(AccessLogChoice::Bootstrap);
+    for (mode, side) in [
+        (WorkloadMode::Client, &mut out.client),
+        (WorkloadMode::Server, &mut out.server),
+    ] {
+        let matches = |m: Option<&crate::model::telemetry::ModeSelector>| {
+            let m = m.map_or(WorkloadMode::ClientAndServer, |s| s.mode);
+            m == WorkloadMode::ClientAndServer || m == mode
+        };
+        // pass 1: the providers in scope, the last level's that names any (the default
+        // providers, Istio's `defaultProviders.accessLogging`, are none)
+        let mut in_scope: Vec<&str> = Vec::new();
+        for t in applied {
+            let names: Vec<&str> = t
+                .access_logging
+                .iter()
+                .filter(|a| matches(a.match_.as_ref()))
+                .flat_map(|a| a.providers.iter().map(|p| p.name.as_str()))
+                .collect();
+            if !names.is_empty() {
+                in_scope = names;
+            }
+        }
+        // pass 2: each entry turns its providers (or the previous entry's) on or off
+        let mut previous: Vec<&str> = Vec::new();
+        let mut envoy = None;
+        for a in applied.iter().flat_map(|t| &t.access_logging) {
+            if !a.providers.is_empty() {
+                previous = a.providers.iter().map(|p| p.name.as_str()).collect();
+            }
+            if !matches(a.match_.as_ref()) {
+                continue;
+            }
+            if previous.contains(&ENVOY_PROVIDER) && in_scope.contains(&ENVOY_PROVIDER) {
+                envoy = Some(a.disabled != Some(true));
+            }
+        }
+        *side = match envoy {
+            Some(true) => AccessLogChoice::Envoy,
+            Some(false) => AccessLogChoice::Off,
+            None => AccessLogChoice::Bootstrap,
+        };
+    }
+    out
+}
+
+/// `Telemetries.Tracing`, for the fields this proxy's tracer has.
+fn tracing(applied: &[&Telemetry], sampling: f64) -> Sides<TracingChoice> {
+    let mut out = Sides::both(TracingChoice {
+        sampling,
+        report_spans: true,
+    });
+    for t in applied.iter().flat_map(|t| &t.tracing) {
+        let mode = t.match_.map_or(WorkloadMode::ClientAndServer, |m| m.mode);
+        out.each(mode, |c| {
+            if let Some(p) = t.random_sampling_percentage {
+                c.sampling = p;
+            }
+            if let Some(d) = t.disable_span_reporting {
+                c.report_spans = !d;
+            }
+        });
+    }
+    out
+}
+
+/// `mergeMetrics` for the `prometheus` provider.
+fn metrics(applied: &[&Telemetry]) -> Sides<MetricSet> {
+    let mut in_scope = vec![PROMETHEUS_PROVIDER];
+    let mut previous = in_scope.clone();
+    let mut all_off = Sides::both(false);
+    let mut disabled: Sides<[Option<bool>; 10]> = Sides::both([None; 10]);
+    for m in applied.iter().flat_map(|t| &t.metrics) {
+        if !m.providers.is_empty() {
+            previous = m.providers.iter().map(|p| p.name.as_str()).collect();
+            in_scope = previous.clone();
+        }
+        if !previous.contains(&PROMETHEUS_PROVIDER) {
+            continue;
+        }
+        for o in &m.overrides {
+            let sel = o.match_.as_ref();
+            if sel.is_some_and(|s| s.custom_metric.is_some()) {
+                continue; // no custom metric here (the support table warns)
+            }
+            let metric = sel.and_then(|s| s.metric).unwrap_or_default();
+            let mode = sel.map_or(WorkloadMode::ClientAndServer, |s| s.mode);
+            if metric == IstioMetric::AllMetrics && o.disabled == Some(true) {
+                all_off.each(mode, |a| *a = true);
+                continue;
+            }
+            all_off.each(mode, |a| *a = false);
+            let Some(d) = o.disabled else { continue };
+            disabled.each(mode, |set| {
+                for (i, m) in METRICS.iter().enumerate() {
+                    if metric == IstioMetric::AllMetrics || metric == *m {
+                        set[i] = Some(d);
+                    }
+                }
+            });
+        }
+    }
+    let set = |off: bool, disabled: &[Option<bool>; 10]| {
+        let mut s = MetricSet::ALL;
+        if off || !in_scope.contains(&PROMETHEUS_PROVIDER) {
+            return MetricSet::NONE;
+        }
+        for (i, m) in METRICS.iter().enumerate() {
+            if disabled[i] == Some(true) {
+                s.set(*m, false);
+            }
+        }
+        s
+    };
+    Sides {
+        client: set(all_off.client, &disabled.client),
+        server: set(all_off.server, &disabled.server),
+    }
+}
+
+/// Two Telemetries at one level for the workload (two without a selector in the root
+/// namespace or in its own, two selecting it): an error on the later one. Istio's analyzers
+/// report them as errors (IST0160 `MultipleTelemetriesWithoutWorkloadSelectors`, IST0159
+/// `MultipleTelemetriesWithSameSelector`); its pilot then applies the oldest by creation
+/// time, or all in that order, which the files do not say, so the proxy refuses them.
+pub fn conflicts(snapshot: &Snapshot) -> Vec<Issue> {
+    let mut out = Vec::new();
+    for (i, level) in levels(snapshot).iter().enumerate() {
+        let Some((first, rest)) = level.split_first() else {
+            continue;
+        };
+        for t in rest {
+            let (field, what) = match i {
+                2 => (
+                    FieldPath::root().key("spec").key("selector"),
+                    format!(
+                        "Telemetry/{}/{} selects this workload too (Istio's IST0159)",
+                        first.namespace, first.name
+                    ),
+                ),
+                _ => (
+                    FieldPath::root().key("spec"),
+                    format!(
+                        "Telemetry/{}/{} has no workload selector either, in the same namespace (Istio's IST0160)",
+                        first.namespace, first.name
+                    ),
+                ),
+            };
+            out.push(Issue {
+                severity: Severity::Error,
+                resource: ResourceRef {
+                    kind: Kind::Telemetry,
+                    namespace: t.namespace.clone(),
+                    name: t.name.clone(),
+                },
+                field,
+                message: format!(
+                    "{what}: which one applies would depend on creation times the files do not carry; merge them"
+                ),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

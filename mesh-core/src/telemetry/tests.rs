@@ -1,0 +1,318 @@
+use super::*;
+use crate::config::{CheckMode, load_str, load_str_with};
+
+/// A bootstrap for `productpage` in `default` (sampling 1 %), then Telemetries, each
+/// `(namespace, name, spec)`.
+fn yaml(telemetries: &[(&str, &str, &str)]) -> String {
+    let mut s = String::from(
+        "apiVersion: mesh.proxy/v1alpha1\nkind: ProxyBootstrap\nmetadata: {name: p}\nspec:\n  workload: {name: productpage, namespace: default, labels: {app: productpage}}\n",
+    );
+    for (ns, name, spec) in telemetries {
+        s.push_str(&format!(
+            "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}"
+        ));
+    }
+    s
+}
+
+fn view(telemetries: &[(&str, &str, &str)]) -> TelemetryView {
+    let c = load_str("t.yaml", &yaml(telemetries)).unwrap();
+    resolve(&c.snapshot)
+}
+
+#[test]
+fn without_telemetry_the_bootstrap_decides_everything() {
+    let v = view(&[]);
+    assert_eq!(v.access_log, Sides::both(AccessLogChoice::Bootstrap));
+    assert_eq!(v.tracing.client.sampling, 1.0, "ProxyBootstrap's default");
+    assert!(v.tracing.client.report_spans && v.tracing.server.report_spans);
+    assert_eq!(v.metrics, Sides::both(MetricSet::ALL));
+}
+
+#[test]
+fn the_istio_tasks_mesh_default_turns_the_envoy_log_on_for_both_sides() {
+    // istio.io/latest/docs/tasks/observability/logs/access-log ("Using Telemetry API")
+    let v = view(&[(
+        "istio-system",
+        "mesh-default",
+        "  accessLogging:\n  - providers:\n    - name: envoy\n",
+    )]);
+    assert_eq!(v.access_log, Sides::both(AccessLogChoice::Envoy));
+}
+
+#[test]
+fn a_namespace_or_workload_telemetry_overrides_the_mesh_default_by_side() {
+    let mesh = (
+        "istio-system",
+        "mesh-default",
+        "  accessLogging:\n  - providers: [{name: envoy}]\n",
+    );
+    // the namespace turns the client side off; the server side keeps the mesh's log
+    let ns = (
+        "default",
+        "ns",
+        "  accessLogging:\n  - match: {mode: CLIENT}\n    disabled: true\n",
+    );
+    let v = view(&[mesh, ns]);
+    assert_eq!(v.access_log.client, AccessLogChoice::Off);
+    assert_eq!(v.access_log.server, AccessLogChoice::Envoy);
+    // the workload's own turns it back on (an entry without providers uses the previous
+    // entry's)
+    let wl = (
+        "default",
+        "pp",
+        "  selector: {matchLabels: {app: productpage}}\n  accessLogging:\n  - disabled: false\n",
+    );
+    let v = view(&[mesh, ns, wl]);
+    assert_eq!(v.access_log, Sides::both(AccessLogChoice::Envoy));
+    // a selector for another workload, or another namespace's default, changes nothing
+    let other = (
+        "default",
+        "reviews",
+        "  selector: {matchLabels: {app: reviews}}\n  accessLogging:\n  - disabled: false\n",
+    );
+    let elsewhere = ("bookinfo", "ns", "  accessLogging:\n  - disabled: false\n");
+    let v = view(&[mesh, ns, other, elsewhere]);
+    assert_eq!(v.access_log.client, AccessLogChoice::Off);
+}
+
+#[test]
+fn a_disabled_entry_without_a_provider_in_scope_leaves_the_bootstraps_log() {
+    // Istio's mergeLogs: no provider resolves, so the `accessLogFile` fallback stays
+    let v = view(&[("default", "off", "  accessLogging:\n  - disabled: true\n")]);
+    assert_eq!(v.access_log, Sides::both(AccessLogChoice::Bootstrap));
+    // an unknown provider is skipped as Istio skips it
+    let v = view(&[(
+        "default",
+        "otel",
+        "  accessLogging:\n  - providers: [{name: otel-als}]\n",
+    )]);
+    assert_eq!(v.access_log, Sides::both(AccessLogChoice::Bootstrap));
+    // naming the provider off blocks the fallback
+    let v = view(&[(
+        "default",
+        "off",
+        "  accessLogging:\n  - providers: [{name: envoy}]\n    disabled: true\n",
+    )]);
+    assert_eq!(v.access_log, Sides::both(AccessLogChoice::Off));
+}
+
+#[test]
+fn tracing_replaces_sampling_and_span_reporting_when_set_by_side() {
+    let v = view(&[
+        (
+            "istio-system",
+            "mesh-default",
+            "  tracing:\n  - randomSamplingPercentage: 100.0\n",
+        ),
+        (
+            "default",
+            "ns",
+            "  tracing:\n  - match: {mode: SERVER}\n    disableSpanReporting: true\n",
+        ),
+    ]);
+    assert_eq!(v.tracing.client.sampling, 100.0);
+    assert_eq!(v.tracing.server.sampling, 100.0, "unset below: the mesh's");
+    assert!(v.tracing.client.report_spans);
+    assert!(!v.tracing.server.report_spans);
+    // unset everywhere: the bootstrap's sampling, as Istio falls back to MeshConfig's
+    let v = view(&[(
+        "default",
+        "ns",
+        "  tracing:\n  - disableSpanReporting: true\n",
+    )]);
+    assert_eq!(v.tracing.server.sampling, 1.0);
+}
+
+#[test]
+fn metrics_overrides_disable_by_metric_and_mode_in_order() {
+    let v = view(&[(
+        "istio-system",
+        "mesh-default",
+        "  metrics:\n  - providers: [{name: prometheus}]\n    overrides:\n    - match: {metric: REQUEST_DURATION, mode: CLIENT}\n      disabled: true\n    - match: {metric: TCP_SENT_BYTES}\n      disabled: true\n",
+    )]);
+    assert!(!v.metrics.client.has(IstioMetric::RequestDuration));
+    assert!(v.metrics.server.has(IstioMetric::RequestDuration));
+    assert!(v.metrics.client.has(IstioMetric::RequestCount));
+    assert!(!v.metrics.client.has(IstioMetric::TcpSentBytes));
+    assert!(!v.metrics.server.has(IstioMetric::TcpSentBytes));
+    // every metric off on the server side, then the workload turns one back on: Istio's
+    // mergeMetrics clears the side's all-disabled mark, so the others come back too
+    let off = (
+        "default",
+        "ns",
+        "  metrics:\n  - overrides:\n    - match: {mode: SERVER}\n      disabled: true\n",
+    );
+    let v = view(&[off]);
+    assert!(v.metrics.server.is_empty());
+    assert_eq!(v.metrics.client, MetricSet::ALL);
+    let on = (
+        "default",
+        "pp",
+        "  selector: {matchLabels: {app: productpage}}\n  metrics:\n  - overrides:\n    - match: {metric: REQUEST_COUNT, mode: SERVER}\n      disabled: false\n",
+    );
+    let v = view(&[off, on]);
+    assert_eq!(v.metrics.server, MetricSet::ALL);
+}
+
+#[test]
+fn metrics_without_prometheus_among_the_providers_are_off() {
+    let v = view(&[(
+        "istio-system",
+        "mesh-default",
+        "  metrics:\n  - providers: [{name: stackdriver}]\n",
+    )]);
+    assert_eq!(v.metrics, Sides::both(MetricSet::NONE));
+}
+
+#[test]
+fn a_telemetry_with_target_refs_does_not_apply_to_a_sidecar() {
+    let c = load_str(
+        "t.yaml",
+        &yaml(&[(
+            "default",
+            "gw",
+            "  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]\n  accessLogging:\n  - providers: [{name: envoy}]\n",
+        )]),
+    )
+    .unwrap();
+    assert_eq!(
+        resolve(&c.snapshot).access_log,
+        Sides::both(AccessLogChoice::Bootstrap)
+    );
+    assert!(
+        c.unenforced
+            .iter()
+            .any(|d| d.field.as_ref().unwrap().to_string() == "spec.targetRefs"),
+        "told: {:?}",
+        c.unenforced
+    );
+}
+
+#[test]
+fn two_telemetries_at_one_level_are_refused_with_file_line_and_field() {
+    // Istio's analyzers: IST0160 (two without a selector in a namespace), IST0159 (two
+    // selecting one workload)
+    let a = ("default", "a", "  accessLogging:\n  - disabled: true\n");
+    let b = ("default", "b", "  accessLogging:\n  - disabled: false\n");
+    let err = load_str("t.yaml", &yaml(&[a, b])).unwrap_err();
+    let d = err.errors().next().unwrap();
+    assert_eq!(
+        d.resource.as_ref().unwrap().to_string(),
+        "Telemetry/default/b"
+    );
+    assert!(d.message.contains("IST0160"), "{}", d.message);
+    assert_eq!(d.line, Some(17), "the later one's spec");
+    let s = "  selector: {matchLabels: {app: productpage}}\n";
+    let err = load_str("t.yaml", &yaml(&[("default", "a", s), ("default", "b", s)])).unwrap_err();
+    let d = err.errors().next().unwrap();
+    assert_eq!(d.field.as_ref().unwrap().to_string(), "spec.selector");
+    assert!(d.message.contains("IST0159"), "{}", d.message);
+    // Istio's own rules (`validate --istio`) accept them, as its webhook does
+    assert!(load_str_with("t.yaml", &yaml(&[a, b]), CheckMode::Istio).is_ok());
+    // another namespace's pair is not this workload's concern
+    assert!(
+        load_str(
+            "t.yaml",
+            &yaml(&[("bookinfo", "a", a.2), ("bookinfo", "b", b.2)])
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn istios_validation_messages() {
+    let cases = [
+        (
+            "  tracing:\n  - randomSamplingPercentage: 101\n",
+            "spec.tracing[0].randomSamplingPercentage",
+            "randomSamplingPercentage must be in range [0.0, 100.0]",
+        ),
+        (
+            "  accessLogging:\n  - providers: [{name: \"\"}]\n",
+            "spec.accessLogging[0].providers[0].name",
+            "providers.name may not be empty",
+        ),
+        (
+            "  metrics:\n  - overrides:\n    - tagOverrides: {request_host: {operation: UPSERT}}\n",
+            "spec.metrics[0].overrides[0].tagOverrides.request_host",
+            "tagOverrides.value must be set when operation is UPSERT",
+        ),
+        (
+            "  metrics:\n  - overrides:\n    - tagOverrides: {request_host: {operation: REMOVE, value: x}}\n",
+            "spec.metrics[0].overrides[0].tagOverrides.request_host",
+            "tagOverrides.value may only be set when operation is UPSERT",
+        ),
+        (
+            "  metrics:\n  - overrides:\n    - match: {customMetric: \"\"}\n",
+            "spec.metrics[0].overrides[0].match.customMetric",
+            "customMetric may not be empty",
+        ),
+        (
+            "  tracing:\n  - customTags: {team: {literal: {value: \"\"}}}\n",
+            "spec.tracing[0].customTags.team.literal",
+            "literal tag value may not be empty",
+        ),
+        (
+            "  selector: {matchLabels: {app: a}}\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: g}]\n",
+            "spec",
+            "only one of targetRefs or workloadSelector can be set",
+        ),
+    ];
+    for (spec, field, message) in cases {
+        let err = load_str_with("t.yaml", &yaml(&[("default", "t", spec)]), CheckMode::Istio)
+            .unwrap_err();
+        let d = err.errors().next().unwrap();
+        assert_eq!(d.field.as_ref().unwrap().to_string(), field, "{spec}");
+        assert_eq!(d.message, message, "{spec}");
+    }
+    // Istio's warnings
+    let c = load_str_with(
+        "t.yaml",
+        &yaml(&[(
+            "default",
+            "t",
+            "  tracing:\n  - providers: [{name: a}, {name: b}]\n  - randomSamplingPercentage: 5\n",
+        )]),
+        CheckMode::Istio,
+    )
+    .unwrap();
+    let w: Vec<&str> = c.warnings.iter().map(|d| d.message.as_str()).collect();
+    assert!(
+        w.contains(&"multiple tracing is not currently supported"),
+        "{w:?}"
+    );
+    assert!(
+        w.contains(&"multiple providers is not currently supported"),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn fields_without_effect_are_told_by_the_support_table() {
+    let c = load_str(
+        "t.yaml",
+        &yaml(&[(
+            "default",
+            "t",
+            "  tracing:\n  - providers: [{name: otel}]\n    customTags: {team: {literal: {value: a}}}\n  accessLogging:\n  - providers: [{name: envoy}, {name: otel-als}]\n    filter: {expression: response.code >= 400}\n  metrics:\n  - providers: [{name: prometheus}]\n    overrides:\n    - tagOverrides: {request_host: {operation: REMOVE}}\n",
+        )]),
+    )
+    .unwrap();
+    let mut fields: Vec<String> = c
+        .unenforced
+        .iter()
+        .map(|d| d.field.as_ref().unwrap().to_string())
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "spec.accessLogging[0].filter",
+            "spec.accessLogging[0].providers[1].name",
+            "spec.metrics[0].overrides[0].tagOverrides",
+            "spec.tracing[0].customTags",
+            "spec.tracing[0].providers[0].name",
+        ]
+    );
+}

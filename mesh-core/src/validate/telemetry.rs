@@ -1,0 +1,124 @@
+//! `Telemetry`: Istio's `ValidateTelemetry` (pkg/config/validation/validation.go), in its
+//! order: the selector or target references, then `validateTelemetryMetrics`,
+//! `validateTelemetryTracing` and `validateTelemetryAccessLogging` (whose CEL `filter`
+//! only istiod's build parses: the support table says what the proxy does with it).
+
+use crate::error::FieldPath;
+use crate::model::telemetry::{ProviderRef, TagOperation, Telemetry};
+
+use super::authz::validate_targets;
+use super::{PathExt, Report};
+
+/// `ValidateTelemetry`.
+pub(crate) fn validate(t: &Telemetry, at: &FieldPath, rep: &mut Report<'_>) {
+    validate_targets(
+        t.selector.as_ref(),
+        t.target_ref.as_ref(),
+        &t.target_refs,
+        at,
+        rep,
+    );
+    metrics(t, at, rep);
+    tracing(t, at, rep);
+    for (i, a) in t.access_logging.iter().enumerate() {
+        providers(&a.providers, &at.ki("accessLogging", i), rep);
+    }
+}
+
+/// `validateTelemetryProviders`.
+fn providers(list: &[ProviderRef], at: &FieldPath, rep: &mut Report<'_>) {
+    for (i, p) in list.iter().enumerate() {
+        if p.name.is_empty() {
+            rep.error(
+                &at.ki("providers", i).k("name"),
+                "providers.name may not be empty",
+            );
+        }
+    }
+}
+
+/// `validateTelemetryMetrics`.
+fn metrics(t: &Telemetry, at: &FieldPath, rep: &mut Report<'_>) {
+    for (i, m) in t.metrics.iter().enumerate() {
+        let at = at.ki("metrics", i);
+        providers(&m.providers, &at, rep);
+        for (j, o) in m.overrides.iter().enumerate() {
+            let at = at.ki("overrides", j);
+            if let Some(c) = o.match_.as_ref().and_then(|s| s.custom_metric.as_ref())
+                && c.is_empty()
+            {
+                rep.error(
+                    &at.k("match").k("customMetric"),
+                    "customMetric may not be empty",
+                );
+            }
+            for (name, to) in &o.tag_overrides {
+                let p = at.k("tagOverrides").k(name);
+                if name.is_empty() {
+                    rep.warn(&p, "tagOverrides.name may not be empty");
+                }
+                let value = to.value.as_deref().unwrap_or("");
+                match to.operation {
+                    TagOperation::Upsert if value.is_empty() => rep.error(
+                        &p,
+                        "tagOverrides.value must be set when operation is UPSERT",
+                    ),
+                    TagOperation::Remove if !value.is_empty() => rep.error(
+                        &p,
+                        "tagOverrides.value may only be set when operation is UPSERT",
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// `validateTelemetryTracing`.
+fn tracing(t: &Telemetry, at: &FieldPath, rep: &mut Report<'_>) {
+    if t.tracing.len() > 1 {
+        rep.warn(
+            &at.k("tracing"),
+            "multiple tracing is not currently supported",
+        );
+    }
+    for (i, tr) in t.tracing.iter().enumerate() {
+        let at = at.ki("tracing", i);
+        if tr.providers.len() > 1 {
+            rep.warn(
+                &at.k("providers"),
+                "multiple providers is not currently supported",
+            );
+        }
+        providers(&tr.providers, &at, rep);
+        if let Some(p) = tr.random_sampling_percentage
+            && !(0.0..=100.0).contains(&p)
+        {
+            rep.error(
+                &at.k("randomSamplingPercentage"),
+                "randomSamplingPercentage must be in range [0.0, 100.0]",
+            );
+        }
+        for (name, tag) in &tr.custom_tags {
+            let p = at.k("customTags").k(name);
+            if name.is_empty() {
+                rep.error(&p, "tag name may not be empty");
+            }
+            match (&tag.literal, &tag.header, &tag.environment, &tag.formatter) {
+                (None, None, None, None) => {
+                    rep.error(&p, format!("tag '{name}' may not have a nil value"))
+                }
+                (Some(l), ..) if l.value.is_empty() => {
+                    rep.error(&p.k("literal"), "literal tag value may not be empty")
+                }
+                (_, Some(h), ..) if h.name.is_empty() => {
+                    rep.error(&p.k("header"), "header tag name may not be empty")
+                }
+                (_, _, Some(e), _) if e.name.is_empty() => {
+                    rep.error(&p.k("environment"), "environment tag name may not be empty")
+                }
+                _ => {}
+            }
+        }
+    }
+}
