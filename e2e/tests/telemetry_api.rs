@@ -1,7 +1,8 @@
 //! Istio's `Telemetry` resource through the real proxy: a mesh-wide Telemetry applied by a
 //! reload turns the client side's access log and `istio_requests_total` off and samples
-//! every new trace; a workload's own Telemetry then samples none; two Telemetries without
-//! a selector in one namespace are refused and the running configuration stays.
+//! every new trace; a workload's own Telemetry then samples none on the client side while
+//! its namespace's samples every one on the server side; two Telemetries without a selector
+//! in one namespace are refused and the running configuration stays.
 
 use crate::support;
 
@@ -149,7 +150,8 @@ async fn a_telemetry_applied_by_reload_changes_logs_metrics_and_sampling_by_side
         .unwrap_or_else(|| panic!("{stats}"));
     assert!(count.ends_with(" 6"), "{count}");
 
-    // the workload's own Telemetry samples no new trace (it overrides the mesh's)
+    // the workload's own Telemetry samples no new trace on the client side (it overrides
+    // the mesh's); its namespace's keeps every one on the server side
     let none = format!(
         "{MESH_DEFAULT}---
 apiVersion: telemetry.istio.io/v1
@@ -158,14 +160,25 @@ metadata: {{name: productpage, namespace: default}}
 spec:
   selector: {{matchLabels: {{app: productpage}}}}
   tracing:
-  - randomSamplingPercentage: 0
+  - match: {{mode: CLIENT}}
+    randomSamplingPercentage: 0
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: namespace-default, namespace: default}}
+spec:
+  tracing:
+  - match: {{mode: SERVER}}
+    randomSamplingPercentage: 100
 "
     );
     write(&file, &config(&log, app.port(), &none));
     p.proxy.reload().unwrap();
     for _ in 0..5 {
         get_once(p.out, "reviews:9080", &[]).await;
-        assert_eq!(last_flags(&seen), "00", "sampled at 0 %");
+        assert_eq!(last_flags(&seen), "00", "client side sampled at 0 %");
+        get_once(inbound, "reviews", &[]).await;
+        assert_eq!(last_flags(&seen), "01", "server side sampled at 100 %");
     }
 
     // two without a selector in one namespace: refused, and the running configuration

@@ -19,7 +19,7 @@
 //!
 //! - **Access logging** (`mergeLogs`): the providers in scope are the last level's that
 //!   names any; each entry then turns its providers (or the previous entry's) on, or off
-//!   with `disabled: true`. Only Istio's built-in `envoy` provider is a log this proxy has:
+//!   with `disabled: true` (provider names compare case-insensitively, as Istio's). Only Istio's built-in `envoy` provider is a log this proxy has:
 //!   lines to `/dev/stdout`, in `accessLog.encoding`. When no entry decides for `envoy`,
 //!   the bootstrap's `accessLog` applies (Istio's `accessLogFile` fallback).
 //! - **Tracing** (`Telemetries.Tracing`): entries in order replace the sampling percentage
@@ -29,7 +29,8 @@
 //!   (default: `prometheus`, as Istio's installation sets `defaultProviders.metrics`);
 //!   without `prometheus` no metric is made. An override matching every metric
 //!   (no `match`, or `ALL_METRICS`) with `disabled: true` turns a side's metrics off; any
-//!   other override clears that, and sets its metrics' `disabled` when it says.
+//!   other override (a `customMetric` one too) clears that, and sets its metrics'
+//!   `disabled` when it says.
 
 use crate::compile::{Named, Snapshot};
 use crate::error::{FieldPath, ResourceRef, Severity};
@@ -172,6 +173,11 @@ pub struct TelemetryView {
     pub metrics: Sides<MetricSet>,
 }
 
+/// Whether `list` names `provider` (case-insensitive, as Istio's `fetchProvider`).
+fn names(list: &[&str], provider: &str) -> bool {
+    list.iter().any(|n| n.eq_ignore_ascii_case(provider))
+}
+
 /// Whether `t` has no selector labels and no target: its namespace's default.
 fn namespace_wide(t: &Telemetry) -> bool {
     t.selector
@@ -262,7 +268,7 @@ fn access_log(applied: &[&Telemetry]) -> Sides<AccessLogChoice> {
             if !matches(a.match_.as_ref()) {
                 continue;
             }
-            if previous.contains(&ENVOY_PROVIDER) && in_scope.contains(&ENVOY_PROVIDER) {
+            if names(&previous, ENVOY_PROVIDER) && names(&in_scope, ENVOY_PROVIDER) {
                 envoy = Some(a.disabled != Some(true));
             }
         }
@@ -306,16 +312,19 @@ fn metrics(applied: &[&Telemetry]) -> Sides<MetricSet> {
             previous = m.providers.iter().map(|p| p.name.as_str()).collect();
             in_scope = previous.clone();
         }
-        if !previous.contains(&PROMETHEUS_PROVIDER) {
+        if !names(&previous, PROMETHEUS_PROVIDER) {
             continue;
         }
         for o in &m.overrides {
             let sel = o.match_.as_ref();
+            let mode = sel.map_or(WorkloadMode::ClientAndServer, |s| s.mode);
             if sel.is_some_and(|s| s.custom_metric.is_some()) {
-                continue; // no custom metric here (the support table warns)
+                // no custom metric here (the support table warns); as in Istio, it still
+                // clears the side's all-disabled mark
+                all_off.each(mode, |a| *a = false);
+                continue;
             }
             let metric = sel.and_then(|s| s.metric).unwrap_or_default();
-            let mode = sel.map_or(WorkloadMode::ClientAndServer, |s| s.mode);
             if metric == IstioMetric::AllMetrics && o.disabled == Some(true) {
                 all_off.each(mode, |a| *a = true);
                 continue;
@@ -333,7 +342,7 @@ fn metrics(applied: &[&Telemetry]) -> Sides<MetricSet> {
     }
     let set = |off: bool, disabled: &[Option<bool>; 10]| {
         let mut s = MetricSet::ALL;
-        if off || !in_scope.contains(&PROMETHEUS_PROVIDER) {
+        if off || !names(&in_scope, PROMETHEUS_PROVIDER) {
             return MetricSet::NONE;
         }
         for (i, m) in METRICS.iter().enumerate() {

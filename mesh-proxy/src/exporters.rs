@@ -147,25 +147,47 @@ impl Exporters {
             }),
         };
         let mut open: Vec<OpenLog> = Vec::new();
+        let mut failed: Vec<AccessLogConfig> = Vec::new();
         for (slot, choice) in [
             (&self.client_log, view.access_log.client),
             (&self.server_log, view.access_log.server),
         ] {
-            let log = wanted(choice).and_then(|want| {
-                if let Some((_, l)) = open.iter().find(|(c, _)| *c == want) {
-                    return Some(l.clone());
+            let Some(want) = wanted(choice) else {
+                slot.swap(None);
+                continue;
+            };
+            if let Some((_, l)) = open.iter().find(|(c, _)| *c == want) {
+                slot.swap(Some(l.clone()));
+                continue;
+            }
+            let log = match built.1.iter().find(|(c, _)| *c == want) {
+                Some((_, l)) => {
+                    l.writer().reopen();
+                    Some(l.clone())
                 }
-                let log = match built.1.iter().find(|(c, _)| *c == want) {
-                    Some((_, l)) => {
-                        l.writer().reopen();
-                        l.clone()
+                None if failed.contains(&want) => None,
+                None => open_log(&want),
+            };
+            match log {
+                Some(log) => {
+                    open.push((want, log.clone()));
+                    slot.swap(Some(log));
+                }
+                None => {
+                    // the file cannot be opened (logged): the side keeps the log it had,
+                    // and the next reload tries again
+                    failed.push(want);
+                    let kept = slot
+                        .load()
+                        .as_ref()
+                        .and_then(|cur| built.1.iter().find(|(_, l)| Arc::ptr_eq(l, cur)).cloned());
+                    if let Some(k) = kept
+                        && !open.iter().any(|(c, _)| *c == k.0)
+                    {
+                        open.push(k);
                     }
-                    None => open_log(&want)?,
-                };
-                open.push((want, log.clone()));
-                Some(log)
-            });
-            slot.swap(log);
+                }
+            }
         }
         for (c, old) in std::mem::replace(&mut built.1, open.clone()) {
             if !open.iter().any(|(o, _)| *o == c) {
@@ -176,7 +198,7 @@ impl Exporters {
         }
     }
 
-    /// Reopens the access log file after the lines queued so far (log rotation: SIGUSR1).
+    /// Reopens the access log files after the lines queued so far (log rotation: SIGUSR1).
     pub fn reopen(&self) {
         for log in self.open_logs() {
             log.writer().reopen();
@@ -303,5 +325,90 @@ fn open_log(config: &AccessLogConfig) -> Option<Arc<AccessLog>> {
             tracing::error!(path = %config.path, error = %e, "cannot open the access log; lines are not written");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(log: &str, telemetry: &str) -> Arc<Snapshot> {
+        let yaml = format!(
+            "apiVersion: mesh.proxy/v1alpha1\nkind: ProxyBootstrap\nmetadata: {{name: p}}\nspec:\n  workload: {{name: productpage, namespace: default, labels: {{app: productpage}}}}\n  accessLog: {{path: {log}}}\n{telemetry}"
+        );
+        mesh_core::config::load_str("e.yaml", &yaml)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .snapshot
+    }
+
+    fn same(a: &Reloadable<AccessLog>, b: &Reloadable<AccessLog>) -> bool {
+        match (a.load().as_ref(), b.load().as_ref()) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    const SERVER_ENVOY: &str = "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: default}\nspec:\n  accessLogging:\n  - match: {mode: SERVER}\n    providers: [{name: envoy}]\n";
+
+    #[test]
+    fn the_sides_share_one_file_and_part_when_a_telemetry_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let path = path.to_str().unwrap();
+        let e = Exporters::new(&snapshot(path, ""));
+        assert!(same(
+            e.access_log(Side::Outbound),
+            e.access_log(Side::Inbound)
+        ));
+        assert_eq!(e.open_logs().len(), 1);
+        // the server side goes to Istio's `envoy` provider (/dev/stdout), the client side
+        // keeps the bootstrap's file
+        let before = e.access_log(Side::Outbound).load().clone();
+        e.store(&snapshot(path, SERVER_ENVOY));
+        assert!(!same(
+            e.access_log(Side::Outbound),
+            e.access_log(Side::Inbound)
+        ));
+        assert!(
+            Arc::ptr_eq(
+                e.access_log(Side::Outbound).load().as_ref().unwrap(),
+                before.as_ref().unwrap()
+            ),
+            "the client side's file stays open"
+        );
+        assert_eq!(e.open_logs().len(), 2);
+        // turned off on the client side: no log there, the server's stays
+        let off = "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: default}\nspec:\n  accessLogging:\n  - providers: [{name: envoy}]\n    match: {mode: CLIENT}\n    disabled: true\n";
+        e.store(&snapshot(path, off));
+        assert!(!e.access_log(Side::Outbound).is_set());
+        assert!(e.access_log(Side::Inbound).is_set());
+    }
+
+    #[test]
+    fn a_file_a_reload_cannot_open_leaves_the_running_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let e = Exporters::new(&snapshot(path.to_str().unwrap(), ""));
+        let before = e.access_log(Side::Outbound).load().clone();
+        let missing = dir.path().join("no-such-dir").join("b.log");
+        e.store(&snapshot(missing.to_str().unwrap(), ""));
+        for side in [Side::Outbound, Side::Inbound] {
+            assert!(
+                Arc::ptr_eq(
+                    e.access_log(side).load().as_ref().unwrap(),
+                    before.as_ref().unwrap()
+                ),
+                "{side:?} keeps the open file"
+            );
+        }
+        assert_eq!(e.open_logs().len(), 1, "kept, not retired");
+        // the next reload that can open it does
+        std::fs::create_dir(dir.path().join("no-such-dir")).unwrap();
+        e.store(&snapshot(missing.to_str().unwrap(), ""));
+        assert!(!Arc::ptr_eq(
+            e.access_log(Side::Outbound).load().as_ref().unwrap(),
+            before.as_ref().unwrap()
+        ));
+        assert!(missing.exists());
     }
 }

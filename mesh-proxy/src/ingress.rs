@@ -531,8 +531,9 @@ pub struct TcpIngress {
     pub handshake_timeout: Duration,
     /// Istio's metrics: each connection in `istio_tcp_*` with `reporter="destination"`.
     pub metrics: Arc<IstioMetrics>,
-    /// The access log: a line per connection ([`crate::l4::ConnLog`]; upstream cluster
-    /// `inbound|<port>||`, as Istio names the inbound cluster).
+    /// The server side's access log ([`crate::exporters`]): a line per connection
+    /// ([`crate::l4::ConnLog`]; upstream cluster `inbound|<port>||`, as Istio names the
+    /// inbound cluster).
     pub access_log: Arc<Reloadable<AccessLog>>,
     /// The inbound clusters: the port's connection pool ([`crate::inbound`]:
     /// `tcp.maxConnections`, `connectTimeout`, `tcpKeepalive`).

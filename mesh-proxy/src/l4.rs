@@ -20,7 +20,8 @@
 //! its response flags: `NR` (no route, unknown service or port), `UH` (no healthy
 //! endpoint), `UO` (`maxConnections` overflow), `UF` (connect failure or timeout, a
 //! handshake that failed). Its bytes are added every 15 s and when it closes. With an
-//! access log configured (`ProxyBootstrap.accessLog`), each connection writes one line when it
+//! access log configured for the listener's side (`ProxyBootstrap.accessLog`, or a
+//! Telemetry's `envoy` provider: [`crate::exporters`]), each connection writes one line when it
 //! closes, as Envoy's TCP proxy does ([`ConnLog`]).
 //!
 //! # Which protocol a captured port speaks
@@ -102,8 +103,8 @@ pub struct L4Shared {
     /// How long a TLS listener waits for a complete ClientHello, or a terminating one for
     /// the handshake (`limits.tlsHandshakeTimeout`).
     pub hello_timeout: Duration,
-    /// The access log (the bootstrap's `accessLog`, swapped on reload): a line per
-    /// connection ([`ConnLog`]).
+    /// The client side's access log (the outbound and gateway listeners'; swapped on
+    /// reload, [`crate::exporters`]): a line per connection ([`ConnLog`]).
     pub access_log: Arc<Reloadable<AccessLog>>,
 }
 

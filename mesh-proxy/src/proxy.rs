@@ -1265,7 +1265,7 @@ impl ProxyState {
         changed
     }
 
-    /// Reopens the access log file (log rotation; SIGUSR1 in `mesh-proxy run`).
+    /// Reopens the access log files (log rotation; SIGUSR1 in `mesh-proxy run`).
     pub fn reopen_access_log(&self) {
         self.layers.telemetry().exporters().reopen();
     }

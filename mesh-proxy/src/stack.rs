@@ -13,7 +13,9 @@
 //!
 //! Trace propagation comes first, as in Envoy's connection manager: every request, a local
 //! reply's too, has its hop's trace context and an `x-request-id` before anything decides
-//! about it (`ProxyBootstrap.tracing.sampling`; a reload changes the rate).
+//! about it (`ProxyBootstrap.tracing.sampling`, or a Telemetry's `randomSamplingPercentage`
+//! for the side: the inbound stacks have a trace layer of their own; a reload changes the
+//! rates).
 //!
 //! The record layer comes right after it ([`crate::telemetry`]): it sees every request with
 //! its trace context, local replies included, puts the per-request record

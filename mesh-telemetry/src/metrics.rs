@@ -271,7 +271,7 @@ const HTTP_METRICS: u16 = metric_bit(IstioMetric::RequestCount)
     | metric_bit(IstioMetric::ResponseSize);
 
 /// A metric's [`MetricSet`] bit.
-const fn metric_bit(m: IstioMetric) -> u16 {
+pub(crate) const fn metric_bit(m: IstioMetric) -> u16 {
     1 << (m as u16)
 }
 
@@ -510,7 +510,9 @@ impl IstioMetrics {
     /// Which of Istio's standard metrics `reporter` makes from now on (a Telemetry's
     /// `metrics` overrides, [`mesh_core::telemetry`]): a metric turned off is neither
     /// recorded nor exposed (its series so far are kept, and exposed again if it is turned
-    /// back on). Default: every one.
+    /// back on). `istio_requests_total` is the duration histogram's count: either one on
+    /// counts a request. A TCP connection counts as the metrics were when it opened.
+    /// Default: every one.
     pub fn set_enabled(&self, reporter: Reporter, set: MetricSet) {
         self.enabled[reporter as usize].store(set.bits(), Relaxed);
     }
@@ -558,7 +560,8 @@ impl IstioMetrics {
     /// Records one completed request as `reporter`.
     pub fn record(&self, reporter: Reporter, done: &Completed<'_>) {
         self.record_decisions(reporter, done);
-        if self.enabled[reporter as usize].load(Relaxed) & HTTP_METRICS == 0 {
+        let on = self.enabled[reporter as usize].load(Relaxed);
+        if on & HTTP_METRICS == 0 {
             return;
         }
         let flags = done.flags.bits();
@@ -591,14 +594,14 @@ impl IstioMetrics {
                     && l.key == key
                     && ident.matches(&l.ident)
                 {
-                    l.series.observe(done);
+                    l.series.observe(done, on);
                     return;
                 }
                 let Some(series) = self.find_series(&ident, hash, key, done) else {
                     self.dropped.fetch_add(1, Relaxed);
                     return;
                 };
-                series.observe(done);
+                series.observe(done, on);
                 last[slot] = Some(LastSeries {
                     registry: self.id,
                     ident: ident.to_owned(done),
@@ -868,12 +871,22 @@ impl Series {
 }
 
 impl Series {
+    /// Records `done` in the histograms `on` ([`MetricSet`] bits) has: the duration's
+    /// count is the request count, so either one on observes the duration.
     #[inline]
-    fn observe(&self, done: &Completed<'_>) {
-        let ms = done.end.saturating_duration_since(done.start).as_millis();
-        self.duration.observe(u64::try_from(ms).unwrap_or(u64::MAX));
-        self.request_bytes.observe(done.request_bytes);
-        self.response_bytes.observe(done.response_bytes);
+    fn observe(&self, done: &Completed<'_>, on: u16) {
+        if on & (metric_bit(IstioMetric::RequestCount) | metric_bit(IstioMetric::RequestDuration))
+            != 0
+        {
+            let ms = done.end.saturating_duration_since(done.start).as_millis();
+            self.duration.observe(u64::try_from(ms).unwrap_or(u64::MAX));
+        }
+        if on & metric_bit(IstioMetric::RequestSize) != 0 {
+            self.request_bytes.observe(done.request_bytes);
+        }
+        if on & metric_bit(IstioMetric::ResponseSize) != 0 {
+            self.response_bytes.observe(done.response_bytes);
+        }
     }
 }
 

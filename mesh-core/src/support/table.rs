@@ -2165,7 +2165,7 @@ static TELEMETRY_TRACING: TypeDef = TypeDef {
             "disableSpanReporting",
             Leaf,
             Status::Enforced,
-            "no span is exported from its side; trace headers are still propagated",
+            "no span is exported from its side; the side still makes sampling decisions and propagates trace headers (Istio removes the side's tracing altogether)",
         ),
         field(
             "customTags",
@@ -2217,9 +2217,36 @@ static TAG_SOURCE: TypeDef = TypeDef {
     ],
 };
 
-static METRICS_PROVIDER_NAME: Values = Values {
-    cases: &[("prometheus", Verdict::Enforced)],
-    otherwise: Verdict::NotYet(Area::Later),
+/// A metrics provider's name: Istio's built-in `prometheus` (case-insensitive, as
+/// Istio's `fetchProvider`), or one this proxy does not have.
+static METRICS_PROVIDER_NAME: Custom = Custom {
+    doc: "`prometheus` (any case) is enforced; another name is not yet",
+    check: |node| provider_name(node, crate::telemetry::PROMETHEUS_PROVIDER),
+};
+
+/// An access log provider's name: Istio's built-in `envoy` (any case), or another.
+static ACCESS_LOG_PROVIDER_NAME: Custom = Custom {
+    doc: "`envoy` (any case) is enforced; another name is not yet",
+    check: |node| provider_name(node, crate::telemetry::ENVOY_PROVIDER),
+};
+
+fn provider_name(node: &MarkedYaml<'_>, builtin: &str) -> Option<(Verdict, String)> {
+    let name = key_text(node)?;
+    (!name.eq_ignore_ascii_case(builtin)).then(|| {
+        (
+            Verdict::NotYet(Area::Later),
+            format!("provider {name:?} is "),
+        )
+    })
+}
+
+/// `MetricSelector.metric`: the gRPC streaming message counts are not made here.
+static ISTIO_METRIC: Values = Values {
+    cases: &[
+        ("GRPC_REQUEST_MESSAGES", Verdict::NotYet(Area::Later)),
+        ("GRPC_RESPONSE_MESSAGES", Verdict::NotYet(Area::Later)),
+    ],
+    otherwise: Verdict::Enforced,
 };
 
 static METRICS_PROVIDER: TypeDef = TypeDef {
@@ -2227,7 +2254,7 @@ static METRICS_PROVIDER: TypeDef = TypeDef {
     fields: &[field(
         "name",
         Leaf,
-        Status::Values(&METRICS_PROVIDER_NAME),
+        Status::Custom(&METRICS_PROVIDER_NAME),
         "`prometheus` (Istio's default provider): `/stats/prometheus`; another provider is not one this proxy has, and is skipped, as Istio skips a provider it does not know",
     )],
 };
@@ -2259,7 +2286,7 @@ static METRICS_OVERRIDES: TypeDef = TypeDef {
             "disabled",
             Leaf,
             Status::Enforced,
-            "the metric is neither recorded nor exposed on its side",
+            "the metric is neither recorded nor exposed on its side (the request count and the duration histogram share one count: either one on counts the request; a TCP connection counts as the metrics were when it opened)",
         ),
         field(
             "tagOverrides",
@@ -2276,8 +2303,8 @@ static METRIC_SELECTOR: TypeDef = TypeDef {
         field(
             "metric",
             Leaf,
-            Status::Enforced,
-            "`GRPC_REQUEST_MESSAGES` and `GRPC_RESPONSE_MESSAGES` are not made by this proxy",
+            Status::Values(&ISTIO_METRIC),
+            "`GRPC_REQUEST_MESSAGES` and `GRPC_RESPONSE_MESSAGES` (gRPC streaming message counts) are not made by this proxy",
         ),
         field(
             "customMetric",
@@ -2297,17 +2324,12 @@ static TAG_OVERRIDE: TypeDef = TypeDef {
     ],
 };
 
-static ACCESS_LOG_PROVIDER_NAME: Values = Values {
-    cases: &[("envoy", Verdict::Enforced)],
-    otherwise: Verdict::NotYet(Area::Later),
-};
-
 static ACCESS_LOG_PROVIDER: TypeDef = TypeDef {
     name: "ProviderRef",
     fields: &[field(
         "name",
         Leaf,
-        Status::Values(&ACCESS_LOG_PROVIDER_NAME),
+        Status::Custom(&ACCESS_LOG_PROVIDER_NAME),
         "`envoy` (Istio's built-in file log): lines to `/dev/stdout` in ProxyBootstrap's `accessLog.encoding` (Istio's `accessLogEncoding`); another provider is not one this proxy has, and is skipped, as Istio skips a provider it does not know",
     )],
 };
@@ -2322,7 +2344,7 @@ static TELEMETRY_ACCESS_LOGGING: TypeDef = TypeDef {
             "filter",
             Struct(&LOG_FILTER),
             Status::NotYet(Area::Later),
-            "CEL expressions are not evaluated: every request is logged",
+            "CEL expressions are neither checked (istiod's webhook parses them) nor evaluated: every request is logged",
         ),
     ],
 };

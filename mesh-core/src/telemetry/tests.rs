@@ -254,6 +254,11 @@ fn istios_validation_messages() {
             "literal tag value may not be empty",
         ),
         (
+            "  metrics:\n  - overrides:\n    - match: {metric: REQUEST_COUNT, customMetric: x}\n",
+            "spec.metrics[0].overrides[0].match",
+            "only one of metric, customMetric may be set",
+        ),
+        (
             "  selector: {matchLabels: {app: a}}\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: g}]\n",
             "spec",
             "only one of targetRefs or workloadSelector can be set",
@@ -315,4 +320,59 @@ fn fields_without_effect_are_told_by_the_support_table() {
             "spec.tracing[0].providers[0].name",
         ]
     );
+}
+
+#[test]
+fn provider_names_compare_case_insensitively_as_istios_fetch_provider() {
+    let c = load_str(
+        "t.yaml",
+        &yaml(&[(
+            "istio-system",
+            "mesh-default",
+            "  accessLogging:\n  - providers: [{name: Envoy}]\n  metrics:\n  - providers: [{name: Prometheus}]\n",
+        )]),
+    )
+    .unwrap();
+    let v = resolve(&c.snapshot);
+    assert_eq!(v.access_log, Sides::both(AccessLogChoice::Envoy));
+    assert_eq!(v.metrics, Sides::both(MetricSet::ALL));
+    assert!(c.unenforced.is_empty(), "{:?}", c.unenforced);
+}
+
+#[test]
+fn a_custom_metric_override_clears_the_all_disabled_mark_as_in_istio() {
+    // mergeMetrics: every override but ALL_METRICS-disabled clears the side's mark
+    let v = view(&[
+        (
+            "istio-system",
+            "mesh-default",
+            "  metrics:\n  - overrides:\n    - disabled: true\n",
+        ),
+        (
+            "default",
+            "ns",
+            "  metrics:\n  - overrides:\n    - match: {customMetric: my_metric, mode: CLIENT}\n      disabled: false\n",
+        ),
+    ]);
+    assert_eq!(v.metrics.client, MetricSet::ALL);
+    assert!(v.metrics.server.is_empty());
+}
+
+#[test]
+fn the_grpc_message_counts_are_told_not_made() {
+    let c = load_str(
+        "t.yaml",
+        &yaml(&[(
+            "default",
+            "t",
+            "  metrics:\n  - overrides:\n    - match: {metric: GRPC_REQUEST_MESSAGES}\n      disabled: true\n    - match: {metric: REQUEST_COUNT}\n      disabled: true\n",
+        )]),
+    )
+    .unwrap();
+    let fields: Vec<String> = c
+        .unenforced
+        .iter()
+        .map(|d| d.field.as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(fields, ["spec.metrics[0].overrides[0].match.metric"]);
 }

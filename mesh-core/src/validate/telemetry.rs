@@ -7,6 +7,7 @@ use crate::error::FieldPath;
 use crate::model::telemetry::{ProviderRef, TagOperation, Telemetry};
 
 use super::authz::validate_targets;
+use super::common::oneof;
 use super::{PathExt, Report};
 
 /// `ValidateTelemetry`.
@@ -44,6 +45,17 @@ fn metrics(t: &Telemetry, at: &FieldPath, rep: &mut Report<'_>) {
         providers(&m.providers, &at, rep);
         for (j, o) in m.overrides.iter().enumerate() {
             let at = at.ki("overrides", j);
+            if let Some(m) = &o.match_ {
+                // a protobuf oneof (the CRD's schema refuses both)
+                oneof(
+                    &[
+                        ("metric", m.metric.is_some()),
+                        ("customMetric", m.custom_metric.is_some()),
+                    ],
+                    &at.k("match"),
+                    rep,
+                );
+            }
             if let Some(c) = o.match_.as_ref().and_then(|s| s.custom_metric.as_ref())
                 && c.is_empty()
             {
@@ -104,10 +116,19 @@ fn tracing(t: &Telemetry, at: &FieldPath, rep: &mut Report<'_>) {
             if name.is_empty() {
                 rep.error(&p, "tag name may not be empty");
             }
+            // a protobuf oneof (the CRD's schema refuses two kinds); a tag of no kind (`{}`)
+            // is not nil: Istio's check passes it
+            oneof(
+                &[
+                    ("literal", tag.literal.is_some()),
+                    ("environment", tag.environment.is_some()),
+                    ("header", tag.header.is_some()),
+                    ("formatter", tag.formatter.is_some()),
+                ],
+                &p,
+                rep,
+            );
             match (&tag.literal, &tag.header, &tag.environment, &tag.formatter) {
-                (None, None, None, None) => {
-                    rep.error(&p, format!("tag '{name}' may not have a nil value"))
-                }
                 (Some(l), ..) if l.value.is_empty() => {
                     rep.error(&p.k("literal"), "literal tag value may not be empty")
                 }

@@ -19,7 +19,8 @@ use mesh_core::hash::{FastHashMap, FastState};
 use mesh_core::model::telemetry::IstioMetric;
 
 use super::{
-    IstioMetrics, LocalWorkload, Reporter, destination_labels, label, service_name, source_labels,
+    IstioMetrics, LocalWorkload, Reporter, destination_labels, label, metric_bit, service_name,
+    source_labels,
 };
 
 /// Who a proxied TCP connection went to, for its `reporter="source"` labels (Istio's
@@ -38,7 +39,7 @@ pub struct TcpPeer<'a> {
 /// One connection's series: add its bytes with [`add`](Self::add); dropping it counts the
 /// connection closed.
 #[derive(Debug)]
-pub struct TcpConnectionStats(Option<Arc<TcpSeries>>);
+pub struct TcpConnectionStats(Option<Arc<TcpSeries>>, u16);
 
 /// The TCP series of one [`IstioMetrics`].
 #[derive(Default)]
@@ -47,6 +48,12 @@ pub(super) struct TcpRegistry {
 }
 
 /// A counter family: its name, its help, and its counter in a series.
+/// The [`MetricSet`](mesh_core::telemetry::MetricSet) bits of the TCP metrics.
+const TCP_METRICS: u16 = metric_bit(IstioMetric::TcpOpenedConnections)
+    | metric_bit(IstioMetric::TcpClosedConnections)
+    | metric_bit(IstioMetric::TcpSentBytes)
+    | metric_bit(IstioMetric::TcpReceivedBytes);
+
 type TcpFamily = (
     IstioMetric,
     &'static str,
@@ -198,6 +205,9 @@ impl IstioMetrics {
     /// The series of `key`, made with the labels `write` writes (before the protocol and
     /// the flags) when it is new; the connection counted opened in it.
     fn tcp_series(&self, key: &KeyRef<'_>, write: impl FnOnce(&mut String)) -> TcpConnectionStats {
+        if self.enabled(key.reporter).bits() & TCP_METRICS == 0 {
+            return TcpConnectionStats(None, 0); // every TCP metric of the reporter is off
+        }
         let hash = key.hash();
         let found = self.tcp.series.read().ok().and_then(|m| {
             m.get(&hash)
@@ -214,7 +224,7 @@ impl IstioMetrics {
                         if self.series.fetch_add(1, Relaxed) >= self.max_series {
                             self.series.fetch_sub(1, Relaxed);
                             self.dropped.fetch_add(1, Relaxed);
-                            return TcpConnectionStats(None);
+                            return TcpConnectionStats(None, 0);
                         }
                         let mut labels = String::with_capacity(1024);
                         write(&mut labels);
@@ -235,8 +245,12 @@ impl IstioMetrics {
                 }
             }
         };
-        series.opened.fetch_add(1, Relaxed);
-        TcpConnectionStats(Some(series))
+        // what the reporter makes now (a Telemetry's overrides) holds for the connection
+        let on = self.enabled(key.reporter).bits();
+        if on & metric_bit(IstioMetric::TcpOpenedConnections) != 0 {
+            series.opened.fetch_add(1, Relaxed);
+        }
+        TcpConnectionStats(Some(series), on)
     }
 
     pub(super) fn encode_tcp(&self, out: &mut String) {
@@ -309,10 +323,10 @@ impl TcpConnectionStats {
     /// `sent` to it.
     pub fn add(&self, received: u64, sent: u64) {
         if let Some(s) = &self.0 {
-            if received != 0 {
+            if received != 0 && self.1 & metric_bit(IstioMetric::TcpReceivedBytes) != 0 {
                 s.received.fetch_add(received, Relaxed);
             }
-            if sent != 0 {
+            if sent != 0 && self.1 & metric_bit(IstioMetric::TcpSentBytes) != 0 {
                 s.sent.fetch_add(sent, Relaxed);
             }
         }
@@ -321,7 +335,9 @@ impl TcpConnectionStats {
 
 impl Drop for TcpConnectionStats {
     fn drop(&mut self) {
-        if let Some(s) = &self.0 {
+        if let Some(s) = &self.0
+            && self.1 & metric_bit(IstioMetric::TcpClosedConnections) != 0
+        {
             s.closed.fetch_add(1, Relaxed);
         }
     }

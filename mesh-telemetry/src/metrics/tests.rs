@@ -925,10 +925,16 @@ fn a_telemetry_s_overrides_turn_metrics_off_by_reporter_and_metric() {
     assert!(has("istio_request_duration_milliseconds_count{"), "{text}");
     assert!(!has("istio_tcp_sent_bytes_total{"), "{text}");
     assert!(has("istio_tcp_received_bytes_total{"), "{text}");
-    // every request metric off: the requests are not recorded at all, and the destination
-    // reporter is not affected
+    // while off, not recorded either: turned back on, the count has only the requests
+    // made while it was on (here none: the duration histogram was on, and it is the count)
     m.set_enabled(Reporter::Source, MetricSet::NONE);
     Req::new(503, routed(Some(&up))).record(&m, Reporter::Source);
+    let c = m.tcp_open(&TcpPeer {
+        upstream: Some(&up),
+        service: Some(&host),
+        flags: ResponseFlags::UPSTREAM_OVERFLOW,
+    });
+    drop(c);
     Req::new(200, routed(Some(&up))).record(&m, Reporter::Destination);
     m.set_enabled(Reporter::Source, MetricSet::ALL);
     let text = m.encode_to_string();
@@ -939,7 +945,16 @@ fn a_telemetry_s_overrides_turn_metrics_off_by_reporter_and_metric() {
     let source = requests_line(&text, &[r#"reporter="source""#]).expect(&text);
     assert!(
         source.ends_with(" 1"),
-        "the one recorded while on: {source}"
+        "the 200 counted in the duration histogram while only the count was off: {source}"
     );
+    assert!(
+        !text.contains("response_flags=\"UO\""),
+        "no TCP series made while off: {text}"
+    );
+    let sent = text
+        .lines()
+        .find(|l| l.starts_with("istio_tcp_sent_bytes_total{"))
+        .expect(&text);
+    assert!(sent.ends_with(" 0"), "not counted while off: {sent}");
     assert!(requests_line(&text, &[r#"reporter="destination""#]).is_some());
 }
