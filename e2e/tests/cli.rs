@@ -195,6 +195,8 @@ fn demo_refuses_a_port_in_use_naming_its_option() {
 struct Proc {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Standard output's lines, when captured ([`Proc::run_capturing_stdout`]).
+    out: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Proc {
@@ -213,6 +215,16 @@ impl Proc {
 
     /// `run` with one `--config` per file.
     fn run_files(configs: &[&Path]) -> Proc {
+        Proc::spawn(configs, false)
+    }
+
+    /// `run`, keeping what it writes on its standard output (Istio's `envoy` access log
+    /// provider's lines).
+    fn run_capturing_stdout(config: &Path) -> Proc {
+        Proc::spawn(&[config], true)
+    }
+
+    fn spawn(configs: &[&Path], stdout: bool) -> Proc {
         let mut cmd = Command::new(BIN);
         cmd.arg("run");
         for c in configs {
@@ -220,19 +232,31 @@ impl Proc {
         }
         let mut child = cmd
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(if stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (stderr, sink) = (child.stderr.take().unwrap(), lines.clone());
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, lines }
+        let read = |from: Box<dyn std::io::Read + Send>| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(from).lines() {
+                    let Ok(line) = line else { break };
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            lines
+        };
+        let lines = read(Box::new(child.stderr.take().unwrap()));
+        let out = match child.stdout.take() {
+            Some(o) => read(Box::new(o)),
+            None => Arc::default(),
+        };
+        Proc { child, lines, out }
     }
 
     fn log(&self) -> String {
@@ -544,4 +568,80 @@ async fn sigusr1_reopens_the_access_log_after_rotation() {
     let old = std::fs::read_to_string(&rotated).unwrap();
     assert!(old.contains("\"before-rotation\""), "{old}");
     assert!(!old.contains("after-rotation"), "{old}");
+}
+
+/// Istio's access-log task with a filter (istio.io/latest/docs/tasks/observability/logs/
+/// access-log, "Using Telemetry API" with `filter.expression`): the `envoy` provider's lines
+/// go to the proxy's standard output, only for the requests the CEL expression lets
+/// through, here the failures and the requests with a debug header (read from the request's
+/// headers, which the filter asks the record layer to keep).
+#[tokio::test]
+async fn a_telemetrys_envoy_provider_logs_to_stdout_what_its_cel_filter_lets_through() {
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh.yaml");
+    let config = format!(
+        "{}{}{}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{{uri: {{prefix: /fail}}}}]
+    directResponse: {{status: 503}}
+  - route: [{{destination: {{host: reviews, subset: v1}}}}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  accessLogging:
+  - providers: [{{name: envoy}}]
+    filter:
+      expression: \"response.code >= 400 || request.headers['x-debug'] == 'yes'\"
+",
+        bootstrap(1, ""),
+        service_entry("reviews", 9080, "HTTP", &[&v1, &v2]),
+        destination_rule("reviews", &["v1", "v2"], ""),
+    );
+    std::fs::write(&file, config).unwrap();
+    let proc = Proc::run_capturing_stdout(&file);
+    let out = proc.logged_addr("outbound listener up").await;
+    let mut c = H1::connect(out).await;
+    let get = |path: &str, debug: bool| {
+        let mut b = http::Request::builder().uri(path).header("host", "reviews");
+        if debug {
+            b = b.header("x-debug", "yes");
+        }
+        b.body(full("")).unwrap()
+    };
+    assert_eq!(c.send(get("/quiet", false)).await.status.as_u16(), 200);
+    assert_eq!(c.send(get("/debugged", true)).await.status.as_u16(), 200);
+    assert_eq!(c.send(get("/fail", false)).await.status.as_u16(), 503);
+    // the lines are queued in order: once the last request's is out, the others' are too
+    let lines = proc.out.clone();
+    eventually("the /fail line on stdout", || {
+        let lines = lines.clone();
+        async move {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("GET /fail "))
+        }
+    })
+    .await;
+    let lines = proc.out.lock().unwrap().clone();
+    assert_eq!(lines.len(), 2, "{lines:#?}\n{}", proc.log());
+    assert!(
+        lines[0].contains("\"GET /debugged HTTP/1.1\" 200 "),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("\"GET /fail HTTP/1.1\" 503 "),
+        "{}",
+        lines[1]
+    );
 }

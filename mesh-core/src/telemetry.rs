@@ -19,7 +19,9 @@
 //!
 //! - **Access logging** (`mergeLogs`): the providers in scope are the last level's that
 //!   names any; each entry then turns its providers (or the previous entry's) on, or off
-//!   with `disabled: true` (provider names compare case-insensitively, as Istio's). Only Istio's built-in `envoy` provider is a log this proxy has:
+//!   with `disabled: true` (provider names compare case-insensitively, as Istio's), and
+//!   with the last `filter` written for it (a CEL expression, evaluated per line by
+//!   `mesh_telemetry::log_filter`). Only Istio's built-in `envoy` provider is a log this proxy has:
 //!   lines to `/dev/stdout`, in `accessLog.encoding`. When no entry decides for `envoy`,
 //!   the bootstrap's `accessLog` applies (Istio's `accessLogFile` fallback).
 //! - **Tracing** (`Telemetries.Tracing`): entries in order replace the sampling percentage
@@ -31,6 +33,8 @@
 //!   (no `match`, or `ALL_METRICS`) with `disabled: true` turns a side's metrics off; any
 //!   other override (a `customMetric` one too) clears that, and sets its metrics'
 //!   `disabled` when it says.
+
+use std::sync::Arc;
 
 use crate::compile::{Named, Snapshot};
 use crate::error::{FieldPath, ResourceRef, Severity};
@@ -163,10 +167,13 @@ const METRICS: [IstioMetric; 10] = [
 ];
 
 /// The workload's telemetry (see the [module docs](self)).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryView {
     /// Access logging, by side.
     pub access_log: Sides<AccessLogChoice>,
+    /// The CEL expression that chooses each side's lines (`filter.expression` of the last
+    /// entry naming the `envoy` provider for the side; `None`: every line).
+    pub access_log_filter: Sides<Option<Arc<str>>>,
     /// Tracing, by side.
     pub tracing: Sides<TracingChoice>,
     /// The standard metrics, by side.
@@ -226,27 +233,44 @@ fn applicable(snapshot: &Snapshot) -> Vec<&Telemetry> {
 /// What the Telemetries make of the bootstrap workload's telemetry.
 pub fn resolve(snapshot: &Snapshot) -> TelemetryView {
     let applied = applicable(snapshot);
+    let (access_log, access_log_filter) = access_log(&applied);
     TelemetryView {
-        access_log: access_log(&applied),
+        access_log,
+        access_log_filter,
         tracing: tracing(&applied, snapshot.bootstrap.tracing.sampling),
         metrics: metrics(&applied),
     }
 }
 
 /// `mergeLogs` for Istio's `envoy` provider, the one log provider of this proxy.
-fn access_log(applied: &[&Telemetry]) -> Sides<AccessLogChoice> {
+fn access_log(applied: &[&Telemetry]) -> (Sides<AccessLogChoice>, Sides<Option<Arc<str>>>) {
     let mut out = Sides::both(AccessLogChoice::Bootstrap);
-    for (mode, side) in [
-        (WorkloadMode::Client, &mut out.client),
-        (WorkloadMode::Server, &mut out.server),
+    let mut filters: Sides<Option<Arc<str>>> = Sides::both(None);
+    for (mode, side, filter) in [
+        (WorkloadMode::Client, &mut out.client, &mut filters.client),
+        (WorkloadMode::Server, &mut out.server, &mut filters.server),
     ] {
         let matches = |m: Option<&crate::model::telemetry::ModeSelector>| {
             let m = m.map_or(WorkloadMode::ClientAndServer, |s| s.mode);
             m == WorkloadMode::ClientAndServer || m == mode
         };
         // pass 1: the providers in scope, the last level's that names any (the default
-        // providers, Istio's `defaultProviders.accessLogging`, are none)
+        // providers, Istio's `defaultProviders.accessLogging`, are none), and each one's
+        // filter, the last entry's that names it
         let mut in_scope: Vec<&str> = Vec::new();
+        for a in applied.iter().flat_map(|t| &t.access_logging) {
+            if matches(a.match_.as_ref())
+                && a.providers
+                    .iter()
+                    .any(|p| p.name.eq_ignore_ascii_case(ENVOY_PROVIDER))
+            {
+                *filter = a
+                    .filter
+                    .as_ref()
+                    .filter(|f| !f.expression.is_empty())
+                    .map(|f| Arc::from(f.expression.as_str()));
+            }
+        }
         for t in applied {
             let names: Vec<&str> = t
                 .access_logging
@@ -277,8 +301,11 @@ fn access_log(applied: &[&Telemetry]) -> Sides<AccessLogChoice> {
             Some(false) => AccessLogChoice::Off,
             None => AccessLogChoice::Bootstrap,
         };
+        if *side != AccessLogChoice::Envoy {
+            *filter = None;
+        }
     }
-    out
+    (out, filters)
 }
 
 /// `Telemetries.Tracing`, for the fields this proxy's tracer has.
@@ -356,6 +383,106 @@ fn metrics(applied: &[&Telemetry]) -> Sides<MetricSet> {
         client: set(all_off.client, &disabled.client),
         server: set(all_off.server, &disabled.server),
     }
+}
+
+/// Envoy's attribute roots the access log filter fills.
+const ROOTS: &[&str] = &[
+    "request",
+    "response",
+    "source",
+    "destination",
+    "connection",
+    "upstream",
+    "xds",
+];
+
+/// The attributes the access log filter fills, `root.name` (`mesh_telemetry::log_filter`).
+pub const FILTER_ATTRIBUTES: &[&str] = &[
+    "request.path",
+    "request.url_path",
+    "request.host",
+    "request.scheme",
+    "request.method",
+    "request.headers",
+    "request.referer",
+    "request.useragent",
+    "request.id",
+    "request.protocol",
+    "request.duration",
+    "request.size",
+    "response.code",
+    "response.code_details",
+    "response.grpc_status",
+    "response.size",
+    "source.address",
+    "source.port",
+    "destination.address",
+    "destination.port",
+    "connection.mtls",
+    "connection.requested_server_name",
+    "upstream.address",
+    "upstream.port",
+    "upstream.local_address",
+    "upstream.transport_failure_reason",
+    "xds.cluster_name",
+    "xds.route_name",
+];
+
+/// The attributes `expression` (an access log filter) reads that the proxy does not fill (`response.headers`,
+/// `metadata`, …), in order of appearance: each evaluates as an error, which skips the
+/// line. Found in the text (outside string literals), `root.name` for Envoy's roots and
+/// `root` alone for the others Envoy has (`metadata`, `filter_state`).
+pub fn unsupported_attributes(expression: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let bytes = expression.as_bytes();
+    let mut i = 0;
+    let mut quote: Option<u8> = None;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if let Some(q) = quote {
+            if b == b'\\' {
+                i += 2;
+                continue;
+            }
+            if b == q {
+                quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' || b == b'\'' {
+            quote = Some(b);
+            i += 1;
+            continue;
+        }
+        let ident = |j: usize| bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_';
+        if ident(i) && (i == 0 || (!ident(i - 1) && bytes[i - 1] != b'.')) {
+            let start = i;
+            while i < bytes.len() && (ident(i) || bytes[i] == b'.') {
+                i += 1;
+            }
+            let path = &expression[start..i];
+            let mut parts = path.split('.');
+            let root = parts.next().unwrap_or("");
+            let name = parts.next();
+            let found = match (root, name) {
+                ("metadata" | "filter_state", _) => Some(root.to_string()),
+                (r, Some(n)) if ROOTS.contains(&r) => {
+                    let attr = format!("{r}.{n}");
+                    (!FILTER_ATTRIBUTES.contains(&attr.as_str())).then_some(attr)
+                }
+                _ => None,
+            };
+            if let Some(f) = found
+                && !out.contains(&f)
+            {
+                out.push(f);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Two Telemetries at one level for the workload (two without a selector in the root

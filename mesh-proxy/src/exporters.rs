@@ -20,6 +20,7 @@ use mesh_core::compile::Snapshot;
 use mesh_core::model::bootstrap::{AccessLog as AccessLogConfig, AccessLogEncoding, Otlp};
 use mesh_core::telemetry::{AccessLogChoice, ENVOY_LOG_PATH};
 use mesh_telemetry::access_log::{AccessLog, AccessLogWriter, DEFAULT_QUEUE, Encoding};
+use mesh_telemetry::log_filter::LogFilter;
 use mesh_telemetry::otlp::{OtlpConfig, exporter};
 use mesh_telemetry::record::Sink;
 use mesh_telemetry::sinks::{AccessLogRecorder, Reloadable, Side, SpanRecorder};
@@ -148,16 +149,35 @@ impl Exporters {
         };
         let mut open: Vec<OpenLog> = Vec::new();
         let mut failed: Vec<AccessLogConfig> = Vec::new();
-        for (slot, choice) in [
-            (&self.client_log, view.access_log.client),
-            (&self.server_log, view.access_log.server),
+        for (slot, choice, filter) in [
+            (
+                &self.client_log,
+                view.access_log.client,
+                &view.access_log_filter.client,
+            ),
+            (
+                &self.server_log,
+                view.access_log.server,
+                &view.access_log_filter.server,
+            ),
         ] {
             let Some(want) = wanted(choice) else {
                 slot.swap(None);
                 continue;
             };
+            // a side with a filter (a Telemetry's CEL expression) writes to the same file
+            // through a log of its own
+            let filtered = |base: &Arc<AccessLog>| match filter.as_deref().map(LogFilter::new) {
+                Some(Ok(f)) => Arc::new((**base).clone().with_filter(Some(Arc::new(f)))),
+                Some(Err(e)) => {
+                    // validated before: not expected
+                    tracing::error!(error = %e, "access log filter not compiled; every line is written");
+                    base.clone()
+                }
+                None => base.clone(),
+            };
             if let Some((_, l)) = open.iter().find(|(c, _)| *c == want) {
-                slot.swap(Some(l.clone()));
+                slot.swap(Some(filtered(l)));
                 continue;
             }
             let log = match built.1.iter().find(|(c, _)| *c == want) {
@@ -171,16 +191,19 @@ impl Exporters {
             match log {
                 Some(log) => {
                     open.push((want, log.clone()));
-                    slot.swap(Some(log));
+                    slot.swap(Some(filtered(&log)));
                 }
                 None => {
                     // the file cannot be opened (logged): the side keeps the log it had,
                     // and the next reload tries again
                     failed.push(want);
-                    let kept = slot
-                        .load()
-                        .as_ref()
-                        .and_then(|cur| built.1.iter().find(|(_, l)| Arc::ptr_eq(l, cur)).cloned());
+                    let kept = slot.load().as_ref().and_then(|cur| {
+                        built
+                            .1
+                            .iter()
+                            .find(|(_, l)| Arc::ptr_eq(l.writer(), cur.writer()))
+                            .cloned()
+                    });
                     if let Some(k) = kept
                         && !open.iter().any(|(c, _)| *c == k.0)
                     {

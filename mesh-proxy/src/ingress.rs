@@ -667,7 +667,9 @@ async fn serve_tcp(w: Rc<TcpWorker>, conn: Accepted) {
         .map(PeerIdentity::new);
     let sni = session.server_name().map(str::to_string);
     let allowed = w.allowed(peer, local, identity.as_ref(), sni.as_deref());
-    let log = log.with_sni(sni.as_deref());
+    let log = log
+        .with_sni(sni.as_deref())
+        .with_mtls(session.peer_certificates().is_some_and(|c| !c.is_empty()));
     proxy(&w, stream, identity.as_ref(), allowed, &splice, &log).await;
 }
 

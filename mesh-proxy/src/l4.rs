@@ -122,6 +122,9 @@ pub struct ConnLog {
     local: SocketAddr,
     peer: SocketAddr,
     sni: Option<Box<str>>,
+    /// Whether the downstream presented a client certificate (an access log filter's
+    /// `connection.mtls`).
+    mtls: bool,
 }
 
 /// How a connection ended, for its [`ConnLog`] line.
@@ -153,7 +156,13 @@ impl ConnLog {
             local,
             peer,
             sni: None,
+            mtls: false,
         }
+    }
+
+    /// The line says the downstream presented a client certificate (`connection.mtls`).
+    pub fn with_mtls(self, mtls: bool) -> Self {
+        ConnLog { mtls, ..self }
     }
 
     /// The line with `sni` as its `%REQUESTED_SERVER_NAME%` (a terminated handshake's), unless
@@ -182,6 +191,7 @@ impl ConnLog {
         e.downstream_local_address = Some(self.local);
         e.downstream_remote_address = Some(self.peer);
         e.requested_server_name = end.sni.or(self.sni.as_deref());
+        e.mtls = self.mtls;
         log.log(&e);
     }
 }

@@ -62,6 +62,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use writer::{AccessLogWriter, DEFAULT_QUEUE, FLUSH_INTERVAL};
 
+use crate::log_filter::LogFilter;
+
 /// The line format (MeshConfig's `accessLogEncoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Encoding {
@@ -132,6 +134,16 @@ pub struct LogEntry<'a> {
     pub route_name: Option<&'a str>,
     /// `%TRACE_ID%` (JSON only; Istio's text line has none).
     pub trace_id: Option<u128>,
+    /// The request's headers as they arrived, when a [`LogFilter`] reads them
+    /// (`request.headers`); not written.
+    pub request_headers: Option<&'a http::HeaderMap>,
+    /// Whether the downstream connection is TLS (a filter's `request.scheme`); not written.
+    pub downstream_tls: bool,
+    /// Whether the downstream presented a client certificate (a filter's
+    /// `connection.mtls`); not written.
+    pub mtls: bool,
+    /// A gRPC response's status (a filter's `response.grpc_status`); not written.
+    pub grpc_status: Option<u32>,
 }
 
 impl<'a> LogEntry<'a> {
@@ -162,21 +174,41 @@ impl<'a> LogEntry<'a> {
             requested_server_name: None,
             route_name: None,
             trace_id: None,
+            request_headers: None,
+            downstream_tls: false,
+            mtls: false,
+            grpc_status: None,
         }
     }
 }
 
-/// An access log: a format and the writer its lines go to. Cheap to clone.
+/// An access log: a format, the writer its lines go to, and the filter that chooses them.
+/// Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
     encoding: Encoding,
     writer: Arc<AccessLogWriter>,
+    filter: Option<Arc<LogFilter>>,
 }
 
 impl AccessLog {
     /// Lines in `encoding`, written by `writer`.
     pub fn new(encoding: Encoding, writer: Arc<AccessLogWriter>) -> Self {
-        AccessLog { encoding, writer }
+        AccessLog {
+            encoding,
+            writer,
+            filter: None,
+        }
+    }
+
+    /// Writes only the lines `filter` lets through (a Telemetry's `filter.expression`).
+    pub fn with_filter(self, filter: Option<Arc<LogFilter>>) -> Self {
+        AccessLog { filter, ..self }
+    }
+
+    /// The filter, if any.
+    pub fn filter(&self) -> Option<&Arc<LogFilter>> {
+        self.filter.as_ref()
     }
 
     /// The line format.
@@ -191,6 +223,9 @@ impl AccessLog {
 
     /// Formats `entry` and queues its line; never blocks (a full queue drops and counts).
     pub fn log(&self, entry: &LogEntry<'_>) {
+        if self.filter.as_ref().is_some_and(|f| !f.matches(entry)) {
+            return;
+        }
         // about the length of a line, so that it is not grown; a buffer the writer thread
         // handed back (no allocation per line)
         let mut line = self.writer.buffer(match self.encoding {

@@ -44,6 +44,7 @@
 
 pub mod access_log;
 pub mod current;
+pub mod log_filter;
 pub mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;

@@ -144,6 +144,9 @@ pub enum Interest {
     Outcome,
     /// Its outcome and its [`Details`].
     Details,
+    /// Its outcome and its [`Details`] with the request's headers
+    /// ([`Details::headers`]: an access log filter reading `request.headers`).
+    Headers,
 }
 
 /// A request's head as it arrived (before any rewrite), its connection, and the sizes and
@@ -194,6 +197,8 @@ pub struct Details {
     /// the listener set one (an inbound listener: the workload port the peer meant, whose
     /// inbound cluster is `inbound|<port>||`).
     pub destination_port: Option<u16>,
+    /// The request's headers as they arrived, when a sink answered [`Interest::Headers`].
+    pub headers: Option<HeaderMap>,
 }
 
 /// How a request's exchange ended.
@@ -415,12 +420,13 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // each sink's interest, from the request's trace context
         let view = SlotsView::new(req.extensions());
-        let (mut called, mut details) = (0u64, false);
+        let (mut called, mut details, mut headers) = (0u64, false, false);
         for (i, sink) in self.layer.sinks.iter().enumerate() {
             let interest = sink.interest(view.trace_context());
             if interest != Interest::Nothing || i >= 64 {
                 called |= 1u64.checked_shl(i as u32).unwrap_or(0);
-                details |= interest == Interest::Details;
+                details |= interest >= Interest::Details;
+                headers |= interest == Interest::Headers;
             }
         }
         if called == 0 && self.layer.sinks.len() <= 64 {
@@ -437,7 +443,10 @@ where
         };
         let sinks = self.layer.sinks.clone();
         let tls = details.then(|| self.layer.downstream_tls(req.extensions(), &view));
-        let pending = Pending::new(sinks, called, tls, info.clone(), start, &req, &view);
+        let mut pending = Pending::new(sinks, called, tls, info.clone(), start, &req, &view);
+        if headers && let Some(d) = pending.details.as_mut() {
+            d.headers = Some(req.headers().clone());
+        }
         slots_mut(req.extensions_mut()).info = Some(info);
         ResponseFuture {
             inner: self.inner.call(req),
@@ -550,6 +559,7 @@ impl Pending {
                     destination_port: view
                         .own::<mesh_core::ext::DestinationAddr>()
                         .map(|d| d.0.port()),
+                    headers: None,
                 })
             }),
             version: req.version(),

@@ -261,12 +261,15 @@ impl AccessLogRecorder {
 }
 
 impl Sink for AccessLogRecorder {
-    /// The details while a log is set; nothing otherwise.
+    /// The details while a log is set (with the request's headers when its filter reads
+    /// them); nothing otherwise.
     fn interest(&self, _: Option<&TraceContext>) -> Interest {
-        if self.log.is_set() {
-            Interest::Details
-        } else {
-            Interest::Nothing
+        if !self.log.is_set() {
+            return Interest::Nothing;
+        }
+        match self.log.load().as_ref().and_then(|l| l.filter()) {
+            Some(f) if f.needs_headers() => Interest::Headers,
+            _ => Interest::Details,
         }
     }
 
@@ -297,7 +300,11 @@ impl Sink for AccessLogRecorder {
             e.request_id = header_str(&d.request_id);
             e.x_forwarded_for = header_str(&d.x_forwarded_for);
             e.requested_server_name = d.requested_server_name.as_deref();
+            e.request_headers = d.headers.as_ref();
+            e.downstream_tls = d.downstream_tls;
         }
+        e.mtls = c.peer.is_some();
+        e.grpc_status = c.grpc_status;
         e.protocol = protocol(c.version);
         e.response_code = c.status.map_or(0, |s| s.as_u16());
         e.response_flags = flags.as_ref().and_then(|f| f.to_str().ok()).unwrap_or("");

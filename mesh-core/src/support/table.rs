@@ -2343,13 +2343,37 @@ static TELEMETRY_ACCESS_LOGGING: TypeDef = TypeDef {
         field(
             "filter",
             Struct(&LOG_FILTER),
-            Status::NotYet(Area::Later),
-            "CEL expressions are neither checked (istiod's webhook parses them) nor evaluated: every request is logged",
+            Status::Enforced,
+            "a line is written when the CEL expression is `true` (Envoy's CEL access-log filter; an error skips the line), on HTTP and TCP lines",
         ),
     ],
 };
 
 static LOG_FILTER: TypeDef = TypeDef {
     name: "LogFilter",
-    fields: &[field("expression", Leaf, Status::Enforced, "")],
+    fields: &[field(
+        "expression",
+        Leaf,
+        Status::Custom(&LOG_FILTER_EXPRESSION),
+        "Envoy's attributes the proxy knows (`mesh_core::telemetry::FILTER_ATTRIBUTES`): `request.*` (path, url_path, host, scheme, method, headers, referer, useragent, id, protocol, duration, size), `response.*` (code, code_details, grpc_status, size), `source.*`, `destination.*`, `connection.mtls`, `connection.requested_server_name`, `upstream.*` (address, port, local_address, transport_failure_reason), `xds.cluster_name`, `xds.route_name`",
+    )],
+};
+
+/// A filter expression reading an attribute the proxy does not fill: it always fails,
+/// and the line is skipped (Envoy's filter on an error).
+static LOG_FILTER_EXPRESSION: Custom = Custom {
+    doc: "enforced when every attribute it reads is one the proxy fills; not yet otherwise",
+    check: |node| {
+        let text = key_text(node)?;
+        let missing = crate::telemetry::unsupported_attributes(&text);
+        (!missing.is_empty()).then(|| {
+            (
+                Verdict::NotYet(Area::Later),
+                format!(
+                    "a filter reading {} (not filled by this proxy: the expression fails where it reads them, and the line is skipped) is ",
+                    missing.join(", ")
+                ),
+            )
+        })
+    },
 };

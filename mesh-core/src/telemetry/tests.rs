@@ -313,7 +313,6 @@ fn fields_without_effect_are_told_by_the_support_table() {
     assert_eq!(
         fields,
         [
-            "spec.accessLogging[0].filter",
             "spec.accessLogging[0].providers[1].name",
             "spec.metrics[0].overrides[0].tagOverrides",
             "spec.tracing[0].customTags",
@@ -375,4 +374,82 @@ fn the_grpc_message_counts_are_told_not_made() {
         .map(|d| d.field.as_ref().unwrap().to_string())
         .collect();
     assert_eq!(fields, ["spec.metrics[0].overrides[0].match.metric"]);
+}
+
+#[test]
+fn the_filter_is_the_last_one_written_for_envoy_on_the_side() {
+    let v = view(&[
+        (
+            "istio-system",
+            "mesh-default",
+            "  accessLogging:\n  - providers: [{name: envoy}]\n    filter: {expression: response.code >= 400}\n",
+        ),
+        (
+            "default",
+            "ns",
+            "  accessLogging:\n  - match: {mode: SERVER}\n    providers: [{name: envoy}]\n",
+        ),
+    ]);
+    assert_eq!(
+        v.access_log_filter.client.as_deref(),
+        Some("response.code >= 400")
+    );
+    assert_eq!(v.access_log_filter.server, None, "the namespace's has none");
+    assert_eq!(v.access_log, Sides::both(AccessLogChoice::Envoy));
+    // a side whose log is off, or the bootstrap's, has no filter
+    let v = view(&[(
+        "default",
+        "ns",
+        "  accessLogging:\n  - providers: [{name: envoy}]\n    match: {mode: CLIENT}\n    disabled: true\n    filter: {expression: \"true\"}\n",
+    )]);
+    assert_eq!(v.access_log_filter, Sides::both(None));
+}
+
+#[test]
+fn a_filter_is_a_valid_cel_expression_as_istiod_checks() {
+    let err = load_str_with(
+        "t.yaml",
+        &yaml(&[(
+            "default",
+            "t",
+            "  accessLogging:\n  - providers: [{name: envoy}]\n    filter: {expression: \"response.code >=\"}\n",
+        )]),
+        CheckMode::Istio,
+    )
+    .unwrap_err();
+    let d = err.errors().next().unwrap();
+    assert_eq!(
+        d.field.as_ref().unwrap().to_string(),
+        "spec.accessLogging[0].filter.expression"
+    );
+    assert!(
+        d.message.starts_with("must be a valid CEL expression, "),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn a_filter_reading_what_the_proxy_does_not_fill_is_told() {
+    assert_eq!(
+        unsupported_attributes(
+            "response.headers['x'] == 'a' || request.url_path == '/' || metadata.x || 'upstream.nope' == ''"
+        ),
+        ["response.headers", "metadata"]
+    );
+    let c = load_str(
+        "t.yaml",
+        &yaml(&[(
+            "default",
+            "t",
+            "  accessLogging:\n  - providers: [{name: envoy}]\n    filter: {expression: \"response.code >= 400 && response.headers['x'] == 'y'\"}\n",
+        )]),
+    )
+    .unwrap();
+    let d = &c.unenforced[0];
+    assert_eq!(
+        d.field.as_ref().unwrap().to_string(),
+        "spec.accessLogging[0].filter.expression"
+    );
+    assert!(d.message.contains("response.headers"), "{}", d.message);
 }

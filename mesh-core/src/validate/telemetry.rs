@@ -1,7 +1,7 @@
 //! `Telemetry`: Istio's `ValidateTelemetry` (pkg/config/validation/validation.go), in its
 //! order: the selector or target references, then `validateTelemetryMetrics`,
-//! `validateTelemetryTracing` and `validateTelemetryAccessLogging` (whose CEL `filter`
-//! only istiod's build parses: the support table says what the proxy does with it).
+//! `validateTelemetryTracing` and `validateTelemetryAccessLogging` (whose CEL `filter` is
+//! parsed, as istiod's build parses it).
 
 use crate::error::FieldPath;
 use crate::model::telemetry::{ProviderRef, TagOperation, Telemetry};
@@ -22,7 +22,20 @@ pub(crate) fn validate(t: &Telemetry, at: &FieldPath, rep: &mut Report<'_>) {
     metrics(t, at, rep);
     tracing(t, at, rep);
     for (i, a) in t.access_logging.iter().enumerate() {
-        providers(&a.providers, &at.ki("accessLogging", i), rep);
+        let at = at.ki("accessLogging", i);
+        providers(&a.providers, &at, rep);
+        // `validateTelemetryFilter` (istiod's build parses the expression)
+        if let Some(f) = &a.filter
+            && !f.expression.is_empty()
+            && let Err(e) = cel::Program::compile(&f.expression)
+        {
+            let e = e.to_string();
+            let first = e.lines().next().unwrap_or_default();
+            rep.error(
+                &at.k("filter").k("expression"),
+                format!("must be a valid CEL expression, {first}"),
+            );
+        }
     }
 }
 

@@ -1,0 +1,137 @@
+use std::time::{Duration, UNIX_EPOCH};
+
+use http::HeaderMap;
+
+use super::*;
+
+/// An entry with every attribute the filter fills.
+fn full<'a>(headers: &'a HeaderMap) -> LogEntry<'a> {
+    let mut e = LogEntry::new(UNIX_EPOCH);
+    e.method = "POST";
+    e.path = "/api/v1/items?limit=5";
+    e.protocol = "HTTP/2";
+    e.response_code = 503;
+    e.response_code_details = "upstream_reset_before_response_started{connection_failure}";
+    e.bytes_received = 11;
+    e.bytes_sent = 19;
+    e.duration = Some(Duration::from_millis(1500));
+    e.user_agent = Some("curl/8");
+    e.request_id = Some("req-1");
+    e.authority = Some("reviews:9080");
+    e.upstream_host = Some("10.0.0.7:9080".parse().unwrap());
+    e.upstream_cluster = Some("outbound|9080|v1|reviews.default.svc.cluster.local");
+    e.upstream_local_address = Some("10.0.0.1:41234".parse().unwrap());
+    e.upstream_transport_failure_reason = Some("TLS_error");
+    e.downstream_local_address = Some("127.0.0.1:15001".parse().unwrap());
+    e.downstream_remote_address = Some("10.1.2.3:5555".parse().unwrap());
+    e.requested_server_name = Some("outbound_.9080_._.reviews");
+    e.route_name = Some("default");
+    e.request_headers = Some(headers);
+    e.downstream_tls = true;
+    e.mtls = true;
+    e.grpc_status = Some(14);
+    e
+}
+
+fn headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("x-debug", "yes".parse().unwrap());
+    h.insert("referer", "https://example.com/".parse().unwrap());
+    h.append("x-multi", "a".parse().unwrap());
+    h.append("x-multi", "b".parse().unwrap());
+    h
+}
+
+fn yes(expr: &str, e: &LogEntry<'_>) -> bool {
+    LogFilter::new(expr)
+        .unwrap_or_else(|err| panic!("{expr}: {err}"))
+        .matches(e)
+}
+
+#[test]
+fn every_attribute_the_proxy_lists_is_filled() {
+    let h = headers();
+    let e = full(&h);
+    for attr in mesh_core::telemetry::FILTER_ATTRIBUTES {
+        assert!(yes(&format!("has({attr})"), &e), "{attr} is not filled");
+    }
+}
+
+#[test]
+fn attributes_have_envoys_values_and_types() {
+    let h = headers();
+    let e = full(&h);
+    for expr in [
+        "request.path == '/api/v1/items?limit=5'",
+        "request.url_path == '/api/v1/items'",
+        "request.host == 'reviews:9080'",
+        "request.scheme == 'https'",
+        "request.method == 'POST'",
+        "request.headers['x-debug'] == 'yes'",
+        "request.headers['x-multi'] == 'a,b'",
+        "request.referer == 'https://example.com/'",
+        "request.useragent.startsWith('curl')",
+        "request.id == 'req-1'",
+        "request.protocol == 'HTTP/2'",
+        "request.duration > duration('1s') && request.duration < duration('2s')",
+        "request.size == 11",
+        "response.code >= 500",
+        "response.code_details.contains('connection_failure')",
+        "response.grpc_status == 14",
+        "response.size == 19",
+        "source.address == '10.1.2.3' && source.port == 5555",
+        "destination.port == 15001",
+        "connection.mtls",
+        "connection.requested_server_name.endsWith('reviews')",
+        "upstream.address == '10.0.0.7' && upstream.port == 9080",
+        "upstream.local_address == '10.0.0.1:41234'",
+        "upstream.transport_failure_reason == 'TLS_error'",
+        "xds.cluster_name.startsWith('outbound|9080|v1|')",
+        "xds.route_name == 'default'",
+        "request.url_path.matches('^/api/v[0-9]+/')",
+    ] {
+        assert!(yes(expr, &e), "{expr}");
+    }
+}
+
+#[test]
+fn false_an_error_or_a_non_boolean_skips_the_line() {
+    let h = headers();
+    let e = full(&h);
+    assert!(!yes("response.code < 400", &e));
+    // a missing attribute or header is an error: skipped, as Envoy's filter
+    assert!(!yes("request.headers['absent'] == 'x'", &e));
+    assert!(!yes("response.headers['x'] == 'y'", &e));
+    // a non-boolean result
+    assert!(!yes("response.code", &e));
+    // no response: `response.code` is absent
+    let mut none = LogEntry::new(UNIX_EPOCH);
+    none.method = "GET";
+    assert!(!yes("response.code >= 400", &none));
+    assert!(yes("!has(response.code)", &none));
+}
+
+#[test]
+fn a_tcp_line_has_no_request_or_response() {
+    let mut e = LogEntry::new(UNIX_EPOCH);
+    e.protocol = "";
+    e.upstream_host = Some("10.0.0.7:5432".parse().unwrap());
+    assert!(yes("upstream.port == 5432", &e));
+    assert!(!yes("has(request.path)", &e));
+    assert!(!yes("response.code >= 400", &e));
+}
+
+#[test]
+fn the_filter_asks_for_the_headers_only_when_it_reads_them() {
+    assert!(
+        LogFilter::new("request.headers['x'] == 'y'")
+            .unwrap()
+            .needs_headers()
+    );
+    assert!(
+        !LogFilter::new("response.code >= 400")
+            .unwrap()
+            .needs_headers()
+    );
+    assert!(LogFilter::new("response.code >=").is_err());
+}
