@@ -385,6 +385,78 @@ fn metrics(applied: &[&Telemetry]) -> Sides<MetricSet> {
     }
 }
 
+/// The longest access log filter expression accepted, in bytes: the parser recurses once
+/// per term of a flat chain (`a || b || …`), so the length bounds its stack.
+pub const MAX_FILTER_LEN: usize = 4096;
+/// The deepest access log filter expression accepted: the evaluator recurses once per
+/// level, on the worker's stack.
+pub const MAX_FILTER_DEPTH: usize = 100;
+
+/// Compiles an access log filter (a Telemetry's `filter.expression`) as the proxy
+/// evaluates it: CEL, at most [`MAX_FILTER_LEN`] bytes and [`MAX_FILTER_DEPTH`] levels, and
+/// no message literal (`google.protobuf.Duration{…}`: the evaluator has no message types).
+/// The error is the first line of the parser's, or which bound the expression passes.
+pub fn compile_filter(expression: &str) -> Result<cel::Program, String> {
+    use cel::common::ast::{EntryExpr, Expr};
+    if expression.len() > MAX_FILTER_LEN {
+        return Err(format!(
+            "the expression is {} bytes long, more than the {MAX_FILTER_LEN} this proxy accepts",
+            expression.len()
+        ));
+    }
+    let program = cel::Program::compile(expression).map_err(|e| {
+        let e = e.to_string();
+        e.lines().next().unwrap_or_default().to_string()
+    })?;
+    // the tree, walked without recursion
+    let mut stack = vec![(program.expression(), 1usize)];
+    while let Some((e, depth)) = stack.pop() {
+        if depth > MAX_FILTER_DEPTH {
+            return Err(format!(
+                "the expression is more than {MAX_FILTER_DEPTH} levels deep, more than this proxy accepts"
+            ));
+        }
+        let below = depth + 1;
+        match &e.expr {
+            Expr::Struct(s) => {
+                return Err(format!(
+                    "message literals ({}{{…}}) are not supported by this proxy",
+                    s.type_name
+                ));
+            }
+            Expr::Call(c) => {
+                stack.extend(c.target.iter().map(|t| (&**t, below)));
+                stack.extend(c.args.iter().map(|a| (a, below)));
+            }
+            Expr::Comprehension(c) => stack.extend(
+                [
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ]
+                .map(|x| (x, below)),
+            ),
+            Expr::List(l) => stack.extend(l.elements.iter().map(|x| (x, below))),
+            Expr::Map(m) => {
+                for entry in &m.entries {
+                    match &entry.expr {
+                        EntryExpr::MapEntry(me) => {
+                            stack.push((&me.key, below));
+                            stack.push((&me.value, below));
+                        }
+                        EntryExpr::StructField(f) => stack.push((&f.value, below)),
+                    }
+                }
+            }
+            Expr::Select(s) => stack.push((&s.operand, below)),
+            Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => {}
+        }
+    }
+    Ok(program)
+}
+
 /// Envoy's attribute roots the access log filter fills.
 const ROOTS: &[&str] = &[
     "request",
@@ -434,6 +506,30 @@ pub const FILTER_ATTRIBUTES: &[&str] = &[
 /// `root` alone for the others Envoy has (`metadata`, `filter_state`).
 pub fn unsupported_attributes(expression: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
+    for (root, name) in attribute_references(expression) {
+        let found = match (root.as_str(), &name) {
+            ("metadata" | "filter_state", _) => Some(root.clone()),
+            (r, Some(n)) if ROOTS.contains(&r) => {
+                let attr = format!("{r}.{n}");
+                (!FILTER_ATTRIBUTES.contains(&attr.as_str())).then_some(attr)
+            }
+            _ => None,
+        };
+        if let Some(f) = found
+            && !out.contains(&f)
+        {
+            out.push(f);
+        }
+    }
+    out
+}
+
+/// The paths `expression` reads, found in its text outside string literals: `(root,
+/// Some(name))` for `root.name`, `(root, None)` for an identifier read otherwise
+/// (`request['path']`, `has(request)`, a variable of a comprehension). An attribute an
+/// access log filter does not read need not be filled for it.
+pub fn attribute_references(expression: &str) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
     let bytes = expression.as_bytes();
     let mut i = 0;
     let mut quote: Option<u8> = None;
@@ -461,23 +557,10 @@ pub fn unsupported_attributes(expression: &str) -> Vec<String> {
             while i < bytes.len() && (ident(i) || bytes[i] == b'.') {
                 i += 1;
             }
-            let path = &expression[start..i];
-            let mut parts = path.split('.');
-            let root = parts.next().unwrap_or("");
-            let name = parts.next();
-            let found = match (root, name) {
-                ("metadata" | "filter_state", _) => Some(root.to_string()),
-                (r, Some(n)) if ROOTS.contains(&r) => {
-                    let attr = format!("{r}.{n}");
-                    (!FILTER_ATTRIBUTES.contains(&attr.as_str())).then_some(attr)
-                }
-                _ => None,
-            };
-            if let Some(f) = found
-                && !out.contains(&f)
-            {
-                out.push(f);
-            }
+            let mut parts = expression[start..i].split('.');
+            let root = parts.next().unwrap_or("").to_string();
+            let name = parts.next().filter(|n| !n.is_empty()).map(str::to_string);
+            out.push((root, name));
             continue;
         }
         i += 1;
@@ -490,8 +573,35 @@ pub fn unsupported_attributes(expression: &str) -> Vec<String> {
 /// report them as errors (IST0160 `MultipleTelemetriesWithoutWorkloadSelectors`, IST0159
 /// `MultipleTelemetriesWithSameSelector`); its pilot then applies the oldest by creation
 /// time, or all in that order, which the files do not say, so the proxy refuses them.
+///
+/// And an access log filter of a Telemetry that applies which the proxy would not evaluate
+/// safely ([`compile_filter`]'s bounds): an error on its expression.
 pub fn conflicts(snapshot: &Snapshot) -> Vec<Issue> {
     let mut out = Vec::new();
+    for t in levels(snapshot).iter().flatten() {
+        for (i, a) in t.spec.access_logging.iter().enumerate() {
+            let Some(f) = a.filter.as_ref().filter(|f| !f.expression.is_empty()) else {
+                continue;
+            };
+            if let Err(e) = compile_filter(&f.expression) {
+                out.push(Issue {
+                    severity: Severity::Error,
+                    resource: ResourceRef {
+                        kind: Kind::Telemetry,
+                        namespace: t.namespace.clone(),
+                        name: t.name.clone(),
+                    },
+                    field: FieldPath::root()
+                        .key("spec")
+                        .key("accessLogging")
+                        .index(i)
+                        .key("filter")
+                        .key("expression"),
+                    message: e,
+                });
+            }
+        }
+    }
     for (i, level) in levels(snapshot).iter().enumerate() {
         let Some((first, rest)) = level.split_first() else {
             continue;

@@ -194,8 +194,8 @@ impl Exporters {
                     slot.swap(Some(filtered(&log)));
                 }
                 None => {
-                    // the file cannot be opened (logged): the side keeps the log it had,
-                    // and the next reload tries again
+                    // the file cannot be opened (logged): the side keeps the log it had (its
+                    // filter too), and the next reload tries again
                     failed.push(want);
                     let kept = slot.load().as_ref().and_then(|cur| {
                         built

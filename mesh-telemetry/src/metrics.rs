@@ -303,7 +303,7 @@ struct Histogram {
 /// A resolved label set and what identifies it.
 type Cached = (Ident, Arc<Peer>);
 
-/// A histogram family: its name, its help, and its histogram in a series.
+/// A histogram family: the metric it is, its name, its help, and its histogram in a series.
 type Family = (
     IstioMetric,
     &'static str,

@@ -453,3 +453,42 @@ fn a_filter_reading_what_the_proxy_does_not_fill_is_told() {
     );
     assert!(d.message.contains("response.headers"), "{}", d.message);
 }
+
+#[test]
+fn the_proxy_bounds_a_filter_it_evaluates() {
+    // flat chains recurse in the parser and the evaluator once per term
+    let long = vec!["1"; 3000].join("+");
+    assert!(
+        compile_filter(&format!("{long} > 0"))
+            .unwrap_err()
+            .contains("bytes long")
+    );
+    let deep = format!("{} > 0", vec!["1"; 150].join("+"));
+    assert!(compile_filter(&deep).unwrap_err().contains("levels deep"));
+    let literal = "google.protobuf.Duration{seconds: 1} == duration('1s')";
+    assert!(
+        compile_filter(literal)
+            .unwrap_err()
+            .contains("message literals")
+    );
+    assert!(compile_filter("response.code >= 400 || request.url_path.startsWith('/api')").is_ok());
+    // refused by the proxy's pipeline, with file, line and field; Istio's rules accept it
+    let spec = format!(
+        "  accessLogging:\n  - providers: [{{name: envoy}}]\n    filter: {{expression: \"{deep}\"}}\n"
+    );
+    let err = load_str("t.yaml", &yaml(&[("default", "t", &spec)])).unwrap_err();
+    let d = err.errors().next().unwrap();
+    assert_eq!(
+        d.field.as_ref().unwrap().to_string(),
+        "spec.accessLogging[0].filter.expression"
+    );
+    assert!(d.message.contains("levels deep"), "{}", d.message);
+    assert!(
+        load_str_with(
+            "t.yaml",
+            &yaml(&[("default", "t", &spec)]),
+            CheckMode::Istio
+        )
+        .is_ok()
+    );
+}

@@ -29,6 +29,7 @@ pub(crate) fn validate(t: &Telemetry, at: &FieldPath, rep: &mut Report<'_>) {
             && !f.expression.is_empty()
             && let Err(e) = cel::Program::compile(&f.expression)
         {
+            // the first line: the parser's message, without its picture of the text
             let e = e.to_string();
             let first = e.lines().next().unwrap_or_default();
             rep.error(

@@ -47,13 +47,13 @@ pub(super) struct TcpRegistry {
     series: RwLock<FastHashMap<u64, Vec<Arc<TcpSeries>>>>,
 }
 
-/// A counter family: its name, its help, and its counter in a series.
 /// The [`MetricSet`](mesh_core::telemetry::MetricSet) bits of the TCP metrics.
 const TCP_METRICS: u16 = metric_bit(IstioMetric::TcpOpenedConnections)
     | metric_bit(IstioMetric::TcpClosedConnections)
     | metric_bit(IstioMetric::TcpSentBytes)
     | metric_bit(IstioMetric::TcpReceivedBytes);
 
+/// A counter family: the metric it is, its name, its help, and its counter in a series.
 type TcpFamily = (
     IstioMetric,
     &'static str,
