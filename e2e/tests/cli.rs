@@ -265,12 +265,7 @@ impl Proc {
 
     /// The `addr=` of the first log line containing `what`, once it is logged.
     async fn logged_addr(&self, what: &str) -> SocketAddr {
-        let lines = self.lines.clone();
-        eventually(&format!("stderr says {what:?}"), || {
-            let lines = lines.clone();
-            async move { lines.lock().unwrap().iter().any(|l| l.contains(what)) }
-        })
-        .await;
+        wait_for_line(&self.lines, what).await;
         let lines = self.lines.lock().unwrap();
         let line = lines.iter().find(|l| l.contains(what)).unwrap();
         let addr = line
@@ -297,6 +292,15 @@ impl Proc {
             .unwrap();
         assert!(status.success(), "kill {sig} failed");
     }
+}
+
+/// Waits until one of `lines` (a process's output, read by a thread) contains `what`.
+async fn wait_for_line(lines: &Arc<Mutex<Vec<String>>>, what: &str) {
+    eventually(&format!("a line with {what:?}"), || {
+        let lines = lines.clone();
+        async move { lines.lock().unwrap().iter().any(|l| l.contains(what)) }
+    })
+    .await;
 }
 
 fn run_config(v1: &Backend, v2: &Backend, to: &str) -> String {
@@ -421,18 +425,7 @@ async fn run_serves_reloads_on_sighup_and_file_change_and_exits_0_on_sigterm() {
         tokio::net::TcpStream::connect(out).await.is_err(),
         "the listener is closed"
     );
-    let lines = proc.lines.clone();
-    eventually("the last log line is read", || {
-        let lines = lines.clone();
-        async move {
-            lines
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains("drained; exiting"))
-        }
-    })
-    .await;
+    wait_for_line(&proc.lines, "drained; exiting").await;
     assert_eq!(proc.count_logged("SIGTERM: draining"), 1, "{}", proc.log());
 }
 
@@ -620,18 +613,7 @@ spec:
     assert_eq!(c.send(get("/debugged", true)).await.status.as_u16(), 200);
     assert_eq!(c.send(get("/fail", false)).await.status.as_u16(), 503);
     // the lines are queued in order: once the last request's is out, the others' are too
-    let lines = proc.out.clone();
-    eventually("the /fail line on stdout", || {
-        let lines = lines.clone();
-        async move {
-            lines
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains("GET /fail "))
-        }
-    })
-    .await;
+    wait_for_line(&proc.out, "GET /fail ").await;
     let lines = proc.out.lock().unwrap().clone();
     assert_eq!(lines.len(), 2, "{lines:#?}\n{}", proc.log());
     assert!(

@@ -577,32 +577,35 @@ pub fn attribute_references(expression: &str) -> Vec<(String, Option<String>)> {
 /// And an access log filter of a Telemetry that applies which the proxy would not evaluate
 /// safely ([`compile_filter`]'s bounds): an error on its expression.
 pub fn conflicts(snapshot: &Snapshot) -> Vec<Issue> {
+    let error = |t: &Named<Telemetry>, field: FieldPath, message: String| Issue {
+        severity: Severity::Error,
+        resource: ResourceRef {
+            kind: Kind::Telemetry,
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+        },
+        field,
+        message,
+    };
     let mut out = Vec::new();
-    for t in levels(snapshot).iter().flatten() {
+    let levels = levels(snapshot);
+    for t in levels.iter().flatten() {
         for (i, a) in t.spec.access_logging.iter().enumerate() {
             let Some(f) = a.filter.as_ref().filter(|f| !f.expression.is_empty()) else {
                 continue;
             };
             if let Err(e) = compile_filter(&f.expression) {
-                out.push(Issue {
-                    severity: Severity::Error,
-                    resource: ResourceRef {
-                        kind: Kind::Telemetry,
-                        namespace: t.namespace.clone(),
-                        name: t.name.clone(),
-                    },
-                    field: FieldPath::root()
-                        .key("spec")
-                        .key("accessLogging")
-                        .index(i)
-                        .key("filter")
-                        .key("expression"),
-                    message: e,
-                });
+                let field = FieldPath::root()
+                    .key("spec")
+                    .key("accessLogging")
+                    .index(i)
+                    .key("filter")
+                    .key("expression");
+                out.push(error(t, field, e));
             }
         }
     }
-    for (i, level) in levels(snapshot).iter().enumerate() {
+    for (i, level) in levels.iter().enumerate() {
         let Some((first, rest)) = level.split_first() else {
             continue;
         };
@@ -623,18 +626,10 @@ pub fn conflicts(snapshot: &Snapshot) -> Vec<Issue> {
                     ),
                 ),
             };
-            out.push(Issue {
-                severity: Severity::Error,
-                resource: ResourceRef {
-                    kind: Kind::Telemetry,
-                    namespace: t.namespace.clone(),
-                    name: t.name.clone(),
-                },
-                field,
-                message: format!(
-                    "{what}: which one applies would depend on creation times the files do not carry; merge them"
-                ),
-            });
+            let message = format!(
+                "{what}: which one applies would depend on creation times the files do not carry; merge them"
+            );
+            out.push(error(t, field, message));
         }
     }
     out
