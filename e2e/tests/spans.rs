@@ -302,3 +302,63 @@ async fn a_local_reply_is_an_error_span_with_its_flag() {
     assert_eq!(s.status.as_ref().unwrap().code, 2);
     assert!(s.parent_span_id.is_empty(), "a new trace: a root span");
 }
+
+/// A Telemetry's tracing through the real proxy: every new trace sampled
+/// (`randomSamplingPercentage: 100` over the bootstrap's 0), the client spans tagged with a
+/// literal, an environment variable's default and a request header (`customTags`), and
+/// the server side's spans not reported (`disableSpanReporting`) while its trace headers
+/// still go to the application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telemetry_samples_tags_and_turns_a_sides_spans_off() {
+    let (collector, got) = receiver().await;
+    let (b, seen) = recording().await;
+    let yaml = bootstrap(
+        1,
+        &format!(
+            "  tracing: {{sampling: 0, otlp: {{endpoint: \"http://{collector}\"}}}}\n  inbound: {{address: 127.0.0.1, port: 0, localApp: 127.0.0.1:{}}}\n",
+            b.port()
+        ),
+    ) + &service_entry("ratings", 9080, "HTTP", &[&b])
+        + "---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - randomSamplingPercentage: 100
+    customTags:
+      team: {literal: {value: bookinfo}}
+      region: {environment: {name: MESH_E2E_UNSET_REGION, defaultValue: eu-west}}
+      user: {header: {name: X-User}}
+      absent: {header: {name: x-absent}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: productpage, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  tracing:
+  - match: {mode: SERVER}
+    disableSpanReporting: true
+";
+    let p = start(&yaml).await;
+    let r = get_once(p.out, "ratings:9080", &[("x-user", "jason")]).await;
+    assert_eq!(r.status, 200);
+    let r = get_once(p.proxy.inbound_addr().unwrap(), "ratings:9080", &[]).await;
+    assert_eq!(r.status, 200);
+    let to_app = seen.lock().unwrap().last().cloned().unwrap();
+    let tp = to_app["traceparent"].to_str().unwrap();
+    assert!(tp.ends_with("-01"), "the server side still samples: {tp}");
+    tokio::task::block_in_place(|| p.proxy.flush_telemetry());
+    let all = spans(&got);
+    assert_eq!(all.len(), 1, "the client span only: {all:#?}");
+    let client = &all[0];
+    assert_eq!(client.kind, 3);
+    assert_eq!(string(client, "team"), "bookinfo");
+    assert_eq!(string(client, "region"), "eu-west");
+    assert_eq!(string(client, "user"), "jason");
+    assert!(
+        attr(client, "absent").is_none(),
+        "no header, no default: no tag"
+    );
+}

@@ -24,9 +24,9 @@
 //!   `mesh_telemetry::log_filter`). Only Istio's built-in `envoy` provider is a log this proxy has:
 //!   lines to `/dev/stdout`, in `accessLog.encoding`. When no entry decides for `envoy`,
 //!   the bootstrap's `accessLog` applies (Istio's `accessLogFile` fallback).
-//! - **Tracing** (`Telemetries.Tracing`): entries in order replace the sampling percentage
-//!   and `disableSpanReporting` when they set them; an unset percentage is the bootstrap's
-//!   `tracing.sampling`, as Istio falls back to MeshConfig's.
+//! - **Tracing** (`Telemetries.Tracing`): entries in order replace the sampling percentage,
+//!   `disableSpanReporting` and the `customTags` map when they set them; an unset
+//!   percentage is the bootstrap's `tracing.sampling`, as Istio falls back to MeshConfig's.
 //! - **Metrics** (`mergeMetrics`): the providers are the last entry's that names any
 //!   (default: `prometheus`, as Istio's installation sets `defaultProviders.metrics`);
 //!   without `prometheus` no metric is made. An override matching every metric
@@ -93,12 +93,30 @@ pub enum AccessLogChoice {
 }
 
 /// A side's tracing.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TracingChoice {
     /// The share of new traces sampled, in percent.
     pub sampling: f64,
     /// Whether sampled requests make spans (to the bootstrap's `tracing.otlp`).
     pub report_spans: bool,
+    /// The spans' custom tags (`customTags`, the last entry's that sets them: Istio
+    /// replaces the whole map), by name.
+    pub custom_tags: Arc<[(String, CustomTagValue)]>,
+}
+
+/// Where a custom tag's value comes from (`Tracing.CustomTag`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomTagValue {
+    /// A fixed value (`literal`), or an environment variable of the proxy
+    /// (`environment`), read when the configuration is applied (Envoy reads it at start).
+    Fixed(String),
+    /// A request header (`header`): its value, else the default (no tag without one).
+    Header {
+        /// The header's name, lowercase.
+        name: String,
+        /// The value when the request has no such header.
+        default: Option<String>,
+    },
 }
 
 /// The standard metrics a side makes: a set of [`IstioMetric`]s.
@@ -313,6 +331,7 @@ fn tracing(applied: &[&Telemetry], sampling: f64) -> Sides<TracingChoice> {
     let mut out = Sides::both(TracingChoice {
         sampling,
         report_spans: true,
+        custom_tags: Arc::from([]),
     });
     for t in applied.iter().flat_map(|t| &t.tracing) {
         let mode = t.match_.map_or(WorkloadMode::ClientAndServer, |m| m.mode);
@@ -323,9 +342,39 @@ fn tracing(applied: &[&Telemetry], sampling: f64) -> Sides<TracingChoice> {
             if let Some(d) = t.disable_span_reporting {
                 c.report_spans = !d;
             }
+            if !t.custom_tags.is_empty() {
+                c.custom_tags = custom_tags(&t.custom_tags);
+            }
         });
     }
     out
+}
+
+/// The tags of a `customTags` map, by name; a tag of no kind, or a `formatter` (the
+/// support table tells), has no value here.
+fn custom_tags(
+    tags: &std::collections::BTreeMap<String, crate::model::telemetry::CustomTag>,
+) -> Arc<[(String, CustomTagValue)]> {
+    tags.iter()
+        .filter_map(|(name, t)| {
+            let value = if let Some(l) = &t.literal {
+                CustomTagValue::Fixed(l.value.clone())
+            } else if let Some(e) = &t.environment {
+                let v = std::env::var(&e.name)
+                    .ok()
+                    .or_else(|| e.default_value.clone())?;
+                CustomTagValue::Fixed(v)
+            } else if let Some(h) = &t.header {
+                CustomTagValue::Header {
+                    name: h.name.to_ascii_lowercase(),
+                    default: h.default_value.clone(),
+                }
+            } else {
+                return None;
+            };
+            Some((name.clone(), value))
+        })
+        .collect()
 }
 
 /// `mergeMetrics` for the `prometheus` provider.

@@ -47,6 +47,9 @@ pub struct Exporters {
     built: Mutex<(Option<Otlp>, Vec<OpenLog>)>,
     outbound_log: Arc<AccessLogRecorder>,
     inbound_log: Arc<AccessLogRecorder>,
+    /// Each side's span recorder (its custom tags set by [`store`](Self::store)).
+    outbound_spans: Arc<SpanRecorder>,
+    inbound_spans: Arc<SpanRecorder>,
     /// What the span sinks and log writers replaced by reloads had dropped (the counters
     /// stay monotonic).
     retired: (AtomicU64, AtomicU64),
@@ -82,10 +85,14 @@ impl Exporters {
             Some(port) => inbound_log.with_local_app_port(port),
             None => inbound_log,
         };
+        let (client_spans, server_spans) =
+            (Arc::new(Reloadable::empty()), Arc::new(Reloadable::empty()));
         let e = Exporters {
             spans: Mutex::new(None),
-            client_spans: Arc::new(Reloadable::empty()),
-            server_spans: Arc::new(Reloadable::empty()),
+            outbound_spans: Arc::new(SpanRecorder::new(Side::Outbound, client_spans.clone())),
+            inbound_spans: Arc::new(SpanRecorder::new(Side::Inbound, server_spans.clone())),
+            client_spans,
+            server_spans,
             outbound_log: Arc::new(recorder(Side::Outbound, &client_log)),
             inbound_log: Arc::new(inbound_log),
             client_log,
@@ -133,6 +140,10 @@ impl Exporters {
         ] {
             slot.swap(exporter.clone().filter(|_| on));
         }
+        self.outbound_spans
+            .set_tags(&view.tracing.client.custom_tags);
+        self.inbound_spans
+            .set_tags(&view.tracing.server.custom_tags);
         // each side's log file: opened once for both sides when they agree, kept (and
         // reopened, as a reload always did) when it was open already
         let wanted = |choice| match choice {
@@ -238,18 +249,12 @@ impl Exporters {
 
     /// The sinks of the outbound listener's record layer.
     pub fn outbound_sinks(&self) -> Vec<Arc<dyn Sink>> {
-        vec![
-            Arc::new(SpanRecorder::new(Side::Outbound, self.client_spans.clone())),
-            self.outbound_log.clone(),
-        ]
+        vec![self.outbound_spans.clone(), self.outbound_log.clone()]
     }
 
     /// The sinks of the inbound listener's record layer.
     pub fn inbound_sinks(&self) -> Vec<Arc<dyn Sink>> {
-        vec![
-            Arc::new(SpanRecorder::new(Side::Inbound, self.server_spans.clone())),
-            self.inbound_log.clone(),
-        ]
+        vec![self.inbound_spans.clone(), self.inbound_log.clone()]
     }
 
     /// The listeners' addresses, once bound (`%DOWNSTREAM_LOCAL_ADDRESS%`).

@@ -47,6 +47,7 @@ use arc_swap::ArcSwapOption;
 use http::{HeaderValue, Version};
 use mesh_core::ext::UpstreamReset;
 use mesh_core::flags::ResponseFlags;
+use mesh_core::telemetry::CustomTagValue;
 use opentelemetry::trace::SpanKind;
 
 use crate::access_log::{AccessLog, LogEntry};
@@ -137,22 +138,45 @@ pub enum Side {
 pub struct SpanRecorder {
     side: Side,
     sink: Arc<Reloadable<SpanSink>>,
+    /// The spans' custom tags (a Telemetry's `customTags`; none: empty).
+    tags: ArcSwapOption<Vec<(String, CustomTagValue)>>,
+    /// Whether a tag reads a request header (the record layer then keeps them).
+    header_tags: AtomicBool,
 }
 
 impl SpanRecorder {
     /// Spans of `side`'s requests, to whatever `sink` holds.
     pub fn new(side: Side, sink: Arc<Reloadable<SpanSink>>) -> Self {
-        SpanRecorder { side, sink }
+        SpanRecorder {
+            side,
+            sink,
+            tags: ArcSwapOption::empty(),
+            header_tags: AtomicBool::new(false),
+        }
+    }
+
+    /// Adds `tags` to the spans from now on (a Telemetry's `customTags`: literals and
+    /// environment variables already read, request headers read per span).
+    pub fn set_tags(&self, tags: &[(String, CustomTagValue)]) {
+        let headers = tags
+            .iter()
+            .any(|(_, v)| matches!(v, CustomTagValue::Header { .. }));
+        self.tags
+            .store((!tags.is_empty()).then(|| Arc::new(tags.to_vec())));
+        self.header_tags.store(headers, Ordering::Relaxed);
     }
 }
 
 impl Sink for SpanRecorder {
-    /// The details of a sampled request while an exporter is set; nothing otherwise.
+    /// The details of a sampled request while an exporter is set (with the request's
+    /// headers when a custom tag reads one); nothing otherwise.
     fn interest(&self, trace: Option<&TraceContext>) -> Interest {
-        if trace.is_some_and(|t| t.sampled) && self.sink.is_set() {
-            Interest::Details
-        } else {
+        if !(trace.is_some_and(|t| t.sampled) && self.sink.is_set()) {
             Interest::Nothing
+        } else if self.header_tags.load(Ordering::Relaxed) {
+            Interest::Headers
+        } else {
+            Interest::Details
         }
     }
 
@@ -203,6 +227,25 @@ impl Sink for SpanRecorder {
         // the bodies, as Envoy's `request_size` and `response_size` tags
         span.request_size = c.request_body_bytes().unwrap_or(0);
         span.response_size = c.response_body_bytes().unwrap_or(0);
+        let tags = self.tags.load();
+        let tags: Vec<(&str, &str)> = tags
+            .as_deref()
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, v)| {
+                let value = match v {
+                    CustomTagValue::Fixed(v) => v.as_str(),
+                    CustomTagValue::Header { name, default } => details
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(name.as_str()))
+                        .and_then(|v| v.to_str().ok())
+                        .or(default.as_deref())?,
+                };
+                Some((name.as_str(), value))
+            })
+            .collect();
+        span.tags = &tags;
         sink.record(&span);
     }
 }

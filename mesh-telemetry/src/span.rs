@@ -165,6 +165,8 @@ pub struct RequestSpan<'a> {
     pub request_size: u64,
     /// Response body bytes (Envoy's `response_size` tag).
     pub response_size: u64,
+    /// Custom tags (a Telemetry's `customTags`), name and value.
+    pub tags: &'a [(&'a str, &'a str)],
 }
 
 impl<'a> RequestSpan<'a> {
@@ -201,6 +203,7 @@ impl<'a> RequestSpan<'a> {
             peer: None,
             request_size: 0,
             response_size: 0,
+            tags: &[],
         }
     }
 }
@@ -436,6 +439,9 @@ impl SpanSink {
             "istio.canonical_service",
             shared(&self.inner.service),
         ));
+        for (name, value) in req.tags {
+            attrs.push(KeyValue::new(name.to_string(), value.to_string()));
+        }
         // the conventions: no description when the status code tells the error
         let status = match (error, req.status) {
             (None, _) => Status::Unset,

@@ -2170,8 +2170,8 @@ static TELEMETRY_TRACING: TypeDef = TypeDef {
         field(
             "customTags",
             Map(&CUSTOM_TAG),
-            Status::NotYet(Area::Later),
-            "spans carry the proxy's own attributes only",
+            Status::Enforced,
+            "span attributes; the last entry that sets the map replaces it whole, as Istio's",
         ),
         field(
             "useRequestIdForTraceSampling",
@@ -2198,9 +2198,24 @@ static CUSTOM_TAG: TypeDef = TypeDef {
     name: "CustomTag",
     fields: &[
         field("literal", Struct(&TAG_LITERAL), Status::Enforced, ""),
-        field("environment", Struct(&TAG_SOURCE), Status::Enforced, ""),
-        field("header", Struct(&TAG_SOURCE), Status::Enforced, ""),
-        field("formatter", Struct(&TAG_LITERAL), Status::Enforced, ""),
+        field(
+            "environment",
+            Struct(&TAG_SOURCE),
+            Status::Enforced,
+            "the proxy's environment variable, read when the configuration is applied; without it and without a default, no tag",
+        ),
+        field(
+            "header",
+            Struct(&TAG_SOURCE),
+            Status::Enforced,
+            "the request's header as it arrived; without it and without a default, no tag",
+        ),
+        field(
+            "formatter",
+            Struct(&TAG_LITERAL),
+            Status::NotYet(Area::Later),
+            "Envoy's access-log formatter strings are not evaluated: no tag",
+        ),
     ],
 };
 

@@ -315,7 +315,6 @@ fn fields_without_effect_are_told_by_the_support_table() {
         [
             "spec.accessLogging[0].providers[1].name",
             "spec.metrics[0].overrides[0].tagOverrides",
-            "spec.tracing[0].customTags",
             "spec.tracing[0].providers[0].name",
         ]
     );
@@ -490,5 +489,47 @@ fn the_proxy_bounds_a_filter_it_evaluates() {
             CheckMode::Istio
         )
         .is_ok()
+    );
+}
+
+#[test]
+fn custom_tags_are_replaced_whole_by_the_last_entry_that_sets_them() {
+    let v = view(&[
+        (
+            "istio-system",
+            "mesh-default",
+            "  tracing:\n  - customTags:\n      team: {literal: {value: bookinfo}}\n      user: {header: {name: X-User, defaultValue: anonymous}}\n      region: {environment: {name: MESH_TEST_UNSET_VARIABLE, defaultValue: eu}}\n      gone: {environment: {name: MESH_TEST_UNSET_VARIABLE}}\n",
+        ),
+        (
+            "default",
+            "ns",
+            "  tracing:\n  - match: {mode: SERVER}\n    customTags:\n      side: {literal: {value: server}}\n",
+        ),
+    ]);
+    let client: Vec<(&str, &CustomTagValue)> = v
+        .tracing
+        .client
+        .custom_tags
+        .iter()
+        .map(|(n, t)| (n.as_str(), t))
+        .collect();
+    assert_eq!(
+        client,
+        [
+            ("region", &CustomTagValue::Fixed("eu".into())),
+            ("team", &CustomTagValue::Fixed("bookinfo".into())),
+            (
+                "user",
+                &CustomTagValue::Header {
+                    name: "x-user".into(),
+                    default: Some("anonymous".into())
+                }
+            ),
+        ],
+        "an unset variable without a default makes no tag"
+    );
+    assert_eq!(
+        &*v.tracing.server.custom_tags,
+        [("side".to_string(), CustomTagValue::Fixed("server".into()))]
     );
 }

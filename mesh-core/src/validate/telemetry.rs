@@ -5,6 +5,7 @@
 
 use crate::error::FieldPath;
 use crate::model::telemetry::{ProviderRef, TagOperation, Telemetry};
+use crate::telemetry::MAX_FILTER_LEN;
 
 use super::authz::validate_targets;
 use super::common::oneof;
@@ -25,17 +26,25 @@ pub(crate) fn validate(t: &Telemetry, at: &FieldPath, rep: &mut Report<'_>) {
         let at = at.ki("accessLogging", i);
         providers(&a.providers, &at, rep);
         // `validateTelemetryFilter` (istiod's build parses the expression)
-        if let Some(f) = &a.filter
-            && !f.expression.is_empty()
-            && let Err(e) = cel::Program::compile(&f.expression)
-        {
+        let Some(f) = a.filter.as_ref().filter(|f| !f.expression.is_empty()) else {
+            continue;
+        };
+        let p = at.k("filter").k("expression");
+        // the parser recurses once per term of a flat chain: a longer text is not parsed
+        // here (istiod's CEL has bounds of its own)
+        if f.expression.len() > MAX_FILTER_LEN {
+            rep.error(
+                &p,
+                format!(
+                    "the expression is {} bytes long, more than the {MAX_FILTER_LEN} this proxy parses",
+                    f.expression.len()
+                ),
+            );
+        } else if let Err(e) = cel::Program::compile(&f.expression) {
             // the first line: the parser's message, without its picture of the text
             let e = e.to_string();
             let first = e.lines().next().unwrap_or_default();
-            rep.error(
-                &at.k("filter").k("expression"),
-                format!("must be a valid CEL expression, {first}"),
-            );
+            rep.error(&p, format!("must be a valid CEL expression, {first}"));
         }
     }
 }
