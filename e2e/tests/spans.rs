@@ -304,28 +304,32 @@ async fn a_local_reply_is_an_error_span_with_its_flag() {
 }
 
 /// A Telemetry's tracing through the real proxy: every new trace sampled
-/// (`randomSamplingPercentage: 100` over the bootstrap's 0), the client spans tagged with a
-/// literal, an environment variable's default and a request header (`customTags`), and
-/// the server side's spans not reported (`disableSpanReporting`) while its trace headers
-/// still go to the application.
+/// (`randomSamplingPercentage: 100` over the bootstrap's 0); each side's spans with its own
+/// `customTags` (client: a literal, an unset environment variable's default, a request
+/// header, an absent header without default; server: a literal and the header as the
+/// inbound listener sent it to the application); then, by reload, the server side's spans
+/// not reported (`disableSpanReporting`) while its trace headers still reach the
+/// application.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_telemetry_samples_tags_and_turns_a_sides_spans_off() {
+async fn a_telemetry_samples_tags_each_side_and_turns_a_sides_spans_off_on_reload() {
     let (collector, got) = receiver().await;
     let (b, seen) = recording().await;
-    let yaml = bootstrap(
-        1,
-        &format!(
-            "  tracing: {{sampling: 0, otlp: {{endpoint: \"http://{collector}\"}}}}\n  inbound: {{address: 127.0.0.1, port: 0, localApp: 127.0.0.1:{}}}\n",
-            b.port()
-        ),
-    ) + &service_entry("ratings", 9080, "HTTP", &[&b])
-        + "---
+    let config = |extra: &str| {
+        bootstrap(
+            1,
+            &format!(
+                "  tracing: {{sampling: 0, otlp: {{endpoint: \"http://{collector}\"}}}}\n  inbound: {{address: 127.0.0.1, port: 0, localApp: 127.0.0.1:{}}}\n",
+                b.port()
+            ),
+        ) + &service_entry("ratings", 9080, "HTTP", &[&b])
+            + "---
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
 metadata: {name: mesh-default, namespace: istio-system}
 spec:
   tracing:
   - randomSamplingPercentage: 100
+    match: {mode: CLIENT}
     customTags:
       team: {literal: {value: bookinfo}}
       region: {environment: {name: MESH_E2E_UNSET_REGION, defaultValue: eu-west}}
@@ -334,26 +338,29 @@ spec:
 ---
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
-metadata: {name: productpage, namespace: default}
+metadata: {name: namespace-default, namespace: default}
 spec:
-  selector: {matchLabels: {app: productpage}}
   tracing:
-  - match: {mode: SERVER}
-    disableSpanReporting: true
-";
-    let p = start(&yaml).await;
+  - randomSamplingPercentage: 100
+    match: {mode: SERVER}
+    customTags:
+      side: {literal: {value: server}}
+      who: {header: {name: x-user}}
+" + extra
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh.yaml");
+    write(&file, &config(""));
+    let p = start_files(vec![file.clone()]).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
     let r = get_once(p.out, "ratings:9080", &[("x-user", "jason")]).await;
     assert_eq!(r.status, 200);
-    let r = get_once(p.proxy.inbound_addr().unwrap(), "ratings:9080", &[]).await;
+    let r = get_once(inbound, "ratings:9080", &[("x-user", "alice")]).await;
     assert_eq!(r.status, 200);
-    let to_app = seen.lock().unwrap().last().cloned().unwrap();
-    let tp = to_app["traceparent"].to_str().unwrap();
-    assert!(tp.ends_with("-01"), "the server side still samples: {tp}");
     tokio::task::block_in_place(|| p.proxy.flush_telemetry());
     let all = spans(&got);
-    assert_eq!(all.len(), 1, "the client span only: {all:#?}");
-    let client = &all[0];
-    assert_eq!(client.kind, 3);
+    assert_eq!(all.len(), 2, "a client and a server span: {all:#?}");
+    let client = all.iter().find(|s| s.kind == 3).expect("a client span");
     assert_eq!(string(client, "team"), "bookinfo");
     assert_eq!(string(client, "region"), "eu-west");
     assert_eq!(string(client, "user"), "jason");
@@ -361,4 +368,37 @@ spec:
         attr(client, "absent").is_none(),
         "no header, no default: no tag"
     );
+    assert!(
+        attr(client, "side").is_none(),
+        "the server side's tags only there"
+    );
+    let server = all.iter().find(|s| s.kind == 2).expect("a server span");
+    assert_eq!(string(server, "side"), "server");
+    assert_eq!(string(server, "who"), "alice");
+    assert!(attr(server, "team").is_none());
+
+    // the workload's own Telemetry turns the server side's spans off
+    write(
+        &file,
+        &config(
+            "---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: productpage, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  tracing:
+  - match: {mode: SERVER}
+    disableSpanReporting: true
+",
+        ),
+    );
+    p.proxy.reload().unwrap();
+    let r = get_once(inbound, "ratings:9080", &[]).await;
+    assert_eq!(r.status, 200);
+    let to_app = seen.lock().unwrap().last().cloned().unwrap();
+    let tp = to_app["traceparent"].to_str().unwrap();
+    assert!(tp.ends_with("-01"), "the server side still samples: {tp}");
+    tokio::task::block_in_place(|| p.proxy.flush_telemetry());
+    assert_eq!(spans(&got).len(), 2, "no new span");
 }

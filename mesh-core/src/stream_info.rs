@@ -67,6 +67,9 @@ struct Inner {
     recorded: Mutex<Recorded>,
     /// Whether the connector records the upstream connection ([`StreamInfo::with_connection`]).
     connection: bool,
+    /// Whether the connector records the request's headers as it sends them
+    /// ([`StreamInfo::with_request_headers`]).
+    headers: bool,
     /// The request body bytes an attempt read, the longest count (a body of unknown length
     /// only; [`StreamInfo::note_request_body`]).
     request_body: AtomicU64,
@@ -89,6 +92,11 @@ pub struct Recorded {
     /// The connection the last attempt went out on; recorded only for a record made with
     /// [`StreamInfo::with_connection`].
     pub connection: Option<UpstreamConnection>,
+    /// The last attempt's request headers as the connector sent them (after every change
+    /// the mesh made: route rules, a validated JWT removed, trace headers); recorded only
+    /// for a record made with [`StreamInfo::with_request_headers`], and only for a request
+    /// that was sent.
+    pub request_headers: Option<Arc<http::HeaderMap>>,
 }
 
 /// The upstream connection an attempt's request was handed to, as the connector recorded it
@@ -128,8 +136,34 @@ impl StreamInfo {
         StreamInfo(Arc::new(Inner {
             recorded: Mutex::default(),
             connection: true,
+            headers: false,
             request_body: AtomicU64::new(0),
         }))
+    }
+
+    /// [`with_connection`](Self::with_connection), and the connector records the request's
+    /// headers as it sends them ([`StreamInfo::set_request_headers`]): for a span's header
+    /// tags and an access log filter reading `request.headers`.
+    pub fn with_request_headers() -> Self {
+        StreamInfo(Arc::new(Inner {
+            recorded: Mutex::default(),
+            connection: true,
+            headers: true,
+            request_body: AtomicU64::new(0),
+        }))
+    }
+
+    /// Whether the record asks for the request's headers as sent
+    /// ([`StreamInfo::with_request_headers`]).
+    #[inline]
+    pub fn wants_request_headers(&self) -> bool {
+        self.0.headers
+    }
+
+    /// Records the headers an attempt's request is sent with (the connector's part, when
+    /// [`wants_request_headers`](Self::wants_request_headers)).
+    pub fn set_request_headers(&self, headers: &http::HeaderMap) {
+        self.recorded().request_headers = Some(Arc::new(headers.clone()));
     }
 
     /// Whether the record asks for the upstream connection (made with

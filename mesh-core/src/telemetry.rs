@@ -108,7 +108,8 @@ pub struct TracingChoice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CustomTagValue {
     /// A fixed value (`literal`), or an environment variable of the proxy
-    /// (`environment`), read when the configuration is applied (Envoy reads it at start).
+    /// (`environment`), read when the configuration is applied (Envoy reads it when it
+    /// builds the listener's configuration: the process's environment is the same).
     Fixed(String),
     /// A request header (`header`): its value, else the default (no tag without one).
     Header {
@@ -434,25 +435,68 @@ fn metrics(applied: &[&Telemetry]) -> Sides<MetricSet> {
     }
 }
 
-/// The longest access log filter expression accepted, in bytes: the parser recurses once
-/// per term of a flat chain (`a || b || …`), so the length bounds its stack.
-pub const MAX_FILTER_LEN: usize = 4096;
+/// The longest access log filter expression accepted, in bytes: cel-rust's parser recurses
+/// once per term of a flat chain (`a || b || …`), so the length bounds its stack.
+pub const MAX_FILTER_LEN: usize = 1024;
+/// The deepest nesting of brackets, or the longest run of unary operators (`!`, `-`), in an
+/// access log filter's text: the parser recurses a few frames per level of either.
+pub const MAX_FILTER_NESTING: usize = 32;
+
+/// Whether cel-rust's parser can read `expression` within the stack of any thread of the
+/// proxy: at most [`MAX_FILTER_LEN`] bytes and [`MAX_FILTER_NESTING`] levels of brackets or
+/// unary operators (found in the text, outside string literals). The error says which.
+pub fn check_filter_text(expression: &str) -> Result<(), String> {
+    if expression.len() > MAX_FILTER_LEN {
+        return Err(format!(
+            "the expression is {} bytes long, more than the {MAX_FILTER_LEN} this proxy parses",
+            expression.len()
+        ));
+    }
+    let (mut depth, mut deepest, mut unary, mut longest) = (0usize, 0usize, 0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    let mut escaped = false;
+    for &b in expression.as_bytes() {
+        if let Some(q) = quote {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, _) if b == q => quote = None,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' | b'\'' => quote = Some(b),
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        deepest = deepest.max(depth);
+        match b {
+            b'!' | b'-' => unary += 1,
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            _ => unary = 0,
+        }
+        longest = longest.max(unary);
+    }
+    if deepest.max(longest) > MAX_FILTER_NESTING {
+        return Err(format!(
+            "the expression nests more than {MAX_FILTER_NESTING} levels of brackets or unary operators, more than this proxy parses"
+        ));
+    }
+    Ok(())
+}
 /// The deepest access log filter expression accepted: the evaluator recurses once per
 /// level, on the worker's stack.
 pub const MAX_FILTER_DEPTH: usize = 100;
 
 /// Compiles an access log filter (a Telemetry's `filter.expression`) as the proxy
-/// evaluates it: CEL, at most [`MAX_FILTER_LEN`] bytes and [`MAX_FILTER_DEPTH`] levels, and
-/// no message literal (`google.protobuf.Duration{…}`: the evaluator has no message types).
+/// evaluates it: CEL, within [`check_filter_text`]'s bounds and [`MAX_FILTER_DEPTH`] levels,
+/// and no message literal (`google.protobuf.Duration{…}`: the evaluator has no message types).
 /// The error is the first line of the parser's, or which bound the expression passes.
 pub fn compile_filter(expression: &str) -> Result<cel::Program, String> {
     use cel::common::ast::{EntryExpr, Expr};
-    if expression.len() > MAX_FILTER_LEN {
-        return Err(format!(
-            "the expression is {} bytes long, more than the {MAX_FILTER_LEN} this proxy accepts",
-            expression.len()
-        ));
-    }
+    check_filter_text(expression)?;
     let program = cel::Program::compile(expression).map_err(|e| {
         let e = e.to_string();
         e.lines().next().unwrap_or_default().to_string()

@@ -134,8 +134,8 @@ pub struct LogEntry<'a> {
     pub route_name: Option<&'a str>,
     /// `%TRACE_ID%` (JSON only; Istio's text line has none).
     pub trace_id: Option<u128>,
-    /// The request's headers as they arrived, when a [`LogFilter`] reads them
-    /// (`request.headers`); not written.
+    /// The request's headers (as sent upstream, else as they arrived), when a [`LogFilter`]
+    /// reads them (`request.headers`); not written.
     pub request_headers: Option<&'a http::HeaderMap>,
     /// Whether the downstream connection is TLS (a filter's `request.scheme`); not written.
     pub downstream_tls: bool,

@@ -14,7 +14,7 @@
 //! | `request.host` | string | `Host` / `:authority` |
 //! | `request.scheme` | string | `https` over TLS, else `http` |
 //! | `request.method` | string | |
-//! | `request.headers` | map | the request's headers as they arrived (names lowercase; repeated fields joined with `,`) |
+//! | `request.headers` | map | the request's headers as the proxy sent them upstream (after the mesh's changes), else as they arrived (a reply of the mesh's own); names lowercase, repeated fields joined with `,` |
 //! | `request.referer`, `request.useragent`, `request.id` | string | `referer`, `user-agent`, `x-request-id` |
 //! | `request.protocol` | string | `HTTP/1.1`, `HTTP/2` |
 //! | `request.duration` | duration | from the first byte to the end of the response |

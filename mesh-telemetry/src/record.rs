@@ -31,7 +31,8 @@
 //! [`StreamInfo`] is inserted (the layers inside record nothing) and the body is not
 //! watched. What a request's details cost (copies of its method, URI and a few headers, a
 //! clock read here and one in the connector, an allocation) is paid only when a sink reads
-//! them: Istio's metrics do not.
+//! them: Istio's metrics do not. The request's headers are copied (as they arrived, and by
+//! the connector as it sent them) only for a sink that reads them ([`Interest::Headers`]).
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
@@ -144,8 +145,10 @@ pub enum Interest {
     Outcome,
     /// Its outcome and its [`Details`].
     Details,
-    /// Its outcome and its [`Details`] with the request's headers
-    /// ([`Details::headers`]: an access log filter reading `request.headers`).
+    /// Its outcome and its [`Details`] with the request's headers: as they arrived
+    /// ([`Details::headers`]) and as the connector sent them
+    /// ([`Recorded::request_headers`]): an access log filter reading `request.headers`, a
+    /// span's header tags.
     Headers,
 }
 
@@ -197,7 +200,8 @@ pub struct Details {
     /// the listener set one (an inbound listener: the workload port the peer meant, whose
     /// inbound cluster is `inbound|<port>||`).
     pub destination_port: Option<u16>,
-    /// The request's headers as they arrived, when a sink answered [`Interest::Headers`].
+    /// The request's headers as they arrived, when a sink answered [`Interest::Headers`]
+    /// (those sent upstream are in [`Recorded::request_headers`]).
     pub headers: Option<HeaderMap>,
 }
 
@@ -437,9 +441,10 @@ where
         }
         let start = Instant::now();
         // the connector records the upstream connection for the sinks that read the details
-        let info = match details {
-            true => StreamInfo::with_connection(),
-            false => StreamInfo::new(),
+        let info = match (details, headers) {
+            (_, true) => StreamInfo::with_request_headers(),
+            (true, false) => StreamInfo::with_connection(),
+            (false, false) => StreamInfo::new(),
         };
         let sinks = self.layer.sinks.clone();
         let tls = details.then(|| self.layer.downstream_tls(req.extensions(), &view));

@@ -6,7 +6,9 @@
 //! the exporter or the log file without rebuilding the record layers, and `None` turns the
 //! sink off. A sink that is off, or a span sink asked about an unsampled request, answers
 //! [`Interest::Nothing`] (one relaxed atomic load): the record layer neither calls it nor
-//! captures the request's [`Details`] for it.
+//! captures the request's [`Details`] for it. One that reads request headers (an access log
+//! filter on `request.headers`, a span's header tag) answers [`Interest::Headers`]: the
+//! headers are kept as they arrived and as the connector sent them.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -138,10 +140,22 @@ pub enum Side {
 pub struct SpanRecorder {
     side: Side,
     sink: Arc<Reloadable<SpanSink>>,
-    /// The spans' custom tags (a Telemetry's `customTags`; none: empty).
-    tags: ArcSwapOption<Vec<(String, CustomTagValue)>>,
-    /// Whether a tag reads a request header (the record layer then keeps them).
-    header_tags: AtomicBool,
+    /// The spans' custom tags (a Telemetry's `customTags`; none: empty), swapped whole.
+    tags: ArcSwapOption<SpanTags>,
+}
+
+/// A side's custom tags, and whether one reads a request header.
+#[derive(Debug)]
+struct SpanTags {
+    tags: Vec<(String, TagSource)>,
+    headers: bool,
+}
+
+/// Where a tag's value comes from, ready for the span.
+#[derive(Debug)]
+enum TagSource {
+    Fixed(String),
+    Header(http::HeaderName, Option<String>),
 }
 
 impl SpanRecorder {
@@ -151,19 +165,30 @@ impl SpanRecorder {
             side,
             sink,
             tags: ArcSwapOption::empty(),
-            header_tags: AtomicBool::new(false),
         }
     }
 
     /// Adds `tags` to the spans from now on (a Telemetry's `customTags`: literals and
-    /// environment variables already read, request headers read per span).
+    /// environment variables already read; request headers read from the request as it was
+    /// sent upstream, after the mesh's changes, so a request the mesh answered itself has
+    /// a header tag's default). A tag whose value is empty is left out, as Envoy's.
     pub fn set_tags(&self, tags: &[(String, CustomTagValue)]) {
-        let headers = tags
+        let tags: Vec<(String, TagSource)> = tags
             .iter()
-            .any(|(_, v)| matches!(v, CustomTagValue::Header { .. }));
+            .filter_map(|(name, v)| {
+                let source = match v {
+                    CustomTagValue::Fixed(v) => TagSource::Fixed(v.clone()),
+                    CustomTagValue::Header { name, default } => TagSource::Header(
+                        http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                        default.clone(),
+                    ),
+                };
+                Some((name.clone(), source))
+            })
+            .collect();
+        let headers = tags.iter().any(|(_, s)| matches!(s, TagSource::Header(..)));
         self.tags
-            .store((!tags.is_empty()).then(|| Arc::new(tags.to_vec())));
-        self.header_tags.store(headers, Ordering::Relaxed);
+            .store((!tags.is_empty()).then(|| Arc::new(SpanTags { tags, headers })));
     }
 }
 
@@ -173,7 +198,7 @@ impl Sink for SpanRecorder {
     fn interest(&self, trace: Option<&TraceContext>) -> Interest {
         if !(trace.is_some_and(|t| t.sampled) && self.sink.is_set()) {
             Interest::Nothing
-        } else if self.header_tags.load(Ordering::Relaxed) {
+        } else if self.tags.load().as_ref().is_some_and(|t| t.headers) {
             Interest::Headers
         } else {
             Interest::Details
@@ -231,18 +256,19 @@ impl Sink for SpanRecorder {
         let tags: Vec<(&str, &str)> = tags
             .as_deref()
             .into_iter()
-            .flatten()
+            .flat_map(|t| &t.tags)
             .filter_map(|(name, v)| {
                 let value = match v {
-                    CustomTagValue::Fixed(v) => v.as_str(),
-                    CustomTagValue::Header { name, default } => details
-                        .headers
+                    TagSource::Fixed(v) => v.as_str(),
+                    TagSource::Header(h, default) => c
+                        .info
+                        .request_headers
                         .as_ref()
-                        .and_then(|h| h.get(name.as_str()))
+                        .and_then(|m| m.get(h))
                         .and_then(|v| v.to_str().ok())
                         .or(default.as_deref())?,
                 };
-                Some((name.as_str(), value))
+                (!value.is_empty()).then_some((name.as_str(), value))
             })
             .collect();
         span.tags = &tags;
@@ -343,7 +369,9 @@ impl Sink for AccessLogRecorder {
             e.request_id = header_str(&d.request_id);
             e.x_forwarded_for = header_str(&d.x_forwarded_for);
             e.requested_server_name = d.requested_server_name.as_deref();
-            e.request_headers = d.headers.as_ref();
+            // as sent upstream when the request was (after the mesh's changes), else as it
+            // arrived
+            e.request_headers = c.info.request_headers.as_deref().or(d.headers.as_ref());
             e.downstream_tls = d.downstream_tls;
         }
         e.mtls = c.peer.is_some();
@@ -593,6 +621,30 @@ mod tests {
         assert_eq!(recorder.interest(Some(&sampled)), Interest::Details);
         assert_eq!(recorder.interest(Some(&unsampled)), Interest::Nothing);
         assert_eq!(recorder.interest(None), Interest::Nothing);
+        // custom tags: the headers are asked for only when a tag reads one
+        let fixed = ("team".to_string(), CustomTagValue::Fixed("a".into()));
+        recorder.set_tags(std::slice::from_ref(&fixed));
+        assert_eq!(recorder.interest(Some(&sampled)), Interest::Details);
+        let header = (
+            "user".to_string(),
+            CustomTagValue::Header {
+                name: "x-user".into(),
+                default: None,
+            },
+        );
+        recorder.set_tags(&[fixed, header]);
+        assert_eq!(recorder.interest(Some(&sampled)), Interest::Headers);
+        assert_eq!(recorder.interest(Some(&unsampled)), Interest::Nothing);
+        recorder.set_tags(&[]);
+        assert_eq!(recorder.interest(Some(&sampled)), Interest::Details);
+        // an access log whose filter reads request headers asks for them
+        let writer = Arc::new(AccessLogWriter::open("/dev/null", 16).unwrap());
+        let filter = crate::log_filter::LogFilter::new("request.headers['x'] == 'y'").unwrap();
+        log.swap(Some(Arc::new(
+            AccessLog::new(Encoding::Text, writer).with_filter(Some(Arc::new(filter))),
+        )));
+        let recorder = AccessLogRecorder::new(Side::Outbound, log);
+        assert_eq!(recorder.interest(None), Interest::Headers);
     }
 
     /// Sends `req` through a record layer with a JSON access log to `path`, to a service

@@ -60,7 +60,8 @@
 //! Beside them, the tags Envoy's tracers write on an Istio sidecar's spans (`component:
 //! proxy`, `node_id`, `guid:x-request-id`, `upstream_cluster`, `upstream_cluster.name`,
 //! `response_flags`, `request_size` and `response_size` (the bodies' bytes), `peer.address`,
-//! `istio.namespace`, `istio.canonical_service`).
+//! `istio.namespace`, `istio.canonical_service`), and a Telemetry's custom tags
+//! ([`RequestSpan::tags`]; one named as a tag above replaces it).
 //!
 //! The span's name is Envoy's default operation name on an Istio route, `<host>:<port>/*`
 //! (the decorator Istio gives each route: the destination service's host and port; else the
@@ -439,8 +440,14 @@ impl SpanSink {
             "istio.canonical_service",
             shared(&self.inner.service),
         ));
+        // a custom tag named as one of the span's own replaces it (Envoy's tags are a
+        // map): each key once
         for (name, value) in req.tags {
-            attrs.push(KeyValue::new(name.to_string(), value.to_string()));
+            let kv = KeyValue::new(name.to_string(), value.to_string());
+            match attrs.iter_mut().find(|a| a.key.as_str() == *name) {
+                Some(a) => *a = kv,
+                None => attrs.push(kv),
+            }
         }
         // the conventions: no description when the status code tells the error
         let status = match (error, req.status) {

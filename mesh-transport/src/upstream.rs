@@ -410,21 +410,30 @@ impl Drop for PutBack<'_> {
 /// it (an access log or a span reads it: `%UPSTREAM_LOCAL_ADDRESS%`, the upstream service
 /// time). Otherwise one look-up of the request's slots and no clock read.
 #[inline]
-fn note_connection(ext: &http::Extensions, local: Option<SocketAddr>, tls: bool) {
-    if let Some(info) = mesh_core::ext::slots(ext).and_then(|s| s.info.as_ref())
+fn note_connection(req: &Request<RequestBody>, local: Option<SocketAddr>, tls: bool) {
+    if let Some(info) = mesh_core::ext::slots(req.extensions()).and_then(|s| s.info.as_ref())
         && info.wants_connection()
     {
-        note(info, local, tls);
+        note(info, req.headers(), local, tls);
     }
 }
 
-/// [`note_connection`] into a record already found.
-fn note(info: &mesh_core::stream_info::StreamInfo, local: Option<SocketAddr>, tls: bool) {
+/// [`note_connection`] into a record already found; and the headers the request is sent
+/// with, when the record asks for them (a span's header tags, an access log filter).
+fn note(
+    info: &mesh_core::stream_info::StreamInfo,
+    headers: &http::HeaderMap,
+    local: Option<SocketAddr>,
+    tls: bool,
+) {
     info.set_connection(mesh_core::stream_info::UpstreamConnection {
         local,
         tls,
         sent: std::time::Instant::now(),
     });
+    if info.wants_request_headers() {
+        info.set_request_headers(headers);
+    }
 }
 
 /// The request's place for its head ([`ReturnHead`], taken out) and its record when the
@@ -585,7 +594,7 @@ impl Connector {
                 };
                 conn.configure(pool);
                 if let Some(info) = &record {
-                    note(info, conn.local, tls.is_some());
+                    note(info, held.req.headers(), conn.local, tls.is_some());
                 }
                 let retry_possible = reused && body.is_none();
                 let exchange = h1client::exchange(
@@ -740,7 +749,7 @@ impl Connector {
                     }
                 }
             };
-            note_connection(req.extensions(), slot.local_addr(), tls.is_some());
+            note_connection(&req, slot.local_addr(), tls.is_some());
             match sender.try_send_request(req).await {
                 Ok(res) => into_engine_response(res, Some(slot)),
                 // a refused stream first: the connection may be closing too (a GOAWAY), but the

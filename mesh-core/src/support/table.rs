@@ -2202,13 +2202,13 @@ static CUSTOM_TAG: TypeDef = TypeDef {
             "environment",
             Struct(&TAG_SOURCE),
             Status::Enforced,
-            "the proxy's environment variable, read when the configuration is applied; without it and without a default, no tag",
+            "the proxy's environment variable, read when the configuration is applied; without it and without a default, or with an empty value, no tag",
         ),
         field(
             "header",
             Struct(&TAG_SOURCE),
             Status::Enforced,
-            "the request's header as it arrived; without it and without a default, no tag",
+            "the request's header as the proxy sent it upstream (after the mesh's changes: a header a validated JWT's rule removed is gone); a request the mesh answered itself, or one without the header, has the default; without a default, or with an empty value, no tag",
         ),
         field(
             "formatter",

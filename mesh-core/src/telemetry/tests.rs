@@ -456,12 +456,17 @@ fn a_filter_reading_what_the_proxy_does_not_fill_is_told() {
 #[test]
 fn the_proxy_bounds_a_filter_it_evaluates() {
     // flat chains recurse in the parser and the evaluator once per term
-    let long = vec!["1"; 3000].join("+");
-    assert!(
-        compile_filter(&format!("{long} > 0"))
-            .unwrap_err()
-            .contains("bytes long")
-    );
+    let long = vec!["1"; 600].join("+");
+    let err = compile_filter(&format!("{long} > 0")).unwrap_err();
+    assert!(err.contains("bytes long"), "{err}");
+    let parens = format!("{}1{} > 0", "(".repeat(40), ")".repeat(40));
+    let err = compile_filter(&parens).unwrap_err();
+    assert!(err.contains("nests more than"), "{err}");
+    let nots = format!("{}true", "!".repeat(40));
+    let err = compile_filter(&nots).unwrap_err();
+    assert!(err.contains("nests more than"), "{err}");
+    // brackets inside a string literal are text
+    assert!(compile_filter(&format!("request.path == '{}'", "(".repeat(40))).is_ok());
     let deep = format!("{} > 0", vec!["1"; 150].join("+"));
     assert!(compile_filter(&deep).unwrap_err().contains("levels deep"));
     let literal = "google.protobuf.Duration{seconds: 1} == duration('1s')";

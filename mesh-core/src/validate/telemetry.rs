@@ -5,7 +5,7 @@
 
 use crate::error::FieldPath;
 use crate::model::telemetry::{ProviderRef, TagOperation, Telemetry};
-use crate::telemetry::MAX_FILTER_LEN;
+use crate::telemetry::check_filter_text;
 
 use super::authz::validate_targets;
 use super::common::oneof;
@@ -30,16 +30,10 @@ pub(crate) fn validate(t: &Telemetry, at: &FieldPath, rep: &mut Report<'_>) {
             continue;
         };
         let p = at.k("filter").k("expression");
-        // the parser recurses once per term of a flat chain: a longer text is not parsed
-        // here (istiod's CEL has bounds of its own)
-        if f.expression.len() > MAX_FILTER_LEN {
-            rep.error(
-                &p,
-                format!(
-                    "the expression is {} bytes long, more than the {MAX_FILTER_LEN} this proxy parses",
-                    f.expression.len()
-                ),
-            );
+        // cel-rust's parser recurses per term and per level: a text beyond the proxy's
+        // bounds is not parsed here (istiod's CEL has bounds of its own)
+        if let Err(e) = check_filter_text(&f.expression) {
+            rep.error(&p, e);
         } else if let Err(e) = cel::Program::compile(&f.expression) {
             // the first line: the parser's message, without its picture of the text
             let e = e.to_string();
