@@ -2385,7 +2385,7 @@ static LOG_FILTER_EXPRESSION: Custom = Custom {
             (
                 Verdict::NotYet(Area::Later),
                 format!(
-                    "a filter reading {} (not filled by this proxy: the expression fails where it reads them, and the line is skipped) is ",
+                    "reading {} (not filled by this proxy: the expression fails where it reads it, and the line is skipped) is ",
                     missing.join(", ")
                 ),
             )
