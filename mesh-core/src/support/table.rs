@@ -2359,7 +2359,7 @@ static TELEMETRY_ACCESS_LOGGING: TypeDef = TypeDef {
             "filter",
             Struct(&LOG_FILTER),
             Status::Enforced,
-            "a line is written when the CEL expression is `true` (Envoy's CEL access-log filter; an error skips the line), on HTTP and TCP lines; at most 4096 bytes and 100 levels, no message literal (`mesh_core::telemetry::compile_filter`); where cel-rust differs from Envoy's CEL: an absent header reads as `null`, header names match as written, an error left of `||` is the result (`mesh_telemetry::log_filter`)",
+            "a line is written when the CEL expression is `true` (Envoy's CEL access-log filter; an error skips the line), on HTTP and TCP lines; at most 1024 bytes, 32 levels of brackets or unary operators and 100 levels of tree, no message literal (`mesh_core::telemetry::compile_filter`); where cel-rust differs from Envoy's CEL: an absent header reads as `null`, header names match as written, an error left of `||` is the result (`mesh_telemetry::log_filter`)",
         ),
     ],
 };
