@@ -873,21 +873,25 @@ impl Snapshot {
     /// The service of the inbound cluster of workload port `port` (Istio's
     /// `inboundServices[0]`: the first of [`workload_services`](Self::workload_services)
     /// on the port) and its port that sends to `port`.
-    pub fn workload_service_port(&self, port: u16) -> Option<(&Arc<Service>, &ServicePort)> {
-        let svc = *self.workload_services(Some(u32::from(port))).first()?;
-        let sp = svc.ports.iter().find(|p| p.sends_to(u32::from(port)))?;
-        Some((svc, sp))
+    fn workload_service_port(&self, port: u16) -> Option<(&Arc<Service>, &ServicePort)> {
+        // `own_services` is sorted and one per host: its first with such a port is the
+        // first of `workload_services`
+        self.own_services.iter().find_map(|s| {
+            let sp = s.ports.iter().find(|p| p.sends_to(u32::from(port)))?;
+            Some((s, sp))
+        })
     }
 
     /// The `ingress` entry for `port` (its `port.number`) of the workload's Sidecar.
-    pub fn sidecar_ingress(&self, port: u16) -> Option<&IstioIngressListener> {
+    fn sidecar_ingress(&self, port: u16) -> Option<&IstioIngressListener> {
         let (sidecar, _) = crate::scope::select(&self.sidecars, &self.bootstrap);
         ingress_entry(&sidecar?.spec, port)
     }
 
     /// The traffic policy of the inbound cluster of workload port `port` (Istio's
     /// `buildInboundCluster`): the `connectionPool` (and `retryBudget`) of the catch-all
-    /// DestinationRule of the cluster's service ([`workload_service_port`]), port-level
+    /// DestinationRule of the cluster's service (the first service selecting the workload
+    /// on the port, Istio's `inboundServices[0]`), port-level
     /// settings by that service port, or by `port` itself for a Sidecar ingress listener's
     /// cluster ("when users specify circuit breakers, they need to be set on the receiver
     /// end as well"); a pool the workload's Sidecar sets for the port
@@ -899,8 +903,6 @@ impl Snapshot {
     /// The DestinationRule is looked up among those the workload's Sidecar lets it see, as
     /// Istio's `SidecarScope` holds the rules of the services its `egress` imports only: a
     /// Sidecar that leaves the workload's own service out leaves its rule out here too.
-    ///
-    /// [`workload_service_port`]: Self::workload_service_port
     pub fn inbound_traffic_policy(&self, port: u16) -> TrafficPolicy {
         let mut tp = TrafficPolicy::default();
         let ns = self.bootstrap.workload.namespace.as_str();

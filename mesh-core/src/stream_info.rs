@@ -133,10 +133,16 @@ impl StreamInfo {
     /// attempt ([`StreamInfo::set_connection`]): for the sinks that read it (an access log,
     /// a span), not for Istio's metrics.
     pub fn with_connection() -> Self {
+        StreamInfo::recording(false)
+    }
+
+    /// A record asking for the upstream connection, and for the request's headers as sent
+    /// when `headers`.
+    fn recording(headers: bool) -> Self {
         StreamInfo(Arc::new(Inner {
             recorded: Mutex::default(),
             connection: true,
-            headers: false,
+            headers,
             request_body: AtomicU64::new(0),
         }))
     }
@@ -145,12 +151,7 @@ impl StreamInfo {
     /// headers as it sends them ([`StreamInfo::set_request_headers`]): for a span's header
     /// tags and an access log filter reading `request.headers`.
     pub fn with_request_headers() -> Self {
-        StreamInfo(Arc::new(Inner {
-            recorded: Mutex::default(),
-            connection: true,
-            headers: true,
-            request_body: AtomicU64::new(0),
-        }))
+        StreamInfo::recording(true)
     }
 
     /// Whether the record asks for the request's headers as sent

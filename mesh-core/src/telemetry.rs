@@ -130,7 +130,8 @@ impl MetricSet {
     /// None.
     pub const NONE: MetricSet = MetricSet(0);
 
-    fn bit(m: IstioMetric) -> u16 {
+    /// `m`'s bit in [`bits`](Self::bits).
+    pub const fn bit(m: IstioMetric) -> u16 {
         1 << (m as u16)
     }
 
@@ -490,6 +491,15 @@ pub fn check_filter_text(expression: &str) -> Result<(), String> {
 /// level, on the worker's stack.
 pub const MAX_FILTER_DEPTH: usize = 100;
 
+/// Parses `expression` with cel-rust (call [`check_filter_text`] first); the error is the
+/// first line of the parser's, without its picture of the text.
+pub(crate) fn parse_filter(expression: &str) -> Result<cel::Program, String> {
+    cel::Program::compile(expression).map_err(|e| {
+        let e = e.to_string();
+        e.lines().next().unwrap_or_default().to_string()
+    })
+}
+
 /// Compiles an access log filter (a Telemetry's `filter.expression`) as the proxy
 /// evaluates it: CEL, within [`check_filter_text`]'s bounds and [`MAX_FILTER_DEPTH`] levels,
 /// and no message literal (`google.protobuf.Duration{…}`: the evaluator has no message types).
@@ -497,10 +507,7 @@ pub const MAX_FILTER_DEPTH: usize = 100;
 pub fn compile_filter(expression: &str) -> Result<cel::Program, String> {
     use cel::common::ast::{EntryExpr, Expr};
     check_filter_text(expression)?;
-    let program = cel::Program::compile(expression).map_err(|e| {
-        let e = e.to_string();
-        e.lines().next().unwrap_or_default().to_string()
-    })?;
+    let program = parse_filter(expression)?;
     // the tree, walked without recursion
     let mut stack = vec![(program.expression(), 1usize)];
     while let Some((e, depth)) = stack.pop() {

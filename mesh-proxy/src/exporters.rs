@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use mesh_core::compile::Snapshot;
 use mesh_core::model::bootstrap::{AccessLog as AccessLogConfig, AccessLogEncoding, Otlp};
-use mesh_core::telemetry::{AccessLogChoice, ENVOY_LOG_PATH};
+use mesh_core::telemetry::{AccessLogChoice, ENVOY_LOG_PATH, TelemetryView};
 use mesh_telemetry::access_log::{AccessLog, AccessLogWriter, DEFAULT_QUEUE, Encoding};
 use mesh_telemetry::log_filter::LogFilter;
 use mesh_telemetry::otlp::{OtlpConfig, exporter};
@@ -60,7 +60,7 @@ pub struct Exporters {
 impl Exporters {
     /// The exporter and log `snapshot`'s bootstrap and Telemetries ask for (none when they
     /// ask for none).
-    pub fn new(snapshot: &Snapshot) -> Exporters {
+    pub fn new(snapshot: &Snapshot, view: &TelemetryView) -> Exporters {
         let client_log = Arc::new(Reloadable::empty());
         let server_log = Arc::new(Reloadable::empty());
         let app_port = snapshot
@@ -100,7 +100,7 @@ impl Exporters {
             built: Mutex::new((None, Vec::new())),
             retired: (AtomicU64::new(0), AtomicU64::new(0)),
         };
-        e.store(snapshot);
+        e.store(snapshot, view);
         e
     }
 
@@ -116,24 +116,25 @@ impl Exporters {
     }
 
     /// Applies `snapshot`'s `tracing.otlp` and `accessLog`, and what its Telemetries make
-    /// of them (see the [module docs](self)).
-    pub fn store(&self, snapshot: &Snapshot) {
+    /// of them (`view`, [`mesh_core::telemetry::resolve`]'s; see the [module docs](self)).
+    pub fn store(&self, snapshot: &Snapshot, view: &TelemetryView) {
         let b = &snapshot.bootstrap;
-        let view = mesh_core::telemetry::resolve(snapshot);
         let Ok(mut built) = self.built.lock() else {
             return;
         };
-        if built.0 != b.tracing.otlp {
-            let sink = b.tracing.otlp.as_ref().and_then(|o| span_sink(o, snapshot));
-            if let Ok(mut spans) = self.spans.lock() {
-                let old = std::mem::replace(&mut *spans, sink);
-                if let Some(old) = old {
-                    self.retired.0.fetch_add(old.dropped(), Ordering::Relaxed);
+        let exporter = match self.spans.lock() {
+            Ok(mut spans) => {
+                if built.0 != b.tracing.otlp {
+                    let sink = b.tracing.otlp.as_ref().and_then(|o| span_sink(o, snapshot));
+                    if let Some(old) = std::mem::replace(&mut *spans, sink) {
+                        self.retired.0.fetch_add(old.dropped(), Ordering::Relaxed);
+                    }
+                    built.0 = b.tracing.otlp.clone();
                 }
+                spans.clone()
             }
-            built.0 = b.tracing.otlp.clone();
-        }
-        let exporter = self.spans.lock().ok().and_then(|s| s.clone());
+            Err(_) => None,
+        };
         for (slot, on) in [
             (&self.client_spans, view.tracing.client.report_spans),
             (&self.server_spans, view.tracing.server.report_spans),
@@ -369,6 +370,14 @@ mod tests {
             .snapshot
     }
 
+    fn exporters(s: &Snapshot) -> Exporters {
+        Exporters::new(s, &mesh_core::telemetry::resolve(s))
+    }
+
+    fn store(e: &Exporters, s: &Snapshot) {
+        e.store(s, &mesh_core::telemetry::resolve(s));
+    }
+
     fn same(a: &Reloadable<AccessLog>, b: &Reloadable<AccessLog>) -> bool {
         match (a.load().as_ref(), b.load().as_ref()) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -383,7 +392,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.log");
         let path = path.to_str().unwrap();
-        let e = Exporters::new(&snapshot(path, ""));
+        let e = exporters(&snapshot(path, ""));
         assert!(same(
             e.access_log(Side::Outbound),
             e.access_log(Side::Inbound)
@@ -392,7 +401,7 @@ mod tests {
         // the server side goes to Istio's `envoy` provider (/dev/stdout), the client side
         // keeps the bootstrap's file
         let before = e.access_log(Side::Outbound).load().clone();
-        e.store(&snapshot(path, SERVER_ENVOY));
+        store(&e, &snapshot(path, SERVER_ENVOY));
         assert!(!same(
             e.access_log(Side::Outbound),
             e.access_log(Side::Inbound)
@@ -407,7 +416,7 @@ mod tests {
         assert_eq!(e.open_logs().len(), 2);
         // turned off on the client side: no log there, the server's stays
         let off = "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: default}\nspec:\n  accessLogging:\n  - providers: [{name: envoy}]\n    match: {mode: CLIENT}\n    disabled: true\n";
-        e.store(&snapshot(path, off));
+        store(&e, &snapshot(path, off));
         assert!(!e.access_log(Side::Outbound).is_set());
         assert!(e.access_log(Side::Inbound).is_set());
     }
@@ -416,10 +425,10 @@ mod tests {
     fn a_file_a_reload_cannot_open_leaves_the_running_log() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.log");
-        let e = Exporters::new(&snapshot(path.to_str().unwrap(), ""));
+        let e = exporters(&snapshot(path.to_str().unwrap(), ""));
         let before = e.access_log(Side::Outbound).load().clone();
         let missing = dir.path().join("no-such-dir").join("b.log");
-        e.store(&snapshot(missing.to_str().unwrap(), ""));
+        store(&e, &snapshot(missing.to_str().unwrap(), ""));
         for side in [Side::Outbound, Side::Inbound] {
             assert!(
                 Arc::ptr_eq(
@@ -432,7 +441,7 @@ mod tests {
         assert_eq!(e.open_logs().len(), 1, "kept, not retired");
         // the next reload that can open it does
         std::fs::create_dir(dir.path().join("no-such-dir")).unwrap();
-        e.store(&snapshot(missing.to_str().unwrap(), ""));
+        store(&e, &snapshot(missing.to_str().unwrap(), ""));
         assert!(!Arc::ptr_eq(
             e.access_log(Side::Outbound).load().as_ref().unwrap(),
             before.as_ref().unwrap()

@@ -92,12 +92,7 @@ impl InboundClusters {
     /// The cluster of workload port `port`, or one without a pool when no inbound listener
     /// is configured to forward to it.
     pub fn for_port(&self, port: u16) -> UpstreamCluster {
-        self.table
-            .load()
-            .entry(port)
-            .cloned()
-            .unwrap_or_else(|| Inbound::unconfigured(port))
-            .cluster
+        self.table.load().inbound(port).cluster
     }
 
     /// The counters of every cluster that has limits, for `/clusters` and
@@ -167,6 +162,14 @@ impl Table {
             .find(|(p, _)| *p == port)
             .map(|(_, i)| i)
     }
+
+    /// The inbound of workload port `port`: its entry, else one without a pool (no inbound
+    /// listener is configured to forward to it).
+    fn inbound(&self, port: u16) -> Inbound {
+        self.entry(port)
+            .cloned()
+            .unwrap_or_else(|| Inbound::unconfigured(port))
+    }
 }
 
 /// The workload ports the inbound listeners forward to: the application's (`localApp`),
@@ -228,10 +231,7 @@ impl InboundTarget {
         {
             return up.clone();
         }
-        let inbound = table
-            .entry(self.port)
-            .cloned()
-            .unwrap_or_else(|| Inbound::unconfigured(self.port));
+        let inbound = table.inbound(self.port);
         let endpoint = SelectedEndpoint::new(self.app).with_http2(inbound.http2);
         let up = SelectedUpstream::new(endpoint, inbound.cluster);
         self.last = Some((table.clone(), up.clone()));

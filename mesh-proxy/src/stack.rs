@@ -499,8 +499,10 @@ impl Layers {
             Some(o) if o.trust_envoy_headers => EnvoyHeaderPolicy::Honour,
             _ => EnvoyHeaderPolicy::Strip,
         };
-        let telemetry = Arc::new(crate::telemetry::Telemetry::new(snapshot));
-        let sampling = mesh_core::telemetry::resolve(snapshot).tracing;
+        // what the Telemetries make of the telemetry, worked out once per configuration
+        let view = mesh_core::telemetry::resolve(snapshot);
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new(snapshot, &view));
+        let sampling = &view.tracing;
         Layers {
             record: telemetry.outbound(),
             telemetry,
@@ -581,11 +583,13 @@ impl Layers {
             .store(mesh_core::ratelimit::inbound_policy(snapshot));
         self.inbound_clusters.store(snapshot);
         self.routes.store(table);
-        let sampling = mesh_core::telemetry::resolve(snapshot).tracing;
-        self.trace.set_sampling_percent(sampling.client.sampling);
+        // what the Telemetries make of the telemetry, worked out once per configuration
+        let view = mesh_core::telemetry::resolve(snapshot);
+        self.trace
+            .set_sampling_percent(view.tracing.client.sampling);
         self.inbound_trace
-            .set_sampling_percent(sampling.server.sampling);
-        self.telemetry.store(snapshot);
+            .set_sampling_percent(view.tracing.server.sampling);
+        self.telemetry.store(snapshot, &view);
         // new DNS names resolve now rather than at the next period (the first DNS service
         // starts the resolver thread)
         self.dns.start_if_needed(snapshot);

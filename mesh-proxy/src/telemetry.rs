@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use mesh_core::compile::Snapshot;
+use mesh_core::telemetry::TelemetryView;
 use mesh_telemetry::metrics::{IstioMetrics, LocalWorkload, Reporter};
 use mesh_telemetry::record::{RecordLayer, Sink};
 
@@ -30,10 +31,11 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// The telemetry of a proxy starting with `snapshot`.
-    pub fn new(snapshot: &Snapshot) -> Telemetry {
+    /// `view` is what `snapshot`'s Telemetries make of it ([`mesh_core::telemetry::resolve`]).
+    pub fn new(snapshot: &Snapshot, view: &TelemetryView) -> Telemetry {
         let metrics = Arc::new(IstioMetrics::new(LocalWorkload::from_snapshot(snapshot)));
-        enable(&metrics, snapshot);
-        let exporters = crate::exporters::Exporters::new(snapshot);
+        enable(&metrics, view);
+        let exporters = crate::exporters::Exporters::new(snapshot, view);
         let mut outbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Source)];
         let mut inbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Destination)];
         outbound.extend(exporters.outbound_sinks());
@@ -66,11 +68,11 @@ impl Telemetry {
 
     /// Applies a new configuration (the workload's labels, identity and services may
     /// change, and its Telemetries).
-    pub fn store(&self, snapshot: &Snapshot) {
+    pub fn store(&self, snapshot: &Snapshot, view: &TelemetryView) {
         self.metrics
             .set_local(LocalWorkload::from_snapshot(snapshot));
-        enable(&self.metrics, snapshot);
-        self.exporters.store(snapshot);
+        enable(&self.metrics, view);
+        self.exporters.store(snapshot, view);
     }
 
     /// The span exporter and the access log.
@@ -79,9 +81,8 @@ impl Telemetry {
     }
 }
 
-/// The metrics each side makes, as `snapshot`'s Telemetries say ([`mesh_core::telemetry`]).
-fn enable(metrics: &IstioMetrics, snapshot: &Snapshot) {
-    let view = mesh_core::telemetry::resolve(snapshot).metrics;
-    metrics.set_enabled(Reporter::Source, view.client);
-    metrics.set_enabled(Reporter::Destination, view.server);
+/// The metrics each side makes, as the Telemetries say ([`mesh_core::telemetry`]).
+fn enable(metrics: &IstioMetrics, view: &TelemetryView) {
+    metrics.set_enabled(Reporter::Source, view.metrics.client);
+    metrics.set_enabled(Reporter::Destination, view.metrics.server);
 }

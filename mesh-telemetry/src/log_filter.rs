@@ -116,11 +116,6 @@ impl LogFilter {
         })
     }
 
-    /// The expression, as written.
-    pub fn expression(&self) -> &str {
-        &self.expression
-    }
-
     /// Whether the expression reads the request's headers (the record layer then keeps
     /// them for the line: [`crate::record::Interest::Headers`]).
     pub fn needs_headers(&self) -> bool {

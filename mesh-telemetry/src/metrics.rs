@@ -265,15 +265,10 @@ struct Peer {
 }
 
 /// The [`MetricSet`] bits of the request metrics (`istio_request*`).
-const HTTP_METRICS: u16 = metric_bit(IstioMetric::RequestCount)
-    | metric_bit(IstioMetric::RequestDuration)
-    | metric_bit(IstioMetric::RequestSize)
-    | metric_bit(IstioMetric::ResponseSize);
-
-/// A metric's [`MetricSet`] bit.
-pub(crate) const fn metric_bit(m: IstioMetric) -> u16 {
-    1 << (m as u16)
-}
+const HTTP_METRICS: u16 = MetricSet::bit(IstioMetric::RequestCount)
+    | MetricSet::bit(IstioMetric::RequestDuration)
+    | MetricSet::bit(IstioMetric::RequestSize)
+    | MetricSet::bit(IstioMetric::ResponseSize);
 
 /// The per-request labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -875,16 +870,18 @@ impl Series {
     /// count is the request count, so either one on observes the duration.
     #[inline]
     fn observe(&self, done: &Completed<'_>, on: u16) {
-        if on & (metric_bit(IstioMetric::RequestCount) | metric_bit(IstioMetric::RequestDuration))
+        if on
+            & (MetricSet::bit(IstioMetric::RequestCount)
+                | MetricSet::bit(IstioMetric::RequestDuration))
             != 0
         {
             let ms = done.end.saturating_duration_since(done.start).as_millis();
             self.duration.observe(u64::try_from(ms).unwrap_or(u64::MAX));
         }
-        if on & metric_bit(IstioMetric::RequestSize) != 0 {
+        if on & MetricSet::bit(IstioMetric::RequestSize) != 0 {
             self.request_bytes.observe(done.request_bytes);
         }
-        if on & metric_bit(IstioMetric::ResponseSize) != 0 {
+        if on & MetricSet::bit(IstioMetric::ResponseSize) != 0 {
             self.response_bytes.observe(done.response_bytes);
         }
     }

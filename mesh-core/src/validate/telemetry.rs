@@ -5,7 +5,7 @@
 
 use crate::error::FieldPath;
 use crate::model::telemetry::{ProviderRef, TagOperation, Telemetry};
-use crate::telemetry::check_filter_text;
+use crate::telemetry::{check_filter_text, parse_filter};
 
 use super::authz::validate_targets;
 use super::common::oneof;
@@ -34,11 +34,8 @@ pub(crate) fn validate(t: &Telemetry, at: &FieldPath, rep: &mut Report<'_>) {
         // bounds is not parsed here (istiod's CEL has bounds of its own)
         if let Err(e) = check_filter_text(&f.expression) {
             rep.error(&p, e);
-        } else if let Err(e) = cel::Program::compile(&f.expression) {
-            // the first line: the parser's message, without its picture of the text
-            let e = e.to_string();
-            let first = e.lines().next().unwrap_or_default();
-            rep.error(&p, format!("must be a valid CEL expression, {first}"));
+        } else if let Err(e) = parse_filter(&f.expression) {
+            rep.error(&p, format!("must be a valid CEL expression, {e}"));
         }
     }
 }

@@ -17,10 +17,10 @@ use mesh_core::ResponseFlags;
 use mesh_core::ext::{PeerIdentity, SelectedUpstream};
 use mesh_core::hash::{FastHashMap, FastState};
 use mesh_core::model::telemetry::IstioMetric;
+use mesh_core::telemetry::MetricSet;
 
 use super::{
-    IstioMetrics, LocalWorkload, Reporter, destination_labels, label, metric_bit, service_name,
-    source_labels,
+    IstioMetrics, LocalWorkload, Reporter, destination_labels, label, service_name, source_labels,
 };
 
 /// Who a proxied TCP connection went to, for its `reporter="source"` labels (Istio's
@@ -48,10 +48,10 @@ pub(super) struct TcpRegistry {
 }
 
 /// The [`MetricSet`](mesh_core::telemetry::MetricSet) bits of the TCP metrics.
-const TCP_METRICS: u16 = metric_bit(IstioMetric::TcpOpenedConnections)
-    | metric_bit(IstioMetric::TcpClosedConnections)
-    | metric_bit(IstioMetric::TcpSentBytes)
-    | metric_bit(IstioMetric::TcpReceivedBytes);
+const TCP_METRICS: u16 = MetricSet::bit(IstioMetric::TcpOpenedConnections)
+    | MetricSet::bit(IstioMetric::TcpClosedConnections)
+    | MetricSet::bit(IstioMetric::TcpSentBytes)
+    | MetricSet::bit(IstioMetric::TcpReceivedBytes);
 
 /// A counter family: the metric it is, its name, its help, and its counter in a series.
 type TcpFamily = (
@@ -247,7 +247,7 @@ impl IstioMetrics {
         };
         // what the reporter makes now (a Telemetry's overrides) holds for the connection
         let on = self.enabled(key.reporter).bits();
-        if on & metric_bit(IstioMetric::TcpOpenedConnections) != 0 {
+        if on & MetricSet::bit(IstioMetric::TcpOpenedConnections) != 0 {
             series.opened.fetch_add(1, Relaxed);
         }
         TcpConnectionStats(Some(series), on)
@@ -323,10 +323,10 @@ impl TcpConnectionStats {
     /// `sent` to it.
     pub fn add(&self, received: u64, sent: u64) {
         if let Some(s) = &self.0 {
-            if received != 0 && self.1 & metric_bit(IstioMetric::TcpReceivedBytes) != 0 {
+            if received != 0 && self.1 & MetricSet::bit(IstioMetric::TcpReceivedBytes) != 0 {
                 s.received.fetch_add(received, Relaxed);
             }
-            if sent != 0 && self.1 & metric_bit(IstioMetric::TcpSentBytes) != 0 {
+            if sent != 0 && self.1 & MetricSet::bit(IstioMetric::TcpSentBytes) != 0 {
                 s.sent.fetch_add(sent, Relaxed);
             }
         }
@@ -336,7 +336,7 @@ impl TcpConnectionStats {
 impl Drop for TcpConnectionStats {
     fn drop(&mut self) {
         if let Some(s) = &self.0
-            && self.1 & metric_bit(IstioMetric::TcpClosedConnections) != 0
+            && self.1 & MetricSet::bit(IstioMetric::TcpClosedConnections) != 0
         {
             s.closed.fetch_add(1, Relaxed);
         }
