@@ -199,3 +199,113 @@ spec:
     get_once(p.out, "reviews:9080", &[]).await;
     assert_eq!(last_flags(&seen), "00");
 }
+
+/// Istio's metrics tasks' label overrides ("Customizing Istio Metrics with Telemetry API":
+/// `grpc_response_status` removed from `REQUEST_COUNT`), with the labels the task's readers
+/// add most: the request's host and method, and the listener's port.
+const METRIC_TAGS: &str = "---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT_AND_SERVER}
+      tagOverrides:
+        grpc_response_status: {operation: REMOVE}
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      tagOverrides:
+        request_host: {value: request.host}
+        destination_port: {value: string(destination.port)}
+    - match: {mode: SERVER}
+      tagOverrides:
+        request_method: {value: request.method}
+        response_code: {value: \"response.code >= 500 ? 'error' : 'ok'\"}
+";
+
+#[tokio::test]
+async fn a_telemetry_s_tag_overrides_change_the_labels_by_metric_and_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let file = dir.path().join("mesh.yaml");
+    let (app, _) = traced_backend().await;
+    write(&file, &config(&log, app.port(), METRIC_TAGS));
+    let p = start_files(vec![file.clone()]).await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    for _ in 0..2 {
+        let r = get_once(p.out, "reviews:9080", &[]).await;
+        assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    }
+    let r = get_once(p.out, "reviews.default.svc.cluster.local:9080", &[]).await;
+    assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    let r = get_once(inbound, "reviews", &[]).await;
+    assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
+    support::prom::promtool_check(&stats);
+    let lines = |family: &str, reporter: &str| -> Vec<String> {
+        stats
+            .lines()
+            .filter(|l| l.starts_with(family) && l.contains(reporter))
+            .map(str::to_owned)
+            .collect()
+    };
+
+    // client side, istio_requests_total: one series per host, the outbound listener's port,
+    // no grpc_response_status
+    let source = lines("istio_requests_total{", "reporter=\"source\"");
+    assert_eq!(source.len(), 2, "{source:#?}");
+    let port = format!("destination_port=\"{}\"", p.out.port());
+    let short = source
+        .iter()
+        .find(|l| l.contains("request_host=\"reviews:9080\""))
+        .unwrap_or_else(|| panic!("{source:#?}"));
+    assert!(short.ends_with(" 2"), "{short}");
+    assert!(short.contains(&port), "{short}");
+    assert!(!short.contains("grpc_response_status"), "{short}");
+    assert!(source.iter().any(|l| {
+        l.contains("request_host=\"reviews.default.svc.cluster.local:9080\"") && l.ends_with(" 1")
+    }));
+    // the client side's duration keeps Istio's labels
+    let duration = lines(
+        "istio_request_duration_milliseconds_count{",
+        "reporter=\"source\"",
+    );
+    assert_eq!(duration.len(), 1, "{duration:#?}");
+    assert!(duration[0].ends_with(" 3") && duration[0].contains("grpc_response_status=\"\""));
+    assert!(!duration[0].contains("request_host"), "{}", duration[0]);
+
+    // server side, every metric: the method added, the code a class; REQUEST_COUNT without
+    // grpc_response_status too
+    let dest = lines("istio_requests_total{", "reporter=\"destination\"");
+    assert_eq!(dest.len(), 1, "{dest:#?}");
+    assert!(
+        dest[0].contains("response_code=\"ok\"") && dest[0].contains("request_method=\"GET\""),
+        "{}",
+        dest[0]
+    );
+    assert!(!dest[0].contains("grpc_response_status") && !dest[0].contains("request_host"));
+    let size = lines("istio_response_bytes_count{", "reporter=\"destination\"");
+    assert_eq!(size.len(), 1, "{size:#?}");
+    assert!(size[0].contains("request_method=\"GET\"") && size[0].contains("grpc_response_status"));
+
+    // a reload without the Telemetry: Istio's labels again, the series so far kept
+    write(&file, &config(&log, app.port(), ""));
+    p.proxy.reload().unwrap();
+    get_once(p.out, "reviews:9080", &[]).await;
+    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
+    support::prom::promtool_check(&stats);
+    let source: Vec<&str> = stats
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{reporter=\"source\""))
+        .collect();
+    assert_eq!(source.len(), 3, "{source:#?}");
+    assert!(
+        source
+            .iter()
+            .any(|l| l.contains("grpc_response_status=\"\"")
+                && !l.contains("request_host")
+                && l.ends_with(" 1")),
+        "{source:#?}"
+    );
+}

@@ -32,7 +32,9 @@
 //!   without `prometheus` no metric is made. An override matching every metric
 //!   (no `match`, or `ALL_METRICS`) with `disabled: true` turns a side's metrics off; any
 //!   other override (a `customMetric` one too) clears that, and sets its metrics'
-//!   `disabled` when it says.
+//!   `disabled` when it says, and its `tagOverrides` for its metrics and sides, label by
+//!   label (a later entry's operation on a label replaces an earlier one's), sorted by
+//!   name as pilot sorts them ([`MetricTags`]).
 
 use std::sync::Arc;
 
@@ -40,7 +42,7 @@ use crate::compile::{Named, Snapshot};
 use crate::error::{FieldPath, ResourceRef, Severity};
 use crate::load::Issue;
 use crate::model::Kind;
-use crate::model::telemetry::{IstioMetric, Telemetry, WorkloadMode};
+use crate::model::telemetry::{IstioMetric, TagOperation, Telemetry, WorkloadMode};
 
 /// Istio's built-in access log provider (a file log, `/dev/stdout`).
 pub const ENVOY_PROVIDER: &str = "envoy";
@@ -172,6 +174,39 @@ impl Default for MetricSet {
     }
 }
 
+/// A Telemetry's change to one label of a standard metric (`tagOverrides`), as istiod
+/// hands it to the proxy's stats filter (`tags_to_remove`, `dimensions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelOverride {
+    /// The label's name.
+    pub name: String,
+    /// `None`: the label is removed (`REMOVE`; a name that is not one of Istio's standard
+    /// labels is left alone). `Some`: the CEL expression whose value, per request, the label
+    /// takes (`UPSERT`): a standard label keeps its place with that value, another name
+    /// is added after the standard ones.
+    pub value: Option<Arc<str>>,
+}
+
+/// Each standard metric's label overrides on one side ([`LabelOverride`], sorted by
+/// name), in Istio's enum order; a metric without any is left out.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MetricTags(pub Vec<(IstioMetric, Arc<[LabelOverride]>)>);
+
+impl MetricTags {
+    /// `metric`'s overrides (empty: its labels are Istio's standard set).
+    pub fn get(&self, metric: IstioMetric) -> &[LabelOverride] {
+        self.0
+            .iter()
+            .find(|(m, _)| *m == metric)
+            .map_or(&[], |(_, o)| o)
+    }
+
+    /// Whether no metric has an override.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The standard metrics, in Istio's enum order.
 const METRICS: [IstioMetric; 10] = [
     IstioMetric::RequestCount,
@@ -198,6 +233,8 @@ pub struct TelemetryView {
     pub tracing: Sides<TracingChoice>,
     /// The standard metrics, by side.
     pub metrics: Sides<MetricSet>,
+    /// The standard metrics' label overrides, by side (none when the side makes no metric).
+    pub metric_tags: Sides<MetricTags>,
 }
 
 /// Whether `list` names `provider` (case-insensitive, as Istio's `fetchProvider`).
@@ -254,11 +291,13 @@ fn applicable(snapshot: &Snapshot) -> Vec<&Telemetry> {
 pub fn resolve(snapshot: &Snapshot) -> TelemetryView {
     let applied = applicable(snapshot);
     let (access_log, access_log_filter) = access_log(&applied);
+    let (metrics, metric_tags) = metrics(&applied);
     TelemetryView {
         access_log,
         access_log_filter,
         tracing: tracing(&applied, snapshot.bootstrap.tracing.sampling),
-        metrics: metrics(&applied),
+        metrics,
+        metric_tags,
     }
 }
 
@@ -379,12 +418,17 @@ fn custom_tags(
         .collect()
 }
 
-/// `mergeMetrics` for the `prometheus` provider.
-fn metrics(applied: &[&Telemetry]) -> Sides<MetricSet> {
+/// The label operations of one side, per metric ([`METRICS`] order), by label name.
+type TagMaps = [std::collections::BTreeMap<String, Option<Arc<str>>>; 10];
+
+/// `mergeMetrics` for the `prometheus` provider: the metrics each side makes, and their
+/// label overrides.
+fn metrics(applied: &[&Telemetry]) -> (Sides<MetricSet>, Sides<MetricTags>) {
     let mut in_scope = vec![PROMETHEUS_PROVIDER];
     let mut previous = in_scope.clone();
     let mut all_off = Sides::both(false);
     let mut disabled: Sides<[Option<bool>; 10]> = Sides::both([None; 10]);
+    let mut tags: Sides<TagMaps> = Sides::default();
     for m in applied.iter().flat_map(|t| &t.metrics) {
         if !m.providers.is_empty() {
             previous = m.providers.iter().map(|p| p.name.as_str()).collect();
@@ -408,10 +452,26 @@ fn metrics(applied: &[&Telemetry]) -> Sides<MetricSet> {
                 continue;
             }
             all_off.each(mode, |a| *a = false);
+            let matched = |m: &IstioMetric| metric == IstioMetric::AllMetrics || metric == *m;
+            // each label's last operation wins (`override.TagOverrides[k] = v`); an empty
+            // name (Istio's validation warns) is no label
+            tags.each(mode, |maps| {
+                for (i, _) in METRICS.iter().enumerate().filter(|(_, m)| matched(m)) {
+                    for (name, t) in o.tag_overrides.iter().filter(|(n, _)| !n.is_empty()) {
+                        let value = match t.operation {
+                            TagOperation::Remove => None,
+                            TagOperation::Upsert => {
+                                Some(Arc::from(t.value.as_deref().unwrap_or("")))
+                            }
+                        };
+                        maps[i].insert(name.clone(), value);
+                    }
+                }
+            });
             let Some(d) = o.disabled else { continue };
             disabled.each(mode, |set| {
                 for (i, m) in METRICS.iter().enumerate() {
-                    if metric == IstioMetric::AllMetrics || metric == *m {
+                    if matched(m) {
                         set[i] = Some(d);
                     }
                 }
@@ -430,10 +490,31 @@ fn metrics(applied: &[&Telemetry]) -> Sides<MetricSet> {
         }
         s
     };
-    Sides {
+    let sets = Sides {
         client: set(all_off.client, &disabled.client),
         server: set(all_off.server, &disabled.server),
-    }
+    };
+    let labels = |maps: TagMaps, on: MetricSet| {
+        MetricTags(
+            METRICS
+                .iter()
+                .zip(maps)
+                .filter(|(m, map)| on.has(**m) && !map.is_empty())
+                .map(|(m, map)| {
+                    let list: Arc<[LabelOverride]> = map
+                        .into_iter()
+                        .map(|(name, value)| LabelOverride { name, value })
+                        .collect();
+                    (*m, list)
+                })
+                .collect(),
+        )
+    };
+    let metric_tags = Sides {
+        client: labels(tags.client, sets.client),
+        server: labels(tags.server, sets.server),
+    };
+    (sets, metric_tags)
 }
 
 /// The longest access log filter expression accepted, in bytes: cel-rust's parser recurses
@@ -603,12 +684,26 @@ pub const FILTER_ATTRIBUTES: &[&str] = &[
 /// The attributes `expression` (an access log filter) reads that the proxy does not fill (`response.headers`,
 /// `metadata`, …), in order of appearance: each evaluates as an error, which skips the
 /// line. Found in the text (outside string literals), `root.name` for Envoy's roots and
-/// `root` alone for the others Envoy has (`metadata`, `filter_state`).
+/// `root` alone for the others Envoy and Istio have (`metadata`, `filter_state`, `node`,
+/// `upstream_peer`, `downstream_peer`, …).
 pub fn unsupported_attributes(expression: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (root, name) in attribute_references(expression) {
         let found = match (root.as_str(), &name) {
-            ("metadata" | "filter_state", _) => Some(root.clone()),
+            // Envoy's metadata and filter state, and Istio's peer metadata (filter state
+            // its metadata exchange fills)
+            (
+                "metadata"
+                | "filter_state"
+                | "upstream_peer"
+                | "downstream_peer"
+                | "node"
+                | "cluster_metadata"
+                | "listener_metadata"
+                | "route_metadata"
+                | "upstream_host_metadata",
+                _,
+            ) => Some(root.clone()),
             (r, Some(n)) if ROOTS.contains(&r) => {
                 let attr = format!("{r}.{n}");
                 (!FILTER_ATTRIBUTES.contains(&attr.as_str())).then_some(attr)

@@ -59,6 +59,7 @@ use mesh_core::hcm::ConnectionManagerLayer;
 use mesh_resilience::{CircuitBreaker, CircuitBreakerLayer, RateLimit, RateLimitLayer};
 use mesh_routing::l4::{L4RouteTable, L4RouteTableHandle};
 use mesh_routing::{RouteLayer, RouteTableHandle};
+use mesh_telemetry::metrics::Reporter;
 use mesh_telemetry::record::{Record, RecordBody, RecordLayer};
 use mesh_telemetry::trace::{Trace, TraceLayer};
 use mesh_tls::authz::{Authorizer, Authz, AuthzLayer};
@@ -680,6 +681,13 @@ impl Proxy {
             outbound.as_ref().map(|b| b.local_addr()),
             inbound.as_ref().map(|(b, _)| b.local_addr()),
         );
+        let metrics = self.state.layers.telemetry().metrics();
+        if let Some(b) = &outbound {
+            metrics.set_listener_addr(Reporter::Source, b.local_addr());
+        }
+        if let Some((b, _)) = &inbound {
+            metrics.set_listener_addr(Reporter::Destination, b.local_addr());
+        }
         if let Some(b) = outbound {
             let addr = b.local_addr();
             let factory = Arc::new(move |ctx: &WorkerContext| layers.stack(ctx));

@@ -2,7 +2,8 @@
 //!
 //! Today: Istio's standard metrics ([`IstioMetrics`], served by the admin listener at
 //! `/stats/prometheus` after the proxy's own gauges), on by default as in Istio's sidecar
-//! (a Telemetry's `metrics` may turn them off by side and metric), with the bootstrap's
+//! (a Telemetry's `metrics` may turn them off by side and metric, and change their labels),
+//! with the bootstrap's
 //! `workload` and `identity` as the local workload (changed by a reload).
 //!
 //! One [`Telemetry`] lives as long as the proxy (its counters survive reloads); it makes the
@@ -81,8 +82,11 @@ impl Telemetry {
     }
 }
 
-/// The metrics each side makes, as the Telemetries say ([`mesh_core::telemetry`]).
+/// The metrics each side makes and their labels, as the Telemetries say
+/// ([`mesh_core::telemetry`]).
 fn enable(metrics: &IstioMetrics, view: &TelemetryView) {
     metrics.set_enabled(Reporter::Source, view.metrics.client);
     metrics.set_enabled(Reporter::Destination, view.metrics.server);
+    metrics.set_label_overrides(Reporter::Source, &view.metric_tags.client);
+    metrics.set_label_overrides(Reporter::Destination, &view.metric_tags.server);
 }

@@ -87,6 +87,33 @@
 //! # });
 //! ```
 //!
+//! # Label overrides
+//!
+//! A Telemetry's `tagOverrides` ([`IstioMetrics::set_label_overrides`]) change a metric's
+//! labels on one side, as Istio's stats filter's `tags_to_remove` and `dimensions` do
+//! (istio/proxy's `istio_stats`, `MetricOverrides::overrideTags`):
+//!
+//! - `REMOVE` leaves a standard label out (a name that is not one is ignored, as Istio's
+//!   proxy logs "Tag is not standard" and goes on);
+//! - `UPSERT` gives a standard label, in its place, the value of a CEL expression, and adds
+//!   any other name after the standard labels, in name order (characters Prometheus does
+//!   not take become `_`, as Envoy's exposition sanitizes names). The expression reads
+//!   Envoy's attributes as the access log's filter does ([`crate::log_filter`]:
+//!   `destination.*` is the side's listener, [`IstioMetrics::set_listener_addr`]); its value
+//!   is printed as Envoy's `print` does (a string as it is, a number in decimal, a bool as
+//!   `true`/`false`, a duration as `1.5s`); one that fails, or is `null` (cel-rust's absent
+//!   header, an error in Envoy's CEL), a list or a map, gives `unknown`. An expression that
+//!   does not compile leaves a standard label out and adds no label, as Istio's proxy does
+//!   ("Failed to parse expression"; the configuration's validation warns about it).
+//!
+//! The expressions are evaluated per request, on a side with overrides only (a request's
+//! details are then captured for them), and when a TCP connection opens (what is known
+//! then: its upstream, `connection.mtls`, the listener). Metrics with the same
+//! overrides share a series; a series of overridden labels is found by the standard
+//! labels' series and the expressions' values, and its labels are written once. The
+//! metrics without overrides keep the path above. Series recorded under other overrides
+//! (before a reload) stay; the exposition sums series of one label set into one line.
+//!
 //! # Differences from Istio
 //!
 //! - No metadata exchange (Istio's `x-envoy-peer-metadata` / `istio-peer-exchange`): the
@@ -113,20 +140,21 @@
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{
-    AtomicU16, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed,
+    Ordering::Release,
 };
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use mesh_core::ext::{EndpointMeta, PeerIdentity};
 use mesh_core::flags::ResponseFlags;
 use mesh_core::hash::{FastHashMap, FastState};
 use mesh_core::model::bootstrap::ProxyBootstrap;
 use mesh_core::model::telemetry::IstioMetric;
 use mesh_core::selector::Labels;
-use mesh_core::telemetry::MetricSet;
+use mesh_core::telemetry::{MetricSet, MetricTags};
 
-use crate::record::{Completed, Sink};
+use crate::record::{Completed, Interest, Sink};
 
 /// The upper bounds of the histograms' buckets: Envoy's default `histogram_buckets`, which
 /// Istio's sidecars report every histogram with (milliseconds for durations, bytes for
@@ -200,8 +228,33 @@ pub struct IstioMetrics {
     /// The TCP connection series (`istio_tcp_*`), by peer and flags.
     tcp: tcp::TcpRegistry,
     /// The metrics each reporter makes ([`MetricSet`] bits; `source`, `destination`): a
-    /// Telemetry's `overrides` may turn them off ([`IstioMetrics::set_enabled`]).
-    enabled: [AtomicU16; 2],
+    /// Telemetry's `overrides` may turn them off ([`IstioMetrics::set_enabled`]); in the
+    /// high 16 bits, the metrics whose labels it overrides ([`labels::LabelRules::mask`]):
+    /// one load tells a request both.
+    enabled: [AtomicU32; 2],
+    /// Each reporter's label overrides ([`IstioMetrics::set_label_overrides`]).
+    label_rules: [ArcSwapOption<labels::LabelRules>; 2],
+    /// What each reporter's sink reads of a request ([`Interest`] as a number): the label
+    /// overrides' expressions may read more than the outcome.
+    interest: [AtomicU8; 2],
+    /// The override groups' ids, by their text ([`labels::Group::id`]).
+    group_ids: Mutex<FastHashMap<String, u32>>,
+    /// The series of overridden labels, by group, standard series and values; with their
+    /// reporter.
+    overridden: RwLock<FastHashMap<OverriddenKey, (Reporter, Arc<Series>)>>,
+    /// Each reporter's listener address ([`IstioMetrics::set_listener_addr`]).
+    listener_addrs: [OnceLock<std::net::SocketAddr>; 2],
+}
+
+/// What finds a series of overridden labels: the group, the standard labels' peer (by its
+/// address: peers are never removed) and series key, and the values of the group's
+/// expressions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct OverriddenKey {
+    group: u32,
+    peer: usize,
+    key: SeriesKey,
+    values: Box<[Box<str>]>,
 }
 
 /// How many series each thread keeps at hand ([`LastSeries`]).
@@ -270,9 +323,12 @@ const HTTP_METRICS: u16 = MetricSet::bit(IstioMetric::RequestCount)
     | MetricSet::bit(IstioMetric::RequestSize)
     | MetricSet::bit(IstioMetric::ResponseSize);
 
-/// The per-request labels.
+/// The per-request labels, and the metrics the series is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct SeriesKey {
+    /// The [`MetricSet`] bits of the request metrics recorded in the series (those whose
+    /// labels are not overridden).
+    mask: u16,
     code: u16,
     flags: u32,
     grpc: bool,
@@ -280,8 +336,11 @@ struct SeriesKey {
 }
 
 struct Series {
-    /// `,request_protocol="…",response_code="…",…` (after the peer's labels).
+    /// `,request_protocol="…",response_code="…",…` (after the peer's labels); a series of
+    /// overridden labels: all of them.
     labels: Box<str>,
+    /// The [`MetricSet`] bits of the metrics recorded in it: it is exposed in those.
+    mask: u16,
     /// Its count is `istio_requests_total` too (every request has a duration).
     duration: Histogram,
     request_bytes: Histogram,
@@ -496,9 +555,17 @@ impl IstioMetrics {
             decisions: decisions::Decisions::default(),
             tcp: tcp::TcpRegistry::default(),
             enabled: [
-                AtomicU16::new(MetricSet::ALL.bits()),
-                AtomicU16::new(MetricSet::ALL.bits()),
+                AtomicU32::new(u32::from(MetricSet::ALL.bits())),
+                AtomicU32::new(u32::from(MetricSet::ALL.bits())),
             ],
+            label_rules: [ArcSwapOption::empty(), ArcSwapOption::empty()],
+            interest: [
+                AtomicU8::new(Interest::Outcome as u8),
+                AtomicU8::new(Interest::Outcome as u8),
+            ],
+            group_ids: Mutex::default(),
+            overridden: RwLock::default(),
+            listener_addrs: [OnceLock::new(), OnceLock::new()],
         }
     }
 
@@ -509,12 +576,54 @@ impl IstioMetrics {
     /// counts a request. A TCP connection counts as the metrics were when it opened.
     /// Default: every one.
     pub fn set_enabled(&self, reporter: Reporter, set: MetricSet) {
-        self.enabled[reporter as usize].store(set.bits(), Relaxed);
+        let _ = self.enabled[reporter as usize].fetch_update(Relaxed, Relaxed, |w| {
+            Some((w & 0xffff_0000) | u32::from(set.bits()))
+        });
+    }
+
+    /// The address of `reporter`'s listener, once it is bound (set once): the
+    /// `destination.address` and `destination.port` a label override's expression reads,
+    /// as the access log's (`%DOWNSTREAM_LOCAL_ADDRESS%`).
+    pub fn set_listener_addr(&self, reporter: Reporter, addr: std::net::SocketAddr) {
+        let _ = self.listener_addrs[reporter as usize].set(addr);
     }
 
     /// Which metrics `reporter` makes.
     pub fn enabled(&self, reporter: Reporter) -> MetricSet {
-        MetricSet::from_bits(self.enabled[reporter as usize].load(Relaxed))
+        MetricSet::from_bits(self.enabled[reporter as usize].load(Relaxed) as u16)
+    }
+
+    /// The labels of `reporter`'s metrics from now on: a Telemetry's `tagOverrides`
+    /// ([`mesh_core::telemetry::MetricTags`]; empty: Istio's standard labels), as the
+    /// [module docs](self#label-overrides) say. The series recorded so far keep their
+    /// labels; a metric's series of either kind are exposed (one line per label set).
+    pub fn set_label_overrides(&self, reporter: Reporter, tags: &MetricTags) {
+        let r = reporter as usize;
+        let rules = (!tags.is_empty()).then(|| {
+            let mut ids = self.group_ids.lock().unwrap_or_else(|e| e.into_inner());
+            labels::LabelRules::new(tags, |text| {
+                let next = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+                *ids.entry(text.to_owned()).or_insert(next)
+            })
+        });
+        let mask = rules.as_ref().map_or(0, |r| r.mask);
+        let interest = rules.as_ref().map_or(Interest::Outcome, |r| r.interest);
+        let set_mask = || {
+            let _ = self.enabled[r].fetch_update(Release, Relaxed, |w| {
+                Some((w & 0xffff) | (u32::from(mask) << 16))
+            });
+        };
+        // new rules before the mask that sends requests to them; without rules, the mask
+        // cleared first (a request in between is recorded with the standard labels)
+        if rules.is_none() {
+            set_mask();
+        }
+        let some = rules.is_some();
+        self.label_rules[r].store(rules.map(Arc::new));
+        self.interest[r].store(interest as u8, Relaxed);
+        if some {
+            set_mask();
+        }
     }
 
     /// Caps the number of series (each a label set of the request metrics, of the TCP
@@ -555,12 +664,19 @@ impl IstioMetrics {
     /// Records one completed request as `reporter`.
     pub fn record(&self, reporter: Reporter, done: &Completed<'_>) {
         self.record_decisions(reporter, done);
-        let on = self.enabled[reporter as usize].load(Relaxed);
-        if on & HTTP_METRICS == 0 {
+        let word = self.enabled[reporter as usize].load(Acquire);
+        let (on, overridden) = (word as u16 & HTTP_METRICS, (word >> 16) as u16);
+        if on & overridden != 0 {
+            self.record_overridden(reporter, done, on & overridden);
+        }
+        let mask = HTTP_METRICS & !overridden;
+        let on = on & mask;
+        if on == 0 {
             return;
         }
         let flags = done.flags.bits();
         let key = SeriesKey {
+            mask,
             code: done.status.map_or(0, |s| s.as_u16()),
             flags,
             grpc: done.grpc,
@@ -628,6 +744,78 @@ impl IstioMetrics {
         self.series_of(&peer, key)
     }
 
+    /// Records `done` in the series of overridden labels of the metrics `on` (bits of
+    /// metrics with overrides that `reporter` makes).
+    #[cold]
+    fn record_overridden(&self, reporter: Reporter, done: &Completed<'_>, on: u16) {
+        let Some(rules) = self.label_rules[reporter as usize].load_full() else {
+            return;
+        };
+        let cx = crate::sinks::EntryContext {
+            side: match reporter {
+                Reporter::Source => crate::sinks::Side::Outbound,
+                Reporter::Destination => crate::sinks::Side::Inbound,
+            },
+            local: self.listener_addrs[reporter as usize].get().copied(),
+            app_cluster: None,
+            service_time_header_only: false,
+        };
+        let values = crate::sinks::with_entry(done, &cx, |e| rules.evaluate(e));
+        let local = self.local.load_full();
+        let ident = IdentRef::of(reporter, &local, done);
+        let hash = ident.hash();
+        let Some(peer) = self.peer(&ident, hash, done) else {
+            self.dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        let flags = done.flags.bits();
+        for g in rules.groups.iter().filter(|g| g.mask & on != 0) {
+            let key = SeriesKey {
+                mask: g.mask,
+                code: done.status.map_or(0, |s| s.as_u16()),
+                flags,
+                grpc: done.grpc,
+                grpc_status: done.grpc_status.filter(|_| done.grpc),
+            };
+            let okey = OverriddenKey {
+                group: g.id,
+                peer: Arc::as_ptr(&peer) as usize,
+                key,
+                values: g.reads.iter().map(|i| values[*i].clone()).collect(),
+            };
+            let found = self
+                .overridden
+                .read()
+                .ok()
+                .and_then(|m| m.get(&okey).map(|(_, s)| s.clone()));
+            let series = match found {
+                Some(s) => s,
+                None => {
+                    let mut map = self.overridden.write().unwrap_or_else(|e| e.into_inner());
+                    match map.get(&okey) {
+                        Some((_, s)) => s.clone(),
+                        None => {
+                            if self.series.fetch_add(1, Relaxed) >= self.max_series {
+                                self.series.fetch_sub(1, Relaxed);
+                                self.dropped.fetch_add(1, Relaxed);
+                                continue;
+                            }
+                            let standard = Series::new(key);
+                            let text = format!("{}{}", peer.labels, standard.labels);
+                            let s = Arc::new(Series {
+                                labels: g.apply(&text, &values).into_boxed_str(),
+                                ..standard
+                            });
+                            map.insert(okey, (reporter, s.clone()));
+                            s
+                        }
+                    }
+                }
+            };
+            series.observe(done, on & g.mask);
+        }
+    }
+
     /// The label set of a request's peer: from the cache, else resolved and interned.
     fn peer(&self, ident: &IdentRef<'_>, hash: u64, done: &Completed<'_>) -> Option<Arc<Peer>> {
         if let Ok(cache) = self.cache.read()
@@ -685,41 +873,42 @@ impl IstioMetrics {
 
     /// The metrics in Prometheus' text format (version 0.0.4).
     pub fn encode(&self, out: &mut String) {
+        // every series, with its labels in two parts (the peer's and the series'; a series
+        // of overridden labels has them all in the second) and its reporter
         let peers: Vec<Arc<Peer>> = {
             let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-            let mut v: Vec<_> = peers.values().cloned().collect();
-            v.sort_by(|a, b| a.labels.cmp(&b.labels));
-            v
+            peers.values().cloned().collect()
         };
-        let all: Vec<(Arc<Peer>, Vec<Arc<Series>>)> = peers
-            .into_iter()
-            .map(|p| {
-                let mut s: Vec<_> = p
-                    .series
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
-                    .collect();
-                s.sort_by(|a, b| a.labels.cmp(&b.labels));
-                (p, s)
-            })
+        let mut rows: Vec<(Arc<Peer>, Arc<Series>)> = Vec::new();
+        for p in &peers {
+            let series = p.series.read().unwrap_or_else(|e| e.into_inner());
+            rows.extend(series.values().map(|s| (p.clone(), s.clone())));
+        }
+        let overridden: Vec<(Reporter, Arc<Series>)> = self
+            .overridden
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
             .collect();
+        let mut all: Vec<Row<'_>> = rows
+            .iter()
+            .map(|(p, s)| (p.reporter, &*p.labels, &**s))
+            .chain(overridden.iter().map(|(r, s)| (*r, "", &**s)))
+            .collect();
+        all.sort_by(labels_cmp);
         let _ = writeln!(
             out,
             "# HELP istio_requests_total Requests, as Istio's sidecars count them.\n# TYPE istio_requests_total counter"
         );
-        let on = |p: &Peer, m: IstioMetric| self.enabled(p.reporter).has(m);
-        for (p, series) in all.iter().filter(|(p, _)| on(p, IstioMetric::RequestCount)) {
-            for s in series {
-                let _ = writeln!(
-                    out,
-                    "istio_requests_total{{{}{}}} {}",
-                    p.labels,
-                    s.labels,
-                    s.duration.count()
-                );
-            }
+        for run in self.runs(&all, IstioMetric::RequestCount) {
+            let count: u64 = run.iter().map(|(_, _, s)| s.duration.count()).sum();
+            let (_, peer, series) = run[0];
+            let _ = writeln!(
+                out,
+                "istio_requests_total{{{}}} {count}",
+                label_text(peer, &series.labels)
+            );
         }
         let histograms: [Family; 3] = [
             (
@@ -743,10 +932,13 @@ impl IstioMetrics {
         ];
         for (metric, name, help, get) in histograms {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for (p, series) in all.iter().filter(|(p, _)| on(p, metric)) {
-                for s in series {
-                    get(s).encode(out, name, &p.labels, &s.labels);
+            for run in self.runs(&all, metric) {
+                let (_, peer, series) = run[0];
+                let mut sum = Snapshot::default();
+                for (_, _, s) in run {
+                    sum.add(get(s));
                 }
+                sum.encode(out, name, &label_text(peer, &series.labels));
             }
         }
         self.encode_tcp(out);
@@ -773,6 +965,63 @@ impl IstioMetrics {
         let mut s = String::new();
         self.encode(&mut s);
         s
+    }
+}
+
+/// A series in the exposition: its reporter, the peer's labels and the series (whose own
+/// labels follow the peer's).
+type Row<'a> = (Reporter, &'a str, &'a Series);
+
+/// Orders rows by their whole label text.
+fn labels_cmp(a: &Row<'_>, b: &Row<'_>) -> std::cmp::Ordering {
+    fn text<'a>(r: &Row<'a>) -> impl Iterator<Item = u8> + 'a {
+        let rest = if r.1.is_empty() {
+            r.2.labels.trim_start_matches(',')
+        } else {
+            &r.2.labels
+        };
+        r.1.bytes().chain(rest.bytes())
+    }
+    text(a).cmp(text(b))
+}
+
+/// A series' whole label text.
+fn label_text(peer: &str, series: &str) -> String {
+    match peer.is_empty() {
+        true => series.trim_start_matches(',').to_owned(),
+        false => format!("{peer}{series}"),
+    }
+}
+
+impl IstioMetrics {
+    /// The rows exposed in `metric` (recorded for it, and its reporter makes it), in runs
+    /// of one label text: a metric's series recorded under other overrides than now (a
+    /// reload) may have the same labels as today's, and Prometheus wants one line per set.
+    fn runs<'r, 'a>(
+        &self,
+        all: &'r [Row<'a>],
+        metric: IstioMetric,
+    ) -> impl Iterator<Item = Vec<Row<'a>>> + use<'r, 'a, '_> {
+        let shown: Vec<Row<'a>> = all
+            .iter()
+            .filter(|(r, _, s)| {
+                s.mask & MetricSet::bit(metric) != 0 && self.enabled(*r).has(metric)
+            })
+            .copied()
+            .collect();
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            let first = shown.get(i)?;
+            let mut run = vec![*first];
+            i += 1;
+            while let Some(next) = shown.get(i)
+                && labels_cmp(first, next).is_eq()
+            {
+                run.push(*next);
+                i += 1;
+            }
+            Some(run)
+        })
     }
 }
 
@@ -823,10 +1072,15 @@ impl Sink for MetricsSink {
         self.metrics.record(self.reporter, done);
     }
 
-    /// Every request's outcome; never its details.
+    /// Every request's outcome; its details too when a label override's expression reads
+    /// them.
     #[inline]
-    fn interest(&self, _: Option<&crate::trace::TraceContext>) -> crate::record::Interest {
-        crate::record::Interest::Outcome
+    fn interest(&self, _: Option<&crate::trace::TraceContext>) -> Interest {
+        match self.metrics.interest[self.reporter as usize].load(Relaxed) {
+            x if x == Interest::Headers as u8 => Interest::Headers,
+            x if x == Interest::Details as u8 => Interest::Details,
+            _ => Interest::Outcome,
+        }
     }
 }
 
@@ -858,6 +1112,7 @@ impl Series {
         label(&mut labels, "response_flags", Some(&flags));
         Series {
             labels: labels.into_boxed_str(),
+            mask: key.mask,
             duration: Histogram::default(),
             request_bytes: Histogram::default(),
             response_bytes: Histogram::default(),
@@ -901,21 +1156,33 @@ impl Histogram {
     fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
+}
 
-    fn encode(&self, out: &mut String, name: &str, peer: &str, series: &str) {
-        let mut total = 0;
-        for (i, le) in LE.iter().enumerate() {
-            total += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{peer}{series},le=\"{le}\"}} {total}");
+/// A histogram's counts, summed over series of one label set.
+#[derive(Default)]
+struct Snapshot {
+    buckets: [u64; 20],
+    sum: u64,
+}
+
+impl Snapshot {
+    fn add(&mut self, h: &Histogram) {
+        for (b, h) in self.buckets.iter_mut().zip(&h.buckets) {
+            *b = b.wrapping_add(h.load(Relaxed));
         }
-        total += self.buckets[LE.len()].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{peer}{series},le=\"+Inf\"}} {total}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{peer}{series}}} {}",
-            self.sum.load(Relaxed)
-        );
-        let _ = writeln!(out, "{name}_count{{{peer}{series}}} {total}");
+        self.sum = self.sum.wrapping_add(h.sum.load(Relaxed));
+    }
+
+    fn encode(&self, out: &mut String, name: &str, labels: &str) {
+        let mut total = 0u64;
+        for (i, le) in LE.iter().enumerate() {
+            total = total.wrapping_add(self.buckets[i]);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {total}");
+        }
+        total = total.wrapping_add(self.buckets[LE.len()]);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
     }
 }
 
@@ -1181,6 +1448,7 @@ fn source_labels(
 }
 
 pub mod decisions;
+mod labels;
 mod tcp;
 pub use tcp::{TcpConnectionStats, TcpInbound, TcpPeer};
 

@@ -347,87 +347,116 @@ impl Sink for AccessLogRecorder {
         let Some(log) = guard.as_ref() else {
             return;
         };
-        let (start, _) = wall_clock(c.start, c.end);
-        let flags = flags_value(c.flags);
-        let mut e = LogEntry::new(start);
-        // Envoy's formatter writes the reason with its spaces as underscores
-        // (`SSL_routines`), as its logs show it
-        let transport_failure = c
-            .details
-            .and_then(|d| d.upstream_transport_failure_reason)
-            .map(|r| r.replace(' ', "_"));
-        e.upstream_transport_failure_reason = transport_failure.as_deref();
-        // and the response code details carry it too, as Envoy 1.40's
-        // (`upstream_reset_before_response_started{remote_connection_failure|<reason>}`)
-        let details_with_reason = transport_failure.as_deref().map(|r| {
-            format!("upstream_reset_before_response_started{{remote_connection_failure|{r}}}")
-        });
-        if let Some(d) = c.details {
-            e.method = d.method.as_str();
-            e.path = path(d);
-            e.user_agent = header_str(&d.user_agent);
-            e.request_id = header_str(&d.request_id);
-            e.x_forwarded_for = header_str(&d.x_forwarded_for);
-            e.requested_server_name = d.requested_server_name.as_deref();
-            // as sent upstream when the request was (after the mesh's changes), else as it
-            // arrived
-            e.request_headers = c.info.request_headers.as_deref().or(d.headers.as_ref());
-            e.downstream_tls = d.downstream_tls;
-        }
-        e.mtls = c.peer.is_some();
-        e.grpc_status = c.grpc_status;
-        e.protocol = protocol(c.version);
-        e.response_code = c.status.map_or(0, |s| s.as_u16());
-        e.response_flags = flags.as_ref().and_then(|f| f.to_str().ok()).unwrap_or("");
-        e.response_code_details = details_with_reason.as_deref().unwrap_or(details(c));
-        // the bodies, as Envoy counts them (the details know the heads' sizes; this sink
-        // always reads them)
-        e.bytes_received = c.request_body_bytes().unwrap_or(0);
-        e.bytes_sent = c.response_body_bytes().unwrap_or(0);
-        e.duration = Some(c.end.saturating_duration_since(c.start));
-        // Envoy's router writes `x-envoy-upstream-service-time` on the upstream's answers
-        // only, not on its local replies
-        if e.response_code_details == VIA_UPSTREAM {
-            e.upstream_service_time = match self.service_time_header_only {
-                true => c
-                    .details
-                    .and_then(|d| d.upstream_service_time_header)
-                    .map(std::time::Duration::from_millis),
-                false => c.upstream_service_time(),
-            };
-        }
-        e.upstream_local_address = c.info.connection.and_then(|conn| conn.local);
-        e.authority = c.authority;
-        // a connection-pool limit's reply went to no host (Envoy's `-`)
-        e.upstream_host = match e.response_code_details == OVERFLOW_DETAILS {
-            true => None,
-            false => c.info.endpoint().map(|ep| ep.addr),
+        let cx = EntryContext {
+            side: self.side,
+            local: self.local.get().copied(),
+            app_cluster: self.app_cluster.as_deref(),
+            service_time_header_only: self.service_time_header_only,
         };
-        e.upstream_cluster = match c.info.cluster() {
-            Some(cl) => Some(&*cl.name),
-            None if c.info.passthrough => Some("PassthroughCluster"),
-            None => None,
-        };
-        // inbound, a request the stack forwarded has its cluster recorded (the port's, with
-        // no host when its pool overflowed); a reply made before it (an authorization's
-        // 403, a rate limit's 429) went to no host, and its cluster is the one Envoy's route
-        // names: the workload port's `inbound|<port>||`
-        let port_cluster;
-        if self.side == Side::Inbound && e.upstream_cluster.is_none() && c.status.is_some() {
-            match c.details.and_then(|d| d.destination_port) {
-                Some(port) => {
-                    port_cluster = mesh_core::health::inbound_cluster_name(port);
-                    e.upstream_cluster = Some(&port_cluster);
-                }
-                None => e.upstream_cluster = self.app_cluster.as_deref(),
-            }
-        }
-        e.downstream_local_address = self.local.get().copied();
-        e.downstream_remote_address = c.client_addr;
-        e.route_name = c.info.route_name();
-        e.trace_id = c.trace.map(|t| t.trace_id);
-        log.log(&e);
+        with_entry(c, &cx, |e| log.log(e));
     }
+}
+
+/// What a request's [`LogEntry`] needs beyond its [`Completed`] record: who records it.
+pub(crate) struct EntryContext<'a> {
+    /// The listener's side.
+    pub(crate) side: Side,
+    /// The listener's address (`%DOWNSTREAM_LOCAL_ADDRESS%`), when known.
+    pub(crate) local: Option<SocketAddr>,
+    /// The inbound side's cluster for a reply that names none
+    /// ([`AccessLogRecorder::with_local_app_port`]).
+    pub(crate) app_cluster: Option<&'a str>,
+    /// [`AccessLogRecorder::with_service_time_header_only`].
+    pub(crate) service_time_header_only: bool,
+}
+
+/// Calls `f` with `c`'s [`LogEntry`] (the access log's line; the attributes of a CEL
+/// expression).
+pub(crate) fn with_entry<R>(
+    c: &Completed<'_>,
+    cx: &EntryContext<'_>,
+    f: impl FnOnce(&LogEntry<'_>) -> R,
+) -> R {
+    let (start, _) = wall_clock(c.start, c.end);
+    let flags = flags_value(c.flags);
+    let mut e = LogEntry::new(start);
+    // Envoy's formatter writes the reason with its spaces as underscores
+    // (`SSL_routines`), as its logs show it
+    let transport_failure = c
+        .details
+        .and_then(|d| d.upstream_transport_failure_reason)
+        .map(|r| r.replace(' ', "_"));
+    e.upstream_transport_failure_reason = transport_failure.as_deref();
+    // and the response code details carry it too, as Envoy 1.40's
+    // (`upstream_reset_before_response_started{remote_connection_failure|<reason>}`)
+    let details_with_reason = transport_failure.as_deref().map(|r| {
+        format!("upstream_reset_before_response_started{{remote_connection_failure|{r}}}")
+    });
+    if let Some(d) = c.details {
+        e.method = d.method.as_str();
+        e.path = path(d);
+        e.user_agent = header_str(&d.user_agent);
+        e.request_id = header_str(&d.request_id);
+        e.x_forwarded_for = header_str(&d.x_forwarded_for);
+        e.requested_server_name = d.requested_server_name.as_deref();
+        // as sent upstream when the request was (after the mesh's changes), else as it
+        // arrived
+        e.request_headers = c.info.request_headers.as_deref().or(d.headers.as_ref());
+        e.downstream_tls = d.downstream_tls;
+    }
+    e.mtls = c.peer.is_some();
+    e.grpc_status = c.grpc_status;
+    e.protocol = protocol(c.version);
+    e.response_code = c.status.map_or(0, |s| s.as_u16());
+    e.response_flags = flags.as_ref().and_then(|f| f.to_str().ok()).unwrap_or("");
+    e.response_code_details = details_with_reason.as_deref().unwrap_or(details(c));
+    // the bodies, as Envoy counts them (the details know the heads' sizes; this sink
+    // always reads them)
+    e.bytes_received = c.request_body_bytes().unwrap_or(0);
+    e.bytes_sent = c.response_body_bytes().unwrap_or(0);
+    e.duration = Some(c.end.saturating_duration_since(c.start));
+    // Envoy's router writes `x-envoy-upstream-service-time` on the upstream's answers
+    // only, not on its local replies
+    if e.response_code_details == VIA_UPSTREAM {
+        e.upstream_service_time = match cx.service_time_header_only {
+            true => c
+                .details
+                .and_then(|d| d.upstream_service_time_header)
+                .map(std::time::Duration::from_millis),
+            false => c.upstream_service_time(),
+        };
+    }
+    e.upstream_local_address = c.info.connection.and_then(|conn| conn.local);
+    e.authority = c.authority;
+    // a connection-pool limit's reply went to no host (Envoy's `-`)
+    e.upstream_host = match e.response_code_details == OVERFLOW_DETAILS {
+        true => None,
+        false => c.info.endpoint().map(|ep| ep.addr),
+    };
+    e.upstream_cluster = match c.info.cluster() {
+        Some(cl) => Some(&*cl.name),
+        None if c.info.passthrough => Some("PassthroughCluster"),
+        None => None,
+    };
+    // inbound, a request the stack forwarded has its cluster recorded (the port's, with
+    // no host when its pool overflowed); a reply made before it (an authorization's
+    // 403, a rate limit's 429) went to no host, and its cluster is the one Envoy's route
+    // names: the workload port's `inbound|<port>||`
+    let port_cluster;
+    if cx.side == Side::Inbound && e.upstream_cluster.is_none() && c.status.is_some() {
+        match c.details.and_then(|d| d.destination_port) {
+            Some(port) => {
+                port_cluster = mesh_core::health::inbound_cluster_name(port);
+                e.upstream_cluster = Some(&port_cluster);
+            }
+            None => e.upstream_cluster = cx.app_cluster,
+        }
+    }
+    e.downstream_local_address = cx.local;
+    e.downstream_remote_address = c.client_addr;
+    e.route_name = c.info.route_name();
+    e.trace_id = c.trace.map(|t| t.trace_id);
+    f(&e)
 }
 
 /// The wall-clock times of a request's start and end, from its monotonic ones: the

@@ -2306,8 +2306,8 @@ static METRICS_OVERRIDES: TypeDef = TypeDef {
         field(
             "tagOverrides",
             Map(&TAG_OVERRIDE),
-            Status::NotYet(Area::Later),
-            "the labels stay Istio's standard set",
+            Status::Enforced,
+            "on the HTTP and TCP metrics of the side (Istio's proxy's `tags_to_remove` and `dimensions`): `REMOVE` leaves a standard label out (another name is ignored); `UPSERT` gives a standard label the CEL expression's value in its place, and adds another name after the standard labels (in name order; characters Prometheus does not take become `_`); a value that fails, or is `null`, a list or a map, is `unknown`; evaluated per request, and when a TCP connection opens (its expressions read its upstream and `connection.mtls`); a metric's series recorded under earlier overrides stay (`mesh_telemetry::metrics`)",
         ),
     ],
 };
@@ -2335,8 +2335,32 @@ static TAG_OVERRIDE: TypeDef = TypeDef {
     name: "TagOverride",
     fields: &[
         field("operation", Leaf, Status::Enforced, ""),
-        field("value", Leaf, Status::Enforced, ""),
+        field(
+            "value",
+            Leaf,
+            Status::Custom(&TAG_OVERRIDE_VALUE),
+            "a CEL expression over the attributes the access log's filter reads (`request.*`, `response.*`, `source.*`, `destination.*` (the listener's address), `connection.*`, `upstream.*`, `xds.*`), within the same bounds; one this proxy cannot compile is warned about, and the label left out, as Istio's proxy does",
+        ),
     ],
+};
+
+/// A label override's expression reading an attribute the proxy does not fill: it fails,
+/// and the label is `unknown`.
+static TAG_OVERRIDE_VALUE: Custom = Custom {
+    doc: "enforced when every attribute it reads is one the proxy fills; not yet otherwise",
+    check: |node| {
+        let text = key_text(node)?;
+        let missing = crate::telemetry::unsupported_attributes(&text);
+        (!missing.is_empty()).then(|| {
+            (
+                Verdict::NotYet(Area::Later),
+                format!(
+                    "reading {} (not filled by this proxy: the expression fails, and the label is `unknown`) is ",
+                    missing.join(", ")
+                ),
+            )
+        })
+    },
 };
 
 static ACCESS_LOG_PROVIDER: TypeDef = TypeDef {

@@ -300,7 +300,7 @@ fn fields_without_effect_are_told_by_the_support_table() {
         &yaml(&[(
             "default",
             "t",
-            "  tracing:\n  - providers: [{name: otel}]\n    customTags: {team: {literal: {value: a}}}\n  accessLogging:\n  - providers: [{name: envoy}, {name: otel-als}]\n    filter: {expression: response.code >= 400}\n  metrics:\n  - providers: [{name: prometheus}]\n    overrides:\n    - tagOverrides: {request_host: {operation: REMOVE}}\n",
+            "  tracing:\n  - providers: [{name: otel}]\n    customTags: {team: {literal: {value: a}}}\n  accessLogging:\n  - providers: [{name: envoy}, {name: otel-als}]\n    filter: {expression: response.code >= 400}\n  metrics:\n  - providers: [{name: prometheus}]\n    overrides:\n    - tagOverrides: {request_host: {operation: REMOVE}, peer_app: {value: upstream_peer.app}}\n",
         )]),
     )
     .unwrap();
@@ -314,7 +314,7 @@ fn fields_without_effect_are_told_by_the_support_table() {
         fields,
         [
             "spec.accessLogging[0].providers[1].name",
-            "spec.metrics[0].overrides[0].tagOverrides",
+            "spec.metrics[0].overrides[0].tagOverrides.peer_app.value",
             "spec.tracing[0].providers[0].name",
         ]
     );
@@ -536,5 +536,94 @@ fn custom_tags_are_replaced_whole_by_the_last_entry_that_sets_them() {
     assert_eq!(
         &*v.tracing.server.custom_tags,
         [("side".to_string(), CustomTagValue::Fixed("server".into()))]
+    );
+}
+
+/// A side's overrides of `metric`, as `(name, value)` (`None`: REMOVE).
+fn tags(t: &MetricTags, metric: IstioMetric) -> Vec<(String, Option<String>)> {
+    t.get(metric)
+        .iter()
+        .map(|o| (o.name.clone(), o.value.as_deref().map(str::to_owned)))
+        .collect()
+}
+
+#[test]
+fn tag_overrides_merge_label_by_label_per_metric_and_side_in_order() {
+    // pilot's mergeMetrics: `override.TagOverrides[k] = v` per metric and mode, each level
+    // over the one before; the lists sorted by name (generateStatsConfig)
+    let mesh = (
+        "istio-system",
+        "mesh-default",
+        "  metrics:\n  - providers: [{name: prometheus}]\n    overrides:\n    - match: {metric: REQUEST_COUNT, mode: CLIENT_AND_SERVER}\n      tagOverrides: {grpc_response_status: {operation: REMOVE}, request_host: {value: request.host}}\n",
+    );
+    let ns = (
+        "default",
+        "ns",
+        "  metrics:\n  - overrides:\n    - match: {mode: CLIENT}\n      tagOverrides: {request_host: {value: request.url_path}, source_app: {operation: REMOVE}}\n    - match: {metric: REQUEST_DURATION, mode: CLIENT}\n      disabled: true\n      tagOverrides: {x: {value: \"'y'\"}}\n",
+    );
+    let v = view(&[mesh, ns]);
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        tags(&v.metric_tags.client, IstioMetric::RequestCount),
+        [
+            ("grpc_response_status".to_owned(), None),
+            ("request_host".to_owned(), some("request.url_path")),
+            ("source_app".to_owned(), None),
+        ]
+    );
+    assert_eq!(
+        tags(&v.metric_tags.server, IstioMetric::RequestCount),
+        [
+            ("grpc_response_status".to_owned(), None),
+            ("request_host".to_owned(), some("request.host")),
+        ]
+    );
+    // ALL_METRICS (no metric) reaches the TCP metrics too
+    assert_eq!(
+        tags(&v.metric_tags.client, IstioMetric::TcpSentBytes),
+        [
+            ("request_host".to_owned(), some("request.url_path")),
+            ("source_app".to_owned(), None),
+        ]
+    );
+    assert!(
+        v.metric_tags
+            .server
+            .get(IstioMetric::TcpSentBytes)
+            .is_empty(),
+        "the namespace's entry is the client side's"
+    );
+    // a metric that is off has no overrides to apply
+    assert!(!v.metrics.client.has(IstioMetric::RequestDuration));
+    assert!(
+        v.metric_tags
+            .client
+            .get(IstioMetric::RequestDuration)
+            .is_empty()
+    );
+    // without prometheus, no metric and no override
+    let off = (
+        "default",
+        "ns",
+        "  metrics:\n  - providers: [{name: stackdriver}]\n    overrides:\n    - tagOverrides: {a: {operation: REMOVE}}\n",
+    );
+    let v = view(&[mesh, off]);
+    assert!(v.metric_tags.client.is_empty() && v.metric_tags.server.is_empty());
+}
+
+#[test]
+fn a_tag_value_this_proxy_cannot_compile_is_warned_about() {
+    let y = yaml(&[(
+        "default",
+        "bad",
+        "  metrics:\n  - overrides:\n    - tagOverrides: {request_host: {value: 'request.host +'}}\n",
+    )]);
+    let c = load_str("t.yaml", &y).unwrap();
+    let w: Vec<String> = c.warnings.iter().map(|d| d.to_string()).collect();
+    assert!(
+        w.iter()
+            .any(|d| d.contains("tagOverrides.request_host.value")
+                && d.contains("the label is left out")),
+        "{w:#?}"
     );
 }

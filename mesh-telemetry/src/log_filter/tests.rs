@@ -162,3 +162,51 @@ fn the_filter_asks_for_the_headers_only_when_it_reads_them() {
             .needs_headers()
     );
 }
+
+#[test]
+fn an_attribute_or_header_read_directly_has_the_evaluators_value() {
+    // `Direct` skips CEL's evaluator for `request.host`, `string(destination.port)` and
+    // `request.headers['x']`: on a full line, an empty HTTP one and a TCP one, its value
+    // is the evaluator's (an error is `None`)
+    let h = headers();
+    let full = full(&h);
+    let mut empty = LogEntry::new(UNIX_EPOCH);
+    empty.method = "GET";
+    let mut tcp = LogEntry::new(UNIX_EPOCH);
+    tcp.bytes_received = 7;
+    tcp.upstream_host = Some("10.0.0.7:9080".parse().unwrap());
+    let mut exprs: Vec<String> = mesh_core::telemetry::FILTER_ATTRIBUTES
+        .iter()
+        .flat_map(|a| [a.to_string(), format!("string({a})")])
+        .collect();
+    let evaluated_only = [
+        "string(request.headers)",
+        "string(request.duration)",
+        "string(connection.mtls)",
+    ];
+    exprs.retain(|e| !evaluated_only.contains(&e.as_str()));
+    exprs.extend(
+        ["x-debug", "x-multi", "x-missing"]
+            .iter()
+            .map(|h| format!("request.headers['{h}']")),
+    );
+    for expr in &exprs {
+        let direct = CelExpression::new(expr).unwrap();
+        assert!(direct.direct.is_some(), "{expr} is read directly");
+        let mut evaluated = CelExpression::new(expr).unwrap();
+        evaluated.direct = None;
+        for e in [&full, &empty, &tcp] {
+            let (d, v) = (direct.evaluate(e), evaluated.evaluate(e));
+            assert_eq!(d, v, "{expr} on {:?}", e.method);
+        }
+    }
+    // anything else goes to the evaluator
+    let others = [
+        "response.code >= 400",
+        "request.host + 'x'",
+        "has(request.host)",
+    ];
+    for expr in others.iter().chain(&evaluated_only) {
+        assert!(CelExpression::new(expr).unwrap().direct.is_none(), "{expr}");
+    }
+}

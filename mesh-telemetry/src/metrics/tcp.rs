@@ -10,7 +10,7 @@
 //! so no atomic operation is paid per chunk of data.
 
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
 use mesh_core::ResponseFlags;
@@ -18,6 +18,8 @@ use mesh_core::ext::{PeerIdentity, SelectedUpstream};
 use mesh_core::hash::{FastHashMap, FastState};
 use mesh_core::model::telemetry::IstioMetric;
 use mesh_core::telemetry::MetricSet;
+
+use crate::access_log::LogEntry;
 
 use super::{
     IstioMetrics, LocalWorkload, Reporter, destination_labels, label, service_name, source_labels,
@@ -39,13 +41,30 @@ pub struct TcpPeer<'a> {
 /// One connection's series: add its bytes with [`add`](Self::add); dropping it counts the
 /// connection closed.
 #[derive(Debug)]
-pub struct TcpConnectionStats(Option<Arc<TcpSeries>>, u16);
+pub struct TcpConnectionStats {
+    /// The series of the standard labels, with the metrics counted in it.
+    standard: Option<(Arc<TcpSeries>, u16)>,
+    /// The series of overridden labels (a Telemetry's `tagOverrides`), with theirs.
+    overridden: Vec<(Arc<TcpSeries>, u16)>,
+}
+
+impl TcpConnectionStats {
+    const NONE: TcpConnectionStats = TcpConnectionStats {
+        standard: None,
+        overridden: Vec::new(),
+    };
+}
 
 /// The TCP series of one [`IstioMetrics`].
 #[derive(Default)]
 pub(super) struct TcpRegistry {
     series: RwLock<FastHashMap<u64, Vec<Arc<TcpSeries>>>>,
+    /// The series of overridden labels, by override group and label text.
+    overridden: RwLock<FastHashMap<OverriddenTcp, Arc<TcpSeries>>>,
 }
+
+/// What finds a TCP series of overridden labels: its override group and its labels.
+type OverriddenTcp = (u32, Box<str>);
 
 /// The [`MetricSet`](mesh_core::telemetry::MetricSet) bits of the TCP metrics.
 const TCP_METRICS: u16 = MetricSet::bit(IstioMetric::TcpOpenedConnections)
@@ -66,6 +85,8 @@ type TcpFamily = (
 pub(super) struct TcpSeries {
     key: Key,
     labels: Box<str>,
+    /// The [`MetricSet`] bits of the metrics counted in it: it is exposed in those.
+    mask: u16,
     opened: AtomicU64,
     closed: AtomicU64,
     received: AtomicU64,
@@ -96,6 +117,8 @@ struct Key {
     flags: u32,
     mtls: bool,
     local: usize,
+    /// The metrics counted in the series (those whose labels are not overridden).
+    mask: u16,
     /// Keeps `local`'s workload alive: its address identifies it (a reloaded workload
     /// allocated where a freed one was would otherwise match the old series).
     _workload: Arc<LocalWorkload>,
@@ -111,6 +134,7 @@ struct KeyRef<'a> {
     flags: ResponseFlags,
     mtls: bool,
     local: usize,
+    mask: u16,
     workload: &'a Arc<LocalWorkload>,
 }
 
@@ -124,6 +148,7 @@ impl KeyRef<'_> {
         self.flags.bits().hash(&mut h);
         self.mtls.hash(&mut h);
         self.local.hash(&mut h);
+        self.mask.hash(&mut h);
         h.finish()
     }
 
@@ -135,6 +160,7 @@ impl KeyRef<'_> {
             && k.flags == self.flags.bits()
             && k.mtls == self.mtls
             && k.local == self.local
+            && k.mask == self.mask
     }
 
     fn to_owned(&self) -> Key {
@@ -147,6 +173,7 @@ impl KeyRef<'_> {
             flags: self.flags.bits(),
             mtls: self.mtls,
             local: self.local,
+            mask: self.mask,
             _workload: self.workload.clone(),
         }
     }
@@ -171,9 +198,10 @@ impl IstioMetrics {
             flags: peer.flags,
             mtls,
             local: Arc::as_ptr(&local) as usize,
+            mask: TCP_METRICS,
             workload: &local,
         };
-        self.tcp_series(&key, |labels| {
+        self.tcp_series(key, |labels| {
             let host = peer.service.map(|s| &**s);
             let meta = endpoint.and_then(|e| e.meta.as_ref());
             let name = host.map(service_name);
@@ -195,18 +223,41 @@ impl IstioMetrics {
             flags: inbound.flags,
             mtls: inbound.peer.is_some(),
             local: Arc::as_ptr(&local) as usize,
+            mask: TCP_METRICS,
             workload: &local,
         };
-        self.tcp_series(&key, |labels| {
-            destination_labels(labels, &local, key.mtls, inbound.peer, None);
+        let mtls = key.mtls;
+        self.tcp_series(key, |labels| {
+            destination_labels(labels, &local, mtls, inbound.peer, None);
         })
     }
 
     /// The series of `key`, made with the labels `write` writes (before the protocol and
-    /// the flags) when it is new; the connection counted opened in it.
-    fn tcp_series(&self, key: &KeyRef<'_>, write: impl FnOnce(&mut String)) -> TcpConnectionStats {
-        if self.enabled(key.reporter).bits() & TCP_METRICS == 0 {
-            return TcpConnectionStats(None, 0); // every TCP metric of the reporter is off
+    /// the flags) when it is new; the connection counted opened in it. With label
+    /// overrides for the reporter's TCP metrics, those are counted in the series of their
+    /// labels instead.
+    fn tcp_series(&self, mut key: KeyRef<'_>, write: impl Fn(&mut String)) -> TcpConnectionStats {
+        let word = self.enabled[key.reporter as usize].load(Acquire);
+        // what the reporter makes now (a Telemetry's overrides) holds for the connection
+        let (on, overridden) = (word as u16 & TCP_METRICS, (word >> 16) as u16 & TCP_METRICS);
+        if on == 0 {
+            return TcpConnectionStats::NONE; // every TCP metric of the reporter is off
+        }
+        let labels = |flags: ResponseFlags| {
+            let mut labels = String::with_capacity(1024);
+            write(&mut labels);
+            label(&mut labels, "request_protocol", Some("tcp"));
+            label(&mut labels, "response_flags", Some(&flags.to_string()));
+            labels
+        };
+        let mut stats = TcpConnectionStats::NONE;
+        if on & overridden != 0 {
+            stats.overridden = self.tcp_overridden(&key, on & overridden, &labels);
+        }
+        key.mask = TCP_METRICS & !overridden;
+        let on = on & key.mask;
+        if on == 0 {
+            return stats;
         }
         let hash = key.hash();
         let found = self.tcp.series.read().ok().and_then(|m| {
@@ -221,36 +272,98 @@ impl IstioMetrics {
                 match list.iter().find(|s| key.matches(&s.key)) {
                     Some(s) => s.clone(),
                     None => {
-                        if self.series.fetch_add(1, Relaxed) >= self.max_series {
-                            self.series.fetch_sub(1, Relaxed);
-                            self.dropped.fetch_add(1, Relaxed);
-                            return TcpConnectionStats(None, 0);
+                        if !self.new_series() {
+                            return stats;
                         }
-                        let mut labels = String::with_capacity(1024);
-                        write(&mut labels);
-                        label(&mut labels, "request_protocol", Some("tcp"));
-                        let flags = key.flags.to_string();
-                        label(&mut labels, "response_flags", Some(&flags));
-                        let s = Arc::new(TcpSeries {
-                            key: key.to_owned(),
-                            labels: labels.into_boxed_str(),
-                            opened: AtomicU64::new(0),
-                            closed: AtomicU64::new(0),
-                            received: AtomicU64::new(0),
-                            sent: AtomicU64::new(0),
-                        });
+                        let s =
+                            Arc::new(TcpSeries::new(key.to_owned(), labels(key.flags), key.mask));
                         list.push(s.clone());
                         s
                     }
                 }
             }
         };
-        // what the reporter makes now (a Telemetry's overrides) holds for the connection
-        let on = self.enabled(key.reporter).bits();
         if on & MetricSet::bit(IstioMetric::TcpOpenedConnections) != 0 {
             series.opened.fetch_add(1, Relaxed);
         }
-        TcpConnectionStats(Some(series), on)
+        stats.standard = Some((series, on));
+        stats
+    }
+
+    /// Counts a series against the cap: `false` (and the connection dropped) when it is
+    /// reached.
+    fn new_series(&self) -> bool {
+        if self.series.fetch_add(1, Relaxed) >= self.max_series {
+            self.series.fetch_sub(1, Relaxed);
+            self.dropped.fetch_add(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// The series of overridden labels of a connection (metrics `on`), the connection
+    /// counted opened in them.
+    #[cold]
+    fn tcp_overridden(
+        &self,
+        key: &KeyRef<'_>,
+        on: u16,
+        labels: &dyn Fn(ResponseFlags) -> String,
+    ) -> Vec<(Arc<TcpSeries>, u16)> {
+        let Some(rules) = self.label_rules[key.reporter as usize].load_full() else {
+            return Vec::new();
+        };
+        let flags = key.flags.to_string();
+        let mut e = LogEntry::new(std::time::SystemTime::now());
+        e.protocol = "";
+        e.response_flags = if key.flags.is_empty() { "" } else { &flags };
+        e.mtls = key.mtls;
+        e.downstream_local_address = self.listener_addrs[key.reporter as usize].get().copied();
+        // what is known when the connection opens: its upstream
+        e.upstream_host = key.upstream.map(|u| u.endpoint().addr);
+        e.upstream_cluster = key.upstream.map(|u| &*u.cluster().name);
+        let values = rules.evaluate(&e);
+        let standard = labels(key.flags);
+        let mut out = Vec::new();
+        for g in rules.groups.iter().filter(|g| g.mask & on != 0) {
+            let text: Box<str> = g.apply(&standard, &values).into_boxed_str();
+            let id = (g.id, text);
+            let found = self
+                .tcp
+                .overridden
+                .read()
+                .ok()
+                .and_then(|m| m.get(&id).cloned());
+            let series = match found {
+                Some(s) => s,
+                None => {
+                    let mut map = self
+                        .tcp
+                        .overridden
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner());
+                    match map.get(&id) {
+                        Some(s) => s.clone(),
+                        None => {
+                            if !self.new_series() {
+                                continue;
+                            }
+                            let mut k = key.to_owned();
+                            k.mask = g.mask;
+                            let s = Arc::new(TcpSeries::new(k, id.1.clone(), g.mask));
+                            map.insert(id, s.clone());
+                            s
+                        }
+                    }
+                }
+            };
+            let on = on & g.mask;
+            if on & MetricSet::bit(IstioMetric::TcpOpenedConnections) != 0 {
+                series.opened.fetch_add(1, Relaxed);
+            }
+            out.push((series, on));
+        }
+        out
     }
 
     pub(super) fn encode_tcp(&self, out: &mut String) {
@@ -264,7 +377,19 @@ impl IstioMetrics {
             .flatten()
             .cloned()
             .collect();
-        all.sort_by(|a, b| a.labels.cmp(&b.labels));
+        all.extend(
+            self.tcp
+                .overridden
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned(),
+        );
+        all.sort_by(|a, b| {
+            a.labels
+                .trim_start_matches(',')
+                .cmp(b.labels.trim_start_matches(','))
+        });
         let families: [TcpFamily; 4] = [
             (
                 IstioMetric::TcpOpenedConnections,
@@ -296,6 +421,7 @@ impl IstioMetrics {
             // a reporter's metric a Telemetry turned off is not exposed
             let all: Vec<&Arc<TcpSeries>> = all
                 .iter()
+                .filter(|s| s.mask & MetricSet::bit(metric) != 0)
                 .filter(|s| self.enabled(s.key.reporter).has(metric))
                 .collect();
             // series are keyed by the balancer's endpoint record, so one endpoint reached
@@ -305,13 +431,30 @@ impl IstioMetrics {
             let mut i = 0;
             while i < all.len() {
                 let labels = &all[i].labels;
+                let same = |l: &str| l.trim_start_matches(',') == labels.trim_start_matches(',');
                 let mut sum = 0u64;
-                while i < all.len() && all[i].labels == *labels {
+                while i < all.len() && same(&all[i].labels) {
                     sum = sum.wrapping_add(get(all[i]).load(Relaxed));
                     i += 1;
                 }
-                let _ = writeln!(out, "{name}{{{labels}}} {sum}");
+                let _ = writeln!(out, "{name}{{{}}} {sum}", labels.trim_start_matches(','));
             }
+        }
+    }
+}
+
+// === impl TcpSeries ===
+
+impl TcpSeries {
+    fn new(key: Key, labels: impl Into<Box<str>>, mask: u16) -> TcpSeries {
+        TcpSeries {
+            key,
+            labels: labels.into(),
+            mask,
+            opened: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
         }
     }
 }
@@ -322,11 +465,11 @@ impl TcpConnectionStats {
     /// Adds bytes the connection moved since its last report: `received` from the client,
     /// `sent` to it.
     pub fn add(&self, received: u64, sent: u64) {
-        if let Some(s) = &self.0 {
-            if received != 0 && self.1 & MetricSet::bit(IstioMetric::TcpReceivedBytes) != 0 {
+        for (s, on) in self.standard.iter().chain(&self.overridden) {
+            if received != 0 && on & MetricSet::bit(IstioMetric::TcpReceivedBytes) != 0 {
                 s.received.fetch_add(received, Relaxed);
             }
-            if sent != 0 && self.1 & MetricSet::bit(IstioMetric::TcpSentBytes) != 0 {
+            if sent != 0 && on & MetricSet::bit(IstioMetric::TcpSentBytes) != 0 {
                 s.sent.fetch_add(sent, Relaxed);
             }
         }
@@ -335,10 +478,10 @@ impl TcpConnectionStats {
 
 impl Drop for TcpConnectionStats {
     fn drop(&mut self) {
-        if let Some(s) = &self.0
-            && self.1 & MetricSet::bit(IstioMetric::TcpClosedConnections) != 0
-        {
-            s.closed.fetch_add(1, Relaxed);
+        for (s, on) in self.standard.iter().chain(&self.overridden) {
+            if on & MetricSet::bit(IstioMetric::TcpClosedConnections) != 0 {
+                s.closed.fetch_add(1, Relaxed);
+            }
         }
     }
 }

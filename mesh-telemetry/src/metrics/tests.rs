@@ -958,3 +958,210 @@ fn a_telemetry_s_overrides_turn_metrics_off_by_reporter_and_metric() {
     assert!(sent.ends_with(" 0"), "not counted while off: {sent}");
     assert!(requests_line(&text, &[r#"reporter="destination""#]).is_some());
 }
+
+/// `tagOverrides` for `metrics` as the merge makes them ([`MetricTags`]).
+fn overrides(metrics: &[IstioMetric], list: &[(&str, Option<&str>)]) -> MetricTags {
+    let list: Arc<[mesh_core::telemetry::LabelOverride]> = list
+        .iter()
+        .map(|(n, v)| mesh_core::telemetry::LabelOverride {
+            name: n.to_string(),
+            value: v.map(Arc::from),
+        })
+        .collect();
+    MetricTags(metrics.iter().map(|m| (*m, list.clone())).collect())
+}
+
+/// The lines of `family` (`istio_requests_total{`) in `text`.
+fn family<'a>(text: &'a str, family: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.starts_with(family)).collect()
+}
+
+#[tokio::test]
+async fn tag_overrides_remove_set_and_add_labels_of_their_metrics_and_reporter_only() {
+    // Istio's customize-metrics task: grpc_response_status removed from REQUEST_COUNT, and
+    // a request_host label; the other metrics and the other reporter keep the standard
+    // set. Through the record layer: the sink asks for the details its expressions read.
+    use http_body_util::{BodyExt, Full};
+    use tower::{ServiceBuilder, ServiceExt};
+    let m = Arc::new(IstioMetrics::new(local()));
+    m.set_label_overrides(
+        Reporter::Source,
+        &overrides(
+            &[IstioMetric::RequestCount],
+            &[
+                ("grpc_response_status", None),
+                ("request_host", Some("request.host")),
+                (
+                    "response_code",
+                    Some("'class_' + string(response.code / 100)"),
+                ),
+                ("user_agent", Some("request.headers['user-agent']")),
+                ("source_x", Some("upstream_peer.app")),
+            ],
+        ),
+    );
+    let svc = ServiceBuilder::new()
+        .layer(crate::RecordLayer::new(vec![
+            m.sink(Reporter::Source),
+            m.sink(Reporter::Destination),
+        ]))
+        .service_fn(|req: http::Request<Full<bytes::Bytes>>| async move {
+            let status = match req.uri().path() {
+                "/created" => 201,
+                _ => 200,
+            };
+            let res = http::Response::builder()
+                .status(status)
+                .body(Full::new(bytes::Bytes::from("ok")))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(res)
+        });
+    for (host, path) in [
+        ("reviews:9080", "/"),
+        ("reviews:9080", "/created"),
+        ("ratings:9080", "/"),
+    ] {
+        let req = http::Request::builder()
+            .uri(path)
+            .header("host", host)
+            .header("user-agent", "curl/8")
+            .body(Full::default())
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    let text = m.encode_to_string();
+    let source: Vec<&str> = family(&text, "istio_requests_total{")
+        .into_iter()
+        .filter(|l| l.contains(r#"reporter="source""#))
+        .collect();
+    assert_eq!(
+        source.len(),
+        2,
+        "one series per host, 2xx as one class: {source:#?}"
+    );
+    let by_host = |host: &str| {
+        source
+            .iter()
+            .find(|l| l.contains(&format!(r#"request_host="{host}""#)))
+            .unwrap_or_else(|| panic!("{host}: {source:#?}"))
+    };
+    let reviews = by_host("reviews:9080");
+    assert!(reviews.ends_with(" 2"), "{reviews}");
+    assert!(by_host("ratings:9080").ends_with(" 1"));
+    assert!(reviews.contains(r#"response_code="class_2""#), "{reviews}");
+    assert!(reviews.contains(r#"user_agent="curl/8""#), "{reviews}");
+    assert!(!reviews.contains("grpc_response_status"), "{reviews}");
+    assert!(
+        reviews.contains(r#"request_host="reviews:9080",source_x="unknown",user_agent="curl/8"}"#),
+        "new labels last, in name order; an attribute the proxy does not fill is unknown: {reviews}"
+    );
+    assert!(
+        reviews.contains(r#"source_workload="productpage-v1""#),
+        "the standard labels stay: {reviews}"
+    );
+    // the duration histogram has no override: standard labels, every request
+    let counts: Vec<&str> = family(&text, "istio_request_duration_milliseconds_count{")
+        .into_iter()
+        .filter(|l| l.contains(r#"reporter="source""#))
+        .collect();
+    assert_eq!(counts.len(), 3, "per host and code: {counts:#?}");
+    assert!(
+        counts
+            .iter()
+            .all(|l| l.contains("grpc_response_status=\"\"") && !l.contains("request_host"))
+    );
+    // the other reporter: standard
+    let dest: Vec<&str> = family(&text, "istio_requests_total{")
+        .into_iter()
+        .filter(|l| l.contains(r#"reporter="destination""#))
+        .collect();
+    assert_eq!(dest.len(), 3, "{dest:#?}");
+    assert!(
+        dest.iter()
+            .all(|l| l.contains("grpc_response_status") && !l.contains("request_host"))
+    );
+}
+
+#[test]
+fn series_of_one_label_set_under_old_and_new_overrides_are_one_line() {
+    // a reload that overrides a label with the value it had: the series recorded before
+    // and after have the same labels, and the exposition has one line with both counts
+    let m = IstioMetrics::new(local());
+    let up = upstream(false);
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
+    m.set_label_overrides(
+        Reporter::Source,
+        &overrides(
+            &[IstioMetric::RequestCount, IstioMetric::RequestDuration],
+            &[("reporter", Some("'source'"))],
+        ),
+    );
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    let lines = family(&text, "istio_requests_total{");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].ends_with(" 2"), "{}", lines[0]);
+    let counts = family(&text, "istio_request_duration_milliseconds_count{");
+    assert_eq!(counts.len(), 1, "{counts:#?}");
+    assert!(counts[0].ends_with(" 2"), "{}", counts[0]);
+    // the sizes had no override: their standard series has both requests
+    let sizes = family(&text, "istio_request_bytes_count{");
+    assert_eq!(sizes.len(), 1, "{sizes:#?}");
+    assert!(sizes[0].ends_with(" 2"), "{}", sizes[0]);
+    // and removed again: back to the standard series, the same line
+    m.set_label_overrides(Reporter::Source, &MetricTags::default());
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    let lines = family(&text, "istio_requests_total{");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].ends_with(" 3"), "{}", lines[0]);
+}
+
+#[test]
+fn tag_overrides_of_tcp_metrics_are_evaluated_when_the_connection_opens() {
+    let m = IstioMetrics::new(local());
+    m.set_label_overrides(
+        Reporter::Source,
+        &overrides(
+            &[IstioMetric::TcpSentBytes, IstioMetric::TcpOpenedConnections],
+            &[
+                ("response_flags", None),
+                ("upstream_cluster", Some("xds.cluster_name")),
+                ("upstream_ip", Some("upstream.address")),
+                ("response_code", Some("'ignored: not a TCP label'")),
+            ],
+        ),
+    );
+    let up = upstream(false);
+    let host: Arc<str> = "reviews.bookinfo.svc.cluster.local".into();
+    for _ in 0..2 {
+        let c = m.tcp_open(&TcpPeer {
+            upstream: Some(&up),
+            service: Some(&host),
+            flags: ResponseFlags::empty(),
+        });
+        c.add(3, 4);
+    }
+    let text = m.encode_to_string();
+    let sent = family(&text, "istio_tcp_sent_bytes_total{");
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert!(sent[0].ends_with(" 8"), "{}", sent[0]);
+    assert!(
+        sent[0].contains(
+            r#",upstream_cluster="outbound|9080|v2|reviews.bookinfo.svc.cluster.local",upstream_ip="10.0.0.7:9080"}"#
+        ),
+        "{}",
+        sent[0]
+    );
+    assert!(!sent[0].contains("response_flags") && !sent[0].contains("response_code"));
+    let opened = family(&text, "istio_tcp_connections_opened_total{");
+    assert_eq!(opened.len(), 1, "{opened:#?}");
+    assert!(opened[0].ends_with(" 2") && opened[0].contains("upstream_cluster"));
+    // the others: standard labels, counted once per connection
+    let received = family(&text, "istio_tcp_received_bytes_total{");
+    assert_eq!(received.len(), 1, "{received:#?}");
+    assert!(received[0].ends_with(" 6") && received[0].contains("response_flags=\"-\""));
+    let closed = family(&text, "istio_tcp_connections_closed_total{");
+    assert!(closed[0].ends_with(" 2") && !closed[0].contains("upstream_cluster"));
+}
