@@ -430,6 +430,79 @@ async fn tcp_metrics_have_istios_labels_and_pass_promtool() {
         .unwrap();
 }
 
+/// A Telemetry's `reportingInterval` and `tagOverrides` on the TCP metrics: an open
+/// connection's bytes are reported every 100 ms (Istio's default is 5 s), in a series whose
+/// labels the overrides made when the connection opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telemetry_s_reporting_interval_and_tag_overrides_apply_to_tcp_metrics() {
+    let v1 = echo_server("one").await;
+    let key = format!("{ECHO}:9000");
+    let telemetry = "---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    reportingInterval: 100ms
+    overrides:
+    - match: {metric: TCP_SENT_BYTES}
+      tagOverrides:
+        response_flags: {operation: REMOVE}
+        upstream_cluster: {value: xds.cluster_name}
+";
+    let yaml = format!(
+        "{}{}{telemetry}",
+        bootstrap(2, &captured(&key)),
+        tcp_echo_entry(&[("v1", v1)])
+    );
+    let running = start(&yaml).await;
+    // the interval the L4 listeners splice with (Istio's default would be 5 s)
+    let metrics = running.proxy.state().layers().telemetry().metrics().clone();
+    assert_eq!(
+        metrics.tcp_reporting_interval(),
+        std::time::Duration::from_millis(100)
+    );
+    let addr = port_addr(&running, &key);
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"abc").await.unwrap();
+    let mut got = [0u8; 7];
+    bounded(conn.read_exact(&mut got)).await.unwrap();
+    assert_eq!(&got, b"one abc");
+    // while the connection is open: its bytes, reported by the timer
+    let admin = running.admin;
+    eventually("the open connection's bytes reported", || async move {
+        let (_, text) = admin_get(admin, "/stats/prometheus").await;
+        stat(&text, "istio_tcp_received_bytes_total{", "-") == 3
+    })
+    .await;
+    let (_, text) = admin_get(admin, "/stats/prometheus").await;
+    assert_eq!(stat(&text, "istio_tcp_connections_closed_total{", "-"), 0);
+    let sent: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_tcp_sent_bytes_total{"))
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert!(
+        sent[0]
+            .contains(",upstream_cluster=\"outbound|9000||tcp-echo.default.svc.cluster.local\"}")
+            && !sent[0].contains("response_flags")
+            && sent[0].ends_with(" 7"),
+        "{}",
+        sent[0]
+    );
+    promtool_check(&text);
+    drop(conn);
+    eventually("the connection closed", || async move {
+        let (_, text) = admin_get(admin, "/stats/prometheus").await;
+        stat(&text, "istio_tcp_connections_closed_total{", "-") == 1
+    })
+    .await;
+    tokio::time::timeout(LIMIT, running.proxy.drain())
+        .await
+        .unwrap();
+}
+
 /// Under `outboundTrafficPolicy: ALLOW_ANY` a captured host:port outside the registry is
 /// passed through (Istio's `PassthroughCluster`; the host resolved by DNS, an IP as is),
 /// TLS included, untouched.

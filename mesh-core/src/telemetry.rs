@@ -34,7 +34,8 @@
 //!   other override (a `customMetric` one too) clears that, and sets its metrics'
 //!   `disabled` when it says, and its `tagOverrides` for its metrics and sides, label by
 //!   label (a later entry's operation on a label replaces an earlier one's), sorted by
-//!   name as pilot sorts them ([`MetricTags`]).
+//!   name as pilot sorts them ([`MetricTags`]). The last `reportingInterval` set for
+//!   `prometheus` is the TCP metrics' reporting interval (Istio's default: 5 s).
 
 use std::sync::Arc;
 
@@ -235,7 +236,15 @@ pub struct TelemetryView {
     pub metrics: Sides<MetricSet>,
     /// The standard metrics' label overrides, by side (none when the side makes no metric).
     pub metric_tags: Sides<MetricTags>,
+    /// How often a TCP connection's bytes are reported while it is open (`reportingInterval`
+    /// of the last entry that sets it for `prometheus`, both sides: Istio keeps it per
+    /// provider); `None`: Istio's default, [`TCP_REPORTING_INTERVAL`]; zero: only when it
+    /// closes, as Istio's stats filter arms no timer then.
+    pub tcp_reporting_interval: Option<std::time::Duration>,
 }
+
+/// Istio's default TCP reporting interval (its stats filter's `tcp_reporting_duration`).
+pub const TCP_REPORTING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether `list` names `provider` (case-insensitive, as Istio's `fetchProvider`).
 fn names(list: &[&str], provider: &str) -> bool {
@@ -291,13 +300,14 @@ fn applicable(snapshot: &Snapshot) -> Vec<&Telemetry> {
 pub fn resolve(snapshot: &Snapshot) -> TelemetryView {
     let applied = applicable(snapshot);
     let (access_log, access_log_filter) = access_log(&applied);
-    let (metrics, metric_tags) = metrics(&applied);
+    let (metrics, metric_tags, tcp_reporting_interval) = metrics(&applied);
     TelemetryView {
         access_log,
         access_log_filter,
         tracing: tracing(&applied, snapshot.bootstrap.tracing.sampling),
         metrics,
         metric_tags,
+        tcp_reporting_interval,
     }
 }
 
@@ -421,14 +431,21 @@ fn custom_tags(
 /// The label operations of one side, per metric ([`METRICS`] order), by label name.
 type TagMaps = [std::collections::BTreeMap<String, Option<Arc<str>>>; 10];
 
-/// `mergeMetrics` for the `prometheus` provider: the metrics each side makes, and their
-/// label overrides.
-fn metrics(applied: &[&Telemetry]) -> (Sides<MetricSet>, Sides<MetricTags>) {
+/// `mergeMetrics` for the `prometheus` provider: the metrics each side makes, their label
+/// overrides, and the TCP reporting interval.
+fn metrics(
+    applied: &[&Telemetry],
+) -> (
+    Sides<MetricSet>,
+    Sides<MetricTags>,
+    Option<std::time::Duration>,
+) {
     let mut in_scope = vec![PROMETHEUS_PROVIDER];
     let mut previous = in_scope.clone();
     let mut all_off = Sides::both(false);
     let mut disabled: Sides<[Option<bool>; 10]> = Sides::both([None; 10]);
     let mut tags: Sides<TagMaps> = Sides::default();
+    let mut interval = None;
     for m in applied.iter().flat_map(|t| &t.metrics) {
         if !m.providers.is_empty() {
             previous = m.providers.iter().map(|p| p.name.as_str()).collect();
@@ -436,6 +453,9 @@ fn metrics(applied: &[&Telemetry]) -> (Sides<MetricSet>, Sides<MetricTags>) {
         }
         if !names(&previous, PROMETHEUS_PROVIDER) {
             continue;
+        }
+        if let Some(i) = m.reporting_interval {
+            interval = Some(i.0);
         }
         for o in &m.overrides {
             let sel = o.match_.as_ref();
@@ -514,7 +534,7 @@ fn metrics(applied: &[&Telemetry]) -> (Sides<MetricSet>, Sides<MetricTags>) {
         client: labels(tags.client, sets.client),
         server: labels(tags.server, sets.server),
     };
-    (sets, metric_tags)
+    (sets, metric_tags, interval)
 }
 
 /// The longest access log filter expression accepted, in bytes: cel-rust's parser recurses

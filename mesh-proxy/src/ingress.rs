@@ -641,7 +641,7 @@ async fn serve_tcp(w: Rc<TcpWorker>, conn: Accepted) {
     // metadata, not from the pool: its default, one hour)
     let splice = engine_l4::SpliceConfig {
         idle: crate::l4::DEFAULT_TCP_IDLE_TIMEOUT,
-        report_every: Duration::from_secs(15),
+        report_every: w.shared.metrics.tcp_reporting_interval(),
     };
     let log = ConnLog::new(&w.shared.access_log, conn.local, conn.peer);
     if !tls {

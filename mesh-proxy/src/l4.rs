@@ -19,7 +19,8 @@
 //! Every connection is counted in Istio's `istio_tcp_*` metrics (`reporter="source"`) with
 //! its response flags: `NR` (no route, unknown service or port), `UH` (no healthy
 //! endpoint), `UO` (`maxConnections` overflow), `UF` (connect failure or timeout, a
-//! handshake that failed). Its bytes are added every 15 s and when it closes. With an
+//! handshake that failed). Its bytes are added every 5 s (a Telemetry's `reportingInterval`)
+//! and when it closes. With an
 //! access log configured for the listener's side (`ProxyBootstrap.accessLog`, or a
 //! Telemetry's `envoy` provider: [`crate::exporters`]), each connection writes one line when it
 //! closes, as Envoy's TCP proxy does ([`ConnLog`]).
@@ -344,12 +345,13 @@ async fn forward<D>(
             return;
         }
     };
-    let config = SpliceConfig::new(
-        cluster
+    let config = SpliceConfig {
+        idle: cluster
             .pool
             .tcp_idle_timeout
             .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
-    );
+        report_every: w.shared.metrics.tcp_reporting_interval(),
+    };
     let origination = w.shared.tls.as_ref().filter(|_| originate).and_then(|t| {
         let mut ext = http::Extensions::new();
         ext.insert(up.clone());
@@ -476,7 +478,10 @@ async fn passthrough<D>(
         service: Some(&dest.host),
         flags: ResponseFlags::empty(),
     });
-    let config = SpliceConfig::new(DEFAULT_TCP_IDLE_TIMEOUT);
+    let config = SpliceConfig {
+        idle: DEFAULT_TCP_IDLE_TIMEOUT,
+        report_every: w.shared.metrics.tcp_reporting_interval(),
+    };
     let (upstream, upstream_local) = (stream.peer_addr().ok(), stream.local_addr().ok());
     let done = engine_l4::splice(down, stream, hello, &config, |rx, tx| stats.add(rx, tx)).await;
     log.end(&ConnEnd {

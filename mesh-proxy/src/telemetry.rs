@@ -89,4 +89,8 @@ fn enable(metrics: &IstioMetrics, view: &TelemetryView) {
     metrics.set_enabled(Reporter::Destination, view.metrics.server);
     metrics.set_label_overrides(Reporter::Source, &view.metric_tags.client);
     metrics.set_label_overrides(Reporter::Destination, &view.metric_tags.server);
+    metrics.set_tcp_reporting_interval(
+        view.tcp_reporting_interval
+            .unwrap_or(mesh_core::telemetry::TCP_REPORTING_INTERVAL),
+    );
 }

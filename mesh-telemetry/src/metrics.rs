@@ -244,6 +244,9 @@ pub struct IstioMetrics {
     overridden: RwLock<FastHashMap<OverriddenKey, (Reporter, Arc<Series>)>>,
     /// Each reporter's listener address ([`IstioMetrics::set_listener_addr`]).
     listener_addrs: [OnceLock<std::net::SocketAddr>; 2],
+    /// How often an open TCP connection's bytes are reported, in milliseconds
+    /// ([`IstioMetrics::set_tcp_reporting_interval`]).
+    tcp_report_ms: AtomicU64,
 }
 
 /// What finds a series of overridden labels: the group, the standard labels' peer (by its
@@ -566,6 +569,9 @@ impl IstioMetrics {
             group_ids: Mutex::default(),
             overridden: RwLock::default(),
             listener_addrs: [OnceLock::new(), OnceLock::new()],
+            tcp_report_ms: AtomicU64::new(
+                mesh_core::telemetry::TCP_REPORTING_INTERVAL.as_millis() as u64
+            ),
         }
     }
 
@@ -586,6 +592,21 @@ impl IstioMetrics {
     /// as the access log's (`%DOWNSTREAM_LOCAL_ADDRESS%`).
     pub fn set_listener_addr(&self, reporter: Reporter, addr: std::net::SocketAddr) {
         let _ = self.listener_addrs[reporter as usize].set(addr);
+    }
+
+    /// How often the L4 listeners report an open TCP connection's bytes from now on (a
+    /// Telemetry's `reportingInterval`; zero: only when it closes). Default: Istio's 5 s
+    /// ([`mesh_core::telemetry::TCP_REPORTING_INTERVAL`]).
+    pub fn set_tcp_reporting_interval(&self, every: std::time::Duration) {
+        let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        self.tcp_report_ms.store(ms, Relaxed);
+    }
+
+    /// How often an open TCP connection's bytes are reported (the splice's
+    /// `report_every`), as [`set_tcp_reporting_interval`](Self::set_tcp_reporting_interval)
+    /// set it.
+    pub fn tcp_reporting_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.tcp_report_ms.load(Relaxed))
     }
 
     /// Which metrics `reporter` makes.

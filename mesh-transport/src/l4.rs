@@ -129,8 +129,9 @@ pub struct SpliceConfig {
     /// `report_every`), so the close happens between 1× and 1.25× the timeout.
     pub idle: Duration,
     /// How often the byte counts moved since the last report are handed to the reporter
-    /// while the connection is open (Istio's `tcp_reporting_duration`, 15 s by default);
-    /// they are also reported once at the end. Default: 15 s.
+    /// while the connection is open (Istio's `tcp_reporting_duration`, 5 s by default; zero:
+    /// never, as Istio's stats filter then arms no timer); they are also reported once at
+    /// the end. Default: 5 s.
     pub report_every: Duration,
 }
 
@@ -314,17 +315,17 @@ where
 // === impl SpliceConfig ===
 
 impl SpliceConfig {
-    /// `idle` as the idle timeout, reports every 15 s.
+    /// `idle` as the idle timeout, reports every 5 s (Istio's default).
     pub fn new(idle: Duration) -> Self {
         SpliceConfig {
             idle,
-            report_every: Duration::from_secs(15),
+            report_every: Duration::from_secs(5),
         }
     }
 }
 
 impl Default for SpliceConfig {
-    /// Istio's TCP defaults: 1 h idle timeout, reports every 15 s.
+    /// Istio's TCP defaults: 1 h idle timeout, reports every 5 s.
     fn default() -> Self {
         SpliceConfig::new(Duration::from_secs(3600))
     }
@@ -406,15 +407,15 @@ where
     };
     let idle = config.idle.max(Duration::from_millis(1));
     // one timer for the connection, re-armed every period: the idle check and the reports
+    // (none while open when `report_every` is zero)
+    let report_every = Some(config.report_every).filter(|r| !r.is_zero());
     let period = (idle / 4)
-        .min(config.report_every)
+        .min(report_every.unwrap_or(Duration::MAX))
         .max(Duration::from_millis(1));
     let idle_ticks = idle.as_nanos().div_ceil(period.as_nanos()).max(1);
-    let report_ticks = config
-        .report_every
-        .as_nanos()
-        .div_ceil(period.as_nanos())
-        .max(1);
+    let report_ticks = report_every.map_or(u128::MAX, |r| {
+        r.as_nanos().div_ceil(period.as_nanos()).max(1)
+    });
     let mut copy = pin!(tokio::io::copy_bidirectional_with_sizes(
         &mut down, &mut up, SPLICE_BUF, SPLICE_BUF,
     ));

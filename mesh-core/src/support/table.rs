@@ -2287,8 +2287,8 @@ static TELEMETRY_METRICS: TypeDef = TypeDef {
         field(
             "reportingInterval",
             Leaf,
-            Status::NotYet(Area::Later),
-            "a TCP connection's bytes are reported every 15 s and at its close",
+            Status::Enforced,
+            "how often the L4 listeners add an open TCP connection's bytes to `istio_tcp_*` (both sides: Istio keeps it per provider; default 5 s, Istio's; `0s`: only at its close); the last entry that sets it for `prometheus`",
         ),
     ],
 };

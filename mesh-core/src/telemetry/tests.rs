@@ -627,3 +627,33 @@ fn a_tag_value_this_proxy_cannot_compile_is_warned_about() {
         "{w:#?}"
     );
 }
+
+#[test]
+fn the_reporting_interval_is_the_last_set_for_prometheus() {
+    // pilot's mergeMetrics: `reportingIntervals[provider]`, from each entry whose providers
+    // (or its parent's) include the provider in scope
+    let v = view(&[]);
+    assert_eq!(v.tcp_reporting_interval, None, "Istio's default, 5 s");
+    let mesh = (
+        "istio-system",
+        "mesh-default",
+        "  metrics:\n  - providers: [{name: prometheus}]\n    reportingInterval: 10s\n",
+    );
+    let v = view(&[mesh]);
+    assert_eq!(
+        v.tcp_reporting_interval,
+        Some(std::time::Duration::from_secs(10))
+    );
+    let ns = (
+        "default",
+        "ns",
+        "  metrics:\n  - reportingInterval: 0s\n  - providers: [{name: other}]\n    reportingInterval: 1s\n  - providers: [{name: prometheus}]\n",
+    );
+    let v = view(&[mesh, ns]);
+    assert_eq!(
+        v.tcp_reporting_interval,
+        Some(std::time::Duration::ZERO),
+        "the namespace's first entry (prometheus inherited); not the other provider's"
+    );
+    assert_eq!(v.metrics, Sides::both(MetricSet::ALL));
+}

@@ -6,7 +6,8 @@
 //! A connection's series is found once, when its upstream is decided
 //! ([`IstioMetrics::tcp_open`]); its bytes are counted by the connection's own task and added
 //! here when it reports them ([`TcpConnectionStats::add`]: periodically and at the end, as
-//! Envoy's `istio_stats` reports TCP bytes every `tcp_reporting_duration`, 15 s by default),
+//! Envoy's `istio_stats` reports TCP bytes every `tcp_reporting_duration`: 5 s by default, a
+//! Telemetry's `reportingInterval`: [`IstioMetrics::set_tcp_reporting_interval`]),
 //! so no atomic operation is paid per chunk of data.
 
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -406,13 +407,13 @@ impl IstioMetrics {
             (
                 IstioMetric::TcpReceivedBytes,
                 "istio_tcp_received_bytes_total",
-                "Bytes received from the client on TCP connections (reported every 15s and at the close).",
+                "Bytes received from the client on TCP connections (reported periodically and at the close).",
                 |s| &s.received,
             ),
             (
                 IstioMetric::TcpSentBytes,
                 "istio_tcp_sent_bytes_total",
-                "Bytes sent to the client on TCP connections (reported every 15s and at the close).",
+                "Bytes sent to the client on TCP connections (reported periodically and at the close).",
                 |s| &s.sent,
             ),
         ];

@@ -123,15 +123,16 @@ async fn splice_echoes_both_ways_with_half_close() {
     assert_eq!(done.sent, 29);
 }
 
-#[tokio::test(start_paused = true)]
-async fn splice_closes_an_idle_connection_and_reports_its_bytes() {
+/// A connection that moves 4 bytes up and 5 down, then nothing until the 60 s idle
+/// timeout closes it, reporting every `report_every`: how it ended and the reports.
+async fn idle_connection(report_every: Duration) -> (Spliced, Vec<(u64, u64)>) {
     let (mut client, down) = tokio::io::duplex(1024);
     let (up, mut server) = tokio::io::duplex(1024);
     let reports = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let r = reports.clone();
     let config = SpliceConfig {
         idle: Duration::from_secs(60),
-        report_every: Duration::from_secs(15),
+        report_every,
     };
     let local = tokio::task::LocalSet::new();
     let done = local
@@ -154,10 +155,16 @@ async fn splice_closes_an_idle_connection_and_reports_its_bytes() {
             done
         })
         .await;
+    let reports = reports.borrow().clone();
+    (done, reports)
+}
+
+#[tokio::test(start_paused = true)]
+async fn splice_closes_an_idle_connection_and_reports_its_bytes() {
+    let (done, reports) = idle_connection(Duration::from_secs(15)).await;
     assert_eq!(done.end, SpliceEnd::Idle);
     assert_eq!((done.received, done.sent), (4, 5));
     // every byte reported once: periodically (the first 15 s tick), the rest at the end
-    let reports = reports.borrow();
     let total = reports
         .iter()
         .fold((0, 0), |(a, b), (rx, tx)| (a + rx, b + tx));
@@ -166,6 +173,15 @@ async fn splice_closes_an_idle_connection_and_reports_its_bytes() {
         reports.len() >= 2,
         "a periodic report and the final one: {reports:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_reporting_interval_reports_only_at_the_end() {
+    // Istio's stats filter arms no report timer for a zero `tcp_reporting_duration`; the
+    // idle timeout still closes the connection
+    let (done, reports) = idle_connection(Duration::ZERO).await;
+    assert_eq!(done.end, SpliceEnd::Idle);
+    assert_eq!(reports, [(4, 5)]);
 }
 
 #[tokio::test]
