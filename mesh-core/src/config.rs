@@ -201,7 +201,8 @@ pub fn build(loader: Loader, mode: CheckMode) -> Result<Compiled, ConfigError> {
         return Err(ConfigError { diagnostics });
     }
     if mode == CheckMode::Proxy {
-        let found = crate::analyze::analyze(&snapshot);
+        let mut found = crate::analyze::analyze(&snapshot);
+        found.extend(crate::telemetry::label_warnings(&snapshot));
         if !found.is_empty() {
             warnings.extend(origins.locate(found));
             sort(&mut warnings);

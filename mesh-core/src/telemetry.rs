@@ -188,6 +188,56 @@ pub struct LabelOverride {
     pub value: Option<Arc<str>>,
 }
 
+/// The names of Istio's standard labels (its stats filter's `all_tags_`): what a
+/// [`LabelOverride`] removes or sets in place; another name is added.
+pub const STANDARD_LABELS: [&str; 25] = [
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// The Prometheus name a label added by a [`LabelOverride`] is exposed under (characters
+/// other than `[a-zA-Z0-9_]` become `_`, a leading digit gets a `_` before it, as Envoy's
+/// exposition sanitizes names); `None` when Prometheus would refuse it or take a label
+/// twice: `le` (a histogram's bucket bound), a name beginning with `__`, or one of
+/// [`STANDARD_LABELS`] once sanitized.
+pub fn added_label_name(name: &str) -> Option<String> {
+    let mut s: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' => c,
+            _ => '_',
+        })
+        .collect();
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, '_');
+    }
+    let refused = s == "le" || s.starts_with("__") || STANDARD_LABELS.contains(&s.as_str());
+    (!refused && !s.is_empty()).then_some(s)
+}
+
 /// Each standard metric's label overrides on one side ([`LabelOverride`], sorted by
 /// name), in Istio's enum order; a metric without any is left out.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -779,6 +829,67 @@ pub fn attribute_references(expression: &str) -> Vec<(String, Option<String>)> {
             continue;
         }
         i += 1;
+    }
+    out
+}
+
+/// What the proxy does with the applicable Telemetries' `tagOverrides` that Istio's
+/// validation lets through, as warnings naming the field: a value this proxy cannot compile
+/// (Istio's proxy logs "Failed to parse expression" and leaves the label out), a name
+/// Prometheus would refuse or take twice (not added), a `REMOVE` of a label that is not
+/// one of Istio's standard labels (Istio's proxy logs "Tag is not standard": nothing is
+/// removed).
+pub fn label_warnings(snapshot: &Snapshot) -> Vec<Issue> {
+    let mut out = Vec::new();
+    for t in levels(snapshot).iter().flatten() {
+        let resource = ResourceRef {
+            kind: Kind::Telemetry,
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+        };
+        for (i, m) in t.spec.metrics.iter().enumerate() {
+            for (j, o) in m.overrides.iter().enumerate() {
+                for (name, to) in o.tag_overrides.iter().filter(|(n, _)| !n.is_empty()) {
+                    let field = FieldPath::root()
+                        .key("spec")
+                        .key("metrics")
+                        .index(i)
+                        .key("overrides")
+                        .index(j)
+                        .key("tagOverrides")
+                        .key(name);
+                    let standard = STANDARD_LABELS.contains(&name.as_str());
+                    let value = to.value.as_deref().unwrap_or("");
+                    let (field, message) = match to.operation {
+                        TagOperation::Upsert if value.is_empty() => continue,
+                        TagOperation::Upsert => match compile_filter(value) {
+                            Err(e) => (
+                                field.key("value"),
+                                format!(
+                                    "is not a CEL expression this proxy evaluates ({e}): as Istio's proxy does, the label is left out (a standard label) or not added"
+                                ),
+                            ),
+                            Ok(_) if !standard && added_label_name(name).is_none() => (
+                                field,
+                                "is a label name Prometheus would refuse or take twice (`le`, `__…`, or a standard label's once sanitized): the label is not added".to_owned(),
+                            ),
+                            Ok(_) => continue,
+                        },
+                        TagOperation::Remove if !standard => (
+                            field,
+                            "is not one of Istio's standard labels: nothing is removed (as Istio's proxy)".to_owned(),
+                        ),
+                        TagOperation::Remove => continue,
+                    };
+                    out.push(Issue {
+                        severity: Severity::Warning,
+                        resource: resource.clone(),
+                        field,
+                        message,
+                    });
+                }
+            }
+        }
     }
     out
 }

@@ -352,11 +352,42 @@ pub(crate) fn text(v: &Value) -> Option<String> {
         Value::Bool(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
         Value::UInt(u) => u.to_string(),
-        Value::Float(f) => f.to_string(),
+        Value::Float(f) => six_digits(*f),
         Value::Duration(d) => duration_text(*d),
         Value::Timestamp(t) => t.to_rfc3339(),
         _ => return None,
     })
+}
+
+/// A double as abseil's `StrCat` writes it: six significant digits, `%g`'s form
+/// (`0.1`, `1.5`, `1.23457e+06`, `inf`, `nan`).
+fn six_digits(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".to_owned();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf" } else { "-inf" }.to_owned();
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0" } else { "0" }.to_owned();
+    }
+    // the exponent after rounding to six significant digits
+    let sci = format!("{f:.5e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let trim = |s: &str| -> String {
+        match s.contains('.') {
+            true => s.trim_end_matches('0').trim_end_matches('.').to_owned(),
+            false => s.to_owned(),
+        }
+    };
+    if !(-4..6).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
+    } else {
+        let decimals = usize::try_from(5 - exp).unwrap_or(0);
+        trim(&format!("{f:.decimals$}"))
+    }
 }
 
 /// A duration as abseil's `FormatDuration` writes it (`1h2m3.5s`, `250ms`, `0`).
@@ -440,7 +471,11 @@ impl Direct {
         match e {
             Expr::Call(c) if c.func_name == "_[_]" && c.target.is_none() && c.args.len() == 2 => {
                 match (select(&c.args[0].expr).as_deref(), &c.args[1].expr) {
-                    (Some("request.headers"), Expr::Literal(CelVal::String(name))) if !text => {
+                    // a name as `http` keeps it (lowercase): cel-rust's map matches names as
+                    // written, so another name is the evaluator's to miss
+                    (Some("request.headers"), Expr::Literal(CelVal::String(name)))
+                        if !text && !name.bytes().any(|b| b.is_ascii_uppercase()) =>
+                    {
                         Some(Direct::Header(name.clone()))
                     }
                     _ => None,

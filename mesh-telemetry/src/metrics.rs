@@ -97,22 +97,26 @@
 //!   proxy logs "Tag is not standard" and goes on);
 //! - `UPSERT` gives a standard label, in its place, the value of a CEL expression, and adds
 //!   any other name after the standard labels, in name order (characters Prometheus does
-//!   not take become `_`, as Envoy's exposition sanitizes names). The expression reads
-//!   Envoy's attributes as the access log's filter does ([`crate::log_filter`]:
-//!   `destination.*` is the side's listener, [`IstioMetrics::set_listener_addr`]); its value
-//!   is printed as Envoy's `print` does (a string as it is, a number in decimal, a bool as
-//!   `true`/`false`, a duration as `1.5s`); one that fails, or is `null` (cel-rust's absent
-//!   header, an error in Envoy's CEL), a list or a map, gives `unknown`. An expression that
-//!   does not compile leaves a standard label out and adds no label, as Istio's proxy does
-//!   ("Failed to parse expression"; the configuration's validation warns about it).
+//!   not take become `_`, as Envoy's exposition sanitizes names; `le`, `__…` and names that
+//!   would repeat a label are not added). The expression reads Envoy's attributes as the
+//!   access log's filter does ([`crate::log_filter`]: `destination.*` is the side's
+//!   listener, [`IstioMetrics::set_listener_addr`]); its value is printed as Envoy's `print`
+//!   does (a string as it is, a number in decimal, a bool as `true`/`false`, a duration as
+//!   `1.5s`); one that fails, or is `null` (cel-rust's absent header, an error in Envoy's
+//!   CEL), a list or a map, gives `unknown`. An expression that does not compile leaves a
+//!   standard label out and adds no label, as Istio's proxy does ("Failed to parse
+//!   expression"; the configuration's warnings tell it).
 //!
 //! The expressions are evaluated per request, on a side with overrides only (a request's
 //! details are then captured for them), and when a TCP connection opens (what is known
-//! then: its upstream, `connection.mtls`, the listener). Metrics with the same
-//! overrides share a series; a series of overridden labels is found by the standard
-//! labels' series and the expressions' values, and its labels are written once. The
-//! metrics without overrides keep the path above. Series recorded under other overrides
-//! (before a reload) stay; the exposition sums series of one label set into one line.
+//! then: its upstream, the listener; `connection.mtls` is the downstream's, as Envoy's).
+//! Metrics with the same overrides share a series, one per label set (what the series cap
+//! counts), found again by the standard labels' series and the expressions' values; its
+//! labels are written once. An expression that is one attribute, `string()` of one, or one
+//! request header is read without CEL's evaluator. The metrics without overrides keep the
+//! path above. Series recorded under other overrides (before a reload) stay; the
+//! exposition writes one line per label set, summing series whose labels differ only by
+//! labels with an empty value (which Prometheus takes for no label).
 //!
 //! # Differences from Istio
 //!
@@ -239,14 +243,22 @@ pub struct IstioMetrics {
     interest: [AtomicU8; 2],
     /// The override groups' ids, by their text ([`labels::Group::id`]).
     group_ids: Mutex<FastHashMap<String, u32>>,
-    /// The series of overridden labels, by group, standard series and values; with their
-    /// reporter.
-    overridden: RwLock<FastHashMap<OverriddenKey, (Reporter, Arc<Series>)>>,
+    /// The series of overridden labels.
+    overridden: RwLock<Overridden>,
     /// Each reporter's listener address ([`IstioMetrics::set_listener_addr`]).
     listener_addrs: [OnceLock<std::net::SocketAddr>; 2],
     /// How often an open TCP connection's bytes are reported, in milliseconds
     /// ([`IstioMetrics::set_tcp_reporting_interval`]).
     tcp_report_ms: AtomicU64,
+}
+
+/// The series of overridden labels: one per reporter, group and label set (what the cap
+/// counts, what is exposed), and found again by what made them.
+#[derive(Default)]
+struct Overridden {
+    series: FastHashMap<(Reporter, u32, Box<str>), Arc<Series>>,
+    /// Cleared beyond [`CACHE_LIMIT`] entries: it only saves writing the labels.
+    cache: FastHashMap<OverriddenKey, Arc<Series>>,
 }
 
 /// What finds a series of overridden labels: the group, the standard labels' peer (by its
@@ -686,9 +698,9 @@ impl IstioMetrics {
     pub fn record(&self, reporter: Reporter, done: &Completed<'_>) {
         self.record_decisions(reporter, done);
         let word = self.enabled[reporter as usize].load(Acquire);
-        let (on, overridden) = (word as u16 & HTTP_METRICS, (word >> 16) as u16);
+        let (on, mut overridden) = (word as u16 & HTTP_METRICS, (word >> 16) as u16);
         if on & overridden != 0 {
-            self.record_overridden(reporter, done, on & overridden);
+            overridden = self.record_overridden(reporter, done, on);
         }
         let mask = HTTP_METRICS & !overridden;
         let on = on & mask;
@@ -765,12 +777,13 @@ impl IstioMetrics {
         self.series_of(&peer, key)
     }
 
-    /// Records `done` in the series of overridden labels of the metrics `on` (bits of
-    /// metrics with overrides that `reporter` makes).
+    /// Records `done` in the series of overridden labels of the metrics the rules in force
+    /// override among `on` (the metrics `reporter` makes); returns the metrics they override (a reload between the caller's read of the mask and this read of the
+    /// rules: the caller records the others with the standard labels, so none is lost).
     #[cold]
-    fn record_overridden(&self, reporter: Reporter, done: &Completed<'_>, on: u16) {
+    fn record_overridden(&self, reporter: Reporter, done: &Completed<'_>, on: u16) -> u16 {
         let Some(rules) = self.label_rules[reporter as usize].load_full() else {
-            return;
+            return 0;
         };
         let cx = crate::sinks::EntryContext {
             side: match reporter {
@@ -787,9 +800,10 @@ impl IstioMetrics {
         let hash = ident.hash();
         let Some(peer) = self.peer(&ident, hash, done) else {
             self.dropped.fetch_add(1, Relaxed);
-            return;
+            return rules.mask;
         };
         let flags = done.flags.bits();
+        let on = on & rules.mask;
         for g in rules.groups.iter().filter(|g| g.mask & on != 0) {
             let key = SeriesKey {
                 mask: g.mask,
@@ -808,33 +822,43 @@ impl IstioMetrics {
                 .overridden
                 .read()
                 .ok()
-                .and_then(|m| m.get(&okey).map(|(_, s)| s.clone()));
+                .and_then(|m| m.cache.get(&okey).cloned());
             let series = match found {
                 Some(s) => s,
                 None => {
+                    let standard = Series::new(key);
+                    let text = format!("{}{}", peer.labels, standard.labels);
+                    let labels = g.apply(&text, &values).into_boxed_str();
                     let mut map = self.overridden.write().unwrap_or_else(|e| e.into_inner());
-                    match map.get(&okey) {
-                        Some((_, s)) => s.clone(),
+                    // a series per label set (the cap counts what is exposed: a removed
+                    // label's values share one), found again by what made it
+                    let id = (reporter, g.id, labels);
+                    let s = match map.series.get(&id) {
+                        Some(s) => s.clone(),
+                        None if self.series.fetch_add(1, Relaxed) >= self.max_series => {
+                            self.series.fetch_sub(1, Relaxed);
+                            self.dropped.fetch_add(1, Relaxed);
+                            continue;
+                        }
                         None => {
-                            if self.series.fetch_add(1, Relaxed) >= self.max_series {
-                                self.series.fetch_sub(1, Relaxed);
-                                self.dropped.fetch_add(1, Relaxed);
-                                continue;
-                            }
-                            let standard = Series::new(key);
-                            let text = format!("{}{}", peer.labels, standard.labels);
                             let s = Arc::new(Series {
-                                labels: g.apply(&text, &values).into_boxed_str(),
+                                labels: id.2.clone(),
                                 ..standard
                             });
-                            map.insert(okey, (reporter, s.clone()));
+                            map.series.insert(id, s.clone());
                             s
                         }
+                    };
+                    if map.cache.len() >= CACHE_LIMIT {
+                        map.cache.clear();
                     }
+                    map.cache.insert(okey, s.clone());
+                    s
                 }
             };
             series.observe(done, on & g.mask);
         }
+        rules.mask
     }
 
     /// The label set of a request's peer: from the cache, else resolved and interned.
@@ -909,27 +933,23 @@ impl IstioMetrics {
             .overridden
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
+            .series
+            .iter()
+            .map(|((r, _, _), s)| (*r, s.clone()))
             .collect();
         let mut all: Vec<Row<'_>> = rows
             .iter()
-            .map(|(p, s)| (p.reporter, &*p.labels, &**s))
-            .chain(overridden.iter().map(|(r, s)| (*r, "", &**s)))
+            .map(|(p, s)| Row::new(p.reporter, &p.labels, s))
+            .chain(overridden.iter().map(|(r, s)| Row::new(*r, "", s)))
             .collect();
-        all.sort_by(labels_cmp);
+        all.sort_by(|a, b| a.key.cmp(&b.key));
         let _ = writeln!(
             out,
             "# HELP istio_requests_total Requests, as Istio's sidecars count them.\n# TYPE istio_requests_total counter"
         );
         for run in self.runs(&all, IstioMetric::RequestCount) {
-            let count: u64 = run.iter().map(|(_, _, s)| s.duration.count()).sum();
-            let (_, peer, series) = run[0];
-            let _ = writeln!(
-                out,
-                "istio_requests_total{{{}}} {count}",
-                label_text(peer, &series.labels)
-            );
+            let count: u64 = run.iter().map(|r| r.series.duration.count()).sum();
+            let _ = writeln!(out, "istio_requests_total{{{}}} {count}", run[0].text);
         }
         let histograms: [Family; 3] = [
             (
@@ -954,12 +974,11 @@ impl IstioMetrics {
         for (metric, name, help, get) in histograms {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
             for run in self.runs(&all, metric) {
-                let (_, peer, series) = run[0];
                 let mut sum = Snapshot::default();
-                for (_, _, s) in run {
-                    sum.add(get(s));
+                for r in &run {
+                    sum.add(get(r.series));
                 }
-                sum.encode(out, name, &label_text(peer, &series.labels));
+                sum.encode(out, name, &run[0].text);
             }
         }
         self.encode_tcp(out);
@@ -989,54 +1008,70 @@ impl IstioMetrics {
     }
 }
 
-/// A series in the exposition: its reporter, the peer's labels and the series (whose own
-/// labels follow the peer's).
-type Row<'a> = (Reporter, &'a str, &'a Series);
-
-/// Orders rows by their whole label text.
-fn labels_cmp(a: &Row<'_>, b: &Row<'_>) -> std::cmp::Ordering {
-    fn text<'a>(r: &Row<'a>) -> impl Iterator<Item = u8> + 'a {
-        let rest = if r.1.is_empty() {
-            r.2.labels.trim_start_matches(',')
-        } else {
-            &r.2.labels
-        };
-        r.1.bytes().chain(rest.bytes())
-    }
-    text(a).cmp(text(b))
+/// A series in the exposition: its reporter, its labels' text, and what identifies its
+/// label set (the text without labels whose value is empty: Prometheus takes `x=""` for no
+/// `x`, so a series recorded before a reload removed `grpc_response_status` and one after
+/// are one series).
+struct Row<'a> {
+    reporter: Reporter,
+    text: String,
+    key: String,
+    series: &'a Series,
 }
 
-/// A series' whole label text.
-fn label_text(peer: &str, series: &str) -> String {
-    match peer.is_empty() {
-        true => series.trim_start_matches(',').to_owned(),
-        false => format!("{peer}{series}"),
+impl<'a> Row<'a> {
+    /// The row of `series`, after the labels `peer` (empty: the series has them all).
+    fn new(reporter: Reporter, peer: &str, series: &'a Series) -> Row<'a> {
+        let text = match peer.is_empty() {
+            true => series.labels.trim_start_matches(',').to_owned(),
+            false => format!("{peer}{}", series.labels),
+        };
+        Row {
+            reporter,
+            key: without_empty(&text),
+            text,
+            series,
+        }
     }
+}
+
+/// A label text without its `name=""` pairs.
+pub(super) fn without_empty(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for pair in labels::split_labels(text).filter(|(_, v)| !v.is_empty()) {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(pair.0);
+        out.push_str("=\"");
+        out.push_str(pair.1);
+        out.push('"');
+    }
+    out
 }
 
 impl IstioMetrics {
     /// The rows exposed in `metric` (recorded for it, and its reporter makes it), in runs
-    /// of one label text: a metric's series recorded under other overrides than now (a
+    /// of one label set: a metric's series recorded under other overrides than now (a
     /// reload) may have the same labels as today's, and Prometheus wants one line per set.
     fn runs<'r, 'a>(
         &self,
         all: &'r [Row<'a>],
         metric: IstioMetric,
-    ) -> impl Iterator<Item = Vec<Row<'a>>> + use<'r, 'a, '_> {
-        let shown: Vec<Row<'a>> = all
+    ) -> impl Iterator<Item = Vec<&'r Row<'a>>> + use<'r, 'a, '_> {
+        let shown: Vec<&'r Row<'a>> = all
             .iter()
-            .filter(|(r, _, s)| {
-                s.mask & MetricSet::bit(metric) != 0 && self.enabled(*r).has(metric)
+            .filter(|r| {
+                r.series.mask & MetricSet::bit(metric) != 0 && self.enabled(r.reporter).has(metric)
             })
-            .copied()
             .collect();
         let mut i = 0;
         std::iter::from_fn(move || {
-            let first = shown.get(i)?;
-            let mut run = vec![*first];
+            let first = *shown.get(i)?;
+            let mut run = vec![first];
             i += 1;
             while let Some(next) = shown.get(i)
-                && labels_cmp(first, next).is_eq()
+                && next.key == first.key
             {
                 run.push(*next);
                 i += 1;
@@ -1195,13 +1230,15 @@ impl Snapshot {
     }
 
     fn encode(&self, out: &mut String, name: &str, labels: &str) {
+        // (every label removed: the bound alone)
+        let sep = if labels.is_empty() { "" } else { "," };
         let mut total = 0u64;
         for (i, le) in LE.iter().enumerate() {
             total = total.wrapping_add(self.buckets[i]);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {total}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {total}");
         }
         total = total.wrapping_add(self.buckets[LE.len()]);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
         let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
     }

@@ -612,20 +612,32 @@ fn tag_overrides_merge_label_by_label_per_metric_and_side_in_order() {
 }
 
 #[test]
-fn a_tag_value_this_proxy_cannot_compile_is_warned_about() {
+fn what_the_proxy_does_with_odd_tag_overrides_is_told_in_proxy_mode_only() {
+    // Istio's validation lets these through; its proxy logs and goes on: told here, with
+    // the field, and not by `validate --istio`
     let y = yaml(&[(
         "default",
-        "bad",
-        "  metrics:\n  - overrides:\n    - tagOverrides: {request_host: {value: 'request.host +'}}\n",
+        "odd",
+        "  metrics:\n  - overrides:\n    - tagOverrides:\n        request_host: {value: 'request.host +'}\n        le: {value: request.method}\n        source.app: {value: request.method}\n        source.app2: {operation: REMOVE}\n        fine: {value: request.method}\n        source_app: {operation: REMOVE}\n",
     )]);
     let c = load_str("t.yaml", &y).unwrap();
     let w: Vec<String> = c.warnings.iter().map(|d| d.to_string()).collect();
-    assert!(
-        w.iter()
-            .any(|d| d.contains("tagOverrides.request_host.value")
-                && d.contains("the label is left out")),
-        "{w:#?}"
+    let told = |field: &str, what: &str| {
+        assert!(
+            w.iter().any(|d| d.contains(field) && d.contains(what)),
+            "{field}: {what}: {w:#?}"
+        );
+    };
+    told("tagOverrides.request_host.value", "the label is left out");
+    told("tagOverrides.le:", "Prometheus would refuse or take twice");
+    told(
+        r#"tagOverrides["source.app"]:"#,
+        "Prometheus would refuse or take twice",
     );
+    told(r#"tagOverrides["source.app2"]:"#, "nothing is removed");
+    assert_eq!(w.len(), 4, "{w:#?}");
+    let istio = load_str_with("t.yaml", &y, CheckMode::Istio).unwrap();
+    assert!(istio.warnings.is_empty(), "{:#?}", istio.warnings);
 }
 
 #[test]

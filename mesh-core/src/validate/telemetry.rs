@@ -1,12 +1,11 @@
 //! `Telemetry`: Istio's `ValidateTelemetry` (pkg/config/validation/validation.go), in its
 //! order: the selector or target references, then `validateTelemetryMetrics`,
 //! `validateTelemetryTracing` and `validateTelemetryAccessLogging` (whose CEL `filter` is
-//! parsed, as istiod's build parses it); a `tagOverrides` value this proxy cannot compile is
-//! warned about (Istio's proxy leaves the label out).
+//! parsed, as istiod's build parses it).
 
 use crate::error::FieldPath;
 use crate::model::telemetry::{ProviderRef, TagOperation, Telemetry};
-use crate::telemetry::{check_filter_text, compile_filter, parse_filter};
+use crate::telemetry::{check_filter_text, parse_filter};
 
 use super::authz::validate_targets;
 use super::common::oneof;
@@ -94,18 +93,6 @@ fn metrics(t: &Telemetry, at: &FieldPath, rep: &mut Report<'_>) {
                         &p,
                         "tagOverrides.value may only be set when operation is UPSERT",
                     ),
-                    // Istio does not parse it; its proxy logs "Failed to parse expression"
-                    // and leaves the label out: told here
-                    TagOperation::Upsert => {
-                        if let Err(e) = compile_filter(value) {
-                            rep.warn(
-                                &p.k("value"),
-                                format!(
-                                    "is not a CEL expression this proxy evaluates ({e}): as Istio's proxy does, the label is left out (a standard label) or not added"
-                                ),
-                            );
-                        }
-                    }
                     _ => {}
                 }
             }

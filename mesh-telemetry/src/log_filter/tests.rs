@@ -205,8 +205,27 @@ fn an_attribute_or_header_read_directly_has_the_evaluators_value() {
         "response.code >= 400",
         "request.host + 'x'",
         "has(request.host)",
+        // cel-rust matches map keys as written: an uppercase name is the evaluator's (null)
+        "request.headers['X-Debug']",
     ];
     for expr in others.iter().chain(&evaluated_only) {
         assert!(CelExpression::new(expr).unwrap().direct.is_none(), "{expr}");
+    }
+}
+
+#[test]
+fn doubles_print_with_six_significant_digits_as_abseil() {
+    for (f, want) in [
+        (0.1, "0.1"),
+        (1.5, "1.5"),
+        (100.0, "100"),
+        (123456.0, "123456"),
+        (1234567.0, "1.23457e+06"),
+        (0.0001, "0.0001"),
+        (0.00001234, "1.234e-05"),
+        (-2.5, "-2.5"),
+        (0.0, "0"),
+    ] {
+        assert_eq!(text(&Value::Float(f)).as_deref(), Some(want), "{f}");
     }
 }

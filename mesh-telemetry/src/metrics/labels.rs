@@ -4,22 +4,27 @@
 //! `MetricOverrides::overrideTags`), which istiod writes from the merged overrides
 //! ([`mesh_core::telemetry::MetricTags`]).
 //!
-//! - `REMOVE` leaves a standard label out (a name that is not one is ignored, as Istio's
-//!   proxy logs "Tag is not standard" and goes on).
+//! - `REMOVE` leaves a standard label out (a name that is not one, as written, is ignored,
+//!   as Istio's proxy logs "Tag is not standard" and goes on).
 //! - `UPSERT` gives a standard label, in its place, the value of a CEL expression, and adds
 //!   any other name after the standard labels, in name order. The expression reads Envoy's
 //!   attributes as the access log's filter does ([`crate::log_filter`]); its value is
-//!   printed as Envoy's `print` does (a string as it is, a number in decimal, a bool as
-//!   `true`/`false`); an expression that fails, yields `null` (cel-rust's absent header, an
-//!   error in Envoy's CEL) or a list or a map gives `unknown`. An expression that does not
-//!   compile leaves a standard label out and adds no label, as Istio's proxy ("Failed to
-//!   parse expression"); the configuration's validation warns about it.
-//! - A label name Prometheus does not accept has its other characters replaced by `_`,
-//!   as Envoy's exposition sanitizes names.
+//!   printed as Envoy's `print` does (a string as it is, a number in decimal, a double with
+//!   six significant digits, a bool as `true`/`false`, a duration as `1.5s`). An expression
+//!   that fails, or yields `null` (cel-rust's absent header, an error in Envoy's CEL), gives
+//!   `unknown`; a list or a map too (Envoy writes `CelList value`). An expression that does
+//!   not compile leaves a standard label out and adds no label, as Istio's proxy ("Failed to
+//!   parse expression").
+//! - An added name has its characters other than `[a-zA-Z0-9_]` replaced by `_`, as Envoy's
+//!   exposition sanitizes names; one Prometheus would refuse or take twice (`le`, `__…`, a
+//!   standard label's once sanitized, another addition's) is not added
+//!   ([`mesh_core::telemetry::added_label_name`]). The configuration's warnings tell each of
+//!   these cases ([`mesh_core::telemetry::label_warnings`]).
 //!
 //! Expressions are evaluated per request (per connection for the TCP metrics, when it
-//! opens) only on a side that has them; the series of an overridden metric are found by
-//! the standard labels' series and the values, and their labels written once.
+//! opens) only on a side that has them. A series of overridden labels is one per reporter,
+//! group and label set (what the series cap counts: a removed label's values share one),
+//! found again through a cache keyed by the standard labels' series and the values.
 
 use std::sync::Arc;
 
@@ -31,34 +36,7 @@ use crate::access_log::LogEntry;
 use crate::log_filter::CelExpression;
 use crate::record::Interest;
 
-/// The names of Istio's standard labels (`istio_stats`' `all_tags_`).
-pub(super) const STANDARD: [&str; 25] = [
-    "reporter",
-    "source_workload",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_cluster",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-];
+use mesh_core::telemetry::STANDARD_LABELS as STANDARD;
 
 /// The metrics overrides apply to (the gRPC message counts are not made).
 const MADE: [IstioMetric; 8] = [
@@ -93,7 +71,10 @@ pub(super) struct Group {
     /// Unique in the registry for this list and mask (the registry interns them): it
     /// tells the group's series from another's.
     pub(super) id: u32,
-    ops: Vec<(Box<str>, Op)>,
+    /// The operations on standard labels, by name.
+    standard: Vec<(&'static str, Op)>,
+    /// The labels added, by name (sanitized, in order), with their expression.
+    added: Vec<(Box<str>, usize)>,
     /// The expressions whose values name the group's series, in order ([`LabelRules::exprs`]).
     pub(super) reads: Vec<usize>,
 }
@@ -125,44 +106,50 @@ impl LabelRules {
         let mut mask = 0;
         for (list, m) in lists {
             mask |= m;
-            let mut ops = Vec::new();
-            let mut reads = Vec::new();
-            let mut text = format!("{m}");
+            let (mut standard, mut added, mut reads) = (Vec::new(), Vec::new(), Vec::new());
             for o in list {
-                let name = sanitize(&o.name);
-                if ops.iter().any(|(n, _)| *n == name) {
-                    continue; // two names that sanitize alike: the first (Prometheus takes a label once)
-                }
-                text.push_str(&format!("\n{name}"));
-                let op = match &o.value {
-                    None => Op::Remove,
-                    Some(v) => {
-                        text.push_str(&format!("={v}"));
-                        let i = match sources.iter().position(|s| s == v) {
-                            Some(i) => i,
-                            None => {
-                                sources.push(v.clone());
-                                exprs.push(CelExpression::new(v).ok());
-                                exprs.len() - 1
-                            }
-                        };
-                        if exprs[i].is_none() {
-                            // Istio's proxy: a standard label is left out, no label added
-                            Op::Remove
-                        } else {
-                            reads.push(i);
-                            Op::Set(i)
+                // the expression, compiled once per configuration (`None`: it does not
+                // compile, or the operation is REMOVE)
+                let expr = o.value.as_ref().and_then(|v| {
+                    let i = match sources.iter().position(|s| s == v) {
+                        Some(i) => i,
+                        None => {
+                            sources.push(v.clone());
+                            exprs.push(CelExpression::new(v).ok());
+                            exprs.len() - 1
                         }
-                    }
+                    };
+                    exprs[i].is_some().then_some(i)
+                });
+                // Istio's proxy: a standard label by its name as written; a failed
+                // expression leaves it out
+                if let Some(name) = STANDARD.iter().find(|n| **n == o.name) {
+                    reads.extend(expr);
+                    standard.push((*name, expr.map_or(Op::Remove, Op::Set)));
+                    continue;
+                }
+                // another name: REMOVE and a failed expression do nothing; an addition
+                // under a name Prometheus would take twice (a standard one once
+                // sanitized, `le`, `__…`, another addition's) is left out
+                let Some(i) = expr else { continue };
+                let Some(name) = mesh_core::telemetry::added_label_name(&o.name) else {
+                    continue;
                 };
-                ops.push((name, op));
+                let name = name.into_boxed_str();
+                if added.iter().any(|(n, _)| *n == name) {
+                    continue;
+                }
+                reads.push(i);
+                added.push((name, i));
             }
             // added labels in name order, as Istio's proxy sorts a metric's dimensions
-            ops.sort_by(|a, b| a.0.cmp(&b.0));
+            added.sort_by(|a, b| a.0.cmp(&b.0));
             groups.push(Group {
                 mask: m,
-                id: intern(&text),
-                ops,
+                // the list's structure, unambiguous (`Debug` escapes its strings)
+                id: intern(&format!("{m}{list:?}")),
+                standard,
+                added,
                 reads,
             });
         }
@@ -202,25 +189,21 @@ impl Group {
     pub(super) fn apply(&self, standard: &str, values: &[Box<str>]) -> String {
         let mut out = String::with_capacity(standard.len() + 64);
         for (name, raw) in split_labels(standard) {
-            match self.ops.iter().find(|(n, _)| **n == *name) {
+            match self.standard.iter().find(|(n, _)| *n == name) {
                 None => push_raw(&mut out, name, raw),
                 Some((_, Op::Remove)) => {}
                 Some((_, Op::Set(i))) => push_value(&mut out, name, &values[*i]),
             }
         }
-        for (name, op) in &self.ops {
-            if let Op::Set(i) = op
-                && !STANDARD.contains(&&**name)
-            {
-                push_value(&mut out, name, &values[*i]);
-            }
+        for (name, i) in &self.added {
+            push_value(&mut out, name, &values[*i]);
         }
         out
     }
 }
 
 /// The `name="value"` pairs of a label text (`value` still escaped).
-fn split_labels(text: &str) -> impl Iterator<Item = (&str, &str)> {
+pub(super) fn split_labels(text: &str) -> impl Iterator<Item = (&str, &str)> {
     let mut rest = text.trim_start_matches(',');
     std::iter::from_fn(move || {
         let (name, after) = rest.split_once("=\"")?;
@@ -264,22 +247,6 @@ fn push_value(out: &mut String, name: &str, value: &str) {
         }
     }
     out.push('"');
-}
-
-/// A Prometheus label name: characters other than `[a-zA-Z0-9_]` become `_`, and a
-/// leading digit is prefixed with `_` (Envoy's exposition's `sanitizeName`).
-fn sanitize(name: &str) -> Box<str> {
-    let mut s: String = name
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' => c,
-            _ => '_',
-        })
-        .collect();
-    if s.starts_with(|c: char| c.is_ascii_digit()) {
-        s.insert(0, '_');
-    }
-    s.into_boxed_str()
 }
 
 /// A label's value from an expression's, as Envoy's `Filters::Common::Expr::print`
@@ -369,10 +336,42 @@ mod tests {
     }
 
     #[test]
-    fn names_are_sanitized_as_envoy_exposes_them() {
-        assert_eq!(&*sanitize("request.host"), "request_host");
-        assert_eq!(&*sanitize("9lives"), "_9lives");
-        assert_eq!(&*sanitize("ok_Name1"), "ok_Name1");
+    fn a_standard_label_is_named_as_written_and_group_ids_follow_the_structure() {
+        // Istio's proxy looks a REMOVE's name up as written: `source.app` is not standard
+        let r = rules(&[("source.app", None), ("source_version", None)]);
+        let out = r.groups[0].apply(r#"source_app="a",source_version="v1""#, &[]);
+        assert_eq!(out, r#"source_app="a""#);
+        // a value with a line break is not a second override
+        let ids = |list: &[(&str, Option<&str>)]| {
+            let mut seen = Vec::new();
+            let list: Arc<[LabelOverride]> = list
+                .iter()
+                .map(|(n, v)| LabelOverride {
+                    name: n.to_string(),
+                    value: v.map(Arc::from),
+                })
+                .collect();
+            LabelRules::new(&MetricTags(vec![(IstioMetric::RequestCount, list)]), |t| {
+                seen.push(t.to_owned());
+                0
+            });
+            seen
+        };
+        assert_ne!(
+            ids(&[("a", Some("1 +\nb"))]),
+            ids(&[("a", Some("1 +")), ("b", None)])
+        );
+    }
+
+    #[test]
+    fn added_names_are_sanitized_as_envoy_exposes_them_and_never_taken_twice() {
+        use mesh_core::telemetry::added_label_name as name;
+        assert_eq!(name("request.host").as_deref(), Some("request_host"));
+        assert_eq!(name("9lives").as_deref(), Some("_9lives"));
+        assert_eq!(name("ok_Name1").as_deref(), Some("ok_Name1"));
+        for refused in ["le", "__name__", "source.app", "response-code"] {
+            assert_eq!(name(refused), None, "{refused}");
+        }
     }
 
     #[test]

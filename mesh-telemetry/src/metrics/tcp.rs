@@ -64,8 +64,8 @@ pub(super) struct TcpRegistry {
     overridden: RwLock<FastHashMap<OverriddenTcp, Arc<TcpSeries>>>,
 }
 
-/// What finds a TCP series of overridden labels: its override group and its labels.
-type OverriddenTcp = (u32, Box<str>);
+/// What finds a TCP series of overridden labels: its reporter, override group and labels.
+type OverriddenTcp = (Reporter, u32, Box<str>);
 
 /// The [`MetricSet`](mesh_core::telemetry::MetricSet) bits of the TCP metrics.
 const TCP_METRICS: u16 = MetricSet::bit(IstioMetric::TcpOpenedConnections)
@@ -240,7 +240,7 @@ impl IstioMetrics {
     fn tcp_series(&self, mut key: KeyRef<'_>, write: impl Fn(&mut String)) -> TcpConnectionStats {
         let word = self.enabled[key.reporter as usize].load(Acquire);
         // what the reporter makes now (a Telemetry's overrides) holds for the connection
-        let (on, overridden) = (word as u16 & TCP_METRICS, (word >> 16) as u16 & TCP_METRICS);
+        let (on, mut overridden) = (word as u16 & TCP_METRICS, (word >> 16) as u16 & TCP_METRICS);
         if on == 0 {
             return TcpConnectionStats::NONE; // every TCP metric of the reporter is off
         }
@@ -253,7 +253,7 @@ impl IstioMetrics {
         };
         let mut stats = TcpConnectionStats::NONE;
         if on & overridden != 0 {
-            stats.overridden = self.tcp_overridden(&key, on & overridden, &labels);
+            (stats.overridden, overridden) = self.tcp_overridden(&key, on, &labels);
         }
         key.mask = TCP_METRICS & !overridden;
         let on = on & key.mask;
@@ -302,23 +302,27 @@ impl IstioMetrics {
         true
     }
 
-    /// The series of overridden labels of a connection (metrics `on`), the connection
-    /// counted opened in them.
+    /// The series of overridden labels of a connection (the metrics the rules in force
+    /// override among `on`), the connection counted opened in them; and the TCP metrics
+    /// those rules override (the caller counts the others with the standard labels).
     #[cold]
     fn tcp_overridden(
         &self,
         key: &KeyRef<'_>,
         on: u16,
         labels: &dyn Fn(ResponseFlags) -> String,
-    ) -> Vec<(Arc<TcpSeries>, u16)> {
+    ) -> (Vec<(Arc<TcpSeries>, u16)>, u16) {
         let Some(rules) = self.label_rules[key.reporter as usize].load_full() else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
+        let on = on & rules.mask;
         let flags = key.flags.to_string();
         let mut e = LogEntry::new(std::time::SystemTime::now());
         e.protocol = "";
         e.response_flags = if key.flags.is_empty() { "" } else { &flags };
-        e.mtls = key.mtls;
+        // Envoy's `connection.mtls` is the downstream connection's: a peer's certificate,
+        // inbound (the outbound side's mTLS is its upstream's)
+        e.mtls = key.reporter == Reporter::Destination && key.mtls;
         e.downstream_local_address = self.listener_addrs[key.reporter as usize].get().copied();
         // what is known when the connection opens: its upstream
         e.upstream_host = key.upstream.map(|u| u.endpoint().addr);
@@ -328,7 +332,7 @@ impl IstioMetrics {
         let mut out = Vec::new();
         for g in rules.groups.iter().filter(|g| g.mask & on != 0) {
             let text: Box<str> = g.apply(&standard, &values).into_boxed_str();
-            let id = (g.id, text);
+            let id = (key.reporter, g.id, text);
             let found = self
                 .tcp
                 .overridden
@@ -351,7 +355,7 @@ impl IstioMetrics {
                             }
                             let mut k = key.to_owned();
                             k.mask = g.mask;
-                            let s = Arc::new(TcpSeries::new(k, id.1.clone(), g.mask));
+                            let s = Arc::new(TcpSeries::new(k, id.2.clone(), g.mask));
                             map.insert(id, s.clone());
                             s
                         }
@@ -364,7 +368,7 @@ impl IstioMetrics {
             }
             out.push((series, on));
         }
-        out
+        (out, rules.mask & TCP_METRICS)
     }
 
     pub(super) fn encode_tcp(&self, out: &mut String) {
@@ -386,11 +390,13 @@ impl IstioMetrics {
                 .values()
                 .cloned(),
         );
-        all.sort_by(|a, b| {
-            a.labels
-                .trim_start_matches(',')
-                .cmp(b.labels.trim_start_matches(','))
-        });
+        // by label set (Prometheus takes `x=""` for no `x`: a series from before a reload
+        // that removed a label with an empty value and one after are one)
+        let mut all: Vec<(String, Arc<TcpSeries>)> = all
+            .into_iter()
+            .map(|s| (super::without_empty(&s.labels), s))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
         let families: [TcpFamily; 4] = [
             (
                 IstioMetric::TcpOpenedConnections,
@@ -420,10 +426,10 @@ impl IstioMetrics {
         for (metric, name, help, get) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             // a reporter's metric a Telemetry turned off is not exposed
-            let all: Vec<&Arc<TcpSeries>> = all
+            let all: Vec<&(String, Arc<TcpSeries>)> = all
                 .iter()
-                .filter(|s| s.mask & MetricSet::bit(metric) != 0)
-                .filter(|s| self.enabled(s.key.reporter).has(metric))
+                .filter(|(_, s)| s.mask & MetricSet::bit(metric) != 0)
+                .filter(|(_, s)| self.enabled(s.key.reporter).has(metric))
                 .collect();
             // series are keyed by the balancer's endpoint record, so one endpoint reached
             // through two clusters (a subset's and the whole service's) or across a reload
@@ -431,14 +437,17 @@ impl IstioMetrics {
             // label set twice); `all` is sorted by labels, so they are neighbours
             let mut i = 0;
             while i < all.len() {
-                let labels = &all[i].labels;
-                let same = |l: &str| l.trim_start_matches(',') == labels.trim_start_matches(',');
+                let (set, first) = all[i];
                 let mut sum = 0u64;
-                while i < all.len() && same(&all[i].labels) {
-                    sum = sum.wrapping_add(get(all[i]).load(Relaxed));
+                while i < all.len() && all[i].0 == *set {
+                    sum = sum.wrapping_add(get(&all[i].1).load(Relaxed));
                     i += 1;
                 }
-                let _ = writeln!(out, "{name}{{{}}} {sum}", labels.trim_start_matches(','));
+                let _ = writeln!(
+                    out,
+                    "{name}{{{}}} {sum}",
+                    first.labels.trim_start_matches(',')
+                );
             }
         }
     }

@@ -1165,3 +1165,141 @@ fn tag_overrides_of_tcp_metrics_are_evaluated_when_the_connection_opens() {
     let closed = family(&text, "istio_tcp_connections_closed_total{");
     assert!(closed[0].ends_with(" 2") && !closed[0].contains("upstream_cluster"));
 }
+
+/// The sum of the samples of `family` (`istio_requests_total{`) in `text`.
+fn total(text: &str, family: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(family))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_reload_between_the_mask_and_the_rules_loses_no_request() {
+    // the rules in force override other metrics than the mask the request read: each metric
+    // is still counted once, with the labels the rules in force give it
+    let m = IstioMetrics::new(local());
+    let remove = [("grpc_response_status", None)];
+    m.set_label_overrides(
+        Reporter::Source,
+        &overrides(&[IstioMetric::RequestCount], &remove),
+    );
+    let b = labels::LabelRules::new(&overrides(&[IstioMetric::RequestSize], &remove), |_| 99);
+    m.label_rules[Reporter::Source as usize].store(Some(Arc::new(b)));
+    let up = upstream(false);
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    for family in [
+        "istio_requests_total{",
+        "istio_request_duration_milliseconds_count{",
+        "istio_request_bytes_count{",
+        "istio_response_bytes_count{",
+    ] {
+        assert_eq!(total(&text, family), 1, "{family}: {text}");
+    }
+    let sizes = family(&text, "istio_request_bytes_count{");
+    assert!(!sizes[0].contains("grpc_response_status"), "{}", sizes[0]);
+    let count = family(&text, "istio_requests_total{");
+    assert!(count[0].contains("grpc_response_status"), "{}", count[0]);
+}
+
+#[test]
+fn a_removed_label_s_values_share_one_series_under_the_cap() {
+    // removing a label is how an operator cuts series: the values it had are one series,
+    // counted once against the cap
+    let m = IstioMetrics::new(local());
+    m.set_label_overrides(
+        Reporter::Source,
+        &overrides(
+            &[
+                IstioMetric::RequestCount,
+                IstioMetric::RequestDuration,
+                IstioMetric::RequestSize,
+                IstioMetric::ResponseSize,
+            ],
+            &[("response_code", None)],
+        ),
+    );
+    let up = upstream(false);
+    for code in [200, 201, 204, 301, 404, 500, 502, 503] {
+        Req::new(code, routed(Some(&up))).record(&m, Reporter::Source);
+    }
+    let text = m.encode_to_string();
+    let lines = family(&text, "istio_requests_total{");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].ends_with(" 8") && !lines[0].contains("response_code"));
+    assert_eq!(m.series(), 1, "{text}");
+}
+
+#[test]
+fn a_label_with_an_empty_value_and_its_removal_are_one_series() {
+    // Prometheus takes `grpc_response_status=""` for no such label: the series from before
+    // a reload that removed it and the one after are one line (Istio's task removes it)
+    let m = IstioMetrics::new(local());
+    let up = upstream(false);
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
+    m.set_label_overrides(
+        Reporter::Source,
+        &overrides(
+            &[IstioMetric::RequestCount],
+            &[("grpc_response_status", None)],
+        ),
+    );
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    let lines = family(&text, "istio_requests_total{");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].ends_with(" 2"), "{}", lines[0]);
+}
+
+#[test]
+fn every_label_removed_leaves_the_bucket_bound_alone() {
+    let m = IstioMetrics::new(local());
+    let all: Vec<(&str, Option<&str>)> = mesh_core::telemetry::STANDARD_LABELS
+        .iter()
+        .map(|n| (*n, None))
+        .collect();
+    m.set_label_overrides(
+        Reporter::Source,
+        &overrides(&[IstioMetric::RequestDuration], &all),
+    );
+    Req::new(200, routed(None)).record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    assert!(
+        text.contains("istio_request_duration_milliseconds_bucket{le=\"0.5\"} 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("istio_request_duration_milliseconds_count{} 1\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn connection_mtls_is_the_downstream_s_on_tcp_as_on_http() {
+    // Envoy's `connection.mtls` is the downstream connection's: false on the outbound side,
+    // whose mTLS is its upstream's
+    let m = IstioMetrics::new(local());
+    m.set_label_overrides(
+        Reporter::Source,
+        &overrides(
+            &[IstioMetric::TcpOpenedConnections],
+            &[("mtls", Some("connection.mtls"))],
+        ),
+    );
+    let up = upstream(true);
+    let host: Arc<str> = "reviews.bookinfo.svc.cluster.local".into();
+    drop(m.tcp_open(&TcpPeer {
+        upstream: Some(&up),
+        service: Some(&host),
+        flags: ResponseFlags::empty(),
+    }));
+    let text = m.encode_to_string();
+    let opened = family(&text, "istio_tcp_connections_opened_total{");
+    assert!(opened[0].contains(",mtls=\"false\"}"), "{}", opened[0]);
+    assert!(
+        opened[0].contains("connection_security_policy=\"unknown\""),
+        "{}",
+        opened[0]
+    );
+}
