@@ -419,6 +419,8 @@ fn record_one(m: &IstioMetrics, info: &Recorded) {
         flags: ResponseFlags::empty(),
         grpc_status: None,
         response_bytes: 2000,
+        request_messages: 0,
+        response_messages: 0,
         trace: None,
         info,
         client_addr: None,

@@ -309,3 +309,78 @@ async fn a_telemetry_s_tag_overrides_change_the_labels_by_metric_and_side() {
         "{source:#?}"
     );
 }
+
+/// A gRPC upstream that answers every call with two messages (split across data frames)
+/// and `grpc-status: 0` in trailers.
+fn grpc_two_messages() -> Handler {
+    use http_body_util::BodyExt;
+    Arc::new(move |req: Request<Incoming>| {
+        Box::pin(async move {
+            let _ = req.into_body().collect().await;
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let frames = [
+                hyper::body::Frame::data(bytes::Bytes::from_static(b"\0\0\0\0\x01a\0\0")),
+                hyper::body::Frame::data(bytes::Bytes::from_static(b"\0\0\x01b")),
+                hyper::body::Frame::trailers(trailers),
+            ]
+            .map(Ok::<_, Box<dyn std::error::Error + Send + Sync>>);
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(body.boxed())
+                .unwrap()
+        })
+    })
+}
+
+/// Istio's `istio_request_messages_total` and `istio_response_messages_total` through the
+/// real proxy: a gRPC call's messages each way, on the call's series only.
+#[tokio::test]
+async fn a_grpc_call_s_messages_are_counted_each_way() {
+    let up = backend_with("grpc", grpc_two_messages()).await;
+    let yaml = bootstrap(1, "") + &service_entry("ratings", 9080, "GRPC", &[&up]);
+    let p = start(&yaml).await;
+    let mut tx = h2(p.out).await;
+    for _ in 0..2 {
+        let req = Request::builder()
+            .method("POST")
+            .uri("http://ratings:9080/pkg.Ratings/Get")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(full(&b"\0\0\0\0\x02hi\0\0\0\0\x00\0\0\0\0\x01x"[..]))
+            .unwrap();
+        bounded(tx.ready()).await.unwrap();
+        let res = bounded(tx.send_request(req)).await.unwrap();
+        assert_eq!(res.status(), 200);
+        bounded(http_body_util::BodyExt::collect(res.into_body()))
+            .await
+            .unwrap();
+    }
+    // and a plain request, whose series has no message count
+    let r = get_once(p.out, "ratings:9080", &[]).await;
+    assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    let (_, stats) = admin_get(p.admin, "/stats/prometheus").await;
+    support::prom::promtool_check(&stats);
+    let line = |family: &str| -> Vec<String> {
+        stats
+            .lines()
+            .filter(|l| l.starts_with(family))
+            .map(str::to_owned)
+            .collect()
+    };
+    let sent = line("istio_request_messages_total{");
+    let got = line("istio_response_messages_total{");
+    assert_eq!((sent.len(), got.len()), (1, 1), "{stats}");
+    assert!(
+        sent[0].contains("request_protocol=\"grpc\"") && sent[0].ends_with(" 6"),
+        "three messages a call: {}",
+        sent[0]
+    );
+    assert!(
+        got[0].contains("grpc_response_status=\"0\"") && got[0].ends_with(" 4"),
+        "two a call: {}",
+        got[0]
+    );
+    assert_eq!(line("istio_requests_total{").len(), 2, "{stats}");
+}

@@ -268,6 +268,66 @@ where
     }
 }
 
+/// Counts the messages of a gRPC body as its bytes go by: each message is a 5-byte prefix
+/// (a compressed flag and a big-endian length) and its payload, and counts when its prefix
+/// begins, as Envoy's gRPC frame inspector (`Grpc::FrameInspector`, behind the
+/// `grpc_stats` filter Istio puts on every HTTP listener for its
+/// `istio_request_messages_total` and `istio_response_messages_total`) counts them.
+///
+/// ```
+/// use mesh_core::grpc::MessageCounter;
+///
+/// let mut c = MessageCounter::default();
+/// c.feed(b"\0\0\0\0\x02hi\0\0\0"); // one message, and the start of a second
+/// assert_eq!(c.count(), 2);
+/// c.feed(b"\0\x01x");
+/// assert_eq!(c.count(), 2);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageCounter {
+    count: u64,
+    /// Bytes of the current prefix read (0: the next byte begins a message).
+    prefix: u8,
+    /// The length being read from the current prefix.
+    length: u32,
+    /// Bytes of the current message's payload still to come.
+    payload: u64,
+}
+
+impl MessageCounter {
+    /// Counts what `data`, the next bytes of the body, holds.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.payload > 0 {
+                let n = usize::try_from(self.payload)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                self.payload -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            if self.prefix == 0 {
+                self.count += 1;
+                self.length = 0;
+            }
+            if self.prefix >= 1 {
+                self.length = (self.length << 8) | u32::from(data[0]);
+            }
+            self.prefix += 1;
+            data = &data[1..];
+            if self.prefix == 5 {
+                self.prefix = 0;
+                self.payload = u64::from(self.length);
+            }
+        }
+    }
+
+    /// The messages begun so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,5 +489,34 @@ mod tests {
     fn grpc_messages_are_percent_encoded_as_envoys() {
         assert_eq!(grpc_message("no healthy upstream"), "no healthy upstream");
         assert_eq!(grpc_message("100% bad\nline é"), "100%25 bad%0Aline %C3%A9");
+    }
+
+    #[test]
+    fn messages_are_counted_across_any_split_of_the_body() {
+        // three messages (2, 0 and 300 bytes of payload), fed whole and in every split
+        let mut body = Vec::new();
+        for payload in [&b"hi"[..], &b""[..], &[7u8; 300][..]] {
+            body.push(0);
+            body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            body.extend_from_slice(payload);
+        }
+        let mut whole = MessageCounter::default();
+        whole.feed(&body);
+        assert_eq!(whole.count(), 3);
+        for cut in 0..body.len() {
+            let mut c = MessageCounter::default();
+            c.feed(&body[..cut]);
+            c.feed(&body[cut..]);
+            assert_eq!(c.count(), 3, "cut at {cut}");
+        }
+        let mut bytewise = MessageCounter::default();
+        for b in &body {
+            bytewise.feed(std::slice::from_ref(b));
+        }
+        assert_eq!(bytewise, whole);
+        // a message counts when its prefix begins
+        let mut c = MessageCounter::default();
+        c.feed(&body[..1]);
+        assert_eq!(c.count(), 1);
     }
 }

@@ -73,6 +73,9 @@ struct Inner {
     /// The request body bytes an attempt read, the longest count (a body of unknown length
     /// only; [`StreamInfo::note_request_body`]).
     request_body: AtomicU64,
+    /// The gRPC messages of the request body an attempt sent, the most of any attempt
+    /// ([`StreamInfo::note_request_messages`]).
+    request_messages: AtomicU64,
 }
 
 /// What the layers recorded, as read by [`StreamInfo::snapshot`].
@@ -144,6 +147,7 @@ impl StreamInfo {
             connection: true,
             headers,
             request_body: AtomicU64::new(0),
+            request_messages: AtomicU64::new(0),
         }))
     }
 
@@ -243,6 +247,23 @@ impl StreamInfo {
     /// the head).
     pub fn request_body_bytes(&self) -> u64 {
         self.0.request_body.load(Ordering::Relaxed)
+    }
+
+    /// Records that an attempt has sent `messages` gRPC messages of the request body
+    /// (counted by [`MessageCounter`](crate::grpc::MessageCounter)); the connector's part,
+    /// for a gRPC request. The record keeps the most of any attempt (a retry sends the body
+    /// again).
+    #[inline]
+    pub fn note_request_messages(&self, messages: u64) {
+        self.0
+            .request_messages
+            .fetch_max(messages, Ordering::Relaxed);
+    }
+
+    /// The gRPC messages [`note_request_messages`](Self::note_request_messages) counted
+    /// (Istio's `istio_request_messages_total`).
+    pub fn request_messages(&self) -> u64 {
+        self.0.request_messages.load(Ordering::Relaxed)
     }
 
     /// How many attempts the balancer picked an endpoint for so far.

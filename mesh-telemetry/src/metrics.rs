@@ -13,6 +13,8 @@
 //! | `istio_request_duration_milliseconds` | histogram | from the request's arrival to the end of the response, in whole milliseconds |
 //! | `istio_request_bytes` | histogram | the request's head and body (see [`crate::record`]) |
 //! | `istio_response_bytes` | histogram | the response's head and body |
+//! | `istio_request_messages_total` | counter | a gRPC call's messages from the client (what the connector sent upstream), counted when the call ends |
+//! | `istio_response_messages_total` | counter | a gRPC call's messages to the client, counted when the call ends |
 //! | `istio_tcp_connections_opened_total` | counter | TCP connections proxied (L4 listeners; see [`TcpPeer`]) |
 //! | `istio_tcp_connections_closed_total` | counter | those that ended |
 //! | `istio_tcp_received_bytes_total` | counter | bytes received from the client |
@@ -140,6 +142,8 @@
 //!   HTTP requests that opened them, not as TCP connections.
 //! - Byte counts are the HTTP/1.1 size of the heads plus the bodies, not the bytes on the
 //!   connection.
+//! - A gRPC call's message counts are added when the call ends; Istio's stats filter also
+//!   adds them every 5 s while a stream is open.
 
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -332,11 +336,17 @@ struct Peer {
     reporter: Reporter,
 }
 
-/// The [`MetricSet`] bits of the request metrics (`istio_request*`).
+/// The [`MetricSet`] bits of the request metrics (`istio_request*`, and a gRPC request's
+/// message counts).
 const HTTP_METRICS: u16 = MetricSet::bit(IstioMetric::RequestCount)
     | MetricSet::bit(IstioMetric::RequestDuration)
     | MetricSet::bit(IstioMetric::RequestSize)
-    | MetricSet::bit(IstioMetric::ResponseSize);
+    | MetricSet::bit(IstioMetric::ResponseSize)
+    | GRPC_METRICS;
+
+/// The [`MetricSet`] bits of the gRPC message counts.
+const GRPC_METRICS: u16 = MetricSet::bit(IstioMetric::GrpcRequestMessages)
+    | MetricSet::bit(IstioMetric::GrpcResponseMessages);
 
 /// The per-request labels, and the metrics the series is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -360,6 +370,12 @@ struct Series {
     duration: Histogram,
     request_bytes: Histogram,
     response_bytes: Histogram,
+    /// Whether its requests are gRPC calls: only those have message counts.
+    grpc: bool,
+    /// `istio_request_messages_total`.
+    request_messages: AtomicU64,
+    /// `istio_response_messages_total`.
+    response_messages: AtomicU64,
 }
 
 /// Per-bucket counts (not cumulative; the last one is `+Inf` only) and the sum.
@@ -378,6 +394,15 @@ type Family = (
     &'static str,
     &'static str,
     fn(&Series) -> &Histogram,
+);
+
+/// A counter family of the request series: the metric it is, its name, its help, and its
+/// counter in a series.
+type CounterFamily = (
+    IstioMetric,
+    &'static str,
+    &'static str,
+    fn(&Series) -> &AtomicU64,
 );
 
 /// What identifies a label set, owned (the pointers it compares are kept alive by it).
@@ -698,11 +723,16 @@ impl IstioMetrics {
     pub fn record(&self, reporter: Reporter, done: &Completed<'_>) {
         self.record_decisions(reporter, done);
         let word = self.enabled[reporter as usize].load(Acquire);
-        let (on, mut overridden) = (word as u16 & HTTP_METRICS, (word >> 16) as u16);
+        // the message counts are a gRPC call's only
+        let http = match done.grpc {
+            true => HTTP_METRICS,
+            false => HTTP_METRICS & !GRPC_METRICS,
+        };
+        let (on, mut overridden) = (word as u16 & http, (word >> 16) as u16);
         if on & overridden != 0 {
             overridden = self.record_overridden(reporter, done, on);
         }
-        let mask = HTTP_METRICS & !overridden;
+        let mask = http & !overridden;
         let on = on & mask;
         if on == 0 {
             return;
@@ -981,6 +1011,36 @@ impl IstioMetrics {
                 sum.encode(out, name, &run[0].text);
             }
         }
+        // a gRPC call's messages, each way (Istio's sidecars count them through Envoy's
+        // `grpc_stats` filter): the series of gRPC calls only
+        let messages: [CounterFamily; 2] = [
+            (
+                IstioMetric::GrpcRequestMessages,
+                "istio_request_messages_total",
+                "gRPC messages sent by the clients of gRPC calls.",
+                |s| &s.request_messages,
+            ),
+            (
+                IstioMetric::GrpcResponseMessages,
+                "istio_response_messages_total",
+                "gRPC messages sent by the servers of gRPC calls.",
+                |s| &s.response_messages,
+            ),
+        ];
+        for (metric, name, help, get) in messages {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for run in self.runs(&all, metric) {
+                if !run.iter().any(|r| r.series.grpc) {
+                    continue;
+                }
+                let sum = run
+                    .iter()
+                    .filter(|r| r.series.grpc)
+                    .map(|r| get(r.series).load(Relaxed))
+                    .fold(0u64, u64::wrapping_add);
+                let _ = writeln!(out, "{name}{{{}}} {sum}", run[0].text);
+            }
+        }
         self.encode_tcp(out);
         self.encode_decisions(out);
         self.encode_registry(out);
@@ -1172,6 +1232,9 @@ impl Series {
             duration: Histogram::default(),
             request_bytes: Histogram::default(),
             response_bytes: Histogram::default(),
+            grpc: key.grpc,
+            request_messages: AtomicU64::new(0),
+            response_messages: AtomicU64::new(0),
         }
     }
 }
@@ -1194,6 +1257,17 @@ impl Series {
         }
         if on & MetricSet::bit(IstioMetric::ResponseSize) != 0 {
             self.response_bytes.observe(done.response_bytes);
+        }
+        // a gRPC request's messages (the series of one is gRPC's: `request_protocol`)
+        if self.grpc && on & GRPC_METRICS != 0 {
+            if on & MetricSet::bit(IstioMetric::GrpcRequestMessages) != 0 {
+                self.request_messages
+                    .fetch_add(done.request_messages, Relaxed);
+            }
+            if on & MetricSet::bit(IstioMetric::GrpcResponseMessages) != 0 {
+                self.response_messages
+                    .fetch_add(done.response_messages, Relaxed);
+            }
         }
     }
 }

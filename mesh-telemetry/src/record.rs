@@ -249,6 +249,13 @@ pub struct Completed<'a> {
     pub grpc_status: Option<u32>,
     /// The response's bytes: its head and the body bytes sent.
     pub response_bytes: u64,
+    /// A gRPC request's messages the connector sent upstream (the most of any attempt; 0
+    /// for another request, or one the mesh answered itself): Istio's
+    /// `istio_request_messages_total`.
+    pub request_messages: u64,
+    /// A gRPC request's response messages sent to the client (0 for another request):
+    /// Istio's `istio_response_messages_total`.
+    pub response_messages: u64,
     /// The hop's trace context.
     pub trace: Option<&'a TraceContext>,
     /// What the layers inside recorded: the route, the last attempt's upstream, attempts.
@@ -331,6 +338,8 @@ struct Pending {
     flags: ResponseFlags,
     grpc_status: Option<u32>,
     response_bytes: u64,
+    /// A gRPC response's messages so far.
+    response_messages: mesh_core::grpc::MessageCounter,
     trace: Option<TraceContext>,
     client_addr: Option<SocketAddr>,
     peer: Option<PeerIdentity>,
@@ -575,6 +584,7 @@ impl Pending {
             flags: ResponseFlags::empty(),
             grpc_status: None,
             response_bytes: 0,
+            response_messages: mesh_core::grpc::MessageCounter::default(),
             trace: view.trace_context().copied(),
             client_addr: view.client_addr().map(|c| c.0),
             peer: view.own::<PeerIdentity>().cloned(),
@@ -651,6 +661,8 @@ impl Pending {
             flags,
             grpc_status: self.grpc_status,
             response_bytes: self.response_bytes,
+            request_messages: self.info.request_messages(),
+            response_messages: self.response_messages.count(),
             trace: self.trace.as_ref(),
             info: recorded,
             client_addr: self.client_addr,
@@ -765,6 +777,13 @@ impl<B: Body> Body for RecordBody<B> {
                 Some(Ok(f)) => {
                     if let Some(d) = f.data_ref() {
                         p.response_bytes += bytes::Buf::remaining(d) as u64;
+                        if p.grpc {
+                            let mut slices = [std::io::IoSlice::new(&[]); 16];
+                            let n = bytes::Buf::chunks_vectored(d, &mut slices);
+                            for s in &slices[..n] {
+                                p.response_messages.feed(s);
+                            }
+                        }
                         // a server stops polling a body that says it has ended
                         if this.inner.is_end_stream() {
                             this.guard.finish(End::Complete);

@@ -31,11 +31,16 @@ enum Kind {
     Counted(Box<Counted>),
 }
 
-/// A body of unknown length and the record its bytes are counted into.
+/// A body and the record its bytes (when its length is not known in advance) and its gRPC
+/// messages (a gRPC request's) are counted into.
 struct Counted {
     inner: RequestBody,
     /// Data bytes this attempt has read.
     read: u64,
+    /// Whether the bytes are counted.
+    bytes: bool,
+    /// A gRPC request's messages this attempt has sent.
+    messages: Option<mesh_core::grpc::MessageCounter>,
     info: StreamInfo,
 }
 
@@ -80,12 +85,18 @@ impl RequestBody {
     /// an HTTP/2 stream without `content-length`): the telemetry layer knows the others' from
     /// their head. An attempt's count: a retry reads the body again, and the record keeps
     /// the longest count.
-    pub(crate) fn counted(self, info: Option<&StreamInfo>) -> Self {
+    ///
+    /// For a gRPC request (`grpc`), its messages too ([`StreamInfo::note_request_messages`]:
+    /// Istio's `istio_request_messages_total`), whatever its length.
+    pub(crate) fn counted(self, info: Option<&StreamInfo>, grpc: bool) -> Self {
+        let bytes = self.size_hint().exact().is_none();
         match info {
-            Some(info) if !self.is_end_stream() && self.size_hint().exact().is_none() => {
+            Some(info) if !self.is_end_stream() && (bytes || grpc) => {
                 RequestBody(Kind::Counted(Box::new(Counted {
                     inner: self,
                     read: 0,
+                    bytes,
+                    messages: grpc.then(mesh_core::grpc::MessageCounter::default),
                     info: info.clone(),
                 })))
             }
@@ -117,8 +128,14 @@ impl Body for RequestBody {
                 if let Some(Ok(d)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref))
                     && let Some(d) = d
                 {
-                    c.read += d.len() as u64;
-                    c.info.note_request_body(c.read);
+                    if c.bytes {
+                        c.read += d.len() as u64;
+                        c.info.note_request_body(c.read);
+                    }
+                    if let Some(m) = &mut c.messages {
+                        m.feed(d);
+                        c.info.note_request_messages(m.count());
+                    }
                 }
                 Poll::Ready(frame)
             }
@@ -214,25 +231,49 @@ mod tests {
                 .unwrap()
                 .to_bytes()
         };
-        let b = RequestBody::new(chunks()).counted(Some(&info));
+        let b = RequestBody::new(chunks()).counted(Some(&info), false);
         assert!(matches!(b.0, Kind::Counted(_)));
         assert_eq!(block_on(b), "abcde");
         assert_eq!(info.request_body_bytes(), 5);
         // a shorter attempt (cut off) leaves the longest count
-        let mut b = RequestBody::new(chunks()).counted(Some(&info));
+        let mut b = RequestBody::new(chunks()).counted(Some(&info), false);
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let _ = Pin::new(&mut b).poll_frame(&mut cx);
         assert_eq!(info.request_body_bytes(), 5);
         // a known length, an empty body, no record: not wrapped
         let known = RequestBody::new(http_body_util::Full::new(Bytes::from_static(b"x")));
-        assert!(matches!(known.counted(Some(&info)).0, Kind::Boxed(_)));
         assert!(matches!(
-            RequestBody::empty().counted(Some(&info)).0,
+            known.counted(Some(&info), false).0,
+            Kind::Boxed(_)
+        ));
+        assert!(matches!(
+            RequestBody::empty().counted(Some(&info), false).0,
             Kind::Empty
         ));
         assert!(matches!(
-            RequestBody::new(chunks()).counted(None).0,
+            RequestBody::new(chunks()).counted(None, false).0,
             Kind::Boxed(_)
         ));
+    }
+
+    #[test]
+    fn a_grpc_request_s_messages_are_counted_whatever_its_length() {
+        use http_body_util::BodyExt;
+        // two messages in a body of known length: its bytes are in its head (not counted
+        // here), its messages are
+        let info = StreamInfo::new();
+        let body = Bytes::from_static(b"\0\0\0\0\x02hi\0\0\0\0\x01x");
+        let b = RequestBody::new(http_body_util::Full::new(body)).counted(Some(&info), true);
+        assert!(matches!(b.0, Kind::Counted(_)));
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(b.collect())
+            .unwrap();
+        assert_eq!(info.request_messages(), 2);
+        assert_eq!(info.request_body_bytes(), 0);
+        // not gRPC: a body of known length is not wrapped
+        let b = RequestBody::new(http_body_util::Full::new(Bytes::from_static(b"x")));
+        assert!(matches!(b.counted(Some(&info), false).0, Kind::Boxed(_)));
     }
 }

@@ -355,13 +355,16 @@ where
         this.keepalive = pool.tcp_keepalive;
         this.h2_keepalive = pool.http2_keepalive;
         let mut req = req.map(RequestBody::new);
+        let grpc = mesh_core::grpc::is_grpc_request(&req);
         if !http_body::Body::is_end_stream(req.body())
-            && http_body::Body::size_hint(req.body()).exact().is_none()
+            && (grpc || http_body::Body::size_hint(req.body()).exact().is_none())
         {
             // a body of unknown length: its bytes counted into the request's record (Istio's
-            // `istio_request_bytes`, Envoy's `%BYTES_RECEIVED%`); other lengths are in the head
+            // `istio_request_bytes`, Envoy's `%BYTES_RECEIVED%`); other lengths are in the
+            // head. A gRPC request's messages too (`istio_request_messages_total`)
             let body = std::mem::replace(req.body_mut(), RequestBody::empty());
-            *req.body_mut() = body.counted(mesh_core::ext::stream_info(req.extensions()));
+            let info = mesh_core::ext::stream_info(req.extensions());
+            *req.body_mut() = body.counted(info, grpc);
         }
         // Two separate futures (each boxed at its own, smaller size) rather than one holding
         // both paths: the box is written once per request.

@@ -2256,14 +2256,6 @@ fn provider_name(node: &MarkedYaml<'_>, builtin: &str) -> Option<(Verdict, Strin
 }
 
 /// `MetricSelector.metric`: the gRPC streaming message counts are not made here.
-static ISTIO_METRIC: Values = Values {
-    cases: &[
-        ("GRPC_REQUEST_MESSAGES", Verdict::NotYet(Area::Later)),
-        ("GRPC_RESPONSE_MESSAGES", Verdict::NotYet(Area::Later)),
-    ],
-    otherwise: Verdict::Enforced,
-};
-
 static METRICS_PROVIDER: TypeDef = TypeDef {
     name: "ProviderRef",
     fields: &[field(
@@ -2318,8 +2310,8 @@ static METRIC_SELECTOR: TypeDef = TypeDef {
         field(
             "metric",
             Leaf,
-            Status::Values(&ISTIO_METRIC),
-            "`GRPC_REQUEST_MESSAGES` and `GRPC_RESPONSE_MESSAGES` (gRPC streaming message counts) are not made by this proxy",
+            Status::Enforced,
+            "every one of Istio's standard metrics; `GRPC_REQUEST_MESSAGES` and `GRPC_RESPONSE_MESSAGES` (`istio_request_messages_total`, `istio_response_messages_total`: a gRPC call's messages each way, counted when it ends, where Istio also adds them every 5 s while a stream is open)",
         ),
         field(
             "customMetric",

@@ -357,22 +357,14 @@ fn a_custom_metric_override_clears_the_all_disabled_mark_as_in_istio() {
 }
 
 #[test]
-fn the_grpc_message_counts_are_told_not_made() {
-    let c = load_str(
-        "t.yaml",
-        &yaml(&[(
-            "default",
-            "t",
-            "  metrics:\n  - overrides:\n    - match: {metric: GRPC_REQUEST_MESSAGES}\n      disabled: true\n    - match: {metric: REQUEST_COUNT}\n      disabled: true\n",
-        )]),
-    )
-    .unwrap();
-    let fields: Vec<String> = c
-        .unenforced
-        .iter()
-        .map(|d| d.field.as_ref().unwrap().to_string())
-        .collect();
-    assert_eq!(fields, ["spec.metrics[0].overrides[0].match.metric"]);
+fn the_grpc_message_counts_are_standard_metrics_turned_off_as_the_others() {
+    let v = view(&[(
+        "default",
+        "t",
+        "  metrics:\n  - overrides:\n    - match: {metric: GRPC_REQUEST_MESSAGES}\n      disabled: true\n",
+    )]);
+    assert!(!v.metrics.client.has(IstioMetric::GrpcRequestMessages));
+    assert!(v.metrics.client.has(IstioMetric::GrpcResponseMessages));
 }
 
 #[test]

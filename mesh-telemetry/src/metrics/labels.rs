@@ -38,12 +38,14 @@ use crate::record::Interest;
 
 use mesh_core::telemetry::STANDARD_LABELS as STANDARD;
 
-/// The metrics overrides apply to (the gRPC message counts are not made).
-const MADE: [IstioMetric; 8] = [
+/// The metrics overrides apply to.
+const MADE: [IstioMetric; 10] = [
     IstioMetric::RequestCount,
     IstioMetric::RequestDuration,
     IstioMetric::RequestSize,
     IstioMetric::ResponseSize,
+    IstioMetric::GrpcRequestMessages,
+    IstioMetric::GrpcResponseMessages,
     IstioMetric::TcpOpenedConnections,
     IstioMetric::TcpClosedConnections,
     IstioMetric::TcpSentBytes,

@@ -71,6 +71,8 @@ struct Req {
     peer: Option<PeerIdentity>,
     millis: u64,
     grpc: Option<u32>,
+    /// gRPC messages sent and received.
+    messages: (u64, u64),
 }
 
 impl Req {
@@ -83,6 +85,7 @@ impl Req {
             peer: None,
             millis: 3,
             grpc: None,
+            messages: (0, 0),
         }
     }
 
@@ -101,6 +104,8 @@ impl Req {
             flags: self.flags,
             grpc_status: self.grpc,
             response_bytes: 2000,
+            request_messages: self.messages.0,
+            response_messages: self.messages.1,
             trace: None,
             info: &self.info,
             client_addr: None,
@@ -1301,5 +1306,52 @@ fn connection_mtls_is_the_downstream_s_on_tcp_as_on_http() {
         opened[0].contains("connection_security_policy=\"unknown\""),
         "{}",
         opened[0]
+    );
+}
+
+#[test]
+fn a_grpc_call_s_messages_are_counted_in_its_series_only() {
+    // istio_request_messages_total / istio_response_messages_total: gRPC calls' series
+    // only, turned off as any standard metric
+    let m = IstioMetrics::new(local());
+    let up = upstream(false);
+    let mut call = Req::new(200, routed(Some(&up)));
+    call.grpc = Some(0);
+    call.messages = (3, 2);
+    call.record(&m, Reporter::Source);
+    call.record(&m, Reporter::Source);
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    let sent = family(&text, "istio_request_messages_total{");
+    let got = family(&text, "istio_response_messages_total{");
+    assert_eq!((sent.len(), got.len()), (1, 1), "{text}");
+    assert!(sent[0].contains(r#"request_protocol="grpc""#) && sent[0].ends_with(" 6"));
+    assert!(got[0].contains(r#"grpc_response_status="0""#) && got[0].ends_with(" 4"));
+    let mut off = MetricSet::ALL;
+    off = MetricSet::from_bits(off.bits() & !MetricSet::bit(IstioMetric::GrpcRequestMessages));
+    m.set_enabled(Reporter::Source, off);
+    call.record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    assert!(
+        family(&text, "istio_request_messages_total{").is_empty(),
+        "{text}"
+    );
+    assert!(family(&text, "istio_response_messages_total{")[0].ends_with(" 6"));
+    // overridden as the others (ALL_METRICS reaches them)
+    m.set_enabled(Reporter::Source, MetricSet::ALL);
+    m.set_label_overrides(
+        Reporter::Source,
+        &overrides(
+            &[IstioMetric::GrpcRequestMessages],
+            &[("response_flags", None)],
+        ),
+    );
+    call.record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    let sent = family(&text, "istio_request_messages_total{");
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert!(
+        sent.iter()
+            .any(|l| !l.contains("response_flags") && l.ends_with(" 3"))
     );
 }

@@ -25,6 +25,7 @@ struct Seen {
     attempts: u32,
     first_byte: bool,
     trace: bool,
+    messages: (u64, u64),
 }
 
 #[derive(Default)]
@@ -46,6 +47,7 @@ impl Sink for Log {
             attempts: c.info.attempts,
             first_byte: c.details.is_some_and(|d| d.first_byte.is_some()),
             trace: c.trace.is_some(),
+            messages: (c.request_messages, c.response_messages),
         });
     }
 }
@@ -159,6 +161,40 @@ async fn grpc_status_from_trailers_and_protocol_from_content_type() {
     assert_eq!(seen.len(), 1);
     assert!(seen[0].grpc);
     assert_eq!(seen[0].grpc_status, Some(14));
+}
+
+#[tokio::test]
+async fn a_grpc_call_s_messages_are_counted_each_way() {
+    // the response's messages as they go by, split across frames; the request's as the
+    // connector noted them into the record
+    let log = Arc::new(Log::default());
+    let svc = ServiceBuilder::new().layer(layer(&log)).service_fn(
+        |req: Request<Full<Bytes>>| async move {
+            // as the connector: a gRPC call's messages only
+            if mesh_core::grpc::is_grpc_request(&req)
+                && let Some(info) = mesh_core::ext::stream_info(req.extensions())
+            {
+                info.note_request_messages(3);
+            }
+            let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+                Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02h"))),
+                Ok(Frame::data(Bytes::from_static(b"i\0\0\0"))),
+                Ok(Frame::data(Bytes::from_static(b"\0\0"))),
+            ];
+            Ok::<_, Infallible>(Response::new(StreamBody::new(futures_iter(frames))))
+        },
+    );
+    for (content_type, want) in [("application/grpc", (3, 2)), ("text/plain", (0, 0))] {
+        let req = Request::builder()
+            .method("POST")
+            .header("content-type", content_type)
+            .body(Full::default())
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        let seen = log.take();
+        assert_eq!(seen[0].messages, want, "{content_type}");
+    }
 }
 
 #[tokio::test]
