@@ -268,11 +268,27 @@ where
     }
 }
 
+/// Whether a body of this content type is framed as gRPC's (5-byte prefixes): gRPC's own
+/// (`application/grpc`, `application/grpc+proto`, …) and binary gRPC-Web
+/// (`application/grpc-web`, `+proto`); not `application/grpc-web-text`, whose body is
+/// base64.
+#[inline]
+pub fn has_framed_content_type(h: &HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(b"application/grpc") && !v.starts_with(b"application/grpc-web-text")
+    })
+}
+
 /// Counts the messages of a gRPC body as its bytes go by: each message is a 5-byte prefix
-/// (a compressed flag and a big-endian length) and its payload, and counts when its prefix
+/// (a flags byte and a big-endian length) and its payload, and counts when its prefix
 /// begins, as Envoy's gRPC frame inspector (`Grpc::FrameInspector`, behind the
 /// `grpc_stats` filter Istio puts on every HTTP listener for its
-/// `istio_request_messages_total` and `istio_response_messages_total`) counts them.
+/// `istio_request_messages_total` and `istio_response_messages_total`) counts them. A frame
+/// whose flags byte has its high bit set is gRPC-Web's trailers, not a message (Istio's
+/// `grpc_web` filter turns them into trailers before the counting).
+///
+/// The bytes must be fed in order; a body read in pieces may be fed in any split.
 ///
 /// ```
 /// use mesh_core::grpc::MessageCounter;
@@ -307,7 +323,9 @@ impl MessageCounter {
                 continue;
             }
             if self.prefix == 0 {
-                self.count += 1;
+                if data[0] & 0x80 == 0 {
+                    self.count += 1;
+                }
                 self.length = 0;
             }
             if self.prefix >= 1 {
@@ -518,5 +536,9 @@ mod tests {
         let mut c = MessageCounter::default();
         c.feed(&body[..1]);
         assert_eq!(c.count(), 1);
+        // gRPC-Web's trailers frame (high bit of the flags) is not a message
+        let mut web = MessageCounter::default();
+        web.feed(b"\x00\0\0\0\x01a\x80\0\0\0\x0fgrpc-status:0\r\n");
+        assert_eq!(web.count(), 1);
     }
 }

@@ -849,6 +849,8 @@ pub fn label_warnings(snapshot: &Snapshot) -> Vec<Issue> {
         };
         for (i, m) in t.spec.metrics.iter().enumerate() {
             for (j, o) in m.overrides.iter().enumerate() {
+                // the names added so far, sanitized: a second one alike is not added
+                let mut added: Vec<String> = Vec::new();
                 for (name, to) in o.tag_overrides.iter().filter(|(n, _)| !n.is_empty()) {
                     let field = FieldPath::root()
                         .key("spec")
@@ -869,11 +871,17 @@ pub fn label_warnings(snapshot: &Snapshot) -> Vec<Issue> {
                                     "is not a CEL expression this proxy evaluates ({e}): as Istio's proxy does, the label is left out (a standard label) or not added"
                                 ),
                             ),
-                            Ok(_) if !standard && added_label_name(name).is_none() => (
-                                field,
-                                "is a label name Prometheus would refuse or take twice (`le`, `__…`, or a standard label's once sanitized): the label is not added".to_owned(),
-                            ),
-                            Ok(_) => continue,
+                            Ok(_) if standard => continue,
+                            Ok(_) => match added_label_name(name) {
+                                Some(n) if !added.contains(&n) => {
+                                    added.push(n);
+                                    continue;
+                                }
+                                _ => (
+                                    field,
+                                    "is a label name Prometheus would refuse or take twice (`le`, `__…`, a standard label's or another added label's once sanitized): the label is not added".to_owned(),
+                                ),
+                            },
                         },
                         TagOperation::Remove if !standard => (
                             field,

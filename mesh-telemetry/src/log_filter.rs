@@ -65,6 +65,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use cel::objects::Key;
 use cel::{Context, Program, Value};
 use mesh_core::telemetry::{FILTER_ATTRIBUTES, attribute_references, compile_filter};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -229,20 +230,45 @@ const UPSTREAM_FAILURE: u32 = 25;
 const XDS_CLUSTER: u32 = 26;
 const XDS_ROUTE: u32 = 27;
 
+/// A CEL map of `entries` (built as cel-rust keeps it: no second map to convert).
+fn cel_map(entries: HashMap<Key, Value>) -> Value {
+    Value::Map(cel::objects::Map {
+        map: Arc::new(entries),
+    })
+}
+
 /// A request's headers as one value per name (repeated fields joined with `,`, as Envoy's
 /// attribute), names as `http` has them (lowercase).
-fn header_map(headers: &http::HeaderMap) -> HashMap<String, String> {
-    let mut m: HashMap<String, String> = HashMap::new();
-    for (n, v) in headers {
+fn header_map(headers: &http::HeaderMap) -> Value {
+    let mut m: HashMap<Key, Value> = HashMap::with_capacity(headers.keys_len());
+    let mut put = |name: &http::HeaderName, v: String| {
+        m.insert(
+            Key::String(Arc::new(name.as_str().to_owned())),
+            Value::String(Arc::new(v)),
+        );
+    };
+    // a name's values come one after another (`HeaderMap`'s order): joined without a
+    // look-up per name
+    let mut current: Option<(&http::HeaderName, String)> = None;
+    for (name, v) in headers {
         let v = String::from_utf8_lossy(v.as_bytes());
-        m.entry(n.as_str().to_string())
-            .and_modify(|s| {
-                s.push(',');
-                s.push_str(&v);
-            })
-            .or_insert_with(|| v.into_owned());
+        match &mut current {
+            Some((n, joined)) if *n == name => {
+                joined.push(',');
+                joined.push_str(&v);
+            }
+            _ => {
+                if let Some((n, joined)) = current.take() {
+                    put(n, joined);
+                }
+                current = Some((name, v.into_owned()));
+            }
+        }
     }
-    m
+    if let Some((n, joined)) = current {
+        put(n, joined);
+    }
+    cel_map(m)
 }
 
 /// One header's value (repeated fields joined with `,`); `None` without it.
@@ -274,13 +300,7 @@ fn attribute(e: &LogEntry<'_>, i: u32) -> Option<Value> {
         REQUEST_HOST => e.authority.map(string),
         REQUEST_SCHEME => Some(string(if e.downstream_tls { "https" } else { "http" })),
         REQUEST_METHOD => Some(string(e.method)),
-        REQUEST_HEADERS => e.request_headers.map(|h| {
-            let m: HashMap<String, Value> = header_map(h)
-                .into_iter()
-                .map(|(k, v)| (k, Value::String(Arc::new(v))))
-                .collect();
-            Value::from(m)
-        }),
+        REQUEST_HEADERS => e.request_headers.map(header_map),
         REQUEST_REFERER => e
             .request_headers
             .and_then(|h| header(h, "referer"))
@@ -316,7 +336,7 @@ fn attribute(e: &LogEntry<'_>, i: u32) -> Option<Value> {
 /// The attributes of `e` the expression reads (`want`), by root: a root with any attribute
 /// wanted is a map of those `e` has.
 fn attributes(e: &LogEntry<'_>, want: u64) -> Vec<(&'static str, Value)> {
-    let mut roots: Vec<(&'static str, HashMap<String, Value>)> = Vec::with_capacity(2);
+    let mut roots: Vec<(&'static str, HashMap<Key, Value>)> = Vec::with_capacity(2);
     for (i, attr) in FILTER_ATTRIBUTES.iter().enumerate() {
         let i = i as u32;
         if want & (1 << i) == 0 {
@@ -328,18 +348,17 @@ fn attributes(e: &LogEntry<'_>, want: u64) -> Vec<(&'static str, Value)> {
         let at = match roots.iter().position(|(r, _)| *r == root) {
             Some(at) => at,
             None => {
-                roots.push((root, HashMap::new()));
+                roots.push((root, HashMap::with_capacity(4)));
                 roots.len() - 1
             }
         };
         if let Some(v) = attribute(e, i) {
-            roots[at].1.insert(name.to_string(), v);
+            roots[at]
+                .1
+                .insert(Key::String(Arc::new(name.to_owned())), v);
         }
     }
-    roots
-        .into_iter()
-        .map(|(r, m)| (r, Value::from(m)))
-        .collect()
+    roots.into_iter().map(|(r, m)| (r, cel_map(m))).collect()
 }
 
 /// A scalar value's text, as Envoy's `print` and CEL's `string()` write it (a string as it

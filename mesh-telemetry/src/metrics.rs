@@ -143,7 +143,11 @@
 //! - Byte counts are the HTTP/1.1 size of the heads plus the bodies, not the bytes on the
 //!   connection.
 //! - A gRPC call's message counts are added when the call ends; Istio's stats filter also
-//!   adds them every 5 s while a stream is open.
+//!   adds them every 5 s while a stream is open. The request's are the messages the
+//!   connector sent upstream (none for a call answered before: `UH`, `UF`, a fault's
+//!   abort), where Envoy counts what the client sent. A gRPC-Web call's are counted from
+//!   its binary frames (its trailers frame is not a message); `application/grpc-web-text`
+//!   (base64) is not counted.
 
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -370,8 +374,9 @@ struct Series {
     duration: Histogram,
     request_bytes: Histogram,
     response_bytes: Histogram,
-    /// Whether its requests are gRPC calls: only those have message counts.
-    grpc: bool,
+    /// Whether a gRPC call was recorded in it: only those have message counts (a series of
+    /// overridden labels may hold both, when `request_protocol` is removed).
+    grpc: std::sync::atomic::AtomicBool,
     /// `istio_request_messages_total`.
     request_messages: AtomicU64,
     /// `istio_response_messages_total`.
@@ -859,12 +864,22 @@ impl IstioMetrics {
                     let standard = Series::new(key);
                     let text = format!("{}{}", peer.labels, standard.labels);
                     let labels = g.apply(&text, &values).into_boxed_str();
-                    let mut map = self.overridden.write().unwrap_or_else(|e| e.into_inner());
                     // a series per label set (the cap counts what is exposed: a removed
                     // label's values share one), found again by what made it
                     let id = (reporter, g.id, labels);
-                    let s = match map.series.get(&id) {
-                        Some(s) => s.clone(),
+                    let known = self
+                        .overridden
+                        .read()
+                        .ok()
+                        .and_then(|m| m.series.get(&id).cloned());
+                    // over the cap, a new label set is dropped without the write lock
+                    if known.is_none() && self.series.load(Relaxed) >= self.max_series {
+                        self.dropped.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    let mut map = self.overridden.write().unwrap_or_else(|e| e.into_inner());
+                    let s = match known.or_else(|| map.series.get(&id).cloned()) {
+                        Some(s) => s,
                         None if self.series.fetch_add(1, Relaxed) >= self.max_series => {
                             self.series.fetch_sub(1, Relaxed);
                             self.dropped.fetch_add(1, Relaxed);
@@ -1030,12 +1045,12 @@ impl IstioMetrics {
         for (metric, name, help, get) in messages {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for run in self.runs(&all, metric) {
-                if !run.iter().any(|r| r.series.grpc) {
+                if !run.iter().any(|r| r.series.grpc.load(Relaxed)) {
                     continue;
                 }
                 let sum = run
                     .iter()
-                    .filter(|r| r.series.grpc)
+                    .filter(|r| r.series.grpc.load(Relaxed))
                     .map(|r| get(r.series).load(Relaxed))
                     .fold(0u64, u64::wrapping_add);
                 let _ = writeln!(out, "{name}{{{}}} {sum}", run[0].text);
@@ -1232,7 +1247,7 @@ impl Series {
             duration: Histogram::default(),
             request_bytes: Histogram::default(),
             response_bytes: Histogram::default(),
-            grpc: key.grpc,
+            grpc: std::sync::atomic::AtomicBool::new(key.grpc),
             request_messages: AtomicU64::new(0),
             response_messages: AtomicU64::new(0),
         }
@@ -1258,8 +1273,11 @@ impl Series {
         if on & MetricSet::bit(IstioMetric::ResponseSize) != 0 {
             self.response_bytes.observe(done.response_bytes);
         }
-        // a gRPC request's messages (the series of one is gRPC's: `request_protocol`)
-        if self.grpc && on & GRPC_METRICS != 0 {
+        // a gRPC call's messages
+        if done.grpc && on & GRPC_METRICS != 0 {
+            if !self.grpc.load(Relaxed) {
+                self.grpc.store(true, Relaxed);
+            }
             if on & MetricSet::bit(IstioMetric::GrpcRequestMessages) != 0 {
                 self.request_messages
                     .fetch_add(done.request_messages, Relaxed);

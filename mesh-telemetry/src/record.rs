@@ -338,8 +338,9 @@ struct Pending {
     flags: ResponseFlags,
     grpc_status: Option<u32>,
     response_bytes: u64,
-    /// A gRPC response's messages so far.
-    response_messages: mesh_core::grpc::MessageCounter,
+    /// A gRPC response's messages so far (`None`: not counted, the request is not a gRPC
+    /// call with a framed body: the connector's definition).
+    response_messages: Option<mesh_core::grpc::MessageCounter>,
     trace: Option<TraceContext>,
     client_addr: Option<SocketAddr>,
     peer: Option<PeerIdentity>,
@@ -513,13 +514,15 @@ impl Pending {
         // first of each, as `HeaderMap::get`), and the head's size
         let (mut host, mut request_id, mut user_agent) = (None, None, None);
         let (mut xff, mut xfp, mut tracestate) = (None, None, None);
-        let (mut grpc, mut head) = (false, 0u64);
+        let (mut grpc, mut framed, mut head) = (false, false, 0u64);
         for (name, value) in req.headers() {
             head += (name.as_str().len() + value.len() + 4) as u64;
             if *name == http::header::HOST && host.is_none() {
                 host = Some(value);
             } else if *name == http::header::CONTENT_TYPE {
                 grpc = value.as_bytes().starts_with(b"application/grpc");
+                // a body framed as gRPC's (not gRPC-Web's base64 text): its messages count
+                framed = grpc && !value.as_bytes().starts_with(b"application/grpc-web-text");
             } else if details {
                 let seen = if *name == http::header::USER_AGENT {
                     &mut user_agent
@@ -584,7 +587,8 @@ impl Pending {
             flags: ResponseFlags::empty(),
             grpc_status: None,
             response_bytes: 0,
-            response_messages: mesh_core::grpc::MessageCounter::default(),
+            response_messages: (framed && req.method() == http::Method::POST)
+                .then(mesh_core::grpc::MessageCounter::default),
             trace: view.trace_context().copied(),
             client_addr: view.client_addr().map(|c| c.0),
             peer: view.own::<PeerIdentity>().cloned(),
@@ -662,7 +666,7 @@ impl Pending {
             grpc_status: self.grpc_status,
             response_bytes: self.response_bytes,
             request_messages: self.info.request_messages(),
-            response_messages: self.response_messages.count(),
+            response_messages: self.response_messages.map_or(0, |m| m.count()),
             trace: self.trace.as_ref(),
             info: recorded,
             client_addr: self.client_addr,
@@ -777,11 +781,13 @@ impl<B: Body> Body for RecordBody<B> {
                 Some(Ok(f)) => {
                     if let Some(d) = f.data_ref() {
                         p.response_bytes += bytes::Buf::remaining(d) as u64;
-                        if p.grpc {
+                        if let Some(m) = p.response_messages.as_mut() {
+                            // (`Bytes`, this proxy's data, is one slice; a buffer of more than
+                            // 16 is counted in its first 16)
                             let mut slices = [std::io::IoSlice::new(&[]); 16];
                             let n = bytes::Buf::chunks_vectored(d, &mut slices);
                             for s in &slices[..n] {
-                                p.response_messages.feed(s);
+                                m.feed(s);
                             }
                         }
                         // a server stops polling a body that says it has ended

@@ -355,7 +355,10 @@ where
         this.keepalive = pool.tcp_keepalive;
         this.h2_keepalive = pool.http2_keepalive;
         let mut req = req.map(RequestBody::new);
-        let grpc = mesh_core::grpc::is_grpc_request(&req);
+        // (the record layer's definition: a framed gRPC or gRPC-Web body)
+        let grpc = !http_body::Body::is_end_stream(req.body())
+            && req.method() == http::Method::POST
+            && mesh_core::grpc::has_framed_content_type(req.headers());
         if !http_body::Body::is_end_stream(req.body())
             && (grpc || http_body::Body::size_hint(req.body()).exact().is_none())
         {

@@ -1355,3 +1355,36 @@ fn a_grpc_call_s_messages_are_counted_in_its_series_only() {
             .any(|l| !l.contains("response_flags") && l.ends_with(" 3"))
     );
 }
+
+#[test]
+fn a_grpc_call_sharing_a_series_with_plain_requests_keeps_its_message_counts() {
+    // with `request_protocol` and `grpc_response_status` removed, a plain request and a
+    // gRPC call of the same code share a series: whichever comes first, the call's
+    // messages are counted and exposed
+    let metrics: Vec<IstioMetric> = [
+        IstioMetric::RequestCount,
+        IstioMetric::GrpcRequestMessages,
+        IstioMetric::GrpcResponseMessages,
+    ]
+    .into();
+    let m = IstioMetrics::new(local());
+    m.set_label_overrides(
+        Reporter::Source,
+        &overrides(
+            &metrics,
+            &[("request_protocol", None), ("grpc_response_status", None)],
+        ),
+    );
+    let up = upstream(false);
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
+    let mut call = Req::new(200, routed(Some(&up)));
+    call.grpc = Some(0);
+    call.messages = (3, 2);
+    call.record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    assert_eq!(family(&text, "istio_requests_total{").len(), 1, "{text}");
+    let sent = family(&text, "istio_request_messages_total{");
+    assert_eq!(sent.len(), 1, "{text}");
+    assert!(sent[0].ends_with(" 3"), "{}", sent[0]);
+    assert!(family(&text, "istio_response_messages_total{")[0].ends_with(" 2"));
+}
