@@ -563,7 +563,13 @@ fn label(out: &mut String, name: &str, value: Option<&str>) {
     out.push(',');
     out.push_str(name);
     out.push_str("=\"");
-    for c in value.filter(|v| !v.is_empty()).unwrap_or("unknown").chars() {
+    escape_into(out, value.filter(|v| !v.is_empty()).unwrap_or("unknown"));
+    out.push('"');
+}
+
+/// Writes `value` escaped as a label value of the text format.
+fn escape_into(out: &mut String, value: &str) {
+    for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
@@ -571,7 +577,6 @@ fn label(out: &mut String, name: &str, value: Option<&str>) {
             c => out.push(c),
         }
     }
-    out.push('"');
 }
 
 // === impl IstioMetrics ===

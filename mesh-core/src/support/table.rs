@@ -2340,20 +2340,24 @@ static TAG_OVERRIDE: TypeDef = TypeDef {
 /// and the label is `unknown`.
 static TAG_OVERRIDE_VALUE: Custom = Custom {
     doc: "enforced when every attribute it reads is one the proxy fills; not yet otherwise",
-    check: |node| {
-        let text = key_text(node)?;
-        let missing = crate::telemetry::unsupported_attributes(&text);
-        (!missing.is_empty()).then(|| {
-            (
-                Verdict::NotYet(Area::Later),
-                format!(
-                    "reading {} (not filled by this proxy: the expression fails, and the label is `unknown`) is ",
-                    missing.join(", ")
-                ),
-            )
-        })
-    },
+    check: |node| unfilled_attributes(node, "the expression fails, and the label is `unknown`"),
 };
+
+/// The verdict on a CEL expression (a Telemetry's) reading attributes the proxy does not
+/// fill: not yet, saying which and what follows (`then`).
+fn unfilled_attributes(node: &MarkedYaml<'_>, then: &str) -> Option<(Verdict, String)> {
+    let text = key_text(node)?;
+    let missing = crate::telemetry::unsupported_attributes(&text);
+    (!missing.is_empty()).then(|| {
+        (
+            Verdict::NotYet(Area::Later),
+            format!(
+                "reading {} (not filled by this proxy: {then}) is ",
+                missing.join(", ")
+            ),
+        )
+    })
+}
 
 static ACCESS_LOG_PROVIDER: TypeDef = TypeDef {
     name: "ProviderRef",
@@ -2395,16 +2399,9 @@ static LOG_FILTER: TypeDef = TypeDef {
 static LOG_FILTER_EXPRESSION: Custom = Custom {
     doc: "enforced when every attribute it reads is one the proxy fills; not yet otherwise",
     check: |node| {
-        let text = key_text(node)?;
-        let missing = crate::telemetry::unsupported_attributes(&text);
-        (!missing.is_empty()).then(|| {
-            (
-                Verdict::NotYet(Area::Later),
-                format!(
-                    "reading {} (not filled by this proxy: the expression fails where it reads it, and the line is skipped) is ",
-                    missing.join(", ")
-                ),
-            )
-        })
+        unfilled_attributes(
+            node,
+            "the expression fails where it reads it, and the line is skipped",
+        )
     },
 };
