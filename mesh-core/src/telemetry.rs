@@ -708,7 +708,7 @@ pub fn compile_filter(expression: &str) -> Result<cel::Program, String> {
     Ok(program)
 }
 
-/// Envoy's attribute roots the access log filter fills.
+/// Envoy's attribute roots the access log filter fills, and Istio's peer metadata.
 const ROOTS: &[&str] = &[
     "request",
     "response",
@@ -717,6 +717,8 @@ const ROOTS: &[&str] = &[
     "connection",
     "upstream",
     "xds",
+    "upstream_peer",
+    "downstream_peer",
 ];
 
 /// The attributes the access log filter fills, `root.name` (`mesh_telemetry::log_filter`).
@@ -749,6 +751,14 @@ pub const FILTER_ATTRIBUTES: &[&str] = &[
     "upstream.transport_failure_reason",
     "xds.cluster_name",
     "xds.route_name",
+    "upstream_peer.workload",
+    "upstream_peer.namespace",
+    "upstream_peer.app",
+    "upstream_peer.version",
+    "upstream_peer.service",
+    "upstream_peer.revision",
+    "upstream_peer.labels",
+    "downstream_peer.namespace",
 ];
 
 /// The attributes `expression` (an access log filter) reads that the proxy does not fill (`response.headers`,
@@ -760,13 +770,10 @@ pub fn unsupported_attributes(expression: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (root, name) in attribute_references(expression) {
         let found = match (root.as_str(), &name) {
-            // Envoy's metadata and filter state, and Istio's peer metadata (filter state
-            // its metadata exchange fills)
+            // Envoy's metadata and filter state
             (
                 "metadata"
                 | "filter_state"
-                | "upstream_peer"
-                | "downstream_peer"
                 | "node"
                 | "cluster_metadata"
                 | "listener_metadata"

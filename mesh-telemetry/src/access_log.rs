@@ -144,6 +144,12 @@ pub struct LogEntry<'a> {
     pub mtls: bool,
     /// A gRPC response's status (a filter's `response.grpc_status`); not written.
     pub grpc_status: Option<u32>,
+    /// The upstream endpoint's metadata (its labels, namespace, workload): Istio's
+    /// `upstream_peer` attribute, for a CEL expression (not written in lines).
+    pub upstream_meta: Option<&'a mesh_core::ext::EndpointMeta>,
+    /// The downstream peer's SPIFFE identity (inbound, over mTLS): Istio's
+    /// `downstream_peer` attribute, for a CEL expression (not written in lines).
+    pub downstream_peer: Option<&'a mesh_core::ext::PeerIdentity>,
 }
 
 impl<'a> LogEntry<'a> {
@@ -178,6 +184,8 @@ impl<'a> LogEntry<'a> {
             downstream_tls: false,
             mtls: false,
             grpc_status: None,
+            upstream_meta: None,
+            downstream_peer: None,
         }
     }
 }

@@ -31,6 +31,9 @@
 //! | `upstream.local_address` | string | the local address of the upstream connection |
 //! | `upstream.transport_failure_reason` | string | why the upstream connection failed |
 //! | `xds.cluster_name`, `xds.route_name` | string | Istio's cluster name, the route's `name` |
+//! | `upstream_peer.workload`, `.namespace`, `.app`, `.version`, `.service`, `.revision` | string | Istio's peer metadata of the endpoint, from the configuration (its WorkloadEntry's name, its namespace, `app`/`version` labels, canonical service and revision, as the metrics' `destination_*`; no metadata exchange) |
+//! | `upstream_peer.labels` | map | the endpoint's labels |
+//! | `downstream_peer.namespace` | string | the peer's namespace, from its certificate (inbound, over mTLS) |
 //!
 //! A TCP connection's line has `request.size` and `response.size` (the bytes each way) of
 //! `request.*` and `response.*`, and the others.
@@ -229,6 +232,14 @@ const UPSTREAM_LOCAL_ADDRESS: u32 = 24;
 const UPSTREAM_FAILURE: u32 = 25;
 const XDS_CLUSTER: u32 = 26;
 const XDS_ROUTE: u32 = 27;
+const UPSTREAM_PEER_WORKLOAD: u32 = 28;
+const UPSTREAM_PEER_NAMESPACE: u32 = 29;
+const UPSTREAM_PEER_APP: u32 = 30;
+const UPSTREAM_PEER_VERSION: u32 = 31;
+const UPSTREAM_PEER_SERVICE: u32 = 32;
+const UPSTREAM_PEER_REVISION: u32 = 33;
+const UPSTREAM_PEER_LABELS: u32 = 34;
+const DOWNSTREAM_PEER_NAMESPACE: u32 = 35;
 
 /// A CEL map of `entries` (built as cel-rust keeps it: no second map to convert).
 fn cel_map(entries: HashMap<Key, Value>) -> Value {
@@ -329,6 +340,33 @@ fn attribute(e: &LogEntry<'_>, i: u32) -> Option<Value> {
         UPSTREAM_FAILURE => e.upstream_transport_failure_reason.map(string),
         XDS_CLUSTER => e.upstream_cluster.map(string),
         XDS_ROUTE => e.route_name.map(string),
+        // Istio's peer metadata: the endpoint's, from the configuration (no metadata
+        // exchange); the downstream's namespace, from its certificate
+        UPSTREAM_PEER_WORKLOAD..=UPSTREAM_PEER_LABELS => {
+            let m = e.upstream_meta?;
+            let workload = m.workload.as_deref();
+            match i {
+                UPSTREAM_PEER_WORKLOAD => workload.map(string),
+                UPSTREAM_PEER_NAMESPACE => Some(string(&m.namespace)),
+                UPSTREAM_PEER_APP => crate::metrics::app(&m.labels).map(string),
+                UPSTREAM_PEER_VERSION => crate::metrics::version(&m.labels).map(string),
+                UPSTREAM_PEER_SERVICE => {
+                    crate::metrics::canonical_name(&m.labels, workload).map(string)
+                }
+                UPSTREAM_PEER_REVISION => {
+                    Some(string(crate::metrics::canonical_revision(&m.labels)))
+                }
+                _ => {
+                    let labels: HashMap<Key, Value> = m
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (Key::String(Arc::new(k.clone())), string(v)))
+                        .collect();
+                    Some(cel_map(labels))
+                }
+            }
+        }
+        DOWNSTREAM_PEER_NAMESPACE => e.downstream_peer.map(|p| string(p.id().namespace())),
         _ => None,
     }
 }

@@ -501,7 +501,7 @@ impl LocalWorkload {
 }
 
 /// `app`: the `app` label, else `app.kubernetes.io/name`.
-fn app(labels: &Labels) -> Option<&str> {
+pub(crate) fn app(labels: &Labels) -> Option<&str> {
     labels
         .get("app")
         .or_else(|| labels.get("app.kubernetes.io/name"))
@@ -509,7 +509,7 @@ fn app(labels: &Labels) -> Option<&str> {
 }
 
 /// `version`: the `version` label, else `app.kubernetes.io/version`.
-fn version(labels: &Labels) -> Option<&str> {
+pub(crate) fn version(labels: &Labels) -> Option<&str> {
     labels
         .get("version")
         .or_else(|| labels.get("app.kubernetes.io/version"))
@@ -518,7 +518,7 @@ fn version(labels: &Labels) -> Option<&str> {
 
 /// Istio's canonical service (`service.istio.io/canonical-name`, else
 /// `app.kubernetes.io/name`, else `app`, else the workload's name), as its injector sets it.
-fn canonical_name<'a>(labels: &'a Labels, workload: Option<&'a str>) -> Option<&'a str> {
+pub(crate) fn canonical_name<'a>(labels: &'a Labels, workload: Option<&'a str>) -> Option<&'a str> {
     [
         "service.istio.io/canonical-name",
         "app.kubernetes.io/name",
@@ -531,7 +531,7 @@ fn canonical_name<'a>(labels: &'a Labels, workload: Option<&'a str>) -> Option<&
 
 /// Istio's canonical revision (`service.istio.io/canonical-revision`, else
 /// `app.kubernetes.io/version`, else `version`), `latest` when none.
-fn canonical_revision(labels: &Labels) -> &str {
+pub(crate) fn canonical_revision(labels: &Labels) -> &str {
     [
         "service.istio.io/canonical-revision",
         "app.kubernetes.io/version",

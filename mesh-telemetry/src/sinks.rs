@@ -455,6 +455,8 @@ pub(crate) fn with_entry<R>(
     e.downstream_local_address = cx.local;
     e.downstream_remote_address = c.client_addr;
     e.route_name = c.info.route_name();
+    e.upstream_meta = c.info.endpoint().and_then(|ep| ep.meta.as_deref());
+    e.downstream_peer = c.peer;
     e.trace_id = c.trace.map(|t| t.trace_id);
     f(&e)
 }

@@ -2331,7 +2331,7 @@ static TAG_OVERRIDE: TypeDef = TypeDef {
             "value",
             Leaf,
             Status::Custom(&TAG_OVERRIDE_VALUE),
-            "a CEL expression over the attributes the access log's filter reads (`request.*`, `response.*`, `source.*`, `destination.*` (the listener's address), `connection.*`, `upstream.*`, `xds.*`), within the same bounds; one this proxy cannot compile is warned about, and the label left out, as Istio's proxy does",
+            "a CEL expression over the attributes the access log's filter reads (`request.*`, `response.*`, `source.*`, `destination.*` (the listener's address), `connection.*`, `upstream.*`, `xds.*`, and Istio's peer metadata as far as the proxy knows it: `upstream_peer.{workload,namespace,app,version,service,revision,labels}` from the endpoint's configuration, `downstream_peer.namespace` from the peer's certificate), within the same bounds; one this proxy cannot compile is warned about, and the label left out, as Istio's proxy does",
         ),
     ],
 };
@@ -2390,7 +2390,7 @@ static LOG_FILTER: TypeDef = TypeDef {
         "expression",
         Leaf,
         Status::Custom(&LOG_FILTER_EXPRESSION),
-        "Envoy's attributes the proxy knows (`mesh_core::telemetry::FILTER_ATTRIBUTES`): `request.*` (path, url_path, host, scheme, method, headers, referer, useragent, id, protocol, duration, size), `response.*` (code, code_details, grpc_status, size), `source.*`, `destination.*`, `connection.mtls`, `connection.requested_server_name`, `upstream.*` (address, port, local_address, transport_failure_reason), `xds.cluster_name`, `xds.route_name`",
+        "Envoy's attributes the proxy knows (`mesh_core::telemetry::FILTER_ATTRIBUTES`): `request.*` (path, url_path, host, scheme, method, headers, referer, useragent, id, protocol, duration, size), `response.*` (code, code_details, grpc_status, size), `source.*`, `destination.*`, `connection.mtls`, `connection.requested_server_name`, `upstream.*` (address, port, local_address, transport_failure_reason), `xds.cluster_name`, `xds.route_name`, Istio's `upstream_peer.*` (workload, namespace, app, version, service, revision, labels: the endpoint's configuration) and `downstream_peer.namespace` (the peer's certificate)",
     )],
 };
 

@@ -300,7 +300,7 @@ fn fields_without_effect_are_told_by_the_support_table() {
         &yaml(&[(
             "default",
             "t",
-            "  tracing:\n  - providers: [{name: otel}]\n    customTags: {team: {literal: {value: a}}}\n  accessLogging:\n  - providers: [{name: envoy}, {name: otel-als}]\n    filter: {expression: response.code >= 400}\n  metrics:\n  - providers: [{name: prometheus}]\n    overrides:\n    - tagOverrides: {request_host: {operation: REMOVE}, peer_app: {value: upstream_peer.app}}\n",
+            "  tracing:\n  - providers: [{name: otel}]\n    customTags: {team: {literal: {value: a}}}\n  accessLogging:\n  - providers: [{name: envoy}, {name: otel-als}]\n    filter: {expression: response.code >= 400}\n  metrics:\n  - providers: [{name: prometheus}]\n    overrides:\n    - tagOverrides: {request_host: {operation: REMOVE}, peer_cluster: {value: upstream_peer.cluster}}\n",
         )]),
     )
     .unwrap();
@@ -314,7 +314,7 @@ fn fields_without_effect_are_told_by_the_support_table() {
         fields,
         [
             "spec.accessLogging[0].providers[1].name",
-            "spec.metrics[0].overrides[0].tagOverrides.peer_app.value",
+            "spec.metrics[0].overrides[0].tagOverrides.peer_cluster.value",
             "spec.tracing[0].providers[0].name",
         ]
     );

@@ -4,8 +4,36 @@ use http::HeaderMap;
 
 use super::*;
 
+/// What an entry borrows: the request's headers, the endpoint's metadata, the peer.
+struct Parts {
+    headers: HeaderMap,
+    meta: mesh_core::ext::EndpointMeta,
+    peer: mesh_core::ext::PeerIdentity,
+}
+
+fn headers() -> Parts {
+    let mut labels = mesh_core::selector::Labels::new();
+    labels.insert("app".into(), "reviews".into());
+    labels.insert("version".into(), "v2".into());
+    labels.insert("team".into(), "books".into());
+    Parts {
+        headers: header_map(),
+        meta: mesh_core::ext::EndpointMeta {
+            labels,
+            namespace: "bookinfo".into(),
+            workload: Some("reviews-v2".into()),
+        },
+        peer: mesh_core::ext::PeerIdentity::new(mesh_core::identity::SpiffeId::new(
+            "cluster.local",
+            "frontend",
+            "web",
+        )),
+    }
+}
+
 /// An entry with every attribute the filter fills.
-fn full<'a>(headers: &'a HeaderMap) -> LogEntry<'a> {
+fn full(parts: &Parts) -> LogEntry<'_> {
+    let headers = &parts.headers;
     let mut e = LogEntry::new(UNIX_EPOCH);
     e.method = "POST";
     e.path = "/api/v1/items?limit=5";
@@ -30,10 +58,12 @@ fn full<'a>(headers: &'a HeaderMap) -> LogEntry<'a> {
     e.downstream_tls = true;
     e.mtls = true;
     e.grpc_status = Some(14);
+    e.upstream_meta = Some(&parts.meta);
+    e.downstream_peer = Some(&parts.peer);
     e
 }
 
-fn headers() -> HeaderMap {
+fn header_map() -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("x-debug", "yes".parse().unwrap());
     h.insert("referer", "https://example.com/".parse().unwrap());
@@ -70,6 +100,12 @@ fn attributes_have_envoys_values_and_types() {
     let e = full(&h);
     for expr in [
         "request.path == '/api/v1/items?limit=5'",
+        "upstream_peer.workload == 'reviews-v2'",
+        "upstream_peer.namespace == 'bookinfo'",
+        "upstream_peer.app == 'reviews' && upstream_peer.version == 'v2'",
+        "upstream_peer.service == 'reviews' && upstream_peer.revision == 'v2'",
+        "upstream_peer.labels['team'] == 'books'",
+        "downstream_peer.namespace == 'frontend'",
         "request.url_path == '/api/v1/items'",
         "request.host == 'reviews:9080'",
         "request.scheme == 'https'",

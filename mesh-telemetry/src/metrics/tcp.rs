@@ -137,6 +137,8 @@ struct KeyRef<'a> {
     local: usize,
     mask: u16,
     workload: &'a Arc<LocalWorkload>,
+    /// The downstream peer's identity (inbound), for a label override's expression.
+    peer: Option<&'a PeerIdentity>,
 }
 
 impl KeyRef<'_> {
@@ -201,6 +203,7 @@ impl IstioMetrics {
             local: Arc::as_ptr(&local) as usize,
             mask: TCP_METRICS,
             workload: &local,
+            peer: None,
         };
         self.tcp_series(key, |labels| {
             let host = peer.service.map(|s| &**s);
@@ -226,6 +229,7 @@ impl IstioMetrics {
             local: Arc::as_ptr(&local) as usize,
             mask: TCP_METRICS,
             workload: &local,
+            peer: inbound.peer,
         };
         let mtls = key.mtls;
         self.tcp_series(key, |labels| {
@@ -327,6 +331,8 @@ impl IstioMetrics {
         // what is known when the connection opens: its upstream
         e.upstream_host = key.upstream.map(|u| u.endpoint().addr);
         e.upstream_cluster = key.upstream.map(|u| &*u.cluster().name);
+        e.upstream_meta = key.upstream.and_then(|u| u.endpoint().meta.as_deref());
+        e.downstream_peer = key.peer;
         let values = rules.evaluate(&e);
         let standard = labels(key.flags);
         let mut out = Vec::new();

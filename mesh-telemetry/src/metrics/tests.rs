@@ -1388,3 +1388,28 @@ fn a_grpc_call_sharing_a_series_with_plain_requests_keeps_its_message_counts() {
     assert!(sent[0].ends_with(" 3"), "{}", sent[0]);
     assert!(family(&text, "istio_response_messages_total{")[0].ends_with(" 2"));
 }
+
+#[test]
+fn istio_s_peer_metadata_is_the_endpoint_s_configuration() {
+    // Istio's task adds `destination_x: upstream_peer.labels['app']` (its page writes a
+    // trailing `.value`, which Istio's CEL refuses too): here the endpoint's labels
+    let m = IstioMetrics::new(local());
+    m.set_label_overrides(
+        Reporter::Source,
+        &overrides(
+            &[IstioMetric::RequestCount],
+            &[
+                ("destination_x", Some("upstream_peer.labels['app']")),
+                ("peer", Some("upstream_peer.workload + '.' + upstream_peer.namespace")),
+            ],
+        ),
+    );
+    let up = upstream(false);
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    let line = requests_line(&text, &[]).expect(&text);
+    assert!(
+        line.contains(r#",destination_x="reviews",peer="reviews-v2.bookinfo"}"#),
+        "{line}"
+    );
+}
