@@ -1400,7 +1400,10 @@ fn istio_s_peer_metadata_is_the_endpoint_s_configuration() {
             &[IstioMetric::RequestCount],
             &[
                 ("destination_x", Some("upstream_peer.labels['app']")),
-                ("peer", Some("upstream_peer.workload + '.' + upstream_peer.namespace")),
+                (
+                    "peer",
+                    Some("upstream_peer.workload + '.' + upstream_peer.namespace"),
+                ),
             ],
         ),
     );
