@@ -105,7 +105,9 @@
 //!   listener, [`IstioMetrics::set_listener_addr`]); its value is printed as Envoy's `print`
 //!   does (a string as it is, a number in decimal, a bool as `true`/`false`, a duration as
 //!   `1.5s`); one that fails, or is `null` (cel-rust's absent header, an error in Envoy's
-//!   CEL), a list or a map, gives `unknown`. An expression that does not compile leaves a
+//!   CEL), a list or a map, gives `unknown`; a value is cut at 1024 bytes (a value a client
+//!   chooses, a header's, makes a series per value under the cap: this bounds their memory;
+//!   Envoy does not). An expression that does not compile leaves a
 //!   standard label out and adds no label, as Istio's proxy does ("Failed to parse
 //!   expression"; the configuration's warnings tell it).
 //!

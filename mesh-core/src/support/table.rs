@@ -2299,7 +2299,7 @@ static METRICS_OVERRIDES: TypeDef = TypeDef {
             "tagOverrides",
             Map(&TAG_OVERRIDE),
             Status::Enforced,
-            "on the HTTP and TCP metrics of the side (Istio's proxy's `tags_to_remove` and `dimensions`): `REMOVE` leaves a standard label out (another name is ignored, and warned about); `UPSERT` gives a standard label the CEL expression's value in its place, and adds another name after the standard labels (in name order; characters Prometheus does not take become `_`; `le`, `__…` and a name that would repeat a label are not added, and warned about); a value that fails, or is `null`, a list or a map, is `unknown`; evaluated per request, and when a TCP connection opens (its expressions read its upstream and `connection.mtls`); a metric's series recorded under earlier overrides stay (`mesh_telemetry::metrics`)",
+            "on the HTTP and TCP metrics of the side (Istio's proxy's `tags_to_remove` and `dimensions`): `REMOVE` leaves a standard label out (another name is ignored, and warned about); `UPSERT` gives a standard label the CEL expression's value in its place, and adds another name after the standard labels (in name order; characters Prometheus does not take become `_`; `le`, `__…` and a name that would repeat a label are not added, and warned about); a value that fails, or is `null`, a list or a map, is `unknown`; a value is cut at 1024 bytes (Envoy does not cut); evaluated per request, and when a TCP connection opens (its expressions read its upstream and `connection.mtls`); a metric's series recorded under earlier overrides stay (`mesh_telemetry::metrics`)",
         ),
     ],
 };

@@ -12,7 +12,8 @@
 //!   printed as Envoy's `print` does (a string as it is, a number in decimal, a double with
 //!   six significant digits, a bool as `true`/`false`, a duration as `1.5s`). An expression
 //!   that fails, or yields `null` (cel-rust's absent header, an error in Envoy's CEL), gives
-//!   `unknown`; a list or a map too (Envoy writes `CelList value`). An expression that does
+//!   `unknown`; a list or a map too (Envoy writes `CelList value`). A value is cut at
+//!   [`MAX_VALUE`] bytes. An expression that does
 //!   not compile leaves a standard label out and adds no label, as Istio's proxy ("Failed to
 //!   parse expression").
 //! - An added name has its characters other than `[a-zA-Z0-9_]` replaced by `_`, as Envoy's
@@ -244,13 +245,26 @@ fn push_value(out: &mut String, name: &str, value: &str) {
     out.push('"');
 }
 
+/// The longest label value an override writes, in bytes: a longer one is cut (at a
+/// character's boundary). A value a client chooses (a header) makes a series per value
+/// under the series cap; this bounds each one's memory too (Envoy does not).
+pub(super) const MAX_VALUE: usize = 1024;
+
 /// A label's value from an expression's, as Envoy's `Filters::Common::Expr::print`
-/// (`unknown` for a failure, `null`, a list or a map).
+/// (`unknown` for a failure, `null`, a list or a map), at most [`MAX_VALUE`] bytes.
 fn print(v: Option<Value>) -> Box<str> {
-    v.as_ref()
+    let mut s = v
+        .as_ref()
         .and_then(crate::log_filter::text)
-        .unwrap_or_else(|| "unknown".to_owned())
-        .into_boxed_str()
+        .unwrap_or_else(|| "unknown".to_owned());
+    if s.len() > MAX_VALUE {
+        let mut end = MAX_VALUE;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s.into_boxed_str()
 }
 
 #[cfg(test)]
@@ -355,6 +369,22 @@ mod tests {
         assert_ne!(
             ids(&[("a", Some("1 +\nb"))]),
             ids(&[("a", Some("1 +")), ("b", None)])
+        );
+    }
+
+    #[test]
+    fn a_value_is_cut_at_the_bound_on_a_character_boundary() {
+        let long = format!("a{}", "é".repeat(MAX_VALUE));
+        let v = print(Some(Value::String(Arc::new(long))));
+        assert!(
+            v.len() <= MAX_VALUE && v.len() >= MAX_VALUE - 1,
+            "{}",
+            v.len()
+        );
+        assert!(v.starts_with('a') && v.ends_with('é'));
+        assert_eq!(
+            &*print(Some(Value::String(Arc::new("short".into())))),
+            "short"
         );
     }
 
