@@ -185,14 +185,17 @@ pub fn build(loader: Loader, mode: CheckMode) -> Result<Compiled, ConfigError> {
     // two LocalRateLimits on the same requests: refused, by the proxy (this project's kind,
     // not Istio's rules; see crate::ratelimit::conflicts)
     // and two Telemetries at one level for the workload (Istio's analyzers' errors; see
-    // crate::telemetry::conflicts)
-    let conflicts = match mode {
+    // crate::telemetry::check, whose warnings wait for the analyzers' below)
+    let (conflicts, telemetry_warnings) = match mode {
         CheckMode::Proxy => {
             let mut c = crate::ratelimit::conflicts(&snapshot);
-            c.extend(crate::telemetry::conflicts(&snapshot));
-            c
+            let (errors, warns): (Vec<_>, Vec<_>) = crate::telemetry::check(&snapshot)
+                .into_iter()
+                .partition(|i| i.severity == Severity::Error);
+            c.extend(errors);
+            (c, warns)
         }
-        CheckMode::Istio => Vec::new(),
+        CheckMode::Istio => (Vec::new(), Vec::new()),
     };
     if !conflicts.is_empty() {
         let mut diagnostics = origins.locate(conflicts);
@@ -202,7 +205,7 @@ pub fn build(loader: Loader, mode: CheckMode) -> Result<Compiled, ConfigError> {
     }
     if mode == CheckMode::Proxy {
         let mut found = crate::analyze::analyze(&snapshot);
-        found.extend(crate::telemetry::label_warnings(&snapshot));
+        found.extend(telemetry_warnings);
         if !found.is_empty() {
             warnings.extend(origins.locate(found));
             sort(&mut warnings);

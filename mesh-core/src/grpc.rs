@@ -274,10 +274,14 @@ where
 /// base64.
 #[inline]
 pub fn has_framed_content_type(h: &HeaderMap) -> bool {
-    h.get(http::header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v.starts_with(b"application/grpc") && !v.starts_with(b"application/grpc-web-text")
-    })
+    h.get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| is_framed_content_type(v.as_bytes()))
+}
+
+/// [`has_framed_content_type`] of one `content-type` value.
+#[inline]
+pub fn is_framed_content_type(v: &[u8]) -> bool {
+    v.starts_with(b"application/grpc") && !v.starts_with(b"application/grpc-web-text")
 }
 
 /// Counts the messages of a gRPC body as its bytes go by: each message is a 5-byte prefix
@@ -327,8 +331,7 @@ impl MessageCounter {
                     self.count += 1;
                 }
                 self.length = 0;
-            }
-            if self.prefix >= 1 {
+            } else {
                 self.length = (self.length << 8) | u32::from(data[0]);
             }
             self.prefix += 1;

@@ -11,7 +11,7 @@
 //! selector-less Telemetries in one namespace, or two selecting the workload, are what
 //! Istio's analyzers report as errors (IST0160, IST0159: its pilot then applies the oldest,
 //! or all in creation order, which the files do not say): the proxy refuses them
-//! ([`conflicts`]).
+//! ([`check`]).
 //!
 //! **Sides.** A `match.mode` of `CLIENT` is the workload's outbound traffic and a gateway's
 //! (Istio's gateways take the client's configuration), `SERVER` its inbound traffic;
@@ -311,7 +311,7 @@ fn namespace_wide(t: &Telemetry) -> bool {
 }
 
 /// The levels that apply to the bootstrap workload, root first: the Telemetries of each
-/// level in source order (more than one in a level is a [`conflicts`] error).
+/// level in source order (more than one in a level is a [`check`] error).
 fn levels(snapshot: &Snapshot) -> [Vec<&Named<Telemetry>>; 3] {
     let w = &snapshot.bootstrap.workload;
     let root = snapshot.bootstrap.mesh.root_namespace.as_str();
@@ -338,7 +338,7 @@ fn levels(snapshot: &Snapshot) -> [Vec<&Named<Telemetry>>; 3] {
 }
 
 /// The Telemetries that apply, root first, at most one per level (the first; see
-/// [`conflicts`]).
+/// [`check`]).
 fn applicable(snapshot: &Snapshot) -> Vec<&Telemetry> {
     levels(snapshot)
         .into_iter()
@@ -840,15 +840,28 @@ pub fn attribute_references(expression: &str) -> Vec<(String, Option<String>)> {
     out
 }
 
+/// The proxy's own checks of the Telemetries that apply to the workload, beyond Istio's
+/// validation. Errors (the configuration is refused): two Telemetries at one level (Istio's
+/// analyzers' IST0160 and IST0159), an access log filter beyond what the proxy evaluates
+/// safely. Warnings: what the proxy does with `tagOverrides` Istio lets through (a value it
+/// cannot compile, a label name Prometheus would refuse or take twice, a `REMOVE` of a
+/// label that is not standard).
+pub fn check(snapshot: &Snapshot) -> Vec<Issue> {
+    let levels = levels(snapshot);
+    let mut out = conflicts(&levels);
+    out.extend(label_warnings(&levels));
+    out
+}
+
 /// What the proxy does with the applicable Telemetries' `tagOverrides` that Istio's
 /// validation lets through, as warnings naming the field: a value this proxy cannot compile
 /// (Istio's proxy logs "Failed to parse expression" and leaves the label out), a name
 /// Prometheus would refuse or take twice (not added), a `REMOVE` of a label that is not
 /// one of Istio's standard labels (Istio's proxy logs "Tag is not standard": nothing is
 /// removed).
-pub fn label_warnings(snapshot: &Snapshot) -> Vec<Issue> {
+fn label_warnings(levels: &[Vec<&Named<Telemetry>>; 3]) -> Vec<Issue> {
     let mut out = Vec::new();
-    for t in levels(snapshot).iter().flatten() {
+    for t in levels.iter().flatten() {
         let resource = ResourceRef {
             kind: Kind::Telemetry,
             namespace: t.namespace.clone(),
@@ -917,7 +930,7 @@ pub fn label_warnings(snapshot: &Snapshot) -> Vec<Issue> {
 ///
 /// And an access log filter of a Telemetry that applies which the proxy would not evaluate
 /// safely ([`compile_filter`]'s bounds): an error on its expression.
-pub fn conflicts(snapshot: &Snapshot) -> Vec<Issue> {
+fn conflicts(levels: &[Vec<&Named<Telemetry>>; 3]) -> Vec<Issue> {
     let error = |t: &Named<Telemetry>, field: FieldPath, message: String| Issue {
         severity: Severity::Error,
         resource: ResourceRef {
@@ -929,7 +942,6 @@ pub fn conflicts(snapshot: &Snapshot) -> Vec<Issue> {
         message,
     };
     let mut out = Vec::new();
-    let levels = levels(snapshot);
     for t in levels.iter().flatten() {
         for (i, a) in t.spec.access_logging.iter().enumerate() {
             let Some(f) = a.filter.as_ref().filter(|f| !f.expression.is_empty()) else {

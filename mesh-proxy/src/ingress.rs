@@ -639,10 +639,7 @@ async fn serve_tcp(w: Rc<TcpWorker>, conn: Accepted) {
     };
     // (Istio's inbound `tcp_proxy` takes its idle timeout from the proxy's `IDLE_TIMEOUT`
     // metadata, not from the pool: its default, one hour)
-    let splice = engine_l4::SpliceConfig {
-        idle: crate::l4::DEFAULT_TCP_IDLE_TIMEOUT,
-        report_every: w.shared.metrics.tcp_reporting_interval(),
-    };
+    let splice = crate::l4::splice_config(&w.shared.metrics, crate::l4::DEFAULT_TCP_IDLE_TIMEOUT);
     let log = ConnLog::new(&w.shared.access_log, conn.local, conn.peer);
     if !tls {
         let allowed = w.allowed(conn.peer, conn.local, None, None);

@@ -197,6 +197,15 @@ impl ConnLog {
     }
 }
 
+/// How a connection is spliced: `idle` as its idle timeout, its bytes reported as often
+/// as the Telemetries say (`reportingInterval`).
+pub(crate) fn splice_config(metrics: &IstioMetrics, idle: Duration) -> SpliceConfig {
+    SpliceConfig {
+        idle,
+        report_every: metrics.tcp_reporting_interval(),
+    }
+}
+
 /// The connection handler of one worker of an L4 listener.
 #[derive(Clone)]
 pub struct L4Handler(Rc<Worker>);
@@ -345,13 +354,8 @@ async fn forward<D>(
             return;
         }
     };
-    let config = SpliceConfig {
-        idle: cluster
-            .pool
-            .tcp_idle_timeout
-            .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
-        report_every: w.shared.metrics.tcp_reporting_interval(),
-    };
+    let idle = cluster.pool.tcp_idle_timeout;
+    let config = splice_config(&w.shared.metrics, idle.unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT));
     let origination = w.shared.tls.as_ref().filter(|_| originate).and_then(|t| {
         let mut ext = http::Extensions::new();
         ext.insert(up.clone());
@@ -478,10 +482,7 @@ async fn passthrough<D>(
         service: Some(&dest.host),
         flags: ResponseFlags::empty(),
     });
-    let config = SpliceConfig {
-        idle: DEFAULT_TCP_IDLE_TIMEOUT,
-        report_every: w.shared.metrics.tcp_reporting_interval(),
-    };
+    let config = splice_config(&w.shared.metrics, DEFAULT_TCP_IDLE_TIMEOUT);
     let (upstream, upstream_local) = (stream.peer_addr().ok(), stream.local_addr().ok());
     let done = engine_l4::splice(down, stream, hello, &config, |rx, tx| stats.add(rx, tx)).await;
     log.end(&ConnEnd {

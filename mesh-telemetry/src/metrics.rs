@@ -678,22 +678,13 @@ impl IstioMetrics {
         });
         let mask = rules.as_ref().map_or(0, |r| r.mask);
         let interest = rules.as_ref().map_or(Interest::Outcome, |r| r.interest);
-        let set_mask = || {
-            let _ = self.enabled[r].fetch_update(Release, Relaxed, |w| {
-                Some((w & 0xffff) | (u32::from(mask) << 16))
-            });
-        };
-        // new rules before the mask that sends requests to them; without rules, the mask
-        // cleared first (a request in between is recorded with the standard labels)
-        if rules.is_none() {
-            set_mask();
-        }
-        let some = rules.is_some();
+        // the rules, then the mask that sends requests to them (a request between the two
+        // finds the rules in force, or none: the standard labels, whichever way it goes)
         self.label_rules[r].store(rules.map(Arc::new));
         self.interest[r].store(interest as u8, Relaxed);
-        if some {
-            set_mask();
-        }
+        let _ = self.enabled[r].fetch_update(Release, Relaxed, |w| {
+            Some((w & 0xffff) | (u32::from(mask) << 16))
+        });
     }
 
     /// Caps the number of series (each a label set of the request metrics, of the TCP
@@ -741,22 +732,24 @@ impl IstioMetrics {
             false => HTTP_METRICS & !GRPC_METRICS,
         };
         let (on, mut overridden) = (word as u16 & http, (word >> 16) as u16);
-        if on & overridden != 0 {
-            overridden = self.record_overridden(reporter, done, on);
-        }
-        let mask = http & !overridden;
-        let on = on & mask;
-        if on == 0 {
-            return;
-        }
-        let flags = done.flags.bits();
         let key = SeriesKey {
-            mask,
+            mask: http,
             code: done.status.map_or(0, |s| s.as_u16()),
-            flags,
+            flags: done.flags.bits(),
             grpc: done.grpc,
             grpc_status: done.grpc_status.filter(|_| done.grpc),
         };
+        if on & overridden != 0 {
+            overridden = self.record_overridden(reporter, done, key, on);
+        }
+        let key = SeriesKey {
+            mask: http & !overridden,
+            ..key
+        };
+        let on = on & key.mask;
+        if on == 0 {
+            return;
+        }
         let generation = self.local_generation.load(Acquire);
         AT_HAND.with_borrow_mut(
             |AtHand {
@@ -822,8 +815,13 @@ impl IstioMetrics {
     /// Records `done` in the series of overridden labels of the metrics the rules in force
     /// override among `on` (the metrics `reporter` makes); returns the metrics they override (a reload between the caller's read of the mask and this read of the
     /// rules: the caller records the others with the standard labels, so none is lost).
-    #[cold]
-    fn record_overridden(&self, reporter: Reporter, done: &Completed<'_>, on: u16) -> u16 {
+    fn record_overridden(
+        &self,
+        reporter: Reporter,
+        done: &Completed<'_>,
+        key: SeriesKey,
+        on: u16,
+    ) -> u16 {
         let Some(rules) = self.label_rules[reporter as usize].load_full() else {
             return 0;
         };
@@ -844,15 +842,11 @@ impl IstioMetrics {
             self.dropped.fetch_add(1, Relaxed);
             return rules.mask;
         };
-        let flags = done.flags.bits();
         let on = on & rules.mask;
         for g in rules.groups.iter().filter(|g| g.mask & on != 0) {
             let key = SeriesKey {
                 mask: g.mask,
-                code: done.status.map_or(0, |s| s.as_u16()),
-                flags,
-                grpc: done.grpc,
-                grpc_status: done.grpc_status.filter(|_| done.grpc),
+                ..key
             };
             let okey = OverriddenKey {
                 group: g.id,
@@ -887,11 +881,7 @@ impl IstioMetrics {
                     let mut map = self.overridden.write().unwrap_or_else(|e| e.into_inner());
                     let s = match known.or_else(|| map.series.get(&id).cloned()) {
                         Some(s) => s,
-                        None if self.series.fetch_add(1, Relaxed) >= self.max_series => {
-                            self.series.fetch_sub(1, Relaxed);
-                            self.dropped.fetch_add(1, Relaxed);
-                            continue;
-                        }
+                        None if !self.new_series() => continue,
                         None => {
                             let s = Arc::new(Series {
                                 labels: id.2.clone(),
@@ -911,6 +901,17 @@ impl IstioMetrics {
             series.observe(done, on & g.mask);
         }
         rules.mask
+    }
+
+    /// Counts a new series against the cap: `false` (and the request or connection counted
+    /// dropped) when it is reached.
+    fn new_series(&self) -> bool {
+        if self.series.fetch_add(1, Relaxed) >= self.max_series {
+            self.series.fetch_sub(1, Relaxed);
+            self.dropped.fetch_add(1, Relaxed);
+            return false;
+        }
+        true
     }
 
     /// The label set of a request's peer: from the cache, else resolved and interned.
@@ -999,7 +1000,10 @@ impl IstioMetrics {
             out,
             "# HELP istio_requests_total Requests, as Istio's sidecars count them.\n# TYPE istio_requests_total counter"
         );
-        for run in self.runs(&all, IstioMetric::RequestCount) {
+        for run in self
+            .runs(&all, IstioMetric::RequestCount)
+            .chunk_by(|a, b| a.key == b.key)
+        {
             let count: u64 = run.iter().map(|r| r.series.duration.count()).sum();
             let _ = writeln!(out, "istio_requests_total{{{}}} {count}", run[0].text);
         }
@@ -1025,9 +1029,9 @@ impl IstioMetrics {
         ];
         for (metric, name, help, get) in histograms {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for run in self.runs(&all, metric) {
+            for run in self.runs(&all, metric).chunk_by(|a, b| a.key == b.key) {
                 let mut sum = Snapshot::default();
-                for r in &run {
+                for r in run {
                     sum.add(get(r.series));
                 }
                 sum.encode(out, name, &run[0].text);
@@ -1051,15 +1055,14 @@ impl IstioMetrics {
         ];
         for (metric, name, help, get) in messages {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for run in self.runs(&all, metric) {
-                if !run.iter().any(|r| r.series.grpc.load(Relaxed)) {
+            for run in self.runs(&all, metric).chunk_by(|a, b| a.key == b.key) {
+                let calls = run.iter().filter(|r| r.series.grpc.load(Relaxed));
+                let (any, sum) = calls.fold((false, 0u64), |(_, sum), r| {
+                    (true, sum.wrapping_add(get(r.series).load(Relaxed)))
+                });
+                if !any {
                     continue;
                 }
-                let sum = run
-                    .iter()
-                    .filter(|r| r.series.grpc.load(Relaxed))
-                    .map(|r| get(r.series).load(Relaxed))
-                    .fold(0u64, u64::wrapping_add);
                 let _ = writeln!(out, "{name}{{{}}} {sum}", run[0].text);
             }
         }
@@ -1120,14 +1123,8 @@ impl<'a> Row<'a> {
 /// A label text without its `name=""` pairs.
 pub(super) fn without_empty(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for pair in labels::split_labels(text).filter(|(_, v)| !v.is_empty()) {
-        if !out.is_empty() {
-            out.push(',');
-        }
-        out.push_str(pair.0);
-        out.push_str("=\"");
-        out.push_str(pair.1);
-        out.push('"');
+    for (name, value) in labels::split_labels(text).filter(|(_, v)| !v.is_empty()) {
+        labels::push_raw(&mut out, name, value);
     }
     out
 }
@@ -1136,30 +1133,11 @@ impl IstioMetrics {
     /// The rows exposed in `metric` (recorded for it, and its reporter makes it), in runs
     /// of one label set: a metric's series recorded under other overrides than now (a
     /// reload) may have the same labels as today's, and Prometheus wants one line per set.
-    fn runs<'r, 'a>(
-        &self,
-        all: &'r [Row<'a>],
-        metric: IstioMetric,
-    ) -> impl Iterator<Item = Vec<&'r Row<'a>>> + use<'r, 'a, '_> {
-        let shown: Vec<&'r Row<'a>> = all
-            .iter()
-            .filter(|r| {
-                r.series.mask & MetricSet::bit(metric) != 0 && self.enabled(r.reporter).has(metric)
-            })
-            .collect();
-        let mut i = 0;
-        std::iter::from_fn(move || {
-            let first = *shown.get(i)?;
-            let mut run = vec![first];
-            i += 1;
-            while let Some(next) = shown.get(i)
-                && next.key == first.key
-            {
-                run.push(*next);
-                i += 1;
-            }
-            Some(run)
-        })
+    fn runs<'r, 'a>(&self, all: &'r [Row<'a>], metric: IstioMetric) -> Vec<&'r Row<'a>> {
+        let on = [Reporter::Source, Reporter::Destination].map(|r| self.enabled(r).has(metric));
+        all.iter()
+            .filter(|r| r.series.mask & MetricSet::bit(metric) != 0 && on[r.reporter as usize])
+            .collect()
     }
 }
 

@@ -522,7 +522,7 @@ impl Pending {
             } else if *name == http::header::CONTENT_TYPE {
                 grpc = value.as_bytes().starts_with(b"application/grpc");
                 // a body framed as gRPC's (not gRPC-Web's base64 text): its messages count
-                framed = grpc && !value.as_bytes().starts_with(b"application/grpc-web-text");
+                framed = mesh_core::grpc::is_framed_content_type(value.as_bytes());
             } else if details {
                 let seen = if *name == http::header::USER_AGENT {
                     &mut user_agent

@@ -319,7 +319,7 @@ impl SpliceConfig {
     pub fn new(idle: Duration) -> Self {
         SpliceConfig {
             idle,
-            report_every: Duration::from_secs(5),
+            report_every: mesh_core::telemetry::TCP_REPORTING_INTERVAL,
         }
     }
 }

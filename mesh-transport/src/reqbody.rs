@@ -35,10 +35,8 @@ enum Kind {
 /// messages (a gRPC request's) are counted into.
 struct Counted {
     inner: RequestBody,
-    /// Data bytes this attempt has read.
-    read: u64,
-    /// Whether the bytes are counted.
-    bytes: bool,
+    /// Data bytes this attempt has read (`None`: not counted, the length is in the head).
+    read: Option<u64>,
     /// A gRPC request's messages this attempt has sent.
     messages: Option<mesh_core::grpc::MessageCounter>,
     info: StreamInfo,
@@ -90,18 +88,15 @@ impl RequestBody {
     /// Istio's `istio_request_messages_total`), whatever its length.
     pub(crate) fn counted(self, info: Option<&StreamInfo>, grpc: bool) -> Self {
         let bytes = self.size_hint().exact().is_none();
-        match info {
-            Some(info) if !self.is_end_stream() && (bytes || grpc) => {
-                RequestBody(Kind::Counted(Box::new(Counted {
-                    inner: self,
-                    read: 0,
-                    bytes,
-                    messages: grpc.then(mesh_core::grpc::MessageCounter::default),
-                    info: info.clone(),
-                })))
-            }
-            _ => self,
-        }
+        let Some(info) = info.filter(|_| !self.is_end_stream() && (bytes || grpc)) else {
+            return self;
+        };
+        RequestBody(Kind::Counted(Box::new(Counted {
+            inner: self,
+            read: bytes.then_some(0),
+            messages: grpc.then(mesh_core::grpc::MessageCounter::default),
+            info: info.clone(),
+        })))
     }
 }
 
@@ -128,9 +123,9 @@ impl Body for RequestBody {
                 if let Some(Ok(d)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref))
                     && let Some(d) = d
                 {
-                    if c.bytes {
-                        c.read += d.len() as u64;
-                        c.info.note_request_body(c.read);
+                    if let Some(read) = &mut c.read {
+                        *read += d.len() as u64;
+                        c.info.note_request_body(*read);
                     }
                     if let Some(m) = &mut c.messages {
                         m.feed(d);

@@ -354,21 +354,17 @@ where
         }
         this.keepalive = pool.tcp_keepalive;
         this.h2_keepalive = pool.http2_keepalive;
-        let mut req = req.map(RequestBody::new);
-        // (the record layer's definition: a framed gRPC or gRPC-Web body)
-        let grpc = !http_body::Body::is_end_stream(req.body())
-            && req.method() == http::Method::POST
-            && mesh_core::grpc::has_framed_content_type(req.headers());
-        if !http_body::Body::is_end_stream(req.body())
-            && (grpc || http_body::Body::size_hint(req.body()).exact().is_none())
-        {
-            // a body of unknown length: its bytes counted into the request's record (Istio's
-            // `istio_request_bytes`, Envoy's `%BYTES_RECEIVED%`); other lengths are in the
-            // head. A gRPC request's messages too (`istio_request_messages_total`)
-            let body = std::mem::replace(req.body_mut(), RequestBody::empty());
-            let info = mesh_core::ext::stream_info(req.extensions());
-            *req.body_mut() = body.counted(info, grpc);
-        }
+        // a body of unknown length: its bytes counted into the request's record (Istio's
+        // `istio_request_bytes`, Envoy's `%BYTES_RECEIVED%`; other lengths are in the head);
+        // a gRPC call's messages (`istio_request_messages_total`; the record layer's
+        // definition: a `POST` with a framed gRPC or gRPC-Web body)
+        let (parts, body) = req.map(RequestBody::new).into_parts();
+        let info = mesh_core::ext::stream_info(&parts.extensions);
+        let grpc = info.is_some()
+            && parts.method == http::Method::POST
+            && mesh_core::grpc::has_framed_content_type(&parts.headers);
+        let body = body.counted(info, grpc);
+        let req = http::Request::from_parts(parts, body);
         // Two separate futures (each boxed at its own, smaller size) rather than one holding
         // both paths: the box is written once per request.
         ConnectorFuture(Inner::Forward(if h2 {

@@ -20,7 +20,7 @@
 //!   exposition sanitizes names; one Prometheus would refuse or take twice (`le`, `__…`, a
 //!   standard label's once sanitized, another addition's) is not added
 //!   ([`mesh_core::telemetry::added_label_name`]). The configuration's warnings tell each of
-//!   these cases ([`mesh_core::telemetry::label_warnings`]).
+//!   these cases ([`mesh_core::telemetry::check`]).
 //!
 //! Expressions are evaluated per request (per connection for the TCP metrics, when it
 //! opens) only on a side that has them. A series of overridden labels is one per reporter,
@@ -223,7 +223,7 @@ pub(super) fn split_labels(text: &str) -> impl Iterator<Item = (&str, &str)> {
     })
 }
 
-fn push_raw(out: &mut String, name: &str, raw: &str) {
+pub(super) fn push_raw(out: &mut String, name: &str, raw: &str) {
     if !out.is_empty() {
         out.push(',');
     }

@@ -86,8 +86,6 @@ type TcpFamily = (
 pub(super) struct TcpSeries {
     key: Key,
     labels: Box<str>,
-    /// The [`MetricSet`] bits of the metrics counted in it: it is exposed in those.
-    mask: u16,
     opened: AtomicU64,
     closed: AtomicU64,
     received: AtomicU64,
@@ -118,7 +116,8 @@ struct Key {
     flags: u32,
     mtls: bool,
     local: usize,
-    /// The metrics counted in the series (those whose labels are not overridden).
+    /// The metrics counted in the series (those whose labels are not overridden, or the
+    /// override group's): it is exposed in those.
     mask: u16,
     /// Keeps `local`'s workload alive: its address identifies it (a reloaded workload
     /// allocated where a freed one was would otherwise match the old series).
@@ -248,11 +247,11 @@ impl IstioMetrics {
         if on == 0 {
             return TcpConnectionStats::NONE; // every TCP metric of the reporter is off
         }
-        let labels = |flags: ResponseFlags| {
+        let labels = || {
             let mut labels = String::with_capacity(1024);
             write(&mut labels);
             label(&mut labels, "request_protocol", Some("tcp"));
-            label(&mut labels, "response_flags", Some(&flags.to_string()));
+            label(&mut labels, "response_flags", Some(&key.flags.to_string()));
             labels
         };
         let mut stats = TcpConnectionStats::NONE;
@@ -280,8 +279,7 @@ impl IstioMetrics {
                         if !self.new_series() {
                             return stats;
                         }
-                        let s =
-                            Arc::new(TcpSeries::new(key.to_owned(), labels(key.flags), key.mask));
+                        let s = Arc::new(TcpSeries::new(key.to_owned(), labels()));
                         list.push(s.clone());
                         s
                     }
@@ -295,35 +293,21 @@ impl IstioMetrics {
         stats
     }
 
-    /// Counts a series against the cap: `false` (and the connection dropped) when it is
-    /// reached.
-    fn new_series(&self) -> bool {
-        if self.series.fetch_add(1, Relaxed) >= self.max_series {
-            self.series.fetch_sub(1, Relaxed);
-            self.dropped.fetch_add(1, Relaxed);
-            return false;
-        }
-        true
-    }
-
     /// The series of overridden labels of a connection (the metrics the rules in force
     /// override among `on`), the connection counted opened in them; and the TCP metrics
     /// those rules override (the caller counts the others with the standard labels).
-    #[cold]
     fn tcp_overridden(
         &self,
         key: &KeyRef<'_>,
         on: u16,
-        labels: &dyn Fn(ResponseFlags) -> String,
+        labels: &dyn Fn() -> String,
     ) -> (Vec<(Arc<TcpSeries>, u16)>, u16) {
         let Some(rules) = self.label_rules[key.reporter as usize].load_full() else {
             return (Vec::new(), 0);
         };
         let on = on & rules.mask;
-        let flags = key.flags.to_string();
-        let mut e = LogEntry::new(std::time::SystemTime::now());
-        e.protocol = "";
-        e.response_flags = if key.flags.is_empty() { "" } else { &flags };
+        // (a TCP entry: no method; the attributes read nothing of its time)
+        let mut e = LogEntry::new(std::time::UNIX_EPOCH);
         // Envoy's `connection.mtls` is the downstream connection's: a peer's certificate,
         // inbound (the outbound side's mTLS is its upstream's)
         e.mtls = key.reporter == Reporter::Destination && key.mtls;
@@ -334,7 +318,7 @@ impl IstioMetrics {
         e.upstream_meta = key.upstream.and_then(|u| u.endpoint().meta.as_deref());
         e.downstream_peer = key.peer;
         let values = rules.evaluate(&e);
-        let standard = labels(key.flags);
+        let standard = labels();
         let mut out = Vec::new();
         for g in rules.groups.iter().filter(|g| g.mask & on != 0) {
             let text: Box<str> = g.apply(&standard, &values).into_boxed_str();
@@ -361,7 +345,7 @@ impl IstioMetrics {
                             }
                             let mut k = key.to_owned();
                             k.mask = g.mask;
-                            let s = Arc::new(TcpSeries::new(k, id.2.clone(), g.mask));
+                            let s = Arc::new(TcpSeries::new(k, id.2.clone()));
                             map.insert(id, s.clone());
                             s
                         }
@@ -432,28 +416,22 @@ impl IstioMetrics {
         for (metric, name, help, get) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             // a reporter's metric a Telemetry turned off is not exposed
-            let all: Vec<&(String, Arc<TcpSeries>)> = all
+            let on = [Reporter::Source, Reporter::Destination].map(|r| self.enabled(r).has(metric));
+            let shown: Vec<&(String, Arc<TcpSeries>)> = all
                 .iter()
-                .filter(|(_, s)| s.mask & MetricSet::bit(metric) != 0)
-                .filter(|(_, s)| self.enabled(s.key.reporter).has(metric))
+                .filter(|(_, s)| s.key.mask & MetricSet::bit(metric) != 0)
+                .filter(|(_, s)| on[s.key.reporter as usize])
                 .collect();
             // series are keyed by the balancer's endpoint record, so one endpoint reached
             // through two clusters (a subset's and the whole service's) or across a reload
             // has two series of the same labels: one line, their sum (Prometheus refuses a
             // label set twice); `all` is sorted by labels, so they are neighbours
-            let mut i = 0;
-            while i < all.len() {
-                let (set, first) = all[i];
-                let mut sum = 0u64;
-                while i < all.len() && all[i].0 == *set {
-                    sum = sum.wrapping_add(get(&all[i].1).load(Relaxed));
-                    i += 1;
-                }
-                let _ = writeln!(
-                    out,
-                    "{name}{{{}}} {sum}",
-                    first.labels.trim_start_matches(',')
-                );
+            for run in shown.chunk_by(|a, b| a.0 == b.0) {
+                let sum = run
+                    .iter()
+                    .fold(0u64, |sum, (_, s)| sum.wrapping_add(get(s).load(Relaxed)));
+                let labels = run[0].1.labels.trim_start_matches(',');
+                let _ = writeln!(out, "{name}{{{labels}}} {sum}");
             }
         }
     }
@@ -462,11 +440,10 @@ impl IstioMetrics {
 // === impl TcpSeries ===
 
 impl TcpSeries {
-    fn new(key: Key, labels: impl Into<Box<str>>, mask: u16) -> TcpSeries {
+    fn new(key: Key, labels: impl Into<Box<str>>) -> TcpSeries {
         TcpSeries {
             key,
             labels: labels.into(),
-            mask,
             opened: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             received: AtomicU64::new(0),
