@@ -358,7 +358,8 @@ where
         // `istio_request_bytes`, Envoy's `%BYTES_RECEIVED%`; other lengths are in the head);
         // a gRPC call's messages (`istio_request_messages_total`; the record layer's
         // definition: a `POST` with a framed gRPC or gRPC-Web body)
-        let (parts, body) = req.map(RequestBody::new).into_parts();
+        let (parts, body) = req.into_parts();
+        let body = RequestBody::new(body);
         let info = mesh_core::ext::stream_info(&parts.extensions);
         let grpc = info.is_some()
             && parts.method == http::Method::POST
