@@ -359,12 +359,17 @@ where
         // a gRPC call's messages (`istio_request_messages_total`; the record layer's
         // definition: a `POST` with a framed gRPC or gRPC-Web body)
         let (parts, body) = req.into_parts();
-        let body = RequestBody::new(body);
-        let info = mesh_core::ext::stream_info(&parts.extensions);
-        let grpc = info.is_some()
-            && parts.method == http::Method::POST
-            && mesh_core::grpc::has_framed_content_type(&parts.headers);
-        let body = body.counted(info, grpc);
+        let mut body = RequestBody::new(body);
+        let post = parts.method == http::Method::POST;
+        // (a bodyless request, or a known length other than a POST's, is not looked at:
+        // most requests pay two checks)
+        if !http_body::Body::is_end_stream(&body)
+            && (post || http_body::Body::size_hint(&body).exact().is_none())
+            && let Some(info) = mesh_core::ext::stream_info(&parts.extensions)
+        {
+            let grpc = post && mesh_core::grpc::has_framed_content_type(&parts.headers);
+            body = body.counted(Some(info), grpc);
+        }
         let req = http::Request::from_parts(parts, body);
         // Two separate futures (each boxed at its own, smaller size) rather than one holding
         // both paths: the box is written once per request.
