@@ -384,6 +384,8 @@ async fn run_serves_reloads_on_sighup_and_file_change_and_exits_0_on_sigterm() {
     replace_unnoticed(&file, &run_config(&v1, &v2, "v2"));
     proc.signal("-HUP");
     wait_for_backend(out, "v2").await;
+    // the log is read by a thread of its own: the line may come after the traffic moved
+    wait_for_line(&proc.lines, "SIGHUP: reloading").await;
     assert_eq!(proc.count_logged("SIGHUP: reloading"), 1, "{}", proc.log());
     assert_eq!(
         proc.count_logged("configuration files changed"),
@@ -398,6 +400,7 @@ async fn run_serves_reloads_on_sighup_and_file_change_and_exits_0_on_sigterm() {
     // the watcher: a visible edit, no signal
     replace_atomically(&file, &format!("# edited\n{}", run_config(&v1, &v2, "v1")));
     wait_for_backend(out, "v1").await;
+    wait_for_line(&proc.lines, "configuration files changed").await;
     assert_eq!(
         proc.count_logged("configuration files changed"),
         1,

@@ -55,7 +55,7 @@ scrape_configs:
 "
             ),
         );
-        let addr = SocketAddr::from(([127, 0, 0, 1], dead_port().await));
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port().await));
         let log = dir.join("prometheus.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = match Command::new(&bin)

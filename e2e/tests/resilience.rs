@@ -901,7 +901,7 @@ spec:
             1,
             &format!("  accessLog: {{path: {}, encoding: JSON}}\n", log.display())
         ),
-        ratings_at("grpc", "GRPC", dead)
+        ratings_at("grpc", "GRPC", dead.port())
     );
     let p = start(&yaml).await;
     let mut tx = h2(p.out).await;

@@ -335,9 +335,8 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_endpoint_closes_its_connections_and_is_ejected() {
     let live = echo_server("one").await;
-    let dead: SocketAddr = format!("127.0.0.1:{}", support::dead_port().await)
-        .parse()
-        .unwrap();
+    let dead_port = support::dead_port().await;
+    let dead: SocketAddr = format!("127.0.0.1:{dead_port}").parse().unwrap();
     let key = format!("{ECHO}:9000");
     let yaml = format!(
         "{}{}

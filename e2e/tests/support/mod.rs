@@ -168,8 +168,34 @@ fn serve_backend(listener: TcpListener, name: &'static str, handler: Handler) ->
     }
 }
 
-/// A port on which nothing listens (bound, then closed).
-pub async fn dead_port() -> u16 {
+/// A port on which nothing listens, for as long as the value lives: bound without
+/// `SO_REUSEADDR` and not listening, so a connection to it is refused and no other socket
+/// of the machine (another test's listener on port 0) can take it meanwhile, which a port
+/// bound and closed again did not ensure.
+pub struct DeadPort(#[allow(dead_code)] tokio::net::TcpSocket, u16);
+
+impl DeadPort {
+    pub fn port(&self) -> u16 {
+        self.1
+    }
+}
+
+impl std::fmt::Display for DeadPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.1)
+    }
+}
+
+/// A port on which nothing listens while the [`DeadPort`] lives.
+pub async fn dead_port() -> DeadPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    DeadPort(socket, port)
+}
+
+/// A port free now (bound, then closed), for a server the test starts on it.
+pub async fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap().port()
 }
