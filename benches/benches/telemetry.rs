@@ -421,6 +421,7 @@ fn record_one(m: &IstioMetrics, info: &Recorded) {
         response_bytes: 2000,
         request_messages: 0,
         response_messages: 0,
+        messages_reported: (0, 0),
         trace: None,
         info,
         client_addr: None,

@@ -286,10 +286,11 @@ pub struct TelemetryView {
     pub metrics: Sides<MetricSet>,
     /// The standard metrics' label overrides, by side (none when the side makes no metric).
     pub metric_tags: Sides<MetricTags>,
-    /// How often a TCP connection's bytes are reported while it is open (`reportingInterval`
-    /// of the last entry that sets it for `prometheus`, both sides: Istio keeps it per
-    /// provider); `None`: Istio's default, [`TCP_REPORTING_INTERVAL`]; zero: only when it
-    /// closes, as Istio's stats filter arms no timer then.
+    /// How often a TCP connection's bytes, and a gRPC call's messages, are reported while
+    /// it is open (`reportingInterval` of the last entry that sets it for `prometheus`, both
+    /// sides: Istio keeps it per provider; its stats filter's `tcp_reporting_duration` paces
+    /// both); `None`: Istio's default, [`TCP_REPORTING_INTERVAL`]; zero: only at the end,
+    /// as Istio's stats filter arms no timer for a connection then.
     pub tcp_reporting_interval: Option<std::time::Duration>,
 }
 

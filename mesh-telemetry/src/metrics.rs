@@ -13,8 +13,8 @@
 //! | `istio_request_duration_milliseconds` | histogram | from the request's arrival to the end of the response, in whole milliseconds |
 //! | `istio_request_bytes` | histogram | the request's head and body (see [`crate::record`]) |
 //! | `istio_response_bytes` | histogram | the response's head and body |
-//! | `istio_request_messages_total` | counter | a gRPC call's messages from the client (what the connector sent upstream), counted when the call ends |
-//! | `istio_response_messages_total` | counter | a gRPC call's messages to the client, counted when the call ends |
+//! | `istio_request_messages_total` | counter | a gRPC call's messages from the client (what the connector sent upstream), added every reporting interval while the call is open and when it ends |
+//! | `istio_response_messages_total` | counter | a gRPC call's messages to the client, the same way |
 //! | `istio_tcp_connections_opened_total` | counter | TCP connections proxied (L4 listeners; see [`TcpPeer`]) |
 //! | `istio_tcp_connections_closed_total` | counter | those that ended |
 //! | `istio_tcp_received_bytes_total` | counter | bytes received from the client |
@@ -29,7 +29,10 @@
 //! `destination_version`, `destination_service`, `destination_canonical_service`,
 //! `destination_canonical_revision`, `destination_service_name`,
 //! `destination_service_namespace`, `destination_cluster`, `request_protocol`,
-//! `response_code`, `grpc_response_status`, `response_flags`, `connection_security_policy`.
+//! `response_code`, `grpc_response_status`, `response_flags`, `connection_security_policy`;
+//! the gRPC message counts have the labels up to `destination_cluster` only, as Istio's
+//! stats filter records them (before it knows the answer; istio/proxy's
+//! `testdata/metric/*_messages.yaml.tmpl`), so that an open stream's count can grow.
 //! Where they come from is [`LocalWorkload`] (this proxy's workload) and, per request, the
 //! [`Completed`] record: the route's destination host, the selected endpoint's
 //! [`EndpointMeta`] (labels, namespace, WorkloadEntry name) and identity, the peer's SPIFFE
@@ -144,8 +147,11 @@
 //!   HTTP requests that opened them, not as TCP connections.
 //! - Byte counts are the HTTP/1.1 size of the heads plus the bodies, not the bytes on the
 //!   connection.
-//! - A gRPC call's message counts are added when the call ends; Istio's stats filter also
-//!   adds them every 5 s while a stream is open. The request's are the messages the
+//! - A gRPC call's message counts are added every reporting interval while it is open
+//!   ([`Sink::progress`]; a call whose counts did not change is not reported) and when it
+//!   ends, as Istio's stats filter does; Istio reports an open stream once the peer's
+//!   metadata is known, which its metadata exchange tells, and a zero interval reports
+//!   without pause there, only at the end here. The request's are the messages the
 //!   connector sent upstream (none for a call answered before: `UH`, `UF`, a fault's
 //!   abort), where Envoy counts what the client sent. A gRPC-Web call's are counted from
 //!   its binary frames (its trailers frame is not a message); `application/grpc-web-text`
@@ -255,6 +261,8 @@ pub struct IstioMetrics {
     group_ids: Mutex<FastHashMap<String, u32>>,
     /// The series of overridden labels.
     overridden: RwLock<Overridden>,
+    /// The gRPC message counts, by label set.
+    messages: RwLock<FastHashMap<MessagesId, Arc<Messages>>>,
     /// Each reporter's listener address ([`IstioMetrics::set_listener_addr`]).
     listener_addrs: [OnceLock<std::net::SocketAddr>; 2],
     /// How often an open TCP connection's bytes are reported, in milliseconds
@@ -342,13 +350,11 @@ struct Peer {
     reporter: Reporter,
 }
 
-/// The [`MetricSet`] bits of the request metrics (`istio_request*`, and a gRPC request's
-/// message counts).
+/// The [`MetricSet`] bits of the request metrics (`istio_request*` but the message counts).
 const HTTP_METRICS: u16 = MetricSet::bit(IstioMetric::RequestCount)
     | MetricSet::bit(IstioMetric::RequestDuration)
     | MetricSet::bit(IstioMetric::RequestSize)
-    | MetricSet::bit(IstioMetric::ResponseSize)
-    | GRPC_METRICS;
+    | MetricSet::bit(IstioMetric::ResponseSize);
 
 /// The [`MetricSet`] bits of the gRPC message counts.
 const GRPC_METRICS: u16 = MetricSet::bit(IstioMetric::GrpcRequestMessages)
@@ -376,13 +382,19 @@ struct Series {
     duration: Histogram,
     request_bytes: Histogram,
     response_bytes: Histogram,
-    /// Whether a gRPC call was recorded in it: only those have message counts (a series of
-    /// overridden labels may hold both, when `request_protocol` is removed).
-    grpc: std::sync::atomic::AtomicBool,
-    /// `istio_request_messages_total`.
-    request_messages: AtomicU64,
-    /// `istio_response_messages_total`.
-    response_messages: AtomicU64,
+}
+
+/// What identifies a label set of the gRPC message counts: its reporter, its override
+/// group (`None`: Istio's labels), the [`MetricSet`] bits recorded in it (of
+/// [`GRPC_METRICS`]), and its labels' text.
+type MessagesId = (Reporter, Option<u32>, u16, Box<str>);
+
+/// A label set's gRPC message counts (`istio_request_messages_total`,
+/// `istio_response_messages_total`).
+#[derive(Default)]
+struct Messages {
+    request: AtomicU64,
+    response: AtomicU64,
 }
 
 /// Per-bucket counts (not cumulative; the last one is `+Inf` only) and the sum.
@@ -403,13 +415,12 @@ type Family = (
     fn(&Series) -> &Histogram,
 );
 
-/// A counter family of the request series: the metric it is, its name, its help, and its
-/// counter in a series.
+/// A gRPC message count family: the metric it is, its name, its help, and its counter.
 type CounterFamily = (
     IstioMetric,
     &'static str,
     &'static str,
-    fn(&Series) -> &AtomicU64,
+    fn(&Messages) -> &AtomicU64,
 );
 
 /// What identifies a label set, owned (the pointers it compares are kept alive by it).
@@ -617,6 +628,7 @@ impl IstioMetrics {
             ],
             group_ids: Mutex::default(),
             overridden: RwLock::default(),
+            messages: RwLock::default(),
             listener_addrs: [OnceLock::new(), OnceLock::new()],
             tcp_report_ms: AtomicU64::new(
                 mesh_core::telemetry::TCP_REPORTING_INTERVAL.as_millis() as u64
@@ -643,9 +655,11 @@ impl IstioMetrics {
         let _ = self.listener_addrs[reporter as usize].set(addr);
     }
 
-    /// How often the L4 listeners report an open TCP connection's bytes from now on (a
-    /// Telemetry's `reportingInterval`; zero: only when it closes). Default: Istio's 5 s
-    /// ([`mesh_core::telemetry::TCP_REPORTING_INTERVAL`]).
+    /// How often the L4 listeners report an open TCP connection's bytes, and the record
+    /// layer an open gRPC call's messages ([`Sink::progress`]), from now on (a Telemetry's
+    /// `reportingInterval`, Istio's `tcp_reporting_duration`, which paces both; zero: only
+    /// at the end). Default: Istio's 5 s ([`mesh_core::telemetry::TCP_REPORTING_INTERVAL`]).
+    /// A call or connection keeps the interval it began with.
     pub fn set_tcp_reporting_interval(&self, every: std::time::Duration) {
         let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
         self.tcp_report_ms.store(ms, Relaxed);
@@ -726,11 +740,11 @@ impl IstioMetrics {
     pub fn record(&self, reporter: Reporter, done: &Completed<'_>) {
         self.record_decisions(reporter, done);
         let word = self.enabled[reporter as usize].load(Acquire);
-        // the message counts are a gRPC call's only
-        let http = match done.grpc {
-            true => HTTP_METRICS,
-            false => HTTP_METRICS & !GRPC_METRICS,
-        };
+        // a gRPC call's messages, what earlier reports of it did not count
+        if done.grpc {
+            self.record_messages(reporter, done, word);
+        }
+        let http = HTTP_METRICS;
         let (on, mut overridden) = (word as u16 & http, (word >> 16) as u16);
         let key = SeriesKey {
             mask: http,
@@ -825,16 +839,7 @@ impl IstioMetrics {
         let Some(rules) = self.label_rules[reporter as usize].load_full() else {
             return 0;
         };
-        let cx = crate::sinks::EntryContext {
-            side: match reporter {
-                Reporter::Source => crate::sinks::Side::Outbound,
-                Reporter::Destination => crate::sinks::Side::Inbound,
-            },
-            local: self.listener_addrs[reporter as usize].get().copied(),
-            app_cluster: None,
-            service_time_header_only: false,
-        };
-        let values = crate::sinks::with_entry(done, &cx, |e| rules.evaluate(e));
+        let values = self.evaluate(reporter, &rules, done);
         let local = self.local.load_full();
         let ident = IdentRef::of(reporter, &local, done);
         let hash = ident.hash();
@@ -901,6 +906,96 @@ impl IstioMetrics {
             series.observe(done, on & g.mask);
         }
         rules.mask
+    }
+
+    /// The values of `rules`' expressions over `done`, as `reporter` sees it.
+    fn evaluate(
+        &self,
+        reporter: Reporter,
+        rules: &labels::LabelRules,
+        done: &Completed<'_>,
+    ) -> Vec<Box<str>> {
+        let cx = crate::sinks::EntryContext {
+            side: match reporter {
+                Reporter::Source => crate::sinks::Side::Outbound,
+                Reporter::Destination => crate::sinks::Side::Inbound,
+            },
+            local: self.listener_addrs[reporter as usize].get().copied(),
+            app_cluster: None,
+            service_time_header_only: false,
+        };
+        crate::sinks::with_entry(done, &cx, |e| rules.evaluate(e))
+    }
+
+    /// Adds a gRPC call's messages not counted yet (those since the earlier reports of
+    /// it, [`Completed::messages_reported`]) to its label sets: the peer's labels, as
+    /// Istio's stats filter records `istio_request_messages_total` and
+    /// `istio_response_messages_total` (`reportHelper`: the reporter and the peer's
+    /// `source_*` and `destination_*` labels, without the request's protocol, code, gRPC
+    /// status, flags and security policy, which it adds only after), with a side's overrides
+    /// applied. `word`: [`IstioMetrics::enabled`]'s word as the caller read it.
+    fn record_messages(&self, reporter: Reporter, done: &Completed<'_>, word: u32) {
+        let on = word as u16 & GRPC_METRICS;
+        if on == 0 {
+            return;
+        }
+        let (sent, got) = done.messages_reported;
+        let counts = (
+            done.request_messages.saturating_sub(sent),
+            done.response_messages.saturating_sub(got),
+        );
+        let local = self.local.load_full();
+        let ident = IdentRef::of(reporter, &local, done);
+        let Some(peer) = self.peer(&ident, ident.hash(), done) else {
+            self.dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        let text = message_labels(&peer.labels);
+        // the metrics whose labels the rules in force override (a reload since the
+        // caller's read: those the rules say, so that none is counted twice or lost)
+        let mut covered = 0;
+        if (word >> 16) as u16 & on != 0
+            && let Some(rules) = self.label_rules[reporter as usize].load_full()
+        {
+            let values = self.evaluate(reporter, &rules, done);
+            for g in rules.groups.iter().filter(|g| g.mask & on != 0) {
+                let id = (
+                    reporter,
+                    Some(g.id),
+                    g.mask & GRPC_METRICS,
+                    g.apply(text, &values).into(),
+                );
+                self.add_messages(id, g.mask & on, counts);
+            }
+            covered = rules.mask & on;
+        }
+        if on & !covered != 0 {
+            let id = (reporter, None, GRPC_METRICS & !covered, Box::from(text));
+            self.add_messages(id, on & !covered, counts);
+        }
+    }
+
+    /// Adds `counts` (request, response) to the metrics `on` has of label set `id`, made
+    /// under the series cap.
+    fn add_messages(&self, id: MessagesId, on: u16, counts: (u64, u64)) {
+        let found = self.messages.read().ok().and_then(|m| m.get(&id).cloned());
+        let messages = match found {
+            Some(m) => m,
+            None => {
+                let mut map = self.messages.write().unwrap_or_else(|e| e.into_inner());
+                match map.get(&id) {
+                    Some(m) => m.clone(),
+                    None if !self.new_series() => return,
+                    None => map.entry(id).or_default().clone(),
+                }
+            }
+        };
+        if on & MetricSet::bit(IstioMetric::GrpcRequestMessages) != 0 {
+            messages.request.fetch_add(counts.0, Relaxed);
+        }
+        if on & MetricSet::bit(IstioMetric::GrpcResponseMessages) != 0 {
+            messages.response.fetch_add(counts.1, Relaxed);
+        }
     }
 
     /// Counts a new series against the cap: `false` (and the request or connection counted
@@ -1037,38 +1132,49 @@ impl IstioMetrics {
                 sum.encode(out, name, &run[0].text);
             }
         }
-        // a gRPC call's messages, each way (Istio's sidecars count them through Envoy's
-        // `grpc_stats` filter): the series of gRPC calls only
-        let messages: [CounterFamily; 2] = [
+        self.encode_messages(out);
+        self.encode_tcp(out);
+        self.encode_decisions(out);
+        self.encode_registry(out);
+    }
+
+    /// A gRPC call's messages, each way (Istio's sidecars count them through Envoy's
+    /// `grpc_stats` filter), one line per label set.
+    fn encode_messages(&self, out: &mut String) {
+        let mut rows: Vec<(String, &str, Reporter, u16, Arc<Messages>)> = Vec::new();
+        let map = self.messages.read().unwrap_or_else(|e| e.into_inner());
+        for ((reporter, _, mask, labels), m) in map.iter() {
+            rows.push((without_empty(labels), labels, *reporter, *mask, m.clone()));
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let families: [CounterFamily; 2] = [
             (
                 IstioMetric::GrpcRequestMessages,
                 "istio_request_messages_total",
                 "gRPC messages sent by the clients of gRPC calls.",
-                |s| &s.request_messages,
+                |m| &m.request,
             ),
             (
                 IstioMetric::GrpcResponseMessages,
                 "istio_response_messages_total",
                 "gRPC messages sent by the servers of gRPC calls.",
-                |s| &s.response_messages,
+                |m| &m.response,
             ),
         ];
-        for (metric, name, help, get) in messages {
+        for (metric, name, help, get) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for run in self.runs(&all, metric).chunk_by(|a, b| a.key == b.key) {
-                let calls = run.iter().filter(|r| r.series.grpc.load(Relaxed));
-                let (any, sum) = calls.fold((false, 0u64), |(_, sum), r| {
-                    (true, sum.wrapping_add(get(r.series).load(Relaxed)))
-                });
-                if !any {
-                    continue;
-                }
-                let _ = writeln!(out, "{name}{{{}}} {sum}", run[0].text);
+            let on = [Reporter::Source, Reporter::Destination].map(|r| self.enabled(r).has(metric));
+            let exposed: Vec<_> = rows
+                .iter()
+                .filter(|r| r.3 & MetricSet::bit(metric) != 0 && on[r.2 as usize])
+                .collect();
+            for run in exposed.chunk_by(|a, b| a.0 == b.0) {
+                let sum = run
+                    .iter()
+                    .fold(0u64, |sum, r| sum.wrapping_add(get(&r.4).load(Relaxed)));
+                let _ = writeln!(out, "{name}{{{}}} {sum}", run[0].1);
             }
         }
-        self.encode_tcp(out);
-        self.encode_decisions(out);
-        self.encode_registry(out);
     }
 
     /// The registry's own gauges: its series and what the cap dropped.
@@ -1198,6 +1304,20 @@ impl Sink for MetricsSink {
             _ => Interest::Outcome,
         }
     }
+
+    /// A gRPC call's messages are reported every reporting interval while it is open
+    /// ([`IstioMetrics::set_tcp_reporting_interval`], Istio's `tcp_reporting_duration`,
+    /// which paces its gRPC streams' reports too), when the side makes a message count.
+    fn progress_interval(&self) -> Option<std::time::Duration> {
+        let m = &self.metrics;
+        let on = m.enabled[self.reporter as usize].load(Relaxed) as u16 & GRPC_METRICS != 0;
+        on.then(|| m.tcp_reporting_interval())
+    }
+
+    fn progress(&self, open: &Completed<'_>) {
+        let word = self.metrics.enabled[self.reporter as usize].load(Acquire);
+        self.metrics.record_messages(self.reporter, open, word);
+    }
 }
 
 impl std::fmt::Debug for MetricsSink {
@@ -1232,9 +1352,6 @@ impl Series {
             duration: Histogram::default(),
             request_bytes: Histogram::default(),
             response_bytes: Histogram::default(),
-            grpc: std::sync::atomic::AtomicBool::new(key.grpc),
-            request_messages: AtomicU64::new(0),
-            response_messages: AtomicU64::new(0),
         }
     }
 }
@@ -1257,20 +1374,6 @@ impl Series {
         }
         if on & MetricSet::bit(IstioMetric::ResponseSize) != 0 {
             self.response_bytes.observe(done.response_bytes);
-        }
-        // a gRPC call's messages
-        if done.grpc && on & GRPC_METRICS != 0 {
-            if !self.grpc.load(Relaxed) {
-                self.grpc.store(true, Relaxed);
-            }
-            if on & MetricSet::bit(IstioMetric::GrpcRequestMessages) != 0 {
-                self.request_messages
-                    .fetch_add(done.request_messages, Relaxed);
-            }
-            if on & MetricSet::bit(IstioMetric::GrpcResponseMessages) != 0 {
-                self.response_messages
-                    .fetch_add(done.response_messages, Relaxed);
-            }
         }
     }
 }
@@ -1450,6 +1553,13 @@ impl<'a> IdentRef<'a> {
         }
         s
     }
+}
+
+/// The labels of a gRPC message count: `peer`'s (a label set of the request metrics, as
+/// [`IdentRef::labels`] writes it) without `connection_security_policy` (its last).
+fn message_labels(peer: &str) -> &str {
+    peer.rfind(",connection_security_policy=\"")
+        .map_or(peer, |i| &peer[..i])
 }
 
 /// The labels of a `reporter="destination"` series (the proxy's workload is the

@@ -24,7 +24,11 @@
 //! 4. at the end of the body (or its error, or when the body or the future is dropped before
 //!    the end: a client gone away), one [`Completed`] to each interested [`Sink`], in order. A
 //!    trailers frame is the end: hyper's HTTP/2 server and tonic's client drop the body
-//!    after it without polling for the end, and the exchange is complete, not a `DC`.
+//!    after it without polling for the end, and the exchange is complete, not a `DC`;
+//! 5. while a gRPC call is open, to the sinks that ask for it
+//!    ([`Sink::progress_interval`]: Istio's metrics, for a long stream's messages), its
+//!    record so far every interval ([`Sink::progress`], [`End::Open`]), from a tokio timer
+//!    the response future and body poll (the runtime needs its time driver).
 //!
 //! With no sink, or none interested in the request (an access log or a span exporter turned
 //! off, an unsampled request for spans), the layer only passes the request on: no
@@ -134,6 +138,25 @@ pub trait Sink: Send + Sync + 'static {
         let _ = trace;
         Interest::Details
     }
+
+    /// How often this sink wants a gRPC call that is still open reported to
+    /// [`Sink::progress`], asked when a gRPC call the sink is interested in arrives (as
+    /// short as [`Sink::interest`]). `None` (the default), or zero: never; the call is
+    /// reported once, complete. The layer reports at the shortest interval its sinks ask
+    /// for, to those that asked.
+    fn progress_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// A gRPC call still open, every [`Sink::progress_interval`] (Istio's stats filter
+    /// reports a gRPC stream's messages every `tcp_reporting_duration`): the record so far,
+    /// [`End::Open`], its `end` the time of the report. Its message counts are the call's
+    /// so far; [`Completed::messages_reported`] what the reports before carried (the last
+    /// report, [`Sink::complete`], carries them too): a sink adding counts adds the
+    /// difference. A call whose counts did not change since the last report is not reported.
+    fn progress(&self, open: &Completed<'_>) {
+        let _ = open;
+    }
 }
 
 /// What a [`Sink`] reads of a request ([`Sink::interest`]).
@@ -215,6 +238,9 @@ pub enum End {
     /// The response (or the future waiting for it) was dropped before its end: the client
     /// went away (Envoy's `DC`).
     Dropped,
+    /// Not ended: a gRPC call still open, reported to [`Sink::progress`] (never to
+    /// [`Sink::complete`]).
+    Open,
 }
 
 /// What happened to one request, handed to every [`Sink`] when it is complete (a read-only
@@ -256,6 +282,10 @@ pub struct Completed<'a> {
     /// A gRPC request's response messages sent to the client (0 for another request):
     /// Istio's `istio_response_messages_total`.
     pub response_messages: u64,
+    /// The request and response messages that earlier [`Sink::progress`] reports of the
+    /// call carried (`(0, 0)` for a call never reported open): what a sink adding counts
+    /// added already.
+    pub messages_reported: (u64, u64),
     /// The hop's trace context.
     pub trace: Option<&'a TraceContext>,
     /// What the layers inside recorded: the route, the last attempt's upstream, attempts.
@@ -341,9 +371,22 @@ struct Pending {
     /// A gRPC response's messages so far (`None`: not counted, the request is not a gRPC
     /// call with a framed body: the connector's definition).
     response_messages: Option<mesh_core::grpc::MessageCounter>,
+    /// The reports of a gRPC call still open, when a sink asked for them.
+    progress: Option<Box<Progress>>,
     trace: Option<TraceContext>,
     client_addr: Option<SocketAddr>,
     peer: Option<PeerIdentity>,
+}
+
+/// A gRPC call's reports while it is open ([`Sink::progress`]).
+struct Progress {
+    /// The sinks that asked for them (bits as [`Pending::called`]).
+    sinks: u64,
+    every: Duration,
+    /// The next report's timer (tokio's: a runtime with its time driver).
+    tick: Pin<Box<tokio::time::Sleep>>,
+    /// The request and response messages the reports so far carried.
+    reported: (u64, u64),
 }
 
 /// Reports its request when dropped, if nothing reported it before.
@@ -459,6 +502,9 @@ where
         let sinks = self.layer.sinks.clone();
         let tls = details.then(|| self.layer.downstream_tls(req.extensions(), &view));
         let mut pending = Pending::new(sinks, called, tls, info.clone(), start, &req, &view);
+        if pending.response_messages.is_some() {
+            pending.arm_progress();
+        }
         if headers && let Some(d) = pending.details.as_mut() {
             d.headers = Some(req.headers().clone());
         }
@@ -589,6 +635,7 @@ impl Pending {
             response_bytes: 0,
             response_messages: (framed && req.method() == http::Method::POST)
                 .then(mesh_core::grpc::MessageCounter::default),
+            progress: None,
             trace: view.trace_context().copied(),
             client_addr: view.client_addr().map(|c| c.0),
             peer: view.own::<PeerIdentity>().cloned(),
@@ -640,17 +687,90 @@ impl Pending {
         }
     }
 
+    /// Arms the reports of a gRPC call while it is open, if a sink interested in it asks
+    /// for them ([`Sink::progress_interval`]).
+    fn arm_progress(&mut self) {
+        let (mut sinks, mut every) = (0u64, Duration::MAX);
+        for (i, sink) in self.sinks.iter().enumerate().take(64) {
+            if self.called & (1 << i) != 0
+                && let Some(d) = sink.progress_interval().filter(|d| !d.is_zero())
+            {
+                sinks |= 1 << i;
+                every = every.min(d);
+            }
+        }
+        if sinks != 0 {
+            self.progress = Some(Box::new(Progress {
+                sinks,
+                every,
+                tick: Box::pin(tokio::time::sleep(every)),
+                reported: (0, 0),
+            }));
+        }
+    }
+
+    /// Reports the call to the sinks that asked, if its timer is due (and sets it again);
+    /// registers `cx` with the timer.
+    #[inline]
+    fn poll_progress(&mut self, cx: &mut Context<'_>) {
+        if self.progress.is_some() {
+            self.poll_progress_timer(cx);
+        }
+    }
+
+    fn poll_progress_timer(&mut self, cx: &mut Context<'_>) {
+        let Some(mut p) = self.progress.take() else {
+            return;
+        };
+        while p.tick.as_mut().poll(cx).is_ready() {
+            let next = tokio::time::Instant::now() + p.every;
+            p.tick.as_mut().reset(next);
+            let sinks = p.sinks;
+            let reported = p.reported;
+            p.reported = self.info.read(|recorded| {
+                let open = self.completed(End::Open, Instant::now(), recorded, reported);
+                let counts = (open.request_messages, open.response_messages);
+                if counts != reported {
+                    for (i, sink) in self.sinks.iter().enumerate().take(64) {
+                        if sinks & (1 << i) != 0 {
+                            sink.progress(&open);
+                        }
+                    }
+                }
+                counts
+            });
+        }
+        self.progress = Some(p);
+    }
+
     fn finish(self: Box<Self>, how: End, end: Instant) {
         // every attempt is over: the record is read in place, not copied
         self.info.read(|recorded| self.report(how, end, recorded));
     }
 
     fn report(&self, how: End, end: Instant, recorded: &Recorded) {
+        let reported = self.progress.as_ref().map_or((0, 0), |p| p.reported);
+        let done = self.completed(how, end, recorded, reported);
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if i >= 64 || self.called & (1 << i) != 0 {
+                sink.complete(&done);
+            }
+        }
+    }
+
+    /// The record of the request as it ended (`how`), or so far ([`End::Open`]).
+    fn completed<'a>(
+        &'a self,
+        how: End,
+        end: Instant,
+        recorded: &'a Recorded,
+        messages_reported: (u64, u64),
+    ) -> Completed<'a> {
         let flags = match how {
             End::Dropped => self.flags | ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
             _ => self.flags,
         };
-        let done = Completed {
+        Completed {
             start: self.start,
             end,
             how,
@@ -667,15 +787,11 @@ impl Pending {
             response_bytes: self.response_bytes,
             request_messages: self.info.request_messages(),
             response_messages: self.response_messages.map_or(0, |m| m.count()),
+            messages_reported,
             trace: self.trace.as_ref(),
             info: recorded,
             client_addr: self.client_addr,
             peer: self.peer.as_ref(),
-        };
-        for (i, sink) in self.sinks.iter().enumerate() {
-            if i >= 64 || self.called & (1 << i) != 0 {
-                sink.complete(&done);
-            }
         }
     }
 }
@@ -715,6 +831,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if let Some(p) = this.guard.0.as_mut() {
+            p.poll_progress(cx);
+        }
         let res = ready!(this.inner.poll(cx));
         let mut guard = Guard(this.guard.0.take());
         Poll::Ready(match res {
@@ -775,6 +894,9 @@ impl<B: Body> Body for RecordBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
+        if let Some(p) = this.guard.0.as_mut() {
+            p.poll_progress(cx);
+        }
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         if let Some(p) = this.guard.0.as_mut() {
             match &frame {

@@ -2280,7 +2280,7 @@ static TELEMETRY_METRICS: TypeDef = TypeDef {
             "reportingInterval",
             Leaf,
             Status::Enforced,
-            "how often the L4 listeners add an open TCP connection's bytes to `istio_tcp_*` (both sides: Istio keeps it per provider; default 5 s, Istio's; `0s`: only at its close); the last entry that sets it for `prometheus`",
+            "how often the L4 listeners add an open TCP connection's bytes to `istio_tcp_*`, and the record layer an open gRPC call's messages to `istio_request_messages_total` and `istio_response_messages_total`, as Istio's `tcp_reporting_duration` paces both (both sides: Istio keeps it per provider; default 5 s, Istio's; `0s`: only at the end, where Istio reports a gRPC stream without pause); the last entry that sets it for `prometheus`",
         ),
     ],
 };
@@ -2311,7 +2311,7 @@ static METRIC_SELECTOR: TypeDef = TypeDef {
             "metric",
             Leaf,
             Status::Enforced,
-            "every one of Istio's standard metrics; `GRPC_REQUEST_MESSAGES` and `GRPC_RESPONSE_MESSAGES` (`istio_request_messages_total`, `istio_response_messages_total`: a gRPC call's messages each way, counted when it ends, where Istio also adds them every 5 s while a stream is open)",
+            "every one of Istio's standard metrics; `GRPC_REQUEST_MESSAGES` and `GRPC_RESPONSE_MESSAGES` (`istio_request_messages_total`, `istio_response_messages_total`: a gRPC call's messages each way, added every `reportingInterval` while it is open and at its end, with the reporter's and the peer's labels only, as Istio's stats filter records them; overrides of the labels they do not have do nothing, as in Istio)",
         ),
         field(
             "customMetric",

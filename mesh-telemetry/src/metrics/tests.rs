@@ -73,6 +73,8 @@ struct Req {
     grpc: Option<u32>,
     /// gRPC messages sent and received.
     messages: (u64, u64),
+    /// What earlier reports of the call carried.
+    reported: (u64, u64),
 }
 
 impl Req {
@@ -86,15 +88,26 @@ impl Req {
             millis: 3,
             grpc: None,
             messages: (0, 0),
+            reported: (0, 0),
         }
     }
 
     fn record(&self, m: &IstioMetrics, reporter: Reporter) {
+        self.with_completed(End::Complete, |done| m.record(reporter, done));
+    }
+
+    /// Reports the call open, as the record layer's timer does.
+    fn progress(&self, m: &Arc<IstioMetrics>, reporter: Reporter) {
+        let sink = m.sink(reporter);
+        self.with_completed(End::Open, |done| sink.progress(done));
+    }
+
+    fn with_completed(&self, how: End, f: impl FnOnce(&Completed<'_>)) {
         let start = Instant::now();
         let done = Completed {
             start,
             end: start + Duration::from_millis(self.millis),
-            how: End::Complete,
+            how,
             details: None,
             version: Version::HTTP_11,
             authority: self.authority,
@@ -106,12 +119,13 @@ impl Req {
             response_bytes: 2000,
             request_messages: self.messages.0,
             response_messages: self.messages.1,
+            messages_reported: self.reported,
             trace: None,
             info: &self.info,
             client_addr: None,
             peer: self.peer.as_ref(),
         };
-        m.record(reporter, &done);
+        f(&done);
     }
 }
 
@@ -1309,24 +1323,52 @@ fn connection_mtls_is_the_downstream_s_on_tcp_as_on_http() {
     );
 }
 
+/// The labels Istio's stats filter gives the message counts: up to `destination_cluster`
+/// (istio/proxy's `testdata/metric/client_request_messages.yaml.tmpl`).
+const NOT_ON_MESSAGES: [&str; 5] = [
+    "request_protocol=",
+    "response_code=",
+    "grpc_response_status=",
+    "response_flags=",
+    "connection_security_policy=",
+];
+
 #[test]
-fn a_grpc_call_s_messages_are_counted_in_its_series_only() {
-    // istio_request_messages_total / istio_response_messages_total: gRPC calls' series
-    // only, turned off as any standard metric
+fn a_grpc_call_s_messages_have_the_peer_s_labels_only_as_istio_s() {
+    // istio_request_messages_total / istio_response_messages_total: the reporter and the
+    // peer's labels, whatever the call's answer; turned off as any standard metric
     let m = IstioMetrics::new(local());
     let up = upstream(false);
     let mut call = Req::new(200, routed(Some(&up)));
     call.grpc = Some(0);
     call.messages = (3, 2);
     call.record(&m, Reporter::Source);
-    call.record(&m, Reporter::Source);
+    let mut failed = Req::new(200, routed(Some(&up)));
+    failed.grpc = Some(14);
+    failed.messages = (3, 2);
+    failed.record(&m, Reporter::Source);
     Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
     let text = m.encode_to_string();
     let sent = family(&text, "istio_request_messages_total{");
     let got = family(&text, "istio_response_messages_total{");
     assert_eq!((sent.len(), got.len()), (1, 1), "{text}");
-    assert!(sent[0].contains(r#"request_protocol="grpc""#) && sent[0].ends_with(" 6"));
-    assert!(got[0].contains(r#"grpc_response_status="0""#) && got[0].ends_with(" 4"));
+    assert!(sent[0].ends_with(" 6") && got[0].ends_with(" 4"), "{text}");
+    let requests = requests_line(&text, &["grpc_response_status=\"14\""]).expect(&text);
+    let (request_labels, _) = requests.split_once("} ").unwrap();
+    let (labels, _) = sent[0].split_once("} ").unwrap();
+    for l in NOT_ON_MESSAGES {
+        assert!(!labels.contains(l), "{l} in {labels}");
+    }
+    // the request series' labels up to destination_cluster, in Istio's order
+    let until = request_labels.find(",connection_security_policy=").unwrap();
+    assert_eq!(
+        labels.trim_start_matches("istio_request_messages_total{"),
+        request_labels[..until].trim_start_matches("istio_requests_total{")
+    );
+    assert!(
+        labels.ends_with(r#",destination_cluster="unknown""#),
+        "{labels}"
+    );
     let mut off = MetricSet::ALL;
     off = MetricSet::from_bits(off.bits() & !MetricSet::bit(IstioMetric::GrpcRequestMessages));
     m.set_enabled(Reporter::Source, off);
@@ -1337,30 +1379,82 @@ fn a_grpc_call_s_messages_are_counted_in_its_series_only() {
         "{text}"
     );
     assert!(family(&text, "istio_response_messages_total{")[0].ends_with(" 6"));
-    // overridden as the others (ALL_METRICS reaches them)
+    // overridden as the others (ALL_METRICS reaches them): a label the messages do not
+    // have is neither removed nor set (Istio's `overrideTags` goes over the metric's own)
     m.set_enabled(Reporter::Source, MetricSet::ALL);
     m.set_label_overrides(
         Reporter::Source,
         &overrides(
             &[IstioMetric::GrpcRequestMessages],
-            &[("response_flags", None)],
+            &[
+                ("source_app", None),
+                ("response_code", Some("'x'")),
+                ("method", Some("'Get'")),
+            ],
         ),
     );
     call.record(&m, Reporter::Source);
     let text = m.encode_to_string();
     let sent = family(&text, "istio_request_messages_total{");
     assert_eq!(sent.len(), 2, "{sent:#?}");
+    let over = sent
+        .iter()
+        .find(|l| !l.contains("source_app"))
+        .expect(&text);
+    assert!(over.ends_with(r#",method="Get"} 3"#), "{over}");
+    assert!(!over.contains("response_code"), "{over}");
+}
+
+#[test]
+fn an_open_call_s_reports_add_what_is_new_and_its_end_the_rest() {
+    // Istio's stats filter adds a stream's messages every reporting interval: each report
+    // adds what the earlier ones did not, the end the rest
+    let m = Arc::new(IstioMetrics::new(local()));
+    let up = upstream(false);
+    let mut call = Req::new(200, routed(Some(&up)));
+    call.grpc = None; // not answered yet: no status
+    call.status = None;
+    call.messages = (2, 1);
+    call.progress(&m, Reporter::Source);
+    let count = |m: &IstioMetrics, family_name: &str| -> Vec<String> {
+        family(&m.encode_to_string(), family_name)
+            .iter()
+            .map(|l| l.rsplit_once(' ').unwrap().1.to_owned())
+            .collect()
+    };
+    assert_eq!(count(&m, "istio_request_messages_total{"), ["2"]);
+    assert_eq!(count(&m, "istio_response_messages_total{"), ["1"]);
     assert!(
-        sent.iter()
-            .any(|l| !l.contains("response_flags") && l.ends_with(" 3"))
+        family(&m.encode_to_string(), "istio_requests_total{").is_empty(),
+        "an open call is not a request yet"
     );
+    call.reported = (2, 1);
+    call.messages = (5, 1);
+    call.progress(&m, Reporter::Source);
+    assert_eq!(count(&m, "istio_request_messages_total{"), ["5"]);
+    call.reported = (5, 1);
+    call.messages = (5, 4);
+    call.status = Some(200);
+    call.grpc = Some(0);
+    call.record(&m, Reporter::Source);
+    assert_eq!(count(&m, "istio_request_messages_total{"), ["5"]);
+    assert_eq!(count(&m, "istio_response_messages_total{"), ["4"]);
+    assert_eq!(count(&m, "istio_requests_total{"), ["1"]);
+    // the sink asks for reports at the reporting interval, while a message count is made
+    let sink = m.sink(Reporter::Source);
+    assert_eq!(sink.progress_interval(), Some(Duration::from_secs(5)));
+    m.set_tcp_reporting_interval(Duration::from_millis(100));
+    assert_eq!(sink.progress_interval(), Some(Duration::from_millis(100)));
+    let only_requests = MetricSet::from_bits(MetricSet::bit(IstioMetric::RequestCount));
+    m.set_enabled(Reporter::Source, only_requests);
+    assert_eq!(sink.progress_interval(), None);
 }
 
 #[test]
 fn a_grpc_call_sharing_a_series_with_plain_requests_keeps_its_message_counts() {
     // with `request_protocol` and `grpc_response_status` removed, a plain request and a
-    // gRPC call of the same code share a series: whichever comes first, the call's
-    // messages are counted and exposed
+    // gRPC call of the same code share a series: the call's messages are counted and
+    // exposed all the same
     let metrics: Vec<IstioMetric> = [
         IstioMetric::RequestCount,
         IstioMetric::GrpcRequestMessages,

@@ -701,3 +701,161 @@ async fn a_connect_failure_s_transport_failure_reason_is_in_the_details() {
     );
     assert_eq!(seen[1].transport_failure, None);
 }
+
+/// What a sink was handed: how, request messages, response messages, the messages
+/// reported before.
+type Report = (End, u64, u64, (u64, u64));
+
+/// A sink asking for reports of open gRPC calls every `every`.
+struct Progressing {
+    every: Option<Duration>,
+    seen: Mutex<Vec<Report>>,
+}
+
+impl Progressing {
+    fn new(every: Option<Duration>) -> Arc<Self> {
+        Arc::new(Progressing {
+            every,
+            seen: Mutex::default(),
+        })
+    }
+
+    fn take(&self) -> Vec<Report> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+
+    fn note(&self, c: &Completed<'_>) {
+        let row = (
+            c.how,
+            c.request_messages,
+            c.response_messages,
+            c.messages_reported,
+        );
+        self.seen.lock().unwrap().push(row);
+    }
+}
+
+impl Sink for Progressing {
+    fn complete(&self, c: &Completed<'_>) {
+        self.note(c);
+    }
+    fn progress_interval(&self) -> Option<Duration> {
+        self.every
+    }
+    fn progress(&self, c: &Completed<'_>) {
+        self.note(c);
+    }
+}
+
+type FrameTx = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+
+type Streaming = tower::util::BoxCloneService<
+    Request<Full<Bytes>>,
+    Response<http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>>,
+    Infallible,
+>;
+
+/// A service answering a gRPC call once `head` is sent, with a body of the frames sent on
+/// the returned channel, after noting 3 request messages (as the connector does).
+fn streaming() -> (Streaming, tokio::sync::oneshot::Sender<()>, FrameTx) {
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel::<()>();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let parts = Arc::new(Mutex::new(Some((head_rx, rx))));
+    let svc = tower::service_fn(move |req: Request<Full<Bytes>>| {
+        let parts = parts.lock().unwrap().take();
+        async move {
+            if let Some(info) = mesh_core::ext::stream_info(req.extensions()) {
+                info.note_request_messages(3);
+            }
+            let (head, mut rx) = parts.expect("one call");
+            let _ = head.await;
+            let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+            Ok::<_, Infallible>(Response::new(StreamBody::new(frames).boxed_unsync()))
+        }
+    });
+    (Streaming::new(svc), head_tx, tx)
+}
+
+fn grpc_call() -> Request<Full<Bytes>> {
+    Request::builder()
+        .method("POST")
+        .header("content-type", "application/grpc")
+        .body(Full::default())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_grpc_call_is_reported_every_interval_with_its_counts_so_far() {
+    // Istio's stats filter reports a gRPC stream's messages every reporting interval: from
+    // the record layer's timer, while the head is awaited and while the body streams; an
+    // interval without a new message is not reported; the end carries the rest
+    let every = Duration::from_secs(5);
+    let asks = Progressing::new(Some(every));
+    let never = Progressing::new(None);
+    let sinks: Vec<Arc<dyn Sink>> = vec![asks.clone(), never.clone()];
+    let (svc, head, frames) = streaming();
+    let svc = ServiceBuilder::new()
+        .layer(RecordLayer::new(sinks))
+        .service(svc);
+    let mut call = Box::pin(svc.oneshot(grpc_call()));
+    // the head awaited: one report at 5 s, of the request's messages
+    let waited = tokio::time::timeout(Duration::from_secs(6), call.as_mut()).await;
+    assert!(waited.is_err(), "no head yet");
+    assert_eq!(asks.take(), [(End::Open, 3, 0, (0, 0))]);
+    head.send(()).unwrap();
+    let res = call.await.unwrap();
+    let mut body = res.into_body();
+    // two messages, then the 10 s report (counts so far, what the first carried)
+    let two = Bytes::from_static(b"\0\0\0\0\x01a\0\0\0\0\x01b");
+    frames.send(Ok(Frame::data(two))).await.unwrap();
+    assert!(body.frame().await.is_some());
+    let waited = tokio::time::timeout(Duration::from_secs(5), body.frame()).await;
+    assert!(waited.is_err());
+    assert_eq!(asks.take(), [(End::Open, 3, 2, (3, 0))]);
+    // nothing new: the 15 s report is not made
+    let waited = tokio::time::timeout(Duration::from_secs(5), body.frame()).await;
+    assert!(waited.is_err());
+    assert!(asks.take().is_empty());
+    // a last message and the trailers: the end, with what the reports carried
+    frames
+        .send(Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x01c"))))
+        .await
+        .unwrap();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    frames.send(Ok(Frame::trailers(trailers))).await.unwrap();
+    drop(frames);
+    while body.frame().await.is_some() {}
+    assert_eq!(asks.take(), [(End::Complete, 3, 3, (3, 2))]);
+    assert_eq!(
+        never.take(),
+        [(End::Complete, 3, 3, (3, 2))],
+        "a sink that asked for no report sees the end only"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_is_not_grpc_is_not_reported_open() {
+    let asks = Progressing::new(Some(Duration::from_secs(5)));
+    let (svc, head, frames) = streaming();
+    let svc = ServiceBuilder::new()
+        .layer(RecordLayer::new(vec![asks.clone() as Arc<dyn Sink>]))
+        .service(svc);
+    let mut req = grpc_call();
+    req.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    head.send(()).unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    let mut body = res.into_body();
+    frames
+        .send(Ok(Frame::data(Bytes::from_static(b"{}"))))
+        .await
+        .unwrap();
+    assert!(body.frame().await.is_some());
+    let waited = tokio::time::timeout(Duration::from_secs(30), body.frame()).await;
+    assert!(waited.is_err());
+    assert!(asks.take().is_empty(), "no report while open");
+    drop(frames);
+    while body.frame().await.is_some() {}
+    assert_eq!(asks.take(), [(End::Complete, 3, 0, (0, 0))]);
+}
