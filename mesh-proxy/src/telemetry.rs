@@ -41,11 +41,14 @@ impl Telemetry {
         let mut inbound: Vec<Arc<dyn Sink>> = vec![metrics.sink(Reporter::Destination)];
         outbound.extend(exporters.outbound_sinks());
         inbound.extend(exporters.inbound_sinks());
+        // open gRPC calls' messages reported every reporting interval, as Istio's sidecars
+        // do (the workers' runtimes have their time driver)
         Telemetry {
-            outbound: RecordLayer::new(outbound),
+            outbound: RecordLayer::new(outbound).with_progress_reports(),
             // the inbound listener terminates TLS (mTLS): its requests carry `PeerTls`
             // (a server span's `url.scheme`)
             inbound: RecordLayer::new(inbound)
+                .with_progress_reports()
                 .with_downstream_tls(|ext| ext.get::<mesh_transport::tls::PeerTls>().is_some()),
             metrics,
             exporters,

@@ -63,7 +63,9 @@
 //! histogram's count), shared by the workers without a lock taken for writing except when
 //! a new label set or series appears. A request with a response flag or a retry adds to
 //! its route's decision counters too, found the same way ([`decisions`]); the others pay
-//! one branch for them. `benches/benches/telemetry.rs` measures it against
+//! one branch for them. A gRPC call also adds its message counts to its peer's (found
+//! again through the peer, its own read lock and two atomic additions), at its end and
+//! in each report while it is open. `benches/benches/telemetry.rs` measures it against
 //! `prometheus-client` (docs/performance.md: 13–16× faster).
 //!
 //! ```
@@ -117,9 +119,10 @@
 //! The expressions are evaluated per request, on a side with overrides only (a request's
 //! details are then captured for them), and when a TCP connection opens (what is known
 //! then: its upstream, the listener; `connection.mtls` is the downstream's, as Envoy's).
-//! Metrics with the same overrides share a series, one per label set (what the series cap
-//! counts), found again by the standard labels' series and the expressions' values; its
-//! labels are written once. An expression that is one attribute, `string()` of one, or one
+//! Request metrics with the same overrides share a series, one per label set (what the
+//! series cap counts), found again by the standard labels' series and the expressions'
+//! values; its labels are written once (the gRPC message counts have label sets of their
+//! own, found by their text). An expression that is one attribute, `string()` of one, or one
 //! request header is read without CEL's evaluator. The metrics without overrides keep the
 //! path above. Series recorded under other overrides (before a reload) stay; the
 //! exposition writes one line per label set, summing series whose labels differ only by
@@ -348,6 +351,9 @@ struct Peer {
     labels: Box<str>,
     series: RwLock<FastHashMap<SeriesKey, Arc<Series>>>,
     reporter: Reporter,
+    /// Its gRPC message counts under Istio's labels (shared with the peers whose labels
+    /// differ only by `connection_security_policy`), once made.
+    messages: OnceLock<Arc<Messages>>,
 }
 
 /// The [`MetricSet`] bits of the request metrics (`istio_request*` but the message counts).
@@ -385,14 +391,15 @@ struct Series {
 }
 
 /// What identifies a label set of the gRPC message counts: its reporter, its override
-/// group (`None`: Istio's labels), the [`MetricSet`] bits recorded in it (of
-/// [`GRPC_METRICS`]), and its labels' text.
-type MessagesId = (Reporter, Option<u32>, u16, Box<str>);
+/// group (`None`: Istio's labels), and its labels' text.
+type MessagesId = (Reporter, Option<u32>, Box<str>);
 
 /// A label set's gRPC message counts (`istio_request_messages_total`,
 /// `istio_response_messages_total`).
 #[derive(Default)]
 struct Messages {
+    /// The [`MetricSet`] bits recorded in it (of [`GRPC_METRICS`]): it is exposed in those.
+    mask: std::sync::atomic::AtomicU16,
     request: AtomicU64,
     response: AtomicU64,
 }
@@ -701,9 +708,9 @@ impl IstioMetrics {
         });
     }
 
-    /// Caps the number of series (each a label set of the request metrics, of the TCP
-    /// metrics, or of a route's decision counters): the requests of a new label set beyond
-    /// it are counted in `mesh_proxy_metrics_dropped_total` only.
+    /// Caps the number of series (each a label set of the request metrics, of the gRPC
+    /// message counts, of the TCP metrics, or of a route's decision counters): the requests
+    /// of a new label set beyond it are counted in `mesh_proxy_metrics_dropped_total` only.
     pub fn with_max_series(mut self, max: usize) -> Self {
         self.max_series = max;
         self
@@ -933,7 +940,9 @@ impl IstioMetrics {
     /// `istio_response_messages_total` (`reportHelper`: the reporter and the peer's
     /// `source_*` and `destination_*` labels, without the request's protocol, code, gRPC
     /// status, flags and security policy, which it adds only after), with a side's overrides
-    /// applied. `word`: [`IstioMetrics::enabled`]'s word as the caller read it.
+    /// applied. `word`: [`IstioMetrics::enabled`]'s word as the caller read it. A report of
+    /// an open call ([`End::Open`](crate::record::End::Open)) beyond the series cap is not
+    /// counted dropped (the call's end is, once).
     fn record_messages(&self, reporter: Reporter, done: &Completed<'_>, word: u32) {
         let on = word as u16 & GRPC_METRICS;
         if on == 0 {
@@ -944,13 +953,15 @@ impl IstioMetrics {
             done.request_messages.saturating_sub(sent),
             done.response_messages.saturating_sub(got),
         );
+        let drops = done.how != crate::record::End::Open;
         let local = self.local.load_full();
         let ident = IdentRef::of(reporter, &local, done);
         let Some(peer) = self.peer(&ident, ident.hash(), done) else {
-            self.dropped.fetch_add(1, Relaxed);
+            if drops {
+                self.dropped.fetch_add(1, Relaxed);
+            }
             return;
         };
-        let text = message_labels(&peer.labels);
         // the metrics whose labels the rules in force override (a reload since the
         // caller's read: those the rules say, so that none is counted twice or lost)
         let mut covered = 0;
@@ -958,44 +969,57 @@ impl IstioMetrics {
             && let Some(rules) = self.label_rules[reporter as usize].load_full()
         {
             let values = self.evaluate(reporter, &rules, done);
+            let text = message_labels(&peer.labels);
             for g in rules.groups.iter().filter(|g| g.mask & on != 0) {
-                let id = (
-                    reporter,
-                    Some(g.id),
-                    g.mask & GRPC_METRICS,
-                    g.apply(text, &values).into(),
-                );
-                self.add_messages(id, g.mask & on, counts);
+                let id = (reporter, Some(g.id), g.apply(text, &values).into());
+                if let Some(m) = self.messages_of(id, drops) {
+                    m.add(g.mask & on, counts);
+                }
             }
             covered = rules.mask & on;
         }
-        if on & !covered != 0 {
-            let id = (reporter, None, GRPC_METRICS & !covered, Box::from(text));
-            self.add_messages(id, on & !covered, counts);
+        if on & !covered == 0 {
+            return;
+        }
+        // Istio's labels: the peer's set, made once
+        let standard = match peer.messages.get() {
+            Some(m) => Some(m.clone()),
+            None => {
+                let id = (reporter, None, Box::from(message_labels(&peer.labels)));
+                self.messages_of(id, drops)
+                    .map(|m| peer.messages.get_or_init(|| m).clone())
+            }
+        };
+        if let Some(m) = standard {
+            m.add(on & !covered, counts);
         }
     }
 
-    /// Adds `counts` (request, response) to the metrics `on` has of label set `id`, made
-    /// under the series cap.
-    fn add_messages(&self, id: MessagesId, on: u16, counts: (u64, u64)) {
-        let found = self.messages.read().ok().and_then(|m| m.get(&id).cloned());
-        let messages = match found {
-            Some(m) => m,
-            None => {
-                let mut map = self.messages.write().unwrap_or_else(|e| e.into_inner());
-                match map.get(&id) {
-                    Some(m) => m.clone(),
-                    None if !self.new_series() => return,
-                    None => map.entry(id).or_default().clone(),
-                }
+    /// The message counts of label set `id`: found, or made under the series cap (`drops`:
+    /// a set the cap refuses counts as a dropped request).
+    fn messages_of(&self, id: MessagesId, drops: bool) -> Option<Arc<Messages>> {
+        if let Some(m) = self.messages.read().ok().and_then(|m| m.get(&id).cloned()) {
+            return Some(m);
+        }
+        // over the cap, a new label set is refused without the write lock
+        if self.series.load(Relaxed) >= self.max_series {
+            if drops {
+                self.dropped.fetch_add(1, Relaxed);
             }
-        };
-        if on & MetricSet::bit(IstioMetric::GrpcRequestMessages) != 0 {
-            messages.request.fetch_add(counts.0, Relaxed);
+            return None;
         }
-        if on & MetricSet::bit(IstioMetric::GrpcResponseMessages) != 0 {
-            messages.response.fetch_add(counts.1, Relaxed);
+        let mut map = self.messages.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = map.get(&id) {
+            return Some(m.clone());
         }
+        if self.series.fetch_add(1, Relaxed) >= self.max_series {
+            self.series.fetch_sub(1, Relaxed);
+            if drops {
+                self.dropped.fetch_add(1, Relaxed);
+            }
+            return None;
+        }
+        Some(map.entry(id).or_default().clone())
     }
 
     /// Counts a new series against the cap: `false` (and the request or connection counted
@@ -1028,6 +1052,7 @@ impl IstioMetrics {
                         labels: text.into_boxed_str(),
                         series: RwLock::default(),
                         reporter: ident.reporter,
+                        messages: OnceLock::new(),
                     });
                     peers.insert(p.labels.clone(), p.clone());
                     p
@@ -1141,11 +1166,22 @@ impl IstioMetrics {
     /// A gRPC call's messages, each way (Istio's sidecars count them through Envoy's
     /// `grpc_stats` filter), one line per label set.
     fn encode_messages(&self, out: &mut String) {
-        let mut rows: Vec<(String, &str, Reporter, u16, Arc<Messages>)> = Vec::new();
-        let map = self.messages.read().unwrap_or_else(|e| e.into_inner());
-        for ((reporter, _, mask, labels), m) in map.iter() {
-            rows.push((without_empty(labels), labels, *reporter, *mask, m.clone()));
-        }
+        // copied out: the lock is not held while the text is written
+        let mut rows: Vec<(String, String, Reporter, u16, Arc<Messages>)> = {
+            let map = self.messages.read().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .map(|((reporter, _, labels), m)| {
+                    let mask = m.mask.load(Relaxed);
+                    (
+                        without_empty(labels),
+                        labels.to_string(),
+                        *reporter,
+                        mask,
+                        m.clone(),
+                    )
+                })
+                .collect()
+        };
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         let families: [CounterFamily; 2] = [
             (
@@ -1325,6 +1361,23 @@ impl std::fmt::Debug for MetricsSink {
         f.debug_struct("MetricsSink")
             .field("reporter", &self.reporter)
             .finish_non_exhaustive()
+    }
+}
+
+// === impl Messages ===
+
+impl Messages {
+    /// Adds `counts` (request, response) to the metrics `on` ([`MetricSet`] bits) has.
+    fn add(&self, on: u16, counts: (u64, u64)) {
+        if self.mask.load(Relaxed) & on != on {
+            self.mask.fetch_or(on, Relaxed);
+        }
+        if on & MetricSet::bit(IstioMetric::GrpcRequestMessages) != 0 {
+            self.request.fetch_add(counts.0, Relaxed);
+        }
+        if on & MetricSet::bit(IstioMetric::GrpcResponseMessages) != 0 {
+            self.response.fetch_add(counts.1, Relaxed);
+        }
     }
 }
 

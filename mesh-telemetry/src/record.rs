@@ -25,10 +25,12 @@
 //!    the end: a client gone away), one [`Completed`] to each interested [`Sink`], in order. A
 //!    trailers frame is the end: hyper's HTTP/2 server and tonic's client drop the body
 //!    after it without polling for the end, and the exchange is complete, not a `DC`;
-//! 5. while a gRPC call is open, to the sinks that ask for it
-//!    ([`Sink::progress_interval`]: Istio's metrics, for a long stream's messages), its
-//!    record so far every interval ([`Sink::progress`], [`End::Open`]), from a tokio timer
-//!    the response future and body poll (the runtime needs its time driver).
+//! 5. with [`RecordLayer::with_progress_reports`], while a gRPC call is open and once its
+//!    response's head has come, to the sinks that ask for it ([`Sink::progress_interval`]:
+//!    Istio's metrics, for a long stream's messages), its record so far every interval from
+//!    its start ([`Sink::progress`], [`End::Open`]), from a tokio timer the response body
+//!    polls. The timer is set the first time the body has to wait: a call answered at once
+//!    (most unary calls) costs none.
 //!
 //! With no sink, or none interested in the request (an access log or a span exporter turned
 //! off, an unsampled request for spans), the layer only passes the request on: no
@@ -148,8 +150,10 @@ pub trait Sink: Send + Sync + 'static {
         None
     }
 
-    /// A gRPC call still open, every [`Sink::progress_interval`] (Istio's stats filter
-    /// reports a gRPC stream's messages every `tcp_reporting_duration`): the record so far,
+    /// A gRPC call still open, every [`Sink::progress_interval`] once its response's head
+    /// has come (Istio's stats filter reports a gRPC stream's messages every
+    /// `tcp_reporting_duration`, once it knows the peer), on a layer
+    /// [`with_progress_reports`](RecordLayer::with_progress_reports): the record so far,
     /// [`End::Open`], its `end` the time of the report. Its message counts are the call's
     /// so far; [`Completed::messages_reported`] what the reports before carried (the last
     /// report, [`Sink::complete`], carries them too): a sink adding counts adds the
@@ -243,7 +247,8 @@ pub enum End {
     Open,
 }
 
-/// What happened to one request, handed to every [`Sink`] when it is complete (a read-only
+/// What happened to one request, handed to every [`Sink`] when it is complete, and so far
+/// to those asking for reports of an open gRPC call ([`Sink::progress`]) (a read-only
 /// view; it lives for the call).
 #[derive(Debug)]
 pub struct Completed<'a> {
@@ -283,8 +288,8 @@ pub struct Completed<'a> {
     /// Istio's `istio_response_messages_total`.
     pub response_messages: u64,
     /// The request and response messages that earlier [`Sink::progress`] reports of the
-    /// call carried (`(0, 0)` for a call never reported open): what a sink adding counts
-    /// added already.
+    /// call carried to this sink (`(0, 0)` for a call never reported open, and for a sink
+    /// that asked for no report): what a sink adding counts added already.
     pub messages_reported: (u64, u64),
     /// The hop's trace context.
     pub trace: Option<&'a TraceContext>,
@@ -338,6 +343,8 @@ pub struct RecordLayer {
     sinks: Arc<[Arc<dyn Sink>]>,
     /// Whether a request came over TLS ([`RecordLayer::with_downstream_tls`]).
     tls: Option<DownstreamTlsProbe>,
+    /// Whether open gRPC calls are reported ([`RecordLayer::with_progress_reports`]).
+    progress: bool,
 }
 
 /// Tells whether a request's extensions say its downstream connection is TLS (the listener's
@@ -372,10 +379,21 @@ struct Pending {
     /// call with a framed body: the connector's definition).
     response_messages: Option<mesh_core::grpc::MessageCounter>,
     /// The reports of a gRPC call still open, when a sink asked for them.
-    progress: Option<Box<Progress>>,
+    progress: Reports,
     trace: Option<TraceContext>,
     client_addr: Option<SocketAddr>,
     peer: Option<PeerIdentity>,
+}
+
+/// Whether a call is reported while it is open ([`Sink::progress`]).
+enum Reports {
+    /// No sink asked for it.
+    Off,
+    /// The sinks asked for it (bits as [`Pending::called`]), at the shortest interval of
+    /// theirs; no timer yet (the response's body has not had to wait).
+    Asked(u64, Duration),
+    /// The timer is set.
+    Armed(Box<Progress>),
 }
 
 /// A gRPC call's reports while it is open ([`Sink::progress`]).
@@ -417,7 +435,19 @@ impl RecordLayer {
         RecordLayer {
             sinks: sinks.into(),
             tls: None,
+            progress: false,
         }
+    }
+
+    /// Reports gRPC calls while they are open to the sinks that ask for it
+    /// ([`Sink::progress_interval`], [`Sink::progress`]): Istio's metrics add a long
+    /// stream's messages every reporting interval, as Istio's sidecars do; without it
+    /// (the default) a call is reported when it ends only. The reports run on tokio timers:
+    /// the layer must then serve on a runtime with its time driver (`enable_time`,
+    /// `enable_all`, `#[tokio::main]`), and a call's response on that runtime.
+    pub fn with_progress_reports(mut self) -> Self {
+        self.progress = true;
+        self
     }
 
     /// Tells [`Details::downstream_tls`] with `probe` (a listener that terminates TLS marks
@@ -502,8 +532,8 @@ where
         let sinks = self.layer.sinks.clone();
         let tls = details.then(|| self.layer.downstream_tls(req.extensions(), &view));
         let mut pending = Pending::new(sinks, called, tls, info.clone(), start, &req, &view);
-        if pending.response_messages.is_some() {
-            pending.arm_progress();
+        if self.layer.progress && pending.response_messages.is_some() {
+            pending.ask_progress();
         }
         if headers && let Some(d) = pending.details.as_mut() {
             d.headers = Some(req.headers().clone());
@@ -635,7 +665,7 @@ impl Pending {
             response_bytes: 0,
             response_messages: (framed && req.method() == http::Method::POST)
                 .then(mesh_core::grpc::MessageCounter::default),
-            progress: None,
+            progress: Reports::Off,
             trace: view.trace_context().copied(),
             client_addr: view.client_addr().map(|c| c.0),
             peer: view.own::<PeerIdentity>().cloned(),
@@ -687,9 +717,9 @@ impl Pending {
         }
     }
 
-    /// Arms the reports of a gRPC call while it is open, if a sink interested in it asks
+    /// Notes the reports of a gRPC call while it is open, if a sink interested in it asks
     /// for them ([`Sink::progress_interval`]).
-    fn arm_progress(&mut self) {
+    fn ask_progress(&mut self) {
         let (mut sinks, mut every) = (0u64, Duration::MAX);
         for (i, sink) in self.sinks.iter().enumerate().take(64) {
             if self.called & (1 << i) != 0
@@ -700,31 +730,44 @@ impl Pending {
             }
         }
         if sinks != 0 {
-            self.progress = Some(Box::new(Progress {
-                sinks,
-                every,
-                tick: Box::pin(tokio::time::sleep(every)),
-                reported: (0, 0),
-            }));
+            self.progress = Reports::Asked(sinks, every);
         }
     }
 
-    /// Reports the call to the sinks that asked, if its timer is due (and sets it again);
-    /// registers `cx` with the timer.
+    /// Before the response body is polled (`waits` false): reports the call to the sinks
+    /// that asked, if its timer is due (and sets it again), and registers `cx` with the
+    /// timer. When the body has to wait (`waits`): sets the timer if it is not (its first
+    /// report due an interval after the call's start) and does the same.
     #[inline]
-    fn poll_progress(&mut self, cx: &mut Context<'_>) {
-        if self.progress.is_some() {
-            self.poll_progress_timer(cx);
+    fn poll_progress(&mut self, cx: &mut Context<'_>, waits: bool) {
+        match (&self.progress, waits) {
+            (Reports::Armed(_), false) | (Reports::Asked(..), true) => self.poll_progress_timer(cx),
+            _ => {}
         }
     }
 
     fn poll_progress_timer(&mut self, cx: &mut Context<'_>) {
-        let Some(mut p) = self.progress.take() else {
-            return;
+        let mut p = match std::mem::replace(&mut self.progress, Reports::Off) {
+            Reports::Off => return,
+            Reports::Armed(p) => p,
+            Reports::Asked(sinks, every) => {
+                let first = tokio::time::Instant::from_std(self.start) + every;
+                Box::new(Progress {
+                    sinks,
+                    every,
+                    tick: Box::pin(tokio::time::sleep_until(first)),
+                    reported: (0, 0),
+                })
+            }
         };
         while p.tick.as_mut().poll(cx).is_ready() {
             let next = tokio::time::Instant::now() + p.every;
             p.tick.as_mut().reset(next);
+            // once the head has come: the endpoint that answers is known (a retry cannot
+            // move what was reported), as Istio's client side reports once its peer is
+            if self.status.is_none() {
+                continue;
+            }
             let sinks = p.sinks;
             let reported = p.reported;
             p.reported = self.info.read(|recorded| {
@@ -740,7 +783,7 @@ impl Pending {
                 counts
             });
         }
-        self.progress = Some(p);
+        self.progress = Reports::Armed(p);
     }
 
     fn finish(self: Box<Self>, how: End, end: Instant) {
@@ -749,10 +792,18 @@ impl Pending {
     }
 
     fn report(&self, how: End, end: Instant, recorded: &Recorded) {
-        let reported = self.progress.as_ref().map_or((0, 0), |p| p.reported);
-        let done = self.completed(how, end, recorded, reported);
+        let (asked, reported) = match &self.progress {
+            Reports::Armed(p) => (p.sinks, p.reported),
+            _ => (0, (0, 0)),
+        };
+        let mut done = self.completed(how, end, recorded, (0, 0));
         for (i, sink) in self.sinks.iter().enumerate() {
             if i >= 64 || self.called & (1 << i) != 0 {
+                // what the reports carried, to the sinks that had them
+                done.messages_reported = match i < 64 && asked & (1 << i) != 0 {
+                    true => reported,
+                    false => (0, 0),
+                };
                 sink.complete(&done);
             }
         }
@@ -831,9 +882,6 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Some(p) = this.guard.0.as_mut() {
-            p.poll_progress(cx);
-        }
         let res = ready!(this.inner.poll(cx));
         let mut guard = Guard(this.guard.0.take());
         Poll::Ready(match res {
@@ -895,9 +943,17 @@ impl<B: Body> Body for RecordBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         if let Some(p) = this.guard.0.as_mut() {
-            p.poll_progress(cx);
+            p.poll_progress(cx, false);
         }
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let frame = match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if let Some(p) = this.guard.0.as_mut() {
+                    p.poll_progress(cx, true);
+                }
+                return Poll::Pending;
+            }
+        };
         if let Some(p) = this.guard.0.as_mut() {
             match &frame {
                 Some(Ok(f)) => {

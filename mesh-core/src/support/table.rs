@@ -2255,7 +2255,7 @@ fn provider_name(node: &MarkedYaml<'_>, builtin: &str) -> Option<(Verdict, Strin
     })
 }
 
-/// `MetricSelector.metric`: the gRPC streaming message counts are not made here.
+/// A Telemetry's metrics provider: Istio's `prometheus` is the one this proxy has.
 static METRICS_PROVIDER: TypeDef = TypeDef {
     name: "ProviderRef",
     fields: &[field(

@@ -1451,36 +1451,78 @@ fn an_open_call_s_reports_add_what_is_new_and_its_end_the_rest() {
 }
 
 #[test]
-fn a_grpc_call_sharing_a_series_with_plain_requests_keeps_its_message_counts() {
-    // with `request_protocol` and `grpc_response_status` removed, a plain request and a
-    // gRPC call of the same code share a series: the call's messages are counted and
-    // exposed all the same
-    let metrics: Vec<IstioMetric> = [
-        IstioMetric::RequestCount,
+fn a_reload_between_an_open_call_s_reports_loses_and_doubles_nothing() {
+    // reports under overrides, then a reload back to Istio's labels: each report adds what
+    // is new to the label set in force, and the sets sum to the call's counts
+    let m = Arc::new(IstioMetrics::new(local()));
+    let both = [
         IstioMetric::GrpcRequestMessages,
         IstioMetric::GrpcResponseMessages,
-    ]
-    .into();
-    let m = IstioMetrics::new(local());
+    ];
     m.set_label_overrides(
         Reporter::Source,
-        &overrides(
-            &metrics,
-            &[("request_protocol", None), ("grpc_response_status", None)],
-        ),
+        &overrides(&both, &[("destination_app", None)]),
     );
     let up = upstream(false);
-    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
     let mut call = Req::new(200, routed(Some(&up)));
     call.grpc = Some(0);
-    call.messages = (3, 2);
+    call.messages = (4, 1);
+    call.progress(&m, Reporter::Source);
+    m.set_label_overrides(Reporter::Source, &MetricTags::default());
+    call.reported = (4, 1);
+    call.messages = (6, 3);
     call.record(&m, Reporter::Source);
     let text = m.encode_to_string();
-    assert_eq!(family(&text, "istio_requests_total{").len(), 1, "{text}");
     let sent = family(&text, "istio_request_messages_total{");
-    assert_eq!(sent.len(), 1, "{text}");
-    assert!(sent[0].ends_with(" 3"), "{}", sent[0]);
-    assert!(family(&text, "istio_response_messages_total{")[0].ends_with(" 2"));
+    assert_eq!(sent.len(), 2, "{text}");
+    let over = sent
+        .iter()
+        .find(|l| !l.contains("destination_app"))
+        .unwrap();
+    let standard = sent.iter().find(|l| l.contains("destination_app")).unwrap();
+    assert!(
+        over.ends_with(" 4") && standard.ends_with(" 2"),
+        "{sent:#?}"
+    );
+    let got = family(&text, "istio_response_messages_total{");
+    let total: u64 = got
+        .iter()
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 3, "{got:#?}");
+}
+
+#[test]
+fn message_label_sets_count_against_the_cap_and_open_call_reports_are_not_drops() {
+    // each label set of the message counts is a series under the cap; an open call's
+    // reports beyond it are not counted dropped, its end is
+    let m = Arc::new(IstioMetrics::new(local()).with_max_series(1));
+    let up = upstream(false);
+    let mut call = Req::new(200, routed(Some(&up)));
+    call.grpc = Some(0);
+    call.messages = (2, 2);
+    call.progress(&m, Reporter::Source);
+    assert_eq!(
+        (m.series(), m.dropped()),
+        (1, 0),
+        "the message set is the one series"
+    );
+    call.progress(&m, Reporter::Source);
+    call.record(&m, Reporter::Source);
+    // the request's own series is refused: one request dropped
+    assert_eq!((m.series(), m.dropped()), (1, 1));
+    let text = m.encode_to_string();
+    assert!(family(&text, "istio_requests_total{").is_empty(), "{text}");
+    // another peer's call: its message set refused, its reports not counted, its end once
+    let other = upstream(true);
+    let mut second = Req::new(200, routed(Some(&other)));
+    second.peer = None;
+    second.grpc = Some(0);
+    second.messages = (1, 1);
+    second.authority = Some("other:9080");
+    second.progress(&m, Reporter::Source);
+    second.progress(&m, Reporter::Source);
+    assert_eq!(m.dropped(), 1, "reports of an open call are not drops");
 }
 
 #[test]

@@ -786,32 +786,32 @@ fn grpc_call() -> Request<Full<Bytes>> {
 
 #[tokio::test(start_paused = true)]
 async fn an_open_grpc_call_is_reported_every_interval_with_its_counts_so_far() {
-    // Istio's stats filter reports a gRPC stream's messages every reporting interval: from
-    // the record layer's timer, while the head is awaited and while the body streams; an
-    // interval without a new message is not reported; the end carries the rest
+    // Istio's stats filter reports a gRPC stream's messages every reporting interval once
+    // it knows the peer: from the record layer's timer, once the head has come; an interval
+    // without a new message is not reported; the end carries the rest
     let every = Duration::from_secs(5);
     let asks = Progressing::new(Some(every));
     let never = Progressing::new(None);
     let sinks: Vec<Arc<dyn Sink>> = vec![asks.clone(), never.clone()];
     let (svc, head, frames) = streaming();
     let svc = ServiceBuilder::new()
-        .layer(RecordLayer::new(sinks))
+        .layer(RecordLayer::new(sinks).with_progress_reports())
         .service(svc);
     let mut call = Box::pin(svc.oneshot(grpc_call()));
-    // the head awaited: one report at 5 s, of the request's messages
+    // the head awaited (the answering endpoint not known for sure): no report at 5 s
     let waited = tokio::time::timeout(Duration::from_secs(6), call.as_mut()).await;
     assert!(waited.is_err(), "no head yet");
-    assert_eq!(asks.take(), [(End::Open, 3, 0, (0, 0))]);
+    assert!(asks.take().is_empty());
     head.send(()).unwrap();
     let res = call.await.unwrap();
     let mut body = res.into_body();
-    // two messages, then the 10 s report (counts so far, what the first carried)
+    // two messages, then the 10 s report: the counts so far
     let two = Bytes::from_static(b"\0\0\0\0\x01a\0\0\0\0\x01b");
     frames.send(Ok(Frame::data(two))).await.unwrap();
     assert!(body.frame().await.is_some());
     let waited = tokio::time::timeout(Duration::from_secs(5), body.frame()).await;
     assert!(waited.is_err());
-    assert_eq!(asks.take(), [(End::Open, 3, 2, (3, 0))]);
+    assert_eq!(asks.take(), [(End::Open, 3, 2, (0, 0))]);
     // nothing new: the 15 s report is not made
     let waited = tokio::time::timeout(Duration::from_secs(5), body.frame()).await;
     assert!(waited.is_err());
@@ -829,9 +829,30 @@ async fn an_open_grpc_call_is_reported_every_interval_with_its_counts_so_far() {
     assert_eq!(asks.take(), [(End::Complete, 3, 3, (3, 2))]);
     assert_eq!(
         never.take(),
-        [(End::Complete, 3, 3, (3, 2))],
-        "a sink that asked for no report sees the end only"
+        [(End::Complete, 3, 3, (0, 0))],
+        "a sink that asked for no report sees the end only, with nothing reported to it"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_progress_reports_an_open_call_is_reported_at_its_end_only() {
+    let asks = Progressing::new(Some(Duration::from_secs(5)));
+    let (svc, head, frames) = streaming();
+    let svc = ServiceBuilder::new()
+        .layer(RecordLayer::new(vec![asks.clone() as Arc<dyn Sink>]))
+        .service(svc);
+    head.send(()).unwrap();
+    let res = svc.oneshot(grpc_call()).await.unwrap();
+    let mut body = res.into_body();
+    let one = Bytes::from_static(b"\0\0\0\0\x01a");
+    frames.send(Ok(Frame::data(one))).await.unwrap();
+    assert!(body.frame().await.is_some());
+    let waited = tokio::time::timeout(Duration::from_secs(30), body.frame()).await;
+    assert!(waited.is_err());
+    assert!(asks.take().is_empty(), "no report while open");
+    drop(frames);
+    while body.frame().await.is_some() {}
+    assert_eq!(asks.take(), [(End::Complete, 3, 1, (0, 0))]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -839,7 +860,7 @@ async fn a_call_that_is_not_grpc_is_not_reported_open() {
     let asks = Progressing::new(Some(Duration::from_secs(5)));
     let (svc, head, frames) = streaming();
     let svc = ServiceBuilder::new()
-        .layer(RecordLayer::new(vec![asks.clone() as Arc<dyn Sink>]))
+        .layer(RecordLayer::new(vec![asks.clone() as Arc<dyn Sink>]).with_progress_reports())
         .service(svc);
     let mut req = grpc_call();
     req.headers_mut()
