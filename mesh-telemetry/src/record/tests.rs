@@ -805,14 +805,15 @@ async fn an_open_grpc_call_is_reported_every_interval_with_its_counts_so_far() {
     head.send(()).unwrap();
     let res = call.await.unwrap();
     let mut body = res.into_body();
-    // two messages, then the 10 s report: the counts so far
+    // two messages, then the body waits (6 s): the report due at 5 s (an interval after the
+    // call's start) is made then, with the counts so far
     let two = Bytes::from_static(b"\0\0\0\0\x01a\0\0\0\0\x01b");
     frames.send(Ok(Frame::data(two))).await.unwrap();
     assert!(body.frame().await.is_some());
     let waited = tokio::time::timeout(Duration::from_secs(5), body.frame()).await;
     assert!(waited.is_err());
     assert_eq!(asks.take(), [(End::Open, 3, 2, (0, 0))]);
-    // nothing new: the 15 s report is not made
+    // nothing new: the next report (11 s) is not made
     let waited = tokio::time::timeout(Duration::from_secs(5), body.frame()).await;
     assert!(waited.is_err());
     assert!(asks.take().is_empty());
@@ -834,49 +835,53 @@ async fn an_open_grpc_call_is_reported_every_interval_with_its_counts_so_far() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn without_progress_reports_an_open_call_is_reported_at_its_end_only() {
+/// A call of `content_type` through `layer` (with a sink asking for reports every 5 s)
+/// whose body sends `data` and stays open 30 s: what the sink saw while it was open, and
+/// at its end.
+async fn open_for_30_s(
+    layer: impl Fn(Arc<dyn Sink>) -> RecordLayer,
+    content_type: &'static str,
+    data: &'static [u8],
+) -> (Vec<Report>, Vec<Report>) {
     let asks = Progressing::new(Some(Duration::from_secs(5)));
     let (svc, head, frames) = streaming();
     let svc = ServiceBuilder::new()
-        .layer(RecordLayer::new(vec![asks.clone() as Arc<dyn Sink>]))
-        .service(svc);
-    head.send(()).unwrap();
-    let res = svc.oneshot(grpc_call()).await.unwrap();
-    let mut body = res.into_body();
-    let one = Bytes::from_static(b"\0\0\0\0\x01a");
-    frames.send(Ok(Frame::data(one))).await.unwrap();
-    assert!(body.frame().await.is_some());
-    let waited = tokio::time::timeout(Duration::from_secs(30), body.frame()).await;
-    assert!(waited.is_err());
-    assert!(asks.take().is_empty(), "no report while open");
-    drop(frames);
-    while body.frame().await.is_some() {}
-    assert_eq!(asks.take(), [(End::Complete, 3, 1, (0, 0))]);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_call_that_is_not_grpc_is_not_reported_open() {
-    let asks = Progressing::new(Some(Duration::from_secs(5)));
-    let (svc, head, frames) = streaming();
-    let svc = ServiceBuilder::new()
-        .layer(RecordLayer::new(vec![asks.clone() as Arc<dyn Sink>]).with_progress_reports())
+        .layer(layer(asks.clone()))
         .service(svc);
     let mut req = grpc_call();
     req.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
+        .insert("content-type", content_type.parse().unwrap());
     head.send(()).unwrap();
     let res = svc.oneshot(req).await.unwrap();
     let mut body = res.into_body();
     frames
-        .send(Ok(Frame::data(Bytes::from_static(b"{}"))))
+        .send(Ok(Frame::data(Bytes::from_static(data))))
         .await
         .unwrap();
     assert!(body.frame().await.is_some());
     let waited = tokio::time::timeout(Duration::from_secs(30), body.frame()).await;
     assert!(waited.is_err());
-    assert!(asks.take().is_empty(), "no report while open");
+    let open = asks.take();
     drop(frames);
     while body.frame().await.is_some() {}
-    assert_eq!(asks.take(), [(End::Complete, 3, 0, (0, 0))]);
+    (open, asks.take())
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_progress_reports_an_open_call_is_reported_at_its_end_only() {
+    let layer = |sink| RecordLayer::new(vec![sink]);
+    let (open, end) = open_for_30_s(layer, "application/grpc", b"\0\0\0\0\x01a").await;
+    assert!(open.is_empty(), "no report while open: {open:?}");
+    assert_eq!(end, [(End::Complete, 3, 1, (0, 0))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_is_not_grpc_is_not_reported_open() {
+    let layer = |sink| RecordLayer::new(vec![sink]).with_progress_reports();
+    let (open, end) = open_for_30_s(layer, "application/json", b"{}").await;
+    assert!(open.is_empty(), "no report while open: {open:?}");
+    assert_eq!(end, [(End::Complete, 3, 0, (0, 0))]);
+    // and the same call as gRPC is reported while open
+    let (open, _) = open_for_30_s(layer, "application/grpc", b"\0\0\0\0\x01a").await;
+    assert_eq!(open, [(End::Open, 3, 1, (0, 0))]);
 }
