@@ -48,6 +48,8 @@ WARMUP = int(os.environ.get("WARMUP", 500))
 CONNS = int(os.environ.get("CONNS", 1))
 CACHE = os.environ.get("CACHE", "") not in ("", "0")
 GRPC = os.environ.get("GRPC", "") not in ("", "0")
+if GRPC and CONNS <= 1:
+    sys.exit("callgrind.py: GRPC=1 needs CONNS > 1 (the calls go out with h2load)")
 LOCKS = os.environ.get("LOCKS", "") not in ("", "0")
 
 

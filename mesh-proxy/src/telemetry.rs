@@ -16,7 +16,7 @@ use std::sync::Arc;
 use mesh_core::compile::Snapshot;
 use mesh_core::telemetry::TelemetryView;
 use mesh_telemetry::metrics::{IstioMetrics, LocalWorkload, Reporter};
-use mesh_telemetry::record::{RecordLayer, Sink};
+use mesh_telemetry::record::{RecordLayer, ReportsFrom, Sink};
 
 /// The proxy's telemetry sinks (see the [module docs](self)).
 #[derive(Debug)]
@@ -42,13 +42,14 @@ impl Telemetry {
         outbound.extend(exporters.outbound_sinks());
         inbound.extend(exporters.inbound_sinks());
         // open gRPC calls' messages reported every reporting interval, as Istio's sidecars
-        // do (the workers' runtimes have their time driver)
+        // do (the workers' runtimes have their time driver): the client side once the
+        // answer tells which endpoint it is, the server side from the call's arrival
         Telemetry {
-            outbound: RecordLayer::new(outbound).with_progress_reports(),
+            outbound: RecordLayer::new(outbound).with_progress_reports(ReportsFrom::Head),
             // the inbound listener terminates TLS (mTLS): its requests carry `PeerTls`
             // (a server span's `url.scheme`)
             inbound: RecordLayer::new(inbound)
-                .with_progress_reports()
+                .with_progress_reports(ReportsFrom::Arrival)
                 .with_downstream_tls(|ext| ext.get::<mesh_transport::tls::PeerTls>().is_some()),
             metrics,
             exporters,

@@ -13,7 +13,7 @@
 //! | `istio_request_duration_milliseconds` | histogram | from the request's arrival to the end of the response, in whole milliseconds |
 //! | `istio_request_bytes` | histogram | the request's head and body (see [`crate::record`]) |
 //! | `istio_response_bytes` | histogram | the response's head and body |
-//! | `istio_request_messages_total` | counter | a gRPC call's messages from the client (what the connector sent upstream), added every reporting interval while the call is open and when it ends |
+//! | `istio_request_messages_total` | counter | a gRPC call's messages from the client (what the connector sent upstream), added about every reporting interval while the call is open (on a record layer [`with_progress_reports`](crate::RecordLayer::with_progress_reports)) and when it ends |
 //! | `istio_response_messages_total` | counter | a gRPC call's messages to the client, the same way |
 //! | `istio_tcp_connections_opened_total` | counter | TCP connections proxied (L4 listeners; see [`TcpPeer`]) |
 //! | `istio_tcp_connections_closed_total` | counter | those that ended |
@@ -64,8 +64,8 @@
 //! a new label set or series appears. A request with a response flag or a retry adds to
 //! its route's decision counters too, found the same way ([`decisions`]); the others pay
 //! one branch for them. A gRPC call also adds its message counts to its peer's (found
-//! again through the peer, its own read lock and two atomic additions), at its end and
-//! in each report while it is open. `benches/benches/telemetry.rs` measures it against
+//! again through the label cache's read lock, the set kept in the peer, and two atomic
+//! additions), at its end and in each report while it is open. `benches/benches/telemetry.rs` measures it against
 //! `prometheus-client` (docs/performance.md: 13–16× faster).
 //!
 //! ```
@@ -150,10 +150,13 @@
 //!   HTTP requests that opened them, not as TCP connections.
 //! - Byte counts are the HTTP/1.1 size of the heads plus the bodies, not the bytes on the
 //!   connection.
-//! - A gRPC call's message counts are added every reporting interval while it is open
-//!   ([`Sink::progress`]; a call whose counts did not change is not reported) and when it
-//!   ends, as Istio's stats filter does; Istio reports an open stream once the peer's
-//!   metadata is known, which its metadata exchange tells, and a zero interval reports
+//! - A gRPC call's message counts are added about every reporting interval while it is
+//!   open ([`Sink::progress`], on a record layer
+//!   [`with_progress_reports`](crate::RecordLayer::with_progress_reports), as mesh-proxy's;
+//!   a call whose counts did not change is not reported) and when it ends, as Istio's
+//!   stats filter does; Istio reports an open stream once the peer's metadata is known,
+//!   which its metadata exchange tells (mesh-proxy: the outbound side once the answer's
+//!   head has come, the inbound side from the call's arrival), and a zero interval reports
 //!   without pause there, only at the end here. The request's are the messages the
 //!   connector sent upstream (none for a call answered before: `UH`, `UF`, a fault's
 //!   abort), where Envoy counts what the client sent. A gRPC-Web call's are counted from
@@ -662,8 +665,9 @@ impl IstioMetrics {
         let _ = self.listener_addrs[reporter as usize].set(addr);
     }
 
-    /// How often the L4 listeners report an open TCP connection's bytes, and the record
-    /// layer an open gRPC call's messages ([`Sink::progress`]), from now on (a Telemetry's
+    /// How often the L4 listeners report an open TCP connection's bytes, and a record layer
+    /// [`with_progress_reports`](crate::RecordLayer::with_progress_reports) an open gRPC
+    /// call's messages ([`Sink::progress`]), from now on (a Telemetry's
     /// `reportingInterval`, Istio's `tcp_reporting_duration`, which paces both; zero: only
     /// at the end). Default: Istio's 5 s ([`mesh_core::telemetry::TCP_REPORTING_INTERVAL`]).
     /// A call or connection keeps the interval it began with.
@@ -953,7 +957,9 @@ impl IstioMetrics {
             done.request_messages.saturating_sub(sent),
             done.response_messages.saturating_sub(got),
         );
-        let drops = done.how != crate::record::End::Open;
+        // a call's end beyond the cap is one dropped request: counted here only when the
+        // side records no request metric (their path counts it otherwise)
+        let drops = done.how != crate::record::End::Open && word as u16 & HTTP_METRICS == 0;
         let local = self.local.load_full();
         let ident = IdentRef::of(reporter, &local, done);
         let Some(peer) = self.peer(&ident, ident.hash(), done) else {

@@ -25,12 +25,14 @@
 //!    the end: a client gone away), one [`Completed`] to each interested [`Sink`], in order. A
 //!    trailers frame is the end: hyper's HTTP/2 server and tonic's client drop the body
 //!    after it without polling for the end, and the exchange is complete, not a `DC`;
-//! 5. with [`RecordLayer::with_progress_reports`], while a gRPC call is open and once its
-//!    response's head has come, to the sinks that ask for it ([`Sink::progress_interval`]:
-//!    Istio's metrics, for a long stream's messages), its record so far every interval from
-//!    its start ([`Sink::progress`], [`End::Open`]), from a tokio timer the response body
-//!    polls. The timer is set the first time the body has to wait: a call answered at once
-//!    (most unary calls) costs none.
+//! 5. with [`RecordLayer::with_progress_reports`], while a gRPC call is open (from its
+//!    arrival, or once its response's head has come: [`ReportsFrom`]), to the sinks that ask
+//!    for it ([`Sink::progress_interval`]: Istio's metrics, for a long stream's messages),
+//!    its record so far ([`Sink::progress`], [`End::Open`]) about every interval: the
+//!    first when the call has waited an interval since its start, the next an interval
+//!    after the one before, from a tokio timer the response future and body poll. The
+//!    timer is set the first time the call has to wait, or when its response's second
+//!    message comes: a call answered at once (most unary calls) costs none.
 //!
 //! With no sink, or none interested in the request (an access log or a span exporter turned
 //! off, an unsampled request for spans), the layer only passes the request on: no
@@ -101,7 +103,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{
@@ -150,9 +152,9 @@ pub trait Sink: Send + Sync + 'static {
         None
     }
 
-    /// A gRPC call still open, every [`Sink::progress_interval`] once its response's head
-    /// has come (Istio's stats filter reports a gRPC stream's messages every
-    /// `tcp_reporting_duration`, once it knows the peer), on a layer
+    /// A gRPC call still open, about every [`Sink::progress_interval`] (Istio's stats
+    /// filter reports a gRPC stream's messages every `tcp_reporting_duration`, once it
+    /// knows the peer), on a layer
     /// [`with_progress_reports`](RecordLayer::with_progress_reports): the record so far,
     /// [`End::Open`], its `end` the time of the report. Its message counts are the call's
     /// so far; [`Completed::messages_reported`] what the reports before carried (the last
@@ -343,8 +345,22 @@ pub struct RecordLayer {
     sinks: Arc<[Arc<dyn Sink>]>,
     /// Whether a request came over TLS ([`RecordLayer::with_downstream_tls`]).
     tls: Option<DownstreamTlsProbe>,
-    /// Whether open gRPC calls are reported ([`RecordLayer::with_progress_reports`]).
-    progress: bool,
+    /// Whether open gRPC calls are reported, and from when
+    /// ([`RecordLayer::with_progress_reports`]).
+    progress: Option<ReportsFrom>,
+}
+
+/// From when a [`RecordLayer`] reports an open gRPC call
+/// ([`RecordLayer::with_progress_reports`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportsFrom {
+    /// From its arrival: the side whose peer is known then (Istio's server side reads the
+    /// client's metadata from the request), the inbound side.
+    Arrival,
+    /// From its response's head: the side that knows its peer once it answered (Istio's
+    /// client side reads it from the response; before, a retry could still pick another
+    /// endpoint), the outbound side.
+    Head,
 }
 
 /// Tells whether a request's extensions say its downstream connection is TLS (the listener's
@@ -390,8 +406,8 @@ enum Reports {
     /// No sink asked for it.
     Off,
     /// The sinks asked for it (bits as [`Pending::called`]), at the shortest interval of
-    /// theirs; no timer yet (the response's body has not had to wait).
-    Asked(u64, Duration),
+    /// theirs, from when; no timer yet (the call has not had to wait).
+    Asked(u64, Duration, ReportsFrom),
     /// The timer is set.
     Armed(Box<Progress>),
 }
@@ -405,6 +421,7 @@ struct Progress {
     tick: Pin<Box<tokio::time::Sleep>>,
     /// The request and response messages the reports so far carried.
     reported: (u64, u64),
+    from: ReportsFrom,
 }
 
 /// Reports its request when dropped, if nothing reported it before.
@@ -435,18 +452,23 @@ impl RecordLayer {
         RecordLayer {
             sinks: sinks.into(),
             tls: None,
-            progress: false,
+            progress: None,
         }
     }
 
-    /// Reports gRPC calls while they are open to the sinks that ask for it
-    /// ([`Sink::progress_interval`], [`Sink::progress`]): Istio's metrics add a long
-    /// stream's messages every reporting interval, as Istio's sidecars do; without it
-    /// (the default) a call is reported when it ends only. The reports run on tokio timers:
-    /// the layer must then serve on a runtime with its time driver (`enable_time`,
-    /// `enable_all`, `#[tokio::main]`), and a call's response on that runtime.
-    pub fn with_progress_reports(mut self) -> Self {
-        self.progress = true;
+    /// Reports gRPC calls while they are open, `from` their arrival or their response's
+    /// head, to the sinks that ask for it ([`Sink::progress_interval`], [`Sink::progress`]):
+    /// Istio's metrics add a long stream's messages every reporting interval, as Istio's
+    /// sidecars do; without it (the default) a call is reported when it ends only. The
+    /// reports run on tokio timers: the layer must then serve on a runtime with its time
+    /// driver (`enable_time`, `enable_all`, `#[tokio::main]`), and a call's response on
+    /// that runtime. A call's timer is set the first time it has to wait for its response
+    /// (from its arrival) or its response's body, or when its response's second message
+    /// comes: a call answered at once sets none. A report is made when the call's future or
+    /// body is polled after the timer fired: a client that does not read (its connection's
+    /// flow control full) delays it.
+    pub fn with_progress_reports(mut self, from: ReportsFrom) -> Self {
+        self.progress = Some(from);
         self
     }
 
@@ -532,8 +554,10 @@ where
         let sinks = self.layer.sinks.clone();
         let tls = details.then(|| self.layer.downstream_tls(req.extensions(), &view));
         let mut pending = Pending::new(sinks, called, tls, info.clone(), start, &req, &view);
-        if self.layer.progress && pending.response_messages.is_some() {
-            pending.ask_progress();
+        if let Some(from) = self.layer.progress
+            && pending.response_messages.is_some()
+        {
+            pending.ask_progress(from);
         }
         if headers && let Some(d) = pending.details.as_mut() {
             d.headers = Some(req.headers().clone());
@@ -719,7 +743,7 @@ impl Pending {
 
     /// Notes the reports of a gRPC call while it is open, if a sink interested in it asks
     /// for them ([`Sink::progress_interval`]).
-    fn ask_progress(&mut self) {
+    fn ask_progress(&mut self, from: ReportsFrom) {
         let (mut sinks, mut every) = (0u64, Duration::MAX);
         for (i, sink) in self.sinks.iter().enumerate().take(64) {
             if self.called & (1 << i) != 0
@@ -730,14 +754,14 @@ impl Pending {
             }
         }
         if sinks != 0 {
-            self.progress = Reports::Asked(sinks, every);
+            self.progress = Reports::Asked(sinks, every, from);
         }
     }
 
-    /// Before the response body is polled (`waits` false): reports the call to the sinks
-    /// that asked, if its timer is due (and sets it again), and registers `cx` with the
-    /// timer. When the body has to wait (`waits`): sets the timer if it is not (its first
-    /// report due an interval after the call's start) and does the same.
+    /// Before the response future or body is polled (`waits` false): reports the call to
+    /// the sinks that asked, if its timer is due (and sets it again), and registers `cx`
+    /// with the timer. When the call has to wait, or goes on (`waits`): sets the timer if it
+    /// is not (its first report due an interval after the call's start) and does the same.
     #[inline]
     fn poll_progress(&mut self, cx: &mut Context<'_>, waits: bool) {
         match (&self.progress, waits) {
@@ -746,26 +770,34 @@ impl Pending {
         }
     }
 
+    /// Whether reports begin before the response's head.
+    #[inline]
+    fn reports_from_arrival(&self) -> bool {
+        matches!(&self.progress, Reports::Asked(_, _, ReportsFrom::Arrival))
+            || matches!(&self.progress, Reports::Armed(p) if p.from == ReportsFrom::Arrival)
+    }
+
     fn poll_progress_timer(&mut self, cx: &mut Context<'_>) {
         let mut p = match std::mem::replace(&mut self.progress, Reports::Off) {
             Reports::Off => return,
             Reports::Armed(p) => p,
-            Reports::Asked(sinks, every) => {
-                let first = tokio::time::Instant::from_std(self.start) + every;
+            Reports::Asked(sinks, every, from) => {
+                let first = later(tokio::time::Instant::from_std(self.start), every);
                 Box::new(Progress {
                     sinks,
                     every,
                     tick: Box::pin(tokio::time::sleep_until(first)),
                     reported: (0, 0),
+                    from,
                 })
             }
         };
         while p.tick.as_mut().poll(cx).is_ready() {
-            let next = tokio::time::Instant::now() + p.every;
+            let next = later(tokio::time::Instant::now(), p.every);
             p.tick.as_mut().reset(next);
-            // once the head has come: the endpoint that answers is known (a retry cannot
+            // reported from the head: the endpoint that answers is known (a retry cannot
             // move what was reported), as Istio's client side reports once its peer is
-            if self.status.is_none() {
+            if p.from == ReportsFrom::Head && self.status.is_none() {
                 continue;
             }
             let sinks = p.sinks;
@@ -784,6 +816,12 @@ impl Pending {
             });
         }
         self.progress = Reports::Armed(p);
+    }
+
+    /// Whether the response's messages so far make it a stream (more than one).
+    #[inline]
+    fn streams(&self) -> bool {
+        self.response_messages.is_some_and(|m| m.count() > 1)
     }
 
     fn finish(self: Box<Self>, how: End, end: Instant) {
@@ -847,6 +885,14 @@ impl Pending {
     }
 }
 
+/// `at` + `every`, or a time a century on when that is past tokio's clock (a sink's
+/// interval of `Duration::MAX`).
+fn later(at: tokio::time::Instant, every: Duration) -> tokio::time::Instant {
+    at.checked_add(every)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(at)
+}
+
 // === impl Guard ===
 
 impl Guard {
@@ -882,7 +928,21 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let res = ready!(this.inner.poll(cx));
+        if let Some(p) = this.guard.0.as_mut() {
+            p.poll_progress(cx, false);
+        }
+        let res = match this.inner.poll(cx) {
+            Poll::Ready(res) => res,
+            Poll::Pending => {
+                // reported from its arrival: the call waits for its answer
+                if let Some(p) = this.guard.0.as_mut()
+                    && p.reports_from_arrival()
+                {
+                    p.poll_progress(cx, true);
+                }
+                return Poll::Pending;
+            }
+        };
         let mut guard = Guard(this.guard.0.take());
         Poll::Ready(match res {
             Ok(res) => {
@@ -966,6 +1026,11 @@ impl<B: Body> Body for RecordBody<B> {
                             let n = bytes::Buf::chunks_vectored(d, &mut slices);
                             for s in &slices[..n] {
                                 m.feed(s);
+                            }
+                            // a stream, which may never have to wait (a fast upstream, a
+                            // client that reads slowly): its reports' timer
+                            if p.streams() {
+                                p.poll_progress(cx, true);
                             }
                         }
                         // a server stops polling a body that says it has ended

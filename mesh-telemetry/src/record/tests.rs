@@ -710,6 +710,9 @@ type Report = (End, u64, u64, (u64, u64));
 struct Progressing {
     every: Option<Duration>,
     seen: Mutex<Vec<Report>>,
+    /// When each report came, in whole seconds of tokio's clock since the sink was made.
+    at: Mutex<Vec<u64>>,
+    made: tokio::time::Instant,
 }
 
 impl Progressing {
@@ -717,11 +720,18 @@ impl Progressing {
         Arc::new(Progressing {
             every,
             seen: Mutex::default(),
+            at: Mutex::default(),
+            made: tokio::time::Instant::now(),
         })
     }
 
     fn take(&self) -> Vec<Report> {
         std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+
+    /// The seconds at which the reports since the last call came.
+    fn times(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.at.lock().unwrap())
     }
 
     fn note(&self, c: &Completed<'_>) {
@@ -732,6 +742,8 @@ impl Progressing {
             c.messages_reported,
         );
         self.seen.lock().unwrap().push(row);
+        let secs = self.made.elapsed().as_secs();
+        self.at.lock().unwrap().push(secs);
     }
 }
 
@@ -787,15 +799,15 @@ fn grpc_call() -> Request<Full<Bytes>> {
 #[tokio::test(start_paused = true)]
 async fn an_open_grpc_call_is_reported_every_interval_with_its_counts_so_far() {
     // Istio's stats filter reports a gRPC stream's messages every reporting interval once
-    // it knows the peer: from the record layer's timer, once the head has come; an interval
-    // without a new message is not reported; the end carries the rest
+    // it knows the peer: from the record layer's timer, here once the head has come; an
+    // interval without a new message is not reported; the end carries the rest
     let every = Duration::from_secs(5);
     let asks = Progressing::new(Some(every));
     let never = Progressing::new(None);
     let sinks: Vec<Arc<dyn Sink>> = vec![asks.clone(), never.clone()];
     let (svc, head, frames) = streaming();
     let svc = ServiceBuilder::new()
-        .layer(RecordLayer::new(sinks).with_progress_reports())
+        .layer(RecordLayer::new(sinks).with_progress_reports(ReportsFrom::Head))
         .service(svc);
     let mut call = Box::pin(svc.oneshot(grpc_call()));
     // the head awaited (the answering endpoint not known for sure): no report at 5 s
@@ -805,34 +817,94 @@ async fn an_open_grpc_call_is_reported_every_interval_with_its_counts_so_far() {
     head.send(()).unwrap();
     let res = call.await.unwrap();
     let mut body = res.into_body();
-    // two messages, then the body waits (6 s): the report due at 5 s (an interval after the
-    // call's start) is made then, with the counts so far
+    // two messages at 6 s: a stream, whose report due at 5 s (an interval after the call's
+    // start) is made at once, with the counts so far
     let two = Bytes::from_static(b"\0\0\0\0\x01a\0\0\0\0\x01b");
     frames.send(Ok(Frame::data(two))).await.unwrap();
     assert!(body.frame().await.is_some());
-    let waited = tokio::time::timeout(Duration::from_secs(5), body.frame()).await;
+    // nothing new until 13 s: the 11 s report is not made
+    let waited = tokio::time::timeout(Duration::from_secs(7), body.frame()).await;
     assert!(waited.is_err());
     assert_eq!(asks.take(), [(End::Open, 3, 2, (0, 0))]);
-    // nothing new: the next report (11 s) is not made
-    let waited = tokio::time::timeout(Duration::from_secs(5), body.frame()).await;
-    assert!(waited.is_err());
-    assert!(asks.take().is_empty());
-    // a last message and the trailers: the end, with what the reports carried
+    assert_eq!(asks.times(), [6]);
+    // a message at 13 s: the timer wakes the waiting body at 16 s (before the wait's end,
+    // 18 s) for a report of what is new
     frames
         .send(Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x01c"))))
         .await
         .unwrap();
+    assert!(body.frame().await.is_some());
+    let waited = tokio::time::timeout(Duration::from_secs(5), body.frame()).await;
+    assert!(waited.is_err());
+    assert_eq!(asks.take(), [(End::Open, 3, 3, (3, 2))]);
+    assert_eq!(asks.times(), [16]);
+    // the trailers: the end, with what the reports carried
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", "0".parse().unwrap());
     frames.send(Ok(Frame::trailers(trailers))).await.unwrap();
     drop(frames);
     while body.frame().await.is_some() {}
-    assert_eq!(asks.take(), [(End::Complete, 3, 3, (3, 2))]);
+    assert_eq!(asks.take(), [(End::Complete, 3, 3, (3, 3))]);
     assert_eq!(
         never.take(),
         [(End::Complete, 3, 3, (0, 0))],
         "a sink that asked for no report sees the end only, with nothing reported to it"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn from_its_arrival_a_call_is_reported_while_its_answer_is_awaited() {
+    // the server side (Istio's reads the peer from the request): a client stream's
+    // messages are reported before the application answers
+    let asks = Progressing::new(Some(Duration::from_secs(5)));
+    let (svc, head, frames) = streaming();
+    let svc = ServiceBuilder::new()
+        .layer(
+            RecordLayer::new(vec![asks.clone() as Arc<dyn Sink>])
+                .with_progress_reports(ReportsFrom::Arrival),
+        )
+        .service(svc);
+    let mut call = Box::pin(svc.oneshot(grpc_call()));
+    let waited = tokio::time::timeout(Duration::from_secs(12), call.as_mut()).await;
+    assert!(waited.is_err(), "no head yet");
+    assert_eq!(asks.take(), [(End::Open, 3, 0, (0, 0))]);
+    assert_eq!(asks.times(), [5], "the 10 s report has nothing new");
+    head.send(()).unwrap();
+    let mut body = call.await.unwrap().into_body();
+    drop(frames);
+    while body.frame().await.is_some() {}
+    assert_eq!(asks.take(), [(End::Complete, 3, 0, (3, 0))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_never_waits_is_reported_all_the_same() {
+    // a fast upstream, a client reading slowly: the body is always ready when polled
+    let asks = Progressing::new(Some(Duration::from_secs(5)));
+    let (svc, head, frames) = streaming();
+    let svc = ServiceBuilder::new()
+        .layer(
+            RecordLayer::new(vec![asks.clone() as Arc<dyn Sink>])
+                .with_progress_reports(ReportsFrom::Head),
+        )
+        .service(svc);
+    for _ in 0..3 {
+        let one = Bytes::from_static(b"\0\0\0\0\x01m");
+        frames.send(Ok(Frame::data(one))).await.unwrap();
+    }
+    drop(frames);
+    head.send(()).unwrap();
+    let mut body = svc.oneshot(grpc_call()).await.unwrap().into_body();
+    assert!(body.frame().await.is_some());
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(body.frame().await.is_some());
+    assert_eq!(asks.take(), [(End::Open, 3, 2, (0, 0))]);
+    // the next report, due at 11 s, is made as the body is polled at 12 s, of what was
+    // counted before that poll (nothing new); the third message goes with the end
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(body.frame().await.is_some());
+    assert!(asks.take().is_empty());
+    while body.frame().await.is_some() {}
+    assert_eq!(asks.take(), [(End::Complete, 3, 3, (3, 2))]);
 }
 
 /// A call of `content_type` through `layer` (with a sink asking for reports every 5 s)
@@ -877,7 +949,7 @@ async fn without_progress_reports_an_open_call_is_reported_at_its_end_only() {
 
 #[tokio::test(start_paused = true)]
 async fn a_call_that_is_not_grpc_is_not_reported_open() {
-    let layer = |sink| RecordLayer::new(vec![sink]).with_progress_reports();
+    let layer = |sink| RecordLayer::new(vec![sink]).with_progress_reports(ReportsFrom::Head);
     let (open, end) = open_for_30_s(layer, "application/json", b"{}").await;
     assert!(open.is_empty(), "no report while open: {open:?}");
     assert_eq!(end, [(End::Complete, 3, 0, (0, 0))]);
