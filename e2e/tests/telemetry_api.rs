@@ -489,3 +489,102 @@ spec:
     assert_eq!(value(&stats, "istio_request_messages_total{"), Some(3));
     assert_eq!(value(&stats, "istio_response_messages_total{"), Some(2));
 }
+
+/// A gRPC upstream (the application behind the inbound listener) that answers a
+/// client stream when it ends: one message and `grpc-status: 0`.
+fn grpc_answering_at_the_end() -> Handler {
+    use http_body_util::BodyExt;
+    Arc::new(move |req: Request<Incoming>| {
+        Box::pin(async move {
+            let _ = req.into_body().collect().await;
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let frames = [
+                hyper::body::Frame::data(bytes::Bytes::from_static(b"\0\0\0\0\x01k")),
+                hyper::body::Frame::trailers(trailers),
+            ]
+            .map(Ok::<_, Box<dyn std::error::Error + Send + Sync>>);
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed())
+                .unwrap()
+        })
+    })
+}
+
+/// The server side reports an open gRPC call from its arrival, as Istio's (which reads the
+/// client's metadata from the request): a client stream's messages through the inbound
+/// listener are counted (`reporter="destination"`) before the application answers.
+#[tokio::test]
+async fn an_inbound_client_stream_is_reported_before_the_application_answers() {
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = mesh_tls::ca::MeshCa::generate(support::mtls::TD).unwrap();
+    let app = backend_with("app", grpc_answering_at_the_end()).await;
+    let telemetry = "---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    reportingInterval: 100ms
+";
+    let p = start(&support::mtls::reviews_config(
+        dir.path(),
+        &ca,
+        &app,
+        telemetry,
+    ))
+    .await;
+    let inbound = p.proxy.inbound_addr().unwrap();
+    let mut tx = h2(inbound).await;
+    type Sent = Result<hyper::body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+    let (body_tx, mut body_rx) = tokio::sync::mpsc::channel::<Sent>(4);
+    let body = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+        body_rx.poll_recv(cx)
+    }));
+    let req = Request::builder()
+        .method("POST")
+        .uri("http://reviews:9080/pkg.Reviews/Upload")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body.boxed())
+        .unwrap();
+    bounded(tx.ready()).await.unwrap();
+    let call = tokio::spawn(tx.send_request(req));
+    let three = bytes::Bytes::from_static(b"\0\0\0\0\x01x\0\0\0\0\x01y\0\0\0\0\x01z");
+    body_tx
+        .send(Ok(hyper::body::Frame::data(three)))
+        .await
+        .unwrap();
+    let admin = p.admin;
+    let sent = |stats: &str| -> Option<u64> {
+        let l = stats.lines().find(|l| {
+            l.starts_with("istio_request_messages_total{")
+                && l.contains(r#"reporter="destination""#)
+        })?;
+        l.rsplit_once(' ')?.1.parse().ok()
+    };
+    eventually(
+        "the open client stream's messages reported",
+        || async move {
+            let (_, stats) = admin_get(admin, "/stats/prometheus").await;
+            sent(&stats) == Some(3)
+        },
+    )
+    .await;
+    assert!(!call.is_finished(), "the application has not answered yet");
+    drop(body_tx);
+    let res = bounded(call).await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+    let got = bounded(res.into_body().collect()).await.unwrap();
+    assert_eq!(got.trailers().unwrap()["grpc-status"], "0");
+    let (_, stats) = admin_get(admin, "/stats/prometheus").await;
+    support::prom::promtool_check(&stats);
+    assert_eq!(
+        sent(&stats),
+        Some(3),
+        "not counted again at the end: {stats}"
+    );
+}
