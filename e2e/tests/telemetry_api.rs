@@ -392,14 +392,43 @@ async fn a_grpc_call_s_messages_are_counted_each_way() {
     assert_eq!(line("istio_requests_total{").len(), 2, "{stats}");
 }
 
+/// A Telemetry reporting open connections and calls every 100 ms (Istio's default: 5 s).
+const REPORT_EVERY_100MS: &str = "---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    reportingInterval: 100ms
+";
+
+type Sent = Result<hyper::body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A gRPC call to `uri` whose request body is what is sent on the returned channel, until
+/// it is dropped.
+fn grpc_stream(uri: &str) -> (Request<UpBody>, tokio::sync::mpsc::Sender<Sent>) {
+    use http_body_util::BodyExt;
+    let (body_tx, mut body_rx) = tokio::sync::mpsc::channel::<Sent>(4);
+    let body = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+        body_rx.poll_recv(cx)
+    }));
+    let req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body.boxed())
+        .unwrap();
+    (req, body_tx)
+}
+
 /// A gRPC upstream streaming back: two messages at once, the trailers when the request's
 /// stream ends.
 fn grpc_streaming_back() -> Handler {
     use http_body_util::BodyExt;
     Arc::new(move |req: Request<Incoming>| {
         Box::pin(async move {
-            type Sent =
-                Result<hyper::body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>;
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Sent>(4);
             let two = bytes::Bytes::from_static(b"\0\0\0\0\x01a\0\0\0\0\x01b");
             let _ = tx.send(Ok(hyper::body::Frame::data(two))).await;
@@ -425,31 +454,11 @@ fn grpc_streaming_back() -> Handler {
 async fn an_open_grpc_stream_s_messages_are_reported_every_reporting_interval() {
     use http_body_util::BodyExt;
     let up = backend_with("grpc", grpc_streaming_back()).await;
-    let yaml = bootstrap(1, "")
-        + &service_entry("ratings", 9080, "GRPC", &[&up])
-        + "---
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {name: mesh-default, namespace: istio-system}
-spec:
-  metrics:
-  - providers: [{name: prometheus}]
-    reportingInterval: 100ms
-";
+    let yaml =
+        bootstrap(1, "") + &service_entry("ratings", 9080, "GRPC", &[&up]) + REPORT_EVERY_100MS;
     let p = start(&yaml).await;
     let mut tx = h2(p.out).await;
-    type Sent = Result<hyper::body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>;
-    let (body_tx, mut body_rx) = tokio::sync::mpsc::channel::<Sent>(4);
-    let body = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
-        body_rx.poll_recv(cx)
-    }));
-    let req = Request::builder()
-        .method("POST")
-        .uri("http://ratings:9080/pkg.Ratings/Watch")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(body.boxed())
-        .unwrap();
+    let (req, body_tx) = grpc_stream("http://ratings:9080/pkg.Ratings/Watch");
     bounded(tx.ready()).await.unwrap();
     let res = bounded(tx.send_request(req)).await.unwrap();
     assert_eq!(res.status(), 200);
@@ -521,36 +530,16 @@ async fn an_inbound_client_stream_is_reported_before_the_application_answers() {
     let dir = tempfile::tempdir().unwrap();
     let ca = mesh_tls::ca::MeshCa::generate(support::mtls::TD).unwrap();
     let app = backend_with("app", grpc_answering_at_the_end()).await;
-    let telemetry = "---
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {name: mesh-default, namespace: istio-system}
-spec:
-  metrics:
-  - providers: [{name: prometheus}]
-    reportingInterval: 100ms
-";
     let p = start(&support::mtls::reviews_config(
         dir.path(),
         &ca,
         &app,
-        telemetry,
+        REPORT_EVERY_100MS,
     ))
     .await;
     let inbound = p.proxy.inbound_addr().unwrap();
     let mut tx = h2(inbound).await;
-    type Sent = Result<hyper::body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>;
-    let (body_tx, mut body_rx) = tokio::sync::mpsc::channel::<Sent>(4);
-    let body = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
-        body_rx.poll_recv(cx)
-    }));
-    let req = Request::builder()
-        .method("POST")
-        .uri("http://reviews:9080/pkg.Reviews/Upload")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(body.boxed())
-        .unwrap();
+    let (req, body_tx) = grpc_stream("http://reviews:9080/pkg.Reviews/Upload");
     bounded(tx.ready()).await.unwrap();
     let call = tokio::spawn(tx.send_request(req));
     let three = bytes::Bytes::from_static(b"\0\0\0\0\x01x\0\0\0\0\x01y\0\0\0\0\x01z");
