@@ -124,23 +124,10 @@ fn grpc_failing_once(messages: Arc<std::sync::Mutex<Vec<bytes::Bytes>>>) -> Hand
                 m.push(body);
                 m.len() == 1
             };
-            let mut trailers = http::HeaderMap::new();
-            let (data, code) = if first {
-                (None, "14")
-            } else {
-                (Some(bytes::Bytes::from_static(b"\0\0\0\0\x01x")), "0")
-            };
-            trailers.insert("grpc-status", http::HeaderValue::from_static(code));
-            let frames = data
-                .map(hyper::body::Frame::data)
-                .into_iter()
-                .chain([hyper::body::Frame::trailers(trailers)])
-                .map(Ok::<_, Box<dyn std::error::Error + Send + Sync>>);
-            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-            Response::builder()
-                .header("content-type", "application/grpc")
-                .body(body.boxed())
-                .unwrap()
+            match first {
+                true => grpc_reply(&[], "14"),
+                false => grpc_reply(&[b"\0\0\0\0\x01x"], "0"),
+            }
         })
     })
 }

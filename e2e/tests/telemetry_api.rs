@@ -310,26 +310,14 @@ async fn a_telemetry_s_tag_overrides_change_the_labels_by_metric_and_side() {
     );
 }
 
-/// A gRPC upstream that answers every call with two messages (split across data frames)
-/// and `grpc-status: 0` in trailers.
-fn grpc_two_messages() -> Handler {
+/// A gRPC upstream that answers every call, once its request has ended, with `data` (data
+/// frames) and `grpc-status: 0` in trailers.
+fn grpc_answering(data: &'static [&'static [u8]]) -> Handler {
     use http_body_util::BodyExt;
     Arc::new(move |req: Request<Incoming>| {
         Box::pin(async move {
             let _ = req.into_body().collect().await;
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-            let frames = [
-                hyper::body::Frame::data(bytes::Bytes::from_static(b"\0\0\0\0\x01a\0\0")),
-                hyper::body::Frame::data(bytes::Bytes::from_static(b"\0\0\x01b")),
-                hyper::body::Frame::trailers(trailers),
-            ]
-            .map(Ok::<_, Box<dyn std::error::Error + Send + Sync>>);
-            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-            Response::builder()
-                .header("content-type", "application/grpc")
-                .body(body.boxed())
-                .unwrap()
+            grpc_reply(data, "0")
         })
     })
 }
@@ -340,7 +328,12 @@ fn grpc_two_messages() -> Handler {
 /// security policy).
 #[tokio::test]
 async fn a_grpc_call_s_messages_are_counted_each_way() {
-    let up = backend_with("grpc", grpc_two_messages()).await;
+    // two messages, split across data frames
+    let up = backend_with(
+        "grpc",
+        grpc_answering(&[b"\0\0\0\0\x01a\0\0", b"\0\0\x01b"]),
+    )
+    .await;
     let yaml = bootstrap(1, "") + &service_entry("ratings", 9080, "GRPC", &[&up]);
     let p = start(&yaml).await;
     let mut tx = h2(p.out).await;
@@ -499,28 +492,6 @@ async fn an_open_grpc_stream_s_messages_are_reported_every_reporting_interval() 
     assert_eq!(value(&stats, "istio_response_messages_total{"), Some(2));
 }
 
-/// A gRPC upstream (the application behind the inbound listener) that answers a
-/// client stream when it ends: one message and `grpc-status: 0`.
-fn grpc_answering_at_the_end() -> Handler {
-    use http_body_util::BodyExt;
-    Arc::new(move |req: Request<Incoming>| {
-        Box::pin(async move {
-            let _ = req.into_body().collect().await;
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-            let frames = [
-                hyper::body::Frame::data(bytes::Bytes::from_static(b"\0\0\0\0\x01k")),
-                hyper::body::Frame::trailers(trailers),
-            ]
-            .map(Ok::<_, Box<dyn std::error::Error + Send + Sync>>);
-            Response::builder()
-                .header("content-type", "application/grpc")
-                .body(http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed())
-                .unwrap()
-        })
-    })
-}
-
 /// The server side reports an open gRPC call from its arrival, as Istio's (which reads the
 /// client's metadata from the request): a client stream's messages through the inbound
 /// listener are counted (`reporter="destination"`) before the application answers.
@@ -529,7 +500,8 @@ async fn an_inbound_client_stream_is_reported_before_the_application_answers() {
     use http_body_util::BodyExt;
     let dir = tempfile::tempdir().unwrap();
     let ca = mesh_tls::ca::MeshCa::generate(support::mtls::TD).unwrap();
-    let app = backend_with("app", grpc_answering_at_the_end()).await;
+    // the application answers the client stream when it ends: one message
+    let app = backend_with("app", grpc_answering(&[b"\0\0\0\0\x01k"])).await;
     let p = start(&support::mtls::reviews_config(
         dir.path(),
         &ca,

@@ -1116,7 +1116,7 @@ impl IstioMetrics {
             .iter()
             .map(|((r, _, _), s)| (*r, s.clone()))
             .collect();
-        let mut all: Vec<Row<'_>> = rows
+        let mut all: Vec<Row<'_, Series>> = rows
             .iter()
             .map(|(p, s)| Row::new(p.reporter, &p.labels, s))
             .chain(overridden.iter().map(|(r, s)| Row::new(*r, "", s)))
@@ -1173,22 +1173,19 @@ impl IstioMetrics {
     /// `grpc_stats` filter), one line per label set.
     fn encode_messages(&self, out: &mut String) {
         // copied out: the lock is not held while the text is written
-        let mut rows: Vec<(String, String, Reporter, u16, Arc<Messages>)> = {
+        let mut sets: Vec<(Reporter, String, Arc<Messages>)> = {
             let map = self.messages.read().unwrap_or_else(|e| e.into_inner());
             map.iter()
-                .map(|((reporter, _, labels), m)| {
-                    let mask = m.mask.load(Relaxed);
-                    (
-                        without_empty(labels),
-                        labels.to_string(),
-                        *reporter,
-                        mask,
-                        m.clone(),
-                    )
-                })
+                .map(|((reporter, _, labels), m)| (*reporter, labels.to_string(), m.clone()))
                 .collect()
         };
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut rows: Vec<Row<'_, Messages>> = sets
+            .iter_mut()
+            .map(|(r, labels, m)| {
+                Row::with_text(*r, std::mem::take(labels), m.mask.load(Relaxed), &**m)
+            })
+            .collect();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
         let families: [CounterFamily; 2] = [
             (
                 IstioMetric::GrpcRequestMessages,
@@ -1205,16 +1202,11 @@ impl IstioMetrics {
         ];
         for (metric, name, help, get) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let on = [Reporter::Source, Reporter::Destination].map(|r| self.enabled(r).has(metric));
-            let exposed: Vec<_> = rows
-                .iter()
-                .filter(|r| r.3 & MetricSet::bit(metric) != 0 && on[r.2 as usize])
-                .collect();
-            for run in exposed.chunk_by(|a, b| a.0 == b.0) {
+            for run in self.runs(&rows, metric).chunk_by(|a, b| a.key == b.key) {
                 let sum = run
                     .iter()
-                    .fold(0u64, |sum, r| sum.wrapping_add(get(&r.4).load(Relaxed)));
-                let _ = writeln!(out, "{name}{{{}}} {sum}", run[0].1);
+                    .fold(0u64, |sum, r| sum.wrapping_add(get(r.series).load(Relaxed)));
+                let _ = writeln!(out, "{name}{{{}}} {sum}", run[0].text);
             }
         }
     }
@@ -1241,30 +1233,39 @@ impl IstioMetrics {
     }
 }
 
-/// A series in the exposition: its reporter, its labels' text, and what identifies its
-/// label set (the text without labels whose value is empty: Prometheus takes `x=""` for no
-/// `x`, so a series recorded before a reload removed `grpc_response_status` and one after
-/// are one series).
-struct Row<'a> {
+/// A series in the exposition (a request series, or a label set's message counts `T`): its
+/// reporter, its labels' text, what identifies its label set (the text without labels whose
+/// value is empty: Prometheus takes `x=""` for no `x`, so a series recorded before a reload
+/// removed `grpc_response_status` and one after are one series), and the [`MetricSet`]
+/// bits recorded in it.
+struct Row<'a, T> {
     reporter: Reporter,
     text: String,
     key: String,
-    series: &'a Series,
+    mask: u16,
+    series: &'a T,
 }
 
-impl<'a> Row<'a> {
-    /// The row of `series`, after the labels `peer` (empty: the series has them all).
-    fn new(reporter: Reporter, peer: &str, series: &'a Series) -> Row<'a> {
-        let text = match peer.is_empty() {
-            true => series.labels.trim_start_matches(',').to_owned(),
-            false => format!("{peer}{}", series.labels),
-        };
+impl<'a, T> Row<'a, T> {
+    fn with_text(reporter: Reporter, text: String, mask: u16, series: &'a T) -> Row<'a, T> {
         Row {
             reporter,
             key: without_empty(&text),
             text,
+            mask,
             series,
         }
+    }
+}
+
+impl<'a> Row<'a, Series> {
+    /// The row of `series`, after the labels `peer` (empty: the series has them all).
+    fn new(reporter: Reporter, peer: &str, series: &'a Series) -> Row<'a, Series> {
+        let text = match peer.is_empty() {
+            true => series.labels.trim_start_matches(',').to_owned(),
+            false => format!("{peer}{}", series.labels),
+        };
+        Row::with_text(reporter, text, series.mask, series)
     }
 }
 
@@ -1281,10 +1282,10 @@ impl IstioMetrics {
     /// The rows exposed in `metric` (recorded for it, and its reporter makes it), in runs
     /// of one label set: a metric's series recorded under other overrides than now (a
     /// reload) may have the same labels as today's, and Prometheus wants one line per set.
-    fn runs<'r, 'a>(&self, all: &'r [Row<'a>], metric: IstioMetric) -> Vec<&'r Row<'a>> {
+    fn runs<'r, 'a, T>(&self, all: &'r [Row<'a, T>], metric: IstioMetric) -> Vec<&'r Row<'a, T>> {
         let on = [Reporter::Source, Reporter::Destination].map(|r| self.enabled(r).has(metric));
         all.iter()
-            .filter(|r| r.series.mask & MetricSet::bit(metric) != 0 && on[r.reporter as usize])
+            .filter(|r| r.mask & MetricSet::bit(metric) != 0 && on[r.reporter as usize])
             .collect()
     }
 }

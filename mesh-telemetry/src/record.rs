@@ -770,11 +770,11 @@ impl Pending {
         }
     }
 
-    /// Whether reports begin before the response's head.
+    /// Whether the reports, not armed yet, begin before the response's head (an armed
+    /// timer is polled before the response future is).
     #[inline]
-    fn reports_from_arrival(&self) -> bool {
+    fn asked_from_arrival(&self) -> bool {
         matches!(&self.progress, Reports::Asked(_, _, ReportsFrom::Arrival))
-            || matches!(&self.progress, Reports::Armed(p) if p.from == ReportsFrom::Arrival)
     }
 
     fn poll_progress_timer(&mut self, cx: &mut Context<'_>) {
@@ -936,7 +936,7 @@ where
             Poll::Pending => {
                 // reported from its arrival: the call waits for its answer
                 if let Some(p) = this.guard.0.as_mut()
-                    && p.reports_from_arrival()
+                    && p.asked_from_arrival()
                 {
                     p.poll_progress(cx, true);
                 }

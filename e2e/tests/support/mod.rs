@@ -72,6 +72,23 @@ pub fn full(b: impl Into<Bytes>) -> UpBody {
         .boxed()
 }
 
+/// A gRPC server's answer: `200`, `content-type: application/grpc`, `data` as its data
+/// frames, then `grpc-status: <status>` in trailers.
+pub fn grpc_reply(data: &[&'static [u8]], status: &'static str) -> Response<UpBody> {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static(status));
+    let frames: Vec<_> = data
+        .iter()
+        .map(|d| hyper::body::Frame::data(Bytes::from_static(d)))
+        .chain([hyper::body::Frame::trailers(trailers)])
+        .map(Ok::<_, Box<dyn std::error::Error + Send + Sync>>)
+        .collect();
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        .unwrap()
+}
+
 /// A real upstream server on `127.0.0.1:0` (HTTP/1.1 and h2c on one port) that answers with
 /// its own name: body `<name>`, header `x-backend: <name>`, and the HTTP version it was
 /// spoken to in `x-upstream-version`.
@@ -172,17 +189,21 @@ fn serve_backend(listener: TcpListener, name: &'static str, handler: Handler) ->
 /// `SO_REUSEADDR` and not listening, so a connection to it is refused and no other socket
 /// of the machine (another test's listener on port 0) can take it meanwhile, which a port
 /// bound and closed again did not ensure.
-pub struct DeadPort(#[allow(dead_code)] tokio::net::TcpSocket, u16);
+pub struct DeadPort {
+    /// Holds the port.
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
 
 impl DeadPort {
     pub fn port(&self) -> u16 {
-        self.1
+        self.port
     }
 }
 
 impl std::fmt::Display for DeadPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.1)
+        write!(f, "{}", self.port)
     }
 }
 
@@ -191,7 +212,10 @@ pub async fn dead_port() -> DeadPort {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let port = socket.local_addr().unwrap().port();
-    DeadPort(socket, port)
+    DeadPort {
+        _socket: socket,
+        port,
+    }
 }
 
 /// A port free now (bound, then closed), for a server the test starts on it.

@@ -271,18 +271,13 @@ fn print(v: Option<Value>) -> Box<str> {
 mod tests {
     use super::*;
 
+    use crate::metrics::tests::overrides;
+
     fn rules(list: &[(&str, Option<&str>)]) -> LabelRules {
-        let list: Arc<[LabelOverride]> = list
-            .iter()
-            .map(|(n, v)| LabelOverride {
-                name: n.to_string(),
-                value: v.map(Arc::from),
-            })
-            .collect();
-        let tags = MetricTags(vec![
-            (IstioMetric::RequestCount, list.clone()),
-            (IstioMetric::TcpSentBytes, list),
-        ]);
+        let tags = overrides(
+            &[IstioMetric::RequestCount, IstioMetric::TcpSentBytes],
+            list,
+        );
         let mut n = 0;
         LabelRules::new(&tags, |_| {
             n += 1;
@@ -353,14 +348,7 @@ mod tests {
         // a value with a line break is not a second override
         let ids = |list: &[(&str, Option<&str>)]| {
             let mut seen = Vec::new();
-            let list: Arc<[LabelOverride]> = list
-                .iter()
-                .map(|(n, v)| LabelOverride {
-                    name: n.to_string(),
-                    value: v.map(Arc::from),
-                })
-                .collect();
-            LabelRules::new(&MetricTags(vec![(IstioMetric::RequestCount, list)]), |t| {
+            LabelRules::new(&overrides(&[IstioMetric::RequestCount], list), |t| {
                 seen.push(t.to_owned());
                 0
             });

@@ -979,7 +979,8 @@ fn a_telemetry_s_overrides_turn_metrics_off_by_reporter_and_metric() {
 }
 
 /// `tagOverrides` for `metrics` as the merge makes them ([`MetricTags`]).
-fn overrides(metrics: &[IstioMetric], list: &[(&str, Option<&str>)]) -> MetricTags {
+/// `list` (name, `UPSERT` value or `REMOVE`) as the tag overrides of each of `metrics`.
+pub(super) fn overrides(metrics: &[IstioMetric], list: &[(&str, Option<&str>)]) -> MetricTags {
     let list: Arc<[mesh_core::telemetry::LabelOverride]> = list
         .iter()
         .map(|(n, v)| mesh_core::telemetry::LabelOverride {
