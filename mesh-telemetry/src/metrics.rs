@@ -311,21 +311,44 @@ struct LastSeries {
     series: Arc<Series>,
 }
 
+/// How many gRPC message label sets each thread keeps at hand ([`LastMessages`]).
+const LAST_MESSAGES_SLOTS: usize = 4;
+
+/// A peer's gRPC message counts (Istio's labels) a thread added to, with what found them: the
+/// next gRPC call of the same peer on that thread adds to them without the label cache's
+/// lock. Message counts are never removed from a registry either.
+struct LastMessages {
+    /// [`IstioMetrics::id`] of the registry they are in.
+    registry: u64,
+    ident: Ident,
+    messages: Arc<Messages>,
+}
+
+/// The series and message counts a thread keeps at hand, direct-mapped.
+struct Slots {
+    /// Series, by peer and key.
+    series: [Option<LastSeries>; LAST_SERIES_SLOTS],
+    /// Message counts under Istio's labels, by peer.
+    messages: [Option<LastMessages>; LAST_MESSAGES_SLOTS],
+}
+
 /// What a thread keeps at hand to record a request without the registry's locks.
 struct AtHand {
     /// A registry's ([`IstioMetrics::id`]) local workload, as of a generation
     /// ([`IstioMetrics::local_generation`]).
     local: Option<(u64, u64, Arc<LocalWorkload>)>,
-    /// Series, direct-mapped by peer and key.
-    series: [Option<LastSeries>; LAST_SERIES_SLOTS],
+    slots: Slots,
 }
 
 thread_local! {
-    /// This thread's local workload and series at hand.
+    /// This thread's local workload, series and message counts at hand.
     static AT_HAND: std::cell::RefCell<AtHand> = const {
         std::cell::RefCell::new(AtHand {
             local: None,
-            series: [const { None }; LAST_SERIES_SLOTS],
+            slots: Slots {
+                series: [const { None }; LAST_SERIES_SLOTS],
+                messages: [const { None }; LAST_MESSAGES_SLOTS],
+            },
         })
     };
 }
@@ -391,6 +414,17 @@ struct Series {
     duration: Histogram,
     request_bytes: Histogram,
     response_bytes: Histogram,
+}
+
+/// A gRPC call's messages to add to its peer's message counts under Istio's labels.
+#[derive(Clone, Copy)]
+struct MessageCounts {
+    /// The [`MetricSet`] bits to add them to (of [`GRPC_METRICS`]).
+    on: u16,
+    /// Request and response messages.
+    counts: (u64, u64),
+    /// A label set the cap refuses counts as a dropped request.
+    drops: bool,
 }
 
 /// What identifies a label set of the gRPC message counts: its reporter, its override
@@ -751,10 +785,12 @@ impl IstioMetrics {
     pub fn record(&self, reporter: Reporter, done: &Completed<'_>) {
         self.record_decisions(reporter, done);
         let word = self.enabled[reporter as usize].load(Acquire);
-        // a gRPC call's messages, what earlier reports of it did not count
-        if done.grpc {
-            self.record_messages(reporter, done, word);
-        }
+        // a gRPC call's messages, what earlier reports of it did not count (to the peer's
+        // standard set below, with the request's series)
+        let messages = match done.grpc {
+            true => self.record_messages(reporter, done, word),
+            false => None,
+        };
         let http = HTTP_METRICS;
         let (on, mut overridden) = (word as u16 & http, (word >> 16) as u16);
         let key = SeriesKey {
@@ -773,47 +809,62 @@ impl IstioMetrics {
         };
         let on = on & key.mask;
         if on == 0 {
+            if let Some(m) = messages {
+                self.with_at_hand(reporter, done, |ident, hash, slots| {
+                    self.add_messages(m, (ident, hash), slots, done);
+                });
+            }
             return;
         }
+        self.with_at_hand(reporter, done, |ident, hash, slots| {
+            if let Some(m) = messages {
+                self.add_messages(m, (ident, hash), slots, done);
+            }
+            // the common case: the series this thread recorded into last for this peer and
+            // key (no lock, no reference count taken)
+            let slot = last_slot(hash, &key);
+            if let Some(l) = &slots.series[slot]
+                && l.registry == self.id
+                && l.key == key
+                && ident.matches(&l.ident)
+            {
+                l.series.observe(done, on);
+                return;
+            }
+            let Some(series) = self.find_series(ident, hash, key, done) else {
+                self.dropped.fetch_add(1, Relaxed);
+                return;
+            };
+            series.observe(done, on);
+            slots.series[slot] = Some(LastSeries {
+                registry: self.id,
+                ident: ident.to_owned(done),
+                key,
+                series,
+            });
+        });
+    }
+
+    /// Runs `f` with the request's peer as `reporter` sees it (and its hash) under the local
+    /// workload of the registry's current generation, and this thread's slots.
+    fn with_at_hand(
+        &self,
+        reporter: Reporter,
+        done: &Completed<'_>,
+        f: impl FnOnce(&IdentRef<'_>, u64, &mut Slots),
+    ) {
         let generation = self.local_generation.load(Acquire);
-        AT_HAND.with_borrow_mut(
-            |AtHand {
-                 local,
-                 series: last,
-             }| {
-                // the local workload at hand, unless a reload changed it since
-                if !matches!(local, Some((id, g, _)) if *id == self.id && *g == generation) {
-                    *local = Some((self.id, generation, self.local.load_full()));
-                }
-                let Some((_, _, local)) = local.as_ref() else {
-                    return;
-                };
-                let ident = IdentRef::of(reporter, local, done);
-                let hash = ident.hash();
-                // the common case: the series this thread recorded into last for this peer and
-                // key (no lock, no reference count taken)
-                let slot = last_slot(hash, &key);
-                if let Some(l) = &last[slot]
-                    && l.registry == self.id
-                    && l.key == key
-                    && ident.matches(&l.ident)
-                {
-                    l.series.observe(done, on);
-                    return;
-                }
-                let Some(series) = self.find_series(&ident, hash, key, done) else {
-                    self.dropped.fetch_add(1, Relaxed);
-                    return;
-                };
-                series.observe(done, on);
-                last[slot] = Some(LastSeries {
-                    registry: self.id,
-                    ident: ident.to_owned(done),
-                    key,
-                    series,
-                });
-            },
-        );
+        AT_HAND.with_borrow_mut(|AtHand { local, slots }| {
+            // the local workload at hand, unless a reload changed it since
+            if !matches!(local, Some((id, g, _)) if *id == self.id && *g == generation) {
+                *local = Some((self.id, generation, self.local.load_full()));
+            }
+            let Some((_, _, local)) = local.as_ref() else {
+                return;
+            };
+            let ident = IdentRef::of(reporter, local, done);
+            f(&ident, ident.hash(), slots);
+        });
     }
 
     /// A request's series: a known label set and series found under the read locks, else
@@ -947,10 +998,18 @@ impl IstioMetrics {
     /// applied. `word`: [`IstioMetrics::enabled`]'s word as the caller read it. A report of
     /// an open call ([`End::Open`](crate::record::End::Open)) beyond the series cap is not
     /// counted dropped (the call's end is, once).
-    fn record_messages(&self, reporter: Reporter, done: &Completed<'_>, word: u32) {
+    ///
+    /// Adds to the overridden label sets only; returns what the caller adds to the peer's
+    /// standard set with [`add_messages`](Self::add_messages), with the thread's slots.
+    fn record_messages(
+        &self,
+        reporter: Reporter,
+        done: &Completed<'_>,
+        word: u32,
+    ) -> Option<MessageCounts> {
         let on = word as u16 & GRPC_METRICS;
         if on == 0 {
-            return;
+            return None;
         }
         let (sent, got) = done.messages_reported;
         let counts = (
@@ -960,20 +1019,20 @@ impl IstioMetrics {
         // a call's end beyond the cap is one dropped request: counted here only when the
         // side records no request metric (their path counts it otherwise)
         let drops = done.how != crate::record::End::Open && word as u16 & HTTP_METRICS == 0;
-        let local = self.local.load_full();
-        let ident = IdentRef::of(reporter, &local, done);
-        let Some(peer) = self.peer(&ident, ident.hash(), done) else {
-            if drops {
-                self.dropped.fetch_add(1, Relaxed);
-            }
-            return;
-        };
         // the metrics whose labels the rules in force override (a reload since the
         // caller's read: those the rules say, so that none is counted twice or lost)
         let mut covered = 0;
         if (word >> 16) as u16 & on != 0
             && let Some(rules) = self.label_rules[reporter as usize].load_full()
         {
+            let local = self.local.load_full();
+            let ident = IdentRef::of(reporter, &local, done);
+            let Some(peer) = self.peer(&ident, ident.hash(), done) else {
+                if drops {
+                    self.dropped.fetch_add(1, Relaxed);
+                }
+                return None;
+            };
             let values = self.evaluate(reporter, &rules, done);
             let text = message_labels(&peer.labels);
             for g in rules.groups.iter().filter(|g| g.mask & on != 0) {
@@ -984,21 +1043,58 @@ impl IstioMetrics {
             }
             covered = rules.mask & on;
         }
-        if on & !covered == 0 {
+        let on = on & !covered;
+        (on != 0).then_some(MessageCounts { on, counts, drops })
+    }
+
+    /// Adds `m` to the standard message counts of the peer `ident` (`hash`): those this
+    /// thread added to last for it, else the peer's (found through the label cache), then
+    /// kept at hand.
+    fn add_messages(
+        &self,
+        m: MessageCounts,
+        (ident, hash): (&IdentRef<'_>, u64),
+        slots: &mut Slots,
+        done: &Completed<'_>,
+    ) {
+        let slot = (hash ^ (hash >> 32)) as usize % LAST_MESSAGES_SLOTS;
+        if let Some(l) = &slots.messages[slot]
+            && l.registry == self.id
+            && ident.matches(&l.ident)
+        {
+            l.messages.add(m.on, m.counts);
             return;
         }
-        // Istio's labels: the peer's set, made once
-        let standard = match peer.messages.get() {
-            Some(m) => Some(m.clone()),
-            None => {
-                let id = (reporter, None, Box::from(message_labels(&peer.labels)));
-                self.messages_of(id, drops)
-                    .map(|m| peer.messages.get_or_init(|| m).clone())
+        let Some(peer) = self.peer(ident, hash, done) else {
+            if m.drops {
+                self.dropped.fetch_add(1, Relaxed);
             }
+            return;
         };
-        if let Some(m) = standard {
-            m.add(on & !covered, counts);
+        if let Some(messages) = self.standard_messages(&peer, ident.reporter, m.drops) {
+            messages.add(m.on, m.counts);
+            slots.messages[slot] = Some(LastMessages {
+                registry: self.id,
+                ident: ident.to_owned(done),
+                messages,
+            });
         }
+    }
+
+    /// A peer's message counts under Istio's labels: made once (`drops`: as
+    /// [`messages_of`](Self::messages_of)).
+    fn standard_messages(
+        &self,
+        peer: &Peer,
+        reporter: Reporter,
+        drops: bool,
+    ) -> Option<Arc<Messages>> {
+        if let Some(m) = peer.messages.get() {
+            return Some(m.clone());
+        }
+        let id = (reporter, None, Box::from(message_labels(&peer.labels)));
+        self.messages_of(id, drops)
+            .map(|m| peer.messages.get_or_init(|| m).clone())
     }
 
     /// The message counts of label set `id`: found, or made under the series cap (`drops`:
@@ -1358,8 +1454,13 @@ impl Sink for MetricsSink {
     }
 
     fn progress(&self, open: &Completed<'_>) {
-        let word = self.metrics.enabled[self.reporter as usize].load(Acquire);
-        self.metrics.record_messages(self.reporter, open, word);
+        let m = &self.metrics;
+        let word = m.enabled[self.reporter as usize].load(Acquire);
+        if let Some(counts) = m.record_messages(self.reporter, open, word) {
+            m.with_at_hand(self.reporter, open, |ident, hash, slots| {
+                m.add_messages(counts, (ident, hash), slots, open);
+            });
+        }
     }
 }
 

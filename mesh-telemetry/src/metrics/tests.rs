@@ -1494,6 +1494,78 @@ fn a_reload_between_an_open_call_s_reports_loses_and_doubles_nothing() {
 }
 
 #[test]
+fn the_message_counts_a_thread_keeps_at_hand_are_its_registry_s_and_its_peer_s() {
+    // one thread, two registries, alternating calls of the same peer: each registry counts
+    // its own (counts at hand are found only by their registry)
+    let (a, b) = (
+        Arc::new(IstioMetrics::new(local())),
+        Arc::new(IstioMetrics::new(local())),
+    );
+    let (plain, mtls) = (upstream(false), upstream(true));
+    let mut call = Req::new(200, routed(Some(&plain)));
+    call.grpc = Some(0);
+    call.messages = (2, 1);
+    for _ in 0..3 {
+        call.record(&a, Reporter::Source);
+        call.progress(&b, Reporter::Source);
+    }
+    call.record(&a, Reporter::Source);
+    for (m, count) in [(&a, " 8"), (&b, " 6")] {
+        let text = m.encode_to_string();
+        let sent = family(&text, "istio_request_messages_total{");
+        assert!(sent.len() == 1 && sent[0].ends_with(count), "{text}");
+    }
+    // one registry: peers (a plain and an mTLS endpoint, another service, the inbound
+    // side) alternating on the thread, each its own set
+    let m = Arc::new(IstioMetrics::new(local()));
+    let mut secure = Req::new(200, routed(Some(&mtls)));
+    secure.grpc = Some(0);
+    secure.messages = (3, 1);
+    let mut other = Req::new(200, Recorded::default());
+    other.authority = Some("ratings:9080");
+    other.grpc = Some(0);
+    other.messages = (5, 5);
+    for _ in 0..4 {
+        call.record(&m, Reporter::Source);
+        other.record(&m, Reporter::Source);
+        secure.progress(&m, Reporter::Source);
+        call.record(&m, Reporter::Destination);
+    }
+    let text = m.encode_to_string();
+    let lines = family(&text, "istio_request_messages_total{");
+    assert_eq!(lines.len(), 4, "{text}");
+    for (want, count) in [
+        (
+            r#"destination_principal="unknown",destination_app="reviews""#,
+            " 8",
+        ),
+        (
+            r#"destination_principal="spiffe://cluster.local/ns/bookinfo/sa/reviews""#,
+            " 12",
+        ),
+        (r#"destination_service="ratings:9080""#, " 20"),
+        (r#"reporter="destination""#, " 8"),
+    ] {
+        let found: Vec<_> = lines.iter().filter(|l| l.contains(want)).collect();
+        assert!(
+            found.len() == 1 && found[0].ends_with(count),
+            "{want}: {lines:#?}"
+        );
+    }
+    // a reload of the local workload: the calls from then on have its labels
+    let mut reloaded = local();
+    reloaded.name = "productpage-v2".into();
+    m.set_local(reloaded);
+    call.record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    let line = family(&text, "istio_request_messages_total{")
+        .into_iter()
+        .find(|l| l.contains(r#"source_workload="productpage-v2""#))
+        .expect(&text);
+    assert!(line.ends_with(" 2"), "{line}");
+}
+
+#[test]
 fn message_label_sets_count_against_the_cap_and_open_call_reports_are_not_drops() {
     // each label set of the message counts is a series under the cap; an open call's
     // reports beyond it are not counted dropped, its end is
