@@ -63,9 +63,9 @@
 //! histogram's count), shared by the workers without a lock taken for writing except when
 //! a new label set or series appears. A request with a response flag or a retry adds to
 //! its route's decision counters too, found the same way ([`decisions`]); the others pay
-//! one branch for them. A gRPC call also adds its message counts to its peer's (found
-//! again through the label cache's read lock, the set kept in the peer, and two atomic
-//! additions), at its end and in each report while it is open. `benches/benches/telemetry.rs` measures it against
+//! one branch for them. A gRPC call also adds its message counts to its peer's (kept at
+//! hand by the thread beside the series, found in the same pass; two atomic additions),
+//! at its end and in each report while it is open. `benches/benches/telemetry.rs` measures it against
 //! `prometheus-client` (docs/performance.md: 13–16× faster).
 //!
 //! ```
@@ -236,7 +236,8 @@ pub struct LocalWorkload {
 /// Istio's standard metrics (see the [module docs](self)): a registry of atomics shared by
 /// every worker, fed by its [`sink`](IstioMetrics::sink)s.
 pub struct IstioMetrics {
-    /// Unique in the process: tells this registry's series at hand from another's.
+    /// Unique in the process: tells this registry's series and message counts at hand from
+    /// another's.
     id: u64,
     local: ArcSwap<LocalWorkload>,
     /// Bumped after each change of `local`: a thread's copy at hand ([`AtHand::local`]) of
@@ -353,7 +354,7 @@ thread_local! {
     };
 }
 
-/// The slot of a peer's (by its identity's hash) series `key` in [`AtHand::series`].
+/// The slot of a peer's (by its identity's hash) series `key` in [`Slots::series`].
 fn last_slot(hash: u64, key: &SeriesKey) -> usize {
     let k = hash ^ u64::from(key.code) ^ (u64::from(key.flags) << 16);
     (k ^ (k >> 32)) as usize % LAST_SERIES_SLOTS
@@ -989,17 +990,18 @@ impl IstioMetrics {
         crate::sinks::with_entry(done, &cx, |e| rules.evaluate(e))
     }
 
-    /// Adds a gRPC call's messages not counted yet (those since the earlier reports of
-    /// it, [`Completed::messages_reported`]) to its label sets: the peer's labels, as
-    /// Istio's stats filter records `istio_request_messages_total` and
+    /// The first half of adding a gRPC call's messages not counted yet (those since the
+    /// earlier reports of it, [`Completed::messages_reported`]) to its label sets: the
+    /// peer's labels, as Istio's stats filter records `istio_request_messages_total` and
     /// `istio_response_messages_total` (`reportHelper`: the reporter and the peer's
     /// `source_*` and `destination_*` labels, without the request's protocol, code, gRPC
     /// status, flags and security policy, which it adds only after), with a side's overrides
     /// applied. `word`: [`IstioMetrics::enabled`]'s word as the caller read it. A report of
     /// an open call ([`End::Open`](crate::record::End::Open)) beyond the series cap is not
-    /// counted dropped (the call's end is, once).
+    /// counted dropped; the call's end is, once, however many of its label sets the cap
+    /// refuses.
     ///
-    /// Adds to the overridden label sets only; returns what the caller adds to the peer's
+    /// Adds to the overridden label sets here; returns what the caller adds to the peer's
     /// standard set with [`add_messages`](Self::add_messages), with the thread's slots.
     fn record_messages(
         &self,
@@ -1018,7 +1020,7 @@ impl IstioMetrics {
         );
         // a call's end beyond the cap is one dropped request: counted here only when the
         // side records no request metric (their path counts it otherwise)
-        let drops = done.how != crate::record::End::Open && word as u16 & HTTP_METRICS == 0;
+        let mut drops = done.how != crate::record::End::Open && word as u16 & HTTP_METRICS == 0;
         // the metrics whose labels the rules in force override (a reload since the
         // caller's read: those the rules say, so that none is counted twice or lost)
         let mut covered = 0;
@@ -1035,13 +1037,20 @@ impl IstioMetrics {
             };
             let values = self.evaluate(reporter, &rules, done);
             let text = message_labels(&peer.labels);
+            let mut refused = false;
             for g in rules.groups.iter().filter(|g| g.mask & on != 0) {
                 let id = (reporter, Some(g.id), g.apply(text, &values).into());
-                if let Some(m) = self.messages_of(id, drops) {
-                    m.add(g.mask & on, counts);
+                match self.messages_of(id) {
+                    Some(m) => m.add(g.mask & on, counts),
+                    None => refused = true,
                 }
             }
             covered = rules.mask & on;
+            if refused && drops {
+                // the call is one dropped request, whatever else the cap refuses
+                self.dropped.fetch_add(1, Relaxed);
+                drops = false;
+            }
         }
         let on = on & !covered;
         (on != 0).then_some(MessageCounts { on, counts, drops })
@@ -1071,43 +1080,39 @@ impl IstioMetrics {
             }
             return;
         };
-        if let Some(messages) = self.standard_messages(&peer, ident.reporter, m.drops) {
-            messages.add(m.on, m.counts);
-            slots.messages[slot] = Some(LastMessages {
-                registry: self.id,
-                ident: ident.to_owned(done),
-                messages,
-            });
-        }
+        let Some(messages) = self.standard_messages(&peer, ident.reporter) else {
+            if m.drops {
+                self.dropped.fetch_add(1, Relaxed);
+            }
+            return;
+        };
+        messages.add(m.on, m.counts);
+        slots.messages[slot] = Some(LastMessages {
+            registry: self.id,
+            ident: ident.to_owned(done),
+            messages,
+        });
     }
 
-    /// A peer's message counts under Istio's labels: made once (`drops`: as
-    /// [`messages_of`](Self::messages_of)).
-    fn standard_messages(
-        &self,
-        peer: &Peer,
-        reporter: Reporter,
-        drops: bool,
-    ) -> Option<Arc<Messages>> {
+    /// A peer's message counts under Istio's labels: made once (`None`: refused by the
+    /// series cap).
+    fn standard_messages(&self, peer: &Peer, reporter: Reporter) -> Option<Arc<Messages>> {
         if let Some(m) = peer.messages.get() {
             return Some(m.clone());
         }
         let id = (reporter, None, Box::from(message_labels(&peer.labels)));
-        self.messages_of(id, drops)
+        self.messages_of(id)
             .map(|m| peer.messages.get_or_init(|| m).clone())
     }
 
-    /// The message counts of label set `id`: found, or made under the series cap (`drops`:
-    /// a set the cap refuses counts as a dropped request).
-    fn messages_of(&self, id: MessagesId, drops: bool) -> Option<Arc<Messages>> {
+    /// The message counts of label set `id`: found, or made under the series cap (`None`:
+    /// refused; the caller counts the dropped request).
+    fn messages_of(&self, id: MessagesId) -> Option<Arc<Messages>> {
         if let Some(m) = self.messages.read().ok().and_then(|m| m.get(&id).cloned()) {
             return Some(m);
         }
         // over the cap, a new label set is refused without the write lock
         if self.series.load(Relaxed) >= self.max_series {
-            if drops {
-                self.dropped.fetch_add(1, Relaxed);
-            }
             return None;
         }
         let mut map = self.messages.write().unwrap_or_else(|e| e.into_inner());
@@ -1116,9 +1121,6 @@ impl IstioMetrics {
         }
         if self.series.fetch_add(1, Relaxed) >= self.max_series {
             self.series.fetch_sub(1, Relaxed);
-            if drops {
-                self.dropped.fetch_add(1, Relaxed);
-            }
             return None;
         }
         Some(map.entry(id).or_default().clone())

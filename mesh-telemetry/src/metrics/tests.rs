@@ -1496,7 +1496,7 @@ fn a_reload_between_an_open_call_s_reports_loses_and_doubles_nothing() {
 #[test]
 fn the_message_counts_a_thread_keeps_at_hand_are_its_registry_s_and_its_peer_s() {
     // one thread, two registries, alternating calls of the same peer: each registry counts
-    // its own (counts at hand are found only by their registry)
+    // its own (the peer's identity at hand holds its registry's local workload)
     let (a, b) = (
         Arc::new(IstioMetrics::new(local())),
         Arc::new(IstioMetrics::new(local())),
@@ -1563,6 +1563,73 @@ fn the_message_counts_a_thread_keeps_at_hand_are_its_registry_s_and_its_peer_s()
         .find(|l| l.contains(r#"source_workload="productpage-v2""#))
         .expect(&text);
     assert!(line.ends_with(" 2"), "{line}");
+}
+
+/// The two gRPC message metrics alone.
+fn messages_only() -> MetricSet {
+    MetricSet::from_bits(
+        MetricSet::bit(IstioMetric::GrpcRequestMessages)
+            | MetricSet::bit(IstioMetric::GrpcResponseMessages),
+    )
+}
+
+#[test]
+fn a_side_without_request_metrics_counts_a_call_s_messages_and_its_drop() {
+    // the request series off: the messages still go to the peer's set (through the
+    // thread's slots), and a call's end the cap refuses is the one dropped request
+    let m = Arc::new(IstioMetrics::new(local()).with_max_series(1));
+    m.set_enabled(Reporter::Source, messages_only());
+    let up = upstream(false);
+    let mut call = Req::new(200, routed(Some(&up)));
+    call.grpc = Some(0);
+    call.messages = (2, 1);
+    call.record(&m, Reporter::Source);
+    call.record(&m, Reporter::Source);
+    let text = m.encode_to_string();
+    let sent = family(&text, "istio_request_messages_total{");
+    let got = family(&text, "istio_response_messages_total{");
+    assert!(sent.len() == 1 && sent[0].ends_with(" 4"), "{text}");
+    assert!(got.len() == 1 && got[0].ends_with(" 2"), "{text}");
+    assert!(family(&text, "istio_requests_total{").is_empty(), "{text}");
+    assert_eq!((m.series(), m.dropped()), (1, 0));
+    let mut other = Req::new(200, Recorded::default());
+    other.authority = Some("ratings:9080");
+    other.grpc = Some(0);
+    other.messages = (1, 1);
+    other.progress(&m, Reporter::Source);
+    assert_eq!(m.dropped(), 0, "a report of an open call is not a drop");
+    other.record(&m, Reporter::Source);
+    assert_eq!((m.series(), m.dropped()), (1, 1));
+}
+
+#[test]
+fn a_call_beyond_the_cap_is_one_dropped_request_however_many_of_its_sets_are_refused() {
+    // a peer known from a plain request, then only the message metrics, one of them
+    // overridden: the call's end is refused its overridden set and its standard set, and
+    // counts one dropped request
+    let m = Arc::new(IstioMetrics::new(local()).with_max_series(1));
+    let up = upstream(false);
+    Req::new(200, routed(Some(&up))).record(&m, Reporter::Source);
+    assert_eq!((m.series(), m.dropped()), (1, 0));
+    m.set_enabled(Reporter::Source, messages_only());
+    m.set_label_overrides(
+        Reporter::Source,
+        &overrides(&[IstioMetric::GrpcRequestMessages], &[("source_app", None)]),
+    );
+    let mut call = Req::new(200, routed(Some(&up)));
+    call.grpc = Some(0);
+    call.messages = (3, 3);
+    call.record(&m, Reporter::Source);
+    assert_eq!((m.series(), m.dropped()), (1, 1));
+    let text = m.encode_to_string();
+    assert!(
+        family(&text, "istio_request_messages_total{").is_empty(),
+        "{text}"
+    );
+    assert!(
+        family(&text, "istio_response_messages_total{").is_empty(),
+        "{text}"
+    );
 }
 
 #[test]
