@@ -531,9 +531,16 @@ fn scheme(side: Side, d: &Details, c: &Completed<'_>) -> &'static str {
     if tls { "https" } else { "http" }
 }
 
-/// A header's value as text (`None`: absent, or not visible ASCII).
+/// A header's value as text (`None`: absent, or not UTF-8).
 fn header_str(v: &Option<HeaderValue>) -> Option<&str> {
-    v.as_ref().and_then(|v| v.to_str().ok())
+    // as Envoy writes the value, UTF-8 beyond ASCII included (`HeaderValue::to_str` refuses
+    // any byte over 0x7e; it is the cheaper check of the short ASCII values requests carry,
+    // 100 instructions a line fewer than `from_utf8`, so it goes first); a value that is not
+    // UTF-8 is `-`
+    let v = v.as_ref()?;
+    v.to_str()
+        .ok()
+        .or_else(|| std::str::from_utf8(v.as_bytes()).ok())
 }
 
 /// `%PROTOCOL%`.
@@ -722,6 +729,35 @@ mod tests {
         writer.flush();
         let text = std::fs::read_to_string(path).unwrap();
         serde_json::from_str(text.trim_end()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_user_agent_beyond_ascii_is_written_as_envoy_writes_it() {
+        use bytes::Bytes;
+        use http_body_util::Full;
+
+        let dir = std::env::temp_dir().join(format!("mesh-sinks-ua-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let ua = "Mozilla/5.0 (Überall; ÿ)";
+        let req = http::Request::builder()
+            .uri("/")
+            .header("host", "reviews:9080")
+            .header(
+                "user-agent",
+                HeaderValue::from_bytes(ua.as_bytes()).unwrap(),
+            )
+            .header(
+                "x-request-id",
+                HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
+            )
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = || http::Response::new(Full::new(Bytes::new()));
+        let v = logged(&path, Side::Outbound, req, answer).await;
+        assert_eq!(v["user_agent"], ua);
+        // bytes that are not UTF-8: not written (the key is there, its value null)
+        assert_eq!(v.get("request_id"), Some(&serde_json::Value::Null), "{v}");
     }
 
     #[tokio::test]
