@@ -809,17 +809,15 @@ impl IstioMetrics {
             ..key
         };
         let on = on & key.mask;
-        if on == 0 {
-            if let Some(m) = messages {
-                self.with_at_hand(reporter, done, |ident, hash, slots| {
-                    self.add_messages(m, (ident, hash), slots, done);
-                });
-            }
+        if on == 0 && messages.is_none() {
             return;
         }
         self.with_at_hand(reporter, done, |ident, hash, slots| {
             if let Some(m) = messages {
                 self.add_messages(m, (ident, hash), slots, done);
+            }
+            if on == 0 {
+                return;
             }
             // the common case: the series this thread recorded into last for this peer and
             // key (no lock, no reference count taken)
@@ -1108,33 +1106,55 @@ impl IstioMetrics {
     /// The message counts of label set `id`: found, or made under the series cap (`None`:
     /// refused; the caller counts the dropped request).
     fn messages_of(&self, id: MessagesId) -> Option<Arc<Messages>> {
-        if let Some(m) = self.messages.read().ok().and_then(|m| m.get(&id).cloned()) {
-            return Some(m);
+        self.interned(&self.messages, id, |_| Messages::default())
+    }
+
+    /// `key`'s entry of `map`: found under the read lock, else made by `make` under the
+    /// series cap (`None`: refused; over the cap without taking the write lock).
+    fn interned<K: Hash + Eq, V>(
+        &self,
+        map: &RwLock<FastHashMap<K, Arc<V>>>,
+        key: K,
+        make: impl FnOnce(&K) -> V,
+    ) -> Option<Arc<V>> {
+        if let Ok(m) = map.read()
+            && let Some(v) = m.get(&key)
+        {
+            return Some(v.clone());
         }
-        // over the cap, a new label set is refused without the write lock
         if self.series.load(Relaxed) >= self.max_series {
             return None;
         }
-        let mut map = self.messages.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = map.get(&id) {
-            return Some(m.clone());
+        let mut m = map.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = m.get(&key) {
+            return Some(v.clone());
         }
-        if self.series.fetch_add(1, Relaxed) >= self.max_series {
-            self.series.fetch_sub(1, Relaxed);
+        if !self.reserve_series() {
             return None;
         }
-        Some(map.entry(id).or_default().clone())
+        let v = Arc::new(make(&key));
+        m.insert(key, v.clone());
+        Some(v)
     }
 
-    /// Counts a new series against the cap: `false` (and the request or connection counted
-    /// dropped) when it is reached.
-    fn new_series(&self) -> bool {
+    /// Counts a new series against the cap: `false` (the count unchanged) when it is
+    /// reached.
+    fn reserve_series(&self) -> bool {
         if self.series.fetch_add(1, Relaxed) >= self.max_series {
             self.series.fetch_sub(1, Relaxed);
-            self.dropped.fetch_add(1, Relaxed);
             return false;
         }
         true
+    }
+
+    /// [`reserve_series`](Self::reserve_series), the request or connection counted dropped
+    /// when the cap is reached.
+    fn new_series(&self) -> bool {
+        let made = self.reserve_series();
+        if !made {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+        made
     }
 
     /// The label set of a request's peer: from the cache, else resolved and interned.
@@ -1175,22 +1195,7 @@ impl IstioMetrics {
     }
 
     fn series_of(&self, peer: &Peer, key: SeriesKey) -> Option<Arc<Series>> {
-        if let Ok(series) = peer.series.read()
-            && let Some(s) = series.get(&key)
-        {
-            return Some(s.clone());
-        }
-        let mut series = peer.series.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = series.get(&key) {
-            return Some(s.clone());
-        }
-        if self.series.fetch_add(1, Relaxed) >= self.max_series {
-            self.series.fetch_sub(1, Relaxed);
-            return None;
-        }
-        let s = Arc::new(Series::new(key));
-        series.insert(key, s.clone());
-        Some(s)
+        self.interned(&peer.series, key, |k| Series::new(*k))
     }
 
     /// The metrics in Prometheus' text format (version 0.0.4).

@@ -269,8 +269,7 @@ impl IstioMetrics {
             match routes.get(labels.as_str()) {
                 Some(c) => c.clone(),
                 None => {
-                    if self.series.fetch_add(1, Relaxed) >= self.max_series {
-                        self.series.fetch_sub(1, Relaxed);
+                    if !self.reserve_series() {
                         return None;
                     }
                     let c = Arc::new(RouteCounters {
