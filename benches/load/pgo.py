@@ -6,8 +6,9 @@
 `cargo build --release` inlines and lays out the code from the compiler's guesses; this
 build does it from counts of what a proxy under load runs (rustc's `-Cprofile-generate` and
 `-Cprofile-use`, the rustc book's "Profile-guided Optimization"). Same source, same
-dependencies, same behaviour: the profile only decides what is inlined and where each block
-goes, so the request path takes fewer instructions and fewer cache lines. The measurements
+dependencies: the profile only decides what is inlined and where each block goes, so the
+request path takes fewer instructions and fewer cache lines. (The test suite runs on the
+ordinary build; this one is checked by step 4's pass.) The measurements
 are in docs/performance.md (2026-12-06 13:30, "the profile-guided production build").
 
 Steps, each build in a target directory of its own under target/pgo (the flags differ, so
