@@ -8,8 +8,8 @@ build does it from counts of what a proxy under load runs (rustc's `-Cprofile-ge
 `-Cprofile-use`, the rustc book's "Profile-guided Optimization"). Same source, same
 dependencies: the profile only decides what is inlined and where each block goes, so the
 request path takes fewer instructions and fewer cache lines. (The test suite runs on the
-ordinary build; this one is checked by step 4's pass.) The measurements
-are in docs/performance.md (2026-12-06 13:30, "the profile-guided production build").
+ordinary build; this one is checked by step 4's pass.) The measurements are in
+docs/performance.md (2026-12-06 13:30, "the profile-guided production build").
 
 Steps, each build in a target directory of its own under target/pgo (the flags differ, so
 nothing is shared with target/release):
@@ -35,7 +35,7 @@ works the same, laid out without the profile's help.
 Needs python3, cargo and rustup, wrk, h2load (nghttp2-client), nginx and taskset. Knobs:
 SECS=3 (per kind of traffic), PGO_OUT=$CARGO_TARGET_DIR/pgo (target/pgo),
 LLVM_PROFDATA=<path> (else the llvm-tools component's), and compare.py's (CONNS, PROXY_CPU,
-LOAD_CPU; on a machine with one CPU, both default to it).
+LOAD_CPU: by default the first two CPUs this process may run on, or both the one there is).
 """
 
 import glob
@@ -47,12 +47,12 @@ import subprocess
 import sys
 import tempfile
 
-# compare.py pins the proxy to PROXY_CPU and the load to LOAD_CPU (0 and 1): on a machine or
-# container with fewer CPUs, both on the first one there is
+# compare.py pins the proxy to PROXY_CPU and the load to LOAD_CPU (0 and 1 by default): here
+# they default to the first two CPUs this process may run on (both to the one there is, on
+# a machine or container with one)
 _cpus = sorted(os.sched_getaffinity(0))
-if len(_cpus) < 2:
-    os.environ.setdefault("PROXY_CPU", str(_cpus[0]))
-    os.environ.setdefault("LOAD_CPU", str(_cpus[0]))
+os.environ.setdefault("PROXY_CPU", str(_cpus[0]))
+os.environ.setdefault("LOAD_CPU", str(_cpus[min(1, len(_cpus) - 1)]))
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare as c  # noqa: E402  (ports, templates, the origin, wrk)
